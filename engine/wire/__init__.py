@@ -1,0 +1,7 @@
+"""Wire models of the Weave trace-server protocol (msgspec Structs) and encoding rules."""
+
+from engine.wire._codec import decode, encode, encoder, strict_encoder, utcnow, uuid7
+from engine.wire.calls import *  # noqa: F403
+from engine.wire.calls import __all__ as _calls_all
+
+__all__ = ["decode", "encode", "encoder", "strict_encoder", "utcnow", "uuid7", *_calls_all]

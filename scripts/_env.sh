@@ -1,0 +1,32 @@
+# Sourced by the scripts: makes sure .venv exists and matches the lock file.
+# Needs only a Python 3 (>= 3.10) and access to the package registry.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+LOCK="$ROOT/requirements.lock"
+STAMP="$VENV/.lock-stamp"
+
+pick_python() {
+    for py in "${ENGINE_PYTHON:-}" python3.11 python3.12 python3.13 python3.10 python3; do
+        [ -n "$py" ] || continue
+        if command -v "$py" >/dev/null 2>&1 &&
+            "$py" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)' 2>/dev/null; then
+            echo "$py"; return 0
+        fi
+    done
+    echo "engine: need Python >= 3.10 on PATH (or set ENGINE_PYTHON)" >&2
+    return 1
+}
+
+want="$(sha256sum "$LOCK" "$ROOT/pyproject.toml" | sha256sum | cut -c1-16)"
+if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
+    py="$(pick_python)"
+    echo "engine: bootstrapping $VENV with $("$py" --version) from requirements.lock ..." >&2
+    [ -x "$VENV/bin/python" ] || "$py" -m venv "$VENV"
+    "$VENV/bin/python" -m pip install --quiet --upgrade pip >&2
+    "$VENV/bin/python" -m pip install --quiet -r "$LOCK" >&2
+    "$VENV/bin/python" -m pip install --quiet --no-deps --no-build-isolation -e "$ROOT" >&2 ||
+        "$VENV/bin/python" -m pip install --quiet --no-deps -e "$ROOT" >&2
+    echo "$want" > "$STAMP"
+fi
+export PATH="$VENV/bin:$PATH"

@@ -1,0 +1,24 @@
+import engine
+
+
+def test_public_surface_is_pinned():
+    assert sorted(engine.__all__) == sorted(
+        [
+            "Closed",
+            "ConfigError",
+            "EncodeError",
+            "EngineError",
+            "HTTPError",
+            "PayloadTooLarge",
+            "RingFull",
+            "SendError",
+            "__version__",
+        ]
+    )
+
+
+def test_every_error_derives_from_engine_error():
+    for name in engine.__all__:
+        obj = getattr(engine, name)
+        if isinstance(obj, type) and issubclass(obj, Exception):
+            assert issubclass(obj, engine.EngineError), name
