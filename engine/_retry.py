@@ -137,7 +137,9 @@ class Backoff:
 
     def __post_init__(self) -> None:
         if not 0 < self.initial_ms <= self.max_ms:
-            raise ValueError(f"Backoff: need 0 < initial_ms <= max_ms, got {self.initial_ms}, {self.max_ms}")
+            raise ValueError(
+                f"Backoff: need 0 < initial_ms <= max_ms, got {self.initial_ms}, {self.max_ms}"
+            )
         if self.multiplier < 1:
             raise ValueError(f"Backoff.multiplier must be >= 1, got {self.multiplier}")
         if not 0 <= self.jitter <= 1:
@@ -151,7 +153,9 @@ class Backoff:
             return self.max_ms / 1000.0
         return self.initial_ms * self.multiplier**exponent / 1000.0
 
-    def delay_s(self, attempt: int, rng: random.Random, retry_after_s: float | None = None) -> float:
+    def delay_s(
+        self, attempt: int, rng: random.Random, retry_after_s: float | None = None
+    ) -> float:
         """Seconds to wait before retry number ``attempt``; at least ``retry_after_s`` if given."""
         ceiling = self.ceiling_s(attempt)
         delay = ceiling * (1.0 - self.jitter * rng.random())

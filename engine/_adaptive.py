@@ -1,0 +1,193 @@
+"""Learning the server (DESIGN decision 6): how many POSTs in flight, how large a body.
+
+``AdaptiveConcurrency`` is AIMD in the style of Vector's adaptive request concurrency:
+additive increase while latency holds and the limit was in use, multiplicative decrease on
+overload (429/503/timeouts) or a latency spike against a smoothed baseline.
+
+``SizeTarget`` learns the server's body limit from 413s: drop below the rejected size at
+once, then probe back up slowly, never straight into a size that failed recently.
+"""
+
+from __future__ import annotations
+
+import math
+
+# A window's mean RTT counts as a spike only if it also exceeds the baseline by this
+# fraction: on a quiet loopback the deviation is ~0 and scheduler noise would look like one.
+_MIN_SPIKE_FRACTION = 0.2
+
+# A success is evidence that the target works only if the body was near the target.
+# Batches are cut when the next item would not fit, so full batches land just under it.
+_PROBE_EVIDENCE_FRACTION = 0.75
+
+# A known-failing size is forgotten after this many probe windows of successes, so a
+# server whose limit was raised gets re-probed eventually (at the cost of one 413).
+_CEILING_MEMORY_WINDOWS = 50
+
+# Stop probing once the gap to the known-failing size is under 1/32 of the target (~3%):
+# further probes would cost a rejected upload each for almost no gain.
+_CONVERGED_GAP_DIVISOR = 32
+
+
+class AdaptiveConcurrency:
+    """The number of requests allowed in flight, adapted per window of responses.
+
+    A window ends after ``limit`` responses, i.e. roughly one round trip at full use. At its
+    end the limit grows by one if no response was overloaded, the window's mean RTT stayed
+    within ``baseline + max(rtt_deviation_scale * stddev, 20% of baseline)``, and the limit
+    was actually reached during the window (growing an unused limit proves nothing).
+    An overloaded response cuts the limit at once, at most once per window, so a burst of
+    429s from every in-flight request counts as one signal, not ``limit`` of them.
+    """
+
+    def __init__(
+        self,
+        initial: int = 2,
+        minimum: int = 1,
+        maximum: int = 16,
+        decrease_ratio: float = 0.5,
+        ewma_alpha: float = 0.4,
+        rtt_deviation_scale: float = 2.5,
+    ) -> None:
+        _check(1 <= minimum <= initial <= maximum, "need 1 <= minimum <= initial <= maximum")
+        _check(0 < decrease_ratio < 1, "decrease_ratio must be in (0, 1)")
+        _check(0 < ewma_alpha <= 1, "ewma_alpha must be in (0, 1]")
+        self.limit = initial
+        self.minimum = minimum
+        self.maximum = maximum
+        self.decrease_ratio = decrease_ratio
+        self.ewma_alpha = ewma_alpha
+        self.rtt_deviation_scale = rtt_deviation_scale
+        self.baseline_rtt_s: float | None = None
+        self._rtt_variance = 0.0
+        self._new_window()
+
+    def on_response(self, rtt_s: float, *, overloaded: bool, in_flight: int | None = None) -> None:
+        """Record one finished request.
+
+        ``overloaded``: the server answered 429/503 or the request timed out.
+        ``in_flight``: requests in flight when this one was sent, itself included; None
+        means "at the limit" (a sender that always fills the limit need not count).
+        """
+        if overloaded:
+            self._on_overload()
+            return
+        self._window_responses += 1
+        self._window_rtt_sum_s += rtt_s
+        self._reached_limit |= in_flight is None or in_flight >= self.limit
+        if self._window_responses >= self.limit:
+            self._close_window()
+
+    def _on_overload(self) -> None:
+        if not self._decreased_this_window:
+            self._decrease()
+            self._new_window()
+            self._decreased_this_window = True
+
+    def _close_window(self) -> None:
+        mean_rtt_s = self._window_rtt_sum_s / self._window_responses
+        if self._is_spike(mean_rtt_s):
+            self._decrease()
+        elif self._reached_limit and self.baseline_rtt_s is not None:
+            self.limit = min(self.limit + 1, self.maximum)
+        self._update_baseline(mean_rtt_s)
+        self._new_window()
+
+    def _is_spike(self, mean_rtt_s: float) -> bool:
+        if self.baseline_rtt_s is None:
+            return False
+        allowed_s = max(
+            self.rtt_deviation_scale * math.sqrt(self._rtt_variance),
+            _MIN_SPIKE_FRACTION * self.baseline_rtt_s,
+        )
+        return mean_rtt_s > self.baseline_rtt_s + allowed_s
+
+    def _update_baseline(self, mean_rtt_s: float) -> None:
+        # Exponentially weighted mean and variance of window RTTs: a lasting change of
+        # latency becomes the new normal instead of shrinking the limit forever.
+        if self.baseline_rtt_s is None:
+            self.baseline_rtt_s = mean_rtt_s
+            return
+        diff = mean_rtt_s - self.baseline_rtt_s
+        self.baseline_rtt_s += self.ewma_alpha * diff
+        self._rtt_variance = (1 - self.ewma_alpha) * (
+            self._rtt_variance + self.ewma_alpha * diff * diff
+        )
+
+    def _decrease(self) -> None:
+        self.limit = max(self.minimum, math.floor(self.limit * self.decrease_ratio))
+
+    def _new_window(self) -> None:
+        self._window_responses = 0
+        self._window_rtt_sum_s = 0.0
+        self._reached_limit = False
+        self._decreased_this_window = False
+
+
+class SizeTarget:
+    """The body size to aim for, learned from 413 answers.
+
+    ``bytes`` starts at ``max_bytes``. A 413 for ``rejected_bytes`` lowers it to half of that
+    (or to the largest size the server recently accepted below it, when that is larger),
+    never below ``min_bytes``, and records ``rejected_bytes`` as a known-failing ceiling.
+    After ``probe_every`` successes near the target, it probes up by ``probe_factor`` but
+    only to halfway toward the ceiling, bisecting the gap; the ceiling is forgotten after
+    ``50 * probe_every`` successes so a raised server limit is found again.
+    """
+
+    def __init__(
+        self,
+        max_bytes: int,
+        min_bytes: int = 64 << 10,
+        probe_every: int = 20,
+        probe_factor: float = 1.25,
+    ) -> None:
+        _check(max_bytes > 0, "max_bytes must be positive")
+        _check(probe_every >= 1, "probe_every must be >= 1")
+        _check(probe_factor > 1, "probe_factor must be > 1")
+        self.max_bytes = max_bytes
+        self.min_bytes = min(min_bytes, max_bytes)
+        self.probe_every = probe_every
+        self.probe_factor = probe_factor
+        self.bytes = max_bytes
+        self.ceiling_bytes: int | None = None  # smallest size rejected recently
+        self._largest_ok_bytes = 0  # largest size accepted since the last 413
+        self._successes_at_target = 0
+        self._successes_since_413 = 0
+
+    def on_413(self, rejected_bytes: int) -> None:
+        """The server rejected a body of ``rejected_bytes`` as too large."""
+        if self._largest_ok_bytes >= rejected_bytes:
+            self._largest_ok_bytes = 0  # the limit went down: old successes prove nothing
+        lowered = max(rejected_bytes // 2, self._largest_ok_bytes)
+        self.bytes = max(self.min_bytes, min(self.bytes, lowered))
+        if self.ceiling_bytes is None or rejected_bytes < self.ceiling_bytes:
+            self.ceiling_bytes = rejected_bytes
+        self._successes_at_target = 0
+        self._successes_since_413 = 0
+
+    def on_success(self, sent_bytes: int) -> None:
+        """The server accepted a body of ``sent_bytes``."""
+        self._largest_ok_bytes = max(self._largest_ok_bytes, sent_bytes)
+        self._successes_since_413 += 1
+        if self._successes_since_413 >= _CEILING_MEMORY_WINDOWS * self.probe_every:
+            self.ceiling_bytes = None
+        if sent_bytes >= _PROBE_EVIDENCE_FRACTION * self.bytes:
+            self._successes_at_target += 1
+        if self._successes_at_target >= self.probe_every:
+            self._successes_at_target = 0
+            self.bytes = self._probe_size()
+
+    def _probe_size(self) -> int:
+        grown = min(self.max_bytes, math.floor(self.bytes * self.probe_factor))
+        if self.ceiling_bytes is None:
+            return grown
+        halfway = (self.bytes + self.ceiling_bytes) // 2
+        if halfway - self.bytes < self.bytes // _CONVERGED_GAP_DIVISOR:
+            return self.bytes
+        return min(grown, halfway)
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
