@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import random
 import time
 from typing import Any
 
@@ -12,14 +13,47 @@ import msgspec
 UTC = _dt.timezone.utc
 
 
+# Ids need uniqueness, not secrecy, so a private Mersenne Twister stands in for os.urandom
+# (a syscall, and slower here). Private, so user code calling random.seed() cannot make two
+# workers produce the same ids; reseeded from os.urandom in every forked child, so a child
+# never repeats its parent's sequence (spawned children import afresh).
+_rng = random.Random()
+_random_bits = _rng.getrandbits
+os.register_at_fork(after_in_child=_rng.seed)
+
+# the 80 bits after the timestamp: 4-bit version, 12-bit rand_a, 2-bit variant, 62-bit rand_b
+_RAND_MASK = (0x0FFF << 64) | ((1 << 62) - 1)
+_VERSION_VARIANT = (0x7 << 76) | (0b10 << 62)
+
+# (unix ms, its 6 raw bytes, "tttttttt-tttt-") — what changes once per millisecond; a tuple
+# so one assignment replaces all (threads never see a new ms with an old prefix)
+_ms_prefix: tuple[int, bytes, str] = (-1, b"", "")
+
+
+def _ms_cached() -> tuple[int, bytes, str]:
+    global _ms_prefix
+    ms = time.time_ns() // 1_000_000
+    cached = _ms_prefix
+    if cached[0] != ms:
+        raw = ms.to_bytes(6, "big")
+        t = raw.hex()
+        cached = _ms_prefix = (ms, raw, f"{t[:8]}-{t[8:]}-")
+    return cached
+
+
 def uuid7() -> str:
     """A new UUIDv7 as lowercase 8-4-4-4-12 text (48-bit Unix ms, version 7, RFC variant)."""
-    ms = time.time_ns() // 1_000_000
-    r = int.from_bytes(os.urandom(10), "big")
-    # 48 bits ms | 4 bits version | 12 bits rand_a | 2 bits variant | 62 bits rand_b
-    v = (ms << 80) | (0x7 << 76) | ((r >> 62) & 0xFFF) << 64 | (0b10 << 62) | (r & ((1 << 62) - 1))
-    h = f"{v:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    prefix = _ms_cached()[2]
+    h = ((_random_bits(80) & _RAND_MASK) | _VERSION_VARIANT).to_bytes(10, "big").hex()
+    return f"{prefix}{h[:4]}-{h[4:8]}-{h[8:]}"
+
+
+def uuid7_bytes() -> tuple[str, bytes]:
+    """A new UUIDv7 as (canonical text, its 16 raw bytes) — the ring header carries raw ids."""
+    _, ms_raw, prefix = _ms_cached()
+    tail = ((_random_bits(80) & _RAND_MASK) | _VERSION_VARIANT).to_bytes(10, "big")
+    h = tail.hex()
+    return f"{prefix}{h[:4]}-{h[4:8]}-{h[8:]}", ms_raw + tail
 
 
 def uuid_bytes(text: str) -> bytes:
