@@ -38,7 +38,10 @@ def _graphql_answer(query: str, variables: dict[str, Any]) -> dict[str, Any]:
 class StubSink:
     """An aiohttp sink on its own event-loop thread; a context manager that always stops."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, stall_ingest: bool = False) -> None:
+        # With stall_ingest, ingest requests wait until the sink stops: a hung server.
+        self.stall_ingest = stall_ingest
+        self._release: asyncio.Event | None = None
         self.ended_ids: set[str] = set()
         self.requests_by_route: dict[str, int] = {}
         self._loop = asyncio.new_event_loop()
@@ -65,6 +68,8 @@ class StubSink:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self._release is not None:
+            self._loop.call_soon_threadsafe(self._release.set)
         if self._runner is not None:
             asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(timeout=30)
         self._loop.call_soon_threadsafe(self._loop.stop)
@@ -72,6 +77,7 @@ class StubSink:
         self._loop.close()
 
     async def _start(self) -> None:
+        self._release = asyncio.Event()
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_get("/server_info", self._server_info)
         app.router.add_get("/_stub/count", self._count)
@@ -99,6 +105,8 @@ class StubSink:
         route = "/v2/*/*/" + path.split("/", 4)[4] if path.startswith("/v2/") else path
         self.requests_by_route[route] = self.requests_by_route.get(route, 0) + 1
         raw = await request.read()
+        if self.stall_ingest and "call" in route:
+            await self._release.wait()
         body = json.loads(raw) if raw and request.content_type == "application/json" else {}
         return web.json_response(self._ingest(route, body))
 
