@@ -1,0 +1,427 @@
+"""A fault-injecting loopback trace server for tests.
+
+``FaultServer`` speaks the ingest routes of WIRE.md §3 (plus ``GET /server_info``), stores
+every call it accepts merged by ``(project, id)``, counts every delivery so a test can assert
+"nothing lost, nothing duplicated", and injects faults drawn from a seeded ``random.Random``.
+
+It runs on its own thread and event loop, so it serves sync tests and async tests (on any
+loop, asyncio or uvloop) alike::
+
+    with FaultServer(seed=1, p_500=0.2) as server:          # sync
+        ...
+    async with FaultServer(seed=1, p_500=0.2) as server:    # async
+        ...
+
+``run_on(loop_name, coro)`` runs a coroutine on a fresh asyncio or uvloop loop, so a test
+module can parametrize over ``LOOP_NAMES``.
+
+Fault settings are plain attributes and may be changed while it runs. Random faults apply
+to the ingest POST routes only; ``limit_bytes`` compares with the body as sent on the wire
+(compressed, if it was), as a proxy's body limit would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import random
+import re
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Coroutine, Iterable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import msgspec
+import uvloop
+import zstandard
+from aiohttp import web
+
+T = TypeVar("T")
+LOOP_NAMES = ("asyncio", "uvloop")
+
+_V2 = r"/v2/(?P<entity>[^/]+)/(?P<project>[^/]+)"
+_ROUTES: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"/call/upsert_batch"), "upsert_batch"),
+    (re.compile(_V2 + r"/calls/complete"), "complete"),
+    (re.compile(_V2 + r"/call/start"), "v2_start"),
+    (re.compile(_V2 + r"/call/end"), "v2_end"),
+    (re.compile(r"/call/start"), "start"),
+    (re.compile(r"/call/end"), "end"),
+)
+_START_FIELDS = ("started_at", "op_name", "inputs", "attributes", "trace_id", "parent_id")
+_STOP_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class Item:
+    """One call item of a request body: ``kind`` is "start", "end" or "complete"."""
+
+    kind: str
+    project: str
+    call_id: str
+    fields: dict[str, Any]
+
+
+@dataclass
+class RequestRecord:
+    """What the server saw and answered for one request."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    wire_bytes: int
+    status: int = 0  # 0: the connection was reset without an answer
+    outcome: str = ""
+    call_ids: list[str] = field(default_factory=list)
+
+
+class BadRequest(Exception):
+    """The body could not be decoded; answered with 400."""
+
+
+class FaultServer:
+    """A loopback trace server on its own thread that misbehaves on purpose (see module doc)."""
+
+    def __init__(
+        self,
+        seed: int = 0,
+        *,
+        limit_bytes: int | None = None,
+        p_429: float = 0.0,
+        retry_after: str | None = "0",
+        p_500: float = 0.0,
+        p_503: float = 0.0,
+        p_reset: float = 0.0,
+        stall_s: float = 0.0,
+        reject_ids: Iterable[str] = (),
+        complete_mode_required: bool = False,
+        accepts_encodings: Iterable[str] | None = ("zstd", "gzip"),
+    ) -> None:
+        self.rng = random.Random(seed)
+        self.limit_bytes = limit_bytes
+        self.p_429 = p_429
+        self.retry_after = retry_after
+        self.p_500 = p_500
+        self.p_503 = p_503
+        self.p_reset = p_reset
+        self.stall_s = stall_s
+        self.reject_ids = frozenset(reject_ids)
+        self.complete_mode_required = complete_mode_required
+        self.accepts_encodings = None if accepts_encodings is None else tuple(accepts_encodings)
+        self.stored: dict[tuple[str, str], dict[str, Any]] = {}
+        self.deliveries: Counter[tuple[str, str, str]] = Counter()
+        self.requests: list[RequestRecord] = []
+        self.port = 0
+        self._changed = threading.Condition()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._web: web.Server | None = None
+        self._listener: asyncio.AbstractServer | None = None
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> FaultServer:
+        ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
+        self._thread.name = "faultserver"
+        self._thread.start()
+        if not ready.wait(_STOP_TIMEOUT_S) or not self.port:
+            raise RuntimeError("FaultServer did not start listening")
+        return self
+
+    def stop(self) -> None:
+        if self._loop is None or self._thread is None:
+            return
+        self._call(self._shutdown())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(_STOP_TIMEOUT_S)
+        self._thread = None
+
+    def down(self) -> None:
+        """Refuse connections: stop listening and drop every open connection."""
+        self._call(self._close_listener())
+
+    def up(self) -> None:
+        """Listen again on the same port."""
+        self._call(self._listen())
+
+    def __enter__(self) -> FaultServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> FaultServer:
+        return await asyncio.to_thread(self.start)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await asyncio.to_thread(self.stop)
+
+    def _run(self, ready: threading.Event) -> None:
+        self._loop = asyncio.new_event_loop()
+        try:
+            self._web = web.Server(self._handle, loop=self._loop, auto_decompress=False)
+            self._loop.run_until_complete(self._listen())
+            ready.set()
+            self._loop.run_forever()
+        finally:
+            ready.set()
+            self._loop.close()
+
+    def _call(self, coro: Any) -> Any:
+        assert self._loop is not None, "FaultServer is not running"
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(_STOP_TIMEOUT_S)
+
+    async def _listen(self) -> None:
+        assert self._loop is not None and self._web is not None
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", self.port))
+        self.port = sock.getsockname()[1]
+        self._listener = await self._loop.create_server(self._web, sock=sock)
+
+    async def _close_listener(self) -> None:
+        assert self._web is not None
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        for connection in self._web.connections:
+            if connection.transport is not None:
+                connection.transport.abort()
+
+    async def _shutdown(self) -> None:
+        assert self._web is not None
+        await self._close_listener()
+        await self._web.shutdown(1.0)
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # ---- what a test reads -------------------------------------------------------------
+
+    def stored_ids(self, project: str | None = None) -> set[str]:
+        with self._changed:
+            return {cid for (proj, cid) in self.stored if project in (None, proj)}
+
+    def is_complete(self, project: str, call_id: str) -> bool:
+        """True once both the start and the end of the call have been stored."""
+        with self._changed:
+            call = self.stored.get((project, call_id), {})
+            return "started_at" in call and "ended_at" in call
+
+    def duplicate_deliveries(self) -> int:
+        """Items received again after the first accepted delivery (same kind, project, id)."""
+        with self._changed:
+            return sum(count - 1 for count in self.deliveries.values())
+
+    def records(self, path_suffix: str = "") -> list[RequestRecord]:
+        with self._changed:
+            return [r for r in self.requests if r.path.endswith(path_suffix)]
+
+    def wait_for(self, predicate: Callable[[], bool], timeout_s: float = 30.0) -> bool:
+        """Wait until ``predicate()`` holds (re-checked after every request); False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        with self._changed:
+            while not predicate():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._changed.wait(remaining)
+        return True
+
+    def wait_stored(self, count: int, timeout_s: float = 30.0) -> bool:
+        return self.wait_for(lambda: len(self.stored) >= count, timeout_s)
+
+    # ---- serving -----------------------------------------------------------------------
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        wire = await request.content.read()
+        record = RequestRecord(request.method, request.path, dict(request.headers), len(wire))
+        try:
+            response = await self._respond(request, wire, record)
+        finally:
+            self._publish(record)
+        if response is None:
+            request.transport.abort()  # type: ignore[union-attr]
+            raise asyncio.CancelledError  # aiohttp drops the connection without answering
+        record.status = response.status
+        return response
+
+    def _publish(self, record: RequestRecord) -> None:
+        with self._changed:
+            self.requests.append(record)
+            self._changed.notify_all()
+
+    async def _respond(
+        self, request: web.BaseRequest, wire: bytes, record: RequestRecord
+    ) -> web.Response | None:
+        if request.method == "GET" and request.path == "/server_info":
+            return self._json(200, self._server_info(), record, "server_info")
+        route = _route(request.path) if request.method == "POST" else None
+        if route is None:
+            return self._json(404, {"reason": f"no route {request.method} {request.path}"}, record)
+        kind, entity_project = route
+        if self.stall_s > 0:
+            await asyncio.sleep(self.stall_s)
+        fault = self._draw_fault()
+        if fault is not None:
+            return self._fault(fault, record)
+        if self.limit_bytes is not None and len(wire) > self.limit_bytes:
+            reason = f"body of {len(wire)} bytes exceeds the {self.limit_bytes}-byte limit"
+            return self._json(413, {"reason": reason}, record, "413")
+        return self._ingest(kind, entity_project, request.headers, wire, record)
+
+    def _draw_fault(self) -> str | None:
+        draw = self.rng.random()
+        for probability, outcome in (
+            (self.p_reset, "reset"),
+            (self.p_429, "429"),
+            (self.p_500, "500"),
+            (self.p_503, "503"),
+        ):
+            if draw < probability:
+                return outcome
+            draw -= probability
+        return None
+
+    def _fault(self, outcome: str, record: RequestRecord) -> web.Response | None:
+        record.outcome = outcome
+        if outcome == "reset":
+            return None
+        headers = {"Retry-After": self.retry_after} if outcome == "429" and self.retry_after else {}
+        return self._json(int(outcome), {"reason": f"injected {outcome}"}, record, outcome, headers)
+
+    def _ingest(self, kind, entity_project, headers, wire, record) -> web.Response:
+        try:
+            body = msgspec.json.decode(_decompress(wire, headers.get("Content-Encoding")))
+            items = _items(kind, entity_project, body)
+        except (BadRequest, msgspec.DecodeError, zstandard.ZstdError, OSError) as exc:
+            return self._json(400, {"reason": f"bad request body: {exc}"}, record, "400")
+        record.call_ids = [item.call_id for item in items]
+        if kind == "upsert_batch" and self.complete_mode_required:
+            answer = {"error_code": "CALLS_COMPLETE_MODE_REQUIRED", "reason": "use calls/complete"}
+            return self._json(400, answer, record, "complete_mode_required")
+        rejected = [item.call_id for item in items if item.call_id in self.reject_ids]
+        if rejected:
+            return self._json(422, {"reason": f"invalid call {rejected[0]}"}, record, "422")
+        self._store(items)
+        return self._json(200, _reply(kind, items), record, "stored")
+
+    def _store(self, items: list[Item]) -> None:
+        with self._changed:
+            for item in items:
+                self.deliveries[(item.kind, item.project, item.call_id)] += 1
+                self.stored.setdefault((item.project, item.call_id), {}).update(item.fields)
+
+    def _server_info(self) -> dict[str, Any]:
+        info: dict[str, Any] = {
+            "min_required_weave_python_version": "0.0.0",
+            "trace_server_version": "faultserver",
+        }
+        if self.accepts_encodings is not None:
+            info["accepts_encodings"] = list(self.accepts_encodings)
+        return info
+
+    @staticmethod
+    def _json(status, payload, record, outcome="", headers=None) -> web.Response:
+        record.outcome = outcome or str(status)
+        return web.Response(
+            status=status,
+            body=msgspec.json.encode(payload),
+            content_type="application/json",
+            headers=headers,
+        )
+
+
+def _route(path: str) -> tuple[str, str | None] | None:
+    for pattern, kind in _ROUTES:
+        match = pattern.fullmatch(path)
+        if match:
+            groups = match.groupdict()
+            return kind, (f"{groups['entity']}/{groups['project']}" if groups else None)
+    return None
+
+
+def _decompress(wire: bytes, encoding: str | None) -> bytes:
+    if encoding in (None, "", "identity"):
+        return wire
+    if encoding == "zstd":
+        return zstandard.ZstdDecompressor().decompressobj().decompress(wire)
+    if encoding == "gzip":
+        return gzip.decompress(wire)
+    raise BadRequest(f"unsupported Content-Encoding {encoding!r}")
+
+
+def _items(kind: str, entity_project: str | None, body: Any) -> list[Item]:
+    if not isinstance(body, dict):
+        raise BadRequest("body is not a JSON object")
+    if kind == "upsert_batch":
+        return [_batch_item(entry) for entry in _list(body, "batch")]
+    if kind == "complete":
+        return [_item("complete", call, entity_project) for call in _list(body, "batch")]
+    if kind in ("v2_start", "start"):
+        return [_item("start", _object(body, "start"), entity_project)]
+    return [_item("end", _object(body, "end"), entity_project)]
+
+
+def _batch_item(entry: Any) -> Item:
+    mode = entry.get("mode") if isinstance(entry, dict) else None
+    if mode not in ("start", "end"):
+        raise BadRequest(f"batch item has mode {mode!r}, expected 'start' or 'end'")
+    return _item(mode, _object(_object(entry, "req"), mode), None)
+
+
+def _item(kind: str, call: dict[str, Any], entity_project: str | None) -> Item:
+    project = entity_project or call.get("project_id")
+    call_id = call.get("id")
+    if not isinstance(project, str) or not isinstance(call_id, str):
+        raise BadRequest(f"{kind} item lacks project_id or id")
+    fields = (
+        dict(call) if kind != "end" else {k: v for k, v in call.items() if k not in _START_FIELDS}
+    )
+    return Item(kind, project, call_id, fields)
+
+
+def _list(body: dict[str, Any], key: str) -> list[Any]:
+    value = body.get(key)
+    if not isinstance(value, list):
+        raise BadRequest(f"{key!r} must be a list")
+    return value
+
+
+def _object(body: dict[str, Any], key: str) -> dict[str, Any]:
+    value = body.get(key)
+    if not isinstance(value, dict):
+        raise BadRequest(f"{key!r} must be an object")
+    return value
+
+
+def _reply(kind: str, items: list[Item]) -> dict[str, Any]:
+    if kind == "upsert_batch":
+        return {"res": [_start_reply(item) if item.kind == "start" else {} for item in items]}
+    if kind in ("v2_start", "start"):
+        return _start_reply(items[0])
+    return {}
+
+
+def _start_reply(item: Item) -> dict[str, Any]:
+    return {"id": item.call_id, "trace_id": item.fields.get("trace_id")}
+
+
+def run_on(loop_name: str, coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` to completion on a new "asyncio" or "uvloop" event loop, then close it."""
+    loop = uvloop.new_event_loop() if loop_name == "uvloop" else asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.run_until_complete(loop.shutdown_default_executor())
+        loop.close()
