@@ -1,0 +1,129 @@
+"""The aiohttp application of ``engine serve``: middlewares, route tables, start and stop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+from typing import Any, Literal
+
+from aiohttp import web
+
+from engine.server import _graphql, _routes_calls, _routes_misc
+from engine.server._body import DEFAULT_MAX_BODY_BYTES, ApiError, check_api_key, error_response
+from engine.server._sink import CountSink
+from engine.server._state import STATE, ServerState
+from engine.server._store import SQLiteStore
+
+StoreKind = Literal["sqlite", "count"]
+# Reachable without credentials: the handshake a client makes before it knows the key.
+_OPEN_PATHS = frozenset({"/health", "/server_info"})
+
+
+def default_db_path() -> Path:
+    """``$XDG_DATA_HOME/engine/traces.db``, else ``~/.local/share/engine/traces.db``."""
+    data_home = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return Path(data_home) / "engine" / "traces.db"
+
+
+def open_store(kind: StoreKind, db_path: Path | None) -> SQLiteStore | CountSink:
+    if kind == "count":
+        return CountSink()
+    if kind == "sqlite":
+        return SQLiteStore(db_path or default_db_path())
+    raise ValueError(f"store: unknown kind {kind!r}; choose 'sqlite' or 'count'")
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Every error leaves as JSON ``{"reason": …}``, including the router's 404 and 405."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error_response(exc.status, exc.reason, exc.headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+        return error_response(exc.status, f"{exc.reason}: {request.method} {request.path}", headers)
+
+
+def _auth_middleware(api_key: str) -> Any:
+    @web.middleware
+    async def auth(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path not in _OPEN_PATHS:
+            check_api_key(request.headers.get("Authorization"), api_key)
+        return await handler(request)
+
+    return auth
+
+
+def build_app(
+    store: SQLiteStore | CountSink,
+    *,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    api_key: str | None = None,
+) -> web.Application:
+    middlewares = [_json_errors] + ([_auth_middleware(api_key)] if api_key else [])
+    # bodies are read and limited by _body.read_body; aiohttp's own cap only guards request.read()
+    app = web.Application(middlewares=middlewares, client_max_size=max_body_bytes)
+    app[STATE] = ServerState(store, max_body_bytes)
+    for table in (_routes_misc.routes, _routes_calls.routes, _graphql.routes):
+        app.add_routes(table)
+    app.on_cleanup.append(_close_store)
+    return app
+
+
+async def _close_store(app: web.Application) -> None:
+    await app[STATE].store.close()
+
+
+async def start_server(
+    host: str = "127.0.0.1",
+    port: int = 0,
+    db_path: Path | str | None = None,
+    store: StoreKind = "sqlite",
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    api_key: str | None = None,
+) -> tuple[web.AppRunner, str]:
+    """Start serving on the running loop; returns the runner (``await runner.cleanup()``) and URL."""
+    app = build_app(
+        open_store(store, Path(db_path) if db_path else None),
+        max_body_bytes=max_body_bytes,
+        api_key=api_key,
+    )
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    bound_host, bound_port = runner.addresses[0][:2]
+    return runner, _url(bound_host, bound_port)
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+async def serve_until_signal(**options: Any) -> None:
+    """Serve until SIGTERM or SIGINT, then stop accepting, finish, and close the store."""
+    runner, url = await start_server(**options)
+    store = runner.app[STATE].store
+    where = f" db={store.path}" if isinstance(store, SQLiteStore) else ""
+    print(f"engine serve: listening on {url} (store={store.kind}{where})", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+    print("engine serve: stopped", flush=True)
+
+
+def run_server(**options: Any) -> None:
+    """Blocking ``engine serve`` on uvloop (options as :func:`start_server`)."""
+    import uvloop
+
+    uvloop.run(serve_until_signal(**options))

@@ -1,0 +1,138 @@
+"""Request bodies: size limits, decompression, decoding, auth — and the JSON error they raise.
+
+Every limit is enforced before memory is spent on it: ``Content-Length`` is checked before
+a byte is read, the bytes actually read are counted (chunked uploads have no length), and
+decompression stops one byte past the limit, so a zip bomb costs at most the limit.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import zlib
+from typing import Any, TypeVar
+
+import msgspec
+import zstandard
+from aiohttp import StreamReader, web
+
+T = TypeVar("T")
+
+ACCEPTED_ENCODINGS = ("zstd", "gzip")
+DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
+_READ_CHUNK_BYTES = 256 * 1024
+
+
+class ApiError(Exception):
+    """An error answer: ``status`` plus a human-readable ``reason`` sent as JSON."""
+
+    def __init__(self, status: int, reason: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.headers = headers or {}
+
+
+def error_response(status: int, reason: str, headers: dict[str, str] | None = None):
+    return web.json_response({"reason": reason}, status=status, headers=headers)
+
+
+def _too_large(what: str, max_body_bytes: int) -> ApiError:
+    return ApiError(413, f"{what} exceeds the {max_body_bytes}-byte request body limit")
+
+
+async def read_body(request: web.Request, max_body_bytes: int) -> bytes:
+    """The request body, decompressed, never larger than ``max_body_bytes``."""
+    declared = request.content_length
+    if declared is not None and declared > max_body_bytes:
+        raise _too_large(f"Content-Length {declared}", max_body_bytes)
+    raw = await _read_capped(request.content, max_body_bytes)
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    return decompress(raw, encoding, max_body_bytes)
+
+
+async def _read_capped(stream: StreamReader, max_body_bytes: int) -> bytes:
+    buf = bytearray()
+    async for chunk in stream.iter_chunked(_READ_CHUNK_BYTES):
+        buf += chunk
+        if len(buf) > max_body_bytes:
+            raise _too_large("request body", max_body_bytes)
+    return bytes(buf)
+
+
+def decompress(raw: bytes, encoding: str, max_body_bytes: int) -> bytes:
+    if encoding in ("", "identity"):
+        return raw
+    if encoding == "zstd":
+        return _unzstd(raw, max_body_bytes)
+    if encoding in ("gzip", "x-gzip"):
+        return _gunzip(raw, max_body_bytes)
+    raise ApiError(
+        415, f"Content-Encoding {encoding!r} not accepted; use one of {list(ACCEPTED_ENCODINGS)}"
+    )
+
+
+def _unzstd(raw: bytes, max_body_bytes: int) -> bytes:
+    out = bytearray()
+    try:
+        with zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True) as reader:
+            while chunk := reader.read(_READ_CHUNK_BYTES):
+                out += chunk
+                if len(out) > max_body_bytes:
+                    raise _too_large("decompressed body", max_body_bytes)
+    except zstandard.ZstdError as exc:
+        raise ApiError(400, f"invalid zstd body: {exc}") from None
+    return bytes(out)
+
+
+def _gunzip(raw: bytes, max_body_bytes: int) -> bytes:
+    """Every gzip member in ``raw``, inflating at most one byte past the limit."""
+    out = bytearray()
+    rest = raw
+    try:
+        while rest:
+            inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+            out += inflater.decompress(rest, max_body_bytes + 1 - len(out))
+            if len(out) > max_body_bytes:
+                raise _too_large("decompressed body", max_body_bytes)
+            if not inflater.eof:
+                raise ApiError(400, "invalid gzip body: truncated stream")
+            rest = inflater.unused_data
+    except zlib.error as exc:
+        raise ApiError(400, f"invalid gzip body: {exc}") from None
+    return bytes(out)
+
+
+def decode_json(body: bytes, type_: type[T]) -> T:
+    """Decode and validate: malformed JSON is a 400, a schema violation a 422 naming the path."""
+    try:
+        return msgspec.json.decode(body, type=type_)
+    except msgspec.ValidationError as exc:
+        raise ApiError(422, f"invalid request body: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise ApiError(400, f"malformed JSON: {exc}") from None
+
+
+def decode_any_json(body: bytes) -> Any:
+    return decode_json(body, Any)  # type: ignore[arg-type]
+
+
+_AUTH_HEADERS = {"WWW-Authenticate": 'Basic realm="engine"'}
+
+
+def check_api_key(authorization: str | None, api_key: str) -> None:
+    """Accept HTTP Basic ``api:<key>`` (the real server's scheme); the key is never echoed."""
+    if not authorization:
+        raise ApiError(
+            401, "missing Authorization: HTTP Basic with user 'api' and the API key", _AUTH_HEADERS
+        )
+    scheme, _, encoded = authorization.partition(" ")
+    if scheme.lower() != "basic":
+        raise ApiError(401, f"unsupported auth scheme {scheme!r}; use HTTP Basic", _AUTH_HEADERS)
+    try:
+        user, _, key = base64.b64decode(encoded.strip(), validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        raise ApiError(401, "malformed HTTP Basic credentials", _AUTH_HEADERS) from None
+    if user != "api" or not hmac.compare_digest(key.encode(), api_key.encode()):
+        raise ApiError(401, "invalid API key", _AUTH_HEADERS)

@@ -1,0 +1,213 @@
+"""Call routes: ingest (start, end, upsert_batch, v2 complete/start/end) and reads."""
+
+from __future__ import annotations
+
+import msgspec
+from aiohttp import web
+
+from engine.server._body import ApiError
+from engine.server._rows import (
+    InvalidQuery,
+    Page,
+    Selection,
+    complete_row,
+    end_row,
+    row_to_call,
+    start_row,
+)
+from engine.server._state import check_project_id, state_of
+from engine.wire._codec import uuid7
+from engine.wire.calls import (
+    Batch,
+    CallEndReq,
+    CallEndV2Req,
+    CallStartReq,
+    CallStartV2Req,
+    CallsUpsertCompleteReq,
+    EndBatchItem,
+    StartedCallSchemaForInsert,
+)
+from engine.wire.query import (
+    CallReadReq,
+    CallsDeleteReq,
+    CallsFilter,
+    CallsQueryReq,
+    CallsQueryStatsReq,
+    CallUpdateReq,
+)
+
+routes = web.RouteTableDef()
+_json = msgspec.json.Encoder()
+_QUERY_PAGE_ROWS = 1000
+
+
+def _ok(payload: object) -> web.Response:
+    return web.Response(body=_json.encode(payload), content_type="application/json")
+
+
+def _fill_ids(start: StartedCallSchemaForInsert) -> dict[str, str]:
+    """The server assigns ids a client left out, as the real one does."""
+    if start.id is None:
+        start.id = uuid7()
+    if start.trace_id is None:
+        start.trace_id = uuid7()
+    return {"id": start.id, "trace_id": start.trace_id}
+
+
+def _v2_project(request: web.Request) -> str:
+    return f"{request.match_info['entity']}/{request.match_info['project']}"
+
+
+def _check_same_project(project_id: str, path_project: str, field: str) -> None:
+    if project_id != path_project:
+        raise ApiError(
+            422, f"{field}: project_id {project_id!r} differs from the path's {path_project!r}"
+        )
+
+
+# -- ingest -------------------------------------------------------------------------------
+
+
+@routes.post("/call/start")
+async def call_start(request: web.Request) -> web.Response:
+    state = state_of(request)
+    req = await state.decode(request, CallStartReq)
+    check_project_id(req.start.project_id, "start.project_id")
+    ids = _fill_ids(req.start)
+    await state.store.write_calls([start_row(req.start)], [], [])
+    state.counters.calls_started += 1
+    return _ok(ids)
+
+
+@routes.post("/call/end")
+async def call_end(request: web.Request) -> web.Response:
+    state = state_of(request)
+    req = await state.decode(request, CallEndReq)
+    check_project_id(req.end.project_id, "end.project_id")
+    await state.store.write_calls([], [end_row(req.end)], [])
+    state.counters.calls_ended += 1
+    return _ok({})
+
+
+@routes.post("/call/upsert_batch")
+async def call_upsert_batch(request: web.Request) -> web.Response:
+    """The seed's Batch of start/end items, stored in one transaction."""
+    state = state_of(request)
+    req = await state.decode(request, Batch)
+    starts, ends, results = [], [], []
+    for i, item in enumerate(req.batch):
+        if isinstance(item, EndBatchItem):
+            check_project_id(item.req.end.project_id, f"batch[{i}].req.end.project_id")
+            ends.append(end_row(item.req.end))
+            results.append({})
+        else:
+            check_project_id(item.req.start.project_id, f"batch[{i}].req.start.project_id")
+            results.append(_fill_ids(item.req.start))
+            starts.append(start_row(item.req.start))
+    await state.store.write_calls(starts, ends, [])
+    state.counters.calls_started += len(starts)
+    state.counters.calls_ended += len(ends)
+    return _ok({"res": results})
+
+
+@routes.post("/v2/{entity}/{project}/calls/complete")
+async def calls_complete(request: web.Request) -> web.Response:
+    state = state_of(request)
+    req = await state.decode(request, CallsUpsertCompleteReq)
+    project_id = _v2_project(request)
+    for i, call in enumerate(req.batch):
+        _check_same_project(call.project_id, project_id, f"batch[{i}].project_id")
+    await state.store.write_calls([], [], [complete_row(c) for c in req.batch])
+    state.counters.calls_complete += len(req.batch)
+    return _ok({})
+
+
+@routes.post("/v2/{entity}/{project}/call/start")
+async def call_start_v2(request: web.Request) -> web.Response:
+    state = state_of(request)
+    req = await state.decode(request, CallStartV2Req)
+    _check_same_project(req.start.project_id, _v2_project(request), "start.project_id")
+    ids = _fill_ids(req.start)
+    await state.store.write_calls([start_row(req.start)], [], [])
+    state.counters.calls_started += 1
+    return _ok(ids)
+
+
+@routes.post("/v2/{entity}/{project}/call/end")
+async def call_end_v2(request: web.Request) -> web.Response:
+    state = state_of(request)
+    req = await state.decode(request, CallEndV2Req)
+    _check_same_project(req.end.project_id, _v2_project(request), "end.project_id")
+    await state.store.write_calls([], [end_row(req.end)], [])
+    state.counters.calls_ended += 1
+    return _ok({})
+
+
+# -- reads and edits ----------------------------------------------------------------------
+
+
+def _selection(req: CallsQueryReq | CallsQueryStatsReq) -> Selection:
+    if req.query is not None:
+        raise ApiError(422, "query: $expr queries are not supported by engine serve; use filter")
+    try:
+        return Selection(req.project_id, req.filter, getattr(req, "sort_by", None))
+    except InvalidQuery as exc:
+        raise ApiError(422, str(exc)) from None
+
+
+@routes.post("/call/read")
+async def call_read(request: web.Request) -> web.Response:
+    state = state_of(request)
+    req = await state.decode(request, CallReadReq)
+    rows = await state.store.select_calls(
+        Selection(req.project_id, CallsFilter(call_ids=[req.id])), Page(limit=1)
+    )
+    return _ok({"call": row_to_call(rows[0]) if rows else None})
+
+
+@routes.post("/calls/stream_query")
+async def calls_stream_query(request: web.Request) -> web.StreamResponse:
+    """One CallSchema per line, read from the store a page at a time."""
+    state = state_of(request)
+    req = await state.decode(request, CallsQueryReq)
+    selection = _selection(req)
+    response = web.StreamResponse(headers={"Content-Type": "application/jsonl"})
+    await response.prepare(request)
+    offset, remaining = req.offset or 0, req.limit
+    while remaining is None or remaining > 0:
+        want = _QUERY_PAGE_ROWS if remaining is None else min(remaining, _QUERY_PAGE_ROWS)
+        rows = await state.store.select_calls(selection, Page(limit=want, offset=offset))
+        if rows:
+            await response.write(b"".join(_json.encode(row_to_call(r)) + b"\n" for r in rows))
+        if len(rows) < want:
+            break
+        offset += len(rows)
+        remaining = None if remaining is None else remaining - len(rows)
+    await response.write_eof()
+    return response
+
+
+@routes.post("/calls/query_stats")
+async def calls_query_stats(request: web.Request) -> web.Response:
+    state = state_of(request)
+    req = await state.decode(request, CallsQueryStatsReq)
+    count = await state.store.count_calls(_selection(req))
+    if req.limit is not None:
+        count = min(count, req.limit)
+    return _ok({"count": count})
+
+
+@routes.post("/calls/delete")
+async def calls_delete(request: web.Request) -> web.Response:
+    state = state_of(request)
+    req = await state.decode(request, CallsDeleteReq)
+    return _ok({"num_deleted": await state.store.delete_calls(req.project_id, req.call_ids)})
+
+
+@routes.post("/call/update")
+async def call_update(request: web.Request) -> web.Response:
+    state = state_of(request)
+    req = await state.decode(request, CallUpdateReq)
+    if not await state.store.update_display_name(req.project_id, req.call_id, req.display_name):
+        raise ApiError(404, f"call {req.call_id!r} not found in project {req.project_id!r}")
+    return _ok({})

@@ -1,0 +1,37 @@
+"""The ``--store count`` sink: bodies are decoded and validated, items counted, nothing kept.
+
+Benchmarks point senders at it to measure the sender, not SQLite. Reads answer as an
+empty store would.
+"""
+
+from __future__ import annotations
+
+from engine.server._rows import Page, Selection
+
+
+class CountSink:
+    kind = "count"
+
+    async def write_calls(self, starts: list[tuple], ends: list[tuple], completes: list[tuple]):
+        return None
+
+    async def delete_calls(self, project_id: str, call_ids: list[str]) -> int:
+        return 0
+
+    async def update_display_name(self, project_id: str, call_id: str, name: str | None) -> bool:
+        return False
+
+    async def put_object(self, project_id: str, object_id: str, digest: str, val_json: str):
+        return None
+
+    async def put_file(self, project_id: str, digest: str, content: bytes):
+        return None
+
+    async def select_calls(self, selection: Selection, page: Page) -> list[tuple]:
+        return []
+
+    async def count_calls(self, selection: Selection) -> int:
+        return 0
+
+    async def close(self) -> None:
+        return None

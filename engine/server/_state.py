@@ -1,0 +1,52 @@
+"""What every handler shares: the store, the body limit, the counters."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from engine.server._body import ApiError, decode_json, read_body
+
+DEFAULT_ENTITY = "engine"
+
+
+class Counters(msgspec.Struct, kw_only=True):
+    """What the server took in since it started (``GET /stats``); items, not distinct ids."""
+
+    requests: int = 0
+    body_bytes: int = 0
+    calls_started: int = 0
+    calls_ended: int = 0
+    calls_complete: int = 0
+    rejected_requests: int = 0
+
+
+class ServerState:
+    def __init__(self, store: Any, max_body_bytes: int, default_entity: str = DEFAULT_ENTITY):
+        self.store = store
+        self.max_body_bytes = max_body_bytes
+        self.default_entity = default_entity
+        self.counters = Counters()
+        self.projects: set[tuple[str, str]] = set()  # created through GraphQL upsertModel
+
+    async def decode(self, request: web.Request, type_: type) -> Any:
+        body = await read_body(request, self.max_body_bytes)
+        self.counters.requests += 1
+        self.counters.body_bytes += len(body)
+        return decode_json(body, type_)
+
+
+STATE = web.AppKey("engine_server_state", ServerState)
+
+
+def state_of(request: web.Request) -> ServerState:
+    return request.app[STATE]
+
+
+def check_project_id(project_id: str, field: str) -> None:
+    """``entity/project``: exactly one slash, neither part empty (WIRE.md §2)."""
+    entity, sep, project = project_id.partition("/")
+    if not (sep and entity and project) or "/" in project:
+        raise ApiError(422, f"{field}: project_id {project_id!r} is not 'entity/project'")

@@ -1,0 +1,99 @@
+"""Run ``engine serve`` as a real child process on port 0 (for tests, benches and the demo)."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+_URL_LINE = re.compile(r"listening on (http://\S+)")
+
+
+class _UrlWatcher(threading.Thread):
+    """Drains the child's stdout (so it can never block on a full pipe) and spots its URL."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        super().__init__(name="engine-serve-stdout", daemon=True)
+        self._proc = proc
+        self.url: str | None = None
+        self.found = threading.Event()
+        self.lines: list[str] = []
+
+    def run(self) -> None:
+        assert self._proc.stdout is not None
+        for line in self._proc.stdout:
+            self.lines.append(line)
+            match = _URL_LINE.search(line)
+            if match and self.url is None:
+                self.url = match.group(1)
+                self.found.set()
+        self.found.set()  # EOF: the child exited before (or after) printing its URL
+
+
+def _serve_argv(
+    db_path: Path | str | None, store: str, max_body_bytes: int | None, api_key: str | None
+) -> list[str]:
+    argv = [sys.executable, "-m", "engine", "serve", "--host", "127.0.0.1", "--port", "0"]
+    argv += ["--store", store]
+    if db_path is not None:
+        argv += ["--db", str(db_path)]
+    if max_body_bytes is not None:
+        argv += ["--max-body-bytes", str(max_body_bytes)]
+    if api_key is not None:
+        argv += ["--api-key", api_key]
+    return argv
+
+
+def spawn_server(
+    db_path: Path | str | None = None,
+    store: str = "sqlite",
+    max_body_bytes: int | None = None,
+    api_key: str | None = None,
+    startup_timeout_s: float = 30.0,
+) -> tuple[subprocess.Popen, str]:
+    """Start ``engine serve`` on 127.0.0.1 port 0 and return (process, URL) once it listens."""
+    proc = subprocess.Popen(
+        _serve_argv(db_path, store, max_body_bytes, api_key),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    watcher = _UrlWatcher(proc)
+    watcher.start()
+    if not watcher.found.wait(startup_timeout_s) or watcher.url is None:
+        stop_server(proc)
+        output = "".join(watcher.lines)
+        raise RuntimeError(
+            f"engine serve did not report its URL within {startup_timeout_s}s: {output!r}"
+        )
+    return proc, watcher.url
+
+
+def stop_server(proc: subprocess.Popen, timeout_s: float = 15.0) -> int:
+    """SIGTERM, wait up to ``timeout_s``, then SIGKILL. Returns the exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return proc.wait()
+
+
+@contextlib.contextmanager
+def serve_subprocess(
+    db_path: Path | str | None = None,
+    store: str = "sqlite",
+    max_body_bytes: int | None = None,
+    api_key: str | None = None,
+) -> Iterator[str]:
+    """``with serve_subprocess(tmp_path / "t.db") as url:`` — the server is always stopped."""
+    proc, url = spawn_server(db_path, store, max_body_bytes, api_key)
+    try:
+        yield url
+    finally:
+        stop_server(proc)
