@@ -1,0 +1,391 @@
+"""The producer side: a :class:`Tracer` writes encoded call items into its own ring slot.
+
+The hot path is: build a msgspec Struct, encode it once into its final JSON wire fragment,
+copy it into this process's single-producer ring. No lock, no thread, no socket, no syscall
+per item. A tracer is picklable and claims a slot lazily in whichever process first writes,
+so the same object works in the owner and in fork/spawn/forkserver/Pool children.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import inspect
+import logging
+import os
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import msgspec
+
+from engine import _ring
+from engine._control import Control, control_path
+from engine._errors import Closed, PayloadTooLarge, RingFull
+from engine.wire import _codec
+from engine.wire.calls import (
+    EndedCallSchemaForInsert,
+    StartedCallSchemaForInsert,
+    end_splice_offset,
+)
+
+__all__ = ["Tracer", "CallHandle", "current_call"]
+
+log = logging.getLogger("engine.producer")
+
+F = TypeVar("F", bound=Callable[..., Any])
+_ZERO_ID = bytes(16)
+FLAG_END_HAS_TRACE = 1  # the end carries trace_id and started_at (see the sender's headers)
+_ENVELOPE_BYTES = 64  # room for the batch envelope around the largest single item
+_live_tracers: weakref.WeakSet[Tracer] = weakref.WeakSet()
+
+
+class ProducerSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """The part of the engine's configuration a producer needs (picklable)."""
+
+    project: str
+    max_block_ms: int
+    on_full: str
+    strict: bool
+    max_request_bytes: int
+
+
+class CallHandle:
+    """The call in progress inside ``tracer.call(...)``: set ``output`` / ``summary`` on it."""
+
+    __slots__ = ("id", "trace_id", "parent_id", "op_name", "started_at", "output", "summary",
+                 "_id_raw", "_trace_raw", "_token", "_project")
+
+    def __init__(self, id: str, id_raw: bytes, trace_id: str, trace_raw: bytes,
+                 parent_id: str | None, op_name: str, started_at: Any, project: str) -> None:
+        self.id = id
+        self._id_raw = id_raw
+        self.trace_id = trace_id
+        self._trace_raw = trace_raw
+        self.parent_id = parent_id
+        self.op_name = op_name
+        self.started_at = started_at
+        self.output: Any = None
+        self.summary: dict[str, Any] = {}
+        self._project = project
+        self._token: contextvars.Token | None = None
+
+
+_current: contextvars.ContextVar[CallHandle | None] = contextvars.ContextVar(
+    "engine_current_call", default=None
+)
+
+
+def current_call() -> CallHandle | None:
+    """The innermost call traced by ``tracer.call`` / ``@tracer.op`` in this context."""
+    return _current.get()
+
+
+class Tracer:
+    """Writes calls into shared memory. Get one from :meth:`engine.Engine.producer`."""
+
+    def __init__(self, spec: _ring.RingSpec, settings: ProducerSettings) -> None:
+        self._spec = spec
+        self._settings = settings
+        self._encoder = _codec.strict_encoder if settings.strict else _codec.encoder
+        self._ringset: _ring.RingSet | None = None
+        self._control: Control | None = None
+        self._closed = False
+        self._projects: dict[str, bytes] = {}
+        self._forget_slot()
+        _live_tracers.add(self)
+
+    def _forget_slot(self) -> None:
+        """Drop the claimed slot: a forked child must never write into its parent's slot.
+
+        The shared mappings stay valid in a child, so only the slot is given up; the child
+        claims its own on its first write.
+        """
+        self._writer: _ring.SlotWriter | None = None
+        self._max_payload = 0
+        self._stringified_seen = _codec.Stringified.count
+
+    def __reduce__(self) -> Any:
+        return (Tracer, (self._spec, self._settings))
+
+    @property
+    def project(self) -> str:
+        return self._settings.project
+
+    # -- the two wire-level entry points -------------------------------------------------
+
+    def call_start(self, start: StartedCallSchemaForInsert | dict[str, Any]) -> str:
+        """Enqueue a call start; fills ``id`` and ``trace_id`` when missing. Returns the id."""
+        if not isinstance(start, StartedCallSchemaForInsert):
+            start = _convert(start, StartedCallSchemaForInsert)
+        if start.id is None:
+            start.id = _codec.uuid7()
+        if start.trace_id is None:
+            start.trace_id = _codec.uuid7()
+        payload = self._encode(start, start.id)
+        self._write(_ring.KIND_START, start.project_id, _codec.uuid_bytes(start.id),
+                    _codec.uuid_bytes(start.trace_id), payload, 0, start.id)
+        return start.id
+
+    def call_end(self, end: EndedCallSchemaForInsert | dict[str, Any]) -> None:
+        """Enqueue a call end (its start may come before or after, in any process)."""
+        if not isinstance(end, EndedCallSchemaForInsert):
+            end = _convert(end, EndedCallSchemaForInsert)
+        payload = self._encode(end, end.id)
+        trace_raw = _codec.uuid_bytes(end.trace_id) if end.trace_id else _ZERO_ID
+        flags = FLAG_END_HAS_TRACE if end.trace_id and end.started_at else 0
+        self._write(_ring.KIND_END, end.project_id, _codec.uuid_bytes(end.id), trace_raw,
+                    payload, end_splice_offset(payload), end.id, flags)
+
+    # -- the ergonomic layer ---------------------------------------------------------------
+
+    def call(self, op_name: str, inputs: dict[str, Any] | None = None, *,
+             attributes: dict[str, Any] | None = None, display_name: str | None = None,
+             project: str | None = None) -> _CallContext:
+        """Context manager tracing one call: ``with tracer.call("predict", inputs={...}) as c:``.
+
+        Ids, trace and parent come from the enclosing traced call (contextvars: nesting and
+        asyncio tasks work); timestamps are UTC. Set ``c.output`` (and ``c.summary``) inside;
+        an exception is recorded and re-raised.
+        """
+        return _CallContext(self, op_name, inputs or {}, attributes or {}, display_name,
+                            project or self._settings.project)
+
+    def op(self, fn: F | None = None, *, name: str | None = None) -> Any:
+        """Decorator: every call of ``fn`` (sync or async) becomes a traced call."""
+        if fn is None:
+            return functools.partial(self.op, name=name)
+        return _wrap_op(self, fn, name or getattr(fn, "__qualname__", repr(fn)))
+
+    def begin(self, op_name: str, inputs: dict[str, Any], attributes: dict[str, Any],
+              display_name: str | None, project: str) -> CallHandle:
+        parent = _current.get()
+        call_id, id_raw = _codec.uuid7_bytes()
+        if parent is None:
+            trace_id, trace_raw = _codec.uuid7_bytes()
+            parent_id = None
+        else:
+            trace_id, trace_raw, parent_id = parent.trace_id, parent._trace_raw, parent.id
+        started_at = _codec.utcnow()
+        start = StartedCallSchemaForInsert(
+            project_id=project, id=call_id, op_name=op_name, display_name=display_name,
+            trace_id=trace_id, parent_id=parent_id, started_at=started_at,
+            attributes=attributes, inputs=inputs,
+        )
+        self._write(_ring.KIND_START, project, id_raw, trace_raw, self._encode(start, call_id), 0,
+                    call_id)
+        handle = CallHandle(call_id, id_raw, trace_id, trace_raw, parent_id, op_name, started_at,
+                            project)
+        handle._token = _current.set(handle)
+        return handle
+
+    def finish(self, handle: CallHandle, exception: BaseException | None = None) -> None:
+        if handle._token is not None:
+            _current.reset(handle._token)
+            handle._token = None
+        end = EndedCallSchemaForInsert(
+            project_id=handle._project, id=handle.id, trace_id=handle.trace_id,
+            started_at=handle.started_at, ended_at=_codec.utcnow(),
+            exception=None if exception is None else _describe(exception),
+            output=handle.output, summary=handle.summary,
+        )
+        payload = self._encode(end, handle.id)
+        self._write(_ring.KIND_END, handle._project, handle._id_raw, handle._trace_raw, payload,
+                    end_splice_offset(payload), handle.id, FLAG_END_HAS_TRACE)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def flush(self, timeout_s: float = 30.0) -> bool:
+        """Wait until the server acknowledged everything this process enqueued so far."""
+        if self._writer is None:
+            return True
+        from engine._engine import wait_released
+
+        ringset = self._ensure_attached()
+        return wait_released(ringset, self._control_block(), timeout_s, slots=[self._writer.slot])
+
+    def close(self) -> None:
+        """Give the slot back (its data is still delivered); later writes raise Closed."""
+        self._closed = True
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _encode(self, item: msgspec.Struct, call_id: str) -> bytes:
+        payload = self._encoder.encode(item)
+        if _codec.Stringified.count != self._stringified_seen:
+            self._note_stringified()
+        if len(payload) > self._max_payload:
+            self._check_size(payload, call_id)
+        return payload
+
+    def _write(self, kind: int, project: str, call_raw: bytes, trace_raw: bytes,
+               payload: bytes, aux: int, call_id: str, flags: int = 0) -> None:
+        writer = self._writer or self._claim()
+        project_b = self._projects.get(project) or self._project_bytes(project)
+        if not writer.try_write(kind, flags, call_raw, trace_raw, project_b, payload, aux):
+            self._write_slow(writer, (kind, flags, call_raw, trace_raw, project_b, payload, aux),
+                             call_id)
+
+    def _write_slow(self, writer: _ring.SlotWriter, args: tuple, call_id: str) -> None:
+        """The ring is full: wait up to max_block_ms, then apply the on_full policy."""
+        started = time.monotonic()
+        ok = writer.write(*args, timeout_s=self._settings.max_block_ms / 1000)
+        while not ok and self._settings.on_full == "block":
+            log.warning("ring slot %d full for %.1f s; still waiting (the sender is behind)",
+                        writer.slot, time.monotonic() - started)
+            ok = writer.write(*args, timeout_s=self._settings.max_block_ms / 1000 or 1.0)
+        control = self._control_block()
+        control.slot_add(writer.slot, "blocked_ms", int((time.monotonic() - started) * 1000))
+        if ok:
+            return
+        if self._settings.on_full == "raise":
+            control.slot_add(writer.slot, "raised_full")
+            raise RingFull(f"ring slot {writer.slot} stayed full for "
+                           f"{self._settings.max_block_ms} ms; call {call_id} not enqueued")
+        control.slot_add(writer.slot, "dropped_full")
+        log.warning("dropped call %s item: ring full (on_full='drop')", call_id)
+
+    def _claim(self) -> _ring.SlotWriter:
+        if self._closed:
+            raise Closed("this tracer is closed")
+        ringset = self._ensure_attached()
+        try:
+            writer = ringset.writer()
+        except Exception as exc:
+            raise Closed(f"cannot claim a ring slot: {exc}") from exc
+        reserved = len(self._settings.project.encode()) + 256
+        self._max_payload = min(writer.max_record_bytes - reserved,
+                                self._settings.max_request_bytes - _ENVELOPE_BYTES)
+        self._writer = writer
+        return writer
+
+    def _ensure_attached(self) -> _ring.RingSet:
+        if self._ringset is None:
+            try:
+                self._ringset = _ring.RingSet.attach(self._spec)
+            except FileNotFoundError:
+                raise Closed("the engine that owned this tracer is closed") from None
+        return self._ringset
+
+    def _control_block(self) -> Control:
+        if self._control is None:
+            ring_dir = os.path.dirname(self._spec.lock_path)
+            self._control = Control(control_path(ring_dir), self._spec.max_slots)
+        return self._control
+
+    def _project_bytes(self, project: str) -> bytes:
+        from engine._config import check_project
+
+        check_project(project, "project_id")
+        encoded = self._projects[project] = project.encode()
+        return encoded
+
+    def _check_size(self, payload: bytes, call_id: str) -> None:
+        if self._writer is None:
+            self._claim()
+        if len(payload) > self._max_payload:
+            self._control_block().slot_add(self._writer.slot, "too_large")
+            raise PayloadTooLarge(call_id, len(payload), self._max_payload)
+
+    def _note_stringified(self) -> None:
+        delta = _codec.Stringified.count - self._stringified_seen
+        self._stringified_seen = _codec.Stringified.count
+        writer = self._writer or self._claim()
+        self._control_block().slot_add(writer.slot, "stringified", delta)
+
+
+class _CallContext:
+    __slots__ = ("_tracer", "_args", "_handle")
+
+    def __init__(self, tracer: Tracer, *args: Any) -> None:
+        self._tracer = tracer
+        self._args = args
+        self._handle: CallHandle | None = None
+
+    def __enter__(self) -> CallHandle:
+        self._handle = self._tracer.begin(*self._args)
+        return self._handle
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        self._tracer.finish(self._handle, exc)
+
+    async def __aenter__(self) -> CallHandle:
+        return self.__enter__()
+
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+
+def _wrap_op(tracer: Tracer, fn: Callable[..., Any], op_name: str) -> Callable[..., Any]:
+    names = _positional_names(fn)
+    project = tracer.project
+
+    def inputs_of(args: tuple, kwargs: dict) -> dict[str, Any]:
+        inputs = dict(zip(names, args)) if len(args) <= len(names) else _spill(names, args)
+        if kwargs:
+            inputs.update(kwargs)
+        return inputs
+
+    if inspect.iscoroutinefunction(fn):
+        @functools.wraps(fn)
+        async def traced_async(*args: Any, **kwargs: Any) -> Any:
+            handle = tracer.begin(op_name, inputs_of(args, kwargs), {}, None, project)
+            try:
+                handle.output = await fn(*args, **kwargs)
+            except BaseException as exc:
+                tracer.finish(handle, exc)
+                raise
+            tracer.finish(handle)
+            return handle.output
+
+        return traced_async
+
+    @functools.wraps(fn)
+    def traced(*args: Any, **kwargs: Any) -> Any:
+        handle = tracer.begin(op_name, inputs_of(args, kwargs), {}, None, project)
+        try:
+            handle.output = fn(*args, **kwargs)
+        except BaseException as exc:
+            tracer.finish(handle, exc)
+            raise
+        tracer.finish(handle)
+        return handle.output
+
+    return traced
+
+
+def _positional_names(fn: Callable[..., Any]) -> tuple[str, ...]:
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return ()
+    return code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]
+
+
+def _spill(names: tuple[str, ...], args: tuple) -> dict[str, Any]:
+    inputs = dict(zip(names, args))
+    inputs["args"] = list(args[len(names):])
+    return inputs
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _convert(value: Any, type_: type) -> Any:
+    try:
+        return msgspec.convert(value, type_, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ValueError(f"invalid {type_.__name__}: {exc}") from None
+
+
+def _after_fork_in_child() -> None:
+    for tracer in list(_live_tracers):
+        tracer._forget_slot()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,552 @@
+"""The sender process: drains every ring and delivers what it holds to the trace server.
+
+Started by :class:`engine.Engine` as ``python -m engine._sender ARGS`` (a fresh interpreter,
+like multiprocessing's spawn, but without re-importing the user's ``__main__``). It runs one
+uvloop event loop:
+
+    ring records ──Router──► items ──Accumulator──► batches ──► ready queue ──► POST tasks
+        ▲                                                                         │
+        └──────────── release ◄── ReleaseTracker ◄── ack / dead-letter / spool ◄──┘
+
+A record's ring space is released only once the batch holding it is settled, so a sender
+that crashes loses nothing: the owner restarts it and it re-reads from the release positions
+(the server's idempotent upsert absorbs the repeats).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import logging
+import os
+import random
+import sys
+import time
+from typing import Any
+
+import msgspec
+
+from engine import _ring
+from engine._adaptive import AdaptiveConcurrency, SizeTarget
+from engine._batcher import UPSERT_ROUTE, Accumulator, Batch, Item, ReleaseTracker, Router
+from engine._config import EngineConfig, default_state_dir
+from engine._control import Control, control_path
+from engine._deadletter import DeadLetters
+from engine._errors import SendError
+from engine._producer import FLAG_END_HAS_TRACE
+from engine._retry import Backoff, Verdict, classify, retry_after_s
+from engine._spool import Spool
+from engine._transport import Compressor, Response, Transport
+
+log = logging.getLogger("engine.sender")
+
+_HOUSEKEEPING_S = 0.1
+_LATENCY_PUBLISH_S = 0.5
+_LATENCY_SAMPLES = 8192
+_READ_MAX_RECORDS = 2048
+_ENVELOPE_BYTES = 64
+_CAPABILITIES = "trace_id_on_end,eval_child_meta"
+
+
+
+class Sender:
+    """One sender loop; see the module docstring for the data path."""
+
+    def __init__(self, spec: _ring.RingSpec, cfg: EngineConfig, *, owner_pid: int,
+                 ring_dir: str, api_key: str | None) -> None:
+        self.cfg = cfg
+        self.owner_pid = owner_pid
+        self.api_key = api_key
+        self.ringset = _ring.RingSet.attach(spec)
+        self.reader = self.ringset.reader()
+        self.reader.rewind()
+        self.control = Control(control_path(ring_dir), spec.max_slots)
+        self.tracker = ReleaseTracker(self.reader.release)
+        mode = "upsert" if cfg.target == "upsert" else "complete"
+        self.router = Router(mode, cfg.max_request_bytes - _ENVELOPE_BYTES)
+        self.acc = Accumulator()
+        self.size = SizeTarget(cfg.max_request_bytes, min_bytes=cfg.min_request_bytes)
+        self.concurrency = AdaptiveConcurrency(initial=cfg.initial_in_flight,
+                                               maximum=cfg.max_in_flight)
+        self.backoff = Backoff(initial_ms=cfg.backoff_initial_ms, max_ms=cfg.backoff_max_ms)
+        self.rng = random.Random()
+        self.ready: collections.deque[Batch] = collections.deque()
+        self.waiting = 0  # batches sleeping before a retry
+        self.held_bytes = 0  # bytes of batches ready, waiting or in flight
+        self.tasks: set[asyncio.Task] = set()
+        self.fatal: BaseException | None = None
+        self.compressor: Compressor | None = None
+        self.executor: concurrent.futures.ThreadPoolExecutor | None = None
+        state = default_state_dir()
+        self.dead = DeadLetters(cfg.dead_letter_path or state / "dead_letters.jsonl")
+        self.spool = Spool(cfg.spool_dir) if cfg.spool_dir else None
+        self.latencies_us: collections.deque[int] = collections.deque(maxlen=_LATENCY_SAMPLES)
+        self.flush_seen_ns = self.control.get("flush_request_ns")
+        self.flush_heads: list[int] | None = None
+        self.stopping = False
+        self.wake: asyncio.Event | None = None
+        self.transport: Transport | None = None
+
+    # -- the loop --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Read, route, batch, dispatch; sleep on the doorbell when there is nothing to do.
+
+        One long loop on purpose: every step must see the same in-memory state without
+        locks, and each pass is bounded (one read of at most a few thousand records).
+        """
+        self.wake = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.add_reader(self.reader.fileno(), self._on_doorbell)
+        self.control.set("sender_pid", os.getpid())
+        async with Transport(self.cfg.url, api_key=self.api_key,
+                             pool_size=self.cfg.max_in_flight + 2,
+                             connect_timeout_s=self.cfg.connect_timeout_s,
+                             request_timeout_s=self.cfg.request_timeout_s) as transport:
+            self.transport = transport
+            await self._decide_compression()
+            spool_task = asyncio.create_task(self._replay_spool()) if self.spool else None
+            next_housekeeping = 0.0
+            while True:
+                if self.fatal is not None:
+                    raise self.fatal
+                now = time.monotonic()
+                if now >= next_housekeeping:
+                    next_housekeeping = now + _HOUSEKEEPING_S
+                    if self._housekeeping():
+                        break
+                progressed = self._pump()
+                self._dispatch()
+                if not progressed:
+                    await self._idle()
+            await self._finish()
+            if spool_task is not None:
+                spool_task.cancel()
+        loop.remove_reader(self.reader.fileno())
+
+    def _pump(self) -> bool:
+        """Read a chunk of records into batches; True if anything was read."""
+        read_any = False
+        if self.held_bytes + self.acc.open_bytes < self.cfg.max_in_flight_bytes:
+            records = self.reader.read(_READ_MAX_RECORDS)
+            if records:
+                read_any = True
+                self._route_records(records)
+        flushing = self._flushing()
+        linger_s = 0.0 if flushing else self.cfg.linger_ms / 1000
+        self.ready.extend(self.acc.due(linger_s))
+        pinned = self._pinned_slots()
+        if self.router.held() and (flushing or pinned or self._eager_due()):
+            for item in self.router.expire(self.cfg.eager_start_ms / 1000, pinned, flushing):
+                self._add_item(item)
+            self.ready.extend(self.acc.due(linger_s))
+        return read_any
+
+    def _route_records(self, records: list[_ring.Record]) -> None:
+        track = self.tracker.track
+        route = self.router.route
+        add = self._add_item
+        self.control.add("items_read", len(records))
+        for record in records:
+            item = route(record, track(record.slot, record.end_pos))
+            if item is not None:
+                add(item)
+        if self.router.extra:
+            for item in self.router.extra:
+                add(item)
+            self.router.extra.clear()
+
+    def _add_item(self, item: Item) -> None:
+        full = self.acc.add(item, self.size.bytes)
+        if full is not None:
+            self.ready.append(full)
+            self.held_bytes += full.size_bytes
+
+    def _dispatch(self) -> None:
+        while self.ready and len(self.tasks) < self.concurrency.limit:
+            batch = self.ready.popleft()
+            task = asyncio.create_task(self._deliver(batch))
+            self.tasks.add(task)
+            task.add_done_callback(self._task_done)
+
+    async def _idle(self) -> None:
+        """Sleep until the doorbell, a finished request, or the next timer."""
+        timeout = _HOUSEKEEPING_S
+        oldest = self.acc.oldest_s()
+        if oldest is not None:
+            timeout = min(timeout, max(0.0, oldest + self.cfg.linger_ms / 1000 - time.monotonic()))
+        if self.ready and len(self.tasks) < self.concurrency.limit:
+            return
+        has_room = self.held_bytes + self.acc.open_bytes < self.cfg.max_in_flight_bytes
+        if not self.reader.prepare_sleep() and has_room:
+            return  # data is waiting and we have room for it
+        self.wake.clear()
+        try:
+            await asyncio.wait_for(self.wake.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            self.reader.clear_doorbell()
+
+    def _on_doorbell(self) -> None:
+        self.reader.clear_doorbell()
+        self.wake.set()
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None and self.fatal is None:
+            self.fatal = task.exception()
+        self.wake.set()
+
+    # -- delivering one batch -----------------------------------------------------------
+
+    async def _deliver(self, batch: Batch) -> None:
+        body = batch.body()
+        wire = body
+        encoding = None
+        if self.compressor is not None:
+            wire = await self.compressor.compress_async(body, self.executor)
+            encoding = "zstd"
+        if batch.first_sent_s is None:
+            batch.first_sent_s = time.monotonic()
+        batch.attempts += 1
+        in_flight = len(self.tasks)
+        self._count_sent(batch, len(body), len(wire))
+        response: Response | None = None
+        error: SendError | None = None
+        try:
+            response = await self.transport.post(
+                batch.route, wire, content_encoding=encoding, retry_id=batch.retry_id,
+                headers=self._headers(batch), timeout_s=self.cfg.request_timeout_s)
+        except SendError as exc:
+            error = exc
+        verdict = classify(response.status if response else None,
+                           response.body if response else b"", error)
+        self._settle(batch, verdict, response, error, len(body), in_flight)
+
+    def _headers(self, batch: Batch) -> dict[str, str] | None:
+        first = batch.items[0]
+        if first.single:
+            from engine.wire._codec import uuid_text
+
+            return {"X-Weave-Trace-Id": uuid_text(first.records[0].trace_id)}
+        if batch.route == UPSERT_ROUTE and all(
+                r.kind != _ring.KIND_END or r.flags & FLAG_END_HAS_TRACE
+                for item in batch.items for r in item.records):
+            return {"X-Weave-Client-Capabilities": _CAPABILITIES}
+        return None
+
+    def _settle(self, batch: Batch, verdict: Verdict, response: Response | None,
+                error: SendError | None, raw_bytes: int, in_flight: int) -> None:
+        rtt_s = response.rtt_s if response else self.cfg.request_timeout_s
+        status = response.status if response else None
+        if verdict is Verdict.OK:
+            self.concurrency.on_response(rtt_s, overloaded=False, in_flight=in_flight)
+            self.size.on_success(raw_bytes)
+            self._acknowledge(batch, raw_bytes)
+        elif verdict is Verdict.SPLIT_413:
+            self.control.add("rejected_bytes_413", raw_bytes)
+            self.size.on_413(raw_bytes)
+            self._split(batch, "splits_413", "too_large", status, response)
+        elif verdict is Verdict.SPLIT_422:
+            self._split(batch, "splits_422", "invalid", status, response)
+        elif verdict is Verdict.RETRY:
+            overloaded = status in (429, 503) or response is None
+            self.concurrency.on_response(rtt_s, overloaded=overloaded, in_flight=in_flight)
+            self._retry_later(batch, response, error)
+        elif verdict is Verdict.COMPLETE_MODE_REQUIRED:
+            self._switch_mode("complete", batch)
+        elif status == 404 and self.cfg.target == "auto" and self.router.mode == "complete":
+            self._switch_mode("upsert", batch)
+        else:
+            self._dead_letter(batch, "http", status, _reason(response))
+
+    def _acknowledge(self, batch: Batch, raw_bytes: int) -> None:
+        self.held_bytes -= batch.size_bytes
+        self.tracker.ack(batch.tokens())
+        self.control.add("items_acked", len(batch))
+        self.control.add("bytes_acked", raw_bytes)
+        self.control.add("batches_acked")
+        now_ns = time.monotonic_ns()
+        step = max(1, len(batch) // 64)
+        for item in batch.items[::step]:
+            self.latencies_us.append((now_ns - item.enqueue_ns) // 1000)
+
+    def _split(self, batch: Batch, counter: str, reason: str, status: int | None,
+               response: Response | None) -> None:
+        if len(batch) == 1:
+            self._dead_letter(batch, reason, status, _reason(response))
+            return
+        self.control.add(counter)
+        first, second = batch.halves()
+        self.held_bytes -= batch.size_bytes
+        self.held_bytes += first.size_bytes + second.size_bytes
+        self.ready.appendleft(second)
+        self.ready.appendleft(first)
+
+    def _retry_later(self, batch: Batch, response: Response | None, error: SendError | None) -> None:
+        elapsed_s = time.monotonic() - batch.first_sent_s
+        if elapsed_s >= self.cfg.delivery_deadline_s or self.stopping:
+            what = f"HTTP {response.status}" if response else str(error)
+            self._give_up(batch, "deadline", response.status if response else None,
+                          f"not delivered within {self.cfg.delivery_deadline_s:g} s; last: {what}")
+            return
+        self.control.add("retries")
+        hint = retry_after_s(response.headers) if response else None
+        delay_s = self.backoff.delay_s(batch.attempts, self.rng, hint)
+        delay_s = min(delay_s, max(0.0, self.cfg.delivery_deadline_s - elapsed_s))
+        self.waiting += 1
+        asyncio.get_running_loop().call_later(delay_s, self._requeue, batch)
+
+    def _requeue(self, batch: Batch) -> None:
+        self.waiting -= 1
+        self.ready.appendleft(batch)
+        self.wake.set()
+
+    def _give_up(self, batch: Batch, reason: str, status: int | None, detail: str) -> None:
+        """A batch past its deadline: spool it if we can, else dead-letter it."""
+        if self.spool is not None:
+            self.spool.put(batch.route, batch.body(), len(batch))
+            self.control.add("spooled_batches")
+            self.control.add("spooled_items", len(batch))
+            self.held_bytes -= batch.size_bytes
+            self.tracker.ack(batch.tokens())
+            return
+        self._dead_letter(batch, reason, status, detail)
+
+    def _dead_letter(self, batch: Batch, reason: str, status: int | None, detail: str) -> None:
+        for item in batch.items:
+            self.dead.add(reason=f"{reason}: {detail}" if detail else reason, status=status,
+                          call_id=_call_id_text(item), route=batch.route,
+                          project=item.project.decode(), item_json=item.data)
+        log.error("dead-lettered %d items (%s, HTTP %s): %s", len(batch), reason, status, detail)
+        self.control.add("dead_letters", len(batch))
+        self.control.add(_DEAD_COUNTERS.get(reason, "dead_http"), len(batch))
+        self.held_bytes -= batch.size_bytes
+        self.tracker.ack(batch.tokens())
+
+    def _switch_mode(self, mode: str, batch: Batch) -> None:
+        """The server wants the other ingest shape: re-route what we hold."""
+        log.warning("server asks for %s mode; switching from %s", mode, self.router.mode)
+        self.held_bytes -= batch.size_bytes
+        self.router.mode = mode
+        self.control.set("complete_mode", int(mode == "complete"))
+        held = [(r, t) for item in batch.items for r, t in zip(item.records, item.tokens)]
+        held += self.router.take_all()
+        for open_batch in self.acc.due(0.0, everything=True):
+            held += [(r, t) for item in open_batch.items for r, t in zip(item.records, item.tokens)]
+        for record, token in sorted(held, key=lambda rt: (rt[0].slot, rt[0].end_pos)):
+            item = self.router.route(record, token)
+            if item is not None:
+                self._add_item(item)
+        for item in self.router.extra:
+            self._add_item(item)
+        self.router.extra.clear()
+
+    def _count_sent(self, batch: Batch, raw_bytes: int, wire_bytes: int) -> None:
+        control = self.control
+        control.add("requests_sent")
+        control.add("bytes_sent_raw", raw_bytes)
+        control.add("bytes_sent_wire", wire_bytes)
+        if batch.attempts == 1:
+            control.add("batches_sent")
+            control.add("items_sent", len(batch))
+
+    # -- timers, housekeeping and the end --------------------------------------------------
+
+    def _flushing(self) -> bool:
+        """A flush request makes everything read so far go out now (no linger, no holding)."""
+        requested = self.control.get("flush_request_ns")
+        if requested != self.flush_seen_ns:
+            self.flush_seen_ns = requested
+            self.flush_heads = self.reader.heads()
+        if self.flush_heads is None:
+            return False
+        read = self.tracker.read_pos
+        if all(read.get(slot, 0) >= head for slot, head in enumerate(self.flush_heads) if head):
+            caught_up = not self.reader.pending()
+            if caught_up:
+                self.flush_heads = None
+            return True
+        return True
+
+    def _pinned_slots(self) -> set[int]:
+        """Rings more than half full of unreleased bytes: their waiting starts go out now."""
+        limit = self.cfg.ring_bytes // 2
+        return {slot for slot in list(self.tracker.read_pos)
+                if self.tracker.unreleased_bytes(slot) > limit}
+
+    def _eager_due(self) -> bool:
+        oldest = self.router.oldest_pending_s()
+        return oldest is not None and time.monotonic() - oldest >= self.cfg.eager_start_ms / 1000
+
+    def _housekeeping(self) -> bool:
+        """Publish gauges, free dead producers' slots; True when it is time to stop."""
+        control = self.control
+        control.set("sender_heartbeat_ns", time.monotonic_ns())
+        control.set("in_flight_requests", len(self.tasks))
+        control.set("in_flight_bytes", self.held_bytes)
+        control.set("concurrency_limit", self.concurrency.limit)
+        control.set("size_target_bytes", self.size.bytes)
+        control.set("pending_starts", self.router.held())
+        control.set("eager_starts", self.router.eager_starts)
+        control.set("completes_spliced", self.router.spliced)
+        self._publish_latency()
+        for slot in self.reader.reap():
+            self.tracker.forget_slot(slot)
+        if control.get("shutdown_request"):
+            return True
+        if not _alive(self.owner_pid):
+            log.warning("engine owner %d is gone; draining the rings and exiting", self.owner_pid)
+            return True
+        return False
+
+    def _publish_latency(self) -> None:
+        now = time.monotonic()
+        if now < getattr(self, "_latency_next", 0.0) or not self.latencies_us:
+            return
+        self._latency_next = now + _LATENCY_PUBLISH_S
+        samples = sorted(self.latencies_us)
+        for name, q in (("latency_p50_us", 0.5), ("latency_p90_us", 0.9), ("latency_p99_us", 0.99)):
+            self.control.set(name, samples[min(len(samples) - 1, int(q * len(samples)))])
+        self.control.set("latency_max_us", samples[-1])
+
+    async def _finish(self) -> None:
+        """Deliver what is left within shutdown_timeout_s; settle the rest durably."""
+        deadline = time.monotonic() + self.cfg.shutdown_timeout_s
+        self.flush_heads = self.reader.heads()
+        while time.monotonic() < deadline:
+            progressed = self._pump()
+            self._dispatch()
+            if not (progressed or self.ready or self.tasks or self.waiting
+                    or self.acc.open or self.router.held()):
+                break
+            if not progressed:
+                await self._idle()
+        self.stopping = True
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        self._settle_leftovers()
+        if not _alive(self.owner_pid):
+            self.ringset.unlink()
+
+    def _settle_leftovers(self) -> None:
+        """At exit nothing may vanish: every unacknowledged record is spooled or dead-lettered."""
+        while True:
+            records = self.reader.read(_READ_MAX_RECORDS)
+            if not records:
+                break
+            self._route_records(records)
+        for item in self.router.expire(0.0, everything=True):
+            self._add_item(item)
+        leftovers = list(self.ready) + self.acc.due(0.0, everything=True)
+        self.ready.clear()
+        for batch in leftovers:
+            self._give_up(batch, "shutdown", None, "engine closed before delivery")
+
+    # -- start-up ------------------------------------------------------------------------------
+
+    async def _decide_compression(self) -> None:
+        setting = self.cfg.compression
+        if setting == "auto":
+            try:
+                accepts = await self.transport.server_accepts()
+            except SendError:
+                accepts = frozenset()
+            setting = "zstd" if "zstd" in accepts else "none"
+        if setting == "zstd":
+            self.compressor = Compressor(self.cfg.compression_level)
+            self.executor = concurrent.futures.ThreadPoolExecutor(
+                self.cfg.compression_threads, thread_name_prefix="engine-zstd")
+        self.control.set("compressing", int(self.compressor is not None))
+        self.control.set("complete_mode", int(self.router.mode == "complete"))
+
+    async def _replay_spool(self) -> None:
+        """Send spooled batches oldest first whenever the server answers."""
+        while True:
+            for entry in self.spool.pending():
+                route, body = self.spool.load(entry)
+                try:
+                    response = await self.transport.post(route, body)
+                except SendError:
+                    break
+                if 200 <= response.status < 300:
+                    self.spool.done(entry)
+                    self.control.add("replayed_batches")
+                elif classify(response.status, response.body) is not Verdict.RETRY:
+                    log.error("spooled batch %s rejected with HTTP %d; kept in the spool",
+                              entry, response.status)
+                    break
+                else:
+                    break
+            await asyncio.sleep(1.0)
+
+
+_DEAD_COUNTERS = {
+    "too_large": "dead_too_large",
+    "invalid": "dead_invalid",
+    "http": "dead_http",
+    "deadline": "dead_deadline",
+    "shutdown": "dead_shutdown",
+}
+
+
+def _reason(response: Response | None) -> str:
+    if response is None:
+        return ""
+    try:
+        data = msgspec.json.decode(response.body)
+    except msgspec.DecodeError:
+        return response.body[:200].decode("utf-8", "replace")
+    if isinstance(data, dict):
+        return str(data.get("reason") or data.get("detail") or data)[:500]
+    return str(data)[:500]
+
+
+def _call_id_text(item: Item) -> str | None:
+    from engine.wire._codec import uuid_text
+
+    return uuid_text(item.call_id) if any(item.call_id) else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = msgspec.json.decode(argv[0])
+    logging.basicConfig(level=os.environ.get("ENGINE_LOG_LEVEL", "WARNING"),
+                        format="%(asctime)s engine-sender[%(process)d] %(levelname)s %(message)s")
+    spec = msgspec.convert(args["spec"], _ring.RingSpec)
+    cfg = msgspec.convert(args["config"], EngineConfig)
+    sender = Sender(spec, cfg, owner_pid=args["owner_pid"], ring_dir=args["ring_dir"],
+                    api_key=os.environ.pop("ENGINE_SENDER_API_KEY", None))
+    _run(sender.run())
+    return 0
+
+
+def _run(coro: Any) -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a core dependency on POSIX
+        asyncio.run(coro)
+        return
+    if sys.version_info >= (3, 11):
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(coro)
+    else:  # pragma: no cover
+        uvloop.install()
+        asyncio.run(coro)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
