@@ -1,0 +1,139 @@
+"""Files behind a ring set: the private directory, the segment, liveness of processes.
+
+Everything a ring set leaves on the machine carries one name,
+``engine-ring-<owner pid>-<owner start ticks>-<random>``:
+
+- ``/dev/shm/<name>.seg`` -- the shared-memory segment (mode 0600);
+- ``<tmpdir>/<name>/`` -- a private 0700 directory holding the doorbell FIFO and the slot lock.
+
+``RingSet.unlink()`` removes all of them. If the owner dies without unlinking (SIGKILL,
+OOM killer), the next ``RingSet.create()`` by the same user removes every entry whose
+owner is gone -- the pid no longer exists, or it now belongs to a process with another
+start time -- so a crashed owner leaks at most until the next start. To clean up by
+hand: ``rm -rf /dev/shm/engine-ring-* $TMPDIR/engine-ring-*`` while no engine runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+
+NAME_PREFIX = "engine-ring-"
+SEGMENT_SUFFIX = ".seg"
+# tmpfs where available (Linux); elsewhere a regular file, which still works through mmap.
+SEGMENT_DIR = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """Start time of ``pid`` in clock ticks since boot; None if it is gone or a zombie.
+
+    Comparing start times tells a live producer from an unrelated process that was
+    given the same pid later. Without ``/proc`` the start time is unknown (0) and only
+    the pid is compared.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat_file:
+            stat = stat_file.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    except OSError:
+        return _start_ticks_without_proc(pid)
+    # The command name (field 2) may hold spaces and parentheses; fields after it do not.
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    if fields[0] in (b"Z", b"X"):  # a SIGKILLed child not yet reaped is a zombie: dead
+        return None
+    return int(fields[19])  # field 22, starttime
+
+
+def _start_ticks_without_proc(pid: int) -> int | None:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return 0
+    return 0
+
+
+def is_alive(pid: int, start_ticks: int) -> bool:
+    """Whether the process that recorded (pid, start_ticks) still runs."""
+    now = process_start_ticks(pid)
+    return now is not None and (start_ticks == 0 or now == 0 or now == start_ticks)
+
+
+def make_private_dir() -> str:
+    """Create the owner's 0700 directory; its basename is the ring set's name."""
+    pid = os.getpid()
+    start = process_start_ticks(pid) or 0
+    return tempfile.mkdtemp(prefix=f"{NAME_PREFIX}{pid}-{start}-")
+
+
+def segment_path(name: str) -> str:
+    return os.path.join(SEGMENT_DIR, name + SEGMENT_SUFFIX)
+
+
+def create_segment(name: str, size_bytes: int) -> int:
+    """Create the segment file exclusively with mode 0600 and size it; returns the fd."""
+    fd = os.open(segment_path(name), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # the umask cannot widen it, but make the mode explicit
+        os.ftruncate(fd, size_bytes)
+    except BaseException:
+        os.close(fd)
+        os.unlink(segment_path(name))
+        raise
+    return fd
+
+
+def remove_ring_files(name: str, private_dir: str) -> None:
+    """Remove the segment and the private directory; missing pieces are fine."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(segment_path(name))
+    shutil.rmtree(private_dir, ignore_errors=True)
+
+
+def _owner_of(entry_name: str) -> tuple[int, int] | None:
+    """(pid, start ticks) encoded in an entry name, or None if it is not ours."""
+    if not entry_name.startswith(NAME_PREFIX):
+        return None
+    parts = entry_name[len(NAME_PREFIX) :].split("-", 2)
+    if len(parts) != 3 or not (parts[0].isdigit() and parts[1].isdigit()):
+        return None
+    return int(parts[0]), int(parts[1])
+
+
+def _stale_entries(directory: str) -> list[str]:
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    uid = os.getuid()
+    stale = []
+    for entry in names:
+        owner = _owner_of(entry)
+        if owner is None or is_alive(*owner):
+            continue
+        path = os.path.join(directory, entry)
+        with contextlib.suppress(OSError):
+            if os.lstat(path).st_uid == uid:
+                stale.append(path)
+    return stale
+
+
+def remove_stale_ring_files() -> list[str]:
+    """Remove segments and directories of ring sets whose owner process is gone.
+
+    Only entries of the current user are touched. Returns the removed paths.
+    """
+    removed = []
+    for directory in {SEGMENT_DIR, tempfile.gettempdir()}:
+        for path in _stale_entries(directory):
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+            removed.append(path)
+    return removed
