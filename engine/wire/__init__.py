@@ -9,3 +9,24 @@ from engine.wire.query import *  # noqa: E402, F403
 from engine.wire.query import __all__ as _query_all  # noqa: E402
 
 __all__ += _query_all
+from engine.wire._base import Query  # noqa: E402
+from engine.wire._codec import uuid7_bytes  # noqa: E402
+from engine.wire.costs import *  # noqa: E402, F403
+from engine.wire.costs import __all__ as _costs_all  # noqa: E402
+from engine.wire.feedback import *  # noqa: E402, F403
+from engine.wire.feedback import __all__ as _feedback_all  # noqa: E402
+from engine.wire.files import *  # noqa: E402, F403
+from engine.wire.files import __all__ as _files_all  # noqa: E402
+from engine.wire.misc import *  # noqa: E402, F403
+from engine.wire.misc import __all__ as _misc_all  # noqa: E402
+from engine.wire.objects import *  # noqa: E402, F403
+from engine.wire.objects import __all__ as _objects_all  # noqa: E402
+from engine.wire.refs import *  # noqa: E402, F403
+from engine.wire.refs import __all__ as _refs_all  # noqa: E402
+from engine.wire.routes import EXTRA_ROUTES, ROUTES, Route  # noqa: E402
+from engine.wire.tables import *  # noqa: E402, F403
+from engine.wire.tables import __all__ as _tables_all  # noqa: E402
+
+__all__ += ["Query", "uuid7_bytes", "Route", "ROUTES", "EXTRA_ROUTES"]
+__all__ += [*_costs_all, *_feedback_all, *_files_all, *_misc_all, *_objects_all, *_refs_all]
+__all__ += _tables_all

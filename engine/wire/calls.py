@@ -162,7 +162,9 @@ class CallCreateBatchReq(_Request, kw_only=True):
 
 
 class CallCreateBatchRes(_Response, kw_only=True):
-    res: list[Union[CallStartRes, CallEndRes]] = msgspec.field(default_factory=list)
+    # one CallStartRes-shaped ({id, trace_id}) or CallEndRes-shaped ({}) object per item;
+    # plain objects because msgspec cannot decode a union of untagged Structs
+    res: list[dict[str, Any]] = msgspec.field(default_factory=list)
 
 
 class CallsUpsertCompleteReq(_Request, kw_only=True):
