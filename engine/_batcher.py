@@ -236,15 +236,19 @@ class Router:
         data = b"".join((_V2_END, record.payload, _V2_CLOSE))
         return Item(data, (record,), (token,), v2_end_route(record.project))
 
-    def expire(self, older_than_s: float, pinned_slots: set[int] = frozenset(),
-               everything: bool = False) -> list[Item]:
-        """Send waiting starts (and orphan ends) on their own when they waited long enough,
-        pin a ring that is filling up, or a flush asks for everything."""
+    def expire(self, older_than_s: float, read_pos: dict[int, int] | None = None,
+               pin_limit_bytes: int = 0, everything: bool = False) -> list[Item]:
+        """Send waiting records on their own when they waited ``older_than_s``, when more
+        than ``pin_limit_bytes`` of their ring were read after them (they pin its space), or
+        when a flush asks for ``everything``."""
         cutoff = time.monotonic() - older_than_s
+        read_pos = read_pos or {}
         items: list[Item] = []
         for table, make in ((self.pending_starts, self._v2_start), (self.pending_ends, self._v2_end)):
             for key, (record, token, seen) in list(table.items()):
-                if everything or seen <= cutoff or record.slot in pinned_slots:
+                pinning = pin_limit_bytes and (
+                    read_pos.get(record.slot, 0) - record.end_pos > pin_limit_bytes)
+                if everything or seen <= cutoff or pinning:
                     del table[key]
                     items.append(make(record, token))
         return items

@@ -36,7 +36,6 @@ from engine._deadletter import DeadLetters
 from engine._errors import SendError
 from engine._producer import FLAG_END_HAS_TRACE
 from engine._retry import Backoff, Verdict, classify, retry_after_s
-from engine._spool import Spool
 from engine._transport import Compressor, Response, Transport
 
 log = logging.getLogger("engine.sender")
@@ -80,7 +79,7 @@ class Sender:
         self.executor: concurrent.futures.ThreadPoolExecutor | None = None
         state = default_state_dir()
         self.dead = DeadLetters(cfg.dead_letter_path or state / "dead_letters.jsonl")
-        self.spool = Spool(cfg.spool_dir) if cfg.spool_dir else None
+        self.spool = _open_spool(cfg.spool_dir) if cfg.spool_dir else None
         self.latencies_us: collections.deque[int] = collections.deque(maxlen=_LATENCY_SAMPLES)
         self.flush_seen_ns = self.control.get("flush_request_ns")
         self.flush_heads: list[int] | None = None
@@ -135,12 +134,12 @@ class Sender:
                 self._route_records(records)
         flushing = self._flushing()
         linger_s = 0.0 if flushing else self.cfg.linger_ms / 1000
-        self.ready.extend(self.acc.due(linger_s))
-        pinned = self._pinned_slots()
-        if self.router.held() and (flushing or pinned or self._eager_due()):
-            for item in self.router.expire(self.cfg.eager_start_ms / 1000, pinned, flushing):
+        if self.router.held() and (flushing or read_any or self._eager_due()):
+            for item in self.router.expire(self.cfg.eager_start_ms / 1000, self.tracker.read_pos,
+                                           self.cfg.ring_bytes // 2, flushing):
                 self._add_item(item)
-            self.ready.extend(self.acc.due(linger_s))
+        for batch in self.acc.due(linger_s):
+            self._make_ready(batch)
         return read_any
 
     def _route_records(self, records: list[_ring.Record]) -> None:
@@ -160,8 +159,11 @@ class Sender:
     def _add_item(self, item: Item) -> None:
         full = self.acc.add(item, self.size.bytes)
         if full is not None:
-            self.ready.append(full)
-            self.held_bytes += full.size_bytes
+            self._make_ready(full)
+
+    def _make_ready(self, batch: Batch) -> None:
+        self.ready.append(batch)
+        self.held_bytes += batch.size_bytes
 
     def _dispatch(self) -> None:
         while self.ready and len(self.tasks) < self.concurrency.limit:
@@ -331,11 +333,11 @@ class Sender:
         log.warning("server asks for %s mode; switching from %s", mode, self.router.mode)
         self.held_bytes -= batch.size_bytes
         self.router.mode = mode
+        for open_batch in self.acc.due(0.0, everything=True):
+            batch.items.extend(open_batch.items)
         self.control.set("complete_mode", int(mode == "complete"))
         held = [(r, t) for item in batch.items for r, t in zip(item.records, item.tokens)]
         held += self.router.take_all()
-        for open_batch in self.acc.due(0.0, everything=True):
-            held += [(r, t) for item in open_batch.items for r, t in zip(item.records, item.tokens)]
         for record, token in sorted(held, key=lambda rt: (rt[0].slot, rt[0].end_pos)):
             item = self.router.route(record, token)
             if item is not None:
@@ -370,12 +372,6 @@ class Sender:
                 self.flush_heads = None
             return True
         return True
-
-    def _pinned_slots(self) -> set[int]:
-        """Rings more than half full of unreleased bytes: their waiting starts go out now."""
-        limit = self.cfg.ring_bytes // 2
-        return {slot for slot in list(self.tracker.read_pos)
-                if self.tracker.unreleased_bytes(slot) > limit}
 
     def _eager_due(self) -> bool:
         oldest = self.router.oldest_pending_s()
@@ -441,7 +437,9 @@ class Sender:
             self._route_records(records)
         for item in self.router.expire(0.0, everything=True):
             self._add_item(item)
-        leftovers = list(self.ready) + self.acc.due(0.0, everything=True)
+        for batch in self.acc.due(0.0, everything=True):
+            self._make_ready(batch)
+        leftovers = list(self.ready)
         self.ready.clear()
         for batch in leftovers:
             self._give_up(batch, "shutdown", None, "engine closed before delivery")
@@ -509,6 +507,12 @@ def _call_id_text(item: Item) -> str | None:
     from engine.wire._codec import uuid_text
 
     return uuid_text(item.call_id) if any(item.call_id) else None
+
+
+def _open_spool(directory: str) -> Any:
+    from engine._spool import Spool
+
+    return Spool(directory)
 
 
 def _alive(pid: int) -> bool:
