@@ -41,7 +41,12 @@ async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse
     try:
         return await handler(request)
     except ApiError as exc:
-        return error_response(exc.status, exc.reason, exc.headers)
+        request.app[STATE].counters.rejected_requests += 1
+        response = error_response(exc.status, exc.reason, exc.headers)
+        if exc.status == 413:
+            # the rest of the body is unread: the connection cannot be reused for another request
+            response.force_close()
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -93,7 +98,9 @@ async def start_server(
         max_body_bytes=max_body_bytes,
         api_key=api_key,
     )
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    # auto_decompress=False: aiohttp would inflate bodies without any size cap (a zip bomb
+    # costs memory before a handler runs); _body.decompress inflates with the limit instead
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, auto_decompress=False)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

@@ -20,7 +20,7 @@ class Counters(msgspec.Struct, kw_only=True):
     calls_started: int = 0
     calls_ended: int = 0
     calls_complete: int = 0
-    rejected_requests: int = 0
+    rejected_requests: int = 0  # answered with a 4xx by our own checks
 
 
 class ServerState:
