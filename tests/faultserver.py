@@ -15,8 +15,10 @@ loop, asyncio or uvloop) alike::
 ``run_on(loop_name, coro)`` runs a coroutine on a fresh asyncio or uvloop loop, so a test
 module can parametrize over ``LOOP_NAMES``.
 
-Fault settings are plain attributes and may be changed while it runs. Random faults apply
-to the ingest POST routes only; ``limit_bytes`` compares with the body as sent on the wire
+Fault settings are plain attributes and may be changed while it runs. ``p_reset`` drops the
+connection before storing; ``p_lost_ack`` stores, then drops it (the acknowledgement is
+lost, so a correct client re-sends and ``duplicate_deliveries`` counts it). Random faults
+apply to the ingest POST routes only; ``limit_bytes`` compares with the body as sent on the wire
 (compressed, if it was), as a proxy's body limit would.
 """
 
@@ -95,6 +97,7 @@ class FaultServer:
         p_500: float = 0.0,
         p_503: float = 0.0,
         p_reset: float = 0.0,
+        p_lost_ack: float = 0.0,
         stall_s: float = 0.0,
         reject_ids: Iterable[str] = (),
         complete_mode_required: bool = False,
@@ -107,6 +110,7 @@ class FaultServer:
         self.p_500 = p_500
         self.p_503 = p_503
         self.p_reset = p_reset
+        self.p_lost_ack = p_lost_ack
         self.stall_s = stall_s
         self.reject_ids = frozenset(reject_ids)
         self.complete_mode_required = complete_mode_required
@@ -277,7 +281,11 @@ class FaultServer:
         if self.limit_bytes is not None and len(wire) > self.limit_bytes:
             reason = f"body of {len(wire)} bytes exceeds the {self.limit_bytes}-byte limit"
             return self._json(413, {"reason": reason}, record, "413")
-        return self._ingest(kind, entity_project, request.headers, wire, record)
+        response = self._ingest(kind, entity_project, request.headers, wire, record)
+        if response.status == 200 and self.p_lost_ack and self.rng.random() < self.p_lost_ack:
+            record.outcome = "lost_ack"
+            return None  # stored, but the client never hears it: its retry is a duplicate
+        return response
 
     def _draw_fault(self) -> str | None:
         draw = self.rng.random()

@@ -132,6 +132,18 @@ def test_reset_closes_the_connection_without_an_answer(server):
     assert [(r.status, r.outcome) for r in server.records()] == [(0, "reset")]
 
 
+def test_lost_ack_stores_then_resets_so_a_resend_counts_as_duplicate(server):
+    server.p_lost_ack = 1.0
+    body = upsert(("start", start("a")))
+    with pytest.raises((http.client.RemoteDisconnected, ConnectionResetError)):
+        post(server, "/call/upsert_batch", body)
+    assert server.stored_ids() == {"a"}
+    server.p_lost_ack = 0.0
+    assert post(server, "/call/upsert_batch", body)[0] == 200
+    assert server.duplicate_deliveries() == 1
+    assert [r.outcome for r in server.records()] == ["lost_ack", "stored"]
+
+
 def test_down_refuses_connections_and_up_reopens_the_same_port(server):
     port = server.port
     server.down()
