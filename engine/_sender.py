@@ -81,7 +81,7 @@ class Sender:
         self.dead = DeadLetters(cfg.dead_letter_path or state / "dead_letters.jsonl")
         self.spool = _open_spool(cfg.spool_dir) if cfg.spool_dir else None
         self.latencies_us: collections.deque[int] = collections.deque(maxlen=_LATENCY_SAMPLES)
-        self.flush_seen_ns = self.control.get("flush_request_ns")
+        self.flush_seen_ns = 0  # a flush asked for before we started is honoured too
         self.flush_heads: list[int] | None = None
         self.stopping = False
         self.wake: asyncio.Event | None = None
@@ -263,6 +263,7 @@ class Sender:
             self._switch_mode("upsert", batch)
         else:
             self._dead_letter(batch, "http", status, _reason(response))
+        self._publish_gauges()
 
     def _acknowledge(self, batch: Batch, raw_bytes: int) -> None:
         self.held_bytes -= batch.size_bytes
@@ -381,13 +382,7 @@ class Sender:
         """Publish gauges, free dead producers' slots; True when it is time to stop."""
         control = self.control
         control.set("sender_heartbeat_ns", time.monotonic_ns())
-        control.set("in_flight_requests", len(self.tasks))
-        control.set("in_flight_bytes", self.held_bytes)
-        control.set("concurrency_limit", self.concurrency.limit)
-        control.set("size_target_bytes", self.size.bytes)
-        control.set("pending_starts", self.router.held())
-        control.set("eager_starts", self.router.eager_starts)
-        control.set("completes_spliced", self.router.spliced)
+        self._publish_gauges()
         self._publish_latency()
         for slot in self.reader.reap():
             self.tracker.forget_slot(slot)
@@ -397,6 +392,16 @@ class Sender:
             log.warning("engine owner %d is gone; draining the rings and exiting", self.owner_pid)
             return True
         return False
+
+    def _publish_gauges(self) -> None:
+        control = self.control
+        control.set("in_flight_requests", len(self.tasks))
+        control.set("in_flight_bytes", self.held_bytes)
+        control.set("concurrency_limit", self.concurrency.limit)
+        control.set("size_target_bytes", self.size.bytes)
+        control.set("pending_starts", self.router.held())
+        control.set("eager_starts", self.router.eager_starts)
+        control.set("completes_spliced", self.router.spliced)
 
     def _publish_latency(self) -> None:
         now = time.monotonic()

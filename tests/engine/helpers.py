@@ -1,0 +1,40 @@
+"""Shared bits of the engine integration tests: a traced workload and an Engine factory."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from engine._engine import Engine
+
+PROJECT = "test-entity/test-project"
+
+
+def make_engine(url: str, tmp_path: Any, **overrides: Any) -> Engine:
+    settings: dict[str, Any] = dict(
+        project=PROJECT,
+        compression="none",
+        ring_bytes=1 << 20,
+        max_slots=16,
+        linger_ms=5,
+        delivery_deadline_s=30.0,
+        backoff_initial_ms=10,
+        backoff_max_ms=200,
+        shutdown_timeout_s=20.0,
+        dead_letter_path=str(tmp_path / "dead_letters.jsonl"),
+    )
+    settings.update(overrides)
+    return Engine(url=url, **settings)
+
+
+def trace_calls(tracer: Any, count: int, *, prefix: str = "call", payload_bytes: int = 200) -> list[str]:
+    """``count`` root calls, each with one child; returns the ids of every call made."""
+    ids = []
+    filler = "x" * payload_bytes
+    for i in range(count):
+        with tracer.call(f"{prefix}.root", inputs={"i": i, "text": filler}) as root:
+            with tracer.call(f"{prefix}.child", inputs={"i": i}) as child:
+                child.output = {"n": i, "pid": os.getpid()}
+            root.output = i
+            ids += [root.id, child.id]
+    return ids

@@ -1,0 +1,141 @@
+"""The whole path against a misbehaving loopback server: nothing lost, nothing duplicated."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.engine.helpers import PROJECT, make_engine, trace_calls
+from tests.faultserver import FaultServer
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.parametrize("target", ["complete", "upsert"])
+def test_every_call_arrives_once_in_either_target_mode(tmp_path, target):
+    with FaultServer(seed=1) as server, make_engine(server.url, tmp_path, target=target) as eng:
+        ids = trace_calls(eng.producer(), 300)
+        assert eng.flush(timeout_s=30)
+        assert server.stored_ids(PROJECT) == set(ids)
+        assert all(server.is_complete(PROJECT, i) for i in ids)
+        assert server.duplicate_deliveries() == 0
+        stats = eng.stats()
+    route = "/calls/complete" if target == "complete" else "/call/upsert_batch"
+    assert server.records(route)
+    assert stats["dead_letters"] == 0
+
+
+def test_children_carry_trace_and_parent_of_their_root(tmp_path):
+    with FaultServer() as server, make_engine(server.url, tmp_path) as eng:
+        tracer = eng.producer()
+        with tracer.call("root") as root, tracer.call("child") as child:
+            pass
+        assert eng.flush(timeout_s=30)
+        stored_root = server.stored[(PROJECT, root.id)]
+        stored_child = server.stored[(PROJECT, child.id)]
+    assert stored_root["trace_id"] == root.trace_id != root.id
+    assert stored_root.get("parent_id") is None
+    assert stored_child["trace_id"] == root.trace_id
+    assert stored_child["parent_id"] == root.id
+
+
+def test_413_splits_learns_the_limit_and_keeps_every_call(tmp_path):
+    limit = 64 << 10
+    with FaultServer(limit_bytes=limit) as server, make_engine(server.url, tmp_path) as eng:
+        ids = trace_calls(eng.producer(), 400, payload_bytes=600)
+        assert eng.flush(timeout_s=60)
+        stats = eng.stats()
+        assert server.stored_ids(PROJECT) == set(ids)
+        assert server.duplicate_deliveries() == 0
+    assert stats["splits_413"] >= 1
+    assert stats["size_target_bytes"] <= limit
+    assert stats["dead_letters"] == 0
+
+
+def test_random_429_500_503_and_resets_lose_and_duplicate_nothing(tmp_path):
+    faults = dict(p_429=0.15, p_500=0.1, p_503=0.1, p_reset=0.05, retry_after="0")
+    with FaultServer(seed=7, **faults) as server, make_engine(
+            server.url, tmp_path, max_request_bytes=32 << 10, min_request_bytes=8 << 10) as eng:
+        ids = trace_calls(eng.producer(), 300)
+        assert eng.flush(timeout_s=60)
+        stats = eng.stats()
+        assert server.stored_ids(PROJECT) == set(ids)
+    assert stats["retries"] >= 1
+    assert stats["dead_letters"] == 0
+
+
+def test_a_server_that_is_down_for_a_while_gets_everything_when_it_returns(tmp_path):
+    with FaultServer() as server, make_engine(server.url, tmp_path) as eng:
+        tracer = eng.producer()
+        server.down()
+        ids = trace_calls(tracer, 50)
+        assert not eng.flush(timeout_s=0.5)
+        server.up()
+        assert eng.flush(timeout_s=30)
+        assert server.stored_ids(PROJECT) == set(ids)
+
+
+def test_a_rejected_item_is_dead_lettered_alone(tmp_path):
+    with FaultServer() as server:
+        with make_engine(server.url, tmp_path) as eng:
+            tracer = eng.producer()
+            good = trace_calls(tracer, 20)
+            with tracer.call("poison") as bad:
+                pass
+            server.reject_ids = frozenset({bad.id})
+            good += trace_calls(tracer, 20)
+            assert eng.flush(timeout_s=30)
+            stats = eng.stats()
+        assert server.stored_ids(PROJECT) == set(good)
+    assert stats["dead_invalid"] == 1
+    lines = (tmp_path / "dead_letters.jsonl").read_text().splitlines()
+    assert [json.loads(line)["call_id"] for line in lines] == [bad.id]
+
+
+def test_server_demanding_complete_mode_gets_complete_calls(tmp_path):
+    with FaultServer(complete_mode_required=True) as server, make_engine(
+            server.url, tmp_path, target="upsert") as eng:
+        ids = trace_calls(eng.producer(), 50)
+        assert eng.flush(timeout_s=30)
+        assert server.stored_ids(PROJECT) == set(ids)
+        assert eng.stats()["complete_mode"] == 1
+
+
+def test_zstd_is_used_when_the_server_accepts_it(tmp_path):
+    with FaultServer() as server, make_engine(server.url, tmp_path, compression="auto") as eng:
+        ids = trace_calls(eng.producer(), 100)
+        assert eng.flush(timeout_s=30)
+        stats = eng.stats()
+        assert server.stored_ids(PROJECT) == set(ids)
+    assert stats["compressing"] == 1
+    assert stats["bytes_sent_wire"] < stats["bytes_sent_raw"] / 2
+
+
+def test_no_compression_toward_a_server_that_does_not_advertise_it(tmp_path):
+    with FaultServer(accepts_encodings=None) as server, make_engine(
+            server.url, tmp_path, compression="auto") as eng:
+        trace_calls(eng.producer(), 10)
+        assert eng.flush(timeout_s=30)
+        assert eng.stats()["compressing"] == 0
+
+
+def test_a_long_call_is_visible_before_it_ends(tmp_path):
+    with FaultServer() as server, make_engine(server.url, tmp_path, eager_start_ms=50) as eng:
+        tracer = eng.producer()
+        with tracer.call("long") as long_call:
+            assert server.wait_for(lambda: (PROJECT, long_call.id) in server.stored, 30)
+            assert not server.is_complete(PROJECT, long_call.id)
+        assert eng.flush(timeout_s=30)
+        assert server.is_complete(PROJECT, long_call.id)
+    assert server.records("/call/start") and server.records("/call/end")
+
+
+def test_flush_sends_a_waiting_start_at_once(tmp_path):
+    with FaultServer() as server, make_engine(server.url, tmp_path, eager_start_ms=600_000) as eng:
+        tracer = eng.producer()
+        with tracer.call("open") as open_call:
+            assert eng.flush(timeout_s=30)
+            assert (PROJECT, open_call.id) in server.stored
+        assert eng.flush(timeout_s=30)
+        assert server.is_complete(PROJECT, open_call.id)
