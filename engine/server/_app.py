@@ -114,14 +114,15 @@ def _url(host: str, port: int) -> str:
 
 async def serve_until_signal(**options: Any) -> None:
     """Serve until SIGTERM or SIGINT, then stop accepting, finish, and close the store."""
-    runner, url = await start_server(**options)
-    store = runner.app[STATE].store
-    where = f" db={store.path}" if isinstance(store, SQLiteStore) else ""
-    print(f"engine serve: listening on {url} (store={store.kind}{where})", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    runner, url = await start_server(**options)
+    store = runner.app[STATE].store
+    where = f" db={store.path}" if isinstance(store, SQLiteStore) else ""
+    # the URL line is the readiness signal: printed only once signals are handled
+    print(f"engine serve: listening on {url} (store={store.kind}{where})", flush=True)
     try:
         await stop.wait()
     finally:

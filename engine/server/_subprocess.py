@@ -32,6 +32,7 @@ class _UrlWatcher(threading.Thread):
             if match and self.url is None:
                 self.url = match.group(1)
                 self.found.set()
+        self._proc.stdout.close()
         self.found.set()  # EOF: the child exited before (or after) printing its URL
 
 

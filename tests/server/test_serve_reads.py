@@ -1,0 +1,175 @@
+"""Reads and edits: call_read, stream_query filters/sort/paging, query_stats, delete, update."""
+
+from tests.server.harness import PROJECT, complete, serving
+
+COMPLETE = "/v2/ent/proj/calls/complete"
+
+
+def _tree() -> list[dict]:
+    """Two traces: root r1 with children c1, c2 (c2 has grandchild g1); root r2 alone."""
+    return [
+        complete("r1", trace_id="t1", t_s=10, op_name="weave:///ent/proj/op/root:v1"),
+        complete("c1", trace_id="t1", parent_id="r1", t_s=30, op_name="weave:///ent/proj/op/step:v1"),
+        complete("c2", trace_id="t1", parent_id="r1", t_s=20, op_name="weave:///ent/proj/op/step:v2"),
+        complete("g1", trace_id="t1", parent_id="c2", t_s=25, op_name="weave:///ent/proj/op/leaf:v1"),
+        complete("r2", trace_id="t2", t_s=5, op_name="weave:///ent/proj/op/root:v1"),
+    ]  # fmt: skip
+
+
+def _ids(calls: list[dict]) -> list[str]:
+    return [c["id"] for c in calls]
+
+
+def test_stream_query_filters_sorts_and_pages(run, db_path):
+    async def scenario():
+        async with serving(db_path) as api:
+            assert (await api.post(COMPLETE, {"batch": _tree()}))[0] == 200
+            by_start = [{"field": "started_at", "direction": "asc"}]
+            return {
+                "default": await api.query(),
+                "roots": await api.query(filter={"trace_roots_only": True}, sort_by=by_start),
+                "trace": await api.query(filter={"trace_ids": ["t2"]}),
+                "children": await api.query(filter={"parent_ids": ["r1", "c2"]}, sort_by=by_start),
+                "ids": await api.query(filter={"call_ids": ["g1", "r2", "nope"]}, sort_by=by_start),
+                "exact_op": await api.query(filter={"op_names": ["weave:///ent/proj/op/step:v2"]}),
+                "any_version": await api.query(
+                    filter={"op_names": ["weave:///ent/proj/op/step:*"]}, sort_by=by_start
+                ),
+                "desc": await api.query(sort_by=[{"field": "started_at", "direction": "desc"}]),
+                "by_id": await api.query(sort_by=[{"field": "id", "direction": "asc"}]),
+                "page": await api.query(sort_by=by_start, limit=2, offset=1),
+                "past_end": await api.query(offset=99),
+                "no_rows": await api.query(limit=0),
+            }
+
+    got = {name: _ids(calls) for name, calls in run(scenario()).items()}
+    assert got["default"] == ["r2", "r1", "c2", "g1", "c1"]
+    assert got["roots"] == ["r2", "r1"]
+    assert got["trace"] == ["r2"]
+    assert got["children"] == ["c2", "g1", "c1"]
+    assert got["ids"] == ["r2", "g1"]
+    assert got["exact_op"] == ["c2"]
+    assert got["any_version"] == ["c2", "c1"]
+    assert got["desc"] == ["c1", "g1", "c2", "r1", "r2"]
+    assert got["by_id"] == sorted(got["default"])
+    assert got["page"] == ["r1", "c2"]
+    assert got["past_end"] == [] and got["no_rows"] == []
+
+
+def test_stream_query_pages_internally_past_one_store_page(run, db_path):
+    calls = [complete(f"n{i:05d}", t_s=i) for i in range(2500)]
+
+    async def scenario():
+        async with serving(db_path) as api:
+            await api.post(COMPLETE, {"batch": calls})
+            return await api.query(), await api.query(offset=999, limit=1002)
+
+    everything, window = run(scenario())
+    assert _ids(everything) == [c["id"] for c in calls]
+    assert _ids(window) == [c["id"] for c in calls[999:2001]]
+
+
+def test_unsupported_sort_field_and_query_expr_are_422(run, db_path):
+    async def scenario():
+        async with serving(db_path) as api:
+            bad_sort = {"project_id": PROJECT, "sort_by": [{"field": "inputs", "direction": "asc"}]}
+            expr = {"project_id": PROJECT, "query": {"$expr": {"$eq": [1, 1]}}}
+            return (
+                await api.post("/calls/stream_query", bad_sort),
+                await api.post("/calls/query_stats", expr),
+            )
+
+    (sort_status, sort_answer), (expr_status, expr_answer) = run(scenario())
+    assert sort_status == 422 and "sort_by[0].field" in sort_answer["reason"]
+    assert expr_status == 422 and "query" in expr_answer["reason"]
+
+
+def test_call_read_returns_the_call_or_null(run, db_path):
+    async def scenario():
+        async with serving(db_path) as api:
+            await api.post(COMPLETE, {"batch": _tree()})
+            found = await api.post("/call/read", {"project_id": PROJECT, "id": "g1"})
+            missing = await api.post("/call/read", {"project_id": PROJECT, "id": "zz"})
+            return found, missing
+
+    (status, found), missing = run(scenario())
+    assert status == 200 and found["call"]["parent_id"] == "c2"
+    assert found["call"]["summary"]["usage"]["gpt-x"]["prompt_tokens"] == 3
+    assert missing == (200, {"call": None})
+
+
+def test_query_stats_counts_with_filter_and_limit(run, db_path):
+    async def scenario():
+        async with serving(db_path) as api:
+            await api.post(COMPLETE, {"batch": _tree()})
+            stats = "/calls/query_stats"
+            return [
+                await api.post(stats, {"project_id": PROJECT}),
+                await api.post(stats, {"project_id": PROJECT, "filter": {"trace_ids": ["t1"]}}),
+                await api.post(stats, {"project_id": PROJECT, "limit": 2}),
+            ]
+
+    assert run(scenario()) == [(200, {"count": 5}), (200, {"count": 4}), (200, {"count": 2})]
+
+
+def test_delete_and_update_change_stored_calls(run, db_path):
+    async def scenario():
+        async with serving(db_path) as api:
+            await api.post(COMPLETE, {"batch": _tree()})
+            deleted = await api.post(
+                "/calls/delete", {"project_id": PROJECT, "call_ids": ["r2", "g1", "r2", "nope"]}
+            )
+            renamed = await api.post(
+                "/call/update", {"project_id": PROJECT, "call_id": "c1", "display_name": "first"}
+            )
+            missing = await api.post(
+                "/call/update", {"project_id": PROJECT, "call_id": "r2", "display_name": "x"}
+            )
+            return deleted, renamed, missing, await api.query()
+
+    deleted, renamed, missing, calls = run(scenario())
+    assert deleted == (200, {"num_deleted": 2}) and renamed == (200, {})
+    assert missing[0] == 404 and "r2" in missing[1]["reason"]
+    assert {c["id"]: c["display_name"] for c in calls} == {"r1": None, "c1": "first", "c2": None}
+
+
+def test_count_store_validates_and_counts_without_storing(run):
+    async def scenario():
+        async with serving(None, store="count") as api:
+            await api.post(COMPLETE, {"batch": _tree()})
+            await api.post(
+                "/call/upsert_batch",
+                {"batch": [{"mode": "start", "req": {"start": _tree()[0]}}] * 3},
+            )
+            invalid = await api.post(COMPLETE, {"batch": [{"id": "x"}]})
+            return invalid, await api.get("/stats"), await api.query()
+
+    invalid, (_, stats), calls = run(scenario())
+    assert invalid[0] == 422 and calls == []
+    assert stats["store"] == "count"
+    assert (stats["calls_complete"], stats["calls_started"], stats["calls_ended"]) == (5, 3, 0)
+    assert stats["rejected_requests"] == 1 and stats["body_bytes"] > 0
+
+
+def test_graphql_answers_what_weave_init_asks(run, db_path):
+    project_q = "query Project($name: String!, $entityName: String!) { project(name: $name, entityName: $entityName) { name } }"
+    upsert_m = "mutation UpsertModel($name: String!, $entity: String!) { upsertModel(input: {name: $name, entityName: $entity}) { model { name description } } }"
+    viewer_q = "query DefaultEntity { viewer { username defaultEntity { name } } }"
+    names = {"name": "proj", "entityName": "ent"}
+
+    async def scenario():
+        async with serving(db_path) as api:
+            return [
+                await api.post("/graphql", {"query": project_q, "variables": names}),
+                await api.post("/graphql", {"query": upsert_m, "variables": {"name": "proj", "entity": "ent"}}),
+                await api.post("/graphql", {"query": project_q, "variables": names}),
+                await api.post("/graphql", {"query": viewer_q}),
+                await api.post("/graphql", {"query": "query { somethingElse }"}),
+            ]  # fmt: skip
+
+    before, upserted, after, viewer, other = (body for _, body in run(scenario()))
+    assert before == {"data": {"project": None}}
+    assert upserted["data"]["upsertModel"]["model"]["name"] == "proj"
+    assert after["data"]["project"]["name"] == "proj"
+    assert viewer["data"]["viewer"]["defaultEntity"]["name"] == "engine"
+    assert other["data"] is None and other["errors"][0]["message"]
