@@ -1,0 +1,144 @@
+"""Producers in other processes and every way a process can end: every call arrives."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from tests.engine.helpers import PROJECT, make_engine, trace_calls
+from tests.faultserver import FaultServer
+
+pytestmark = pytest.mark.integration
+
+CALLS_PER_CHILD = 20
+
+
+def _child_work(tracer, tag: str) -> list[str]:
+    return trace_calls(tracer, CALLS_PER_CHILD, prefix=tag)
+
+
+def _child_process(tracer, tag: str, queue) -> None:
+    queue.put(_child_work(tracer, tag))
+
+
+def _child_exits_abruptly(tracer, write_fd: int) -> None:
+    ids = _child_work(tracer, "abrupt")
+    os.write(write_fd, ("\n".join(ids) + "\n").encode())
+    os._exit(0)  # no atexit, no flush: the items are already in shared memory
+
+
+def _pool_task(args) -> list[str]:
+    tracer, i = args
+    return trace_calls(tracer, 5, prefix=f"pool{i}")
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_children_started_by_any_method_deliver(tmp_path, method):
+    ctx = multiprocessing.get_context(method)
+    with FaultServer() as server, make_engine(server.url, tmp_path) as eng:
+        tracer = eng.producer()
+        parent_ids = trace_calls(tracer, 5)  # the parent writes first: children must not reuse its slot
+        queue = ctx.Queue()
+        procs = [ctx.Process(target=_child_process, args=(tracer, f"c{i}", queue)) for i in range(3)]
+        for p in procs:
+            p.start()
+        child_ids = [i for _ in procs for i in queue.get(timeout=60)]
+        for p in procs:
+            p.join(60)
+            assert p.exitcode == 0
+        parent_ids += trace_calls(tracer, 5)
+        assert eng.flush(timeout_s=30)
+        assert server.stored_ids(PROJECT) == set(parent_ids + child_ids)
+        assert server.duplicate_deliveries() == 0
+
+
+@pytest.mark.parametrize("maxtasksperchild", [None, 1])
+def test_pool_workers_including_recycled_ones_deliver(tmp_path, maxtasksperchild):
+    with FaultServer() as server, make_engine(server.url, tmp_path) as eng:
+        tracer = eng.producer()
+        ctx = multiprocessing.get_context("fork")
+        with ctx.Pool(2, maxtasksperchild=maxtasksperchild) as pool:
+            results = pool.map(_pool_task, [(tracer, i) for i in range(8)])
+        ids = [i for r in results for i in r]
+        assert eng.flush(timeout_s=30)
+        assert server.stored_ids(PROJECT) == set(ids)
+
+
+def test_process_pool_executor_workers_deliver(tmp_path):
+    with FaultServer() as server, make_engine(server.url, tmp_path) as eng:
+        tracer = eng.producer()
+        ctx = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(2, mp_context=ctx) as pool:
+            results = list(pool.map(_pool_task, [(tracer, i) for i in range(4)]))
+        ids = [i for r in results for i in r]
+        assert eng.flush(timeout_s=30)
+        assert server.stored_ids(PROJECT) == set(ids)
+
+
+def test_a_forked_producer_that_os_exits_right_after_enqueue_loses_nothing(tmp_path):
+    with FaultServer() as server, make_engine(server.url, tmp_path) as eng:
+        tracer = eng.producer()
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            _child_exits_abruptly(tracer, write_fd)
+        os.close(write_fd)
+        with os.fdopen(read_fd) as f:
+            ids = f.read().split()
+        os.waitpid(pid, 0)
+        assert len(ids) == 2 * CALLS_PER_CHILD
+        assert eng.flush(timeout_s=30)
+        assert server.stored_ids(PROJECT) == set(ids)
+
+
+def test_a_killed_sender_is_restarted_and_nothing_is_lost(tmp_path):
+    with FaultServer() as server, make_engine(server.url, tmp_path) as eng:
+        tracer = eng.producer()
+        ids = trace_calls(tracer, 50)
+        eng._sender.kill()
+        ids += trace_calls(tracer, 50)
+        assert eng.flush(timeout_s=60)
+        assert server.stored_ids(PROJECT) == set(ids)
+        assert eng.stats()["sender_restarts"] >= 1
+
+
+_OWNER_SCRIPT = textwrap.dedent("""
+    import os, sys, time
+    sys.path.insert(0, {root!r})
+    from tests.engine.helpers import make_engine, trace_calls
+    import pathlib
+    eng = make_engine({url!r}, pathlib.Path({tmp!r}))
+    tracer = eng.producer()
+    ids = trace_calls(tracer, 30)
+    print("\\n".join(ids), flush=True)
+    how = {how!r}
+    if how == "sys.exit":
+        sys.exit(0)
+    if how == "sigterm":
+        print("READY", flush=True)
+        time.sleep(120)
+""")
+
+
+@pytest.mark.parametrize("how", ["return", "sys.exit", "sigterm"])
+def test_owner_exit_paths_deliver_everything(tmp_path, how):
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    with FaultServer() as server:
+        script = _OWNER_SCRIPT.format(root=root, url=server.url, tmp=str(tmp_path), how=how)
+        lines = []
+        with subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                              text=True) as proc:
+            for line in proc.stdout:
+                if line.strip() == "READY":
+                    proc.send_signal(signal.SIGTERM)
+                    continue
+                lines.append(line.strip())
+            assert proc.wait(60) in (0, -signal.SIGTERM)
+        assert server.stored_ids(PROJECT) == {x for x in lines if x}
