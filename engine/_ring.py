@@ -78,6 +78,7 @@ _S_STATE, _S_PID, _S_START_TICKS, _S_TIMES_CLAIMED = 16, 17, 18, 19
 FREE, ACTIVE, CLOSING, DEAD = 0, 1, 2, 3
 _STATE_NAMES = {FREE: "free", ACTIVE: "active", CLOSING: "closing", DEAD: "dead"}
 
+_COPY_BYTES = 256 << 10  # per copy out of the ring: bounds the waste when budgets cut a read
 _SPIN_TRIES = 8
 _FIRST_BACKOFF_S = 50e-6
 _MAX_BACKOFF_S = 5e-3
@@ -366,7 +367,7 @@ class SlotWriter:
         mm = self._mm
         self._pack_header(
             mm, start, kind, flags, self._project_len, payload_len, aux, call_id, trace_id,
-            time.monotonic_ns(), project,
+            _monotonic_ns(), project,
         )  # fmt: skip
         start += self._header_bytes
         mm[start : start + payload_len] = payload
@@ -479,8 +480,6 @@ class RingReader:
         self._ring_bytes = spec.ring_bytes
         self._max_slots = spec.max_slots
         self._data_offset = ring_set._data_offset
-        # A largest record must always fit one read, whatever the byte budget.
-        self._max_record_total = (spec.ring_bytes // 2) & ~7
         self._read = [self._word(s, _S_RELEASED) for s in range(spec.max_slots)]
         for slot, position in enumerate(self._read):
             self._set_word(slot, _S_READ, position)
@@ -539,15 +538,27 @@ class RingReader:
         limit = first + max_records
         while position < head and len(out) < limit and max_bytes > 0:
             offset = position % ring_bytes
-            # Copy the readable region once; the slack lets the first record always fit.
-            span = min(head - position, ring_bytes - offset, max_bytes + self._max_record_total)
+            # Copy a bounded readable region once and slice the records out of it.
+            span = min(head - position, ring_bytes - offset, _COPY_BYTES)
             chunk = self._mm[base + offset : base + offset + span]
             used = _parse(chunk, slot, position, out, limit, max_bytes)
-            if used == 0:  # padding up to the ring end
-                used = ring_bytes - offset
+            if used == 0:  # padding, a short tail, or a record larger than the copy
+                used = self._read_large_record(slot, base, position, span, out)
             position += used
             max_bytes -= used
         self._commit_read(slot, position, out, first)
+
+    def _read_large_record(self, slot: int, base: int, position: int, span: int, out: list) -> int:
+        offset = position % self._ring_bytes
+        tail_room = self._ring_bytes - offset
+        if tail_room < HEADER_BYTES:
+            return tail_room
+        kind, _, project_len, payload_len, *_ = RECORD_HEADER.unpack_from(self._mm, base + offset)
+        if kind == KIND_PAD:
+            return tail_room
+        size = record_bytes(project_len, payload_len)
+        chunk = self._mm[base + offset : base + offset + size]
+        return _parse(chunk, slot, position, out, len(out) + 1, size)
 
     def _commit_read(self, slot: int, position: int, out: list, first: int) -> None:
         self._read[slot] = position
@@ -640,14 +651,15 @@ class RingReader:
 
 
 def _parse(chunk: bytes, slot: int, position: int, out: list, limit: int, max_bytes: int) -> int:
-    """Append the records of ``chunk`` that start within ``max_bytes``; return bytes consumed.
+    """Append the whole records of ``chunk`` that start within ``max_bytes``; return bytes used.
 
-    Padding (or a ring tail shorter than a header) ends the chunk: 0 consumed means "skip to
-    the ring start". The first record is always taken, whatever ``max_bytes`` says.
+    Stops at padding, at a ring tail shorter than a header and at a record cut by the chunk
+    end; the caller tells those apart when nothing was used.
     """
     unpack_from = RECORD_HEADER.unpack_from
     append = out.append
-    stop = min(max(max_bytes, 1), len(chunk) - HEADER_BYTES + 1)
+    chunk_len = len(chunk)
+    stop = min(max(max_bytes, 1), chunk_len - HEADER_BYTES + 1)
     offset = 0
     while offset < stop and len(out) < limit:
         kind, flags, project_len, payload_len, aux, call_id, trace_id, enqueue_ns = unpack_from(
@@ -658,6 +670,8 @@ def _parse(chunk: bytes, slot: int, position: int, out: list, limit: int, max_by
         project_start = offset + HEADER_BYTES
         payload_start = project_start + project_len
         payload_end = payload_start + payload_len
+        if payload_end > chunk_len:
+            break
         offset = (payload_end + 7) & -8
         append(
             _new_tuple(
@@ -696,4 +710,5 @@ def _drop_released(runs: list[list], slot: int, end_pos: int) -> int:
 
 
 _new_tuple = tuple.__new__
+_monotonic_ns = time.monotonic_ns
 _END_POS = operator.attrgetter("end_pos")

@@ -371,3 +371,18 @@ def test_create_removes_files_left_by_a_killed_owner():
     rings.close()
     rings.unlink()
     assert not any(os.path.exists(p) for p in paths)
+
+
+def test_records_larger_than_one_copy_are_read_whole():
+    rings = RingSet.create(2 << 20, 1)
+    try:
+        writer, reader = rings.writer(), rings.reader()
+        payloads = [os.urandom(writer.max_record_bytes), b"small", os.urandom(300 << 10)]
+        received = []
+        for payload in payloads:
+            assert _write(writer, payload)
+            received.extend(_drain(reader))
+        assert [r.payload for r in received] == payloads
+    finally:
+        rings.close()
+        rings.unlink()
