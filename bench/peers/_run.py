@@ -79,8 +79,8 @@ def parse_args(
     parser.add_argument("--timeout-s", type=float, default=120.0, help="give up after this")
     parser.add_argument(
         "--count-url",
-        help="GET URL answering JSON with an integer 'calls' (completed calls stored); "
-        "read before and after the run to count lost calls",
+        help="GET URL answering JSON with an integer 'calls' (completed calls stored), or "
+        "engine serve's /stats; read before and after the run to count lost calls",
     )
     args = parser.parse_args(argv)
     if args.calls < 1:
@@ -99,11 +99,21 @@ def pregenerate(profile_name: str, calls: int) -> list[Payload]:
 
 
 def read_count(count_url: str | None) -> int | None:
-    """The sink's count of stored calls, or None when no count URL was given."""
+    """The sink's count of stored calls, or None when no count URL was given.
+
+    Reads ``calls`` (the test stub), else ``calls_complete + calls_ended`` (the counters
+    of ``engine serve``'s ``/stats``).
+    """
     if count_url is None:
         return None
     with urllib.request.urlopen(count_url, timeout=10) as reply:
-        return int(json.load(reply)["calls"])
+        body = json.load(reply)
+    if "calls" in body:
+        return int(body["calls"])
+    try:
+        return int(body["calls_complete"]) + int(body["calls_ended"])
+    except KeyError:
+        raise ValueError(f"{count_url} answered without a call count: {sorted(body)}") from None
 
 
 @dataclass(frozen=True)

