@@ -327,7 +327,6 @@ class SlotWriter:
         self._mm = ring_set._mm
         self._ring_bytes = spec.ring_bytes
         self._base = ring_set._data_offset + slot * spec.ring_bytes
-        self._released_word = _GLOBAL_WORDS + slot * _SLOT_WORDS + _S_RELEASED
         block = _GLOBAL_WORDS + slot * _SLOT_WORDS
         self._head_word = block + _S_HEAD
         self._records_word = block + _S_RECORDS_WRITTEN
