@@ -9,7 +9,7 @@ import math
 
 import msgspec
 import pytest
-from wire_samples import PROJECT, REQUESTS, RESPONSES, T0
+from tests.wire.wire_samples import PROJECT, REQUESTS, RESPONSES, T0
 
 from engine.wire import (
     costs,

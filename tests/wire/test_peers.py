@@ -15,7 +15,7 @@ import typing
 import msgspec
 import pytest
 import typing_extensions
-from wire_samples import REQUESTS
+from tests.wire.wire_samples import REQUESTS
 
 from engine.wire import encode
 
@@ -134,12 +134,11 @@ def _check_typeddict(value, td, path: str, skip: frozenset[str] = frozenset()) -
             assert key not in td.__required_keys__, f"{path}: missing {wire_key}"
 
 
-@pytest.mark.parametrize("req", REQUESTS, ids=lambda r: type(r).__name__)
+# Requests weave 0.54.0 has no JSON params type for (NO_PEER) have nothing to check against.
+@pytest.mark.parametrize("req", [r for r in REQUESTS if type(r).__name__ not in NO_PEER],
+                         ids=lambda r: type(r).__name__)
 def test_request_body_validates_against_weave_params(req):
-    name = type(req).__name__
-    if name in NO_PEER:
-        pytest.skip(f"weave 0.54.0 has no JSON params type for {name}")
-    params_name, path_keys = PEERS[name]
+    params_name, path_keys = PEERS[type(req).__name__]
     _check_typeddict(msgspec.json.decode(encode(req)), getattr(types, params_name), "$",
                      skip=path_keys)
 
