@@ -56,10 +56,31 @@ def _run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_demo(subparsers: argparse._SubParsersAction) -> None:
+    demo = subparsers.add_parser(
+        "demo", help="run an eval workload through the engine into the local trace server",
+        description="Start the local trace server, trace an eval-like workload from several "
+        "processes through the engine, and verify every call was stored.",
+    )  # fmt: skip
+    demo.add_argument("--processes", type=_positive_int, default=2, help="producer processes")
+    demo.add_argument("--examples", type=_positive_int, default=5000,
+                      help="eval examples per process (3 traced calls each)")
+    demo.add_argument("--db", default=None, help="SQLite file (default: a fresh temporary one)")
+    demo.add_argument("--compression", choices=("auto", "zstd", "none"), default="auto")
+    demo.set_defaults(func=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from engine._demo import run_demo
+
+    return run_demo(args.processes, args.examples, args.db, args.compression)
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="engine", description=__doc__)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_serve(subparsers)
+    _add_demo(subparsers)
     return parser
 
 
