@@ -1,5 +1,14 @@
-"""engine: multiprocess, high-throughput ingestion of LLM and evaluation traces."""
+"""engine: multiprocess, high-throughput ingestion of LLM and evaluation traces.
 
+    import engine
+    with engine.Engine(url="http://127.0.0.1:6345", project="entity/project") as eng:
+        tracer = eng.producer()                  # picklable: hand it to worker processes
+        with tracer.call("predict", inputs={"x": 1}) as call:
+            call.output = 2
+"""
+
+from engine._config import EngineConfig, load_config
+from engine._engine import Engine
 from engine._errors import (
     Closed,
     ConfigError,
@@ -10,17 +19,24 @@ from engine._errors import (
     RingFull,
     SendError,
 )
+from engine._producer import CallHandle, Tracer, current_call
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CallHandle",
     "Closed",
     "ConfigError",
     "EncodeError",
+    "Engine",
+    "EngineConfig",
     "EngineError",
     "HTTPError",
     "PayloadTooLarge",
     "RingFull",
     "SendError",
+    "Tracer",
     "__version__",
+    "current_call",
+    "load_config",
 ]

@@ -4,15 +4,21 @@ import engine
 def test_public_surface_is_pinned():
     assert sorted(engine.__all__) == sorted(
         [
+            "CallHandle",
             "Closed",
             "ConfigError",
             "EncodeError",
+            "Engine",
+            "EngineConfig",
             "EngineError",
             "HTTPError",
             "PayloadTooLarge",
             "RingFull",
             "SendError",
+            "Tracer",
             "__version__",
+            "current_call",
+            "load_config",
         ]
     )
 
