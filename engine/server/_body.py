@@ -114,10 +114,6 @@ def decode_json(body: bytes, type_: type[T]) -> T:
         raise ApiError(400, f"malformed JSON: {exc}") from None
 
 
-def decode_any_json(body: bytes) -> Any:
-    return decode_json(body, Any)  # type: ignore[arg-type]
-
-
 _AUTH_HEADERS = {"WWW-Authenticate": 'Basic realm="engine"'}
 
 

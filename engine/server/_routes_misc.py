@@ -21,7 +21,7 @@ from engine.wire.query import ServerInfoRes
 
 routes = web.RouteTableDef()
 _json = msgspec.json.Encoder()
-# weave 0.54.0 refuses servers older than this; we speak its newest wire
+# the oldest weave client this server accepts: it does not turn any client away
 MIN_WEAVE_VERSION = "0.0.1"
 
 
