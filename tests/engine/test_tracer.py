@@ -1,0 +1,204 @@
+"""The producer API, checked on the records it writes into shared memory (no sender)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import pickle
+
+import msgspec
+import pytest
+
+import engine
+from engine import _ring
+from engine.wire import CompletedCallSchemaForInsert, EndedCallSchemaForInsert, splice_complete
+from engine.wire import StartedCallSchemaForInsert as Start
+
+PROJECT = "ent/proj"
+
+
+@pytest.fixture
+def eng(tmp_path):
+    with engine.Engine(url="http://127.0.0.1:9", project=PROJECT, start_sender=False,
+                       ring_bytes=1 << 20, max_slots=4, max_block_ms=50, shutdown_timeout_s=0,
+                       dead_letter_path=str(tmp_path / "dl.jsonl")) as e:
+        yield e
+
+
+def drain(eng) -> list[_ring.Record]:
+    reader = eng._ringset.reader()
+    records = reader.read(100_000, 1 << 30)
+    for r in records:
+        reader.release(r.slot, r.end_pos)
+    return records
+
+
+def decoded(records) -> list[dict]:
+    return [msgspec.json.decode(r.payload) for r in records]
+
+
+def test_call_context_writes_a_start_and_an_end_that_splice_into_a_complete_call(eng):
+    tracer = eng.producer()
+    with tracer.call("predict", inputs={"q": "é?"}) as call:
+        call.output = {"a": 1}
+        call.summary = {"usage": {"m": {"total_tokens": 3}}}
+    start, end = drain(eng)
+    assert (start.kind, end.kind) == (_ring.KIND_START, _ring.KIND_END)
+    assert start.call_id == end.call_id == bytes.fromhex(call.id.replace("-", ""))
+    assert start.project == end.project == PROJECT.encode()
+    complete = msgspec.json.decode(splice_complete(start.payload, end.payload, end.aux),
+                                   type=CompletedCallSchemaForInsert)
+    assert complete.id == call.id and complete.trace_id == call.trace_id != call.id
+    assert complete.inputs == {"q": "é?"} and complete.output == {"a": 1}
+    assert complete.started_at <= complete.ended_at
+    assert complete.started_at.tzinfo is not None
+
+
+def test_nested_calls_share_the_trace_and_name_their_parent(eng):
+    tracer = eng.producer()
+    with tracer.call("root") as root, tracer.call("child") as child:
+        assert engine.current_call() is child
+    assert engine.current_call() is None
+    assert child.trace_id == root.trace_id and child.parent_id == root.id
+
+
+def test_asyncio_tasks_nest_under_the_call_that_created_them(eng):
+    tracer = eng.producer()
+
+    @tracer.op
+    async def leaf(x):
+        await asyncio.sleep(0)
+        return engine.current_call().parent_id
+
+    async def main():
+        async with tracer.call("root") as root:
+            parents = await asyncio.gather(*(leaf(i) for i in range(3)))
+        return root, parents
+
+    root, parents = asyncio.run(main())
+    assert parents == [root.id] * 3
+
+
+def test_op_records_inputs_output_and_reraises_exceptions(eng):
+    tracer = eng.producer()
+
+    @tracer.op
+    def add(a, b=2):
+        return a + b
+
+    @tracer.op(name="boom")
+    def fail():
+        raise KeyError("nope")
+
+    assert add(1, b=3) == 4
+    with pytest.raises(KeyError):
+        fail()
+    starts_ends = decoded(drain(eng))
+    assert starts_ends[0]["op_name"].endswith("add") and starts_ends[0]["inputs"] == {"a": 1, "b": 3}
+    assert starts_ends[1]["output"] == 4
+    assert starts_ends[2]["op_name"] == "boom"
+    assert starts_ends[3]["exception"] == "KeyError: 'nope'"
+
+
+def test_call_start_and_end_accept_dicts_and_fill_missing_ids(eng):
+    tracer = eng.producer()
+    now = dt.datetime.now(dt.timezone.utc)
+    call_id = tracer.call_start({"project_id": PROJECT, "op_name": "op", "started_at": now,
+                                 "attributes": {}, "inputs": {"x": float("nan")}})
+    tracer.call_end(EndedCallSchemaForInsert(project_id=PROJECT, id=call_id, ended_at=now,
+                                             summary={}))
+    start, end = decoded(drain(eng))
+    assert start["id"] == call_id and start["trace_id"] and start["inputs"] == {"x": None}
+    assert end["id"] == call_id
+
+
+def test_a_dict_missing_a_required_field_is_rejected_naming_it(eng):
+    with pytest.raises(ValueError, match="op_name"):
+        eng.producer().call_start({"project_id": PROJECT, "started_at": "2026-01-01T00:00:00Z",
+                                   "attributes": {}, "inputs": {}})
+
+
+def test_a_bad_project_id_is_rejected(eng):
+    start = Start(project_id="no-slash", op_name="op", started_at=dt.datetime.now(dt.timezone.utc),
+                  attributes={}, inputs={})
+    with pytest.raises(engine.ConfigError, match="project_id"):
+        eng.producer().call_start(start)
+
+
+def test_unencodable_values_are_stringified_and_counted(eng):
+    class Opaque:
+        def __str__(self):
+            return "<opaque>"
+
+    tracer = eng.producer()
+    with tracer.call("op", inputs={"o": Opaque()}):
+        pass
+    start, _ = decoded(drain(eng))
+    assert start["inputs"] == {"o": "<opaque>"}
+    assert eng.stats()["producers"]["stringified"] == 1
+
+
+def test_strict_mode_raises_on_unencodable_values(tmp_path):
+    with engine.Engine(url="http://127.0.0.1:9", project=PROJECT, start_sender=False,
+                       strict=True, ring_bytes=1 << 20, max_slots=2, shutdown_timeout_s=0,
+                       dead_letter_path=str(tmp_path / "dl.jsonl")) as eng:
+        with pytest.raises(engine.EncodeError, match="object"), eng.producer().call(
+                "op", inputs={"o": object()}):
+            pass
+
+
+def test_an_item_larger_than_any_request_raises_naming_the_call(eng):
+    tracer = eng.producer()
+    start = Start(project_id=PROJECT, id="0190a0f0-0000-7000-8000-000000000001", op_name="op",
+                  trace_id="0190a0f0-0000-7000-8000-000000000002", attributes={},
+                  started_at=dt.datetime.now(dt.timezone.utc), inputs={"x": "y" * (2 << 20)})
+    with pytest.raises(engine.PayloadTooLarge, match=start.id):
+        tracer.call_start(start)
+    assert eng.stats()["producers"]["too_large"] == 1
+
+
+def _fill_ring(tracer) -> None:
+    with pytest.raises(engine.RingFull):  # noqa: PT012 - the loop is what fills the ring
+        for _ in range(10_000):
+            with tracer.call("op", inputs={"pad": "z" * 4000}):
+                pass
+
+
+def test_a_full_ring_raises_after_max_block_ms_when_asked(tmp_path):
+    with engine.Engine(url="http://127.0.0.1:9", project=PROJECT, start_sender=False,
+                       on_full="raise", max_block_ms=20, ring_bytes=1 << 18, max_slots=2,
+                       shutdown_timeout_s=0, dead_letter_path=str(tmp_path / "dl.jsonl")) as eng:
+        _fill_ring(eng.producer())
+        assert eng.stats()["producers"]["raised_full"] == 1
+
+
+def test_a_full_ring_drops_and_counts_when_asked(tmp_path):
+    with engine.Engine(url="http://127.0.0.1:9", project=PROJECT, start_sender=False,
+                       on_full="drop", max_block_ms=1, ring_bytes=1 << 18, max_slots=2,
+                       shutdown_timeout_s=0, dead_letter_path=str(tmp_path / "dl.jsonl")) as eng:
+        tracer = eng.producer()
+        for _ in range(200):
+            with tracer.call("op", inputs={"pad": "z" * 4000}):
+                pass
+        kept = len(drain(eng))
+        assert kept < 400
+        assert eng.stats()["producers"]["dropped_full"] == 400 - kept
+
+
+def test_tracers_pickle_and_refuse_work_after_close(eng):
+    tracer = pickle.loads(pickle.dumps(eng.producer()))
+    with tracer.call("op"):
+        pass
+    assert len(drain(eng)) == 2
+    tracer.close()
+    with pytest.raises(engine.Closed), tracer.call("op"):
+        pass
+
+
+def test_invalid_settings_fail_fast_naming_the_field():
+    with pytest.raises(engine.ConfigError, match="linger_ms"):
+        engine.Engine(url="http://127.0.0.1:9", project=PROJECT, linger_ms=-1)
+    with pytest.raises(engine.ConfigError, match="project"):
+        engine.Engine(url="http://127.0.0.1:9", project="bad")
+    with pytest.raises(engine.ConfigError, match="nonsense"):
+        engine.Engine(url="http://127.0.0.1:9", project=PROJECT, nonsense=1)
