@@ -11,7 +11,7 @@ import base64
 import binascii
 import hmac
 import zlib
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import msgspec
 import zstandard
