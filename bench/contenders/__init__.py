@@ -1,0 +1,1 @@
+"""Bench contenders of our own (the peers' drivers live in ``bench.peers``)."""
