@@ -35,16 +35,27 @@ _V2_END = b'{"end":'
 _V2_CLOSE = b"}"
 
 
+_route_cache: dict[tuple[bytes, str], str] = {}
+
+
+def _v2_route(project: bytes, suffix: str) -> str:
+    """``/v2/{entity}/{project}/<suffix>``, made once per project (the hot path asks often)."""
+    route = _route_cache.get((project, suffix))
+    if route is None:
+        route = _route_cache[(project, suffix)] = f"/v2/{project.decode()}/{suffix}"
+    return route
+
+
 def complete_route(project: bytes) -> str:
-    return f"/v2/{project.decode()}/calls/complete"
+    return _v2_route(project, "calls/complete")
 
 
 def v2_start_route(project: bytes) -> str:
-    return f"/v2/{project.decode()}/call/start"
+    return _v2_route(project, "call/start")
 
 
 def v2_end_route(project: bytes) -> str:
-    return f"/v2/{project.decode()}/call/end"
+    return _v2_route(project, "call/end")
 
 
 class Token:
@@ -108,23 +119,27 @@ class ReleaseTracker:
 class Item:
     """One deliverable element of a request body, with the ring records it carries."""
 
-    __slots__ = ("data", "records", "tokens", "route", "call_id", "project", "enqueue_ns")
+    __slots__ = ("data", "records", "tokens", "route", "single")
 
     def __init__(self, data: bytes, records: tuple[_ring.Record, ...], tokens: tuple[Token, ...],
-                 route: str) -> None:
+                 route: str, single: bool = False) -> None:
         self.data = data
-        self.records = records
+        self.records = records  # the start first, when the item carries one
         self.tokens = tokens
         self.route = route
-        first = records[0]
-        self.call_id = first.call_id
-        self.project = first.project
-        self.enqueue_ns = min(r.enqueue_ns for r in records)
+        self.single = single  # v2 call/start and call/end: one item, no batch envelope
 
     @property
-    def single(self) -> bool:
-        """v2 call/start and call/end carry exactly one item and no batch envelope."""
-        return not self.route.endswith(("/calls/complete", UPSERT_ROUTE))
+    def call_id(self) -> bytes:
+        return self.records[0].call_id
+
+    @property
+    def project(self) -> bytes:
+        return self.records[0].project
+
+    @property
+    def enqueue_ns(self) -> int:
+        return self.records[0].enqueue_ns
 
 
 class Batch:
@@ -230,11 +245,11 @@ class Router:
         if len(self.started_alone) > self.started_alone_max:
             self.started_alone.popitem(last=False)
         data = b"".join((_V2_START, record.payload, _V2_CLOSE))
-        return Item(data, (record,), (token,), v2_start_route(record.project))
+        return Item(data, (record,), (token,), v2_start_route(record.project), single=True)
 
     def _v2_end(self, record: _ring.Record, token: Token) -> Item:
         data = b"".join((_V2_END, record.payload, _V2_CLOSE))
-        return Item(data, (record,), (token,), v2_end_route(record.project))
+        return Item(data, (record,), (token,), v2_end_route(record.project), single=True)
 
     def expire(self, older_than_s: float, read_pos: dict[int, int] | None = None,
                pin_limit_bytes: int = 0, everything: bool = False) -> list[Item]:
@@ -292,9 +307,9 @@ class Accumulator:
             batch = None
         if batch is None:
             batch = self.open[item.route] = Batch(item.route)
-        self.open_bytes -= batch.size_bytes
+            self.open_bytes += batch.size_bytes
         batch.add(item)
-        self.open_bytes += batch.size_bytes
+        self.open_bytes += len(item.data) + 1
         return full
 
     def due(self, linger_s: float, everything: bool = False) -> list[Batch]:

@@ -141,10 +141,9 @@ def test_unencodable_values_are_stringified_and_counted(eng):
 def test_strict_mode_raises_on_unencodable_values(tmp_path):
     with engine.Engine(url="http://127.0.0.1:9", project=PROJECT, start_sender=False,
                        strict=True, ring_bytes=1 << 20, max_slots=2, shutdown_timeout_s=0,
-                       dead_letter_path=str(tmp_path / "dl.jsonl")) as eng:
-        with pytest.raises(engine.EncodeError, match="object"), eng.producer().call(
-                "op", inputs={"o": object()}):
-            pass
+                       dead_letter_path=str(tmp_path / "dl.jsonl")) as eng, pytest.raises(
+            engine.EncodeError, match="object"), eng.producer().call("op", inputs={"o": object()}):
+        pass
 
 
 def test_an_item_larger_than_any_request_raises_naming_the_call(eng):
