@@ -182,15 +182,14 @@ class Engine:
 def wait_released(ringset: _ring.RingSet, control: Control, timeout_s: float,
                   slots: list[int] | None = None) -> bool:
     """Wait until every ring's release position passes the head it had on entry."""
-    reader = ringset.reader()
-    heads = reader.heads()
+    heads, _ = ringset.positions()
     wanted = range(len(heads)) if slots is None else slots
     control.set("flush_request_ns", time.monotonic_ns())
     _ring_doorbell(ringset)
     deadline = time.monotonic() + timeout_s
     pause_s = 0.0005
     while True:
-        released = reader.released()
+        _, released = ringset.positions()
         if all(released[i] >= heads[i] for i in wanted):
             return True
         if time.monotonic() >= deadline:
@@ -214,14 +213,17 @@ def _ring_doorbell(ringset: _ring.RingSet) -> None:
 
 
 def _undelivered(ringset: _ring.RingSet) -> int:
-    reader = ringset.reader()
+    """Records written but never released (neither acknowledged, spooled nor dead-lettered)."""
     counters = ringset.counters()
-    return max(0, counters.get("records_written", 0) - counters.get("records_released", 0)) if counters else sum(
-        h - r for h, r in zip(reader.heads(), reader.released()))
+    return counters["records_written"] - counters["records_released"]
 
 
 def collect_stats(ringset: _ring.RingSet, control: Control) -> dict[str, Any]:
-    stats: dict[str, Any] = {"ring": ringset.counters()}
+    """Ring counters (``ring``, with only the slots ever used), producer counters
+    (``producers``, summed), and the sender's counters and gauges at the top level."""
+    ring = ringset.counters()
+    ring["slots"] = [s for s in ring.get("slots", []) if s.get("times_claimed")]
+    stats: dict[str, Any] = {"ring": ring}
     stats.update(control.sender_snapshot())
     stats["producers"] = control.producer_totals()
     return stats

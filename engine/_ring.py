@@ -246,6 +246,12 @@ class RingSet:
     def _slot_word(self, slot: int, word: int) -> int:
         return self._words[_GLOBAL_WORDS + slot * _SLOT_WORDS + word]
 
+    def positions(self) -> tuple[list[int], list[int]]:
+        """Per slot (head, release position): what flush() compares; no side effects."""
+        heads = [self._slot_word(s, _S_HEAD) for s in range(self.spec.max_slots)]
+        released = [self._slot_word(s, _S_RELEASED) for s in range(self.spec.max_slots)]
+        return heads, released
+
     def counters(self) -> dict:
         """Per-slot and total counters, read from shared memory (any process).
 
