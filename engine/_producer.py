@@ -25,6 +25,7 @@ from engine._control import Control, control_path
 from engine._errors import Closed, PayloadTooLarge, RingFull
 from engine.wire import _codec
 from engine.wire.calls import (
+    CompletedCallSchemaForInsert,
     EndedCallSchemaForInsert,
     StartedCallSchemaForInsert,
     end_splice_offset,
@@ -137,6 +138,14 @@ class Tracer:
         flags = FLAG_END_HAS_TRACE if end.trace_id and end.started_at else 0
         self._write(_ring.KIND_END, end.project_id, _codec.uuid_bytes(end.id), trace_raw,
                     payload, end_splice_offset(payload), end.id, flags)
+
+    def call_complete(self, call: CompletedCallSchemaForInsert | dict[str, Any]) -> None:
+        """Enqueue a finished call (start and end in one item, as ``calls/complete`` takes it)."""
+        if not isinstance(call, CompletedCallSchemaForInsert):
+            call = _convert(call, CompletedCallSchemaForInsert)
+        payload = self._encode(call, call.id)
+        self._write(_ring.KIND_COMPLETE, call.project_id, _codec.uuid_bytes(call.id),
+                    _codec.uuid_bytes(call.trace_id), payload, 0, call.id)
 
     # -- the ergonomic layer ---------------------------------------------------------------
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import os
 import sys
 
@@ -14,6 +16,80 @@ def _positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
     return value
+
+
+# -- shared by the engine-driving subcommands (relay, ingest, replay) ------------------------
+
+_SECRET_FIELDS = frozenset({"api_key"})  # from the environment or the file only: argv is public
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """``--config FILE`` plus one ``--<field>`` per EngineConfig setting (flag > env > file)."""
+    from engine._config import EngineConfig
+
+    group = parser.add_argument_group("engine settings (see config/engine.toml)")
+    group.add_argument("--config", default=None, help="TOML file (default $ENGINE_CONFIG)")
+    for name in EngineConfig.__struct_fields__:
+        if name not in _SECRET_FIELDS and name not in ("url", "project"):
+            group.add_argument("--" + name.replace("_", "-"), dest=f"cfg_{name}", default=None,
+                               metavar="VALUE")
+    _add_log_flags(parser)
+
+
+def _config_overrides(args: argparse.Namespace) -> dict[str, str]:
+    prefix = "cfg_"
+    return {k[len(prefix):]: v for k, v in vars(args).items() if k.startswith(prefix) and v is not None}
+
+
+def _add_log_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--log-format", choices=("text", "logfmt", "json"), default="text",
+                        help="log lines on stderr: plain text, logfmt or JSON")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+
+
+class _StructuredFormatter(logging.Formatter):
+    """One record per line as logfmt or JSON: time, level, logger, msg, and any ``extra=``
+    keys. Values of keys that look secret (``*key*``, ``authorization``, ``token``) never leave."""
+
+    _RESERVED = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+    def __init__(self, style: str) -> None:
+        super().__init__()
+        self._style = style
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = {"ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), "level": record.levelname,
+                  "logger": record.name, "msg": record.getMessage()}
+        fields.update({k: v for k, v in vars(record).items() if k not in self._RESERVED})
+        if record.exc_info:
+            fields["exc"] = self.formatException(record.exc_info)
+        fields = {k: ("***" if _is_secret(k) else v) for k, v in fields.items()}
+        if self._style == "json":
+            return json.dumps(fields, default=str)
+        return " ".join(f"{k}={_logfmt_value(v)}" for k, v in fields.items())
+
+
+def _is_secret(key: str) -> bool:
+    lowered = key.lower()
+    return "key" in lowered or "authorization" in lowered or "token" in lowered
+
+
+def _logfmt_value(value: object) -> str:
+    text = str(value)
+    if text and not any(c in text for c in ' ="\n'):
+        return text
+    return json.dumps(text)
+
+
+def _setup_logging(args: argparse.Namespace) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if args.log_format != "text":
+        handler.setFormatter(_StructuredFormatter(args.log_format))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(args.log_level.upper())
 
 
 def _add_serve(subparsers: argparse._SubParsersAction) -> None:
@@ -76,11 +152,50 @@ def _run_demo(args: argparse.Namespace) -> int:
     return run_demo(args.processes, args.examples, args.db, args.compression)
 
 
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _add_relay(subparsers: argparse._SubParsersAction) -> None:
+    from engine.server import DEFAULT_MAX_BODY_BYTES
+
+    relay = subparsers.add_parser(
+        "relay", help="accept trace-server traffic and forward it through the engine",
+        description="Accept ingest from unmodified trace-server clients, answer once items are "
+        "in the engine, deliver them upstream (batched, compressed, retried, spooled); proxy "
+        "every other route to the upstream unchanged.",
+    )  # fmt: skip
+    relay.add_argument("--listen", type=_host_port, default=("127.0.0.1", 6346),
+                       help="HOST:PORT to bind (default 127.0.0.1:6346; port 0 picks one)")
+    relay.add_argument("--upstream", default=None,
+                       help="trace server URL (default: url from env/config, else local serve)")
+    relay.add_argument("--max-body-bytes", type=_positive_int, default=DEFAULT_MAX_BODY_BYTES,
+                       help="largest ingest body accepted, before and after decompression")
+    _add_config_flags(relay)
+    relay.set_defaults(func=_run_relay)
+
+
+def _run_relay(args: argparse.Namespace) -> int:
+    from engine._config import load_config
+    from engine.relay import run_relay
+
+    _setup_logging(args)
+    overrides = _config_overrides(args)
+    upstream = args.upstream or load_config(args.config, project="relay/relay", **overrides).url
+    host, port = args.listen
+    stats = run_relay(upstream, host, port, args.max_body_bytes, args.config, **overrides)
+    return 0 if not stats.get("undelivered") else 1
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="engine", description=__doc__)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_serve(subparsers)
     _add_demo(subparsers)
+    _add_relay(subparsers)
     return parser
 
 

@@ -1,0 +1,102 @@
+"""The relay's aiohttp application: ingest routes into an :class:`engine.Engine`, a
+pass-through proxy for everything else, ``/metrics``; start, serve until a signal, stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from engine import _metrics
+from engine._engine import Engine
+from engine.relay import _routes
+from engine.relay._proxy import proxy
+from engine.relay._state import RELAY, RelayState
+from engine.server._body import DEFAULT_MAX_BODY_BYTES, ApiError, error_response
+
+log = logging.getLogger("engine.relay")
+RELAY_PROJECT = "relay/relay"  # the engine needs a default; every relayed item names its own
+_PROXY_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=10.0, sock_read=300.0)
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        response = error_response(exc.status, exc.reason, exc.headers)
+        if exc.status == 413:
+            response.force_close()  # the rest of the body is unread
+        return response
+
+
+async def _metrics_handler(request: web.Request) -> web.Response:
+    return _metrics.response(request.app[RELAY].metrics())
+
+
+def build_app(engine: Engine, upstream: str, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> web.Application:
+    app = web.Application(middlewares=[_json_errors], client_max_size=max_body_bytes)
+    app[RELAY] = RelayState(engine, upstream, max_body_bytes)
+    app.add_routes(_routes.routes)
+    app.router.add_get("/metrics", _metrics_handler)
+    app.router.add_route("*", "/{tail:.*}", proxy)
+    app.cleanup_ctx.append(_client_session)
+    return app
+
+
+async def _client_session(app: web.Application) -> Any:
+    state = app[RELAY]
+    # auto_decompress=False: bodies pass through exactly as the upstream encoded them
+    state.session = aiohttp.ClientSession(auto_decompress=False, timeout=_PROXY_TIMEOUT)
+    yield
+    await state.session.close()
+    await asyncio.to_thread(state.writer.close)
+
+
+async def start_relay(engine: Engine, upstream: str, host: str = "127.0.0.1", port: int = 0,
+                      max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> tuple[web.AppRunner, str]:
+    """Serve on the running loop; returns the runner (``await runner.cleanup()``) and URL."""
+    app = build_app(engine, upstream, max_body_bytes)
+    # bodies are read with the size-capped decompression of engine.server._body
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, auto_decompress=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    bound_host, bound_port = runner.addresses[0][:2]
+    url = f"http://[{bound_host}]:{bound_port}" if ":" in bound_host else f"http://{bound_host}:{bound_port}"
+    return runner, url
+
+
+async def relay_until_signal(engine: Engine, upstream: str, host: str, port: int,
+                             max_body_bytes: int) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    runner, url = await start_relay(engine, upstream, host, port, max_body_bytes)
+    # the URL line is the readiness signal (printed once signals are handled)
+    print(f"engine relay: listening on {url} -> {engine.config.url}", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def run_relay(upstream: str, host: str = "127.0.0.1", port: int = 0,
+              max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, config_file: str | None = None,
+              **config: Any) -> dict[str, Any]:
+    """Blocking ``engine relay``: serve until SIGTERM/SIGINT, then deliver what is in the
+    ring (within ``shutdown_timeout_s``) and return the engine's final stats."""
+    import uvloop
+
+    config.setdefault("project", RELAY_PROJECT)
+    with Engine(url=upstream, config_file=config_file, **config) as engine:
+        uvloop.run(relay_until_signal(engine, upstream, host, port, max_body_bytes))
+        stats = engine.close()
+    log.info("relay stopped", extra={"undelivered": stats.get("undelivered", 0)})
+    print(f"engine relay: stopped ({stats.get('undelivered', 0)} items undelivered)", flush=True)
+    return stats

@@ -1,0 +1,61 @@
+"""Pass-through proxy for every route the relay does not ingest itself (reads, objects,
+files, ``/server_info``, ``/graphql``): bodies stream both ways untouched (compressed bodies
+stay compressed), the client's own ``Authorization`` goes upstream, hop-by-hop headers drop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import aiohttp
+from aiohttp import web
+
+from engine.relay._state import RELAY
+from engine.server._body import error_response
+
+# RFC 9110 §7.6.1 connection-specific headers, plus Host (the upstream's own is set)
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
+    "te", "trailer", "trailers", "transfer-encoding", "upgrade", "host",
+})  # fmt: skip
+_CHUNK_BYTES = 64 << 10
+
+
+def forward_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """End-to-end headers only; also drops any header the Connection header names."""
+    named = {h.strip().lower() for h in headers.get("Connection", "").split(",") if h.strip()}
+    return {k: v for k, v in headers.items() if k.lower() not in HOP_BY_HOP | named}
+
+
+async def proxy(request: web.Request) -> web.StreamResponse:
+    state = request.app[RELAY]
+    assert state.session is not None, "the relay's client session starts with the app"
+    url = state.upstream + request.rel_url.raw_path_qs
+    body = request.content if request.body_exists else None
+    state.counters.proxied_requests += 1
+    try:
+        async with state.session.request(
+            request.method, url, headers=forward_headers(request.headers), data=body,
+            allow_redirects=False,
+        ) as upstream:
+            return await _stream_back(request, upstream)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        state.counters.proxy_errors += 1
+        return error_response(502, f"upstream {state.upstream} unreachable: {type(exc).__name__}")
+
+
+async def _stream_back(request: web.Request, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
+    response = web.StreamResponse(status=upstream.status, reason=upstream.reason,
+                                  headers=forward_headers(upstream.headers))
+    await response.prepare(request)
+    try:
+        async for chunk in upstream.content.iter_chunked(_CHUNK_BYTES):
+            await response.write(chunk)
+    except (aiohttp.ClientError, TimeoutError):
+        # the status line is already out: all that is left is to cut the body short
+        request.app[RELAY].counters.proxy_errors += 1
+        if request.transport is not None:
+            request.transport.close()
+        return response
+    await response.write_eof()
+    return response

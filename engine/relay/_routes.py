@@ -1,0 +1,138 @@
+"""The relay's ingest routes: the real server's request and response shapes, answered once
+the items are in the engine's ring (from where the sender delivers, retries and spools)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from engine._errors import Closed, ConfigError, PayloadTooLarge, RingFull
+from engine.relay._state import RELAY, RelayState
+from engine.relay._writer import CallItem
+from engine.server._body import ApiError, decode_json, read_body
+from engine.server._state import check_project_id
+from engine.wire._codec import uuid7
+from engine.wire.calls import (
+    Batch,
+    CallEndReq,
+    CallEndV2Req,
+    CallStartReq,
+    CallStartV2Req,
+    CallsUpsertCompleteReq,
+    EndBatchItem,
+    StartedCallSchemaForInsert,
+)
+
+routes = web.RouteTableDef()
+_json = msgspec.json.Encoder()
+_RETRY_AFTER_S = "1"
+
+
+def _ok(payload: object) -> web.Response:
+    return web.Response(body=_json.encode(payload), content_type="application/json")
+
+
+async def _decode(request: web.Request, type_: type) -> Any:
+    state = request.app[RELAY]
+    body = await read_body(request, state.max_body_bytes)
+    state.counters.ingest_body_bytes += len(body)
+    return decode_json(body, type_)
+
+
+def _fill_ids(start: StartedCallSchemaForInsert) -> dict[str, str]:
+    """Ids a client left out are assigned here, as the real server does, so the answer has them."""
+    if start.id is None:
+        start.id = uuid7()
+    if start.trace_id is None:
+        start.trace_id = uuid7()
+    return {"id": start.id, "trace_id": start.trace_id}
+
+
+def _path_project(request: web.Request) -> str:
+    return f"{request.match_info['entity']}/{request.match_info['project']}"
+
+
+def _check_same_project(project_id: str, path_project: str, field: str) -> None:
+    if project_id != path_project:
+        raise ApiError(422, f"{field}: project_id {project_id!r} differs from the path's {path_project!r}")
+
+
+async def _enqueue(state: RelayState, items: list[CallItem]) -> None:
+    """Into the ring, or an error answer a client knows how to handle (retry or give up)."""
+    try:
+        await state.writer.write(items)
+    except RingFull as exc:
+        state.counters.rejected_full += 1
+        raise ApiError(503, f"relay is full, retry later: {exc}", {"Retry-After": _RETRY_AFTER_S}) from None
+    except PayloadTooLarge as exc:
+        raise ApiError(413, str(exc)) from None
+    except Closed:
+        raise ApiError(503, "relay is shutting down", {"Retry-After": _RETRY_AFTER_S}) from None
+    except (ConfigError, ValueError) as exc:
+        # ids the engine cannot carry (not UUIDs), or a malformed project id
+        raise ApiError(422, f"invalid call item: {exc}") from None
+    state.counters.count_items(items)
+
+
+@routes.post("/call/start")
+async def call_start(request: web.Request) -> web.Response:
+    req = await _decode(request, CallStartReq)
+    check_project_id(req.start.project_id, "start.project_id")
+    ids = _fill_ids(req.start)
+    await _enqueue(request.app[RELAY], [req.start])
+    return _ok(ids)
+
+
+@routes.post("/call/end")
+async def call_end(request: web.Request) -> web.Response:
+    req = await _decode(request, CallEndReq)
+    check_project_id(req.end.project_id, "end.project_id")
+    await _enqueue(request.app[RELAY], [req.end])
+    return _ok({})
+
+
+@routes.post("/call/upsert_batch")
+async def call_upsert_batch(request: web.Request) -> web.Response:
+    req = await _decode(request, Batch)
+    items: list[CallItem] = []
+    results: list[dict[str, str]] = []
+    for i, entry in enumerate(req.batch):
+        if isinstance(entry, EndBatchItem):
+            check_project_id(entry.req.end.project_id, f"batch[{i}].req.end.project_id")
+            items.append(entry.req.end)
+            results.append({})
+        else:
+            check_project_id(entry.req.start.project_id, f"batch[{i}].req.start.project_id")
+            results.append(_fill_ids(entry.req.start))
+            items.append(entry.req.start)
+    await _enqueue(request.app[RELAY], items)
+    return _ok({"res": results})
+
+
+@routes.post("/v2/{entity}/{project}/calls/complete")
+async def calls_complete(request: web.Request) -> web.Response:
+    req = await _decode(request, CallsUpsertCompleteReq)
+    project_id = _path_project(request)
+    for i, call in enumerate(req.batch):
+        _check_same_project(call.project_id, project_id, f"batch[{i}].project_id")
+    await _enqueue(request.app[RELAY], list(req.batch))
+    return _ok({})
+
+
+@routes.post("/v2/{entity}/{project}/call/start")
+async def call_start_v2(request: web.Request) -> web.Response:
+    req = await _decode(request, CallStartV2Req)
+    _check_same_project(req.start.project_id, _path_project(request), "start.project_id")
+    ids = _fill_ids(req.start)
+    await _enqueue(request.app[RELAY], [req.start])
+    return _ok(ids)
+
+
+@routes.post("/v2/{entity}/{project}/call/end")
+async def call_end_v2(request: web.Request) -> web.Response:
+    req = await _decode(request, CallEndV2Req)
+    _check_same_project(req.end.project_id, _path_project(request), "end.project_id")
+    await _enqueue(request.app[RELAY], [req.end])
+    return _ok({})

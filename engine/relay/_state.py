@@ -1,0 +1,50 @@
+"""What the relay's handlers share: the engine, the ring writer, the proxy session, counters."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import msgspec
+from aiohttp import web
+
+from engine._engine import Engine
+from engine.relay._writer import CallItem, RingWriter
+from engine.wire.calls import CompletedCallSchemaForInsert, StartedCallSchemaForInsert
+
+
+class RelayCounters(msgspec.Struct, kw_only=True):
+    """What the relay took in since it started (exposed on ``/metrics``)."""
+
+    ingest_body_bytes: int = 0
+    items_start: int = 0
+    items_end: int = 0
+    items_complete: int = 0
+    rejected_full: int = 0
+    proxied_requests: int = 0
+    proxy_errors: int = 0
+
+    def count_items(self, items: list[CallItem]) -> None:
+        for item in items:
+            if isinstance(item, CompletedCallSchemaForInsert):
+                self.items_complete += 1
+            elif isinstance(item, StartedCallSchemaForInsert):
+                self.items_start += 1
+            else:
+                self.items_end += 1
+
+
+class RelayState:
+    def __init__(self, engine: Engine, upstream: str, max_body_bytes: int) -> None:
+        self.engine = engine
+        self.upstream = upstream.rstrip("/")
+        self.max_body_bytes = max_body_bytes
+        self.writer = RingWriter(engine.producer())
+        self.counters = RelayCounters()
+        self.session: aiohttp.ClientSession | None = None
+
+    def metrics(self) -> dict[str, Any]:
+        return {**self.engine.stats(), "relay": msgspec.structs.asdict(self.counters)}
+
+
+RELAY = web.AppKey("engine_relay_state", RelayState)
