@@ -20,10 +20,12 @@ from engine._errors import (
     SendError,
 )
 from engine._producer import CallHandle, Tracer, current_call
+from engine.client import AsyncRemoteHTTPTraceServer, RemoteHTTPTraceServer
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncRemoteHTTPTraceServer",
     "CallHandle",
     "Closed",
     "ConfigError",
@@ -33,6 +35,7 @@ __all__ = [
     "EngineError",
     "HTTPError",
     "PayloadTooLarge",
+    "RemoteHTTPTraceServer",
     "RingFull",
     "SendError",
     "Tracer",

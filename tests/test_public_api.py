@@ -4,6 +4,7 @@ import engine
 def test_public_surface_is_pinned():
     assert sorted(engine.__all__) == sorted(
         [
+            "AsyncRemoteHTTPTraceServer",
             "CallHandle",
             "Closed",
             "ConfigError",
@@ -13,6 +14,7 @@ def test_public_surface_is_pinned():
             "EngineError",
             "HTTPError",
             "PayloadTooLarge",
+            "RemoteHTTPTraceServer",
             "RingFull",
             "SendError",
             "Tracer",
