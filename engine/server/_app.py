@@ -10,11 +10,23 @@ from typing import Any, Literal
 
 from aiohttp import web
 
-from engine.server import _graphql, _routes_calls, _routes_misc
+from engine.server import (
+    _graphql,
+    _routes_calls,
+    _routes_costs,
+    _routes_feedback,
+    _routes_files,
+    _routes_misc,
+    _routes_more,
+    _routes_objects,
+    _routes_refs,
+    _routes_tables,
+)
 from engine.server._body import DEFAULT_MAX_BODY_BYTES, ApiError, check_api_key, error_response
 from engine.server._sink import CountSink
 from engine.server._state import STATE, ServerState
 from engine.server._store import SQLiteStore
+from engine.server._store_more import attach_more_store
 
 StoreKind = Literal["sqlite", "count"]
 # Reachable without credentials: the handshake a client makes before it knows the key.
@@ -76,6 +88,11 @@ def build_app(
     app[STATE] = ServerState(store, max_body_bytes)
     for table in (_routes_misc.routes, _routes_calls.routes, _graphql.routes):
         app.add_routes(table)
+    # objects, tables, files, feedback, …: a store of their own (in memory for ``count``)
+    for module in (_routes_objects, _routes_tables, _routes_refs, _routes_files,
+                   _routes_feedback, _routes_costs, _routes_more):  # fmt: skip
+        app.add_routes(module.routes)
+    attach_more_store(app, store.path if isinstance(store, SQLiteStore) else None)
     app.on_cleanup.append(_close_store)
     return app
 

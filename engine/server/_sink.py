@@ -21,12 +21,6 @@ class CountSink:
     async def update_display_name(self, project_id: str, call_id: str, name: str | None) -> bool:
         return False
 
-    async def put_object(self, project_id: str, object_id: str, digest: str, val_json: str):
-        return None
-
-    async def put_file(self, project_id: str, digest: str, content: bytes):
-        return None
-
     async def select_calls(self, selection: Selection, page: Page) -> list[tuple]:
         return []
 

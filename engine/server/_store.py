@@ -52,19 +52,6 @@ CREATE TABLE IF NOT EXISTS calls (
     UNIQUE (project_id, id)
 );
 CREATE INDEX IF NOT EXISTS calls_trace ON calls (project_id, trace_id);
-CREATE TABLE IF NOT EXISTS objects (
-    project_id TEXT NOT NULL,
-    object_id TEXT NOT NULL,
-    digest TEXT NOT NULL,
-    val TEXT NOT NULL,
-    PRIMARY KEY (project_id, object_id, digest)
-);
-CREATE TABLE IF NOT EXISTS files (
-    project_id TEXT NOT NULL,
-    digest TEXT NOT NULL,
-    content BLOB NOT NULL,
-    PRIMARY KEY (project_id, digest)
-);
 """
 
 
@@ -160,22 +147,6 @@ class SQLiteStore:
             (name, project_id, call_id),
         )
         return cur.rowcount > 0
-
-    async def put_object(self, project_id: str, object_id: str, digest: str, val_json: str):
-        await self._on(
-            self._writer,
-            self._wconn.execute,
-            "INSERT OR IGNORE INTO objects VALUES (?, ?, ?, ?)",
-            (project_id, object_id, digest, val_json),
-        )
-
-    async def put_file(self, project_id: str, digest: str, content: bytes):
-        await self._on(
-            self._writer,
-            self._wconn.execute,
-            "INSERT OR IGNORE INTO files VALUES (?, ?, ?)",
-            (project_id, digest, content),
-        )
 
     # -- reads --------------------------------------------------------------------------
 

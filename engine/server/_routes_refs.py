@@ -1,0 +1,142 @@
+"""``POST /refs/read_batch``: resolve ``weave:///`` URIs to values.
+
+Forms (weave's ``refs_internal``): ``weave:///<entity>/<project>/object/<name>:<digest>``
+(also ``op/…``; the digest may be ``latest`` or ``v<N>``), ``…/table/<digest>`` and
+``…/call/<call id>``, each optionally followed by an extra path of ``<edge>/<arg>`` pairs:
+``key/<dict key>``, ``attr/<attribute>``, ``index/<list index>``, ``id/<row digest>``.
+A value on the way that is itself a ``weave:///`` ref is followed. A ref that names
+nothing resolves to ``null``; a malformed one is a 422 naming it.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from engine.server._body import ApiError
+from engine.server._rows import Page, Selection, row_to_call
+from engine.server._state import check_project_id, state_of
+from engine.server._store_more import (
+    OBJ_COLUMNS,
+    more_of,
+    q_read_object,
+    q_rows,
+    q_table_row_digests,
+)
+from engine.wire.query import CallsFilter
+from engine.wire.refs import RefsReadBatchReq
+
+routes = web.RouteTableDef()
+MAX_REFS = 1000
+_SCHEME = "weave:///"
+_VAL = OBJ_COLUMNS.index("val")
+_json = msgspec.json.Encoder()
+
+
+class _Unresolved(Exception):
+    """The ref is well formed but names nothing stored."""
+
+
+class _Table(msgspec.Struct, frozen=True):
+    project_id: str
+    digest: str
+
+
+class Ref(msgspec.Struct, frozen=True):
+    project_id: str
+    kind: str
+    name: str
+    version: str
+    extra: tuple[str, ...]
+
+
+def parse_ref(uri: str, field: str) -> Ref:
+    if not uri.startswith(_SCHEME):
+        raise ApiError(422, f"{field}: {uri!r} is not a {_SCHEME} ref")
+    parts = [urllib.parse.unquote(p) for p in uri[len(_SCHEME) :].split("/")]
+    if len(parts) < 4 or not all(parts[:4]):
+        raise ApiError(422, f"{field}: {uri!r} is not {_SCHEME}entity/project/kind/name")
+    entity, project, kind, name = parts[:4]
+    extra = tuple(parts[4:])
+    if len(extra) % 2:
+        raise ApiError(422, f"{field}: {uri!r} has an extra path that is not edge/arg pairs")
+    project_id = f"{entity}/{project}"
+    check_project_id(project_id, field)
+    if kind in ("object", "op"):
+        name, sep, version = name.rpartition(":")
+        if not (sep and name and version):
+            raise ApiError(422, f"{field}: {uri!r} needs <name>:<digest> after '{kind}/'")
+        return Ref(project_id, kind, name, version, extra)
+    if kind in ("table", "call"):
+        return Ref(project_id, kind, name, "", extra)
+    raise ApiError(422, f"{field}: {uri!r} has kind {kind!r}; expected object, op, table or call")
+
+
+async def _root(request: web.Request, ref: Ref) -> Any:
+    if ref.kind == "table":
+        return _Table(ref.project_id, ref.name)
+    if ref.kind == "call":
+        selection = Selection(ref.project_id, CallsFilter(call_ids=[ref.name]))
+        rows = await state_of(request).store.select_calls(selection, Page(limit=1))
+        if not rows:
+            raise _Unresolved
+        return msgspec.json.decode(_json.encode(row_to_call(rows[0])))
+    row = await more_of(request).run(q_read_object, ref.project_id, ref.name, ref.version)
+    if row is None:
+        raise _Unresolved
+    return msgspec.json.decode(row[_VAL])
+
+
+async def _follow(request: web.Request, val: Any) -> Any:
+    """A value that is itself a ref becomes what it names (tables stay a handle)."""
+    if isinstance(val, str) and val.startswith(_SCHEME):
+        return await _root(request, parse_ref(val, "stored ref"))
+    return val
+
+
+async def _step(request: web.Request, val: Any, edge: str, arg: str) -> Any:
+    val = await _follow(request, val)
+    if edge in ("key", "attr") and isinstance(val, dict) and arg in val:
+        return val[arg]
+    if edge == "index" and isinstance(val, list) and arg.lstrip("-").isdigit():
+        index = int(arg)
+        if -len(val) <= index < len(val):
+            return val[index]
+    if edge == "id" and isinstance(val, _Table):
+        return await _table_row(request, val, arg)
+    raise _Unresolved
+
+
+async def _table_row(request: web.Request, table: _Table, row_digest: str) -> Any:
+    more = more_of(request)
+    digests = await more.run(q_table_row_digests, table.project_id, table.digest)
+    if digests is None or row_digest not in msgspec.json.decode(digests):
+        raise _Unresolved
+    rows = await more.run(q_rows, table.project_id, [row_digest])
+    return msgspec.json.decode(rows[row_digest])
+
+
+async def resolve(request: web.Request, ref: Ref, field: str) -> Any:
+    """The value ``ref`` names; ``None`` when nothing stored matches."""
+    try:
+        val = await _root(request, ref)
+        for i in range(0, len(ref.extra), 2):
+            val = await _step(request, val, ref.extra[i], ref.extra[i + 1])
+    except _Unresolved:
+        return None
+    if isinstance(val, _Table):
+        raise ApiError(422, f"{field}: names a whole table; read its rows with /table/query")
+    return val
+
+
+@routes.post("/refs/read_batch")
+async def refs_read_batch(request: web.Request) -> web.Response:
+    req = await state_of(request).decode(request, RefsReadBatchReq)
+    if len(req.refs) > MAX_REFS:
+        raise ApiError(422, f"refs: at most {MAX_REFS} refs per request, got {len(req.refs)}")
+    parsed = [parse_ref(uri, f"refs[{i}]") for i, uri in enumerate(req.refs)]
+    vals = [await resolve(request, ref, f"refs[{i}]") for i, ref in enumerate(parsed)]
+    return web.Response(body=_json.encode({"vals": vals}), content_type="application/json")

@@ -1,0 +1,207 @@
+"""Tables: rows addressed by their digest, a table by the digest of its row digests.
+
+A row is stored once per project whatever the number of tables holding it; a table
+version is its ordered list of row digests. Creating the same rows again yields the same
+table digest and stores nothing new; an update (append / pop / insert) makes a new
+version from a base and leaves the base as it was.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from engine.server._body import ApiError
+from engine.server._digest import table_digest, value_digest
+from engine.server._query_expr import get_path, order_key
+from engine.server._reply import (
+    not_found,
+    ok,
+    page_of,
+    project_of,
+    raw_json,
+    stream_jsonl,
+)
+from engine.server._state import state_of
+from engine.server._store_more import more_of, q_put_table, q_rows, q_table_row_digests
+from engine.wire.query import SortBy
+from engine.wire.tables import (
+    TableCreateFromDigestsReq,
+    TableCreateReq,
+    TableQueryReq,
+    TableQueryStatsBatchReq,
+    TableQueryStatsReq,
+    TableUpdateReq,
+    TableUpdateSpec,
+)
+
+routes = web.RouteTableDef()
+_STREAM_PAGE_ROWS = 1000
+_json = msgspec.json.Encoder()
+
+
+def _expect(expected: str | None, digest: str, field: str) -> None:
+    if expected is not None and expected != digest:
+        raise ApiError(409, f"{field}: {expected!r} != stored digest {digest!r}")
+
+
+async def _save(
+    request: web.Request, project_id: str, digests: list[str], new_rows: list[tuple[str, str]]
+) -> str:
+    digest = table_digest(digests)
+    await more_of(request).run(
+        q_put_table, project_id, digest, new_rows, _json.encode(digests).decode()
+    )
+    return digest
+
+
+async def row_digests_of(request: web.Request, project_id: str, digest: str) -> list[str]:
+    stored = await more_of(request).run(q_table_row_digests, project_id, digest)
+    if stored is None:
+        raise not_found(f"table {digest!r} in project {project_id!r}")
+    return msgspec.json.decode(stored)
+
+
+def _encoded(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return [(value_digest(row), _json.encode(row).decode()) for row in rows]
+
+
+@routes.post("/table/create")
+async def table_create(request: web.Request) -> web.Response:
+    table = (await state_of(request).decode(request, TableCreateReq)).table
+    project_of(table.project_id, "table.project_id")
+    rows = _encoded(table.rows)
+    digests = [d for d, _ in rows]
+    _expect(table.expected_digest, table_digest(digests), "table.expected_digest")
+    digest = await _save(request, table.project_id, digests, rows)
+    return ok({"digest": digest, "row_digests": digests})
+
+
+def _apply(digests: list[str], update: TableUpdateSpec, i: int) -> tuple[str, str] | None:
+    """Apply one update to ``digests`` in place; returns the row it added, if any."""
+    if update.pop is not None:
+        index = update.pop.index
+        if not -len(digests) <= index < len(digests):
+            raise ApiError(
+                422, f"updates[{i}].pop.index: {index} out of range 0..{len(digests) - 1}"
+            )
+        digests.pop(index)
+        return None
+    if update.append is not None:
+        row = _encoded([update.append.row])[0]
+        digests.append(row[0])
+        return row
+    assert update.insert is not None  # TableUpdateSpec holds exactly one operation
+    index = update.insert.index
+    if not 0 <= index <= len(digests):
+        raise ApiError(422, f"updates[{i}].insert.index: {index} out of range 0..{len(digests)}")
+    row = _encoded([update.insert.row])[0]
+    digests.insert(index, row[0])
+    return row
+
+
+@routes.post("/table/update")
+async def table_update(request: web.Request) -> web.Response:
+    req = await state_of(request).decode(request, TableUpdateReq)
+    digests = await row_digests_of(request, project_of(req.project_id), req.base_digest)
+    added = [row for i, u in enumerate(req.updates) if (row := _apply(digests, u, i))]
+    digest = await _save(request, req.project_id, digests, added)
+    return ok({"digest": digest, "updated_row_digests": [d for d, _ in added]})
+
+
+@routes.post("/table/create_from_digests")
+async def table_create_from_digests(request: web.Request) -> web.Response:
+    req = await state_of(request).decode(request, TableCreateFromDigestsReq)
+    found = await more_of(request).run(q_rows, project_of(req.project_id), req.row_digests)
+    missing = [d for d in req.row_digests if d not in found]
+    if missing:
+        raise not_found(f"rows {missing[:5]} ({len(missing)} missing) in {req.project_id!r}")
+    _expect(req.expected_digest, table_digest(req.row_digests), "expected_digest")
+    return ok({"digest": await _save(request, req.project_id, req.row_digests, [])})
+
+
+# -- queries ------------------------------------------------------------------------------
+
+
+def _sort_key(path: str) -> Callable[[tuple[int, str, Any]], tuple]:
+    """Order ``(index, digest, value)`` items by a dotted field of the value."""
+    return lambda item: order_key(get_path(item[2], path))
+
+
+def _sorted(items: list[tuple[int, str, Any]], sort_by: list[SortBy]) -> list:
+    for i, sort in enumerate(reversed(sort_by)):  # stable sorts, least significant first
+        if not sort.field or sort.field.startswith("."):
+            raise ApiError(422, f"sort_by[{len(sort_by) - 1 - i}].field: {sort.field!r} is empty")
+        items.sort(key=_sort_key(sort.field.removeprefix("val.")), reverse=sort.direction == "desc")
+    return items
+
+
+async def _selected(request: web.Request, req: TableQueryReq) -> list[tuple[int, str]]:
+    """(original index, row digest) of the rows a query selects, in table order."""
+    digests = await row_digests_of(request, project_of(req.project_id), req.digest)
+    wanted = set(req.filter.row_digests) if req.filter and req.filter.row_digests else None
+    return [(i, d) for i, d in enumerate(digests) if wanted is None or d in wanted]
+
+
+async def _rows(request: web.Request, req: TableQueryReq) -> AsyncIterator[list[dict]]:
+    """The query's rows a page at a time; sorting needs every selected value, paging not."""
+    selected = await _selected(request, req)
+    limit, offset = req.limit, req.offset or 0
+    page_of(limit, offset)
+    more = more_of(request)
+    if req.sort_by:
+        vals = await more.run(q_rows, req.project_id, [d for _, d in selected])
+        items = [(i, d, msgspec.json.decode(vals[d])) for i, d in selected]
+        chosen = _sorted(items, req.sort_by)[offset : None if limit is None else offset + limit]
+        for start in range(0, len(chosen), _STREAM_PAGE_ROWS):
+            page = chosen[start : start + _STREAM_PAGE_ROWS]
+            yield [{"digest": d, "val": raw_json(vals[d]), "original_index": i} for i, d, _ in page]
+        return
+    chosen_ids = selected[offset : None if limit is None else offset + limit]
+    for start in range(0, len(chosen_ids), _STREAM_PAGE_ROWS):
+        page_ids = chosen_ids[start : start + _STREAM_PAGE_ROWS]
+        vals = await more.run(q_rows, req.project_id, [d for _, d in page_ids])
+        yield [{"digest": d, "val": raw_json(vals[d]), "original_index": i} for i, d in page_ids]
+
+
+@routes.post("/table/query")
+async def table_query(request: web.Request) -> web.Response:
+    req = await state_of(request).decode(request, TableQueryReq)
+    rows = [row async for page in _rows(request, req) for row in page]
+    return ok({"rows": rows})
+
+
+@routes.post("/table/query_stream")
+async def table_query_stream(request: web.Request) -> web.StreamResponse:
+    """Every selected row as one JSONL line, read from the store a page at a time."""
+    req = await state_of(request).decode(request, TableQueryReq)
+    return await stream_jsonl(request, _rows(request, req))
+
+
+@routes.post("/table/query_stats")
+async def table_query_stats(request: web.Request) -> web.Response:
+    req = await state_of(request).decode(request, TableQueryStatsReq)
+    return ok({"count": len(await row_digests_of(request, project_of(req.project_id), req.digest))})
+
+
+@routes.post("/table/query_stats_batch")
+async def table_query_stats_batch(request: web.Request) -> web.Response:
+    """Stats of the tables among ``digests`` that exist; unknown digests are left out."""
+    req = await state_of(request).decode(request, TableQueryStatsBatchReq)
+    project_of(req.project_id)
+    more = more_of(request)
+    tables = []
+    for digest in dict.fromkeys(req.digests or []):
+        stored = await more.run(q_table_row_digests, req.project_id, digest)
+        if stored is None:
+            continue
+        digests = msgspec.json.decode(stored)
+        stats: dict[str, Any] = {"digest": digest, "count": len(digests)}
+        if req.include_storage_size:
+            vals = await more.run(q_rows, req.project_id, digests)
+            stats["storage_size_bytes"] = sum(len(vals[d].encode()) for d in digests)
+        tables.append(stats)
+    return ok({"tables": tables})
