@@ -1,0 +1,1 @@
+"""Integrations that route other tracing clients through the engine (``engine.integrations.weave``)."""

@@ -1,0 +1,207 @@
+"""Send an unmodified weave 0.54.0 program's traces through the engine.
+
+One line before ``weave.init`` (or ``ENGINE_WEAVE=1`` in the environment and an
+``import engine.integrations.weave``)::
+
+    import engine.integrations.weave; engine.integrations.weave.install()
+
+What it changes (see ``docs/peers-weave-0.54.md`` §5 for the hook points):
+
+- weave builds its trace server with
+  ``weave.trace_server_bindings.remote_http_trace_server.RemoteHTTPTraceServer.from_env``,
+  looked up when ``weave.init`` runs; :func:`install` puts :class:`EngineTraceServer` there.
+  It is weave's own class with batching off, so weave's call processor (a thread that does
+  not survive ``fork``) never exists; call starts, ends and complete calls go into the
+  engine's shared-memory ring instead, and every other route (objects, files, reads) still
+  uses weave's HTTP client.
+- In a forked child, weave's ``FutureExecutor`` still counts the parent's worker threads and
+  runs nothing; an after-fork hook replaces the global client's executors with inline ones
+  (``max_workers=0``), so ``@weave.op`` in ``multiprocessing.Pool`` workers records its calls.
+  The same hook gives the child fresh HTTP clients: kept-alive connections inherited from the
+  parent would be written by several processes at once (requests interleave on the socket).
+- ``WeaveClient.flush()`` also waits until the engine delivered what was traced so far.
+
+The engine is created in the process that calls ``weave.init`` and delivers through its
+sender process; children write into the same rings. Settings come from ``install(**config)``,
+``ENGINE_*`` variables and ``$ENGINE_CONFIG``, as for :class:`engine.Engine`; the URL and the
+API key default to weave's own (``WF_TRACE_SERVER_URL``, its credentials).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import logging
+import os
+import threading
+import weakref
+from collections.abc import Mapping
+from typing import Any
+
+from engine._engine import Engine
+from engine._producer import Tracer
+
+__all__ = ["install", "installed_engine"]
+
+log = logging.getLogger("engine.integrations.weave")
+ENABLE_ENV = "ENGINE_WEAVE"
+_PLACEHOLDER_PROJECT = "weave/integration"  # every item names its own project_id
+
+_lock = threading.Lock()
+_config: dict[str, Any] = {}
+_engine: Engine | None = None
+_tracer: Tracer | None = None
+_installed = False
+_servers: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def install(**config: Any) -> None:
+    """Route weave's call ingest through an engine; call before ``weave.init``.
+
+    ``config`` overrides :class:`engine.EngineConfig` settings (e.g. ``spool_dir=...``);
+    idempotent (a second call only updates the settings for an engine not yet started).
+    """
+    global _installed
+    from weave.trace_server_bindings import remote_http_trace_server
+
+    with _lock:
+        _config.update(config)
+        if _installed:
+            return
+        remote_http_trace_server.RemoteHTTPTraceServer = _engine_server_class()
+        _wrap_client_flush()
+        os.register_at_fork(after_in_child=_after_fork_in_child)
+        _installed = True
+
+
+def installed_engine() -> Engine | None:
+    """The engine weave's calls go through in this process tree (None before ``weave.init``)."""
+    return _engine
+
+
+def _engine_server_class() -> type:
+    from weave.trace_server_bindings.remote_http_trace_server import RemoteHTTPTraceServer
+    from weave.vendor.weave_server_sdk.types import CallStartResponse
+
+    class _EngineTraceServer(RemoteHTTPTraceServer):
+        """weave's HTTP trace server, with call ingest going into the engine's ring."""
+
+        def __init__(self, trace_server_url: str, should_batch: bool = False, **kw: Any) -> None:
+            super().__init__(trace_server_url, should_batch=False, **kw)
+            _servers.add(self)
+
+        def set_auth(self, auth: Any) -> None:
+            super().set_auth(auth)
+            # weave.init sets the credentials right after building us, in the owner process
+            _ensure_engine(self.trace_server_url, _api_key_of(self._credentials))
+
+        def call_start(self, req: Mapping[str, Any]) -> Any:
+            start = dict(req["start"])
+            call_id = _tracer_for(self).call_start(start)
+            return CallStartResponse(id=call_id, trace_id=start.get("trace_id") or call_id)
+
+        def call_end(self, req: Mapping[str, Any]) -> Any:
+            _tracer_for(self).call_end(dict(req["end"]))
+            return {}
+
+        def calls_complete(self, req: Mapping[str, Any]) -> Any:
+            tracer = _tracer_for(self)
+            for call in req["batch"]:
+                tracer.call_complete(dict(call))
+            return {}
+
+        def call_start_batch(self, req: Mapping[str, Any]) -> Any:
+            tracer = _tracer_for(self)
+            results: list[dict[str, Any]] = []
+            for entry in req["batch"]:
+                if entry["mode"] == "start":
+                    start = dict(entry["req"]["start"])
+                    results.append({"id": tracer.call_start(start), "trace_id": start.get("trace_id")})
+                else:
+                    tracer.call_end(dict(entry["req"]["end"]))
+                    results.append({})
+            return {"res": results}
+
+    _EngineTraceServer.__name__ = _EngineTraceServer.__qualname__ = "EngineTraceServer"
+    return _EngineTraceServer
+
+
+def _api_key_of(credentials: Any) -> str | None:
+    """The key inside weave's ``Basic api:<key>`` credentials (other schemes: none)."""
+    if credentials is None:
+        return None
+    scheme, _, encoded = credentials.authorization_header().partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        return base64.b64decode(encoded).decode().partition(":")[2] or None
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+
+
+def _ensure_engine(url: str, api_key: str | None) -> Engine:
+    global _engine, _tracer
+    with _lock:
+        if _engine is None:
+            settings = {"url": url, "project": _PLACEHOLDER_PROJECT, "api_key": api_key, **_config}
+            _engine = Engine(**settings)
+            _tracer = _engine.producer()
+            log.info("weave calls go through the engine", extra={"upstream": _engine.config.url})
+        return _engine
+
+
+def _tracer_for(server: Any) -> Tracer:
+    if _tracer is None:  # built without set_auth (no credentials): start the engine now
+        _ensure_engine(server.trace_server_url, None)
+    assert _tracer is not None
+    return _tracer
+
+
+def _wrap_client_flush() -> None:
+    from weave.trace.weave_client import WeaveClient
+
+    original = WeaveClient._flush
+
+    @functools.wraps(original)
+    def flush_then_deliver(self: Any) -> None:
+        original(self)
+        _deliver_traced()
+
+    WeaveClient._flush = flush_then_deliver
+
+
+def _deliver_traced(timeout_s: float | None = None) -> None:
+    """Owner: wait for every process's items; a child: for its own (the owner delivers)."""
+    engine, tracer = _engine, _tracer
+    if engine is None or tracer is None:
+        return
+    timeout_s = engine.config.delivery_deadline_s if timeout_s is None else timeout_s
+    delivered = engine.flush(timeout_s) if os.getpid() == engine._owner_pid else tracer.flush(timeout_s)
+    if not delivered:
+        log.warning("weave flush: engine did not deliver everything within %.0f s", timeout_s)
+
+
+def _after_fork_in_child() -> None:
+    """What weave shares with its parent after a fork is unusable in the child: the HTTP
+    connections (two processes writing one socket interleave their requests) and the thread
+    pools (their threads are gone). Fresh HTTP clients; deferred work runs inline."""
+    for server in list(_servers):
+        server._rebuild_client()
+    _inline_executors()
+
+
+def _inline_executors() -> None:
+    from weave.trace.concurrent.futures import FutureExecutor
+    from weave.trace.context.weave_client_context import get_weave_client
+
+    client = get_weave_client()
+    if client is None:
+        return
+    client.future_executor = FutureExecutor(max_workers=0)
+    if getattr(client, "future_executor_fastlane", None) is not None:
+        client.future_executor_fastlane = FutureExecutor(max_workers=0)
+
+
+if os.environ.get(ENABLE_ENV, "").strip().lower() in ("1", "true", "yes", "on"):
+    install()
