@@ -1,0 +1,91 @@
+"""``python -m bench``: every scenario, each contender in a fresh process, one report.
+
+    python -m bench [--quick] [--scenarios ring,producer,e2e,faults,burst] [--repeat N]
+                    [--contenders engine,weave-batched,weave-op,naive] [--scale F] [--out DIR]
+
+Writes ``<scenario>.jsonl`` (a machine line, every run, the medians), ``summary.md`` and
+PNG plots into ``--out`` (default ``bench/results``). See ``bench/README.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import _report, harness
+from bench._run import FULL, QUICK, Config, medians
+from bench.scenarios import burst, e2e, faults, producer, ring
+
+SCENARIOS = {"ring": ring, "producer": producer, "e2e": e2e, "faults": faults, "burst": burst}
+CONTENDERS = ("engine", "weave-batched", "weave-op", "naive")
+DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+
+
+def _names(text: str, allowed: tuple[str, ...], what: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in allowed]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown {what} {unknown}; choose from {allowed}")
+    return names
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke check, < 2 minutes")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS),
+                        type=lambda t: _names(t, tuple(SCENARIOS), "scenario"))
+    parser.add_argument("--contenders", default=",".join(CONTENDERS),
+                        type=lambda t: _names(t, CONTENDERS, "contender"))
+    parser.add_argument("--repeat", type=int, default=None,
+                        help="runs per configuration (median, min-max); default 3, quick 1")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply every call count")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results directory")
+    args = parser.parse_args(argv)
+    args.repeat = args.repeat or (1 if args.quick else 3)
+    if args.repeat < 1 or args.scale <= 0:
+        parser.error("--repeat must be >= 1 and --scale > 0")
+    return args
+
+
+def _write_jsonl(path: Path, machine: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    with path.open("w") as out:
+        for row in [machine, *rows]:
+            out.write(json.dumps(row, separators=(",", ":")) + "\n")
+
+
+def run_scenario(name: str, cfg: Config, repeat: int) -> list[dict[str, Any]]:
+    """Runs plus medians (ring reports medians itself)."""
+    rows = SCENARIOS[name].run(cfg, repeat)
+    runs = [r for r in rows if r.get("record") == "run"]
+    return rows if not runs else runs + medians(runs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    cfg = (QUICK if args.quick else FULL).scaled(args.scale, args.contenders)
+    args.out.mkdir(parents=True, exist_ok=True)
+    machine = harness.machine_info()
+    print(f"bench: {machine['cpu_model']}, {machine['cpus']} CPUs, Python {machine['python']}, "
+          f"load {machine['load_avg_1_5_15'][0]:.2f}", file=sys.stderr)
+    results: dict[str, list[dict[str, Any]]] = {}
+    for name in args.scenarios:
+        began = time.monotonic()
+        rows = run_scenario(name, cfg, args.repeat)
+        _write_jsonl(args.out / f"{name}.jsonl", machine, rows)
+        results[name] = [r for r in rows if r.get("record") == "median"]
+        print(f"bench: {name} done in {time.monotonic() - began:.0f} s", file=sys.stderr)
+    machine["load_avg_at_end_1_5_15"] = list(os.getloadavg())
+    summary = _report.summary_markdown(machine, results, args)
+    (args.out / "summary.md").write_text(summary)
+    _report.plot_all(results, args.out)
+    print(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

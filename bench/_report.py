@@ -1,0 +1,319 @@
+"""The summary (markdown, ratios against the best peer) and the PNG plots of a bench run."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+PEERS = ("weave-batched", "weave-op", "naive")
+_RING_PEERS = ("mp.Queue", "faster-fifo")
+_E2E_TARGET_PRODUCERS = 2
+_PLOT_DPI = 80
+
+
+# ---- formatting ----------------------------------------------------------------------------
+
+
+def _num(value: Any, digits: int = 0) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float) and digits:
+        return f"{value:,.{digits}f}"
+    return f"{value:,.0f}" if abs(value) >= 10 or not digits else f"{value:,.{digits}f}"
+
+
+def _spread(row: dict[str, Any], name: str, digits: int = 0) -> str:
+    """``median (min–max)`` when there were several runs, else the value."""
+    text = _num(row.get(name), digits)
+    if row.get(name + "_min") is not None:
+        text += f" ({_num(row[name + '_min'], digits)}–{_num(row[name + '_max'], digits)})"
+    return text
+
+
+def _ratio(value: float | None, best_peer: float | None, higher_is_better: bool = True) -> str:
+    if not value or not best_peer:
+        return "–"
+    factor = value / best_peer if higher_is_better else best_peer / value
+    return f"{factor:,.1f}x"
+
+
+def _flag(row: dict[str, Any]) -> str:
+    notes = []
+    if row.get("timed_out"):
+        notes.append("timed out")
+    if row.get("errors"):
+        notes.append("error: " + str(row["errors"][0])[:80])
+    return "; ".join(notes)
+
+
+def _label(row: dict[str, Any]) -> str:
+    label = row["contender"]
+    if row["contender"] == "engine" and row.get("mode"):
+        label += f" ({row['mode']})"
+    if row.get("compression") == "zstd":
+        label += " +zstd"
+    return label
+
+
+# ---- sections ----------------------------------------------------------------------------------
+
+
+def _find(rows: list[dict[str, Any]], **match: Any) -> dict[str, Any] | None:
+    for row in rows:
+        if all(row.get(k) == v for k, v in match.items()):
+            return row
+    return None
+
+
+def _targets(results: dict[str, list[dict[str, Any]]]) -> list[str]:
+    def line(target: str, measured: float | None, unit: str, ok: bool | None) -> str:
+        verdict = "–" if ok is None else ("met" if ok else "**not met**")
+        return f"| {target} | {_num(measured, 1)} {unit} | {verdict} |"
+
+    lines = ["| target (this 2-core box) | measured (median) | |", "|---|---:|---|"]
+    ring_rows = [r for r in results.get("ring", []) if r["contender"] == "ring"]
+    if ring_rows:
+        small = max((r["items_per_s"] for r in ring_rows if r["record_bytes"] == 64), default=None)
+        big = max((r["mb_per_s"] for r in ring_rows if r["record_bytes"] == 4096), default=None)
+        lines.append(line("ring: >= 1M small (64 B) records/s", small, "records/s",
+                          None if small is None else small >= 1e6))
+        lines.append(line("ring: >= 1.5 GB/s of 4 KiB records", big, "MB/s",
+                          None if big is None else big >= 1500))
+    prod = _find(results.get("producer", []), contender="engine", mode="startend")
+    if prod:
+        cpu = prod.get("cpu_us_per_call")
+        lines.append(line("producer: <= 5 µs CPU per complete call (4 KB eval)", cpu, "µs",
+                          None if cpu is None else cpu <= 5))
+    rows = results.get("e2e", [])
+    e2e = _find(rows, contender="engine", profile="eval", producers=_E2E_TARGET_PRODUCERS,
+                compression="none", sink="count")
+    if e2e:
+        rate = e2e.get("calls_per_s")
+        lines.append(line("e2e: >= 100k calls/s, 2 producers, count sink, uncompressed",
+                          rate, "calls/s", None if rate is None else rate >= 1e5))
+    zstd = _find(rows, contender="engine", profile="eval", producers=_E2E_TARGET_PRODUCERS,
+                 compression="zstd", sink="count")
+    if zstd:
+        factor = zstd.get("wire_reduction_x")
+        lines.append(line("zstd: >= 3.5x fewer bytes on the wire (eval)", factor, "x",
+                          None if factor is None else factor >= 3.5))
+    limit = _find(results.get("faults", []), contender="engine", case="limit_413")
+    if limit:
+        pct = limit.get("rejected_pct_of_accepted")
+        lines.append(line("1 MiB limit: rejected upload bytes <= 5% of accepted", pct, "%",
+                          None if pct is None else pct <= 5))
+    return lines
+
+
+def _ring_section(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["| record | producers | contender | records/s (median, min–max) | MB/s | ring vs best peer |",
+             "|---:|---:|---|---:|---:|---:|"]
+    for size in sorted({r["record_bytes"] for r in rows}):
+        for producers in sorted({r["producers"] for r in rows}):
+            group = [r for r in rows if (r["record_bytes"], r["producers"]) == (size, producers)]
+            best_peer = max((r["items_per_s"] for r in group if r["contender"] in _RING_PEERS),
+                            default=None)
+            for r in sorted(group, key=lambda r: -r["items_per_s"]):
+                ratio = _ratio(r["items_per_s"], best_peer) if r["contender"] == "ring" else ""
+                lines.append(
+                    f"| {size} B | {producers} | {r['contender']} | {_num(r['items_per_s'])} "
+                    f"({_num(r['items_per_s_min'])}–{_num(r['items_per_s_max'])}) | "
+                    f"{_num(r['mb_per_s'])} | {ratio} |")
+    return lines
+
+
+def _producer_section(rows: list[dict[str, Any]]) -> list[str]:
+    best_peer = min((r["cpu_us_per_call"] for r in rows
+                     if r["contender"] in PEERS and r.get("cpu_us_per_call")), default=None)
+    lines = ["| contender | CPU µs per call in the traced process | process CPU µs/call "
+             "(incl. sender) | enqueue calls/s | vs best peer | notes |",
+             "|---|---:|---:|---:|---:|---|"]
+    for r in sorted(rows, key=lambda r: r.get("cpu_us_per_call") or 1e18):
+        ratio = _ratio(r.get("cpu_us_per_call"), best_peer, higher_is_better=False)
+        lines.append(f"| {_label(r)} | {_spread(r, 'cpu_us_per_call', 1)} | "
+                     f"{_num(r.get('process_cpu_us_per_call'), 1)} | "
+                     f"{_num(r.get('enqueue_calls_per_s'))} | "
+                     f"{ratio if r['contender'] == 'engine' else ''} | {_flag(r)} |")
+    return lines
+
+
+def _rss_text(rss: dict[str, Any] | None) -> str:
+    if not rss:
+        return "–"
+    producers = [p for p in rss.get("producers") or [] if p]
+    parts = [f"prod {max(producers) // 1024} MB" if producers else None]
+    for name in ("sender", "sink"):
+        if rss.get(name):
+            parts.append(f"{name} {rss[name] // 1024} MB")
+    return ", ".join(p for p in parts if p)
+
+
+def _e2e_section(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["| sink | profile | producers | contender | calls/s (median, min–max) | MB/s raw | "
+             "MB/s wire | wire x | p50 / p99 ms | lost | dup | peak RSS | vs best peer | notes |",
+             "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---|"]
+    cells = sorted({(r["sink"], r["profile"], r["producers"]) for r in rows})
+    for sink, profile, producers in cells:
+        group = [r for r in rows if (r["sink"], r["profile"], r["producers"]) ==
+                 (sink, profile, producers)]
+        best_peer = max((r.get("calls_per_s") or 0 for r in group if r["contender"] in PEERS),
+                        default=None)
+        for r in sorted(group, key=lambda r: -(r.get("calls_per_s") or 0)):
+            latency = "–"
+            if r.get("latency_p50_ms") is not None:
+                latency = f"{_num(r['latency_p50_ms'])} / {_num(r['latency_p99_ms'])}"
+            elif r.get("latency_mean_ms") is not None:
+                latency = f"mean {_num(r['latency_mean_ms'], 2)}"
+            ratio = _ratio(r.get("calls_per_s"), best_peer) if r["contender"] == "engine" else ""
+            lines.append(
+                f"| {sink} | {profile} | {producers} | {_label(r)} | {_spread(r, 'calls_per_s')} | "
+                f"{_num(r.get('mb_per_s_raw'), 1)} | {_num(r.get('mb_per_s_wire'), 1)} | "
+                f"{_num(r.get('wire_reduction_x'), 1)} | {latency} | {_num(r.get('calls_lost'))} | "
+                f"{_num(r.get('calls_duplicated'))} | {_rss_text(r.get('peak_rss_kib'))} | "
+                f"{ratio} | {_flag(r)} |")
+    return lines
+
+
+def _faults_section(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["| case | contender | enqueued | delivered | lost | dup | requests (by status) | "
+             "rejected / accepted upload MB | rejected % | flush s | drain after outage s | notes |",
+             "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---|"]
+    for r in sorted(rows, key=lambda r: (r["case"], r["contender"])):
+        statuses = ", ".join(f"{k}: {v}" for k, v in sorted((r.get("requests_by_status") or {}).items()))
+        lines.append(
+            f"| {r['case']} | {r['contender']} | {_num(r.get('calls_enqueued'))} | "
+            f"{_num(r.get('calls_delivered'))} | {_num(r.get('calls_lost'))} | "
+            f"{_num(r.get('calls_duplicated'))} | {_num(r.get('requests'))} ({statuses}) | "
+            f"{_num(r.get('rejected_upload_bytes', 0) / 1e6, 1)} / "
+            f"{_num(r.get('accepted_upload_bytes', 0) / 1e6, 1)} | "
+            f"{_num(r.get('rejected_pct_of_accepted'), 1)} | {_num(r.get('flush_s'), 1)} | "
+            f"{_num(r.get('drain_after_outage_s'), 1)} | {_flag(r)} |")
+    return lines
+
+
+def _burst_section(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["| contender | producers | offered | attempted in time | dropped by client | "
+             "at sink | lost | enqueue calls/s | notes |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['contender']} | {r['producers']} | {_num(r.get('calls_offered'))} | "
+            f"{_num(r.get('calls_attempted'))} | {_num(r.get('dropped_by_client'))} | "
+            f"{_num(r.get('calls_at_sink'))} | {_num(r.get('calls_lost'))} | "
+            f"{_num(r.get('enqueue_calls_per_s'))} | {_flag(r)} |")
+    return lines
+
+
+_SECTIONS = (
+    ("ring", "Ring: records through shared memory vs queues", _ring_section),
+    ("producer", "Producer: CPU per traced call (eval profile, ~4 KB)", _producer_section),
+    ("e2e", "End to end: delivered to the sink", _e2e_section),
+    ("faults", "Faults (FaultServer, eval profile, no compression)", _faults_section),
+    ("burst", "Burst: offered as fast as possible (small profile)", _burst_section),
+)
+
+
+def summary_markdown(machine: dict[str, Any], results: dict[str, list[dict[str, Any]]],
+                     args: argparse.Namespace) -> str:
+    load = machine.get("load_avg_1_5_15", [0, 0, 0])
+    load_end = machine.get("load_avg_at_end_1_5_15", load)
+    versions = ", ".join(f"{k} {v}" for k, v in machine["versions"].items() if v)
+    lines = [
+        "# Bench results", "",
+        f"{machine['date_utc']} · {machine['cpu_model']} · {machine['cpus']} CPUs · "
+        f"Python {machine['python']} · {versions} · commit {machine.get('git_commit')}", "",
+        f"Load average (1/5/15 min) at start {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}, at end "
+        f"{load_end[0]:.2f}/{load_end[1]:.2f}/{load_end[2]:.2f}: other work shared the two "
+        "cores, so absolute figures are depressed; compare contenders within this run.", "",
+        f"`python -m bench {'--quick ' if args.quick else ''}--repeat {args.repeat}` · "
+        f"medians of {args.repeat} run(s), min–max in brackets where there were several. "
+        "\"vs best peer\": the engine's factor over the best of weave 0.54.0 (batched client, "
+        "`@weave.op`) and the naive client; higher is better.", "",
+        "## Targets", "", *_targets(results), "",
+    ]
+    for name, title, section in _SECTIONS:
+        if results.get(name):
+            lines += [f"## {title}", "", *section(results[name]), ""]
+    return "\n".join(lines)
+
+
+# ---- plots ---------------------------------------------------------------------------------------
+
+
+def plot_all(results: dict[str, list[dict[str, Any]]], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    written = []
+    if results.get("e2e"):
+        written.append(_plot_throughput(results["e2e"], out / "e2e_throughput.png"))
+        written.append(_plot_latency(results["e2e"], out / "e2e_latency_cdf.png"))
+    if results.get("producer"):
+        written.append(_plot_producer(results["producer"], out / "producer_cpu.png"))
+    return written
+
+
+def _plot_throughput(rows: list[dict[str, Any]], path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if r["sink"] == "count"]
+    profiles = sorted({r["profile"] for r in rows}, key=["small", "eval", "large"].index)
+    fig, axes = plt.subplots(1, len(profiles), figsize=(3.6 * len(profiles), 3.2), squeeze=False)
+    for ax, profile in zip(axes[0], profiles):
+        group = [r for r in rows if r["profile"] == profile]
+        for label in sorted({_label(r) for r in group}):
+            series = sorted((r["producers"], r.get("calls_per_s")) for r in group
+                            if _label(r) == label and r.get("calls_per_s"))
+            if series:
+                ax.plot(*zip(*series), marker="o", label=label)
+        ax.set_yscale("log")
+        ax.set_title(f"{profile} payloads")
+        ax.set_xlabel("producer processes")
+        ax.set_xticks(sorted({r["producers"] for r in group}))
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].set_ylabel("calls/s delivered (log)")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=_PLOT_DPI)
+    plt.close(fig)
+    return path
+
+
+def _plot_latency(rows: list[dict[str, Any]], path: Path) -> Path:
+    """The sender's enqueue-to-ack percentiles as a step CDF (p50, p90, p99, max)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    for r in rows:
+        if r["contender"] != "engine" or r["sink"] != "count" or r.get("latency_p50_ms") is None:
+            continue
+        xs = [r["latency_p50_ms"], r["latency_p90_ms"], r["latency_p99_ms"], r["latency_max_ms"]]
+        ax.step([0, *xs], [0, 0.5, 0.9, 0.99, 1.0], where="post", marker=".",
+                label=f"{r['profile']} x{r['producers']}{' zstd' if r['compression'] == 'zstd' else ''}")
+    ax.set_xscale("symlog")
+    ax.set_xlabel("engine enqueue-to-ack latency, ms")
+    ax.set_ylabel("fraction of calls")
+    ax.set_title("engine: enqueue-to-ack (sender percentiles)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=_PLOT_DPI)
+    plt.close(fig)
+    return path
+
+
+def _plot_producer(rows: list[dict[str, Any]], path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    rows = sorted((r for r in rows if r.get("cpu_us_per_call")), key=lambda r: r["cpu_us_per_call"])
+    fig, ax = plt.subplots(figsize=(6, 2.6))
+    ax.barh([_label(r) for r in rows], [r["cpu_us_per_call"] for r in rows],
+            color=["tab:blue" if r["contender"] == "engine" else "tab:gray" for r in rows])
+    ax.set_xscale("log")
+    ax.set_xlabel("CPU µs per traced call in the eval process (log)")
+    ax.grid(True, axis="x", which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=_PLOT_DPI)
+    plt.close(fig)
+    return path

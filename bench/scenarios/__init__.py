@@ -1,0 +1,1 @@
+"""Scenario workers that no driver covers (run as ``python -m bench.scenarios.<name>``)."""

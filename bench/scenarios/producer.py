@@ -1,0 +1,42 @@
+"""producer: CPU µs per traced call paid by the eval process itself.
+
+Engine: ``call_start`` + ``call_end`` (Structs and dicts) and the ``tracer.call`` context
+manager, one producer. Peers: weave 0.54.0's batched client and ``@weave.op``, measured
+as the main thread's CPU in the enqueue loop. Every contender writes to a fresh
+``engine serve --store count`` sink.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench import harness
+from bench._run import Config
+
+_PROFILE = "eval"
+_ENGINE_MODES = ("startend", "dicts", "ctx")
+
+
+def _one(contender: str, mode: str | None, calls: int, cfg: Config) -> dict[str, Any]:
+    with harness.sink("count") as s:
+        argv = harness.driver_argv(contender, s.url, calls, _PROFILE, cfg.timeout_s, mode=mode)
+        (row,), _wall_s = harness.run_drivers([argv], cfg.timeout_s)
+    return {
+        "record": "run", "scenario": "producer", "case": "cpu per call",
+        "contender": contender, "mode": row.get("mode", mode), "profile": _PROFILE,
+        "producers": 1, "compression": "none", "sink": "count",
+        "calls_enqueued": row.get("calls_enqueued"),
+        "cpu_us_per_call": row.get("loop_main_thread_cpu_us_per_call"),
+        "process_cpu_us_per_call": row.get("process_cpu_us_per_call"),
+        "enqueue_calls_per_s": row.get("enqueue_calls_per_s"),
+        "timed_out": row.get("timed_out", False), "error": row.get("error"),
+    }  # fmt: skip
+
+
+def run(cfg: Config, repeat: int) -> list[dict[str, Any]]:
+    plan: list[tuple[str, str | None]] = []
+    if "engine" in cfg.contenders:
+        plan += [("engine", mode) for mode in _ENGINE_MODES]
+    plan += [(c, None) for c in ("weave-batched", "weave-op") if c in cfg.contenders]
+    return [_one(contender, mode, cfg.producer_calls[contender], cfg)
+            for _ in range(repeat) for contender, mode in plan]
