@@ -1,0 +1,118 @@
+"""Project stats, threads, OTLP export, actions and echo completions against ``engine serve``."""
+
+import msgspec
+
+from tests.server.harness import PROJECT, complete, end, serving, start, upsert_batch
+
+SPAN = {"traceId": "5b8efff798038103d269b633813fc60c", "spanId": "eee19b7ec3c1b174",
+        "name": "llm.call", "startTimeUnixNano": "1700000000000000000",
+        "endTimeUnixNano": "1700000001000000000",
+        "attributes": [{"key": "model", "value": {"stringValue": "gpt-x"}}]}  # fmt: skip
+CHAT = {"project_id": PROJECT, "inputs": {"model": "echo", "messages": [
+    {"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there world"}]}}  # fmt: skip
+
+
+def test_threads_aggregate_turn_calls_and_project_stats_count_bytes(run, db_path):
+    async def scenario():
+        async with serving(db_path) as api:
+            calls = [complete(f"t{i}", thread_id="th", turn_id=f"t{i}", t_s=i) for i in range(3)]
+            calls.append(complete("other", thread_id="th2", turn_id="other", t_s=10))
+            assert (await api.post("/v2/ent/proj/calls/complete", {"batch": calls}))[0] == 200
+            body = {
+                "project_id": PROJECT,
+                "sort_by": [{"field": "turn_count", "direction": "desc"}],
+            }
+            async with api.session.post(api.url + "/threads/stream_query", json=body) as resp:
+                assert resp.content_type == "application/jsonl"
+                threads = [msgspec.json.decode(line) for line in (await resp.read()).splitlines()]
+            assert [(t["thread_id"], t["turn_count"]) for t in threads] == [("th", 3), ("th2", 1)]
+            assert threads[0]["first_turn_id"] == "t0" and threads[0]["last_turn_id"] == "t2"
+            assert threads[0]["p50_turn_duration_ms"] == 1000.0
+            _, stats = await api.post("/project/stats", {"project_id": PROJECT})
+            assert stats["trace_storage_size_bytes"] > 0 and stats["files_storage_size_bytes"] == 0
+            bad = {**body, "sort_by": [{"field": "nope", "direction": "asc"}]}
+            assert (await api.post("/threads/stream_query", bad))[0] == 422
+
+    run(scenario())
+
+
+def test_otel_export_json_and_protobuf_store_spans_as_calls(run, db_path):
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+
+    async def scenario():
+        async with serving(db_path) as api:
+            doc = {"resourceSpans": [{"scopeSpans": [{"spans": [SPAN]}]}]}
+            headers = {"project_id": PROJECT, "Content-Type": "application/json"}
+            for _ in range(2):  # a resent export rewrites the same call
+                assert (await api.post("/otel/v1/traces", doc, headers))[0] == 200
+            message = trace_service_pb2.ExportTraceServiceRequest()
+            span = message.resource_spans.add().scope_spans.add().spans.add()
+            span.trace_id, span.span_id, span.name = (
+                bytes(16),
+                bytes.fromhex("00000000000000aa"),
+                "pb",
+            )
+            span.start_time_unix_nano, span.end_time_unix_nano = 1, 2_000_000
+            pb = {"project_id": PROJECT, "Content-Type": "application/x-protobuf"}
+            assert (await api.post("/otel/v1/traces", message.SerializeToString(), pb))[0] == 200
+            calls = {c["id"]: c for c in await api.query()}
+            assert set(calls) == {"eee19b7ec3c1b174", "00000000000000aa"}
+            assert calls["eee19b7ec3c1b174"]["attributes"] == {"model": "gpt-x"}
+            assert (await api.post("/otel/v1/traces", b"\xff\x00", pb))[0] == 400
+            assert (await api.post("/otel/v1/traces", doc, {"Content-Type": "application/json"}))[
+                0
+            ] == 422
+            text = {"project_id": PROJECT, "Content-Type": "text/plain"}
+            assert (await api.post("/otel/v1/traces", b"x", text))[0] == 415
+
+    run(scenario())
+
+
+def test_actions_execute_batch_checks_action_and_calls(run, db_path):
+    async def scenario():
+        async with serving(db_path) as api:
+            await api.post(
+                "/call/upsert_batch", upsert_batch(("start", start("c1")), ("end", end("c1")))
+            )
+            obj = {"obj": {"project_id": PROJECT, "object_id": "judge", "val": {"kind": "llm"}}}
+            _, made = await api.post("/obj/create", obj)
+            action = f"weave:///{PROJECT}/object/judge:{made['digest']}"
+            body = {"project_id": PROJECT, "action_ref": action, "call_ids": ["c1"]}
+            assert await api.post("/actions/execute_batch", body) == (200, {})
+            assert await api.post("/actions/execute_batch", body) == (200, {})
+            status, res = await api.post("/actions/execute_batch", {**body, "call_ids": ["zz"]})
+            assert status == 404 and "zz" in res["reason"]
+            gone = {**body, "action_ref": f"weave:///{PROJECT}/object/none:latest"}
+            assert (await api.post("/actions/execute_batch", gone))[0] == 404
+
+    run(scenario())
+
+
+def test_completions_echo_deterministically_and_stream_chunks(run, db_path):
+    async def scenario():
+        async with serving(db_path) as api:
+            status, first = await api.post("/completions/create", CHAT)
+            assert status == 200
+            assert first["response"]["choices"][0]["message"]["content"] == "hello there world"
+            _, second = await api.post("/completions/create", CHAT)
+            assert (
+                second["response"] == first["response"]
+                and second["weave_call_id"] != first["weave_call_id"]
+            )
+            async with api.session.post(api.url + "/completions/create_stream", json=CHAT) as resp:
+                assert resp.content_type == "application/jsonl"
+                lines = [msgspec.json.decode(line) async for line in resp.content if line.strip()]
+            assert "weave_call_id" in lines[0]["_meta"]
+            text = "".join(c["choices"][0]["delta"].get("content", "") for c in lines[1:])
+            assert (
+                text == "hello there world" and lines[-1]["choices"][0]["finish_reason"] == "stop"
+            )
+            untracked = {**CHAT, "track_llm_call": False}
+            assert (await api.post("/completions/create", untracked))[1].get(
+                "weave_call_id"
+            ) is None
+            assert len(await api.query()) == 3  # two creates and one stream were tracked
+            empty = {**CHAT, "inputs": {"model": ""}}
+            assert (await api.post("/completions/create", empty))[0] == 422
+
+    run(scenario())
