@@ -1,0 +1,104 @@
+"""Loopback helpers for the client tests: a stub server with a custom handler, and a
+recording proxy in front of ``engine serve`` (to count and inspect the requests sent).
+
+Both run an aiohttp server on their own thread and event loop, bound to 127.0.0.1 port 0,
+so blocking and asyncio clients can talk to them alike; both are context managers that
+always stop the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection"}
+
+
+@dataclass(frozen=True)
+class Recorded:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+class StubServer:
+    """Serves every request with ``handler``; records each request it receives."""
+
+    def __init__(self, handler: Handler) -> None:
+        self._handler = handler
+        self.requests: list[Recorded] = []
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    def __enter__(self) -> StubServer:
+        self._thread.start()
+        self.url = asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+    def paths(self) -> list[str]:
+        return [r.path for r in self.requests]
+
+    async def _start(self) -> str:
+        app = web.Application(client_max_size=1 << 30)
+        app.router.add_route("*", "/{tail:.*}", self._record_and_handle)
+        await self._on_start()
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        return f"http://127.0.0.1:{port}"
+
+    async def _on_start(self) -> None:
+        """Hook for subclasses that need loop-bound resources."""
+
+    async def _stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _record_and_handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        self.requests.append(Recorded(request.method, request.path_qs, dict(request.headers), body))
+        request._read_bytes = body  # let the handler read the body again
+        return await self._handler(request)
+
+
+class RecordingProxy(StubServer):
+    """Forwards every request to ``upstream`` unchanged and records it."""
+
+    def __init__(self, upstream: str) -> None:
+        super().__init__(self._forward)
+        self._upstream = upstream.rstrip("/")
+        self._session: aiohttp.ClientSession | None = None
+
+    async def _on_start(self) -> None:
+        self._session = aiohttp.ClientSession(auto_decompress=False)
+
+    async def _stop(self) -> None:
+        await super()._stop()
+        if self._session is not None:
+            await self._session.close()
+
+    async def _forward(self, request: web.Request) -> web.StreamResponse:
+        assert self._session is not None
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
+        async with self._session.request(request.method, self._upstream + request.path_qs,
+                                         data=await request.read(), headers=headers) as upstream:
+            body = await upstream.read()
+            out = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_HEADERS}
+            return web.Response(status=upstream.status, body=body, headers=out)
