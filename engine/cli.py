@@ -190,12 +190,56 @@ def _run_relay(args: argparse.Namespace) -> int:
     return 0 if not stats.get("undelivered") else 1
 
 
+def _add_ingest(subparsers: argparse._SubParsersAction) -> None:
+    ingest = subparsers.add_parser(
+        "ingest", help="bulk-load JSON-lines trace files (optionally .zst) through the engine",
+        description="Bulk-load start/end/complete items from JSON-lines files (one item per "
+        "line, see docs/configuration.md) from several producer processes; resumable.",
+    )  # fmt: skip
+    ingest.add_argument("files", nargs="+", metavar="FILE")
+    ingest.add_argument("--to", default=None,
+                        help="trace server URL (default: start `engine serve` with its default db)")
+    ingest.add_argument("--processes", type=_positive_int, default=2, help="producer processes")
+    ingest.add_argument("--project", default=None, help="entity/project to put every item in")
+    ingest.add_argument("--checkpoint", default=None,
+                        help="progress file for resuming (default FILE.ingest-checkpoint)")
+    ingest.add_argument("--checkpoint-lines", type=_positive_int, default=20_000,
+                        help="lines between acknowledged checkpoints, per process")
+    ingest.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_config_flags(ingest)
+    ingest.set_defaults(func=_run_ingest)
+
+
+def _run_ingest(args: argparse.Namespace) -> int:
+    import contextlib
+
+    from engine._ingest import run_ingest
+    from engine.server import serve_subprocess
+
+    _setup_logging(args)
+    with contextlib.ExitStack() as stack:
+        url = args.to or stack.enter_context(serve_subprocess())
+        summary = run_ingest(
+            args.files, url, processes=args.processes, project=args.project,
+            checkpoint_path=args.checkpoint, checkpoint_lines=args.checkpoint_lines,
+            progress=False if args.no_progress else None, config_file=args.config,
+            **_config_overrides(args),
+        )  # fmt: skip
+    rate = summary.items / summary.elapsed_s if summary.elapsed_s else 0.0
+    print(f"engine ingest: {summary.items:,} items ({summary.completes:,} complete, "
+          f"{summary.starts:,} starts, {summary.ends:,} ends) in {summary.elapsed_s:.1f} s "
+          f"({rate:,.0f}/s) to {url}; {summary.invalid_lines:,} invalid lines skipped; "
+          f"{summary.undelivered:,} undelivered{'; resumed' if summary.resumed else ''}")
+    return 0 if not summary.undelivered else 1
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="engine", description=__doc__)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_serve(subparsers)
     _add_demo(subparsers)
     _add_relay(subparsers)
+    _add_ingest(subparsers)
     return parser
 
 
