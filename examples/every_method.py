@@ -166,6 +166,9 @@ class Tour:
         started = b.call_start({"start": {"project_id": p, "op_name": "batched", "started_at": _now(),
                                           "attributes": {}, "inputs": {}}})
         b.call_end({"end": {"project_id": p, "id": started.id, "ended_at": _now(), "summary": {}}})
+        self.step("feedback_create (batched)", lambda: b.feedback_create({
+            "project_id": p, "weave_ref": f"weave:///{p}/call/{started.id}",
+            "feedback_type": "note", "payload": {"note": "queued"}}))
         processor = self.step("get_call_processor", b.get_call_processor)
         if processor is not None and not processor.flush(30):
             self.failed.append("get_call_processor")
