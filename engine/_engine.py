@@ -141,8 +141,10 @@ class Engine:
         env.pop("ENGINE_API_KEY", None)
         if self.config.api_key:
             env["ENGINE_SENDER_API_KEY"] = self.config.api_key
+        # stdout stays free for the user's program (a pipe must close when the owner exits);
+        # stderr carries the sender's log lines.
         self._sender = subprocess.Popen(self._sender_command(), env=env, stdin=subprocess.DEVNULL,
-                                        close_fds=True)
+                                        stdout=subprocess.DEVNULL, close_fds=True)
 
     def _watch_sender(self) -> None:
         """Restart the sender if it dies while the engine is open; it resumes from the

@@ -27,13 +27,13 @@ from typing import Any
 
 import msgspec
 
-from engine import _ring
+from engine import _ring, _ring_files
 from engine._adaptive import AdaptiveConcurrency, SizeTarget
 from engine._batcher import UPSERT_ROUTE, Accumulator, Batch, Item, ReleaseTracker, Router
 from engine._config import EngineConfig, default_state_dir
 from engine._control import Control, control_path
 from engine._deadletter import DeadLetters
-from engine._errors import SendError
+from engine._errors import EngineError, SendError
 from engine._producer import FLAG_END_HAS_TRACE
 from engine._retry import Backoff, Verdict, classify, retry_after_s
 from engine._transport import Compressor, Response, Transport
@@ -71,9 +71,9 @@ class Sender:
         self.backoff = Backoff(initial_ms=cfg.backoff_initial_ms, max_ms=cfg.backoff_max_ms)
         self.rng = random.Random()
         self.ready: collections.deque[Batch] = collections.deque()
-        self.waiting = 0  # batches sleeping before a retry
+        self.waiting: dict[Batch, asyncio.TimerHandle] = {}  # sleeping before a retry
         self.held_bytes = 0  # bytes of batches ready, waiting or in flight
-        self.tasks: set[asyncio.Task] = set()
+        self.tasks: dict[asyncio.Task, Batch] = {}  # POSTs in flight
         self.fatal: BaseException | None = None
         self.compressor: Compressor | None = None
         self.executor: concurrent.futures.ThreadPoolExecutor | None = None
@@ -169,7 +169,7 @@ class Sender:
         while self.ready and len(self.tasks) < self.concurrency.limit:
             batch = self.ready.popleft()
             task = asyncio.create_task(self._deliver(batch))
-            self.tasks.add(task)
+            self.tasks[task] = batch
             task.add_done_callback(self._task_done)
 
     async def _idle(self) -> None:
@@ -196,7 +196,7 @@ class Sender:
         self.wake.set()
 
     def _task_done(self, task: asyncio.Task) -> None:
-        self.tasks.discard(task)
+        self.tasks.pop(task, None)
         if not task.cancelled() and task.exception() is not None and self.fatal is None:
             self.fatal = task.exception()
         self.wake.set()
@@ -299,23 +299,26 @@ class Sender:
         hint = retry_after_s(response.headers) if response else None
         delay_s = self.backoff.delay_s(batch.attempts, self.rng, hint)
         delay_s = min(delay_s, max(0.0, self.cfg.delivery_deadline_s - elapsed_s))
-        self.waiting += 1
-        asyncio.get_running_loop().call_later(delay_s, self._requeue, batch)
+        self.waiting[batch] = asyncio.get_running_loop().call_later(delay_s, self._requeue, batch)
 
     def _requeue(self, batch: Batch) -> None:
-        self.waiting -= 1
+        del self.waiting[batch]
         self.ready.appendleft(batch)
         self.wake.set()
 
     def _give_up(self, batch: Batch, reason: str, status: int | None, detail: str) -> None:
         """A batch past its deadline: spool it if we can, else dead-letter it."""
         if self.spool is not None:
-            self.spool.put(batch.route, batch.body(), len(batch))
-            self.control.add("spooled_batches")
-            self.control.add("spooled_items", len(batch))
-            self.held_bytes -= batch.size_bytes
-            self.tracker.ack(batch.tokens())
-            return
+            try:
+                self.spool.put(batch.route, batch.body(), len(batch))
+            except (OSError, EngineError) as exc:  # full or unwritable: the dead letters keep it
+                detail = f"{detail}; spool refused it: {exc}"
+            else:
+                self.control.add("spooled_batches")
+                self.control.add("spooled_items", len(batch))
+                self.held_bytes -= batch.size_bytes
+                self.tracker.ack(batch.tokens())
+                return
         self._dead_letter(batch, reason, status, detail)
 
     def _dead_letter(self, batch: Batch, reason: str, status: int | None, detail: str) -> None:
@@ -388,7 +391,7 @@ class Sender:
             self.tracker.forget_slot(slot)
         if control.get("shutdown_request"):
             return True
-        if not _alive(self.owner_pid):
+        if not _owner_alive(self.owner_pid):
             log.warning("engine owner %d is gone; draining the rings and exiting", self.owner_pid)
             return True
         return False
@@ -414,8 +417,11 @@ class Sender:
         self.control.set("latency_max_us", samples[-1])
 
     async def _finish(self) -> None:
-        """Deliver what is left within shutdown_timeout_s; settle the rest durably."""
-        deadline = time.monotonic() + self.cfg.shutdown_timeout_s
+        """Stop: on the owner's request at once (it already flushed as long as it wanted);
+        when the owner died, after draining the rings for up to shutdown_timeout_s. What is
+        still undelivered then is settled durably, never dropped."""
+        orphaned = not _owner_alive(self.owner_pid)
+        deadline = time.monotonic() + (self.cfg.shutdown_timeout_s if orphaned else 0.0)
         self.flush_heads = self.reader.heads()
         while time.monotonic() < deadline:
             progressed = self._pump()
@@ -426,11 +432,18 @@ class Sender:
             if not progressed:
                 await self._idle()
         self.stopping = True
-        for task in list(self.tasks):
+        in_flight = dict(self.tasks)
+        for task in in_flight:
             task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await asyncio.gather(*in_flight, return_exceptions=True)
+        for batch in in_flight.values():
+            self.ready.appendleft(batch)
+        for batch, timer in list(self.waiting.items()):
+            timer.cancel()
+            self.ready.appendleft(batch)
+        self.waiting.clear()
         self._settle_leftovers()
-        if not _alive(self.owner_pid):
+        if orphaned:
             self.ringset.unlink()
 
     def _settle_leftovers(self) -> None:
@@ -520,14 +533,12 @@ def _open_spool(directory: str) -> Any:
     return Spool(directory)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+def _owner_alive(owner_pid: int) -> bool:
+    """The owner is gone once we were reparented (that happens at its exit, before anyone
+    reaps it) or it is a zombie or no longer exists."""
+    if os.getppid() != owner_pid:
         return False
-    except PermissionError:
-        return True
-    return True
+    return _ring_files.process_start_ticks(owner_pid) is not None
 
 
 def main(argv: list[str] | None = None) -> int:

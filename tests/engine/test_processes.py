@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -142,3 +143,46 @@ def test_owner_exit_paths_deliver_everything(tmp_path, how):
                 lines.append(line.strip())
             assert proc.wait(60) in (0, -signal.SIGTERM)
         assert server.stored_ids(PROJECT) == {x for x in lines if x}
+
+
+_KILLED_OWNER_SCRIPT = textwrap.dedent("""
+    import os, sys
+    sys.path.insert(0, {root!r})
+    from tests.engine.helpers import make_engine, trace_calls
+    import pathlib
+    eng = make_engine({url!r}, pathlib.Path({tmp!r}))
+    ids = trace_calls(eng.producer(), 30)
+    print(eng.spec.shm_name, flush=True)
+    print("\\n".join(ids), flush=True)
+    os.kill(os.getpid(), 9)
+""")
+
+
+def test_a_sigkilled_owner_still_gets_its_calls_delivered_and_memory_freed(tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    with FaultServer() as server:
+        script = _KILLED_OWNER_SCRIPT.format(root=root, url=server.url, tmp=str(tmp_path))
+        with subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                              text=True) as proc:
+            shm_name, *ids = [line.strip() for line in proc.stdout if line.strip()]
+            assert proc.wait(60) == -signal.SIGKILL
+        assert server.wait_for(lambda: server.stored_ids(PROJECT) == set(ids), timeout_s=60)
+        segment = os.path.join("/dev/shm", shm_name)
+        deadline = time.monotonic() + 30
+        while os.path.exists(segment) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not os.path.exists(segment)
+
+
+def test_close_never_hangs_past_its_deadline_and_dead_letters_the_rest(tmp_path):
+    with FaultServer() as server:
+        server.down()
+        eng = make_engine(server.url, tmp_path, shutdown_timeout_s=1.0)
+        ids = trace_calls(eng.producer(), 20)
+        started = time.monotonic()
+        stats = eng.close()
+        assert time.monotonic() - started < 15
+    assert stats["dead_shutdown"] == len(ids)  # complete calls: one item per call
+    assert stats["undelivered"] == 0
+    lines = (tmp_path / "dead_letters.jsonl").read_text().splitlines()
+    assert len(lines) == len(ids)
