@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from aiohttp import web
 
+from engine import _metrics
 from engine.server import (
     _graphql,
     _routes_calls,
@@ -88,6 +89,7 @@ def build_app(
     app[STATE] = ServerState(store, max_body_bytes)
     for table in (_routes_misc.routes, _routes_calls.routes, _graphql.routes):
         app.add_routes(table)
+    app.router.add_get("/metrics", _metrics.serve_metrics)  # Prometheus text (engine._metrics)
     # objects, tables, files, feedback, …: a store of their own (in memory for ``count``)
     for module in (_routes_objects, _routes_tables, _routes_refs, _routes_files,
                    _routes_feedback, _routes_costs, _routes_more):  # fmt: skip
