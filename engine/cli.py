@@ -233,6 +233,55 @@ def _run_ingest(args: argparse.Namespace) -> int:
     return 0 if not summary.undelivered else 1
 
 
+def _add_replay(subparsers: argparse._SubParsersAction) -> None:
+    replay = subparsers.add_parser(
+        "replay", help="re-send spool segments and dead letters",
+        description="POST spooled batches and dead-lettered items to the server again; "
+        "what is acknowledged is removed, what fails stays for the next replay.",
+    )  # fmt: skip
+    replay.add_argument("--spool", default=None, help="spool directory")
+    replay.add_argument("--dead-letters", default=None, help="dead-letter JSON-lines file")
+    replay.add_argument("--to", required=True, help="trace server URL")
+    _add_log_flags(replay)
+    replay.set_defaults(func=_run_replay)
+
+
+def _run_replay(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from engine._replay import replay
+
+    _setup_logging(args)
+    if not args.spool and not args.dead_letters:
+        print("engine replay: give --spool and/or --dead-letters", file=sys.stderr)
+        return 2
+    api_key = os.environ.get(ENGINE_API_KEY_ENV) or os.environ.get("WANDB_API_KEY") or None
+    summary = asyncio.run(replay(args.to, args.spool, args.dead_letters, api_key))
+    print(f"engine replay: {summary.segments_sent} segments and {summary.dead_letters_sent} "
+          f"dead letters delivered; {summary.segments_failed} segments and "
+          f"{summary.dead_letters_failed} dead letters kept; {summary.segments_corrupt} corrupt")
+    return 0 if not (summary.segments_failed or summary.dead_letters_failed) else 1
+
+
+def _add_stats(subparsers: argparse._SubParsersAction) -> None:
+    stats = subparsers.add_parser(
+        "stats", help="live view of a running engine",
+        description="Rates, in flight, concurrency, size target and drops of a running engine.",
+    )  # fmt: skip
+    which = stats.add_mutually_exclusive_group()
+    which.add_argument("--pid", type=int, default=None, help="the engine owner's pid")
+    which.add_argument("--ring-dir", default=None, help="the engine's ring directory")
+    stats.add_argument("--interval-s", type=float, default=1.0, help="refresh period")
+    stats.add_argument("--once", action="store_true", help="print one line and exit")
+    stats.set_defaults(func=_run_stats)
+
+
+def _run_stats(args: argparse.Namespace) -> int:
+    from engine._stats_cli import find_ring_dir, watch
+
+    return watch(find_ring_dir(args.pid, args.ring_dir), args.interval_s, args.once)
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="engine", description=__doc__)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -240,6 +289,8 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_demo(subparsers)
     _add_relay(subparsers)
     _add_ingest(subparsers)
+    _add_replay(subparsers)
+    _add_stats(subparsers)
     return parser
 
 
