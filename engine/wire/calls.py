@@ -10,10 +10,9 @@ decoding either (see :func:`end_splice_offset`).
 from __future__ import annotations
 
 import datetime as _dt
-from typing import Any, Union
+from typing import Any
 
 import msgspec
-
 
 __all__ = [
     "SummaryMap",
@@ -154,11 +153,11 @@ class EndBatchItem(_Request, kw_only=True, tag_field="mode", tag="end"):
 class Batch(_Request, kw_only=True):
     """Body of ``POST /call/upsert_batch``."""
 
-    batch: list[Union[StartBatchItem, EndBatchItem]]
+    batch: list[StartBatchItem | EndBatchItem]
 
 
 class CallCreateBatchReq(_Request, kw_only=True):
-    batch: list[Union[StartBatchItem, EndBatchItem]]
+    batch: list[StartBatchItem | EndBatchItem]
 
 
 class CallCreateBatchRes(_Response, kw_only=True):
