@@ -58,6 +58,10 @@ def v2_end_route(project: bytes) -> str:
     return _v2_route(project, "call/end")
 
 
+class UnknownRecord(ValueError):
+    """A ring record of a kind this sender cannot route."""
+
+
 class Token:
     """One ring record waiting to be acknowledged."""
 
@@ -236,7 +240,7 @@ class Router:
             return Item(data, (record,), (token,), UPSERT_ROUTE)
         if kind == _ring.KIND_COMPLETE:
             return Item(record.payload, (record,), (token,), complete_route(record.project))
-        raise ValueError(f"unknown record kind {kind}")
+        raise UnknownRecord(f"record kind {kind} has no route (written by a newer producer?)")
 
     def _v2_start(self, record: _ring.Record, token: Token) -> Item:
         self.eager_starts += 1

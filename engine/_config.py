@@ -140,8 +140,8 @@ def _parse_env(name: str, raw: str) -> Any:
         raise ConfigError(name, f"environment variable {ENV_PREFIX}{name.upper()}={raw!r} is not a valid value") from None
 
 
-def _file_values(config_file: str | os.PathLike | None) -> dict[str, Any]:
-    path = config_file or os.environ.get(ENV_PREFIX + "CONFIG")
+def _file_values(config_file: str | os.PathLike | None, environ: dict[str, str]) -> dict[str, Any]:
+    path = config_file or environ.get(ENV_PREFIX + "CONFIG")
     if not path:
         return {}
     try:
@@ -165,7 +165,7 @@ def load_config(
     """Merge default < file < env < arguments and validate; errors name the field."""
     env = dict(os.environ if environ is None else environ)
     merged: dict[str, Any] = {}
-    merged.update(_file_values(config_file))
+    merged.update(_file_values(config_file, env))
     merged.update(_env_values(env))
     merged.update({k: v for k, v in overrides.items() if v is not None})
     if "url" not in merged and env.get("WF_TRACE_SERVER_URL"):

@@ -148,16 +148,22 @@ class Engine:
 
     def _watch_sender(self) -> None:
         """Restart the sender if it dies while the engine is open; it resumes from the
-        release positions, and the server's idempotent upsert absorbs repeats."""
+        release positions, and the server's idempotent upsert absorbs repeats. A sender
+        that keeps dying soon after its start is restarted with growing pauses."""
+        pause_s = _SENDER_RESTART_MIN_S
         while not self._closed:
             proc = self._sender
             if proc is None:
                 return
+            started = time.monotonic()
             code = proc.wait()
             if self._closed or os.getpid() != self._owner_pid:
                 return
-            log.error("sender process exited with %s; restarting it", code)
-            time.sleep(_SENDER_RESTART_MIN_S)
+            lived_s = time.monotonic() - started
+            pause_s = _SENDER_RESTART_MIN_S if lived_s > 60 else min(pause_s * 2, 30.0)
+            log.error("sender process exited with %s after %.1f s; restarting it in %.1f s",
+                      code, lived_s, pause_s)
+            time.sleep(pause_s)
             with self._lock:
                 if not self._closed:
                     self._control.add("sender_restarts")

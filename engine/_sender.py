@@ -29,7 +29,16 @@ import msgspec
 
 from engine import _ring, _ring_files
 from engine._adaptive import AdaptiveConcurrency, SizeTarget
-from engine._batcher import UPSERT_ROUTE, Accumulator, Batch, Item, ReleaseTracker, Router
+from engine._batcher import (
+    UPSERT_ROUTE,
+    Accumulator,
+    Batch,
+    Item,
+    ReleaseTracker,
+    Router,
+    Token,
+    UnknownRecord,
+)
 from engine._config import EngineConfig, default_state_dir
 from engine._control import Control, control_path
 from engine._deadletter import DeadLetters
@@ -148,7 +157,12 @@ class Sender:
         add = self._add_item
         self.control.add("items_read", len(records))
         for record in records:
-            item = route(record, track(record.slot, record.end_pos))
+            token = track(record.slot, record.end_pos)
+            try:
+                item = route(record, token)
+            except UnknownRecord as exc:
+                self._dead_record(record, token, str(exc))
+                continue
             if item is not None:
                 add(item)
         if self.router.extra:
@@ -331,6 +345,15 @@ class Sender:
         self.control.add(_DEAD_COUNTERS.get(reason, "dead_http"), len(batch))
         self.held_bytes -= batch.size_bytes
         self.tracker.ack(batch.tokens())
+
+    def _dead_record(self, record: _ring.Record, token: Token, detail: str) -> None:
+        """A record no route can carry: dead-letter it as it is, never crash on it."""
+        self.dead.add(reason=f"unroutable: {detail}", status=None, call_id=None, route="",
+                      project=record.project.decode(errors="replace"),
+                      item_json=record.payload if _is_json(record.payload) else b"null")
+        self.control.add("dead_letters")
+        self.control.add("dead_invalid")
+        self.tracker.ack((token,))
 
     def _switch_mode(self, mode: str, batch: Batch) -> None:
         """The server wants the other ingest shape: re-route what we hold."""
@@ -531,6 +554,14 @@ def _open_spool(directory: str) -> Any:
     from engine._spool import Spool
 
     return Spool(directory)
+
+
+def _is_json(data: bytes) -> bool:
+    try:
+        msgspec.json.decode(data)
+    except msgspec.DecodeError:
+        return False
+    return True
 
 
 def _owner_alive(owner_pid: int) -> bool:

@@ -50,10 +50,9 @@ def test_command_line_flag_overrides_env_and_file(tmp_path):
     assert cfg.linger_ms == 13
 
 
-def test_config_file_from_engine_config_env(tmp_path, monkeypatch):
-    # read from os.environ: load_config's environ= argument does not reach the file lookup
-    monkeypatch.setenv("ENGINE_CONFIG", str(_toml(tmp_path, 'compression = "none"\n')))
-    assert load_config(environ={}).compression == "none"
+def test_config_file_from_engine_config_env(tmp_path):
+    path = _toml(tmp_path, 'compression = "none"\n')
+    assert load_config(environ={"ENGINE_CONFIG": str(path)}).compression == "none"
 
 
 @pytest.mark.parametrize(("setting", "value"), [
