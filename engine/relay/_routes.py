@@ -11,9 +11,15 @@ from aiohttp import web
 from engine._errors import Closed, ConfigError, PayloadTooLarge, RingFull
 from engine.relay._state import RELAY, RelayState
 from engine.relay._writer import CallItem
-from engine.server._body import ApiError, decode_json, read_body
+from engine.server._body import (
+    ApiError,
+    check_same_project,
+    decode_json,
+    fill_ids,
+    path_project,
+    read_body,
+)
 from engine.server._state import check_project_id
-from engine.wire._codec import uuid7
 from engine.wire.calls import (
     Batch,
     CallEndReq,
@@ -22,7 +28,6 @@ from engine.wire.calls import (
     CallStartV2Req,
     CallsUpsertCompleteReq,
     EndBatchItem,
-    StartedCallSchemaForInsert,
 )
 
 routes = web.RouteTableDef()
@@ -41,22 +46,10 @@ async def _decode(request: web.Request, type_: type) -> Any:
     return decode_json(body, type_)
 
 
-def _fill_ids(start: StartedCallSchemaForInsert) -> dict[str, str]:
-    """Ids a client left out are assigned here, as the real server does, so the answer has them."""
-    if start.id is None:
-        start.id = uuid7()
-    if start.trace_id is None:
-        start.trace_id = uuid7()
-    return {"id": start.id, "trace_id": start.trace_id}
 
 
-def _path_project(request: web.Request) -> str:
-    return f"{request.match_info['entity']}/{request.match_info['project']}"
 
 
-def _check_same_project(project_id: str, path_project: str, field: str) -> None:
-    if project_id != path_project:
-        raise ApiError(422, f"{field}: project_id {project_id!r} differs from the path's {path_project!r}")
 
 
 async def _enqueue(state: RelayState, items: list[CallItem]) -> None:
@@ -80,7 +73,7 @@ async def _enqueue(state: RelayState, items: list[CallItem]) -> None:
 async def call_start(request: web.Request) -> web.Response:
     req = await _decode(request, CallStartReq)
     check_project_id(req.start.project_id, "start.project_id")
-    ids = _fill_ids(req.start)
+    ids = fill_ids(req.start)
     await _enqueue(request.app[RELAY], [req.start])
     return _ok(ids)
 
@@ -105,7 +98,7 @@ async def call_upsert_batch(request: web.Request) -> web.Response:
             results.append({})
         else:
             check_project_id(entry.req.start.project_id, f"batch[{i}].req.start.project_id")
-            results.append(_fill_ids(entry.req.start))
+            results.append(fill_ids(entry.req.start))
             items.append(entry.req.start)
     await _enqueue(request.app[RELAY], items)
     return _ok({"res": results})
@@ -114,9 +107,9 @@ async def call_upsert_batch(request: web.Request) -> web.Response:
 @routes.post("/v2/{entity}/{project}/calls/complete")
 async def calls_complete(request: web.Request) -> web.Response:
     req = await _decode(request, CallsUpsertCompleteReq)
-    project_id = _path_project(request)
+    project_id = path_project(request)
     for i, call in enumerate(req.batch):
-        _check_same_project(call.project_id, project_id, f"batch[{i}].project_id")
+        check_same_project(call.project_id, project_id, f"batch[{i}].project_id")
     await _enqueue(request.app[RELAY], list(req.batch))
     return _ok({})
 
@@ -124,8 +117,8 @@ async def calls_complete(request: web.Request) -> web.Response:
 @routes.post("/v2/{entity}/{project}/call/start")
 async def call_start_v2(request: web.Request) -> web.Response:
     req = await _decode(request, CallStartV2Req)
-    _check_same_project(req.start.project_id, _path_project(request), "start.project_id")
-    ids = _fill_ids(req.start)
+    check_same_project(req.start.project_id, path_project(request), "start.project_id")
+    ids = fill_ids(req.start)
     await _enqueue(request.app[RELAY], [req.start])
     return _ok(ids)
 
@@ -133,6 +126,6 @@ async def call_start_v2(request: web.Request) -> web.Response:
 @routes.post("/v2/{entity}/{project}/call/end")
 async def call_end_v2(request: web.Request) -> web.Response:
     req = await _decode(request, CallEndV2Req)
-    _check_same_project(req.end.project_id, _path_project(request), "end.project_id")
+    check_same_project(req.end.project_id, path_project(request), "end.project_id")
     await _enqueue(request.app[RELAY], [req.end])
     return _ok({})

@@ -17,6 +17,9 @@ import msgspec
 import zstandard
 from aiohttp import StreamReader, web
 
+from engine.wire._codec import uuid7
+from engine.wire.calls import StartedCallSchemaForInsert
+
 T = TypeVar("T")
 
 ACCEPTED_ENCODINGS = ("zstd", "gzip")
@@ -132,3 +135,24 @@ def check_api_key(authorization: str | None, api_key: str) -> None:
         raise ApiError(401, "malformed HTTP Basic credentials", _AUTH_HEADERS) from None
     if user != "api" or not hmac.compare_digest(key.encode(), api_key.encode()):
         raise ApiError(401, "invalid API key", _AUTH_HEADERS)
+
+
+def path_project(request: web.Request) -> str:
+    """``entity/project`` from a v2 route's path."""
+    return f"{request.match_info['entity']}/{request.match_info['project']}"
+
+
+def check_same_project(project_id: str, path_project: str, field: str) -> None:
+    if project_id != path_project:
+        raise ApiError(
+            422, f"{field}: project_id {project_id!r} differs from the path's {path_project!r}"
+        )
+
+
+def fill_ids(start: StartedCallSchemaForInsert) -> dict[str, str]:
+    """Ids a client left out are assigned by the server, as the real one does."""
+    if start.id is None:
+        start.id = uuid7()
+    if start.trace_id is None:
+        start.trace_id = uuid7()
+    return {"id": start.id, "trace_id": start.trace_id}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgspec
 from aiohttp import web
 
-from engine.server._body import ApiError
+from engine.server._body import ApiError, check_same_project, fill_ids, path_project
 from engine.server._rows import (
     InvalidQuery,
     Page,
@@ -16,7 +16,6 @@ from engine.server._rows import (
     start_row,
 )
 from engine.server._state import check_project_id, state_of
-from engine.wire._codec import uuid7
 from engine.wire.calls import (
     Batch,
     CallEndReq,
@@ -25,7 +24,6 @@ from engine.wire.calls import (
     CallStartV2Req,
     CallsUpsertCompleteReq,
     EndBatchItem,
-    StartedCallSchemaForInsert,
 )
 from engine.wire.query import (
     CallReadReq,
@@ -45,24 +43,10 @@ def _ok(payload: object) -> web.Response:
     return web.Response(body=_json.encode(payload), content_type="application/json")
 
 
-def _fill_ids(start: StartedCallSchemaForInsert) -> dict[str, str]:
-    """The server assigns ids a client left out, as the real one does."""
-    if start.id is None:
-        start.id = uuid7()
-    if start.trace_id is None:
-        start.trace_id = uuid7()
-    return {"id": start.id, "trace_id": start.trace_id}
 
 
-def _v2_project(request: web.Request) -> str:
-    return f"{request.match_info['entity']}/{request.match_info['project']}"
 
 
-def _check_same_project(project_id: str, path_project: str, field: str) -> None:
-    if project_id != path_project:
-        raise ApiError(
-            422, f"{field}: project_id {project_id!r} differs from the path's {path_project!r}"
-        )
 
 
 # -- ingest -------------------------------------------------------------------------------
@@ -73,7 +57,7 @@ async def call_start(request: web.Request) -> web.Response:
     state = state_of(request)
     req = await state.decode(request, CallStartReq)
     check_project_id(req.start.project_id, "start.project_id")
-    ids = _fill_ids(req.start)
+    ids = fill_ids(req.start)
     await state.store.write_calls([start_row(req.start)], [], [])
     state.counters.calls_started += 1
     return _ok(ids)
@@ -102,7 +86,7 @@ async def call_upsert_batch(request: web.Request) -> web.Response:
             results.append({})
         else:
             check_project_id(item.req.start.project_id, f"batch[{i}].req.start.project_id")
-            results.append(_fill_ids(item.req.start))
+            results.append(fill_ids(item.req.start))
             starts.append(start_row(item.req.start))
     await state.store.write_calls(starts, ends, [])
     state.counters.calls_started += len(starts)
@@ -114,9 +98,9 @@ async def call_upsert_batch(request: web.Request) -> web.Response:
 async def calls_complete(request: web.Request) -> web.Response:
     state = state_of(request)
     req = await state.decode(request, CallsUpsertCompleteReq)
-    project_id = _v2_project(request)
+    project_id = path_project(request)
     for i, call in enumerate(req.batch):
-        _check_same_project(call.project_id, project_id, f"batch[{i}].project_id")
+        check_same_project(call.project_id, project_id, f"batch[{i}].project_id")
     await state.store.write_calls([], [], [complete_row(c) for c in req.batch])
     state.counters.calls_complete += len(req.batch)
     return _ok({})
@@ -126,8 +110,8 @@ async def calls_complete(request: web.Request) -> web.Response:
 async def call_start_v2(request: web.Request) -> web.Response:
     state = state_of(request)
     req = await state.decode(request, CallStartV2Req)
-    _check_same_project(req.start.project_id, _v2_project(request), "start.project_id")
-    ids = _fill_ids(req.start)
+    check_same_project(req.start.project_id, path_project(request), "start.project_id")
+    ids = fill_ids(req.start)
     await state.store.write_calls([start_row(req.start)], [], [])
     state.counters.calls_started += 1
     return _ok(ids)
@@ -137,7 +121,7 @@ async def call_start_v2(request: web.Request) -> web.Response:
 async def call_end_v2(request: web.Request) -> web.Response:
     state = state_of(request)
     req = await state.decode(request, CallEndV2Req)
-    _check_same_project(req.end.project_id, _v2_project(request), "end.project_id")
+    check_same_project(req.end.project_id, path_project(request), "end.project_id")
     await state.store.write_calls([], [end_row(req.end)], [])
     state.counters.calls_ended += 1
     return _ok({})

@@ -18,7 +18,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from engine.server._body import ApiError
+from engine.server._body import ApiError, path_project
 from engine.server._digest import bytes_digest, value_digest
 from engine.server._reply import (
     not_found,
@@ -272,8 +272,6 @@ def _op_filter(names: list[str] | None, latest_only: bool) -> ObjectVersionFilte
 # -- REST ops: /v2/{entity}/{project}/ops -------------------------------------------------
 
 
-def _v2_project(request: web.Request) -> str:
-    return project_of(f"{request.match_info['entity']}/{request.match_info['project']}", "path")
 
 
 def _op_val(code_digest: str) -> dict[str, Any]:
@@ -284,7 +282,7 @@ def _op_val(code_digest: str) -> dict[str, Any]:
 @routes.post("/v2/{entity}/{project}/ops")
 async def op_create_v2(request: web.Request) -> web.Response:
     req = await state_of(request).decode(request, OpCreateV2Req)
-    project_id = _v2_project(request)
+    project_id = path_project(request)
     if not req.name:
         raise ApiError(422, "name: an op name is required")
     code = (req.source_code or "").encode()
@@ -308,7 +306,7 @@ async def _op_v2(request: web.Request, project_id: str, row: tuple) -> dict[str,
 
 @routes.get("/v2/{entity}/{project}/ops/{object_id}/versions/{digest}")
 async def op_read_v2(request: web.Request) -> web.Response:
-    project_id = _v2_project(request)
+    project_id = path_project(request)
     object_id, digest = request.match_info["object_id"], request.match_info["digest"]
     row = await _read(request, project_id, object_id, digest)
     if row[OBJ_COLUMNS.index("kind")] != "op":
@@ -328,7 +326,7 @@ def _int_param(request: web.Request, name: str) -> int | None:
 
 @routes.get("/v2/{entity}/{project}/ops")
 async def op_list_v2(request: web.Request) -> web.StreamResponse:
-    project_id = _v2_project(request)
+    project_id = path_project(request)
     query = ObjQueryReq(
         project_id=project_id, filter=_op_filter(None, False),
         limit=_int_param(request, "limit"), offset=_int_param(request, "offset"),
@@ -344,7 +342,7 @@ async def op_list_v2(request: web.Request) -> web.StreamResponse:
 
 @routes.delete("/v2/{entity}/{project}/ops/{object_id}")
 async def op_delete_v2(request: web.Request) -> web.Response:
-    project_id = _v2_project(request)
+    project_id = path_project(request)
     object_id = request.match_info["object_id"]
     digests = request.query.getall("digests", None)
     gone = await more_of(request).run(q_delete_objects, project_id, object_id, digests, now_us())

@@ -124,7 +124,7 @@ class SQLiteStore:
                     self._wconn.executemany(sql, rows)
 
     def _transaction(self):
-        return _Transaction(self._wconn)
+        return Transaction(self._wconn)
 
     async def delete_calls(self, project_id: str, call_ids: list[str]) -> int:
         return await self._on(self._writer, self._delete_calls, project_id, call_ids)
@@ -168,7 +168,7 @@ class SQLiteStore:
             pool.shutdown(wait=True)
 
 
-class _Transaction:
+class Transaction:
     """BEGIN IMMEDIATE … COMMIT, rolled back on any error so a batch lands whole or not at all."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:

@@ -22,6 +22,8 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from engine.server._store import Transaction as transaction
+
 T = TypeVar("T")
 
 _COMPONENT = "more"
@@ -89,19 +91,6 @@ def _migrate(conn: sqlite3.Connection) -> None:
         conn.execute(
             "INSERT OR REPLACE INTO schema_versions VALUES (?, ?)", (_COMPONENT, len(_MIGRATIONS))
         )
-
-
-class transaction:  # noqa: N801 — used as a statement: ``with transaction(conn):``
-    """BEGIN IMMEDIATE … COMMIT, rolled back on any error."""
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
-
-    def __enter__(self) -> None:
-        self._conn.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        self._conn.execute("ROLLBACK" if exc_type else "COMMIT")
 
 
 class MoreStore:

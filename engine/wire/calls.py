@@ -14,6 +14,10 @@ from typing import Any
 
 import msgspec
 
+from engine.wire._base import Nested as _Insert
+from engine.wire._base import Request as _Request
+from engine.wire._base import Response as _Response
+
 __all__ = [
     "SummaryMap",
     "LLMUsage",
@@ -38,18 +42,6 @@ __all__ = [
     "end_splice_offset",
     "splice_complete",
 ]
-
-
-class _Insert(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """Nested insert schemas ignore unknown keys (the server's rule)."""
-
-
-class _Request(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
-    """Top-level request bodies reject unknown keys with a 422 on the server."""
-
-
-class _Response(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """Responses decode leniently: servers may add fields."""
 
 
 class LLMUsage(msgspec.Struct, kw_only=True, omit_defaults=True):

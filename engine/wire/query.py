@@ -11,6 +11,9 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from engine.wire._base import Request as _Request
+from engine.wire._base import Response as _Response
+
 __all__ = [
     "CallSchema",
     "CallReadReq",
@@ -29,14 +32,6 @@ __all__ = [
 ]
 
 NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
-
-
-class _Request(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
-    """Top-level request bodies reject unknown keys (422 on the server)."""
-
-
-class _Response(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """Responses decode leniently: servers may add fields."""
 
 
 class CallSchema(_Response, kw_only=True):

@@ -9,7 +9,6 @@ import math
 
 import msgspec
 import pytest
-from tests.wire.wire_samples import PROJECT, REQUESTS, RESPONSES, T0
 
 from engine.wire import (
     costs,
@@ -22,6 +21,7 @@ from engine.wire import (
     refs,
     tables,
 )
+from tests.wire.wire_samples import PROJECT, REQUESTS, RESPONSES, T0
 
 MODULES = (objects, tables, refs, files, feedback, costs, misc)
 

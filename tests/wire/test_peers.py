@@ -15,9 +15,9 @@ import typing
 import msgspec
 import pytest
 import typing_extensions
-from tests.wire.wire_samples import REQUESTS
 
 from engine.wire import encode
+from tests.wire.wire_samples import REQUESTS
 
 pytestmark = pytest.mark.peers
 
