@@ -53,24 +53,42 @@ class ProducerSettings(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class CallHandle:
-    """The call in progress inside ``tracer.call(...)``: set ``output`` / ``summary`` on it."""
+    """One traced call: ``with tracer.call(...) as call:`` — set ``output`` / ``summary``.
+
+    It is its own context manager (one object per call on the hot path); ``id``,
+    ``trace_id``, ``parent_id`` and ``started_at`` are filled when the call starts.
+    """
 
     __slots__ = ("id", "trace_id", "parent_id", "op_name", "started_at", "output", "summary",
-                 "_id_raw", "_trace_raw", "_token", "_project")
+                 "inputs", "attributes", "display_name", "_id_raw", "_trace_raw", "_token",
+                 "_project", "_tracer")
 
-    def __init__(self, id: str, id_raw: bytes, trace_id: str, trace_raw: bytes,
-                 parent_id: str | None, op_name: str, started_at: Any, project: str) -> None:
-        self.id = id
-        self._id_raw = id_raw
-        self.trace_id = trace_id
-        self._trace_raw = trace_raw
-        self.parent_id = parent_id
+    def __init__(self, tracer: Tracer, op_name: str, inputs: dict[str, Any],
+                 attributes: dict[str, Any], display_name: str | None, project: str) -> None:
+        self._tracer = tracer
         self.op_name = op_name
-        self.started_at = started_at
+        self.inputs = inputs
+        self.attributes = attributes
+        self.display_name = display_name
+        self._project = project
         self.output: Any = None
         self.summary: dict[str, Any] = {}
-        self._project = project
+        self.id = self.trace_id = self.parent_id = self.started_at = None
         self._token: contextvars.Token | None = None
+
+    def __enter__(self) -> CallHandle:
+        self._tracer._start(self)
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        self._tracer.finish(self, exc)
+
+    async def __aenter__(self) -> CallHandle:
+        self._tracer._start(self)
+        return self
+
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        self._tracer.finish(self, exc)
 
 
 _current: contextvars.ContextVar[CallHandle | None] = contextvars.ContextVar(
@@ -151,15 +169,15 @@ class Tracer:
 
     def call(self, op_name: str, inputs: dict[str, Any] | None = None, *,
              attributes: dict[str, Any] | None = None, display_name: str | None = None,
-             project: str | None = None) -> _CallContext:
+             project: str | None = None) -> CallHandle:
         """Context manager tracing one call: ``with tracer.call("predict", inputs={...}) as c:``.
 
         Ids, trace and parent come from the enclosing traced call (contextvars: nesting and
         asyncio tasks work); timestamps are UTC. Set ``c.output`` (and ``c.summary``) inside;
         an exception is recorded and re-raised.
         """
-        return _CallContext(self, op_name, inputs or {}, attributes or {}, display_name,
-                            project or self._settings.project)
+        return CallHandle(self, op_name, inputs or {}, attributes or {}, display_name,
+                          project or self._settings.project)
 
     def op(self, fn: F | None = None, *, name: str | None = None) -> Any:
         """Decorator: every call of ``fn`` (sync or async) becomes a traced call."""
@@ -169,6 +187,12 @@ class Tracer:
 
     def begin(self, op_name: str, inputs: dict[str, Any], attributes: dict[str, Any],
               display_name: str | None, project: str) -> CallHandle:
+        """Start a call now (``finish`` ends it): the non-``with`` form of :meth:`call`."""
+        handle = CallHandle(self, op_name, inputs, attributes, display_name, project)
+        self._start(handle)
+        return handle
+
+    def _start(self, handle: CallHandle) -> None:
         parent = _current.get()
         call_id, id_raw = _codec.uuid7_bytes()
         if parent is None:
@@ -176,18 +200,19 @@ class Tracer:
             parent_id = None
         else:
             trace_id, trace_raw, parent_id = parent.trace_id, parent._trace_raw, parent.id
-        started_at = _codec.utcnow()
+        handle.id, handle._id_raw, handle.trace_id, handle._trace_raw = (
+            call_id, id_raw, trace_id, trace_raw)
+        handle.parent_id = parent_id
+        handle.started_at = started_at = _codec.utcnow()
+        project = handle._project
         start = StartedCallSchemaForInsert(
-            project_id=project, id=call_id, op_name=op_name, display_name=display_name,
-            trace_id=trace_id, parent_id=parent_id, started_at=started_at,
-            attributes=attributes, inputs=inputs,
+            project_id=project, id=call_id, op_name=handle.op_name,
+            display_name=handle.display_name, trace_id=trace_id, parent_id=parent_id,
+            started_at=started_at, attributes=handle.attributes, inputs=handle.inputs,
         )
         self._write(_ring.KIND_START, project, id_raw, trace_raw, self._encode(start, call_id), 0,
                     call_id)
-        handle = CallHandle(call_id, id_raw, trace_id, trace_raw, parent_id, op_name, started_at,
-                            project)
         handle._token = _current.set(handle)
-        return handle
 
     def finish(self, handle: CallHandle, exception: BaseException | None = None) -> None:
         if handle._token is not None:
@@ -305,28 +330,6 @@ class Tracer:
         self._stringified_seen = _codec.Stringified.count
         writer = self._writer or self._claim()
         self._control_block().slot_add(writer.slot, "stringified", delta)
-
-
-class _CallContext:
-    __slots__ = ("_tracer", "_args", "_handle")
-
-    def __init__(self, tracer: Tracer, *args: Any) -> None:
-        self._tracer = tracer
-        self._args = args
-        self._handle: CallHandle | None = None
-
-    def __enter__(self) -> CallHandle:
-        self._handle = self._tracer.begin(*self._args)
-        return self._handle
-
-    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        self._tracer.finish(self._handle, exc)
-
-    async def __aenter__(self) -> CallHandle:
-        return self.__enter__()
-
-    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        self.__exit__(exc_type, exc, tb)
 
 
 def _wrap_op(tracer: Tracer, fn: Callable[..., Any], op_name: str) -> Callable[..., Any]:
