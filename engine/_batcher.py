@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterable, Iterator
 
 from engine import _ring
+from engine._producer import FLAG_END_HAS_TRACE
 from engine.wire._codec import uuid7
 
 UPSERT_ROUTE = "/call/upsert_batch"
@@ -121,29 +122,28 @@ class ReleaseTracker:
 
 
 class Item:
-    """One deliverable element of a request body, with the ring records it carries."""
+    """One deliverable element of a request body and the ring records (tokens) it settles.
 
-    __slots__ = ("data", "records", "tokens", "route", "single")
+    It keeps only what delivery needs, not the records themselves: their payloads are freed
+    once the item's bytes are made, so memory holds each body once.
+    """
+
+    __slots__ = ("data", "tokens", "route", "single", "call_id", "project", "trace_id",
+                 "enqueue_ns", "ends_carry_trace")
 
     def __init__(self, data: bytes, records: tuple[_ring.Record, ...], tokens: tuple[Token, ...],
                  route: str, single: bool = False) -> None:
+        first = records[0]  # the start, when the item carries one
         self.data = data
-        self.records = records  # the start first, when the item carries one
         self.tokens = tokens
         self.route = route
         self.single = single  # v2 call/start and call/end: one item, no batch envelope
-
-    @property
-    def call_id(self) -> bytes:
-        return self.records[0].call_id
-
-    @property
-    def project(self) -> bytes:
-        return self.records[0].project
-
-    @property
-    def enqueue_ns(self) -> int:
-        return self.records[0].enqueue_ns
+        self.call_id = first.call_id
+        self.project = first.project
+        self.trace_id = first.trace_id
+        self.enqueue_ns = first.enqueue_ns
+        self.ends_carry_trace = all(
+            r.kind != _ring.KIND_END or r.flags & FLAG_END_HAS_TRACE for r in records)
 
 
 class Batch:
@@ -172,6 +172,21 @@ class Batch:
     def halves(self) -> tuple[Batch, Batch]:
         mid = len(self.items) // 2
         return Batch(self.route, self.items[:mid]), Batch(self.route, self.items[mid:])
+
+    def chunks(self, max_bytes: int) -> list[Batch]:
+        """Consecutive pieces of at most ``max_bytes`` each (an item larger than that goes
+        alone), in order; at least two pieces when the batch holds more than one item."""
+        if len(self.items) > 1 and self.size_bytes <= max_bytes:
+            return list(self.halves())
+        pieces: list[Batch] = []
+        current = Batch(self.route)
+        for item in self.items:
+            if current.items and current.size_bytes + len(item.data) + 1 > max_bytes:
+                pieces.append(current)
+                current = Batch(self.route)
+            current.add(item)
+        pieces.append(current)
+        return pieces if len(pieces) > 1 or len(self.items) == 1 else list(self.halves())
 
     def tokens(self) -> Iterator[Token]:
         for item in self.items:
@@ -279,14 +294,6 @@ class Router:
                 oldest = seen if oldest is None else min(oldest, seen)
                 break  # dicts keep insertion order: the first is the oldest
         return oldest
-
-    def take_all(self) -> list[tuple[_ring.Record, Token]]:
-        """Everything held (for a mode switch): records go back through ``route``."""
-        held = [(r, t) for r, t, _ in self.pending_starts.values()]
-        held += [(r, t) for r, t, _ in self.pending_ends.values()]
-        self.pending_starts.clear()
-        self.pending_ends.clear()
-        return held
 
     def held(self) -> int:
         return len(self.pending_starts) + len(self.pending_ends)

@@ -43,9 +43,9 @@ from engine._config import EngineConfig, default_state_dir
 from engine._control import Control, control_path
 from engine._deadletter import DeadLetters
 from engine._errors import EngineError, SendError
-from engine._producer import FLAG_END_HAS_TRACE
 from engine._retry import Backoff, Verdict, classify, retry_after_s
 from engine._transport import Compressor, Response, Transport
+from engine.wire._codec import uuid_text
 
 log = logging.getLogger("engine.sender")
 
@@ -182,6 +182,12 @@ class Sender:
     def _dispatch(self) -> None:
         while self.ready and len(self.tasks) < self.concurrency.limit:
             batch = self.ready.popleft()
+            if len(batch) > 1 and batch.size_bytes > self.size.bytes:
+                # made before a 413 taught us a lower target: don't upload what will fail
+                pieces = batch.chunks(self.size.bytes)
+                self.held_bytes += sum(p.size_bytes for p in pieces) - batch.size_bytes
+                self.ready.extendleft(reversed(pieces))
+                continue
             task = asyncio.create_task(self._deliver(batch))
             self.tasks[task] = batch
             task.add_done_callback(self._task_done)
@@ -244,12 +250,8 @@ class Sender:
     def _headers(self, batch: Batch) -> dict[str, str] | None:
         first = batch.items[0]
         if first.single:
-            from engine.wire._codec import uuid_text
-
-            return {"X-Weave-Trace-Id": uuid_text(first.records[0].trace_id)}
-        if batch.route == UPSERT_ROUTE and all(
-                r.kind != _ring.KIND_END or r.flags & FLAG_END_HAS_TRACE
-                for item in batch.items for r in item.records):
+            return {"X-Weave-Trace-Id": uuid_text(first.trace_id)}
+        if batch.route == UPSERT_ROUTE and all(i.ends_carry_trace for i in batch.items):
             return {"X-Weave-Client-Capabilities": _CAPABILITIES}
         return None
 
@@ -272,9 +274,9 @@ class Sender:
             self.concurrency.on_response(rtt_s, overloaded=overloaded, in_flight=in_flight)
             self._retry_later(batch, response, error)
         elif verdict is Verdict.COMPLETE_MODE_REQUIRED:
-            self._switch_mode("complete", batch)
+            self._switch_mode("complete")
         elif status == 404 and self.cfg.target == "auto" and self.router.mode == "complete":
-            self._switch_mode("upsert", batch)
+            self._switch_mode("upsert")
         else:
             self._dead_letter(batch, "http", status, _reason(response))
         self._publish_gauges()
@@ -296,11 +298,9 @@ class Sender:
             self._dead_letter(batch, reason, status, _reason(response))
             return
         self.control.add(counter)
-        first, second = batch.halves()
-        self.held_bytes -= batch.size_bytes
-        self.held_bytes += first.size_bytes + second.size_bytes
-        self.ready.appendleft(second)
-        self.ready.appendleft(first)
+        pieces = batch.chunks(self.size.bytes) if reason == "too_large" else batch.halves()
+        self.held_bytes += sum(p.size_bytes for p in pieces) - batch.size_bytes
+        self.ready.extendleft(reversed(pieces))
 
     def _retry_later(self, batch: Batch, response: Response | None, error: SendError | None) -> None:
         elapsed_s = time.monotonic() - batch.first_sent_s
@@ -355,23 +355,27 @@ class Sender:
         self.control.add("dead_invalid")
         self.tracker.ack((token,))
 
-    def _switch_mode(self, mode: str, batch: Batch) -> None:
-        """The server wants the other ingest shape: re-route what we hold."""
+    def _switch_mode(self, mode: str) -> None:
+        """The server wants the other ingest shape: start over from the release positions.
+
+        The rings still hold every unacknowledged record, so everything in memory (open and
+        queued batches, waiting starts, requests in flight) is dropped and re-read in the new
+        mode; the server's idempotent upsert absorbs anything that arrives twice.
+        """
         log.warning("server asks for %s mode; switching from %s", mode, self.router.mode)
-        self.held_bytes -= batch.size_bytes
-        self.router.mode = mode
-        for open_batch in self.acc.due(0.0, everything=True):
-            batch.items.extend(open_batch.items)
+        for task in self.tasks:
+            task.cancel()
+        self.tasks.clear()
+        for timer in self.waiting.values():
+            timer.cancel()
+        self.waiting.clear()
+        self.ready.clear()
+        self.acc = Accumulator()
+        self.router = Router(mode, self.router.max_item_bytes)
+        self.tracker = ReleaseTracker(self.reader.release)
+        self.held_bytes = 0
+        self.reader.rewind()
         self.control.set("complete_mode", int(mode == "complete"))
-        held = [(r, t) for item in batch.items for r, t in zip(item.records, item.tokens)]
-        held += self.router.take_all()
-        for record, token in sorted(held, key=lambda rt: (rt[0].slot, rt[0].end_pos)):
-            item = self.router.route(record, token)
-            if item is not None:
-                self._add_item(item)
-        for item in self.router.extra:
-            self._add_item(item)
-        self.router.extra.clear()
 
     def _count_sent(self, batch: Batch, raw_bytes: int, wire_bytes: int) -> None:
         control = self.control
@@ -545,8 +549,6 @@ def _reason(response: Response | None) -> str:
 
 
 def _call_id_text(item: Item) -> str | None:
-    from engine.wire._codec import uuid_text
-
     return uuid_text(item.call_id) if any(item.call_id) else None
 
 

@@ -49,8 +49,11 @@ def test_complete_mode_pairs_a_start_with_its_end_in_either_order():
     assert call.output == 2 and call.inputs == {"q": 1}
     assert item.route == "/v2/e/p/calls/complete" and not item.single
     s2, e2 = _records(0, 300)
-    assert router.route(e2, Token(0, e2.end_pos)) is None
-    assert router.route(s2, Token(0, s2.end_pos)).records == (s2, e2)
+    t_end, t_start = Token(0, e2.end_pos), Token(0, s2.end_pos)
+    assert router.route(e2, t_end) is None
+    late = router.route(s2, t_start)
+    assert late.tokens == (t_start, t_end)
+    assert late.data == s2.payload[:-1] + b"," + e2.payload[e2.aux:]
 
 
 def test_upsert_mode_wraps_each_record_for_the_batch_route():
@@ -104,3 +107,14 @@ def test_halves_keep_order_and_bodies_stay_valid_json():
     assert first.items + second.items == items
     for half in (first, second):
         assert len(msgspec.json.decode(half.body())["batch"]) == len(half)
+
+
+def test_chunks_respect_the_byte_limit_and_keep_order():
+    router = Router("upsert", 1 << 20)
+    items = [router.route(r, Token(0, i)) for i, r in enumerate(_records(0, 0) * 8)]
+    batch = Batch(items[0].route, items)
+    limit = batch.size_bytes // 5
+    pieces = batch.chunks(limit)
+    assert [i for p in pieces for i in p.items] == items
+    assert all(p.size_bytes <= limit for p in pieces if len(p) > 1)
+    assert len(batch.chunks(batch.size_bytes * 2)) == 2  # never fewer than halves

@@ -66,7 +66,7 @@ def test_pool_workers_including_recycled_ones_deliver(tmp_path, maxtasksperchild
         tracer = eng.producer()
         ctx = multiprocessing.get_context("fork")
         with ctx.Pool(2, maxtasksperchild=maxtasksperchild) as pool:
-            results = pool.map(_pool_task, [(tracer, i) for i in range(8)])
+            results = pool.map_async(_pool_task, [(tracer, i) for i in range(8)]).get(60)
         ids = [i for r in results for i in r]
         assert eng.flush(timeout_s=30)
         assert server.stored_ids(PROJECT) == set(ids)
