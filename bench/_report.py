@@ -126,12 +126,14 @@ def _ring_section(rows: list[dict[str, Any]]) -> list[str]:
 def _producer_section(rows: list[dict[str, Any]]) -> list[str]:
     best_peer = min((r["cpu_us_per_call"] for r in rows
                      if r["contender"] in PEERS and r.get("cpu_us_per_call")), default=None)
-    lines = ["| contender | CPU µs per call in the traced process | process CPU µs/call "
-             "(incl. sender) | enqueue calls/s | vs best peer | notes |",
-             "|---|---:|---:|---:|---:|---|"]
+    lines = ["| contender | CPU µs per call in the traced process (all its threads) | "
+             "main thread, enqueue loop | client side in all (engine: + sender process) | "
+             "enqueue calls/s | vs best peer | notes |",
+             "|---|---:|---:|---:|---:|---:|---|"]
     for r in sorted(rows, key=lambda r: r.get("cpu_us_per_call") or 1e18):
         ratio = _ratio(r.get("cpu_us_per_call"), best_peer, higher_is_better=False)
         lines.append(f"| {_label(r)} | {_spread(r, 'cpu_us_per_call', 1)} | "
+                     f"{_num(r.get('main_thread_cpu_us_per_call'), 1)} | "
                      f"{_num(r.get('process_cpu_us_per_call'), 1)} | "
                      f"{_num(r.get('enqueue_calls_per_s'))} | "
                      f"{ratio if r['contender'] == 'engine' else ''} | {_flag(r)} |")
