@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from typing import Any
 
 import msgspec
@@ -237,17 +238,27 @@ def collect_stats(ringset: _ring.RingSet, control: Control) -> dict[str, Any]:
     return stats
 
 
+_open_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+_sigterm_installed = False
+
+
 def _install_sigterm(engine: Engine) -> None:
-    """SIGTERM in the owner flushes like a normal exit (only if nobody else handles it)."""
-    if threading.current_thread() is not threading.main_thread():
+    """SIGTERM in the owner flushes every open engine like a normal exit, then terminates
+    as SIGTERM would. Installed once, from the main thread, only if nobody else handles
+    SIGTERM; forked children inherit it and simply terminate."""
+    global _sigterm_installed
+    _open_engines.add(engine)
+    if _sigterm_installed or threading.current_thread() is not threading.main_thread():
         return
     if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
         return
 
     def on_sigterm(signum: int, frame: Any) -> None:
-        if os.getpid() == engine._owner_pid:
-            engine.close()
+        for open_engine in list(_open_engines):
+            if os.getpid() == open_engine._owner_pid:
+                open_engine.close()
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, on_sigterm)
+    _sigterm_installed = True

@@ -1,4 +1,4 @@
-"""The ``engine`` command: serve, demo (more subcommands arrive with their issues)."""
+"""The ``engine`` command: serve, demo, relay, ingest, replay, stats."""
 
 from __future__ import annotations
 

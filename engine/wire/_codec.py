@@ -70,10 +70,6 @@ def utcnow() -> _dt.datetime:
     return _dt.datetime.now(UTC)
 
 
-def _to_utc(value: _dt.datetime) -> _dt.datetime:
-    if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
 
 
 class Stringified:
