@@ -127,7 +127,7 @@ class AdaptiveConcurrency:
 class SizeTarget:
     """The body size to aim for, learned from 413 answers.
 
-    ``bytes`` starts at ``max_bytes``. A 413 for ``rejected_bytes`` lowers it to half of that
+    ``bytes`` starts at ``initial_bytes`` (default ``max_bytes``). A 413 for ``rejected_bytes`` lowers it to half of that
     (or to the largest size the server recently accepted below it, when that is larger),
     never below ``min_bytes``, and records ``rejected_bytes`` as a known-failing ceiling.
     After ``probe_every`` successes near the target, it probes up by ``probe_factor`` but
@@ -141,6 +141,7 @@ class SizeTarget:
         min_bytes: int = 64 << 10,
         probe_every: int = 20,
         probe_factor: float = 1.25,
+        initial_bytes: int | None = None,
     ) -> None:
         _check(max_bytes > 0, "max_bytes must be positive")
         _check(probe_every >= 1, "probe_every must be >= 1")
@@ -149,7 +150,8 @@ class SizeTarget:
         self.min_bytes = min(min_bytes, max_bytes)
         self.probe_every = probe_every
         self.probe_factor = probe_factor
-        self.bytes = max_bytes
+        self.bytes = max_bytes if initial_bytes is None else max(
+            self.min_bytes, min(initial_bytes, max_bytes))
         self.ceiling_bytes: int | None = None  # smallest size rejected recently
         self._largest_ok_bytes = 0  # largest size accepted since the last 413
         self._successes_at_target = 0

@@ -46,6 +46,7 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     target: Target = "auto"
     max_request_bytes: int = MAX_REQUEST_BYTES
     min_request_bytes: int = 64 << 10
+    initial_request_bytes: int = 4 << 20
     linger_ms: int = 20
     eager_start_ms: int = 5_000
     max_in_flight: int = 8
@@ -86,7 +87,8 @@ def _check_positive(cfg: EngineConfig, *names: str) -> None:
 def validate(cfg: EngineConfig) -> EngineConfig:
     """Cross-field checks the type system cannot express."""
     _check_positive(
-        cfg, "ring_bytes", "max_slots", "max_request_bytes", "min_request_bytes", "max_in_flight",
+        cfg, "ring_bytes", "max_slots", "max_request_bytes", "min_request_bytes",
+        "initial_request_bytes", "max_in_flight",
         "initial_in_flight", "max_in_flight_bytes", "request_timeout_s", "connect_timeout_s",
         "delivery_deadline_s", "backoff_initial_ms", "backoff_max_ms", "compression_threads",
     )
@@ -97,6 +99,8 @@ def validate(cfg: EngineConfig) -> EngineConfig:
         raise ConfigError("ring_bytes", "must be a multiple of 4096 and at least 65536")
     if cfg.min_request_bytes > cfg.max_request_bytes:
         raise ConfigError("min_request_bytes", "must not exceed max_request_bytes")
+    if not cfg.min_request_bytes <= cfg.initial_request_bytes:
+        raise ConfigError("initial_request_bytes", "must not be below min_request_bytes")
     if cfg.initial_in_flight > cfg.max_in_flight:
         raise ConfigError("initial_in_flight", "must not exceed max_in_flight")
     if not -7 <= cfg.compression_level <= 22:

@@ -37,7 +37,6 @@ import contextlib
 import errno
 import fcntl
 import mmap
-import operator
 import os
 import struct
 import threading
@@ -488,7 +487,7 @@ class RingReader:
         self._read = [self._word(s, _S_RELEASED) for s in range(spec.max_slots)]
         for slot, position in enumerate(self._read):
             self._set_word(slot, _S_READ, position)
-        # per slot, [records, lo, hi] runs read but not yet released, to count releases
+        # per slot, [end positions, lo, hi] runs read but not yet released, to count releases
         self._unreleased: list[list[list]] = [[] for _ in range(spec.max_slots)]
         self._records_read = [self._word(s, _S_RECORDS_READ) for s in range(spec.max_slots)]
         self._claims_seen = -1
@@ -569,7 +568,8 @@ class RingReader:
         self._read[slot] = position
         taken = len(out) - first
         if taken:
-            self._unreleased[slot].append([out[first:], 0, taken])  # ours: callers may mutate out
+            # only the end positions: holding the records would keep their payloads alive
+            self._unreleased[slot].append([[r.end_pos for r in out[first:]], 0, taken])
             self._records_read[slot] += taken
             self._set_word(slot, _S_RECORDS_READ, self._records_read[slot])
         self._set_word(slot, _S_READ, position)
@@ -702,12 +702,12 @@ def _drop_released(runs: list[list], slot: int, end_pos: int) -> int:
     """Drop records ending at or before ``end_pos`` from the runs; return how many."""
     done = 0
     while runs:
-        records, lo, hi = runs[0]
-        if records[hi - 1].end_pos <= end_pos:
+        ends, lo, hi = runs[0]
+        if ends[hi - 1] <= end_pos:
             done += hi - lo
             runs.pop(0)
             continue
-        cut = bisect.bisect_right(records, end_pos, lo, hi, key=_END_POS)
+        cut = bisect.bisect_right(ends, end_pos, lo, hi)
         done += cut - lo
         runs[0][1] = cut
         break
@@ -716,4 +716,3 @@ def _drop_released(runs: list[list], slot: int, end_pos: int) -> int:
 
 _new_tuple = tuple.__new__
 _monotonic_ns = time.monotonic_ns
-_END_POS = operator.attrgetter("end_pos")

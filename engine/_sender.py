@@ -74,7 +74,8 @@ class Sender:
         mode = "upsert" if cfg.target == "upsert" else "complete"
         self.router = Router(mode, cfg.max_request_bytes - _ENVELOPE_BYTES)
         self.acc = Accumulator()
-        self.size = SizeTarget(cfg.max_request_bytes, min_bytes=cfg.min_request_bytes)
+        self.size = SizeTarget(cfg.max_request_bytes, min_bytes=cfg.min_request_bytes,
+                               initial_bytes=cfg.initial_request_bytes)
         self.concurrency = AdaptiveConcurrency(initial=cfg.initial_in_flight,
                                                maximum=cfg.max_in_flight)
         self.backoff = Backoff(initial_ms=cfg.backoff_initial_ms, max_ms=cfg.backoff_max_ms)
