@@ -24,6 +24,9 @@ _PROBE_EVIDENCE_FRACTION = 0.75
 # server whose limit was raised gets re-probed eventually (at the cost of one 413).
 _CEILING_MEMORY_WINDOWS = 50
 
+# Each failed probe doubles the successes needed before the next one, up to this many.
+_MAX_PROBE_INTERVAL = 640
+
 # Stop probing once the gap to the known-failing size is under 1/32 of the target (~3%):
 # further probes would cost a rejected upload each for almost no gain.
 _CONVERGED_GAP_DIVISOR = 32
@@ -127,11 +130,13 @@ class AdaptiveConcurrency:
 class SizeTarget:
     """The body size to aim for, learned from 413 answers.
 
-    ``bytes`` starts at ``initial_bytes`` (default ``max_bytes``). A 413 for ``rejected_bytes`` lowers it to half of that
+    ``bytes`` starts at ``initial_bytes`` (default ``max_bytes``); batches get their size
+    from :meth:`take`, which hands an armed probe to exactly one batch. A 413 for ``rejected_bytes`` lowers it to half of that
     (or to the largest size the server recently accepted below it, when that is larger),
     never below ``min_bytes``, and records ``rejected_bytes`` as a known-failing ceiling.
     After ``probe_every`` successes near the target, it probes up by ``probe_factor`` but
-    only to halfway toward the ceiling, bisecting the gap; the ceiling is forgotten after
+    only to halfway toward the ceiling, bisecting the gap; each failed probe doubles the
+    successes needed before the next one; the ceiling is forgotten after
     ``50 * probe_every`` successes so a raised server limit is found again.
     """
 
@@ -156,11 +161,28 @@ class SizeTarget:
         self._largest_ok_bytes = 0  # largest size accepted since the last 413
         self._successes_at_target = 0
         self._successes_since_413 = 0
+        self._probe_interval = probe_every
+        self._armed_bytes: int | None = None  # a probe size waiting for its batch
+        self.probing_bytes: int | None = None  # the size of the one batch probing now
+
+    def take(self) -> int:
+        """The size target of the next batch to build: ``bytes``, except that one batch (and
+        only one, however many requests are in flight) carries an armed probe."""
+        armed = self._armed_bytes
+        if armed is None:
+            return self.bytes
+        self._armed_bytes = None
+        self.probing_bytes = armed
+        return armed
 
     def on_413(self, rejected_bytes: int) -> None:
         """The server rejected a body of ``rejected_bytes`` as too large."""
         if self._largest_ok_bytes >= rejected_bytes:
             self._largest_ok_bytes = 0  # the limit went down: old successes prove nothing
+        elif self._largest_ok_bytes:
+            # a failed probe above a size that works: probe less often (each costs an upload)
+            self._probe_interval = min(self._probe_interval * 2, _MAX_PROBE_INTERVAL)
+        self._armed_bytes = self.probing_bytes = None
         lowered = max(rejected_bytes // 2, self._largest_ok_bytes)
         self.bytes = max(self.min_bytes, min(self.bytes, lowered))
         if self.ceiling_bytes is None or rejected_bytes < self.ceiling_bytes:
@@ -171,14 +193,19 @@ class SizeTarget:
     def on_success(self, sent_bytes: int) -> None:
         """The server accepted a body of ``sent_bytes``."""
         self._largest_ok_bytes = max(self._largest_ok_bytes, sent_bytes)
+        if self.probing_bytes is not None and sent_bytes > self.bytes:
+            self.bytes = self.probing_bytes  # the probe went through: its size is the target
+            self.probing_bytes = None
         self._successes_since_413 += 1
         if self._successes_since_413 >= _CEILING_MEMORY_WINDOWS * self.probe_every:
             self.ceiling_bytes = None
+            self._probe_interval = self.probe_every
         if sent_bytes >= _PROBE_EVIDENCE_FRACTION * self.bytes:
             self._successes_at_target += 1
-        if self._successes_at_target >= self.probe_every:
+        if self._successes_at_target >= self._probe_interval and self.probing_bytes is None:
             self._successes_at_target = 0
-            self.bytes = self._probe_size()
+            probe = self._probe_size()
+            self._armed_bytes = probe if probe > self.bytes else None
 
     def _probe_size(self) -> int:
         grown = min(self.max_bytes, math.floor(self.bytes * self.probe_factor))

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import collections
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from engine import _ring
 from engine._producer import FLAG_END_HAS_TRACE
@@ -149,10 +149,12 @@ class Item:
 class Batch:
     """Items for one route; ``body()`` is the request body, built by concatenation."""
 
-    __slots__ = ("route", "items", "size_bytes", "retry_id", "attempts", "created_s", "first_sent_s")
+    __slots__ = ("route", "items", "size_bytes", "retry_id", "attempts", "created_s", "first_sent_s",
+                 "target_bytes")
 
-    def __init__(self, route: str, items: list[Item] | None = None) -> None:
+    def __init__(self, route: str, items: list[Item] | None = None, target_bytes: int = 0) -> None:
         self.route = route
+        self.target_bytes = target_bytes  # the size it was cut at (0: made by a split)
         self.items: list[Item] = items or []
         self.size_bytes = _ENVELOPE_BYTES + sum(len(i.data) + 1 for i in self.items)
         self.retry_id = uuid7()
@@ -306,18 +308,19 @@ class Accumulator:
         self.open: dict[str, Batch] = {}
         self.open_bytes = 0
 
-    def add(self, item: Item, size_target: int) -> Batch | None:
-        """Add an item; returns a batch that is now full (to send), if any."""
+    def add(self, item: Item, next_target: Callable[[], int]) -> Batch | None:
+        """Add an item; returns a batch that is now full (to send), if any. A new batch is
+        cut at ``next_target()`` bytes (asked once per batch)."""
         if item.single:
             return Batch(item.route, [item])
         batch = self.open.get(item.route)
         full = None
-        if batch is not None and batch.size_bytes + len(item.data) + 1 > size_target:
+        if batch is not None and batch.size_bytes + len(item.data) + 1 > batch.target_bytes:
             full = self.open.pop(item.route)
             self.open_bytes -= full.size_bytes
             batch = None
         if batch is None:
-            batch = self.open[item.route] = Batch(item.route)
+            batch = self.open[item.route] = Batch(item.route, target_bytes=next_target())
             self.open_bytes += batch.size_bytes
         batch.add(item)
         self.open_bytes += len(item.data) + 1

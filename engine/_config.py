@@ -46,7 +46,7 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     target: Target = "auto"
     max_request_bytes: int = MAX_REQUEST_BYTES
     min_request_bytes: int = 64 << 10
-    initial_request_bytes: int = 4 << 20
+    initial_request_bytes: int = 2 << 20
     linger_ms: int = 20
     eager_start_ms: int = 5_000
     max_in_flight: int = 8

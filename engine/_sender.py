@@ -172,7 +172,7 @@ class Sender:
             self.router.extra.clear()
 
     def _add_item(self, item: Item) -> None:
-        full = self.acc.add(item, self.size.bytes)
+        full = self.acc.add(item, self.size.take)
         if full is not None:
             self._make_ready(full)
 
@@ -183,7 +183,8 @@ class Sender:
     def _dispatch(self) -> None:
         while self.ready and len(self.tasks) < self.concurrency.limit:
             batch = self.ready.popleft()
-            if len(batch) > 1 and batch.size_bytes > self.size.bytes:
+            if (len(batch) > 1 and batch.size_bytes > self.size.bytes
+                    and batch.target_bytes != self.size.probing_bytes):
                 # made before a 413 taught us a lower target: don't upload what will fail
                 pieces = batch.chunks(self.size.bytes)
                 self.held_bytes += sum(p.size_bytes for p in pieces) - batch.size_bytes

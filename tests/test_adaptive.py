@@ -117,7 +117,7 @@ def test_413_falls_back_to_the_largest_recently_accepted_size():
     target = SizeTarget(32 * MIB, probe_every=1)
     target.on_413(2 * MIB)
     target.on_success(1 * MIB)
-    probe = target.bytes
+    probe = target.take()
     assert 1 * MIB < probe < 2 * MIB
     target.on_413(probe)
     assert target.bytes == 1 * MIB
@@ -129,9 +129,13 @@ def test_size_target_probes_up_slowly_after_successes():
     start = target.bytes
     for _ in range(19):
         target.on_success(start)
-    assert target.bytes == start
+    assert target.take() == start
     target.on_success(start)
-    assert target.bytes == int(start * 1.25)
+    probe = target.take()
+    assert probe == int(start * 1.25)
+    assert target.take() == start  # one batch probes, however many are in flight
+    target.on_success(probe)
+    assert target.bytes == probe
 
 
 def test_small_batches_are_no_evidence_for_probing():
@@ -142,19 +146,34 @@ def test_small_batches_are_no_evidence_for_probing():
     assert target.bytes == 4 * MIB
 
 
+def test_a_failed_probe_makes_the_next_probe_wait_longer():
+    target = SizeTarget(32 * MIB, probe_every=2)
+    target.on_413(2 * MIB)
+    intervals = []
+    for _ in range(3):
+        successes = 0
+        while (size := target.take()) <= target.bytes:
+            target.on_success(size)
+            successes += 1
+        intervals.append(successes)
+        target.on_413(size)
+    assert intervals[0] < intervals[1] < intervals[2]
+
+
 def test_size_target_never_probes_into_a_recently_failing_size():
     target = SizeTarget(32 * MIB, probe_every=2)
     target.on_413(1 * MIB)
     for _ in range(99):  # the ceiling is remembered for 50 probe windows of successes
-        target.on_success(target.bytes)
-        assert target.bytes < 1 * MIB
+        size = target.take()
+        assert size < 1 * MIB
+        target.on_success(size)
 
 
 def feed_until_converged(target: SizeTarget, limit_bytes: int, batches: int) -> tuple[int, int]:
     """Simulate a server with a hard limit; return (rejected bytes, accepted bytes)."""
     rejected = accepted = 0
     for _ in range(batches):
-        size = target.bytes
+        size = target.take()
         if size > limit_bytes:
             rejected += size
             target.on_413(size)

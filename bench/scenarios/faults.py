@@ -47,6 +47,14 @@ def _outage(server: FaultServer, outage_s: float) -> float | None:
     return time.perf_counter()
 
 
+def _after_first_success(records: list[Any]) -> list[Any]:
+    """The requests after the first accepted one: "once the size target has adapted"."""
+    for i, record in enumerate(records):
+        if 200 <= record.status < 300:
+            return records[i:]
+    return []
+
+
 def measure(case: str, contender: str, calls: int, cfg: Config) -> dict[str, Any]:
     with FaultServer(seed=7, **_CASES[case]) as server:
         argv = harness.driver_argv(contender, server.url, calls, _PROFILE, cfg.timeout_s)
@@ -60,6 +68,8 @@ def measure(case: str, contender: str, calls: int, cfg: Config) -> dict[str, Any
         delivered, duplicates = _delivered(server), server.duplicate_deliveries()
     rejected = sum(r.wire_bytes for r in ingest if r.status == 413)
     accepted = sum(r.wire_bytes for r in ingest if 200 <= r.status < 300)
+    adapted = _after_first_success(ingest)
+    rejected_adapted = sum(r.wire_bytes for r in adapted if r.status == 413)
     enqueued = row.get("calls_enqueued") or 0
     return {
         "record": "run", "scenario": "faults", "case": case, "contender": contender,
@@ -70,6 +80,7 @@ def measure(case: str, contender: str, calls: int, cfg: Config) -> dict[str, Any
         "requests_by_status": dict(Counter(str(r.status) for r in ingest)),
         "rejected_upload_bytes": rejected, "accepted_upload_bytes": accepted,
         "rejected_pct_of_accepted": 100 * rejected / accepted if accepted else None,
+        "rejected_pct_after_adapting": 100 * rejected_adapted / accepted if accepted else None,
         "engine_rejected_bytes_413": row.get("rejected_bytes_413"),
         "engine_bytes_acked": row.get("bytes_acked"),
         "flush_s": row.get("flush_s"), "run_s": ended - began,

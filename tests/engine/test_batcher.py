@@ -93,7 +93,7 @@ def test_accumulator_cuts_batches_at_the_size_target():
     acc = Accumulator()
     items = [router.route(r, Token(0, i)) for i, r in enumerate(_records(0, 0) * 10)]
     target = 3 * len(items[0].data)
-    full = [b for b in (acc.add(i, target) for i in items) if b is not None]
+    full = [b for b in (acc.add(i, lambda: target) for i in items) if b is not None]
     rest = acc.due(0.0, everything=True)
     assert all(b.size_bytes <= target for b in full)
     assert sum(len(b) for b in full + rest) == len(items)
