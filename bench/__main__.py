@@ -45,6 +45,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="runs per configuration (median, min-max); default 3, quick 1")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every call count")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results directory")
+    parser.add_argument("--report-only", action="store_true",
+                        help="rebuild summary.md and the plots from the .jsonl files in --out")
     args = parser.parse_args(argv)
     args.repeat = args.repeat or (1 if args.quick else 3)
     if args.repeat < 1 or args.scale <= 0:
@@ -65,8 +67,33 @@ def run_scenario(name: str, cfg: Config, repeat: int) -> list[dict[str, Any]]:
     return rows if not runs else runs + medians(runs)
 
 
+def _read_results(out: Path) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
+    """The machine line of the oldest file and every scenario's medians, as written."""
+    machine: dict[str, Any] = {}
+    results: dict[str, list[dict[str, Any]]] = {}
+    for name in SCENARIOS:
+        path = out / f"{name}.jsonl"
+        if not path.exists():
+            continue
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        machine = machine or next((r for r in rows if r.get("record") == "machine"), {})
+        results[name] = [r for r in rows if r.get("record") == "median"]
+    return machine, results
+
+
+def _write_report(machine: dict[str, Any], results: dict[str, list[dict[str, Any]]],
+                  args: argparse.Namespace) -> None:
+    summary = _report.summary_markdown(machine, results, args)
+    (args.out / "summary.md").write_text(summary)
+    _report.plot_all(results, args.out)
+    print(summary)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.report_only:
+        _write_report(*_read_results(args.out), args)
+        return 0
     cfg = (QUICK if args.quick else FULL).scaled(args.scale, args.contenders)
     args.out.mkdir(parents=True, exist_ok=True)
     machine = harness.machine_info()
@@ -80,10 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = [r for r in rows if r.get("record") == "median"]
         print(f"bench: {name} done in {time.monotonic() - began:.0f} s", file=sys.stderr)
     machine["load_avg_at_end_1_5_15"] = list(os.getloadavg())
-    summary = _report.summary_markdown(machine, results, args)
-    (args.out / "summary.md").write_text(summary)
-    _report.plot_all(results, args.out)
-    print(summary)
+    _write_report(machine, results, args)
     return 0
 
 

@@ -222,15 +222,17 @@ _SECTIONS = (
 def summary_markdown(machine: dict[str, Any], results: dict[str, list[dict[str, Any]]],
                      args: argparse.Namespace) -> str:
     load = machine.get("load_avg_1_5_15", [0, 0, 0])
-    load_end = machine.get("load_avg_at_end_1_5_15", load)
+    load_end = machine.get("load_avg_at_end_1_5_15")
+    at_end = (f", at end {load_end[0]:.2f}/{load_end[1]:.2f}/{load_end[2]:.2f}" if load_end
+              else " (rebuilt with --report-only; each .jsonl has its run's machine line)")
     versions = ", ".join(f"{k} {v}" for k, v in machine["versions"].items() if v)
     lines = [
         "# Bench results", "",
         f"{machine['date_utc']} · {machine['cpu_model']} · {machine['cpus']} CPUs · "
         f"Python {machine['python']} · {versions} · commit {machine.get('git_commit')}", "",
-        f"Load average (1/5/15 min) at start {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}, at end "
-        f"{load_end[0]:.2f}/{load_end[1]:.2f}/{load_end[2]:.2f}: other work shared the two "
-        "cores, so absolute figures are depressed; compare contenders within this run.", "",
+        f"Load average (1/5/15 min) at start {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}{at_end}: "
+        "other work may have shared the two cores, so absolute figures can be depressed; "
+        "compare contenders within a run.", "",
         f"`python -m bench {'--quick ' if args.quick else ''}--repeat {args.repeat}` · "
         f"medians of {args.repeat} run(s), min–max in brackets where there were several. "
         "\"vs best peer\": the engine's factor over the best of weave 0.54.0 (batched client, "

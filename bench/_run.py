@@ -57,7 +57,8 @@ class Config:
 
 FULL = Config(
     quick=False, ring_count=200_000, ring_seconds=3.0,
-    producer_calls={"engine": 50_000, "weave-batched": 5_000, "weave-op": 500},
+    producer_calls={"engine": 50_000, "weave-batched": 5_000, "weave-op": 500,
+                    "weave-op+engine": 500},
     e2e_producers=(1, 2, 4), e2e_profiles=("small", "eval", "large"),
     e2e_calls={
         "engine": {"small": 100_000, "eval": 40_000, "large": 2_000},
@@ -73,7 +74,8 @@ FULL = Config(
 
 QUICK = Config(
     quick=True, ring_count=20_000, ring_seconds=0.5,
-    producer_calls={"engine": 5_000, "weave-batched": 500, "weave-op": 100},
+    producer_calls={"engine": 5_000, "weave-batched": 500, "weave-op": 100,
+                    "weave-op+engine": 100},
     e2e_producers=(2,), e2e_profiles=("eval",),
     e2e_calls={
         "engine": {"small": 5_000, "eval": 4_000, "large": 200},

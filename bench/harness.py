@@ -141,6 +141,8 @@ def driver_argv(contender: str, url: str, calls: int, profile: str, timeout_s: f
         return [sys.executable, "-m", "bench.peers.weave_client", *common, "--mode", "batched"]
     if contender == "weave-op":
         return [sys.executable, "-m", "bench.peers.weave_client", *common, "--mode", "op"]
+    if contender == "weave-op+engine":
+        return [sys.executable, "-m", "bench.peers.weave_client", *common, "--mode", "op-engine"]
     if contender == "naive":
         return [sys.executable, "-m", "bench.peers.naive", *common, "--mode", "complete"]
     raise ValueError(f"unknown contender {contender!r}")

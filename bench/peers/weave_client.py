@@ -1,12 +1,13 @@
 """Peer driver: weave 0.54.0's own client, timed on the same payloads as every contender.
 
-    python -m bench.peers.weave_client --url URL --calls N --profile eval --mode batched|op
+    python -m bench.peers.weave_client --url URL --calls N --profile eval --mode batched|op|op-engine
 
 ``batched``: weave's ``RemoteHTTPTraceServer(URL, should_batch=True)`` fed ``call_start`` /
 ``call_end`` requests built as weave builds them, then its call processor drained.
 ``op``: ``weave.init(project)`` against the server (run offline: the trace server and the
 W&B GraphQL base both point at URL) and a ``@weave.op`` called N times, then the client's
-own flush. Prints one JSON line (see ``bench.peers._run.Report``).
+own flush. ``op-engine``: the same ``@weave.op`` program with our binding installed first
+(``engine.integrations.weave.install()``). Prints one JSON line (see ``bench.peers._run.Report``).
 """
 
 from __future__ import annotations
@@ -97,7 +98,17 @@ def _op(
     return trace_one, flush
 
 
-_MODES = {"batched": _batched, "op": _op}
+def _op_through_engine(
+    args: Any, payloads: list[_run.Payload]
+) -> tuple[Callable[[int], None], Callable[[], None]]:
+    """``@weave.op`` with our binding: ``engine.integrations.weave.install()`` before init."""
+    import engine.integrations.weave
+
+    engine.integrations.weave.install(project=args.project, compression="none")
+    return _op(args, payloads)
+
+
+_MODES = {"batched": _batched, "op": _op, "op-engine": _op_through_engine}
 
 
 def _drive(args: Any, report: _run.Report, payloads: list[_run.Payload], deadline: float) -> None:

@@ -50,5 +50,7 @@ def run(cfg: Config, repeat: int) -> list[dict[str, Any]]:
     if "engine" in cfg.contenders:
         plan += [("engine", mode) for mode in _ENGINE_MODES]
     plan += [(c, None) for c in ("weave-batched", "weave-op") if c in cfg.contenders]
+    if "weave-op" in cfg.contenders:  # the same @weave.op program with our binding installed
+        plan.append(("weave-op+engine", None))
     return [_one(contender, mode, cfg.producer_calls[contender], cfg)
             for _ in range(repeat) for contender, mode in plan]
