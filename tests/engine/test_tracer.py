@@ -201,3 +201,43 @@ def test_invalid_settings_fail_fast_naming_the_field():
         engine.Engine(url="http://127.0.0.1:9", project="bad")
     with pytest.raises(engine.ConfigError, match="nonsense"):
         engine.Engine(url="http://127.0.0.1:9", project=PROJECT, nonsense=1)
+
+
+def test_threads_sharing_a_tracer_write_whole_records(eng):
+    import threading
+
+    tracer = eng.producer()
+    ids: list[str] = []
+
+    def work() -> None:
+        for i in range(300):
+            with tracer.call("threaded", inputs={"i": i, "pad": "p" * (i % 97)}) as call:
+                pass
+            ids.append(call.id)
+
+    threads = [threading.Thread(target=work) for _ in range(6)]
+    sys_interval = __import__("sys").getswitchinterval()
+    __import__("sys").setswitchinterval(1e-6)  # switch threads as often as possible
+    reader = eng._ringset.reader()
+    records: list[_ring.Record] = []
+
+    def read_all() -> None:
+        batch = reader.read(100_000, 1 << 30)
+        for r in batch:
+            reader.release(r.slot, r.end_pos)
+        records.extend(batch)
+
+    try:
+        for t in threads:
+            t.start()
+        while any(t.is_alive() for t in threads):
+            read_all()
+        for t in threads:
+            t.join()
+        read_all()
+    finally:
+        reader.close()
+        __import__("sys").setswitchinterval(sys_interval)
+    assert len(records) == 2 * len(ids) == 2 * 6 * 300
+    starts = {msgspec.json.decode(r.payload)["id"] for r in records if r.kind == _ring.KIND_START}
+    assert starts == set(ids)
