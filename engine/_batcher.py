@@ -131,19 +131,17 @@ class Item:
     __slots__ = ("data", "tokens", "route", "single", "call_id", "project", "trace_id",
                  "enqueue_ns", "ends_carry_trace")
 
-    def __init__(self, data: bytes, records: tuple[_ring.Record, ...], tokens: tuple[Token, ...],
-                 route: str, single: bool = False) -> None:
-        first = records[0]  # the start, when the item carries one
+    def __init__(self, data: bytes, first: _ring.Record, tokens: tuple[Token, ...], route: str,
+                 single: bool = False, ends_carry_trace: bool = True) -> None:
         self.data = data
         self.tokens = tokens
         self.route = route
         self.single = single  # v2 call/start and call/end: one item, no batch envelope
-        self.call_id = first.call_id
+        self.call_id = first.call_id  # first: the start, when the item carries one
         self.project = first.project
         self.trace_id = first.trace_id
         self.enqueue_ns = first.enqueue_ns
-        self.ends_carry_trace = all(
-            r.kind != _ring.KIND_END or r.flags & FLAG_END_HAS_TRACE for r in records)
+        self.ends_carry_trace = ends_carry_trace  # no end, or every end has trace_id+started_at
 
 
 class Batch:
@@ -245,18 +243,19 @@ class Router:
             return self._v2_start(start, start_token)
         data = b"".join((start.payload[:-1], b",", end.payload[end.aux:]))
         self.spliced += 1
-        return Item(data, (start, end), (start_token, end_token), complete_route(start.project))
+        return Item(data, start, (start_token, end_token), complete_route(start.project))
 
     def _direct(self, record: _ring.Record, token: Token) -> Item:
         kind = record.kind
         if kind == _ring.KIND_START:
             data = b"".join((_UPSERT_START, record.payload, _UPSERT_CLOSE))
-            return Item(data, (record,), (token,), UPSERT_ROUTE)
+            return Item(data, record, (token,), UPSERT_ROUTE)
         if kind == _ring.KIND_END:
             data = b"".join((_UPSERT_END, record.payload, _UPSERT_CLOSE))
-            return Item(data, (record,), (token,), UPSERT_ROUTE)
+            return Item(data, record, (token,), UPSERT_ROUTE,
+                        ends_carry_trace=bool(record.flags & FLAG_END_HAS_TRACE))
         if kind == _ring.KIND_COMPLETE:
-            return Item(record.payload, (record,), (token,), complete_route(record.project))
+            return Item(record.payload, record, (token,), complete_route(record.project))
         raise UnknownRecord(f"record kind {kind} has no route (written by a newer producer?)")
 
     def _v2_start(self, record: _ring.Record, token: Token) -> Item:
@@ -266,11 +265,12 @@ class Router:
         if len(self.started_alone) > self.started_alone_max:
             self.started_alone.popitem(last=False)
         data = b"".join((_V2_START, record.payload, _V2_CLOSE))
-        return Item(data, (record,), (token,), v2_start_route(record.project), single=True)
+        return Item(data, record, (token,), v2_start_route(record.project), single=True)
 
     def _v2_end(self, record: _ring.Record, token: Token) -> Item:
         data = b"".join((_V2_END, record.payload, _V2_CLOSE))
-        return Item(data, (record,), (token,), v2_end_route(record.project), single=True)
+        return Item(data, record, (token,), v2_end_route(record.project), single=True,
+                    ends_carry_trace=bool(record.flags & FLAG_END_HAS_TRACE))
 
     def expire(self, older_than_s: float, read_pos: dict[int, int] | None = None,
                pin_limit_bytes: int = 0, everything: bool = False) -> list[Item]:
