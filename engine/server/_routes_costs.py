@@ -18,9 +18,9 @@ from engine.server._body import ApiError
 from engine.server._digest import value_digest
 from engine.server._query_expr import select_docs
 from engine.server._reply import now_us, ok, page_of, project_of
-from engine.server._routes_feedback import predicate_of, scan_docs
+from engine.server._routes_feedback import predicate_of, purge_docs, scan_docs
 from engine.server._state import state_of
-from engine.server._store_more import more_of, q_delete_docs, q_put_docs
+from engine.server._store_more import more_of, q_put_docs
 from engine.wire.costs import CostCreateInput, CostCreateReq, CostPurgeReq, CostQueryReq
 
 routes = web.RouteTableDef()
@@ -64,8 +64,5 @@ async def cost_query(request: web.Request) -> web.Response:
 @routes.post("/cost/purge")
 async def cost_purge(request: web.Request) -> web.Response:
     req = await state_of(request).decode(request, CostPurgeReq)
-    predicate = predicate_of(req.query)
-    docs = await scan_docs(request, _TABLE, project_of(req.project_id))
-    ids = [doc["id"] for doc in docs if predicate(doc)]
-    await more_of(request).run(q_delete_docs, _TABLE, req.project_id, ids)
+    await purge_docs(request, _TABLE, req.project_id, req.query)
     return ok({})

@@ -91,6 +91,14 @@ async def scan_docs(request: web.Request, table: str, project_id: str) -> list[d
     return [msgspec.json.decode(doc) for doc in stored]
 
 
+async def purge_docs(request: web.Request, table: str, project_id: str, query: Any) -> None:
+    """Delete the project's documents of ``table`` that ``query`` matches."""
+    predicate = predicate_of(query)
+    docs = await scan_docs(request, table, project_of(project_id))
+    ids = [doc["id"] for doc in docs if predicate(doc)]
+    await more_of(request).run(q_delete_docs, table, project_id, ids)
+
+
 @routes.post("/feedback/query")
 async def feedback_query(request: web.Request) -> web.Response:
     req = await state_of(request).decode(request, FeedbackQueryReq)
@@ -104,10 +112,7 @@ async def feedback_query(request: web.Request) -> web.Response:
 @routes.post("/feedback/purge")
 async def feedback_purge(request: web.Request) -> web.Response:
     req = await state_of(request).decode(request, FeedbackPurgeReq)
-    predicate = predicate_of(req.query)
-    docs = await scan_docs(request, _TABLE, project_of(req.project_id))
-    ids = [doc["id"] for doc in docs if predicate(doc)]
-    await more_of(request).run(q_delete_docs, _TABLE, req.project_id, ids)
+    await purge_docs(request, _TABLE, req.project_id, req.query)
     return ok({})
 
 
