@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
 import msgspec
 from aiohttp import web
 
 from engine.server._body import ApiError, check_same_project, fill_ids, path_project
+from engine.server._query_expr import InvalidExpr, compile_query
 from engine.server._rows import (
     InvalidQuery,
     Page,
@@ -131,12 +135,50 @@ async def call_end_v2(request: web.Request) -> web.Response:
 
 
 def _selection(req: CallsQueryReq | CallsQueryStatsReq) -> Selection:
-    if req.query is not None:
-        raise ApiError(422, "query: $expr queries are not supported by engine serve; use filter")
     try:
         return Selection(req.project_id, req.filter, getattr(req, "sort_by", None))
     except InvalidQuery as exc:
         raise ApiError(422, str(exc)) from None
+
+
+def _predicate(req: CallsQueryReq | CallsQueryStatsReq) -> Callable[[dict], bool] | None:
+    """The ``$expr`` query as a predicate over calls, evaluated after the SQL filter."""
+    if req.query is None:
+        return None
+    try:
+        return compile_query(req.query)
+    except InvalidExpr as exc:
+        raise ApiError(422, str(exc)) from None
+
+
+def _decoded(call: dict[str, Any]) -> dict[str, Any]:
+    """The call with its raw JSON fields (inputs, output, …) decoded, for evaluating $expr."""
+    return {k: msgspec.json.decode(v) if isinstance(v, msgspec.Raw) else v for k, v in call.items()}
+
+
+async def _matching_calls(store: Any, selection: Selection, predicate: Callable[[dict], bool],
+                          offset: int, limit: int | None) -> AsyncIterator[list[dict]]:
+    """Pages of calls passing ``predicate``, with offset and limit applied after it."""
+    position = 0
+    while limit is None or limit > 0:
+        rows = await store.select_calls(selection, Page(limit=_QUERY_PAGE_ROWS, offset=position))
+        position += len(rows)
+        page = []
+        for call in (row_to_call(r) for r in rows):
+            if not predicate(_decoded(call)):
+                continue
+            if offset:
+                offset -= 1
+                continue
+            page.append(call)
+            if limit is not None:
+                limit -= 1
+                if not limit:
+                    break
+        if page:
+            yield page
+        if len(rows) < _QUERY_PAGE_ROWS:
+            return
 
 
 @routes.post("/call/read")
@@ -154,9 +196,15 @@ async def calls_stream_query(request: web.Request) -> web.StreamResponse:
     """One CallSchema per line, read from the store a page at a time."""
     state = state_of(request)
     req = await state.decode(request, CallsQueryReq)
-    selection = _selection(req)
+    selection, predicate = _selection(req), _predicate(req)
     response = web.StreamResponse(headers={"Content-Type": "application/jsonl"})
     await response.prepare(request)
+    if predicate is not None:
+        async for page in _matching_calls(state.store, selection, predicate, req.offset or 0,
+                                          req.limit):
+            await response.write(b"".join(_json.encode(call) + b"\n" for call in page))
+        await response.write_eof()
+        return response
     offset, remaining = req.offset or 0, req.limit
     while remaining is None or remaining > 0:
         want = _QUERY_PAGE_ROWS if remaining is None else min(remaining, _QUERY_PAGE_ROWS)
@@ -175,7 +223,13 @@ async def calls_stream_query(request: web.Request) -> web.StreamResponse:
 async def calls_query_stats(request: web.Request) -> web.Response:
     state = state_of(request)
     req = await state.decode(request, CallsQueryStatsReq)
-    count = await state.store.count_calls(_selection(req))
+    selection, predicate = _selection(req), _predicate(req)
+    if predicate is None:
+        count = await state.store.count_calls(selection)
+    else:
+        count = 0
+        async for page in _matching_calls(state.store, selection, predicate, 0, req.limit):
+            count += len(page)
     if req.limit is not None:
         count = min(count, req.limit)
     return _ok({"count": count})

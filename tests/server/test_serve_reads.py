@@ -69,11 +69,11 @@ def test_stream_query_pages_internally_past_one_store_page(run, db_path):
     assert _ids(window) == [c["id"] for c in calls[999:2001]]
 
 
-def test_unsupported_sort_field_and_query_expr_are_422(run, db_path):
+def test_unsupported_sort_field_and_query_operator_are_422(run, db_path):
     async def scenario():
         async with serving(db_path) as api:
             bad_sort = {"project_id": PROJECT, "sort_by": [{"field": "inputs", "direction": "asc"}]}
-            expr = {"project_id": PROJECT, "query": {"$expr": {"$eq": [1, 1]}}}
+            expr = {"project_id": PROJECT, "query": {"$expr": {"$regex": [1, 1]}}}
             return (
                 await api.post("/calls/stream_query", bad_sort),
                 await api.post("/calls/query_stats", expr),
@@ -173,3 +173,25 @@ def test_graphql_answers_what_weave_init_asks(run, db_path):
     assert after["data"]["project"]["name"] == "proj"
     assert viewer["data"]["viewer"]["defaultEntity"]["name"] == "engine"
     assert other["data"] is None and other["errors"][0]["message"]
+
+
+def test_query_expr_filters_calls_with_offset_and_limit_after_it(run, db_path):
+    calls = [complete(f"x{i:02d}", t_s=i, inputs={"n": i, "tag": "even" if i % 2 == 0 else "odd"})
+             for i in range(20)]
+    over_10 = {"$expr": {"$gt": [{"$convert": {"input": {"$getField": "inputs.n"}, "to": "double"}},
+                                 {"$literal": 10}]}}
+    even = {"$expr": {"$eq": [{"$getField": "inputs.tag"}, {"$literal": "even"}]}}
+
+    async def scenario():
+        async with serving(db_path) as api:
+            assert (await api.post(COMPLETE, {"batch": calls}))[0] == 200
+            return (
+                await api.query(query=over_10),
+                await api.query(query=even, offset=2, limit=3),
+                await api.post("/calls/query_stats", {"project_id": PROJECT, "query": even}),
+            )
+
+    over, even_page, (status, stats) = run(scenario())
+    assert _ids(over) == [f"x{i:02d}" for i in range(11, 20)]
+    assert _ids(even_page) == ["x04", "x06", "x08"]
+    assert status == 200 and stats["count"] == 10
