@@ -147,8 +147,8 @@ class Tracer:
         if start.trace_id is None:
             start.trace_id = _codec.uuid7()
         payload = self._encode(start, start.id)
-        self._write(_ring.KIND_START, start.project_id, _codec.uuid_bytes(start.id),
-                    _codec.uuid_bytes(start.trace_id), payload, 0, start.id)
+        self._write(_ring.KIND_START, start.project_id, _raw_id(start.id, "start.id"),
+                    _raw_id(start.trace_id, "start.trace_id"), payload, 0, start.id)
         return start.id
 
     def call_end(self, end: EndedCallSchemaForInsert | dict[str, Any]) -> None:
@@ -156,9 +156,9 @@ class Tracer:
         if not isinstance(end, EndedCallSchemaForInsert):
             end = _convert(end, EndedCallSchemaForInsert)
         payload = self._encode(end, end.id)
-        trace_raw = _codec.uuid_bytes(end.trace_id) if end.trace_id else _ZERO_ID
+        trace_raw = _raw_id(end.trace_id, "end.trace_id") if end.trace_id else _ZERO_ID
         flags = FLAG_END_HAS_TRACE if end.trace_id and end.started_at else 0
-        self._write(_ring.KIND_END, end.project_id, _codec.uuid_bytes(end.id), trace_raw,
+        self._write(_ring.KIND_END, end.project_id, _raw_id(end.id, "end.id"), trace_raw,
                     payload, end_splice_offset(payload), end.id, flags)
 
     def call_complete(self, call: CompletedCallSchemaForInsert | dict[str, Any]) -> None:
@@ -166,8 +166,8 @@ class Tracer:
         if not isinstance(call, CompletedCallSchemaForInsert):
             call = _convert(call, CompletedCallSchemaForInsert)
         payload = self._encode(call, call.id)
-        self._write(_ring.KIND_COMPLETE, call.project_id, _codec.uuid_bytes(call.id),
-                    _codec.uuid_bytes(call.trace_id), payload, 0, call.id)
+        self._write(_ring.KIND_COMPLETE, call.project_id, _raw_id(call.id, "call.id"),
+                    _raw_id(call.trace_id, "call.trace_id"), payload, 0, call.id)
 
     # -- the ergonomic layer ---------------------------------------------------------------
 
@@ -391,6 +391,17 @@ def _spill(names: tuple[str, ...], args: tuple) -> dict[str, Any]:
     inputs = dict(zip(names, args))
     inputs["args"] = list(args[len(names):])
     return inputs
+
+
+def _raw_id(text: str, field: str) -> bytes:
+    """The 16 bytes of a UUID id (ring headers carry ids raw); a clear error otherwise."""
+    try:
+        raw = _codec.uuid_bytes(text)
+    except (ValueError, AttributeError):
+        raw = b""
+    if len(raw) != 16:
+        raise ValueError(f"{field}: {text!r} is not a UUID (8-4-4-4-12 hex, e.g. from uuid7())")
+    return raw
 
 
 def _describe(exc: BaseException) -> str:

@@ -241,3 +241,10 @@ def test_threads_sharing_a_tracer_write_whole_records(eng):
     assert len(records) == 2 * len(ids) == 2 * 6 * 300
     starts = {msgspec.json.decode(r.payload)["id"] for r in records if r.kind == _ring.KIND_START}
     assert starts == set(ids)
+
+
+def test_ids_that_are_not_uuids_are_rejected_naming_the_field(eng):
+    start = Start(project_id=PROJECT, id="call-1", op_name="op", attributes={}, inputs={},
+                  started_at=dt.datetime.now(dt.timezone.utc))
+    with pytest.raises(ValueError, match="start.id"):
+        eng.producer().call_start(start)
