@@ -115,9 +115,11 @@ class Engine:
             self._stop_sender(deadline_s=max(2.0, timeout_s * 0.2))
         stats = collect_stats(self._ringset, self._control)
         stats["undelivered"] = _undelivered(self._ringset)
-        if not delivered or stats["undelivered"]:
-            log.error("engine closed with %d items not acknowledged by %s (see dead letters/spool)",
-                      stats["undelivered"], self.config.url)
+        if not delivered:
+            log.error("engine closed before %s acknowledged everything: %d items went to the "
+                      "dead-letter file, %d to the spool, %d were lost with the sender",
+                      self.config.url, stats["dead_shutdown"], stats["spooled_items"],
+                      stats["undelivered"])
         self._final_stats = stats
         self._control.close()
         self._ringset.unlink()
