@@ -139,3 +139,20 @@ def test_flush_sends_a_waiting_start_at_once(tmp_path):
             assert (PROJECT, open_call.id) in server.stored
         assert eng.flush(timeout_s=30)
         assert server.is_complete(PROJECT, open_call.id)
+
+
+def test_an_item_the_server_always_rejects_as_too_large_is_dead_lettered_alone(tmp_path):
+    with FaultServer(limit_bytes=8 << 10) as server:
+        with make_engine(server.url, tmp_path, min_request_bytes=1 << 10) as eng:
+            tracer = eng.producer()
+            good = trace_calls(tracer, 10, payload_bytes=100)
+            with tracer.call("huge", inputs={"blob": "z" * (20 << 10)}) as huge:
+                pass
+            good += trace_calls(tracer, 10, payload_bytes=100)
+            assert eng.flush(timeout_s=30)
+            stats = eng.stats()
+        assert server.stored_ids(PROJECT) == set(good)
+    assert stats["dead_too_large"] == 1
+    (line,) = (tmp_path / "dead_letters.jsonl").read_text().splitlines()
+    assert json.loads(line)["call_id"] == huge.id
+    assert json.loads(line)["status"] == 413
