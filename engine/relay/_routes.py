@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import msgspec
 from aiohttp import web
 
 from engine._errors import Closed, ConfigError, PayloadTooLarge, RingFull
@@ -19,6 +18,7 @@ from engine.server._body import (
     path_project,
     read_body,
 )
+from engine.server._reply import ok
 from engine.server._state import check_project_id
 from engine.wire.calls import (
     Batch,
@@ -31,12 +31,8 @@ from engine.wire.calls import (
 )
 
 routes = web.RouteTableDef()
-_json = msgspec.json.Encoder()
 _RETRY_AFTER_S = "1"
 
-
-def _ok(payload: object) -> web.Response:
-    return web.Response(body=_json.encode(payload), content_type="application/json")
 
 
 async def _decode(request: web.Request, type_: type) -> Any:
@@ -75,7 +71,7 @@ async def call_start(request: web.Request) -> web.Response:
     check_project_id(req.start.project_id, "start.project_id")
     ids = fill_ids(req.start)
     await _enqueue(request.app[RELAY], [req.start])
-    return _ok(ids)
+    return ok(ids)
 
 
 @routes.post("/call/end")
@@ -83,7 +79,7 @@ async def call_end(request: web.Request) -> web.Response:
     req = await _decode(request, CallEndReq)
     check_project_id(req.end.project_id, "end.project_id")
     await _enqueue(request.app[RELAY], [req.end])
-    return _ok({})
+    return ok({})
 
 
 @routes.post("/call/upsert_batch")
@@ -101,7 +97,7 @@ async def call_upsert_batch(request: web.Request) -> web.Response:
             results.append(fill_ids(entry.req.start))
             items.append(entry.req.start)
     await _enqueue(request.app[RELAY], items)
-    return _ok({"res": results})
+    return ok({"res": results})
 
 
 @routes.post("/v2/{entity}/{project}/calls/complete")
@@ -111,7 +107,7 @@ async def calls_complete(request: web.Request) -> web.Response:
     for i, call in enumerate(req.batch):
         check_same_project(call.project_id, project_id, f"batch[{i}].project_id")
     await _enqueue(request.app[RELAY], list(req.batch))
-    return _ok({})
+    return ok({})
 
 
 @routes.post("/v2/{entity}/{project}/call/start")
@@ -120,7 +116,7 @@ async def call_start_v2(request: web.Request) -> web.Response:
     check_same_project(req.start.project_id, path_project(request), "start.project_id")
     ids = fill_ids(req.start)
     await _enqueue(request.app[RELAY], [req.start])
-    return _ok(ids)
+    return ok(ids)
 
 
 @routes.post("/v2/{entity}/{project}/call/end")
@@ -128,4 +124,4 @@ async def call_end_v2(request: web.Request) -> web.Response:
     req = await _decode(request, CallEndV2Req)
     check_same_project(req.end.project_id, path_project(request), "end.project_id")
     await _enqueue(request.app[RELAY], [req.end])
-    return _ok({})
+    return ok({})

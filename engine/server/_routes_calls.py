@@ -10,6 +10,7 @@ from aiohttp import web
 
 from engine.server._body import ApiError, check_same_project, fill_ids, path_project
 from engine.server._query_expr import InvalidExpr, compile_query
+from engine.server._reply import ok
 from engine.server._rows import (
     InvalidQuery,
     Page,
@@ -43,9 +44,6 @@ _json = msgspec.json.Encoder()
 _QUERY_PAGE_ROWS = 1000
 
 
-def _ok(payload: object) -> web.Response:
-    return web.Response(body=_json.encode(payload), content_type="application/json")
-
 
 
 
@@ -64,7 +62,7 @@ async def call_start(request: web.Request) -> web.Response:
     ids = fill_ids(req.start)
     await state.store.write_calls([start_row(req.start)], [], [])
     state.counters.calls_started += 1
-    return _ok(ids)
+    return ok(ids)
 
 
 @routes.post("/call/end")
@@ -74,7 +72,7 @@ async def call_end(request: web.Request) -> web.Response:
     check_project_id(req.end.project_id, "end.project_id")
     await state.store.write_calls([], [end_row(req.end)], [])
     state.counters.calls_ended += 1
-    return _ok({})
+    return ok({})
 
 
 @routes.post("/call/upsert_batch")
@@ -95,7 +93,7 @@ async def call_upsert_batch(request: web.Request) -> web.Response:
     await state.store.write_calls(starts, ends, [])
     state.counters.calls_started += len(starts)
     state.counters.calls_ended += len(ends)
-    return _ok({"res": results})
+    return ok({"res": results})
 
 
 @routes.post("/v2/{entity}/{project}/calls/complete")
@@ -107,7 +105,7 @@ async def calls_complete(request: web.Request) -> web.Response:
         check_same_project(call.project_id, project_id, f"batch[{i}].project_id")
     await state.store.write_calls([], [], [complete_row(c) for c in req.batch])
     state.counters.calls_complete += len(req.batch)
-    return _ok({})
+    return ok({})
 
 
 @routes.post("/v2/{entity}/{project}/call/start")
@@ -118,7 +116,7 @@ async def call_start_v2(request: web.Request) -> web.Response:
     ids = fill_ids(req.start)
     await state.store.write_calls([start_row(req.start)], [], [])
     state.counters.calls_started += 1
-    return _ok(ids)
+    return ok(ids)
 
 
 @routes.post("/v2/{entity}/{project}/call/end")
@@ -128,7 +126,7 @@ async def call_end_v2(request: web.Request) -> web.Response:
     check_same_project(req.end.project_id, path_project(request), "end.project_id")
     await state.store.write_calls([], [end_row(req.end)], [])
     state.counters.calls_ended += 1
-    return _ok({})
+    return ok({})
 
 
 # -- reads and edits ----------------------------------------------------------------------
@@ -188,7 +186,7 @@ async def call_read(request: web.Request) -> web.Response:
     rows = await state.store.select_calls(
         Selection(req.project_id, CallsFilter(call_ids=[req.id])), Page(limit=1)
     )
-    return _ok({"call": row_to_call(rows[0]) if rows else None})
+    return ok({"call": row_to_call(rows[0]) if rows else None})
 
 
 @routes.post("/calls/stream_query")
@@ -232,14 +230,14 @@ async def calls_query_stats(request: web.Request) -> web.Response:
             count += len(page)
     if req.limit is not None:
         count = min(count, req.limit)
-    return _ok({"count": count})
+    return ok({"count": count})
 
 
 @routes.post("/calls/delete")
 async def calls_delete(request: web.Request) -> web.Response:
     state = state_of(request)
     req = await state.decode(request, CallsDeleteReq)
-    return _ok({"num_deleted": await state.store.delete_calls(req.project_id, req.call_ids)})
+    return ok({"num_deleted": await state.store.delete_calls(req.project_id, req.call_ids)})
 
 
 @routes.post("/call/update")
@@ -248,4 +246,4 @@ async def call_update(request: web.Request) -> web.Response:
     req = await state.decode(request, CallUpdateReq)
     if not await state.store.update_display_name(req.project_id, req.call_id, req.display_name):
         raise ApiError(404, f"call {req.call_id!r} not found in project {req.project_id!r}")
-    return _ok({})
+    return ok({})

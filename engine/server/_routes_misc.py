@@ -12,11 +12,11 @@ from aiohttp import web
 
 from engine import __version__
 from engine.server._body import ACCEPTED_ENCODINGS
+from engine.server._reply import ok
 from engine.server._state import state_of
 from engine.wire.query import ServerInfoRes
 
 routes = web.RouteTableDef()
-_json = msgspec.json.Encoder()
 # the oldest weave client this server accepts: it does not turn any client away
 MIN_WEAVE_VERSION = "0.0.1"
 
@@ -28,7 +28,7 @@ async def server_info(request: web.Request) -> web.Response:
         trace_server_version=f"engine-{__version__}",
         accepts_encodings=list(ACCEPTED_ENCODINGS),
     )
-    return web.Response(body=_json.encode(info), content_type="application/json")
+    return ok(info)
 
 
 @routes.get("/health")

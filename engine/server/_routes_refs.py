@@ -17,6 +17,7 @@ import msgspec
 from aiohttp import web
 
 from engine.server._body import ApiError
+from engine.server._reply import ok
 from engine.server._rows import Page, Selection, row_to_call
 from engine.server._state import check_project_id, state_of
 from engine.server._store_more import (
@@ -139,4 +140,4 @@ async def refs_read_batch(request: web.Request) -> web.Response:
         raise ApiError(422, f"refs: at most {MAX_REFS} refs per request, got {len(req.refs)}")
     parsed = [parse_ref(uri, f"refs[{i}]") for i, uri in enumerate(req.refs)]
     vals = [await resolve(request, ref, f"refs[{i}]") for i, ref in enumerate(parsed)]
-    return web.Response(body=_json.encode({"vals": vals}), content_type="application/json")
+    return ok({"vals": vals})
