@@ -123,15 +123,8 @@ def _run_mp_queue(size_bytes, producers, count, seconds) -> tuple[int, int, floa
     start, processes = _start_producers(
         _queue_producer, (queue, size_bytes, count, seconds), producers
     )
-    items = payload_bytes = ends = 0
     get = queue.get
-    while ends < producers:
-        item = get(timeout=60)
-        if item is None:
-            ends += 1
-        else:
-            items += 1
-            payload_bytes += len(item)
+    items, payload_bytes = _count_until_ends(lambda: (get(timeout=60),), producers)
     elapsed_s = time.perf_counter() - start
     _join(processes)
     return items, payload_bytes, elapsed_s
@@ -157,17 +150,24 @@ def _run_faster_fifo(size_bytes, producers, count, seconds) -> tuple[int, int, f
     start, processes = _start_producers(
         _fifo_producer, (queue, size_bytes, count, seconds), producers
     )
+    items, payload_bytes = _count_until_ends(
+        lambda: queue.get_many(timeout=60, max_messages_to_get=4096), producers)
+    elapsed_s = time.perf_counter() - start
+    _join(processes)
+    return items, payload_bytes, elapsed_s
+
+
+def _count_until_ends(get_some, producers: int) -> tuple[int, int]:
+    """Items and payload bytes a queue peer delivered, until every producer sent its None."""
     items = payload_bytes = ends = 0
     while ends < producers:
-        for item in queue.get_many(timeout=60, max_messages_to_get=4096):
+        for item in get_some():
             if item is None:
                 ends += 1
             else:
                 items += 1
                 payload_bytes += len(item)
-    elapsed_s = time.perf_counter() - start
-    _join(processes)
-    return items, payload_bytes, elapsed_s
+    return items, payload_bytes
 
 
 # ---- harness -----------------------------------------------------------------------------
