@@ -26,6 +26,7 @@ from engine._control import Control, control_path
 from engine._errors import Closed, PayloadTooLarge, RingFull
 from engine.wire import _codec
 from engine.wire.calls import (
+    CallStartRes,
     CompletedCallSchemaForInsert,
     EndedCallSchemaForInsert,
     StartedCallSchemaForInsert,
@@ -138,18 +139,18 @@ class Tracer:
 
     # -- the two wire-level entry points -------------------------------------------------
 
-    def call_start(self, start: StartedCallSchemaForInsert | dict[str, Any]) -> str:
-        """Enqueue a call start; fills ``id`` and ``trace_id`` when missing. Returns the id."""
+    def call_start(self, start: StartedCallSchemaForInsert | dict[str, Any]) -> CallStartRes:
+        """Enqueue a call start; a missing ``id`` / ``trace_id`` is made here (the caller's
+        Struct is not changed). Returns both ids, as the server's answer would."""
         if not isinstance(start, StartedCallSchemaForInsert):
             start = _convert(start, StartedCallSchemaForInsert)
-        if start.id is None:
-            start.id = _codec.uuid7()
-        if start.trace_id is None:
-            start.trace_id = _codec.uuid7()
+        if start.id is None or start.trace_id is None:
+            start = msgspec.structs.replace(start, id=start.id or _codec.uuid7(),
+                                            trace_id=start.trace_id or _codec.uuid7())
         payload = self._encode(start, start.id)
         self._write(_ring.KIND_START, start.project_id, _raw_id(start.id, "start.id"),
                     _raw_id(start.trace_id, "start.trace_id"), payload, 0, start.id)
-        return start.id
+        return CallStartRes(id=start.id, trace_id=start.trace_id)
 
     def call_end(self, end: EndedCallSchemaForInsert | dict[str, Any]) -> None:
         """Enqueue a call end (its start may come before or after, in any process)."""

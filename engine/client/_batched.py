@@ -65,15 +65,7 @@ class BatchedIngest:
 
     def call_start(self, req: Any) -> CallStartRes:
         start = coerce(req, CallStartReq).start
-        changes = {}
-        if start.id is None:
-            changes["id"] = _codec.uuid7()
-        if start.trace_id is None:
-            changes["trace_id"] = _codec.uuid7()
-        if changes:  # a copy: never fill in the caller's own Struct
-            start = msgspec.structs.replace(start, **changes)
-        self.tracer(start.project_id).call_start(start)
-        return CallStartRes(id=start.id, trace_id=start.trace_id)
+        return self.tracer(start.project_id).call_start(start)
 
     def call_end(self, req: Any) -> CallEndRes:
         end = coerce(req, CallEndReq).end

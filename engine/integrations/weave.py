@@ -97,9 +97,8 @@ def _engine_server_class() -> type:
             _ensure_engine(self.trace_server_url, _api_key_of(self._credentials))
 
         def call_start(self, req: Mapping[str, Any]) -> Any:
-            start = dict(req["start"])
-            call_id = _tracer_for(self).call_start(start)
-            return CallStartResponse(id=call_id, trace_id=start.get("trace_id") or call_id)
+            started = _tracer_for(self).call_start(dict(req["start"]))
+            return CallStartResponse(id=started.id, trace_id=started.trace_id)
 
         def call_end(self, req: Mapping[str, Any]) -> Any:
             _tracer_for(self).call_end(dict(req["end"]))
@@ -116,8 +115,8 @@ def _engine_server_class() -> type:
             results: list[dict[str, Any]] = []
             for entry in req["batch"]:
                 if entry["mode"] == "start":
-                    start = dict(entry["req"]["start"])
-                    results.append({"id": tracer.call_start(start), "trace_id": start.get("trace_id")})
+                    started = tracer.call_start(dict(entry["req"]["start"]))
+                    results.append({"id": started.id, "trace_id": started.trace_id})
                 else:
                     tracer.call_end(dict(entry["req"]["end"]))
                     results.append({})

@@ -103,8 +103,9 @@ def test_op_records_inputs_output_and_reraises_exceptions(eng):
 def test_call_start_and_end_accept_dicts_and_fill_missing_ids(eng):
     tracer = eng.producer()
     now = dt.datetime.now(dt.timezone.utc)
-    call_id = tracer.call_start({"project_id": PROJECT, "op_name": "op", "started_at": now,
+    started = tracer.call_start({"project_id": PROJECT, "op_name": "op", "started_at": now,
                                  "attributes": {}, "inputs": {"x": float("nan")}})
+    call_id = started.id
     tracer.call_end(EndedCallSchemaForInsert(project_id=PROJECT, id=call_id, ended_at=now,
                                              summary={}))
     start, end = decoded(drain(eng))
