@@ -38,7 +38,6 @@ __all__ = ["Tracer", "CallHandle", "current_call"]
 log = logging.getLogger("engine.producer")
 
 F = TypeVar("F", bound=Callable[..., Any])
-_ZERO_ID = bytes(16)
 FLAG_END_HAS_TRACE = 1  # the end carries trace_id and started_at (see the sender's headers)
 _ENVELOPE_BYTES = 64  # room for the batch envelope around the largest single item
 _live_tracers: weakref.WeakSet[Tracer] = weakref.WeakSet()
@@ -147,28 +146,22 @@ class Tracer:
         if start.id is None or start.trace_id is None:
             start = msgspec.structs.replace(start, id=start.id or _codec.uuid7(),
                                             trace_id=start.trace_id or _codec.uuid7())
-        payload = self._encode(start, start.id)
-        self._write(_ring.KIND_START, start.project_id, _raw_id(start.id, "start.id"),
-                    _raw_id(start.trace_id, "start.trace_id"), payload, 0, start.id)
+        self._put(_ring.KIND_START, 0, start, start.project_id, start.id, start.trace_id, "start")
         return CallStartRes(id=start.id, trace_id=start.trace_id)
 
     def call_end(self, end: EndedCallSchemaForInsert | dict[str, Any]) -> None:
         """Enqueue a call end (its start may come before or after, in any process)."""
         if not isinstance(end, EndedCallSchemaForInsert):
             end = _convert(end, EndedCallSchemaForInsert)
-        payload = self._encode(end, end.id)
-        trace_raw = _raw_id(end.trace_id, "end.trace_id") if end.trace_id else _ZERO_ID
         flags = FLAG_END_HAS_TRACE if end.trace_id and end.started_at else 0
-        self._write(_ring.KIND_END, end.project_id, _raw_id(end.id, "end.id"), trace_raw,
-                    payload, end_splice_offset(payload), end.id, flags)
+        self._put(_ring.KIND_END, flags, end, end.project_id, end.id, end.trace_id or None, "end",
+                  True)
 
     def call_complete(self, call: CompletedCallSchemaForInsert | dict[str, Any]) -> None:
         """Enqueue a finished call (start and end in one item, as ``calls/complete`` takes it)."""
         if not isinstance(call, CompletedCallSchemaForInsert):
             call = _convert(call, CompletedCallSchemaForInsert)
-        payload = self._encode(call, call.id)
-        self._write(_ring.KIND_COMPLETE, call.project_id, _raw_id(call.id, "call.id"),
-                    _raw_id(call.trace_id, "call.trace_id"), payload, 0, call.id)
+        self._put(_ring.KIND_COMPLETE, 0, call, call.project_id, call.id, call.trace_id, "call")
 
     # -- the ergonomic layer ---------------------------------------------------------------
 
@@ -215,8 +208,7 @@ class Tracer:
             display_name=handle.display_name, trace_id=trace_id, parent_id=parent_id,
             started_at=started_at, attributes=handle.attributes, inputs=handle.inputs,
         )
-        self._write(_ring.KIND_START, project, id_raw, trace_raw, self._encode(start, call_id), 0,
-                    call_id)
+        self._put(_ring.KIND_START, 0, start, project, id_raw, trace_raw, "start")
         handle._token = _current.set(handle)
 
     def finish(self, handle: CallHandle, exception: BaseException | None = None) -> None:
@@ -229,9 +221,8 @@ class Tracer:
             exception=None if exception is None else _describe(exception),
             output=handle.output, summary=handle.summary,
         )
-        payload = self._encode(end, handle.id)
-        self._write(_ring.KIND_END, handle._project, handle._id_raw, handle._trace_raw, payload,
-                    end_splice_offset(payload), handle.id, FLAG_END_HAS_TRACE)
+        self._put(_ring.KIND_END, FLAG_END_HAS_TRACE, end, handle._project, handle._id_raw,
+                  handle._trace_raw, "end", True)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -254,22 +245,41 @@ class Tracer:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _encode(self, item: msgspec.Struct, call_id: str) -> bytes:
-        payload = self._encoder.encode(item)
-        if _codec.Stringified.count != self._stringified_seen:
-            self._note_stringified()
-        if len(payload) > self._max_payload:
-            self._check_size(payload, call_id)
-        return payload
-
-    def _write(self, kind: int, project: str, call_raw: bytes, trace_raw: bytes,
-               payload: bytes, aux: int, call_id: str, flags: int = 0) -> None:
+    def _put(self, kind: int, flags: int, item: msgspec.Struct, project: str,
+             call_id: str | bytes, trace_id: str | bytes | None, what: str,
+             splice: bool = False) -> None:
+        """Encode ``item`` once and write it into this process's slot (one C call when the
+        accelerator is built). Ids are UUID text or raw bytes; ``what`` names the item in
+        errors (``start`` -> ``start.id``); ``splice``: an end, whose record carries the
+        offset where its payload fields begin."""
         project_b = self._projects.get(project) or self._project_bytes(project)
-        with self._lock:
-            writer = self._writer or self._claim()
-            if not writer.try_write(kind, flags, call_raw, trace_raw, project_b, payload, aux):
-                self._write_slow(
-                    writer, (kind, flags, call_raw, trace_raw, project_b, payload, aux), call_id)
+        try:
+            with self._lock:
+                writer = self._writer or self._claim()
+                code = writer.put(self._encoder, item, kind, flags, call_id, trace_id, project_b,
+                                  self._max_payload, splice)
+                if code != _ring.WRITTEN:
+                    self._put_slow(writer, code, item, kind, flags, project_b, call_id,
+                                   trace_id, what, splice)
+        finally:
+            if _codec.Stringified.count != self._stringified_seen:
+                self._note_stringified()
+
+    def _put_slow(self, writer: _ring.SlotWriter, code: int, item: msgspec.Struct, kind: int,
+                  flags: int, project_b: bytes, call_id: str | bytes,
+                  trace_id: str | bytes | None, what: str, splice: bool) -> None:
+        """Anything but a plain write: the doorbell, a full ring, or an error to raise."""
+        if code == _ring.WRITTEN_RING:
+            writer.outcome(code, project_b, b"", call_id, trace_id, what)
+            return
+        payload = self._encoder.encode(item)  # cold path: the bytes the put encoded
+        if code == _ring.OVER_MAX_PAYLOAD:
+            self._control_block().slot_add(writer.slot, "too_large")
+            raise PayloadTooLarge(_id_text(call_id), len(payload), self._max_payload)
+        aux = end_splice_offset(payload) if splice else 0  # raises if there is no ended_at
+        if not writer.outcome(code, project_b, payload, call_id, trace_id, what):
+            self._write_slow(writer, (kind, flags, call_id, trace_id, project_b, payload, aux),
+                             _id_text(call_id))
 
     def _write_slow(self, writer: _ring.SlotWriter, args: tuple, call_id: str) -> None:
         """The ring is full: wait up to max_block_ms, then apply the on_full policy."""
@@ -329,13 +339,6 @@ class Tracer:
         encoded = self._projects[project] = project.encode()
         return encoded
 
-    def _check_size(self, payload: bytes, call_id: str) -> None:
-        if self._writer is None:
-            self._claim()
-        if len(payload) > self._max_payload:
-            self._control_block().slot_add(self._writer.slot, "too_large")
-            raise PayloadTooLarge(call_id, len(payload), self._max_payload)
-
     def _note_stringified(self) -> None:
         delta = _codec.Stringified.count - self._stringified_seen
         self._stringified_seen = _codec.Stringified.count
@@ -394,15 +397,8 @@ def _spill(names: tuple[str, ...], args: tuple) -> dict[str, Any]:
     return inputs
 
 
-def _raw_id(text: str, field: str) -> bytes:
-    """The 16 bytes of a UUID id (ring headers carry ids raw); a clear error otherwise."""
-    try:
-        raw = _codec.uuid_bytes(text)
-    except (ValueError, AttributeError):
-        raw = b""
-    if len(raw) != 16:
-        raise ValueError(f"{field}: {text!r} is not a UUID (8-4-4-4-12 hex, e.g. from uuid7())")
-    return raw
+def _id_text(call_id: str | bytes) -> str:
+    return call_id if isinstance(call_id, str) else _codec.uuid_text(call_id)
 
 
 def _describe(exc: BaseException) -> str:

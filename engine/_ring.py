@@ -41,10 +41,12 @@ import os
 import struct
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from typing import NamedTuple
 
 from engine import _ring_files
+from engine._accel import native as _native
 
 KIND_PAD = 0
 KIND_START = 1
@@ -75,6 +77,12 @@ _S_READ, _S_RELEASED, _S_RECORDS_READ, _S_RECORDS_RELEASED = 8, 9, 10, 11
 _S_STATE, _S_PID, _S_START_TICKS, _S_TIMES_CLAIMED = 16, 17, 18, 19
 
 FREE, ACTIVE, CLOSING, DEAD = 0, 1, 2, 3
+# SlotWriter.raw_write codes (engine._native.RingWriter.try_write returns the same)
+WRITTEN, WRITTEN_RING, NO_ROOM = 1, 2, 0
+TOO_LARGE, BAD_CALL_ID, BAD_TRACE_ID = -1, -2, -3
+OVER_MAX_PAYLOAD, NO_SPLICE_KEY = -4, -5  # put() only
+_SPLICE_KEY = b'"ended_at":'  # as engine.wire.calls.end_splice_offset
+_ZERO_ID = bytes(16)
 _STATE_NAMES = {FREE: "free", ACTIVE: "active", CLOSING: "closing", DEAD: "dead"}
 
 _COPY_BYTES = 256 << 10  # per copy out of the ring: bounds the waste when budgets cut a read
@@ -142,6 +150,9 @@ class RingSet:
         self._words = memoryview(mm)[: _data_offset(spec.max_slots)].cast("Q")
         self._data_offset = _data_offset(spec.max_slots)
         self._closed = False
+        # native writers hold the mapping's buffer: given back before the mapping closes
+        self._writers: weakref.WeakSet[SlotWriter] = weakref.WeakSet()
+        self._readers: weakref.WeakSet[RingReader] = weakref.WeakSet()  # their doorbell fds
 
     @classmethod
     def create(cls, ring_bytes: int, max_slots: int) -> RingSet:
@@ -208,11 +219,15 @@ class RingSet:
     def writer(self) -> SlotWriter:
         """Claim a free slot for this process (cold path: takes the slot lock)."""
         slot = self._claim_slot()
-        return SlotWriter(self, slot)
+        writer = (NativeSlotWriter if _native else SlotWriter)(self, slot)
+        self._writers.add(writer)
+        return writer
 
     def reader(self) -> RingReader:
         """The consumer. There must be only one at a time; it starts at the release positions."""
-        return RingReader(self)
+        reader = RingReader(self)
+        self._readers.add(reader)
+        return reader
 
     def _claim_slot(self) -> int:
         pid = os.getpid()
@@ -288,6 +303,10 @@ class RingSet:
         if self._closed:
             return
         self._closed = True
+        for writer in list(self._writers):
+            writer.detach()
+        for reader in list(self._readers):
+            reader.close()
         self._words.release()
         self._mm.close()
 
@@ -307,6 +326,19 @@ _SUMMED_COUNTERS = (
     "full_waits",
     "doorbells",
 )
+
+
+def _id_bytes(value) -> bytes | None:
+    """A header id: raw bytes as they are, None as zeros, UUID text parsed; None if not one."""
+    if value is None:
+        return _ZERO_ID
+    if not isinstance(value, str):
+        return value
+    try:
+        raw = bytes.fromhex(value.replace("-", ""))
+    except ValueError:
+        return None
+    return raw if len(raw) == 16 and len(value) in (32, 36) else None
 
 
 def _pack_padding(mm: mmap.mmap, start: int) -> None:
@@ -359,7 +391,60 @@ class SlotWriter:
         self._header_bytes_rounding = self._header_bytes + 7
 
     def try_write(self, kind, flags, call_id, trace_id, project, payload, aux) -> bool:
-        """Append one record; False if there is not enough free space right now. Never blocks."""
+        """Append one record; False if there is not enough free space right now. Never blocks.
+
+        Ids are 16 raw bytes, UUID text or None (zeros). Raises ValueError for a record that
+        can never fit this ring or an id that is text but no UUID.
+        """
+        code = self.raw_write(kind, flags, call_id, trace_id, project, payload, aux)
+        return code == WRITTEN or self.outcome(code, project, payload, call_id, trace_id)
+
+    def raw_write(self, kind, flags, call_id, trace_id, project, payload, aux) -> int:
+        """``try_write`` as a code, the hot path's form: WRITTEN, WRITTEN_RING (written; the
+        caller must ring the doorbell), NO_ROOM, or a negative error (see ``outcome``)."""
+        call_raw = _id_bytes(call_id)
+        if call_raw is None:
+            return BAD_CALL_ID
+        trace_raw = _id_bytes(trace_id)
+        if trace_raw is None:
+            return BAD_TRACE_ID
+        if self._write_bytes(kind, flags, call_raw, trace_raw, project, payload, aux):
+            return WRITTEN
+        return NO_ROOM
+
+    def put(self, encoder, item, kind, flags, call_id, trace_id, project, max_payload,
+            splice) -> int:
+        """Encode ``item`` and write it: ``raw_write``'s codes, OVER_MAX_PAYLOAD (nothing
+        written) or, with ``splice`` (an end), NO_SPLICE_KEY; with ``splice`` the record's
+        aux is the offset of the ``"ended_at"`` key, where the end's payload fields begin."""
+        payload = encoder.encode(item)
+        if len(payload) > max_payload:
+            return OVER_MAX_PAYLOAD
+        aux = 0
+        if splice:
+            aux = payload.find(_SPLICE_KEY)
+            if aux < 0:
+                return NO_SPLICE_KEY
+        return self.raw_write(kind, flags, call_id, trace_id, project, payload, aux)
+
+    def outcome(self, code, project, payload, call_id, trace_id, what: str = "") -> bool:
+        """What a code other than WRITTEN means: True written, False no room; raises on errors.
+
+        ``what`` names the item in error messages (``start`` -> ``start.id``)."""
+        if code == WRITTEN_RING:
+            self._ring_doorbell()
+            return True
+        if code == NO_ROOM:
+            return False
+        if code == TOO_LARGE:
+            self._raise_too_large(len(project), len(payload))
+        if code in (BAD_CALL_ID, BAD_TRACE_ID):
+            field, text = ("id", call_id) if code == BAD_CALL_ID else ("trace_id", trace_id)
+            name = f"{what}.{field}" if what else field
+            raise ValueError(f"{name}: {text!r} is not a UUID (8-4-4-4-12 hex, e.g. from uuid7())")
+        return code == WRITTEN
+
+    def _write_bytes(self, kind, flags, call_id, trace_id, project, payload, aux) -> bool:
         if project != self._project:
             self._use_project(project)
         payload_len = len(payload)
@@ -398,7 +483,7 @@ class SlotWriter:
                 return False
         if wraps:
             self._skip_to_next_lap()
-        return self.try_write(kind, flags, call_id, trace_id, project, payload, aux)
+        return self._write_bytes(kind, flags, call_id, trace_id, project, payload, aux)
 
     def _skip_to_next_lap(self) -> None:
         # The padding becomes visible with the head published after the next record.
@@ -459,6 +544,13 @@ class SlotWriter:
             os.close(self._doorbell_fd)
             self._doorbell_fd = -1
 
+    def detach(self) -> None:
+        """The ring set is closing in this process: drop the doorbell fd (and, natively, the
+        mapping's buffer). The slot itself stays as it is."""
+        if self._doorbell_fd >= 0:
+            os.close(self._doorbell_fd)
+            self._doorbell_fd = -1
+
     def close(self) -> None:
         """Mark the slot closing; the reader frees it once everything is released.
 
@@ -471,6 +563,27 @@ class SlotWriter:
         if self._doorbell_fd >= 0:
             os.close(self._doorbell_fd)
             self._doorbell_fd = -1
+
+
+class NativeSlotWriter(SlotWriter):
+    """The same writer with framing, copy and publish done by ``engine._native`` (C).
+
+    Writes the same bytes; publishes the head with release semantics and fences before it
+    looks at the consumer's sleeping flag (no lost wakeup, also on weakly ordered CPUs).
+    """
+
+    def __init__(self, ring_set: RingSet, slot: int) -> None:
+        super().__init__(ring_set, slot)
+        self._native = _native.RingWriter(
+            ring_set._mm, self._base, self._ring_bytes, self._head_word * _U64,
+            self._records_word * _U64, self._released_word * _U64, _G_SLEEPING * _U64,
+        )
+        self.raw_write = self._native.try_write  # same codes as SlotWriter.raw_write
+        self.put = self._native.put  # same codes as SlotWriter.put
+
+    def detach(self) -> None:
+        super().detach()
+        self._native.release()
 
 
 class RingReader:
@@ -495,6 +608,7 @@ class RingReader:
         self._next_index = 0
         self._doorbell_fd = os.open(spec.doorbell_path, os.O_RDWR | os.O_NONBLOCK)
         # O_RDWR: the FIFO always has a writer, so it never reports hang-up (EOF) to poll.
+        self._close_doorbell = weakref.finalize(self, os.close, self._doorbell_fd)
         self._fence_lock = threading.Lock()
 
     def _word(self, slot: int, word: int) -> int:
@@ -542,10 +656,14 @@ class RingReader:
         limit = first + max_records
         while position < head and len(out) < limit and max_bytes > 0:
             offset = position % ring_bytes
-            # Copy a bounded readable region once and slice the records out of it.
-            span = min(head - position, ring_bytes - offset, _COPY_BYTES)
-            chunk = self._mm[base + offset : base + offset + span]
-            used = _parse(chunk, slot, position, out, limit, max_bytes)
+            if _native:  # slices records straight out of the mapping: one copy each
+                span = min(head - position, ring_bytes - offset)
+                used = _native.parse(self._mm, base + offset, base + offset + span, slot,
+                                     position, out, limit, max_bytes, Record)
+            else:  # copy a bounded readable region once and slice the records out of it
+                span = min(head - position, ring_bytes - offset, _COPY_BYTES)
+                chunk = self._mm[base + offset : base + offset + span]
+                used = _parse(chunk, slot, position, out, limit, max_bytes)
             if used == 0:  # padding, a short tail, or a record larger than the copy
                 used = self._read_large_record(slot, base, position, span, out)
             position += used
@@ -650,9 +768,9 @@ class RingReader:
                 pass
 
     def close(self) -> None:
-        if self._doorbell_fd >= 0:
-            os.close(self._doorbell_fd)
-            self._doorbell_fd = -1
+        """Close the doorbell (also done when the reader is garbage-collected)."""
+        self._close_doorbell()
+        self._doorbell_fd = -1
 
 
 def _parse(chunk: bytes, slot: int, position: int, out: list, limit: int, max_bytes: int) -> int:

@@ -18,7 +18,9 @@ pick_python() {
     return 1
 }
 
-want="$(sha256sum "$LOCK" "$ROOT/pyproject.toml" | sha256sum | cut -c1-16)"
+# the C accelerator is built at install time: a changed source must rebuild it
+want="$(sha256sum "$LOCK" "$ROOT/pyproject.toml" "$ROOT/setup.py" "$ROOT/engine/_native.c" |
+    sha256sum | cut -c1-16)"
 if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
     py="$(pick_python)"
     echo "engine: bootstrapping $VENV with $("$py" --version) from requirements.lock ..." >&2

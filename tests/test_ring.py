@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine import _ring_files
+from engine import _accel, _ring, _ring_files
 from engine._ring import (
     HEADER_BYTES,
     KIND_COMPLETE,
@@ -32,6 +32,18 @@ RING_BYTES = 4096
 PROJECT = b"entity/project"
 CALL_ID = bytes(range(16))
 TRACE_ID = bytes(range(16, 32))
+
+
+@pytest.fixture(autouse=True, params=["native", "python"])
+def implementation(request, monkeypatch):
+    """Every ring test runs on the C accelerator and on the pure-Python fallback."""
+    if request.param == "native":
+        if _accel.native is None:
+            pytest.skip("engine._native is not built here (no C compiler at install time?)")
+        monkeypatch.setattr(_ring, "_native", _accel.native)
+    else:
+        monkeypatch.setattr(_ring, "_native", None)
+    return request.param
 
 
 @pytest.fixture
@@ -383,6 +395,34 @@ def test_records_larger_than_one_copy_are_read_whole():
             assert _write(writer, payload)
             received.extend(_drain(reader))
         assert [r.payload for r in received] == payloads
+    finally:
+        rings.close()
+        rings.unlink()
+
+
+@pytest.mark.parametrize("writer_impl", ["native", "python"])
+def test_native_and_python_sides_read_each_others_records(writer_impl, implementation,
+                                                           monkeypatch):
+    """A C writer with a Python reader (and the reverse) agree on every byte of the format."""
+    if _accel.native is None:
+        pytest.skip("engine._native is not built here")
+    reader_native = _ring._native
+    rings = RingSet.create(RING_BYTES, 1)
+    try:
+        monkeypatch.setattr(_ring, "_native", _accel.native if writer_impl == "native" else None)
+        writer = rings.writer()
+        monkeypatch.setattr(_ring, "_native", reader_native)
+        reader = rings.reader()
+        sent, received = [], []
+        for index in range(200):  # several laps, padding records and short tails included
+            payload = os.urandom(index * 37 % 1400)
+            while not writer.try_write(KIND_END, index % 7, CALL_ID, TRACE_ID, PROJECT,
+                                       payload, index):
+                received.extend(_drain(reader))
+            sent.append((KIND_END, index % 7, CALL_ID, TRACE_ID, PROJECT, payload, index))
+        received.extend(_drain(reader))
+        assert [(r.kind, r.flags, r.call_id, r.trace_id, r.project, r.payload, r.aux)
+                for r in received] == sent
     finally:
         rings.close()
         rings.unlink()

@@ -10,6 +10,8 @@ from typing import Any
 
 import msgspec
 
+from engine._accel import native as _native
+
 UTC = _dt.timezone.utc
 
 
@@ -59,6 +61,13 @@ def uuid7_bytes() -> tuple[str, bytes]:
 def uuid_bytes(text: str) -> bytes:
     """16-byte binary form of a canonical UUID text (as carried in ring record headers)."""
     return bytes.fromhex(text.replace("-", ""))
+
+
+if _native is not None:  # same ids, made in C (~20x faster); reseeded in forked children
+    uuid7 = _native.uuid7  # noqa: F811
+    uuid7_bytes = _native.uuid7_bytes  # noqa: F811
+    uuid_bytes = _native.uuid_bytes  # noqa: F811
+    os.register_at_fork(after_in_child=_native.reseed)
 
 
 def uuid_text(raw: bytes) -> str:

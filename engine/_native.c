@@ -1,0 +1,636 @@
+/* engine._native: the hot loops of the ring and the producer, in C.
+ *
+ * Optional: engine/_ring.py and engine/wire/_codec.py fall back to their pure-Python
+ * versions when this module is not built (no compiler) or ENGINE_PURE_PYTHON=1 is set.
+ * Both implementations write and read the same bytes; the tests run both.
+ *
+ *   RingWriter   the producer side of one slot: frame, copy, publish (SlotWriter.try_write)
+ *   parse        the consumer side: slice whole records out of the mapping (ring._parse)
+ *   uuid7 / uuid7_bytes / uuid_bytes   ids without Python big-int arithmetic
+ *
+ * Record layout (little-endian, as ring.RECORD_HEADER "<BBHII4x16s16sQ"): kind u8, flags u8,
+ * project_len u16, payload_len u32, aux u32, 4 pad bytes, call_id 16, trace_id 16,
+ * enqueue_ns u64; then project, payload, zero padding to a multiple of 8.
+ *
+ * Memory ordering: the payload is copied, then the head is stored with release semantics,
+ * so a consumer that loads the head and then the bytes (acquire) sees the whole record.
+ * Between publishing the head and loading the consumer's "sleeping" flag a full fence
+ * orders the store before the load, which closes the lost-wakeup window the pure-Python
+ * writer (plain stores, x86-64 TSO) leaves to the consumer's bounded sleep.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/random.h>
+
+#if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "engine._native assumes a little-endian host (the ring format is little-endian)"
+#endif
+
+#define HEADER_BYTES 56
+#define KIND_PAD 0
+
+/* ---- ids ------------------------------------------------------------------------------ */
+
+/* xoshiro256** : ids need uniqueness, not secrecy (as in _codec: a private PRNG, reseeded
+ * from the OS after fork so a child never repeats its parent's sequence). */
+static uint64_t rng_state[4];
+
+static inline uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+static inline uint64_t rng_next(void) {
+    uint64_t *s = rng_state;
+    uint64_t result = rotl(s[1] * 5, 7) * 9;
+    uint64_t t = s[1] << 17;
+    s[2] ^= s[0]; s[3] ^= s[1]; s[1] ^= s[2]; s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = rotl(s[3], 45);
+    return result;
+}
+
+static int rng_seed(void) {
+    uint8_t *p = (uint8_t *)rng_state;
+    size_t got = 0;
+    while (got < sizeof(rng_state)) {
+        ssize_t n = getrandom(p + got, sizeof(rng_state) - got, 0);
+        if (n < 0) {
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
+        }
+        got += (size_t)n;
+    }
+    if (!(rng_state[0] | rng_state[1] | rng_state[2] | rng_state[3])) rng_state[0] = 1;
+    return 0;
+}
+
+static PyObject *native_reseed(PyObject *self, PyObject *unused) {
+    if (rng_seed() < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+static void make_uuid7(uint8_t raw[16]) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t ms = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+    uint64_t a = rng_next(), b = rng_next();
+    for (int i = 0; i < 6; i++) raw[i] = (uint8_t)(ms >> (40 - 8 * i));
+    raw[6] = (uint8_t)(0x70 | (a & 0x0F));  /* version 7 + 12 bits rand_a */
+    raw[7] = (uint8_t)(a >> 8);
+    raw[8] = (uint8_t)(0x80 | ((b >> 56) & 0x3F));  /* RFC 4122 variant + 62 bits rand_b */
+    for (int i = 9; i < 16; i++) raw[i] = (uint8_t)(b >> (8 * (15 - i)));
+}
+
+static const char HEX[] = "0123456789abcdef";
+
+static PyObject *uuid_text_of(const uint8_t raw[16]) {
+    PyObject *text = PyUnicode_New(36, 127);
+    if (text == NULL) return NULL;
+    Py_UCS1 *out = PyUnicode_1BYTE_DATA(text);
+    int j = 0;
+    for (int i = 0; i < 16; i++) {
+        if (i == 4 || i == 6 || i == 8 || i == 10) out[j++] = '-';
+        out[j++] = HEX[raw[i] >> 4];
+        out[j++] = HEX[raw[i] & 15];
+    }
+    return text;
+}
+
+static PyObject *native_uuid7(PyObject *self, PyObject *unused) {
+    uint8_t raw[16];
+    make_uuid7(raw);
+    return uuid_text_of(raw);
+}
+
+static PyObject *native_uuid7_bytes(PyObject *self, PyObject *unused) {
+    uint8_t raw[16];
+    make_uuid7(raw);
+    PyObject *text = uuid_text_of(raw);
+    if (text == NULL) return NULL;
+    PyObject *bytes = PyBytes_FromStringAndSize((const char *)raw, 16);
+    if (bytes == NULL) {
+        Py_DECREF(text);
+        return NULL;
+    }
+    PyObject *pair = PyTuple_New(2);
+    if (pair == NULL) {
+        Py_DECREF(text);
+        Py_DECREF(bytes);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(pair, 0, text);
+    PyTuple_SET_ITEM(pair, 1, bytes);
+    return pair;
+}
+
+static inline int hex_value(int c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+/* Canonical 8-4-4-4-12 text (either case) or 32 bare hex digits -> 16 bytes; -1 if neither. */
+static int parse_uuid(const char *s, Py_ssize_t n, uint8_t raw[16]) {
+    int dashed = (n == 36);
+    if (!dashed && n != 32) return -1;
+    if (dashed && (s[8] != '-' || s[13] != '-' || s[18] != '-' || s[23] != '-')) return -1;
+    Py_ssize_t k = 0;
+    for (int i = 0; i < 16; i++) {
+        if (dashed && (k == 8 || k == 13 || k == 18 || k == 23)) k++;
+        int hi = hex_value((unsigned char)s[k]), lo = hex_value((unsigned char)s[k + 1]);
+        if (hi < 0 || lo < 0) return -1;
+        raw[i] = (uint8_t)(hi << 4 | lo);
+        k += 2;
+    }
+    return 0;
+}
+
+static PyObject *native_uuid_bytes(PyObject *self, PyObject *text) {
+    if (!PyUnicode_Check(text)) {
+        PyErr_Format(PyExc_TypeError, "a UUID must be str, not %.100s", Py_TYPE(text)->tp_name);
+        return NULL;
+    }
+    Py_ssize_t n;
+    const char *s = PyUnicode_AsUTF8AndSize(text, &n);
+    if (s == NULL) return NULL;
+    uint8_t raw[16];
+    if (parse_uuid(s, n, raw) < 0) {
+        PyErr_Format(PyExc_ValueError, "%R is not a UUID", text);
+        return NULL;
+    }
+    return PyBytes_FromStringAndSize((const char *)raw, 16);
+}
+
+/* ---- the producer side of one ring slot ----------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    Py_buffer view;       /* the whole shared mapping; held until release() */
+    int has_view;
+    uint8_t *data;        /* this slot's ring_bytes of data */
+    uint64_t *head_word, *records_word, *released_word, *sleeping_word;
+    uint64_t ring_bytes, max_record_total;
+    uint64_t head, records, lap_end, limit;
+    PyObject *encoder, *encode_into;  /* the last encoder put() was given, and its method */
+    PyObject *scratch;    /* bytearray that put() encodes into (reused: no allocation) */
+    int busy;             /* put() is encoding: a re-entrant put() uses a fresh buffer */
+} RingWriter;
+
+static int writer_init(RingWriter *self, PyObject *args, PyObject *kwds) {
+    PyObject *mapping;
+    unsigned long long data_offset, ring_bytes, head_off, records_off, released_off, sleeping_off;
+    static char *names[] = {"mapping", "data_offset", "ring_bytes", "head_offset",
+                            "records_offset", "released_offset", "sleeping_offset", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OKKKKKK", names, &mapping, &data_offset,
+                                     &ring_bytes, &head_off, &records_off, &released_off,
+                                     &sleeping_off))
+        return -1;
+    if (self->has_view) {
+        PyErr_SetString(PyExc_RuntimeError, "RingWriter is already initialised");
+        return -1;
+    }
+    if (PyObject_GetBuffer(mapping, &self->view, PyBUF_WRITABLE) < 0) return -1;
+    self->has_view = 1;
+    uint64_t size = (uint64_t)self->view.len;
+    uint64_t offsets[] = {head_off, records_off, released_off, sleeping_off};
+    for (int i = 0; i < 4; i++) {
+        if (offsets[i] % 8 || offsets[i] + 8 > size) {
+            PyErr_SetString(PyExc_ValueError, "RingWriter: a word offset is outside the mapping");
+            return -1;
+        }
+    }
+    if (ring_bytes < 4096 || ring_bytes % 8 || data_offset + ring_bytes > size) {
+        PyErr_SetString(PyExc_ValueError, "RingWriter: the ring is outside the mapping");
+        return -1;
+    }
+    uint8_t *base = (uint8_t *)self->view.buf;
+    self->data = base + data_offset;
+    self->head_word = (uint64_t *)(base + head_off);
+    self->records_word = (uint64_t *)(base + records_off);
+    self->released_word = (uint64_t *)(base + released_off);
+    self->sleeping_word = (uint64_t *)(base + sleeping_off);
+    self->ring_bytes = ring_bytes;
+    self->max_record_total = (ring_bytes / 2) & ~(uint64_t)7;
+    self->head = __atomic_load_n(self->head_word, __ATOMIC_RELAXED);
+    self->records = __atomic_load_n(self->records_word, __ATOMIC_RELAXED);
+    self->lap_end = (self->head / ring_bytes + 1) * ring_bytes;
+    self->limit = __atomic_load_n(self->released_word, __ATOMIC_ACQUIRE) + ring_bytes;
+    return 0;
+}
+
+static void writer_release_view(RingWriter *self) {
+    if (self->has_view) {
+        PyBuffer_Release(&self->view);
+        self->has_view = 0;
+    }
+}
+
+static void writer_dealloc(RingWriter *self) {
+    writer_release_view(self);
+    Py_XDECREF(self->encoder);
+    Py_XDECREF(self->encode_into);
+    Py_XDECREF(self->scratch);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* An id for the header: 16 raw bytes as struct's "16s" (shorter ones zero-padded, longer
+ * ones cut), None as zeros, or UUID text parsed here. 1: ok, 0: text that is no UUID. */
+static int get_id(PyObject *obj, const char *what, uint8_t out[16]) {
+    if (PyBytes_Check(obj)) {
+        Py_ssize_t n = PyBytes_GET_SIZE(obj);
+        memset(out, 0, 16);
+        memcpy(out, PyBytes_AS_STRING(obj), (size_t)(n < 16 ? n : 16));
+        return 1;
+    }
+    if (obj == Py_None) {
+        memset(out, 0, 16);
+        return 1;
+    }
+    if (PyUnicode_Check(obj)) {
+        Py_ssize_t n;
+        const char *s = PyUnicode_AsUTF8AndSize(obj, &n);
+        if (s == NULL) {
+            PyErr_Clear();
+            return 0;
+        }
+        return parse_uuid(s, n, out) == 0;
+    }
+    PyErr_Format(PyExc_TypeError, "%s must be bytes, str or None, not %.100s", what,
+                 Py_TYPE(obj)->tp_name);
+    return -1;
+}
+
+/* Frame, copy and publish one record: 1 written, 2 written and the consumer sleeps, 0 no
+ * room now, -1 never fits this ring. */
+static long write_record(RingWriter *self, long kind, long flags, const uint8_t call_id[16],
+                         const uint8_t trace_id[16], const char *project, Py_ssize_t project_len,
+                         const void *payload, uint64_t payload_len, uint32_t aux) {
+    uint64_t size = (HEADER_BYTES + (uint64_t)project_len + payload_len + 7) & ~(uint64_t)7;
+    if (payload_len > 0xFFFFFFFFu || size > self->max_record_total) return -1;
+    uint64_t head = self->head;
+    int wraps = head + size > self->lap_end;
+    uint64_t end = wraps ? self->lap_end + size : head + size;
+    if (end > self->limit) {
+        self->limit = __atomic_load_n(self->released_word, __ATOMIC_ACQUIRE) + self->ring_bytes;
+        if (end > self->limit) return 0;
+    }
+    uint64_t ring_bytes = self->ring_bytes;
+    if (wraps) {
+        /* the padding becomes visible with the head published after this record */
+        uint64_t tail_room = self->lap_end - head;
+        if (tail_room >= HEADER_BYTES) memset(self->data + head % ring_bytes, 0, HEADER_BYTES);
+        head = self->lap_end;
+        self->lap_end += ring_bytes;
+    }
+    uint8_t *p = self->data + head % ring_bytes;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    uint64_t enqueue_ns = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+    uint16_t plen16 = (uint16_t)project_len;
+    uint32_t len32 = (uint32_t)payload_len, zero = 0;
+    p[0] = (uint8_t)kind;
+    p[1] = (uint8_t)flags;
+    memcpy(p + 2, &plen16, 2);
+    memcpy(p + 4, &len32, 4);
+    memcpy(p + 8, &aux, 4);
+    memcpy(p + 12, &zero, 4);
+    memcpy(p + 16, call_id, 16);
+    memcpy(p + 32, trace_id, 16);
+    memcpy(p + 48, &enqueue_ns, 8);
+    memcpy(p + HEADER_BYTES, project, (size_t)project_len);
+    memcpy(p + HEADER_BYTES + project_len, payload, (size_t)payload_len);
+    uint64_t used = HEADER_BYTES + (uint64_t)project_len + payload_len;
+    if (size > used) memset(p + used, 0, (size_t)(size - used));
+    self->head = head + size;
+    __atomic_store_n(self->head_word, self->head, __ATOMIC_RELEASE);
+    self->records += 1;
+    __atomic_store_n(self->records_word, self->records, __ATOMIC_RELAXED);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    return __atomic_load_n(self->sleeping_word, __ATOMIC_RELAXED) ? 2 : 1;
+}
+
+static int check_ready(RingWriter *self) {
+    if (!self->has_view) {
+        PyErr_SetString(PyExc_ValueError, "RingWriter is released");
+        return -1;
+    }
+    return 0;
+}
+
+/* The header fields common to try_write and put; returns 0, a negative code to hand back
+ * (-2 / -3: bad call / trace id) as *code, or -1 with an exception set. */
+static int header_args(PyObject *const *args, long *kind, long *flags, uint8_t call_id[16],
+                       uint8_t trace_id[16], PyObject *project, long *code) {
+    *kind = PyLong_AsLong(args[0]);
+    *flags = PyLong_AsLong(args[1]);
+    if (PyErr_Occurred()) return -1;
+    if (*kind < 0 || *kind > 255 || *flags < 0 || *flags > 255) {
+        PyErr_SetString(PyExc_ValueError, "record kind and flags must fit a byte");
+        return -1;
+    }
+    if (!PyBytes_Check(project) || PyBytes_GET_SIZE(project) > 0xFFFF) {
+        PyErr_SetString(PyExc_TypeError, "project must be bytes of at most 65535");
+        return -1;
+    }
+    int ok = get_id(args[2], "call_id", call_id);
+    if (ok <= 0) {
+        *code = -2;
+        return ok;
+    }
+    ok = get_id(args[3], "trace_id", trace_id);
+    if (ok <= 0) {
+        *code = -3;
+        return ok;
+    }
+    return 0;
+}
+
+/* try_write(kind, flags, call_id, trace_id, project, payload, aux) -> int
+ *   1: written; 2: written and the consumer sleeps (ring the doorbell); 0: no room now;
+ *  -1: the record can never fit this ring; -2 / -3: call_id / trace_id is text but no UUID
+ *  (the caller raises, naming the field). Ids: 16 raw bytes, UUID text or None. */
+static PyObject *writer_try_write(RingWriter *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "try_write takes 7 arguments");
+        return NULL;
+    }
+    if (check_ready(self) < 0) return NULL;
+    long kind, flags, code = 0;
+    uint8_t call_id[16], trace_id[16];
+    int bad = header_args(args, &kind, &flags, call_id, trace_id, args[4], &code);
+    if (bad < 0 && PyErr_Occurred()) return NULL;
+    if (code) return PyLong_FromLong(code);
+    unsigned long aux = PyLong_AsUnsignedLong(args[6]);
+    if (PyErr_Occurred()) return NULL;
+    if (aux > 0xFFFFFFFFul) {
+        PyErr_SetString(PyExc_ValueError, "aux must fit 32 bits");
+        return NULL;
+    }
+    Py_buffer payload;
+    if (PyObject_GetBuffer(args[5], &payload, PyBUF_SIMPLE) < 0) return NULL;
+    code = write_record(self, kind, flags, call_id, trace_id, PyBytes_AS_STRING(args[4]),
+                        PyBytes_GET_SIZE(args[4]), payload.buf, (uint64_t)payload.len,
+                        (uint32_t)aux);
+    PyBuffer_Release(&payload);
+    return PyLong_FromLong(code);
+}
+
+static const char SPLICE_KEY[] = "\"ended_at\":";
+#define SCRATCH_KEEP_BYTES (1 << 20)
+
+/* put(encoder, item, kind, flags, call_id, trace_id, project, max_payload, splice) -> int
+ * Encodes item with encoder.encode_into into a reused buffer and writes it: try_write's
+ * codes, plus -4 when the encoded item is over max_payload (nothing written) and -5 when
+ * splice is true but the encoding has no "ended_at" key. With splice, aux is the offset of
+ * that key (where an end's payload fields begin: see wire.calls.end_splice_offset). */
+static PyObject *writer_put(RingWriter *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 9) {
+        PyErr_SetString(PyExc_TypeError, "put takes 9 arguments");
+        return NULL;
+    }
+    if (check_ready(self) < 0) return NULL;
+    long kind, flags, code = 0;
+    uint8_t call_id[16], trace_id[16];
+    PyObject *encoder = args[0], *item = args[1];
+    if (header_args(args + 2, &kind, &flags, call_id, trace_id, args[6], &code) < 0 &&
+        PyErr_Occurred())
+        return NULL;
+    if (code) return PyLong_FromLong(code);
+    Py_ssize_t max_payload = PyLong_AsSsize_t(args[7]);
+    int splice = PyObject_IsTrue(args[8]);
+    if ((max_payload == -1 || splice < 0) && PyErr_Occurred()) return NULL;
+    if (encoder != self->encoder) {
+        PyObject *method = PyObject_GetAttrString(encoder, "encode_into");
+        if (method == NULL) return NULL;
+        Py_INCREF(encoder);
+        Py_XSETREF(self->encoder, encoder);
+        Py_XSETREF(self->encode_into, method);
+    }
+    PyObject *buffer;
+    int reentrant = self->busy;  /* an enc_hook that traces a call lands here */
+    if (reentrant || self->scratch == NULL) {
+        buffer = PyByteArray_FromStringAndSize(NULL, 0);
+        if (buffer == NULL) return NULL;
+        if (!reentrant) {
+            self->scratch = buffer;
+            Py_INCREF(buffer);
+        }
+    } else {
+        buffer = self->scratch;
+        Py_INCREF(buffer);
+    }
+    PyObject *method = self->encode_into;
+    Py_INCREF(method);
+    PyObject *call_args[2] = {item, buffer};
+    self->busy = 1;
+    PyObject *done = PyObject_Vectorcall(method, call_args, 2, NULL);
+    self->busy = reentrant;
+    Py_DECREF(method);
+    if (done == NULL) {
+        Py_DECREF(buffer);
+        return NULL;
+    }
+    Py_DECREF(done);
+    const char *payload = PyByteArray_AS_STRING(buffer);
+    Py_ssize_t payload_len = PyByteArray_GET_SIZE(buffer);
+    uint32_t aux = 0;
+    if (payload_len > max_payload) {
+        code = -4;
+    } else if (splice) {
+        const char *key = memmem(payload, (size_t)payload_len, SPLICE_KEY, sizeof(SPLICE_KEY) - 1);
+        if (key == NULL) code = -5;
+        else aux = (uint32_t)(key - payload);
+    }
+    if (code == 0) {
+        code = write_record(self, kind, flags, call_id, trace_id, PyBytes_AS_STRING(args[6]),
+                            PyBytes_GET_SIZE(args[6]), payload, (uint64_t)payload_len, aux);
+    }
+    /* one huge item must not pin its size in memory for the writer's whole life */
+    if (!reentrant && ((PyByteArrayObject *)buffer)->ob_alloc > SCRATCH_KEEP_BYTES)
+        Py_CLEAR(self->scratch);
+    Py_DECREF(buffer);
+    return PyLong_FromLong(code);
+}
+
+static PyObject *writer_release(RingWriter *self, PyObject *unused) {
+    writer_release_view(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *writer_get_head(RingWriter *self, void *closure) {
+    return PyLong_FromUnsignedLongLong(self->head);
+}
+
+static PyMethodDef writer_methods[] = {
+    {"try_write", (PyCFunction)(void (*)(void))writer_try_write, METH_FASTCALL,
+     "try_write(kind, flags, call_id, trace_id, project, payload, aux) -> 1, 2 (ring the "
+     "doorbell), 0 (no room now) or -1 (never fits)"},
+    {"put", (PyCFunction)(void (*)(void))writer_put, METH_FASTCALL,
+     "put(encoder, item, kind, flags, call_id, trace_id, project, max_payload, splice) -> "
+     "try_write's codes, -4 (over max_payload) or -5 (splice: no ended_at key)"},
+    {"release", (PyCFunction)writer_release, METH_NOARGS,
+     "Give the mapping's buffer back (before the mapping is closed)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef writer_getset[] = {
+    {"head", (getter)writer_get_head, NULL, "this writer's head position", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject RingWriterType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "engine._native.RingWriter",
+    .tp_basicsize = sizeof(RingWriter),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "The producer side of one ring slot (see engine._ring.SlotWriter).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)writer_init,
+    .tp_dealloc = (destructor)writer_dealloc,
+    .tp_methods = writer_methods,
+    .tp_getset = writer_getset,
+};
+
+/* ---- the consumer side: parse records out of the mapping ------------------------------ */
+
+static PyObject *new_record(PyTypeObject *type, PyObject *items[10]) {
+    PyObject *record = type->tp_alloc(type, 10);
+    if (record == NULL) return NULL;
+    for (int i = 0; i < 10; i++) PyTuple_SET_ITEM(record, i, items[i]);
+    return record;
+}
+
+/* parse(mapping, start, stop, slot, position, out, limit, max_bytes, record_type) -> used
+ * Appends the whole records of mapping[start:stop] that start within max_bytes, at most
+ * until len(out) == limit; stops at padding, at a tail shorter than a header and at a
+ * record cut by stop. Returns the bytes used (0: the caller tells those cases apart). */
+static PyObject *native_parse(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 9) {
+        PyErr_SetString(PyExc_TypeError, "parse takes 9 arguments");
+        return NULL;
+    }
+    Py_ssize_t start = PyLong_AsSsize_t(args[1]), stop = PyLong_AsSsize_t(args[2]);
+    Py_ssize_t limit = PyLong_AsSsize_t(args[6]), max_bytes = PyLong_AsSsize_t(args[7]);
+    unsigned long long position = PyLong_AsUnsignedLongLong(args[4]);
+    if (PyErr_Occurred()) return NULL;
+    PyObject *slot = args[3], *out = args[5];
+    PyTypeObject *record_type = (PyTypeObject *)args[8];
+    if (!PyList_Check(out) || !PyType_Check(args[8]) ||
+        !PyType_IsSubtype(record_type, &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "parse: out must be a list, record_type a tuple type");
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) return NULL;
+    if (start < 0 || stop < start || stop > view.len) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "parse: start/stop outside the mapping");
+        return NULL;
+    }
+    __atomic_thread_fence(__ATOMIC_ACQUIRE);  /* the caller loaded the head before this */
+    const uint8_t *chunk = (const uint8_t *)view.buf + start;
+    Py_ssize_t chunk_len = stop - start;
+    Py_ssize_t stop_at = chunk_len - HEADER_BYTES + 1;
+    if (max_bytes < 1) max_bytes = 1;
+    if (max_bytes < stop_at) stop_at = max_bytes;
+    Py_ssize_t offset = 0;
+    PyObject *last_project = NULL;
+    int failed = 0;
+    while (offset < stop_at && PyList_GET_SIZE(out) < limit) {
+        const uint8_t *h = chunk + offset;
+        if (h[0] == KIND_PAD) break;
+        uint16_t project_len;
+        uint32_t payload_len, aux;
+        uint64_t enqueue_ns;
+        memcpy(&project_len, h + 2, 2);
+        memcpy(&payload_len, h + 4, 4);
+        memcpy(&aux, h + 8, 4);
+        memcpy(&enqueue_ns, h + 48, 8);
+        Py_ssize_t project_start = offset + HEADER_BYTES;
+        Py_ssize_t payload_start = project_start + project_len;
+        Py_ssize_t payload_end = payload_start + (Py_ssize_t)payload_len;
+        if (payload_end > chunk_len) break;
+        Py_ssize_t next = (payload_end + 7) & ~(Py_ssize_t)7;
+        PyObject *project;
+        /* consecutive records mostly share a project: one object for all of them */
+        if (last_project != NULL && PyBytes_GET_SIZE(last_project) == project_len &&
+            memcmp(PyBytes_AS_STRING(last_project), chunk + project_start, project_len) == 0) {
+            project = last_project;
+            Py_INCREF(project);
+        } else {
+            project = PyBytes_FromStringAndSize((const char *)chunk + project_start, project_len);
+            last_project = project;
+        }
+        PyObject *items[10] = {
+            slot,
+            PyLong_FromUnsignedLongLong(position + (unsigned long long)next),
+            PyLong_FromLong(h[0]),
+            PyLong_FromLong(h[1]),
+            PyBytes_FromStringAndSize((const char *)h + 16, 16),
+            PyBytes_FromStringAndSize((const char *)h + 32, 16),
+            project,
+            PyBytes_FromStringAndSize((const char *)chunk + payload_start, payload_len),
+            PyLong_FromUnsignedLong(aux),
+            PyLong_FromUnsignedLongLong(enqueue_ns),
+        };
+        Py_INCREF(slot);
+        PyObject *record = NULL;
+        int ok = 1;
+        for (int i = 0; i < 10; i++) ok &= items[i] != NULL;
+        if (ok) record = new_record(record_type, items);
+        if (record == NULL) {
+            for (int i = 0; i < 10; i++) Py_XDECREF(items[i]);
+            failed = 1;
+            break;
+        }
+        int appended = PyList_Append(out, record);
+        Py_DECREF(record);
+        if (appended < 0) {
+            failed = 1;
+            break;
+        }
+        offset = next;
+    }
+    PyBuffer_Release(&view);
+    if (failed) return NULL;
+    return PyLong_FromSsize_t(offset);
+}
+
+/* ---- module --------------------------------------------------------------------------- */
+
+static PyMethodDef native_methods[] = {
+    {"uuid7", native_uuid7, METH_NOARGS, "A new UUIDv7 as lowercase 8-4-4-4-12 text."},
+    {"uuid7_bytes", native_uuid7_bytes, METH_NOARGS, "A new UUIDv7 as (text, 16 raw bytes)."},
+    {"uuid_bytes", native_uuid_bytes, METH_O, "16 raw bytes of a UUID text; ValueError if not one."},
+    {"reseed", native_reseed, METH_NOARGS, "Reseed the id generator from the OS (after fork)."},
+    {"parse", (PyCFunction)(void (*)(void))native_parse, METH_FASTCALL,
+     "parse(mapping, start, stop, slot, position, out, limit, max_bytes, record_type) -> used"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef native_module = {
+    PyModuleDef_HEAD_INIT, "engine._native",
+    "Hot loops of the ring and the producer (optional; pure-Python fallbacks exist).", -1,
+    native_methods,
+};
+
+PyMODINIT_FUNC PyInit__native(void) {
+    if (rng_seed() < 0) return NULL;
+    if (PyType_Ready(&RingWriterType) < 0) return NULL;
+    PyObject *module = PyModule_Create(&native_module);
+    if (module == NULL) return NULL;
+    Py_INCREF(&RingWriterType);
+    if (PyModule_AddObject(module, "RingWriter", (PyObject *)&RingWriterType) < 0) {
+        Py_DECREF(&RingWriterType);
+        Py_DECREF(module);
+        return NULL;
+    }
+    if (PyModule_AddIntConstant(module, "HEADER_BYTES", HEADER_BYTES) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
+}
