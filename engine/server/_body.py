@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hmac
 import zlib
-from typing import TypeVar
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, TypeVar
 
 import msgspec
 import zstandard
@@ -19,6 +21,9 @@ from aiohttp import StreamReader, web
 
 from engine.wire._codec import uuid7
 from engine.wire.calls import StartedCallSchemaForInsert
+
+if TYPE_CHECKING:
+    from engine.server._ingest_models import RawStartedCall
 
 T = TypeVar("T")
 
@@ -107,14 +112,23 @@ def _gunzip(raw: bytes, max_body_bytes: int) -> bytes:
     return bytes(out)
 
 
-def decode_json(body: bytes, type_: type[T]) -> T:
-    """Decode and validate: malformed JSON is a 400, a schema violation a 422 naming the path."""
+@contextlib.contextmanager
+def decode_errors() -> Iterator[None]:
+    """Malformed JSON (invalid UTF-8 too) is a 400, a schema violation a 422 naming the path."""
     try:
-        return msgspec.json.decode(body, type=type_)
+        yield
     except msgspec.ValidationError as exc:
         raise ApiError(422, f"invalid request body: {exc}") from None
     except msgspec.DecodeError as exc:
         raise ApiError(400, f"malformed JSON: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ApiError(400, f"malformed JSON: invalid UTF-8: {exc}") from None
+
+
+def decode_json(body: bytes, type_: type[T]) -> T:
+    """Decode and validate ``body`` as ``type_``, with the errors of :func:`decode_errors`."""
+    with decode_errors():
+        return msgspec.json.decode(body, type=type_)
 
 
 _AUTH_HEADERS = {"WWW-Authenticate": 'Basic realm="engine"'}
@@ -149,7 +163,7 @@ def check_same_project(project_id: str, path_project: str, field: str) -> None:
         )
 
 
-def fill_ids(start: StartedCallSchemaForInsert) -> dict[str, str]:
+def fill_ids(start: StartedCallSchemaForInsert | RawStartedCall) -> dict[str, str]:
     """Ids a client left out are assigned by the server, as the real one does."""
     if start.id is None:
         start.id = uuid7()

@@ -9,27 +9,17 @@ import msgspec
 from aiohttp import web
 
 from engine.server._body import ApiError, check_same_project, fill_ids, path_project
+from engine.server._ingest_models import (
+    RawBatch,
+    RawCallEndReq,
+    RawCallsCompleteReq,
+    RawCallStartReq,
+    RawEndBatchItem,
+)
 from engine.server._query_expr import InvalidExpr, compile_query
 from engine.server._reply import ok
-from engine.server._rows import (
-    InvalidQuery,
-    Page,
-    Selection,
-    complete_row,
-    end_row,
-    row_to_call,
-    start_row,
-)
+from engine.server._rows import InvalidQuery, Page, Selection, row_to_call
 from engine.server._state import check_project_id, state_of
-from engine.wire.calls import (
-    Batch,
-    CallEndReq,
-    CallEndV2Req,
-    CallStartReq,
-    CallStartV2Req,
-    CallsUpsertCompleteReq,
-    EndBatchItem,
-)
 from engine.wire.query import (
     CallReadReq,
     CallsDeleteReq,
@@ -44,23 +34,18 @@ _json = msgspec.json.Encoder()
 _QUERY_PAGE_ROWS = 1000
 
 
-
-
-
-
-
-
-
 # -- ingest -------------------------------------------------------------------------------
+# Bodies decode into the raw models of _ingest_models: the JSON-valued fields are checked,
+# not built into Python objects, and reach the store as the text the client sent.
 
 
 @routes.post("/call/start")
 async def call_start(request: web.Request) -> web.Response:
     state = state_of(request)
-    req = await state.decode(request, CallStartReq)
+    req = await state.decode_ingest(request, RawCallStartReq)
     check_project_id(req.start.project_id, "start.project_id")
     ids = fill_ids(req.start)
-    await state.store.write_calls([start_row(req.start)], [], [])
+    await state.store.write_calls([req.start], [], [])
     state.counters.calls_started += 1
     return ok(ids)
 
@@ -68,9 +53,9 @@ async def call_start(request: web.Request) -> web.Response:
 @routes.post("/call/end")
 async def call_end(request: web.Request) -> web.Response:
     state = state_of(request)
-    req = await state.decode(request, CallEndReq)
+    req = await state.decode_ingest(request, RawCallEndReq)
     check_project_id(req.end.project_id, "end.project_id")
-    await state.store.write_calls([], [end_row(req.end)], [])
+    await state.store.write_calls([], [req.end], [])
     state.counters.calls_ended += 1
     return ok({})
 
@@ -79,17 +64,17 @@ async def call_end(request: web.Request) -> web.Response:
 async def call_upsert_batch(request: web.Request) -> web.Response:
     """The seed's Batch of start/end items, stored in one transaction."""
     state = state_of(request)
-    req = await state.decode(request, Batch)
+    req = await state.decode_ingest(request, RawBatch)
     starts, ends, results = [], [], []
     for i, item in enumerate(req.batch):
-        if isinstance(item, EndBatchItem):
+        if isinstance(item, RawEndBatchItem):
             check_project_id(item.req.end.project_id, f"batch[{i}].req.end.project_id")
-            ends.append(end_row(item.req.end))
+            ends.append(item.req.end)
             results.append({})
         else:
             check_project_id(item.req.start.project_id, f"batch[{i}].req.start.project_id")
             results.append(fill_ids(item.req.start))
-            starts.append(start_row(item.req.start))
+            starts.append(item.req.start)
     await state.store.write_calls(starts, ends, [])
     state.counters.calls_started += len(starts)
     state.counters.calls_ended += len(ends)
@@ -99,11 +84,11 @@ async def call_upsert_batch(request: web.Request) -> web.Response:
 @routes.post("/v2/{entity}/{project}/calls/complete")
 async def calls_complete(request: web.Request) -> web.Response:
     state = state_of(request)
-    req = await state.decode(request, CallsUpsertCompleteReq)
+    req = await state.decode_ingest(request, RawCallsCompleteReq)
     project_id = path_project(request)
     for i, call in enumerate(req.batch):
         check_same_project(call.project_id, project_id, f"batch[{i}].project_id")
-    await state.store.write_calls([], [], [complete_row(c) for c in req.batch])
+    await state.store.write_calls([], [], req.batch)
     state.counters.calls_complete += len(req.batch)
     return ok({})
 
@@ -111,10 +96,10 @@ async def calls_complete(request: web.Request) -> web.Response:
 @routes.post("/v2/{entity}/{project}/call/start")
 async def call_start_v2(request: web.Request) -> web.Response:
     state = state_of(request)
-    req = await state.decode(request, CallStartV2Req)
+    req = await state.decode_ingest(request, RawCallStartReq)
     check_same_project(req.start.project_id, path_project(request), "start.project_id")
     ids = fill_ids(req.start)
-    await state.store.write_calls([start_row(req.start)], [], [])
+    await state.store.write_calls([req.start], [], [])
     state.counters.calls_started += 1
     return ok(ids)
 
@@ -122,9 +107,9 @@ async def call_start_v2(request: web.Request) -> web.Response:
 @routes.post("/v2/{entity}/{project}/call/end")
 async def call_end_v2(request: web.Request) -> web.Response:
     state = state_of(request)
-    req = await state.decode(request, CallEndV2Req)
+    req = await state.decode_ingest(request, RawCallEndReq)
     check_same_project(req.end.project_id, path_project(request), "end.project_id")
-    await state.store.write_calls([], [end_row(req.end)], [])
+    await state.store.write_calls([], [req.end], [])
     state.counters.calls_ended += 1
     return ok({})
 

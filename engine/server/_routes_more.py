@@ -28,7 +28,7 @@ from engine.server._digest import value_digest
 from engine.server._query_expr import order_key
 from engine.server._reply import now_us, ok, page_of, project_of, stream_jsonl
 from engine.server._routes_refs import parse_ref, resolve
-from engine.server._rows import Page, Selection, complete_row, from_us, to_us
+from engine.server._rows import Page, Selection, from_us, to_us
 from engine.server._state import state_of
 from engine.server._store_more import more_of, q_record_action_runs, q_storage_bytes, q_thread_turns
 from engine.wire._codec import uuid7
@@ -235,7 +235,7 @@ async def otel_export(request: web.Request) -> web.Response:
     else:
         raise ApiError(415, f"Content-Type {request.content_type!r}: send application/json or "
                             "application/x-protobuf")  # fmt: skip
-    calls = [complete_row(_span_call(project_id, span, i)) for i, span in enumerate(spans)]
+    calls = [_span_call(project_id, span, i) for i, span in enumerate(spans)]
     await state.store.write_calls([], [], calls)
     state.counters.calls_complete += len(calls)
     return ok({})
@@ -312,7 +312,7 @@ async def _track(request: web.Request, req: CompletionsCreateReq, response: dict
         attributes={"engine": {"echo_model": True}}, inputs=msgspec.to_builtins(req.inputs),
         output=response, summary={"usage": {req.inputs.model: usage}}, wb_user_id=req.wb_user_id,
     )  # fmt: skip
-    await state_of(request).store.write_calls([], [], [complete_row(call)])
+    await state_of(request).store.write_calls([], [], [call])
     return call_id
 
 

@@ -2,7 +2,9 @@
 
 Timestamps are stored as integer microseconds since the Unix epoch so that sorting and
 range comparisons are numeric; JSON-valued fields (inputs, output, summary, attributes,
-otel_dump) are stored as JSON text and sent back verbatim.
+otel_dump) are stored as JSON text and sent back verbatim. The ingest routes hand in their
+raw models (``engine.server._ingest_models``), whose JSON fields are copied as sent; the
+calls the server makes itself (OTel spans, tracked completions) hold Python values.
 """
 
 from __future__ import annotations
@@ -13,12 +15,22 @@ from typing import Any
 
 import msgspec
 
+from engine.server._ingest_models import (
+    RAW_NULL,
+    RawCompletedCall,
+    RawEndedCall,
+    RawStartedCall,
+)
 from engine.wire.calls import (
     CompletedCallSchemaForInsert,
     EndedCallSchemaForInsert,
     StartedCallSchemaForInsert,
 )
 from engine.wire.query import CallsFilter, SortBy
+
+Start = StartedCallSchemaForInsert | RawStartedCall
+End = EndedCallSchemaForInsert | RawEndedCall
+Complete = CompletedCallSchemaForInsert | RawCompletedCall
 
 START_COLUMNS = (
     "op_name", "display_name", "trace_id", "parent_id", "thread_id", "turn_id",
@@ -55,14 +67,16 @@ def from_us(value: int | None) -> _dt.datetime | None:
 
 
 def _json_text(value: Any) -> str:
+    """JSON text of a Python value; a ``msgspec.Raw`` is copied verbatim (msgspec encodes it so)."""
     return _json.encode(value).decode()
 
 
 def _opt_json_text(value: Any) -> str | None:
-    return None if value is None else _json_text(value)
+    """SQL NULL for a missing value: None in a typed model, JSON null in a raw one."""
+    return None if value is None or value == RAW_NULL else _json_text(value)
 
 
-def _start_fields(s: StartedCallSchemaForInsert | CompletedCallSchemaForInsert) -> tuple:
+def _start_fields(s: Start | Complete) -> tuple:
     return (
         s.op_name, s.display_name, s.trace_id, s.parent_id, s.thread_id, s.turn_id,
         to_us(s.started_at), _json_text(s.attributes), _json_text(s.inputs),
@@ -70,20 +84,20 @@ def _start_fields(s: StartedCallSchemaForInsert | CompletedCallSchemaForInsert) 
     )  # fmt: skip
 
 
-def _end_payload(e: EndedCallSchemaForInsert | CompletedCallSchemaForInsert) -> tuple:
+def _end_payload(e: End | Complete) -> tuple:
     return (to_us(e.ended_at), e.exception, _json_text(e.output), _json_text(e.summary),
             e.wb_run_step_end)  # fmt: skip
 
 
-def start_row(s: StartedCallSchemaForInsert) -> tuple:
+def start_row(s: Start) -> tuple:
     return (s.project_id, s.id, *_start_fields(s))
 
 
-def end_row(e: EndedCallSchemaForInsert) -> tuple:
+def end_row(e: End) -> tuple:
     return (e.project_id, e.id, e.trace_id, to_us(e.started_at), *_end_payload(e))
 
 
-def complete_row(c: CompletedCallSchemaForInsert) -> tuple:
+def complete_row(c: Complete) -> tuple:
     return (c.project_id, c.id, *_start_fields(c), *_end_payload(c))
 
 

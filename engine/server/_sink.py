@@ -6,14 +6,14 @@ empty store would.
 
 from __future__ import annotations
 
-from engine.server._rows import Page, Selection
+from engine.server._rows import Complete, End, Page, Selection, Start
 
 
 class CountSink:
     kind = "count"
 
-    async def write_calls(self, starts: list[tuple], ends: list[tuple], completes: list[tuple]):
-        return None
+    async def write_calls(self, starts: list[Start], ends: list[End], completes: list[Complete]):
+        return None  # keeps nothing, so builds no rows (SQLiteStore builds its own)
 
     async def delete_calls(self, project_id: str, call_ids: list[str]) -> int:
         return 0

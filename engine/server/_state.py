@@ -8,6 +8,7 @@ import msgspec
 from aiohttp import web
 
 from engine.server._body import ApiError, decode_json, read_body
+from engine.server._ingest_models import Req, decode_ingest
 
 DEFAULT_ENTITY = "engine"
 
@@ -31,11 +32,19 @@ class ServerState:
         self.counters = Counters()
         self.projects: set[tuple[str, str]] = set()  # created through GraphQL upsertModel
 
-    async def decode(self, request: web.Request, type_: type) -> Any:
+    async def read(self, request: web.Request) -> bytes:
+        """The body, limited and decompressed, counted in ``counters``."""
         body = await read_body(request, self.max_body_bytes)
         self.counters.requests += 1
         self.counters.body_bytes += len(body)
-        return decode_json(body, type_)
+        return body
+
+    async def decode(self, request: web.Request, type_: type) -> Any:
+        return decode_json(await self.read(request), type_)
+
+    async def decode_ingest(self, request: web.Request, type_: type[Req]) -> Req:
+        """A call-ingest body as its raw model (:mod:`engine.server._ingest_models`)."""
+        return decode_ingest(await self.read(request), type_)
 
 
 STATE = web.AppKey("engine_server_state", ServerState)

@@ -20,8 +20,14 @@ from engine.server._rows import (
     COMPLETE_COLUMNS,
     END_COLUMNS,
     START_COLUMNS,
+    Complete,
+    End,
     Page,
     Selection,
+    Start,
+    complete_row,
+    end_row,
+    start_row,
 )
 
 T = TypeVar("T")
@@ -113,15 +119,19 @@ class SQLiteStore:
 
     # -- writes -------------------------------------------------------------------------
 
-    async def write_calls(self, starts: list[tuple], ends: list[tuple], completes: list[tuple]):
-        """Upsert rows (tuples in the ``_rows`` column order) in one transaction."""
+    async def write_calls(self, starts: list[Start], ends: list[End], completes: list[Complete]):
+        """Upsert calls in one transaction; rows are built on the writer thread, off the loop."""
         await self._on(self._writer, self._write_calls, starts, ends, completes)
 
-    def _write_calls(self, starts: list[tuple], ends: list[tuple], completes: list[tuple]):
+    def _write_calls(self, starts: list[Start], ends: list[End], completes: list[Complete]):
         with self._transaction():
-            for sql, rows in ((_START_SQL, starts), (_END_SQL, ends), (_COMPLETE_SQL, completes)):
-                if rows:
-                    self._wconn.executemany(sql, rows)
+            for sql, to_row, calls in (
+                (_START_SQL, start_row, starts),
+                (_END_SQL, end_row, ends),
+                (_COMPLETE_SQL, complete_row, completes),
+            ):
+                if calls:
+                    self._wconn.executemany(sql, map(to_row, calls))
 
     def _transaction(self):
         return Transaction(self._wconn)
