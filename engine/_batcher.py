@@ -17,12 +17,17 @@ Three pieces, all synchronous and unit-testable without a server:
 from __future__ import annotations
 
 import collections
+import itertools
+import operator
 import time
 from collections.abc import Callable, Iterable, Iterator
+from typing import NamedTuple
 
 from engine import _ring
 from engine._producer import FLAG_END_HAS_TRACE
 from engine.wire._codec import uuid7
+
+_KIND_START, _KIND_END, _KIND_COMPLETE = _ring.KIND_START, _ring.KIND_END, _ring.KIND_COMPLETE
 
 UPSERT_ROUTE = "/call/upsert_batch"
 _BATCH_PREFIX = b'{"batch":['
@@ -36,112 +41,164 @@ _V2_END = b'{"end":'
 _V2_CLOSE = b"}"
 
 
-_route_cache: dict[tuple[bytes, str], str] = {}
+# project -> route, per route kind: made once per project (the hot path asks per item)
+_COMPLETE_ROUTES: dict[bytes, str] = {}
+_V2_START_ROUTES: dict[bytes, str] = {}
+_V2_END_ROUTES: dict[bytes, str] = {}
 
 
-def _v2_route(project: bytes, suffix: str) -> str:
-    """``/v2/{entity}/{project}/<suffix>``, made once per project (the hot path asks often)."""
-    route = _route_cache.get((project, suffix))
+def _v2_route(cache: dict[bytes, str], project: bytes, suffix: str) -> str:
+    """``/v2/{entity}/{project}/<suffix>``, remembered in ``cache``."""
+    route = cache.get(project)
     if route is None:
-        route = _route_cache[(project, suffix)] = f"/v2/{project.decode()}/{suffix}"
+        route = cache[project] = f"/v2/{project.decode()}/{suffix}"
     return route
 
 
 def complete_route(project: bytes) -> str:
-    return _v2_route(project, "calls/complete")
+    return _v2_route(_COMPLETE_ROUTES, project, "calls/complete")
 
 
 def v2_start_route(project: bytes) -> str:
-    return _v2_route(project, "call/start")
+    return _v2_route(_V2_START_ROUTES, project, "call/start")
 
 
 def v2_end_route(project: bytes) -> str:
-    return _v2_route(project, "call/end")
+    return _v2_route(_V2_END_ROUTES, project, "call/end")
 
 
-class UnknownRecord(ValueError):
-    """A ring record of a kind this sender cannot route."""
+# A ref names one record read from a ring: its index in that ring's read sequence, shifted
+# left, or'ed with its slot. One int per record instead of an object keeps the per-record
+# bookkeeping to list and bytearray operations.
+_SLOT_BITS = 16
+_SLOT_MASK = (1 << _SLOT_BITS) - 1
+_END_POS = operator.attrgetter("end_pos")
+_SLOT = operator.attrgetter("slot")
 
 
-class Token:
-    """One ring record waiting to be acknowledged."""
+class _Lane:
+    """One ring's records read and not yet released, in read order."""
 
-    __slots__ = ("slot", "end_pos", "done")
+    __slots__ = ("ends", "done", "base")
 
-    def __init__(self, slot: int, end_pos: int) -> None:
-        self.slot = slot
-        self.end_pos = end_pos
-        self.done = False
+    def __init__(self, base: int) -> None:
+        self.ends: list[int] = []  # end positions
+        self.done = bytearray()  # 1 once the record is settled
+        self.base = base  # read index of ends[0]
 
 
 class ReleaseTracker:
-    """Per ring, the records read but not yet released, in read order."""
+    """Per ring, the records read but not yet released, in read order.
 
-    def __init__(self, release: callable) -> None:
+    ``track`` names each record read with a ref; ``ack`` marks refs settled and releases each
+    ring up to the end of its longest settled prefix, so release stays contiguous per ring
+    whatever order the acknowledgements come in. Refs belong to the tracker that made them.
+    """
+
+    def __init__(self, release: Callable[[int, int], None]) -> None:
         self._release = release  # RingReader.release(slot, end_pos)
-        self._queues: dict[int, collections.deque[Token]] = collections.defaultdict(collections.deque)
+        self._lanes: dict[int, _Lane] = {}
+        # read indexes go on growing when a slot is reused, so a late ref can never name a
+        # record of the slot's next producer
+        self._next_index: dict[int, int] = {}
         self.released_pos: dict[int, int] = {}
         self.read_pos: dict[int, int] = {}
 
-    def track(self, slot: int, end_pos: int) -> Token:
-        token = Token(slot, end_pos)
-        self._queues[slot].append(token)
-        self.read_pos[slot] = end_pos
-        return token
+    def track(self, records: list[_ring.Record]) -> list[int]:
+        """Refs for ``records`` (read order within each ring), one per record."""
+        refs: list[int] = []
+        for slot, run in itertools.groupby(records, _SLOT):
+            ends = list(map(_END_POS, run))
+            lane = self._lanes.get(slot) or self._new_lane(slot)
+            first = lane.base + len(lane.ends)
+            lane.ends += ends
+            lane.done += bytes(len(ends))
+            refs += range(first << _SLOT_BITS | slot, (first + len(ends)) << _SLOT_BITS | slot,
+                          1 << _SLOT_BITS)
+            self.read_pos[slot] = ends[-1]
+        return refs
 
-    def ack(self, tokens: Iterable[Token]) -> None:
-        slots = set()
-        for token in tokens:
-            token.done = True
-            slots.add(token.slot)
-        for slot in slots:
-            self._advance(slot)
+    def _new_lane(self, slot: int) -> _Lane:
+        if not 0 <= slot <= _SLOT_MASK:
+            raise ValueError(f"ring slot {slot} does not fit a ref (at most {_SLOT_MASK})")
+        lane = self._lanes[slot] = _Lane(self._next_index.pop(slot, 0))
+        return lane
 
-    def _advance(self, slot: int) -> None:
-        queue = self._queues[slot]
-        last = None
-        while queue and queue[0].done:
-            last = queue.popleft()
-        if last is not None:
-            self.released_pos[slot] = last.end_pos
-            self._release(slot, last.end_pos)
+    def ack(self, refs: Iterable[int]) -> None:
+        """Mark ``refs`` settled and release what that makes contiguous. A ref already
+        released (acknowledged before) changes nothing."""
+        lanes = self._lanes
+        slot_mask, slot_bits = _SLOT_MASK, _SLOT_BITS
+        for ref in refs:
+            lane = lanes.get(ref & slot_mask)
+            if lane is not None:
+                index = (ref >> slot_bits) - lane.base
+                if index >= 0:
+                    lane.done[index] = 1
+        for slot, lane in lanes.items():
+            self._advance(slot, lane)
 
-    def unreleased_bytes(self, slot: int) -> int:
-        queue = self._queues.get(slot)
-        if not queue:
-            return 0
-        return self.read_pos[slot] - queue[0].end_pos
+    def _advance(self, slot: int, lane: _Lane) -> None:
+        settled = lane.done.find(0)
+        if settled < 0:
+            settled = len(lane.done)
+        if settled:
+            end_pos = lane.ends[settled - 1]
+            del lane.ends[:settled], lane.done[:settled]
+            lane.base += settled
+            self.released_pos[slot] = end_pos
+            self._release(slot, end_pos)
 
     def pending(self) -> int:
-        return sum(len(q) for q in self._queues.values())
+        return sum(len(lane.ends) for lane in self._lanes.values())
 
     def forget_slot(self, slot: int) -> None:
-        self._queues.pop(slot, None)
+        lane = self._lanes.pop(slot, None)
+        if lane is not None:
+            self._next_index[slot] = lane.base + len(lane.ends)
         self.read_pos.pop(slot, None)
         self.released_pos.pop(slot, None)
 
 
-class Item:
-    """One deliverable element of a request body and the ring records (tokens) it settles.
+class Item(NamedTuple):
+    """One deliverable element of a request body and the ring records (refs) it settles.
 
-    It keeps only what delivery needs, not the records themselves: their payloads are freed
-    once the item's bytes are made, so memory holds each body once.
+    It keeps only what delivery needs, not the records themselves. Its bytes stay in pieces
+    that the body's one join copies: an upsert item holds its record's payload between the
+    wrapper's bytes, a complete item the start without its ``}`` and the end from its splice
+    offset. The last piece is the ``,`` that separates it from the next item of a body. A
+    tuple, built with ``tuple.__new__`` on the hot path: one allocation per item.
     """
 
-    __slots__ = ("data", "tokens", "route", "single", "call_id", "project", "trace_id",
-                 "enqueue_ns", "ends_carry_trace")
+    parts: tuple[bytes, ...]
+    size: int  # bytes of the item itself, its separator not counted
+    refs: tuple[int, ...]
+    route: str
+    single: bool  # v2 call/start and call/end: one item, no batch envelope
+    call_id: bytes  # these four from the start, when the item carries one
+    project: bytes
+    trace_id: bytes
+    enqueue_ns: int
+    ends_carry_trace: bool  # no end, or every end has trace_id+started_at
 
-    def __init__(self, data: bytes, first: _ring.Record, tokens: tuple[Token, ...], route: str,
-                 single: bool = False, ends_carry_trace: bool = True) -> None:
-        self.data = data
-        self.tokens = tokens
-        self.route = route
-        self.single = single  # v2 call/start and call/end: one item, no batch envelope
-        self.call_id = first.call_id  # first: the start, when the item carries one
-        self.project = first.project
-        self.trace_id = first.trace_id
-        self.enqueue_ns = first.enqueue_ns
-        self.ends_carry_trace = ends_carry_trace  # no end, or every end has trace_id+started_at
+    @property
+    def data(self) -> bytes:
+        """The item's JSON in one piece (a copy: for a single request or a dead letter)."""
+        return b"".join(self.parts[:-1])
+
+
+def _item(parts: tuple[bytes, ...], first: _ring.Record, refs: tuple[int, ...], route: str,
+          single: bool = False, ends_carry_trace: bool = True) -> Item:
+    """An item of one record's payload wrapped in ``parts`` (ending with the separator)."""
+    size = sum(map(len, parts)) - 1
+    return _new_tuple(Item, (parts, size, refs, route, single, first.call_id, first.project,
+                             first.trace_id, first.enqueue_ns, ends_carry_trace))
+
+
+_new_tuple = tuple.__new__
+_ITEM_REFS = operator.attrgetter("refs")
+_ITEM_PARTS = operator.attrgetter("parts")
+_SEPARATOR = b","
 
 
 class Batch:
@@ -154,7 +211,7 @@ class Batch:
         self.route = route
         self.target_bytes = target_bytes  # the size it was cut at (0: made by a split)
         self.items: list[Item] = items or []
-        self.size_bytes = _ENVELOPE_BYTES + sum(len(i.data) + 1 for i in self.items)
+        self.size_bytes = _ENVELOPE_BYTES + sum(i.size + 1 for i in self.items)
         self.retry_id = uuid7()
         self.attempts = 0
         self.created_s = time.monotonic()
@@ -162,12 +219,17 @@ class Batch:
 
     def add(self, item: Item) -> None:
         self.items.append(item)
-        self.size_bytes += len(item.data) + 1
+        self.size_bytes += item.size + 1
 
     def body(self) -> bytes:
         if len(self.items) == 1 and self.items[0].single:
             return self.items[0].data
-        return b"".join((_BATCH_PREFIX, b",".join(i.data for i in self.items), _BATCH_SUFFIX))
+        # One join of every item's pieces: the body's megabytes are copied once. The last
+        # item's separator gives way to the envelope's end.
+        pieces = [_BATCH_PREFIX]
+        pieces += itertools.chain.from_iterable(map(_ITEM_PARTS, self.items))
+        pieces[-1] = _BATCH_SUFFIX
+        return b"".join(pieces)
 
     def halves(self) -> tuple[Batch, Batch]:
         mid = len(self.items) // 2
@@ -181,16 +243,15 @@ class Batch:
         pieces: list[Batch] = []
         current = Batch(self.route)
         for item in self.items:
-            if current.items and current.size_bytes + len(item.data) + 1 > max_bytes:
+            if current.items and current.size_bytes + item.size + 1 > max_bytes:
                 pieces.append(current)
                 current = Batch(self.route)
             current.add(item)
         pieces.append(current)
         return pieces if len(pieces) > 1 or len(self.items) == 1 else list(self.halves())
 
-    def tokens(self) -> Iterator[Token]:
-        for item in self.items:
-            yield from item.tokens
+    def refs(self) -> Iterator[int]:
+        return itertools.chain.from_iterable(map(_ITEM_REFS, self.items))
 
     def __len__(self) -> int:
         return len(self.items)
@@ -203,74 +264,108 @@ class Router:
         self.mode = mode
         self.max_item_bytes = max_item_bytes
         # complete mode: records waiting for their partner, by raw call id (insertion ordered)
-        self.pending_starts: dict[tuple[bytes, bytes], tuple[_ring.Record, Token, float]] = {}
-        self.pending_ends: dict[tuple[bytes, bytes], tuple[_ring.Record, Token, float]] = {}
+        self.pending_starts: dict[tuple[bytes, bytes], tuple[_ring.Record, int, float]] = {}
+        self.pending_ends: dict[tuple[bytes, bytes], tuple[_ring.Record, int, float]] = {}
         # starts sent on their own: their end goes to v2 call/end (bounded, oldest evicted)
         self.started_alone: collections.OrderedDict[tuple[bytes, bytes], None] = collections.OrderedDict()
         self.started_alone_max = 1_000_000
-        self.extra: list[Item] = []  # items made beside the one ``route`` returns
+        # records of a kind no route carries, with their refs and why: the caller dead-letters them
+        self.unroutable: list[tuple[_ring.Record, int, str]] = []
         self.eager_starts = 0
         self.spliced = 0
 
-    def route(self, record: _ring.Record, token: Token) -> Item | None:
+    def route(self, records: list[_ring.Record], refs: list[int]) -> list[Item]:
+        """Items for ``records`` (``refs`` from :meth:`ReleaseTracker.track`), in read order.
+
+        A record waiting for its partner makes no item yet; one of an unknown kind goes to
+        ``unroutable``.
+        """
+        items: list[Item] = []
+        if self.mode == "upsert":
+            for record, ref in zip(records, refs):
+                self._direct(items, record, ref)
+        else:
+            self._route_complete(items, records, refs)
+        return items
+
+    def _route_complete(self, items: list[Item], records: list[_ring.Record],
+                        refs: list[int]) -> None:
+        """Pair starts with ends and splice each pair into one item.
+
+        One loop with local names and the splice inline: it runs for every record.
+        """
+        starts, ends, started_alone = self.pending_starts, self.pending_ends, self.started_alone
+        max_item_bytes = self.max_item_bytes
+        spliced = 0
+        now = time.monotonic()  # the whole read arrived at once
+        for record, ref in zip(records, refs):
+            kind = record.kind
+            if kind == _KIND_END:
+                key = (record.project, record.call_id)
+                waiting = starts.pop(key, None)
+                if waiting is None:
+                    if key in started_alone:
+                        del started_alone[key]
+                        items.append(self._v2_end(record, ref))
+                    else:
+                        ends[key] = (record, ref, now)
+                    continue
+                start, start_ref, _seen = waiting
+                end, end_ref = record, ref
+            elif kind == _KIND_START:
+                key = (record.project, record.call_id)
+                waiting = ends.pop(key, None)
+                if waiting is None:
+                    starts[key] = (record, ref, now)
+                    continue
+                start, start_ref = record, ref
+                end, end_ref, _seen = waiting
+            else:
+                self._direct(items, record, ref)
+                continue
+            start_payload, end_payload, splice = start.payload, end.payload, end.aux
+            size = len(start_payload) + len(end_payload) - splice  # "}" makes way for ","
+            if size > max_item_bytes:  # too big together: each goes alone (the server merges them)
+                items.append(self._v2_start(start, start_ref))
+                items.append(self._v2_end(end, end_ref))
+                continue
+            project = start.project
+            spliced += 1
+            items.append(_new_tuple(Item, (
+                (start_payload[:-1], _SEPARATOR, end_payload[splice:], _SEPARATOR), size,
+                (start_ref, end_ref), _COMPLETE_ROUTES.get(project) or complete_route(project),
+                False, start.call_id, project, start.trace_id, start.enqueue_ns, True)))
+        self.spliced += spliced
+
+    def _direct(self, items: list[Item], record: _ring.Record, ref: int) -> None:
         kind = record.kind
-        if self.mode == "upsert" or kind == _ring.KIND_COMPLETE:
-            return self._direct(record, token)
-        key = (record.project, record.call_id)
-        if kind == _ring.KIND_START:
-            end = self.pending_ends.pop(key, None)
-            if end is None:
-                self.pending_starts[key] = (record, token, time.monotonic())
-                return None
-            return self._pair(record, token, end[0], end[1])
-        if kind == _ring.KIND_END:
-            start = self.pending_starts.pop(key, None)
-            if start is not None:
-                return self._pair(start[0], start[1], record, token)
-            if key in self.started_alone:
-                del self.started_alone[key]
-                return self._v2_end(record, token)
-            self.pending_ends[key] = (record, token, time.monotonic())
-            return None
-        return self._direct(record, token)
+        if kind == _KIND_START:
+            parts = (_UPSERT_START, record.payload, _UPSERT_CLOSE, _SEPARATOR)
+            items.append(_item(parts, record, (ref,), UPSERT_ROUTE))
+        elif kind == _KIND_END:
+            parts = (_UPSERT_END, record.payload, _UPSERT_CLOSE, _SEPARATOR)
+            items.append(_item(parts, record, (ref,), UPSERT_ROUTE,
+                               ends_carry_trace=bool(record.flags & FLAG_END_HAS_TRACE)))
+        elif kind == _KIND_COMPLETE:
+            items.append(_item((record.payload, _SEPARATOR), record, (ref,),
+                               complete_route(record.project)))
+        else:
+            self.unroutable.append((record, ref, f"record kind {kind} has no route "
+                                                 "(written by a newer producer?)"))
 
-    def _pair(self, start: _ring.Record, start_token: Token, end: _ring.Record,
-              end_token: Token) -> Item:
-        size = len(start.payload) + len(end.payload) - end.aux
-        if size > self.max_item_bytes:
-            # too big together: each goes alone (the server merges them)
-            self.extra.append(self._v2_end(end, end_token))
-            return self._v2_start(start, start_token)
-        data = b"".join((start.payload[:-1], b",", end.payload[end.aux:]))
-        self.spliced += 1
-        return Item(data, start, (start_token, end_token), complete_route(start.project))
-
-    def _direct(self, record: _ring.Record, token: Token) -> Item:
-        kind = record.kind
-        if kind == _ring.KIND_START:
-            data = b"".join((_UPSERT_START, record.payload, _UPSERT_CLOSE))
-            return Item(data, record, (token,), UPSERT_ROUTE)
-        if kind == _ring.KIND_END:
-            data = b"".join((_UPSERT_END, record.payload, _UPSERT_CLOSE))
-            return Item(data, record, (token,), UPSERT_ROUTE,
-                        ends_carry_trace=bool(record.flags & FLAG_END_HAS_TRACE))
-        if kind == _ring.KIND_COMPLETE:
-            return Item(record.payload, record, (token,), complete_route(record.project))
-        raise UnknownRecord(f"record kind {kind} has no route (written by a newer producer?)")
-
-    def _v2_start(self, record: _ring.Record, token: Token) -> Item:
+    def _v2_start(self, record: _ring.Record, ref: int) -> Item:
         self.eager_starts += 1
         key = (record.project, record.call_id)
         self.started_alone[key] = None
         if len(self.started_alone) > self.started_alone_max:
             self.started_alone.popitem(last=False)
-        data = b"".join((_V2_START, record.payload, _V2_CLOSE))
-        return Item(data, record, (token,), v2_start_route(record.project), single=True)
+        parts = (_V2_START, record.payload, _V2_CLOSE, _SEPARATOR)
+        return _item(parts, record, (ref,), v2_start_route(record.project), single=True)
 
-    def _v2_end(self, record: _ring.Record, token: Token) -> Item:
-        data = b"".join((_V2_END, record.payload, _V2_CLOSE))
-        return Item(data, record, (token,), v2_end_route(record.project), single=True,
-                    ends_carry_trace=bool(record.flags & FLAG_END_HAS_TRACE))
+    def _v2_end(self, record: _ring.Record, ref: int) -> Item:
+        parts = (_V2_END, record.payload, _V2_CLOSE, _SEPARATOR)
+        return _item(parts, record, (ref,), v2_end_route(record.project), single=True,
+                     ends_carry_trace=bool(record.flags & FLAG_END_HAS_TRACE))
 
     def expire(self, older_than_s: float, read_pos: dict[int, int] | None = None,
                pin_limit_bytes: int = 0, everything: bool = False) -> list[Item]:
@@ -281,18 +376,18 @@ class Router:
         read_pos = read_pos or {}
         items: list[Item] = []
         for table, make in ((self.pending_starts, self._v2_start), (self.pending_ends, self._v2_end)):
-            for key, (record, token, seen) in list(table.items()):
+            for key, (record, ref, seen) in list(table.items()):
                 pinning = pin_limit_bytes and (
                     read_pos.get(record.slot, 0) - record.end_pos > pin_limit_bytes)
                 if everything or seen <= cutoff or pinning:
                     del table[key]
-                    items.append(make(record, token))
+                    items.append(make(record, ref))
         return items
 
     def oldest_pending_s(self) -> float | None:
         oldest = None
         for table in (self.pending_starts, self.pending_ends):
-            for _record, _token, seen in table.values():
+            for _record, _ref, seen in table.values():
                 oldest = seen if oldest is None else min(oldest, seen)
                 break  # dicts keep insertion order: the first is the oldest
         return oldest
@@ -308,22 +403,28 @@ class Accumulator:
         self.open: dict[str, Batch] = {}
         self.open_bytes = 0
 
-    def add(self, item: Item, next_target: Callable[[], int]) -> Batch | None:
-        """Add an item; returns a batch that is now full (to send), if any. A new batch is
-        cut at ``next_target()`` bytes (asked once per batch)."""
-        if item.single:
-            return Batch(item.route, [item])
-        batch = self.open.get(item.route)
-        full = None
-        if batch is not None and batch.size_bytes + len(item.data) + 1 > batch.target_bytes:
-            full = self.open.pop(item.route)
-            self.open_bytes -= full.size_bytes
-            batch = None
-        if batch is None:
-            batch = self.open[item.route] = Batch(item.route, target_bytes=next_target())
-            self.open_bytes += batch.size_bytes
-        batch.add(item)
-        self.open_bytes += len(item.data) + 1
+    def add(self, items: Iterable[Item], next_target: Callable[[], int]) -> list[Batch]:
+        """Add items in order; returns the batches they filled (to send), in order. A new batch
+        is cut at ``next_target()`` bytes (asked once per batch)."""
+        full: list[Batch] = []
+        open_batches = self.open
+        added_bytes = 0
+        for item in items:
+            size = item.size + 1
+            if item.single:
+                full.append(Batch(item.route, [item]))
+                continue
+            batch = open_batches.get(item.route)
+            if batch is None or batch.size_bytes + size > batch.target_bytes:
+                if batch is not None:
+                    full.append(open_batches.pop(item.route))
+                    added_bytes -= batch.size_bytes
+                batch = open_batches[item.route] = Batch(item.route, target_bytes=next_target())
+                added_bytes += batch.size_bytes
+            batch.items.append(item)
+            batch.size_bytes += size
+            added_bytes += size
+        self.open_bytes += added_bytes
         return full
 
     def due(self, linger_s: float, everything: bool = False) -> list[Batch]:

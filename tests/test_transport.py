@@ -92,6 +92,23 @@ def test_zstd_body_is_decoded_and_stored_by_the_server(run, server):
     assert record.wire_bytes == len(compressed)
 
 
+def test_a_large_body_written_after_the_headers_arrives_whole(run, server):
+    ids = [f"call-{i:05d}-{'x' * 100}" for i in range(1500)]
+    body = upsert_body(*ids)
+    assert len(body) > 128 << 10  # past the size from which the headers go out first
+
+    async def scenario():
+        async with Transport(server.url) as transport:
+            return await transport.post(UPSERT, body, retry_id="r-large")
+
+    assert run(scenario()).status == 200
+    assert server.stored_ids("ent/proj") == set(ids)
+    (record,) = server.records(UPSERT)
+    assert record.headers["Content-Type"] == "application/json"
+    assert record.headers["X-Weave-Retry-Id"] == "r-large"
+    assert record.wire_bytes == len(body)
+
+
 def test_error_statuses_are_returned_not_raised(run, server):
     server.p_429, server.retry_after = 1.0, "7"
 

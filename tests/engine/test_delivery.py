@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from engine import _ring
 from tests.engine.helpers import PROJECT, make_engine, trace_calls
 from tests.faultserver import FaultServer
 
@@ -91,6 +92,28 @@ def test_a_rejected_item_is_dead_lettered_alone(tmp_path):
     assert stats["dead_invalid"] == 1
     lines = (tmp_path / "dead_letters.jsonl").read_text().splitlines()
     assert [json.loads(line)["call_id"] for line in lines] == [bad.id]
+
+
+@pytest.mark.parametrize("target", ["complete", "upsert"])
+def test_a_record_no_route_carries_is_dead_lettered_and_its_ring_space_freed(tmp_path, target):
+    with FaultServer() as server, make_engine(server.url, tmp_path, target=target) as eng:
+        tracer = eng.producer()
+        before = trace_calls(tracer, 10)
+        rings = _ring.RingSet.attach(eng.spec)
+        writer = rings.writer()  # a slot of its own, like another producer's
+        assert writer.write(_ring.KIND_RAW, 0, bytes(16), bytes(16), PROJECT.encode(),
+                            b'{"from":"a newer producer"}', 0, timeout_s=5)
+        after = trace_calls(tracer, 10)
+        assert eng.flush(timeout_s=30)  # every ring released, the odd record's too
+        stats = eng.stats()
+        writer.close()
+        rings.close()
+        assert server.stored_ids(PROJECT) == set(before + after)
+    assert stats["dead_invalid"] == 1
+    (line,) = (tmp_path / "dead_letters.jsonl").read_text().splitlines()
+    letter = json.loads(line)
+    assert letter["reason"].startswith("unroutable") and letter["item"] == {
+        "from": "a newer producer"}
 
 
 def test_server_demanding_complete_mode_gets_complete_calls(tmp_path):
