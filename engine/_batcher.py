@@ -28,6 +28,7 @@ from engine._producer import FLAG_END_HAS_TRACE
 from engine.wire._codec import uuid7
 
 _KIND_START, _KIND_END, _KIND_COMPLETE = _ring.KIND_START, _ring.KIND_END, _ring.KIND_COMPLETE
+_KIND_SPLICED = _ring.KIND_SPLICED
 
 UPSERT_ROUTE = "/call/upsert_batch"
 _BATCH_PREFIX = b'{"batch":['
@@ -300,6 +301,14 @@ class Router:
         now = time.monotonic()  # the whole read arrived at once
         for record, ref in zip(records, refs):
             kind = record.kind
+            if kind == _KIND_SPLICED:  # the reader paired a start with its adjacent end
+                payload, project = record.payload, record.project
+                spliced += 1
+                items.append(_new_tuple(Item, (
+                    (payload, _SEPARATOR), len(payload), (ref,),
+                    _COMPLETE_ROUTES.get(project) or complete_route(project), False,
+                    record.call_id, project, record.trace_id, record.enqueue_ns, True)))
+                continue
             if kind == _KIND_END:
                 key = (record.project, record.call_id)
                 waiting = starts.pop(key, None)
@@ -346,7 +355,7 @@ class Router:
             parts = (_UPSERT_END, record.payload, _UPSERT_CLOSE, _SEPARATOR)
             items.append(_item(parts, record, (ref,), UPSERT_ROUTE,
                                ends_carry_trace=bool(record.flags & FLAG_END_HAS_TRACE)))
-        elif kind == _KIND_COMPLETE:
+        elif kind in (_KIND_COMPLETE, _KIND_SPLICED):  # spliced: only read in complete mode
             items.append(_item((record.payload, _SEPARATOR), record, (ref,),
                                complete_route(record.project)))
         else:

@@ -53,6 +53,9 @@ KIND_START = 1
 KIND_END = 2
 KIND_COMPLETE = 3
 KIND_RAW = 4
+# Never in a ring: a start and its end that the reader spliced into one complete item.
+# Its end_pos is the end's, its aux the start's end position (the two are adjacent).
+KIND_SPLICED = 16
 
 # kind u8, flags u8, project_len u16, payload_len u32, aux u32, pad u32,
 # call_id 16s, trace_id 16s, enqueue_ns u64  (little-endian, no implicit alignment)
@@ -86,8 +89,10 @@ _ZERO_ID = bytes(16)
 _STATE_NAMES = {FREE: "free", ACTIVE: "active", CLOSING: "closing", DEAD: "dead"}
 
 _COPY_BYTES = 256 << 10  # per copy out of the ring: bounds the waste when budgets cut a read
-_SPIN_TRIES = 8
-_FIRST_BACKOFF_S = 50e-6
+# A full ring waits for the sender, which shares the few cores with the producers: yield
+# once, then sleep (spinning producers steal the CPU the sender needs to free space).
+_SPIN_TRIES = 1
+_FIRST_BACKOFF_S = 100e-6
 _MAX_BACKOFF_S = 5e-3
 
 
@@ -605,6 +610,10 @@ class RingReader:
         self._records_read = [self._word(s, _S_RECORDS_READ) for s in range(spec.max_slots)]
         self._claims_seen = -1
         self._active: list[int] = []
+        # > 0: a start directly followed by its own end is read as one KIND_SPLICED record
+        # of at most this many payload bytes (C accelerator only; see engine._native.parse)
+        self.splice_max_bytes = 0
+        self.last_read_records = 0  # ring records the last read() took (a splice is two)
         self._next_index = 0
         self._doorbell_fd = os.open(spec.doorbell_path, os.O_RDWR | os.O_NONBLOCK)
         # O_RDWR: the FIFO always has a writer, so it never reports hang-up (EOF) to poll.
@@ -630,6 +639,7 @@ class RingReader:
     def read(self, max_records: int = 4096, max_bytes: int = 8 << 20) -> list[Record]:
         """Read up to the budgets, round-robin over slots; advances read positions only."""
         out: list[Record] = []
+        self.last_read_records = 0
         active = self._active_slots()
         count = len(active)
         if not count:
@@ -652,25 +662,27 @@ class RingReader:
             return
         ring_bytes = self._ring_bytes
         base = self._data_offset + slot * ring_bytes
-        first = len(out)
-        limit = first + max_records
+        limit = len(out) + max_records
+        ends: list[int] = []  # end position of every ring record taken (two per splice)
         while position < head and len(out) < limit and max_bytes > 0:
             offset = position % ring_bytes
             if _native:  # slices records straight out of the mapping: one copy each
                 span = min(head - position, ring_bytes - offset)
                 used = _native.parse(self._mm, base + offset, base + offset + span, slot,
-                                     position, out, limit, max_bytes, Record)
+                                     position, out, limit, max_bytes, Record, ends,
+                                     self.splice_max_bytes)
             else:  # copy a bounded readable region once and slice the records out of it
                 span = min(head - position, ring_bytes - offset, _COPY_BYTES)
                 chunk = self._mm[base + offset : base + offset + span]
-                used = _parse(chunk, slot, position, out, limit, max_bytes)
+                used = _parse(chunk, slot, position, out, limit, max_bytes, ends)
             if used == 0:  # padding, a short tail, or a record larger than the copy
-                used = self._read_large_record(slot, base, position, span, out)
+                used = self._read_large_record(slot, base, position, out, ends)
             position += used
             max_bytes -= used
-        self._commit_read(slot, position, out, first)
+        self._commit_read(slot, position, ends)
 
-    def _read_large_record(self, slot: int, base: int, position: int, span: int, out: list) -> int:
+    def _read_large_record(self, slot: int, base: int, position: int, out: list,
+                           ends: list[int]) -> int:
         offset = position % self._ring_bytes
         tail_room = self._ring_bytes - offset
         if tail_room < HEADER_BYTES:
@@ -680,14 +692,15 @@ class RingReader:
             return tail_room
         size = record_bytes(project_len, payload_len)
         chunk = self._mm[base + offset : base + offset + size]
-        return _parse(chunk, slot, position, out, len(out) + 1, size)
+        return _parse(chunk, slot, position, out, len(out) + 1, size, ends)
 
-    def _commit_read(self, slot: int, position: int, out: list, first: int) -> None:
+    def _commit_read(self, slot: int, position: int, ends: list[int]) -> None:
         self._read[slot] = position
-        taken = len(out) - first
+        taken = len(ends)
+        self.last_read_records += taken
         if taken:
             # only the end positions: holding the records would keep their payloads alive
-            self._unreleased[slot].append([[r.end_pos for r in out[first:]], 0, taken])
+            self._unreleased[slot].append([ends, 0, taken])
             self._records_read[slot] += taken
             self._set_word(slot, _S_RECORDS_READ, self._records_read[slot])
         self._set_word(slot, _S_READ, position)
@@ -773,7 +786,8 @@ class RingReader:
         self._doorbell_fd = -1
 
 
-def _parse(chunk: bytes, slot: int, position: int, out: list, limit: int, max_bytes: int) -> int:
+def _parse(chunk: bytes, slot: int, position: int, out: list, limit: int, max_bytes: int,
+           ends: list[int]) -> int:
     """Append the whole records of ``chunk`` that start within ``max_bytes``; return bytes used.
 
     Stops at padding, at a ring tail shorter than a header and at a record cut by the chunk
@@ -796,6 +810,7 @@ def _parse(chunk: bytes, slot: int, position: int, out: list, limit: int, max_by
         if payload_end > chunk_len:
             break
         offset = (payload_end + 7) & -8
+        ends.append(position + offset)
         append(
             _new_tuple(
                 Record,

@@ -77,6 +77,7 @@ class Sender:
         self.tracker = ReleaseTracker(self.reader.release)
         mode = "upsert" if cfg.target == "upsert" else "complete"
         self.router = Router(mode, cfg.max_request_bytes - _ENVELOPE_BYTES)
+        self._read_spliced(mode)
         self.acc = Accumulator()
         self.size = SizeTarget(cfg.max_request_bytes, min_bytes=cfg.min_request_bytes,
                                initial_bytes=cfg.initial_request_bytes)
@@ -162,7 +163,7 @@ class Sender:
         return read_any
 
     def _route_records(self, records: list[_ring.Record]) -> None:
-        self.control.add("items_read", len(records))
+        self.control.add("items_read", self.reader.last_read_records)
         router = self.router
         items = router.route(records, self.tracker.track(records))
         if router.unroutable:
@@ -375,10 +376,15 @@ class Sender:
         self.ready.clear()
         self.acc = Accumulator()
         self.router = Router(mode, self.router.max_item_bytes)
+        self._read_spliced(mode)
         self.tracker = ReleaseTracker(self.reader.release)
         self.held_bytes = 0
         self.reader.rewind()
         self.control.set("complete_mode", int(mode == "complete"))
+
+    def _read_spliced(self, mode: str) -> None:
+        """In complete mode the reader splices a start and its adjacent end itself (in C)."""
+        self.reader.splice_max_bytes = self.router.max_item_bytes if mode == "complete" else 0
 
     def _count_sent(self, batch: Batch, raw_bytes: int, wire_bytes: int) -> None:
         control = self.control

@@ -426,3 +426,71 @@ def test_native_and_python_sides_read_each_others_records(writer_impl, implement
     finally:
         rings.close()
         rings.unlink()
+
+
+def _splice_ring():
+    rings = RingSet.create(RING_BYTES, 1)
+    writer, reader = rings.writer(), rings.reader()
+    reader.splice_max_bytes = 1 << 20
+    return rings, writer, reader
+
+
+OTHER_ID = bytes(range(100, 116))
+
+
+def test_reader_splices_a_start_and_its_adjacent_end_into_one_record(implementation):
+    """C reader: start + its own end right behind it -> one complete item, two ring records."""
+    rings, writer, reader = _splice_ring()
+    try:
+        start, end = b'{"id":"a","inputs":{}}', b'{"id":"a","ended_at":"t","output":1}'
+        aux = end.index(b'"ended_at"')
+        assert writer.try_write(KIND_START, 0, CALL_ID, TRACE_ID, PROJECT, start, 0)
+        assert writer.try_write(KIND_END, 1, CALL_ID, TRACE_ID, PROJECT, end, aux)
+        records = reader.read()
+        if implementation == "python":  # the pure-Python reader leaves pairing to the router
+            assert [r.kind for r in records] == [KIND_START, KIND_END]
+            return
+        (record,) = records
+        start_end = record_bytes(len(PROJECT), len(start))
+        assert record.kind == _ring.KIND_SPLICED and record.flags == 1
+        assert record.payload == start[:-1] + b"," + end[aux:]
+        assert (record.call_id, record.trace_id, record.project) == (CALL_ID, TRACE_ID, PROJECT)
+        assert record.aux == start_end
+        assert record.end_pos == start_end + record_bytes(len(PROJECT), len(end))
+        assert reader.last_read_records == 2 and rings.counters()["records_read"] == 2
+        reader.release(0, record.end_pos)
+        assert rings.counters()["records_released"] == 2
+    finally:
+        rings.close()
+        rings.unlink()
+
+
+@pytest.mark.parametrize("case", ["other id", "other project", "end first", "too big",
+                                  "no brace", "not adjacent"])
+def test_reader_splices_only_a_start_with_its_own_adjacent_end(case):
+    rings, writer, reader = _splice_ring()
+    try:
+        start, end = b'{"id":"a"}', b'{"id":"a","ended_at":"t"}'
+        aux = end.index(b'"ended_at"')
+        first = (KIND_START, 0, CALL_ID, TRACE_ID, PROJECT, start, 0)
+        second = [KIND_END, 0, CALL_ID, TRACE_ID, PROJECT, end, aux]
+        if case == "other id":
+            second[2] = OTHER_ID
+        elif case == "other project":
+            second[4] = b"entity/other"
+        elif case == "end first":
+            first, second = tuple(second), list(first)
+        elif case == "too big":
+            reader.splice_max_bytes = len(start) + len(end) - aux - 1
+        elif case == "no brace":
+            first = (KIND_START, 0, CALL_ID, TRACE_ID, PROJECT, b'{"id":"a"} ', 0)
+        assert writer.try_write(*first)
+        if case == "not adjacent":
+            assert writer.try_write(KIND_START, 0, OTHER_ID, TRACE_ID, PROJECT, start, 0)
+        assert writer.try_write(*second)
+        records = reader.read()
+        assert _ring.KIND_SPLICED not in [r.kind for r in records]
+        assert len(records) == (3 if case == "not adjacent" else 2)
+    finally:
+        rings.close()
+        rings.unlink()

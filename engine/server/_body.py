@@ -7,6 +7,7 @@ decompression stops one byte past the limit, so a zip bomb costs at most the lim
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import contextlib
@@ -55,18 +56,25 @@ async def read_body(request: web.Request, max_body_bytes: int) -> bytes:
     declared = request.content_length
     if declared is not None and declared > max_body_bytes:
         raise _too_large(f"Content-Length {declared}", max_body_bytes)
-    raw = await _read_capped(request.content, max_body_bytes)
+    raw = await _read_capped(request.content, max_body_bytes, declared)
     encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
     return decompress(raw, encoding, max_body_bytes)
 
 
-async def _read_capped(stream: StreamReader, max_body_bytes: int) -> bytes:
-    buf = bytearray()
+async def _read_capped(stream: StreamReader, max_body_bytes: int, declared: int | None) -> bytes:
+    if declared is not None:  # already checked against the limit: one join, no regrowth
+        try:
+            return await stream.readexactly(declared)
+        except asyncio.IncompleteReadError as exc:
+            raise ApiError(400, f"request body ended after {len(exc.partial)} of the "
+                           f"{declared} bytes its Content-Length declares") from None
+    chunks, size = [], 0
     async for chunk in stream.iter_chunked(_READ_CHUNK_BYTES):
-        buf += chunk
-        if len(buf) > max_body_bytes:
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > max_body_bytes:
             raise _too_large("request body", max_body_bytes)
-    return bytes(buf)
+    return b"".join(chunks)
 
 
 def decompress(raw: bytes, encoding: str, max_body_bytes: int) -> bytes:

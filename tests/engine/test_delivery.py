@@ -25,6 +25,8 @@ def test_every_call_arrives_once_in_either_target_mode(tmp_path, target):
     route = "/calls/complete" if target == "complete" else "/call/upsert_batch"
     assert server.records(route)
     assert stats["dead_letters"] == 0
+    # complete mode: every call is one spliced item (made by the C reader or the router)
+    assert stats["completes_spliced"] == (len(ids) if target == "complete" else 0)
 
 
 def test_children_carry_trace_and_parent_of_their_root(tmp_path):
