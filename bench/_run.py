@@ -61,7 +61,7 @@ FULL = Config(
                     "weave-op+engine": 500},
     e2e_producers=(1, 2, 4), e2e_profiles=("small", "eval", "large"),
     e2e_calls={
-        "engine": {"small": 100_000, "eval": 40_000, "large": 2_000},
+        "engine": {"small": 200_000, "eval": 100_000, "large": 4_000},
         "weave-batched": {"small": 3_000, "eval": 2_000, "large": 200},
         "weave-op": {"small": 300, "eval": 300, "large": 60},
         "naive": {"small": 3_000, "eval": 2_000, "large": 300},
