@@ -23,7 +23,7 @@ from typing import Any
 
 import msgspec
 
-from engine import _ring
+from engine import _accel, _ring
 from engine._config import EngineConfig, load_config
 from engine._control import Control, control_path
 from engine._errors import Closed, ConfigError
@@ -237,6 +237,7 @@ def collect_stats(ringset: _ring.RingSet, control: Control) -> dict[str, Any]:
     stats: dict[str, Any] = {"ring": ring}
     stats.update(control.sender_snapshot())
     stats["producers"] = control.producer_totals()
+    stats["native_accelerator"] = _accel.native is not None  # in the process that asks
     return stats
 
 
