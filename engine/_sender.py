@@ -41,6 +41,7 @@ from engine._batcher import (
 from engine._config import EngineConfig, default_state_dir
 from engine._control import Control, control_path
 from engine._deadletter import DeadLetters
+from engine._malloc import tune_for_large_buffers
 from engine._errors import EngineError, SendError
 from engine._retry import Backoff, Verdict, classify, retry_after_s
 from engine._transport import Compressor, Response, Transport
@@ -590,6 +591,7 @@ def tune_gc() -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = msgspec.json.decode(argv[0])
+    tune_for_large_buffers()  # bodies of megabytes, reused warm instead of fresh mmaps
     logging.basicConfig(level=os.environ.get("ENGINE_LOG_LEVEL", "WARNING"),
                         format="%(asctime)s engine-sender[%(process)d] %(levelname)s %(message)s")
     spec = msgspec.convert(args["spec"], _ring.RingSpec)

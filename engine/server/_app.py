@@ -153,4 +153,8 @@ def run_server(**options: Any) -> None:
     """Blocking ``engine serve`` on uvloop (options as :func:`start_server`)."""
     import uvloop
 
+    from engine._malloc import tune_for_large_buffers
+
+    tune_for_large_buffers()  # this process is ours: keep megabyte bodies off fresh mmaps
+
     uvloop.run(serve_until_signal(**options))
