@@ -125,27 +125,30 @@ static PyObject *native_uuid7_bytes(PyObject *self, PyObject *unused) {
     return pair;
 }
 
-static inline int hex_value(int c) {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
+/* hex digit -> value, anything else -> 0xFF (filled at import) */
+static uint8_t HEX_VALUE[256];
+
+static void init_hex_table(void) {
+    memset(HEX_VALUE, 0xFF, sizeof(HEX_VALUE));
+    for (int i = 0; i < 10; i++) HEX_VALUE['0' + i] = (uint8_t)i;
+    for (int i = 0; i < 6; i++) HEX_VALUE['a' + i] = HEX_VALUE['A' + i] = (uint8_t)(10 + i);
 }
 
 /* Canonical 8-4-4-4-12 text (either case) or 32 bare hex digits -> 16 bytes; -1 if neither. */
 static int parse_uuid(const char *s, Py_ssize_t n, uint8_t raw[16]) {
+    static const uint8_t DASHED_AT[16] = {0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34};
     int dashed = (n == 36);
     if (!dashed && n != 32) return -1;
     if (dashed && (s[8] != '-' || s[13] != '-' || s[18] != '-' || s[23] != '-')) return -1;
-    Py_ssize_t k = 0;
+    const unsigned char *u = (const unsigned char *)s;
+    unsigned bad = 0;
     for (int i = 0; i < 16; i++) {
-        if (dashed && (k == 8 || k == 13 || k == 18 || k == 23)) k++;
-        int hi = hex_value((unsigned char)s[k]), lo = hex_value((unsigned char)s[k + 1]);
-        if (hi < 0 || lo < 0) return -1;
+        int k = dashed ? DASHED_AT[i] : 2 * i;
+        uint8_t hi = HEX_VALUE[u[k]], lo = HEX_VALUE[u[k + 1]];
+        bad |= hi | lo;
         raw[i] = (uint8_t)(hi << 4 | lo);
-        k += 2;
     }
-    return 0;
+    return (bad & 0xF0) ? -1 : 0;
 }
 
 static PyObject *native_uuid_bytes(PyObject *self, PyObject *text) {
@@ -698,6 +701,7 @@ static struct PyModuleDef native_module = {
 };
 
 PyMODINIT_FUNC PyInit__native(void) {
+    init_hex_table();
     if (rng_seed() < 0) return NULL;
     if (PyType_Ready(&RingWriterType) < 0) return NULL;
     PyObject *module = PyModule_Create(&native_module);

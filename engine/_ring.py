@@ -339,11 +339,13 @@ def _id_bytes(value) -> bytes | None:
         return _ZERO_ID
     if not isinstance(value, str):
         return value
+    if len(value) == 36 and value[8] == value[13] == value[18] == value[23] == "-":
+        value = value.replace("-", "")  # as the C parser: canonical dashes or none at all
     try:
-        raw = bytes.fromhex(value.replace("-", ""))
+        raw = bytes.fromhex(value) if len(value) == 32 else b""
     except ValueError:
         return None
-    return raw if len(raw) == 16 and len(value) in (32, 36) else None
+    return raw if len(raw) == 16 else None
 
 
 def _pack_padding(mm: mmap.mmap, start: int) -> None:

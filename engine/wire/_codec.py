@@ -43,14 +43,14 @@ def _ms_cached() -> tuple[int, bytes, str]:
     return cached
 
 
-def uuid7() -> str:
+def _uuid7_py() -> str:
     """A new UUIDv7 as lowercase 8-4-4-4-12 text (48-bit Unix ms, version 7, RFC variant)."""
     prefix = _ms_cached()[2]
     h = ((_random_bits(80) & _RAND_MASK) | _VERSION_VARIANT).to_bytes(10, "big").hex()
     return f"{prefix}{h[:4]}-{h[4:8]}-{h[8:]}"
 
 
-def uuid7_bytes() -> tuple[str, bytes]:
+def _uuid7_bytes_py() -> tuple[str, bytes]:
     """A new UUIDv7 as (canonical text, its 16 raw bytes) — the ring header carries raw ids."""
     _, ms_raw, prefix = _ms_cached()
     tail = ((_random_bits(80) & _RAND_MASK) | _VERSION_VARIANT).to_bytes(10, "big")
@@ -58,16 +58,25 @@ def uuid7_bytes() -> tuple[str, bytes]:
     return f"{prefix}{h[:4]}-{h[4:8]}-{h[8:]}", ms_raw + tail
 
 
-def uuid_bytes(text: str) -> bytes:
-    """16-byte binary form of a canonical UUID text (as carried in ring record headers)."""
-    return bytes.fromhex(text.replace("-", ""))
+def _uuid_bytes_py(text: str) -> bytes:
+    """16-byte binary form of a UUID text, 8-4-4-4-12 or 32 bare hex digits (as carried in
+    ring record headers); ValueError for anything else."""
+    if len(text) == 36 and text[8] == text[13] == text[18] == text[23] == "-":
+        text = text.replace("-", "")
+    raw = bytes.fromhex(text) if len(text) == 32 else b""
+    if len(raw) != 16:
+        raise ValueError(f"{text!r} is not a UUID")
+    return raw
 
 
-if _native is not None:  # same ids, made in C (~20x faster); reseeded in forked children
-    uuid7 = _native.uuid7  # noqa: F811
-    uuid7_bytes = _native.uuid7_bytes  # noqa: F811
-    uuid_bytes = _native.uuid_bytes  # noqa: F811
+# The same ids made in C when the accelerator is built (~20x faster; reseeded after fork).
+PY_IDS = (_uuid7_py, _uuid7_bytes_py, _uuid_bytes_py)
+if _native is not None:
+    NATIVE_IDS = (_native.uuid7, _native.uuid7_bytes, _native.uuid_bytes)
     os.register_at_fork(after_in_child=_native.reseed)
+else:
+    NATIVE_IDS = None
+uuid7, uuid7_bytes, uuid_bytes = NATIVE_IDS or PY_IDS
 
 
 def uuid_text(raw: bytes) -> str:

@@ -25,7 +25,18 @@ SEED_METHODS = {
 }
 
 
-def test_uuid7_has_canonical_form_version_variant_and_current_ms():
+@pytest.fixture(params=["native", "python"])
+def ids_impl(request, monkeypatch):
+    """The id tests run on the C accelerator's ids and on the pure-Python ones."""
+    impl = _codec.NATIVE_IDS if request.param == "native" else _codec.PY_IDS
+    if impl is None:
+        pytest.skip("engine._native is not built here")
+    for name, fn in zip(("uuid7", "uuid7_bytes", "uuid_bytes"), impl):
+        monkeypatch.setattr(_codec, name, fn)
+    return request.param
+
+
+def test_uuid7_has_canonical_form_version_variant_and_current_ms(ids_impl):
     before_ms = time.time_ns() // 1_000_000
     ids = [_codec.uuid7() for _ in range(2000)]
     after_ms = time.time_ns() // 1_000_000
@@ -38,7 +49,7 @@ def test_uuid7_has_canonical_form_version_variant_and_current_ms():
     assert prefixes == sorted(prefixes)
 
 
-def test_uuid7_random_bits_are_not_constant():
+def test_uuid7_random_bits_are_not_constant(ids_impl):
     rand = [uuid.UUID(_codec.uuid7()).int & ((1 << 76) - 1) for _ in range(64)]
     ored = 0
     for r in rand:
@@ -51,14 +62,14 @@ def test_uuid7_random_bits_are_not_constant():
     assert anded == 0b10 << 62
 
 
-def test_uuid7_bytes_are_the_raw_form_of_the_text():
+def test_uuid7_bytes_are_the_raw_form_of_the_text(ids_impl):
     text, raw = _codec.uuid7_bytes()
     assert uuid.UUID(text).bytes == raw and len(raw) == 16
     assert _codec.uuid_text(raw) == text and _codec.uuid_bytes(text) == raw
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-def test_forked_child_does_not_repeat_parent_ids():
+def test_forked_child_does_not_repeat_parent_ids(ids_impl):
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: report its next ids and leave without running pytest teardown
@@ -73,6 +84,17 @@ def test_forked_child_does_not_repeat_parent_ids():
     os.waitpid(pid, 0)
     tails = lambda ids: {i[14:] for i in ids}  # noqa: E731 — the random part only
     assert len(child) == 8 and not tails(child) & tails(parent)
+
+
+def test_uuid_text_parses_in_either_case_and_without_dashes_and_rejects_the_rest(ids_impl):
+    for _ in range(200):
+        u = uuid.uuid4()
+        for text in (str(u), str(u).upper(), u.hex):
+            assert _codec.uuid_bytes(text) == u.bytes
+    for bad in ("", "x" * 36, "0193000-00000-7000-8000-000000000000",
+                "01930000-0000-7000-8000-00000000000g", "01930000-0000-7000-8000-0000000000"):
+        with pytest.raises(ValueError):
+            _codec.uuid_bytes(bad)
 
 
 def test_routes_cover_exactly_the_seed_methods():
