@@ -41,8 +41,8 @@ from engine._batcher import (
 from engine._config import EngineConfig, default_state_dir
 from engine._control import Control, control_path
 from engine._deadletter import DeadLetters
-from engine._malloc import tune_for_large_buffers
 from engine._errors import EngineError, SendError
+from engine._malloc import tune_for_large_buffers
 from engine._retry import Backoff, Verdict, classify, retry_after_s
 from engine._transport import Compressor, Response, Transport
 from engine.wire._codec import uuid_text
