@@ -437,6 +437,10 @@ static PyObject *writer_put(RingWriter *self, PyObject *const *args, Py_ssize_t 
         return NULL;
     }
     Py_DECREF(done);
+    if (check_ready(self) < 0) {  /* an enc_hook closed the ring set under us */
+        Py_DECREF(buffer);
+        return NULL;
+    }
     const char *payload = PyByteArray_AS_STRING(buffer);
     Py_ssize_t payload_len = PyByteArray_GET_SIZE(buffer);
     uint32_t aux = 0;

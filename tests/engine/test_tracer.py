@@ -139,6 +139,26 @@ def test_unencodable_values_are_stringified_and_counted(eng):
     assert eng.stats()["producers"]["stringified"] == 1
 
 
+def test_a_value_whose_str_traces_a_call_while_being_encoded_is_not_corrupted(eng):
+    """Stringifying may run user code that traces: the inner item is encoded into its own
+    buffer (the outer encode is still using the writer's) and lands before the outer one."""
+    tracer = eng.producer()
+
+    class Tracing:
+        def __str__(self):
+            with tracer.call("inside-str", inputs={"deep": "x" * 300}):
+                pass
+            return "<tracing>"
+
+    with tracer.call("outer", inputs={"v": Tracing(), "pad": "y" * 500}):
+        pass
+    records = drain(eng)
+    items = decoded(records)
+    assert [i.get("op_name") for i in items] == ["inside-str", None, "outer", None]
+    assert items[2]["inputs"] == {"v": "<tracing>", "pad": "y" * 500}
+    assert items[0]["inputs"] == {"deep": "x" * 300}
+
+
 def test_strict_mode_raises_on_unencodable_values(tmp_path):
     with engine.Engine(url="http://127.0.0.1:9", project=PROJECT, start_sender=False,
                        strict=True, ring_bytes=1 << 20, max_slots=2, shutdown_timeout_s=0,
