@@ -18,9 +18,11 @@ it does not fit before the end of the ring, the producer writes a padding record
 The producer writes the bytes, then publishes its head; the consumer reads up to the head
 it loaded, and frees space only by publishing ``released``. Nothing on the write path takes
 a lock or makes a syscall, except the doorbell: a byte written to a FIFO when the consumer
-has said it sleeps. That protocol relies on the ordering of plain stores (x86-64 TSO);
-a store and a later load may still pass each other, so a wakeup can be lost in a window of
-nanoseconds -- the consumer must sleep with a bounded timeout (tens of ms) as a safety net.
+has said it sleeps. The C writer (``NativeSlotWriter``, engine/_native.c) publishes with a
+release store and fences before it reads the sleeping flag, so it is correct on any CPU. The
+pure-Python fallback relies on the ordering of plain stores (x86-64 TSO); there a store and a
+later load may still pass each other, so a wakeup can be lost in a window of nanoseconds --
+the consumer sleeps with a bounded timeout (tens of ms) as a safety net either way.
 
 Slots: a producer claims a free slot under ``flock`` (cold path) and records its pid and
 start time. A slot is freed by the reader in ``reap()``: once its producer closed or died
