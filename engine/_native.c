@@ -179,6 +179,7 @@ typedef struct {
     uint64_t head, records, lap_end, limit;
     PyObject *encoder, *encode_into;  /* the last encoder put() was given, and its method */
     PyObject *scratch;    /* bytearray that put() encodes into (reused: no allocation) */
+    PyObject *refused;    /* bytes of the last item put() encoded but did not write */
     int busy;             /* put() is encoding: a re-entrant put() uses a fresh buffer */
 } RingWriter;
 
@@ -236,6 +237,7 @@ static void writer_dealloc(RingWriter *self) {
     Py_XDECREF(self->encoder);
     Py_XDECREF(self->encode_into);
     Py_XDECREF(self->scratch);
+    Py_XDECREF(self->refused);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -455,11 +457,26 @@ static PyObject *writer_put(RingWriter *self, PyObject *const *args, Py_ssize_t 
         code = write_record(self, kind, flags, call_id, trace_id, PyBytes_AS_STRING(args[6]),
                             PyBytes_GET_SIZE(args[6]), payload, (uint64_t)payload_len, aux);
     }
+    if (code != 1 && code != 2) {  /* the caller waits or raises with these bytes: no re-encode */
+        PyObject *kept = PyBytes_FromStringAndSize(payload, payload_len);
+        if (kept == NULL) {
+            Py_DECREF(buffer);
+            return NULL;
+        }
+        Py_XSETREF(self->refused, kept);
+    }
     /* one huge item must not pin its size in memory for the writer's whole life */
     if (!reentrant && ((PyByteArrayObject *)buffer)->ob_alloc > SCRATCH_KEEP_BYTES)
         Py_CLEAR(self->scratch);
     Py_DECREF(buffer);
     return PyLong_FromLong(code);
+}
+
+static PyObject *writer_take_refused(RingWriter *self, PyObject *unused) {
+    PyObject *kept = self->refused;
+    self->refused = NULL;
+    if (kept == NULL) Py_RETURN_NONE;
+    return kept;
 }
 
 static PyObject *writer_release(RingWriter *self, PyObject *unused) {
@@ -478,6 +495,8 @@ static PyMethodDef writer_methods[] = {
     {"put", (PyCFunction)(void (*)(void))writer_put, METH_FASTCALL,
      "put(encoder, item, kind, flags, call_id, trace_id, project, max_payload, splice) -> "
      "try_write's codes, -4 (over max_payload) or -5 (splice: no ended_at key)"},
+    {"take_refused", (PyCFunction)writer_take_refused, METH_NOARGS,
+     "The bytes of the last item put() encoded but did not write (then None)."},
     {"release", (PyCFunction)writer_release, METH_NOARGS,
      "Give the mapping's buffer back (before the mapping is closed)."},
     {NULL, NULL, 0, NULL},

@@ -259,20 +259,20 @@ class Tracer:
                 code = writer.put(self._encoder, item, kind, flags, call_id, trace_id, project_b,
                                   self._max_payload, splice)
                 if code != _ring.WRITTEN:
-                    self._put_slow(writer, code, item, kind, flags, project_b, call_id,
-                                   trace_id, what, splice)
+                    self._put_slow(writer, code, kind, flags, project_b, call_id, trace_id,
+                                   what, splice)
         finally:
             if _codec.Stringified.count != self._stringified_seen:
                 self._note_stringified()
 
-    def _put_slow(self, writer: _ring.SlotWriter, code: int, item: msgspec.Struct, kind: int,
-                  flags: int, project_b: bytes, call_id: str | bytes,
-                  trace_id: str | bytes | None, what: str, splice: bool) -> None:
+    def _put_slow(self, writer: _ring.SlotWriter, code: int, kind: int, flags: int,
+                  project_b: bytes, call_id: str | bytes, trace_id: str | bytes | None,
+                  what: str, splice: bool) -> None:
         """Anything but a plain write: the doorbell, a full ring, or an error to raise."""
-        if code == _ring.WRITTEN_RING:
-            writer.outcome(code, project_b, b"", call_id, trace_id, what)
+        payload = writer.take_refused()  # the bytes put encoded (None if it stopped before)
+        if code in (_ring.WRITTEN_RING, _ring.BAD_CALL_ID, _ring.BAD_TRACE_ID):
+            writer.outcome(code, project_b, b"", call_id, trace_id, what)  # rings or raises
             return
-        payload = self._encoder.encode(item)  # cold path: the bytes the put encoded
         if code == _ring.OVER_MAX_PAYLOAD:
             self._control_block().slot_add(writer.slot, "too_large")
             raise PayloadTooLarge(_id_text(call_id), len(payload), self._max_payload)

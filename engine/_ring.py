@@ -49,6 +49,8 @@ from typing import NamedTuple
 
 from engine import _ring_files
 from engine._accel import native as _native
+from engine.wire._codec import uuid_bytes as _uuid_bytes
+from engine.wire.calls import end_splice_offset
 
 KIND_PAD = 0
 KIND_START = 1
@@ -85,8 +87,7 @@ FREE, ACTIVE, CLOSING, DEAD = 0, 1, 2, 3
 # SlotWriter.raw_write codes (engine._native.RingWriter.try_write returns the same)
 WRITTEN, WRITTEN_RING, NO_ROOM = 1, 2, 0
 TOO_LARGE, BAD_CALL_ID, BAD_TRACE_ID = -1, -2, -3
-OVER_MAX_PAYLOAD, NO_SPLICE_KEY = -4, -5  # put() only
-_SPLICE_KEY = b'"ended_at":'  # as engine.wire.calls.end_splice_offset
+OVER_MAX_PAYLOAD, NO_SPLICE_KEY = -4, -5  # put() only (the pure put raises for the latter)
 _ZERO_ID = bytes(16)
 _STATE_NAMES = {FREE: "free", ACTIVE: "active", CLOSING: "closing", DEAD: "dead"}
 
@@ -341,13 +342,10 @@ def _id_bytes(value) -> bytes | None:
         return _ZERO_ID
     if not isinstance(value, str):
         return value
-    if len(value) == 36 and value[8] == value[13] == value[18] == value[23] == "-":
-        value = value.replace("-", "")  # as the C parser: canonical dashes or none at all
     try:
-        raw = bytes.fromhex(value) if len(value) == 32 else b""
+        return _uuid_bytes(value)
     except ValueError:
         return None
-    return raw if len(raw) == 16 else None
 
 
 def _pack_padding(mm: mmap.mmap, start: int) -> None:
@@ -390,6 +388,7 @@ class SlotWriter:
         self._doorbell_path = spec.doorbell_path
         self._doorbell_fd = -1
         self._closed = False
+        self._refused: bytes | None = None
 
     def _use_project(self, project: bytes) -> None:
         # Header and project are packed by one precompiled struct per project.
@@ -423,18 +422,24 @@ class SlotWriter:
 
     def put(self, encoder, item, kind, flags, call_id, trace_id, project, max_payload,
             splice) -> int:
-        """Encode ``item`` and write it: ``raw_write``'s codes, OVER_MAX_PAYLOAD (nothing
-        written) or, with ``splice`` (an end), NO_SPLICE_KEY; with ``splice`` the record's
-        aux is the offset of the ``"ended_at"`` key, where the end's payload fields begin."""
+        """Encode ``item`` and write it: ``raw_write``'s codes or OVER_MAX_PAYLOAD (nothing
+        written); with ``splice`` (an end) the record's aux is where the end's payload fields
+        begin (``end_splice_offset``). The bytes of an item not written are kept for
+        ``take_refused``, so a caller that waits or raises never encodes it twice."""
         payload = encoder.encode(item)
         if len(payload) > max_payload:
-            return OVER_MAX_PAYLOAD
-        aux = 0
-        if splice:
-            aux = payload.find(_SPLICE_KEY)
-            if aux < 0:
-                return NO_SPLICE_KEY
-        return self.raw_write(kind, flags, call_id, trace_id, project, payload, aux)
+            code = OVER_MAX_PAYLOAD
+        else:
+            aux = end_splice_offset(payload) if splice else 0
+            code = self.raw_write(kind, flags, call_id, trace_id, project, payload, aux)
+        if code not in (WRITTEN, WRITTEN_RING):
+            self._refused = payload
+        return code
+
+    def take_refused(self) -> bytes | None:
+        """The bytes of the last item ``put`` encoded but did not write (then None)."""
+        payload, self._refused = self._refused, None
+        return payload
 
     def outcome(self, code, project, payload, call_id, trace_id, what: str = "") -> bool:
         """What a code other than WRITTEN means: True written, False no room; raises on errors.
@@ -451,7 +456,9 @@ class SlotWriter:
             field, text = ("id", call_id) if code == BAD_CALL_ID else ("trace_id", trace_id)
             name = f"{what}.{field}" if what else field
             raise ValueError(f"{name}: {text!r} is not a UUID (8-4-4-4-12 hex, e.g. from uuid7())")
-        return code == WRITTEN
+        if code == WRITTEN:
+            return True
+        raise ValueError(f"write code {code} has no outcome here")
 
     def _write_bytes(self, kind, flags, call_id, trace_id, project, payload, aux) -> bool:
         if project != self._project:
@@ -556,6 +563,9 @@ class SlotWriter:
     def detach(self) -> None:
         """The ring set is closing in this process: drop the doorbell fd (and, natively, the
         mapping's buffer). The slot itself stays as it is."""
+        self._close_doorbell()
+
+    def _close_doorbell(self) -> None:
         if self._doorbell_fd >= 0:
             os.close(self._doorbell_fd)
             self._doorbell_fd = -1
@@ -569,9 +579,7 @@ class SlotWriter:
             return
         self._closed = True
         self._words[self._block + _S_STATE] = CLOSING
-        if self._doorbell_fd >= 0:
-            os.close(self._doorbell_fd)
-            self._doorbell_fd = -1
+        self._close_doorbell()
 
 
 class NativeSlotWriter(SlotWriter):
@@ -589,6 +597,7 @@ class NativeSlotWriter(SlotWriter):
         )
         self.raw_write = self._native.try_write  # same codes as SlotWriter.raw_write
         self.put = self._native.put  # same codes as SlotWriter.put
+        self.take_refused = self._native.take_refused
 
     def detach(self) -> None:
         super().detach()

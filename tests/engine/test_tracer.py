@@ -205,6 +205,30 @@ def test_a_full_ring_drops_and_counts_when_asked(tmp_path):
         assert eng.stats()["producers"]["dropped_full"] == 400 - kept
 
 
+def test_an_item_that_meets_a_full_ring_is_encoded_once(tmp_path):
+    """Waiting on a full ring reuses the bytes already encoded: a value's __str__ (user code,
+    maybe with side effects) runs once per item, and it is counted once."""
+    calls = []
+
+    class Counted:
+        def __str__(self):
+            calls.append(1)
+            return "<counted>"
+
+    with engine.Engine(url="http://127.0.0.1:9", project=PROJECT, start_sender=False,
+                       on_full="drop", max_block_ms=1, ring_bytes=1 << 18, max_slots=2,
+                       shutdown_timeout_s=0, dead_letter_path=str(tmp_path / "dl.jsonl")) as eng:
+        tracer = eng.producer()
+        for _ in range(100):
+            with tracer.call("op", inputs={"pad": "z" * 4000}):
+                pass
+        assert eng.stats()["producers"]["dropped_full"] > 0  # the ring is full now
+        with tracer.call("op", inputs={"v": Counted()}):
+            pass
+        assert len(calls) == 1
+        assert eng.stats()["producers"]["stringified"] == 1
+
+
 def test_tracers_pickle_and_refuse_work_after_close(eng):
     tracer = pickle.loads(pickle.dumps(eng.producer()))
     with tracer.call("op"):
