@@ -10,7 +10,8 @@ setup(
     ext_modules=[
         Extension(
             "engine._native",
-            sources=["engine/_native.c"],
+            sources=["engine/_native.c", "engine/_native_json.c"],
+            depends=["engine/_native_json.h"],
             extra_compile_args=["-O3", "-std=c11", "-D_GNU_SOURCE"],
             optional=True,
         )

@@ -4,7 +4,9 @@
  * versions when this module is not built (no compiler) or ENGINE_PURE_PYTHON=1 is set.
  * Both implementations write and read the same bytes; the tests run both.
  *
- *   RingWriter   the producer side of one slot: frame, copy, publish (SlotWriter.try_write)
+ *   RingWriter   the producer side of one slot: frame, copy, publish (SlotWriter.try_write);
+ *                put() encodes the item first, with the JSON encoder of _native_json.c
+ *                for the wire Structs (msgspec's bytes) and msgspec for anything else
  *   parse        the consumer side: slice whole records out of the mapping (ring._parse)
  *   uuid7 / uuid7_bytes / uuid_bytes   ids without Python big-int arithmetic
  *
@@ -25,6 +27,8 @@
 #include <time.h>
 #include <unistd.h>
 #include <sys/random.h>
+
+#include "_native_json.h"
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "engine._native assumes a little-endian host (the ring format is little-endian)"
@@ -177,8 +181,9 @@ typedef struct {
     uint64_t *head_word, *records_word, *released_word, *sleeping_word;
     uint64_t ring_bytes, max_record_total;
     uint64_t head, records, lap_end, limit;
-    PyObject *encoder, *encode_into;  /* the last encoder put() was given, and its method */
-    PyObject *scratch;    /* bytearray that put() encodes into (reused: no allocation) */
+    PyObject *encoder, *encode_into, *encode;  /* put()'s last encoder, and its methods */
+    PyObject *scratch;    /* bytearray that msgspec encodes into (reused: no allocation) */
+    JBuf json;            /* what the native encoder writes into (reused) */
     PyObject *refused;    /* bytes of the last item put() encoded but did not write */
     int busy;             /* put() is encoding: a re-entrant put() uses a fresh buffer */
 } RingWriter;
@@ -236,7 +241,9 @@ static void writer_dealloc(RingWriter *self) {
     writer_release_view(self);
     Py_XDECREF(self->encoder);
     Py_XDECREF(self->encode_into);
+    Py_XDECREF(self->encode);
     Py_XDECREF(self->scratch);
+    jbuf_free(&self->json);
     Py_XDECREF(self->refused);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -387,7 +394,8 @@ static const char SPLICE_KEY[] = "\"ended_at\":";
 #define SCRATCH_KEEP_BYTES (1 << 20)
 
 /* put(encoder, item, kind, flags, call_id, trace_id, project, max_payload, splice) -> int
- * Encodes item with encoder.encode_into into a reused buffer and writes it: try_write's
+ * Encodes item into a reused buffer -- natively when its type has a plan (values it does not
+ * cover go to encoder.encode one by one), else with encoder.encode_into -- and writes it: try_write's
  * codes, plus -4 when the encoded item is over max_payload (nothing written) and -5 when
  * splice is true but the encoding has no "ended_at" key. With splice, aux is the offset of
  * that key (where an end's payload fields begin: see wire.calls.end_splice_offset). */
@@ -408,50 +416,71 @@ static PyObject *writer_put(RingWriter *self, PyObject *const *args, Py_ssize_t 
     int splice = PyObject_IsTrue(args[8]);
     if ((max_payload == -1 || splice < 0) && PyErr_Occurred()) return NULL;
     if (encoder != self->encoder) {
-        PyObject *method = PyObject_GetAttrString(encoder, "encode_into");
-        if (method == NULL) return NULL;
+        PyObject *into = PyObject_GetAttrString(encoder, "encode_into");
+        if (into == NULL) return NULL;
+        PyObject *encode = PyObject_GetAttrString(encoder, "encode");
+        if (encode == NULL) {
+            Py_DECREF(into);
+            return NULL;
+        }
         Py_INCREF(encoder);
         Py_XSETREF(self->encoder, encoder);
-        Py_XSETREF(self->encode_into, method);
+        Py_XSETREF(self->encode_into, into);
+        Py_XSETREF(self->encode, encode);
     }
-    PyObject *buffer;
     int reentrant = self->busy;  /* an enc_hook that traces a call lands here */
-    if (reentrant || self->scratch == NULL) {
-        buffer = PyByteArray_FromStringAndSize(NULL, 0);
-        if (buffer == NULL) return NULL;
-        if (!reentrant) {
-            self->scratch = buffer;
+    JBuf local = {0};
+    JBuf *json = reentrant ? &local : &self->json;
+    PyObject *buffer = NULL;
+    const char *payload;
+    Py_ssize_t payload_len, splice_at = -1;
+    /* the native encoder for the wire Structs (msgspec's bytes); msgspec for anything else */
+    PyObject *fallback = self->encode;
+    Py_INCREF(fallback);
+    self->busy = 1;
+    int native = json_encode_item(json, item, fallback, &splice_at);
+    self->busy = reentrant;
+    Py_DECREF(fallback);
+    if (native < 0) goto fail;
+    if (native) {
+        payload = json->p;
+        payload_len = (Py_ssize_t)json->len;
+    } else {
+        if (reentrant || self->scratch == NULL) {
+            buffer = PyByteArray_FromStringAndSize(NULL, 0);
+            if (buffer == NULL) goto fail;
+            if (!reentrant) {
+                self->scratch = buffer;
+                Py_INCREF(buffer);
+            }
+        } else {
+            buffer = self->scratch;
             Py_INCREF(buffer);
         }
-    } else {
-        buffer = self->scratch;
-        Py_INCREF(buffer);
+        PyObject *method = self->encode_into;
+        Py_INCREF(method);
+        PyObject *call_args[2] = {item, buffer};
+        self->busy = 1;
+        PyObject *done = PyObject_Vectorcall(method, call_args, 2, NULL);
+        self->busy = reentrant;
+        Py_DECREF(method);
+        if (done == NULL) goto fail;
+        Py_DECREF(done);
+        payload = PyByteArray_AS_STRING(buffer);
+        payload_len = PyByteArray_GET_SIZE(buffer);
     }
-    PyObject *method = self->encode_into;
-    Py_INCREF(method);
-    PyObject *call_args[2] = {item, buffer};
-    self->busy = 1;
-    PyObject *done = PyObject_Vectorcall(method, call_args, 2, NULL);
-    self->busy = reentrant;
-    Py_DECREF(method);
-    if (done == NULL) {
-        Py_DECREF(buffer);
-        return NULL;
-    }
-    Py_DECREF(done);
-    if (check_ready(self) < 0) {  /* an enc_hook closed the ring set under us */
-        Py_DECREF(buffer);
-        return NULL;
-    }
-    const char *payload = PyByteArray_AS_STRING(buffer);
-    Py_ssize_t payload_len = PyByteArray_GET_SIZE(buffer);
+    if (check_ready(self) < 0) goto fail;  /* an enc_hook closed the ring set under us */
     uint32_t aux = 0;
     if (payload_len > max_payload) {
         code = -4;
     } else if (splice) {
-        const char *key = memmem(payload, (size_t)payload_len, SPLICE_KEY, sizeof(SPLICE_KEY) - 1);
-        if (key == NULL) code = -5;
-        else aux = (uint32_t)(key - payload);
+        if (!native) {
+            const char *key = memmem(payload, (size_t)payload_len, SPLICE_KEY,
+                                     sizeof(SPLICE_KEY) - 1);
+            splice_at = key == NULL ? -1 : key - payload;
+        }
+        if (splice_at < 0) code = -5;
+        else aux = (uint32_t)splice_at;
     }
     if (code == 0) {
         code = write_record(self, kind, flags, call_id, trace_id, PyBytes_AS_STRING(args[6]),
@@ -459,17 +488,22 @@ static PyObject *writer_put(RingWriter *self, PyObject *const *args, Py_ssize_t 
     }
     if (code != 1 && code != 2) {  /* the caller waits or raises with these bytes: no re-encode */
         PyObject *kept = PyBytes_FromStringAndSize(payload, payload_len);
-        if (kept == NULL) {
-            Py_DECREF(buffer);
-            return NULL;
-        }
+        if (kept == NULL) goto fail;
         Py_XSETREF(self->refused, kept);
     }
     /* one huge item must not pin its size in memory for the writer's whole life */
-    if (!reentrant && ((PyByteArrayObject *)buffer)->ob_alloc > SCRATCH_KEEP_BYTES)
-        Py_CLEAR(self->scratch);
-    Py_DECREF(buffer);
+    if (!reentrant) {
+        if (buffer != NULL && ((PyByteArrayObject *)buffer)->ob_alloc > SCRATCH_KEEP_BYTES)
+            Py_CLEAR(self->scratch);
+        if (self->json.cap > SCRATCH_KEEP_BYTES) jbuf_free(&self->json);
+    }
+    Py_XDECREF(buffer);
+    jbuf_free(&local);
     return PyLong_FromLong(code);
+fail:
+    Py_XDECREF(buffer);
+    jbuf_free(&local);
+    return NULL;
 }
 
 static PyObject *writer_take_refused(RingWriter *self, PyObject *unused) {
@@ -710,6 +744,11 @@ static PyMethodDef native_methods[] = {
     {"uuid7", native_uuid7, METH_NOARGS, "A new UUIDv7 as lowercase 8-4-4-4-12 text."},
     {"uuid7_bytes", native_uuid7_bytes, METH_NOARGS, "A new UUIDv7 as (text, 16 raw bytes)."},
     {"uuid_bytes", native_uuid_bytes, METH_O, "16 raw bytes of a UUID text; ValueError if not one."},
+    {"struct_plan", native_struct_plan, METH_VARARGS,
+     "struct_plan(type, names, descriptors, defaults, splice_name, unset): let the native "
+     "encoder write this Struct type (see engine/_native_json.c)."},
+    {"encode", (PyCFunction)(void (*)(void))native_encode, METH_FASTCALL,
+     "encode(fallback, obj) -> bytes: obj as the native encoder writes it (msgspec's bytes)."},
     {"reseed", native_reseed, METH_NOARGS, "Reseed the id generator from the OS (after fork)."},
     {"parse", (PyCFunction)(void (*)(void))native_parse, METH_FASTCALL,
      "parse(mapping, start, stop, slot, position, out, limit, max_bytes, record_type, ends, "
@@ -725,7 +764,7 @@ static struct PyModuleDef native_module = {
 
 PyMODINIT_FUNC PyInit__native(void) {
     init_hex_table();
-    if (rng_seed() < 0) return NULL;
+    if (rng_seed() < 0 || json_init() < 0) return NULL;
     if (PyType_Ready(&RingWriterType) < 0) return NULL;
     PyObject *module = PyModule_Create(&native_module);
     if (module == NULL) return NULL;

@@ -115,6 +115,43 @@ encoder = msgspec.json.Encoder(enc_hook=_enc_hook, decimal_format="number")
 strict_encoder = msgspec.json.Encoder(enc_hook=_strict_hook, decimal_format="number")
 
 
+def native_struct_plan(cls: type[msgspec.Struct], splice_name: str = "ended_at") -> bool:
+    """Let the C accelerator encode ``cls`` itself (msgspec's bytes, strings checked 16 at a
+    time); False, and msgspec keeps encoding it, when the accelerator is not built or the
+    type's config is one the C encoder does not reproduce (tags, array_like, renamed-field
+    escapes, default factories). ``splice_name``: the field whose offset ``put`` reports.
+    """
+    if _native is None:
+        return False
+    config = cls.__struct_config__
+    if config.tag is not None or config.array_like:
+        return False
+    fields, names = cls.__struct_fields__, cls.__struct_encode_fields__
+    if any(c in '"\\' or c < " " for name in names for c in name):
+        return False  # msgspec writes field names unescaped; C would escape them
+    defaults = cls.__struct_defaults__
+    # per field: NODEFAULT (always written) or the default a value is left out for
+    omit: list[Any] = [msgspec.NODEFAULT] * (len(fields) - len(defaults))
+    for default in defaults:
+        if default is msgspec.NODEFAULT or not config.omit_defaults:
+            omit.append(msgspec.NODEFAULT)
+        elif default is None or type(default) in (bool, int, float, str):
+            omit.append(default)  # msgspec compares these by identity, as the C side does
+        else:  # a default factory, or an object msgspec may treat specially: not here
+            return False
+    descriptors = []
+    for name in fields:
+        for klass in cls.__mro__:
+            if name in vars(klass):
+                descriptors.append(vars(klass)[name])
+                break
+        else:
+            return False
+    _native.struct_plan(cls, tuple(names), tuple(descriptors), tuple(omit), splice_name,
+                        msgspec.UNSET, msgspec.NODEFAULT)
+    return True
+
+
 def encode(obj: Any) -> bytes:
     """Compact UTF-8 JSON with the wire's rules.
 

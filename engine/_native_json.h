@@ -1,0 +1,23 @@
+/* engine._native: what _native.c uses of the JSON encoder in _native_json.c */
+#ifndef ENGINE_NATIVE_JSON_H
+#define ENGINE_NATIVE_JSON_H
+
+#include <Python.h>
+
+typedef struct {
+    char *p;
+    size_t len, cap;
+} JBuf;
+
+void jbuf_free(JBuf *b);
+
+/* Encode a Struct whose type has a plan into b (reset first): 1 done, 0 no plan for its
+ * type (nothing written; the caller uses msgspec), -1 error. *splice_at: the offset of the
+ * plan's splice key, -1 if that field was left out. */
+int json_encode_item(JBuf *b, PyObject *item, PyObject *fallback, Py_ssize_t *splice_at);
+
+PyObject *native_struct_plan(PyObject *self, PyObject *args);
+PyObject *native_encode(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
+int json_init(void);
+
+#endif

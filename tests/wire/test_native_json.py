@@ -1,0 +1,177 @@
+"""The C encoder (engine/_native_json.c) writes msgspec's bytes, value for value.
+
+The producer encodes every traced item with it when the accelerator is built, so what
+reaches the ring, the sender's splicing and the server must not change by a byte: each
+test compares it with msgspec's own encoder on the same value, hooks and errors included.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import enum
+import math
+import uuid
+
+import msgspec
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import engine._producer  # noqa: F401  (registers the wire insert types' plans)
+from engine import _accel
+from engine.wire import _codec
+from engine.wire.calls import (
+    CompletedCallSchemaForInsert,
+    EndedCallSchemaForInsert,
+    StartedCallSchemaForInsert,
+    end_splice_offset,
+)
+
+native = _accel.native
+pytestmark = pytest.mark.skipif(native is None, reason="engine._native is not built here")
+
+ENCODER = _codec.encoder
+
+
+def native_encode(value, encoder=ENCODER):
+    return native.encode(encoder.encode, value)
+
+
+class Color(enum.Enum):
+    RED = "red"
+
+
+class Point(msgspec.Struct):  # a Struct with no plan: msgspec encodes it inside our output
+    x: int
+    y: float = 0.5
+
+
+class Opaque:
+    def __str__(self) -> str:
+        return "opaque-\u00e9\"quoted\""
+
+
+def same_as_msgspec(value, encoder=ENCODER) -> None:
+    before = _codec.Stringified.count
+    expected = encoder.encode(value)
+    hooked = _codec.Stringified.count - before
+    got = native_encode(value, encoder)
+    assert got == expected
+    assert _codec.Stringified.count - before == 2 * hooked  # the hook ran once per encode
+
+
+text = st.text(alphabet=st.characters(codec="utf-8"), max_size=80) | st.sampled_from(
+    ["", '"', "\\", "\x00\x1f\x7f", "a" * 15 + '"', "b" * 16 + "\\" + "c" * 17,
+     "x" * 33 + "\n", "\u2028\u2029", "\U0001d11e snowman \u2603", "tab\there"])
+floats = st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from(
+    [0.0, -0.0, 0.7, 0.85, 1e-4, 9.99e-5, 1e15, 1e16, 123456789.125, 0.1 + 0.2, -2.5, 1.0])
+ints = st.integers(min_value=-(2**70), max_value=2**70) | st.sampled_from(
+    [0, -1, 2**63 - 1, -(2**63), 2**63, 2**64 - 1, 2**64])
+datetimes = st.datetimes(timezones=st.sampled_from(
+    [None, dt.timezone.utc, dt.timezone(dt.timedelta(hours=5, minutes=30))]))
+scalars = (text | floats | ints | st.booleans() | st.none() | datetimes
+           | st.sampled_from([Color.RED, uuid.UUID(int=7), decimal.Decimal("1.25"),
+                              b"\x00bytes", Point(3), Opaque()]))
+values = st.recursive(
+    scalars,
+    lambda inner: (st.lists(inner, max_size=6) | st.lists(inner, max_size=4).map(tuple)
+                   | st.dictionaries(text, inner, max_size=6)
+                   | st.dictionaries(st.integers(-5, 5), inner, max_size=3)),
+    max_leaves=40,
+)
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(values)
+def test_any_value_encodes_as_msgspec_does(value):
+    same_as_msgspec(value)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.floats(allow_nan=False, allow_infinity=False)
+       | st.builds(lambda m, k: m / 10**k, st.integers(-(10**17), 10**17), st.integers(0, 12)))
+def test_floats_take_msgspec_shortest_form(x):
+    assert native_encode(x) == ENCODER.encode(x)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=300))
+def test_strings_at_every_length_and_escape_position(s):
+    assert native_encode(s) == ENCODER.encode(s)
+    assert native_encode({s: s}) == ENCODER.encode({s: s})
+
+
+@settings(max_examples=200, deadline=None)
+@given(inputs=st.dictionaries(text, values, max_size=4), output=values,
+       parent=st.none() | st.just("01930000-0000-7000-8000-000000000001"),
+       display=st.none() | text, stamp=datetimes)
+def test_wire_insert_structs_encode_as_msgspec_does(inputs, output, parent, display, stamp):
+    start = StartedCallSchemaForInsert(
+        project_id="e/p", id="01930000-0000-7000-8000-000000000002", op_name="op",
+        display_name=display, trace_id="t", parent_id=parent, started_at=stamp,
+        attributes={"k": 1}, inputs=inputs)
+    end = EndedCallSchemaForInsert(project_id="e/p", id="i", ended_at=stamp, output=output,
+                                   summary={"usage": {}}, exception=display)
+    complete = CompletedCallSchemaForInsert(
+        project_id="e/p", id="i", trace_id="t", op_name="op", started_at=stamp,
+        attributes={}, inputs=inputs, ended_at=stamp, output=output, summary={})
+    for item in (start, end, complete):
+        same_as_msgspec(item)
+
+
+def test_the_strict_encoder_raises_what_msgspec_raises():
+    strict = _codec.strict_encoder
+    with pytest.raises(Exception) as ours:
+        native_encode({"a": [1, Opaque()]}, strict)
+    with pytest.raises(Exception) as theirs:
+        strict.encode({"a": [1, Opaque()]})
+    assert type(ours.value) is type(theirs.value)
+    assert str(ours.value) == str(theirs.value)
+
+
+def test_unencodable_strings_and_cycles_fail_as_under_msgspec():
+    with pytest.raises(UnicodeEncodeError):
+        native_encode({"bad": "\ud800"})
+    loop: list = []
+    loop.append(loop)
+    with pytest.raises(RecursionError):
+        native_encode(loop)
+
+
+def test_a_dict_with_a_non_str_key_goes_to_msgspec_whole_and_hooks_run_once():
+    value = {"a": Opaque(), 3: Opaque()}  # the str key comes first: nothing is encoded twice
+    same_as_msgspec(value)
+
+
+def test_unset_fields_and_omitted_defaults_are_left_out():
+    end = EndedCallSchemaForInsert(project_id="e/p", id="i", ended_at=dt.datetime(2026, 1, 1),
+                                   summary={}, output=msgspec.UNSET)
+    assert native_encode(end) == ENCODER.encode(end)
+    assert b"output" not in native_encode(end)
+
+
+def test_the_splice_offset_is_where_ended_at_begins(tmp_path):
+    from engine import _ring
+
+    ringset = _ring.RingSet.create(1 << 20, 2)
+    try:
+        writer = ringset.writer()
+        end = EndedCallSchemaForInsert(
+            project_id="e/p", id="01930000-0000-7000-8000-000000000002", trace_id=None,
+            started_at=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
+            ended_at=dt.datetime(2026, 1, 1, 0, 0, 1, tzinfo=dt.timezone.utc),
+            output={"text": '"ended_at": inside a value'}, summary={})
+        code = writer.put(ENCODER, end, _ring.KIND_END, 0, end.id, None, b"e/p", 1 << 20, True)
+        assert code in (_ring.WRITTEN, _ring.WRITTEN_RING)
+        (record,) = ringset.reader().read()
+        assert bytes(record.payload) == ENCODER.encode(end)
+        assert record.aux == end_splice_offset(ENCODER.encode(end))
+        writer.detach()
+    finally:
+        ringset.close()
+
+
+def test_large_items_and_nan_round_trip():
+    big = {"text": "z" * (3 << 20), "nan": math.nan, "inf": -math.inf}
+    assert native_encode(big) == ENCODER.encode(big)
