@@ -182,6 +182,8 @@ typedef struct {
     uint64_t ring_bytes, max_record_total;
     uint64_t head, records, lap_end, limit;
     PyObject *encoder, *encode_into, *encode;  /* put()'s last encoder, and its methods */
+    PyObject *bound_encoder, *projects;        /* bind(): what put_item() uses */
+    Py_ssize_t max_payload;
     PyObject *scratch;    /* bytearray that msgspec encodes into (reused: no allocation) */
     JBuf json;            /* what the native encoder writes into (reused) */
     PyObject *refused;    /* bytes of the last item put() encoded but did not write */
@@ -242,6 +244,8 @@ static void writer_dealloc(RingWriter *self) {
     Py_XDECREF(self->encoder);
     Py_XDECREF(self->encode_into);
     Py_XDECREF(self->encode);
+    Py_XDECREF(self->bound_encoder);
+    Py_XDECREF(self->projects);
     Py_XDECREF(self->scratch);
     jbuf_free(&self->json);
     Py_XDECREF(self->refused);
@@ -393,62 +397,52 @@ static PyObject *writer_try_write(RingWriter *self, PyObject *const *args, Py_ss
 static const char SPLICE_KEY[] = "\"ended_at\":";
 #define SCRATCH_KEEP_BYTES (1 << 20)
 
-/* put(encoder, item, kind, flags, call_id, trace_id, project, max_payload, splice) -> int
- * Encodes item into a reused buffer -- natively when its type has a plan (values it does not
- * cover go to encoder.encode one by one), else with encoder.encode_into -- and writes it: try_write's
- * codes, plus -4 when the encoded item is over max_payload (nothing written) and -5 when
- * splice is true but the encoding has no "ended_at" key. With splice, aux is the offset of
- * that key (where an end's payload fields begin: see wire.calls.end_splice_offset). */
-static PyObject *writer_put(RingWriter *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 9) {
-        PyErr_SetString(PyExc_TypeError, "put takes 9 arguments");
-        return NULL;
+/* Point the writer at encoder (put() re-points it when handed another one; bind() once). */
+static int use_encoder(RingWriter *self, PyObject *encoder) {
+    if (encoder == self->encoder) return 0;
+    PyObject *into = PyObject_GetAttrString(encoder, "encode_into");
+    if (into == NULL) return -1;
+    PyObject *encode = PyObject_GetAttrString(encoder, "encode");
+    if (encode == NULL) {
+        Py_DECREF(into);
+        return -1;
     }
-    if (check_ready(self) < 0) return NULL;
-    long kind, flags, code = 0;
-    uint8_t call_id[16], trace_id[16];
-    PyObject *encoder = args[0], *item = args[1];
-    if (header_args(args + 2, &kind, &flags, call_id, trace_id, args[6], &code) < 0 &&
-        PyErr_Occurred())
-        return NULL;
-    if (code) return PyLong_FromLong(code);
-    Py_ssize_t max_payload = PyLong_AsSsize_t(args[7]);
-    int splice = PyObject_IsTrue(args[8]);
-    if ((max_payload == -1 || splice < 0) && PyErr_Occurred()) return NULL;
-    if (encoder != self->encoder) {
-        PyObject *into = PyObject_GetAttrString(encoder, "encode_into");
-        if (into == NULL) return NULL;
-        PyObject *encode = PyObject_GetAttrString(encoder, "encode");
-        if (encode == NULL) {
-            Py_DECREF(into);
-            return NULL;
-        }
-        Py_INCREF(encoder);
-        Py_XSETREF(self->encoder, encoder);
-        Py_XSETREF(self->encode_into, into);
-        Py_XSETREF(self->encode, encode);
-    }
+    Py_INCREF(encoder);
+    Py_XSETREF(self->encoder, encoder);
+    Py_XSETREF(self->encode_into, into);
+    Py_XSETREF(self->encode, encode);
+    return 0;
+}
+
+/* Encode item (natively when its type has a plan, else with msgspec's encode_into) and
+ * write it. Returns the code; an item not written is kept in self->refused, or, with
+ * hand_back, returned as (code, bytes) instead. NULL with an exception set. */
+static PyObject *encode_and_write(RingWriter *self, PyObject *item, long kind, long flags,
+                                  const uint8_t call_id[16], const uint8_t trace_id[16],
+                                  const char *project, Py_ssize_t project_len,
+                                  Py_ssize_t max_payload, int splice, int hand_back) {
+    long code = 0;
     int reentrant = self->busy;  /* an enc_hook that traces a call lands here */
     JBuf local = {0};
     JBuf *json = reentrant ? &local : &self->json;
-    PyObject *buffer = NULL;
+    PyObject *buffer = NULL, *result = NULL;
     const char *payload;
     Py_ssize_t payload_len, splice_at = -1;
-    /* the native encoder for the wire Structs (msgspec's bytes); msgspec for anything else */
-    PyObject *fallback = self->encode;
+    /* the encoder's methods are held: a put() from a hook may re-point the writer */
+    PyObject *fallback = self->encode, *into = self->encode_into;
     Py_INCREF(fallback);
+    Py_INCREF(into);
     self->busy = 1;
     int native = json_encode_item(json, item, fallback, &splice_at);
     self->busy = reentrant;
-    Py_DECREF(fallback);
-    if (native < 0) goto fail;
+    if (native < 0) goto done;
     if (native) {
         payload = json->p;
         payload_len = (Py_ssize_t)json->len;
     } else {
         if (reentrant || self->scratch == NULL) {
             buffer = PyByteArray_FromStringAndSize(NULL, 0);
-            if (buffer == NULL) goto fail;
+            if (buffer == NULL) goto done;
             if (!reentrant) {
                 self->scratch = buffer;
                 Py_INCREF(buffer);
@@ -457,19 +451,16 @@ static PyObject *writer_put(RingWriter *self, PyObject *const *args, Py_ssize_t 
             buffer = self->scratch;
             Py_INCREF(buffer);
         }
-        PyObject *method = self->encode_into;
-        Py_INCREF(method);
         PyObject *call_args[2] = {item, buffer};
         self->busy = 1;
-        PyObject *done = PyObject_Vectorcall(method, call_args, 2, NULL);
+        PyObject *ok = PyObject_Vectorcall(into, call_args, 2, NULL);
         self->busy = reentrant;
-        Py_DECREF(method);
-        if (done == NULL) goto fail;
-        Py_DECREF(done);
+        if (ok == NULL) goto done;
+        Py_DECREF(ok);
         payload = PyByteArray_AS_STRING(buffer);
         payload_len = PyByteArray_GET_SIZE(buffer);
     }
-    if (check_ready(self) < 0) goto fail;  /* an enc_hook closed the ring set under us */
+    if (check_ready(self) < 0) goto done;  /* a hook closed the writer under us */
     uint32_t aux = 0;
     if (payload_len > max_payload) {
         code = -4;
@@ -483,14 +474,20 @@ static PyObject *writer_put(RingWriter *self, PyObject *const *args, Py_ssize_t 
         else aux = (uint32_t)splice_at;
     }
     if (code == 0) {
-        code = write_record(self, kind, flags, call_id, trace_id, PyBytes_AS_STRING(args[6]),
-                            PyBytes_GET_SIZE(args[6]), payload, (uint64_t)payload_len, aux);
+        code = write_record(self, kind, flags, call_id, trace_id, project, project_len, payload,
+                            (uint64_t)payload_len, aux);
     }
     if (code != 1 && code != 2) {  /* the caller waits or raises with these bytes: no re-encode */
         PyObject *kept = PyBytes_FromStringAndSize(payload, payload_len);
-        if (kept == NULL) goto fail;
+        if (kept == NULL) goto done;
+        if (hand_back) {
+            result = Py_BuildValue("(lN)", code, kept);
+            goto done;
+        }
         Py_XSETREF(self->refused, kept);
     }
+    result = PyLong_FromLong(code);
+done:
     /* one huge item must not pin its size in memory for the writer's whole life */
     if (!reentrant) {
         if (buffer != NULL && ((PyByteArrayObject *)buffer)->ob_alloc > SCRATCH_KEEP_BYTES)
@@ -498,12 +495,114 @@ static PyObject *writer_put(RingWriter *self, PyObject *const *args, Py_ssize_t 
         if (self->json.cap > SCRATCH_KEEP_BYTES) jbuf_free(&self->json);
     }
     Py_XDECREF(buffer);
+    Py_DECREF(fallback);
+    Py_DECREF(into);
     jbuf_free(&local);
-    return PyLong_FromLong(code);
-fail:
-    Py_XDECREF(buffer);
-    jbuf_free(&local);
-    return NULL;
+    return result;
+}
+
+/* put(encoder, item, kind, flags, call_id, trace_id, project, max_payload, splice) -> int
+ * Encodes item into a reused buffer -- natively when its type has a plan (values it does
+ * not cover go to encoder.encode one by one), else with encoder.encode_into -- and writes
+ * it: try_write's codes, plus -4 when the encoded item is over max_payload (nothing
+ * written) and -5 when splice is true but the encoding has no "ended_at" key. With splice,
+ * aux is the offset of that key (where an end's payload fields begin: see
+ * wire.calls.end_splice_offset). */
+static PyObject *writer_put(RingWriter *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 9) {
+        PyErr_SetString(PyExc_TypeError, "put takes 9 arguments");
+        return NULL;
+    }
+    if (check_ready(self) < 0) return NULL;
+    long kind, flags, code = 0;
+    uint8_t call_id[16], trace_id[16];
+    if (header_args(args + 2, &kind, &flags, call_id, trace_id, args[6], &code) < 0 &&
+        PyErr_Occurred())
+        return NULL;
+    if (code) return PyLong_FromLong(code);
+    Py_ssize_t max_payload = PyLong_AsSsize_t(args[7]);
+    int splice = PyObject_IsTrue(args[8]);
+    if ((max_payload == -1 || splice < 0) && PyErr_Occurred()) return NULL;
+    if (use_encoder(self, args[0]) < 0) return NULL;
+    return encode_and_write(self, args[1], kind, flags, call_id, trace_id,
+                            PyBytes_AS_STRING(args[6]), PyBytes_GET_SIZE(args[6]), max_payload,
+                            splice, 0);
+}
+
+/* bind(encoder, max_payload, projects): what put_item uses. projects maps a project_id
+ * (str) to its bytes; only projects in it are written by put_item (the caller validates
+ * and adds them). */
+static PyObject *writer_bind(RingWriter *self, PyObject *args) {
+    PyObject *encoder, *projects;
+    Py_ssize_t max_payload;
+    if (!PyArg_ParseTuple(args, "OnO!:bind", &encoder, &max_payload, &PyDict_Type, &projects))
+        return NULL;
+    if (use_encoder(self, encoder) < 0) return NULL;
+    Py_INCREF(encoder);
+    Py_XSETREF(self->bound_encoder, encoder);
+    Py_INCREF(projects);
+    Py_XSETREF(self->projects, projects);
+    self->max_payload = max_payload;
+    Py_RETURN_NONE;
+}
+
+#define UNPLANNED -6
+
+/* put_item(item, kind, flags, splice) -> code | (code, bytes)
+ * put() for a wire Struct with the header read off the item itself (project_id, id,
+ * trace_id; an empty trace_id is none) and bind()'s encoder, limit and projects: the
+ * producer's hot path in one call. -6 (UNPLANNED): nothing done -- the type has no plan,
+ * the id is missing, the project is not bound yet, or an id is not str/bytes/None; use
+ * put(). A refused item comes back as (code, its bytes), never kept: threads may share
+ * the writer between calls (each call holds the GIL throughout, except while a hook
+ * runs, and a put during a hook encodes into its own buffer). */
+static PyObject *writer_put_item(RingWriter *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "put_item takes 4 arguments");
+        return NULL;
+    }
+    if (check_ready(self) < 0) return NULL;
+    if (self->bound_encoder == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "put_item before bind()");
+        return NULL;
+    }
+    PyObject *item = args[0], *project, *id, *trace;
+    int have = json_item_ids(item, &project, &id, &trace);
+    if (have < 0) return NULL;
+    if (!have || project == NULL || id == NULL || id == Py_None || trace == NULL)
+        return PyLong_FromLong(UNPLANNED);
+    PyObject *project_b = PyUnicode_CheckExact(project)
+                              ? PyDict_GetItemWithError(self->projects, project) : NULL;
+    if (project_b == NULL) {
+        if (PyErr_Occurred()) return NULL;
+        return PyLong_FromLong(UNPLANNED);
+    }
+    long kind = PyLong_AsLong(args[1]), flags = PyLong_AsLong(args[2]);
+    int splice = PyObject_IsTrue(args[3]);
+    if ((kind == -1 || flags == -1 || splice < 0) && PyErr_Occurred()) return NULL;
+    if (kind < 0 || kind > 255 || flags < 0 || flags > 255 || !PyBytes_Check(project_b)) {
+        PyErr_SetString(PyExc_ValueError, "put_item: bad kind, flags or project bytes");
+        return NULL;
+    }
+    if (PyUnicode_CheckExact(trace) && PyUnicode_GET_LENGTH(trace) == 0) trace = Py_None;
+    uint8_t call_id[16], trace_id[16];
+    int ok = get_id(id, "call_id", call_id);
+    if (ok <= 0) {
+        if (ok < 0) PyErr_Clear();
+        return PyLong_FromLong(ok < 0 ? UNPLANNED : -2);
+    }
+    ok = get_id(trace, "trace_id", trace_id);
+    if (ok <= 0) {
+        if (ok < 0) PyErr_Clear();
+        return PyLong_FromLong(ok < 0 ? UNPLANNED : -3);
+    }
+    Py_INCREF(project_b);  /* the dict may change while a hook runs */
+    PyObject *result = encode_and_write(self, item, kind, flags, call_id, trace_id,
+                                        PyBytes_AS_STRING(project_b),
+                                        PyBytes_GET_SIZE(project_b), self->max_payload,
+                                        splice, 1);
+    Py_DECREF(project_b);
+    return result;
 }
 
 static PyObject *writer_take_refused(RingWriter *self, PyObject *unused) {
@@ -529,6 +628,11 @@ static PyMethodDef writer_methods[] = {
     {"put", (PyCFunction)(void (*)(void))writer_put, METH_FASTCALL,
      "put(encoder, item, kind, flags, call_id, trace_id, project, max_payload, splice) -> "
      "try_write's codes, -4 (over max_payload) or -5 (splice: no ended_at key)"},
+    {"bind", (PyCFunction)writer_bind, METH_VARARGS,
+     "bind(encoder, max_payload, projects): the encoder, limit and project bytes of put_item"},
+    {"put_item", (PyCFunction)(void (*)(void))writer_put_item, METH_FASTCALL,
+     "put_item(item, kind, flags, splice) -> put's code, (code, bytes) if not written, or -6 "
+     "(use put)"},
     {"take_refused", (PyCFunction)writer_take_refused, METH_NOARGS,
      "The bytes of the last item put() encoded but did not write (then None)."},
     {"release", (PyCFunction)writer_release, METH_NOARGS,

@@ -253,6 +253,7 @@ static int put_datetime(JBuf *b, PyObject *obj, int utc) {
 
 typedef struct {
     Py_ssize_t nfields, splice_index;
+    Py_ssize_t project_index, id_index, trace_index;  /* the header's fields, -1 if absent */
     char **keys;            /* '"name":' for each field, as encoded */
     size_t *key_lens;
     Py_ssize_t *offsets;    /* of each field's slot in an instance */
@@ -482,6 +483,16 @@ int json_encode_item(JBuf *b, PyObject *item, PyObject *fallback, Py_ssize_t *sp
     return put_struct(&ctx, item, plan, splice_at) < 0 ? -1 : 1;
 }
 
+int json_item_ids(PyObject *item, PyObject **project, PyObject **id, PyObject **trace_id) {
+    const Plan *plan = plan_of(Py_TYPE(item));
+    if (plan == NULL) return PyErr_Occurred() ? -1 : 0;
+    if (plan->project_index < 0 || plan->id_index < 0 || plan->trace_index < 0) return 0;
+    *project = *(PyObject **)((char *)item + plan->offsets[plan->project_index]);
+    *id = *(PyObject **)((char *)item + plan->offsets[plan->id_index]);
+    *trace_id = *(PyObject **)((char *)item + plan->offsets[plan->trace_index]);
+    return 1;
+}
+
 /* ---- module functions ----------------------------------------------------------------- */
 
 static void plan_free(PyObject *capsule) {
@@ -517,7 +528,7 @@ PyObject *native_struct_plan(PyObject *self, PyObject *args) {
     Plan *plan = PyMem_Calloc(1, sizeof(Plan));
     if (plan == NULL) return PyErr_NoMemory();
     plan->nfields = n;
-    plan->splice_index = -1;
+    plan->splice_index = plan->project_index = plan->id_index = plan->trace_index = -1;
     plan->keys = PyMem_Calloc((size_t)n + 1, sizeof(char *));
     plan->key_lens = PyMem_Calloc((size_t)n + 1, sizeof(size_t));
     plan->offsets = PyMem_Calloc((size_t)n + 1, sizeof(Py_ssize_t));
@@ -562,6 +573,9 @@ PyObject *native_struct_plan(PyObject *self, PyObject *args) {
             plan->defaults[i] = d;
         }
         if (PyUnicode_Compare(name, splice_name) == 0) plan->splice_index = i;
+        if (PyUnicode_CompareWithASCIIString(name, "project_id") == 0) plan->project_index = i;
+        if (PyUnicode_CompareWithASCIIString(name, "id") == 0) plan->id_index = i;
+        if (PyUnicode_CompareWithASCIIString(name, "trace_id") == 0) plan->trace_index = i;
     }
     if (plans == NULL && (plans = PyDict_New()) == NULL) goto fail;
     if (PyDict_SetItem(plans, type, capsule) < 0) goto fail;

@@ -16,6 +16,10 @@ void jbuf_free(JBuf *b);
  * plan's splice key, -1 if that field was left out. */
 int json_encode_item(JBuf *b, PyObject *item, PyObject *fallback, Py_ssize_t *splice_at);
 
+/* The fields a ring record's header carries, read off an item whose type has a plan with
+ * project_id, id and trace_id (borrowed; NULL for an unset field): 1, or 0 if no such plan. */
+int json_item_ids(PyObject *item, PyObject **project, PyObject **id, PyObject **trace_id);
+
 PyObject *native_struct_plan(PyObject *self, PyObject *args);
 PyObject *native_encode(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
 int json_init(void);

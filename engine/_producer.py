@@ -36,6 +36,8 @@ from engine.wire.calls import (
 __all__ = ["Tracer", "CallHandle", "current_call"]
 
 log = logging.getLogger("engine.producer")
+_KIND_START, _KIND_END = _ring.KIND_START, _ring.KIND_END
+_WRITTEN, _UNPLANNED = _ring.WRITTEN, _ring.UNPLANNED
 
 # The items a Tracer writes are encoded by the C accelerator when it is built (msgspec's
 # bytes, a good part of a call's CPU less); anything inside them it does not cover goes
@@ -129,6 +131,9 @@ class Tracer:
         claims its own on its first write.
         """
         self._writer: _ring.SlotWriter | None = None
+        # The writer's one-call hot path (see SlotWriter.fast_put), None until a slot is
+        # claimed or where there is none. Used without the lock: each call is atomic.
+        self._fast_put: Any = None
         self._max_payload = 0
         self._stringified_seen = _codec.Stringified.count
         # The slot is single-producer: threads of one process take turns (uncontended, this
@@ -147,6 +152,19 @@ class Tracer:
     def call_start(self, start: StartedCallSchemaForInsert | dict[str, Any]) -> CallStartRes:
         """Enqueue a call start; a missing ``id`` / ``trace_id`` is made here (the caller's
         Struct is not changed). Returns both ids, as the server's answer would."""
+        fast = self._fast_put
+        if fast is not None and type(start) is StartedCallSchemaForInsert:
+            try:
+                result = fast(start, _KIND_START, 0, False)
+            except ValueError:
+                self._fast_failed(fast)
+                raise
+            if result == _WRITTEN and _codec.Stringified.count == self._stringified_seen:
+                return CallStartRes(id=start.id, trace_id=start.trace_id)
+            if result != _UNPLANNED:
+                self._settle(result, _KIND_START, 0, start, start.id, start.trace_id, "start",
+                             False)
+                return CallStartRes(id=start.id, trace_id=start.trace_id)
         if not isinstance(start, StartedCallSchemaForInsert):
             start = _convert(start, StartedCallSchemaForInsert)
         if start.id is None or start.trace_id is None:
@@ -157,6 +175,20 @@ class Tracer:
 
     def call_end(self, end: EndedCallSchemaForInsert | dict[str, Any]) -> None:
         """Enqueue a call end (its start may come before or after, in any process)."""
+        fast = self._fast_put
+        if fast is not None and type(end) is EndedCallSchemaForInsert:
+            flags = FLAG_END_HAS_TRACE if end.trace_id and end.started_at else 0
+            try:
+                result = fast(end, _KIND_END, flags, True)
+            except ValueError:
+                self._fast_failed(fast)
+                raise
+            if result == _WRITTEN and _codec.Stringified.count == self._stringified_seen:
+                return
+            if result != _UNPLANNED:
+                self._settle(result, _KIND_END, flags, end, end.id, end.trace_id or None, "end",
+                             True)
+                return
         if not isinstance(end, EndedCallSchemaForInsert):
             end = _convert(end, EndedCallSchemaForInsert)
         flags = FLAG_END_HAS_TRACE if end.trace_id and end.started_at else 0
@@ -214,7 +246,7 @@ class Tracer:
             display_name=handle.display_name, trace_id=trace_id, parent_id=parent_id,
             started_at=started_at, attributes=handle.attributes, inputs=handle.inputs,
         )
-        self._put(_ring.KIND_START, 0, start, project, id_raw, trace_raw, "start")
+        self._emit(_KIND_START, 0, start, project, id_raw, trace_raw, "start", False)
         handle._token = _current.set(handle)
 
     def finish(self, handle: CallHandle, exception: BaseException | None = None) -> None:
@@ -227,8 +259,8 @@ class Tracer:
             exception=None if exception is None else _describe(exception),
             output=handle.output, summary=handle.summary,
         )
-        self._put(_ring.KIND_END, FLAG_END_HAS_TRACE, end, handle._project, handle._id_raw,
-                  handle._trace_raw, "end", True)
+        self._emit(_KIND_END, FLAG_END_HAS_TRACE, end, handle._project, handle._id_raw,
+                   handle._trace_raw, "end", True)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -245,11 +277,57 @@ class Tracer:
         """Give the slot back (its data is still delivered); later writes raise Closed."""
         with self._lock:
             self._closed = True
+            self._fast_put = None
             if self._writer is not None:
                 self._writer.close()
                 self._writer = None
 
     # -- internals ---------------------------------------------------------------------------
+
+    def _fast_failed(self, fast: Any) -> None:
+        """The one-call path raised ValueError: a writer released by a close() that ran
+        while the call was on its way is Closed; anything else stands."""
+        if self._fast_put is not fast:
+            raise Closed("this tracer is closed") from None
+
+    def _emit(self, kind: int, flags: int, item: msgspec.Struct, project: str,
+              call_id: str | bytes, trace_id: str | bytes | None, what: str,
+              splice: bool) -> None:
+        """``_put`` through the writer's one-call path when there is one."""
+        fast = self._fast_put
+        if fast is not None:
+            try:
+                result = fast(item, kind, flags, splice)
+            except ValueError:
+                self._fast_failed(fast)
+                raise
+            if result == _WRITTEN and _codec.Stringified.count == self._stringified_seen:
+                return
+            if result != _UNPLANNED:
+                self._settle(result, kind, flags, item, call_id, trace_id, what, splice)
+                return
+        self._put(kind, flags, item, project, call_id, trace_id, what, splice)
+
+    def _settle(self, result: Any, kind: int, flags: int, item: msgspec.Struct,
+                call_id: str | bytes, trace_id: str | bytes | None, what: str,
+                splice: bool) -> None:
+        """What the one-call path did not finish: the doorbell, a full ring (its bytes came
+        back with the code: nothing is encoded twice), an error, the stringified count."""
+        code, payload = result if type(result) is tuple else (result, None)
+        try:
+            if code != _WRITTEN:
+                project_b = self._projects[item.project_id]  # put_item only takes bound ones
+                with self._lock:
+                    writer = self._writer
+                    if writer is None:
+                        if code != _ring.WRITTEN_RING:
+                            raise Closed("this tracer is closed")
+                    else:
+                        self._put_slow(writer, code, kind, flags, project_b, call_id, trace_id,
+                                       what, splice, payload)
+        finally:
+            if _codec.Stringified.count != self._stringified_seen:
+                self._note_stringified()
 
     def _put(self, kind: int, flags: int, item: msgspec.Struct, project: str,
              call_id: str | bytes, trace_id: str | bytes | None, what: str,
@@ -273,9 +351,10 @@ class Tracer:
 
     def _put_slow(self, writer: _ring.SlotWriter, code: int, kind: int, flags: int,
                   project_b: bytes, call_id: str | bytes, trace_id: str | bytes | None,
-                  what: str, splice: bool) -> None:
+                  what: str, splice: bool, payload: bytes | None = None) -> None:
         """Anything but a plain write: the doorbell, a full ring, or an error to raise."""
-        payload = writer.take_refused()  # the bytes put encoded (None if it stopped before)
+        if payload is None:  # the bytes put encoded (None if it stopped before)
+            payload = writer.take_refused()
         if code in (_ring.WRITTEN_RING, _ring.BAD_CALL_ID, _ring.BAD_TRACE_ID):
             writer.outcome(code, project_b, b"", call_id, trace_id, what)  # rings or raises
             return
@@ -322,6 +401,7 @@ class Tracer:
         self._max_payload = min(writer.max_record_bytes - reserved,
                                 self._settings.max_request_bytes - _ENVELOPE_BYTES)
         self._writer = writer
+        self._fast_put = writer.fast_put(self._encoder, self._max_payload, self._projects)
         return writer
 
     def _ensure_attached(self) -> _ring.RingSet:

@@ -41,6 +41,7 @@ import fcntl
 import mmap
 import os
 import struct
+import sys
 import threading
 import time
 import weakref
@@ -88,6 +89,7 @@ FREE, ACTIVE, CLOSING, DEAD = 0, 1, 2, 3
 WRITTEN, WRITTEN_RING, NO_ROOM = 1, 2, 0
 TOO_LARGE, BAD_CALL_ID, BAD_TRACE_ID = -1, -2, -3
 OVER_MAX_PAYLOAD, NO_SPLICE_KEY = -4, -5  # put() only (the pure put raises for the latter)
+UNPLANNED = -6  # put_item() only: nothing done, use put()
 _ZERO_ID = bytes(16)
 _STATE_NAMES = {FREE: "free", ACTIVE: "active", CLOSING: "closing", DEAD: "dead"}
 
@@ -436,6 +438,16 @@ class SlotWriter:
             self._refused = payload
         return code
 
+    def fast_put(self, encoder, max_payload: int, projects: dict[str, bytes]):
+        """The one-call hot path for wire Structs, ``put_item(item, kind, flags, splice)``,
+        bound to ``encoder``, ``max_payload`` and the validated ``projects`` (str -> bytes,
+        read live); None where there is none (pure Python, or no GIL to make it atomic).
+
+        ``put_item`` returns ``put``'s code, ``(code, bytes)`` for an item it did not write
+        (nothing is kept, so threads may share it), or UNPLANNED: nothing done, use ``put``.
+        """
+        return None
+
     def take_refused(self) -> bytes | None:
         """The bytes of the last item ``put`` encoded but did not write (then None)."""
         payload, self._refused = self._refused, None
@@ -598,6 +610,18 @@ class NativeSlotWriter(SlotWriter):
         self.raw_write = self._native.try_write  # same codes as SlotWriter.raw_write
         self.put = self._native.put  # same codes as SlotWriter.put
         self.take_refused = self._native.take_refused
+
+    def fast_put(self, encoder, max_payload: int, projects: dict[str, bytes]):
+        gil = getattr(sys, "_is_gil_enabled", None)
+        if gil is not None and not gil():  # free-threaded: calls would not be atomic
+            return None
+        self._native.bind(encoder, max_payload, projects)
+        return self._native.put_item
+
+    def close(self) -> None:
+        super().close()
+        if self._closed:  # a put_item already fetched by another thread must not write
+            self._native.release()
 
     def detach(self) -> None:
         super().detach()

@@ -494,3 +494,54 @@ def test_reader_splices_only_a_start_with_its_own_adjacent_end(case):
     finally:
         rings.close()
         rings.unlink()
+
+
+def test_put_item_hands_back_what_it_did_not_write(tmp_path):
+    """The Tracer's one-call path (native only): header read off the Struct, refused bytes
+    returned with the code instead of kept, UNPLANNED where put() must do the work."""
+    if _accel.native is None:
+        pytest.skip("engine._native is not built here")
+    import datetime as dt
+
+    import msgspec
+
+    import engine._producer  # noqa: F401  (registers the wire Structs with the C encoder)
+    from engine.wire import _codec
+    from engine.wire.calls import StartedCallSchemaForInsert
+
+    class Unplanned(StartedCallSchemaForInsert):
+        pass
+
+    ringset = _ring.RingSet.create(1 << 16, 2)
+    try:
+        writer = ringset.writer()
+        projects: dict[str, bytes] = {}
+        put_item = writer.fast_put(_codec.encoder, 1 << 20, projects)
+        if _ring._native is None:  # the pure writer has no one-call path: put() does it all
+            assert put_item is None
+            return
+        start = StartedCallSchemaForInsert(
+            project_id="e/p", id=_codec.uuid7(), trace_id=_codec.uuid7(), op_name="op",
+            started_at=dt.datetime.now(dt.timezone.utc), attributes={}, inputs={"p": "x" * 9000})
+        assert put_item(start, _ring.KIND_START, 0, False) == _ring.UNPLANNED  # project unbound
+        projects["e/p"] = b"e/p"
+        assert put_item(msgspec.structs.replace(start, id=None), 1, 0, False) == _ring.UNPLANNED
+        assert put_item(Unplanned(**msgspec.structs.asdict(start)), 1, 0, False) == _ring.UNPLANNED
+        bad = msgspec.structs.replace(start, trace_id="not-a-uuid")
+        assert put_item(bad, 1, 0, False) == _ring.BAD_TRACE_ID
+        written = 0
+        while (result := put_item(start, _ring.KIND_START, 0, False)) in (1, 2):
+            written += 1
+        code, payload = result
+        assert code == _ring.NO_ROOM and written >= 1
+        assert payload == _codec.encoder.encode(start)
+        assert writer.take_refused() is None  # nothing kept for another thread to take
+        records = ringset.reader().read()
+        assert len(records) == written
+        assert {(r.call_id, bytes(r.payload)) for r in records} == {
+            (_codec.uuid_bytes(start.id), payload)}
+        writer.close()
+        with pytest.raises(ValueError, match="released"):
+            put_item(start, _ring.KIND_START, 0, False)
+    finally:
+        ringset.close()

@@ -293,3 +293,62 @@ def test_ids_that_are_not_uuids_are_rejected_naming_the_field(eng):
                   started_at=dt.datetime.now(dt.timezone.utc))
     with pytest.raises(ValueError, match="start.id"):
         eng.producer().call_start(start)
+
+
+def test_threads_meeting_a_full_ring_deliver_every_item_once(tmp_path):
+    """The one-call path runs without the tracer's lock; an item it could not write comes
+    back with its bytes, so threads waiting on a full ring never swap or lose items."""
+    import sys
+    import threading
+
+    with engine.Engine(url="http://127.0.0.1:9", project=PROJECT, start_sender=False,
+                       ring_bytes=1 << 16, max_slots=2, max_block_ms=10_000,
+                       shutdown_timeout_s=0, dead_letter_path=str(tmp_path / "dl.jsonl")) as eng:
+        tracer = eng.producer()
+        ids: list[str] = []
+
+        def work(k: int) -> None:
+            for i in range(150):
+                with tracer.call("t", inputs={"k": k, "i": i, "pad": "q" * (i * 37 % 3000)}) as c:
+                    pass
+                ids.append(c.id)
+
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+        reader = eng._ringset.reader()
+        records: list[_ring.Record] = []
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(1e-6)
+        try:
+            for t in threads:
+                t.start()
+            while any(t.is_alive() for t in threads) or reader.heads() != reader.released():
+                batch = reader.read(7, 1 << 30)  # a slow reader: the ring stays full
+                for r in batch:
+                    reader.release(r.slot, r.end_pos)
+                records.extend(batch)
+        finally:
+            sys.setswitchinterval(interval)
+            for t in threads:
+                t.join()
+            reader.close()
+        items = decoded(records)
+        starts = [i["id"] for r, i in zip(records, items) if r.kind == _ring.KIND_START]
+        ends = [i["id"] for r, i in zip(records, items) if r.kind == _ring.KIND_END]
+        assert sorted(starts) == sorted(ends) == sorted(ids)
+        assert len(ids) == 4 * 150 == len(set(ids))
+        assert eng.stats()["producers"]["dropped_full"] == 0
+
+
+def test_a_tracer_closed_while_encoding_raises_closed_and_writes_nothing(eng):
+    tracer = eng.producer()
+    with tracer.call("first"):
+        pass  # claims the slot: later items take the one-call path
+
+    class Closer:
+        def __str__(self):
+            tracer.close()
+            return "<closer>"
+
+    with pytest.raises(engine.Closed), tracer.call("op", inputs={"v": Closer()}):
+        pass
+    assert [r.kind for r in drain(eng)] == [_ring.KIND_START, _ring.KIND_END]
