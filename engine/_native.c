@@ -279,6 +279,36 @@ static int get_id(PyObject *obj, const char *what, uint8_t out[16]) {
     return -1;
 }
 
+static void write_header(uint8_t *p, long kind, long flags, Py_ssize_t project_len,
+                         uint64_t payload_len, uint32_t aux, const uint8_t call_id[16],
+                         const uint8_t trace_id[16]) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    uint64_t enqueue_ns = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+    uint16_t plen16 = (uint16_t)project_len;
+    uint32_t len32 = (uint32_t)payload_len, zero = 0;
+    p[0] = (uint8_t)kind;
+    p[1] = (uint8_t)flags;
+    memcpy(p + 2, &plen16, 2);
+    memcpy(p + 4, &len32, 4);
+    memcpy(p + 8, &aux, 4);
+    memcpy(p + 12, &zero, 4);
+    memcpy(p + 16, call_id, 16);
+    memcpy(p + 32, trace_id, 16);
+    memcpy(p + 48, &enqueue_ns, 8);
+}
+
+/* Make everything up to new_head visible: release-store the head, count the record, fence,
+ * then look at the consumer's sleeping flag: 2 if it must be woken, else 1. */
+static long publish(RingWriter *self, uint64_t new_head) {
+    self->head = new_head;
+    __atomic_store_n(self->head_word, self->head, __ATOMIC_RELEASE);
+    self->records += 1;
+    __atomic_store_n(self->records_word, self->records, __ATOMIC_RELAXED);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    return __atomic_load_n(self->sleeping_word, __ATOMIC_RELAXED) ? 2 : 1;
+}
+
 /* Frame, copy and publish one record: 1 written, 2 written and the consumer sleeps, 0 no
  * room now, -1 never fits this ring. */
 static long write_record(RingWriter *self, long kind, long flags, const uint8_t call_id[16],
@@ -302,30 +332,28 @@ static long write_record(RingWriter *self, long kind, long flags, const uint8_t 
         self->lap_end += ring_bytes;
     }
     uint8_t *p = self->data + head % ring_bytes;
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    uint64_t enqueue_ns = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-    uint16_t plen16 = (uint16_t)project_len;
-    uint32_t len32 = (uint32_t)payload_len, zero = 0;
-    p[0] = (uint8_t)kind;
-    p[1] = (uint8_t)flags;
-    memcpy(p + 2, &plen16, 2);
-    memcpy(p + 4, &len32, 4);
-    memcpy(p + 8, &aux, 4);
-    memcpy(p + 12, &zero, 4);
-    memcpy(p + 16, call_id, 16);
-    memcpy(p + 32, trace_id, 16);
-    memcpy(p + 48, &enqueue_ns, 8);
+    write_header(p, kind, flags, project_len, payload_len, aux, call_id, trace_id);
     memcpy(p + HEADER_BYTES, project, (size_t)project_len);
     memcpy(p + HEADER_BYTES + project_len, payload, (size_t)payload_len);
     uint64_t used = HEADER_BYTES + (uint64_t)project_len + payload_len;
     if (size > used) memset(p + used, 0, (size_t)(size - used));
-    self->head = head + size;
-    __atomic_store_n(self->head_word, self->head, __ATOMIC_RELEASE);
-    self->records += 1;
-    __atomic_store_n(self->records_word, self->records, __ATOMIC_RELAXED);
-    __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    return __atomic_load_n(self->sleeping_word, __ATOMIC_RELAXED) ? 2 : 1;
+    return publish(self, head + size);
+}
+
+/* The record whose payload was encoded in place at head + header (encode_and_write made
+ * sure it fits before the lap end and the release limit): header, project, padding,
+ * publish -- write_record without the copy. */
+static long publish_in_place(RingWriter *self, long kind, long flags, const uint8_t call_id[16],
+                             const uint8_t trace_id[16], const char *project,
+                             Py_ssize_t project_len, uint64_t payload_len, uint32_t aux) {
+    uint64_t size = (HEADER_BYTES + (uint64_t)project_len + payload_len + 7) & ~(uint64_t)7;
+    uint64_t head = self->head;
+    uint8_t *p = self->data + head % self->ring_bytes;
+    write_header(p, kind, flags, project_len, payload_len, aux, call_id, trace_id);
+    memcpy(p + HEADER_BYTES, project, (size_t)project_len);
+    uint64_t used = HEADER_BYTES + (uint64_t)project_len + payload_len;
+    if (size > used) memset(p + used, 0, (size_t)(size - used));
+    return publish(self, head + size);
 }
 
 static int check_ready(RingWriter *self) {
@@ -428,6 +456,27 @@ static PyObject *encode_and_write(RingWriter *self, PyObject *item, long kind, l
     PyObject *buffer = NULL, *result = NULL;
     const char *payload;
     Py_ssize_t payload_len, splice_at = -1;
+    /* Encode straight into the ring's free space after the head, where the record will
+     * be: no copy. The encoder moves to a buffer of its own when the item does not fit
+     * there (it is then written as usual) or before it calls out to Python, which may
+     * write to this ring itself (a hook that traces; another thread). */
+    JBuf in_ring = {0};
+    uint64_t head = self->head, header = HEADER_BYTES + (uint64_t)project_len;
+    if (!reentrant) {
+        uint64_t end = self->lap_end < self->limit ? self->lap_end : self->limit;
+        if (end - head < header + (64u << 10)) {  /* the stale limit may say too little */
+            self->limit = __atomic_load_n(self->released_word, __ATOMIC_ACQUIRE) + self->ring_bytes;
+            end = self->lap_end < self->limit ? self->lap_end : self->limit;
+        }
+        uint64_t most = self->max_record_total < 0xFFFFFFFFu ? self->max_record_total : 0xFFFFFFFFu;
+        if (end > head + header && most > header) {
+            uint64_t room = end - head - header;
+            in_ring.p = (char *)self->data + head % self->ring_bytes + header;
+            in_ring.cap = (size_t)(room < most - header ? room : most - header);
+            in_ring.borrowed = 1;
+            json = &in_ring;
+        }
+    }
     /* the encoder's methods are held: a put() from a hook may re-point the writer */
     PyObject *fallback = self->encode, *into = self->encode_into;
     Py_INCREF(fallback);
@@ -474,8 +523,13 @@ static PyObject *encode_and_write(RingWriter *self, PyObject *item, long kind, l
         else aux = (uint32_t)splice_at;
     }
     if (code == 0) {
-        code = write_record(self, kind, flags, call_id, trace_id, project, project_len, payload,
-                            (uint64_t)payload_len, aux);
+        if (native && json->borrowed) {  /* encoded in place: no Python ran, head unmoved */
+            code = publish_in_place(self, kind, flags, call_id, trace_id, project, project_len,
+                                    (uint64_t)payload_len, aux);
+        } else {
+            code = write_record(self, kind, flags, call_id, trace_id, project, project_len,
+                                payload, (uint64_t)payload_len, aux);
+        }
     }
     if (code != 1 && code != 2) {  /* the caller waits or raises with these bytes: no re-encode */
         PyObject *kept = PyBytes_FromStringAndSize(payload, payload_len);
@@ -498,6 +552,7 @@ done:
     Py_DECREF(fallback);
     Py_DECREF(into);
     jbuf_free(&local);
+    jbuf_free(&in_ring);  /* frees only what it moved to (the ring is not ours to free) */
     return result;
 }
 
@@ -853,6 +908,10 @@ static PyMethodDef native_methods[] = {
      "encoder write this Struct type (see engine/_native_json.c)."},
     {"encode", (PyCFunction)(void (*)(void))native_encode, METH_FASTCALL,
      "encode(fallback, obj) -> bytes: obj as the native encoder writes it (msgspec's bytes)."},
+    {"utcnow", native_utcnow, METH_NOARGS,
+     "utcnow() -> datetime.now(timezone.utc), to the microsecond (rounded down)."},
+    {"utc_datetime", native_utc_datetime, METH_VARARGS,
+     "utc_datetime(secs, us) -> the aware UTC datetime utcnow() makes of that instant."},
     {"reseed", native_reseed, METH_NOARGS, "Reseed the id generator from the OS (after fork)."},
     {"parse", (PyCFunction)(void (*)(void))native_parse, METH_FASTCALL,
      "parse(mapping, start, stop, slot, position, out, limit, max_bytes, record_type, ends, "

@@ -7,6 +7,8 @@
 typedef struct {
     char *p;
     size_t len, cap;
+    int borrowed;  /* p is someone else's memory (a ring's free space): growing, or any call
+                    * out to Python, first moves what was written to a buffer of our own */
 } JBuf;
 
 void jbuf_free(JBuf *b);
@@ -22,6 +24,8 @@ int json_item_ids(PyObject *item, PyObject **project, PyObject **id, PyObject **
 
 PyObject *native_struct_plan(PyObject *self, PyObject *args);
 PyObject *native_encode(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
+PyObject *native_utcnow(PyObject *self, PyObject *unused);
+PyObject *native_utc_datetime(PyObject *self, PyObject *args);
 int json_init(void);
 
 #endif

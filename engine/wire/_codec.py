@@ -84,8 +84,12 @@ def uuid_text(raw: bytes) -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-def utcnow() -> _dt.datetime:
+def _utcnow_py() -> _dt.datetime:
     return _dt.datetime.now(UTC)
+
+
+# datetime.now(UTC) costs ~250 ns (a time zone conversion); the C one ~60 ns, same value.
+utcnow = _utcnow_py if _native is None else _native.utcnow
 
 
 

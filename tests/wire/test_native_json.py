@@ -175,3 +175,19 @@ def test_the_splice_offset_is_where_ended_at_begins(tmp_path):
 def test_large_items_and_nan_round_trip():
     big = {"text": "z" * (3 << 20), "nan": math.nan, "inf": -math.inf}
     assert native_encode(big) == ENCODER.encode(big)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.integers(min_value=-62135596800, max_value=253402300799), st.integers(0, 999_999))
+def test_utc_datetimes_are_pythons(secs, us):
+    expected = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(
+        seconds=secs, microseconds=us)
+    got = native.utc_datetime(secs, us)
+    assert got == expected and got.tzinfo is dt.timezone.utc
+
+
+def test_utcnow_is_now_in_utc():
+    before = dt.datetime.now(dt.timezone.utc) - dt.timedelta(microseconds=1)
+    now = _codec.utcnow()
+    after = dt.datetime.now(dt.timezone.utc) + dt.timedelta(microseconds=1)
+    assert before <= now <= after and now.tzinfo is dt.timezone.utc
