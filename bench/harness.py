@@ -125,7 +125,7 @@ def sink(store: str = "count", max_body_bytes: int | None = None) -> Iterator[Si
 
 def driver_argv(contender: str, url: str, calls: int, profile: str, timeout_s: float,
                 producers: int = 1, compression: str = "none", mode: str | None = None,
-                ) -> list[str]:
+                distinct_payloads: int | None = None) -> list[str]:
     """The command line of one driver process for ``contender``.
 
     ``engine`` runs all ``producers`` inside one driver (they share one Engine); a peer
@@ -134,9 +134,10 @@ def driver_argv(contender: str, url: str, calls: int, profile: str, timeout_s: f
     common = ["--url", url, "--calls", str(calls), "--profile", profile,
               "--timeout-s", str(timeout_s), "--project", PROJECT]
     if contender == "engine":
+        extra = [] if distinct_payloads is None else ["--distinct-payloads", str(distinct_payloads)]
         return [sys.executable, "-m", "bench.contenders.engine_driver", *common,
                 "--mode", mode or "startend", "--producers", str(producers),
-                "--compression", compression]
+                "--compression", compression, *extra]
     if contender == "weave-batched":
         return [sys.executable, "-m", "bench.peers.weave_client", *common, "--mode", "batched"]
     if contender == "weave-op":

@@ -78,9 +78,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--count-url", help="as for the peer drivers (engine serve's /stats)")
     parser.add_argument("--producers", type=int, default=1, help="producer processes (fork)")
     parser.add_argument("--compression", choices=("none", "zstd"), default="none")
+    parser.add_argument("--distinct-payloads", type=int, default=_run.MAX_DISTINCT_PAYLOADS,
+                        help="payloads the calls cycle through (small: data in cache)")
     args = parser.parse_args(argv)
-    if args.calls < 1 or args.producers < 1:
-        parser.error("--calls and --producers must be at least 1")
+    if args.calls < 1 or args.producers < 1 or args.distinct_payloads < 1:
+        parser.error("--calls, --producers and --distinct-payloads must be at least 1")
     if args.project.count("/") != 1:
         parser.error(f"--project must be 'entity/project', got {args.project!r}")
     return args
@@ -271,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     report = EngineReport("engine", args.mode, args.profile, args.calls,
                           producers=args.producers, compression=args.compression)
     report.versions["engine"] = _engine_version()
-    payloads = _run.pregenerate(args.profile, args.calls)
+    payloads = _run.pregenerate(args.profile, args.calls, args.distinct_payloads)
     report.distinct_payloads = len(payloads)
     count_before = _run.read_count(args.count_url)
     with tempfile.TemporaryDirectory(prefix="engine-bench-") as state_dir:

@@ -90,11 +90,15 @@ def parse_args(
     return args
 
 
-def pregenerate(profile_name: str, calls: int) -> list[Payload]:
+def pregenerate(profile_name: str, calls: int,
+                distinct: int = MAX_DISTINCT_PAYLOADS) -> list[Payload]:
+    """The payloads a run cycles through: ``min(calls, distinct)`` of them. The default pool
+    (~60 MB of eval payloads) is far larger than the caches, so every call's data is read
+    from memory; a small pool (64 fit in a core's L2) is data the program just built."""
     p = profile(profile_name)
     return [
         Payload(p.inputs(i), p.output(i), p.summary(i), p.attributes(i))
-        for i in range(min(calls, MAX_DISTINCT_PAYLOADS))
+        for i in range(min(calls, distinct))
     ]
 
 
