@@ -651,6 +651,7 @@ static PyObject *writer_put_item(RingWriter *self, PyObject *const *args, Py_ssi
         if (ok < 0) PyErr_Clear();
         return PyLong_FromLong(ok < 0 ? UNPLANNED : -3);
     }
+    if (use_encoder(self, self->bound_encoder) < 0) return NULL;  /* put() may re-point it */
     Py_INCREF(project_b);  /* the dict may change while a hook runs */
     PyObject *result = encode_and_write(self, item, kind, flags, call_id, trace_id,
                                         PyBytes_AS_STRING(project_b),

@@ -152,8 +152,15 @@ class Tracer:
     def call_start(self, start: StartedCallSchemaForInsert | dict[str, Any]) -> CallStartRes:
         """Enqueue a call start; a missing ``id`` / ``trace_id`` is made here (the caller's
         Struct is not changed). Returns both ids, as the server's answer would."""
+        if type(start) is not StartedCallSchemaForInsert:
+            if not isinstance(start, StartedCallSchemaForInsert):
+                start = _convert(start, StartedCallSchemaForInsert)
+        if start.id is None or start.trace_id is None:
+            start = msgspec.structs.replace(start, id=start.id or _codec.uuid7(),
+                                            trace_id=start.trace_id or _codec.uuid7())
+        # _emit inlined (here and in call_end): a Python frame less per item
         fast = self._fast_put
-        if fast is not None and type(start) is StartedCallSchemaForInsert:
+        if fast is not None:
             try:
                 result = fast(start, _KIND_START, 0, False)
             except ValueError:
@@ -165,19 +172,17 @@ class Tracer:
                 self._settle(result, _KIND_START, 0, start, start.id, start.trace_id, "start",
                              False)
                 return CallStartRes(id=start.id, trace_id=start.trace_id)
-        if not isinstance(start, StartedCallSchemaForInsert):
-            start = _convert(start, StartedCallSchemaForInsert)
-        if start.id is None or start.trace_id is None:
-            start = msgspec.structs.replace(start, id=start.id or _codec.uuid7(),
-                                            trace_id=start.trace_id or _codec.uuid7())
         self._put(_ring.KIND_START, 0, start, start.project_id, start.id, start.trace_id, "start")
         return CallStartRes(id=start.id, trace_id=start.trace_id)
 
     def call_end(self, end: EndedCallSchemaForInsert | dict[str, Any]) -> None:
         """Enqueue a call end (its start may come before or after, in any process)."""
+        if type(end) is not EndedCallSchemaForInsert:
+            if not isinstance(end, EndedCallSchemaForInsert):
+                end = _convert(end, EndedCallSchemaForInsert)
+        flags = FLAG_END_HAS_TRACE if end.trace_id and end.started_at else 0
         fast = self._fast_put
-        if fast is not None and type(end) is EndedCallSchemaForInsert:
-            flags = FLAG_END_HAS_TRACE if end.trace_id and end.started_at else 0
+        if fast is not None:
             try:
                 result = fast(end, _KIND_END, flags, True)
             except ValueError:
@@ -189,9 +194,6 @@ class Tracer:
                 self._settle(result, _KIND_END, flags, end, end.id, end.trace_id or None, "end",
                              True)
                 return
-        if not isinstance(end, EndedCallSchemaForInsert):
-            end = _convert(end, EndedCallSchemaForInsert)
-        flags = FLAG_END_HAS_TRACE if end.trace_id and end.started_at else 0
         self._put(_ring.KIND_END, flags, end, end.project_id, end.id, end.trace_id or None, "end",
                   True)
 
