@@ -248,20 +248,34 @@ _sigterm_installed = False
 def _install_sigterm(engine: Engine) -> None:
     """SIGTERM in the owner flushes every open engine like a normal exit, then terminates
     as SIGTERM would. Installed once, from the main thread, only if nobody else handles
-    SIGTERM; forked children inherit it and simply terminate."""
+    SIGTERM. A forked child gets SIGTERM's default back (``_sigterm_after_fork``)."""
     global _sigterm_installed
     _open_engines.add(engine)
     if _sigterm_installed or threading.current_thread() is not threading.main_thread():
         return
     if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
         return
-
-    def on_sigterm(signum: int, frame: Any) -> None:
-        for open_engine in list(_open_engines):
-            if os.getpid() == open_engine._owner_pid:
-                open_engine.close()
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    signal.signal(signal.SIGTERM, on_sigterm)
+    signal.signal(signal.SIGTERM, _on_sigterm)
     _sigterm_installed = True
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    for open_engine in list(_open_engines):
+        if os.getpid() == open_engine._owner_pid:
+            open_engine.close()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _sigterm_after_fork() -> None:
+    """A forked child owns none of the engines it inherited, so the handler would only
+    re-raise; and a Python handler runs only when the child's main thread gets back to the
+    interpreter, so a worker busy in C (or blocked where signals are retried) would outlive
+    ``Pool.terminate()``. The default disposition kills it at once, as without us."""
+    global _sigterm_installed
+    if _sigterm_installed and signal.getsignal(signal.SIGTERM) is _on_sigterm:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _sigterm_installed = False  # an Engine made in the child installs it for itself
+
+
+os.register_at_fork(after_in_child=_sigterm_after_fork)

@@ -152,9 +152,9 @@ class Tracer:
     def call_start(self, start: StartedCallSchemaForInsert | dict[str, Any]) -> CallStartRes:
         """Enqueue a call start; a missing ``id`` / ``trace_id`` is made here (the caller's
         Struct is not changed). Returns both ids, as the server's answer would."""
-        if type(start) is not StartedCallSchemaForInsert:
-            if not isinstance(start, StartedCallSchemaForInsert):
-                start = _convert(start, StartedCallSchemaForInsert)
+        if (type(start) is not StartedCallSchemaForInsert
+                and not isinstance(start, StartedCallSchemaForInsert)):
+            start = _convert(start, StartedCallSchemaForInsert)
         if start.id is None or start.trace_id is None:
             start = msgspec.structs.replace(start, id=start.id or _codec.uuid7(),
                                             trace_id=start.trace_id or _codec.uuid7())
@@ -177,9 +177,8 @@ class Tracer:
 
     def call_end(self, end: EndedCallSchemaForInsert | dict[str, Any]) -> None:
         """Enqueue a call end (its start may come before or after, in any process)."""
-        if type(end) is not EndedCallSchemaForInsert:
-            if not isinstance(end, EndedCallSchemaForInsert):
-                end = _convert(end, EndedCallSchemaForInsert)
+        if type(end) is not EndedCallSchemaForInsert and not isinstance(end, EndedCallSchemaForInsert):
+            end = _convert(end, EndedCallSchemaForInsert)
         flags = FLAG_END_HAS_TRACE if end.trace_id and end.started_at else 0
         fast = self._fast_put
         if fast is not None:

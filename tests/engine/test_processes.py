@@ -186,3 +186,43 @@ def test_close_never_hangs_past_its_deadline_and_dead_letters_the_rest(tmp_path)
     assert stats["undelivered"] == 0
     lines = (tmp_path / "dead_letters.jsonl").read_text().splitlines()
     assert len(lines) == len(ids)
+
+
+_SIGTERM_FORK_SCRIPT = textwrap.dedent("""
+    import multiprocessing, os, signal, sys, threading, time
+    sys.path.insert(0, {root!r})
+    from tests.engine.helpers import make_engine
+    import pathlib
+
+    def report(_):
+        return signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+    def busy_in_c(_):
+        return sum(range({loop}))  # seconds inside one C call: no Python handler runs
+
+    with make_engine({url!r}, pathlib.Path({tmp!r})) as eng:
+        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL  # the owner's flush
+        ctx = multiprocessing.get_context("fork")
+        with ctx.Pool(2) as pool:
+            print("default-in-child", all(pool.map(report, range(4))), flush=True)
+            pool.map_async(busy_in_c, range(2))
+            time.sleep(0.5)
+            began = time.monotonic()
+        print("terminated-in", round(time.monotonic() - began, 1), flush=True)
+""")
+
+
+def test_forked_workers_get_sigterm_default_and_pool_terminate_kills_them(tmp_path):
+    """The owner's SIGTERM handler (flush, then terminate) is not a forked worker's: it
+    owns no engine, and a Python handler cannot run while the worker waits in C, which
+    would keep Pool.terminate() waiting for it forever."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    with FaultServer() as server:
+        script = _SIGTERM_FORK_SCRIPT.format(root=root, url=server.url, tmp=str(tmp_path),
+                                             loop=3 * 10**8)  # bounded: ~5 s if not killed
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                              timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = dict(line.split(" ", 1) for line in done.stdout.splitlines())
+    assert lines["default-in-child"] == "True"
+    assert float(lines["terminated-in"]) < 2
