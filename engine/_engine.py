@@ -267,15 +267,40 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
+_fork_masks = threading.local()  # the forking thread's signal mask, while it forks
+
+
+def _sigterm_before_fork() -> None:
+    """Hold SIGTERM back in the forking thread (the child starts with that mask): a SIGTERM
+    sent to a child right after fork -- Pool.terminate() racing a worker being replaced --
+    would otherwise reach our Python handler's C half and be dropped when the child resets
+    its signals, leaving a worker that ignores the terminate and a join() that never ends."""
+    if _sigterm_installed and signal.getsignal(signal.SIGTERM) is _on_sigterm:
+        _fork_masks.old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+
+def _sigterm_after_fork_in_parent() -> None:
+    old = getattr(_fork_masks, "old", None)
+    if old is not None:
+        _fork_masks.old = None
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def _sigterm_after_fork() -> None:
     """A forked child owns none of the engines it inherited, so the handler would only
     re-raise; and a Python handler runs only when the child's main thread gets back to the
-    interpreter, so a worker busy in C (or blocked where signals are retried) would outlive
-    ``Pool.terminate()``. The default disposition kills it at once, as without us."""
+    interpreter, so a worker busy in C would outlive ``Pool.terminate()``. The default
+    disposition kills it at once, as without us; a SIGTERM held back during the fork is
+    delivered right here, with that default."""
     global _sigterm_installed
     if _sigterm_installed and signal.getsignal(signal.SIGTERM) is _on_sigterm:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _sigterm_installed = False  # an Engine made in the child installs it for itself
+    old = getattr(_fork_masks, "old", None)
+    if old is not None:
+        _fork_masks.old = None
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
-os.register_at_fork(after_in_child=_sigterm_after_fork)
+os.register_at_fork(before=_sigterm_before_fork, after_in_parent=_sigterm_after_fork_in_parent,
+                    after_in_child=_sigterm_after_fork)

@@ -127,6 +127,13 @@ def native_struct_plan(cls: type[msgspec.Struct], splice_name: str = "ended_at")
     """
     if _native is None:
         return False
+    try:
+        return _plan(cls, splice_name)
+    except (AttributeError, TypeError):  # a msgspec whose Structs look otherwise: its encoder
+        return False
+
+
+def _plan(cls: type[msgspec.Struct], splice_name: str) -> bool:
     config = cls.__struct_config__
     if config.tag is not None or config.array_like:
         return False

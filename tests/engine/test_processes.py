@@ -226,3 +226,42 @@ def test_forked_workers_get_sigterm_default_and_pool_terminate_kills_them(tmp_pa
     lines = dict(line.split(" ", 1) for line in done.stdout.splitlines())
     assert lines["default-in-child"] == "True"
     assert float(lines["terminated-in"]) < 2
+
+
+_SIGTERM_RACE_SCRIPT = textwrap.dedent("""
+    import os, signal, sys, time, pathlib
+    sys.path.insert(0, {root!r})
+    from tests.engine.helpers import make_engine
+    survivors = 0
+    with make_engine({url!r}, pathlib.Path({tmp!r})) as eng:
+        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+        for _ in range(40):
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    time.sleep(5)
+                finally:
+                    os._exit(0)
+            os.kill(pid, signal.SIGTERM)  # at once: races the child's own start-up
+            t = time.monotonic()
+            while time.monotonic() - t < 2.0 and not os.waitpid(pid, os.WNOHANG)[0]:
+                time.sleep(0.001)
+            else:
+                if time.monotonic() - t >= 2.0:
+                    survivors += 1
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+    print("survivors", survivors, flush=True)
+""")
+
+
+def test_a_sigterm_sent_right_after_fork_kills_the_child(tmp_path):
+    """What Pool.terminate() does to a worker it is replacing at that moment: a SIGTERM
+    arriving before the child has reset its handler must not be lost."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    with FaultServer() as server:
+        script = _SIGTERM_RACE_SCRIPT.format(root=root, url=server.url, tmp=str(tmp_path))
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                              timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["survivors", "0"]

@@ -191,3 +191,27 @@ def test_utcnow_is_now_in_utc():
     now = _codec.utcnow()
     after = dt.datetime.now(dt.timezone.utc) + dt.timedelta(microseconds=1)
     assert before <= now <= after and now.tzinfo is dt.timezone.utc
+
+
+def test_struct_plans_only_for_configs_the_c_encoder_reproduces():
+    class Tagged(msgspec.Struct, tag=True):
+        a: int
+
+    class ArrayLike(msgspec.Struct, array_like=True):
+        a: int
+
+    class Factory(msgspec.Struct, omit_defaults=True):
+        a: list = msgspec.field(default_factory=list)
+
+    class Plain(msgspec.Struct, omit_defaults=True, rename="camel"):
+        first_field: int
+        maybe_text: str | None = None
+        count: int = 0
+        nested: Point | None = None
+
+    for cls in (Tagged, ArrayLike, Factory):
+        assert _codec.native_struct_plan(cls) is False
+    assert _codec.native_struct_plan(Plain) is True
+    for value in (Plain(1), Plain(2, "t", 0), Plain(3, None, 7, Point(1, 2.5)),
+                  Plain(4, msgspec.UNSET), [Plain(5), {"k": Plain(6, "x")}]):
+        same_as_msgspec(value)
