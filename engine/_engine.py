@@ -279,7 +279,8 @@ def _sigterm_before_fork() -> None:
         _fork_masks.old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
 
 
-def _sigterm_after_fork_in_parent() -> None:
+def _restore_fork_mask() -> None:
+    """After fork, in parent and child: the forking thread's mask as it was before."""
     old = getattr(_fork_masks, "old", None)
     if old is not None:
         _fork_masks.old = None
@@ -296,11 +297,8 @@ def _sigterm_after_fork() -> None:
     if _sigterm_installed and signal.getsignal(signal.SIGTERM) is _on_sigterm:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _sigterm_installed = False  # an Engine made in the child installs it for itself
-    old = getattr(_fork_masks, "old", None)
-    if old is not None:
-        _fork_masks.old = None
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    _restore_fork_mask()
 
 
-os.register_at_fork(before=_sigterm_before_fork, after_in_parent=_sigterm_after_fork_in_parent,
+os.register_at_fork(before=_sigterm_before_fork, after_in_parent=_restore_fork_mask,
                     after_in_child=_sigterm_after_fork)
