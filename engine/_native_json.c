@@ -354,11 +354,7 @@ static int put_dict(Ctx *ctx, PyObject *obj) {
     if (Py_EnterRecursiveCall(" while serializing an object")) return -1;
     int status = -1;
     pos = 0;
-    Py_ssize_t ahead = 0;
-    PyObject *ahead_key, *ahead_val;
-    if (PyDict_Next(obj, &ahead, &ahead_key, &ahead_val)) prefetch_inner(ahead_val);
     while (PyDict_Next(obj, &pos, &key, &val)) {
-        if (PyDict_Next(obj, &ahead, &ahead_key, &ahead_val)) prefetch_inner(ahead_val);
         if (!PyUnicode_CheckExact(key)) {  /* only a value's enc_hook can have put it there */
             PyErr_SetString(PyExc_RuntimeError, "dict changed size during encoding");
             goto done;
