@@ -172,7 +172,6 @@ static int put_cstr(JBuf *b, const char *s, Py_ssize_t n) {
 #endif
         while (s < end && !ESCAPE[(uint8_t)*s]) *out++ = *s++;
         if (s == end) break;
-        if (!ESCAPE[(uint8_t)*s]) continue;  /* the vector loop stopped on a clean byte */
         unsigned char c = (unsigned char)*s++;
         b->len = (size_t)(out - b->p);
         ENSURE(b, (size_t)(end - s) + 8);
