@@ -133,14 +133,19 @@ static inline int swar_needs_escape(uint64_t x) {
 }
 #endif
 
+/* Room kept past a string's end: the last block of a string is checked, and stored, 16
+ * bytes at a time (the bytes past its end are overwritten by what follows). */
+#define TAIL_SLACK 16
+
 static int put_cstr(JBuf *b, const char *s, Py_ssize_t n) {
-    ENSURE(b, (size_t)n + 2);
+    ENSURE(b, (size_t)n + 2 + TAIL_SLACK);
     const char *end = s + n;
     char *out = b->p + b->len;
     *out++ = '"';
     for (Py_ssize_t ahead = 64; ahead < n && ahead <= 512; ahead += 64) PREFETCH(s + ahead);
     for (;;) {
-        /* invariant: the buffer has room for the rest of the input plus the closing quote */
+        /* invariant: the buffer has room for the rest of the input, the closing quote and
+         * TAIL_SLACK */
 #if defined(__SSE2__)
         const __m128i below = _mm_set1_epi8(0x1F), quote = _mm_set1_epi8('"'),
                       slash = _mm_set1_epi8('\\');
@@ -160,6 +165,21 @@ static int put_cstr(JBuf *b, const char *s, Py_ssize_t n) {
             out += 16;
             s += 16;
         }
+        /* The last 1..15 bytes in one block too, when loading 16 bytes from s stays in its
+         * page (the bytes past the end are read, never used; a page can't fault). Keys and
+         * short values are mostly this case. */
+        Py_ssize_t rest = end - s;
+        if (rest > 0 && rest < 16 && ((uintptr_t)s & 4095) <= 4096 - 16) {
+            __m128i v = _mm_loadu_si128((const __m128i *)s);
+            __m128i hit = _mm_or_si128(_mm_cmpeq_epi8(_mm_min_epu8(v, below), v),
+                                       _mm_or_si128(_mm_cmpeq_epi8(v, quote),
+                                                    _mm_cmpeq_epi8(v, slash)));
+            unsigned mask = (unsigned)_mm_movemask_epi8(hit) & ((1u << rest) - 1u);
+            _mm_storeu_si128((__m128i *)out, v);
+            int k = mask ? __builtin_ctz(mask) : (int)rest;
+            out += k;
+            s += k;
+        }
 #else
         while (end - s >= 8) {
             uint64_t x;
@@ -174,7 +194,7 @@ static int put_cstr(JBuf *b, const char *s, Py_ssize_t n) {
         if (s == end) break;
         unsigned char c = (unsigned char)*s++;
         b->len = (size_t)(out - b->p);
-        ENSURE(b, (size_t)(end - s) + 8);
+        ENSURE(b, (size_t)(end - s) + 8 + TAIL_SLACK);
         out = b->p + b->len;
         char e = ESCAPE[c];
         *out++ = '\\';
@@ -274,6 +294,7 @@ static PyObject *unset;     /* msgspec.UNSET: a field holding it is left out */
 typedef struct {
     JBuf *b;
     PyObject *fallback;     /* the caller's encoder.encode, for every other value */
+    size_t callouts;        /* times fallback was called: Python code may have run */
 } Ctx;
 
 static int put_value(Ctx *ctx, PyObject *obj);
@@ -281,6 +302,7 @@ static int put_value(Ctx *ctx, PyObject *obj);
 static int put_fallback(Ctx *ctx, PyObject *obj) {
     /* Python code may run (a hook may even write to the ring we borrowed space in) */
     if (ctx->b->borrowed && jbuf_grow(ctx->b, 0) < 0) return -1;
+    ctx->callouts++;
     PyObject *bytes = PyObject_CallOneArg(ctx->fallback, obj);
     if (bytes == NULL) return -1;
     if (!PyBytes_Check(bytes)) {
@@ -339,35 +361,69 @@ static int put_float(Ctx *ctx, PyObject *obj) {
     return put_fallback(ctx, obj);  /* msgspec's own shortest form */
 }
 
-static int put_dict(Ctx *ctx, PyObject *obj) {
-    Py_ssize_t pos = 0;
+/* an entry of a dict being encoded: a value that needs Python code (put_fallback) ends
+ * the snapshot, and the rest is read from the dict itself, as msgspec would see it */
+static int put_entry(Ctx *ctx, PyObject *key, PyObject *val) {
+    Py_INCREF(key);
+    Py_INCREF(val);
+    int r = put_str(ctx->b, key);
+    if (r == 0) r = put_char(ctx->b, ':');
+    if (r == 0) r = put_value(ctx, val);
+    if (r == 0) r = put_char(ctx->b, ',');
+    Py_DECREF(key);
+    Py_DECREF(val);
+    return r;
+}
+
+/* the rest of a dict from pos, read live: after Python code ran, or past the snapshot */
+static int put_entries_live(Ctx *ctx, PyObject *obj, Py_ssize_t pos) {
     PyObject *key, *val;
-    /* the key check also starts loading every value: traced data is often cold (not
-     * touched since it was built), and misses taken together cost about one */
-    while (PyDict_Next(obj, &pos, &key, &val)) {
-        if (!PyUnicode_CheckExact(key)) return put_fallback(ctx, obj);
-        PREFETCH(val);
-    }
-    if (PyDict_GET_SIZE(obj) == 0) return put_bytes(ctx->b, "{}", 2);
-    if (put_char(ctx->b, '{') < 0) return -1;
-    if (Py_EnterRecursiveCall(" while serializing an object")) return -1;
-    int status = -1;
-    pos = 0;
     while (PyDict_Next(obj, &pos, &key, &val)) {
         if (!PyUnicode_CheckExact(key)) {  /* only a value's enc_hook can have put it there */
             PyErr_SetString(PyExc_RuntimeError, "dict changed size during encoding");
-            goto done;
+            return -1;
         }
-        Py_INCREF(key);
-        Py_INCREF(val);
-        int r = put_str(ctx->b, key);
-        if (r == 0) r = put_char(ctx->b, ':');
-        if (r == 0) r = put_value(ctx, val);
-        if (r == 0) r = put_char(ctx->b, ',');
-        Py_DECREF(key);
-        Py_DECREF(val);
-        if (r < 0) goto done;
+        if (put_entry(ctx, key, val) < 0) return -1;
     }
+    return 0;
+}
+
+#define DICT_SNAPSHOT 16  /* entries read in the key check and encoded from there */
+
+static int put_dict(Ctx *ctx, PyObject *obj) {
+    Py_ssize_t pos = 0, n = 0;
+    PyObject *key, *val;
+    PyObject *keys[DICT_SNAPSHOT], *vals[DICT_SNAPSHOT];
+    Py_ssize_t after[DICT_SNAPSHOT];  /* the iteration position after each entry */
+    /* One pass checks the keys, keeps the first entries and starts loading every value:
+     * traced data is often cold (not touched since it was built), and misses taken
+     * together cost about one. No Python code runs until an entry needs it. */
+    while (PyDict_Next(obj, &pos, &key, &val)) {
+        if (!PyUnicode_CheckExact(key)) return put_fallback(ctx, obj);
+        PREFETCH(val);
+        if (n < DICT_SNAPSHOT) {
+            keys[n] = key;
+            vals[n] = val;
+            after[n] = pos;
+        }
+        n++;
+    }
+    if (n == 0) return put_bytes(ctx->b, "{}", 2);
+    if (put_char(ctx->b, '{') < 0) return -1;
+    if (Py_EnterRecursiveCall(" while serializing an object")) return -1;
+    int status = -1;
+    Py_ssize_t kept = n < DICT_SNAPSHOT ? n : DICT_SNAPSHOT;
+    size_t callouts = ctx->callouts;
+    for (Py_ssize_t i = 0; i < kept; i++) {
+        if (ctx->callouts != callouts) {  /* Python ran: the dict may have changed */
+            if (put_entries_live(ctx, obj, after[i - 1]) < 0) goto done;
+            goto close;
+        }
+        if (i + 1 < kept) prefetch_inner(vals[i + 1]);
+        if (put_entry(ctx, keys[i], vals[i]) < 0) goto done;
+    }
+    if (n > kept && put_entries_live(ctx, obj, after[kept - 1]) < 0) goto done;
+close:
     ctx->b->p[ctx->b->len - 1] = '}';  /* over the last comma */
     status = 0;
 done:
@@ -483,7 +539,7 @@ static int put_value(Ctx *ctx, PyObject *obj) {
 int json_encode_item(JBuf *b, PyObject *item, PyObject *fallback, Py_ssize_t *splice_at) {
     const Plan *plan = plan_of(Py_TYPE(item));
     if (plan == NULL) return PyErr_Occurred() ? -1 : 0;
-    Ctx ctx = {b, fallback};
+    Ctx ctx = {b, fallback, 0};
     b->len = 0;
     *splice_at = -1;
     return put_struct(&ctx, item, plan, splice_at) < 0 ? -1 : 1;
@@ -601,7 +657,7 @@ PyObject *native_encode(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     JBuf b = {0};
-    Ctx ctx = {&b, args[0]};
+    Ctx ctx = {&b, args[0], 0};
     PyObject *out = NULL;
     if (put_value(&ctx, args[1]) == 0)
         out = PyBytes_FromStringAndSize(b.p, (Py_ssize_t)b.len);

@@ -102,6 +102,53 @@ def test_strings_at_every_length_and_escape_position(s):
     assert native_encode({s: s}) == ENCODER.encode({s: s})
 
 
+def test_short_strings_at_many_addresses_and_near_page_ends():
+    # The last 1..15 bytes of a string are checked as one 16-byte block unless that block
+    # would cross into the next page: 40,000 live strings put some tails at every offset
+    # of a page, and each carries an escape at a different position or none.
+    strings = []
+    for i in range(40_000):
+        n = 1 + i % 31
+        chars = ["k"] * n
+        if i % 3:
+            chars[(i // 31) % n] = '"\\\n\x01'[i % 4]
+        strings.append("".join(chars))
+    assert native_encode(strings) == ENCODER.encode(strings)
+    assert native_encode({s: i for i, s in enumerate(strings)}) == ENCODER.encode(
+        {s: i for i, s in enumerate(strings)})
+
+
+@pytest.mark.parametrize("size", [15, 16, 17, 40])
+def test_dicts_around_and_past_the_snapshot_size(size):
+    value = {f"key-{k}": [k, {"inner": f"v{k}"}, Opaque()] for k in range(size)}
+    same_as_msgspec(value)
+
+
+class Mutator:
+    """An object whose enc_hook changes the dict it sits in, as badly behaved hooks might."""
+
+    def __init__(self, target: dict, change) -> None:
+        self.target, self.change = target, change
+
+    def __str__(self) -> str:
+        self.change(self.target)
+        return "mutated"
+
+
+@pytest.mark.parametrize("change", [
+    lambda d: d.__setitem__("c", "replaced"),  # a later value replaced
+    lambda d: d.pop("c"),                      # a later entry deleted
+    lambda d: d.__setitem__("b", "again"),     # the value being encoded replaced
+], ids=["replace-later", "delete-later", "replace-current"])
+def test_a_hook_that_changes_the_dict_being_encoded_sees_what_msgspec_sees(change):
+    def build():
+        d = {"a": 1, "b": None, "c": "original", "d": [1, 2]}
+        d["b"] = Mutator(d, change)
+        return d
+
+    assert native_encode(build()) == ENCODER.encode(build())
+
+
 @settings(max_examples=200, deadline=None)
 @given(inputs=st.dictionaries(text, values, max_size=4), output=values,
        parent=st.none() | st.just("01930000-0000-7000-8000-000000000001"),
