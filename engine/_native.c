@@ -448,7 +448,8 @@ static int use_encoder(RingWriter *self, PyObject *encoder) {
 static PyObject *encode_and_write(RingWriter *self, PyObject *item, long kind, long flags,
                                   const uint8_t call_id[16], const uint8_t trace_id[16],
                                   const char *project, Py_ssize_t project_len,
-                                  Py_ssize_t max_payload, int splice, int hand_back) {
+                                  Py_ssize_t max_payload, int splice, int hand_back,
+                                  int *clean) {
     long code = 0;
     int reentrant = self->busy;  /* an enc_hook that traces a call lands here */
     JBuf local = {0};
@@ -482,7 +483,9 @@ static PyObject *encode_and_write(RingWriter *self, PyObject *item, long kind, l
     Py_INCREF(fallback);
     Py_INCREF(into);
     self->busy = 1;
-    int native = json_encode_item(json, item, fallback, &splice_at);
+    size_t callouts = 0;
+    int native = json_encode_item(json, item, fallback, &splice_at, &callouts);
+    if (clean != NULL) *clean = native == 1 && callouts == 0;
     self->busy = reentrant;
     if (native < 0) goto done;
     if (native) {
@@ -581,7 +584,7 @@ static PyObject *writer_put(RingWriter *self, PyObject *const *args, Py_ssize_t 
     if (use_encoder(self, args[0]) < 0) return NULL;
     return encode_and_write(self, args[1], kind, flags, call_id, trace_id,
                             PyBytes_AS_STRING(args[6]), PyBytes_GET_SIZE(args[6]), max_payload,
-                            splice, 0);
+                            splice, 0, NULL);
 }
 
 /* bind(encoder, max_payload, projects): what put_item uses. projects maps a project_id
@@ -622,7 +625,7 @@ static PyObject *writer_put_item(RingWriter *self, PyObject *const *args, Py_ssi
         return NULL;
     }
     PyObject *item = args[0], *project, *id, *trace;
-    int have = json_item_ids(item, &project, &id, &trace);
+    int have = json_item_ids(item, &project, &id, &trace, NULL);
     if (have < 0) return NULL;
     if (!have || project == NULL || id == NULL || id == Py_None || trace == NULL)
         return PyLong_FromLong(UNPLANNED);
@@ -656,9 +659,87 @@ static PyObject *writer_put_item(RingWriter *self, PyObject *const *args, Py_ssi
     PyObject *result = encode_and_write(self, item, kind, flags, call_id, trace_id,
                                         PyBytes_AS_STRING(project_b),
                                         PyBytes_GET_SIZE(project_b), self->max_payload,
-                                        splice, 1);
+                                        splice, 1, NULL);
     Py_DECREF(project_b);
     return result;
+}
+
+#define KIND_START 1
+#define KIND_END 2
+#define FLAG_END_HAS_TRACE 1
+
+/* call_types(): the wire types of Tracer.call_start / call_end and the start's answer */
+static PyTypeObject *start_type, *end_type;
+static PyObject *start_res_type, *start_res_kwnames;
+
+/* Tracer.call_start / call_end in one call: an exact start (ids set) or end Struct with a
+ * bound project, put_item's work, and the answer. Returns the CallStartRes (start) or True
+ * (end) when the item is written and nothing is left to do (no doorbell, no value went to
+ * Python); None when it did nothing (another type, an id missing or not a UUID, the
+ * project not bound, a released writer: the general path handles and names it); else
+ * put_item's code or (code, bytes), for the caller to settle. */
+static PyObject *call_item(RingWriter *self, PyObject *item, int is_end) {
+    if (!self->has_view || self->bound_encoder == NULL || start_type == NULL ||
+        Py_TYPE(item) != (is_end ? end_type : start_type))
+        Py_RETURN_NONE;
+    PyObject *project, *id, *trace, *started;
+    int have = json_item_ids(item, &project, &id, &trace, &started);
+    if (have < 0) return NULL;
+    if (!have || project == NULL || id == NULL || id == Py_None || trace == NULL)
+        Py_RETURN_NONE;
+    long flags = 0;
+    if (is_end) {  /* flags as Tracer.call_end computes them; an empty trace_id is none */
+        int t = PyObject_IsTrue(trace);
+        if (t < 0) return NULL;
+        if (!t) trace = Py_None;
+        int st = started == NULL ? 0 : PyObject_IsTrue(started);
+        if (st < 0) return NULL;
+        if (t && st) flags = FLAG_END_HAS_TRACE;
+    } else if (trace == Py_None) {
+        Py_RETURN_NONE;  /* the general path makes the missing trace_id */
+    }
+    PyObject *project_b = PyUnicode_CheckExact(project)
+                              ? PyDict_GetItemWithError(self->projects, project) : NULL;
+    if (project_b == NULL || !PyBytes_Check(project_b)) {
+        if (PyErr_Occurred()) return NULL;
+        Py_RETURN_NONE;
+    }
+    uint8_t call_id[16], trace_id[16];
+    if (get_id(id, "call_id", call_id) <= 0 || get_id(trace, "trace_id", trace_id) <= 0) {
+        PyErr_Clear();
+        Py_RETURN_NONE;  /* the general path raises, naming the field */
+    }
+    if (use_encoder(self, self->bound_encoder) < 0) return NULL;
+    /* held: a hook may change the item or the projects while its values are encoded */
+    Py_INCREF(project_b);
+    Py_INCREF(id);
+    Py_INCREF(trace);
+    int clean = 0;
+    PyObject *result = encode_and_write(self, item, is_end ? KIND_END : KIND_START, flags,
+                                        call_id, trace_id, PyBytes_AS_STRING(project_b),
+                                        PyBytes_GET_SIZE(project_b), self->max_payload,
+                                        is_end, 1, &clean);
+    Py_DECREF(project_b);
+    if (result != NULL && clean && PyLong_CheckExact(result) && PyLong_AsLong(result) == 1) {
+        Py_DECREF(result);
+        if (is_end) {
+            result = Py_NewRef(Py_True);
+        } else {
+            PyObject *kwargs[2] = {id, trace};
+            result = PyObject_Vectorcall(start_res_type, kwargs, 0, start_res_kwnames);
+        }
+    }
+    Py_DECREF(id);
+    Py_DECREF(trace);
+    return result;
+}
+
+static PyObject *writer_call_start(RingWriter *self, PyObject *item) {
+    return call_item(self, item, 0);
+}
+
+static PyObject *writer_call_end(RingWriter *self, PyObject *item) {
+    return call_item(self, item, 1);
 }
 
 static PyObject *writer_take_refused(RingWriter *self, PyObject *unused) {
@@ -689,6 +770,11 @@ static PyMethodDef writer_methods[] = {
     {"put_item", (PyCFunction)(void (*)(void))writer_put_item, METH_FASTCALL,
      "put_item(item, kind, flags, splice) -> put's code, (code, bytes) if not written, or -6 "
      "(use put)"},
+    {"call_start", (PyCFunction)writer_call_start, METH_O,
+     "call_start(start) -> CallStartRes when done, None (not taken: use the general path), "
+     "or put_item's code / (code, bytes) to settle"},
+    {"call_end", (PyCFunction)writer_call_end, METH_O,
+     "call_end(end) -> True when done, None (not taken), or put_item's code / (code, bytes)"},
     {"take_refused", (PyCFunction)writer_take_refused, METH_NOARGS,
      "The bytes of the last item put() encoded but did not write (then None)."},
     {"release", (PyCFunction)writer_release, METH_NOARGS,
@@ -716,8 +802,6 @@ static PyTypeObject RingWriterType = {
 
 /* ---- the consumer side: parse records out of the mapping ------------------------------ */
 
-#define KIND_START 1
-#define KIND_END 2
 #define KIND_SPLICED 16  /* never in a ring: a start and its end, parsed as one record */
 
 typedef struct {
@@ -900,6 +984,26 @@ static PyObject *native_parse(PyObject *self, PyObject *const *args, Py_ssize_t 
 
 /* ---- module --------------------------------------------------------------------------- */
 
+/* call_types(start_type, end_type, start_res_type): what RingWriter.call_start / call_end
+ * take and answer (the wire's StartedCallSchemaForInsert, EndedCallSchemaForInsert and
+ * CallStartRes, whose id and trace_id are keyword arguments) */
+static PyObject *native_call_types(PyObject *self, PyObject *args) {
+    PyObject *start, *end, *res;
+    if (!PyArg_ParseTuple(args, "O!O!O!:call_types", &PyType_Type, &start, &PyType_Type, &end,
+                          &PyType_Type, &res))
+        return NULL;
+    PyObject *kwnames = Py_BuildValue("(ss)", "id", "trace_id");
+    if (kwnames == NULL) return NULL;
+    Py_XSETREF(start_res_kwnames, kwnames);
+    Py_INCREF(start);
+    Py_INCREF(end);
+    Py_INCREF(res);
+    Py_XSETREF(start_type, (PyTypeObject *)start);
+    Py_XSETREF(end_type, (PyTypeObject *)end);
+    Py_XSETREF(start_res_type, res);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef native_methods[] = {
     {"uuid7", native_uuid7, METH_NOARGS, "A new UUIDv7 as lowercase 8-4-4-4-12 text."},
     {"uuid7_bytes", native_uuid7_bytes, METH_NOARGS, "A new UUIDv7 as (text, 16 raw bytes)."},
@@ -914,6 +1018,9 @@ static PyMethodDef native_methods[] = {
     {"utc_datetime", native_utc_datetime, METH_VARARGS,
      "utc_datetime(secs, us) -> the aware UTC datetime utcnow() makes of that instant."},
     {"reseed", native_reseed, METH_NOARGS, "Reseed the id generator from the OS (after fork)."},
+    {"call_types", native_call_types, METH_VARARGS,
+     "call_types(start_type, end_type, start_res_type): the types RingWriter.call_start / "
+     "call_end take and answer."},
     {"parse", (PyCFunction)(void (*)(void))native_parse, METH_FASTCALL,
      "parse(mapping, start, stop, slot, position, out, limit, max_bytes, record_type, ends, "
      "splice_max_bytes) -> used"},

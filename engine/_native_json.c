@@ -282,6 +282,7 @@ static int put_datetime(JBuf *b, PyObject *obj, int utc) {
 typedef struct {
     Py_ssize_t nfields, splice_index;
     Py_ssize_t project_index, id_index, trace_index;  /* the header's fields, -1 if absent */
+    Py_ssize_t started_index;  /* started_at (an end's flags), -1 if absent */
     char **keys;            /* '"name":' for each field, as encoded */
     size_t *key_lens;
     Py_ssize_t *offsets;    /* of each field's slot in an instance */
@@ -289,6 +290,11 @@ typedef struct {
 } Plan;
 
 static PyObject *plans;     /* type -> capsule(Plan) */
+/* The last types planned, looked up by pointer before the dict (and a capsule's name
+ * check): the plans dict keeps each type and its Plan alive for good. */
+#define PLAN_CACHE 8
+static PyTypeObject *cached_types[PLAN_CACHE];
+static const Plan *cached_plans[PLAN_CACHE];
 static PyObject *unset;     /* msgspec.UNSET: a field holding it is left out */
 
 typedef struct {
@@ -413,13 +419,14 @@ static int put_dict(Ctx *ctx, PyObject *obj) {
     if (Py_EnterRecursiveCall(" while serializing an object")) return -1;
     int status = -1;
     Py_ssize_t kept = n < DICT_SNAPSHOT ? n : DICT_SNAPSHOT;
+    /* the values' headers were loaded together; now what each value points to */
+    for (Py_ssize_t i = 0; i < kept; i++) prefetch_inner(vals[i]);
     size_t callouts = ctx->callouts;
     for (Py_ssize_t i = 0; i < kept; i++) {
         if (ctx->callouts != callouts) {  /* Python ran: the dict may have changed */
             if (put_entries_live(ctx, obj, after[i - 1]) < 0) goto done;
             goto close;
         }
-        if (i + 1 < kept) prefetch_inner(vals[i + 1]);
         if (put_entry(ctx, keys[i], vals[i]) < 0) goto done;
     }
     if (n > kept && put_entries_live(ctx, obj, after[kept - 1]) < 0) goto done;
@@ -501,6 +508,8 @@ done:
 }
 
 static const Plan *plan_of(PyTypeObject *type) {
+    for (int i = 0; i < PLAN_CACHE && cached_types[i] != NULL; i++)
+        if (cached_types[i] == type) return cached_plans[i];
     if (plans == NULL) return NULL;
     PyObject *capsule = PyDict_GetItemWithError(plans, (PyObject *)type);
     if (capsule == NULL) return NULL;
@@ -536,22 +545,30 @@ static int put_value(Ctx *ctx, PyObject *obj) {
     return put_fallback(ctx, obj);
 }
 
-int json_encode_item(JBuf *b, PyObject *item, PyObject *fallback, Py_ssize_t *splice_at) {
+int json_encode_item(JBuf *b, PyObject *item, PyObject *fallback, Py_ssize_t *splice_at,
+                     size_t *callouts) {
     const Plan *plan = plan_of(Py_TYPE(item));
     if (plan == NULL) return PyErr_Occurred() ? -1 : 0;
     Ctx ctx = {b, fallback, 0};
     b->len = 0;
     *splice_at = -1;
-    return put_struct(&ctx, item, plan, splice_at) < 0 ? -1 : 1;
+    int r = put_struct(&ctx, item, plan, splice_at);
+    *callouts = ctx.callouts;
+    return r < 0 ? -1 : 1;
 }
 
-int json_item_ids(PyObject *item, PyObject **project, PyObject **id, PyObject **trace_id) {
+int json_item_ids(PyObject *item, PyObject **project, PyObject **id, PyObject **trace_id,
+                  PyObject **started_at) {
     const Plan *plan = plan_of(Py_TYPE(item));
     if (plan == NULL) return PyErr_Occurred() ? -1 : 0;
     if (plan->project_index < 0 || plan->id_index < 0 || plan->trace_index < 0) return 0;
     *project = *(PyObject **)((char *)item + plan->offsets[plan->project_index]);
     *id = *(PyObject **)((char *)item + plan->offsets[plan->id_index]);
     *trace_id = *(PyObject **)((char *)item + plan->offsets[plan->trace_index]);
+    if (started_at != NULL)
+        *started_at = plan->started_index < 0
+                          ? NULL
+                          : *(PyObject **)((char *)item + plan->offsets[plan->started_index]);
     return 1;
 }
 
@@ -591,6 +608,7 @@ PyObject *native_struct_plan(PyObject *self, PyObject *args) {
     if (plan == NULL) return PyErr_NoMemory();
     plan->nfields = n;
     plan->splice_index = plan->project_index = plan->id_index = plan->trace_index = -1;
+    plan->started_index = -1;
     plan->keys = PyMem_Calloc((size_t)n + 1, sizeof(char *));
     plan->key_lens = PyMem_Calloc((size_t)n + 1, sizeof(size_t));
     plan->offsets = PyMem_Calloc((size_t)n + 1, sizeof(Py_ssize_t));
@@ -638,10 +656,17 @@ PyObject *native_struct_plan(PyObject *self, PyObject *args) {
         if (PyUnicode_CompareWithASCIIString(name, "project_id") == 0) plan->project_index = i;
         if (PyUnicode_CompareWithASCIIString(name, "id") == 0) plan->id_index = i;
         if (PyUnicode_CompareWithASCIIString(name, "trace_id") == 0) plan->trace_index = i;
+        if (PyUnicode_CompareWithASCIIString(name, "started_at") == 0) plan->started_index = i;
     }
     if (plans == NULL && (plans = PyDict_New()) == NULL) goto fail;
     if (PyDict_SetItem(plans, type, capsule) < 0) goto fail;
-    Py_DECREF(capsule);
+    Py_DECREF(capsule);  /* the dict holds it (and the type) from here on */
+    int slot = 0;  /* a type planned again takes its old place: its old Plan is freed */
+    while (slot < PLAN_CACHE - 1 && cached_types[slot] != NULL &&
+           cached_types[slot] != (PyTypeObject *)type)
+        slot++;
+    cached_types[slot] = (PyTypeObject *)type;
+    cached_plans[slot] = plan;
     Py_INCREF(unset_obj);
     Py_XSETREF(unset, unset_obj);
     Py_RETURN_NONE;

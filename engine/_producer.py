@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from engine import _ring
+from engine._accel import native as _native
 from engine._control import Control, control_path
 from engine._errors import Closed, PayloadTooLarge, RingFull
 from engine.wire import _codec
@@ -42,8 +43,11 @@ _WRITTEN, _UNPLANNED = _ring.WRITTEN, _ring.UNPLANNED
 # The items a Tracer writes are encoded by the C accelerator when it is built (msgspec's
 # bytes, a good part of a call's CPU less); anything inside them it does not cover goes
 # to msgspec value by value.
-for _cls in (StartedCallSchemaForInsert, EndedCallSchemaForInsert, CompletedCallSchemaForInsert):
-    _codec.native_struct_plan(_cls)
+_planned = [_codec.native_struct_plan(_cls) for _cls in (
+    StartedCallSchemaForInsert, EndedCallSchemaForInsert, CompletedCallSchemaForInsert)]
+if _native is not None and all(_planned):
+    # call_start / call_end of exact wire Structs then take one C call, answer included
+    _native.call_types(StartedCallSchemaForInsert, EndedCallSchemaForInsert, CallStartRes)
 
 F = TypeVar("F", bound=Callable[..., Any])
 FLAG_END_HAS_TRACE = 1  # the end carries trace_id and started_at (see the sender's headers)
@@ -134,6 +138,9 @@ class Tracer:
         # The writer's one-call hot path (see SlotWriter.fast_put), None until a slot is
         # claimed or where there is none. Used without the lock: each call is atomic.
         self._fast_put: Any = None
+        # The same for call_start / call_end (see SlotWriter.fast_calls).
+        self._fast_start: Any = None
+        self._fast_end: Any = None
         self._max_payload = 0
         self._stringified_seen = _codec.Stringified.count
         # The slot is single-producer: threads of one process take turns (uncontended, this
@@ -152,6 +159,19 @@ class Tracer:
     def call_start(self, start: StartedCallSchemaForInsert | dict[str, Any]) -> CallStartRes:
         """Enqueue a call start; a missing ``id`` / ``trace_id`` is made here (the caller's
         Struct is not changed). Returns both ids, as the server's answer would."""
+        fast = self._fast_start
+        if fast is not None:  # one C call for a Struct with its ids: written, or settled here
+            try:
+                done = fast(start)
+            except ValueError:
+                self._fast_failed(fast, self._fast_start)
+                raise
+            if done.__class__ is CallStartRes:
+                return done
+            if done is not None:
+                self._settle(done, _KIND_START, 0, start, start.id, start.trace_id, "start",
+                             False)
+                return CallStartRes(id=start.id, trace_id=start.trace_id)
         if (type(start) is not StartedCallSchemaForInsert
                 and not isinstance(start, StartedCallSchemaForInsert)):
             start = _convert(start, StartedCallSchemaForInsert)
@@ -164,6 +184,20 @@ class Tracer:
 
     def call_end(self, end: EndedCallSchemaForInsert | dict[str, Any]) -> None:
         """Enqueue a call end (its start may come before or after, in any process)."""
+        fast = self._fast_end
+        if fast is not None:  # as in call_start
+            try:
+                done = fast(end)
+            except ValueError:
+                self._fast_failed(fast, self._fast_end)
+                raise
+            if done is True:
+                return
+            if done is not None:
+                flags = FLAG_END_HAS_TRACE if end.trace_id and end.started_at else 0
+                self._settle(done, _KIND_END, flags, end, end.id, end.trace_id or None, "end",
+                             True)
+                return
         if type(end) is not EndedCallSchemaForInsert and not isinstance(end, EndedCallSchemaForInsert):
             end = _convert(end, EndedCallSchemaForInsert)
         flags = FLAG_END_HAS_TRACE if end.trace_id and end.started_at else 0
@@ -253,17 +287,18 @@ class Tracer:
         """Give the slot back (its data is still delivered); later writes raise Closed."""
         with self._lock:
             self._closed = True
-            self._fast_put = None
+            self._fast_put = self._fast_start = self._fast_end = None
             if self._writer is not None:
                 self._writer.close()
                 self._writer = None
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _fast_failed(self, fast: Any) -> None:
-        """The one-call path raised ValueError: a writer released by a close() that ran
-        while the call was on its way is Closed; anything else stands."""
-        if self._fast_put is not fast:
+    def _fast_failed(self, fast: Any, current: Any) -> None:
+        """A one-call path raised ValueError: a writer released by a close() that ran
+        while the call was on its way (``current`` is then no longer ``fast``) is Closed;
+        anything else stands."""
+        if current is not fast:
             raise Closed("this tracer is closed") from None
 
     def _emit(self, kind: int, flags: int, item: msgspec.Struct, project: str,
@@ -275,7 +310,7 @@ class Tracer:
             try:
                 result = fast(item, kind, flags, splice)
             except ValueError:
-                self._fast_failed(fast)
+                self._fast_failed(fast, self._fast_put)
                 raise
             if result == _WRITTEN and _codec.Stringified.count == self._stringified_seen:
                 return
@@ -316,8 +351,13 @@ class Tracer:
         try:
             with self._lock:
                 writer = self._writer or self._claim()
-                code = writer.put(self._encoder, item, kind, flags, call_id, trace_id, project_b,
-                                  self._max_payload, splice)
+                try:
+                    code = writer.put(self._encoder, item, kind, flags, call_id, trace_id,
+                                      project_b, self._max_payload, splice)
+                except ValueError:
+                    if self._closed:  # closed by a value's hook while it was encoded
+                        raise Closed("this tracer is closed") from None
+                    raise
                 if code != _ring.WRITTEN:
                     self._put_slow(writer, code, kind, flags, project_b, call_id, trace_id,
                                    what, splice)
@@ -378,6 +418,7 @@ class Tracer:
                                 self._settings.max_request_bytes - _ENVELOPE_BYTES)
         self._writer = writer
         self._fast_put = writer.fast_put(self._encoder, self._max_payload, self._projects)
+        self._fast_start, self._fast_end = writer.fast_calls()
         return writer
 
     def _ensure_attached(self) -> _ring.RingSet:

@@ -46,7 +46,7 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from engine import _ring_files
 from engine._accel import native as _native
@@ -429,6 +429,8 @@ class SlotWriter:
         begin (``end_splice_offset``). The bytes of an item not written are kept for
         ``take_refused``, so a caller that waits or raises never encodes it twice."""
         payload = encoder.encode(item)
+        if self._closed:  # a value's hook closed the writer: its slot is no longer ours
+            raise ValueError("the writer was closed while the item was encoded")
         if len(payload) > max_payload:
             code = OVER_MAX_PAYLOAD
         else:
@@ -447,6 +449,14 @@ class SlotWriter:
         (nothing is kept, so threads may share it), or UNPLANNED: nothing done, use ``put``.
         """
         return None
+
+    def fast_calls(self) -> tuple[Any, Any]:
+        """``call_start(start)`` / ``call_end(end)``: ``fast_put`` for the wire's exact start
+        and end Structs, answer included (after ``fast_put`` bound the writer); ``(None,
+        None)`` where there are none. Each returns the ``CallStartRes`` (start) or True
+        (end) when nothing is left to do, None when it did nothing (use the general path),
+        else ``put_item``'s result to settle."""
+        return None, None
 
     def take_refused(self) -> bytes | None:
         """The bytes of the last item ``put`` encoded but did not write (then None)."""
@@ -610,13 +620,20 @@ class NativeSlotWriter(SlotWriter):
         self.raw_write = self._native.try_write  # same codes as SlotWriter.raw_write
         self.put = self._native.put  # same codes as SlotWriter.put
         self.take_refused = self._native.take_refused
+        self._bound = False  # fast_put bound the native writer
 
     def fast_put(self, encoder, max_payload: int, projects: dict[str, bytes]):
         gil = getattr(sys, "_is_gil_enabled", None)
         if gil is not None and not gil():  # free-threaded: calls would not be atomic
             return None
         self._native.bind(encoder, max_payload, projects)
+        self._bound = True
         return self._native.put_item
+
+    def fast_calls(self) -> tuple[Any, Any]:
+        if not self._bound:
+            return None, None
+        return self._native.call_start, self._native.call_end
 
     def close(self) -> None:
         super().close()

@@ -10,7 +10,10 @@ processes made by fork share the ``N`` calls and trace them as fast as they can:
 - ``dicts``: the same two calls with plain dicts (what a weave-shaped caller hands over);
 - ``ctx``: the ``tracer.call(...)`` context manager (ids, parent, timestamps filled in).
 
-Each producer measures its own CPU with ``getrusage`` around its loop (a forked producer is
+Each producer builds its own payloads before the clock starts, as every peer driver does:
+pages inherited from the owner would be copied on the first refcount write (a fork's
+copy-on-write, paid by whichever code touches the data first; in an eval, the program
+that built it). Each producer measures its own CPU with ``getrusage`` around its loop (a forked producer is
 single-threaded, so process CPU is what the traced program pays). The owner then waits for
 ``eng.flush`` and reads ``eng.stats()``: bytes raw and on the wire, enqueue-to-ack latency,
 and the peak RSS (``VmHWM``) of the owner, every producer and the sender. Prints one JSON
@@ -124,10 +127,10 @@ def _trace_function(tracer: Tracer, mode: str, profile_name: str, project_id: st
     return {"startend": trace_structs, "dicts": trace_dicts, "ctx": trace_ctx}[mode]
 
 
-def _produce(tracer: Tracer, args: argparse.Namespace, payloads: list[_run.Payload],
-             first: int, count: int, deadline: float, ready: Any, go: Any,
-             conn: Connection) -> None:
+def _produce(tracer: Tracer, args: argparse.Namespace, first: int, count: int,
+             deadline: float, ready: Any, go: Any, conn: Connection) -> None:
     """One producer: trace calls ``first .. first+count`` (or until ``deadline``), report."""
+    payloads = _run.pregenerate(args.profile, args.calls, args.distinct_payloads)
     trace_one = _trace_function(tracer, args.mode, args.profile, args.project, payloads)
     ready.release()
     go.wait()
@@ -174,8 +177,7 @@ def process_cpu_s(pid: int) -> float:
 # ---- the owner -----------------------------------------------------------------------------
 
 
-def _start_producers(eng: Engine, args: argparse.Namespace, payloads: list[_run.Payload],
-                     deadline: float) -> tuple[list, list[Connection], Any]:
+def _start_producers(eng: Engine, args: argparse.Namespace, deadline: float) -> tuple[list, list[Connection], Any]:
     ctx = multiprocessing.get_context("fork")
     ready, go = ctx.Semaphore(0), ctx.Event()
     tracer = eng.producer()
@@ -185,7 +187,7 @@ def _start_producers(eng: Engine, args: argparse.Namespace, payloads: list[_run.
         count = share + (1 if k < extra else 0)
         parent_end, child_end = ctx.Pipe(duplex=False)
         proc = ctx.Process(target=_produce, daemon=True, args=(
-            tracer, args, payloads, first, count, deadline, ready, go, child_end))
+            tracer, args, first, count, deadline, ready, go, child_end))
         proc.start()
         child_end.close()
         processes.append(proc)
@@ -237,12 +239,12 @@ def _fill_from_stats(report: EngineReport, stats: dict[str, Any], total_s: float
     report.mb_per_s_wire = report.bytes_sent_wire / max(total_s, 1e-9) / 1e6
 
 
-def _drive(report: EngineReport, args: argparse.Namespace, payloads: list[_run.Payload],
-           deadline: float, state_dir: str) -> None:
+def _drive(report: EngineReport, args: argparse.Namespace, deadline: float,
+           state_dir: str) -> None:
     with Engine(url=args.url, project=args.project, compression=args.compression,
                 dead_letter_path=os.path.join(state_dir, "dead_letters.jsonl"),
                 shutdown_timeout_s=5.0) as eng:
-        processes, conns, go = _start_producers(eng, args, payloads, deadline)
+        processes, conns, go = _start_producers(eng, args, deadline)
         # Like every contender's imports, the sender's interpreter start-up is not timed.
         sender_pid = _wait_for_sender(eng, deadline)
         sender_cpu0_s = process_cpu_s(sender_pid)
@@ -273,12 +275,11 @@ def main(argv: list[str] | None = None) -> int:
     report = EngineReport("engine", args.mode, args.profile, args.calls,
                           producers=args.producers, compression=args.compression)
     report.versions["engine"] = _engine_version()
-    payloads = _run.pregenerate(args.profile, args.calls, args.distinct_payloads)
-    report.distinct_payloads = len(payloads)
+    report.distinct_payloads = min(args.calls, args.distinct_payloads)  # each producer's
     count_before = _run.read_count(args.count_url)
     with tempfile.TemporaryDirectory(prefix="engine-bench-") as state_dir:
         try:
-            _drive(report, args, payloads, deadline, state_dir)
+            _drive(report, args, deadline, state_dir)
         except Exception as e:  # a failed run is a result to report, not a crash
             report.error = f"{type(e).__name__}: {e}"
     _run.finish(report, count_before, args.count_url)

@@ -392,3 +392,125 @@ def test_items_encoded_in_place_survive_every_wrap_of_the_ring(tmp_path):
         reader.close()
         assert got == sent
         assert eng.stats()["producers"]["raised_full"] > 0  # the ring was full, often
+
+
+# ---- call_start / call_end of wire Structs: one C call each when the accelerator is built
+
+
+def _start(**fields) -> Start:
+    now = dt.datetime.now(dt.timezone.utc)
+    return Start(**{"project_id": PROJECT, "id": engine.wire.uuid7(),
+                    "trace_id": engine.wire.uuid7(), "op_name": "op", "started_at": now,
+                    "attributes": {"a": 1}, "inputs": {"q": "x" * 100}, **fields})
+
+
+def _end(start: Start, **fields) -> EndedCallSchemaForInsert:
+    return EndedCallSchemaForInsert(**{
+        "project_id": PROJECT, "id": start.id, "trace_id": start.trace_id,
+        "started_at": start.started_at, "ended_at": dt.datetime.now(dt.timezone.utc),
+        "output": {"a": [1, 2.5, None]}, "summary": {}, **fields})
+
+
+def _uuid(text: str | None) -> bytes:
+    return bytes.fromhex(text.replace("-", "")) if text else bytes(16)
+
+
+@pytest.mark.parametrize(("end_fields", "flags", "has_trace"), [
+    ({}, 1, True),                       # trace and start time: the sender can route it alone
+    ({"trace_id": ""}, 0, False),        # an empty trace_id is none
+    ({"trace_id": None}, 0, False),
+    ({"started_at": None}, 0, True),     # no start time: the header carries the trace only
+], ids=["trace-and-start", "empty-trace", "no-trace", "no-start-time"])
+def test_struct_starts_and_ends_write_msgspecs_bytes_and_their_header(eng, end_fields, flags,
+                                                                      has_trace):
+    tracer = eng.producer()
+    tracer.call_start(_start())  # the first write claims the slot; later ones take one call
+    start = _start()
+    end = _end(start, **end_fields)
+    answer = tracer.call_start(start)
+    assert tracer.call_end(end) is None
+    assert type(answer) is engine.wire.CallStartRes
+    assert (answer.id, answer.trace_id) == (start.id, start.trace_id)
+    records = drain(eng)[1:]
+    assert [bytes(r.payload) for r in records] == [engine.wire.encode(start),
+                                                    engine.wire.encode(end)]
+    head_start, head_end = records
+    assert (head_start.kind, head_start.flags) == (_ring.KIND_START, 0)
+    assert head_start.call_id == head_end.call_id == _uuid(start.id)
+    assert head_start.trace_id == _uuid(start.trace_id)
+    assert (head_end.kind, head_end.flags) == (_ring.KIND_END, flags)
+    assert head_end.trace_id == (_uuid(start.trace_id) if has_trace else bytes(16))
+    assert bytes(head_end.payload[head_end.aux:]).startswith(b'"ended_at":')
+    if engine._accel.native is not None:
+        assert tracer._fast_start is not None and tracer._fast_end is not None
+
+
+def test_struct_values_that_are_stringified_are_counted_on_the_one_call_path(eng):
+    class Opaque:
+        def __str__(self):
+            return "<opaque>"
+
+    tracer = eng.producer()
+    tracer.call_start(_start())
+    start = _start(inputs={"o": Opaque()})
+    tracer.call_start(start)
+    tracer.call_end(_end(start, output=Opaque()))
+    _, got_start, got_end = decoded(drain(eng))
+    assert got_start["inputs"] == {"o": "<opaque>"} and got_end["output"] == "<opaque>"
+    assert eng.stats()["producers"]["stringified"] == 2
+
+
+def test_a_tracer_closed_while_encoding_a_struct_raises_closed_and_writes_nothing(eng):
+    tracer = eng.producer()
+    tracer.call_start(_start())
+
+    class Closer:
+        def __str__(self):
+            tracer.close()
+            return "<closer>"
+
+    with pytest.raises(engine.Closed):
+        tracer.call_start(_start(inputs={"v": Closer()}))
+    with pytest.raises(engine.Closed):
+        tracer.call_end(_end(_start()))
+    assert len(drain(eng)) == 1
+
+
+def test_struct_items_that_meet_a_full_ring_follow_the_policy_and_are_encoded_once(tmp_path):
+    calls = []
+
+    class Counted:
+        def __str__(self):
+            calls.append(1)
+            return "<counted>"
+
+    with engine.Engine(url="http://127.0.0.1:9", project=PROJECT, start_sender=False,
+                       on_full="drop", max_block_ms=1, ring_bytes=1 << 18, max_slots=2,
+                       shutdown_timeout_s=0, dead_letter_path=str(tmp_path / "dl.jsonl")) as eng:
+        tracer = eng.producer()
+        offered = 0
+        for _ in range(100):
+            start = _start(inputs={"pad": "z" * 4000})
+            tracer.call_start(start)
+            tracer.call_end(_end(start))
+            offered += 2
+        assert eng.stats()["producers"]["dropped_full"] > 0  # the ring is full now
+        start = _start(inputs={"v": Counted()})
+        assert tracer.call_start(start).id == start.id  # answered even when dropped
+        offered += 1
+        assert len(calls) == 1
+        assert eng.stats()["producers"]["stringified"] == 1
+        kept = len(drain(eng))
+        assert eng.stats()["producers"]["dropped_full"] == offered - kept
+
+
+def test_struct_starts_that_need_ids_or_carry_bad_ones_take_the_general_path(eng):
+    tracer = eng.producer()
+    tracer.call_start(_start())
+    answer = tracer.call_start(_start(id=None, trace_id=None))
+    assert answer.id and answer.trace_id and answer.id != answer.trace_id
+    with pytest.raises(ValueError, match="id"):
+        tracer.call_start(_start(id="not-a-uuid"))
+    with pytest.raises(ValueError, match="trace_id"):
+        tracer.call_end(_end(_start(), trace_id="not-a-uuid"))
+    assert [decoded([r])[0]["id"] for r in drain(eng)][1:] == [answer.id]
