@@ -102,10 +102,44 @@ static PyObject *uuid_text_of(const uint8_t raw[16]) {
     return text;
 }
 
+/* The last ids made or parsed, by object: a call's start and end name the same id and
+ * trace objects, made by uuid7() just before, so their headers skip parsing the text.
+ * The entries hold their str (immutable), so a pointer match is a content match. */
+#define ID_CACHE 8
+#ifndef Py_GIL_DISABLED
+static PyObject *id_cache_text[ID_CACHE];
+static uint8_t id_cache_raw[ID_CACHE][16];
+static int id_cache_next;
+#endif
+
+static void id_cache_put(PyObject *text, const uint8_t raw[16]) {
+#ifndef Py_GIL_DISABLED
+    int k = id_cache_next;
+    id_cache_next = (k + 1) % ID_CACHE;
+    Py_INCREF(text);
+    Py_XSETREF(id_cache_text[k], text);
+    memcpy(id_cache_raw[k], raw, 16);
+#endif
+}
+
+static int id_cache_get(PyObject *text, uint8_t raw[16]) {
+#ifndef Py_GIL_DISABLED
+    for (int k = 0; k < ID_CACHE; k++) {
+        if (id_cache_text[k] == text) {
+            memcpy(raw, id_cache_raw[k], 16);
+            return 1;
+        }
+    }
+#endif
+    return 0;
+}
+
 static PyObject *native_uuid7(PyObject *self, PyObject *unused) {
     uint8_t raw[16];
     make_uuid7(raw);
-    return uuid_text_of(raw);
+    PyObject *text = uuid_text_of(raw);
+    if (text != NULL) id_cache_put(text, raw);
+    return text;
 }
 
 static PyObject *native_uuid7_bytes(PyObject *self, PyObject *unused) {
@@ -266,13 +300,16 @@ static int get_id(PyObject *obj, const char *what, uint8_t out[16]) {
         return 1;
     }
     if (PyUnicode_Check(obj)) {
+        if (id_cache_get(obj, out)) return 1;
         Py_ssize_t n;
         const char *s = PyUnicode_AsUTF8AndSize(obj, &n);
         if (s == NULL) {
             PyErr_Clear();
             return 0;
         }
-        return parse_uuid(s, n, out) == 0;
+        if (parse_uuid(s, n, out) != 0) return 0;
+        if (PyUnicode_CheckExact(obj)) id_cache_put(obj, out);
+        return 1;
     }
     PyErr_Format(PyExc_TypeError, "%s must be bytes, str or None, not %.100s", what,
                  Py_TYPE(obj)->tp_name);

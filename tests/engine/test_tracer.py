@@ -514,3 +514,20 @@ def test_struct_starts_that_need_ids_or_carry_bad_ones_take_the_general_path(eng
     with pytest.raises(ValueError, match="trace_id"):
         tracer.call_end(_end(_start(), trace_id="not-a-uuid"))
     assert [decoded([r])[0]["id"] for r in drain(eng)][1:] == [answer.id]
+
+
+def test_headers_carry_each_items_own_ids_whatever_order_ids_were_made_in(eng):
+    """Ids made by uuid7() are remembered by object (the start and the end of a call
+    name the same ones): headers must still match their own item's text, for more ids in
+    flight than are remembered, and for equal text held by another object."""
+    tracer = eng.producer()
+    starts = [_start() for _ in range(40)]  # 80 ids made before any is written
+    for start in reversed(starts):
+        tracer.call_start(start)
+        copy = "".join(list(start.id))  # the same text, another object
+        tracer.call_end(_end(start, id=copy))
+    records = drain(eng)
+    assert len(records) == 80
+    for record, item in zip(records, decoded(records)):
+        assert record.call_id == _uuid(item["id"])
+        assert record.trace_id == _uuid(item.get("trace_id"))
