@@ -166,8 +166,9 @@ static int put_cstr(JBuf *b, const char *s, Py_ssize_t n) {
             s += 16;
         }
         /* The last 1..15 bytes in one block too, when loading 16 bytes from s stays in its
-         * page (the bytes past the end are read, never used; a page can't fault). Keys and
-         * short values are mostly this case. */
+         * page (the bytes past the end are read, never used; a page can't fault, though
+         * AddressSanitizer or valgrind would report the read). Keys and short values are
+         * mostly this case. */
         Py_ssize_t rest = end - s;
         if (rest > 0 && rest < 16 && ((uintptr_t)s & 4095) <= 4096 - 16) {
             __m128i v = _mm_loadu_si128((const __m128i *)s);
