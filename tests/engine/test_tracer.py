@@ -192,10 +192,26 @@ def test_a_full_ring_raises_after_max_block_ms_when_asked(tmp_path):
         assert eng.stats()["producers"]["raised_full"] == 1
 
 
+def _dropping_engine(tmp_path) -> engine.Engine:
+    """No sender and a small ring that drops an item at once when it is full."""
+    return engine.Engine(url="http://127.0.0.1:9", project=PROJECT, start_sender=False,
+                         on_full="drop", max_block_ms=1, ring_bytes=1 << 18, max_slots=2,
+                         shutdown_timeout_s=0, dead_letter_path=str(tmp_path / "dl.jsonl"))
+
+
+class Counted:
+    """A value whose str() (user code, maybe with side effects) counts its runs."""
+
+    def __init__(self) -> None:
+        self.runs = 0
+
+    def __str__(self) -> str:
+        self.runs += 1
+        return "<counted>"
+
+
 def test_a_full_ring_drops_and_counts_when_asked(tmp_path):
-    with engine.Engine(url="http://127.0.0.1:9", project=PROJECT, start_sender=False,
-                       on_full="drop", max_block_ms=1, ring_bytes=1 << 18, max_slots=2,
-                       shutdown_timeout_s=0, dead_letter_path=str(tmp_path / "dl.jsonl")) as eng:
+    with _dropping_engine(tmp_path) as eng:
         tracer = eng.producer()
         for _ in range(200):
             with tracer.call("op", inputs={"pad": "z" * 4000}):
@@ -208,24 +224,16 @@ def test_a_full_ring_drops_and_counts_when_asked(tmp_path):
 def test_an_item_that_meets_a_full_ring_is_encoded_once(tmp_path):
     """Waiting on a full ring reuses the bytes already encoded: a value's __str__ (user code,
     maybe with side effects) runs once per item, and it is counted once."""
-    calls = []
-
-    class Counted:
-        def __str__(self):
-            calls.append(1)
-            return "<counted>"
-
-    with engine.Engine(url="http://127.0.0.1:9", project=PROJECT, start_sender=False,
-                       on_full="drop", max_block_ms=1, ring_bytes=1 << 18, max_slots=2,
-                       shutdown_timeout_s=0, dead_letter_path=str(tmp_path / "dl.jsonl")) as eng:
+    counted = Counted()
+    with _dropping_engine(tmp_path) as eng:
         tracer = eng.producer()
         for _ in range(100):
             with tracer.call("op", inputs={"pad": "z" * 4000}):
                 pass
         assert eng.stats()["producers"]["dropped_full"] > 0  # the ring is full now
-        with tracer.call("op", inputs={"v": Counted()}):
+        with tracer.call("op", inputs={"v": counted}):
             pass
-        assert len(calls) == 1
+        assert counted.runs == 1
         assert eng.stats()["producers"]["stringified"] == 1
 
 
@@ -477,16 +485,8 @@ def test_a_tracer_closed_while_encoding_a_struct_raises_closed_and_writes_nothin
 
 
 def test_struct_items_that_meet_a_full_ring_follow_the_policy_and_are_encoded_once(tmp_path):
-    calls = []
-
-    class Counted:
-        def __str__(self):
-            calls.append(1)
-            return "<counted>"
-
-    with engine.Engine(url="http://127.0.0.1:9", project=PROJECT, start_sender=False,
-                       on_full="drop", max_block_ms=1, ring_bytes=1 << 18, max_slots=2,
-                       shutdown_timeout_s=0, dead_letter_path=str(tmp_path / "dl.jsonl")) as eng:
+    counted = Counted()
+    with _dropping_engine(tmp_path) as eng:
         tracer = eng.producer()
         offered = 0
         for _ in range(100):
@@ -495,10 +495,10 @@ def test_struct_items_that_meet_a_full_ring_follow_the_policy_and_are_encoded_on
             tracer.call_end(_end(start))
             offered += 2
         assert eng.stats()["producers"]["dropped_full"] > 0  # the ring is full now
-        start = _start(inputs={"v": Counted()})
+        start = _start(inputs={"v": counted})
         assert tracer.call_start(start).id == start.id  # answered even when dropped
         offered += 1
-        assert len(calls) == 1
+        assert counted.runs == 1
         assert eng.stats()["producers"]["stringified"] == 1
         kept = len(drain(eng))
         assert eng.stats()["producers"]["dropped_full"] == offered - kept
