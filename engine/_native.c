@@ -651,6 +651,47 @@ static PyObject *writer_bind(RingWriter *self, PyObject *args) {
  * put(). A refused item comes back as (code, its bytes), never kept: threads may share
  * the writer between calls (each call holds the GIL throughout, except while a hook
  * runs, and a put during a hook encodes into its own buffer). */
+/* put_item's work for a wire Struct once its header fields are read off it (borrowed):
+ * the project's bound bytes, the raw ids, encode and write with bind()'s encoder and
+ * limit. Returns encode_and_write's result (NULL: an error); NULL with no error and
+ * *skipped set when nothing was done: UNPLANNED (the project is not bound, an id is not
+ * str/bytes/None) or -2 / -3 (a call / trace id that is text but no UUID). *clean: see
+ * encode_and_write (may be NULL). */
+static PyObject *write_wire_item(RingWriter *self, PyObject *item, long kind, long flags,
+                                 PyObject *project, PyObject *id, PyObject *trace, int splice,
+                                 long *skipped, int *clean) {
+    PyObject *project_b = PyUnicode_CheckExact(project)
+                              ? PyDict_GetItemWithError(self->projects, project) : NULL;
+    if (project_b == NULL) {
+        if (!PyErr_Occurred()) *skipped = UNPLANNED;
+        return NULL;
+    }
+    if (!PyBytes_Check(project_b)) {
+        PyErr_SetString(PyExc_ValueError, "bind(): project bytes must be bytes");
+        return NULL;
+    }
+    uint8_t call_id[16], trace_id[16];
+    long bad = -2;
+    int ok = get_id(id, "call_id", call_id);
+    if (ok > 0) {
+        bad = -3;
+        ok = get_id(trace, "trace_id", trace_id);
+    }
+    if (ok <= 0) {
+        if (ok < 0) PyErr_Clear();
+        *skipped = ok < 0 ? UNPLANNED : bad;
+        return NULL;
+    }
+    if (use_encoder(self, self->bound_encoder) < 0) return NULL;  /* put() may re-point it */
+    /* held: a hook may change the item or the projects while its values are encoded */
+    Py_INCREF(project_b);
+    PyObject *result = encode_and_write(self, item, kind, flags, call_id, trace_id,
+                                        PyBytes_AS_STRING(project_b),
+                                        PyBytes_GET_SIZE(project_b), self->max_payload,
+                                        splice, 1, clean);
+    Py_DECREF(project_b);
+    return result;
+}
 static PyObject *writer_put_item(RingWriter *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 4) {
         PyErr_SetString(PyExc_TypeError, "put_item takes 4 arguments");
@@ -666,38 +707,18 @@ static PyObject *writer_put_item(RingWriter *self, PyObject *const *args, Py_ssi
     if (have < 0) return NULL;
     if (!have || project == NULL || id == NULL || id == Py_None || trace == NULL)
         return PyLong_FromLong(UNPLANNED);
-    PyObject *project_b = PyUnicode_CheckExact(project)
-                              ? PyDict_GetItemWithError(self->projects, project) : NULL;
-    if (project_b == NULL) {
-        if (PyErr_Occurred()) return NULL;
-        return PyLong_FromLong(UNPLANNED);
-    }
     long kind = PyLong_AsLong(args[1]), flags = PyLong_AsLong(args[2]);
     int splice = PyObject_IsTrue(args[3]);
     if ((kind == -1 || flags == -1 || splice < 0) && PyErr_Occurred()) return NULL;
-    if (kind < 0 || kind > 255 || flags < 0 || flags > 255 || !PyBytes_Check(project_b)) {
-        PyErr_SetString(PyExc_ValueError, "put_item: bad kind, flags or project bytes");
+    if (kind < 0 || kind > 255 || flags < 0 || flags > 255) {
+        PyErr_SetString(PyExc_ValueError, "put_item: kind and flags must fit a byte");
         return NULL;
     }
     if (PyUnicode_CheckExact(trace) && PyUnicode_GET_LENGTH(trace) == 0) trace = Py_None;
-    uint8_t call_id[16], trace_id[16];
-    int ok = get_id(id, "call_id", call_id);
-    if (ok <= 0) {
-        if (ok < 0) PyErr_Clear();
-        return PyLong_FromLong(ok < 0 ? UNPLANNED : -2);
-    }
-    ok = get_id(trace, "trace_id", trace_id);
-    if (ok <= 0) {
-        if (ok < 0) PyErr_Clear();
-        return PyLong_FromLong(ok < 0 ? UNPLANNED : -3);
-    }
-    if (use_encoder(self, self->bound_encoder) < 0) return NULL;  /* put() may re-point it */
-    Py_INCREF(project_b);  /* the dict may change while a hook runs */
-    PyObject *result = encode_and_write(self, item, kind, flags, call_id, trace_id,
-                                        PyBytes_AS_STRING(project_b),
-                                        PyBytes_GET_SIZE(project_b), self->max_payload,
-                                        splice, 1, NULL);
-    Py_DECREF(project_b);
+    long skipped = 0;
+    PyObject *result = write_wire_item(self, item, kind, flags, project, id, trace, splice,
+                                       &skipped, NULL);
+    if (result == NULL && skipped) return PyLong_FromLong(skipped);
     return result;
 }
 
@@ -735,29 +756,16 @@ static PyObject *call_item(RingWriter *self, PyObject *item, int is_end) {
     } else if (trace == Py_None) {
         Py_RETURN_NONE;  /* the general path makes the missing trace_id */
     }
-    PyObject *project_b = PyUnicode_CheckExact(project)
-                              ? PyDict_GetItemWithError(self->projects, project) : NULL;
-    if (project_b == NULL || !PyBytes_Check(project_b)) {
-        if (PyErr_Occurred()) return NULL;
-        Py_RETURN_NONE;
-    }
-    uint8_t call_id[16], trace_id[16];
-    if (get_id(id, "call_id", call_id) <= 0 || get_id(trace, "trace_id", trace_id) <= 0) {
-        PyErr_Clear();
-        Py_RETURN_NONE;  /* the general path raises, naming the field */
-    }
-    if (use_encoder(self, self->bound_encoder) < 0) return NULL;
-    /* held: a hook may change the item or the projects while its values are encoded */
-    Py_INCREF(project_b);
-    Py_INCREF(id);
+    Py_INCREF(id);  /* for the answer: a hook may change the item while it is encoded */
     Py_INCREF(trace);
+    long skipped = 0;
     int clean = 0;
-    PyObject *result = encode_and_write(self, item, is_end ? KIND_END : KIND_START, flags,
-                                        call_id, trace_id, PyBytes_AS_STRING(project_b),
-                                        PyBytes_GET_SIZE(project_b), self->max_payload,
-                                        is_end, 1, &clean);
-    Py_DECREF(project_b);
-    if (result != NULL && clean && PyLong_CheckExact(result) && PyLong_AsLong(result) == 1) {
+    PyObject *result = write_wire_item(self, item, is_end ? KIND_END : KIND_START, flags,
+                                       project, id, trace, is_end, &skipped, &clean);
+    if (result == NULL && skipped) {
+        result = Py_NewRef(Py_None);  /* the general path raises, naming the field */
+    } else if (result != NULL && clean && PyLong_CheckExact(result) &&
+               PyLong_AsLong(result) == 1) {
         Py_DECREF(result);
         if (is_end) {
             result = Py_NewRef(Py_True);
