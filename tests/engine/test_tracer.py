@@ -303,9 +303,11 @@ def test_ids_that_are_not_uuids_are_rejected_naming_the_field(eng):
         eng.producer().call_start(start)
 
 
-def test_threads_meeting_a_full_ring_deliver_every_item_once(tmp_path):
-    """The one-call path runs without the tracer's lock; an item it could not write comes
-    back with its bytes, so threads waiting on a full ring never swap or lose items."""
+@pytest.mark.parametrize("api", ["call", "structs"])
+def test_threads_meeting_a_full_ring_deliver_every_item_once(tmp_path, api):
+    """The one-call paths (``tracer.call``'s put_item, ``call_start`` / ``call_end`` of
+    Structs) run without the tracer's lock; an item they could not write comes back with
+    its bytes, so threads waiting on a full ring never swap or lose items."""
     import sys
     import threading
 
@@ -317,9 +319,15 @@ def test_threads_meeting_a_full_ring_deliver_every_item_once(tmp_path):
 
         def work(k: int) -> None:
             for i in range(150):
-                with tracer.call("t", inputs={"k": k, "i": i, "pad": "q" * (i * 37 % 3000)}) as c:
-                    pass
-                ids.append(c.id)
+                inputs = {"k": k, "i": i, "pad": "q" * (i * 37 % 3000)}
+                if api == "call":
+                    with tracer.call("t", inputs=inputs) as c:
+                        pass
+                    ids.append(c.id)
+                else:
+                    start = _start(project_id=PROJECT, inputs=inputs)
+                    ids.append(tracer.call_start(start).id)
+                    tracer.call_end(_end(start))
 
         threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
         reader = eng._ringset.reader()
