@@ -539,3 +539,24 @@ def test_headers_carry_each_items_own_ids_whatever_order_ids_were_made_in(eng):
     for record, item in zip(records, decoded(records)):
         assert record.call_id == _uuid(item["id"])
         assert record.trace_id == _uuid(item.get("trace_id"))
+
+
+def test_a_struct_value_whose_str_traces_a_struct_call_is_not_corrupted(eng):
+    """As with ``tracer.call``: a hook that traces while a Struct is encoded by the one-call
+    path writes its own items first, from a buffer of its own."""
+    tracer = eng.producer()
+    tracer.call_start(_start())  # claims the slot: the items below take the one-call path
+    inner = _start(inputs={"deep": "x" * 300})
+
+    class Tracing:
+        def __str__(self):
+            tracer.call_start(inner)
+            tracer.call_end(_end(inner))
+            return "<tracing>"
+
+    outer = _start(inputs={"v": Tracing(), "pad": "y" * 500})
+    assert tracer.call_start(outer).id == outer.id
+    items = decoded(drain(eng))[1:]
+    assert [i["id"] for i in items] == [inner.id, inner.id, outer.id]
+    assert items[2]["inputs"] == {"v": "<tracing>", "pad": "y" * 500}
+    assert items[0]["inputs"] == {"deep": "x" * 300}
