@@ -38,3 +38,24 @@ def trace_calls(tracer: Any, count: int, *, prefix: str = "call", payload_bytes:
             root.output = i
             ids += [root.id, child.id]
     return ids
+
+
+def trace_structs(tracer: Any, count: int, *, prefix: str = "call",
+                  payload_bytes: int = 200) -> list[str]:
+    """``count`` calls through ``call_start`` / ``call_end`` with the wire Structs (the C
+    one-call path where it is built), as an eval loop of the low-level API writes them."""
+    from engine.wire import EndedCallSchemaForInsert, StartedCallSchemaForInsert, utcnow, uuid7
+
+    ids = []
+    filler = "x" * payload_bytes
+    for i in range(count):
+        call_id, trace_id, started_at = uuid7(), uuid7(), utcnow()
+        answer = tracer.call_start(StartedCallSchemaForInsert(
+            project_id=PROJECT, id=call_id, trace_id=trace_id, op_name=f"{prefix}.op",
+            started_at=started_at, attributes={"i": i}, inputs={"i": i, "text": filler}))
+        assert (answer.id, answer.trace_id) == (call_id, trace_id)
+        tracer.call_end(EndedCallSchemaForInsert(
+            project_id=PROJECT, id=call_id, trace_id=trace_id, started_at=started_at,
+            ended_at=utcnow(), output={"n": i, "pid": os.getpid()}, summary={}))
+        ids.append(call_id)
+    return ids

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.engine.helpers import PROJECT, make_engine, trace_calls
+from tests.engine.helpers import PROJECT, make_engine, trace_calls, trace_structs
 from tests.faultserver import FaultServer
 
 pytestmark = pytest.mark.integration
@@ -70,6 +70,30 @@ def test_pool_workers_including_recycled_ones_deliver(tmp_path, maxtasksperchild
         ids = [i for r in results for i in r]
         assert eng.flush(timeout_s=30)
         assert server.stored_ids(PROJECT) == set(ids)
+
+
+def _pool_structs_task(args) -> list[str]:
+    tracer, i = args
+    return trace_structs(tracer, 30, prefix=f"pool{i}")
+
+
+@pytest.mark.parametrize("maxtasksperchild", [None, 1])
+def test_struct_calls_from_the_owner_and_pool_workers_arrive_complete(tmp_path,
+                                                                      maxtasksperchild):
+    with FaultServer() as server, make_engine(server.url, tmp_path) as eng:
+        tracer = eng.producer()
+        ids = trace_structs(tracer, 50, prefix="owner")  # the owner claims a slot first
+        ctx = multiprocessing.get_context("fork")
+        with ctx.Pool(2, maxtasksperchild=maxtasksperchild) as pool:
+            results = pool.map_async(_pool_structs_task, [(tracer, i) for i in range(6)]).get(60)
+        ids += [i for r in results for i in r]
+        assert eng.flush(timeout_s=30)
+        assert server.stored_ids(PROJECT) == set(ids) and len(ids) == 50 + 6 * 30
+        assert all(server.is_complete(PROJECT, i) for i in ids)
+        assert server.duplicate_deliveries() == 0
+        assert eng.stats()["dead_letters"] == 0
+    stored = server.stored[(PROJECT, ids[-1])]
+    assert stored["op_name"] == "pool5.op" and stored["output"]["pid"] != os.getpid()
 
 
 def test_process_pool_executor_workers_deliver(tmp_path):
