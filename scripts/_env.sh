@@ -27,8 +27,9 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; 
     [ -x "$VENV/bin/python" ] || "$py" -m venv "$VENV"
     "$VENV/bin/python" -m pip install --quiet --upgrade pip >&2
     "$VENV/bin/python" -m pip install --quiet -r "$LOCK" >&2
-    "$VENV/bin/python" -m pip install --quiet --no-deps --no-build-isolation -e "$ROOT" >&2 ||
-        "$VENV/bin/python" -m pip install --quiet --no-deps -e "$ROOT" >&2
+    # built with pyproject.toml's build requirements (a fresh venv's setuptools has no
+    # bdist_wheel): this compiles the C accelerator when a compiler is there
+    "$VENV/bin/python" -m pip install --quiet --no-deps -e "$ROOT" >&2
     echo "$want" > "$STAMP"
 fi
 export PATH="$VENV/bin:$PATH"
