@@ -692,6 +692,7 @@ static PyObject *write_wire_item(RingWriter *self, PyObject *item, long kind, lo
     Py_DECREF(project_b);
     return result;
 }
+
 static PyObject *writer_put_item(RingWriter *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 4) {
         PyErr_SetString(PyExc_TypeError, "put_item takes 4 arguments");

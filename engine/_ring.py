@@ -452,8 +452,9 @@ class SlotWriter:
 
     def fast_calls(self) -> tuple[Any, Any]:
         """``call_start(start)`` / ``call_end(end)``: ``fast_put`` for the wire's exact start
-        and end Structs, answer included (after ``fast_put`` bound the writer); ``(None,
-        None)`` where there are none. Each returns the ``CallStartRes`` (start) or True
+        and end Structs, answer included (each does nothing until ``fast_put`` has bound the
+        writer); ``(None, None)`` where there are none. Each returns the ``CallStartRes``
+        (start) or True
         (end) when nothing is left to do, None when it did nothing (use the general path),
         else ``put_item``'s result to settle."""
         return None, None
@@ -604,6 +605,12 @@ class SlotWriter:
         self._close_doorbell()
 
 
+def _calls_are_atomic() -> bool:
+    """Each C call holds the GIL throughout; not so in a free-threaded build."""
+    gil = getattr(sys, "_is_gil_enabled", None)
+    return gil is None or gil()
+
+
 class NativeSlotWriter(SlotWriter):
     """The same writer with framing, copy and publish done by ``engine._native`` (C).
 
@@ -620,20 +627,17 @@ class NativeSlotWriter(SlotWriter):
         self.raw_write = self._native.try_write  # same codes as SlotWriter.raw_write
         self.put = self._native.put  # same codes as SlotWriter.put
         self.take_refused = self._native.take_refused
-        self._bound = False  # fast_put bound the native writer
 
     def fast_put(self, encoder, max_payload: int, projects: dict[str, bytes]):
-        gil = getattr(sys, "_is_gil_enabled", None)
-        if gil is not None and not gil():  # free-threaded: calls would not be atomic
+        if not _calls_are_atomic():
             return None
         self._native.bind(encoder, max_payload, projects)
-        self._bound = True
         return self._native.put_item
 
     def fast_calls(self) -> tuple[Any, Any]:
-        if not self._bound:
+        if not _calls_are_atomic():
             return None, None
-        return self._native.call_start, self._native.call_end
+        return self._native.call_start, self._native.call_end  # None until bind()
 
     def close(self) -> None:
         super().close()

@@ -545,3 +545,35 @@ def test_put_item_hands_back_what_it_did_not_write(tmp_path):
             put_item(start, _ring.KIND_START, 0, False)
     finally:
         ringset.close()
+
+
+def test_the_call_paths_do_nothing_until_the_writer_is_bound():
+    """``call_start`` / ``call_end`` of a writer ``fast_put`` has not bound answer None
+    (the caller takes the general path) and write nothing."""
+    if _accel.native is None:
+        pytest.skip("engine._native is not built here")
+    import datetime as dt
+
+    import engine._producer  # noqa: F401  (registers the wire Structs with the C encoder)
+    from engine.wire import _codec
+    from engine.wire.calls import EndedCallSchemaForInsert, StartedCallSchemaForInsert
+
+    ringset = _ring.RingSet.create(1 << 16, 2)
+    try:
+        writer = ringset.writer()
+        call_start, call_end = writer.fast_calls()
+        if _ring._native is None:  # the pure writer has no one-call paths
+            assert (call_start, call_end) == (None, None)
+            return
+        now = dt.datetime.now(dt.timezone.utc)
+        start = StartedCallSchemaForInsert(
+            project_id="e/p", id=_codec.uuid7(), trace_id=_codec.uuid7(), op_name="op",
+            started_at=now, attributes={}, inputs={})
+        end = EndedCallSchemaForInsert(project_id="e/p", id=start.id, ended_at=now, summary={})
+        assert call_start(start) is None and call_end(end) is None
+        writer.fast_put(_codec.encoder, 1 << 20, {"e/p": b"e/p"})
+        assert call_start(start).id == start.id and call_end(end) is True
+        assert [r.kind for r in ringset.reader().read()] == [_ring.KIND_START, _ring.KIND_END]
+        writer.detach()
+    finally:
+        ringset.close()
