@@ -846,6 +846,158 @@ static PyTypeObject RingWriterType = {
     .tp_getset = writer_getset,
 };
 
+/* ---- TracerCalls: Tracer.call_start / call_end without a Python frame ------------------ */
+
+/* The base class of engine.Tracer (where the GIL is not disabled): call_start / call_end
+ * call the writer's one-call path (_fast_start / _fast_end, RingWriter.call_start /
+ * call_end bound, or None) straight from C, and hand everything that path did not finish
+ * to the Python methods _call_start_rest / _call_end_rest(item, done), as the pure-Python
+ * base in engine/_producer.py does. Saves a Python frame per call (~0.1 µs). */
+typedef struct {
+    PyObject_HEAD
+    PyObject *fast_start, *fast_end;  /* NULL: none */
+} TracerCalls;
+
+static PyObject *str_fast_failed, *str_start_rest, *str_end_rest;
+
+static int tc_traverse(TracerCalls *self, visitproc visit, void *arg) {
+    Py_VISIT(self->fast_start);
+    Py_VISIT(self->fast_end);
+    return 0;  /* a heap subclass's type is visited by subtype_traverse */
+}
+
+static int tc_clear(TracerCalls *self) {
+    Py_CLEAR(self->fast_start);
+    Py_CLEAR(self->fast_end);
+    return 0;
+}
+
+static void tc_dealloc(TracerCalls *self) {  /* a subclass's type: subtype_dealloc's */
+    PyObject_GC_UnTrack(self);
+    tc_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* The one argument, positional or by its name. */
+static PyObject *tc_arg(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                        const char *func, const char *name) {
+    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    if (nargs == 1 && nkw == 0) return args[0];
+    if (nargs == 0 && nkw == 1 &&
+        PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, 0), name) == 0)
+        return args[0];
+    PyErr_Format(PyExc_TypeError, "%s() takes exactly one argument (%s)", func, name);
+    return NULL;
+}
+
+static PyObject *tc_call(TracerCalls *self, PyObject *item, int is_end) {
+    PyObject *fast = is_end ? self->fast_end : self->fast_start;
+    PyObject *done;
+    if (fast == NULL) {
+        done = Py_NewRef(Py_None);
+    } else {
+        Py_INCREF(fast);  /* close() may drop the field while the call runs */
+        PyCFunction want = is_end ? (PyCFunction)writer_call_end : (PyCFunction)writer_call_start;
+        if (PyCFunction_CheckExact(fast) && PyCFunction_GET_FUNCTION(fast) == want &&
+            Py_IS_TYPE(PyCFunction_GET_SELF(fast), &RingWriterType))
+            done = call_item((RingWriter *)PyCFunction_GET_SELF(fast), item, is_end);
+        else
+            done = PyObject_Vectorcall(fast, &item, 1, NULL);
+        if (done == NULL) {
+            if (PyErr_ExceptionMatches(PyExc_ValueError)) {
+                /* _fast_failed(fast, current) raises Closed when a close() released the
+                 * writer meanwhile; else the ValueError stands */
+                PyObject *type, *value, *tb;
+                PyErr_Fetch(&type, &value, &tb);
+                PyObject *current = is_end ? self->fast_end : self->fast_start;
+                PyObject *call_args[3] = {(PyObject *)self, fast, current ? current : Py_None};
+                PyObject *ok = PyObject_VectorcallMethod(
+                    str_fast_failed, call_args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+                if (ok == NULL) {
+                    Py_XDECREF(type);
+                    Py_XDECREF(value);
+                    Py_XDECREF(tb);
+                } else {
+                    Py_DECREF(ok);
+                    PyErr_Restore(type, value, tb);
+                }
+            }
+            Py_DECREF(fast);
+            return NULL;
+        }
+        Py_DECREF(fast);
+        if (is_end ? done == Py_True : (PyObject *)Py_TYPE(done) == start_res_type) {
+            if (is_end) {
+                Py_DECREF(done);
+                Py_RETURN_NONE;
+            }
+            return done;
+        }
+    }
+    PyObject *call_args[3] = {(PyObject *)self, item, done};
+    PyObject *result = PyObject_VectorcallMethod(is_end ? str_end_rest : str_start_rest,
+                                                 call_args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                                 NULL);
+    Py_DECREF(done);
+    return result;
+}
+
+static PyObject *tc_call_start(TracerCalls *self, PyObject *const *args, Py_ssize_t nargs,
+                               PyObject *kwnames) {
+    PyObject *item = tc_arg(args, nargs, kwnames, "call_start", "start");
+    return item == NULL ? NULL : tc_call(self, item, 0);
+}
+
+static PyObject *tc_call_end(TracerCalls *self, PyObject *const *args, Py_ssize_t nargs,
+                             PyObject *kwnames) {
+    PyObject *item = tc_arg(args, nargs, kwnames, "call_end", "end");
+    return item == NULL ? NULL : tc_call(self, item, 1);
+}
+
+static PyObject *tc_get(TracerCalls *self, void *which) {
+    PyObject *v = which ? self->fast_end : self->fast_start;
+    return Py_NewRef(v ? v : Py_None);
+}
+
+static int tc_set(TracerCalls *self, PyObject *value, void *which) {
+    PyObject **field = which ? &self->fast_end : &self->fast_start;
+    Py_XSETREF(*field, value == NULL || value == Py_None ? NULL : Py_NewRef(value));
+    return 0;
+}
+
+static PyMethodDef tc_methods[] = {
+    {"call_start", (PyCFunction)(void (*)(void))tc_call_start, METH_FASTCALL | METH_KEYWORDS,
+     "call_start($self, start, /)\n--\n\n"
+     "Enqueue a call start; a missing ``id`` / ``trace_id`` is made here (the caller's\n"
+     "Struct is not changed). Returns both ids, as the server's answer would."},
+    {"call_end", (PyCFunction)(void (*)(void))tc_call_end, METH_FASTCALL | METH_KEYWORDS,
+     "call_end($self, end, /)\n--\n\n"
+     "Enqueue a call end (its start may come before or after, in any process)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef tc_getset[] = {
+    {"_fast_start", (getter)tc_get, (setter)tc_set,
+     "RingWriter.call_start of the claimed slot, or None", NULL},
+    {"_fast_end", (getter)tc_get, (setter)tc_set,
+     "RingWriter.call_end of the claimed slot, or None", (void *)1},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject TracerCallsType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "engine._native.TracerCalls",
+    .tp_basicsize = sizeof(TracerCalls),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Tracer.call_start / call_end in C (the base of engine.Tracer).",
+    .tp_new = PyType_GenericNew,
+    .tp_traverse = (traverseproc)tc_traverse,
+    .tp_clear = (inquiry)tc_clear,
+    .tp_dealloc = (destructor)tc_dealloc,
+    .tp_methods = tc_methods,
+    .tp_getset = tc_getset,
+};
+
 /* ---- the consumer side: parse records out of the mapping ------------------------------ */
 
 #define KIND_SPLICED 16  /* never in a ring: a start and its end, parsed as one record */
@@ -1083,8 +1235,24 @@ PyMODINIT_FUNC PyInit__native(void) {
     init_hex_table();
     if (rng_seed() < 0 || json_init() < 0) return NULL;
     if (PyType_Ready(&RingWriterType) < 0) return NULL;
+#ifndef Py_GIL_DISABLED
+    str_fast_failed = PyUnicode_InternFromString("_fast_failed");
+    str_start_rest = PyUnicode_InternFromString("_call_start_rest");
+    str_end_rest = PyUnicode_InternFromString("_call_end_rest");
+    if (str_fast_failed == NULL || str_start_rest == NULL || str_end_rest == NULL) return NULL;
+    if (PyType_Ready(&TracerCallsType) < 0) return NULL;
+#endif
     PyObject *module = PyModule_Create(&native_module);
     if (module == NULL) return NULL;
+#ifndef Py_GIL_DISABLED
+    /* without the GIL, reading the fields races with close(): the Python base is used */
+    Py_INCREF(&TracerCallsType);
+    if (PyModule_AddObject(module, "TracerCalls", (PyObject *)&TracerCallsType) < 0) {
+        Py_DECREF(&TracerCallsType);
+        Py_DECREF(module);
+        return NULL;
+    }
+#endif
     Py_INCREF(&RingWriterType);
     if (PyModule_AddObject(module, "RingWriter", (PyObject *)&RingWriterType) < 0) {
         Py_DECREF(&RingWriterType);

@@ -114,7 +114,48 @@ def current_call() -> CallHandle | None:
     return _current.get()
 
 
-class Tracer:
+class _PyCalls:
+    """Tracer.call_start / call_end: the writer's one-call path, then the Tracer's
+    ``_call_start_rest`` / ``_call_end_rest`` with what it left. engine/_native.c's
+    TracerCalls does the same without a Python frame and is the base where it is built."""
+
+    _fast_start: Any
+    _fast_end: Any
+
+    def call_start(self, start: StartedCallSchemaForInsert | dict[str, Any]) -> CallStartRes:
+        """Enqueue a call start; a missing ``id`` / ``trace_id`` is made here (the caller's
+        Struct is not changed). Returns both ids, as the server's answer would."""
+        fast = self._fast_start
+        if fast is None:
+            return self._call_start_rest(start, None)  # type: ignore[attr-defined]
+        try:  # one C call for a Struct with its ids: written, or settled in _call_start_rest
+            done = fast(start)
+        except ValueError:
+            self._fast_failed(fast, self._fast_start)  # type: ignore[attr-defined]
+            raise
+        if done.__class__ is CallStartRes:
+            return done
+        return self._call_start_rest(start, done)  # type: ignore[attr-defined]
+
+    def call_end(self, end: EndedCallSchemaForInsert | dict[str, Any]) -> None:
+        """Enqueue a call end (its start may come before or after, in any process)."""
+        fast = self._fast_end
+        if fast is None:
+            return self._call_end_rest(end, None)  # type: ignore[attr-defined]
+        try:  # as in call_start
+            done = fast(end)
+        except ValueError:
+            self._fast_failed(fast, self._fast_end)  # type: ignore[attr-defined]
+            raise
+        if done is True:
+            return None
+        return self._call_end_rest(end, done)  # type: ignore[attr-defined]
+
+
+_CallsBase: type = getattr(_native, "TracerCalls", None) or _PyCalls
+
+
+class Tracer(_CallsBase):  # type: ignore[misc,valid-type]
     """Writes calls into shared memory. Get one from :meth:`engine.Engine.producer`."""
 
     def __init__(self, spec: _ring.RingSpec, settings: ProducerSettings) -> None:
@@ -154,24 +195,14 @@ class Tracer:
     def project(self) -> str:
         return self._settings.project
 
-    # -- the two wire-level entry points -------------------------------------------------
+    # -- the two wire-level entry points (call_start / call_end: _CallsBase) ------------
 
-    def call_start(self, start: StartedCallSchemaForInsert | dict[str, Any]) -> CallStartRes:
-        """Enqueue a call start; a missing ``id`` / ``trace_id`` is made here (the caller's
-        Struct is not changed). Returns both ids, as the server's answer would."""
-        fast = self._fast_start
-        if fast is not None:  # one C call for a Struct with its ids: written, or settled here
-            try:
-                done = fast(start)
-            except ValueError:
-                self._fast_failed(fast, self._fast_start)
-                raise
-            if done.__class__ is CallStartRes:
-                return done
-            if done is not None:
-                self._settle(done, _KIND_START, 0, start, start.id, start.trace_id, "start",
-                             False)
-                return CallStartRes(id=start.id, trace_id=start.trace_id)
+    def _call_start_rest(self, start: Any, done: Any) -> CallStartRes:
+        """call_start past the one-call path: settle what it left (``done``, its code), or,
+        when it did nothing (``done`` None), the general path."""
+        if done is not None:
+            self._settle(done, _KIND_START, 0, start, start.id, start.trace_id, "start", False)
+            return CallStartRes(id=start.id, trace_id=start.trace_id)
         if (type(start) is not StartedCallSchemaForInsert
                 and not isinstance(start, StartedCallSchemaForInsert)):
             start = _convert(start, StartedCallSchemaForInsert)
@@ -182,22 +213,12 @@ class Tracer:
                    False)
         return CallStartRes(id=start.id, trace_id=start.trace_id)
 
-    def call_end(self, end: EndedCallSchemaForInsert | dict[str, Any]) -> None:
-        """Enqueue a call end (its start may come before or after, in any process)."""
-        fast = self._fast_end
-        if fast is not None:  # as in call_start
-            try:
-                done = fast(end)
-            except ValueError:
-                self._fast_failed(fast, self._fast_end)
-                raise
-            if done is True:
-                return
-            if done is not None:
-                flags = FLAG_END_HAS_TRACE if end.trace_id and end.started_at else 0
-                self._settle(done, _KIND_END, flags, end, end.id, end.trace_id or None, "end",
-                             True)
-                return
+    def _call_end_rest(self, end: Any, done: Any) -> None:
+        """call_end past the one-call path, as _call_start_rest."""
+        if done is not None:
+            flags = FLAG_END_HAS_TRACE if end.trace_id and end.started_at else 0
+            self._settle(done, _KIND_END, flags, end, end.id, end.trace_id or None, "end", True)
+            return
         if type(end) is not EndedCallSchemaForInsert and not isinstance(end, EndedCallSchemaForInsert):
             end = _convert(end, EndedCallSchemaForInsert)
         flags = FLAG_END_HAS_TRACE if end.trace_id and end.started_at else 0

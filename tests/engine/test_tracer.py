@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import pickle
+import sys
 
 import msgspec
 import pytest
@@ -560,3 +561,57 @@ def test_a_struct_value_whose_str_traces_a_struct_call_is_not_corrupted(eng):
     assert [i["id"] for i in items] == [inner.id, inner.id, outer.id]
     assert items[2]["inputs"] == {"v": "<tracing>", "pad": "y" * 500}
     assert items[0]["inputs"] == {"deep": "x" * 300}
+
+
+def test_call_start_and_end_take_their_item_by_name_too(eng):
+    tracer = eng.producer()
+    for _ in range(2):  # the first claims the slot (general path), the second is one call
+        start = _start()
+        answer = tracer.call_start(start=start)
+        assert (answer.id, answer.trace_id) == (start.id, start.trace_id)
+        assert tracer.call_end(end=_end(start)) is None
+    assert [r.kind for r in drain(eng)] == [_ring.KIND_START, _ring.KIND_END] * 2
+
+
+@pytest.mark.parametrize("call", [
+    lambda t, s: t.call_start(),
+    lambda t, s: t.call_start(s, s),
+    lambda t, s: t.call_start(item=s),
+    lambda t, s: t.call_start(s, start=s),
+    lambda t, s: t.call_end(),
+    lambda t, s: t.call_end(start=s),
+], ids=["none", "two", "bad-name", "twice", "end-none", "end-bad-name"])
+def test_call_start_and_end_with_wrong_arguments_raise_type_error(eng, call):
+    tracer = eng.producer()
+    tracer.call_start(_start())  # slot claimed: the C dispatch, where it is built, is in use
+    with pytest.raises(TypeError):
+        call(tracer, _start())
+    assert len(drain(eng)) == 1
+
+
+def test_a_dropped_tracer_that_wrote_is_collected(eng):
+    import gc
+    import weakref
+
+    tracer = pickle.loads(pickle.dumps(eng.producer()))  # as a child has it (the engine
+    # keeps the ones it made, to close them)
+    start = _start()
+    tracer.call_start(start)
+    tracer.call_start(_start())
+    tracer.call_end(_end(start))
+    gone = weakref.ref(tracer)
+    tracer.close()
+    del tracer
+    gc.collect()
+    assert gone() is None
+    assert len(drain(eng)) == 3
+
+
+def test_the_tracers_call_dispatch_is_the_c_one_where_it_is_built():
+    from engine import _accel, _producer
+
+    native = _accel.native
+    expected = getattr(native, "TracerCalls", None) or _producer._PyCalls
+    assert engine.Tracer.__mro__[1] is expected
+    if native is not None and getattr(sys, "_is_gil_enabled", lambda: True)():
+        assert expected is native.TracerCalls
