@@ -731,13 +731,169 @@ static PyObject *writer_put_item(RingWriter *self, PyObject *const *args, Py_ssi
 static PyTypeObject *start_type, *end_type;
 static PyObject *start_res_type, *start_res_kwnames;
 
+/* call_dict_fields(): the fields of the start / end types, for dicts of them. */
+enum { F_ANY, F_STR, F_OPT_STR, F_DATETIME, F_OPT_DATETIME, F_STRDICT, F_OPT_STRDICT,
+       F_OPT_INT, F_OPT_BOOL };
+#define MAX_DICT_FIELDS 32
+typedef struct {
+    Py_ssize_t n;
+    PyObject *names[MAX_DICT_FIELDS];  /* interned, owned */
+    int kinds[MAX_DICT_FIELDS];
+    uint32_t required, ids;  /* bit masks by field index: must be present; ids (not None) */
+    uint32_t kw_mask[4];     /* kwnames tuples for the last sets of present fields */
+    PyObject *kw_names[4];
+    int kw_next;
+} DictFields;
+static DictFields dict_fields[2];  /* start, end */
+static PyObject *datetime_type;
+
+/* A dict's keys are all exact str (what convert demands of a dict[str, Any] field). */
+static int all_str_keys(PyObject *d) {
+    Py_ssize_t pos = 0;
+    PyObject *k, *v;
+    while (PyDict_Next(d, &pos, &k, &v))
+        if (!PyUnicode_CheckExact(k)) return 0;
+    return 1;
+}
+
+static int dict_value_fits(int kind, PyObject *v) {
+    switch (kind) {
+        case F_ANY: return 1;
+        case F_OPT_STR: if (v == Py_None) return 1; /* fall through */
+        case F_STR: return PyUnicode_CheckExact(v);
+        case F_OPT_DATETIME: if (v == Py_None) return 1; /* fall through */
+        case F_DATETIME: return (PyObject *)Py_TYPE(v) == datetime_type;
+        case F_OPT_STRDICT: if (v == Py_None) return 1; /* fall through */
+        case F_STRDICT: return PyDict_CheckExact(v) && all_str_keys(v);
+        case F_OPT_INT: {
+            if (v == Py_None) return 1;
+            if (!PyLong_CheckExact(v)) return 0;
+            int overflow;
+            (void)PyLong_AsLongLongAndOverflow(v, &overflow);
+            return !overflow;
+        }
+        case F_OPT_BOOL: return v == Py_None || PyBool_Check(v);
+    }
+    return 0;
+}
+
+/* The Struct msgspec.convert(d, type, strict=False) makes of a dict whose every key is a
+ * field and every value already of its field's type (convert's copy of a dict value
+ * aside: the dict itself is used, encoded at once and never handed out). Py_None when the
+ * dict is not such a one (convert, on the general path, decides and names what is wrong);
+ * NULL with an exception set. */
+static PyObject *struct_of_dict(PyObject *d, int is_end) {
+    DictFields *f = &dict_fields[is_end];
+    PyTypeObject *type = is_end ? end_type : start_type;
+    if (f->n == 0 || type == NULL || PyDict_GET_SIZE(d) > f->n) Py_RETURN_NONE;
+    PyObject *vals[MAX_DICT_FIELDS];
+    uint32_t present = 0;
+    Py_ssize_t pos = 0;
+    PyObject *k, *v;
+    while (PyDict_Next(d, &pos, &k, &v)) {
+        Py_ssize_t i = 0;
+        while (i < f->n && f->names[i] != k) i++;  /* literal keys are the interned names */
+        if (i == f->n) {
+            if (!PyUnicode_CheckExact(k)) Py_RETURN_NONE;
+            for (i = 0; i < f->n; i++) {
+                int eq = PyUnicode_Compare(f->names[i], k);
+                if (eq == -1 && PyErr_Occurred()) return NULL;
+                if (eq == 0) break;
+            }
+            if (i == f->n) Py_RETURN_NONE;  /* an unknown key: convert ignores it */
+        }
+        if (!dict_value_fits(f->kinds[i], v)) Py_RETURN_NONE;
+        if ((f->ids >> i) & 1 && v == Py_None) Py_RETURN_NONE;
+        vals[i] = v;
+        present |= 1u << i;
+    }
+    if ((present & f->required) != f->required || (present & f->ids) != f->ids) Py_RETURN_NONE;
+    PyObject *kwnames = NULL;
+    for (int c = 0; c < 4; c++)
+        if (f->kw_names[c] != NULL && f->kw_mask[c] == present) kwnames = f->kw_names[c];
+    Py_ssize_t n = 0;
+    PyObject *args[MAX_DICT_FIELDS];
+    for (Py_ssize_t i = 0; i < f->n; i++)
+        if ((present >> i) & 1) args[n++] = vals[i];
+    if (kwnames == NULL) {
+        kwnames = PyTuple_New(n);
+        if (kwnames == NULL) return NULL;
+        for (Py_ssize_t i = 0, j = 0; i < f->n; i++)
+            if ((present >> i) & 1) PyTuple_SET_ITEM(kwnames, j++, Py_NewRef(f->names[i]));
+        int c = f->kw_next;
+        f->kw_next = (c + 1) % 4;
+        Py_XSETREF(f->kw_names[c], kwnames);
+        f->kw_mask[c] = present;
+    }
+    Py_INCREF(kwnames);  /* held across the call: a hook run by it may refill the cache */
+    PyObject *made = PyObject_Vectorcall((PyObject *)type, args, 0, kwnames);
+    Py_DECREF(kwnames);
+    return made;
+}
+
+/* call_dict_fields(start_fields, end_fields): each a tuple of (name, kind, required, id)
+ * per field of the type, in its order; () turns dicts of that type off. */
+static PyObject *native_call_dict_fields(PyObject *self, PyObject *args) {
+    PyObject *specs[2];
+    if (!PyArg_ParseTuple(args, "O!O!", &PyTuple_Type, &specs[0], &PyTuple_Type, &specs[1]))
+        return NULL;
+    if (datetime_type == NULL) {
+        PyObject *mod = PyImport_ImportModule("datetime");
+        if (mod == NULL) return NULL;
+        datetime_type = PyObject_GetAttrString(mod, "datetime");
+        Py_DECREF(mod);
+        if (datetime_type == NULL) return NULL;
+    }
+    for (int t = 0; t < 2; t++) {
+        Py_ssize_t n = PyTuple_GET_SIZE(specs[t]);
+        if (n > MAX_DICT_FIELDS) {
+            PyErr_SetString(PyExc_ValueError, "too many fields");
+            return NULL;
+        }
+        DictFields made = {0};
+        for (Py_ssize_t i = 0; i < n; i++) {
+            PyObject *name;
+            int kind, required, id;
+            if (!PyArg_ParseTuple(PyTuple_GET_ITEM(specs[t], i), "Uipp", &name, &kind,
+                                  &required, &id))
+                goto fail;
+            if (kind < F_ANY || kind > F_OPT_BOOL) {
+                PyErr_Format(PyExc_ValueError, "unknown field kind %d", kind);
+                goto fail;
+            }
+            Py_INCREF(name);
+            PyUnicode_InternInPlace(&name);
+            made.names[made.n++] = name;
+            made.kinds[i] = kind;
+            if (required) made.required |= 1u << i;
+            if (id) made.ids |= 1u << i;
+        }
+        DictFields *old = &dict_fields[t];
+        for (Py_ssize_t i = 0; i < old->n; i++) Py_DECREF(old->names[i]);
+        for (int c = 0; c < 4; c++) Py_XDECREF(old->kw_names[c]);
+        *old = made;
+        continue;
+    fail:
+        for (Py_ssize_t i = 0; i < made.n; i++) Py_DECREF(made.names[i]);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 /* Tracer.call_start / call_end in one call: an exact start (ids set) or end Struct with a
- * bound project, put_item's work, and the answer. Returns the CallStartRes (start) or True
+ * bound project (or a dict struct_of_dict makes one of), put_item's work, and the answer. Returns the CallStartRes (start) or True
  * (end) when the item is written and nothing is left to do (no doorbell, no value went to
  * Python); None when it did nothing (another type, an id missing or not a UUID, the
  * project not bound, a released writer: the general path handles and names it); else
  * put_item's code or (code, bytes), for the caller to settle. */
 static PyObject *call_item(RingWriter *self, PyObject *item, int is_end) {
+    if (PyDict_CheckExact(item) && self->has_view && self->bound_encoder != NULL) {
+        PyObject *made = struct_of_dict(item, is_end);
+        if (made == NULL || made == Py_None) return made;
+        PyObject *result = call_item(self, made, is_end);
+        Py_DECREF(made);
+        return result;
+    }
     if (!self->has_view || self->bound_encoder == NULL || start_type == NULL ||
         Py_TYPE(item) != (is_end ? end_type : start_type))
         Py_RETURN_NONE;
@@ -1219,6 +1375,9 @@ static PyMethodDef native_methods[] = {
     {"call_types", native_call_types, METH_VARARGS,
      "call_types(start_type, end_type, start_res_type): the types RingWriter.call_start / "
      "call_end take and answer."},
+    {"call_dict_fields", native_call_dict_fields, METH_VARARGS,
+     "call_dict_fields(start_fields, end_fields): (name, kind, required, id) per field, so "
+     "RingWriter.call_start / call_end take dicts of those types too."},
     {"parse", (PyCFunction)(void (*)(void))native_parse, METH_FASTCALL,
      "parse(mapping, start, stop, slot, position, out, limit, max_bytes, record_type, ends, "
      "splice_max_bytes) -> used"},

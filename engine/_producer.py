@@ -9,6 +9,7 @@ so the same object works in the owner and in fork/spawn/forkserver/Pool children
 from __future__ import annotations
 
 import contextvars
+import datetime as _dt
 import functools
 import inspect
 import logging
@@ -48,6 +49,27 @@ _planned = [_codec.native_struct_plan(_cls) for _cls in (
 if _native is not None and all(_planned):
     # call_start / call_end of exact wire Structs then take one C call, answer included
     _native.call_types(StartedCallSchemaForInsert, EndedCallSchemaForInsert, CallStartRes)
+
+
+def _dict_fields(cls: type, ids: frozenset[str]) -> tuple:
+    """(name, kind, required, id) per field of ``cls`` for engine._native's dicts of it
+    (kinds as in engine/_native.c), or () if a field's type is none it checks."""
+    kinds: dict[Any, int] = {Any: 0, str: 1, str | None: 2, _dt.datetime: 3,
+                             _dt.datetime | None: 4, dict[str, Any]: 5,
+                             dict[str, Any] | None: 6, int | None: 7, bool | None: 8}
+    spec = []
+    for f in msgspec.structs.fields(cls):
+        kind = kinds.get(f.type)
+        if kind is None:
+            return ()
+        spec.append((f.name, kind, f.required, f.name in ids))
+    return tuple(spec)
+
+
+if _native is not None and all(_planned) and hasattr(_native, "call_dict_fields"):
+    # ... and so do dicts whose keys are fields and values already of their types
+    _native.call_dict_fields(_dict_fields(StartedCallSchemaForInsert, frozenset({"id", "trace_id"})),
+                             _dict_fields(EndedCallSchemaForInsert, frozenset({"id"})))
 
 F = TypeVar("F", bound=Callable[..., Any])
 FLAG_END_HAS_TRACE = 1  # the end carries trace_id and started_at (see the sender's headers)
@@ -201,6 +223,8 @@ class Tracer(_CallsBase):  # type: ignore[misc,valid-type]
         """call_start past the one-call path: settle what it left (``done``, its code), or,
         when it did nothing (``done`` None), the general path."""
         if done is not None:
+            if type(start) is dict:  # the one-call path made its own Struct of it
+                start = _convert(start, StartedCallSchemaForInsert)
             self._settle(done, _KIND_START, 0, start, start.id, start.trace_id, "start", False)
             return CallStartRes(id=start.id, trace_id=start.trace_id)
         if (type(start) is not StartedCallSchemaForInsert
@@ -216,6 +240,8 @@ class Tracer(_CallsBase):  # type: ignore[misc,valid-type]
     def _call_end_rest(self, end: Any, done: Any) -> None:
         """call_end past the one-call path, as _call_start_rest."""
         if done is not None:
+            if type(end) is dict:
+                end = _convert(end, EndedCallSchemaForInsert)
             flags = FLAG_END_HAS_TRACE if end.trace_id and end.started_at else 0
             self._settle(done, _KIND_END, flags, end, end.id, end.trace_id or None, "end", True)
             return

@@ -615,3 +615,161 @@ def test_the_tracers_call_dispatch_is_the_c_one_where_it_is_built():
     assert engine.Tracer.__mro__[1] is expected
     if native is not None and getattr(sys, "_is_gil_enabled", lambda: True)():
         assert expected is native.TracerCalls
+
+
+# ---- call_start / call_end of dicts: one C call too when every value is of its field's type
+
+
+def _start_dict(**fields) -> dict:
+    start = _start()
+    return {"project_id": PROJECT, "id": start.id, "trace_id": start.trace_id, "op_name": "op",
+            "started_at": start.started_at, "attributes": {"a": 1}, "inputs": {"q": "x"},
+            **fields}
+
+
+def _end_dict(start: dict, **fields) -> dict:
+    return {"project_id": PROJECT, "id": start["id"], "trace_id": start["trace_id"],
+            "started_at": start["started_at"], "ended_at": dt.datetime.now(dt.timezone.utc),
+            "output": {"a": [1, 2.5]}, "summary": {"usage": {}}, **fields}
+
+
+_NAIVE = dt.datetime(2026, 1, 2, 3, 4, 5, 6)
+_LOCAL = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+
+
+class _Stamp(dt.datetime):
+    pass
+
+
+@pytest.mark.parametrize("fields", [
+    {},                                                       # every value of its type
+    {"display_name": "d", "parent_id": None, "wb_run_step": 3, "otel_dump": {"k": [1]}},
+    {"started_at": _NAIVE}, {"started_at": _LOCAL},           # datetimes as they are
+    {"started_at": "2026-01-02T03:04:05.000006Z"},            # a str: convert parses it
+    {"started_at": _Stamp(2026, 1, 2, tzinfo=dt.timezone.utc)},  # a subclass: convert's call
+    {"wb_run_step": True}, {"wb_run_step": 2**70}, {"wb_run_step": 2.0},
+    {"unknown_key": 1},                                       # convert ignores it
+    {"attributes": {"a": {1: 2}}},                            # nested non-str keys: Any
+    {"id": None}, {"trace_id": None},                         # made here
+], ids=lambda f: ",".join(f"{k}={type(v).__name__}" for k, v in f.items()) or "plain")
+def test_dict_starts_write_what_converting_them_to_the_struct_writes(eng, fields):
+    tracer = eng.producer()
+    tracer.call_start(_start())  # slot claimed: later calls take the one-call path
+    drain(eng)
+    item = _start_dict(**fields)
+    try:
+        want = msgspec.convert(item, Start, strict=False)
+    except msgspec.ValidationError as exc:
+        with pytest.raises(ValueError, match=str(exc).split(" - at ")[0][:30]):
+            tracer.call_start(item)
+        assert drain(eng) == []
+        return
+    answer = tracer.call_start(item)
+    (record,) = drain(eng)
+    if want.id is None or want.trace_id is None:  # the ids were made: compare the rest
+        assert answer.id and answer.trace_id
+        want = msgspec.structs.replace(want, id=answer.id, trace_id=answer.trace_id)
+    assert (answer.id, answer.trace_id) == (want.id, want.trace_id)
+    assert bytes(record.payload) == engine.wire.encode(want)
+    assert record.call_id == _uuid(want.id) and record.trace_id == _uuid(want.trace_id)
+
+
+@pytest.mark.parametrize("fields", [
+    {}, {"trace_id": None}, {"trace_id": ""}, {"started_at": None}, {"is_eval": True},
+    {"exception": "boom", "output": None, "wb_run_step_end": 7},
+    {"is_eval": 1}, {"ended_at": "2026-01-02T03:04:05Z"}, {"summary": {1: 2}},
+    {"summary": None}, {"unknown_key": 1},
+], ids=lambda f: ",".join(f"{k}={type(v).__name__}" for k, v in f.items()) or "plain")
+def test_dict_ends_write_what_converting_them_to_the_struct_writes(eng, fields):
+    tracer = eng.producer()
+    tracer.call_start(_start())
+    drain(eng)
+    item = _end_dict(_start_dict(), **fields)
+    try:
+        want = msgspec.convert(item, EndedCallSchemaForInsert, strict=False)
+    except msgspec.ValidationError:
+        with pytest.raises(ValueError, match="EndedCallSchemaForInsert"):
+            tracer.call_end(item)
+        assert drain(eng) == []
+        return
+    assert tracer.call_end(item) is None
+    (record,) = drain(eng)
+    assert bytes(record.payload) == engine.wire.encode(want)
+    flags = 1 if want.trace_id and want.started_at else 0
+    assert (record.kind, record.flags) == (_ring.KIND_END, flags)
+    assert record.trace_id == (_uuid(want.trace_id) if want.trace_id else bytes(16))
+    assert bytes(record.payload[record.aux:]).startswith(b'"ended_at":')
+
+
+def test_dict_items_that_are_missing_a_required_field_are_rejected_naming_it(eng):
+    tracer = eng.producer()
+    tracer.call_start(_start())
+    item = _start_dict()
+    del item["op_name"]
+    with pytest.raises(ValueError, match="op_name"):
+        tracer.call_start(item)
+    end = _end_dict(_start_dict())
+    del end["summary"]
+    with pytest.raises(ValueError, match="summary"):
+        tracer.call_end(end)
+    assert len(drain(eng)) == 1
+
+
+def test_dict_items_that_meet_a_full_ring_follow_the_policy_and_are_encoded_once(tmp_path):
+    counted = Counted()
+    with _dropping_engine(tmp_path) as eng:
+        tracer = eng.producer()
+        offered = 0
+        for _ in range(100):
+            start = _start_dict(inputs={"pad": "z" * 4000})
+            tracer.call_start(start)
+            tracer.call_end(_end_dict(start))
+            offered += 2
+        assert eng.stats()["producers"]["dropped_full"] > 0  # the ring is full now
+        start = _start_dict(inputs={"v": counted})
+        assert tracer.call_start(start).id == start["id"]  # answered even when dropped
+        offered += 1
+        assert counted.runs == 1
+        assert eng.stats()["producers"]["stringified"] == 1
+        kept = len(drain(eng))
+        assert eng.stats()["producers"]["dropped_full"] == offered - kept
+
+
+def test_a_dict_value_whose_str_traces_a_dict_call_is_not_corrupted(eng):
+    tracer = eng.producer()
+    tracer.call_start(_start())
+    inner = _start_dict()
+
+    class Tracing:
+        def __str__(self):
+            tracer.call_start(inner)
+            return "outer value"
+
+    outer = _start_dict(inputs={"v": Tracing()})
+    tracer.call_start(outer)
+    records = drain(eng)[1:]
+    by_id = {r.call_id: msgspec.json.decode(r.payload) for r in records}
+    assert by_id[_uuid(inner["id"])]["inputs"] == {"q": "x"}
+    assert by_id[_uuid(outer["id"])]["inputs"] == {"v": "outer value"}
+
+
+@pytest.mark.skipif(engine._accel.native is None, reason="the one-call path is the C one")
+def test_dicts_of_field_typed_values_take_the_one_call_path_and_others_the_general_one(
+        eng, monkeypatch):
+    tracer = eng.producer()
+    tracer.call_start(_start())  # the first write claims the slot on the general path
+    rest = []
+    for name in ("_call_start_rest", "_call_end_rest"):
+        original = getattr(engine.Tracer, name)
+        monkeypatch.setattr(engine.Tracer, name, lambda self, item, done, _o=original:
+                            rest.append((type(item).__name__, done)) or _o(self, item, done))
+    drain(eng)
+    plain = _start_dict()
+    tracer.call_start(plain)
+    tracer.call_end(_end_dict(plain))
+    assert rest == []
+    tracer.call_start(_start_dict(started_at="2026-01-02T03:04:05Z"))
+    tracer.call_start(_start_dict(extra=1))
+    tracer.call_end(_end_dict(plain, is_eval=1))
+    assert rest == [("dict", None)] * 3
+    assert len(drain(eng)) == 5
