@@ -111,19 +111,47 @@ class CallHandle:
         self.id = self.trace_id = self.parent_id = self.started_at = None
         self._token: contextvars.Token | None = None
 
-    def __enter__(self) -> CallHandle:
-        self._tracer._start(self)
+    def _begin(self) -> CallHandle:
+        """Start the call: its ids (a child takes its parent's trace), the start time, the
+        start record, and this call as the context's current one."""
+        parent = _current.get()
+        call_id, id_raw = _codec.uuid7_bytes()
+        if parent is None:
+            trace_id, trace_raw = _codec.uuid7_bytes()
+            parent_id = None
+        else:
+            trace_id, trace_raw, parent_id = parent.trace_id, parent._trace_raw, parent.id
+        self.id, self._id_raw, self.trace_id, self._trace_raw = (
+            call_id, id_raw, trace_id, trace_raw)
+        self.parent_id = parent_id
+        self.started_at = started_at = _codec.utcnow()
+        self._tracer.call_start(StartedCallSchemaForInsert(
+            project_id=self._project, id=call_id, op_name=self.op_name,
+            display_name=self.display_name, trace_id=trace_id, parent_id=parent_id,
+            started_at=started_at, attributes=self.attributes, inputs=self.inputs,
+        ))  # one C call where the accelerator is built
+        self._token = _current.set(self)
         return self
+
+    __enter__ = _begin  # no frame between ``with`` and the work
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        self._tracer.finish(self, exc)
+        """End the call: the end record (output, summary, the exception if one ended it)."""
+        if self._token is not None:
+            _current.reset(self._token)
+            self._token = None
+        self._tracer.call_end(EndedCallSchemaForInsert(
+            project_id=self._project, id=self.id, trace_id=self.trace_id,
+            started_at=self.started_at, ended_at=_codec.utcnow(),
+            exception=None if exc is None else _describe(exc),
+            output=self.output, summary=self.summary,
+        ))
 
     async def __aenter__(self) -> CallHandle:
-        self._tracer._start(self)
-        return self
+        return self._begin()
 
     async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        self._tracer.finish(self, exc)
+        self.__exit__(exc_type, exc, tb)
 
 
 _current: contextvars.ContextVar[CallHandle | None] = contextvars.ContextVar(
@@ -281,43 +309,11 @@ class Tracer(_CallsBase):  # type: ignore[misc,valid-type]
     def begin(self, op_name: str, inputs: dict[str, Any], attributes: dict[str, Any],
               display_name: str | None, project: str) -> CallHandle:
         """Start a call now (``finish`` ends it): the non-``with`` form of :meth:`call`."""
-        handle = CallHandle(self, op_name, inputs, attributes, display_name, project)
-        self._start(handle)
-        return handle
-
-    def _start(self, handle: CallHandle) -> None:
-        parent = _current.get()
-        call_id, id_raw = _codec.uuid7_bytes()
-        if parent is None:
-            trace_id, trace_raw = _codec.uuid7_bytes()
-            parent_id = None
-        else:
-            trace_id, trace_raw, parent_id = parent.trace_id, parent._trace_raw, parent.id
-        handle.id, handle._id_raw, handle.trace_id, handle._trace_raw = (
-            call_id, id_raw, trace_id, trace_raw)
-        handle.parent_id = parent_id
-        handle.started_at = started_at = _codec.utcnow()
-        project = handle._project
-        start = StartedCallSchemaForInsert(
-            project_id=project, id=call_id, op_name=handle.op_name,
-            display_name=handle.display_name, trace_id=trace_id, parent_id=parent_id,
-            started_at=started_at, attributes=handle.attributes, inputs=handle.inputs,
-        )
-        self._emit(_KIND_START, 0, start, project, id_raw, trace_raw, "start", False)
-        handle._token = _current.set(handle)
+        return CallHandle(self, op_name, inputs, attributes, display_name, project)._begin()
 
     def finish(self, handle: CallHandle, exception: BaseException | None = None) -> None:
-        if handle._token is not None:
-            _current.reset(handle._token)
-            handle._token = None
-        end = EndedCallSchemaForInsert(
-            project_id=handle._project, id=handle.id, trace_id=handle.trace_id,
-            started_at=handle.started_at, ended_at=_codec.utcnow(),
-            exception=None if exception is None else _describe(exception),
-            output=handle.output, summary=handle.summary,
-        )
-        self._emit(_KIND_END, FLAG_END_HAS_TRACE, end, handle._project, handle._id_raw,
-                   handle._trace_raw, "end", True)
+        """End a call :meth:`begin` started (``exception``: what ended it, if anything)."""
+        handle.__exit__(None, exception, None)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -513,9 +509,9 @@ def _wrap_op(tracer: Tracer, fn: Callable[..., Any], op_name: str) -> Callable[.
             try:
                 handle.output = await fn(*args, **kwargs)
             except BaseException as exc:
-                tracer.finish(handle, exc)
+                handle.__exit__(None, exc, None)
                 raise
-            tracer.finish(handle)
+            handle.__exit__(None, None, None)
             return handle.output
 
         return traced_async
@@ -526,9 +522,9 @@ def _wrap_op(tracer: Tracer, fn: Callable[..., Any], op_name: str) -> Callable[.
         try:
             handle.output = fn(*args, **kwargs)
         except BaseException as exc:
-            tracer.finish(handle, exc)
+            handle.__exit__(None, exc, None)
             raise
-        tracer.finish(handle)
+        handle.__exit__(None, None, None)
         return handle.output
 
     return traced
