@@ -95,7 +95,7 @@ class CallHandle:
     """
 
     __slots__ = ("id", "trace_id", "parent_id", "op_name", "started_at", "output", "summary",
-                 "inputs", "attributes", "display_name", "_id_raw", "_trace_raw", "_token",
+                 "inputs", "attributes", "display_name", "_token",
                  "_project", "_tracer")
 
     def __init__(self, tracer: Tracer, op_name: str, inputs: dict[str, Any],
@@ -115,15 +115,13 @@ class CallHandle:
         """Start the call: its ids (a child takes its parent's trace), the start time, the
         start record, and this call as the context's current one."""
         parent = _current.get()
-        call_id, id_raw = _codec.uuid7_bytes()
+        self.id = call_id = _codec.uuid7()  # (the C writer keeps the last ids' bytes)
         if parent is None:
-            trace_id, trace_raw = _codec.uuid7_bytes()
-            parent_id = None
+            self.trace_id = trace_id = _codec.uuid7()
+            self.parent_id = parent_id = None
         else:
-            trace_id, trace_raw, parent_id = parent.trace_id, parent._trace_raw, parent.id
-        self.id, self._id_raw, self.trace_id, self._trace_raw = (
-            call_id, id_raw, trace_id, trace_raw)
-        self.parent_id = parent_id
+            self.trace_id = trace_id = parent.trace_id
+            self.parent_id = parent_id = parent.id
         self.started_at = started_at = _codec.utcnow()
         self._tracer.call_start(StartedCallSchemaForInsert(
             project_id=self._project, id=call_id, op_name=self.op_name,
