@@ -809,8 +809,10 @@ static PyObject *struct_of_dict(PyObject *d, int is_end) {
     }
     if ((present & f->required) != f->required || (present & f->ids) != f->ids) Py_RETURN_NONE;
     PyObject *kwnames = NULL;
+#ifndef Py_GIL_DISABLED  /* the cache is shared state: without the GIL, a tuple per call */
     for (int c = 0; c < 4; c++)
         if (f->kw_names[c] != NULL && f->kw_mask[c] == present) kwnames = f->kw_names[c];
+#endif
     Py_ssize_t n = 0;
     PyObject *args[MAX_DICT_FIELDS];
     for (Py_ssize_t i = 0; i < f->n; i++)
@@ -820,12 +822,15 @@ static PyObject *struct_of_dict(PyObject *d, int is_end) {
         if (kwnames == NULL) return NULL;
         for (Py_ssize_t i = 0, j = 0; i < f->n; i++)
             if ((present >> i) & 1) PyTuple_SET_ITEM(kwnames, j++, Py_NewRef(f->names[i]));
+#ifndef Py_GIL_DISABLED
         int c = f->kw_next;
         f->kw_next = (c + 1) % 4;
-        Py_XSETREF(f->kw_names[c], kwnames);
+        Py_XSETREF(f->kw_names[c], Py_NewRef(kwnames));
         f->kw_mask[c] = present;
+#endif
+    } else {
+        Py_INCREF(kwnames);  /* held across the call: a hook run by it may refill the cache */
     }
-    Py_INCREF(kwnames);  /* held across the call: a hook run by it may refill the cache */
     PyObject *made = PyObject_Vectorcall((PyObject *)type, args, 0, kwnames);
     Py_DECREF(kwnames);
     return made;

@@ -68,8 +68,9 @@ def _dict_fields(cls: type, ids: frozenset[str]) -> tuple:
 
 if _native is not None and all(_planned) and hasattr(_native, "call_dict_fields"):
     # ... and so do dicts whose keys are fields and values already of their types
-    _native.call_dict_fields(_dict_fields(StartedCallSchemaForInsert, frozenset({"id", "trace_id"})),
-                             _dict_fields(EndedCallSchemaForInsert, frozenset({"id"})))
+    _native.call_dict_fields(
+        _dict_fields(StartedCallSchemaForInsert, frozenset({"id", "trace_id"})),
+        _dict_fields(EndedCallSchemaForInsert, frozenset({"id"})))
 
 F = TypeVar("F", bound=Callable[..., Any])
 FLAG_END_HAS_TRACE = 1  # the end carries trace_id and started_at (see the sender's headers)
