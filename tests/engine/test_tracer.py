@@ -773,3 +773,21 @@ def test_dicts_of_field_typed_values_take_the_one_call_path_and_others_the_gener
     tracer.call_end(_end_dict(plain, is_eval=1))
     assert rest == [("dict", None)] * 3
     assert len(drain(eng)) == 5
+
+
+@pytest.mark.parametrize("as_dict", [False, True], ids=["struct", "dict"])
+def test_strict_mode_raises_on_the_one_call_path_and_writes_nothing(tmp_path, as_dict):
+    with engine.Engine(url="http://127.0.0.1:9", project=PROJECT, start_sender=False,
+                       strict=True, ring_bytes=1 << 20, max_slots=2, shutdown_timeout_s=0,
+                       dead_letter_path=str(tmp_path / "dl.jsonl")) as eng:
+        tracer = eng.producer()
+        tracer.call_start(_start())  # the slot is claimed: later calls take one C call
+        bad = _start_dict(inputs={"o": object()}) if as_dict else _start(inputs={"o": object()})
+        with pytest.raises(engine.EncodeError, match="object"):
+            tracer.call_start(bad)
+        good = _start_dict() if as_dict else _start()
+        tracer.call_start(good)
+        records = drain(eng)
+        assert len(records) == 2
+        assert msgspec.json.decode(records[1].payload)["id"] == (
+            good["id"] if as_dict else good.id)
