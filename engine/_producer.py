@@ -78,6 +78,40 @@ _ENVELOPE_BYTES = 64  # room for the batch envelope around the largest single it
 _live_tracers: weakref.WeakSet[Tracer] = weakref.WeakSet()
 
 
+class _ProcessSlot:
+    """The ring slot this process writes into for one engine, shared by all its tracers of
+    that engine: a slot is single-producer, and tracers come and go (a Pool task unpickles
+    one per task; a slot each would run out after ``max_slots`` tasks). Given back when the
+    last tracer that wrote through it closes, or when the process ends."""
+
+    __slots__ = ("writer", "max_payload", "fast_put", "fast_start", "fast_end", "projects",
+                 "open")
+
+    def __init__(self, writer: _ring.SlotWriter, max_payload: int, fast_put: Any,
+                 fast_calls: tuple[Any, Any], projects: dict[str, bytes]) -> None:
+        self.writer = writer
+        self.max_payload = max_payload
+        self.fast_put = fast_put
+        self.fast_start, self.fast_end = fast_calls
+        self.projects = projects  # project_id -> bytes, bound to the writer's fast path
+        self.open = 0  # tracers using it that have not closed
+
+
+class _Process:
+    """What the tracers of this process share; a fresh one in a forked child."""
+
+    def __init__(self) -> None:
+        self.slots: dict[tuple[_ring.RingSpec, ProducerSettings], _ProcessSlot] = {}
+        # A slot is single-producer: threads of one process take turns on the slow paths
+        # (the one-call paths are atomic). A fresh lock after fork: another thread may have
+        # held the old one.
+        self.lock = threading.RLock()
+        self.stringified_seen = _codec.Stringified.count  # what has been counted so far
+
+
+_process = _Process()
+
+
 class ProducerSettings(msgspec.Struct, frozen=True, kw_only=True):
     """The part of the engine's configuration a producer needs (picklable)."""
 
@@ -224,6 +258,7 @@ class Tracer(_CallsBase):  # type: ignore[misc,valid-type]
         The shared mappings stay valid in a child, so only the slot is given up; the child
         claims its own on its first write.
         """
+        self._slot: _ProcessSlot | None = None
         self._writer: _ring.SlotWriter | None = None
         # The writer's one-call hot path (see SlotWriter.fast_put), None until a slot is
         # claimed or where there is none. Used without the lock: each call is atomic.
@@ -232,10 +267,10 @@ class Tracer(_CallsBase):  # type: ignore[misc,valid-type]
         self._fast_start: Any = None
         self._fast_end: Any = None
         self._max_payload = 0
-        self._stringified_seen = _codec.Stringified.count
-        # The slot is single-producer: threads of one process take turns (uncontended, this
-        # costs ~0.1 µs). A fresh lock after fork: another thread may have held the old one.
-        self._lock = threading.RLock()
+
+    @property
+    def _lock(self) -> threading.RLock:
+        return _process.lock
 
     def __reduce__(self) -> Any:
         return (Tracer, (self._spec, self._settings))
@@ -318,21 +353,27 @@ class Tracer(_CallsBase):  # type: ignore[misc,valid-type]
 
     def flush(self, timeout_s: float = 30.0) -> bool:
         """Wait until the server acknowledged everything this process enqueued so far."""
-        if self._writer is None:
+        slot = self._slot or _process.slots.get((self._spec, self._settings))
+        if slot is None:  # nothing written from here
             return True
         from engine._engine import wait_released
 
         ringset = self._ensure_attached()
-        return wait_released(ringset, self._control_block(), timeout_s, slots=[self._writer.slot])
+        return wait_released(ringset, self._control_block(), timeout_s, slots=[slot.writer.slot])
 
     def close(self) -> None:
         """Give the slot back (its data is still delivered); later writes raise Closed."""
         with self._lock:
             self._closed = True
             self._fast_put = self._fast_start = self._fast_end = None
-            if self._writer is not None:
-                self._writer.close()
-                self._writer = None
+            slot, self._slot, self._writer = self._slot, None, None
+            if slot is not None:
+                slot.open -= 1
+                if slot.open == 0:  # the last of this process's tracers that wrote
+                    slot.writer.close()
+                    key = (self._spec, self._settings)
+                    if _process.slots.get(key) is slot:
+                        del _process.slots[key]
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -354,7 +395,7 @@ class Tracer(_CallsBase):  # type: ignore[misc,valid-type]
             except ValueError:
                 self._fast_failed(fast, self._fast_put)
                 raise
-            if result == _WRITTEN and _codec.Stringified.count == self._stringified_seen:
+            if result == _WRITTEN and _codec.Stringified.count == _process.stringified_seen:
                 return
             if result != _UNPLANNED:
                 self._settle(result, kind, flags, item, call_id, trace_id, what, splice)
@@ -379,7 +420,7 @@ class Tracer(_CallsBase):  # type: ignore[misc,valid-type]
                         self._put_slow(writer, code, kind, flags, project_b, call_id, trace_id,
                                        what, splice, payload)
         finally:
-            if _codec.Stringified.count != self._stringified_seen:
+            if _codec.Stringified.count != _process.stringified_seen:
                 self._note_stringified()
 
     def _put(self, kind: int, flags: int, item: msgspec.Struct, project: str,
@@ -404,7 +445,7 @@ class Tracer(_CallsBase):  # type: ignore[misc,valid-type]
                     self._put_slow(writer, code, kind, flags, project_b, call_id, trace_id,
                                    what, splice)
         finally:
-            if _codec.Stringified.count != self._stringified_seen:
+            if _codec.Stringified.count != _process.stringified_seen:
                 self._note_stringified()
 
     def _put_slow(self, writer: _ring.SlotWriter, code: int, kind: int, flags: int,
@@ -450,18 +491,30 @@ class Tracer(_CallsBase):  # type: ignore[misc,valid-type]
     def _claim_locked(self) -> _ring.SlotWriter:
         if self._closed:
             raise Closed("this tracer is closed")
-        ringset = self._ensure_attached()
-        try:
-            writer = ringset.writer()
-        except Exception as exc:
-            raise Closed(f"cannot claim a ring slot: {exc}") from exc
-        reserved = len(self._settings.project.encode()) + 256
-        self._max_payload = min(writer.max_record_bytes - reserved,
-                                self._settings.max_request_bytes - _ENVELOPE_BYTES)
-        self._writer = writer
-        self._fast_put = writer.fast_put(self._encoder, self._max_payload, self._projects)
-        self._fast_start, self._fast_end = writer.fast_calls()
-        return writer
+        key = (self._spec, self._settings)
+        slot = _process.slots.get(key)
+        if slot is None:  # this process's first write into this engine
+            ringset = self._ensure_attached()
+            try:
+                # every slot taken: the sender frees a dead producer's once it is drained
+                writer = ringset.writer(wait_s=self._settings.max_block_ms / 1000)
+            except Exception as exc:
+                raise Closed(f"cannot claim a ring slot: {exc}") from exc
+            reserved = len(self._settings.project.encode()) + 256
+            max_payload = min(writer.max_record_bytes - reserved,
+                              self._settings.max_request_bytes - _ENVELOPE_BYTES)
+            projects = dict(self._projects)
+            slot = _process.slots[key] = _ProcessSlot(
+                writer, max_payload, writer.fast_put(self._encoder, max_payload, projects),
+                writer.fast_calls(), projects)
+        else:
+            slot.projects.update(self._projects)
+        slot.open += 1
+        self._slot, self._writer, self._max_payload = slot, slot.writer, slot.max_payload
+        self._projects = slot.projects
+        self._fast_put, self._fast_start, self._fast_end = (
+            slot.fast_put, slot.fast_start, slot.fast_end)
+        return slot.writer
 
     def _ensure_attached(self) -> _ring.RingSet:
         if self._ringset is None:
@@ -485,8 +538,8 @@ class Tracer(_CallsBase):  # type: ignore[misc,valid-type]
         return encoded
 
     def _note_stringified(self) -> None:
-        delta = _codec.Stringified.count - self._stringified_seen
-        self._stringified_seen = _codec.Stringified.count
+        delta = _codec.Stringified.count - _process.stringified_seen
+        _process.stringified_seen = _codec.Stringified.count
         writer = self._writer or self._claim()
         self._control_block().slot_add(writer.slot, "stringified", delta)
 
@@ -559,6 +612,8 @@ def _convert(value: Any, type_: type) -> Any:
 
 
 def _after_fork_in_child() -> None:
+    global _process
+    _process = _Process()  # the parent's slots are not this process's
     for tracer in list(_live_tracers):
         tracer._forget_slot()
 

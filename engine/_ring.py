@@ -38,6 +38,7 @@ import bisect
 import contextlib
 import errno
 import fcntl
+import logging
 import mmap
 import os
 import struct
@@ -52,6 +53,13 @@ from engine import _ring_files
 from engine._accel import native as _native
 from engine.wire._codec import uuid_bytes as _uuid_bytes
 from engine.wire.calls import end_splice_offset
+
+_log = logging.getLogger("engine.ring")
+
+
+class NoFreeSlot(RuntimeError):
+    """Every ring slot is claimed by a live producer process (or one whose data is not
+    drained yet)."""
 
 KIND_PAD = 0
 KIND_START = 1
@@ -226,9 +234,24 @@ class RingSet:
         """Largest payload that always fits, with any project of up to MAX_PROJECT_BYTES."""
         return ((self.spec.ring_bytes // 2) & ~7) - HEADER_BYTES - MAX_PROJECT_BYTES
 
-    def writer(self) -> SlotWriter:
-        """Claim a free slot for this process (cold path: takes the slot lock)."""
-        slot = self._claim_slot()
+    def writer(self, wait_s: float = 0.0) -> SlotWriter:
+        """Claim a free slot for this process (cold path: takes the slot lock). When every
+        slot is taken, wait up to ``wait_s`` for the sender to free one whose producer
+        ended (it does once the slot's data is drained), then raise ``NoFreeSlot``."""
+        deadline = time.monotonic() + wait_s
+        pause_s = 0.005
+        while True:
+            try:
+                slot = self._claim_slot()
+                break
+            except NoFreeSlot:
+                if time.monotonic() + pause_s > deadline:
+                    raise
+                if pause_s == 0.005:
+                    _log.warning("all %d ring slots are in use; waiting up to %.1f s for one "
+                                 "to be freed", self.spec.max_slots, wait_s)
+                time.sleep(pause_s)
+                pause_s = min(pause_s * 2, 0.1)
         writer = (NativeSlotWriter if _native else SlotWriter)(self, slot)
         self._writers.add(writer)
         return writer
@@ -253,7 +276,7 @@ class RingSet:
                     words[base + _S_STATE] = ACTIVE
                     words[_G_CLAIMS] += 1
                     return slot
-        raise RuntimeError(
+        raise NoFreeSlot(
             f"all {self.spec.max_slots} ring slots are in use (max_slots too small for the "
             "number of producer processes?)"
         )

@@ -10,6 +10,7 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -254,6 +255,22 @@ def test_slot_claims_fail_clearly_when_all_are_taken(ring_set):
         ring_set.writer()
     with pytest.raises(RuntimeError, match="all 4 ring slots are in use"):
         ring_set.writer()
+
+
+def test_a_claim_waits_for_a_slot_to_be_freed_up_to_its_limit(ring_set):
+    writers = [ring_set.writer() for _ in range(4)]
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="all 4 ring slots are in use"):
+        ring_set.writer(wait_s=0.2)
+    assert time.monotonic() - started >= 0.15
+    reader = ring_set.reader()
+    writers[2].close()  # a closed (or dead) producer's slot is freed once drained: reap
+    freer = threading.Timer(0.1, reader.reap)
+    freer.start()
+    try:
+        assert ring_set.writer(wait_s=10).slot == writers[2].slot
+    finally:
+        freer.join()
 
 
 def _claim_write_and_exit(spec) -> None:

@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+import engine
 from tests.engine.helpers import PROJECT, make_engine, trace_calls, trace_structs
 from tests.faultserver import FaultServer
 
@@ -70,6 +71,53 @@ def test_pool_workers_including_recycled_ones_deliver(tmp_path, maxtasksperchild
         ids = [i for r in results for i in r]
         assert eng.flush(timeout_s=30)
         assert server.stored_ids(PROJECT) == set(ids)
+
+
+def _pool_task_pid(args) -> tuple[int, list[str]]:
+    return os.getpid(), _pool_task(args)
+
+
+@pytest.mark.parametrize("maxtasksperchild", [None, 1])
+def test_pool_tasks_that_each_get_the_tracer_share_their_workers_slot(tmp_path,
+                                                                      maxtasksperchild):
+    """A tracer passed with every task is unpickled anew in the worker each time: all of
+    a process's tracers write into one slot, so many more tasks than slots all deliver."""
+    with FaultServer() as server, make_engine(server.url, tmp_path, max_slots=3) as eng:
+        tracer = eng.producer()
+        ctx = multiprocessing.get_context("fork")
+        tasks = 40 if maxtasksperchild is None else 10  # 10 worker processes one after another
+        with ctx.Pool(2, maxtasksperchild=maxtasksperchild) as pool:
+            results = pool.map_async(_pool_task_pid, [(tracer, i) for i in range(tasks)],
+                                     chunksize=1).get(120)
+        ids = [i for _, r in results for i in r]
+        assert eng.flush(timeout_s=30)
+        assert server.stored_ids(PROJECT) == set(ids) and len(ids) == 2 * 5 * tasks
+        assert server.duplicate_deliveries() == 0
+        pids = {pid for pid, _ in results}
+        assert len(pids) <= 2 if maxtasksperchild is None else len(pids) == tasks
+
+
+def test_tracers_of_one_process_share_a_slot_until_the_last_closes(tmp_path):
+    import pickle
+
+    with FaultServer() as server, make_engine(server.url, tmp_path, max_slots=2) as eng:
+        first = eng.producer()
+        copies = [pickle.loads(pickle.dumps(first)) for _ in range(5)]
+        ids = trace_calls(first, 2) + [i for t in copies for i in trace_calls(t, 2)]
+        slots = {t._writer.slot for t in (first, *copies)}
+        assert len(slots) == 1
+        for t in copies:
+            t.close()
+        with pytest.raises(engine.Closed):
+            trace_calls(copies[0], 1)
+        ids += trace_calls(first, 2)  # still open: the slot stays
+        assert first._writer.slot in slots
+        first.close()
+        later = pickle.loads(pickle.dumps(first))
+        ids += trace_calls(later, 2)  # a new claim after the last close
+        later.close()
+        assert eng.flush(timeout_s=30)
+        assert server.stored_ids(PROJECT) == set(ids) and len(ids) == 4 + 5 * 4 + 4 + 4
 
 
 def _pool_structs_task(args) -> list[str]:
