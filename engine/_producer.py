@@ -85,7 +85,7 @@ class _ProcessSlot:
     last tracer that wrote through it closes, or when the process ends."""
 
     __slots__ = ("writer", "max_payload", "fast_put", "fast_start", "fast_end", "projects",
-                 "open")
+                 "open", "closed")
 
     def __init__(self, writer: _ring.SlotWriter, max_payload: int, fast_put: Any,
                  fast_calls: tuple[Any, Any], projects: dict[str, bytes]) -> None:
@@ -95,6 +95,20 @@ class _ProcessSlot:
         self.fast_start, self.fast_end = fast_calls
         self.projects = projects  # project_id -> bytes, bound to the writer's fast path
         self.open = 0  # tracers using it that have not closed
+        self.closed = False  # given back: its tracers' writes raise Closed
+
+    def close(self) -> None:
+        self.closed = True
+        self.writer.close()
+
+
+def close_process_slot(spec: _ring.RingSpec, settings: ProducerSettings) -> None:
+    """Give this process's slot of an engine back, whichever tracers still hold it (the
+    engine closes: their later writes raise Closed)."""
+    with _process.lock:
+        slot = _process.slots.pop((spec, settings), None)
+        if slot is not None and not slot.closed:
+            slot.close()
 
 
 class _Process:
@@ -369,8 +383,8 @@ class Tracer(_CallsBase):  # type: ignore[misc,valid-type]
             slot, self._slot, self._writer = self._slot, None, None
             if slot is not None:
                 slot.open -= 1
-                if slot.open == 0:  # the last of this process's tracers that wrote
-                    slot.writer.close()
+                if slot.open == 0 and not slot.closed:  # the last tracer here that wrote
+                    slot.close()
                     key = (self._spec, self._settings)
                     if _process.slots.get(key) is slot:
                         del _process.slots[key]
@@ -379,10 +393,14 @@ class Tracer(_CallsBase):  # type: ignore[misc,valid-type]
 
     def _fast_failed(self, fast: Any, current: Any) -> None:
         """A one-call path raised ValueError: a writer released by a close() that ran
-        while the call was on its way (``current`` is then no longer ``fast``) is Closed;
-        anything else stands."""
-        if current is not fast:
+        while the call was on its way (``current`` is then no longer ``fast``), or by the
+        engine's, is Closed; anything else stands."""
+        if current is not fast or self._slot_closed():
             raise Closed("this tracer is closed") from None
+
+    def _slot_closed(self) -> bool:
+        """The slot this tracer writes into was given back under it (the engine closed)."""
+        return self._slot is not None and self._slot.closed
 
     def _emit(self, kind: int, flags: int, item: msgspec.Struct, project: str,
               call_id: str | bytes, trace_id: str | bytes | None, what: str,
@@ -438,8 +456,8 @@ class Tracer(_CallsBase):  # type: ignore[misc,valid-type]
                     code = writer.put(self._encoder, item, kind, flags, call_id, trace_id,
                                       project_b, self._max_payload, splice)
                 except ValueError:
-                    if self._closed:  # closed by a value's hook while it was encoded
-                        raise Closed("this tracer is closed") from None
+                    if self._closed or self._slot_closed():  # closed by a value's hook while
+                        raise Closed("this tracer is closed") from None  # it was encoded
                     raise
                 if code != _ring.WRITTEN:
                     self._put_slow(writer, code, kind, flags, project_b, call_id, trace_id,

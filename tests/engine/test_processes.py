@@ -337,3 +337,38 @@ def test_a_sigterm_sent_right_after_fork_kills_the_child(tmp_path):
                               timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["survivors", "0"]
+
+
+def test_tracers_the_engine_did_not_make_raise_closed_once_it_closes(tmp_path):
+    import pickle
+
+    with FaultServer() as server:
+        eng = make_engine(server.url, tmp_path)
+        made = eng.producer()
+        copy = pickle.loads(pickle.dumps(made))  # as a Pool task in the owner would get it
+        ids = trace_calls(copy, 2) + trace_structs(copy, 2)
+        eng.close()
+        assert server.stored_ids(PROJECT) == set(ids)
+        with pytest.raises(engine.Closed):
+            trace_structs(copy, 1)  # the one-call path
+        with pytest.raises(engine.Closed):
+            trace_calls(copy, 1)
+        with pytest.raises(engine.Closed):
+            copy.call_complete({"project_id": PROJECT, "id": engine.wire.uuid7(),
+                                "trace_id": engine.wire.uuid7(), "op_name": "op",
+                                "started_at": "2026-01-01T00:00:00Z",
+                                "ended_at": "2026-01-01T00:00:01Z", "attributes": {},
+                                "inputs": {}, "summary": {}})
+
+
+def test_tracers_made_per_task_in_the_owner_do_not_pile_up(tmp_path):
+    import gc
+
+    with FaultServer() as server, make_engine(server.url, tmp_path) as eng:
+        ids = []
+        for _ in range(20):
+            ids += trace_calls(eng.producer(), 1)
+        gc.collect()
+        assert len(eng._tracers) <= 1
+        assert eng.flush(timeout_s=30)
+        assert server.stored_ids(PROJECT) == set(ids)
