@@ -247,7 +247,10 @@ class FaultServer:
     # ---- serving -----------------------------------------------------------------------
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        wire = await request.content.read()
+        try:
+            wire = await request.content.read()
+        except (ConnectionResetError, RuntimeError):  # the client hung up mid-upload (its
+            raise asyncio.CancelledError from None  # timeout): nothing to answer, nor log
         record = RequestRecord(request.method, request.path, dict(request.headers), len(wire))
         try:
             response = await self._respond(request, wire, record)
