@@ -886,11 +886,12 @@ static PyObject *native_call_dict_fields(PyObject *self, PyObject *args) {
 }
 
 /* Tracer.call_start / call_end in one call: an exact start (ids set) or end Struct with a
- * bound project (or a dict struct_of_dict makes one of), put_item's work, and the answer. Returns the CallStartRes (start) or True
- * (end) when the item is written and nothing is left to do (no doorbell, no value went to
- * Python); None when it did nothing (another type, an id missing or not a UUID, the
- * project not bound, a released writer: the general path handles and names it); else
- * put_item's code or (code, bytes), for the caller to settle. */
+ * bound project (or a dict struct_of_dict makes one of), put_item's work, and the answer.
+ * Returns the CallStartRes (start) or True (end) when the item is written and nothing is
+ * left to do (no doorbell, no value went to Python); None when it did nothing (another
+ * type, an id missing or not a UUID, the project not bound, a released writer: the
+ * general path handles and names it); else put_item's code or (code, bytes), for the
+ * caller to settle. */
 static PyObject *call_item(RingWriter *self, PyObject *item, int is_end) {
     if (PyDict_CheckExact(item) && self->has_view && self->bound_encoder != NULL) {
         PyObject *made = struct_of_dict(item, is_end);
