@@ -22,6 +22,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 #include <stdint.h>
 #include <string.h>
 #include <time.h>
@@ -1160,6 +1161,244 @@ static PyTypeObject TracerCallsType = {
     .tp_getset = tc_getset,
 };
 
+/* ---- CallHandleBase: tracer.call / @tracer.op's handle, started and ended in C --------- */
+
+/* The base of engine.CallHandle (where TracerCalls is): the fields, and _begin /
+ * __enter__ / __exit__ doing what the pure-Python handle in engine/_producer.py does --
+ * ids (a child takes its parent's trace), start time, the start record through the
+ * tracer's call_start, the context variable; on exit the end record through call_end. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *id, *trace_id, *parent_id, *op_name, *started_at, *output, *summary, *inputs,
+        *attributes, *display_name, *token, *project, *tracer;
+} CallHandle;
+
+static PyTypeObject CallHandleType;
+static PyObject *current_var, *describe_func, *start_call_kwnames, *end_call_kwnames;
+
+#define CH_FIELDS(X) X(id) X(trace_id) X(parent_id) X(op_name) X(started_at) X(output) \
+    X(summary) X(inputs) X(attributes) X(display_name) X(token) X(project) X(tracer)
+
+static int ch_traverse(CallHandle *self, visitproc visit, void *arg) {
+#define CH_VISIT(f) Py_VISIT(self->f);
+    CH_FIELDS(CH_VISIT)
+#undef CH_VISIT
+    return 0;
+}
+
+static int ch_clear(CallHandle *self) {
+#define CH_CLEAR(f) Py_CLEAR(self->f);
+    CH_FIELDS(CH_CLEAR)
+#undef CH_CLEAR
+    return 0;
+}
+
+static void ch_dealloc(CallHandle *self) {
+    PyObject_GC_UnTrack(self);
+    ch_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* CallHandle(tracer, op_name, inputs, attributes, display_name, project) */
+static int ch_init(CallHandle *self, PyObject *args, PyObject *kwds) {
+    PyObject *tracer, *op_name, *inputs, *attributes, *display_name, *project;
+    if (kwds != NULL && PyDict_GET_SIZE(kwds)) {
+        PyErr_SetString(PyExc_TypeError, "CallHandle takes positional arguments only");
+        return -1;
+    }
+    if (!PyArg_UnpackTuple(args, "CallHandle", 6, 6, &tracer, &op_name, &inputs, &attributes,
+                           &display_name, &project))
+        return -1;
+    Py_XSETREF(self->tracer, Py_NewRef(tracer));
+    Py_XSETREF(self->op_name, Py_NewRef(op_name));
+    Py_XSETREF(self->inputs, Py_NewRef(inputs));
+    Py_XSETREF(self->attributes, Py_NewRef(attributes));
+    Py_XSETREF(self->display_name, Py_NewRef(display_name));
+    Py_XSETREF(self->project, Py_NewRef(project));
+    Py_XSETREF(self->output, Py_NewRef(Py_None));
+    PyObject *summary = PyDict_New();
+    if (summary == NULL) return -1;
+    Py_XSETREF(self->summary, summary);
+    Py_XSETREF(self->id, Py_NewRef(Py_None));
+    Py_XSETREF(self->trace_id, Py_NewRef(Py_None));
+    Py_XSETREF(self->parent_id, Py_NewRef(Py_None));
+    Py_XSETREF(self->started_at, Py_NewRef(Py_None));
+    Py_XSETREF(self->token, Py_NewRef(Py_None));
+    return 0;
+}
+
+/* the tracer's call_start / call_end: from C when it is a TracerCalls */
+static PyObject *ch_write(CallHandle *self, PyObject *item, int is_end) {
+    if (PyObject_TypeCheck(self->tracer, &TracerCallsType))
+        return tc_call((TracerCalls *)self->tracer, item, is_end);
+    return PyObject_CallMethod(self->tracer, is_end ? "call_end" : "call_start", "O", item);
+}
+
+static PyObject *ch_begin(CallHandle *self, PyObject *unused) {
+    if (current_var == NULL || start_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "engine._native.call_handle_setup() was not called");
+        return NULL;
+    }
+    PyObject *parent;
+    if (PyContextVar_Get(current_var, Py_None, &parent) < 0) return NULL;
+    PyObject *call_id = native_uuid7(NULL, NULL), *trace_id, *parent_id;
+    if (call_id == NULL) {
+        Py_DECREF(parent);
+        return NULL;
+    }
+    if (parent == Py_None || parent == NULL) {
+        trace_id = native_uuid7(NULL, NULL);
+        parent_id = Py_NewRef(Py_None);
+    } else if (PyObject_TypeCheck(parent, &CallHandleType)) {
+        trace_id = Py_NewRef(((CallHandle *)parent)->trace_id);
+        parent_id = Py_NewRef(((CallHandle *)parent)->id);
+    } else {  /* a pure-Python handle of another tracer, say */
+        trace_id = PyObject_GetAttrString(parent, "trace_id");
+        parent_id = trace_id == NULL ? NULL : PyObject_GetAttrString(parent, "id");
+    }
+    Py_XDECREF(parent);
+    if (trace_id == NULL || parent_id == NULL) {
+        Py_DECREF(call_id);
+        Py_XDECREF(trace_id);
+        return NULL;
+    }
+    Py_XSETREF(self->id, call_id);
+    Py_XSETREF(self->trace_id, trace_id);
+    Py_XSETREF(self->parent_id, parent_id);
+    PyObject *started_at = native_utcnow(NULL, NULL);
+    if (started_at == NULL) return NULL;
+    Py_XSETREF(self->started_at, started_at);
+    PyObject *args[9] = {self->project, call_id, self->op_name, self->display_name, trace_id,
+                         parent_id, started_at, self->attributes, self->inputs};
+    for (int i = 0; i < 9; i++) Py_INCREF(args[i]);  /* a hook may change the fields */
+    PyObject *start = PyObject_Vectorcall((PyObject *)start_type, args, 0, start_call_kwnames);
+    for (int i = 0; i < 9; i++) Py_DECREF(args[i]);
+    if (start == NULL) return NULL;
+    PyObject *written = ch_write(self, start, 0);
+    Py_DECREF(start);
+    if (written == NULL) return NULL;
+    Py_DECREF(written);
+    PyObject *token = PyContextVar_Set(current_var, (PyObject *)self);
+    if (token == NULL) return NULL;
+    Py_XSETREF(self->token, token);
+    return Py_NewRef((PyObject *)self);
+}
+
+static PyObject *ch_exit(CallHandle *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "__exit__ takes 3 arguments");
+        return NULL;
+    }
+    if (current_var == NULL || end_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "engine._native.call_handle_setup() was not called");
+        return NULL;
+    }
+    if (self->token != NULL && self->token != Py_None) {
+        PyObject *token = self->token;
+        self->token = Py_NewRef(Py_None);
+        int bad = PyContextVar_Reset(current_var, token);
+        Py_DECREF(token);
+        if (bad < 0) return NULL;
+    }
+    PyObject *exception = args[1] == Py_None ? Py_NewRef(Py_None)
+                                             : PyObject_CallOneArg(describe_func, args[1]);
+    if (exception == NULL) return NULL;
+    PyObject *ended_at = native_utcnow(NULL, NULL);
+    if (ended_at == NULL) {
+        Py_DECREF(exception);
+        return NULL;
+    }
+    PyObject *fields[8] = {self->project, self->id, self->trace_id, self->started_at, ended_at,
+                           exception, self->output, self->summary};
+    for (int i = 0; i < 8; i++) Py_XINCREF(fields[i]);
+    PyObject *end = PyObject_Vectorcall((PyObject *)end_type, fields, 0, end_call_kwnames);
+    for (int i = 0; i < 8; i++) Py_XDECREF(fields[i]);
+    Py_DECREF(ended_at);
+    Py_DECREF(exception);
+    if (end == NULL) return NULL;
+    PyObject *written = ch_write(self, end, 1);
+    Py_DECREF(end);
+    if (written == NULL) return NULL;
+    Py_DECREF(written);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef ch_methods[] = {
+    {"_begin", (PyCFunction)ch_begin, METH_NOARGS,
+     "Start the call: its ids (a child takes its parent's trace), the start time, the start "
+     "record, and this call as the context's current one."},
+    {"__enter__", (PyCFunction)ch_begin, METH_NOARGS, "Start the call (see _begin)."},
+    {"__exit__", (PyCFunction)(void (*)(void))ch_exit, METH_FASTCALL,
+     "End the call: the end record (output, summary, the exception if one ended it)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef ch_members[] = {
+    {"id", T_OBJECT, offsetof(CallHandle, id), 0, "the call id (set when it starts)"},
+    {"trace_id", T_OBJECT, offsetof(CallHandle, trace_id), 0, NULL},
+    {"parent_id", T_OBJECT, offsetof(CallHandle, parent_id), 0, NULL},
+    {"op_name", T_OBJECT, offsetof(CallHandle, op_name), 0, NULL},
+    {"started_at", T_OBJECT, offsetof(CallHandle, started_at), 0, NULL},
+    {"output", T_OBJECT, offsetof(CallHandle, output), 0, "what the call returned: set it"},
+    {"summary", T_OBJECT, offsetof(CallHandle, summary), 0, "the call's summary: set it"},
+    {"inputs", T_OBJECT, offsetof(CallHandle, inputs), 0, NULL},
+    {"attributes", T_OBJECT, offsetof(CallHandle, attributes), 0, NULL},
+    {"display_name", T_OBJECT, offsetof(CallHandle, display_name), 0, NULL},
+    {"_token", T_OBJECT, offsetof(CallHandle, token), 0, NULL},
+    {"_project", T_OBJECT, offsetof(CallHandle, project), 0, NULL},
+    {"_tracer", T_OBJECT, offsetof(CallHandle, tracer), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject CallHandleType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "engine._native.CallHandleBase",
+    .tp_basicsize = sizeof(CallHandle),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "tracer.call's handle in C (the base of engine.CallHandle).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)ch_init,
+    .tp_traverse = (traverseproc)ch_traverse,
+    .tp_clear = (inquiry)ch_clear,
+    .tp_dealloc = (destructor)ch_dealloc,
+    .tp_methods = ch_methods,
+    .tp_members = ch_members,
+};
+
+/* call_handle_setup(current_var, describe): the context variable of the current call and
+ * the function that turns an exception into the end's text. */
+static PyObject *native_call_handle_setup(PyObject *self, PyObject *args) {
+    PyObject *var, *describe;
+    if (!PyArg_ParseTuple(args, "OO", &var, &describe)) return NULL;
+    if (!PyContextVar_CheckExact(var) || !PyCallable_Check(describe)) {
+        PyErr_SetString(PyExc_TypeError, "call_handle_setup(ContextVar, callable)");
+        return NULL;
+    }
+    PyObject *start_names = Py_BuildValue("(sssssssss)", "project_id", "id", "op_name",
+                                          "display_name", "trace_id", "parent_id",
+                                          "started_at", "attributes", "inputs");
+    PyObject *end_names = Py_BuildValue("(ssssssss)", "project_id", "id", "trace_id",
+                                        "started_at", "ended_at", "exception", "output",
+                                        "summary");
+    if (start_names == NULL || end_names == NULL) {
+        Py_XDECREF(start_names);
+        Py_XDECREF(end_names);
+        return NULL;
+    }
+    for (int t = 0; t < 2; t++) {  /* interned, as msgspec's field names are */
+        PyObject *names = t ? end_names : start_names;
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(names); i++)
+            PyUnicode_InternInPlace(&PyTuple_GET_ITEM(names, i));
+    }
+    Py_XSETREF(start_call_kwnames, start_names);
+    Py_XSETREF(end_call_kwnames, end_names);
+    Py_INCREF(var);
+    Py_INCREF(describe);
+    Py_XSETREF(current_var, var);
+    Py_XSETREF(describe_func, describe);
+    Py_RETURN_NONE;
+}
+
 /* ---- the consumer side: parse records out of the mapping ------------------------------ */
 
 #define KIND_SPLICED 16  /* never in a ring: a start and its end, parsed as one record */
@@ -1381,6 +1620,9 @@ static PyMethodDef native_methods[] = {
     {"call_types", native_call_types, METH_VARARGS,
      "call_types(start_type, end_type, start_res_type): the types RingWriter.call_start / "
      "call_end take and answer."},
+    {"call_handle_setup", native_call_handle_setup, METH_VARARGS,
+     "call_handle_setup(current_var, describe): what CallHandleBase needs (the ContextVar "
+     "of the current call; exception -> text)."},
     {"call_dict_fields", native_call_dict_fields, METH_VARARGS,
      "call_dict_fields(start_fields, end_fields): (name, kind, required, id) per field, so "
      "RingWriter.call_start / call_end take dicts of those types too."},
@@ -1406,6 +1648,7 @@ PyMODINIT_FUNC PyInit__native(void) {
     str_end_rest = PyUnicode_InternFromString("_call_end_rest");
     if (str_fast_failed == NULL || str_start_rest == NULL || str_end_rest == NULL) return NULL;
     if (PyType_Ready(&TracerCallsType) < 0) return NULL;
+    if (PyType_Ready(&CallHandleType) < 0) return NULL;
 #endif
     PyObject *module = PyModule_Create(&native_module);
     if (module == NULL) return NULL;
@@ -1414,6 +1657,12 @@ PyMODINIT_FUNC PyInit__native(void) {
     Py_INCREF(&TracerCallsType);
     if (PyModule_AddObject(module, "TracerCalls", (PyObject *)&TracerCallsType) < 0) {
         Py_DECREF(&TracerCallsType);
+        Py_DECREF(module);
+        return NULL;
+    }
+    Py_INCREF(&CallHandleType);
+    if (PyModule_AddObject(module, "CallHandleBase", (PyObject *)&CallHandleType) < 0) {
+        Py_DECREF(&CallHandleType);
         Py_DECREF(module);
         return NULL;
     }

@@ -136,7 +136,7 @@ class ProducerSettings(msgspec.Struct, frozen=True, kw_only=True):
     max_request_bytes: int
 
 
-class CallHandle:
+class _PyCallHandle:
     """One traced call: ``with tracer.call(...) as call:`` — set ``output`` / ``summary``.
 
     It is its own context manager (one object per call on the hot path); ``id``,
@@ -204,6 +204,26 @@ class CallHandle:
 _current: contextvars.ContextVar[CallHandle | None] = contextvars.ContextVar(
     "engine_current_call", default=None
 )
+
+if _native is not None and hasattr(_native, "CallHandleBase") and all(_planned):
+
+    class CallHandle(_native.CallHandleBase):  # type: ignore[misc,name-defined]
+        """One traced call: ``with tracer.call(...) as call:`` — set ``output`` /
+        ``summary``. ``id``, ``trace_id``, ``parent_id`` and ``started_at`` are filled when
+        the call starts. Started and ended in C (engine/_native.c), as ``_PyCallHandle``
+        does it where the accelerator is not built."""
+
+        __slots__ = ()
+
+        async def __aenter__(self) -> CallHandle:
+            return self._begin()
+
+        async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+            self.__exit__(exc_type, exc, tb)
+
+    _native.call_handle_setup(_current, lambda exc: _describe(exc))
+else:
+    CallHandle = _PyCallHandle  # type: ignore[misc,assignment]
 
 
 def current_call() -> CallHandle | None:

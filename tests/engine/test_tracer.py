@@ -791,3 +791,50 @@ def test_strict_mode_raises_on_the_one_call_path_and_writes_nothing(tmp_path, as
         assert len(records) == 2
         assert msgspec.json.decode(records[1].payload)["id"] == (
             good["id"] if as_dict else good.id)
+
+
+# ---- the call handle (C where the accelerator is built, else pure Python): its contract
+
+
+def test_a_call_that_raises_records_the_exception_and_restores_the_current_call(eng):
+    tracer = eng.producer()
+    with tracer.call("outer") as outer:
+        with pytest.raises(KeyError), tracer.call("inner", inputs={"k": 1}) as inner:
+            assert engine.current_call() is inner
+            raise KeyError("missing")
+        assert engine.current_call() is outer
+        outer.output = {"ok": True}
+        outer.summary = {"n": 1}
+    assert engine.current_call() is None
+    by_kind = {}
+    for r in drain(eng):
+        by_kind.setdefault(r.kind, []).append(msgspec.json.decode(r.payload))
+    starts, ends = by_kind[_ring.KIND_START], by_kind[_ring.KIND_END]
+    assert [s["op_name"] for s in starts] == ["outer", "inner"]
+    assert starts[1]["parent_id"] == outer.id and starts[1]["trace_id"] == outer.trace_id
+    assert starts[1]["inputs"] == {"k": 1} and "parent_id" not in starts[0]
+    inner_end, outer_end = ends
+    assert inner_end["id"] == inner.id and inner_end["exception"] == "KeyError: 'missing'"
+    assert outer_end["output"] == {"ok": True} and outer_end["summary"] == {"n": 1}
+    assert "exception" not in outer_end and outer_end["started_at"] == starts[0]["started_at"]
+
+
+def test_begin_and_finish_trace_a_call_without_with(eng):
+    tracer = eng.producer()
+    handle = tracer.begin("manual", {"a": 1}, {"tag": "x"}, "Manual", PROJECT)
+    assert handle.id and handle.trace_id and handle.started_at is not None
+    assert engine.current_call() is handle
+    handle.output = 42
+    tracer.finish(handle, ValueError("bad"))
+    assert engine.current_call() is None
+    start, end = decoded(drain(eng))
+    assert (start["display_name"], start["attributes"]) == ("Manual", {"tag": "x"})
+    assert end["output"] == 42 and end["exception"] == "ValueError: bad"
+
+
+def test_a_call_handle_needs_all_its_fields_and_starts_empty(eng):
+    tracer = eng.producer()
+    with pytest.raises(TypeError):
+        engine.CallHandle(tracer, "op")
+    handle = tracer.call("op")
+    assert (handle.id, handle.output, handle.summary) == (None, None, {})  # not started yet
