@@ -1228,7 +1228,35 @@ static int ch_init(CallHandle *self, PyObject *args, PyObject *kwds) {
 }
 
 /* the tracer's call_start / call_end: from C when it is a TracerCalls */
+/* Fields a user deleted (members can be: NULL) raise, as the pure-Python handle's do. */
+static int ch_fields_set(CallHandle *self, int at_end) {
+    const char *names[6] = {"_project", "op_name", "display_name", "attributes", "inputs",
+                            NULL};
+    PyObject *fields[6] = {self->project, self->op_name, self->display_name,
+                           self->attributes, self->inputs, NULL};
+    const char *end_names[6] = {"_project", "id", "trace_id", "started_at", "output",
+                                "summary"};
+    PyObject *end_fields[6] = {self->project, self->id, self->trace_id, self->started_at,
+                               self->output, self->summary};
+    for (int i = 0; i < 6; i++) {
+        const char *name = at_end ? end_names[i] : names[i];
+        if (name == NULL) break;
+        if ((at_end ? end_fields[i] : fields[i]) == NULL) {
+            PyErr_Format(PyExc_AttributeError, "'%.100s' object has no attribute '%s'",
+                         Py_TYPE(self)->tp_name, name);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+#define OR_NONE(x) ((x) != NULL ? (x) : Py_None)
+
 static PyObject *ch_write(CallHandle *self, PyObject *item, int is_end) {
+    if (self->tracer == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "this call handle has no tracer");
+        return NULL;
+    }
     if (PyObject_TypeCheck(self->tracer, &TracerCallsType))
         return tc_call((TracerCalls *)self->tracer, item, is_end);
     return PyObject_CallMethod(self->tracer, is_end ? "call_end" : "call_start", "O", item);
@@ -1239,6 +1267,7 @@ static PyObject *ch_begin(CallHandle *self, PyObject *unused) {
         PyErr_SetString(PyExc_RuntimeError, "engine._native.call_handle_setup() was not called");
         return NULL;
     }
+    if (ch_fields_set(self, 0) < 0) return NULL;
     PyObject *parent;
     if (PyContextVar_Get(current_var, Py_None, &parent) < 0) return NULL;
     PyObject *call_id = native_uuid7(NULL, NULL), *trace_id, *parent_id;
@@ -1250,8 +1279,8 @@ static PyObject *ch_begin(CallHandle *self, PyObject *unused) {
         trace_id = native_uuid7(NULL, NULL);
         parent_id = Py_NewRef(Py_None);
     } else if (PyObject_TypeCheck(parent, &CallHandleType)) {
-        trace_id = Py_NewRef(((CallHandle *)parent)->trace_id);
-        parent_id = Py_NewRef(((CallHandle *)parent)->id);
+        trace_id = Py_NewRef(OR_NONE(((CallHandle *)parent)->trace_id));
+        parent_id = Py_NewRef(OR_NONE(((CallHandle *)parent)->id));
     } else {  /* a pure-Python handle of another tracer, say */
         trace_id = PyObject_GetAttrString(parent, "trace_id");
         parent_id = trace_id == NULL ? NULL : PyObject_GetAttrString(parent, "id");
@@ -1268,8 +1297,9 @@ static PyObject *ch_begin(CallHandle *self, PyObject *unused) {
     PyObject *started_at = native_utcnow(NULL, NULL);
     if (started_at == NULL) return NULL;
     Py_XSETREF(self->started_at, started_at);
-    PyObject *args[9] = {self->project, call_id, self->op_name, self->display_name, trace_id,
-                         parent_id, started_at, self->attributes, self->inputs};
+    PyObject *args[9] = {OR_NONE(self->project), call_id, OR_NONE(self->op_name),
+                         OR_NONE(self->display_name), trace_id, parent_id, started_at,
+                         OR_NONE(self->attributes), OR_NONE(self->inputs)};
     for (int i = 0; i < 9; i++) Py_INCREF(args[i]);  /* a hook may change the fields */
     PyObject *start = PyObject_Vectorcall((PyObject *)start_type, args, 0, start_call_kwnames);
     for (int i = 0; i < 9; i++) Py_DECREF(args[i]);
@@ -1300,6 +1330,7 @@ static PyObject *ch_exit(CallHandle *self, PyObject *const *args, Py_ssize_t nar
         Py_DECREF(token);
         if (bad < 0) return NULL;
     }
+    if (ch_fields_set(self, 1) < 0) return NULL;
     PyObject *exception = args[1] == Py_None ? Py_NewRef(Py_None)
                                              : PyObject_CallOneArg(describe_func, args[1]);
     if (exception == NULL) return NULL;
@@ -1308,11 +1339,12 @@ static PyObject *ch_exit(CallHandle *self, PyObject *const *args, Py_ssize_t nar
         Py_DECREF(exception);
         return NULL;
     }
-    PyObject *fields[8] = {self->project, self->id, self->trace_id, self->started_at, ended_at,
-                           exception, self->output, self->summary};
-    for (int i = 0; i < 8; i++) Py_XINCREF(fields[i]);
+    PyObject *fields[8] = {OR_NONE(self->project), OR_NONE(self->id), OR_NONE(self->trace_id),
+                           OR_NONE(self->started_at), ended_at, exception,
+                           OR_NONE(self->output), OR_NONE(self->summary)};
+    for (int i = 0; i < 8; i++) Py_INCREF(fields[i]);
     PyObject *end = PyObject_Vectorcall((PyObject *)end_type, fields, 0, end_call_kwnames);
-    for (int i = 0; i < 8; i++) Py_XDECREF(fields[i]);
+    for (int i = 0; i < 8; i++) Py_DECREF(fields[i]);
     Py_DECREF(ended_at);
     Py_DECREF(exception);
     if (end == NULL) return NULL;

@@ -838,3 +838,12 @@ def test_a_call_handle_needs_all_its_fields_and_starts_empty(eng):
         engine.CallHandle(tracer, "op")
     handle = tracer.call("op")
     assert (handle.id, handle.output, handle.summary) == (None, None, {})  # not started yet
+
+
+def test_a_handle_whose_output_was_deleted_raises_naming_it(eng):
+    tracer = eng.producer()
+    with pytest.raises(AttributeError, match="output"), tracer.call("op") as call:
+        del call.output
+    assert engine.current_call() is None
+    (start,) = decoded(drain(eng))
+    assert start["op_name"] == "op"
