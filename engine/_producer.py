@@ -586,16 +586,13 @@ def _wrap_op(tracer: Tracer, fn: Callable[..., Any], op_name: str) -> Callable[.
     names = _positional_names(fn)
     project = tracer.project
 
-    def inputs_of(args: tuple, kwargs: dict) -> dict[str, Any]:
-        inputs = dict(zip(names, args)) if len(args) <= len(names) else _spill(names, args)
-        if kwargs:
-            inputs.update(kwargs)
-        return inputs
-
     if inspect.iscoroutinefunction(fn):
         @functools.wraps(fn)
         async def traced_async(*args: Any, **kwargs: Any) -> Any:
-            handle = tracer.begin(op_name, inputs_of(args, kwargs), {}, None, project)
+            inputs = dict(zip(names, args)) if len(args) <= len(names) else _spill(names, args)
+            if kwargs:
+                inputs.update(kwargs)
+            handle = CallHandle(tracer, op_name, inputs, {}, None, project)._begin()
             try:
                 handle.output = await fn(*args, **kwargs)
             except BaseException as exc:
@@ -608,7 +605,10 @@ def _wrap_op(tracer: Tracer, fn: Callable[..., Any], op_name: str) -> Callable[.
 
     @functools.wraps(fn)
     def traced(*args: Any, **kwargs: Any) -> Any:
-        handle = tracer.begin(op_name, inputs_of(args, kwargs), {}, None, project)
+        inputs = dict(zip(names, args)) if len(args) <= len(names) else _spill(names, args)
+        if kwargs:
+            inputs.update(kwargs)
+        handle = CallHandle(tracer, op_name, inputs, {}, None, project)._begin()
         try:
             handle.output = fn(*args, **kwargs)
         except BaseException as exc:
