@@ -27,7 +27,7 @@ from engine import _accel, _ring
 from engine._config import EngineConfig, load_config
 from engine._control import Control, control_path
 from engine._errors import Closed, ConfigError
-from engine._producer import ProducerSettings, Tracer, close_process_slot
+from engine._producer import ProducerSettings, Tracer, close_tracers
 
 __all__ = ["Engine", "wait_released"]
 
@@ -61,8 +61,6 @@ class Engine:
         self._closed = False
         self._lock = threading.Lock()
         self._sender: subprocess.Popen | None = None
-        # the tracers it made, to close them (weakly: one per task must not pile up)
-        self._tracers: weakref.WeakSet[Tracer] = weakref.WeakSet()
         self._final_stats: dict[str, Any] | None = None
         if self.config.start_sender:
             self._start_sender()
@@ -82,9 +80,7 @@ class Engine:
         """A tracer writing into this engine; picklable, so hand it to child processes."""
         if self._closed:
             raise Closed("engine is closed")
-        tracer = Tracer(self._ringset.spec, self._settings)
-        self._tracers.add(tracer)
-        return tracer
+        return Tracer(self._ringset.spec, self._settings)
 
     def flush(self, timeout_s: float = 30.0) -> bool:
         """True once the server acknowledged (or dead-lettered/spooled) everything enqueued
@@ -108,9 +104,7 @@ class Engine:
                 return self.stats()
             self._closed = True
         timeout_s = self.config.shutdown_timeout_s if timeout_s is None else timeout_s
-        for tracer in list(self._tracers):
-            tracer.close()
-        close_process_slot(self._ringset.spec, self._settings)  # copies it did not make
+        close_tracers(self._ringset.spec)  # this process's: the ones it made, and copies
         delivered = True
         if self._sender is not None:
             delivered = self.flush(timeout_s)

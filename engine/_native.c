@@ -1228,29 +1228,21 @@ static int ch_init(CallHandle *self, PyObject *args, PyObject *kwds) {
 }
 
 /* the tracer's call_start / call_end: from C when it is a TracerCalls */
-/* Fields a user deleted (members can be: NULL) raise, as the pure-Python handle's do. */
-static int ch_fields_set(CallHandle *self, int at_end) {
-    const char *names[6] = {"_project", "op_name", "display_name", "attributes", "inputs",
-                            NULL};
-    PyObject *fields[6] = {self->project, self->op_name, self->display_name,
-                           self->attributes, self->inputs, NULL};
-    const char *end_names[6] = {"_project", "id", "trace_id", "started_at", "output",
-                                "summary"};
-    PyObject *end_fields[6] = {self->project, self->id, self->trace_id, self->started_at,
-                               self->output, self->summary};
-    for (int i = 0; i < 6; i++) {
-        const char *name = at_end ? end_names[i] : names[i];
-        if (name == NULL) break;
-        if ((at_end ? end_fields[i] : fields[i]) == NULL) {
+/* Fields a user deleted (members can be: NULL) raise, as the pure-Python handle's do;
+ * checked right before they are read (a hook that ran may have deleted one). */
+static int ch_fields_set(CallHandle *self, PyObject *const *fields, const char *const *names,
+                         int n) {
+    for (int i = 0; i < n; i++) {
+        if (fields[i] == NULL) {
             PyErr_Format(PyExc_AttributeError, "'%.100s' object has no attribute '%s'",
-                         Py_TYPE(self)->tp_name, name);
+                         Py_TYPE(self)->tp_name, names[i]);
             return -1;
         }
     }
     return 0;
 }
 
-#define OR_NONE(x) ((x) != NULL ? (x) : Py_None)
+#define OR_NONE(x) ((x) != NULL ? (x) : Py_None)  /* a parent's deleted field: none */
 
 static PyObject *ch_write(CallHandle *self, PyObject *item, int is_end) {
     if (self->tracer == NULL) {
@@ -1267,7 +1259,6 @@ static PyObject *ch_begin(CallHandle *self, PyObject *unused) {
         PyErr_SetString(PyExc_RuntimeError, "engine._native.call_handle_setup() was not called");
         return NULL;
     }
-    if (ch_fields_set(self, 0) < 0) return NULL;
     PyObject *parent;
     if (PyContextVar_Get(current_var, Py_None, &parent) < 0) return NULL;
     PyObject *call_id = native_uuid7(NULL, NULL), *trace_id, *parent_id;
@@ -1297,9 +1288,13 @@ static PyObject *ch_begin(CallHandle *self, PyObject *unused) {
     PyObject *started_at = native_utcnow(NULL, NULL);
     if (started_at == NULL) return NULL;
     Py_XSETREF(self->started_at, started_at);
-    PyObject *args[9] = {OR_NONE(self->project), call_id, OR_NONE(self->op_name),
-                         OR_NONE(self->display_name), trace_id, parent_id, started_at,
-                         OR_NONE(self->attributes), OR_NONE(self->inputs)};
+    static const char *const names[5] = {"_project", "op_name", "display_name", "attributes",
+                                         "inputs"};
+    PyObject *given[5] = {self->project, self->op_name, self->display_name, self->attributes,
+                          self->inputs};
+    if (ch_fields_set(self, given, names, 5) < 0) return NULL;
+    PyObject *args[9] = {given[0], call_id, given[1], given[2], trace_id, parent_id,
+                         started_at, given[3], given[4]};
     for (int i = 0; i < 9; i++) Py_INCREF(args[i]);  /* a hook may change the fields */
     PyObject *start = PyObject_Vectorcall((PyObject *)start_type, args, 0, start_call_kwnames);
     for (int i = 0; i < 9; i++) Py_DECREF(args[i]);
@@ -1330,7 +1325,6 @@ static PyObject *ch_exit(CallHandle *self, PyObject *const *args, Py_ssize_t nar
         Py_DECREF(token);
         if (bad < 0) return NULL;
     }
-    if (ch_fields_set(self, 1) < 0) return NULL;
     PyObject *exception = args[1] == Py_None ? Py_NewRef(Py_None)
                                              : PyObject_CallOneArg(describe_func, args[1]);
     if (exception == NULL) return NULL;
@@ -1339,9 +1333,17 @@ static PyObject *ch_exit(CallHandle *self, PyObject *const *args, Py_ssize_t nar
         Py_DECREF(exception);
         return NULL;
     }
-    PyObject *fields[8] = {OR_NONE(self->project), OR_NONE(self->id), OR_NONE(self->trace_id),
-                           OR_NONE(self->started_at), ended_at, exception,
-                           OR_NONE(self->output), OR_NONE(self->summary)};
+    static const char *const names[6] = {"_project", "id", "trace_id", "started_at", "output",
+                                         "summary"};
+    PyObject *given[6] = {self->project, self->id, self->trace_id, self->started_at,
+                          self->output, self->summary};
+    if (ch_fields_set(self, given, names, 6) < 0) {  /* (describe_func may have run) */
+        Py_DECREF(ended_at);
+        Py_DECREF(exception);
+        return NULL;
+    }
+    PyObject *fields[8] = {given[0], given[1], given[2], given[3], ended_at, exception,
+                           given[4], given[5]};
     for (int i = 0; i < 8; i++) Py_INCREF(fields[i]);
     PyObject *end = PyObject_Vectorcall((PyObject *)end_type, fields, 0, end_call_kwnames);
     for (int i = 0; i < 8; i++) Py_DECREF(fields[i]);

@@ -95,20 +95,14 @@ class _ProcessSlot:
         self.fast_start, self.fast_end = fast_calls
         self.projects = projects  # project_id -> bytes, bound to the writer's fast path
         self.open = 0  # tracers using it that have not closed
-        self.closed = False  # given back: its tracers' writes raise Closed
-
-    def close(self) -> None:
-        self.closed = True
-        self.writer.close()
 
 
-def close_process_slot(spec: _ring.RingSpec, settings: ProducerSettings) -> None:
-    """Give this process's slot of an engine back, whichever tracers still hold it (the
-    engine closes: their later writes raise Closed)."""
-    with _process.lock:
-        slot = _process.slots.pop((spec, settings), None)
-        if slot is not None and not slot.closed:
-            slot.close()
+def close_tracers(spec: _ring.RingSpec) -> None:
+    """Close every tracer of this process writing into ``spec``'s ring set, the ones
+    unpickled here too (the engine closes: their later writes raise Closed)."""
+    for tracer in list(_live_tracers):
+        if tracer._spec == spec:
+            tracer.close()
 
 
 class _Process:
@@ -221,7 +215,6 @@ if _native is not None and hasattr(_native, "CallHandleBase") and all(_planned):
         async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
             self.__exit__(exc_type, exc, tb)
 
-    _native.call_handle_setup(_current, lambda exc: _describe(exc))
 else:
     CallHandle = _PyCallHandle  # type: ignore[misc,assignment]
 
@@ -293,18 +286,24 @@ class Tracer(_CallsBase):  # type: ignore[misc,valid-type]
         claims its own on its first write.
         """
         self._slot: _ProcessSlot | None = None
-        self._writer: _ring.SlotWriter | None = None
         # The writer's one-call hot path (see SlotWriter.fast_put), None until a slot is
         # claimed or where there is none. Used without the lock: each call is atomic.
         self._fast_put: Any = None
         # The same for call_start / call_end (see SlotWriter.fast_calls).
         self._fast_start: Any = None
         self._fast_end: Any = None
-        self._max_payload = 0
 
     @property
     def _lock(self) -> threading.RLock:
         return _process.lock
+
+    @property
+    def _writer(self) -> _ring.SlotWriter | None:
+        return None if self._slot is None else self._slot.writer
+
+    @property
+    def _max_payload(self) -> int:
+        return 0 if self._slot is None else self._slot.max_payload
 
     def __reduce__(self) -> Any:
         return (Tracer, (self._spec, self._settings))
@@ -400,11 +399,11 @@ class Tracer(_CallsBase):  # type: ignore[misc,valid-type]
         with self._lock:
             self._closed = True
             self._fast_put = self._fast_start = self._fast_end = None
-            slot, self._slot, self._writer = self._slot, None, None
+            slot, self._slot = self._slot, None
             if slot is not None:
                 slot.open -= 1
-                if slot.open == 0 and not slot.closed:  # the last tracer here that wrote
-                    slot.close()
+                if slot.open == 0:  # the last tracer here that wrote
+                    slot.writer.close()
                     key = (self._spec, self._settings)
                     if _process.slots.get(key) is slot:
                         del _process.slots[key]
@@ -413,14 +412,10 @@ class Tracer(_CallsBase):  # type: ignore[misc,valid-type]
 
     def _fast_failed(self, fast: Any, current: Any) -> None:
         """A one-call path raised ValueError: a writer released by a close() that ran
-        while the call was on its way (``current`` is then no longer ``fast``), or by the
-        engine's, is Closed; anything else stands."""
-        if current is not fast or self._slot_closed():
+        while the call was on its way (``current`` is then no longer ``fast``) is Closed;
+        anything else stands."""
+        if current is not fast:
             raise Closed("this tracer is closed") from None
-
-    def _slot_closed(self) -> bool:
-        """The slot this tracer writes into was given back under it (the engine closed)."""
-        return self._slot is not None and self._slot.closed
 
     def _emit(self, kind: int, flags: int, item: msgspec.Struct, project: str,
               call_id: str | bytes, trace_id: str | bytes | None, what: str,
@@ -476,8 +471,8 @@ class Tracer(_CallsBase):  # type: ignore[misc,valid-type]
                     code = writer.put(self._encoder, item, kind, flags, call_id, trace_id,
                                       project_b, self._max_payload, splice)
                 except ValueError:
-                    if self._closed or self._slot_closed():  # closed by a value's hook while
-                        raise Closed("this tracer is closed") from None  # it was encoded
+                    if self._closed:  # closed by a value's hook while it was encoded
+                        raise Closed("this tracer is closed") from None
                     raise
                 if code != _ring.WRITTEN:
                     self._put_slow(writer, code, kind, flags, project_b, call_id, trace_id,
@@ -548,7 +543,7 @@ class Tracer(_CallsBase):  # type: ignore[misc,valid-type]
         else:
             slot.projects.update(self._projects)
         slot.open += 1
-        self._slot, self._writer, self._max_payload = slot, slot.writer, slot.max_payload
+        self._slot = slot
         self._projects = slot.projects
         self._fast_put, self._fast_start, self._fast_end = (
             slot.fast_put, slot.fast_start, slot.fast_end)
@@ -589,10 +584,8 @@ def _wrap_op(tracer: Tracer, fn: Callable[..., Any], op_name: str) -> Callable[.
     if inspect.iscoroutinefunction(fn):
         @functools.wraps(fn)
         async def traced_async(*args: Any, **kwargs: Any) -> Any:
-            inputs = dict(zip(names, args)) if len(args) <= len(names) else _spill(names, args)
-            if kwargs:
-                inputs.update(kwargs)
-            handle = CallHandle(tracer, op_name, inputs, {}, None, project)._begin()
+            handle = CallHandle(tracer, op_name, _op_inputs(names, args, kwargs), {}, None,
+                                project)._begin()
             try:
                 handle.output = await fn(*args, **kwargs)
             except BaseException as exc:
@@ -605,10 +598,8 @@ def _wrap_op(tracer: Tracer, fn: Callable[..., Any], op_name: str) -> Callable[.
 
     @functools.wraps(fn)
     def traced(*args: Any, **kwargs: Any) -> Any:
-        inputs = dict(zip(names, args)) if len(args) <= len(names) else _spill(names, args)
-        if kwargs:
-            inputs.update(kwargs)
-        handle = CallHandle(tracer, op_name, inputs, {}, None, project)._begin()
+        handle = CallHandle(tracer, op_name, _op_inputs(names, args, kwargs), {}, None,
+                            project)._begin()
         try:
             handle.output = fn(*args, **kwargs)
         except BaseException as exc:
@@ -625,6 +616,14 @@ def _positional_names(fn: Callable[..., Any]) -> tuple[str, ...]:
     if code is None:
         return ()
     return code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]
+
+
+def _op_inputs(names: tuple[str, ...], args: tuple, kwargs: dict) -> dict[str, Any]:
+    """An op call's inputs: its arguments by parameter name."""
+    inputs = dict(zip(names, args)) if len(args) <= len(names) else _spill(names, args)
+    if kwargs:
+        inputs.update(kwargs)
+    return inputs
 
 
 def _spill(names: tuple[str, ...], args: tuple) -> dict[str, Any]:
@@ -657,3 +656,5 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+if CallHandle is not _PyCallHandle:
+    _native.call_handle_setup(_current, _describe)  # what the C handle calls back

@@ -239,7 +239,7 @@ class RingSet:
         slot is taken, wait up to ``wait_s`` for the sender to free one whose producer
         ended (it does once the slot's data is drained), then raise ``NoFreeSlot``."""
         deadline = time.monotonic() + wait_s
-        pause_s = 0.005
+        pause_s, waited = 0.005, False
         while True:
             try:
                 slot = self._claim_slot()
@@ -247,9 +247,10 @@ class RingSet:
             except NoFreeSlot:
                 if time.monotonic() + pause_s > deadline:
                     raise
-                if pause_s == 0.005:
+                if not waited:
                     _log.warning("all %d ring slots are in use; waiting up to %.1f s for one "
                                  "to be freed", self.spec.max_slots, wait_s)
+                    waited = True
                 time.sleep(pause_s)
                 pause_s = min(pause_s * 2, 0.1)
         writer = (NativeSlotWriter if _native else SlotWriter)(self, slot)

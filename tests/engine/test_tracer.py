@@ -830,3 +830,18 @@ def test_a_handle_whose_output_was_deleted_raises_naming_it(eng):
     assert engine.current_call() is None
     (start,) = decoded(drain(eng))
     assert start["op_name"] == "op"
+
+
+def test_an_exception_whose_text_deletes_the_output_raises_naming_it(eng):
+    tracer = eng.producer()
+
+    class Odd(Exception):
+        def __str__(self):
+            del handle.output  # user code run while the end is being made
+            return "odd"
+
+    with pytest.raises(AttributeError, match="output"):
+        with tracer.call("op") as handle:
+            raise Odd()
+    assert engine.current_call() is None
+    assert len(drain(eng)) == 1  # the start only
