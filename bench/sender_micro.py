@@ -6,7 +6,7 @@
 Records are written as ``Tracer.call_start`` / ``call_end`` write them (kind, flags, raw
 ids, the end's splice offset as aux), one ring slot per producer, from a pool of
 pre-encoded payloads of the bench profile (each call gets fresh raw ids: the sender pairs by
-the header, never by the JSON). A real :class:`engine._sender.Sender` then runs its pump
+the header, never by the JSON). A real :class:`engine.sender._process.Sender` then runs its pump
 (read → track → route → accumulate → linger cut), every ready batch is prepared as
 ``_deliver`` prepares it (body, counters, headers) and settled as a 200 answer settles it
 (concurrency and size learning, release, counters, latency samples) -- without an event
@@ -31,13 +31,13 @@ import time
 from dataclasses import dataclass
 
 from bench.payloads import PROFILE_NAMES, profile
-from engine import _ring
-from engine._config import EngineConfig
-from engine._control import Control, control_path
-from engine._producer import FLAG_END_HAS_TRACE
-from engine._retry import Verdict
-from engine._sender import Sender, tune_gc
-from engine._transport import Response
+from engine.common._config import EngineConfig
+from engine.common._control import Control, control_path
+from engine.producer._tracer import FLAG_END_HAS_TRACE
+from engine.ring import _ring
+from engine.sender._process import Sender, tune_gc
+from engine.sender._retry import Verdict
+from engine.sender._transport import Response
 from engine.wire import _codec
 from engine.wire.calls import (
     EndedCallSchemaForInsert,

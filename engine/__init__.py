@@ -7,9 +7,9 @@
             call.output = 2
 """
 
-from engine._config import EngineConfig, load_config
-from engine._engine import Engine
-from engine._errors import (
+from engine.client import AsyncRemoteHTTPTraceServer, RemoteHTTPTraceServer
+from engine.common._config import EngineConfig, load_config
+from engine.common._errors import (
     Closed,
     ConfigError,
     EncodeError,
@@ -19,8 +19,8 @@ from engine._errors import (
     RingFull,
     SendError,
 )
-from engine._producer import CallHandle, Tracer, current_call
-from engine.client import AsyncRemoteHTTPTraceServer, RemoteHTTPTraceServer
+from engine.producer._engine import Engine
+from engine.producer._tracer import CallHandle, Tracer, current_call
 
 __version__ = "0.1.0"
 

@@ -19,7 +19,7 @@ pick_python() {
 }
 
 # the C accelerator is built at install time: a changed source must rebuild it
-want="$(sha256sum "$LOCK" "$ROOT/pyproject.toml" "$ROOT/setup.py" "$ROOT/engine/_native.c" "$ROOT/engine/_native_json.c" "$ROOT/engine/_native_json.h" |
+want="$(sha256sum "$LOCK" "$ROOT/pyproject.toml" "$ROOT/setup.py" "$ROOT"/engine/native/*.[ch] |
     sha256sum | cut -c1-16)"
 if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
     py="$(pick_python)"

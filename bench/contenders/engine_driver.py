@@ -36,7 +36,7 @@ from typing import Any
 from bench.payloads import PROFILE_NAMES, profile
 from bench.peers import _run
 from engine import Engine
-from engine._producer import Tracer
+from engine.producer._tracer import Tracer
 from engine.wire._codec import utcnow, uuid7
 from engine.wire.calls import EndedCallSchemaForInsert, StartedCallSchemaForInsert
 

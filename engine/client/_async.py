@@ -16,10 +16,10 @@ from typing import Any
 
 import aiohttp
 
-from engine._errors import SendError
 from engine.client import _tables
 from engine.client._base import ClientBase
 from engine.client._core import ClientCore, HttpRequest, HttpResponse, Plan, RetryPolicy, coerce
+from engine.common._errors import SendError
 from engine.wire import ROUTES
 from engine.wire import calls as c
 from engine.wire import costs as k

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from engine._config import MAX_REQUEST_BYTES
 from engine.client._batched import BatchedIngest, CallProcessor
 from engine.client._core import ClientCore, RetryPolicy
 from engine.client._env import settings_from_env
 from engine.client._feedback import FeedbackBatcher, feedback_create_batch
 from engine.client._http import SyncDriver
+from engine.common._config import MAX_REQUEST_BYTES
 from engine.wire.feedback import FeedbackCreateReq
 
 __all__ = ["ClientBase"]

@@ -20,10 +20,10 @@ from typing import Any
 
 import msgspec
 
-from engine._engine import Engine
-from engine._producer import Tracer
 from engine.client._core import coerce
 from engine.client._feedback import FeedbackBatcher
+from engine.producer._engine import Engine
+from engine.producer._tracer import Tracer
 from engine.wire import _codec
 from engine.wire.calls import (
     CallCreateBatchReq,

@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
-from engine._errors import SendError
 from engine.client._core import ClientCore, HttpRequest, HttpResponse, Plan, RetryPolicy
+from engine.common._errors import SendError
 
 __all__ = ["SyncDriver", "SyncTransport", "Exchange"]
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine._errors import SendError
 from engine.client._core import ClientCore, Plan, coerce
+from engine.common._errors import SendError
 from engine.wire import _codec
 from engine.wire.tables import (
     TableAppendSpec,

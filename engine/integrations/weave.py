@@ -39,8 +39,8 @@ import weakref
 from collections.abc import Mapping
 from typing import Any
 
-from engine._engine import Engine
-from engine._producer import Tracer
+from engine.producer._engine import Engine
+from engine.producer._tracer import Tracer
 
 __all__ = ["install", "installed_engine"]
 

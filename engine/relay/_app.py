@@ -11,8 +11,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from engine import _metrics
-from engine._engine import Engine
+from engine.common import _metrics
+from engine.producer._engine import Engine
 from engine.relay import _routes
 from engine.relay._proxy import proxy
 from engine.relay._state import RELAY, RelayState

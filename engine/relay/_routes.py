@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from engine._errors import Closed, ConfigError, PayloadTooLarge, RingFull
+from engine.common._errors import Closed, ConfigError, PayloadTooLarge, RingFull
 from engine.relay._state import RELAY, RelayState
 from engine.relay._writer import CallItem
 from engine.server._body import (

@@ -8,7 +8,7 @@ import aiohttp
 import msgspec
 from aiohttp import web
 
-from engine._engine import Engine
+from engine.producer._engine import Engine
 from engine.relay._writer import CallItem, RingWriter
 from engine.wire.calls import CompletedCallSchemaForInsert, StartedCallSchemaForInsert
 

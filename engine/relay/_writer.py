@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
-from engine._producer import Tracer
+from engine.producer._tracer import Tracer
 from engine.wire.calls import (
     CompletedCallSchemaForInsert,
     EndedCallSchemaForInsert,

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from aiohttp import web
 
-from engine import _metrics
+from engine.common import _metrics
 from engine.server import (
     _graphql,
     _routes_calls,
@@ -89,7 +89,7 @@ def build_app(
     app[STATE] = ServerState(store, max_body_bytes)
     for table in (_routes_misc.routes, _routes_calls.routes, _graphql.routes):
         app.add_routes(table)
-    app.router.add_get("/metrics", _metrics.serve_metrics)  # Prometheus text (engine._metrics)
+    app.router.add_get("/metrics", _metrics.serve_metrics)  # Prometheus text (engine.common._metrics)
     # objects, tables, files, feedback, …: a store of their own (in memory for ``count``)
     for module in (_routes_objects, _routes_tables, _routes_refs, _routes_files,
                    _routes_feedback, _routes_costs, _routes_more):  # fmt: skip
@@ -153,7 +153,7 @@ def run_server(**options: Any) -> None:
     """Blocking ``engine serve`` on uvloop (options as :func:`start_server`)."""
     import uvloop
 
-    from engine._malloc import tune_for_large_buffers
+    from engine.common._malloc import tune_for_large_buffers
 
     tune_for_large_buffers()  # this process is ours: keep megabyte bodies off fresh mmaps
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import msgspec
 
-from engine._accel import native as _native
+from engine.native._accel import native as _native
 
 UTC = _dt.timezone.utc
 
@@ -110,7 +110,7 @@ def _enc_hook(obj: Any) -> Any:
 
 
 def _strict_hook(obj: Any) -> Any:
-    from engine._errors import EncodeError
+    from engine.common._errors import EncodeError
 
     raise EncodeError(f"cannot encode value of type {type(obj).__qualname__!r} to JSON")
 

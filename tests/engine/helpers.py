@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from engine._engine import Engine
+from engine.producer._engine import Engine
 
 PROJECT = "test-entity/test-project"
 

@@ -18,7 +18,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 
 _SCRIPT = """
 import json, sys
-from engine import _accel
+from engine.native import _accel
 from tests.engine.helpers import make_engine, trace_calls
 import pathlib
 with make_engine(sys.argv[1], pathlib.Path(sys.argv[2])) as eng:
@@ -57,7 +57,7 @@ def test_the_producer_and_ring_tests_also_pass_without_the_accelerator():
     env = dict(os.environ, ENGINE_PURE_PYTHON="1")
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-         "tests/engine/test_tracer.py", "tests/test_ring.py"],
+         "tests/engine/test_tracer.py", "tests/ring/test_ring.py"],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert " passed" in done.stdout.splitlines()[-1]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine._spool import Spool
+from engine.sender._spool import Spool
 from tests.engine.helpers import PROJECT, make_engine, trace_calls
 from tests.faultserver import FaultServer
 

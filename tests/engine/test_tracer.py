@@ -11,7 +11,7 @@ import msgspec
 import pytest
 
 import engine
-from engine import _ring
+from engine.ring import _ring
 from engine.wire import CompletedCallSchemaForInsert, EndedCallSchemaForInsert, splice_complete
 from engine.wire import StartedCallSchemaForInsert as Start
 
@@ -458,7 +458,7 @@ def test_struct_starts_and_ends_write_msgspecs_bytes_and_their_header(eng, end_f
     assert (head_end.kind, head_end.flags) == (_ring.KIND_END, flags)
     assert head_end.trace_id == (_uuid(start.trace_id) if has_trace else bytes(16))
     assert bytes(head_end.payload[head_end.aux:]).startswith(b'"ended_at":')
-    if engine._accel.native is not None:
+    if engine.native._accel.native is not None:
         assert tracer._fast_start is not None and tracer._fast_end is not None
 
 
@@ -611,7 +611,8 @@ def test_a_dropped_tracer_that_wrote_is_collected(eng):
 
 
 def test_the_tracers_call_dispatch_is_the_c_one_where_it_is_built():
-    from engine import _accel, _producer
+    from engine.native import _accel
+    from engine.producer import _tracer as _producer
 
     native = _accel.native
     expected = getattr(native, "TracerCalls", None) or _producer._PyCalls
@@ -736,7 +737,7 @@ def test_a_dict_value_whose_str_traces_a_dict_call_is_not_corrupted(eng):
     assert by_id[_uuid(outer["id"])]["inputs"] == {"v": "outer value"}
 
 
-@pytest.mark.skipif(engine._accel.native is None, reason="the one-call path is the C one")
+@pytest.mark.skipif(engine.native._accel.native is None, reason="the one-call path is the C one")
 def test_dicts_of_field_typed_values_take_the_one_call_path_and_others_the_general_one(
         eng, monkeypatch):
     tracer = eng.producer()
@@ -840,8 +841,7 @@ def test_an_exception_whose_text_deletes_the_output_raises_naming_it(eng):
             del handle.output  # user code run while the end is being made
             return "odd"
 
-    with pytest.raises(AttributeError, match="output"):
-        with tracer.call("op") as handle:
-            raise Odd()
+    with pytest.raises(AttributeError, match="output"), tracer.call("op") as handle:
+        raise Odd()
     assert engine.current_call() is None
     assert len(drain(eng)) == 1  # the start only

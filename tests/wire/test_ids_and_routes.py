@@ -30,7 +30,7 @@ def ids_impl(request, monkeypatch):
     """The id tests run on the C accelerator's ids and on the pure-Python ones."""
     impl = _codec.NATIVE_IDS if request.param == "native" else _codec.PY_IDS
     if impl is None:
-        pytest.skip("engine._native is not built here")
+        pytest.skip("engine.native._native is not built here")
     for name, fn in zip(("uuid7", "uuid7_bytes", "uuid_bytes"), impl):
         monkeypatch.setattr(_codec, name, fn)
     return request.param

@@ -1,4 +1,4 @@
-"""The C encoder (engine/_native_json.c) writes msgspec's bytes, value for value.
+"""The C encoder (engine/native/_native_json.c) writes msgspec's bytes, value for value.
 
 The producer encodes every traced item with it when the accelerator is built, so what
 reaches the ring, the sender's splicing and the server must not change by a byte: each
@@ -18,8 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import engine._producer  # noqa: F401  (registers the wire insert types' plans)
-from engine import _accel
+import engine.producer._tracer  # noqa: F401  (registers the wire insert types' plans)
+from engine.native import _accel
 from engine.wire import _codec
 from engine.wire.calls import (
     CompletedCallSchemaForInsert,
@@ -29,7 +29,7 @@ from engine.wire.calls import (
 )
 
 native = _accel.native
-pytestmark = pytest.mark.skipif(native is None, reason="engine._native is not built here")
+pytestmark = pytest.mark.skipif(native is None, reason="engine.native._native is not built here")
 
 ENCODER = _codec.encoder
 
@@ -199,7 +199,7 @@ def test_unset_fields_and_omitted_defaults_are_left_out():
 
 
 def test_the_splice_offset_is_where_ended_at_begins(tmp_path):
-    from engine import _ring
+    from engine.ring import _ring
 
     ringset = _ring.RingSet.create(1 << 20, 2)
     try:

@@ -1,0 +1,411 @@
+"""``engine ingest``: bulk-load JSON-lines trace files through the engine, resumably.
+
+File format (one JSON object per line, UTF-8; ``.zst`` files are zstd-compressed)::
+
+    {"mode": "start", "project_id": "e/p", "id": ..., "op_name": ..., "started_at": ..., ...}
+    {"mode": "end", "project_id": "e/p", "id": ..., "ended_at": ..., "summary": {}, ...}
+    {"mode": "complete", "project_id": "e/p", "id": ..., "trace_id": ..., ...}
+    {"project_id": "e/p", "id": ..., "trace_id": ..., "op_name": ..., ...}   # no mode: complete
+
+The fields are those of the wire's start, end and complete call schemas (WIRE.md §3);
+``mode`` is ignored by them. Blank lines are skipped; a line that does not decode is counted
+as invalid, reported, and skipped.
+
+Work is split into shards (byte ranges of plain files cut at line boundaries, whole
+compressed files) handed to ``processes`` producer processes. Resuming: each worker flushes
+its tracer every ``checkpoint_lines`` lines -- the server has then acknowledged everything
+before -- and only then reports the byte offset; the parent records it in the checkpoint
+file (atomically replaced, mode 0600). After an interruption the same command resumes from
+those offsets; items after the last checkpoint are sent again and the server's upsert by
+call id stores them once. The checkpoint is removed when every shard is done.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import multiprocessing
+import os
+import queue
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from typing import Any, BinaryIO
+
+import msgspec
+import zstandard
+
+from engine.producer._engine import Engine
+from engine.producer._tracer import Tracer
+from engine.wire.calls import (
+    CompletedCallSchemaForInsert,
+    EndedCallSchemaForInsert,
+    StartedCallSchemaForInsert,
+)
+
+log = logging.getLogger("engine.ingest")
+
+DEFAULT_CHECKPOINT_LINES = 20_000
+_PROGRESS_LINES = 2_000
+_MIN_SHARD_BYTES = 1 << 20
+_PLACEHOLDER_PROJECT = "ingest/ingest"  # the engine's default; every item names its own
+_FLUSH_TIMEOUT_S = 600.0
+_WORKER_EXIT_TIMEOUT_S = 30.0
+
+
+class Shard(msgspec.Struct, kw_only=True):
+    path: str
+    start: int  # byte offset (of the decompressed stream for .zst files)
+    end: int | None  # None: to the end of the file
+    done: int  # every line before this offset is acknowledged by the server
+
+
+class _FileSig(msgspec.Struct, kw_only=True):
+    path: str
+    size_bytes: int
+    mtime_ns: int
+
+
+class Checkpoint(msgspec.Struct, kw_only=True):
+    version: int = 1
+    files: list[_FileSig]
+    shards: list[Shard]
+
+
+class IngestSummary(msgspec.Struct, kw_only=True):
+    items: int = 0
+    starts: int = 0
+    ends: int = 0
+    completes: int = 0
+    invalid_lines: int = 0
+    elapsed_s: float = 0.0
+    resumed: bool = False
+    undelivered: int = 0
+
+
+class _Mode(msgspec.Struct):
+    mode: str = "complete"
+
+
+_MODE_DECODER = msgspec.json.Decoder(_Mode)
+_DECODERS = {
+    "start": msgspec.json.Decoder(StartedCallSchemaForInsert),
+    "end": msgspec.json.Decoder(EndedCallSchemaForInsert),
+    "complete": msgspec.json.Decoder(CompletedCallSchemaForInsert),
+}
+
+
+# -- planning and checkpoints -------------------------------------------------------------
+
+
+def _signature(path: str) -> _FileSig:
+    st = os.stat(path)
+    return _FileSig(path=os.path.abspath(path), size_bytes=st.st_size, mtime_ns=st.st_mtime_ns)
+
+
+def plan_shards(paths: list[str], processes: int) -> list[Shard]:
+    """Compressed files whole; plain files cut into about ``processes`` ranges in total."""
+    plain_bytes = sum(os.path.getsize(p) for p in paths if not _is_zst(p))
+    target_bytes = max(_MIN_SHARD_BYTES, plain_bytes // max(1, processes) + 1)
+    shards: list[Shard] = []
+    for path in map(os.path.abspath, paths):
+        if _is_zst(path):
+            shards.append(Shard(path=path, start=0, end=None, done=0))
+        else:
+            shards.extend(_cut(path, target_bytes))
+    return shards
+
+
+def _cut(path: str, target_bytes: int) -> Iterator[Shard]:
+    size = os.path.getsize(path)
+    start = 0
+    with open(path, "rb") as f:
+        while start < size:
+            f.seek(min(size, start + target_bytes))
+            f.readline()  # move the cut to the next line boundary
+            end = min(size, f.tell()) if start + target_bytes < size else size
+            yield Shard(path=path, start=start, end=end, done=start)
+            start = end
+
+
+def load_checkpoint(path: str, paths: list[str]) -> Checkpoint | None:
+    """The saved progress for exactly these files, None if there is none; a checkpoint for
+    other or changed files is an error naming the file (resuming it would skip data)."""
+    try:
+        with open(path, "rb") as f:
+            saved = msgspec.json.decode(f.read(), type=Checkpoint)
+    except FileNotFoundError:
+        return None
+    current = [_signature(p) for p in paths]
+    if saved.files != current:
+        changed = next((c.path for s, c in zip(saved.files, current) if s != c), path)
+        raise ValueError(f"checkpoint {path} was written for other input files ({changed} "
+                         "differs); delete it to start over")
+    return saved
+
+
+def save_checkpoint(path: str, checkpoint: Checkpoint) -> None:
+    tmp = f"{path}.tmp.{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(msgspec.json.encode(checkpoint))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+# -- reading ------------------------------------------------------------------------------
+
+
+def _is_zst(path: str) -> bool:
+    return path.endswith((".zst", ".zstd"))
+
+
+def _open_at(path: str, offset: int, stack: ExitStack) -> BinaryIO:
+    raw = stack.enter_context(open(path, "rb"))  # noqa: SIM115 - closed by the caller's stack
+    if not _is_zst(path):
+        raw.seek(offset)
+        return raw
+    reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+    stream = stack.enter_context(io.BufferedReader(reader, 1 << 20))
+    skipped = 0
+    while skipped < offset:  # a compressed stream cannot seek: decompress past what is done
+        chunk = stream.read(min(1 << 20, offset - skipped))
+        if not chunk:
+            break
+        skipped += len(chunk)
+    return stream
+
+
+def parse_line(line: bytes) -> tuple[str, msgspec.Struct] | None:
+    """(mode, item) of one line; None for a blank line; ValueError if it is not an item."""
+    if not line.strip():
+        return None
+    try:
+        mode = _MODE_DECODER.decode(line).mode
+        decoder = _DECODERS.get(mode)
+        if decoder is None:
+            raise ValueError(f"mode {mode!r} is not one of start, end, complete")
+        return mode, decoder.decode(line)
+    except msgspec.DecodeError as exc:  # ValidationError included
+        raise ValueError(str(exc)) from None
+
+
+# -- the worker processes -----------------------------------------------------------------
+
+
+class _Counts(msgspec.Struct):
+    start: int = 0
+    end: int = 0
+    complete: int = 0
+    invalid: int = 0
+
+
+def _write(tracer: Tracer, mode: str, item: Any, project: str | None) -> None:
+    if project is not None:
+        item.project_id = project
+    if mode == "complete":
+        tracer.call_complete(item)
+    elif mode == "start":
+        tracer.call_start(item)
+    else:
+        tracer.call_end(item)
+
+
+def ingest_shard(tracer: Tracer, index: int, shard: Shard, project: str | None,
+                 checkpoint_lines: int, out: Any) -> None:
+    """Worker body: send the shard's lines; report progress, and offsets once acknowledged."""
+    counts, offset, lines_since_commit, unreported, read_bytes = _Counts(), shard.done, 0, 0, 0
+    with ExitStack() as stack:
+        stream = _open_at(shard.path, shard.done, stack)
+        while shard.end is None or offset < shard.end:
+            line = stream.readline()
+            if not line:
+                break
+            _ingest_line(tracer, line, project, counts, shard.path, offset)
+            offset += len(line)
+            read_bytes += len(line)
+            lines_since_commit += 1
+            unreported += 1
+            if unreported >= _PROGRESS_LINES:
+                out.put(("read", index, counts, read_bytes))
+                counts, unreported, read_bytes = _Counts(), 0, 0
+            if lines_since_commit >= checkpoint_lines:
+                _commit(tracer, index, offset, out)
+                lines_since_commit = 0
+    out.put(("read", index, counts, read_bytes))
+    _commit(tracer, index, offset, out)
+    out.put(("done", index, None, 0))
+
+
+def _ingest_line(tracer: Tracer, line: bytes, project: str | None, counts: _Counts, path: str,
+                 offset: int) -> None:
+    try:
+        parsed = parse_line(line)
+        if parsed is not None:
+            _write(tracer, parsed[0], parsed[1], project)
+            setattr(counts, parsed[0], getattr(counts, parsed[0]) + 1)
+    except ValueError as exc:
+        counts.invalid += 1
+        if counts.invalid <= 3:
+            log.warning("%s at byte %d: skipped an invalid line: %s", path, offset, exc)
+
+
+def _commit(tracer: Tracer, index: int, offset: int, out: Any) -> None:
+    if not tracer.flush(_FLUSH_TIMEOUT_S):
+        raise RuntimeError(f"the server did not acknowledge shard {index} within {_FLUSH_TIMEOUT_S} s")
+    out.put(("commit", index, None, offset))
+
+
+def _worker(tracer: Tracer, jobs: list[tuple[int, Shard]], project: str | None,
+            checkpoint_lines: int, out: Any) -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        for index, shard in jobs:
+            ingest_shard(tracer, index, shard, project, checkpoint_lines, out)
+    finally:
+        tracer.close()
+
+
+# -- the parent: workers, checkpoint, progress ----------------------------------------------
+
+
+def _deal(shards: list[Shard], processes: int) -> list[list[tuple[int, Shard]]]:
+    """Unfinished shards, dealt round-robin to at most ``processes`` workers."""
+    todo = [(i, s) for i, s in enumerate(shards) if s.end is None or s.done < s.end]
+    hands: list[list[tuple[int, Shard]]] = [[] for _ in range(min(processes, len(todo)))]
+    for n, job in enumerate(todo):
+        hands[n % len(hands)].append(job)
+    return hands
+
+
+class _Progress:
+    """A one-line progress bar on stderr (rate, ETA) when it is a terminal."""
+
+    def __init__(self, total_bytes: int | None, done_bytes: int, enabled: bool) -> None:
+        self.total_bytes = total_bytes
+        self.done_bytes = done_bytes
+        self.enabled = enabled
+        self.items = 0
+        self._start_s = time.monotonic()
+        self._start_bytes = done_bytes
+        self._shown_s = 0.0
+
+    def add(self, items: int, read_bytes: int) -> None:
+        self.items += items
+        self.done_bytes += read_bytes
+        now = time.monotonic()
+        if self.enabled and now - self._shown_s >= 0.2:
+            self._shown_s = now
+            sys.stderr.write("\r" + self.line(now) + "\x1b[K")
+            sys.stderr.flush()
+
+    def line(self, now: float) -> str:
+        elapsed_s = max(1e-9, now - self._start_s)
+        rate = self.items / elapsed_s
+        text = f"{self.items:,} items  {rate:,.0f}/s"
+        if self.total_bytes:
+            fraction = min(1.0, self.done_bytes / self.total_bytes)
+            bar = "#" * int(fraction * 30)
+            byte_rate = (self.done_bytes - self._start_bytes) / elapsed_s
+            eta_s = (self.total_bytes - self.done_bytes) / byte_rate if byte_rate > 0 else 0
+            text = f"[{bar:<30}] {fraction:6.1%}  {text}  ETA {int(eta_s) // 60}:{int(eta_s) % 60:02d}"
+        return text
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\r" + self.line(time.monotonic()) + "\x1b[K\n")
+
+
+def _total_bytes(shards: list[Shard]) -> int | None:
+    """Progress is by bytes; unknown (None) when a compressed file is among the inputs."""
+    if any(s.end is None for s in shards):
+        return None
+    return sum(s.end - s.start for s in shards)
+
+
+def default_checkpoint_path(paths: list[str]) -> str:
+    return os.path.abspath(paths[0]) + ".ingest-checkpoint"
+
+
+def run_ingest(paths: list[str], url: str, *, processes: int = 2, project: str | None = None,
+               checkpoint_path: str | None = None, checkpoint_lines: int = DEFAULT_CHECKPOINT_LINES,
+               progress: bool | None = None, config_file: str | None = None,
+               **config: Any) -> IngestSummary:
+    """Ingest ``paths`` into the trace server at ``url``; see the module doc."""
+    for path in paths:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"input file {path} does not exist")
+    checkpoint_path = checkpoint_path or default_checkpoint_path(paths)
+    saved = load_checkpoint(checkpoint_path, paths)
+    checkpoint = saved or Checkpoint(files=[_signature(p) for p in paths],
+                                     shards=plan_shards(paths, processes))
+    summary = IngestSummary(resumed=saved is not None)
+    started_s = time.monotonic()
+    total = _total_bytes(checkpoint.shards)
+    bar = _Progress(total, sum(s.done - s.start for s in checkpoint.shards),
+                    sys.stderr.isatty() if progress is None else progress)
+    config.setdefault("project", project or _PLACEHOLDER_PROJECT)
+    with Engine(url=url, config_file=config_file, **config) as engine:
+        _run_workers(engine, checkpoint, checkpoint_path, processes, project, checkpoint_lines,
+                     summary, bar)
+        summary.undelivered = engine.close().get("undelivered", 0)
+    bar.close()
+    summary.elapsed_s = time.monotonic() - started_s
+    os.unlink(checkpoint_path)
+    return summary
+
+
+def _run_workers(engine: Engine, checkpoint: Checkpoint, checkpoint_path: str, processes: int,
+                 project: str | None, checkpoint_lines: int, summary: IngestSummary,
+                 bar: _Progress) -> None:
+    context = multiprocessing.get_context("spawn")
+    out = context.Queue()
+    workers = [context.Process(target=_worker, name=f"engine-ingest-{n}",
+                               args=(engine.producer(), jobs, project, checkpoint_lines, out))
+               for n, jobs in enumerate(_deal(checkpoint.shards, processes))]
+    for worker in workers:
+        worker.start()
+    try:
+        _collect(out, workers, checkpoint, checkpoint_path, summary, bar)
+        for worker in workers:
+            worker.join(_WORKER_EXIT_TIMEOUT_S)
+    finally:
+        for worker in workers:  # only on an error or a worker stuck past its last message
+            if worker.is_alive():
+                worker.terminate()
+            worker.join()
+    failed = [w.name for w in workers if w.exitcode]
+    if failed:
+        raise RuntimeError(f"ingest workers failed: {', '.join(failed)}; rerun the same command "
+                           f"to resume from {checkpoint_path}")
+
+
+def _collect(out: Any, workers: list, checkpoint: Checkpoint, checkpoint_path: str,
+             summary: IngestSummary, bar: _Progress) -> None:
+    """Take the workers' messages until every shard is done or a worker died."""
+    pending = {i for i, s in enumerate(checkpoint.shards) if s.end is None or s.done < s.end}
+    while pending:
+        try:
+            kind, index, counts, value = out.get(timeout=0.5)
+        except queue.Empty:
+            if any(w.exitcode not in (None, 0) for w in workers) or not any(w.is_alive() for w in workers):
+                return
+            continue
+        if kind == "read":
+            _count(summary, counts)
+            bar.add(counts.start + counts.end + counts.complete, value)
+        elif kind == "commit":
+            checkpoint.shards[index].done = value
+            save_checkpoint(checkpoint_path, checkpoint)
+        else:
+            pending.discard(index)
+
+
+def _count(summary: IngestSummary, counts: _Counts) -> None:
+    summary.starts += counts.start
+    summary.ends += counts.end
+    summary.completes += counts.complete
+    summary.invalid_lines += counts.invalid
+    summary.items += counts.start + counts.end + counts.complete

@@ -1,0 +1,99 @@
+"""``engine stats``: a live view of a running engine, read from its shared control block.
+
+Discovery needs nothing from the engine beyond what it already leaves: every ring set has a
+private directory ``<tmpdir>/engine-ring-<owner pid>-<start ticks>-<random>/`` holding the
+``control`` file (see ``engine/ring/_files.py``). Live engines are those directories whose
+owner process is still the same process (pid and start time match).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import sys
+import tempfile
+import time
+from typing import Any
+
+from engine.common._control import SENDER_FIELDS, SLOT_FIELDS, Control, control_path
+from engine.ring import _files as _ring_files
+
+_CELL_BYTES = 8
+DROP_REASONS = ("dead_too_large", "dead_invalid", "dead_http", "dead_deadline", "dead_shutdown")
+PRODUCER_DROPS = ("dropped_full", "raised_full", "too_large")
+
+
+def live_ring_dirs(parent: str | None = None) -> list[tuple[int, str]]:
+    """(owner pid, ring dir) of every engine whose owner is alive, oldest pid first."""
+    parent = parent or tempfile.gettempdir()
+    found = []
+    for path in glob.glob(os.path.join(parent, _ring_files.NAME_PREFIX + "*")):
+        owner = _ring_files._owner_of(os.path.basename(path))
+        if owner and os.path.exists(control_path(path)) and _ring_files.is_alive(*owner):
+            found.append((owner[0], path))
+    return sorted(found)
+
+
+def open_control(ring_dir: str) -> Control:
+    """Attach to a running engine's control block (its slot count comes from the file size)."""
+    cells = os.path.getsize(control_path(ring_dir)) // _CELL_BYTES
+    max_slots = (cells - len(SENDER_FIELDS)) // len(SLOT_FIELDS)
+    return Control(control_path(ring_dir), max_slots)
+
+
+def find_ring_dir(pid: int | None, ring_dir: str | None) -> str:
+    if ring_dir:
+        if not os.path.exists(control_path(ring_dir)):
+            raise SystemExit(f"engine stats: {ring_dir} has no control file (not a ring dir)")
+        return ring_dir
+    engines = live_ring_dirs()
+    if pid is not None:
+        engines = [(p, d) for p, d in engines if p == pid]
+    if len(engines) == 1:
+        return engines[0][1]
+    if not engines:
+        raise SystemExit("engine stats: no running engine found" + (f" for pid {pid}" if pid else ""))
+    listing = "\n".join(f"  --pid {p}  ({d})" for p, d in engines)
+    raise SystemExit(f"engine stats: several engines are running; choose one:\n{listing}")
+
+
+def snapshot(control: Control) -> dict[str, Any]:
+    return {**control.sender_snapshot(), **control.producer_totals()}
+
+
+def render(now: dict[str, Any], before: dict[str, Any], interval_s: float) -> str:
+    def rate(name: str) -> float:
+        return (now[name] - before[name]) / interval_s if interval_s > 0 else 0.0
+
+    drops = ", ".join(f"{r}={now[r]}" for r in DROP_REASONS + PRODUCER_DROPS if now[r]) or "none"
+    return (
+        f"acked {now['items_acked']:,} items ({rate('items_acked'):,.0f}/s, "
+        f"{rate('bytes_sent_wire') / 1e6:,.1f} MB/s on the wire) | "
+        f"in flight {now['in_flight_requests']} req / {now['in_flight_bytes']:,} B | "
+        f"concurrency {now['concurrency_limit']} | size target {now['size_target_bytes']:,} B | "
+        f"retries {now['retries']} | spooled {now['spooled_items']} | "
+        f"p50 {now['latency_p50_us'] / 1000:.1f} ms | drops: {drops}"
+    )
+
+
+def watch(ring_dir: str, interval_s: float, once: bool) -> int:
+    control = open_control(ring_dir)
+    before, before_s = snapshot(control), time.monotonic()
+    try:
+        while True:
+            time.sleep(interval_s)  # the display period, not a synchronisation
+            now, now_s = snapshot(control), time.monotonic()
+            line = render(now, before, now_s - before_s)
+            if once or not sys.stdout.isatty():
+                print(line, flush=True)
+            else:
+                sys.stdout.write("\r" + line + "\x1b[K")
+                sys.stdout.flush()
+            if once:
+                return 0
+            before, before_s = now, now_s
+    except KeyboardInterrupt:
+        print()
+        return 0
+    finally:
+        control.close()

@@ -1,0 +1,203 @@
+"""Typed configuration: argument > ``ENGINE_*`` environment > TOML file > default.
+
+Every field is validated up front; an invalid value raises :class:`ConfigError` naming it.
+The TOML file is ``config_file=`` if given, else ``$ENGINE_CONFIG`` if set; its settings live
+in the ``[engine]`` table (see ``config/engine.toml`` for every field, documented).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from engine.common._errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+ENV_PREFIX = "ENGINE_"
+DEFAULT_URL = "http://127.0.0.1:6345"
+MAX_REQUEST_BYTES = 32_505_856  # the hosted server's 32 MiB limit minus the client's 1 MiB margin
+
+Target = Literal["auto", "complete", "upsert"]
+OnFull = Literal["block", "raise", "drop"]
+Compression = Literal["auto", "zstd", "none"]
+
+
+class EngineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Every setting of an :class:`engine.Engine`; names carry their units."""
+
+    url: str = DEFAULT_URL
+    project: str = ""
+    api_key: str | None = None
+    # the producer side
+    ring_bytes: int = 16 << 20
+    max_slots: int = 64
+    max_block_ms: int = 10_000
+    on_full: OnFull = "block"
+    strict: bool = False
+    # the sender side
+    target: Target = "auto"
+    max_request_bytes: int = MAX_REQUEST_BYTES
+    min_request_bytes: int = 64 << 10
+    initial_request_bytes: int = 2 << 20
+    linger_ms: int = 20
+    eager_start_ms: int = 5_000
+    max_in_flight: int = 8
+    initial_in_flight: int = 2
+    max_in_flight_bytes: int = 128 << 20
+    compression: Compression = "auto"
+    compression_level: int = 3
+    compression_threads: int = 1
+    request_timeout_s: float = 60.0
+    connect_timeout_s: float = 10.0
+    delivery_deadline_s: float = 120.0
+    backoff_initial_ms: int = 100
+    backoff_max_ms: int = 10_000
+    shutdown_timeout_s: float = 30.0
+    spool_dir: str | None = None
+    dead_letter_path: str | None = None
+    start_sender: bool = True
+
+    def __repr__(self) -> str:  # never show the key
+        fields = ", ".join(
+            f"{f}={'***' if f == 'api_key' and getattr(self, f) else getattr(self, f)!r}"
+            for f in self.__struct_fields__
+        )
+        return f"EngineConfig({fields})"
+
+    __str__ = __repr__
+
+
+_FIELD_TYPES = {f.name: f.type for f in msgspec.structs.fields(EngineConfig)}
+
+
+def _check_positive(cfg: EngineConfig, *names: str) -> None:
+    for name in names:
+        if getattr(cfg, name) <= 0:
+            raise ConfigError(name, f"must be > 0, got {getattr(cfg, name)!r}")
+
+
+def validate(cfg: EngineConfig) -> EngineConfig:
+    """Cross-field checks the type system cannot express."""
+    _check_positive(
+        cfg, "ring_bytes", "max_slots", "max_request_bytes", "min_request_bytes",
+        "initial_request_bytes", "max_in_flight",
+        "initial_in_flight", "max_in_flight_bytes", "request_timeout_s", "connect_timeout_s",
+        "delivery_deadline_s", "backoff_initial_ms", "backoff_max_ms", "compression_threads",
+    )
+    for name in ("max_block_ms", "linger_ms", "eager_start_ms", "shutdown_timeout_s"):
+        if getattr(cfg, name) < 0:
+            raise ConfigError(name, f"must be >= 0, got {getattr(cfg, name)!r}")
+    if cfg.ring_bytes < 64 << 10 or cfg.ring_bytes % 4096:
+        raise ConfigError("ring_bytes", "must be a multiple of 4096 and at least 65536")
+    if cfg.min_request_bytes > cfg.max_request_bytes:
+        raise ConfigError("min_request_bytes", "must not exceed max_request_bytes")
+    if not cfg.min_request_bytes <= cfg.initial_request_bytes:
+        raise ConfigError("initial_request_bytes", "must not be below min_request_bytes")
+    if cfg.initial_in_flight > cfg.max_in_flight:
+        raise ConfigError("initial_in_flight", "must not exceed max_in_flight")
+    if not -7 <= cfg.compression_level <= 22:
+        raise ConfigError("compression_level", "zstd levels run from -7 to 22")
+    if not cfg.url.startswith(("http://", "https://")):
+        raise ConfigError("url", f"must be an http(s) URL, got {cfg.url!r}")
+    if cfg.project:
+        check_project(cfg.project)
+    return cfg
+
+
+def check_project(project: str, field: str = "project") -> tuple[str, str]:
+    """``"entity/project"`` → (entity, project); neither part empty nor containing ``/``."""
+    parts = project.split("/")
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(field, f'must look like "entity/project", got {project!r}')
+    return parts[0], parts[1]
+
+
+def _env_values(environ: dict[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name in _FIELD_TYPES:
+        raw = environ.get(ENV_PREFIX + name.upper())
+        if raw is not None:
+            values[name] = _parse_env(name, raw)
+    return values
+
+
+def _parse_env(name: str, raw: str) -> Any:
+    """Env values are text; decode them as the field's type (numbers, bools, null)."""
+    if _FIELD_TYPES[name] in (str, str | None) or "Literal" in str(_FIELD_TYPES[name]):
+        return raw
+    lowered = raw.strip().lower()
+    if lowered in ("true", "yes", "on"):
+        return True
+    if lowered in ("false", "no", "off"):
+        return False
+    try:
+        return msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        raise ConfigError(name, f"environment variable {ENV_PREFIX}{name.upper()}={raw!r} is not a valid value") from None
+
+
+def _file_values(config_file: str | os.PathLike | None, environ: dict[str, str]) -> dict[str, Any]:
+    path = config_file or environ.get(ENV_PREFIX + "CONFIG")
+    if not path:
+        return {}
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError("config_file", f"{path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("config_file", f"{path} is not valid TOML: {exc}") from None
+    table = data.get("engine", {})
+    if not isinstance(table, dict):
+        raise ConfigError("config_file", f"{path}: [engine] must be a table")
+    return table
+
+
+def load_config(
+    config_file: str | os.PathLike | None = None,
+    environ: dict[str, str] | None = None,
+    **overrides: Any,
+) -> EngineConfig:
+    """Merge default < file < env < arguments and validate; errors name the field."""
+    env = dict(os.environ if environ is None else environ)
+    merged: dict[str, Any] = {}
+    merged.update(_file_values(config_file, env))
+    merged.update(_env_values(env))
+    merged.update({k: v for k, v in overrides.items() if v is not None})
+    if "url" not in merged and env.get("WF_TRACE_SERVER_URL"):
+        merged["url"] = env["WF_TRACE_SERVER_URL"]
+    if "api_key" not in merged and env.get("WANDB_API_KEY"):
+        merged["api_key"] = env["WANDB_API_KEY"]
+    return validate(_convert(merged))
+
+
+def _convert(values: dict[str, Any]) -> EngineConfig:
+    unknown = sorted(set(values) - set(_FIELD_TYPES))
+    if unknown:
+        raise ConfigError(unknown[0], "unknown setting")
+    try:
+        return msgspec.convert(values, EngineConfig, strict=False)
+    except msgspec.ValidationError as exc:
+        field = _field_of(str(exc))
+        raise ConfigError(field, str(exc)) from None
+
+
+def _field_of(message: str) -> str:
+    """msgspec's messages end with ``- at `$.field```; pull the field name out."""
+    marker = "`$."
+    if marker in message:
+        return message.split(marker, 1)[1].split("`", 1)[0].split("[", 1)[0]
+    return "config"
+
+
+def default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(Path.home(), ".local", "state")
+    return Path(base) / "engine"

@@ -1,0 +1,35 @@
+/* engine.native._native: what _native.c uses of the JSON encoder in _native_json.c */
+#ifndef ENGINE_NATIVE_JSON_H
+#define ENGINE_NATIVE_JSON_H
+
+#include <Python.h>
+
+typedef struct {
+    char *p;
+    size_t len, cap;
+    int borrowed;  /* p is someone else's memory (a ring's free space): growing, or any call
+                    * out to Python, first moves what was written to a buffer of our own */
+} JBuf;
+
+void jbuf_free(JBuf *b);
+
+/* Encode a Struct whose type has a plan into b (reset first): 1 done, 0 no plan for its
+ * type (nothing written; the caller uses msgspec), -1 error. *splice_at: the offset of the
+ * plan's splice key, -1 if that field was left out. *callouts: how many values went to
+ * fallback (Python code may have run: an enc_hook, a stringified count). */
+int json_encode_item(JBuf *b, PyObject *item, PyObject *fallback, Py_ssize_t *splice_at,
+                     size_t *callouts);
+
+/* The fields a ring record's header carries, read off an item whose type has a plan with
+ * project_id, id and trace_id (borrowed; NULL for an unset field): 1, or 0 if no such plan.
+ * started_at (may be NULL): that field too, NULL when unset or not in the type. */
+int json_item_ids(PyObject *item, PyObject **project, PyObject **id, PyObject **trace_id,
+                  PyObject **started_at);
+
+PyObject *native_struct_plan(PyObject *self, PyObject *args);
+PyObject *native_encode(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
+PyObject *native_utcnow(PyObject *self, PyObject *unused);
+PyObject *native_utc_datetime(PyObject *self, PyObject *args);
+int json_init(void);
+
+#endif

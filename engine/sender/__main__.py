@@ -1,0 +1,3 @@
+from engine.sender._process import main
+
+raise SystemExit(main())

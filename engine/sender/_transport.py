@@ -1,0 +1,255 @@
+"""The HTTP transport of the sender: one aiohttp session with a keep-alive pool (WIRE.md §1).
+
+``Transport.post`` returns every answer the server gives, error statuses included, as a
+``Response``: judging them is the retry policy's job (``engine.sender._retry.classify``). Only a
+request that got no answer (connection refused or reset, timeout) raises, as
+``SendError(retriable=True)``. ``Compressor`` zstd-compresses bodies off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import threading
+import time
+from collections.abc import Mapping
+from concurrent.futures import Executor
+from types import TracebackType
+from typing import NamedTuple
+
+import aiohttp
+import aiohttp.payload
+import msgspec
+import yarl
+import zstandard
+
+from engine.common._errors import HTTPError, SendError
+
+
+class Response(NamedTuple):
+    """One answer from the server; ``rtt_s`` spans sending the request to reading the body."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+    rtt_s: float
+
+
+class Transport:
+    """POSTs bodies to one trace server over a pooled keep-alive aiohttp session.
+
+    Create it inside the event loop that will use it (aiohttp binds to the running loop).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str | None = None,
+        user_agent: str = "engine/0.1",
+        pool_size: int = 32,
+        connect_timeout_s: float = 10,
+        request_timeout_s: float = 60,
+        extra_headers: Mapping[str, str] | None = None,
+    ) -> None:
+        url = yarl.URL(base_url.rstrip("/"))
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError(f"base_url must be an http(s) URL, got {_redacted(url)}")
+        # Paths are appended, not joined: a base like ``https://host/traces`` keeps its prefix.
+        self._base_url = str(url)
+        self._display_url = str(_redacted(url))
+        self._connect_timeout_s = connect_timeout_s
+        self._request_timeout_s = request_timeout_s
+        self._headers = _base_headers(user_agent, api_key, extra_headers)
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=pool_size),
+            timeout=self._timeout(request_timeout_s),
+        )
+
+    async def __aenter__(self) -> Transport:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._session.closed
+
+    async def post(
+        self,
+        path: str,
+        body: bytes,
+        *,
+        content_encoding: str | None = None,
+        retry_id: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout_s: float | None = None,
+    ) -> Response:
+        """POST ``body`` (already encoded, and compressed if ``content_encoding`` says so)."""
+        request_headers = dict(self._headers)
+        request_headers["Content-Type"] = "application/json"
+        if content_encoding:
+            request_headers["Content-Encoding"] = content_encoding
+        if retry_id:
+            request_headers["X-Weave-Retry-Id"] = retry_id
+        if headers:
+            request_headers.update(headers)
+        data = _BodyAfterHeaders(body) if len(body) >= _SEPARATE_HEADERS_BYTES else body
+        return await self._request("POST", path, data, request_headers, timeout_s)
+
+    async def get_json(self, path: str) -> object:
+        """GET ``path`` and decode its JSON; an error status raises ``HTTPError``."""
+        response = await self._request("GET", path, None, dict(self._headers), None)
+        url = self._display(path)
+        if not 200 <= response.status < 300:
+            raise HTTPError(response.status, _reason(response.body), url=url)
+        try:
+            return msgspec.json.decode(response.body)
+        except msgspec.DecodeError as exc:
+            raise SendError(f"GET {url}: answer is not JSON: {exc}", retriable=False) from None
+
+    async def server_accepts(self) -> frozenset[str]:
+        """Content encodings ``/server_info`` advertises in ``accepts_encodings``.
+
+        Empty when the server answers without that field or with an error status; a server
+        that cannot be reached raises ``SendError(retriable=True)``, so the caller can retry.
+        """
+        try:
+            info = await self.get_json("/server_info")
+        except HTTPError:
+            return frozenset()
+        except SendError as exc:
+            if exc.retriable:
+                raise
+            return frozenset()
+        return _encodings(info.get("accepts_encodings") if isinstance(info, dict) else None)
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | aiohttp.payload.Payload | None,
+        headers: dict[str, str],
+        timeout_s: float | None,
+    ) -> Response:
+        limit_s = self._request_timeout_s if timeout_s is None else timeout_s
+        timeout = self._timeout(limit_s)  # never None: aiohttp reads None as "no timeout"
+        started = time.perf_counter()
+        try:
+            async with self._session.request(
+                method, self._base_url + path, data=body, headers=headers, timeout=timeout
+            ) as answer:
+                data = await answer.read()
+                return Response(answer.status, answer.headers, data, time.perf_counter() - started)
+        except asyncio.TimeoutError:
+            raise self._failure(method, path, f"no answer within {limit_s:g} s") from None
+        except aiohttp.ClientError as exc:
+            raise self._failure(method, path, _describe(exc)) from None
+
+    def _failure(self, method: str, path: str, what: str) -> SendError:
+        return SendError(f"{method} {self._display(path)}: {what}", retriable=True)
+
+    def _timeout(self, total_s: float) -> aiohttp.ClientTimeout:
+        return aiohttp.ClientTimeout(total=total_s, sock_connect=self._connect_timeout_s)
+
+    def _display(self, path: str) -> str:
+        return self._display_url + path
+
+
+# Bodies from this size on are written after the headers instead of joined to them.
+_SEPARATE_HEADERS_BYTES = 64 << 10
+
+
+class _BodyAfterHeaders(aiohttp.payload.BytesPayload):
+    """A request body written on its own, after the headers.
+
+    aiohttp (3.12+) holds the headers back to write them together with the body, and on
+    Python < 3.12.9 it does so by joining them into one new bytes object: a copy of every
+    megabyte of the body, plus the page faults of a fresh buffer that size. Sending the
+    headers first costs one small extra write instead.
+    """
+
+    def __init__(self, body: bytes) -> None:
+        super().__init__(body, content_type="application/json")
+
+    async def write_with_length(self, writer: aiohttp.abc.AbstractStreamWriter,
+                                content_length: int | None) -> None:
+        writer.send_headers()
+        await super().write_with_length(writer, content_length)
+
+
+class Compressor:
+    """zstd compression at a settable level, safe to call from many executor threads.
+
+    A ``ZstdCompressor`` is not thread-safe, so each thread gets its own (``threading.local``).
+    """
+
+    def __init__(self, level: int = 3) -> None:
+        if not -7 <= level <= 22:
+            raise ValueError(f"zstd level must be in [-7, 22], got {level}")
+        self.level = level
+        self._local = threading.local()
+
+    def compress(self, body: bytes) -> bytes:
+        compressor = getattr(self._local, "compressor", None)
+        if compressor is None:
+            compressor = self._local.compressor = zstandard.ZstdCompressor(level=self.level)
+        return compressor.compress(body)
+
+    async def compress_async(self, body: bytes, executor: Executor | None) -> bytes:
+        """Compress on ``executor`` (None: the loop's default) so the event loop keeps running."""
+        return await asyncio.get_running_loop().run_in_executor(executor, self.compress, body)
+
+
+def _base_headers(
+    user_agent: str, api_key: str | None, extra_headers: Mapping[str, str] | None
+) -> dict[str, str]:
+    headers = {"User-Agent": user_agent}
+    if api_key:
+        token = base64.b64encode(f"api:{api_key}".encode()).decode("ascii")
+        headers["Authorization"] = f"Basic {token}"
+    if extra_headers:
+        headers.update(extra_headers)
+    return headers
+
+
+def _redacted(url: yarl.URL) -> yarl.URL:
+    """The URL without credentials, fit for error messages and logs."""
+    return url.with_user(None) if url.user or url.password else url
+
+
+def _describe(exc: aiohttp.ClientError) -> str:
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"cannot connect ({exc.os_error.strerror or type(exc.os_error).__name__})"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "server closed the connection without answering"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _reason(body: bytes) -> str:
+    try:
+        data = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return body[:200].decode("utf-8", "replace")
+    if isinstance(data, dict):
+        for key in ("reason", "message", "detail", "error"):
+            if isinstance(data.get(key), str):
+                return data[key]
+    return body[:200].decode("utf-8", "replace")
+
+
+def _encodings(value: object) -> frozenset[str]:
+    if isinstance(value, str):
+        value = value.split(",")
+    if not isinstance(value, list):
+        return frozenset()
+    return frozenset(v.strip().lower() for v in value if isinstance(v, str) and v.strip())

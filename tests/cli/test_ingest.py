@@ -1,0 +1,135 @@
+"""``engine ingest``: every call in the files stored once, compressed input, resuming."""
+
+import datetime as dt
+import os
+import random
+import subprocess
+import sys
+import urllib.request
+
+import msgspec
+import pytest
+import zstandard
+
+from engine.cli._ingest import Checkpoint, _signature, parse_line, plan_shards, save_checkpoint
+from engine.server import serve_subprocess
+
+pytestmark = pytest.mark.integration
+PROJECT = "ent/ingest"
+T0 = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def _call_id(i: int) -> str:
+    return f"0190a0b0-0000-7000-8000-{i:012d}"
+
+
+def trace_lines(n_calls: int, seed: int = 1) -> list[bytes]:
+    """``n_calls`` calls: about a third as start+end pairs, the rest complete (with or
+    without ``"mode"``), plus a blank and an invalid line that ingest must skip."""
+    rng = random.Random(seed)
+    lines = [b"", b'{"mode": "start", "oops": 1}']
+    for i in range(n_calls):
+        base = {"project_id": PROJECT, "id": _call_id(i), "trace_id": _call_id(i),
+                "op_name": "predict", "started_at": T0.isoformat(),
+                "attributes": {}, "inputs": {"i": i}}
+        end = {"ended_at": T0.isoformat(), "output": i, "summary": {}}
+        kind = rng.choice(("pair", "bare", "complete"))
+        if kind == "pair":
+            lines.append(msgspec.json.encode({"mode": "start", **base}))
+            lines.append(msgspec.json.encode({"mode": "end", "project_id": PROJECT, "id": _call_id(i), **end}))
+        elif kind == "bare":
+            lines.append(msgspec.json.encode({**base, **end}))
+        else:
+            lines.append(msgspec.json.encode({"mode": "complete", **base, **end}))
+    return lines
+
+
+def _write(path, lines: list[bytes]) -> None:
+    path.write_bytes(b"\n".join(lines) + b"\n")
+
+
+def _get_json(url: str, body: dict | None = None):
+    data = None if body is None else msgspec.json.encode(body)
+    request = urllib.request.Request(url, data=data, method="GET" if data is None else "POST")
+    with urllib.request.urlopen(request, timeout=60) as resp:
+        return resp.read()
+
+
+def _stored_ids(url: str) -> list[str]:
+    lines = _get_json(url + "/calls/stream_query", {"project_id": PROJECT}).splitlines()
+    return [msgspec.json.decode(line)["id"] for line in lines]
+
+
+def _ingest(url: str, *files, extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    argv = [sys.executable, "-m", "engine", "ingest", *map(str, files), "--to", url,
+            "--no-progress", "--linger-ms", "5", *extra]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=110)
+
+
+def test_parse_line_reads_every_mode_and_rejects_bad_lines():
+    lines = trace_lines(30)
+    assert parse_line(lines[0]) is None
+    with pytest.raises(ValueError, match="missing required field"):
+        parse_line(lines[1])
+    modes = {parse_line(line)[0] for line in lines[2:]}
+    assert modes == {"start", "end", "complete"}
+    with pytest.raises(ValueError, match="mode 'update'"):
+        parse_line(b'{"mode": "update"}')
+
+
+def test_ingest_stores_every_call_once_from_several_processes(tmp_path):
+    n = 20_000
+    trace = tmp_path / "calls.jsonl"
+    _write(trace, trace_lines(n))
+    with serve_subprocess(tmp_path / "t.db") as url:
+        result = _ingest(url, trace, extra=("--processes", "2", "--checkpoint-lines", "3000"))
+        assert result.returncode == 0, result.stderr[-3000:]
+        ids = _stored_ids(url)
+    assert len(ids) == n and set(ids) == {_call_id(i) for i in range(n)}
+    assert "1 invalid lines skipped" in result.stdout
+    assert not os.path.exists(str(trace) + ".ingest-checkpoint")  # removed once all is done
+
+
+def test_ingest_reads_zstd_compressed_files(tmp_path):
+    n = 2_000
+    trace = tmp_path / "calls.jsonl.zst"
+    trace.write_bytes(zstandard.ZstdCompressor().compress(b"\n".join(trace_lines(n, seed=2))))
+    with serve_subprocess(tmp_path / "t.db") as url:
+        result = _ingest(url, trace)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert len(set(_stored_ids(url))) == n
+
+
+def test_resume_sends_only_what_the_checkpoint_does_not_cover(tmp_path):
+    n = 3_000
+    lines = trace_lines(n, seed=3)
+    trace = tmp_path / "calls.jsonl"
+    _write(trace, lines)
+    # as if a previous run was interrupted after the server acknowledged the first half
+    half = len(lines) // 2
+    while lines[half].startswith(b'{"mode":"end"'):  # resume at a call boundary
+        half += 1
+    done_offset = sum(len(line) + 1 for line in lines[:half])
+    shards = plan_shards([str(trace)], 1)
+    shards[0].done = done_offset
+    checkpoint = tmp_path / "progress"
+    save_checkpoint(str(checkpoint), Checkpoint(files=[_signature(str(trace))], shards=shards))
+    assert os.stat(checkpoint).st_mode & 0o777 == 0o600
+    expected = {msgspec.json.decode(line)["id"] for line in lines[half:]}
+    with serve_subprocess(tmp_path / "t.db") as url:
+        result = _ingest(url, trace, extra=("--checkpoint", str(checkpoint)))
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "resumed" in result.stdout
+        assert set(_stored_ids(url)) == expected
+    assert not checkpoint.exists()
+
+
+def test_a_checkpoint_for_changed_files_is_refused(tmp_path):
+    trace = tmp_path / "calls.jsonl"
+    _write(trace, trace_lines(10))
+    checkpoint = tmp_path / "progress"
+    save_checkpoint(str(checkpoint), Checkpoint(files=[_signature(str(trace))],
+                                                shards=plan_shards([str(trace)], 1)))
+    _write(trace, trace_lines(20))
+    result = _ingest("http://127.0.0.1:9", trace, extra=("--checkpoint", str(checkpoint)))
+    assert result.returncode != 0 and "delete it to start over" in result.stderr

@@ -1,0 +1,66 @@
+"""``engine replay`` (spool segments, dead letters) and ``engine stats`` (a running engine)."""
+
+import os
+import subprocess
+import sys
+
+import msgspec
+
+from engine.cli._stats import live_ring_dirs
+from engine.producer._engine import Engine
+from engine.sender._deadletter import DeadLetters, read_dead_letters
+from engine.sender._spool import Spool
+from tests.faultserver import FaultServer
+
+PROJECT = "ent/replay"
+ROUTE = f"/v2/{PROJECT}/calls/complete"
+
+
+def _complete(i: int) -> bytes:
+    return msgspec.json.encode({
+        "project_id": PROJECT, "id": f"0190a0b0-0000-7000-8000-{i:012d}",
+        "trace_id": f"0190a0b0-0000-7000-9000-{i:012d}", "op_name": "op",
+        "started_at": "2025-01-01T00:00:00Z", "ended_at": "2025-01-01T00:00:01Z",
+        "attributes": {}, "inputs": {}, "summary": {},
+    })  # fmt: skip
+
+
+def _replay(url: str, *flags: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "engine", "replay", "--to", url, *flags],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_replay_delivers_spool_and_dead_letters_and_keeps_only_failures(tmp_path):
+    spool = Spool(tmp_path / "spool")
+    spool.put(ROUTE, b'{"batch":[' + b",".join(_complete(i) for i in range(3)) + b"]}", 3)
+    dead = tmp_path / "dead.jsonl"
+    with DeadLetters(dead) as letters:
+        for i in (10, 11):
+            letters.add(reason="dead_deadline", status=None, call_id=f"c{i}", route=ROUTE,
+                        project=PROJECT, item_json=_complete(i))
+    rejected = "0190a0b0-0000-7000-8000-000000000011"
+    with FaultServer(seed=3, reject_ids=[rejected]) as server:
+        result = _replay(server.url, "--spool", str(tmp_path / "spool"), "--dead-letters", str(dead))
+        assert result.returncode == 1, result.stderr  # one letter was rejected again
+        assert len(server.stored_ids(PROJECT)) == 4 and rejected not in server.stored_ids()
+    assert Spool(tmp_path / "spool").pending() == []
+    assert [letter.call_id for letter in read_dead_letters(dead)] == ["c11"]
+    assert os.stat(dead).st_mode & 0o777 == 0o600
+
+
+def test_stats_finds_the_running_engine_and_prints_its_line():
+    with Engine(url="http://127.0.0.1:9", project="a/b", start_sender=False) as engine:
+        ring_dir = os.path.dirname(engine.spec.lock_path)
+        assert (os.getpid(), ring_dir) in live_ring_dirs()
+        result = subprocess.run(
+            [sys.executable, "-m", "engine", "stats", "--ring-dir", ring_dir, "--once",
+             "--interval-s", "0.05"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "acked 0 items" in result.stdout and "drops: none" in result.stdout
+    assert ring_dir not in [d for _, d in live_ring_dirs()]
+
+
+def test_stats_for_a_pid_without_an_engine_says_so():
+    result = subprocess.run([sys.executable, "-m", "engine", "stats", "--once", "--pid", "1"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "no running engine found for pid 1" in result.stderr

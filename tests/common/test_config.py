@@ -1,0 +1,124 @@
+"""Configuration: precedence flag > env > file > default, errors naming the field, secrets
+kept out of repr and logs, and config/engine.toml documenting every setting."""
+
+import io
+import logging
+import re
+from pathlib import Path
+
+import pytest
+import tomllib
+
+from engine import cli
+from engine.common._config import EngineConfig, load_config
+from engine.common._errors import ConfigError
+
+DOCUMENTED = Path(__file__).resolve().parents[2] / "config" / "engine.toml"
+SECRET = "sk-test-0123456789abcdef"
+
+
+def _toml(tmp_path, text: str) -> Path:
+    path = tmp_path / "engine.toml"
+    path.write_text("[engine]\n" + text)
+    return path
+
+
+def test_default_applies_when_nothing_is_set():
+    assert load_config(environ={}).linger_ms == EngineConfig().linger_ms
+
+
+def test_file_overrides_default(tmp_path):
+    assert load_config(_toml(tmp_path, "linger_ms = 7\n"), environ={}).linger_ms == 7
+
+
+def test_env_overrides_file(tmp_path):
+    cfg = load_config(_toml(tmp_path, "linger_ms = 7\n"), environ={"ENGINE_LINGER_MS": "9"})
+    assert cfg.linger_ms == 9
+
+
+def test_argument_overrides_env_and_file(tmp_path):
+    cfg = load_config(_toml(tmp_path, "linger_ms = 7\n"), environ={"ENGINE_LINGER_MS": "9"},
+                      linger_ms=11)
+    assert cfg.linger_ms == 11
+
+
+def test_command_line_flag_overrides_env_and_file(tmp_path):
+    args = cli._build_parser().parse_args(
+        ["relay", "--config", str(_toml(tmp_path, "linger_ms = 7\n")), "--linger-ms", "13"])
+    cfg = load_config(args.config, environ={"ENGINE_LINGER_MS": "9"}, project="a/b",
+                      **cli._config_overrides(args))
+    assert cfg.linger_ms == 13
+
+
+def test_config_file_from_engine_config_env(tmp_path):
+    path = _toml(tmp_path, 'compression = "none"\n')
+    assert load_config(environ={"ENGINE_CONFIG": str(path)}).compression == "none"
+
+
+@pytest.mark.parametrize(("setting", "value"), [
+    ("linger_ms", -1), ("ring_bytes", 1000), ("on_full", "explode"), ("max_in_flight", 0),
+    ("compression_level", 99), ("url", "ftp://x"), ("project", "no-slash"),
+    ("request_timeout_s", "soon"),
+])  # fmt: skip
+def test_invalid_value_fails_naming_the_field(setting, value):
+    with pytest.raises(ConfigError, match=setting):
+        load_config(environ={}, **{setting: value})
+
+
+def test_invalid_env_value_names_the_variable():
+    with pytest.raises(ConfigError, match="max_in_flight"):
+        load_config(environ={"ENGINE_MAX_IN_FLIGHT": "lots"})
+
+
+def test_invalid_file_value_and_unknown_setting_name_the_field(tmp_path):
+    with pytest.raises(ConfigError, match="linger_ms"):
+        load_config(_toml(tmp_path, 'linger_ms = "soon"\n'), environ={})
+    with pytest.raises(ConfigError, match="lingr_ms"):
+        load_config(_toml(tmp_path, "lingr_ms = 1\n"), environ={})
+
+
+def test_api_key_never_appears_in_repr_or_str():
+    cfg = load_config(environ={"ENGINE_API_KEY": SECRET})
+    assert cfg.api_key == SECRET
+    assert SECRET not in repr(cfg) and SECRET not in str(cfg) and "***" in repr(cfg)
+
+
+def test_wandb_api_key_is_the_fallback_key():
+    assert load_config(environ={"WANDB_API_KEY": SECRET}).api_key == SECRET
+
+
+@pytest.mark.parametrize("log_format", ["logfmt", "json"])
+def test_structured_logs_never_show_key_values(log_format):
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(cli._StructuredFormatter(log_format))
+    logger = logging.getLogger(f"engine.test_config.{log_format}")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning("upstream refused", extra={"api_key": SECRET, "authorization": SECRET,
+                                                   "upstream": "http://127.0.0.1:1"})
+    finally:
+        logger.removeHandler(handler)
+    text = stream.getvalue()
+    assert SECRET not in text and "upstream refused" in text and "127.0.0.1:1" in text
+
+
+def test_engine_toml_documents_every_setting_with_its_default():
+    text = DOCUMENTED.read_text()
+    table = tomllib.loads(text)["engine"]
+    defaults = EngineConfig()
+    for name in EngineConfig.__struct_fields__:
+        if name in table:
+            assert table[name] == getattr(defaults, name), name
+        else:  # settings without a usable default are shown commented out
+            assert re.search(rf"^# {name} = ", text, re.MULTILINE), name
+    assert load_config(DOCUMENTED, environ={}) == defaults
+
+
+def test_the_sender_command_line_carries_no_api_key():
+    """The key reaches the sender through its environment, never its argv (ps shows argv)."""
+    from engine.producer._engine import Engine
+
+    with Engine(project="a/b", api_key=SECRET, start_sender=False) as engine:
+        assert SECRET not in " ".join(engine._sender_command())

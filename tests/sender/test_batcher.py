@@ -1,0 +1,238 @@
+"""Routing, splicing, batching and contiguous release — no server, no shared memory."""
+
+from __future__ import annotations
+
+import random
+
+import msgspec
+
+from engine.ring import _ring
+from engine.sender._batcher import Accumulator, Batch, ReleaseTracker, Router
+from engine.wire import encode, end_splice_offset, utcnow, uuid7
+from engine.wire.calls import CompletedCallSchemaForInsert, EndedCallSchemaForInsert
+from engine.wire.calls import StartedCallSchemaForInsert as Start
+
+PROJECT = b"e/p"
+
+
+def _records(slot: int, pos: int, call_id: str | None = None):
+    call_id = call_id or uuid7()
+    start = encode(Start(project_id="e/p", id=call_id, op_name="op", trace_id=uuid7(),
+                         started_at=utcnow(), attributes={}, inputs={"q": 1}))
+    end = encode(EndedCallSchemaForInsert(project_id="e/p", id=call_id, ended_at=utcnow(),
+                                          output=2, summary={}))
+    raw = bytes.fromhex(call_id.replace("-", ""))
+    s = _ring.Record(slot, pos + 100, _ring.KIND_START, 0, raw, bytes(16), PROJECT, start, 0, 1)
+    e = _ring.Record(slot, pos + 200, _ring.KIND_END, 0, raw, bytes(16), PROJECT, end,
+                     end_splice_offset(end), 2)
+    return s, e
+
+
+def _at(slot: int, end_pos: int) -> _ring.Record:
+    """A record that only says where it ends (what the tracker looks at)."""
+    return _ring.Record(slot, end_pos, _ring.KIND_RAW, 0, bytes(16), bytes(16), PROJECT, b"{}", 0, 0)
+
+
+def _route_one(router: Router, record: _ring.Record, ref: int):
+    items = router.route([record], [ref])
+    assert len(items) <= 1
+    return items[0] if items else None
+
+
+def test_release_is_contiguous_per_ring():
+    released = []
+    tracker = ReleaseTracker(lambda slot, pos: released.append((slot, pos)))
+    a, b, c, other = tracker.track([_at(0, 10), _at(0, 20), _at(0, 30), _at(1, 5)])
+    tracker.ack([b])
+    assert released == []  # a is still out: nothing behind it may be freed
+    tracker.ack([a, other])
+    assert sorted(released) == [(0, 20), (1, 5)]
+    tracker.ack([c])
+    assert released[-1] == (0, 30)
+    assert tracker.pending() == 0
+
+
+def test_release_follows_the_read_order_whatever_order_the_acks_come_in():
+    rng = random.Random(7)
+    released: dict[int, list[int]] = {0: [], 1: [], 2: []}
+    tracker = ReleaseTracker(lambda slot, pos: released[slot].append(pos))
+    records = [_at(slot, 8 * (n + 1)) for n in range(40) for slot in (0, 1, 2)]
+    refs = []
+    for first in range(0, len(records), 17):  # several reads, rings interleaved in each
+        refs += tracker.track(records[first:first + 17])
+    settled: set[int] = set()
+    order = list(range(len(records)))
+    rng.shuffle(order)
+    for group in range(0, len(order), 5):
+        acked = order[group:group + 5]
+        tracker.ack([refs[i] for i in acked])
+        settled.update(acked)
+        for slot, positions in released.items():
+            mine = [i for i, r in enumerate(records) if r.slot == slot]
+            prefix = 0
+            while prefix < len(mine) and mine[prefix] in settled:
+                prefix += 1
+            expected = records[mine[prefix - 1]].end_pos if prefix else None
+            assert (positions[-1] if positions else None) == expected
+            assert positions == sorted(positions)
+    assert tracker.pending() == 0
+    assert tracker.read_pos == {0: 320, 1: 320, 2: 320}
+
+
+def test_an_ack_repeated_after_release_frees_nothing_more():
+    released = []
+    tracker = ReleaseTracker(lambda slot, pos: released.append((slot, pos)))
+    a, b, c = tracker.track([_at(0, 10), _at(0, 20), _at(0, 30)])
+    tracker.ack([a])
+    tracker.ack([a])  # released already: must not stand in for b or c
+    assert released == [(0, 10)]
+    tracker.ack([c])
+    assert released == [(0, 10)]
+    tracker.ack([b])
+    assert released == [(0, 10), (0, 30)]
+
+
+def test_refs_of_a_forgotten_slot_never_name_its_next_producers_records():
+    released = []
+    tracker = ReleaseTracker(lambda slot, pos: released.append((slot, pos)))
+    (old,) = tracker.track([_at(3, 10)])
+    tracker.ack([old])
+    tracker.forget_slot(3)  # reaped: the slot's next producer starts afresh
+    first, second = tracker.track([_at(3, 50), _at(3, 60)])
+    tracker.ack([old, second])
+    assert released == [(3, 10)]
+    tracker.ack([first])
+    assert released == [(3, 10), (3, 60)]
+
+
+def test_complete_mode_pairs_a_start_with_its_end_in_either_order():
+    router = Router("complete", 1 << 20)
+    tracker = ReleaseTracker(lambda slot, pos: None)
+    s, e = _records(0, 0)
+    s_ref, e_ref = tracker.track([s, e])
+    assert _route_one(router, s, s_ref) is None
+    item = _route_one(router, e, e_ref)
+    call = msgspec.json.decode(item.data, type=CompletedCallSchemaForInsert)
+    assert call.output == 2 and call.inputs == {"q": 1}
+    assert item.route == "/v2/e/p/calls/complete" and not item.single
+    assert item.size == len(item.data)
+    s2, e2 = _records(0, 300)
+    t_end, t_start = tracker.track([e2, s2])
+    assert _route_one(router, e2, t_end) is None
+    late = _route_one(router, s2, t_start)
+    assert late.refs == (t_start, t_end)
+    assert late.data == s2.payload[:-1] + b"," + e2.payload[e2.aux:]
+
+
+def test_a_read_pairs_inside_itself_and_keeps_the_read_order():
+    router = Router("complete", 1 << 20)
+    tracker = ReleaseTracker(lambda slot, pos: None)
+    (s1, e1), (s2, e2) = _records(0, 0), _records(1, 0)
+    records = [s1, s2, e2, e1]  # nested: the second call ends first
+    items = router.route(records, tracker.track(records))
+    assert [i.call_id for i in items] == [s2.call_id, s1.call_id]
+    assert router.held() == 0 and router.spliced == 2
+
+
+def test_upsert_mode_wraps_each_record_for_the_batch_route():
+    router = Router("upsert", 1 << 20)
+    s, e = _records(0, 0)
+    start_item, end_item = router.route([s, e], [1, 2])
+    body = Batch(start_item.route, [start_item, end_item]).body()
+    decoded = msgspec.json.decode(body)
+    assert [x["mode"] for x in decoded["batch"]] == ["start", "end"]
+    assert decoded["batch"][1]["req"]["end"]["output"] == 2
+    assert len(body) == Batch(start_item.route, [start_item, end_item]).size_bytes - 1
+
+
+def test_a_record_of_an_unknown_kind_is_handed_back_not_routed():
+    router = Router("complete", 1 << 20)
+    s, e = _records(0, 0)
+    odd = s._replace(kind=99)
+    items = router.route([odd, s, e], [1, 2, 3])
+    assert len(items) == 1 and items[0].refs == (2, 3)
+    ((record, ref, detail),) = router.unroutable
+    assert record is odd and ref == 1 and "kind 99" in detail
+
+
+def test_a_waiting_start_goes_alone_when_old_or_pinning_and_its_end_follows_alone():
+    router = Router("complete", 1 << 20)
+    s, e = _records(0, 0)
+    _route_one(router, s, 1)
+    assert router.expire(3600.0) == []
+    assert router.expire(3600.0, {0: s.end_pos + 10}, pin_limit_bytes=5)[0].route.endswith(
+        "/call/start")
+    end_item = _route_one(router, e, 2)
+    assert end_item.single and end_item.route.endswith("/call/end")
+    assert msgspec.json.decode(end_item.data)["end"]["id"] == msgspec.json.decode(s.payload)["id"]
+    assert Batch(end_item.route, [end_item]).body() == end_item.data  # no envelope
+
+
+def test_a_pair_too_large_together_is_sent_as_two_single_requests():
+    s, e = _records(0, 0)
+    router = Router("complete", max(len(s.payload), len(e.payload)) + 1)
+    _route_one(router, s, 1)
+    first, second = router.route([e], [2])
+    assert first.route.endswith("/call/start") and first.refs == (1,)
+    assert second.route == "/v2/e/p/call/end" and second.refs == (2,)
+
+
+def test_accumulator_cuts_batches_at_the_size_target():
+    router = Router("upsert", 1 << 20)
+    acc = Accumulator()
+    records = _records(0, 0) * 10
+    items = router.route(records, list(range(len(records))))
+    target = 3 * items[0].size
+    full = acc.add(items[:7], lambda: target) + acc.add(items[7:], lambda: target)
+    rest = acc.due(0.0, everything=True)
+    assert all(b.size_bytes <= target for b in full)
+    assert [i for b in full + rest for i in b.items] == items
+    assert acc.open_bytes == 0
+
+
+def test_accumulator_sends_single_items_alone_in_their_place():
+    s, e = _records(0, 0)
+    router = Router("complete", 1 << 20)
+    _route_one(router, s, 1)
+    (alone,) = router.expire(0.0, everything=True)
+    upserts = Router("upsert", 1 << 20).route([s, e], [2, 3])
+    acc = Accumulator()
+    full = acc.add([upserts[0], alone, upserts[1]], lambda: 1 << 20)
+    assert [b.items for b in full] == [[alone]]
+    assert acc.due(0.0, everything=True)[0].items == upserts
+
+
+def test_halves_keep_order_and_bodies_stay_valid_json():
+    router = Router("upsert", 1 << 20)
+    records = _records(0, 0) * 3
+    items = router.route(records, list(range(len(records))))
+    first, second = Batch(items[0].route, items).halves()
+    assert first.items + second.items == items
+    for half in (first, second):
+        assert len(msgspec.json.decode(half.body())["batch"]) == len(half)
+
+
+def test_chunks_respect_the_byte_limit_and_keep_order():
+    router = Router("upsert", 1 << 20)
+    records = _records(0, 0) * 8
+    items = router.route(records, list(range(len(records))))
+    batch = Batch(items[0].route, items)
+    limit = batch.size_bytes // 5
+    pieces = batch.chunks(limit)
+    assert [i for p in pieces for i in p.items] == items
+    assert all(p.size_bytes <= limit for p in pieces if len(p) > 1)
+    assert len(batch.chunks(batch.size_bytes * 2)) == 2  # never fewer than halves
+
+
+def test_a_complete_mode_body_is_the_spliced_calls_and_settles_every_record():
+    router = Router("complete", 1 << 20)
+    tracker = ReleaseTracker(lambda slot, pos: None)
+    records = [r for n in range(5) for r in _records(n % 2, 1000 * n)]
+    items = router.route(records, tracker.track(records))
+    batch = Batch(items[0].route, items)
+    body = batch.body()
+    calls = msgspec.json.decode(body, type=dict[str, list[CompletedCallSchemaForInsert]])["batch"]
+    assert [c.id for c in calls] == [msgspec.json.decode(r.payload)["id"] for r in records[::2]]
+    assert len(body) == batch.size_bytes - 1  # size_bytes counts a separator after each item
+    tracker.ack(batch.refs())
+    assert tracker.pending() == 0

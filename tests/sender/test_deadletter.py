@@ -1,0 +1,113 @@
+import os
+import stat
+
+import msgspec
+import pytest
+
+from engine.sender._deadletter import DeadLetters, read_dead_letters
+
+ITEM = b'{"project_id":"ent/proj","id":"c1","inputs":{"q":"caf\xc3\xa9\\n"},"output":null}'
+
+
+def add(letters: DeadLetters, call_id: str = "c1", reason: str = "422", item: bytes = ITEM) -> None:
+    letters.add(
+        reason=reason,
+        status=422 if reason == "422" else None,
+        call_id=call_id,
+        route="/call/upsert_batch",
+        project="ent/proj",
+        item_json=item,
+    )
+
+
+def test_dead_letter_file_is_created_0600_on_first_add(tmp_path):
+    path = tmp_path / "dead" / "letters.jsonl"
+    with DeadLetters(path) as letters:
+        assert not path.exists()
+        add(letters)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_existing_file_is_tightened_to_0600(tmp_path):
+    path = tmp_path / "letters.jsonl"
+    path.write_bytes(b"")
+    os.chmod(path, 0o644)
+    with DeadLetters(path) as letters:
+        add(letters)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_each_line_embeds_the_item_as_json(tmp_path):
+    path = tmp_path / "letters.jsonl"
+    with DeadLetters(path) as letters:
+        add(letters)
+    (line,) = path.read_bytes().splitlines()
+    record = msgspec.json.decode(line)
+    assert record["item"] == msgspec.json.decode(ITEM)
+    assert record["reason"] == "422" and record["status"] == 422 and record["call_id"] == "c1"
+    assert record["route"] == "/call/upsert_batch" and record["project"] == "ent/proj"
+    assert record["ts"].endswith("Z")
+
+
+def test_counts_by_reason(tmp_path):
+    with DeadLetters(tmp_path / "letters.jsonl") as letters:
+        add(letters, "a", "422")
+        add(letters, "b", "422")
+        add(letters, "c", "413_single_item")
+        assert letters.counts == {"422": 2, "413_single_item": 1}
+
+
+def test_replay_reader_returns_items_byte_for_byte_in_order(tmp_path):
+    path = tmp_path / "letters.jsonl"
+    items = [msgspec.json.encode({"id": f"c{i}", "v": [i, None, "x"]}) for i in range(5)]
+    with DeadLetters(path) as letters:
+        for i, item in enumerate(items):
+            add(letters, f"c{i}", item=item)
+    letters_read = list(read_dead_letters(path))
+    assert [d.call_id for d in letters_read] == [f"c{i}" for i in range(5)]
+    assert [d.item_json for d in letters_read] == items
+
+
+def test_appends_across_reopen(tmp_path):
+    path = tmp_path / "letters.jsonl"
+    for call_id in ("a", "b"):
+        with DeadLetters(path) as letters:
+            add(letters, call_id)
+    assert [d.call_id for d in read_dead_letters(path)] == ["a", "b"]
+
+
+def test_pretty_printed_item_is_stored_on_one_line(tmp_path):
+    path = tmp_path / "letters.jsonl"
+    with DeadLetters(path) as letters:
+        add(letters, item=b'{\n  "id": "c1",\n  "s": "a\\nb"\n}')
+    (letter,) = read_dead_letters(path)
+    assert letter.item_json == b'{"id":"c1","s":"a\\nb"}'
+
+
+def test_invalid_item_json_is_refused_naming_the_call(tmp_path):
+    with (
+        DeadLetters(tmp_path / "letters.jsonl") as letters,
+        pytest.raises(ValueError, match="call c9"),
+    ):
+        add(letters, "c9", item=b'{"id": ')
+
+
+def test_reader_skips_a_torn_last_line(tmp_path):
+    path = tmp_path / "letters.jsonl"
+    with DeadLetters(path) as letters:
+        add(letters, "a")
+    with open(path, "ab") as file:
+        file.write(b'{"ts":"2026-01-01T00:00:00Z","reason":"4')
+    assert [d.call_id for d in read_dead_letters(path)] == ["a"]
+
+
+def test_reader_reports_corruption_in_the_middle(tmp_path):
+    path = tmp_path / "letters.jsonl"
+    with DeadLetters(path) as letters:
+        add(letters, "a")
+    with open(path, "ab") as file:
+        file.write(b"garbage\n")
+    with DeadLetters(path) as letters:
+        add(letters, "b")
+    with pytest.raises(ValueError, match=r"letters.jsonl:2: malformed"):
+        list(read_dead_letters(path))
