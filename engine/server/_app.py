@@ -18,16 +18,16 @@ from engine.server import (
     _routes_feedback,
     _routes_files,
     _routes_misc,
-    _routes_more,
     _routes_objects,
+    _routes_otel,
     _routes_refs,
     _routes_tables,
 )
 from engine.server._body import DEFAULT_MAX_BODY_BYTES, ApiError, check_api_key, error_response
-from engine.server._sink import CountSink
+from engine.server._count_store import CountSink
+from engine.server._sqlite_calls import SQLiteStore
+from engine.server._sqlite_objects import attach_more_store
 from engine.server._state import STATE, ServerState
-from engine.server._store import SQLiteStore
-from engine.server._store_more import attach_more_store
 
 StoreKind = Literal["sqlite", "count"]
 # Reachable without credentials: the handshake a client makes before it knows the key.
@@ -92,7 +92,7 @@ def build_app(
     app.router.add_get("/metrics", _metrics.serve_metrics)  # Prometheus text (engine.common._metrics)
     # objects, tables, files, feedback, …: a store of their own (in memory for ``count``)
     for module in (_routes_objects, _routes_tables, _routes_refs, _routes_files,
-                   _routes_feedback, _routes_costs, _routes_more):  # fmt: skip
+                   _routes_feedback, _routes_costs, _routes_otel):  # fmt: skip
         app.add_routes(module.routes)
     attach_more_store(app, store.path if isinstance(store, SQLiteStore) else None)
     app.on_cleanup.append(_close_store)

@@ -19,8 +19,8 @@ from engine.server._digest import value_digest
 from engine.server._query_expr import select_docs
 from engine.server._reply import now_us, ok, page_of, project_of
 from engine.server._routes_feedback import predicate_of, purge_docs, scan_docs
+from engine.server._sqlite_objects import more_of, q_put_docs
 from engine.server._state import state_of
-from engine.server._store_more import more_of, q_put_docs
 from engine.wire.costs import CostCreateInput, CostCreateReq, CostPurgeReq, CostQueryReq
 
 routes = web.RouteTableDef()

@@ -17,8 +17,14 @@ from engine.server._body import ApiError
 from engine.server._query_expr import InvalidExpr, compile_query, select_docs
 from engine.server._reply import now_us, ok, page_of, project_of
 from engine.server._rows import from_us
+from engine.server._sqlite_objects import (
+    more_of,
+    q_delete_docs,
+    q_put_docs,
+    q_replace_doc,
+    q_scan_docs,
+)
 from engine.server._state import state_of
-from engine.server._store_more import more_of, q_delete_docs, q_put_docs, q_replace_doc, q_scan_docs
 from engine.wire._codec import uuid7
 from engine.wire.feedback import (
     FeedbackCreateBatchReq,

@@ -12,8 +12,8 @@ from aiohttp import BodyPartReader, web
 from engine.server._body import ApiError
 from engine.server._digest import bytes_digest
 from engine.server._reply import not_found, ok, project_of
+from engine.server._sqlite_objects import more_of, q_file, q_put_file, q_storage_bytes
 from engine.server._state import state_of
-from engine.server._store_more import more_of, q_file, q_put_file, q_storage_bytes
 from engine.wire.files import FileContentReadReq, FilesStatsReq
 
 routes = web.RouteTableDef()

@@ -30,8 +30,7 @@ from engine.server._reply import (
     stream_jsonl,
 )
 from engine.server._rows import from_us
-from engine.server._state import state_of
-from engine.server._store_more import (
+from engine.server._sqlite_objects import (
     LATEST_VERSION_SQL,
     OBJ_COLUMNS,
     more_of,
@@ -42,6 +41,7 @@ from engine.server._store_more import (
     q_query_objects,
     q_read_object,
 )
+from engine.server._state import state_of
 from engine.wire.objects import (
     ObjCreateReq,
     ObjDeleteReq,

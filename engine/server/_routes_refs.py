@@ -19,14 +19,14 @@ from aiohttp import web
 from engine.server._body import ApiError
 from engine.server._reply import ok
 from engine.server._rows import Page, Selection, row_to_call
-from engine.server._state import check_project_id, state_of
-from engine.server._store_more import (
+from engine.server._sqlite_objects import (
     OBJ_COLUMNS,
     more_of,
     q_read_object,
     q_rows,
     q_table_row_digests,
 )
+from engine.server._state import check_project_id, state_of
 from engine.wire.query import CallsFilter
 from engine.wire.refs import RefsReadBatchReq
 

@@ -25,8 +25,8 @@ from engine.server._reply import (
     raw_json,
     stream_jsonl,
 )
+from engine.server._sqlite_objects import more_of, q_put_table, q_rows, q_table_row_digests
 from engine.server._state import state_of
-from engine.server._store_more import more_of, q_put_table, q_rows, q_table_row_digests
 from engine.wire.query import SortBy
 from engine.wire.tables import (
     TableCreateFromDigestsReq,

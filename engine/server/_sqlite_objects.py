@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from engine.server._store import Transaction as transaction
+from engine.server._sqlite_calls import Transaction as transaction
 
 T = TypeVar("T")
 

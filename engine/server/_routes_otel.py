@@ -29,8 +29,13 @@ from engine.server._query_expr import order_key
 from engine.server._reply import now_us, ok, page_of, project_of, stream_jsonl
 from engine.server._routes_refs import parse_ref, resolve
 from engine.server._rows import Page, Selection, from_us, to_us
+from engine.server._sqlite_objects import (
+    more_of,
+    q_record_action_runs,
+    q_storage_bytes,
+    q_thread_turns,
+)
 from engine.server._state import state_of
-from engine.server._store_more import more_of, q_record_action_runs, q_storage_bytes, q_thread_turns
 from engine.wire._codec import uuid7
 from engine.wire.calls import CompletedCallSchemaForInsert
 from engine.wire.misc import (
