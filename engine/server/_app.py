@@ -13,7 +13,9 @@ from aiohttp import web
 from engine.common import _metrics
 from engine.server import (
     _graphql,
+    _routes_actions,
     _routes_calls,
+    _routes_completions,
     _routes_costs,
     _routes_feedback,
     _routes_files,
@@ -22,6 +24,7 @@ from engine.server import (
     _routes_otel,
     _routes_refs,
     _routes_tables,
+    _routes_threads,
 )
 from engine.server._body import DEFAULT_MAX_BODY_BYTES, ApiError, check_api_key, error_response
 from engine.server._count_store import CountSink
@@ -92,7 +95,8 @@ def build_app(
     app.router.add_get("/metrics", _metrics.serve_metrics)  # Prometheus text (engine.common._metrics)
     # objects, tables, files, feedback, …: a store of their own (in memory for ``count``)
     for module in (_routes_objects, _routes_tables, _routes_refs, _routes_files,
-                   _routes_feedback, _routes_costs, _routes_otel):  # fmt: skip
+                   _routes_feedback, _routes_costs, _routes_otel, _routes_threads,
+                   _routes_actions, _routes_completions):  # fmt: skip
         app.add_routes(module.routes)
     attach_more_store(app, store.path if isinstance(store, SQLiteStore) else None)
     app.on_cleanup.append(_close_store)
