@@ -27,10 +27,10 @@ from engine.server import (
     _routes_threads,
 )
 from engine.server._body import DEFAULT_MAX_BODY_BYTES, ApiError, check_api_key, error_response
-from engine.server._count_store import CountSink
-from engine.server._sqlite_calls import SQLiteStore
-from engine.server._sqlite_objects import attach_more_store
+from engine.server._count_store import CountStore
+from engine.server._sqlite_store import SQLiteStore
 from engine.server._state import STATE, ServerState
+from engine.server._store import Store
 
 StoreKind = Literal["sqlite", "count"]
 # Reachable without credentials: the handshake a client makes before it knows the key.
@@ -43,9 +43,9 @@ def default_db_path() -> Path:
     return Path(data_home) / "engine" / "traces.db"
 
 
-def open_store(kind: StoreKind, db_path: Path | None) -> SQLiteStore | CountSink:
+def open_store(kind: StoreKind, db_path: Path | None) -> Store:
     if kind == "count":
-        return CountSink()
+        return CountStore()
     if kind == "sqlite":
         return SQLiteStore(db_path or default_db_path())
     raise ValueError(f"store: unknown kind {kind!r}; choose 'sqlite' or 'count'")
@@ -81,7 +81,7 @@ def _auth_middleware(api_key: str) -> Any:
 
 
 def build_app(
-    store: SQLiteStore | CountSink,
+    store: Store,
     *,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     api_key: str | None = None,
@@ -90,15 +90,11 @@ def build_app(
     # bodies are read and limited by _body.read_body; aiohttp's own cap only guards request.read()
     app = web.Application(middlewares=middlewares, client_max_size=max_body_bytes)
     app[STATE] = ServerState(store, max_body_bytes)
-    for table in (_routes_misc.routes, _routes_calls.routes, _graphql.routes):
-        app.add_routes(table)
     app.router.add_get("/metrics", _metrics.serve_metrics)  # Prometheus text (engine.common._metrics)
-    # objects, tables, files, feedback, …: a store of their own (in memory for ``count``)
-    for module in (_routes_objects, _routes_tables, _routes_refs, _routes_files,
-                   _routes_feedback, _routes_costs, _routes_otel, _routes_threads,
-                   _routes_actions, _routes_completions):  # fmt: skip
+    for module in (_routes_misc, _routes_calls, _graphql, _routes_objects, _routes_tables,
+                   _routes_refs, _routes_files, _routes_feedback, _routes_costs, _routes_otel,
+                   _routes_threads, _routes_actions, _routes_completions):  # fmt: skip
         app.add_routes(module.routes)
-    attach_more_store(app, store.path if isinstance(store, SQLiteStore) else None)
     app.on_cleanup.append(_close_store)
     return app
 
@@ -143,7 +139,7 @@ async def serve_until_signal(**options: Any) -> None:
         loop.add_signal_handler(sig, stop.set)
     runner, url = await start_server(**options)
     store = runner.app[STATE].store
-    where = f" db={store.path}" if isinstance(store, SQLiteStore) else ""
+    where = f" db={store.path}" if type(store) is SQLiteStore else ""
     # the URL line is the readiness signal: printed only once signals are handled
     print(f"engine serve: listening on {url} (store={store.kind}{where})", flush=True)
     try:

@@ -1,31 +1,50 @@
-"""The ``--store count`` sink: bodies are decoded and validated, items counted, nothing kept.
+"""The ``--store count`` sink: call bodies are decoded and validated, calls counted, none kept.
 
-Benchmarks point senders at it to measure the sender, not SQLite. Reads answer as an
-empty store would.
+Benchmarks point senders at it to measure the sender, not SQLite. Call reads answer as an
+empty store would. Everything else (objects, tables, files, feedback: a benchmark's
+``weave.init`` still publishes its ops) is kept in a private SQLite file that is removed
+when the store closes.
 """
 
 from __future__ import annotations
 
-from engine.server._rows import Complete, End, Page, Selection, Start
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from engine.server._rows import Complete, End, Start
+from engine.server._sqlite_store import SQLiteStore
+from engine.server._store import CallRow, CallsQuery, ThreadTurn
 
 
-class CountSink:
+class CountStore(SQLiteStore):
     kind = "count"
 
-    async def write_calls(self, starts: list[Start], ends: list[End], completes: list[Complete]):
+    def __init__(self) -> None:
+        self._dir = Path(tempfile.mkdtemp(prefix="engine-count-"))  # 0700
+        super().__init__(self._dir / "objects.db")
+
+    async def insert_calls(self, starts: list[Start], ends: list[End], completes: list[Complete]) -> None:
         return None  # keeps nothing, so builds no rows (SQLiteStore builds its own)
 
-    async def delete_calls(self, project_id: str, call_ids: list[str]) -> int:
+    async def query_calls(self, query: CallsQuery) -> AsyncIterator[list[CallRow]]:
+        for page in ():  # an async generator that yields nothing
+            yield page
+
+    async def count_calls(self, query: CallsQuery) -> int:
         return 0
 
-    async def update_display_name(self, project_id: str, call_id: str, name: str | None) -> bool:
-        return False
-
-    async def select_calls(self, selection: Selection, page: Page) -> list[tuple]:
+    async def delete_calls(self, project_id: str, call_ids: list[str]) -> list[str]:
         return []
 
-    async def count_calls(self, selection: Selection) -> int:
-        return 0
+    async def set_call_display_name(self, project_id: str, call_id: str, name: str | None) -> bool:
+        return False
+
+    async def thread_turns(self, project_id: str, thread_ids: list[str] | None,
+                           max_turns: int) -> list[ThreadTurn]:  # fmt: skip
+        return []
 
     async def close(self) -> None:
-        return None
+        await super().close()
+        shutil.rmtree(self._dir, ignore_errors=True)

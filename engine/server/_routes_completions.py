@@ -59,7 +59,7 @@ async def _track(request: web.Request, req: CompletionsCreateReq, response: dict
         attributes={"engine": {"echo_model": True}}, inputs=msgspec.to_builtins(req.inputs),
         output=response, summary={"usage": {req.inputs.model: usage}}, wb_user_id=req.wb_user_id,
     )  # fmt: skip
-    await state_of(request).store.write_calls([], [], [call])
+    await state_of(request).store.insert_calls([], [], [call])
     return call_id
 
 

@@ -16,15 +16,14 @@ from aiohttp import web
 
 from engine.server._body import ApiError
 from engine.server._digest import value_digest
-from engine.server._query_expr import select_docs
-from engine.server._reply import now_us, ok, page_of, project_of
-from engine.server._routes_feedback import predicate_of, purge_docs, scan_docs
-from engine.server._sqlite_objects import more_of, q_put_docs
+from engine.server._reply import now_us, ok, project_of
+from engine.server._routes_feedback import docs_query, purge_docs
 from engine.server._state import state_of
+from engine.server._store import Doc, DocKind
 from engine.wire.costs import CostCreateInput, CostCreateReq, CostPurgeReq, CostQueryReq
 
 routes = web.RouteTableDef()
-_TABLE = "costs"
+_TABLE: DocKind = "costs"
 MAX_COSTS_PER_CREATE = 1000
 
 
@@ -46,19 +45,17 @@ async def cost_create(request: web.Request) -> web.Response:
         )
     docs = [_cost_doc(req.project_id, llm_id, cost) for llm_id, cost in req.costs.items()]
     created_us = now_us()
-    rows = [(req.project_id, d["id"], created_us, msgspec.json.encode(d).decode()) for d in docs]
-    await more_of(request).run(q_put_docs, _TABLE, rows)
+    rows = [Doc(req.project_id, d["id"], created_us, msgspec.json.encode(d).decode()) for d in docs]
+    await state_of(request).store.put_docs(_TABLE, rows)
     return ok({"ids": [[d["llm_id"], d["id"]] for d in docs]})
 
 
 @routes.post("/cost/query")
 async def cost_query(request: web.Request) -> web.Response:
     req = await state_of(request).decode(request, CostQueryReq)
-    predicate = predicate_of(req.query)
-    docs = await scan_docs(request, _TABLE, project_of(req.project_id))
-    sort_by = [(s.field, s.direction == "desc") for s in req.sort_by or []]
-    page, _ = select_docs(docs, predicate, sort_by, page_of(req.limit, req.offset), req.fields)
-    return ok({"results": page})
+    query = docs_query(req.project_id, req.query, req.sort_by, req.limit, req.offset, req.fields)
+    found = await state_of(request).store.query_docs(_TABLE, query)
+    return ok({"results": found.docs})
 
 
 @routes.post("/cost/purge")

@@ -14,17 +14,11 @@ import msgspec
 from aiohttp import web
 
 from engine.server._body import ApiError
-from engine.server._query_expr import InvalidExpr, compile_query, select_docs
+from engine.server._query_expr import InvalidExpr, compile_query
 from engine.server._reply import now_us, ok, page_of, project_of
 from engine.server._rows import from_us
-from engine.server._sqlite_objects import (
-    more_of,
-    q_delete_docs,
-    q_put_docs,
-    q_replace_doc,
-    q_scan_docs,
-)
 from engine.server._state import state_of
+from engine.server._store import Doc, DocKind, DocsQuery
 from engine.wire._codec import uuid7
 from engine.wire.feedback import (
     FeedbackCreateBatchReq,
@@ -36,7 +30,7 @@ from engine.wire.feedback import (
 
 routes = web.RouteTableDef()
 MAX_BATCH_ITEMS = 1000
-_TABLE = "feedback"
+_TABLE: DocKind = "feedback"
 
 
 def _check_ref(req: FeedbackCreateReq, field: str) -> None:
@@ -47,8 +41,8 @@ def _check_ref(req: FeedbackCreateReq, field: str) -> None:
         )
 
 
-def _record(req: FeedbackCreateReq, field: str = "") -> tuple[str, str, int, str]:
-    """The stored row ``(project_id, id, created_at_us, doc_json)`` of a create."""
+def feedback_doc(req: FeedbackCreateReq, field: str = "") -> Doc:
+    """The stored document of a create."""
     project_of(req.project_id, f"{field}project_id")
     _check_ref(req, field)
     if not req.feedback_type:
@@ -59,18 +53,18 @@ def _record(req: FeedbackCreateReq, field: str = "") -> tuple[str, str, int, str
     doc.update(
         id=req.id or uuid7(), created_at=from_us(created_us), wb_user_id=req.wb_user_id or ""
     )
-    return req.project_id, doc["id"], created_us, msgspec.json.encode(doc).decode()
+    return Doc(req.project_id, doc["id"], created_us, msgspec.json.encode(doc).decode())
 
 
-def _answer(stored_doc: str) -> dict[str, Any]:
-    doc = msgspec.json.decode(stored_doc)
+def _answer(stored: Doc) -> dict[str, Any]:
+    doc = msgspec.json.decode(stored.doc)
     return {k: doc[k] for k in ("id", "created_at", "wb_user_id", "payload")}
 
 
 @routes.post("/feedback/create")
 async def feedback_create(request: web.Request) -> web.Response:
     req = await state_of(request).decode(request, FeedbackCreateReq)
-    [(_, stored)] = await more_of(request).run(q_put_docs, _TABLE, [_record(req)])
+    [stored] = await state_of(request).store.put_docs(_TABLE, [feedback_doc(req)])
     return ok(_answer(stored))
 
 
@@ -80,39 +74,43 @@ async def feedback_batch_create(request: web.Request) -> web.Response:
     req = await state_of(request).decode(request, FeedbackCreateBatchReq)
     if len(req.batch) > MAX_BATCH_ITEMS:
         raise ApiError(422, f"batch: at most {MAX_BATCH_ITEMS} items, got {len(req.batch)}")
-    records = [_record(item, f"batch[{i}].") for i, item in enumerate(req.batch)]
-    stored = await more_of(request).run(q_put_docs, _TABLE, records)
-    return ok({"res": [_answer(doc) for _, doc in stored]})
+    records = [feedback_doc(item, f"batch[{i}].") for i, item in enumerate(req.batch)]
+    stored = await state_of(request).store.put_docs(_TABLE, records)
+    return ok({"res": [_answer(doc) for doc in stored]})
 
 
-def predicate_of(query: dict[str, Any] | None):
+def check_query(query: dict[str, Any] | None) -> dict[str, Any] | None:
     try:
-        return compile_query(query)
+        compile_query(query)
     except InvalidExpr as exc:
         raise ApiError(422, str(exc)) from None
+    return query
 
 
-async def scan_docs(request: web.Request, table: str, project_id: str) -> list[dict[str, Any]]:
-    stored = await more_of(request).run(q_scan_docs, table, project_id)
-    return [msgspec.json.decode(doc) for doc in stored]
+def docs_query(project_id: str, query: dict[str, Any] | None, sort_by: list[Any] | None,
+               limit: int | None, offset: int | None, fields: list[str] | None) -> DocsQuery:  # fmt: skip
+    """A validated documents query (``sort_by`` holds wire SortBy models)."""
+    limit, offset = page_of(limit, offset)
+    return DocsQuery(
+        project_id=project_of(project_id), query=check_query(query),
+        sort_by=tuple((s.field, s.direction == "desc") for s in sort_by or []),
+        limit=limit, offset=offset, fields=None if fields is None else tuple(fields),
+    )  # fmt: skip
 
 
-async def purge_docs(request: web.Request, table: str, project_id: str, query: Any) -> None:
-    """Delete the project's documents of ``table`` that ``query`` matches."""
-    predicate = predicate_of(query)
-    docs = await scan_docs(request, table, project_of(project_id))
-    ids = [doc["id"] for doc in docs if predicate(doc)]
-    await more_of(request).run(q_delete_docs, table, project_id, ids)
+async def purge_docs(request: web.Request, kind: DocKind, project_id: str, query: Any) -> None:
+    """Delete the project's documents of ``kind`` that ``query`` matches."""
+    store = state_of(request).store
+    found = await store.query_docs(kind, docs_query(project_id, query, None, None, None, ["id"]))
+    await store.delete_docs(kind, project_id, [doc["id"] for doc in found.docs])
 
 
 @routes.post("/feedback/query")
 async def feedback_query(request: web.Request) -> web.Response:
     req = await state_of(request).decode(request, FeedbackQueryReq)
-    predicate = predicate_of(req.query)
-    docs = await scan_docs(request, _TABLE, project_of(req.project_id))
-    sort_by = [(s.field, s.direction == "desc") for s in req.sort_by or []]
-    page, total = select_docs(docs, predicate, sort_by, page_of(req.limit, req.offset), req.fields)
-    return ok({"result": page, "total_count": total})
+    query = docs_query(req.project_id, req.query, req.sort_by, req.limit, req.offset, req.fields)
+    found = await state_of(request).store.query_docs(_TABLE, query)
+    return ok({"result": found.docs, "total_count": found.total})
 
 
 @routes.post("/feedback/purge")
@@ -126,9 +124,7 @@ async def feedback_purge(request: web.Request) -> web.Response:
 async def feedback_replace(request: web.Request) -> web.Response:
     """Delete ``feedback_id`` and store the new feedback (a new id unless one is given)."""
     req = await state_of(request).decode(request, FeedbackReplaceReq)
-    record = _record(req)
-    if not await more_of(request).run(
-        q_replace_doc, _TABLE, req.project_id, req.feedback_id, record
-    ):
+    record = feedback_doc(req)
+    if not await state_of(request).store.replace_doc(_TABLE, req.feedback_id, record):
         raise ApiError(404, f"feedback {req.feedback_id!r} not found in {req.project_id!r}")
-    return ok(_answer(record[3]))
+    return ok(_answer(record))

@@ -12,7 +12,6 @@ from aiohttp import BodyPartReader, web
 from engine.server._body import ApiError
 from engine.server._digest import bytes_digest
 from engine.server._reply import not_found, ok, project_of
-from engine.server._sqlite_objects import more_of, q_file, q_put_file, q_storage_bytes
 from engine.server._state import state_of
 from engine.wire.files import FileContentReadReq, FilesStatsReq
 
@@ -32,7 +31,7 @@ async def file_create(request: web.Request) -> web.Response:
     expected = fields.get("expected_digest", b"").decode(errors="replace")
     if expected and expected != digest:
         raise ApiError(409, f"expected_digest: {expected!r} != stored digest {digest!r}")
-    await more_of(request).run(q_put_file, project_id, digest, fields["file"])
+    await state.store.put_file(project_id, digest, fields["file"])
     return ok({"digest": digest})
 
 
@@ -64,7 +63,7 @@ async def read_multipart(request: web.Request, max_body_bytes: int) -> dict[str,
 @routes.post("/files/content")
 async def file_content(request: web.Request) -> web.Response:
     req = await state_of(request).decode(request, FileContentReadReq)
-    content = await more_of(request).run(q_file, project_of(req.project_id), req.digest)
+    content = await state_of(request).store.read_file(project_of(req.project_id), req.digest)
     if content is None:
         raise not_found(f"file {req.digest!r} in project {req.project_id!r}")
     return web.Response(body=content, content_type="application/octet-stream")
@@ -74,5 +73,5 @@ async def file_content(request: web.Request) -> web.Response:
 @routes.post("/files/stats")
 async def files_stats(request: web.Request) -> web.Response:
     req = await state_of(request).decode(request, FilesStatsReq)
-    total = await more_of(request).run(q_storage_bytes, "files", project_of(req.project_id))
+    total = await state_of(request).store.storage_bytes(project_of(req.project_id), "files")
     return ok({"total_size_bytes": total})

@@ -30,18 +30,8 @@ from engine.server._reply import (
     stream_jsonl,
 )
 from engine.server._rows import from_us
-from engine.server._sqlite_objects import (
-    LATEST_VERSION_SQL,
-    OBJ_COLUMNS,
-    more_of,
-    q_delete_objects,
-    q_file,
-    q_put_file,
-    q_put_object,
-    q_query_objects,
-    q_read_object,
-)
 from engine.server._state import state_of
+from engine.server._store import ObjectsQuery, ObjectVersion
 from engine.wire.objects import (
     ObjCreateReq,
     ObjDeleteReq,
@@ -93,7 +83,7 @@ def _check_builtin_class(obj: ObjSchemaForInsert, leaf: str | None) -> None:
         )
 
 
-def version_row(obj: ObjSchemaForInsert, field: str) -> dict[str, Any]:
+def new_version(obj: ObjSchemaForInsert, field: str) -> ObjectVersion:
     """The stored form of an object create: digest checked, kind and classes derived."""
     project_of(obj.project_id, f"{field}.project_id")
     if not obj.object_id:
@@ -105,37 +95,36 @@ def version_row(obj: ObjSchemaForInsert, field: str) -> dict[str, Any]:
         raise ApiError(
             409, f"{field}.expected_digest: {obj.expected_digest!r} != stored digest {digest!r}"
         )
-    return {
-        "project_id": obj.project_id, "object_id": obj.object_id, "digest": digest,
-        "kind": kind_of(obj.val), "base_object_class": base, "leaf_object_class": leaf,
-        "val": msgspec.json.encode(obj.val).decode(), "wb_user_id": obj.wb_user_id,
-        "created_at_us": now_us(), "deleted_at_us": None,
-    }  # fmt: skip
+    return ObjectVersion(
+        project_id=obj.project_id, object_id=obj.object_id, digest=digest, kind=kind_of(obj.val),
+        base_object_class=base, leaf_object_class=leaf,
+        val=msgspec.json.encode(obj.val).decode(), wb_user_id=obj.wb_user_id,
+        created_at_us=now_us(),
+    )  # fmt: skip
 
 
-def obj_schema(row: tuple, *, metadata_only: bool = False, with_size: bool = False) -> dict:
+def obj_schema(v: ObjectVersion, *, metadata_only: bool = False, with_size: bool = False) -> dict:
     """A stored version as weave's ``ObjSchema``; ``val`` passes through as raw JSON."""
-    obj = dict(zip(OBJ_COLUMNS, row, strict=True))
-    val_text = obj.pop("val")
-    created, deleted = from_us(obj.pop("created_at_us")), from_us(obj.pop("deleted_at_us"))
     return {
-        **obj, "val": {} if metadata_only else raw_json(val_text), "created_at": created,
-        "deleted_at": deleted, "is_latest": int(bool(obj["is_latest"])),
-        "size_bytes": len(val_text.encode()) if with_size else None,
+        "project_id": v.project_id, "object_id": v.object_id, "created_at": from_us(v.created_at_us),
+        "deleted_at": from_us(v.deleted_at_us), "digest": v.digest,
+        "version_index": v.version_index, "is_latest": int(v.is_latest), "kind": v.kind,
+        "base_object_class": v.base_object_class, "leaf_object_class": v.leaf_object_class,
+        "val": {} if metadata_only else raw_json(v.val), "wb_user_id": v.wb_user_id,
+        "size_bytes": len(v.val.encode()) if with_size else None,
     }  # fmt: skip
 
 
-async def _create(request: web.Request, obj: ObjSchemaForInsert, field: str) -> tuple[str, int]:
-    row = version_row(obj, field)
-    index = await more_of(request).run(q_put_object, row)
-    return row["digest"], index
+async def _create(request: web.Request, obj: ObjSchemaForInsert, field: str) -> ObjectVersion:
+    return await state_of(request).store.put_object(new_version(obj, field))
 
 
-async def _read(request: web.Request, project_id: str, object_id: str, version: str) -> tuple:
-    row = await more_of(request).run(q_read_object, project_id, object_id, version)
-    if row is None:
+async def _read(request: web.Request, project_id: str, object_id: str,
+                version: str) -> ObjectVersion:  # fmt: skip
+    found = await state_of(request).store.read_object(project_id, object_id, version)
+    if found is None:
         raise not_found(f"object {object_id!r} version {version!r} in project {project_id!r}")
-    return row
+    return found
 
 
 # -- /obj/*, /objs/query ------------------------------------------------------------------
@@ -144,74 +133,55 @@ async def _read(request: web.Request, project_id: str, object_id: str, version: 
 @routes.post("/obj/create")
 async def obj_create(request: web.Request) -> web.Response:
     req = await state_of(request).decode(request, ObjCreateReq)
-    digest, _ = await _create(request, req.obj, "obj")
-    return ok({"digest": digest, "object_id": req.obj.object_id})
+    stored = await _create(request, req.obj, "obj")
+    return ok({"digest": stored.digest, "object_id": req.obj.object_id})
 
 
 @routes.post("/obj/read")
 async def obj_read(request: web.Request) -> web.Response:
     req = await state_of(request).decode(request, ObjReadReq)
-    row = await _read(request, project_of(req.project_id), req.object_id, req.digest)
-    return ok({"obj": obj_schema(row, metadata_only=bool(req.metadata_only))})
+    found = await _read(request, project_of(req.project_id), req.object_id, req.digest)
+    return ok({"obj": obj_schema(found, metadata_only=bool(req.metadata_only))})
 
 
-_UNSUPPORTED_OBJ_FILTERS = ("aliases", "tags")
-_OBJ_SORT = {"object_id": "o.object_id", "created_at": "o.created_at_us"}
+_OBJ_SORT = frozenset({"object_id", "created_at"})
+MAX_FILTER_VALUES = 500
 
 
-def _obj_where(req: ObjQueryReq) -> tuple[list[str], list[Any]]:
-    where, params = ["o.project_id = ?", "o.deleted_at_us IS NULL"], [req.project_id]
-    flt = req.filter
-    if flt is None:
-        return where, params
-    for name in _UNSUPPORTED_OBJ_FILTERS:
-        if getattr(flt, name) is not None:
-            raise ApiError(422, f"filter.{name}: not supported by engine serve")
-    for name, column in (("object_ids", "o.object_id"), ("base_object_classes",
-                         "o.base_object_class"), ("leaf_object_classes", "o.leaf_object_class")):  # fmt: skip
-        values = getattr(flt, name)
-        if values is not None:
-            where.append(f"{column} IN ({', '.join('?' * len(values))})")
-            params.extend(values)
-    if flt.exclude_base_object_classes:
-        marks = ", ".join("?" * len(flt.exclude_base_object_classes))
-        where.append(f"coalesce(o.base_object_class, '') NOT IN ({marks})")
-        params.extend(flt.exclude_base_object_classes)
-    if flt.is_op is not None:
-        where.append("o.kind = 'op'" if flt.is_op else "o.kind != 'op'")
-    if flt.latest_only:
-        where.append("o.version_index = " + LATEST_VERSION_SQL)
-    return where, params
+def _tuple(values: list[str] | None) -> tuple[str, ...] | None:
+    return None if values is None else tuple(values)
 
 
-def _obj_order(req: ObjQueryReq) -> str:
-    terms = []
+def _objects_query(req: ObjQueryReq) -> ObjectsQuery:
+    project_of(req.project_id)
+    flt = req.filter or ObjectVersionFilter()
+    lists = {"object_ids": flt.object_ids, "base_object_classes": flt.base_object_classes,
+             "leaf_object_classes": flt.leaf_object_classes, "tags": flt.tags,
+             "exclude_base_object_classes": flt.exclude_base_object_classes,
+             "aliases": flt.aliases}  # fmt: skip
+    for name, values in lists.items():
+        if values is not None and len(values) > MAX_FILTER_VALUES:
+            raise ApiError(422, f"filter.{name}: at most {MAX_FILTER_VALUES} values")
+    limit, offset = page_of(req.limit, req.offset)
+    return ObjectsQuery(
+        project_id=req.project_id, **{k: _tuple(v) for k, v in lists.items()},
+        is_op=flt.is_op, latest_only=bool(flt.latest_only), sort_by=_obj_order(req),
+        limit=limit, offset=offset,
+    )  # fmt: skip
+
+
+def _obj_order(req: ObjQueryReq) -> tuple:
     for i, sort in enumerate(req.sort_by or []):
-        column = _OBJ_SORT.get(sort.field)
-        if column is None:
+        if sort.field not in _OBJ_SORT:
             raise ApiError(
                 422, f"sort_by[{i}].field: cannot sort objects by {sort.field!r}; "
-                f"sortable: {', '.join(_OBJ_SORT)}",
+                f"sortable: {', '.join(sorted(_OBJ_SORT))}",
             )  # fmt: skip
-        terms.append(f"{column} {sort.direction.upper()}")
-    return ", ".join([*terms, "o.created_at_us ASC", "o.object_id ASC", "o.version_index ASC"])
+    return tuple((s.field, s.direction == "desc") for s in req.sort_by or [])
 
 
-async def _query(request: web.Request, req: ObjQueryReq) -> list[tuple]:
-    project_of(req.project_id)
-    if any(len(v or ()) > 500 for v in _filter_lists(req)):
-        raise ApiError(422, "filter: at most 500 values per list")
-    where, params = _obj_where(req)
-    page = page_of(req.limit, req.offset)
-    return await more_of(request).run(q_query_objects, where, params, _obj_order(req), page)
-
-
-def _filter_lists(req: ObjQueryReq) -> list[list[str] | None]:
-    flt = req.filter
-    if flt is None:
-        return []
-    return [flt.object_ids, flt.base_object_classes, flt.leaf_object_classes,
-            flt.exclude_base_object_classes]  # fmt: skip
+async def _query(request: web.Request, req: ObjQueryReq) -> list[ObjectVersion]:
+    return await state_of(request).store.query_objects(_objects_query(req))
 
 
 @routes.post("/objs/query")
@@ -226,12 +196,13 @@ async def objs_query(request: web.Request) -> web.Response:
 async def obj_delete(request: web.Request) -> web.Response:
     req = await state_of(request).decode(request, ObjDeleteReq)
     project_of(req.project_id)
-    gone = await more_of(request).run(
-        q_delete_objects, req.project_id, req.object_id, req.digests, now_us()
+    gone = await state_of(request).store.delete_objects(
+        req.project_id, req.object_id, req.digests, now_us()
     )
     if not gone:
         raise not_found(f"object {req.object_id!r} (versions {req.digests}) in {req.project_id!r}")
-    deleted = [{"digest": r[2], "base_object_class": r[5], "leaf_object_class": r[6]} for r in gone]
+    deleted = [{"digest": v.digest, "base_object_class": v.base_object_class,
+                "leaf_object_class": v.leaf_object_class} for v in gone]  # fmt: skip
     return ok({"num_deleted": len(gone), "deleted_versions": deleted})
 
 
@@ -243,17 +214,17 @@ async def op_create(request: web.Request) -> web.Response:
     req = await state_of(request).decode(request, OpCreateReq)
     if kind_of(req.op_obj.val) != "op":
         raise ApiError(422, "op_obj.val: not a serialized op (weave_type.type must be 'Op')")
-    digest, _ = await _create(request, req.op_obj, "op_obj")
-    return ok({"digest": digest})
+    stored = await _create(request, req.op_obj, "op_obj")
+    return ok({"digest": stored.digest})
 
 
 @routes.post("/op/read")
 async def op_read(request: web.Request) -> web.Response:
     req = await state_of(request).decode(request, OpReadReq)
-    row = await _read(request, project_of(req.project_id), req.name, req.digest)
-    if row[OBJ_COLUMNS.index("kind")] != "op":
+    found = await _read(request, project_of(req.project_id), req.name, req.digest)
+    if found.kind != "op":
         raise not_found(f"op {req.name!r} (an object of that name exists, not an op)")
-    return ok({"op_obj": obj_schema(row)})
+    return ok({"op_obj": obj_schema(found)})
 
 
 @routes.post("/ops/query")
@@ -287,20 +258,19 @@ async def op_create_v2(request: web.Request) -> web.Response:
         raise ApiError(422, "name: an op name is required")
     code = (req.source_code or "").encode()
     code_digest = bytes_digest(code)
-    await more_of(request).run(q_put_file, project_id, code_digest, code)
+    await state_of(request).store.put_file(project_id, code_digest, code)
     obj = ObjSchemaForInsert(project_id=project_id, object_id=req.name, val=_op_val(code_digest))
-    digest, index = await _create(request, obj, "op")
-    return ok({"digest": digest, "object_id": req.name, "version_index": index})
+    stored = await _create(request, obj, "op")
+    return ok({"digest": stored.digest, "object_id": req.name,
+               "version_index": stored.version_index})  # fmt: skip
 
 
-async def _op_v2(request: web.Request, project_id: str, row: tuple) -> dict[str, Any]:
-    obj = dict(zip(OBJ_COLUMNS, row, strict=True))
-    files = msgspec.json.decode(obj["val"]).get("files") or {}
-    code = await more_of(request).run(q_file, project_id, files.get(_OP_FILE, ""))
+async def _op_v2(request: web.Request, project_id: str, op: ObjectVersion) -> dict[str, Any]:
+    files = msgspec.json.decode(op.val).get("files") or {}
+    code = await state_of(request).store.read_file(project_id, files.get(_OP_FILE, ""))
     return {
-        "object_id": obj["object_id"], "digest": obj["digest"],
-        "version_index": obj["version_index"], "created_at": from_us(obj["created_at_us"]),
-        "code": (code or b"").decode(errors="replace"),
+        "object_id": op.object_id, "digest": op.digest, "version_index": op.version_index,
+        "created_at": from_us(op.created_at_us), "code": (code or b"").decode(errors="replace"),
     }  # fmt: skip
 
 
@@ -308,10 +278,10 @@ async def _op_v2(request: web.Request, project_id: str, row: tuple) -> dict[str,
 async def op_read_v2(request: web.Request) -> web.Response:
     project_id = path_project(request)
     object_id, digest = request.match_info["object_id"], request.match_info["digest"]
-    row = await _read(request, project_id, object_id, digest)
-    if row[OBJ_COLUMNS.index("kind")] != "op":
+    found = await _read(request, project_id, object_id, digest)
+    if found.kind != "op":
         raise not_found(f"op {object_id!r} (an object of that name exists, not an op)")
-    return ok(await _op_v2(request, project_id, row))
+    return ok(await _op_v2(request, project_id, found))
 
 
 def _int_param(request: web.Request, name: str) -> int | None:
@@ -345,7 +315,7 @@ async def op_delete_v2(request: web.Request) -> web.Response:
     project_id = path_project(request)
     object_id = request.match_info["object_id"]
     digests = request.query.getall("digests", None)
-    gone = await more_of(request).run(q_delete_objects, project_id, object_id, digests, now_us())
+    gone = await state_of(request).store.delete_objects(project_id, object_id, digests, now_us())
     if not gone:
         raise not_found(f"op {object_id!r} (versions {digests}) in {project_id!r}")
     return ok({"num_deleted": len(gone)})

@@ -104,6 +104,6 @@ async def otel_export(request: web.Request) -> web.Response:
         raise ApiError(415, f"Content-Type {request.content_type!r}: send application/json or "
                             "application/x-protobuf")  # fmt: skip
     calls = [_span_call(project_id, span, i) for i, span in enumerate(spans)]
-    await state.store.write_calls([], [], calls)
+    await state.store.insert_calls([], [], calls)
     state.counters.calls_complete += len(calls)
     return ok({})

@@ -18,22 +18,14 @@ from aiohttp import web
 
 from engine.server._body import ApiError
 from engine.server._reply import ok
-from engine.server._rows import Page, Selection, row_to_call
-from engine.server._sqlite_objects import (
-    OBJ_COLUMNS,
-    more_of,
-    q_read_object,
-    q_rows,
-    q_table_row_digests,
-)
 from engine.server._state import check_project_id, state_of
+from engine.server._store import CallsQuery
 from engine.wire.query import CallsFilter
 from engine.wire.refs import RefsReadBatchReq
 
 routes = web.RouteTableDef()
 MAX_REFS = 1000
 _SCHEME = "weave:///"
-_VAL = OBJ_COLUMNS.index("val")
 _json = msgspec.json.Encoder()
 
 
@@ -80,15 +72,15 @@ async def _root(request: web.Request, ref: Ref) -> Any:
     if ref.kind == "table":
         return _Table(ref.project_id, ref.name)
     if ref.kind == "call":
-        selection = Selection(ref.project_id, CallsFilter(call_ids=[ref.name]))
-        rows = await state_of(request).store.select_calls(selection, Page(limit=1))
-        if not rows:
+        query = CallsQuery(project_id=ref.project_id, filter=CallsFilter(call_ids=[ref.name]))
+        page = await anext(state_of(request).store.query_calls(query), [])
+        if not page:
             raise _Unresolved
-        return msgspec.json.decode(_json.encode(row_to_call(rows[0])))
-    row = await more_of(request).run(q_read_object, ref.project_id, ref.name, ref.version)
-    if row is None:
+        return msgspec.json.decode(_json.encode(page[0]))
+    found = await state_of(request).store.read_object(ref.project_id, ref.name, ref.version)
+    if found is None:
         raise _Unresolved
-    return msgspec.json.decode(row[_VAL])
+    return msgspec.json.decode(found.val)
 
 
 async def _follow(request: web.Request, val: Any) -> Any:
@@ -112,11 +104,11 @@ async def _step(request: web.Request, val: Any, edge: str, arg: str) -> Any:
 
 
 async def _table_row(request: web.Request, table: _Table, row_digest: str) -> Any:
-    more = more_of(request)
-    digests = await more.run(q_table_row_digests, table.project_id, table.digest)
-    if digests is None or row_digest not in msgspec.json.decode(digests):
+    store = state_of(request).store
+    digests = await store.table_row_digests(table.project_id, table.digest)
+    if digests is None or row_digest not in digests:
         raise _Unresolved
-    rows = await more.run(q_rows, table.project_id, [row_digest])
+    rows = await store.table_rows(table.project_id, [row_digest])
     return msgspec.json.decode(rows[row_digest])
 
 

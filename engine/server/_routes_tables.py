@@ -25,7 +25,6 @@ from engine.server._reply import (
     raw_json,
     stream_jsonl,
 )
-from engine.server._sqlite_objects import more_of, q_put_table, q_rows, q_table_row_digests
 from engine.server._state import state_of
 from engine.wire.query import SortBy
 from engine.wire.tables import (
@@ -52,17 +51,15 @@ async def _save(
     request: web.Request, project_id: str, digests: list[str], new_rows: list[tuple[str, str]]
 ) -> str:
     digest = table_digest(digests)
-    await more_of(request).run(
-        q_put_table, project_id, digest, new_rows, _json.encode(digests).decode()
-    )
+    await state_of(request).store.put_table(project_id, digest, digests, new_rows)
     return digest
 
 
 async def row_digests_of(request: web.Request, project_id: str, digest: str) -> list[str]:
-    stored = await more_of(request).run(q_table_row_digests, project_id, digest)
+    stored = await state_of(request).store.table_row_digests(project_id, digest)
     if stored is None:
         raise not_found(f"table {digest!r} in project {project_id!r}")
-    return msgspec.json.decode(stored)
+    return stored
 
 
 def _encoded(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
@@ -115,7 +112,7 @@ async def table_update(request: web.Request) -> web.Response:
 @routes.post("/table/create_from_digests")
 async def table_create_from_digests(request: web.Request) -> web.Response:
     req = await state_of(request).decode(request, TableCreateFromDigestsReq)
-    found = await more_of(request).run(q_rows, project_of(req.project_id), req.row_digests)
+    found = await state_of(request).store.table_rows(project_of(req.project_id), req.row_digests)
     missing = [d for d in req.row_digests if d not in found]
     if missing:
         raise not_found(f"rows {missing[:5]} ({len(missing)} missing) in {req.project_id!r}")
@@ -151,9 +148,9 @@ async def _rows(request: web.Request, req: TableQueryReq) -> AsyncIterator[list[
     selected = await _selected(request, req)
     limit, offset = req.limit, req.offset or 0
     page_of(limit, offset)
-    more = more_of(request)
+    store = state_of(request).store
     if req.sort_by:
-        vals = await more.run(q_rows, req.project_id, [d for _, d in selected])
+        vals = await store.table_rows(req.project_id, [d for _, d in selected])
         items = [(i, d, msgspec.json.decode(vals[d])) for i, d in selected]
         chosen = _sorted(items, req.sort_by)[offset : None if limit is None else offset + limit]
         for start in range(0, len(chosen), _STREAM_PAGE_ROWS):
@@ -163,7 +160,7 @@ async def _rows(request: web.Request, req: TableQueryReq) -> AsyncIterator[list[
     chosen_ids = selected[offset : None if limit is None else offset + limit]
     for start in range(0, len(chosen_ids), _STREAM_PAGE_ROWS):
         page_ids = chosen_ids[start : start + _STREAM_PAGE_ROWS]
-        vals = await more.run(q_rows, req.project_id, [d for _, d in page_ids])
+        vals = await store.table_rows(req.project_id, [d for _, d in page_ids])
         yield [{"digest": d, "val": raw_json(vals[d]), "original_index": i} for i, d in page_ids]
 
 
@@ -192,16 +189,15 @@ async def table_query_stats_batch(request: web.Request) -> web.Response:
     """Stats of the tables among ``digests`` that exist; unknown digests are left out."""
     req = await state_of(request).decode(request, TableQueryStatsBatchReq)
     project_of(req.project_id)
-    more = more_of(request)
+    store = state_of(request).store
     tables = []
     for digest in dict.fromkeys(req.digests or []):
-        stored = await more.run(q_table_row_digests, req.project_id, digest)
-        if stored is None:
+        digests = await store.table_row_digests(req.project_id, digest)
+        if digests is None:
             continue
-        digests = msgspec.json.decode(stored)
         stats: dict[str, Any] = {"digest": digest, "count": len(digests)}
         if req.include_storage_size:
-            vals = await more.run(q_rows, req.project_id, digests)
+            vals = await store.table_rows(req.project_id, digests)
             stats["storage_size_bytes"] = sum(len(vals[d].encode()) for d in digests)
         tables.append(stats)
     return ok({"tables": tables})

@@ -17,8 +17,8 @@ from engine.server._body import ApiError
 from engine.server._query_expr import order_key
 from engine.server._reply import ok, page_of, project_of, stream_jsonl
 from engine.server._rows import from_us, to_us
-from engine.server._sqlite_objects import more_of, q_storage_bytes, q_thread_turns
 from engine.server._state import state_of
+from engine.server._store import ThreadTurn
 from engine.wire.misc import ProjectStatsReq, ThreadsQueryReq
 
 routes = web.RouteTableDef()
@@ -33,14 +33,12 @@ MAX_IDS = 500
 async def project_stats(request: web.Request) -> web.Response:
     req = await state_of(request).decode(request, ProjectStatsReq)
     project_of(req.project_id)
-    more = more_of(request)
-    kinds = (("trace", req.include_trace_storage_size and more.has_calls),
+    store = state_of(request).store
+    kinds = (("trace", req.include_trace_storage_size),
              ("objects", req.include_object_storage_size), ("tables", req.include_table_storage_size),
              ("files", req.include_file_storage_size))  # fmt: skip
     sizes = {
-        f"{kind}_storage_size_bytes": await more.run(q_storage_bytes, kind, req.project_id)
-        if on
-        else 0
+        f"{kind}_storage_size_bytes": await store.storage_bytes(req.project_id, kind) if on else 0
         for kind, on in kinds
     }
     return ok(sizes)
@@ -62,23 +60,24 @@ def _percentile(durations_ms: list[float], q: float) -> float | None:
     return statistics.quantiles(durations_ms, n=100, method="inclusive")[int(q) - 1]
 
 
-def _thread(thread_id: str, turns: list[tuple]) -> dict[str, Any]:
-    """Turns ``(thread_id, id, started_us, ended_us)`` in start order → a ThreadSchema."""
-    durations = [(e - s) / 1000 for _, _, s, e in turns if e is not None and s is not None]
+def _thread(thread_id: str, turns: list[ThreadTurn]) -> dict[str, Any]:
+    """A thread's turns in start order → a ThreadSchema."""
+    spans = [(t.started_at_us, t.ended_at_us) for t in turns]
+    durations = [(e - s) / 1000 for s, e in spans if e is not None and s is not None]
     return {
         "thread_id": thread_id, "turn_count": len(turns),
-        "start_time": from_us(turns[0][2]),
-        "last_updated": from_us(max(e if e is not None else s for _, _, s, e in turns)),
-        "first_turn_id": turns[0][1], "last_turn_id": turns[-1][1],
+        "start_time": from_us(turns[0].started_at_us),
+        "last_updated": from_us(max(e if e is not None else s for s, e in spans)),
+        "first_turn_id": turns[0].call_id, "last_turn_id": turns[-1].call_id,
         "p50_turn_duration_ms": _percentile(sorted(durations), 50),
         "p99_turn_duration_ms": _percentile(sorted(durations), 99),
     }  # fmt: skip
 
 
-def _threads(rows: list[tuple]) -> list[dict[str, Any]]:
-    grouped: dict[str, list[tuple]] = {}
-    for row in rows:
-        grouped.setdefault(row[0], []).append(row)
+def _threads(turns: list[ThreadTurn]) -> list[dict[str, Any]]:
+    grouped: dict[str, list[ThreadTurn]] = {}
+    for turn in turns:
+        grouped.setdefault(turn.thread_id, []).append(turn)
     return [_thread(thread_id, turns) for thread_id, turns in grouped.items()]
 
 
@@ -118,11 +117,7 @@ async def threads_stream_query(request: web.Request) -> web.StreamResponse:
     if thread_ids is not None and len(thread_ids) > MAX_IDS:
         raise ApiError(422, f"filter.thread_ids: at most {MAX_IDS} ids")
     limit, offset = page_of(req.limit, req.offset)
-    more = more_of(request)
-    rows = (
-        await more.run(q_thread_turns, req.project_id, thread_ids, MAX_THREAD_TURNS)
-        if more.has_calls else []
-    )  # fmt: skip
+    rows = await state_of(request).store.thread_turns(req.project_id, thread_ids, MAX_THREAD_TURNS)
     threads = _sort_threads(_thread_filter(_threads(rows), req), req)[offset : offset + limit]
 
     async def chunks():

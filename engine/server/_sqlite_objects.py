@@ -1,169 +1,61 @@
-"""SQLite storage for everything but call ingest: objects, tables, files, feedback, costs, actions.
+"""The object, table and file statements of the SQLite store; each ``q_*`` runs on a store
+thread with its connection first (:class:`~engine.server._sqlite_db.Database`).
 
-It opens its own connection to the calls store's database file (WAL lets both write; these
-writes are rare and short, and ``busy_timeout`` orders them behind call batches), on one
-thread of its own, so call ingest never waits for an object query. With the ``count``
-store (no file) it keeps its tables in memory: a benchmark's ``weave.init`` still
-publishes its ops. Its schema is versioned in ``schema_versions`` under the component
-name ``more``; the calls tables are not touched.
-
-Every function named ``q_*`` runs on the store thread with the connection as its first
-argument (``await store.run(q_fn, …)``).
+Object versions are keyed by (project, object id, digest) and numbered per object from 0.
+Aliases name a version (``latest`` among them: it follows the version last created, or
+created again); when the version an alias names is deleted, ``latest`` falls back to the
+last live version. Deletes are soft (``deleted_at_us``), so a version deleted and created
+again keeps its number.
 """
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
+from collections.abc import Iterator, Sequence
 from typing import Any, TypeVar
 
-from aiohttp import web
-
-from engine.server._sqlite_calls import Transaction as transaction
+from engine.server._sqlite_db import Transaction
+from engine.server._store import ObjectsQuery, ObjectVersion
 
 T = TypeVar("T")
-
-_COMPONENT = "more"
-# index i holds the script that takes the schema from version i to i + 1
-_MIGRATIONS = (
-    """
-    CREATE TABLE obj_versions (
-        project_id TEXT NOT NULL,
-        object_id TEXT NOT NULL,
-        digest TEXT NOT NULL,
-        version_index INTEGER NOT NULL,
-        kind TEXT NOT NULL,
-        base_object_class TEXT,
-        leaf_object_class TEXT,
-        val TEXT NOT NULL,
-        wb_user_id TEXT,
-        created_at_us INTEGER NOT NULL,
-        deleted_at_us INTEGER,
-        PRIMARY KEY (project_id, object_id, digest),
-        UNIQUE (project_id, object_id, version_index)
-    );
-    CREATE TABLE table_rows (
-        project_id TEXT NOT NULL, digest TEXT NOT NULL, val TEXT NOT NULL,
-        PRIMARY KEY (project_id, digest)
-    );
-    CREATE TABLE table_versions (
-        project_id TEXT NOT NULL, digest TEXT NOT NULL, row_digests TEXT NOT NULL,
-        PRIMARY KEY (project_id, digest)
-    );
-    CREATE TABLE file_blobs (
-        project_id TEXT NOT NULL, digest TEXT NOT NULL, content BLOB NOT NULL,
-        PRIMARY KEY (project_id, digest)
-    );
-    CREATE TABLE feedback (
-        project_id TEXT NOT NULL, id TEXT NOT NULL, created_at_us INTEGER NOT NULL,
-        doc TEXT NOT NULL, PRIMARY KEY (project_id, id)
-    );
-    CREATE TABLE costs (
-        project_id TEXT NOT NULL, id TEXT NOT NULL, created_at_us INTEGER NOT NULL,
-        doc TEXT NOT NULL, PRIMARY KEY (project_id, id)
-    );
-    CREATE TABLE action_runs (
-        project_id TEXT NOT NULL, action_ref TEXT NOT NULL, call_id TEXT NOT NULL,
-        created_at_us INTEGER NOT NULL, PRIMARY KEY (project_id, action_ref, call_id)
-    );
-    """,
-)
-# SQLite's default cap on bound parameters is 999 on old builds: stay under it
-_IN_CHUNK = 500
-DOC_TABLES = frozenset({"feedback", "costs"})
+_IN_CHUNK = 500  # SQLite's default cap on bound parameters is 999 on old builds
 
 
-def _migrate(conn: sqlite3.Connection) -> None:
-    conn.execute(
-        "CREATE TABLE IF NOT EXISTS schema_versions (component TEXT PRIMARY KEY, version INTEGER)"
-    )
-    with transaction(conn):
-        row = conn.execute(
-            "SELECT version FROM schema_versions WHERE component = ?", (_COMPONENT,)
-        ).fetchone()
-        current = row[0] if row else 0
-        for script in _MIGRATIONS[current:]:
-            for statement in filter(str.strip, script.split(";")):
-                conn.execute(statement)
-        conn.execute(
-            "INSERT OR REPLACE INTO schema_versions VALUES (?, ?)", (_COMPONENT, len(_MIGRATIONS))
-        )
-
-
-class MoreStore:
-    """One connection on one thread; ``path=None`` keeps the tables in memory."""
-
-    def __init__(self, path: Path | None) -> None:
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="engine-store-more")
-        self.conn = sqlite3.connect(
-            path if path else ":memory:", check_same_thread=False, isolation_level=None
-        )
-        self.conn.execute("PRAGMA busy_timeout=10000")
-        if path:
-            self.conn.execute("PRAGMA journal_mode=WAL")
-            self.conn.execute("PRAGMA synchronous=NORMAL")
-        _migrate(self.conn)
-        # threads and project stats read the calls table, which only a file store has
-        self.has_calls = bool(
-            self.conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'calls'").fetchone()
-        )
-
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, self.conn, *args)
-
-    async def close(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._pool, self.conn.close)
-        self._pool.shutdown(wait=True)
-
-
-MORE = web.AppKey("engine_more_store", MoreStore)
-
-
-def attach_more_store(app: web.Application, db_path: Path | None) -> None:
-    """Give ``app`` a :class:`MoreStore` on ``db_path`` (memory when None), closed on cleanup."""
-    app[MORE] = MoreStore(db_path)
-
-    async def close(app: web.Application) -> None:
-        await app[MORE].close()
-
-    app.on_cleanup.append(close)
-
-
-def more_of(request: web.Request) -> MoreStore:
-    return request.app[MORE]
-
-
-def _chunks(items: Sequence[T]) -> Iterator[Sequence[T]]:
+def chunks(items: Sequence[T]) -> Iterator[Sequence[T]]:
     for i in range(0, len(items), _IN_CHUNK):
         yield items[i : i + _IN_CHUNK]
 
 
-def _marks(n: int) -> str:
+def marks(n: int) -> str:
     return ", ".join("?" * n)
 
 
 # -- objects ------------------------------------------------------------------------------
 
-OBJ_COLUMNS = (
-    "project_id", "object_id", "digest", "version_index", "kind", "base_object_class",
-    "leaf_object_class", "val", "wb_user_id", "created_at_us", "deleted_at_us", "is_latest",
+_STORED = (
+    "project_id", "object_id", "digest", "kind", "base_object_class", "leaf_object_class",
+    "val", "wb_user_id", "created_at_us", "version_index", "deleted_at_us",
 )  # fmt: skip
-# the latest live version index of the object of the row aliased ``o``
-LATEST_VERSION_SQL = (
-    "(SELECT max(l.version_index) FROM obj_versions l WHERE l.project_id = o.project_id "
-    "AND l.object_id = o.object_id AND l.deleted_at_us IS NULL)"
+# the digest "latest" names for the object of the row aliased ``o``: its alias, else the
+# last live version
+_LATEST_DIGEST_SQL = (
+    "coalesce((SELECT a.digest FROM obj_aliases a WHERE a.project_id = o.project_id "
+    "AND a.object_id = o.object_id AND a.alias = 'latest'), "
+    "(SELECT l.digest FROM obj_versions l WHERE l.project_id = o.project_id "
+    "AND l.object_id = o.object_id AND l.deleted_at_us IS NULL "
+    "ORDER BY l.version_index DESC LIMIT 1))"
 )
-_IS_LATEST = f"o.version_index = {LATEST_VERSION_SQL}"
-_OBJ_SELECT = f"SELECT {', '.join(OBJ_COLUMNS[:-1])}, {_IS_LATEST} FROM obj_versions o"
+_IS_LATEST = f"o.digest = {_LATEST_DIGEST_SQL}"
+_SELECT = f"SELECT {', '.join('o.' + c for c in _STORED)}, {_IS_LATEST} FROM obj_versions o"
 
 
-def q_put_object(conn: sqlite3.Connection, row: dict[str, Any]) -> int:
-    """Store a version unless its digest exists (then revive it); returns its version index."""
-    key = (row["project_id"], row["object_id"], row["digest"])
-    with transaction(conn):
+def _version(row: tuple) -> ObjectVersion:
+    return ObjectVersion(**dict(zip(_STORED, row[:-1], strict=True)), is_latest=bool(row[-1]))
+
+
+def q_put_object(conn: sqlite3.Connection, new: ObjectVersion) -> ObjectVersion:
+    key = (new.project_id, new.object_id, new.digest)
+    with Transaction(conn):
         found = conn.execute(
             "SELECT version_index FROM obj_versions "
             "WHERE project_id = ? AND object_id = ? AND digest = ?",
@@ -175,77 +67,211 @@ def q_put_object(conn: sqlite3.Connection, row: dict[str, Any]) -> int:
                 "WHERE project_id = ? AND object_id = ? AND digest = ?",
                 key,
             )
-            return found[0]
-        (index,) = conn.execute(
-            "SELECT coalesce(max(version_index) + 1, 0) FROM obj_versions "
-            "WHERE project_id = ? AND object_id = ?",
-            key[:2],
-        ).fetchone()
-        columns = [c for c in OBJ_COLUMNS if c not in ("version_index", "is_latest")]
-        conn.execute(
-            f"INSERT INTO obj_versions (version_index, {', '.join(columns)}) "
-            f"VALUES (?, {_marks(len(columns))})",
-            (index, *(row.get(c) for c in columns)),
-        )
-        return index
+        else:
+            (index,) = conn.execute(
+                "SELECT coalesce(max(version_index) + 1, 0) FROM obj_versions "
+                "WHERE project_id = ? AND object_id = ?",
+                key[:2],
+            ).fetchone()
+            row = {c: getattr(new, c) for c in _STORED} | {"version_index": index}
+            conn.execute(
+                f"INSERT INTO obj_versions ({', '.join(row)}) VALUES ({marks(len(row))})",
+                tuple(row.values()),
+            )
+        _set_alias(conn, new.project_id, new.object_id, "latest", new.digest)
+        return _read(conn, new.project_id, new.object_id, new.digest)  # type: ignore[return-value]
 
 
-def q_read_object(
-    conn: sqlite3.Connection, project_id: str, object_id: str, version: str
-) -> tuple | None:
-    """A live version by digest, by ``latest``, or by ``v<N>`` (its version index)."""
+def _set_alias(conn: sqlite3.Connection, project_id: str, object_id: str, alias: str,
+               digest: str) -> None:  # fmt: skip
+    conn.execute(
+        "INSERT OR REPLACE INTO obj_aliases VALUES (?, ?, ?, ?)",
+        (project_id, object_id, alias, digest),
+    )
+
+
+def _is_version_number(version: str) -> bool:
+    return version[:1] == "v" and version[1:].isdigit()
+
+
+def _read(conn: sqlite3.Connection, project_id: str, object_id: str,
+          version: str) -> ObjectVersion | None:  # fmt: skip
     where = "o.project_id = ? AND o.object_id = ? AND o.deleted_at_us IS NULL"
     params: list[Any] = [project_id, object_id]
     if version == "latest":
-        order = " ORDER BY o.version_index DESC"
-    elif version[:1] == "v" and version[1:].isdigit():
-        where, order = where + " AND o.version_index = ?", ""
+        where += f" AND {_IS_LATEST}"
+    elif _is_version_number(version):
+        where += " AND o.version_index = ?"
         params.append(int(version[1:]))
-    else:
-        where, order = where + " AND o.digest = ?", ""
-        params.append(version)
-    return conn.execute(f"{_OBJ_SELECT} WHERE {where}{order} LIMIT 1", params).fetchone()
+    else:  # a digest, or an alias naming one
+        where += (
+            " AND o.digest = coalesce((SELECT a.digest FROM obj_aliases a WHERE "
+            "a.project_id = o.project_id AND a.object_id = o.object_id AND a.alias = ?), ?)"
+        )
+        params += [version, version]
+    row = conn.execute(f"{_SELECT} WHERE {where} LIMIT 1", params).fetchone()
+    return _version(row) if row else None
 
 
-def q_query_objects(
-    conn: sqlite3.Connection, where: list[str], params: list[Any], order: str, page: tuple
-) -> list[tuple]:
-    sql = f"{_OBJ_SELECT} WHERE {' AND '.join(where)} ORDER BY {order} LIMIT ? OFFSET ?"
-    return conn.execute(sql, [*params, *page]).fetchall()
+def q_read_object(conn: sqlite3.Connection, project_id: str, object_id: str,
+                  version: str) -> ObjectVersion | None:  # fmt: skip
+    return _read(conn, project_id, object_id, version)
+
+
+_IN_FILTERS = (
+    ("object_ids", "o.object_id"), ("base_object_classes", "o.base_object_class"),
+    ("leaf_object_classes", "o.leaf_object_class"),
+)  # fmt: skip
+_SORT_COLUMNS = {"object_id": "o.object_id", "created_at": "o.created_at_us"}
+
+
+def _objects_where(q: ObjectsQuery) -> tuple[list[str], list[Any]]:
+    where, params = ["o.project_id = ?", "o.deleted_at_us IS NULL"], [q.project_id]
+    for name, column in _IN_FILTERS:
+        values = getattr(q, name)
+        if values is not None:
+            where.append(f"{column} IN ({marks(len(values))})")
+            params.extend(values)
+    if q.exclude_base_object_classes:
+        where.append(f"coalesce(o.base_object_class, '') NOT IN "
+                     f"({marks(len(q.exclude_base_object_classes))})")  # fmt: skip
+        params.extend(q.exclude_base_object_classes)
+    if q.is_op is not None:
+        where.append("o.kind = 'op'" if q.is_op else "o.kind != 'op'")
+    if q.latest_only:
+        where.append(_IS_LATEST)
+    if q.tags:
+        where.append(f"o.digest IN (SELECT t.digest FROM obj_tags t WHERE t.project_id = "
+                     f"o.project_id AND t.object_id = o.object_id AND t.tag IN ({marks(len(q.tags))}))")  # fmt: skip
+        params.extend(q.tags)
+    if q.aliases:
+        where.append(_aliases_condition(q.aliases))
+        params.extend(a for a in q.aliases if a != "latest")
+    return where, params
+
+
+def _aliases_condition(aliases: Sequence[str]) -> str:
+    named = [a for a in aliases if a != "latest"]
+    terms = [_IS_LATEST] if len(named) < len(aliases) else []
+    if named:
+        terms.append(f"o.digest IN (SELECT a.digest FROM obj_aliases a WHERE a.project_id = "
+                     f"o.project_id AND a.object_id = o.object_id AND a.alias IN ({marks(len(named))}))")  # fmt: skip
+    return f"({' OR '.join(terms)})"
+
+
+def q_query_objects(conn: sqlite3.Connection, q: ObjectsQuery) -> list[ObjectVersion]:
+    where, params = _objects_where(q)
+    order = [f"{_SORT_COLUMNS[field]} {'DESC' if desc else 'ASC'}" for field, desc in q.sort_by]
+    order += ["o.created_at_us ASC", "o.object_id ASC", "o.version_index ASC"]
+    sql = f"{_SELECT} WHERE {' AND '.join(where)} ORDER BY {', '.join(order)} LIMIT ? OFFSET ?"
+    limit = -1 if q.limit is None else q.limit
+    return [_version(r) for r in conn.execute(sql, [*params, limit, q.offset])]
 
 
 def q_delete_objects(
     conn: sqlite3.Connection, project_id: str, object_id: str, versions: list[str] | None,
     now_us: int,
-) -> list[tuple]:  # fmt: skip
-    """Mark versions deleted (every live one when ``versions`` is None); returns what went."""
-    with transaction(conn):
+) -> list[ObjectVersion]:  # fmt: skip
+    with Transaction(conn):
         if versions is None:
             rows = conn.execute(
-                f"{_OBJ_SELECT} WHERE o.project_id = ? AND o.object_id = ? "
-                "AND o.deleted_at_us IS NULL",
+                f"{_SELECT} WHERE o.project_id = ? AND o.object_id = ? AND o.deleted_at_us IS NULL",
                 (project_id, object_id),
             ).fetchall()
+            gone = [_version(r) for r in rows]
         else:
-            found = (q_read_object(conn, project_id, object_id, v) for v in versions)
-            rows = list({row[2]: row for row in found if row}.values())
+            found = (_read(conn, project_id, object_id, v) for v in versions)
+            gone = list({v.digest: v for v in found if v}.values())
+        keys = [(project_id, object_id, v.digest) for v in gone]
         conn.executemany(
             "UPDATE obj_versions SET deleted_at_us = ? "
             "WHERE project_id = ? AND object_id = ? AND digest = ?",
-            [(now_us, project_id, object_id, row[2]) for row in rows],
+            [(now_us, *key) for key in keys],
         )
-    return rows
+        for table in ("obj_aliases", "obj_tags"):
+            conn.executemany(
+                f"DELETE FROM {table} WHERE project_id = ? AND object_id = ? AND digest = ?", keys
+            )
+    return gone
+
+
+def _live(conn: sqlite3.Connection, project_id: str, object_id: str, digest: str) -> bool:
+    return conn.execute(
+        "SELECT 1 FROM obj_versions WHERE project_id = ? AND object_id = ? AND digest = ? "
+        "AND deleted_at_us IS NULL",
+        (project_id, object_id, digest),
+    ).fetchone() is not None
+
+
+def q_set_aliases(conn: sqlite3.Connection, project_id: str, object_id: str, digest: str,
+                  aliases: list[str]) -> bool:  # fmt: skip
+    with Transaction(conn):
+        if not _live(conn, project_id, object_id, digest):
+            return False
+        for alias in aliases:
+            _set_alias(conn, project_id, object_id, alias, digest)
+        return True
+
+
+def q_remove_aliases(conn: sqlite3.Connection, project_id: str, object_id: str,
+                     aliases: list[str]) -> None:  # fmt: skip
+    conn.executemany(
+        "DELETE FROM obj_aliases WHERE project_id = ? AND object_id = ? AND alias = ?",
+        [(project_id, object_id, alias) for alias in aliases],
+    )
+
+
+def q_add_tags(conn: sqlite3.Connection, project_id: str, object_id: str, digest: str,
+               tags: list[str]) -> bool:  # fmt: skip
+    with Transaction(conn):
+        if not _live(conn, project_id, object_id, digest):
+            return False
+        conn.executemany(
+            "INSERT OR IGNORE INTO obj_tags VALUES (?, ?, ?, ?)",
+            [(project_id, object_id, digest, tag) for tag in tags],
+        )
+        return True
+
+
+def q_remove_tags(conn: sqlite3.Connection, project_id: str, object_id: str, digest: str,
+                  tags: list[str]) -> None:  # fmt: skip
+    conn.executemany(
+        "DELETE FROM obj_tags WHERE project_id = ? AND object_id = ? AND digest = ? AND tag = ?",
+        [(project_id, object_id, digest, tag) for tag in tags],
+    )
+
+
+def q_names(conn: sqlite3.Connection, what: str, project_id: str) -> list[str]:
+    """Distinct tags (``what="tag"``) or aliases (``"alias"``) used in a project, sorted."""
+    table = {"tag": "obj_tags", "alias": "obj_aliases"}[what]
+    sql = f"SELECT DISTINCT {what} FROM {table} WHERE project_id = ? ORDER BY {what}"
+    return [row[0] for row in conn.execute(sql, (project_id,))]
+
+
+def q_labels(conn: sqlite3.Connection, project_id: str,
+             keys: list[tuple[str, str]]) -> dict[tuple[str, str], tuple[list[str], list[str]]]:  # fmt: skip
+    """``(object_id, digest) -> (tags, aliases)`` of the given versions, each sorted."""
+    labels: dict[tuple[str, str], tuple[list[str], list[str]]] = {k: ([], []) for k in keys}
+    object_ids = list({object_id for object_id, _ in keys})
+    for chunk in chunks(object_ids):
+        for i, (table, column) in enumerate((("obj_tags", "tag"), ("obj_aliases", "alias"))):
+            sql = (f"SELECT object_id, digest, {column} FROM {table} WHERE project_id = ? "
+                   f"AND object_id IN ({marks(len(chunk))}) ORDER BY {column}")  # fmt: skip
+            for object_id, digest, name in conn.execute(sql, (project_id, *chunk)):
+                if (object_id, digest) in labels:
+                    labels[(object_id, digest)][i].append(name)
+    return labels
 
 
 # -- tables -------------------------------------------------------------------------------
 
 
 def q_put_table(
-    conn: sqlite3.Connection, project_id: str, digest: str, rows: list[tuple[str, str]],
-    row_digests_json: str,
+    conn: sqlite3.Connection, project_id: str, digest: str, row_digests_json: str,
+    rows: list[tuple[str, str]],
 ) -> None:  # fmt: skip
     """Store new rows ``(digest, val_json)`` and the table (both idempotent) in one go."""
-    with transaction(conn):
+    with Transaction(conn):
         conn.executemany(
             "INSERT OR IGNORE INTO table_rows VALUES (?, ?, ?)",
             [(project_id, d, v) for d, v in rows],
@@ -267,18 +293,18 @@ def q_table_row_digests(conn: sqlite3.Connection, project_id: str, digest: str) 
 def q_rows(conn: sqlite3.Connection, project_id: str, digests: Sequence[str]) -> dict[str, str]:
     """``digest -> val_json`` of the stored rows among ``digests``."""
     found: dict[str, str] = {}
-    for chunk in _chunks(list(dict.fromkeys(digests))):
+    for chunk in chunks(list(dict.fromkeys(digests))):
         found.update(
             conn.execute(
                 f"SELECT digest, val FROM table_rows WHERE project_id = ? "
-                f"AND digest IN ({_marks(len(chunk))})",
+                f"AND digest IN ({marks(len(chunk))})",
                 (project_id, *chunk),
             ).fetchall()
         )
     return found
 
 
-# -- files --------------------------------------------------------------------------------
+# -- files and sizes ----------------------------------------------------------------------
 
 
 def q_put_file(conn: sqlite3.Connection, project_id: str, digest: str, content: bytes) -> None:
@@ -290,75 +316,6 @@ def q_file(conn: sqlite3.Connection, project_id: str, digest: str) -> bytes | No
         "SELECT content FROM file_blobs WHERE project_id = ? AND digest = ?", (project_id, digest)
     ).fetchone()
     return row[0] if row else None
-
-
-# -- feedback and costs: JSON documents keyed by (project, id) ----------------------------
-
-
-def _doc_table(table: str) -> str:
-    if table not in DOC_TABLES:  # the name goes into SQL text
-        raise ValueError(f"unknown document table {table!r}")
-    return table
-
-
-def q_put_docs(conn: sqlite3.Connection, table: str, docs: list[tuple[str, str, int, str]]):
-    """Insert ``(project_id, id, created_at_us, doc_json)``; an id already stored keeps its
-    first document. Returns the stored ``(created_at_us, doc_json)`` for each, in order."""
-    name = _doc_table(table)
-    with transaction(conn):
-        conn.executemany(f"INSERT OR IGNORE INTO {name} VALUES (?, ?, ?, ?)", docs)
-        return [
-            conn.execute(
-                f"SELECT created_at_us, doc FROM {name} WHERE project_id = ? AND id = ?",
-                (project_id, doc_id),
-            ).fetchone()
-            for project_id, doc_id, _, _ in docs
-        ]
-
-
-def q_scan_docs(conn: sqlite3.Connection, table: str, project_id: str) -> list[str]:
-    """Every document of a project, oldest first (creation order)."""
-    return [
-        row[0]
-        for row in conn.execute(
-            f"SELECT doc FROM {_doc_table(table)} WHERE project_id = ? "
-            "ORDER BY created_at_us, rowid",
-            (project_id,),
-        )
-    ]
-
-
-def q_delete_docs(conn: sqlite3.Connection, table: str, project_id: str, ids: list[str]) -> int:
-    with transaction(conn):
-        cur = conn.executemany(
-            f"DELETE FROM {_doc_table(table)} WHERE project_id = ? AND id = ?",
-            [(project_id, i) for i in ids],
-        )
-        return cur.rowcount
-
-
-def q_replace_doc(
-    conn: sqlite3.Connection, table: str, project_id: str, old_id: str,
-    new: tuple[str, str, int, str],
-) -> bool:  # fmt: skip
-    """Delete ``old_id`` and insert ``new`` atomically; False (nothing done) if ``old_id`` is gone."""
-    name = _doc_table(table)
-    with transaction(conn):
-        cur = conn.execute(
-            f"DELETE FROM {name} WHERE project_id = ? AND id = ?", (project_id, old_id)
-        )
-        if cur.rowcount == 0:
-            return False
-        conn.execute(f"INSERT OR REPLACE INTO {name} VALUES (?, ?, ?, ?)", new)
-        return True
-
-
-# -- actions, stats, threads --------------------------------------------------------------
-
-
-def q_record_action_runs(conn: sqlite3.Connection, runs: list[tuple[str, str, str, int]]) -> None:
-    with transaction(conn):
-        conn.executemany("INSERT OR IGNORE INTO action_runs VALUES (?, ?, ?, ?)", runs)
 
 
 _SIZE_SQL = {
@@ -374,21 +331,4 @@ _SIZE_SQL = {
 
 
 def q_storage_bytes(conn: sqlite3.Connection, what: str, project_id: str) -> int:
-    """Bytes of stored JSON text (or file content) of one kind in a project."""
     return int(conn.execute(_SIZE_SQL[what], (project_id,)).fetchone()[0])
-
-
-def q_thread_turns(
-    conn: sqlite3.Connection, project_id: str, thread_ids: list[str] | None, max_turns: int
-) -> list[tuple]:
-    """Turn calls (``id == turn_id``) of threads: ``(thread_id, id, started_us, ended_us)``,
-    grouped by thread, at most ``max_turns`` rows."""
-    where, params = "project_id = ? AND thread_id IS NOT NULL AND id = turn_id", [project_id]
-    if thread_ids is not None:
-        where += f" AND thread_id IN ({_marks(len(thread_ids))})"
-        params.extend(thread_ids)
-    sql = (
-        "SELECT thread_id, id, started_at_us, ended_at_us FROM calls "
-        f"WHERE {where} AND op_name IS NOT NULL ORDER BY thread_id, started_at_us, seq LIMIT ?"
-    )
-    return conn.execute(sql, [*params, max_turns]).fetchall()

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from engine.server._body import ApiError, decode_json, read_body
 from engine.server._ingest_models import Req, decode_ingest
+from engine.server._store import Store
 
 DEFAULT_ENTITY = "engine"
 
@@ -25,7 +26,7 @@ class Counters(msgspec.Struct, kw_only=True):
 
 
 class ServerState:
-    def __init__(self, store: Any, max_body_bytes: int, default_entity: str = DEFAULT_ENTITY):
+    def __init__(self, store: Store, max_body_bytes: int, default_entity: str = DEFAULT_ENTITY):
         self.store = store
         self.max_body_bytes = max_body_bytes
         self.default_entity = default_entity

@@ -68,24 +68,41 @@ def test_otel_export_json_and_protobuf_store_spans_as_calls(run, db_path):
     run(scenario())
 
 
-def test_actions_execute_batch_checks_action_and_calls(run, db_path):
+def _action(name, config):
+    bases = ["Object", "BaseModel"]
+    return {"obj": {"project_id": PROJECT, "object_id": name, "val": {
+        "_type": "ActionSpec", "_class_name": "ActionSpec", "_bases": bases,
+        "name": name, "config": config}}}  # fmt: skip
+
+
+def test_actions_execute_batch_runs_contains_words_into_feedback(run, db_path):
+    words = {"action_type": "contains_words", "target_words": ["a-c1", "nowhere"]}
+    judge = {"action_type": "llm_judge", "model": "gpt-4o", "prompt": "?", "response_schema": {}}
+
     async def scenario():
         async with serving(db_path) as api:
-            await api.post(
-                "/call/upsert_batch", upsert_batch(("start", start("c1")), ("end", end("c1")))
-            )
-            obj = {"obj": {"project_id": PROJECT, "object_id": "judge", "val": {"kind": "llm"}}}
-            _, made = await api.post("/obj/create", obj)
-            action = f"weave:///{PROJECT}/object/judge:{made['digest']}"
-            body = {"project_id": PROJECT, "action_ref": action, "call_ids": ["c1"]}
+            items = [(m, f(c)) for c in ("c1", "c2") for m, f in (("start", start), ("end", end))]
+            await api.post("/call/upsert_batch", upsert_batch(*items))
+            _, made = await api.post("/obj/create", _action("has_a", words))
+            action = f"weave:///{PROJECT}/object/has_a:{made['digest']}"
+            body = {"project_id": PROJECT, "action_ref": action, "call_ids": ["c1", "c2"]}
             assert await api.post("/actions/execute_batch", body) == (200, {})
-            assert await api.post("/actions/execute_batch", body) == (200, {})
+            _, found = await api.post("/feedback/query", {"project_id": PROJECT})
             status, res = await api.post("/actions/execute_batch", {**body, "call_ids": ["zz"]})
             assert status == 404 and "zz" in res["reason"]
             gone = {**body, "action_ref": f"weave:///{PROJECT}/object/none:latest"}
             assert (await api.post("/actions/execute_batch", gone))[0] == 404
+            _, made = await api.post("/obj/create", _action("judge", judge))
+            llm = {**body, "action_ref": f"weave:///{PROJECT}/object/judge:{made['digest']}"}
+            refused = await api.post("/actions/execute_batch", llm)
+            _, after = await api.post("/feedback/query", {"project_id": PROJECT})
+            return found["result"], refused, after["total_count"]
 
-    run(scenario())
+    feedback, (status, refused), count_after = run(scenario())
+    outputs = {f["weave_ref"].rsplit("/", 1)[1]: f["payload"]["output"] for f in feedback}
+    assert outputs == {"c1": True, "c2": False}
+    assert {f["feedback_type"] for f in feedback} == {"wandb.runnable.has_a"}
+    assert status == 422 and "'llm_judge'" in refused["reason"] and count_after == 2
 
 
 def test_completions_echo_deterministically_and_stream_chunks(run, db_path):

@@ -1,0 +1,187 @@
+"""The SQLite database file of ``engine serve``: creation, connections, schema, transactions.
+
+Two connections on two threads of their own: the writer runs every write, the reader
+every read. WAL mode lets a long read run beside call ingest without blocking it, and
+each thread owns its connection, so no statement ever runs on the event loop.
+
+The schema is versioned per component in ``schema_versions``: ``calls`` (the call table)
+and ``more`` (objects, tables, files, feedback, costs). A migration script at index ``i``
+takes a component from version ``i`` to ``i + 1``; files written by older servers are
+brought up to date on open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+# every script is idempotent for files made before the component was versioned
+_CALLS_MIGRATIONS = (
+    """
+    CREATE TABLE IF NOT EXISTS calls (
+        seq INTEGER PRIMARY KEY,
+        project_id TEXT NOT NULL,
+        id TEXT NOT NULL,
+        op_name TEXT,
+        display_name TEXT,
+        trace_id TEXT,
+        parent_id TEXT,
+        thread_id TEXT,
+        turn_id TEXT,
+        started_at_us INTEGER,
+        attributes TEXT,
+        inputs TEXT,
+        otel_dump TEXT,
+        wb_user_id TEXT,
+        wb_run_id TEXT,
+        wb_run_step INTEGER,
+        ended_at_us INTEGER,
+        exception TEXT,
+        output TEXT,
+        summary TEXT,
+        wb_run_step_end INTEGER,
+        UNIQUE (project_id, id)
+    );
+    CREATE INDEX IF NOT EXISTS calls_trace ON calls (project_id, trace_id);
+    """,
+)
+_MORE_MIGRATIONS = (
+    """
+    CREATE TABLE IF NOT EXISTS obj_versions (
+        project_id TEXT NOT NULL,
+        object_id TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        version_index INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        base_object_class TEXT,
+        leaf_object_class TEXT,
+        val TEXT NOT NULL,
+        wb_user_id TEXT,
+        created_at_us INTEGER NOT NULL,
+        deleted_at_us INTEGER,
+        PRIMARY KEY (project_id, object_id, digest),
+        UNIQUE (project_id, object_id, version_index)
+    );
+    CREATE TABLE IF NOT EXISTS table_rows (
+        project_id TEXT NOT NULL, digest TEXT NOT NULL, val TEXT NOT NULL,
+        PRIMARY KEY (project_id, digest)
+    );
+    CREATE TABLE IF NOT EXISTS table_versions (
+        project_id TEXT NOT NULL, digest TEXT NOT NULL, row_digests TEXT NOT NULL,
+        PRIMARY KEY (project_id, digest)
+    );
+    CREATE TABLE IF NOT EXISTS file_blobs (
+        project_id TEXT NOT NULL, digest TEXT NOT NULL, content BLOB NOT NULL,
+        PRIMARY KEY (project_id, digest)
+    );
+    CREATE TABLE IF NOT EXISTS feedback (
+        project_id TEXT NOT NULL, id TEXT NOT NULL, created_at_us INTEGER NOT NULL,
+        doc TEXT NOT NULL, PRIMARY KEY (project_id, id)
+    );
+    CREATE TABLE IF NOT EXISTS costs (
+        project_id TEXT NOT NULL, id TEXT NOT NULL, created_at_us INTEGER NOT NULL,
+        doc TEXT NOT NULL, PRIMARY KEY (project_id, id)
+    );
+    CREATE TABLE IF NOT EXISTS action_runs (
+        project_id TEXT NOT NULL, action_ref TEXT NOT NULL, call_id TEXT NOT NULL,
+        created_at_us INTEGER NOT NULL, PRIMARY KEY (project_id, action_ref, call_id)
+    );
+    """,
+    # "latest" is an alias too: it follows the last version created or re-created
+    """
+    CREATE TABLE IF NOT EXISTS obj_aliases (
+        project_id TEXT NOT NULL, object_id TEXT NOT NULL, alias TEXT NOT NULL,
+        digest TEXT NOT NULL, PRIMARY KEY (project_id, object_id, alias)
+    );
+    CREATE TABLE IF NOT EXISTS obj_tags (
+        project_id TEXT NOT NULL, object_id TEXT NOT NULL, digest TEXT NOT NULL,
+        tag TEXT NOT NULL, PRIMARY KEY (project_id, object_id, digest, tag)
+    );
+    """,
+)
+MIGRATIONS = {"calls": _CALLS_MIGRATIONS, "more": _MORE_MIGRATIONS}
+
+
+def create_db_file(path: Path) -> None:
+    """Create the database file (and its folder) owner-only before SQLite opens it."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    os.close(fd)
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA busy_timeout=10000")
+    conn.execute("PRAGMA cache_size=-65536")  # 64 MiB: keeps the (project_id, id) index hot
+    return conn
+
+
+class Transaction:
+    """BEGIN IMMEDIATE … COMMIT, rolled back on any error so a batch lands whole or not at all."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def __enter__(self) -> None:
+        self._conn.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._conn.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_versions (component TEXT PRIMARY KEY, version INTEGER)"
+    )
+    with Transaction(conn):
+        for component, scripts in MIGRATIONS.items():
+            row = conn.execute(
+                "SELECT version FROM schema_versions WHERE component = ?", (component,)
+            ).fetchone()
+            for script in scripts[row[0] if row else 0 :]:
+                for statement in filter(str.strip, script.split(";")):
+                    conn.execute(statement)
+            conn.execute(
+                "INSERT OR REPLACE INTO schema_versions VALUES (?, ?)", (component, len(scripts))
+            )
+
+
+class Database:
+    """A SQLite file with a writer and a reader connection, each on its own thread.
+
+    ``await db.write(fn, *args)`` runs ``fn(conn, *args)`` on the writer thread,
+    ``await db.read(fn, *args)`` on the reader thread.
+    """
+
+    def __init__(self, path: Path) -> None:
+        create_db_file(path)
+        self.path = path
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="engine-store-writer")
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="engine-store-reader")
+        self._wconn = connect(path)
+        migrate(self._wconn)
+        self._rconn = connect(path)
+
+    async def write(self, fn: Callable[..., T], *args: Any) -> T:
+        return await self._on(self._writer, fn, self._wconn, *args)
+
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        return await self._on(self._reader, fn, self._rconn, *args)
+
+    @staticmethod
+    async def _on(pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+
+    async def close(self) -> None:
+        for pool, conn in ((self._writer, self._wconn), (self._reader, self._rconn)):
+            await self._on(pool, conn.close)
+            pool.shutdown(wait=True)

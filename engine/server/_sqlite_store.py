@@ -1,0 +1,173 @@
+"""The SQLite :class:`~engine.server._store.Store`: one file in WAL mode, a writer thread
+and a reader thread (:mod:`engine.server._sqlite_db`); statements in ``_sqlite_calls``,
+``_sqlite_objects`` and ``_sqlite_docs``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from engine.server import _sqlite_calls as calls
+from engine.server import _sqlite_docs as docs
+from engine.server import _sqlite_objects as objects
+from engine.server._calls_sql import Selection
+from engine.server._query_expr import compile_query
+from engine.server._rows import Complete, End, Start, row_to_call
+from engine.server._sqlite_db import Database
+from engine.server._store import (
+    CallRow,
+    CallsQuery,
+    Doc,
+    DocKind,
+    DocsPage,
+    DocsQuery,
+    ObjectsQuery,
+    ObjectVersion,
+    StorageKind,
+    Store,
+    ThreadTurn,
+)
+
+_json = msgspec.json.Encoder()
+PAGE_ROWS = 1000  # calls read from SQLite per statement while streaming
+
+
+def _decoded(call: CallRow) -> dict[str, Any]:
+    """The call with its raw JSON fields decoded, for evaluating ``$expr`` in Python."""
+    return {k: msgspec.json.decode(v) if isinstance(v, msgspec.Raw) else v for k, v in call.items()}
+
+
+class SQLiteStore(Store):
+    kind = "sqlite"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db = Database(path)
+
+    # -- calls ---------------------------------------------------------------------------
+
+    async def insert_calls(self, starts: list[Start], ends: list[End], completes: list[Complete]) -> None:
+        await self._db.write(calls.q_insert_calls, starts, ends, completes)
+
+    async def query_calls(self, query: CallsQuery) -> AsyncIterator[list[CallRow]]:
+        selection = Selection(query.project_id, query.filter, query.sort_by)
+        keep = compile_query(query.query) if query.query is not None else None
+        skip, remaining, position = query.offset, query.limit, 0
+        if keep is None:  # offset and limit go to SQL
+            position, skip = skip, 0
+        while remaining is None or remaining > 0:
+            want = PAGE_ROWS if remaining is None or keep else min(remaining, PAGE_ROWS)
+            sql, params = selection.select_sql(want, position)
+            rows = await self._db.read(calls.q_fetchall, sql, params)
+            position += len(rows)
+            page = [row_to_call(r) for r in rows]
+            if keep is not None:
+                page = [c for c in page if keep(_decoded(c))]
+            page, skip = page[skip:], max(0, skip - len(page))
+            if remaining is not None:
+                page, remaining = page[:remaining], remaining - min(remaining, len(page))
+            if page:
+                yield page
+            if len(rows) < want:
+                return
+
+    async def count_calls(self, query: CallsQuery) -> int:
+        if query.query is None:
+            sql, params = Selection(query.project_id, query.filter).count_sql()
+            (count,) = (await self._db.read(calls.q_fetchall, sql, params))[0]
+            count = max(0, count - query.offset)
+            return count if query.limit is None else min(count, query.limit)
+        return sum([len(page) async for page in self.query_calls(query)])
+
+    async def delete_calls(self, project_id: str, call_ids: list[str]) -> list[str]:
+        return await self._db.write(calls.q_delete_calls, project_id, call_ids)
+
+    async def set_call_display_name(self, project_id: str, call_id: str, name: str | None) -> bool:
+        return await self._db.write(calls.q_set_display_name, project_id, call_id, name)
+
+    async def thread_turns(self, project_id: str, thread_ids: list[str] | None,
+                           max_turns: int) -> list[ThreadTurn]:  # fmt: skip
+        return await self._db.read(calls.q_thread_turns, project_id, thread_ids, max_turns)
+
+    # -- objects -------------------------------------------------------------------------
+
+    async def put_object(self, version: ObjectVersion) -> ObjectVersion:
+        return await self._db.write(objects.q_put_object, version)
+
+    async def read_object(self, project_id: str, object_id: str, version: str) -> ObjectVersion | None:
+        return await self._db.read(objects.q_read_object, project_id, object_id, version)
+
+    async def query_objects(self, query: ObjectsQuery) -> list[ObjectVersion]:
+        return await self._db.read(objects.q_query_objects, query)
+
+    async def delete_objects(self, project_id: str, object_id: str, versions: list[str] | None,
+                             now_us: int) -> list[ObjectVersion]:  # fmt: skip
+        return await self._db.write(objects.q_delete_objects, project_id, object_id, versions, now_us)
+
+    async def set_aliases(self, project_id: str, object_id: str, digest: str,
+                          aliases: list[str]) -> bool:  # fmt: skip
+        return await self._db.write(objects.q_set_aliases, project_id, object_id, digest, aliases)
+
+    async def remove_aliases(self, project_id: str, object_id: str, aliases: list[str]) -> None:
+        await self._db.write(objects.q_remove_aliases, project_id, object_id, aliases)
+
+    async def add_tags(self, project_id: str, object_id: str, digest: str, tags: list[str]) -> bool:
+        return await self._db.write(objects.q_add_tags, project_id, object_id, digest, tags)
+
+    async def remove_tags(self, project_id: str, object_id: str, digest: str,
+                          tags: list[str]) -> None:  # fmt: skip
+        await self._db.write(objects.q_remove_tags, project_id, object_id, digest, tags)
+
+    async def label_names(self, project_id: str, what: Literal["tag", "alias"]) -> list[str]:
+        return await self._db.read(objects.q_names, what, project_id)
+
+    async def object_labels(self, project_id: str, versions: list[tuple[str, str]]
+                            ) -> dict[tuple[str, str], tuple[list[str], list[str]]]:  # fmt: skip
+        return await self._db.read(objects.q_labels, project_id, versions)
+
+    # -- tables and files ----------------------------------------------------------------
+
+    async def put_table(self, project_id: str, digest: str, row_digests: list[str],
+                        new_rows: list[tuple[str, str]]) -> None:  # fmt: skip
+        digests_json = _json.encode(row_digests).decode()
+        await self._db.write(objects.q_put_table, project_id, digest, digests_json, new_rows)
+
+    async def table_row_digests(self, project_id: str, digest: str) -> list[str] | None:
+        stored = await self._db.read(objects.q_table_row_digests, project_id, digest)
+        return None if stored is None else msgspec.json.decode(stored)
+
+    async def table_rows(self, project_id: str, row_digests: list[str]) -> dict[str, str]:
+        return await self._db.read(objects.q_rows, project_id, row_digests)
+
+    async def put_file(self, project_id: str, digest: str, content: bytes) -> None:
+        await self._db.write(objects.q_put_file, project_id, digest, content)
+
+    async def read_file(self, project_id: str, digest: str) -> bytes | None:
+        return await self._db.read(objects.q_file, project_id, digest)
+
+    # -- feedback and costs --------------------------------------------------------------
+
+    async def put_docs(self, kind: DocKind, docs_: list[Doc]) -> list[Doc]:
+        return await self._db.write(docs.q_put_docs, kind, docs_)
+
+    async def query_docs(self, kind: DocKind, query: DocsQuery) -> DocsPage:
+        return await self._db.read(docs.q_query_docs, kind, query)
+
+    async def delete_docs(self, kind: DocKind, project_id: str, ids: list[str]) -> int:
+        return await self._db.write(docs.q_delete_docs, kind, project_id, ids)
+
+    async def replace_doc(self, kind: DocKind, old_id: str, new: Doc) -> bool:
+        return await self._db.write(docs.q_replace_doc, kind, old_id, new)
+
+    # -- project -------------------------------------------------------------------------
+
+    async def storage_bytes(self, project_id: str, kind: StorageKind) -> int:
+        return await self._db.read(objects.q_storage_bytes, kind, project_id)
+
+    async def close(self) -> None:
+        await self._db.close()
+
+
