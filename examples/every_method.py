@@ -152,7 +152,8 @@ class Tour:
             "resourceSpans": [{"scopeSpans": [{"spans": [span]}]}]}}))
         scorer = self.step("obj_create (an action)", lambda: s.obj_create({"obj": {
             "project_id": p, "object_id": "scorer",
-            "val": {"action_type": "contains_words", "target_words": ["4"]}}}))
+            "val": {"name": "scorer", "config": {"action_type": "contains_words",
+                                                 "target_words": ["4"]}}}}))
         self.step("actions_execute_batch", lambda: s.actions_execute_batch({
             "project_id": p, "call_ids": [call_id],
             "action_ref": f"weave:///{p}/object/scorer:{scorer.digest if scorer else 'latest'}"}))

@@ -185,7 +185,9 @@ def test_otel_export_stores_spans_as_calls(client, project):
 def test_actions_execute_batch_accepts_known_calls(client, project):
     call = _call(client, project)
     made = client.obj_create({"obj": {"project_id": project, "object_id": "scorer",
-                                      "val": {"action_type": "contains_words", "words": ["y"]}}})
+                                      "val": {"name": "scorer", "config": {
+                                          "action_type": "contains_words",
+                                          "target_words": ["y"]}}}})
     res = client.actions_execute_batch({
         "project_id": project, "call_ids": [call.id],
         "action_ref": f"weave:///{project}/object/scorer:{made.digest}"})
