@@ -1,7 +1,7 @@
 """Send an unmodified weave 0.54.0 program's traces through the engine.
 
-One line before ``weave.init`` (or ``ENGINE_WEAVE=1`` in the environment and an
-``import engine.integrations.weave``)::
+One line before ``weave.init`` (or ``ENGINE_WEAVE=1`` in the environment: the installed
+``engine-weave.pth`` then calls :func:`install` as soon as weave is imported)::
 
     import engine.integrations.weave; engine.integrations.weave.install()
 
@@ -14,6 +14,11 @@ What it changes (see ``docs/peers-weave-0.54.md`` §5 for the hook points):
   not survive ``fork``) never exists; call starts, ends and complete calls go into the
   engine's shared-memory ring instead, and every other route (objects, files, reads) still
   uses weave's HTTP client.
+- weave defers work (saving an op, building a call's start) to its executors' threads, which a
+  forked child does not have: a child that reads a result still pending at the fork (an op's
+  ref digest, read by every call of that op) would wait for ever. A before-fork hook waits for
+  the client's pending work (at most ``FORK_DRAIN_TIMEOUT_S``); whatever is still pending
+  after that fails in the child, logged, instead of hanging it.
 - In a forked child, weave's ``FutureExecutor`` still counts the parent's worker threads and
   runs nothing; an after-fork hook replaces the global client's executors with inline ones
   (``max_workers=0``), so ``@weave.op`` in ``multiprocessing.Pool`` workers records its calls.
@@ -35,18 +40,21 @@ import functools
 import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Mapping
 from typing import Any
 
+import _engine_weave_hook
 from engine.producer._engine import Engine
 from engine.producer._tracer import Tracer
 
 __all__ = ["install", "installed_engine"]
 
 log = logging.getLogger("engine.integrations.weave")
-ENABLE_ENV = "ENGINE_WEAVE"
 _PLACEHOLDER_PROJECT = "weave/integration"  # every item names its own project_id
+# how long a fork waits for weave's deferred work (op saves go to the server over HTTP)
+FORK_DRAIN_TIMEOUT_S = 30.0
 
 _lock = threading.Lock()
 _config: dict[str, Any] = {}
@@ -71,7 +79,7 @@ def install(**config: Any) -> None:
             return
         remote_http_trace_server.RemoteHTTPTraceServer = _engine_server_class()
         _wrap_client_flush()
-        os.register_at_fork(after_in_child=_after_fork_in_child)
+        os.register_at_fork(before=_drain_before_fork, after_in_child=_after_fork_in_child)
         _installed = True
 
 
@@ -181,26 +189,67 @@ def _deliver_traced(timeout_s: float | None = None) -> None:
         log.warning("weave flush: engine did not deliver everything within %.0f s", timeout_s)
 
 
+def _weave_client() -> Any:
+    from weave.trace.context.weave_client_context import get_weave_client
+
+    return get_weave_client()
+
+
+def _executors(client: Any) -> list[Any]:
+    fastlane = getattr(client, "future_executor_fastlane", None)
+    return [client.future_executor] + ([fastlane] if fastlane is not None else [])
+
+
+def _drain_before_fork() -> None:
+    """Let weave's executor threads finish what they hold, so the child inherits results
+    instead of futures nobody will complete (and no thread mid-import). Never raises: an
+    exception here would only be printed by ``os.fork``."""
+    client = _weave_client()
+    if client is None:
+        return
+    deadline_s = time.monotonic() + FORK_DRAIN_TIMEOUT_S
+    for executor in _executors(client):
+        if executor._in_thread_context.get():
+            continue  # forked from weave's own thread: what it waits for cannot finish
+        try:
+            executor.flush(timeout=max(0.0, deadline_s - time.monotonic()))
+        except Exception as exc:  # a timeout, or a task's error re-raised in weave's tests
+            log.warning("weave work still pending at fork (%s: %s); a forked child fails "
+                        "it instead of waiting", type(exc).__name__, exc)
+
+
 def _after_fork_in_child() -> None:
     """What weave shares with its parent after a fork is unusable in the child: the HTTP
     connections (two processes writing one socket interleave their requests) and the thread
     pools (their threads are gone). Fresh HTTP clients; deferred work runs inline."""
     for server in list(_servers):
         server._rebuild_client()
-    _inline_executors()
+    client = _weave_client()
+    if client is not None:
+        _fail_orphaned_futures(client)
+        _inline_executors(client)
 
 
-def _inline_executors() -> None:
+def _fail_orphaned_futures(client: Any) -> None:
+    """Futures the parent's threads were still working on at the fork never complete here:
+    fail them, so what waits on them (an op's digest) raises and weave logs it, not a hang."""
+    orphaned = [f for executor in _executors(client)
+                for f in list(executor._active_futures) if not f.done()]  # fmt: skip
+    for future in orphaned:
+        future.set_exception(RuntimeError("weave work of the parent process was still pending "
+                                          "when this process was forked"))
+    if orphaned:
+        log.warning("forked child: %d weave tasks of the parent were still pending and fail "
+                    "here (their calls are not traced)", len(orphaned))
+
+
+def _inline_executors(client: Any) -> None:
     from weave.trace.concurrent.futures import FutureExecutor
-    from weave.trace.context.weave_client_context import get_weave_client
 
-    client = get_weave_client()
-    if client is None:
-        return
     client.future_executor = FutureExecutor(max_workers=0)
     if getattr(client, "future_executor_fastlane", None) is not None:
         client.future_executor_fastlane = FutureExecutor(max_workers=0)
 
 
-if os.environ.get(ENABLE_ENV, "").strip().lower() in ("1", "true", "yes", "on"):
+if _engine_weave_hook.enabled():  # installs without engine-weave.pth (a source checkout)
     install()
