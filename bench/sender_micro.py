@@ -34,7 +34,7 @@ from bench.payloads import PROFILE_NAMES, profile
 from engine.common._config import EngineConfig
 from engine.common._control import Control, control_path
 from engine.producer._tracer import FLAG_END_HAS_TRACE
-from engine.ring import _ring
+from engine.ring import _set as _ring
 from engine.sender._process import Sender, tune_gc
 from engine.sender._retry import Verdict
 from engine.sender._transport import Response

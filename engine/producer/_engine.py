@@ -28,7 +28,7 @@ from engine.common._control import Control, control_path
 from engine.common._errors import Closed, ConfigError
 from engine.native import _accel
 from engine.producer._tracer import ProducerSettings, Tracer, close_tracers
-from engine.ring import _ring
+from engine.ring import _set as _ring
 
 __all__ = ["Engine", "wait_released"]
 

@@ -25,7 +25,7 @@ import msgspec
 from engine.common._control import Control, control_path
 from engine.common._errors import Closed, PayloadTooLarge, RingFull
 from engine.native._accel import native as _native
-from engine.ring import _ring
+from engine.ring import _set as _ring
 from engine.wire import _codec
 from engine.wire.calls import (
     CallStartRes,

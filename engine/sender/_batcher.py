@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
 
 from engine.producer._tracer import FLAG_END_HAS_TRACE
-from engine.ring import _ring
+from engine.ring import _set as _ring
 from engine.wire._codec import uuid7
 
 _KIND_START, _KIND_END, _KIND_COMPLETE = _ring.KIND_START, _ring.KIND_END, _ring.KIND_COMPLETE

@@ -33,7 +33,7 @@ from engine.common._control import Control, control_path
 from engine.common._errors import EngineError, SendError
 from engine.common._malloc import tune_for_large_buffers
 from engine.ring import _files as _ring_files
-from engine.ring import _ring
+from engine.ring import _set as _ring
 from engine.sender._adaptive import AdaptiveConcurrency, SizeTarget
 from engine.sender._batcher import (
     UPSERT_ROUTE,

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from engine.ring import _ring
+from engine.ring import _set as _ring
 from tests.engine.helpers import PROJECT, make_engine, trace_calls
 from tests.faultserver import FaultServer
 

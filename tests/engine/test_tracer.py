@@ -11,7 +11,7 @@ import msgspec
 import pytest
 
 import engine
-from engine.ring import _ring
+from engine.ring import _set as _ring
 from engine.wire import CompletedCallSchemaForInsert, EndedCallSchemaForInsert, splice_complete
 from engine.wire import StartedCallSchemaForInsert as Start
 

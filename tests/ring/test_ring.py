@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 
 from engine.native import _accel
 from engine.ring import _files as _ring_files
-from engine.ring import _ring
-from engine.ring._ring import (
+from engine.ring import _set as _ring
+from engine.ring._set import (
     HEADER_BYTES,
     KIND_COMPLETE,
     KIND_END,
@@ -372,7 +372,7 @@ def test_unlink_removes_every_file_and_is_idempotent():
 
 _OWNER_SCRIPT = """
 import sys
-from engine.ring._ring import RingSet
+from engine.ring._set import RingSet
 rings = RingSet.create(4096, 2)
 rings.writer()
 print(rings.spec.shm_name, rings.spec.lock_path, flush=True)

@@ -6,7 +6,7 @@ import random
 
 import msgspec
 
-from engine.ring import _ring
+from engine.ring import _set as _ring
 from engine.sender._batcher import Accumulator, Batch, ReleaseTracker, Router
 from engine.wire import encode, end_splice_offset, utcnow, uuid7
 from engine.wire.calls import CompletedCallSchemaForInsert, EndedCallSchemaForInsert

@@ -199,7 +199,7 @@ def test_unset_fields_and_omitted_defaults_are_left_out():
 
 
 def test_the_splice_offset_is_where_ended_at_begins(tmp_path):
-    from engine.ring import _ring
+    from engine.ring import _set as _ring
 
     ringset = _ring.RingSet.create(1 << 20, 2)
     try:
