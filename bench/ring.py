@@ -52,7 +52,7 @@ def _bounded_items(count: int, seconds: float):
 
 
 def _ring_producer(spec, size_bytes, count, seconds, ready, go) -> None:
-    from engine.ring._set import KIND_END, KIND_RAW, RingSet
+    from engine.ring import KIND_END, KIND_RAW, RingSet
 
     writer = RingSet.attach(spec).writer()
     payload = b"x" * size_bytes
@@ -66,7 +66,7 @@ def _ring_producer(spec, size_bytes, count, seconds, ready, go) -> None:
 
 
 def _run_ring(size_bytes, producers, count, seconds) -> tuple[int, int, float]:
-    from engine.ring._set import KIND_END, RingSet
+    from engine.ring import KIND_END, RingSet
 
     rings = RingSet.create(RING_BYTES, producers)
     try:

@@ -31,10 +31,9 @@ import time
 from dataclasses import dataclass
 
 from bench.payloads import PROFILE_NAMES, profile
+from engine import ring
 from engine.common._config import EngineConfig
 from engine.common._control import Control, control_path
-from engine.producer._tracer import FLAG_END_HAS_TRACE
-from engine.ring import _set as _ring
 from engine.sender._process import Sender, tune_gc
 from engine.sender._retry import Verdict
 from engine.sender._transport import Response
@@ -94,7 +93,7 @@ def encode_pool(profile_name: str) -> list[Encoded]:
     return pool
 
 
-def write_calls(writers: list[_ring.SlotWriter], pool: list[Encoded], calls_each: int,
+def write_calls(writers: list[ring.SlotWriter], pool: list[Encoded], calls_each: int,
                 first: int) -> None:
     project = _PROJECT.encode()
     for writer in writers:
@@ -102,14 +101,14 @@ def write_calls(writers: list[_ring.SlotWriter], pool: list[Encoded], calls_each
             enc = pool[i % len(pool)]
             _text, call_raw = _codec.uuid7_bytes()
             _text, trace_raw = _codec.uuid7_bytes()
-            ok = writer.try_write(_ring.KIND_START, 0, call_raw, trace_raw, project, enc.start, 0)
-            ok = ok and writer.try_write(_ring.KIND_END, FLAG_END_HAS_TRACE, call_raw, trace_raw,
-                                         project, enc.end, enc.end_aux)
+            ok = writer.try_write(ring.KIND_START, 0, call_raw, trace_raw, project, enc.start, 0)
+            ok = ok and writer.try_write(ring.KIND_END, ring.FLAG_END_HAS_TRACE, call_raw,
+                                         trace_raw, project, enc.end, enc.end_aux)
             if not ok:
                 raise RuntimeError("ring full: the bench must drain before writing more")
 
 
-def make_sender(ringset: _ring.RingSet, state_dir: str, target: str) -> Sender:
+def make_sender(ringset: ring.RingSet, state_dir: str, target: str) -> Sender:
     Control(control_path(state_dir), ringset.spec.max_slots, create=True).close()
     cfg = EngineConfig(project=_PROJECT, target=target, compression="none",
                        ring_bytes=_RING_BYTES, max_slots=ringset.spec.max_slots,
@@ -120,7 +119,7 @@ def make_sender(ringset: _ring.RingSet, state_dir: str, target: str) -> Sender:
 def timed_read(sender: Sender, times: Times) -> None:
     read = sender.reader.read
 
-    def read_timed(*args: int) -> list[_ring.Record]:
+    def read_timed(*args: int) -> list[ring.Record]:
         started = time.thread_time_ns()
         records = read(*args)
         times.read_ns += time.thread_time_ns() - started
@@ -165,7 +164,7 @@ def drain(sender: Sender, times: Times, everything: bool) -> None:
 
 def run_once(pool: list[Encoded], calls: int, producers: int, target: str,
              profiler: cProfile.Profile | None) -> Times:
-    ringset = _ring.RingSet.create(_RING_BYTES, producers)
+    ringset = ring.RingSet.create(_RING_BYTES, producers)
     try:
         with tempfile.TemporaryDirectory(prefix="sender-micro-") as state_dir:
             writers = [ringset.writer() for _ in range(producers)]
@@ -190,7 +189,7 @@ def run_once(pool: list[Encoded], calls: int, producers: int, target: str,
         ringset.unlink()
 
 
-def check_settled(sender: Sender, ringset: _ring.RingSet, calls: int) -> None:
+def check_settled(sender: Sender, ringset: ring.RingSet, calls: int) -> None:
     heads, released = ringset.positions()
     acked = sender.control.get("items_acked")
     expected = calls if sender.router.mode == "complete" else 2 * calls

@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from engine.common._control import SENDER_FIELDS, SLOT_FIELDS, Control, control_path
-from engine.ring import _files as _ring_files
+from engine.ring import _files as ring_files
 
 _CELL_BYTES = 8
 DROP_REASONS = ("dead_too_large", "dead_invalid", "dead_http", "dead_deadline", "dead_shutdown")
@@ -27,9 +27,9 @@ def live_ring_dirs(parent: str | None = None) -> list[tuple[int, str]]:
     """(owner pid, ring dir) of every engine whose owner is alive, oldest pid first."""
     parent = parent or tempfile.gettempdir()
     found = []
-    for path in glob.glob(os.path.join(parent, _ring_files.NAME_PREFIX + "*")):
-        owner = _ring_files._owner_of(os.path.basename(path))
-        if owner and os.path.exists(control_path(path)) and _ring_files.is_alive(*owner):
+    for path in glob.glob(os.path.join(parent, ring_files.NAME_PREFIX + "*")):
+        owner = ring_files._owner_of(os.path.basename(path))
+        if owner and os.path.exists(control_path(path)) and ring_files.is_alive(*owner):
             found.append((owner[0], path))
     return sorted(found)
 

@@ -1,7 +1,7 @@
 /* engine.native._native: the hot loops of the ring and the producer, in C.
  *
- * Optional: engine/ring/_ring.py and engine/wire/_codec.py fall back to their pure-Python
- * versions when this module is not built (no compiler) or ENGINE_PURE_PYTHON=1 is set.
+ * Optional: engine/ring/_writer.py, _reader.py and engine/wire/_codec.py fall back to their
+ * pure-Python versions when this module is not built (no compiler) or ENGINE_PURE_PYTHON=1 is set.
  * Both implementations write and read the same bytes; the tests run both.
  *
  *   RingWriter   the producer side of one slot: frame, copy, publish (SlotWriter.try_write);
@@ -1001,7 +1001,7 @@ static PyTypeObject RingWriterType = {
     .tp_name = "engine.native._native.RingWriter",
     .tp_basicsize = sizeof(RingWriter),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "The producer side of one ring slot (see engine.ring._ring.SlotWriter).",
+    .tp_doc = "The producer side of one ring slot (see engine.ring.SlotWriter).",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)writer_init,
     .tp_dealloc = (destructor)writer_dealloc,

@@ -23,12 +23,12 @@ from typing import Any
 
 import msgspec
 
+from engine import ring
 from engine.common._config import EngineConfig, load_config
 from engine.common._control import Control, control_path
 from engine.common._errors import Closed, ConfigError
 from engine.native import _accel
 from engine.producer._tracer import ProducerSettings, Tracer, close_tracers
-from engine.ring import _set as _ring
 
 __all__ = ["Engine", "wait_released"]
 
@@ -50,7 +50,7 @@ class Engine:
         self.config: EngineConfig = load_config(config_file, url=url, project=project, **config)
         if not self.config.project:
             raise ConfigError("project", 'required, e.g. Engine(project="entity/project")')
-        self._ringset = _ring.RingSet.create(self.config.ring_bytes, self.config.max_slots)
+        self._ringset = ring.RingSet.create(self.config.ring_bytes, self.config.max_slots)
         self._ring_dir = os.path.dirname(self._ringset.spec.lock_path)
         self._control = Control(control_path(self._ring_dir), self.config.max_slots, create=True)
         self._settings = ProducerSettings(
@@ -74,7 +74,7 @@ class Engine:
     # -- public API ---------------------------------------------------------------------------
 
     @property
-    def spec(self) -> _ring.RingSpec:
+    def spec(self) -> ring.RingSpec:
         return self._ringset.spec
 
     def producer(self) -> Tracer:
@@ -187,7 +187,7 @@ class Engine:
             self.close()
 
 
-def wait_released(ringset: _ring.RingSet, control: Control, timeout_s: float,
+def wait_released(ringset: ring.RingSet, control: Control, timeout_s: float,
                   slots: list[int] | None = None) -> bool:
     """Wait until every ring's release position passes the head it had on entry."""
     heads, _ = ringset.positions()
@@ -206,7 +206,7 @@ def wait_released(ringset: _ring.RingSet, control: Control, timeout_s: float,
         pause_s = min(pause_s * 2, 0.02)
 
 
-def _ring_doorbell(ringset: _ring.RingSet) -> None:
+def _ring_doorbell(ringset: ring.RingSet) -> None:
     """Wake a sleeping sender (flush and shutdown requests come outside any ring write)."""
     try:
         fd = os.open(ringset.spec.doorbell_path, os.O_WRONLY | os.O_NONBLOCK)
@@ -220,18 +220,18 @@ def _ring_doorbell(ringset: _ring.RingSet) -> None:
         os.close(fd)
 
 
-def _undelivered(ringset: _ring.RingSet) -> int:
+def _undelivered(ringset: ring.RingSet) -> int:
     """Records written but never released (neither acknowledged, spooled nor dead-lettered)."""
     counters = ringset.counters()
     return counters["records_written"] - counters["records_released"]
 
 
-def collect_stats(ringset: _ring.RingSet, control: Control) -> dict[str, Any]:
+def collect_stats(ringset: ring.RingSet, control: Control) -> dict[str, Any]:
     """Ring counters (``ring``, with only the slots ever used), producer counters
     (``producers``, summed), and the sender's counters and gauges at the top level."""
-    ring = ringset.counters()
-    ring["slots"] = [s for s in ring.get("slots", []) if s.get("times_claimed")]
-    stats: dict[str, Any] = {"ring": ring}
+    rings = ringset.counters()
+    rings["slots"] = [s for s in rings.get("slots", []) if s.get("times_claimed")]
+    stats: dict[str, Any] = {"ring": rings}
     stats.update(control.sender_snapshot())
     stats["producers"] = control.producer_totals()
     stats["native_accelerator"] = _accel.native is not None  # in the process that asks

@@ -22,10 +22,10 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from engine import ring
 from engine.common._control import Control, control_path
 from engine.common._errors import Closed, PayloadTooLarge, RingFull
 from engine.native._accel import native as _native
-from engine.ring import _set as _ring
 from engine.wire import _codec
 from engine.wire.calls import (
     CallStartRes,
@@ -38,8 +38,8 @@ from engine.wire.calls import (
 __all__ = ["Tracer", "CallHandle", "current_call"]
 
 log = logging.getLogger("engine.producer")
-_KIND_START, _KIND_END = _ring.KIND_START, _ring.KIND_END
-_WRITTEN, _UNPLANNED = _ring.WRITTEN, _ring.UNPLANNED
+_KIND_START, _KIND_END = ring.KIND_START, ring.KIND_END
+_WRITTEN, _UNPLANNED = ring.WRITTEN, ring.UNPLANNED
 
 # The items a Tracer writes are encoded by the C accelerator when it is built (msgspec's
 # bytes, a good part of a call's CPU less); anything inside them it does not cover goes
@@ -73,7 +73,6 @@ if _native is not None and all(_planned) and hasattr(_native, "call_dict_fields"
         _dict_fields(EndedCallSchemaForInsert, frozenset({"id"})))
 
 F = TypeVar("F", bound=Callable[..., Any])
-FLAG_END_HAS_TRACE = 1  # the end carries trace_id and started_at (see the sender's headers)
 _ENVELOPE_BYTES = 64  # room for the batch envelope around the largest single item
 _live_tracers: weakref.WeakSet[Tracer] = weakref.WeakSet()
 
@@ -87,7 +86,7 @@ class _ProcessSlot:
     __slots__ = ("writer", "max_payload", "fast_put", "fast_start", "fast_end", "projects",
                  "open", "closed")
 
-    def __init__(self, writer: _ring.SlotWriter, max_payload: int, fast_put: Any,
+    def __init__(self, writer: ring.SlotWriter, max_payload: int, fast_put: Any,
                  fast_calls: tuple[Any, Any], projects: dict[str, bytes]) -> None:
         self.writer = writer
         self.max_payload = max_payload
@@ -97,7 +96,7 @@ class _ProcessSlot:
         self.open = 0  # tracers using it that have not closed
 
 
-def close_tracers(spec: _ring.RingSpec) -> None:
+def close_tracers(spec: ring.RingSpec) -> None:
     """Close every tracer of this process writing into ``spec``'s ring set, the ones
     unpickled here too (the engine closes: their later writes raise Closed)."""
     for tracer in list(_live_tracers):
@@ -109,7 +108,7 @@ class _Process:
     """What the tracers of this process share; a fresh one in a forked child."""
 
     def __init__(self) -> None:
-        self.slots: dict[tuple[_ring.RingSpec, ProducerSettings], _ProcessSlot] = {}
+        self.slots: dict[tuple[ring.RingSpec, ProducerSettings], _ProcessSlot] = {}
         # A slot is single-producer: threads of one process take turns on the slow paths
         # (the one-call paths are atomic). A fresh lock after fork: another thread may have
         # held the old one.
@@ -268,11 +267,11 @@ _CallsBase: type = getattr(_native, "TracerCalls", None) or _PyCalls
 class Tracer(_CallsBase):  # type: ignore[misc,valid-type]
     """Writes calls into shared memory. Get one from :meth:`engine.Engine.producer`."""
 
-    def __init__(self, spec: _ring.RingSpec, settings: ProducerSettings) -> None:
+    def __init__(self, spec: ring.RingSpec, settings: ProducerSettings) -> None:
         self._spec = spec
         self._settings = settings
         self._encoder = _codec.strict_encoder if settings.strict else _codec.encoder
-        self._ringset: _ring.RingSet | None = None
+        self._ringset: ring.RingSet | None = None
         self._control: Control | None = None
         self._closed = False
         self._projects: dict[str, bytes] = {}
@@ -298,7 +297,7 @@ class Tracer(_CallsBase):  # type: ignore[misc,valid-type]
         return _process.lock
 
     @property
-    def _writer(self) -> _ring.SlotWriter | None:
+    def _writer(self) -> ring.SlotWriter | None:
         return None if self._slot is None else self._slot.writer
 
     @property
@@ -337,12 +336,12 @@ class Tracer(_CallsBase):  # type: ignore[misc,valid-type]
         if done is not None:
             if type(end) is dict:
                 end = _convert(end, EndedCallSchemaForInsert)
-            flags = FLAG_END_HAS_TRACE if end.trace_id and end.started_at else 0
+            flags = ring.FLAG_END_HAS_TRACE if end.trace_id and end.started_at else 0
             self._settle(done, _KIND_END, flags, end, end.id, end.trace_id or None, "end", True)
             return
         if type(end) is not EndedCallSchemaForInsert and not isinstance(end, EndedCallSchemaForInsert):
             end = _convert(end, EndedCallSchemaForInsert)
-        flags = FLAG_END_HAS_TRACE if end.trace_id and end.started_at else 0
+        flags = ring.FLAG_END_HAS_TRACE if end.trace_id and end.started_at else 0
         self._emit(_KIND_END, flags, end, end.project_id, end.id, end.trace_id or None, "end",
                    True)
 
@@ -350,7 +349,7 @@ class Tracer(_CallsBase):  # type: ignore[misc,valid-type]
         """Enqueue a finished call (start and end in one item, as ``calls/complete`` takes it)."""
         if not isinstance(call, CompletedCallSchemaForInsert):
             call = _convert(call, CompletedCallSchemaForInsert)
-        self._emit(_ring.KIND_COMPLETE, 0, call, call.project_id, call.id, call.trace_id, "call",
+        self._emit(ring.KIND_COMPLETE, 0, call, call.project_id, call.id, call.trace_id, "call",
                    False)
 
     # -- the ergonomic layer ---------------------------------------------------------------
@@ -447,7 +446,7 @@ class Tracer(_CallsBase):  # type: ignore[misc,valid-type]
                 with self._lock:
                     writer = self._writer
                     if writer is None:
-                        if code != _ring.WRITTEN_RING:
+                        if code != ring.WRITTEN_RING:
                             raise Closed("this tracer is closed")
                     else:
                         self._put_slow(writer, code, kind, flags, project_b, call_id, trace_id,
@@ -474,23 +473,23 @@ class Tracer(_CallsBase):  # type: ignore[misc,valid-type]
                     if self._closed:  # closed by a value's hook while it was encoded
                         raise Closed("this tracer is closed") from None
                     raise
-                if code != _ring.WRITTEN:
+                if code != ring.WRITTEN:
                     self._put_slow(writer, code, kind, flags, project_b, call_id, trace_id,
                                    what, splice)
         finally:
             if _codec.Stringified.count != _process.stringified_seen:
                 self._note_stringified()
 
-    def _put_slow(self, writer: _ring.SlotWriter, code: int, kind: int, flags: int,
+    def _put_slow(self, writer: ring.SlotWriter, code: int, kind: int, flags: int,
                   project_b: bytes, call_id: str | bytes, trace_id: str | bytes | None,
                   what: str, splice: bool, payload: bytes | None = None) -> None:
         """Anything but a plain write: the doorbell, a full ring, or an error to raise."""
         if payload is None:  # the bytes put encoded (None if it stopped before)
             payload = writer.take_refused()
-        if code in (_ring.WRITTEN_RING, _ring.BAD_CALL_ID, _ring.BAD_TRACE_ID):
+        if code in (ring.WRITTEN_RING, ring.BAD_CALL_ID, ring.BAD_TRACE_ID):
             writer.outcome(code, project_b, b"", call_id, trace_id, what)  # rings or raises
             return
-        if code == _ring.OVER_MAX_PAYLOAD:
+        if code == ring.OVER_MAX_PAYLOAD:
             self._control_block().slot_add(writer.slot, "too_large")
             raise PayloadTooLarge(_id_text(call_id), len(payload), self._max_payload)
         aux = end_splice_offset(payload) if splice else 0  # raises if there is no ended_at
@@ -498,7 +497,7 @@ class Tracer(_CallsBase):  # type: ignore[misc,valid-type]
             self._write_slow(writer, (kind, flags, call_id, trace_id, project_b, payload, aux),
                              _id_text(call_id))
 
-    def _write_slow(self, writer: _ring.SlotWriter, args: tuple, call_id: str) -> None:
+    def _write_slow(self, writer: ring.SlotWriter, args: tuple, call_id: str) -> None:
         """The ring is full: wait up to max_block_ms, then apply the on_full policy."""
         started = time.monotonic()
         ok = writer.write(*args, timeout_s=self._settings.max_block_ms / 1000)
@@ -517,11 +516,11 @@ class Tracer(_CallsBase):  # type: ignore[misc,valid-type]
         control.slot_add(writer.slot, "dropped_full")
         log.warning("dropped call %s item: ring full (on_full='drop')", call_id)
 
-    def _claim(self) -> _ring.SlotWriter:
+    def _claim(self) -> ring.SlotWriter:
         with self._lock:
             return self._writer or self._claim_locked()
 
-    def _claim_locked(self) -> _ring.SlotWriter:
+    def _claim_locked(self) -> ring.SlotWriter:
         if self._closed:
             raise Closed("this tracer is closed")
         key = (self._spec, self._settings)
@@ -549,10 +548,10 @@ class Tracer(_CallsBase):  # type: ignore[misc,valid-type]
             slot.fast_put, slot.fast_start, slot.fast_end)
         return slot.writer
 
-    def _ensure_attached(self) -> _ring.RingSet:
+    def _ensure_attached(self) -> ring.RingSet:
         if self._ringset is None:
             try:
-                self._ringset = _ring.RingSet.attach(self._spec)
+                self._ringset = ring.RingSet.attach(self._spec)
             except FileNotFoundError:
                 raise Closed("the engine that owned this tracer is closed") from None
         return self._ringset

@@ -23,12 +23,11 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
 
-from engine.producer._tracer import FLAG_END_HAS_TRACE
-from engine.ring import _set as _ring
+from engine import ring
 from engine.wire._codec import uuid7
 
-_KIND_START, _KIND_END, _KIND_COMPLETE = _ring.KIND_START, _ring.KIND_END, _ring.KIND_COMPLETE
-_KIND_SPLICED = _ring.KIND_SPLICED
+_KIND_START, _KIND_END, _KIND_COMPLETE = ring.KIND_START, ring.KIND_END, ring.KIND_COMPLETE
+_KIND_SPLICED = ring.KIND_SPLICED
 
 UPSERT_ROUTE = "/call/upsert_batch"
 _BATCH_PREFIX = b'{"batch":['
@@ -105,7 +104,7 @@ class ReleaseTracker:
         self.released_pos: dict[int, int] = {}
         self.read_pos: dict[int, int] = {}
 
-    def track(self, records: list[_ring.Record]) -> list[int]:
+    def track(self, records: list[ring.Record]) -> list[int]:
         """Refs for ``records`` (read order within each ring), one per record."""
         refs: list[int] = []
         for slot, run in itertools.groupby(records, _SLOT):
@@ -188,7 +187,7 @@ class Item(NamedTuple):
         return b"".join(self.parts[:-1])
 
 
-def _item(parts: tuple[bytes, ...], first: _ring.Record, refs: tuple[int, ...], route: str,
+def _item(parts: tuple[bytes, ...], first: ring.Record, refs: tuple[int, ...], route: str,
           single: bool = False, ends_carry_trace: bool = True) -> Item:
     """An item of one record's payload wrapped in ``parts`` (ending with the separator)."""
     size = sum(map(len, parts)) - 1
@@ -265,17 +264,17 @@ class Router:
         self.mode = mode
         self.max_item_bytes = max_item_bytes
         # complete mode: records waiting for their partner, by raw call id (insertion ordered)
-        self.pending_starts: dict[tuple[bytes, bytes], tuple[_ring.Record, int, float]] = {}
-        self.pending_ends: dict[tuple[bytes, bytes], tuple[_ring.Record, int, float]] = {}
+        self.pending_starts: dict[tuple[bytes, bytes], tuple[ring.Record, int, float]] = {}
+        self.pending_ends: dict[tuple[bytes, bytes], tuple[ring.Record, int, float]] = {}
         # starts sent on their own: their end goes to v2 call/end (bounded, oldest evicted)
         self.started_alone: collections.OrderedDict[tuple[bytes, bytes], None] = collections.OrderedDict()
         self.started_alone_max = 1_000_000
         # records of a kind no route carries, with their refs and why: the caller dead-letters them
-        self.unroutable: list[tuple[_ring.Record, int, str]] = []
+        self.unroutable: list[tuple[ring.Record, int, str]] = []
         self.eager_starts = 0
         self.spliced = 0
 
-    def route(self, records: list[_ring.Record], refs: list[int]) -> list[Item]:
+    def route(self, records: list[ring.Record], refs: list[int]) -> list[Item]:
         """Items for ``records`` (``refs`` from :meth:`ReleaseTracker.track`), in read order.
 
         A record waiting for its partner makes no item yet; one of an unknown kind goes to
@@ -289,7 +288,7 @@ class Router:
             self._route_complete(items, records, refs)
         return items
 
-    def _route_complete(self, items: list[Item], records: list[_ring.Record],
+    def _route_complete(self, items: list[Item], records: list[ring.Record],
                         refs: list[int]) -> None:
         """Pair starts with ends and splice each pair into one item.
 
@@ -346,7 +345,7 @@ class Router:
                 False, start.call_id, project, start.trace_id, start.enqueue_ns, True)))
         self.spliced += spliced
 
-    def _direct(self, items: list[Item], record: _ring.Record, ref: int) -> None:
+    def _direct(self, items: list[Item], record: ring.Record, ref: int) -> None:
         kind = record.kind
         if kind == _KIND_START:
             parts = (_UPSERT_START, record.payload, _UPSERT_CLOSE, _SEPARATOR)
@@ -354,7 +353,7 @@ class Router:
         elif kind == _KIND_END:
             parts = (_UPSERT_END, record.payload, _UPSERT_CLOSE, _SEPARATOR)
             items.append(_item(parts, record, (ref,), UPSERT_ROUTE,
-                               ends_carry_trace=bool(record.flags & FLAG_END_HAS_TRACE)))
+                               ends_carry_trace=bool(record.flags & ring.FLAG_END_HAS_TRACE)))
         elif kind in (_KIND_COMPLETE, _KIND_SPLICED):  # spliced: only read in complete mode
             items.append(_item((record.payload, _SEPARATOR), record, (ref,),
                                complete_route(record.project)))
@@ -362,7 +361,7 @@ class Router:
             self.unroutable.append((record, ref, f"record kind {kind} has no route "
                                                  "(written by a newer producer?)"))
 
-    def _v2_start(self, record: _ring.Record, ref: int) -> Item:
+    def _v2_start(self, record: ring.Record, ref: int) -> Item:
         self.eager_starts += 1
         key = (record.project, record.call_id)
         self.started_alone[key] = None
@@ -371,10 +370,10 @@ class Router:
         parts = (_V2_START, record.payload, _V2_CLOSE, _SEPARATOR)
         return _item(parts, record, (ref,), v2_start_route(record.project), single=True)
 
-    def _v2_end(self, record: _ring.Record, ref: int) -> Item:
+    def _v2_end(self, record: ring.Record, ref: int) -> Item:
         parts = (_V2_END, record.payload, _V2_CLOSE, _SEPARATOR)
         return _item(parts, record, (ref,), v2_end_route(record.project), single=True,
-                     ends_carry_trace=bool(record.flags & FLAG_END_HAS_TRACE))
+                     ends_carry_trace=bool(record.flags & ring.FLAG_END_HAS_TRACE))
 
     def expire(self, older_than_s: float, read_pos: dict[int, int] | None = None,
                pin_limit_bytes: int = 0, everything: bool = False) -> list[Item]:

@@ -28,12 +28,12 @@ from typing import Any
 
 import msgspec
 
+from engine import ring
 from engine.common._config import EngineConfig, default_state_dir
 from engine.common._control import Control, control_path
 from engine.common._errors import EngineError, SendError
 from engine.common._malloc import tune_for_large_buffers
-from engine.ring import _files as _ring_files
-from engine.ring import _set as _ring
+from engine.ring import _files as ring_files
 from engine.sender._adaptive import AdaptiveConcurrency, SizeTarget
 from engine.sender._batcher import (
     UPSERT_ROUTE,
@@ -67,12 +67,12 @@ _GC_GEN0_THRESHOLD = 10_000
 class Sender:
     """One sender loop; see the module docstring for the data path."""
 
-    def __init__(self, spec: _ring.RingSpec, cfg: EngineConfig, *, owner_pid: int,
+    def __init__(self, spec: ring.RingSpec, cfg: EngineConfig, *, owner_pid: int,
                  ring_dir: str, api_key: str | None) -> None:
         self.cfg = cfg
         self.owner_pid = owner_pid
         self.api_key = api_key
-        self.ringset = _ring.RingSet.attach(spec)
+        self.ringset = ring.RingSet.attach(spec)
         self.reader = self.ringset.reader()
         self.reader.rewind()
         self.control = Control(control_path(ring_dir), spec.max_slots)
@@ -164,7 +164,7 @@ class Sender:
             self._make_ready(batch)
         return read_any
 
-    def _route_records(self, records: list[_ring.Record]) -> None:
+    def _route_records(self, records: list[ring.Record]) -> None:
         self.control.add("items_read", self.reader.last_read_records)
         router = self.router
         items = router.route(records, self.tracker.track(records))
@@ -352,7 +352,7 @@ class Sender:
         self.held_bytes -= batch.size_bytes
         self.tracker.ack(batch.refs())
 
-    def _dead_record(self, record: _ring.Record, ref: int, detail: str) -> None:
+    def _dead_record(self, record: ring.Record, ref: int, detail: str) -> None:
         """A record no route can carry: dead-letter it as it is, never crash on it."""
         self.dead.add(reason=f"unroutable: {detail}", status=None, call_id=None, route="",
                       project=record.project.decode(errors="replace"),
@@ -581,7 +581,7 @@ def _owner_alive(owner_pid: int) -> bool:
     reaps it) or it is a zombie or no longer exists."""
     if os.getppid() != owner_pid:
         return False
-    return _ring_files.process_start_ticks(owner_pid) is not None
+    return ring_files.process_start_ticks(owner_pid) is not None
 
 
 def tune_gc() -> None:
@@ -595,7 +595,7 @@ def main(argv: list[str] | None = None) -> int:
     tune_for_large_buffers()  # bodies of megabytes, reused warm instead of fresh mmaps
     logging.basicConfig(level=os.environ.get("ENGINE_LOG_LEVEL", "WARNING"),
                         format="%(asctime)s engine-sender[%(process)d] %(levelname)s %(message)s")
-    spec = msgspec.convert(args["spec"], _ring.RingSpec)
+    spec = msgspec.convert(args["spec"], ring.RingSpec)
     cfg = msgspec.convert(args["config"], EngineConfig)
     tune_gc()
     sender = Sender(spec, cfg, owner_pid=args["owner_pid"], ring_dir=args["ring_dir"],

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from engine.ring import _set as _ring
+from engine import ring
 from tests.engine.helpers import PROJECT, make_engine, trace_calls
 from tests.faultserver import FaultServer
 
@@ -101,9 +101,9 @@ def test_a_record_no_route_carries_is_dead_lettered_and_its_ring_space_freed(tmp
     with FaultServer() as server, make_engine(server.url, tmp_path, target=target) as eng:
         tracer = eng.producer()
         before = trace_calls(tracer, 10)
-        rings = _ring.RingSet.attach(eng.spec)
+        rings = ring.RingSet.attach(eng.spec)
         writer = rings.writer()  # a slot of its own, like another producer's
-        assert writer.write(_ring.KIND_RAW, 0, bytes(16), bytes(16), PROJECT.encode(),
+        assert writer.write(ring.KIND_RAW, 0, bytes(16), bytes(16), PROJECT.encode(),
                             b'{"from":"a newer producer"}', 0, timeout_s=5)
         after = trace_calls(tracer, 10)
         assert eng.flush(timeout_s=30)  # every ring released, the odd record's too

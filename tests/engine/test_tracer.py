@@ -11,7 +11,7 @@ import msgspec
 import pytest
 
 import engine
-from engine.ring import _set as _ring
+from engine import ring
 from engine.wire import CompletedCallSchemaForInsert, EndedCallSchemaForInsert, splice_complete
 from engine.wire import StartedCallSchemaForInsert as Start
 
@@ -26,7 +26,7 @@ def eng(tmp_path):
         yield e
 
 
-def drain(eng) -> list[_ring.Record]:
+def drain(eng) -> list[ring.Record]:
     reader = eng._ringset.reader()
     records = reader.read(100_000, 1 << 30)
     for r in records:
@@ -44,7 +44,7 @@ def test_call_context_writes_a_start_and_an_end_that_splice_into_a_complete_call
         call.output = {"a": 1}
         call.summary = {"usage": {"m": {"total_tokens": 3}}}
     start, end = drain(eng)
-    assert (start.kind, end.kind) == (_ring.KIND_START, _ring.KIND_END)
+    assert (start.kind, end.kind) == (ring.KIND_START, ring.KIND_END)
     assert start.call_id == end.call_id == bytes.fromhex(call.id.replace("-", ""))
     assert start.project == end.project == PROJECT.encode()
     complete = msgspec.json.decode(splice_complete(start.payload, end.payload, end.aux),
@@ -273,7 +273,7 @@ def test_threads_sharing_a_tracer_write_whole_records(eng):
     sys_interval = __import__("sys").getswitchinterval()
     __import__("sys").setswitchinterval(1e-6)  # switch threads as often as possible
     reader = eng._ringset.reader()
-    records: list[_ring.Record] = []
+    records: list[ring.Record] = []
 
     def read_all() -> None:
         batch = reader.read(100_000, 1 << 30)
@@ -293,7 +293,7 @@ def test_threads_sharing_a_tracer_write_whole_records(eng):
         reader.close()
         __import__("sys").setswitchinterval(sys_interval)
     assert len(records) == 2 * len(ids) == 2 * 6 * 300
-    starts = {msgspec.json.decode(r.payload)["id"] for r in records if r.kind == _ring.KIND_START}
+    starts = {msgspec.json.decode(r.payload)["id"] for r in records if r.kind == ring.KIND_START}
     assert starts == set(ids)
 
 
@@ -332,7 +332,7 @@ def test_threads_meeting_a_full_ring_deliver_every_item_once(tmp_path, api):
 
         threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
         reader = eng._ringset.reader()
-        records: list[_ring.Record] = []
+        records: list[ring.Record] = []
         interval = sys.getswitchinterval()
         sys.setswitchinterval(1e-6)
         try:
@@ -349,8 +349,8 @@ def test_threads_meeting_a_full_ring_deliver_every_item_once(tmp_path, api):
                 t.join()
             reader.close()
         items = decoded(records)
-        starts = [i["id"] for r, i in zip(records, items) if r.kind == _ring.KIND_START]
-        ends = [i["id"] for r, i in zip(records, items) if r.kind == _ring.KIND_END]
+        starts = [i["id"] for r, i in zip(records, items) if r.kind == ring.KIND_START]
+        ends = [i["id"] for r, i in zip(records, items) if r.kind == ring.KIND_END]
         assert sorted(starts) == sorted(ends) == sorted(ids)
         assert len(ids) == 4 * 150 == len(set(ids))
         assert eng.stats()["producers"]["dropped_full"] == 0
@@ -368,7 +368,7 @@ def test_a_tracer_closed_while_encoding_raises_closed_and_writes_nothing(eng):
 
     with pytest.raises(engine.Closed), tracer.call("op", inputs={"v": Closer()}):
         pass
-    assert [r.kind for r in drain(eng)] == [_ring.KIND_START, _ring.KIND_END]
+    assert [r.kind for r in drain(eng)] == [ring.KIND_START, ring.KIND_END]
 
 
 def test_items_encoded_in_place_survive_every_wrap_of_the_ring(tmp_path):
@@ -452,10 +452,10 @@ def test_struct_starts_and_ends_write_msgspecs_bytes_and_their_header(eng, end_f
     assert [bytes(r.payload) for r in records] == [engine.wire.encode(start),
                                                     engine.wire.encode(end)]
     head_start, head_end = records
-    assert (head_start.kind, head_start.flags) == (_ring.KIND_START, 0)
+    assert (head_start.kind, head_start.flags) == (ring.KIND_START, 0)
     assert head_start.call_id == head_end.call_id == _uuid(start.id)
     assert head_start.trace_id == _uuid(start.trace_id)
-    assert (head_end.kind, head_end.flags) == (_ring.KIND_END, flags)
+    assert (head_end.kind, head_end.flags) == (ring.KIND_END, flags)
     assert head_end.trace_id == (_uuid(start.trace_id) if has_trace else bytes(16))
     assert bytes(head_end.payload[head_end.aux:]).startswith(b'"ended_at":')
     if engine.native._accel.native is not None:
@@ -573,7 +573,7 @@ def test_call_start_and_end_take_their_item_by_name_too(eng):
         answer = tracer.call_start(start=start)
         assert (answer.id, answer.trace_id) == (start.id, start.trace_id)
         assert tracer.call_end(end=_end(start)) is None
-    assert [r.kind for r in drain(eng)] == [_ring.KIND_START, _ring.KIND_END] * 2
+    assert [r.kind for r in drain(eng)] == [ring.KIND_START, ring.KIND_END] * 2
 
 
 @pytest.mark.parametrize("call", [
@@ -700,7 +700,7 @@ def test_dict_ends_write_what_converting_them_to_the_struct_writes(eng, fields):
     (record,) = drain(eng)
     assert bytes(record.payload) == engine.wire.encode(want)
     flags = 1 if want.trace_id and want.started_at else 0
-    assert (record.kind, record.flags) == (_ring.KIND_END, flags)
+    assert (record.kind, record.flags) == (ring.KIND_END, flags)
     assert record.trace_id == (_uuid(want.trace_id) if want.trace_id else bytes(16))
     assert bytes(record.payload[record.aux:]).startswith(b'"ended_at":')
 
@@ -793,7 +793,7 @@ def test_a_call_that_raises_records_the_exception_and_restores_the_current_call(
     by_kind = {}
     for r in drain(eng):
         by_kind.setdefault(r.kind, []).append(msgspec.json.decode(r.payload))
-    starts, ends = by_kind[_ring.KIND_START], by_kind[_ring.KIND_END]
+    starts, ends = by_kind[ring.KIND_START], by_kind[ring.KIND_END]
     assert [s["op_name"] for s in starts] == ["outer", "inner"]
     assert starts[1]["parent_id"] == outer.id and starts[1]["trace_id"] == outer.trace_id
     assert starts[1]["inputs"] == {"k": 1} and "parent_id" not in starts[0]

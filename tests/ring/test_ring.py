@@ -17,18 +17,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from engine import ring
 from engine.native import _accel
-from engine.ring import _files as _ring_files
-from engine.ring import _set as _ring
-from engine.ring._set import (
+from engine.ring import (
     HEADER_BYTES,
     KIND_COMPLETE,
     KIND_END,
     KIND_START,
     MAX_PROJECT_BYTES,
     RingSet,
+    _reader,
+    _set,
     record_bytes,
 )
+from engine.ring import _files as ring_files
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RING_BYTES = 4096
@@ -43,10 +45,16 @@ def implementation(request, monkeypatch):
     if request.param == "native":
         if _accel.native is None:
             pytest.skip("engine.native._native is not built here (no C compiler at install time?)")
-        monkeypatch.setattr(_ring, "_native", _accel.native)
+        _use_native(monkeypatch, _accel.native)
     else:
-        monkeypatch.setattr(_ring, "_native", None)
+        _use_native(monkeypatch, None)
     return request.param
+
+
+def _use_native(monkeypatch, native) -> None:
+    """The writers the ring set hands out and the reader's parser: C (``native``) or not."""
+    monkeypatch.setattr(_set, "_native", native)
+    monkeypatch.setattr(_reader, "_native", native)
 
 
 @pytest.fixture
@@ -350,7 +358,7 @@ def test_ring_set_and_spec_pickle_to_an_attached_copy(ring_set):
 
 
 def test_files_are_private_to_the_user(ring_set):
-    segment = os.stat(_ring_files.segment_path(ring_set.spec.shm_name))
+    segment = os.stat(ring_files.segment_path(ring_set.spec.shm_name))
     private_dir = os.stat(os.path.dirname(ring_set.spec.lock_path))
     assert stat.S_IMODE(segment.st_mode) == 0o600
     assert stat.S_IMODE(private_dir.st_mode) == 0o700
@@ -359,7 +367,7 @@ def test_files_are_private_to_the_user(ring_set):
 
 
 def _ring_paths(spec) -> list[str]:
-    return [_ring_files.segment_path(spec.shm_name), os.path.dirname(spec.lock_path)]
+    return [ring_files.segment_path(spec.shm_name), os.path.dirname(spec.lock_path)]
 
 
 def test_unlink_removes_every_file_and_is_idempotent():
@@ -372,7 +380,7 @@ def test_unlink_removes_every_file_and_is_idempotent():
 
 _OWNER_SCRIPT = """
 import sys
-from engine.ring._set import RingSet
+from engine.ring import RingSet
 rings = RingSet.create(4096, 2)
 rings.writer()
 print(rings.spec.shm_name, rings.spec.lock_path, flush=True)
@@ -387,7 +395,7 @@ def test_create_removes_files_left_by_a_killed_owner():
     )  # fmt: skip
     try:
         shm_name, lock_path = owner.stdout.readline().split()
-        paths = [_ring_files.segment_path(shm_name), os.path.dirname(lock_path)]
+        paths = [ring_files.segment_path(shm_name), os.path.dirname(lock_path)]
         assert all(os.path.exists(p) for p in paths)
         rings = RingSet.create(RING_BYTES, 1)
         assert all(os.path.exists(p) for p in paths), "a live owner's files must stay"
@@ -425,12 +433,10 @@ def test_native_and_python_sides_read_each_others_records(writer_impl, implement
     """A C writer with a Python reader (and the reverse) agree on every byte of the format."""
     if _accel.native is None:
         pytest.skip("engine.native._native is not built here")
-    reader_native = _ring._native
     rings = RingSet.create(RING_BYTES, 1)
     try:
-        monkeypatch.setattr(_ring, "_native", _accel.native if writer_impl == "native" else None)
-        writer = rings.writer()
-        monkeypatch.setattr(_ring, "_native", reader_native)
+        monkeypatch.setattr(_set, "_native", _accel.native if writer_impl == "native" else None)
+        writer = rings.writer()  # the reader keeps the fixture's implementation
         reader = rings.reader()
         sent, received = [], []
         for index in range(200):  # several laps, padding records and short tails included
@@ -471,7 +477,7 @@ def test_reader_splices_a_start_and_its_adjacent_end_into_one_record(implementat
             return
         (record,) = records
         start_end = record_bytes(len(PROJECT), len(start))
-        assert record.kind == _ring.KIND_SPLICED and record.flags == 1
+        assert record.kind == ring.KIND_SPLICED and record.flags == 1
         assert record.payload == start[:-1] + b"," + end[aux:]
         assert (record.call_id, record.trace_id, record.project) == (CALL_ID, TRACE_ID, PROJECT)
         assert record.aux == start_end
@@ -508,7 +514,7 @@ def test_reader_splices_only_a_start_with_its_own_adjacent_end(case):
             assert writer.try_write(KIND_START, 0, OTHER_ID, TRACE_ID, PROJECT, start, 0)
         assert writer.try_write(*second)
         records = reader.read()
-        assert _ring.KIND_SPLICED not in [r.kind for r in records]
+        assert ring.KIND_SPLICED not in [r.kind for r in records]
         assert len(records) == (3 if case == "not adjacent" else 2)
     finally:
         rings.close()
@@ -531,28 +537,28 @@ def test_put_item_hands_back_what_it_did_not_write(tmp_path):
     class Unplanned(StartedCallSchemaForInsert):
         pass
 
-    ringset = _ring.RingSet.create(1 << 16, 2)
+    ringset = ring.RingSet.create(1 << 16, 2)
     try:
         writer = ringset.writer()
         projects: dict[str, bytes] = {}
         put_item = writer.fast_put(_codec.encoder, 1 << 20, projects)
-        if _ring._native is None:  # the pure writer has no one-call path: put() does it all
+        if _set._native is None:  # the pure writer has no one-call path: put() does it all
             assert put_item is None
             return
         start = StartedCallSchemaForInsert(
             project_id="e/p", id=_codec.uuid7(), trace_id=_codec.uuid7(), op_name="op",
             started_at=dt.datetime.now(dt.timezone.utc), attributes={}, inputs={"p": "x" * 9000})
-        assert put_item(start, _ring.KIND_START, 0, False) == _ring.UNPLANNED  # project unbound
+        assert put_item(start, ring.KIND_START, 0, False) == ring.UNPLANNED  # project unbound
         projects["e/p"] = b"e/p"
-        assert put_item(msgspec.structs.replace(start, id=None), 1, 0, False) == _ring.UNPLANNED
-        assert put_item(Unplanned(**msgspec.structs.asdict(start)), 1, 0, False) == _ring.UNPLANNED
+        assert put_item(msgspec.structs.replace(start, id=None), 1, 0, False) == ring.UNPLANNED
+        assert put_item(Unplanned(**msgspec.structs.asdict(start)), 1, 0, False) == ring.UNPLANNED
         bad = msgspec.structs.replace(start, trace_id="not-a-uuid")
-        assert put_item(bad, 1, 0, False) == _ring.BAD_TRACE_ID
+        assert put_item(bad, 1, 0, False) == ring.BAD_TRACE_ID
         written = 0
-        while (result := put_item(start, _ring.KIND_START, 0, False)) in (1, 2):
+        while (result := put_item(start, ring.KIND_START, 0, False)) in (1, 2):
             written += 1
         code, payload = result
-        assert code == _ring.NO_ROOM and written >= 1
+        assert code == ring.NO_ROOM and written >= 1
         assert payload == _codec.encoder.encode(start)
         assert writer.take_refused() is None  # nothing kept for another thread to take
         records = ringset.reader().read()
@@ -561,7 +567,7 @@ def test_put_item_hands_back_what_it_did_not_write(tmp_path):
             (_codec.uuid_bytes(start.id), payload)}
         writer.close()
         with pytest.raises(ValueError, match="released"):
-            put_item(start, _ring.KIND_START, 0, False)
+            put_item(start, ring.KIND_START, 0, False)
     finally:
         ringset.close()
 
@@ -577,11 +583,11 @@ def test_the_call_paths_do_nothing_until_the_writer_is_bound():
     from engine.wire import _codec
     from engine.wire.calls import EndedCallSchemaForInsert, StartedCallSchemaForInsert
 
-    ringset = _ring.RingSet.create(1 << 16, 2)
+    ringset = ring.RingSet.create(1 << 16, 2)
     try:
         writer = ringset.writer()
         call_start, call_end = writer.fast_calls()
-        if _ring._native is None:  # the pure writer has no one-call paths
+        if _set._native is None:  # the pure writer has no one-call paths
             assert (call_start, call_end) == (None, None)
             return
         now = dt.datetime.now(dt.timezone.utc)
@@ -592,7 +598,7 @@ def test_the_call_paths_do_nothing_until_the_writer_is_bound():
         assert call_start(start) is None and call_end(end) is None
         writer.fast_put(_codec.encoder, 1 << 20, {"e/p": b"e/p"})
         assert call_start(start).id == start.id and call_end(end) is True
-        assert [r.kind for r in ringset.reader().read()] == [_ring.KIND_START, _ring.KIND_END]
+        assert [r.kind for r in ringset.reader().read()] == [ring.KIND_START, ring.KIND_END]
         writer.detach()
     finally:
         ringset.close()

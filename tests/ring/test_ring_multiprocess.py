@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from engine.ring._set import KIND_RAW, RingSet
+from engine.ring import KIND_RAW, RingSet
 
 RING_BYTES = 64 << 10
 RECORDS_PER_PRODUCER = 1500

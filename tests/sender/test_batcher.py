@@ -6,7 +6,7 @@ import random
 
 import msgspec
 
-from engine.ring import _set as _ring
+from engine import ring
 from engine.sender._batcher import Accumulator, Batch, ReleaseTracker, Router
 from engine.wire import encode, end_splice_offset, utcnow, uuid7
 from engine.wire.calls import CompletedCallSchemaForInsert, EndedCallSchemaForInsert
@@ -22,18 +22,18 @@ def _records(slot: int, pos: int, call_id: str | None = None):
     end = encode(EndedCallSchemaForInsert(project_id="e/p", id=call_id, ended_at=utcnow(),
                                           output=2, summary={}))
     raw = bytes.fromhex(call_id.replace("-", ""))
-    s = _ring.Record(slot, pos + 100, _ring.KIND_START, 0, raw, bytes(16), PROJECT, start, 0, 1)
-    e = _ring.Record(slot, pos + 200, _ring.KIND_END, 0, raw, bytes(16), PROJECT, end,
+    s = ring.Record(slot, pos + 100, ring.KIND_START, 0, raw, bytes(16), PROJECT, start, 0, 1)
+    e = ring.Record(slot, pos + 200, ring.KIND_END, 0, raw, bytes(16), PROJECT, end,
                      end_splice_offset(end), 2)
     return s, e
 
 
-def _at(slot: int, end_pos: int) -> _ring.Record:
+def _at(slot: int, end_pos: int) -> ring.Record:
     """A record that only says where it ends (what the tracker looks at)."""
-    return _ring.Record(slot, end_pos, _ring.KIND_RAW, 0, bytes(16), bytes(16), PROJECT, b"{}", 0, 0)
+    return ring.Record(slot, end_pos, ring.KIND_RAW, 0, bytes(16), bytes(16), PROJECT, b"{}", 0, 0)
 
 
-def _route_one(router: Router, record: _ring.Record, ref: int):
+def _route_one(router: Router, record: ring.Record, ref: int):
     items = router.route([record], [ref])
     assert len(items) <= 1
     return items[0] if items else None

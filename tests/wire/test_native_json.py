@@ -199,9 +199,9 @@ def test_unset_fields_and_omitted_defaults_are_left_out():
 
 
 def test_the_splice_offset_is_where_ended_at_begins(tmp_path):
-    from engine.ring import _set as _ring
+    from engine import ring
 
-    ringset = _ring.RingSet.create(1 << 20, 2)
+    ringset = ring.RingSet.create(1 << 20, 2)
     try:
         writer = ringset.writer()
         end = EndedCallSchemaForInsert(
@@ -209,8 +209,8 @@ def test_the_splice_offset_is_where_ended_at_begins(tmp_path):
             started_at=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
             ended_at=dt.datetime(2026, 1, 1, 0, 0, 1, tzinfo=dt.timezone.utc),
             output={"text": '"ended_at": inside a value'}, summary={})
-        code = writer.put(ENCODER, end, _ring.KIND_END, 0, end.id, None, b"e/p", 1 << 20, True)
-        assert code in (_ring.WRITTEN, _ring.WRITTEN_RING)
+        code = writer.put(ENCODER, end, ring.KIND_END, 0, end.id, None, b"e/p", 1 << 20, True)
+        assert code in (ring.WRITTEN, ring.WRITTEN_RING)
         (record,) = ringset.reader().read()
         assert bytes(record.payload) == ENCODER.encode(end)
         assert record.aux == end_splice_offset(ENCODER.encode(end))
