@@ -28,9 +28,11 @@ from engine.common._config import EngineConfig, load_config
 from engine.common._control import Control, control_path
 from engine.common._errors import Closed, ConfigError
 from engine.native import _accel
-from engine.producer._tracer import ProducerSettings, Tracer, close_tracers
+from engine.producer._flush import ring_doorbell, wait_released
+from engine.producer._slot import ProducerSettings, close_tracers
+from engine.producer._tracer import Tracer
 
-__all__ = ["Engine", "wait_released"]
+__all__ = ["Engine"]
 
 log = logging.getLogger("engine")
 
@@ -174,7 +176,7 @@ class Engine:
         if proc is None:
             return
         self._control.set("shutdown_request", 1)
-        _ring_doorbell(self._ringset)
+        ring_doorbell(self._ringset)
         try:
             proc.wait(deadline_s)
         except subprocess.TimeoutExpired:
@@ -185,39 +187,6 @@ class Engine:
     def _atexit(self) -> None:
         if os.getpid() == self._owner_pid:
             self.close()
-
-
-def wait_released(ringset: ring.RingSet, control: Control, timeout_s: float,
-                  slots: list[int] | None = None) -> bool:
-    """Wait until every ring's release position passes the head it had on entry."""
-    heads, _ = ringset.positions()
-    wanted = range(len(heads)) if slots is None else slots
-    control.set("flush_request_ns", time.monotonic_ns())
-    _ring_doorbell(ringset)
-    deadline = time.monotonic() + timeout_s
-    pause_s = 0.0005
-    while True:
-        _, released = ringset.positions()
-        if all(released[i] >= heads[i] for i in wanted):
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(min(pause_s, max(0.0, deadline - time.monotonic())))
-        pause_s = min(pause_s * 2, 0.02)
-
-
-def _ring_doorbell(ringset: ring.RingSet) -> None:
-    """Wake a sleeping sender (flush and shutdown requests come outside any ring write)."""
-    try:
-        fd = os.open(ringset.spec.doorbell_path, os.O_WRONLY | os.O_NONBLOCK)
-    except OSError:
-        return  # no reader: the sender is not sleeping on it
-    try:
-        os.write(fd, b"\x01")
-    except BlockingIOError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _undelivered(ringset: ring.RingSet) -> int:

@@ -369,7 +369,7 @@ def test_tracers_made_per_task_in_the_owner_do_not_pile_up(tmp_path):
         for _ in range(20):
             ids += trace_calls(eng.producer(), 1)
         gc.collect()
-        from engine.producer._tracer import _live_tracers
+        from engine.producer._slot import _live_tracers
 
         assert sum(t._spec == eng._ringset.spec for t in _live_tracers) <= 1
         assert eng.flush(timeout_s=30)

@@ -1,0 +1,123 @@
+"""The call handle: one traced call, its own context manager (``tracer.call``, ``@tracer.op``).
+
+In C (``engine.native._native.CallHandleBase``) where the accelerator is built: ids, start
+time, context variable and both records without a Python frame; ``_PyCallHandle`` otherwise.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from typing import TYPE_CHECKING, Any
+
+from engine.native._accel import native as _native
+from engine.producer._calls import ITEMS_PLANNED
+from engine.wire import _codec
+from engine.wire.calls import EndedCallSchemaForInsert, StartedCallSchemaForInsert
+
+if TYPE_CHECKING:
+    from engine.producer._tracer import Tracer
+
+__all__ = ["CallHandle", "current_call"]
+
+
+class _PyCallHandle:
+    """One traced call: ``with tracer.call(...) as call:`` — set ``output`` / ``summary``.
+
+    It is its own context manager (one object per call on the hot path); ``id``,
+    ``trace_id``, ``parent_id`` and ``started_at`` are filled when the call starts.
+    """
+
+    __slots__ = ("id", "trace_id", "parent_id", "op_name", "started_at", "output", "summary",
+                 "inputs", "attributes", "display_name", "_token",
+                 "_project", "_tracer")
+
+    def __init__(self, tracer: Tracer, op_name: str, inputs: dict[str, Any],
+                 attributes: dict[str, Any], display_name: str | None, project: str) -> None:
+        self._tracer = tracer
+        self.op_name = op_name
+        self.inputs = inputs
+        self.attributes = attributes
+        self.display_name = display_name
+        self._project = project
+        self.output: Any = None
+        self.summary: dict[str, Any] = {}
+        self.id = self.trace_id = self.parent_id = self.started_at = None
+        self._token: contextvars.Token | None = None
+
+    def _begin(self) -> CallHandle:
+        """Start the call: its ids (a child takes its parent's trace), the start time, the
+        start record, and this call as the context's current one."""
+        parent = _current.get()
+        self.id = call_id = _codec.uuid7()  # (the C writer keeps the last ids' bytes)
+        if parent is None:
+            self.trace_id = trace_id = _codec.uuid7()
+            self.parent_id = parent_id = None
+        else:
+            self.trace_id = trace_id = parent.trace_id
+            self.parent_id = parent_id = parent.id
+        self.started_at = started_at = _codec.utcnow()
+        self._tracer.call_start(StartedCallSchemaForInsert(
+            project_id=self._project, id=call_id, op_name=self.op_name,
+            display_name=self.display_name, trace_id=trace_id, parent_id=parent_id,
+            started_at=started_at, attributes=self.attributes, inputs=self.inputs,
+        ))  # one C call where the accelerator is built
+        self._token = _current.set(self)
+        return self
+
+    __enter__ = _begin  # no frame between ``with`` and the work
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        """End the call: the end record (output, summary, the exception if one ended it)."""
+        if self._token is not None:
+            _current.reset(self._token)
+            self._token = None
+        self._tracer.call_end(EndedCallSchemaForInsert(
+            project_id=self._project, id=self.id, trace_id=self.trace_id,
+            started_at=self.started_at, ended_at=_codec.utcnow(),
+            exception=None if exc is None else _describe(exc),
+            output=self.output, summary=self.summary,
+        ))
+
+    async def __aenter__(self) -> CallHandle:
+        return self._begin()
+
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+
+_current: contextvars.ContextVar[CallHandle | None] = contextvars.ContextVar(
+    "engine_current_call", default=None
+)
+
+if _native is not None and hasattr(_native, "CallHandleBase") and ITEMS_PLANNED:
+
+    class CallHandle(_native.CallHandleBase):  # type: ignore[misc,name-defined]
+        """One traced call: ``with tracer.call(...) as call:`` — set ``output`` /
+        ``summary``. ``id``, ``trace_id``, ``parent_id`` and ``started_at`` are filled when
+        the call starts. Started and ended in C (engine/native/_native.c), as ``_PyCallHandle``
+        does it where the accelerator is not built."""
+
+        __slots__ = ()
+
+        async def __aenter__(self) -> CallHandle:
+            return self._begin()
+
+        async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+            self.__exit__(exc_type, exc, tb)
+
+else:
+    CallHandle = _PyCallHandle  # type: ignore[misc,assignment]
+
+
+def current_call() -> CallHandle | None:
+    """The innermost call traced by ``tracer.call`` / ``@tracer.op`` in this context."""
+    return _current.get()
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+if CallHandle is not _PyCallHandle:
+    _native.call_handle_setup(_current, _describe)  # what the C handle calls back

@@ -1,0 +1,325 @@
+"""Where a tracer's items go: this process's ring slot for the engine, and writing into it.
+
+A slot is single-producer: every tracer of one engine in one process writes through the same
+``_ProcessSlot``, claimed on the first write and given back when the last of them closes (or
+the process ends); a forked child forgets its parent's and claims its own. ``SlotWriting`` is
+the Tracer's half that puts encoded items into the slot and settles what the one-call paths
+leave: a doorbell, a full ring (``on_full``), an error.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import weakref
+from typing import Any
+
+import msgspec
+
+from engine import ring
+from engine.common._control import Control, control_path
+from engine.common._errors import Closed, PayloadTooLarge, RingFull
+from engine.producer._calls import CallsBase
+from engine.wire import _codec
+from engine.wire.calls import end_splice_offset
+
+log = logging.getLogger("engine.producer")
+_WRITTEN, _UNPLANNED = ring.WRITTEN, ring.UNPLANNED
+_ENVELOPE_BYTES = 64  # room for the batch envelope around the largest single item
+_live_tracers: weakref.WeakSet[SlotWriting] = weakref.WeakSet()
+
+
+class _ProcessSlot:
+    """The ring slot this process writes into for one engine, shared by all its tracers of
+    that engine: a slot is single-producer, and tracers come and go (a Pool task unpickles
+    one per task; a slot each would run out after ``max_slots`` tasks). Given back when the
+    last tracer that wrote through it closes, or when the process ends."""
+
+    __slots__ = ("writer", "max_payload", "fast_put", "fast_start", "fast_end", "projects",
+                 "open", "closed")
+
+    def __init__(self, writer: ring.SlotWriter, max_payload: int, fast_put: Any,
+                 fast_calls: tuple[Any, Any], projects: dict[str, bytes]) -> None:
+        self.writer = writer
+        self.max_payload = max_payload
+        self.fast_put = fast_put
+        self.fast_start, self.fast_end = fast_calls
+        self.projects = projects  # project_id -> bytes, bound to the writer's fast path
+        self.open = 0  # tracers using it that have not closed
+
+
+def close_tracers(spec: ring.RingSpec) -> None:
+    """Close every tracer of this process writing into ``spec``'s ring set, the ones
+    unpickled here too (the engine closes: their later writes raise Closed)."""
+    for tracer in list(_live_tracers):
+        if tracer._spec == spec:
+            tracer.close()
+
+
+class _Process:
+    """What the tracers of this process share; a fresh one in a forked child."""
+
+    def __init__(self) -> None:
+        self.slots: dict[tuple[ring.RingSpec, ProducerSettings], _ProcessSlot] = {}
+        # A slot is single-producer: threads of one process take turns on the slow paths
+        # (the one-call paths are atomic). A fresh lock after fork: another thread may have
+        # held the old one.
+        self.lock = threading.RLock()
+        self.stringified_seen = _codec.Stringified.count  # what has been counted so far
+
+
+_process = _Process()
+
+
+class ProducerSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """The part of the engine's configuration a producer needs (picklable)."""
+
+    project: str
+    max_block_ms: int
+    on_full: str
+    strict: bool
+    max_request_bytes: int
+
+
+class SlotWriting(CallsBase):  # type: ignore[misc,valid-type]
+    """The Tracer's writing half: its slot, the general write path, and what the one-call
+    paths leave to settle."""
+
+    def __init__(self, spec: ring.RingSpec, settings: ProducerSettings) -> None:
+        self._spec = spec
+        self._settings = settings
+        self._encoder = _codec.strict_encoder if settings.strict else _codec.encoder
+        self._ringset: ring.RingSet | None = None
+        self._control: Control | None = None
+        self._closed = False
+        self._projects: dict[str, bytes] = {}
+        self._forget_slot()
+        _live_tracers.add(self)
+
+    def _forget_slot(self) -> None:
+        """Drop the claimed slot: a forked child must never write into its parent's slot.
+
+        The shared mappings stay valid in a child, so only the slot is given up; the child
+        claims its own on its first write.
+        """
+        self._slot: _ProcessSlot | None = None
+        # The writer's one-call hot path (see SlotWriter.fast_put), None until a slot is
+        # claimed or where there is none. Used without the lock: each call is atomic.
+        self._fast_put: Any = None
+        # The same for call_start / call_end (see SlotWriter.fast_calls).
+        self._fast_start: Any = None
+        self._fast_end: Any = None
+
+    @property
+    def _lock(self) -> threading.RLock:
+        return _process.lock
+
+    @property
+    def _writer(self) -> ring.SlotWriter | None:
+        return None if self._slot is None else self._slot.writer
+
+    @property
+    def _max_payload(self) -> int:
+        return 0 if self._slot is None else self._slot.max_payload
+
+    def _written_slot(self) -> _ProcessSlot | None:
+        """The slot this process writes through for this engine, if any tracer claimed it."""
+        return self._slot or _process.slots.get((self._spec, self._settings))
+
+    def _close_slot(self) -> None:
+        """Closed from here on; the slot goes back when the last tracer using it closes."""
+        with self._lock:
+            self._closed = True
+            self._fast_put = self._fast_start = self._fast_end = None
+            slot, self._slot = self._slot, None
+            if slot is not None:
+                slot.open -= 1
+                if slot.open == 0:  # the last tracer here that wrote
+                    slot.writer.close()
+                    key = (self._spec, self._settings)
+                    if _process.slots.get(key) is slot:
+                        del _process.slots[key]
+
+    def _fast_failed(self, fast: Any, current: Any) -> None:
+        """A one-call path raised ValueError: a writer released by a close() that ran
+        while the call was on its way (``current`` is then no longer ``fast``) is Closed;
+        anything else stands."""
+        if current is not fast:
+            raise Closed("this tracer is closed") from None
+
+    def _emit(self, kind: int, flags: int, item: msgspec.Struct, project: str,
+              call_id: str | bytes, trace_id: str | bytes | None, what: str,
+              splice: bool) -> None:
+        """``_put`` through the writer's one-call path when there is one."""
+        fast = self._fast_put
+        if fast is not None:
+            try:
+                result = fast(item, kind, flags, splice)
+            except ValueError:
+                self._fast_failed(fast, self._fast_put)
+                raise
+            if result == _WRITTEN and _codec.Stringified.count == _process.stringified_seen:
+                return
+            if result != _UNPLANNED:
+                self._settle(result, kind, flags, item, call_id, trace_id, what, splice)
+                return
+        self._put(kind, flags, item, project, call_id, trace_id, what, splice)
+
+    def _settle(self, result: Any, kind: int, flags: int, item: msgspec.Struct,
+                call_id: str | bytes, trace_id: str | bytes | None, what: str,
+                splice: bool) -> None:
+        """What the one-call path did not finish: the doorbell, a full ring (its bytes came
+        back with the code: nothing is encoded twice), an error, the stringified count."""
+        code, payload = result if type(result) is tuple else (result, None)
+        try:
+            if code != _WRITTEN:
+                project_b = self._projects[item.project_id]  # put_item only takes bound ones
+                with self._lock:
+                    writer = self._writer
+                    if writer is None:
+                        if code != ring.WRITTEN_RING:
+                            raise Closed("this tracer is closed")
+                    else:
+                        self._put_slow(writer, code, kind, flags, project_b, call_id, trace_id,
+                                       what, splice, payload)
+        finally:
+            if _codec.Stringified.count != _process.stringified_seen:
+                self._note_stringified()
+
+    def _put(self, kind: int, flags: int, item: msgspec.Struct, project: str,
+             call_id: str | bytes, trace_id: str | bytes | None, what: str,
+             splice: bool = False) -> None:
+        """Encode ``item`` once and write it into this process's slot (one C call when the
+        accelerator is built). Ids are UUID text or raw bytes; ``what`` names the item in
+        errors (``start`` -> ``start.id``); ``splice``: an end, whose record carries the
+        offset where its payload fields begin."""
+        project_b = self._projects.get(project) or self._project_bytes(project)
+        try:
+            with self._lock:
+                writer = self._writer or self._claim()
+                try:
+                    code = writer.put(self._encoder, item, kind, flags, call_id, trace_id,
+                                      project_b, self._max_payload, splice)
+                except ValueError:
+                    if self._closed:  # closed by a value's hook while it was encoded
+                        raise Closed("this tracer is closed") from None
+                    raise
+                if code != ring.WRITTEN:
+                    self._put_slow(writer, code, kind, flags, project_b, call_id, trace_id,
+                                   what, splice)
+        finally:
+            if _codec.Stringified.count != _process.stringified_seen:
+                self._note_stringified()
+
+    def _put_slow(self, writer: ring.SlotWriter, code: int, kind: int, flags: int,
+                  project_b: bytes, call_id: str | bytes, trace_id: str | bytes | None,
+                  what: str, splice: bool, payload: bytes | None = None) -> None:
+        """Anything but a plain write: the doorbell, a full ring, or an error to raise."""
+        if payload is None:  # the bytes put encoded (None if it stopped before)
+            payload = writer.take_refused()
+        if code in (ring.WRITTEN_RING, ring.BAD_CALL_ID, ring.BAD_TRACE_ID):
+            writer.outcome(code, project_b, b"", call_id, trace_id, what)  # rings or raises
+            return
+        if code == ring.OVER_MAX_PAYLOAD:
+            self._control_block().slot_add(writer.slot, "too_large")
+            raise PayloadTooLarge(_id_text(call_id), len(payload), self._max_payload)
+        aux = end_splice_offset(payload) if splice else 0  # raises if there is no ended_at
+        if not writer.outcome(code, project_b, payload, call_id, trace_id, what):
+            self._write_slow(writer, (kind, flags, call_id, trace_id, project_b, payload, aux),
+                             _id_text(call_id))
+
+    def _write_slow(self, writer: ring.SlotWriter, args: tuple, call_id: str) -> None:
+        """The ring is full: wait up to max_block_ms, then apply the on_full policy."""
+        started = time.monotonic()
+        ok = writer.write(*args, timeout_s=self._settings.max_block_ms / 1000)
+        while not ok and self._settings.on_full == "block":
+            log.warning("ring slot %d full for %.1f s; still waiting (the sender is behind)",
+                        writer.slot, time.monotonic() - started)
+            ok = writer.write(*args, timeout_s=self._settings.max_block_ms / 1000 or 1.0)
+        control = self._control_block()
+        control.slot_add(writer.slot, "blocked_ms", int((time.monotonic() - started) * 1000))
+        if ok:
+            return
+        if self._settings.on_full == "raise":
+            control.slot_add(writer.slot, "raised_full")
+            raise RingFull(f"ring slot {writer.slot} stayed full for "
+                           f"{self._settings.max_block_ms} ms; call {call_id} not enqueued")
+        control.slot_add(writer.slot, "dropped_full")
+        log.warning("dropped call %s item: ring full (on_full='drop')", call_id)
+
+    def _claim(self) -> ring.SlotWriter:
+        with self._lock:
+            return self._writer or self._claim_locked()
+
+    def _claim_locked(self) -> ring.SlotWriter:
+        if self._closed:
+            raise Closed("this tracer is closed")
+        key = (self._spec, self._settings)
+        slot = _process.slots.get(key)
+        if slot is None:  # this process's first write into this engine
+            ringset = self._ensure_attached()
+            try:
+                # every slot taken: the sender frees a dead producer's once it is drained
+                writer = ringset.writer(wait_s=self._settings.max_block_ms / 1000)
+            except Exception as exc:
+                raise Closed(f"cannot claim a ring slot: {exc}") from exc
+            reserved = len(self._settings.project.encode()) + 256
+            max_payload = min(writer.max_record_bytes - reserved,
+                              self._settings.max_request_bytes - _ENVELOPE_BYTES)
+            projects = dict(self._projects)
+            slot = _process.slots[key] = _ProcessSlot(
+                writer, max_payload, writer.fast_put(self._encoder, max_payload, projects),
+                writer.fast_calls(), projects)
+        else:
+            slot.projects.update(self._projects)
+        slot.open += 1
+        self._slot = slot
+        self._projects = slot.projects
+        self._fast_put, self._fast_start, self._fast_end = (
+            slot.fast_put, slot.fast_start, slot.fast_end)
+        return slot.writer
+
+    def _ensure_attached(self) -> ring.RingSet:
+        if self._ringset is None:
+            try:
+                self._ringset = ring.RingSet.attach(self._spec)
+            except FileNotFoundError:
+                raise Closed("the engine that owned this tracer is closed") from None
+        return self._ringset
+
+    def _control_block(self) -> Control:
+        if self._control is None:
+            ring_dir = os.path.dirname(self._spec.lock_path)
+            self._control = Control(control_path(ring_dir), self._spec.max_slots)
+        return self._control
+
+    def _project_bytes(self, project: str) -> bytes:
+        from engine.common._config import check_project
+
+        check_project(project, "project_id")
+        encoded = self._projects[project] = project.encode()
+        return encoded
+
+    def _note_stringified(self) -> None:
+        delta = _codec.Stringified.count - _process.stringified_seen
+        _process.stringified_seen = _codec.Stringified.count
+        writer = self._writer or self._claim()
+        self._control_block().slot_add(writer.slot, "stringified", delta)
+
+
+
+def _id_text(call_id: str | bytes) -> str:
+    return call_id if isinstance(call_id, str) else _codec.uuid_text(call_id)
+
+
+
+def _after_fork_in_child() -> None:
+    global _process
+    _process = _Process()  # the parent's slots are not this process's
+    for tracer in list(_live_tracers):
+        tracer._forget_slot()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
