@@ -5,7 +5,7 @@ like multiprocessing's spawn, but without re-importing the user's ``__main__``).
 uvloop event loop:
 
     ring records ──Router──► items ──Accumulator──► batches ──► ready queue ──► POST tasks
-        ▲                                                                         │
+        ▲             (_intake: the read hot loop)                 (_delivery)     │
         └──────────── release ◄── ReleaseTracker ◄── ack / dead-letter / spool ◄──┘
 
 A record's ring space is released only once the batch holding it is settled, so a sender
@@ -31,31 +31,23 @@ import msgspec
 from engine import ring
 from engine.common._config import EngineConfig, default_state_dir
 from engine.common._control import Control, control_path
-from engine.common._errors import EngineError, SendError
+from engine.common._errors import SendError
 from engine.common._malloc import tune_for_large_buffers
 from engine.ring import _files as ring_files
 from engine.sender._adaptive import AdaptiveConcurrency, SizeTarget
-from engine.sender._batcher import (
-    UPSERT_ROUTE,
-    Accumulator,
-    Batch,
-    Item,
-    ReleaseTracker,
-    Router,
-)
+from engine.sender._batcher import Accumulator, Batch, ReleaseTracker, Router
 from engine.sender._deadletter import DeadLetters
-from engine.sender._retry import Backoff, Verdict, classify, retry_after_s
-from engine.sender._transport import Compressor, Response, Transport
-from engine.wire._codec import uuid_text
+from engine.sender._delivery import Delivery
+from engine.sender._intake import READ_MAX_RECORDS, Intake
+from engine.sender._retry import Backoff, Verdict, classify
+from engine.sender._transport import Compressor, Transport
 
 log = logging.getLogger("engine.sender")
 
 _HOUSEKEEPING_S = 0.1
 _LATENCY_PUBLISH_S = 0.5
 _LATENCY_SAMPLES = 8192
-_READ_MAX_RECORDS = 2048
 _ENVELOPE_BYTES = 64
-_CAPABILITIES = "trace_id_on_end,eval_child_meta"
 # The data path allocates a few small tuples per record, nearly all freed by reference
 # counting within a batch's life. At the default threshold (700) the cyclic collector ran
 # every few hundred records and walked each in-flight item several times (~15% of the
@@ -63,9 +55,10 @@ _CAPABILITIES = "trace_id_on_end,eval_child_meta"
 _GC_GEN0_THRESHOLD = 10_000
 
 
-
-class Sender:
-    """One sender loop; see the module docstring for the data path."""
+class Sender(Intake, Delivery):
+    """One sender loop; see the module docstring for the data path. Reading records into
+    batches is ``Intake`` (engine/sender/_intake.py), sending them and settling each answer
+    ``Delivery`` (_delivery.py); here: the state they share, the loop, timers and the end."""
 
     def __init__(self, spec: ring.RingSpec, cfg: EngineConfig, *, owner_pid: int,
                  ring_dir: str, api_key: str | None) -> None:
@@ -146,56 +139,6 @@ class Sender:
                 spool_task.cancel()
         loop.remove_reader(self.reader.fileno())
 
-    def _pump(self) -> bool:
-        """Read a chunk of records into batches; True if anything was read."""
-        read_any = False
-        if self.held_bytes + self.acc.open_bytes < self.cfg.max_in_flight_bytes:
-            records = self.reader.read(_READ_MAX_RECORDS)
-            if records:
-                read_any = True
-                self._route_records(records)
-        flushing = self._flushing()
-        linger_s = 0.0 if flushing else self.cfg.linger_ms / 1000
-        if self.router.held() and (flushing or read_any or self._eager_due()):
-            self._add_items(self.router.expire(self.cfg.eager_start_ms / 1000,
-                                               self.tracker.read_pos, self.cfg.ring_bytes // 2,
-                                               flushing))
-        for batch in self.acc.due(linger_s):
-            self._make_ready(batch)
-        return read_any
-
-    def _route_records(self, records: list[ring.Record]) -> None:
-        self.control.add("items_read", self.reader.last_read_records)
-        router = self.router
-        items = router.route(records, self.tracker.track(records))
-        if router.unroutable:
-            for record, ref, detail in router.unroutable:
-                self._dead_record(record, ref, detail)
-            router.unroutable.clear()
-        self._add_items(items)
-
-    def _add_items(self, items: list[Item]) -> None:
-        for batch in self.acc.add(items, self.size.take):
-            self._make_ready(batch)
-
-    def _make_ready(self, batch: Batch) -> None:
-        self.ready.append(batch)
-        self.held_bytes += batch.size_bytes
-
-    def _dispatch(self) -> None:
-        while self.ready and len(self.tasks) < self.concurrency.limit:
-            batch = self.ready.popleft()
-            if (len(batch) > 1 and batch.size_bytes > self.size.bytes
-                    and batch.target_bytes != self.size.probing_bytes):
-                # made before a 413 taught us a lower target: don't upload what will fail
-                pieces = batch.chunks(self.size.bytes)
-                self.held_bytes += sum(p.size_bytes for p in pieces) - batch.size_bytes
-                self.ready.extendleft(reversed(pieces))
-                continue
-            task = asyncio.create_task(self._deliver(batch))
-            self.tasks[task] = batch
-            task.add_done_callback(self._task_done)
-
     async def _idle(self) -> None:
         """Sleep until the doorbell, a finished request, or the next timer."""
         timeout = _HOUSEKEEPING_S
@@ -219,205 +162,7 @@ class Sender:
         self.reader.clear_doorbell()
         self.wake.set()
 
-    def _task_done(self, task: asyncio.Task) -> None:
-        self.tasks.pop(task, None)
-        if not task.cancelled() and task.exception() is not None and self.fatal is None:
-            self.fatal = task.exception()
-        self.wake.set()
-
-    # -- delivering one batch -----------------------------------------------------------
-
-    async def _deliver(self, batch: Batch) -> None:
-        body = batch.body()
-        wire = body
-        encoding = None
-        if self.compressor is not None:
-            wire = await self.compressor.compress_async(body, self.executor)
-            encoding = "zstd"
-        if batch.first_sent_s is None:
-            batch.first_sent_s = time.monotonic()
-        batch.attempts += 1
-        in_flight = len(self.tasks)
-        self._count_sent(batch, len(body), len(wire))
-        response: Response | None = None
-        error: SendError | None = None
-        try:
-            response = await self.transport.post(
-                batch.route, wire, content_encoding=encoding, retry_id=batch.retry_id,
-                headers=self._headers(batch), timeout_s=self.cfg.request_timeout_s)
-        except SendError as exc:
-            # without its traceback: that holds this frame, whose locals hold the error
-            # (and the body): a cycle only the collector would free
-            error = exc.with_traceback(None)
-        verdict = classify(response.status if response else None,
-                           response.body if response else b"", error)
-        self._settle(batch, verdict, response, error, len(body), in_flight)
-
-    def _headers(self, batch: Batch) -> dict[str, str] | None:
-        first = batch.items[0]
-        if first.single:
-            return {"X-Weave-Trace-Id": uuid_text(first.trace_id)}
-        if batch.route == UPSERT_ROUTE and all(i.ends_carry_trace for i in batch.items):
-            return {"X-Weave-Client-Capabilities": _CAPABILITIES}
-        return None
-
-    def _settle(self, batch: Batch, verdict: Verdict, response: Response | None,
-                error: SendError | None, raw_bytes: int, in_flight: int) -> None:
-        rtt_s = response.rtt_s if response else self.cfg.request_timeout_s
-        status = response.status if response else None
-        if verdict is Verdict.OK:
-            self.concurrency.on_response(rtt_s, overloaded=False, in_flight=in_flight)
-            self.size.on_success(raw_bytes)
-            self._acknowledge(batch, raw_bytes)
-        elif verdict is Verdict.SPLIT_413:
-            self.control.add("rejected_bytes_413", raw_bytes)
-            self.size.on_413(raw_bytes)
-            self._split(batch, "splits_413", "too_large", status, response)
-        elif verdict is Verdict.SPLIT_422:
-            self._split(batch, "splits_422", "invalid", status, response)
-        elif verdict is Verdict.RETRY:
-            overloaded = status in (429, 503) or response is None
-            self.concurrency.on_response(rtt_s, overloaded=overloaded, in_flight=in_flight)
-            self._retry_later(batch, response, error)
-        elif verdict is Verdict.COMPLETE_MODE_REQUIRED:
-            self._switch_mode("complete")
-        elif status == 404 and self.cfg.target == "auto" and self.router.mode == "complete":
-            self._switch_mode("upsert")
-        else:
-            self._dead_letter(batch, "http", status, _reason(response))
-        self._publish_gauges()
-
-    def _acknowledge(self, batch: Batch, raw_bytes: int) -> None:
-        self.held_bytes -= batch.size_bytes
-        self.tracker.ack(batch.refs())
-        self.control.add("items_acked", len(batch))
-        self.control.add("bytes_acked", raw_bytes)
-        self.control.add("batches_acked")
-        now_ns = time.monotonic_ns()
-        step = max(1, len(batch) // 64)
-        for item in batch.items[::step]:
-            self.latencies_us.append((now_ns - item.enqueue_ns) // 1000)
-
-    def _split(self, batch: Batch, counter: str, reason: str, status: int | None,
-               response: Response | None) -> None:
-        if len(batch) == 1:
-            self._dead_letter(batch, reason, status, _reason(response))
-            return
-        self.control.add(counter)
-        pieces = batch.chunks(self.size.bytes) if reason == "too_large" else batch.halves()
-        self.held_bytes += sum(p.size_bytes for p in pieces) - batch.size_bytes
-        self.ready.extendleft(reversed(pieces))
-
-    def _retry_later(self, batch: Batch, response: Response | None, error: SendError | None) -> None:
-        elapsed_s = time.monotonic() - batch.first_sent_s
-        if elapsed_s >= self.cfg.delivery_deadline_s or self.stopping:
-            what = f"HTTP {response.status}" if response else str(error)
-            self._give_up(batch, "deadline", response.status if response else None,
-                          f"not delivered within {self.cfg.delivery_deadline_s:g} s; last: {what}")
-            return
-        self.control.add("retries")
-        hint = retry_after_s(response.headers) if response else None
-        delay_s = self.backoff.delay_s(batch.attempts, self.rng, hint)
-        delay_s = min(delay_s, max(0.0, self.cfg.delivery_deadline_s - elapsed_s))
-        self.waiting[batch] = asyncio.get_running_loop().call_later(delay_s, self._requeue, batch)
-
-    def _requeue(self, batch: Batch) -> None:
-        del self.waiting[batch]
-        self.ready.appendleft(batch)
-        self.wake.set()
-
-    def _give_up(self, batch: Batch, reason: str, status: int | None, detail: str) -> None:
-        """A batch past its deadline: spool it if we can, else dead-letter it."""
-        if self.spool is not None:
-            try:
-                self.spool.put(batch.route, batch.body(), len(batch))
-            except (OSError, EngineError) as exc:  # full or unwritable: the dead letters keep it
-                detail = f"{detail}; spool refused it: {exc}"
-            else:
-                self.control.add("spooled_batches")
-                self.control.add("spooled_items", len(batch))
-                self.held_bytes -= batch.size_bytes
-                self.tracker.ack(batch.refs())
-                return
-        self._dead_letter(batch, reason, status, detail)
-
-    def _dead_letter(self, batch: Batch, reason: str, status: int | None, detail: str) -> None:
-        for item in batch.items:
-            self.dead.add(reason=f"{reason}: {detail}" if detail else reason, status=status,
-                          call_id=_call_id_text(item), route=batch.route,
-                          project=item.project.decode(), item_json=item.data)
-        log.error("dead-lettered %d items (%s, HTTP %s): %s", len(batch), reason, status, detail)
-        self.control.add("dead_letters", len(batch))
-        self.control.add(_DEAD_COUNTERS.get(reason, "dead_http"), len(batch))
-        self.held_bytes -= batch.size_bytes
-        self.tracker.ack(batch.refs())
-
-    def _dead_record(self, record: ring.Record, ref: int, detail: str) -> None:
-        """A record no route can carry: dead-letter it as it is, never crash on it."""
-        self.dead.add(reason=f"unroutable: {detail}", status=None, call_id=None, route="",
-                      project=record.project.decode(errors="replace"),
-                      item_json=record.payload if _is_json(record.payload) else b"null")
-        self.control.add("dead_letters")
-        self.control.add("dead_invalid")
-        self.tracker.ack((ref,))
-
-    def _switch_mode(self, mode: str) -> None:
-        """The server wants the other ingest shape: start over from the release positions.
-
-        The rings still hold every unacknowledged record, so everything in memory (open and
-        queued batches, waiting starts, requests in flight) is dropped and re-read in the new
-        mode; the server's idempotent upsert absorbs anything that arrives twice.
-        """
-        log.warning("server asks for %s mode; switching from %s", mode, self.router.mode)
-        for task in self.tasks:
-            task.cancel()
-        self.tasks.clear()
-        for timer in self.waiting.values():
-            timer.cancel()
-        self.waiting.clear()
-        self.ready.clear()
-        self.acc = Accumulator()
-        self.router = Router(mode, self.router.max_item_bytes)
-        self._read_spliced(mode)
-        self.tracker = ReleaseTracker(self.reader.release)
-        self.held_bytes = 0
-        self.reader.rewind()
-        self.control.set("complete_mode", int(mode == "complete"))
-
-    def _read_spliced(self, mode: str) -> None:
-        """In complete mode the reader splices a start and its adjacent end itself (in C)."""
-        self.reader.splice_max_bytes = self.router.max_item_bytes if mode == "complete" else 0
-
-    def _count_sent(self, batch: Batch, raw_bytes: int, wire_bytes: int) -> None:
-        control = self.control
-        control.add("requests_sent")
-        control.add("bytes_sent_raw", raw_bytes)
-        control.add("bytes_sent_wire", wire_bytes)
-        if batch.attempts == 1:
-            control.add("batches_sent")
-            control.add("items_sent", len(batch))
-
     # -- timers, housekeeping and the end --------------------------------------------------
-
-    def _flushing(self) -> bool:
-        """A flush request makes everything read so far go out now (no linger, no holding)."""
-        requested = self.control.get("flush_request_ns")
-        if requested != self.flush_seen_ns:
-            self.flush_seen_ns = requested
-            self.flush_heads = self.reader.heads()
-        if self.flush_heads is None:
-            return False
-        read = self.tracker.read_pos
-        if all(read.get(slot, 0) >= head for slot, head in enumerate(self.flush_heads) if head):
-            caught_up = not self.reader.pending()
-            if caught_up:
-                self.flush_heads = None
-            return True
-        return True
-
-    def _eager_due(self) -> bool:
-        oldest = self.router.oldest_pending_s()
-        return oldest is not None and time.monotonic() - oldest >= self.cfg.eager_start_ms / 1000
 
     def _housekeeping(self) -> bool:
         """Publish gauges, free dead producers' slots; True when it is time to stop."""
@@ -487,7 +232,7 @@ class Sender:
     def _settle_leftovers(self) -> None:
         """At exit nothing may vanish: every unacknowledged record is spooled or dead-lettered."""
         while True:
-            records = self.reader.read(_READ_MAX_RECORDS)
+            records = self.reader.read(READ_MAX_RECORDS)
             if not records:
                 break
             self._route_records(records)
@@ -537,43 +282,10 @@ class Sender:
             await asyncio.sleep(1.0)
 
 
-_DEAD_COUNTERS = {
-    "too_large": "dead_too_large",
-    "invalid": "dead_invalid",
-    "http": "dead_http",
-    "deadline": "dead_deadline",
-    "shutdown": "dead_shutdown",
-}
-
-
-def _reason(response: Response | None) -> str:
-    if response is None:
-        return ""
-    try:
-        data = msgspec.json.decode(response.body)
-    except msgspec.DecodeError:
-        return response.body[:200].decode("utf-8", "replace")
-    if isinstance(data, dict):
-        return str(data.get("reason") or data.get("detail") or data)[:500]
-    return str(data)[:500]
-
-
-def _call_id_text(item: Item) -> str | None:
-    return uuid_text(item.call_id) if any(item.call_id) else None
-
-
 def _open_spool(directory: str) -> Any:
     from engine.sender._spool import Spool
 
     return Spool(directory)
-
-
-def _is_json(data: bytes) -> bool:
-    try:
-        msgspec.json.decode(data)
-    except msgspec.DecodeError:
-        return False
-    return True
 
 
 def _owner_alive(owner_pid: int) -> bool:
@@ -616,6 +328,8 @@ def _run(coro: Any) -> None:
     else:  # pragma: no cover
         uvloop.install()
         asyncio.run(coro)
+
+
 
 
 if __name__ == "__main__":

@@ -1,0 +1,273 @@
+"""The sender's delivery: batches in flight, and what each answer does to them.
+
+    ready queue ──_dispatch──► POST tasks ──answer──► _settle ──► ack / split / retry later
+                                                                  / spool / dead-letter
+
+``_settle`` is the policy: a 2xx acknowledges (ring space is released through the
+ReleaseTracker), a 413 or 422 splits, a retriable failure waits with backoff up to the
+delivery deadline, then the batch is spooled or dead-lettered; nothing is dropped unsaid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import logging
+import random
+import time
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from engine.common._config import EngineConfig
+from engine.common._control import Control
+from engine.common._errors import EngineError, SendError
+from engine.ring import RingReader
+from engine.sender._adaptive import AdaptiveConcurrency, SizeTarget
+from engine.sender._batcher import UPSERT_ROUTE, Accumulator, Batch, Item, ReleaseTracker, Router
+from engine.sender._deadletter import DeadLetters
+from engine.sender._retry import Backoff, Verdict, classify, retry_after_s
+from engine.sender._transport import Compressor, Response, Transport
+from engine.wire._codec import uuid_text
+
+if TYPE_CHECKING:
+    from engine.sender._spool import Spool
+
+log = logging.getLogger("engine.sender")
+
+_CAPABILITIES = "trace_id_on_end,eval_child_meta"
+
+
+class Delivery:
+    """The Sender's delivering half (a mixin: it shares the Sender's state, declared here)."""
+
+    cfg: EngineConfig
+    control: Control
+    reader: RingReader
+    tracker: ReleaseTracker
+    router: Router
+    acc: Accumulator
+    size: SizeTarget
+    concurrency: AdaptiveConcurrency
+    backoff: Backoff
+    rng: random.Random
+    dead: DeadLetters
+    spool: Spool | None
+    ready: collections.deque[Batch]
+    waiting: dict[Batch, asyncio.TimerHandle]  # sleeping before a retry
+    held_bytes: int
+    tasks: dict[asyncio.Task, Batch]  # POSTs in flight
+    fatal: BaseException | None
+    stopping: bool
+    wake: asyncio.Event | None
+    transport: Transport | None
+    compressor: Compressor | None
+    executor: concurrent.futures.ThreadPoolExecutor | None
+    latencies_us: collections.deque[int]
+
+    def _dispatch(self) -> None:
+        while self.ready and len(self.tasks) < self.concurrency.limit:
+            batch = self.ready.popleft()
+            if (len(batch) > 1 and batch.size_bytes > self.size.bytes
+                    and batch.target_bytes != self.size.probing_bytes):
+                # made before a 413 taught us a lower target: don't upload what will fail
+                pieces = batch.chunks(self.size.bytes)
+                self.held_bytes += sum(p.size_bytes for p in pieces) - batch.size_bytes
+                self.ready.extendleft(reversed(pieces))
+                continue
+            task = asyncio.create_task(self._deliver(batch))
+            self.tasks[task] = batch
+            task.add_done_callback(self._task_done)
+
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self.tasks.pop(task, None)
+        if not task.cancelled() and task.exception() is not None and self.fatal is None:
+            self.fatal = task.exception()
+        self.wake.set()
+
+    # -- delivering one batch -----------------------------------------------------------
+
+    async def _deliver(self, batch: Batch) -> None:
+        body = batch.body()
+        wire = body
+        encoding = None
+        if self.compressor is not None:
+            wire = await self.compressor.compress_async(body, self.executor)
+            encoding = "zstd"
+        if batch.first_sent_s is None:
+            batch.first_sent_s = time.monotonic()
+        batch.attempts += 1
+        in_flight = len(self.tasks)
+        self._count_sent(batch, len(body), len(wire))
+        response: Response | None = None
+        error: SendError | None = None
+        try:
+            response = await self.transport.post(
+                batch.route, wire, content_encoding=encoding, retry_id=batch.retry_id,
+                headers=self._headers(batch), timeout_s=self.cfg.request_timeout_s)
+        except SendError as exc:
+            # without its traceback: that holds this frame, whose locals hold the error
+            # (and the body): a cycle only the collector would free
+            error = exc.with_traceback(None)
+        verdict = classify(response.status if response else None,
+                           response.body if response else b"", error)
+        self._settle(batch, verdict, response, error, len(body), in_flight)
+
+    def _headers(self, batch: Batch) -> dict[str, str] | None:
+        first = batch.items[0]
+        if first.single:
+            return {"X-Weave-Trace-Id": uuid_text(first.trace_id)}
+        if batch.route == UPSERT_ROUTE and all(i.ends_carry_trace for i in batch.items):
+            return {"X-Weave-Client-Capabilities": _CAPABILITIES}
+        return None
+
+    def _settle(self, batch: Batch, verdict: Verdict, response: Response | None,
+                error: SendError | None, raw_bytes: int, in_flight: int) -> None:
+        rtt_s = response.rtt_s if response else self.cfg.request_timeout_s
+        status = response.status if response else None
+        if verdict is Verdict.OK:
+            self.concurrency.on_response(rtt_s, overloaded=False, in_flight=in_flight)
+            self.size.on_success(raw_bytes)
+            self._acknowledge(batch, raw_bytes)
+        elif verdict is Verdict.SPLIT_413:
+            self.control.add("rejected_bytes_413", raw_bytes)
+            self.size.on_413(raw_bytes)
+            self._split(batch, "splits_413", "too_large", status, response)
+        elif verdict is Verdict.SPLIT_422:
+            self._split(batch, "splits_422", "invalid", status, response)
+        elif verdict is Verdict.RETRY:
+            overloaded = status in (429, 503) or response is None
+            self.concurrency.on_response(rtt_s, overloaded=overloaded, in_flight=in_flight)
+            self._retry_later(batch, response, error)
+        elif verdict is Verdict.COMPLETE_MODE_REQUIRED:
+            self._switch_mode("complete")
+        elif status == 404 and self.cfg.target == "auto" and self.router.mode == "complete":
+            self._switch_mode("upsert")
+        else:
+            self._dead_letter(batch, "http", status, _reason(response))
+        self._publish_gauges()
+
+    def _acknowledge(self, batch: Batch, raw_bytes: int) -> None:
+        self.held_bytes -= batch.size_bytes
+        self.tracker.ack(batch.refs())
+        self.control.add("items_acked", len(batch))
+        self.control.add("bytes_acked", raw_bytes)
+        self.control.add("batches_acked")
+        now_ns = time.monotonic_ns()
+        step = max(1, len(batch) // 64)
+        for item in batch.items[::step]:
+            self.latencies_us.append((now_ns - item.enqueue_ns) // 1000)
+
+    def _split(self, batch: Batch, counter: str, reason: str, status: int | None,
+               response: Response | None) -> None:
+        if len(batch) == 1:
+            self._dead_letter(batch, reason, status, _reason(response))
+            return
+        self.control.add(counter)
+        pieces = batch.chunks(self.size.bytes) if reason == "too_large" else batch.halves()
+        self.held_bytes += sum(p.size_bytes for p in pieces) - batch.size_bytes
+        self.ready.extendleft(reversed(pieces))
+
+    def _retry_later(self, batch: Batch, response: Response | None, error: SendError | None) -> None:
+        elapsed_s = time.monotonic() - batch.first_sent_s
+        if elapsed_s >= self.cfg.delivery_deadline_s or self.stopping:
+            what = f"HTTP {response.status}" if response else str(error)
+            self._give_up(batch, "deadline", response.status if response else None,
+                          f"not delivered within {self.cfg.delivery_deadline_s:g} s; last: {what}")
+            return
+        self.control.add("retries")
+        hint = retry_after_s(response.headers) if response else None
+        delay_s = self.backoff.delay_s(batch.attempts, self.rng, hint)
+        delay_s = min(delay_s, max(0.0, self.cfg.delivery_deadline_s - elapsed_s))
+        self.waiting[batch] = asyncio.get_running_loop().call_later(delay_s, self._requeue, batch)
+
+    def _requeue(self, batch: Batch) -> None:
+        del self.waiting[batch]
+        self.ready.appendleft(batch)
+        self.wake.set()
+
+    def _give_up(self, batch: Batch, reason: str, status: int | None, detail: str) -> None:
+        """A batch past its deadline: spool it if we can, else dead-letter it."""
+        if self.spool is not None:
+            try:
+                self.spool.put(batch.route, batch.body(), len(batch))
+            except (OSError, EngineError) as exc:  # full or unwritable: the dead letters keep it
+                detail = f"{detail}; spool refused it: {exc}"
+            else:
+                self.control.add("spooled_batches")
+                self.control.add("spooled_items", len(batch))
+                self.held_bytes -= batch.size_bytes
+                self.tracker.ack(batch.refs())
+                return
+        self._dead_letter(batch, reason, status, detail)
+
+    def _dead_letter(self, batch: Batch, reason: str, status: int | None, detail: str) -> None:
+        for item in batch.items:
+            self.dead.add(reason=f"{reason}: {detail}" if detail else reason, status=status,
+                          call_id=_call_id_text(item), route=batch.route,
+                          project=item.project.decode(), item_json=item.data)
+        log.error("dead-lettered %d items (%s, HTTP %s): %s", len(batch), reason, status, detail)
+        self.control.add("dead_letters", len(batch))
+        self.control.add(_DEAD_COUNTERS.get(reason, "dead_http"), len(batch))
+        self.held_bytes -= batch.size_bytes
+        self.tracker.ack(batch.refs())
+
+    def _switch_mode(self, mode: str) -> None:
+        """The server wants the other ingest shape: start over from the release positions.
+
+        The rings still hold every unacknowledged record, so everything in memory (open and
+        queued batches, waiting starts, requests in flight) is dropped and re-read in the new
+        mode; the server's idempotent upsert absorbs anything that arrives twice.
+        """
+        log.warning("server asks for %s mode; switching from %s", mode, self.router.mode)
+        for task in self.tasks:
+            task.cancel()
+        self.tasks.clear()
+        for timer in self.waiting.values():
+            timer.cancel()
+        self.waiting.clear()
+        self.ready.clear()
+        self.acc = Accumulator()
+        self.router = Router(mode, self.router.max_item_bytes)
+        self._read_spliced(mode)
+        self.tracker = ReleaseTracker(self.reader.release)
+        self.held_bytes = 0
+        self.reader.rewind()
+        self.control.set("complete_mode", int(mode == "complete"))
+
+    def _count_sent(self, batch: Batch, raw_bytes: int, wire_bytes: int) -> None:
+        control = self.control
+        control.add("requests_sent")
+        control.add("bytes_sent_raw", raw_bytes)
+        control.add("bytes_sent_wire", wire_bytes)
+        if batch.attempts == 1:
+            control.add("batches_sent")
+            control.add("items_sent", len(batch))
+
+
+_DEAD_COUNTERS = {
+    "too_large": "dead_too_large",
+    "invalid": "dead_invalid",
+    "http": "dead_http",
+    "deadline": "dead_deadline",
+    "shutdown": "dead_shutdown",
+}
+
+
+def _reason(response: Response | None) -> str:
+    if response is None:
+        return ""
+    try:
+        data = msgspec.json.decode(response.body)
+    except msgspec.DecodeError:
+        return response.body[:200].decode("utf-8", "replace")
+    if isinstance(data, dict):
+        return str(data.get("reason") or data.get("detail") or data)[:500]
+    return str(data)[:500]
+
+
+def _call_id_text(item: Item) -> str | None:
+    return uuid_text(item.call_id) if any(item.call_id) else None
+

@@ -1,0 +1,119 @@
+"""The sender's intake: ring records, read within the in-flight budget, become batches.
+
+    ring records ──read──► ReleaseTracker.track ──Router──► items ──Accumulator──► ready queue
+
+One pass of ``_pump`` is the sender's reading hot loop: a bounded read (a few thousand
+records), routing, and the batches the size target or the linger timer cut. A flush request
+makes everything read so far go out at once.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+
+import msgspec
+
+from engine import ring
+from engine.common._config import EngineConfig
+from engine.common._control import Control
+from engine.sender._adaptive import SizeTarget
+from engine.sender._batcher import Accumulator, Batch, Item, ReleaseTracker, Router
+from engine.sender._deadletter import DeadLetters
+
+READ_MAX_RECORDS = 2048
+
+
+class Intake:
+    """The Sender's reading half (a mixin: it shares the Sender's state, declared here)."""
+
+    cfg: EngineConfig
+    control: Control
+    reader: ring.RingReader
+    tracker: ReleaseTracker
+    router: Router
+    acc: Accumulator
+    size: SizeTarget
+    dead: DeadLetters
+    ready: collections.deque[Batch]
+    held_bytes: int  # bytes of batches ready, waiting or in flight
+    flush_seen_ns: int
+    flush_heads: list[int] | None
+
+    def _pump(self) -> bool:
+        """Read a chunk of records into batches; True if anything was read."""
+        read_any = False
+        if self.held_bytes + self.acc.open_bytes < self.cfg.max_in_flight_bytes:
+            records = self.reader.read(READ_MAX_RECORDS)
+            if records:
+                read_any = True
+                self._route_records(records)
+        flushing = self._flushing()
+        linger_s = 0.0 if flushing else self.cfg.linger_ms / 1000
+        if self.router.held() and (flushing or read_any or self._eager_due()):
+            self._add_items(self.router.expire(self.cfg.eager_start_ms / 1000,
+                                               self.tracker.read_pos, self.cfg.ring_bytes // 2,
+                                               flushing))
+        for batch in self.acc.due(linger_s):
+            self._make_ready(batch)
+        return read_any
+
+    def _route_records(self, records: list[ring.Record]) -> None:
+        self.control.add("items_read", self.reader.last_read_records)
+        router = self.router
+        items = router.route(records, self.tracker.track(records))
+        if router.unroutable:
+            for record, ref, detail in router.unroutable:
+                self._dead_record(record, ref, detail)
+            router.unroutable.clear()
+        self._add_items(items)
+
+    def _add_items(self, items: list[Item]) -> None:
+        for batch in self.acc.add(items, self.size.take):
+            self._make_ready(batch)
+
+    def _make_ready(self, batch: Batch) -> None:
+        self.ready.append(batch)
+        self.held_bytes += batch.size_bytes
+
+    def _dead_record(self, record: ring.Record, ref: int, detail: str) -> None:
+        """A record no route can carry: dead-letter it as it is, never crash on it."""
+        self.dead.add(reason=f"unroutable: {detail}", status=None, call_id=None, route="",
+                      project=record.project.decode(errors="replace"),
+                      item_json=record.payload if _is_json(record.payload) else b"null")
+        self.control.add("dead_letters")
+        self.control.add("dead_invalid")
+        self.tracker.ack((ref,))
+
+    def _read_spliced(self, mode: str) -> None:
+        """In complete mode the reader splices a start and its adjacent end itself (in C)."""
+        self.reader.splice_max_bytes = self.router.max_item_bytes if mode == "complete" else 0
+
+    def _flushing(self) -> bool:
+        """A flush request makes everything read so far go out now (no linger, no holding)."""
+        requested = self.control.get("flush_request_ns")
+        if requested != self.flush_seen_ns:
+            self.flush_seen_ns = requested
+            self.flush_heads = self.reader.heads()
+        if self.flush_heads is None:
+            return False
+        read = self.tracker.read_pos
+        if all(read.get(slot, 0) >= head for slot, head in enumerate(self.flush_heads) if head):
+            caught_up = not self.reader.pending()
+            if caught_up:
+                self.flush_heads = None
+            return True
+        return True
+
+    def _eager_due(self) -> bool:
+        oldest = self.router.oldest_pending_s()
+        return oldest is not None and time.monotonic() - oldest >= self.cfg.eager_start_ms / 1000
+
+
+def _is_json(data: bytes) -> bool:
+    try:
+        msgspec.json.decode(data)
+    except msgspec.DecodeError:
+        return False
+    return True
+
