@@ -104,8 +104,16 @@ def _add_serve(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=6345, help="port to bind; 0 picks a free one")
     serve.add_argument(
-        "--store", choices=("sqlite", "count"), default="sqlite",
-        help="sqlite stores calls; count only decodes and counts them (benchmarks)",
+        "--store", default="sqlite",
+        help="sqlite (one file, the default); clickhouse://USER@HOST:PORT/DB (a ClickHouse "
+        "server, shared by replicas; password from $ENGINE_CLICKHOUSE_PASSWORD or "
+        "--clickhouse-password-file); chdb:///FOLDER (ClickHouse embedded in this process); "
+        "count only decodes and counts calls (benchmarks)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--clickhouse-password-file", default=None,
+        help="file holding the ClickHouse password (else $ENGINE_CLICKHOUSE_PASSWORD_FILE, "
+        "$ENGINE_CLICKHOUSE_PASSWORD)",
     )  # fmt: skip
     serve.add_argument(
         "--max-body-bytes", type=_positive_int, default=DEFAULT_MAX_BODY_BYTES,
@@ -126,6 +134,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         port=args.port,
         db_path=args.db,
         store=args.store,
+        clickhouse_password_file=args.clickhouse_password_file,
         max_body_bytes=args.max_body_bytes,
         api_key=args.api_key or os.environ.get(ENGINE_API_KEY_ENV) or None,
     )

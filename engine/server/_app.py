@@ -11,6 +11,7 @@ from typing import Any, Literal
 from aiohttp import web
 
 from engine.common import _metrics
+from engine.common._errors import ConfigError
 from engine.server import (
     _graphql,
     _routes_actions,
@@ -31,8 +32,10 @@ from engine.server._count_store import CountStore
 from engine.server._sqlite_store import SQLiteStore
 from engine.server._state import STATE, ServerState
 from engine.server._store import Store
+from engine.server.clickhouse._connect import is_clickhouse_url, parse_store_url
 
-StoreKind = Literal["sqlite", "count"]
+# "sqlite", "count", or a ClickHouse URL (clickhouse://USER@HOST:PORT/DB, chdb:///FOLDER)
+StoreKind = Literal["sqlite", "count"] | str
 # Reachable without credentials: the handshake a client makes before it knows the key.
 _OPEN_PATHS = frozenset({"/health", "/server_info"})
 
@@ -43,12 +46,19 @@ def default_db_path() -> Path:
     return Path(data_home) / "engine" / "traces.db"
 
 
-def open_store(kind: StoreKind, db_path: Path | None) -> Store:
+def open_store(kind: StoreKind, db_path: Path | None, password_file: Path | None = None) -> Store:
     if kind == "count":
         return CountStore()
     if kind == "sqlite":
         return SQLiteStore(db_path or default_db_path())
-    raise ValueError(f"store: unknown kind {kind!r}; choose 'sqlite' or 'count'")
+    if is_clickhouse_url(kind):
+        from engine.server.clickhouse import ClickHouseStore  # needs the 'clickhouse' extra
+
+        return ClickHouseStore(parse_store_url(kind, password_file))
+    raise ConfigError(
+        f"store: unknown store {kind!r}; choose 'sqlite', 'count', "
+        "clickhouse://USER@HOST:PORT/DB or chdb:///FOLDER"
+    )
 
 
 @web.middleware
@@ -110,10 +120,12 @@ async def start_server(
     store: StoreKind = "sqlite",
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     api_key: str | None = None,
+    clickhouse_password_file: Path | str | None = None,
 ) -> tuple[web.AppRunner, str]:
     """Start serving on the running loop; returns the runner (``await runner.cleanup()``) and URL."""
+    password_file = Path(clickhouse_password_file) if clickhouse_password_file else None
     app = build_app(
-        open_store(store, Path(db_path) if db_path else None),
+        open_store(store, Path(db_path) if db_path else None, password_file),
         max_body_bytes=max_body_bytes,
         api_key=api_key,
     )
@@ -140,6 +152,8 @@ async def serve_until_signal(**options: Any) -> None:
     runner, url = await start_server(**options)
     store = runner.app[STATE].store
     where = f" db={store.path}" if type(store) is SQLiteStore else ""
+    if hasattr(store, "target"):  # ClickHouse: where, never the password
+        where = f" {store.target.describe()}"
     # the URL line is the readiness signal: printed only once signals are handled
     print(f"engine serve: listening on {url} (store={store.kind}{where})", flush=True)
     try:

@@ -1,0 +1,81 @@
+"""Versioned schema migrations, run by the server when it opens the store.
+
+``migrations/NNNN_name.sql`` files are applied in order; ``schema_migrations`` records
+each version applied. Several replicas may start at once and apply the same file
+together, so every statement of a migration must be idempotent (``IF NOT EXISTS``);
+the record table keeps one row per version whichever replica wrote it. A database that
+has a version this server does not know was migrated by a newer server: this one refuses
+to start rather than write rows the newer schema may read differently.
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+from typing import Any
+
+import msgspec
+
+from engine.common._errors import ConfigError
+
+_FILE = re.compile(r"^(\d{4})_(\w+)\.sql$")
+_RECORD_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version UInt32,
+    name String,
+    applied_at DateTime64(6, 'UTC') DEFAULT now64(6)
+) ENGINE = ReplacingMergeTree
+ORDER BY version
+"""
+
+
+class Migration(msgspec.Struct, frozen=True):
+    version: int
+    name: str
+    statements: tuple[str, ...]
+
+
+def _statements(sql: str) -> tuple[str, ...]:
+    """The file's statements: separated by ``;`` at the end of a line, comments dropped."""
+    text = "\n".join(line for line in sql.splitlines() if not line.lstrip().startswith("--"))
+    return tuple(s.strip() for s in re.split(r";\s*$", text, flags=re.MULTILINE) if s.strip())
+
+
+def bundled() -> list[Migration]:
+    """The migrations shipped with this server, in version order."""
+    found = []
+    for entry in (resources.files("engine.server.clickhouse") / "migrations").iterdir():
+        match = _FILE.match(entry.name)
+        if match:
+            found.append(Migration(int(match[1]), match[2], _statements(entry.read_text())))
+    found.sort(key=lambda m: m.version)
+    if [m.version for m in found] != list(range(1, len(found) + 1)):
+        raise RuntimeError(f"migrations are not numbered 1..N: {[m.version for m in found]}")
+    return found
+
+
+def applied_versions(client: Any) -> set[int]:
+    client.command(_RECORD_TABLE)
+    return {row[0] for row in client.query("SELECT DISTINCT version FROM schema_migrations").result_rows}
+
+
+def migrate(client: Any, migrations: list[Migration] | None = None) -> list[int]:
+    """Apply what is missing on ``client``'s database; returns the versions applied now."""
+    migrations = bundled() if migrations is None else migrations
+    done = applied_versions(client)
+    newest = max((m.version for m in migrations), default=0)
+    if done and max(done) > newest:
+        raise ConfigError(
+            f"store: the ClickHouse database is at schema version {max(done)}, newer than this "
+            f"server's {newest}: upgrade engine before serving from it"
+        )
+    applied = []
+    for migration in migrations:
+        if migration.version in done:
+            continue
+        for statement in migration.statements:
+            client.command(statement)
+        client.insert("schema_migrations", [[migration.version, migration.name]],
+                      column_names=["version", "name"])  # fmt: skip
+        applied.append(migration.version)
+    return applied

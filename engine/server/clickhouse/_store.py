@@ -1,0 +1,306 @@
+"""The ClickHouse :class:`~engine.server._store.Store`: ``engine serve --store clickhouse://…``.
+
+Every statement runs on the store's threads (each with its own ``clickhouse-connect``
+client), never on the event loop. The server keeps no state of its own: whatever one
+replica writes, any other replica on the same database reads, so several ``engine serve``
+processes can stand behind one load balancer. Writes are ordered by ``version``, this
+process's clock in nanoseconds, strictly increasing (:class:`VersionClock`).
+
+Call batches go in as one ``INSERT … FORMAT JSONCompactEachRow`` each (one block: the
+batch lands whole or not at all). Small ones (a single ``/call/start``) use ClickHouse's
+asynchronous inserts, which gather many small requests into one part server-side; the
+store still waits for each to be written before it answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal, TypeVar
+
+from engine.server._query_expr import compile_query
+from engine.server._rows import Complete, End, Start, row_to_call
+from engine.server._store import (
+    CallRow,
+    CallsQuery,
+    Doc,
+    DocKind,
+    DocsPage,
+    DocsQuery,
+    ObjectsQuery,
+    ObjectVersion,
+    StorageKind,
+    Store,
+    ThreadTurn,
+)
+from engine.server.clickhouse import _calls, _docs, _objects
+from engine.server.clickhouse._connect import Target, connect
+from engine.server.clickhouse._migrate import migrate
+
+T = TypeVar("T")
+PAGE_ROWS = 1000  # calls handed to the route at a time while streaming
+# batches up to this many parts go through ClickHouse's asynchronous inserts
+ASYNC_INSERT_MAX_ROWS = 64
+_ASYNC_INSERT = {"async_insert": 1, "wait_for_async_insert": 1}
+_THREADS = 4
+
+
+class VersionClock:
+    """Nanoseconds since the epoch, strictly increasing in this process (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._last = 0
+        self._lock = threading.Lock()
+
+    def take(self, n: int = 1) -> int:
+        """The first of ``n`` consecutive versions reserved for the caller."""
+        with self._lock:
+            first = max(time.time_ns(), self._last + 1)
+            self._last = first + n - 1
+            return first
+
+
+def _decoded(call: CallRow) -> dict[str, Any]:
+    import msgspec
+
+    return {k: msgspec.json.decode(v) if isinstance(v, msgspec.Raw) else v for k, v in call.items()}
+
+
+class ClickHouseStore(Store):
+    kind = "clickhouse"
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self._clock = VersionClock()
+        self._local = threading.local()
+        self._pool = ThreadPoolExecutor(_THREADS, thread_name_prefix="engine-clickhouse")
+        connect(target, None).command(f"CREATE DATABASE IF NOT EXISTS `{target.database}`")
+        self.migrated = migrate(self._client())
+
+    def _client(self) -> Any:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = self._local.client = connect(self.target, self.target.database)
+        return client
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        def call() -> T:
+            return fn(self._client(), *args)
+
+        return await asyncio.get_running_loop().run_in_executor(self._pool, call)
+
+    # -- calls ---------------------------------------------------------------------------
+
+    async def insert_calls(self, starts: list[Start], ends: list[End], completes: list[Complete]) -> None:
+        count = len(starts) + len(ends) + len(completes)
+        if count:
+            await self._run(self._insert_calls, starts, ends, completes, self._clock.take(count))
+
+    @staticmethod
+    def _insert_calls(client: Any, starts: list[Start], ends: list[End], completes: list[Complete],
+                      first_version: int) -> None:  # fmt: skip
+        body, rows = _calls.call_parts(starts, ends, completes, first_version)
+        _insert_parts(client, body, _ASYNC_INSERT if rows <= ASYNC_INSERT_MAX_ROWS else None)
+
+    async def query_calls(self, query: CallsQuery) -> AsyncIterator[list[CallRow]]:
+        sql = _calls.calls_sql(query)
+        keep = compile_query(query.query) if query.query is not None else None
+        # with $expr, offset and limit apply to the calls the expression keeps
+        skip, remaining = (query.offset, query.limit) if keep else (0, None)
+        text = sql.select(None, 0) if keep else sql.select(query.limit, query.offset)
+        pages = _Pages(self, text, sql.params)
+        try:
+            while remaining is None or remaining > 0:
+                page = await pages.next()
+                if page is None:
+                    return
+                if keep is not None:
+                    page = [c for c in page if keep(_decoded(c))]
+                    page, skip = page[skip:], max(0, skip - len(page))
+                if remaining is not None:
+                    page, remaining = page[:remaining], remaining - min(remaining, len(page))
+                if page:
+                    yield page
+        finally:
+            await pages.close()
+
+    async def count_calls(self, query: CallsQuery) -> int:
+        if query.query is not None:
+            return sum([len(page) async for page in self.query_calls(query)])
+        sql = _calls.calls_sql(CallsQuery(project_id=query.project_id, filter=query.filter))
+        count = await self._run(_scalar, sql.count(), sql.params)
+        count = max(0, count - query.offset)
+        return count if query.limit is None else min(count, query.limit)
+
+    async def delete_calls(self, project_id: str, call_ids: list[str]) -> list[str]:
+        return await self._run(self._delete_calls, project_id, call_ids)
+
+    def _delete_calls(self, client: Any, project_id: str, call_ids: list[str]) -> list[str]:
+        """The calls and every visible call below them (parent links), as weave deletes."""
+        sql, params = _calls.visible_sql(project_id, list(dict.fromkeys(call_ids)))
+        doomed = dict.fromkeys(r[0] for r in client.query(sql, parameters=params).result_rows)
+        frontier = list(doomed)
+        while frontier:
+            sql, params = _calls.subtree_sql(project_id, frontier)
+            found = [r[0] for r in client.query(sql, parameters=params).result_rows]
+            frontier = [i for i in found if i not in doomed]
+            doomed.update(dict.fromkeys(frontier))
+        if doomed:
+            body = _calls.delete_parts(project_id, doomed, self._clock.take(len(doomed)))
+            _insert_parts(client, body, None)
+        return list(doomed)
+
+    async def set_call_display_name(self, project_id: str, call_id: str, name: str | None) -> bool:
+        return await self._run(self._rename, project_id, call_id, name)
+
+    def _rename(self, client: Any, project_id: str, call_id: str, name: str | None) -> bool:
+        sql, params = _calls.visible_sql(project_id, [call_id])
+        if not client.query(sql, parameters=params).result_rows:
+            return False
+        _insert_parts(client, _calls.rename_part(project_id, call_id, name, self._clock.take()), None)
+        return True
+
+    async def thread_turns(self, project_id: str, thread_ids: list[str] | None,
+                           max_turns: int) -> list[ThreadTurn]:  # fmt: skip
+        sql, params = _calls.thread_turns_sql(project_id, thread_ids, max_turns)
+        rows = await self._run(_rows, sql, params)
+        return [ThreadTurn(*row) for row in rows]
+
+    # -- objects -------------------------------------------------------------------------
+
+    async def put_object(self, version: ObjectVersion) -> ObjectVersion:
+        return await self._run(_objects.put, version, self._clock.take(2))
+
+    async def read_object(self, project_id: str, object_id: str, version: str) -> ObjectVersion | None:
+        return await self._run(_objects.read, project_id, object_id, version)
+
+    async def query_objects(self, query: ObjectsQuery) -> list[ObjectVersion]:
+        return await self._run(_objects.query, query)
+
+    async def delete_objects(self, project_id: str, object_id: str, versions: list[str] | None,
+                             now_us: int) -> list[ObjectVersion]:  # fmt: skip
+        return await self._run(_objects.delete, project_id, object_id, versions, now_us,
+                               self._clock.take())  # fmt: skip
+
+    async def set_aliases(self, project_id: str, object_id: str, digest: str,
+                          aliases: list[str]) -> bool:  # fmt: skip
+        return await self._run(self._labelled, _objects.set_aliases, project_id, object_id,
+                               digest, aliases)  # fmt: skip
+
+    def _labelled(self, client: Any, label: Callable[..., None], project_id: str, object_id: str,
+                  digest: str, names: list[str], *extra: Any) -> bool:  # fmt: skip
+        if not _objects.live(client, project_id, object_id, digest):
+            return False
+        label(client, project_id, object_id, digest, names, self._clock.take(), *extra)
+        return True
+
+    async def remove_aliases(self, project_id: str, object_id: str, aliases: list[str]) -> None:
+        await self._run(_objects.remove_aliases, project_id, object_id, aliases, self._clock.take())
+
+    async def add_tags(self, project_id: str, object_id: str, digest: str, tags: list[str]) -> bool:
+        return await self._run(self._labelled, _objects.set_tags, project_id, object_id, digest,
+                               tags, 0)  # fmt: skip
+
+    async def remove_tags(self, project_id: str, object_id: str, digest: str,
+                          tags: list[str]) -> None:  # fmt: skip
+        await self._run(_objects.set_tags, project_id, object_id, digest, tags,
+                        self._clock.take(), 1)  # fmt: skip
+
+    async def label_names(self, project_id: str, what: Literal["tag", "alias"]) -> list[str]:
+        return await self._run(_objects.label_names, project_id, what)
+
+    async def object_labels(self, project_id: str, versions: list[tuple[str, str]]
+                            ) -> dict[tuple[str, str], tuple[list[str], list[str]]]:  # fmt: skip
+        return await self._run(_objects.labels, project_id, versions)
+
+    # -- tables and files ----------------------------------------------------------------
+
+    async def put_table(self, project_id: str, digest: str, row_digests: list[str],
+                        new_rows: list[tuple[str, str]]) -> None:  # fmt: skip
+        await self._run(_docs.put_table, project_id, digest, row_digests, new_rows)
+
+    async def table_row_digests(self, project_id: str, digest: str) -> list[str] | None:
+        return await self._run(_docs.table_row_digests, project_id, digest)
+
+    async def table_rows(self, project_id: str, row_digests: list[str]) -> dict[str, str]:
+        return await self._run(_docs.table_rows, project_id, row_digests)
+
+    async def put_file(self, project_id: str, digest: str, content: bytes) -> None:
+        await self._run(_docs.put_file, project_id, digest, content)
+
+    async def read_file(self, project_id: str, digest: str) -> bytes | None:
+        return await self._run(_docs.read_file, project_id, digest)
+
+    # -- feedback and costs --------------------------------------------------------------
+
+    async def put_docs(self, kind: DocKind, docs: list[Doc]) -> list[Doc]:
+        return await self._run(_docs.put_docs, kind, docs, self._clock.take(len(docs)))
+
+    async def query_docs(self, kind: DocKind, query: DocsQuery) -> DocsPage:
+        return await self._run(_docs.query_docs, kind, query)
+
+    async def delete_docs(self, kind: DocKind, project_id: str, ids: list[str]) -> int:
+        return await self._run(_docs.delete_docs, kind, project_id, ids, self._clock.take())
+
+    async def replace_doc(self, kind: DocKind, old_id: str, new: Doc) -> bool:
+        return await self._run(_docs.replace_doc, kind, old_id, new, self._clock.take(2))
+
+    # -- project -------------------------------------------------------------------------
+
+    async def storage_bytes(self, project_id: str, kind: StorageKind) -> int:
+        if kind == "trace":
+            sql, params = _calls.storage_sql(project_id)
+            return int(await self._run(_scalar, sql, params) or 0)
+        return await self._run(_docs.storage_bytes, kind, project_id)
+
+    async def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+def _insert_parts(client: Any, body: bytes, settings: dict[str, Any] | None) -> None:
+    client.raw_insert("call_parts", list(_calls.PART_COLUMNS), insert_block=body,
+                      fmt="JSONCompactEachRow", settings=settings)  # fmt: skip
+
+
+def _rows(client: Any, sql: str, params: dict[str, Any]) -> list[tuple]:
+    return client.query(sql, parameters=params).result_rows
+
+
+def _scalar(client: Any, sql: str, params: dict[str, Any]) -> Any:
+    return client.query(sql, parameters=params).result_rows[0][0]
+
+
+class _Pages:
+    """One streamed query, read a block at a time on the store's threads and cut into
+    pages of :data:`PAGE_ROWS` calls (rows become calls there too, off the event loop)."""
+
+    def __init__(self, store: ClickHouseStore, sql: str, params: dict[str, Any]) -> None:
+        self._store, self._sql, self._params = store, sql, params
+        self._stream: Any = None
+        self._pages: Iterator[list[CallRow]] | None = None
+
+    def _open(self, client: Any) -> None:
+        self._stream = client.query_row_block_stream(self._sql, parameters=self._params)
+        self._pages = self._cut(self._stream.__enter__())
+
+    @staticmethod
+    def _cut(blocks: Any) -> Iterator[list[CallRow]]:
+        for block in blocks:
+            for i in range(0, len(block), PAGE_ROWS):
+                yield [row_to_call(r) for r in block[i : i + PAGE_ROWS]]
+
+    def _next(self, client: Any) -> list[CallRow] | None:
+        if self._pages is None:
+            self._open(client)
+        assert self._pages is not None
+        return next(self._pages, None)
+
+    async def next(self) -> list[CallRow] | None:
+        return await self._store._run(self._next)
+
+    async def close(self) -> None:
+        if self._stream is not None:
+            await self._store._run(lambda _client: self._stream.__exit__(None, None, None))
