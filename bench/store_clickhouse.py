@@ -1,0 +1,137 @@
+"""The stores of ``engine serve`` side by side: SQLite vs ClickHouse, in one run.
+
+    python -m bench.store_clickhouse                    # 1M calls, small profile (~0.8 KB)
+    python -m bench.store_clickhouse --calls 200000 --profile eval
+
+For each store, on the same calls (``bench.payloads``; decoded once into the raw ingest
+models ``engine serve`` hands its store, so the decode is not timed): ingest through
+``Store.insert_calls`` in batches of ``--batch`` complete calls, ``--writers`` batches in
+flight at once (as an ``engine serve`` with several requests open); then
+``calls_query_stats`` (``count_calls``) over everything stored; then a streaming read of
+every call in the default order (``query_calls``, the path of ``/calls/stream_query``).
+
+Stores: ``sqlite`` (a file in a temporary folder), ``clickhouse`` (the local ClickHouse
+server, ``engine.server.clickhouse.local_server``, in its own process, over HTTP), and
+``chdb`` (ClickHouse embedded in this process). Prints one JSON line per store and a
+markdown table. Wall-clock figures on a shared 2-core box are noisy: run it more than once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from bench.payloads import profile as payload_profile
+from engine.server._ingest_models import RawCallsCompleteReq, decode_ingest
+from engine.server._sqlite_store import SQLiteStore
+from engine.server._store import CallsQuery, Store
+
+PROJECT = "bench-entity/bench-project"
+_T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def _batches(n_calls: int, batch: int, profile_name: str) -> list[list[Any]]:
+    """The calls as decoded ingest batches, ready for ``insert_calls``."""
+    prof = payload_profile(profile_name)
+    distinct = [prof.complete_call(i, project_id=PROJECT, call_id="", trace_id="",
+                                   started_at="", ended_at="") for i in range(1000)]  # fmt: skip
+    out = []
+    for first in range(0, n_calls, batch):
+        calls = []
+        for i in range(first, min(n_calls, first + batch)):
+            t = _T0 + dt.timedelta(microseconds=i * 10)
+            call = {**distinct[i % len(distinct)], "id": f"{i:032x}", "trace_id": f"{i // 10:032x}",
+                    "started_at": t.isoformat(), "ended_at": (t + dt.timedelta(seconds=1)).isoformat()}  # fmt: skip
+            calls.append(call)
+        out.append(decode_ingest(msgspec.json.encode({"batch": calls}), RawCallsCompleteReq).batch)
+    return out
+
+
+async def _ingest(store: Store, batches: list[list[Any]], writers: int) -> float:
+    queue = list(reversed(batches))
+
+    async def writer() -> None:
+        while queue:
+            await store.insert_calls([], [], queue.pop())
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(writer() for _ in range(writers)))
+    return time.perf_counter() - t0
+
+
+async def _measure(name: str, store: Store, batches: list[list[Any]], writers: int) -> dict[str, Any]:
+    n_calls = sum(len(b) for b in batches)
+    ingest_s = await _ingest(store, batches, writers)
+    t0 = time.perf_counter()
+    count = await store.count_calls(CallsQuery(project_id=PROJECT))
+    count_s = time.perf_counter() - t0
+    t0, read = time.perf_counter(), 0
+    async for page in store.query_calls(CallsQuery(project_id=PROJECT)):
+        read += len(page)
+    read_s = time.perf_counter() - t0
+    assert count == read == n_calls, (name, count, read, n_calls)
+    return {
+        "store": name, "calls": n_calls, "ingest_calls_per_s": round(n_calls / ingest_s),
+        "query_stats_s": round(count_s, 3), "stream_rows_per_s": round(read / read_s),
+    }
+
+
+async def _run_store(name: str, folder: Path, batches: list[list[Any]], writers: int,
+                     clickhouse_url: str | None) -> dict[str, Any]:  # fmt: skip
+    if name == "sqlite":
+        store: Store = SQLiteStore(folder / "bench.db")
+    else:
+        from engine.server.clickhouse import ClickHouseStore, parse_store_url
+
+        url = clickhouse_url if name == "clickhouse" else f"chdb://{folder / 'chdb'}"
+        store = ClickHouseStore(parse_store_url(url))
+    try:
+        return await _measure(name, store, batches, writers)
+    finally:
+        await store.close()
+
+
+def _table(results: list[dict[str, Any]]) -> str:
+    lines = ["| store | calls | ingest calls/s | calls_query_stats (s) | streamed rows/s |",
+             "|---|---:|---:|---:|---:|"]  # fmt: skip
+    for r in results:
+        lines.append(f"| {r['store']} | {r['calls']:,} | {r['ingest_calls_per_s']:,} | "
+                     f"{r['query_stats_s']} | {r['stream_rows_per_s']:,} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.store_clickhouse", description=__doc__)
+    parser.add_argument("--calls", type=int, default=1_000_000)
+    parser.add_argument("--batch", type=int, default=10_000, help="calls per insert")
+    parser.add_argument("--writers", type=int, default=2, help="batches in flight at once")
+    parser.add_argument("--profile", default="small", help="small (~0.8 KB), eval (~4 KB)")
+    parser.add_argument("--stores", default="sqlite,clickhouse,chdb")
+    args = parser.parse_args(argv)
+    batches = _batches(args.calls, args.batch, args.profile)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="bench-store-") as tmp:
+        folder = Path(tmp)
+        from engine.server.clickhouse._process import local_clickhouse
+
+        with local_clickhouse(folder / "server") as server:
+            url = server.store_url(f"bench_{uuid.uuid4().hex[:8]}")
+            for name in args.stores.split(","):
+                result = asyncio.run(_run_store(name, folder, batches, args.writers, url))
+                result["profile"] = args.profile
+                print(json.dumps(result), flush=True)
+                results.append(result)
+    print(_table(results))
+
+
+if __name__ == "__main__":
+    main()
