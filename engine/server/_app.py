@@ -56,7 +56,8 @@ def open_store(kind: StoreKind, db_path: Path | None, password_file: Path | None
 
         return ClickHouseStore(parse_store_url(kind, password_file))
     raise ConfigError(
-        f"store: unknown store {kind!r}; choose 'sqlite', 'count', "
+        "store",
+        f"unknown store {kind!r}; choose 'sqlite', 'count', "
         "clickhouse://USER@HOST:PORT/DB or chdb:///FOLDER"
     )
 

@@ -56,15 +56,16 @@ def parse_store_url(url: str, password_file: Path | None = None) -> Target:
     if parts.scheme == "chdb":
         return _chdb_target(parts.path, parse_qs(parts.query))
     if parts.scheme not in _SCHEMES:
-        raise ConfigError(f"store: {url!r} is not clickhouse://, clickhouses:// or chdb://")
+        raise ConfigError("store", f"{url!r} is not clickhouse://, clickhouses:// or chdb://")
     if parts.password is not None:
         raise ConfigError(
-            f"store: the URL carries a password; put it in ${PASSWORD_ENV} or a file "
+            "store",
+            f"the URL carries a password; put it in ${PASSWORD_ENV} or a file "
             f"(${PASSWORD_FILE_ENV}, --clickhouse-password-file) instead: argv is readable by "
             "every user of the machine"
         )
     if not parts.hostname:
-        raise ConfigError(f"store: {parts.scheme}://USER@HOST:PORT/DB needs a host")
+        raise ConfigError("store", f"{parts.scheme}://USER@HOST:PORT/DB needs a host")
     interface = _SCHEMES[parts.scheme]
     database = parts.path.strip("/") or DEFAULT_DATABASE
     _check_name(database)
@@ -77,7 +78,7 @@ def parse_store_url(url: str, password_file: Path | None = None) -> Target:
 
 def _chdb_target(path: str, query: dict[str, list[str]]) -> Target:
     if not path or path == "/":
-        raise ConfigError("store: chdb:///PATH needs the folder of the embedded database")
+        raise ConfigError("store", "chdb:///PATH needs the folder of the embedded database")
     database = query.get("database", [DEFAULT_DATABASE])[0]
     _check_name(database)
     return Target(interface="chdb", database=database, path=str(Path(path).resolve()))
@@ -86,7 +87,7 @@ def _chdb_target(path: str, query: dict[str, list[str]]) -> Target:
 def _check_name(database: str) -> None:
     # the name goes into CREATE DATABASE text: letters, digits and underscores only
     if not database.replace("_", "").isalnum() or not database.isascii():
-        raise ConfigError(f"store: database name {database!r} must be letters, digits and '_'")
+        raise ConfigError("store", f"database name {database!r} must be letters, digits and '_'")
 
 
 def _password(password_file: Path | None) -> str:
@@ -95,7 +96,7 @@ def _password(password_file: Path | None) -> str:
         try:
             return named.read_text().strip()
         except OSError as exc:
-            raise ConfigError(f"store: cannot read the ClickHouse password file {named}: {exc}") from None
+            raise ConfigError("store", f"cannot read the ClickHouse password file {named}: {exc}") from None
     return os.environ.get(PASSWORD_ENV, "")
 
 

@@ -66,7 +66,8 @@ def migrate(client: Any, migrations: list[Migration] | None = None) -> list[int]
     newest = max((m.version for m in migrations), default=0)
     if done and max(done) > newest:
         raise ConfigError(
-            f"store: the ClickHouse database is at schema version {max(done)}, newer than this "
+            "store",
+            f"the ClickHouse database is at schema version {max(done)}, newer than this "
             f"server's {newest}: upgrade engine before serving from it"
         )
     applied = []
