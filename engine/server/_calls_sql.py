@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
 from engine.server._rows import SELECT_COLUMNS
 from engine.server._store import InvalidQuery
 from engine.wire.query import CallsFilter, SortBy
@@ -27,6 +29,12 @@ _IN_FILTERS = {
     "wb_run_ids": "wb_run_id",
 }  # fmt: skip
 _UNSUPPORTED_FILTERS = ("input_refs", "output_refs")
+# A list filter is one bound JSON array, so SQLite's cap on bound parameters never comes
+# into play; a list longer than this is a 422 naming the field.
+MAX_FILTER_VALUES = 10_000
+MAX_SORT_FIELDS = 16
+_JSON_LIST = "(SELECT value FROM json_each(?))"
+_json = msgspec.json.Encoder()
 
 
 class Selection:
@@ -48,30 +56,37 @@ class Selection:
         for name in _UNSUPPORTED_FILTERS:
             if getattr(flt, name):
                 raise InvalidQuery(f"filter.{name}", "not supported by engine serve")
+        for name in ("op_names", *_IN_FILTERS):
+            values = getattr(flt, name)
+            if values is not None and len(values) > MAX_FILTER_VALUES:
+                raise InvalidQuery(
+                    f"filter.{name}", f"at most {MAX_FILTER_VALUES} values, got {len(values)}"
+                )
         if flt.op_names is not None:
             self._add_op_names(flt.op_names)
         for name, column in _IN_FILTERS.items():
             values = getattr(flt, name)
             if values is not None:
-                self._where.append(f"{column} IN ({', '.join('?' * len(values))})")
-                self._params.extend(values)
+                self._where.append(f"{column} IN {_JSON_LIST}")
+                self._params.append(_json.encode(values).decode())
         if flt.trace_roots_only:
             self._where.append("parent_id IS NULL")
 
     def _add_op_names(self, op_names: list[str]) -> None:
         """Exact names, or a ``name:*`` wildcard meaning every version of that op (as weave)."""
-        terms = []
-        for name in op_names:
-            if name.endswith(":*"):
-                terms.append("substr(op_name, 1, ?) = ?")
-                self._params.extend((len(name) - 1, name[:-1]))
-            else:
-                terms.append("op_name = ?")
-                self._params.append(name)
+        exact = [name for name in op_names if not name.endswith(":*")]
+        prefixes = [name[:-1] for name in op_names if name.endswith(":*")]
+        terms = [f"op_name IN {_JSON_LIST}"] if exact else []
+        if prefixes:
+            terms.append("EXISTS (SELECT 1 FROM json_each(?) AS p "
+                         "WHERE substr(op_name, 1, length(p.value)) = p.value)")  # fmt: skip
+        self._params.extend(_json.encode(names).decode() for names in (exact, prefixes) if names)
         self._where.append(f"({' OR '.join(terms)})" if terms else "0")
 
     @staticmethod
     def _order_by(sort_by: tuple[SortBy, ...] | list[SortBy]) -> str:
+        if len(sort_by) > MAX_SORT_FIELDS:
+            raise InvalidQuery("sort_by", f"at most {MAX_SORT_FIELDS} fields, got {len(sort_by)}")
         terms = []
         for i, sort in enumerate(sort_by):
             column = _SORT_COLUMNS.get(sort.field)
@@ -83,7 +98,9 @@ class Selection:
             terms.append(f"{column} {sort.direction.upper()}")
         if not terms:
             terms.append("started_at_us ASC")
-        terms.append("seq ASC")  # a total order, so limit/offset pages never overlap
+        # ties go by arrival (a total order: limit/offset pages never overlap), in the
+        # direction of the last key, so an index on that key also serves the tie-break
+        terms.append("seq " + terms[-1].rsplit(" ", 1)[1])
         return ", ".join(terms)
 
     def select_sql(self, limit: int | None, offset: int) -> tuple[str, list[Any]]:

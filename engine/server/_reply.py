@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, Iterable
 from typing import Any
 
 import msgspec
@@ -49,14 +50,27 @@ def not_found(what: str) -> ApiError:
 
 
 async def stream_jsonl(
-    request: web.Request, chunks: AsyncIterator[Iterable[Any]]
+    request: web.Request, chunks: AsyncGenerator[Iterable[Any], None]
 ) -> web.StreamResponse:
-    """Write each chunk of items as JSON lines as it comes; the reply is never held whole."""
-    response = web.StreamResponse(headers={"Content-Type": "application/jsonl"})
-    await response.prepare(request)
-    async for items in chunks:
-        data = b"".join(_json.encode(item) + b"\n" for item in items)
-        if data:
-            await response.write(data)
+    """Write each chunk of items as JSON lines as it comes; the reply is never held whole.
+
+    Nothing is sent before the first chunk is ready, so whatever fails while the query
+    starts (an unknown table, a bad filter) still gets its own status and reason instead
+    of a 200 cut short. The chunks are closed however the reply ends.
+    """
+    async with contextlib.aclosing(chunks):
+        first = await anext(chunks, None)
+        response = web.StreamResponse(headers={"Content-Type": "application/jsonl"})
+        await response.prepare(request)
+        if first is not None:
+            await _write_lines(response, first)
+            async for items in chunks:
+                await _write_lines(response, items)
     await response.write_eof()
     return response
+
+
+async def _write_lines(response: web.StreamResponse, items: Iterable[Any]) -> None:
+    data = _json.encode_lines(items)
+    if data:
+        await response.write(data)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import msgspec
 from aiohttp import web
@@ -16,7 +17,7 @@ from engine.server._ingest_models import (
     RawEndBatchItem,
 )
 from engine.server._query_expr import InvalidExpr, compile_query
-from engine.server._reply import ok
+from engine.server._reply import ok, stream_jsonl
 from engine.server._state import check_project_id, state_of
 from engine.server._store import CallsQuery, InvalidQuery
 from engine.wire.query import (
@@ -148,18 +149,20 @@ async def call_read(request: web.Request) -> web.Response:
 
 @routes.post("/calls/stream_query")
 async def calls_stream_query(request: web.Request) -> web.StreamResponse:
-    """One CallSchema per line, read from the store a page at a time."""
+    """One CallSchema per line, read from one store cursor a chunk at a time."""
     state = state_of(request)
     req = await state.decode(request, CallsQueryReq)
-    pages = state.store.query_calls(_calls_query(req))
-    page = await _first_page(pages)
-    response = web.StreamResponse(headers={"Content-Type": "application/jsonl"})
-    await response.prepare(request)
-    while page:
-        await response.write(b"".join(_json.encode(call) + b"\n" for call in page))
-        page = await anext(pages, [])
-    await response.write_eof()
-    return response
+    return await stream_jsonl(request, _query_errors(state.store.query_calls(_calls_query(req))))
+
+
+async def _query_errors(pages: AsyncGenerator[list[dict], None]) -> AsyncGenerator[list[dict], None]:
+    """The pages, with a query the store cannot run as a 422 (raised before any byte)."""
+    async with contextlib.aclosing(pages):
+        try:
+            async for page in pages:
+                yield page
+        except InvalidQuery as exc:
+            raise ApiError(422, str(exc)) from None
 
 
 @routes.post("/calls/query_stats")

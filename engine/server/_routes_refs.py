@@ -72,7 +72,8 @@ async def _root(request: web.Request, ref: Ref) -> Any:
     if ref.kind == "table":
         return _Table(ref.project_id, ref.name)
     if ref.kind == "call":
-        query = CallsQuery(project_id=ref.project_id, filter=CallsFilter(call_ids=[ref.name]))
+        query = CallsQuery(project_id=ref.project_id, filter=CallsFilter(call_ids=[ref.name]),
+                           limit=1)  # fmt: skip
         page = await anext(state_of(request).store.query_calls(query), [])
         if not page:
             raise _Unresolved

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -51,6 +51,22 @@ _CALLS_MIGRATIONS = (
     );
     CREATE INDEX IF NOT EXISTS calls_trace ON calls (project_id, trace_id);
     """,
+    # An index for each column a call query filters or sorts on (``_calls_sql`` emits no
+    # other): a stream reads rows in index order instead of sorting the project, and an
+    # ``IN`` filter seeks instead of scanning. Each entry ends with the rowid (``seq``), the
+    # tie-break of every order, so ``ORDER BY col, seq`` needs no sort step either. Columns
+    # most calls leave NULL get partial indexes: each index costs every insert (these
+    # twelve as full indexes doubled the writer's CPU per call; as they are, +45%), and a
+    # partial one costs nothing for a NULL. Filters on them seek; a sort on them is one
+    # sort per stream. ``tests/server/test_query_plans.py`` pins the plans.
+    "".join(
+        [f"CREATE INDEX IF NOT EXISTS calls_by_{c} ON calls (project_id, {c});"
+         for c in ("started_at_us", "ended_at_us", "op_name", "parent_id")]
+        + [f"CREATE INDEX IF NOT EXISTS calls_by_{c} ON calls (project_id, {c}) "
+           f"WHERE {c} IS NOT NULL;"
+           for c in ("display_name", "thread_id", "turn_id", "wb_user_id", "wb_run_id",
+                     "wb_run_step", "wb_run_step_end", "exception")]
+    ),  # fmt: skip
 )
 _MORE_MIGRATIONS = (
     """
@@ -107,6 +123,23 @@ _MORE_MIGRATIONS = (
     """,
 )
 MIGRATIONS = {"calls": _CALLS_MIGRATIONS, "more": _MORE_MIGRATIONS}
+# What the query planner assumes until someone runs ANALYZE: a store holds many calls per
+# project, a handful per id, trace, parent or thread, thousands per op. Without these, on
+# a fresh file it takes ``project_id = ?`` for a selective lookup and streams a whole
+# project in start order even for ``call_ids=[one id]``. Per index: rows, rows per
+# project, rows per (project, column) value (the ``sqlite_stat1`` rows ANALYZE writes).
+_SPARSE = "100000 10000 10"
+_PLANNER_STATS = {
+    "sqlite_autoindex_calls_1": "1000000 100000 1", "calls_trace": "1000000 100000 10",
+    "calls_by_started_at_us": "1000000 100000 1", "calls_by_ended_at_us": "1000000 100000 1",
+    "calls_by_op_name": "1000000 100000 2000", "calls_by_parent_id": "1000000 100000 5",
+    "calls_by_display_name": _SPARSE, "calls_by_thread_id": _SPARSE,
+    "calls_by_turn_id": _SPARSE, "calls_by_wb_user_id": _SPARSE, "calls_by_wb_run_id": _SPARSE,
+    "calls_by_wb_run_step": _SPARSE, "calls_by_wb_run_step_end": _SPARSE,
+    "calls_by_exception": _SPARSE,
+}  # fmt: skip
+# Streams kept ready for the next ones; more connections are closed when their stream ends
+_IDLE_STREAM_CONNS = 4
 
 
 def create_db_file(path: Path) -> None:
@@ -155,6 +188,20 @@ def migrate(conn: sqlite3.Connection) -> None:
             )
 
 
+def hint_planner(conn: sqlite3.Connection) -> None:
+    """Give each calls index without statistics the assumed ones (real ANALYZE rows stay)."""
+    with Transaction(conn):
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_stat1'").fetchone():
+            conn.execute("PRAGMA analysis_limit = 1")  # only creates sqlite_stat1: cheap
+            conn.execute("ANALYZE calls")
+        known = {idx for (idx,) in conn.execute("SELECT idx FROM sqlite_stat1 WHERE tbl = 'calls'")}
+        conn.executemany(
+            "INSERT INTO sqlite_stat1 (tbl, idx, stat) VALUES ('calls', ?, ?)",
+            [(idx, stat) for idx, stat in _PLANNER_STATS.items() if idx not in known],
+        )
+    conn.execute("ANALYZE sqlite_schema")  # this connection reloads them; later ones read them
+
+
 class Database:
     """A SQLite file with a writer and a reader connection, each on its own thread.
 
@@ -169,7 +216,9 @@ class Database:
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="engine-store-reader")
         self._wconn = connect(path)
         migrate(self._wconn)
+        hint_planner(self._wconn)
         self._rconn = connect(path)
+        self._idle_stream_conns: list[sqlite3.Connection] = []
 
     async def write(self, fn: Callable[..., T], *args: Any) -> T:
         return await self._on(self._writer, fn, self._wconn, *args)
@@ -181,7 +230,50 @@ class Database:
     async def _on(pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
+    async def stream(
+        self, sql: str, params: Sequence[Any], first_rows: int, rows: int
+    ) -> AsyncIterator[list[tuple]]:
+        """The rows of ONE statement, ``first_rows`` then ``rows`` at a time, on the reader
+        thread. Re-running a query per page (LIMIT/OFFSET) cost O(rows²): every page stepped
+        over the offset and re-sorted whatever no index orders. The statement runs on a
+        connection of its own: its read snapshot lasts as long as the stream, and on the
+        shared reader connection it would hide later writes from every other read. Close
+        the iterator (``contextlib.aclosing``) when stopping early.
+        """
+        conn, cursor = await self._on(self._reader, self._open_stream, sql, params)
+        try:
+            want = first_rows
+            while True:
+                chunk = await self._on(self._reader, cursor.fetchmany, want)
+                if chunk:
+                    yield chunk
+                if len(chunk) < want:
+                    return
+                want = rows
+        finally:
+            # shielded: a cancelled stream still hands its connection back
+            done = asyncio.get_running_loop().run_in_executor(
+                self._reader, self._close_stream, conn, cursor
+            )
+            await asyncio.shield(done)
+
+    def _open_stream(self, sql: str, params: Sequence[Any]) -> tuple[sqlite3.Connection, Any]:
+        conn = self._idle_stream_conns.pop() if self._idle_stream_conns else connect(self.path)
+        return conn, conn.execute(sql, params)
+
+    def _close_stream(self, conn: sqlite3.Connection, cursor: sqlite3.Cursor) -> None:
+        cursor.close()  # ends the statement, and with it the read snapshot
+        if len(self._idle_stream_conns) < _IDLE_STREAM_CONNS:
+            self._idle_stream_conns.append(conn)
+        else:
+            conn.close()
+
+    def _close_idle_streams(self) -> None:
+        while self._idle_stream_conns:
+            self._idle_stream_conns.pop().close()
+
     async def close(self) -> None:
+        await self._on(self._reader, self._close_idle_streams)
         for pool, conn in ((self._writer, self._wconn), (self._reader, self._rconn)):
             await self._on(pool, conn.close)
             pool.shutdown(wait=True)

@@ -4,6 +4,7 @@ and a reader thread (:mod:`engine.server._sqlite_db`); statements in ``_sqlite_c
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Literal
@@ -32,7 +33,9 @@ from engine.server._store import (
 )
 
 _json = msgspec.json.Encoder()
-PAGE_ROWS = 1000  # calls read from SQLite per statement while streaming
+CHUNK_ROWS = 1000  # rows handed over at a time while streaming
+# the first chunk is small: its rows leave while the next are being read
+FIRST_CHUNK_ROWS = 100
 
 
 def _decoded(call: CallRow) -> dict[str, Any]:
@@ -53,26 +56,36 @@ class SQLiteStore(Store):
         await self._db.write(calls.q_insert_calls, starts, ends, completes)
 
     async def query_calls(self, query: CallsQuery) -> AsyncIterator[list[CallRow]]:
+        """One statement read to its end (``Database.stream``); a short page (call_read,
+        refs) is one read on the shared connection instead, with no cursor left open."""
         selection = Selection(query.project_id, query.filter, query.sort_by)
-        keep = compile_query(query.query) if query.query is not None else None
-        skip, remaining, position = query.offset, query.limit, 0
-        if keep is None:  # offset and limit go to SQL
-            position, skip = skip, 0
-        while remaining is None or remaining > 0:
-            want = PAGE_ROWS if remaining is None or keep else min(remaining, PAGE_ROWS)
-            sql, params = selection.select_sql(want, position)
-            rows = await self._db.read(calls.q_fetchall, sql, params)
-            position += len(rows)
-            page = [row_to_call(r) for r in rows]
-            if keep is not None:
-                page = [c for c in page if keep(_decoded(c))]
-            page, skip = page[skip:], max(0, skip - len(page))
-            if remaining is not None:
-                page, remaining = page[:remaining], remaining - min(remaining, len(page))
-            if page:
-                yield page
-            if len(rows) < want:
+        if query.query is None:  # offset and limit go to SQL
+            sql, params = selection.select_sql(query.limit, query.offset)
+            if query.limit is not None and query.limit <= FIRST_CHUNK_ROWS:
+                rows = await self._db.read(calls.q_fetchall, sql, params)
+                if rows:
+                    yield [row_to_call(r) for r in rows]
                 return
+            async with contextlib.aclosing(self._stream(sql, params)) as chunks:
+                async for rows in chunks:
+                    yield [row_to_call(r) for r in rows]
+            return
+        keep = compile_query(query.query)
+        skip, remaining = query.offset, query.limit
+        sql, params = selection.select_sql(None, 0)
+        async with contextlib.aclosing(self._stream(sql, params)) as chunks:
+            async for rows in chunks:
+                page = [c for c in map(row_to_call, rows) if keep(_decoded(c))]
+                page, skip = page[skip:], max(0, skip - len(page))
+                if remaining is not None:
+                    page, remaining = page[:remaining], remaining - min(remaining, len(page))
+                if page:
+                    yield page
+                if remaining == 0:
+                    return
+
+    def _stream(self, sql: str, params: list[Any]) -> AsyncIterator[list[tuple]]:
+        return self._db.stream(sql, params, FIRST_CHUNK_ROWS, CHUNK_ROWS)
 
     async def count_calls(self, query: CallsQuery) -> int:
         if query.query is None:

@@ -1,0 +1,119 @@
+"""Every filter and sort the call query builder emits is served by an index (EXPLAIN QUERY PLAN).
+
+A stream reads one statement to its end, so what matters is that no query scans the whole
+table and that the orders a stream is asked for most come straight out of an index, with
+no sort step before the first row. Columns most calls leave NULL have partial indexes:
+filtering on them seeks, sorting on them is one sort per stream (pinned below).
+"""
+
+import asyncio
+import sqlite3
+
+import pytest
+
+from engine.server._calls_sql import Selection
+from engine.server._sqlite_db import _CALLS_MIGRATIONS, Database
+from engine.wire.query import CallsFilter, SortBy
+
+# wire filter -> the index it must seek
+_FILTER_INDEX = {
+    "call_ids": "sqlite_autoindex_calls_1", "trace_ids": "calls_trace",
+    "parent_ids": "calls_by_parent_id", "thread_ids": "calls_by_thread_id",
+    "turn_ids": "calls_by_turn_id", "wb_user_ids": "calls_by_wb_user_id",
+    "wb_run_ids": "calls_by_wb_run_id",
+}  # fmt: skip
+# columns most calls leave NULL: partial indexes, so a sort on them is one sort per stream
+_SPARSE_COLUMNS = frozenset({
+    "display_name", "thread_id", "turn_id", "wb_user_id", "wb_run_id", "wb_run_step",
+    "wb_run_step_end", "exception",
+})  # fmt: skip
+# wire sort field -> column
+_SORT_COLUMN = {
+    "id": "id", "trace_id": "trace_id", "started_at": "started_at_us",
+    "ended_at": "ended_at_us", "op_name": "op_name", "parent_id": "parent_id",
+    "display_name": "display_name", "thread_id": "thread_id", "turn_id": "turn_id",
+    "wb_user_id": "wb_user_id", "wb_run_id": "wb_run_id", "wb_run_step": "wb_run_step",
+    "wb_run_step_end": "wb_run_step_end", "exception": "exception",
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def plan(tmp_path_factory):
+    db = Database(tmp_path_factory.mktemp("plans") / "traces.db")
+    conn = db._rconn  # a fresh file: the plans the planner picks before any ANALYZE
+
+    def explain(selection: Selection) -> list[str]:
+        sql, params = selection.select_sql(None, 0)
+        return [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, params)]
+
+    yield explain
+    asyncio.run(db.close())
+
+
+def _no_table_scan(steps: list[str]) -> bool:
+    return not any(step.startswith("SCAN calls") for step in steps)
+
+
+def test_default_order_streams_from_the_start_time_index(plan):
+    assert plan(Selection("e/p")) == ["SEARCH calls USING INDEX calls_by_started_at_us (project_id=?)"]
+
+
+@pytest.mark.parametrize("name", sorted(_FILTER_INDEX))
+def test_every_id_filter_seeks_its_own_index(plan, name):
+    steps = plan(Selection("e/p", CallsFilter(**{name: ["a", "b"]})))
+    assert steps[0].startswith(f"SEARCH calls USING INDEX {_FILTER_INDEX[name]} (project_id=? AND ")
+    assert _no_table_scan(steps)
+
+
+@pytest.mark.parametrize("op_names", [["a"], ["a", "b"], ["a:*"], ["a", "b:*"]])
+def test_op_name_filters_read_through_an_index(plan, op_names):
+    steps = plan(Selection("e/p", CallsFilter(op_names=op_names)))
+    assert steps[0].startswith("SEARCH calls USING INDEX") and _no_table_scan(steps)
+
+
+def test_trace_roots_only_seeks_the_parent_index(plan):
+    steps = plan(Selection("e/p", CallsFilter(trace_roots_only=True)))
+    assert steps[0] == "SEARCH calls USING INDEX calls_by_parent_id (project_id=? AND parent_id=?)"
+
+
+@pytest.mark.parametrize("direction", ["asc", "desc"])
+@pytest.mark.parametrize("field", sorted(_SORT_COLUMN))
+def test_every_sort_field_is_served_by_an_index(plan, field, direction):
+    steps = plan(Selection("e/p", None, [SortBy(field=field, direction=direction)]))
+    assert steps[0].startswith("SEARCH calls USING INDEX") and _no_table_scan(steps)
+    column = _SORT_COLUMN[field]
+    if column in _SPARSE_COLUMNS:
+        assert steps[1:] == ["USE TEMP B-TREE FOR ORDER BY"]  # one sort, then one cursor
+    else:
+        assert len(steps) == 1, steps  # rows come out of the index in order: no sort step
+
+
+def test_filter_plus_sort_uses_the_filter_index_and_sorts_only_its_rows(plan):
+    selection = Selection("e/p", CallsFilter(parent_ids=["p"]),
+                          [SortBy(field="started_at", direction="desc")])  # fmt: skip
+    assert plan(selection) == [
+        "SEARCH calls USING INDEX calls_by_parent_id (project_id=? AND parent_id=?)",
+        "LIST SUBQUERY 1", "SCAN json_each VIRTUAL TABLE INDEX 1:",
+        "USE TEMP B-TREE FOR ORDER BY",
+    ]  # fmt: skip
+
+
+def test_a_file_from_an_older_server_gets_the_indexes_and_keeps_real_statistics(tmp_path):
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(_CALLS_MIGRATIONS[0] + ";CREATE TABLE schema_versions "
+                       "(component TEXT PRIMARY KEY, version INTEGER);"
+                       "INSERT INTO schema_versions VALUES ('calls', 1);")  # fmt: skip
+    conn.execute("ANALYZE")  # an operator's own statistics (an empty table: none for calls)
+    conn.execute("INSERT INTO sqlite_stat1 VALUES ('calls', 'calls_trace', '7 7 1')")
+    conn.commit()
+    conn.close()
+    db = Database(path)
+    try:
+        names = {row[0] for row in db._rconn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        stats = dict(db._rconn.execute("SELECT idx, stat FROM sqlite_stat1 WHERE tbl = 'calls'"))
+    finally:
+        asyncio.run(db.close())
+    assert {"calls_by_started_at_us", "calls_by_parent_id", "calls_by_thread_id"} <= names
+    assert stats["calls_trace"] == "7 7 1"  # kept
+    assert stats["calls_by_started_at_us"] == "1000000 100000 1"  # assumed until ANALYZE
