@@ -144,9 +144,12 @@ class Engine:
         if self.config.api_key:
             env["ENGINE_SENDER_API_KEY"] = self.config.api_key
         # stdout stays free for the user's program (a pipe must close when the owner exits);
-        # stderr carries the sender's log lines.
+        # stderr carries the sender's log lines. A session of its own: a signal to the
+        # owner's process group (Ray's raylet kills a dead worker's group) must not reach it,
+        # so it can drain what the rings hold once its owner is gone.
         self._sender = subprocess.Popen(self._sender_command(), env=env, stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.DEVNULL, close_fds=True)
+                                        stdout=subprocess.DEVNULL, close_fds=True,
+                                        start_new_session=True)
 
     def _watch_sender(self) -> None:
         """Restart the sender if it dies while the engine is open; it resumes from the
