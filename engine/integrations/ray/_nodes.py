@@ -1,0 +1,174 @@
+"""One engine per Ray node: the registry actor, the node engine actors, and how a process
+finds the ring of the node it runs on.
+
+The driver's :class:`engine.Engine` is its own node's engine. Every other node gets a
+node engine the first time a process there writes: an actor pinned to that node
+(``NodeAffinitySchedulingStrategy``, hard), created by the registry actor of the driver's
+engine. The registry is owned by the driver, and it owns the node engines, so Ray ends
+all of them with the driver's job; Ray restarts a node engine whose process dies
+(``max_restarts=-1``), on the same node.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+import msgspec
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from engine.common._config import EngineConfig
+from engine.producer._engine import Engine
+from engine.producer._slot import ProducerSettings
+from engine.producer._tracer import Tracer
+from engine.ring import RingSpec
+
+__all__ = ["Cluster", "local_tracer", "node_id", "registry_of", "start_registry"]
+
+log = logging.getLogger("engine.integrations.ray")
+NAMESPACE = "engine"
+# A node engine answers attach and flush requests while a long flush runs.
+_NODE_ENGINE_THREADS = 4
+
+
+class Cluster(msgspec.Struct, frozen=True):
+    """What a pickled tracer carries about its driver's engine (no settings, no key: the
+    registry holds those)."""
+
+    key: str  # names the registry actor; one per driver engine
+    driver_node: str
+    driver_spec: RingSpec
+    settings: ProducerSettings
+
+    @property
+    def registry_name(self) -> str:
+        return f"engine-registry-{self.key}"
+
+
+def node_id() -> str:
+    """The Ray node this process runs on."""
+    return ray.get_runtime_context().get_node_id()
+
+
+def node_config(config: EngineConfig, node: str) -> dict[str, Any]:
+    """The driver's settings for ``node``'s engine: the same, but a spool directory of the
+    node's own (nodes may share a filesystem; a restarted node engine replays its own)."""
+    fields = msgspec.structs.asdict(config)
+    if config.spool_dir:
+        fields["spool_dir"] = os.path.join(config.spool_dir, f"node-{node[:16]}")
+    return fields
+
+
+class _NodeEngine:
+    """A Ray actor holding one node's :class:`engine.Engine` (owner of its rings and
+    sender). Every worker process of the node writes into its rings."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self._engine = Engine(**config)
+
+    def ring(self) -> tuple[RingSpec, int]:
+        """The ring set to attach to, and the owner's pid (its liveness tells a worker the
+        node engine was restarted and it should ask again)."""
+        return self._engine.spec, os.getpid()
+
+    def flush(self, timeout_s: float) -> bool:
+        return self._engine.flush(timeout_s)
+
+    def stats(self) -> dict[str, Any]:
+        """The engine's stats, and ``node_engine_pid`` (it changes when Ray restarts it)."""
+        return {**self._engine.stats(), "node_engine_pid": os.getpid()}
+
+    def close(self, timeout_s: float) -> dict[str, Any]:
+        return self._engine.close(timeout_s)
+
+
+class _Registry:
+    """The driver engine's node engines, created on first use, one per node."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self._config = config
+        self._nodes: dict[str, Any] = {}
+
+    def node_engine(self, node: str) -> Any:
+        handle = self._nodes.get(node)
+        if handle is None:
+            strategy = NodeAffinitySchedulingStrategy(node_id=node, soft=False)
+            handle = self._nodes[node] = _NodeEngineActor.options(
+                scheduling_strategy=strategy, max_restarts=-1, max_task_retries=-1,
+                max_concurrency=_NODE_ENGINE_THREADS, num_cpus=0,
+            ).remote(node_config(self._config, node))
+        return handle
+
+    def nodes(self) -> dict[str, Any]:
+        return dict(self._nodes)
+
+
+_NodeEngineActor = ray.remote(_NodeEngine)
+_RegistryActor = ray.remote(_Registry)
+
+
+def start_registry(cluster: Cluster, config: EngineConfig) -> Any:
+    """The registry actor of a driver engine: on the driver's node, owned by the driver."""
+    strategy = NodeAffinitySchedulingStrategy(node_id=cluster.driver_node, soft=True)
+    return _RegistryActor.options(
+        name=cluster.registry_name, namespace=NAMESPACE, num_cpus=0, max_restarts=-1,
+        scheduling_strategy=strategy,
+    ).remote(config)
+
+
+def registry_of(cluster: Cluster) -> Any:
+    return ray.get_actor(cluster.registry_name, namespace=NAMESPACE)
+
+
+class _Attached(msgspec.Struct):
+    tracer: Tracer
+    owner_pid: int  # 0: this process owns the engine
+
+
+_lock = threading.Lock()
+_attached: dict[str, _Attached] = {}  # cluster key -> this process's node tracer
+
+
+def local_tracer(cluster: Cluster) -> tuple[Tracer, int]:
+    """This process's tracer into its node's engine, and that engine's owner pid (0 when it
+    needs no watching). Asks the registry the first time, and again after the node engine
+    it had was restarted."""
+    with _lock:
+        known = _attached.get(cluster.key)
+        if known is not None and _alive(known.owner_pid):
+            return known.tracer, known.owner_pid
+        node = node_id()
+        if node == cluster.driver_node:
+            # the driver's own engine serves its node
+            spec, owner_pid = cluster.driver_spec, 0
+        else:
+            node_engine = ray.get(registry_of(cluster).node_engine.remote(node))
+            spec, owner_pid = ray.get(node_engine.ring.remote())
+        if known is not None:
+            known.tracer.close()
+        tracer = Tracer(spec, cluster.settings)
+        _attached[cluster.key] = _Attached(tracer, owner_pid)
+        return tracer, owner_pid
+
+
+def _alive(pid: int) -> bool:
+    if pid == 0:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _after_fork_in_child() -> None:
+    """A forked child is no Ray worker: it must not ask Ray for anything."""
+    _attached.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

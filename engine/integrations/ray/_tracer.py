@@ -1,0 +1,297 @@
+"""The tracer that travels through Ray: :class:`ClusterTracer` and its task calls.
+
+A ``ClusterTracer`` pickled into a task or actor carries its driver engine's identity
+(``Cluster``), the call that was current where it was pickled, and when. Wherever it is
+unpickled it writes into the engine of the node it runs on (``_nodes.local_tracer``).
+
+Inside a Ray task a traced call gets ids that a retry of the task repeats: the 48-bit time
+of the UUIDv7 is when the tracer was pickled (a retried task gets the same arguments) and
+the rest is a hash of Ray's task id and the call's rank in the task. A task retried after
+its worker was killed therefore re-sends the same calls with the same ids, and the
+server's upsert by id keeps one of each; a call the killed attempt started and never ended
+is completed by the retry.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+import ray
+
+from engine.integrations.ray import _nodes
+from engine.producer._handle import CallHandle, _current, _describe, current_call
+from engine.producer._ops import _op_inputs, _positional_names
+from engine.producer._tracer import Tracer
+from engine.ring import RingSpec
+from engine.wire import EndedCallSchemaForInsert, StartedCallSchemaForInsert, utcnow
+from engine.wire._codec import uuid_text
+
+__all__ = ["ClusterTracer", "RemoteParent", "TaskCall"]
+
+_V7_VERSION, _V7_VARIANT = 0x70, 0x80
+_RANKS_KEPT = 4096  # tasks whose call ranks a process remembers (threaded / async actors)
+
+
+class RemoteParent(msgspec.Struct, frozen=True):
+    """A call in another process that calls here nest under (``id`` and ``trace_id`` are
+    all a child needs of its parent)."""
+
+    id: str
+    trace_id: str
+
+
+class _Carried(msgspec.Struct, frozen=True):
+    """What a pickled ClusterTracer carries besides its cluster."""
+
+    parent: RemoteParent | None
+    pickled_ms: int  # the time part of the ids of calls traced in the task it goes to
+    pickler_spec: RingSpec | None  # the pickling process's ring: for its forked children
+
+
+_in_ray_process = True  # False in a child forked from a Ray worker or the driver
+
+
+def _after_fork_in_child() -> None:
+    global _in_ray_process
+    _in_ray_process = False
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _ray_task_id() -> str | None:
+    """The Ray task (or actor method call) running here; None in the driver."""
+    if not _in_ray_process or not ray.is_initialized():
+        return None
+    context = ray.get_runtime_context()
+    if context.worker.mode != ray.WORKER_MODE:
+        return None
+    return context.get_task_id()
+
+
+class _Ranks:
+    """Per task: how many calls it traced so far (a call's rank makes its id)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_task: OrderedDict[str, int] = OrderedDict()
+
+    def next(self, task_id: str) -> int:
+        with self._lock:
+            rank = self._by_task.pop(task_id, 0)
+            self._by_task[task_id] = rank + 1
+            if len(self._by_task) > _RANKS_KEPT:
+                self._by_task.popitem(last=False)
+            return rank
+
+
+_ranks = _Ranks()
+
+
+def task_ids(task_id: str, rank: int, time_ms: int) -> tuple[str, str]:
+    """(call id, trace id for a root call): UUIDv7s whose time is ``time_ms`` and whose
+    random bits come from the task and the call's rank in it."""
+    digest = hashlib.blake2b(f"{task_id}/{rank}".encode(), digest_size=20).digest()
+    prefix = (time_ms & 0xFFFF_FFFF_FFFF).to_bytes(6, "big")
+    return _v7(prefix, digest[:10]), _v7(prefix, digest[10:])
+
+
+def _v7(prefix: bytes, rand: bytes) -> str:
+    raw = bytearray(prefix + rand)
+    raw[6] = _V7_VERSION | (raw[6] & 0x0F)
+    raw[8] = _V7_VARIANT | (raw[8] & 0x3F)
+    return uuid_text(bytes(raw))
+
+
+class ClusterTracer:
+    """A tracer for a Ray cluster: get it from :meth:`RayEngine.producer` and pass it to
+    tasks and actors. It has a :class:`engine.Tracer`'s methods; in each process it writes
+    into its node's engine. Calls traced in a task nest under the call that was current
+    where the tracer was passed to that task."""
+
+    def __init__(self, cluster: _nodes.Cluster, carried: _Carried | None = None,
+                 local: Tracer | None = None) -> None:
+        self._cluster = cluster
+        self._carried = carried or _Carried(None, 0, None)
+        self._local_tracer = local  # None until first use (then this process's node tracer)
+        self._owner_pid = 0
+        self._task_id = _ray_task_id()  # the task whose arguments brought it here
+        self._closed = False
+
+    def __reduce__(self) -> Any:
+        here = current_call()
+        parent = None
+        if here is not None and here.id is not None:
+            parent = RemoteParent(str(here.id), str(here.trace_id))
+        elif self._task_id is not None and self._task_id == _ray_task_id():
+            parent = self._carried.parent  # a task passing its tracer on, outside any call
+        spec = None if self._local_tracer is None else self._local_tracer._spec
+        return (_unpickle, (self._cluster, _Carried(parent, time.time_ns() // 1_000_000, spec)))
+
+    @property
+    def project(self) -> str:
+        return self._cluster.settings.project
+
+    # -- the ergonomic layer: task calls inside Ray tasks, the engine's handle elsewhere ----
+
+    def call(self, op_name: str, inputs: dict[str, Any] | None = None, *,
+             attributes: dict[str, Any] | None = None, display_name: str | None = None,
+             project: str | None = None) -> CallHandle | TaskCall:
+        """As :meth:`engine.Tracer.call`; inside a Ray task, ids a retry repeats."""
+        task_id = _ray_task_id()
+        if task_id is None:
+            return self.local().call(op_name, inputs, attributes=attributes,
+                                     display_name=display_name, project=project)
+        return TaskCall(self, task_id, op_name, inputs or {}, attributes or {}, display_name,
+                        project or self.project)
+
+    def op(self, fn: Callable[..., Any] | None = None, *, name: str | None = None) -> Any:
+        """As :meth:`engine.Tracer.op`; the wrapper pickles with the function, so an op
+        defined in the driver traces in whichever task runs it."""
+        if fn is None:
+            return functools.partial(self.op, name=name)
+        return _wrap_op(self, fn, name or getattr(fn, "__qualname__", repr(fn)))
+
+    def begin(self, op_name: str, inputs: dict[str, Any], attributes: dict[str, Any],
+              display_name: str | None, project: str) -> CallHandle | TaskCall:
+        """Start a call now (``finish`` ends it)."""
+        return self.call(op_name, inputs, attributes=attributes, display_name=display_name,
+                         project=project).__enter__()
+
+    def finish(self, handle: CallHandle | TaskCall, exception: BaseException | None = None) -> None:
+        handle.__exit__(None, exception, None)
+
+    # -- the wire-level entry points: straight into this node's engine ---------------------
+
+    def call_start(self, start: Any) -> Any:
+        return self.local().call_start(start)
+
+    def call_end(self, end: Any) -> None:
+        self.local().call_end(end)
+
+    def call_complete(self, call: Any) -> None:
+        self.local().call_complete(call)
+
+    def flush(self, timeout_s: float = 30.0) -> bool:
+        """Wait until this process's calls were acknowledged by its node's engine's server."""
+        return True if self._local_tracer is None else self._local_tracer.flush(timeout_s)
+
+    def close(self) -> None:
+        self._closed = True
+        if self._local_tracer is not None:
+            self._local_tracer.close()
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def local(self) -> Tracer:
+        """This process's tracer into its node's engine (attached on first use, again after
+        the node engine was restarted by Ray)."""
+        tracer = self._local_tracer
+        if tracer is not None and (self._owner_pid == 0 or _nodes._alive(self._owner_pid)):
+            return tracer
+        if self._closed:
+            from engine.common._errors import Closed
+
+            raise Closed("this tracer is closed")
+        if _in_ray_process and ray.is_initialized():
+            tracer, self._owner_pid = _nodes.local_tracer(self._cluster)
+        else:  # a process forked (or spawned) outside Ray: the pickler's machine
+            spec = self._carried.pickler_spec or self._cluster.driver_spec
+            tracer, self._owner_pid = Tracer(spec, self._cluster.settings), 0
+        self._local_tracer = tracer
+        return tracer
+
+    def parent_in(self, task_id: str) -> RemoteParent | None:
+        """The carried parent, for calls of the task this tracer was passed to."""
+        return self._carried.parent if task_id == self._task_id else None
+
+    def pickled_ms(self) -> int:
+        return self._carried.pickled_ms or time.time_ns() // 1_000_000
+
+
+def _unpickle(cluster: _nodes.Cluster, carried: _Carried) -> ClusterTracer:
+    return ClusterTracer(cluster, carried)
+
+
+class TaskCall:
+    """One call traced inside a Ray task: ``with tracer.call(...) as call:`` (set ``output``
+    / ``summary``), as :class:`engine.CallHandle`, with ids a retry of the task repeats."""
+
+    __slots__ = ("id", "trace_id", "parent_id", "op_name", "started_at", "output", "summary",
+                 "inputs", "attributes", "display_name", "_project", "_tracer", "_task_id",
+                 "_token", "_parent")
+
+    def __init__(self, tracer: ClusterTracer, task_id: str, op_name: str,
+                 inputs: dict[str, Any], attributes: dict[str, Any], display_name: str | None,
+                 project: str, parent: RemoteParent | None = None) -> None:
+        self._tracer = tracer
+        self._task_id = task_id
+        self._parent = parent
+        self.op_name, self.inputs, self.attributes = op_name, inputs, attributes
+        self.display_name, self._project = display_name, project
+        self.output: Any = None
+        self.summary: dict[str, Any] = {}
+        self.id = self.trace_id = self.parent_id = self.started_at = None
+        self._token: Any = None
+
+    def __enter__(self) -> TaskCall:
+        parent = current_call() or self._parent or self._tracer.parent_in(self._task_id)
+        rank = _ranks.next(self._task_id)
+        self.id, root_trace = task_ids(self._task_id, rank, self._tracer.pickled_ms())
+        if parent is None:
+            self.trace_id, self.parent_id = root_trace, None
+        else:
+            self.trace_id, self.parent_id = parent.trace_id, parent.id
+        self.started_at = utcnow()
+        self._tracer.local().call_start(StartedCallSchemaForInsert(
+            project_id=self._project, id=self.id, op_name=self.op_name,
+            display_name=self.display_name, trace_id=self.trace_id, parent_id=self.parent_id,
+            started_at=self.started_at, attributes=self.attributes, inputs=self.inputs))
+        self._token = _current.set(self)
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        if self._token is not None:
+            _current.reset(self._token)
+            self._token = None
+        self._tracer.local().call_end(EndedCallSchemaForInsert(
+            project_id=self._project, id=self.id, trace_id=self.trace_id,
+            started_at=self.started_at, ended_at=utcnow(),
+            exception=None if exc is None else _describe(exc),
+            output=self.output, summary=self.summary))
+
+    async def __aenter__(self) -> TaskCall:
+        return self.__enter__()
+
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+
+def _wrap_op(tracer: ClusterTracer, fn: Callable[..., Any], op_name: str) -> Callable[..., Any]:
+    names = _positional_names(fn)
+
+    if inspect.iscoroutinefunction(fn):
+        @functools.wraps(fn)
+        async def traced_async(*args: Any, **kwargs: Any) -> Any:
+            with tracer.call(op_name, _op_inputs(names, args, kwargs)) as call:
+                call.output = await fn(*args, **kwargs)
+            return call.output
+
+        return traced_async
+
+    @functools.wraps(fn)
+    def traced(*args: Any, **kwargs: Any) -> Any:
+        with tracer.call(op_name, _op_inputs(names, args, kwargs)) as call:
+            call.output = fn(*args, **kwargs)
+        return call.output
+
+    return traced
