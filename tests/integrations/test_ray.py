@@ -17,8 +17,6 @@ import urllib.request
 import msgspec
 import pytest
 
-os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # loopback only (read by Ray's processes)
-
 try:
     import ray
     from ray.cluster_utils import Cluster
@@ -41,7 +39,9 @@ _NODE_ARGS = dict(num_cpus=1, object_store_memory=100 << 20, node_ip_address="12
 def cluster():
     import ray._private.ray_constants as ray_constants
 
-    ray_constants.ENABLE_RAY_CLUSTER = False  # this process was maybe imported before the env
+    # Ray on loopback only: this process's flag, and the variable its processes read
+    was_enabled, ray_constants.ENABLE_RAY_CLUSTER = ray_constants.ENABLE_RAY_CLUSTER, False
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers lack tests/
     temp_dir = tempfile.mkdtemp(prefix="ray-engine-")
     nodes = Cluster(initialize_head=True, head_node_args=dict(
@@ -55,6 +55,8 @@ def cluster():
     finally:
         ray.shutdown()
         nodes.shutdown()
+        del os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"]
+        ray_constants.ENABLE_RAY_CLUSTER = was_enabled
 
 
 @pytest.fixture
@@ -171,6 +173,7 @@ def test_tasks_and_actors_on_every_node_deliver_complete_nested_calls(make_engin
     assert set(node_stats) == {node for node, _ in placed} - {eng.cluster.driver_node}
     for stats in node_stats.values():  # each node's own calls went through its own engine
         assert stats["ring"]["records_written"] == 2 * (tasks_per_node * 2 + actor_calls_per_node * 2)
+        assert len(stats["ring"]["slots"]) >= 2  # the task worker and the actor: one engine
 
 
 def test_flush_from_the_driver_waits_for_every_node(make_engine, server):
@@ -314,3 +317,21 @@ def test_task_call_ids_are_uuid7s_a_retry_repeats():
         assert (value >> 76) & 0xF == 7 and (value >> 62) & 0b11 == 0b10
         assert value >> 80 == 1_700_000_000_123
     assert first[0] != first[1]
+
+
+def test_a_node_that_goes_away_delivers_what_its_engine_held(make_engine, server, cluster):
+    # calls sit in the node engine's batcher (60 s linger) when the node is removed: the
+    # raylet ends the node engine's process group, its sender (a session of its own) drains
+    node = cluster.add_node(**_NODE_ARGS, resources={"gone": 10})
+    cluster.wait_for_nodes()
+    eng = make_engine(linger_ms=60_000)
+    ray.get([score_task.options(**on("gone")).remote(eng.producer(), i) for i in range(5)])
+    assert stored_calls(server) == []
+    (stats,) = eng.node_stats().values()
+    deadline = time.monotonic() + 60
+    while not stats["sender_heartbeat_ns"]:  # its sender is up and reading the rings
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+        (stats,) = eng.node_stats().values()
+    cluster.remove_node(node)
+    assert len(wait_stored(server, 10)) == 10

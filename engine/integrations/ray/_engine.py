@@ -72,9 +72,13 @@ class RayEngine(Engine):
     # -- internals ----------------------------------------------------------------------------
 
     def _node_engines(self) -> list[tuple[str, Any]]:
+        """The node engines of nodes still in the cluster (a node that went away took its
+        engine with it; its sender drains and persists on its own)."""
         if self._registry is None:  # closed: only this engine is left
             return []
-        return sorted(ray.get(self._registry.nodes.remote()).items())
+        alive = {node["NodeID"] for node in ray.nodes() if node["Alive"]}
+        engines = ray.get(self._registry.nodes.remote())
+        return sorted((node, handle) for node, handle in engines.items() if node in alive)
 
     def _close_nodes(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s + 10.0
