@@ -1,114 +1,375 @@
-"""SQL of call queries: the WHERE and ORDER BY of a :class:`~engine.server._store.CallsQuery`.
+"""SQL of call queries: WHERE and ORDER BY of a :class:`~engine.server._store.CallsQuery`.
 
-Column names are those of the ``calls`` table (``_sqlite_db``); parameters are bound with
-``?``. Anything the client names that goes into SQL text (a sort field) is looked up in a
-whitelist, never pasted.
+The semantics are weave's (``sqlite_trace_server.py`` / the ClickHouse query builder):
+
+- fields: the call's columns, JSON paths into ``inputs`` / ``output`` / ``attributes`` /
+  ``summary`` (``inputs.a.b``, ``\\.`` for a dot inside a key, digits index lists), and
+  the derived ``summary.weave.status`` / ``latency_ms`` / ``trace_name``;
+- a JSON field compared with a literal is cast the literal's way (a number casts the
+  field to a number, a boolean to a boolean, anything else compares its text);
+- ``started_at`` / ``ended_at`` compare with an ISO-8601 string or with seconds since
+  the epoch (a number);
+- default order: start time; ties by arrival (weave: by id).
+
+Everything an engine spells its own way goes through :class:`Dialect` (SQLite's here), so
+another SQL store overrides the spellings, not the semantics. Values are always bound
+parameters; field names reach SQL text only as whitelisted column names.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import datetime as _dt
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import msgspec
 
-from engine.server._rows import SELECT_COLUMNS
-from engine.server._store import InvalidQuery
+from engine.server._rows import SELECT_COLUMNS, to_us
+from engine.server._store import CallsQuery, InvalidQuery
 from engine.wire.query import CallsFilter, SortBy
 
-# Sortable fields: wire name -> column. A whitelist, because the column is put into SQL text.
-_SORT_COLUMNS = {
-    "id": "id", "op_name": "op_name", "display_name": "display_name", "trace_id": "trace_id",
-    "parent_id": "parent_id", "thread_id": "thread_id", "turn_id": "turn_id",
-    "started_at": "started_at_us", "ended_at": "ended_at_us", "exception": "exception",
-    "wb_user_id": "wb_user_id", "wb_run_id": "wb_run_id", "wb_run_step": "wb_run_step",
-    "wb_run_step_end": "wb_run_step_end",
-}  # fmt: skip
+
+class Sql(NamedTuple):
+    text: str
+    params: tuple[Any, ...] = ()
+
+
+def _join(parts: Sequence[Sql], sep: str) -> Sql:
+    return Sql(sep.join(p.text for p in parts), tuple(v for p in parts for v in p.params))
+
+
+def _wrap(template: str, *parts: Sql) -> Sql:
+    """``template`` with ``{}`` holes filled by ``parts`` in order (params follow)."""
+    return Sql(template.format(*(p.text for p in parts)), tuple(v for p in parts for v in p.params))
+
+
+class Dialect:
+    """How SQLite spells the pieces of a call query; another engine overrides these."""
+
+    time_columns = {"started_at": "started_at_us", "ended_at": "ended_at_us"}
+
+    def json_path(self, parts: Sequence[str]) -> str:
+        return "$" + "".join(f"[{p}]" if p.isdigit() else '."' + p.replace('"', '\\"') + '"'
+                             for p in parts)  # fmt: skip
+
+    def json_value(self, column: str, parts: Sequence[str]) -> Sql:
+        return Sql(f"json_extract({column}, ?)", (self.json_path(parts),))
+
+    def json_type(self, column: str, parts: Sequence[str]) -> Sql:
+        return Sql(f"json_type({column}, ?)", (self.json_path(parts),))
+
+    def cast(self, value: Sql, to: str) -> Sql:
+        sql_type = {"int": "INTEGER", "double": "REAL", "bool": "INTEGER", "string": "TEXT"}[to]
+        return _wrap(f"CAST({{}} AS {sql_type})", value)
+
+    def contains(self, haystack: Sql, needle: Sql, case_insensitive: bool) -> Sql:
+        if case_insensitive:
+            return _wrap("(instr(lower({}), lower({})) > 0)", haystack, needle)
+        return _wrap("(instr({}, {}) > 0)", haystack, needle)
+
+    def ref_name(self, column: str) -> str:
+        """The object name of a ``weave:///…/op/<name>:<digest>`` ref (a function that
+        ``_sqlite_db.connect`` registers)."""
+        return f"engine_ref_name({column})"
+
+    def has_string(self, column: str, test: str) -> str:
+        """Any string anywhere in the JSON of ``column`` passing ``test`` (on ``t.value``)."""
+        return f"EXISTS (SELECT 1 FROM json_tree({column}) t WHERE t.type = 'text' AND {test})"
+
+
+SQLITE = Dialect()
+
+_PLAIN_COLUMNS = frozenset({
+    "id", "project_id", "op_name", "display_name", "trace_id", "parent_id", "thread_id",
+    "turn_id", "exception", "wb_user_id", "wb_run_id", "wb_run_step", "wb_run_step_end",
+})  # fmt: skip
+JSON_COLUMNS = ("inputs", "output", "attributes", "summary")
+_STATUS = Sql(
+    "(CASE WHEN exception IS NOT NULL THEN 'error' WHEN ended_at_us IS NULL THEN 'running' "
+    "WHEN json_extract(summary, '$.status_counts.error') > 0 THEN 'descendant_error' "
+    "ELSE 'success' END)"
+)
+_LATENCY = Sql(
+    "(CASE WHEN ended_at_us IS NOT NULL THEN (ended_at_us - started_at_us) / 1000.0 ELSE 0 END)"
+)
 _IN_FILTERS = {
     "call_ids": "id", "trace_ids": "trace_id", "parent_ids": "parent_id",
     "thread_ids": "thread_id", "turn_ids": "turn_id", "wb_user_ids": "wb_user_id",
     "wb_run_ids": "wb_run_id",
 }  # fmt: skip
-_UNSUPPORTED_FILTERS = ("input_refs", "output_refs")
+_WILDCARD = ":*"
 # A list filter is one bound JSON array, so SQLite's cap on bound parameters never comes
 # into play; a list longer than this is a 422 naming the field.
 MAX_FILTER_VALUES = 10_000
 MAX_SORT_FIELDS = 16
 _JSON_LIST = "(SELECT value FROM json_each(?))"
-_json = msgspec.json.Encoder()
+
+
+def split_path(path: str) -> list[str]:
+    """``a.b\\.c.0`` → ``["a", "b.c", "0"]`` (a backslash escapes a dot)."""
+    parts, current, escaped = [], [], False
+    for char in path:
+        if escaped:
+            current.append(char)
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == ".":
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return parts
+
+
+def _json_list(values: Sequence[str]) -> str:
+    return msgspec.json.encode(list(values)).decode()
+
+
+def _literal_cast(value: Any) -> str | None:
+    """The cast a literal imposes on a JSON field compared with it (weave's rule)."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int"
+    if isinstance(value, float):
+        return "double"
+    return None
+
+
+def _param(value: Any) -> Any:
+    if isinstance(value, (dict, list)):
+        return msgspec.json.encode(value).decode()
+    return value
+
+
+def _time_us(value: Any, where: str) -> int:
+    """A literal compared with a time column: ISO-8601 text, or seconds since the epoch."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return round(value * 1_000_000)
+    if isinstance(value, str):
+        try:
+            return to_us(_dt.datetime.fromisoformat(value.replace("Z", "+00:00")))  # type: ignore[return-value]
+        except ValueError:
+            pass
+    raise InvalidQuery(where, f"a time is compared with ISO-8601 text or epoch seconds, got {value!r}")
+
+
+class _ExprSql:
+    """An ``$expr`` tree (already validated by ``_query_expr``) as a SQL condition."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        self.d = dialect
+
+    def field(self, name: str, cast: str | None, where: str) -> Sql:
+        if name in _PLAIN_COLUMNS:
+            return Sql(name)
+        if name in self.d.time_columns:
+            return Sql(self.d.time_columns[name])
+        if name == "summary.weave.status":
+            return _STATUS
+        if name == "summary.weave.latency_ms":
+            return _LATENCY
+        if name == "summary.weave.trace_name":
+            return self.trace_name()
+        head, _, rest = name.partition(".")
+        if head not in JSON_COLUMNS:
+            raise InvalidQuery(where, f"unknown call field {name!r}")
+        return self.json_field(head, split_path(rest) if rest else [], cast)
+
+    def trace_name(self) -> Sql:
+        return Sql(
+            "(CASE WHEN display_name IS NOT NULL AND display_name != '' THEN display_name "
+            f"WHEN op_name LIKE 'weave:///%' THEN {self.d.ref_name('op_name')} ELSE op_name END)"
+        )
+
+    def json_field(self, column: str, parts: list[str], cast: str | None) -> Sql:
+        value = self.d.json_value(column, parts)
+        if cast is None:
+            return self.d.cast(value, "string")
+        kind = self.d.json_type(column, parts)
+        text = self.d.cast(value, "string")
+        number = self.d.cast(value, "double" if cast == "double" else "int")
+        plain = self._plain_number(text, allow_dot=cast == "double")
+        if cast == "bool":
+            return _wrap("(CASE WHEN {} = 'true' THEN 1 WHEN {} = 'false' THEN 0 "
+                         "WHEN {} = 'integer' THEN {} WHEN lower({}) = 'true' THEN 1 "
+                         "WHEN lower({}) = 'false' THEN 0 WHEN {} THEN {} ELSE NULL END)",
+                         kind, kind, kind, number, text, text, plain, number)  # fmt: skip
+        native = "('integer', 'real')" if cast == "double" else "('integer')"
+        return _wrap(f"(CASE WHEN {{}} IN {native} THEN {{}} "
+                     "WHEN {} = 'text' AND {} THEN {} ELSE NULL END)",
+                     kind, number, kind, plain, number)  # fmt: skip
+
+    @staticmethod
+    def _plain_number(text: Sql, allow_dot: bool) -> Sql:
+        """Text that is digits (with at most one dot when ``allow_dot``): nothing else
+        converts, so '1e3' or 'abc' compare as NULL instead of SQLite's 0."""
+        dots = "<= 1" if allow_dot else "= 0"
+        return _wrap("({} != '' AND {} NOT GLOB '*[^0-9.]*' AND {} GLOB '*[0-9]*' AND "
+                     f"length({{}}) - length(replace({{}}, '.', '')) {dots})",
+                     text, text, text, text, text)  # fmt: skip
+
+    def operand(self, op: dict[str, Any], cast: str | None, where: str) -> Sql:
+        ((name, arg),) = op.items()
+        if name == "$literal":
+            if arg is None:
+                return Sql("NULL")
+            return Sql("?", (_param(arg),))
+        if name == "$getField":
+            return self.field(arg, cast, where)
+        if name == "$convert":
+            inner = self.operand(arg["input"], None, where + ".$convert")
+            if arg["to"] == "exists":
+                return _wrap("({} IS NOT NULL)", inner)
+            return self.d.cast(inner, arg["to"])
+        return self.condition(op, where)
+
+    def _is_time(self, op: dict[str, Any]) -> bool:
+        return op.get("$getField") in self.d.time_columns
+
+    def _side(self, this: dict[str, Any], other: dict[str, Any], where: str) -> Sql:
+        """One side of a comparison: a literal facing a time column becomes microseconds,
+        a JSON field facing a literal is cast the literal's way."""
+        if "$literal" in this and self._is_time(other):
+            return Sql("?", (_time_us(this["$literal"], where),))
+        cast = _literal_cast(other["$literal"]) if "$literal" in other else None
+        return self.operand(this, cast, where)
+
+    def condition(self, op: dict[str, Any], where: str) -> Sql:
+        ((name, arg),) = op.items()
+        here = f"{where}.{name}"
+        if name in ("$and", "$or"):
+            parts = [self.condition_of(sub, f"{here}[{i}]") for i, sub in enumerate(arg)]
+            if not parts:
+                raise InvalidQuery(here, "needs at least one operand")
+            return _wrap("({})", _join(parts, " AND " if name == "$and" else " OR "))
+        if name == "$not":
+            return _wrap("(NOT {})", self.condition_of(arg[0], here))
+        if name == "$eq" and arg[1] == {"$literal": None}:
+            return _wrap("({} IS NULL)", self.operand(arg[0], None, here))
+        compare = {"$eq": "=", "$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
+        if name in compare:
+            left, right = self._side(arg[0], arg[1], here), self._side(arg[1], arg[0], here)
+            return _wrap(f"({{}} {compare[name]} {{}})", left, right)
+        if name == "$in":
+            return self._in(arg, here)
+        if name == "$contains":
+            hay = self.operand(arg["input"], None, here)
+            needle = self.operand(arg["substr"], None, here)
+            return self.d.contains(hay, needle, bool(arg.get("case_insensitive")))
+        raise InvalidQuery(here, "not a condition")
+
+    def condition_of(self, op: dict[str, Any], where: str) -> Sql:
+        """An operand used as a condition: a bare field or literal is tested for truth."""
+        return self.operand(op, None, where) if set(op) & {"$getField", "$literal", "$convert"} \
+            else self.condition(op, where)
+
+    def _in(self, arg: list[Any], where: str) -> Sql:
+        values = arg[1]
+        if not values:
+            return Sql("0")
+        if self._is_time(arg[0]):
+            items = [Sql("?", (_time_us(v.get("$literal"), where),)) for v in values]
+            return _wrap("({} IN ({}))", self.field(arg[0]["$getField"], None, where),
+                         _join(items, ", "))  # fmt: skip
+        casts = {_literal_cast(v["$literal"]) if "$literal" in v else None for v in values}
+        cast = casts.pop() if len(casts) == 1 else ("double" if casts == {"int", "double"} else None)
+        left = self.operand(arg[0], cast, where)
+        items = [self.operand(v, None, where) for v in values]
+        return _wrap("({} IN ({}))", left, _join(items, ", "))
 
 
 class Selection:
-    """The WHERE and ORDER BY of a call query, built from a filter and sort list."""
+    """The WHERE and ORDER BY of a call query for one dialect."""
 
-    def __init__(
-        self,
-        project_id: str,
-        flt: CallsFilter | None = None,
-        sort_by: tuple[SortBy, ...] | list[SortBy] = (),
-    ) -> None:
-        self._where = ["project_id = ?", "op_name IS NOT NULL"]
-        self._params: list[Any] = [project_id]
-        if flt is not None:
-            self._add_filter(flt)
-        self._order = self._order_by(sort_by)
+    def __init__(self, query: CallsQuery, dialect: Dialect = SQLITE) -> None:
+        self.d = dialect
+        where = [Sql("project_id = ?", (query.project_id,)), Sql("op_name IS NOT NULL")]
+        if query.filter is not None:
+            where += self._filter(query.filter)
+        if query.query is not None:
+            where.append(_ExprSql(dialect).condition(query.query["$expr"], "query.$expr"))
+        self.where = _join(where, " AND ")
+        self.order = self._order_by(query.sort_by)
 
-    def _add_filter(self, flt: CallsFilter) -> None:
-        for name in _UNSUPPORTED_FILTERS:
-            if getattr(flt, name):
-                raise InvalidQuery(f"filter.{name}", "not supported by engine serve")
-        for name in ("op_names", *_IN_FILTERS):
+    def _filter(self, flt: CallsFilter) -> list[Sql]:
+        for name in ("op_names", "input_refs", "output_refs", *_IN_FILTERS):
             values = getattr(flt, name)
             if values is not None and len(values) > MAX_FILTER_VALUES:
                 raise InvalidQuery(
                     f"filter.{name}", f"at most {MAX_FILTER_VALUES} values, got {len(values)}"
                 )
+        where = []
         if flt.op_names is not None:
-            self._add_op_names(flt.op_names)
+            where.append(self._op_names(flt.op_names))
         for name, column in _IN_FILTERS.items():
             values = getattr(flt, name)
             if values is not None:
-                self._where.append(f"{column} IN {_JSON_LIST}")
-                self._params.append(_json.encode(values).decode())
+                where.append(Sql(f"{column} IN {_JSON_LIST}", (_json_list(values),)))
+        for name, column in (("input_refs", "inputs"), ("output_refs", "output")):
+            refs = getattr(flt, name)
+            if refs:
+                where.append(self._refs(column, refs))
         if flt.trace_roots_only:
-            self._where.append("parent_id IS NULL")
+            where.append(Sql("parent_id IS NULL"))
+        return where
 
-    def _add_op_names(self, op_names: list[str]) -> None:
+    def _op_names(self, op_names: list[str]) -> Sql:
         """Exact names, or a ``name:*`` wildcard meaning every version of that op (as weave)."""
-        exact = [name for name in op_names if not name.endswith(":*")]
-        prefixes = [name[:-1] for name in op_names if name.endswith(":*")]
-        terms = [f"op_name IN {_JSON_LIST}"] if exact else []
+        exact = [name for name in op_names if not name.endswith(_WILDCARD)]
+        prefixes = [name[:-1] for name in op_names if name.endswith(_WILDCARD)]
+        terms = [Sql(f"op_name IN {_JSON_LIST}", (_json_list(exact),))] if exact else []
         if prefixes:
-            terms.append("EXISTS (SELECT 1 FROM json_each(?) AS p "
-                         "WHERE substr(op_name, 1, length(p.value)) = p.value)")  # fmt: skip
-        self._params.extend(_json.encode(names).decode() for names in (exact, prefixes) if names)
-        self._where.append(f"({' OR '.join(terms)})" if terms else "0")
+            terms.append(Sql("EXISTS (SELECT 1 FROM json_each(?) AS p "
+                             "WHERE substr(op_name, 1, length(p.value)) = p.value)",
+                             (_json_list(prefixes),)))  # fmt: skip
+        return _wrap("({})", _join(terms, " OR ")) if terms else Sql("0")
 
-    @staticmethod
-    def _order_by(sort_by: tuple[SortBy, ...] | list[SortBy]) -> str:
+    def _refs(self, column: str, refs: list[str]) -> Sql:
+        """Calls whose ``column`` holds one of ``refs`` anywhere (``…:*``: any version)."""
+        terms = []
+        for ref in refs:
+            if ref.endswith(_WILDCARD):
+                prefix = ref[: -len(_WILDCARD)] + ":"
+                test = Sql("substr(t.value, 1, ?) = ?", (len(prefix), prefix))
+            else:
+                test = Sql("t.value = ?", (ref,))
+            terms.append(Sql(self.d.has_string(column, test.text), test.params))
+        return _wrap("({})", _join(terms, " OR "))
+
+    def sort_key(self, field: str, where: str) -> Sql:
+        if field in self.d.time_columns:
+            return Sql(self.d.time_columns[field])
+        if field in _PLAIN_COLUMNS:
+            return Sql(field)
+        expr = _ExprSql(self.d)
+        if field.startswith("summary.weave."):
+            return expr.field(field, None, where)
+        head, _, rest = field.partition(".")
+        if head not in JSON_COLUMNS:
+            raise InvalidQuery(where, f"cannot sort by {field!r}: not a call field")
+        return self.d.json_value(head, split_path(rest) if rest else [])
+
+    def _order_by(self, sort_by: Sequence[SortBy]) -> Sql:
         if len(sort_by) > MAX_SORT_FIELDS:
             raise InvalidQuery("sort_by", f"at most {MAX_SORT_FIELDS} fields, got {len(sort_by)}")
-        terms = []
-        for i, sort in enumerate(sort_by):
-            column = _SORT_COLUMNS.get(sort.field)
-            if column is None:
-                raise InvalidQuery(
-                    f"sort_by[{i}].field",
-                    f"cannot sort by {sort.field!r}; sortable: {', '.join(sorted(_SORT_COLUMNS))}",
-                )
-            terms.append(f"{column} {sort.direction.upper()}")
-        if not terms:
-            terms.append("started_at_us ASC")
-        # ties go by arrival (a total order: limit/offset pages never overlap), in the
-        # direction of the last key, so an index on that key also serves the tie-break
-        terms.append("seq " + terms[-1].rsplit(" ", 1)[1])
-        return ", ".join(terms)
+        terms = [_wrap(f"{{}} {s.direction.upper()}", self.sort_key(s.field, f"sort_by[{i}].field"))
+                 for i, s in enumerate(sort_by)]  # fmt: skip
+        # ties go by arrival (a total order: pages never overlap), in the direction of the
+        # last key, so the index that serves that key serves the tie-break too (weave
+        # breaks ties by id; arrival order differs from it only among equal keys)
+        direction = sort_by[-1].direction.upper() if sort_by else "ASC"
+        terms = terms or [Sql("started_at_us ASC")]
+        return _join([*terms, Sql(f"seq {direction}")], ", ")
 
-    def select_sql(self, limit: int | None, offset: int) -> tuple[str, list[Any]]:
-        sql = (
-            f"SELECT {', '.join(SELECT_COLUMNS)} FROM calls WHERE {' AND '.join(self._where)} "
-            f"ORDER BY {self._order} LIMIT ? OFFSET ?"
+    def select(self, limit: int | None, offset: int) -> Sql:
+        return Sql(
+            f"SELECT {', '.join(SELECT_COLUMNS)} FROM calls WHERE {self.where.text} "
+            f"ORDER BY {self.order.text} LIMIT ? OFFSET ?",
+            (*self.where.params, *self.order.params, -1 if limit is None else limit, offset),
         )
-        return sql, [*self._params, -1 if limit is None else limit, offset]
 
-    def count_sql(self) -> tuple[str, list[Any]]:
-        return f"SELECT count(*) FROM calls WHERE {' AND '.join(self._where)}", list(self._params)
+    def count(self) -> Sql:
+        return Sql(f"SELECT count(*) FROM calls WHERE {self.where.text}", self.where.params)

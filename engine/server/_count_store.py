@@ -35,6 +35,9 @@ class CountStore(SQLiteStore):
     async def count_calls(self, query: CallsQuery) -> int:
         return 0
 
+    async def trace_storage_bytes(self, project_id: str, trace_ids: list[str]) -> dict[str, int]:
+        return {}
+
     async def delete_calls(self, project_id: str, call_ids: list[str]) -> list[str]:
         return []
 

@@ -2,8 +2,8 @@
 
 Feedback and cost queries name fields with ``$getField`` (dotted paths reach into the
 payload) and compare them with ``$literal`` values. The operators are weave's query
-language (``trace_server/interface/query.py``): ``$and $or $not $eq $gt $gte $in
-$contains $getField $literal $convert``. Anything else is an :class:`InvalidExpr`, which
+language (``trace_server/interface/query.py``): ``$and $or $not $eq $gt $gte $lt $lte
+$in $contains $getField $literal $convert``. Anything else is an :class:`InvalidExpr`, which
 the routes answer with 422 — a query this server cannot evaluate must never be ignored.
 """
 
@@ -41,7 +41,7 @@ def get_path(record: Record, path: str) -> Any:
     return value
 
 
-_OPERAND_COUNTS = {"$eq": 2, "$gt": 2, "$gte": 2, "$in": 2}
+_OPERAND_COUNTS = {"$eq": 2, "$gt": 2, "$gte": 2, "$lt": 2, "$lte": 2, "$in": 2}
 _CONVERT_TO = frozenset({"double", "int", "string", "bool", "exists"})
 
 
@@ -136,6 +136,8 @@ _EVALUATORS: dict[str, Callable[[Any, Record], Any]] = {
     "$eq": lambda arg, r: _eval(arg[0], r) == _eval(arg[1], r),
     "$gt": lambda arg, r: _compare(arg, r, lambda a, b: a > b),
     "$gte": lambda arg, r: _compare(arg, r, lambda a, b: a >= b),
+    "$lt": lambda arg, r: _compare(arg, r, lambda a, b: a < b),
+    "$lte": lambda arg, r: _compare(arg, r, lambda a, b: a <= b),
     "$in": lambda arg, r: _eval(arg[0], r) in [_eval(sub, r) for sub in arg[1]],
     "$contains": _contains,
     "$convert": _convert,

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import msgspec
 from aiohttp import web
 
 from engine.server._body import ApiError, check_same_project, fill_ids, path_project
+from engine.server._calls_view import (
+    FEEDBACK_FIELDS,
+    add_costs,
+    add_feedback,
+    call_view,
+    expand_refs,
+    selected_columns,
+    stored_bytes,
+)
 from engine.server._ingest_models import (
     RawBatch,
     RawCallEndReq,
@@ -18,8 +28,9 @@ from engine.server._ingest_models import (
 )
 from engine.server._query_expr import InvalidExpr, compile_query
 from engine.server._reply import ok, stream_jsonl
+from engine.server._routes_refs import parse_ref, resolve
 from engine.server._state import check_project_id, state_of
-from engine.server._store import CallsQuery, InvalidQuery
+from engine.server._store import CallsQuery, DocsQuery, InvalidQuery, Store
 from engine.wire.query import (
     CallReadReq,
     CallsDeleteReq,
@@ -138,12 +149,69 @@ async def _first_page(pages: AsyncIterator[list[dict]]) -> list[dict]:
         raise ApiError(422, str(exc)) from None
 
 
+def _views(request: web.Request, req: CallsQueryReq | CallReadReq):
+    """``page -> page`` as weave answers: derived summary, columns, costs, feedback, refs."""
+    store = state_of(request).store
+    columns = getattr(req, "columns", None)
+    keep = selected_columns(columns, bool(req.include_costs)) if columns else None
+    prices: list[dict[str, list[dict]]] = []
+
+    async def view(page: list[dict]) -> list[dict]:
+        sizes = [stored_bytes(call) for call in page]
+        calls = [call_view(call, keep) for call in page]
+        if req.include_storage_size:
+            for call, size in zip(calls, sizes, strict=True):
+                call["storage_size_bytes"] = size
+        if req.include_total_storage_size:
+            await _add_trace_sizes(store, req.project_id, calls)
+        if req.include_costs:
+            if not prices:
+                prices.append(await _prices(store, req.project_id))
+            add_costs(calls, prices[0])
+        if getattr(req, "include_feedback", None):
+            add_feedback(calls, await _feedback_of(store, req.project_id, calls))
+        for call in calls if getattr(req, "expand_columns", None) else ():
+            await expand_refs(call, req.expand_columns, lambda ref: _read_ref(request, ref))
+        return calls
+
+    return view
+
+
+async def _add_trace_sizes(store: Store, project_id: str, calls: list[dict]) -> None:
+    roots = [c["trace_id"] for c in calls if c.get("parent_id") is None]
+    sizes = await store.trace_storage_bytes(project_id, roots) if roots else {}
+    for call in calls:
+        if call.get("parent_id") is None:
+            call["total_storage_size_bytes"] = sizes.get(call["trace_id"], 0)
+
+
+async def _prices(store: Store, project_id: str) -> dict[str, list[dict]]:
+    found = await store.query_docs("costs", DocsQuery(project_id=project_id))
+    prices: dict[str, list[dict]] = {}
+    for doc in found.docs:
+        prices.setdefault(doc["llm_id"], []).append(doc)
+    return prices
+
+
+async def _feedback_of(store: Store, project_id: str, calls: list[dict]) -> list[dict]:
+    refs = [{"$literal": f"weave:///{project_id}/call/{c['id']}"} for c in calls]
+    query = {"$expr": {"$in": [{"$getField": "weave_ref"}, refs]}}
+    found = await store.query_docs(
+        "feedback", DocsQuery(project_id=project_id, query=query, fields=FEEDBACK_FIELDS)
+    )
+    return found.docs
+
+
+async def _read_ref(request: web.Request, uri: str) -> Any:
+    return await resolve(request, parse_ref(uri, "expand_columns"), "expand_columns")
+
+
 @routes.post("/call/read")
 async def call_read(request: web.Request) -> web.Response:
     state = state_of(request)
     req = await state.decode(request, CallReadReq)
     query = CallsQuery(project_id=req.project_id, filter=CallsFilter(call_ids=[req.id]), limit=1)
-    page = await _first_page(state.store.query_calls(query))
+    page = await _views(request, req)(await _first_page(state.store.query_calls(query)))
     return ok({"call": page[0] if page else None})
 
 
@@ -152,7 +220,8 @@ async def calls_stream_query(request: web.Request) -> web.StreamResponse:
     """One CallSchema per line, read from one store cursor a chunk at a time."""
     state = state_of(request)
     req = await state.decode(request, CallsQueryReq)
-    return await stream_jsonl(request, _query_errors(state.store.query_calls(_calls_query(req))))
+    pages = state.store.query_calls(_calls_query(req))
+    return await stream_jsonl(request, _viewed(_query_errors(pages), _views(request, req)))
 
 
 async def _query_errors(pages: AsyncGenerator[list[dict], None]) -> AsyncGenerator[list[dict], None]:
@@ -165,17 +234,32 @@ async def _query_errors(pages: AsyncGenerator[list[dict], None]) -> AsyncGenerat
             raise ApiError(422, str(exc)) from None
 
 
+async def _viewed(pages: AsyncGenerator[list[dict], None],
+                  view: Callable[[list[dict]], Awaitable[list[dict]]]) -> AsyncGenerator[list[dict], None]:  # fmt: skip
+    async with contextlib.aclosing(pages):
+        async for page in pages:
+            yield await view(page)
+
+
 @routes.post("/calls/query_stats")
 async def calls_query_stats(request: web.Request) -> web.Response:
     state = state_of(request)
     req = await state.decode(request, CallsQueryStatsReq)
+    if req.limit is not None and req.limit < 1:
+        raise ApiError(400, f"limit: must be a positive integer, got {req.limit}")
+    query = _calls_query(req)
     try:
-        count = await state.store.count_calls(_calls_query(req))
+        count = await state.store.count_calls(query)
     except InvalidQuery as exc:
         raise ApiError(422, str(exc)) from None
-    return ok({"count": count})
-
-
+    total = 0
+    if req.include_total_storage_size:
+        roots = [c["trace_id"] async for page in state.store.query_calls(query) for c in page
+                 if c.get("parent_id") is None]  # fmt: skip
+        sizes = await state.store.trace_storage_bytes(req.project_id, roots) if roots else {}
+        total = sum(sizes.values())
+    has_more = req.limit is not None and count >= req.limit
+    return ok({"count": count, "has_more": has_more, "total_storage_size_bytes": total})
 @routes.post("/calls/delete")
 async def calls_delete(request: web.Request) -> web.Response:
     state = state_of(request)

@@ -17,6 +17,7 @@ import msgspec
 from aiohttp import web
 
 from engine.server._body import ApiError
+from engine.server._calls_view import call_view
 from engine.server._reply import ok
 from engine.server._state import check_project_id, state_of
 from engine.server._store import CallsQuery
@@ -77,7 +78,7 @@ async def _root(request: web.Request, ref: Ref) -> Any:
         page = await anext(state_of(request).store.query_calls(query), [])
         if not page:
             raise _Unresolved
-        return msgspec.json.decode(_json.encode(page[0]))
+        return msgspec.json.decode(_json.encode(call_view(page[0])))
     found = await state_of(request).store.read_object(ref.project_id, ref.name, ref.version)
     if found is None:
         raise _Unresolved

@@ -105,8 +105,6 @@ def row_to_call(row: Sequence[Any]) -> dict[str, Any]:
     for name, value in zip(SELECT_COLUMNS, row, strict=True):
         if name in _TIME_COLUMNS:
             call[_TIME_COLUMNS[name]] = from_us(value)
-        elif name == "otel_dump":
-            continue  # not part of CallSchema
         elif name in _JSON_COLUMNS:
             call[name] = None if value is None else msgspec.Raw(value.encode())
         else:

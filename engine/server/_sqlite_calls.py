@@ -119,3 +119,18 @@ def q_thread_turns(
         f"WHERE {where} AND op_name IS NOT NULL ORDER BY thread_id, started_at_us, seq LIMIT ?"
     )
     return [ThreadTurn(*row) for row in conn.execute(sql, [*params, max_turns])]
+
+
+def q_trace_bytes(conn: sqlite3.Connection, project_id: str, trace_ids: list[str]) -> dict[str, int]:
+    sizes: dict[str, int] = {}
+    unique = list(dict.fromkeys(trace_ids))
+    for i in range(0, len(unique), _IN_CHUNK):
+        chunk = unique[i : i + _IN_CHUNK]
+        sql = (
+            "SELECT trace_id, sum(length(coalesce(attributes, '')) + length(coalesce(inputs, '')) "
+            "+ length(coalesce(output, '')) + length(coalesce(summary, ''))) FROM calls "
+            f"WHERE project_id = ? AND op_name IS NOT NULL AND trace_id IN ({', '.join('?' * len(chunk))}) "
+            "GROUP BY trace_id"
+        )
+        sizes.update(conn.execute(sql, (project_id, *chunk)).fetchall())
+    return sizes

@@ -149,8 +149,17 @@ def create_db_file(path: Path) -> None:
     os.close(fd)
 
 
+def ref_name(uri: str | None) -> str | None:
+    """``weave:///entity/project/op/<name>:<digest>`` → ``<name>`` (the uri when not a ref)."""
+    if uri is None:
+        return None
+    parts = uri.removeprefix("weave:///").split("/")
+    return parts[3].rsplit(":", 1)[0] if len(parts) >= 4 else uri
+
+
 def connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    conn.create_function("engine_ref_name", 1, ref_name, deterministic=True)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA busy_timeout=10000")

@@ -5,7 +5,7 @@ and a reader thread (:mod:`engine.server._sqlite_db`); statements in ``_sqlite_c
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,7 +15,6 @@ from engine.server import _sqlite_calls as calls
 from engine.server import _sqlite_docs as docs
 from engine.server import _sqlite_objects as objects
 from engine.server._calls_sql import Selection
-from engine.server._query_expr import compile_query
 from engine.server._rows import Complete, End, Start, row_to_call
 from engine.server._sqlite_db import Database
 from engine.server._store import (
@@ -38,11 +37,6 @@ CHUNK_ROWS = 1000  # rows handed over at a time while streaming
 FIRST_CHUNK_ROWS = 100
 
 
-def _decoded(call: CallRow) -> dict[str, Any]:
-    """The call with its raw JSON fields decoded, for evaluating ``$expr`` in Python."""
-    return {k: msgspec.json.decode(v) if isinstance(v, msgspec.Raw) else v for k, v in call.items()}
-
-
 class SQLiteStore(Store):
     kind = "sqlite"
 
@@ -58,42 +52,26 @@ class SQLiteStore(Store):
     async def query_calls(self, query: CallsQuery) -> AsyncIterator[list[CallRow]]:
         """One statement read to its end (``Database.stream``); a short page (call_read,
         refs) is one read on the shared connection instead, with no cursor left open."""
-        selection = Selection(query.project_id, query.filter, query.sort_by)
-        if query.query is None:  # offset and limit go to SQL
-            sql, params = selection.select_sql(query.limit, query.offset)
-            if query.limit is not None and query.limit <= FIRST_CHUNK_ROWS:
-                rows = await self._db.read(calls.q_fetchall, sql, params)
-                if rows:
-                    yield [row_to_call(r) for r in rows]
-                return
-            async with contextlib.aclosing(self._stream(sql, params)) as chunks:
-                async for rows in chunks:
-                    yield [row_to_call(r) for r in rows]
+        sql, params = Selection(query).select(query.limit, query.offset)  # InvalidQuery first
+        if query.limit is not None and query.limit <= FIRST_CHUNK_ROWS:
+            rows = await self._db.read(calls.q_fetchall, sql, params)
+            if rows:
+                yield [row_to_call(r) for r in rows]
             return
-        keep = compile_query(query.query)
-        skip, remaining = query.offset, query.limit
-        sql, params = selection.select_sql(None, 0)
         async with contextlib.aclosing(self._stream(sql, params)) as chunks:
             async for rows in chunks:
-                page = [c for c in map(row_to_call, rows) if keep(_decoded(c))]
-                page, skip = page[skip:], max(0, skip - len(page))
-                if remaining is not None:
-                    page, remaining = page[:remaining], remaining - min(remaining, len(page))
-                if page:
-                    yield page
-                if remaining == 0:
-                    return
+                yield [row_to_call(r) for r in rows]
 
-    def _stream(self, sql: str, params: list[Any]) -> AsyncIterator[list[tuple]]:
+    def _stream(self, sql: str, params: Sequence[Any]) -> AsyncIterator[list[tuple]]:
         return self._db.stream(sql, params, FIRST_CHUNK_ROWS, CHUNK_ROWS)
 
     async def count_calls(self, query: CallsQuery) -> int:
-        if query.query is None:
-            sql, params = Selection(query.project_id, query.filter).count_sql()
-            (count,) = (await self._db.read(calls.q_fetchall, sql, params))[0]
-            count = max(0, count - query.offset)
-            return count if query.limit is None else min(count, query.limit)
-        return sum([len(page) async for page in self.query_calls(query)])
+        ((count,),) = await self._db.read(calls.q_fetchall, *Selection(query).count())
+        count = max(0, count - query.offset)
+        return count if query.limit is None else min(count, query.limit)
+
+    async def trace_storage_bytes(self, project_id: str, trace_ids: list[str]) -> dict[str, int]:
+        return await self._db.read(calls.q_trace_bytes, project_id, trace_ids)
 
     async def delete_calls(self, project_id: str, call_ids: list[str]) -> list[str]:
         return await self._db.write(calls.q_delete_calls, project_id, call_ids)

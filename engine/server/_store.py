@@ -33,8 +33,9 @@ import msgspec
 from engine.server._rows import Complete, End, Start
 from engine.wire.query import CallsFilter, SortBy
 
-# A call as the routes send it back: CallSchema field names; ``started_at`` / ``ended_at``
-# as datetimes; JSON fields (inputs, output, summary, attributes) as ``msgspec.Raw``.
+# A call as stored: CallSchema field names plus ``otel_dump``; ``started_at`` / ``ended_at``
+# as datetimes; JSON fields (inputs, output, summary, attributes, otel_dump) as
+# ``msgspec.Raw``, None when absent. ``_calls_view`` turns it into weave's answer.
 CallRow = dict[str, Any]
 DocKind = Literal["feedback", "costs"]
 StorageKind = Literal["trace", "objects", "tables", "files"]
@@ -156,6 +157,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def count_calls(self, query: CallsQuery) -> int:
         """How many calls ``query`` matches, ``limit`` and ``offset`` applied."""
+
+    @abc.abstractmethod
+    async def trace_storage_bytes(self, project_id: str, trace_ids: list[str]) -> dict[str, int]:
+        """``trace_id -> bytes`` of the stored JSON of every call of each trace."""
 
     @abc.abstractmethod
     async def delete_calls(self, project_id: str, call_ids: list[str]) -> list[str]:

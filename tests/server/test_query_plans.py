@@ -13,6 +13,7 @@ import pytest
 
 from engine.server._calls_sql import Selection
 from engine.server._sqlite_db import _CALLS_MIGRATIONS, Database
+from engine.server._store import CallsQuery
 from engine.wire.query import CallsFilter, SortBy
 
 # wire filter -> the index it must seek
@@ -43,11 +44,15 @@ def plan(tmp_path_factory):
     conn = db._rconn  # a fresh file: the plans the planner picks before any ANALYZE
 
     def explain(selection: Selection) -> list[str]:
-        sql, params = selection.select_sql(None, 0)
+        sql, params = selection.select(None, 0)
         return [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, params)]
 
     yield explain
     asyncio.run(db.close())
+
+
+def _selection(flt: CallsFilter | None = None, sort_by: list[SortBy] | None = None) -> Selection:
+    return Selection(CallsQuery(project_id="e/p", filter=flt, sort_by=tuple(sort_by or ())))
 
 
 def _no_table_scan(steps: list[str]) -> bool:
@@ -55,31 +60,31 @@ def _no_table_scan(steps: list[str]) -> bool:
 
 
 def test_default_order_streams_from_the_start_time_index(plan):
-    assert plan(Selection("e/p")) == ["SEARCH calls USING INDEX calls_by_started_at_us (project_id=?)"]
+    assert plan(_selection()) == ["SEARCH calls USING INDEX calls_by_started_at_us (project_id=?)"]
 
 
 @pytest.mark.parametrize("name", sorted(_FILTER_INDEX))
 def test_every_id_filter_seeks_its_own_index(plan, name):
-    steps = plan(Selection("e/p", CallsFilter(**{name: ["a", "b"]})))
+    steps = plan(_selection(CallsFilter(**{name: ["a", "b"]})))
     assert steps[0].startswith(f"SEARCH calls USING INDEX {_FILTER_INDEX[name]} (project_id=? AND ")
     assert _no_table_scan(steps)
 
 
 @pytest.mark.parametrize("op_names", [["a"], ["a", "b"], ["a:*"], ["a", "b:*"]])
 def test_op_name_filters_read_through_an_index(plan, op_names):
-    steps = plan(Selection("e/p", CallsFilter(op_names=op_names)))
+    steps = plan(_selection(CallsFilter(op_names=op_names)))
     assert steps[0].startswith("SEARCH calls USING INDEX") and _no_table_scan(steps)
 
 
 def test_trace_roots_only_seeks_the_parent_index(plan):
-    steps = plan(Selection("e/p", CallsFilter(trace_roots_only=True)))
+    steps = plan(_selection(CallsFilter(trace_roots_only=True)))
     assert steps[0] == "SEARCH calls USING INDEX calls_by_parent_id (project_id=? AND parent_id=?)"
 
 
 @pytest.mark.parametrize("direction", ["asc", "desc"])
 @pytest.mark.parametrize("field", sorted(_SORT_COLUMN))
 def test_every_sort_field_is_served_by_an_index(plan, field, direction):
-    steps = plan(Selection("e/p", None, [SortBy(field=field, direction=direction)]))
+    steps = plan(_selection(None, [SortBy(field=field, direction=direction)]))
     assert steps[0].startswith("SEARCH calls USING INDEX") and _no_table_scan(steps)
     column = _SORT_COLUMN[field]
     if column in _SPARSE_COLUMNS:
@@ -89,8 +94,8 @@ def test_every_sort_field_is_served_by_an_index(plan, field, direction):
 
 
 def test_filter_plus_sort_uses_the_filter_index_and_sorts_only_its_rows(plan):
-    selection = Selection("e/p", CallsFilter(parent_ids=["p"]),
-                          [SortBy(field="started_at", direction="desc")])  # fmt: skip
+    selection = _selection(CallsFilter(parent_ids=["p"]),
+                           [SortBy(field="started_at", direction="desc")])  # fmt: skip
     assert plan(selection) == [
         "SEARCH calls USING INDEX calls_by_parent_id (project_id=? AND parent_id=?)",
         "LIST SUBQUERY 1", "SCAN json_each VIRTUAL TABLE INDEX 1:",

@@ -23,7 +23,10 @@ def _rich_call(call_id: str) -> dict:
 
 
 def _sent_values(call: dict) -> dict:
-    return {k: call[k] for k in ("inputs", "output", "summary", "attributes")}
+    """The values a client sent; ``summary.weave`` is what the server derives on reads."""
+    values = {k: call[k] for k in ("inputs", "output", "summary", "attributes")}
+    values["summary"] = {k: v for k, v in values["summary"].items() if k != "weave"}
+    return values
 
 
 def test_a_complete_call_reads_back_the_values_it_was_sent(run, db_path):
