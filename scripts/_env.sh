@@ -33,3 +33,19 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; 
     echo "$want" > "$STAMP"
 fi
 export PATH="$VENV/bin:$PATH"
+
+# The reference server of the differential tests (weave's own SqliteTraceServer, which
+# only older weave wheels ship): a venv of its own, so it never meets the project's weave.
+REF_VENV="$ROOT/.venv-ref"
+REF_LOCK="$ROOT/requirements-ref.lock"
+REF_STAMP="$REF_VENV/.lock-stamp"
+ref_want="$(sha256sum "$REF_LOCK" | cut -c1-16)"
+if [ ! -x "$REF_VENV/bin/python" ] || [ "$(cat "$REF_STAMP" 2>/dev/null)" != "$ref_want" ]; then
+    py="$(pick_python)"
+    echo "engine: bootstrapping $REF_VENV (reference weave server) from requirements-ref.lock ..." >&2
+    [ -x "$REF_VENV/bin/python" ] || "$py" -m venv "$REF_VENV"
+    "$REF_VENV/bin/python" -m pip install --quiet --upgrade pip >&2
+    "$REF_VENV/bin/python" -m pip install --quiet -r "$REF_LOCK" >&2
+    echo "$ref_want" > "$REF_STAMP"
+fi
+export ENGINE_REF_PYTHON="$REF_VENV/bin/python"

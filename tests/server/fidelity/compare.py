@@ -1,0 +1,181 @@
+"""Run a scenario on two servers, normalise their answers, compare them step by step.
+
+Normalisation (each server's answers separately, in step order):
+
+- A value the server made up is replaced by its kind and the order in which it first
+  appeared in that server's answers: UUIDs that no request carried (``<uuid:3>``) and
+  content digests (``<digest:2>``). Two servers agree when they make up values in the
+  same places and reuse them in the same places.
+- A time is kept, in one canonical UTC form, when it lies in the scenario's own era (a
+  time a client sent); a time near the server's clock becomes ``<now>``.
+- A key whose value is null is dropped: weave's clients read a missing optional field and
+  a null one alike.
+- An error answer is compared by its status alone (reasons are prose).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tests.server.fidelity.backends import Answer
+
+UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+# weave's base64 digests (43 characters, '-'/'_' mapped to 'X'/'Y') and hex table digests
+DIGEST = re.compile(r"^(?:[A-Za-z0-9]{43}|[0-9a-f]{64})$")
+ISO_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}")
+SCENARIO_YEAR = 2024  # every time a scenario sends lies in this year
+
+Req = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One request. ``req`` may be a function of the answers so far (by label) of the
+    server being called, for values that server made up (digests, ids)."""
+
+    family: str
+    label: str
+    method: str
+    req: Req | Callable[[dict[str, Any]], Req]
+
+
+@dataclass
+class Normaliser:
+    sent: set[str]  # every string the scenario sent: never treated as made up
+    seen: dict[str, str] = field(default_factory=dict)
+
+    def __call__(self, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: self(v) for k, v in value.items() if v is not None}
+        if isinstance(value, list):
+            return [self(v) for v in value]
+        if isinstance(value, str):
+            return self._string(value)
+        return value
+
+    def _string(self, text: str) -> str:
+        if ISO_TIME.match(text):
+            return _time(text)
+        if text in self.sent:
+            return text
+        if UUID.match(text) or DIGEST.match(text):
+            kind = "uuid" if UUID.match(text) else "digest"
+            return self.seen.setdefault(text, f"<{kind}:{len(self.seen)}>")
+        return text
+
+
+def _time(text: str) -> str:
+    try:
+        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return text
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.timezone.utc)
+    if when.year != SCENARIO_YEAR:
+        return "<now>"
+    return when.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def strings_in(value: Any) -> Iterable[str]:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield k
+            yield from strings_in(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from strings_in(v)
+    elif isinstance(value, str):
+        yield value
+
+
+@dataclass(frozen=True)
+class Outcome:
+    step: Step
+    ours: Any
+    reference: Any
+
+    @property
+    def identical(self) -> bool:
+        return self.ours == self.reference
+
+
+def comparable(answer: Answer, normalise: Normaliser) -> Any:
+    if answer.status != 200:
+        return {"status": answer.status}
+    return normalise(answer.body)
+
+
+def run(steps: list[Step], ours: Any, reference: Any) -> list[Outcome]:
+    """Each step on both servers, in order; answers normalised and paired."""
+    contexts: tuple[dict[str, Any], dict[str, Any]] = ({}, {})
+    requests = []
+    answers: list[tuple[Answer, Answer]] = []
+    for step in steps:
+        pair = []
+        for server, context in zip((ours, reference), contexts, strict=True):
+            req = step.req(context) if callable(step.req) else step.req
+            answer = server.call(step.method, req)
+            context[step.label] = answer.body if answer.status == 200 else None
+            pair.append(answer)
+            requests.append(req)
+        answers.append((pair[0], pair[1]))
+    sent = set(strings_in(requests))
+    norm_ours, norm_ref = Normaliser(sent), Normaliser(sent)
+    return [
+        Outcome(step, comparable(a, norm_ours), comparable(b, norm_ref))
+        for step, (a, b) in zip(steps, answers, strict=True)
+    ]
+
+
+def score(outcomes: list[Outcome]) -> dict[str, tuple[int, int]]:
+    """``family -> (identical, total)``, plus ``"all"``."""
+    table: dict[str, list[int]] = {}
+    for outcome in outcomes:
+        for family in (outcome.step.family, "all"):
+            counts = table.setdefault(family, [0, 0])
+            counts[0] += outcome.identical
+            counts[1] += 1
+    return {family: (same, total) for family, (same, total) in table.items()}
+
+
+def differences(ours: Any, ref: Any, path: str = "$", limit: int = 6) -> list[str]:
+    """Where two normalised answers differ: ``path: ours … | reference …`` (first few)."""
+    if isinstance(ours, dict) and isinstance(ref, dict):
+        found = []
+        for key in list(dict.fromkeys([*ours, *ref])):
+            if ours.get(key, "<absent>") != ref.get(key, "<absent>"):
+                found += differences(ours.get(key, "<absent>"), ref.get(key, "<absent>"),
+                                     f"{path}.{key}", limit - len(found))  # fmt: skip
+            if len(found) >= limit:
+                break
+        return found
+    if isinstance(ours, list) and isinstance(ref, list) and len(ours) == len(ref):
+        found = []
+        for i, (a, b) in enumerate(zip(ours, ref, strict=True)):
+            if a != b:
+                found += differences(a, b, f"{path}[{i}]", limit - len(found))
+            if len(found) >= limit:
+                break
+        return found
+    return [f"{path}: ours {_short(ours)} | reference {_short(ref)}"]
+
+
+def _short(value: Any, width: int = 300) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[:width] + "…"
+
+
+def report(outcomes: list[Outcome]) -> str:
+    """A markdown table of the score by family, then every difference."""
+    lines = ["| family | identical | total |", "|---|---|---|"]
+    for family, (same, total) in sorted(score(outcomes).items(), key=lambda kv: kv[0] == "all"):
+        lines.append(f"| {family} | {same} | {total} |")
+    for outcome in outcomes:
+        if not outcome.identical:
+            lines += ["", f"### {outcome.step.label} ({outcome.step.method})"]
+            lines += [f"- {d}" for d in differences(outcome.ours, outcome.reference)]
+    return "\n".join(lines)
