@@ -47,7 +47,11 @@ def _kind(raw: msgspec.Raw) -> str:
     kind = _KIND_BY_FIRST_BYTE.get(_first_byte(raw)[0])
     if kind is not None:
         return kind
-    return "float" if bytes(raw).lstrip(b"-0123456789") else "int"
+    text = bytes(raw)
+    if text.lstrip(b"-0123456789"):
+        return "float"
+    # msgspec names an integer literal outside [-2**63, 2**64) a float, as it decodes one
+    return "int" if -(2**63) <= int(text) < 2**64 else "float"
 
 
 class _RawCall(Nested, kw_only=True, gc=False):

@@ -43,7 +43,7 @@ def test_two_serve_replicas_share_one_clickhouse(clickhouse_url):  # noqa: F811
         assert [c["id"] for c in calls] == ["a", "b", "c"]
         assert calls[0]["output"] == {"answer": "a-a"} and calls[0]["ended_at"].startswith("2026")
         assert calls[1]["display_name"] == "bee" and calls[1]["ended_at"] is None
-        assert _json(reader, "/calls/query_stats", {"project_id": PROJECT}) == {"count": 3}
+        assert _json(reader, "/calls/query_stats", {"project_id": PROJECT})["count"] == 3
         assert _json(writer, "/call/read", {"project_id": PROJECT, "id": "c"})["call"]["op_name"]
 
         digest = _json(writer, "/obj/create", {"obj": {"project_id": PROJECT, "object_id": "cfg",

@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal, TypeVar
 
+from engine.server._calls_view import stored_bytes
 from engine.server._query_expr import compile_query
 from engine.server._rows import Complete, End, Start, row_to_call
 from engine.server._store import (
@@ -39,6 +40,7 @@ from engine.server._store import (
 from engine.server.clickhouse import _calls, _docs, _objects
 from engine.server.clickhouse._connect import Target, connect
 from engine.server.clickhouse._migrate import migrate
+from engine.wire.query import CallsFilter
 
 T = TypeVar("T")
 PAGE_ROWS = 1000  # calls handed to the route at a time while streaming
@@ -134,6 +136,15 @@ class ClickHouseStore(Store):
         count = await self._run(_scalar, sql.count(), sql.params)
         count = max(0, count - query.offset)
         return count if query.limit is None else min(count, query.limit)
+
+    async def trace_storage_bytes(self, project_id: str, trace_ids: list[str]) -> dict[str, int]:
+        """Summed over the traces' calls as read (only asked for by include_total_storage_size)."""
+        sizes: dict[str, int] = {}
+        query = CallsQuery(project_id=project_id, filter=CallsFilter(trace_ids=trace_ids))
+        async for page in self.query_calls(query):
+            for call in page:
+                sizes[call["trace_id"]] = sizes.get(call["trace_id"], 0) + stored_bytes(call)
+        return sizes
 
     async def delete_calls(self, project_id: str, call_ids: list[str]) -> list[str]:
         return await self._run(self._delete_calls, project_id, call_ids)
