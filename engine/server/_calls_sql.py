@@ -9,7 +9,8 @@ The semantics are weave's (``sqlite_trace_server.py`` / the ClickHouse query bui
   field to a number, a boolean to a boolean, anything else compares its text);
 - ``started_at`` / ``ended_at`` compare with an ISO-8601 string or with seconds since
   the epoch (a number);
-- default order: start time; ties by arrival (weave: by id).
+- default order: start time; an explicit sort ends with id as weave's does, except when
+  an index serves every key (ties by arrival there, so no sort step is needed).
 
 Everything an engine spells its own way goes through :class:`Dialect` (SQLite's here), so
 another SQL store overrides the spellings, not the semantics. Values are always bound
@@ -98,6 +99,8 @@ _IN_FILTERS = {
     "wb_run_ids": "wb_run_id",
 }  # fmt: skip
 _WILDCARD = ":*"
+# sort fields an index on (project_id, field) serves (``_sqlite_db``), rows then by arrival
+_INDEX_ORDERED = frozenset({"started_at", "ended_at", "op_name", "parent_id", "trace_id", "id"})
 # A list filter is one bound JSON array, so SQLite's cap on bound parameters never comes
 # into play; a list longer than this is a 422 naming the field.
 MAX_FILTER_VALUES = 10_000
@@ -357,12 +360,17 @@ class Selection:
             raise InvalidQuery("sort_by", f"at most {MAX_SORT_FIELDS} fields, got {len(sort_by)}")
         terms = [_wrap(f"{{}} {s.direction.upper()}", self.sort_key(s.field, f"sort_by[{i}].field"))
                  for i, s in enumerate(sort_by)]  # fmt: skip
-        # ties go by arrival (a total order: pages never overlap), in the direction of the
-        # last key, so the index that serves that key serves the tie-break too (weave
-        # breaks ties by id; arrival order differs from it only among equal keys)
-        direction = sort_by[-1].direction.upper() if sort_by else "ASC"
-        terms = terms or [Sql("started_at_us ASC")]
-        return _join([*terms, Sql(f"seq {direction}")], ", ")
+        if not terms:  # weave: then id; the two differ only among equal start times
+            return Sql("started_at_us ASC, seq ASC")
+        last = sort_by[-1]
+        if all(s.field in _INDEX_ORDERED for s in sort_by):
+            # rows come out of an index, then by arrival: ties follow the index (weave
+            # breaks them by id), and no sort step is needed
+            return _join([*terms, Sql(f"seq {last.direction.upper()}")], ", ")
+        # a sort step anyway: ties as weave breaks them
+        if not any(s.field == "id" for s in sort_by):
+            terms.append(Sql(f"id {last.direction.upper() if last.field == 'started_at' else 'DESC'}"))
+        return _join(terms, ", ")
 
     def select(self, limit: int | None, offset: int) -> Sql:
         return Sql(
