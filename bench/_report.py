@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from bench.scenarios import matrix
+
 PEERS = ("weave-batched", "weave-op", "naive")
 _RING_PEERS = ("mp.Queue", "faster-fifo")
 _E2E_TARGET_PRODUCERS = 2
@@ -219,6 +221,8 @@ _SECTIONS = (
     ("ring", "Ring: records through shared memory vs queues", _ring_section),
     ("producer", "Producer: CPU per traced call (eval profile, ~4 KB)", _producer_section),
     ("e2e", "End to end: delivered to the sink", _e2e_section),
+    ("matrix", "Paths users take: payload x compression x sink, CPU per call of every process "
+     "(eval, 2 producers)", matrix.section),
     ("faults", "Faults (FaultServer, eval profile, no compression)", _faults_section),
     ("burst", "Burst: offered as fast as possible (small profile)", _burst_section),
 )

@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.contenders.engine_driver import peak_rss_kib
+from bench.contenders.engine_driver import peak_rss_kib, process_cpu_s
 from engine.server import spawn_server, stop_server
+from engine.server._subprocess import spawn_listening
 
 REPO = Path(__file__).resolve().parents[1]
 PROJECT = "bench-entity/bench-project"
@@ -108,12 +109,27 @@ class Sink:
         return peak_rss_kib(self.pid)
 
 
+    def cpu_s(self) -> float:
+        """User + system CPU seconds the sink process has used so far."""
+        return process_cpu_s(self.pid)
+
+
+SINKS = ("count", "decode", "sqlite")
+"""``count``: ``engine serve --store count`` (call fields checked as raw JSON, nothing kept);
+``decode``: ``bench.decode_sink`` (every body decompressed and decoded into Python objects,
+nothing kept); ``sqlite``: ``engine serve`` storing into a fresh SQLite file."""
+
+
 @contextmanager
 def sink(store: str = "count", max_body_bytes: int | None = None) -> Iterator[Sink]:
-    """A fresh ``engine serve`` subprocess on 127.0.0.1 port 0; always stopped."""
+    """A fresh sink subprocess (one of :data:`SINKS`) on 127.0.0.1 port 0; always stopped."""
     with tempfile.TemporaryDirectory(prefix="bench-sink-") as state_dir:
-        db_path = os.path.join(state_dir, "traces.db") if store == "sqlite" else None
-        proc, url = spawn_server(db_path, store=store, max_body_bytes=max_body_bytes)
+        if store == "decode":
+            proc, url = spawn_listening([sys.executable, "-m", "bench.decode_sink"],
+                                        env={**os.environ, "PYTHONPATH": str(REPO)})
+        else:
+            db_path = os.path.join(state_dir, "traces.db") if store == "sqlite" else None
+            proc, url = spawn_server(db_path, store=store, max_body_bytes=max_body_bytes)
         try:
             yield Sink(url, proc.pid, store)
         finally:
@@ -139,7 +155,8 @@ def driver_argv(contender: str, url: str, calls: int, profile: str, timeout_s: f
                 "--mode", mode or "startend", "--producers", str(producers),
                 "--compression", compression, *extra]
     if contender == "weave-batched":
-        return [sys.executable, "-m", "bench.peers.weave_client", *common, "--mode", "batched"]
+        return [sys.executable, "-m", "bench.peers.weave_client", *common,
+                "--mode", mode or "batched"]
     if contender == "weave-op":
         return [sys.executable, "-m", "bench.peers.weave_client", *common, "--mode", "op"]
     if contender == "weave-op+engine":

@@ -8,6 +8,8 @@ processes made by fork share the ``N`` calls and trace them as fast as they can:
 
 - ``startend``: ``tracer.call_start`` + ``tracer.call_end`` with the wire Structs;
 - ``dicts``: the same two calls with plain dicts (what a weave-shaped caller hands over);
+- ``dicts-iso``: dicts whose timestamps are ISO-8601 strings (``datetime.isoformat()``), as
+  a caller holding JSON-shaped data has them;
 - ``ctx``: the ``tracer.call(...)`` context manager (ids, parent, timestamps filled in).
 
 Each producer builds its own payloads before the clock starts, as every peer driver does:
@@ -40,7 +42,7 @@ from engine.producer._tracer import Tracer
 from engine.wire._codec import utcnow, uuid7
 from engine.wire.calls import EndedCallSchemaForInsert, StartedCallSchemaForInsert
 
-MODES = ("startend", "dicts", "ctx")
+MODES = ("startend", "dicts", "dicts-iso", "ctx")
 _START_TIMEOUT_S = 60.0
 
 
@@ -53,6 +55,9 @@ class EngineReport(_run.Report):
     producer_cpu_us_per_call: list[float] = field(default_factory=list)
     producer_peak_rss_kib: list[int] = field(default_factory=list)
     sender_peak_rss_kib: int | None = None
+    # the driver's own share of producer CPU (building items, ids, times; see _NullTracer)
+    driver_cpu_us_per_call: float | None = None
+    sender_cpu_us_per_call: float | None = None  # the sender process, from /proc
     items_acked: int = 0
     bytes_sent_raw: int = 0
     bytes_sent_wire: int = 0
@@ -118,19 +123,58 @@ def _trace_function(tracer: Tracer, mode: str, profile_name: str, project_id: st
                          "started_at": started_at, "ended_at": utcnow(),
                          "output": payload.output, "summary": payload.summary})
 
+    def trace_dicts_iso(i: int) -> None:
+        payload = payloads[i % len(payloads)]
+        call_id, trace_id, started_at = uuid7(), uuid7(), utcnow().isoformat()
+        tracer.call_start({"project_id": project_id, "id": call_id, "trace_id": trace_id,
+                           "op_name": op_name, "started_at": started_at,
+                           "attributes": payload.attributes, "inputs": payload.inputs})
+        tracer.call_end({"project_id": project_id, "id": call_id, "trace_id": trace_id,
+                         "started_at": started_at, "ended_at": utcnow().isoformat(),
+                         "output": payload.output, "summary": payload.summary})
+
     def trace_ctx(i: int) -> None:
         payload = payloads[i % len(payloads)]
         with tracer.call(op_name, inputs=payload.inputs, attributes=payload.attributes) as call:
             call.output = payload.output
             call.summary = payload.summary
 
-    return {"startend": trace_structs, "dicts": trace_dicts, "ctx": trace_ctx}[mode]
+    return {"startend": trace_structs, "dicts": trace_dicts, "dicts-iso": trace_dicts_iso,
+            "ctx": trace_ctx}[mode]
+
+
+class _NullTracer:
+    """Takes the items and does nothing: the driver's own cost per call (ids, timestamps,
+    building the Structs or dicts), measured apart so it can be told from the engine's."""
+
+    def call_start(self, start: Any) -> None:
+        return None
+
+    def call_end(self, end: Any) -> None:
+        return None
+
+
+_CALIBRATION_CALLS = 20_000
+
+
+def driver_cpu_us_per_call(args: argparse.Namespace, payloads: list[_run.Payload]) -> float | None:
+    """CPU µs per call of the driver's loop with a tracer that does nothing (None for
+    ``ctx``, whose handle is the engine's own)."""
+    if args.mode == "ctx":
+        return None
+    trace_one = _trace_function(_NullTracer(), args.mode, args.profile, args.project, payloads)
+    calls = min(_CALIBRATION_CALLS, args.calls)
+    started = time.thread_time()
+    for i in range(calls):
+        trace_one(i)
+    return (time.thread_time() - started) / calls * 1e6
 
 
 def _produce(tracer: Tracer, args: argparse.Namespace, first: int, count: int,
              deadline: float, ready: Any, go: Any, conn: Connection) -> None:
     """One producer: trace calls ``first .. first+count`` (or until ``deadline``), report."""
     payloads = _run.pregenerate(args.profile, args.calls, args.distinct_payloads)
+    driver_us = driver_cpu_us_per_call(args, payloads) if first == 0 else None
     trace_one = _trace_function(tracer, args.mode, args.profile, args.project, payloads)
     ready.release()
     go.wait()
@@ -146,7 +190,7 @@ def _produce(tracer: Tracer, args: argparse.Namespace, first: int, count: int,
     usage = resource.getrusage(resource.RUSAGE_SELF)
     cpu_s = usage.ru_utime + usage.ru_stime - usage0.ru_utime - usage0.ru_stime
     tracer.close()
-    conn.send({"calls": done, "wall_s": wall_s, "cpu_s": cpu_s,
+    conn.send({"calls": done, "wall_s": wall_s, "cpu_s": cpu_s, "driver_us": driver_us,
                "peak_rss_kib": peak_rss_kib(os.getpid())})
     conn.close()
 
@@ -215,6 +259,8 @@ def _collect(report: EngineReport, processes: list, conns: list[Connection],
     n = max(report.calls_enqueued, 1)
     report.loop_cpu_us_per_call = report.loop_main_thread_cpu_us_per_call = total_cpu_s / n * 1e6
     report.loop_wall_s = max((r["wall_s"] for r in results), default=0.0)
+    report.driver_cpu_us_per_call = next(
+        (r["driver_us"] for r in results if r["driver_us"] is not None), None)
     report.enqueue_calls_per_s = report.calls_enqueued / max(report.loop_wall_s, 1e-9)
 
 
@@ -266,7 +312,8 @@ def _drive(report: EngineReport, args: argparse.Namespace, deadline: float,
         _fill_from_stats(report, stats, ended - began)
         # Like the peers' figure (their sender thread included): producers plus the sender.
         n = max(report.calls_enqueued, 1)
-        report.process_cpu_us_per_call = report.loop_cpu_us_per_call + sender_cpu_s / n * 1e6
+        report.sender_cpu_us_per_call = sender_cpu_s / n * 1e6
+        report.process_cpu_us_per_call = report.loop_cpu_us_per_call + report.sender_cpu_us_per_call
 
 
 def main(argv: list[str] | None = None) -> int:

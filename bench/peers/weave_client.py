@@ -1,12 +1,14 @@
 """Peer driver: weave 0.54.0's own client, timed on the same payloads as every contender.
 
-    python -m bench.peers.weave_client --url URL --calls N --profile eval --mode batched|op|op-engine
+    python -m bench.peers.weave_client --url URL --calls N --profile eval \
+        --mode batched|batched-iso|op|op-engine
 
 ``batched``: weave's ``RemoteHTTPTraceServer(URL, should_batch=True)`` fed ``call_start`` /
 ``call_end`` requests built as weave builds them, then its call processor drained.
 ``op``: ``weave.init(project)`` against the server (run offline: the trace server and the
 W&B GraphQL base both point at URL) and a ``@weave.op`` called N times, then the client's
-own flush. ``op-engine``: the same ``@weave.op`` program with our binding installed first
+own flush. ``batched-iso``: ``batched`` with the timestamps as ISO-8601 strings.
+``op-engine``: the same ``@weave.op`` program with our binding installed first
 (``engine.integrations.weave.install()``). Prints one JSON line (see ``bench.peers._run.Report``).
 """
 
@@ -38,7 +40,7 @@ def _offline_env(url: str) -> None:
 
 
 def _batched(
-    args: Any, payloads: list[_run.Payload]
+    args: Any, payloads: list[_run.Payload], iso: bool = False
 ) -> tuple[Callable[[int], None], Callable[[], None]]:
     from weave.trace_server_bindings.remote_http_trace_server import RemoteHTTPTraceServer
     from weave.utils.ids import generate_id
@@ -47,10 +49,14 @@ def _batched(
     server.set_auth(("api", os.environ["WANDB_API_KEY"]))
     op_name, project_id = _run.profile(args.profile).op_name, args.project
 
+    def now() -> Any:
+        moment = datetime.datetime.now(_UTC)
+        return moment.isoformat() if iso else moment
+
     def trace_one(i: int) -> None:
         payload = payloads[i % len(payloads)]
         call_id, trace_id = generate_id(), generate_id()
-        started_at = datetime.datetime.now(_UTC)
+        started_at = now()
         server.call_start({"start": {
             "project_id": project_id, "id": call_id, "trace_id": trace_id,
             "op_name": op_name, "started_at": started_at,
@@ -58,7 +64,7 @@ def _batched(
         }})  # fmt: skip
         server.call_end({"end": {
             "project_id": project_id, "id": call_id, "trace_id": trace_id,
-            "started_at": started_at, "ended_at": datetime.datetime.now(_UTC),
+            "started_at": started_at, "ended_at": now(),
             "output": payload.output, "summary": payload.summary,
         }})  # fmt: skip
 
@@ -108,7 +114,15 @@ def _op_through_engine(
     return _op(args, payloads)
 
 
-_MODES = {"batched": _batched, "op": _op, "op-engine": _op_through_engine}
+def _batched_iso(
+    args: Any, payloads: list[_run.Payload]
+) -> tuple[Callable[[int], None], Callable[[], None]]:
+    """``batched`` with ISO-8601 string timestamps (weave's pydantic models parse them)."""
+    return _batched(args, payloads, iso=True)
+
+
+_MODES = {"batched": _batched, "batched-iso": _batched_iso, "op": _op,
+          "op-engine": _op_through_engine}
 
 
 def _drive(args: Any, report: _run.Report, payloads: list[_run.Payload], deadline: float) -> None:

@@ -58,18 +58,23 @@ def spawn_server(
     startup_timeout_s: float = 30.0,
 ) -> tuple[subprocess.Popen, str]:
     """Start ``engine serve`` on 127.0.0.1 port 0 and return (process, URL) once it listens."""
-    proc = subprocess.Popen(
-        _serve_argv(db_path, store, max_body_bytes, api_key),
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    return spawn_listening(_serve_argv(db_path, store, max_body_bytes, api_key),
+                           startup_timeout_s)
+
+
+def spawn_listening(argv: list[str], startup_timeout_s: float = 30.0,
+                    env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+    """Start a server child that prints ``listening on URL`` once it listens (``engine
+    serve``, the bench's sinks); (process, URL). Stop it with :func:`stop_server`."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=env)
     watcher = _UrlWatcher(proc)
     watcher.start()
     if not watcher.found.wait(startup_timeout_s) or watcher.url is None:
         stop_server(proc)
         output = "".join(watcher.lines)
         raise RuntimeError(
-            f"engine serve did not report its URL within {startup_timeout_s}s: {output!r}"
+            f"{' '.join(argv[1:4])} did not report its URL within {startup_timeout_s}s: "
+            f"{output!r}"
         )
     return proc, watcher.url
 
