@@ -19,6 +19,7 @@ import msgspec
 import zstandard
 from aiohttp import StreamReader, web
 
+from engine.server._limits import MAX_JSON_DEPTH, LimitExceeded, check_json_depth
 from engine.wire._codec import uuid7
 from engine.wire.calls import StartedCallSchemaForInsert
 
@@ -128,6 +129,10 @@ def decode_errors() -> Iterator[None]:
     """Malformed JSON (invalid UTF-8 too) is a 400, a schema violation a 422 naming the path."""
     try:
         yield
+    except LimitExceeded as exc:
+        raise ApiError(422, str(exc)) from None
+    except RecursionError:  # msgspec's own limit, on a stack deeper than usual
+        raise ApiError(422, f"request body: JSON nested more than {MAX_JSON_DEPTH} levels deep") from None
     except msgspec.ValidationError as exc:
         raise ApiError(422, f"invalid request body: {exc}") from None
     except msgspec.DecodeError as exc:
@@ -139,6 +144,7 @@ def decode_errors() -> Iterator[None]:
 def decode_json(body: bytes, type_: type[T]) -> T:
     """Decode and validate ``body`` as ``type_``, with the errors of :func:`decode_errors`."""
     with decode_errors():
+        check_json_depth(body)
         return msgspec.json.decode(body, type=type_)
 
 

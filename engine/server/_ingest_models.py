@@ -27,6 +27,7 @@ from typing import ClassVar, TypeVar
 import msgspec
 
 from engine.server._body import decode_errors
+from engine.server._limits import LimitExceeded, check_json_depth, check_time
 from engine.wire._base import Nested, Request
 
 # A left-out ``output`` or ``otel_dump``: the typed models' None. (msgspec cannot decode
@@ -62,9 +63,20 @@ class _RawCall(Nested, kw_only=True, gc=False):
     """
 
     OBJECT_FIELDS: ClassVar[tuple[str, ...]]
+    TIME_FIELDS: ClassVar[tuple[str, ...]]
+    INT_FIELDS: ClassVar[tuple[str, ...]]
 
     def kinds_ok(self) -> bool:
         raise NotImplementedError
+
+    def check_limits(self, where: str) -> None:
+        """Times a UTC datetime can hold, integers SQLite can (:mod:`engine.server._limits`)."""
+        for name in self.TIME_FIELDS:
+            check_time(getattr(self, name), f"{where}.{name}")
+        for name in self.INT_FIELDS:
+            value = getattr(self, name)
+            if value is not None and not -(2**63) <= value < 2**63:
+                raise LimitExceeded(f"{where}.{name}: {value} is outside the 64-bit integer range")
 
 
 def _raise_misfit(call: _RawCall, where: str) -> None:
@@ -83,6 +95,8 @@ class RawStartedCall(_RawCall, kw_only=True, gc=False):
     """:class:`~engine.wire.calls.StartedCallSchemaForInsert` with raw JSON fields."""
 
     OBJECT_FIELDS = ("attributes", "inputs", "otel_dump")
+    TIME_FIELDS = ("started_at",)
+    INT_FIELDS = ("wb_run_step",)
 
     project_id: str
     id: str | None = None
@@ -110,6 +124,8 @@ class RawEndedCall(_RawCall, kw_only=True, gc=False):
     """:class:`~engine.wire.calls.EndedCallSchemaForInsert` with raw JSON fields."""
 
     OBJECT_FIELDS = ("summary",)
+    TIME_FIELDS = ("started_at", "ended_at")
+    INT_FIELDS = ("wb_run_step_end",)
 
     project_id: str
     id: str
@@ -130,6 +146,8 @@ class RawCompletedCall(_RawCall, kw_only=True, gc=False):
     """:class:`~engine.wire.calls.CompletedCallSchemaForInsert` with raw JSON fields."""
 
     OBJECT_FIELDS = ("attributes", "inputs", "otel_dump", "summary")
+    TIME_FIELDS = ("started_at", "ended_at")
+    INT_FIELDS = ("wb_run_step", "wb_run_step_end")
 
     project_id: str
     id: str
@@ -163,6 +181,7 @@ class RawCompletedCall(_RawCall, kw_only=True, gc=False):
 def _check_call(call: _RawCall, where: str) -> None:
     if not call.kinds_ok():
         _raise_misfit(call, where)
+    call.check_limits(where)
 
 
 class _IngestReq(Request, kw_only=True):
@@ -212,6 +231,7 @@ class RawBatch(_IngestReq, kw_only=True):
             call = getattr(item.req, mode)
             if not call.kinds_ok():  # the path is formatted only for the failing item
                 _raise_misfit(call, f"$.batch[{i}].req.{mode}")
+            call.check_limits(f"$.batch[{i}].req.{mode}")
 
 
 class RawCallsCompleteReq(_IngestReq, kw_only=True):
@@ -223,6 +243,7 @@ class RawCallsCompleteReq(_IngestReq, kw_only=True):
         for i, call in enumerate(self.batch):
             if not call.kinds_ok():  # the path is formatted only for the failing item
                 _raise_misfit(call, f"$.batch[{i}]")
+            call.check_limits(f"$.batch[{i}]")
 
 
 def _check_utf8(body: bytes) -> None:
@@ -233,6 +254,7 @@ def _check_utf8(body: bytes) -> None:
 def decode_ingest(body: bytes, type_: type[Req]) -> Req:
     """Decode an ingest body, with every check the typed wire models made (but one: above)."""
     with decode_errors():
+        check_json_depth(body)
         req = msgspec.json.decode(body, type=type_)
         _check_utf8(body)
         req.check_kinds()

@@ -35,8 +35,8 @@ def page_of(limit: int | None, offset: int | None, where: str = "") -> tuple[int
     """``(limit, offset)`` validated and capped at :data:`MAX_QUERY_ROWS`."""
     if limit is not None and limit < 0:
         raise ApiError(422, f"{where}limit: must be >= 0, got {limit}")
-    if offset is not None and offset < 0:
-        raise ApiError(422, f"{where}offset: must be >= 0, got {offset}")
+    if offset is not None and not 0 <= offset < 2**63:
+        raise ApiError(422, f"{where}offset: must be within 0..2**63-1 (SQLite's), got {offset}")
     return min(MAX_QUERY_ROWS if limit is None else limit, MAX_QUERY_ROWS), offset or 0
 
 

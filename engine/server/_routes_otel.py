@@ -9,12 +9,14 @@ rewrites the same calls.
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
 import msgspec
 from aiohttp import web
 
-from engine.server._body import ApiError, read_body
+from engine.server._body import ApiError, decode_json, read_body
+from engine.server._limits import MAX_TIME_US, MIN_TIME_US
 from engine.server._reply import ok, project_of
 from engine.server._rows import from_us
 from engine.server._state import state_of
@@ -24,7 +26,8 @@ routes = web.RouteTableDef()
 
 
 def _any_value(value: dict[str, Any]) -> Any:
-    """An OTLP JSON ``AnyValue`` as a plain value."""
+    """An OTLP JSON ``AnyValue`` as a plain value (a malformed one raises TypeError or
+    AttributeError, which the caller answers with a 422)."""
     if "arrayValue" in value:
         return [_any_value(v) for v in value["arrayValue"].get("values", [])]
     if "kvlistValue" in value:
@@ -38,15 +41,22 @@ def _any_value(value: dict[str, Any]) -> Any:
     return int(value["intValue"]) if "intValue" in value else None
 
 
+class _ScopeSpans(msgspec.Struct):
+    spans: list[dict[str, Any]] = []
+
+
+class _ResourceSpans(msgspec.Struct):
+    scopeSpans: list[_ScopeSpans] = []  # noqa: N815  (the OTLP JSON name)
+
+
+class _ExportRequest(msgspec.Struct):
+    resourceSpans: list[_ResourceSpans] = []  # noqa: N815
+
+
 def _json_spans(body: bytes) -> list[dict[str, Any]]:
-    try:
-        doc = msgspec.json.decode(body)
-    except msgspec.DecodeError as exc:
-        raise ApiError(400, f"malformed OTLP JSON: {exc}") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("resourceSpans", []), list):
-        raise ApiError(422, "resourceSpans: expected a list (OTLP ExportTraceServiceRequest)")
-    return [span for rs in doc.get("resourceSpans", []) for ss in rs.get("scopeSpans", [])
-            for span in ss.get("spans", [])]  # fmt: skip
+    """The spans of an OTLP JSON export; a body of another shape is a 422 naming where."""
+    doc = decode_json(body, _ExportRequest)
+    return [span for rs in doc.resourceSpans for ss in rs.scopeSpans for span in ss.spans]
 
 
 def _protobuf_spans(body: bytes) -> list[dict[str, Any]]:
@@ -77,18 +87,26 @@ def _protobuf_spans(body: bytes) -> list[dict[str, Any]]:
 def _span_call(project_id: str, span: dict[str, Any], i: int) -> CompletedCallSchemaForInsert:
     try:
         trace_id, span_id = str(span["traceId"]), str(span["spanId"])
-        started_ns, ended_ns = int(span["startTimeUnixNano"]), int(span["endTimeUnixNano"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ApiError(422, f"spans[{i}]: missing or invalid {exc}") from None
-    attributes = {a["key"]: _any_value(a.get("value", {})) for a in span.get("attributes", [])}
-    status = span.get("status") or {}
-    error = status.get("message") if status.get("code") in (2, "STATUS_CODE_ERROR") else None
+        started, ended = (_span_time(span, name, i) for name in ("startTimeUnixNano", "endTimeUnixNano"))
+        attributes = {str(a["key"]): _any_value(a.get("value", {})) for a in span.get("attributes", [])}
+        status = span.get("status") or {}
+        error = status.get("message") if status.get("code") in (2, "STATUS_CODE_ERROR") else None
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ApiError(422, f"spans[{i}]: missing or invalid {type(exc).__name__}: {exc}") from None
     return CompletedCallSchemaForInsert(
         project_id=project_id, id=span_id, op_name=str(span.get("name") or "otel.span"),
         trace_id=trace_id, parent_id=span.get("parentSpanId") or None,
-        started_at=from_us(started_ns // 1000), ended_at=from_us(ended_ns // 1000),
-        attributes=attributes, inputs={}, otel_dump=span, summary={}, exception=error,
+        started_at=started, ended_at=ended, attributes=attributes, inputs={},
+        otel_dump=span, summary={}, exception=error if isinstance(error, str) else None,
     )  # fmt: skip
+
+
+def _span_time(span: dict[str, Any], name: str, i: int) -> datetime.datetime:
+    """A span's ``*UnixNano`` as a UTC datetime: an int, or its decimal text (OTLP JSON)."""
+    us = int(span[name]) // 1000
+    if not MIN_TIME_US <= us <= MAX_TIME_US:
+        raise ApiError(422, f"spans[{i}].{name}: {span[name]} is outside 0001..9999 in UTC")
+    return from_us(us)
 
 
 @routes.post("/otel/v1/traces")

@@ -21,6 +21,7 @@ from engine.server._ingest_models import (
     RawEndedCall,
     RawStartedCall,
 )
+from engine.server._limits import MAX_TIME_US, MIN_TIME_US
 from engine.wire.calls import (
     CompletedCallSchemaForInsert,
     EndedCallSchemaForInsert,
@@ -54,7 +55,12 @@ def to_us(value: _dt.datetime | None) -> int | None:
 
 
 def from_us(value: int | None) -> _dt.datetime | None:
-    return None if value is None else _EPOCH + value * _ONE_US
+    """The stored time as a UTC datetime. Rows a server before the timestamp limits stored
+    may hold times no datetime can (a year 0 in UTC): they read as the nearest one that
+    can, instead of failing every read of their project."""
+    if value is None:
+        return None
+    return _EPOCH + min(max(value, MIN_TIME_US), MAX_TIME_US) * _ONE_US
 
 
 def _json_text(value: Any) -> str:

@@ -31,7 +31,8 @@ __all__ = [
     "ServerInfoRes",
 ]
 
-NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
+# the top is SQLite's: a limit or offset past it cannot be bound into a statement
+NonNegativeInt = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 
 
 class CallSchema(_Response, kw_only=True):
