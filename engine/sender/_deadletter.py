@@ -6,22 +6,44 @@ One JSON object per line, the item embedded as JSON (not as a string), so ``jq``
     {"ts":"2026-11-28T11:51:18.045946Z","reason":"422","status":422,"call_id":"…",
      "route":"/call/upsert_batch","project":"ent/proj","item":{…the item as it was sent…}}
 
-The file is created 0600 (items hold user data) and appended with one ``write`` per line
-(``O_APPEND``), so a crash leaves at most a torn last line, which the reader skips.
+The file is created 0600 (items hold user data). Any number of processes share one file
+(every engine on a machine with default settings does), and ``engine replay`` takes it away
+while they write. The protocol that keeps every line exactly once:
+
+* a writer appends under ``flock`` on its descriptor, after checking, under that lock, that
+  the path still names the file it has open (else the file was claimed: it reopens the
+  path); a failed or short write is cut back to where it began, so a full disk never
+  leaves half a line, and fsync'ed before the lock is let go;
+* a claim (:func:`claim`) renames the file to ``<path>.claimed-<pid>-<start>-<n>`` (atomic:
+  one claimer wins) and then takes and drops the lock once: a writer that was appending
+  has finished, and every later writer finds the path changed. The claimer owns the claimed
+  file until it deletes it; one left by a claimer that died is claimed again by the next
+  replay (:func:`claim_abandoned`).
+
+A writer killed in the middle of a line leaves it torn; the next writer ends it with a
+newline first, and the reader sets such lines aside instead of failing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import fcntl
+import glob
+import itertools
 import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 
 import msgspec
 
+from engine.ring import _files as _ring_files
+
 _UTC = datetime.timezone.utc
+_CLAIMED = ".claimed-"
+_REOPEN_TRIES = 8  # one per claim that races this append: more would be a claim storm
 
 
 class DeadLetter(msgspec.Struct, frozen=True):
@@ -54,62 +76,175 @@ _reader = msgspec.json.Decoder(DeadLetter)
 
 
 class DeadLetters:
-    """Appends dead letters to ``path``; the file is created on the first ``add``."""
+    """Appends dead letters to ``path``; the file is created on the first write.
+
+    Each ``add*`` call is one locked, fsync'ed append of whole lines, or raises ``OSError``
+    having written nothing (the caller still holds the items).
+    """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.counts: dict[str, int] = Counter()
         self._fd: int | None = None
 
-    def add(
-        self,
-        *,
-        reason: str,
-        status: int | None,
-        call_id: str | None,
-        route: str,
-        project: str,
-        item_json: bytes,
-    ) -> None:
+    def add(self, *, reason: str, status: int | None, call_id: str | None, route: str,
+            project: str, item_json: bytes) -> None:
         """Append one item. ``item_json`` must be one JSON value (as the producer encoded it)."""
-        item_json = _one_line_json(item_json, call_id)
-        envelope = _Envelope(_now_iso(), reason, status, call_id, route, project)
-        head = _encoder.encode(envelope)
-        line = b"".join((head[:-1], b',"item":', item_json, b"}\n"))
-        os.write(self._open(), line)
-        self.counts[reason] += 1
+        self.add_batch(reason=reason, status=status, route=route,
+                       items=[(call_id, project, item_json)])
+
+    def add_batch(self, *, reason: str, status: int | None, route: str,
+                  items: Iterable[tuple[str | None, str, bytes]]) -> None:
+        """Append (call id, project, item JSON) items sharing a reason, in one write."""
+        ts = _now_iso()
+        lines = [_line(_Envelope(ts, reason, status, call_id, route, project),
+                       _one_line_json(item_json, call_id))
+                 for call_id, project, item_json in items]
+        self._append(b"".join(lines))
+        self.counts[reason] += len(lines)
+
+    def put_back(self, letters: Iterable[DeadLetter]) -> None:
+        """Append letters read from a claimed file, unchanged (a replay keeps what failed)."""
+        data = b"".join(_encoder.encode(letter) + b"\n" for letter in letters)
+        if data:
+            self._append(data)
 
     def close(self) -> None:
         if self._fd is not None:
-            os.fsync(self._fd)
             os.close(self._fd)
             self._fd = None
 
     def __enter__(self) -> DeadLetters:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         self.close()
+
+    def _append(self, data: bytes) -> None:
+        for _ in range(_REOPEN_TRIES):
+            fd = self._open()
+            with _locked(fd):
+                if _names(self.path, fd):
+                    _append_whole(fd, data)
+                    return
+            self.close()  # claimed since we opened it: open the path anew
+        raise OSError(f"{self.path}: claimed {_REOPEN_TRIES} times while appending")
 
     def _open(self) -> int:
         if self._fd is None:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
-            self._fd = os.open(self.path, flags, 0o600)
-            os.fchmod(self._fd, 0o600)  # an existing file keeps its mode otherwise
+            flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+            fd = os.open(self.path, flags, 0o600)
+            try:
+                os.fchmod(fd, 0o600)  # an existing file keeps its mode otherwise
+            except OSError:
+                os.close(fd)
+                raise
+            self._fd = fd
         return self._fd
 
 
-def read_dead_letters(path: str | os.PathLike[str]) -> Iterator[DeadLetter]:
+@contextlib.contextmanager
+def _locked(fd: int) -> Iterator[None]:
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def _names(path: Path, fd: int) -> bool:
+    """Whether ``path`` still names the open file ``fd``."""
+    try:
+        current = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (current.st_dev, current.st_ino) == (mine.st_dev, mine.st_ino)
+
+
+def _append_whole(fd: int, data: bytes) -> None:
+    """Append all of ``data`` (after a newline if a torn line ends the file) and fsync; on
+    any error cut the file back to its old end and raise."""
+    size = os.fstat(fd).st_size
+    if size and os.pread(fd, 1, size - 1) != b"\n":
+        data = b"\n" + data  # a writer died mid-line: end that line, keep ours whole
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, size)
+        raise
+
+
+def claim(path: str | os.PathLike[str]) -> Path | None:
+    """Take ``path`` away from its writers for a replay; None if there is no such file.
+
+    Returns the claimed file, which only the caller reads and which the caller deletes when
+    done; writers start a new file at ``path``.
+    """
+    claimed = Path(f"{os.fspath(path)}{_CLAIMED}{_claim_tag()}")
+    try:
+        os.rename(path, claimed)
+    except FileNotFoundError:
+        return None
+    _wait_for_writers(claimed)
+    return claimed
+
+
+def claim_abandoned(path: str | os.PathLike[str]) -> list[Path]:
+    """Claim files of ``path`` whose claimer died before finishing (a replay killed half-way)."""
+    taken = []
+    for old in sorted(glob.glob(glob.escape(os.fspath(path)) + _CLAIMED + "*")):
+        owner = _claimer(old)
+        if owner is not None and _ring_files.is_alive(*owner):
+            continue
+        claimed = Path(f"{os.fspath(path)}{_CLAIMED}{_claim_tag()}")
+        try:
+            os.rename(old, claimed)  # two replays may find it: one rename wins
+        except FileNotFoundError:
+            continue
+        taken.append(claimed)
+    return taken
+
+
+_claim_numbers = itertools.count()
+
+
+def _claim_tag() -> str:
+    pid = os.getpid()
+    return f"{pid}-{_ring_files.process_start_ticks(pid) or 0}-{next(_claim_numbers)}"
+
+
+def _claimer(claimed: str) -> tuple[int, int] | None:
+    parts = claimed.rsplit(_CLAIMED, 1)[1].split("-")
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        return None
+    return int(parts[0]), int(parts[1])
+
+
+def _wait_for_writers(claimed: Path) -> None:
+    """Take the append lock once: a writer in the middle of an append finishes first."""
+    fd = os.open(claimed, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        with _locked(fd):
+            pass
+    finally:
+        os.close(fd)
+
+
+def read_dead_letters(path: str | os.PathLike[str],
+                      on_malformed: Callable[[int, bytes], None] | None = None,
+                      ) -> Iterator[DeadLetter]:
     """Yield every dead letter in ``path``, oldest first, for replay.
 
-    A torn last line (the writer died mid-line) is skipped; a malformed line anywhere else
-    raises ``ValueError`` naming the line, since that is corruption, not a crash.
+    A torn last line (the writer died mid-line) is skipped. A malformed line elsewhere (a
+    torn line a later writer ended) goes to ``on_malformed(line number, line)``; without
+    it, it raises ``ValueError`` naming the line.
     """
     with open(path, "rb") as file:
         lines = file.read().split(b"\n")
@@ -122,7 +257,14 @@ def read_dead_letters(path: str | os.PathLike[str]) -> Iterator[DeadLetter]:
         except msgspec.DecodeError as exc:
             if number - 1 == last:
                 return
-            raise ValueError(f"{os.fspath(path)}:{number}: malformed dead letter: {exc}") from None
+            if on_malformed is None:
+                raise ValueError(f"{os.fspath(path)}:{number}: malformed dead letter: {exc}") from None
+            on_malformed(number, line)
+
+
+def _line(envelope: _Envelope, item_json: bytes) -> bytes:
+    head = _encoder.encode(envelope)
+    return b"".join((head[:-1], b',"item":', item_json, b"}\n"))
 
 
 def _one_line_json(item_json: bytes, call_id: str | None) -> bytes:

@@ -10,17 +10,23 @@ The header holds the route, item count, caller metadata and raw body size; the d
 are written atomically (temporary file, fsync, rename, fsync of the directory): a crash
 leaves either a whole segment or a temporary file that the next ``Spool`` removes. A
 segment that fails its checksum is moved to ``corrupt/`` and counted, never dropped
-silently. One writer per directory at a time.
+silently. Any number of processes may write (names never collide) and replay (the sender's
+background replay, ``engine replay``) at once: a replayer :meth:`Spool.claim` s a segment
+with a non-blocking ``flock`` before it sends it, so no segment is sent by two at a time,
+and a claimer that dies lets go of it with its last descriptor.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import itertools
 import os
 import struct
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -135,6 +141,25 @@ class Spool:
         header, payload = parsed
         return header.route, zstandard.ZstdDecompressor().decompress(payload)
 
+    @contextlib.contextmanager
+    def claim(self, entry: SpoolEntry) -> Iterator[bool]:
+        """Hold ``entry`` for this replayer: yields False when another replayer holds it or
+        it was done meanwhile (then skip it), True otherwise; released on exit."""
+        try:
+            fd = os.open(self.directory / entry.name, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except FileNotFoundError:
+            yield False
+            return
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            yield _still_named(self.directory / entry.name, fd)
+        finally:
+            os.close(fd)
+
     def done(self, entry: SpoolEntry) -> None:
         """Delete ``entry`` once the server acknowledged it (idempotent)."""
         with self._lock:
@@ -194,6 +219,16 @@ class Spool:
         for tmp in self.directory.glob(_TMP_PREFIX + "*" + _TMP_SUFFIX):
             if not _pid_alive(_writer_pid(tmp.name)):
                 tmp.unlink(missing_ok=True)
+
+
+def _still_named(path: Path, fd: int) -> bool:
+    """Whether ``path`` still names ``fd``'s file (not done by a replayer that held it)."""
+    try:
+        current = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (current.st_dev, current.st_ino) == (mine.st_dev, mine.st_ino)
 
 
 def _segment(header: bytes, payload: bytes) -> bytes:

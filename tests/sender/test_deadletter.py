@@ -111,3 +111,71 @@ def test_reader_reports_corruption_in_the_middle(tmp_path):
         add(letters, "b")
     with pytest.raises(ValueError, match=r"letters.jsonl:2: malformed"):
         list(read_dead_letters(path))
+
+
+def test_a_claim_takes_the_file_and_the_writer_starts_a_new_one(tmp_path):
+    from engine.sender._deadletter import claim
+
+    path = tmp_path / "letters.jsonl"
+    with DeadLetters(path) as letters:
+        add(letters, "c1")
+        claimed = claim(path)
+        add(letters, "c2")  # the writer finds its file claimed and reopens the path
+    assert [x.call_id for x in read_dead_letters(claimed)] == ["c1"]
+    assert [x.call_id for x in read_dead_letters(path)] == ["c2"]
+    assert claim(tmp_path / "none.jsonl") is None
+
+
+def test_files_of_a_claimer_that_died_are_claimed_again_and_a_live_ones_are_not(tmp_path):
+    import subprocess
+    import sys
+
+    from engine.sender._deadletter import claim, claim_abandoned
+
+    path = tmp_path / "letters.jsonl"
+    with DeadLetters(path) as letters:
+        add(letters, "mine")
+    mine = claim(path)  # this process lives: its claim stands
+    with DeadLetters(path) as letters:
+        add(letters, "dead")
+    dead = subprocess.run([sys.executable, "-c", "import sys; from engine.sender._deadletter "
+                           "import claim; print(claim(sys.argv[1]))", str(path)],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    taken = claim_abandoned(path)
+    assert len(taken) == 1 and [x.call_id for x in read_dead_letters(taken[0])] == ["dead"]
+    assert not os.path.exists(dead) and os.path.exists(mine)
+
+
+def test_a_torn_line_is_ended_by_the_next_writer_and_set_aside_by_the_reader(tmp_path):
+    path = tmp_path / "letters.jsonl"
+    with DeadLetters(path) as letters:
+        add(letters, "c1")
+    with open(path, "ab") as file:
+        file.write(b'{"ts":"2026-01-01T00:00:00Z","reason":"x","sta')  # a writer killed mid-line
+    with DeadLetters(path) as letters:
+        add(letters, "c2")
+    malformed = []
+    read = list(read_dead_letters(path, lambda number, line: malformed.append(number)))
+    assert [x.call_id for x in read] == ["c1", "c2"] and malformed == [2]
+
+
+def test_a_failed_write_leaves_the_file_as_it_was(tmp_path, monkeypatch):
+    path = tmp_path / "letters.jsonl"
+    with DeadLetters(path) as letters:
+        add(letters, "c1")
+        before = path.read_bytes()
+        real_write = os.write
+
+        def half_then_full(fd, data):
+            if fd == letters._fd:
+                real_write(fd, bytes(data[: len(data) // 2]))
+                raise OSError(28, "No space left on device")
+            return real_write(fd, data)
+
+        monkeypatch.setattr(os, "write", half_then_full)
+        with pytest.raises(OSError):
+            add(letters, "c2")
+        monkeypatch.undo()
+        assert path.read_bytes() == before
+        add(letters, "c3")
+    assert [x.call_id for x in read_dead_letters(path)] == ["c1", "c3"]
