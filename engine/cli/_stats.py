@@ -1,7 +1,7 @@
 """``engine stats``: a live view of a running engine, read from its shared control block.
 
 Discovery needs nothing from the engine beyond what it already leaves: every ring set has a
-private directory ``<tmpdir>/engine-ring-<owner pid>-<start ticks>-<random>/`` holding the
+private directory ``<tmpdir>/engine-rings-<owner pid>-<start ticks>-<random>/`` holding the
 ``control`` file (see ``engine/ring/_files.py``). Live engines are those directories whose
 owner process is still the same process (pid and start time match).
 """

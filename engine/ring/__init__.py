@@ -29,6 +29,17 @@ from engine.ring._layout import (
     RingSpec,
     record_bytes,
 )
+from engine.ring._orphans import (
+    SENDER_ARGS,
+    Orphan,
+    attached_producers,
+    find_orphans,
+    holds_records,
+    mark_closed,
+    recover,
+    spawn_sender,
+    take_reader_lock,
+)
 from engine.ring._reader import RingReader
 from engine.ring._set import NoFreeSlot, RingSet
 from engine.ring._writer import NativeSlotWriter, SlotWriter
@@ -50,16 +61,25 @@ __all__ = [
     "NO_SPLICE_KEY",
     "OVER_MAX_PAYLOAD",
     "RECORD_HEADER",
+    "SENDER_ARGS",
     "TOO_LARGE",
     "UNPLANNED",
     "WRITTEN",
     "WRITTEN_RING",
     "NativeSlotWriter",
     "NoFreeSlot",
+    "Orphan",
     "Record",
     "RingReader",
     "RingSet",
     "RingSpec",
     "SlotWriter",
+    "attached_producers",
+    "find_orphans",
+    "holds_records",
+    "mark_closed",
     "record_bytes",
+    "recover",
+    "spawn_sender",
+    "take_reader_lock",
 ]

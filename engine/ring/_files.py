@@ -1,16 +1,18 @@
 """Files behind a ring set: the private directory, the segment, liveness of processes.
 
 Everything a ring set leaves on the machine carries one name,
-``engine-ring-<owner pid>-<owner start ticks>-<random>``:
+``engine-rings-<owner pid>-<owner start ticks>-<random>``
+(not ``engine-ring-``, the name of versions that deleted the ring sets of dead owners unread:
+they must not delete ours):
 
 - ``/dev/shm/<name>.seg`` -- the shared-memory segment (mode 0600);
 - ``<tmpdir>/<name>/`` -- a private 0700 directory holding the doorbell FIFO and the slot lock.
 
 ``RingSet.unlink()`` removes all of them. If the owner dies without unlinking (SIGKILL,
-OOM killer), the next ``RingSet.create()`` by the same user removes every entry whose
-owner is gone -- the pid no longer exists, or it now belongs to a process with another
-start time -- so a crashed owner leaks at most until the next start. To clean up by
-hand: ``rm -rf /dev/shm/engine-ring-* $TMPDIR/engine-ring-*`` while no engine runs.
+OOM killer), its sender drains and removes them; if the sender died too, the next
+``RingSet.create()`` by the same user removes every ring set whose owner is gone -- the pid
+no longer exists, or it now belongs to a process with another start time -- and that holds
+no record, and keeps the others for recovery (:mod:`engine.ring._orphans`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import os
 import shutil
 import tempfile
 
-NAME_PREFIX = "engine-ring-"
+NAME_PREFIX = "engine-rings-"
 SEGMENT_SUFFIX = ".seg"
 # tmpfs where available (Linux); elsewhere a regular file, which still works through mmap.
 SEGMENT_DIR = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
@@ -104,36 +106,9 @@ def _owner_of(entry_name: str) -> tuple[int, int] | None:
     return int(parts[0]), int(parts[1])
 
 
-def _stale_entries(directory: str) -> list[str]:
-    try:
-        names = os.listdir(directory)
-    except OSError:
-        return []
-    uid = os.getuid()
-    stale = []
-    for entry in names:
-        owner = _owner_of(entry)
-        if owner is None or is_alive(*owner):
-            continue
-        path = os.path.join(directory, entry)
-        with contextlib.suppress(OSError):
-            if os.lstat(path).st_uid == uid:
-                stale.append(path)
-    return stale
+def remove_stale_ring_files() -> None:
+    """Remove ring sets of dead owners that hold nothing; keep the others for recovery
+    (see :mod:`engine.ring._orphans`)."""
+    from engine.ring import _orphans  # it reads segments through _set, which imports us
 
-
-def remove_stale_ring_files() -> list[str]:
-    """Remove segments and directories of ring sets whose owner process is gone.
-
-    Only entries of the current user are touched. Returns the removed paths.
-    """
-    removed = []
-    for directory in {SEGMENT_DIR, tempfile.gettempdir()}:
-        for path in _stale_entries(directory):
-            if os.path.isdir(path) and not os.path.islink(path):
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
-            removed.append(path)
-    return removed
+    _orphans.find_orphans()

@@ -1,0 +1,239 @@
+"""Ring sets left behind by engines that died with their sender (SIGKILL of the whole
+process group, the OOM killer): found, recovered or removed -- never deleted unread.
+
+A ring set is an *orphan* when its owner process is gone (or closed it, keeping it only for
+the records it could not persist: ``mark_closed``) and no sender reads it: every
+sender holds ``flock`` on ``<ring dir>/reader.lock`` for its whole life (an owner's sender,
+a sender draining after its owner died, a recovery), and the kernel lets go of that lock
+when the process dies, however it dies. An orphan whose every record was released holds
+nothing: it is removed. One that still holds records is recovered by a sender started on
+it (``python -m engine.sender <ring dir>/sender.json``: the settings its engine had; it
+finds its owner gone, drains for up to ``shutdown_timeout_s``, spools or dead-letters the
+rest, and removes the ring set). Whoever asks -- a new :class:`engine.Engine`, ``engine
+replay`` -- recovers only the orphans of engines that delivered to the same URL.
+
+A segment in ``/dev/shm`` whose private directory is not in this temp dir (another
+``TMPDIR``, or cleaned away) is removed only when it holds nothing; otherwise it is kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import struct
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+
+import msgspec
+
+from engine.ring import _files
+from engine.ring._layout import ACTIVE, MAGIC, S_PID, S_START_TICKS, S_STATE, VERSION, RingSpec
+from engine.ring._set import RingSet
+
+log = logging.getLogger("engine.ring")
+
+READER_LOCK = "reader.lock"
+SENDER_ARGS = "sender.json"
+CLOSED_MARK = "closed"
+_HEADER = struct.Struct("=4Q")  # magic, version, ring_bytes, max_slots (native u64 words)
+
+
+@dataclass(frozen=True)
+class Orphan:
+    """A ring set whose owner and sender are gone, with the records it still holds."""
+
+    name: str
+    ring_dir: str
+    url: str | None  # where its engine delivered (None: no sender.json)
+    unreleased_records: int
+
+    @property
+    def sender_args(self) -> str:
+        return os.path.join(self.ring_dir, SENDER_ARGS)
+
+
+def reader_lock_path(ring_dir: str) -> str:
+    return os.path.join(ring_dir, READER_LOCK)
+
+
+def take_reader_lock(ring_dir: str) -> int | None:
+    """The reader lock of a ring set as an open fd (held until it is closed), or None if
+    another process holds it."""
+    fd = os.open(reader_lock_path(ring_dir), os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0),
+                 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _being_read(ring_dir: str) -> bool:
+    if not os.path.exists(reader_lock_path(ring_dir)):
+        return False
+    fd = take_reader_lock(ring_dir)
+    if fd is None:
+        return True
+    os.close(fd)
+    return False
+
+
+def spec_of(name: str) -> RingSpec | None:
+    """The spec of the segment ``name`` from its header; None if it is not a ring segment."""
+    try:
+        with open(_files.segment_path(name), "rb") as segment:
+            header = segment.read(_HEADER.size)
+    except OSError:
+        return None
+    if len(header) < _HEADER.size:
+        return None
+    magic, version, ring_bytes, max_slots = _HEADER.unpack(header)
+    if magic != MAGIC or version != VERSION:
+        return None
+    ring_dir = os.path.join(tempfile.gettempdir(), name)
+    return RingSpec(shm_name=name, ring_bytes=ring_bytes, max_slots=max_slots,
+                          doorbell_path=os.path.join(ring_dir, "doorbell"),
+                          lock_path=os.path.join(ring_dir, "slots.lock"))
+
+
+def unreleased_records(spec: RingSpec) -> int | None:
+    """Records written and never released (None: the segment cannot be read)."""
+    try:
+        ring_set = RingSet.attach(spec)
+    except (OSError, ValueError):
+        return None
+    try:
+        heads, released = ring_set.positions()
+        if heads == released:
+            return 0
+        counters = ring_set.counters()
+        return max(1, counters["records_written"] - counters["records_released"])
+    finally:
+        ring_set.close()
+
+
+def _recorded_url(ring_dir: str) -> str | None:
+    try:
+        with open(os.path.join(ring_dir, SENDER_ARGS), "rb") as file:
+            args = msgspec.json.decode(file.read())
+        return args["config"]["url"]
+    except (OSError, msgspec.DecodeError, KeyError, TypeError):
+        return None
+
+
+def mark_closed(ring_dir: str) -> None:
+    """The owner closed the ring set but keeps running: it will never read it again, so it
+    is an orphan already (the owner keeps it only because it still holds records)."""
+    with open(os.path.join(ring_dir, CLOSED_MARK), "wb"):
+        pass
+
+
+def _dead_entries(directory: str) -> list[str]:
+    """Names in ``directory`` of ring sets of this user whose owner is gone or closed them."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    uid = os.getuid()
+    dead = []
+    for entry in names:
+        owner = _files._owner_of(entry)
+        closed = os.path.exists(os.path.join(directory, entry, CLOSED_MARK))
+        if owner is None or (_files.is_alive(*owner) and not closed):
+            continue
+        with contextlib.suppress(OSError):
+            if os.lstat(os.path.join(directory, entry)).st_uid == uid:
+                dead.append(entry)
+    return dead
+
+
+def find_orphans() -> list[Orphan]:
+    """Orphans in this temp dir that hold records; the empty ones are removed on the way."""
+    orphans = []
+    for entry in _dead_entries(tempfile.gettempdir()):
+        ring_dir = os.path.join(tempfile.gettempdir(), entry)
+        if not os.path.isdir(ring_dir) or os.path.islink(ring_dir) or _being_read(ring_dir):
+            continue
+        spec = spec_of(entry)
+        held = unreleased_records(spec) if spec is not None else 0
+        url = _recorded_url(ring_dir)
+        if held and url is None:  # no sender ever read it (start_sender=false): none will
+            log.warning("removing ring set %s: %d records that no sender was set up to "
+                        "deliver", entry, held)
+            held = 0
+        if held == 0:  # nothing left to deliver (or no segment): only files to remove
+            _files.remove_ring_files(entry, ring_dir)
+        elif held:
+            orphans.append(Orphan(entry, ring_dir, url, held))
+    _remove_empty_bare_segments()
+    return orphans
+
+
+def _remove_empty_bare_segments() -> None:
+    """Segments of dead owners with no private dir here: removed only if they hold nothing."""
+    if tempfile.gettempdir() == _files.SEGMENT_DIR:
+        return
+    for entry in _dead_entries(_files.SEGMENT_DIR):
+        name = entry.removesuffix(_files.SEGMENT_SUFFIX)
+        if name == entry or os.path.exists(os.path.join(tempfile.gettempdir(), name)):
+            continue
+        spec = spec_of(name)
+        if spec is not None and unreleased_records(spec) == 0:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(_files.segment_path(name))
+
+
+def attached_producers(ring_set: RingSet) -> list[int]:
+    """Pids of live processes that hold a slot open (they may write more)."""
+    pids = []
+    for slot in range(ring_set.spec.max_slots):
+        if ring_set._slot_word(slot, S_STATE) != ACTIVE:
+            continue
+        pid = ring_set._slot_word(slot, S_PID)
+        if _files.is_alive(pid, ring_set._slot_word(slot, S_START_TICKS)):
+            pids.append(pid)
+    return pids
+
+
+def holds_records(ring_set: RingSet) -> bool:
+    heads, released = ring_set.positions()
+    return heads != released
+
+
+def orphans_for(url: str) -> list[Orphan]:
+    """The orphans an engine delivering to ``url`` recovers."""
+    return [orphan for orphan in find_orphans() if orphan.url == url]
+
+
+def recover(url: str, api_key: str | None) -> list[tuple[Orphan, subprocess.Popen]]:
+    """Start a sender on every orphan of an engine that delivered to ``url``; the caller
+    reaps the processes (each ends within the orphan's ``shutdown_timeout_s``)."""
+    started = []
+    for orphan in orphans_for(url):
+        log.warning("recovering %d records that a dead engine left in ring set %s",
+                    orphan.unreleased_records, orphan.name)
+        started.append((orphan, spawn_sender(orphan.sender_args, api_key, recover=True)))
+    return started
+
+
+def spawn_sender(args_path: str, api_key: str | None, *, recover: bool = False,
+                 ) -> subprocess.Popen:
+    """``python -m engine.sender ARGS`` in a session of its own: a signal to the owner's
+    process group (Ctrl-C, ``timeout``, a job scheduler) does not reach it, so it can
+    settle what the rings hold; it exits when its owner is gone (see the sender). With
+    ``recover`` it delivers what an orphan holds and exits, whoever its owner was."""
+    env = dict(os.environ)
+    env.pop("ENGINE_API_KEY", None)
+    if api_key:
+        env["ENGINE_SENDER_API_KEY"] = api_key
+    # stdout stays free for the user's program (a pipe must close when the owner exits);
+    # stderr carries the sender's log lines.
+    argv = [sys.executable, "-m", "engine.sender", args_path, *(["--recover"] if recover else [])]
+    return subprocess.Popen(argv, env=env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, close_fds=True,
+                            start_new_session=True)
