@@ -215,6 +215,11 @@ class FaultServer:
         with self._changed:
             return {cid for (proj, cid) in self.stored if project in (None, proj)}
 
+    def snapshot(self) -> dict[tuple[str, str], dict[str, Any]]:
+        """Every stored call, (project, id) -> its merged fields (a copy)."""
+        with self._changed:
+            return {key: dict(call) for key, call in self.stored.items()}
+
     def is_complete(self, project: str, call_id: str) -> bool:
         """True once both the start and the end of the call have been stored."""
         with self._changed:

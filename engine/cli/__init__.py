@@ -244,12 +244,17 @@ def _run_ingest(args: argparse.Namespace) -> int:
 
 def _add_replay(subparsers: argparse._SubParsersAction) -> None:
     replay = subparsers.add_parser(
-        "replay", help="re-send spool segments and dead letters",
-        description="POST spooled batches and dead-lettered items to the server again; "
-        "what is acknowledged is removed, what fails stays for the next replay.",
+        "replay", help="re-send what engines kept: rings of dead engines, dead letters, spool",
+        description="Recover the ring sets that dead engines delivering to URL left in shared "
+        "memory, then POST dead-lettered items and spooled batches again, re-batched to the "
+        "server's limit; what is acknowledged is removed, what fails stays for the next "
+        "replay. Safe to run while engines write the same files.",
     )  # fmt: skip
-    replay.add_argument("--spool", default=None, help="spool directory")
-    replay.add_argument("--dead-letters", default=None, help="dead-letter JSON-lines file")
+    replay.add_argument("--spool", default=None,
+                        help="spool directory (default $ENGINE_SPOOL_DIR; unset: none)")
+    replay.add_argument("--dead-letters", default=None,
+                        help="dead-letter file (default $ENGINE_DEAD_LETTER_PATH, else "
+                             "~/.local/state/engine/dead_letters.jsonl)")
     replay.add_argument("--to", required=True, help="trace server URL")
     _add_log_flags(replay)
     replay.set_defaults(func=_run_replay)
@@ -258,18 +263,27 @@ def _add_replay(subparsers: argparse._SubParsersAction) -> None:
 def _run_replay(args: argparse.Namespace) -> int:
     import asyncio
 
-    from engine.sender._replay import replay
+    from engine.common._config import default_state_dir
+    from engine.sender._replay import recover_rings, replay
 
     _setup_logging(args)
-    if not args.spool and not args.dead_letters:
-        print("engine replay: give --spool and/or --dead-letters", file=sys.stderr)
-        return 2
     api_key = os.environ.get(ENGINE_API_KEY_ENV) or os.environ.get("WANDB_API_KEY") or None
-    summary = asyncio.run(replay(args.to, args.spool, args.dead_letters, api_key))
-    print(f"engine replay: {summary.segments_sent} segments and {summary.dead_letters_sent} "
-          f"dead letters delivered; {summary.segments_failed} segments and "
-          f"{summary.dead_letters_failed} dead letters kept; {summary.segments_corrupt} corrupt")
-    return 0 if not (summary.segments_failed or summary.dead_letters_failed) else 1
+    spool = args.spool or os.environ.get("ENGINE_SPOOL_DIR") or None
+    dead = (args.dead_letters or os.environ.get("ENGINE_DEAD_LETTER_PATH")
+            or str(default_state_dir() / "dead_letters.jsonl"))
+    rings = recover_rings(args.to, api_key)
+    summary = asyncio.run(replay(args.to, spool, dead, api_key))
+    print(f"engine replay: {len(rings.recovered)} ring sets of dead engines recovered"
+          f"{f', {len(rings.kept)} still holding records' if rings.kept else ''}; "
+          f"{summary.items_delivered} items delivered in {summary.requests} requests; "
+          f"{summary.items_kept} kept for later, {summary.items_rejected} refused again "
+          f"(in {dead}), {summary.items_unsaved} not written back; "
+          f"{summary.segments_sent} spool segments done, {summary.segments_kept} kept, "
+          f"{summary.segments_corrupt} corrupt")
+    for name, url, records in rings.elsewhere:
+        print(f"engine replay: ring set {name} holds {records} records for {url}: "
+              f"`engine replay --to {url}` recovers them")
+    return 0 if summary.complete and not rings.kept else 1
 
 
 def _add_stats(subparsers: argparse._SubParsersAction) -> None:

@@ -18,7 +18,7 @@ SENDER_FIELDS = (
     "sender_heartbeat_ns",
     "sender_restarts",
     "flush_request_ns",
-    "shutdown_request",
+    "shutdown_request",  # the owner's close(): its deadline, monotonic ns (0: none)
     "items_read",
     "items_sent",
     "bytes_sent_raw",
@@ -41,6 +41,12 @@ SENDER_FIELDS = (
     "spooled_items",
     "spooled_batches",
     "replayed_batches",
+    "unpersisted_no_space",  # items a full disk (ENOSPC, EDQUOT, EFBIG) kept from the spool/dead letters
+    "unpersisted_unwritable",  # items another OS error kept from them (EACCES, EROFS, ENOTDIR, ...)
+    "parked_items",  # gauge: items held in memory (not released) until their file can be written
+    "kept_in_ring",  # items a sender left in shared memory at exit, for recovery
+    "orphans_adopted",  # ring sets of dead engines this engine started recovering
+    "orphan_records",  # the records they held
     "eager_starts",
     "completes_spliced",
     "in_flight_requests",

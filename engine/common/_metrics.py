@@ -18,7 +18,7 @@ GAUGES = frozenset({
     "sender_pid", "sender_heartbeat_ns", "flush_request_ns", "shutdown_request",
     "in_flight_requests", "in_flight_bytes", "concurrency_limit", "size_target_bytes",
     "complete_mode", "compressing", "pending_starts", "latency_p50_us", "latency_p90_us",
-    "latency_p99_us", "latency_max_us", "slots_in_use", "undelivered",
+    "latency_p99_us", "latency_max_us", "slots_in_use", "undelivered", "parked_items",
 })  # fmt: skip
 _SKIPPED = frozenset({"slots"})
 

@@ -15,7 +15,6 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 import weakref
@@ -28,7 +27,12 @@ from engine.common._config import EngineConfig, load_config
 from engine.common._control import Control, control_path
 from engine.common._errors import Closed, ConfigError
 from engine.native import _accel
-from engine.producer._flush import ring_doorbell, wait_released
+from engine.producer._flush import (
+    ring_doorbell,
+    unacknowledged,
+    wait_heads_released,
+    wait_released,
+)
 from engine.producer._slot import ProducerSettings, close_tracers
 from engine.producer._tracer import Tracer
 
@@ -37,6 +41,8 @@ __all__ = ["Engine"]
 log = logging.getLogger("engine")
 
 _SENDER_RESTART_MIN_S = 0.5
+_EXIT_GRACE_S = 1.0  # a settled sender exits within its next housekeeping pass
+_STUCK_GRACE_S = 5.0  # past the shutdown deadline: a sender still settling is stuck
 
 
 class Engine:
@@ -65,11 +71,14 @@ class Engine:
         self._lock = threading.Lock()
         self._sender: subprocess.Popen | None = None
         self._final_stats: dict[str, Any] | None = None
+        self._unacked_mark = 0  # items spooled or dead-lettered when flush() last looked
         if self.config.start_sender:
+            self._sender_args = self._write_sender_args()
             self._start_sender()
             self._watchdog = threading.Thread(target=self._watch_sender, name="engine-watchdog",
                                               daemon=True)
             self._watchdog.start()
+            self._recover_orphans()
         atexit.register(self._atexit)
         _install_sigterm(self)
 
@@ -86,9 +95,19 @@ class Engine:
         return Tracer(self._ringset.spec, self._settings)
 
     def flush(self, timeout_s: float = 30.0) -> bool:
-        """True once the server acknowledged (or dead-lettered/spooled) everything enqueued
-        before this call; False if ``timeout_s`` passed first."""
-        return wait_released(self._ringset, self._control, timeout_s)
+        """Wait until everything enqueued before this call is settled; True only if the
+        server acknowledged it all.
+
+        False if ``timeout_s`` passed first, or if anything was spooled or dead-lettered
+        (not delivered) since the previous ``flush()`` -- see ``stats()`` for where it went.
+        Raises :class:`Closed` after :meth:`close`.
+        """
+        if self._closed:
+            raise Closed("engine is closed")
+        mark = self._unacked_mark
+        released = wait_released(self._ringset, self._control, timeout_s, since=mark)
+        self._unacked_mark = unacknowledged(self._control)
+        return released and self._unacked_mark == mark
 
     def stats(self) -> dict[str, Any]:
         """Counters of the rings, the producers and the sender (see :func:`collect_stats`)."""
@@ -97,31 +116,28 @@ class Engine:
         return collect_stats(self._ringset, self._control)
 
     def close(self, timeout_s: float | None = None) -> dict[str, Any]:
-        """Stop intake, deliver within ``shutdown_timeout_s``, stop the sender, free memory.
+        """Stop intake, deliver for up to ``shutdown_timeout_s``, then persist the rest.
 
-        Returns the final stats; ``undelivered`` counts items still not acknowledged (they
-        were spooled or dead-lettered by the sender where configured, and are logged).
+        The sender delivers until the deadline, then spools or dead-letters whatever is not
+        acknowledged, logs one line (delivered, persisted and where, dropped by reason) and
+        exits. Returns the final stats; ``undelivered`` counts items still in shared memory
+        (not even persisted: a full disk, a killed sender), which the ring set keeps for
+        the next engine or ``engine replay`` to recover.
         """
         with self._lock:
             if self._closed or os.getpid() != self._owner_pid:
                 return self.stats()
             self._closed = True
         timeout_s = self.config.shutdown_timeout_s if timeout_s is None else timeout_s
+        deadline_s = time.monotonic() + timeout_s
         close_tracers(self._ringset.spec)  # this process's: the ones it made, and copies
-        delivered = True
         if self._sender is not None:
-            delivered = self.flush(timeout_s)
-            self._stop_sender(deadline_s=max(2.0, timeout_s * 0.2))
+            self._stop_sender(deadline_s)
         stats = collect_stats(self._ringset, self._control)
         stats["undelivered"] = _undelivered(self._ringset)
-        if not delivered:
-            log.error("engine closed before %s acknowledged everything: %d items went to the "
-                      "dead-letter file, %d to the spool, %d were lost with the sender",
-                      self.config.url, stats["dead_shutdown"], stats["spooled_items"],
-                      stats["undelivered"])
         self._final_stats = stats
+        self._free_rings(stats["undelivered"])
         self._control.close()
-        self._ringset.unlink()
         return stats
 
     def __enter__(self) -> Engine:
@@ -132,24 +148,28 @@ class Engine:
 
     # -- the sender process -------------------------------------------------------------------
 
-    def _sender_command(self) -> list[str]:
+    def _write_sender_args(self) -> str:
+        """What a sender needs, in the ring dir (0600): read by this engine's sender, and by
+        whoever recovers the ring set if this engine dies with its sender. No API key."""
         cfg = msgspec.structs.replace(self.config, api_key=None)
         args = {"spec": msgspec.to_builtins(self._ringset.spec), "config": msgspec.to_builtins(cfg),
                 "owner_pid": self._owner_pid, "ring_dir": self._ring_dir}
-        return [sys.executable, "-m", "engine.sender", msgspec.json.encode(args).decode()]
+        path = os.path.join(self._ring_dir, ring.SENDER_ARGS)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as file:
+            file.write(msgspec.json.encode(args))
+        return path
 
     def _start_sender(self) -> None:
-        env = dict(os.environ)
-        env.pop("ENGINE_API_KEY", None)
-        if self.config.api_key:
-            env["ENGINE_SENDER_API_KEY"] = self.config.api_key
-        # stdout stays free for the user's program (a pipe must close when the owner exits);
-        # stderr carries the sender's log lines. A session of its own: a signal to the
-        # owner's process group (Ray's raylet kills a dead worker's group) must not reach it,
-        # so it can drain what the rings hold once its owner is gone.
-        self._sender = subprocess.Popen(self._sender_command(), env=env, stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.DEVNULL, close_fds=True,
-                                        start_new_session=True)
+        self._sender = ring.spawn_sender(self._sender_args, self.config.api_key)
+
+    def _recover_orphans(self) -> None:
+        """Start a sender on every ring set that an engine delivering to our URL left
+        holding records when it died with its sender (see engine.ring._orphans)."""
+        for orphan, proc in ring.recover(self.config.url, self.config.api_key):
+            threading.Thread(target=proc.wait, name="engine-recovery", daemon=True).start()
+            self._control.add("orphans_adopted")
+            self._control.add("orphan_records", orphan.unreleased_records)
 
     def _watch_sender(self) -> None:
         """Restart the sender if it dies while the engine is open; it resumes from the
@@ -166,8 +186,8 @@ class Engine:
                 return
             lived_s = time.monotonic() - started
             pause_s = _SENDER_RESTART_MIN_S if lived_s > 60 else min(pause_s * 2, 30.0)
-            log.error("sender process exited with %s after %.1f s; restarting it in %.1f s",
-                      code, lived_s, pause_s)
+            log.error("sender process %s after %.1f s; restarting it in %.1f s",
+                      _describe_exit(code), lived_s, pause_s)
             time.sleep(pause_s)
             with self._lock:
                 if not self._closed:
@@ -175,21 +195,57 @@ class Engine:
                     self._start_sender()
 
     def _stop_sender(self, deadline_s: float) -> None:
+        """Ask the sender to deliver until ``deadline_s``, persist the rest and exit; wait
+        until it settled what was enqueued. A sender that lingers for producers still
+        attached is left to finish on its own; one still busy well past the deadline is
+        stuck and killed (what it held stays in the ring set for recovery)."""
         proc = self._sender
-        if proc is None:
-            return
-        self._control.set("shutdown_request", 1)
+        heads, _ = self._ringset.positions()
+        self._control.set("shutdown_request", max(1, int(deadline_s * 1e9)))
         ring_doorbell(self._ringset)
+        give_up_s = deadline_s + _STUCK_GRACE_S
+        settled = wait_heads_released(self._ringset, heads, give_up_s, proc.poll)
         try:
-            proc.wait(deadline_s)
+            proc.wait(min(_EXIT_GRACE_S, max(0.0, give_up_s - time.monotonic())) if settled
+                      else max(0.0, give_up_s - time.monotonic()))
         except subprocess.TimeoutExpired:
-            log.error("sender did not stop within %.1f s; terminating it", deadline_s)
+            if settled:
+                return  # producers still attached: it serves them until the deadline
+            log.error("sender did not settle within %.1f s of its deadline; killing it",
+                      _STUCK_GRACE_S)
             proc.kill()
             proc.wait()
+
+    def _free_rings(self, undelivered: int) -> None:
+        """Remove the ring set once nothing in it needs a reader: never while it holds
+        records (they wait for recovery), a sender still runs, or producers are attached."""
+        if self.config.start_sender:
+            if self._sender is not None and self._sender.poll() is None:
+                return  # still serving attached producers: it removes the ring set itself
+            if undelivered or ring.holds_records(self._ringset):
+                ring.mark_closed(self._ring_dir)  # recoverable while this process lives on
+                if self._sender is not None and self._sender.returncode == 0:
+                    return  # its exit line said so
+                log.error("%d items are still in shared memory (ring set %s): the next Engine "
+                          "delivering to %s, or `engine replay --to %s`, recovers them",
+                          undelivered, self._ringset.spec.shm_name, self.config.url,
+                          self.config.url)
+                return
+            if ring.attached_producers(self._ringset):
+                return  # they may still write: removed once they exit and it holds nothing
+        self._ringset.unlink()
 
     def _atexit(self) -> None:
         if os.getpid() == self._owner_pid:
             self.close()
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        return f"was killed by {signal.Signals(-code).name}"
+    if code > 128 and code - 128 in signal.valid_signals():
+        return f"stopped on {signal.Signals(code - 128).name} after settling what it held"
+    return f"exited with {code}"
 
 
 def _undelivered(ringset: ring.RingSet) -> int:

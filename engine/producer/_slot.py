@@ -56,6 +56,9 @@ def close_tracers(spec: ring.RingSpec) -> None:
     for tracer in list(_live_tracers):
         if tracer._spec == spec:
             tracer.close()
+    with _process.lock:  # slots of tracers dropped without close(): given back too, or the
+        for key in [key for key in _process.slots if key[0] == spec]:  # sender would wait
+            _process.slots.pop(key).writer.close()  # for this live process to write more
 
 
 class _Process:

@@ -232,7 +232,8 @@ def spawn_sender(args_path: str, api_key: str | None, *, recover: bool = False,
     if api_key:
         env["ENGINE_SENDER_API_KEY"] = api_key
     # stdout stays free for the user's program (a pipe must close when the owner exits);
-    # stderr carries the sender's log lines.
+    # stderr carries the sender's log lines. A session of its own also keeps Ray's raylet,
+    # which kills a dead worker's whole process group, from taking the sender with it.
     argv = [sys.executable, "-m", "engine.sender", args_path, *(["--recover"] if recover else [])]
     return subprocess.Popen(argv, env=env,
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, close_fds=True,

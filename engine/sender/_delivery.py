@@ -22,11 +22,12 @@ import msgspec
 
 from engine.common._config import EngineConfig
 from engine.common._control import Control
-from engine.common._errors import EngineError, SendError
+from engine.common._errors import SendError
 from engine.ring import RingReader
 from engine.sender._adaptive import AdaptiveConcurrency, SizeTarget
-from engine.sender._batcher import UPSERT_ROUTE, Accumulator, Batch, Item, ReleaseTracker, Router
+from engine.sender._batcher import UPSERT_ROUTE, Accumulator, Batch, ReleaseTracker, Router
 from engine.sender._deadletter import DeadLetters
+from engine.sender._persist import Persister
 from engine.sender._retry import Backoff, Verdict, classify, retry_after_s
 from engine.sender._transport import Compressor, Response, Transport
 from engine.wire._codec import uuid_text
@@ -54,6 +55,7 @@ class Delivery:
     rng: random.Random
     dead: DeadLetters
     spool: Spool | None
+    persister: Persister
     ready: collections.deque[Batch]
     waiting: dict[Batch, asyncio.TimerHandle]  # sleeping before a retry
     held_bytes: int
@@ -189,28 +191,15 @@ class Delivery:
         self.wake.set()
 
     def _give_up(self, batch: Batch, reason: str, status: int | None, detail: str) -> None:
-        """A batch past its deadline: spool it if we can, else dead-letter it."""
-        if self.spool is not None:
-            try:
-                self.spool.put(batch.route, batch.body(), len(batch))
-            except (OSError, EngineError) as exc:  # full or unwritable: the dead letters keep it
-                detail = f"{detail}; spool refused it: {exc}"
-            else:
-                self.control.add("spooled_batches")
-                self.control.add("spooled_items", len(batch))
-                self.held_bytes -= batch.size_bytes
-                self.tracker.ack(batch.refs())
-                return
-        self._dead_letter(batch, reason, status, detail)
+        """A batch past its deadline: spooled if we can, else dead-lettered, else parked
+        (engine/sender/_persist.py); released only once it is on disk."""
+        self.persister.give_up(batch, reason, status, detail)
 
     def _dead_letter(self, batch: Batch, reason: str, status: int | None, detail: str) -> None:
-        for item in batch.items:
-            self.dead.add(reason=f"{reason}: {detail}" if detail else reason, status=status,
-                          call_id=_call_id_text(item), route=batch.route,
-                          project=item.project.decode(), item_json=item.data)
-        log.error("dead-lettered %d items (%s, HTTP %s): %s", len(batch), reason, status, detail)
-        self.control.add("dead_letters", len(batch))
-        self.control.add(_DEAD_COUNTERS.get(reason, "dead_http"), len(batch))
+        self.persister.dead_letter(batch, reason, status, detail)
+
+    def _release(self, batch: Batch) -> None:
+        """A batch is settled (acknowledged elsewhere, or on disk): its ring space may go."""
         self.held_bytes -= batch.size_bytes
         self.tracker.ack(batch.refs())
 
@@ -234,6 +223,7 @@ class Delivery:
         self._read_spliced(mode)
         self.tracker = ReleaseTracker(self.reader.release)
         self.held_bytes = 0
+        self.persister.forget_parked()  # their records are read again with the rest
         self.reader.rewind()
         self.control.set("complete_mode", int(mode == "complete"))
 
@@ -247,15 +237,6 @@ class Delivery:
             control.add("items_sent", len(batch))
 
 
-_DEAD_COUNTERS = {
-    "too_large": "dead_too_large",
-    "invalid": "dead_invalid",
-    "http": "dead_http",
-    "deadline": "dead_deadline",
-    "shutdown": "dead_shutdown",
-}
-
-
 def _reason(response: Response | None) -> str:
     if response is None:
         return ""
@@ -266,8 +247,3 @@ def _reason(response: Response | None) -> str:
     if isinstance(data, dict):
         return str(data.get("reason") or data.get("detail") or data)[:500]
     return str(data)[:500]
-
-
-def _call_id_text(item: Item) -> str | None:
-    return uuid_text(item.call_id) if any(item.call_id) else None
-

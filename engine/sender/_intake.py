@@ -10,6 +10,7 @@ makes everything read so far go out at once.
 from __future__ import annotations
 
 import collections
+import logging
 import time
 
 import msgspec
@@ -20,6 +21,9 @@ from engine.common._control import Control
 from engine.sender._adaptive import SizeTarget
 from engine.sender._batcher import Accumulator, Batch, Item, ReleaseTracker, Router
 from engine.sender._deadletter import DeadLetters
+from engine.sender._persist import unpersisted_reason
+
+log = logging.getLogger("engine.sender")
 
 READ_MAX_RECORDS = 2048
 
@@ -78,9 +82,14 @@ class Intake:
 
     def _dead_record(self, record: ring.Record, ref: int, detail: str) -> None:
         """A record no route can carry: dead-letter it as it is, never crash on it."""
-        self.dead.add(reason=f"unroutable: {detail}", status=None, call_id=None, route="",
-                      project=record.project.decode(errors="replace"),
-                      item_json=record.payload if _is_json(record.payload) else b"null")
+        try:
+            self.dead.add(reason=f"unroutable: {detail}", status=None, call_id=None, route="",
+                          project=record.project.decode(errors="replace"),
+                          item_json=record.payload if _is_json(record.payload) else b"null")
+        except OSError as exc:  # it stays in the ring, which is kept for recovery
+            log.error("cannot write an unroutable record to %s: %s", self.dead.path, exc)
+            self.control.add(unpersisted_reason(exc))
+            return
         self.control.add("dead_letters")
         self.control.add("dead_invalid")
         self.tracker.ack((ref,))

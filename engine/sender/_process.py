@@ -22,6 +22,7 @@ import gc
 import logging
 import os
 import random
+import signal
 import sys
 import time
 from typing import Any
@@ -33,18 +34,21 @@ from engine.common._config import EngineConfig, default_state_dir
 from engine.common._control import Control, control_path
 from engine.common._errors import SendError
 from engine.common._malloc import tune_for_large_buffers
-from engine.ring import _files as ring_files
 from engine.sender._adaptive import AdaptiveConcurrency, SizeTarget
 from engine.sender._batcher import Accumulator, Batch, ReleaseTracker, Router
 from engine.sender._deadletter import DeadLetters
 from engine.sender._delivery import Delivery
-from engine.sender._intake import READ_MAX_RECORDS, Intake
-from engine.sender._retry import Backoff, Verdict, classify
+from engine.sender._intake import Intake
+from engine.sender._persist import DEAD_COUNTERS, Persister
+from engine.sender._replay import ReplaySummary, replay_spool
+from engine.sender._resend import Resender
+from engine.sender._retry import Backoff
+from engine.sender._shutdown import HOUSEKEEPING_S, STOP_SIGNALS, Shutdown
 from engine.sender._transport import Compressor, Transport
 
 log = logging.getLogger("engine.sender")
 
-_HOUSEKEEPING_S = 0.1
+_SPOOL_REPLAY_PAUSE_S = 1.0
 _LATENCY_PUBLISH_S = 0.5
 _LATENCY_SAMPLES = 8192
 _ENVELOPE_BYTES = 64
@@ -55,15 +59,17 @@ _ENVELOPE_BYTES = 64
 _GC_GEN0_THRESHOLD = 10_000
 
 
-class Sender(Intake, Delivery):
+class Sender(Intake, Delivery, Shutdown):
     """One sender loop; see the module docstring for the data path. Reading records into
     batches is ``Intake`` (engine/sender/_intake.py), sending them and settling each answer
-    ``Delivery`` (_delivery.py); here: the state they share, the loop, timers and the end."""
+    ``Delivery`` (_delivery.py), stopping ``Shutdown`` (_shutdown.py); here: the state they
+    share, the loop, timers and start-up."""
 
     def __init__(self, spec: ring.RingSpec, cfg: EngineConfig, *, owner_pid: int,
-                 ring_dir: str, api_key: str | None) -> None:
+                 ring_dir: str, api_key: str | None, recovering: bool = False) -> None:
         self.cfg = cfg
         self.owner_pid = owner_pid
+        self.recovering = recovering
         self.api_key = api_key
         self.ringset = ring.RingSet.attach(spec)
         self.reader = self.ringset.reader()
@@ -90,10 +96,14 @@ class Sender(Intake, Delivery):
         state = default_state_dir()
         self.dead = DeadLetters(cfg.dead_letter_path or state / "dead_letters.jsonl")
         self.spool = _open_spool(cfg.spool_dir) if cfg.spool_dir else None
+        self.persister = Persister(self.control, self.dead, self.spool, self._release)
         self.latencies_us: collections.deque[int] = collections.deque(maxlen=_LATENCY_SAMPLES)
         self.flush_seen_ns = 0  # a flush asked for before we started is honoured too
         self.flush_heads: list[int] | None = None
         self.stopping = False
+        self.stop_deadline_s: float | None = None
+        self.owner_stops = False
+        self.signalled: tuple[int, float] | None = None
         self.wake: asyncio.Event | None = None
         self.transport: Transport | None = None
 
@@ -108,6 +118,9 @@ class Sender(Intake, Delivery):
         self.wake = asyncio.Event()
         loop = asyncio.get_running_loop()
         loop.add_reader(self.reader.fileno(), self._on_doorbell)
+        for signum in STOP_SIGNALS:
+            loop.add_signal_handler(signum, self._on_signal, signum)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked since main()
         self.control.set("sender_pid", os.getpid())
         async with Transport(self.cfg.url, api_key=self.api_key,
                              pool_size=self.cfg.max_in_flight + 2,
@@ -122,7 +135,7 @@ class Sender(Intake, Delivery):
                     raise self.fatal
                 now = time.monotonic()
                 if now >= next_housekeeping:
-                    next_housekeeping = now + _HOUSEKEEPING_S
+                    next_housekeeping = now + HOUSEKEEPING_S
                     if self._housekeeping():
                         break
                 progressed = self._pump()
@@ -137,11 +150,12 @@ class Sender(Intake, Delivery):
             await self._finish()
             if spool_task is not None:
                 spool_task.cancel()
+                await asyncio.gather(spool_task, return_exceptions=True)
         loop.remove_reader(self.reader.fileno())
 
     async def _idle(self) -> None:
         """Sleep until the doorbell, a finished request, or the next timer."""
-        timeout = _HOUSEKEEPING_S
+        timeout = HOUSEKEEPING_S
         oldest = self.acc.oldest_s()
         if oldest is not None:
             timeout = min(timeout, max(0.0, oldest + self.cfg.linger_ms / 1000 - time.monotonic()))
@@ -165,19 +179,18 @@ class Sender(Intake, Delivery):
     # -- timers, housekeeping and the end --------------------------------------------------
 
     def _housekeeping(self) -> bool:
-        """Publish gauges, free dead producers' slots; True when it is time to stop."""
+        """Publish gauges, free dead producers' slots, retry parked batches; True when it
+        is time to stop (see ``Shutdown._stop_due``)."""
         control = self.control
         control.set("sender_heartbeat_ns", time.monotonic_ns())
         self._publish_gauges()
         self._publish_latency()
         for slot in self.reader.reap():
             self.tracker.forget_slot(slot)
-        if control.get("shutdown_request"):
-            return True
-        if not _owner_alive(self.owner_pid):
-            log.warning("engine owner %d is gone; draining the rings and exiting", self.owner_pid)
-            return True
-        return False
+        self.persister.retry_parked()
+        if self.stop_deadline_s is None:
+            self._stop_due()
+        return self.stop_deadline_s is not None
 
     def _publish_gauges(self) -> None:
         control = self.control
@@ -199,51 +212,6 @@ class Sender(Intake, Delivery):
             self.control.set(name, samples[min(len(samples) - 1, int(q * len(samples)))])
         self.control.set("latency_max_us", samples[-1])
 
-    async def _finish(self) -> None:
-        """Stop: on the owner's request at once (it already flushed as long as it wanted);
-        when the owner died, after draining the rings for up to shutdown_timeout_s. What is
-        still undelivered then is settled durably, never dropped."""
-        orphaned = not _owner_alive(self.owner_pid)
-        deadline = time.monotonic() + (self.cfg.shutdown_timeout_s if orphaned else 0.0)
-        self.flush_heads = self.reader.heads()
-        while time.monotonic() < deadline:
-            progressed = self._pump()
-            self._dispatch()
-            if not (progressed or self.ready or self.tasks or self.waiting
-                    or self.acc.open or self.router.held()):
-                break
-            if not progressed:
-                await self._idle()
-        self.stopping = True
-        in_flight = dict(self.tasks)
-        for task in in_flight:
-            task.cancel()
-        await asyncio.gather(*in_flight, return_exceptions=True)
-        for batch in in_flight.values():
-            self.ready.appendleft(batch)
-        for batch, timer in list(self.waiting.items()):
-            timer.cancel()
-            self.ready.appendleft(batch)
-        self.waiting.clear()
-        self._settle_leftovers()
-        if orphaned:
-            self.ringset.unlink()
-
-    def _settle_leftovers(self) -> None:
-        """At exit nothing may vanish: every unacknowledged record is spooled or dead-lettered."""
-        while True:
-            records = self.reader.read(READ_MAX_RECORDS)
-            if not records:
-                break
-            self._route_records(records)
-        self._add_items(self.router.expire(0.0, everything=True))
-        for batch in self.acc.due(0.0, everything=True):
-            self._make_ready(batch)
-        leftovers = list(self.ready)
-        self.ready.clear()
-        for batch in leftovers:
-            self._give_up(batch, "shutdown", None, "engine closed before delivery")
-
     # -- start-up ------------------------------------------------------------------------------
 
     async def _decide_compression(self) -> None:
@@ -262,38 +230,25 @@ class Sender(Intake, Delivery):
         self.control.set("complete_mode", int(self.router.mode == "complete"))
 
     async def _replay_spool(self) -> None:
-        """Send spooled batches oldest first whenever the server answers."""
+        """Send spooled segments whenever the server answers, re-batched to its limit; an
+        item it refuses alone is dead-lettered, so none blocks the ones behind it."""
+        size = SizeTarget(self.cfg.max_request_bytes, min_bytes=self.cfg.min_request_bytes,
+                          initial_bytes=self.size.bytes)
+        resender = Resender(self.transport, size)
         while True:
-            for entry in self.spool.pending():
-                route, body = self.spool.load(entry)
-                try:
-                    response = await self.transport.post(route, body)
-                except SendError:
-                    break
-                if 200 <= response.status < 300:
-                    self.spool.done(entry)
-                    self.control.add("replayed_batches")
-                elif classify(response.status, response.body) is not Verdict.RETRY:
-                    log.error("spooled batch %s rejected with HTTP %d; kept in the spool",
-                              entry, response.status)
-                    break
-                else:
-                    break
-            await asyncio.sleep(1.0)
+            summary = ReplaySummary()
+            await replay_spool(self.spool, resender, self.dead, summary)
+            self.control.add("replayed_batches", summary.segments_sent)
+            for reason, count in summary.rejected_by_reason.items():
+                self.control.add("dead_letters", count)
+                self.control.add(DEAD_COUNTERS[reason], count)
+            await asyncio.sleep(_SPOOL_REPLAY_PAUSE_S)
 
 
 def _open_spool(directory: str) -> Any:
     from engine.sender._spool import Spool
 
     return Spool(directory)
-
-
-def _owner_alive(owner_pid: int) -> bool:
-    """The owner is gone once we were reparented (that happens at its exit, before anyone
-    reaps it) or it is a zombie or no longer exists."""
-    if os.getppid() != owner_pid:
-        return False
-    return ring_files.process_start_ticks(owner_pid) is not None
 
 
 def tune_gc() -> None:
@@ -303,17 +258,30 @@ def tune_gc() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = msgspec.json.decode(argv[0])
+    with open(argv[0], "rb") as args_file:  # written by the Engine (its ring dir, 0600)
+        args = msgspec.json.decode(args_file.read())
+    # held back, not lost, until the loop handles them (Sender.run)
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     tune_for_large_buffers()  # bodies of megabytes, reused warm instead of fresh mmaps
     logging.basicConfig(level=os.environ.get("ENGINE_LOG_LEVEL", "WARNING"),
                         format="%(asctime)s engine-sender[%(process)d] %(levelname)s %(message)s")
     spec = msgspec.convert(args["spec"], ring.RingSpec)
     cfg = msgspec.convert(args["config"], EngineConfig)
+    # held until we exit, however we exit: nobody recovers a ring set we read
+    reader_lock = ring.take_reader_lock(args["ring_dir"])
+    if reader_lock is None:
+        log.info("ring set %s already has a sender; nothing to do", spec.shm_name)
+        return 0
+    # past a file-size limit a write fails with EFBIG (handled: the items stay in the
+    # ring) instead of the signal killing us with everything unsettled
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     tune_gc()
     sender = Sender(spec, cfg, owner_pid=args["owner_pid"], ring_dir=args["ring_dir"],
-                    api_key=os.environ.pop("ENGINE_SENDER_API_KEY", None))
+                    api_key=os.environ.pop("ENGINE_SENDER_API_KEY", None),
+                    recovering="--recover" in argv[1:])
     _run(sender.run())
-    return 0
+    # stopped on a signal to us alone: say so (the owner starts another sender)
+    return 128 + sender.signalled[0] if sender.signalled and not sender.owner_stops else 0
 
 
 def _run(coro: Any) -> None:

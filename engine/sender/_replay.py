@@ -1,105 +1,261 @@
-"""``engine replay``: re-send spool segments and dead letters, removing what was acknowledged.
+"""Replay: re-send spool segments and dead letters, removing only what was acknowledged.
 
-Spool segments hold whole request bodies with their route; each is POSTed as is and deleted
-once the server answers 2xx. Dead letters hold single items; they are re-sent one request
-per item (a complete call or upsert item inside a one-item batch, a v2 start/end as the
-whole body) and the file is rewritten, atomically, with only the items that failed again.
-The server's upsert by call id makes a repeat harmless, so a replay interrupted half-way
-can simply be run again.
+Used by ``engine replay`` and by the sender (its spool, in the background). Items go out
+re-batched to the server's limit (:mod:`engine.sender._resend`): an item the server refuses
+alone is dead-lettered with its reason, so nothing blocks what follows.
+
+* A spool segment is :meth:`~engine.sender._spool.Spool.claim` ed, sent, and then deleted;
+  when only part of it was acknowledged before the server stopped answering, the rest is
+  written as a new segment first. Items the server refused go to the dead letters.
+* The dead-letter file is claimed (renamed away from its writers, see
+  :mod:`engine.sender._deadletter`), sent, and the letters that failed again are appended
+  back to the live file before the claimed one is deleted. Files claimed by a replay that
+  died are claimed again and replayed too.
+
+A replay that dies half-way leaves its claimed files; the next replay sends them again and
+the server's upsert by call id absorbs what arrives twice.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
 
-from engine.common._errors import SendError
-from engine.sender._deadletter import DeadLetter, read_dead_letters
-from engine.sender._spool import Spool, SpoolCorrupt
+from engine.common._config import MAX_REQUEST_BYTES
+from engine.common._errors import EngineError
+from engine.ring import _files as _ring_files
+from engine.ring import _orphans
+from engine.sender._adaptive import SizeTarget
+from engine.sender._deadletter import (
+    DeadLetter,
+    DeadLetters,
+    claim,
+    claim_abandoned,
+    read_dead_letters,
+)
+from engine.sender._resend import Outcome, Resender, describe, make_body, split_body
+from engine.sender._spool import Spool, SpoolCorrupt, SpoolEntry
 from engine.sender._transport import Transport
 
 log = logging.getLogger("engine.replay")
-_BATCH_ROUTE_SUFFIXES = ("/calls/complete", "/call/upsert_batch")
+_CLI_RETRIES = 3
+_RECOVERY_GRACE_S = 30.0  # past a recovery's own deadline: it is stuck
 
 
 class ReplaySummary(msgspec.Struct, kw_only=True):
-    segments_sent: int = 0
-    segments_failed: int = 0
+    segments_sent: int = 0  # whole segments acknowledged (or their refused items dead-lettered)
+    segments_kept: int = 0  # segments (or what is left of them) kept for a later replay
     segments_corrupt: int = 0
-    dead_letters_sent: int = 0
-    dead_letters_failed: int = 0
+    items_delivered: int = 0
+    items_kept: int = 0  # not acknowledged (server unavailable): still in the spool/dead letters
+    items_rejected: int = 0  # refused for good: in the dead letters with the reason
+    items_unsaved: int = 0  # could not be written back: still in the claimed file or segment
+    malformed_lines: int = 0
+    rejected_by_reason: dict[str, int] = {}  # too_large, invalid, http
+    requests: int = 0
+    splits_413: int = 0
+
+    @property
+    def complete(self) -> bool:
+        """Everything was delivered (nothing kept, refused, or stuck on a disk error)."""
+        return not (self.segments_kept or self.segments_corrupt or self.items_kept
+                    or self.items_rejected or self.items_unsaved or self.malformed_lines)
 
 
-def dead_letter_body(letter: DeadLetter) -> bytes:
-    """The request body that carries one dead-lettered item on its route."""
-    if letter.route.endswith(_BATCH_ROUTE_SUFFIXES):
-        return b'{"batch":[' + letter.item_json + b"]}"
-    return letter.item_json
+def _count(summary: ReplaySummary, outcome: Outcome) -> None:
+    summary.items_delivered += len(outcome.acked)
+    summary.items_kept += len(outcome.kept)
+    for rejected in outcome.rejected:
+        summary.items_rejected += len(rejected.indexes)
+        summary.rejected_by_reason[rejected.reason] = (
+            summary.rejected_by_reason.get(rejected.reason, 0) + len(rejected.indexes))
+    summary.requests += outcome.requests
+    summary.splits_413 += outcome.splits_413
 
 
-async def _send(transport: Transport, route: str, body: bytes, what: str) -> bool:
-    try:
-        response = await transport.post(route, body)
-    except SendError as exc:
-        log.warning("%s: not delivered: %s", what, exc)
-        return False
-    if 200 <= response.status < 300:
-        return True
-    log.warning("%s: server answered %d: %s", what, response.status, response.body[:200])
-    return False
+def _dead_letter_rejected(dead: DeadLetters, route: str, items: list[bytes],
+                          outcome: Outcome) -> None:
+    for rejected in outcome.rejected:
+        described = [(*describe(route, items[i]), items[i]) for i in rejected.indexes]
+        dead.add_batch(reason=f"{rejected.reason}: replay: {rejected.detail}".rstrip(": "),
+                       status=rejected.status, route=route, items=described)
 
 
-async def replay_spool(transport: Transport, directory: str, summary: ReplaySummary) -> None:
-    spool = Spool(directory)
+# -- spool ---------------------------------------------------------------------------------
+
+async def replay_spool(spool: Spool, resender: Resender, dead: DeadLetters,
+                       summary: ReplaySummary) -> None:
+    """Every pending segment this replayer can claim, oldest first; stops when the server
+    stops answering (the rest stays for later)."""
     for entry in spool.pending():
-        try:
-            route, body = spool.load(entry)
-        except SpoolCorrupt as exc:
-            summary.segments_corrupt += 1
-            log.error("%s", exc)
+        with spool.claim(entry) as mine:
+            if not mine:
+                continue
+            if await _replay_segment(spool, entry, resender, dead, summary):
+                return
+
+
+async def _replay_segment(spool: Spool, entry: SpoolEntry, resender: Resender,
+                          dead: DeadLetters, summary: ReplaySummary) -> bool:
+    """Send one claimed segment; True if the server stopped answering."""
+    try:
+        route, body = spool.load(entry)
+    except SpoolCorrupt as exc:
+        summary.segments_corrupt += 1
+        log.error("%s", exc)
+        return False
+    items = split_body(route, body)
+    outcome = await resender.send(route, items)
+    _count(summary, outcome)
+    try:
+        _dead_letter_rejected(dead, route, items, outcome)
+        if outcome.kept:
+            kept = [items[i] for i in outcome.kept]
+            if len(kept) < len(items):
+                spool.put(route, make_body(route, kept), len(kept), entry.meta)
+            else:
+                summary.segments_kept += 1
+                return outcome.stopped
+        spool.done(entry)
+    except (OSError, EngineError) as exc:
+        summary.items_unsaved += len(items) - len(outcome.acked)
+        summary.segments_kept += 1
+        log.error("spool segment %s kept whole (acknowledged items will be sent again): "
+                  "could not write what is left of it: %s", spool.directory / entry.name, exc)
+        return outcome.stopped
+    if outcome.kept:
+        summary.segments_kept += 1
+    else:
+        summary.segments_sent += 1
+    return outcome.stopped
+
+
+# -- dead letters --------------------------------------------------------------------------
+
+async def replay_dead_letters(path: str | os.PathLike[str], resender: Resender,
+                              summary: ReplaySummary) -> None:
+    """Claim the dead-letter file (and files abandoned by earlier replays) and replay them."""
+    claimed = claim_abandoned(path)
+    fresh = claim(path)
+    if fresh is not None:
+        claimed.append(fresh)
+    with DeadLetters(path) as dead:
+        for claimed_file in claimed:
+            await _replay_claimed(claimed_file, Path(path), resender, dead, summary)
+
+
+async def _replay_claimed(claimed: Path, path: Path, resender: Resender, dead: DeadLetters,
+                          summary: ReplaySummary) -> None:
+    malformed: list[bytes] = []
+    letters = list(read_dead_letters(claimed, lambda _n, line: malformed.append(line)))
+    back: list[DeadLetter] = []
+    stopped = False
+    by_route: dict[str, list[DeadLetter]] = {}
+    for letter in letters:  # one run of requests per route, each in the file's order
+        by_route.setdefault(letter.route, []).append(letter)
+    for route, batch in by_route.items():
+        if stopped:  # the server stopped answering: keep the rest as it is
+            back += batch
+            summary.items_kept += len(batch)
             continue
-        if await _send(transport, route, body, f"spool segment {entry.name}"):
-            spool.done(entry)
-            summary.segments_sent += 1
-        else:
-            summary.segments_failed += 1
-
-
-async def replay_dead_letters(transport: Transport, path: str, summary: ReplaySummary) -> None:
-    kept: list[DeadLetter] = []
-    for letter in read_dead_letters(path):
-        what = f"dead letter {letter.call_id or '?'} ({letter.reason})"
-        if await _send(transport, letter.route, dead_letter_body(letter), what):
-            summary.dead_letters_sent += 1
-        else:
-            summary.dead_letters_failed += 1
-            kept.append(letter)
-    _rewrite(path, kept)
-
-
-def _rewrite(path: str, kept: list[DeadLetter]) -> None:
-    """Replace the file by the letters still undelivered (removed when none is left)."""
-    if not kept:
-        os.unlink(path)
+        outcome = await resender.send(route, [letter.item_json for letter in batch])
+        _count(summary, outcome)
+        back += [batch[i] for i in outcome.kept]
+        back += _renewed(batch, outcome)
+        stopped = outcome.stopped
+    try:
+        dead.put_back(back)
+        _set_aside(path, malformed)
+    except OSError as exc:
+        summary.items_unsaved += len(back)
+        log.error("dead letters kept in %s (acknowledged ones will be sent again): could not "
+                  "append the %d that failed to %s: %s", claimed, len(back), path, exc)
         return
-    tmp = Path(f"{path}.replay-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(b"".join(msgspec.json.encode(letter) + b"\n" for letter in kept))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    summary.malformed_lines += len(malformed)
+    os.unlink(claimed)
 
+
+def _renewed(batch: list[DeadLetter], outcome: Outcome) -> Iterator[DeadLetter]:
+    """Letters the server refused again, with this replay's reason."""
+    for rejected in outcome.rejected:
+        reason = f"{rejected.reason}: replay: {rejected.detail}".rstrip(": ")
+        for i in rejected.indexes:
+            yield msgspec.structs.replace(batch[i], reason=reason, status=rejected.status)
+
+
+def _set_aside(path: Path, malformed: list[bytes]) -> None:
+    """Lines that are not dead letters (torn by a crash) are kept beside the file."""
+    if not malformed:
+        return
+    aside = Path(f"{path}.malformed")
+    fd = os.open(aside, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, b"".join(line + b"\n" for line in malformed))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    log.error("%d malformed dead-letter lines (torn by a crash) set aside in %s",
+              len(malformed), aside)
+
+
+# -- ring sets of dead engines --------------------------------------------------------------
+
+class RingRecovery(msgspec.Struct, kw_only=True):
+    recovered: list[str] = []  # ring sets delivered or persisted, then removed
+    kept: list[str] = []  # still holding records after their recovery (e.g. a full disk)
+    elsewhere: list[tuple[str, str, int]] = []  # (name, url, records) of other servers' engines
+
+
+def recover_rings(url: str, api_key: str | None) -> RingRecovery:
+    """Run a sender on every ring set a dead engine delivering to ``url`` left holding
+    records, and wait for each (it ends within that engine's ``shutdown_timeout_s``)."""
+    result = RingRecovery()
+    for orphan, proc in _orphans.recover(url, api_key):
+        try:
+            proc.wait(_recovery_timeout_s(orphan))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        held = os.path.exists(_ring_files.segment_path(orphan.name))
+        (result.kept if held else result.recovered).append(orphan.name)
+    result.elsewhere = [(o.name, o.url or "?", o.unreleased_records)
+                        for o in _orphans.find_orphans() if o.url != url]
+    return result
+
+
+def _recovery_timeout_s(orphan: _orphans.Orphan) -> float:
+    try:
+        with open(orphan.sender_args, "rb") as file:
+            shutdown_s = float(msgspec.json.decode(file.read())["config"]["shutdown_timeout_s"])
+    except (OSError, msgspec.DecodeError, KeyError, TypeError, ValueError):
+        shutdown_s = 30.0
+    return shutdown_s + _RECOVERY_GRACE_S
+
+
+# -- the command ---------------------------------------------------------------------------
 
 async def replay(url: str, spool_dir: str | None, dead_letter_path: str | None,
-                 api_key: str | None = None) -> ReplaySummary:
+                 api_key: str | None = None, max_request_bytes: int = MAX_REQUEST_BYTES,
+                 ) -> ReplaySummary:
+    """``engine replay``: the spool (if given), then the dead letters (if the file or
+    files claimed by an earlier replay exist)."""
     summary = ReplaySummary()
     async with Transport(url, api_key=api_key) as transport:
+        resender = Resender(transport, SizeTarget(max_request_bytes), retries=_CLI_RETRIES)
         if spool_dir:
-            await replay_spool(transport, spool_dir, summary)
-        if dead_letter_path and os.path.exists(dead_letter_path):
-            await replay_dead_letters(transport, dead_letter_path, summary)
+            with DeadLetters(dead_letter_path or _default_dead_letters()) as dead:
+                await replay_spool(Spool(spool_dir), resender, dead, summary)
+        if dead_letter_path:
+            await replay_dead_letters(dead_letter_path, resender, summary)
     return summary
+
+
+def _default_dead_letters() -> Path:
+    from engine.common._config import default_state_dir
+
+    return default_state_dir() / "dead_letters.jsonl"

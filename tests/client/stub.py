@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import aiohttp
+import zstandard
 from aiohttp import web
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -25,7 +26,7 @@ class Recorded:
     method: str
     path: str
     headers: dict[str, str]
-    body: bytes
+    body: bytes  # decompressed
 
 
 class StubServer:
@@ -57,7 +58,8 @@ class StubServer:
         app = web.Application(client_max_size=1 << 30)
         app.router.add_route("*", "/{tail:.*}", self._record_and_handle)
         await self._on_start()
-        self._runner = web.AppRunner(app)
+        # bodies pass through as sent (the engine zstd-compresses toward servers that take it)
+        self._runner = web.AppRunner(app, auto_decompress=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
@@ -73,7 +75,10 @@ class StubServer:
 
     async def _record_and_handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
-        self.requests.append(Recorded(request.method, request.path_qs, dict(request.headers), body))
+        plain = body
+        if request.headers.get("Content-Encoding") == "zstd":
+            plain = zstandard.ZstdDecompressor().decompressobj().decompress(body)
+        self.requests.append(Recorded(request.method, request.path_qs, dict(request.headers), plain))
         request._read_bytes = body  # let the handler read the body again
         return await self._handler(request)
 

@@ -88,7 +88,8 @@ def test_a_rejected_item_is_dead_lettered_alone(tmp_path):
                 pass
             server.reject_ids = frozenset({bad.id})
             good += trace_calls(tracer, 20)
-            assert eng.flush(timeout_s=30)
+            assert not eng.flush(timeout_s=30)  # settled, but one item was not delivered
+            assert eng.flush(timeout_s=30)  # nothing else failed since
             stats = eng.stats()
         assert server.stored_ids(PROJECT) == set(good)
     assert stats["dead_invalid"] == 1
@@ -106,6 +107,7 @@ def test_a_record_no_route_carries_is_dead_lettered_and_its_ring_space_freed(tmp
         assert writer.write(ring.KIND_RAW, 0, bytes(16), bytes(16), PROJECT.encode(),
                             b'{"from":"a newer producer"}', 0, timeout_s=5)
         after = trace_calls(tracer, 10)
+        assert not eng.flush(timeout_s=30)  # the odd record was dead-lettered, not delivered
         assert eng.flush(timeout_s=30)  # every ring released, the odd record's too
         stats = eng.stats()
         writer.close()
@@ -174,6 +176,7 @@ def test_an_item_the_server_always_rejects_as_too_large_is_dead_lettered_alone(t
             with tracer.call("huge", inputs={"blob": "z" * (20 << 10)}) as huge:
                 pass
             good += trace_calls(tracer, 10, payload_bytes=100)
+            assert not eng.flush(timeout_s=30)  # settled, but the huge one was dead-lettered
             assert eng.flush(timeout_s=30)
             stats = eng.stats()
         assert server.stored_ids(PROJECT) == set(good)

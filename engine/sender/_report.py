@@ -1,0 +1,37 @@
+"""The one line a sender logs when it exits: where every item of its ring set went.
+
+Delivered, persisted (and where), not persisted (by reason), dropped by the producers (by
+reason), and left in shared memory for recovery -- from the same counters ``stats()``,
+``engine stats`` and ``/metrics`` show. INFO when the server acknowledged everything,
+WARNING otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+_UNPERSISTED = {"unpersisted_no_space": "disk full", "unpersisted_unwritable": "unwritable"}
+_DROPPED = {"dropped_full": "ring full (on_full='drop')"}
+
+
+def exit_line(stats: dict[str, Any], producers: dict[str, int], *, url: str, dead_path: str,
+              spool_dir: str | None, kept_records: int, ring_name: str) -> tuple[int, str]:
+    """(log level, message) for a sender's exit."""
+    parts = [f"engine: {stats['items_acked']:,} items delivered to {url}"]
+    dead, spooled = stats["dead_letters"], stats["spooled_items"]
+    if dead or spooled:
+        where = [f"{dead:,} in the dead letters {dead_path}" if dead else "",
+                 f"{spooled:,} in the spool {spool_dir}" if spooled else ""]
+        parts.append(f"{dead + spooled:,} persisted ({', '.join(w for w in where if w)}; "
+                     "`engine replay` sends them)")
+    unpersisted = [f"{stats[key]:,} {why}" for key, why in _UNPERSISTED.items() if stats[key]]
+    if unpersisted:
+        parts.append(f"could not persist: {', '.join(unpersisted)}")
+    dropped = [f"{producers[key]:,} {why}" for key, why in _DROPPED.items() if producers[key]]
+    parts.append(f"dropped: {', '.join(dropped)}" if dropped else "dropped: none")
+    if kept_records:
+        parts.append(f"{kept_records:,} records left in shared memory (ring set {ring_name}) "
+                     f"for the next engine or `engine replay --to {url}` to recover")
+    clean = not (dead or spooled or unpersisted or dropped or kept_records)
+    return (logging.INFO if clean else logging.WARNING), "; ".join(parts)

@@ -1,0 +1,194 @@
+"""Sending stored items again, re-batched to the server's limit like the live path.
+
+Replay (spool segments, dead letters) is the cold path: it may decode a stored body into
+its items (``msgspec.Raw``: the bytes stay as they were) and cut them into new bodies. A
+413 lowers the size target and re-cuts the batch; a 422 halves it until the bad item is
+alone; an item the server still rejects alone comes back as rejected, with its reason, for
+the dead letters; a transient failure (after ``retries``) stops the run and hands back every
+item not acknowledged, to keep for later. Nothing waits behind an item the server refuses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import random
+from dataclasses import dataclass, field
+
+import msgspec
+
+from engine.common._errors import SendError
+from engine.sender._adaptive import SizeTarget
+from engine.sender._retry import Backoff, Verdict, classify, retry_after_s
+from engine.sender._transport import Response, Transport
+
+_BATCH_ROUTE_SUFFIXES = ("/calls/complete", "/call/upsert_batch")
+_BATCH_PREFIX = b'{"batch":['
+_BATCH_SUFFIX = b"]}"
+_REASON_BYTES = 300
+
+
+def is_batch_route(route: str) -> bool:
+    """Whether a body on ``route`` is ``{"batch": [items]}`` (else the body is the item)."""
+    return route.endswith(_BATCH_ROUTE_SUFFIXES)
+
+
+class _Batch(msgspec.Struct):
+    batch: list[msgspec.Raw]
+
+
+def split_body(route: str, body: bytes) -> list[bytes]:
+    """The items of a stored request body, byte for byte."""
+    if not is_batch_route(route):
+        return [body]
+    return [bytes(raw) for raw in msgspec.json.decode(body, type=_Batch).batch]
+
+
+def make_body(route: str, items: list[bytes]) -> bytes:
+    if not is_batch_route(route):
+        (item,) = items
+        return item
+    return b"".join((_BATCH_PREFIX, b",".join(items), _BATCH_SUFFIX))
+
+
+class _Ids(msgspec.Struct):
+    id: str | None = None
+    project_id: str | None = None
+
+
+class _Wrapped(msgspec.Struct):
+    mode: str | None = None
+    req: dict[str, _Ids] | None = None
+    start: _Ids | None = None
+    end: _Ids | None = None
+
+
+def describe(route: str, item: bytes) -> tuple[str | None, str]:
+    """(call id, project) of a stored item, for its dead letter; unknown parts are empty."""
+    try:
+        if route.endswith("/calls/complete"):
+            ids = msgspec.json.decode(item, type=_Ids)
+        else:
+            wrapped = msgspec.json.decode(item, type=_Wrapped)
+            ids = wrapped.start or wrapped.end or next(iter((wrapped.req or {}).values()), _Ids())
+    except msgspec.DecodeError:
+        return None, ""
+    return ids.id, ids.project_id or ""
+
+
+@dataclass
+class Rejected:
+    """Items (indexes into what was sent) the server refused for good, and why."""
+
+    reason: str  # too_large, invalid, http
+    status: int | None
+    detail: str
+    indexes: list[int]
+
+
+@dataclass
+class Outcome:
+    acked: list[int] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+    kept: list[int] = field(default_factory=list)  # not acknowledged: send again later
+    requests: int = 0
+    splits_413: int = 0
+
+    @property
+    def stopped(self) -> bool:
+        """The server stopped answering: what follows would fail as well."""
+        return bool(self.kept)
+
+
+class Resender:
+    """POSTs stored items on their route in bodies of at most ``size.bytes``."""
+
+    def __init__(self, transport: Transport, size: SizeTarget, *, retries: int = 0,
+                 backoff: Backoff | None = None) -> None:
+        self.transport = transport
+        self.size = size
+        self.retries = retries
+        self.backoff = backoff or Backoff(initial_ms=200, max_ms=5_000)
+        self.rng = random.Random()
+
+    async def send(self, route: str, items: list[bytes]) -> Outcome:
+        outcome = Outcome()
+        batched = is_batch_route(route)
+        queue = collections.deque(self._cut(items, list(range(len(items))), batched))
+        while queue:
+            piece = queue.popleft()
+            body = make_body(route, [items[i] for i in piece])
+            response, error = await self._post(route, body, outcome)
+            verdict = classify(response.status if response else None,
+                              response.body if response else b"", error)
+            if verdict is Verdict.OK:
+                self.size.on_success(len(body))
+                outcome.acked += piece
+            elif verdict is Verdict.RETRY:
+                outcome.kept = piece + [i for rest in queue for i in rest]
+                break
+            elif verdict is Verdict.SPLIT_413 and len(piece) > 1:
+                self.size.on_413(len(body))
+                outcome.splits_413 += 1
+                queue.extendleft(reversed(self._recut(items, piece)))
+            elif verdict is Verdict.SPLIT_422 and len(piece) > 1:
+                middle = len(piece) // 2
+                queue.extendleft((piece[:middle], piece[middle:])[::-1])
+            else:
+                if verdict is Verdict.SPLIT_413:
+                    self.size.on_413(len(body))
+                outcome.rejected.append(_rejected(verdict, response, piece))
+        return outcome
+
+    async def _post(self, route: str, body: bytes,
+                    outcome: Outcome) -> tuple[Response | None, SendError | None]:
+        """One POST, retried ``retries`` times while the answer is transient."""
+        attempt = 0
+        while True:
+            attempt += 1
+            outcome.requests += 1
+            response = error = None
+            try:
+                response = await self.transport.post(route, body)
+            except SendError as exc:
+                error = exc
+            transient = classify(response.status if response else None,
+                                 response.body if response else b"", error) is Verdict.RETRY
+            if not transient or attempt > self.retries:
+                return response, error
+            hint = retry_after_s(response.headers) if response else None
+            await asyncio.sleep(self.backoff.delay_s(attempt, self.rng, hint))
+
+    def _cut(self, items: list[bytes], indexes: list[int], batched: bool) -> list[list[int]]:
+        """Consecutive pieces of at most the size target (an item larger goes alone)."""
+        if not batched:
+            return [[i] for i in indexes]
+        limit = self.size.bytes - len(_BATCH_PREFIX) - len(_BATCH_SUFFIX)
+        pieces: list[list[int]] = []
+        current: list[int] = []
+        used = 0
+        for i in indexes:
+            size = len(items[i]) + 1
+            if current and used + size > limit:
+                pieces.append(current)
+                current, used = [], 0
+            current.append(i)
+            used += size
+        if current:
+            pieces.append(current)
+        return pieces
+
+    def _recut(self, items: list[bytes], piece: list[int]) -> list[list[int]]:
+        """A rejected piece cut to the lowered target; at least in two."""
+        pieces = self._cut(items, piece, True)
+        if len(pieces) > 1:
+            return pieces
+        middle = len(piece) // 2
+        return [piece[:middle], piece[middle:]]
+
+
+def _rejected(verdict: Verdict, response: Response | None, piece: list[int]) -> Rejected:
+    status = response.status if response else None
+    reason = {Verdict.SPLIT_413: "too_large", Verdict.SPLIT_422: "invalid"}.get(verdict, "http")
+    detail = response.body[:_REASON_BYTES].decode("utf-8", "replace") if response else ""
+    return Rejected(reason, status, detail, piece)

@@ -1,0 +1,175 @@
+"""The sender's end: when to stop, how long to deliver, and what happens to the rest.
+
+It stops when the owner's ``close()`` asks (the request carries its deadline), when the
+owner is gone (killed, or exited without closing), or on a signal to the sender itself
+(its own session keeps the owner's group signals away; a cgroup kill still reaches it).
+Until the deadline it delivers as on a flush, serving producers still attached once the
+owner is closed or gone (a worker finishing its calls after a Ctrl-C); the last moments
+are kept to spool or dead-letter whatever is not acknowledged, never to drop it. What not
+even that can save (a full disk) stays in the ring set, which is then kept for the next
+engine or ``engine replay``. One line says where everything went.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import signal
+import time
+
+from engine import ring
+from engine.common._config import EngineConfig
+from engine.common._control import Control
+from engine.ring import _files as ring_files
+from engine.sender._batcher import Accumulator, Batch, ReleaseTracker, Router
+from engine.sender._deadletter import DeadLetters
+from engine.sender._intake import READ_MAX_RECORDS
+from engine.sender._persist import Persister
+from engine.sender._report import exit_line
+
+log = logging.getLogger("engine.sender")
+
+# the last part of the shutdown time is for persisting what is not delivered
+_PERSIST_RESERVE_S = 1.0
+# A signal while the owner lives: its close() usually follows at once (a cgroup's SIGTERM
+# reaches both); wait that long for it before stopping on our own.
+_SIGNAL_GRACE_S = 1.0
+HOUSEKEEPING_S = 0.1
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+class Shutdown:
+    """The Sender's ending (a mixin: it shares the Sender's state, declared here)."""
+
+    cfg: EngineConfig
+    control: Control
+    owner_pid: int
+    recovering: bool  # started on an orphan: its owner will not come back
+    ringset: ring.RingSet
+    reader: ring.RingReader
+    tracker: ReleaseTracker
+    router: Router
+    acc: Accumulator
+    dead: DeadLetters
+    persister: Persister
+    ready: collections.deque[Batch]
+    waiting: dict[Batch, asyncio.TimerHandle]
+    tasks: dict[asyncio.Task, Batch]
+    flush_heads: list[int] | None
+    stopping: bool
+    wake: asyncio.Event | None
+    stop_deadline_s: float | None  # set once it is time to stop
+    owner_stops: bool  # the owner closed or is gone (not a signal to us alone)
+    signalled: tuple[int, float] | None  # (signal, when)
+
+    def _stop_due(self) -> None:
+        """Set the stop deadline when it is time: the owner's close() gives it; a dead
+        owner or a signal to us gives shutdown_timeout_s from when it was seen."""
+        now = time.monotonic()
+        if self.recovering or not owner_alive(self.owner_pid):  # before its old request
+            log.warning("%s; delivering what the rings hold for up to %g s",
+                        f"recovering ring set {self.ringset.spec.shm_name}" if self.recovering
+                        else f"engine owner {self.owner_pid} is gone", self.cfg.shutdown_timeout_s)
+            self.owner_stops = True
+            self.stop_deadline_s = now + self.cfg.shutdown_timeout_s
+        elif requested_ns := self.control.get("shutdown_request"):
+            self.owner_stops = True
+            self.stop_deadline_s = requested_ns / 1e9
+        elif self.signalled and now >= self.signalled[1] + _SIGNAL_GRACE_S:
+            self.stop_deadline_s = self.signalled[1] + self.cfg.shutdown_timeout_s
+
+    def _on_signal(self, signum: int) -> None:
+        """SIGTERM/SIGINT/SIGHUP: settle what the rings hold, then exit (never die with
+        items only in memory)."""
+        if self.signalled is None:
+            log.warning("%s: settling what the rings hold, then exiting",
+                        signal.Signals(signum).name)
+            self.signalled = (signum, time.monotonic())
+        self.wake.set()
+
+    async def _finish(self) -> None:
+        """Deliver until the stop deadline (keeping the last moments to persist), then
+        persist what is left, log the exit line, and remove the ring set if nobody needs it."""
+        reserve_s = min(_PERSIST_RESERVE_S, 0.2 * self.cfg.shutdown_timeout_s)
+        await self._drain(self.stop_deadline_s - reserve_s)
+        self.stopping = True
+        in_flight = dict(self.tasks)
+        for task in in_flight:
+            task.cancel()
+        await asyncio.gather(*in_flight, return_exceptions=True)
+        for batch in in_flight.values():
+            self.ready.appendleft(batch)
+        for batch, timer in list(self.waiting.items()):
+            timer.cancel()
+            self.ready.appendleft(batch)
+        self.waiting.clear()
+        self._settle_leftovers()
+        self.persister.retry_parked(force=True)
+        self._publish_gauges()
+        self._report_exit()
+        if self.owner_stops and not ring.holds_records(self.ringset) and not self._attached():
+            self.ringset.unlink()
+
+    async def _drain(self, until_s: float) -> None:
+        """Deliver everything as on a flush until all is settled and no producer that may
+        still write is attached, or until ``until_s``."""
+        attached = self._attached()
+        next_check = time.monotonic() + HOUSEKEEPING_S
+        while time.monotonic() < until_s:
+            self.flush_heads = self.reader.heads()  # no linger, no waiting starts
+            progressed = self._pump()
+            self._dispatch()
+            if time.monotonic() >= next_check:
+                next_check = time.monotonic() + HOUSEKEEPING_S
+                self._housekeeping()
+                attached = self._attached()
+            if self._settled() and not attached:
+                return
+            if not progressed:
+                await self._idle()
+
+    def _attached(self) -> list[int]:
+        """Producers that may still write and that we stay for: only once the owner closed
+        or is gone (after a signal to us alone the owner starts another sender)."""
+        return ring.attached_producers(self.ringset) if self.owner_stops else []
+
+    def _settled(self) -> bool:
+        """Nothing read is unsettled, nothing unread waits in the rings."""
+        return not (self.ready or self.tasks or self.waiting or self.acc.open
+                    or self.router.held() or self.tracker.pending() or self.reader.pending())
+
+    def _settle_leftovers(self) -> None:
+        """At exit nothing may vanish: every unacknowledged record is spooled or
+        dead-lettered (or, if neither can be written, kept in the ring set)."""
+        while True:
+            records = self.reader.read(READ_MAX_RECORDS)
+            if not records:
+                break
+            self._route_records(records)
+        self._add_items(self.router.expire(0.0, everything=True))
+        for batch in self.acc.due(0.0, everything=True):
+            self._make_ready(batch)
+        leftovers = list(self.ready)
+        self.ready.clear()
+        for batch in leftovers:
+            self._give_up(batch, "shutdown", None, "engine closed before delivery")
+
+    def _report_exit(self) -> None:
+        counters = self.ringset.counters()
+        kept = counters["records_written"] - counters["records_released"]
+        self.control.set("kept_in_ring", kept)
+        level, line = exit_line(
+            self.control.sender_snapshot(), self.control.producer_totals(), url=self.cfg.url,
+            dead_path=str(self.dead.path), spool_dir=self.cfg.spool_dir, kept_records=kept,
+            ring_name=self.ringset.spec.shm_name)
+        log.log(level, "%s", line)
+
+
+def owner_alive(owner_pid: int) -> bool:
+    """The owner is gone once we were reparented (that happens at its exit, before anyone
+    reaps it) or it is a zombie or no longer exists."""
+    if os.getppid() != owner_pid:
+        return False
+    return ring_files.process_start_ticks(owner_pid) is not None

@@ -1,0 +1,99 @@
+"""Crash recovery: what a SIGKILLed pipeline left in shared memory is delivered later, by
+the next Engine with the same settings or by ``engine replay``, never deleted unread."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from tests.faultserver import FaultServer
+from tests.pipeline import Pipeline, Sandbox, account, wait_gone
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+_SETTINGS = {"shutdown_timeout_s": 3.0, "ring_bytes": 1 << 20, "max_slots": 8}
+
+
+def _segment(run: Pipeline) -> str:
+    return os.path.join("/dev/shm", run.info["ring"] + ".seg")
+
+
+def _killed_with_its_sender(sandbox: Sandbox, server: FaultServer) -> Pipeline:
+    """SIGKILL of the group and of the sender together (the OOM killer, a cgroup kill)
+    while the sender is behind: the ring set still holds records nobody reads."""
+    run = Pipeline(sandbox, server.url, producers=2, settings=dict(_SETTINGS)).start()
+    try:
+        server.stall_s = 5.0  # nothing is acknowledged: everything stays in the rings
+        run.wait_calls(3000)
+        os.kill(run.info["sender"], signal.SIGKILL)
+        run.killpg(signal.SIGKILL)
+        assert run.wait(timeout_s=30) == -signal.SIGKILL
+        wait_gone([run.info["sender"]], 30)
+    finally:
+        run.stop()
+        server.stall_s = 0.0
+    return run
+
+
+def test_a_group_sigkill_alone_loses_nothing_the_sender_drains_on_its_own(tmp_path):
+    with FaultServer() as server:
+        run = Pipeline(Sandbox(tmp_path), server.url, producers=2, settings=dict(_SETTINGS))
+        run.start()
+        try:
+            run.wait_calls(3000)
+            run.killpg(signal.SIGKILL)  # the sender has a session of its own
+            assert run.wait(timeout_s=30) == -signal.SIGKILL
+            run.wait_sender_gone(timeout_s=30)
+        finally:
+            run.stop()
+        result = account(run.produced(), server.snapshot())
+    assert (result.delivered, result.lost) == (result.produced, 0), result.lost_ids[:5]
+    assert not os.path.exists(_segment(run))
+
+
+def test_the_next_engine_recovers_what_a_killed_pipeline_left_in_shared_memory(tmp_path):
+    sandbox = Sandbox(tmp_path)
+    with FaultServer() as server:
+        killed = _killed_with_its_sender(sandbox, server)
+        assert os.path.exists(_segment(killed))
+        left = account(killed.produced(), server.snapshot())
+        assert left.delivered < left.produced  # the rest is only in shared memory
+        # the next run with the same settings recovers it, alongside its own calls
+        nxt = Pipeline(sandbox, server.url, producers=0, calls=50, name="next",
+                       settings=dict(_SETTINGS)).start()
+        try:
+            assert nxt.wait(timeout_s=30) == 0
+        finally:
+            nxt.stop()
+        assert nxt.stats["orphans_adopted"] == 1
+        assert server.wait_for(lambda: not os.path.exists(_segment(killed)), timeout_s=30)
+        result = account(killed.produced() + nxt.produced(), server.snapshot())
+    assert (result.delivered, result.lost) == (result.produced, 0), result.lost_ids[:5]
+
+
+def test_engine_replay_recovers_what_a_killed_pipeline_left_in_shared_memory(tmp_path):
+    sandbox = Sandbox(tmp_path)
+    with FaultServer() as server:
+        killed = _killed_with_its_sender(sandbox, server)
+        replayed = sandbox.replay(server.url)
+        assert replayed.returncode == 0, replayed.stderr
+        assert "1 ring set" in replayed.stdout, replayed.stdout
+        assert not os.path.exists(_segment(killed))
+        result = account(killed.produced(), server.snapshot())
+    assert (result.delivered, result.lost) == (result.produced, 0), result.lost_ids[:5]
+
+
+def test_a_ring_set_of_an_engine_for_another_server_is_left_for_that_server(tmp_path):
+    sandbox = Sandbox(tmp_path)
+    with FaultServer() as server, FaultServer() as other:
+        killed = _killed_with_its_sender(sandbox, server)
+        replayed = sandbox.replay(other.url)
+        assert replayed.returncode == 0, replayed.stderr
+        assert not other.snapshot() and os.path.exists(_segment(killed))
+        assert server.url in replayed.stdout  # named, so the user knows where to send it
+        replayed = sandbox.replay(server.url)
+        assert replayed.returncode == 0, replayed.stderr
+        result = account(killed.produced(), server.snapshot())
+    assert (result.delivered, result.lost) == (result.produced, 0)

@@ -1,0 +1,94 @@
+"""Signals never cost a call: the ways an eval run really ends (Ctrl-C, ``timeout``, a job
+scheduler, ``kill``), with the server up and down, to the whole process group and to the
+owner alone. Real processes, real signals, a real loopback server; exact counts."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+
+import pytest
+
+from tests.faultserver import FaultServer
+from tests.pipeline import Pipeline, Sandbox, account
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+_SETTINGS = {"shutdown_timeout_s": 3.0, "ring_bytes": 1 << 20, "max_slots": 8}
+_EXIT_LINE = re.compile(r"engine: .* delivered")
+
+
+def _signalled_run(tmp_path, server: FaultServer, sig: int, *, group: bool = True,
+                   pace_s: float = 0.0, calls: int = 0, min_calls: int = 2000) -> Pipeline:
+    """A pipeline that traces until ``sig`` reaches its group (or its owner alone)."""
+    run = Pipeline(Sandbox(tmp_path), server.url, producers=2, calls=calls, pace_s=pace_s,
+                   settings=dict(_SETTINGS)).start()
+    try:
+        run.wait_calls(min_calls)
+        if group:
+            run.killpg(sig)
+        else:
+            os.kill(run.info["owner"], sig)
+        run.wait(timeout_s=30)
+        run.wait_sender_gone(timeout_s=30)  # no orphan: it settled and left
+    finally:
+        run.stop()
+    return run
+
+
+def _exit_lines(run: Pipeline) -> list[str]:
+    return [line for line in run.log().splitlines() if _EXIT_LINE.search(line)]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_to_the_whole_group_delivers_every_call_that_returned(tmp_path, sig):
+    with FaultServer() as server:
+        run = _signalled_run(tmp_path, server, sig)
+        stored = server.snapshot()
+        duplicates = server.duplicate_deliveries()
+    result = account(run.produced(), stored)
+    assert result.produced >= 2000
+    assert (result.delivered, result.lost) == (result.produced, 0), result.lost_ids[:5]
+    assert duplicates == 0
+    assert "restarting" not in run.log()
+    assert len(_exit_lines(run)) == 1, run.log()[-3000:]
+    assert not run.sandbox.dead_letter_path.exists()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_group_signal_with_the_server_down_persists_every_call_and_replay_delivers_them(
+        tmp_path, sig):
+    with FaultServer() as server:
+        server.down()
+        run = _signalled_run(tmp_path, server, sig)
+        assert not server.snapshot()
+        before = account(run.produced(), {}, [run.sandbox.dead_letter_path])
+        assert (before.persisted, before.lost) == (before.produced, 0), before.lost_ids[:5]
+        lines = _exit_lines(run)
+        assert len(lines) == 1 and str(run.sandbox.dead_letter_path) in lines[0], run.log()[-3000:]
+        server.up()
+        replayed = run.sandbox.replay(server.url)
+        assert replayed.returncode == 0, replayed.stderr
+        after = account(run.produced(), server.snapshot(), [run.sandbox.dead_letter_path])
+        duplicates = server.duplicate_deliveries()
+    assert (after.delivered, after.lost) == (after.produced, 0)
+    assert duplicates == 0
+    assert not run.sandbox.dead_letter_path.exists()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_to_the_owner_alone_delivers_what_its_producers_write_after_it(tmp_path, sig):
+    """The producers outlive the owner by a moment (they finish their calls): the sender
+    serves them until they are done, within shutdown_timeout_s, then exits."""
+    with FaultServer() as server:
+        run = _signalled_run(tmp_path, server, sig, group=False, calls=300, pace_s=0.002,
+                             min_calls=100)
+        stored = server.snapshot()
+    result = account(run.produced(), stored)
+    per_process = sorted(run.produced_per_process().values())
+    assert per_process[0] < 300 and per_process[1:] == [300, 300]  # only the owner stopped
+    assert (result.delivered, result.lost) == (result.produced, 0), result.lost_ids[:5]
+    assert "restarting" not in run.log()
+    assert len(_exit_lines(run)) == 1, run.log()[-3000:]
+    assert not os.path.exists(os.path.join("/dev/shm", run.info["ring"] + ".seg"))
