@@ -1,0 +1,216 @@
+"""Every fault of docs/guarantees.md, at scale: calls produced, delivered, persisted, lost.
+
+    python -m bench.guarantees                 # every fault, ~20,000 calls before each signal
+    python -m bench.guarantees --calls 5000 --only group-sigint,disk-full
+
+Each fault runs the pipeline of ``tests/pipeline.py`` (an owner that forks 2 producers, as
+the leader of a process group of its own) against ``tests.faultserver.FaultServer`` on
+loopback, with default paths in a fresh sandbox (``HOME``, ``XDG_STATE_HOME``, ``TMPDIR``).
+For every call whose ``with`` block returned it tells whether the server stored it whole
+(delivered), whether its missing halves wait in a dead-letter file or spool segment
+(persisted), or neither (lost) -- first right after the fault, then after the recovery the
+fault calls for (``engine replay``, or the next Engine). Prints a markdown table and one
+JSON line per fault.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.faultserver import FaultServer
+from tests.pipeline import Account, Pipeline, Sandbox, account, wait_gone
+
+_SETTINGS = {"shutdown_timeout_s": 5.0, "ring_bytes": 16 << 20, "max_slots": 8}
+
+
+def _finish(run: Pipeline, timeout_s: float = 60.0) -> None:
+    try:
+        run.wait(timeout_s)
+        run.wait_sender_gone(timeout_s)
+    finally:
+        run.stop()
+
+
+def _signalled(sig: int, calls: int, root: Path, *, down: bool) -> tuple[Account, Account, int]:
+    sandbox = Sandbox(root)
+    with FaultServer() as server:
+        if down:
+            server.down()
+        run = Pipeline(sandbox, server.url, settings=dict(_SETTINGS)).start()
+        run.wait_calls(calls, timeout_s=120)
+        run.killpg(sig)
+        _finish(run)
+        before = account(run.produced(), server.snapshot(), [sandbox.dead_letter_path])
+        if down:
+            server.up()
+        sandbox.replay(server.url, timeout_s=300)
+        after = account(run.produced(), server.snapshot(), [sandbox.dead_letter_path])
+        return before, after, server.duplicate_deliveries()
+
+
+def _owner_only(calls: int, root: Path) -> tuple[Account, Account, int]:
+    sandbox = Sandbox(root)
+    with FaultServer() as server:
+        run = Pipeline(sandbox, server.url, calls=calls // 2, pace_s=0.0002,
+                       settings=dict(_SETTINGS)).start()
+        run.wait_calls(calls // 4, timeout_s=120)
+        os.kill(run.info["owner"], signal.SIGTERM)
+        _finish(run)
+        result = account(run.produced(), server.snapshot(), [sandbox.dead_letter_path])
+        return result, result, server.duplicate_deliveries()
+
+
+def _killed(calls: int, root: Path, *, with_sender: bool,
+            recover: str) -> tuple[Account, Account, int]:
+    sandbox = Sandbox(root)
+    with FaultServer() as server:
+        run = Pipeline(sandbox, server.url, settings=dict(_SETTINGS)).start()
+        run.wait_calls(calls, timeout_s=120)
+        if with_sender:
+            os.kill(run.info["sender"], signal.SIGKILL)
+        run.killpg(signal.SIGKILL)
+        _finish(run)
+        wait_gone([run.info["sender"]], 60)
+        before = account(run.produced(), server.snapshot(), [sandbox.dead_letter_path])
+        if recover == "engine":
+            nxt = Pipeline(sandbox, server.url, producers=0, calls=1, name="next",
+                           settings=dict(_SETTINGS)).start()
+            _finish(nxt)
+            segment = Path("/dev/shm") / (run.info["ring"] + ".seg")
+            server.wait_for(lambda: not segment.exists(), timeout_s=60)
+        elif recover == "replay":
+            sandbox.replay(server.url, timeout_s=300)
+        after = account(run.produced(), server.snapshot(), [sandbox.dead_letter_path])
+        return before, after, server.duplicate_deliveries()
+
+
+def _concurrent(calls: int, root: Path) -> tuple[Account, Account, int]:
+    sandbox = Sandbox(root)
+    settings = {"delivery_deadline_s": 0.2, "shutdown_timeout_s": 2.0, "linger_ms": 5,
+                "backoff_initial_ms": 20, "backoff_max_ms": 50}
+    with FaultServer() as unreachable, FaultServer() as server:
+        unreachable.down()
+        runs = [Pipeline(sandbox, unreachable.url, producers=1, calls=calls // 4, pace_s=0.0002,
+                         settings=settings, name=f"engine{i}").start() for i in range(2)]
+        while any(run.proc.poll() is None for run in runs):
+            sandbox.replay(server.url, timeout_s=300)
+        for run in runs:
+            _finish(run)
+        produced = [call for run in runs for call in run.produced()]
+        before = account(produced, server.snapshot(), [sandbox.dead_letter_path])
+        sandbox.replay(server.url, timeout_s=300)
+        after = account(produced, server.snapshot(), [sandbox.dead_letter_path])
+        return before, after, server.duplicate_deliveries()
+
+
+def _disk_full(calls: int, root: Path) -> tuple[Account, Account, int]:
+    sandbox = Sandbox(root)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs",
+                              str(sandbox.state)], capture_output=True).returncode == 0
+    try:
+        with FaultServer() as server:
+            server.down()
+            settings = dict(_SETTINGS, shutdown_timeout_s=2.0, delivery_deadline_s=0.5)
+            run = Pipeline(sandbox, server.url, calls=calls // 3, payload_bytes=500,
+                           settings=settings).start()
+            if not mounted:
+                resource.prlimit(run.info["sender"], resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+            _finish(run)
+            before = account(run.produced(), {}, [sandbox.dead_letter_path])
+            if mounted:
+                subprocess.run(["mount", "-o", "remount,size=1g", str(sandbox.state)], check=True)
+            server.up()
+            sandbox.replay(server.url, timeout_s=300)
+            after = account(run.produced(), server.snapshot(), [sandbox.dead_letter_path])
+            return before, after, server.duplicate_deliveries()
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(sandbox.state)], check=True)
+
+
+def _spool_413(calls: int, root: Path) -> tuple[Account, Account, int]:
+    """A spool written while the server was down, replayed against a 1 MiB body limit."""
+    sandbox = Sandbox(root)
+    spool_dir = root / "spool"
+    settings = dict(_SETTINGS, spool_dir=str(spool_dir), delivery_deadline_s=0.5,
+                    initial_request_bytes=4 << 20, shutdown_timeout_s=2.0)
+    with FaultServer() as server:
+        server.down()
+        run = Pipeline(sandbox, server.url, calls=calls // 3, payload_bytes=1000,
+                       settings=settings).start()
+        _finish(run)
+        before = account(run.produced(), {}, [sandbox.dead_letter_path], [spool_dir])
+        server.limit_bytes = 1 << 20
+        server.up()
+        sandbox.replay(server.url, "--spool", str(spool_dir), timeout_s=300)
+        after = account(run.produced(), server.snapshot(), [sandbox.dead_letter_path], [spool_dir])
+        return before, after, server.duplicate_deliveries()
+
+
+FAULTS: dict[str, tuple[str, Callable[[int, Path], tuple[Account, Account, int]]]] = {
+    "group-sigint": ("Ctrl-C: SIGINT to the process group, server up",
+                     lambda n, r: _signalled(signal.SIGINT, n, r, down=False)),
+    "group-sigterm": ("SIGTERM to the process group (`timeout`, a scheduler), server up",
+                      lambda n, r: _signalled(signal.SIGTERM, n, r, down=False)),
+    "group-sighup": ("SIGHUP to the process group (terminal closed), server up",
+                     lambda n, r: _signalled(signal.SIGHUP, n, r, down=False)),
+    "group-sigint-down": ("SIGINT to the group, server down; then `engine replay`",
+                          lambda n, r: _signalled(signal.SIGINT, n, r, down=True)),
+    "group-sigterm-down": ("SIGTERM to the group, server down; then `engine replay`",
+                           lambda n, r: _signalled(signal.SIGTERM, n, r, down=True)),
+    "owner-sigterm": ("SIGTERM to the owner alone, its producers finish after it",
+                      _owner_only),
+    "group-sigkill": ("SIGKILL to the process group (the sender has its own session)",
+                      lambda n, r: _killed(n, r, with_sender=False, recover="")),
+    "sigkill-next-engine": ("SIGKILL to the group and the sender; the next Engine recovers",
+                            lambda n, r: _killed(n, r, with_sender=True, recover="engine")),
+    "sigkill-replay": ("SIGKILL to the group and the sender; `engine replay` recovers",
+                       lambda n, r: _killed(n, r, with_sender=True, recover="replay")),
+    "concurrent-replay": ("2 engines dead-lettering to the default file + replays meanwhile",
+                          _concurrent),
+    "disk-full": ("dead letters on a full 1 MiB disk, server down; then `engine replay`",
+                  _disk_full),
+    "spool-413": ("spool written with 4 MiB batches, replayed to a 1 MiB body limit",
+                  _spool_413),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=20_000,
+                        help="calls made before each signal (scales every fault)")
+    parser.add_argument("--only", default="", help="comma-separated fault names")
+    args = parser.parse_args(argv)
+    names = [n for n in args.only.split(",") if n] or list(FAULTS)
+    print("| fault | produced | delivered | persisted | lost | after recovery: delivered "
+          "| lost | duplicates absorbed | s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    rows = []
+    for name in names:
+        what, run = FAULTS[name]
+        started = time.monotonic()
+        with tempfile.TemporaryDirectory(prefix=f"guarantees-{name}-") as root:
+            before, after, duplicates = run(args.calls, Path(root))
+        elapsed_s = time.monotonic() - started
+        rows.append({"fault": name, "before": before.row(), "after": after.row(),
+                     "duplicates": duplicates, "seconds": round(elapsed_s, 1)})
+        print(f"| {what} | {before.produced:,} | {before.delivered:,} | {before.persisted:,} "
+              f"| {before.lost:,} | {after.delivered:,} | {after.lost:,} | {duplicates:,} "
+              f"| {elapsed_s:.0f} |", flush=True)
+    for row in rows:
+        print(json.dumps(row), file=sys.stderr)
+    return 0 if all(row["after"]["lost"] == 0 for row in rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
