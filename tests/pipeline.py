@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -177,6 +178,16 @@ def _group_members(pgid: int) -> list[int]:
         if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
             members.append(int(stat.split("/")[2]))
     return members
+
+
+def poll_until(predicate: Callable[[], bool], timeout_s: float) -> bool:
+    """Wait until ``predicate()`` (files, processes: nothing notifies us) or the timeout."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 def wait_gone(pids: list[int | None], timeout_s: float) -> None:

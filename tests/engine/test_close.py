@@ -10,6 +10,7 @@ import pytest
 import engine
 from tests.engine.helpers import PROJECT, make_engine, trace_calls
 from tests.faultserver import FaultServer
+from tests.pipeline import poll_until
 
 
 def test_flush_and_producer_after_close_raise_closed():
@@ -41,4 +42,4 @@ def test_close_keeps_a_ring_set_holding_records_it_could_not_persist(tmp_path):
             assert nxt.stats()["orphans_adopted"] == 1
             assert server.wait_for(lambda: server.stored_ids(PROJECT) == set(ids), timeout_s=30), (
                 len(server.stored_ids(PROJECT)), len(set(ids)), server.stored_ids() - set(ids))
-    assert server.wait_for(lambda: not os.path.exists(segment), timeout_s=30)
+    assert poll_until(lambda: not os.path.exists(segment), timeout_s=30)

@@ -9,7 +9,7 @@ import signal
 import pytest
 
 from tests.faultserver import FaultServer
-from tests.pipeline import Pipeline, Sandbox, account, wait_gone
+from tests.pipeline import Pipeline, Sandbox, account, poll_until, wait_gone
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -68,7 +68,7 @@ def test_the_next_engine_recovers_what_a_killed_pipeline_left_in_shared_memory(t
         finally:
             nxt.stop()
         assert nxt.stats["orphans_adopted"] == 1
-        assert server.wait_for(lambda: not os.path.exists(_segment(killed)), timeout_s=30)
+        assert poll_until(lambda: not os.path.exists(_segment(killed)), timeout_s=30)
         result = account(killed.produced() + nxt.produced(), server.snapshot())
     assert (result.delivered, result.lost) == (result.produced, 0), result.lost_ids[:5]
 
