@@ -90,7 +90,9 @@ class Persister:
                 self.parked.append((batch, reason, status, detail))
                 self.control.add("parked_items", len(batch))
             return False
-        log.error("dead-lettered %d items (%s, HTTP %s): %s", len(batch), reason, status, detail)
+        # at shutdown the exit line counts them, and where they went: one line, not one a batch
+        log.log(logging.INFO if reason == "shutdown" else logging.ERROR,
+                "dead-lettered %d items (%s, HTTP %s): %s", len(batch), reason, status, detail)
         self.control.add("dead_letters", len(batch))
         self.control.add(DEAD_COUNTERS.get(reason, "dead_http"), len(batch))
         self.release(batch)
