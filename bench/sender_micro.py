@@ -34,8 +34,8 @@ from bench.payloads import PROFILE_NAMES, profile
 from engine import ring
 from engine.common._config import EngineConfig
 from engine.common._control import Control, control_path
+from engine.common._retry import Verdict
 from engine.sender._process import Sender, tune_gc
-from engine.sender._retry import Verdict
 from engine.sender._transport import Response
 from engine.wire import _codec
 from engine.wire.calls import (

@@ -27,7 +27,7 @@ import msgspec
 import yarl
 
 from engine.common._errors import HTTPError, SendError
-from engine.sender._retry import Backoff, Deadline, retry_after_s
+from engine.common._retry import Backoff, Deadline, retry_after_s
 from engine.wire import _codec, files, misc, query
 from engine.wire.routes import EXTRA_ROUTES, ROUTES, Route
 

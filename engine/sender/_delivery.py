@@ -23,12 +23,12 @@ import msgspec
 from engine.common._config import EngineConfig
 from engine.common._control import Control
 from engine.common._errors import SendError
+from engine.common._retry import Backoff, Verdict, classify, retry_after_s
 from engine.ring import RingReader
 from engine.sender._adaptive import AdaptiveConcurrency, SizeTarget
 from engine.sender._batcher import UPSERT_ROUTE, Accumulator, Batch, ReleaseTracker, Router
 from engine.sender._deadletter import DeadLetters
 from engine.sender._persist import Persister
-from engine.sender._retry import Backoff, Verdict, classify, retry_after_s
 from engine.sender._transport import Compressor, Response, Transport
 from engine.wire._codec import uuid_text
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 import msgspec
 
 from engine.common._errors import SendError
+from engine.common._retry import Backoff, Verdict, classify, retry_after_s
 from engine.sender._adaptive import SizeTarget
-from engine.sender._retry import Backoff, Verdict, classify, retry_after_s
 from engine.sender._transport import Response, Transport
 
 _BATCH_ROUTE_SUFFIXES = ("/calls/complete", "/call/upsert_batch")

@@ -1,7 +1,7 @@
 """The HTTP transport of the sender: one aiohttp session with a keep-alive pool (WIRE.md §1).
 
 ``Transport.post`` returns every answer the server gives, error statuses included, as a
-``Response``: judging them is the retry policy's job (``engine.sender._retry.classify``). Only a
+``Response``: judging them is the retry policy's job (``engine.common._retry.classify``). Only a
 request that got no answer (connection refused or reset, timeout) raises, as
 ``SendError(retriable=True)``. ``Compressor`` zstd-compresses bodies off the event loop.
 """

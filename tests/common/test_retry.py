@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from engine.sender._retry import (
+from engine.common._retry import (
     MAX_RETRY_AFTER_S,
     Backoff,
     Deadline,
