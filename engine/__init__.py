@@ -19,10 +19,9 @@ from engine.common._errors import (
     RingFull,
     SendError,
 )
+from engine.common._version import __version__
 from engine.producer._engine import Engine
 from engine.producer._tracer import CallHandle, Tracer, current_call
-
-__version__ = "0.1.0"
 
 __all__ = [
     "AsyncRemoteHTTPTraceServer",

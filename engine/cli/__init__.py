@@ -1,4 +1,8 @@
-"""The ``engine`` command: serve, demo, relay, ingest, replay, stats."""
+"""The ``engine`` command: serve, demo, relay, ingest, replay, stats (``python -m engine``).
+
+Runs in the command's own process; each command imports the package it drives when it runs.
+May import: every package.
+"""
 
 from __future__ import annotations
 

@@ -55,13 +55,3 @@ def _number(value: int | float) -> str:
 
 def response(stats: Mapping[str, Any], prefix: str = "engine") -> web.Response:
     return web.Response(body=render(stats, prefix).encode(), headers={"Content-Type": CONTENT_TYPE})
-
-
-async def serve_metrics(request: web.Request) -> web.Response:
-    """``GET /metrics`` on ``engine serve``: the server's request and call counters."""
-    import msgspec
-
-    from engine.server._state import STATE
-
-    counters = msgspec.structs.asdict(request.app[STATE].counters)
-    return response({"server": counters})

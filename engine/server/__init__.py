@@ -1,7 +1,7 @@
-"""``engine serve``: a local Weave-compatible trace server (aiohttp on uvloop, SQLite in WAL).
-
-In-process: ``runner, url = await start_server(port=0, db_path=...)`` … ``await runner.cleanup()``.
-As a child process: ``with serve_subprocess(db_path) as url: ...``.
+"""``engine serve``: a local Weave-compatible trace server in its own process (aiohttp on
+uvloop, SQLite in WAL). In-process: ``runner, url = await start_server(port=0, db_path=...)``
+… ``await runner.cleanup()``; as a child process: ``with serve_subprocess(db_path) as url:``.
+May import: ``common``, ``native``, ``wire``.
 """
 
 from engine.server._app import build_app, default_db_path, run_server, start_server

@@ -8,6 +8,7 @@ import signal
 from pathlib import Path
 from typing import Any, Literal
 
+import msgspec
 from aiohttp import web
 
 from engine.common import _metrics
@@ -91,6 +92,12 @@ def _auth_middleware(api_key: str) -> Any:
     return auth
 
 
+async def _serve_metrics(request: web.Request) -> web.Response:
+    """``GET /metrics``: the server's request and call counters as Prometheus text."""
+    counters = msgspec.structs.asdict(request.app[STATE].counters)
+    return _metrics.response({"server": counters})
+
+
 def build_app(
     store: Store,
     *,
@@ -101,7 +108,7 @@ def build_app(
     # bodies are read and limited by _body.read_body; aiohttp's own cap only guards request.read()
     app = web.Application(middlewares=middlewares, client_max_size=max_body_bytes)
     app[STATE] = ServerState(store, max_body_bytes)
-    app.router.add_get("/metrics", _metrics.serve_metrics)  # Prometheus text (engine.common._metrics)
+    app.router.add_get("/metrics", _serve_metrics)
     for module in (_routes_misc, _routes_calls, _graphql, _routes_objects, _routes_tables,
                    _routes_refs, _routes_files, _routes_feedback, _routes_costs, _routes_otel,
                    _routes_threads, _routes_actions, _routes_completions):  # fmt: skip

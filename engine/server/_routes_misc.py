@@ -10,7 +10,7 @@ from __future__ import annotations
 import msgspec
 from aiohttp import web
 
-from engine import __version__
+from engine.common._version import __version__
 from engine.server._body import ACCEPTED_ENCODINGS
 from engine.server._reply import ok
 from engine.server._state import state_of

@@ -1,4 +1,9 @@
-"""Wire models of the Weave trace-server protocol (msgspec Structs) and encoding rules."""
+"""Wire models of the Weave trace-server protocol (msgspec Structs) and their encoding.
+
+Data and codecs: the same bytes whichever process encodes them (producer,
+sender, servers, clients); the C encoder is used where it is built.
+May import: ``common``, ``native``.
+"""
 
 from engine.wire._codec import decode, encode, encoder, strict_encoder, utcnow, uuid7
 from engine.wire.calls import *  # noqa: F403
