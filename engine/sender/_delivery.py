@@ -26,9 +26,11 @@ from engine.common._errors import SendError
 from engine.common._retry import Backoff, Verdict, classify, retry_after_s
 from engine.ring import RingReader
 from engine.sender._adaptive import AdaptiveConcurrency, SizeTarget
-from engine.sender._batcher import UPSERT_ROUTE, Accumulator, Batch, ReleaseTracker, Router
+from engine.sender._batcher import Accumulator, Batch
 from engine.sender._deadletter import DeadLetters
 from engine.sender._persist import Persister
+from engine.sender._release import ReleaseTracker
+from engine.sender._router import UPSERT_ROUTE, Router
 from engine.sender._transport import Compressor, Response, Transport
 from engine.wire._codec import uuid_text
 

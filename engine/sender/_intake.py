@@ -19,9 +19,11 @@ from engine import ring
 from engine.common._config import EngineConfig
 from engine.common._control import Control
 from engine.sender._adaptive import SizeTarget
-from engine.sender._batcher import Accumulator, Batch, Item, ReleaseTracker, Router
+from engine.sender._batcher import Accumulator, Batch, Item
 from engine.sender._deadletter import DeadLetters
 from engine.sender._persist import unpersisted_reason
+from engine.sender._release import ReleaseTracker
+from engine.sender._router import Router
 
 log = logging.getLogger("engine.sender")
 

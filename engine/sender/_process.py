@@ -36,13 +36,15 @@ from engine.common._errors import SendError
 from engine.common._malloc import tune_for_large_buffers
 from engine.common._retry import Backoff
 from engine.sender._adaptive import AdaptiveConcurrency, SizeTarget
-from engine.sender._batcher import Accumulator, Batch, ReleaseTracker, Router
+from engine.sender._batcher import Accumulator, Batch
 from engine.sender._deadletter import DeadLetters
 from engine.sender._delivery import Delivery
 from engine.sender._intake import Intake
 from engine.sender._persist import DEAD_COUNTERS, Persister
+from engine.sender._release import ReleaseTracker
 from engine.sender._replay import ReplaySummary, replay_spool
 from engine.sender._resend import Resender
+from engine.sender._router import Router
 from engine.sender._shutdown import HOUSEKEEPING_S, STOP_SIGNALS, Shutdown
 from engine.sender._transport import Compressor, Transport
 

@@ -23,11 +23,13 @@ from engine import ring
 from engine.common._config import EngineConfig
 from engine.common._control import Control
 from engine.ring import _files as ring_files
-from engine.sender._batcher import Accumulator, Batch, ReleaseTracker, Router
+from engine.sender._batcher import Accumulator, Batch
 from engine.sender._deadletter import DeadLetters
 from engine.sender._intake import READ_MAX_RECORDS
 from engine.sender._persist import Persister
+from engine.sender._release import ReleaseTracker
 from engine.sender._report import exit_line
+from engine.sender._router import Router
 
 log = logging.getLogger("engine.sender")
 

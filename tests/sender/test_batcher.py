@@ -7,7 +7,9 @@ import random
 import msgspec
 
 from engine import ring
-from engine.sender._batcher import Accumulator, Batch, ReleaseTracker, Router
+from engine.sender._batcher import Accumulator, Batch
+from engine.sender._release import ReleaseTracker
+from engine.sender._router import Router
 from engine.wire import encode, end_splice_offset, utcnow, uuid7
 from engine.wire.calls import CompletedCallSchemaForInsert, EndedCallSchemaForInsert
 from engine.wire.calls import StartedCallSchemaForInsert as Start

@@ -1,0 +1,212 @@
+"""Ring records to deliverable items for the current target, without decoding JSON.
+
+:class:`Router`: ``upsert`` wraps each start/end for ``/call/upsert_batch``; ``complete``
+pairs a start with its end by call id and splices one complete-call item. A start still
+waiting for its end is held in a table; after ``eager_start_ms`` (or when it pins too much
+of its ring, or on flush) it goes out on its own through v2 ``call/start`` and its end later
+through v2 ``call/end``.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+
+from engine import ring
+from engine.sender._batcher import Item
+
+_KIND_START, _KIND_END, _KIND_COMPLETE = ring.KIND_START, ring.KIND_END, ring.KIND_COMPLETE
+_KIND_SPLICED = ring.KIND_SPLICED
+
+UPSERT_ROUTE = "/call/upsert_batch"
+_UPSERT_START = b'{"mode":"start","req":{"start":'
+_UPSERT_END = b'{"mode":"end","req":{"end":'
+_UPSERT_CLOSE = b"}}"
+_V2_START = b'{"start":'
+_V2_END = b'{"end":'
+_V2_CLOSE = b"}"
+
+
+# project -> route, per route kind: made once per project (the hot path asks per item)
+_COMPLETE_ROUTES: dict[bytes, str] = {}
+_V2_START_ROUTES: dict[bytes, str] = {}
+_V2_END_ROUTES: dict[bytes, str] = {}
+
+
+def _v2_route(cache: dict[bytes, str], project: bytes, suffix: str) -> str:
+    """``/v2/{entity}/{project}/<suffix>``, remembered in ``cache``."""
+    route = cache.get(project)
+    if route is None:
+        route = cache[project] = f"/v2/{project.decode()}/{suffix}"
+    return route
+
+
+def complete_route(project: bytes) -> str:
+    return _v2_route(_COMPLETE_ROUTES, project, "calls/complete")
+
+
+def v2_start_route(project: bytes) -> str:
+    return _v2_route(_V2_START_ROUTES, project, "call/start")
+
+
+def v2_end_route(project: bytes) -> str:
+    return _v2_route(_V2_END_ROUTES, project, "call/end")
+
+
+def _item(parts: tuple[bytes, ...], first: ring.Record, refs: tuple[int, ...], route: str,
+          single: bool = False, ends_carry_trace: bool = True) -> Item:
+    """An item of one record's payload wrapped in ``parts`` (ending with the separator)."""
+    size = sum(map(len, parts)) - 1
+    return _new_tuple(Item, (parts, size, refs, route, single, first.call_id, first.project,
+                             first.trace_id, first.enqueue_ns, ends_carry_trace))
+
+
+_new_tuple = tuple.__new__
+_SEPARATOR = b","
+
+
+class Router:
+    """Records → items for the current target mode (``complete`` or ``upsert``)."""
+
+    def __init__(self, mode: str, max_item_bytes: int) -> None:
+        self.mode = mode
+        self.max_item_bytes = max_item_bytes
+        # complete mode: records waiting for their partner, by raw call id (insertion ordered)
+        self.pending_starts: dict[tuple[bytes, bytes], tuple[ring.Record, int, float]] = {}
+        self.pending_ends: dict[tuple[bytes, bytes], tuple[ring.Record, int, float]] = {}
+        # starts sent on their own: their end goes to v2 call/end (bounded, oldest evicted)
+        self.started_alone: collections.OrderedDict[tuple[bytes, bytes], None] = collections.OrderedDict()
+        self.started_alone_max = 1_000_000
+        # records of a kind no route carries, with their refs and why: the caller dead-letters them
+        self.unroutable: list[tuple[ring.Record, int, str]] = []
+        self.eager_starts = 0
+        self.spliced = 0
+
+    def route(self, records: list[ring.Record], refs: list[int]) -> list[Item]:
+        """Items for ``records`` (``refs`` from :meth:`ReleaseTracker.track`), in read order.
+
+        A record waiting for its partner makes no item yet; one of an unknown kind goes to
+        ``unroutable``.
+        """
+        items: list[Item] = []
+        if self.mode == "upsert":
+            for record, ref in zip(records, refs):
+                self._direct(items, record, ref)
+        else:
+            self._route_complete(items, records, refs)
+        return items
+
+    def _route_complete(self, items: list[Item], records: list[ring.Record],
+                        refs: list[int]) -> None:
+        """Pair starts with ends and splice each pair into one item.
+
+        One loop with local names and the splice inline: it runs for every record.
+        """
+        starts, ends, started_alone = self.pending_starts, self.pending_ends, self.started_alone
+        max_item_bytes = self.max_item_bytes
+        spliced = 0
+        now = time.monotonic()  # the whole read arrived at once
+        for record, ref in zip(records, refs):
+            kind = record.kind
+            if kind == _KIND_SPLICED:  # the reader paired a start with its adjacent end
+                payload, project = record.payload, record.project
+                spliced += 1
+                items.append(_new_tuple(Item, (
+                    (payload, _SEPARATOR), len(payload), (ref,),
+                    _COMPLETE_ROUTES.get(project) or complete_route(project), False,
+                    record.call_id, project, record.trace_id, record.enqueue_ns, True)))
+                continue
+            if kind == _KIND_END:
+                key = (record.project, record.call_id)
+                waiting = starts.pop(key, None)
+                if waiting is None:
+                    if key in started_alone:
+                        del started_alone[key]
+                        items.append(self._v2_end(record, ref))
+                    else:
+                        ends[key] = (record, ref, now)
+                    continue
+                start, start_ref, _seen = waiting
+                end, end_ref = record, ref
+            elif kind == _KIND_START:
+                key = (record.project, record.call_id)
+                waiting = ends.pop(key, None)
+                if waiting is None:
+                    starts[key] = (record, ref, now)
+                    continue
+                start, start_ref = record, ref
+                end, end_ref, _seen = waiting
+            else:
+                self._direct(items, record, ref)
+                continue
+            start_payload, end_payload, splice = start.payload, end.payload, end.aux
+            size = len(start_payload) + len(end_payload) - splice  # "}" makes way for ","
+            if size > max_item_bytes:  # too big together: each goes alone (the server merges them)
+                items.append(self._v2_start(start, start_ref))
+                items.append(self._v2_end(end, end_ref))
+                continue
+            project = start.project
+            spliced += 1
+            items.append(_new_tuple(Item, (
+                (start_payload[:-1], _SEPARATOR, end_payload[splice:], _SEPARATOR), size,
+                (start_ref, end_ref), _COMPLETE_ROUTES.get(project) or complete_route(project),
+                False, start.call_id, project, start.trace_id, start.enqueue_ns, True)))
+        self.spliced += spliced
+
+    def _direct(self, items: list[Item], record: ring.Record, ref: int) -> None:
+        kind = record.kind
+        if kind == _KIND_START:
+            parts = (_UPSERT_START, record.payload, _UPSERT_CLOSE, _SEPARATOR)
+            items.append(_item(parts, record, (ref,), UPSERT_ROUTE))
+        elif kind == _KIND_END:
+            parts = (_UPSERT_END, record.payload, _UPSERT_CLOSE, _SEPARATOR)
+            items.append(_item(parts, record, (ref,), UPSERT_ROUTE,
+                               ends_carry_trace=bool(record.flags & ring.FLAG_END_HAS_TRACE)))
+        elif kind in (_KIND_COMPLETE, _KIND_SPLICED):  # spliced: only read in complete mode
+            items.append(_item((record.payload, _SEPARATOR), record, (ref,),
+                               complete_route(record.project)))
+        else:
+            self.unroutable.append((record, ref, f"record kind {kind} has no route "
+                                                 "(written by a newer producer?)"))
+
+    def _v2_start(self, record: ring.Record, ref: int) -> Item:
+        self.eager_starts += 1
+        key = (record.project, record.call_id)
+        self.started_alone[key] = None
+        if len(self.started_alone) > self.started_alone_max:
+            self.started_alone.popitem(last=False)
+        parts = (_V2_START, record.payload, _V2_CLOSE, _SEPARATOR)
+        return _item(parts, record, (ref,), v2_start_route(record.project), single=True)
+
+    def _v2_end(self, record: ring.Record, ref: int) -> Item:
+        parts = (_V2_END, record.payload, _V2_CLOSE, _SEPARATOR)
+        return _item(parts, record, (ref,), v2_end_route(record.project), single=True,
+                     ends_carry_trace=bool(record.flags & ring.FLAG_END_HAS_TRACE))
+
+    def expire(self, older_than_s: float, read_pos: dict[int, int] | None = None,
+               pin_limit_bytes: int = 0, everything: bool = False) -> list[Item]:
+        """Send waiting records on their own when they waited ``older_than_s``, when more
+        than ``pin_limit_bytes`` of their ring were read after them (they pin its space), or
+        when a flush asks for ``everything``."""
+        cutoff = time.monotonic() - older_than_s
+        read_pos = read_pos or {}
+        items: list[Item] = []
+        for table, make in ((self.pending_starts, self._v2_start), (self.pending_ends, self._v2_end)):
+            for key, (record, ref, seen) in list(table.items()):
+                pinning = pin_limit_bytes and (
+                    read_pos.get(record.slot, 0) - record.end_pos > pin_limit_bytes)
+                if everything or seen <= cutoff or pinning:
+                    del table[key]
+                    items.append(make(record, ref))
+        return items
+
+    def oldest_pending_s(self) -> float | None:
+        oldest = None
+        for table in (self.pending_starts, self.pending_ends):
+            for _record, _ref, seen in table.values():
+                oldest = seen if oldest is None else min(oldest, seen)
+                break  # dicts keep insertion order: the first is the oldest
+        return oldest
+
+    def held(self) -> int:
+        return len(self.pending_starts) + len(self.pending_ends)
