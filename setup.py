@@ -62,8 +62,8 @@ setup(
     ext_modules=[
         Extension(
             "engine.native._native",
-            sources=["engine/native/_native.c", "engine/native/_native_json.c"],
-            depends=["engine/native/_native_json.h"],
+            sources=["engine/native/_writer.c", "engine/native/_json.c"],
+            depends=["engine/native/_json.h"],
             extra_compile_args=["-O3", "-std=c11", "-D_GNU_SOURCE"],
             optional=True,
         )

@@ -26,7 +26,7 @@
 #include <emmintrin.h>
 #endif
 
-#include "_native_json.h"
+#include "_json.h"
 
 #ifndef Py_T_OBJECT_EX
 #define Py_T_OBJECT_EX 16

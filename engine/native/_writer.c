@@ -29,7 +29,7 @@
 #include <unistd.h>
 #include <sys/random.h>
 
-#include "_native_json.h"
+#include "_json.h"
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "engine.native._native assumes a little-endian host (the ring format is little-endian)"
