@@ -62,9 +62,13 @@ setup(
     ext_modules=[
         Extension(
             "engine.native._native",
-            sources=["engine/native/_writer.c", "engine/native/_json.c"],
-            depends=["engine/native/_json.h"],
-            extra_compile_args=["-O3", "-std=c11", "-D_GNU_SOURCE"],
+            sources=[f"engine/native/{name}.c" for name in (
+                "_module", "_writer", "_json", "_call_items", "_calls", "_parse", "_ids")],
+            depends=[f"engine/native/{name}.h" for name in (
+                "_format", "_writer", "_json", "_call_items", "_calls", "_parse", "_ids")],
+            # one extension of several files: only PyInit__native leaves it, so calls
+            # between its files are direct (no PLT, as within one file)
+            extra_compile_args=["-O3", "-std=c11", "-D_GNU_SOURCE", "-fvisibility=hidden"],
             optional=True,
         )
     ],

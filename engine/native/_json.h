@@ -1,4 +1,4 @@
-/* engine.native._native: what _native.c uses of the JSON encoder in _native_json.c */
+/* engine.native._native: what the other files use of the JSON encoder in _json.c */
 #ifndef ENGINE_NATIVE_JSON_H
 #define ENGINE_NATIVE_JSON_H
 

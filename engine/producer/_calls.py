@@ -33,7 +33,7 @@ if _native is not None and ITEMS_PLANNED:
 
 def _dict_fields(cls: type, ids: frozenset[str]) -> tuple:
     """(name, kind, required, id) per field of ``cls`` for engine.native._native's dicts of it
-    (kinds as in engine/native/_native.c), or () if a field's type is none it checks."""
+    (kinds as in engine/native/_call_items.c), or () if a field's type is none it checks."""
     kinds: dict[Any, int] = {Any: 0, str: 1, str | None: 2, _dt.datetime: 3,
                              _dt.datetime | None: 4, dict[str, Any]: 5,
                              dict[str, Any] | None: 6, int | None: 7, bool | None: 8}
@@ -55,7 +55,7 @@ if _native is not None and ITEMS_PLANNED and hasattr(_native, "call_dict_fields"
 
 class _PyCalls:
     """Tracer.call_start / call_end: the writer's one-call path, then the Tracer's
-    ``_call_start_rest`` / ``_call_end_rest`` with what it left. engine/native/_native.c's
+    ``_call_start_rest`` / ``_call_end_rest`` with what it left. engine/native/_calls.c's
     TracerCalls does the same without a Python frame and is the base where it is built."""
 
     _fast_start: Any

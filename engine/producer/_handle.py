@@ -94,7 +94,7 @@ if _native is not None and hasattr(_native, "CallHandleBase") and ITEMS_PLANNED:
     class CallHandle(_native.CallHandleBase):  # type: ignore[misc,name-defined]
         """One traced call: ``with tracer.call(...) as call:`` — set ``output`` /
         ``summary``. ``id``, ``trace_id``, ``parent_id`` and ``started_at`` are filled when
-        the call starts. Started and ended in C (engine/native/_native.c), as ``_PyCallHandle``
+        the call starts. Started and ended in C (engine/native/_calls.c), as ``_PyCallHandle``
         does it where the accelerator is not built."""
 
         __slots__ = ()

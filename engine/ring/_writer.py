@@ -3,8 +3,8 @@
 The producer writes the bytes, then publishes its head; the consumer reads up to the head
 it loaded, and frees space only by publishing ``released``. Nothing on the write path takes
 a lock or makes a syscall, except the doorbell: a byte written to a FIFO when the consumer
-has said it sleeps. The C writer (``NativeSlotWriter``, engine/native/_native.c) publishes with a
-release store and fences before it reads the sleeping flag, so it is correct on any CPU. The
+has said it sleeps. The C writer (``NativeSlotWriter``, engine/native/_writer.c) publishes with
+a release store and fences before it reads the sleeping flag, so it is correct on any CPU. The
 pure-Python fallback relies on the ordering of plain stores (x86-64 TSO); there a store and a
 later load may still pass each other, so a wakeup can be lost in a window of nanoseconds --
 the consumer sleeps with a bounded timeout (tens of ms) as a safety net either way.

@@ -1,4 +1,4 @@
-"""The C encoder (engine/native/_native_json.c) writes msgspec's bytes, value for value.
+"""The C encoder (engine/native/_json.c) writes msgspec's bytes, value for value.
 
 The producer encodes every traced item with it when the accelerator is built, so what
 reaches the ring, the sender's splicing and the server must not change by a byte: each

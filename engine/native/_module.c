@@ -1,0 +1,97 @@
+/* engine.native._native: the hot loops of the ring and the producer, in C; the module.
+ *
+ * Optional: engine/ring/_writer.py, _reader.py and engine/wire/_codec.py fall back to their
+ * pure-Python versions when this module is not built (no compiler) or ENGINE_PURE_PYTHON=1
+ * is set. Both implementations write and read the same bytes; the tests run both.
+ *
+ *   _writer.c      RingWriter: the producer side of one slot (frame, copy, publish; put,
+ *                  put_item, call_start / call_end: encode and write in one call)
+ *   _json.c        the JSON encoder of the wire Structs (msgspec's bytes)
+ *   _call_items.c  the wire types of call_start / call_end, and dicts of them
+ *   _calls.c       TracerCalls and CallHandleBase: the Tracer's call path without a frame
+ *   _parse.c       the consumer side: slice whole records out of the mapping
+ *   _ids.c         uuid7 / uuid7_bytes / uuid_bytes, the id cache
+ *   _format.h      the record format both sides share
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include "_call_items.h"
+#include "_calls.h"
+#include "_format.h"
+#include "_ids.h"
+#include "_json.h"
+#include "_parse.h"
+#include "_writer.h"
+
+static PyMethodDef native_methods[] = {
+    {"uuid7", native_uuid7, METH_NOARGS, "A new UUIDv7 as lowercase 8-4-4-4-12 text."},
+    {"uuid7_bytes", native_uuid7_bytes, METH_NOARGS, "A new UUIDv7 as (text, 16 raw bytes)."},
+    {"uuid_bytes", native_uuid_bytes, METH_O, "16 raw bytes of a UUID text; ValueError if not one."},
+    {"struct_plan", native_struct_plan, METH_VARARGS,
+     "struct_plan(type, names, descriptors, defaults, splice_name, unset): let the native "
+     "encoder write this Struct type (see engine/native/_json.c)."},
+    {"encode", (PyCFunction)(void (*)(void))native_encode, METH_FASTCALL,
+     "encode(fallback, obj) -> bytes: obj as the native encoder writes it (msgspec's bytes)."},
+    {"utcnow", native_utcnow, METH_NOARGS,
+     "utcnow() -> datetime.now(timezone.utc), to the microsecond (rounded down)."},
+    {"utc_datetime", native_utc_datetime, METH_VARARGS,
+     "utc_datetime(secs, us) -> the aware UTC datetime utcnow() makes of that instant."},
+    {"reseed", native_reseed, METH_NOARGS, "Reseed the id generator from the OS (after fork)."},
+    {"call_types", native_call_types, METH_VARARGS,
+     "call_types(start_type, end_type, start_res_type): the types RingWriter.call_start / "
+     "call_end take and answer."},
+    {"call_handle_setup", native_call_handle_setup, METH_VARARGS,
+     "call_handle_setup(current_var, describe): what CallHandleBase needs (the ContextVar "
+     "of the current call; exception -> text)."},
+    {"call_dict_fields", native_call_dict_fields, METH_VARARGS,
+     "call_dict_fields(start_fields, end_fields): (name, kind, required, id) per field, so "
+     "RingWriter.call_start / call_end take dicts of those types too."},
+    {"parse", (PyCFunction)(void (*)(void))native_parse, METH_FASTCALL,
+     "parse(mapping, start, stop, slot, position, out, limit, max_bytes, record_type, ends, "
+     "splice_max_bytes) -> used"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef native_module = {
+    PyModuleDef_HEAD_INIT, "engine.native._native",
+    "Hot loops of the ring and the producer (optional; pure-Python fallbacks exist).", -1,
+    native_methods,
+};
+
+PyMODINIT_FUNC PyInit__native(void) {
+    if (ids_init() < 0 || json_init() < 0) return NULL;
+    if (PyType_Ready(&RingWriterType) < 0) return NULL;
+#ifndef Py_GIL_DISABLED
+    if (calls_init() < 0) return NULL;
+#endif
+    PyObject *module = PyModule_Create(&native_module);
+    if (module == NULL) return NULL;
+#ifndef Py_GIL_DISABLED
+    /* without the GIL, reading the fields races with close(): the Python base is used */
+    Py_INCREF(&TracerCallsType);
+    if (PyModule_AddObject(module, "TracerCalls", (PyObject *)&TracerCallsType) < 0) {
+        Py_DECREF(&TracerCallsType);
+        Py_DECREF(module);
+        return NULL;
+    }
+    Py_INCREF(&CallHandleType);
+    if (PyModule_AddObject(module, "CallHandleBase", (PyObject *)&CallHandleType) < 0) {
+        Py_DECREF(&CallHandleType);
+        Py_DECREF(module);
+        return NULL;
+    }
+#endif
+    Py_INCREF(&RingWriterType);
+    if (PyModule_AddObject(module, "RingWriter", (PyObject *)&RingWriterType) < 0) {
+        Py_DECREF(&RingWriterType);
+        Py_DECREF(module);
+        return NULL;
+    }
+    if (PyModule_AddIntConstant(module, "HEADER_BYTES", HEADER_BYTES) < 0 ||
+        PyModule_AddIntConstant(module, "KIND_SPLICED", KIND_SPLICED) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
+}
