@@ -2,7 +2,7 @@
  *
  * Encoding the item is most of what a traced call costs the eval process, and most of that
  * is strings: msgspec's encoder checks them a byte at a time. This encoder writes exactly
- * msgspec's bytes (tests/engine/test_native_json.py holds it to that, property-based) for
+ * msgspec's bytes (tests/wire/test_native_json.py holds it to that, property-based) for
  * the types a traced call is made of, checking strings 16 bytes at a time (SSE2; 8 at a
  * time with plain 64-bit arithmetic elsewhere):
  *
