@@ -104,11 +104,3 @@ def _owner_of(entry_name: str) -> tuple[int, int] | None:
     if len(parts) != 3 or not (parts[0].isdigit() and parts[1].isdigit()):
         return None
     return int(parts[0]), int(parts[1])
-
-
-def remove_stale_ring_files() -> None:
-    """Remove ring sets of dead owners that hold nothing; keep the others for recovery
-    (see :mod:`engine.ring._orphans`)."""
-    from engine.ring import _orphans  # it reads segments through _set, which imports us
-
-    _orphans.find_orphans()

@@ -27,12 +27,33 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from engine.ring import _files
-from engine.ring._layout import ACTIVE, MAGIC, S_PID, S_START_TICKS, S_STATE, VERSION, RingSpec
-from engine.ring._set import RingSet
+from engine.ring._layout import (
+    ACTIVE,
+    G_MAGIC,
+    G_RING_BYTES,
+    GLOBAL_WORDS,
+    MAGIC,
+    S_HEAD,
+    S_PID,
+    S_RECORDS_RELEASED,
+    S_RECORDS_WRITTEN,
+    S_RELEASED,
+    S_START_TICKS,
+    S_STATE,
+    SLOT_WORDS,
+    U64,
+    VERSION,
+    RingSpec,
+    data_offset,
+)
+
+if TYPE_CHECKING:
+    from engine.ring._set import RingSet
 
 log = logging.getLogger("engine.ring")
 
@@ -102,19 +123,33 @@ def spec_of(name: str) -> RingSpec | None:
 
 
 def unreleased_records(spec: RingSpec) -> int | None:
-    """Records written and never released (None: the segment cannot be read)."""
-    try:
-        ring_set = RingSet.attach(spec)
-    except (OSError, ValueError):
+    """Records written and never released (None: the segment cannot be read). Read off the
+    segment's control words, without attaching a RingSet: RingSet.create runs this scan."""
+    words = _control_words(spec)
+    if words is None:
         return None
+    blocks = [GLOBAL_WORDS + slot * SLOT_WORDS for slot in range(spec.max_slots)]
+    if all(words[b + S_HEAD] == words[b + S_RELEASED] for b in blocks):
+        return 0
+    written = sum(words[b + S_RECORDS_WRITTEN] for b in blocks)
+    released = sum(words[b + S_RECORDS_RELEASED] for b in blocks)
+    return max(1, written - released)
+
+
+def _control_words(spec: RingSpec) -> tuple[int, ...] | None:
+    """The segment's control words now; None if it is missing or is not ``spec``'s."""
+    size = data_offset(spec.max_slots)
     try:
-        heads, released = ring_set.positions()
-        if heads == released:
-            return 0
-        counters = ring_set.counters()
-        return max(1, counters["records_written"] - counters["records_released"])
-    finally:
-        ring_set.close()
+        with open(_files.segment_path(spec.shm_name), "rb") as segment:
+            block = segment.read(size)
+    except OSError:
+        return None
+    if len(block) < size:
+        return None
+    words = struct.unpack(f"={size // U64}Q", block)
+    if words[G_MAGIC] != MAGIC or words[G_RING_BYTES] != spec.ring_bytes:
+        return None
+    return words
 
 
 def _recorded_url(ring_dir: str) -> str | None:

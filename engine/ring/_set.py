@@ -23,6 +23,7 @@ import weakref
 
 from engine.native._accel import native as _native
 from engine.ring import _files as ring_files
+from engine.ring import _orphans
 from engine.ring._layout import (
     ACTIVE,
     CLOSING,
@@ -103,7 +104,7 @@ class RingSet:
     def create(cls, ring_bytes: int, max_slots: int) -> RingSet:
         """Create a ring set owned by this process; first removes leftovers of dead owners."""
         _validate(ring_bytes, max_slots)
-        ring_files.remove_stale_ring_files()
+        _orphans.find_orphans()  # removes the empty ones, keeps the rest for recovery
         private_dir = ring_files.make_private_dir()
         name = os.path.basename(private_dir)
         spec = RingSpec(
