@@ -32,6 +32,9 @@ log = logging.getLogger("engine.integrations.ray")
 NAMESPACE = "engine"
 # A node engine answers attach and flush requests while a long flush runs.
 _NODE_ENGINE_THREADS = 4
+# A Ray worker that exits (its node going away, say) kills its child processes; the node
+# engine's sender must outlive it to drain and persist what the rings hold.
+_KEEP_SENDER = {"env_vars": {"RAY_kill_child_processes_on_worker_exit": "false"}}
 
 
 class Cluster(msgspec.Struct, frozen=True):
@@ -98,7 +101,7 @@ class _Registry:
             strategy = NodeAffinitySchedulingStrategy(node_id=node, soft=False)
             handle = self._nodes[node] = _NodeEngineActor.options(
                 scheduling_strategy=strategy, max_restarts=-1, max_task_retries=-1,
-                max_concurrency=_NODE_ENGINE_THREADS, num_cpus=0,
+                max_concurrency=_NODE_ENGINE_THREADS, num_cpus=0, runtime_env=_KEEP_SENDER,
             ).remote(node_config(self._config, node))
         return handle
 
