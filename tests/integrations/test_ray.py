@@ -116,6 +116,12 @@ def score_task(tracer, i: int) -> tuple[str, int]:
     return ray.get_runtime_context().get_node_id(), os.getpid()
 
 
+@ray.remote
+def run_op(op, i: int) -> int:
+    """An op decorated in the driver, called in a task."""
+    return op(i)
+
+
 @ray.remote(num_cpus=0)
 class Scorer:
     def __init__(self, tracer) -> None:
@@ -141,25 +147,31 @@ def test_tasks_and_actors_on_every_node_deliver_complete_nested_calls(make_engin
     eng = make_engine()
     tracer = eng.producer()
     tasks_per_node, actor_calls_per_node = 4, 3
+    @tracer.op
+    def driver_op(i: int) -> int:
+        return -i
+
     with tracer.call("evaluate") as root:
         refs = [score_task.options(**on(node)).remote(tracer, i)
                 for node in NODES for i in range(tasks_per_node)]
+        op_results = ray.get([run_op.options(**on(node)).remote(driver_op, 7) for node in NODES])
         actors = [Scorer.options(**on(node)).remote(tracer) for node in NODES]
         actor_refs = [a.score.remote(tracer, i) for a in actors for i in range(actor_calls_per_node)]
         placed = ray.get(refs)
         actor_nodes = ray.get(actor_refs)
     assert eng.flush(timeout_s=60)
 
-    # 1 root + per node: 4 tasks x 2 calls + 3 actor calls x 2 (actor.score + judge) = 14
-    expected = 1 + len(NODES) * (tasks_per_node * 2 + actor_calls_per_node * 2)
+    # 1 root + per node: 4 tasks x 2 calls + 3 actor calls x 2 (actor.score + judge) + 1 op
+    expected = 1 + len(NODES) * (tasks_per_node * 2 + actor_calls_per_node * 2 + 1)
     calls = stored_calls(server)
-    assert len(calls) == expected == 43
+    assert op_results == [-7] * 3
+    assert len(calls) == expected == 46
     assert len({c["id"] for c in calls}) == expected
     assert all(c["ended_at"] and c["exception"] is None for c in calls)
     by_id = {c["id"]: c for c in calls}
     assert all(c["trace_id"] == root.trace_id for c in calls)
     for c in calls:
-        if c["op_name"] in ("score", "actor.score"):
+        if c["op_name"] in ("score", "actor.score") or c["op_name"].endswith("driver_op"):
             assert c["parent_id"] == root.id
         elif c["op_name"] == "score.child":
             assert by_id[c["parent_id"]]["op_name"] == "score"
@@ -172,7 +184,7 @@ def test_tasks_and_actors_on_every_node_deliver_complete_nested_calls(make_engin
     node_stats = eng.node_stats()
     assert set(node_stats) == {node for node, _ in placed} - {eng.cluster.driver_node}
     for stats in node_stats.values():  # each node's own calls went through its own engine
-        assert stats["ring"]["records_written"] == 2 * (tasks_per_node * 2 + actor_calls_per_node * 2)
+        assert stats["ring"]["records_written"] == 2 * (tasks_per_node * 2 + actor_calls_per_node * 2 + 1)
         assert len(stats["ring"]["slots"]) >= 2  # the task worker and the actor: one engine
 
 
