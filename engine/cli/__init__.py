@@ -12,6 +12,8 @@ import logging
 import os
 import sys
 
+from engine.common._redact import redact_url
+
 ENGINE_API_KEY_ENV = "ENGINE_API_KEY"
 
 
@@ -123,16 +125,36 @@ def _add_serve(subparsers: argparse._SubParsersAction) -> None:
         "--max-body-bytes", type=_positive_int, default=DEFAULT_MAX_BODY_BYTES,
         help="largest request body accepted, before and after decompression",
     )  # fmt: skip
-    serve.add_argument(
-        "--api-key", default=None,
-        help=f"require HTTP Basic api:<key> (default ${ENGINE_API_KEY_ENV}; unset = no auth)",
-    )  # fmt: skip
+    _add_key_flags(serve, "set $ENGINE_API_KEY for one key that may read and write every project")
     serve.set_defaults(func=_run_serve)
+
+
+def _add_key_flags(parser: argparse.ArgumentParser, env_help: str) -> None:
+    parser.add_argument(
+        "--keys-file", default=None,
+        help="API keys and the projects each may read or write, one '<key> rw|ro <project,...>' "
+        f"per line, mode 0600 (default $ENGINE_KEYS_FILE); {env_help}. Without keys only a "
+        "loopback address is served (docs/serve.md)",
+    )  # fmt: skip
+    # gone: a key on the command line shows in ps; kept only to say so clearly
+    parser.add_argument("--api-key", default=None, help=argparse.SUPPRESS)
+
+
+def _refuse_key_in_argv(args: argparse.Namespace, command: str) -> bool:
+    if args.api_key is None:
+        return False
+    print(f"engine {command}: --api-key is not accepted: a key on the command line is visible "
+          f"to every user of this machine (ps). Put it in ${ENGINE_API_KEY_ENV} or in a keys "
+          "file (--keys-file FILE, mode 0600; see docs/serve.md)", file=sys.stderr)
+    return True
 
 
 def _run_serve(args: argparse.Namespace) -> int:
     from engine.server import run_server
+    from engine.server._auth import load_key_ring
 
+    if _refuse_key_in_argv(args, "serve"):
+        return 2
     run_server(
         host=args.host,
         port=args.port,
@@ -140,7 +162,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         store=args.store,
         clickhouse_password_file=args.clickhouse_password_file,
         max_body_bytes=args.max_body_bytes,
-        api_key=args.api_key or os.environ.get(ENGINE_API_KEY_ENV) or None,
+        keys=load_key_ring(args.keys_file),
     )
     return 0
 
@@ -187,6 +209,8 @@ def _add_relay(subparsers: argparse._SubParsersAction) -> None:
                        help="trace server URL (default: url from env/config, else local serve)")
     relay.add_argument("--max-body-bytes", type=_positive_int, default=DEFAULT_MAX_BODY_BYTES,
                        help="largest ingest body accepted, before and after decompression")
+    _add_key_flags(relay, "the relay delivers under its own key, $ENGINE_API_KEY or "
+                          "$WANDB_API_KEY")
     _add_config_flags(relay)
     relay.set_defaults(func=_run_relay)
 
@@ -194,12 +218,17 @@ def _add_relay(subparsers: argparse._SubParsersAction) -> None:
 def _run_relay(args: argparse.Namespace) -> int:
     from engine.common._config import load_config
     from engine.relay import run_relay
+    from engine.server._auth import load_key_ring
 
+    if _refuse_key_in_argv(args, "relay"):
+        return 2
     _setup_logging(args)
     overrides = _config_overrides(args)
     upstream = args.upstream or load_config(args.config, project="relay/relay", **overrides).url
     host, port = args.listen
-    stats = run_relay(upstream, host, port, args.max_body_bytes, args.config, **overrides)
+    keys = load_key_ring(args.keys_file, env_key=False)  # $ENGINE_API_KEY is the upstream's
+    stats = run_relay(upstream, host, port, args.max_body_bytes, args.config, keys=keys,
+                      **overrides)
     return 0 if not stats.get("undelivered") else 1
 
 
@@ -241,7 +270,7 @@ def _run_ingest(args: argparse.Namespace) -> int:
     rate = summary.items / summary.elapsed_s if summary.elapsed_s else 0.0
     print(f"engine ingest: {summary.items:,} items ({summary.completes:,} complete, "
           f"{summary.starts:,} starts, {summary.ends:,} ends) in {summary.elapsed_s:.1f} s "
-          f"({rate:,.0f}/s) to {url}; {summary.invalid_lines:,} invalid lines skipped; "
+          f"({rate:,.0f}/s) to {redact_url(url)}; {summary.invalid_lines:,} invalid lines skipped; "
           f"{summary.undelivered:,} undelivered{'; resumed' if summary.resumed else ''}")
     return 0 if not summary.undelivered else 1
 
@@ -327,4 +356,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
-    return int(args.func(args) or 0)
+    from engine.common._errors import ConfigError
+
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:  # a setting the user can fix: say which, no traceback
+        print(f"engine {args.command}: {exc}", file=sys.stderr)
+        return 2

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import msgspec
 
 from engine.common._errors import ConfigError
+from engine.common._redact import redact_url
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -106,7 +107,7 @@ def validate(cfg: EngineConfig) -> EngineConfig:
     if not -7 <= cfg.compression_level <= 22:
         raise ConfigError("compression_level", "zstd levels run from -7 to 22")
     if not cfg.url.startswith(("http://", "https://")):
-        raise ConfigError("url", f"must be an http(s) URL, got {cfg.url!r}")
+        raise ConfigError("url", f"must be an http(s) URL, got {redact_url(cfg.url)!r}")
     if cfg.project:
         check_project(cfg.project)
     return cfg

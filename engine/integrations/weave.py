@@ -46,6 +46,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import _engine_weave_hook
+from engine.common._redact import redact_url
 from engine.producer._engine import Engine
 from engine.producer._tracer import Tracer
 
@@ -154,7 +155,7 @@ def _ensure_engine(url: str, api_key: str | None) -> Engine:
             settings = {"url": url, "project": _PLACEHOLDER_PROJECT, "api_key": api_key, **_config}
             _engine = Engine(**settings)
             _tracer = _engine.producer()
-            log.info("weave calls go through the engine", extra={"upstream": _engine.config.url})
+            log.info("weave calls go through the engine", extra={"upstream": redact_url(_engine.config.url)})
         return _engine
 
 

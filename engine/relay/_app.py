@@ -12,10 +12,12 @@ import aiohttp
 from aiohttp import web
 
 from engine.common import _metrics
+from engine.common._redact import redact_url
 from engine.producer._engine import Engine
 from engine.relay import _routes
 from engine.relay._proxy import proxy
 from engine.relay._state import RELAY, RelayState
+from engine.server._auth import CURRENT_GRANT, KeyRing, check_bind
 from engine.server._body import DEFAULT_MAX_BODY_BYTES, ApiError, error_response
 
 log = logging.getLogger("engine.relay")
@@ -34,12 +36,26 @@ async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse
         return response
 
 
+def _auth_middleware(keys: KeyRing) -> Any:
+    @web.middleware
+    async def auth(request: web.Request, handler: Any) -> web.StreamResponse:
+        CURRENT_GRANT.set(keys.grant(request.headers.get("Authorization")))
+        return await handler(request)
+
+    return auth
+
+
 async def _metrics_handler(request: web.Request) -> web.Response:
     return _metrics.response(request.app[RELAY].metrics())
 
 
-def build_app(engine: Engine, upstream: str, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> web.Application:
-    app = web.Application(middlewares=[_json_errors], client_max_size=max_body_bytes)
+def build_app(engine: Engine, upstream: str, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+              keys: KeyRing | None = None) -> web.Application:
+    """With ``keys`` every route needs one of them; ingest items must name projects the key
+    may write (they are delivered under the relay's own upstream key); proxied routes pass
+    the client's own ``Authorization`` upstream, which checks it again."""
+    middlewares = [_json_errors] + ([_auth_middleware(keys)] if keys else [])
+    app = web.Application(middlewares=middlewares, client_max_size=max_body_bytes)
     app[RELAY] = RelayState(engine, upstream, max_body_bytes)
     app.add_routes(_routes.routes)
     app.router.add_get("/metrics", _metrics_handler)
@@ -58,9 +74,12 @@ async def _client_session(app: web.Application) -> Any:
 
 
 async def start_relay(engine: Engine, upstream: str, host: str = "127.0.0.1", port: int = 0,
-                      max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> tuple[web.AppRunner, str]:
-    """Serve on the running loop; returns the runner (``await runner.cleanup()``) and URL."""
-    app = build_app(engine, upstream, max_body_bytes)
+                      max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+                      keys: KeyRing | None = None) -> tuple[web.AppRunner, str]:
+    """Serve on the running loop; returns the runner (``await runner.cleanup()``) and URL.
+    Without ``keys`` only a loopback ``host`` is accepted."""
+    check_bind("engine relay", host, keys)
+    app = build_app(engine, upstream, max_body_bytes, keys)
     # bodies are read with the size-capped decompression of engine.server._body
     runner = web.AppRunner(app, access_log=None, handle_signals=False, auto_decompress=False)
     await runner.setup()
@@ -72,14 +91,15 @@ async def start_relay(engine: Engine, upstream: str, host: str = "127.0.0.1", po
 
 
 async def relay_until_signal(engine: Engine, upstream: str, host: str, port: int,
-                             max_body_bytes: int) -> None:
+                             max_body_bytes: int, keys: KeyRing | None = None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    runner, url = await start_relay(engine, upstream, host, port, max_body_bytes)
+    runner, url = await start_relay(engine, upstream, host, port, max_body_bytes, keys)
     # the URL line is the readiness signal (printed once signals are handled)
-    print(f"engine relay: listening on {url} -> {engine.config.url}", flush=True)
+    print(f"engine relay: listening on {url} -> {redact_url(engine.config.url)}", flush=True)
+    print(check_bind("engine relay", host, keys), flush=True)
     try:
         await stop.wait()
     finally:
@@ -88,14 +108,15 @@ async def relay_until_signal(engine: Engine, upstream: str, host: str, port: int
 
 def run_relay(upstream: str, host: str = "127.0.0.1", port: int = 0,
               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, config_file: str | None = None,
-              **config: Any) -> dict[str, Any]:
+              keys: KeyRing | None = None, **config: Any) -> dict[str, Any]:
     """Blocking ``engine relay``: serve until SIGTERM/SIGINT, then deliver what is in the
     ring (within ``shutdown_timeout_s``) and return the engine's final stats."""
     import uvloop
 
     config.setdefault("project", RELAY_PROJECT)
+    check_bind("engine relay", host, keys)  # before the engine starts its sender
     with Engine(url=upstream, config_file=config_file, **config) as engine:
-        uvloop.run(relay_until_signal(engine, upstream, host, port, max_body_bytes))
+        uvloop.run(relay_until_signal(engine, upstream, host, port, max_body_bytes, keys))
         stats = engine.close()
     log.info("relay stopped", extra={"undelivered": stats.get("undelivered", 0)})
     print(f"engine relay: stopped ({stats.get('undelivered', 0)} items undelivered)", flush=True)

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 import aiohttp
 from aiohttp import web
 
+from engine.common._redact import redact_url
 from engine.relay._state import RELAY
 from engine.server._body import error_response
 
@@ -41,7 +42,7 @@ async def proxy(request: web.Request) -> web.StreamResponse:
             return await _stream_back(request, upstream)
     except (aiohttp.ClientError, TimeoutError) as exc:
         state.counters.proxy_errors += 1
-        return error_response(502, f"upstream {state.upstream} unreachable: {type(exc).__name__}")
+        return error_response(502, f"upstream {redact_url(state.upstream)} unreachable: {type(exc).__name__}")
 
 
 async def _stream_back(request: web.Request, upstream: aiohttp.ClientResponse) -> web.StreamResponse:

@@ -10,6 +10,7 @@ from aiohttp import web
 from engine.common._errors import Closed, ConfigError, PayloadTooLarge, RingFull
 from engine.relay._state import RELAY, RelayState
 from engine.relay._writer import CallItem
+from engine.server._auth import CURRENT_GRANT
 from engine.server._body import (
     ApiError,
     check_same_project,
@@ -49,7 +50,13 @@ async def _decode(request: web.Request, type_: type) -> Any:
 
 
 async def _enqueue(state: RelayState, items: list[CallItem]) -> None:
-    """Into the ring, or an error answer a client knows how to handle (retry or give up)."""
+    """Into the ring, or an error answer a client knows how to handle (retry or give up).
+    With keys, every item must name a project the client's key may write: the relay
+    delivers under its own upstream key, so this is where a client's rights are kept."""
+    grant = CURRENT_GRANT.get()
+    if grant is not None:
+        for project_id in sorted({item.project_id for item in items}):
+            grant.check(project_id, write=True)
     try:
         await state.writer.write(items)
     except RingFull as exc:

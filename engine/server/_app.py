@@ -28,17 +28,17 @@ from engine.server import (
     _routes_tables,
     _routes_threads,
 )
-from engine.server._body import DEFAULT_MAX_BODY_BYTES, ApiError, check_api_key, error_response
+from engine.server._auth import CURRENT_GRANT, Grant, KeyRing, check_bind
+from engine.server._body import DEFAULT_MAX_BODY_BYTES, ApiError, error_response
 from engine.server._count_store import CountStore
 from engine.server._sqlite_store import SQLiteStore
 from engine.server._state import STATE, ServerState
 from engine.server._store import Store
+from engine.server._store_guard import GuardedStore
 from engine.server.clickhouse._connect import is_clickhouse_url, parse_store_url
 
 # "sqlite", "count", or a ClickHouse URL (clickhouse://USER@HOST:PORT/DB, chdb:///FOLDER)
 StoreKind = Literal["sqlite", "count"] | str
-# Reachable without credentials: the handshake a client makes before it knows the key.
-_OPEN_PATHS = frozenset({"/health", "/server_info"})
 
 
 def default_db_path() -> Path:
@@ -82,11 +82,13 @@ async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse
         return error_response(exc.status, f"{exc.reason}: {request.method} {request.path}", headers)
 
 
-def _auth_middleware(api_key: str) -> Any:
+def _auth_middleware(keys: KeyRing) -> Any:
+    """Every route needs a key; the key's grant holds for the rest of the request, where
+    the guarded store checks each project it touches against it."""
+
     @web.middleware
     async def auth(request: web.Request, handler: Any) -> web.StreamResponse:
-        if request.path not in _OPEN_PATHS:
-            check_api_key(request.headers.get("Authorization"), api_key)
+        CURRENT_GRANT.set(keys.grant(request.headers.get("Authorization")))
         return await handler(request)
 
     return auth
@@ -98,16 +100,25 @@ async def _serve_metrics(request: web.Request) -> web.Response:
     return _metrics.response({"server": counters})
 
 
+def key_ring(api_key: str | None, keys: KeyRing | None) -> KeyRing | None:
+    """``keys``, or one key for every project when only ``api_key`` is given."""
+    if api_key is None:
+        return keys
+    return KeyRing({api_key: Grant("api_key", ("*",), True)})
+
+
 def build_app(
     store: Store,
     *,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     api_key: str | None = None,
+    keys: KeyRing | None = None,
 ) -> web.Application:
-    middlewares = [_json_errors] + ([_auth_middleware(api_key)] if api_key else [])
+    keys = key_ring(api_key, keys)
+    middlewares = [_json_errors] + ([_auth_middleware(keys)] if keys else [])
     # bodies are read and limited by _body.read_body; aiohttp's own cap only guards request.read()
     app = web.Application(middlewares=middlewares, client_max_size=max_body_bytes)
-    app[STATE] = ServerState(store, max_body_bytes)
+    app[STATE] = ServerState(GuardedStore(store) if keys else store, max_body_bytes)
     app.router.add_get("/metrics", _serve_metrics)
     for module in (_routes_misc, _routes_calls, _graphql, _routes_objects, _routes_tables,
                    _routes_refs, _routes_files, _routes_feedback, _routes_costs, _routes_otel,
@@ -129,13 +140,18 @@ async def start_server(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     api_key: str | None = None,
     clickhouse_password_file: Path | str | None = None,
+    keys: KeyRing | None = None,
 ) -> tuple[web.AppRunner, str]:
-    """Start serving on the running loop; returns the runner (``await runner.cleanup()``) and URL."""
+    """Start serving on the running loop; returns the runner (``await runner.cleanup()``) and URL.
+
+    Without keys (``api_key`` or ``keys``) only a loopback ``host`` is accepted."""
+    check_bind("engine serve", host, key_ring(api_key, keys))
     password_file = Path(clickhouse_password_file) if clickhouse_password_file else None
     app = build_app(
         open_store(store, Path(db_path) if db_path else None, password_file),
         max_body_bytes=max_body_bytes,
         api_key=api_key,
+        keys=keys,
     )
     # auto_decompress=False: aiohttp would inflate bodies without any size cap (a zip bomb
     # costs memory before a handler runs); _body.decompress inflates with the limit instead
@@ -158,12 +174,14 @@ async def serve_until_signal(**options: Any) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     runner, url = await start_server(**options)
-    store = runner.app[STATE].store
+    store = getattr(runner.app[STATE].store, "inner", runner.app[STATE].store)
     where = f" db={store.path}" if type(store) is SQLiteStore else ""
     if hasattr(store, "target"):  # ClickHouse: where, never the password
         where = f" {store.target.describe()}"
     # the URL line is the readiness signal: printed only once signals are handled
     print(f"engine serve: listening on {url} (store={store.kind}{where})", flush=True)
+    print(check_bind("engine serve", options.get("host", "127.0.0.1"),
+                     key_ring(options.get("api_key"), options.get("keys"))), flush=True)  # fmt: skip
     try:
         await stop.wait()
     finally:

@@ -7,10 +7,7 @@ decompression stops one byte past the limit, so a zip bomb costs at most the lim
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
-import hmac
 import zlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, TypeVar
@@ -146,26 +143,6 @@ def decode_json(body: bytes, type_: type[T]) -> T:
     with decode_errors():
         check_json_depth(body)
         return msgspec.json.decode(body, type=type_)
-
-
-_AUTH_HEADERS = {"WWW-Authenticate": 'Basic realm="engine"'}
-
-
-def check_api_key(authorization: str | None, api_key: str) -> None:
-    """Accept HTTP Basic ``api:<key>`` (the real server's scheme); the key is never echoed."""
-    if not authorization:
-        raise ApiError(
-            401, "missing Authorization: HTTP Basic with user 'api' and the API key", _AUTH_HEADERS
-        )
-    scheme, _, encoded = authorization.partition(" ")
-    if scheme.lower() != "basic":
-        raise ApiError(401, f"unsupported auth scheme {scheme!r}; use HTTP Basic", _AUTH_HEADERS)
-    try:
-        user, _, key = base64.b64decode(encoded.strip(), validate=True).decode().partition(":")
-    except (binascii.Error, UnicodeDecodeError):
-        raise ApiError(401, "malformed HTTP Basic credentials", _AUTH_HEADERS) from None
-    if user != "api" or not hmac.compare_digest(key.encode(), api_key.encode()):
-        raise ApiError(401, "invalid API key", _AUTH_HEADERS)
 
 
 def path_project(request: web.Request) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import signal
 import subprocess
@@ -37,7 +38,7 @@ class _UrlWatcher(threading.Thread):
 
 
 def _serve_argv(
-    db_path: Path | str | None, store: str, max_body_bytes: int | None, api_key: str | None
+    db_path: Path | str | None, store: str, max_body_bytes: int | None, keys_file: str | None
 ) -> list[str]:
     argv = [sys.executable, "-m", "engine", "serve", "--host", "127.0.0.1", "--port", "0"]
     argv += ["--store", store]
@@ -45,8 +46,8 @@ def _serve_argv(
         argv += ["--db", str(db_path)]
     if max_body_bytes is not None:
         argv += ["--max-body-bytes", str(max_body_bytes)]
-    if api_key is not None:
-        argv += ["--api-key", api_key]
+    if keys_file is not None:
+        argv += ["--keys-file", str(keys_file)]
     return argv
 
 
@@ -56,10 +57,13 @@ def spawn_server(
     max_body_bytes: int | None = None,
     api_key: str | None = None,
     startup_timeout_s: float = 30.0,
+    keys_file: Path | str | None = None,
 ) -> tuple[subprocess.Popen, str]:
-    """Start ``engine serve`` on 127.0.0.1 port 0 and return (process, URL) once it listens."""
-    return spawn_listening(_serve_argv(db_path, store, max_body_bytes, api_key),
-                           startup_timeout_s)
+    """Start ``engine serve`` on 127.0.0.1 port 0 and return (process, URL) once it listens.
+    ``api_key`` reaches it in its environment (``$ENGINE_API_KEY``), never its command line."""
+    env = None if api_key is None else {**os.environ, "ENGINE_API_KEY": api_key}
+    argv = _serve_argv(db_path, store, max_body_bytes, None if keys_file is None else str(keys_file))
+    return spawn_listening(argv, startup_timeout_s, env)
 
 
 def spawn_listening(argv: list[str], startup_timeout_s: float = 30.0,
@@ -96,9 +100,10 @@ def serve_subprocess(
     store: str = "sqlite",
     max_body_bytes: int | None = None,
     api_key: str | None = None,
+    keys_file: Path | str | None = None,
 ) -> Iterator[str]:
     """``with serve_subprocess(tmp_path / "t.db") as url:`` — the server is always stopped."""
-    proc, url = spawn_server(db_path, store, max_body_bytes, api_key)
+    proc, url = spawn_server(db_path, store, max_body_bytes, api_key, keys_file=keys_file)
     try:
         yield url
     finally:

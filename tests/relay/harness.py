@@ -22,6 +22,7 @@ def relay_subprocess(upstream: str, *flags: str, env: dict[str, str] | None = No
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=env)
     watcher = _UrlWatcher(proc)
     watcher.start()
+    proc.output_lines = watcher.lines  # type: ignore[attr-defined]  # what it printed so far
     try:
         if not watcher.found.wait(_STARTUP_TIMEOUT_S) or watcher.url is None:
             raise RuntimeError(f"engine relay did not start: {''.join(watcher.lines)!r}")

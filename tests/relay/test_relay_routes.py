@@ -82,7 +82,8 @@ def test_bad_ingest_bodies_get_the_servers_errors(relay):
 
 def test_other_routes_pass_through_with_the_clients_auth(relay):
     upstream, url = relay
-    with urllib.request.urlopen(url + "/server_info", timeout=30) as resp:
+    request = urllib.request.Request(url + "/server_info", headers=AUTH)
+    with urllib.request.urlopen(request, timeout=30) as resp:
         assert "trace_server_version" in msgspec.json.decode(resp.read())
     status, body = _post(url + "/calls/query_stats", {"project_id": PROJECT})
     assert status == 401 and "Authorization" in body["reason"]  # the upstream's own answer

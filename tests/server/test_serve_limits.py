@@ -172,35 +172,6 @@ def test_unknown_route_and_wrong_method_answer_json(run, db_path):
     assert method == 405 and method_answer["reason"]
 
 
-API_KEY = "sekrit-key-0123456789"
-
-
-def test_api_key_is_required_when_configured(run, db_path):
-    body = {"batch": [complete("a")]}
-
-    async def scenario():
-        async with serving(db_path, api_key=API_KEY) as anonymous:
-            no_auth = await anonymous.post(COMPLETE, body)
-            wrong = await anonymous.post(COMPLETE, body, {"Authorization": "Basic YXBpOndyb25n"})
-            not_basic = await anonymous.post(COMPLETE, body, {"Authorization": "Bearer x"})
-            open_info = await anonymous.get("/server_info")
-            return no_auth, wrong, not_basic, open_info
-
-    no_auth, wrong, not_basic, open_info = run(scenario())
-    assert [s for s, _ in (no_auth, wrong, not_basic)] == [401, 401, 401]
-    assert all(API_KEY not in a["reason"] for _, a in (no_auth, wrong, not_basic))
-    assert open_info[0] == 200
-
-
-def test_right_api_key_is_accepted(run, tmp_path):
-    async def scenario():
-        async with serving(tmp_path / "a.db", api_key=API_KEY, auth=("api", API_KEY)) as api:
-            return await api.post(COMPLETE, {"batch": [complete("a")]}), await api.query()
-
-    answer, calls = run(scenario())
-    assert answer == (200, {}) and len(calls) == 1
-
-
 def test_server_binds_loopback_by_default(db_path):
     async def scenario():
         runner, url = await start_server(port=0, db_path=db_path)

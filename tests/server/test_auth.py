@@ -1,0 +1,160 @@
+"""Auth and tenancy of ``engine serve``: one test per rule (docs/serve.md, "Keys").
+
+1. keys come from the environment or a keys file, never the command line;
+2. with keys, every route needs one (and a bad one is a 401 that never echoes it);
+3. a key reads and writes only the projects its line grants (``ro`` keys never write),
+   whichever route names the project;
+4. a keys file others may read, or a malformed one, is refused with the fix;
+5. without keys, only loopback is served, and the start line says so.
+The relay's rules are in ``tests/relay/test_relay_auth.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+
+import pytest
+
+from engine.common._errors import ConfigError
+from engine.server import serve_subprocess, start_server
+from engine.server._app import build_app
+from engine.server._auth import load_key_ring, read_keys_file
+from tests.server.harness import basic_auth, complete, serving
+
+KEY_A = "key-a-0123456789abcdef"  # rw team-a/*
+KEY_RO = "key-ro-0123456789abcdef"  # ro team-a/dash
+KEY_B = "key-b-0123456789abcdef"  # rw team-b/p
+
+
+@pytest.fixture
+def keys_file(tmp_path):
+    path = tmp_path / "keys"
+    path.write_text(f"# test keys\n{KEY_A} rw team-a/*\n{KEY_RO} ro team-a/dash\n"
+                    f"{KEY_B}   rw   team-b/p   # one project\n")  # fmt: skip
+    path.chmod(0o600)
+    return path
+
+
+def test_a_key_on_the_command_line_is_refused_with_the_way_to_give_it(tmp_path):
+    for command in ("serve", "relay"):
+        result = subprocess.run(
+            [sys.executable, "-m", "engine", command, "--api-key", "visible-in-ps"],
+            capture_output=True, text=True, timeout=60, env={**os.environ, "XDG_DATA_HOME": str(tmp_path)},
+        )  # fmt: skip
+        assert result.returncode == 2, result.stderr
+        assert "$ENGINE_API_KEY" in result.stderr and "--keys-file" in result.stderr
+        assert "visible-in-ps" not in result.stderr + result.stdout
+
+
+def test_serve_subprocess_passes_the_key_in_the_environment_not_argv(tmp_path):
+    with serve_subprocess(tmp_path / "t.db", api_key=KEY_A):
+        command_lines = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert "engine serve" in command_lines and KEY_A not in command_lines
+
+
+def _routes() -> list[tuple[str, str]]:
+    app = build_app(store=None)  # type: ignore[arg-type]  # the route table only
+    return sorted({(r.method, r.resource.canonical) for r in app.router.routes() if r.method != "HEAD"})
+
+
+def test_with_keys_every_route_needs_one(run, tmp_path, keys_file):
+    paths = [(m, p.format(entity="team-a", project="p", object_id="o", digest="d"))
+             for m, p in _routes()] + [("GET", "/no/such/route")]  # fmt: skip
+
+    async def scenario():
+        async with serving(tmp_path / "t.db", keys=load_key_ring(keys_file, env_key=False)) as api:
+            answers = []
+            for method, path in paths:
+                async with api.session.request(method, api.url + path, data=b"{}") as resp:
+                    answers.append((method, path, resp.status, await resp.json()))
+            wrong = await api.post("/calls/query_stats", {"project_id": "team-a/p"},
+                                   {"Authorization": basic_auth("api", "nope")})
+            not_basic = await api.post("/calls/query_stats", {}, {"Authorization": "Bearer x"})
+            user = await api.post("/calls/query_stats", {}, {"Authorization": basic_auth("me", KEY_A)})
+            return answers, [wrong, not_basic, user]
+
+    answers, refused = run(scenario())
+    assert len(answers) >= 56
+    assert [(m, p) for m, p, status, _ in answers if status != 401] == []
+    assert all(body["reason"].startswith("missing Authorization") for *_, body in answers)
+    assert [status for status, _ in refused] == [401, 401, 401]
+    assert all(KEY_A not in body["reason"] and "nope" not in body["reason"] for _, body in refused)
+
+
+def test_a_key_reaches_only_the_projects_its_line_grants(run, tmp_path, keys_file):
+    async def as_key(api, key, path, body):
+        return await api.post(path, body, {"Authorization": basic_auth("api", key)})
+
+    async def scenario():
+        async with serving(tmp_path / "t.db", keys=load_key_ring(keys_file, env_key=False)) as api:
+            a, b, ro = (lambda *r, k=k: as_key(api, k, *r) for k in (KEY_A, KEY_B, KEY_RO))
+            call = complete("c1", project_id="team-a/dash")
+            return {
+                "a_writes_own": await a("/v2/team-a/dash/calls/complete", {"batch": [call]}),
+                "a_writes_other": await a("/v2/team-b/p/calls/complete",
+                                          {"batch": [complete("c2", project_id="team-b/p")]}),
+                "a_reads_other": await a("/calls/query_stats", {"project_id": "team-b/p"}),
+                "b_reads_a": await b("/call/read", {"project_id": "team-a/dash", "id": "c1"}),
+                "b_streams_a": await b("/calls/stream_query", {"project_id": "team-a/dash"}),
+                "b_refs_a": await b("/refs/read_batch", {"refs": ["weave:///team-a/dash/call/c1"]}),
+                "b_objects_a": await b("/objs/query", {"project_id": "team-a/dash"}),
+                "ro_reads": await ro("/call/read", {"project_id": "team-a/dash", "id": "c1"}),
+                "ro_writes": await ro("/obj/create", {"obj": {"project_id": "team-a/dash",
+                                                              "object_id": "o", "val": 1}}),
+                "ro_reads_sibling": await ro("/calls/query_stats", {"project_id": "team-a/other"}),
+            }
+
+    got = run(scenario())
+    assert got["a_writes_own"] == (200, {})
+    assert got["ro_reads"][0] == 200 and got["ro_reads"][1]["call"]["id"] == "c1"
+    for name, verb, project in [("a_writes_other", "write", "team-b/p"),
+                                ("a_reads_other", "read", "team-b/p"),
+                                ("b_reads_a", "read", "team-a/dash"),
+                                ("b_streams_a", "read", "team-a/dash"),
+                                ("b_refs_a", "read", "team-a/dash"),
+                                ("b_objects_a", "read", "team-a/dash"),
+                                ("ro_writes", "write", "team-a/dash"),
+                                ("ro_reads_sibling", "read", "team-a/other")]:  # fmt: skip
+        status, body = got[name]
+        assert status == 403, (name, status, body)
+        assert f"may not {verb} project {project!r}" in body["reason"], (name, body)
+
+
+def test_a_keys_file_others_may_read_or_a_malformed_one_is_refused(tmp_path, keys_file):
+    keys_file.chmod(0o644)
+    with pytest.raises(ConfigError, match=f"chmod 600 {keys_file}"):
+        read_keys_file(keys_file)
+    keys_file.chmod(0o600)
+    keys_file.write_text(f"{KEY_A} readwrite team-a/*\n")
+    with pytest.raises(ConfigError, match=r"keys:1: expected '<key> rw\|ro <project,...>'"):
+        read_keys_file(keys_file)
+    result = subprocess.run(
+        [sys.executable, "-m", "engine", "serve", "--port", "0", "--keys-file", str(keys_file)],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "XDG_DATA_HOME": str(tmp_path)},
+    )  # fmt: skip
+    assert result.returncode == 2 and "keys_file:" in result.stderr and "Traceback" not in result.stderr
+    assert KEY_A not in result.stderr
+
+
+def test_without_keys_only_loopback_is_served_and_the_start_line_says_so(tmp_path, keys_file):
+    async def non_loopback(**keys):
+        runner, url = await start_server(host="0.0.0.0", port=0, db_path=tmp_path / "t.db", **keys)
+        await runner.cleanup()
+        return url
+
+    with pytest.raises(ConfigError, match="will not listen on 0.0.0.0 without API keys"):
+        asyncio.run(non_loopback())
+    assert asyncio.run(non_loopback(keys=load_key_ring(keys_file))).startswith("http://0.0.0.0:")
+    env = {k: v for k, v in os.environ.items() if k not in ("ENGINE_API_KEY", "ENGINE_KEYS_FILE")}
+    proc = subprocess.Popen([sys.executable, "-m", "engine", "serve", "--port", "0", "--db",
+                             str(tmp_path / "u.db")], stdout=subprocess.PIPE, text=True, env=env)  # fmt: skip
+    try:
+        first, second = proc.stdout.readline(), proc.stdout.readline()
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+    assert "listening on http://127.0.0.1:" in first
+    assert "no API keys, so listening on loopback only" in second
