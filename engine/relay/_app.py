@@ -31,7 +31,7 @@ async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse
         return await handler(request)
     except ApiError as exc:
         response = error_response(exc.status, exc.reason, exc.headers)
-        if exc.status == 413:
+        if exc.status in (408, 413):
             response.force_close()  # the rest of the body is unread
         return response
 

@@ -30,6 +30,11 @@ from engine.server import (
 )
 from engine.server._auth import CURRENT_GRANT, Grant, KeyRing, check_bind
 from engine.server._body import DEFAULT_MAX_BODY_BYTES, ApiError, error_response
+from engine.server._connections import (
+    DEFAULT_HEADER_TIMEOUT_S,
+    DEFAULT_MAX_CONNECTIONS,
+    LimitedSite,
+)
 from engine.server._count_store import CountStore
 from engine.server._sqlite_store import SQLiteStore
 from engine.server._state import STATE, ServerState
@@ -71,7 +76,7 @@ async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse
     except ApiError as exc:
         request.app[STATE].counters.rejected_requests += 1
         response = error_response(exc.status, exc.reason, exc.headers)
-        if exc.status == 413:
+        if exc.status in (408, 413):
             # the rest of the body is unread: the connection cannot be reused for another request
             response.force_close()
         return response
@@ -141,10 +146,13 @@ async def start_server(
     api_key: str | None = None,
     clickhouse_password_file: Path | str | None = None,
     keys: KeyRing | None = None,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S,
 ) -> tuple[web.AppRunner, str]:
     """Start serving on the running loop; returns the runner (``await runner.cleanup()``) and URL.
 
-    Without keys (``api_key`` or ``keys``) only a loopback ``host`` is accepted."""
+    Without keys (``api_key`` or ``keys``) only a loopback ``host`` is accepted. Connections
+    are capped and slow ones cut off (:mod:`engine.server._connections`)."""
     check_bind("engine serve", host, key_ring(api_key, keys))
     password_file = Path(clickhouse_password_file) if clickhouse_password_file else None
     app = build_app(
@@ -155,9 +163,10 @@ async def start_server(
     )
     # auto_decompress=False: aiohttp would inflate bodies without any size cap (a zip bomb
     # costs memory before a handler runs); _body.decompress inflates with the limit instead
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, auto_decompress=False)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, auto_decompress=False,
+                           keepalive_timeout=header_timeout_s)  # fmt: skip
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = LimitedSite(runner, host, port, max_connections)
     await site.start()
     bound_host, bound_port = runner.addresses[0][:2]
     return runner, _url(bound_host, bound_port)

@@ -7,7 +7,9 @@ decompression stops one byte past the limit, so a zip bomb costs at most the lim
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import time
 import zlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, TypeVar
@@ -28,6 +30,11 @@ T = TypeVar("T")
 ACCEPTED_ENCODINGS = ("zstd", "gzip")
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
 _READ_CHUNK_BYTES = 256 * 1024
+# A body must keep coming: no pause longer than this, and past the grace at least this rate
+# on average (a client sending a byte a minute held its connection and buffer for ever)
+BODY_IDLE_TIMEOUT_S = 30.0
+BODY_GRACE_S = 10.0
+MIN_BODY_BYTES_PER_S = 16 * 1024
 
 
 class ApiError(Exception):
@@ -60,22 +67,31 @@ async def read_body(request: web.Request, max_body_bytes: int) -> bytes:
 
 async def _read_capped(stream: StreamReader, max_body_bytes: int, declared: int | None) -> bytes:
     chunks, size = [], 0
-    if declared is not None:  # already checked against the limit
-        # the chunks as received, joined once (readexactly would copy every byte twice)
-        while size < declared:
-            chunk = await stream.readany()
-            if not chunk:
-                raise ApiError(400, f"request body ended after {size} of the {declared} "
-                               "bytes its Content-Length declares")
-            chunks.append(chunk)
-            size += len(chunk)
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    async for chunk in stream.iter_chunked(_READ_CHUNK_BYTES):
+    began = time.monotonic()
+    while declared is None or size < declared:
+        try:
+            chunk = await asyncio.wait_for(stream.readany(), BODY_IDLE_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            raise _too_slow(f"no byte of the request body for {BODY_IDLE_TIMEOUT_S:.0f} s") from None
+        if not chunk:
+            if declared is None:
+                break
+            raise ApiError(400, f"request body ended after {size} of the {declared} "
+                           "bytes its Content-Length declares")
         chunks.append(chunk)
         size += len(chunk)
-        if size > max_body_bytes:
+        if size > max_body_bytes:  # only a chunked body gets here: a declared one was checked
             raise _too_large("request body", max_body_bytes)
-    return b"".join(chunks)
+        elapsed_s = time.monotonic() - began
+        if elapsed_s > BODY_GRACE_S and size < MIN_BODY_BYTES_PER_S * elapsed_s:
+            raise _too_slow(f"request body arriving at {size / elapsed_s:.0f} bytes/s, "
+                            f"under {MIN_BODY_BYTES_PER_S} bytes/s")
+    # the chunks as received, joined once (readexactly would copy every byte twice)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _too_slow(why: str) -> ApiError:
+    return ApiError(408, f"request body too slow: {why}")  # the middleware closes the connection
 
 
 def decompress(raw: bytes, encoding: str, max_body_bytes: int) -> bytes:

@@ -1,0 +1,102 @@
+"""Bounded connections for ``engine serve``: a cap with a clear refusal, and slow clients cut off.
+
+- **Connection cap** (``max_connections``): past it a new connection gets one
+  ``503 {"reason": …}`` with ``Retry-After`` and is closed, instead of the server running
+  out of file descriptors (which broke every client and the SQLite file with them).
+- **Request heads**: a connection that has not sent a complete request head within
+  ``header_timeout_s`` (a new one, or an idle keep-alive one) is closed. aiohttp (3.10 on,
+  pinned in requirements.lock) runs its keep-alive timer from the connection's start, so
+  ``keepalive_timeout=header_timeout_s`` covers both; a client trickling header bytes no
+  longer holds a connection for ever.
+- **Bodies**: :func:`engine.server._body.read_body` answers 408 to a body that stalls for
+  ``body_idle_timeout_s`` or arrives slower than ``MIN_BODY_BYTES_PER_S`` past a grace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+DEFAULT_MAX_CONNECTIONS = 512
+DEFAULT_HEADER_TIMEOUT_S = 30.0
+
+
+def _refusal(max_connections: int) -> bytes:
+    body = msgspec.json.encode({"reason": f"engine serve is at its limit of {max_connections} "
+                                          "connections; retry later"})  # fmt: skip
+    head = ("HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+            f"Retry-After: 1\r\nConnection: close\r\nContent-Length: {len(body)}\r\n\r\n")  # fmt: skip
+    return head.encode() + body
+
+
+class _Counted(asyncio.Protocol):
+    """aiohttp's protocol, counted while its connection lives."""
+
+    def __init__(self, inner: asyncio.Protocol, limit: ConnectionLimit) -> None:
+        self._inner, self._limit = inner, limit
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._limit.live -= 1
+        self._inner.connection_lost(exc)
+
+
+class _Refused(asyncio.Protocol):
+    def __init__(self, answer: bytes) -> None:
+        self._answer = answer
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.write(self._answer)  # type: ignore[attr-defined]
+        transport.close()
+
+
+class ConnectionLimit:
+    """A protocol factory around aiohttp's that refuses connections past ``max_connections``."""
+
+    def __init__(self, server: Any, max_connections: int) -> None:
+        self._server = server
+        self.max_connections = max_connections
+        self.live = 0
+        self.refused = 0
+        self._answer = _refusal(max_connections)
+
+    def __call__(self) -> asyncio.Protocol:
+        if self.live >= self.max_connections:
+            self.refused += 1
+            return _Refused(self._answer)
+        self.live += 1
+        return _Counted(self._server(), self)
+
+
+class LimitedSite(web.TCPSite):
+    """A TCP site whose connections go through a :class:`ConnectionLimit`."""
+
+    def __init__(self, runner: web.BaseRunner, host: str, port: int, max_connections: int) -> None:
+        super().__init__(runner, host, port)
+        self._max_connections = max_connections
+        self.limit: ConnectionLimit | None = None
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # registers the site with its runner
+        assert self._runner.server is not None
+        self.limit = ConnectionLimit(self._runner.server, self._max_connections)
+        self._server = await asyncio.get_running_loop().create_server(
+            self.limit, self._host, self._port, reuse_address=True
+        )

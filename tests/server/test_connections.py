@@ -1,0 +1,122 @@
+"""Bounded connections: a cap with a clear refusal, slow heads and bodies cut off, and the
+server serving others all along (engine/server/_connections.py)."""
+
+import asyncio
+
+import msgspec
+
+from engine.server import _body, start_server
+from tests.server.harness import PROJECT
+
+
+async def _open(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    host, port = url.removeprefix("http://").split(":")
+    return await asyncio.open_connection(host, int(port))
+
+
+async def _read_all(reader: asyncio.StreamReader) -> bytes:
+    """What the server sent before it closed (a reset after its answer is still a close)."""
+    data = b""
+    try:
+        while chunk := await asyncio.wait_for(reader.read(65536), 30):
+            data += chunk
+    except ConnectionError:
+        pass
+    return data
+
+
+def _write(writer: asyncio.StreamWriter, data: bytes) -> bool:
+    """False once the server has closed the connection."""
+    if writer.is_closing():
+        return False
+    try:
+        writer.write(data)
+    except (ConnectionError, RuntimeError):
+        return False
+    return True
+
+
+async def _ask(url: str, path: str = "/health") -> bytes:
+    reader, writer = await _open(url)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    answer = await asyncio.wait_for(reader.read(), 30)
+    writer.close()
+    return answer
+
+
+def test_connections_past_the_cap_get_a_503_with_a_reason_and_others_keep_working(run, db_path):
+    async def scenario():
+        runner, url = await start_server(port=0, db_path=db_path, max_connections=3)
+        try:
+            held = [await _open(url) for _ in range(3)]
+            refused = await _ask(url)
+            for _, writer in held:
+                writer.close()
+            await asyncio.sleep(0)  # let the server see them go
+            for _ in range(100):
+                if (answer := await _ask(url)).startswith(b"HTTP/1.1 200"):
+                    break
+                await asyncio.sleep(0.05)
+            return refused, answer
+        finally:
+            await runner.cleanup()
+
+    refused, after = run(scenario())
+    head, _, body = refused.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503") and b"Retry-After: 1" in head
+    assert msgspec.json.decode(body)["reason"].startswith("engine serve is at its limit of 3")
+    assert after.startswith(b"HTTP/1.1 200")
+
+
+def test_a_client_trickling_its_request_head_is_cut_off(run, db_path):
+    async def scenario():
+        runner, url = await start_server(port=0, db_path=db_path, header_timeout_s=0.5)
+        try:
+            reader, writer = await _open(url)
+            writer.write(b"POST /calls/query_stats HTTP/1.1\r\nHost: x\r\n")
+            for _ in range(100):  # one header byte every 50 ms: never a complete head
+                if reader.at_eof() or not _write(writer, b"X"):
+                    break
+                await asyncio.sleep(0.05)
+            closed = await _read_all(reader)
+            writer.close()
+            return closed, await _ask(url)
+        finally:
+            await runner.cleanup()
+
+    closed, other = run(scenario())
+    assert closed == b"" and other.startswith(b"HTTP/1.1 200")
+
+
+def test_a_body_that_stalls_or_crawls_is_a_408(run, db_path, monkeypatch):
+    monkeypatch.setattr(_body, "BODY_IDLE_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(_body, "BODY_GRACE_S", 0.3)
+    body = msgspec.json.encode({"project_id": PROJECT})
+
+    async def send(url: str, pause_s: float) -> bytes:
+        reader, writer = await _open(url)
+        writer.write(b"POST /calls/query_stats HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     + f"Content-Length: {len(body) + 100}\r\n\r\n".encode() + body[:5])  # fmt: skip
+        answer = b""
+        for byte in body[5:]:
+            try:  # the pause between bytes, cut short by the server's answer
+                answer = await asyncio.wait_for(reader.read(1), pause_s)
+                break
+            except asyncio.TimeoutError:
+                if not _write(writer, bytes([byte])):
+                    break
+        head = answer + await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        writer.close()  # not waiting for the server's close: it lingers over the unread body
+        return head + await asyncio.wait_for(reader.readexactly(length), 30)
+
+    async def scenario():
+        runner, url = await start_server(port=0, db_path=db_path)
+        try:
+            return await send(url, 1.0), await send(url, 0.1)
+        finally:
+            await runner.cleanup()
+
+    stalled, crawling = run(scenario())
+    assert stalled.startswith(b"HTTP/1.1 408") and b"no byte of the request body" in stalled
+    assert crawling.startswith(b"HTTP/1.1 408") and b"bytes/s" in crawling
