@@ -26,6 +26,7 @@ from engine import ring
 from engine.common._config import EngineConfig, load_config
 from engine.common._control import Control, control_path
 from engine.common._errors import Closed, ConfigError
+from engine.common._redact import redact_url
 from engine.native import _accel
 from engine.producer._flush import (
     ring_doorbell,
@@ -228,8 +229,8 @@ class Engine:
                     return  # its exit line said so
                 log.error("%d items are still in shared memory (ring set %s): the next Engine "
                           "delivering to %s, or `engine replay --to %s`, recovers them",
-                          undelivered, self._ringset.spec.shm_name, self.config.url,
-                          self.config.url)
+                          undelivered, self._ringset.spec.shm_name,
+                          redact_url(self.config.url), redact_url(self.config.url))
                 return
             if ring.attached_producers(self._ringset):
                 return  # they may still write: removed once they exit and it holds nothing
