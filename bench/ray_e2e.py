@@ -29,6 +29,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import statistics
 import sys
 import tempfile
@@ -57,9 +58,9 @@ def local_cluster(workers: int):
 
     ray_constants.ENABLE_RAY_CLUSTER = False
     args = dict(object_store_memory=100 << 20, node_ip_address="127.0.0.1")
+    temp_dir = tempfile.mkdtemp(prefix="ray-bench-")
     nodes = Cluster(initialize_head=True, head_node_args=dict(
-        args, num_cpus=0, include_dashboard=False,
-        temp_dir=tempfile.mkdtemp(prefix="ray-bench-")))
+        args, num_cpus=0, include_dashboard=False, temp_dir=temp_dir))
     for i in range(workers):
         nodes.add_node(**args, num_cpus=1, resources={f"w{i}": 1})
     ray.init(address=nodes.address, log_to_driver=False)
@@ -68,6 +69,7 @@ def local_cluster(workers: int):
     finally:
         ray.shutdown()
         nodes.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)  # Ray's sockets and logs
 
 
 def _clock() -> tuple[float, float]:

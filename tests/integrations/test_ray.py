@@ -8,6 +8,7 @@ a 100 MB object store, all on 127.0.0.1. One cluster for the module.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -55,6 +56,7 @@ def cluster():
     finally:
         ray.shutdown()
         nodes.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)  # Ray's sockets and logs
         del os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"]
         ray_constants.ENABLE_RAY_CLUSTER = was_enabled
 
