@@ -19,6 +19,11 @@ from engine.relay._proxy import proxy
 from engine.relay._state import RELAY, RelayState
 from engine.server._auth import CURRENT_GRANT, KeyRing, check_bind
 from engine.server._body import DEFAULT_MAX_BODY_BYTES, ApiError, error_response
+from engine.server._connections import (
+    DEFAULT_HEADER_TIMEOUT_S,
+    DEFAULT_MAX_CONNECTIONS,
+    LimitedSite,
+)
 
 log = logging.getLogger("engine.relay")
 RELAY_PROJECT = "relay/relay"  # the engine needs a default; every relayed item names its own
@@ -81,9 +86,11 @@ async def start_relay(engine: Engine, upstream: str, host: str = "127.0.0.1", po
     check_bind("engine relay", host, keys)
     app = build_app(engine, upstream, max_body_bytes, keys)
     # bodies are read with the size-capped decompression of engine.server._body
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, auto_decompress=False)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, auto_decompress=False,
+                           keepalive_timeout=DEFAULT_HEADER_TIMEOUT_S)  # fmt: skip
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    # bounded as engine serve is (engine.server._connections)
+    site = LimitedSite(runner, host, port, DEFAULT_MAX_CONNECTIONS)
     await site.start()
     bound_host, bound_port = runner.addresses[0][:2]
     url = f"http://[{bound_host}]:{bound_port}" if ":" in bound_host else f"http://{bound_host}:{bound_port}"
