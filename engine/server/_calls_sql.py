@@ -77,6 +77,35 @@ class Dialect:
         """Any string anywhere in the JSON of ``column`` passing ``test`` (on ``t.value``)."""
         return f"EXISTS (SELECT 1 FROM json_tree({column}) t WHERE t.type = 'text' AND {test})"
 
+    def json_sort_key(self, column: str, parts: Sequence[str]) -> Sql:
+        """A JSON path as a sort key: SQLite orders NULL, then numbers, then text."""
+        return self.json_value(column, parts)
+
+    def in_list(self, column: str) -> str:
+        """``column`` is one of the strings of a JSON array bound to the one ``?``."""
+        return f"{column} IN (SELECT value FROM json_each(?))"
+
+    def has_prefix(self, column: str) -> str:
+        """``column`` starts with one of the strings of a JSON array bound to the one ``?``."""
+        return (f"EXISTS (SELECT 1 FROM json_each(?) AS p "
+                f"WHERE substr({column}, 1, length(p.value)) = p.value)")  # fmt: skip
+
+    def plain_number(self, text: Sql, allow_dot: bool) -> Sql:
+        """Text that is digits (with at most one dot when ``allow_dot``): nothing else
+        converts, so '1e3' or 'abc' compare as NULL instead of SQLite's 0."""
+        dots = "<= 1" if allow_dot else "= 0"
+        return _wrap("({} != '' AND {} NOT GLOB '*[^0-9.]*' AND {} GLOB '*[0-9]*' AND "
+                     f"length({{}}) - length(replace({{}}, '.', '')) {dots})",
+                     text, text, text, text, text)  # fmt: skip
+
+    def error_count(self) -> Sql:
+        """``summary.status_counts.error`` (what makes a status ``descendant_error``)."""
+        return Sql("json_extract(summary, '$.status_counts.error')")
+
+    def order_term(self, key: Sql, direction: str) -> Sql:
+        """One ORDER BY term; SQLite puts NULLs first going up, last going down."""
+        return _wrap(f"{{}} {direction.upper()}", key)
+
 
 SQLITE = Dialect()
 
@@ -85,11 +114,6 @@ _PLAIN_COLUMNS = frozenset({
     "turn_id", "exception", "wb_user_id", "wb_run_id", "wb_run_step", "wb_run_step_end",
 })  # fmt: skip
 JSON_COLUMNS = ("inputs", "output", "attributes", "summary")
-_STATUS = Sql(
-    "(CASE WHEN exception IS NOT NULL THEN 'error' WHEN ended_at_us IS NULL THEN 'running' "
-    "WHEN json_extract(summary, '$.status_counts.error') > 0 THEN 'descendant_error' "
-    "ELSE 'success' END)"
-)
 _LATENCY = Sql(
     "(CASE WHEN ended_at_us IS NOT NULL THEN (ended_at_us - started_at_us) / 1000.0 ELSE 0 END)"
 )
@@ -105,7 +129,6 @@ _INDEX_ORDERED = frozenset({"started_at", "ended_at", "op_name", "parent_id", "t
 # into play; a list longer than this is a 422 naming the field.
 MAX_FILTER_VALUES = 10_000
 MAX_SORT_FIELDS = 16
-_JSON_LIST = "(SELECT value FROM json_each(?))"
 
 
 def split_path(path: str) -> list[str]:
@@ -171,7 +194,11 @@ class _ExprSql:
         if name in self.d.time_columns:
             return Sql(self.d.time_columns[name])
         if name == "summary.weave.status":
-            return _STATUS
+            return _wrap(
+                "(CASE WHEN exception IS NOT NULL THEN 'error' WHEN ended_at_us IS NULL THEN "
+                "'running' WHEN {} > 0 THEN 'descendant_error' ELSE 'success' END)",
+                self.d.error_count(),
+            )
         if name == "summary.weave.latency_ms":
             return _LATENCY
         if name == "summary.weave.trace_name":
@@ -194,7 +221,7 @@ class _ExprSql:
         kind = self.d.json_type(column, parts)
         text = self.d.cast(value, "string")
         number = self.d.cast(value, "double" if cast == "double" else "int")
-        plain = self._plain_number(text, allow_dot=cast == "double")
+        plain = self.d.plain_number(text, allow_dot=cast == "double")
         if cast == "bool":
             return _wrap("(CASE WHEN {} = 'true' THEN 1 WHEN {} = 'false' THEN 0 "
                          "WHEN {} = 'integer' THEN {} WHEN lower({}) = 'true' THEN 1 "
@@ -204,15 +231,6 @@ class _ExprSql:
         return _wrap(f"(CASE WHEN {{}} IN {native} THEN {{}} "
                      "WHEN {} = 'text' AND {} THEN {} ELSE NULL END)",
                      kind, number, kind, plain, number)  # fmt: skip
-
-    @staticmethod
-    def _plain_number(text: Sql, allow_dot: bool) -> Sql:
-        """Text that is digits (with at most one dot when ``allow_dot``): nothing else
-        converts, so '1e3' or 'abc' compare as NULL instead of SQLite's 0."""
-        dots = "<= 1" if allow_dot else "= 0"
-        return _wrap("({} != '' AND {} NOT GLOB '*[^0-9.]*' AND {} GLOB '*[0-9]*' AND "
-                     f"length({{}}) - length(replace({{}}, '.', '')) {dots})",
-                     text, text, text, text, text)  # fmt: skip
 
     def operand(self, op: dict[str, Any], cast: str | None, where: str) -> Sql:
         ((name, arg),) = op.items()
@@ -310,7 +328,7 @@ class Selection:
         for name, column in _IN_FILTERS.items():
             values = getattr(flt, name)
             if values is not None:
-                where.append(Sql(f"{column} IN {_JSON_LIST}", (_json_list(values),)))
+                where.append(Sql(self.d.in_list(column), (_json_list(values),)))
         for name, column in (("input_refs", "inputs"), ("output_refs", "output")):
             refs = getattr(flt, name)
             if refs:
@@ -323,11 +341,9 @@ class Selection:
         """Exact names, or a ``name:*`` wildcard meaning every version of that op (as weave)."""
         exact = [name for name in op_names if not name.endswith(_WILDCARD)]
         prefixes = [name[:-1] for name in op_names if name.endswith(_WILDCARD)]
-        terms = [Sql(f"op_name IN {_JSON_LIST}", (_json_list(exact),))] if exact else []
+        terms = [Sql(self.d.in_list("op_name"), (_json_list(exact),))] if exact else []
         if prefixes:
-            terms.append(Sql("EXISTS (SELECT 1 FROM json_each(?) AS p "
-                             "WHERE substr(op_name, 1, length(p.value)) = p.value)",
-                             (_json_list(prefixes),)))  # fmt: skip
+            terms.append(Sql(self.d.has_prefix("op_name"), (_json_list(prefixes),)))
         return _wrap("({})", _join(terms, " OR ")) if terms else Sql("0")
 
     def _refs(self, column: str, refs: list[str]) -> Sql:
@@ -353,12 +369,12 @@ class Selection:
         head, _, rest = field.partition(".")
         if head not in JSON_COLUMNS:
             raise InvalidQuery(where, f"cannot sort by {field!r}: not a call field")
-        return self.d.json_value(head, split_path(rest) if rest else [])
+        return self.d.json_sort_key(head, split_path(rest) if rest else [])
 
     def _order_by(self, sort_by: Sequence[SortBy]) -> Sql:
         if len(sort_by) > MAX_SORT_FIELDS:
             raise InvalidQuery("sort_by", f"at most {MAX_SORT_FIELDS} fields, got {len(sort_by)}")
-        terms = [_wrap(f"{{}} {s.direction.upper()}", self.sort_key(s.field, f"sort_by[{i}].field"))
+        terms = [self.d.order_term(self.sort_key(s.field, f"sort_by[{i}].field"), s.direction)
                  for i, s in enumerate(sort_by)]  # fmt: skip
         if not terms:  # weave: then id; the two differ only among equal start times
             return Sql("started_at_us ASC, seq ASC")

@@ -12,11 +12,13 @@ names come from whitelists, never from the request.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import msgspec
 
+from engine.server._calls_sql import Selection
 from engine.server._rows import (
     END_COLUMNS,
     SELECT_COLUMNS,
@@ -28,8 +30,9 @@ from engine.server._rows import (
     end_row,
     start_row,
 )
-from engine.server._store import CallsQuery, InvalidQuery
-from engine.wire.query import CallsFilter, SortBy
+from engine.server._store import CallsQuery
+from engine.server.clickhouse._dialect import CLICKHOUSE, bind
+from engine.wire.query import CallsFilter
 
 _END_PAYLOAD = END_COLUMNS[2:]  # an end's trace_id / started_at are hints a start overrides
 PART_COLUMNS = ("project_id", "id", "version", "has_start", "has_end", "has_name", "is_delete",
@@ -75,6 +78,11 @@ def delete_parts(project_id: str, call_ids: Iterable[str], first_version: int) -
 # -- reading ------------------------------------------------------------------------------
 
 _VISIBLE_END = "max(end_version) > max(deleted_version)"
+# the projection of a read, in SELECT_COLUMNS order; otel_dump is never sent back
+_READ_COLUMNS = tuple(c for c in SELECT_COLUMNS[2:] if c != "otel_dump")
+_MERGED = frozenset(SELECT_COLUMNS[2:])
+_COLUMN_NAMES = re.compile(r"\b(" + "|".join(sorted(_MERGED, key=len, reverse=True)) + r")\b")
+_UINT64_MAX = 2**64 - 1
 
 
 def _merged_expr(column: str) -> str:
@@ -86,151 +94,87 @@ def _merged_expr(column: str) -> str:
     return f"argMaxMerge({column}).1"
 
 
-# wire field -> merged column; a whitelist, since the name goes into SQL text
-_SORT_COLUMNS = {
-    "id": "m_id", "op_name": "m_op_name", "display_name": "m_display_name",
-    "trace_id": "m_trace_id", "parent_id": "m_parent_id", "thread_id": "m_thread_id",
-    "turn_id": "m_turn_id", "started_at": "m_started_at_us", "ended_at": "m_ended_at_us",
-    "exception": "m_exception", "wb_user_id": "m_wb_user_id", "wb_run_id": "m_wb_run_id",
-    "wb_run_step": "m_wb_run_step", "wb_run_step_end": "m_wb_run_step_end",
-}  # fmt: skip
-_IN_FILTERS = {
-    "trace_ids": "trace_id", "parent_ids": "parent_id", "thread_ids": "thread_id",
-    "turn_ids": "turn_id", "wb_user_ids": "wb_user_id", "wb_run_ids": "wb_run_id",
-}  # fmt: skip
-_UNSUPPORTED_FILTERS = ("input_refs", "output_refs")
-# the projection of a read, in SELECT_COLUMNS order; otel_dump is never sent back
-_READ_COLUMNS = [c for c in SELECT_COLUMNS[2:] if c != "otel_dump"]
-_UINT64_MAX = 2**64 - 1
+def merged_calls(columns: Iterable[str], where: Sequence[str] = ()) -> str:
+    """The visible calls of ``{project_id:String}`` as a relation with the columns of
+    SQLite's ``calls`` (``id``, ``project_id``, ``seq``: arrival order, and ``columns``);
+    only those columns are merged. ``where``: conditions on the stored parts (``id``)."""
+    names = sorted(set(columns) - {"id", "project_id"})
+    merged = "".join(f", {_merged_expr(c)} AS m_{c}" for c in names)
+    conditions = " AND ".join(["project_id = {project_id:String}", *where])
+    renamed = "".join(f", m_{c} AS {c}" for c in names)
+    return (
+        f"SELECT m_id AS id, {{project_id:String}} AS project_id, m_seq AS seq{renamed} FROM ("
+        f"SELECT id AS m_id, min(first_version) AS m_seq{merged} FROM calls_merged "
+        f"WHERE {conditions} GROUP BY id HAVING max(start_version) > max(deleted_version))"
+    )
 
 
 class CallsSql:
-    """The SQL of one call query: which columns to merge, the filters, the order."""
+    """One call query in ClickHouse: the shared builder's WHERE and ORDER BY over
+    :func:`merged_calls`, with only the columns they and the answer need merged."""
 
-    def __init__(self, project_id: str, flt: CallsFilter | None, sort_by: Sequence[SortBy]):
-        self.params: dict[str, Any] = {"project_id": project_id}
-        self._inner_where = ["project_id = {project_id:String}"]
-        self._where: list[str] = []
-        self._needed: set[str] = set()
-        if flt is not None:
-            self._add_filter(flt)
-        self._order = self._order_by(sort_by)
+    def __init__(self, query: CallsQuery) -> None:
+        selection = Selection(query, CLICKHOUSE)  # InvalidQuery before anything runs
+        self.params: dict[str, Any] = {"project_id": query.project_id}
+        self._where = bind(selection.where, self.params)
+        self._order = bind(selection.order, self.params)
+        self._used = set(_COLUMN_NAMES.findall(f"{self._where} {self._order}"))
+        self._parts_where = []
+        flt = query.filter
+        if flt is not None and flt.call_ids is not None:  # on the sorting key: only their parts
+            self.params["call_ids"] = list(flt.call_ids)
+            self._parts_where.append("has({call_ids:Array(String)}, id)")
 
-    def _bind(self, value: Any, type_: str) -> str:
-        name = f"p{len(self.params)}"
-        self.params[name] = value
-        return f"{{{name}:{type_}}}"
-
-    def _add_filter(self, flt: CallsFilter) -> None:
-        for name in _UNSUPPORTED_FILTERS:
-            if getattr(flt, name):
-                raise InvalidQuery(f"filter.{name}", "not supported by engine serve")
-        if flt.call_ids is not None:  # on the sorting key: read only those calls' parts
-            self._inner_where.append(f"has({self._bind(flt.call_ids, 'Array(String)')}, id)")
-        if flt.op_names is not None:
-            self._add_op_names(flt.op_names)
-        for name, column in _IN_FILTERS.items():
-            values = getattr(flt, name)
-            if values is not None:
-                self._needed.add(column)
-                self._where.append(f"has({self._bind(values, 'Array(String)')}, m_{column})")
-        if flt.trace_roots_only:
-            self._needed.add("parent_id")
-            self._where.append("m_parent_id IS NULL")
-
-    def _add_op_names(self, op_names: list[str]) -> None:
-        """Exact names, or a ``name:*`` wildcard meaning every version of that op (as weave)."""
-        self._needed.add("op_name")
-        exact = [n for n in op_names if not n.endswith(":*")]
-        terms = [f"startsWith(m_op_name, {self._bind(n[:-1], 'String')})"
-                 for n in op_names if n.endswith(":*")]  # fmt: skip
-        if exact:
-            terms.append(f"has({self._bind(exact, 'Array(String)')}, m_op_name)")
-        self._where.append(f"({' OR '.join(terms)})" if terms else "0")
-
-    def _order_by(self, sort_by: Sequence[SortBy]) -> list[str]:
-        """As SQLite orders: NULLs first going up, last going down; then arrival order."""
-        terms = []
-        for i, sort in enumerate(sort_by):
-            column = _SORT_COLUMNS.get(sort.field)
-            if column is None:
-                raise InvalidQuery(
-                    f"sort_by[{i}].field",
-                    f"cannot sort by {sort.field!r}; sortable: {', '.join(sorted(_SORT_COLUMNS))}",
-                )
-            self._needed.add(column[2:])
-            nulls = "NULLS FIRST" if sort.direction.lower() == "asc" else "NULLS LAST"
-            terms.append(f"{column} {sort.direction.upper()} {nulls}")
-        if not terms:
-            self._needed.add("started_at_us")
-            terms.append("m_started_at_us ASC NULLS FIRST")
-        return [*terms, "m_seq ASC", "m_id ASC"]  # a total order: pages never overlap
-
-    def _inner(self, columns: Iterable[str]) -> str:
-        merged = "".join(f", {_merged_expr(c)} AS m_{c}" for c in sorted(set(columns)) if c != "id")
-        return (
-            f"SELECT id AS m_id, min(first_version) AS m_seq{merged} FROM calls_merged "
-            f"WHERE {' AND '.join(self._inner_where)} GROUP BY id "
-            "HAVING max(start_version) > max(deleted_version)"
-        )
-
-    def _outer_where(self) -> str:
-        return f" WHERE {' AND '.join(self._where)}" if self._where else ""
+    def _from(self, columns: Iterable[str]) -> str:
+        return f"({merged_calls({*self._used, *columns}, self._parts_where)}) AS calls"
 
     def select(self, limit: int | None, offset: int) -> str:
-        """Rows in ``SELECT_COLUMNS`` order (``project_id`` bound, ``otel_dump`` NULL)."""
-        projection = ", ".join(
-            "NULL" if c == "otel_dump" else f"m_{c}" for c in SELECT_COLUMNS[2:]
-        )
+        """Rows in ``SELECT_COLUMNS`` order (``otel_dump`` NULL: never sent back)."""
+        projection = ", ".join("NULL" if c == "otel_dump" else c for c in SELECT_COLUMNS)
         page = ""
         if limit is not None or offset:
-            page = f" LIMIT {self._bind(_UINT64_MAX if limit is None else limit, 'UInt64')}" \
-                   f" OFFSET {self._bind(offset, 'UInt64')}"  # fmt: skip
-        return (
-            f"SELECT {{project_id:String}}, m_id, {projection} "
-            f"FROM ({self._inner(self._needed | set(_READ_COLUMNS))}){self._outer_where()} "
-            f"ORDER BY {', '.join(self._order)}{page}"
-        )
+            self.params["limit"] = _UINT64_MAX if limit is None else limit
+            self.params["offset"] = offset
+            page = " LIMIT {limit:UInt64} OFFSET {offset:UInt64}"
+        return (f"SELECT {projection} FROM {self._from(_READ_COLUMNS)} WHERE {self._where} "
+                f"ORDER BY {self._order}{page}")  # fmt: skip
 
     def count(self) -> str:
-        return f"SELECT count() FROM ({self._inner(self._needed)}){self._outer_where()}"
+        return f"SELECT count() FROM {self._from(())} WHERE {self._where}"
 
 
-def calls_sql(query: CallsQuery) -> CallsSql:
-    return CallsSql(query.project_id, query.filter, query.sort_by)
+def _ids_sql(project_id: str, flt: CallsFilter) -> tuple[str, dict[str, Any]]:
+    sql = CallsSql(CallsQuery(project_id=project_id, filter=flt))
+    return f"SELECT id FROM {sql._from(())} WHERE {sql._where}", sql.params
 
 
 def subtree_sql(project_id: str, parent_ids: list[str]) -> tuple[str, dict[str, Any]]:
     """Visible calls whose parent is among ``parent_ids`` (one level of a subtree)."""
-    sql = CallsSql(project_id, CallsFilter(parent_ids=parent_ids), ())
-    return f"SELECT m_id FROM ({sql._inner(sql._needed)}){sql._outer_where()}", sql.params
+    return _ids_sql(project_id, CallsFilter(parent_ids=parent_ids))
 
 
 def visible_sql(project_id: str, call_ids: list[str]) -> tuple[str, dict[str, Any]]:
-    sql = CallsSql(project_id, CallsFilter(call_ids=call_ids), ())
-    return f"SELECT m_id FROM ({sql._inner(())})", sql.params
+    return _ids_sql(project_id, CallsFilter(call_ids=call_ids))
 
 
 def thread_turns_sql(project_id: str, thread_ids: list[str] | None,
                      max_turns: int) -> tuple[str, dict[str, Any]]:  # fmt: skip
-    sql = CallsSql(project_id, CallsFilter(thread_ids=thread_ids), ())
-    where = ["m_thread_id IS NOT NULL", "m_id = m_turn_id", *sql._where]
-    inner = sql._inner({"thread_id", "turn_id", "started_at_us", "ended_at_us"})
+    params: dict[str, Any] = {"project_id": project_id, "max_turns": max_turns}
+    where = ["thread_id IS NOT NULL", "id = turn_id"]
+    if thread_ids is not None:
+        params["thread_ids"] = thread_ids
+        where.append("has({thread_ids:Array(String)}, thread_id)")
+    calls = merged_calls({"thread_id", "turn_id", "started_at_us", "ended_at_us"})
     text = (
-        f"SELECT m_thread_id, m_id, m_started_at_us, m_ended_at_us FROM ({inner}) "
+        f"SELECT thread_id, id, started_at_us, ended_at_us FROM ({calls}) "
         f"WHERE {' AND '.join(where)} "
-        f"ORDER BY m_thread_id, m_started_at_us ASC NULLS FIRST, m_seq, m_id "
-        f"LIMIT {sql._bind(max_turns, 'UInt64')}"
+        "ORDER BY thread_id, started_at_us ASC NULLS FIRST, seq, id LIMIT {max_turns:UInt64}"
     )
-    return text, sql.params
-
-
-STORAGE_SQL = (
-    "SELECT sum(length(ifNull(m_inputs, '')) + length(ifNull(m_output, '')) "
-    "+ length(ifNull(m_attributes, '')) + length(ifNull(m_summary, ''))) FROM ({inner})"
-)
+    return text, params
 
 
 def storage_sql(project_id: str) -> tuple[str, dict[str, Any]]:
-    sql = CallsSql(project_id, None, ())
-    return STORAGE_SQL.format(inner=sql._inner({"inputs", "output", "attributes", "summary"})), sql.params
+    calls = merged_calls({"inputs", "output", "attributes", "summary"})
+    text = ("SELECT sum(length(ifNull(inputs, '')) + length(ifNull(output, '')) "
+            f"+ length(ifNull(attributes, '')) + length(ifNull(summary, ''))) FROM ({calls})")  # fmt: skip
+    return text, {"project_id": project_id}

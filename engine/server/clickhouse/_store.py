@@ -22,7 +22,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal, TypeVar
 
 from engine.server._calls_view import stored_bytes
-from engine.server._query_expr import compile_query
 from engine.server._rows import Complete, End, Start, row_to_call
 from engine.server._store import (
     CallRow,
@@ -65,12 +64,6 @@ class VersionClock:
             return first
 
 
-def _decoded(call: CallRow) -> dict[str, Any]:
-    import msgspec
-
-    return {k: msgspec.json.decode(v) if isinstance(v, msgspec.Raw) else v for k, v in call.items()}
-
-
 class ClickHouseStore(Store):
     kind = "clickhouse"
 
@@ -108,33 +101,17 @@ class ClickHouseStore(Store):
         _insert_parts(client, body, _ASYNC_INSERT if rows <= ASYNC_INSERT_MAX_ROWS else None)
 
     async def query_calls(self, query: CallsQuery) -> AsyncIterator[list[CallRow]]:
-        sql = _calls.calls_sql(query)
-        keep = compile_query(query.query) if query.query is not None else None
-        # with $expr, offset and limit apply to the calls the expression keeps
-        skip, remaining = (query.offset, query.limit) if keep else (0, None)
-        text = sql.select(None, 0) if keep else sql.select(query.limit, query.offset)
-        pages = _Pages(self, text, sql.params)
+        sql = _calls.CallsSql(query)  # InvalidQuery before anything runs
+        pages = _Pages(self, sql.select(query.limit, query.offset), sql.params)
         try:
-            while remaining is None or remaining > 0:
-                page = await pages.next()
-                if page is None:
-                    return
-                if keep is not None:
-                    page = [c for c in page if keep(_decoded(c))]
-                    page, skip = page[skip:], max(0, skip - len(page))
-                if remaining is not None:
-                    page, remaining = page[:remaining], remaining - min(remaining, len(page))
-                if page:
-                    yield page
+            while (page := await pages.next()) is not None:
+                yield page
         finally:
             await pages.close()
 
     async def count_calls(self, query: CallsQuery) -> int:
-        if query.query is not None:
-            return sum([len(page) async for page in self.query_calls(query)])
-        sql = _calls.calls_sql(CallsQuery(project_id=query.project_id, filter=query.filter))
-        count = await self._run(_scalar, sql.count(), sql.params)
-        count = max(0, count - query.offset)
+        sql = _calls.CallsSql(query)
+        count = max(0, await self._run(_scalar, sql.count(), sql.params) - query.offset)
         return count if query.limit is None else min(count, query.limit)
 
     async def trace_storage_bytes(self, project_id: str, trace_ids: list[str]) -> dict[str, int]:

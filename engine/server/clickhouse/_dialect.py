@@ -1,0 +1,137 @@
+"""ClickHouse's spellings for the shared call-query builder (:mod:`engine.server._calls_sql`).
+
+The builder writes SQLite-shaped SQL with ``?`` placeholders over a relation named
+``calls`` whose columns are SQLite's (``started_at_us``, ``seq``…); the ClickHouse store
+gives it that relation as a subquery that merges each call's parts. This module says how
+ClickHouse spells what SQLite spells differently, with SQLite's semantics:
+
+- ``json_extract`` gives a string's text, a number, 1/0 for booleans, NULL for null or a
+  missing path, the JSON text of an object or array: :meth:`json_value` (always text
+  here; the builder casts it where it compares numbers);
+- ``json_type`` names ``integer``/``real``/``text``/``true``/``false``/``null``/``object``/
+  ``array``, NULL for a missing path: :meth:`json_type`;
+- NULLs sort first going up and last going down (ClickHouse: last both ways).
+
+Placeholders become ClickHouse query parameters (``{p0:String}``): values are never SQL text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from engine.server._calls_sql import Dialect, Sql, _wrap
+
+# every string literal of a JSON text (keys too; refs are never keys), its contents as the
+# first group; no '?' in it, since bind() takes every '?' for a placeholder
+_JSON_STRINGS = r'"(([^"\\\\]|\\\\.)*)"'
+_INT64 = (-(2**63), 2**63)
+
+
+class ClickHouseDialect(Dialect):
+    def _args(self, column: str, parts: Sequence[str]) -> Sql:
+        """ClickHouse's JSON path: keys as strings, list positions counted from 1."""
+        args = [Sql("?", (int(p) + 1,)) if p.isdigit() else Sql("?", (p,)) for p in parts]
+        return Sql(", ".join([column, *(a.text for a in args)]), tuple(v for a in args for v in a.params))
+
+    @staticmethod
+    def _has(parts: Sequence[str]) -> str:
+        """Whether the path is there (the whole value: whether the column is valid JSON)."""
+        return "JSONHas({})" if parts else "isValidJSON(ifNull({}, ''))"
+
+    def json_value(self, column: str, parts: Sequence[str]) -> Sql:
+        at = self._args(column, parts)
+        return _wrap(
+            "multiIf(NOT " + self._has(parts) + ", NULL, JSONType({}) = 'String', JSONExtractString({}), "
+            "JSONType({}) = 'Null', NULL, JSONType({}) = 'Bool', "
+            "if(JSONExtractBool({}), '1', '0'), JSONExtractRaw({}))",
+            at, at, at, at, at, at, at,
+        )
+
+    def json_type(self, column: str, parts: Sequence[str]) -> Sql:
+        at = self._args(column, parts)
+        return _wrap(
+            "multiIf(NOT " + self._has(parts) + ", NULL, JSONType({}) = 'Bool', "
+            "if(JSONExtractBool({}), 'true', 'false'), JSONType({}) IN ('Int64', 'UInt64'), "
+            "'integer', JSONType({}) = 'Double', 'real', JSONType({}) = 'String', 'text', "
+            "lower(toString(JSONType({}))))",
+            at, at, at, at, at, at, at,
+        )
+
+    def json_sort_key(self, column: str, parts: Sequence[str]) -> Sql:
+        # as SQLite orders json_extract's values: NULL, then numbers (booleans as 1/0), then text
+        kind, value = self.json_type(column, parts), self.json_value(column, parts)
+        return _wrap(
+            "tuple(multiIf({} IS NULL, 0, {} IN ('integer', 'real', 'true', 'false'), 1, 2), "
+            "accurateCastOrNull({}, 'Float64'), {})",
+            kind, kind, value, value,
+        )  # fmt: skip
+
+    def cast(self, value: Sql, to: str) -> Sql:
+        if to == "string":
+            return _wrap("CAST({} AS Nullable(String))", value)
+        sql_type = "Float64" if to == "double" else "Int64"
+        return _wrap(f"accurateCastOrNull({{}}, '{sql_type}')", value)
+
+    def contains(self, haystack: Sql, needle: Sql, case_insensitive: bool) -> Sql:
+        function = "positionCaseInsensitiveUTF8" if case_insensitive else "position"
+        return _wrap(f"({function}({{}}, {{}}) > 0)", haystack, needle)
+
+    def ref_name(self, column: str) -> str:
+        """``weave:///entity/project/op/<name>:<digest>`` → ``<name>`` (the text otherwise)."""
+        parts = f"splitByChar('/', substring({column}, 10))"
+        return (f"if(length({parts}) >= 4, "
+                f"arrayStringConcat(arrayPopBack(splitByChar(':', {parts}[4])), ':'), {column})")  # fmt: skip
+
+    def has_string(self, column: str, test: str) -> str:
+        # the builder's test reads the string as ``t.value``; here it is the lambda's ``s``
+        return (f"arrayExists(s -> {test.replace('t.value', 's')}, "
+                f"extractAll(ifNull({column}, ''), '{_JSON_STRINGS}'))")
+
+    def in_list(self, column: str) -> str:
+        return f"has(JSONExtract(?, 'Array(String)'), {column})"
+
+    def has_prefix(self, column: str) -> str:
+        return f"arrayExists(p -> startsWith({column}, p), JSONExtract(?, 'Array(String)'))"
+
+    def plain_number(self, text: Sql, allow_dot: bool) -> Sql:
+        pattern = "'^[0-9]*\\\\.?[0-9]*$'" if allow_dot else "'^[0-9]+$'"
+        return _wrap(f"(match({{}}, {pattern}) AND match({{}}, '[0-9]'))", text, text)
+
+    def error_count(self) -> Sql:
+        return Sql("JSONExtractFloat(ifNull(summary, ''), 'status_counts', 'error')")
+
+    def order_term(self, key: Sql, direction: str) -> Sql:
+        nulls = "NULLS FIRST" if direction.lower() == "asc" else "NULLS LAST"
+        return _wrap(f"{{}} {direction.upper()} {nulls}", key)
+
+
+CLICKHOUSE = ClickHouseDialect()
+
+
+def _type(value: Any) -> str:
+    if value is None:
+        return "Nullable(String)"
+    if isinstance(value, bool):
+        return "UInt8"
+    if isinstance(value, int):
+        return "Int64" if _INT64[0] <= value < _INT64[1] else "UInt64"
+    if isinstance(value, float):
+        return "Float64"
+    return "String"
+
+
+def bind(sql: Sql, params: dict[str, Any]) -> str:
+    """``sql``'s text with each ``?`` a named ClickHouse parameter, added to ``params``.
+
+    The builder puts no ``?`` inside a literal (values are always bound), so every ``?``
+    is a placeholder."""
+    pieces = sql.text.split("?")
+    if len(pieces) != len(sql.params) + 1:
+        raise AssertionError(f"{len(pieces) - 1} placeholders for {len(sql.params)} values")
+    out = [pieces[0]]
+    for value, piece in zip(sql.params, pieces[1:]):
+        name = f"q{len(params)}"
+        params[name] = int(value) if isinstance(value, bool) else value
+        out.append(f"{{{name}:{_type(value)}}}{piece}")
+    return "".join(out)
