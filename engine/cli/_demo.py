@@ -8,6 +8,7 @@ every call the workload made is stored on the server exactly once.
 
 from __future__ import annotations
 
+import argparse
 import json
 import multiprocessing
 import os
@@ -17,6 +18,7 @@ import time
 import urllib.request
 from typing import Any
 
+from engine.cli import _args
 from engine.producer._engine import Engine
 from engine.producer._tracer import Tracer
 
@@ -87,6 +89,24 @@ def _watch(eng: Engine, workers: list, expected: int, started: float, tty: bool)
             sys.stdout.write(_progress_line(eng.stats(), expected, started))
             sys.stdout.flush()
         time.sleep(0.25)
+
+
+def add(subparsers: argparse._SubParsersAction) -> None:
+    demo = _args.add_command(
+        subparsers, "demo", "run an eval workload through the engine into the local trace server",
+        "Start the local trace server, trace an eval-like workload from several processes "
+        "through the engine, and verify every call was stored.")
+    demo.add_argument("--processes", type=_args.positive_int, default=2,
+                      help="producer processes")
+    demo.add_argument("--examples", type=_args.positive_int, default=5000,
+                      help="eval examples per process (3 traced calls each)")
+    demo.add_argument("--db", default=None, help="SQLite file (default: a fresh temporary one)")
+    demo.add_argument("--compression", choices=("auto", "zstd", "none"), default="auto")
+    demo.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_demo(args.processes, args.examples, args.db, args.compression)
 
 
 def run_demo(processes: int = 2, examples: int = 5000, db_path: str | None = None,

@@ -22,6 +22,7 @@ call id stores them once. The checkpoint is removed when every shard is done.
 
 from __future__ import annotations
 
+import argparse
 import io
 import logging
 import multiprocessing
@@ -36,6 +37,8 @@ from typing import Any, BinaryIO
 import msgspec
 import zstandard
 
+from engine.cli import _args, _probe, _summary
+from engine.cli._args import CommandFailed, UsageError
 from engine.producer._engine import Engine
 from engine.producer._tracer import Tracer
 from engine.wire.calls import (
@@ -81,7 +84,10 @@ class IngestSummary(msgspec.Struct, kw_only=True):
     invalid_lines: int = 0
     elapsed_s: float = 0.0
     resumed: bool = False
-    undelivered: int = 0
+    acked: int = 0  # the engine's items (a complete call, or a start or an end)
+    spooled: int = 0
+    dead_lettered: int = 0
+    undelivered: int = 0  # records neither acknowledged nor saved
 
 
 class _Mode(msgspec.Struct):
@@ -140,7 +146,7 @@ def load_checkpoint(path: str, paths: list[str]) -> Checkpoint | None:
     current = [_signature(p) for p in paths]
     if saved.files != current:
         changed = next((c.path for s, c in zip(saved.files, current) if s != c), path)
-        raise ValueError(f"checkpoint {path} was written for other input files ({changed} "
+        raise UsageError(f"ingest: checkpoint {path} was written for other input files ({changed} "
                          "differs); delete it to start over")
     return saved
 
@@ -350,11 +356,18 @@ def run_ingest(paths: list[str], url: str, *, processes: int = 2, project: str |
     with Engine(url=url, config_file=config_file, **config) as engine:
         _run_workers(engine, checkpoint, checkpoint_path, processes, project, checkpoint_lines,
                      summary, bar)
-        summary.undelivered = engine.close().get("undelivered", 0)
+        _settled(summary, engine.close())
     bar.close()
     summary.elapsed_s = time.monotonic() - started_s
     os.unlink(checkpoint_path)
     return summary
+
+
+def _settled(summary: IngestSummary, stats: dict[str, Any]) -> None:
+    summary.acked = stats.get("items_acked", 0)
+    summary.spooled = stats.get("spooled_items", 0)
+    summary.dead_lettered = stats.get("dead_letters", 0)
+    summary.undelivered = stats.get("undelivered", 0)
 
 
 def _run_workers(engine: Engine, checkpoint: Checkpoint, checkpoint_path: str, processes: int,
@@ -378,7 +391,7 @@ def _run_workers(engine: Engine, checkpoint: Checkpoint, checkpoint_path: str, p
             worker.join()
     failed = [w.name for w in workers if w.exitcode]
     if failed:
-        raise RuntimeError(f"ingest workers failed: {', '.join(failed)}; rerun the same command "
+        raise CommandFailed(f"ingest workers failed: {', '.join(failed)}; rerun the same command "
                            f"to resume from {checkpoint_path}")
 
 
@@ -409,3 +422,56 @@ def _count(summary: IngestSummary, counts: _Counts) -> None:
     summary.completes += counts.complete
     summary.invalid_lines += counts.invalid
     summary.items += counts.start + counts.end + counts.complete
+
+
+# -- the command -------------------------------------------------------------------------
+
+
+def add(subparsers: argparse._SubParsersAction) -> None:
+    ingest = _args.add_command(
+        subparsers, "ingest", "bulk-load JSON-lines trace files (optionally .zst) through the engine",
+        "Bulk-load start/end/complete items from JSON-lines files (one item per line, see "
+        "docs/configuration.md) from several producer processes; resumable.")
+    ingest.add_argument("files", nargs="+", metavar="FILE", type=_args.existing_file)
+    ingest.add_argument("--to", type=_args.url, default=None,
+                        help="trace server URL (default: start `engine serve` with its default db)")
+    ingest.add_argument("--processes", type=_args.positive_int, default=2,
+                        help="producer processes")
+    ingest.add_argument("--project", type=_args.project, default=None,
+                        help="entity/project to put every item in")
+    ingest.add_argument("--checkpoint", default=None,
+                        help="progress file for resuming (default FILE.ingest-checkpoint)")
+    ingest.add_argument("--checkpoint-lines", type=_args.positive_int,
+                        default=DEFAULT_CHECKPOINT_LINES,
+                        help="lines between acknowledged checkpoints, per process")
+    ingest.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _args.add_config_flags(ingest)
+    ingest.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from engine.server import serve_subprocess
+
+    _args.setup_logging(args)
+    fixed = {"project": args.project or _PLACEHOLDER_PROJECT,
+             **({"url": args.to} if args.to else {})}
+    cfg = _args.load_settings(args, **fixed)
+    load_checkpoint(args.checkpoint or default_checkpoint_path(args.files), args.files)
+    with ExitStack() as stack:
+        url = args.to or stack.enter_context(serve_subprocess())
+        _probe.server_info(url, cfg.api_key)
+        summary = run_ingest(
+            args.files, url, processes=args.processes, project=args.project,
+            checkpoint_path=args.checkpoint, checkpoint_lines=args.checkpoint_lines,
+            progress=False if args.no_progress else None, config_file=args.config,
+            **_args.config_overrides(args),
+        )  # fmt: skip
+    rate = summary.items / summary.elapsed_s if summary.elapsed_s else 0.0
+    stats = {"items_acked": summary.acked, "spooled_items": summary.spooled,
+             "dead_letters": summary.dead_lettered, "undelivered": summary.undelivered}
+    line, delivered = _summary.delivery(stats, msgspec.structs.replace(cfg, url=url))
+    print(f"engine ingest: read {summary.items:,} items ({summary.completes:,} complete, "
+          f"{summary.starts:,} starts, {summary.ends:,} ends) in {summary.elapsed_s:.1f} s "
+          f"({rate:,.0f}/s); {summary.invalid_lines:,} invalid lines skipped"
+          f"{'; resumed' if summary.resumed else ''}; {line}")
+    return 0 if delivered else 1

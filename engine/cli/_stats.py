@@ -8,6 +8,7 @@ owner process is still the same process (pid and start time match).
 
 from __future__ import annotations
 
+import argparse
 import glob
 import os
 import sys
@@ -15,6 +16,8 @@ import tempfile
 import time
 from typing import Any
 
+from engine.cli import _args
+from engine.cli._args import CommandFailed
 from engine.common._control import SENDER_FIELDS, SLOT_FIELDS, Control, control_path
 from engine.ring import _files as ring_files
 
@@ -41,10 +44,29 @@ def open_control(ring_dir: str) -> Control:
     return Control(control_path(ring_dir), max_slots)
 
 
+def add(subparsers: argparse._SubParsersAction) -> None:
+    stats = _args.add_command(
+        subparsers, "stats", "live view of a running engine",
+        "Rates, in flight, concurrency, size target and drops of a running engine.")
+    which = stats.add_mutually_exclusive_group()
+    which.add_argument("--pid", type=_args.pid, default=None, help="the engine owner's pid")
+    which.add_argument("--ring-dir", type=_args.existing_dir, default=None,
+                       help="the engine's ring directory")
+    stats.add_argument("--interval-s", type=_args.positive_float, default=1.0,
+                       help="refresh period")
+    stats.add_argument("--once", action="store_true", help="print one line and exit")
+    stats.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    return watch(find_ring_dir(args.pid, args.ring_dir), args.interval_s, args.once)
+
+
 def find_ring_dir(pid: int | None, ring_dir: str | None) -> str:
     if ring_dir:
         if not os.path.exists(control_path(ring_dir)):
-            raise SystemExit(f"engine stats: {ring_dir} has no control file (not a ring dir)")
+            raise CommandFailed(f"stats: {ring_dir} has no control file: not the ring directory "
+                                "of an engine (omit --ring-dir to find running engines)")
         return ring_dir
     engines = live_ring_dirs()
     if pid is not None:
@@ -52,9 +74,10 @@ def find_ring_dir(pid: int | None, ring_dir: str | None) -> str:
     if len(engines) == 1:
         return engines[0][1]
     if not engines:
-        raise SystemExit("engine stats: no running engine found" + (f" for pid {pid}" if pid else ""))
-    listing = "\n".join(f"  --pid {p}  ({d})" for p, d in engines)
-    raise SystemExit(f"engine stats: several engines are running; choose one:\n{listing}")
+        raise CommandFailed("stats: no running engine found" + (f" for pid {pid}" if pid else "")
+                            + " (an engine is running while a process holds an open Engine)")
+    listing = ", ".join(f"--pid {p}" for p, _ in engines)
+    raise CommandFailed(f"stats: several engines are running; choose one with {listing}")
 
 
 def snapshot(control: Control) -> dict[str, Any]:

@@ -7,6 +7,7 @@ in the ``[engine]`` table (see ``config/engine.toml`` for every field, documente
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from engine.common import _env
 from engine.common._errors import ConfigError
 from engine.common._redact import redact_url
 
@@ -22,7 +24,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-ENV_PREFIX = "ENGINE_"
+log = logging.getLogger("engine.config")
+
+ENV_PREFIX = _env.PREFIX
 DEFAULT_URL = "http://127.0.0.1:6345"
 MAX_REQUEST_BYTES = 32_505_856  # the hosted server's 32 MiB limit minus the client's 1 MiB margin
 
@@ -122,12 +126,31 @@ def check_project(project: str, field: str = "project") -> tuple[str, str]:
 
 
 def _env_values(environ: dict[str, str]) -> dict[str, Any]:
+    _check_unknown_env(environ)
     values: dict[str, Any] = {}
     for name in _FIELD_TYPES:
-        raw = environ.get(ENV_PREFIX + name.upper())
+        raw = environ.get(_env.setting_variable(name))
         if raw is not None:
             values[name] = _parse_env(name, raw)
     return values
+
+
+def _check_unknown_env(environ: dict[str, str]) -> None:
+    """A misspelt ``ENGINE_*`` variable would silently change nothing: refuse it (or warn,
+    with ``ENGINE_UNKNOWN_ENV=warn``), naming the variable probably meant."""
+    unknown = _env.unknown_variables(environ, _FIELD_TYPES)
+    if not unknown:
+        return
+    known = _env.known_variables(_FIELD_TYPES)
+    name = unknown[0]
+    message = (f"{name} is not a variable engine reads{_env.did_you_mean(name, known)} "
+               f"(unset it, or set {_env.UNKNOWN_ENV}=warn to only warn)")
+    if environ.get(_env.UNKNOWN_ENV, "error").strip().lower() == "warn":
+        for other in unknown:
+            log.warning("%s is not a variable engine reads%s", other,
+                        _env.did_you_mean(other, known))
+        return
+    raise ConfigError("environment", message)
 
 
 def _parse_env(name: str, raw: str) -> Any:
@@ -146,7 +169,7 @@ def _parse_env(name: str, raw: str) -> Any:
 
 
 def _file_values(config_file: str | os.PathLike | None, environ: dict[str, str]) -> dict[str, Any]:
-    path = config_file or environ.get(ENV_PREFIX + "CONFIG")
+    path = config_file or environ.get(_env.CONFIG)
     if not path:
         return {}
     try:
@@ -156,9 +179,23 @@ def _file_values(config_file: str | os.PathLike | None, environ: dict[str, str])
         raise ConfigError("config_file", f"{path} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("config_file", f"{path} is not valid TOML: {exc}") from None
+    return _engine_table(data, path)
+
+
+def _engine_table(data: dict[str, Any], path: str | os.PathLike) -> dict[str, Any]:
+    """The ``[engine]`` table; any other table or an unknown key in it is a typo."""
+    for name in data:
+        if name != "engine":
+            raise ConfigError("config_file", f"{path}: unknown table [{name}]"
+                              f"{'; did you mean [engine]?' if _env.closest(name, ['engine']) else ''} "
+                              "(settings live in the [engine] table)")
     table = data.get("engine", {})
     if not isinstance(table, dict):
         raise ConfigError("config_file", f"{path}: [engine] must be a table")
+    for key in table:
+        if key not in _FIELD_TYPES:
+            raise ConfigError(key, f"{path}: unknown setting in [engine]"
+                              f"{_env.did_you_mean(key, _FIELD_TYPES)} (config/engine.toml lists them all)")
     return table
 
 
@@ -183,7 +220,7 @@ def load_config(
 def _convert(values: dict[str, Any]) -> EngineConfig:
     unknown = sorted(set(values) - set(_FIELD_TYPES))
     if unknown:
-        raise ConfigError(unknown[0], "unknown setting")
+        raise ConfigError(unknown[0], f"unknown setting{_env.did_you_mean(unknown[0], _FIELD_TYPES)}")
     try:
         return msgspec.convert(values, EngineConfig, strict=False)
     except msgspec.ValidationError as exc:

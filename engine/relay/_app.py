@@ -27,6 +27,7 @@ from engine.server._connections import (
 
 log = logging.getLogger("engine.relay")
 RELAY_PROJECT = "relay/relay"  # the engine needs a default; every relayed item names its own
+_SUMMARY_COUNTERS = ("items_acked", "spooled_items", "dead_letters", "undelivered")
 _PROXY_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=10.0, sock_read=300.0)
 
 
@@ -125,6 +126,5 @@ def run_relay(upstream: str, host: str = "127.0.0.1", port: int = 0,
     with Engine(url=upstream, config_file=config_file, **config) as engine:
         uvloop.run(relay_until_signal(engine, upstream, host, port, max_body_bytes, keys))
         stats = engine.close()
-    log.info("relay stopped", extra={"undelivered": stats.get("undelivered", 0)})
-    print(f"engine relay: stopped ({stats.get('undelivered', 0)} items undelivered)", flush=True)
+    log.info("relay stopped", extra={k: stats.get(k, 0) for k in _SUMMARY_COUNTERS})
     return stats

@@ -10,6 +10,8 @@ import pytest
 import tomllib
 
 from engine import cli
+from engine.cli import _args
+from engine.common import _logging
 from engine.common._config import EngineConfig, load_config
 from engine.common._errors import ConfigError
 
@@ -43,10 +45,10 @@ def test_argument_overrides_env_and_file(tmp_path):
 
 
 def test_command_line_flag_overrides_env_and_file(tmp_path):
-    args = cli._build_parser().parse_args(
+    args = cli.build_parser().parse_args(
         ["relay", "--config", str(_toml(tmp_path, "linger_ms = 7\n")), "--linger-ms", "13"])
     cfg = load_config(args.config, environ={"ENGINE_LINGER_MS": "9"}, project="a/b",
-                      **cli._config_overrides(args))
+                      **_args.config_overrides(args))
     assert cfg.linger_ms == 13
 
 
@@ -91,7 +93,7 @@ def test_wandb_api_key_is_the_fallback_key():
 def test_structured_logs_never_show_key_values(log_format):
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(cli._StructuredFormatter(log_format))
+    handler.setFormatter(_logging.StructuredFormatter(log_format))
     logger = logging.getLogger(f"engine.test_config.{log_format}")
     logger.addHandler(handler)
     logger.propagate = False
@@ -124,3 +126,32 @@ def test_the_sender_command_line_carries_no_api_key():
         args_path = engine._write_sender_args()  # the sender's argv is only this path
         with open(args_path) as args:
             assert SECRET not in args.read()
+
+
+def test_misspelt_env_variable_is_refused_naming_the_one_meant():
+    with pytest.raises(ConfigError, match="ENGINE_LINGR_MS.*did you mean ENGINE_LINGER_MS"):
+        load_config(environ={"ENGINE_LINGR_MS": "5"})
+
+
+def test_misspelt_env_variable_only_warns_when_asked(caplog):
+    with caplog.at_level(logging.WARNING, logger="engine.config"):
+        cfg = load_config(environ={"ENGINE_LINGR_MS": "5", "ENGINE_UNKNOWN_ENV": "warn"})
+    assert cfg.linger_ms == EngineConfig().linger_ms
+    assert "did you mean ENGINE_LINGER_MS" in caplog.text
+
+
+def test_declared_variables_that_are_not_settings_are_accepted():
+    from engine.common import _env
+
+    environ = {name: "1" for name in _env.OTHER_VARIABLES if name != "ENGINE_CONFIG"}
+    environ["ENGINE_UNKNOWN_ENV"] = "error"
+    assert load_config(environ=environ).api_key == "1"
+
+
+def test_unknown_table_and_key_in_the_file_suggest_the_right_name(tmp_path):
+    path = tmp_path / "engine.toml"
+    path.write_text("[engin]\nlinger_ms = 5\n")
+    with pytest.raises(ConfigError, match=r"\[engin\].*did you mean \[engine\]"):
+        load_config(path, environ={})
+    with pytest.raises(ConfigError, match="lingr_ms.*did you mean linger_ms"):
+        load_config(_toml(tmp_path, "lingr_ms = 5\n"), environ={})

@@ -1,0 +1,210 @@
+"""What the commands share: their two kinds of error, argument types that check values at
+parse time, the engine-settings flags, and logging."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+import yarl
+
+from engine.common import _env, _logging
+from engine.common._config import EngineConfig, check_project, load_config
+from engine.common._errors import ConfigError, EngineError
+
+_SECRET_FIELDS = frozenset({"api_key"})  # from the environment or the file only: argv is public
+
+
+class UsageError(EngineError):
+    """The command line or the configuration is wrong: exit code 2."""
+
+
+class CommandFailed(EngineError):
+    """The command was right but could not be carried out: exit code 1."""
+
+
+class Parser(argparse.ArgumentParser):
+    """An argparse parser whose errors are one line (raised, printed by ``main``)."""
+
+    def error(self, message: str) -> Any:  # argparse's signature: it never returns
+        raise usage_error(self.prog, message)
+
+
+def usage_error(prog: str, message: str) -> UsageError:
+    where = prog.removeprefix("engine").strip()
+    return UsageError(f"{where + ': ' if where else ''}{message} (see `{prog} --help`)")
+
+
+# -- argument types: each names what is wrong and what would be right --------------------
+
+
+def positive_int(text: str) -> int:
+    value = _int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return value
+
+
+def port(text: str) -> int:
+    value = _int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"{text} is not a TCP port: use 1-65535, or 0 for a free one")
+    return value
+
+
+def pid(text: str) -> int:
+    value = _int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a process id")
+    return value
+
+
+def host_port(text: str) -> tuple[str, int]:
+    host, sep, number = text.rpartition(":")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT (e.g. 127.0.0.1:6346), got {text!r}")
+    return host.strip("[]") or "127.0.0.1", port(number)
+
+
+def url(text: str) -> str:
+    """An http(s) URL with a host and a valid port; the path (a server prefix) is kept."""
+    try:
+        parsed = yarl.URL(text)
+        parsed_port = parsed.port
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a URL (e.g. http://127.0.0.1:6345)") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an http(s) URL with a host (e.g. http://127.0.0.1:6345)")
+    if parsed_port is not None and not 1 <= parsed_port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: port {parsed_port} is not 1-65535")
+    if parsed.query_string or parsed.fragment:
+        raise argparse.ArgumentTypeError(f"{text!r}: a server URL has no ?query or #fragment")
+    return text.rstrip("/")
+
+
+def project(text: str) -> str:
+    try:
+        check_project(text)
+    except ConfigError:
+        raise argparse.ArgumentTypeError(
+            f'{text!r} is not a project id: write it "entity/project" (e.g. my-team/my-eval)'
+        ) from None
+    return text
+
+
+def existing_file(text: str) -> str:
+    if not os.path.exists(text):
+        raise argparse.ArgumentTypeError(f"{text}: no such file")
+    if os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text} is a directory, not a file")
+    if not os.access(text, os.R_OK):
+        raise argparse.ArgumentTypeError(f"{text}: not readable by this user")
+    return text
+
+
+def existing_dir(text: str) -> str:
+    if not os.path.exists(text):
+        raise argparse.ArgumentTypeError(f"{text}: no such directory")
+    if not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text} is not a directory")
+    return text
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+
+
+# -- engine settings and logs --------------------------------------------------------------
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """``--config FILE`` plus one ``--<field>`` per EngineConfig setting (flag > env > file)."""
+    group = parser.add_argument_group("engine settings (see config/engine.toml)")
+    group.add_argument("--config", type=existing_file, default=None,
+                       help=f"TOML file (default ${_env.CONFIG})")
+    for name in EngineConfig.__struct_fields__:
+        if name not in _SECRET_FIELDS and name not in ("url", "project"):
+            group.add_argument("--" + name.replace("_", "-"), dest=f"cfg_{name}", default=None,
+                               metavar="VALUE")
+    add_log_flags(parser)
+
+
+def config_overrides(args: argparse.Namespace) -> dict[str, str]:
+    prefix = "cfg_"
+    return {k[len(prefix):]: v for k, v in vars(args).items() if k.startswith(prefix) and v is not None}
+
+
+def load_settings(args: argparse.Namespace, **fixed: Any) -> EngineConfig:
+    """Every setting from flags, env and file, validated now (a bad one is a usage error)."""
+    try:
+        return load_config(args.config, **fixed, **config_overrides(args))
+    except ConfigError as exc:
+        raise UsageError(config_message(exc)) from exc
+
+
+def config_message(exc: ConfigError) -> str:
+    """"setting linger_ms: must be >= 0", or the message alone when it names its source."""
+    if exc.field in ("config_file", "environment"):
+        return str(exc).split(": ", 1)[1]
+    return f"setting {exc}"
+
+
+def add_log_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--log-format", choices=_logging.FORMATS, default=None,
+                        help=f"log lines on stderr: plain text, logfmt or JSON (default "
+                        f"${_env.LOG_FORMAT}, else text); the sender process uses it too")
+    parser.add_argument("--log-level", default=None, type=str.upper,
+                        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                        help=f"default ${_env.LOG_LEVEL}, else INFO")
+
+
+def setup_logging(args: argparse.Namespace) -> None:
+    """Log as asked, and hand the choice to the sender process through its environment."""
+    log_format = args.log_format or os.environ.get(_env.LOG_FORMAT) or "text"
+    level = args.log_level or _logging.level_from_env("INFO")
+    os.environ[_env.LOG_FORMAT] = log_format
+    os.environ[_env.LOG_LEVEL] = level
+    _logging.setup(log_format, level)
+
+
+def add_command(subparsers: argparse._SubParsersAction, name: str, summary: str,
+                description: str) -> argparse.ArgumentParser:
+    """A subcommand's parser; ``--debug`` is accepted after the command name too."""
+    parser = subparsers.add_parser(name, help=summary, description=description)
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="print the traceback of an error")
+    return parser
+
+
+def add_key_flags(parser: argparse.ArgumentParser, env_help: str) -> None:
+    parser.add_argument(
+        "--keys-file", default=None,
+        help="API keys and the projects each may read or write, one '<key> rw|ro <project,...>' "
+        f"per line, mode 0600 (default $ENGINE_KEYS_FILE); {env_help}. Without keys only a "
+        "loopback address is served (docs/serve.md)",
+    )  # fmt: skip
+    # gone: a key on the command line shows in ps; kept only to say so clearly
+    parser.add_argument("--api-key", default=None, help=argparse.SUPPRESS)
+
+
+def refuse_key_in_argv(args: argparse.Namespace, command: str) -> None:
+    if args.api_key is not None:
+        raise UsageError(f"{command}: --api-key is not accepted: a key on the command line is "
+                         f"visible to every user of this machine (ps). Put it in ${_env.API_KEY} "
+                         "or in a keys file (--keys-file FILE, mode 0600; see docs/serve.md)")

@@ -1,0 +1,162 @@
+"""``engine calls``: list the latest calls of a project, or follow them like ``tail -f``.
+
+Reads ``POST /calls/stream_query`` of any trace server (``engine serve``, hosted Weave, a
+relay). Following polls the newest calls every ``--interval-s`` and prints each call once
+when it is first seen and again when a running call ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from collections import OrderedDict
+from datetime import datetime
+from typing import Any
+
+from engine.cli import _args, _probe
+from engine.cli._args import CommandFailed
+from engine.common import _env
+from engine.common._config import load_config
+
+STATUSES = ("success", "error", "running")
+_SEEN_MAX = 100_000  # ids remembered while following (the oldest are forgotten first)
+_FOLLOW_WINDOW = 500  # newest calls read per poll while following
+
+
+def add(subparsers: argparse._SubParsersAction) -> None:
+    calls = _args.add_command(
+        subparsers, "calls", "list or follow the calls of a project",
+        "List the latest calls of a project (oldest first, like tail), or follow new ones.")
+    calls.add_argument("--project", type=_args.project, required=True,
+                       help="entity/project to read")
+    calls.add_argument("--url", type=_args.url, default=None,
+                       help="trace server URL (default: the url setting, else the local serve)")
+    calls.add_argument("--op", default=None, help="only calls whose op name contains this text")
+    calls.add_argument("--status", choices=STATUSES, default=None, help="only calls in this state")
+    calls.add_argument("--limit", type=_args.positive_int, default=20,
+                       help="how many of the latest calls to list (default 20)")
+    calls.add_argument("--follow", "-f", action="store_true",
+                       help="keep printing new calls until interrupted")
+    calls.add_argument("--interval-s", type=_args.positive_float, default=1.0,
+                       help="poll period while following")
+    calls.add_argument("--json", action="store_true", help="one JSON call per line")
+    calls.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_config(**({"url": args.url} if args.url else {}))
+    reader = CallReader(cfg.url, args.project, cfg.api_key or os.environ.get(_env.API_KEY))
+    _probe.server_info(cfg.url, reader.api_key)
+    query = build_query(args.op, args.status)
+    window = max(args.limit, _FOLLOW_WINDOW) if args.follow else args.limit
+    newest = reader.newest(window, query)
+    seen: OrderedDict[str, str] = OrderedDict((c["id"], status_of(c)) for c in newest[args.limit:])
+    _emit(reversed(newest[:args.limit]), seen, args.json)
+    try:
+        while args.follow:
+            time.sleep(args.interval_s)  # the poll period
+            _emit(reversed(reader.newest(_FOLLOW_WINDOW, query)), seen, args.json)
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+class CallReader:
+    def __init__(self, url: str, project_id: str, api_key: str | None) -> None:
+        self.url, self.project_id, self.api_key = url, project_id, api_key
+
+    def newest(self, limit: int, query: dict[str, Any] | None) -> list[dict[str, Any]]:
+        body: dict[str, Any] = {"project_id": self.project_id, "limit": limit,
+                                "sort_by": [{"field": "started_at", "direction": "desc"}]}
+        if query:
+            body["query"] = query
+        headers = {"Content-Type": "application/json", **_probe.auth_headers(self.api_key)}
+        answer = _probe.request(f"{self.url}/calls/stream_query",
+                                data=json.dumps(body).encode(), headers=headers)
+        if answer.status != 200:
+            raise CommandFailed(f"calls: {self.url}/calls/stream_query answered HTTP "
+                                f"{answer.status}: {answer.body[:200].decode('utf-8', 'replace')}")
+        return [json.loads(line) for line in answer.body.splitlines() if line.strip()]
+
+
+def build_query(op: str | None, status: str | None) -> dict[str, Any] | None:
+    """The ``$expr`` for ``--op`` (substring of the op name) and ``--status``."""
+    terms: list[dict[str, Any]] = []
+    if op:
+        terms.append({"$contains": {"input": {"$getField": "op_name"},
+                                    "substr": {"$literal": op}, "case_insensitive": True}})
+    if status:
+        terms.append(_STATUS_EXPR[status])
+    if not terms:
+        return None
+    return {"$expr": terms[0] if len(terms) == 1 else {"$and": terms}}
+
+
+def _exists(field: str) -> dict[str, Any]:
+    return {"$convert": {"input": {"$getField": field}, "to": "exists"}}
+
+
+_STATUS_EXPR = {
+    "error": _exists("exception"),
+    "running": {"$not": [_exists("ended_at")]},
+    "success": {"$and": [_exists("ended_at"), {"$not": [_exists("exception")]}]},
+}
+
+
+def _emit(calls: Any, seen: OrderedDict[str, str], as_json: bool) -> None:
+    for call in calls:
+        status = status_of(call)
+        if seen.get(call["id"]) == status:
+            continue
+        seen[call["id"]] = status
+        seen.move_to_end(call["id"])
+        if len(seen) > _SEEN_MAX:
+            seen.popitem(last=False)
+        print(json.dumps(call) if as_json else format_line(call), flush=True)
+
+
+def status_of(call: dict[str, Any]) -> str:
+    if call.get("exception"):
+        return "error"
+    return "success" if call.get("ended_at") else "running"
+
+
+def latency_s(call: dict[str, Any]) -> float | None:
+    if not call.get("ended_at") or not call.get("started_at"):
+        return None
+    return (_time(call["ended_at"]) - _time(call["started_at"])).total_seconds()
+
+
+def tokens_of(call: dict[str, Any]) -> int | None:
+    usage = (call.get("summary") or {}).get("usage")
+    if not isinstance(usage, dict):
+        return None
+    totals = [u.get("total_tokens") or (u.get("prompt_tokens") or u.get("input_tokens") or 0)
+              + (u.get("completion_tokens") or u.get("output_tokens") or 0)
+              for u in usage.values() if isinstance(u, dict)]
+    return sum(totals) if totals else None
+
+
+def format_line(call: dict[str, Any]) -> str:
+    latency = latency_s(call)
+    tokens = tokens_of(call)
+    started = _time(call["started_at"]).astimezone().strftime("%H:%M:%S.%f")[:-3]
+    return "  ".join([
+        started, f"{status_of(call):<7}",
+        f"{latency * 1000:>9.1f} ms" if latency is not None else f"{'…':>12}",
+        f"{tokens:>6} tok" if tokens is not None else " " * 10,
+        op_label(call.get("op_name") or "?"), call["id"],
+    ])  # fmt: skip
+
+
+def op_label(op_name: str) -> str:
+    """``weave:///e/p/op/name:digest`` -> ``name``; plain names as they are."""
+    if op_name.startswith("weave:"):
+        op_name = op_name.rsplit("/", 1)[-1].split(":", 1)[0]
+    return op_name
+
+
+def _time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))

@@ -1,0 +1,139 @@
+"""``engine doctor URL``: can the engine deliver to this trace server? One line per check,
+then a verdict; exit 0 when nothing would stop delivery.
+
+Nothing is stored: ingest routes are probed with empty batches, the size limit with a body
+whose padding makes it invalid JSON for the route (a server reads it whole, or answers 413,
+before it looks inside).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from collections.abc import Callable
+from typing import NamedTuple
+
+import zstandard
+
+from engine.cli import _args, _probe
+from engine.cli._args import CommandFailed
+from engine.common import _env
+
+_PROBE_PROJECT = "engine-doctor/doctor"
+_JSON = {"Content-Type": "application/json"}
+_MiB = 1 << 20
+
+
+class Check(NamedTuple):
+    name: str
+    ok: bool | None  # None: a warning, delivery still works
+    detail: str
+
+
+def add(subparsers: argparse._SubParsersAction) -> None:
+    doctor = _args.add_command(
+        subparsers, "doctor", "check that the engine can deliver to a trace server",
+        "Check reachability, authentication, ingest routes, compression and the request size "
+        "limit of a trace server, and print a verdict. Stores nothing.")
+    doctor.add_argument("url", type=_args.url, metavar="URL", help="trace server base URL")
+    doctor.add_argument("--limit-mib", type=_args.positive_int, default=8,
+                        help="largest request size to try, in MiB (default 8)")
+    doctor.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    api_key = os.environ.get(_env.API_KEY) or os.environ.get("WANDB_API_KEY") or None
+    checks: list[Check] = []
+    info = _reach(args.url, api_key, checks)
+    if info is not None:
+        for step in _STEPS:
+            checks.append(step(args.url, api_key, info, args))
+    for check in checks:
+        mark = {True: "ok  ", False: "FAIL", None: "warn"}[check.ok]
+        print(f"  {mark} {check.name}: {check.detail}")
+    failed = [c.name for c in checks if c.ok is False]
+    if failed:
+        print(f"engine doctor: {args.url}: NOT READY ({', '.join(failed)} failed)")
+        return 1
+    print(f"engine doctor: {args.url}: READY: the engine can deliver here")
+    return 0
+
+
+def _reach(url: str, api_key: str | None, checks: list[Check]) -> dict | None:
+    started = time.perf_counter()
+    try:
+        info = _probe.server_info(url, api_key)
+    except CommandFailed as exc:
+        checks.append(Check("reachable", False, str(exc)))
+        return None
+    rtt_ms = (time.perf_counter() - started) * 1000
+    version = info.get("trace_server_version") or "unknown version"
+    checks.append(Check("reachable", True, f"/server_info answered in {rtt_ms:.0f} ms ({version})"))
+    return info
+
+
+def _post(url: str, path: str, body: bytes, api_key: str | None,
+          headers: dict[str, str] | None = None) -> _probe.Answer:
+    return _probe.request(url + path, data=body,
+                          headers={**_JSON, **_probe.auth_headers(api_key), **(headers or {})})
+
+
+def _auth(url: str, api_key: str | None, info: dict, args: argparse.Namespace) -> Check:
+    body = json.dumps({"project_id": _PROBE_PROJECT}).encode()
+    answer = _post(url, "/calls/query_stats", body, api_key)
+    if answer.status in (401, 403):
+        what = "refused the key" if api_key else "needs a key: set ENGINE_API_KEY"
+        return Check("auth", False, f"HTTP {answer.status}: the server {what}")
+    how = "with the key from the environment" if api_key else "without a key"
+    return Check("auth", True, f"a read was let through {how} (HTTP {answer.status})")
+
+
+def _routes(url: str, api_key: str | None, info: dict, args: argparse.Namespace) -> Check:
+    empty = b'{"batch": []}'
+    complete = _post(url, f"/v2/{_PROBE_PROJECT}/calls/complete", empty, api_key).status
+    upsert = _post(url, "/call/upsert_batch", empty, api_key).status
+    if complete != 404:
+        return Check("ingest routes", True, f"calls/complete answers (HTTP {complete}): "
+                     "complete calls in one request each")
+    if upsert != 404:
+        return Check("ingest routes", None, f"no calls/complete (404); /call/upsert_batch answers "
+                     f"(HTTP {upsert}): the engine falls back to starts and ends")
+    return Check("ingest routes", False, "neither /v2/…/calls/complete nor /call/upsert_batch "
+                 "exists here: not a trace server, or a wrong path in the URL")
+
+
+def _compression(url: str, api_key: str | None, info: dict, args: argparse.Namespace) -> Check:
+    accepts = info.get("accepts_encodings") or []
+    if "zstd" not in accepts:
+        return Check("compression", None, "the server does not advertise zstd: bodies go "
+                     "uncompressed (more bytes on the wire)")
+    body = zstandard.ZstdCompressor().compress(b'{"batch": []}')
+    status = _post(url, f"/v2/{_PROBE_PROJECT}/calls/complete", body, api_key,
+                   {"Content-Encoding": "zstd"}).status
+    if status in (400, 415):
+        return Check("compression", False, f"advertises zstd but refused a zstd body (HTTP "
+                     f"{status}): set compression = \"none\"")
+    return Check("compression", True, f"zstd accepted (HTTP {status})")
+
+
+def _limit(url: str, api_key: str | None, info: dict, args: argparse.Namespace) -> Check:
+    accepted = 0
+    size_mib = 1
+    while size_mib <= args.limit_mib:
+        body = b'{"batch": [], "pad": "' + b"x" * (size_mib * _MiB) + b'"}'
+        status = _post(url, f"/v2/{_PROBE_PROJECT}/calls/complete", body, api_key).status
+        if status == 413:
+            if not accepted:
+                return Check("size limit", None, "a 1 MiB request is too large here: set "
+                             "max_request_bytes and initial_request_bytes below 1048576")
+            return Check("size limit", None, f"{size_mib} MiB answered 413; {accepted} MiB went "
+                         f"through: the engine learns this limit (or set max_request_bytes)")
+        accepted = size_mib
+        size_mib *= 2
+    return Check("size limit", True, f"requests of {accepted} MiB are read whole (no 413)")
+
+
+_STEPS: tuple[Callable[[str, str | None, dict, argparse.Namespace], Check], ...] = (
+    _auth, _routes, _compression, _limit)

@@ -1,0 +1,86 @@
+"""Synchronous look at a trace server before a command relies on it: ``/server_info``.
+
+A wrong host, port or path otherwise shows up only later as retries or dead letters; here it
+is one clear error at start (what answered, and what to change).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import urllib.error
+import urllib.request
+from typing import Any, NamedTuple
+
+from engine.cli._args import CommandFailed
+
+DEFAULT_TIMEOUT_S = 10.0
+
+
+class Unreachable(CommandFailed):
+    """No answer at all: refused, unknown host, timeout."""
+
+
+class Answer(NamedTuple):
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    if not api_key:
+        return {}
+    token = base64.b64encode(f"api:{api_key}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+def request(url: str, *, data: bytes | None = None, headers: dict[str, str] | None = None,
+            timeout_s: float = DEFAULT_TIMEOUT_S) -> Answer:
+    """One HTTP request; error statuses are answers, no answer at all is ``CommandFailed``."""
+    req = urllib.request.Request(url, data=data, headers=headers or {},
+                                 method="POST" if data is not None else "GET")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:  # noqa: S310 - http(s) only
+            return Answer(resp.status, dict(resp.headers.items()), resp.read())
+    except urllib.error.HTTPError as exc:
+        return Answer(exc.code, dict(exc.headers.items()), exc.read())
+    except (urllib.error.URLError, OSError) as exc:
+        raise Unreachable(f"cannot reach {url}: {_why(exc)}") from exc
+
+
+def _why(exc: BaseException) -> str:
+    reason = getattr(exc, "reason", exc)
+    if isinstance(reason, ConnectionRefusedError):
+        return "connection refused (is the server running on that host and port?)"
+    if isinstance(reason, socket.gaierror):
+        return f"unknown host ({reason.strerror})"
+    if isinstance(reason, (TimeoutError, socket.timeout)):
+        return "no answer in time (a firewall, or the wrong port?)"
+    return str(reason)
+
+
+def server_info(base_url: str, api_key: str | None = None,
+                timeout_s: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
+    """``GET {base_url}/server_info`` as a dict; ``CommandFailed`` names what is wrong."""
+    answer = request(f"{base_url}/server_info", headers=auth_headers(api_key), timeout_s=timeout_s)
+    if answer.status == 404:
+        raise CommandFailed(
+            f"{base_url}/server_info answered 404: {base_url} is not the base URL of a trace "
+            "server (wrong path? engine serve's is http://HOST:PORT, hosted Weave's "
+            "https://trace.wandb.ai)")
+    if answer.status in (401, 403):
+        what = "refused the API key" if api_key else "needs an API key"
+        raise CommandFailed(f"{base_url} {what} (HTTP {answer.status}): set ENGINE_API_KEY "
+                            "or WANDB_API_KEY to a key it accepts")
+    if answer.status >= 400:
+        raise CommandFailed(f"{base_url}/server_info answered HTTP {answer.status}: "
+                            f"{answer.body[:200].decode('utf-8', 'replace')}")
+    try:
+        info = json.loads(answer.body)
+    except ValueError:
+        info = None
+    if not isinstance(info, dict):
+        raise CommandFailed(f"{base_url}/server_info did not answer JSON: {base_url} is not a "
+                            "trace server (wrong host, port or path?)")
+    return info

@@ -1,0 +1,67 @@
+"""``engine relay``: accept trace-server ingest, forward it through the engine."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from engine.cli import _args, _probe, _summary
+from engine.cli._args import CommandFailed
+
+log = logging.getLogger("engine.relay")
+
+
+def add(subparsers: argparse._SubParsersAction) -> None:
+    from engine.server import DEFAULT_MAX_BODY_BYTES
+
+    relay = _args.add_command(
+        subparsers, "relay", "accept trace-server traffic and forward it through the engine",
+        "Accept ingest from unmodified trace-server clients, answer once items are in the "
+        "engine, deliver them upstream (batched, compressed, retried, spooled); proxy every "
+        "other route to the upstream unchanged.")
+    relay.add_argument("--listen", type=_args.host_port, default=("127.0.0.1", 6346),
+                       help="HOST:PORT to bind (default 127.0.0.1:6346; port 0 picks one)")
+    relay.add_argument("--upstream", type=_args.url, default=None,
+                       help="trace server URL (default: url from env/config, else local serve)")
+    relay.add_argument("--max-body-bytes", type=_args.positive_int,
+                       default=DEFAULT_MAX_BODY_BYTES,
+                       help="largest ingest body accepted, before and after decompression")
+    _args.add_key_flags(relay, "the relay delivers under its own key, $ENGINE_API_KEY or "
+                               "$WANDB_API_KEY")
+    _args.add_config_flags(relay)
+    relay.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from engine.relay import run_relay
+    from engine.relay._app import RELAY_PROJECT
+    from engine.server._auth import load_key_ring
+
+    _args.refuse_key_in_argv(args, "relay")
+    _args.setup_logging(args)
+    fixed = {"project": RELAY_PROJECT, **({"url": args.upstream} if args.upstream else {})}
+    cfg = _args.load_settings(args, **fixed)
+    check_upstream(cfg.url, cfg.api_key)
+    host, port = args.listen
+    try:
+        keys = load_key_ring(args.keys_file, env_key=False)  # $ENGINE_API_KEY is the upstream's
+        stats = run_relay(cfg.url, host, port, args.max_body_bytes, args.config, keys=keys,
+                          **_args.config_overrides(args))
+    except OSError as exc:
+        raise CommandFailed(f"relay: cannot listen on {host}:{port}: {exc.strerror or exc} "
+                            "(pick another --listen port; 0 picks a free one)") from exc
+    line, delivered = _summary.delivery(stats, cfg)
+    print(f"engine relay: stopped; {line}", flush=True)
+    return 0 if delivered else 1
+
+
+def check_upstream(url: str, api_key: str | None) -> None:
+    """A wrong path, a host that is not a trace server, or a refused key stops the relay at
+    start; an upstream that is down does not (the relay spools and retries for it)."""
+    try:
+        _probe.server_info(url, api_key)
+    except _probe.Unreachable as exc:
+        log.warning("upstream %s; accepting traffic anyway: calls wait in the ring, then the "
+                    "spool, until it answers", exc)
+    except CommandFailed as exc:
+        raise CommandFailed(f"relay: upstream {exc}") from exc

@@ -1,0 +1,73 @@
+"""``engine serve``: the local trace server (aiohttp + SQLite), in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import sqlite3
+
+from engine.cli import _args
+from engine.cli._args import CommandFailed, UsageError
+
+
+def add(subparsers: argparse._SubParsersAction) -> None:
+    from engine.server import DEFAULT_MAX_BODY_BYTES, default_db_path
+
+    serve = _args.add_command(subparsers, "serve", "run the local trace server",
+                              "Run the local trace server; its trace browser is at its URL.")
+    serve.add_argument("--db", default=None, help=f"SQLite file (default {default_db_path()})")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=_args.port, default=6345,
+                       help="port to bind (default 6345); 0 picks a free one")
+    serve.add_argument(
+        "--store", default="sqlite",
+        help="sqlite (one file, the default); clickhouse://USER@HOST:PORT/DB (a ClickHouse "
+        "server, shared by replicas; password from $ENGINE_CLICKHOUSE_PASSWORD or "
+        "--clickhouse-password-file); chdb:///FOLDER (ClickHouse embedded in this process); "
+        "count only decodes and counts calls (benchmarks)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--clickhouse-password-file", default=None,
+        help="file holding the ClickHouse password (else $ENGINE_CLICKHOUSE_PASSWORD_FILE, "
+        "$ENGINE_CLICKHOUSE_PASSWORD)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--max-body-bytes", type=_args.positive_int, default=DEFAULT_MAX_BODY_BYTES,
+        help="largest request body accepted, before and after decompression",
+    )  # fmt: skip
+    _args.add_key_flags(serve, "set $ENGINE_API_KEY for one key that may read and write every "
+                        "project")
+    serve.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from engine.server import run_server
+    from engine.server._auth import load_key_ring
+
+    _args.refuse_key_in_argv(args, "serve")
+    if args.db is not None and os.path.isdir(args.db):
+        raise UsageError(f"serve: --db {args.db} is a directory; give the database file's path")
+    try:
+        run_server(host=args.host, port=args.port, db_path=args.db, store=args.store,
+                   clickhouse_password_file=args.clickhouse_password_file,
+                   max_body_bytes=args.max_body_bytes,
+                   keys=load_key_ring(args.keys_file))
+    except sqlite3.Error as exc:
+        raise CommandFailed(f"serve: cannot use the database {args.db or 'at the default path'}: "
+                            f"{exc} (is it an SQLite file written by engine serve?)") from exc
+    except OSError as exc:
+        raise CommandFailed(_listen_error(args.host, args.port, exc)) from exc
+    return 0
+
+
+def _listen_error(host: str, port: int, exc: OSError) -> str:
+    if exc.filename:
+        return f"serve: {exc.filename}: {exc.strerror}"
+    where = f"cannot listen on {host}:{port}"
+    if exc.errno == errno.EADDRINUSE:
+        return (f"serve: {where}: the address is already in use (another engine serve? stop "
+                "it, or pick another --port; 0 picks a free one)")
+    if exc.errno in (errno.EADDRNOTAVAIL, errno.EACCES):
+        return f"serve: {where}: {os.strerror(exc.errno)} (check --host and --port)"
+    return f"serve: {where}: {exc.strerror or exc} (check --host and --port)"

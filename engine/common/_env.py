@@ -1,0 +1,55 @@
+"""Every ``ENGINE_*`` environment variable engine reads, declared in one place.
+
+Settings of :class:`engine.EngineConfig` are read as ``ENGINE_<FIELD>`` (``ENGINE_LINGER_MS``);
+the variables below are the others. Any other ``ENGINE_*`` variable is a typo until proven
+otherwise: :func:`unknown_variables` finds them and :func:`closest` suggests the name meant.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping
+
+PREFIX = "ENGINE_"
+
+CONFIG = "ENGINE_CONFIG"  # the TOML file of settings
+API_KEY = "ENGINE_API_KEY"  # also the api_key setting; never a command-line flag
+LOG_LEVEL = "ENGINE_LOG_LEVEL"  # debug, info, warning, error; debug also shows CLI tracebacks
+LOG_FORMAT = "ENGINE_LOG_FORMAT"  # text, logfmt, json: the sender process logs in it too
+PURE_PYTHON = "ENGINE_PURE_PYTHON"  # 1: do not load the C accelerator in this process
+WEAVE = "ENGINE_WEAVE"  # 1: engine.integrations.weave installs itself on import
+UNKNOWN_ENV = "ENGINE_UNKNOWN_ENV"  # "error" (default) or "warn": what a misspelt variable does
+SENDER_API_KEY = "ENGINE_SENDER_API_KEY"  # the owner hands its key to the sender (internal)
+PYTHON = "ENGINE_PYTHON"  # scripts/_env.sh: the interpreter that builds .venv
+
+OTHER_VARIABLES = frozenset({
+    CONFIG, API_KEY, LOG_LEVEL, LOG_FORMAT, PURE_PYTHON, WEAVE, UNKNOWN_ENV, SENDER_API_KEY,
+    PYTHON,
+})  # fmt: skip
+
+
+def setting_variable(field: str) -> str:
+    """``linger_ms`` -> ``ENGINE_LINGER_MS``."""
+    return PREFIX + field.upper()
+
+
+def known_variables(fields: Iterable[str]) -> frozenset[str]:
+    return OTHER_VARIABLES | {setting_variable(f) for f in fields}
+
+
+def unknown_variables(environ: Mapping[str, str], fields: Iterable[str]) -> list[str]:
+    """``ENGINE_*`` names in ``environ`` that engine does not read, sorted."""
+    known = known_variables(fields)
+    return sorted(n for n in environ if n.startswith(PREFIX) and n not in known)
+
+
+def closest(name: str, candidates: Iterable[str]) -> str | None:
+    """The candidate ``name`` was most likely meant to be, if any is close enough."""
+    matches = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
+def did_you_mean(name: str, candidates: Iterable[str]) -> str:
+    """``"; did you mean X?"`` or ``""``."""
+    match = closest(name, candidates)
+    return f"; did you mean {match}?" if match else ""

@@ -1,0 +1,106 @@
+"""``engine calls`` (list, filter, follow) and ``engine doctor`` against a real ``engine serve``."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from engine.producer._engine import Engine
+from engine.server import serve_subprocess
+
+PROJECT = "ops/calls"
+pytestmark = pytest.mark.integration
+
+
+def _env(**extra: str) -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("ENGINE_", "WANDB_"))}
+    return {**base, **extra}
+
+
+def _engine(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "engine", *argv], capture_output=True, text=True,
+                          timeout=60, env=env or _env(), stdin=subprocess.DEVNULL)
+
+
+def _trace(url: str, first: int, count: int) -> None:
+    with Engine(url=url, project=PROJECT) as eng:
+        tracer = eng.producer()
+        for i in range(first, first + count):
+            try:
+                with tracer.call("predict" if i % 2 else "score", inputs={"i": i}) as call:
+                    call.summary = {"usage": {"m": {"prompt_tokens": 10, "completion_tokens": i}}}
+                    if i % 5 == 4:
+                        raise ValueError(f"bad example {i}")
+                    call.output = i
+            except ValueError:
+                pass
+        assert eng.flush(timeout_s=30)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with serve_subprocess(tmp_path_factory.mktemp("calls") / "t.db") as url:
+        _trace(url, 0, 10)
+        yield url
+
+
+def test_calls_lists_the_latest_oldest_first(server):
+    result = _engine("calls", "--project", PROJECT, "--url", server, "--limit", "4")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 4
+    assert [line.split()[-2] for line in lines] == ["score", "predict", "score", "predict"]
+    assert "success" in lines[0] and " ms " in lines[0] and "16 tok" in lines[0]  # call 6
+    assert "error" in lines[-1]  # call 9 raised
+
+
+def test_calls_json_and_filters(server):
+    result = _engine("calls", "--project", PROJECT, "--url", server, "--json", "--limit", "100",
+                     "--op", "PRED", "--status", "error")
+    assert result.returncode == 0, result.stderr
+    calls = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [c["inputs"]["i"] for c in calls] == [9]
+    assert calls[0]["op_name"] == "predict" and "bad example 9" in calls[0]["exception"]
+
+
+def test_calls_follow_prints_new_calls_as_they_arrive(server):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine", "calls", "--project", PROJECT, "--url", server,
+         "--follow", "--interval-s", "0.2", "--limit", "1", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    try:
+        first = json.loads(proc.stdout.readline())
+        _trace(server, 100, 3)
+        seen = [json.loads(proc.stdout.readline())["inputs"]["i"] for _ in range(3)]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(30)
+        proc.stdout.close()
+        proc.stderr.close()
+    assert first["inputs"]["i"] == 9
+    assert sorted(seen) == [100, 101, 102]
+    assert code == 0
+
+
+def test_doctor_says_ready_for_engine_serve(server):
+    result = _engine("doctor", server, "--limit-mib", "2")
+    assert result.returncode == 0, result.stdout + result.stderr
+    for check in ("reachable", "auth", "ingest routes", "compression", "size limit"):
+        assert f"ok   {check}:" in result.stdout
+    assert result.stdout.splitlines()[-1].endswith("READY: the engine can deliver here")
+
+
+def test_doctor_reports_a_missing_key_a_small_limit_and_a_wrong_path(tmp_path):
+    with serve_subprocess(tmp_path / "k.db", api_key="doctor-key",
+                          max_body_bytes=1536 * 1024) as url:
+        no_key = _engine("doctor", url, "--limit-mib", "2")
+        with_key = _engine("doctor", url, "--limit-mib", "2", env=_env(ENGINE_API_KEY="doctor-key"))
+        wrong_path = _engine("doctor", url + "/traces", env=_env(ENGINE_API_KEY="doctor-key"))
+    assert no_key.returncode == 1 and "FAIL auth: HTTP 401" in no_key.stdout
+    assert "NOT READY" in no_key.stdout and "doctor-key" not in no_key.stdout
+    assert with_key.returncode == 0, with_key.stdout
+    assert "warn size limit: 2 MiB answered 413; 1 MiB went through" in with_key.stdout
+    assert wrong_path.returncode == 1 and "wrong path" in wrong_path.stdout
