@@ -187,13 +187,17 @@ class Engine:
                 return
             lived_s = time.monotonic() - started
             pause_s = _SENDER_RESTART_MIN_S if lived_s > 60 else min(pause_s * 2, 30.0)
-            log.error("sender process %s after %.1f s; restarting it in %.1f s",
-                      _describe_exit(code), lived_s, pause_s)
+            # the pause first: a signal that ends the sender and then this owner (Ctrl-C, a
+            # service manager's stop) is no restart, and says nothing about one
             time.sleep(pause_s)
             with self._lock:
-                if not self._closed:
-                    self._control.add("sender_restarts")
-                    self._start_sender()
+                if self._closed or os.getpid() != self._owner_pid:
+                    return
+                self._control.add("sender_restarts")
+                self._start_sender()
+            log.error("sender process %d %s after %.1f s; restarted it as %d, which resumes "
+                      "from the last acknowledged positions", proc.pid, _describe_exit(code),
+                      lived_s, self._sender.pid)
 
     def _stop_sender(self, deadline_s: float) -> None:
         """Ask the sender to deliver until ``deadline_s``, persist the rest and exit; wait

@@ -28,6 +28,7 @@ from engine.ring import RingReader
 from engine.sender._adaptive import AdaptiveConcurrency, SizeTarget
 from engine.sender._batcher import Accumulator, Batch
 from engine.sender._deadletter import DeadLetters
+from engine.sender._outage import OutageLog, failure_text
 from engine.sender._persist import Persister
 from engine.sender._release import ReleaseTracker
 from engine.sender._router import UPSERT_ROUTE, Router
@@ -69,6 +70,12 @@ class Delivery:
     compressor: Compressor | None
     executor: concurrent.futures.ThreadPoolExecutor | None
     latencies_us: collections.deque[int]
+    outage: OutageLog
+
+    def _waiting_items(self) -> int:
+        """Items read and not yet settled (what an outage warning counts)."""
+        batches = [*self.ready, *self.waiting, *self.tasks.values(), *self.acc.open.values()]
+        return sum(len(b) for b in batches) + self.router.held()
 
     def _dispatch(self) -> None:
         while self.ready and len(self.tasks) < self.concurrency.limit:
@@ -134,6 +141,7 @@ class Delivery:
         if verdict is Verdict.OK:
             self.concurrency.on_response(rtt_s, overloaded=False, in_flight=in_flight)
             self.size.on_success(raw_bytes)
+            self.outage.succeeded()
             self._acknowledge(batch, raw_bytes)
         elif verdict is Verdict.SPLIT_413:
             self.control.add("rejected_bytes_413", raw_bytes)
@@ -144,6 +152,7 @@ class Delivery:
         elif verdict is Verdict.RETRY:
             overloaded = status in (429, 503) or response is None
             self.concurrency.on_response(rtt_s, overloaded=overloaded, in_flight=in_flight)
+            self.outage.failed(failure_text(status, error), self._waiting_items)
             self._retry_later(batch, response, error)
         elif verdict is Verdict.COMPLETE_MODE_REQUIRED:
             self._switch_mode("complete")

@@ -30,6 +30,7 @@ from typing import Any
 import msgspec
 
 from engine import ring
+from engine.common import _logging
 from engine.common._config import EngineConfig, default_state_dir
 from engine.common._control import Control, control_path
 from engine.common._errors import SendError
@@ -40,13 +41,14 @@ from engine.sender._batcher import Accumulator, Batch
 from engine.sender._deadletter import DeadLetters
 from engine.sender._delivery import Delivery
 from engine.sender._intake import Intake
+from engine.sender._outage import OutageLog, startup_problem
 from engine.sender._persist import DEAD_COUNTERS, Persister
 from engine.sender._release import ReleaseTracker
 from engine.sender._replay import ReplaySummary, replay_spool
 from engine.sender._resend import Resender
 from engine.sender._router import Router
 from engine.sender._shutdown import HOUSEKEEPING_S, STOP_SIGNALS, Shutdown
-from engine.sender._transport import Compressor, Transport
+from engine.sender._transport import Compressor, Transport, accepted_encodings
 
 log = logging.getLogger("engine.sender")
 
@@ -99,6 +101,7 @@ class Sender(Intake, Delivery, Shutdown):
         self.dead = DeadLetters(cfg.dead_letter_path or state / "dead_letters.jsonl")
         self.spool = _open_spool(cfg.spool_dir) if cfg.spool_dir else None
         self.persister = Persister(self.control, self.dead, self.spool, self._release)
+        self.outage = OutageLog(cfg.url, _destination(cfg, self.dead.path))
         self.latencies_us: collections.deque[int] = collections.deque(maxlen=_LATENCY_SAMPLES)
         self.flush_seen_ns = 0  # a flush asked for before we started is honoured too
         self.flush_heads: list[int] | None = None
@@ -217,12 +220,15 @@ class Sender(Intake, Delivery, Shutdown):
     # -- start-up ------------------------------------------------------------------------------
 
     async def _decide_compression(self) -> None:
+        """Look at /server_info (a wrong URL or key is said loudly now, not found out from
+        dead letters later) and compress if the server accepts zstd."""
+        accepts: frozenset[str] = frozenset()
+        try:
+            accepts = accepted_encodings(await self.transport.get_json("/server_info"))
+        except SendError as exc:
+            log.log(*startup_problem(exc))
         setting = self.cfg.compression
         if setting == "auto":
-            try:
-                accepts = await self.transport.server_accepts()
-            except SendError:
-                accepts = frozenset()
             setting = "zstd" if "zstd" in accepts else "none"
         if setting == "zstd":
             self.compressor = Compressor(self.cfg.compression_level)
@@ -253,6 +259,13 @@ def _open_spool(directory: str) -> Any:
     return Spool(directory)
 
 
+def _destination(cfg: EngineConfig, dead_letter_path: Any) -> str:
+    after = f"a batch not delivered within delivery_deadline_s={cfg.delivery_deadline_s:g} s"
+    if cfg.spool_dir:
+        return f"{after} goes to the spool {cfg.spool_dir}"
+    return f"{after} goes to the dead-letter file {dead_letter_path} (no spool_dir set)"
+
+
 def tune_gc() -> None:
     """Collect cycles less often (see ``_GC_GEN0_THRESHOLD``); the sender process calls it."""
     gc.set_threshold(_GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
@@ -265,8 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     # held back, not lost, until the loop handles them (Sender.run)
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     tune_for_large_buffers()  # bodies of megabytes, reused warm instead of fresh mmaps
-    logging.basicConfig(level=os.environ.get("ENGINE_LOG_LEVEL", "WARNING"),
-                        format="%(asctime)s engine-sender[%(process)d] %(levelname)s %(message)s")
+    _logging.setup()  # the owner's ENGINE_LOG_FORMAT / ENGINE_LOG_LEVEL, else text at WARNING
     spec = msgspec.convert(args["spec"], ring.RingSpec)
     cfg = msgspec.convert(args["config"], EngineConfig)
     # held until we exit, however we exit: nobody recovers a ring set we read

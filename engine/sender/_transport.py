@@ -26,6 +26,11 @@ import zstandard
 from engine.common._errors import HTTPError, SendError
 
 
+def accepted_encodings(info: object) -> frozenset[str]:
+    """The content encodings a ``/server_info`` answer advertises (none if it says nothing)."""
+    return _encodings(info.get("accepts_encodings") if isinstance(info, dict) else None)
+
+
 class Response(NamedTuple):
     """One answer from the server; ``rtt_s`` spans sending the request to reading the body."""
 
@@ -131,7 +136,7 @@ class Transport:
             if exc.retriable:
                 raise
             return frozenset()
-        return _encodings(info.get("accepts_encodings") if isinstance(info, dict) else None)
+        return accepted_encodings(info)
 
     async def _request(
         self,

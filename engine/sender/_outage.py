@@ -1,0 +1,80 @@
+"""No silent outages: what the sender says while the server is unreachable or rejecting.
+
+Retries are quiet by design (one 503 in a storm is normal), so without this an operator sees
+nothing while calls pile up. The first failure after a success is logged at once, then at
+most one line every ``every_s`` while failures go on, each saying what fails, since when,
+how many items are waiting and where they will go; the first success after that says the
+server is back. The start-up look at ``/server_info`` (``startup_problem``) turns a wrong
+URL or key into one loud line before any call is sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from engine.common._errors import HTTPError, SendError
+
+log = logging.getLogger("engine.sender")
+
+DEFAULT_EVERY_S = 30.0
+
+
+class OutageLog:
+    """Rate-limited warnings about a failing server (``clock`` in seconds, injectable)."""
+
+    def __init__(self, url: str, destination: str, every_s: float = DEFAULT_EVERY_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.url = url
+        self.destination = destination  # where a batch goes once its deadline passes
+        self.every_s = every_s
+        self.clock = clock
+        self.since_s: float | None = None  # start of the current outage
+        self.since_wall: float | None = None
+        self.failures = 0
+        self.next_warning_s = 0.0
+
+    def failed(self, what: str, waiting_items: Callable[[], int]) -> None:
+        """A request got no answer, or an answer that means retry later."""
+        now = self.clock()
+        if self.since_s is None:
+            self.since_s, self.since_wall, self.failures = now, time.time(), 0
+            self.next_warning_s = now
+        self.failures += 1
+        if now < self.next_warning_s:
+            return
+        self.next_warning_s = now + self.every_s
+        since = time.strftime("%H:%M:%S", time.localtime(self.since_wall))
+        log.warning("server %s failing since %s (%.0f s, %d failed requests; last: %s); "
+                    "%d items waiting, retried with backoff; %s",
+                    self.url, since, now - self.since_s, self.failures, what, waiting_items(),
+                    self.destination)
+
+    def succeeded(self) -> None:
+        if self.since_s is None:
+            return
+        log.warning("server %s answering again after %.0f s and %d failed requests; delivering",
+                    self.url, self.clock() - self.since_s, self.failures)
+        self.since_s = None
+
+
+def failure_text(status: int | None, error: BaseException | None) -> str:
+    if status is not None:
+        return f"HTTP {status}"
+    return str(error) if error is not None else "no answer"
+
+
+def startup_problem(error: SendError) -> tuple[int, str]:
+    """(log level, message) for a failed ``GET /server_info`` at start."""
+    if isinstance(error, HTTPError) and error.status == 404:
+        return logging.ERROR, (f"{error.url} answered 404: the url setting is not the base URL "
+                               "of a trace server (wrong path?); calls sent there will fail "
+                               "and be dead-lettered; `engine doctor URL` checks a URL")
+    if isinstance(error, HTTPError) and error.status in (401, 403):
+        return logging.ERROR, (f"{error.url} answered {error.status}: the server refuses the "
+                               "API key (set ENGINE_API_KEY or WANDB_API_KEY)")
+    if error.retriable:
+        return logging.WARNING, (f"cannot reach the trace server yet ({error}); calls wait in "
+                                 "the rings and are retried until it answers")
+    return logging.ERROR, f"the trace server's /server_info failed: {error}"

@@ -1,0 +1,119 @@
+"""No silent failure: a wrong URL path is said at start and flush() is False; a server that
+is down is reported (what, since when, how many items wait, where they go); flush() is
+True only for what the server acknowledged. Each case runs a real owner process whose
+sender's log lines are read from its stderr."""
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from engine.server import serve_subprocess
+
+pytestmark = pytest.mark.integration
+
+_OWNER = textwrap.dedent("""
+    import json, sys
+    from engine.producer._engine import Engine
+    from tests.engine.helpers import trace_calls
+    settings = json.loads(sys.argv[2])
+    with Engine(url=sys.argv[1], project="ops/silence", **settings) as eng:
+        trace_calls(eng.producer(), 5)
+        flushed = eng.flush(timeout_s=30)
+        stats = eng.stats()
+        print(json.dumps({"flushed": flushed, "acked": stats["items_acked"],
+                          "dead": stats["dead_letters"], "spooled": stats["spooled_items"]}))
+""")
+
+
+def _owner(url: str, tmp_path, **settings) -> tuple[dict, str]:
+    import json
+
+    settings = {"dead_letter_path": str(tmp_path / "dead.jsonl"), "backoff_initial_ms": 10,
+                "backoff_max_ms": 100, "shutdown_timeout_s": 5.0, **settings}
+    result = subprocess.run([sys.executable, "-c", _OWNER, url, json.dumps(settings)],
+                            capture_output=True, text=True, timeout=120,
+                            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": "."})
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.splitlines()[-1]), result.stderr
+
+
+def test_wrong_url_path_is_said_at_start_and_flush_is_false(tmp_path):
+    with serve_subprocess(tmp_path / "t.db") as url:
+        outcome, log = _owner(url + "/api", tmp_path)
+    # 5 calls of 2: after the 404 on calls/complete the sender tries starts and ends (upsert)
+    assert outcome["flushed"] is False and outcome["acked"] == 0 and outcome["dead"] == 20
+    assert "/api/server_info answered 404" in log and "wrong path?" in log
+
+
+def test_server_down_is_reported_and_spooled_is_not_delivered(tmp_path):
+    outcome, log = _owner("http://127.0.0.1:9", tmp_path, delivery_deadline_s=1.0,
+                          spool_dir=str(tmp_path / "spool"))
+    assert outcome == {"flushed": False, "acked": 0, "dead": 0, "spooled": 10}
+    assert "cannot reach the trace server yet" in log
+    warning = next(line for line in log.splitlines() if "failing since" in line)
+    assert "server http://127.0.0.1:9 failing since" in warning and "items waiting" in warning
+    assert f"goes to the spool {tmp_path / 'spool'}" in warning
+
+
+def test_flush_is_true_when_everything_was_acknowledged(tmp_path):
+    with serve_subprocess(tmp_path / "t.db") as url:
+        outcome, log = _owner(url, tmp_path)
+    assert outcome == {"flushed": True, "acked": 10, "dead": 0, "spooled": 0}
+    assert "failing since" not in log and "404" not in log
+
+
+_WAITING_OWNER = textwrap.dedent("""
+    import sys, time
+    from engine.producer._engine import Engine
+    with Engine(url=sys.argv[1], project="ops/silence", shutdown_timeout_s=5.0) as eng:
+        print(eng._sender.pid, flush=True)
+        sys.stdin.readline()
+        if eng._sender is not None:
+            print(eng._sender.pid, flush=True)
+""")
+
+
+def _waiting_owner(url: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", _WAITING_OWNER, url], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, env={"PATH": "/usr/bin:/bin",
+                                                         "PYTHONPATH": "."})
+
+
+def test_a_killed_sender_is_reported_as_killed_and_restarted(tmp_path):
+    import os
+    import signal
+    import time
+
+    with serve_subprocess(tmp_path / "t.db") as url:
+        owner = _waiting_owner(url)
+        first = int(owner.stdout.readline())
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and _child_pids(owner.pid) in ([], [first]):
+            time.sleep(0.05)  # polling for the restarted sender, with a deadline
+        _, err = owner.communicate("\n", timeout=60)
+    assert f"sender process {first} was killed by SIGKILL" in err
+    assert "restarted it as" in err and "exited with -9" not in err
+
+
+def test_a_group_sigterm_is_not_reported_as_a_restart(tmp_path):
+    import os
+    import signal
+
+    with serve_subprocess(tmp_path / "t.db") as url:
+        owner = _waiting_owner(url)
+        owner.stdout.readline()
+        os.killpg(owner.pid, signal.SIGTERM)  # the owner's own group: it and its sender
+        _, err = owner.communicate(timeout=60)
+    assert "restart" not in err, err
+
+
+def _child_pids(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except FileNotFoundError:
+        return []
