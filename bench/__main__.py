@@ -4,7 +4,9 @@
                     [--contenders engine,weave-batched,weave-op,naive] [--scale F] [--out DIR]
 
 Writes ``<scenario>.jsonl`` (a machine line, every run, the medians), ``summary.md`` and
-PNG plots into ``--out`` (default ``bench/results``). See ``bench/README.md``.
+PNG plots into ``--out`` (default ``bench/results``; with ``--quick``, the scratch folder
+``bench/scratch``, which git ignores: a smoke run never overwrites the committed results).
+See ``bench/README.md``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ SCENARIOS = {"ring": ring, "producer": producer, "e2e": e2e, "matrix": matrix, "
              "burst": burst}
 CONTENDERS = ("engine", "weave-batched", "weave-op", "naive")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+QUICK_OUT = Path(__file__).resolve().parent / "scratch"
 
 
 def _names(text: str, allowed: tuple[str, ...], what: str) -> tuple[str, ...]:
@@ -45,11 +48,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=None,
                         help="runs per configuration (median, min-max); default 3, quick 1")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every call count")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results directory")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="results directory (default bench/results; --quick: bench/scratch)")
     parser.add_argument("--report-only", action="store_true",
                         help="rebuild summary.md and the plots from the .jsonl files in --out")
     args = parser.parse_args(argv)
     args.repeat = args.repeat or (1 if args.quick else 3)
+    if args.out is None:
+        args.out = QUICK_OUT if args.quick else DEFAULT_OUT
+    elif args.quick and args.out.resolve() == DEFAULT_OUT and not args.report_only:
+        parser.error("--quick never writes into bench/results (the committed full-run "
+                     "results): leave --out out (bench/scratch) or pick another folder")
     if args.repeat < 1 or args.scale <= 0:
         parser.error("--repeat must be >= 1 and --scale > 0")
     return args

@@ -11,7 +11,6 @@ from bench.scenarios import matrix
 PEERS = ("weave-batched", "weave-op", "naive")
 _RING_PEERS = ("mp.Queue", "faster-fifo")
 _E2E_TARGET_PRODUCERS = 2
-_PLOT_DPI = 80
 
 
 # ---- formatting ----------------------------------------------------------------------------
@@ -255,6 +254,21 @@ def summary_markdown(machine: dict[str, Any], results: dict[str, list[dict[str, 
 
 
 # ---- plots ---------------------------------------------------------------------------------------
+# Sized to be read at a glance on a laptop screen (about 1300 px wide), one fixed colour per
+# contender in every figure, every axis labelled with its unit.
+
+_PLOT_DPI = 110
+_COLOURS = {"engine": "#1f5fbf", "weave-batched": "#e07b00", "weave-op": "#2a9d3a",
+            "naive": "#7f7f7f", "weave-op+engine": "#6a3d9a", "ring": "#1f5fbf", "mp.Queue": "#b03a2e", "faster-fifo": "#8e44ad"}
+_PROFILE_ORDER = ["small", "eval", "large"]
+
+
+def _colour(row: dict[str, Any]) -> str:
+    return _COLOURS.get(row["contender"], "#333333")
+
+
+def _style(row: dict[str, Any]) -> str:
+    return "--" if row.get("compression") == "zstd" else "-"
 
 
 def plot_all(results: dict[str, list[dict[str, Any]]], out: Path) -> list[Path]:
@@ -264,56 +278,95 @@ def plot_all(results: dict[str, list[dict[str, Any]]], out: Path) -> list[Path]:
     written = []
     if results.get("e2e"):
         written.append(_plot_throughput(results["e2e"], out / "e2e_throughput.png"))
-        written.append(_plot_latency(results["e2e"], out / "e2e_latency_cdf.png"))
+        if any(r.get("latency_p50_ms") is not None for r in results["e2e"]):
+            written.append(_plot_latency(results["e2e"], out / "e2e_latency_cdf.png"))
     if results.get("producer"):
         written.append(_plot_producer(results["producer"], out / "producer_cpu.png"))
     return written
 
 
 def _plot_throughput(rows: list[dict[str, Any]], path: Path) -> Path:
+    """Calls/s delivered against producer processes, one panel per payload profile."""
     import matplotlib.pyplot as plt
 
-    rows = [r for r in rows if r["sink"] == "count"]
-    profiles = sorted({r["profile"] for r in rows}, key=["small", "eval", "large"].index)
-    fig, axes = plt.subplots(1, len(profiles), figsize=(3.6 * len(profiles), 3.2), squeeze=False)
+    rows = [r for r in rows if r["sink"] == "count" and r.get("calls_per_s")]
+    profiles = sorted({r["profile"] for r in rows}, key=_PROFILE_ORDER.index)
+    fig, axes = plt.subplots(1, len(profiles), figsize=(4.2 * len(profiles), 4.4), squeeze=False,
+                             sharey=True)
     for ax, profile in zip(axes[0], profiles):
         group = [r for r in rows if r["profile"] == profile]
         for label in sorted({_label(r) for r in group}):
-            series = sorted((r["producers"], r.get("calls_per_s")) for r in group
-                            if _label(r) == label and r.get("calls_per_s"))
-            if series:
-                ax.plot(*zip(*series), marker="o", label=label)
+            mine = sorted((r for r in group if _label(r) == label), key=lambda r: r["producers"])
+            xs, ys = [r["producers"] for r in mine], [r["calls_per_s"] for r in mine]
+            ax.plot(xs, ys, _style(mine[0]), color=_colour(mine[0]), marker="o", linewidth=2,
+                    label=label)
+            if mine[0].get("compression") != "zstd":  # labelled once per contender
+                ax.annotate(_short(ys[-1]), (xs[-1], ys[-1]), textcoords="offset points",
+                            xytext=(6, 0), fontsize=8, va="center", color=_colour(mine[0]))
         ax.set_yscale("log")
-        ax.set_title(f"{profile} payloads")
+        ax.set_title(f"{profile} calls", fontsize=11)
         ax.set_xlabel("producer processes")
         ax.set_xticks(sorted({r["producers"] for r in group}))
+        ax.margins(x=0.15)
         ax.grid(True, which="both", alpha=0.3)
-    axes[0][0].set_ylabel("calls/s delivered (log)")
-    axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
+    axes[0][0].set_ylabel("calls/s delivered to the sink (log scale)")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9, frameon=False)
+    fig.suptitle("End to end: calls delivered per second vs producer processes "
+                 "(median of the runs; dashed = zstd)", fontsize=12)
+    fig.tight_layout(rect=(0, 0.07, 1, 0.95))
     fig.savefig(path, dpi=_PLOT_DPI)
     plt.close(fig)
     return path
 
 
-def _plot_latency(rows: list[dict[str, Any]], path: Path) -> Path:
-    """The sender's enqueue-to-ack percentiles as a step CDF (p50, p90, p99, max)."""
-    import matplotlib.pyplot as plt
+def _short(value: float) -> str:
+    if value >= 1e6:
+        return f"{value / 1e6:.1f}M"
+    return f"{value / 1e3:.0f}k" if value >= 1e3 else f"{value:.0f}"
 
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    for r in rows:
-        if r["contender"] != "engine" or r["sink"] != "count" or r.get("latency_p50_ms") is None:
-            continue
-        xs = [r["latency_p50_ms"], r["latency_p90_ms"], r["latency_p99_ms"], r["latency_max_ms"]]
-        ax.step([0, *xs], [0, 0.5, 0.9, 0.99, 1.0], where="post", marker=".",
-                label=f"{r['profile']} x{r['producers']}{' zstd' if r['compression'] == 'zstd' else ''}")
-    ax.set_xscale("symlog")
-    ax.set_xlabel("engine enqueue-to-ack latency, ms")
-    ax.set_ylabel("fraction of calls")
-    ax.set_title("engine: enqueue-to-ack (sender percentiles)")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=6, ncol=2)
-    fig.tight_layout()
+
+# y positions: -log10(1 - q), so p50, p90, p99 are evenly spaced; the maximum is drawn a step
+# above p99
+_PERCENTILES = (("latency_p50_ms", "p50", 0.3), ("latency_p90_ms", "p90", 1.0),
+                ("latency_p99_ms", "p99", 2.0), ("latency_max_ms", "max", 3.0))
+
+
+def _plot_latency(rows: list[dict[str, Any]], path: Path) -> Path:
+    """The engine's enqueue-to-acknowledgement latency: the sender's measured percentiles
+    (p50, p90, p99, max) as points of the CDF, joined; nothing below p50 is drawn because
+    nothing below it was measured. One panel per profile, one line per producer count."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    rows = [r for r in rows if r["contender"] == "engine" and r["sink"] == "count"
+            and r.get("latency_p50_ms") is not None]
+    profiles = sorted({r["profile"] for r in rows}, key=_PROFILE_ORDER.index)
+    fig, axes = plt.subplots(1, len(profiles), figsize=(4.2 * len(profiles), 4.4), squeeze=False,
+                             sharey=True)
+    shades = {1: "#9ec5ff", 2: "#1f5fbf", 4: "#0a2a66"}
+    for ax, profile in zip(axes[0], profiles):
+        for r in sorted((r for r in rows if r["profile"] == profile),
+                        key=lambda r: (r["producers"], r.get("compression") or "")):
+            xs = [r[name] for name, _, _ in _PERCENTILES]
+            ax.plot(xs, [y for _, _, y in _PERCENTILES], _style(r), marker="o", linewidth=2,
+                    color=shades.get(r["producers"], "#1f5fbf"),
+                    label=f"{r['producers']} producer{'s' if r['producers'] > 1 else ''}"
+                    f"{' +zstd' if r.get('compression') == 'zstd' else ''}")
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_yticks([y for _, _, y in _PERCENTILES], [n for _, n, _ in _PERCENTILES])
+        ax.set_title(f"{profile} calls", fontsize=11)
+        ax.set_xlabel("enqueue → server acknowledged, ms (log scale)")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].set_ylabel("percentile of calls (acknowledged within x ms)")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9, frameon=False)
+    fig.suptitle("engine: latency from enqueue to acknowledgement (sender's percentiles, "
+                 "count sink; dashed = zstd)", fontsize=12)
+    fig.tight_layout(rect=(0, 0.07, 1, 0.94))
     fig.savefig(path, dpi=_PLOT_DPI)
     plt.close(fig)
     return path
@@ -323,11 +376,16 @@ def _plot_producer(rows: list[dict[str, Any]], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     rows = sorted((r for r in rows if r.get("cpu_us_per_call")), key=lambda r: r["cpu_us_per_call"])
-    fig, ax = plt.subplots(figsize=(6, 2.6))
-    ax.barh([_label(r) for r in rows], [r["cpu_us_per_call"] for r in rows],
-            color=["tab:blue" if r["contender"] == "engine" else "tab:gray" for r in rows])
+    fig, ax = plt.subplots(figsize=(10, 0.45 * len(rows) + 1.4))
+    bars = ax.barh([_label(r) for r in rows], [r["cpu_us_per_call"] for r in rows],
+                   color=[_colour(r) for r in rows])
+    for bar, r in zip(bars, rows):
+        ax.annotate(f"{r['cpu_us_per_call']:,.1f} µs", (bar.get_width(), bar.get_y() + 0.4),
+                    textcoords="offset points", xytext=(4, 0), va="center", fontsize=9)
+    ax.invert_yaxis()
     ax.set_xscale("log")
-    ax.set_xlabel("CPU µs per traced call in the eval process (log)")
+    ax.set_xlabel("CPU µs per traced call, paid by the traced process (log scale; lower is better)")
+    ax.set_title("Producer: CPU per ~4 KB eval call (median of the runs)", fontsize=12)
     ax.grid(True, axis="x", which="both", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=_PLOT_DPI)

@@ -19,12 +19,15 @@ LOG_FORMAT = "ENGINE_LOG_FORMAT"  # text, logfmt, json: the sender process logs 
 PURE_PYTHON = "ENGINE_PURE_PYTHON"  # 1: do not load the C accelerator in this process
 WEAVE = "ENGINE_WEAVE"  # 1: engine.integrations.weave installs itself on import
 UNKNOWN_ENV = "ENGINE_UNKNOWN_ENV"  # "error" (default) or "warn": what a misspelt variable does
+TEST_SCREENSHOTS = "ENGINE_TEST_SCREENSHOTS"  # tests: where the browser test copies its screenshots
 SENDER_API_KEY = "ENGINE_SENDER_API_KEY"  # the owner hands its key to the sender (internal)
 PYTHON = "ENGINE_PYTHON"  # scripts/_env.sh: the interpreter that builds .venv
+CLICKHOUSE_PASSWORD = "ENGINE_CLICKHOUSE_PASSWORD"  # engine serve --store clickhouse://…
+CLICKHOUSE_PASSWORD_FILE = "ENGINE_CLICKHOUSE_PASSWORD_FILE"  # … or the file holding it
 
 OTHER_VARIABLES = frozenset({
     CONFIG, API_KEY, LOG_LEVEL, LOG_FORMAT, PURE_PYTHON, WEAVE, UNKNOWN_ENV, SENDER_API_KEY,
-    PYTHON,
+    PYTHON, TEST_SCREENSHOTS, CLICKHOUSE_PASSWORD, CLICKHOUSE_PASSWORD_FILE,
 })  # fmt: skip
 
 

@@ -27,6 +27,7 @@ from engine.server import (
     _routes_refs,
     _routes_tables,
     _routes_threads,
+    _routes_ui,
 )
 from engine.server._auth import CURRENT_GRANT, Grant, KeyRing, check_bind
 from engine.server._body import DEFAULT_MAX_BODY_BYTES, ApiError, error_response
@@ -93,7 +94,8 @@ def _auth_middleware(keys: KeyRing) -> Any:
 
     @web.middleware
     async def auth(request: web.Request, handler: Any) -> web.StreamResponse:
-        CURRENT_GRANT.set(keys.grant(request.headers.get("Authorization")))
+        if not _routes_ui.is_open(request):  # the browser's pages hold no data
+            CURRENT_GRANT.set(keys.grant(request.headers.get("Authorization")))
         return await handler(request)
 
     return auth
@@ -127,8 +129,9 @@ def build_app(
     app.router.add_get("/metrics", _serve_metrics)
     for module in (_routes_misc, _routes_calls, _graphql, _routes_objects, _routes_tables,
                    _routes_refs, _routes_files, _routes_feedback, _routes_costs, _routes_otel,
-                   _routes_threads, _routes_actions, _routes_completions):  # fmt: skip
+                   _routes_threads, _routes_actions, _routes_completions, _routes_ui):  # fmt: skip
         app.add_routes(module.routes)
+    _routes_ui.add_pages(app)  # the trace browser's pages: after every API route
     app.on_cleanup.append(_close_store)
     return app
 

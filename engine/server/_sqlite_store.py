@@ -73,6 +73,11 @@ class SQLiteStore(Store):
     async def trace_storage_bytes(self, project_id: str, trace_ids: list[str]) -> dict[str, int]:
         return await self._db.read(calls.q_trace_bytes, project_id, trace_ids)
 
+    async def project_call_counts(self) -> list[tuple[str, int]]:
+        sql = ("SELECT project_id, count(*) FROM calls WHERE op_name IS NOT NULL "
+               "GROUP BY project_id ORDER BY project_id")
+        return [(p, n) for p, n in await self._db.read(calls.q_fetchall, sql, [])]
+
     async def delete_calls(self, project_id: str, call_ids: list[str]) -> list[str]:
         return await self._db.write(calls.q_delete_calls, project_id, call_ids)
 

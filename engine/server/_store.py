@@ -158,6 +158,11 @@ class Store(abc.ABC):
     async def count_calls(self, query: CallsQuery) -> int:
         """How many calls ``query`` matches, ``limit`` and ``offset`` applied."""
 
+    async def project_call_counts(self) -> list[tuple[str, int]]:
+        """(project id, calls) of every project with calls, by id: the trace browser's first
+        page. The one operation over all projects; a store that cannot list them has none."""
+        return []
+
     @abc.abstractmethod
     async def trace_storage_bytes(self, project_id: str, trace_ids: list[str]) -> dict[str, int]:
         """``trace_id -> bytes`` of the stored JSON of every call of each trace."""

@@ -1,0 +1,77 @@
+"""The trace browser: static pages shipped in ``engine/server/ui/`` and one list of projects.
+
+The page is served at ``/`` and at the paths weave prints for a trace (with
+``WANDB_BASE_URL`` pointing here: ``/{entity}/{project}/r/call/{id}`` for a call,
+``/{entity}/{project}/weave`` for the project), so those links open in it. Everything else
+it shows comes from the server's own query routes (``/calls/stream_query``, ``/objs/query``,
+``/table/query``, …), called by ``app.js`` from the browser: no build step, nothing fetched
+from elsewhere, works offline. Pages and assets are open (they hold no data); data routes
+keep the server's auth.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+from aiohttp import web
+
+from engine.server._state import state_of
+
+routes = web.RouteTableDef()
+API_PATHS = web.AppKey("engine_ui_api_paths", frozenset)
+PAGE_ROUTE = "ui-page"
+ASSET_ROUTE = "ui-asset"
+_ASSETS = {"app.js": "text/javascript", "app.css": "text/css", "favicon.svg": "image/svg+xml"}
+_OPEN_ROUTES = frozenset({PAGE_ROUTE, ASSET_ROUTE})
+# the page's own code and the server's routes only: data shown can never run as code
+_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+
+
+def _read(name: str) -> bytes:
+    return resources.files("engine.server").joinpath("ui", name).read_bytes()
+
+
+def _headers(content_type: str) -> dict[str, str]:
+    return {"Content-Type": f"{content_type}; charset=utf-8", "Cache-Control": "no-cache",
+            "Content-Security-Policy": _CSP, "X-Content-Type-Options": "nosniff"}
+
+
+async def page(request: web.Request) -> web.Response:
+    if request.path in request.app[API_PATHS]:
+        # /calls/stream_query and the like are API routes of other methods, not pages
+        raise web.HTTPMethodNotAllowed(request.method, ["POST"])
+    return web.Response(body=_read("index.html"), headers=_headers("text/html"))
+
+
+async def asset(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    if name not in _ASSETS:
+        raise web.HTTPNotFound()
+    return web.Response(body=_read(name), headers=_headers(_ASSETS[name]))
+
+
+@routes.get("/ui/projects")
+async def projects(request: web.Request) -> web.Response:
+    """Every project with calls, and how many (the browser's first page)."""
+    counts = await state_of(request).store.project_call_counts()
+    return web.json_response({"projects": [{"project_id": p, "calls": n} for p, n in counts]})
+
+
+def add_pages(app: web.Application) -> None:
+    """Register the page's paths last, after every API route (they only add GETs); a GET of
+    a fixed API path (``/call/start``) stays a 405, not a page."""
+    app[API_PATHS] = frozenset(r.canonical for r in app.router.resources()
+                               if "{" not in r.canonical)
+    app.router.add_get("/ui/{name}", asset, name=ASSET_ROUTE)
+    paths = ("/", "/{entity}/{project}", "/{entity}/{project}/r/call/{call_id}",
+             "/{entity}/{project}/weave", "/{entity}/{project}/weave/{tail:.*}")
+    for number, path in enumerate(paths):
+        app.router.add_get(path, page, name=f"{PAGE_ROUTE}.path{number}")
+
+
+def is_open(request: web.Request) -> bool:
+    """A page or an asset of the browser (no credentials needed to load them)."""
+    route = request.match_info.route
+    name = route.name if route is not None else None
+    return bool(name) and name.split(".", 1)[0] in _OPEN_ROUTES

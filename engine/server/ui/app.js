@@ -1,0 +1,430 @@
+// The trace browser of `engine serve`: plain JavaScript, no build step, nothing from elsewhere.
+// Every value shown comes from the server's own query routes and is put into the page as
+// text (never as HTML), so a call's inputs can never run as code here.
+"use strict";
+
+const PAGE_ROWS = 50;
+const TRACE_MAX_CALLS = 2000;
+const OPEN_MAX_ENTRIES = 50;
+const KEY_STORE = "engine-api-key";
+let apiKey = sessionStorage.getItem(KEY_STORE) || "";
+
+// -- talking to the server ----------------------------------------------------------------
+
+async function request(path, body) {
+  const headers = { "Content-Type": "application/json" };
+  if (apiKey) headers.Authorization = "Basic " + btoa("api:" + apiKey);
+  const init = { method: body === undefined ? "GET" : "POST", headers };
+  if (body !== undefined) init.body = JSON.stringify(body);
+  const res = await fetch(path, init);
+  const text = await res.text();
+  if (res.status === 401 || res.status === 403) {
+    document.getElementById("keyform").hidden = false;
+    throw new Error("This server needs an API key: enter it at the top right.");
+  }
+  if (!res.ok) {
+    let reason = text;
+    try { reason = JSON.parse(text).reason || text; } catch (e) { /* not JSON: as is */ }
+    throw new Error(`${path} answered HTTP ${res.status}: ${reason}`);
+  }
+  return text;
+}
+
+const getJson = async (path, body) => JSON.parse(await request(path, body));
+const getLines = async (path, body) =>
+  (await request(path, body)).split("\n").filter((l) => l.trim()).map((l) => JSON.parse(l));
+
+// -- building the page ----------------------------------------------------------------------
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs || {})) {
+    if (value === undefined || value === null || value === false) continue;
+    if (name === "class") node.className = value;
+    else if (name.startsWith("on")) node.addEventListener(name.slice(2), value);
+    else node.setAttribute(name, value === true ? "" : String(value));
+  }
+  for (const child of children.flat(Infinity)) {
+    if (child === undefined || child === null || child === false) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+function link(href, text, cls) {
+  return el("a", { href, class: cls, onclick: (ev) => {
+    if (ev.ctrlKey || ev.metaKey || ev.shiftKey || ev.button !== 0) return;
+    ev.preventDefault();
+    go(href);
+  } }, text);
+}
+
+function show(...nodes) {
+  const main = document.getElementById("main");
+  main.replaceChildren(...nodes);
+}
+
+function go(href) {
+  history.pushState(null, "", href);
+  render();
+}
+
+function fail(err) {
+  show(el("p", { class: "error", id: "error" }, String(err.message || err)));
+}
+
+// -- what a call says about itself ---------------------------------------------------------
+
+function opLabel(opName) {
+  if (!opName) return "?";
+  if (opName.startsWith("weave:")) return opName.split("/").pop().split(":")[0];
+  return opName;
+}
+
+function statusOf(call) {
+  if (call.exception) return "error";
+  return call.ended_at ? "success" : "running";
+}
+
+// the server's times carry microseconds, which Date drops: keep them for short calls
+function epochMicros(text) {
+  const match = /\.(\d+)/.exec(text);
+  const fraction = match ? Number((match[1] + "000000").slice(0, 6)) : 0;
+  return Math.floor(Date.parse(text) / 1000) * 1e6 + fraction;
+}
+
+function latencyMs(call) {
+  if (!call.ended_at || !call.started_at) return null;
+  return (epochMicros(call.ended_at) - epochMicros(call.started_at)) / 1000;
+}
+
+function formatMs(ms) {
+  if (ms === null) return "…";
+  if (ms < 10) return `${ms.toFixed(2)} ms`;
+  if (ms < 1000) return `${ms.toFixed(0)} ms`;
+  return `${(ms / 1000).toFixed(ms < 10000 ? 2 : 1)} s`;
+}
+
+function formatTime(text) {
+  if (!text) return "";
+  const d = new Date(text);
+  const pad = (n, w = 2) => String(n).padStart(w, "0");
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ` +
+    `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}.${pad(d.getMilliseconds(), 3)}`;
+}
+
+function tokensOf(call) {
+  const usage = (call.summary || {}).usage;
+  if (!usage || typeof usage !== "object") return null;
+  let total = 0, seen = false;
+  for (const u of Object.values(usage)) {
+    if (!u || typeof u !== "object") continue;
+    seen = true;
+    total += u.total_tokens || ((u.prompt_tokens || u.input_tokens || 0) +
+                                (u.completion_tokens || u.output_tokens || 0));
+  }
+  return seen ? total : null;
+}
+
+function costOf(call) {
+  const costs = ((call.summary || {}).weave || {}).costs;
+  if (!costs || typeof costs !== "object") return null;
+  let total = 0;
+  for (const c of Object.values(costs)) {
+    total += (c.prompt_tokens_total_cost || 0) + (c.completion_tokens_total_cost || 0);
+  }
+  return total;
+}
+
+function callHref(project, id) { return `/${project}/r/call/${encodeURIComponent(id)}`; }
+
+// -- the calls list ------------------------------------------------------------------------
+
+function exists(field) { return { $convert: { input: { $getField: field }, to: "exists" } }; }
+
+const STATUS_EXPR = {
+  error: exists("exception"),
+  running: { $not: [exists("ended_at")] },
+  success: { $and: [exists("ended_at"), { $not: [exists("exception")] }] },
+};
+
+function contains(field, text, asString) {
+  const input = asString ? { $convert: { input: { $getField: field }, to: "string" } }
+                         : { $getField: field };
+  return { $contains: { input, substr: { $literal: text }, case_insensitive: true } };
+}
+
+function callsQuery(params) {
+  const terms = [];
+  if (params.op) terms.push(contains("op_name", params.op));
+  if (params.status) terms.push(STATUS_EXPR[params.status]);
+  if (params.q) {
+    terms.push({ $or: ["op_name", "display_name", "id", "trace_id", "exception"]
+      .map((f) => contains(f, params.q))
+      .concat(["inputs", "output", "attributes", "summary"].map((f) => contains(f, params.q, true))) });
+  }
+  if (!terms.length) return undefined;
+  return { $expr: terms.length === 1 ? terms[0] : { $and: terms } };
+}
+
+function readParams() {
+  const s = new URLSearchParams(location.search);
+  return { op: s.get("op") || "", status: s.get("status") || "", q: s.get("q") || "",
+           roots: s.get("roots") !== "0", page: Math.max(0, parseInt(s.get("page") || "0", 10) || 0) };
+}
+
+function paramsHref(params) {
+  const s = new URLSearchParams();
+  if (params.op) s.set("op", params.op);
+  if (params.status) s.set("status", params.status);
+  if (params.q) s.set("q", params.q);
+  if (!params.roots) s.set("roots", "0");
+  if (params.page) s.set("page", String(params.page));
+  const text = s.toString();
+  return location.pathname + (text ? "?" + text : "");
+}
+
+function filterForm(params) {
+  const op = el("input", { name: "op", placeholder: "op name contains…", value: params.op, id: "f-op" });
+  const q = el("input", { name: "q", placeholder: "text anywhere…", value: params.q, id: "f-text" });
+  const status = el("select", { name: "status", id: "f-status" },
+    ["", "success", "error", "running"].map((s) => el("option", { value: s, selected: s === params.status }, s || "any status")));
+  const roots = el("input", { type: "checkbox", name: "roots", id: "f-roots", checked: params.roots });
+  return el("form", { class: "filters", id: "filters", onsubmit: (ev) => {
+    ev.preventDefault();
+    go(paramsHref({ op: op.value.trim(), q: q.value.trim(), status: status.value,
+                    roots: roots.checked, page: 0 }));
+  } }, op, status, q, el("label", {}, roots, " root calls only"), el("button", { type: "submit" }, "Filter"));
+}
+
+async function callsPage(project) {
+  const params = readParams();
+  show(el("h1", {}, "Calls"), filterForm(params), el("p", { class: "muted" }, "Loading…"));
+  const filter = params.roots ? { trace_roots_only: true } : undefined;
+  const query = callsQuery(params);
+  const [stats, calls] = await Promise.all([
+    getJson("/calls/query_stats", { project_id: project, filter, query }),
+    getLines("/calls/stream_query", { project_id: project, filter, query, limit: PAGE_ROWS,
+      offset: params.page * PAGE_ROWS, sort_by: [{ field: "started_at", direction: "desc" }] }),
+  ]);
+  const rows = calls.map((call) => {
+    const tokens = tokensOf(call), cost = costOf(call), status = statusOf(call);
+    return el("tr", { class: "row", "data-id": call.id, onclick: () => go(callHref(project, call.id)) },
+      el("td", {}, link(callHref(project, call.id), call.display_name || opLabel(call.op_name))),
+      el("td", {}, el("span", { class: `status ${status}` }, status)),
+      el("td", { class: "num" }, formatMs(latencyMs(call))),
+      el("td", {}, formatTime(call.started_at)),
+      el("td", { class: "num" }, tokens === null ? "" : tokens.toLocaleString()),
+      el("td", { class: "num" }, cost === null ? "" : "$" + cost.toFixed(4)),
+      el("td", {}, el("code", {}, call.id.slice(-12))));
+  });
+  const first = params.page * PAGE_ROWS;
+  const pages = Math.max(1, Math.ceil(stats.count / PAGE_ROWS));
+  const pager = el("div", { class: "pager" },
+    el("button", { id: "prev", disabled: params.page === 0,
+                   onclick: () => go(paramsHref({ ...params, page: params.page - 1 })) }, "← Newer"),
+    el("span", { id: "range" }, stats.count ? `${(first + 1).toLocaleString()}–${(first + calls.length).toLocaleString()} of ${stats.count.toLocaleString()} calls (page ${params.page + 1} of ${pages.toLocaleString()})` : "no calls match"),
+    el("button", { id: "next", disabled: first + calls.length >= stats.count,
+                   onclick: () => go(paramsHref({ ...params, page: params.page + 1 })) }, "Older →"));
+  show(el("h1", {}, "Calls"), filterForm(params),
+    el("table", { id: "calls" },
+      el("thead", {}, el("tr", {}, ["Op", "Status", "Latency", "Started", "Tokens", "Cost", "Id"]
+        .map((h, i) => el("th", { class: [2, 4, 5].includes(i) ? "num" : undefined }, h)))),
+      el("tbody", {}, rows)),
+    pager);
+}
+
+// -- one call: its trace tree and everything it carries -------------------------------------
+
+function jsonNode(value, key, depth) {
+  const label = key === undefined ? [] : [el("span", { class: "k" }, key), ": "];
+  if (value === null || typeof value !== "object") {
+    const cls = typeof value === "string" ? "s" : typeof value === "number" ? "n" : "b";
+    return el("li", {}, label, el("span", { class: cls }, JSON.stringify(value)));
+  }
+  const entries = Array.isArray(value) ? value.map((v, i) => [String(i), v]) : Object.entries(value);
+  const size = Array.isArray(value) ? `[${entries.length}]` : `{${entries.length}}`;
+  // open the first levels of what is small enough to read; the rest one click away
+  const open = depth < 4 && entries.length <= OPEN_MAX_ENTRIES;
+  return el("li", {}, el("details", { class: "json", open },
+    el("summary", {}, label, el("span", { class: "muted" }, size)),
+    el("ul", {}, entries.map(([k, v]) => jsonNode(v, k, depth + 1)))));
+}
+
+function jsonView(value, id) {
+  if (value === null || value === undefined) return el("p", { class: "muted" }, "none");
+  return el("ul", { class: "json", id }, jsonNode(value, undefined, 0));
+}
+
+function traceTree(project, calls, currentId) {
+  const children = new Map();
+  const ids = new Set(calls.map((c) => c.id));
+  for (const call of calls) {
+    const parent = call.parent_id && ids.has(call.parent_id) ? call.parent_id : null;
+    if (!children.has(parent)) children.set(parent, []);
+    children.get(parent).push(call);
+  }
+  const branch = (parent) => el("ul", {}, (children.get(parent) || []).map((call) =>
+    el("li", {}, link(callHref(project, call.id), opLabel(call.op_name), call.id === currentId ? "current" : undefined),
+      " ", el("span", { class: `status ${statusOf(call)}` }, "●"),
+      " ", el("span", { class: "muted" }, formatMs(latencyMs(call))),
+      children.has(call.id) ? branch(call.id) : null)));
+  return el("div", { class: "tree", id: "tree" }, el("h2", {}, "Trace"), branch(null),
+    calls.length >= TRACE_MAX_CALLS ? el("p", { class: "muted" }, `first ${TRACE_MAX_CALLS} calls`) : null);
+}
+
+function facts(project, call) {
+  const tokens = tokensOf(call), cost = costOf(call), status = statusOf(call);
+  const rows = [
+    ["Status", el("span", { class: `status ${status}` }, status)],
+    ["Latency", formatMs(latencyMs(call))],
+    ["Started", formatTime(call.started_at)],
+    ["Ended", formatTime(call.ended_at) || "still running"],
+    ["Tokens", tokens === null ? null : tokens.toLocaleString()],
+    ["Cost", cost === null ? null : "$" + cost.toFixed(6)],
+    ["Op", el("code", {}, call.op_name)],
+    ["Call id", el("code", {}, call.id)],
+    ["Trace id", el("code", {}, call.trace_id)],
+    ["Parent", call.parent_id ? link(callHref(project, call.parent_id), call.parent_id) : "none (a root call)"],
+  ];
+  return el("dl", { class: "facts", id: "facts" },
+    rows.filter(([, v]) => v !== null).map(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
+}
+
+async function callPage(project, id) {
+  show(el("p", { class: "muted" }, "Loading…"));
+  const { call } = await getJson("/call/read", { project_id: project, id });
+  if (!call) {
+    show(el("p", { class: "error", id: "error" }, `No call ${id} in project ${project}.`),
+      link(`/${project}/weave/calls`, "All calls"));
+    return;
+  }
+  const trace = await getLines("/calls/stream_query", { project_id: project,
+    filter: { trace_ids: [call.trace_id] }, limit: TRACE_MAX_CALLS,
+    sort_by: [{ field: "started_at", direction: "asc" }] });
+  const sections = [
+    call.exception ? [el("h2", {}, "Exception"), el("pre", { class: "exception", id: "exception" }, call.exception)] : [],
+    el("h2", {}, "Inputs"), jsonView(call.inputs, "inputs"),
+    el("h2", {}, "Output"), jsonView(call.output, "output"),
+    el("h2", {}, "Attributes"), jsonView(call.attributes, "attributes"),
+    el("h2", {}, "Summary"), jsonView(call.summary, "summary"),
+  ];
+  show(el("h1", { id: "call-title" }, call.display_name || opLabel(call.op_name)),
+    el("div", { class: "call" }, traceTree(project, trace, call.id),
+      el("div", {}, facts(project, call), sections)));
+}
+
+// -- objects and tables ----------------------------------------------------------------------
+
+async function objectsPage(project) {
+  show(el("h1", {}, "Objects"), el("p", { class: "muted" }, "Loading…"));
+  const { objs } = await getJson("/objs/query", { project_id: project,
+    filter: { latest_only: true }, limit: 1000 });
+  const rows = objs.map((obj) => {
+    const detail = el("tr", { hidden: true }, el("td", { colspan: 5 }, jsonView(obj.val)));
+    return [el("tr", { class: "row", onclick: () => { detail.hidden = !detail.hidden; } },
+      el("td", {}, obj.object_id),
+      el("td", {}, obj.base_object_class || obj.leaf_object_class || obj.kind),
+      el("td", { class: "num" }, `v${obj.version_index}`),
+      el("td", {}, el("code", {}, obj.digest.slice(0, 12))),
+      el("td", {}, formatTime(obj.created_at))), detail];
+  });
+  show(el("h1", {}, "Objects"),
+    objs.length ? el("table", { id: "objects" },
+      el("thead", {}, el("tr", {}, ["Name", "Class", "Version", "Digest", "Created"].map((h) => el("th", {}, h)))),
+      el("tbody", {}, rows)) : el("p", { class: "muted" }, "No objects in this project."));
+}
+
+function tableRefs(value, found) {
+  if (typeof value === "string") {
+    const m = value.match(/^weave:\/\/\/[^/]+\/[^/]+\/table\/([0-9a-zA-Z]+)/);
+    if (m) found.add(m[1]);
+  } else if (value && typeof value === "object") {
+    for (const v of Object.values(value)) tableRefs(v, found);
+  }
+  return found;
+}
+
+async function tablesPage(project) {
+  show(el("h1", {}, "Tables"), el("p", { class: "muted" }, "Loading…"));
+  const { objs } = await getJson("/objs/query", { project_id: project, filter: { latest_only: true }, limit: 1000 });
+  const owners = new Map();
+  for (const obj of objs) for (const d of tableRefs(obj.val, new Set())) owners.set(d, obj.object_id);
+  const digests = [...owners.keys()];
+  const { tables } = digests.length ? await getJson("/table/query_stats_batch", { project_id: project, digests })
+                                    : { tables: [] };
+  const view = el("div", { id: "table-rows" });
+  const rows = tables.map((t) => el("tr", { class: "row", onclick: () => tableRows(project, t.digest, view) },
+    el("td", {}, el("code", {}, t.digest.slice(0, 16))), el("td", {}, owners.get(t.digest)),
+    el("td", { class: "num" }, t.count.toLocaleString())));
+  show(el("h1", {}, "Tables"),
+    rows.length ? el("table", { id: "tables" },
+      el("thead", {}, el("tr", {}, ["Table", "Used by", "Rows"].map((h) => el("th", {}, h)))),
+      el("tbody", {}, rows)) : el("p", { class: "muted" }, "No tables referenced by this project's objects."),
+    view);
+}
+
+async function tableRows(project, digest, view) {
+  view.replaceChildren(el("p", { class: "muted" }, "Loading…"));
+  const { rows } = await getJson("/table/query", { project_id: project, digest, limit: PAGE_ROWS });
+  const columns = [...new Set(rows.flatMap((r) => (r.val && typeof r.val === "object" ? Object.keys(r.val) : ["value"])))].slice(0, 10);
+  const cell = (v) => { const t = typeof v === "string" ? v : JSON.stringify(v); return t && t.length > 120 ? t.slice(0, 117) + "…" : t; };
+  view.replaceChildren(el("h2", {}, `Table ${digest.slice(0, 16)}: first ${rows.length} rows`),
+    el("table", {}, el("thead", {}, el("tr", {}, columns.map((c) => el("th", {}, c)))),
+      el("tbody", {}, rows.map((r) => el("tr", {}, columns.map((c) =>
+        el("td", {}, cell(r.val && typeof r.val === "object" ? r.val[c] : r.val))))))));
+}
+
+// -- projects, navigation -------------------------------------------------------------------
+
+async function projectsPage() {
+  const { projects } = await getJson("/ui/projects");
+  const open = el("input", { placeholder: "entity/project", id: "open-project" });
+  show(el("h1", {}, "Projects"),
+    projects.length ? el("table", { id: "projects" },
+      el("thead", {}, el("tr", {}, el("th", {}, "Project"), el("th", { class: "num" }, "Calls"))),
+      el("tbody", {}, projects.map((p) => el("tr", { class: "row", onclick: () => go(`/${p.project_id}/weave/calls`) },
+        el("td", {}, link(`/${p.project_id}/weave/calls`, p.project_id)),
+        el("td", { class: "num" }, p.calls.toLocaleString()))))) :
+      el("p", { class: "muted" }, "No calls stored yet."),
+    el("form", { class: "filters", onsubmit: (ev) => {
+      ev.preventDefault();
+      if (open.value.includes("/")) go(`/${open.value.trim()}/weave/calls`);
+    } }, open, el("button", { type: "submit" }, "Open project")));
+}
+
+function renderNav(project, section) {
+  const nav = document.getElementById("nav");
+  if (!project) { nav.replaceChildren(); return; }
+  const item = (name, href) => link(href, name, name.toLowerCase() === section ? "current" : undefined);
+  nav.replaceChildren(el("span", { class: "project" }, project),
+    item("Calls", `/${project}/weave/calls`), item("Objects", `/${project}/weave/objects`),
+    item("Tables", `/${project}/weave/tables`));
+}
+
+function render() {
+  const parts = location.pathname.split("/").filter(Boolean).map(decodeURIComponent);
+  if (parts.length < 2) {
+    renderNav(null);
+    return projectsPage().catch(fail);
+  }
+  const project = `${parts[0]}/${parts[1]}`;
+  let section = "calls", page = () => callsPage(project);
+  if (parts[2] === "r" && parts[3] === "call" && parts[4]) page = () => callPage(project, parts[4]);
+  else if (parts[2] === "weave" && parts[3] === "calls" && parts[4]) page = () => callPage(project, parts[4]);
+  else if (parts[2] === "weave" && parts[3] === "objects") { section = "objects"; page = () => objectsPage(project); }
+  else if (parts[2] === "weave" && parts[3] === "tables") { section = "tables"; page = () => tablesPage(project); }
+  renderNav(project, section);
+  document.title = `${project} · engine traces`;
+  return page().catch(fail);
+}
+
+document.getElementById("keyform").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  apiKey = document.getElementById("key").value;
+  sessionStorage.setItem(KEY_STORE, apiKey);
+  document.getElementById("keyform").hidden = true;
+  render();
+});
+window.addEventListener("popstate", render);
+render();

@@ -1,0 +1,199 @@
+"""The trace browser of ``engine serve`` in a real headless Chromium (Debian's, driven by
+Selenium through its chromedriver): the projects page, the calls list with paging and
+filters, a call opened from the link weave 0.54.0 itself builds, objects and tables.
+
+Screenshots go to tmp_path; with ENGINE_TEST_SCREENSHOTS=DIR they also go to DIR (that is
+how docs/trace-browser.png is made: ENGINE_TEST_SCREENSHOTS=docs scripts/test -k browser).
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import urllib.request
+
+import pytest
+
+from engine.producer._engine import Engine
+from engine.server import serve_subprocess
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+PROJECT = "acme/browser-demo"
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--disable-dev-shm-usage", "--window-size=1400,900")
+ROOTS = 120  # more than two pages of 50
+
+
+def _trace(url: str) -> str:
+    """ROOTS evaluations of 3 calls each (every 7th fails); returns a failed root's id."""
+    failed = None
+    with Engine(url=url, project=PROJECT) as eng:
+        tracer = eng.producer()
+        for i in range(ROOTS):
+            try:
+                with tracer.call("Evaluation.predict_and_score", inputs={"example": i}) as root:
+                    with tracer.call("openai.chat.completions.create",
+                                     inputs={"messages": [{"role": "user", "content": f"q{i}"}]}) as llm:
+                        llm.output = {"choices": [{"message": {"content": f"answer {i}"}}]}
+                        llm.summary = {"usage": {"gpt-4o-mini": {"prompt_tokens": 400,
+                                                                 "completion_tokens": 60}}}
+                    with tracer.call("exact_match_scorer", inputs={"output": f"answer {i}"}) as score:
+                        score.output = {"correct": i % 2 == 0}
+                    root.summary = {"usage": llm.summary["usage"], "weave": {"costs": {
+                        "gpt-4o-mini": {"prompt_tokens_total_cost": 0.00006,
+                                        "completion_tokens_total_cost": 0.000036}}}}
+                    if i % 7 == 3:
+                        failed = failed or root.id
+                        raise ValueError(f"example {i}: no ground truth")
+                    root.output = {"score": 1.0}
+            except ValueError:
+                pass
+        assert eng.flush(timeout_s=60)
+    return failed
+
+
+def _post(url: str, path: str, body: dict) -> dict:
+    req = urllib.request.Request(url + path, data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.loads(resp.read())
+
+
+def _dataset(url: str) -> None:
+    rows = [{"question": f"q{i}", "expected": f"answer {i}"} for i in range(3)]
+    digest = _post(url, "/table/create", {"table": {"project_id": PROJECT, "rows": rows}})["digest"]
+    _post(url, "/obj/create", {"obj": {"project_id": PROJECT, "object_id": "eval-questions",
+                                       "val": {"_type": "Dataset", "_class_name": "Dataset",
+                                               "rows": f"weave:///{PROJECT}/table/{digest}"}}})
+
+
+def _weave_link(base_url: str, call_id: str) -> str:
+    """The link weave 0.54.0 prints for a call, built by weave's own code."""
+    entity, project = PROJECT.split("/")
+    code = (f"from weave.trace import urls; print(urls.redirect_call({entity!r}, {project!r}, "
+            f"{call_id!r}))")
+    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"),
+           "WANDB_BASE_URL": base_url}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, env=env, check=True)
+    return out.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    assert os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER), \
+        "scripts/test installs chromium and chromium-driver (apt); run it as root"
+    os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium fetch a driver
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _wait(driver, css: str, text: str | None = None, timeout_s: float = 20):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def found(d):
+        nodes = d.find_elements(By.CSS_SELECTOR, css)
+        hit = [n for n in nodes if text is None or text in n.text]
+        return hit[0] if hit else False
+
+    return WebDriverWait(driver, timeout_s).until(found, f"{css} with {text!r}")
+
+
+def _rows(driver) -> list:
+    from selenium.webdriver.common.by import By
+
+    return driver.find_elements(By.CSS_SELECTOR, "#calls tbody tr")
+
+
+def _screenshot(driver, tmp_path, name: str) -> None:
+    path = tmp_path / name
+    driver.save_screenshot(str(path))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+    target = os.environ.get("ENGINE_TEST_SCREENSHOTS")
+    if target:
+        shutil.copy(path, os.path.join(target, name))
+
+
+def _no_console_errors(driver) -> None:
+    errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    assert not errors, errors
+
+
+def test_trace_browser_lists_pages_filters_and_opens_weave_links(browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    with serve_subprocess(tmp_path / "traces.db") as url:
+        failed_root = _trace(url)
+        _dataset(url)
+
+        browser.get(url + "/")
+        _wait(browser, "#projects", PROJECT)
+        assert f"{ROOTS * 3:,}" in browser.find_element(By.ID, "projects").text
+
+        browser.get(f"{url}/{PROJECT}/weave")  # weave's "View Weave data at" link
+        _wait(browser, "#range", f"1–50 of {ROOTS}")
+        assert len(_rows(browser)) == 50
+        first = _rows(browser)[0].text
+        assert "Evaluation.predict_and_score" in first and " ms" in first
+        assert "460" in first and "$0.0001" in first  # tokens and cost rolled up on the root
+        _screenshot(browser, tmp_path, "trace-browser.png")
+        browser.find_element(By.ID, "next").click()
+        _wait(browser, "#range", f"51–100 of {ROOTS}")
+        browser.find_element(By.ID, "next").click()
+        _wait(browser, "#range", f"101–{ROOTS} of {ROOTS}")
+        assert len(_rows(browser)) == ROOTS - 100 and not browser.find_element(By.ID, "next").is_enabled()
+
+        browser.find_element(By.CSS_SELECTOR, "#f-status option[value=error]").click()
+        browser.find_element(By.CSS_SELECTOR, "#filters button").click()
+        errors = sum(1 for i in range(ROOTS) if i % 7 == 3)
+        _wait(browser, "#range", f"1–{errors} of {errors}")
+        assert all("error" in row.text for row in _rows(browser))
+
+        browser.find_element(By.ID, "f-roots").click()  # every call, not only roots
+        browser.find_element(By.ID, "f-status").send_keys("any status")
+        browser.find_element(By.ID, "f-op").send_keys("openai")
+        browser.find_element(By.CSS_SELECTOR, "#filters button").click()
+        _wait(browser, "#range", f"of {ROOTS} calls")
+        assert "460" in _rows(browser)[0].text  # tokens: 400 prompt + 60 completion
+
+        browser.get(_weave_link(url, failed_root))
+        _wait(browser, "#call-title", "Evaluation.predict_and_score")
+        assert browser.current_url.endswith(f"/{PROJECT}/r/call/{failed_root}")
+        tree = browser.find_element(By.ID, "tree").text
+        assert "openai.chat.completions.create" in tree and "exact_match_scorer" in tree
+        assert "no ground truth" in browser.find_element(By.ID, "exception").text
+        assert "example: 3" in browser.find_element(By.ID, "inputs").text
+        _screenshot(browser, tmp_path, "trace-browser-call.png")
+
+        browser.find_element(By.LINK_TEXT, "openai.chat.completions.create").click()
+        _wait(browser, "#call-title", "openai.chat.completions.create")
+        output = browser.find_element(By.ID, "output")
+        assert "content: \"answer" in output.text
+        output.find_element(By.TAG_NAME, "summary").click()  # collapsible: one click folds it
+        assert "answer" not in output.text and "{1}" in output.text
+        assert "460" in browser.find_element(By.ID, "facts").text
+
+        browser.find_element(By.LINK_TEXT, "Objects").click()
+        _wait(browser, "#objects", "eval-questions")
+        browser.find_element(By.LINK_TEXT, "Tables").click()
+        _wait(browser, "#tables", "eval-questions").find_element(By.CSS_SELECTOR, "tr.row").click()
+        _wait(browser, "#table-rows", "answer 2")
+        _no_console_errors(browser)

@@ -1,0 +1,156 @@
+"""Every command the README and docs/ show runs, against real processes on loopback.
+
+Commands are read from the Markdown itself (inline code and fenced blocks), so a command
+added to the docs is run here too, or fails this test until it is taught how. Placeholders
+(URL, PORT, FILE, DIR, PID, e/p, N) are filled with real things made for the run; a server
+command runs until it says it listens, then gets SIGINT and must exit 0; every other command
+must exit 0 within its bound. Not run: ``scripts/test`` (this suite) and the benchmarks
+(``scripts/bench``, ``python -m bench…``: minutes long; bench/ has its own tests).
+"""
+
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from engine.producer._engine import Engine
+from engine.sender._deadletter import DeadLetters
+from engine.server import serve_subprocess
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+COMMANDS = ("serve", "demo", "relay", "ingest", "replay", "stats", "calls", "doctor")
+NOT_RUN = ("scripts/test", "scripts/bench", "scripts/*", "python -m bench")
+PROJECT = "docs/test"
+BOUND_S = 240
+
+
+def shown_commands() -> list[str]:
+    """``engine …`` and ``scripts/…`` commands in the docs, each once, in order of appearance."""
+    found: dict[str, None] = {}
+    for path in DOCS:
+        text = path.read_text()
+        blocks = re.findall(r"```(?:bash|sh|console)?\n(.*?)```", text, re.S)
+        lines = [line.split("  #")[0].strip() for block in blocks for line in block.splitlines()]
+        spans = re.findall(r"`([^`\n]+)`", re.sub(r"```.*?```", "", text, flags=re.S))
+        for candidate in [*lines, *spans]:
+            if re.match(rf"engine( --help| --version| ({'|'.join(COMMANDS)})\b)", candidate) \
+                    or candidate.startswith("scripts/"):
+                found.setdefault(candidate.replace("\\|", "|"), None)
+    return [c for c in found if not c.startswith(NOT_RUN)]
+
+
+def concrete(command: str, things: dict[str, str]) -> list[str]:
+    """The command with optional parts taken, alternatives' first choice, placeholders filled."""
+    command = re.sub(r"\[([^\]|]*)\|[^\]]*\]", r"\1", command)  # [a | b] -> a
+    command = command.replace("[settings]", "").replace("[", "").replace("]", "")
+    command = command.replace("FILE...", "FILE")
+    argv = shlex.split(command)
+    out = []
+    for i, word in enumerate(argv):
+        before = argv[i - 1] if i else ""
+        if word == "FILE":
+            word = things["dead_letters"] if before == "--dead-letters" else things["ingest_file"]
+        elif word == "DIR":
+            word = things["ring_dir"] if before == "--ring-dir" else things["spool_dir"]
+        elif word == "F":
+            word = things["db"]
+        elif word in ("PORT", "P"):
+            word = "0"
+        elif word == "127.0.0.1:PORT":
+            word = "127.0.0.1:0"
+        out.append({"URL": things["url"], "PID": things["pid"], "e/p": PROJECT, "N": "2"}.get(word, word))
+    if out[:2] == ["engine", "serve"] and "--port" not in out:
+        out += ["--port", "0"]  # not 6345: other runs on this machine may hold it
+    if out[:2] == ["engine", "stats"] and "--once" in out:
+        out += ["--interval-s", "0.1"]
+    if out[:2] == ["engine", "calls"] and "--project" not in out:
+        out += ["--project", PROJECT]
+    return [sys.executable, "-m", "engine", *out[1:]] if out[0] == "engine" else out
+
+
+def _runs_until_stopped(argv: list[str]) -> bool:
+    name = argv[3] if len(argv) > 3 else ""
+    return name in ("serve", "relay") or (name == "stats" and "--once" not in argv) \
+        or "--follow" in argv
+
+
+def _stop_after_start(argv: list[str], env: dict[str, str]) -> tuple[int, str]:
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env, cwd=ROOT, start_new_session=True)
+    try:
+        if argv[3] in ("serve", "relay"):
+            line = proc.stdout.readline()  # the readiness line
+            assert "listening on" in line, line
+        else:
+            time.sleep(2)  # a live view: let it draw a few times
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return code, proc.stdout.read()
+
+
+@pytest.fixture(scope="module")
+def things(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("docs")
+    ingest_file = tmp / "calls.jsonl"
+    ingest_file.write_bytes(b"".join(msgspec.json.encode(_complete(i)) + b"\n" for i in range(5)))
+    dead = tmp / "dead.jsonl"
+    with DeadLetters(dead) as letters:
+        letters.add(reason="dead_deadline", status=None, call_id="x", project=PROJECT,
+                    route=f"/v2/{PROJECT}/calls/complete", item_json=msgspec.json.encode(_complete(9)))
+    (tmp / "spool").mkdir()
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("ENGINE_", "WANDB_", "WF_"))},
+           "XDG_DATA_HOME": str(tmp / "data"), "XDG_STATE_HOME": str(tmp / "state")}
+    with serve_subprocess(tmp / "served.db") as url, \
+            Engine(url=url, project=PROJECT, start_sender=False) as owner:
+        yield {"url": url, "db": str(tmp / "cli.db"), "ingest_file": str(ingest_file),
+               "dead_letters": str(dead), "spool_dir": str(tmp / "spool"), "env": env,
+               "pid": str(os.getpid()), "ring_dir": os.path.dirname(owner.spec.lock_path)}
+
+
+def _complete(i: int) -> dict:
+    return {"project_id": PROJECT, "id": f"0190a0b0-0000-7000-8000-{i:012d}",
+            "trace_id": f"0190a0b0-0000-7000-9000-{i:012d}", "op_name": "docs.op",
+            "started_at": "2025-01-01T00:00:00Z", "ended_at": "2025-01-01T00:00:01Z",
+            "attributes": {}, "inputs": {"i": i}, "summary": {}}
+
+
+def test_the_docs_show_the_commands_this_test_runs():
+    shown = shown_commands()
+    assert "scripts/demo" in shown and "engine serve" in shown
+    assert {c.split()[1] for c in shown if c.startswith("engine ")} >= set(COMMANDS)
+
+
+@pytest.mark.parametrize("command", shown_commands())
+def test_every_command_in_the_docs_runs(command, things):
+    argv = concrete(command, things)
+    if _runs_until_stopped(argv):
+        code, output = _stop_after_start(argv, things["env"])
+    else:
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=BOUND_S,
+                                env=things["env"], cwd=ROOT, stdin=subprocess.DEVNULL)
+        code, output = result.returncode, result.stdout + result.stderr
+    assert code == 0, f"{' '.join(argv)} -> {code}\n{output[-2000:]}"
+
+
+def test_the_readme_example_runs(things):
+    readme = (ROOT / "README.md").read_text()
+    (code,) = re.findall(r"## Use it\n\n```python\n(.*?)```", readme, re.S)
+    code = code.replace("http://127.0.0.1:6345", things["url"])
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=BOUND_S, env=things["env"], cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert "'items_acked': 4" in result.stdout, result.stdout  # evaluate + 3 predicts
