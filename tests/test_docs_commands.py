@@ -4,8 +4,10 @@ Commands are read from the Markdown itself (inline code and fenced blocks), so a
 added to the docs is run here too, or fails this test until it is taught how. Placeholders
 (URL, PORT, FILE, DIR, PID, e/p, N) are filled with real things made for the run; a server
 command runs until it says it listens, then gets SIGINT and must exit 0; every other command
-must exit 0 within its bound. Not run: ``scripts/test`` (this suite) and the benchmarks
-(``scripts/bench``, ``python -m bench…``: minutes long; bench/ has its own tests).
+must exit 0 within its bound. Not run: ``scripts/test`` (this suite), the benchmarks
+(``scripts/bench``, ``python -m bench…``: minutes long; bench/ has its own tests), and
+``engine serve --store clickhouse://…`` deployment examples (they name a ClickHouse host
+and bind all interfaces; tests/server's ClickHouse tests run that store on loopback).
 """
 
 import os
@@ -29,7 +31,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 COMMANDS = ("serve", "demo", "relay", "ingest", "replay", "stats", "calls", "doctor")
-NOT_RUN = ("scripts/test", "scripts/bench", "scripts/*", "python -m bench")
+NOT_RUN = ("scripts/test", "scripts/bench", "python -m bench")
 PROJECT = "docs/test"
 BOUND_S = 240
 
@@ -44,9 +46,9 @@ def shown_commands() -> list[str]:
         spans = re.findall(r"`([^`\n]+)`", re.sub(r"```.*?```", "", text, flags=re.S))
         for candidate in [*lines, *spans]:
             if re.match(rf"engine( --help| --version| ({'|'.join(COMMANDS)})\b)", candidate) \
-                    or candidate.startswith("scripts/"):
+                    or re.match(r"scripts/[a-z]", candidate):
                 found.setdefault(candidate.replace("\\|", "|"), None)
-    return [c for c in found if not c.startswith(NOT_RUN)]
+    return [c for c in found if not c.startswith(NOT_RUN) and "clickhouse://" not in c]
 
 
 def concrete(command: str, things: dict[str, str]) -> list[str]:
@@ -85,21 +87,21 @@ def _runs_until_stopped(argv: list[str]) -> bool:
 
 
 def _stop_after_start(argv: list[str], env: dict[str, str]) -> tuple[int, str]:
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=env, cwd=ROOT, start_new_session=True)
-    try:
-        if argv[3] in ("serve", "relay"):
-            line = proc.stdout.readline()  # the readiness line
-            assert "listening on" in line, line
-        else:
-            time.sleep(2)  # a live view: let it draw a few times
-        proc.send_signal(signal.SIGINT)
-        code = proc.wait(60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    return code, proc.stdout.read()
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env=env, cwd=ROOT, start_new_session=True) as proc:
+        try:
+            if argv[3] in ("serve", "relay"):
+                line = proc.stdout.readline()  # the readiness line
+                assert "listening on" in line, line
+            else:
+                time.sleep(2)  # a live view: let it draw a few times
+            proc.send_signal(signal.SIGINT)
+            code = proc.wait(60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        return code, proc.stdout.read()
 
 
 @pytest.fixture(scope="module")
@@ -108,17 +110,24 @@ def things(tmp_path_factory):
     ingest_file = tmp / "calls.jsonl"
     ingest_file.write_bytes(b"".join(msgspec.json.encode(_complete(i)) + b"\n" for i in range(5)))
     dead = tmp / "dead.jsonl"
-    with DeadLetters(dead) as letters:
-        letters.add(reason="dead_deadline", status=None, call_id="x", project=PROJECT,
-                    route=f"/v2/{PROJECT}/calls/complete", item_json=msgspec.json.encode(_complete(9)))
     (tmp / "spool").mkdir()
     env = {**{k: v for k, v in os.environ.items() if not k.startswith(("ENGINE_", "WANDB_", "WF_"))},
            "XDG_DATA_HOME": str(tmp / "data"), "XDG_STATE_HOME": str(tmp / "state")}
+    # commands shown without a URL mean the local server: here, the one started for the run
     with serve_subprocess(tmp / "served.db") as url, \
             Engine(url=url, project=PROJECT, start_sender=False) as owner:
+        env["ENGINE_URL"] = url
         yield {"url": url, "db": str(tmp / "cli.db"), "ingest_file": str(ingest_file),
                "dead_letters": str(dead), "spool_dir": str(tmp / "spool"), "env": env,
                "pid": str(os.getpid()), "ring_dir": os.path.dirname(owner.spec.lock_path)}
+
+
+def _dead_letters(path: str) -> None:
+    """A dead-letter file as the sender writes it (a replay that delivers it removes it)."""
+    with DeadLetters(path) as letters:
+        letters.add(reason="dead_deadline", status=None, call_id="x", project=PROJECT,
+                    route=f"/v2/{PROJECT}/calls/complete",
+                    item_json=msgspec.json.encode(_complete(9)))
 
 
 def _complete(i: int) -> dict:
@@ -137,6 +146,8 @@ def test_the_docs_show_the_commands_this_test_runs():
 @pytest.mark.parametrize("command", shown_commands())
 def test_every_command_in_the_docs_runs(command, things):
     argv = concrete(command, things)
+    if "--dead-letters" in argv:
+        _dead_letters(things["dead_letters"])
     if _runs_until_stopped(argv):
         code, output = _stop_after_start(argv, things["env"])
     else:

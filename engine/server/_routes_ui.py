@@ -18,7 +18,6 @@ from aiohttp import web
 from engine.server._state import state_of
 
 routes = web.RouteTableDef()
-API_PATHS = web.AppKey("engine_ui_api_paths", frozenset)
 PAGE_ROUTE = "ui-page"
 ASSET_ROUTE = "ui-asset"
 _ASSETS = {"app.js": "text/javascript", "app.css": "text/css", "favicon.svg": "image/svg+xml"}
@@ -38,9 +37,6 @@ def _headers(content_type: str) -> dict[str, str]:
 
 
 async def page(request: web.Request) -> web.Response:
-    if request.path in request.app[API_PATHS]:
-        # /calls/stream_query and the like are API routes of other methods, not pages
-        raise web.HTTPMethodNotAllowed(request.method, ["POST"])
     return web.Response(body=_read("index.html"), headers=_headers("text/html"))
 
 
@@ -59,13 +55,12 @@ async def projects(request: web.Request) -> web.Response:
 
 
 def add_pages(app: web.Application) -> None:
-    """Register the page's paths last, after every API route (they only add GETs); a GET of
-    a fixed API path (``/call/start``) stays a 405, not a page."""
-    app[API_PATHS] = frozenset(r.canonical for r in app.router.resources()
-                               if "{" not in r.canonical)
+    """Register the page's paths last, after every API route (they only add GETs)."""
     app.router.add_get("/ui/{name}", asset, name=ASSET_ROUTE)
-    paths = ("/", "/{entity}/{project}", "/{entity}/{project}/r/call/{call_id}",
-             "/{entity}/{project}/weave", "/{entity}/{project}/weave/{tail:.*}")
+    # not /{entity}/{project} alone: /wrong-prefix/server_info must stay a 404, which says
+    # "wrong path" to a client probing a base URL
+    paths = ("/", "/{entity}/{project}/r/call/{call_id}", "/{entity}/{project}/weave",
+             "/{entity}/{project}/weave/{tail:.*}")
     for number, path in enumerate(paths):
         app.router.add_get(path, page, name=f"{PAGE_ROUTE}.path{number}")
 
