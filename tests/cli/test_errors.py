@@ -132,3 +132,11 @@ def test_version_and_bare_command():
     assert version.returncode == 0 and version.stdout.strip() == f"engine {__version__}"
     bare = _engine()
     assert bare.returncode == USAGE and "COMMAND" in bare.stderr
+
+
+def test_version_is_the_installed_distributions():
+    from importlib.metadata import version
+
+    from engine import __version__
+
+    assert __version__ == version("engine")

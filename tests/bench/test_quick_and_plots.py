@@ -1,0 +1,38 @@
+"""--quick never writes over the committed results; the plots are readable at a glance
+(sized, one colour per contender) from the committed full-run results."""
+
+import shutil
+import struct
+from pathlib import Path
+
+import pytest
+
+from bench import __main__ as bench_main
+from bench import _report
+
+RESULTS = Path(bench_main.__file__).resolve().parent / "results"
+
+
+def test_quick_defaults_to_the_scratch_folder_and_refuses_the_committed_results():
+    assert bench_main.parse_args(["--quick"]).out == bench_main.QUICK_OUT
+    assert bench_main.parse_args([]).out == bench_main.DEFAULT_OUT
+    with pytest.raises(SystemExit):
+        bench_main.parse_args(["--quick", "--out", str(RESULTS)])
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    return struct.unpack(">II", path.read_bytes()[16:24])
+
+
+def test_plots_from_the_committed_results_are_large_and_labelled(tmp_path):
+    for name in ("e2e.jsonl", "producer.jsonl"):
+        shutil.copy(RESULTS / name, tmp_path / name)
+    _, results = bench_main._read_results(tmp_path)
+    written = _report.plot_all(results, tmp_path)
+    assert {p.name for p in written} == {"e2e_throughput.png", "e2e_latency_cdf.png",
+                                        "producer_cpu.png"}
+    for path in written:
+        width, height = _png_size(path)
+        assert width >= 1000 and height >= 400, (path.name, width, height)
+    contenders = {r["contender"] for r in results["e2e"]}
+    assert len({_report._colour({"contender": c}) for c in contenders}) == len(contenders)

@@ -1,0 +1,73 @@
+"""The relay's closing line comes from the same counters as its /metrics: what the upstream
+acknowledged, what was dead-lettered (and where), and the exit code says whether all of it
+was delivered."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import urllib.request
+
+import pytest
+
+from tests.faultserver import FaultServer
+from tests.relay.harness import metrics, wait_until
+
+pytestmark = pytest.mark.integration
+PROJECT = "ent/relay-summary"
+
+
+def _complete(i: int) -> dict:
+    return {"project_id": PROJECT, "id": f"0190a0b0-0000-7000-8000-{i:012d}",
+            "trace_id": f"0190a0b0-0000-7000-9000-{i:012d}", "op_name": "op",
+            "started_at": "2025-01-01T00:00:00Z", "ended_at": "2025-01-01T00:00:01Z",
+            "attributes": {}, "inputs": {}, "summary": {}}
+
+
+def test_exit_summary_matches_the_metrics_and_counts_dead_letters(tmp_path):
+    rejected = _complete(3)["id"]
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("ENGINE_")},
+           "XDG_STATE_HOME": str(tmp_path)}
+    with FaultServer(reject_ids=[rejected]) as upstream, subprocess.Popen(
+            [sys.executable, "-m", "engine", "relay", "--listen", "127.0.0.1:0", "--upstream",
+             upstream.url, "--linger-ms", "5", "--dead-letter-path", str(tmp_path / "dead.jsonl")],
+            stdout=subprocess.PIPE, text=True, env=env) as proc:
+        url = re.search(r"listening on (http://\S+)", proc.stdout.readline()).group(1)
+        body = json.dumps({"batch": [_complete(i) for i in range(6)]}).encode()
+        req = urllib.request.Request(f"{url}/v2/{PROJECT}/calls/complete", data=body,
+                                     headers={"Content-Type": "application/json"})
+        assert urllib.request.urlopen(req, timeout=30).status == 200
+        assert wait_until(lambda: metrics(url)["engine_items_acked_total"] == 5, 30)
+        seen = metrics(url)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 1  # not everything was acknowledged
+    (line,) = [x for x in out.splitlines() if x.startswith("engine relay: stopped")]
+    acked = int(re.search(r"([\d,]+) items acknowledged", line).group(1).replace(",", ""))
+    dead = int(re.search(r"([\d,]+) dead-lettered to (\S+)", line).group(1))
+    assert acked == seen["engine_items_acked_total"] == 5
+    assert dead == seen["engine_dead_letters_total"] == 1
+    assert str(tmp_path / "dead.jsonl") in line
+
+
+def test_log_format_json_covers_the_sender_process_too(tmp_path):
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("ENGINE_")},
+           "XDG_STATE_HOME": str(tmp_path)}
+    with subprocess.Popen(
+            [sys.executable, "-m", "engine", "relay", "--listen", "127.0.0.1:0", "--upstream",
+             "http://127.0.0.1:9", "--log-format", "json", "--shutdown-timeout-s", "1"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as proc:
+        assert "listening on" in proc.stdout.readline()
+        first_lines = []
+        for line in proc.stderr:  # until the sender's start-up warning (or the end)
+            first_lines.append(line)
+            if '"engine.sender"' in line:
+                break
+        proc.send_signal(signal.SIGTERM)
+        _, rest = proc.communicate(timeout=60)
+    records = [json.loads(line) for line in first_lines + rest.splitlines() if line.strip()]
+    sender = [r for r in records if r["logger"] == "engine.sender"]
+    assert sender and "cannot reach the trace server yet" in sender[0]["msg"]
+    assert sender[0]["pid"] != proc.pid  # from the sender process, in the relay's format
