@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from engine import ring
-from engine.producer._flush import wait_released
+from engine.producer._flush import unacknowledged, wait_released
 from engine.producer._handle import CallHandle, current_call
 from engine.producer._ops import wrap_op
 from engine.producer._slot import SlotWriting
@@ -116,12 +116,19 @@ class Tracer(SlotWriting):
     # -- lifecycle --------------------------------------------------------------------------
 
     def flush(self, timeout_s: float = 30.0) -> bool:
-        """Wait until the server acknowledged everything this process enqueued so far."""
+        """Wait until everything this process enqueued so far is settled; True only if the
+        server acknowledged it. False after ``timeout_s``, or when the sender spooled or
+        dead-lettered anything (this process's or another's: the counters are shared)
+        during the wait or since this tracer's previous flush."""
         slot = self._written_slot()
         if slot is None:  # nothing written from here
             return True
-        ringset = self._ensure_attached()
-        return wait_released(ringset, self._control_block(), timeout_s, slots=[slot.writer.slot])
+        ringset, control = self._ensure_attached(), self._control_block()
+        mark = getattr(self, "_unacked_mark", None)
+        released = wait_released(ringset, control, timeout_s, slots=[slot.writer.slot],
+                                 since=mark)
+        self._unacked_mark = unacknowledged(control)
+        return released
 
     def close(self) -> None:
         """Give the slot back (its data is still delivered); later writes raise Closed."""

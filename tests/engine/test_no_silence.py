@@ -117,3 +117,20 @@ def _child_pids(pid: int) -> list[int]:
             return [int(p) for p in f.read().split()]
     except FileNotFoundError:
         return []
+
+
+def test_a_tracers_flush_is_false_when_an_item_was_dead_lettered(tmp_path):
+    from tests.engine.helpers import PROJECT, make_engine, trace_calls
+    from tests.faultserver import FaultServer
+
+    with FaultServer() as server, make_engine(server.url, tmp_path) as eng:
+        tracer = eng.producer()
+        trace_calls(tracer, 5)
+        assert tracer.flush(timeout_s=30)
+        with tracer.call("poison") as bad:
+            pass
+        server.reject_ids = frozenset({bad.id})
+        good = trace_calls(tracer, 5)
+        assert not tracer.flush(timeout_s=30)  # settled, but one item was dead-lettered
+        assert tracer.flush(timeout_s=30)  # nothing more went elsewhere since
+        assert set(good) <= server.stored_ids(PROJECT)
