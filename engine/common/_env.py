@@ -22,12 +22,13 @@ UNKNOWN_ENV = "ENGINE_UNKNOWN_ENV"  # "error" (default) or "warn": what a misspe
 TEST_SCREENSHOTS = "ENGINE_TEST_SCREENSHOTS"  # tests: where the browser test copies its screenshots
 SENDER_API_KEY = "ENGINE_SENDER_API_KEY"  # the owner hands its key to the sender (internal)
 PYTHON = "ENGINE_PYTHON"  # scripts/_env.sh: the interpreter that builds .venv
+REF_PYTHON = "ENGINE_REF_PYTHON"  # scripts/_env.sh: weave's reference server (fidelity tests)
 CLICKHOUSE_PASSWORD = "ENGINE_CLICKHOUSE_PASSWORD"  # engine serve --store clickhouse://…
 CLICKHOUSE_PASSWORD_FILE = "ENGINE_CLICKHOUSE_PASSWORD_FILE"  # … or the file holding it
 
 OTHER_VARIABLES = frozenset({
     CONFIG, API_KEY, LOG_LEVEL, LOG_FORMAT, PURE_PYTHON, WEAVE, UNKNOWN_ENV, SENDER_API_KEY,
-    PYTHON, TEST_SCREENSHOTS, CLICKHOUSE_PASSWORD, CLICKHOUSE_PASSWORD_FILE,
+    PYTHON, REF_PYTHON, TEST_SCREENSHOTS, CLICKHOUSE_PASSWORD, CLICKHOUSE_PASSWORD_FILE,
 })  # fmt: skip
 
 
