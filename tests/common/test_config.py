@@ -155,3 +155,20 @@ def test_unknown_table_and_key_in_the_file_suggest_the_right_name(tmp_path):
         load_config(path, environ={})
     with pytest.raises(ConfigError, match="lingr_ms.*did you mean linger_ms"):
         load_config(_toml(tmp_path, "lingr_ms = 5\n"), environ={})
+
+
+def test_every_engine_variable_the_project_reads_is_declared():
+    """A variable set by scripts/ or read anywhere must be declared in engine/common/_env.py,
+    or every Engine() in that environment would refuse it as a typo."""
+    from engine.common import _env
+
+    root = DOCUMENTED.parents[1]
+    files = [*root.glob("engine/**/*.py"), *root.glob("scripts/*"), *root.glob("bench/**/*.py"),
+             *root.glob("tests/**/*.py"), root / ".ci" / "run"]
+    names = set()
+    for path in files:
+        if path.is_file():
+            names |= set(re.findall(r"(?<![A-Za-z0-9_])ENGINE_[A-Z0-9_]*[A-Z0-9]", path.read_text()))
+    deliberate_typos = {"ENGINE_LINGR_MS"}  # the tests of the typo check itself
+    known = _env.known_variables(EngineConfig.__struct_fields__)
+    assert names - known - deliberate_typos == set()
