@@ -87,22 +87,11 @@ def build_query(op: str | None, status: str | None) -> dict[str, Any] | None:
     if op:
         terms.append({"$contains": {"input": {"$getField": "op_name"},
                                     "substr": {"$literal": op}, "case_insensitive": True}})
-    if status:
-        terms.append(_STATUS_EXPR[status])
+    if status:  # the field weave's UI filters on, derived by the server for every call
+        terms.append({"$eq": [{"$getField": "summary.weave.status"}, {"$literal": status}]})
     if not terms:
         return None
     return {"$expr": terms[0] if len(terms) == 1 else {"$and": terms}}
-
-
-def _exists(field: str) -> dict[str, Any]:
-    return {"$convert": {"input": {"$getField": field}, "to": "exists"}}
-
-
-_STATUS_EXPR = {
-    "error": _exists("exception"),
-    "running": {"$not": [_exists("ended_at")]},
-    "success": {"$and": [_exists("ended_at"), {"$not": [_exists("exception")]}]},
-}
 
 
 def _emit(calls: Any, seen: OrderedDict[str, str], as_json: bool) -> None:

@@ -105,7 +105,7 @@ def browser(tmp_path_factory):
         driver.quit()
 
 
-def _wait(driver, css: str, text: str | None = None, timeout_s: float = 20):
+def _wait(driver, css: str, text: str | None = None, timeout_s: float = 60):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -139,6 +139,7 @@ def _no_console_errors(driver) -> None:
 
 def test_trace_browser_lists_pages_filters_and_opens_weave_links(browser, tmp_path):
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
 
     with serve_subprocess(tmp_path / "traces.db") as url:
         failed_root = _trace(url)
@@ -161,14 +162,14 @@ def test_trace_browser_lists_pages_filters_and_opens_weave_links(browser, tmp_pa
         _wait(browser, "#range", f"101–{ROOTS} of {ROOTS}")
         assert len(_rows(browser)) == ROOTS - 100 and not browser.find_element(By.ID, "next").is_enabled()
 
-        browser.find_element(By.CSS_SELECTOR, "#f-status option[value=error]").click()
+        Select(browser.find_element(By.ID, "f-status")).select_by_value("error")
         browser.find_element(By.CSS_SELECTOR, "#filters button").click()
         errors = sum(1 for i in range(ROOTS) if i % 7 == 3)
         _wait(browser, "#range", f"1–{errors} of {errors}")
         assert all("error" in row.text for row in _rows(browser))
 
         browser.find_element(By.ID, "f-roots").click()  # every call, not only roots
-        browser.find_element(By.ID, "f-status").send_keys("any status")
+        Select(browser.find_element(By.ID, "f-status")).select_by_value("")
         browser.find_element(By.ID, "f-op").send_keys("openai")
         browser.find_element(By.CSS_SELECTOR, "#filters button").click()
         _wait(browser, "#range", f"of {ROOTS} calls")

@@ -140,13 +140,10 @@ function callHref(project, id) { return `/${project}/r/call/${encodeURIComponent
 
 // -- the calls list ------------------------------------------------------------------------
 
-function exists(field) { return { $convert: { input: { $getField: field }, to: "exists" } }; }
-
-const STATUS_EXPR = {
-  error: exists("exception"),
-  running: { $not: [exists("ended_at")] },
-  success: { $and: [exists("ended_at"), { $not: [exists("exception")] }] },
-};
+// the status weave's own UI filters on: a field the server derives for every call
+function statusExpr(status) {
+  return { $eq: [{ $getField: "summary.weave.status" }, { $literal: status }] };
+}
 
 function contains(field, text, asString) {
   const input = asString ? { $convert: { input: { $getField: field }, to: "string" } }
@@ -157,7 +154,7 @@ function contains(field, text, asString) {
 function callsQuery(params) {
   const terms = [];
   if (params.op) terms.push(contains("op_name", params.op));
-  if (params.status) terms.push(STATUS_EXPR[params.status]);
+  if (params.status) terms.push(statusExpr(params.status));
   if (params.q) {
     terms.push({ $or: ["op_name", "display_name", "id", "trace_id", "exception"]
       .map((f) => contains(f, params.q))
