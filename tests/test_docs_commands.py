@@ -2,7 +2,8 @@
 
 Commands are read from the Markdown itself (inline code and fenced blocks), so a command
 added to the docs is run here too, or fails this test until it is taught how. Placeholders
-(URL, PORT, FILE, DIR, PID, e/p, N) are filled with real things made for the run; a server
+(URL, PORT, FILE, DIR, PID, e/p, N) are filled with real things made for the run; a bare
+command name in the prose (`engine replay`) is run as ``engine replay --help``; a server
 command runs until it says it listens, then gets SIGINT and must exit 0; every other command
 must exit 0 within its bound. Not run: ``scripts/test`` (this suite), the benchmarks
 (``scripts/bench``, ``python -m bench…``: minutes long; bench/ has its own tests), and
@@ -57,6 +58,8 @@ def concrete(command: str, things: dict[str, str]) -> list[str]:
     command = command.replace("[settings]", "").replace("[", "").replace("]", "")
     command = command.replace("FILE...", "FILE")
     argv = shlex.split(command)
+    if len(argv) == 2 and argv[1] in COMMANDS:  # the command's name, not a command line
+        argv.append("--help")
     out = []
     for i, word in enumerate(argv):
         before = argv[i - 1] if i else ""
@@ -70,7 +73,10 @@ def concrete(command: str, things: dict[str, str]) -> list[str]:
             word = "0"
         elif word == "127.0.0.1:PORT":
             word = "127.0.0.1:0"
-        out.append({"URL": things["url"], "PID": things["pid"], "e/p": PROJECT, "N": "2"}.get(word, word))
+        elif word.startswith("chdb:///"):
+            word = f"chdb://{things['chdb_dir']}"
+        out.append({"URL": things["url"], "THAT_URL": things["url"], "PID": things["pid"],
+                    "e/p": PROJECT, "N": "2"}.get(word, word))
     if out[:2] == ["engine", "serve"] and "--port" not in out:
         out += ["--port", "0"]  # not 6345: other runs on this machine may hold it
     if out[:2] == ["engine", "stats"] and "--once" in out:
@@ -82,6 +88,8 @@ def concrete(command: str, things: dict[str, str]) -> list[str]:
 
 def _runs_until_stopped(argv: list[str]) -> bool:
     name = argv[3] if len(argv) > 3 else ""
+    if "--help" in argv:
+        return False
     return name in ("serve", "relay") or (name == "stats" and "--once" not in argv) \
         or "--follow" in argv
 
@@ -119,6 +127,7 @@ def things(tmp_path_factory):
         env["ENGINE_URL"] = url
         yield {"url": url, "db": str(tmp / "cli.db"), "ingest_file": str(ingest_file),
                "dead_letters": str(dead), "spool_dir": str(tmp / "spool"), "env": env,
+               "chdb_dir": str(tmp / "chdb"),
                "pid": str(os.getpid()), "ring_dir": os.path.dirname(owner.spec.lock_path)}
 
 
