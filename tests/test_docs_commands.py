@@ -11,6 +11,7 @@ must exit 0 within its bound. Not run: ``scripts/test`` (this suite), the benchm
 and bind all interfaces; tests/server's ClickHouse tests run that store on loopback).
 """
 
+import contextlib
 import os
 import re
 import shlex
@@ -23,7 +24,6 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from engine.producer._engine import Engine
 from engine.sender._deadletter import DeadLetters
 from engine.server import serve_subprocess
 
@@ -122,13 +122,28 @@ def things(tmp_path_factory):
     env = {**{k: v for k, v in os.environ.items() if not k.startswith(("ENGINE_", "WANDB_", "WF_"))},
            "XDG_DATA_HOME": str(tmp / "data"), "XDG_STATE_HOME": str(tmp / "state")}
     # commands shown without a URL mean the local server: here, the one started for the run
-    with serve_subprocess(tmp / "served.db") as url, \
-            Engine(url=url, project=PROJECT, start_sender=False) as owner:
+    with serve_subprocess(tmp / "served.db") as url, _owner(url) as (pid, ring_dir):
         env["ENGINE_URL"] = url
         yield {"url": url, "db": str(tmp / "cli.db"), "ingest_file": str(ingest_file),
                "dead_letters": str(dead), "spool_dir": str(tmp / "spool"), "env": env,
-               "chdb_dir": str(tmp / "chdb"),
-               "pid": str(os.getpid()), "ring_dir": os.path.dirname(owner.spec.lock_path)}
+               "chdb_dir": str(tmp / "chdb"), "pid": str(pid), "ring_dir": ring_dir}
+
+
+_OWNER = (f"import os, sys\nfrom engine.producer._engine import Engine\n"
+          f"with Engine(url=sys.argv[1], project={PROJECT!r}, start_sender=False) as eng:\n"
+          f"    print(os.path.dirname(eng.spec.lock_path), flush=True)\n"
+          f"    sys.stdin.readline()\n")
+
+
+@contextlib.contextmanager
+def _owner(url: str):
+    """A process holding one engine open: the PID / ring directory of `engine stats`."""
+    with subprocess.Popen([sys.executable, "-c", _OWNER, url], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True) as proc:
+        try:
+            yield proc.pid, proc.stdout.readline().strip()
+        finally:
+            proc.communicate("\n", timeout=60)
 
 
 def _dead_letters(path: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import socket
 import urllib.error
 import urllib.request
@@ -16,6 +17,7 @@ from typing import Any, NamedTuple
 from engine.cli._args import CommandFailed
 
 DEFAULT_TIMEOUT_S = 10.0
+log = logging.getLogger("engine.cli")
 
 
 class Unreachable(CommandFailed):
@@ -84,3 +86,14 @@ def server_info(base_url: str, api_key: str | None = None,
         raise CommandFailed(f"{base_url}/server_info did not answer JSON: {base_url} is not a "
                             "trace server (wrong host, port or path?)")
     return info
+
+
+def check_server(base_url: str, api_key: str | None, what: str, meanwhile: str) -> None:
+    """A wrong path, something that is not a trace server, or a refused key stops a command
+    at start; a server that is down does not (``meanwhile`` says what happens instead)."""
+    try:
+        server_info(base_url, api_key)
+    except Unreachable as exc:
+        log.warning("%s; %s", exc, meanwhile)
+    except CommandFailed as exc:
+        raise CommandFailed(f"{what}: {exc}") from exc

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import logging
 
 from engine.cli import _args, _probe, _summary
 from engine.cli._args import CommandFailed
-
-log = logging.getLogger("engine.relay")
 
 
 def add(subparsers: argparse._SubParsersAction) -> None:
@@ -41,7 +38,9 @@ def run(args: argparse.Namespace) -> int:
     _args.setup_logging(args)
     fixed = {"project": RELAY_PROJECT, **({"url": args.upstream} if args.upstream else {})}
     cfg = _args.load_settings(args, **fixed)
-    check_upstream(cfg.url, cfg.api_key)
+    _probe.check_server(cfg.url, cfg.api_key, "relay: upstream",
+                        "accepting traffic anyway: calls wait in the ring, then the spool, "
+                        "until it answers")
     host, port = args.listen
     try:
         keys = load_key_ring(args.keys_file, env_key=False)  # $ENGINE_API_KEY is the upstream's
@@ -54,14 +53,3 @@ def run(args: argparse.Namespace) -> int:
     print(f"engine relay: stopped; {line}", flush=True)
     return 0 if delivered else 1
 
-
-def check_upstream(url: str, api_key: str | None) -> None:
-    """A wrong path, a host that is not a trace server, or a refused key stops the relay at
-    start; an upstream that is down does not (the relay spools and retries for it)."""
-    try:
-        _probe.server_info(url, api_key)
-    except _probe.Unreachable as exc:
-        log.warning("upstream %s; accepting traffic anyway: calls wait in the ring, then the "
-                    "spool, until it answers", exc)
-    except CommandFailed as exc:
-        raise CommandFailed(f"relay: upstream {exc}") from exc

@@ -33,7 +33,8 @@ def run(args: argparse.Namespace) -> int:
 
     _args.setup_logging(args)
     api_key = os.environ.get(_env.API_KEY) or os.environ.get("WANDB_API_KEY") or None
-    _probe.server_info(args.to, api_key)
+    _probe.check_server(args.to, api_key, "replay",
+                        "trying anyway: what is not delivered is kept for the next replay")
     spool = args.spool or os.environ.get("ENGINE_SPOOL_DIR") or None
     dead = (args.dead_letters or os.environ.get("ENGINE_DEAD_LETTER_PATH")
             or str(default_state_dir() / "dead_letters.jsonl"))

@@ -97,10 +97,18 @@ def test_port_in_use_is_one_line_with_exit_1():
     _assert_one_line_error(result, FAILED, f"127.0.0.1:{port}", "already in use", "--port")
 
 
-def test_unreachable_server_is_one_line_with_exit_1(tmp_path):
-    (tmp_path / "spool").mkdir()
-    result = _engine("replay", "--spool", str(tmp_path / "spool"), "--to", "http://127.0.0.1:9")
+def test_unreachable_server_is_one_line_with_exit_1():
+    result = _engine("calls", "--project", "a/b", "--url", "http://127.0.0.1:9")
     _assert_one_line_error(result, FAILED, "127.0.0.1:9", "connection refused")
+
+
+def test_replay_toward_a_wrong_path_stops_but_toward_a_down_server_tries(tmp_path):
+    with serve_subprocess(tmp_path / "t.db") as url:
+        wrong = _engine("replay", "--to", url + "/api", env={"XDG_STATE_HOME": str(tmp_path)})
+    _assert_one_line_error(wrong, FAILED, "replay:", "/api/server_info answered 404")
+    down = _engine("replay", "--to", "http://127.0.0.1:9", env={"XDG_STATE_HOME": str(tmp_path)})
+    assert "cannot reach" in down.stderr and "trying anyway" in down.stderr
+    assert "Traceback" not in down.stderr
 
 
 def test_wrong_path_and_non_server_are_one_line_with_exit_1(tmp_path):

@@ -101,10 +101,7 @@ class RecordingProxy(StubServer):
 
     async def _forward(self, request: web.Request) -> web.StreamResponse:
         assert self._session is not None
-        # the stub's server inflated a compressed body already (aiohttp's auto_decompress):
-        # forward it as the plain body it now is
-        headers = {k: v for k, v in request.headers.items()
-                   if k.lower() not in _HOP_HEADERS and k.lower() != "content-encoding"}
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
         async with self._session.request(request.method, self._upstream + request.path_qs,
                                          data=await request.read(), headers=headers) as upstream:
             body = await upstream.read()

@@ -30,7 +30,8 @@ from engine.wire.routes import EXTRA_ROUTES, ROUTES
 from tests.server.fuzz_bodies import PROJECTS, bodies
 
 EXAMPLES_PER_ROUTE = int(os.environ.get("ENGINE_FUZZ_EXAMPLES", "25"))
-_PATH_VALUES = {"entity": "fz", "project": "p1", "object_id": "op", "digest": "latest"}
+_PATH_VALUES = {"entity": "fz", "project": "p1", "object_id": "op", "digest": "latest",
+                "name": "app.js", "call_id": "c1", "tail": "calls"}  # the last three: trace browser
 # routes whose body is not one JSON request Struct
 _SPECIAL_BODIES = {"/file/create", "/files/create", "/otel/v1/traces", "/graphql"}
 
