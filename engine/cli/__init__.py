@@ -30,9 +30,9 @@ EXIT_INTERRUPTED = 130
 
 
 def _version() -> str:
-    from engine import __version__
+    from importlib.metadata import version
 
-    return __version__
+    return version("engine")
 
 
 def build_parser() -> argparse.ArgumentParser:

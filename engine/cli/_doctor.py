@@ -63,6 +63,13 @@ def run(args: argparse.Namespace) -> int:
 
 def _reach(url: str, api_key: str | None, checks: list[Check]) -> dict | None:
     started = time.perf_counter()
+    status = _probe.request(f"{url}/server_info", headers=_probe.auth_headers(api_key)).status \
+        if _answers(url) else None
+    if status in (401, 403):
+        checks.append(Check("reachable", True, "/server_info answers, and asks for a key"))
+        what = "refused the key" if api_key else "needs a key: set ENGINE_API_KEY"
+        checks.append(Check("auth", False, f"HTTP {status}: the server {what}"))
+        return None
     try:
         info = _probe.server_info(url, api_key)
     except CommandFailed as exc:
@@ -72,6 +79,14 @@ def _reach(url: str, api_key: str | None, checks: list[Check]) -> dict | None:
     version = info.get("trace_server_version") or "unknown version"
     checks.append(Check("reachable", True, f"/server_info answered in {rtt_ms:.0f} ms ({version})"))
     return info
+
+
+def _answers(url: str) -> bool:
+    try:
+        _probe.request(f"{url}/server_info")
+    except _probe.Unreachable:
+        return False
+    return True
 
 
 def _post(url: str, path: str, body: bytes, api_key: str | None,

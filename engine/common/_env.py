@@ -19,6 +19,7 @@ LOG_FORMAT = "ENGINE_LOG_FORMAT"  # text, logfmt, json: the sender process logs 
 PURE_PYTHON = "ENGINE_PURE_PYTHON"  # 1: do not load the C accelerator in this process
 WEAVE = "ENGINE_WEAVE"  # 1: engine.integrations.weave installs itself on import
 UNKNOWN_ENV = "ENGINE_UNKNOWN_ENV"  # "error" (default) or "warn": what a misspelt variable does
+KEYS_FILE = "ENGINE_KEYS_FILE"  # engine serve / relay: the API keys file
 FUZZ_EXAMPLES = "ENGINE_FUZZ_EXAMPLES"  # tests: examples per route of the server's fuzz test
 TEST_SCREENSHOTS = "ENGINE_TEST_SCREENSHOTS"  # tests: where the browser test copies its screenshots
 SENDER_API_KEY = "ENGINE_SENDER_API_KEY"  # the owner hands its key to the sender (internal)
@@ -29,7 +30,7 @@ CLICKHOUSE_PASSWORD_FILE = "ENGINE_CLICKHOUSE_PASSWORD_FILE"  # … or the file 
 
 OTHER_VARIABLES = frozenset({
     CONFIG, API_KEY, LOG_LEVEL, LOG_FORMAT, PURE_PYTHON, WEAVE, UNKNOWN_ENV, SENDER_API_KEY,
-    PYTHON, REF_PYTHON, TEST_SCREENSHOTS, FUZZ_EXAMPLES, CLICKHOUSE_PASSWORD, CLICKHOUSE_PASSWORD_FILE,
+    PYTHON, REF_PYTHON, TEST_SCREENSHOTS, FUZZ_EXAMPLES, KEYS_FILE, CLICKHOUSE_PASSWORD, CLICKHOUSE_PASSWORD_FILE,
 })  # fmt: skip
 
 

@@ -94,8 +94,7 @@ def _auth_middleware(keys: KeyRing) -> Any:
 
     @web.middleware
     async def auth(request: web.Request, handler: Any) -> web.StreamResponse:
-        if not _routes_ui.is_open(request):  # the browser's pages hold no data
-            CURRENT_GRANT.set(keys.grant(request.headers.get("Authorization")))
+        CURRENT_GRANT.set(keys.grant(request.headers.get("Authorization")))
         return await handler(request)
 
     return auth

@@ -5,8 +5,7 @@ The page is served at ``/`` and at the paths weave prints for a trace (with
 ``/{entity}/{project}/weave`` for the project), so those links open in it. Everything else
 it shows comes from the server's own query routes (``/calls/stream_query``, ``/objs/query``,
 ``/table/query``, …), called by ``app.js`` from the browser: no build step, nothing fetched
-from elsewhere, works offline. Pages and assets are open (they hold no data); data routes
-keep the server's auth.
+from elsewhere, works offline. With keys configured every route needs one, these too.
 """
 
 from __future__ import annotations
@@ -21,7 +20,6 @@ routes = web.RouteTableDef()
 PAGE_ROUTE = "ui-page"
 ASSET_ROUTE = "ui-asset"
 _ASSETS = {"app.js": "text/javascript", "app.css": "text/css", "favicon.svg": "image/svg+xml"}
-_OPEN_ROUTES = frozenset({PAGE_ROUTE, ASSET_ROUTE})
 # the page's own code and the server's routes only: data shown can never run as code
 _CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
         "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
@@ -63,10 +61,3 @@ def add_pages(app: web.Application) -> None:
              "/{entity}/{project}/weave/{tail:.*}")
     for number, path in enumerate(paths):
         app.router.add_get(path, page, name=f"{PAGE_ROUTE}.path{number}")
-
-
-def is_open(request: web.Request) -> bool:
-    """A page or an asset of the browser (no credentials needed to load them)."""
-    route = request.match_info.route
-    name = route.name if route is not None else None
-    return bool(name) and name.split(".", 1)[0] in _OPEN_ROUTES

@@ -61,7 +61,8 @@ def _routes() -> list[tuple[str, str]]:
 
 
 def test_with_keys_every_route_needs_one(run, tmp_path, keys_file):
-    paths = [(m, p.format(entity="team-a", project="p", object_id="o", digest="d"))
+    paths = [(m, p.format(entity="team-a", project="p", object_id="o", digest="d", name="app.js",
+                          call_id="c", tail="calls"))
              for m, p in _routes()] + [("GET", "/no/such/route")]  # fmt: skip
 
     async def scenario():
