@@ -68,7 +68,7 @@ def concrete(command: str, things: dict[str, str]) -> list[str]:
         elif word == "DIR":
             word = things["ring_dir"] if before == "--ring-dir" else things["spool_dir"]
         elif word == "F":
-            word = things["db"]
+            word = things["keys_file"] if before == "--keys-file" else things["db"]
         elif word in ("PORT", "P"):
             word = "0"
         elif word == "127.0.0.1:PORT":
@@ -119,6 +119,9 @@ def things(tmp_path_factory):
     ingest_file.write_bytes(b"".join(msgspec.json.encode(_complete(i)) + b"\n" for i in range(5)))
     dead = tmp / "dead.jsonl"
     (tmp / "spool").mkdir()
+    keys_file = tmp / "keys"
+    keys_file.write_text("docs-key rw *\n")
+    keys_file.chmod(0o600)
     env = {**{k: v for k, v in os.environ.items() if not k.startswith(("ENGINE_", "WANDB_", "WF_"))},
            "XDG_DATA_HOME": str(tmp / "data"), "XDG_STATE_HOME": str(tmp / "state")}
     # commands shown without a URL mean the local server: here, the one started for the run
@@ -126,7 +129,8 @@ def things(tmp_path_factory):
         env["ENGINE_URL"] = url
         yield {"url": url, "db": str(tmp / "cli.db"), "ingest_file": str(ingest_file),
                "dead_letters": str(dead), "spool_dir": str(tmp / "spool"), "env": env,
-               "chdb_dir": str(tmp / "chdb"), "pid": str(pid), "ring_dir": ring_dir}
+               "chdb_dir": str(tmp / "chdb"), "pid": str(pid), "ring_dir": ring_dir,
+               "keys_file": str(keys_file)}
 
 
 _OWNER = (f"import os, sys\nfrom engine.producer._engine import Engine\n"
