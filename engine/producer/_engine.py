@@ -25,7 +25,7 @@ import msgspec
 from engine import ring
 from engine.common._config import EngineConfig, load_config
 from engine.common._control import Control, control_path
-from engine.common._errors import Closed, ConfigError
+from engine.common._errors import Closed, ConfigError, EngineError
 from engine.common._redact import redact_url
 from engine.native import _accel
 from engine.producer._flush import (
@@ -162,7 +162,11 @@ class Engine:
         return path
 
     def _start_sender(self) -> None:
-        self._sender = ring.spawn_sender(self._sender_args, self.config.api_key)
+        proc = ring.spawn_sender(self._sender_args, self.config.api_key, self._ring_dir)
+        if proc is None:  # only a live sender holds our reader lock, and ours just ended
+            raise EngineError(f"ring set {self._ringset.spec.shm_name} is already read by "
+                              "another process; not starting a second sender")
+        self._sender = proc
 
     def _recover_orphans(self) -> None:
         """Start a sender on every ring set that an engine delivering to our URL left
@@ -194,7 +198,11 @@ class Engine:
                 if self._closed or os.getpid() != self._owner_pid:
                     return
                 self._control.add("sender_restarts")
-                self._start_sender()
+                try:
+                    self._start_sender()
+                except EngineError as exc:  # its reader is alive: nothing of ours to restart
+                    log.error("sender process %d %s; %s", proc.pid, _describe_exit(code), exc)
+                    return
             log.error("sender process %d %s after %.1f s; restarted it as %d, which resumes "
                       "from the last acknowledged positions", proc.pid, _describe_exit(code),
                       lived_s, self._sender.pid)

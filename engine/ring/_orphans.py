@@ -250,18 +250,38 @@ def recover(url: str, api_key: str | None) -> list[tuple[Orphan, subprocess.Pope
     reaps the processes (each ends within the orphan's ``shutdown_timeout_s``)."""
     started = []
     for orphan in orphans_for(url):
+        proc = spawn_sender(orphan.sender_args, api_key, orphan.ring_dir, recover=True)
+        if proc is None:  # another engine or replay claimed it between the scan and now
+            continue
         log.warning("recovering %d records that a dead engine left in ring set %s",
                     orphan.unreleased_records, orphan.name)
-        started.append((orphan, spawn_sender(orphan.sender_args, api_key, recover=True)))
+        started.append((orphan, proc))
     return started
 
 
-def spawn_sender(args_path: str, api_key: str | None, *, recover: bool = False,
-                 ) -> subprocess.Popen:
+def spawn_sender(args_path: str, api_key: str | None, ring_dir: str, *,
+                 recover: bool = False) -> subprocess.Popen | None:
     """``python -m engine.sender ARGS`` in a session of its own: a signal to the owner's
     process group (Ctrl-C, ``timeout``, a job scheduler) does not reach it, so it can
     settle what the rings hold; it exits when its owner is gone (see the sender). With
-    ``recover`` it delivers what an orphan holds and exits, whoever its owner was."""
+    ``recover`` it delivers what an orphan holds and exits, whoever its owner was.
+
+    The reader lock is taken here and handed to the sender as an inherited descriptor (the
+    lock belongs to the open file, which both share), so the ring set is never without a
+    reader between the spawn and the sender's start: an owner killed in that window leaves
+    no moment in which another engine's scan could take it for an orphan. None when
+    another process already reads the ring set."""
+    lock_fd = take_reader_lock(ring_dir)
+    if lock_fd is None:
+        return None
+    try:
+        return _popen_sender(args_path, api_key, lock_fd, recover)
+    finally:
+        os.close(lock_fd)  # the sender's copy holds the lock from here on
+
+
+def _popen_sender(args_path: str, api_key: str | None, lock_fd: int, recover: bool,
+                  ) -> subprocess.Popen:
     env = dict(os.environ)
     env.pop("ENGINE_API_KEY", None)
     if api_key:
@@ -269,7 +289,8 @@ def spawn_sender(args_path: str, api_key: str | None, *, recover: bool = False,
     # stdout stays free for the user's program (a pipe must close when the owner exits);
     # stderr carries the sender's log lines. A session of its own also keeps Ray's raylet,
     # which kills a dead worker's whole process group, from taking the sender with it.
-    argv = [sys.executable, "-m", "engine.sender", args_path, *(["--recover"] if recover else [])]
-    return subprocess.Popen(argv, env=env,
+    argv = [sys.executable, "-m", "engine.sender", args_path, f"--lock-fd={lock_fd}",
+            *(["--recover"] if recover else [])]
+    return subprocess.Popen(argv, env=env, pass_fds=(lock_fd,),
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, close_fds=True,
                             start_new_session=True)

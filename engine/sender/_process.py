@@ -282,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = msgspec.convert(args["spec"], ring.RingSpec)
     cfg = msgspec.convert(args["config"], EngineConfig)
     # held until we exit, however we exit: nobody recovers a ring set we read
-    reader_lock = ring.take_reader_lock(args["ring_dir"])
+    reader_lock = _inherited_lock(argv[1:]) or ring.take_reader_lock(args["ring_dir"])
     if reader_lock is None:
         log.info("ring set %s already has a sender; nothing to do", spec.shm_name)
         return 0
@@ -296,6 +296,14 @@ def main(argv: list[str] | None = None) -> int:
     _run(sender.run())
     # stopped on a signal to us alone: say so (the owner starts another sender)
     return 128 + sender.signalled[0] if sender.signalled and not sender.owner_stops else 0
+
+
+def _inherited_lock(flags: list[str]) -> int | None:
+    """The reader lock our spawner took for us (``--lock-fd=N``, see ring.spawn_sender)."""
+    for flag in flags:
+        if flag.startswith("--lock-fd="):
+            return int(flag.removeprefix("--lock-fd="))
+    return None
 
 
 def _run(coro: Any) -> None:

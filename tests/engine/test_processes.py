@@ -374,3 +374,38 @@ def test_tracers_made_per_task_in_the_owner_do_not_pile_up(tmp_path):
         assert sum(t._spec == eng._ringset.spec for t in _live_tracers) <= 1
         assert eng.flush(timeout_s=30)
         assert server.stored_ids(PROJECT) == set(ids)
+
+
+_GATE_SITECUSTOMIZE = textwrap.dedent("""
+    # holds a starting sender before any of its code runs, until the test opens the gate
+    import os, sys, time
+    if "engine.sender" in sys.orig_argv:
+        deadline = time.monotonic() + 30
+        while not os.path.exists(os.environ["TEST_SENDER_GATE"]) and time.monotonic() < deadline:
+            time.sleep(0.01)
+""")
+
+
+def test_an_owner_killed_before_its_sender_starts_leaves_no_orphan_to_take(tmp_path, monkeypatch):
+    """The reader lock is handed to the sender at spawn: in the window before the sender
+    runs, an owner killed leaves a ring set that another engine's scan must not take for
+    an orphan (remove it, or recover it beside the sender about to read it)."""
+    from engine.ring import _orphans
+
+    gate_dir, gate = tmp_path / "gate", tmp_path / "gate-open"
+    gate_dir.mkdir()
+    (gate_dir / "sitecustomize.py").write_text(_GATE_SITECUSTOMIZE)
+    monkeypatch.setenv("PYTHONPATH", str(gate_dir))
+    monkeypatch.setenv("TEST_SENDER_GATE", str(gate))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    with FaultServer() as server:
+        script = _KILLED_OWNER_SCRIPT.format(root=root, url=server.url, tmp=str(tmp_path))
+        with subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                              text=True) as proc:
+            shm_name, *ids = [line.strip() for line in proc.stdout if line.strip()]
+            assert proc.wait(60) == -signal.SIGKILL
+        # the owner is dead and its sender has not run a line: still, it is being read
+        assert not any(orphan.name == shm_name for orphan in _orphans.find_orphans())
+        assert os.path.exists(os.path.join("/dev/shm", shm_name + ".seg"))
+        gate.touch()
+        assert server.wait_for(lambda: server.stored_ids(PROJECT) == set(ids), timeout_s=60)
