@@ -5,7 +5,8 @@ call that carries one), so checking there covers every route, the ones added lat
 without any route having to remember. Before each operation the guard finds the projects
 in its arguments and checks them against the grant of the request being handled
 (``_auth.CURRENT_GRANT``): a write needs an ``rw`` key. An operation that names no project
-is refused: it would be one that crosses projects.
+is refused: it would be one that crosses projects -- except the listing of projects (the
+trace browser's first page), whose answer is cut down to the projects the key may read.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ WRITES = frozenset({
     "put_docs", "delete_docs", "replace_doc",
 })  # fmt: skip
 _PROJECTLESS = frozenset({"close"})
+# operations over all projects whose answer is filtered to what the grant may read
+_LISTINGS = frozenset({"project_call_counts"})
 
 
 def _projects(value: Any) -> Iterator[str]:
@@ -54,6 +57,8 @@ class GuardedStore:
         target = getattr(self.inner, name)
         if not callable(target) or name.startswith("_") or name in _PROJECTLESS:
             return target
+        if name in _LISTINGS:
+            return _filtered_listing(target)
         write = name in WRITES
 
         def guarded(*args: Any, **kwargs: Any) -> Any:
@@ -68,3 +73,16 @@ class GuardedStore:
             return target(*args, **kwargs)
 
         return guarded
+
+
+def _filtered_listing(target: Callable[..., Any]) -> Callable[..., Any]:
+    """``(project_id, …)`` rows of every project, cut down to those the grant may read."""
+
+    async def listing(*args: Any, **kwargs: Any) -> Any:
+        rows = await target(*args, **kwargs)
+        grant = CURRENT_GRANT.get()
+        if grant is None:
+            return rows
+        return [row for row in rows if grant.allows(row[0], False)]
+
+    return listing

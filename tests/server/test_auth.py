@@ -124,6 +124,25 @@ def test_a_key_reaches_only_the_projects_its_line_grants(run, tmp_path, keys_fil
         assert f"may not {verb} project {project!r}" in body["reason"], (name, body)
 
 
+def test_the_project_list_shows_each_key_only_the_projects_it_may_read(run, tmp_path, keys_file):
+    """The trace browser's first page is the one listing across projects: cut to the grant."""
+
+    async def scenario():
+        async with serving(tmp_path / "t.db", keys=load_key_ring(keys_file, env_key=False)) as api:
+            for key, project in ((KEY_A, "team-a/dash"), (KEY_A, "team-a/x"), (KEY_B, "team-b/p")):
+                batch = {"batch": [complete(f"c-{project}", project_id=project)]}
+                status, _ = await api.post(f"/v2/{project}/calls/complete", batch,
+                                           {"Authorization": basic_auth("api", key)})
+                assert status == 200
+            return {name: await api.get("/ui/projects", {"Authorization": basic_auth("api", key)})
+                    for name, key in (("a", KEY_A), ("ro", KEY_RO), ("b", KEY_B))}
+
+    got = run(scenario())
+    listed = {name: [p["project_id"] for p in body["projects"]] for name, (_, body) in got.items()}
+    assert {name: status for name, (status, _) in got.items()} == {"a": 200, "ro": 200, "b": 200}
+    assert listed == {"a": ["team-a/dash", "team-a/x"], "ro": ["team-a/dash"], "b": ["team-b/p"]}
+
+
 def test_a_keys_file_others_may_read_or_a_malformed_one_is_refused(tmp_path, keys_file):
     keys_file.chmod(0o644)
     with pytest.raises(ConfigError, match=f"chmod 600 {keys_file}"):
