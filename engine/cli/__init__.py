@@ -21,6 +21,7 @@ from importlib import import_module
 
 from engine.cli._args import CommandFailed, Parser, UsageError, config_message, usage_error
 from engine.common import _env
+from engine.common._config import check_environment
 from engine.common._errors import ConfigError, EngineError
 
 COMMANDS = ("serve", "demo", "relay", "ingest", "replay", "stats", "calls", "doctor")
@@ -68,6 +69,7 @@ def _run(argv: list[str]) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    check_environment(default="error")  # an operator reads a typo's error at once
     return int(args.func(args) or 0)
 
 

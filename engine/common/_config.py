@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import msgspec
@@ -126,7 +127,7 @@ def check_project(project: str, field: str = "project") -> tuple[str, str]:
 
 
 def _env_values(environ: dict[str, str]) -> dict[str, Any]:
-    _check_unknown_env(environ)
+    check_environment(environ)
     values: dict[str, Any] = {}
     for name in _FIELD_TYPES:
         raw = environ.get(_env.setting_variable(name))
@@ -135,22 +136,32 @@ def _env_values(environ: dict[str, str]) -> dict[str, Any]:
     return values
 
 
-def _check_unknown_env(environ: dict[str, str]) -> None:
-    """A misspelt ``ENGINE_*`` variable would silently change nothing: refuse it (or warn,
-    with ``ENGINE_UNKNOWN_ENV=warn``), naming the variable probably meant."""
+_WARNED: set[str] = set()  # unknown variables already warned about in this process
+
+
+def check_environment(environ: Mapping[str, str] | None = None, *,
+                      default: str = "warn") -> None:
+    """A misspelt ``ENGINE_*`` variable would silently change nothing: name it and the
+    variable probably meant. ``ENGINE_UNKNOWN_ENV`` (else ``default``) says what it does:
+    ``warn`` logs once per process and name, ``error`` raises ConfigError. The library
+    warns (``ENGINE_`` is a generic prefix: another tool's variable must not stop an eval);
+    the ``engine`` command refuses, where an operator reads it at once."""
+    environ = os.environ if environ is None else environ
     unknown = _env.unknown_variables(environ, _FIELD_TYPES)
     if not unknown:
         return
     known = _env.known_variables(_FIELD_TYPES)
-    name = unknown[0]
-    message = (f"{name} is not a variable engine reads{_env.did_you_mean(name, known)} "
-               f"(unset it, or set {_env.UNKNOWN_ENV}=warn to only warn)")
-    if environ.get(_env.UNKNOWN_ENV, "error").strip().lower() == "warn":
-        for other in unknown:
-            log.warning("%s is not a variable engine reads%s", other,
-                        _env.did_you_mean(other, known))
-        return
-    raise ConfigError("environment", message)
+    mode = environ.get(_env.UNKNOWN_ENV, default).strip().lower()
+    if mode == "error":
+        name = unknown[0]
+        raise ConfigError("environment", f"{name} is not a variable engine reads"
+                          f"{_env.did_you_mean(name, known)} (unset it, or set "
+                          f"{_env.UNKNOWN_ENV}=warn to only warn)")
+    for name in unknown:
+        if name not in _WARNED:
+            _WARNED.add(name)
+            log.warning("%s is not a variable engine reads%s (set %s=error to refuse it)",
+                        name, _env.did_you_mean(name, known), _env.UNKNOWN_ENV)
 
 
 def _parse_env(name: str, raw: str) -> Any:
