@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
