@@ -136,7 +136,7 @@ class Tour:
         costs = self.step("cost_create", lambda: s.cost_create({"project_id": p, "costs": {
             "my-llm": {"prompt_token_cost": 1e-6, "completion_token_cost": 2e-6}}}))
         self.step("cost_query", lambda: s.cost_query({"project_id": p}))
-        cost_id = costs.ids[0][1] if costs else ""
+        cost_id = costs.ids[0][0] if costs else ""  # [id, llm_id], as weave answers
         self.step("cost_purge", lambda: s.cost_purge({"project_id": p, "query": {
             "$expr": {"$eq": [{"$getField": "id"}, {"$literal": cost_id}]}}}))
 

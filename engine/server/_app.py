@@ -21,6 +21,7 @@ from engine.server import (
     _routes_costs,
     _routes_feedback,
     _routes_files,
+    _routes_labels,
     _routes_misc,
     _routes_objects,
     _routes_otel,
@@ -128,7 +129,8 @@ def build_app(
     app.router.add_get("/metrics", _serve_metrics)
     for module in (_routes_misc, _routes_calls, _graphql, _routes_objects, _routes_tables,
                    _routes_refs, _routes_files, _routes_feedback, _routes_costs, _routes_otel,
-                   _routes_threads, _routes_actions, _routes_completions, _routes_ui):  # fmt: skip
+                   _routes_threads, _routes_actions, _routes_completions, _routes_labels,
+                   _routes_ui):  # fmt: skip
         app.add_routes(module.routes)
     _routes_ui.add_pages(app)  # the trace browser's pages: after every API route
     app.on_cleanup.append(_close_store)

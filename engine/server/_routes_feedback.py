@@ -14,6 +14,7 @@ import msgspec
 from aiohttp import web
 
 from engine.server._body import ApiError
+from engine.server._feedback_rules import SCORER_FIELDS, check_purge_by_ids, processed_payload
 from engine.server._query_expr import InvalidExpr, compile_query
 from engine.server._reply import now_us, ok, page_of, project_of
 from engine.server._rows import from_us
@@ -42,14 +43,18 @@ def _check_ref(req: FeedbackCreateReq, field: str) -> None:
 
 
 def feedback_doc(req: FeedbackCreateReq, field: str = "") -> Doc:
-    """The stored document of a create."""
+    """The stored document of a create (weave's checks and payload processing first)."""
     project_of(req.project_id, f"{field}project_id")
     _check_ref(req, field)
     if not req.feedback_type:
         raise ApiError(422, f"{field}feedback_type: must not be empty")
+    payload = processed_payload(req, field)
     created_us = now_us()
     doc = {k: v for k, v in msgspec.structs.asdict(req).items() if v is not None}
     doc.pop("feedback_id", None)  # a replace's pointer to the old feedback is not stored
+    doc["payload"] = payload
+    for name in SCORER_FIELDS:  # weave stores them empty when not given
+        doc.setdefault(name, [] if name == "scorer_tags" else {})
     doc.update(
         id=req.id or uuid7(), created_at=from_us(created_us), wb_user_id=req.wb_user_id or ""
     )
@@ -116,15 +121,18 @@ async def feedback_query(request: web.Request) -> web.Response:
 @routes.post("/feedback/purge")
 async def feedback_purge(request: web.Request) -> web.Response:
     req = await state_of(request).decode(request, FeedbackPurgeReq)
+    check_purge_by_ids(req.query, allow_in=False, what="feedback")
     await purge_docs(request, _TABLE, req.project_id, req.query)
     return ok({})
 
 
 @routes.post("/feedback/replace")
 async def feedback_replace(request: web.Request) -> web.Response:
-    """Delete ``feedback_id`` and store the new feedback (a new id unless one is given)."""
+    """Delete ``feedback_id`` (if stored) and store the new feedback (a new id unless one is
+    given), as weave does: purge, then create."""
     req = await state_of(request).decode(request, FeedbackReplaceReq)
     record = feedback_doc(req)
-    if not await state_of(request).store.replace_doc(_TABLE, req.feedback_id, record):
-        raise ApiError(404, f"feedback {req.feedback_id!r} not found in {req.project_id!r}")
+    store = state_of(request).store
+    if not await store.replace_doc(_TABLE, req.feedback_id, record):
+        await store.put_docs(_TABLE, [record])
     return ok(_answer(record))

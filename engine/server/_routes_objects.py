@@ -19,6 +19,7 @@ import msgspec
 from aiohttp import web
 
 from engine.server._body import ApiError, path_project
+from engine.server._builtin_classes import as_builtin
 from engine.server._digest import bytes_digest, value_digest
 from engine.server._reply import (
     not_found,
@@ -73,14 +74,20 @@ def object_classes(val: Any) -> tuple[str | None, str | None]:
     return (bases[-3] if len(bases) > 2 else leaf), leaf
 
 
-def _check_builtin_class(obj: ObjSchemaForInsert, leaf: str | None) -> None:
+def _stored_val(obj: ObjSchemaForInsert, field: str) -> Any:
+    """The value as stored: a value already serialized with its class is kept (its class
+    must be the one asked for, if any); a plain value asked to be of a builtin class is
+    serialized as that class."""
     wanted = obj.builtin_object_class or obj.set_base_object_class
-    if wanted is not None and wanted != leaf:
-        raise ApiError(
-            422,
-            f"obj.builtin_object_class: {wanted!r} does not match the value's class {leaf!r}; "
-            "engine serve stores values already serialized with their class",
-        )
+    _, leaf = object_classes(obj.val)
+    if wanted is None:
+        return obj.val
+    if leaf is None:
+        return as_builtin(obj.val, wanted, f"{field}.builtin_object_class")
+    if wanted != leaf:
+        raise ApiError(400, f"{field}.builtin_object_class: {wanted!r} does not match the "
+                            f"value's class {leaf!r}")  # fmt: skip
+    return obj.val
 
 
 def new_version(obj: ObjSchemaForInsert, field: str) -> ObjectVersion:
@@ -88,17 +95,17 @@ def new_version(obj: ObjSchemaForInsert, field: str) -> ObjectVersion:
     project_of(obj.project_id, f"{field}.project_id")
     if not obj.object_id:
         raise ApiError(422, f"{field}.object_id: must not be empty")
-    base, leaf = object_classes(obj.val)
-    _check_builtin_class(obj, leaf)
-    digest = value_digest(obj.val)
+    val = _stored_val(obj, field)
+    base, leaf = object_classes(val)
+    digest = value_digest(val)
     if obj.expected_digest is not None and obj.expected_digest != digest:
         raise ApiError(
             409, f"{field}.expected_digest: {obj.expected_digest!r} != stored digest {digest!r}"
         )
     return ObjectVersion(
-        project_id=obj.project_id, object_id=obj.object_id, digest=digest, kind=kind_of(obj.val),
+        project_id=obj.project_id, object_id=obj.object_id, digest=digest, kind=kind_of(val),
         base_object_class=base, leaf_object_class=leaf,
-        val=msgspec.json.encode(obj.val).decode(), wb_user_id=obj.wb_user_id,
+        val=msgspec.json.encode(val).decode(), wb_user_id=obj.wb_user_id,
         created_at_us=now_us(),
     )  # fmt: skip
 
@@ -141,7 +148,21 @@ async def obj_create(request: web.Request) -> web.Response:
 async def obj_read(request: web.Request) -> web.Response:
     req = await state_of(request).decode(request, ObjReadReq)
     found = await _read(request, project_of(req.project_id), req.object_id, req.digest)
-    return ok({"obj": obj_schema(found, metadata_only=bool(req.metadata_only))})
+    obj = obj_schema(found, metadata_only=bool(req.metadata_only))
+    if req.include_tags_and_aliases:
+        await _add_labels(request, req.project_id, [obj])
+    return ok({"obj": obj})
+
+
+async def _add_labels(request: web.Request, project_id: str, objs: list[dict]) -> None:
+    """``tags`` and ``aliases`` of each version; ``latest`` on the latest one."""
+    keys = [(o["object_id"], o["digest"]) for o in objs]
+    labels = await state_of(request).store.object_labels(project_id, keys)
+    for obj, key in zip(objs, keys, strict=True):
+        tags, aliases = labels.get(key, ([], []))
+        if obj["is_latest"] and "latest" not in aliases:
+            aliases = ["latest", *aliases]
+        obj["tags"], obj["aliases"] = tags, aliases
 
 
 _OBJ_SORT = frozenset({"object_id", "created_at"})
@@ -189,7 +210,10 @@ async def objs_query(request: web.Request) -> web.Response:
     req = await state_of(request).decode(request, ObjQueryReq)
     rows = await _query(request, req)
     meta, size = bool(req.metadata_only), bool(req.include_storage_size)
-    return ok({"objs": [obj_schema(r, metadata_only=meta, with_size=size) for r in rows]})
+    objs = [obj_schema(r, metadata_only=meta, with_size=size) for r in rows]
+    if req.include_tags_and_aliases:
+        await _add_labels(request, req.project_id, objs)
+    return ok({"objs": objs})
 
 
 @routes.post("/obj/delete")
@@ -297,8 +321,8 @@ def _int_param(request: web.Request, name: str) -> int | None:
 @routes.get("/v2/{entity}/{project}/ops")
 async def op_list_v2(request: web.Request) -> web.StreamResponse:
     project_id = path_project(request)
-    query = ObjQueryReq(
-        project_id=project_id, filter=_op_filter(None, False),
+    query = ObjQueryReq(  # the latest version of each op, as weave lists them
+        project_id=project_id, filter=_op_filter(None, True),
         limit=_int_param(request, "limit"), offset=_int_param(request, "offset"),
     )  # fmt: skip
     rows = await _query(request, query)

@@ -34,6 +34,10 @@ class _Unresolved(Exception):
     """The ref is well formed but names nothing stored."""
 
 
+class _MissingObject(_Unresolved):
+    """The object (or op) a ref starts from is not stored: weave answers 404 for the batch."""
+
+
 class _Table(msgspec.Struct, frozen=True):
     project_id: str
     digest: str
@@ -49,24 +53,24 @@ class Ref(msgspec.Struct, frozen=True):
 
 def parse_ref(uri: str, field: str) -> Ref:
     if not uri.startswith(_SCHEME):
-        raise ApiError(422, f"{field}: {uri!r} is not a {_SCHEME} ref")
+        raise ApiError(400, f"{field}: {uri!r} is not a {_SCHEME} ref")
     parts = [urllib.parse.unquote(p) for p in uri[len(_SCHEME) :].split("/")]
     if len(parts) < 4 or not all(parts[:4]):
-        raise ApiError(422, f"{field}: {uri!r} is not {_SCHEME}entity/project/kind/name")
+        raise ApiError(400, f"{field}: {uri!r} is not {_SCHEME}entity/project/kind/name")
     entity, project, kind, name = parts[:4]
     extra = tuple(parts[4:])
     if len(extra) % 2:
-        raise ApiError(422, f"{field}: {uri!r} has an extra path that is not edge/arg pairs")
+        raise ApiError(400, f"{field}: {uri!r} has an extra path that is not edge/arg pairs")
     project_id = f"{entity}/{project}"
     check_project_id(project_id, field)
     if kind in ("object", "op"):
         name, sep, version = name.rpartition(":")
         if not (sep and name and version):
-            raise ApiError(422, f"{field}: {uri!r} needs <name>:<digest> after '{kind}/'")
+            raise ApiError(400, f"{field}: {uri!r} needs <name>:<digest> after '{kind}/'")
         return Ref(project_id, kind, name, version, extra)
     if kind in ("table", "call"):
         return Ref(project_id, kind, name, "", extra)
-    raise ApiError(422, f"{field}: {uri!r} has kind {kind!r}; expected object, op, table or call")
+    raise ApiError(400, f"{field}: {uri!r} has kind {kind!r}; expected object, op, table or call")
 
 
 async def _root(request: web.Request, ref: Ref) -> Any:
@@ -81,7 +85,7 @@ async def _root(request: web.Request, ref: Ref) -> Any:
         return msgspec.json.decode(_json.encode(call_view(page[0])))
     found = await state_of(request).store.read_object(ref.project_id, ref.name, ref.version)
     if found is None:
-        raise _Unresolved
+        raise _MissingObject(f"{ref.kind} {ref.name}:{ref.version} in {ref.project_id!r}")
     return msgspec.json.decode(found.val)
 
 
@@ -115,15 +119,18 @@ async def _table_row(request: web.Request, table: _Table, row_digest: str) -> An
 
 
 async def resolve(request: web.Request, ref: Ref, field: str) -> Any:
-    """The value ``ref`` names; ``None`` when nothing stored matches."""
+    """The value ``ref`` names; ``None`` when a path step names nothing; a 404 when the
+    object it starts from is not stored (as weave answers)."""
     try:
         val = await _root(request, ref)
         for i in range(0, len(ref.extra), 2):
             val = await _step(request, val, ref.extra[i], ref.extra[i + 1])
+    except _MissingObject as exc:
+        raise ApiError(404, f"{field}: {exc} not found") from None
     except _Unresolved:
         return None
     if isinstance(val, _Table):
-        raise ApiError(422, f"{field}: names a whole table; read its rows with /table/query")
+        raise ApiError(400, f"{field}: names a whole table; read its rows with /table/query")
     return val
 
 
@@ -131,7 +138,7 @@ async def resolve(request: web.Request, ref: Ref, field: str) -> Any:
 async def refs_read_batch(request: web.Request) -> web.Response:
     req = await state_of(request).decode(request, RefsReadBatchReq)
     if len(req.refs) > MAX_REFS:
-        raise ApiError(422, f"refs: at most {MAX_REFS} refs per request, got {len(req.refs)}")
+        raise ApiError(400, f"refs: at most {MAX_REFS} refs per request, got {len(req.refs)}")
     parsed = [parse_ref(uri, f"refs[{i}]") for i, uri in enumerate(req.refs)]
     vals = [await resolve(request, ref, f"refs[{i}]") for i, ref in enumerate(parsed)]
     return ok({"vals": vals})

@@ -111,36 +111,34 @@ async def table_create(request: web.Request) -> web.Response:
     return ok({"digest": digest, "row_digests": digests})
 
 
-def _apply(digests: list[str], update: TableUpdateSpec, i: int) -> tuple[str, str] | None:
-    """Apply one update to ``digests`` in place; returns the row it added, if any."""
+def _apply(digests: list[str], update: TableUpdateSpec, i: int) -> tuple[str, tuple[str, str] | None]:
+    """Apply one update to ``digests`` in place; returns the digest it touched (appended,
+    inserted or popped, as weave reports them) and the row it added, if any."""
     if update.pop is not None:
         index = update.pop.index
-        if not -len(digests) <= index < len(digests):
-            raise ApiError(
-                422, f"updates[{i}].pop.index: {index} out of range 0..{len(digests) - 1}"
-            )
-        digests.pop(index)
-        return None
+        if not 0 <= index < len(digests):
+            raise ApiError(400, f"updates[{i}].pop.index: {index} out of range 0..{len(digests) - 1}")
+        return digests.pop(index), None
+    row = _encoded([(update.append or update.insert).row])[0]  # type: ignore[union-attr]
     if update.append is not None:
-        row = _encoded([update.append.row])[0]
         digests.append(row[0])
-        return row
+        return row[0], row
     assert update.insert is not None  # TableUpdateSpec holds exactly one operation
     index = update.insert.index
     if not 0 <= index <= len(digests):
-        raise ApiError(422, f"updates[{i}].insert.index: {index} out of range 0..{len(digests)}")
-    row = _encoded([update.insert.row])[0]
+        raise ApiError(400, f"updates[{i}].insert.index: {index} out of range 0..{len(digests)}")
     digests.insert(index, row[0])
-    return row
+    return row[0], row
 
 
 @routes.post("/table/update")
 async def table_update(request: web.Request) -> web.Response:
     req = await state_of(request).decode(request, TableUpdateReq)
     digests = await row_digests_of(request, project_of(req.project_id), req.base_digest)
-    added = [row for i, u in enumerate(req.updates) if (row := _apply(digests, u, i))]
+    applied = [_apply(digests, u, i) for i, u in enumerate(req.updates)]
+    added = [row for _, row in applied if row is not None]
     digest = await _save(request, req.project_id, digests, added)
-    return ok({"digest": digest, "updated_row_digests": [d for d, _ in added]})
+    return ok({"digest": digest, "updated_row_digests": [d for d, _ in applied]})
 
 
 @routes.post("/table/create_from_digests")
@@ -171,8 +169,10 @@ def _sorted(items: list[tuple[int, str, Any]], sort_by: list[SortBy]) -> list:
 
 
 async def _selected(request: web.Request, req: TableQueryReq) -> list[tuple[int, str]]:
-    """(original index, row digest) of the rows a query selects, in table order."""
-    digests = await row_digests_of(request, project_of(req.project_id), req.digest)
+    """(original index, row digest) of the rows a query selects, in table order; an
+    unknown table holds no rows (as weave answers)."""
+    digests = await state_of(request).store.table_row_digests(project_of(req.project_id), req.digest)
+    digests = digests or []
     wanted = set(req.filter.row_digests) if req.filter and req.filter.row_digests else None
     return [(i, d) for i, d in enumerate(digests) if wanted is None or d in wanted]
 

@@ -81,15 +81,15 @@ def _threads(turns: list[ThreadTurn]) -> list[dict[str, Any]]:
     return [_thread(thread_id, turns) for thread_id, turns in grouped.items()]
 
 
-def _thread_filter(threads: list[dict[str, Any]], req: ThreadsQueryReq) -> list[dict[str, Any]]:
+def _turns_in_window(turns: list[ThreadTurn], req: ThreadsQueryReq) -> list[ThreadTurn]:
+    """The turns started after ``after_datetime`` and before ``before_datetime`` (weave
+    aggregates a thread from the turns in the window)."""
     flt = req.filter
-    if flt is None:
-        return threads
-    after = flt.after_datetime and from_us(to_us(flt.after_datetime))
-    before = flt.before_datetime and from_us(to_us(flt.before_datetime))
+    after = to_us(flt.after_datetime) if flt else None
+    before = to_us(flt.before_datetime) if flt else None
     return [
-        t for t in threads
-        if (after is None or t["start_time"] > after) and (before is None or t["last_updated"] < before)
+        t for t in turns if t.started_at_us is not None
+        and (after is None or t.started_at_us > after) and (before is None or t.started_at_us < before)
     ]  # fmt: skip
 
 
@@ -118,7 +118,7 @@ async def threads_stream_query(request: web.Request) -> web.StreamResponse:
         raise ApiError(422, f"filter.thread_ids: at most {MAX_IDS} ids")
     limit, offset = page_of(req.limit, req.offset)
     rows = await state_of(request).store.thread_turns(req.project_id, thread_ids, MAX_THREAD_TURNS)
-    threads = _sort_threads(_thread_filter(_threads(rows), req), req)[offset : offset + limit]
+    threads = _sort_threads(_threads(_turns_in_window(rows, req)), req)[offset : offset + limit]
 
     async def chunks():
         yield threads

@@ -24,17 +24,9 @@ def _row(doc: Doc) -> tuple[str, str, int, str]:
 
 
 def q_put_docs(conn: sqlite3.Connection, kind: DocKind, docs: list[Doc]) -> list[Doc]:
-    name = _table(kind)
     with Transaction(conn):
-        conn.executemany(f"INSERT OR IGNORE INTO {name} VALUES (?, ?, ?, ?)", map(_row, docs))
-        stored = []
-        for doc in docs:
-            row = conn.execute(
-                f"SELECT created_at_us, doc FROM {name} WHERE project_id = ? AND id = ?",
-                (doc.project_id, doc.id),
-            ).fetchone()
-            stored.append(Doc(doc.project_id, doc.id, *row))
-        return stored
+        conn.executemany(f"INSERT OR REPLACE INTO {_table(kind)} VALUES (?, ?, ?, ?)", map(_row, docs))
+    return list(docs)
 
 
 def q_query_docs(conn: sqlite3.Connection, kind: DocKind, q: DocsQuery) -> DocsPage:

@@ -132,9 +132,8 @@ def _objects_where(q: ObjectsQuery) -> tuple[list[str], list[Any]]:
         if values is not None:
             where.append(f"{column} IN ({marks(len(values))})")
             params.extend(values)
-    if q.exclude_base_object_classes:
-        where.append(f"coalesce(o.base_object_class, '') NOT IN "
-                     f"({marks(len(q.exclude_base_object_classes))})")  # fmt: skip
+    if q.exclude_base_object_classes:  # a NULL class is not "not in" either, as in weave
+        where.append(f"o.base_object_class NOT IN ({marks(len(q.exclude_base_object_classes))})")
         params.extend(q.exclude_base_object_classes)
     if q.is_op is not None:
         where.append("o.kind = 'op'" if q.is_op else "o.kind != 'op'")

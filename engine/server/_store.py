@@ -260,8 +260,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def put_docs(self, kind: DocKind, docs: list[Doc]) -> list[Doc]:
-        """Insert documents; an id already stored keeps its first document. Returns the
-        stored document of each, in order."""
+        """Insert documents; one whose id is stored replaces it (weave's feedback create
+        with a known id does), so a resent create changes nothing. Returns them."""
 
     @abc.abstractmethod
     async def query_docs(self, kind: DocKind, query: DocsQuery) -> DocsPage: ...

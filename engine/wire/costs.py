@@ -43,7 +43,7 @@ class CostCreateReq(Request, kw_only=True):
 
 
 class CostCreateRes(Response, kw_only=True):
-    # (llm id, cost id) per created cost
+    # (cost id, llm id) per created cost, as weave's server answers
     ids: list[tuple[str, str]]
 
 

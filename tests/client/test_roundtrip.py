@@ -148,12 +148,12 @@ def test_feedback_create_query_replace_purge(client, project):
 def test_costs_create_query_purge(client, project):
     made = client.cost_create({"project_id": project, "costs": {
         "my-llm": {"prompt_token_cost": 0.001, "completion_token_cost": 0.002}}})
-    assert isinstance(made, k.CostCreateRes) and made.ids[0][0] == "my-llm"
+    assert isinstance(made, k.CostCreateRes) and made.ids[0][1] == "my-llm"  # [id, llm_id]
     found = client.cost_query({"project_id": project})
     assert [x.llm_id for x in found.results] == ["my-llm"]
     client.cost_purge({"project_id": project,
                        "query": {"$expr": {"$eq": [{"$getField": "id"},
-                                                   {"$literal": made.ids[0][1]}]}}})
+                                                   {"$literal": made.ids[0][0]}]}}})
     assert client.cost_query({"project_id": project}).results == []
 
 

@@ -25,19 +25,12 @@ def _stored(client: Any, kind: DocKind, project_id: str, ids: list[str]) -> dict
 
 
 def put_docs(client: Any, kind: DocKind, docs: list[Doc], version: int) -> list[Doc]:
-    """Insert the documents whose ids are new; each id keeps its first document."""
-    stored: dict[tuple[str, str], tuple] = {}
-    for project_id in {d.project_id for d in docs}:
-        found = _stored(client, kind, project_id, [d.id for d in docs if d.project_id == project_id])
-        stored.update(((project_id, i), v) for i, v in found.items())
-    new = []
-    for doc in docs:
-        if (doc.project_id, doc.id) not in stored:
-            stored[(doc.project_id, doc.id)] = (doc.created_at_us, doc.doc)
-            new.append([kind, doc.project_id, doc.id, doc.created_at_us, doc.doc, version + len(new), 0])
-    if new:
-        client.insert("docs", new, column_names=_DOC_COLUMNS)
-    return [Doc(d.project_id, d.id, *stored[(d.project_id, d.id)]) for d in docs]
+    """Insert the documents; one whose id is stored replaces it (the newest version wins)."""
+    rows = [[kind, d.project_id, d.id, d.created_at_us, d.doc, version + i, 0]
+            for i, d in enumerate(docs)]  # fmt: skip
+    if rows:
+        client.insert("docs", rows, column_names=_DOC_COLUMNS)
+    return list(docs)
 
 
 def query_docs(client: Any, kind: DocKind, q: DocsQuery) -> DocsPage:

@@ -98,7 +98,8 @@ def query(client: Any, q: ObjectsQuery) -> list[ObjectVersion]:
             where.append(f"has({{{name}:Array(String)}}, o.{column})")
     if q.exclude_base_object_classes:
         params["excluded"] = list(q.exclude_base_object_classes)
-        where.append("NOT has({excluded:Array(String)}, ifNull(o.base_object_class, ''))")
+        # a NULL class is not "not in" either, as in weave
+        where.append("o.base_object_class IS NOT NULL AND NOT has({excluded:Array(String)}, o.base_object_class)")
     if q.is_op is not None:
         where.append("o.kind = 'op'" if q.is_op else "o.kind != 'op'")
     if q.latest_only:

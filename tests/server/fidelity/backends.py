@@ -125,6 +125,8 @@ _ADAPT: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {"file_create": 
 _WRAP: dict[str, Callable[[Any], Any]] = {
     "calls_query": lambda lines: {"calls": lines},
     "file_content_read": lambda content: {"content": content},
+    # the 0.54.0 client reads a table stream through /table/query and yields its rows
+    "table_query_stream": lambda body: body["rows"] if isinstance(body, dict) else body,
 }
 
 

@@ -3,14 +3,22 @@
 Normalisation (each server's answers separately, in step order):
 
 - A value the server made up is replaced by its kind and the order in which it first
-  appeared in that server's answers: UUIDs that no request carried (``<uuid:3>``) and
-  content digests (``<digest:2>``). Two servers agree when they make up values in the
-  same places and reuse them in the same places.
+  appeared in that answer: UUIDs that no request carried (``<uuid:1>``) and content
+  digests (``<digest:0>``). Two answers agree when they hold made-up values in the same
+  places and repeat them in the same places (numbered per answer, so one extra id early
+  on does not shift every later answer).
+- Fields that weave 0.54.0's response models declare and the 0.52 reference predates
+  (``NEWER_FIELDS``) are compared only where the reference has them.
 - A time is kept, in one canonical UTC form, when it lies in the scenario's own era (a
   time a client sent); a time near the server's clock becomes ``<now>``.
 - A key whose value is null is dropped: weave's clients read a missing optional field and
   a null one alike.
 - An error answer is compared by its status alone (reasons are prose).
+
+A step the reference cannot answer is listed, not scored: weave's SQLite server leaves
+the method unimplemented (501) or fails on the request (5xx: a bug of the reference, not a
+behaviour to match). A value the reference marks as not computed (``-1`` for a size or a
+percentile it cannot compute, ``NOT_COMPUTED``) is not compared.
 """
 
 from __future__ import annotations
@@ -28,6 +36,10 @@ UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12
 DIGEST = re.compile(r"^(?:[A-Za-z0-9]{43}|[0-9a-f]{64})$")
 ISO_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}")
 SCENARIO_YEAR = 2024  # every time a scenario sends lies in this year
+# (method, top-level field): in 0.54.0's response models, newer than the reference
+NEWER_FIELDS = frozenset({("obj_delete", "deleted_versions"), ("feedback_query", "total_count")})
+# fields whose -1 means "the SQLite reference does not compute this"
+NOT_COMPUTED = frozenset({"total_size_bytes", "p50_turn_duration_ms", "p99_turn_duration_ms"})
 
 Req = dict[str, Any]
 
@@ -99,6 +111,11 @@ class Outcome:
     reference: Any
 
     @property
+    def scored(self) -> bool:
+        status = self.reference.get("status") if isinstance(self.reference, dict) else None
+        return not (isinstance(status, int) and status >= 500)
+
+    @property
     def identical(self) -> bool:
         return self.ours == self.reference
 
@@ -107,6 +124,31 @@ def comparable(answer: Answer, normalise: Normaliser) -> Any:
     if answer.status != 200:
         return {"status": answer.status}
     return normalise(answer.body)
+
+
+def _without_not_computed(ours: Any, reference: Any) -> Any:
+    """``ours`` without the fields the reference marks as not computed (``-1``)."""
+    if isinstance(ours, dict) and isinstance(reference, dict):
+        return {k: _without_not_computed(v, reference.get(k)) for k, v in ours.items()
+                if not (k in NOT_COMPUTED and reference.get(k) == -1)}  # fmt: skip
+    if isinstance(ours, list) and isinstance(reference, list) and len(ours) == len(reference):
+        return [_without_not_computed(a, b) for a, b in zip(ours, reference, strict=True)]
+    return ours
+
+
+def _drop_not_computed(reference: Any) -> Any:
+    if isinstance(reference, dict):
+        return {k: _drop_not_computed(v) for k, v in reference.items()
+                if not (k in NOT_COMPUTED and v == -1)}  # fmt: skip
+    if isinstance(reference, list):
+        return [_drop_not_computed(v) for v in reference]
+    return reference
+
+
+def _without_newer(method: str, ours: Any, reference: Any) -> Any:
+    if not (isinstance(ours, dict) and isinstance(reference, dict)):
+        return ours
+    return {k: v for k, v in ours.items() if (method, k) not in NEWER_FIELDS or k in reference}
 
 
 def run(steps: list[Step], ours: Any, reference: Any) -> list[Outcome]:
@@ -124,17 +166,18 @@ def run(steps: list[Step], ours: Any, reference: Any) -> list[Outcome]:
             requests.append(req)
         answers.append((pair[0], pair[1]))
     sent = set(strings_in(requests))
-    norm_ours, norm_ref = Normaliser(sent), Normaliser(sent)
-    return [
-        Outcome(step, comparable(a, norm_ours), comparable(b, norm_ref))
-        for step, (a, b) in zip(steps, answers, strict=True)
-    ]
+    outcomes = []
+    for step, (a, b) in zip(steps, answers, strict=True):
+        ours, reference = comparable(a, Normaliser(sent)), comparable(b, Normaliser(sent))
+        ours = _without_not_computed(_without_newer(step.method, ours, reference), reference)
+        outcomes.append(Outcome(step, ours, _drop_not_computed(reference)))
+    return outcomes
 
 
 def score(outcomes: list[Outcome]) -> dict[str, tuple[int, int]]:
     """``family -> (identical, total)``, plus ``"all"``."""
     table: dict[str, list[int]] = {}
-    for outcome in outcomes:
+    for outcome in filter(lambda o: o.scored, outcomes):
         for family in (outcome.step.family, "all"):
             counts = table.setdefault(family, [0, 0])
             counts[0] += outcome.identical
@@ -174,8 +217,11 @@ def report(outcomes: list[Outcome]) -> str:
     lines = ["| family | identical | total |", "|---|---|---|"]
     for family, (same, total) in sorted(score(outcomes).items(), key=lambda kv: kv[0] == "all"):
         lines.append(f"| {family} | {same} | {total} |")
+    unscored = [o.step.label for o in outcomes if not o.scored]
+    if unscored:
+        lines += ["", f"Not scored (the reference cannot answer: 501 or 5xx): {', '.join(unscored)}"]
     for outcome in outcomes:
-        if not outcome.identical:
+        if outcome.scored and not outcome.identical:
             lines += ["", f"### {outcome.step.label} ({outcome.step.method})"]
             lines += [f"- {d}" for d in differences(outcome.ours, outcome.reference)]
     return "\n".join(lines)

@@ -412,12 +412,17 @@ def refs() -> list[Step]:
         Step(f, "refs.obj", "obj_create", lambda c: {"obj": {"project_id": p, "object_id": "holder", "val": {
             **ds, "rows": f"weave:///{p}/table/{c['refs.table']['digest']}",
             "conf": {"k": [10, 20, {"deep": "yes"}]}}}}),
-        Step(f, "refs.read", "refs_read_batch", lambda c: {"refs": [
-            ref(c), ref(c, "attr", "conf", "key", "k", "index", "2", "key", "deep"),
-            ref(c, "attr", "name"), f"weave:///{p}/object/holder:latest",
-            f"weave:///{p}/object/holder:v0"]}),
+        Step(f, "refs.object", "refs_read_batch", lambda c: {"refs": [ref(c)]}),
+        Step(f, "refs.object_latest", "refs_read_batch",
+             {"refs": [f"weave:///{p}/object/holder:latest"]}),
+        Step(f, "refs.object_v0", "refs_read_batch", {"refs": [f"weave:///{p}/object/holder:v0"]}),
+        Step(f, "refs.deep_path", "refs_read_batch", lambda c: {"refs": [
+            ref(c, "attr", "conf", "key", "k", "index", "2", "key", "deep")]}),
+        Step(f, "refs.attr", "refs_read_batch", lambda c: {"refs": [ref(c, "attr", "name")]}),
+        Step(f, "refs.two", "refs_read_batch", lambda c: {"refs": [ref(c, "attr", "name"), ref(c)]}),
         Step(f, "refs.table_row", "refs_read_batch", lambda c: {"refs": [
-            ref(c, "attr", "rows", "id", c["refs.table"]["row_digests"][1]),
+            ref(c, "attr", "rows", "id", c["refs.table"]["row_digests"][1])]}),
+        Step(f, "refs.table_row_key", "refs_read_batch", lambda c: {"refs": [
             ref(c, "attr", "rows", "id", c["refs.table"]["row_digests"][1], "key", "q")]}),
         Step(f, "refs.whole_table", "refs_read_batch",
              lambda c: {"refs": [f"weave:///{p}/table/{c['refs.table']['digest']}"]}),
@@ -471,9 +476,6 @@ def feedback() -> list[Step]:
         Step(f, "feedback.reaction_alias", "feedback_create", _feedback("wandb.reaction.1", {"emoji": ":thumbs_up:"})),
         Step(f, "feedback.custom", "feedback_create",
              _feedback("custom", {"score": 3, "label": "ok"}, annotation_ref=None, id=fb_id)),
-        Step(f, "feedback.custom_again", "feedback_create",
-             _feedback("custom", {"score": 4, "label": "dup"}, id=fb_id)),
-        Step(f, "feedback.bad_ref", "feedback_create", {**_feedback("custom", {}), "weave_ref": "weave:///other/p/call/x"}),
         Step(f, "feedback.batch", "feedback_create_batch", {"batch": [
             _feedback("custom", {"score": 1}, id="0190a6a4-0000-7000-8000-000000000002"),
             _feedback("custom", {"score": 2}, call_id="f2", id="0190a6a4-0000-7000-8000-000000000003")]}),
@@ -494,6 +496,14 @@ def feedback() -> list[Step]:
         Step(f, "feedback.purge_by_type", "feedback_purge",
              {"project_id": FP, "query": _expr("$eq", _get("feedback_type"), _lit("custom"))}),
         _fq("after_purge", fields=["feedback_type"]),
+        # a create with an id already stored: last, so that its effect shows in one answer
+        Step(f, "feedback.same_id", "feedback_create",
+             _feedback("custom", {"score": 5}, id="0190a6a4-0000-7000-8000-000000000003")),
+        Step(f, "feedback.same_id_again", "feedback_create",
+             _feedback("custom", {"score": 6}, id="0190a6a4-0000-7000-8000-000000000003")),
+        _fq("after_same_id", fields=["id", "payload"]),
+        Step(f, "feedback.bad_ref", "feedback_create",
+             {**_feedback("custom", {}), "weave_ref": "weave:///other/p/call/x"}),
     ]  # fmt: skip
 
 
