@@ -76,6 +76,8 @@ class ReferenceServer:
         except subprocess.TimeoutExpired:
             self._proc.kill()
             self._proc.wait()
+        if self._proc.stdout:
+            self._proc.stdout.close()
 
 
 class _Capture(httpx.BaseTransport):
