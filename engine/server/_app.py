@@ -19,6 +19,7 @@ from engine.server import (
     _routes_calls,
     _routes_completions,
     _routes_costs,
+    _routes_eval_runs,
     _routes_feedback,
     _routes_files,
     _routes_labels,
@@ -29,6 +30,9 @@ from engine.server import (
     _routes_tables,
     _routes_threads,
     _routes_ui,
+    _routes_unsupported,
+    _routes_usage,
+    _routes_v2,
 )
 from engine.server._auth import CURRENT_GRANT, Grant, KeyRing, check_bind
 from engine.server._body import DEFAULT_MAX_BODY_BYTES, ApiError, error_response
@@ -130,7 +134,8 @@ def build_app(
     for module in (_routes_misc, _routes_calls, _graphql, _routes_objects, _routes_tables,
                    _routes_refs, _routes_files, _routes_feedback, _routes_costs, _routes_otel,
                    _routes_threads, _routes_actions, _routes_completions, _routes_labels,
-                   _routes_ui):  # fmt: skip
+                   _routes_v2, _routes_eval_runs, _routes_usage,
+                   _routes_unsupported, _routes_ui):  # fmt: skip
         app.add_routes(module.routes)
     _routes_ui.add_pages(app)  # the trace browser's pages: after every API route
     app.on_cleanup.append(_close_store)

@@ -166,7 +166,7 @@ def _views(request: web.Request, req: CallsQueryReq | CallReadReq):
             await _add_trace_sizes(store, req.project_id, calls)
         if req.include_costs:
             if not prices:
-                prices.append(await _prices(store, req.project_id))
+                prices.append(await project_prices(store, req.project_id))
             add_costs(calls, prices[0])
         if getattr(req, "include_feedback", None):
             add_feedback(calls, await _feedback_of(store, req.project_id, calls))
@@ -185,7 +185,7 @@ async def _add_trace_sizes(store: Store, project_id: str, calls: list[dict]) -> 
             call["total_storage_size_bytes"] = sizes.get(call["trace_id"], 0)
 
 
-async def _prices(store: Store, project_id: str) -> dict[str, list[dict]]:
+async def project_prices(store: Store, project_id: str) -> dict[str, list[dict]]:
     found = await store.query_docs("costs", DocsQuery(project_id=project_id))
     prices: dict[str, list[dict]] = {}
     for doc in found.docs:
@@ -221,10 +221,10 @@ async def calls_stream_query(request: web.Request) -> web.StreamResponse:
     state = state_of(request)
     req = await state.decode(request, CallsQueryReq)
     pages = state.store.query_calls(_calls_query(req))
-    return await stream_jsonl(request, _viewed(_query_errors(pages), _views(request, req)))
+    return await stream_jsonl(request, _viewed(query_errors(pages), _views(request, req)))
 
 
-async def _query_errors(pages: AsyncGenerator[list[dict], None]) -> AsyncGenerator[list[dict], None]:
+async def query_errors(pages: AsyncGenerator[list[dict], None]) -> AsyncGenerator[list[dict], None]:
     """The pages, with a query the store cannot run as a 422 (raised before any byte)."""
     async with contextlib.aclosing(pages):
         try:

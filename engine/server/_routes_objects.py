@@ -7,8 +7,8 @@ answered with 409, which weave 0.54.0 takes as "fall back to server digests".
 
 Ops are objects whose value is weave's serialized op (``{"_type": "CustomWeaveType",
 "weave_type": {"type": "Op"}, "files": {"obj.py": <file digest>}}``); the older
-``/op/*``, ``/ops/query`` routes and the REST ``/v2/{entity}/{project}/ops…`` routes both
-read and write them.
+``/op/*``, ``/ops/query`` routes here and the REST ``/v2/{entity}/{project}/ops…`` routes
+(``_routes_v2``) both read and write them.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from engine.server._body import ApiError, path_project
+from engine.server._body import ApiError
 from engine.server._builtin_classes import as_builtin
-from engine.server._digest import bytes_digest, value_digest
+from engine.server._digest import value_digest
 from engine.server._reply import (
     not_found,
     now_us,
@@ -28,7 +28,6 @@ from engine.server._reply import (
     page_of,
     project_of,
     raw_json,
-    stream_jsonl,
 )
 from engine.server._rows import from_us
 from engine.server._state import state_of
@@ -41,7 +40,6 @@ from engine.wire.objects import (
     ObjReadReq,
     ObjSchemaForInsert,
     OpCreateReq,
-    OpCreateV2Req,
     OpQueryReq,
     OpReadReq,
 )
@@ -262,84 +260,3 @@ async def ops_query(request: web.Request) -> web.Response:
 
 def _op_filter(names: list[str] | None, latest_only: bool) -> ObjectVersionFilter:
     return ObjectVersionFilter(object_ids=names, is_op=True, latest_only=latest_only)
-
-
-# -- REST ops: /v2/{entity}/{project}/ops -------------------------------------------------
-
-
-
-
-def _op_val(code_digest: str) -> dict[str, Any]:
-    return {"_type": "CustomWeaveType", "weave_type": {"type": "Op"},
-            "files": {_OP_FILE: code_digest}}  # fmt: skip
-
-
-@routes.post("/v2/{entity}/{project}/ops")
-async def op_create_v2(request: web.Request) -> web.Response:
-    req = await state_of(request).decode(request, OpCreateV2Req)
-    project_id = path_project(request)
-    if not req.name:
-        raise ApiError(422, "name: an op name is required")
-    code = (req.source_code or "").encode()
-    code_digest = bytes_digest(code)
-    await state_of(request).store.put_file(project_id, code_digest, code)
-    obj = ObjSchemaForInsert(project_id=project_id, object_id=req.name, val=_op_val(code_digest))
-    stored = await _create(request, obj, "op")
-    return ok({"digest": stored.digest, "object_id": req.name,
-               "version_index": stored.version_index})  # fmt: skip
-
-
-async def _op_v2(request: web.Request, project_id: str, op: ObjectVersion) -> dict[str, Any]:
-    files = msgspec.json.decode(op.val).get("files") or {}
-    code = await state_of(request).store.read_file(project_id, files.get(_OP_FILE, ""))
-    return {
-        "object_id": op.object_id, "digest": op.digest, "version_index": op.version_index,
-        "created_at": from_us(op.created_at_us), "code": (code or b"").decode(errors="replace"),
-    }  # fmt: skip
-
-
-@routes.get("/v2/{entity}/{project}/ops/{object_id}/versions/{digest}")
-async def op_read_v2(request: web.Request) -> web.Response:
-    project_id = path_project(request)
-    object_id, digest = request.match_info["object_id"], request.match_info["digest"]
-    found = await _read(request, project_id, object_id, digest)
-    if found.kind != "op":
-        raise not_found(f"op {object_id!r} (an object of that name exists, not an op)")
-    return ok(await _op_v2(request, project_id, found))
-
-
-def _int_param(request: web.Request, name: str) -> int | None:
-    text = request.query.get(name)
-    if text is None:
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        raise ApiError(422, f"{name}: expected an integer, got {text!r}") from None
-
-
-@routes.get("/v2/{entity}/{project}/ops")
-async def op_list_v2(request: web.Request) -> web.StreamResponse:
-    project_id = path_project(request)
-    query = ObjQueryReq(  # the latest version of each op, as weave lists them
-        project_id=project_id, filter=_op_filter(None, True),
-        limit=_int_param(request, "limit"), offset=_int_param(request, "offset"),
-    )  # fmt: skip
-    rows = await _query(request, query)
-
-    async def lines():
-        for row in rows:
-            yield [await _op_v2(request, project_id, row)]
-
-    return await stream_jsonl(request, lines())
-
-
-@routes.delete("/v2/{entity}/{project}/ops/{object_id}")
-async def op_delete_v2(request: web.Request) -> web.Response:
-    project_id = path_project(request)
-    object_id = request.match_info["object_id"]
-    digests = request.query.getall("digests", None)
-    gone = await state_of(request).store.delete_objects(project_id, object_id, digests, now_us())
-    if not gone:
-        raise not_found(f"op {object_id!r} (versions {digests}) in {project_id!r}")
-    return ok({"num_deleted": len(gone)})

@@ -89,9 +89,17 @@ def _batch(server: ExternalTraceServer, req: Any) -> Any:
     return {"res": res}
 
 
+# weave's REST object API: its routes take no wb_user_id, the hosted server sets the caller's
+_V2_PREFIXES = ("op_", "dataset_", "scorer_", "evaluation_", "model_", "prediction_", "score_",
+                "eval_results_")  # fmt: skip
+CALLER = "user-a"
+
+
 def _call(server: ExternalTraceServer, method: str, req: dict[str, Any]) -> tuple[int, Any]:
     fn = getattr(server, method)
     req_type = typing.get_type_hints(getattr(SqliteTraceServer, method))["req"]
+    if method.startswith(_V2_PREFIXES) and "wb_user_id" in req_type.model_fields:
+        req = {"wb_user_id": CALLER, **req}
     try:
         model = req_type.model_validate(_from_wire(req))
     except pydantic.ValidationError as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+from collections.abc import Callable
 from typing import Any
 
 from tests.server.fidelity.compare import Step
@@ -562,6 +563,80 @@ def threads() -> list[Step]:
     ]  # fmt: skip
 
 
+def v2_objects() -> list[Step]:
+    """weave's REST object API: datasets, scorers, evaluations, models."""
+    f, p = "v2", "fid/v2"
+    rows = [{"q": "a", "n": 1}, {"q": "b", "n": 2}]
+
+    def version(label: str, key: str = "digest") -> Callable[[dict[str, Any]], Any]:
+        return lambda c: c[label][key]
+
+    steps = [
+        Step(f, "v2.dataset_create", "dataset_create", {"project_id": p, "name": "My Data", "rows": rows}),
+        Step(f, "v2.dataset_create_v1", "dataset_create",
+             {"project_id": p, "name": "My Data", "rows": rows[:1], "description": "one row"}),
+        Step(f, "v2.dataset_unnamed", "dataset_create", {"project_id": p, "rows": []}),
+        Step(f, "v2.dataset_read", "dataset_read", lambda c: {
+            "project_id": p, "object_id": "my_data", "digest": version("v2.dataset_create")(c)}),
+        Step(f, "v2.dataset_read_latest", "dataset_read",
+             {"project_id": p, "object_id": "my_data", "digest": "latest"}),
+        Step(f, "v2.dataset_rows", "table_query", lambda c: {
+            "project_id": p, "digest": c["v2.dataset_read"]["rows"].rsplit("/", 1)[1]}),
+        Step(f, "v2.dataset_list", "dataset_list", {"project_id": p}),
+        Step(f, "v2.dataset_list_page", "dataset_list", {"project_id": p, "limit": 1, "offset": 1}),
+        Step(f, "v2.dataset_delete", "dataset_delete", lambda c: {
+            "project_id": p, "object_id": "my_data", "digests": [version("v2.dataset_create_v1")(c)]}),
+        Step(f, "v2.dataset_list_after", "dataset_list", {"project_id": p}),
+        Step(f, "v2.scorer_create", "scorer_create", {
+            "project_id": p, "name": "Exact Match", "description": "exact",
+            "op_source_code": "def score(output, target):\n    return output == target\n"}),
+        Step(f, "v2.scorer_read", "scorer_read", lambda c: {
+            "project_id": p, "object_id": "exact_match", "digest": version("v2.scorer_create")(c)}),
+        Step(f, "v2.scorer_list", "scorer_list", {"project_id": p}),
+        Step(f, "v2.scorer_score_op", "op_read", lambda c: {
+            "project_id": p, "object_id": "exact_match_score", "digest": c["v2.scorer_read"]["score_op"]}),
+        Step(f, "v2.evaluation_create", "evaluation_create", lambda c: {
+            "project_id": p, "name": "QA Eval", "dataset": f"weave:///{p}/object/my_data:latest",
+            "scorers": [c["v2.scorer_create"]["scorer"]], "trials": 2, "description": "qa",
+            "eval_attributes": {"team": "x"}}),
+        Step(f, "v2.evaluation_read", "evaluation_read", lambda c: {
+            "project_id": p, "object_id": "qa_eval", "digest": version("v2.evaluation_create")(c)}),
+        Step(f, "v2.evaluation_list", "evaluation_list", {"project_id": p}),
+        Step(f, "v2.model_create", "model_create", {
+            "project_id": p, "name": "Echo Model", "description": "echoes",
+            "source_code": "class Echo:\n    def predict(self, q):\n        return q\n",
+            "attributes": {"temperature": 0.1}}),
+        Step(f, "v2.model_read", "model_read", lambda c: {
+            "project_id": p, "object_id": "echo_model", "digest": version("v2.model_create")(c)}),
+        Step(f, "v2.model_list", "model_list", {"project_id": p}),
+        Step(f, "v2.objs_query", "objs_query", {"project_id": p, "filter": {"latest_only": True,
+                                                                         "is_op": False}}),
+        Step(f, "v2.run_create", "evaluation_run_create", {
+            "project_id": p, "evaluation": f"weave:///{p}/object/qa_eval:latest",
+            "model": f"weave:///{p}/object/echo_model:latest"}),
+        Step(f, "v2.run_read", "evaluation_run_read", lambda c: {
+            "project_id": p, "evaluation_run_id": c["v2.run_create"]["evaluation_run_id"]}),
+        Step(f, "v2.run_list", "evaluation_run_list", {"project_id": p}),
+        Step(f, "v2.run_list_by_model", "evaluation_run_list", {
+            "project_id": p, "filter": {"models": [f"weave:///{p}/object/echo_model:latest"]}}),
+        Step(f, "v2.run_finish", "evaluation_run_finish", lambda c: {
+            "project_id": p, "evaluation_run_id": c["v2.run_create"]["evaluation_run_id"],
+            "summary": {"note": "done"}}),
+        Step(f, "v2.run_read_finished", "evaluation_run_read", lambda c: {
+            "project_id": p, "evaluation_run_id": c["v2.run_create"]["evaluation_run_id"]}),
+        Step(f, "v2.run_calls", "calls_query_stats", {"project_id": p}),
+        Step(f, "v2.run_delete", "evaluation_run_delete", lambda c: {
+            "project_id": p, "evaluation_run_ids": [c["v2.run_create"]["evaluation_run_id"]]}),
+        Step(f, "v2.run_list_after", "evaluation_run_list", {"project_id": p}),
+        Step(f, "v2.scorer_delete", "scorer_delete", {"project_id": p, "object_id": "exact_match"}),
+        Step(f, "v2.evaluation_delete", "evaluation_delete", {"project_id": p, "object_id": "qa_eval"}),
+        Step(f, "v2.model_delete", "model_delete", {"project_id": p, "object_id": "echo_model"}),
+        Step(f, "v2.delete_missing", "model_delete", {"project_id": p, "object_id": "nothing"}),
+        Step(f, "v2.read_missing", "dataset_read", {"project_id": p, "object_id": "nothing", "digest": "latest"}),
+    ]
+    return steps  # fmt: skip
+
+
 def all_steps() -> list[Step]:
     return [*calls_ingest(), *calls_reads(), *calls_edits(), *objects(), *ops_v2(), *tables(),
-            *refs(), *files(), *feedback(), *costs(), *threads()]  # fmt: skip
+            *refs(), *files(), *feedback(), *costs(), *threads(), *v2_objects()]  # fmt: skip
