@@ -118,6 +118,11 @@ def key_ring(api_key: str | None, keys: KeyRing | None) -> KeyRing | None:
     return KeyRing({api_key: Grant("api_key", ("*",), True)})
 
 
+# request Structs of routes the wire registry (engine.wire.routes) does not list
+REQUEST_TYPES = {**_routes_labels.REQUEST_TYPES, **_routes_v2.REQUEST_TYPES,
+                 **_routes_eval_runs.REQUEST_TYPES, **_routes_usage.REQUEST_TYPES}  # fmt: skip
+
+
 def build_app(
     store: Store,
     *,

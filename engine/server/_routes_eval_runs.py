@@ -33,13 +33,13 @@ PREDICT_AND_SCORE_OP = "Evaluation.predict_and_score"
 SUMMARIZE_OP = "Evaluation.summarize"
 
 
-class _RunCreate(Request, kw_only=True):
+class RunCreateReq(Request, kw_only=True):
     evaluation: str
     model: str
     source_evaluation_run_id: str | None = None
 
 
-class _RunFinish(Request, kw_only=True):
+class RunFinishReq(Request, kw_only=True):
     summary: dict[str, Any] | None = None
 
 
@@ -81,7 +81,7 @@ async def _run_call(request: web.Request, project_id: str, run_id: str) -> dict[
 
 @routes.post("/v2/{entity}/{project}/evaluation_runs")
 async def evaluation_run_create(request: web.Request) -> web.Response:
-    req = await state_of(request).decode(request, _RunCreate)
+    req = await state_of(request).decode(request, RunCreateReq)
     project_id, run_id = path_project(request), uuid7()
     marks = {"evaluation_run": "true", "evaluation": req.evaluation, "model": req.model}
     if req.source_evaluation_run_id:
@@ -152,7 +152,7 @@ def _means(children: list[dict[str, Any]]) -> dict[str, Any]:
 
 @routes.post("/v2/{entity}/{project}/evaluation_runs/{evaluation_run_id}/finish")
 async def evaluation_run_finish(request: web.Request) -> web.Response:
-    req = await state_of(request).decode(request, _RunFinish)
+    req = await state_of(request).decode(request, RunFinishReq)
     project_id, run_id = path_project(request), request.match_info["evaluation_run_id"]
     store = state_of(request).store
     run = await _run_call(request, project_id, run_id)
@@ -171,3 +171,10 @@ async def evaluation_run_finish(request: web.Request) -> web.Response:
                                      output=means, summary=req.summary or {})]  # fmt: skip
     await store.insert_calls([start], ends, [])
     return ok({"success": True})
+
+
+# bodies of these routes, for whoever checks them by type (tests/server/test_fuzz_routes.py)
+REQUEST_TYPES = {
+    ("POST", "/v2/{entity}/{project}/evaluation_runs"): RunCreateReq,
+    ("POST", "/v2/{entity}/{project}/evaluation_runs/{evaluation_run_id}/finish"): RunFinishReq,
+}

@@ -25,18 +25,18 @@ _TAG = re.compile(r"^[-\w]+( [-\w]+)*$")
 _VERSION = re.compile(r"^v\d+$")
 
 
-class _SetAliasesReq(Request, kw_only=True):
+class SetAliasesReq(Request, kw_only=True):
     project_id: str
     digest: str
     aliases: list[str]
 
 
-class _RemoveAliasesReq(Request, kw_only=True):
+class RemoveAliasesReq(Request, kw_only=True):
     project_id: str
     aliases: list[str]
 
 
-class _TagsReq(Request, kw_only=True):
+class TagsReq(Request, kw_only=True):
     project_id: str
     tags: list[str]
 
@@ -71,7 +71,7 @@ async def _decode(request: web.Request, type_: type[msgspec.Struct]):
 
 @routes.put("/objs/{object_id}/aliases")
 async def obj_set_aliases(request: web.Request) -> web.Response:
-    req = await _decode(request, _SetAliasesReq)
+    req = await _decode(request, SetAliasesReq)
     object_id = request.match_info["object_id"]
     aliases = _checked(req.aliases, "aliases", check_alias)
     if not await state_of(request).store.set_aliases(req.project_id, object_id, req.digest, aliases):
@@ -81,7 +81,7 @@ async def obj_set_aliases(request: web.Request) -> web.Response:
 
 @routes.post("/objs/{object_id}/aliases/remove")
 async def obj_remove_aliases(request: web.Request) -> web.Response:
-    req = await _decode(request, _RemoveAliasesReq)
+    req = await _decode(request, RemoveAliasesReq)
     aliases = _checked(req.aliases, "aliases", check_alias)
     await state_of(request).store.remove_aliases(req.project_id, request.match_info["object_id"], aliases)
     return ok({})
@@ -89,7 +89,7 @@ async def obj_remove_aliases(request: web.Request) -> web.Response:
 
 @routes.put("/objs/{object_id}/versions/{digest}/tags")
 async def obj_add_tags(request: web.Request) -> web.Response:
-    req = await _decode(request, _TagsReq)
+    req = await _decode(request, TagsReq)
     object_id, digest = request.match_info["object_id"], request.match_info["digest"]
     tags = _checked(req.tags, "tags", check_tag)
     if not await state_of(request).store.add_tags(req.project_id, object_id, digest, tags):
@@ -99,7 +99,7 @@ async def obj_add_tags(request: web.Request) -> web.Response:
 
 @routes.post("/objs/{object_id}/versions/{digest}/tags/remove")
 async def obj_remove_tags(request: web.Request) -> web.Response:
-    req = await _decode(request, _TagsReq)
+    req = await _decode(request, TagsReq)
     object_id, digest = request.match_info["object_id"], request.match_info["digest"]
     await state_of(request).store.remove_tags(req.project_id, object_id, digest, req.tags)
     return ok({})
@@ -122,3 +122,12 @@ async def tags_list(request: web.Request) -> web.Response:
 async def aliases_list(request: web.Request) -> web.Response:
     names = await state_of(request).store.label_names(_project_param(request), "alias")
     return ok({"aliases": names})
+
+
+# bodies of these routes, for whoever checks them by type (tests/server/test_fuzz_routes.py)
+REQUEST_TYPES = {
+    ("PUT", "/objs/{object_id}/aliases"): SetAliasesReq,
+    ("POST", "/objs/{object_id}/aliases/remove"): RemoveAliasesReq,
+    ("PUT", "/objs/{object_id}/versions/{digest}/tags"): TagsReq,
+    ("POST", "/objs/{object_id}/versions/{digest}/tags/remove"): TagsReq,
+}

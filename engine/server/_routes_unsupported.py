@@ -1,6 +1,7 @@
 """Routes of weave 0.54.0's client that ``engine serve`` does not implement: each answers
-501 with a JSON reason naming the client method and why, instead of the router's 404 (a
-404 reads as "no such object" to weave's client). ``docs/server-fidelity.md`` lists them.
+400 with a JSON reason naming the client method and why, instead of the router's 404 (a
+404 reads as "no such object" to weave's client). Not a 501: weave's client retries every
+5xx with backoff, and asking again will not help. ``docs/server-fidelity.md`` lists them.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ UNSUPPORTED = (
 
 def _refuse(method: str, why: str):
     async def handler(request: web.Request) -> web.Response:
-        raise ApiError(501, f"{method} is not implemented by engine serve: {why}")
+        raise ApiError(400, f"{method} is not implemented by engine serve: {why}")
 
     return handler
 

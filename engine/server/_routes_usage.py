@@ -15,6 +15,7 @@ from aiohttp import web
 from engine.server._calls_view import call_costs, call_view, usage_by_model
 from engine.server._reply import ok, project_of
 from engine.server._routes_calls import project_prices, query_errors
+from engine.server._routes_feedback import check_query
 from engine.server._state import state_of
 from engine.server._store import CallsQuery
 from engine.wire._base import Request
@@ -27,7 +28,7 @@ _COUNTS = ("requests", "prompt_tokens", "completion_tokens", "total_tokens",
            "cache_read_input_tokens", "cache_creation_input_tokens")  # fmt: skip
 
 
-class _TraceUsageReq(Request, kw_only=True):
+class TraceUsageReq(Request, kw_only=True):
     project_id: str
     filter: CallsFilter | None = None
     query: dict[str, Any] | None = None
@@ -35,7 +36,7 @@ class _TraceUsageReq(Request, kw_only=True):
     limit: int | None = None
 
 
-class _CallsUsageReq(Request, kw_only=True):
+class CallsUsageReq(Request, kw_only=True):
     project_id: str
     call_ids: list[str]
     include_costs: bool = False
@@ -94,21 +95,22 @@ async def _usage(request: web.Request, query: CallsQuery, with_costs: bool) -> t
 
 @routes.post("/trace/usage")
 async def trace_usage(request: web.Request) -> web.Response:
-    req = await state_of(request).decode(request, _TraceUsageReq)
-    query = CallsQuery(project_id=project_of(req.project_id), filter=req.filter, query=req.query,
-                       limit=req.limit)  # fmt: skip
+    req = await state_of(request).decode(request, TraceUsageReq)
+    query = CallsQuery(project_id=project_of(req.project_id), filter=req.filter,
+                       query=check_query(req.query), limit=req.limit)  # fmt: skip
     usage, unfinished = await _usage(request, query, req.include_costs)
     return ok({"call_usage": usage, "unfinished_call_ids": unfinished})
 
 
 @routes.post("/calls/usage")
 async def calls_usage(request: web.Request) -> web.Response:
-    req = await state_of(request).decode(request, _CallsUsageReq)
+    req = await state_of(request).decode(request, CallsUsageReq)
     project_id = project_of(req.project_id)
     if not req.call_ids:
         return ok({"call_usage": {}, "unfinished_call_ids": []})
     roots = CallsQuery(project_id=project_id, filter=CallsFilter(call_ids=req.call_ids))
-    traces = {c["trace_id"] async for page in state_of(request).store.query_calls(roots) for c in page}
+    pages = query_errors(state_of(request).store.query_calls(roots))
+    traces = {c["trace_id"] async for page in pages for c in page}
     if not traces:
         return ok({"call_usage": {cid: {} for cid in req.call_ids}, "unfinished_call_ids": []})
     query = CallsQuery(project_id=project_id, filter=CallsFilter(trace_ids=sorted(traces)),
@@ -116,3 +118,7 @@ async def calls_usage(request: web.Request) -> web.Response:
     usage, unfinished = await _usage(request, query, req.include_costs)
     return ok({"call_usage": {cid: usage.get(cid, {}) for cid in req.call_ids},
                "unfinished_call_ids": unfinished})  # fmt: skip
+
+
+# bodies of these routes, for whoever checks them by type (tests/server/test_fuzz_routes.py)
+REQUEST_TYPES = {("POST", "/trace/usage"): TraceUsageReq, ("POST", "/calls/usage"): CallsUsageReq}

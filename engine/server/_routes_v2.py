@@ -47,25 +47,25 @@ _EVALUATION_OPS = {
 }
 
 
-class _OpCreate(Request, kw_only=True):
+class OpCreateReq(Request, kw_only=True):
     name: str | None = None
     source_code: str | None = None
     description: str | None = None
 
 
-class _DatasetCreate(Request, kw_only=True):
+class DatasetCreateReq(Request, kw_only=True):
     name: str | None = None
     description: str | None = None
     rows: list[dict[str, Any]]
 
 
-class _ScorerCreate(Request, kw_only=True):
+class ScorerCreateReq(Request, kw_only=True):
     name: str
     description: str | None = None
     op_source_code: str
 
 
-class _EvaluationCreate(Request, kw_only=True):
+class EvaluationCreateReq(Request, kw_only=True):
     name: str
     description: str | None = None
     dataset: str
@@ -75,7 +75,7 @@ class _EvaluationCreate(Request, kw_only=True):
     eval_attributes: dict[str, Any] | None = None
 
 
-class _ModelCreate(Request, kw_only=True):
+class ModelCreateReq(Request, kw_only=True):
     name: str
     description: str | None = None
     source_code: str
@@ -203,7 +203,7 @@ async def _op_answer(request: web.Request, op: ObjectVersion) -> dict[str, Any]:
 
 @routes.post("/v2/{entity}/{project}/ops")
 async def op_create(request: web.Request) -> web.Response:
-    req = await _decode(request, _OpCreate)
+    req = await _decode(request, OpCreateReq)
     return _created(await create_op(request, path_project(request), req.name, req.source_code))
 
 
@@ -234,7 +234,7 @@ async def _dataset_answer(request: web.Request, version: ObjectVersion) -> dict[
 
 @routes.post("/v2/{entity}/{project}/datasets")
 async def dataset_create(request: web.Request) -> web.Response:
-    req = await _decode(request, _DatasetCreate)
+    req = await _decode(request, DatasetCreateReq)
     project_id = path_project(request)
     rows = [(value_digest(row), msgspec.json.encode(row).decode()) for row in req.rows]
     digest = table_digest([d for d, _ in rows])
@@ -271,7 +271,7 @@ async def _scorer_answer(request: web.Request, version: ObjectVersion) -> dict[s
 
 @routes.post("/v2/{entity}/{project}/scorers")
 async def scorer_create(request: web.Request) -> web.Response:
-    req = await _decode(request, _ScorerCreate)
+    req = await _decode(request, ScorerCreateReq)
     project_id = path_project(request)
     scorer_id = object_id_of(req.name, "Scorer")
     score = await create_op(request, project_id, f"{scorer_id}_score", req.op_source_code)
@@ -315,7 +315,7 @@ async def _evaluation_answer(request: web.Request, version: ObjectVersion) -> di
 
 @routes.post("/v2/{entity}/{project}/evaluations")
 async def evaluation_create(request: web.Request) -> web.Response:
-    req = await _decode(request, _EvaluationCreate)
+    req = await _decode(request, EvaluationCreateReq)
     project_id = path_project(request)
     evaluation_id = object_id_of(req.name, "Evaluation")
     ops = {name: (await create_op(request, project_id, f"{evaluation_id}.{name}", code)).digest
@@ -360,7 +360,7 @@ async def _model_answer(request: web.Request, version: ObjectVersion) -> dict[st
 
 @routes.post("/v2/{entity}/{project}/models")
 async def model_create(request: web.Request) -> web.Response:
-    req = await _decode(request, _ModelCreate)
+    req = await _decode(request, ModelCreateReq)
     project_id = path_project(request)
     code_digest = await _put_file(request, project_id, req.source_code)
     val = {**_class_val("Model", req.name, req.description), "files": {OP_FILE: code_digest},
@@ -383,3 +383,13 @@ async def model_list(request: web.Request) -> web.StreamResponse:
 @routes.delete("/v2/{entity}/{project}/models/{object_id}")
 async def model_delete(request: web.Request) -> web.Response:
     return await _delete(request, "model")
+
+
+# bodies of these routes, for whoever checks them by type (tests/server/test_fuzz_routes.py)
+REQUEST_TYPES = {
+    ("POST", "/v2/{entity}/{project}/ops"): OpCreateReq,
+    ("POST", "/v2/{entity}/{project}/datasets"): DatasetCreateReq,
+    ("POST", "/v2/{entity}/{project}/scorers"): ScorerCreateReq,
+    ("POST", "/v2/{entity}/{project}/evaluations"): EvaluationCreateReq,
+    ("POST", "/v2/{entity}/{project}/models"): ModelCreateReq,
+}
