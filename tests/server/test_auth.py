@@ -55,15 +55,22 @@ def test_serve_subprocess_passes_the_key_in_the_environment_not_argv(tmp_path):
     assert "engine serve" in command_lines and KEY_A not in command_lines
 
 
+class _PathValues(dict):
+    """Path parameters: the project's where the route names one, ``x`` for any other."""
+
+    def __missing__(self, key: str) -> str:
+        return "x"
+
+
 def _routes() -> list[tuple[str, str]]:
     app = build_app(store=None)  # type: ignore[arg-type]  # the route table only
     return sorted({(r.method, r.resource.canonical) for r in app.router.routes() if r.method != "HEAD"})
 
 
 def test_with_keys_every_route_needs_one(run, tmp_path, keys_file):
-    paths = [(m, p.format(entity="team-a", project="p", object_id="o", digest="d", name="app.js",
-                          call_id="c", tail="calls"))
-             for m, p in _routes()] + [("GET", "/no/such/route")]  # fmt: skip
+    values = _PathValues(entity="team-a", project="p", object_id="o", digest="d", name="app.js",
+                         call_id="c", tail="calls")
+    paths = [(m, p.format_map(values)) for m, p in _routes()] + [("GET", "/no/such/route")]
 
     async def scenario():
         async with serving(tmp_path / "t.db", keys=load_key_ring(keys_file, env_key=False)) as api:
