@@ -425,6 +425,14 @@ def refs() -> list[Step]:
             ref(c, "attr", "rows", "id", c["refs.table"]["row_digests"][1])]}),
         Step(f, "refs.table_row_key", "refs_read_batch", lambda c: {"refs": [
             ref(c, "attr", "rows", "id", c["refs.table"]["row_digests"][1], "key", "q")]}),
+        Step(f, "refs.call_with_ref", "calls_complete", lambda c: {"batch": [{
+            "project_id": p, "id": "rc1", "trace_id": "rt", "op_name": "use", "started_at": at(0),
+            "ended_at": at(1), "attributes": {}, "inputs": {"obj": ref(c), "plain": 1},
+            "output": {"nested": {"obj": ref(c)}}, "summary": {}}]}),
+        Step(f, "refs.expand_columns", "calls_query",
+             {"project_id": p, "expand_columns": ["inputs.obj", "output.nested.obj"]}),
+        Step(f, "refs.expand_missing_column", "calls_query",
+             {"project_id": p, "expand_columns": ["inputs.nothing"]}),
         Step(f, "refs.whole_table", "refs_read_batch",
              lambda c: {"refs": [f"weave:///{p}/table/{c['refs.table']['digest']}"]}),
         Step(f, "refs.missing_object", "refs_read_batch", {"refs": [f"weave:///{p}/object/nope:latest"]}),
