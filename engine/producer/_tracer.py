@@ -84,6 +84,23 @@ class Tracer(SlotWriting):
         self._emit(ring.KIND_COMPLETE, 0, call, call.project_id, call.id, call.trace_id, "call",
                    False)
 
+    def enqueue(self, mode: str, item: Any) -> None:
+        """Enqueue a call start, end or complete call (``mode``) given as a Struct with the
+        wire schema's fields in the wire's order, ids set (an end's ``trace_id`` may be
+        None): the raw ingest models of ``engine.server``, whose JSON-valued fields are the
+        client's own bytes, so that ``engine ingest`` and the relay pass on what they read
+        without building it into Python objects and encoding it again."""
+        if mode == "end":
+            flags = ring.FLAG_END_HAS_TRACE if item.trace_id and item.started_at else 0
+            self._emit(_KIND_END, flags, item, item.project_id, item.id, item.trace_id or None,
+                       "end", True)
+        elif mode == "start":
+            self._emit(_KIND_START, 0, item, item.project_id, item.id, item.trace_id, "start",
+                       False)
+        else:
+            self._emit(ring.KIND_COMPLETE, 0, item, item.project_id, item.id, item.trace_id,
+                       "call", False)
+
     # -- the ergonomic layer ---------------------------------------------------------------
 
     def call(self, op_name: str, inputs: dict[str, Any] | None = None, *,

@@ -11,25 +11,17 @@ from engine.common._errors import Closed, ConfigError, PayloadTooLarge, RingFull
 from engine.relay._state import RELAY, RelayState
 from engine.relay._writer import CallItem
 from engine.server._auth import CURRENT_GRANT
-from engine.server._body import (
-    ApiError,
-    check_same_project,
-    decode_json,
-    fill_ids,
-    path_project,
-    read_body,
+from engine.server._body import ApiError, check_same_project, fill_ids, path_project, read_body
+from engine.server._ingest_models import (
+    RawBatch,
+    RawCallEndReq,
+    RawCallsCompleteReq,
+    RawCallStartReq,
+    RawEndBatchItem,
+    decode_ingest,
 )
 from engine.server._reply import ok
 from engine.server._state import check_project_id
-from engine.wire.calls import (
-    Batch,
-    CallEndReq,
-    CallEndV2Req,
-    CallStartReq,
-    CallStartV2Req,
-    CallsUpsertCompleteReq,
-    EndBatchItem,
-)
 
 routes = web.RouteTableDef()
 _RETRY_AFTER_S = "1"
@@ -37,16 +29,12 @@ _RETRY_AFTER_S = "1"
 
 
 async def _decode(request: web.Request, type_: type) -> Any:
+    """The body as the server's raw ingest model: checked as the server checks it, its
+    JSON-valued fields kept as sent (the ring gets them as they are)."""
     state = request.app[RELAY]
     body = await read_body(request, state.max_body_bytes)
     state.counters.ingest_body_bytes += len(body)
-    return decode_json(body, type_)
-
-
-
-
-
-
+    return decode_ingest(body, type_)
 
 
 async def _enqueue(state: RelayState, items: list[CallItem]) -> None:
@@ -74,7 +62,7 @@ async def _enqueue(state: RelayState, items: list[CallItem]) -> None:
 
 @routes.post("/call/start")
 async def call_start(request: web.Request) -> web.Response:
-    req = await _decode(request, CallStartReq)
+    req = await _decode(request, RawCallStartReq)
     check_project_id(req.start.project_id, "start.project_id")
     ids = fill_ids(req.start)
     await _enqueue(request.app[RELAY], [req.start])
@@ -83,7 +71,7 @@ async def call_start(request: web.Request) -> web.Response:
 
 @routes.post("/call/end")
 async def call_end(request: web.Request) -> web.Response:
-    req = await _decode(request, CallEndReq)
+    req = await _decode(request, RawCallEndReq)
     check_project_id(req.end.project_id, "end.project_id")
     await _enqueue(request.app[RELAY], [req.end])
     return ok({})
@@ -91,11 +79,11 @@ async def call_end(request: web.Request) -> web.Response:
 
 @routes.post("/call/upsert_batch")
 async def call_upsert_batch(request: web.Request) -> web.Response:
-    req = await _decode(request, Batch)
+    req = await _decode(request, RawBatch)
     items: list[CallItem] = []
     results: list[dict[str, str]] = []
     for i, entry in enumerate(req.batch):
-        if isinstance(entry, EndBatchItem):
+        if isinstance(entry, RawEndBatchItem):
             check_project_id(entry.req.end.project_id, f"batch[{i}].req.end.project_id")
             items.append(entry.req.end)
             results.append({})
@@ -109,7 +97,7 @@ async def call_upsert_batch(request: web.Request) -> web.Response:
 
 @routes.post("/v2/{entity}/{project}/calls/complete")
 async def calls_complete(request: web.Request) -> web.Response:
-    req = await _decode(request, CallsUpsertCompleteReq)
+    req = await _decode(request, RawCallsCompleteReq)
     project_id = path_project(request)
     for i, call in enumerate(req.batch):
         check_same_project(call.project_id, project_id, f"batch[{i}].project_id")
@@ -119,7 +107,7 @@ async def calls_complete(request: web.Request) -> web.Response:
 
 @routes.post("/v2/{entity}/{project}/call/start")
 async def call_start_v2(request: web.Request) -> web.Response:
-    req = await _decode(request, CallStartV2Req)
+    req = await _decode(request, RawCallStartReq)
     check_same_project(req.start.project_id, path_project(request), "start.project_id")
     ids = fill_ids(req.start)
     await _enqueue(request.app[RELAY], [req.start])
@@ -128,7 +116,7 @@ async def call_start_v2(request: web.Request) -> web.Response:
 
 @routes.post("/v2/{entity}/{project}/call/end")
 async def call_end_v2(request: web.Request) -> web.Response:
-    req = await _decode(request, CallEndV2Req)
+    req = await _decode(request, RawCallEndReq)
     check_same_project(req.end.project_id, path_project(request), "end.project_id")
     await _enqueue(request.app[RELAY], [req.end])
     return ok({})

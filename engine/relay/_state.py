@@ -9,8 +9,7 @@ import msgspec
 from aiohttp import web
 
 from engine.producer._engine import Engine
-from engine.relay._writer import CallItem, RingWriter
-from engine.wire.calls import CompletedCallSchemaForInsert, StartedCallSchemaForInsert
+from engine.relay._writer import CallItem, RingWriter, mode_of
 
 
 class RelayCounters(msgspec.Struct, kw_only=True):
@@ -26,9 +25,10 @@ class RelayCounters(msgspec.Struct, kw_only=True):
 
     def count_items(self, items: list[CallItem]) -> None:
         for item in items:
-            if isinstance(item, CompletedCallSchemaForInsert):
+            mode = mode_of(item)
+            if mode == "complete":
                 self.items_complete += 1
-            elif isinstance(item, StartedCallSchemaForInsert):
+            elif mode == "start":
                 self.items_start += 1
             else:
                 self.items_end += 1

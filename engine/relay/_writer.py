@@ -1,5 +1,8 @@
 """Hand decoded call items to the engine's tracer from one dedicated thread.
 
+Items are the server's raw ingest models: their JSON-valued fields are the client's bytes,
+written into the ring as they came (``Tracer.enqueue``), never built into Python objects.
+
 A ring slot has exactly one producer, so every write goes through the same thread; the
 event loop never blocks on a full ring (the tracer waits up to ``max_block_ms`` there), so
 proxied routes keep flowing while ingest applies backpressure.
@@ -11,13 +14,9 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
 from engine.producer._tracer import Tracer
-from engine.wire.calls import (
-    CompletedCallSchemaForInsert,
-    EndedCallSchemaForInsert,
-    StartedCallSchemaForInsert,
-)
+from engine.server._ingest_models import RawCompletedCall, RawEndedCall, RawStartedCall
 
-CallItem = StartedCallSchemaForInsert | EndedCallSchemaForInsert | CompletedCallSchemaForInsert
+CallItem = RawStartedCall | RawEndedCall | RawCompletedCall
 
 
 class RingWriter:
@@ -31,15 +30,17 @@ class RingWriter:
         await asyncio.get_running_loop().run_in_executor(self._pool, self._write_all, items)
 
     def _write_all(self, items: list[CallItem]) -> None:
-        tracer = self._tracer
+        enqueue = self._tracer.enqueue
         for item in items:
-            if isinstance(item, CompletedCallSchemaForInsert):
-                tracer.call_complete(item)
-            elif isinstance(item, StartedCallSchemaForInsert):
-                tracer.call_start(item)
-            else:
-                tracer.call_end(item)
+            enqueue(mode_of(item), item)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
         self._tracer.close()
+
+
+def mode_of(item: CallItem) -> str:
+    """``start``, ``end`` or ``complete``: what ``Tracer.enqueue`` writes the item as."""
+    if type(item) is RawCompletedCall:
+        return "complete"
+    return "start" if type(item) is RawStartedCall else "end"

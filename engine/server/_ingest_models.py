@@ -79,7 +79,7 @@ class _RawCall(Nested, kw_only=True, gc=False):
                 raise LimitExceeded(f"{where}.{name}: {value} is outside the 64-bit integer range")
 
 
-def _raise_misfit(call: _RawCall, where: str) -> None:
+def raise_misfit(call: _RawCall, where: str) -> None:
     """msgspec's error for the first field of ``call`` that is not an object (422 to clients)."""
     for name in call.OBJECT_FIELDS:
         raw, nullable = getattr(call, name), name == "otel_dump"
@@ -180,7 +180,7 @@ class RawCompletedCall(_RawCall, kw_only=True, gc=False):
 
 def _check_call(call: _RawCall, where: str) -> None:
     if not call.kinds_ok():
-        _raise_misfit(call, where)
+        raise_misfit(call, where)
     call.check_limits(where)
 
 
@@ -230,7 +230,7 @@ class RawBatch(_IngestReq, kw_only=True):
             mode = "end" if isinstance(item, RawEndBatchItem) else "start"
             call = getattr(item.req, mode)
             if not call.kinds_ok():  # the path is formatted only for the failing item
-                _raise_misfit(call, f"$.batch[{i}].req.{mode}")
+                raise_misfit(call, f"$.batch[{i}].req.{mode}")
             call.check_limits(f"$.batch[{i}].req.{mode}")
 
 
@@ -242,7 +242,7 @@ class RawCallsCompleteReq(_IngestReq, kw_only=True):
     def check_kinds(self) -> None:
         for i, call in enumerate(self.batch):
             if not call.kinds_ok():  # the path is formatted only for the failing item
-                _raise_misfit(call, f"$.batch[{i}]")
+                raise_misfit(call, f"$.batch[{i}]")
             call.check_limits(f"$.batch[{i}]")
 
 

@@ -77,6 +77,19 @@ def test_parse_line_reads_every_mode_and_rejects_bad_lines():
         parse_line(b'{"mode": "update"}')
 
 
+def test_parse_line_keeps_json_fields_as_the_files_bytes_and_checks_them():
+    line = msgspec.json.encode({"project_id": PROJECT, "id": _call_id(1), "trace_id": _call_id(1),
+                                "op_name": "p", "started_at": T0.isoformat(), "attributes": {},
+                                "inputs": {"q": "é", "n": [1, 2.5]}, "ended_at": T0.isoformat(),
+                                "summary": {}})
+    mode, item = parse_line(line)
+    assert mode == "complete" and bytes(item.inputs) == '{"q":"é","n":[1,2.5]}'.encode()
+    with pytest.raises(ValueError, match="Expected `object`, got `array` - at `\\$.inputs`"):
+        parse_line(line.replace(b'"inputs":{', b'"inputs":[{', 1).replace(b"]}", b"]}]", 1))
+    with pytest.raises(ValueError, match="utf-8"):
+        parse_line(line.replace("é".encode(), b"\xff", 1))
+
+
 def test_ingest_stores_every_call_once_from_several_processes(tmp_path):
     n = 20_000
     trace = tmp_path / "calls.jsonl"
