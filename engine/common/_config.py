@@ -59,8 +59,8 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     initial_in_flight: int = 2
     max_in_flight_bytes: int = 128 << 20
     compression: Compression = "auto"
-    compression_level: int = 3
-    compression_threads: int = 1
+    compression_level: int = 1
+    compression_threads: int | Literal["auto"] = "auto"
     request_timeout_s: float = 60.0
     connect_timeout_s: float = 10.0
     delivery_deadline_s: float = 120.0
@@ -96,8 +96,11 @@ def validate(cfg: EngineConfig) -> EngineConfig:
         cfg, "ring_bytes", "max_slots", "max_request_bytes", "min_request_bytes",
         "initial_request_bytes", "max_in_flight",
         "initial_in_flight", "max_in_flight_bytes", "request_timeout_s", "connect_timeout_s",
-        "delivery_deadline_s", "backoff_initial_ms", "backoff_max_ms", "compression_threads",
+        "delivery_deadline_s", "backoff_initial_ms", "backoff_max_ms",
     )
+    if cfg.compression_threads != "auto" and cfg.compression_threads <= 0:
+        raise ConfigError("compression_threads",
+                          f'must be > 0 or "auto", got {cfg.compression_threads!r}')
     for name in ("max_block_ms", "linger_ms", "eager_start_ms", "shutdown_timeout_s"):
         if getattr(cfg, name) < 0:
             raise ConfigError(name, f"must be >= 0, got {getattr(cfg, name)!r}")
@@ -116,6 +119,16 @@ def validate(cfg: EngineConfig) -> EngineConfig:
     if cfg.project:
         check_project(cfg.project)
     return cfg
+
+
+def compression_thread_count(cfg: EngineConfig, cpus: int | None = None) -> int:
+    """Threads a sender compresses on: ``compression_threads``, or for ``"auto"`` half the
+    cores (the producers and the server may need the rest), at least one, at most
+    ``max_in_flight`` (each compresses one request's body)."""
+    if cfg.compression_threads != "auto":
+        return cfg.compression_threads
+    cpus = cpus or os.cpu_count() or 1
+    return max(1, min(cfg.max_in_flight, cpus // 2))
 
 
 def check_project(project: str, field: str = "project") -> tuple[str, str]:

@@ -31,7 +31,7 @@ import msgspec
 
 from engine import ring
 from engine.common import _logging
-from engine.common._config import EngineConfig, default_state_dir
+from engine.common._config import EngineConfig, compression_thread_count, default_state_dir
 from engine.common._control import Control, control_path
 from engine.common._errors import SendError
 from engine.common._malloc import tune_for_large_buffers
@@ -233,7 +233,7 @@ class Sender(Intake, Delivery, Shutdown):
         if setting == "zstd":
             self.compressor = Compressor(self.cfg.compression_level)
             self.executor = concurrent.futures.ThreadPoolExecutor(
-                self.cfg.compression_threads, thread_name_prefix="engine-zstd")
+                compression_thread_count(self.cfg), thread_name_prefix="engine-zstd")
         self.control.set("compressing", int(self.compressor is not None))
         self.control.set("complete_mode", int(self.router.mode == "complete"))
 

@@ -177,3 +177,16 @@ def test_every_engine_variable_the_project_reads_is_declared():
     names.discard("ENGINE_DIR")  # tests/test_layout.py: a Python name, not a variable
     known = _env.known_variables(EngineConfig.__struct_fields__)
     assert names - known - deliberate_typos == set()
+
+
+def test_compression_threads_auto_is_half_the_cores_within_the_in_flight_limit():
+    from engine.common._config import compression_thread_count
+
+    auto = load_config(environ={})
+    assert auto.compression_threads == "auto"
+    assert [compression_thread_count(auto, cpus) for cpus in (1, 2, 4, 64)] == [1, 1, 2, 8]
+    fixed = load_config(environ={"ENGINE_COMPRESSION_THREADS": "3"})
+    assert compression_thread_count(fixed, 64) == 3
+    for bad in ("0", "many"):
+        with pytest.raises(ConfigError, match="compression_threads"):
+            load_config(environ={"ENGINE_COMPRESSION_THREADS": bad})
