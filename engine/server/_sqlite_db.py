@@ -157,9 +157,18 @@ def ref_name(uri: str | None) -> str | None:
     return parts[3].rsplit(":", 1)[0] if len(parts) >= 4 else uri
 
 
+# A call row is a few KiB of JSON: with SQLite's default 4 KiB pages nearly every row spills
+# into overflow pages, each written (and checksummed into the WAL) on its own. 32 KiB pages
+# hold several rows: ~25% less writer CPU per row of the bench's 4 KB calls, a smaller file.
+PAGE_BYTES = 32768
+
+
 def connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
     conn.create_function("engine_ref_name", 1, ref_name, deterministic=True)
+    # takes effect only on a new file (before WAL mode writes its header); files made by
+    # older servers keep their page size
+    conn.execute(f"PRAGMA page_size={PAGE_BYTES}")
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA busy_timeout=10000")
