@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from bench.scenarios import matrix
+from bench.scenarios import matrix, pipes
 
 PEERS = ("weave-batched", "weave-op", "naive")
 _RING_PEERS = ("mp.Queue", "faster-fifo")
@@ -222,6 +222,8 @@ _SECTIONS = (
     ("e2e", "End to end: delivered to the sink", _e2e_section),
     ("matrix", "Paths users take: payload x compression x sink, CPU per call of every process "
      "(eval, 2 producers)", matrix.section),
+    ("pipes", "engine ingest of a JSON-lines file, and engine relay fed by the engine's client "
+     "(eval)", pipes.section),
     ("faults", "Faults (FaultServer, eval profile, no compression)", _faults_section),
     ("burst", "Burst: offered as fast as possible (small profile)", _burst_section),
 )

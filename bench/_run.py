@@ -28,6 +28,7 @@ class Config:
     e2e_calls: dict[str, dict[str, int]]  # contender -> profile -> calls per run
     sqlite_calls: dict[str, int]  # contender -> calls for the SQLite (exact loss) run
     matrix_calls: dict[str, int]  # contender -> calls per run of the matrix scenario
+    pipe_calls: int  # calls per ingest and relay run
     fault_calls: dict[str, int]
     outage_s: float
     burst_calls: int
@@ -49,6 +50,7 @@ class Config:
                        for c, per in self.e2e_calls.items()},
             sqlite_calls={k: scale(v) for k, v in self.sqlite_calls.items()},
             matrix_calls={k: scale(v) for k, v in self.matrix_calls.items()},
+            pipe_calls=scale(self.pipe_calls),
             fault_calls={k: scale(v) for k, v in self.fault_calls.items()},
             outage_s=self.outage_s, burst_calls=scale(self.burst_calls),
             burst_weave_loop_s=self.burst_weave_loop_s,
@@ -69,7 +71,7 @@ FULL = Config(
         "naive": {"small": 3_000, "eval": 2_000, "large": 300},
     },
     sqlite_calls={"engine": 20_000, "weave-batched": 2_000, "naive": 2_000},
-    matrix_calls={"engine": 100_000, "weave-batched": 3_000},
+    matrix_calls={"engine": 100_000, "weave-batched": 3_000}, pipe_calls=100_000,
     fault_calls={"engine": 20_000, "weave-batched": 2_000},
     outage_s=3.0, burst_calls=1_000_000, burst_weave_loop_s=30.0, burst_weave_drain_s=10.0,
     timeout_s=180.0,
@@ -87,7 +89,7 @@ QUICK = Config(
         "naive": {"small": 300, "eval": 300, "large": 40},
     },
     sqlite_calls={"engine": 2_000, "naive": 200},
-    matrix_calls={"engine": 4_000, "weave-batched": 300},
+    matrix_calls={"engine": 4_000, "weave-batched": 300}, pipe_calls=4_000,
     fault_calls={"engine": 2_000, "weave-batched": 200},
     outage_s=1.0, burst_calls=50_000, burst_weave_loop_s=3.0, burst_weave_drain_s=2.0,
     timeout_s=40.0,
