@@ -117,6 +117,7 @@ class FaultServer:
         self.accepts_encodings = None if accepts_encodings is None else tuple(accepts_encodings)
         self.stored: dict[tuple[str, str], dict[str, Any]] = {}
         self.deliveries: Counter[tuple[str, str, str]] = Counter()
+        self.arrivals: list[tuple[str, str]] = []  # (kind, call id) of every item stored, in order
         self.requests: list[RequestRecord] = []
         self.port = 0
         self._changed = threading.Condition()
@@ -334,6 +335,7 @@ class FaultServer:
     def _store(self, items: list[Item]) -> None:
         with self._changed:
             for item in items:
+                self.arrivals.append((item.kind, item.call_id))
                 self.deliveries[(item.kind, item.project, item.call_id)] += 1
                 self.stored.setdefault((item.project, item.call_id), {}).update(item.fields)
 

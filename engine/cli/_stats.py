@@ -18,10 +18,9 @@ from typing import Any
 
 from engine.cli import _args
 from engine.cli._args import CommandFailed
-from engine.common._control import SENDER_FIELDS, SLOT_FIELDS, Control, control_path
+from engine.common._control import Control, control_path
 from engine.ring import _files as ring_files
 
-_CELL_BYTES = 8
 DROP_REASONS = ("dead_too_large", "dead_invalid", "dead_http", "dead_deadline", "dead_shutdown")
 PRODUCER_DROPS = ("dropped_full", "raised_full", "too_large")
 
@@ -38,10 +37,8 @@ def live_ring_dirs(parent: str | None = None) -> list[tuple[int, str]]:
 
 
 def open_control(ring_dir: str) -> Control:
-    """Attach to a running engine's control block (its slot count comes from the file size)."""
-    cells = os.path.getsize(control_path(ring_dir)) // _CELL_BYTES
-    max_slots = (cells - len(SENDER_FIELDS)) // len(SLOT_FIELDS)
-    return Control(control_path(ring_dir), max_slots)
+    """Attach to a running engine's control block (its sizes come from the file)."""
+    return Control(control_path(ring_dir))
 
 
 def add(subparsers: argparse._SubParsersAction) -> None:

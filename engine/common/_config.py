@@ -61,6 +61,7 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     compression: Compression = "auto"
     compression_level: int = 1
     compression_threads: int | Literal["auto"] = "auto"
+    senders: int | Literal["auto"] = "auto"
     request_timeout_s: float = 60.0
     connect_timeout_s: float = 10.0
     delivery_deadline_s: float = 120.0
@@ -101,6 +102,9 @@ def validate(cfg: EngineConfig) -> EngineConfig:
     if cfg.compression_threads != "auto" and cfg.compression_threads <= 0:
         raise ConfigError("compression_threads",
                           f'must be > 0 or "auto", got {cfg.compression_threads!r}')
+    if cfg.senders != "auto" and not 1 <= cfg.senders <= min(MAX_SENDERS, cfg.max_slots):
+        raise ConfigError("senders", f'must be 1..{min(MAX_SENDERS, cfg.max_slots)} (at most '
+                          f'max_slots) or "auto", got {cfg.senders!r}')
     for name in ("max_block_ms", "linger_ms", "eager_start_ms", "shutdown_timeout_s"):
         if getattr(cfg, name) < 0:
             raise ConfigError(name, f"must be >= 0, got {getattr(cfg, name)!r}")
@@ -121,14 +125,31 @@ def validate(cfg: EngineConfig) -> EngineConfig:
     return cfg
 
 
-def compression_thread_count(cfg: EngineConfig, cpus: int | None = None) -> int:
+def compression_thread_count(cfg: EngineConfig, cpus: int | None = None,
+                             senders: int = 1) -> int:
     """Threads a sender compresses on: ``compression_threads``, or for ``"auto"`` half the
-    cores (the producers and the server may need the rest), at least one, at most
-    ``max_in_flight`` (each compresses one request's body)."""
+    cores (the producers and the server may need the rest) shared by the ``senders``, at
+    least one, at most ``max_in_flight`` (each compresses one request's body)."""
     if cfg.compression_threads != "auto":
         return cfg.compression_threads
     cpus = cpus or os.cpu_count() or 1
-    return max(1, min(cfg.max_in_flight, cpus // 2))
+    return max(1, min(cfg.max_in_flight, cpus // (2 * senders)))
+
+
+# A sender process moves ~200k eval calls/s on one core (uncompressed; python -m
+# bench.sender_drain): one per four cores keeps it from being the bottleneck while the
+# producers, which pay ~5 µs per call each, use the rest.
+_CORES_PER_SENDER = 4
+MAX_SENDERS = 8  # the ring set's sleeping flags (engine.ring: one cache line of them)
+
+
+def sender_count(cfg: EngineConfig, cpus: int | None = None) -> int:
+    """Sender processes for an engine: ``senders``, or for ``"auto"`` one per four cores
+    (at least one, at most 8 and ``max_slots``)."""
+    if cfg.senders != "auto":
+        return cfg.senders
+    cpus = cpus or os.cpu_count() or 1
+    return max(1, min(MAX_SENDERS, cfg.max_slots, cpus // _CORES_PER_SENDER))
 
 
 def check_project(project: str, field: str = "project") -> tuple[str, str]:

@@ -1,8 +1,9 @@
 """A small shared control block: sender statistics and requests between processes.
 
 One file in the ring set's private directory, mapped by every process that needs it:
-the sender publishes its counters and gauges (single writer), producers publish their own
-per-slot counters (single writer per slot), the owner and any tracer post a flush request.
+each sender publishes its counters and gauges in a block of its own (single writer),
+producers publish their own per-slot counters (single writer per slot), the owner and any
+tracer post a flush request.
 Every cell is an aligned int64, so readers in other processes never see torn values on
 the 64-bit platforms we run on.
 """
@@ -62,51 +63,106 @@ SENDER_FIELDS = (
     "latency_max_us",
 )
 SLOT_FIELDS = ("dropped_full", "raised_full", "too_large", "stringified", "blocked_ms")
+# Written by the owner (or any tracer), read by every sender: kept once, in the first block.
+REQUEST_FIELDS = frozenset({"flush_request_ns", "shutdown_request", "sender_restarts",
+                            "orphans_adopted", "orphan_records"})
+# Gauges whose value for all senders together is the largest of theirs, not the sum.
+_MAX_FIELDS = frozenset({"sender_heartbeat_ns", "complete_mode", "compressing",
+                         "latency_p50_us", "latency_p90_us", "latency_p99_us", "latency_max_us"})
+# A gauge whose value for all senders together is their mean.
+_MEAN_FIELDS = frozenset({"size_target_bytes"})
 
 _SENDER_INDEX = {name: i for i, name in enumerate(SENDER_FIELDS)}
 _SLOT_INDEX = {name: i for i, name in enumerate(SLOT_FIELDS)}
 _CELL_BYTES = 8
+_HEADER_CELLS = 1  # the number of sender blocks
 
 
 def control_path(ring_dir: str) -> str:
     return os.path.join(ring_dir, "control")
 
 
-def _size_bytes(max_slots: int) -> int:
-    return (len(SENDER_FIELDS) + max_slots * len(SLOT_FIELDS)) * _CELL_BYTES
+def _size_bytes(max_slots: int, senders: int) -> int:
+    return (_HEADER_CELLS + senders * len(SENDER_FIELDS) + max_slots * len(SLOT_FIELDS)) * _CELL_BYTES
 
 
 class Control:
-    """Int64 cells in a shared file: ``ctl.get("retries")``, ``ctl.add("retries")``."""
+    """Int64 cells in a shared file: ``ctl.get("retries")``, ``ctl.add("retries")``.
 
-    def __init__(self, path: str, max_slots: int, *, create: bool = False) -> None:
-        size = _size_bytes(max_slots)
+    Each sender process has a block of its own (``sender``: its index; several senders
+    share an engine's rings, see ``senders``); the owner's requests live once, in the first.
+    A process that is no sender (``sender=None``: the owner, a tracer, ``engine stats``)
+    reads every sender field as all senders' total (a sum, the largest of the gauges in
+    ``_MAX_FIELDS``, the mean target size).
+    """
+
+    def __init__(self, path: str, max_slots: int | None = None, *, create: bool = False,
+                 senders: int = 1, sender: int | None = None) -> None:
         flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0)
         fd = os.open(path, flags, 0o600)
         try:
             if create:
+                if max_slots is None:
+                    raise ValueError("creating a control block needs max_slots")
+                size = _size_bytes(max_slots, senders)
                 os.ftruncate(fd, size)
+            else:
+                size = os.fstat(fd).st_size
             self._mmap = mmap.mmap(fd, size)
         finally:
             os.close(fd)
         self._cells = memoryview(self._mmap).cast("q")
-        self._slot_base = len(SENDER_FIELDS)
-        self.max_slots = max_slots
+        if create:
+            self._cells[0] = senders
+        self.senders = self._cells[0]
+        width = len(SENDER_FIELDS)
+        self._slot_base = _HEADER_CELLS + self.senders * width
+        self.max_slots = (len(self._cells) - self._slot_base) // len(SLOT_FIELDS)
+        self._sender = sender
+        own = _HEADER_CELLS + (sender or 0) * width
+        # this process's cell of each sender field: its own block, the first for requests
+        self._cell = {name: (_HEADER_CELLS if name in REQUEST_FIELDS else own) + i
+                      for name, i in _SENDER_INDEX.items()}
 
     def get(self, name: str) -> int:
-        return self._cells[_SENDER_INDEX[name]]
+        if self._sender is not None or name in REQUEST_FIELDS:
+            return self._cells[self._cell[name]]
+        return self._total(name)
 
     def set(self, name: str, value: int) -> None:
-        self._cells[_SENDER_INDEX[name]] = int(value)
+        self._cells[self._cell[name]] = int(value)
 
     def add(self, name: str, delta: int = 1) -> None:
-        self._cells[_SENDER_INDEX[name]] += delta
+        self._cells[self._cell[name]] += delta
+
+    def _values(self, name: str) -> list[int]:
+        first, width = _HEADER_CELLS + _SENDER_INDEX[name], len(SENDER_FIELDS)
+        return [self._cells[first + k * width] for k in range(self.senders)]
+
+    def _total(self, name: str) -> int:
+        values = self._values(name)
+        if name == "sender_pid":
+            return next((v for v in values if v), 0)
+        if name in _MAX_FIELDS:
+            return max(values)
+        if name in _MEAN_FIELDS:
+            live = [v for v in values if v]
+            return sum(live) // len(live) if live else 0
+        return sum(values)
+
+    def sender_pids(self) -> list[int]:
+        """Each sender's pid (0 where none has published one yet)."""
+        return self._values("sender_pid")
 
     def slot_add(self, slot: int, name: str, delta: int = 1) -> None:
         self._cells[self._slot_base + slot * len(SLOT_FIELDS) + _SLOT_INDEX[name]] += delta
 
-    def sender_snapshot(self) -> dict[str, int]:
-        return {name: self._cells[i] for name, i in _SENDER_INDEX.items()}
+    def sender_snapshot(self) -> dict[str, Any]:
+        """Every sender field as all senders' total (this sender's own, in a sender)."""
+        snapshot: dict[str, Any] = {name: self.get(name) for name in SENDER_FIELDS}
+        if self._sender is None:
+            snapshot["sender_pids"] = self.sender_pids()
+        return snapshot
 
     def producer_totals(self) -> dict[str, int]:
         totals = dict.fromkeys(SLOT_FIELDS, 0)

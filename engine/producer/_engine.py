@@ -23,7 +23,7 @@ from typing import Any
 import msgspec
 
 from engine import ring
-from engine.common._config import EngineConfig, load_config
+from engine.common._config import EngineConfig, load_config, sender_count
 from engine.common._control import Control, control_path
 from engine.common._errors import Closed, ConfigError, EngineError
 from engine.common._redact import redact_url
@@ -59,9 +59,12 @@ class Engine:
         self.config: EngineConfig = load_config(config_file, url=url, project=project, **config)
         if not self.config.project:
             raise ConfigError("project", 'required, e.g. Engine(project="entity/project")')
-        self._ringset = ring.RingSet.create(self.config.ring_bytes, self.config.max_slots)
+        senders = sender_count(self.config)
+        self._ringset = ring.RingSet.create(self.config.ring_bytes, self.config.max_slots,
+                                            senders)
         self._ring_dir = os.path.dirname(self._ringset.spec.lock_path)
-        self._control = Control(control_path(self._ring_dir), self.config.max_slots, create=True)
+        self._control = Control(control_path(self._ring_dir), self.config.max_slots, create=True,
+                                senders=senders)
         self._settings = ProducerSettings(
             project=self.config.project, max_block_ms=self.config.max_block_ms,
             on_full=self.config.on_full, strict=self.config.strict,
@@ -70,15 +73,16 @@ class Engine:
         self._owner_pid = os.getpid()
         self._closed = False
         self._lock = threading.Lock()
-        self._sender: subprocess.Popen | None = None
+        # one sender process per shard of the slots (RingSpec.senders)
+        self._senders: list[subprocess.Popen | None] = [None] * senders
         self._final_stats: dict[str, Any] | None = None
         self._unacked_mark = 0  # items spooled or dead-lettered when flush() last looked
         if self.config.start_sender:
             self._sender_args = self._write_sender_args()
-            self._start_sender()
-            self._watchdog = threading.Thread(target=self._watch_sender, name="engine-watchdog",
-                                              daemon=True)
-            self._watchdog.start()
+            for shard in range(senders):
+                self._start_sender(shard)
+                threading.Thread(target=self._watch_sender, args=(shard,),
+                                 name=f"engine-watchdog-{shard}", daemon=True).start()
             self._recover_orphans()
         atexit.register(self._atexit)
         _install_sigterm(self)
@@ -132,8 +136,8 @@ class Engine:
         timeout_s = self.config.shutdown_timeout_s if timeout_s is None else timeout_s
         deadline_s = time.monotonic() + timeout_s
         close_tracers(self._ringset.spec)  # this process's: the ones it made, and copies
-        if self._sender is not None:
-            self._stop_sender(deadline_s)
+        if any(self._senders):
+            self._stop_senders(deadline_s)
         stats = collect_stats(self._ringset, self._control)
         stats["undelivered"] = _undelivered(self._ringset)
         self._final_stats = stats
@@ -161,12 +165,18 @@ class Engine:
             file.write(msgspec.json.encode(args))
         return path
 
-    def _start_sender(self) -> None:
-        proc = ring.spawn_sender(self._sender_args, self.config.api_key, self._ring_dir)
+    @property
+    def _sender(self) -> subprocess.Popen | None:
+        """The first sender process (the only one unless ``senders`` asks for more)."""
+        return self._senders[0]
+
+    def _start_sender(self, shard: int = 0) -> None:
+        proc = ring.spawn_sender(self._sender_args, self.config.api_key, self._ring_dir,
+                                 shard=shard)
         if proc is None:  # only a live sender holds our reader lock, and ours just ended
             raise EngineError(f"ring set {self._ringset.spec.shm_name} is already read by "
-                              "another process; not starting a second sender")
-        self._sender = proc
+                              f"another process (sender {shard}); not starting a second one")
+        self._senders[shard] = proc
 
     def _recover_orphans(self) -> None:
         """Start a sender on every ring set that an engine delivering to our URL left
@@ -176,13 +186,14 @@ class Engine:
             self._control.add("orphans_adopted")
             self._control.add("orphan_records", orphan.unreleased_records)
 
-    def _watch_sender(self) -> None:
-        """Restart the sender if it dies while the engine is open; it resumes from the
-        release positions, and the server's idempotent upsert absorbs repeats. A sender
-        that keeps dying soon after its start is restarted with growing pauses."""
+    def _watch_sender(self, shard: int) -> None:
+        """Restart sender ``shard`` if it dies while the engine is open; it resumes from
+        the release positions of its slots, and the server's idempotent upsert absorbs
+        repeats. A sender that keeps dying soon after its start is restarted with growing
+        pauses."""
         pause_s = _SENDER_RESTART_MIN_S
         while not self._closed:
-            proc = self._sender
+            proc = self._senders[shard]
             if proc is None:
                 return
             started = time.monotonic()
@@ -199,46 +210,51 @@ class Engine:
                     return
                 self._control.add("sender_restarts")
                 try:
-                    self._start_sender()
+                    self._start_sender(shard)
                 except EngineError as exc:  # its reader is alive: nothing of ours to restart
                     log.error("sender process %d %s; %s", proc.pid, _describe_exit(code), exc)
                     return
             log.error("sender process %d %s after %.1f s; restarted it as %d, which resumes "
                       "from the last acknowledged positions", proc.pid, _describe_exit(code),
-                      lived_s, self._sender.pid)
+                      lived_s, self._senders[shard].pid)
 
-    def _stop_sender(self, deadline_s: float) -> None:
-        """Ask the sender to deliver until ``deadline_s``, persist the rest and exit; wait
-        until it settled what was enqueued. A sender that lingers for producers still
+    def _stop_senders(self, deadline_s: float) -> None:
+        """Ask the senders to deliver until ``deadline_s``, persist the rest and exit; wait
+        until they settled what was enqueued. A sender that lingers for producers still
         attached is left to finish on its own; one still busy well past the deadline is
         stuck and killed (what it held stays in the ring set for recovery)."""
-        proc = self._sender
+        procs = [p for p in self._senders if p is not None]
         heads, _ = self._ringset.positions()
         self._control.set("shutdown_request", max(1, int(deadline_s * 1e9)))
         ring_doorbell(self._ringset)
         give_up_s = deadline_s + _STUCK_GRACE_S
-        settled = wait_heads_released(self._ringset, heads, give_up_s, proc.poll)
-        try:
-            proc.wait(min(_EXIT_GRACE_S, max(0.0, give_up_s - time.monotonic())) if settled
-                      else max(0.0, give_up_s - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            if settled:
-                return  # producers still attached: it serves them until the deadline
-            log.error("sender did not settle within %.1f s of its deadline; killing it",
-                      _STUCK_GRACE_S)
-            proc.kill()
-            proc.wait()
+
+        def all_gone() -> int | None:
+            return None if any(p.poll() is None for p in procs) else 0
+
+        settled = wait_heads_released(self._ringset, heads, give_up_s, all_gone)
+        for proc in procs:
+            try:
+                proc.wait(min(_EXIT_GRACE_S, max(0.0, give_up_s - time.monotonic())) if settled
+                          else max(0.0, give_up_s - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                if settled:
+                    continue  # producers still attached: it serves them until the deadline
+                log.error("sender %d did not settle within %.1f s of its deadline; killing it",
+                          proc.pid, _STUCK_GRACE_S)
+                proc.kill()
+                proc.wait()
 
     def _free_rings(self, undelivered: int) -> None:
         """Remove the ring set once nothing in it needs a reader: never while it holds
         records (they wait for recovery), a sender still runs, or producers are attached."""
         if self.config.start_sender:
-            if self._sender is not None and self._sender.poll() is None:
-                return  # still serving attached producers: it removes the ring set itself
+            if any(p is not None and p.poll() is None for p in self._senders):
+                return  # still serving attached producers: the last removes the ring set
             if undelivered or ring.holds_records(self._ringset):
                 ring.mark_closed(self._ring_dir)  # recoverable while this process lives on
-                if self._sender is not None and self._sender.returncode == 0:
-                    return  # its exit line said so
+                if all(p is not None and p.returncode == 0 for p in self._senders):
+                    return  # their exit lines said so
                 log.error("%d items are still in shared memory (ring set %s): the next Engine "
                           "delivering to %s, or `engine replay --to %s`, recovers them",
                           undelivered, self._ringset.spec.shm_name,

@@ -57,14 +57,15 @@ def _wait(ringset: ring.RingSet, heads: list[int], wanted: Iterable[int], deadli
 
 
 def ring_doorbell(ringset: ring.RingSet) -> None:
-    """Wake a sleeping sender (flush and shutdown requests come outside any ring write)."""
-    try:
-        fd = os.open(ringset.spec.doorbell_path, os.O_WRONLY | os.O_NONBLOCK)
-    except OSError:
-        return  # no reader: the sender is not sleeping on it
-    try:
-        os.write(fd, b"\x01")
-    except BlockingIOError:
-        pass
-    finally:
-        os.close(fd)
+    """Wake every sleeping sender (flush and shutdown requests come outside any ring write)."""
+    for shard in range(ringset.spec.senders):
+        try:
+            fd = os.open(ringset.spec.doorbell_of(shard), os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:
+            continue  # no reader: that sender is not sleeping on it
+        try:
+            os.write(fd, b"\x01")
+        except BlockingIOError:
+            pass
+        finally:
+            os.close(fd)

@@ -40,6 +40,7 @@ from engine.ring._orphans import (
     recover,
     spawn_sender,
     take_reader_lock,
+    take_reader_locks,
 )
 from engine.ring._reader import RingReader
 from engine.ring._set import NoFreeSlot, RingSet
@@ -83,4 +84,5 @@ __all__ = [
     "recover",
     "spawn_sender",
     "take_reader_lock",
+    "take_reader_locks",
 ]

@@ -47,7 +47,11 @@ DATA_ALIGN_BYTES = 4096
 
 # global words
 G_MAGIC, G_VERSION, G_RING_BYTES, G_MAX_SLOTS, G_OWNER_PID, G_CLAIMS = range(6)
-G_SLEEPING = 8  # its own cache line: producers read it on every record
+# Its own cache line: producers read it on every record. One flag per sender (words 8..15):
+# a ring set read by several senders (RingSpec.senders) gives slot s to sender s % senders,
+# whose producers look at flag G_SLEEPING + s % senders and ring its own doorbell.
+G_SLEEPING = 8
+MAX_SENDERS = GLOBAL_WORDS - G_SLEEPING
 # slot words, relative to the slot block
 S_HEAD, S_RECORDS_WRITTEN, S_FULL_WAITS, S_DOORBELLS = 0, 1, 2, 3
 S_READ, S_RELEASED, S_RECORDS_READ, S_RECORDS_RELEASED = 8, 9, 10, 11
@@ -73,6 +77,15 @@ class RingSpec:
     max_slots: int
     doorbell_path: str
     lock_path: str
+    senders: int = 1  # sender processes sharing the slots (slot s: sender s % senders)
+
+    def shard_of(self, slot: int) -> int:
+        """The sender (0 .. senders - 1) that reads ``slot``."""
+        return slot % self.senders
+
+    def doorbell_of(self, shard: int) -> str:
+        """The doorbell FIFO of sender ``shard`` (the first keeps the plain name)."""
+        return self.doorbell_path if shard == 0 else f"{self.doorbell_path}.{shard}"
 
 
 class Record(NamedTuple):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import logging
 import os
 import struct
@@ -77,15 +78,16 @@ class Orphan:
         return os.path.join(self.ring_dir, SENDER_ARGS)
 
 
-def reader_lock_path(ring_dir: str) -> str:
-    return os.path.join(ring_dir, READER_LOCK)
+def reader_lock_path(ring_dir: str, shard: int = 0) -> str:
+    """The reader lock of sender ``shard`` (a ring set read by several has one each)."""
+    return os.path.join(ring_dir, READER_LOCK if shard == 0 else f"{READER_LOCK}.{shard}")
 
 
-def take_reader_lock(ring_dir: str) -> int | None:
-    """The reader lock of a ring set as an open fd (held until it is closed), or None if
-    another process holds it."""
-    fd = os.open(reader_lock_path(ring_dir), os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0),
-                 0o600)
+def take_reader_lock(ring_dir: str, shard: int = 0) -> int | None:
+    """The reader lock of sender ``shard`` of a ring set as an open fd (held until it is
+    closed), or None if another process holds it."""
+    fd = os.open(reader_lock_path(ring_dir, shard),
+                 os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -94,13 +96,27 @@ def take_reader_lock(ring_dir: str) -> int | None:
     return fd
 
 
+def take_reader_locks(ring_dir: str, shards: int) -> list[int] | None:
+    """Every sender's reader lock (a recovery reads every slot), or None (and none held)
+    if any is held by another process."""
+    fds: list[int] = []
+    for shard in range(shards):
+        fd = take_reader_lock(ring_dir, shard)
+        if fd is None:
+            for held in fds:
+                os.close(held)
+            return None
+        fds.append(fd)
+    return fds
+
+
 def _being_read(ring_dir: str) -> bool:
-    if not os.path.exists(reader_lock_path(ring_dir)):
-        return False
-    fd = take_reader_lock(ring_dir)
-    if fd is None:
-        return True
-    os.close(fd)
+    for path in glob.glob(glob.escape(reader_lock_path(ring_dir)) + "*"):
+        shard = path.rpartition(".")[2]
+        fd = take_reader_lock(ring_dir, int(shard) if shard.isdigit() else 0)
+        if fd is None:
+            return True
+        os.close(fd)
     return False
 
 
@@ -159,6 +175,15 @@ def _recorded_url(ring_dir: str) -> str | None:
         return args["config"]["url"]
     except (OSError, msgspec.DecodeError, KeyError, TypeError):
         return None
+
+
+def _recorded_senders(ring_dir: str) -> int:
+    """How many senders the ring set's engine ran (1 for files of older engines)."""
+    try:
+        with open(os.path.join(ring_dir, SENDER_ARGS), "rb") as file:
+            return int(msgspec.json.decode(file.read())["spec"].get("senders", 1))
+    except (OSError, msgspec.DecodeError, KeyError, TypeError, ValueError, AttributeError):
+        return 1
 
 
 def mark_closed(ring_dir: str) -> None:
@@ -260,28 +285,31 @@ def recover(url: str, api_key: str | None) -> list[tuple[Orphan, subprocess.Pope
 
 
 def spawn_sender(args_path: str, api_key: str | None, ring_dir: str, *,
-                 recover: bool = False) -> subprocess.Popen | None:
+                 recover: bool = False, shard: int = 0) -> subprocess.Popen | None:
     """``python -m engine.sender ARGS`` in a session of its own: a signal to the owner's
     process group (Ctrl-C, ``timeout``, a job scheduler) does not reach it, so it can
-    settle what the rings hold; it exits when its owner is gone (see the sender). With
-    ``recover`` it delivers what an orphan holds and exits, whoever its owner was.
+    settle what the rings hold; it exits when its owner is gone (see the sender). It reads
+    the slots of sender ``shard`` of the ring set's ``senders``. With ``recover`` it
+    delivers what an orphan holds, every slot, and exits, whoever its owner was.
 
-    The reader lock is taken here and handed to the sender as an inherited descriptor (the
-    lock belongs to the open file, which both share), so the ring set is never without a
-    reader between the spawn and the sender's start: an owner killed in that window leaves
-    no moment in which another engine's scan could take it for an orphan. None when
-    another process already reads the ring set."""
-    lock_fd = take_reader_lock(ring_dir)
-    if lock_fd is None:
+    The reader lock (of its shard; every shard's for a recovery) is taken here and handed
+    to the sender as an inherited descriptor (the lock belongs to the open file, which both
+    share), so the ring set is never without a reader between the spawn and the sender's
+    start: an owner killed in that window leaves no moment in which another engine's scan
+    could take it for an orphan. None when another process already reads those slots."""
+    lock_fds = (take_reader_locks(ring_dir, _recorded_senders(ring_dir)) if recover
+                else [fd] if (fd := take_reader_lock(ring_dir, shard)) is not None else None)
+    if lock_fds is None:
         return None
     try:
-        return _popen_sender(args_path, api_key, lock_fd, recover)
+        return _popen_sender(args_path, api_key, lock_fds, recover, shard)
     finally:
-        os.close(lock_fd)  # the sender's copy holds the lock from here on
+        for fd in lock_fds:
+            os.close(fd)  # the sender's copies hold the locks from here on
 
 
-def _popen_sender(args_path: str, api_key: str | None, lock_fd: int, recover: bool,
-                  ) -> subprocess.Popen:
+def _popen_sender(args_path: str, api_key: str | None, lock_fds: list[int], recover: bool,
+                  shard: int) -> subprocess.Popen:
     env = dict(os.environ)
     env.pop("ENGINE_API_KEY", None)
     if api_key:
@@ -289,8 +317,9 @@ def _popen_sender(args_path: str, api_key: str | None, lock_fd: int, recover: bo
     # stdout stays free for the user's program (a pipe must close when the owner exits);
     # stderr carries the sender's log lines. A session of its own also keeps Ray's raylet,
     # which kills a dead worker's whole process group, from taking the sender with it.
-    argv = [sys.executable, "-m", "engine.sender", args_path, f"--lock-fd={lock_fd}",
-            *(["--recover"] if recover else [])]
-    return subprocess.Popen(argv, env=env, pass_fds=(lock_fd,),
+    argv = [sys.executable, "-m", "engine.sender", args_path,
+            f"--lock-fd={','.join(map(str, lock_fds))}", *(["--recover"] if recover else []),
+            *(["--shard", str(shard)] if shard else [])]
+    return subprocess.Popen(argv, env=env, pass_fds=tuple(lock_fds),
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, close_fds=True,
                             start_new_session=True)

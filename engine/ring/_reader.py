@@ -47,19 +47,25 @@ _COPY_BYTES = 256 << 10  # per copy out of the ring: bounds the waste when budge
 
 
 class RingReader:
-    """The single consumer: reads round-robin over slots, releases after acknowledgement."""
+    """The single consumer of its slots: reads round-robin over them, releases after
+    acknowledgement. Sender ``shard`` of ``shards`` reads slots ``s % shards == shard``
+    (one reader of every slot by default), sleeping on its own flag and doorbell."""
 
-    def __init__(self, ring_set: RingSet) -> None:
+    def __init__(self, ring_set: RingSet, shard: int = 0, shards: int = 1) -> None:
         spec = ring_set.spec
+        if not 0 <= shard < shards:
+            raise ValueError(f"shard {shard} is not one of 0..{shards - 1}")
         self._ring_set = ring_set
         self._words = ring_set._words
         self._mm = ring_set._mm
         self._ring_bytes = spec.ring_bytes
         self._max_slots = spec.max_slots
+        self._slots = range(shard, spec.max_slots, shards)
+        self._sleeping_word = G_SLEEPING + shard
         self._data_offset = ring_set._data_offset
         self._read = [self._word(s, S_RELEASED) for s in range(spec.max_slots)]
-        for slot, position in enumerate(self._read):
-            self._set_word(slot, S_READ, position)
+        for slot in self._slots:
+            self._set_word(slot, S_READ, self._read[slot])
         # per slot, [end positions, lo, hi] runs read but not yet released, to count releases
         self._unreleased: list[list[list]] = [[] for _ in range(spec.max_slots)]
         self._records_read = [self._word(s, S_RECORDS_READ) for s in range(spec.max_slots)]
@@ -70,10 +76,15 @@ class RingReader:
         self.splice_max_bytes = 0
         self.last_read_records = 0  # ring records the last read() took (a splice is two)
         self._next_index = 0
-        self._doorbell_fd = os.open(spec.doorbell_path, os.O_RDWR | os.O_NONBLOCK)
+        self._doorbell_fd = os.open(spec.doorbell_of(shard), os.O_RDWR | os.O_NONBLOCK)
         # O_RDWR: the FIFO always has a writer, so it never reports hang-up (EOF) to poll.
         self._close_doorbell = weakref.finalize(self, os.close, self._doorbell_fd)
         self._fence_lock = threading.Lock()
+
+    @property
+    def slots(self) -> range:
+        """The slots this reader reads."""
+        return self._slots
 
     def _word(self, slot: int, word: int) -> int:
         return self._words[GLOBAL_WORDS + slot * SLOT_WORDS + word]
@@ -89,7 +100,7 @@ class RingReader:
         return self._active
 
     def _refresh_active(self) -> None:
-        self._active = [s for s in range(self._max_slots) if self._word(s, S_STATE) != FREE]
+        self._active = [s for s in self._slots if self._word(s, S_STATE) != FREE]
 
     def read(self, max_records: int = 4096, max_bytes: int = 8 << 20) -> list[Record]:
         """Read up to the budgets, round-robin over slots; advances read positions only."""
@@ -175,23 +186,27 @@ class RingReader:
         self._set_word(slot, S_RELEASED, end_pos if self._unreleased[slot] else self._read[slot])
 
     def rewind(self) -> None:
-        """read := released for every slot: unacknowledged records will be read again."""
-        for slot in range(self._max_slots):
+        """read := released for each of its slots: unacknowledged records are read again."""
+        for slot in self._slots:
             position = self._word(slot, S_RELEASED)
             self._read[slot] = position
             self._set_word(slot, S_READ, position)
             self._unreleased[slot].clear()
 
     def heads(self) -> list[int]:
-        return [self._word(s, S_HEAD) for s in range(self._max_slots)]
+        """Each slot's head (0 for another sender's slots)."""
+        heads = [0] * self._max_slots
+        for slot in self._slots:
+            heads[slot] = self._word(slot, S_HEAD)
+        return heads
 
     def released(self) -> list[int]:
         return [self._word(s, S_RELEASED) for s in range(self._max_slots)]
 
     def reap(self) -> list[int]:
-        """Free slots whose producer closed or died and whose data is all released."""
+        """Free its slots whose producer closed or died and whose data is all released."""
         freed = []
-        for slot in range(self._max_slots):
+        for slot in self._slots:
             state = self._word(slot, S_STATE)
             if state == ACTIVE and not self._producer_alive(slot):
                 state = DEAD
@@ -219,18 +234,18 @@ class RingReader:
 
     def prepare_sleep(self) -> bool:
         """Tell producers to ring the doorbell; False (and no flag) if data is already pending."""
-        self._words[G_SLEEPING] = 1
+        self._words[self._sleeping_word] = 1
         # A locked instruction orders the flag store before the head loads below.
         with self._fence_lock:
             pass
         if self.pending():
-            self._words[G_SLEEPING] = 0
+            self._words[self._sleeping_word] = 0
             return False
         return True
 
     def clear_doorbell(self) -> None:
         """Drain the doorbell FIFO and clear the sleeping flag."""
-        self._words[G_SLEEPING] = 0
+        self._words[self._sleeping_word] = 0
         with contextlib.suppress(BlockingIOError):
             while os.read(self._doorbell_fd, 4096):
                 pass

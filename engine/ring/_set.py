@@ -39,6 +39,7 @@ from engine.ring._layout import (
     HEADER_BYTES,
     MAGIC,
     MAX_PROJECT_BYTES,
+    MAX_SENDERS,
     MIN_RING_BYTES,
     S_DOORBELLS,
     S_FULL_WAITS,
@@ -101,9 +102,12 @@ class RingSet:
         self._readers: weakref.WeakSet[RingReader] = weakref.WeakSet()  # their doorbell fds
 
     @classmethod
-    def create(cls, ring_bytes: int, max_slots: int) -> RingSet:
-        """Create a ring set owned by this process; first removes leftovers of dead owners."""
+    def create(cls, ring_bytes: int, max_slots: int, senders: int = 1) -> RingSet:
+        """Create a ring set owned by this process, read by ``senders`` sender processes;
+        first removes leftovers of dead owners."""
         _validate(ring_bytes, max_slots)
+        if not 1 <= senders <= min(MAX_SENDERS, max_slots):
+            raise ValueError(f"senders must be 1..{min(MAX_SENDERS, max_slots)}, got {senders}")
         _orphans.find_orphans()  # removes the empty ones, keeps the rest for recovery
         private_dir = ring_files.make_private_dir()
         name = os.path.basename(private_dir)
@@ -113,6 +117,7 @@ class RingSet:
             max_slots=max_slots,
             doorbell_path=os.path.join(private_dir, "doorbell"),
             lock_path=os.path.join(private_dir, "slots.lock"),
+            senders=senders,
         )
         try:
             return cls._create_files(spec)
@@ -122,7 +127,8 @@ class RingSet:
 
     @classmethod
     def _create_files(cls, spec: RingSpec) -> RingSet:
-        os.mkfifo(spec.doorbell_path, 0o600)
+        for shard in range(spec.senders):
+            os.mkfifo(spec.doorbell_of(shard), 0o600)
         os.close(os.open(spec.lock_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         size = data_offset(spec.max_slots) + spec.ring_bytes * spec.max_slots
         fd = ring_files.create_segment(spec.shm_name, size)
@@ -185,9 +191,11 @@ class RingSet:
         self._writers.add(writer)
         return writer
 
-    def reader(self) -> RingReader:
-        """The consumer. There must be only one at a time; it starts at the release positions."""
-        reader = RingReader(self)
+    def reader(self, shard: int = 0, shards: int = 1) -> RingReader:
+        """The consumer of the slots of sender ``shard`` of ``shards`` (by default one
+        consumer of every slot; a sender of ``spec.senders`` passes its own). There must be
+        only one per slot at a time; it starts at the release positions."""
+        reader = RingReader(self, shard, shards)
         self._readers.add(reader)
         return reader
 

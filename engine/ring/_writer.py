@@ -107,7 +107,9 @@ class SlotWriter:
         # says the ring is full: one shared-memory load per lap, not per record.
         self._limit = words[self._released_word] + spec.ring_bytes
         self._use_project(b"")
-        self._doorbell_path = spec.doorbell_path
+        # this slot's sender: its sleeping flag and its doorbell
+        self._sleeping_word = G_SLEEPING + spec.shard_of(slot)
+        self._doorbell_path = spec.doorbell_of(spec.shard_of(slot))
         self._doorbell_fd = -1
         self._closed = False
         self._refused: bytes | None = None
@@ -224,7 +226,7 @@ class SlotWriter:
         words[self._head_word] = end  # publish: the record is visible from here on
         self._records += 1
         words[self._records_word] = self._records
-        if words[G_SLEEPING]:
+        if words[self._sleeping_word]:
             self._ring_doorbell()
         return True
 
@@ -286,7 +288,7 @@ class SlotWriter:
         # Clear the flag first so the records that follow, until the consumer sleeps again,
         # do not each make a syscall; two producers racing here just ring twice.
         words = self._words
-        words[G_SLEEPING] = 0
+        words[self._sleeping_word] = 0
         words[self._block + S_DOORBELLS] += 1
         if self._doorbell_fd < 0:
             try:
@@ -342,7 +344,7 @@ class NativeSlotWriter(SlotWriter):
         super().__init__(ring_set, slot)
         self._native = _native.RingWriter(
             ring_set._mm, self._base, self._ring_bytes, self._head_word * U64,
-            self._records_word * U64, self._released_word * U64, G_SLEEPING * U64,
+            self._records_word * U64, self._released_word * U64, self._sleeping_word * U64,
         )
         self.raw_write = self._native.try_write  # same codes as SlotWriter.raw_write
         self.put = self._native.put  # same codes as SlotWriter.put

@@ -70,15 +70,18 @@ class Sender(Intake, Delivery, Shutdown):
     share, the loop, timers and start-up."""
 
     def __init__(self, spec: ring.RingSpec, cfg: EngineConfig, *, owner_pid: int,
-                 ring_dir: str, api_key: str | None, recovering: bool = False) -> None:
+                 ring_dir: str, api_key: str | None, recovering: bool = False,
+                 shard: int = 0, shards: int = 1) -> None:
         self.cfg = cfg
         self.owner_pid = owner_pid
         self.recovering = recovering
         self.api_key = api_key
         self.ringset = ring.RingSet.attach(spec)
-        self.reader = self.ringset.reader()
+        # sender ``shard`` of ``shards`` reads its slots (s % shards == shard) and writes
+        # its counters into its own block of the control file
+        self.reader = self.ringset.reader(shard, shards)
         self.reader.rewind()
-        self.control = Control(control_path(ring_dir), spec.max_slots)
+        self.control = Control(control_path(ring_dir), spec.max_slots, sender=shard)
         self.tracker = ReleaseTracker(self.reader.release)
         mode = "upsert" if cfg.target == "upsert" else "complete"
         self.router = Router(mode, cfg.max_request_bytes - _ENVELOPE_BYTES)
@@ -233,7 +236,8 @@ class Sender(Intake, Delivery, Shutdown):
         if setting == "zstd":
             self.compressor = Compressor(self.cfg.compression_level)
             self.executor = concurrent.futures.ThreadPoolExecutor(
-                compression_thread_count(self.cfg), thread_name_prefix="engine-zstd")
+                compression_thread_count(self.cfg, senders=self.ringset.spec.senders),
+                thread_name_prefix="engine-zstd")
         self.control.set("compressing", int(self.compressor is not None))
         self.control.set("complete_mode", int(self.router.mode == "complete"))
 
@@ -281,10 +285,17 @@ def main(argv: list[str] | None = None) -> int:
     _logging.setup()  # the owner's ENGINE_LOG_FORMAT / ENGINE_LOG_LEVEL, else text at WARNING
     spec = msgspec.convert(args["spec"], ring.RingSpec)
     cfg = msgspec.convert(args["config"], EngineConfig)
+    recovering = "--recover" in argv[1:]
+    # a recovery reads every slot; otherwise sender --shard K of the ring set's senders
+    shard = int(argv[argv.index("--shard") + 1]) if "--shard" in argv[1:] else 0
+    shards = 1 if recovering else spec.senders
     # held until we exit, however we exit: nobody recovers a ring set we read
-    reader_lock = _inherited_lock(argv[1:]) or ring.take_reader_lock(args["ring_dir"])
-    if reader_lock is None:
-        log.info("ring set %s already has a sender; nothing to do", spec.shm_name)
+    reader_locks = _inherited_locks(argv[1:]) or (
+        ring.take_reader_locks(args["ring_dir"], spec.senders) if recovering
+        else ring.take_reader_lock(args["ring_dir"], shard))
+    if reader_locks is None:
+        log.info("ring set %s already has a sender for these slots; nothing to do",
+                 spec.shm_name)
         return 0
     # past a file-size limit a write fails with EFBIG (handled: the items stay in the
     # ring) instead of the signal killing us with everything unsettled
@@ -292,17 +303,18 @@ def main(argv: list[str] | None = None) -> int:
     tune_gc()
     sender = Sender(spec, cfg, owner_pid=args["owner_pid"], ring_dir=args["ring_dir"],
                     api_key=os.environ.pop("ENGINE_SENDER_API_KEY", None),
-                    recovering="--recover" in argv[1:])
+                    recovering=recovering, shard=shard, shards=shards)
     _run(sender.run())
     # stopped on a signal to us alone: say so (the owner starts another sender)
     return 128 + sender.signalled[0] if sender.signalled and not sender.owner_stops else 0
 
 
-def _inherited_lock(flags: list[str]) -> int | None:
-    """The reader lock our spawner took for us (``--lock-fd=N``, see ring.spawn_sender)."""
+def _inherited_locks(flags: list[str]) -> list[int] | None:
+    """The reader locks our spawner took for us (``--lock-fd=N[,M...]``, see
+    ring.spawn_sender): one for a shard's sender, every shard's for a recovery."""
     for flag in flags:
         if flag.startswith("--lock-fd="):
-            return int(flag.removeprefix("--lock-fd="))
+            return [int(fd) for fd in flag.removeprefix("--lock-fd=").split(",")]
     return None
 
 

@@ -159,8 +159,9 @@ class Shutdown:
             self._give_up(batch, "shutdown", None, "engine closed before delivery")
 
     def _report_exit(self) -> None:
-        counters = self.ringset.counters()
-        kept = counters["records_written"] - counters["records_released"]
+        slots = self.ringset.counters()["slots"]
+        kept = sum(slots[s]["records_written"] - slots[s]["records_released"]
+                   for s in self.reader.slots)
         self.control.set("kept_in_ring", kept)
         level, line = exit_line(
             self.control.sender_snapshot(), self.control.producer_totals(), url=self.cfg.url,
