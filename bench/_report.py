@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from bench.scenarios import matrix, pipes
+from bench.scenarios import matrix, pipes, senders
 
 PEERS = ("weave-batched", "weave-op", "naive")
 _RING_PEERS = ("mp.Queue", "faster-fifo")
@@ -224,6 +224,8 @@ _SECTIONS = (
      "(eval, 2 producers)", matrix.section),
     ("pipes", "engine ingest of a JSON-lines file, and engine relay fed by the engine's client "
      "(eval)", pipes.section),
+    ("senders", "Sender processes: calls/s against senders (eval, 2 producers, count sink)",
+     senders.section),
     ("faults", "Faults (FaultServer, eval profile, no compression)", _faults_section),
     ("burst", "Burst: offered as fast as possible (small profile)", _burst_section),
 )

@@ -55,6 +55,7 @@ class EngineReport(_run.Report):
     producer_cpu_us_per_call: list[float] = field(default_factory=list)
     producer_peak_rss_kib: list[int] = field(default_factory=list)
     sender_peak_rss_kib: int | None = None
+    senders: int = 1
     # the driver's own share of producer CPU (building items, ids, times; see _NullTracer)
     driver_cpu_us_per_call: float | None = None
     sender_cpu_us_per_call: float | None = None  # the sender process, from /proc
@@ -86,6 +87,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--count-url", help="as for the peer drivers (engine serve's /stats)")
     parser.add_argument("--producers", type=int, default=1, help="producer processes (fork)")
     parser.add_argument("--compression", choices=("none", "zstd"), default="none")
+    parser.add_argument("--senders", default="auto", help="sender processes (or auto)")
     parser.add_argument("--distinct-payloads", type=int, default=_run.MAX_DISTINCT_PAYLOADS,
                         help="payloads the calls cycle through (small: data in cache)")
     args = parser.parse_args(argv)
@@ -264,15 +266,16 @@ def _collect(report: EngineReport, processes: list, conns: list[Connection],
     report.enqueue_calls_per_s = report.calls_enqueued / max(report.loop_wall_s, 1e-9)
 
 
-def _wait_for_sender(eng: Engine, deadline: float) -> int:
-    """The sender's pid once it runs its loop (it publishes the pid there); 0 if it did not
-    come up before ``deadline`` (the run then goes on and counts its start-up)."""
+def _wait_for_senders(eng: Engine, deadline: float) -> list[int]:
+    """The senders' pids once each runs its loop (it publishes its pid there); those that
+    came up by ``deadline`` (the run then goes on and counts the others' start-up)."""
+    pids: list[int] = []
     while time.monotonic() < deadline:
-        pid = int(eng.stats().get("sender_pid", 0))
-        if pid:
-            return pid
+        pids = [int(pid) for pid in eng.stats().get("sender_pids", []) if pid]
+        if len(pids) == eng.spec.senders:
+            return pids
         time.sleep(0.01)
-    return 0
+    return pids
 
 
 def _fill_from_stats(report: EngineReport, stats: dict[str, Any], total_s: float) -> None:
@@ -287,13 +290,14 @@ def _fill_from_stats(report: EngineReport, stats: dict[str, Any], total_s: float
 
 def _drive(report: EngineReport, args: argparse.Namespace, deadline: float,
            state_dir: str) -> None:
+    senders = args.senders if args.senders == "auto" else int(args.senders)
     with Engine(url=args.url, project=args.project, compression=args.compression,
                 dead_letter_path=os.path.join(state_dir, "dead_letters.jsonl"),
-                shutdown_timeout_s=5.0) as eng:
+                shutdown_timeout_s=5.0, senders=senders) as eng:
         processes, conns, go = _start_producers(eng, args, deadline)
-        # Like every contender's imports, the sender's interpreter start-up is not timed.
-        sender_pid = _wait_for_sender(eng, deadline)
-        sender_cpu0_s = process_cpu_s(sender_pid)
+        # Like every contender's imports, the senders' interpreter start-up is not timed.
+        sender_pids = _wait_for_senders(eng, deadline)
+        sender_cpu0_s = sum(map(process_cpu_s, sender_pids))
         began = time.perf_counter()
         go.set()
         _collect(report, processes, conns, deadline)
@@ -301,9 +305,10 @@ def _drive(report: EngineReport, args: argparse.Namespace, deadline: float,
         delivered = eng.flush(timeout_s=max(deadline - time.monotonic(), 0.0))
         ended = time.perf_counter()
         stats = eng.stats()
-        sender_pid = int(stats.get("sender_pid", 0)) or sender_pid
-        sender_cpu_s = process_cpu_s(sender_pid) - sender_cpu0_s
-        report.sender_peak_rss_kib = peak_rss_kib(sender_pid) if sender_pid else None
+        sender_cpu_s = sum(map(process_cpu_s, sender_pids)) - sender_cpu0_s
+        report.senders = len(sender_pids)
+        report.sender_peak_rss_kib = max(
+            (peak_rss_kib(pid) or 0 for pid in sender_pids), default=None)
         if not delivered:
             report.timed_out = True
         else:
