@@ -45,12 +45,13 @@ from engine.cli._args import CommandFailed, UsageError
 from engine.producer._engine import Engine
 from engine.producer._tracer import Tracer
 from engine.server._ingest_models import (
+    INGEST_LINE_DEPTH,
     RawCompletedCall,
     RawEndedCall,
     RawStartedCall,
     raise_misfit,
 )
-from engine.server._limits import check_json_depth
+from engine.server._limits import MAX_JSON_DEPTH
 from engine.wire._codec import uuid7
 
 log = logging.getLogger("engine.ingest")
@@ -206,14 +207,17 @@ def parse_line(line: bytes) -> tuple[str, msgspec.Struct] | None:
         decoder = _DECODERS.get(mode)
         if decoder is None:
             raise ValueError(f"mode {mode!r} is not one of start, end, complete")
-        check_json_depth(line)  # the server's checks: a line it refuses is an invalid line
         item = decoder.decode(line)
         if not line.isascii():
             line.decode()  # msgspec checks a raw value's syntax, not its strings' encoding
+        # the server's checks: a line it would refuse is an invalid line
         if not item.kinds_ok():
             raise_misfit(item, "$")
         item.check_limits("$")
+        item.check_depth(INGEST_LINE_DEPTH)
         return mode, item
+    except RecursionError:  # msgspec's own nesting limit
+        raise ValueError(f"JSON nested more than {MAX_JSON_DEPTH} levels deep") from None
     except msgspec.DecodeError as exc:  # ValidationError included
         raise ValueError(str(exc)) from None
 

@@ -70,5 +70,6 @@ def time_us(value: _dt.datetime, field: str) -> int:
 
 
 def check_time(value: _dt.datetime | None, field: str) -> None:
-    if value is not None:
+    # a time in UTC is one a UTC datetime holds: only another offset can push it out
+    if value is not None and value.tzinfo is not _dt.timezone.utc:
         time_us(value, field)
