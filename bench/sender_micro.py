@@ -34,6 +34,7 @@ from bench.payloads import PROFILE_NAMES, profile
 from engine import ring
 from engine.common._config import EngineConfig
 from engine.common._control import Control, control_path
+from engine.common._malloc import tune_for_large_buffers
 from engine.common._retry import Verdict
 from engine.sender._process import Sender, tune_gc
 from engine.sender._transport import Response
@@ -226,6 +227,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     tune_gc()  # as the sender process does
+    tune_for_large_buffers()
     pool = encode_pool(args.profile)
     calls = args.calls // args.producers * args.producers
     rows = [run_once(pool, calls, args.producers, args.target, None).per_call_us(calls)

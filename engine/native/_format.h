@@ -15,7 +15,9 @@
 #define KIND_PAD 0
 #define KIND_START 1
 #define KIND_END 2
+#define KIND_COMPLETE 3
 #define KIND_SPLICED 16  /* never in a ring: a start and its end, parsed as one record */
+#define KIND_RUN 17      /* never in a ring: adjacent complete calls, parsed as one record */
 #define FLAG_END_HAS_TRACE 1
 
 #endif

@@ -49,7 +49,7 @@ static PyMethodDef native_methods[] = {
      "RingWriter.call_start / call_end take dicts of those types too."},
     {"parse", (PyCFunction)(void (*)(void))native_parse, METH_FASTCALL,
      "parse(mapping, start, stop, slot, position, out, limit, max_bytes, record_type, ends, "
-     "splice_max_bytes) -> used"},
+     "splice_max_bytes, run_max_bytes, run_type) -> used"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -30,6 +30,9 @@ KIND_RAW = 4
 # Never in a ring: a start and its end that the reader spliced into one complete item.
 # Its end_pos is the end's, its aux the start's end position (the two are adjacent).
 KIND_SPLICED = 16
+# Never in a ring: adjacent complete calls of one project the reader joined into one
+# RunRecord (C accelerator only): their items joined by commas, aux the number of calls.
+KIND_RUN = 17
 
 # kind u8, flags u8, project_len u16, payload_len u32, aux u32, pad u32,
 # call_id 16s, trace_id 16s, enqueue_ns u64  (little-endian, no implicit alignment)
@@ -99,6 +102,28 @@ class Record(NamedTuple):
     payload: bytes
     aux: int
     enqueue_ns: int
+
+
+class RunRecord(NamedTuple):
+    """A ``Record`` of kind ``KIND_RUN``: ``call_id`` / ``trace_id`` / ``enqueue_ns`` are the
+    first call's, ``aux`` the number of calls, ``end_pos`` the last one's; ``calls`` holds per
+    call the end offset of its item in ``payload`` (u32 little-endian) and its call id (16
+    bytes): 20 bytes each."""
+
+    slot: int
+    end_pos: int
+    kind: int
+    flags: int
+    call_id: bytes
+    trace_id: bytes
+    project: bytes
+    payload: bytes
+    aux: int
+    enqueue_ns: int
+    calls: bytes
+
+
+RUN_CALL_BYTES = 20  # per call in RunRecord.calls
 
 
 def record_bytes(project_len: int, payload_len: int) -> int:

@@ -37,6 +37,7 @@ from engine.ring._layout import (
     S_STATE,
     SLOT_WORDS,
     Record,
+    RunRecord,
     record_bytes,
 )
 
@@ -74,6 +75,9 @@ class RingReader:
         # > 0: a start directly followed by its own end is read as one KIND_SPLICED record
         # of at most this many payload bytes (C accelerator only; see engine.native._native.parse)
         self.splice_max_bytes = 0
+        # > 0 (with splicing): two or more complete calls side by side are read as one
+        # RunRecord of at most this many payload bytes (C accelerator only)
+        self.run_max_bytes = 0
         self.last_read_records = 0  # ring records the last read() took (a splice is two)
         self._next_index = 0
         self._doorbell_fd = os.open(spec.doorbell_of(shard), os.O_RDWR | os.O_NONBLOCK)
@@ -136,7 +140,7 @@ class RingReader:
                 span = min(head - position, ring_bytes - offset)
                 used = _native.parse(self._mm, base + offset, base + offset + span, slot,
                                      position, out, limit, max_bytes, Record, ends,
-                                     self.splice_max_bytes)
+                                     self.splice_max_bytes, self.run_max_bytes, RunRecord)
             else:  # copy a bounded readable region once and slice the records out of it
                 span = min(head - position, ring_bytes - offset, _COPY_BYTES)
                 chunk = self._mm[base + offset : base + offset + span]

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import itertools
 import operator
+import struct
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
 
+from engine.ring import RUN_CALL_BYTES
 from engine.wire._codec import uuid7
 
 _BATCH_PREFIX = b'{"batch":['
@@ -38,11 +40,53 @@ class Item(NamedTuple):
     trace_id: bytes
     enqueue_ns: int
     ends_carry_trace: bool  # no end, or every end has trace_id+started_at
+    calls: int  # complete calls it holds: more than one for a run (the reader's RunRecord)
+    cuts: bytes  # a run's: per call, its item's end offset in parts[0] and its call id
 
     @property
     def data(self) -> bytes:
         """The item's JSON in one piece (a copy: for a single request or a dead letter)."""
         return b"".join(self.parts[:-1])
+
+    def each_call(self) -> Iterator[tuple[bytes, bytes]]:
+        """(call id, JSON) of every call the item holds: one for most, each call of a run."""
+        if not self.cuts:
+            yield self.call_id, self.data
+            return
+        payload, start = self.parts[0], 0
+        for end, call_id in _RUN_CALL.iter_unpack(self.cuts):
+            yield call_id, payload[start:end]
+            start = end + 1
+
+
+_RUN_CALL = struct.Struct("<I16s")
+assert _RUN_CALL.size == RUN_CALL_BYTES
+
+
+def split_run(item: Item, at: int) -> tuple[Item, Item]:
+    """A run item cut before its call ``at`` (0 < at < calls) into two run items; both keep
+    its refs (the caller makes the release wait for both: ReleaseTracker.split)."""
+    payload, cuts = item.parts[0], item.cuts
+    cut_end = _RUN_CALL.unpack_from(cuts, (at - 1) * RUN_CALL_BYTES)[0]
+    right_cuts = b"".join(
+        _RUN_CALL.pack(end - cut_end - 1, call_id)
+        for end, call_id in _RUN_CALL.iter_unpack(cuts[at * RUN_CALL_BYTES:]))
+    left = item._replace(parts=(payload[:cut_end], item.parts[-1]), size=cut_end, calls=at,
+                         cuts=cuts[:at * RUN_CALL_BYTES])
+    right_payload = payload[cut_end + 1:]
+    right = item._replace(parts=(right_payload, item.parts[-1]), size=len(right_payload),
+                          calls=item.calls - at, cuts=right_cuts,
+                          call_id=_RUN_CALL.unpack_from(right_cuts)[1])
+    return left, right
+
+
+def _split_to_fit(item: Item, max_bytes: int) -> list[Item]:
+    """A run item larger than ``max_bytes`` as run items of at most that many (a call larger
+    than that alone), in order; any other item as it is."""
+    if item.calls < 2 or item.size + 1 <= max_bytes - _ENVELOPE_BYTES:
+        return [item]
+    left, right = split_run(item, item.calls // 2)
+    return _split_to_fit(left, max_bytes) + _split_to_fit(right, max_bytes)
 
 
 _ITEM_REFS = operator.attrgetter("refs")
@@ -52,14 +96,15 @@ _ITEM_PARTS = operator.attrgetter("parts")
 class Batch:
     """Items for one route; ``body()`` is the request body, built by concatenation."""
 
-    __slots__ = ("route", "items", "size_bytes", "retry_id", "attempts", "created_s", "first_sent_s",
-                 "target_bytes")
+    __slots__ = ("route", "items", "size_bytes", "calls", "retry_id", "attempts", "created_s",
+                 "first_sent_s", "target_bytes")
 
     def __init__(self, route: str, items: list[Item] | None = None, target_bytes: int = 0) -> None:
         self.route = route
         self.target_bytes = target_bytes  # the size it was cut at (0: made by a split)
         self.items: list[Item] = items or []
         self.size_bytes = _ENVELOPE_BYTES + sum(i.size + 1 for i in self.items)
+        self.calls = sum(i.calls for i in self.items)
         self.retry_id = uuid7()
         self.attempts = 0
         self.created_s = time.monotonic()
@@ -68,41 +113,51 @@ class Batch:
     def add(self, item: Item) -> None:
         self.items.append(item)
         self.size_bytes += item.size + 1
+        self.calls += item.calls
 
     def body(self) -> bytes:
         if len(self.items) == 1 and self.items[0].single:
             return self.items[0].data
-        # One join of every item's pieces: the body's megabytes are copied once. The last
-        # item's separator gives way to the envelope's end.
+        # One join of every item's pieces: the body's megabytes are copied once
+        return b"".join(self.body_parts())
+
+    def body_parts(self) -> list[bytes]:
+        """The body's pieces in order (``body()`` joins them): the envelope around every
+        item's pieces, the last item's separator giving way to the envelope's end."""
         pieces = [_BATCH_PREFIX]
         pieces += itertools.chain.from_iterable(map(_ITEM_PARTS, self.items))
         pieces[-1] = _BATCH_SUFFIX
-        return b"".join(pieces)
+        return pieces
 
     def halves(self) -> tuple[Batch, Batch]:
-        mid = len(self.items) // 2
-        return Batch(self.route, self.items[:mid]), Batch(self.route, self.items[mid:])
+        """Two batches of about half the calls each (a lone run item is cut in two)."""
+        items = self.items
+        if len(items) == 1 and items[0].calls > 1:
+            items = list(split_run(items[0], items[0].calls // 2))
+        mid = len(items) // 2
+        return Batch(self.route, items[:mid]), Batch(self.route, items[mid:])
 
     def chunks(self, max_bytes: int) -> list[Batch]:
-        """Consecutive pieces of at most ``max_bytes`` each (an item larger than that goes
-        alone), in order; at least two pieces when the batch holds more than one item."""
-        if len(self.items) > 1 and self.size_bytes <= max_bytes:
+        """Consecutive pieces of at most ``max_bytes`` each (a call larger than that goes
+        alone, runs are cut to fit), in order; at least two when it holds more than one call."""
+        if self.calls > 1 and self.size_bytes <= max_bytes:
             return list(self.halves())
         pieces: list[Batch] = []
         current = Batch(self.route)
-        for item in self.items:
+        for item in itertools.chain.from_iterable(_split_to_fit(i, max_bytes) for i in self.items):
             if current.items and current.size_bytes + item.size + 1 > max_bytes:
                 pieces.append(current)
                 current = Batch(self.route)
             current.add(item)
         pieces.append(current)
-        return pieces if len(pieces) > 1 or len(self.items) == 1 else list(self.halves())
+        return pieces if len(pieces) > 1 or self.calls == 1 else list(self.halves())
 
     def refs(self) -> Iterator[int]:
         return itertools.chain.from_iterable(map(_ITEM_REFS, self.items))
 
     def __len__(self) -> int:
-        return len(self.items)
+        """The calls it holds (a run item holds several)."""
+        return self.calls
 
 
 
@@ -133,6 +188,7 @@ class Accumulator:
                 added_bytes += batch.size_bytes
             batch.items.append(item)
             batch.size_bytes += size
+            batch.calls += item.calls
             added_bytes += size
         self.open_bytes += added_bytes
         return full

@@ -41,6 +41,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("engine.sender")
 
 _CAPABILITIES = "trace_id_on_end,eval_child_meta"
+# Bodies of at most this many items (runs of calls: a few hundred KiB each) are posted as
+# their pieces, gathered by the kernel; a body of many small items is joined first (an
+# iovec per small piece costs more than copying it).
+_MAX_GATHERED_ITEMS = 64
 
 
 class Delivery:
@@ -83,9 +87,7 @@ class Delivery:
             if (len(batch) > 1 and batch.size_bytes > self.size.bytes
                     and batch.target_bytes != self.size.probing_bytes):
                 # made before a 413 taught us a lower target: don't upload what will fail
-                pieces = batch.chunks(self.size.bytes)
-                self.held_bytes += sum(p.size_bytes for p in pieces) - batch.size_bytes
-                self.ready.extendleft(reversed(pieces))
+                self._requeue_pieces(batch, batch.chunks(self.size.bytes))
                 continue
             task = asyncio.create_task(self._deliver(batch))
             self.tasks[task] = batch
@@ -101,17 +103,23 @@ class Delivery:
     # -- delivering one batch -----------------------------------------------------------
 
     async def _deliver(self, batch: Batch) -> None:
-        body = batch.body()
-        wire = body
         encoding = None
         if self.compressor is not None:
+            body = batch.body()
             wire = await self.compressor.compress_async(body, self.executor)
-            encoding = "zstd"
+            raw_bytes, encoding = len(body), "zstd"
+        elif len(batch.items) <= _MAX_GATHERED_ITEMS and not batch.items[0].single:
+            # a few large pieces (runs): the kernel gathers them, nothing joins them first
+            wire = body = batch.body_parts()
+            raw_bytes = sum(map(len, body))
+        else:
+            wire = body = batch.body()
+            raw_bytes = len(body)
         if batch.first_sent_s is None:
             batch.first_sent_s = time.monotonic()
         batch.attempts += 1
         in_flight = len(self.tasks)
-        self._count_sent(batch, len(body), len(wire))
+        self._count_sent(batch, raw_bytes, raw_bytes if encoding is None else len(wire))
         response: Response | None = None
         error: SendError | None = None
         try:
@@ -124,7 +132,7 @@ class Delivery:
             error = exc.with_traceback(None)
         verdict = classify(response.status if response else None,
                            response.body if response else b"", error)
-        self._settle(batch, verdict, response, error, len(body), in_flight)
+        self._settle(batch, verdict, response, error, raw_bytes, in_flight)
 
     def _headers(self, batch: Batch) -> dict[str, str] | None:
         first = batch.items[0]
@@ -180,7 +188,17 @@ class Delivery:
             return
         self.control.add(counter)
         pieces = batch.chunks(self.size.bytes) if reason == "too_large" else batch.halves()
+        self._requeue_pieces(batch, pieces)
+
+    def _requeue_pieces(self, batch: Batch, pieces: list[Batch] | tuple[Batch, ...]) -> None:
+        """``batch``'s pieces go first in the queue; a run cut in pieces releases its ring
+        records once every piece is settled."""
         self.held_bytes += sum(p.size_bytes for p in pieces) - batch.size_bytes
+        shared = collections.Counter(ref for p in pieces for item in p.items if item.cuts
+                                     for ref in item.refs)
+        for ref, count in shared.items():
+            if count > 1:
+                self.tracker.split(ref, count - 1)
         self.ready.extendleft(reversed(pieces))
 
     def _retry_later(self, batch: Batch, response: Response | None, error: SendError | None) -> None:

@@ -28,6 +28,10 @@ from engine.sender._router import Router
 log = logging.getLogger("engine.sender")
 
 READ_MAX_RECORDS = 2048
+# A run (calls side by side in a ring, read as one record: RunRecord) is at most this many
+# bytes, and an eighth of the size target: batches stay close to it, and a batch cut after
+# a 413 seldom has to cut a run.
+_RUN_MAX_BYTES = 256 << 10
 
 
 class Intake:
@@ -50,6 +54,8 @@ class Intake:
         """Read a chunk of records into batches; True if anything was read."""
         read_any = False
         if self.held_bytes + self.acc.open_bytes < self.cfg.max_in_flight_bytes:
+            if self.reader.splice_max_bytes:
+                self.reader.run_max_bytes = min(_RUN_MAX_BYTES, self.size.bytes // 8)
             records = self.reader.read(READ_MAX_RECORDS)
             if records:
                 read_any = True
@@ -97,8 +103,10 @@ class Intake:
         self.tracker.ack((ref,))
 
     def _read_spliced(self, mode: str) -> None:
-        """In complete mode the reader splices a start and its adjacent end itself (in C)."""
+        """In complete mode the reader splices a start and its adjacent end itself, and joins
+        complete calls side by side into runs (in C)."""
         self.reader.splice_max_bytes = self.router.max_item_bytes if mode == "complete" else 0
+        self.reader.run_max_bytes = 0
 
     def _flushing(self) -> bool:
         """A flush request makes everything read so far go out now (no linger, no holding)."""

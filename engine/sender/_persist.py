@@ -80,8 +80,8 @@ class Persister:
             self.dead.add_batch(
                 reason=f"{reason}: {detail}" if detail else reason, status=status,
                 route=batch.route,
-                items=[(_call_id_text(item), item.project.decode(), item.data)
-                       for item in batch.items])
+                items=[(_call_id_text(call_id), item.project.decode(), data)
+                       for item in batch.items for call_id, data in item.each_call()])
         except OSError as exc:
             self._report(str(self.dead.path), exc, "they stay in shared memory until it can "
                          "be written (and at exit, for recovery)")
@@ -131,5 +131,5 @@ class Persister:
         log.error("cannot write items to %s: %s; %s", path, error, then)
 
 
-def _call_id_text(item: Any) -> str | None:
-    return uuid_text(item.call_id) if any(item.call_id) else None
+def _call_id_text(call_id: bytes) -> str | None:
+    return uuid_text(call_id) if any(call_id) else None

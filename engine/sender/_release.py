@@ -46,6 +46,8 @@ class ReleaseTracker:
         self._next_index: dict[int, int] = {}
         self.released_pos: dict[int, int] = {}
         self.read_pos: dict[int, int] = {}
+        # refs whose item was split (a run cut in pieces): acks still due beyond the next one
+        self._pieces: dict[int, int] = {}
 
     def track(self, records: list[ring.Record]) -> list[int]:
         """Refs for ``records`` (read order within each ring), one per record."""
@@ -67,12 +69,22 @@ class ReleaseTracker:
         lane = self._lanes[slot] = _Lane(self._next_index.pop(slot, 0))
         return lane
 
+    def split(self, ref: int, extra_pieces: int) -> None:
+        """The item holding ``ref`` was cut into ``extra_pieces`` more: the record is settled
+        once every piece is (each acks the ref)."""
+        self._pieces[ref] = self._pieces.get(ref, 0) + extra_pieces
+
     def ack(self, refs: Iterable[int]) -> None:
         """Mark ``refs`` settled and release what that makes contiguous. A ref already
         released (acknowledged before) changes nothing."""
-        lanes = self._lanes
+        lanes, pieces = self._lanes, self._pieces
         slot_mask, slot_bits = _SLOT_MASK, _SLOT_BITS
         for ref in refs:
+            if pieces and ref in pieces:  # one piece of a split item: wait for the others
+                extra = pieces.pop(ref)
+                if extra > 1:
+                    pieces[ref] = extra - 1
+                continue
             lane = lanes.get(ref & slot_mask)
             if lane is not None:
                 index = (ref >> slot_bits) - lane.base
@@ -101,3 +113,5 @@ class ReleaseTracker:
             self._next_index[slot] = lane.base + len(lane.ends)
         self.read_pos.pop(slot, None)
         self.released_pos.pop(slot, None)
+        for ref in [r for r in self._pieces if r & _SLOT_MASK == slot]:
+            del self._pieces[ref]

@@ -16,7 +16,7 @@ from engine import ring
 from engine.sender._batcher import Item
 
 _KIND_START, _KIND_END, _KIND_COMPLETE = ring.KIND_START, ring.KIND_END, ring.KIND_COMPLETE
-_KIND_SPLICED = ring.KIND_SPLICED
+_KIND_SPLICED, _KIND_RUN = ring.KIND_SPLICED, ring.KIND_RUN
 
 UPSERT_ROUTE = "/call/upsert_batch"
 _UPSERT_START = b'{"mode":"start","req":{"start":'
@@ -58,7 +58,7 @@ def _item(parts: tuple[bytes, ...], first: ring.Record, refs: tuple[int, ...], r
     """An item of one record's payload wrapped in ``parts`` (ending with the separator)."""
     size = sum(map(len, parts)) - 1
     return _new_tuple(Item, (parts, size, refs, route, single, first.call_id, first.project,
-                             first.trace_id, first.enqueue_ns, ends_carry_trace))
+                             first.trace_id, first.enqueue_ns, ends_carry_trace, 1, b""))
 
 
 _new_tuple = tuple.__new__
@@ -108,13 +108,17 @@ class Router:
         now = time.monotonic()  # the whole read arrived at once
         for record, ref in zip(records, refs):
             kind = record.kind
-            if kind == _KIND_SPLICED:  # the reader paired a start with its adjacent end
+            if kind in (_KIND_RUN, _KIND_SPLICED):
+                # the reader joined complete calls side by side (a run: aux of them), or
+                # paired a start with its adjacent end
                 payload, project = record.payload, record.project
-                spliced += 1
+                run = kind == _KIND_RUN
+                spliced += record.aux if run else 1
                 items.append(_new_tuple(Item, (
                     (payload, _SEPARATOR), len(payload), (ref,),
                     _COMPLETE_ROUTES.get(project) or complete_route(project), False,
-                    record.call_id, project, record.trace_id, record.enqueue_ns, True)))
+                    record.call_id, project, record.trace_id, record.enqueue_ns, True,
+                    record.aux if run else 1, record.calls if run else b"")))
                 continue
             if kind == _KIND_END:
                 key = (record.project, record.call_id)
@@ -150,7 +154,7 @@ class Router:
             items.append(_new_tuple(Item, (
                 (start_payload[:-1], _SEPARATOR, end_payload[splice:], _SEPARATOR), size,
                 (start_ref, end_ref), _COMPLETE_ROUTES.get(project) or complete_route(project),
-                False, start.call_id, project, start.trace_id, start.enqueue_ns, True)))
+                False, start.call_id, project, start.trace_id, start.enqueue_ns, True, 1, b"")))
         self.spliced += spliced
 
     def _direct(self, items: list[Item], record: ring.Record, ref: int) -> None:

@@ -92,14 +92,15 @@ class Transport:
     async def post(
         self,
         path: str,
-        body: bytes,
+        body: bytes | list[bytes],
         *,
         content_encoding: str | None = None,
         retry_id: str | None = None,
         headers: Mapping[str, str] | None = None,
         timeout_s: float | None = None,
     ) -> Response:
-        """POST ``body`` (already encoded, and compressed if ``content_encoding`` says so)."""
+        """POST ``body`` (already encoded, and compressed if ``content_encoding`` says so;
+        a list of pieces is written as one body, gathered by the kernel)."""
         request_headers = dict(self._headers)
         request_headers["Content-Type"] = "application/json"
         if content_encoding:
@@ -108,7 +109,10 @@ class Transport:
             request_headers["X-Weave-Retry-Id"] = retry_id
         if headers:
             request_headers.update(headers)
-        data = _BodyAfterHeaders(body) if len(body) >= _SEPARATE_HEADERS_BYTES else body
+        if isinstance(body, list):
+            data: bytes | aiohttp.payload.Payload = _BodyParts(body)
+        else:
+            data = _BodyAfterHeaders(body) if len(body) >= _SEPARATE_HEADERS_BYTES else body
         return await self._request("POST", path, data, request_headers, timeout_s)
 
     async def get_json(self, path: str) -> object:
@@ -190,6 +194,32 @@ class _BodyAfterHeaders(aiohttp.payload.BytesPayload):
                                 content_length: int | None) -> None:
         writer.send_headers()
         await super().write_with_length(writer, content_length)
+
+
+class _BodyParts(aiohttp.payload.Payload):
+    """A request body in pieces (a batch's runs of calls), written after the headers with
+    one ``writelines``: the kernel gathers them (writev), no join copies them first."""
+
+    _autoclose = True  # held in memory, as bytes are
+
+    def __init__(self, parts: list[bytes]) -> None:
+        super().__init__(parts, content_type="application/json")
+        self._size = sum(map(len, parts))
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        return b"".join(self._value).decode(encoding, errors)
+
+    async def write(self, writer: aiohttp.abc.AbstractStreamWriter) -> None:
+        await self.write_with_length(writer, None)
+
+    async def write_with_length(self, writer: aiohttp.abc.AbstractStreamWriter,
+                                content_length: int | None) -> None:
+        writer.send_headers()
+        transport = writer.transport
+        if transport is None or transport.is_closing():
+            raise aiohttp.ClientConnectionResetError("cannot write to a closing transport")
+        transport.writelines(self._value)
+        await writer.drain()
 
 
 class Compressor:
