@@ -63,9 +63,11 @@ setup(
         Extension(
             "engine.native._native",
             sources=[f"engine/native/{name}.c" for name in (
-                "_module", "_writer", "_json", "_call_items", "_calls", "_parse", "_ids")],
+                "_module", "_writer", "_json", "_call_items", "_calls", "_parse", "_ids",
+                "_iso")],
             depends=[f"engine/native/{name}.h" for name in (
-                "_format", "_writer", "_json", "_call_items", "_calls", "_parse", "_ids")],
+                "_format", "_writer", "_json", "_call_items", "_calls", "_parse", "_ids",
+                "_iso")],
             # one extension of several files: only PyInit__native leaves it, so calls
             # between its files are direct (no PLT, as within one file)
             extra_compile_args=["-O3", "-std=c11", "-D_GNU_SOURCE", "-fvisibility=hidden"],

@@ -1,12 +1,15 @@
 /* engine.native._native: the items of Tracer.call_start / call_end. call_types() names the
  * wire's start, end and answer types; call_dict_fields() the fields of the first two, so
  * that a dict whose values already have their fields' types becomes the Struct
- * msgspec.convert would make, without convert's copies (RingWriter.call_start / call_end). */
+ * msgspec.convert would make, without convert's copies (RingWriter.call_start / call_end).
+ * A timestamp given as ISO-8601 text in UTC is made the datetime convert would make of it
+ * (_iso.c); any other text goes to convert. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
 
 #include "_call_items.h"
+#include "_iso.h"
 
 /* call_types(): the wire types of Tracer.call_start / call_end and the start's answer */
 PyTypeObject *start_type, *end_type;
@@ -58,37 +61,9 @@ static int dict_value_fits(int kind, PyObject *v) {
     return 0;
 }
 
-/* The Struct msgspec.convert(d, type, strict=False) makes of a dict whose every key is a
- * field and every value already of its field's type (convert's copy of a dict value
- * aside: the dict itself is used, encoded at once and never handed out). Py_None when the
- * dict is not such a one (convert, on the general path, decides and names what is wrong);
- * NULL with an exception set. */
-PyObject *struct_of_dict(PyObject *d, int is_end) {
-    DictFields *f = &dict_fields[is_end];
-    PyTypeObject *type = is_end ? end_type : start_type;
-    if (f->n == 0 || type == NULL || PyDict_GET_SIZE(d) > f->n) Py_RETURN_NONE;
-    PyObject *vals[MAX_DICT_FIELDS];
-    uint32_t present = 0;
-    Py_ssize_t pos = 0;
-    PyObject *k, *v;
-    while (PyDict_Next(d, &pos, &k, &v)) {
-        Py_ssize_t i = 0;
-        while (i < f->n && f->names[i] != k) i++;  /* literal keys are the interned names */
-        if (i == f->n) {
-            if (!PyUnicode_CheckExact(k)) Py_RETURN_NONE;
-            for (i = 0; i < f->n; i++) {
-                int eq = PyUnicode_Compare(f->names[i], k);
-                if (eq == -1 && PyErr_Occurred()) return NULL;
-                if (eq == 0) break;
-            }
-            if (i == f->n) Py_RETURN_NONE;  /* an unknown key: convert ignores it */
-        }
-        if (!dict_value_fits(f->kinds[i], v)) Py_RETURN_NONE;
-        if ((f->ids >> i) & 1 && v == Py_None) Py_RETURN_NONE;
-        vals[i] = v;
-        present |= 1u << i;
-    }
-    if ((present & f->required) != f->required || (present & f->ids) != f->ids) Py_RETURN_NONE;
+/* The Struct of type from vals, the fields in present (bit per field index). */
+static PyObject *make_struct(DictFields *f, PyTypeObject *type, PyObject **vals,
+                             uint32_t present) {
     PyObject *kwnames = NULL;
 #ifndef Py_GIL_DISABLED  /* the cache is shared state: without the GIL, a tuple per call */
     for (int c = 0; c < 4; c++)
@@ -115,6 +90,65 @@ PyObject *struct_of_dict(PyObject *d, int is_end) {
     PyObject *made = PyObject_Vectorcall((PyObject *)type, args, 0, kwnames);
     Py_DECREF(kwnames);
     return made;
+}
+
+/* The index of key among the fields; f->n for an unknown key (convert ignores it), -1 for
+ * a key that is not an exact str, -2 with an exception set. */
+static Py_ssize_t field_index(DictFields *f, PyObject *key) {
+    Py_ssize_t i = 0;
+    while (i < f->n && f->names[i] != key) i++;  /* literal keys are the interned names */
+    if (i < f->n) return i;
+    if (!PyUnicode_CheckExact(key)) return -1;
+    for (i = 0; i < f->n; i++) {
+        int eq = PyUnicode_Compare(f->names[i], key);
+        if (eq == -1 && PyErr_Occurred()) return -2;
+        if (eq == 0) break;
+    }
+    return i;
+}
+
+/* The Struct msgspec.convert(d, type, strict=False) makes of a dict whose every key is a
+ * field and every value already of its field's type (convert's copy of a dict value
+ * aside: the dict itself is used, encoded at once and never handed out), a timestamp as
+ * ISO-8601 text in UTC made the datetime convert makes of it. Py_None when the dict is not
+ * such a one (convert, on the general path, decides and names what is wrong); NULL with
+ * an exception set. */
+PyObject *struct_of_dict(PyObject *d, int is_end) {
+    DictFields *f = &dict_fields[is_end];
+    PyTypeObject *type = is_end ? end_type : start_type;
+    if (f->n == 0 || type == NULL || PyDict_GET_SIZE(d) > f->n) Py_RETURN_NONE;
+    PyObject *vals[MAX_DICT_FIELDS];
+    PyObject *parsed[MAX_DICT_FIELDS];  /* datetimes made of text here (owned) */
+    int n_parsed = 0;
+    uint32_t present = 0;
+    Py_ssize_t pos = 0;
+    PyObject *k, *v;
+    PyObject *made = Py_None;  /* borrowed until a Struct is made */
+    while (PyDict_Next(d, &pos, &k, &v)) {
+        Py_ssize_t i = field_index(f, k);
+        if (i < 0 || i == f->n) {
+            made = i == -2 ? NULL : Py_None;
+            goto done;
+        }
+        int kind = f->kinds[i];
+        if ((kind == F_DATETIME || kind == F_OPT_DATETIME) && PyUnicode_CheckExact(v)) {
+            int found = iso_utc_datetime(v, &parsed[n_parsed]);
+            if (found <= 0) {  /* text this path does not read: convert's */
+                made = found < 0 ? NULL : Py_None;
+                goto done;
+            }
+            v = parsed[n_parsed++];
+        } else if (!dict_value_fits(kind, v) || ((f->ids >> i) & 1 && v == Py_None)) {
+            goto done;
+        }
+        vals[i] = v;
+        present |= 1u << i;
+    }
+    if ((present & f->required) == f->required && (present & f->ids) == f->ids)
+        made = make_struct(f, type, vals, present);
+done:
+    for (int p = 0; p < n_parsed; p++) Py_DECREF(parsed[p]);
+    return made == Py_None ? Py_NewRef(Py_None) : made;
 }
 
 /* call_dict_fields(start_fields, end_fields): each a tuple of (name, kind, required, id)

@@ -8,6 +8,7 @@
  *                  put_item, call_start / call_end: encode and write in one call)
  *   _json.c        the JSON encoder of the wire Structs (msgspec's bytes)
  *   _call_items.c  the wire types of call_start / call_end, and dicts of them
+ *   _iso.c         ISO-8601 timestamps in UTC, read as msgspec reads them (dicts' times)
  *   _calls.c       TracerCalls and CallHandleBase: the Tracer's call path without a frame
  *   _parse.c       the consumer side: slice whole records out of the mapping
  *   _ids.c         uuid7 / uuid7_bytes / uuid_bytes, the id cache
@@ -20,12 +21,16 @@
 #include "_calls.h"
 #include "_format.h"
 #include "_ids.h"
+#include "_iso.h"
 #include "_json.h"
 #include "_parse.h"
 #include "_writer.h"
 
 static PyMethodDef native_methods[] = {
     {"uuid7", native_uuid7, METH_NOARGS, "A new UUIDv7 as lowercase 8-4-4-4-12 text."},
+    {"iso_utc_datetime", native_iso_utc_datetime, METH_O,
+     "iso_utc_datetime(text) -> the UTC datetime msgspec makes of ISO-8601 text in UTC, or "
+     "None for any other text (see engine/native/_iso.c)."},
     {"uuid7_bytes", native_uuid7_bytes, METH_NOARGS, "A new UUIDv7 as (text, 16 raw bytes)."},
     {"uuid_bytes", native_uuid_bytes, METH_O, "16 raw bytes of a UUID text; ValueError if not one."},
     {"struct_plan", native_struct_plan, METH_VARARGS,
@@ -60,7 +65,7 @@ static struct PyModuleDef native_module = {
 };
 
 PyMODINIT_FUNC PyInit__native(void) {
-    if (ids_init() < 0 || json_init() < 0) return NULL;
+    if (ids_init() < 0 || json_init() < 0 || iso_init() < 0) return NULL;
     if (PyType_Ready(&RingWriterType) < 0) return NULL;
 #ifndef Py_GIL_DISABLED
     if (calls_init() < 0) return NULL;

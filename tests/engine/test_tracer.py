@@ -649,7 +649,11 @@ class _Stamp(dt.datetime):
     {},                                                       # every value of its type
     {"display_name": "d", "parent_id": None, "wb_run_step": 3, "otel_dump": {"k": [1]}},
     {"started_at": _NAIVE}, {"started_at": _LOCAL},           # datetimes as they are
-    {"started_at": "2026-01-02T03:04:05.000006Z"},            # a str: convert parses it
+    {"started_at": "2026-01-02T03:04:05.000006Z"},            # ISO text in UTC: read in C
+    {"started_at": "2026-01-02 03:04:05.9999995-00:00"},      # rounded up, carried
+    {"started_at": "2026-01-02T03:04:05+02:00"},              # another offset: convert's
+    {"started_at": "2026-01-02T03:04:05"},                    # naive text: convert's
+    {"started_at": "2026-02-30T03:04:05Z"},                   # no such day: convert refuses
     {"started_at": _Stamp(2026, 1, 2, tzinfo=dt.timezone.utc)},  # a subclass: convert's call
     {"wb_run_step": True}, {"wb_run_step": 2**70}, {"wb_run_step": 2.0},
     {"unknown_key": 1},                                       # convert ignores it
@@ -681,7 +685,9 @@ def test_dict_starts_write_what_converting_them_to_the_struct_writes(eng, fields
 @pytest.mark.parametrize("fields", [
     {}, {"trace_id": None}, {"trace_id": ""}, {"started_at": None}, {"is_eval": True},
     {"exception": "boom", "output": None, "wb_run_step_end": 7},
-    {"is_eval": 1}, {"ended_at": "2026-01-02T03:04:05Z"}, {"summary": {1: 2}},
+    {"is_eval": 1}, {"ended_at": "2026-01-02T03:04:05Z"}, {"ended_at": "2026-01-02t03:04:05.5z"},
+    {"started_at": "2026-01-02T03:04:05.1+0000", "ended_at": "2026-01-02T03:04:06+01:00"},
+    {"summary": {1: 2}},
     {"summary": None}, {"unknown_key": 1},
 ], ids=lambda f: ",".join(f"{k}={type(v).__name__}" for k, v in f.items()) or "plain")
 def test_dict_ends_write_what_converting_them_to_the_struct_writes(eng, fields):
@@ -752,11 +758,15 @@ def test_dicts_of_field_typed_values_take_the_one_call_path_and_others_the_gener
     tracer.call_start(plain)
     tracer.call_end(_end_dict(plain))
     assert rest == []
-    tracer.call_start(_start_dict(started_at="2026-01-02T03:04:05Z"))
+    iso = _start_dict(started_at="2026-01-02T03:04:05.123Z")  # ISO text in UTC: in C too
+    tracer.call_start(iso)
+    tracer.call_end(_end_dict(iso, ended_at="2026-01-02T03:04:06+00:00"))
+    assert rest == []
+    tracer.call_start(_start_dict(started_at="2026-01-02T03:04:05+02:00"))
     tracer.call_start(_start_dict(extra=1))
     tracer.call_end(_end_dict(plain, is_eval=1))
     assert rest == [("dict", None)] * 3
-    assert len(drain(eng)) == 5
+    assert len(drain(eng)) == 7
 
 
 @pytest.mark.parametrize("as_dict", [False, True], ids=["struct", "dict"])
