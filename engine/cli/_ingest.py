@@ -45,13 +45,12 @@ from engine.cli._args import CommandFailed, UsageError
 from engine.producer._engine import Engine
 from engine.producer._tracer import Tracer
 from engine.server._ingest_models import (
-    INGEST_LINE_DEPTH,
     RawCompletedCall,
     RawEndedCall,
     RawStartedCall,
     raise_misfit,
 )
-from engine.server._limits import MAX_JSON_DEPTH
+from engine.server._limits import MAX_JSON_DEPTH, json_depth_over
 from engine.wire._codec import uuid7
 
 log = logging.getLogger("engine.ingest")
@@ -112,6 +111,7 @@ _DECODERS = {
 # a line that holds no `mode"` has no "mode" key: it is a complete call. (Searching for the
 # quoted key costs 5x more: the search stops at every quote of the line.)
 _MODE_KEY = b'mode"'
+_BODY_LEVELS_ABOVE_A_CALL = 4
 
 
 # -- planning and checkpoints -------------------------------------------------------------
@@ -207,17 +207,17 @@ def parse_line(line: bytes) -> tuple[str, msgspec.Struct] | None:
         decoder = _DECODERS.get(mode)
         if decoder is None:
             raise ValueError(f"mode {mode!r} is not one of start, end, complete")
+        # the server's checks: a line it would refuse is an invalid line. A line's call
+        # travels at most this deep in a body: {"batch": [{"req": {"start": CALL}}]}
+        if json_depth_over(line, MAX_JSON_DEPTH - _BODY_LEVELS_ABOVE_A_CALL):
+            raise ValueError(f"JSON nested more than {MAX_JSON_DEPTH} levels deep in a body")
         item = decoder.decode(line)
         if not line.isascii():
             line.decode()  # msgspec checks a raw value's syntax, not its strings' encoding
-        # the server's checks: a line it would refuse is an invalid line
         if not item.kinds_ok():
             raise_misfit(item, "$")
         item.check_limits("$")
-        item.check_depth(INGEST_LINE_DEPTH)
         return mode, item
-    except RecursionError:  # msgspec's own nesting limit
-        raise ValueError(f"JSON nested more than {MAX_JSON_DEPTH} levels deep") from None
     except msgspec.DecodeError as exc:  # ValidationError included
         raise ValueError(str(exc)) from None
 

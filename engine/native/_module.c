@@ -9,6 +9,7 @@
  *   _json.c        the JSON encoder of the wire Structs (msgspec's bytes)
  *   _call_items.c  the wire types of call_start / call_end, and dicts of them
  *   _iso.c         ISO-8601 timestamps in UTC, read as msgspec reads them (dicts' times)
+ *   _scan.c        json_depth_over: engine serve's nesting check of request bodies
  *   _calls.c       TracerCalls and CallHandleBase: the Tracer's call path without a frame
  *   _parse.c       the consumer side: slice whole records out of the mapping
  *   _ids.c         uuid7 / uuid7_bytes / uuid_bytes, the id cache
@@ -24,10 +25,14 @@
 #include "_iso.h"
 #include "_json.h"
 #include "_parse.h"
+#include "_scan.h"
 #include "_writer.h"
 
 static PyMethodDef native_methods[] = {
     {"uuid7", native_uuid7, METH_NOARGS, "A new UUIDv7 as lowercase 8-4-4-4-12 text."},
+    {"json_depth_over", (PyCFunction)(void (*)(void))native_json_depth_over, METH_FASTCALL,
+     "json_depth_over(body, limit) -> True when the JSON in body nests deeper than limit "
+     "(brackets outside strings)."},
     {"iso_utc_datetime", native_iso_utc_datetime, METH_O,
      "iso_utc_datetime(text) -> the UTC datetime msgspec makes of ISO-8601 text in UTC, or "
      "None for any other text (see engine/native/_iso.c)."},

@@ -27,7 +27,7 @@ from typing import ClassVar, TypeVar
 import msgspec
 
 from engine.server._body import decode_errors
-from engine.server._limits import MAX_JSON_DEPTH, LimitExceeded, check_time, json_depth_over
+from engine.server._limits import LimitExceeded, check_json_depth, check_time
 from engine.wire._base import Nested, Request
 
 # A left-out ``output`` or ``otel_dump``: the typed models' None. (msgspec cannot decode
@@ -63,23 +63,11 @@ class _RawCall(Nested, kw_only=True, gc=False):
     """
 
     OBJECT_FIELDS: ClassVar[tuple[str, ...]]
-    RAW_FIELDS: ClassVar[tuple[str, ...]]  # every JSON-valued field
     TIME_FIELDS: ClassVar[tuple[str, ...]]
     INT_FIELDS: ClassVar[tuple[str, ...]]
 
     def kinds_ok(self) -> bool:
         raise NotImplementedError
-
-    def check_depth(self, offset: int) -> None:
-        """Its JSON-valued fields nest at most :data:`MAX_JSON_DEPTH` levels deep once
-        ``offset`` levels of the body hold them: checked field by field (each a few KiB
-        whose brackets are counted in a blink), not the whole body (the bracket-by-bracket
-        scan a body of many calls needs cost ~6 µs per 4 KB call)."""
-        limit = MAX_JSON_DEPTH - offset
-        for name in self.RAW_FIELDS:
-            if json_depth_over(bytes(getattr(self, name)), limit):
-                raise LimitExceeded(
-                    f"request body: JSON nested more than {MAX_JSON_DEPTH} levels deep")
 
     def check_limits(self, where: str) -> None:
         """Times a UTC datetime can hold, integers SQLite can (:mod:`engine.server._limits`)."""
@@ -107,7 +95,6 @@ class RawStartedCall(_RawCall, kw_only=True, gc=False):
     """:class:`~engine.wire.calls.StartedCallSchemaForInsert` with raw JSON fields."""
 
     OBJECT_FIELDS = ("attributes", "inputs", "otel_dump")
-    RAW_FIELDS = OBJECT_FIELDS
     TIME_FIELDS = ("started_at",)
     INT_FIELDS = ("wb_run_step",)
 
@@ -137,7 +124,6 @@ class RawEndedCall(_RawCall, kw_only=True, gc=False):
     """:class:`~engine.wire.calls.EndedCallSchemaForInsert` with raw JSON fields."""
 
     OBJECT_FIELDS = ("summary",)
-    RAW_FIELDS = ("output", "summary")
     TIME_FIELDS = ("started_at", "ended_at")
     INT_FIELDS = ("wb_run_step_end",)
 
@@ -160,7 +146,6 @@ class RawCompletedCall(_RawCall, kw_only=True, gc=False):
     """:class:`~engine.wire.calls.CompletedCallSchemaForInsert` with raw JSON fields."""
 
     OBJECT_FIELDS = ("attributes", "inputs", "otel_dump", "summary")
-    RAW_FIELDS = ("attributes", "inputs", "otel_dump", "output", "summary")
     TIME_FIELDS = ("started_at", "ended_at")
     INT_FIELDS = ("wb_run_step", "wb_run_step_end")
 
@@ -193,17 +178,10 @@ class RawCompletedCall(_RawCall, kw_only=True, gc=False):
         )  # fmt: skip
 
 
-# Levels of a body around a call's JSON-valued fields: {"start": {"inputs": ...}},
-# {"batch": [{"inputs": ...}]}, {"batch": [{"mode": ..., "req": {"start": {"inputs": ...}}}]}
-_SINGLE_DEPTH, _COMPLETE_DEPTH, _UPSERT_DEPTH = 2, 3, 5
-INGEST_LINE_DEPTH = _UPSERT_DEPTH  # a line's call may travel in any of them
-
-
-def _check_call(call: _RawCall, where: str, depth: int = _SINGLE_DEPTH) -> None:
+def _check_call(call: _RawCall, where: str) -> None:
     if not call.kinds_ok():
         raise_misfit(call, where)
     call.check_limits(where)
-    call.check_depth(depth)
 
 
 class _IngestReq(Request, kw_only=True):
@@ -254,7 +232,6 @@ class RawBatch(_IngestReq, kw_only=True):
             if not call.kinds_ok():  # the path is formatted only for the failing item
                 raise_misfit(call, f"$.batch[{i}].req.{mode}")
             call.check_limits(f"$.batch[{i}].req.{mode}")
-            call.check_depth(_UPSERT_DEPTH)
 
 
 class RawCallsCompleteReq(_IngestReq, kw_only=True):
@@ -267,7 +244,6 @@ class RawCallsCompleteReq(_IngestReq, kw_only=True):
             if not call.kinds_ok():  # the path is formatted only for the failing item
                 raise_misfit(call, f"$.batch[{i}]")
             call.check_limits(f"$.batch[{i}]")
-            call.check_depth(_COMPLETE_DEPTH)
 
 
 def _check_utf8(body: bytes) -> None:
@@ -278,8 +254,7 @@ def _check_utf8(body: bytes) -> None:
 def decode_ingest(body: bytes, type_: type[Req]) -> Req:
     """Decode an ingest body, with every check the typed wire models made (but one: above)."""
     with decode_errors():
-        # nesting msgspec cannot decode raises RecursionError (a 422); what it can is
-        # checked call by call (check_kinds)
+        check_json_depth(body)
         req = msgspec.json.decode(body, type=type_)
         _check_utf8(body)
         req.check_kinds()

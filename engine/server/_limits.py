@@ -19,6 +19,8 @@ from typing import Annotated
 
 import msgspec
 
+from engine.native._accel import native as _native
+
 MAX_JSON_DEPTH = 256
 Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 NonNegativeInt64 = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
@@ -33,12 +35,24 @@ _ESCAPE = re.compile(rb"\\.", re.DOTALL)
 _STRING = re.compile(rb'"[^"]*"')
 
 
+_native_depth_over = getattr(_native, "json_depth_over", None)
+
+
 class LimitExceeded(ValueError):
     """A value past one of the limits above; the message names the limit."""
 
 
 def json_depth_over(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
-    """True when ``body`` (JSON) nests deeper than ``limit``; about 1 ns per byte.
+    """True when ``body`` (JSON) nests deeper than ``limit``: the C accelerator's scan
+    (``engine/native/_scan.c``, strings skipped with memchr: ~0.7 µs per 4 KB call of a
+    2 MB body) where it is built, else :func:`json_depth_over_py` (~6 µs)."""
+    if _native_depth_over is not None:
+        return _native_depth_over(body, limit)
+    return json_depth_over_py(body, limit)
+
+
+def json_depth_over_py(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """:func:`json_depth_over` in Python; about 1 ns per byte.
 
     Escapes go first (``\\"`` is no quote), then everything but brackets and quotes; what
     is left of a string is its quotes and any brackets inside it, and dropping adjacent

@@ -5,8 +5,11 @@ import json
 import sqlite3
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from engine.server._limits import MAX_JSON_DEPTH, json_depth_over
+from engine.native import _accel
+from engine.server._limits import MAX_JSON_DEPTH, json_depth_over, json_depth_over_py
 from tests.server.harness import PROJECT, complete, serving
 
 COMPLETE = "/v2/ent/proj/calls/complete"
@@ -18,7 +21,8 @@ COMPLETE = "/v2/ent/proj/calls/complete"
 ])  # fmt: skip
 def test_depth_counts_brackets_outside_strings_only(text, depth):
     body = text.encode()
-    assert not json_depth_over(body, depth) and json_depth_over(body, depth - 1)
+    for over in (json_depth_over, json_depth_over_py):
+        assert not over(body, depth) and over(body, depth - 1)
 
 
 def _deep(levels: int) -> str:
@@ -126,3 +130,20 @@ def test_streaming_routes_answer_errors_before_the_first_byte(run, db_path):
 
     status, body = run(scenario())
     assert status == 422 and "sort_by[0].field" in body["reason"]
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(alphabet='[]{}"\\ab\n'),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text('[]{}"\\k'), inner,
+                                                                 max_size=4),
+    max_leaves=40)
+
+
+@pytest.mark.skipif(_accel.native is None, reason="the C scan is not built here")
+@settings(max_examples=400, deadline=None)
+@given(value=_JSON, limit=st.integers(0, 12))
+def test_the_c_depth_scan_agrees_with_the_python_one(value, limit):
+    """engine/native/_scan.c, which engine serve uses where it is built, on generated JSON
+    whose strings hold brackets, quotes and backslashes."""
+    body = json.dumps(value).encode()
+    assert _accel.native.json_depth_over(body, limit) == json_depth_over_py(body, limit)

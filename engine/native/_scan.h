@@ -1,0 +1,9 @@
+/* engine.native._native: json_depth_over (engine serve's nesting check of request bodies). */
+#ifndef ENGINE_NATIVE_SCAN_H
+#define ENGINE_NATIVE_SCAN_H
+
+#include <Python.h>
+
+PyObject *native_json_depth_over(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
+
+#endif
