@@ -4,8 +4,8 @@
   ``503 {"reason": …}`` with ``Retry-After`` and is closed, instead of the server running
   out of file descriptors (which broke every client and the SQLite file with them).
 - **Request heads**: a connection that has not sent a complete request head within
-  ``header_timeout_s`` (a new one, or an idle keep-alive one) is closed. aiohttp (3.10 on,
-  pinned in requirements.lock) runs its keep-alive timer from the connection's start, so
+  ``header_timeout_s`` (a new one, or an idle keep-alive one) is closed. aiohttp (3.14.4 on:
+  the floor in pyproject.toml) runs its keep-alive timer from the connection's start, so
   ``keepalive_timeout=header_timeout_s`` covers both; a client trickling header bytes no
   longer holds a connection for ever.
 - **Bodies**: :func:`engine.server._body.read_body` answers 408 to a body that stalls for
