@@ -34,7 +34,7 @@ from engine.server import (
     _routes_usage,
     _routes_v2,
 )
-from engine.server._auth import CURRENT_GRANT, Grant, KeyRing, check_bind
+from engine.server._auth import CURRENT_GRANT, NO_KEY, Grant, KeyRing, check_bind
 from engine.server._body import DEFAULT_MAX_BODY_BYTES, ApiError, error_response
 from engine.server._connections import (
     DEFAULT_HEADER_TIMEOUT_S,
@@ -93,13 +93,22 @@ async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse
         return error_response(exc.status, f"{exc.reason}: {request.method} {request.path}", headers)
 
 
+# what monitoring probes call, without a key: liveness and the store kind, no project's data
+OPEN_ROUTES = frozenset({("GET", "/health"), ("HEAD", "/health")})
+
+
 def _auth_middleware(keys: KeyRing) -> Any:
-    """Every route needs a key; the key's grant holds for the rest of the request, where
-    the guarded store checks each project it touches against it."""
+    """Every route but :data:`OPEN_ROUTES` needs a key; the key's grant holds for the rest
+    of the request, where the guarded store checks each project it touches against it. An
+    open route without a key runs with :data:`NO_KEY`, which reaches no project."""
 
     @web.middleware
     async def auth(request: web.Request, handler: Any) -> web.StreamResponse:
-        CURRENT_GRANT.set(keys.grant(request.headers.get("Authorization")))
+        authorization = request.headers.get("Authorization")
+        if authorization is None and (request.method, request.path) in OPEN_ROUTES:
+            CURRENT_GRANT.set(NO_KEY)
+        else:
+            CURRENT_GRANT.set(keys.grant(authorization))
         return await handler(request)
 
     return auth
@@ -204,7 +213,8 @@ async def serve_until_signal(**options: Any) -> None:
     # the URL line is the readiness signal: printed only once signals are handled
     print(f"engine serve: listening on {url} (store={store.kind}{where})", flush=True)
     print(check_bind("engine serve", options.get("host", "127.0.0.1"),
-                     key_ring(options.get("api_key"), options.get("keys"))), flush=True)  # fmt: skip
+                     key_ring(options.get("api_key"), options.get("keys")), "GET /health"),
+          flush=True)  # fmt: skip
     try:
         await stop.wait()
     finally:

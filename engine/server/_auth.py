@@ -14,8 +14,10 @@ Keys never come from the command line (``ps`` shows it to every user of the mach
   ``rw`` reads and writes, ``ro`` only reads. Clients send a key as weave does: HTTP Basic
   with user ``api`` and the key as password.
 
-With keys, every route needs one, and a route touching a project the key does not grant is
-a 403 naming the project. Without keys, the server listens on loopback only.
+With keys, every route needs one (``engine serve``'s ``GET /health`` excepted: a liveness
+probe carries no key, and the answer names nothing but the store kind), and a route touching
+a project the key does not grant is a 403 naming the project. Without keys, the server
+listens on loopback only.
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ class Grant:
                                 f"project {project_id!r}")  # fmt: skip
 
 
+# the grant of a request that carries no key on a route that needs none: no project at all
+NO_KEY = Grant("no key", (), False)
 # the grant of the request being handled (each aiohttp request runs in a task of its own)
 CURRENT_GRANT: contextvars.ContextVar[Grant | None] = contextvars.ContextVar("grant", default=None)
 
@@ -151,10 +155,12 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def check_bind(command: str, host: str, keys: KeyRing | None) -> str:
-    """Refuse to listen beyond loopback without keys; the line to print at start."""
+def check_bind(command: str, host: str, keys: KeyRing | None, open_routes: str = "") -> str:
+    """Refuse to listen beyond loopback without keys; the line to print at start
+    (``open_routes``: the routes that need no key, as the line names them)."""
     if keys is not None:
-        return f"{command}: {len(keys)} API key(s); every route needs one"
+        but = f" but {open_routes}" if open_routes else ""
+        return f"{command}: {len(keys)} API key(s); every route{but} needs one"
     if not is_loopback(host):
         raise ConfigError("host", f"{command} will not listen on {host} without API keys: anyone "
                           f"who reaches it could read and write every project. Set ${KEY_ENV} "

@@ -1,7 +1,8 @@
 """Auth and tenancy of ``engine serve``: one test per rule (docs/serve.md, "Keys").
 
 1. keys come from the environment or a keys file, never the command line;
-2. with keys, every route needs one (and a bad one is a 401 that never echoes it);
+2. with keys, every route needs one (and a bad one is a 401 that never echoes it), but
+   ``GET /health``: a liveness probe carries no key;
 3. a key reads and writes only the projects its line grants (``ro`` keys never write),
    whichever route names the project;
 4. a keys file others may read, or a malformed one, is refused with the fix;
@@ -12,9 +13,12 @@ The relay's rules are in ``tests/relay/test_relay_auth.py``.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 
 import pytest
 
@@ -86,10 +90,37 @@ def test_with_keys_every_route_needs_one(run, tmp_path, keys_file):
 
     answers, refused = run(scenario())
     assert len(answers) >= 56
-    assert [(m, p) for m, p, status, _ in answers if status != 401] == []
-    assert all(body["reason"].startswith("missing Authorization") for *_, body in answers)
+    # the one exemption, listed: a liveness probe carries no key
+    assert [a for a in answers if a[2] != 401] == [("GET", "/health", 200, {"status": "ok", "store": "sqlite"})]
+    assert all(body["reason"].startswith("missing Authorization") for *_, status, body in answers
+               if status == 401)  # fmt: skip
     assert [status for status, _ in refused] == [401, 401, 401]
     assert all(KEY_A not in body["reason"] and "nope" not in body["reason"] for _, body in refused)
+
+
+def test_health_answers_a_probe_without_a_key_and_refuses_a_wrong_one(run, tmp_path, keys_file):
+    """The one open route: liveness for monitoring probes, which carry no key. A key that is
+    sent is still checked."""
+
+    async def scenario():
+        async with serving(tmp_path / "t.db", keys=load_key_ring(keys_file, env_key=False)) as api:
+            return [await api.get("/health", headers) for headers in
+                    ({}, {"Authorization": basic_auth("api", KEY_RO)},
+                     {"Authorization": basic_auth("api", "nope")})]  # fmt: skip
+
+    (bare, keyed, wrong) = run(scenario())
+    assert bare == keyed == (200, {"status": "ok", "store": "sqlite"})
+    assert wrong[0] == 401 and "nope" not in wrong[1]["reason"]
+
+
+def test_health_of_a_serve_process_with_a_key_answers_a_probe_without_one(tmp_path):
+    with serve_subprocess(tmp_path / "t.db", api_key=KEY_A) as url:
+        with urllib.request.urlopen(url + "/health", timeout=30) as resp:  # no Authorization
+            assert (resp.status, json.loads(resp.read())) == (200, {"status": "ok", "store": "sqlite"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(url + "/stats", timeout=30)
+        refused.value.close()
+    assert refused.value.code == 401
 
 
 def test_a_key_reaches_only_the_projects_its_line_grants(run, tmp_path, keys_file):
