@@ -192,6 +192,17 @@ def add_command(subparsers: argparse._SubParsersAction, name: str, summary: str,
     return parser
 
 
+def add_max_connections_flag(parser: argparse.ArgumentParser, command: str) -> None:
+    from engine.server._connections import DEFAULT_MAX_CONNECTIONS
+
+    parser.add_argument(
+        "--max-connections", type=positive_int, default=DEFAULT_MAX_CONNECTIONS,
+        help=f"open connections served at once (default {DEFAULT_MAX_CONNECTIONS}); past it a "
+        f"new one gets a 503 naming the limit, instead of the {command} running out of file "
+        "descriptors",
+    )  # fmt: skip
+
+
 def add_key_flags(parser: argparse.ArgumentParser, env_help: str) -> None:
     parser.add_argument(
         "--keys-file", default=None,

@@ -23,6 +23,7 @@ def add(subparsers: argparse._SubParsersAction) -> None:
     relay.add_argument("--max-body-bytes", type=_args.positive_int,
                        default=DEFAULT_MAX_BODY_BYTES,
                        help="largest ingest body accepted, before and after decompression")
+    _args.add_max_connections_flag(relay, "relay")
     _args.add_key_flags(relay, "the relay delivers under its own key, $ENGINE_API_KEY or "
                                "$WANDB_API_KEY")
     _args.add_config_flags(relay)
@@ -45,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         keys = load_key_ring(args.keys_file, env_key=False)  # $ENGINE_API_KEY is the upstream's
         stats = run_relay(cfg.url, host, port, args.max_body_bytes, args.config, keys=keys,
-                          **_args.config_overrides(args))
+                          max_connections=args.max_connections, **_args.config_overrides(args))
     except OSError as exc:
         raise CommandFailed(f"relay: cannot listen on {host}:{port}: {exc.strerror or exc} "
                             "(pick another --listen port; 0 picks a free one)") from exc

@@ -36,6 +36,7 @@ def add(subparsers: argparse._SubParsersAction) -> None:
         "--max-body-bytes", type=_args.positive_int, default=DEFAULT_MAX_BODY_BYTES,
         help="largest request body accepted, before and after decompression",
     )  # fmt: skip
+    _args.add_max_connections_flag(serve, "server")
     _args.add_key_flags(serve, "set $ENGINE_API_KEY for one key that may read and write every "
                         "project")
     serve.set_defaults(func=run)
@@ -51,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         run_server(host=args.host, port=args.port, db_path=args.db, store=args.store,
                    clickhouse_password_file=args.clickhouse_password_file,
-                   max_body_bytes=args.max_body_bytes,
+                   max_body_bytes=args.max_body_bytes, max_connections=args.max_connections,
                    keys=load_key_ring(args.keys_file))
     except sqlite3.Error as exc:
         raise CommandFailed(f"serve: cannot use the database {args.db or 'at the default path'}: "

@@ -81,7 +81,8 @@ async def _client_session(app: web.Application) -> Any:
 
 async def start_relay(engine: Engine, upstream: str, host: str = "127.0.0.1", port: int = 0,
                       max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-                      keys: KeyRing | None = None) -> tuple[web.AppRunner, str]:
+                      keys: KeyRing | None = None,
+                      max_connections: int = DEFAULT_MAX_CONNECTIONS) -> tuple[web.AppRunner, str]:
     """Serve on the running loop; returns the runner (``await runner.cleanup()``) and URL.
     Without ``keys`` only a loopback ``host`` is accepted."""
     check_bind("engine relay", host, keys)
@@ -91,7 +92,7 @@ async def start_relay(engine: Engine, upstream: str, host: str = "127.0.0.1", po
                            keepalive_timeout=DEFAULT_HEADER_TIMEOUT_S)  # fmt: skip
     await runner.setup()
     # bounded as engine serve is (engine.server._connections)
-    site = LimitedSite(runner, host, port, DEFAULT_MAX_CONNECTIONS)
+    site = LimitedSite(runner, host, port, max_connections, "engine relay")
     await site.start()
     bound_host, bound_port = runner.addresses[0][:2]
     url = f"http://[{bound_host}]:{bound_port}" if ":" in bound_host else f"http://{bound_host}:{bound_port}"
@@ -99,12 +100,14 @@ async def start_relay(engine: Engine, upstream: str, host: str = "127.0.0.1", po
 
 
 async def relay_until_signal(engine: Engine, upstream: str, host: str, port: int,
-                             max_body_bytes: int, keys: KeyRing | None = None) -> None:
+                             max_body_bytes: int, keys: KeyRing | None = None,
+                             max_connections: int = DEFAULT_MAX_CONNECTIONS) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    runner, url = await start_relay(engine, upstream, host, port, max_body_bytes, keys)
+    runner, url = await start_relay(engine, upstream, host, port, max_body_bytes, keys,
+                                    max_connections)
     # the URL line is the readiness signal (printed once signals are handled)
     print(f"engine relay: listening on {url} -> {redact_url(engine.config.url)}", flush=True)
     print(check_bind("engine relay", host, keys), flush=True)
@@ -116,7 +119,8 @@ async def relay_until_signal(engine: Engine, upstream: str, host: str, port: int
 
 def run_relay(upstream: str, host: str = "127.0.0.1", port: int = 0,
               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, config_file: str | None = None,
-              keys: KeyRing | None = None, **config: Any) -> dict[str, Any]:
+              keys: KeyRing | None = None, max_connections: int = DEFAULT_MAX_CONNECTIONS,
+              **config: Any) -> dict[str, Any]:
     """Blocking ``engine relay``: serve until SIGTERM/SIGINT, then deliver what is in the
     ring (within ``shutdown_timeout_s``) and return the engine's final stats."""
     import uvloop
@@ -124,7 +128,8 @@ def run_relay(upstream: str, host: str = "127.0.0.1", port: int = 0,
     config.setdefault("project", RELAY_PROJECT)
     check_bind("engine relay", host, keys)  # before the engine starts its sender
     with Engine(url=upstream, config_file=config_file, **config) as engine:
-        uvloop.run(relay_until_signal(engine, upstream, host, port, max_body_bytes, keys))
+        uvloop.run(relay_until_signal(engine, upstream, host, port, max_body_bytes, keys,
+                                      max_connections))
         stats = engine.close()
     log.info("relay stopped", extra={k: stats.get(k, 0) for k in _SUMMARY_COUNTERS})
     return stats

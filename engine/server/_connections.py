@@ -24,8 +24,8 @@ DEFAULT_MAX_CONNECTIONS = 512
 DEFAULT_HEADER_TIMEOUT_S = 30.0
 
 
-def _refusal(max_connections: int) -> bytes:
-    body = msgspec.json.encode({"reason": f"engine serve is at its limit of {max_connections} "
+def _refusal(command: str, max_connections: int) -> bytes:
+    body = msgspec.json.encode({"reason": f"{command} is at its limit of {max_connections} "
                                           "connections; retry later"})  # fmt: skip
     head = ("HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
             f"Retry-After: 1\r\nConnection: close\r\nContent-Length: {len(body)}\r\n\r\n")  # fmt: skip
@@ -68,14 +68,15 @@ class _Refused(asyncio.Protocol):
 
 
 class ConnectionLimit:
-    """A protocol factory around aiohttp's that refuses connections past ``max_connections``."""
+    """A protocol factory around aiohttp's that refuses connections past ``max_connections``
+    (the refusal names ``command``: ``engine serve`` or ``engine relay``)."""
 
-    def __init__(self, server: Any, max_connections: int) -> None:
+    def __init__(self, server: Any, max_connections: int, command: str) -> None:
         self._server = server
         self.max_connections = max_connections
         self.live = 0
         self.refused = 0
-        self._answer = _refusal(max_connections)
+        self._answer = _refusal(command, max_connections)
 
     def __call__(self) -> asyncio.Protocol:
         if self.live >= self.max_connections:
@@ -88,15 +89,17 @@ class ConnectionLimit:
 class LimitedSite(web.TCPSite):
     """A TCP site whose connections go through a :class:`ConnectionLimit`."""
 
-    def __init__(self, runner: web.BaseRunner, host: str, port: int, max_connections: int) -> None:
+    def __init__(self, runner: web.BaseRunner, host: str, port: int, max_connections: int,
+                 command: str = "engine serve") -> None:  # fmt: skip
         super().__init__(runner, host, port)
         self._max_connections = max_connections
+        self._command = command
         self.limit: ConnectionLimit | None = None
 
     async def start(self) -> None:
         await web.BaseSite.start(self)  # registers the site with its runner
         assert self._runner.server is not None
-        self.limit = ConnectionLimit(self._runner.server, self._max_connections)
+        self.limit = ConnectionLimit(self._runner.server, self._max_connections, self._command)
         self._server = await asyncio.get_running_loop().create_server(
             self.limit, self._host, self._port, reuse_address=True
         )

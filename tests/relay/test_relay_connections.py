@@ -1,0 +1,85 @@
+"""``engine relay`` is bounded as ``engine serve`` is (engine/server/_connections.py): past
+its connection cap a new connection gets a 503 naming the relay and the limit, and once
+connections go the relay serves again."""
+
+import socket
+import time
+
+import msgspec
+import pytest
+
+from engine.server import serve_subprocess
+from tests.relay.harness import relay_subprocess
+
+pytestmark = pytest.mark.integration
+
+
+def _connect(url: str) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=30)
+
+
+def _read_to_close(sock: socket.socket) -> bytes:
+    answer = b""
+    while chunk := sock.recv(65536):
+        answer += chunk
+    return answer
+
+
+def _refusal(url: str) -> bytes:
+    """What a connection past the cap is told: the relay answers as it accepts, so nothing
+    is sent (a request it never reads would turn its close into a reset)."""
+    with _connect(url) as sock:
+        return _read_to_close(sock)
+
+
+def _ask(url: str) -> bytes:
+    with _connect(url) as sock:
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        return _read_to_close(sock)
+
+
+def _served_again(url: str, timeout_s: float = 30.0) -> bytes:
+    """The first answer to a fresh connection that is not a refusal (the relay sees closed
+    connections go a moment after the client closes them)."""
+    deadline = time.monotonic() + timeout_s
+    while _refusal_pending(url) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return _ask(url)
+
+
+def _refusal_pending(url: str) -> bool:
+    with _connect(url) as sock:
+        sock.settimeout(0.5)
+        try:
+            return sock.recv(12).startswith(b"HTTP/1.1 503")
+        except TimeoutError:
+            return False  # accepted: it waits for a request
+
+
+def _served_on(sock: socket.socket) -> bytes:
+    """The head of the answer to one request on an open connection."""
+    sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    answer = b""
+    while b"\r\n\r\n" not in answer and (chunk := sock.recv(65536)):
+        answer += chunk
+    return answer.partition(b"\r\n\r\n")[0]
+
+
+def test_relay_connections_past_the_cap_get_a_503_naming_it_and_then_it_serves_again(tmp_path):
+    with serve_subprocess(tmp_path / "t.db") as upstream, relay_subprocess(
+        upstream, "--max-connections", "3",
+    ) as (url, _):  # fmt: skip
+        held = [_connect(url) for _ in range(3)]
+        try:
+            refused = _refusal(url)  # the fourth
+            in_cap = _served_on(held[0])  # those within the cap are served all along
+        finally:
+            for sock in held:
+                sock.close()
+        after = _served_again(url)
+    head, _, body = refused.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503") and b"Retry-After: 1" in head
+    assert msgspec.json.decode(body) == {
+        "reason": "engine relay is at its limit of 3 connections; retry later"}
+    assert in_cap.startswith(b"HTTP/1.1 200") and after.startswith(b"HTTP/1.1 200")
