@@ -26,6 +26,7 @@ from engine.server import (
     _routes_misc,
     _routes_objects,
     _routes_otel,
+    _routes_predictions,
     _routes_refs,
     _routes_tables,
     _routes_threads,
@@ -129,7 +130,10 @@ def key_ring(api_key: str | None, keys: KeyRing | None) -> KeyRing | None:
 
 # request Structs of routes the wire registry (engine.wire.routes) does not list
 REQUEST_TYPES = {**_routes_labels.REQUEST_TYPES, **_routes_v2.REQUEST_TYPES,
-                 **_routes_eval_runs.REQUEST_TYPES, **_routes_usage.REQUEST_TYPES}  # fmt: skip
+                 **_routes_eval_runs.REQUEST_TYPES, **_routes_usage.REQUEST_TYPES,
+                 **_routes_predictions.REQUEST_TYPES}  # fmt: skip
+# POST routes that read no body (weave's client sends none)
+NO_BODY_ROUTES = frozenset(_routes_predictions.NO_BODY)
 
 
 def build_app(
@@ -148,7 +152,7 @@ def build_app(
     for module in (_routes_misc, _routes_calls, _graphql, _routes_objects, _routes_tables,
                    _routes_refs, _routes_files, _routes_feedback, _routes_costs, _routes_otel,
                    _routes_threads, _routes_actions, _routes_completions, _routes_labels,
-                   _routes_v2, _routes_eval_runs, _routes_usage,
+                   _routes_v2, _routes_eval_runs, _routes_predictions, _routes_usage,
                    _routes_unsupported, _routes_ui):  # fmt: skip
         app.add_routes(module.routes)
     _routes_ui.add_pages(app)  # the trace browser's pages: after every API route

@@ -18,6 +18,12 @@ from aiohttp import web
 
 from engine.server._body import path_project
 from engine.server._calls_view import call_view
+from engine.server._eval_calls import (
+    PREDICT_AND_SCORE_OP,
+    PREDICT_AND_SCORE_OP_TS,
+    find_call,
+    op_is,
+)
 from engine.server._reply import not_found, ok, page_of, stream_jsonl
 from engine.server._routes_v2 import int_param
 from engine.server._state import state_of
@@ -29,7 +35,6 @@ from engine.wire.query import CallsFilter
 
 routes = web.RouteTableDef()
 RUN_OP = "Evaluation.evaluate"
-PREDICT_AND_SCORE_OP = "Evaluation.predict_and_score"
 SUMMARIZE_OP = "Evaluation.summarize"
 
 
@@ -72,11 +77,10 @@ def _run_answer(call: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _run_call(request: web.Request, project_id: str, run_id: str) -> dict[str, Any]:
-    query = CallsQuery(project_id=project_id, filter=CallsFilter(call_ids=[run_id]), limit=1)
-    page = await anext(state_of(request).store.query_calls(query), [])
-    if not page:
+    call = await find_call(state_of(request).store, project_id, run_id)
+    if call is None:
         raise not_found(f"evaluation run {run_id!r} in {project_id!r}")
-    return page[0]
+    return call
 
 
 @routes.post("/v2/{entity}/{project}/evaluation_runs")
@@ -136,7 +140,7 @@ def _means(children: list[dict[str, Any]]) -> dict[str, Any]:
     outputs: list[float] = []
     for call in children:
         output = _decoded(call.get("output"))
-        if not call["op_name"].split("/")[-1].startswith(PREDICT_AND_SCORE_OP) or not isinstance(output, dict):
+        if not op_is(call["op_name"], PREDICT_AND_SCORE_OP, PREDICT_AND_SCORE_OP_TS) or not isinstance(output, dict):
             continue
         if isinstance(output.get("output"), (int, float)) and not isinstance(output["output"], bool):
             outputs.append(float(output["output"]))

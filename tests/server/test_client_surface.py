@@ -44,6 +44,8 @@ def _requests(c: dict[str, Any]) -> dict[str, Any]:
     """``method -> request``, reading what earlier answers made up from ``c``."""
     digest = lambda label: getattr(c.get(label), "digest", "missing")  # noqa: E731
     table = digest("table_create")
+    run_id = getattr(c.get("evaluation_run_create"), "evaluation_run_id", "x")
+    prediction_id = getattr(c.get("prediction_create"), "prediction_id", "x")
     return {
         "server_info": None,
         "call_start": {"start": _start("c1")},
@@ -120,10 +122,20 @@ def _requests(c: dict[str, Any]) -> dict[str, Any]:
         "evaluation_run_read": {"project_id": P, "evaluation_run_id": getattr(
             c.get("evaluation_run_create"), "evaluation_run_id", "x")},
         "evaluation_run_list": {"project_id": P},
+        "prediction_create": {"project_id": P, "model": f"weave:///{P}/object/md:latest", "inputs": {"q": 1},
+                              "output": 2, "evaluation_run_id": run_id},
+        "prediction_read": {"project_id": P, "prediction_id": prediction_id},
+        "prediction_list": {"project_id": P, "evaluation_run_id": run_id},
+        "score_create": {"project_id": P, "prediction_id": prediction_id, "value": 1,
+                         "scorer": getattr(c.get("scorer_create"), "scorer", ""), "evaluation_run_id": run_id},
+        "score_read": {"project_id": P, "score_id": getattr(c.get("score_create"), "score_id", "x")},
+        "score_list": {"project_id": P},
+        "prediction_finish": {"project_id": P, "prediction_id": prediction_id},
         "evaluation_run_finish": {"project_id": P, "evaluation_run_id": getattr(
             c.get("evaluation_run_create"), "evaluation_run_id", "x"), "summary": {"done": True}},
-        "evaluation_run_delete": {"project_id": P, "evaluation_run_ids": [getattr(
-            c.get("evaluation_run_create"), "evaluation_run_id", "x")]},
+        "score_delete": {"project_id": P, "score_ids": [getattr(c.get("score_create"), "score_id", "x")]},
+        "prediction_delete": {"project_id": P, "prediction_ids": [prediction_id]},
+        "evaluation_run_delete": {"project_id": P, "evaluation_run_ids": [run_id]},
         "op_delete": {"project_id": P, "object_id": "add"},
         "dataset_delete": {"project_id": P, "object_id": "ds"},
         "scorer_delete": {"project_id": P, "object_id": "sc"},
@@ -169,15 +181,6 @@ def _requests(c: dict[str, Any]) -> dict[str, Any]:
         "agent_traces_chat": {"project_id": P, "trace_id": "t"},
         "agent_conversation_chat": {"project_id": P, "conversation_id": "c"},
         "agent_conversation_spans": {"project_id": P},
-        "prediction_create": {"project_id": P, "model": "m", "inputs": {}, "output": 1},
-        "prediction_list": {"project_id": P},
-        "prediction_read": {"project_id": P, "prediction_id": "p"},
-        "prediction_finish": {"project_id": P, "prediction_id": "p"},
-        "prediction_delete": {"project_id": P, "prediction_ids": ["p"]},
-        "score_create": {"project_id": P, "prediction_id": "p", "scorer": "s", "value": 1},
-        "score_list": {"project_id": P},
-        "score_read": {"project_id": P, "score_id": "s"},
-        "score_delete": {"project_id": P, "score_ids": ["s"]},
         "eval_results_query": {"project_id": P, "evaluation_call_ids": ["x"]},
     }  # fmt: skip
 

@@ -42,6 +42,8 @@ KNOWN = {
     "costs.calls_with_costs": "the reference answers its internal project id as pricing_level_id",
     "costs.read_with_costs": "as above",
     "threads.after": "the reference takes first_turn_id from outside the time window",
+    "evals.predict_read_finished": "the reference's prediction_finish ends the call again with a null output",
+    "evals.predict_list_after": "as above (both predictions were finished)",
 }
 
 

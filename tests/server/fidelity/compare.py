@@ -15,6 +15,10 @@ Normalisation (each server's answers separately, in step order):
 - A key whose value is null is dropped: weave's clients read a missing optional field and
   a null one alike.
 - An error answer is compared by its status alone (reasons are prose).
+- The caller's user id in answers of weave's REST prediction and score routes
+  (``CALLER_FILLED``) is not compared: those routes take no ``wb_user_id``, the hosted
+  server fills in the W&B user of the caller's key (the reference shim plays that caller),
+  and ``engine serve``'s keys name projects, not users, so it answers none.
 
 A step the reference cannot answer is listed, not scored: weave's SQLite server leaves
 the method unimplemented (501) or fails on the request (5xx: a bug of the reference, not a
@@ -39,6 +43,8 @@ ISO_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}")
 SCENARIO_YEAR = 2024  # every time a scenario sends lies in this year
 # (method, top-level field): in 0.54.0's response models, newer than the reference
 NEWER_FIELDS = frozenset({("obj_delete", "deleted_versions"), ("feedback_query", "total_count")})
+# methods whose answers carry the caller's user id as the hosted server knows it
+CALLER_FILLED = ("prediction_", "score_")
 # fields whose -1 means "the SQLite reference does not compute this"
 NOT_COMPUTED = frozenset({"total_size_bytes", "p50_turn_duration_ms", "p99_turn_duration_ms"})
 
@@ -164,6 +170,16 @@ def _drop_not_computed(reference: Any) -> Any:
     return reference
 
 
+def _without_caller(method: str, answer: Any) -> Any:
+    if not method.startswith(CALLER_FILLED):
+        return answer
+    if isinstance(answer, list):
+        return [_without_caller(method, item) for item in answer]
+    if isinstance(answer, dict):
+        return {k: v for k, v in answer.items() if k != "wb_user_id"}
+    return answer
+
+
 def _without_newer(method: str, ours: Any, reference: Any) -> Any:
     if not (isinstance(ours, dict) and isinstance(reference, dict)):
         return ours
@@ -187,6 +203,7 @@ def run(steps: list[Step], ours: Any, reference: Any) -> list[Outcome]:
     outcomes = []
     for step, (a, b) in zip(steps, answers, strict=True):
         ours, reference = comparable(a, Normaliser(sent)), comparable(b, Normaliser(sent))
+        ours, reference = _without_caller(step.method, ours), _without_caller(step.method, reference)
         ours = _without_not_computed(_without_newer(step.method, ours, reference), reference)
         outcomes.append(Outcome(step, ours, _drop_not_computed(reference)))
     return outcomes

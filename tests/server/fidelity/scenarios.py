@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tests.server.fidelity.compare import Step
+from tests.server.fidelity.scenarios_evals import evals
 
 T0 = dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
 USER = "user-a"  # what the hosted server fills in from the caller's key
@@ -647,4 +648,4 @@ def v2_objects() -> list[Step]:
 
 def all_steps() -> list[Step]:
     return [*calls_ingest(), *calls_reads(), *calls_edits(), *objects(), *ops_v2(), *tables(),
-            *refs(), *files(), *feedback(), *costs(), *threads(), *v2_objects()]  # fmt: skip
+            *refs(), *files(), *feedback(), *costs(), *threads(), *v2_objects(), *evals()]  # fmt: skip
