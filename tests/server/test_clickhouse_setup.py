@@ -1,11 +1,17 @@
 """ClickHouse store set-up: --store URLs and credentials, versioned migrations."""
 
+import datetime as dt
+
 import clickhouse_connect
 import pytest
 
 from engine.common._errors import ConfigError
+from engine.server._store import CallsQuery
 from engine.server.clickhouse import ClickHouseStore, parse_store_url
+from engine.server.clickhouse._calls import call_parts, delete_parts, rename_part
+from engine.server.clickhouse._connect import connect
 from engine.server.clickhouse._migrate import bundled, migrate
+from engine.wire.calls import CompletedCallSchemaForInsert
 from tests.server.clickhouse_fixtures import PASSWORD, clickhouse_server, clickhouse_url  # noqa: F401
 from tests.server.harness import run_on
 
@@ -51,3 +57,33 @@ def test_migrations_apply_once_and_a_newer_schema_is_refused(clickhouse_url):  #
     client.insert("schema_migrations", [[999, "from_the_future"]], column_names=["version", "name"])
     with pytest.raises(ConfigError, match="schema version 999, newer than"):
         ClickHouseStore(target)
+
+
+def test_calls_stored_under_the_first_layout_move_to_the_part_log(clickhouse_url):  # noqa: F811
+    """Migration 0003: calls written through 0001's view (call_parts -> calls_merged) read
+    back unchanged, renames, deletes and arrival order included."""
+    target = parse_store_url(clickhouse_url)
+    client = connect(target, None)
+    client.command(f"CREATE DATABASE IF NOT EXISTS `{target.database}`")
+    client = connect(target, target.database)
+    migrate(client, bundled()[:2])
+    t0 = dt.datetime(2026, 1, 2, tzinfo=dt.timezone.utc)
+    calls = [CompletedCallSchemaForInsert(
+        project_id="ent/old", id=i, op_name="op", trace_id="t", started_at=t0, ended_at=t0,
+        attributes={}, inputs={"i": i}, output=i, summary={},
+    ) for i in ("b", "a", "c")]  # fmt: skip
+    for body in (call_parts([], [], calls, 10)[0], rename_part("ent/old", "a", "renamed", 20),
+                 delete_parts("ent/old", ["c"], 30)):  # fmt: skip
+        client.raw_insert("call_parts", None, insert_block=body, fmt="JSONCompactEachRow")
+
+    async def read():
+        store = ClickHouseStore(target)  # applies 0003
+        try:
+            assert store.migrated == [3]
+            return [c async for page in store.query_calls(CallsQuery(project_id="ent/old")) for c in page]
+        finally:
+            await store.close()
+
+    got = run_on("asyncio", read())
+    assert [(c["id"], c["display_name"], bytes(c["output"])) for c in got] == [
+        ("b", None, b'"b"'), ("a", "renamed", b'"a"')]  # fmt: skip

@@ -12,6 +12,8 @@ names come from whitelists, never from the request.
 
 from __future__ import annotations
 
+import itertools
+import operator
 import re
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -19,6 +21,7 @@ from typing import Any
 import msgspec
 
 from engine.server._calls_sql import Selection
+from engine.server._ingest_models import RawCompletedCall, RawEndedCall, RawStartedCall
 from engine.server._rows import (
     END_COLUMNS,
     SELECT_COLUMNS,
@@ -35,20 +38,24 @@ from engine.server.clickhouse._dialect import CLICKHOUSE, bind
 from engine.wire.query import CallsFilter
 
 _END_PAYLOAD = END_COLUMNS[2:]  # an end's trace_id / started_at are hints a start overrides
+PARTS_TABLE = "call_part_log"  # migration 0003
 PART_COLUMNS = ("project_id", "id", "version", "has_start", "has_end", "has_name", "is_delete",
                 *START_COLUMNS, *_END_PAYLOAD)  # fmt: skip
 _NO_START = (None,) * len(START_COLUMNS)
 _NO_END = (None,) * len(_END_PAYLOAD)
 _NO_NAME_FIELDS = (None,) * (len(START_COLUMNS) - 2)
 _lines = msgspec.json.Encoder()
+_RAW_TYPES = frozenset({RawStartedCall, RawEndedCall, RawCompletedCall})
+_output = operator.attrgetter("output")
 
 # -- writing ------------------------------------------------------------------------------
 
 
 def call_parts(starts: Sequence[Start], ends: Sequence[End], completes: Sequence[Complete],
                first_version: int) -> tuple[bytes, int]:  # fmt: skip
-    """The rows of one batch as JSON lines, versions from ``first_version`` on; returns
-    (body, rows)."""
+    """The rows of one batch built here as JSON lines (``PART_COLUMNS``), versions from
+    ``first_version`` on; returns (body, rows). For small batches and the calls the
+    server makes itself; large batches of the ingest routes go through :func:`bulk_parts`."""
     rows: list[tuple] = []
     version = first_version
     for s in starts:
@@ -61,6 +68,88 @@ def call_parts(starts: Sequence[Start], ends: Sequence[End], completes: Sequence
         rows.append((c.project_id, c.id, version, 1, 1, 0, 0, *complete_row(c)[2:]))
         version += 1
     return _lines.encode_lines(rows), len(rows)
+
+
+def bulk_ready(*kinds: Sequence[Any]) -> bool:
+    """Whether every part is one of the raw ingest models :func:`bulk_parts` encodes."""
+    return {type(x) for kind in kinds for x in kind} <= _RAW_TYPES
+
+
+def bulk_parts(starts: Sequence[Start], ends: Sequence[End], completes: Sequence[Complete]) -> bytes:
+    """A batch as ClickHouse parses it itself (:data:`BULK_INSERT`): one JSON array per
+    part, ``[<the part as sent, re-encoded by msgspec in C>, <base64 of its output>]``.
+
+    Nothing is built per call in Python but the pair: ClickHouse reads each JSON field
+    (inputs, attributes, summary: objects) verbatim as text, converts the times and
+    numbers, numbers the parts from the batch's first version. ``output`` may be any JSON
+    value, and ClickHouse reads a JSON string as its unquoted text, so it travels apart as
+    the bytes of its raw JSON (msgspec writes bytes as base64, ClickHouse decodes them)."""
+    return b"".join((
+        _lines.encode_lines(zip(starts, itertools.repeat(b""))),
+        _lines.encode_lines(zip(ends, map(bytes, map(_output, ends)))),
+        _lines.encode_lines(zip(completes, map(bytes, map(_output, completes)))),
+    ))  # fmt: skip
+
+
+def _iso_us(text: str) -> str:
+    """SQL: microseconds since the epoch of an RFC 3339 time as msgspec writes it
+    (``YYYY-MM-DDTHH:MM:SS[.ffffff][Z|±HH:MM]``, no zone meaning UTC), for every year
+    0001-9999 (ClickHouse's DateTime64 holds 1900-2299 only): the civil-date arithmetic
+    of days_from_civil, in integers."""
+    y = f"toInt64(substring({text}, 1, 4))"
+    month = f"toInt64(substring({text}, 6, 2))"
+    yy = f"({y} - ({month} <= 2))"
+    era = f"intDiv({yy}, 400)"
+    yoe = f"({yy} - {era} * 400)"
+    doy = f"(intDiv(153 * (({month} + 9) % 12) + 2, 5) + toInt64(substring({text}, 9, 2)) - 1)"
+    doe = f"({yoe} * 365 + intDiv({yoe}, 4) - intDiv({yoe}, 100) + {doy})"
+    days = f"({era} * 146097 + {doe} - 719468)"
+    clock = (f"toInt64(substring({text}, 12, 2)) * 3600 + toInt64(substring({text}, 15, 2)) * 60 "
+             f"+ toInt64(substring({text}, 18, 2))")  # fmt: skip
+    zone = f"extract({text}, '[+-][0-9][0-9]:[0-9][0-9]$')"
+    offset = (f"if({zone} = '', 0, (toInt64(substring({zone}, 2, 2)) * 3600 "
+              f"+ toInt64(substring({zone}, 5, 2)) * 60) * if(startsWith({zone}, '-'), -1, 1))")  # fmt: skip
+    micros = f"toInt64(rightPad(substring(extract({text}, '^.{{19}}[.]([0-9]+)'), 1, 6), 6, '0'))"
+    return f"(({days} * 86400 + {clock} - {offset}) * 1000000 + {micros})"
+
+
+_STRING_FIELDS = ("op_name", "display_name", "trace_id", "parent_id", "thread_id", "turn_id",
+                  "attributes", "inputs", "otel_dump", "wb_user_id", "wb_run_id", "exception",
+                  "summary")  # fmt: skip
+_PART_TUPLE = ", ".join([
+    "project_id String", "id String", "started_at Nullable(String)", "ended_at Nullable(String)",
+    "wb_run_step Nullable(Int64)", "wb_run_step_end Nullable(Int64)",
+    *(f"{name} Nullable(String)" for name in _STRING_FIELDS),
+])  # fmt: skip
+_BULK_VALUES = {
+    "project_id": "c.project_id", "id": "c.id",
+    "version": "{first_version:UInt64} + rowNumberInAllBlocks()",
+    "has_start": "c.op_name IS NOT NULL", "has_end": "c.ended_at IS NOT NULL",
+    "has_name": "0", "is_delete": "0",
+    "started_at_us": _iso_us("c.started_at"), "ended_at_us": _iso_us("c.ended_at"),
+    "wb_run_step": "c.wb_run_step", "wb_run_step_end": "c.wb_run_step_end",
+    # a raw null (a left-out otel_dump or output) is NULL / 'null' as call_parts() stores them
+    "otel_dump": "nullIf(c.otel_dump, 'null')",
+    "output": "if(c.ended_at IS NULL, NULL, base64Decode(o))",
+    **{name: f"c.{name}" for name in _STRING_FIELDS if name != "otel_dump"},
+}  # fmt: skip
+
+
+def bulk_insert(source: str) -> str:
+    """The INSERT of :func:`bulk_parts`' body read from ``source``: ``input(…)`` over HTTP,
+    a file's ``file(…)`` in chdb (:func:`bulk_structure` is the structure either takes)."""
+    values = ", ".join(_BULK_VALUES[c] for c in PART_COLUMNS)
+    return f"INSERT INTO {PARTS_TABLE} ({', '.join(PART_COLUMNS)}) SELECT {values} FROM {source}"
+
+
+BULK_STRUCTURE = f"c Tuple({_PART_TUPLE}), o String"
+BULK_FORMAT = "JSONCompactEachRow"
+# objects as their verbatim text; fields ClickHouse has no column for are skipped
+BULK_SETTINGS = {
+    "input_format_json_read_objects_as_strings": 1,
+    "input_format_json_ignore_unknown_keys_in_named_tuple": 1,
+    "input_format_skip_unknown_fields": 1,
+}
 
 
 def rename_part(project_id: str, call_id: str, name: str | None, version: int) -> bytes:
@@ -77,21 +166,26 @@ def delete_parts(project_id: str, call_ids: Iterable[str], first_version: int) -
 
 # -- reading ------------------------------------------------------------------------------
 
-_VISIBLE_END = "max(end_version) > max(deleted_version)"
-# the projection of a read, in SELECT_COLUMNS order; otel_dump is never sent back
-_READ_COLUMNS = tuple(c for c in SELECT_COLUMNS[2:] if c != "otel_dump")
+_VISIBLE_END = "maxIf(version, has_end) > maxIf(version, is_delete)"
+# the projection of a read, in SELECT_COLUMNS order (otel_dump too: an OTel span reads
+# back as attributes.otel_span)
+_READ_COLUMNS = SELECT_COLUMNS[2:]
 _MERGED = frozenset(SELECT_COLUMNS[2:])
 _COLUMN_NAMES = re.compile(r"\b(" + "|".join(sorted(_MERGED, key=len, reverse=True)) + r")\b")
 _UINT64_MAX = 2**64 - 1
 
 
 def _merged_expr(column: str) -> str:
-    """How ``calls_merged`` gives one column of a call (inside ``GROUP BY id``)."""
-    if column == "op_name":
-        return "argMaxMerge(op_name)"
+    """How one column of a call is merged from its parts (inside ``GROUP BY id``): from
+    the newest part that carries its group. A 1-tuple keeps NULL a value (argMax skips
+    NULLs), so a start that sets a field back to NULL sticks."""
+    if column == "op_name":  # never NULL in a start
+        return "argMaxIf(op_name, version, has_start)"
+    if column == "display_name":  # a start or a rename sets it
+        return "argMaxIf(tuple(display_name), version, has_start OR has_name).1"
     if column in _END_PAYLOAD:  # an end from before the last delete is not this call's
-        return f"if({_VISIBLE_END}, argMaxMerge({column}).1, NULL)"
-    return f"argMaxMerge({column}).1"
+        return f"if({_VISIBLE_END}, argMaxIf(tuple({column}), version, has_end).1, NULL)"
+    return f"argMaxIf(tuple({column}), version, has_start).1"
 
 
 def merged_calls(columns: Iterable[str], where: Sequence[str] = ()) -> str:
@@ -104,8 +198,8 @@ def merged_calls(columns: Iterable[str], where: Sequence[str] = ()) -> str:
     renamed = "".join(f", m_{c} AS {c}" for c in names)
     return (
         f"SELECT m_id AS id, {{project_id:String}} AS project_id, m_seq AS seq{renamed} FROM ("
-        f"SELECT id AS m_id, min(first_version) AS m_seq{merged} FROM calls_merged "
-        f"WHERE {conditions} GROUP BY id HAVING max(start_version) > max(deleted_version))"
+        f"SELECT id AS m_id, min(version) AS m_seq{merged} FROM {PARTS_TABLE} "
+        f"WHERE {conditions} GROUP BY id HAVING maxIf(version, has_start) > maxIf(version, is_delete))"
     )
 
 
@@ -129,8 +223,8 @@ class CallsSql:
         return f"({merged_calls({*self._used, *columns}, self._parts_where)}) AS calls"
 
     def select(self, limit: int | None, offset: int) -> str:
-        """Rows in ``SELECT_COLUMNS`` order (``otel_dump`` NULL: never sent back)."""
-        projection = ", ".join("NULL" if c == "otel_dump" else c for c in SELECT_COLUMNS)
+        """Rows in ``SELECT_COLUMNS`` order."""
+        projection = ", ".join(SELECT_COLUMNS)
         page = ""
         if limit is not None or offset:
             self.params["limit"] = _UINT64_MAX if limit is None else limit

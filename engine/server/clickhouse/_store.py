@@ -15,10 +15,13 @@ store still waits for each to be written before it answers.
 from __future__ import annotations
 
 import asyncio
+import os
+import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from engine.server._calls_view import stored_bytes
@@ -74,6 +77,10 @@ class ClickHouseStore(Store):
         self._pool = ThreadPoolExecutor(_THREADS, thread_name_prefix="engine-clickhouse")
         connect(target, None).command(f"CREATE DATABASE IF NOT EXISTS `{target.database}`")
         self.migrated = migrate(self._client())
+        # embedded chDB reads a bulk insert from a file: private to this process
+        self._spool = Path(target.path) / "insert-spool" if target.interface == "chdb" else Path()
+        if target.interface == "chdb":
+            self._spool.mkdir(mode=0o700, exist_ok=True)
 
     def _client(self) -> Any:
         client = getattr(self._local, "client", None)
@@ -94,11 +101,33 @@ class ClickHouseStore(Store):
         if count:
             await self._run(self._insert_calls, starts, ends, completes, self._clock.take(count))
 
-    @staticmethod
-    def _insert_calls(client: Any, starts: list[Start], ends: list[End], completes: list[Complete],
-                      first_version: int) -> None:  # fmt: skip
+    def _insert_calls(self, client: Any, starts: list[Start], ends: list[End],
+                      completes: list[Complete], first_version: int) -> None:  # fmt: skip
+        if len(starts) + len(ends) + len(completes) > ASYNC_INSERT_MAX_ROWS and \
+                _calls.bulk_ready(starts, ends, completes):  # fmt: skip
+            self._bulk_insert(client, _calls.bulk_parts(starts, ends, completes), first_version)
+            return
         body, rows = _calls.call_parts(starts, ends, completes, first_version)
         _insert_parts(client, body, _ASYNC_INSERT if rows <= ASYNC_INSERT_MAX_ROWS else None)
+
+    def _bulk_insert(self, client: Any, body: bytes, first_version: int) -> None:
+        """One INSERT … SELECT that ClickHouse parses itself: over HTTP the body follows
+        the statement (``input()``); embedded chDB reads it from a private file."""
+        params = {"first_version": first_version}
+        structure = _quote(_calls.BULK_STRUCTURE)
+        if self.target.interface != "chdb":
+            sql = _calls.bulk_insert(f"input({structure})") + f" FORMAT {_calls.BULK_FORMAT}"
+            client.command(sql, parameters=params, data=body, settings=_calls.BULK_SETTINGS)
+            return
+        fd, name = tempfile.mkstemp(prefix="insert-", suffix=".jsonl", dir=self._spool)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(body)
+            source = f"file({_quote(name)}, '{_calls.BULK_FORMAT}', {structure})"
+            client.command(_calls.bulk_insert(source), parameters=params,
+                           settings=_calls.BULK_SETTINGS)  # fmt: skip
+        finally:
+            os.unlink(name)
 
     async def query_calls(self, query: CallsQuery) -> AsyncIterator[list[CallRow]]:
         sql = _calls.CallsSql(query)  # InvalidQuery before anything runs
@@ -248,8 +277,12 @@ class ClickHouseStore(Store):
         self._pool.shutdown(wait=True)
 
 
+def _quote(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def _insert_parts(client: Any, body: bytes, settings: dict[str, Any] | None) -> None:
-    client.raw_insert("call_parts", list(_calls.PART_COLUMNS), insert_block=body,
+    client.raw_insert(_calls.PARTS_TABLE, list(_calls.PART_COLUMNS), insert_block=body,
                       fmt="JSONCompactEachRow", settings=settings)  # fmt: skip
 
 

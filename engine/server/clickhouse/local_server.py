@@ -19,7 +19,8 @@ ClickHouse database exactly as they would share a real server:
   ``--password-file`` (never argv); without one, no password is asked (loopback only).
 
 Every statement is executed by ClickHouse's own engine; this module parses nothing but
-the ``INSERT … FORMAT`` head, whose data it hands to ClickHouse's ``file()`` reader.
+the ``INSERT … FORMAT`` head, whose data it hands to ClickHouse's ``file()`` reader
+(``INSERT … SELECT … FROM input('structure') FORMAT F``: ``input`` reads that file).
 
 Run: ``python -m engine.server.clickhouse.local_server --path DIR --port 8123``; the
 line ``listening on http://HOST:PORT`` says it is ready.
@@ -61,6 +62,8 @@ _INSERT_HEAD = re.compile(
 )
 # an INSERT whose data follows its head in the body (``INSERT … FORMAT F\n<data>``)
 _INSERT_IN_BODY = re.compile(rb"^\s*(INSERT\s+INTO\s.*?\sFORMAT\s+\w+)[ \t]*\r?\n", re.IGNORECASE | re.DOTALL)
+# the input() table function of an INSERT … SELECT: its data is the request body
+_INPUT = re.compile(r"\binput\(", re.IGNORECASE)
 _CODE = re.compile(r"Code: (\d+)")
 # chDB streams the answers of queries only; any other statement answers in one piece
 _STREAMABLE = re.compile(r"^[\s(]*(SELECT|WITH)\b", re.IGNORECASE)
@@ -154,7 +157,11 @@ class Engine:
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(request.data or b"")
-            sql = f"{match['head']} SELECT * FROM file({_quote(name)}, {_quote(match['fmt'])})"
+            source = f"file({_quote(name)}, {_quote(match['fmt'])}"
+            if _INPUT.search(match["head"]):  # INSERT … SELECT … FROM input('structure')
+                sql = _INPUT.sub(lambda _: source + ", ", match["head"], count=1)
+            else:
+                sql = f"{match['head']} SELECT * FROM {source})"
             self._query(conn, sql, "TabSeparated", request.params)
         finally:
             os.unlink(name)
