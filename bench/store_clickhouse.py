@@ -14,6 +14,9 @@ Stores: ``sqlite`` (a file in a temporary folder), ``clickhouse`` (the local Cli
 server, ``engine.server.clickhouse.local_server``, in its own process, over HTTP), and
 ``chdb`` (ClickHouse embedded in this process). Prints one JSON line per store and a
 markdown table. Wall-clock figures on a shared 2-core box are noisy: run it more than once.
+CPU per call is given apart for this process (the store's Python side; for chdb also the
+embedded engine) and for the local ClickHouse server process (``clickhouse`` only), from
+getrusage and /proc: what a dedicated machine could do does not depend on the neighbours.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import argparse
 import asyncio
 import datetime as dt
 import json
+import os
+import resource
 import tempfile
 import time
 import uuid
@@ -68,25 +73,56 @@ async def _ingest(store: Store, batches: list[list[Any]], writers: int) -> float
     return time.perf_counter() - t0
 
 
-async def _measure(name: str, store: Store, batches: list[list[Any]], writers: int) -> dict[str, Any]:
+class _Cpu:
+    """CPU seconds of this process (every thread: chdb's too) plus the ClickHouse server's,
+    so a figure on a shared box can be read as CPU per call, not only wall time."""
+
+    def __init__(self, server_pid: int | None) -> None:
+        self._pid = server_pid
+        self._tick_s = 1 / os.sysconf("SC_CLK_TCK")
+
+    def _server_s(self) -> float:
+        if self._pid is None:
+            return 0.0
+        fields = Path(f"/proc/{self._pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) * self._tick_s  # utime, stime
+
+    def now(self) -> tuple[float, float]:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime, self._server_s()
+
+
+def _spent(cpu: _Cpu, before: tuple[float, float], per: int) -> dict[str, float]:
+    after = cpu.now()
+    return {"engine_us": round((after[0] - before[0]) / per * 1e6, 2),
+            "server_us": round((after[1] - before[1]) / per * 1e6, 2)}  # fmt: skip
+
+
+async def _measure(name: str, store: Store, batches: list[list[Any]], writers: int,
+                   cpu: _Cpu) -> dict[str, Any]:  # fmt: skip
     n_calls = sum(len(b) for b in batches)
+    c0 = cpu.now()
     ingest_s = await _ingest(store, batches, writers)
+    ingest_cpu = _spent(cpu, c0, n_calls)
     t0 = time.perf_counter()
     count = await store.count_calls(CallsQuery(project_id=PROJECT))
     count_s = time.perf_counter() - t0
-    t0, read = time.perf_counter(), 0
+    t0, read, c0 = time.perf_counter(), 0, cpu.now()
     async for page in store.query_calls(CallsQuery(project_id=PROJECT)):
         read += len(page)
     read_s = time.perf_counter() - t0
+    read_cpu = _spent(cpu, c0, max(read, 1))
     assert count == read == n_calls, (name, count, read, n_calls)
     return {
         "store": name, "calls": n_calls, "ingest_calls_per_s": round(n_calls / ingest_s),
+        "ingest_cpu_us_per_call": ingest_cpu,
         "query_stats_s": round(count_s, 3), "stream_rows_per_s": round(read / read_s),
-    }
+        "stream_cpu_us_per_row": read_cpu,
+    }  # fmt: skip
 
 
 async def _run_store(name: str, folder: Path, batches: list[list[Any]], writers: int,
-                     clickhouse_url: str | None) -> dict[str, Any]:  # fmt: skip
+                     clickhouse_url: str | None, server_pid: int) -> dict[str, Any]:  # fmt: skip
     if name == "sqlite":
         store: Store = SQLiteStore(folder / "bench.db")
     else:
@@ -95,17 +131,21 @@ async def _run_store(name: str, folder: Path, batches: list[list[Any]], writers:
         url = clickhouse_url if name == "clickhouse" else f"chdb://{folder / 'chdb'}"
         store = ClickHouseStore(parse_store_url(url))
     try:
-        return await _measure(name, store, batches, writers)
+        cpu = _Cpu(server_pid if name == "clickhouse" else None)
+        return await _measure(name, store, batches, writers, cpu)
     finally:
         await store.close()
 
 
 def _table(results: list[dict[str, Any]]) -> str:
-    lines = ["| store | calls | ingest calls/s | calls_query_stats (s) | streamed rows/s |",
-             "|---|---:|---:|---:|---:|"]  # fmt: skip
+    lines = ["| store | calls | ingest calls/s | ingest CPU µs/call (engine + ClickHouse server) "
+             "| calls_query_stats (s) | streamed rows/s | stream CPU µs/row (engine + server) |",
+             "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for r in results:
+        ic, sc = r["ingest_cpu_us_per_call"], r["stream_cpu_us_per_row"]
         lines.append(f"| {r['store']} | {r['calls']:,} | {r['ingest_calls_per_s']:,} | "
-                     f"{r['query_stats_s']} | {r['stream_rows_per_s']:,} |")  # fmt: skip
+                     f"{ic['engine_us']} + {ic['server_us']} | {r['query_stats_s']} | "
+                     f"{r['stream_rows_per_s']:,} | {sc['engine_us']} + {sc['server_us']} |")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -126,7 +166,8 @@ def main(argv: list[str] | None = None) -> None:
         with local_clickhouse(folder / "server") as server:
             url = server.store_url(f"bench_{uuid.uuid4().hex[:8]}")
             for name in args.stores.split(","):
-                result = asyncio.run(_run_store(name, folder, batches, args.writers, url))
+                result = asyncio.run(_run_store(name, folder, batches, args.writers, url,
+                                                server.proc.pid))  # fmt: skip
                 result["profile"] = args.profile
                 print(json.dumps(result), flush=True)
                 results.append(result)

@@ -48,6 +48,8 @@ class Dialect:
     """How SQLite spells the pieces of a call query; another engine overrides these."""
 
     time_columns = {"started_at": "started_at_us", "ended_at": "ended_at_us"}
+    # a call is matched once its start arrived (a row may hold only its end so far)
+    started = "op_name IS NOT NULL"
 
     def json_path(self, parts: Sequence[str]) -> str:
         return "$" + "".join(f"[{p}]" if p.isdigit() else '."' + p.replace('"', '\\"') + '"'
@@ -307,7 +309,7 @@ class Selection:
 
     def __init__(self, query: CallsQuery, dialect: Dialect = SQLITE) -> None:
         self.d = dialect
-        where = [Sql("project_id = ?", (query.project_id,)), Sql("op_name IS NOT NULL")]
+        where = [Sql("project_id = ?", (query.project_id,)), Sql(dialect.started)]
         if query.filter is not None:
             where += self._filter(query.filter)
         if query.query is not None:

@@ -1,0 +1,43 @@
+"""``engine serve --store chdb:///FOLDER``: ClickHouse embedded in the server process, end
+to end through HTTP: small writes and bulk batches (parsed by chDB from a private spool
+file), queries, edits, and everything still there after a restart on the same folder."""
+
+import stat
+
+import pytest
+
+from engine.server import serve_subprocess
+from tests.server.harness import PROJECT, complete, end, start, upsert_batch
+from tests.server.test_clickhouse_replicas import _json, _post, _stream
+
+pytestmark = pytest.mark.integration
+
+
+def test_serve_on_embedded_chdb_end_to_end_and_after_a_restart(tmp_path):
+    folder = tmp_path / "ch"
+    store = f"chdb://{folder}"
+    ids = [f"c{i:03d}" for i in range(150)]  # more than 64 parts: the bulk path
+    with serve_subprocess(store=store) as url:
+        _post(url, "/call/upsert_batch", upsert_batch(
+            *(("start", start(i, t_s=n, parent_id=None if n % 10 == 0 else ids[n - 1]))
+              for n, i in enumerate(ids)),
+            *(("end", end(i, t_s=n + 1)) for n, i in enumerate(ids[:100])),
+        ))  # fmt: skip
+        _post(url, "/call/start", {"start": start("single", t_s=500)})  # a small write
+        _post(url, "/v2/ent/proj/calls/complete", {"batch": [complete("done", t_s=600)]})
+        _post(url, "/call/update", {"project_id": PROJECT, "call_id": "c001", "display_name": "one"})
+        assert _json(url, "/calls/delete", {"project_id": PROJECT, "call_ids": ["c149"]}) == {"num_deleted": 1}
+
+        calls = _stream(url)
+        assert [c["id"] for c in calls] == [*ids[:149], "single", "done"]
+        assert calls[1]["display_name"] == "one" and calls[1]["output"] == {"answer": "a-c001"}
+        assert calls[121]["ended_at"] is None and calls[121]["parent_id"] == "c120"
+        stats = {"project_id": PROJECT, "filter": {"trace_roots_only": True}}
+        assert _json(url, "/calls/query_stats", stats)["count"] == 15 + 2  # c000, c010 … c140
+        query = {"$expr": {"$gt": [{"$getField": "summary.weave.latency_ms"}, {"$literal": 0}]}}
+        assert len(_stream(url, query=query)) == 100 + 1  # the ended ones
+
+    assert stat.S_IMODE((folder / "insert-spool").stat().st_mode) == 0o700
+    with serve_subprocess(store=store) as url:  # the same folder, a new process
+        assert len(_stream(url)) == 151
+        assert _json(url, "/call/read", {"project_id": PROJECT, "id": "c001"})["call"]["display_name"] == "one"
