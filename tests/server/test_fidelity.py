@@ -13,13 +13,15 @@ Reproduce the report: ``python -m tests.server.fidelity`` (``--store`` / ``--url
 import pytest
 
 from engine.server import serve_subprocess
+from tests.server.clickhouse_fixtures import clickhouse_server, clickhouse_url  # noqa: F401
 from tests.server.fidelity.backends import HttpServer, ReferenceServer
 from tests.server.fidelity.compare import report, run, score
 from tests.server.fidelity.scenarios import all_steps
 
 pytestmark = [pytest.mark.integration, pytest.mark.peers]
 
-STORES = ["sqlite"]
+# "clickhouse": the session's local ClickHouse server, a database per test
+STORES = ["sqlite", "clickhouse"]
 # the share of scored steps that must answer identically
 MIN_IDENTICAL = 0.92
 # step label -> why ours differs (docs/server-fidelity.md has the long form)
@@ -51,7 +53,10 @@ KNOWN = {
 def outcomes(request, tmp_path):
     reference = ReferenceServer(tmp_path / "reference.db")
     try:
-        with serve_subprocess(tmp_path / "engine.db", store=request.param) as url:
+        store = request.param
+        if store == "clickhouse":
+            store = request.getfixturevalue("clickhouse_url")
+        with serve_subprocess(tmp_path / "engine.db", store=store) as url:
             ours = HttpServer(url)
             try:
                 yield run(all_steps(), ours, reference)
