@@ -18,15 +18,19 @@ pytestmark = pytest.mark.integration
 _PRODUCERS, _CALLS = 4, 150
 
 
-def _produce(tracer, queue) -> None:
+def _produce(tracer, queue, barrier) -> None:
     queue.put(trace_structs(tracer, _CALLS, prefix=f"p{os.getpid()}"))
+    # every producer holds its slot until all have written, so the slots in use are
+    # distinct and both senders have some to read (a producer that closes first would
+    # hand its slot to the next one: all of them could land on one sender's slot)
+    barrier.wait(timeout=60)
     tracer.close()
 
 
 def _run_producers(eng) -> list[str]:
     ctx = multiprocessing.get_context("fork")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_produce, args=(eng.producer(), queue))
+    queue, barrier = ctx.Queue(), ctx.Barrier(_PRODUCERS)
+    procs = [ctx.Process(target=_produce, args=(eng.producer(), queue, barrier))
              for _ in range(_PRODUCERS)]
     for p in procs:
         p.start()
@@ -64,12 +68,20 @@ def test_a_killed_sender_is_replaced_and_its_slots_delivered(tmp_path):
     with FaultServer() as server, make_engine(server.url, tmp_path, senders=2) as eng:
         first = _run_producers(eng)
         assert eng.flush(timeout_s=60)
+        before = _records_by_slot(eng.stats())
         eng._senders[1].kill()
         more = _run_producers(eng)
         assert eng.flush(timeout_s=60)
         stats = eng.stats()
         assert server.stored_ids(PROJECT) == set(first + more)
+    after = _records_by_slot(stats)
+    # calls went into the killed sender's slots after it died (and were delivered above)
+    assert any(after[slot] > before.get(slot, 0) for slot in after if slot % 2 == 1)
     assert stats["sender_restarts"] >= 1
+
+
+def _records_by_slot(stats: dict) -> dict[int, int]:
+    return {s["slot"]: s["records_written"] for s in stats["ring"]["slots"]}
 
 
 def test_the_ring_has_a_sleeping_flag_for_each_sender_config_allows():
