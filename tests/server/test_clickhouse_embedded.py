@@ -8,7 +8,7 @@ import pytest
 
 from engine.server import serve_subprocess
 from tests.server.harness import PROJECT, complete, end, start, upsert_batch
-from tests.server.test_clickhouse_replicas import _json, _post, _stream
+from tests.server.test_clickhouse_replicas import _get_json, _json, _post, _stream
 
 pytestmark = pytest.mark.integration
 
@@ -36,8 +36,11 @@ def test_serve_on_embedded_chdb_end_to_end_and_after_a_restart(tmp_path):
         assert _json(url, "/calls/query_stats", stats)["count"] == 15 + 2  # c000, c010 … c140
         query = {"$expr": {"$gt": [{"$getField": "summary.weave.latency_ms"}, {"$literal": 0}]}}
         assert len(_stream(url, query=query)) == 100 + 1  # the ended ones
+        # the trace browser's projects page: every visible call (not the deleted c149)
+        assert _get_json(url, "/ui/projects") == {"projects": [{"project_id": PROJECT, "calls": 151}]}
 
     assert stat.S_IMODE((folder / "insert-spool").stat().st_mode) == 0o700
     with serve_subprocess(store=store) as url:  # the same folder, a new process
         assert len(_stream(url)) == 151
+        assert _get_json(url, "/ui/projects")["projects"] == [{"project_id": PROJECT, "calls": 151}]
         assert _json(url, "/call/read", {"project_id": PROJECT, "id": "c001"})["call"]["display_name"] == "one"

@@ -26,6 +26,11 @@ def _json(url: str, path: str, body: dict) -> dict:
     return msgspec.json.decode(_post(url, path, body))
 
 
+def _get_json(url: str, path: str) -> dict:
+    with urllib.request.urlopen(url + path, timeout=60) as resp:
+        return msgspec.json.decode(resp.read())
+
+
 def _stream(url: str, **query) -> list[dict]:
     lines = _post(url, "/calls/stream_query", {"project_id": PROJECT, **query}).splitlines()
     return [msgspec.json.decode(line) for line in lines]
@@ -54,3 +59,5 @@ def test_two_serve_replicas_share_one_clickhouse(clickhouse_url):  # noqa: F811
         deleted = _json(reader, "/calls/delete", {"project_id": PROJECT, "call_ids": ["a"]})
         assert deleted == {"num_deleted": 2}  # a and its child b
         assert [c["id"] for c in _stream(writer)] == ["c"]
+        # the trace browser's projects page, through the replica that wrote none of them
+        assert _get_json(reader, "/ui/projects") == {"projects": [{"project_id": PROJECT, "calls": 1}]}

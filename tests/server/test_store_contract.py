@@ -11,7 +11,11 @@ import pytest
 from engine.server._count_store import CountStore
 from engine.server._sqlite_store import SQLiteStore
 from engine.server._store import CallsQuery, Doc, DocsQuery, ObjectsQuery, ObjectVersion
-from engine.wire.calls import CompletedCallSchemaForInsert
+from engine.wire.calls import (
+    CompletedCallSchemaForInsert,
+    EndedCallSchemaForInsert,
+    StartedCallSchemaForInsert,
+)
 from engine.wire.query import CallsFilter, SortBy
 from tests.server.harness import run_on
 
@@ -72,6 +76,29 @@ def test_calls_upsert_query_sort_page_and_delete_subtrees(store_run):
         "all": ["r", "a", "b", "z"], "desc_page": ["b", "a"], "roots": ["r", "z"], "count": 3,
         "deleted": ["a", "b"], "left": ["r", "z"], "renamed": True, "renamed_gone": False,
     }  # fmt: skip
+
+
+def test_project_call_counts_list_every_project_with_started_calls(store_run):
+    """The trace browser's first page: started calls per project, by project id; a call with
+    only its end is not one yet, a deleted one no longer, a renamed or ended one still one."""
+
+    async def scenario(store):
+        other = "ent/other"
+        await store.insert_calls([], [], [_call("r"), _call("a", "r", 1), _call("z", t_s=2)])
+        started = StartedCallSchemaForInsert(project_id=other, id="s", op_name="op", trace_id="t",
+                                             started_at=T0, attributes={}, inputs={})  # fmt: skip
+        await store.insert_calls([started], [], [])
+        await store.insert_calls([], [EndedCallSchemaForInsert(project_id=other, id="e", ended_at=T0,
+                                                                summary={})], [])  # fmt: skip
+        before = await store.project_call_counts()
+        await store.delete_calls(P, ["z"])
+        await store.set_call_display_name(P, "r", "root")
+        await store.insert_calls([], [EndedCallSchemaForInsert(project_id=other, id="s", ended_at=T0,
+                                                                summary={})], [])  # fmt: skip
+        await store.insert_calls([], [], [_call("r")])  # a resent call is not a second one
+        return before, await store.project_call_counts()
+
+    assert store_run(scenario) == ([("ent/other", 1), (P, 3)], [("ent/other", 1), (P, 2)])
 
 
 def _obj(object_id, n, at_us):

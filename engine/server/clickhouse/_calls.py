@@ -280,6 +280,15 @@ def thread_turns_sql(project_id: str, thread_ids: list[str] | None,
     return text, params
 
 
+# every project with visible calls and how many (the trace browser's first page): one pass
+# over the part log in its sorting order, no column merged
+PROJECT_COUNTS_SQL = (
+    f"SELECT project_id, count() FROM (SELECT project_id, id FROM {PARTS_TABLE} "
+    "GROUP BY project_id, id HAVING maxIf(version, has_start) > maxIf(version, is_delete)) "
+    "GROUP BY project_id ORDER BY project_id"
+)
+
+
 def storage_sql(project_id: str) -> tuple[str, dict[str, Any]]:
     calls = merged_calls({"inputs", "output", "attributes", "summary"})
     text = ("SELECT sum(length(ifNull(inputs, '')) + length(ifNull(output, '')) "

@@ -143,6 +143,10 @@ class ClickHouseStore(Store):
         count = max(0, await self._run(_scalar, sql.count(), sql.params) - query.offset)
         return count if query.limit is None else min(count, query.limit)
 
+    async def project_call_counts(self) -> list[tuple[str, int]]:
+        rows = await self._run(_rows, _calls.PROJECT_COUNTS_SQL, {})
+        return [(project_id, int(n)) for project_id, n in rows]
+
     async def trace_storage_bytes(self, project_id: str, trace_ids: list[str]) -> dict[str, int]:
         """Summed over the traces' calls as read (only asked for by include_total_storage_size)."""
         sizes: dict[str, int] = {}
