@@ -104,9 +104,10 @@ async def _measure(name: str, store: Store, batches: list[list[Any]], writers: i
     c0 = cpu.now()
     ingest_s = await _ingest(store, batches, writers)
     ingest_cpu = _spent(cpu, c0, n_calls)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), cpu.now()
     count = await store.count_calls(CallsQuery(project_id=PROJECT))
     count_s = time.perf_counter() - t0
+    count_cpu = _spent(cpu, c0, max(count, 1))
     t0, read, c0 = time.perf_counter(), 0, cpu.now()
     async for page in store.query_calls(CallsQuery(project_id=PROJECT)):
         read += len(page)
@@ -116,7 +117,8 @@ async def _measure(name: str, store: Store, batches: list[list[Any]], writers: i
     return {
         "store": name, "calls": n_calls, "ingest_calls_per_s": round(n_calls / ingest_s),
         "ingest_cpu_us_per_call": ingest_cpu,
-        "query_stats_s": round(count_s, 3), "stream_rows_per_s": round(read / read_s),
+        "query_stats_s": round(count_s, 3), "query_stats_cpu_us_per_call": count_cpu,
+        "stream_rows_per_s": round(read / read_s),
         "stream_cpu_us_per_row": read_cpu,
     }  # fmt: skip
 
@@ -139,12 +141,14 @@ async def _run_store(name: str, folder: Path, batches: list[list[Any]], writers:
 
 def _table(results: list[dict[str, Any]]) -> str:
     lines = ["| store | calls | ingest calls/s | ingest CPU µs/call (engine + ClickHouse server) "
-             "| calls_query_stats (s) | streamed rows/s | stream CPU µs/row (engine + server) |",
-             "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+             "| calls_query_stats (s) | its CPU µs/call (engine + server) | streamed rows/s "
+             "| stream CPU µs/row (engine + server) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for r in results:
-        ic, sc = r["ingest_cpu_us_per_call"], r["stream_cpu_us_per_row"]
+        ic, qc, sc = r["ingest_cpu_us_per_call"], r["query_stats_cpu_us_per_call"], r["stream_cpu_us_per_row"]
         lines.append(f"| {r['store']} | {r['calls']:,} | {r['ingest_calls_per_s']:,} | "
                      f"{ic['engine_us']} + {ic['server_us']} | {r['query_stats_s']} | "
+                     f"{qc['engine_us']} + {qc['server_us']} | "
                      f"{r['stream_rows_per_s']:,} | {sc['engine_us']} + {sc['server_us']} |")  # fmt: skip
     return "\n".join(lines)
 
@@ -168,7 +172,8 @@ def main(argv: list[str] | None = None) -> None:
             for name in args.stores.split(","):
                 result = asyncio.run(_run_store(name, folder, batches, args.writers, url,
                                                 server.proc.pid))  # fmt: skip
-                result["profile"] = args.profile
+                result.update(profile=args.profile, batch=args.batch, writers=args.writers,
+                              load_1min=round(os.getloadavg()[0], 2))  # fmt: skip
                 print(json.dumps(result), flush=True)
                 results.append(result)
     print(_table(results))

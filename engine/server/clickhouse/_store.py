@@ -6,8 +6,9 @@ replica writes, any other replica on the same database reads, so several ``engin
 processes can stand behind one load balancer. Writes are ordered by ``version``, this
 process's clock in nanoseconds, strictly increasing (:class:`VersionClock`).
 
-Call batches go in as one ``INSERT … FORMAT JSONCompactEachRow`` each (one block: the
-batch lands whole or not at all). Small ones (a single ``/call/start``) use ClickHouse's
+Large call batches of the ingest routes are parsed by ClickHouse itself, and the batches
+that arrive while an insert is running go in together as one ``INSERT`` (group commit,
+:mod:`._group`); a batch lands whole or not at all. Small ones (a single ``/call/start``) use ClickHouse's
 asynchronous inserts, which gather many small requests into one part server-side; the
 store still waits for each to be written before it answers.
 """
@@ -41,6 +42,7 @@ from engine.server._store import (
 )
 from engine.server.clickhouse import _calls, _docs, _objects
 from engine.server.clickhouse._connect import Target, connect
+from engine.server.clickhouse._group import Batch, GroupCommit
 from engine.server.clickhouse._migrate import migrate
 from engine.wire.query import CallsFilter
 
@@ -77,6 +79,7 @@ class ClickHouseStore(Store):
         self._pool = ThreadPoolExecutor(_THREADS, thread_name_prefix="engine-clickhouse")
         connect(target, None).command(f"CREATE DATABASE IF NOT EXISTS `{target.database}`")
         self.migrated = migrate(self._client())
+        self._group = GroupCommit(self._insert_group)
         # embedded chDB reads a bulk insert from a file: private to this process
         self._spool = Path(target.path) / "insert-spool" if target.interface == "chdb" else Path()
         if target.interface == "chdb":
@@ -98,17 +101,25 @@ class ClickHouseStore(Store):
 
     async def insert_calls(self, starts: list[Start], ends: list[End], completes: list[Complete]) -> None:
         count = len(starts) + len(ends) + len(completes)
-        if count:
-            await self._run(self._insert_calls, starts, ends, completes, self._clock.take(count))
+        if count > ASYNC_INSERT_MAX_ROWS and _calls.bulk_ready(starts, ends, completes):
+            await self._group.submit((starts, ends, completes), count)
+        elif count:
+            await self._run(self._insert_small, starts, ends, completes, self._clock.take(count))
 
-    def _insert_calls(self, client: Any, starts: list[Start], ends: list[End],
+    def _insert_small(self, client: Any, starts: list[Start], ends: list[End],
                       completes: list[Complete], first_version: int) -> None:  # fmt: skip
-        if len(starts) + len(ends) + len(completes) > ASYNC_INSERT_MAX_ROWS and \
-                _calls.bulk_ready(starts, ends, completes):  # fmt: skip
-            self._bulk_insert(client, _calls.bulk_parts(starts, ends, completes), first_version)
-            return
         body, rows = _calls.call_parts(starts, ends, completes, first_version)
         _insert_parts(client, body, _ASYNC_INSERT if rows <= ASYNC_INSERT_MAX_ROWS else None)
+
+    async def _insert_group(self, batches: list[Batch]) -> None:
+        await self._run(self._insert_bulk, batches)
+
+    def _insert_bulk(self, client: Any, batches: list[Batch]) -> None:
+        """Bulk batches as one INSERT, their parts in order, versions taken now (a batch
+        waiting for its turn is ordered by when it is written, as any concurrent write)."""
+        body = b"".join(_calls.bulk_parts(*batch) for batch in batches)
+        parts = sum(len(kind) for batch in batches for kind in batch)
+        self._bulk_insert(client, body, self._clock.take(parts))
 
     def _bulk_insert(self, client: Any, body: bytes, first_version: int) -> None:
         """One INSERT … SELECT that ClickHouse parses itself: over HTTP the body follows
@@ -278,6 +289,7 @@ class ClickHouseStore(Store):
         return await self._run(_docs.storage_bytes, kind, project_id)
 
     async def close(self) -> None:
+        await self._group.close()
         self._pool.shutdown(wait=True)
 
 
