@@ -64,10 +64,10 @@ setup(
             "engine.native._native",
             sources=[f"engine/native/{name}.c" for name in (
                 "_module", "_writer", "_json", "_call_items", "_calls", "_parse", "_ids",
-                "_iso", "_scan")],
+                "_iso", "_scan", "_rows")],
             depends=[f"engine/native/{name}.h" for name in (
                 "_format", "_writer", "_json", "_call_items", "_calls", "_parse", "_ids",
-                "_iso", "_scan")],
+                "_iso", "_scan", "_rows")],
             # one extension of several files: only PyInit__native leaves it, so calls
             # between its files are direct (no PLT, as within one file)
             extra_compile_args=["-O3", "-std=c11", "-D_GNU_SOURCE", "-fvisibility=hidden"],

@@ -10,6 +10,7 @@
  *   _call_items.c  the wire types of call_start / call_end, and dicts of them
  *   _iso.c         ISO-8601 timestamps in UTC, read as msgspec reads them (dicts' times)
  *   _scan.c        json_depth_over: engine serve's nesting check of request bodies
+ *   _rows.c        call_dicts: engine serve's stored call rows as the dicts reads answer
  *   _calls.c       TracerCalls and CallHandleBase: the Tracer's call path without a frame
  *   _parse.c       the consumer side: slice whole records out of the mapping
  *   _ids.c         uuid7 / uuid7_bytes / uuid_bytes, the id cache
@@ -25,6 +26,7 @@
 #include "_iso.h"
 #include "_json.h"
 #include "_parse.h"
+#include "_rows.h"
 #include "_scan.h"
 #include "_writer.h"
 
@@ -36,6 +38,9 @@ static PyMethodDef native_methods[] = {
     {"iso_utc_datetime", native_iso_utc_datetime, METH_O,
      "iso_utc_datetime(text) -> the UTC datetime msgspec makes of ISO-8601 text in UTC, or "
      "None for any other text (see engine/native/_iso.c)."},
+    {"call_dicts", (PyCFunction)(void (*)(void))native_call_dicts, METH_FASTCALL,
+     "call_dicts(rows, keys, kinds, raw_type, from_us) -> one dict per row, its times as "
+     "UTC datetimes and JSON text as raw_type (see engine/native/_rows.c)."},
     {"uuid7_bytes", native_uuid7_bytes, METH_NOARGS, "A new UUIDv7 as (text, 16 raw bytes)."},
     {"uuid_bytes", native_uuid_bytes, METH_O, "16 raw bytes of a UUID text; ValueError if not one."},
     {"struct_plan", native_struct_plan, METH_VARARGS,
@@ -70,7 +75,7 @@ static struct PyModuleDef native_module = {
 };
 
 PyMODINIT_FUNC PyInit__native(void) {
-    if (ids_init() < 0 || json_init() < 0 || iso_init() < 0) return NULL;
+    if (ids_init() < 0 || json_init() < 0 || iso_init() < 0 || rows_init() < 0) return NULL;
     if (PyType_Ready(&RingWriterType) < 0) return NULL;
 #ifndef Py_GIL_DISABLED
     if (calls_init() < 0) return NULL;

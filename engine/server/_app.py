@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 from pathlib import Path
@@ -226,6 +227,13 @@ async def serve_until_signal(**options: Any) -> None:
     print("engine serve: stopped", flush=True)
 
 
+# A streamed read allocates a few containers per row (the call dict, its summary), nearly
+# all freed by reference counting once its chunk is written. At the default threshold
+# (700) the cyclic collector ran every ~150 rows and walked the chunk in flight again and
+# again: ~1.4 us of the ~6 us of CPU per streamed row; at this one, ~0.1.
+_GC_GEN0_THRESHOLD = 10_000
+
+
 def run_server(**options: Any) -> None:
     """Blocking ``engine serve`` on uvloop (options as :func:`start_server`)."""
     import uvloop
@@ -233,5 +241,6 @@ def run_server(**options: Any) -> None:
     from engine.common._malloc import tune_for_large_buffers
 
     tune_for_large_buffers()  # this process is ours: keep megabyte bodies off fresh mmaps
+    gc.set_threshold(_GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
 
     uvloop.run(serve_until_signal(**options))

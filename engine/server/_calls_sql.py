@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from engine.server._rows import SELECT_COLUMNS, to_us
+from engine.server._rows import SQLITE_SELECT, to_us
 from engine.server._store import CallsQuery, InvalidQuery
 from engine.wire.query import CallsFilter, SortBy
 
@@ -392,7 +392,7 @@ class Selection:
 
     def select(self, limit: int | None, offset: int) -> Sql:
         return Sql(
-            f"SELECT {', '.join(SELECT_COLUMNS)} FROM calls WHERE {self.where.text} "
+            f"SELECT {', '.join(SQLITE_SELECT)} FROM calls WHERE {self.where.text} "
             f"ORDER BY {self.order.text} LIMIT ? OFFSET ?",
             (*self.where.params, *self.order.params, -1 if limit is None else limit, offset),
         )

@@ -35,8 +35,11 @@ FEEDBACK_FIELDS = (
 )  # fmt: skip
 
 
+_decode = msgspec.json.Decoder().decode
+
+
 def _decoded(value: Any) -> Any:
-    return msgspec.json.decode(value) if isinstance(value, msgspec.Raw) else value
+    return _decode(value) if isinstance(value, msgspec.Raw) else value
 
 
 def selected_columns(columns: list[str], include_costs: bool) -> set[str]:
@@ -64,18 +67,19 @@ def derived_summary(call: CallRow) -> dict[str, Any]:
     summary = _decoded(call.get("summary")) or {}
     weave = summary.pop("weave", None)
     weave = {k: v for k, v in weave.items() if k not in _DERIVED} if isinstance(weave, dict) else {}
-    status_counts = summary.get("status_counts")
-    errors = status_counts.get("error", 0) if isinstance(status_counts, dict) else 0
+    started, ended = call.get("started_at"), call.get("ended_at")
     if call.get("exception"):
         weave["status"] = "error"
-    elif call.get("ended_at") is None:
+    elif ended is None:
         weave["status"] = "running"
     else:
+        status_counts = summary.get("status_counts")
+        errors = status_counts.get("error", 0) if isinstance(status_counts, dict) else 0
         weave["status"] = "descendant_error" if errors > 0 else "success"
-    if call.get("ended_at") is not None and call.get("started_at") is not None:
-        weave["latency_ms"] = latency_ms(call["started_at"], call["ended_at"])
-    if call.get("display_name"):
-        weave["display_name"] = call["display_name"]
+    if ended is not None and started is not None:
+        weave["latency_ms"] = latency_ms(started, ended)
+    if display_name := call.get("display_name"):
+        weave["display_name"] = display_name
     else:
         op_name = call["op_name"]
         weave["trace_name"] = ref_name(op_name) if op_name.startswith("weave:///") else op_name

@@ -157,11 +157,10 @@ def _views(request: web.Request, req: CallsQueryReq | CallReadReq):
     prices: list[dict[str, list[dict]]] = []
 
     async def view(page: list[dict]) -> list[dict]:
-        sizes = [stored_bytes(call) for call in page]
+        sizes = [stored_bytes(call) for call in page] if req.include_storage_size else ()
         calls = [call_view(call, keep) for call in page]
-        if req.include_storage_size:
-            for call, size in zip(calls, sizes, strict=True):
-                call["storage_size_bytes"] = size
+        for call, size in zip(calls, sizes):
+            call["storage_size_bytes"] = size
         if req.include_total_storage_size:
             await _add_trace_sizes(store, req.project_id, calls)
         if req.include_costs:

@@ -15,6 +15,7 @@ from typing import Any
 
 import msgspec
 
+from engine.native._accel import native as _native
 from engine.server._ingest_models import (
     RAW_NULL,
     RawCompletedCall,
@@ -102,6 +103,9 @@ def complete_row(c: Complete) -> tuple:
 
 SELECT_COLUMNS = ("project_id", "id", *COMPLETE_COLUMNS)
 _JSON_COLUMNS = frozenset({"attributes", "inputs", "otel_dump", "output", "summary"})
+# SQLite's projection: JSON text read as its UTF-8 bytes, which become msgspec.Raw as they
+# are (as text, sqlite3 decodes each value into a str and the row encodes it back)
+SQLITE_SELECT = tuple(f"CAST({c} AS BLOB)" if c in _JSON_COLUMNS else c for c in SELECT_COLUMNS)
 _TIME_COLUMNS = {"started_at_us": "started_at", "ended_at_us": "ended_at"}
 
 
@@ -121,5 +125,18 @@ def row_to_call(row: Sequence[Any]) -> dict[str, Any]:
         call[key] = from_us(row[i])
     for i, key in _JSON_AT:
         value = row[i]
-        call[key] = None if value is None else msgspec.Raw(value.encode())
+        if value is not None:  # bytes as SQLite reads them (no copy), text from others
+            call[key] = msgspec.Raw(value if value.__class__ is bytes else value.encode())
     return call
+
+
+# what each column becomes in C: 0 itself, 1 a UTC datetime, 2 msgspec.Raw
+_KINDS = bytes(1 if c in _TIME_COLUMNS else 2 if c in _JSON_COLUMNS else 0 for c in SELECT_COLUMNS)
+
+
+def rows_to_calls(rows: list[tuple]) -> list[dict[str, Any]]:
+    """:func:`row_to_call` of each row; in C when the accelerator is built (the same
+    dicts for ~a fifth of the CPU: a stream runs this per row)."""
+    if _native is None:
+        return [row_to_call(row) for row in rows]
+    return _native.call_dicts(rows, _CALL_KEYS, _KINDS, msgspec.Raw, from_us)

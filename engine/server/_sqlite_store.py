@@ -15,7 +15,7 @@ from engine.server import _sqlite_calls as calls
 from engine.server import _sqlite_docs as docs
 from engine.server import _sqlite_objects as objects
 from engine.server._calls_sql import Selection
-from engine.server._rows import Complete, End, Start, row_to_call
+from engine.server._rows import Complete, End, Start, rows_to_calls
 from engine.server._sqlite_db import Database
 from engine.server._store import (
     CallRow,
@@ -56,11 +56,11 @@ class SQLiteStore(Store):
         if query.limit is not None and query.limit <= FIRST_CHUNK_ROWS:
             rows = await self._db.read(calls.q_fetchall, sql, params)
             if rows:
-                yield [row_to_call(r) for r in rows]
+                yield rows_to_calls(rows)
             return
         async with contextlib.aclosing(self._stream(sql, params)) as chunks:
             async for rows in chunks:
-                yield [row_to_call(r) for r in rows]
+                yield rows_to_calls(rows)
 
     def _stream(self, sql: str, params: Sequence[Any]) -> AsyncIterator[list[tuple]]:
         return self._db.stream(sql, params, FIRST_CHUNK_ROWS, CHUNK_ROWS)
