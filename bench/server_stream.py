@@ -9,8 +9,8 @@ is filled through ``/v2/{entity}/{project}/calls/complete`` with small profile c
 one untimed stream of an empty project (``warm_up``), and the sizes are streamed in turn,
 ``--repeat`` rounds, so that load from elsewhere on a shared box falls on all of them
 alike. A run reads every call with unlimited ``POST /calls/stream_query`` requests (the
-default order, by start time), each a whole stream, back to back until it has read
-``--min-rows`` (1k stored calls: 100 streams; 1M: one).
+default order, by start time), each a whole stream, back to back on one kept-alive
+connection until it has read ``--min-rows`` (1k stored calls: 100 streams; 1M: one).
 
 Figures per size (medians of the runs): rows/s (rows over the wall time from sending each
 request to its last byte), the server's CPU microseconds per row (``/proc`` schedstat of
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
 import json
 import os
 import resource
@@ -32,6 +33,7 @@ import statistics
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -115,18 +117,22 @@ def _line_ids(lines: bytes) -> list[bytes]:
             for line in lines.split(b"\n")[:-1]]  # fmt: skip
 
 
-def _stream_once(request: urllib.request.Request, expected: int) -> tuple[bool, float, float]:
+def _stream_once(conn: http.client.HTTPConnection, expected: int) -> tuple[bool, float, float]:
     """One stream of every call: (count and order right, seconds to its first row, seconds)."""
     began = time.perf_counter()
+    conn.request("POST", "/calls/stream_query", msgspec.json.encode({"project_id": PROJECT}),
+                 {"Content-Type": "application/json", "Accept": "application/jsonl"})  # fmt: skip
+    response = conn.getresponse()
+    if response.status != 200:
+        raise RuntimeError(f"stream_query answered {response.status}: {response.read()[:200]!r}")
     first_row_s, ids, tail = 0.0, [], b""
-    with urllib.request.urlopen(request, timeout=3600) as response:
-        while chunk := response.read1(1 << 20):  # big reads: few calls per row
-            if not ids:
-                first_row_s = time.perf_counter() - began
-            lines = tail + chunk
-            cut = lines.rfind(b"\n") + 1
-            ids.extend(_line_ids(lines[:cut]))
-            tail = lines[cut:]
+    while chunk := response.read1(1 << 20):  # big reads: few calls per row
+        if not ids:
+            first_row_s = time.perf_counter() - began
+        lines = tail + chunk
+        cut = lines.rfind(b"\n") + 1
+        ids.extend(_line_ids(lines[:cut]))
+        tail = lines[cut:]
     elapsed_s = time.perf_counter() - began
     # ids grow with start time in this data set
     rows_ok = len(ids) == expected and not tail and None not in ids and ids == sorted(ids)
@@ -134,14 +140,16 @@ def _stream_once(request: urllib.request.Request, expected: int) -> tuple[bool, 
 
 
 def stream_all(url: str, pid: int, expected: int, streams: int = 1) -> dict[str, Any]:
-    """Read every call ``streams`` times back to back (each one a whole request), checking
-    each one's count and order; figures over all of them."""
-    request = urllib.request.Request(
-        url + "/calls/stream_query", data=msgspec.json.encode({"project_id": PROJECT}),
-        headers={"Content-Type": "application/json", "Accept": "application/jsonl"},
-    )  # fmt: skip
+    """Read every call ``streams`` times back to back (each one a whole request, on one
+    kept-alive connection as weave's client keeps them), checking each one's count and
+    order; figures over all of them."""
+    address = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(address.hostname, address.port, timeout=3600)
     (user0, sys0), cpu0, disk0, own0 = _cpu_s(pid), _cpu_exact_s(pid), _disk(pid), _own_cpu_s()
-    each = [_stream_once(request, expected) for _ in range(streams)]
+    try:
+        each = [_stream_once(conn, expected) for _ in range(streams)]
+    finally:
+        conn.close()
     (user1, sys1), cpu1, disk1, own1 = _cpu_s(pid), _cpu_exact_s(pid), _disk(pid), _own_cpu_s()
     rows, elapsed_s = expected * streams, sum(e[2] for e in each)
     per_row_us = 1e6 / max(rows, 1)
