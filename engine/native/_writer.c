@@ -29,7 +29,7 @@ struct RingWriter {
     int has_view;
     uint8_t *data;        /* this slot's ring_bytes of data */
     uint64_t *head_word, *records_word, *released_word, *sleeping_word;
-    uint64_t ring_bytes, max_record_total;
+    uint64_t ring_bytes, max_record_total, half, quarter;
     uint64_t head, records, lap_end, limit;
     PyObject *encoder, *encode_into, *encode;  /* put()'s last encoder, and its methods */
     PyObject *bound_encoder, *projects;        /* bind(): what put_item() uses */
@@ -74,7 +74,9 @@ static int writer_init(RingWriter *self, PyObject *args, PyObject *kwds) {
     self->released_word = (uint64_t *)(base + released_off);
     self->sleeping_word = (uint64_t *)(base + sleeping_off);
     self->ring_bytes = ring_bytes;
-    self->max_record_total = (ring_bytes / 2) & ~(uint64_t)7;
+    self->max_record_total = ring_bytes & ~(uint64_t)7;  /* one record may take the whole ring */
+    self->half = (ring_bytes / 2) & ~(uint64_t)7;
+    self->quarter = (ring_bytes / 4) & ~(uint64_t)7;
     self->head = __atomic_load_n(self->head_word, __ATOMIC_RELAXED);
     self->records = __atomic_load_n(self->records_word, __ATOMIC_RELAXED);
     self->lap_end = (self->head / ring_bytes + 1) * ring_bytes;
@@ -162,6 +164,23 @@ static long publish(RingWriter *self, uint64_t new_head) {
     return __atomic_load_n(self->sleeping_word, __ATOMIC_RELAXED) ? 2 : 1;
 }
 
+/* Where a record of size bytes must end in this lap: records up to a quarter of the ring
+ * stay in the lap's first half (while no item is larger a ring touches half its memory,
+ * and any of them still fits an empty ring at once, as records up to half of it did before
+ * the whole ring was allowed); a larger one goes on to the lap's end. */
+static inline uint64_t record_stop(const RingWriter *self, uint64_t size) {
+    return size > self->quarter ? self->lap_end : self->lap_end - self->half;
+}
+
+/* Mark the rest of this lap as padding (a zero header, when there is room for one) and
+ * move the head to the next lap; not published. */
+static void skip_to_next_lap(RingWriter *self) {
+    uint64_t tail_room = self->lap_end - self->head;
+    if (tail_room >= HEADER_BYTES) memset(self->data + self->head % self->ring_bytes, 0, HEADER_BYTES);
+    self->head = self->lap_end;
+    self->lap_end += self->ring_bytes;
+}
+
 /* Frame, copy and publish one record: 1 written, 2 written and the consumer sleeps, 0 no
  * room now, -1 never fits this ring. */
 static long write_record(RingWriter *self, long kind, long flags, const uint8_t call_id[16],
@@ -170,20 +189,28 @@ static long write_record(RingWriter *self, long kind, long flags, const uint8_t 
     uint64_t size = (HEADER_BYTES + (uint64_t)project_len + payload_len + 7) & ~(uint64_t)7;
     if (payload_len > 0xFFFFFFFFu || size > self->max_record_total) return -1;
     uint64_t head = self->head;
-    int wraps = head + size > self->lap_end;
+    int wraps = head + size > record_stop(self, size);
     uint64_t end = wraps ? self->lap_end + size : head + size;
     if (end > self->limit) {
         self->limit = __atomic_load_n(self->released_word, __ATOMIC_ACQUIRE) + self->ring_bytes;
-        if (end > self->limit) return 0;
+        if (end > self->limit) {
+            /* A record may need the padding before it released too: publish the head past
+             * it (the reader releases padding once everything before it is released), so
+             * one larger than the ring minus the padding is written once the ring drains.
+             * Only once the padding's room itself is free: unread records may still be
+             * there. */
+            if (wraps && self->lap_end <= self->limit) {
+                skip_to_next_lap(self);
+                __atomic_store_n(self->head_word, self->head, __ATOMIC_RELEASE);
+            }
+            return 0;
+        }
+    }
+    if (wraps) {
+        skip_to_next_lap(self);  /* the padding becomes visible with this record's head */
+        head = self->head;
     }
     uint64_t ring_bytes = self->ring_bytes;
-    if (wraps) {
-        /* the padding becomes visible with the head published after this record */
-        uint64_t tail_room = self->lap_end - head;
-        if (tail_room >= HEADER_BYTES) memset(self->data + head % ring_bytes, 0, HEADER_BYTES);
-        head = self->lap_end;
-        self->lap_end += ring_bytes;
-    }
     uint8_t *p = self->data + head % ring_bytes;
     write_header(p, kind, flags, project_len, payload_len, aux, call_id, trace_id);
     memcpy(p + HEADER_BYTES, project, (size_t)project_len);
@@ -317,10 +344,12 @@ static PyObject *encode_and_write(RingWriter *self, PyObject *item, long kind, l
     JBuf in_ring = {0};
     uint64_t head = self->head, header = HEADER_BYTES + (uint64_t)project_len;
     if (!reentrant) {
-        uint64_t end = self->lap_end < self->limit ? self->lap_end : self->limit;
-        if (end - head < header + (64u << 10)) {  /* the stale limit may say too little */
+        /* (an item that does not fit before the middle: write_record places it) */
+        uint64_t stop = self->lap_end - self->half;
+        uint64_t end = stop < self->limit ? stop : self->limit;
+        if (end < head + header + (64u << 10)) {  /* the stale limit may say too little */
             self->limit = __atomic_load_n(self->released_word, __ATOMIC_ACQUIRE) + self->ring_bytes;
-            end = self->lap_end < self->limit ? self->lap_end : self->limit;
+            end = stop < self->limit ? stop : self->limit;
         }
         uint64_t most = self->max_record_total < 0xFFFFFFFFu ? self->max_record_total : 0xFFFFFFFFu;
         if (end > head + header && most > header) {

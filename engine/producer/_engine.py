@@ -60,7 +60,10 @@ class Engine:
         if not self.config.project:
             raise ConfigError("project", 'required, e.g. Engine(project="entity/project")')
         senders = sender_count(self.config)
-        self._ringset = ring.RingSet.create(self.config.ring_bytes, self.config.max_slots,
+        # twice ring_bytes per slot: items up to half of ring_bytes cycle through the first
+        # ring_bytes of each lap (what a slot touches, as before); a larger one, up to twice
+        # ring_bytes, may take the whole lap (engine/ring/_writer.py)
+        self._ringset = ring.RingSet.create(2 * self.config.ring_bytes, self.config.max_slots,
                                             senders)
         self._ring_dir = os.path.dirname(self._ringset.spec.lock_path)
         self._control = Control(control_path(self._ring_dir), self.config.max_slots, create=True,

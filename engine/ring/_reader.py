@@ -173,6 +173,10 @@ class RingReader:
             self._unreleased[slot].append([ends, 0, taken])
             self._records_read[slot] += taken
             self._set_word(slot, S_RECORDS_READ, self._records_read[slot])
+        elif not self._unreleased[slot]:
+            # only padding read, and everything before it released: no acknowledgement will
+            # release it, and a record larger than the rest of the ring waits for it
+            self._set_word(slot, S_RELEASED, position)
         self._set_word(slot, S_READ, position)
 
     def release(self, slot: int, end_pos: int) -> None:

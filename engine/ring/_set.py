@@ -165,8 +165,9 @@ class RingSet:
 
     @property
     def max_record_bytes(self) -> int:
-        """Largest payload that always fits, with any project of up to MAX_PROJECT_BYTES."""
-        return ((self.spec.ring_bytes // 2) & ~7) - HEADER_BYTES - MAX_PROJECT_BYTES
+        """Largest payload that always fits, with any project of up to MAX_PROJECT_BYTES:
+        one record may take the whole ring (it waits for the ring to drain)."""
+        return (self.spec.ring_bytes & ~7) - HEADER_BYTES - MAX_PROJECT_BYTES
 
     def writer(self, wait_s: float = 0.0) -> SlotWriter:
         """Claim a free slot for this process (cold path: takes the slot lock). When every

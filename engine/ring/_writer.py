@@ -87,7 +87,12 @@ class SlotWriter:
         self.slot = slot
         self.owner_pid = os.getpid()
         self.max_record_bytes = ring_set.max_record_bytes
-        self._max_record_total = (spec.ring_bytes // 2) & ~7
+        self._max_record_total = spec.ring_bytes & ~7  # one record may take the whole ring
+        # ... but records up to a quarter of it stay in each lap's first half: while no item
+        # is larger a ring touches half its memory, and any of them still fits an empty ring
+        # at once (as records up to half of it did before the whole ring was allowed)
+        self._half = (spec.ring_bytes // 2) & ~7
+        self._quarter = (spec.ring_bytes // 4) & ~7
         self._ring_set = ring_set
         self._words = words
         self._mm = ring_set._mm
@@ -102,6 +107,7 @@ class SlotWriter:
         self._records = words[self._records_word]
         # Where the current lap of the ring ends, and how a position maps into the mmap.
         self._lap_end = (self._head // spec.ring_bytes + 1) * spec.ring_bytes
+        self._half_end = self._lap_end - self._half  # where this lap's small records stop
         self._delta = self._base - (self._lap_end - spec.ring_bytes)
         # The producer re-reads the consumer's release position only when this stale limit
         # says the ring is full: one shared-memory load per lap, not per record.
@@ -211,8 +217,14 @@ class SlotWriter:
         payload_len = len(payload)
         head = self._head
         end = head + ((self._header_bytes_rounding + payload_len) & -8)
-        if end > self._lap_end or end > self._limit:
+        if end > self._half_end or end > self._limit:
             return self._try_write_slow(kind, flags, call_id, trace_id, project, payload, aux)
+        return self._put_record(end, kind, flags, call_id, trace_id, project, payload, aux)
+
+    def _put_record(self, end, kind, flags, call_id, trace_id, project, payload, aux) -> bool:
+        """Frame, copy and publish the record at the head (its room was checked)."""
+        payload_len = len(payload)
+        head = self._head
         start = head + self._delta
         mm = self._mm
         self._pack_header(
@@ -236,23 +248,37 @@ class SlotWriter:
         if size > self._max_record_total:
             self._raise_too_large(len(project), len(payload))
         head = self._head
-        wraps = head + size > self._lap_end
+        wraps = head + size > (self._lap_end if size > self._quarter else self._half_end)
         end = self._lap_end + size if wraps else head + size
         if end > self._limit:
             self._limit = self._words[self._released_word] + self._ring_bytes
             if end > self._limit:
+                if wraps and self._lap_end <= self._limit:  # the padding's room is free
+                    self._publish_padding()  # (a record may need it released too)
                 return False
         if wraps:
             self._skip_to_next_lap()
-        return self._write_bytes(kind, flags, call_id, trace_id, project, payload, aux)
+            end = self._head + size
+        return self._put_record(end, kind, flags, call_id, trace_id, project, payload, aux)
+
+    def _publish_padding(self) -> None:
+        """Skip to the next lap and publish the head past the padding: the reader releases
+        padding once everything before it is released, so a record larger than the ring
+        minus the padding can still be written (it waits for the whole ring to drain)."""
+        self._skip_to_next_lap()
+        words = self._words
+        words[self._head_word] = self._head
+        if words[G_SLEEPING]:
+            self._ring_doorbell()
 
     def _skip_to_next_lap(self) -> None:
-        # The padding becomes visible with the head published after the next record.
+        # The padding becomes visible with the next head published (the next record's).
         tail_room = self._lap_end - self._head
         if tail_room >= HEADER_BYTES:
             _pack_padding(self._mm, self._head + self._delta)
         self._head = self._lap_end
         self._lap_end += self._ring_bytes
+        self._half_end += self._ring_bytes
         self._delta -= self._ring_bytes
 
     def write(self, kind, flags, call_id, trace_id, project, payload, aux, timeout_s=None) -> bool:

@@ -77,18 +77,26 @@ def _drain(reader) -> list:
     return records
 
 
+def _fill(writer, reader, total: int) -> None:
+    """One record of ``total`` ring bytes (no project), then the ring drained."""
+    while not _write(writer, b"f" * (total - HEADER_BYTES), project=b""):
+        assert _drain(reader) == []  # the padding before it, published first
+    _drain(reader)
+
+
 def _advance_to_offset(writer, reader, target: int) -> None:
-    """Move the (empty) ring's head to offset ``target`` with filler records, then drain."""
-    while (current := reader.heads()[writer.slot] % RING_BYTES) != target:
-        if target > current and target - current >= HEADER_BYTES:
-            distance = target - current
-        else:
-            distance = RING_BYTES - current  # to the ring end; a short tail wraps
-        size = max(min(distance, 1024), HEADER_BYTES)
-        if 0 < distance - size < HEADER_BYTES:
-            size = distance - HEADER_BYTES
-        assert _write(writer, b"f" * (size - HEADER_BYTES), project=b"")
-        _drain(reader)
+    """Move the (empty) ring's head to offset ``target``: to the lap's start with a record
+    that ends right at the lap's end (records over half the ring may pass its middle), then
+    one of ``target`` bytes. A head rests in a lap's second half only after such a record."""
+    current = reader.heads()[writer.slot] % RING_BYTES
+    if current >= RING_BYTES // 2:
+        _fill(writer, reader, HEADER_BYTES)  # a small record there starts the next lap
+        current = HEADER_BYTES
+    if current:
+        _fill(writer, reader, RING_BYTES - current)
+    if target:
+        _fill(writer, reader, target)
+    assert reader.heads()[writer.slot] % RING_BYTES == target
 
 
 # A head can never rest 8..48 bytes into the ring: no record is shorter than its header.
@@ -129,7 +137,11 @@ def test_record_sizes_around_the_ring_end_wrap_correctly(ring_set, offset):
         if not 0 <= payload_len <= writer.max_record_bytes:
             continue
         payload = os.urandom(payload_len)
-        assert _write(writer, payload)
+        head_offset = reader.heads()[writer.slot] % RING_BYTES  # (earlier totals moved it)
+        while not _write(writer, payload):
+            # it wraps, and is larger than what the ring holds besides the padding before
+            # it: the padding is published, read and released first (nothing else is there)
+            assert total > head_offset and _drain(reader) == []
         (record,) = _drain(reader)
         assert record.payload == payload and record.project == PROJECT
 
@@ -140,6 +152,22 @@ def test_record_sizes_around_the_ring_end_wrap_correctly(ring_set, offset):
     read_budgets=st.lists(st.integers(1, 5), min_size=1, max_size=8),
 )
 def test_any_sequence_of_sizes_arrives_in_order_byte_identical(sizes, read_budgets):
+    _sizes_arrive_in_order(sizes, read_budgets)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sizes=st.lists(st.integers(0, RING_BYTES - HEADER_BYTES - MAX_PROJECT_BYTES), min_size=1,
+                   max_size=30),
+    read_budgets=st.lists(st.integers(1, 3), min_size=1, max_size=8),
+)
+def test_records_up_to_the_whole_ring_arrive_in_order_byte_identical(sizes, read_budgets):
+    """Records larger than half the ring wait for the padding before them to be released
+    (published early, once its room is free): nothing unread is overwritten."""
+    _sizes_arrive_in_order(sizes, read_budgets)
+
+
+def _sizes_arrive_in_order(sizes: list[int], read_budgets: list[int]) -> None:
     rings = RingSet.create(RING_BYTES, 1)
     try:
         writer, reader = rings.writer(), rings.reader()
@@ -150,7 +178,8 @@ def test_any_sequence_of_sizes_arrives_in_order_byte_identical(sizes, read_budge
                 batch = reader.read(max_records=read_budgets[turn % len(read_budgets)])
                 turn += 1
                 received.extend(batch)
-                reader.release(batch[-1].slot, batch[-1].end_pos)
+                if batch:  # else only padding was read (and released)
+                    reader.release(batch[-1].slot, batch[-1].end_pos)
             sent.append((index, payload))
         received.extend(_drain(reader))
         assert [(r.aux, r.payload) for r in received] == sent
@@ -161,12 +190,18 @@ def test_any_sequence_of_sizes_arrives_in_order_byte_identical(sizes, read_budge
 
 
 def test_largest_record_fits_at_any_offset_and_larger_raises(ring_set):
+    """A record may take the whole ring: at an offset where it does not fit before the end,
+    the padding is published first, and it is written once the reader released that."""
     writer, reader = ring_set.writer(), ring_set.reader()
     project = b"p" * MAX_PROJECT_BYTES
     payload = b"m" * writer.max_record_bytes
     for offset in (0, HEADER_BYTES, RING_BYTES // 2 - 8, RING_BYTES // 2 + 8, RING_BYTES - 8):
         _advance_to_offset(writer, reader, offset)
-        assert _write(writer, payload, project=project)
+        attempts = 1
+        while not _write(writer, payload, project=project):
+            assert _drain(reader) == []  # the padding only
+            attempts += 1
+        assert attempts == (1 if offset == 0 else 2)
         (record,) = _drain(reader)
         assert record.payload == payload
     with pytest.raises(ValueError, match="does not fit"):
