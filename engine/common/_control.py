@@ -62,7 +62,14 @@ SENDER_FIELDS = (
     "latency_p99_us",
     "latency_max_us",
 )
-SLOT_FIELDS = ("dropped_full", "raised_full", "too_large", "stringified", "blocked_ms")
+SLOT_FIELDS = (
+    "dropped_full", "raised_full", "too_large", "stringified", "blocked_ms",
+    # values the producer replaced or wrote in another form (engine/producer/_sanitise.py)
+    "sanitised_cycle", "sanitised_bad_string", "sanitised_unencodable", "sanitised_oversized",
+    "sanitised_nonfinite", "sanitised_bytes", "sanitised_timestamp",
+    # calls an op wrapper dropped because even their sanitised copy could not be written
+    "wrapper_dropped",
+)
 # Written by the owner (or any tracer), read by every sender: kept once, in the first block.
 REQUEST_FIELDS = frozenset({"flush_request_ns", "shutdown_request", "sender_restarts",
                             "orphans_adopted", "orphan_records"})

@@ -4,8 +4,9 @@
     ├── ConfigError                   a setting is invalid; the message names the field
     ├── Closed                        the Engine / tracer was closed; nothing more is accepted
     ├── RingFull                      the producer's ring stayed full past max_block_ms (on_full="raise")
-    ├── PayloadTooLarge               one item is larger than the largest request the server accepts
-    ├── EncodeError                   a value cannot be encoded (strict mode only)
+    ├── EncodeError                   call_start / call_end: an item that cannot go on the wire
+    │   │                             (``field`` and ``reason`` say where and why); nothing enqueued
+    │   └── PayloadTooLarge           one item is larger than the largest request the server accepts
     └── SendError                     a request failed; ``retriable`` says whether trying again may help
         └── HTTPError                 the server answered with an error status (``status``, ``reason``)
 """
@@ -33,21 +34,40 @@ class RingFull(EngineError):
     """The producer's ring stayed full for longer than ``max_block_ms``."""
 
 
-class PayloadTooLarge(EngineError, ValueError):
+class EncodeError(EngineError, ValueError, TypeError):
+    """An item given to ``call_start`` / ``call_end`` cannot go on the wire; nothing of it
+    was enqueued. ``field`` is where (``inputs['a'][0]``, ``started_at``, ``id``) and
+    ``reason`` why: ``cycle``, ``bad_string`` (lone surrogates), ``unencodable`` (no JSON
+    form; in ``strict=True`` any object msgspec does not encode itself), ``oversized``,
+    ``timestamp`` (naive or out of range) or ``invalid`` (a field of the wrong type, an id
+    that is not a UUID, a bad project id). The op wrappers (``@tracer.op``, ``tracer.call``)
+    never raise it: they replace such values by placeholders and count them."""
+
+    def __init__(self, message: str, *, field: str = "", reason: str = "unencodable") -> None:
+        super().__init__(message)
+        self.field = field
+        self.reason = reason
+
+
+class PayloadTooLarge(EncodeError):
     """A single item exceeds the largest request body the server accepts."""
 
-    def __init__(self, call_id: str | None, size_bytes: int, limit_bytes: int) -> None:
+    def __init__(self, call_id: str | None, size_bytes: int, limit_bytes: int,
+                 field: str = "", limit_setting: str = "max_request_bytes") -> None:
+        largest = f"; largest field: {field}" if field else ""
         super().__init__(
             f"call {call_id}: encoded item is {size_bytes} bytes, larger than the "
-            f"{limit_bytes}-byte request limit"
+            f"{limit_bytes}-byte limit one item has ({limit_setting}){largest}",
+            field=field, reason="oversized",
         )
+        self.limit_setting = limit_setting
         self.call_id = call_id
         self.size_bytes = size_bytes
         self.limit_bytes = limit_bytes
 
-
-class EncodeError(EngineError, TypeError):
-    """A value could not be encoded to JSON (raised only in strict mode)."""
+    def __reduce__(self) -> tuple:  # crosses processes (a Pool task that raised it)
+        return (type(self), (self.call_id, self.size_bytes, self.limit_bytes, self.field,
+                             self.limit_setting))
 
 
 class SendError(EngineError):

@@ -48,7 +48,9 @@ from typing import Any
 import _engine_weave_hook
 from engine.common._redact import redact_url
 from engine.producer._engine import Engine
+from engine.producer._safe import write_safely
 from engine.producer._tracer import Tracer
+from engine.wire._codec import uuid7
 
 __all__ = ["install", "installed_engine"]
 
@@ -106,17 +108,18 @@ def _engine_server_class() -> type:
             _ensure_engine(self.trace_server_url, _api_key_of(self._credentials))
 
         def call_start(self, req: Mapping[str, Any]) -> Any:
-            started = _tracer_for(self).call_start(dict(req["start"]))
-            return CallStartResponse(id=started.id, trace_id=started.trace_id)
+            start = _with_ids(req["start"])
+            _write(_tracer_for(self), start, "start")
+            return CallStartResponse(id=start["id"], trace_id=start["trace_id"])
 
         def call_end(self, req: Mapping[str, Any]) -> Any:
-            _tracer_for(self).call_end(dict(req["end"]))
+            _write(_tracer_for(self), dict(req["end"]), "end")
             return {}
 
         def calls_complete(self, req: Mapping[str, Any]) -> Any:
             tracer = _tracer_for(self)
             for call in req["batch"]:
-                tracer.call_complete(dict(call))
+                _write(tracer, dict(call), "call")
             return {}
 
         def call_start_batch(self, req: Mapping[str, Any]) -> Any:
@@ -124,15 +127,36 @@ def _engine_server_class() -> type:
             results: list[dict[str, Any]] = []
             for entry in req["batch"]:
                 if entry["mode"] == "start":
-                    started = tracer.call_start(dict(entry["req"]["start"]))
-                    results.append({"id": started.id, "trace_id": started.trace_id})
+                    start = _with_ids(entry["req"]["start"])
+                    _write(tracer, start, "start")
+                    results.append({"id": start["id"], "trace_id": start["trace_id"]})
                 else:
-                    tracer.call_end(dict(entry["req"]["end"]))
+                    _write(tracer, dict(entry["req"]["end"]), "end")
                     results.append({})
             return {"res": results}
 
     _EngineTraceServer.__name__ = _EngineTraceServer.__qualname__ = "EngineTraceServer"
     return _EngineTraceServer
+
+
+def _with_ids(start: Mapping[str, Any]) -> dict[str, Any]:
+    """weave names its calls; a start without ids gets them here, so weave hears them back
+    whatever happens to the write."""
+    start = dict(start)
+    start["id"] = start.get("id") or uuid7()
+    start["trace_id"] = start.get("trace_id") or uuid7()
+    return start
+
+
+def _write(tracer: Tracer, item: dict[str, Any], what: str) -> None:
+    """Into the ring; tracing never fails weave's call: what the tracer cannot take is
+    sanitised and counted, or dropped and logged (engine/producer/_safe.py)."""
+    write = {"start": tracer.call_start, "end": tracer.call_end,
+             "call": tracer.call_complete}[what]  # fmt: skip
+    try:
+        write(item)
+    except Exception as exc:
+        write_safely(tracer, item, what, exc)
 
 
 def _api_key_of(credentials: Any) -> str | None:

@@ -23,7 +23,8 @@ typedef struct {
     PyObject *fast_start, *fast_end;  /* NULL: none */
 } TracerCalls;
 
-static PyObject *str_fast_failed, *str_start_rest, *str_end_rest;
+static PyObject *str_fast_failed, *str_start_rest, *str_end_rest, *str_what_start,
+    *str_what_end;
 
 static int tc_traverse(TracerCalls *self, visitproc visit, void *arg) {
     Py_VISIT(self->fast_start);
@@ -69,15 +70,20 @@ static PyObject *tc_call(TracerCalls *self, PyObject *item, int is_end) {
         else
             done = PyObject_Vectorcall(fast, &item, 1, NULL);
         if (done == NULL) {
-            if (PyErr_ExceptionMatches(PyExc_ValueError)) {
-                /* _fast_failed(fast, current) raises Closed when a close() released the
-                 * writer meanwhile; else the ValueError stands */
+            if (PyErr_ExceptionMatches(PyExc_Exception)) {
+                /* _fast_failed(fast, current, error, item, is_end) raises Closed when a
+                 * close() released the writer meanwhile, the EncodeError naming the field
+                 * for a value that could not be encoded; else the error stands */
                 PyObject *type, *value, *tb;
                 PyErr_Fetch(&type, &value, &tb);
+                PyErr_NormalizeException(&type, &value, &tb);
+                if (tb != NULL) PyException_SetTraceback(value, tb);
                 PyObject *current = is_end ? self->fast_end : self->fast_start;
-                PyObject *call_args[3] = {(PyObject *)self, fast, current ? current : Py_None};
+                PyObject *call_args[6] = {(PyObject *)self, fast, current ? current : Py_None,
+                                          value ? value : Py_None, item,
+                                          is_end ? Py_True : Py_False};
                 PyObject *ok = PyObject_VectorcallMethod(
-                    str_fast_failed, call_args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+                    str_fast_failed, call_args, 6 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
                 if (ok == NULL) {
                     Py_XDECREF(type);
                     Py_XDECREF(value);
@@ -175,7 +181,8 @@ typedef struct {
         *attributes, *display_name, *token, *project, *tracer;
 } CallHandle;
 
-static PyObject *current_var, *describe_func, *start_call_kwnames, *end_call_kwnames;
+static PyObject *current_var, *describe_func, *write_safely_func, *start_call_kwnames,
+    *end_call_kwnames;
 
 #define CH_FIELDS(X) X(id) X(trace_id) X(parent_id) X(op_name) X(started_at) X(output) \
     X(summary) X(inputs) X(attributes) X(display_name) X(token) X(project) X(tracer)
@@ -245,14 +252,30 @@ static int ch_fields_set(CallHandle *self, PyObject *const *fields, const char *
 
 #define OR_NONE(x) ((x) != NULL ? (x) : Py_None)  /* a parent's deleted field: none */
 
+/* Write through the tracer's call_start / call_end; what raised an Exception goes to
+ * write_safely(tracer, item, "start" | "end", error) (engine/producer/_safe.py: a sanitised
+ * copy, or the call dropped and logged), which never raises one. Returns a new reference:
+ * something true when written, False when dropped; NULL on a BaseException. */
 static PyObject *ch_write(CallHandle *self, PyObject *item, int is_end) {
     if (self->tracer == NULL) {
         PyErr_SetString(PyExc_AttributeError, "this call handle has no tracer");
         return NULL;
     }
-    if (PyObject_TypeCheck(self->tracer, &TracerCallsType))
-        return tc_call((TracerCalls *)self->tracer, item, is_end);
-    return PyObject_CallMethod(self->tracer, is_end ? "call_end" : "call_start", "O", item);
+    PyObject *done = PyObject_TypeCheck(self->tracer, &TracerCallsType)
+        ? tc_call((TracerCalls *)self->tracer, item, is_end)
+        : PyObject_CallMethod(self->tracer, is_end ? "call_end" : "call_start", "O", item);
+    if (done != NULL || !PyErr_ExceptionMatches(PyExc_Exception)) return done;
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb != NULL) PyException_SetTraceback(value, tb);
+    PyObject *args[4] = {self->tracer, item, is_end ? str_what_end : str_what_start,
+                         value ? value : Py_None};
+    done = PyObject_Vectorcall(write_safely_func, args, 4, NULL);
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
+    return done;
 }
 
 static PyObject *ch_begin(CallHandle *self, PyObject *unused) {
@@ -303,6 +326,7 @@ static PyObject *ch_begin(CallHandle *self, PyObject *unused) {
     PyObject *written = ch_write(self, start, 0);
     Py_DECREF(start);
     if (written == NULL) return NULL;
+    if (written == Py_False) Py_XSETREF(self->id, Py_NewRef(Py_None));  /* not started */
     Py_DECREF(written);
     PyObject *token = PyContextVar_Set(current_var, (PyObject *)self);
     if (token == NULL) return NULL;
@@ -326,6 +350,7 @@ static PyObject *ch_exit(CallHandle *self, PyObject *const *args, Py_ssize_t nar
         Py_DECREF(token);
         if (bad < 0) return NULL;
     }
+    if (self->id == Py_None) Py_RETURN_NONE;  /* its start was dropped: no end without one */
     PyObject *exception = args[1] == Py_None ? Py_NewRef(Py_None)
                                              : PyObject_CallOneArg(describe_func, args[1]);
     if (exception == NULL) return NULL;
@@ -400,13 +425,15 @@ PyTypeObject CallHandleType = {
     .tp_members = ch_members,
 };
 
-/* call_handle_setup(current_var, describe): the context variable of the current call and
- * the function that turns an exception into the end's text. */
+/* call_handle_setup(current_var, describe, write_safely): the context variable of the
+ * current call, the function that turns an exception into the end's text, and the one a
+ * write that raised goes to (see ch_write). */
 PyObject *native_call_handle_setup(PyObject *self, PyObject *args) {
-    PyObject *var, *describe;
-    if (!PyArg_ParseTuple(args, "OO", &var, &describe)) return NULL;
-    if (!PyContextVar_CheckExact(var) || !PyCallable_Check(describe)) {
-        PyErr_SetString(PyExc_TypeError, "call_handle_setup(ContextVar, callable)");
+    PyObject *var, *describe, *write_safely;
+    if (!PyArg_ParseTuple(args, "OOO", &var, &describe, &write_safely)) return NULL;
+    if (!PyContextVar_CheckExact(var) || !PyCallable_Check(describe) ||
+        !PyCallable_Check(write_safely)) {
+        PyErr_SetString(PyExc_TypeError, "call_handle_setup(ContextVar, callable, callable)");
         return NULL;
     }
     PyObject *start_names = Py_BuildValue("(sssssssss)", "project_id", "id", "op_name",
@@ -431,10 +458,14 @@ PyObject *native_call_handle_setup(PyObject *self, PyObject *args) {
     Py_INCREF(describe);
     Py_XSETREF(current_var, var);
     Py_XSETREF(describe_func, describe);
+    Py_XSETREF(write_safely_func, Py_NewRef(write_safely));
     Py_RETURN_NONE;
 }
 
 int calls_init(void) {
+    str_what_start = PyUnicode_InternFromString("start");
+    str_what_end = PyUnicode_InternFromString("end");
+    if (str_what_start == NULL || str_what_end == NULL) return -1;
     str_fast_failed = PyUnicode_InternFromString("_fast_failed");
     str_start_rest = PyUnicode_InternFromString("_call_start_rest");
     str_end_rest = PyUnicode_InternFromString("_call_end_rest");

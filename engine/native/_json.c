@@ -11,8 +11,10 @@
  *   types registered with struct_plan() (the wire insert schemas).
  *
  * Every other value, at any depth, is handed to msgspec (the caller's encoder.encode):
- * its enc_hook, errors and formats stay msgspec's own. A dict with a key that is not an
- * exact str goes to msgspec whole, so nothing in it is encoded twice.
+ * its enc_hook, errors and formats stay msgspec's own, except a NaN/inf Decimal, written
+ * null (msgspec would write NaN, not JSON). A dict with a key that is not an exact str goes
+ * to msgspec whole, so nothing in it is encoded twice. NaN/inf and bytes-like values met on
+ * the way are counted (take_counts); engine/wire/_lossy.py counts the same ones without C.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -295,6 +297,7 @@ typedef struct {
     Py_ssize_t nfields, splice_index;
     Py_ssize_t project_index, id_index, trace_index;  /* the header's fields, -1 if absent */
     Py_ssize_t started_index;  /* started_at (an end's flags), -1 if absent */
+    Py_ssize_t ended_index;    /* ended_at, -1 if absent */
     char **keys;            /* '"name":' for each field, as encoded */
     size_t *key_lens;
     Py_ssize_t *offsets;    /* of each field's slot in an instance */
@@ -313,7 +316,21 @@ typedef struct {
     JBuf *b;
     PyObject *fallback;     /* the caller's encoder.encode, for every other value */
     size_t callouts;        /* times fallback was called: Python code may have run */
+    size_t noted;           /* values written in another form (counted in noted_counts) */
 } Ctx;
+
+/* Values written in another form since take_counts() last ran in this thread: NaN/inf as
+ * null, bytes-like as base64 (msgspec's form); the producer adds them to its slot's
+ * counters after each write, or drops them with an item not written. Per thread: threads
+ * writing at once (the GIL passes between a write and its settling) keep their own. */
+enum { NOTED_NONFINITE, NOTED_BYTES, NOTED_KINDS };
+static _Thread_local Py_ssize_t noted_counts[NOTED_KINDS];
+static PyObject *decimal_type;  /* decimal.Decimal: a NaN/inf one is written null */
+
+static inline void note(Ctx *ctx, int kind) {
+    noted_counts[kind]++;
+    ctx->noted++;
+}
 
 static int put_value(Ctx *ctx, PyObject *obj);
 
@@ -372,7 +389,10 @@ static int put_short_float(JBuf *b, double x) {
 
 static int put_float(Ctx *ctx, PyObject *obj) {
     double x = PyFloat_AS_DOUBLE(obj);
-    if (!isfinite(x)) return put_bytes(ctx->b, "null", 4);
+    if (!isfinite(x)) {
+        note(ctx, NOTED_NONFINITE);
+        return put_bytes(ctx->b, "null", 4);
+    }
     if (x == 0.0) return signbit(x) ? put_bytes(ctx->b, "-0.0", 4) : put_bytes(ctx->b, "0.0", 3);
     int done = put_short_float(ctx->b, x);
     if (done) return done < 0 ? -1 : 0;
@@ -528,6 +548,28 @@ static const Plan *plan_of(PyTypeObject *type) {
     return (const Plan *)PyCapsule_GetPointer(capsule, "engine.native._native.Plan");
 }
 
+/* A value msgspec writes: counted first when its form changes (NaN/inf, bytes-like); a
+ * NaN/inf Decimal is written null here (msgspec would write NaN, which is not JSON). */
+static int put_other(Ctx *ctx, PyObject *obj, PyTypeObject *type) {
+    if (PyFloat_Check(obj)) {  /* a float subclass (numpy.float64): msgspec's null too */
+        if (!isfinite(PyFloat_AS_DOUBLE(obj))) note(ctx, NOTED_NONFINITE);
+    } else if ((PyObject *)type == decimal_type) {
+        PyObject *finite = PyObject_CallMethod(obj, "is_finite", NULL);
+        if (finite == NULL) return -1;
+        int yes = PyObject_IsTrue(finite);
+        Py_DECREF(finite);
+        if (yes < 0) return -1;
+        if (!yes) {
+            note(ctx, NOTED_NONFINITE);
+            return put_bytes(ctx->b, "null", 4);
+        }
+    } else if (type == &PyBytes_Type || type == &PyByteArray_Type ||
+               type == &PyMemoryView_Type) {
+        note(ctx, NOTED_BYTES);
+    }
+    return put_fallback(ctx, obj);
+}
+
 static int put_value(Ctx *ctx, PyObject *obj) {
     PyTypeObject *type = Py_TYPE(obj);
     if (type == &PyUnicode_Type) return put_str(ctx->b, obj);
@@ -554,23 +596,41 @@ static int put_value(Ctx *ctx, PyObject *obj) {
     const Plan *plan = plan_of(type);
     if (plan != NULL) return put_struct(ctx, obj, plan, NULL);
     if (PyErr_Occurred()) return -1;
-    return put_fallback(ctx, obj);
+    return put_other(ctx, obj, type);
 }
 
 int json_encode_item(JBuf *b, PyObject *item, PyObject *fallback, Py_ssize_t *splice_at,
-                     size_t *callouts) {
+                     size_t *callouts, size_t *noted) {
     const Plan *plan = plan_of(Py_TYPE(item));
     if (plan == NULL) return PyErr_Occurred() ? -1 : 0;
-    Ctx ctx = {b, fallback, 0};
+    Ctx ctx = {b, fallback, 0, 0};
     b->len = 0;
     *splice_at = -1;
+    Py_ssize_t saved[NOTED_KINDS];
+    memcpy(saved, noted_counts, sizeof saved);
     int r = put_struct(&ctx, item, plan, splice_at);
+    if (r < 0) memcpy(noted_counts, saved, sizeof saved);  /* not written: not counted */
     *callouts = ctx.callouts;
+    *noted = ctx.noted;
     return r < 0 ? -1 : 1;
 }
 
+int json_is_utc_datetime(PyObject *obj) {
+    return Py_IS_TYPE(obj, PyDateTimeAPI->DateTimeType) &&
+           PyDateTime_DATE_GET_TZINFO(obj) == PyDateTime_TimeZone_UTC;
+}
+
+/* take_counts() -> (nonfinite, bytes): what the encoder wrote in another form in this
+ * thread since the last call (then zero) */
+PyObject *native_take_counts(PyObject *self, PyObject *unused) {
+    PyObject *counts = Py_BuildValue("(nn)", noted_counts[NOTED_NONFINITE],
+                                     noted_counts[NOTED_BYTES]);
+    if (counts != NULL) memset(noted_counts, 0, sizeof noted_counts);
+    return counts;
+}
+
 int json_item_ids(PyObject *item, PyObject **project, PyObject **id, PyObject **trace_id,
-                  PyObject **started_at) {
+                  PyObject **started_at, PyObject **ended_at) {
     const Plan *plan = plan_of(Py_TYPE(item));
     if (plan == NULL) return PyErr_Occurred() ? -1 : 0;
     if (plan->project_index < 0 || plan->id_index < 0 || plan->trace_index < 0) return 0;
@@ -581,6 +641,10 @@ int json_item_ids(PyObject *item, PyObject **project, PyObject **id, PyObject **
         *started_at = plan->started_index < 0
                           ? NULL
                           : *(PyObject **)((char *)item + plan->offsets[plan->started_index]);
+    if (ended_at != NULL)
+        *ended_at = plan->ended_index < 0
+                        ? NULL
+                        : *(PyObject **)((char *)item + plan->offsets[plan->ended_index]);
     return 1;
 }
 
@@ -620,7 +684,7 @@ PyObject *native_struct_plan(PyObject *self, PyObject *args) {
     if (plan == NULL) return PyErr_NoMemory();
     plan->nfields = n;
     plan->splice_index = plan->project_index = plan->id_index = plan->trace_index = -1;
-    plan->started_index = -1;
+    plan->started_index = plan->ended_index = -1;
     plan->keys = PyMem_Calloc((size_t)n + 1, sizeof(char *));
     plan->key_lens = PyMem_Calloc((size_t)n + 1, sizeof(size_t));
     plan->offsets = PyMem_Calloc((size_t)n + 1, sizeof(Py_ssize_t));
@@ -669,6 +733,7 @@ PyObject *native_struct_plan(PyObject *self, PyObject *args) {
         if (PyUnicode_CompareWithASCIIString(name, "id") == 0) plan->id_index = i;
         if (PyUnicode_CompareWithASCIIString(name, "trace_id") == 0) plan->trace_index = i;
         if (PyUnicode_CompareWithASCIIString(name, "started_at") == 0) plan->started_index = i;
+        if (PyUnicode_CompareWithASCIIString(name, "ended_at") == 0) plan->ended_index = i;
     }
     if (plans == NULL && (plans = PyDict_New()) == NULL) goto fail;
     if (PyDict_SetItem(plans, type, capsule) < 0) goto fail;
@@ -694,10 +759,14 @@ PyObject *native_encode(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     JBuf b = {0};
-    Ctx ctx = {&b, args[0], 0};
+    Ctx ctx = {&b, args[0], 0, 0};
     PyObject *out = NULL;
+    Py_ssize_t saved[NOTED_KINDS];
+    memcpy(saved, noted_counts, sizeof saved);
     if (put_value(&ctx, args[1]) == 0)
         out = PyBytes_FromStringAndSize(b.p, (Py_ssize_t)b.len);
+    else
+        memcpy(noted_counts, saved, sizeof saved);
     jbuf_free(&b);
     return out;
 }
@@ -748,5 +817,10 @@ PyObject *native_utc_datetime(PyObject *self, PyObject *args) {
 int json_init(void) {
     init_escape_table();
     PyDateTime_IMPORT;
-    return PyDateTimeAPI == NULL ? -1 : 0;
+    if (PyDateTimeAPI == NULL) return -1;
+    PyObject *decimal = PyImport_ImportModule("decimal");
+    if (decimal == NULL) return -1;
+    decimal_type = PyObject_GetAttrString(decimal, "Decimal");
+    Py_DECREF(decimal);
+    return decimal_type == NULL ? -1 : 0;
 }

@@ -57,8 +57,12 @@ static PyMethodDef native_methods[] = {
      "call_types(start_type, end_type, start_res_type): the types RingWriter.call_start / "
      "call_end take and answer."},
     {"call_handle_setup", native_call_handle_setup, METH_VARARGS,
-     "call_handle_setup(current_var, describe): what CallHandleBase needs (the ContextVar "
-     "of the current call; exception -> text)."},
+     "call_handle_setup(current_var, describe, write_safely): what CallHandleBase needs "
+     "(the ContextVar of the current call; exception -> text; what to do when a write "
+     "raised)."},
+    {"take_counts", native_take_counts, METH_NOARGS,
+     "take_counts() -> (nonfinite, bytes): values the encoder wrote in another form since "
+     "the last call (then zero)."},
     {"call_dict_fields", native_call_dict_fields, METH_VARARGS,
      "call_dict_fields(start_fields, end_fields): (name, kind, required, id) per field, so "
      "RingWriter.call_start / call_end take dicts of those types too."},

@@ -365,9 +365,9 @@ static PyObject *encode_and_write(RingWriter *self, PyObject *item, long kind, l
     Py_INCREF(fallback);
     Py_INCREF(into);
     self->busy = 1;
-    size_t callouts = 0;
-    int native = json_encode_item(json, item, fallback, &splice_at, &callouts);
-    if (clean != NULL) *clean = native == 1 && callouts == 0;
+    size_t callouts = 0, noted = 0;
+    int native = json_encode_item(json, item, fallback, &splice_at, &callouts, &noted);
+    if (clean != NULL) *clean = native == 1 && callouts == 0 && noted == 0;
     self->busy = reentrant;
     if (native < 0) goto done;
     if (native) {
@@ -425,7 +425,8 @@ static PyObject *encode_and_write(RingWriter *self, PyObject *item, long kind, l
         }
         Py_XSETREF(self->refused, kept);
     }
-    result = PyLong_FromLong(code);
+    /* written, with values counted: the caller settles it, which takes the counts */
+    result = hand_back && noted ? Py_BuildValue("(lO)", code, Py_None) : PyLong_FromLong(code);
 done:
     /* one huge item must not pin its size in memory for the writer's whole life */
     if (!reentrant) {
@@ -549,7 +550,7 @@ static PyObject *writer_put_item(RingWriter *self, PyObject *const *args, Py_ssi
         return NULL;
     }
     PyObject *item = args[0], *project, *id, *trace;
-    int have = json_item_ids(item, &project, &id, &trace, NULL);
+    int have = json_item_ids(item, &project, &id, &trace, NULL, NULL);
     if (have < 0) return NULL;
     if (!have || project == NULL || id == NULL || id == Py_None || trace == NULL)
         return PyLong_FromLong(UNPLANNED);
@@ -569,6 +570,10 @@ static PyObject *writer_put_item(RingWriter *self, PyObject *const *args, Py_ssi
 }
 
 
+static inline int utc_or_none(PyObject *v) {
+    return v == NULL || v == Py_None || json_is_utc_datetime(v);
+}
+
 /* Tracer.call_start / call_end in one call: an exact start (ids set) or end Struct with a
  * bound project (or a dict struct_of_dict makes one of), put_item's work, and the answer.
  * Returns the CallStartRes (start) or True (end) when the item is written and nothing is
@@ -587,10 +592,15 @@ PyObject *call_item(RingWriter *self, PyObject *item, int is_end) {
     if (!self->has_view || self->bound_encoder == NULL || start_type == NULL ||
         Py_TYPE(item) != (is_end ? end_type : start_type))
         Py_RETURN_NONE;
-    PyObject *project, *id, *trace, *started;
-    int have = json_item_ids(item, &project, &id, &trace, &started);
+    PyObject *project, *id, *trace, *started, *ended;
+    int have = json_item_ids(item, &project, &id, &trace, &started, &ended);
     if (have < 0) return NULL;
     if (!have || project == NULL || id == NULL || id == Py_None || trace == NULL)
+        Py_RETURN_NONE;
+    /* timestamps in UTC (the tracer's own are) go on; any other the general path checks:
+     * naive, or out of range once in UTC, is an EncodeError there */
+    if (is_end ? !utc_or_none(started) || ended == NULL || !json_is_utc_datetime(ended)
+               : started == NULL || !json_is_utc_datetime(started))
         Py_RETURN_NONE;
     long flags = 0;
     if (is_end) {  /* flags as Tracer.call_end computes them; an empty trace_id is none */

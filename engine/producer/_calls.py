@@ -69,8 +69,8 @@ class _PyCalls:
             return self._call_start_rest(start, None)  # type: ignore[attr-defined]
         try:  # one C call for a Struct with its ids: written, or settled in _call_start_rest
             done = fast(start)
-        except ValueError:
-            self._fast_failed(fast, self._fast_start)  # type: ignore[attr-defined]
+        except Exception as exc:
+            self._fast_failed(fast, self._fast_start, exc, start)  # type: ignore[attr-defined]
             raise
         if done.__class__ is CallStartRes:
             return done
@@ -83,8 +83,8 @@ class _PyCalls:
             return self._call_end_rest(end, None)  # type: ignore[attr-defined]
         try:  # as in call_start
             done = fast(end)
-        except ValueError:
-            self._fast_failed(fast, self._fast_end)  # type: ignore[attr-defined]
+        except Exception as exc:
+            self._fast_failed(fast, self._fast_end, exc, end, True)  # type: ignore[attr-defined]
             raise
         if done is True:
             return None

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine.native._accel import native as _native
 from engine.producer._calls import ITEMS_PLANNED
+from engine.producer._safe import write_safely
 from engine.wire import _codec
 from engine.wire.calls import EndedCallSchemaForInsert, StartedCallSchemaForInsert
 
@@ -24,7 +25,8 @@ class _PyCallHandle:
     """One traced call: ``with tracer.call(...) as call:`` — set ``output`` / ``summary``.
 
     It is its own context manager (one object per call on the hot path); ``id``,
-    ``trace_id``, ``parent_id`` and ``started_at`` are filled when the call starts.
+    ``trace_id``, ``parent_id`` and ``started_at`` are filled when the call starts (``id``
+    is None again if the call could not be traced: logged, never raised).
     """
 
     __slots__ = ("id", "trace_id", "parent_id", "op_name", "started_at", "output", "summary",
@@ -56,11 +58,16 @@ class _PyCallHandle:
             self.trace_id = trace_id = parent.trace_id
             self.parent_id = parent_id = parent.id
         self.started_at = started_at = _codec.utcnow()
-        self._tracer.call_start(StartedCallSchemaForInsert(
+        start = StartedCallSchemaForInsert(
             project_id=self._project, id=call_id, op_name=self.op_name,
             display_name=self.display_name, trace_id=trace_id, parent_id=parent_id,
             started_at=started_at, attributes=self.attributes, inputs=self.inputs,
-        ))  # one C call where the accelerator is built
+        )
+        try:
+            self._tracer.call_start(start)  # one C call where the accelerator is built
+        except Exception as exc:
+            if not write_safely(self._tracer, start, "start", exc):
+                self.id = None  # not started: nothing ends it
         self._token = _current.set(self)
         return self
 
@@ -71,12 +78,18 @@ class _PyCallHandle:
         if self._token is not None:
             _current.reset(self._token)
             self._token = None
-        self._tracer.call_end(EndedCallSchemaForInsert(
+        if self.id is None:  # its start was dropped (logged): no end without a start
+            return
+        end = EndedCallSchemaForInsert(
             project_id=self._project, id=self.id, trace_id=self.trace_id,
             started_at=self.started_at, ended_at=_codec.utcnow(),
             exception=None if exc is None else _describe(exc),
             output=self.output, summary=self.summary,
-        ))
+        )
+        try:
+            self._tracer.call_end(end)
+        except Exception as error:
+            write_safely(self._tracer, end, "end", error)
 
     async def __aenter__(self) -> CallHandle:
         return self._begin()
@@ -115,9 +128,14 @@ def current_call() -> CallHandle | None:
 
 
 def _describe(exc: BaseException) -> str:
-    text = str(exc)
+    """The end's ``exception`` text; never raises (the user's exception is re-raised as
+    it is, whatever its ``__str__`` does)."""
+    try:
+        text = str(exc)
+    except Exception as broken:
+        text = f"<exception text unavailable: {type(broken).__name__}>"
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 if CallHandle is not _PyCallHandle:
-    _native.call_handle_setup(_current, _describe)  # what the C handle calls back
+    _native.call_handle_setup(_current, _describe, write_safely)  # what the C handle calls

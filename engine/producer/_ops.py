@@ -23,12 +23,12 @@ def wrap_op(tracer: Tracer, fn: Callable[..., Any], op_name: str) -> Callable[..
             handle = CallHandle(tracer, op_name, _op_inputs(names, args, kwargs), {}, None,
                                 project)._begin()
             try:
-                handle.output = await fn(*args, **kwargs)
+                handle.output = result = await fn(*args, **kwargs)
             except BaseException as exc:
                 handle.__exit__(None, exc, None)
                 raise
             handle.__exit__(None, None, None)
-            return handle.output
+            return result
 
         return traced_async
 
@@ -37,12 +37,12 @@ def wrap_op(tracer: Tracer, fn: Callable[..., Any], op_name: str) -> Callable[..
         handle = CallHandle(tracer, op_name, _op_inputs(names, args, kwargs), {}, None,
                             project)._begin()
         try:
-            handle.output = fn(*args, **kwargs)
+            handle.output = result = fn(*args, **kwargs)
         except BaseException as exc:
             handle.__exit__(None, exc, None)
             raise
         handle.__exit__(None, None, None)
-        return handle.output
+        return result
 
     return traced
 

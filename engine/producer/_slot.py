@@ -20,7 +20,7 @@ import msgspec
 
 from engine import ring
 from engine.common._control import Control, control_path
-from engine.common._errors import Closed, PayloadTooLarge, RingFull
+from engine.common._errors import Closed, ConfigError, EncodeError, PayloadTooLarge, RingFull
 from engine.producer._calls import CallsBase
 from engine.wire import _codec
 from engine.wire.calls import end_splice_offset
@@ -28,6 +28,12 @@ from engine.wire.calls import end_splice_offset
 log = logging.getLogger("engine.producer")
 _WRITTEN, _UNPLANNED = ring.WRITTEN, ring.UNPLANNED
 _ENVELOPE_BYTES = 64  # room for the batch envelope around the largest single item
+_ENCODERS = _codec.producer_encoders()  # (lenient, strict)
+# what each count of the encoders and the sanitiser adds to (common/_control.py)
+_COUNTERS = {"stringified": "stringified", "unencodable": "sanitised_unencodable",
+             "nonfinite": "sanitised_nonfinite", "bytes": "sanitised_bytes",
+             "cycle": "sanitised_cycle", "bad_string": "sanitised_bad_string",
+             "oversized": "sanitised_oversized", "timestamp": "sanitised_timestamp"}
 _live_tracers: weakref.WeakSet[SlotWriting] = weakref.WeakSet()
 
 
@@ -37,13 +43,13 @@ class _ProcessSlot:
     one per task; a slot each would run out after ``max_slots`` tasks). Given back when the
     last tracer that wrote through it closes, or when the process ends."""
 
-    __slots__ = ("writer", "max_payload", "fast_put", "fast_start", "fast_end", "projects",
-                 "open", "closed")
+    __slots__ = ("writer", "max_payload", "limit_setting", "fast_put", "fast_start",
+                 "fast_end", "projects", "open", "closed")
 
-    def __init__(self, writer: ring.SlotWriter, max_payload: int, fast_put: Any,
+    def __init__(self, writer: ring.SlotWriter, limits: tuple[int, str], fast_put: Any,
                  fast_calls: tuple[Any, Any], projects: dict[str, bytes]) -> None:
         self.writer = writer
-        self.max_payload = max_payload
+        self.max_payload, self.limit_setting = limits  # the bytes, and what sets them
         self.fast_put = fast_put
         self.fast_start, self.fast_end = fast_calls
         self.projects = projects  # project_id -> bytes, bound to the writer's fast path
@@ -70,7 +76,6 @@ class _Process:
         # (the one-call paths are atomic). A fresh lock after fork: another thread may have
         # held the old one.
         self.lock = threading.RLock()
-        self.stringified_seen = _codec.Stringified.count  # what has been counted so far
 
 
 _process = _Process()
@@ -93,7 +98,7 @@ class SlotWriting(CallsBase):  # type: ignore[misc,valid-type]
     def __init__(self, spec: ring.RingSpec, settings: ProducerSettings) -> None:
         self._spec = spec
         self._settings = settings
-        self._encoder = _codec.strict_encoder if settings.strict else _codec.encoder
+        self._encoder = _ENCODERS[1] if settings.strict else _ENCODERS[0]
         self._ringset: ring.RingSet | None = None
         self._control: Control | None = None
         self._closed = False
@@ -145,12 +150,17 @@ class SlotWriting(CallsBase):  # type: ignore[misc,valid-type]
                     if _process.slots.get(key) is slot:
                         del _process.slots[key]
 
-    def _fast_failed(self, fast: Any, current: Any) -> None:
-        """A one-call path raised ValueError: a writer released by a close() that ran
-        while the call was on its way (``current`` is then no longer ``fast``) is Closed;
-        anything else stands."""
+    def _fast_failed(self, fast: Any, current: Any, error: BaseException | None = None,
+                     item: Any = None, is_end: bool = False) -> None:
+        """A one-call path raised ``error`` while it wrote ``item``: a writer released by
+        a close() that ran while the call was on its way (``current`` is then no longer
+        ``fast``) is Closed; a value it could not encode, the EncodeError naming it
+        (nothing was written); anything else stands."""
+        _codec.take_counts()  # the item's: it was not written
         if current is not fast:
             raise Closed("this tracer is closed") from None
+        if error is not None and is_invalid_input(error):
+            raise self._invalid(item, error, "end" if is_end else "start") from error
 
     def _emit(self, kind: int, flags: int, item: msgspec.Struct, project: str,
               call_id: str | bytes, trace_id: str | bytes | None, what: str,
@@ -163,7 +173,8 @@ class SlotWriting(CallsBase):  # type: ignore[misc,valid-type]
             except ValueError:
                 self._fast_failed(fast, self._fast_put)
                 raise
-            if result == _WRITTEN and _codec.Stringified.count == _process.stringified_seen:
+            if (result == _WRITTEN and not _codec.Stringified.count
+                    and not _codec.Stringified.unencodable):
                 return
             if result != _UNPLANNED:
                 self._settle(result, kind, flags, item, call_id, trace_id, what, splice)
@@ -187,9 +198,10 @@ class SlotWriting(CallsBase):  # type: ignore[misc,valid-type]
                     else:
                         self._put_slow(writer, code, kind, flags, project_b, call_id, trace_id,
                                        what, splice, payload)
-        finally:
-            if _codec.Stringified.count != _process.stringified_seen:
-                self._note_stringified()
+        except BaseException:
+            _codec.take_counts()  # the item's: it was not written
+            raise
+        self._add_counts(_codec.take_counts())
 
     def _put(self, kind: int, flags: int, item: msgspec.Struct, project: str,
              call_id: str | bytes, trace_id: str | bytes | None, what: str,
@@ -212,9 +224,10 @@ class SlotWriting(CallsBase):  # type: ignore[misc,valid-type]
                 if code != ring.WRITTEN:
                     self._put_slow(writer, code, kind, flags, project_b, call_id, trace_id,
                                    what, splice)
-        finally:
-            if _codec.Stringified.count != _process.stringified_seen:
-                self._note_stringified()
+        except BaseException:
+            _codec.take_counts()  # the item's: it was not written
+            raise
+        self._add_counts(_codec.take_counts())
 
     def _put_slow(self, writer: ring.SlotWriter, code: int, kind: int, flags: int,
                   project_b: bytes, call_id: str | bytes, trace_id: str | bytes | None,
@@ -227,7 +240,9 @@ class SlotWriting(CallsBase):  # type: ignore[misc,valid-type]
             return
         if code == ring.OVER_MAX_PAYLOAD:
             self._control_block().slot_add(writer.slot, "too_large")
-            raise PayloadTooLarge(_id_text(call_id), len(payload), self._max_payload)
+            slot = self._slot
+            raise PayloadTooLarge(_id_text(call_id), len(payload), self._max_payload,
+                                  limit_setting=slot.limit_setting if slot else "")
         aux = end_splice_offset(payload) if splice else 0  # raises if there is no ended_at
         if not writer.outcome(code, project_b, payload, call_id, trace_id, what):
             self._write_slow(writer, (kind, flags, call_id, trace_id, project_b, payload, aux),
@@ -268,12 +283,10 @@ class SlotWriting(CallsBase):  # type: ignore[misc,valid-type]
                 writer = ringset.writer(wait_s=self._settings.max_block_ms / 1000)
             except Exception as exc:
                 raise Closed(f"cannot claim a ring slot: {exc}") from exc
-            reserved = len(self._settings.project.encode()) + 256
-            max_payload = min(writer.max_record_bytes - reserved,
-                              self._settings.max_request_bytes - _ENVELOPE_BYTES)
+            limits = self._limits(writer)
             projects = dict(self._projects)
             slot = _process.slots[key] = _ProcessSlot(
-                writer, max_payload, writer.fast_put(self._encoder, max_payload, projects),
+                writer, limits, writer.fast_put(self._encoder, limits[0], projects),
                 writer.fast_calls(), projects)
         else:
             slot.projects.update(self._projects)
@@ -283,6 +296,25 @@ class SlotWriting(CallsBase):  # type: ignore[misc,valid-type]
         self._fast_put, self._fast_start, self._fast_end = (
             slot.fast_put, slot.fast_start, slot.fast_end)
         return slot.writer
+
+    def _limits(self, writer: ring.SlotWriter) -> tuple[int, str]:
+        """The largest payload one item may have, and the setting that bounds it: the
+        request limit, or the ring (twice ring_bytes, less room for any project's bytes
+        besides the payload) when it is smaller."""
+        by_request = self._settings.max_request_bytes - _ENVELOPE_BYTES
+        by_ring = writer.max_record_bytes
+        return (by_request, "max_request_bytes") if by_request <= by_ring else (
+            by_ring, "twice ring_bytes")
+
+    def _item_limit(self) -> int:
+        """The largest payload one item may have (claims the slot if need be)."""
+        self._writer or self._claim()
+        return self._max_payload
+
+    def _invalid(self, item: Any, error: BaseException, what: str) -> EncodeError:
+        from engine.producer._sanitise import invalid_item
+
+        return invalid_item(item, error, self._settings.strict, what)
 
     def _ensure_attached(self) -> ring.RingSet:
         if self._ringset is None:
@@ -301,20 +333,39 @@ class SlotWriting(CallsBase):  # type: ignore[misc,valid-type]
     def _project_bytes(self, project: str) -> bytes:
         from engine.common._config import check_project
 
-        check_project(project, "project_id")
+        try:
+            check_project(project, "project_id")
+        except ConfigError as exc:
+            raise EncodeError(str(exc), field="project_id", reason="invalid") from None
         encoded = self._projects[project] = project.encode()
         return encoded
 
-    def _note_stringified(self) -> None:
-        delta = _codec.Stringified.count - _process.stringified_seen
-        _process.stringified_seen = _codec.Stringified.count
+    def _add_counts(self, counts: dict[str, int]) -> None:
+        """Add what the encoders or the sanitiser counted (by reason) to this slot's."""
+        if not counts:
+            return
         writer = self._writer or self._claim()
-        self._control_block().slot_add(writer.slot, "stringified", delta)
+        control = self._control_block()
+        for reason, n in counts.items():
+            control.slot_add(writer.slot, _COUNTERS[reason], n)
+
+    def _count_dropped(self) -> None:
+        writer = self._writer
+        if writer is not None:
+            self._control_block().slot_add(writer.slot, "wrapper_dropped")
 
 
 
 def _id_text(call_id: str | bytes) -> str:
     return call_id if isinstance(call_id, str) else _codec.uuid_text(call_id)
+
+
+def is_invalid_input(error: BaseException) -> bool:
+    """Raised by converting or encoding an item (not a closed tracer, a full ring)."""
+    if isinstance(error, (Closed, RingFull)):
+        return False
+    return isinstance(error, (ValueError, TypeError, RecursionError, OverflowError,
+                              msgspec.MsgspecError))
 
 
 

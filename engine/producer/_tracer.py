@@ -15,10 +15,12 @@ from typing import Any, TypeVar
 import msgspec
 
 from engine import ring
+from engine.common._errors import EncodeError
 from engine.producer._flush import unacknowledged, wait_released
 from engine.producer._handle import CallHandle, current_call
 from engine.producer._ops import wrap_op
-from engine.producer._slot import SlotWriting
+from engine.producer._sanitise import time_problem
+from engine.producer._slot import SlotWriting, is_invalid_input
 from engine.wire import _codec
 from engine.wire.calls import (
     CallStartRes,
@@ -48,41 +50,61 @@ class Tracer(SlotWriting):
     def _call_start_rest(self, start: Any, done: Any) -> CallStartRes:
         """call_start past the one-call path: settle what it left (``done``, its code), or,
         when it did nothing (``done`` None), the general path."""
-        if done is not None:
-            if type(start) is dict:  # the one-call path made its own Struct of it
+        try:
+            if done is not None:
+                if type(start) is dict:  # the one-call path made its own Struct of it
+                    start = _convert(start, StartedCallSchemaForInsert)
+                self._settle(done, _KIND_START, 0, start, start.id, start.trace_id, "start",
+                             False)
+                return CallStartRes(id=start.id, trace_id=start.trace_id)
+            if (type(start) is not StartedCallSchemaForInsert
+                    and not isinstance(start, StartedCallSchemaForInsert)):
                 start = _convert(start, StartedCallSchemaForInsert)
-            self._settle(done, _KIND_START, 0, start, start.id, start.trace_id, "start", False)
-            return CallStartRes(id=start.id, trace_id=start.trace_id)
-        if (type(start) is not StartedCallSchemaForInsert
-                and not isinstance(start, StartedCallSchemaForInsert)):
-            start = _convert(start, StartedCallSchemaForInsert)
-        if start.id is None or start.trace_id is None:
-            start = msgspec.structs.replace(start, id=start.id or _codec.uuid7(),
-                                            trace_id=start.trace_id or _codec.uuid7())
-        self._emit(_KIND_START, 0, start, start.project_id, start.id, start.trace_id, "start",
-                   False)
+            if start.id is None or start.trace_id is None:
+                start = msgspec.structs.replace(start, id=start.id or _codec.uuid7(),
+                                                trace_id=start.trace_id or _codec.uuid7())
+            _check_times(start)
+            self._emit(_KIND_START, 0, start, start.project_id, start.id, start.trace_id,
+                       "start", False)
+        except Exception as exc:
+            raise self._translated(exc, start, "start") from exc
         return CallStartRes(id=start.id, trace_id=start.trace_id)
 
     def _call_end_rest(self, end: Any, done: Any) -> None:
         """call_end past the one-call path, as _call_start_rest."""
-        if done is not None:
-            if type(end) is dict:
+        try:
+            if done is not None:
+                if type(end) is dict:
+                    end = _convert(end, EndedCallSchemaForInsert)
+                flags = ring.FLAG_END_HAS_TRACE if end.trace_id and end.started_at else 0
+                self._settle(done, _KIND_END, flags, end, end.id, end.trace_id or None, "end",
+                             True)
+                return
+            if (type(end) is not EndedCallSchemaForInsert
+                    and not isinstance(end, EndedCallSchemaForInsert)):
                 end = _convert(end, EndedCallSchemaForInsert)
+            _check_times(end)
             flags = ring.FLAG_END_HAS_TRACE if end.trace_id and end.started_at else 0
-            self._settle(done, _KIND_END, flags, end, end.id, end.trace_id or None, "end", True)
-            return
-        if type(end) is not EndedCallSchemaForInsert and not isinstance(end, EndedCallSchemaForInsert):
-            end = _convert(end, EndedCallSchemaForInsert)
-        flags = ring.FLAG_END_HAS_TRACE if end.trace_id and end.started_at else 0
-        self._emit(_KIND_END, flags, end, end.project_id, end.id, end.trace_id or None, "end",
-                   True)
+            self._emit(_KIND_END, flags, end, end.project_id, end.id, end.trace_id or None,
+                       "end", True)
+        except Exception as exc:
+            raise self._translated(exc, end, "end") from exc
 
     def call_complete(self, call: CompletedCallSchemaForInsert | dict[str, Any]) -> None:
         """Enqueue a finished call (start and end in one item, as ``calls/complete`` takes it)."""
-        if not isinstance(call, CompletedCallSchemaForInsert):
-            call = _convert(call, CompletedCallSchemaForInsert)
-        self._emit(ring.KIND_COMPLETE, 0, call, call.project_id, call.id, call.trace_id, "call",
-                   False)
+        try:
+            if not isinstance(call, CompletedCallSchemaForInsert):
+                call = _convert(call, CompletedCallSchemaForInsert)
+            _check_times(call)
+            self._emit(ring.KIND_COMPLETE, 0, call, call.project_id, call.id, call.trace_id,
+                       "call", False)
+        except Exception as exc:
+            raise self._translated(exc, call, "call") from exc
+
+    def _translated(self, error: Exception, item: Any, what: str) -> Exception:
+        """What the general path raises for ``error``: an EncodeError naming the field when
+        the item was at fault (nothing of it was written), else ``error`` itself."""
+        return self._invalid(item, error, what) if is_invalid_input(error) else error
 
     def enqueue(self, mode: str, item: Any) -> None:
         """Enqueue a call start, end or complete call (``mode``) given as a Struct with the
@@ -157,4 +179,12 @@ def _convert(value: Any, type_: type) -> Any:
         return msgspec.convert(value, type_, strict=False)
     except msgspec.ValidationError as exc:
         raise ValueError(f"invalid {type_.__name__}: {exc}") from None
+
+
+def _check_times(item: Any) -> None:
+    """Timestamps must be aware and exist in UTC (the tracer's own are UTC: a cheap check)."""
+    problem = time_problem(item)
+    if problem is not None:
+        raise EncodeError(f"{type(item).__name__} {item.id}: {problem}", field=problem.path,
+                          reason=problem.reason)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import random
+import threading
 import time
 from typing import Any
 
@@ -94,19 +95,44 @@ utcnow = _utcnow_py if _native is None else _native.utcnow
 
 
 
-class Stringified:
-    """Counts values that had to be turned into their string form to encode."""
+class _StringifiedCounts(threading.local):
+    """Counts the producer's values that had to be turned into their string form to encode
+    (``count``), or into a placeholder when their ``str()`` failed (``unencodable``), per
+    thread: the producer takes them after each write (``take_counts``), and threads that
+    write at once must not take or drop each other's."""
 
     count = 0
+    unencodable = 0
 
 
-def _enc_hook(obj: Any) -> Any:
-    """Lenient fallback, as the real client does: unknown objects become their str()."""
-    Stringified.count += 1
+Stringified = _StringifiedCounts()
+
+
+def _brief_error(exc: BaseException) -> str:
+    try:
+        text = str(exc)
+    except Exception:
+        text = ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _str_or_placeholder(obj: Any) -> str:
     try:
         return str(obj)
-    except Exception:  # a broken __str__ must not break tracing
-        return f"<unprintable {type(obj).__qualname__}>"
+    except Exception as exc:  # a broken __str__ must not break tracing
+        return f"<unencodable {type(obj).__name__}: {_brief_error(exc)}>"
+
+
+def _producer_hook(obj: Any) -> Any:
+    """The producer's lenient fallback, as the real client does: unknown objects become
+    their str(), counted; one whose str() fails too, a placeholder saying so."""
+    try:
+        text = str(obj)
+    except Exception as exc:
+        Stringified.unencodable += 1
+        return f"<unencodable {type(obj).__name__}: {_brief_error(exc)}>"
+    Stringified.count += 1
+    return text
 
 
 def _strict_hook(obj: Any) -> Any:
@@ -115,8 +141,39 @@ def _strict_hook(obj: Any) -> Any:
     raise EncodeError(f"cannot encode value of type {type(obj).__qualname__!r} to JSON")
 
 
-encoder = msgspec.json.Encoder(enc_hook=_enc_hook, decimal_format="number")
+# encode(): everything but the producer (clients, the relay, files); nothing counted
+encoder = msgspec.json.Encoder(enc_hook=_str_or_placeholder, decimal_format="number")
+# the producer's: stringified values counted (the C encoder hands them over one by one)
+producer_encoder = msgspec.json.Encoder(enc_hook=_producer_hook, decimal_format="number")
 strict_encoder = msgspec.json.Encoder(enc_hook=_strict_hook, decimal_format="number")
+
+
+def producer_encoders() -> tuple[Any, Any]:
+    """(lenient, strict) for the producer: msgspec's encoders, which the C writer calls for
+    what it does not encode itself; without the accelerator, _lossy's, which also count
+    NaN/inf and bytes-like values (the C encoder counts those itself)."""
+    if _native is not None:
+        return producer_encoder, strict_encoder
+    from engine.wire._lossy import PyEncoder
+
+    return PyEncoder(producer_encoder), PyEncoder(strict_encoder)
+
+
+def take_counts() -> dict[str, int]:
+    """What the producer's encoders counted in this thread since the last call (then zero),
+    by reason."""
+    from engine.wire import _lossy
+
+    lossy = _lossy.counts
+    counts = {"stringified": Stringified.count, "unencodable": Stringified.unencodable,
+              "nonfinite": lossy.nonfinite, "bytes": lossy.bytes}
+    Stringified.count = Stringified.unencodable = 0
+    lossy.nonfinite = lossy.bytes = 0
+    if _native is not None and hasattr(_native, "take_counts"):
+        nonfinite, nbytes = _native.take_counts()
+        counts["nonfinite"] += nonfinite
+        counts["bytes"] += nbytes
+    return {reason: n for reason, n in counts.items() if n}
 
 
 def native_struct_plan(cls: type[msgspec.Struct], splice_name: str = "ended_at") -> bool:
@@ -167,7 +224,7 @@ def encode(obj: Any) -> bytes:
     """Compact UTF-8 JSON with the wire's rules.
 
     msgspec itself writes NaN/±Inf as null and aware datetimes as RFC 3339 (``Z`` for UTC);
-    values it cannot encode are stringified and counted, as the real client does.
+    values it cannot encode are stringified, as the real client does.
     """
     return encoder.encode(obj)
 

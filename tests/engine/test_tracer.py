@@ -12,6 +12,7 @@ import pytest
 
 import engine
 from engine import ring
+from engine.native import _accel
 from engine.wire import CompletedCallSchemaForInsert, EndedCallSchemaForInsert, splice_complete
 from engine.wire import StartedCallSchemaForInsert as Start
 
@@ -123,8 +124,9 @@ def test_a_dict_missing_a_required_field_is_rejected_naming_it(eng):
 def test_a_bad_project_id_is_rejected(eng):
     start = Start(project_id="no-slash", op_name="op", started_at=dt.datetime.now(dt.timezone.utc),
                   attributes={}, inputs={})
-    with pytest.raises(engine.ConfigError, match="project_id"):
+    with pytest.raises(engine.EncodeError, match="project_id") as raised:
         eng.producer().call_start(start)
+    assert (raised.value.field, raised.value.reason) == ("project_id", "invalid")
 
 
 def test_unencodable_values_are_stringified_and_counted(eng):
@@ -160,12 +162,20 @@ def test_a_value_whose_str_traces_a_call_while_being_encoded_is_not_corrupted(en
     assert items[0]["inputs"] == {"deep": "x" * 300}
 
 
-def test_strict_mode_raises_on_unencodable_values(tmp_path):
+def test_strict_mode_raises_on_unencodable_values_in_the_direct_api_only(tmp_path):
     with engine.Engine(url="http://127.0.0.1:9", project=PROJECT, start_sender=False,
                        strict=True, ring_bytes=1 << 20, max_slots=2, shutdown_timeout_s=0,
-                       dead_letter_path=str(tmp_path / "dl.jsonl")) as eng, pytest.raises(
-            engine.EncodeError, match="object"), eng.producer().call("op", inputs={"o": object()}):
-        pass
+                       dead_letter_path=str(tmp_path / "dl.jsonl")) as eng:
+        tracer = eng.producer()
+        with pytest.raises(engine.EncodeError, match="object") as raised:
+            tracer.call_start(_start(inputs={"o": object()}))
+        assert (raised.value.field, raised.value.reason) == ("inputs['o']", "unencodable")
+        with tracer.call("op", inputs={"o": object()}):  # the op wrappers replace it
+            pass
+        start, _ = decoded(drain(eng))
+        assert start["inputs"] == {"o": "<unencodable object: EncodeError: cannot encode "
+                                        "value of type 'object' to JSON>"}
+        assert eng.stats()["producers"]["sanitised_unencodable"] == 1
 
 
 def test_an_item_larger_than_any_request_raises_naming_the_call(eng):
@@ -181,16 +191,21 @@ def test_an_item_larger_than_any_request_raises_naming_the_call(eng):
 def _fill_ring(tracer) -> None:
     with pytest.raises(engine.RingFull):  # noqa: PT012 - the loop is what fills the ring
         for _ in range(10_000):
-            with tracer.call("op", inputs={"pad": "z" * 4000}):
-                pass
+            tracer.call_start(_start(inputs={"pad": "z" * 4000}))
 
 
 def test_a_full_ring_raises_after_max_block_ms_when_asked(tmp_path):
+    """call_start raises RingFull; tracer.call (an op wrapper) logs, drops, and goes on."""
     with engine.Engine(url="http://127.0.0.1:9", project=PROJECT, start_sender=False,
                        on_full="raise", max_block_ms=20, ring_bytes=1 << 18, max_slots=2,
                        shutdown_timeout_s=0, dead_letter_path=str(tmp_path / "dl.jsonl")) as eng:
-        _fill_ring(eng.producer())
+        tracer = eng.producer()
+        _fill_ring(tracer)
         assert eng.stats()["producers"]["raised_full"] == 1
+        with tracer.call("op", inputs={"pad": "z" * 4000}) as call:
+            pass
+        assert call.id is None  # not traced: its start met the full ring too
+        assert eng.stats()["producers"]["raised_full"] == 2
 
 
 def _dropping_engine(tmp_path) -> engine.Engine:
@@ -244,8 +259,11 @@ def test_tracers_pickle_and_refuse_work_after_close(eng):
         pass
     assert len(drain(eng)) == 2
     tracer.close()
-    with pytest.raises(engine.Closed), tracer.call("op"):
+    with pytest.raises(engine.Closed):
+        tracer.call_start(_start())
+    with tracer.call("op") as call:  # an op wrapper: not traced, never raised
         pass
+    assert call.id is None and drain(eng) == []
 
 
 def test_invalid_settings_fail_fast_naming_the_field():
@@ -366,8 +384,9 @@ def test_a_tracer_closed_while_encoding_raises_closed_and_writes_nothing(eng):
             tracer.close()
             return "<closer>"
 
-    with pytest.raises(engine.Closed), tracer.call("op", inputs={"v": Closer()}):
+    with tracer.call("op", inputs={"v": Closer()}) as call:  # logged, not raised
         pass
+    assert call.id is None
     assert [r.kind for r in drain(eng)] == [ring.KIND_START, ring.KIND_END]
 
 
@@ -637,7 +656,6 @@ def _end_dict(start: dict, **fields) -> dict:
             "output": {"a": [1, 2.5]}, "summary": {"usage": {}}, **fields}
 
 
-_NAIVE = dt.datetime(2026, 1, 2, 3, 4, 5, 6)
 _LOCAL = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone(dt.timedelta(hours=2)))
 
 
@@ -648,11 +666,10 @@ class _Stamp(dt.datetime):
 @pytest.mark.parametrize("fields", [
     {},                                                       # every value of its type
     {"display_name": "d", "parent_id": None, "wb_run_step": 3, "otel_dump": {"k": [1]}},
-    {"started_at": _NAIVE}, {"started_at": _LOCAL},           # datetimes as they are
+    {"started_at": _LOCAL},                                   # datetimes as they are
     {"started_at": "2026-01-02T03:04:05.000006Z"},            # ISO text in UTC: read in C
     {"started_at": "2026-01-02 03:04:05.9999995-00:00"},      # rounded up, carried
     {"started_at": "2026-01-02T03:04:05+02:00"},              # another offset: convert's
-    {"started_at": "2026-01-02T03:04:05"},                    # naive text: convert's
     {"started_at": "2026-02-30T03:04:05Z"},                   # no such day: convert refuses
     {"started_at": _Stamp(2026, 1, 2, tzinfo=dt.timezone.utc)},  # a subclass: convert's call
     {"wb_run_step": True}, {"wb_run_step": 2**70}, {"wb_run_step": 2.0},
@@ -855,3 +872,35 @@ def test_an_exception_whose_text_deletes_the_output_raises_naming_it(eng):
         raise Odd()
     assert engine.current_call() is None
     assert len(drain(eng)) == 1  # the start only
+
+
+@pytest.mark.skipif(_accel.native is None, reason="the pure-Python writer encodes under the "
+                    "process's slot lock: the other thread's write would wait for this one")
+def test_counts_stay_exact_while_another_thread_fails_its_writes(eng):
+    """Counts are taken after each write and dropped with an item not written, per thread:
+    a write that fails in another thread, while this one's item is half encoded (its NaN
+    counted already), drops none of this thread's counts."""
+    import math
+    import threading
+
+    tracer = eng.producer()
+    failures: list[BaseException] = []
+
+    def fail_once() -> None:
+        try:
+            tracer.call_start(_start(inputs={"x": "\ud800"}))
+        except engine.EncodeError as exc:
+            failures.append(exc)
+
+    class MidEncode:
+        def __str__(self) -> str:  # runs while this thread's item is being encoded
+            other = threading.Thread(target=fail_once)
+            other.start()
+            other.join()
+            return "mid"
+
+    with tracer.call("op", inputs={"nan": math.nan, "mid": MidEncode()}):
+        pass
+    assert len(failures) == 1 and len(drain(eng)) == 2
+    producers = eng.stats()["producers"]
+    assert (producers["sanitised_nonfinite"], producers["stringified"]) == (1, 1)

@@ -8,6 +8,7 @@ without the before-fork drain 9 of 10 such runs hung) and without any ``client.f
 the engine delivers at exit.
 """
 
+import json
 import os
 import shutil
 import signal
@@ -70,12 +71,12 @@ def _weave_env(url: str, home: str, enable_env: bool) -> dict[str, str]:
     return env
 
 
-def _stored_op_calls(url: str, project_id: str) -> list[dict]:
+def _stored_calls(url: str, project_id: str, op: str) -> list[dict]:
     body = msgspec.json.encode({"project_id": project_id})
     request = urllib.request.Request(url + "/calls/stream_query", data=body, method="POST")
     with urllib.request.urlopen(request, timeout=30) as resp:
         calls = [msgspec.json.decode(line) for line in resp.read().splitlines()]
-    return [c for c in calls if "square" in c["op_name"]]
+    return [c for c in calls if op in c["op_name"]]
 
 
 def _run_program(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -98,7 +99,7 @@ def _run(tmp_path: Path, url: str, how: str, project: str, python: str = sys.exe
                           _weave_env(url, str(tmp_path), enable_env=how == "env"))  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.startswith(str(sum(x * x for x in range(N_CALLS)))), result.stdout
-    return result, _stored_op_calls(url, project)
+    return result, _stored_calls(url, project, "square")
 
 
 def _assert_every_call_stored(calls: list[dict]) -> None:
@@ -209,3 +210,55 @@ def _venv_with(venv: Path, wheel: Path) -> str:
     # the suite's packages after the fresh venv's own (its engine comes first)
     Path(purelib, "suite-deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     return python
+
+
+_VALUES_PROGRAM = textwrap.dedent(
+    """
+    import json, math, sys
+    import engine.integrations.weave as integration
+    integration.install()
+    import weave
+
+    @weave.op
+    def echo(kind: str, value, answer):
+        return answer
+
+    if __name__ == "__main__":
+        weave.init(sys.argv[1])
+        big = "x" * (300 << 10)  # over the 256 KiB max_request_bytes this run sets
+        returned = {
+            "big": echo("big", big, big) == big,
+            "nan": math.isnan(echo("nan", math.nan, math.nan)),
+            "surrogate": echo("surrogate", "ok \\ud800 ok", "fine") == "fine",
+        }
+        weave.finish()
+        stats = integration.installed_engine().stats()
+        print(json.dumps({"returned": returned, "producers": stats["producers"],
+                          "dead": stats["dead_letters"]}), flush=True)
+    """
+)
+
+
+def test_values_weave_hands_over_that_we_cannot_encode_are_sanitised_and_counted(tmp_path):
+    """What reaches the integration is sanitised like @tracer.op's values (weave itself
+    turns bytes and objects into text first, and fails on cycles before calling us)."""
+    program = tmp_path / "values.py"
+    program.write_text(_VALUES_PROGRAM)
+    with serve_subprocess(tmp_path / "traces.db") as url:
+        env = _weave_env(url, str(tmp_path), enable_env=False)
+        env["ENGINE_MAX_REQUEST_BYTES"] = str(256 << 10)
+        result = _run_program([sys.executable, str(program), "ent/values"], env)
+        assert result.returncode == 0, result.stderr[-3000:]
+        calls = {c["inputs"]["kind"]: c for c in _stored_calls(url, "ent/values", "echo")}
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["returned"] == {"big": True, "nan": True, "surrogate": True}
+    assert report["dead"] == 0
+    placeholder = f"<oversized: str of {(300 << 10) + 2} bytes>"
+    assert calls["big"]["inputs"]["value"] == calls["big"]["inputs"]["answer"] == placeholder
+    assert calls["big"]["output"] == placeholder
+    assert calls["nan"]["inputs"]["value"] is None and calls["nan"]["output"] is None
+    assert calls["surrogate"]["inputs"]["value"] == "ok \ufffd ok"
+    assert all(c["ended_at"] for c in calls.values()) and len(calls) == 3
+    producers = report["producers"]
+    assert (producers["sanitised_oversized"], producers["sanitised_nonfinite"],
+            producers["sanitised_bad_string"]) == (3, 3, 1)

@@ -1,0 +1,94 @@
+"""NaN/inf and bytes-like values: the same bytes and the same counts with and without C.
+
+The C encoder counts them as it meets them (engine/native/_native_json.c); the pure-Python
+encoder (engine/wire/_lossy.py) finds the same ones after msgspec wrote the item. Both
+write a NaN/inf Decimal as null, where msgspec alone would write ``NaN`` (not JSON).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import math
+from decimal import Decimal
+
+import msgspec
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import engine.producer._tracer  # noqa: F401  (registers the wire insert types' plans)
+from engine.native import _accel
+from engine.wire import _codec, _lossy
+from engine.wire.calls import EndedCallSchemaForInsert, StartedCallSchemaForInsert
+
+native = _accel.native
+pytestmark = pytest.mark.skipif(native is None, reason="engine.native._native is not built here")
+PY_ENCODER = _lossy.PyEncoder(_codec.producer_encoder)
+
+
+class Real(float):
+    """A float subclass (numpy.float64 is one): msgspec writes it, NaN as null."""
+
+
+@dataclasses.dataclass
+class Holder:  # msgspec's, with what it holds: written the same, counted by neither
+    value: object
+
+
+def both(item) -> tuple[bytes, tuple[int, int], bytes, tuple[int, int]]:
+    _codec.take_counts()
+    c_bytes = native.encode(_codec.producer_encoder.encode, item)
+    c_counts = native.take_counts()
+    py_bytes = PY_ENCODER.encode(item)
+    py_counts = (_lossy.counts.nonfinite, _lossy.counts.bytes)
+    _codec.take_counts()
+    return c_bytes, c_counts, py_bytes, py_counts
+
+
+def _start(inputs) -> StartedCallSchemaForInsert:
+    return StartedCallSchemaForInsert(
+        project_id="e/p", id="0190a0f0-0000-7000-8000-000000000001", op_name="op",
+        trace_id="0190a0f0-0000-7000-8000-000000000002", attributes={"a": math.nan},
+        started_at=dt.datetime(2026, 1, 2, tzinfo=dt.timezone.utc), inputs=inputs)
+
+
+def test_each_kind_is_written_and_counted_alike():
+    inputs = {"nan": math.nan, "inf": [math.inf, -math.inf], "ok": 0.5, "none": None,
+              "dec": (Decimal("NaN"), Decimal("-Infinity"), Decimal("sNaN"), Decimal("1.5")),
+              "raw": [b"\x00\xff", bytearray(b"ab"), memoryview(b"xyz")], "sub": Real("nan"),
+              "int_keys": {1: math.nan, 2: b"no"}, "held": Holder(b"no"), "str": "NaN"}
+    c_bytes, c_counts, py_bytes, py_counts = both(_start(inputs))
+    assert c_bytes == py_bytes
+    assert c_counts == py_counts == (1 + 2 + 3 + 1 + 1, 3)  # attributes' NaN is counted too
+    decoded = msgspec.json.decode(c_bytes)  # valid JSON: no bare NaN
+    assert decoded["inputs"]["dec"] == [None, None, None, 1.5]
+    assert decoded["inputs"]["raw"] == ["AP8=", "YWI=", "eHl6"]
+    assert decoded["inputs"]["int_keys"] == {"1": None, "2": "bm8="}
+
+
+def test_an_end_with_nothing_to_count_counts_nothing():
+    end = EndedCallSchemaForInsert(project_id="e/p", id="0190a0f0-0000-7000-8000-000000000001",
+                                   ended_at=dt.datetime(2026, 1, 2, tzinfo=dt.timezone.utc),
+                                   output={"a": [1, "null", None]}, summary={})
+    c_bytes, c_counts, py_bytes, py_counts = both(end)
+    assert c_bytes == py_bytes and c_counts == py_counts == (0, 0)
+
+
+leaves = (st.floats(allow_nan=True, allow_infinity=True) | st.none() | st.integers()
+          | st.text(max_size=5) | st.binary(max_size=4).map(bytes)
+          | st.binary(max_size=4).map(bytearray)
+          | st.sampled_from([Decimal("NaN"), Decimal("Infinity"), Decimal("2.5"), Real("inf"),
+                             Holder(math.nan)]))
+values = st.recursive(leaves, lambda inner: st.lists(inner, max_size=4)
+                      | st.lists(inner, max_size=3).map(tuple)
+                      | st.dictionaries(st.text(max_size=3), inner, max_size=4)
+                      | st.dictionaries(st.integers(0, 9), inner, max_size=2), max_leaves=20)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(st.text(max_size=4), values, max_size=4))
+def test_any_value_is_written_and_counted_alike(inputs):
+    c_bytes, c_counts, py_bytes, py_counts = both(_start(inputs))
+    assert c_bytes == py_bytes
+    assert c_counts == py_counts
