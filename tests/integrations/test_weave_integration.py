@@ -79,16 +79,20 @@ def _stored_calls(url: str, project_id: str, op: str) -> list[dict]:
     return [c for c in calls if op in c["op_name"]]
 
 
-def _run_program(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    """Runs in its own session so that a hang kills its Pool workers too (only them)."""
+def _run_program(argv: list[str], env: dict[str, str], timeout_s: float = RUN_TIMEOUT_S,
+                 hang_ok: bool = False) -> subprocess.CompletedProcess:
+    """Runs in its own session so that a hang kills its Pool workers too (only them); a
+    hang fails the test unless ``hang_ok`` (then the return code is None)."""
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)  # fmt: skip
     try:
-        out, err = proc.communicate(timeout=RUN_TIMEOUT_S)
+        out, err = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         out, err = proc.communicate()
-        pytest.fail(f"hung for {RUN_TIMEOUT_S} s: {argv}\n{err[-3000:]}")
+        if not hang_ok:
+            pytest.fail(f"hung for {timeout_s} s: {argv}\n{err[-3000:]}")
+        return subprocess.CompletedProcess(argv, None, out, err)  # type: ignore[arg-type]
     return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
 
@@ -102,18 +106,82 @@ def _run(tmp_path: Path, url: str, how: str, project: str, python: str = sys.exe
     return result, _stored_calls(url, project, "square")
 
 
-def _assert_every_call_stored(calls: list[dict]) -> None:
-    assert len(calls) == N_CALLS + 1 == len({c["id"] for c in calls})
-    assert sorted(c["inputs"]["x"] for c in calls) == list(range(-1, N_CALLS))
+def _assert_every_call_stored(calls: list[dict], n_calls: int = N_CALLS) -> None:
+    assert len(calls) == n_calls + 1 == len({c["id"] for c in calls})
+    assert sorted(c["inputs"]["x"] for c in calls) == list(range(-1, n_calls))
     assert all(c["ended_at"] and c["output"] == c["inputs"]["x"] ** 2 for c in calls)
+
+
+_RUNS_PROGRAM = textwrap.dedent(
+    """
+    import json, multiprocessing, os, signal, sys, time
+    import engine.integrations.weave
+    engine.integrations.weave.install()
+    import weave
+
+    @weave.op
+    def square(x: int) -> int:
+        return x * x
+
+    def one_run(project, n_calls):
+        os.setpgid(0, 0)  # the run, its Pool workers with it, can be killed alone
+        weave.init(project)
+        square(-1)  # the op's save is still pending in weave's threads when the Pool forks
+        with multiprocessing.get_context("fork").Pool(2) as pool:
+            total = sum(pool.map(square, range(n_calls)))
+        print(json.dumps({"project": project, "sum": total}), flush=True)
+
+    def wait(pid, timeout_s):
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return os.waitstatus_to_exitcode(status)
+            time.sleep(0.02)
+        os.killpg(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        return "hung"
+
+    if __name__ == "__main__":
+        prefix, runs, n_calls, timeout_s = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+        for run in range(runs):
+            project = f"{prefix}-{run}"
+            pid = os.fork()
+            if pid == 0:  # a fresh run: no weave client yet, no engine, no thread
+                one_run(project, n_calls)
+                sys.exit(0)  # the interpreter's own exit: the engine delivers at exit
+            code = wait(pid, timeout_s)
+            print(json.dumps({"project": project, "exit": code}), flush=True)
+            if code == "hung":
+                sys.exit(1)  # a failed run: the test fails on it, no more time spent
+    """
+)
+RUNS = 20
+RUN_CALLS = 4
+RUNS_TIMEOUT_S = 100  # within the test's 120 s; one hung run (30 s) ends the program
 
 
 @pytest.mark.slow
 def test_forked_pool_workers_deliver_every_call_in_20_of_20_runs(tmp_path):
+    """20 runs, each a fork of one interpreter that imported weave with the integration
+    installed (the interpreter start and imports are paid once): weave.init, a traced call
+    whose op save is still pending in weave's threads, a forked Pool(2) mapping the op,
+    exit without client.flush(). Every run ends in time and its project holds every call."""
+    program = tmp_path / "runs.py"
+    program.write_text(_RUNS_PROGRAM)
     with serve_subprocess(tmp_path / "traces.db") as url:
-        for run in range(20):
-            _, calls = _run(tmp_path, url, "install", f"ent/pool-{run}")
-            _assert_every_call_stored(calls)
+        result = _run_program([sys.executable, str(program), "ent/pool", str(RUNS),
+                               str(RUN_CALLS), "30"],
+                              _weave_env(url, str(tmp_path), enable_env=False),
+                              timeout_s=RUNS_TIMEOUT_S)  # fmt: skip
+        lines = [json.loads(line) for line in result.stdout.splitlines()]
+        projects = [f"ent/pool-{run}" for run in range(RUNS)]
+        assert [x for x in lines if "exit" in x] == [
+            {"project": p, "exit": 0} for p in projects], result.stderr[-3000:]
+        want = sum(x * x for x in range(RUN_CALLS))
+        assert [x for x in lines if "sum" in x] == [{"project": p, "sum": want} for p in projects]
+        for project in projects:
+            _assert_every_call_stored(_stored_calls(url, project, "square"), RUN_CALLS)
 
 
 def test_engine_weave_env_alone_routes_weave_through_the_engine(tmp_path):
@@ -124,10 +192,22 @@ def test_engine_weave_env_alone_routes_weave_through_the_engine(tmp_path):
     assert f"engine from {REPO / 'engine'}" in result.stdout
 
 
+WEAVE_ALONE_TIMEOUT_S = 20
+
+
 def test_weave_alone_loses_pool_worker_calls(tmp_path):
+    """weave's own failure, documented: its forked workers' calls are never sent. A run
+    either ends (the workers' calls missing) or hangs in weave (7 of 10 runs, on fork
+    inside weave's pending work) and is killed after WEAVE_ALONE_TIMEOUT_S; either way
+    calls of the workers are missing at the server."""
+    program = tmp_path / "program.py"
+    program.write_text(_PROGRAM)
     with serve_subprocess(tmp_path / "traces.db") as url:
-        _, calls = _run(tmp_path, url, "none", "ent/pool-none")
-    assert len(calls) < N_CALLS
+        _run_program([sys.executable, str(program), "ent/pool-none", "none", str(N_CALLS)],
+                     _weave_env(url, str(tmp_path), enable_env=False),
+                     timeout_s=WEAVE_ALONE_TIMEOUT_S, hang_ok=True)  # fmt: skip
+        calls = _stored_calls(url, "ent/pool-none", "square")
+    assert len([c for c in calls if c["inputs"]["x"] >= 0]) < N_CALLS
 
 
 _STUCK_PROGRAM = textwrap.dedent(
