@@ -11,7 +11,7 @@ from engine.sender._deadletter import DeadLetters, read_dead_letters
 from engine.sender._spool import Spool
 from tests.engine.helpers import make_engine
 from tests.faultserver import FaultServer
-from tests.pipeline import Sandbox
+from tests.pipeline import Sandbox, poll_until
 
 pytestmark = pytest.mark.integration
 
@@ -92,6 +92,8 @@ def test_the_senders_background_replay_splits_spooled_segments_too(tmp_path):
             server.url, tmp_path, spool_dir=str(spool_dir)) as eng:
         assert server.wait_for(lambda: server.stored_ids(PROJECT) == expected, timeout_s=60)
         assert server.wait_for(lambda: not Spool(spool_dir).pending(), timeout_s=30)
+        # the replay counts what it dead-lettered once its pass over the segments ends
+        assert poll_until(lambda: eng.stats()["dead_too_large"] == 1, timeout_s=10)
         stats = eng.stats()
     assert stats["dead_too_large"] == 1
     letters = list(read_dead_letters(tmp_path / "dead_letters.jsonl"))
