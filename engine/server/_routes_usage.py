@@ -19,7 +19,7 @@ from engine.server._routes_feedback import check_query
 from engine.server._state import state_of
 from engine.server._store import CallsQuery
 from engine.wire._base import Request
-from engine.wire.query import CallsFilter
+from engine.wire.query import CallsFilter, NonNegativeInt
 
 routes = web.RouteTableDef()
 _COSTS = ("prompt_tokens_total_cost", "completion_tokens_total_cost",
@@ -33,14 +33,14 @@ class TraceUsageReq(Request, kw_only=True):
     filter: CallsFilter | None = None
     query: dict[str, Any] | None = None
     include_costs: bool = False
-    limit: int | None = None
+    limit: NonNegativeInt | None = None
 
 
 class CallsUsageReq(Request, kw_only=True):
     project_id: str
     call_ids: list[str]
     include_costs: bool = False
-    limit: int | None = None
+    limit: NonNegativeInt | None = None
 
 
 def _own_usage(call: dict[str, Any], prices: dict[str, list[dict]] | None) -> dict[str, dict]:

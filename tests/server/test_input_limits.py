@@ -54,13 +54,18 @@ def test_integers_past_sqlite_are_a_422_naming_the_field(run, db_path):
                 await api.post(COMPLETE, {"batch": [complete("a", wb_run_step=2**63)]}),
                 await api.post("/calls/stream_query", {"project_id": PROJECT, "limit": 2**63}),
                 await api.post("/objs/query", {"project_id": PROJECT, "offset": 2**64}),
+                await api.post("/trace/usage", {"project_id": PROJECT, "limit": 2**63}),
+                await api.post("/calls/usage", {"project_id": PROJECT, "call_ids": ["a"],
+                                                "limit": -1}),
                 await api.query(),
             )
 
-    (s1, b1), (s2, b2), (s3, b3), calls = run(scenario())
+    (s1, b1), (s2, b2), (s3, b3), (s4, b4), (s5, b5), calls = run(scenario())
     assert s1 == 422 and "$.batch[0].wb_run_step: 9223372036854775808 is outside the 64-bit" in b1["reason"]
     assert s2 == 422 and "<= 9223372036854775807" in b2["reason"] and "$.limit" in b2["reason"]
     assert s3 == 422 and b3["reason"].startswith("offset: must be within 0..2**63-1")
+    assert s4 == 422 and "<= 9223372036854775807" in b4["reason"] and "$.limit" in b4["reason"]
+    assert s5 == 422 and ">= 0" in b5["reason"] and "$.limit" in b5["reason"]
     assert calls == []
 
 
