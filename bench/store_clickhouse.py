@@ -6,14 +6,16 @@
 For each store, on the same calls (``bench.payloads``; decoded once into the raw ingest
 models ``engine serve`` hands its store, so the decode is not timed): ingest through
 ``Store.insert_calls`` in batches of ``--batch`` complete calls, ``--writers`` batches in
-flight at once (as an ``engine serve`` with several requests open); then
+flight at once (as an ``engine serve`` with several requests open: by default the bodies
+of two senders, 2 MB each, 8 in flight each); then
 ``calls_query_stats`` (``count_calls``) over everything stored; then a streaming read of
 every call in the default order (``query_calls``, the path of ``/calls/stream_query``).
 
 Stores: ``sqlite`` (a file in a temporary folder), ``clickhouse`` (the local ClickHouse
 server, ``engine.server.clickhouse.local_server``, in its own process, over HTTP), and
 ``chdb`` (ClickHouse embedded in this process). Prints one JSON line per store and a
-markdown table. Wall-clock figures on a shared 2-core box are noisy: run it more than once.
+markdown table, and appends the lines to ``--out`` after a line describing the machine.
+Wall-clock figures on a shared 2-core box are noisy: run it more than once.
 CPU per call is given apart for this process (the store's Python side; for chdb also the
 embedded engine) and for the local ClickHouse server process (``clickhouse`` only), from
 getrusage and /proc: what a dedicated machine could do does not depend on the neighbours.
@@ -35,6 +37,7 @@ from typing import Any
 
 import msgspec
 
+from bench.harness import machine_info
 from bench.payloads import profile as payload_profile
 from engine.server._ingest_models import RawCallsCompleteReq, decode_ingest
 from engine.server._sqlite_store import SQLiteStore
@@ -156,10 +159,14 @@ def _table(results: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.store_clickhouse", description=__doc__)
     parser.add_argument("--calls", type=int, default=1_000_000)
-    parser.add_argument("--batch", type=int, default=10_000, help="calls per insert")
-    parser.add_argument("--writers", type=int, default=2, help="batches in flight at once")
+    parser.add_argument("--batch", type=int, default=2_500,
+                        help="calls per request (a sender's 2 MB body holds ~2,500 small calls)")
+    parser.add_argument("--writers", type=int, default=16,
+                        help="requests in flight at once (a sender keeps up to 8)")  # fmt: skip
     parser.add_argument("--profile", default="small", help="small (~0.8 KB), eval (~4 KB)")
     parser.add_argument("--stores", default="sqlite,clickhouse,chdb")
+    parser.add_argument("--out", default="bench/results/store_clickhouse.jsonl",
+                        help="appended: the machine (cores, load, commit), then one line per store")  # fmt: skip
     args = parser.parse_args(argv)
     batches = _batches(args.calls, args.batch, args.profile)
     results = []
@@ -176,6 +183,9 @@ def main(argv: list[str] | None = None) -> None:
                               load_1min=round(os.getloadavg()[0], 2))  # fmt: skip
                 print(json.dumps(result), flush=True)
                 results.append(result)
+    with Path(args.out).open("a") as f:
+        for record in (machine_info(), *results):
+            f.write(json.dumps(record) + "\n")
     print(_table(results))
 
 
