@@ -247,15 +247,17 @@ class CallsSql:
         self.params: dict[str, Any] = {"project_id": query.project_id}
         self._where = bind(selection.where, self.params)
         self._order = bind(selection.order, self.params)
-        self._used = set(_COLUMN_NAMES.findall(f"{self._where} {self._order}"))
+        self._filtered = set(_COLUMN_NAMES.findall(self._where))  # what a count merges
+        self._used = self._filtered | set(_COLUMN_NAMES.findall(self._order))
         self._parts_where = []
         flt = query.filter
         if flt is not None and flt.call_ids is not None:  # on the sorting key: only their parts
             self.params["call_ids"] = list(flt.call_ids)
             self._parts_where.append("has({call_ids:Array(String)}, id)")
 
-    def _from(self, columns: Iterable[str]) -> str:
-        return f"({merged_calls({*self._used, *columns}, self._parts_where)}) AS calls"
+    def _from(self, columns: Iterable[str], ordered: bool = True) -> str:
+        used = self._used if ordered else self._filtered
+        return f"({merged_calls({*used, *columns}, self._parts_where)}) AS calls"
 
     def select(self, limit: int | None, offset: int) -> str:
         """Rows in ``SELECT_COLUMNS`` order."""
@@ -269,12 +271,12 @@ class CallsSql:
                 f"ORDER BY {self._order}{page}")  # fmt: skip
 
     def count(self) -> str:
-        return f"SELECT count() FROM {self._from(())} WHERE {self._where}"
+        return f"SELECT count() FROM {self._from((), ordered=False)} WHERE {self._where}"
 
 
 def _ids_sql(project_id: str, flt: CallsFilter) -> tuple[str, dict[str, Any]]:
     sql = CallsSql(CallsQuery(project_id=project_id, filter=flt))
-    return f"SELECT id FROM {sql._from(())} WHERE {sql._where}", sql.params
+    return f"SELECT id FROM {sql._from((), ordered=False)} WHERE {sql._where}", sql.params
 
 
 def subtree_sql(project_id: str, parent_ids: list[str]) -> tuple[str, dict[str, Any]]:
