@@ -4,10 +4,18 @@ Engines started without ``dead_letter_path`` write dead letters under
 ``$XDG_STATE_HOME/engine/``; the whole session (and every process it starts) gets a
 private one, removed at the end. Tests of the default paths themselves use
 ``tests.pipeline.Sandbox``.
+
+Signal tests send SIGINT (Ctrl-C) to the processes they start. A suite launched as a
+background job of a non-interactive shell (``scripts/test &``, some CI runners) inherits
+SIGINT *ignored*, every child would inherit that too, and the engine rightly leaves an
+ignored disposition alone, so those tests would wait for an exit that never comes. The
+session puts Python's default handler back; its children then start with SIGINT at its
+default (a handler, unlike SIG_IGN, is not inherited across exec).
 """
 
 import os
 import shutil
+import signal
 import tempfile
 
 _STATE_HOME = tempfile.mkdtemp(prefix="engine-tests-state-")
@@ -15,6 +23,8 @@ _STATE_HOME = tempfile.mkdtemp(prefix="engine-tests-state-")
 
 def pytest_configure(config):
     os.environ["XDG_STATE_HOME"] = _STATE_HOME
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_unconfigure(config):
