@@ -40,6 +40,7 @@ from types import TracebackType
 import msgspec
 
 from engine.ring import _files as _ring_files
+from engine.sender._fileid import names_open_file
 
 _UTC = datetime.timezone.utc
 _CLAIMED = ".claimed-"
@@ -125,7 +126,7 @@ class DeadLetters:
         for _ in range(_REOPEN_TRIES):
             fd = self._open()
             with _locked(fd):
-                if _names(self.path, fd):
+                if names_open_file(self.path, fd):
                     _append_whole(fd, data)
                     return
             self.close()  # claimed since we opened it: open the path anew
@@ -152,16 +153,6 @@ def _locked(fd: int) -> Iterator[None]:
         yield
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
-
-
-def _names(path: Path, fd: int) -> bool:
-    """Whether ``path`` still names the open file ``fd``."""
-    try:
-        current = os.stat(path)
-    except FileNotFoundError:
-        return False
-    mine = os.fstat(fd)
-    return (current.st_dev, current.st_ino) == (mine.st_dev, mine.st_ino)
 
 
 def _append_whole(fd: int, data: bytes) -> None:

@@ -35,6 +35,7 @@ import msgspec
 import zstandard
 
 from engine.common._errors import EngineError
+from engine.sender._fileid import names_open_file
 
 _MAGIC = b"ENGSPL01"
 _HEADER_LEN = struct.Struct(">I")
@@ -156,7 +157,7 @@ class Spool:
             except BlockingIOError:
                 yield False
                 return
-            yield _still_named(self.directory / entry.name, fd)
+            yield names_open_file(self.directory / entry.name, fd)
         finally:
             os.close(fd)
 
@@ -219,16 +220,6 @@ class Spool:
         for tmp in self.directory.glob(_TMP_PREFIX + "*" + _TMP_SUFFIX):
             if not _pid_alive(_writer_pid(tmp.name)):
                 tmp.unlink(missing_ok=True)
-
-
-def _still_named(path: Path, fd: int) -> bool:
-    """Whether ``path`` still names ``fd``'s file (not done by a replayer that held it)."""
-    try:
-        current = os.stat(path)
-    except FileNotFoundError:
-        return False
-    mine = os.fstat(fd)
-    return (current.st_dev, current.st_ino) == (mine.st_dev, mine.st_ino)
 
 
 def _segment(header: bytes, payload: bytes) -> bytes:
