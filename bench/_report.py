@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from bench._cells import flags, num, spread
 from bench.scenarios import matrix, pipes, senders
 
 PEERS = ("weave-batched", "weave-op", "naive")
@@ -16,36 +17,11 @@ _E2E_TARGET_PRODUCERS = 2
 # ---- formatting ----------------------------------------------------------------------------
 
 
-def _num(value: Any, digits: int = 0) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float) and digits:
-        return f"{value:,.{digits}f}"
-    return f"{value:,.0f}" if abs(value) >= 10 or not digits else f"{value:,.{digits}f}"
-
-
-def _spread(row: dict[str, Any], name: str, digits: int = 0) -> str:
-    """``median (min–max)`` when there were several runs, else the value."""
-    text = _num(row.get(name), digits)
-    if row.get(name + "_min") is not None:
-        text += f" ({_num(row[name + '_min'], digits)}–{_num(row[name + '_max'], digits)})"
-    return text
-
-
 def _ratio(value: float | None, best_peer: float | None, higher_is_better: bool = True) -> str:
     if not value or not best_peer:
         return "–"
     factor = value / best_peer if higher_is_better else best_peer / value
     return f"{factor:,.1f}x"
-
-
-def _flag(row: dict[str, Any]) -> str:
-    notes = []
-    if row.get("timed_out"):
-        notes.append("timed out")
-    if row.get("errors"):
-        notes.append("error: " + str(row["errors"][0])[:80])
-    return "; ".join(notes)
 
 
 def _label(row: dict[str, Any]) -> str:
@@ -70,7 +46,7 @@ def _find(rows: list[dict[str, Any]], **match: Any) -> dict[str, Any] | None:
 def _targets(results: dict[str, list[dict[str, Any]]]) -> list[str]:
     def line(target: str, measured: float | None, unit: str, ok: bool | None) -> str:
         verdict = "–" if ok is None else ("met" if ok else "**not met**")
-        return f"| {target} | {_num(measured, 1)} {unit} | {verdict} |"
+        return f"| {target} | {num(measured, 1)} {unit} | {verdict} |"
 
     lines = ["| target (this 2-core box) | measured (median) | |", "|---|---:|---|"]
     ring_rows = [r for r in results.get("ring", []) if r["contender"] == "ring"]
@@ -108,7 +84,7 @@ def _targets(results: dict[str, list[dict[str, Any]]]) -> list[str]:
     if limit:
         pct = limit.get("rejected_pct_after_adapting")
         lines.append(line("1 MiB limit: rejected upload bytes <= 5% of accepted, once adapted "
-                          f"(whole run incl. learning: {_num(limit.get('rejected_pct_of_accepted'), 1)}%)",
+                          f"(whole run incl. learning: {num(limit.get('rejected_pct_of_accepted'), 1)}%)",
                           pct, "%", None if pct is None else pct <= 5))
     return lines
 
@@ -124,9 +100,9 @@ def _ring_section(rows: list[dict[str, Any]]) -> list[str]:
             for r in sorted(group, key=lambda r: -r["items_per_s"]):
                 ratio = _ratio(r["items_per_s"], best_peer) if r["contender"] == "ring" else ""
                 lines.append(
-                    f"| {size} B | {producers} | {r['contender']} | {_num(r['items_per_s'])} "
-                    f"({_num(r['items_per_s_min'])}–{_num(r['items_per_s_max'])}) | "
-                    f"{_num(r['mb_per_s'])} | {ratio} |")
+                    f"| {size} B | {producers} | {r['contender']} | {num(r['items_per_s'])} "
+                    f"({num(r['items_per_s_min'])}–{num(r['items_per_s_max'])}) | "
+                    f"{num(r['mb_per_s'])} | {ratio} |")
     return lines
 
 
@@ -139,11 +115,11 @@ def _producer_section(rows: list[dict[str, Any]]) -> list[str]:
              "|---|---:|---:|---:|---:|---:|---|"]
     for r in sorted(rows, key=lambda r: r.get("cpu_us_per_call") or 1e18):
         ratio = _ratio(r.get("cpu_us_per_call"), best_peer, higher_is_better=False)
-        lines.append(f"| {_label(r)} | {_spread(r, 'cpu_us_per_call', 1)} | "
-                     f"{_num(r.get('main_thread_cpu_us_per_call'), 1)} | "
-                     f"{_num(r.get('process_cpu_us_per_call'), 1)} | "
-                     f"{_num(r.get('enqueue_calls_per_s'))} | "
-                     f"{ratio if r['contender'] == 'engine' else ''} | {_flag(r)} |")
+        lines.append(f"| {_label(r)} | {spread(r, 'cpu_us_per_call', 1)} | "
+                     f"{num(r.get('main_thread_cpu_us_per_call'), 1)} | "
+                     f"{num(r.get('process_cpu_us_per_call'), 1)} | "
+                     f"{num(r.get('enqueue_calls_per_s'))} | "
+                     f"{ratio if r['contender'] == 'engine' else ''} | {flags(r)} |")
     return lines
 
 
@@ -171,16 +147,16 @@ def _e2e_section(rows: list[dict[str, Any]]) -> list[str]:
         for r in sorted(group, key=lambda r: -(r.get("calls_per_s") or 0)):
             latency = "–"
             if r.get("latency_p50_ms") is not None:
-                latency = f"{_num(r['latency_p50_ms'])} / {_num(r['latency_p99_ms'])}"
+                latency = f"{num(r['latency_p50_ms'])} / {num(r['latency_p99_ms'])}"
             elif r.get("latency_mean_ms") is not None:
-                latency = f"mean {_num(r['latency_mean_ms'], 2)}"
+                latency = f"mean {num(r['latency_mean_ms'], 2)}"
             ratio = _ratio(r.get("calls_per_s"), best_peer) if r["contender"] == "engine" else ""
             lines.append(
-                f"| {sink} | {profile} | {producers} | {_label(r)} | {_spread(r, 'calls_per_s')} | "
-                f"{_num(r.get('mb_per_s_raw'), 1)} | {_num(r.get('mb_per_s_wire'), 1)} | "
-                f"{_num(r.get('wire_reduction_x'), 1)} | {latency} | {_num(r.get('calls_lost'))} | "
-                f"{_num(r.get('calls_duplicated'))} | {_rss_text(r.get('peak_rss_kib'))} | "
-                f"{ratio} | {_flag(r)} |")
+                f"| {sink} | {profile} | {producers} | {_label(r)} | {spread(r, 'calls_per_s')} | "
+                f"{num(r.get('mb_per_s_raw'), 1)} | {num(r.get('mb_per_s_wire'), 1)} | "
+                f"{num(r.get('wire_reduction_x'), 1)} | {latency} | {num(r.get('calls_lost'))} | "
+                f"{num(r.get('calls_duplicated'))} | {_rss_text(r.get('peak_rss_kib'))} | "
+                f"{ratio} | {flags(r)} |")
     return lines
 
 
@@ -192,14 +168,14 @@ def _faults_section(rows: list[dict[str, Any]]) -> list[str]:
     for r in sorted(rows, key=lambda r: (r["case"], r["contender"])):
         statuses = ", ".join(f"{k}: {v}" for k, v in sorted((r.get("requests_by_status") or {}).items()))
         lines.append(
-            f"| {r['case']} | {r['contender']} | {_num(r.get('calls_enqueued'))} | "
-            f"{_num(r.get('calls_delivered'))} | {_num(r.get('calls_lost'))} | "
-            f"{_num(r.get('calls_duplicated'))} | {_num(r.get('requests'))} ({statuses}) | "
-            f"{_num(r.get('rejected_upload_bytes', 0) / 1e6, 1)} / "
-            f"{_num(r.get('accepted_upload_bytes', 0) / 1e6, 1)} | "
-            f"{_num(r.get('rejected_pct_of_accepted'), 1)} "
-            f"({_num(r.get('rejected_pct_after_adapting'), 1)}) | {_num(r.get('flush_s'), 1)} | "
-            f"{_num(r.get('drain_after_outage_s'), 1)} | {_flag(r)} |")
+            f"| {r['case']} | {r['contender']} | {num(r.get('calls_enqueued'))} | "
+            f"{num(r.get('calls_delivered'))} | {num(r.get('calls_lost'))} | "
+            f"{num(r.get('calls_duplicated'))} | {num(r.get('requests'))} ({statuses}) | "
+            f"{num(r.get('rejected_upload_bytes', 0) / 1e6, 1)} / "
+            f"{num(r.get('accepted_upload_bytes', 0) / 1e6, 1)} | "
+            f"{num(r.get('rejected_pct_of_accepted'), 1)} "
+            f"({num(r.get('rejected_pct_after_adapting'), 1)}) | {num(r.get('flush_s'), 1)} | "
+            f"{num(r.get('drain_after_outage_s'), 1)} | {flags(r)} |")
     return lines
 
 
@@ -209,10 +185,10 @@ def _burst_section(rows: list[dict[str, Any]]) -> list[str]:
              "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         lines.append(
-            f"| {r['contender']} | {r['producers']} | {_num(r.get('calls_offered'))} | "
-            f"{_num(r.get('calls_attempted'))} | {_num(r.get('dropped_by_client'))} | "
-            f"{_num(r.get('calls_at_sink'))} | {_num(r.get('calls_lost'))} | "
-            f"{_num(r.get('enqueue_calls_per_s'))} | {_flag(r)} |")
+            f"| {r['contender']} | {r['producers']} | {num(r.get('calls_offered'))} | "
+            f"{num(r.get('calls_attempted'))} | {num(r.get('dropped_by_client'))} | "
+            f"{num(r.get('calls_at_sink'))} | {num(r.get('calls_lost'))} | "
+            f"{num(r.get('enqueue_calls_per_s'))} | {flags(r)} |")
     return lines
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 from typing import Any
 
 from bench import harness
+from bench._cells import flags, num, spread
 from bench._run import Config
 
 PAYLOADS = ("structs", "dicts-iso")
@@ -134,20 +135,6 @@ def run(cfg: Config, repeat: int) -> list[dict[str, Any]]:
 # ---- the summary's table -----------------------------------------------------------------------
 
 
-def _us(value: float | None) -> str:
-    return "–" if value is None else f"{value:,.1f}"
-
-
-def _rate(row: dict[str, Any]) -> str:
-    value = row.get("calls_per_s")
-    if value is None:
-        return "–"
-    text = f"{value:,.0f}"
-    if row.get("calls_per_s_min") is not None:
-        text += f" ({row['calls_per_s_min']:,.0f}–{row['calls_per_s_max']:,.0f})"
-    return text
-
-
 def section(rows: list[dict[str, Any]]) -> list[str]:
     """One line per cell: the engine's rows, then weave's on the same payloads and sink."""
     lines = ["| sink | payload | contender | compression | calls/s (median, min–max) | "
@@ -157,15 +144,13 @@ def section(rows: list[dict[str, Any]]) -> list[str]:
     order = {(s, p): i for i, (s, p) in enumerate((s, p) for s in harness.SINKS for p in PAYLOADS)}
     for r in sorted(rows, key=lambda r: (order.get((r["sink"], r["mode"]), 99),
                                          r["contender"] != "engine", r["compression"])):
-        driver = f" ({_us(r.get('driver_cpu_us_per_call'))})" if r.get(
+        driver = f" ({num(r.get('driver_cpu_us_per_call'), 1)})" if r.get(
             "driver_cpu_us_per_call") is not None else ""
-        notes = "; ".join(filter(None, ["timed out" if r.get("timed_out") else "",
-                                        str(r["errors"][0])[:80] if r.get("errors") else ""]))
         wire = r.get("wire_reduction_x")
         lines.append(
             f"| {r['sink']} | {r['mode']} | {r['contender']} | "
             f"{r['compression'] if r['contender'] == 'engine' else 'never compresses'} | "
-            f"{_rate(r)} | {_us(r.get('producer_cpu_us_per_call'))}{driver} | "
-            f"{_us(r.get('sender_cpu_us_per_call'))} | {_us(r.get('sink_cpu_us_per_call'))} | "
-            f"{'–' if wire is None else f'{wire:.1f}'} | {r.get('calls_lost', '–')} | {notes} |")
+            f"{spread(r, 'calls_per_s')} | {num(r.get('producer_cpu_us_per_call'), 1)}{driver} | "
+            f"{num(r.get('sender_cpu_us_per_call'), 1)} | {num(r.get('sink_cpu_us_per_call'), 1)} | "
+            f"{'–' if wire is None else f'{wire:.1f}'} | {r.get('calls_lost', '–')} | {flags(r)} |")
     return lines

@@ -28,6 +28,7 @@ from typing import Any
 import msgspec
 
 from bench import harness
+from bench._cells import flags, num, spread
 from bench._run import Config
 from bench.contenders.engine_driver import process_cpu_s
 from bench.payloads import profile
@@ -171,21 +172,13 @@ def run(cfg: Config, repeat: int) -> list[dict[str, Any]]:
 
 
 def section(rows: list[dict[str, Any]]) -> list[str]:
-    def us(value: float | None) -> str:
-        return "–" if value is None else f"{value:,.1f}"
-
     lines = ["| path | sink | compression | calls/s (median, min–max) | client CPU µs/call | "
              "relay CPU µs/call | sink CPU µs/call | lost | notes |",
              "|---|---|---|---:|---:|---:|---:|---:|---|"]
     for r in sorted(rows, key=lambda r: (r["case"], r["sink"], r["compression"])):
-        rate = "–" if r.get("calls_per_s") is None else f"{r['calls_per_s']:,.0f}"
-        if r.get("calls_per_s_min") is not None:
-            rate += f" ({r['calls_per_s_min']:,.0f}–{r['calls_per_s_max']:,.0f})"
-        notes = "; ".join(filter(None, ["timed out" if r.get("timed_out") else "",
-                                        str(r["errors"][0])[:80] if r.get("errors") else ""]))
-        lines.append(f"| {r['case']} | {r['sink']} | {r['compression']} | {rate} | "
-                     f"{us(r.get('client_cpu_us_per_call'))} | "
-                     f"{us(r.get('relay_cpu_us_per_call'))} | "
-                     f"{us(r.get('sink_cpu_us_per_call'))} | {r.get('calls_lost', '–')} | "
-                     f"{notes} |")
+        lines.append(f"| {r['case']} | {r['sink']} | {r['compression']} | "
+                     f"{spread(r, 'calls_per_s')} | {num(r.get('client_cpu_us_per_call'), 1)} | "
+                     f"{num(r.get('relay_cpu_us_per_call'), 1)} | "
+                     f"{num(r.get('sink_cpu_us_per_call'), 1)} | {r.get('calls_lost', '–')} | "
+                     f"{flags(r)} |")
     return lines

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from bench import harness
+from bench._cells import flags, num, spread
 from bench._run import Config
 
 SENDERS = (1, 2)
@@ -55,21 +56,13 @@ def run(cfg: Config, repeat: int) -> list[dict[str, Any]]:
 
 
 def section(rows: list[dict[str, Any]]) -> list[str]:
-    def num(value: float | None, digits: int = 1) -> str:
-        return "–" if value is None else f"{value:,.{digits}f}"
-
     lines = ["| compression | senders | calls/s (median, min–max) | producer CPU µs/call | "
              "sender CPU µs/call (all senders) | sink CPU µs/call | lost | notes |",
              "|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in sorted(rows, key=lambda r: (r["compression"], r["mode"])):
-        rate = num(r.get("calls_per_s"), 0)
-        if r.get("calls_per_s_min") is not None:
-            rate += f" ({num(r['calls_per_s_min'], 0)}–{num(r['calls_per_s_max'], 0)})"
-        notes = "; ".join(filter(None, ["timed out" if r.get("timed_out") else "",
-                                        str(r["errors"][0])[:80] if r.get("errors") else ""]))
-        lines.append(f"| {r['compression']} | {r['mode'].split('=')[1]} | {rate} | "
-                     f"{num(r.get('producer_cpu_us_per_call'))} | "
-                     f"{num(r.get('sender_cpu_us_per_call'))} | "
-                     f"{num(r.get('sink_cpu_us_per_call'))} | {r.get('calls_lost', '–')} | "
-                     f"{notes} |")
+        lines.append(f"| {r['compression']} | {r['mode'].split('=')[1]} | "
+                     f"{spread(r, 'calls_per_s')} | {num(r.get('producer_cpu_us_per_call'), 1)} | "
+                     f"{num(r.get('sender_cpu_us_per_call'), 1)} | "
+                     f"{num(r.get('sink_cpu_us_per_call'), 1)} | {r.get('calls_lost', '–')} | "
+                     f"{flags(r)} |")
     return lines

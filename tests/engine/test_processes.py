@@ -231,14 +231,20 @@ _KILLED_OWNER_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_a_sigkilled_owner_still_gets_its_calls_delivered_and_memory_freed(tmp_path):
+def _run_killed_owner(url: str, tmp_path) -> tuple[str, list[str]]:
+    """Runs the owner script until it SIGKILLs itself: its ring set's name and call ids."""
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    script = _KILLED_OWNER_SCRIPT.format(root=root, url=url, tmp=str(tmp_path))
+    with subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                          text=True) as proc:
+        shm_name, *ids = [line.strip() for line in proc.stdout if line.strip()]
+        assert proc.wait(60) == -signal.SIGKILL
+    return shm_name, ids
+
+
+def test_a_sigkilled_owner_still_gets_its_calls_delivered_and_memory_freed(tmp_path):
     with FaultServer() as server:
-        script = _KILLED_OWNER_SCRIPT.format(root=root, url=server.url, tmp=str(tmp_path))
-        with subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
-                              text=True) as proc:
-            shm_name, *ids = [line.strip() for line in proc.stdout if line.strip()]
-            assert proc.wait(60) == -signal.SIGKILL
+        shm_name, ids = _run_killed_owner(server.url, tmp_path)
         assert server.wait_for(lambda: server.stored_ids(PROJECT) == set(ids), timeout_s=60)
         segment = os.path.join("/dev/shm", shm_name)
         deadline = time.monotonic() + 30
@@ -397,13 +403,8 @@ def test_an_owner_killed_before_its_sender_starts_leaves_no_orphan_to_take(tmp_p
     (gate_dir / "sitecustomize.py").write_text(_GATE_SITECUSTOMIZE)
     monkeypatch.setenv("PYTHONPATH", str(gate_dir))
     monkeypatch.setenv("TEST_SENDER_GATE", str(gate))
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     with FaultServer() as server:
-        script = _KILLED_OWNER_SCRIPT.format(root=root, url=server.url, tmp=str(tmp_path))
-        with subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
-                              text=True) as proc:
-            shm_name, *ids = [line.strip() for line in proc.stdout if line.strip()]
-            assert proc.wait(60) == -signal.SIGKILL
+        shm_name, ids = _run_killed_owner(server.url, tmp_path)
         # the owner is dead and its sender has not run a line: still, it is being read
         assert not any(orphan.name == shm_name for orphan in _orphans.find_orphans())
         assert os.path.exists(os.path.join("/dev/shm", shm_name + ".seg"))
