@@ -59,6 +59,9 @@ def local_cluster(workers: int):
     ray_constants.ENABLE_RAY_CLUSTER = False
     args = dict(object_store_memory=100 << 20, node_ip_address="127.0.0.1")
     temp_dir = tempfile.mkdtemp(prefix="ray-bench-")
+    # Ray writes the address file to $RAY_TMPDIR/ray/ without creating the folder
+    os.environ["RAY_TMPDIR"] = temp_dir
+    os.makedirs(os.path.join(temp_dir, "ray"), mode=0o700, exist_ok=True)
     nodes = Cluster(initialize_head=True, head_node_args=dict(
         args, num_cpus=0, include_dashboard=False, temp_dir=temp_dir))
     for i in range(workers):

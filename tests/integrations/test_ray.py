@@ -45,6 +45,12 @@ def cluster():
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers lack tests/
     temp_dir = tempfile.mkdtemp(prefix="ray-engine-")
+    # Ray writes the cluster's address to $RAY_TMPDIR/ray/ray_current_cluster and does not
+    # create that folder: keep it in our own temp dir (a fresh machine has no /tmp/ray, and a
+    # user's cluster on this box keeps its address file)
+    was_tmpdir = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = temp_dir
+    os.makedirs(os.path.join(temp_dir, "ray"), mode=0o700, exist_ok=True)
     nodes = Cluster(initialize_head=True, head_node_args=dict(
         _NODE_ARGS, resources={"head": 10}, include_dashboard=False, temp_dir=temp_dir))
     for name in NODES[1:]:
@@ -58,6 +64,10 @@ def cluster():
         nodes.shutdown()
         shutil.rmtree(temp_dir, ignore_errors=True)  # Ray's sockets and logs
         del os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"]
+        if was_tmpdir is None:
+            os.environ.pop("RAY_TMPDIR", None)
+        else:
+            os.environ["RAY_TMPDIR"] = was_tmpdir
         ray_constants.ENABLE_RAY_CLUSTER = was_enabled
 
 
