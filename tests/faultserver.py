@@ -102,6 +102,7 @@ class FaultServer:
         reject_ids: Iterable[str] = (),
         complete_mode_required: bool = False,
         accepts_encodings: Iterable[str] | None = ("zstd", "gzip"),
+        machine: str | None = None,
     ) -> None:
         self.rng = random.Random(seed)
         self.limit_bytes = limit_bytes
@@ -115,6 +116,7 @@ class FaultServer:
         self.reject_ids = frozenset(reject_ids)
         self.complete_mode_required = complete_mode_required
         self.accepts_encodings = None if accepts_encodings is None else tuple(accepts_encodings)
+        self.machine = machine  # the /server_info token of the machine it runs on, if any
         self.stored: dict[tuple[str, str], dict[str, Any]] = {}
         self.deliveries: Counter[tuple[str, str, str]] = Counter()
         self.arrivals: list[tuple[str, str]] = []  # (kind, call id) of every item stored, in order
@@ -346,6 +348,8 @@ class FaultServer:
         }
         if self.accepts_encodings is not None:
             info["accepts_encodings"] = list(self.accepts_encodings)
+        if self.machine is not None:
+            info["machine"] = self.machine
         return info
 
     @staticmethod

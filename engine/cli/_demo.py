@@ -139,18 +139,25 @@ def run_demo(processes: int = 2, examples: int = 5000, db_path: str | None = Non
             print(_progress_line(stats, expected, started))
         failed = [p.exitcode for p in workers if p.exitcode != 0]
         stored = _post_json(url + "/calls/query_stats", {"project_id": PROJECT})["count"]
-    return _report(stats, expected, stored, elapsed, enqueued_s, delivered and not failed)
+    return _report(stats, expected, stored, elapsed, enqueued_s, delivered and not failed,
+                   compression)
 
 
 def _report(stats: dict[str, Any], expected: int, stored: int, elapsed_s: float,
-            enqueued_s: float, delivered: bool) -> int:
+            enqueued_s: float, delivered: bool, compression: str = "auto") -> int:
     raw, wire = stats["bytes_sent_raw"], stats["bytes_sent_wire"]
     saved = 100 * (1 - wire / raw) if raw else 0.0
     print(f"\n  {expected:,} calls traced in {enqueued_s:.1f} s "
           f"({expected / enqueued_s:,.0f} calls/s enqueued across the producers)")
     print(f"  all acknowledged after {elapsed_s:.1f} s: {expected / elapsed_s:,.0f} calls/s end to end")
-    print(f"  {stats['batches_acked']:,} batches, {raw / 1e6:,.1f} MB of JSON sent as "
-          f"{wire / 1e6:,.1f} MB on the wire ({saved:.0f}% saved by zstd)")
+    if stats["compressing"]:
+        print(f"  {stats['batches_acked']:,} batches, {raw / 1e6:,.1f} MB of JSON sent as "
+              f"{wire / 1e6:,.1f} MB on the wire ({saved:.0f}% saved by zstd)")
+    else:
+        why = ("the server runs on this machine; --compression zstd compresses anyway"
+               if compression == "auto" else f"--compression {compression}")
+        print(f"  {stats['batches_acked']:,} batches, {raw / 1e6:,.1f} MB of JSON sent "
+              f"uncompressed ({why})")
     print(f"  splits on 413: {stats['splits_413']}, retries: {stats['retries']}, "
           f"dead letters: {stats['dead_letters']}, latency p50/p99: "
           f"{stats['latency_p50_us'] / 1000:.0f}/{stats['latency_p99_us'] / 1000:.0f} ms")

@@ -20,6 +20,7 @@ import zstandard
 from engine.cli import _args, _probe
 from engine.cli._args import CommandFailed
 from engine.common import _env
+from engine.common._machine import same_machine
 
 _PROBE_PROJECT = "engine-doctor/doctor"
 _JSON = {"Content-Type": "application/json"}
@@ -130,6 +131,10 @@ def _compression(url: str, api_key: str | None, info: dict, args: argparse.Names
     if status in (400, 415):
         return Check("compression", False, f"advertises zstd but refused a zstd body (HTTP "
                      f"{status}): set compression = \"none\"")
+    if same_machine(info):
+        return Check("compression", True, f"zstd accepted (HTTP {status}); the server runs on "
+                     "this machine, so compression = \"auto\" sends plain bodies (zstd would "
+                     "cost CPU here and save no link)")
     return Check("compression", True, f"zstd accepted (HTTP {status})")
 
 

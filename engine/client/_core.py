@@ -292,6 +292,7 @@ class ClientCore:
             min_required_weave_python_version=str(data.get("min_required_weave_python_version") or ""),
             trace_server_version=str(data.get("trace_server_version") or ""),
             accepts_encodings=[str(e) for e in encodings] if isinstance(encodings, list) else [],
+            machine=data["machine"] if isinstance(data.get("machine"), str) else None,
         )
 
     def file_create(self, req: Any) -> Plan[files.FileCreateRes]:

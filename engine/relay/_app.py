@@ -15,7 +15,7 @@ from engine.common import _metrics
 from engine.common._redact import redact_url
 from engine.producer._engine import Engine
 from engine.relay import _routes
-from engine.relay._proxy import proxy
+from engine.relay._proxy import proxy, server_info
 from engine.relay._state import RELAY, RelayState
 from engine.server._auth import CURRENT_GRANT, KeyRing, check_bind
 from engine.server._body import DEFAULT_MAX_BODY_BYTES, ApiError, error_response
@@ -65,6 +65,7 @@ def build_app(engine: Engine, upstream: str, max_body_bytes: int = DEFAULT_MAX_B
     app[RELAY] = RelayState(engine, upstream, max_body_bytes)
     app.add_routes(_routes.routes)
     app.router.add_get("/metrics", _metrics_handler)
+    app.router.add_get("/server_info", server_info)
     app.router.add_route("*", "/{tail:.*}", proxy)
     app.cleanup_ctx.append(_client_session)
     return app

@@ -1,6 +1,8 @@
 """Pass-through proxy for every route the relay does not ingest itself (reads, objects,
-files, ``/server_info``, ``/graphql``): bodies stream both ways untouched (compressed bodies
-stay compressed), the client's own ``Authorization`` goes upstream, hop-by-hop headers drop.
+files, ``/graphql``): bodies stream both ways untouched (compressed bodies stay compressed),
+the client's own ``Authorization`` goes upstream, hop-by-hop headers drop. ``/server_info``
+is the upstream's, with what concerns the relay itself put right: the encodings the relay
+accepts and the machine it runs on (a client decides compression by them).
 """
 
 from __future__ import annotations
@@ -10,9 +12,12 @@ from collections.abc import Mapping
 import aiohttp
 from aiohttp import web
 
+import msgspec
+
+from engine.common._machine import machine_token
 from engine.common._redact import redact_url
 from engine.relay._state import RELAY
-from engine.server._body import error_response
+from engine.server._body import ACCEPTED_ENCODINGS, error_response
 
 # RFC 9110 §7.6.1 connection-specific headers, plus Host (the upstream's own is set)
 HOP_BY_HOP = frozenset({
@@ -43,6 +48,36 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     except (aiohttp.ClientError, TimeoutError) as exc:
         state.counters.proxy_errors += 1
         return error_response(502, f"upstream {redact_url(state.upstream)} unreachable: {type(exc).__name__}")
+
+
+async def server_info(request: web.Request) -> web.StreamResponse:
+    """The upstream's ``/server_info`` (the client's key checked there), telling the relay's
+    own encodings and machine; any answer that is not a JSON object passes as it came."""
+    state = request.app[RELAY]
+    assert state.session is not None, "the relay's client session starts with the app"
+    state.counters.proxied_requests += 1
+    try:
+        async with state.session.get(
+            state.upstream + request.rel_url.raw_path_qs, headers=forward_headers(request.headers),
+            allow_redirects=False,
+        ) as upstream:
+            if upstream.status != 200 or upstream.headers.get("Content-Encoding"):
+                return await _stream_back(request, upstream)
+            body = await upstream.read()
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        state.counters.proxy_errors += 1
+        return error_response(502, f"upstream {redact_url(state.upstream)} unreachable: {type(exc).__name__}")
+    try:
+        info = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        info = None
+    if not isinstance(info, dict):
+        return web.Response(body=body, content_type="application/json")
+    info["accepts_encodings"] = list(ACCEPTED_ENCODINGS)
+    info.pop("machine", None)
+    if machine_token() is not None:
+        info["machine"] = machine_token()
+    return web.Response(body=msgspec.json.encode(info), content_type="application/json")
 
 
 async def _stream_back(request: web.Request, upstream: aiohttp.ClientResponse) -> web.StreamResponse:

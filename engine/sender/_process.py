@@ -48,7 +48,7 @@ from engine.sender._replay import ReplaySummary, replay_spool
 from engine.sender._resend import Resender
 from engine.sender._router import Router
 from engine.sender._shutdown import HOUSEKEEPING_S, STOP_SIGNALS, Shutdown
-from engine.sender._transport import Compressor, Transport, accepted_encodings
+from engine.sender._transport import Compressor, Transport, choose_compression
 
 log = logging.getLogger("engine.sender")
 
@@ -224,15 +224,14 @@ class Sender(Intake, Delivery, Shutdown):
 
     async def _decide_compression(self) -> None:
         """Look at /server_info (a wrong URL or key is said loudly now, not found out from
-        dead letters later) and compress if the server accepts zstd."""
-        accepts: frozenset[str] = frozenset()
+        dead letters later) and compress if the server accepts zstd and is elsewhere."""
+        info: object = None
         try:
-            accepts = accepted_encodings(await self.transport.get_json("/server_info"))
+            info = await self.transport.get_json("/server_info")
         except SendError as exc:
             log.log(*startup_problem(exc))
-        setting = self.cfg.compression
-        if setting == "auto":
-            setting = "zstd" if "zstd" in accepts else "none"
+        setting, why = choose_compression(self.cfg.compression, info)
+        log.debug("compression: %s (%s)", setting, why)
         if setting == "zstd":
             self.compressor = Compressor(self.cfg.compression_level)
             self.executor = concurrent.futures.ThreadPoolExecutor(

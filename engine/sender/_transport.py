@@ -24,11 +24,26 @@ import yarl
 import zstandard
 
 from engine.common._errors import HTTPError, SendError
+from engine.common._machine import same_machine
 
 
 def accepted_encodings(info: object) -> frozenset[str]:
     """The content encodings a ``/server_info`` answer advertises (none if it says nothing)."""
     return _encodings(info.get("accepts_encodings") if isinstance(info, dict) else None)
+
+
+def choose_compression(setting: str, info: object) -> tuple[str, str]:
+    """``("zstd" | "none", why)`` for the ``compression`` setting and a ``/server_info``
+    answer (None when there was none). ``"auto"`` compresses when the server accepts zstd
+    and runs on another machine: one on this machine (it says so with its ``machine``
+    token) gets plain bodies, which cost it and the sender less CPU and cross no link."""
+    if setting != "auto":
+        return setting, f"compression = {setting!r}"
+    if "zstd" not in accepted_encodings(info):
+        return "none", "the server does not advertise zstd"
+    if same_machine(info):
+        return "none", "the server runs on this machine"
+    return "zstd", "the server accepts zstd"
 
 
 class Response(NamedTuple):

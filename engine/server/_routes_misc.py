@@ -10,6 +10,7 @@ from __future__ import annotations
 import msgspec
 from aiohttp import web
 
+from engine.common._machine import machine_token
 from engine.common._version import __version__
 from engine.server._body import ACCEPTED_ENCODINGS
 from engine.server._reply import ok
@@ -27,6 +28,7 @@ async def server_info(request: web.Request) -> web.Response:
         min_required_weave_python_version=MIN_WEAVE_VERSION,
         trace_server_version=f"engine-{__version__}",
         accepts_encodings=list(ACCEPTED_ENCODINGS),
+        machine=machine_token(),
     )
     return ok(info)
 

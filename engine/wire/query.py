@@ -160,3 +160,5 @@ class ServerInfoRes(_Response, kw_only=True):
     min_required_weave_python_version: str
     trace_server_version: str
     accepts_encodings: list[str] = msgspec.field(default_factory=list)
+    # engine's own: an opaque token of the machine the server runs on (engine.common._machine)
+    machine: str | None = None

@@ -90,6 +90,7 @@ def test_doctor_says_ready_for_engine_serve(server):
     assert result.returncode == 0, result.stdout + result.stderr
     for check in ("reachable", "auth", "ingest routes", "compression", "size limit"):
         assert f"ok   {check}:" in result.stdout
+    assert "the server runs on this machine" in result.stdout  # why "auto" sends plain bodies
     assert result.stdout.splitlines()[-1].endswith("READY: the engine can deliver here")
 
 

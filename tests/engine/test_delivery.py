@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import urllib.request
 
 import pytest
 
 from engine import ring
+from engine.server import serve_subprocess
 from tests.engine.helpers import PROJECT, make_engine, trace_calls
 from tests.faultserver import FaultServer
 
@@ -137,6 +139,40 @@ def test_zstd_is_used_when_the_server_accepts_it(tmp_path):
         assert server.stored_ids(PROJECT) == set(ids)
     assert stats["compressing"] == 1
     assert stats["bytes_sent_wire"] < stats["bytes_sent_raw"] / 2
+
+
+def test_auto_sends_plain_bodies_to_engine_serve_on_this_machine_and_zstd_when_asked(tmp_path):
+    """`engine serve` advertises zstd and the machine it runs on: "auto" does not compress
+    toward it (the bodies cross no link); "zstd" still does, and it stores both alike."""
+    seen, stored = {}, []
+    with serve_subprocess(tmp_path / "traces.db") as url:
+        for setting in ("auto", "zstd"):
+            (tmp_path / setting).mkdir()
+            with make_engine(url, tmp_path / setting, compression=setting) as eng:
+                trace_calls(eng.producer(), 50)
+                assert eng.flush(timeout_s=30)
+                seen[setting] = eng.stats()
+            stored.append(_count(url))
+    assert stored == [100, 200]
+    assert seen["auto"]["compressing"] == 0
+    assert seen["auto"]["bytes_sent_wire"] == seen["auto"]["bytes_sent_raw"]
+    assert seen["zstd"]["compressing"] == 1
+    assert seen["zstd"]["bytes_sent_wire"] < seen["zstd"]["bytes_sent_raw"] / 2
+
+
+def _count(url: str) -> int:
+    request = urllib.request.Request(url + "/calls/query_stats", method="POST",
+                                     data=json.dumps({"project_id": PROJECT}).encode())
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return json.load(answer)["count"]
+
+
+def test_auto_compresses_toward_a_server_on_another_machine(tmp_path):
+    with FaultServer(machine="0" * 24) as server, make_engine(
+            server.url, tmp_path, compression="auto") as eng:
+        trace_calls(eng.producer(), 10)
+        assert eng.flush(timeout_s=30)
+        assert eng.stats()["compressing"] == 1
 
 
 def test_no_compression_toward_a_server_that_does_not_advertise_it(tmp_path):

@@ -9,6 +9,7 @@ import urllib.request
 import msgspec
 import pytest
 
+from engine.common._machine import machine_token
 from engine.server import serve_subprocess
 from tests.relay.harness import metrics, relay_subprocess, wait_until
 
@@ -84,7 +85,15 @@ def test_other_routes_pass_through_with_the_clients_auth(relay):
     upstream, url = relay
     request = urllib.request.Request(url + "/server_info", headers=AUTH)
     with urllib.request.urlopen(request, timeout=30) as resp:
-        assert "trace_server_version" in msgspec.json.decode(resp.read())
+        info = msgspec.json.decode(resp.read())
+    assert "trace_server_version" in info  # the upstream's
+    # what concerns the relay itself is the relay's: a client compresses by it
+    assert info["accepts_encodings"] == ["zstd", "gzip"] and info["machine"] == machine_token()
+    request = urllib.request.Request(url + "/server_info")  # no key: the upstream's 401
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=30)
+    refused.value.close()
+    assert refused.value.code == 401
     status, body = _post(url + "/calls/query_stats", {"project_id": PROJECT})
     assert status == 401 and "Authorization" in body["reason"]  # the upstream's own answer
     status, body = _post(url + "/calls/query_stats", {"project_id": PROJECT}, AUTH)

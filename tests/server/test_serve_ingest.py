@@ -1,5 +1,6 @@
 """Ingest routes: every shape stores calls once, merges halves in any order, never duplicates."""
 
+from engine.common._machine import machine_token
 from tests.server.harness import PROJECT, complete, end, serving, start, upsert_batch
 
 
@@ -14,6 +15,7 @@ def test_server_info_and_health_answer_with_both_fields_and_encodings(run, db_pa
     assert info_status == 200 and health_status == 200
     assert set(info) >= {"min_required_weave_python_version", "trace_server_version"}
     assert info["accepts_encodings"] == ["zstd", "gzip"]
+    assert info["machine"] == machine_token()  # a sender on this machine sends plain bodies
     assert health == {"status": "ok", "store": "sqlite"}
 
 
