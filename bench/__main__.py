@@ -77,23 +77,27 @@ def run_scenario(name: str, cfg: Config, repeat: int) -> list[dict[str, Any]]:
     return rows if not runs else runs + medians(runs)
 
 
-def _read_results(out: Path) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
-    """The machine line of the oldest file and every scenario's medians, as written."""
-    machine: dict[str, Any] = {}
+def _read_results(out: Path) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]],
+                                      dict[str, dict[str, Any]]]:
+    """The machine line of the first file, every scenario's medians, as written, and every
+    scenario's own machine line."""
+    machines: dict[str, dict[str, Any]] = {}
     results: dict[str, list[dict[str, Any]]] = {}
     for name in SCENARIOS:
         path = out / f"{name}.jsonl"
         if not path.exists():
             continue
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        machine = machine or next((r for r in rows if r.get("record") == "machine"), {})
+        machines[name] = next((r for r in rows if r.get("record") == "machine"), {})
         results[name] = [r for r in rows if r.get("record") == "median"]
-    return machine, results
+    machine = next(iter(machines.values()), {})
+    return machine, results, machines
 
 
 def _write_report(machine: dict[str, Any], results: dict[str, list[dict[str, Any]]],
-                  args: argparse.Namespace) -> None:
-    summary = _report.summary_markdown(machine, results, args)
+                  args: argparse.Namespace,
+                  machines: dict[str, dict[str, Any]] | None = None) -> None:
+    summary = _report.summary_markdown(machine, results, args, machines)
     (args.out / "summary.md").write_text(summary)
     _report.plot_all(results, args.out)
     print(summary)
@@ -102,7 +106,8 @@ def _write_report(machine: dict[str, Any], results: dict[str, list[dict[str, Any
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.report_only:
-        _write_report(*_read_results(args.out), args)
+        machine, results, machines = _read_results(args.out)
+        _write_report(machine, results, args, machines)
         return 0
     cfg = (QUICK if args.quick else FULL).scaled(args.scale, args.contenders)
     args.out.mkdir(parents=True, exist_ok=True)

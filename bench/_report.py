@@ -208,7 +208,10 @@ _SECTIONS = (
 
 
 def summary_markdown(machine: dict[str, Any], results: dict[str, list[dict[str, Any]]],
-                     args: argparse.Namespace) -> str:
+                     args: argparse.Namespace,
+                     machines: dict[str, dict[str, Any]] | None = None) -> str:
+    """The report; ``machines`` (scenario -> its file's machine line, --report-only) names
+    the run of any section measured apart from the one in the header."""
     load = machine.get("load_avg_1_5_15", [0, 0, 0])
     load_end = machine.get("load_avg_at_end_1_5_15")
     at_end = (f", at end {load_end[0]:.2f}/{load_end[1]:.2f}/{load_end[2]:.2f}" if load_end
@@ -229,8 +232,20 @@ def summary_markdown(machine: dict[str, Any], results: dict[str, list[dict[str, 
     ]
     for name, title, section in _SECTIONS:
         if results.get(name):
-            lines += [f"## {title}", "", *section(results[name]), ""]
+            lines += [f"## {title}", "", *_separate_run(machine, (machines or {}).get(name)),
+                      *section(results[name]), ""]
     return "\n".join(lines)
+
+
+def _separate_run(head: dict[str, Any], own: dict[str, Any] | None) -> list[str]:
+    """A line naming a section's own run when it is not the header's."""
+    keys = ("date_utc", "cpu_model", "git_commit")
+    if not own or all(own.get(k) == head.get(k) for k in keys):
+        return []
+    load = own.get("load_avg_1_5_15", [0, 0, 0])
+    return [f"*Measured in a run of its own: {own.get('date_utc')} · {own.get('cpu_model')} · "
+            f"{own.get('cpus')} CPUs · commit {own.get('git_commit')} · load at start "
+            f"{load[0]:.2f}.*", ""]
 
 
 # ---- plots ---------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """--quick never writes over the committed results; the plots are readable at a glance
 (sized, one colour per contender) from the committed full-run results."""
 
+import json
 import shutil
 import struct
 from pathlib import Path
@@ -27,7 +28,7 @@ def _png_size(path: Path) -> tuple[int, int]:
 def test_plots_from_the_committed_results_are_large_and_labelled(tmp_path):
     for name in ("e2e.jsonl", "producer.jsonl"):
         shutil.copy(RESULTS / name, tmp_path / name)
-    _, results = bench_main._read_results(tmp_path)
+    _, results, _ = bench_main._read_results(tmp_path)
     written = _report.plot_all(results, tmp_path)
     assert {p.name for p in written} == {"e2e_throughput.png", "e2e_latency_cdf.png",
                                         "producer_cpu.png"}
@@ -36,3 +37,17 @@ def test_plots_from_the_committed_results_are_large_and_labelled(tmp_path):
         assert width >= 1000 and height >= 400, (path.name, width, height)
     contenders = {r["contender"] for r in results["e2e"]}
     assert len({_report._colour({"contender": c}) for c in contenders}) == len(contenders)
+
+
+def test_a_section_measured_in_a_run_of_its_own_says_which(tmp_path):
+    for name in ("e2e.jsonl", "pipes.jsonl"):
+        shutil.copy(RESULTS / name, tmp_path / name)
+    rows = (tmp_path / "pipes.jsonl").read_text().splitlines()
+    other = {**json.loads(rows[0]), "git_commit": "abc1234", "cpu_model": "Other CPU"}
+    (tmp_path / "pipes.jsonl").write_text("\n".join([json.dumps(other), *rows[1:]]) + "\n")
+    machine, results, machines = bench_main._read_results(tmp_path)
+    args = bench_main.parse_args(["--report-only", "--out", str(tmp_path)])
+    summary = _report.summary_markdown(machine, results, args, machines)
+    e2e, pipes = summary.split("## engine ingest")[0], summary.split("## engine ingest")[1]
+    assert "run of its own" not in e2e  # the header's run
+    assert "Measured in a run of its own" in pipes and "Other CPU" in pipes and "abc1234" in pipes
