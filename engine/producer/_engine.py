@@ -162,11 +162,8 @@ class Engine:
         cfg = msgspec.structs.replace(self.config, api_key=None)
         args = {"spec": msgspec.to_builtins(self._ringset.spec), "config": msgspec.to_builtins(cfg),
                 "owner_pid": self._owner_pid, "ring_dir": self._ring_dir}
-        path = os.path.join(self._ring_dir, ring.SENDER_ARGS)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as file:
-            file.write(msgspec.json.encode(args))
-        return path
+        return ring.write_sender_args(self._ringset.spec.shm_name, self._ring_dir,
+                                      msgspec.json.encode(args))
 
     @property
     def _sender(self) -> subprocess.Popen | None:

@@ -44,6 +44,7 @@ from engine.ring._orphans import (
     spawn_sender,
     take_reader_lock,
     take_reader_locks,
+    write_sender_args,
 )
 from engine.ring._reader import RingReader
 from engine.ring._set import NoFreeSlot, RingSet
@@ -73,6 +74,7 @@ __all__ = [
     "UNPLANNED",
     "WRITTEN",
     "WRITTEN_RING",
+    "write_sender_args",
     "NativeSlotWriter",
     "NoFreeSlot",
     "Orphan",

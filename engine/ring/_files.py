@@ -6,7 +6,11 @@ Everything a ring set leaves on the machine carries one name,
 they must not delete ours):
 
 - ``/dev/shm/<name>.seg`` -- the shared-memory segment (mode 0600);
-- ``<tmpdir>/<name>/`` -- a private 0700 directory holding the doorbell FIFO and the slot lock.
+- ``/dev/shm/<name>.json`` -- a copy of the sender's settings (no API key, mode 0600), kept
+  beside the segment so that a segment whose private directory was cleaned away (a job
+  scheduler's per-job ``TMPDIR``, a tmp cleaner) can still be recovered;
+- ``<tmpdir>/<name>/`` -- a private 0700 directory holding the doorbell FIFO, the slot lock
+  and the sender's settings.
 
 ``RingSet.unlink()`` removes all of them. If the owner dies without unlinking (SIGKILL,
 OOM killer), its sender drains and removes them; if the sender died too, the next
@@ -24,6 +28,7 @@ import tempfile
 
 NAME_PREFIX = "engine-rings-"
 SEGMENT_SUFFIX = ".seg"
+SIDECAR_SUFFIX = ".json"
 # tmpfs where available (Linux); elsewhere a regular file, which still works through mmap.
 SEGMENT_DIR = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
 
@@ -76,6 +81,18 @@ def segment_path(name: str) -> str:
     return os.path.join(SEGMENT_DIR, name + SEGMENT_SUFFIX)
 
 
+def sidecar_path(name: str) -> str:
+    """The copy of the sender's settings kept beside the segment."""
+    return os.path.join(SEGMENT_DIR, name + SIDECAR_SUFFIX)
+
+
+def write_private(path: str, data: bytes) -> None:
+    """A new file with mode 0600 holding ``data`` (refuses to replace one)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as file:
+        file.write(data)
+
+
 def create_segment(name: str, size_bytes: int) -> int:
     """Create the segment file exclusively with mode 0600 and size it; returns the fd."""
     fd = os.open(segment_path(name), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
@@ -90,9 +107,11 @@ def create_segment(name: str, size_bytes: int) -> int:
 
 
 def remove_ring_files(name: str, private_dir: str) -> None:
-    """Remove the segment and the private directory; missing pieces are fine."""
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(segment_path(name))
+    """Remove the segment, its settings copy and the private directory; missing pieces are
+    fine."""
+    for path in (segment_path(name), sidecar_path(name)):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
     shutil.rmtree(private_dir, ignore_errors=True)
 
 

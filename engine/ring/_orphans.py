@@ -12,8 +12,12 @@ finds its owner gone, drains for up to ``shutdown_timeout_s``, spools or dead-le
 rest, and removes the ring set). Whoever asks -- a new :class:`engine.Engine`, ``engine
 replay`` -- recovers only the orphans of engines that delivered to the same URL.
 
-A segment in ``/dev/shm`` whose private directory is not in this temp dir (another
-``TMPDIR``, or cleaned away) is removed only when it holds nothing; otherwise it is kept.
+A segment in ``/dev/shm`` whose private directory is gone (a job scheduler's per-job
+``TMPDIR`` removed at the job's end, a tmp cleaner) is *bare*. One that holds nothing is
+removed. One that holds records, that no live process maps and whose engine left its
+settings beside it (``<name>.json``) gets a new private directory in this temp dir, built
+aside and renamed into place, and is then recovered like any orphan. One whose directory is
+in another ``TMPDIR`` is left to the engines of that ``TMPDIR``.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import fcntl
 import glob
 import logging
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -32,6 +37,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from engine.common._control import Control, control_path
 from engine.ring import _files
 from engine.ring._layout import (
     ACTIVE,
@@ -186,6 +192,16 @@ def _recorded_senders(ring_dir: str) -> int:
         return 1
 
 
+def write_sender_args(name: str, ring_dir: str, data: bytes) -> str:
+    """The sender's settings (no API key) into the ring dir, and a copy beside the segment
+    (for a recovery after the ring dir was cleaned away); returns the ring dir's file."""
+    path = os.path.join(ring_dir, SENDER_ARGS)
+    _files.write_private(path, data)
+    if _files.SEGMENT_DIR != tempfile.gettempdir():
+        _files.write_private(_files.sidecar_path(name), data)
+    return path
+
+
 def mark_closed(ring_dir: str) -> None:
     """The owner closed the ring set but keeps running: it will never read it again, so it
     is an orphan already (the owner keeps it only because it still holds records)."""
@@ -214,6 +230,7 @@ def _dead_entries(directory: str) -> list[str]:
 
 def find_orphans() -> list[Orphan]:
     """Orphans in this temp dir that hold records; the empty ones are removed on the way."""
+    _adopt_bare_segments()
     orphans = []
     for entry in _dead_entries(tempfile.gettempdir()):
         ring_dir = os.path.join(tempfile.gettempdir(), entry)
@@ -234,18 +251,98 @@ def find_orphans() -> list[Orphan]:
     return orphans
 
 
+def _bare_segments() -> list[str]:
+    """Names of segments of dead owners with no private dir in this temp dir."""
+    if tempfile.gettempdir() == _files.SEGMENT_DIR:
+        return []
+    names = []
+    for entry in _dead_entries(_files.SEGMENT_DIR):
+        name = entry.removesuffix(_files.SEGMENT_SUFFIX)
+        if name != entry and not os.path.exists(os.path.join(tempfile.gettempdir(), name)):
+            names.append(name)
+    return names
+
+
 def _remove_empty_bare_segments() -> None:
-    """Segments of dead owners with no private dir here: removed only if they hold nothing."""
+    """Bare segments are removed only if they hold nothing; settings copies whose segment
+    is gone go too."""
+    for name in _bare_segments():
+        spec = spec_of(name)
+        if spec is not None and unreleased_records(spec) == 0:
+            for path in (_files.segment_path(name), _files.sidecar_path(name)):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
     if tempfile.gettempdir() == _files.SEGMENT_DIR:
         return
     for entry in _dead_entries(_files.SEGMENT_DIR):
-        name = entry.removesuffix(_files.SEGMENT_SUFFIX)
-        if name == entry or os.path.exists(os.path.join(tempfile.gettempdir(), name)):
-            continue
-        spec = spec_of(name)
-        if spec is not None and unreleased_records(spec) == 0:
+        name = entry.removesuffix(_files.SIDECAR_SUFFIX)
+        if name != entry and not os.path.exists(_files.segment_path(name)):
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(_files.segment_path(name))
+                os.unlink(_files.sidecar_path(name))
+
+
+def _adopt_bare_segments() -> None:
+    """Give every bare segment that holds records, that no live process maps and whose
+    settings were kept beside it a new private dir here, so that it is found as an orphan."""
+    for name in _bare_segments():
+        args = _sidecar_args(name)
+        if args is None or os.path.exists(str(args.get("ring_dir"))):
+            continue  # an older engine's (kept), or its dir is in another TMPDIR
+        spec = spec_of(name)
+        if spec is None or not unreleased_records(spec):
+            continue  # removed after the scan if it holds nothing
+        if _mapped_by_a_live_process(_files.segment_path(name)):
+            continue  # a sender or producer still at work whose dir was removed under it
+        with contextlib.suppress(OSError):
+            _recreate_ring_dir(name, args)
+
+
+def _sidecar_args(name: str) -> dict | None:
+    try:
+        with open(_files.sidecar_path(name), "rb") as file:
+            args = msgspec.json.decode(file.read())
+    except (OSError, msgspec.DecodeError):
+        return None
+    return args if isinstance(args, dict) and isinstance(args.get("spec"), dict) else None
+
+
+def _mapped_by_a_live_process(path: str) -> bool:
+    """Whether any process (of this user: others' maps cannot be read, nor can they map a
+    0600 segment of ours) maps ``path``; True when /proc cannot tell."""
+    if not os.path.isdir("/proc/self"):
+        return True
+    needle = path.encode()
+    for maps in glob.glob("/proc/[0-9]*/maps"):
+        with contextlib.suppress(OSError):
+            with open(maps, "rb") as file:
+                if needle in file.read():
+                    return True
+    return False
+
+
+def _recreate_ring_dir(name: str, args: dict) -> None:
+    """The ring dir of segment ``name`` here, from its settings copy: built in a staging
+    dir and renamed into place whole, so no scan sees it half made (a concurrent adopter's
+    rename fails and its staging dir is removed)."""
+    here = tempfile.gettempdir()
+    final = os.path.join(here, name)
+    spec = RingSpec(**{**args["spec"], "doorbell_path": os.path.join(final, "doorbell"),
+                       "lock_path": os.path.join(final, "slots.lock")})
+    staging = tempfile.mkdtemp(prefix=".engine-adopt-", dir=here)
+    try:
+        for shard in range(spec.senders):
+            os.mkfifo(os.path.join(staging, os.path.basename(spec.doorbell_of(shard))), 0o600)
+        _files.write_private(os.path.join(staging, "slots.lock"), b"")
+        # the counters start again from zero (the recovering sender's own are what counts)
+        Control(control_path(staging), spec.max_slots, create=True, senders=spec.senders).close()
+        data = msgspec.json.encode({**args, "spec": msgspec.to_builtins(spec), "ring_dir": final})
+        _files.write_private(os.path.join(staging, SENDER_ARGS), data)
+        os.rename(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log.warning("ring set %s: its folder %s is gone; made it again in %s to recover its "
+                "records", name, args.get("ring_dir"), final)
 
 
 def attached_producers(ring_set: RingSet) -> list[int]:

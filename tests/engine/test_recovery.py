@@ -3,7 +3,9 @@ the next Engine with the same settings or by ``engine replay``, never deleted un
 
 from __future__ import annotations
 
+import mmap
 import os
+import shutil
 import signal
 
 import pytest
@@ -18,6 +20,10 @@ _SETTINGS = {"shutdown_timeout_s": 3.0, "ring_bytes": 1 << 20, "max_slots": 8}
 
 def _segment(run: Pipeline) -> str:
     return os.path.join("/dev/shm", run.info["ring"] + ".seg")
+
+
+def _sidecar(run: Pipeline) -> str:
+    return os.path.join("/dev/shm", run.info["ring"] + ".json")
 
 
 def _killed_with_its_sender(sandbox: Sandbox, server: FaultServer) -> Pipeline:
@@ -97,3 +103,52 @@ def test_a_ring_set_of_an_engine_for_another_server_is_left_for_that_server(tmp_
         assert replayed.returncode == 0, replayed.stderr
         result = account(killed.produced(), server.snapshot())
     assert (result.delivered, result.lost) == (result.produced, 0)
+
+
+def test_a_ring_set_whose_temp_folder_was_removed_is_recovered_by_the_next_engine(tmp_path):
+    """A job scheduler removes a job's TMPDIR at its end (a tmp cleaner does the same): the
+    segment in /dev/shm still holds the records, and the settings kept beside it let the
+    next engine, under another TMPDIR, recover them."""
+    job1 = Sandbox(tmp_path / "job1")
+    with FaultServer() as server:
+        killed = _killed_with_its_sender(job1, server)
+        assert (job1.tmp / killed.info["ring"]).is_dir() and os.path.exists(_sidecar(killed))
+        shutil.rmtree(job1.tmp)  # the job's TMPDIR, removed at its end
+        left = account(killed.produced(), server.snapshot())
+        assert left.delivered < left.produced
+        nxt = Pipeline(Sandbox(tmp_path / "job2"), server.url, producers=0, calls=50,
+                       name="next", settings=dict(_SETTINGS)).start()
+        try:
+            assert nxt.wait(timeout_s=30) == 0
+        finally:
+            nxt.stop()
+        assert nxt.stats["orphans_adopted"] == 1
+        assert poll_until(lambda: not os.path.exists(_segment(killed))
+                          and not os.path.exists(_sidecar(killed)), timeout_s=30)
+        result = account(killed.produced() + nxt.produced(), server.snapshot())
+    assert (result.delivered, result.lost) == (result.produced, 0), result.lost_ids[:5]
+    assert not list((tmp_path / "job2" / "tmp").iterdir())  # nothing left behind there
+
+
+def test_a_segment_whose_folder_was_removed_under_a_live_process_is_left_to_it(tmp_path):
+    """Removing the folder does not make a ring set an orphan while a process still maps
+    its segment (a sender draining, a producer): the recovery waits until none does."""
+    job1, job2 = Sandbox(tmp_path / "job1"), Sandbox(tmp_path / "job2")
+    with FaultServer() as server:
+        killed = _killed_with_its_sender(job1, server)
+        shutil.rmtree(job1.tmp)
+        with open(_segment(killed), "r+b") as segment:
+            mapping = mmap.mmap(segment.fileno(), 0)  # this test process: a live reader
+        try:
+            replayed = job2.replay(server.url)
+            assert replayed.returncode == 0, replayed.stderr
+            assert os.path.exists(_segment(killed)) and not list(job2.tmp.iterdir())
+            assert account(killed.produced(), server.snapshot()).delivered < len(killed.produced())
+        finally:
+            mapping.close()
+        replayed = job2.replay(server.url)
+        assert replayed.returncode == 0, replayed.stderr
+        assert "1 ring set" in replayed.stdout, replayed.stdout
+        assert not os.path.exists(_segment(killed)) and not os.path.exists(_sidecar(killed))
+        result = account(killed.produced(), server.snapshot())
+    assert (result.delivered, result.lost) == (result.produced, 0), result.lost_ids[:5]
