@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -87,8 +88,12 @@ def _killed(calls: int, root: Path, *, with_sender: bool,
         _finish(run)
         wait_gone([run.info["sender"]], 60)
         before = account(run.produced(), server.snapshot(), [sandbox.dead_letter_path])
-        if recover == "engine":
-            nxt = Pipeline(sandbox, server.url, producers=0, calls=1, name="next",
+        if recover in ("engine", "engine-new-tmpdir"):
+            nxt_sandbox = sandbox
+            if recover == "engine-new-tmpdir":  # the job's TMPDIR removed at its end
+                shutil.rmtree(sandbox.tmp)
+                nxt_sandbox = Sandbox(root / "next-job")
+            nxt = Pipeline(nxt_sandbox, server.url, producers=0, calls=1, name="next",
                            settings=dict(_SETTINGS)).start()
             _finish(nxt)
             segment = Path("/dev/shm") / (run.info["ring"] + ".seg")
@@ -180,6 +185,10 @@ FAULTS: dict[str, tuple[str, Callable[[int, Path], tuple[Account, Account, int]]
                       lambda n, r: _killed(n, r, with_sender=False, recover="")),
     "sigkill-next-engine": ("SIGKILL to the group and the sender; the next Engine recovers",
                             lambda n, r: _killed(n, r, with_sender=True, recover="engine")),
+    "sigkill-tmpdir-removed": ("SIGKILL to the group and the sender, the job's TMPDIR "
+                               "removed; the next Engine (another TMPDIR) recovers",
+                               lambda n, r: _killed(n, r, with_sender=True,
+                                                    recover="engine-new-tmpdir")),
     "sigkill-replay": ("SIGKILL to the group and the sender; `engine replay` recovers",
                        lambda n, r: _killed(n, r, with_sender=True, recover="replay")),
     "concurrent-replay": ("2 engines dead-lettering to the default file + replays meanwhile",
