@@ -220,3 +220,31 @@ def test_an_item_the_server_always_rejects_as_too_large_is_dead_lettered_alone(t
     (line,) = (tmp_path / "dead_letters.jsonl").read_text().splitlines()
     assert json.loads(line)["call_id"] == huge.id
     assert json.loads(line)["status"] == 413
+
+
+def test_while_a_large_batch_lingers_producers_write_without_ringing_and_records_are_read(tmp_path):
+    """Bulk arrival (a batch of >= 64 KiB lingering): the sender looks at the rings every
+    millisecond instead of having the producer ring the doorbell for each record (a syscall
+    there, a wake-up here, for one record); records are still read as they come."""
+    import time
+
+    with FaultServer() as server, make_engine(server.url, tmp_path, linger_ms=10_000) as eng:
+        tracer = eng.producer()
+        filler = "x" * 4000
+        for i in range(40):  # ~160 KiB: a batch that lingers (10 s) and is bulk
+            with tracer.call("bulk", inputs={"i": i, "text": filler}) as call:
+                call.output = i
+        time.sleep(0.3)
+        rung = eng.stats()["ring"]["doorbells"]
+        for i in range(100):  # paced: with the doorbell, each of these would ring
+            with tracer.call("paced", inputs={"i": i, "text": filler}) as call:
+                call.output = i
+            time.sleep(0.002)
+        deadline = time.monotonic() + 5
+        while eng.stats()["ring"]["records_read"] < 280 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        ring_stats = eng.stats()["ring"]
+        assert ring_stats["records_read"] == ring_stats["records_written"] == 280  # read as they came
+        assert ring_stats["doorbells"] - rung <= 5, ring_stats["doorbells"] - rung
+        assert eng.flush(timeout_s=30)
+    assert len(server.stored_ids(PROJECT)) == 140
