@@ -29,7 +29,6 @@ import argparse
 import json
 import statistics
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -38,35 +37,17 @@ import zstandard
 
 import engine
 from bench.payloads import profile
+from bench.producer_micro import _cpu_s, _structs
 from engine.server import serve_subprocess
+from engine.server._ingest_models import RawCallsCompleteReq, decode_ingest
 from engine.server._rows import complete_row
 from engine.server._sqlite_calls import _COMPLETE_SQL
 from engine.server._sqlite_db import connect, migrate
-from engine.server._ingest_models import RawCallsCompleteReq, decode_ingest
-from engine.wire import EndedCallSchemaForInsert, StartedCallSchemaForInsert, utcnow, uuid7
+from engine.wire import utcnow, uuid7
 
 PROJECT = "bench/floors"
 _ROWS_PER_TRANSACTION = 500
 _BODY_BYTES = 2 << 20
-
-
-def _cpu_s() -> float:
-    # CLOCK_THREAD_CPUTIME_ID: nanoseconds (getrusage's RUSAGE_THREAD ticks at 4 ms on some
-    # kernels, too coarse for a loop of a few thousand calls)
-    return time.thread_time()
-
-
-def _structs(parts: list[tuple], calls: int) -> list[tuple[Any, Any]]:
-    items = []
-    for i in range(calls):
-        inputs, output, summary, attributes = parts[i % len(parts)]
-        start = StartedCallSchemaForInsert(
-            project_id=PROJECT, id=uuid7(), trace_id=uuid7(), op_name="op",
-            started_at=utcnow(), attributes=attributes, inputs=inputs)
-        items.append((start, EndedCallSchemaForInsert(
-            project_id=PROJECT, id=start.id, trace_id=start.trace_id,
-            started_at=start.started_at, ended_at=utcnow(), output=output, summary=summary)))
-    return items
 
 
 def producer(eng: engine.Engine, parts: list[tuple], calls: int) -> dict[str, float]:
