@@ -30,7 +30,6 @@ import json
 import statistics
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import msgspec
 import zstandard

@@ -10,9 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import aiohttp
-from aiohttp import web
-
 import msgspec
+from aiohttp import web
 
 from engine.common._machine import machine_token
 from engine.common._redact import redact_url

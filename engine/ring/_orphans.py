@@ -197,7 +197,7 @@ def write_sender_args(name: str, ring_dir: str, data: bytes) -> str:
     (for a recovery after the ring dir was cleaned away); returns the ring dir's file."""
     path = os.path.join(ring_dir, SENDER_ARGS)
     _files.write_private(path, data)
-    if _files.SEGMENT_DIR != tempfile.gettempdir():
+    if tempfile.gettempdir() != _files.SEGMENT_DIR:
         _files.write_private(_files.sidecar_path(name), data)
     return path
 
@@ -313,10 +313,9 @@ def _mapped_by_a_live_process(path: str) -> bool:
         return True
     needle = path.encode()
     for maps in glob.glob("/proc/[0-9]*/maps"):
-        with contextlib.suppress(OSError):
-            with open(maps, "rb") as file:
-                if needle in file.read():
-                    return True
+        with contextlib.suppress(OSError), open(maps, "rb") as file:
+            if needle in file.read():
+                return True
     return False
 
 
