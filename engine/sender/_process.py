@@ -58,9 +58,11 @@ _LATENCY_SAMPLES = 8192
 _ENVELOPE_BYTES = 64
 # While a batch of at least _BULK_BYTES lingers, records are arriving in bulk: the sender
 # looks at the rings every _BULK_POLL_S instead of having producers ring the doorbell for
-# each record they write (a syscall in the producer, a wake-up here, for one record).
+# each record they write (a syscall in the producer, a wake-up here, for one record). After
+# _BULK_EMPTY_POLLS looks in a row that found nothing, it sleeps on the doorbell again.
 _BULK_BYTES = 64 << 10
 _BULK_POLL_S = 0.001
+_BULK_EMPTY_POLLS = 8
 # The data path allocates a few small tuples per record, nearly all freed by reference
 # counting within a batch's life. At the default threshold (700) the cyclic collector ran
 # every few hundred records and walked each in-flight item several times (~15% of the
@@ -118,6 +120,7 @@ class Sender(Intake, Delivery, Shutdown):
         self.owner_stops = False
         self.signalled: tuple[int, float] | None = None
         self.wake: asyncio.Event | None = None
+        self.empty_polls = 0  # bulk polls in a row that found nothing (see _idle)
         self.transport: Transport | None = None
 
     # -- the loop --------------------------------------------------------------------------
@@ -152,6 +155,8 @@ class Sender(Intake, Delivery, Shutdown):
                     if self._housekeeping():
                         break
                 progressed = self._pump()
+                if progressed:
+                    self.empty_polls = 0
                 self._dispatch()
                 if not progressed:
                     await self._idle()
@@ -175,9 +180,11 @@ class Sender(Intake, Delivery, Shutdown):
         if self.ready and len(self.tasks) < self.concurrency.limit:
             return
         has_room = self.held_bytes + self.acc.open_bytes < self.cfg.max_in_flight_bytes
-        if oldest is not None and self.acc.open_bytes >= _BULK_BYTES:
+        if (oldest is not None and self.acc.open_bytes >= _BULK_BYTES
+                and self.empty_polls < _BULK_EMPTY_POLLS):
             if has_room and self.reader.pending():
                 return
+            self.empty_polls += 1
             timeout = min(timeout, _BULK_POLL_S)  # no flag: producers write without ringing
         elif not self.reader.prepare_sleep() and has_room:
             return  # data is waiting and we have room for it
