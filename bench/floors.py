@@ -35,9 +35,13 @@ import msgspec
 import zstandard
 
 import engine
-from bench.payloads import profile
-from bench.producer_micro import _cpu_s, _structs
-from engine.server import serve_subprocess
+from bench.producer_micro import (
+    _cpu_s,
+    _structs,
+    engine_to_count_sink,
+    payload_parts,
+    struct_calls_us,
+)
 from engine.server._ingest_models import RawCallsCompleteReq, decode_ingest
 from engine.server._rows import complete_row
 from engine.server._sqlite_calls import _COMPLETE_SQL
@@ -51,14 +55,7 @@ _BODY_BYTES = 2 << 20
 
 def producer(eng: engine.Engine, parts: list[tuple], calls: int) -> dict[str, float]:
     """µs per call: the engine's producer, msgspec's encode of the same, a copy of its bytes."""
-    tracer = eng.producer()
-    out: dict[str, float] = {}
-    items = _structs(parts, calls)
-    began = _cpu_s()
-    for start, end in items:
-        tracer.call_start(start)
-        tracer.call_end(end)
-    out["engine_call_start_end"] = (_cpu_s() - began) / calls * 1e6
+    out = {"engine_call_start_end": struct_calls_us(eng.producer(), _structs(parts, calls))}
     eng.flush(timeout_s=120)
     encode = msgspec.json.Encoder().encode
     items = _structs(parts, calls)
@@ -140,14 +137,10 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--payloads", default="1000,10000")
     args = parser.parse_args()
-    prof = profile("eval")
     pools = [int(n) for n in args.payloads.split(",")]
-    parts = [(prof.inputs(i), prof.output(i), prof.summary(i), prof.attributes(i))
-             for i in range(max(pools))]  # fmt: skip
+    parts = payload_parts("eval", max(pools))
     runs: list[dict[str, float]] = []
-    with tempfile.TemporaryDirectory() as tmp, serve_subprocess(
-            Path(tmp) / "sink.db", store="count") as url, engine.Engine(
-            url=url, project=PROJECT, compression="none") as eng:
+    with tempfile.TemporaryDirectory() as tmp, engine_to_count_sink(PROJECT) as eng:
         producer(eng, parts[:1000], 2000)  # warm-up: slot claimed, caches and allocator primed
         for repeat in range(args.repeat):
             run: dict[str, float] = {}

@@ -21,10 +21,12 @@ with their C extension built in place).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,16 +58,18 @@ def _structs(parts: list[tuple], calls: int) -> list[tuple[Any, Any]]:
     return items
 
 
-def _one_repeat(eng: engine.Engine, parts: list[tuple], calls: int) -> dict[str, float]:
-    tracer = eng.producer()
-    per_call: dict[str, float] = {}
-    items = _structs(parts, calls)
+def struct_calls_us(tracer: Any, items: list[tuple[Any, Any]]) -> float:
+    """This thread's CPU µs per ``call_start`` + ``call_end`` of pre-built Structs."""
     began = _cpu_s()
     for start, end in items:
         tracer.call_start(start)
         tracer.call_end(end)
-    per_call["struct_us"] = (_cpu_s() - began) / calls * 1e6
-    del items
+    return (_cpu_s() - began) / len(items) * 1e6
+
+
+def _one_repeat(eng: engine.Engine, parts: list[tuple], calls: int) -> dict[str, float]:
+    tracer = eng.producer()
+    per_call: dict[str, float] = {"struct_us": struct_calls_us(tracer, _structs(parts, calls))}
     eng.flush(timeout_s=120)
     began = _cpu_s()
     for i in range(calls):
@@ -84,19 +88,31 @@ def _one_repeat(eng: engine.Engine, parts: list[tuple], calls: int) -> dict[str,
     return per_call
 
 
+def payload_parts(profile_name: str, count: int) -> list[tuple]:
+    """``count`` (inputs, output, summary, attributes) of a bench profile."""
+    prof = profile(profile_name)
+    return [(prof.inputs(i), prof.output(i), prof.summary(i), prof.attributes(i))
+            for i in range(count)]  # fmt: skip
+
+
+@contextlib.contextmanager
+def engine_to_count_sink(project: str) -> Iterator[engine.Engine]:
+    """An uncompressed Engine delivering to a fresh ``engine serve --store count``."""
+    with tempfile.TemporaryDirectory() as tmp, serve_subprocess(
+            Path(tmp) / "sink.db", store="count") as url, engine.Engine(
+            url=url, project=project, compression="none") as eng:
+        yield eng
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--calls", type=int, default=20_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--profile", default="eval")
     args = parser.parse_args()
-    prof = profile(args.profile)
-    parts = [(prof.inputs(i), prof.output(i), prof.summary(i), prof.attributes(i))
-             for i in range(_PAYLOADS)]  # fmt: skip
+    parts = payload_parts(args.profile, _PAYLOADS)
     runs = []
-    with tempfile.TemporaryDirectory() as tmp, serve_subprocess(
-            Path(tmp) / "sink.db", store="count") as url, engine.Engine(
-            url=url, project=PROJECT, compression="none") as eng:
+    with engine_to_count_sink(PROJECT) as eng:
         _one_repeat(eng, parts, 2000)  # warm-up: slot claimed, caches and allocator primed
         for _ in range(args.repeat):
             runs.append(_one_repeat(eng, parts, args.calls))

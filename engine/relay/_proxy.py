@@ -8,6 +8,7 @@ accepts and the machine it runs on (a client decides compression by them).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import aiohttp
 import msgspec
@@ -32,40 +33,42 @@ def forward_headers(headers: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in headers.items() if k.lower() not in HOP_BY_HOP | named}
 
 
-async def proxy(request: web.Request) -> web.StreamResponse:
+def _upstream(request: web.Request) -> Any:
+    """The request as it goes upstream (``async with`` it): same method, path, query and
+    body, end-to-end headers only, no redirect followed."""
     state = request.app[RELAY]
     assert state.session is not None, "the relay's client session starts with the app"
-    url = state.upstream + request.rel_url.raw_path_qs
-    body = request.content if request.body_exists else None
     state.counters.proxied_requests += 1
+    return state.session.request(
+        request.method, state.upstream + request.rel_url.raw_path_qs,
+        headers=forward_headers(request.headers),
+        data=request.content if request.body_exists else None, allow_redirects=False)
+
+
+def _unreachable(request: web.Request, exc: BaseException) -> web.Response:
+    state = request.app[RELAY]
+    state.counters.proxy_errors += 1
+    return error_response(502, f"upstream {redact_url(state.upstream)} unreachable: {type(exc).__name__}")
+
+
+async def proxy(request: web.Request) -> web.StreamResponse:
     try:
-        async with state.session.request(
-            request.method, url, headers=forward_headers(request.headers), data=body,
-            allow_redirects=False,
-        ) as upstream:
+        async with _upstream(request) as upstream:
             return await _stream_back(request, upstream)
     except (aiohttp.ClientError, TimeoutError) as exc:
-        state.counters.proxy_errors += 1
-        return error_response(502, f"upstream {redact_url(state.upstream)} unreachable: {type(exc).__name__}")
+        return _unreachable(request, exc)
 
 
 async def server_info(request: web.Request) -> web.StreamResponse:
     """The upstream's ``/server_info`` (the client's key checked there), telling the relay's
     own encodings and machine; any answer that is not a JSON object passes as it came."""
-    state = request.app[RELAY]
-    assert state.session is not None, "the relay's client session starts with the app"
-    state.counters.proxied_requests += 1
     try:
-        async with state.session.get(
-            state.upstream + request.rel_url.raw_path_qs, headers=forward_headers(request.headers),
-            allow_redirects=False,
-        ) as upstream:
+        async with _upstream(request) as upstream:
             if upstream.status != 200 or upstream.headers.get("Content-Encoding"):
                 return await _stream_back(request, upstream)
             body = await upstream.read()
     except (aiohttp.ClientError, TimeoutError) as exc:
-        state.counters.proxy_errors += 1
-        return error_response(502, f"upstream {redact_url(state.upstream)} unreachable: {type(exc).__name__}")
+        return _unreachable(request, exc)
     try:
         info = msgspec.json.decode(body)
     except msgspec.DecodeError:
@@ -74,8 +77,9 @@ async def server_info(request: web.Request) -> web.StreamResponse:
         return web.Response(body=body, content_type="application/json")
     info["accepts_encodings"] = list(ACCEPTED_ENCODINGS)
     info.pop("machine", None)
-    if machine_token() is not None:
-        info["machine"] = machine_token()
+    token = machine_token()
+    if token is not None:
+        info["machine"] = token
     return web.Response(body=msgspec.json.encode(info), content_type="application/json")
 
 

@@ -25,6 +25,10 @@ import contextlib
 import os
 import shutil
 import tempfile
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from engine.ring._layout import RingSpec
 
 NAME_PREFIX = "engine-rings-"
 SEGMENT_SUFFIX = ".seg"
@@ -91,6 +95,21 @@ def write_private(path: str, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as file:
         file.write(data)
+
+
+def dir_paths(ring_dir: str) -> dict[str, str]:
+    """The ``doorbell_path`` and ``lock_path`` of a ring set whose private dir is ``ring_dir``."""
+    return {"doorbell_path": os.path.join(ring_dir, "doorbell"),
+            "lock_path": os.path.join(ring_dir, "slots.lock")}
+
+
+def make_dir_files(spec: RingSpec, directory: str | None = None) -> None:
+    """The doorbell FIFO of every sender and the slot lock of ``spec`` (mode 0600), in
+    ``directory`` (default: the spec's own; a recovery builds them in a staging dir)."""
+    directory = directory or os.path.dirname(spec.lock_path)
+    for shard in range(spec.senders):
+        os.mkfifo(os.path.join(directory, os.path.basename(spec.doorbell_of(shard))), 0o600)
+    write_private(os.path.join(directory, os.path.basename(spec.lock_path)), b"")
 
 
 def create_segment(name: str, size_bytes: int) -> int:

@@ -138,10 +138,8 @@ def spec_of(name: str) -> RingSpec | None:
     magic, version, ring_bytes, max_slots = _HEADER.unpack(header)
     if magic != MAGIC or version != VERSION:
         return None
-    ring_dir = os.path.join(tempfile.gettempdir(), name)
     return RingSpec(shm_name=name, ring_bytes=ring_bytes, max_slots=max_slots,
-                          doorbell_path=os.path.join(ring_dir, "doorbell"),
-                          lock_path=os.path.join(ring_dir, "slots.lock"))
+                    **_files.dir_paths(os.path.join(tempfile.gettempdir(), name)))
 
 
 def unreleased_records(spec: RingSpec) -> int | None:
@@ -230,7 +228,8 @@ def _dead_entries(directory: str) -> list[str]:
 
 def find_orphans() -> list[Orphan]:
     """Orphans in this temp dir that hold records; the empty ones are removed on the way."""
-    _adopt_bare_segments()
+    bare, stray = _shm_leftovers()
+    _adopt_bare_segments(bare)
     orphans = []
     for entry in _dead_entries(tempfile.gettempdir()):
         ring_dir = os.path.join(tempfile.gettempdir(), entry)
@@ -247,44 +246,49 @@ def find_orphans() -> list[Orphan]:
             _files.remove_ring_files(entry, ring_dir)
         elif held:
             orphans.append(Orphan(entry, ring_dir, url, held))
-    _remove_empty_bare_segments()
+    _remove_empty_bare_segments(bare, stray)
     return orphans
 
 
-def _bare_segments() -> list[str]:
-    """Names of segments of dead owners with no private dir in this temp dir."""
+def _shm_leftovers() -> tuple[list[str], list[str]]:
+    """From one listing of the segment dir, entries of dead owners: the names of *bare*
+    segments (no private dir in this temp dir) and of settings copies whose segment is gone."""
     if tempfile.gettempdir() == _files.SEGMENT_DIR:
-        return []
-    names = []
+        return [], []
+    bare, stray = [], []
     for entry in _dead_entries(_files.SEGMENT_DIR):
-        name = entry.removesuffix(_files.SEGMENT_SUFFIX)
-        if name != entry and not os.path.exists(os.path.join(tempfile.gettempdir(), name)):
-            names.append(name)
-    return names
+        if entry.endswith(_files.SEGMENT_SUFFIX):
+            name = entry.removesuffix(_files.SEGMENT_SUFFIX)
+            if not os.path.exists(os.path.join(tempfile.gettempdir(), name)):
+                bare.append(name)
+        elif entry.endswith(_files.SIDECAR_SUFFIX):
+            name = entry.removesuffix(_files.SIDECAR_SUFFIX)
+            if not os.path.exists(_files.segment_path(name)):
+                stray.append(name)
+    return bare, stray
 
 
-def _remove_empty_bare_segments() -> None:
-    """Bare segments are removed only if they hold nothing; settings copies whose segment
-    is gone go too."""
-    for name in _bare_segments():
+def _remove_empty_bare_segments(bare: list[str], stray: list[str]) -> None:
+    """Bare segments are removed only if they hold nothing (with their settings copy);
+    settings copies whose segment is gone go too."""
+    emptied = []
+    for name in bare:
+        if os.path.exists(os.path.join(tempfile.gettempdir(), name)):
+            continue  # adopted by this scan
         spec = spec_of(name)
         if spec is not None and unreleased_records(spec) == 0:
-            for path in (_files.segment_path(name), _files.sidecar_path(name)):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
-    if tempfile.gettempdir() == _files.SEGMENT_DIR:
-        return
-    for entry in _dead_entries(_files.SEGMENT_DIR):
-        name = entry.removesuffix(_files.SIDECAR_SUFFIX)
-        if name != entry and not os.path.exists(_files.segment_path(name)):
+            emptied.append(name)
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(_files.sidecar_path(name))
+                os.unlink(_files.segment_path(name))
+    for name in [*emptied, *stray]:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(_files.sidecar_path(name))
 
 
-def _adopt_bare_segments() -> None:
+def _adopt_bare_segments(bare: list[str]) -> None:
     """Give every bare segment that holds records, that no live process maps and whose
     settings were kept beside it a new private dir here, so that it is found as an orphan."""
-    for name in _bare_segments():
+    for name in bare:
         args = _sidecar_args(name)
         if args is None or os.path.exists(str(args.get("ring_dir"))):
             continue  # an older engine's (kept), or its dir is in another TMPDIR
@@ -325,13 +329,10 @@ def _recreate_ring_dir(name: str, args: dict) -> None:
     rename fails and its staging dir is removed)."""
     here = tempfile.gettempdir()
     final = os.path.join(here, name)
-    spec = RingSpec(**{**args["spec"], "doorbell_path": os.path.join(final, "doorbell"),
-                       "lock_path": os.path.join(final, "slots.lock")})
+    spec = RingSpec(**{**args["spec"], **_files.dir_paths(final)})
     staging = tempfile.mkdtemp(prefix=".engine-adopt-", dir=here)
     try:
-        for shard in range(spec.senders):
-            os.mkfifo(os.path.join(staging, os.path.basename(spec.doorbell_of(shard))), 0o600)
-        _files.write_private(os.path.join(staging, "slots.lock"), b"")
+        _files.make_dir_files(spec, staging)
         # the counters start again from zero (the recovering sender's own are what counts)
         Control(control_path(staging), spec.max_slots, create=True, senders=spec.senders).close()
         data = msgspec.json.encode({**args, "spec": msgspec.to_builtins(spec), "ring_dir": final})

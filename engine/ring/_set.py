@@ -115,8 +115,7 @@ class RingSet:
             shm_name=name,
             ring_bytes=ring_bytes,
             max_slots=max_slots,
-            doorbell_path=os.path.join(private_dir, "doorbell"),
-            lock_path=os.path.join(private_dir, "slots.lock"),
+            **ring_files.dir_paths(private_dir),
             senders=senders,
         )
         try:
@@ -127,9 +126,7 @@ class RingSet:
 
     @classmethod
     def _create_files(cls, spec: RingSpec) -> RingSet:
-        for shard in range(spec.senders):
-            os.mkfifo(spec.doorbell_of(shard), 0o600)
-        os.close(os.open(spec.lock_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        ring_files.make_dir_files(spec)
         size = data_offset(spec.max_slots) + spec.ring_bytes * spec.max_slots
         fd = ring_files.create_segment(spec.shm_name, size)
         try:
