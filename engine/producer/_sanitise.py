@@ -203,21 +203,32 @@ def check_timestamp(value: Any) -> str | None:
     return None
 
 
+_END_TIMES = (("started_at", True), ("ended_at", False))
+_COMPLETE_TIMES = (("started_at", False), ("ended_at", False))
+_START_TIMES = (("started_at", False),)
+_TIME_FIELDS = {EndedCallSchemaForInsert: _END_TIMES,
+                CompletedCallSchemaForInsert: _COMPLETE_TIMES,
+                StartedCallSchemaForInsert: _START_TIMES}
+
+
 def _time_fields(item: Any) -> tuple[tuple[str, bool], ...]:
     """(field, may be None) of the timestamps ``item`` carries."""
     if isinstance(item, EndedCallSchemaForInsert):
-        return (("started_at", True), ("ended_at", False))
+        return _END_TIMES
     if isinstance(item, CompletedCallSchemaForInsert):
-        return (("started_at", False), ("ended_at", False))
-    return (("started_at", False),)
+        return _COMPLETE_TIMES
+    return _START_TIMES
 
 
 def time_problem(item: Any) -> Problem | None:
     """The first of ``item``'s timestamps the wire cannot carry, or None (cheap when they
-    are in UTC, as the tracer's own are)."""
-    for name, optional in _time_fields(item):
+    are in UTC, as the tracer's own are: it runs on every call of the general path)."""
+    for name, optional in _TIME_FIELDS.get(type(item)) or _time_fields(item):
         value = getattr(item, name)
-        if value is None and optional:
+        if value is None:
+            if optional:
+                continue
+        elif type(value) is _dt.datetime and value.tzinfo is UTC:
             continue
         wrong = check_timestamp(value)
         if wrong is not None:

@@ -22,6 +22,7 @@ from engine import ring
 from engine.common._control import Control, control_path
 from engine.common._errors import Closed, ConfigError, EncodeError, PayloadTooLarge, RingFull
 from engine.producer._calls import CallsBase
+from engine.producer._sanitise import REASONS, invalid_item
 from engine.wire import _codec
 from engine.wire.calls import end_splice_offset
 
@@ -30,10 +31,8 @@ _WRITTEN, _UNPLANNED = ring.WRITTEN, ring.UNPLANNED
 _ENVELOPE_BYTES = 64  # room for the batch envelope around the largest single item
 _ENCODERS = _codec.producer_encoders()  # (lenient, strict)
 # what each count of the encoders and the sanitiser adds to (common/_control.py)
-_COUNTERS = {"stringified": "stringified", "unencodable": "sanitised_unencodable",
-             "nonfinite": "sanitised_nonfinite", "bytes": "sanitised_bytes",
-             "cycle": "sanitised_cycle", "bad_string": "sanitised_bad_string",
-             "oversized": "sanitised_oversized", "timestamp": "sanitised_timestamp"}
+# the control block's counter of each reason the encoders and the sanitiser count
+_COUNTERS = {"stringified": "stringified", **{r: f"sanitised_{r}" for r in REASONS}}
 _live_tracers: weakref.WeakSet[SlotWriting] = weakref.WeakSet()
 
 
@@ -312,8 +311,6 @@ class SlotWriting(CallsBase):  # type: ignore[misc,valid-type]
         return self._max_payload
 
     def _invalid(self, item: Any, error: BaseException, what: str) -> EncodeError:
-        from engine.producer._sanitise import invalid_item
-
         return invalid_item(item, error, self._settings.strict, what)
 
     def _ensure_attached(self) -> ring.RingSet:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import msgspec
 
@@ -67,7 +67,7 @@ class Tracer(SlotWriting):
             self._emit(_KIND_START, 0, start, start.project_id, start.id, start.trace_id,
                        "start", False)
         except Exception as exc:
-            raise self._translated(exc, start, "start") from exc
+            self._raise_translated(exc, start, "start")
         return CallStartRes(id=start.id, trace_id=start.trace_id)
 
     def _call_end_rest(self, end: Any, done: Any) -> None:
@@ -88,7 +88,7 @@ class Tracer(SlotWriting):
             self._emit(_KIND_END, flags, end, end.project_id, end.id, end.trace_id or None,
                        "end", True)
         except Exception as exc:
-            raise self._translated(exc, end, "end") from exc
+            self._raise_translated(exc, end, "end")
 
     def call_complete(self, call: CompletedCallSchemaForInsert | dict[str, Any]) -> None:
         """Enqueue a finished call (start and end in one item, as ``calls/complete`` takes it)."""
@@ -99,12 +99,15 @@ class Tracer(SlotWriting):
             self._emit(ring.KIND_COMPLETE, 0, call, call.project_id, call.id, call.trace_id,
                        "call", False)
         except Exception as exc:
-            raise self._translated(exc, call, "call") from exc
+            self._raise_translated(exc, call, "call")
 
-    def _translated(self, error: Exception, item: Any, what: str) -> Exception:
+    def _raise_translated(self, error: Exception, item: Any, what: str) -> NoReturn:
         """What the general path raises for ``error``: an EncodeError naming the field when
-        the item was at fault (nothing of it was written), else ``error`` itself."""
-        return self._invalid(item, error, what) if is_invalid_input(error) else error
+        the item was at fault (nothing of it was written), else ``error`` itself, its own
+        cause kept."""
+        if is_invalid_input(error):
+            raise self._invalid(item, error, what) from error
+        raise error
 
     def enqueue(self, mode: str, item: Any) -> None:
         """Enqueue a call start, end or complete call (``mode``) given as a Struct with the

@@ -268,7 +268,7 @@ class SlotWriter:
         self._skip_to_next_lap()
         words = self._words
         words[self._head_word] = self._head
-        if words[G_SLEEPING]:
+        if words[self._sleeping_word]:
             self._ring_doorbell()
 
     def _skip_to_next_lap(self) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 
 from engine.native._accel import native as _native
+from engine.wire import _lossy
 
 UTC = _dt.timezone.utc
 
@@ -159,20 +160,23 @@ def producer_encoders() -> tuple[Any, Any]:
     return PyEncoder(producer_encoder), PyEncoder(strict_encoder)
 
 
+_native_take_counts = getattr(_native, "take_counts", None)
+_NOTHING_NATIVE = (0, 0)
+
+
 def take_counts() -> dict[str, int]:
     """What the producer's encoders counted in this thread since the last call (then zero),
-    by reason."""
-    from engine.wire import _lossy
-
-    lossy = _lossy.counts
-    counts = {"stringified": Stringified.count, "unencodable": Stringified.unencodable,
-              "nonfinite": lossy.nonfinite, "bytes": lossy.bytes}
-    Stringified.count = Stringified.unencodable = 0
+    by reason; it runs after every write, so nothing counted costs only the reads."""
+    lossy, strings = _lossy.counts, Stringified
+    nonfinite, nbytes = _native_take_counts() if _native_take_counts else _NOTHING_NATIVE
+    nonfinite += lossy.nonfinite
+    nbytes += lossy.bytes
+    if not (nonfinite or nbytes or strings.count or strings.unencodable):
+        return {}
+    counts = {"stringified": strings.count, "unencodable": strings.unencodable,
+              "nonfinite": nonfinite, "bytes": nbytes}
+    strings.count = strings.unencodable = 0
     lossy.nonfinite = lossy.bytes = 0
-    if _native is not None and hasattr(_native, "take_counts"):
-        nonfinite, nbytes = _native.take_counts()
-        counts["nonfinite"] += nonfinite
-        counts["bytes"] += nbytes
     return {reason: n for reason, n in counts.items() if n}
 
 

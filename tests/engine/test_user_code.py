@@ -21,6 +21,7 @@ import msgspec
 import pytest
 
 import engine
+from engine.producer._sanitise import REASONS
 from engine.server import serve_subprocess
 from engine.wire import EndedCallSchemaForInsert, StartedCallSchemaForInsert, utcnow, uuid7
 
@@ -28,7 +29,6 @@ pytestmark = pytest.mark.integration
 
 PROJECT = "user-code/values"
 MAX_REQUEST_BYTES = 256 << 10
-REASONS = ("cycle", "bad_string", "unencodable", "oversized", "nonfinite", "bytes", "timestamp")
 _names = itertools.count()
 
 
