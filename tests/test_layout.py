@@ -11,6 +11,8 @@ import ast
 import re
 from pathlib import Path
 
+import pytest
+
 import engine
 
 ENGINE_DIR = Path(engine.__file__).parent
@@ -175,3 +177,36 @@ def test_every_package_states_its_rules():
     assert {"producer", "sender"}.isdisjoint(_allowed_imports("server"))
     assert {"sender", "server", "relay", "cli"}.isdisjoint(_allowed_imports("producer"))
     assert _allowed_imports("ring") <= {"common", "native", "wire"}
+
+
+def _modules_after(code: str) -> set[str]:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", f"{code}\nimport sys\nprint(' '.join(sys.modules))"],
+                          capture_output=True, text=True, timeout=60, check=True)
+    return set(done.stdout.split())
+
+
+def test_a_producing_process_starts_without_the_http_stacks():
+    # every eval worker imports engine; aiohttp's client and the server's routes cost it
+    # ~0.3 s of CPU at start-up (per process of a spawn pool, per Ray worker)
+    loaded = _modules_after("import engine\nengine.Engine, engine.Tracer, engine.current_call")
+    assert "aiohttp" not in loaded
+    assert not any(m.startswith(("engine.client", "engine.server")) for m in loaded)
+
+
+def test_an_ingest_worker_and_the_command_line_start_without_aiohttp():
+    loaded = _modules_after("import engine.cli._ingest\nfrom engine.cli import build_parser\n"
+                            "build_parser()")
+    assert "aiohttp" not in loaded
+    assert "engine.server._app" not in loaded
+
+
+def test_the_lazy_names_still_resolve():
+    loaded = _modules_after("import engine, engine.server\nengine.RemoteHTTPTraceServer\n"
+                            "engine.server.start_server")
+    assert {"aiohttp", "engine.client", "engine.server._app"} <= loaded
+    from engine.server import default_db_path, start_server  # noqa: F401
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        engine.nope  # noqa: B018

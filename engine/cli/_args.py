@@ -193,7 +193,7 @@ def add_command(subparsers: argparse._SubParsersAction, name: str, summary: str,
 
 
 def add_max_connections_flag(parser: argparse.ArgumentParser, command: str) -> None:
-    from engine.server._connections import DEFAULT_MAX_CONNECTIONS
+    from engine.server._limits import DEFAULT_MAX_CONNECTIONS
 
     parser.add_argument(
         "--max-connections", type=positive_int, default=DEFAULT_MAX_CONNECTIONS,

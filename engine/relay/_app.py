@@ -19,11 +19,8 @@ from engine.relay._proxy import proxy, server_info
 from engine.relay._state import RELAY, RelayState
 from engine.server._auth import CURRENT_GRANT, KeyRing, check_bind
 from engine.server._body import DEFAULT_MAX_BODY_BYTES, ApiError, error_response
-from engine.server._connections import (
-    DEFAULT_HEADER_TIMEOUT_S,
-    DEFAULT_MAX_CONNECTIONS,
-    LimitedSite,
-)
+from engine.server._connections import DEFAULT_HEADER_TIMEOUT_S, LimitedSite
+from engine.server._limits import DEFAULT_MAX_CONNECTIONS
 
 log = logging.getLogger("engine.relay")
 RELAY_PROJECT = "relay/relay"  # the engine needs a default; every relayed item names its own

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import os
 import signal
 from pathlib import Path
 from typing import Any, Literal
@@ -38,12 +37,10 @@ from engine.server import (
 )
 from engine.server._auth import CURRENT_GRANT, NO_KEY, Grant, KeyRing, check_bind
 from engine.server._body import DEFAULT_MAX_BODY_BYTES, ApiError, error_response
-from engine.server._connections import (
-    DEFAULT_HEADER_TIMEOUT_S,
-    DEFAULT_MAX_CONNECTIONS,
-    LimitedSite,
-)
+from engine.server._connections import DEFAULT_HEADER_TIMEOUT_S, LimitedSite
 from engine.server._count_store import CountStore
+from engine.server._limits import DEFAULT_MAX_CONNECTIONS
+from engine.server._sqlite_db import default_db_path
 from engine.server._sqlite_store import SQLiteStore
 from engine.server._state import STATE, ServerState
 from engine.server._store import Store
@@ -52,12 +49,6 @@ from engine.server.clickhouse._connect import is_clickhouse_url, parse_store_url
 
 # "sqlite", "count", or a ClickHouse URL (clickhouse://USER@HOST:PORT/DB, chdb:///FOLDER)
 StoreKind = Literal["sqlite", "count"] | str
-
-
-def default_db_path() -> Path:
-    """``$XDG_DATA_HOME/engine/traces.db``, else ``~/.local/share/engine/traces.db``."""
-    data_home = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
-    return Path(data_home) / "engine" / "traces.db"
 
 
 def open_store(kind: StoreKind, db_path: Path | None, password_file: Path | None = None) -> Store:

@@ -16,13 +16,14 @@ from typing import TYPE_CHECKING, TypeVar
 
 import msgspec
 import zstandard
-from aiohttp import StreamReader, web
 
 from engine.server._limits import MAX_JSON_DEPTH, LimitExceeded, check_json_depth
 from engine.wire._codec import uuid7
 from engine.wire.calls import StartedCallSchemaForInsert
 
 if TYPE_CHECKING:
+    from aiohttp import StreamReader, web
+
     from engine.server._ingest_models import RawStartedCall
 
 T = TypeVar("T")
@@ -48,6 +49,8 @@ class ApiError(Exception):
 
 
 def error_response(status: int, reason: str, headers: dict[str, str] | None = None):
+    from aiohttp import web  # here, not at the top: the ingest models' decoding needs no aiohttp
+
     return web.json_response({"reason": reason}, status=status, headers=headers)
 
 

@@ -20,7 +20,6 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-DEFAULT_MAX_CONNECTIONS = 512
 DEFAULT_HEADER_TIMEOUT_S = 30.0
 
 

@@ -22,6 +22,7 @@ import msgspec
 from engine.native._accel import native as _native
 
 MAX_JSON_DEPTH = 256
+DEFAULT_MAX_CONNECTIONS = 512  # open connections served at once by serve and relay
 Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 NonNegativeInt64 = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 

@@ -142,6 +142,12 @@ _PLANNER_STATS = {
 _IDLE_STREAM_CONNS = 4
 
 
+def default_db_path() -> Path:
+    """``$XDG_DATA_HOME/engine/traces.db``, else ``~/.local/share/engine/traces.db``."""
+    data_home = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return Path(data_home) / "engine" / "traces.db"
+
+
 def create_db_file(path: Path) -> None:
     """Create the database file (and its folder) owner-only before SQLite opens it."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
