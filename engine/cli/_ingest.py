@@ -102,16 +102,26 @@ class _Mode(msgspec.Struct):
     mode: str = "complete"
 
 
+class _CompleteLine(RawCompletedCall, kw_only=True, gc=False):
+    """A complete call with the line's ``mode`` read in the same decode. Encoded, it is the
+    call: ``mode`` holds its default and defaults are omitted."""
+
+    mode: str = "complete"
+
+
+_COMPLETE = _CompleteLine.__struct_defaults__[-1]  # the default object itself (see _without_mode)
 _MODE_DECODER = msgspec.json.Decoder(_Mode)
+_COMPLETE_LINE = msgspec.json.Decoder(_CompleteLine)
 _DECODERS = {
     "start": msgspec.json.Decoder(RawStartedCall),
     "end": msgspec.json.Decoder(RawEndedCall),
-    "complete": msgspec.json.Decoder(RawCompletedCall),
+    "complete": _COMPLETE_LINE,
 }
 # a line that holds no `mode"` has no "mode" key: it is a complete call. (Searching for the
 # quoted key costs 5x more: the search stops at every quote of the line.)
 _MODE_KEY = b'mode"'
 _BODY_LEVELS_ABOVE_A_CALL = 4
+_MAX_CALL_DEPTH = MAX_JSON_DEPTH - _BODY_LEVELS_ABOVE_A_CALL
 
 
 # -- planning and checkpoints -------------------------------------------------------------
@@ -196,22 +206,20 @@ def _open_at(path: str, offset: int, stack: ExitStack) -> BinaryIO:
     return stream
 
 
-def parse_line(line: bytes) -> tuple[str, msgspec.Struct] | None:
+def parse_line(line: bytes, guess: str = "complete") -> tuple[str, msgspec.Struct] | None:
     """(mode, item) of one line, its JSON-valued fields raw; None for a blank line;
     ValueError if it is not an item (invalid UTF-8 too: the server would refuse the whole
-    batch holding it)."""
+    batch holding it). ``guess``: the mode the line most likely has (the previous line's):
+    a complete call is read in one decode; a start or an end, and a guess that was wrong,
+    cost a look for the ``mode`` key first."""
     if not line or line.isspace():
         return None
     try:
-        mode = _MODE_DECODER.decode(line).mode if _MODE_KEY in line else "complete"
-        decoder = _DECODERS.get(mode)
-        if decoder is None:
-            raise ValueError(f"mode {mode!r} is not one of start, end, complete")
         # the server's checks: a line it would refuse is an invalid line. A line's call
         # travels at most this deep in a body: {"batch": [{"req": {"start": CALL}}]}
-        if json_depth_over(line, MAX_JSON_DEPTH - _BODY_LEVELS_ABOVE_A_CALL):
+        if json_depth_over(line, _MAX_CALL_DEPTH):
             raise ValueError(f"JSON nested more than {MAX_JSON_DEPTH} levels deep in a body")
-        item = decoder.decode(line)
+        mode, item = _decode(line, guess)
         if not line.isascii():
             line.decode()  # msgspec checks a raw value's syntax, not its strings' encoding
         if not item.kinds_ok():
@@ -220,6 +228,35 @@ def parse_line(line: bytes) -> tuple[str, msgspec.Struct] | None:
         return mode, item
     except msgspec.DecodeError as exc:  # ValidationError included
         raise ValueError(str(exc)) from None
+
+
+def _decode(line: bytes, guess: str) -> tuple[str, msgspec.Struct]:
+    if guess == "complete":
+        try:
+            item = _COMPLETE_LINE.decode(line)
+        except msgspec.ValidationError:
+            if _mode(line) == "complete":
+                raise
+        else:
+            if item.mode == "complete":
+                return "complete", _without_mode(item)
+    mode = _mode(line)
+    decoder = _DECODERS.get(mode)
+    if decoder is None:
+        raise ValueError(f"mode {mode!r} is not one of start, end, complete")
+    item = decoder.decode(line)
+    return mode, _without_mode(item) if mode == "complete" else item
+
+
+def _without_mode(item: _CompleteLine) -> _CompleteLine:
+    """The call as it is sent: omit_defaults compares by identity, and a "complete" read
+    from the line is another str than the default, which would be encoded."""
+    item.mode = _COMPLETE
+    return item
+
+
+def _mode(line: bytes) -> str:
+    return _MODE_DECODER.decode(line).mode if _MODE_KEY in line else "complete"
 
 
 # -- the worker processes -----------------------------------------------------------------
@@ -245,13 +282,14 @@ def ingest_shard(tracer: Tracer, index: int, shard: Shard, project: str | None,
                  checkpoint_lines: int, out: Any) -> None:
     """Worker body: send the shard's lines; report progress, and offsets once acknowledged."""
     counts, offset, lines_since_commit, unreported, read_bytes = _Counts(), shard.done, 0, 0, 0
+    mode = "complete"
     with ExitStack() as stack:
         stream = _open_at(shard.path, shard.done, stack)
         while shard.end is None or offset < shard.end:
             line = stream.readline()
             if not line:
                 break
-            _ingest_line(tracer, line, project, counts, shard.path, offset)
+            mode = _ingest_line(tracer, line, project, counts, shard.path, offset, mode)
             offset += len(line)
             read_bytes += len(line)
             lines_since_commit += 1
@@ -268,16 +306,21 @@ def ingest_shard(tracer: Tracer, index: int, shard: Shard, project: str | None,
 
 
 def _ingest_line(tracer: Tracer, line: bytes, project: str | None, counts: _Counts, path: str,
-                 offset: int) -> None:
+                 offset: int, guess: str) -> str:
+    """Send one line; the mode of its item (the guess for the next line)."""
     try:
-        parsed = parse_line(line)
-        if parsed is not None:
-            _write(tracer, parsed[0], parsed[1], project)
-            setattr(counts, parsed[0], getattr(counts, parsed[0]) + 1)
+        parsed = parse_line(line, guess)
+        if parsed is None:
+            return guess
+        mode, item = parsed
+        _write(tracer, mode, item, project)  # an item too large for a request: ValueError
     except ValueError as exc:
         counts.invalid += 1
         if counts.invalid <= 3:
             log.warning("%s at byte %d: skipped an invalid line: %s", path, offset, exc)
+        return guess
+    setattr(counts, mode, getattr(counts, mode) + 1)
+    return mode
 
 
 def _commit(tracer: Tracer, index: int, offset: int, out: Any) -> None:

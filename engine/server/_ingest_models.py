@@ -33,6 +33,7 @@ from engine.wire._base import Nested, Request
 # A left-out ``output`` or ``otel_dump``: the typed models' None. (msgspec cannot decode
 # ``Raw | None``: that union accepts only null.)
 RAW_NULL = msgspec.Raw(b"null")
+_UTC = _dt.timezone.utc
 # (first byte,) of a raw value; half the cost of memoryview(raw)[0], and this runs per field
 _first_byte = struct.Struct("B").unpack_from
 _OBJECT = (ord("{"),)
@@ -72,7 +73,9 @@ class _RawCall(Nested, kw_only=True, gc=False):
     def check_limits(self, where: str) -> None:
         """Times a UTC datetime can hold, integers SQLite can (:mod:`engine.server._limits`)."""
         for name in self.TIME_FIELDS:
-            check_time(getattr(self, name), f"{where}.{name}")
+            value = getattr(self, name)  # only another offset than UTC can leave the range:
+            if value is not None and value.tzinfo is not _UTC:  # the path is formatted then
+                check_time(value, f"{where}.{name}")
         for name in self.INT_FIELDS:
             value = getattr(self, name)
             if value is not None and not -(2**63) <= value < 2**63:

@@ -77,6 +77,21 @@ def test_parse_line_reads_every_mode_and_rejects_bad_lines():
         parse_line(b'{"mode": "update"}')
 
 
+def test_parse_line_honours_the_mode_whatever_it_guessed():
+    complete = {"project_id": PROJECT, "id": _call_id(1), "trace_id": _call_id(1), "op_name": "p",
+                "started_at": T0.isoformat(), "attributes": {}, "inputs": {"model": "m"},
+                "ended_at": T0.isoformat(), "summary": {}}
+    for guess in ("complete", "start", "end"):
+        mode, item = parse_line(msgspec.json.encode(complete), guess)
+        assert mode == "complete" and b"mode" not in msgspec.json.encode(item).replace(b"model", b"")
+        for explicit in ("start", "end", "complete"):  # a start line may carry every field
+            line = msgspec.json.encode({**complete, "mode": explicit})
+            mode, item = parse_line(line, guess)
+            assert mode == explicit and b'"mode"' not in msgspec.json.encode(item)
+    with pytest.raises(ValueError, match="missing required field `op_name`"):
+        parse_line(msgspec.json.encode({k: v for k, v in complete.items() if k != "op_name"}))
+
+
 def test_parse_line_keeps_json_fields_as_the_files_bytes_and_checks_them():
     line = msgspec.json.encode({"project_id": PROJECT, "id": _call_id(1), "trace_id": _call_id(1),
                                 "op_name": "p", "started_at": T0.isoformat(), "attributes": {},
