@@ -51,7 +51,7 @@ from engine.server._ingest_models import (
     raise_misfit,
 )
 from engine.server._limits import MAX_JSON_DEPTH, json_depth_over
-from engine.wire._codec import uuid7
+from engine.wire._codec import native_struct_plan, uuid7
 
 log = logging.getLogger("engine.ingest")
 
@@ -109,6 +109,7 @@ class _CompleteLine(RawCompletedCall, kw_only=True, gc=False):
     mode: str = "complete"
 
 
+native_struct_plan(_CompleteLine)
 _COMPLETE = _CompleteLine.__struct_defaults__[-1]  # the default object itself (see _without_mode)
 _MODE_DECODER = msgspec.json.Decoder(_Mode)
 _COMPLETE_LINE = msgspec.json.Decoder(_CompleteLine)

@@ -326,6 +326,7 @@ typedef struct {
 enum { NOTED_NONFINITE, NOTED_BYTES, NOTED_KINDS };
 static _Thread_local Py_ssize_t noted_counts[NOTED_KINDS];
 static PyObject *decimal_type;  /* decimal.Decimal: a NaN/inf one is written null */
+static PyObject *raw_type;      /* msgspec.Raw: JSON text msgspec checked, written as it is */
 
 static inline void note(Ctx *ctx, int kind) {
     noted_counts[kind]++;
@@ -570,6 +571,16 @@ static int put_other(Ctx *ctx, PyObject *obj, PyTypeObject *type) {
     return put_fallback(ctx, obj);
 }
 
+/* A msgspec.Raw: its bytes, as msgspec writes them (a decoded one is checked JSON; one
+ * built by hand is written as given, even empty, by msgspec too). */
+static int put_raw(JBuf *b, PyObject *obj) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(obj, &view, PyBUF_SIMPLE) < 0) return -1;
+    int r = put_bytes(b, view.buf, (size_t)view.len);
+    PyBuffer_Release(&view);
+    return r;
+}
+
 static int put_value(Ctx *ctx, PyObject *obj) {
     PyTypeObject *type = Py_TYPE(obj);
     if (type == &PyUnicode_Type) return put_str(ctx->b, obj);
@@ -593,6 +604,7 @@ static int put_value(Ctx *ctx, PyObject *obj) {
         if (tz == PyDateTime_TimeZone_UTC) return put_datetime(ctx->b, obj, 1);
         return put_fallback(ctx, obj);
     }
+    if ((PyObject *)type == raw_type) return put_raw(ctx->b, obj);
     const Plan *plan = plan_of(type);
     if (plan != NULL) return put_struct(ctx, obj, plan, NULL);
     if (PyErr_Occurred()) return -1;
@@ -822,5 +834,10 @@ int json_init(void) {
     if (decimal == NULL) return -1;
     decimal_type = PyObject_GetAttrString(decimal, "Decimal");
     Py_DECREF(decimal);
-    return decimal_type == NULL ? -1 : 0;
+    if (decimal_type == NULL) return -1;
+    PyObject *msgspec = PyImport_ImportModule("msgspec");
+    if (msgspec == NULL) return -1;
+    raw_type = PyObject_GetAttrString(msgspec, "Raw");
+    Py_DECREF(msgspec);
+    return raw_type == NULL ? -1 : 0;
 }

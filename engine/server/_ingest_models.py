@@ -29,6 +29,7 @@ import msgspec
 from engine.server._body import decode_errors
 from engine.server._limits import LimitExceeded, check_json_depth, check_time
 from engine.wire._base import Nested, Request
+from engine.wire._codec import native_struct_plan
 
 # A left-out ``output`` or ``otel_dump``: the typed models' None. (msgspec cannot decode
 # ``Raw | None``: that union accepts only null.)
@@ -179,6 +180,12 @@ class RawCompletedCall(_RawCall, kw_only=True, gc=False):
             == _first_byte(self.summary) == _OBJECT
             and _first_byte(self.otel_dump) in (_OBJECT, _NULL)
         )  # fmt: skip
+
+
+# The engine's own producers write these into a ring (engine ingest, the relay): with the
+# C accelerator built they are encoded there in one call, the raw fields copied as they are.
+for _cls in (RawStartedCall, RawEndedCall, RawCompletedCall):
+    native_struct_plan(_cls)
 
 
 def _check_call(call: _RawCall, where: str) -> None:

@@ -207,7 +207,7 @@ def _plan(cls: type[msgspec.Struct], splice_name: str) -> bool:
     for default in defaults:
         if default is msgspec.NODEFAULT or not config.omit_defaults:
             omit.append(msgspec.NODEFAULT)
-        elif default is None or type(default) in (bool, int, float, str):
+        elif default is None or type(default) in (bool, int, float, str, msgspec.Raw):
             omit.append(default)  # msgspec compares these by identity, as the C side does
         else:  # a default factory, or an object msgspec may treat specially: not here
             return False

@@ -262,3 +262,42 @@ def test_struct_plans_only_for_configs_the_c_encoder_reproduces():
     for value in (Plain(1), Plain(2, "t", 0), Plain(3, None, 7, Point(1, 2.5)),
                   Plain(4, msgspec.UNSET), [Plain(5), {"k": Plain(6, "x")}]):
         same_as_msgspec(value)
+
+
+def test_raw_ingest_models_encode_as_msgspec_does_their_raw_bytes_copied():
+    from engine.server._ingest_models import (
+        RAW_NULL,
+        RawCompletedCall,
+        RawEndedCall,
+        RawStartedCall,
+    )
+
+    t = dt.datetime(2026, 12, 4, 21, 0, 0, 123456, tzinfo=dt.timezone.utc)
+    raw = msgspec.Raw(b'{"q":"\\u00e9 \\"x\\"","n":[1,2.5e300,null],"d":{}}')
+    common = {"project_id": "e/p", "id": "c1", "trace_id": "t1"}
+    items = [
+        RawStartedCall(**common, op_name="op", started_at=t, attributes=raw, inputs=raw),
+        RawEndedCall(**common, ended_at=t, summary=raw),  # output left at RAW_NULL: omitted
+        RawEndedCall(**common, ended_at=t, summary=raw, output=msgspec.Raw(b"null")),
+        RawEndedCall(**common, ended_at=t.replace(tzinfo=None), summary=raw,
+                     output=msgspec.Raw(b"")),  # empty: msgspec writes nothing, nor do we
+        RawCompletedCall(**common, op_name="op", started_at=t, ended_at=t, attributes=raw,
+                         inputs=raw, summary=raw, output=raw, otel_dump=RAW_NULL,
+                         wb_run_step=3),
+        RawCompletedCall(**common, op_name="op", started_at=t,
+                         ended_at=t.astimezone(dt.timezone(dt.timedelta(hours=2))),
+                         attributes=raw, inputs=raw, summary=raw),
+    ]
+    for item in items:
+        same_as_msgspec(item)
+    called = []
+
+    def fallback(value):
+        called.append(value)
+        return ENCODER.encode(value)
+
+    for item in items[:5]:  # encoded in C whole: nothing goes to msgspec (only +02:00 would)
+        assert native.encode(fallback, item) == ENCODER.encode(item)
+    assert called == []
+    decoded = msgspec.json.decode(msgspec.json.encode(items[4]), type=RawCompletedCall)
+    same_as_msgspec(decoded)  # Raw slices of a decoded body
