@@ -3,13 +3,15 @@
     python -m bench.producer_micro [--calls 20000] [--repeat 3] [--profile eval]
 
 One ``engine.Engine`` delivering to ``engine serve --store count`` (a subprocess); the
-calls' data comes from 1,000 pre-built payloads of the bench profile. Three loops, each
+calls' data comes from 1,000 pre-built payloads of the bench profile. Four loops, each
 timed with this thread's CPU time (``time.thread_time()``: other processes on the machine do not
 inflate it; they can still slow it through shared caches, so compare builds run side by
 side, alternating):
 
 - ``struct``: ``tracer.call_start`` + ``call_end`` of pre-built wire Structs (the one-call
   C path; building the Structs is not timed);
+- ``dicts_iso``: the same calls as pre-built dicts with ISO-8601 text times (``Z`` and
+  ``+00:00``), the form users' code often has (building the dicts is not timed);
 - ``tracer_call``: ``with tracer.call(op, inputs=...) as c: c.output = ...``;
 - ``op``: a ``@tracer.op`` function of two arguments.
 
@@ -59,7 +61,7 @@ def _structs(parts: list[tuple], calls: int) -> list[tuple[Any, Any]]:
 
 
 def struct_calls_us(tracer: Any, items: list[tuple[Any, Any]]) -> float:
-    """This thread's CPU µs per ``call_start`` + ``call_end`` of pre-built Structs."""
+    """This thread's CPU µs per ``call_start`` + ``call_end`` of pre-built items."""
     began = _cpu_s()
     for start, end in items:
         tracer.call_start(start)
@@ -67,9 +69,27 @@ def struct_calls_us(tracer: Any, items: list[tuple[Any, Any]]) -> float:
     return (_cpu_s() - began) / len(items) * 1e6
 
 
+def _dicts(parts: list[tuple], calls: int) -> list[tuple[dict, dict]]:
+    """The calls as users' code often has them: dicts, times as ISO-8601 text."""
+    items = []
+    for i in range(calls):
+        inputs, output, summary, attributes = parts[i % len(parts)]
+        call_id, trace_id = uuid7(), uuid7()
+        started_at = utcnow().isoformat().replace("+00:00", "Z")
+        items.append((
+            {"project_id": PROJECT, "id": call_id, "trace_id": trace_id, "op_name": "op",
+             "started_at": started_at, "attributes": attributes, "inputs": inputs},
+            {"project_id": PROJECT, "id": call_id, "trace_id": trace_id,
+             "started_at": started_at, "ended_at": utcnow().isoformat(), "output": output,
+             "summary": summary}))  # fmt: skip
+    return items
+
+
 def _one_repeat(eng: engine.Engine, parts: list[tuple], calls: int) -> dict[str, float]:
     tracer = eng.producer()
     per_call: dict[str, float] = {"struct_us": struct_calls_us(tracer, _structs(parts, calls))}
+    eng.flush(timeout_s=120)
+    per_call["dicts_iso_us"] = struct_calls_us(tracer, _dicts(parts, calls))
     eng.flush(timeout_s=120)
     began = _cpu_s()
     for i in range(calls):

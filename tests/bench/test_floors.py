@@ -16,7 +16,8 @@ def test_floors_report_every_figure_the_throughput_page_quotes():
     assert result.returncode == 0, result.stderr
     medians = json.loads(result.stdout.strip().splitlines()[-1])["median"]
     for pool in (50, 200):
-        for key in ("engine_call_start_end", "msgspec_encode", "copy_encoded_bytes"):
+        for key in ("engine_call_start_end", "msgspec_encode", "copy_encoded_bytes",
+                    "engine_dicts_iso", "msgspec_encode_dicts"):
             assert medians[f"{key}_{pool}"] > 0, key
     for key in ("decode_and_build_rows", "sqlite_insert_commit", "sqlite_no_read_indexes",
                 "zstd_level1"):
