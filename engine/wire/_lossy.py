@@ -3,13 +3,17 @@
 The C encoder (engine/native/_native_json.c) counts them as it meets them, at no cost to
 the items that hold none. Without it, msgspec writes them silently, so :class:`PyEncoder`
 looks for them after encoding, the same way the C encoder walks an item (so both count the
-same values), and only when the encoded bytes or a quick scan say they may be there:
+same values), and only when a quick look says they may be there: one breadth-first pass
+over the item's dicts, lists, tuples and wire items (``gc.get_referents``, in C) at the
+types of what they hold -- a bytes-like value, a ``Decimal``, a float subclass -- and at the
+sum of their floats, which a NaN or an infinity makes non-finite. (Scanning the encoded
+bytes for ``null``, ``NaN`` and ``Infinity`` cost more than the pass: three searches of
+every payload.) What is counted:
 
-- a NaN/inf float is written ``null``: no ``null`` in the bytes, no NaN to count;
+- a NaN/inf float is written ``null``;
 - a NaN/inf ``Decimal`` would be written ``NaN`` / ``Infinity`` by msgspec (not JSON): the C
   encoder writes ``null``, and so does this one;
-- bytes-like values become ordinary-looking base64 strings: a breadth-first scan of the
-  item's dicts, lists and tuples (``gc.get_referents``, in C) looks for their types.
+- bytes-like values become ordinary-looking base64 strings.
 
 Where the C encoder walks: the fields of the wire items, dicts whose keys are all exact
 ``str``, lists, tuples; every other value is msgspec's (a dict subclass, a dataclass), and
@@ -23,11 +27,15 @@ import threading
 from collections.abc import Iterator
 from decimal import Decimal
 from itertools import compress
+from math import isfinite
 from typing import Any
 
 import msgspec
 
 _BYTES_TYPES = frozenset((bytes, bytearray, memoryview))
+_PLAIN = frozenset((str, int, float, bool, type(None)))
+_LOSSY_BASES = (float, Decimal, bytes, bytearray, memoryview)  # a subclass is written as its base
+_is_float = {float}.__contains__
 _WALKED = frozenset((dict, list, tuple))
 _MAX_SCAN_LEVELS = 1000  # deeper than the encoder goes: it raised before the scan
 
@@ -61,11 +69,11 @@ class PyEncoder:
     def __init__(self, encoder: msgspec.json.Encoder) -> None:
         self._encoder = encoder
         self._walked = _WALKED | _item_types()
+        self._known = self._walked | _PLAIN  # types whose values need no closer look
 
     def encode(self, item: Any) -> bytes:
         payload = self._encoder.encode(item)
-        if (b"null" in payload or b"NaN" in payload or b"Infinity" in payload
-                or self._may_hold_bytes(item)):
+        if self._may_be_lossy(item):
             nonfinite, nbytes, decimals = self._count(item)
             if decimals:
                 payload = self._encoder.encode(self._nulled(item))
@@ -73,17 +81,25 @@ class PyEncoder:
             counts.bytes += nbytes
         return payload
 
-    def _may_hold_bytes(self, item: Any) -> bool:
+    def _may_be_lossy(self, item: Any) -> bool:
+        """False when ``item`` surely holds nothing :meth:`_count` would count: one
+        breadth-first pass over its containers (``gc.get_referents``, in C) looking at the
+        types of what they hold, and at the sum of their floats (a NaN or an infinity makes
+        it non-finite; an overflow only sends a clean item to the exact count)."""
         walked = self._walked.__contains__
+        known = self._known
         level = [item]
         for _ in range(_MAX_SCAN_LEVELS):
             found = gc.get_referents(*level)
-            types = set(map(type, found))
-            if not _BYTES_TYPES.isdisjoint(types):
+            kinds = list(map(type, found))
+            types = set(kinds)
+            if not types <= known and any(issubclass(t, _LOSSY_BASES) for t in types - known):
+                return True  # bytes-like, Decimal, a float subclass
+            if float in types and not isfinite(sum(compress(found, map(_is_float, kinds)))):
                 return True
             if self._walked.isdisjoint(types):
                 return False
-            level = list(compress(found, map(walked, map(type, found))))
+            level = list(compress(found, map(walked, kinds)))
         return True
 
     def _count(self, item: Any) -> tuple[int, int, bool]:

@@ -67,6 +67,18 @@ def test_each_kind_is_written_and_counted_alike():
     assert decoded["inputs"]["int_keys"] == {"1": None, "2": "bm8="}
 
 
+@pytest.mark.parametrize("value", [math.nan, -math.inf, Real("inf"), Decimal("NaN"), b"x",
+                                   bytearray(b"y"), memoryview(b"z")])
+def test_one_lossy_value_alone_deep_among_clean_ones_is_found(value):
+    # the pure-Python encoder's quick look (types and the sum of the floats, level by level)
+    # must not miss a single one that the C encoder counts
+    inputs = {"ok": [1.5, 2.5, {"deep": [{"x": 1e308}, {"y": [0.25, ("t", [value])]}]}]}
+    item = _start(inputs)
+    item.attributes = {}
+    c_bytes, c_counts, py_bytes, py_counts = both(item)
+    assert c_bytes == py_bytes and c_counts == py_counts and sum(c_counts) == 1
+
+
 def test_an_end_with_nothing_to_count_counts_nothing():
     end = EndedCallSchemaForInsert(project_id="e/p", id="0190a0f0-0000-7000-8000-000000000001",
                                    ended_at=dt.datetime(2026, 1, 2, tzinfo=dt.timezone.utc),
