@@ -210,3 +210,7 @@ def test_the_lazy_names_still_resolve():
     from engine.server import default_db_path, start_server  # noqa: F401
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         engine.nope  # noqa: B018
+    from engine import server
+
+    assert set(engine.__all__) <= set(dir(engine))
+    assert set(server.__all__) <= set(dir(server))

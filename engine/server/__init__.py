@@ -33,6 +33,10 @@ def __getattr__(name: str) -> Any:
     return value
 
 
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_HOMES})
+
+
 __all__ = [
     "ACCEPTED_ENCODINGS",
     "DEFAULT_MAX_BODY_BYTES",

@@ -12,6 +12,7 @@ import pytest
 import zstandard
 
 from engine.cli._ingest import Checkpoint, _signature, parse_line, plan_shards, save_checkpoint
+from engine.native._accel import native
 from engine.server import serve_subprocess
 
 pytestmark = pytest.mark.integration
@@ -88,6 +89,8 @@ def test_parse_line_honours_the_mode_whatever_it_guessed():
             line = msgspec.json.encode({**complete, "mode": explicit})
             mode, item = parse_line(line, guess)
             assert mode == explicit and b'"mode"' not in msgspec.json.encode(item)
+            if native is not None:  # the ring's encoder (C) leaves it out too
+                assert b'"mode"' not in native.encode(msgspec.json.encode, item)
     with pytest.raises(ValueError, match="missing required field `op_name`"):
         parse_line(msgspec.json.encode({k: v for k, v in complete.items() if k != "op_name"}))
 
