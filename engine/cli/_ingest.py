@@ -48,7 +48,7 @@ from engine.server._ingest_models import (
     RawCompletedCall,
     RawEndedCall,
     RawStartedCall,
-    raise_misfit,
+    check_call,
 )
 from engine.server._limits import MAX_JSON_DEPTH, json_depth_over
 from engine.wire._codec import native_struct_plan, uuid7
@@ -223,9 +223,8 @@ def parse_line(line: bytes, guess: str = "complete") -> tuple[str, msgspec.Struc
         mode, item = _decode(line, guess)
         if not line.isascii():
             line.decode()  # msgspec checks a raw value's syntax, not its strings' encoding
-        if not item.kinds_ok():
-            raise_misfit(item, "$")
-        item.check_limits("$")
+        if not item.ok():
+            check_call(item, "$")
         return mode, item
     except msgspec.DecodeError as exc:  # ValidationError included
         raise ValueError(str(exc)) from None

@@ -71,6 +71,12 @@ class _RawCall(Nested, kw_only=True, gc=False):
     def kinds_ok(self) -> bool:
         raise NotImplementedError
 
+    def ok(self) -> bool:
+        """At a glance, the common case: every kind right, times in UTC, no integer field
+        set. False sends the call to :func:`check_call`, which raises for a real fault and
+        lets a legal value (a time with another offset, a step number) pass."""
+        raise NotImplementedError
+
     def check_limits(self, where: str) -> None:
         """Times a UTC datetime can hold, integers SQLite can (:mod:`engine.server._limits`)."""
         for name in self.TIME_FIELDS:
@@ -123,6 +129,11 @@ class RawStartedCall(_RawCall, kw_only=True, gc=False):
             _first_byte(self.otel_dump) in (_OBJECT, _NULL)
         )
 
+    def ok(self) -> bool:
+        return (_first_byte(self.attributes) == _first_byte(self.inputs) == _OBJECT
+                and _first_byte(self.otel_dump) in (_OBJECT, _NULL)
+                and self.started_at.tzinfo is _UTC and self.wb_run_step is None)
+
 
 class RawEndedCall(_RawCall, kw_only=True, gc=False):
     """:class:`~engine.wire.calls.EndedCallSchemaForInsert` with raw JSON fields."""
@@ -144,6 +155,12 @@ class RawEndedCall(_RawCall, kw_only=True, gc=False):
 
     def kinds_ok(self) -> bool:
         return _first_byte(self.summary) == _OBJECT
+
+    def ok(self) -> bool:
+        started = self.started_at
+        return (_first_byte(self.summary) == _OBJECT and self.ended_at.tzinfo is _UTC
+                and (started is None or started.tzinfo is _UTC)
+                and self.wb_run_step_end is None)
 
 
 class RawCompletedCall(_RawCall, kw_only=True, gc=False):
@@ -181,6 +198,15 @@ class RawCompletedCall(_RawCall, kw_only=True, gc=False):
             and _first_byte(self.otel_dump) in (_OBJECT, _NULL)
         )  # fmt: skip
 
+    def ok(self) -> bool:
+        return (
+            _first_byte(self.attributes) == _first_byte(self.inputs)
+            == _first_byte(self.summary) == _OBJECT
+            and _first_byte(self.otel_dump) in (_OBJECT, _NULL)
+            and self.started_at.tzinfo is _UTC and self.ended_at.tzinfo is _UTC
+            and self.wb_run_step is None and self.wb_run_step_end is None
+        )  # fmt: skip
+
 
 # The engine's own producers write these into a ring (engine ingest, the relay): with the
 # C accelerator built they are encoded there in one call, the raw fields copied as they are.
@@ -188,7 +214,8 @@ for _cls in (RawStartedCall, RawEndedCall, RawCompletedCall):
     native_struct_plan(_cls)
 
 
-def _check_call(call: _RawCall, where: str) -> None:
+def check_call(call: _RawCall, where: str) -> None:
+    """Every check of one call, raising for the first fault (``where``: its path)."""
     if not call.kinds_ok():
         raise_misfit(call, where)
     call.check_limits(where)
@@ -210,7 +237,8 @@ class RawCallStartReq(_IngestReq, kw_only=True):
     start: RawStartedCall
 
     def check_kinds(self) -> None:
-        _check_call(self.start, "$.start")
+        if not self.start.ok():
+            check_call(self.start, "$.start")
 
 
 class RawCallEndReq(_IngestReq, kw_only=True):
@@ -219,7 +247,8 @@ class RawCallEndReq(_IngestReq, kw_only=True):
     end: RawEndedCall
 
     def check_kinds(self) -> None:
-        _check_call(self.end, "$.end")
+        if not self.end.ok():
+            check_call(self.end, "$.end")
 
 
 class RawStartBatchItem(Request, kw_only=True, tag_field="mode", tag="start"):
@@ -239,9 +268,8 @@ class RawBatch(_IngestReq, kw_only=True):
         for i, item in enumerate(self.batch):
             mode = "end" if isinstance(item, RawEndBatchItem) else "start"
             call = getattr(item.req, mode)
-            if not call.kinds_ok():  # the path is formatted only for the failing item
-                raise_misfit(call, f"$.batch[{i}].req.{mode}")
-            call.check_limits(f"$.batch[{i}].req.{mode}")
+            if not call.ok():  # the path is formatted only for a call that needs a look
+                check_call(call, f"$.batch[{i}].req.{mode}")
 
 
 class RawCallsCompleteReq(_IngestReq, kw_only=True):
@@ -251,9 +279,8 @@ class RawCallsCompleteReq(_IngestReq, kw_only=True):
 
     def check_kinds(self) -> None:
         for i, call in enumerate(self.batch):
-            if not call.kinds_ok():  # the path is formatted only for the failing item
-                raise_misfit(call, f"$.batch[{i}]")
-            call.check_limits(f"$.batch[{i}]")
+            if not call.ok():  # the path is formatted only for a call that needs a look
+                check_call(call, f"$.batch[{i}]")
 
 
 def _check_utf8(body: bytes) -> None:

@@ -199,3 +199,16 @@ def test_raw_decode_accepts_refuses_and_stores_as_the_typed_decode(inputs, outpu
 
 def _value(v: Any) -> Any:
     return msgspec.json.decode(v) if isinstance(v, msgspec.Raw) else v
+
+
+def test_legal_values_the_quick_look_leaves_to_the_full_checks_are_accepted():
+    # another offset than UTC, step numbers: ok() is False, the full checks let them pass
+    call = {**complete("c"), "started_at": "2026-12-04T23:00:00+02:00", "wb_run_step": 7,
+            "wb_run_step_end": 8, "otel_dump": None}
+    req = decode_ingest(msgspec.json.encode({"batch": [call, complete("d")]}), RawCallsCompleteReq)
+    assert [c.ok() for c in req.batch] == [False, True]
+    assert req.batch[0].wb_run_step == 7 and req.batch[0].started_at.utcoffset().seconds == 7200
+    body = upsert_batch(("start", start("s", started_at="2026-12-04T23:00:00-05:00")),
+                        ("end", end("s", wb_run_step_end=3)))
+    req = decode_ingest(msgspec.json.encode(body), RawBatch)
+    assert [req.batch[0].req.start.ok(), req.batch[1].req.end.ok()] == [False, False]
