@@ -231,16 +231,20 @@ def parse_line(line: bytes, guess: str = "complete") -> tuple[str, msgspec.Struc
 
 
 def _decode(line: bytes, guess: str) -> tuple[str, msgspec.Struct]:
+    mode = None
     if guess == "complete":
         try:
             item = _COMPLETE_LINE.decode(line)
         except msgspec.ValidationError:
-            if _mode(line) == "complete":
+            mode = _mode(line)
+            if mode == "complete":
                 raise
         else:
             if item.mode == "complete":
                 return "complete", _without_mode(item)
-    mode = _mode(line)
+            mode = item.mode
+    if mode is None:
+        mode = _mode(line)
     decoder = _DECODERS.get(mode)
     if decoder is None:
         raise ValueError(f"mode {mode!r} is not one of start, end, complete")
