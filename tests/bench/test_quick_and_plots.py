@@ -51,3 +51,16 @@ def test_a_section_measured_in_a_run_of_its_own_says_which(tmp_path):
     e2e, pipes = summary.split("## engine ingest")[0], summary.split("## engine ingest")[1]
     assert "run of its own" not in e2e  # the header's run
     assert "Measured in a run of its own" in pipes and "Other CPU" in pipes and "abc1234" in pipes
+
+
+def test_a_run_of_some_scenarios_keeps_the_others_in_the_report(tmp_path, monkeypatch):
+    shutil.copy(RESULTS / "e2e.jsonl", tmp_path / "e2e.jsonl")
+    fresh = [json.loads(line) for line in (RESULTS / "pipes.jsonl").read_text().splitlines()]
+    monkeypatch.setattr(bench_main, "run_scenario",
+                        lambda name, cfg, repeat: [r for r in fresh if r.get("record") != "machine"])
+    assert bench_main.main(["--scenarios", "pipes", "--out", str(tmp_path)]) == 0
+    summary = (tmp_path / "summary.md").read_text()
+    assert "## engine ingest" in summary  # the scenario run
+    e2e_rows = [r for r in map(json.loads, (RESULTS / "e2e.jsonl").read_text().splitlines())
+                if r.get("record") == "median"]
+    assert e2e_rows and f"{round(e2e_rows[0]['calls_per_s']):,}" in summary  # and the other
