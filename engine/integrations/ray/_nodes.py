@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from typing import Any
 
 import msgspec
@@ -25,6 +26,7 @@ from engine.producer._engine import Engine
 from engine.producer._slot import ProducerSettings
 from engine.producer._tracer import Tracer
 from engine.ring import RingSpec
+from engine.ring import _files as ring_files
 
 __all__ = ["Cluster", "local_tracer", "node_id", "registry_of", "start_registry"]
 
@@ -126,46 +128,63 @@ def registry_of(cluster: Cluster) -> Any:
     return ray.get_actor(cluster.registry_name, namespace=NAMESPACE)
 
 
+# The node engine's process a worker's tracer writes for: (pid, start time in clock ticks);
+# NO_OWNER when the process itself owns the engine (the driver's node)
+Owner = tuple[int, int]
+NO_OWNER: Owner = (0, 0)
+
+
 class _Attached(msgspec.Struct):
     tracer: Tracer
-    owner_pid: int  # 0: this process owns the engine
+    owner: Owner
 
 
 _lock = threading.Lock()
 _attached: dict[str, _Attached] = {}  # cluster key -> this process's node tracer
 
 
-def local_tracer(cluster: Cluster) -> tuple[Tracer, int]:
-    """This process's tracer into its node's engine, and that engine's owner pid (0 when it
-    needs no watching). Asks the registry the first time, and again after the node engine
-    it had was restarted."""
+def local_tracer(cluster: Cluster) -> tuple[Tracer, Owner]:
+    """This process's tracer into its node's engine, and that engine's process (NO_OWNER
+    when it needs no watching). Asks the registry the first time, and again after the node
+    engine it had was restarted."""
     with _lock:
         known = _attached.get(cluster.key)
-        if known is not None and _alive(known.owner_pid):
-            return known.tracer, known.owner_pid
+        if known is not None and alive(known.owner):
+            return known.tracer, known.owner
         node = node_id()
         if node == cluster.driver_node:
             # the driver's own engine serves its node
-            spec, owner_pid = cluster.driver_spec, 0
+            spec, owner = cluster.driver_spec, NO_OWNER
         else:
             node_engine = ray.get(registry_of(cluster).node_engine.remote(node))
             spec, owner_pid = ray.get(node_engine.ring.remote())
+            owner = (owner_pid, ring_files.process_start_ticks(owner_pid) or 0)
         if known is not None:
             known.tracer.close()
         tracer = Tracer(spec, cluster.settings)
-        _attached[cluster.key] = _Attached(tracer, owner_pid)
-        return tracer, owner_pid
+        _attached[cluster.key] = _Attached(tracer, owner)
+        return tracer, owner
 
 
-def _alive(pid: int) -> bool:
+_LIVENESS_EVERY_S = 0.1
+_seen_alive: dict[Owner, float] = {}  # owner -> when it was last seen running (monotonic)
+
+
+def alive(owner: Owner) -> bool:
+    """Whether the node engine process still runs, looked at in /proc at most every 0.1 s
+    (this runs for every call a task traces): a SIGKILLed one its raylet has not reaped yet
+    is a zombie, which ``kill(pid, 0)`` still finds (new calls then went to its dead rings,
+    left to its orphaned sender); a pid given to another process since does not count."""
+    pid, start_ticks = owner
     if pid == 0:
         return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
+    now = time.monotonic()
+    if now - _seen_alive.get(owner, -_LIVENESS_EVERY_S) < _LIVENESS_EVERY_S:
         return True
+    if not ring_files.is_alive(pid, start_ticks):
+        _seen_alive.pop(owner, None)
+        return False
+    _seen_alive[owner] = now
     return True
 
 

@@ -123,7 +123,7 @@ class ClusterTracer:
         self._cluster = cluster
         self._carried = carried or _Carried(None, 0, None)
         self._local_tracer = local  # None until first use (then this process's node tracer)
-        self._owner_pid = 0
+        self._owner = _nodes.NO_OWNER
         self._task_id = _ray_task_id()  # the task whose arguments brought it here
         self._closed = False
 
@@ -196,17 +196,17 @@ class ClusterTracer:
         """This process's tracer into its node's engine (attached on first use, again after
         the node engine was restarted by Ray)."""
         tracer = self._local_tracer
-        if tracer is not None and (self._owner_pid == 0 or _nodes._alive(self._owner_pid)):
+        if tracer is not None and _nodes.alive(self._owner):
             return tracer
         if self._closed:
             from engine.common._errors import Closed
 
             raise Closed("this tracer is closed")
         if _in_ray_process and ray.is_initialized():
-            tracer, self._owner_pid = _nodes.local_tracer(self._cluster)
+            tracer, self._owner = _nodes.local_tracer(self._cluster)
         else:  # a process forked (or spawned) outside Ray: the pickler's machine
             spec = self._carried.pickler_spec or self._cluster.driver_spec
-            tracer, self._owner_pid = Tracer(spec, self._cluster.settings), 0
+            tracer, self._owner = Tracer(spec, self._cluster.settings), _nodes.NO_OWNER
         self._local_tracer = tracer
         return tracer
 
