@@ -63,6 +63,16 @@ _READ_BUFFER_BYTES = 1 << 20
 _PLACEHOLDER_PROJECT = "ingest/ingest"  # the engine's default; every item names its own
 _FLUSH_TIMEOUT_S = 600.0
 _WORKER_EXIT_TIMEOUT_S = 30.0
+# Default workers: half the cores -- the sender processes (one per four cores with
+# senders = "auto", each moving ~250k calls/s) and often the server take the rest; a worker
+# reads ~100k+ lines/s. At least 2 (what a 2-core box does best), at most 16.
+_MIN_DEFAULT_PROCESSES, _MAX_DEFAULT_PROCESSES = 2, 16
+
+
+def default_processes(cpus: int | None = None) -> int:
+    """Worker processes when ``--processes`` is not given: half the cores, 2..16."""
+    cpus = cpus or os.cpu_count() or 1
+    return max(_MIN_DEFAULT_PROCESSES, min(_MAX_DEFAULT_PROCESSES, cpus // 2))
 
 
 class Shard(msgspec.Struct, kw_only=True):
@@ -404,11 +414,14 @@ def default_checkpoint_path(paths: list[str]) -> str:
     return os.path.abspath(paths[0]) + ".ingest-checkpoint"
 
 
-def run_ingest(paths: list[str], url: str, *, processes: int = 2, project: str | None = None,
+def run_ingest(paths: list[str], url: str, *, processes: int | None = None,
+               project: str | None = None,
                checkpoint_path: str | None = None, checkpoint_lines: int = DEFAULT_CHECKPOINT_LINES,
                progress: bool | None = None, config_file: str | None = None,
                **config: Any) -> IngestSummary:
-    """Ingest ``paths`` into the trace server at ``url``; see the module doc."""
+    """Ingest ``paths`` into the trace server at ``url``; see the module doc (``processes``:
+    :func:`default_processes` when None)."""
+    processes = processes or default_processes()
     for path in paths:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"input file {path} does not exist")
@@ -504,8 +517,9 @@ def add(subparsers: argparse._SubParsersAction) -> None:
     ingest.add_argument("files", nargs="+", metavar="FILE", type=_args.existing_file)
     ingest.add_argument("--to", type=_args.url, default=None,
                         help="trace server URL (default: start `engine serve` with its default db)")
-    ingest.add_argument("--processes", type=_args.positive_int, default=2,
-                        help="producer processes")
+    ingest.add_argument("--processes", type=_args.positive_int, default=None,
+                        help="worker processes reading the files (default: half the cores, "
+                             f"2 to 16: {default_processes()} here)")
     ingest.add_argument("--project", type=_args.project, default=None,
                         help="entity/project to put every item in")
     ingest.add_argument("--checkpoint", default=None,

@@ -164,3 +164,10 @@ def test_a_checkpoint_for_changed_files_is_refused(tmp_path):
     _write(trace, trace_lines(20))
     result = _ingest("http://127.0.0.1:9", trace, extra=("--checkpoint", str(checkpoint)))
     assert result.returncode != 0 and "delete it to start over" in result.stderr
+
+
+def test_default_workers_are_half_the_cores_from_2_to_16():
+    from engine.cli._ingest import default_processes
+
+    assert [default_processes(c) for c in (1, 2, 4, 8, 12, 32, 64, 256)] == [2, 2, 2, 4, 6, 16, 16, 16]
+    assert default_processes() == max(2, min(16, (os.cpu_count() or 1) // 2))
