@@ -3,12 +3,15 @@
 The C encoder (engine/native/_native_json.c) counts them as it meets them, at no cost to
 the items that hold none. Without it, msgspec writes them silently, so :class:`PyEncoder`
 looks for them after encoding, the same way the C encoder walks an item (so both count the
-same values), and only when a quick look says they may be there: one breadth-first pass
-over the item's dicts, lists, tuples and wire items (``gc.get_referents``, in C) at the
-types of what they hold -- a bytes-like value, a ``Decimal``, a float subclass -- and at the
-sum of their floats, which a NaN or an infinity makes non-finite. (Scanning the encoded
-bytes for ``null``, ``NaN`` and ``Infinity`` cost more than the pass: three searches of
-every payload.) What is counted:
+same values), and only when a quick look says they may be there: one pass over the values of
+the item's dicts, lists, tuples and wire items that lets the plain ones (str, int, bool,
+None, finite floats, datetimes) by with a type test and stops at the first other one -- a
+bytes-like value, a ``Decimal``, a float subclass, a NaN or an infinity. Looking at each
+value from Python costs less than batching the look per container or per level in C
+(``set(map(type, ...))``, ``gc.get_referents`` by level): a call's containers hold a few
+values each. (Scanning the encoded bytes for ``null``, ``NaN`` and ``Infinity`` cost more:
+three searches of every payload, and bytes-like values leave no mark there.)
+What is counted:
 
 - a NaN/inf float is written ``null``;
 - a NaN/inf ``Decimal`` would be written ``NaN`` / ``Infinity`` by msgspec (not JSON): the C
@@ -22,22 +25,22 @@ what it holds is written the same way but not counted, by either encoder.
 
 from __future__ import annotations
 
+import datetime as _dt
 import gc
 import threading
 from collections.abc import Iterator
 from decimal import Decimal
-from itertools import compress
-from math import isfinite
 from typing import Any
 
 import msgspec
 
 _BYTES_TYPES = frozenset((bytes, bytearray, memoryview))
-_PLAIN = frozenset((str, int, float, bool, type(None)))
 _LOSSY_BASES = (float, Decimal, bytes, bytearray, memoryview)  # a subclass is written as its base
-_is_float = {float}.__contains__
+# the values the quick look passes by at a glance (floats are looked at apart); the type of a
+# wire item is among what gc.get_referents gives for it
+_PLAIN = frozenset((str, int, bool, type(None), _dt.datetime, type(msgspec.Struct)))
 _WALKED = frozenset((dict, list, tuple))
-_MAX_SCAN_LEVELS = 1000  # deeper than the encoder goes: it raised before the scan
+_MAX_TYPES_KEPT = 256
 
 
 def _item_types() -> frozenset[type]:
@@ -68,8 +71,10 @@ class PyEncoder:
 
     def __init__(self, encoder: msgspec.json.Encoder) -> None:
         self._encoder = encoder
-        self._walked = _WALKED | _item_types()
-        self._known = self._walked | _PLAIN  # types whose values need no closer look
+        self._items = _item_types()
+        self._walked = _WALKED | self._items
+        # other types seen, and whether they are (subclasses of) what is written otherwise
+        self._lossy_type: dict[type, bool] = {}
 
     def encode(self, item: Any) -> bytes:
         payload = self._encoder.encode(item)
@@ -82,25 +87,37 @@ class PyEncoder:
         return payload
 
     def _may_be_lossy(self, item: Any) -> bool:
-        """False when ``item`` surely holds nothing :meth:`_count` would count: one
-        breadth-first pass over its containers (``gc.get_referents``, in C) looking at the
-        types of what they hold, and at the sum of their floats (a NaN or an infinity makes
-        it non-finite; an overflow only sends a clean item to the exact count)."""
-        walked = self._walked.__contains__
-        known = self._known
-        level = [item]
-        for _ in range(_MAX_SCAN_LEVELS):
-            found = gc.get_referents(*level)
-            kinds = list(map(type, found))
-            types = set(kinds)
-            if not types <= known and any(issubclass(t, _LOSSY_BASES) for t in types - known):
-                return True  # bytes-like, Decimal, a float subclass
-            if float in types and not isfinite(sum(compress(found, map(_is_float, kinds)))):
-                return True
-            if self._walked.isdisjoint(types):
-                return False
-            level = list(compress(found, map(walked, kinds)))
-        return True
+        """False when ``item`` surely holds nothing :meth:`_count` would count: every value
+        in its containers looked at once, by type (a superset of what ``_count`` walks: it
+        also enters dicts with keys other than str). It runs only after ``item`` encoded, so
+        it is a finite tree no deeper than msgspec goes."""
+        plain, items, lossy_type = _PLAIN, self._items, self._lossy_type
+        referents = gc.get_referents
+        stack = [referents(item)] if type(item) in items else [(item,)]
+        pop, push = stack.pop, stack.append
+        while stack:
+            for value in pop():
+                kind = type(value)
+                if kind in plain:
+                    continue
+                if kind is dict:
+                    push(value.values())
+                elif kind is list or kind is tuple:
+                    push(value)
+                elif kind is float:
+                    if value - value:  # NaN for NaN and +-inf, 0.0 for the rest
+                        return True
+                elif kind in items:
+                    push(referents(value))
+                else:
+                    lossy = lossy_type.get(kind)
+                    if lossy is None:
+                        if len(lossy_type) >= _MAX_TYPES_KEPT:  # types made on the fly
+                            lossy_type.clear()
+                        lossy = lossy_type[kind] = issubclass(kind, _LOSSY_BASES)
+                    if lossy:
+                        return True
+        return False
 
     def _count(self, item: Any) -> tuple[int, int, bool]:
         """(NaN/inf values, bytes-like values, whether a NaN/inf Decimal is among them)."""

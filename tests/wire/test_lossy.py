@@ -70,13 +70,33 @@ def test_each_kind_is_written_and_counted_alike():
 @pytest.mark.parametrize("value", [math.nan, -math.inf, Real("inf"), Decimal("NaN"), b"x",
                                    bytearray(b"y"), memoryview(b"z")])
 def test_one_lossy_value_alone_deep_among_clean_ones_is_found(value):
-    # the pure-Python encoder's quick look (types and the sum of the floats, level by level)
-    # must not miss a single one that the C encoder counts
+    # the pure-Python encoder's quick look must not miss a single one the C encoder counts
     inputs = {"ok": [1.5, 2.5, {"deep": [{"x": 1e308}, {"y": [0.25, ("t", [value])]}]}]}
     item = _start(inputs)
     item.attributes = {}
+    assert PY_ENCODER._may_be_lossy(item)
     c_bytes, c_counts, py_bytes, py_counts = both(item)
     assert c_bytes == py_bytes and c_counts == py_counts and sum(c_counts) == 1
+
+
+class Kind(int):
+    """An int subclass (an IntEnum is one): written as an int, nothing to count."""
+
+
+def test_the_quick_look_passes_a_call_with_nothing_to_count():
+    # everything an eval call usually holds, and values msgspec writes as they are: the
+    # exact count (a second walk) runs only when there is something to count
+    inputs = {"messages": [{"role": "user", "content": "hi", "n": 3, "p": 0.5, "done": True}],
+              "when": dt.datetime(2026, 1, 2, tzinfo=dt.timezone.utc), "none": None,
+              "big": 1e308, "kind": Kind(2), "tuple": ("a", 1, -0.0), "int_keys": {1: "x"},
+              "held": Holder(1)}
+    end = EndedCallSchemaForInsert(project_id="e/p", id="0190a0f0-0000-7000-8000-000000000001",
+                                   ended_at=dt.datetime(2026, 1, 2, tzinfo=dt.timezone.utc),
+                                   output=inputs, summary={"usage": {"tokens": 5}})
+    start = _start(inputs)
+    start.attributes = {"weave": {"v": "1"}}
+    for item in (start, end, inputs):
+        assert not PY_ENCODER._may_be_lossy(item)
 
 
 def test_an_end_with_nothing_to_count_counts_nothing():
