@@ -58,16 +58,28 @@ _FIRST_BACKOFF_S = 100e-6
 _MAX_BACKOFF_S = 1e-3  # a sleeping producer notices freed space within 1 ms
 
 
+# UUID text -> its 16 bytes, for the ids written last: an end names its start's id, the
+# calls of a trace share its trace id (the C writer keeps such a cache too)
+_recent_ids: dict[str, bytes] = {}
+_MAX_RECENT_IDS = 64
+
+
 def _id_bytes(value) -> bytes | None:
     """A header id: raw bytes as they are, None as zeros, UUID text parsed; None if not one."""
     if value is None:
         return _ZERO_ID
     if not isinstance(value, str):
         return value
-    try:
-        return _uuid_bytes(value)
-    except ValueError:
-        return None
+    raw = _recent_ids.get(value)
+    if raw is None:
+        try:
+            raw = _uuid_bytes(value)
+        except ValueError:
+            return None
+        if len(_recent_ids) >= _MAX_RECENT_IDS:
+            _recent_ids.clear()
+        _recent_ids[value] = raw
+    return raw
 
 
 def _pack_padding(mm: mmap.mmap, start: int) -> None:
@@ -146,9 +158,16 @@ class SlotWriter:
         trace_raw = _id_bytes(trace_id)
         if trace_raw is None:
             return BAD_TRACE_ID
-        if self._write_bytes(kind, flags, call_raw, trace_raw, project, payload, aux):
-            return WRITTEN
-        return NO_ROOM
+        if project != self._project:
+            self._use_project(project)
+        end = self._head + ((self._header_bytes_rounding + len(payload)) & -8)
+        if end > self._half_end or end > self._limit:
+            written = self._try_write_slow(kind, flags, call_raw, trace_raw, project, payload,
+                                           aux)
+        else:
+            written = self._put_record(end, kind, flags, call_raw, trace_raw, project, payload,
+                                       aux)
+        return WRITTEN if written else NO_ROOM
 
     def put(self, encoder, item, kind, flags, call_id, trace_id, project, max_payload,
             splice) -> int:
@@ -210,16 +229,6 @@ class SlotWriter:
         if code == WRITTEN:
             return True
         raise ValueError(f"write code {code} has no outcome here")
-
-    def _write_bytes(self, kind, flags, call_id, trace_id, project, payload, aux) -> bool:
-        if project != self._project:
-            self._use_project(project)
-        payload_len = len(payload)
-        head = self._head
-        end = head + ((self._header_bytes_rounding + payload_len) & -8)
-        if end > self._half_end or end > self._limit:
-            return self._try_write_slow(kind, flags, call_id, trace_id, project, payload, aux)
-        return self._put_record(end, kind, flags, call_id, trace_id, project, payload, aux)
 
     def _put_record(self, end, kind, flags, call_id, trace_id, project, payload, aux) -> bool:
         """Frame, copy and publish the record at the head (its room was checked)."""

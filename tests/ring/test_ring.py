@@ -127,6 +127,29 @@ def test_short_ids_are_zero_padded_to_16_bytes(ring_set):
     )
 
 
+def test_text_ids_written_again_and_again_land_as_their_bytes(ring_set):
+    # the pure-Python writer keeps the bytes of the ids it parsed last (an end names its
+    # start's id): each record must still carry its own ids, past the cache's bound too
+    from engine.ring import _writer
+    from engine.wire import _codec
+
+    writer, reader = ring_set.writer(), ring_set.reader()
+    ids = [_codec.uuid7() for _ in range(3 * _writer._MAX_RECENT_IDS)]
+    trace = ids[0].replace("-", "").upper()  # the bare, upper-case hex form is a UUID too
+    expected, records = [], []
+    for i, call_id in enumerate(ids + ids[::-1]):
+        assert writer.try_write(KIND_START, 0, call_id, trace, PROJECT, b"{}", 0)
+        expected.append((_codec.uuid_bytes(call_id), _codec.uuid_bytes(ids[0])))
+        if i % 50 == 0:
+            with pytest.raises(ValueError, match="not a UUID"):
+                writer.try_write(KIND_START, 0, call_id[:-1], None, PROJECT, b"{}", 0)
+        if i % 8 == 7:
+            records += _drain(reader)
+    records += _drain(reader)
+    assert [(r.call_id, r.trace_id) for r in records] == expected
+    assert len(_writer._recent_ids) <= _writer._MAX_RECENT_IDS
+
+
 @pytest.mark.parametrize("offset", REACHABLE_OFFSETS)
 def test_record_sizes_around_the_ring_end_wrap_correctly(ring_set, offset):
     writer, reader = ring_set.writer(), ring_set.reader()
