@@ -14,7 +14,6 @@ C library has no ``mallopt`` (musl, macOS).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -25,8 +24,9 @@ TRIM_THRESHOLD_BYTES = 256 << 20
 def tune_for_large_buffers() -> bool:
     """Apply the settings above; True if the C library took them."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
-        mallopt = libc.mallopt
+        # the symbols already loaded into this process, the C library's among them:
+        # ctypes.util.find_library("c") would run `ldconfig -p` in a subprocess to find it
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
