@@ -7,8 +7,6 @@ import argparse
 import os
 from typing import Any
 
-import yarl
-
 from engine.common import _env, _logging
 from engine.common._config import EngineConfig, check_project, load_config
 from engine.common._errors import ConfigError, EngineError
@@ -80,6 +78,8 @@ def host_port(text: str) -> tuple[str, int]:
 
 def url(text: str) -> str:
     """An http(s) URL with a host and a valid port; the path (a server prefix) is kept."""
+    import yarl  # when a command takes a URL: not in the processes that only import this
+
     try:
         parsed = yarl.URL(text)
         parsed_port = parsed.port

@@ -40,7 +40,7 @@ from typing import Any, BinaryIO
 import msgspec
 import zstandard
 
-from engine.cli import _args, _probe, _summary
+from engine.cli import _args, _summary
 from engine.cli._args import CommandFailed, UsageError
 from engine.producer._engine import Engine
 from engine.producer._tracer import Tracer
@@ -533,6 +533,7 @@ def add(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from engine.cli import _probe  # urllib: the command's, not its workers'
     from engine.server import serve_subprocess
 
     _args.setup_logging(args)

@@ -8,7 +8,10 @@ memory, the environment of a child, or a 0600 file.
 
 from __future__ import annotations
 
-import yarl
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import yarl
 
 REDACTED = "***"
 _SECRET_WORDS = ("key", "token", "secret", "password", "passwd", "auth", "credential", "signature")
@@ -41,6 +44,8 @@ def redact_url(url: str) -> str:
 
 
 def _parse(url: str) -> yarl.URL | None:
+    import yarl  # when a URL is first redacted: a process that never prints one skips it
+
     try:
         return yarl.URL(url)
     except (ValueError, TypeError):

@@ -7,7 +7,6 @@ decompression stops one byte past the limit, so a zip bomb costs at most the lim
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 import zlib
@@ -69,6 +68,8 @@ async def read_body(request: web.Request, max_body_bytes: int) -> bytes:
 
 
 async def _read_capped(stream: StreamReader, max_body_bytes: int, declared: int | None) -> bytes:
+    import asyncio  # here: the ingest workers import this module's decoders, not its server side
+
     chunks, size = [], 0
     began = time.monotonic()
     while declared is None or size < declared:
