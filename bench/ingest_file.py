@@ -37,8 +37,9 @@ from bench.scenarios.pipes import _ingest_rate, write_jsonl
 
 _BASE_LINES = 100_000
 _POLL_S = 0.02
-_ROLES = ((b"engine.sender", "sender"), (b"spawn_main", "workers"),
-          (b"resource_tracker", "command"))
+# a child of the command, by its command line; any other is a worker (spawned, or forked
+# with the command's own command line)
+_ROLES = ((b"engine.sender", "sender"), (b"resource_tracker", "command"))
 
 
 def write_file(path: Path, lines: int, base: Path) -> None:
@@ -70,12 +71,14 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def _role(pid: int) -> str:
+def _role(pid: int, command_pid: int) -> str:
+    if pid == command_pid:
+        return "command"
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
-        return "command"
-    return next((role for key, role in _ROLES if key in cmdline), "command")
+        return "workers"
+    return next((role for key, role in _ROLES if key in cmdline), "workers")
 
 
 def run_once(path: Path, lines: int, processes: int, sink: str, timeout_s: float) -> dict[str, Any]:
@@ -93,7 +96,7 @@ def run_once(path: Path, lines: int, processes: int, sink: str, timeout_s: float
             for pid in (proc.pid, *_children(proc.pid)):
                 cpu = process_cpu_s(pid)
                 if cpu:
-                    seen[pid] = (seen[pid][0] if pid in seen else _role(pid), cpu)
+                    seen[pid] = (seen[pid][0] if pid in seen else _role(pid, proc.pid), cpu)
             time.sleep(_POLL_S)
         if proc.poll() is None:
             proc.kill()

@@ -32,6 +32,7 @@ import multiprocessing
 import os
 import queue
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -455,7 +456,7 @@ def _settled(summary: IngestSummary, stats: dict[str, Any]) -> None:
 def _run_workers(engine: Engine, checkpoint: Checkpoint, checkpoint_path: str, processes: int,
                  project: str | None, checkpoint_lines: int, summary: IngestSummary,
                  bar: _Progress) -> None:
-    context = multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context(_start_method())
     out = context.Queue()
     workers = [context.Process(target=_worker, name=f"engine-ingest-{n}",
                                args=(engine.producer(), jobs, project, checkpoint_lines, out))
@@ -475,6 +476,19 @@ def _run_workers(engine: Engine, checkpoint: Checkpoint, checkpoint_path: str, p
     if failed:
         raise CommandFailed(f"ingest workers failed: {', '.join(failed)}; rerun the same command "
                            f"to resume from {checkpoint_path}")
+
+
+def _start_method() -> str:
+    """fork where it is cheap and safe: on Linux, when every other thread of the command is
+    one of the engine's own ("engine-..."; the sender's watchdog, the server's URL watcher),
+    whose locks a worker never takes; a thread of someone else's (``run_ingest`` called
+    from a threaded program) could hold one across the fork, so then spawn. A forked worker
+    starts in milliseconds; a spawned one is a new interpreter importing the engine (~70 ms
+    of CPU) and brings multiprocessing's resource tracker, which a small file pays in its
+    rate. The engine's at-fork hooks give a forked worker its own ring slot."""
+    main = threading.main_thread()
+    ours = all(t is main or t.name.startswith("engine-") for t in threading.enumerate())
+    return "fork" if sys.platform == "linux" and ours else "spawn"
 
 
 def _collect(out: Any, workers: list, checkpoint: Checkpoint, checkpoint_path: str,

@@ -171,3 +171,41 @@ def test_default_workers_are_half_the_cores_from_2_to_16():
 
     assert [default_processes(c) for c in (1, 2, 4, 8, 12, 32, 64, 256)] == [2, 2, 2, 4, 6, 16, 16, 16]
     assert default_processes() == max(2, min(16, (os.cpu_count() or 1) // 2))
+
+
+def test_workers_are_forked_unless_a_thread_of_someone_else_runs():
+    import threading
+
+    from engine.cli._ingest import _start_method
+
+    fork = "fork" if sys.platform == "linux" else "spawn"
+    release = threading.Event()
+    foreign = [t for t in threading.enumerate()
+               if t is not threading.main_thread() and not t.name.startswith("engine-")]
+    if not foreign:  # (pytest's plugins may run threads of their own)
+        assert _start_method() == fork
+        ours = threading.Thread(target=release.wait, name="engine-watchdog-x", daemon=True)
+        ours.start()
+        assert _start_method() == fork
+    theirs = threading.Thread(target=release.wait, name="user-thread", daemon=True)
+    theirs.start()
+    try:
+        assert _start_method() == "spawn"  # it might hold a lock across the fork
+    finally:
+        release.set()
+
+
+def test_spawned_workers_store_every_call_too(tmp_path, monkeypatch):
+    # the path a command with threads (or a platform without fork) takes: each worker a new
+    # interpreter that gets its tracer pickled
+    from engine.cli import _ingest
+
+    monkeypatch.setattr(_ingest, "_start_method", lambda: "spawn")
+    n = 3_000
+    trace = tmp_path / "calls.jsonl"
+    _write(trace, trace_lines(n, seed=4))
+    with serve_subprocess(tmp_path / "t.db") as url:
+        summary = _ingest.run_ingest([str(trace)], url, processes=2, progress=False,
+                                     checkpoint_path=str(tmp_path / "ck"))
+        assert summary.acked == n and summary.undelivered == 0  # start + end: one call
+        assert set(_stored_ids(url)) == {_call_id(i) for i in range(n)}
