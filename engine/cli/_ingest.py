@@ -350,6 +350,8 @@ def _worker(tracer: Tracer, jobs: list[tuple[int, Shard]], project: str | None,
     try:
         for index, shard in jobs:
             ingest_shard(tracer, index, shard, project, checkpoint_lines, out)
+    except KeyboardInterrupt:  # Ctrl-C reaches the whole group: the command says it, once
+        raise SystemExit(130) from None  # (what was written is in the rings, delivered)
     finally:
         tracer.close()
 

@@ -209,3 +209,46 @@ def test_spawned_workers_store_every_call_too(tmp_path, monkeypatch):
                                      checkpoint_path=str(tmp_path / "ck"))
         assert summary.acked == n and summary.undelivered == 0  # start + end: one call
         assert set(_stored_ids(url)) == {_call_id(i) for i in range(n)}
+
+
+def test_an_ingest_interrupted_by_ctrl_c_resumes_and_stores_every_call(tmp_path):
+    # Ctrl-C reaches the command and its (forked) workers, not the sender (a session of its
+    # own): what was read is delivered or kept, the checkpoint holds only acknowledged
+    # offsets, and the same command again stores the rest
+    import signal
+    import time
+
+    n = 40_000
+    trace = tmp_path / "calls.jsonl"
+    _write(trace, trace_lines(n, seed=5))
+    checkpoint = tmp_path / "progress"
+    argv = [sys.executable, "-m", "engine", "ingest", str(trace), "--no-progress",
+            "--processes", "2", "--checkpoint-lines", "2000", "--checkpoint", str(checkpoint)]
+    with serve_subprocess(tmp_path / "t.db") as url:
+        first = subprocess.Popen([*argv, "--to", url], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 60
+            while not checkpoint.exists() and first.poll() is None:  # mid-run
+                assert time.monotonic() < deadline, "no checkpoint was written"
+                time.sleep(0.01)
+            interrupted = first.poll() is None
+            if interrupted:
+                os.killpg(first.pid, signal.SIGINT)
+            _, err = first.communicate(timeout=100)
+        finally:
+            if first.poll() is None:
+                os.killpg(first.pid, signal.SIGKILL)
+                first.wait()
+        assert interrupted, "the ingest ended before it could be interrupted"
+        # one line, no worker's traceback; the sender says what it delivered
+        assert first.returncode == 130 and "engine: interrupted" in err, err[-3000:]
+        assert "Traceback" not in err and "delivered" in err, err[-3000:]
+        stored_before = len(set(_stored_ids(url)))
+        assert 0 < stored_before < n
+        again = subprocess.run([*argv, "--to", url], capture_output=True, text=True,
+                               timeout=110)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert "resumed" in again.stdout
+        ids = _stored_ids(url)
+    assert set(ids) == {_call_id(i) for i in range(n)}
