@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_ingest_file_reports_rate_loss_and_cpu_per_process():
     result = subprocess.run(
-        [sys.executable, "-m", "bench.ingest_file", "--lines", "3000", "--repeat", "1"],
+        [sys.executable, "-m", "bench.ingest_file", "--lines", "20000", "--repeat", "1"],
         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     run, summary = map(json.loads, result.stdout.strip().splitlines()[-2:])
