@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import harness
-from bench.contenders.engine_driver import process_cpu_s
+from bench.contenders.engine_driver import descendants, process_cpu_s
 from bench.scenarios.pipes import _ingest_rate, write_jsonl
 
 _BASE_LINES = 100_000
@@ -57,20 +57,6 @@ def write_file(path: Path, lines: int, base: Path) -> None:
                 out.write(source.readline())
 
 
-def _children(pid: int) -> list[int]:
-    found, todo = [], [pid]
-    while todo:
-        parent = todo.pop()
-        for task in Path(f"/proc/{parent}/task").glob("*/children"):
-            try:
-                kids = [int(k) for k in task.read_text().split()]
-            except OSError:
-                continue
-            found += kids
-            todo += kids
-    return found
-
-
 def _role(pid: int, command_pid: int) -> str:
     if pid == command_pid:
         return "command"
@@ -93,7 +79,7 @@ def run_once(path: Path, lines: int, processes: int, sink: str, timeout_s: float
         seen: dict[int, tuple[str, float]] = {}
         deadline = time.monotonic() + timeout_s
         while proc.poll() is None and time.monotonic() < deadline:
-            for pid in (proc.pid, *_children(proc.pid)):
+            for pid in (proc.pid, *descendants(proc.pid)):
                 cpu = process_cpu_s(pid)
                 if cpu:
                     seen[pid] = (seen[pid][0] if pid in seen else _role(pid, proc.pid), cpu)

@@ -7,7 +7,7 @@
             call.output = 2
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from engine.common._config import EngineConfig, load_config
 from engine.common._errors import (
@@ -20,6 +20,7 @@ from engine.common._errors import (
     RingFull,
     SendError,
 )
+from engine.common._lazy import lazy_attributes
 from engine.common._version import __version__
 from engine.producer._engine import Engine
 from engine.producer._tracer import CallHandle, Tracer, current_call
@@ -29,22 +30,8 @@ if TYPE_CHECKING:
 
 # The HTTP client pulls in aiohttp (~0.2 s of CPU): imported on first use, so a process that
 # only produces (every eval worker, every ingest worker) starts without it.
-_LAZY = {"AsyncRemoteHTTPTraceServer": "engine.client", "RemoteHTTPTraceServer": "engine.client"}
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'engine' has no attribute {name!r}")
-    from importlib import import_module
-
-    value = getattr(import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+__getattr__, __dir__ = lazy_attributes(__name__, globals(), {
+    "AsyncRemoteHTTPTraceServer": "engine.client", "RemoteHTTPTraceServer": "engine.client"})
 
 
 __all__ = [

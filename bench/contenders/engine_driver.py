@@ -25,6 +25,7 @@ line: the fields of ``bench.peers._run.Report`` plus the engine's own.
 from __future__ import annotations
 
 import argparse
+import glob
 import multiprocessing
 import os
 import resource
@@ -218,6 +219,22 @@ def process_cpu_s(pid: int) -> float:
         return 0.0
     # utime and stime are fields 14 and 15 of the line, 12 and 13 after the ")".
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def descendants(pid: int) -> list[int]:
+    """The live children of ``pid``, theirs, and so on (from /proc; gone ones are skipped)."""
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        for task in glob.glob(f"/proc/{parent}/task/*/children"):
+            try:
+                with open(task) as children:
+                    kids = [int(k) for k in children.read().split()]
+            except OSError:
+                continue
+            found += kids
+            todo += kids
+    return found
 
 
 # ---- the owner -----------------------------------------------------------------------------

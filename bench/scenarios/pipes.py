@@ -30,7 +30,7 @@ import msgspec
 from bench import harness
 from bench._cells import flags, num, spread
 from bench._run import Config
-from bench.contenders.engine_driver import process_cpu_s
+from bench.contenders.engine_driver import descendants, process_cpu_s
 from bench.payloads import profile
 from engine.server import stop_server
 from engine.server._subprocess import spawn_listening
@@ -111,14 +111,8 @@ def relay(upstream: str) -> Iterator[tuple[str, int]]:
 
 
 def _tree_cpu_s(pid: int) -> float:
-    """CPU seconds of ``pid`` and its live children (the relay and its sender process)."""
-    total = process_cpu_s(pid)
-    for task in Path(f"/proc/{pid}/task").glob("*/children"):
-        try:
-            total += sum(process_cpu_s(int(child)) for child in task.read_text().split())
-        except OSError:
-            continue
-    return total
+    """CPU seconds of ``pid`` and its live descendants (the relay and its sender process)."""
+    return sum(map(process_cpu_s, (pid, *descendants(pid))))
 
 
 def _wait_for_sink(s: harness.Sink, calls: int, deadline: float) -> bool:

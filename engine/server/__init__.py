@@ -4,7 +4,9 @@ uvloop, SQLite in WAL). In-process: ``runner, url = await start_server(port=0, d
 May import: ``common``, ``native``, ``wire``.
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from engine.common._lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from engine.server._app import build_app, run_server, start_server
@@ -15,26 +17,13 @@ if TYPE_CHECKING:
 # Imported on first use: the app and the request bodies pull in aiohttp's server and every
 # route (~0.2 s of CPU), which a process that only needs the ingest models (an ingest
 # worker) or only starts a server subprocess must not pay for.
-_HOMES = {
-    "build_app": "_app", "default_db_path": "_sqlite_db", "run_server": "_app", "start_server": "_app",
-    "ACCEPTED_ENCODINGS": "_body", "DEFAULT_MAX_BODY_BYTES": "_body",
-    "serve_subprocess": "_subprocess", "spawn_server": "_subprocess", "stop_server": "_subprocess",
-}
-
-
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module 'engine.server' has no attribute {name!r}")
-    from importlib import import_module
-
-    value = getattr(import_module(f"engine.server.{home}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_HOMES})
+__getattr__, __dir__ = lazy_attributes(__name__, globals(), {
+    "build_app": "engine.server._app", "run_server": "engine.server._app",
+    "start_server": "engine.server._app", "default_db_path": "engine.server._sqlite_db",
+    "ACCEPTED_ENCODINGS": "engine.server._body", "DEFAULT_MAX_BODY_BYTES": "engine.server._body",
+    "serve_subprocess": "engine.server._subprocess", "spawn_server": "engine.server._subprocess",
+    "stop_server": "engine.server._subprocess",
+})
 
 
 __all__ = [
