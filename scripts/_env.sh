@@ -36,16 +36,18 @@ export PATH="$VENV/bin:$PATH"
 
 # The reference server of the differential tests (weave's own SqliteTraceServer, which
 # only older weave wheels ship): a venv of its own, so it never meets the project's weave.
-REF_VENV="$ROOT/.venv-ref"
-REF_LOCK="$ROOT/requirements-ref.lock"
-REF_STAMP="$REF_VENV/.lock-stamp"
-ref_want="$(sha256sum "$REF_LOCK" | cut -c1-16)"
-if [ ! -x "$REF_VENV/bin/python" ] || [ "$(cat "$REF_STAMP" 2>/dev/null)" != "$ref_want" ]; then
-    py="$(pick_python)"
-    echo "engine: bootstrapping $REF_VENV (reference weave server) from requirements-ref.lock ..." >&2
-    [ -x "$REF_VENV/bin/python" ] || "$py" -m venv "$REF_VENV"
-    "$REF_VENV/bin/python" -m pip install --quiet --upgrade pip >&2
-    "$REF_VENV/bin/python" -m pip install --quiet -r "$REF_LOCK" >&2
-    echo "$ref_want" > "$REF_STAMP"
-fi
-export ENGINE_REF_PYTHON="$REF_VENV/bin/python"
+# Only scripts/test needs it; the demo and the bench do not wait for it.
+ensure_ref_venv() {
+    local ref_venv="$ROOT/.venv-ref" ref_lock="$ROOT/requirements-ref.lock"
+    local ref_stamp="$ROOT/.venv-ref/.lock-stamp" ref_want py
+    ref_want="$(sha256sum "$ref_lock" | cut -c1-16)"
+    if [ ! -x "$ref_venv/bin/python" ] || [ "$(cat "$ref_stamp" 2>/dev/null)" != "$ref_want" ]; then
+        py="$(pick_python)"
+        echo "engine: bootstrapping $ref_venv (reference weave server) from requirements-ref.lock ..." >&2
+        [ -x "$ref_venv/bin/python" ] || "$py" -m venv "$ref_venv"
+        "$ref_venv/bin/python" -m pip install --quiet --upgrade pip >&2
+        "$ref_venv/bin/python" -m pip install --quiet -r "$ref_lock" >&2
+        echo "$ref_want" > "$ref_stamp"
+    fi
+    export ENGINE_REF_PYTHON="$ref_venv/bin/python"
+}
