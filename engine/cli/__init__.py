@@ -19,7 +19,14 @@ import sys
 import traceback
 from importlib import import_module
 
-from engine.cli._args import CommandFailed, Parser, UsageError, config_message, usage_error
+from engine.cli._args import (
+    CommandFailed,
+    Parser,
+    Terminated,
+    UsageError,
+    config_message,
+    usage_error,
+)
 from engine.common import _env
 from engine.common._config import check_environment
 from engine.common._errors import ConfigError, EngineError
@@ -27,7 +34,8 @@ from engine.common._errors import ConfigError, EngineError
 COMMANDS = ("serve", "demo", "relay", "ingest", "replay", "stats", "calls", "doctor")
 EXIT_FAILED = 1
 EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 
 def _version() -> str:
@@ -51,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         return _run(argv)
+    except Terminated:
+        print("engine: terminated (SIGTERM)", file=sys.stderr)
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         print("engine: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -4,7 +4,11 @@ parse time, the engine-settings flags, and logging."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 from engine.common import _env, _logging
@@ -20,6 +24,40 @@ class UsageError(EngineError):
 
 class CommandFailed(EngineError):
     """The command was right but could not be carried out: exit code 1."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the command's main thread is (:func:`sigterm_interrupts`), so
+    the command stops as on Ctrl-C: its ``with`` blocks close (an Engine delivers what it
+    holds), then one line and exit code 143."""
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """Within: the first SIGTERM raises :class:`Terminated` in the main thread (later ones
+    are ignored while the command stops; its close is bounded by the engine's
+    ``shutdown_timeout_s``). A forked child (an ingest worker) dies by the signal, as it
+    would without this: what it wrote is in the rings, the checkpoint only what was
+    acknowledged. Without this, the engine's own SIGTERM handler flushes and the process
+    dies by the signal, skipping the command's clean-up and its last line."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    owner = os.getpid()
+
+    def terminated(signum: int, frame: Any) -> None:
+        if os.getpid() != owner:  # a forked child: SIGTERM's default, now
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class Parser(argparse.ArgumentParser):

@@ -35,7 +35,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from typing import Any, BinaryIO
 
 import msgspec
@@ -548,6 +548,20 @@ def add(subparsers: argparse._SubParsersAction) -> None:
     ingest.set_defaults(func=run)
 
 
+@contextmanager
+def _resume_hint(checkpoint: str) -> Iterator[None]:
+    """On Ctrl-C or SIGTERM, say how to go on before the command's last line."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if os.path.exists(checkpoint):
+            hint = f"the same command resumes from the checkpoint {checkpoint}"
+        else:
+            hint = "no line was acknowledged yet: the same command starts over"
+        print(f"engine ingest: stopped before the end; {hint}", file=sys.stderr)
+        raise
+
+
 def run(args: argparse.Namespace) -> int:
     from engine.cli import _probe  # urllib: the command's, not its workers'
     from engine.server import serve_subprocess
@@ -556,13 +570,16 @@ def run(args: argparse.Namespace) -> int:
     fixed = {"project": args.project or _PLACEHOLDER_PROJECT,
              **({"url": args.to} if args.to else {})}
     cfg = _args.load_settings(args, **fixed)
-    load_checkpoint(args.checkpoint or default_checkpoint_path(args.files), args.files)
+    load_checkpoint(args.checkpoint or default_checkpoint_path(args.files), args.files)  # refused early
+    checkpoint = args.checkpoint or default_checkpoint_path(args.files)
     with ExitStack() as stack:
+        stack.enter_context(_args.sigterm_interrupts())
+        stack.enter_context(_resume_hint(checkpoint))
         url = args.to or stack.enter_context(serve_subprocess())
         _probe.server_info(url, cfg.api_key)
         summary = run_ingest(
             args.files, url, processes=args.processes, project=args.project,
-            checkpoint_path=args.checkpoint, checkpoint_lines=args.checkpoint_lines,
+            checkpoint_path=checkpoint, checkpoint_lines=args.checkpoint_lines,
             progress=False if args.no_progress else None, config_file=args.config,
             **_args.config_overrides(args),
         )  # fmt: skip

@@ -148,3 +148,25 @@ def test_version_is_the_installed_distributions():
     from engine import __version__
 
     assert __version__ == version("engine")
+
+
+def test_sigterm_within_a_command_raises_terminated_once_then_restores_the_handler():
+    import signal
+
+    from engine.cli._args import Terminated, sigterm_interrupts
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Terminated), sigterm_interrupts():
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(1000):  # the handler runs at the next bytecode boundary
+            pass
+    assert signal.getsignal(signal.SIGTERM) is before
+    with sigterm_interrupts():  # while stopping, a second SIGTERM is ignored
+        with pytest.raises(Terminated):
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(1000):
+                pass
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(1000):
+            pass
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -211,10 +211,12 @@ def test_spawned_workers_store_every_call_too(tmp_path, monkeypatch):
         assert set(_stored_ids(url)) == {_call_id(i) for i in range(n)}
 
 
-def test_an_ingest_interrupted_by_ctrl_c_resumes_and_stores_every_call(tmp_path):
-    # Ctrl-C reaches the command and its (forked) workers, not the sender (a session of its
-    # own): what was read is delivered or kept, the checkpoint holds only acknowledged
-    # offsets, and the same command again stores the rest
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_an_ingest_interrupted_by_a_signal_resumes_and_stores_every_call(tmp_path, signum):
+    # Ctrl-C (or a SIGTERM to the group, as a job runner stops it) reaches the command and
+    # its (forked) workers, not the sender (a session of its own): what was read is
+    # delivered or kept, the checkpoint holds only acknowledged offsets, and the same command
+    # again stores the rest
     import signal
     import time
 
@@ -234,7 +236,7 @@ def test_an_ingest_interrupted_by_ctrl_c_resumes_and_stores_every_call(tmp_path)
                 time.sleep(0.01)
             interrupted = first.poll() is None
             if interrupted:
-                os.killpg(first.pid, signal.SIGINT)
+                os.killpg(first.pid, getattr(signal, signum))
             _, err = first.communicate(timeout=100)
         finally:
             if first.poll() is None:
@@ -242,7 +244,10 @@ def test_an_ingest_interrupted_by_ctrl_c_resumes_and_stores_every_call(tmp_path)
                 first.wait()
         assert interrupted, "the ingest ended before it could be interrupted"
         # one line, no worker's traceback; the sender says what it delivered
-        assert first.returncode == 130 and "engine: interrupted" in err, err[-3000:]
+        code, line = {"SIGINT": (130, "engine: interrupted"),
+                      "SIGTERM": (143, "engine: terminated (SIGTERM)")}[signum]
+        assert first.returncode == code and line in err, err[-3000:]
+        assert f"the same command resumes from the checkpoint {checkpoint}" in err, err[-3000:]
         assert "Traceback" not in err and "delivered" in err, err[-3000:]
         stored_before = len(set(_stored_ids(url)))
         assert 0 < stored_before < n
