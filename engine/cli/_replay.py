@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import sys
 
 from engine.cli import _args, _probe
 from engine.common import _env
@@ -38,8 +39,14 @@ def run(args: argparse.Namespace) -> int:
     spool = args.spool or os.environ.get("ENGINE_SPOOL_DIR") or None
     dead = (args.dead_letters or os.environ.get("ENGINE_DEAD_LETTER_PATH")
             or str(default_state_dir() / "dead_letters.jsonl"))
-    rings = recover_rings(args.to, api_key)
-    summary = asyncio.run(replay(args.to, spool, dead, api_key))
+    try:
+        with _args.sigterm_interrupts():
+            rings = recover_rings(args.to, api_key)
+            summary = asyncio.run(replay(args.to, spool, dead, api_key))
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: nothing claimed is deleted unsent
+        print("engine replay: stopped before the end; what it claimed is kept, and the next "
+              "`engine replay` sends it (the server keeps one row per call id)", file=sys.stderr)
+        raise
     print(f"engine replay: {len(rings.recovered)} ring sets of dead engines recovered"
           f"{f', {len(rings.kept)} still holding records' if rings.kept else ''}; "
           f"{summary.items_delivered} items delivered in {summary.requests} requests; "

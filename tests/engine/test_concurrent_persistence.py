@@ -44,3 +44,50 @@ def test_two_engines_and_replays_meanwhile_on_the_default_paths_lose_and_double_
     assert duplicates == 0  # each letter was replayed exactly once
     assert not sandbox.dead_letter_path.exists()
     assert not list(sandbox.dead_letter_path.parent.glob("*.claimed-*"))
+
+
+@pytest.mark.parametrize("signum", ["SIGKILL", "SIGTERM"])
+def test_a_replay_killed_half_way_leaves_its_claim_for_the_next_replay(tmp_path, signum):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from engine.sender._deadletter import DeadLetters
+
+    sandbox = Sandbox(tmp_path)
+    ids = [f"0190a0b0-0000-7000-8000-{i:012d}" for i in range(2000)]
+    with DeadLetters(sandbox.dead_letter_path) as letters:
+        for call_id in ids:
+            letters.add(reason="deadline", status=None, call_id=call_id,
+                        route="/v2/e/p/calls/complete", project="e/p",
+                        item_json=b'{"project_id":"e/p","id":"%s","inputs":{}}' % call_id.encode())
+    with FaultServer(stall_s=60) as server:  # the first replay waits on its first request
+        first = subprocess.Popen([sys.executable, "-m", "engine", "replay", "--to", server.url],
+                                 env=sandbox.env(), cwd=str(sandbox.root),
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            folder = sandbox.dead_letter_path.parent
+            deadline = time.monotonic() + 30
+            while sandbox.dead_letter_path.exists() or not list(folder.glob("*.claimed-*")):
+                assert first.poll() is None and time.monotonic() < deadline, first.stderr.read()
+                time.sleep(0.01)
+            time.sleep(0.5)  # claimed, and sending
+            first.send_signal(getattr(signal, signum))
+            _, err = first.communicate(timeout=30)
+        finally:
+            if first.poll() is None:
+                first.kill()
+                first.communicate()
+        if signum == "SIGTERM":  # it stops as on Ctrl-C, and says so
+            assert first.returncode == 143, err.decode()
+            assert "engine replay: stopped before the end" in err.decode(), err.decode()
+            assert "Traceback" not in err.decode(), err.decode()
+        assert server.stored_ids() == set()
+        assert len(list(folder.glob("*.claimed-*"))) == 1  # what it claimed is still there
+        server.stall_s = 0
+        again = sandbox.replay(server.url)
+        assert again.returncode == 0, again.stderr
+        assert "2000 items delivered" in again.stdout, again.stdout
+        assert server.stored_ids() == set(ids)
+    assert not list(folder.glob("*.claimed-*")) and not sandbox.dead_letter_path.exists()
