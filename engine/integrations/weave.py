@@ -25,6 +25,8 @@ What it changes (see ``docs/peers-weave-0.54.md`` §5 for the hook points):
   The same hook gives the child fresh HTTP clients: kept-alive connections inherited from the
   parent would be written by several processes at once (requests interleave on the socket).
 - ``WeaveClient.flush()`` also waits until the engine delivered what was traced so far.
+- Two per-call costs of weave's own ``@weave.op`` go (``is_op`` on every plain value, a
+  failed ``import wandb`` per call): :mod:`engine.integrations._weave_speedups`.
 
 The engine is created in the process that calls ``weave.init`` and delivers through its
 sender process; children write into the same rings. Settings come from ``install(**config)``,
@@ -46,7 +48,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import _engine_weave_hook
+from engine.common import _env
 from engine.common._redact import redact_url
+from engine.integrations import _weave_speedups
 from engine.producer._engine import Engine
 from engine.producer._safe import write_safely
 from engine.producer._tracer import Tracer
@@ -58,6 +62,7 @@ log = logging.getLogger("engine.integrations.weave")
 _PLACEHOLDER_PROJECT = "weave/integration"  # every item names its own project_id
 # how long a fork waits for weave's deferred work (op saves go to the server over HTTP)
 FORK_DRAIN_TIMEOUT_S = 30.0
+_OFF = frozenset(("0", "false", "no", "off"))
 
 _lock = threading.Lock()
 _config: dict[str, Any] = {}
@@ -67,15 +72,20 @@ _installed = False
 _servers: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
-def install(**config: Any) -> None:
+def install(*, weave_speedups: bool | None = None, **config: Any) -> None:
     """Route weave's call ingest through an engine; call before ``weave.init``.
 
     ``config`` overrides :class:`engine.EngineConfig` settings (e.g. ``spool_dir=...``);
     idempotent (a second call only updates the settings for an engine not yet started).
+    ``weave_speedups`` (default: on, unless ``ENGINE_WEAVE_SPEEDUPS=0``) also removes two
+    per-call costs of ``@weave.op`` without changing what weave computes
+    (:mod:`engine.integrations._weave_speedups`).
     """
     global _installed
     from weave.trace_server_bindings import remote_http_trace_server
 
+    if weave_speedups is None:
+        weave_speedups = os.environ.get(_env.WEAVE_SPEEDUPS, "1").strip().lower() not in _OFF
     with _lock:
         _config.update(config)
         if _installed:
@@ -83,6 +93,8 @@ def install(**config: Any) -> None:
         remote_http_trace_server.RemoteHTTPTraceServer = _engine_server_class()
         _wrap_client_flush()
         os.register_at_fork(before=_drain_before_fork, after_in_child=_after_fork_in_child)
+        if weave_speedups:
+            _weave_speedups.apply()
         _installed = True
 
 

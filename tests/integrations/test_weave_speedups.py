@@ -1,0 +1,166 @@
+"""The weave integration's speedups (``engine.integrations._weave_speedups``) answer as
+weave does: value by value, and end to end (what a real weave program stores is the same
+with them and without). Each program runs in a process of its own (the speedups replace
+weave functions for the whole process)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import urllib.request
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from engine.server import serve_subprocess
+
+pytestmark = [pytest.mark.peers, pytest.mark.integration]
+
+try:
+    import weave  # noqa: F401
+except Exception:  # the peers extra is optional
+    pytestmark.append(pytest.mark.skip(reason="weave (the peers extra) is not importable"))
+
+REPO = Path(__file__).resolve().parents[2]
+_TIMEOUT_S = 120
+
+_VALUES_PROGRAM = textwrap.dedent(
+    """
+    import json, sys, types
+    import engine.integrations.weave
+    engine.integrations.weave.install()
+    import weave
+    from weave.trace import op as weave_op, wandb_run_context, weave_client
+
+    @weave.op
+    def square(x: int) -> int:
+        return x * x
+
+    class Thing(weave.Object):
+        size: int = 1
+
+    class Plain:
+        pass
+
+    class StrSub(str):
+        pass
+
+    fast = weave_op.is_op
+    applied = getattr(fast, "__wrapped__", None) is not None
+    weaves = getattr(fast, "__wrapped__", fast)
+    values = [1, -2, 1.5, float("nan"), True, None, "s", "", {}, {"a": [1, 2]}, [], [square],
+              (), (1, "x"), b"bytes", StrSub("s"), square, Thing(), Plain(), Plain, len,
+              lambda: 1, weave_op]
+    same = [fast(v) == weaves(v) for v in values]
+    ops = [fast(v) for v in values]
+    modules = sorted(n for n, m in sys.modules.items()
+                     if n.startswith("weave.") and getattr(m, "is_op", None) is weaves)
+    before = wandb_run_context._get_global_wandb_run()
+    fake = types.ModuleType("wandb")
+    fake.run = types.SimpleNamespace(id="run-1", step=7)
+    sys.modules["wandb"] = fake
+    with_run = wandb_run_context.get_global_wb_run_context()
+    del sys.modules["wandb"]
+    print(json.dumps({
+        "applied": applied, "same": same, "ops": ops, "modules_left_slow": modules,
+        "client_is_fast": weave_client.is_op is fast,
+        "no_wandb": before, "run": [with_run.run_id, with_run.step] if with_run else None,
+        "wandb_fast": getattr(wandb_run_context._get_global_wandb_run, "__wrapped__", None)
+                      is not None,
+    }))
+    """
+)
+
+
+def _run(program: str, *args: str, env: dict[str, str] | None = None) -> str:
+    base = {k: v for k, v in os.environ.items()
+            if not k.startswith(("WANDB_", "WEAVE_", "WF_", "ENGINE_"))}
+    result = subprocess.run([sys.executable, "-c", program, *args], capture_output=True,
+                            text=True, timeout=_TIMEOUT_S, env={**base, **(env or {})},
+                            cwd=str(REPO))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_each_value_is_an_op_exactly_when_weave_says_so_and_the_wandb_run_is_found():
+    out = json.loads(_run(_VALUES_PROGRAM).splitlines()[-1])
+    assert out["applied"] and out["wandb_fast"] and out["client_is_fast"]
+    assert all(out["same"]), out  # weave's own answer, value by value
+    assert out["ops"].count(True) == 1  # the op itself; an op inside a list is not one
+    assert out["modules_left_slow"] == []  # every weave module that took is_op by name
+    assert out["no_wandb"] is None
+    assert out["run"] == ["run-1", 7]  # an active run (wandb imported) is still seen
+
+
+def test_env_zero_keeps_weaves_own_functions():
+    out = json.loads(_run(_VALUES_PROGRAM, env={"ENGINE_WEAVE_SPEEDUPS": "0"}).splitlines()[-1])
+    assert not out["applied"] and not out["wandb_fast"]
+    assert all(out["same"]) and out["no_wandb"] is None and out["run"] == ["run-1", 7]
+
+
+_STORE_PROGRAM = textwrap.dedent(
+    """
+    import sys
+    import engine.integrations.weave
+    engine.integrations.weave.install()
+    import weave
+
+    class Prompt(weave.Object):
+        text: str
+        temperature: float = 0.2
+
+    @weave.op
+    def helper(x: int) -> int:
+        return x + 1
+
+    @weave.op
+    def predict(question: str, context: list, settings: dict, prompt: Prompt, tool) -> dict:
+        return {"answer": question.upper(), "n": len(context), "tool": tool(1),
+                "nested": [settings, (1, 2.5, None, True)]}
+
+    weave.init(sys.argv[1])
+    prompt = Prompt(text="be brief")
+    for i in range(5):
+        predict(f"q{i}", [{"doc": i, "score": 0.5}], {"k": i, "deep": {"a": [i]}}, prompt, helper)
+    weave.finish()
+    """
+)
+
+
+def _stored(url: str, project: str) -> list[dict]:
+    request = urllib.request.Request(url + "/calls/stream_query", method="POST",
+                                     data=msgspec.json.encode({"project_id": project}))
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        calls = [msgspec.json.decode(line) for line in resp.read().splitlines()]
+    keep = ("op_name", "inputs", "output", "attributes", "exception", "display_name")
+    rows = [{k: c.get(k) for k in keep} for c in calls]
+    for row in rows:  # what differs from run to run: the process, the time
+        row["attributes"] = {k: v for k, v in (row["attributes"] or {}).items()
+                             if k not in ("weave",)}
+    return sorted(rows, key=lambda r: json.dumps(r, sort_keys=True))
+
+
+def test_a_weave_program_stores_the_same_calls_with_and_without_the_speedups(tmp_path):
+    env_base = {"WANDB_API_KEY": "0123456789abcdef0123456789abcdef01234567",
+                "WEAVE_PRINT_CALL_LINK": "false", "WANDB_ERROR_REPORTING": "false",
+                "HOME": str(tmp_path), "NO_PROXY": "127.0.0.1,localhost"}
+    stored = {}
+    with serve_subprocess(tmp_path / "t.db") as url:
+        for speedups in ("1", "0"):
+            project = f"ent/speedups-{speedups}"
+            _run(_STORE_PROGRAM, project,
+                 env={**env_base, "WF_TRACE_SERVER_URL": url, "WANDB_BASE_URL": url,
+                      "ENGINE_WEAVE_SPEEDUPS": speedups})
+            stored[speedups] = _stored(url, project)
+    with_speedups, without = stored["1"], stored["0"]
+    assert len(with_speedups) == 10  # 5 predict + 5 helper
+    # refs name their project: the same calls, once the project is the same
+    assert json.dumps(with_speedups).replace("speedups-1", "P") == \
+        json.dumps(without).replace("speedups-0", "P")
+    refs = json.dumps(with_speedups)
+    assert "weave:///ent/speedups-1/object/Prompt:" in refs  # the Object was saved and reffed
+    assert "weave:///ent/speedups-1/op/helper:" in refs  # and the op passed as input
