@@ -48,6 +48,7 @@ SENDER_FIELDS = (
     "kept_in_ring",  # items a sender left in shared memory at exit, for recovery
     "orphans_adopted",  # ring sets of dead engines this engine started recovering
     "orphan_records",  # the records they held
+    "untraced_no_shared_memory",  # calls of processes that found no room in /dev/shm for a ring slot
     "eager_starts",
     "completes_spliced",
     "in_flight_requests",
@@ -72,7 +73,7 @@ SLOT_FIELDS = (
 )
 # Written by the owner (or any tracer), read by every sender: kept once, in the first block.
 REQUEST_FIELDS = frozenset({"flush_request_ns", "shutdown_request", "sender_restarts",
-                            "orphans_adopted", "orphan_records"})
+                            "orphans_adopted", "orphan_records", "untraced_no_shared_memory"})
 # Gauges whose value for all senders together is the largest of theirs, not the sum.
 _MAX_FIELDS = frozenset({"sender_heartbeat_ns", "complete_mode", "compressing",
                          "latency_p50_us", "latency_p90_us", "latency_p99_us", "latency_max_us"})

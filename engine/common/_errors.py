@@ -30,6 +30,11 @@ class Closed(EngineError):
     """The engine or tracer is closed."""
 
 
+class SharedMemoryFull(Closed):
+    """This process cannot trace: there is no room left in shared memory (``/dev/shm``) for
+    its ring slot. Raised instead of the SIGBUS a write into a full tmpfs would be."""
+
+
 class RingFull(EngineError):
     """The producer's ring stayed full for longer than ``max_block_ms``."""
 

@@ -20,7 +20,14 @@ import msgspec
 
 from engine import ring
 from engine.common._control import Control, control_path
-from engine.common._errors import Closed, ConfigError, EncodeError, PayloadTooLarge, RingFull
+from engine.common._errors import (
+    Closed,
+    ConfigError,
+    EncodeError,
+    PayloadTooLarge,
+    RingFull,
+    SharedMemoryFull,
+)
 from engine.producer._calls import CallsBase
 from engine.producer._sanitise import REASONS, invalid_item
 from engine.wire import _codec
@@ -33,6 +40,8 @@ _ENCODERS = _codec.producer_encoders()  # (lenient, strict)
 # what each count of the encoders and the sanitiser adds to (common/_control.py)
 # the control block's counter of each reason the encoders and the sanitiser count
 _COUNTERS = {"stringified": "stringified", **{r: f"sanitised_{r}" for r in REASONS}}
+# after a claim found no room in /dev/shm, the next try waits this long (each try reserves)
+_NO_ROOM_RETRY_S = 1.0
 _live_tracers: weakref.WeakSet[SlotWriting] = weakref.WeakSet()
 
 
@@ -43,7 +52,7 @@ class _ProcessSlot:
     last tracer that wrote through it closes, or when the process ends."""
 
     __slots__ = ("writer", "max_payload", "limit_setting", "fast_put", "fast_start",
-                 "fast_end", "projects", "open", "closed")
+                 "fast_end", "projects", "open", "closed", "no_room_said")
 
     def __init__(self, writer: ring.SlotWriter, limits: tuple[int, str], fast_put: Any,
                  fast_calls: tuple[Any, Any], projects: dict[str, bytes]) -> None:
@@ -53,6 +62,7 @@ class _ProcessSlot:
         self.fast_start, self.fast_end = fast_calls
         self.projects = projects  # project_id -> bytes, bound to the writer's fast path
         self.open = 0  # tracers using it that have not closed
+        self.no_room_said = False  # logged that /dev/shm had no room for the rest of the ring
 
 
 def close_tracers(spec: ring.RingSpec) -> None:
@@ -75,6 +85,9 @@ class _Process:
         # (the one-call paths are atomic). A fresh lock after fork: another thread may have
         # held the old one.
         self.lock = threading.RLock()
+        # engines whose ring set had no room for this process's slot: (retry after, error)
+        self.no_room: dict[tuple[ring.RingSpec, ProducerSettings],
+                           tuple[float, SharedMemoryFull]] = {}
 
 
 _process = _Process()
@@ -238,14 +251,39 @@ class SlotWriting(CallsBase):  # type: ignore[misc,valid-type]
             writer.outcome(code, project_b, b"", call_id, trace_id, what)  # rings or raises
             return
         if code == ring.OVER_MAX_PAYLOAD:
-            self._control_block().slot_add(writer.slot, "too_large")
-            slot = self._slot
-            raise PayloadTooLarge(_id_text(call_id), len(payload), self._max_payload,
-                                  limit_setting=slot.limit_setting if slot else "")
+            limit, setting = self._grow(writer, len(payload))
+            if limit:
+                self._control_block().slot_add(writer.slot, "too_large")
+                raise PayloadTooLarge(_id_text(call_id), len(payload), limit,
+                                      limit_setting=setting)
+            code = ring.NO_ROOM  # its room is reserved now: written below, as into a full ring
         aux = end_splice_offset(payload) if splice else 0  # raises if there is no ended_at
         if not writer.outcome(code, project_b, payload, call_id, trace_id, what):
             self._write_slow(writer, (kind, flags, call_id, trace_id, project_b, payload, aux),
                              _id_text(call_id))
+
+    def _grow(self, writer: ring.SlotWriter, payload_len: int) -> tuple[int, str]:
+        """An item over the slot's item limit: if only the claim's part of the ring is
+        reserved (items up to a quarter of it) and the item fits the whole ring, reserve the
+        rest (once per process) and raise the limit: ``(0, "")``, write it. Else the limit
+        it is over and what sets it: the request or the ring, or the room /dev/shm had
+        (logged once)."""
+        slot = self._slot
+        whole_limit = self._limits(writer, whole=True)
+        if slot is None or writer.whole_reserved or payload_len > whole_limit[0]:
+            return whole_limit
+        try:
+            writer.reserve_whole()
+        except SharedMemoryFull as exc:
+            if not slot.no_room_said:
+                slot.no_room_said = True
+                log.error("engine: %s; items over %d bytes are refused", exc, slot.max_payload)
+            return slot.max_payload, "room in shared memory for this process's ring"
+        slot.max_payload, slot.limit_setting = whole_limit
+        fast_put = writer.fast_put(self._encoder, slot.max_payload, slot.projects)
+        if fast_put is not None:  # the C writer, re-bound to the new limit
+            slot.fast_put = self._fast_put = fast_put
+        return 0, ""
 
     def _write_slow(self, writer: ring.SlotWriter, args: tuple, call_id: str) -> None:
         """The ring is full: wait up to max_block_ms, then apply the on_full policy."""
@@ -277,11 +315,20 @@ class SlotWriting(CallsBase):  # type: ignore[misc,valid-type]
         slot = _process.slots.get(key)
         if slot is None:  # this process's first write into this engine
             ringset = self._ensure_attached()
+            refused = _process.no_room.get(key)
+            if refused is not None and time.monotonic() < refused[0]:
+                raise refused[1]
             try:
                 # every slot taken: the sender frees a dead producer's once it is drained
                 writer = ringset.writer(wait_s=self._settings.max_block_ms / 1000)
+            except SharedMemoryFull as exc:  # said once per process, then counted per call
+                if refused is None:
+                    log.error("engine: this process cannot trace: %s", exc)
+                _process.no_room[key] = (time.monotonic() + _NO_ROOM_RETRY_S, exc)
+                raise
             except Exception as exc:
                 raise Closed(f"cannot claim a ring slot: {exc}") from exc
+            _process.no_room.pop(key, None)
             limits = self._limits(writer)
             projects = dict(self._projects)
             slot = _process.slots[key] = _ProcessSlot(
@@ -296,12 +343,14 @@ class SlotWriting(CallsBase):  # type: ignore[misc,valid-type]
             slot.fast_put, slot.fast_start, slot.fast_end)
         return slot.writer
 
-    def _limits(self, writer: ring.SlotWriter) -> tuple[int, str]:
+    def _limits(self, writer: ring.SlotWriter, whole: bool = False) -> tuple[int, str]:
         """The largest payload one item may have, and the setting that bounds it: the
         request limit, or the ring (twice ring_bytes, less room for any project's bytes
-        besides the payload) when it is smaller."""
+        besides the payload) when it is smaller. Until a larger item reserved the whole
+        ring (``_grow``), the part of it the claim reserved bounds what the writer is given
+        (``whole``: the bound once it is reserved)."""
         by_request = self._settings.max_request_bytes - _ENVELOPE_BYTES
-        by_ring = writer.max_record_bytes
+        by_ring = writer.max_record_bytes if whole else writer.reserved_record_bytes
         return (by_request, "max_request_bytes") if by_request <= by_ring else (
             by_ring, "twice ring_bytes")
 
@@ -346,9 +395,12 @@ class SlotWriting(CallsBase):  # type: ignore[misc,valid-type]
         for reason, n in counts.items():
             control.slot_add(writer.slot, _COUNTERS[reason], n)
 
-    def _count_dropped(self) -> None:
+    def _count_dropped(self, error: BaseException | None = None) -> None:
         writer = self._writer
-        if writer is not None:
+        if isinstance(error, SharedMemoryFull):  # no slot to count in: the owner's cell
+            with self._ensure_attached().slot_lock():  # other slot-less processes add too
+                self._control_block().add("untraced_no_shared_memory")
+        elif writer is not None:
             self._control_block().slot_add(writer.slot, "wrapper_dropped")
 
 

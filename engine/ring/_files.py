@@ -22,6 +22,7 @@ no record, and keeps the others for recovery (:mod:`engine.ring._orphans`).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -123,6 +124,45 @@ def create_segment(name: str, size_bytes: int) -> int:
         os.unlink(segment_path(name))
         raise
     return fd
+
+
+# posix_fallocate cannot reserve on this filesystem: the pages come at first write, as before
+_CANNOT_RESERVE = frozenset({errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS, errno.ENODEV})
+
+
+def reserve(fd: int, offset: int, length: int) -> None:
+    """Give the file's bytes ``[offset, offset + length)`` their memory now. A tmpfs such
+    as ``/dev/shm`` otherwise allocates a page at its first write, and a write into a full
+    one is a SIGBUS that kills the writing process (a container's 64 MiB ``/dev/shm``
+    fills with two or three producers' rings); reserved, no later write into those bytes
+    can fail. Raises ``OSError`` (ENOSPC, ...) when there is no room; a system or
+    filesystem that cannot reserve leaves the pages to their first write."""
+    fallocate = getattr(os, "posix_fallocate", None)
+    if fallocate is None or length <= 0:
+        return
+    try:
+        fallocate(fd, offset, length)
+    except OSError as exc:
+        if exc.errno not in _CANNOT_RESERVE:
+            raise
+
+
+def reserve_in_segment(name: str, offset: int, length: int) -> None:
+    """:func:`reserve` in the segment of ring set ``name``."""
+    fd = os.open(segment_path(name), os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+    try:
+        reserve(fd, offset, length)
+    finally:
+        os.close(fd)
+
+
+def free_bytes(path: str = "") -> int | None:
+    """Bytes free for this user where segments live (``path``: another directory)."""
+    try:
+        st = os.statvfs(path or SEGMENT_DIR)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
 
 
 def remove_ring_files(name: str, private_dir: str) -> None:

@@ -21,6 +21,7 @@ import os
 import time
 import weakref
 
+from engine.common._errors import SharedMemoryFull
 from engine.native._accel import native as _native
 from engine.ring import _files as ring_files
 from engine.ring import _orphans
@@ -70,6 +71,25 @@ class NoFreeSlot(RuntimeError):
 
 
 _STATE_NAMES = {FREE: "free", ACTIVE: "active", CLOSING: "closing", DEAD: "dead"}
+_MIB = 1 << 20
+
+
+def no_room(what: str, need_bytes: int, error: OSError) -> SharedMemoryFull:
+    """The error for a reservation that found no room, naming where, how much and what to do."""
+    where = ring_files.SEGMENT_DIR
+    free = ring_files.free_bytes()
+    try:
+        st = os.statvfs(where)
+        size = f" of {st.f_blocks * st.f_frsize / _MIB:,.0f} MiB"
+    except OSError:
+        size = ""
+    left = "" if free is None else f"; {free / _MIB:,.1f} MiB free{size}"
+    return SharedMemoryFull(
+        f"no room in {where} for {what} ({need_bytes / _MIB:,.1f} MiB: "
+        f"{error.strerror or error}{left}): give {where} more room (a container's default "
+        "is 64 MiB: `docker run --shm-size=1g`; Kubernetes: an emptyDir volume with "
+        "medium: Memory mounted there) or lower ring_bytes (each producer process "
+        "reserves ring_bytes there when it first traces)")
 
 
 def _validate(ring_bytes: int, max_slots: int) -> None:
@@ -130,6 +150,11 @@ class RingSet:
         size = data_offset(spec.max_slots) + spec.ring_bytes * spec.max_slots
         fd = ring_files.create_segment(spec.shm_name, size)
         try:
+            try:  # the control words: written by every process, at once
+                ring_files.reserve(fd, 0, data_offset(spec.max_slots))
+            except OSError as exc:
+                raise no_room("a ring set's control block", data_offset(spec.max_slots),
+                              exc) from None
             mm = mmap.mmap(fd, size)
         finally:
             os.close(fd)
@@ -197,6 +222,20 @@ class RingSet:
         self._readers.add(reader)
         return reader
 
+    def reserve_slot(self, slot: int, whole: bool = False) -> None:
+        """Reserve the memory of ``slot``'s ring: the first half, where records up to a
+        quarter of the ring stay (all a ring touches while no item is larger), or the whole
+        ring. Raises :class:`SharedMemoryFull` when there is no room."""
+        ring_bytes = self.spec.ring_bytes
+        half = (ring_bytes // 2) & ~7
+        start, length = (half, ring_bytes - half) if whole else (0, half)
+        try:
+            ring_files.reserve_in_segment(self.spec.shm_name,
+                                          self._data_offset + slot * ring_bytes + start, length)
+        except OSError as exc:
+            what = "the rest of this process's ring" if whole else "this process's ring"
+            raise no_room(what, length, exc) from None
+
     def _claim_slot(self) -> int:
         pid = os.getpid()
         start_ticks = ring_files.process_start_ticks(pid) or 0
@@ -205,6 +244,9 @@ class RingSet:
             for slot in range(self.spec.max_slots):
                 base = GLOBAL_WORDS + slot * SLOT_WORDS
                 if words[base + S_STATE] == FREE:
+                    # its memory first: a write into an unreserved page of a full tmpfs is
+                    # a SIGBUS; with none to be had, nothing is claimed (the error says why)
+                    self.reserve_slot(slot)
                     words[base + S_PID] = pid
                     words[base + S_START_TICKS] = start_ticks
                     words[base + S_TIMES_CLAIMED] += 1
@@ -215,6 +257,11 @@ class RingSet:
             f"all {self.spec.max_slots} ring slots are in use (max_slots too small for the "
             "number of producer processes?)"
         )
+
+    def slot_lock(self):
+        """The ring set's claim lock (a flock across processes), for the rare cross-process
+        update that must not race: a claim, a count of calls a slot-less process dropped."""
+        return self._slot_lock()
 
     @contextlib.contextmanager
     def _slot_lock(self):

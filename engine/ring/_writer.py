@@ -29,6 +29,7 @@ from engine.ring._layout import (
     GLOBAL_WORDS,
     HEADER_BYTES,
     KIND_PAD,
+    MAX_PROJECT_BYTES,
     NO_ROOM,
     OVER_MAX_PAYLOAD,
     RECORD_HEADER,
@@ -105,6 +106,11 @@ class SlotWriter:
         # at once (as records up to half of it did before the whole ring was allowed)
         self._half = (spec.ring_bytes // 2) & ~7
         self._quarter = (spec.ring_bytes // 4) & ~7
+        # The claim reserved that first half (RingSet.reserve_slot): the producer writes
+        # payloads up to reserved_record_bytes, and a larger one first reserves the rest
+        # (reserve_whole), so no write lands on a page a full tmpfs has none for.
+        self.whole_reserved = False
+        self.reserved_record_bytes = self._quarter - HEADER_BYTES - MAX_PROJECT_BYTES
         self._ring_set = ring_set
         self._words = words
         self._mm = ring_set._mm
@@ -312,6 +318,15 @@ class SlotWriter:
             time.sleep(backoff_s if remaining_s is None else min(backoff_s, remaining_s))
             backoff_s = min(backoff_s * 2, _MAX_BACKOFF_S)
         return True
+
+    def reserve_whole(self) -> None:
+        """Reserve the rest of this slot's ring, where records larger than a quarter of it
+        go; then ``reserved_record_bytes`` is ``max_record_bytes``. Raises
+        ``SharedMemoryFull``."""
+        if not self.whole_reserved:
+            self._ring_set.reserve_slot(self.slot, whole=True)
+            self.whole_reserved = True
+            self.reserved_record_bytes = self.max_record_bytes
 
     def _raise_too_large(self, project_len: int, payload_len: int) -> None:
         raise ValueError(

@@ -29,6 +29,9 @@ def exit_line(stats: dict[str, Any], producers: dict[str, int], *, url: str, dea
     if unpersisted:
         parts.append(f"could not persist: {', '.join(unpersisted)}")
     dropped = [f"{producers[key]:,} {why}" for key, why in _DROPPED.items() if producers[key]]
+    if stats.get("untraced_no_shared_memory"):
+        dropped.append(f"{stats['untraced_no_shared_memory']:,} calls of processes that found "
+                       "no room in /dev/shm for their ring (not traced)")
     parts.append(f"dropped: {', '.join(dropped)}" if dropped else "dropped: none")
     if kept_records:
         parts.append(f"{kept_records:,} records left in shared memory (ring set {ring_name}) "

@@ -1,0 +1,173 @@
+"""A full ``/dev/shm`` (a container's default is 64 MiB) never kills a traced process.
+
+tmpfs gives a page its memory at its first write, and a write into a full one is a SIGBUS:
+before ring slots reserved their memory, the fourth producer of four in a 64 MiB
+``/dev/shm`` died by it mid-run (measured: signal 7, its remaining calls lost). Now a claim
+reserves the slot's ring first and a process that finds no room does not trace: the direct
+API raises ``SharedMemoryFull`` naming the remedy, op wrappers return the user's values and
+count what they dropped, and every other process's calls arrive. The real thing: a small
+tmpfs mounted on ``/dev/shm`` in a mount namespace of the test's own (``unshare -m``, root).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import urllib.request
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from engine.server import serve_subprocess
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+PROJECT = "ent/shm"
+
+_PROGRAM = textwrap.dedent(
+    """
+    import json, multiprocessing as mp, os, sys
+    import engine
+    from engine.common._errors import PayloadTooLarge, SharedMemoryFull
+    from engine.wire import utcnow, uuid7
+
+    url, project = sys.argv[1], sys.argv[2]
+    ctx = mp.get_context("fork")
+    eng = engine.Engine(url=url, project=project, ring_bytes=8 << 20, linger_ms=5,
+                        max_block_ms=2000)
+    tracer = eng.producer()
+
+    def one_call(tracer, i, text="x"):
+        call_id = uuid7()
+        tracer.call_start({"project_id": project, "id": call_id, "trace_id": call_id,
+                           "op_name": "predict", "started_at": utcnow(), "attributes": {},
+                           "inputs": {"i": i, "text": text}})
+        tracer.call_end({"project_id": project, "id": call_id, "ended_at": utcnow(),
+                         "output": i, "summary": {}})
+
+    def claims_then_waits(name, claimed, go):  # holds its slot until the parent says go
+        t = eng.producer()
+        one_call(t, 0)
+        claimed.put(name)
+        go.wait(60)
+        for i in range(1, 300):
+            one_call(t, i)
+        t.close()
+
+    def finds_no_room(report):
+        t = eng.producer()
+        out = {}
+        try:
+            one_call(t, 0)
+        except SharedMemoryFull as exc:
+            out["raised"] = [type(exc).__name__, str(exc)]
+
+        @t.op(name="square")
+        def square(x):
+            return x * x
+
+        out["op_results"] = [square(i) for i in range(20)]  # the user's values, no error
+        report.put(out)
+        t.close()
+
+    one_call(tracer, 0)  # the parent's slot
+    claimed, go, report = ctx.Queue(), ctx.Event(), ctx.Queue()
+    holders = [ctx.Process(target=claims_then_waits, args=(f"p{n}", claimed, go))
+               for n in range(2)]
+    for p in holders:
+        p.start()
+    got = sorted(claimed.get(timeout=60) for _ in holders)
+    late = ctx.Process(target=finds_no_room, args=(report,))
+    late.start()
+    out = report.get(timeout=60)
+    late.join(60)
+    try:  # larger than a quarter of the ring: the rest of the slot is reserved first
+        one_call(tracer, 1, "y" * (5 << 20))
+    except PayloadTooLarge as exc:
+        out["large"] = str(exc)
+    go.set()
+    for p in holders:
+        p.join(60)
+    out["codes"] = [p.exitcode for p in (*holders, late)]
+    out["claimed"] = got
+    out["flushed"] = eng.flush(60)
+    out["stats"] = {k: eng.stats()[k] for k in ("items_acked", "untraced_no_shared_memory")}
+    out["producers"] = eng.stats()["producers"]
+    eng.close()
+    print(json.dumps(out), flush=True)
+    """
+)
+
+
+def _stored(url: str) -> list[dict]:
+    request = urllib.request.Request(url + "/calls/stream_query", method="POST",
+                                     data=msgspec.json.encode({"project_id": PROJECT}))
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        return [msgspec.json.decode(line) for line in resp.read().splitlines()]
+
+
+def _can_mount() -> bool:
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        return False
+    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not _can_mount(), reason="needs root and unshare -m (scripts/test runs as root in CI)")
+def test_a_producer_that_finds_dev_shm_full_does_not_trace_and_nobody_dies(tmp_path):
+    program = tmp_path / "program.py"
+    program.write_text(_PROGRAM)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ENGINE_")}
+    env["PYTHONPATH"] = str(REPO)
+    with serve_subprocess(tmp_path / "t.db") as url:
+        # 28 MiB: the control block and three producers' rings of 8 MiB, not a fourth
+        script = (f"mount -t tmpfs -o size=28m tmpfs /dev/shm && exec {sys.executable} "
+                  f"{program} {url} {PROJECT}")
+        result = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True,
+                                text=True, timeout=180, env=env)
+        assert result.returncode == 0, result.stderr[-4000:]
+        out = json.loads(result.stdout.strip().splitlines()[-1])
+        stored = _stored(url)
+    assert out["codes"] == [0, 0, 0], result.stderr[-4000:]  # no SIGBUS, no crash
+    kind, message = out["raised"]
+    assert kind == "SharedMemoryFull" and "docker run --shm-size" in message
+    assert "no room in /dev/shm for this process's ring" in message
+    assert out["op_results"] == [i * i for i in range(20)]
+    # the op wrapper's 20 calls, each counted once, where the owner sees it
+    assert out["stats"]["untraced_no_shared_memory"] == 20
+    assert "room in shared memory" in out["large"]
+    assert out["producers"]["too_large"] == 1
+    assert out["flushed"]
+    assert len(stored) == 1 + 2 * 300 == len({c["id"] for c in stored})
+    assert "this process cannot trace" in result.stderr  # logged once, by the process
+    assert result.stderr.count("this process cannot trace") == 1
+    assert "found no room in /dev/shm" in result.stderr  # in the sender's exit line
+
+
+def test_an_item_larger_than_a_quarter_of_the_ring_reserves_the_rest_and_is_delivered(tmp_path):
+    import engine
+    from engine.wire import utcnow, uuid7
+
+    with serve_subprocess(tmp_path / "t.db") as url:
+        eng = engine.Engine(url=url, project=PROJECT, ring_bytes=1 << 20, linger_ms=5)
+        try:
+            tracer = eng.producer()
+            small, large = uuid7(), uuid7()
+            for call_id, text in ((small, "x"), (large, "y" * 1_500_000)):  # slot: 2 MiB
+                tracer.call_start({"project_id": PROJECT, "id": call_id, "trace_id": call_id,
+                                   "op_name": "predict", "started_at": utcnow(),
+                                   "attributes": {}, "inputs": {"text": text}})
+                tracer.call_end({"project_id": PROJECT, "id": call_id, "ended_at": utcnow(),
+                                 "output": None, "summary": {}})
+            assert eng.flush(30)
+            assert eng.stats()["producers"]["too_large"] == 0
+        finally:
+            eng.close()
+        stored = {c["id"]: c for c in _stored(url)}
+    assert set(stored) == {small, large}
+    assert len(stored[large]["inputs"]["text"]) == 1_500_000
