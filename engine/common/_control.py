@@ -10,6 +10,7 @@ the 64-bit platforms we run on.
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 from typing import Any
@@ -94,6 +95,21 @@ def _size_bytes(max_slots: int, senders: int) -> int:
     return (_HEADER_CELLS + senders * len(SENDER_FIELDS) + max_slots * len(SLOT_FIELDS)) * _CELL_BYTES
 
 
+def _reserve(fd: int, size: int, path: str) -> None:
+    """Give the (sparse) file its blocks now: every process writes its cells through a
+    mapping, and a first write into a full disk there would be a SIGBUS, not an error."""
+    fallocate = getattr(os, "posix_fallocate", None)
+    if fallocate is None:
+        return
+    try:
+        fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise OSError(exc.errno, f"no room for the engine's control block ({size} bytes): "
+                          f"{exc.strerror}", path) from None
+        # a filesystem that cannot reserve: the blocks come at the first write, as before
+
+
 class Control:
     """Int64 cells in a shared file: ``ctl.get("retries")``, ``ctl.add("retries")``.
 
@@ -114,6 +130,7 @@ class Control:
                     raise ValueError("creating a control block needs max_slots")
                 size = _size_bytes(max_slots, senders)
                 os.ftruncate(fd, size)
+                _reserve(fd, size, path)
             else:
                 size = os.fstat(fd).st_size
             self._mmap = mmap.mmap(fd, size)
