@@ -160,7 +160,8 @@ class Delivery:
         elif verdict is Verdict.RETRY:
             overloaded = status in (429, 503) or response is None
             self.concurrency.on_response(rtt_s, overloaded=overloaded, in_flight=in_flight)
-            self.outage.failed(failure_text(status, error), self._waiting_items)
+            self.outage.failed(failure_text(status, error, _reason(response)),
+                               self._waiting_items)
             self._retry_later(batch, response, error)
         elif verdict is Verdict.COMPLETE_MODE_REQUIRED:
             self._switch_mode("complete")
@@ -204,7 +205,7 @@ class Delivery:
     def _retry_later(self, batch: Batch, response: Response | None, error: SendError | None) -> None:
         elapsed_s = time.monotonic() - batch.first_sent_s
         if elapsed_s >= self.cfg.delivery_deadline_s or self.stopping:
-            what = f"HTTP {response.status}" if response else str(error)
+            what = failure_text(response.status if response else None, error, _reason(response))
             self._give_up(batch, "deadline", response.status if response else None,
                           f"not delivered within {self.cfg.delivery_deadline_s:g} s; last: {what}")
             return

@@ -59,9 +59,10 @@ class OutageLog:
         self.since_s = None
 
 
-def failure_text(status: int | None, error: BaseException | None) -> str:
+def failure_text(status: int | None, error: BaseException | None, reason: str = "") -> str:
+    """``HTTP 507: <the server's reason>``, the error, or "no answer"."""
     if status is not None:
-        return f"HTTP {status}"
+        return f"HTTP {status}: {reason[:300]}" if reason else f"HTTP {status}"
     return str(error) if error is not None else "no answer"
 
 
