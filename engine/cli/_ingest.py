@@ -570,8 +570,8 @@ def run(args: argparse.Namespace) -> int:
     fixed = {"project": args.project or _PLACEHOLDER_PROJECT,
              **({"url": args.to} if args.to else {})}
     cfg = _args.load_settings(args, **fixed)
-    load_checkpoint(args.checkpoint or default_checkpoint_path(args.files), args.files)  # refused early
     checkpoint = args.checkpoint or default_checkpoint_path(args.files)
+    load_checkpoint(checkpoint, args.files)  # one for other files is refused before anything starts
     with ExitStack() as stack:
         stack.enter_context(_args.sigterm_interrupts())
         stack.enter_context(_resume_hint(checkpoint))

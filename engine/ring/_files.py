@@ -128,6 +128,7 @@ def create_segment(name: str, size_bytes: int) -> int:
 
 # posix_fallocate cannot reserve on this filesystem: the pages come at first write, as before
 _CANNOT_RESERVE = frozenset({errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS, errno.ENODEV})
+NO_ROOM_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.ENOMEM})
 
 
 def reserve(fd: int, offset: int, length: int) -> None:
@@ -156,10 +157,10 @@ def reserve_in_segment(name: str, offset: int, length: int) -> None:
         os.close(fd)
 
 
-def free_bytes(path: str = "") -> int | None:
-    """Bytes free for this user where segments live (``path``: another directory)."""
+def free_bytes() -> int | None:
+    """Bytes free for this user where segments live."""
     try:
-        st = os.statvfs(path or SEGMENT_DIR)
+        st = os.statvfs(SEGMENT_DIR)
     except OSError:
         return None
     return st.f_bavail * st.f_frsize

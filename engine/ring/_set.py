@@ -20,6 +20,7 @@ import mmap
 import os
 import time
 import weakref
+from typing import Any
 
 from engine.common._errors import SharedMemoryFull
 from engine.native._accel import native as _native
@@ -74,16 +75,25 @@ _STATE_NAMES = {FREE: "free", ACTIVE: "active", CLOSING: "closing", DEAD: "dead"
 _MIB = 1 << 20
 
 
-def no_room(what: str, need_bytes: int, error: OSError) -> SharedMemoryFull:
-    """The error for a reservation that found no room, naming where, how much and what to do."""
+def _reserve(what: str, reserve: Any, *args: Any) -> None:
+    """``reserve(*args)``; no room there raises :class:`SharedMemoryFull` naming where, how
+    much and what to do (any other OS error is raised as it is)."""
+    try:
+        reserve(*args)
+    except OSError as exc:
+        if exc.errno not in ring_files.NO_ROOM_ERRNOS:
+            raise
+        raise _no_room(what, args[-1], exc) from None
+
+
+def _no_room(what: str, need_bytes: int, error: OSError) -> SharedMemoryFull:
     where = ring_files.SEGMENT_DIR
-    free = ring_files.free_bytes()
     try:
         st = os.statvfs(where)
-        size = f" of {st.f_blocks * st.f_frsize / _MIB:,.0f} MiB"
+        left = (f"; {st.f_bavail * st.f_frsize / _MIB:,.1f} MiB free of "
+                f"{st.f_blocks * st.f_frsize / _MIB:,.0f} MiB")
     except OSError:
-        size = ""
-    left = "" if free is None else f"; {free / _MIB:,.1f} MiB free{size}"
+        left = ""
     return SharedMemoryFull(
         f"no room in {where} for {what} ({need_bytes / _MIB:,.1f} MiB: "
         f"{error.strerror or error}{left}): give {where} more room (a container's default "
@@ -150,11 +160,9 @@ class RingSet:
         size = data_offset(spec.max_slots) + spec.ring_bytes * spec.max_slots
         fd = ring_files.create_segment(spec.shm_name, size)
         try:
-            try:  # the control words: written by every process, at once
-                ring_files.reserve(fd, 0, data_offset(spec.max_slots))
-            except OSError as exc:
-                raise no_room("a ring set's control block", data_offset(spec.max_slots),
-                              exc) from None
+            # the control words, written by every process from the start
+            _reserve("a ring set's control block", ring_files.reserve, fd, 0,
+                     data_offset(spec.max_slots))
             mm = mmap.mmap(fd, size)
         finally:
             os.close(fd)
@@ -229,12 +237,9 @@ class RingSet:
         ring_bytes = self.spec.ring_bytes
         half = (ring_bytes // 2) & ~7
         start, length = (half, ring_bytes - half) if whole else (0, half)
-        try:
-            ring_files.reserve_in_segment(self.spec.shm_name,
-                                          self._data_offset + slot * ring_bytes + start, length)
-        except OSError as exc:
-            what = "the rest of this process's ring" if whole else "this process's ring"
-            raise no_room(what, length, exc) from None
+        what = "the rest of this process's ring" if whole else "this process's ring"
+        _reserve(what, ring_files.reserve_in_segment, self.spec.shm_name,
+                 self._data_offset + slot * ring_bytes + start, length)
 
     def _claim_slot(self) -> int:
         pid = os.getpid()
