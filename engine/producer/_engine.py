@@ -65,7 +65,6 @@ class Engine:
         # ring_bytes, may take the whole lap (engine/ring/_writer.py)
         self._ringset = ring.RingSet.create(2 * self.config.ring_bytes, self.config.max_slots,
                                             senders)
-        _say_if_shared_memory_is_small(self.config.ring_bytes)
         self._ring_dir = os.path.dirname(self._ringset.spec.lock_path)
         self._control = Control(control_path(self._ring_dir), self.config.max_slots, create=True,
                                 senders=senders)
@@ -358,20 +357,3 @@ def _sigterm_after_fork() -> None:
 os.register_at_fork(before=_sigterm_before_fork, after_in_parent=_restore_fork_mask,
                     after_in_child=_sigterm_after_fork)
 
-
-def _say_if_shared_memory_is_small(ring_bytes: int) -> None:
-    """One warning when /dev/shm has room for the rings of fewer producer processes than
-    this machine has cores (a container's default 64 MiB holds three of 16 MiB): each
-    reserves ``ring_bytes`` there when it first traces, and one that finds no room does not
-    trace (``SharedMemoryFull``; op wrappers count its calls as untraced_no_shared_memory)."""
-    free = ring.free_bytes()
-    cores = os.cpu_count() or 1
-    if free is None or free >= ring_bytes * max(cores, 2):
-        return
-    mib = 1 << 20
-    log.warning(
-        "%s has %.0f MiB free: room for the rings of %d producer processes (each reserves "
-        "ring_bytes = %.0f MiB when it first traces); one more does not trace. Give %s more "
-        "room (`docker run --shm-size=1g`; Kubernetes: an emptyDir with medium: Memory) or "
-        "lower ring_bytes", ring.SEGMENT_DIR, free / mib, free // ring_bytes, ring_bytes / mib,
-        ring.SEGMENT_DIR)

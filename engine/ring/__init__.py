@@ -5,7 +5,6 @@ never blocks past ``max_block_ms``), the reader half in the sender process.
 May import: ``common``, ``native``, ``wire``.
 """
 
-from engine.ring._files import SEGMENT_DIR, free_bytes
 from engine.ring._layout import (
     BAD_CALL_ID,
     BAD_TRACE_ID,
@@ -71,7 +70,6 @@ __all__ = [
     "RECORD_HEADER",
     "SENDER_ARGS",
     "RUN_CALL_BYTES",
-    "SEGMENT_DIR",
     "TOO_LARGE",
     "UNPLANNED",
     "WRITTEN",
@@ -88,7 +86,6 @@ __all__ = [
     "SlotWriter",
     "attached_producers",
     "find_orphans",
-    "free_bytes",
     "holds_records",
     "mark_closed",
     "record_bytes",

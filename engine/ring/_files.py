@@ -10,7 +10,8 @@ they must not delete ours):
   beside the segment so that a segment whose private directory was cleaned away (a job
   scheduler's per-job ``TMPDIR``, a tmp cleaner) can still be recovered;
 - ``<tmpdir>/<name>/`` -- a private 0700 directory holding the doorbell FIFO, the slot lock
-  and the sender's settings.
+  and the sender's settings; and the segment itself (``segment``) where /dev/shm had too
+  little room when the engine started (a container's default 64 MiB).
 
 ``RingSet.unlink()`` removes all of them. If the owner dies without unlinking (SIGKILL,
 OOM killer), its sender drains and removes them; if the sender died too, the next
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 NAME_PREFIX = "engine-rings-"
 SEGMENT_SUFFIX = ".seg"
 SIDECAR_SUFFIX = ".json"
+DISK_SEGMENT = "segment"
 # tmpfs where available (Linux); elsewhere a regular file, which still works through mmap.
 SEGMENT_DIR = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
 
@@ -83,7 +85,29 @@ def make_private_dir() -> str:
 
 
 def segment_path(name: str) -> str:
-    return os.path.join(SEGMENT_DIR, name + SEGMENT_SUFFIX)
+    """Where ring set ``name``'s segment is: in /dev/shm, or in its private directory when
+    /dev/shm had no room for it (:func:`disk_segment_path`)."""
+    shm = os.path.join(SEGMENT_DIR, name + SEGMENT_SUFFIX)
+    if tempfile.gettempdir() != SEGMENT_DIR and not os.path.exists(shm):
+        disk = disk_segment_path(name)
+        if os.path.exists(disk):
+            return disk
+    return shm
+
+
+def spec_segment_path(spec: RingSpec) -> str:
+    """The segment of ``spec``'s ring set: in /dev/shm, or in its private directory (found
+    by the spec's absolute paths, so a process with another TMPDIR finds it too)."""
+    shm = os.path.join(SEGMENT_DIR, spec.shm_name + SEGMENT_SUFFIX)
+    disk = os.path.join(os.path.dirname(spec.lock_path), DISK_SEGMENT)
+    return disk if not os.path.exists(shm) and os.path.exists(disk) else shm
+
+
+def disk_segment_path(name: str) -> str:
+    """The segment of a ring set whose engine found too little room in /dev/shm (a
+    container's 64 MiB): a file in its private directory, mapped the same way (page cache;
+    the kernel writes dirty pages back in the background)."""
+    return os.path.join(tempfile.gettempdir(), name, DISK_SEGMENT)
 
 
 def sidecar_path(name: str) -> str:
@@ -113,17 +137,25 @@ def make_dir_files(spec: RingSpec, directory: str | None = None) -> None:
     write_private(os.path.join(directory, os.path.basename(spec.lock_path)), b"")
 
 
-def create_segment(name: str, size_bytes: int) -> int:
-    """Create the segment file exclusively with mode 0600 and size it; returns the fd."""
-    fd = os.open(segment_path(name), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+def create_segment(name: str, size_bytes: int, on_disk: bool = False) -> int:
+    """Create the segment file exclusively with mode 0600 and size it; returns the fd.
+    ``on_disk``: in the ring set's private directory instead of /dev/shm."""
+    path = disk_segment_path(name) if on_disk else segment_path(name)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         os.fchmod(fd, 0o600)  # the umask cannot widen it, but make the mode explicit
         os.ftruncate(fd, size_bytes)
     except BaseException:
         os.close(fd)
-        os.unlink(segment_path(name))
+        os.unlink(path)
         raise
     return fd
+
+
+def shm_room_for(slot_bytes: int) -> int | None:
+    """How many rings of ``slot_bytes`` /dev/shm has room for now (None: cannot tell)."""
+    free = free_bytes()
+    return None if free is None else free // slot_bytes
 
 
 # posix_fallocate cannot reserve on this filesystem: the pages come at first write, as before
@@ -148,9 +180,9 @@ def reserve(fd: int, offset: int, length: int) -> None:
             raise
 
 
-def reserve_in_segment(name: str, offset: int, length: int) -> None:
-    """:func:`reserve` in the segment of ring set ``name``."""
-    fd = os.open(segment_path(name), os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+def reserve_in_file(path: str, offset: int, length: int) -> None:
+    """:func:`reserve` in the file ``path``."""
+    fd = os.open(path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
     try:
         reserve(fd, offset, length)
     finally:

@@ -160,7 +160,7 @@ def _control_words(spec: RingSpec) -> tuple[int, ...] | None:
     """The segment's control words now; None if it is missing or is not ``spec``'s."""
     size = data_offset(spec.max_slots)
     try:
-        with open(_files.segment_path(spec.shm_name), "rb") as segment:
+        with open(_files.spec_segment_path(spec), "rb") as segment:
             block = segment.read(size)
     except OSError:
         return None

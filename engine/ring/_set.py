@@ -18,6 +18,7 @@ import fcntl
 import logging
 import mmap
 import os
+import tempfile
 import time
 import weakref
 from typing import Any
@@ -75,31 +76,57 @@ _STATE_NAMES = {FREE: "free", ACTIVE: "active", CLOSING: "closing", DEAD: "dead"
 _MIB = 1 << 20
 
 
-def _reserve(what: str, reserve: Any, *args: Any) -> None:
-    """``reserve(*args)``; no room there raises :class:`SharedMemoryFull` naming where, how
-    much and what to do (any other OS error is raised as it is)."""
+def _reserve(what: str, segment: str, reserve: Any, *args: Any) -> None:
+    """``reserve(*args)`` in the file ``segment``; no room there raises
+    :class:`SharedMemoryFull` naming where, how much and what to do (any other OS error is
+    raised as it is)."""
     try:
         reserve(*args)
     except OSError as exc:
         if exc.errno not in ring_files.NO_ROOM_ERRNOS:
             raise
-        raise _no_room(what, args[-1], exc) from None
+        raise _no_room(what, os.path.dirname(segment), args[-1], exc) from None
 
 
-def _no_room(what: str, need_bytes: int, error: OSError) -> SharedMemoryFull:
-    where = ring_files.SEGMENT_DIR
+def _no_room(what: str, where: str, need_bytes: int, error: OSError) -> SharedMemoryFull:
     try:
         st = os.statvfs(where)
         left = (f"; {st.f_bavail * st.f_frsize / _MIB:,.1f} MiB free of "
                 f"{st.f_blocks * st.f_frsize / _MIB:,.0f} MiB")
     except OSError:
         left = ""
+    if where == ring_files.SEGMENT_DIR:
+        remedy = (f"give {where} more room (a container's default is 64 MiB: `docker run "
+                  "--shm-size=1g`; Kubernetes: an emptyDir volume with medium: Memory mounted "
+                  "there)")
+    else:  # rings on disk (_rings_on_disk): the temp dir's
+        remedy = f"free space on the disk of {where} (the temp dir, TMPDIR)"
     return SharedMemoryFull(
         f"no room in {where} for {what} ({need_bytes / _MIB:,.1f} MiB: "
-        f"{error.strerror or error}{left}): give {where} more room (a container's default "
-        "is 64 MiB: `docker run --shm-size=1g`; Kubernetes: an emptyDir volume with "
-        "medium: Memory mounted there) or lower ring_bytes (each producer process "
-        "reserves ring_bytes there when it first traces)")
+        f"{error.strerror or error}{left}): {remedy} or lower ring_bytes (each producer "
+        "process reserves ring_bytes there when it first traces)")
+
+
+def _rings_on_disk(spec: RingSpec) -> bool:
+    """Whether this ring set's segment goes in its private directory (page cache on the
+    temp dir's disk) because /dev/shm has room for fewer producer rings than this machine
+    likely runs: ``max(8, 2 x cores)``, at most ``max_slots``. A container's default 64 MiB
+    holds three of 16 MiB; there, a fourth producer would find no room (SharedMemoryFull).
+    Said once, with how to keep the rings in /dev/shm."""
+    if tempfile.gettempdir() == ring_files.SEGMENT_DIR:
+        return False  # no /dev/shm here: the segment is on disk anyway
+    reserved = (spec.ring_bytes // 2) & ~7  # what each producer reserves (reserve_slot)
+    room = ring_files.shm_room_for(reserved)
+    wanted = min(spec.max_slots, max(8, 2 * (os.cpu_count() or 1)))
+    if room is None or room >= wanted:
+        return False
+    _log.warning(
+        "%s has room for %d of the %d producer rings of %.0f MiB (ring_bytes) this engine "
+        "should hold: its rings are in %s instead (the page cache of a file there; to keep "
+        "them in %s, give it more room: `docker run --shm-size=1g`, or in Kubernetes an "
+        "emptyDir with medium: Memory mounted on it)", ring_files.SEGMENT_DIR, room, wanted,
+        reserved / _MIB, ring_files.disk_segment_path(spec.shm_name), ring_files.SEGMENT_DIR)
+    return True
 
 
 def _validate(ring_bytes: int, max_slots: int) -> None:
@@ -132,9 +159,11 @@ class RingSet:
         self._readers: weakref.WeakSet[RingReader] = weakref.WeakSet()  # their doorbell fds
 
     @classmethod
-    def create(cls, ring_bytes: int, max_slots: int, senders: int = 1) -> RingSet:
+    def create(cls, ring_bytes: int, max_slots: int, senders: int = 1,
+               on_disk: bool | None = None) -> RingSet:
         """Create a ring set owned by this process, read by ``senders`` sender processes;
-        first removes leftovers of dead owners."""
+        first removes leftovers of dead owners. ``on_disk``: the segment in the private
+        directory instead of /dev/shm (None: where /dev/shm is too small, ``_rings_on_disk``)."""
         _validate(ring_bytes, max_slots)
         if not 1 <= senders <= min(MAX_SENDERS, max_slots):
             raise ValueError(f"senders must be 1..{min(MAX_SENDERS, max_slots)}, got {senders}")
@@ -149,20 +178,20 @@ class RingSet:
             senders=senders,
         )
         try:
-            return cls._create_files(spec)
+            return cls._create_files(spec, _rings_on_disk(spec) if on_disk is None else on_disk)
         except BaseException:
             ring_files.remove_ring_files(name, private_dir)
             raise
 
     @classmethod
-    def _create_files(cls, spec: RingSpec) -> RingSet:
+    def _create_files(cls, spec: RingSpec, on_disk: bool = False) -> RingSet:
         ring_files.make_dir_files(spec)
         size = data_offset(spec.max_slots) + spec.ring_bytes * spec.max_slots
-        fd = ring_files.create_segment(spec.shm_name, size)
+        fd = ring_files.create_segment(spec.shm_name, size, on_disk)
         try:
             # the control words, written by every process from the start
-            _reserve("a ring set's control block", ring_files.reserve, fd, 0,
-                     data_offset(spec.max_slots))
+            _reserve("a ring set's control block", ring_files.spec_segment_path(spec), ring_files.reserve, fd,
+                     0, data_offset(spec.max_slots))
             mm = mmap.mmap(fd, size)
         finally:
             os.close(fd)
@@ -178,7 +207,7 @@ class RingSet:
     @classmethod
     def attach(cls, spec: RingSpec) -> RingSet:
         """Map an existing ring set (any process: forked, spawned, forkserver)."""
-        fd = os.open(ring_files.segment_path(spec.shm_name), os.O_RDWR)
+        fd = os.open(ring_files.spec_segment_path(spec), os.O_RDWR)
         try:
             mm = mmap.mmap(fd, 0)
         finally:
@@ -238,7 +267,8 @@ class RingSet:
         half = (ring_bytes // 2) & ~7
         start, length = (half, ring_bytes - half) if whole else (0, half)
         what = "the rest of this process's ring" if whole else "this process's ring"
-        _reserve(what, ring_files.reserve_in_segment, self.spec.shm_name,
+        segment = ring_files.spec_segment_path(self.spec)
+        _reserve(what, segment, ring_files.reserve_in_file, segment,
                  self._data_offset + slot * ring_bytes + start, length)
 
     def _claim_slot(self) -> int:
