@@ -12,7 +12,8 @@ import logging
 from typing import Any
 
 _UNPERSISTED = {"unpersisted_no_space": "disk full", "unpersisted_unwritable": "unwritable"}
-_DROPPED = {"dropped_full": "ring full (on_full='drop')"}
+_DROPPED = {"dropped_full": "ring full (on_full='drop')",
+            "wrapper_dropped": "calls op wrappers could not write (logged where they ran)"}
 
 
 def exit_line(stats: dict[str, Any], producers: dict[str, int], *, url: str, dead_path: str,

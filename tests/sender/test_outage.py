@@ -42,3 +42,31 @@ def test_startup_problems_name_the_cause():
     assert level == logging.ERROR and "API key" in text
     level, text = startup_problem(SendError("connection refused", retriable=True))
     assert level == logging.WARNING and "retried" in text
+
+
+def test_a_failure_names_the_servers_reason_when_it_gave_one():
+    from engine.sender._outage import failure_text
+
+    assert failure_text(507, None, "the store's disk is full") == \
+        "HTTP 507: the store's disk is full"
+    assert failure_text(503, None) == "HTTP 503"
+    assert failure_text(None, OSError("connection refused")) == "connection refused"
+    assert failure_text(None, None) == "no answer"
+
+
+def test_the_exit_line_names_every_kind_of_call_the_producers_dropped():
+    from engine.common._control import SENDER_FIELDS, SLOT_FIELDS
+    from engine.sender._report import exit_line
+
+    stats = dict.fromkeys(SENDER_FIELDS, 0) | {"items_acked": 90, "untraced_no_shared_memory": 4}
+    producers = dict.fromkeys(SLOT_FIELDS, 0) | {"dropped_full": 2, "wrapper_dropped": 3}
+    level, line = exit_line(stats, producers, url="http://h:1", dead_path="/d", spool_dir=None,
+                            kept_records=0, ring_name="r")
+    assert level == logging.WARNING
+    assert "2 ring full (on_full='drop')" in line
+    assert "3 calls op wrappers could not write" in line
+    assert "4 calls of processes that found no room in /dev/shm" in line
+    level, line = exit_line(dict.fromkeys(SENDER_FIELDS, 0) | {"items_acked": 5},
+                            dict.fromkeys(SLOT_FIELDS, 0), url="http://h:1", dead_path="/d",
+                            spool_dir=None, kept_records=0, ring_name="r")
+    assert level == logging.INFO and line.endswith("dropped: none")
