@@ -167,6 +167,22 @@ def _spool_413(calls: int, root: Path) -> tuple[Account, Account, int]:
         return before, after, server.duplicate_deliveries()
 
 
+def _small_shm(calls: int, root: Path) -> tuple[Account, Account, int]:
+    """4 producers with the engine in a mount namespace whose /dev/shm is a container's 64
+    MiB (room for three rings of 16 MiB): before session 9 the fourth died by SIGBUS."""
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        raise SystemExit("small-shm needs root and unshare -m (a /dev/shm of its own)")
+    sandbox = Sandbox(root)
+    wrap = ["unshare", "-m", "sh", "-c",
+            'mount -t tmpfs -o size=64m tmpfs /dev/shm && exec "$0" "$@"']
+    with FaultServer() as server:
+        run = Pipeline(sandbox, server.url, producers=4, calls=calls // 4,
+                       settings=dict(_SETTINGS), wrap=wrap).start()
+        _finish(run, timeout_s=300)
+        before = account(run.produced(), server.snapshot(), [sandbox.dead_letter_path])
+        return before, before, server.duplicate_deliveries()
+
+
 FAULTS: dict[str, tuple[str, Callable[[int, Path], tuple[Account, Account, int]]]] = {
     "group-sigint": ("Ctrl-C: SIGINT to the process group, server up",
                      lambda n, r: _signalled(signal.SIGINT, n, r, down=False)),
@@ -197,6 +213,8 @@ FAULTS: dict[str, tuple[str, Callable[[int, Path], tuple[Account, Account, int]]
                   _disk_full),
     "spool-413": ("spool written with 4 MiB batches, replayed to a 1 MiB body limit",
                   _spool_413),
+    "small-shm": ("4 producers, /dev/shm of 64 MiB (a container's default; rings go to the "
+                  "temp dir), server up", _small_shm),
 }
 
 

@@ -78,6 +78,7 @@ class Pipeline:
     payload_bytes: int = 200
     pace_s: float = 0.0
     name: str = "run"
+    wrap: list[str] = field(default_factory=list)  # argv prefix (``unshare -m sh -c …``)
     proc: subprocess.Popen | None = None
     info: dict[str, Any] = field(default_factory=dict)
     stats: dict[str, Any] | None = None  # close()'s, when the owner ended normally
@@ -97,7 +98,7 @@ class Pipeline:
                 "payload_bytes": self.payload_bytes, "pace_s": self.pace_s}
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tests.pipeline_owner", json.dumps(args)],
+                [*self.wrap, sys.executable, "-m", "tests.pipeline_owner", json.dumps(args)],
                 stdout=subprocess.PIPE, stderr=log, env=env or self.sandbox.env(),
                 cwd=str(ROOT), start_new_session=True)
         self.info = json.loads(_read_line(self.proc, _START_TIMEOUT_S, self.log_path))
