@@ -84,30 +84,29 @@ def make_private_dir() -> str:
     return tempfile.mkdtemp(prefix=f"{NAME_PREFIX}{pid}-{start}-")
 
 
-def segment_path(name: str) -> str:
-    """Where ring set ``name``'s segment is: in /dev/shm, or in its private directory when
-    /dev/shm had no room for it (:func:`disk_segment_path`)."""
+def segment_path(name: str, private_dir: str | None = None) -> str:
+    """Where ring set ``name``'s segment is: in /dev/shm, or in its private directory
+    (``private_dir``; by default the one in this temp dir) when /dev/shm had too little
+    room for it (:func:`disk_segment_path`)."""
     shm = os.path.join(SEGMENT_DIR, name + SEGMENT_SUFFIX)
     if tempfile.gettempdir() != SEGMENT_DIR and not os.path.exists(shm):
-        disk = disk_segment_path(name)
+        disk = disk_segment_path(name, private_dir)
         if os.path.exists(disk):
             return disk
     return shm
 
 
 def spec_segment_path(spec: RingSpec) -> str:
-    """The segment of ``spec``'s ring set: in /dev/shm, or in its private directory (found
-    by the spec's absolute paths, so a process with another TMPDIR finds it too)."""
-    shm = os.path.join(SEGMENT_DIR, spec.shm_name + SEGMENT_SUFFIX)
-    disk = os.path.join(os.path.dirname(spec.lock_path), DISK_SEGMENT)
-    return disk if not os.path.exists(shm) and os.path.exists(disk) else shm
+    """:func:`segment_path` by the spec's absolute paths (a process with another TMPDIR, a
+    Ray worker, finds a segment on disk too)."""
+    return segment_path(spec.shm_name, os.path.dirname(spec.lock_path))
 
 
-def disk_segment_path(name: str) -> str:
+def disk_segment_path(name: str, private_dir: str | None = None) -> str:
     """The segment of a ring set whose engine found too little room in /dev/shm (a
     container's 64 MiB): a file in its private directory, mapped the same way (page cache;
     the kernel writes dirty pages back in the background)."""
-    return os.path.join(tempfile.gettempdir(), name, DISK_SEGMENT)
+    return os.path.join(private_dir or os.path.join(tempfile.gettempdir(), name), DISK_SEGMENT)
 
 
 def sidecar_path(name: str) -> str:
@@ -150,12 +149,6 @@ def create_segment(name: str, size_bytes: int, on_disk: bool = False) -> int:
         os.unlink(path)
         raise
     return fd
-
-
-def shm_room_for(slot_bytes: int) -> int | None:
-    """How many rings of ``slot_bytes`` /dev/shm has room for now (None: cannot tell)."""
-    free = free_bytes()
-    return None if free is None else free // slot_bytes
 
 
 # posix_fallocate cannot reserve on this filesystem: the pages come at first write, as before

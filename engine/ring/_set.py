@@ -116,10 +116,11 @@ def _rings_on_disk(spec: RingSpec) -> bool:
     if tempfile.gettempdir() == ring_files.SEGMENT_DIR:
         return False  # no /dev/shm here: the segment is on disk anyway
     reserved = (spec.ring_bytes // 2) & ~7  # what each producer reserves (reserve_slot)
-    room = ring_files.shm_room_for(reserved)
+    free = ring_files.free_bytes()
     wanted = min(spec.max_slots, max(8, 2 * (os.cpu_count() or 1)))
-    if room is None or room >= wanted:
+    if free is None or free // reserved >= wanted:
         return False
+    room = free // reserved
     _log.warning(
         "%s has room for %d of the %d producer rings of %.0f MiB (ring_bytes) this engine "
         "should hold: its rings are in %s instead (the page cache of a file there; to keep "
