@@ -19,6 +19,7 @@ from engine.common._errors import (
     PayloadTooLarge,
     RingFull,
     SendError,
+    SharedMemoryFull,
 )
 from engine.common._lazy import lazy_attributes
 from engine.common._version import __version__
@@ -48,6 +49,7 @@ __all__ = [
     "RemoteHTTPTraceServer",
     "RingFull",
     "SendError",
+    "SharedMemoryFull",
     "Tracer",
     "__version__",
     "current_call",

@@ -17,6 +17,7 @@ def test_public_surface_is_pinned():
             "RemoteHTTPTraceServer",
             "RingFull",
             "SendError",
+            "SharedMemoryFull",
             "Tracer",
             "__version__",
             "current_call",
