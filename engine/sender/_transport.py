@@ -141,22 +141,6 @@ class Transport:
         except msgspec.DecodeError as exc:
             raise SendError(f"GET {url}: answer is not JSON: {exc}", retriable=False) from None
 
-    async def server_accepts(self) -> frozenset[str]:
-        """Content encodings ``/server_info`` advertises in ``accepts_encodings``.
-
-        Empty when the server answers without that field or with an error status; a server
-        that cannot be reached raises ``SendError(retriable=True)``, so the caller can retry.
-        """
-        try:
-            info = await self.get_json("/server_info")
-        except HTTPError:
-            return frozenset()
-        except SendError as exc:
-            if exc.retriable:
-                raise
-            return frozenset()
-        return accepted_encodings(info)
-
     async def _request(
         self,
         method: str,

@@ -200,34 +200,17 @@ def test_server_that_comes_back_is_reached_again(run, server):
     assert server.stored_ids() == {"c1", "c3"}
 
 
-def test_server_accepts_reads_advertised_encodings(run, server):
+def test_accepted_encodings_are_what_server_info_advertises(run, server):
+    from engine.sender._transport import accepted_encodings
+
     async def scenario():
         async with Transport(server.url) as transport:
-            return await transport.server_accepts()
+            return accepted_encodings(await transport.get_json("/server_info"))
 
     assert run(scenario()) == frozenset({"zstd", "gzip"})
     server.accepts_encodings = None
     assert run(scenario()) == frozenset()
-
-
-def test_server_accepts_is_empty_when_server_info_is_an_error(run, server):
-    async def scenario():
-        async with Transport(server.url + "/nowhere") as transport:
-            return await transport.server_accepts()
-
-    assert run(scenario()) == frozenset()
-
-
-def test_server_accepts_raises_when_the_server_is_unreachable(run, server):
-    server.down()
-
-    async def scenario():
-        async with Transport(server.url) as transport:
-            return await transport.server_accepts()
-
-    with pytest.raises(SendError) as excinfo:
-        run(scenario())
-    assert excinfo.value.retriable
+    assert accepted_encodings(["not", "a", "dict"]) == frozenset()
 
 
 def test_get_json_raises_http_error_with_reason(run, server):
