@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     if info is not None:
         for step in _STEPS:
             checks.append(step(args.url, api_key, info, args))
+    checks.append(_shared_memory())
     for check in checks:
         mark = {True: "ok  ", False: "FAIL", None: "warn"}[check.ok]
         print(f"  {mark} {check.name}: {check.detail}")
@@ -153,6 +154,30 @@ def _limit(url: str, api_key: str | None, info: dict, args: argparse.Namespace) 
         accepted = size_mib
         size_mib *= 2
     return Check("size limit", True, f"requests of {accepted} MiB are read whole (no 413)")
+
+
+def _shared_memory() -> Check:
+    """This machine's side: room in /dev/shm for the producers' rings (ring_bytes from the
+    environment or the default)."""
+    from engine.common._config import load_config
+    from engine.ring import _files
+    from engine.ring._set import shm_room
+
+    try:
+        config = load_config(None, url="http://127.0.0.1:1", project="doctor/check")
+    except Exception as exc:  # noqa: BLE001 - a bad setting is said here, not raised
+        return Check("shared memory", False, f"the engine's settings: {exc}")
+    room = shm_room(2 * config.ring_bytes, config.max_slots)
+    ring_mib = config.ring_bytes / _MiB
+    if room is None:
+        return Check("shared memory", True, "no /dev/shm here: rings are files in the temp dir")
+    if room[0] >= room[1]:
+        return Check("shared memory", True, f"{_files.SEGMENT_DIR} has room for {room[0]:,} "
+                     f"producer rings of {ring_mib:.0f} MiB")
+    return Check("shared memory", None, f"{_files.SEGMENT_DIR} has room for {room[0]} of the "
+                 f"{room[1]} producer rings of {ring_mib:.0f} MiB an engine should hold: engines "
+                 "keep their rings in a file in the temp dir (`docker run --shm-size=1g` keeps "
+                 "them in memory)")
 
 
 _STEPS: tuple[Callable[[str, str | None, dict, argparse.Namespace], Check], ...] = (

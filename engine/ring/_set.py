@@ -107,26 +107,36 @@ def _no_room(what: str, where: str, need_bytes: int, error: OSError) -> SharedMe
         "process reserves ring_bytes there when it first traces)")
 
 
+def shm_room(slot_ring_bytes: int, max_slots: int) -> tuple[int, int] | None:
+    """(rings /dev/shm has room for now, rings an engine should be able to hold there):
+    each producer reserves half its slot's ring (``reserve_slot``; ``ring_bytes``), and an
+    engine should hold ``max(8, 2 x cores)`` of them, at most ``max_slots``. None where
+    there is no /dev/shm or its room cannot be read."""
+    if tempfile.gettempdir() == ring_files.SEGMENT_DIR:
+        return None  # no /dev/shm here: segments are files in the temp dir anyway
+    free = ring_files.free_bytes()
+    if free is None:
+        return None
+    wanted = min(max_slots, max(8, 2 * (os.cpu_count() or 1)))
+    return free // ((slot_ring_bytes // 2) & ~7), wanted
+
+
 def _rings_on_disk(spec: RingSpec) -> bool:
     """Whether this ring set's segment goes in its private directory (page cache on the
-    temp dir's disk) because /dev/shm has room for fewer producer rings than this machine
-    likely runs: ``max(8, 2 x cores)``, at most ``max_slots``. A container's default 64 MiB
-    holds three of 16 MiB; there, a fourth producer would find no room (SharedMemoryFull).
-    Said once, with how to keep the rings in /dev/shm."""
-    if tempfile.gettempdir() == ring_files.SEGMENT_DIR:
-        return False  # no /dev/shm here: the segment is on disk anyway
-    reserved = (spec.ring_bytes // 2) & ~7  # what each producer reserves (reserve_slot)
-    free = ring_files.free_bytes()
-    wanted = min(spec.max_slots, max(8, 2 * (os.cpu_count() or 1)))
-    if free is None or free // reserved >= wanted:
+    temp dir's disk) because /dev/shm has room for fewer producer rings than the engine
+    should hold (:func:`shm_room`). A container's default 64 MiB holds three of 16 MiB;
+    there, a fourth producer would find no room (SharedMemoryFull). Said once, with how to
+    keep the rings in /dev/shm."""
+    room = shm_room(spec.ring_bytes, spec.max_slots)
+    if room is None or room[0] >= room[1]:
         return False
-    room = free // reserved
     _log.warning(
         "%s has room for %d of the %d producer rings of %.0f MiB (ring_bytes) this engine "
         "should hold: its rings are in %s instead (the page cache of a file there; to keep "
         "them in %s, give it more room: `docker run --shm-size=1g`, or in Kubernetes an "
-        "emptyDir with medium: Memory mounted on it)", ring_files.SEGMENT_DIR, room, wanted,
-        reserved / _MIB, ring_files.disk_segment_path(spec.shm_name), ring_files.SEGMENT_DIR)
+        "emptyDir with medium: Memory mounted on it)", ring_files.SEGMENT_DIR, *room,
+        spec.ring_bytes / 2 / _MIB, ring_files.disk_segment_path(spec.shm_name),
+        ring_files.SEGMENT_DIR)
     return True
 
 

@@ -88,7 +88,8 @@ def test_calls_follow_prints_new_calls_as_they_arrive(server):
 def test_doctor_says_ready_for_engine_serve(server):
     result = _engine("doctor", server, "--limit-mib", "2")
     assert result.returncode == 0, result.stdout + result.stderr
-    for check in ("reachable", "auth", "ingest routes", "compression", "size limit"):
+    for check in ("reachable", "auth", "ingest routes", "compression", "size limit",
+                  "shared memory"):
         assert f"ok   {check}:" in result.stdout
     assert "the server runs on this machine" in result.stdout  # why "auto" sends plain bodies
     assert result.stdout.splitlines()[-1].endswith("READY: the engine can deliver here")
