@@ -129,21 +129,26 @@ def _can_mount() -> bool:
     return probe.returncode == 0
 
 
-@pytest.mark.skipif(not _can_mount(), reason="needs root and unshare -m (scripts/test runs as root in CI)")
-def test_a_producer_that_finds_dev_shm_full_does_not_trace_and_nobody_dies(tmp_path):
-    # three producers hold their slots; then /dev/shm fills; a fourth finds no room
+def _run_with_small_shm(tmp_path: Path, program_text: str, **env_extra: str):
+    """``program_text`` with a 16 MiB tmpfs on /dev/shm (a mount namespace of its own),
+    against a fresh SQLite ``engine serve``: (the run, its last JSON line, what was stored)."""
     program = tmp_path / "program.py"
-    program.write_text(_PROGRAM)
+    program.write_text(program_text)
     env = {k: v for k, v in os.environ.items() if not k.startswith("ENGINE_")}
-    env["PYTHONPATH"] = str(REPO)
+    env.update(PYTHONPATH=str(REPO), **env_extra)
     with serve_subprocess(tmp_path / "t.db") as url:
         script = (f"mount -t tmpfs -o size=16m tmpfs /dev/shm && exec {sys.executable} "
                   f"{program} {url} {PROJECT}")
         result = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True,
                                 text=True, timeout=180, env=env)
         assert result.returncode == 0, result.stderr[-4000:]
-        out = json.loads(result.stdout.strip().splitlines()[-1])
-        stored = _stored(url)
+        return result, json.loads(result.stdout.strip().splitlines()[-1]), _stored(url)
+
+
+@pytest.mark.skipif(not _can_mount(), reason="needs root and unshare -m (scripts/test runs as root in CI)")
+def test_a_producer_that_finds_dev_shm_full_does_not_trace_and_nobody_dies(tmp_path):
+    # three producers hold their slots; then /dev/shm fills; a fourth finds no room
+    result, out, stored = _run_with_small_shm(tmp_path, _PROGRAM)
     assert out["codes"] == [0, 0, 0], result.stderr[-4000:]  # no SIGBUS, no crash
     kind, message = out["raised"]
     assert kind == "SharedMemoryFull" and "docker run --shm-size" in message
@@ -223,18 +228,7 @@ _SMALL_SHM_PROGRAM = textwrap.dedent(
 @pytest.mark.skipif(not _can_mount(), reason="needs root and unshare -m (scripts/test runs as root in CI)")
 def test_with_dev_shm_too_small_the_rings_go_to_the_temp_dir_and_every_producer_traces(tmp_path):
     # 16 MiB of /dev/shm: room for no ring of 16 MiB; six producers write 300 calls each
-    program = tmp_path / "program.py"
-    program.write_text(_SMALL_SHM_PROGRAM)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ENGINE_")}
-    env.update(PYTHONPATH=str(REPO), TMPDIR=str(tmp_path))
-    with serve_subprocess(tmp_path / "t.db") as url:
-        script = (f"mount -t tmpfs -o size=16m tmpfs /dev/shm && exec {sys.executable} "
-                  f"{program} {url} {PROJECT}")
-        result = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True,
-                                text=True, timeout=180, env=env)
-        assert result.returncode == 0, result.stderr[-4000:]
-        out = json.loads(result.stdout.strip().splitlines()[-1])
-        stored = _stored(url)
+    result, out, stored = _run_with_small_shm(tmp_path, _SMALL_SHM_PROGRAM, TMPDIR=str(tmp_path))
     assert out["codes"] == [0] * 6 and out["flushed"], result.stderr[-4000:]
     assert out["segment"].startswith(str(tmp_path)) and out["segment"].endswith("/segment")
     assert not any(name.endswith(".seg") for name in out["shm_used"])
