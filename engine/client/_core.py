@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import msgspec
 import yarl
 
-from engine.common._errors import HTTPError, SendError
+from engine.common._errors import HTTPError, SendError, reason_of
 from engine.common._retry import Backoff, Deadline, retry_after_s
 from engine.wire import _codec, files, misc, query
 from engine.wire.routes import EXTRA_ROUTES, ROUTES, Route
@@ -59,7 +59,6 @@ RETRIED_METHODS = frozenset({
 })
 # ingest whose retries must be recognisable as one delivery (WIRE.md §1)
 _RETRY_ID_METHODS = frozenset({"call_start_batch", "feedback_create_batch"})
-_REASON_MAX_CHARS = 500
 
 UPSERT_MODEL_QUERY = """
 mutation UpsertModel($name: String!, $id: String, $entity: String!, $description: String, $repo: String) {
@@ -134,20 +133,6 @@ def coerce(req: Any, type_: type[T]) -> T:
 def basic_auth(api_key: str) -> str:
     """HTTP Basic with user ``api`` (WIRE.md §1)."""
     return "Basic " + base64.b64encode(f"api:{api_key}".encode()).decode()
-
-
-def reason_of(body: bytes) -> str:
-    """The human-readable reason of an error body: JSON ``reason``/``detail``, else its text."""
-    try:
-        data = msgspec.json.decode(body)
-    except msgspec.DecodeError:
-        data = None
-    if isinstance(data, dict):
-        for key in ("reason", "detail", "message", "error"):
-            if data.get(key):
-                value = data[key]
-                return value if isinstance(value, str) else _codec.encode(value).decode()
-    return body[:_REASON_MAX_CHARS].decode("utf-8", "replace") or "(no body)"
 
 
 def _join(base: yarl.URL, path: str) -> str:
@@ -243,7 +228,8 @@ class ClientCore:
         raise self.http_error(request, response.status, response.body)
 
     def http_error(self, request: HttpRequest, status: int, body: bytes) -> HTTPError:
-        return HTTPError(status, reason_of(body), url=_redacted(yarl.URL(request.url)))
+        return HTTPError(status, reason_of(body) or "(no body)",
+                         url=_redacted(yarl.URL(request.url)))
 
     def decode(self, res_type: Any, body: bytes, what: str) -> Any:
         try:

@@ -3,6 +3,7 @@
     EngineError                       root: catch this to catch everything engine raises
     ├── ConfigError                   a setting is invalid; the message names the field
     ├── Closed                        the Engine / tracer was closed; nothing more is accepted
+    │   └── SharedMemoryFull          no room in /dev/shm for this process's ring: it does not trace
     ├── RingFull                      the producer's ring stayed full past max_block_ms (on_full="raise")
     ├── EncodeError                   call_start / call_end: an item that cannot go on the wire
     │   │                             (``field`` and ``reason`` say where and why); nothing enqueued
@@ -12,6 +13,10 @@
 """
 
 from __future__ import annotations
+
+import msgspec
+
+REASON_MAX_CHARS = 500
 
 
 class EngineError(Exception):
@@ -93,3 +98,20 @@ class HTTPError(SendError):
         self.status = status
         self.reason = reason
         self.url = url
+
+
+def reason_of(body: bytes) -> str:
+    """The human-readable reason of an error answer's body, at most ``REASON_MAX_CHARS``:
+    its JSON ``reason`` / ``detail`` / ``message`` / ``error`` (the first there, as text),
+    else the body's own text ("" for none)."""
+    try:
+        data = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        data = None
+    if isinstance(data, dict):
+        for key in ("reason", "detail", "message", "error"):
+            if data.get(key):
+                value = data[key]
+                text = value if isinstance(value, str) else msgspec.json.encode(value).decode()
+                return text[:REASON_MAX_CHARS]
+    return body[:REASON_MAX_CHARS].decode("utf-8", "replace")

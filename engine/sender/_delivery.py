@@ -18,11 +18,9 @@ import random
 import time
 from typing import TYPE_CHECKING
 
-import msgspec
-
 from engine.common._config import EngineConfig
 from engine.common._control import Control
-from engine.common._errors import SendError
+from engine.common._errors import SendError, reason_of
 from engine.common._retry import Backoff, Verdict, classify, retry_after_s
 from engine.ring import RingReader
 from engine.sender._adaptive import AdaptiveConcurrency, SizeTarget
@@ -268,12 +266,4 @@ class Delivery:
 
 
 def _reason(response: Response | None) -> str:
-    if response is None:
-        return ""
-    try:
-        data = msgspec.json.decode(response.body)
-    except msgspec.DecodeError:
-        return response.body[:200].decode("utf-8", "replace")
-    if isinstance(data, dict):
-        return str(data.get("reason") or data.get("detail") or data)[:500]
-    return str(data)[:500]
+    return "" if response is None else reason_of(response.body)

@@ -23,7 +23,7 @@ import msgspec
 import yarl
 import zstandard
 
-from engine.common._errors import HTTPError, SendError
+from engine.common._errors import HTTPError, SendError, reason_of
 from engine.common._machine import same_machine
 
 
@@ -135,7 +135,7 @@ class Transport:
         response = await self._request("GET", path, None, dict(self._headers), None)
         url = self._display(path)
         if not 200 <= response.status < 300:
-            raise HTTPError(response.status, _reason(response.body), url=url)
+            raise HTTPError(response.status, reason_of(response.body), url=url)
         try:
             return msgspec.json.decode(response.body)
         except msgspec.DecodeError as exc:
@@ -267,18 +267,6 @@ def _describe(exc: aiohttp.ClientError) -> str:
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return "server closed the connection without answering"
     return f"{type(exc).__name__}: {exc}"
-
-
-def _reason(body: bytes) -> str:
-    try:
-        data = msgspec.json.decode(body)
-    except msgspec.DecodeError:
-        return body[:200].decode("utf-8", "replace")
-    if isinstance(data, dict):
-        for key in ("reason", "message", "detail", "error"):
-            if isinstance(data.get(key), str):
-                return data[key]
-    return body[:200].decode("utf-8", "replace")
 
 
 def _encodings(value: object) -> frozenset[str]:
