@@ -10,10 +10,11 @@ the 64-bit platforms we run on.
 
 from __future__ import annotations
 
-import errno
 import mmap
 import os
 from typing import Any
+
+from engine.common._reserve import NO_ROOM_ERRNOS, reserve
 
 SENDER_FIELDS = (
     "sender_pid",
@@ -98,16 +99,13 @@ def _size_bytes(max_slots: int, senders: int) -> int:
 def _reserve(fd: int, size: int, path: str) -> None:
     """Give the (sparse) file its blocks now: every process writes its cells through a
     mapping, and a first write into a full disk there would be a SIGBUS, not an error."""
-    fallocate = getattr(os, "posix_fallocate", None)
-    if fallocate is None:
-        return
     try:
-        fallocate(fd, 0, size)
+        reserve(fd, 0, size)
     except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-            raise OSError(exc.errno, f"no room for the engine's control block ({size} bytes): "
-                          f"{exc.strerror}", path) from None
-        # a filesystem that cannot reserve: the blocks come at the first write, as before
+        if exc.errno not in NO_ROOM_ERRNOS:
+            raise
+        raise OSError(exc.errno, f"no room for the engine's control block ({size} bytes): "
+                      f"{exc.strerror}", path) from None
 
 
 class Control:

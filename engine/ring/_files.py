@@ -23,11 +23,12 @@ no record, and keeps the others for recovery (:mod:`engine.ring._orphans`).
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import shutil
 import tempfile
 from typing import TYPE_CHECKING
+
+from engine.common._reserve import reserve
 
 if TYPE_CHECKING:
     from engine.ring._layout import RingSpec
@@ -151,30 +152,8 @@ def create_segment(name: str, size_bytes: int, on_disk: bool = False) -> int:
     return fd
 
 
-# posix_fallocate cannot reserve on this filesystem: the pages come at first write, as before
-_CANNOT_RESERVE = frozenset({errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS, errno.ENODEV})
-NO_ROOM_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.ENOMEM})
-
-
-def reserve(fd: int, offset: int, length: int) -> None:
-    """Give the file's bytes ``[offset, offset + length)`` their memory now. A tmpfs such
-    as ``/dev/shm`` otherwise allocates a page at its first write, and a write into a full
-    one is a SIGBUS that kills the writing process (a container's 64 MiB ``/dev/shm``
-    fills with two or three producers' rings); reserved, no later write into those bytes
-    can fail. Raises ``OSError`` (ENOSPC, ...) when there is no room; a system or
-    filesystem that cannot reserve leaves the pages to their first write."""
-    fallocate = getattr(os, "posix_fallocate", None)
-    if fallocate is None or length <= 0:
-        return
-    try:
-        fallocate(fd, offset, length)
-    except OSError as exc:
-        if exc.errno not in _CANNOT_RESERVE:
-            raise
-
-
 def reserve_in_file(path: str, offset: int, length: int) -> None:
-    """:func:`reserve` in the file ``path``."""
+    """:func:`~engine.common._reserve.reserve` in the file ``path``."""
     fd = os.open(path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
     try:
         reserve(fd, offset, length)

@@ -24,6 +24,7 @@ import weakref
 from typing import Any
 
 from engine.common._errors import SharedMemoryFull
+from engine.common._reserve import NO_ROOM_ERRNOS, reserve
 from engine.native._accel import native as _native
 from engine.ring import _files as ring_files
 from engine.ring import _orphans
@@ -76,14 +77,14 @@ _STATE_NAMES = {FREE: "free", ACTIVE: "active", CLOSING: "closing", DEAD: "dead"
 _MIB = 1 << 20
 
 
-def _reserve(what: str, segment: str, reserve: Any, *args: Any) -> None:
-    """``reserve(*args)`` in the file ``segment``; no room there raises
+def _reserve(what: str, segment: str, fn: Any, *args: Any) -> None:
+    """``fn(*args)``, a reservation in the file ``segment``; no room there raises
     :class:`SharedMemoryFull` naming where, how much and what to do (any other OS error is
     raised as it is)."""
     try:
-        reserve(*args)
+        fn(*args)
     except OSError as exc:
-        if exc.errno not in ring_files.NO_ROOM_ERRNOS:
+        if exc.errno not in NO_ROOM_ERRNOS:
             raise
         raise _no_room(what, os.path.dirname(segment), args[-1], exc) from None
 
@@ -201,7 +202,7 @@ class RingSet:
         fd = ring_files.create_segment(spec.shm_name, size, on_disk)
         try:
             # the control words, written by every process from the start
-            _reserve("a ring set's control block", ring_files.spec_segment_path(spec), ring_files.reserve, fd,
+            _reserve("a ring set's control block", ring_files.spec_segment_path(spec), reserve, fd,
                      0, data_offset(spec.max_slots))
             mm = mmap.mmap(fd, size)
         finally:
