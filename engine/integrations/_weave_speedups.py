@@ -31,23 +31,19 @@ log = logging.getLogger("engine.integrations.weave")
 NEVER_OPS = frozenset((str, int, float, bool, type(None), dict, list, tuple))
 
 
-def apply() -> list[str]:
-    """Replace what can be replaced; the names of what was."""
-    applied = []
-    if _is_op():
-        applied.append("is_op")
-    if _wandb_run():
-        applied.append("wandb_run")
-    return applied
+def apply() -> None:
+    """Replace what can be replaced (what cannot is logged at debug)."""
+    _is_op()
+    _wandb_run()
 
 
-def _is_op() -> bool:
+def _is_op() -> None:
     from weave.trace import op as weave_op
 
     weaves = getattr(weave_op, "is_op", None)
     if not callable(weaves) or getattr(weaves, "__name__", "") != "is_op":
         log.debug("weave has no weave.trace.op.is_op: left as it is")
-        return False
+        return
 
     def is_op(obj: Any, _weaves: Any = weaves, _never: frozenset[type] = NEVER_OPS) -> bool:
         return False if type(obj) in _never else _weaves(obj)
@@ -58,16 +54,15 @@ def _is_op() -> bool:
     for name, module in list(sys.modules.items()):
         if (name == "weave" or name.startswith("weave.")) and getattr(module, "is_op", None) is weaves:
             module.is_op = is_op  # type: ignore[attr-defined]
-    return True
 
 
-def _wandb_run() -> bool:
+def _wandb_run() -> None:
     from weave.trace import wandb_run_context
 
     weaves = getattr(wandb_run_context, "_get_global_wandb_run", None)
     if not callable(weaves):
         log.debug("weave has no wandb_run_context._get_global_wandb_run: left as it is")
-        return False
+        return
 
     def _get_global_wandb_run() -> Any:
         wandb = sys.modules.get("wandb")
@@ -76,4 +71,3 @@ def _wandb_run() -> bool:
     _get_global_wandb_run.__doc__ = weaves.__doc__
     _get_global_wandb_run.__wrapped__ = weaves  # type: ignore[attr-defined]
     wandb_run_context._get_global_wandb_run = _get_global_wandb_run  # type: ignore[attr-defined]
-    return True
