@@ -160,6 +160,8 @@ class Sender(Intake, Delivery, Shutdown):
                 self._dispatch()
                 if not progressed:
                     await self._idle()
+                    if self.control.get("shutdown_request"):
+                        next_housekeeping = 0.0  # the owner's close() rang: stop now
                 elif self.tasks:
                     # let the POSTs in flight run between reads: without this a request
                     # would start only when the reading pauses (rings drained or the
