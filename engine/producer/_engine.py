@@ -27,6 +27,7 @@ from engine.common._config import EngineConfig, load_config, sender_count
 from engine.common._control import Control, control_path
 from engine.common._errors import Closed, ConfigError, EngineError
 from engine.common._redact import redact_url
+from engine.common._wait import wait_exit
 from engine.native import _accel
 from engine.producer._flush import (
     ring_doorbell,
@@ -235,8 +236,8 @@ class Engine:
         settled = wait_heads_released(self._ringset, heads, give_up_s, all_gone)
         for proc in procs:
             try:
-                proc.wait(min(_EXIT_GRACE_S, max(0.0, give_up_s - time.monotonic())) if settled
-                          else max(0.0, give_up_s - time.monotonic()))
+                wait_exit(proc, min(_EXIT_GRACE_S, max(0.0, give_up_s - time.monotonic()))
+                          if settled else max(0.0, give_up_s - time.monotonic()))
             except subprocess.TimeoutExpired:
                 if settled:
                     continue  # producers still attached: it serves them until the deadline

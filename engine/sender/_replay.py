@@ -28,6 +28,7 @@ import msgspec
 
 from engine.common._config import MAX_REQUEST_BYTES
 from engine.common._errors import EngineError
+from engine.common._wait import wait_exit
 from engine.ring import _files as _ring_files
 from engine.ring import _orphans
 from engine.sender._adaptive import SizeTarget
@@ -217,7 +218,7 @@ def recover_rings(url: str, api_key: str | None) -> RingRecovery:
     result = RingRecovery()
     for orphan, proc in _orphans.recover(url, api_key):
         try:
-            proc.wait(_recovery_timeout_s(orphan))
+            wait_exit(proc, _recovery_timeout_s(orphan))
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()

@@ -12,6 +12,8 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from engine.common._wait import wait_exit
+
 _URL_LINE = re.compile(r"listening on (http://\S+)")
 
 
@@ -88,7 +90,7 @@ def stop_server(proc: subprocess.Popen, timeout_s: float = 15.0) -> int:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
-            return proc.wait(timeout_s)
+            return wait_exit(proc, timeout_s)
         except subprocess.TimeoutExpired:
             proc.kill()
     return proc.wait()
