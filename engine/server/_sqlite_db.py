@@ -13,14 +13,14 @@ brought up to date on open.
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import sqlite3
-import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
+
+from engine.server._store_trouble import StoreTrouble
 
 T = TypeVar("T")
 
@@ -228,10 +228,8 @@ def hint_planner(conn: sqlite3.Connection) -> None:
     conn.execute("ANALYZE sqlite_schema")  # this connection reloads them; later ones read them
 
 
-_log = logging.getLogger("engine.server")
 _SQLITE_FULL = 13
 _SQLITE_BUSY = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED
-_SAY_EVERY_S = 30.0
 
 
 class Database:
@@ -251,7 +249,7 @@ class Database:
         hint_planner(self._wconn)
         self._rconn = connect(path)
         self._idle_stream_conns: list[sqlite3.Connection] = []
-        self._said_at: dict[int, float] = {}  # status -> when the log may say it again
+        self._trouble = StoreTrouble()
 
     async def write(self, fn: Callable[..., T], *args: Any) -> T:
         return await self._on(self._writer, fn, self._wconn, *args)
@@ -270,29 +268,20 @@ class Database:
 
     def _answer_for(self, exc: sqlite3.OperationalError) -> Any:
         """A full disk or a database another process holds: an answer with a reason
-        (retriable: the client keeps the calls and sends them again), not a bare 500 and a
-        traceback per request; said in the log at most every ``_SAY_EVERY_S``."""
-        from engine.server._body import ApiError
-
+        (retriable: the client keeps the calls and sends them again), see
+        :mod:`engine.server._store_trouble`; None for any other error."""
         code = getattr(exc, "sqlite_errorcode", None)  # Python >= 3.11; else the text
         primary = None if code is None else code & 0xFF
         text = str(exc)
         if primary == _SQLITE_FULL or (primary is None and "disk is full" in text):
-            reason = (f"the store's disk is full ({self.path}: {text}); nothing of this "
-                      "request was stored: send it again once there is room")
-            status = 507
-        elif primary in _SQLITE_BUSY or (primary is None and "database is locked" in text):
-            reason = (f"the store's database is locked by another process ({self.path}: "
-                      f"{text}); nothing of this request was stored: send it again")
-            status = 503
-        else:
-            return None
-        now = time.monotonic()
-        if now >= self._said_at.get(status, 0.0):
-            self._said_at[status] = now + _SAY_EVERY_S
-            _log.error("engine serve: %s (answering %d; said at most every %.0f s)", reason,
-                       status, _SAY_EVERY_S)
-        return ApiError(status, reason, {"Retry-After": "5"})
+            return self._trouble.answer(507, f"the store's disk is full ({self.path}: {text}); "
+                                        "nothing of this request was stored: send it again "
+                                        "once there is room")
+        if primary in _SQLITE_BUSY or (primary is None and "database is locked" in text):
+            return self._trouble.answer(503, f"the store's database is locked by another "
+                                        f"process ({self.path}: {text}); nothing of this "
+                                        "request was stored: send it again")
+        return None
 
     async def stream(
         self, sql: str, params: Sequence[Any], first_rows: int, rows: int

@@ -11,19 +11,21 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
-import msgspec
 import pytest
 
 import engine
-from engine.wire import utcnow, uuid7
+from tests.server.serve_process import (
+    complete_call,
+    free_port,
+    post,
+    stop,
+    stored_ids,
+    wait_health,
+)
 
 pytestmark = pytest.mark.integration
 PROJECT = "ent/disk-full"
@@ -36,45 +38,10 @@ def _can_mount() -> bool:
     return subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode == 0
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_health(url: str, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stderr.read()
-        try:
-            urllib.request.urlopen(url + "/health", timeout=1).read()
-            return
-        except OSError:
-            time.sleep(0.05)
-    pytest.fail("engine serve did not answer /health")
-
-
-def _post(url: str, path: str, body: dict) -> tuple[int, dict]:
-    request = urllib.request.Request(url + path, method="POST", data=msgspec.json.encode(body),
-                                     headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as resp:
-            return resp.status, msgspec.json.decode(resp.read() or b"{}")
-    except urllib.error.HTTPError as exc:
-        return exc.code, msgspec.json.decode(exc.read() or b"{}")
-
-
-def _call(i: int, text: str) -> dict:
-    call_id = uuid7()
-    return {"project_id": PROJECT, "id": call_id, "trace_id": call_id, "op_name": "predict",
-            "started_at": utcnow(), "ended_at": utcnow(), "attributes": {},
-            "inputs": {"i": i, "text": text}, "output": i, "summary": {}}
-
-
 @pytest.mark.skipif(not _can_mount(), reason="needs root and unshare -m (scripts/test runs as root in CI)")
 def test_a_full_store_disk_answers_507_with_a_reason_and_every_call_lands_once_room_is_made(
         tmp_path):
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     # 16 MiB, 10 of them taken by a filler: the database fills after a few MB of calls
     script = (f"mkdir -p {_MOUNT} && mount -t tmpfs -o size=16m tmpfs {_MOUNT} && "
@@ -85,11 +52,12 @@ def test_a_full_store_disk_answers_507_with_a_reason_and_every_call_lands_once_r
     server = subprocess.Popen(["unshare", "-m", "sh", "-c", script], env=env, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        _wait_health(url, server)
+        wait_health(url, server)
         text = "x" * 20_000
         status, answer = 200, {}
         for i in range(2000):  # ~20 KB calls until the disk is full (at most ~40 MB)
-            status, answer = _post(url, f"/v2/{PROJECT}/calls/complete", {"batch": [_call(i, text)]})
+            status, answer, _ = post(url, f"/v2/{PROJECT}/calls/complete",
+                                     {"batch": [complete_call(PROJECT, i, text)]})
             if status != 200:
                 break
         assert status == 507, (status, answer)
@@ -98,7 +66,7 @@ def test_a_full_store_disk_answers_507_with_a_reason_and_every_call_lands_once_r
         eng = engine.Engine(url=url, project=PROJECT, linger_ms=5, delivery_deadline_s=120)
         try:
             tracer = eng.producer()
-            waiting = [_call(10_000 + i, "y" * 2000) for i in range(200)]
+            waiting = [complete_call(PROJECT, 10_000 + i, "y" * 2000) for i in range(200)]
             for call in waiting:
                 tracer.call_complete(call)
             assert not eng.flush(3)  # nothing fits yet
@@ -108,17 +76,9 @@ def test_a_full_store_disk_answers_507_with_a_reason_and_every_call_lands_once_r
             assert stats["dead_letters"] == 0 and stats["retries"] > 0
         finally:
             eng.close()
-        request = urllib.request.Request(url + "/calls/stream_query", method="POST",
-                                         data=msgspec.json.encode({"project_id": PROJECT}))
-        with urllib.request.urlopen(request, timeout=30) as resp:
-            ids = [msgspec.json.decode(line)["id"] for line in resp.read().splitlines()]
+        ids = stored_ids(url, PROJECT)
         assert {c["id"] for c in waiting} <= set(ids) and len(ids) == len(set(ids))
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            _, err = server.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            _, err = server.communicate()
+        err = stop(server)
     assert "Traceback" not in err, err[-3000:]
     assert err.count("the store's disk is full") == 1, err[-3000:]  # said once, not per request

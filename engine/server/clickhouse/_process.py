@@ -41,12 +41,14 @@ class LocalClickHouse:
         return f"clickhouse://{user}@{self.host}:{self.port}/{database}"
 
 
-def start_local_clickhouse(path: Path, password: str = "", timeout_s: float = 60.0) -> LocalClickHouse:
-    """Start the server on ``path`` (a folder) and wait for its readiness line."""
+def start_local_clickhouse(path: Path, password: str = "", timeout_s: float = 60.0,
+                           port: int = 0) -> LocalClickHouse:
+    """Start the server on ``path`` (a folder) and wait for its readiness line; ``port`` 0
+    picks a free one (give the old one to restart a server where its clients look)."""
     env = {**os.environ, PASSWORD_ENV: password}  # the password never goes into argv
     proc = subprocess.Popen(
         [sys.executable, "-m", "engine.server.clickhouse.local_server", "--path", str(path),
-         "--host", "127.0.0.1", "--port", "0"],
+         "--host", "127.0.0.1", "--port", str(port)],
         stdout=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
     assert proc.stdout is not None

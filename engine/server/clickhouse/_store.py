@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from engine.common._errors import EngineError
 from engine.server._calls_view import stored_bytes
 from engine.server._rows import Complete, End, Start, row_to_call
 from engine.server._store import (
@@ -40,6 +41,7 @@ from engine.server._store import (
     Store,
     ThreadTurn,
 )
+from engine.server._store_trouble import StoreTrouble
 from engine.server.clickhouse import _calls, _docs, _objects
 from engine.server.clickhouse._connect import Target, connect
 from engine.server.clickhouse._group import Batch, GroupCommit
@@ -52,6 +54,9 @@ PAGE_ROWS = 1000  # calls handed to the route at a time while streaming
 ASYNC_INSERT_MAX_ROWS = 64
 _ASYNC_INSERT = {"async_insert": 1, "wait_for_async_insert": 1}
 _THREADS = 4
+_NOT_ENOUGH_SPACE = 243  # ClickHouse's error code
+_DISK_FULL_TEXTS = ("NOT_ENOUGH_SPACE", "No space left on device")
+_CLIP_CHARS = 300
 
 
 class VersionClock:
@@ -77,8 +82,17 @@ class ClickHouseStore(Store):
         self._clock = VersionClock()
         self._local = threading.local()
         self._pool = ThreadPoolExecutor(_THREADS, thread_name_prefix="engine-clickhouse")
-        connect(target, None).command(f"CREATE DATABASE IF NOT EXISTS `{target.database}`")
-        self.migrated = migrate(self._client())
+        self._trouble = StoreTrouble()
+        try:
+            connect(target, None).command(f"CREATE DATABASE IF NOT EXISTS `{target.database}`")
+            self.migrated = migrate(self._client())
+        except Exception as exc:
+            if not _unreachable(exc):
+                raise
+            self._pool.shutdown()
+            raise EngineError(f"the store's ClickHouse server cannot be reached "
+                              f"({target.describe()}: {_clip(str(exc))}); start it, or check "
+                              "--store and the network") from None
         self._group = GroupCommit(self._insert_group)
         # embedded chDB reads a bulk insert from a file: private to this process
         self._spool = Path(target.path) / "insert-spool" if target.interface == "chdb" else Path()
@@ -95,7 +109,31 @@ class ClickHouseStore(Store):
         def call() -> T:
             return fn(self._client(), *args)
 
-        return await asyncio.get_running_loop().run_in_executor(self._pool, call)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, call)
+        except Exception as exc:
+            error = self._answer_for(exc)
+            if error is None:
+                raise
+            raise error from exc
+
+    def _answer_for(self, exc: Exception) -> Any:
+        """ClickHouse out of disk space, or its server out of reach (down, restarting, a
+        network fault): an answer with the reason that asks to send again (see
+        :mod:`engine.server._store_trouble`); None for any other error."""
+        text = str(exc)
+        where = self.target.describe()
+        if (getattr(exc, "code", None) == _NOT_ENOUGH_SPACE
+                or any(mark in text for mark in _DISK_FULL_TEXTS)):
+            return self._trouble.answer(507, f"the store's disk is full (ClickHouse, {where}: "
+                                        f"{_clip(text)}); the request may not have been stored: "
+                                        "send it again once there is room")
+        if _unreachable(exc):
+            return self._trouble.answer(503, f"the store's ClickHouse server cannot be reached "
+                                        f"({where}: {_clip(text)}); the request may not have "
+                                        "been stored: send it again (a call sent twice is "
+                                        "stored once)")
+        return None
 
     # -- calls ---------------------------------------------------------------------------
 
@@ -291,6 +329,19 @@ class ClickHouseStore(Store):
     async def close(self) -> None:
         await self._group.close()
         self._pool.shutdown(wait=True)
+
+
+def _unreachable(exc: Exception) -> bool:
+    """The HTTP client gave up reaching the server (refused, reset, timed out, or it kept
+    answering 5xx): ``clickhouse-connect``'s OperationalError. A ClickHouse error that the
+    server answered (a bad query, a missing table) is not that: a DatabaseError."""
+    from clickhouse_connect.driver.exceptions import OperationalError
+
+    return isinstance(exc, OperationalError)
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _CLIP_CHARS else text[: _CLIP_CHARS - 1] + "…"
 
 
 def _quote(text: str) -> str:
