@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -31,6 +30,7 @@ import msgspec
 import pytest
 
 from engine.server import serve_subprocess
+from tests.server.serve_process import NEEDS_MOUNT, can_mount
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -122,13 +122,6 @@ def _stored(url: str) -> list[dict]:
         return [msgspec.json.decode(line) for line in resp.read().splitlines()]
 
 
-def _can_mount() -> bool:
-    if os.geteuid() != 0 or not shutil.which("unshare"):
-        return False
-    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True)
-    return probe.returncode == 0
-
-
 def _run_with_small_shm(tmp_path: Path, program_text: str, **env_extra: str):
     """``program_text`` with a 16 MiB tmpfs on /dev/shm (a mount namespace of its own),
     against a fresh SQLite ``engine serve``: (the run, its last JSON line, what was stored)."""
@@ -145,7 +138,7 @@ def _run_with_small_shm(tmp_path: Path, program_text: str, **env_extra: str):
         return result, json.loads(result.stdout.strip().splitlines()[-1]), _stored(url)
 
 
-@pytest.mark.skipif(not _can_mount(), reason="needs root and unshare -m (scripts/test runs as root in CI)")
+@pytest.mark.skipif(not can_mount(), reason=NEEDS_MOUNT)
 def test_a_producer_that_finds_dev_shm_full_does_not_trace_and_nobody_dies(tmp_path):
     # three producers hold their slots; then /dev/shm fills; a fourth finds no room
     result, out, stored = _run_with_small_shm(tmp_path, _PROGRAM)
@@ -225,7 +218,7 @@ _SMALL_SHM_PROGRAM = textwrap.dedent(
 )
 
 
-@pytest.mark.skipif(not _can_mount(), reason="needs root and unshare -m (scripts/test runs as root in CI)")
+@pytest.mark.skipif(not can_mount(), reason=NEEDS_MOUNT)
 def test_with_dev_shm_too_small_the_rings_go_to_the_temp_dir_and_every_producer_traces(tmp_path):
     # 16 MiB of /dev/shm: room for no ring of 16 MiB; six producers write 300 calls each
     result, out, stored = _run_with_small_shm(tmp_path, _SMALL_SHM_PROGRAM, TMPDIR=str(tmp_path))

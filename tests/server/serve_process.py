@@ -4,6 +4,8 @@ answer a client gets, what the log says, and what is stored once the trouble is 
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -15,6 +17,16 @@ import msgspec
 import pytest
 
 from engine.wire import utcnow, uuid7
+
+
+def can_mount() -> bool:
+    """Root with ``unshare -m``: a test may mount a small tmpfs in a namespace of its own."""
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        return False
+    return subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode == 0
+
+
+NEEDS_MOUNT = "needs root and unshare -m (scripts/test runs as root in CI)"
 
 
 def free_port() -> int:
@@ -43,7 +55,12 @@ def post(url: str, path: str, body: dict) -> tuple[int, dict, dict]:
         with urllib.request.urlopen(request, timeout=60) as resp:
             return resp.status, msgspec.json.decode(resp.read() or b"{}"), dict(resp.headers)
     except urllib.error.HTTPError as exc:
-        return exc.code, msgspec.json.decode(exc.read() or b"{}"), dict(exc.headers)
+        body = exc.read()
+        try:
+            answer = msgspec.json.decode(body or b"{}")
+        except msgspec.DecodeError:  # not ours: say what it was
+            answer = {"not_json": body.decode(errors="replace")}
+        return exc.code, answer, dict(exc.headers)
 
 
 def complete_call(project: str, i: int, text: str) -> dict:

@@ -1,15 +1,18 @@
 """``engine serve --store clickhouse://…`` while its ClickHouse server is down (restarted,
-upgraded, a network fault): every request answers 503 with the reason and ``Retry-After``
-(the client keeps its calls and retries), the log says it once instead of a traceback per
-request, and once ClickHouse is back every call is stored, once.
+upgraded, a network fault) or out of disk space: every request answers 503 (507 for the
+disk) with the reason and ``Retry-After`` (the client keeps its calls and retries), the log
+says it once instead of a traceback per request, and once ClickHouse is back (or has room)
+every call is stored, once.
 
 Real processes: a local ClickHouse server (chDB behind ClickHouse's HTTP interface) of the
-test's own, stopped and started again on the same folder and port; ``engine serve`` as a
+test's own -- stopped and started again on the same folder and port, or on a small tmpfs
+in a mount namespace of its own (root) that a file fills; ``engine serve`` as a
 subprocess; the engine's own client.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -17,8 +20,10 @@ import sys
 import pytest
 
 import engine
-from engine.server.clickhouse._process import start_local_clickhouse
+from engine.server.clickhouse._process import LocalClickHouse, start_local_clickhouse
 from tests.server.serve_process import (
+    NEEDS_MOUNT,
+    can_mount,
     complete_call,
     free_port,
     post,
@@ -30,6 +35,37 @@ from tests.server.serve_process import (
 pytestmark = pytest.mark.integration
 PROJECT = "ent/clickhouse-outage"
 PASSWORD = "outage-test-password"
+_MOUNT = "/tmp/engine-test-clickhouse-full"
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ENGINE_")}
+    env["ENGINE_CLICKHOUSE_PASSWORD"] = PASSWORD
+    return env
+
+
+def _serve(store: str, port: int) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "engine", "serve", "--store", store,
+                             "--port", str(port)],
+                            env=_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _waiting_calls(url: str, first: int) -> tuple[engine.Engine, list[dict]]:
+    """An engine holding 200 calls the store cannot take yet (they wait, retried)."""
+    eng = engine.Engine(url=url, project=PROJECT, linger_ms=5, delivery_deadline_s=120)
+    tracer = eng.producer()
+    waiting = [complete_call(PROJECT, first + i, "sent while the store cannot take it")
+               for i in range(200)]
+    for call in waiting:
+        tracer.call_complete(call)
+    assert not eng.flush(3)  # nothing lands yet
+    return eng, waiting
+
+
+def _delivered(eng: engine.Engine) -> None:
+    assert eng.flush(60)
+    stats = eng.stats()
+    assert stats["dead_letters"] == 0 and stats["retries"] > 0
 
 
 def test_a_clickhouse_outage_answers_503_with_a_reason_and_every_call_lands_once_it_is_back(
@@ -38,12 +74,7 @@ def test_a_clickhouse_outage_answers_503_with_a_reason_and_every_call_lands_once
     clickhouse = start_local_clickhouse(folder, PASSWORD)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ENGINE_")}
-    env["ENGINE_CLICKHOUSE_PASSWORD"] = PASSWORD
-    server = subprocess.Popen(
-        [sys.executable, "-m", "engine", "serve", "--store", clickhouse.store_url("outage"),
-         "--port", str(port)],
-        env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    server = _serve(clickhouse.store_url("outage"), port)
     eng = None
     try:
         wait_health(url, server)
@@ -61,18 +92,9 @@ def test_a_clickhouse_outage_answers_503_with_a_reason_and_every_call_lands_once
         status, answer, _ = post(url, "/calls/query_stats", {"project_id": PROJECT})
         assert status == 503 and "cannot be reached" in answer["reason"]
 
-        # the engine's client: its calls wait (retried) while ClickHouse is down
-        eng = engine.Engine(url=url, project=PROJECT, linger_ms=5, delivery_deadline_s=120)
-        tracer = eng.producer()
-        waiting = [complete_call(PROJECT, 1000 + i, "sent during the outage") for i in range(200)]
-        for call in waiting:
-            tracer.call_complete(call)
-        assert not eng.flush(3)  # nothing lands yet
-
+        eng, waiting = _waiting_calls(url, 1000)  # the engine's client: its calls wait
         clickhouse = start_local_clickhouse(folder, PASSWORD, port=clickhouse.port)  # back
-        assert eng.flush(60)
-        stats = eng.stats()
-        assert stats["dead_letters"] == 0 and stats["retries"] > 0
+        _delivered(eng)
         eng.close()
         eng = None
         ids = stored_ids(url, PROJECT)
@@ -89,11 +111,76 @@ def test_a_clickhouse_outage_answers_503_with_a_reason_and_every_call_lands_once
 
 def test_serve_on_an_unreachable_clickhouse_says_so_and_exits_1():
     store = f"clickhouse://default@127.0.0.1:{free_port()}/nothing_listens"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ENGINE_")}
-    env["ENGINE_CLICKHOUSE_PASSWORD"] = PASSWORD
     done = subprocess.run([sys.executable, "-m", "engine", "serve", "--store", store, "--port", "0"],
-                          env=env, capture_output=True, text=True, timeout=120)
+                          env=_env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 1, done
     line = next(ln for ln in done.stderr.splitlines() if ln.startswith("engine: error:"))
     assert "the store's ClickHouse server cannot be reached" in line and store[13:] in line, line
     assert "unexpected" not in line and "Traceback" not in done.stderr and PASSWORD not in done.stderr
+
+
+def _fill(folder: str) -> str:
+    """Fill the filesystem of ``folder`` to the last byte; the filler's path."""
+    filler = os.path.join(folder, "filler")
+    chunk = b"\0" * (1 << 20)
+    with open(filler, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(chunk)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+    for size in (1 << 16, 1 << 12, 1):  # the tail of the last chunk too
+        with open(filler, "ab", buffering=0) as f:
+            try:
+                while True:
+                    f.write(b"\0" * size)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC, exc
+    return filler
+
+
+@pytest.mark.skipif(not can_mount(), reason=NEEDS_MOUNT)
+def test_a_full_clickhouse_disk_answers_507_with_a_reason_and_every_call_lands_once_room_is_made():
+    ch_port = free_port()
+    script = (f"mkdir -p {_MOUNT} && mount -t tmpfs -o size=64m tmpfs {_MOUNT} && "
+              f"exec {sys.executable} -m engine.server.clickhouse.local_server "
+              f"--path {_MOUNT}/ch --host 127.0.0.1 --port {ch_port}")
+    proc = subprocess.Popen(["unshare", "-m", "sh", "-c", script], text=True,
+                            stdout=subprocess.PIPE, env=_env())
+    for line in proc.stdout:  # its readiness line comes first (EOF if it failed)
+        if "listening on" in line:
+            break
+    clickhouse = LocalClickHouse(proc, "127.0.0.1", ch_port, PASSWORD)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = _serve(clickhouse.store_url("full"), port)
+    eng = None
+    try:
+        assert proc.poll() is None, "the local ClickHouse did not start"
+        wait_health(url, server)
+        before = complete_call(PROJECT, 0, "stored before the disk filled")
+        assert post(url, f"/v2/{PROJECT}/calls/complete", {"batch": [before]})[0] == 200
+
+        filler = _fill(f"/proc/{proc.pid}/root{_MOUNT}")  # its namespace's tmpfs, full
+        status, answer, headers = post(url, f"/v2/{PROJECT}/calls/complete",
+                                       {"batch": [complete_call(PROJECT, 1, "x" * 20_000)]})
+        assert status == 507, (status, answer)
+        assert "the store's disk is full (ClickHouse" in answer["reason"], answer
+        assert f":{ch_port}/full" in answer["reason"] and PASSWORD not in answer["reason"]
+        assert headers.get("Retry-After") == "5"
+
+        eng, waiting = _waiting_calls(url, 1000)
+        os.unlink(filler)  # room, as an operator makes it
+        _delivered(eng)
+        eng.close()
+        eng = None
+        ids = stored_ids(url, PROJECT)
+        assert {before["id"], *(c["id"] for c in waiting)} <= set(ids)
+        assert len(ids) == len(set(ids)) == 201
+    finally:
+        if eng is not None:
+            eng.close()
+        err = stop(server)
+        clickhouse.stop()
+    assert "Traceback" not in err, err[-3000:]
+    assert err.count("the store's disk is full") == 1, err[-3000:]  # said once, not per request

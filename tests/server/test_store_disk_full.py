@@ -10,7 +10,6 @@ own (``unshare -m``, root), filled up front by a file the test deletes through
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,8 @@ import pytest
 
 import engine
 from tests.server.serve_process import (
+    NEEDS_MOUNT,
+    can_mount,
     complete_call,
     free_port,
     post,
@@ -32,13 +33,7 @@ PROJECT = "ent/disk-full"
 _MOUNT = "/tmp/engine-test-disk-full"
 
 
-def _can_mount() -> bool:
-    if os.geteuid() != 0 or not shutil.which("unshare"):
-        return False
-    return subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode == 0
-
-
-@pytest.mark.skipif(not _can_mount(), reason="needs root and unshare -m (scripts/test runs as root in CI)")
+@pytest.mark.skipif(not can_mount(), reason=NEEDS_MOUNT)
 def test_a_full_store_disk_answers_507_with_a_reason_and_every_call_lands_once_room_is_made(
         tmp_path):
     port = free_port()

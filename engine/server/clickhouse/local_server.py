@@ -71,6 +71,9 @@ _AUTH_FAILED = 516
 _MAX_BODY_BYTES = 1 << 30
 
 
+_CANNOT_WRITE = 75  # ClickHouse's CANNOT_WRITE_TO_FILE_DESCRIPTOR
+
+
 class QueryFailed(Exception):
     """ClickHouse refused a statement; ``text`` is its ``Code: N. DB::Exception: …`` message."""
 
@@ -78,6 +81,13 @@ class QueryFailed(Exception):
         super().__init__(text)
         match = _CODE.search(text)
         self.code = int(match.group(1)) if match else 1000
+
+
+def _write_failed(path: object, exc: OSError) -> QueryFailed:
+    """A failed write of the insert's data (a full disk), in ClickHouse's words for it."""
+    return QueryFailed(f"Code: {_CANNOT_WRITE}. DB::Exception: Cannot write to file {path}, "
+                       f"errno: {exc.errno}, strerror: {exc.strerror}. "
+                       "(CANNOT_WRITE_TO_FILE_DESCRIPTOR)")
 
 
 def _quote(value: str) -> str:
@@ -153,10 +163,16 @@ class Engine:
                 "Code: 62. DB::Exception: a request body with a query parameter must be the "
                 "data of an INSERT … FORMAT statement. (SYNTAX_ERROR)"
             )
-        fd, name = tempfile.mkstemp(dir=self._spool)
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(request.data or b"")
+            fd, name = tempfile.mkstemp(dir=self._spool)
+        except OSError as exc:
+            raise _write_failed(self._spool, exc) from None
+        try:
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(request.data or b"")
+            except OSError as exc:  # as ClickHouse answers a write it cannot make
+                raise _write_failed(name, exc) from None
             source = f"file({_quote(name)}, {_quote(match['fmt'])}"
             if _INPUT.search(match["head"]):  # INSERT … SELECT … FROM input('structure')
                 sql = _INPUT.sub(lambda _: source + ", ", match["head"], count=1)
