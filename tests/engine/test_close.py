@@ -8,6 +8,7 @@ import os
 import pytest
 
 import engine
+from engine.ring import _files as ring_files
 from tests.engine.helpers import PROJECT, make_engine, trace_calls
 from tests.faultserver import FaultServer
 from tests.pipeline import poll_until
@@ -31,7 +32,7 @@ def test_close_keeps_a_ring_set_holding_records_it_could_not_persist(tmp_path):
         server.down()
         eng = make_engine(server.url, tmp_path, shutdown_timeout_s=1.0,
                           dead_letter_path=str(blocker / "sub" / "dead.jsonl"))
-        segment = os.path.join("/dev/shm", eng.spec.shm_name + ".seg")
+        segment = ring_files.spec_segment_path(eng.spec)
         ids = trace_calls(eng.producer(), 20)
         stats = eng.close()
         assert stats["undelivered"] == 2 * len(ids)  # a start and an end per call, unreleased

@@ -14,6 +14,7 @@ import time
 import pytest
 
 import engine
+from engine.ring import _files as ring_files
 from tests.engine.helpers import PROJECT, make_engine, trace_calls, trace_structs
 from tests.faultserver import FaultServer
 
@@ -246,7 +247,7 @@ def test_a_sigkilled_owner_still_gets_its_calls_delivered_and_memory_freed(tmp_p
     with FaultServer() as server:
         shm_name, ids = _run_killed_owner(server.url, tmp_path)
         assert server.wait_for(lambda: server.stored_ids(PROJECT) == set(ids), timeout_s=60)
-        segment = os.path.join("/dev/shm", shm_name)
+        segment = ring_files.segment_path(shm_name)
         deadline = time.monotonic() + 30
         while os.path.exists(segment) and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -407,6 +408,6 @@ def test_an_owner_killed_before_its_sender_starts_leaves_no_orphan_to_take(tmp_p
         shm_name, ids = _run_killed_owner(server.url, tmp_path)
         # the owner is dead and its sender has not run a line: still, it is being read
         assert not any(orphan.name == shm_name for orphan in _orphans.find_orphans())
-        assert os.path.exists(os.path.join("/dev/shm", shm_name + ".seg"))
+        assert os.path.exists(ring_files.segment_path(shm_name))
         gate.touch()
         assert server.wait_for(lambda: server.stored_ids(PROJECT) == set(ids), timeout_s=60)

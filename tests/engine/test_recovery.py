@@ -10,6 +10,7 @@ import signal
 
 import pytest
 
+from engine.ring import _files as ring_files
 from tests.faultserver import FaultServer
 from tests.pipeline import Pipeline, Sandbox, account, poll_until, wait_gone
 
@@ -19,11 +20,11 @@ _SETTINGS = {"shutdown_timeout_s": 3.0, "ring_bytes": 1 << 20, "max_slots": 8}
 
 
 def _segment(run: Pipeline) -> str:
-    return os.path.join("/dev/shm", run.info["ring"] + ".seg")
+    return ring_files.segment_path(run.info["ring"])
 
 
 def _sidecar(run: Pipeline) -> str:
-    return os.path.join("/dev/shm", run.info["ring"] + ".json")
+    return ring_files.sidecar_path(run.info["ring"])
 
 
 def _killed_with_its_sender(sandbox: Sandbox, server: FaultServer) -> Pipeline:

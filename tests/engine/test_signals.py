@@ -10,6 +10,7 @@ import signal
 
 import pytest
 
+from engine.ring import _files as ring_files
 from tests.faultserver import FaultServer
 from tests.pipeline import Pipeline, Sandbox, account
 
@@ -91,4 +92,4 @@ def test_a_signal_to_the_owner_alone_delivers_what_its_producers_write_after_it(
     assert (result.delivered, result.lost) == (result.produced, 0), result.lost_ids[:5]
     assert "restarting" not in run.log()
     assert len(_exit_lines(run)) == 1, run.log()[-3000:]
-    assert not os.path.exists(os.path.join("/dev/shm", run.info["ring"] + ".seg"))
+    assert not os.path.exists(ring_files.segment_path(run.info["ring"]))
