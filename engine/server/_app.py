@@ -87,7 +87,8 @@ async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse
 
 
 # what monitoring probes call, without a key: liveness and the store kind, no project's data
-OPEN_ROUTES = frozenset({("GET", "/health"), ("HEAD", "/health")})
+OPEN_ROUTES = frozenset({("GET", "/health"), ("HEAD", "/health"), ("GET", "/ready"),
+                         ("HEAD", "/ready")})
 
 
 def _auth_middleware(keys: KeyRing) -> Any:
@@ -209,7 +210,8 @@ async def serve_until_signal(**options: Any) -> None:
     # the URL line is the readiness signal: printed only once signals are handled
     print(f"engine serve: listening on {url} (store={store.kind}{where})", flush=True)
     print(check_bind("engine serve", options.get("host", "127.0.0.1"),
-                     key_ring(options.get("api_key"), options.get("keys")), "GET /health"),
+                     key_ring(options.get("api_key"), options.get("keys")),
+                     "GET /health and /ready"),
           flush=True)  # fmt: skip
     try:
         await stop.wait()

@@ -14,8 +14,9 @@ Keys never come from the command line (``ps`` shows it to every user of the mach
   ``rw`` reads and writes, ``ro`` only reads. Clients send a key as weave does: HTTP Basic
   with user ``api`` and the key as password.
 
-With keys, every route needs one (``engine serve``'s ``GET /health`` excepted: a liveness
-probe carries no key, and the answer names nothing but the store kind), and a route touching
+With keys, every route needs one (``engine serve``'s ``GET /health`` and ``GET /ready``
+excepted: liveness and readiness probes carry no key, and the answers name nothing but the
+store kind, or why the store does not answer), and a route touching
 a project the key does not grant is a 403 naming the project. Without keys, the server
 listens on loopback only.
 """

@@ -38,6 +38,16 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "store": state_of(request).store.kind})
 
 
+@routes.get("/ready")
+async def ready(request: web.Request) -> web.Response:
+    """Readiness, for a load balancer or an orchestrator: 200 once the store answers a
+    trivial query, else its error (503 with the reason while a ClickHouse server cannot be
+    reached). ``/health`` says only that this process serves."""
+    store = state_of(request).store
+    await store.ping()
+    return web.json_response({"status": "ready", "store": store.kind})
+
+
 @routes.get("/stats")
 async def stats(request: web.Request) -> web.Response:
     state = state_of(request)

@@ -163,7 +163,12 @@ class SQLiteStore(Store):
     async def storage_bytes(self, project_id: str, kind: StorageKind) -> int:
         return await self._db.read(objects.q_storage_bytes, kind, project_id)
 
+    async def ping(self) -> None:
+        await self._db.read(_select_one)
+
     async def close(self) -> None:
         await self._db.close()
 
 
+def _select_one(conn: Any) -> None:
+    conn.execute("SELECT 1").fetchone()

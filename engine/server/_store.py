@@ -281,4 +281,9 @@ class Store(abc.ABC):
         """Bytes of stored JSON text (file content for files) of one kind."""
 
     @abc.abstractmethod
+    async def ping(self) -> None:
+        """Ask the store something trivial: returns if it answers, else raises (an
+        ``ApiError`` 503 when its server cannot be reached). ``/ready`` asks it."""
+
+    @abc.abstractmethod
     async def close(self) -> None: ...

@@ -23,7 +23,7 @@ WRITES = frozenset({
     "set_aliases", "remove_aliases", "add_tags", "remove_tags", "put_table", "put_file",
     "put_docs", "delete_docs", "replace_doc",
 })  # fmt: skip
-_PROJECTLESS = frozenset({"close"})
+_PROJECTLESS = frozenset({"close", "ping"})
 # operations over all projects whose answer is filtered to what the grant may read
 _LISTINGS = frozenset({"project_call_counts"})
 

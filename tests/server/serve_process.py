@@ -49,8 +49,12 @@ def wait_health(url: str, proc: subprocess.Popen) -> None:
 
 def post(url: str, path: str, body: dict) -> tuple[int, dict, dict]:
     """(status, decoded answer, headers), error answers included."""
-    request = urllib.request.Request(url + path, method="POST", data=msgspec.json.encode(body),
-                                     headers={"Content-Type": "application/json"})
+    return _answer(urllib.request.Request(url + path, method="POST",
+                                          data=msgspec.json.encode(body),
+                                          headers={"Content-Type": "application/json"}))
+
+
+def _answer(request: urllib.request.Request) -> tuple[int, dict, dict]:
     try:
         with urllib.request.urlopen(request, timeout=60) as resp:
             return resp.status, msgspec.json.decode(resp.read() or b"{}"), dict(resp.headers)
@@ -61,6 +65,12 @@ def post(url: str, path: str, body: dict) -> tuple[int, dict, dict]:
         except msgspec.DecodeError:  # not ours: say what it was
             answer = {"not_json": body.decode(errors="replace")}
         return exc.code, answer, dict(exc.headers)
+
+
+def get(url: str, path: str) -> tuple[int, dict]:
+    """(status, decoded answer) of a GET, error answers included."""
+    status, answer, _ = _answer(urllib.request.Request(url + path))
+    return status, answer
 
 
 def complete_call(project: str, i: int, text: str) -> dict:

@@ -2,7 +2,7 @@
 
 1. keys come from the environment or a keys file, never the command line;
 2. with keys, every route needs one (and a bad one is a 401 that never echoes it), but
-   ``GET /health``: a liveness probe carries no key;
+   ``GET /health`` and ``GET /ready``: liveness and readiness probes carry no key;
 3. a key reads and writes only the projects its line grants (``ro`` keys never write),
    whichever route names the project;
 4. a keys file others may read, or a malformed one, is refused with the fix;
@@ -90,26 +90,31 @@ def test_with_keys_every_route_needs_one(run, tmp_path, keys_file):
 
     answers, refused = run(scenario())
     assert len(answers) >= 56
-    # the one exemption, listed: a liveness probe carries no key
-    assert [a for a in answers if a[2] != 401] == [("GET", "/health", 200, {"status": "ok", "store": "sqlite"})]
+    # the exemptions, listed: liveness and readiness probes carry no key
+    assert [a for a in answers if a[2] != 401] == [
+        ("GET", "/health", 200, {"status": "ok", "store": "sqlite"}),
+        ("GET", "/ready", 200, {"status": "ready", "store": "sqlite"})]
     assert all(body["reason"].startswith("missing Authorization") for *_, status, body in answers
                if status == 401)  # fmt: skip
     assert [status for status, _ in refused] == [401, 401, 401]
     assert all(KEY_A not in body["reason"] and "nope" not in body["reason"] for _, body in refused)
 
 
-def test_health_answers_a_probe_without_a_key_and_refuses_a_wrong_one(run, tmp_path, keys_file):
-    """The one open route: liveness for monitoring probes, which carry no key. A key that is
-    sent is still checked."""
+@pytest.mark.parametrize("path, answer", [("/health", {"status": "ok", "store": "sqlite"}),
+                                          ("/ready", {"status": "ready", "store": "sqlite"})])
+def test_health_answers_a_probe_without_a_key_and_refuses_a_wrong_one(run, tmp_path, keys_file,
+                                                                      path, answer):
+    """The open routes: liveness and readiness for monitoring probes, which carry no key. A
+    key that is sent is still checked."""
 
     async def scenario():
         async with serving(tmp_path / "t.db", keys=load_key_ring(keys_file, env_key=False)) as api:
-            return [await api.get("/health", headers) for headers in
+            return [await api.get(path, headers) for headers in
                     ({}, {"Authorization": basic_auth("api", KEY_RO)},
                      {"Authorization": basic_auth("api", "nope")})]  # fmt: skip
 
     (bare, keyed, wrong) = run(scenario())
-    assert bare == keyed == (200, {"status": "ok", "store": "sqlite"})
+    assert bare == keyed == (200, answer)
     assert wrong[0] == 401 and "nope" not in wrong[1]["reason"]
 
 

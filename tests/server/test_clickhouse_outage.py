@@ -26,6 +26,7 @@ from tests.server.serve_process import (
     can_mount,
     complete_call,
     free_port,
+    get,
     post,
     stop,
     stored_ids,
@@ -91,9 +92,13 @@ def test_a_clickhouse_outage_answers_503_with_a_reason_and_every_call_lands_once
             assert PASSWORD not in answer["reason"] and headers.get("Retry-After") == "5"
         status, answer, _ = post(url, "/calls/query_stats", {"project_id": PROJECT})
         assert status == 503 and "cannot be reached" in answer["reason"]
+        assert get(url, "/health")[0] == 200  # this process lives: liveness holds
+        status, answer = get(url, "/ready")  # a load balancer takes it out of rotation
+        assert status == 503 and "cannot be reached" in answer["reason"], answer
 
         eng, waiting = _waiting_calls(url, 1000)  # the engine's client: its calls wait
         clickhouse = start_local_clickhouse(folder, PASSWORD, port=clickhouse.port)  # back
+        assert get(url, "/ready") == (200, {"status": "ready", "store": "clickhouse"})
         _delivered(eng)
         eng.close()
         eng = None

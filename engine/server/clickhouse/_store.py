@@ -326,6 +326,9 @@ class ClickHouseStore(Store):
             return int(await self._run(_scalar, sql, params) or 0)
         return await self._run(_docs.storage_bytes, kind, project_id)
 
+    async def ping(self) -> None:
+        await self._run(_scalar, "SELECT 1", {})
+
     async def close(self) -> None:
         await self._group.close()
         self._pool.shutdown(wait=True)
