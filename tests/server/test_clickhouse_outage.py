@@ -63,10 +63,24 @@ def _waiting_calls(url: str, first: int) -> tuple[engine.Engine, list[dict]]:
     return eng, waiting
 
 
-def _delivered(eng: engine.Engine) -> None:
+def _all_stored_once(eng: engine.Engine, url: str, calls: list[dict]) -> None:
+    """The waiting calls land (retried, none dead-lettered); ``calls`` are stored, once each."""
     assert eng.flush(60)
-    stats = eng.stats()
+    stats = eng.close()
     assert stats["dead_letters"] == 0 and stats["retries"] > 0
+    ids = stored_ids(url, PROJECT)
+    assert {c["id"] for c in calls} <= set(ids) and len(ids) == len(set(ids)) == len(calls)
+
+
+def _stopped(eng: engine.Engine | None, server: subprocess.Popen,
+             clickhouse: LocalClickHouse) -> str:
+    """Everything the test started, stopped; serve's log, which holds no traceback."""
+    if eng is not None:
+        eng.close()
+    err = stop(server)
+    clickhouse.stop()
+    assert "Traceback" not in err, err[-3000:]
+    return err
 
 
 def test_a_clickhouse_outage_answers_503_with_a_reason_and_every_call_lands_once_it_is_back(
@@ -99,18 +113,9 @@ def test_a_clickhouse_outage_answers_503_with_a_reason_and_every_call_lands_once
         eng, waiting = _waiting_calls(url, 1000)  # the engine's client: its calls wait
         clickhouse = start_local_clickhouse(folder, PASSWORD, port=clickhouse.port)  # back
         assert get(url, "/ready") == (200, {"status": "ready", "store": "clickhouse"})
-        _delivered(eng)
-        eng.close()
-        eng = None
-        ids = stored_ids(url, PROJECT)
-        assert {before["id"], *(c["id"] for c in waiting)} <= set(ids)
-        assert len(ids) == len(set(ids)) == 201
+        _all_stored_once(eng, url, [before, *waiting])
     finally:
-        if eng is not None:
-            eng.close()
-        err = stop(server)
-        clickhouse.stop()
-    assert "Traceback" not in err, err[-3000:]
+        err = _stopped(eng, server, clickhouse)
     assert err.count("cannot be reached") == 1, err[-3000:]  # said once, not per request
 
 
@@ -176,16 +181,7 @@ def test_a_full_clickhouse_disk_answers_507_with_a_reason_and_every_call_lands_o
 
         eng, waiting = _waiting_calls(url, 1000)
         os.unlink(filler)  # room, as an operator makes it
-        _delivered(eng)
-        eng.close()
-        eng = None
-        ids = stored_ids(url, PROJECT)
-        assert {before["id"], *(c["id"] for c in waiting)} <= set(ids)
-        assert len(ids) == len(set(ids)) == 201
+        _all_stored_once(eng, url, [before, *waiting])
     finally:
-        if eng is not None:
-            eng.close()
-        err = stop(server)
-        clickhouse.stop()
-    assert "Traceback" not in err, err[-3000:]
+        err = _stopped(eng, server, clickhouse)
     assert err.count("the store's disk is full") == 1, err[-3000:]  # said once, not per request
