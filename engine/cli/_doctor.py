@@ -20,6 +20,7 @@ import zstandard
 from engine.cli import _args, _probe
 from engine.cli._args import CommandFailed
 from engine.common import _env
+from engine.common._errors import reason_of
 from engine.common._machine import same_machine
 
 _PROBE_PROJECT = "engine-doctor/doctor"
@@ -156,6 +157,28 @@ def _limit(url: str, api_key: str | None, info: dict, args: argparse.Namespace) 
     return Check("size limit", True, f"requests of {accepted} MiB are read whole (no 413)")
 
 
+def _store(url: str, api_key: str | None, info: dict, args: argparse.Namespace) -> Check:
+    """``engine serve``'s readiness: does its store (SQLite, ClickHouse) answer? Other trace
+    servers have no ``/ready``: not checked there."""
+    answer = _probe.request(f"{url}/ready", headers=_probe.auth_headers(api_key))
+    if answer.status == 404:
+        return Check("store", True, "no /ready here (not engine serve): its store is not checked")
+    if answer.status == 200:
+        kind = _json_field(answer.body, "store") or "its store"
+        return Check("store", True, f"/ready: the server's store ({kind}) answers")
+    return Check("store", False, f"/ready answered HTTP {answer.status}: "
+                 f"{reason_of(answer.body) or 'no reason given'}; calls wait in the rings and "
+                 "are retried until it answers")
+
+
+def _json_field(body: bytes, name: str) -> str | None:
+    try:
+        value = json.loads(body).get(name)
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
 def _shared_memory() -> Check:
     """This machine's side: room in /dev/shm for the producers' rings (ring_bytes from the
     environment or the default)."""
@@ -181,4 +204,4 @@ def _shared_memory() -> Check:
 
 
 _STEPS: tuple[Callable[[str, str | None, dict, argparse.Namespace], Check], ...] = (
-    _auth, _routes, _compression, _limit)
+    _auth, _routes, _store, _compression, _limit)

@@ -10,6 +10,7 @@ import pytest
 
 from engine.producer._engine import Engine
 from engine.server import serve_subprocess
+from tests.faultserver import FaultServer
 
 PROJECT = "ops/calls"
 pytestmark = pytest.mark.integration
@@ -88,9 +89,10 @@ def test_calls_follow_prints_new_calls_as_they_arrive(server):
 def test_doctor_says_ready_for_engine_serve(server):
     result = _engine("doctor", server, "--limit-mib", "2")
     assert result.returncode == 0, result.stdout + result.stderr
-    for check in ("reachable", "auth", "ingest routes", "compression", "size limit",
+    for check in ("reachable", "auth", "ingest routes", "store", "compression", "size limit",
                   "shared memory"):
         assert f"ok   {check}:" in result.stdout
+    assert "ok   store: /ready: the server's store (sqlite) answers" in result.stdout
     assert "the server runs on this machine" in result.stdout  # why "auto" sends plain bodies
     assert result.stdout.splitlines()[-1].endswith("READY: the engine can deliver here")
 
@@ -106,3 +108,11 @@ def test_doctor_reports_a_missing_key_a_small_limit_and_a_wrong_path(tmp_path):
     assert with_key.returncode == 0, with_key.stdout
     assert "warn size limit: 2 MiB answered 413; 1 MiB went through" in with_key.stdout
     assert wrong_path.returncode == 1 and "wrong path" in wrong_path.stdout
+
+
+def test_doctor_on_a_trace_server_without_ready_does_not_check_its_store():
+    """Another trace server (here the ingest-only FaultServer) has no /ready: not a failure."""
+    with FaultServer() as fault:
+        result = _engine("doctor", fault.url, "--limit-mib", "1")
+    assert "ok   store: no /ready here (not engine serve): its store is not checked" in result.stdout
+    assert "FAIL store" not in result.stdout

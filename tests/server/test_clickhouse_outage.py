@@ -109,6 +109,11 @@ def test_a_clickhouse_outage_answers_503_with_a_reason_and_every_call_lands_once
         assert get(url, "/health")[0] == 200  # this process lives: liveness holds
         status, answer = get(url, "/ready")  # a load balancer takes it out of rotation
         assert status == 503 and "cannot be reached" in answer["reason"], answer
+        doctor = subprocess.run([sys.executable, "-m", "engine", "doctor", url, "--limit-mib", "1"],
+                                env=_env(), capture_output=True, text=True, timeout=120)
+        assert doctor.returncode == 1, doctor.stdout + doctor.stderr
+        assert "FAIL store: /ready answered HTTP 503: the store's ClickHouse server cannot be " \
+               "reached" in doctor.stdout, doctor.stdout
 
         eng, waiting = _waiting_calls(url, 1000)  # the engine's client: its calls wait
         clickhouse = start_local_clickhouse(folder, PASSWORD, port=clickhouse.port)  # back
