@@ -13,6 +13,7 @@ from typing import Any
 
 SAY_EVERY_S = 30.0
 RETRY_AFTER_S = 5
+_TROUBLE_STATUSES = (503, 507)
 _log = logging.getLogger("engine.server")
 
 
@@ -32,3 +33,10 @@ class StoreTrouble:
             _log.error("engine serve: %s (answering %d; said at most every %.0f s)", reason,
                        status, SAY_EVERY_S)
         return ApiError(status, reason, {"Retry-After": str(RETRY_AFTER_S)})
+
+
+def is_trouble(exc: BaseException) -> bool:
+    """Whether ``exc`` is such an answer: the store's state, the same for every request."""
+    from engine.server._body import ApiError
+
+    return isinstance(exc, ApiError) and exc.status in _TROUBLE_STATUSES

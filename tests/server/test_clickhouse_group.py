@@ -114,3 +114,29 @@ def test_concurrent_batches_combined_read_back_as_sqlite_stores_them(tmp_path, c
     theirs = run_on("asyncio", sqlite())
     assert len(ours) == 180
     assert ours == theirs
+
+
+class _StoreDown(Exception):
+    pass
+
+
+def test_an_error_of_the_store_fails_every_batch_of_the_group_without_retrying_each():
+    """ClickHouse out of reach (or full) refuses every batch alike: trying each alone would
+    only send a struggling server the whole group again."""
+
+    async def scenario():
+        groups = []
+
+        async def insert(batches):
+            groups.append([b[0][0] for b in batches])
+            await asyncio.sleep(0.01)
+            raise _StoreDown("cannot be reached")
+
+        group = GroupCommit(insert, lanes=1, shared=lambda exc: isinstance(exc, _StoreDown))
+        results = await asyncio.gather(*(group.submit(_batch(n, 1), 1) for n in ["a", "b", "c"]),
+                                       return_exceptions=True)  # fmt: skip
+        return groups, [type(r).__name__ for r in results]
+
+    groups, results = run_on("asyncio", scenario())
+    assert groups == [["a", "b", "c"]]
+    assert results == ["_StoreDown"] * 3

@@ -9,7 +9,9 @@ call. A sender's 2 MB body holds ~2,500 small calls: inserted alone, that fixed 
 A batch is sent at once when a lane is free (no added latency on a quiet server); under
 load the batches waiting for a lane are taken together, up to :data:`MAX_PARTS` parts. If
 a combined insert fails, each of its batches is inserted again alone, so a batch that
-ClickHouse refuses fails only its own request.
+ClickHouse refuses fails only its own request -- unless the error is the store's, not a
+batch's (ClickHouse cannot be reached, its disk is full): then every batch of the group gets
+it at once, and a struggling ClickHouse is not sent each batch again.
 """
 
 from __future__ import annotations
@@ -27,8 +29,11 @@ LANES = 2  # inserts in flight at once
 class GroupCommit:
     """Batches handed to ``insert`` (one coroutine call per combined ``INSERT``)."""
 
-    def __init__(self, insert: Insert, *, lanes: int = LANES, max_parts: int = MAX_PARTS) -> None:
+    def __init__(self, insert: Insert, *, lanes: int = LANES, max_parts: int = MAX_PARTS,
+                 shared: Callable[[BaseException], bool] = lambda exc: False) -> None:
+        """``shared(exc)``: whether an insert's error is the store's, for every batch alike."""
         self._insert = insert
+        self._shared = shared
         self._lanes, self._max_parts = lanes, max_parts
         self._pending: list[tuple[Batch, int, asyncio.Future[None]]] = []
         self._running: set[asyncio.Task[None]] = set()
@@ -64,8 +69,9 @@ class GroupCommit:
                 self._pending.clear()
                 raise
             except Exception as exc:
-                if len(group) == 1:
-                    _settle(group[0][2], exc)
+                if len(group) == 1 or self._shared(exc):
+                    for _, _, done in group:
+                        _settle(done, exc)
                     continue
                 for batch, _, done in group:  # alone, so only a refused batch fails
                     try:

@@ -41,7 +41,7 @@ from engine.server._store import (
     Store,
     ThreadTurn,
 )
-from engine.server._store_trouble import StoreTrouble
+from engine.server._store_trouble import StoreTrouble, is_trouble
 from engine.server.clickhouse import _calls, _docs, _objects
 from engine.server.clickhouse._connect import Target, connect
 from engine.server.clickhouse._group import Batch, GroupCommit
@@ -93,7 +93,7 @@ class ClickHouseStore(Store):
             raise EngineError(f"the store's ClickHouse server cannot be reached "
                               f"({target.describe()}: {_clip(str(exc))}); start it, or check "
                               "--store and the network") from None
-        self._group = GroupCommit(self._insert_group)
+        self._group = GroupCommit(self._insert_group, shared=is_trouble)
         # embedded chDB reads a bulk insert from a file: private to this process
         self._spool = Path(target.path) / "insert-spool" if target.interface == "chdb" else Path()
         if target.interface == "chdb":
