@@ -80,14 +80,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=1.0, help="per level, thread count, run")
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args(argv)
+    try:
+        levels = [int(v) for v in args.levels.split(",")]
+        thread_counts = [int(v) for v in args.threads.split(",")]
+    except ValueError:
+        parser.error("--levels and --threads take comma-separated integers, e.g. -1,1,3")
+    if any(n < 1 for n in thread_counts):
+        parser.error(f"--threads: every count must be at least 1, got {args.threads}")
+    if any(not -7 <= level <= 22 for level in levels):
+        parser.error(f"--levels: zstd levels here are -7 to 22, got {args.levels}")
+    if args.seconds <= 0 or args.repeat < 1:
+        parser.error("--seconds must be > 0 and --repeat at least 1")
     work = bodies(8)
     print(f"zstd on {len(work)} bodies of {_BODY_CALLS} eval calls ({len(work[0]) / 1e6:.1f} MB "
           f"each); medians of {args.repeat} runs")
     print("| level | threads | ratio | CPU µs/call | MB/s per thread | MB/s all threads | "
           "ratio x MB/s per thread |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
-    for level in map(int, args.levels.split(",")):
-        for threads in map(int, args.threads.split(",")):
+    for level in levels:
+        for threads in thread_counts:
             runs = [measure(level, threads, work, args.seconds) for _ in range(args.repeat)]
             row = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
             print(f"| {level} | {threads} | {row['ratio']:.2f} | {row['cpu_us_per_call']:.2f} | "
