@@ -73,7 +73,13 @@ async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse
     try:
         return await handler(request)
     except ApiError as exc:
-        request.app[STATE].counters.rejected_requests += 1
+        counters = request.app[STATE].counters
+        if exc.status == 503:
+            counters.store_unavailable += 1
+        elif exc.status == 507:
+            counters.store_full += 1
+        else:
+            counters.rejected_requests += 1
         response = error_response(exc.status, exc.reason, exc.headers)
         if exc.status in (408, 413):
             # the rest of the body is unread: the connection cannot be reused for another request

@@ -23,6 +23,8 @@ class Counters(msgspec.Struct, kw_only=True):
     calls_ended: int = 0
     calls_complete: int = 0
     rejected_requests: int = 0  # answered with a 4xx by our own checks
+    store_unavailable: int = 0  # answered 503: the store was locked or could not be reached
+    store_full: int = 0  # answered 507: the store's disk was full
 
 
 class ServerState:

@@ -107,6 +107,8 @@ def test_a_clickhouse_outage_answers_503_with_a_reason_and_every_call_lands_once
         status, answer, _ = post(url, "/calls/query_stats", {"project_id": PROJECT})
         assert status == 503 and "cannot be reached" in answer["reason"]
         assert get(url, "/health")[0] == 200  # this process lives: liveness holds
+        stats = get(url, "/stats")[1]  # counted apart from requests refused for their content
+        assert stats["store_unavailable"] == 4 and stats["rejected_requests"] == 0, stats
         status, answer = get(url, "/ready")  # a load balancer takes it out of rotation
         assert status == 503 and "cannot be reached" in answer["reason"], answer
         doctor = subprocess.run([sys.executable, "-m", "engine", "doctor", url, "--limit-mib", "1"],
@@ -183,6 +185,8 @@ def test_a_full_clickhouse_disk_answers_507_with_a_reason_and_every_call_lands_o
         assert "the store's disk is full (ClickHouse" in answer["reason"], answer
         assert f":{ch_port}/full" in answer["reason"] and PASSWORD not in answer["reason"]
         assert headers.get("Retry-After") == "5"
+        stats = get(url, "/stats")[1]
+        assert stats["store_full"] == 1 and stats["rejected_requests"] == 0, stats
 
         eng, waiting = _waiting_calls(url, 1000)
         os.unlink(filler)  # room, as an operator makes it
