@@ -17,7 +17,7 @@ from engine.producer._engine import Engine
 from engine.relay import _routes
 from engine.relay._proxy import proxy, server_info
 from engine.relay._state import RELAY, RelayState
-from engine.server._auth import CURRENT_GRANT, KeyRing, check_bind
+from engine.server._auth import CURRENT_GRANT, NO_KEY, KeyRing, check_bind
 from engine.server._body import DEFAULT_MAX_BODY_BYTES, ApiError, error_response
 from engine.server._connections import DEFAULT_HEADER_TIMEOUT_S, LimitedSite
 from engine.server._limits import DEFAULT_MAX_CONNECTIONS
@@ -39,13 +39,27 @@ async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse
         return response
 
 
+# the relay's own liveness, for a load balancer's probe (which carries no key); a key that
+# is sent is still checked
+_OPEN_ROUTES = frozenset({("GET", "/health"), ("HEAD", "/health")})
+
+
 def _auth_middleware(keys: KeyRing) -> Any:
     @web.middleware
     async def auth(request: web.Request, handler: Any) -> web.StreamResponse:
-        CURRENT_GRANT.set(keys.grant(request.headers.get("Authorization")))
+        authorization = request.headers.get("Authorization")
+        if authorization is None and (request.method, request.path) in _OPEN_ROUTES:
+            CURRENT_GRANT.set(NO_KEY)
+        else:
+            CURRENT_GRANT.set(keys.grant(authorization))
         return await handler(request)
 
     return auth
+
+
+async def _health(request: web.Request) -> web.Response:
+    """This relay serves (its own, not the upstream's: every other path is proxied)."""
+    return web.json_response({"status": "ok", "role": "relay"})
 
 
 async def _metrics_handler(request: web.Request) -> web.Response:
@@ -62,6 +76,7 @@ def build_app(engine: Engine, upstream: str, max_body_bytes: int = DEFAULT_MAX_B
     app[RELAY] = RelayState(engine, upstream, max_body_bytes)
     app.add_routes(_routes.routes)
     app.router.add_get("/metrics", _metrics_handler)
+    app.router.add_get("/health", _health)
     app.router.add_get("/server_info", server_info)
     app.router.add_route("*", "/{tail:.*}", proxy)
     app.cleanup_ctx.append(_client_session)
@@ -108,7 +123,7 @@ async def relay_until_signal(engine: Engine, upstream: str, host: str, port: int
                                     max_connections)
     # the URL line is the readiness signal (printed once signals are handled)
     print(f"engine relay: listening on {url} -> {redact_url(engine.config.url)}", flush=True)
-    print(check_bind("engine relay", host, keys), flush=True)
+    print(check_bind("engine relay", host, keys, "GET /health"), flush=True)
     try:
         await stop.wait()
     finally:

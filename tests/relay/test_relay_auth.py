@@ -1,7 +1,8 @@
 """Auth of ``engine relay`` and secrets in URLs: one test per rule (docs/serve.md, "Keys").
 
-1. with a keys file, every relay route needs a client key; a key may only write the
-   projects its line grants, and its items are delivered under the relay's own upstream key;
+1. with a keys file, every relay route needs a client key (but ``GET /health``, the relay's
+   own liveness probe); a key may only write the projects its line grants, and its items
+   are delivered under the relay's own upstream key;
 2. without keys the relay serves loopback only;
 3. credentials in the upstream URL never reach a command line, a log line or a printed line.
 """
@@ -44,6 +45,16 @@ def _post(url: str, body: dict, headers: dict[str, str] | None = None) -> tuple[
             return exc.code, exc.read()
 
 
+def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}),
+                                    timeout=30) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, exc.read()
+
+
 def _complete(project: str, call_id: str = CALL) -> dict:
     return {"project_id": project, "id": call_id, "trace_id": call_id, "op_name": "op",
             "started_at": T0, "ended_at": T0, "attributes": {}, "inputs": {}, "summary": {}}  # fmt: skip
@@ -71,10 +82,14 @@ def test_relay_keys_gate_every_route_and_each_project_then_deliver_under_its_own
         other = _post(f"{relay}/v2/team-b/p/calls/complete", {"batch": [_complete("team-b/p")]},
                       _auth(CLIENT_KEY))  # fmt: skip
         allowed = _post(complete, {"batch": [_complete("team-a/p")]}, _auth(CLIENT_KEY))
+        health = _get(relay + "/health")  # a load balancer's probe carries no key
+        health_wrong_key = _get(relay + "/health", _auth("not-a-key"))
         delivered = wait_until(lambda: _stored(upstream, "team-a/p") == {CALL}, 30)
     assert anonymous[0] == upstream_key[0] == proxied[0] == 401
     assert other[0] == 403 and b"may not write project 'team-b/p'" in other[1]
     assert allowed == (200, b"{}") and delivered  # upstream took it under the relay's key
+    assert health[0] == 200 and json.loads(health[1]) == {"status": "ok", "role": "relay"}  # its own, not proxied
+    assert health_wrong_key[0] == 401 and b"not-a-key" not in health_wrong_key[1]
 
 
 def test_relay_without_keys_refuses_to_listen_beyond_loopback(tmp_path):
