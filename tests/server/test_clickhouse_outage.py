@@ -20,7 +20,11 @@ import sys
 import pytest
 
 import engine
-from engine.server.clickhouse._process import LocalClickHouse, start_local_clickhouse
+from engine.server.clickhouse._process import (
+    LocalClickHouse,
+    local_clickhouse,
+    start_local_clickhouse,
+)
 from tests.server.serve_process import (
     NEEDS_MOUNT,
     can_mount,
@@ -194,3 +198,16 @@ def test_a_full_clickhouse_disk_answers_507_with_a_reason_and_every_call_lands_o
     finally:
         err = _stopped(eng, server, clickhouse)
     assert err.count("the store's disk is full") == 1, err[-3000:]  # said once, not per request
+
+
+def test_serve_with_a_wrong_clickhouse_password_says_which_settings_to_check(tmp_path):
+    with local_clickhouse(tmp_path / "clickhouse", PASSWORD) as clickhouse:
+        done = subprocess.run(
+            [sys.executable, "-m", "engine", "serve", "--store", clickhouse.store_url("x"),
+             "--port", "0"],
+            env={**_env(), "ENGINE_CLICKHOUSE_PASSWORD": "not-the-password"},
+            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 1, done
+    line = next(ln for ln in done.stderr.splitlines() if ln.startswith("engine: error:"))
+    assert "ClickHouse refused user 'default'" in line and "$ENGINE_CLICKHOUSE_PASSWORD" in line
+    assert "unexpected" not in line and "not-the-password" not in done.stderr

@@ -43,7 +43,7 @@ from engine.server._store import (
 )
 from engine.server._store_trouble import StoreTrouble, is_trouble
 from engine.server.clickhouse import _calls, _docs, _objects
-from engine.server.clickhouse._connect import Target, connect
+from engine.server.clickhouse._connect import PASSWORD_ENV, PASSWORD_FILE_ENV, Target, connect
 from engine.server.clickhouse._group import Batch, GroupCommit
 from engine.server.clickhouse._migrate import migrate
 from engine.wire.query import CallsFilter
@@ -54,7 +54,8 @@ PAGE_ROWS = 1000  # calls handed to the route at a time while streaming
 ASYNC_INSERT_MAX_ROWS = 64
 _ASYNC_INSERT = {"async_insert": 1, "wait_for_async_insert": 1}
 _THREADS = 4
-_NOT_ENOUGH_SPACE = 243  # ClickHouse's error code
+_NOT_ENOUGH_SPACE = 243  # ClickHouse's error codes
+_AUTHENTICATION_FAILED = 516
 _DISK_FULL_TEXTS = ("NOT_ENOUGH_SPACE", "No space left on device")
 _CLIP_CHARS = 300
 
@@ -87,12 +88,17 @@ class ClickHouseStore(Store):
             connect(target, None).command(f"CREATE DATABASE IF NOT EXISTS `{target.database}`")
             self.migrated = migrate(self._client())
         except Exception as exc:
-            if not _unreachable(exc):
+            if _unreachable(exc):
+                why = (f"the store's ClickHouse server cannot be reached ({target.describe()}: "
+                       f"{_clip(str(exc))}); start it, or check --store and the network")
+            elif getattr(exc, "code", None) == _AUTHENTICATION_FAILED:
+                why = (f"ClickHouse refused user {target.user!r} ({target.describe()}): check "
+                       f"${PASSWORD_ENV}, ${PASSWORD_FILE_ENV} or --clickhouse-password-file, "
+                       "and the user in --store")
+            else:
                 raise
             self._pool.shutdown()
-            raise EngineError(f"the store's ClickHouse server cannot be reached "
-                              f"({target.describe()}: {_clip(str(exc))}); start it, or check "
-                              "--store and the network") from None
+            raise EngineError(why) from None
         self._group = GroupCommit(self._insert_group, shared=is_trouble)
         # embedded chDB reads a bulk insert from a file: private to this process
         self._spool = Path(target.path) / "insert-spool" if target.interface == "chdb" else Path()
