@@ -211,3 +211,27 @@ def test_serve_with_a_wrong_clickhouse_password_says_which_settings_to_check(tmp
     line = next(ln for ln in done.stderr.splitlines() if ln.startswith("engine: error:"))
     assert "ClickHouse refused user 'default'" in line and "$ENGINE_CLICKHOUSE_PASSWORD" in line
     assert "unexpected" not in line and "not-the-password" not in done.stderr
+
+
+def test_a_clickhouse_password_changed_under_serve_answers_503_naming_the_refused_user(
+        tmp_path):
+    folder = tmp_path / "clickhouse"
+    clickhouse = start_local_clickhouse(folder, PASSWORD)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = _serve(clickhouse.store_url("rotated"), port)
+    try:
+        wait_health(url, server)
+        assert post(url, f"/v2/{PROJECT}/calls/complete",
+                    {"batch": [complete_call(PROJECT, 0, "before")]})[0] == 200
+        clickhouse.stop()  # the password is rotated on the ClickHouse side only
+        clickhouse = start_local_clickhouse(folder, "rotated-password", port=clickhouse.port)
+        status, answer, headers = post(url, f"/v2/{PROJECT}/calls/complete",
+                                       {"batch": [complete_call(PROJECT, 1, "refused")]})
+        assert status == 503 and headers.get("Retry-After") == "5", (status, answer)
+        assert "the store's ClickHouse refused user 'default'" in answer["reason"], answer
+        assert PASSWORD not in answer["reason"] and "rotated-password" not in answer["reason"]
+        assert get(url, "/ready")[0] == 503
+    finally:
+        err = _stopped(None, server, clickhouse)
+    assert err.count("refused user") == 1, err[-3000:]

@@ -139,6 +139,11 @@ class ClickHouseStore(Store):
                                         f"({where}: {_clip(text)}); the request may not have "
                                         "been stored: send it again (a call sent twice is "
                                         "stored once)")
+        if getattr(exc, "code", None) == _AUTHENTICATION_FAILED:  # its password changed
+            return self._trouble.answer(503, f"the store's ClickHouse refused user "
+                                        f"{self.target.user!r} ({where}); nothing of this "
+                                        "request was stored: send it again once engine serve "
+                                        "has the new password (restart it)")
         return None
 
     # -- calls ---------------------------------------------------------------------------
