@@ -235,3 +235,13 @@ def test_a_clickhouse_password_changed_under_serve_answers_503_naming_the_refuse
     finally:
         err = _stopped(None, server, clickhouse)
     assert err.count("refused user") == 1, err[-3000:]
+
+
+def test_serve_on_an_embedded_clickhouse_folder_it_cannot_create_says_so():
+    done = subprocess.run([sys.executable, "-m", "engine", "serve", "--store",
+                           "chdb:///proc/no-such-folder", "--port", "0"],
+                          env=_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done
+    line = next(ln for ln in done.stderr.splitlines() if ln.startswith("engine: error:"))
+    assert "cannot open the embedded ClickHouse (chdb) at /proc/no-such-folder" in line, line
+    assert "unexpected" not in line

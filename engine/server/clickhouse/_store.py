@@ -91,6 +91,9 @@ class ClickHouseStore(Store):
             if _unreachable(exc):
                 why = (f"the store's ClickHouse server cannot be reached ({target.describe()}: "
                        f"{_clip(str(exc))}); start it, or check --store and the network")
+            elif target.interface == "chdb" and not isinstance(exc, EngineError):
+                why = (f"cannot open the embedded ClickHouse (chdb) at {target.path}: "
+                       f"{_clip(str(exc))}")
             elif getattr(exc, "code", None) == _AUTHENTICATION_FAILED:
                 why = (f"ClickHouse refused user {target.user!r} ({target.describe()}): check "
                        f"${PASSWORD_ENV}, ${PASSWORD_FILE_ENV} or --clickhouse-password-file, "
