@@ -55,6 +55,37 @@ def _serve(store: str, port: int) -> subprocess.Popen:
                             env=_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
+def _serve_on(clickhouse: LocalClickHouse, database: str) -> tuple[str, subprocess.Popen]:
+    """``engine serve`` on ``database`` of ``clickhouse``, answering: (its URL, the process)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = _serve(clickhouse.store_url(database), port)
+    try:
+        wait_health(url, server)
+    except BaseException:
+        stop(server)
+        raise
+    return url, server
+
+
+def _store_one(url: str, text: str) -> dict:
+    """One call, stored (200) while the store is well: what the test checks later."""
+    call = complete_call(PROJECT, 0, text)
+    assert post(url, f"/v2/{PROJECT}/calls/complete", {"batch": [call]})[0] == 200
+    return call
+
+
+def _refused_at_start(store: str, **env: str) -> tuple[str, str]:
+    """``engine serve --store store`` exiting 1 at start: (its error line, its stderr)."""
+    done = subprocess.run([sys.executable, "-m", "engine", "serve", "--store", store,
+                           "--port", "0"],
+                          env={**_env(), **env}, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done
+    line = next(ln for ln in done.stderr.splitlines() if ln.startswith("engine: error:"))
+    assert "unexpected" not in line and "Traceback" not in done.stderr, done.stderr
+    return line, done.stderr
+
+
 def _waiting_calls(url: str, first: int) -> tuple[engine.Engine, list[dict]]:
     """An engine holding 200 calls the store cannot take yet (they wait, retried)."""
     eng = engine.Engine(url=url, project=PROJECT, linger_ms=5, delivery_deadline_s=120)
@@ -91,14 +122,10 @@ def test_a_clickhouse_outage_answers_503_with_a_reason_and_every_call_lands_once
         tmp_path):
     folder = tmp_path / "clickhouse"
     clickhouse = start_local_clickhouse(folder, PASSWORD)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    server = _serve(clickhouse.store_url("outage"), port)
+    url, server = _serve_on(clickhouse, "outage")
     eng = None
     try:
-        wait_health(url, server)
-        before = complete_call(PROJECT, 0, "stored before the outage")
-        assert post(url, f"/v2/{PROJECT}/calls/complete", {"batch": [before]})[0] == 200
+        before = _store_one(url, "stored before the outage")
 
         clickhouse.stop()
         for i in range(3):  # every request, a write and a read, the same answer
@@ -132,12 +159,9 @@ def test_a_clickhouse_outage_answers_503_with_a_reason_and_every_call_lands_once
 
 def test_serve_on_an_unreachable_clickhouse_says_so_and_exits_1():
     store = f"clickhouse://default@127.0.0.1:{free_port()}/nothing_listens"
-    done = subprocess.run([sys.executable, "-m", "engine", "serve", "--store", store, "--port", "0"],
-                          env=_env(), capture_output=True, text=True, timeout=120)
-    assert done.returncode == 1, done
-    line = next(ln for ln in done.stderr.splitlines() if ln.startswith("engine: error:"))
+    line, stderr = _refused_at_start(store)
     assert "the store's ClickHouse server cannot be reached" in line and store[13:] in line, line
-    assert "unexpected" not in line and "Traceback" not in done.stderr and PASSWORD not in done.stderr
+    assert PASSWORD not in stderr
 
 
 def _fill(folder: str) -> str:
@@ -172,15 +196,11 @@ def test_a_full_clickhouse_disk_answers_507_with_a_reason_and_every_call_lands_o
         if "listening on" in line:
             break
     clickhouse = LocalClickHouse(proc, "127.0.0.1", ch_port, PASSWORD)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    server = _serve(clickhouse.store_url("full"), port)
+    assert proc.poll() is None, "the local ClickHouse did not start"
+    url, server = _serve_on(clickhouse, "full")
     eng = None
     try:
-        assert proc.poll() is None, "the local ClickHouse did not start"
-        wait_health(url, server)
-        before = complete_call(PROJECT, 0, "stored before the disk filled")
-        assert post(url, f"/v2/{PROJECT}/calls/complete", {"batch": [before]})[0] == 200
+        before = _store_one(url, "stored before the disk filled")
 
         filler = _fill(f"/proc/{proc.pid}/root{_MOUNT}")  # its namespace's tmpfs, full
         status, answer, headers = post(url, f"/v2/{PROJECT}/calls/complete",
@@ -202,28 +222,19 @@ def test_a_full_clickhouse_disk_answers_507_with_a_reason_and_every_call_lands_o
 
 def test_serve_with_a_wrong_clickhouse_password_says_which_settings_to_check(tmp_path):
     with local_clickhouse(tmp_path / "clickhouse", PASSWORD) as clickhouse:
-        done = subprocess.run(
-            [sys.executable, "-m", "engine", "serve", "--store", clickhouse.store_url("x"),
-             "--port", "0"],
-            env={**_env(), "ENGINE_CLICKHOUSE_PASSWORD": "not-the-password"},
-            capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert done.returncode == 1, done
-    line = next(ln for ln in done.stderr.splitlines() if ln.startswith("engine: error:"))
+        line, stderr = _refused_at_start(clickhouse.store_url("x"),
+                                         ENGINE_CLICKHOUSE_PASSWORD="not-the-password")
     assert "ClickHouse refused user 'default'" in line and "$ENGINE_CLICKHOUSE_PASSWORD" in line
-    assert "unexpected" not in line and "not-the-password" not in done.stderr
+    assert "not-the-password" not in stderr
 
 
 def test_a_clickhouse_password_changed_under_serve_answers_503_naming_the_refused_user(
         tmp_path):
     folder = tmp_path / "clickhouse"
     clickhouse = start_local_clickhouse(folder, PASSWORD)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    server = _serve(clickhouse.store_url("rotated"), port)
+    url, server = _serve_on(clickhouse, "rotated")
     try:
-        wait_health(url, server)
-        assert post(url, f"/v2/{PROJECT}/calls/complete",
-                    {"batch": [complete_call(PROJECT, 0, "before")]})[0] == 200
+        _store_one(url, "before")
         clickhouse.stop()  # the password is rotated on the ClickHouse side only
         clickhouse = start_local_clickhouse(folder, "rotated-password", port=clickhouse.port)
         status, answer, headers = post(url, f"/v2/{PROJECT}/calls/complete",
@@ -238,10 +249,5 @@ def test_a_clickhouse_password_changed_under_serve_answers_503_naming_the_refuse
 
 
 def test_serve_on_an_embedded_clickhouse_folder_it_cannot_create_says_so():
-    done = subprocess.run([sys.executable, "-m", "engine", "serve", "--store",
-                           "chdb:///proc/no-such-folder", "--port", "0"],
-                          env=_env(), capture_output=True, text=True, timeout=120)
-    assert done.returncode == 1, done
-    line = next(ln for ln in done.stderr.splitlines() if ln.startswith("engine: error:"))
+    line, _ = _refused_at_start("chdb:///proc/no-such-folder")
     assert "cannot open the embedded ClickHouse (chdb) at /proc/no-such-folder" in line, line
-    assert "unexpected" not in line
