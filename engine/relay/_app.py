@@ -17,7 +17,7 @@ from engine.producer._engine import Engine
 from engine.relay import _routes
 from engine.relay._proxy import proxy, server_info
 from engine.relay._state import RELAY, RelayState
-from engine.server._auth import CURRENT_GRANT, NO_KEY, KeyRing, check_bind
+from engine.server._auth import CURRENT_GRANT, KeyRing, check_bind
 from engine.server._body import DEFAULT_MAX_BODY_BYTES, ApiError, error_response
 from engine.server._connections import DEFAULT_HEADER_TIMEOUT_S, LimitedSite
 from engine.server._limits import DEFAULT_MAX_CONNECTIONS
@@ -47,11 +47,8 @@ _OPEN_ROUTES = frozenset({("GET", "/health"), ("HEAD", "/health")})
 def _auth_middleware(keys: KeyRing) -> Any:
     @web.middleware
     async def auth(request: web.Request, handler: Any) -> web.StreamResponse:
-        authorization = request.headers.get("Authorization")
-        if authorization is None and (request.method, request.path) in _OPEN_ROUTES:
-            CURRENT_GRANT.set(NO_KEY)
-        else:
-            CURRENT_GRANT.set(keys.grant(authorization))
+        CURRENT_GRANT.set(keys.grant_for(request.headers.get("Authorization"),
+                                         (request.method, request.path), _OPEN_ROUTES))
         return await handler(request)
 
     return auth

@@ -35,7 +35,7 @@ from engine.server import (
     _routes_usage,
     _routes_v2,
 )
-from engine.server._auth import CURRENT_GRANT, NO_KEY, Grant, KeyRing, check_bind
+from engine.server._auth import CURRENT_GRANT, Grant, KeyRing, check_bind
 from engine.server._body import DEFAULT_MAX_BODY_BYTES, ApiError, error_response
 from engine.server._connections import DEFAULT_HEADER_TIMEOUT_S, LimitedSite
 from engine.server._count_store import CountStore
@@ -104,11 +104,8 @@ def _auth_middleware(keys: KeyRing) -> Any:
 
     @web.middleware
     async def auth(request: web.Request, handler: Any) -> web.StreamResponse:
-        authorization = request.headers.get("Authorization")
-        if authorization is None and (request.method, request.path) in OPEN_ROUTES:
-            CURRENT_GRANT.set(NO_KEY)
-        else:
-            CURRENT_GRANT.set(keys.grant(authorization))
+        CURRENT_GRANT.set(keys.grant_for(request.headers.get("Authorization"),
+                                         (request.method, request.path), OPEN_ROUTES))
         return await handler(request)
 
     return auth

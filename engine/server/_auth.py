@@ -90,6 +90,15 @@ class KeyRing:
             raise ApiError(401, "invalid API key", _AUTH_HEADERS)
         return found
 
+    def grant_for(self, authorization: str | None, route: tuple[str, str],
+                  open_routes: frozenset[tuple[str, str]]) -> Grant:
+        """A request's grant: :data:`NO_KEY` (which reaches no project) for a keyless
+        request to one of the ``open_routes`` (method, path) -- a monitoring probe --, else
+        :meth:`grant` (a key that is sent is always checked)."""
+        if authorization is None and route in open_routes:
+            return NO_KEY
+        return self.grant(authorization)
+
 
 def _basic_key(authorization: str | None) -> str:
     """The key of HTTP Basic ``api:<key>`` (the real server's scheme); never echoed."""
