@@ -1,7 +1,7 @@
 """``/otel/v1/traces``: OTLP span export stored as calls.
 
 An OTLP ``ExportTraceServiceRequest`` as JSON, or as protobuf when
-``opentelemetry-proto`` is importable (else 415 saying so); the project is the
+``opentelemetry-proto`` is importable (the ``otel`` extra; else 415 saying so); the project is the
 ``project_id`` header. Each span is stored as a complete call (id = span id, op name =
 span name, attributes flattened, the span itself in ``otel_dump``), so a resent export
 rewrites the same calls.
@@ -66,7 +66,9 @@ def _protobuf_spans(body: bytes) -> list[dict[str, Any]]:
         from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
     except ImportError:
         raise ApiError(
-            415, "protobuf OTLP needs the opentelemetry-proto package on the server; send OTLP JSON"
+            415,
+            "protobuf OTLP needs the opentelemetry-proto package on the server "
+            "(pip install 'engine[otel]'); or send OTLP JSON",
         ) from None
     message = trace_service_pb2.ExportTraceServiceRequest()
     try:

@@ -4,10 +4,15 @@ kept out of repr and logs, and config/engine.toml documenting every setting."""
 import io
 import logging
 import re
+import sys
 from pathlib import Path
 
 import pytest
-import tomllib
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
 
 from engine import cli
 from engine.cli import _args
