@@ -54,6 +54,9 @@ def run(args: argparse.Namespace) -> int:
           f"(in {dead}), {summary.items_unsaved} not written back; "
           f"{summary.segments_sent} spool segments done, {summary.segments_kept} kept, "
           f"{summary.segments_corrupt} corrupt")
+    if invalid := summary.rejected_by_reason.get("not_json"):
+        print(f"engine replay: {invalid} dead letters hold an item that is not JSON "
+              f"(\"item_invalid\": true): not sent, kept in {dead} as its text to read and fix")
     for name, url, records in rings.elsewhere:
         print(f"engine replay: ring set {name} holds {records} records for {url}: "
               f"`engine replay --to {url}` recovers them")

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
 
 from engine.ring import RUN_CALL_BYTES
-from engine.wire._codec import uuid7
+from engine.wire._codec import json_error, uuid7
 
 _BATCH_PREFIX = b'{"batch":['
 _BATCH_SUFFIX = b"]}"
@@ -154,6 +154,11 @@ class Batch:
 
     def refs(self) -> Iterator[int]:
         return itertools.chain.from_iterable(map(_ITEM_REFS, self.items))
+
+    def holds_invalid_json(self) -> bool:
+        """Whether the JSON of a call in it is not valid (looked at after a 400 only)."""
+        return any(json_error(data) is not None
+                   for item in self.items for _, data in item.each_call())
 
     def __len__(self) -> int:
         """The calls it holds (a run item holds several)."""

@@ -20,7 +20,8 @@ while they write. The protocol that keeps every line exactly once:
   file until it deletes it; one left by a claimer that died is claimed again by the next
   replay (:func:`claim_abandoned`).
 
-A writer killed in the middle of a line leaves it torn; the next writer ends it with a
+An item that is not JSON is kept as its text in a JSON string, with ``"item_invalid":true``
+(a replay does not send it). A writer killed in the middle of a line leaves it torn; the next writer ends it with a
 newline first, and the reader sets such lines aside instead of failing.
 """
 
@@ -31,6 +32,7 @@ import datetime
 import fcntl
 import glob
 import itertools
+import logging
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -41,14 +43,17 @@ import msgspec
 
 from engine.ring import _files as _ring_files
 from engine.sender._fileid import names_open_file
+from engine.wire._codec import json_error
 
+log = logging.getLogger("engine.sender")
 _UTC = datetime.timezone.utc
 _CLAIMED = ".claimed-"
 _REOPEN_TRIES = 8  # one per claim that races this append: more would be a claim storm
 
 
-class DeadLetter(msgspec.Struct, frozen=True):
-    """One dead-lettered item as read back; ``item`` is its raw JSON bytes."""
+class DeadLetter(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One dead-lettered item as read back; ``item`` is its raw JSON bytes, or, when
+    ``item_invalid``, a JSON string holding the text of an item that was not JSON."""
 
     ts: str
     reason: str
@@ -57,19 +62,24 @@ class DeadLetter(msgspec.Struct, frozen=True):
     route: str
     project: str
     item: msgspec.Raw
+    item_invalid: bool = False
 
     @property
     def item_json(self) -> bytes:
+        """The item as it was sent (an invalid one: its text, as UTF-8)."""
+        if self.item_invalid:
+            return msgspec.json.decode(self.item, type=str).encode()
         return bytes(self.item)
 
 
-class _Envelope(msgspec.Struct):
+class _Envelope(msgspec.Struct, omit_defaults=True):
     ts: str
     reason: str
     status: int | None
     call_id: str | None
     route: str
     project: str
+    item_invalid: bool = False
 
 
 _encoder = msgspec.json.Encoder()
@@ -90,7 +100,7 @@ class DeadLetters:
 
     def add(self, *, reason: str, status: int | None, call_id: str | None, route: str,
             project: str, item_json: bytes) -> None:
-        """Append one item. ``item_json`` must be one JSON value (as the producer encoded it)."""
+        """Append one item, ``item_json`` as the producer encoded it (one JSON value)."""
         self.add_batch(reason=reason, status=status, route=route,
                        items=[(call_id, project, item_json)])
 
@@ -98,9 +108,11 @@ class DeadLetters:
                   items: Iterable[tuple[str | None, str, bytes]]) -> None:
         """Append (call id, project, item JSON) items sharing a reason, in one write."""
         ts = _now_iso()
-        lines = [_line(_Envelope(ts, reason, status, call_id, route, project),
-                       _one_line_json(item_json, call_id))
-                 for call_id, project, item_json in items]
+        lines = []
+        for call_id, project, item_json in items:
+            embedded, invalid = _embedded(item_json, call_id)
+            lines.append(_line(_Envelope(ts, reason, status, call_id, route, project, invalid),
+                               embedded))
         self._append(b"".join(lines))
         self.counts[reason] += len(lines)
 
@@ -258,15 +270,18 @@ def _line(envelope: _Envelope, item_json: bytes) -> bytes:
     return b"".join((head[:-1], b',"item":', item_json, b"}\n"))
 
 
-def _one_line_json(item_json: bytes, call_id: str | None) -> bytes:
-    # An invalid item would corrupt its line and make the file unreplayable: refuse it loudly.
-    try:
-        msgspec.json.decode(item_json)
-    except msgspec.DecodeError as exc:
-        raise ValueError(f"dead letter for call {call_id}: item is not valid JSON: {exc}") from None
+def _embedded(item_json: bytes, call_id: str | None) -> tuple[bytes, bool]:
+    """(the item as its line embeds it, whether it was not JSON): its JSON on one line; an
+    item that is not JSON (written by a bug, or by msgspec < 0.23 for a NaN Decimal) would
+    corrupt its line, so it is kept as its text in a JSON string and flagged."""
+    error = json_error(item_json)
+    if error is not None:
+        log.warning("dead letter for call %s: the item is not valid JSON (%s); kept as its "
+                    "text with item_invalid", call_id, error)
+        return _encoder.encode(item_json.decode("utf-8", "backslashreplace")), True
     if b"\n" in item_json or b"\r" in item_json:  # pretty-printed: strings never hold raw newlines
-        return msgspec.json.format(item_json, indent=-1)
-    return item_json
+        return msgspec.json.format(item_json, indent=-1), False
+    return item_json, False
 
 
 def _now_iso() -> str:

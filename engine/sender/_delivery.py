@@ -165,6 +165,9 @@ class Delivery:
             self._switch_mode("complete")
         elif status == 404 and self.cfg.target == "auto" and self.router.mode == "complete":
             self._switch_mode("upsert")
+        elif status == 400 and batch.holds_invalid_json():
+            # one call the server cannot read fails its whole body: isolate it, as a 422's
+            self._split(batch, "splits_422", "invalid", status, response)
         else:
             self._dead_letter(batch, "http", status, _reason(response))
         self._publish_gauges()

@@ -57,7 +57,7 @@ class ReplaySummary(msgspec.Struct, kw_only=True):
     items_rejected: int = 0  # refused for good: in the dead letters with the reason
     items_unsaved: int = 0  # could not be written back: still in the claimed file or segment
     malformed_lines: int = 0
-    rejected_by_reason: dict[str, int] = {}  # too_large, invalid, http
+    rejected_by_reason: dict[str, int] = {}  # too_large, invalid, http, not_json
     requests: int = 0
     splits_413: int = 0
 
@@ -158,6 +158,11 @@ async def _replay_claimed(claimed: Path, path: Path, resender: Resender, dead: D
     stopped = False
     by_route: dict[str, list[DeadLetter]] = {}
     for letter in letters:  # one run of requests per route, each in the file's order
+        if letter.item_invalid:  # not JSON: no server takes it; kept for a person to read
+            back.append(letter)
+            summary.items_rejected += 1
+            summary.rejected_by_reason["not_json"] = summary.rejected_by_reason.get("not_json", 0) + 1
+            continue
         by_route.setdefault(letter.route, []).append(letter)
     for route, batch in by_route.items():
         if stopped:  # the server stopped answering: keep the rest as it is

@@ -71,7 +71,7 @@ def describe(route: str, item: bytes) -> tuple[str | None, str]:
         else:
             wrapped = msgspec.json.decode(item, type=_Wrapped)
             ids = wrapped.start or wrapped.end or next(iter((wrapped.req or {}).values()), _Ids())
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):  # not JSON: kept as its text
         return None, ""
     return ids.id, ids.project_id or ""
 

@@ -237,5 +237,14 @@ def decode(data: bytes | str, type: Any = Any) -> Any:
     return msgspec.json.decode(data, type=type, dec_hook=_dec_hook)
 
 
+def json_error(data: bytes) -> str | None:
+    """Why ``data`` is not one JSON value in UTF-8 (as a server reads it), or None if it is."""
+    try:
+        msgspec.json.decode(data)
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        return str(exc)
+    return None
+
+
 def _dec_hook(type_: Any, obj: Any) -> Any:
     raise NotImplementedError(f"cannot decode {type_!r}")

@@ -48,6 +48,23 @@ def test_replay_delivers_spool_and_dead_letters_and_keeps_only_failures(tmp_path
     assert os.stat(dead).st_mode & 0o777 == 0o600
 
 
+def test_replay_keeps_a_letter_that_is_not_json_without_sending_it_and_says_so(tmp_path):
+    dead = tmp_path / "dead.jsonl"
+    bad = _complete(21).replace(b'"inputs":{}', b'"inputs":{"0":NaN}')
+    with DeadLetters(dead) as letters:
+        letters.add_batch(reason="400", status=400, route=ROUTE, items=[
+            ("c20", PROJECT, _complete(20)), ("c21", PROJECT, bad)])
+    (tmp_path / "spool").mkdir()
+    with FaultServer(seed=3) as server:
+        result = _replay(server.url, "--spool", str(tmp_path / "spool"), "--dead-letters", str(dead))
+        assert result.returncode == 1, result.stderr
+        assert server.stored_ids(PROJECT) == {"0190a0b0-0000-7000-8000-000000000020"}
+        assert len(server.records(ROUTE)) == 1  # the invalid one was never sent
+    assert "1 dead letters hold an item that is not JSON" in result.stdout
+    (kept,) = read_dead_letters(dead)
+    assert kept.call_id == "c21" and kept.item_invalid and kept.item_json == bad
+
+
 def test_stats_finds_the_running_engine_and_prints_its_line():
     with Engine(url="http://127.0.0.1:9", project="a/b", start_sender=False) as engine:
         ring_dir = os.path.dirname(engine.spec.lock_path)

@@ -302,6 +302,33 @@ def test_the_direct_api_writes_nan_as_null_and_bytes_as_base64_and_counts_them(e
         "nonfinite": 4, "bytes": 2}
 
 
+def test_an_item_that_is_not_json_is_dead_lettered_and_every_other_call_delivered(
+        server_url, tmp_path):
+    """A record the server cannot read (here a ``msgspec.Raw`` value that is not JSON, which
+    msgspec writes as it is) is dead-lettered as its text: the sender once raised writing
+    it, died, was restarted on the same record and died again, delivering nothing more."""
+    dead_letters = tmp_path / "dead_letters.jsonl"
+    with engine.Engine(url=server_url, project=PROJECT, compression="none", linger_ms=5,
+                       dead_letter_path=str(dead_letters)) as eng:
+        tracer = eng.producer()
+        name = f"direct.not-json.{next(_names)}"
+        starts = [_start(op_name=name, inputs={"i": i}) for i in range(5)]
+        starts[2].inputs = {"raw": msgspec.Raw(b'{"a": NaN')}
+        for start in starts:
+            tracer.call_start(start)
+            tracer.call_end(_end(start, output="ok"))
+        assert eng.flush(timeout_s=30) is False  # settled, one call dead-lettered
+        stats = eng.stats()
+        assert stats["dead_letters"] == stats["dead_invalid"] == 1
+        assert stats["sender_restarts"] == 0 and stats["splits_422"] >= 1
+    stored = {call["id"] for call in stored_calls(server_url, name)}
+    assert stored == {s.id for i, s in enumerate(starts) if i != 2}
+    (line,) = dead_letters.read_bytes().splitlines()
+    letter = msgspec.json.decode(line)
+    assert letter["call_id"] == starts[2].id and letter["item_invalid"] is True
+    assert '"raw":{"a": NaN' in letter["item"]
+
+
 def test_an_item_of_almost_max_request_bytes_is_delivered_through_a_ring_half_its_size(
         server_url, tmp_path):
     """One item may be up to twice ring_bytes (it used to be half of it): ring_bytes just

@@ -84,12 +84,25 @@ def test_pretty_printed_item_is_stored_on_one_line(tmp_path):
     assert letter.item_json == b'{"id":"c1","s":"a\\nb"}'
 
 
-def test_invalid_item_json_is_refused_naming_the_call(tmp_path):
-    with (
-        DeadLetters(tmp_path / "letters.jsonl") as letters,
-        pytest.raises(ValueError, match="call c9"),
-    ):
-        add(letters, "c9", item=b'{"id": ')
+def test_an_item_that_is_not_json_is_kept_as_its_text_flagged_and_logged(tmp_path, caplog):
+    # refusing it raised in the sender, which died on it, was restarted on the same record
+    # and died again: one bad item stopped every delivery (msgspec < 0.23 writes a NaN
+    # Decimal inside a dict with int keys as NaN)
+    path = tmp_path / "letters.jsonl"
+    bad = b'{"id":"c9","inputs":{"0":NaN},"s":"caf\xc3\xa9 \xff"}'
+    with DeadLetters(path) as letters:
+        letters.add_batch(reason="400", status=400, route="/call/upsert_batch",
+                          items=[("c8", "ent/proj", ITEM), ("c9", "ent/proj", bad)])
+    good_line, bad_line = path.read_bytes().splitlines()
+    assert msgspec.json.decode(good_line)["item"] == msgspec.json.decode(ITEM)
+    assert "item_invalid" not in msgspec.json.decode(good_line)
+    record = msgspec.json.decode(bad_line)  # the line itself is JSON
+    assert record["item_invalid"] is True and record["call_id"] == "c9"
+    assert record["item"] == '{"id":"c9","inputs":{"0":NaN},"s":"caf\u00e9 \\xff"}'
+    first, second = read_dead_letters(path)
+    assert first.item_json == ITEM and not first.item_invalid
+    assert second.item_invalid and second.item_json == bad.replace(b"\xff", b"\\xff")
+    assert "call c9: the item is not valid JSON" in caplog.text
 
 
 def test_reader_skips_a_torn_last_line(tmp_path):
