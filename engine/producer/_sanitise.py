@@ -101,6 +101,11 @@ class _Walk:
         if kind is str or isinstance(value, str):
             return self.string(value, path)
         if isinstance(value, _JSON_SCALARS):
+            if isinstance(value, Decimal) and not value.is_finite():
+                # msgspec >= 0.23 refuses it (older ones wrote NaN, not JSON); the
+                # encoders write null for one they meet in a dict with str keys
+                self.counts["nonfinite"] += 1
+                return None
             return value
         if isinstance(value, (dict, list, tuple, set, frozenset)):
             return self.container(value, path, depth)

@@ -14,8 +14,8 @@ three searches of every payload, and bytes-like values leave no mark there.)
 What is counted:
 
 - a NaN/inf float is written ``null``;
-- a NaN/inf ``Decimal`` would be written ``NaN`` / ``Infinity`` by msgspec (not JSON): the C
-  encoder writes ``null``, and so does this one;
+- a NaN/inf ``Decimal`` would be written ``NaN`` / ``Infinity`` by msgspec < 0.23 (not
+  JSON) and is refused by 0.23: the C encoder writes ``null``, and so does this one;
 - bytes-like values become ordinary-looking base64 strings.
 
 Where the C encoder walks: the fields of the wire items, dicts whose keys are all exact
@@ -77,10 +77,18 @@ class PyEncoder:
         self._lossy_type: dict[type, bool] = {}
 
     def encode(self, item: Any) -> bytes:
-        payload = self._encoder.encode(item)
-        if self._may_be_lossy(item):
+        try:
+            payload = self._encoder.encode(item)
+            nulled = False
+        except ValueError:
+            # msgspec >= 0.23 refuses a NaN/inf Decimal as a number (older ones write NaN):
+            # written null, as the C encoder does. Any other error comes back from this
+            # second encode; its success also shows ``item`` is a finite tree to walk.
+            payload = self._encoder.encode(self._nulled(item))
+            nulled = True
+        if nulled or self._may_be_lossy(item):
             nonfinite, nbytes, decimals = self._count(item)
-            if decimals:
+            if decimals and not nulled:
                 payload = self._encoder.encode(self._nulled(item))
             counts.nonfinite += nonfinite
             counts.bytes += nbytes

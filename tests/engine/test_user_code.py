@@ -15,6 +15,7 @@ import logging
 import math
 import urllib.request
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 import msgspec
@@ -55,6 +56,8 @@ KINDS: dict[str, tuple[Callable[[], Any], str, Any]] = {
                   f"<oversized: str of {MAX_REQUEST_BYTES + 12} bytes>"),
     "nan": (lambda: math.nan, "nonfinite", None),
     "bytes": (lambda: b"\x00\xff", "bytes", "AP8="),
+    # a dict with other keys than str is msgspec's to write, which refuses a NaN Decimal
+    "nan_decimal_int_key": (lambda: {0: Decimal("NaN")}, "nonfinite", {"0": None}),
 }
 
 

@@ -2,7 +2,8 @@
 
 The C encoder counts them as it meets them (engine/native/_native_json.c); the pure-Python
 encoder (engine/wire/_lossy.py) finds the same ones after msgspec wrote the item. Both
-write a NaN/inf Decimal as null, where msgspec alone would write ``NaN`` (not JSON).
+write a NaN/inf Decimal as null, where msgspec alone would write ``NaN`` (not JSON; before
+0.23) or refuse it (0.23).
 """
 
 from __future__ import annotations
@@ -36,11 +37,21 @@ class Holder:  # msgspec's, with what it holds: written the same, counted by nei
     value: object
 
 
-def both(item) -> tuple[bytes, tuple[int, int], bytes, tuple[int, int]]:
+def _encoded(encode, item) -> bytes | str:
+    """The bytes, or the error's type and text: a NaN/inf Decimal that only msgspec meets
+    (in a dict with other keys than str) is ``NaN`` from msgspec < 0.23 and refused by
+    0.23, by both encoders alike."""
+    try:
+        return encode(item)
+    except ValueError as exc:
+        return f"ValueError: {exc}"
+
+
+def both(item) -> tuple[bytes | str, tuple[int, int], bytes | str, tuple[int, int]]:
     _codec.take_counts()
-    c_bytes = native.encode(_codec.producer_encoder.encode, item)
+    c_bytes = _encoded(lambda it: native.encode(_codec.producer_encoder.encode, it), item)
     c_counts = native.take_counts()
-    py_bytes = PY_ENCODER.encode(item)
+    py_bytes = _encoded(PY_ENCODER.encode, item)
     py_counts = (_lossy.counts.nonfinite, _lossy.counts.bytes)
     _codec.take_counts()
     return c_bytes, c_counts, py_bytes, py_counts
