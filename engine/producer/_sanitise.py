@@ -70,7 +70,8 @@ class Problem:
     detail: str
 
     def __str__(self) -> str:
-        return f"{self.path}: {self.reason}: {self.detail}"
+        return f"{self.path}: {self.reason}: {self.detail}" if self.path else (
+            f"{self.reason}: {self.detail}")
 
 
 class _Stop(Exception):
@@ -89,6 +90,7 @@ class _Walk:
         self.stop_at_first = stop_at_first
         self.counts: Counter[str] = Counter()
         self._active: set[int] = set()  # ids of the containers on the current path
+        self._other_keys = 0  # dicts on the path with keys other than str: msgspec writes them
 
     def problem(self, path: str, reason: str, detail: str, placeholder: Any) -> Any:
         if self.stop_at_first:
@@ -102,10 +104,12 @@ class _Walk:
             return self.string(value, path)
         if isinstance(value, _JSON_SCALARS):
             if isinstance(value, Decimal) and not value.is_finite():
-                # msgspec >= 0.23 refuses it (older ones wrote NaN, not JSON); the
-                # encoders write null for one they meet in a dict with str keys
-                self.counts["nonfinite"] += 1
-                return None
+                # the encoders write null for one they meet; one in a dict with other keys
+                # than str is msgspec's to write, which refuses it (before 0.23: NaN)
+                if self.stop_at_first and not self._other_keys:
+                    return value  # written null: not what failed
+                return self.problem(path, "nonfinite", f"Decimal {value} in a dict whose "
+                                    "keys are not all str (use str keys)", None)
             return value
         if isinstance(value, (dict, list, tuple, set, frozenset)):
             return self.container(value, path, depth)
@@ -140,9 +144,14 @@ class _Walk:
 
     def mapping(self, value: dict, path: str, depth: int) -> dict:
         out = {}
-        for key, item in list(value.items()):
-            key_text = self.key(key, path)
-            out[key_text] = self.value(item, f"{path}[{key_text!r}]", depth + 1)
+        other_keys = any(type(key) is not str for key in value)
+        self._other_keys += other_keys
+        try:
+            for key, item in list(value.items()):
+                key_text = self.key(key, path)
+                out[key_text] = self.value(item, f"{path}[{key_text!r}]", depth + 1)
+        finally:
+            self._other_keys -= other_keys
         return out
 
     def key(self, key: Any, path: str) -> str:

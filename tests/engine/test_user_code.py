@@ -247,6 +247,8 @@ INVALID: dict[str, tuple[dict, str, dict, str, str]] = {
                        {"output": "\udc80"}, "output", "bad_string"),
     "oversized": ({"inputs": {"v": "x" * MAX_REQUEST_BYTES}}, "inputs",
                   {"output": "x" * MAX_REQUEST_BYTES}, "output", "oversized"),
+    "nan_decimal_int_key": ({"inputs": {"v": {0: Decimal("NaN")}}}, "inputs['v']['0']",
+                            {"output": {1: Decimal("-Infinity")}}, "output['1']", "nonfinite"),
     "naive_time": ({"started_at": dt.datetime(2024, 5, 1, 12)}, "started_at",
                    {"ended_at": dt.datetime(2024, 5, 1, 12)}, "ended_at", "timestamp"),
     "time_out_of_range": ({"started_at": dt.datetime(1, 1, 1, tzinfo=_PLUS_14)}, "started_at",
