@@ -62,6 +62,7 @@ def cluster():
     finally:
         ray.shutdown()
         nodes.shutdown()
+        _drop_exit_hooks_of_stopped_nodes()
         shutil.rmtree(temp_dir, ignore_errors=True)  # Ray's sockets and logs
         del os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"]
         if was_tmpdir is None:
@@ -69,6 +70,23 @@ def cluster():
         else:
             os.environ["RAY_TMPDIR"] = was_tmpdir
         ray_constants.ENABLE_RAY_CLUSTER = was_enabled
+
+
+def _drop_exit_hooks_of_stopped_nodes() -> None:
+    """Ray's in-process ``Cluster`` leaves each node's atexit handler behind, holding the
+    node and its GCS client: a child this process forks later (multiprocessing clears the
+    atexit handlers there) frees that client, and gRPC kills the child with SIGSEGV (Python
+    3.13, ray 2.60; the ring's fork tests after this module crashed so). Once the nodes are
+    stopped the handlers have nothing left to do."""
+    import atexit
+    import gc
+    import types
+
+    for obj in gc.get_objects():
+        if (isinstance(obj, types.FunctionType)
+                and obj.__qualname__ == "Node._register_shutdown_hooks.<locals>.atexit_handler"):
+            atexit.unregister(obj)
+    gc.collect()  # the nodes' GCS clients go here, in this process
 
 
 @pytest.fixture

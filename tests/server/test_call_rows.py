@@ -3,6 +3,7 @@ dicts row_to_call makes, and engine serve streams the same bytes with or without
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import urllib.request
@@ -108,7 +109,8 @@ def test_engine_serve_streams_the_same_bytes_with_and_without_the_accelerator(tm
         _post(url, "/v2/ent/proj/calls/complete", {"batch": _calls()[-1:]})
     finally:
         stop_server(proc)
-    with sqlite3.connect(db_path) as conn:  # a time only an older server could store
+    # a time only an older server could store (closing: a bare `with` only commits)
+    with contextlib.closing(sqlite3.connect(db_path)) as conn, conn:
         conn.execute("UPDATE calls SET ended_at_us = ? WHERE id = 'c0001'", (MAX_TIME_US + 10**9,))
     answers = []
     for pure in ("0", "1"):

@@ -1,6 +1,7 @@
 """The SQLite store's file: new files get large pages, files of older servers keep theirs."""
 
 import asyncio
+import contextlib
 import sqlite3
 
 from engine.server._sqlite_db import PAGE_BYTES
@@ -10,7 +11,7 @@ from tests.server.test_store_contract import P, _call
 
 
 def _page_size(path) -> int:
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
         return conn.execute("PRAGMA page_size").fetchone()[0]
 
 
@@ -22,7 +23,7 @@ def test_a_new_file_gets_large_pages(tmp_path):
 
 def test_a_file_with_small_pages_keeps_them_and_takes_calls(tmp_path):
     path = tmp_path / "old.db"
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:  # a bare `with` only commits
         conn.execute("PRAGMA page_size=4096")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("CREATE TABLE leftover (x)")
