@@ -26,7 +26,7 @@ else:
 PYPROJECT = tomllib.loads((ENGINE_DIR.parent / "pyproject.toml").read_text())["project"]
 # packages whose modules may import an extra's package when they load
 OPTIONAL_AREAS = ("engine.integrations", "engine.server.clickhouse")
-_STDLIB = set(sys.stdlib_module_names) | {"__future__"}
+_STDLIB = set(sys.stdlib_module_names) | {"__future__", "tomllib"}  # tomllib: 3.11+
 _LOCAL = {"engine", "_engine_weave_hook"}
 
 
@@ -42,13 +42,31 @@ CORE = {_requirement_name(r) for r in PYPROJECT["dependencies"]}
 EXTRAS = {extra: {_requirement_name(r) for r in reqs}
           for extra, reqs in PYPROJECT["optional-dependencies"].items()}
 DECLARED = CORE.union(*EXTRAS.values())
-_DISTRIBUTIONS = importlib.metadata.packages_distributions()
+def _top_level_names() -> dict[str, set[str]]:
+    """Importable top-level name -> the installed distributions that provide it, from each
+    distribution's files (``packages_distributions`` on Python 3.10 reads only
+    ``top_level.txt``, which most wheels no longer ship)."""
+    provided: dict[str, set[str]] = {}
+    for dist in importlib.metadata.distributions():
+        names = set((dist.read_text("top_level.txt") or "").split())
+        for file in dist.files or ():
+            first = file.parts[0]
+            if first.endswith(".py"):
+                names.add(first[:-3])
+            elif "." not in first and first != "__pycache__" and len(file.parts) > 1:
+                names.add(first)
+        for name in names:
+            provided.setdefault(name, set()).add(_normalised(dist.metadata["Name"]))
+    return provided
+
+
+_PROVIDERS = _top_level_names()
 
 
 def _distributions(top_level: str) -> set[str]:
     """The distributions that provide an importable top-level name (the name itself when
     none installed here does: ``tomli`` on Python 3.11+)."""
-    return {_normalised(d) for d in _DISTRIBUTIONS.get(top_level, [])} or {_normalised(top_level)}
+    return _PROVIDERS.get(top_level) or {_normalised(top_level)}
 
 
 def _catches_import_error(node: ast.Try) -> bool:

@@ -195,8 +195,10 @@ def test_bad_timestamps_the_weave_integration_hands_over_are_sanitised_and_count
     seen_before = dt.datetime.now(dt.timezone.utc)
     delivered(eng)
     (call,) = stored_calls(server_url, name)
-    assert dt.datetime.fromisoformat(call["started_at"]) == naive.replace(tzinfo=dt.timezone.utc)
-    ended = dt.datetime.fromisoformat(call["ended_at"])
+    # (Python 3.10's fromisoformat does not read a "Z")
+    started = dt.datetime.fromisoformat(call["started_at"].replace("Z", "+00:00"))
+    assert started == naive.replace(tzinfo=dt.timezone.utc)
+    ended = dt.datetime.fromisoformat(call["ended_at"].replace("Z", "+00:00"))
     assert seen_after <= ended <= seen_before and call["output"] == 2
     after = sanitised(eng)
     assert {r: after[r] - before[r] for r in REASONS} == {r: 2 * (r == "timestamp")

@@ -59,11 +59,14 @@ NO_PEER = {"OpCreateReq", "OpReadReq", "OpQueryReq", "ActionsExecuteBatchReq", "
            "FileCreateReq", "EnsureProjectExistsReq", "GraphQLReq"}
 
 _SEQUENCES = {list, collections.abc.Iterable, collections.abc.Sequence}
+# typing's own Required/NotRequired exist from Python 3.11 (typing_extensions' before)
+_REQUIRED_MARKS = tuple({typing_extensions.Required, typing_extensions.NotRequired,
+                         getattr(typing, "Required", typing_extensions.Required),
+                         getattr(typing, "NotRequired", typing_extensions.NotRequired)})
 
 
 def _alias(hint) -> str | None:
-    while typing.get_origin(hint) in (typing_extensions.Required, typing_extensions.NotRequired,
-                                      typing.Required, typing.NotRequired):
+    while typing.get_origin(hint) in _REQUIRED_MARKS:
         hint = typing.get_args(hint)[0]
     for meta in getattr(hint, "__metadata__", ()):
         if getattr(meta, "alias", None):
@@ -74,9 +77,7 @@ def _alias(hint) -> str | None:
 def _strip(hint):
     if isinstance(hint, typing_extensions.TypeAliasType):  # e.g. the recursive Operation
         hint = hint.__value__
-    while typing.get_origin(hint) in (typing.Annotated, typing_extensions.Required,
-                                      typing_extensions.NotRequired, typing.Required,
-                                      typing.NotRequired):
+    while typing.get_origin(hint) in (typing.Annotated, *_REQUIRED_MARKS):
         hint = typing.get_args(hint)[0]
     return hint
 
