@@ -21,8 +21,9 @@ while they write. The protocol that keeps every line exactly once:
   replay (:func:`claim_abandoned`).
 
 An item that is not JSON is kept as its text in a JSON string, with ``"item_invalid":true``
-(a replay does not send it). A writer killed in the middle of a line leaves it torn; the next writer ends it with a
-newline first, and the reader sets such lines aside instead of failing.
+(a replay does not send it). A writer killed in the middle of a line leaves it torn; the
+next writer ends it with a newline first, and the reader sets such lines aside instead of
+failing.
 """
 
 from __future__ import annotations

@@ -161,7 +161,8 @@ async def _replay_claimed(claimed: Path, path: Path, resender: Resender, dead: D
         if letter.item_invalid:  # not JSON: no server takes it; kept for a person to read
             back.append(letter)
             summary.items_rejected += 1
-            summary.rejected_by_reason["not_json"] = summary.rejected_by_reason.get("not_json", 0) + 1
+            reasons = summary.rejected_by_reason
+            reasons["not_json"] = reasons.get("not_json", 0) + 1
             continue
         by_route.setdefault(letter.route, []).append(letter)
     for route, batch in by_route.items():
