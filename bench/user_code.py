@@ -5,7 +5,7 @@
 
 For every kind of value the encoder cannot take as it is (a dict that contains itself, a
 string with a lone surrogate, an object with no JSON form, an item over max_request_bytes,
-NaN, bytes, a naive timestamp) it traces ``--calls`` calls through ``@tracer.op`` (the
+NaN, bytes, a NaN Decimal in a dict with int keys, a naive timestamp) it traces ``--calls`` calls through ``@tracer.op`` (the
 value as an argument) and as many through ``tracer.call`` (the value as the output), against
 ``engine serve`` (SQLite) on loopback, and counts at the server: calls stored with both
 start and end (delivered), starts without an end (orphans), calls missing (lost), beside
@@ -25,6 +25,7 @@ import sys
 import tempfile
 import urllib.request
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,9 @@ KINDS: dict[str, tuple[Callable[[], Any], str, bool]] = {
     "over max_request_bytes": (lambda: "x" * MAX_REQUEST_BYTES, "sanitised_oversized", True),
     "NaN": (lambda: math.nan, "sanitised_nonfinite", False),
     "bytes": (lambda: b"\x00\xff" * 8, "sanitised_bytes", False),
+    # msgspec writes a dict with keys other than str itself, and refuses a NaN Decimal (0.23)
+    "NaN Decimal in a dict with int keys": (lambda: {0: Decimal("NaN")}, "sanitised_nonfinite",
+                                            True),
 }
 
 
