@@ -16,7 +16,7 @@ import re
 import sys
 from pathlib import Path
 
-from tests.test_layout import ENGINE_DIR, MODULES, _is_type_checking
+from tests.test_layout import ENGINE_DIR, MODULES, import_statements
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -69,40 +69,16 @@ def _distributions(top_level: str) -> set[str]:
     return _PROVIDERS.get(top_level) or {_normalised(top_level)}
 
 
-def _catches_import_error(node: ast.Try) -> bool:
-    names = set()
-    for handler in node.handlers:
-        kinds = handler.type.elts if isinstance(handler.type, ast.Tuple) else [handler.type]
-        names |= {k.id for k in kinds if isinstance(k, ast.Name)}
-    return bool(names & {"ImportError", "ModuleNotFoundError"})
-
-
 def _third_party_imports(tree: ast.AST) -> list[tuple[str, int, bool]]:
     """(top-level name, line, runs when the module loads) of every import of a package
-    that is neither the standard library nor engine; TYPE_CHECKING imports never run."""
+    that is neither the standard library nor engine."""
     found: list[tuple[str, int, bool]] = []
-    pending: list[tuple[ast.AST, bool]] = [(n, True) for n in ast.iter_child_nodes(tree)]
-    while pending:
-        node, at_load = pending.pop()
-        if isinstance(node, ast.If) and _is_type_checking(node):
-            pending += [(n, at_load) for n in node.orelse]
-            continue
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and not node.level:
-            names = [node.module or ""]
-        else:
-            names = []
+    for node, at_load in import_statements(tree):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            continue  # relative: engine's own
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
         found += [(name.split(".")[0], node.lineno, at_load) for name in names
                   if name.split(".")[0] not in _STDLIB | _LOCAL]
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
-            at_load = False
-        if isinstance(node, ast.Try) and _catches_import_error(node):
-            pending += [(n, False) for n in node.body]
-            pending += [(n, at_load) for part in (node.handlers, node.orelse, node.finalbody)
-                        for n in part]
-            continue
-        pending += [(n, at_load) for n in ast.iter_child_nodes(node)]
     return found
 
 

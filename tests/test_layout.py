@@ -38,27 +38,53 @@ def _is_type_checking(node: ast.If) -> bool:
         isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
+def _catches_import_error(node: ast.Try) -> bool:
+    names = set()
+    for handler in node.handlers:
+        kinds = handler.type.elts if isinstance(handler.type, ast.Tuple) else [handler.type]
+        names |= {k.id for k in kinds if isinstance(k, ast.Name)}
+    return bool(names & {"ImportError", "ModuleNotFoundError"})
+
+
+def import_statements(tree: ast.AST) -> list[tuple[ast.Import | ast.ImportFrom, bool]]:
+    """Every import statement that can run (not under ``if TYPE_CHECKING:``), and whether it
+    runs when the module loads (not inside a function, nor in the body of a ``try`` that
+    catches ImportError)."""
+    found: list[tuple[ast.Import | ast.ImportFrom, bool]] = []
+    pending: list[tuple[ast.AST, bool]] = [(n, True) for n in ast.iter_child_nodes(tree)]
+    while pending:
+        node, at_load = pending.pop()
+        if isinstance(node, ast.If) and _is_type_checking(node):
+            pending += [(n, at_load) for n in node.orelse]
+            continue
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            found.append((node, at_load))
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            at_load = False
+        if isinstance(node, ast.Try) and _catches_import_error(node):
+            pending += [(n, False) for n in node.body]
+            pending += [(n, at_load) for part in (node.handlers, node.orelse, node.finalbody)
+                        for n in part]
+            continue
+        pending += [(n, at_load) for n in ast.iter_child_nodes(node)]
+    return found
+
+
 def _imported_names(module: str, tree: ast.AST) -> list[tuple[str, int]]:
     """(imported module, line) of every import that can run, relative ones resolved."""
     package = module if MODULES[module].name == "__init__.py" else module.rpartition(".")[0]
     found: list[tuple[str, int]] = []
-    pending = list(ast.iter_child_nodes(tree))
-    while pending:
-        node = pending.pop()
-        if isinstance(node, ast.If) and _is_type_checking(node):
-            pending.extend(node.orelse)
-            continue
+    for node, _ in import_statements(tree):
         if isinstance(node, ast.Import):
             found += [(alias.name, node.lineno) for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join(parts + ([node.module] if node.module else []))
-            for alias in node.names:  # ``from pkg import submodule`` imports the submodule
-                full = f"{base}.{alias.name}"
-                found.append((full if full in MODULES else base, node.lineno))
-        pending.extend(ast.iter_child_nodes(node))
+            continue
+        base = node.module or ""
+        if node.level:
+            parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+            base = ".".join(parts + ([node.module] if node.module else []))
+        for alias in node.names:  # ``from pkg import submodule`` imports the submodule
+            full = f"{base}.{alias.name}"
+            found.append((full if full in MODULES else base, node.lineno))
     return found
 
 
