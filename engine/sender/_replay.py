@@ -72,11 +72,14 @@ def _count(summary: ReplaySummary, outcome: Outcome) -> None:
     summary.items_delivered += len(outcome.acked)
     summary.items_kept += len(outcome.kept)
     for rejected in outcome.rejected:
-        summary.items_rejected += len(rejected.indexes)
-        summary.rejected_by_reason[rejected.reason] = (
-            summary.rejected_by_reason.get(rejected.reason, 0) + len(rejected.indexes))
+        _rejected(summary, rejected.reason, len(rejected.indexes))
     summary.requests += outcome.requests
     summary.splits_413 += outcome.splits_413
+
+
+def _rejected(summary: ReplaySummary, reason: str, items: int) -> None:
+    summary.items_rejected += items
+    summary.rejected_by_reason[reason] = summary.rejected_by_reason.get(reason, 0) + items
 
 
 def _dead_letter_rejected(dead: DeadLetters, route: str, items: list[bytes],
@@ -160,9 +163,7 @@ async def _replay_claimed(claimed: Path, path: Path, resender: Resender, dead: D
     for letter in letters:  # one run of requests per route, each in the file's order
         if letter.item_invalid:  # not JSON: no server takes it; kept for a person to read
             back.append(letter)
-            summary.items_rejected += 1
-            reasons = summary.rejected_by_reason
-            reasons["not_json"] = reasons.get("not_json", 0) + 1
+            _rejected(summary, "not_json", 1)
             continue
         by_route.setdefault(letter.route, []).append(letter)
     for route, batch in by_route.items():

@@ -1,8 +1,9 @@
 """A store that cannot take a request for now: its disk is full, its database is locked,
 its ClickHouse server cannot be reached. The answer names why, says what of the request may
 not be stored, and asks to send it again later (``Retry-After``; the engine's sender and
-weave's client retry 507 and 503), instead of a bare 500 and a traceback per request. The log says it at most
-once every ``SAY_EVERY_S`` per status: an outage of minutes is a few lines, not thousands.
+weave's client retry 507 and 503), instead of a bare 500 and a traceback per request. The
+log says it at most once every ``SAY_EVERY_S`` per status: an outage of minutes is a few
+lines, not thousands.
 """
 
 from __future__ import annotations
