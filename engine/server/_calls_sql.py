@@ -383,8 +383,12 @@ class Selection:
         last = sort_by[-1]
         if all(s.field in _INDEX_ORDERED for s in sort_by):
             # rows come out of an index, then by arrival: ties follow the index (weave
-            # breaks them by id), and no sort step is needed
-            return _join([*terms, Sql(f"seq {last.direction.upper()}")], ", ")
+            # breaks them by id), and no sort step is needed; the parent index is ordered
+            # by start time within a parent
+            direction = last.direction.upper()
+            if last.field == "parent_id":
+                terms.append(Sql(f"started_at_us {direction}"))
+            return _join([*terms, Sql(f"seq {direction}")], ", ")
         # a sort step anyway: ties as weave breaks them
         if not any(s.field == "id" for s in sort_by):
             terms.append(Sql(f"id {last.direction.upper() if last.field == 'started_at' else 'DESC'}"))

@@ -13,6 +13,7 @@ brought up to date on open.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -23,6 +24,7 @@ from typing import Any, TypeVar
 from engine.server._store_trouble import StoreTrouble
 
 T = TypeVar("T")
+_log = logging.getLogger("engine.server")
 
 # every script is idempotent for files made before the component was versioned
 _CALLS_MIGRATIONS = (
@@ -69,6 +71,16 @@ _CALLS_MIGRATIONS = (
            for c in ("display_name", "thread_id", "turn_id", "wb_user_id", "wb_run_id",
                      "wb_run_step", "wb_run_step_end", "exception")]
     ),  # fmt: skip
+    # The parent index ends with the start time, so the list every trace view asks for
+    # first, root calls newest first (``trace_roots_only``, ``started_at`` desc), comes
+    # straight out of it: on 2M calls 0.4 ms instead of ~400 ms spent sorting every root.
+    # Only started calls (``op_name IS NOT NULL``, in every call query): counting the roots
+    # reads no rows (15 ms instead of ~200 on 2M calls).
+    """
+    DROP INDEX IF EXISTS calls_by_parent_id;
+    CREATE INDEX calls_by_parent_id ON calls (project_id, parent_id, started_at_us)
+        WHERE op_name IS NOT NULL;
+    """,
 )
 _MORE_MIGRATIONS = (
     """
@@ -134,7 +146,7 @@ _SPARSE = "100000 10000 10"
 _PLANNER_STATS = {
     "sqlite_autoindex_calls_1": "1000000 100000 1", "calls_trace": "1000000 100000 10",
     "calls_by_started_at_us": "1000000 100000 1", "calls_by_ended_at_us": "1000000 100000 1",
-    "calls_by_op_name": "1000000 100000 2000", "calls_by_parent_id": "1000000 100000 5",
+    "calls_by_op_name": "1000000 100000 2000", "calls_by_parent_id": "1000000 100000 5 1",
     "calls_by_display_name": _SPARSE, "calls_by_thread_id": _SPARSE,
     "calls_by_turn_id": _SPARSE, "calls_by_wb_user_id": _SPARSE, "calls_by_wb_run_id": _SPARSE,
     "calls_by_wb_run_step": _SPARSE, "calls_by_wb_run_step_end": _SPARSE,
@@ -206,6 +218,10 @@ def migrate(conn: sqlite3.Connection) -> None:
             row = conn.execute(
                 "SELECT version FROM schema_versions WHERE component = ?", (component,)
             ).fetchone()
+            if row and row[0] < len(scripts):  # a file of an older server: may take a while
+                _log.warning("engine serve: upgrading the database's %s tables from version %d "
+                             "to %d (indexes are built over the rows it holds: about a second "
+                             "per million calls)", component, row[0], len(scripts))  # fmt: skip
             for script in scripts[row[0] if row else 0 :]:
                 for statement in filter(str.strip, script.split(";")):
                     conn.execute(statement)

@@ -47,6 +47,7 @@ def plan(tmp_path_factory):
         sql, params = selection.select(None, 0)
         return [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, params)]
 
+    explain.conn = conn
     yield explain
     asyncio.run(db.close())
 
@@ -76,9 +77,23 @@ def test_op_name_filters_read_through_an_index(plan, op_names):
     assert steps[0].startswith("SEARCH calls USING INDEX") and _no_table_scan(steps)
 
 
-def test_trace_roots_only_seeks_the_parent_index(plan):
-    steps = plan(_selection(CallsFilter(trace_roots_only=True)))
-    assert steps[0] == "SEARCH calls USING INDEX calls_by_parent_id (project_id=? AND parent_id=?)"
+@pytest.mark.parametrize("direction", ["asc", "desc"])
+def test_root_calls_by_start_time_stream_from_the_parent_index_without_a_sort(plan, direction):
+    # what every trace view asks for first: the roots, newest first
+    steps = plan(_selection(CallsFilter(trace_roots_only=True),
+                            [SortBy(field="started_at", direction=direction)]))  # fmt: skip
+    assert steps == ["SEARCH calls USING INDEX calls_by_parent_id (project_id=? AND parent_id=?)"]
+    assert plan(_selection(CallsFilter(trace_roots_only=True))) == steps  # the default order
+
+
+def test_counting_the_roots_reads_only_the_parent_index(plan):
+    sql, params = _selection(CallsFilter(trace_roots_only=True)).count()
+    steps = [row[3] for row in plan.conn.execute("EXPLAIN QUERY PLAN " + sql, params)]
+    assert steps == ["SEARCH calls USING INDEX calls_by_parent_id (project_id=? AND parent_id=?)"]
+    # the index holds only started calls, so no row is read to check ``op_name IS NOT NULL``
+    # (SQLite's seek to the row stays deferred: no column is ever loaded)
+    opcodes = [row[1] for row in plan.conn.execute("EXPLAIN " + sql, params)]
+    assert "DeferredSeek" in opcodes and "Column" not in opcodes, opcodes
 
 
 @pytest.mark.parametrize("direction", ["asc", "desc"])
@@ -122,3 +137,42 @@ def test_a_file_from_an_older_server_gets_the_indexes_and_keeps_real_statistics(
     assert {"calls_by_started_at_us", "calls_by_parent_id", "calls_by_thread_id"} <= names
     assert stats["calls_trace"] == "7 7 1"  # kept
     assert stats["calls_by_started_at_us"] == "1000000 100000 1"  # assumed until ANALYZE
+
+
+def test_a_file_with_the_two_column_parent_index_gets_the_one_ending_with_start_time(tmp_path):
+    path = tmp_path / "v2.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(";".join(_CALLS_MIGRATIONS[:2]) + ";CREATE TABLE schema_versions "
+                       "(component TEXT PRIMARY KEY, version INTEGER);"
+                       "INSERT INTO schema_versions VALUES ('calls', 2);")  # fmt: skip
+    conn.execute("ANALYZE")
+    conn.execute("INSERT INTO sqlite_stat1 VALUES ('calls', 'calls_by_parent_id', '9 9 9')")
+    conn.commit()
+    conn.close()
+    db = Database(path)
+    try:
+        (sql,) = db._rconn.execute(
+            "SELECT sql FROM sqlite_master WHERE name = 'calls_by_parent_id'").fetchone()
+        stats = dict(db._rconn.execute("SELECT idx, stat FROM sqlite_stat1 WHERE tbl = 'calls'"))
+    finally:
+        asyncio.run(db.close())
+    assert "(project_id, parent_id, started_at_us)" in sql and "WHERE op_name IS NOT NULL" in sql
+    assert stats["calls_by_parent_id"] == "1000000 100000 5 1"  # the old index's went with it
+
+
+def test_upgrading_a_file_says_so_before_the_indexes_are_built(tmp_path, caplog):
+    path = tmp_path / "v2.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(";".join(_CALLS_MIGRATIONS[:2]) + ";CREATE TABLE schema_versions "
+                       "(component TEXT PRIMARY KEY, version INTEGER);"
+                       "INSERT INTO schema_versions VALUES ('calls', 2);")  # fmt: skip
+    conn.close()
+    with caplog.at_level("WARNING", logger="engine.server"):
+        asyncio.run(Database(path).close())
+        assert [r.getMessage() for r in caplog.records] == [
+            f"engine serve: upgrading the database's calls tables from version 2 to "
+            f"{len(_CALLS_MIGRATIONS)} (indexes are built over the rows it holds: about a second "
+            "per million calls)"]
+        caplog.clear()
+        asyncio.run(Database(path).close())  # up to date: nothing said
+        assert caplog.records == []
