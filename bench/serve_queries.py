@@ -168,13 +168,15 @@ def measure(url: str, pid: int, n_calls: int, repeat: int) -> list[dict[str, Any
         conn.close()
 
 
-def run(n_calls: int, repeat: int, ids: str, timeout_s: float) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def run(n_calls: int, repeat: int, ids: str, timeout_s: float,
+        store: str = "sqlite") -> tuple[dict[str, Any], list[dict[str, Any]]]:
     make_id = uuid7 if ids == "uuid7" else (lambda: str(uuid.uuid4()))
     with contextlib.ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="engine-bench-queries-")))
         calls = work / "calls.jsonl"
         write_calls(calls, n_calls, make_id)
-        proc, url = spawn_server(work / "traces.db")
+        proc, url = spawn_server(work / "traces.db",
+                                 store=f"chdb:///{work / 'chdb'}" if store == "chdb" else store)
         stack.callback(stop_server, proc)
         done = subprocess.run(
             [sys.executable, "-m", "engine", "ingest", str(calls), "--to", url, "--no-progress",
@@ -183,14 +185,16 @@ def run(n_calls: int, repeat: int, ids: str, timeout_s: float) -> tuple[dict[str
             env={**os.environ, "ENGINE_DEAD_LETTER_PATH": str(work / "dead.jsonl")})  # fmt: skip
         if done.returncode != 0:
             raise RuntimeError(f"engine ingest exited {done.returncode}: {done.stderr[-500:]}")
-        load = {"record": "load", "calls": n_calls, "ids": ids,
+        load = {"record": "load", "calls": n_calls, "ids": ids, "store": store,
                 "ingest_calls_per_s": _ingest_rate(done.stdout),
-                "db_bytes": sum(f.stat().st_size for f in work.glob("traces.db*"))}  # fmt: skip
+                "db_bytes": sum(f.stat().st_size for f in work.rglob("*")
+                                if f.is_file() and f.parent.name != "checkpoint"
+                                and f.name not in ("calls.jsonl", "dead.jsonl"))}  # fmt: skip
         return load, measure(url, proc.pid, n_calls, repeat)
 
 
 def table(load: dict[str, Any], results: list[dict[str, Any]]) -> str:
-    lines = [f"{load['calls']:,} calls (ids {load['ids']}) loaded by `engine ingest` at "
+    lines = [f"{load['calls']:,} calls (ids {load['ids']}) loaded into {load['store']} by `engine ingest` at "
              f"{load['ingest_calls_per_s']:,.0f} calls/s; database {load['db_bytes'] / 1e9:.2f} GB",
              "", "| query | wall ms (median, max) | server CPU ms | answer right |",
              "|---|---:|---:|:---:|"]  # fmt: skip
@@ -206,12 +210,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=1_000_000, help="a multiple of 5")
     parser.add_argument("--repeat", type=int, default=5, help="runs per query (median)")
     parser.add_argument("--ids", choices=("uuid7", "uuid4"), default="uuid7")
+    parser.add_argument("--store", choices=("sqlite", "chdb"), default="sqlite",
+                        help="engine serve's store (chdb: ClickHouse embedded in the server)")
     parser.add_argument("--timeout-s", type=float, default=1800.0, help="for the load")
     parser.add_argument("--out", default="bench/results/serve_queries.jsonl")
     args = parser.parse_args(argv)
     if args.calls < 500 or args.calls % len(OPS):
         parser.error(f"--calls: a multiple of {len(OPS)} of at least 500, got {args.calls}")
-    load, results = run(args.calls, args.repeat, args.ids, args.timeout_s)
+    load, results = run(args.calls, args.repeat, args.ids, args.timeout_s, args.store)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w") as f:
