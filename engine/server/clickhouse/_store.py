@@ -194,6 +194,13 @@ class ClickHouseStore(Store):
 
     async def query_calls(self, query: CallsQuery) -> AsyncIterator[list[CallRow]]:
         sql = _calls.CallsSql(query)  # InvalidQuery before anything runs
+        if await self._run(_narrow, sql, True) == "check":
+            calls = await self._run(_calls_of, sql.select(query.limit, query.offset), sql.params)
+            if len(calls) == query.limit:  # the page, from the calls nearest its end
+                for i in range(0, len(calls), PAGE_ROWS):
+                    yield calls[i : i + PAGE_ROWS]
+                return
+            sql = _calls.CallsSql(query)  # deleted or restarted calls among them: read it all
         pages = _Pages(self, sql.select(query.limit, query.offset), sql.params)
         try:
             while (page := await pages.next()) is not None:
@@ -203,6 +210,7 @@ class ClickHouseStore(Store):
 
     async def count_calls(self, query: CallsQuery) -> int:
         sql = _calls.CallsSql(query)
+        await self._run(_narrow, sql, False)
         count = max(0, await self._run(_scalar, sql.count(), sql.params) - query.offset)
         return count if query.limit is None else min(count, query.limit)
 
@@ -376,6 +384,34 @@ def _rows(client: Any, sql: str, params: dict[str, Any]) -> list[tuple]:
 
 def _scalar(client: Any, sql: str, params: dict[str, Any]) -> Any:
     return client.query(sql, parameters=params).result_rows[0][0]
+
+
+def _narrow(client: Any, sql: _calls.CallsSql, page: bool) -> str:
+    """Narrow ``sql`` to the calls that can match where they are few
+    (:meth:`CallsSql.candidates`): ``exact`` (the answer is the same), ``check`` (a page by
+    start time read from the calls with the nearest start parts: right only if it comes
+    back full) or ``none`` (not narrowed)."""
+    candidates = sql.candidates(page)
+    if candidates is None:
+        return "none"
+    rows = client.query(candidates, parameters=sql.params).result_rows
+    if page and sql.by_start is not None:
+        ids = list(dict.fromkeys(row[0] for row in rows))
+        if len(rows) < sql.query.limit + sql.query.offset:  # every start that can match
+            sql.narrow(ids)
+            return "exact"
+        if len(ids) > _calls.CANDIDATES_MAX:  # ties at the threshold
+            return "none"
+        sql.narrow(ids, rows[-1][1])
+        return "check"
+    if len(rows) > _calls.CANDIDATES_MAX:
+        return "none"
+    sql.narrow([row[0] for row in rows])
+    return "exact"
+
+
+def _calls_of(client: Any, sql: str, params: dict[str, Any]) -> list[CallRow]:
+    return [row_to_call(row) for row in client.query(sql, parameters=params).result_rows]
 
 
 class _Pages:
