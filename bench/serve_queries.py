@@ -122,6 +122,10 @@ def queries(n_calls: int, root: dict[str, Any]) -> list[tuple[str, str, dict[str
          {"project_id": p, "limit": 50, "query": {"$expr": {"$eq": [
              {"$getField": "summary.weave.status"}, {"$literal": "error"}]}}},
          lambda c: 0 < len(c) <= 50 and all(x["exception"] for x in c)),
+        ("count of errors", "/calls/query_stats",
+         {"project_id": p, "query": {"$expr": {"$eq": [
+             {"$getField": "summary.weave.status"}, {"$literal": "error"}]}}},
+         lambda s: 0 < s["count"] < n_calls // 10),
         ("slowest 50 (sort by latency)", "/calls/stream_query",
          {"project_id": p, "limit": 50, "sort_by": [{"field": "summary.weave.latency_ms", "direction": "desc"}]},
          lambda c: len(c) == 50 and [_latency(x) for x in c] == sorted((_latency(x) for x in c), reverse=True)),

@@ -172,6 +172,9 @@ def _param(value: Any) -> Any:
     return value
 
 
+_STATUS, _ERRORS = {"$getField": "summary.weave.status"}, {"$literal": "error"}
+
+
 def _time_us(value: Any, where: str) -> int:
     """A literal compared with a time column: ISO-8601 text, or seconds since the epoch."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -272,6 +275,10 @@ class _ExprSql:
             return _wrap("(NOT {})", self.condition_of(arg[0], here))
         if name == "$eq" and arg[1] == {"$literal": None}:
             return _wrap("({} IS NULL)", self.operand(arg[0], None, here))
+        if name == "$eq" and _ERRORS in (arg[0], arg[1]) and _STATUS in (arg[0], arg[1]):
+            # the status filter of trace views: what the status is made of, so the partial
+            # index of exceptions answers it instead of a scan (the same rows, see field())
+            return Sql("(exception IS NOT NULL)")
         compare = {"$eq": "=", "$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
         if name in compare:
             left, right = self._side(arg[0], arg[1], here), self._side(arg[1], arg[0], here)

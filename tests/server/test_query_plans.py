@@ -86,6 +86,13 @@ def test_root_calls_by_start_time_stream_from_the_parent_index_without_a_sort(pl
     assert plan(_selection(CallsFilter(trace_roots_only=True))) == steps  # the default order
 
 
+def test_the_status_filter_of_errors_reads_the_exception_index(plan):
+    errors = {"$expr": {"$eq": [{"$getField": "summary.weave.status"}, {"$literal": "error"}]}}
+    sql, params = Selection(CallsQuery(project_id="e/p", query=errors)).count()
+    steps = [row[3] for row in plan.conn.execute("EXPLAIN QUERY PLAN " + sql, params)]
+    assert steps == ["SEARCH calls USING INDEX calls_by_exception (project_id=? AND exception>?)"]
+
+
 def test_counting_the_roots_reads_only_the_parent_index(plan):
     sql, params = _selection(CallsFilter(trace_roots_only=True)).count()
     steps = [row[3] for row in plan.conn.execute("EXPLAIN QUERY PLAN " + sql, params)]
