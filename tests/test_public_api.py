@@ -13,6 +13,7 @@ def test_public_surface_is_pinned():
             "EngineConfig",
             "EngineError",
             "HTTPError",
+            "NoRingSlot",
             "PayloadTooLarge",
             "RemoteHTTPTraceServer",
             "RingFull",

@@ -44,7 +44,7 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     api_key: str | None = None
     # the producer side
     ring_bytes: int = 16 << 20  # one item up to twice this: max_request_bytes fits
-    max_slots: int = 64
+    max_slots: int = 1024
     max_block_ms: int = 10_000
     on_full: OnFull = "block"
     strict: bool = False

@@ -3,7 +3,8 @@
     EngineError                       root: catch this to catch everything engine raises
     ├── ConfigError                   a setting is invalid; the message names the field
     ├── Closed                        the Engine / tracer was closed; nothing more is accepted
-    │   └── SharedMemoryFull          no room in /dev/shm for this process's ring: it does not trace
+    │   ├── SharedMemoryFull          no room in /dev/shm for this process's ring: it does not trace
+    │   └── NoRingSlot                every ring slot (max_slots) is held by another process: it does not trace
     ├── RingFull                      the producer's ring stayed full past max_block_ms (on_full="raise")
     ├── EncodeError                   call_start / call_end: an item that cannot go on the wire
     │   │                             (``field`` and ``reason`` say where and why); nothing enqueued
@@ -38,6 +39,11 @@ class Closed(EngineError):
 class SharedMemoryFull(Closed):
     """This process cannot trace: there is no room left in shared memory (``/dev/shm``) for
     its ring slot. Raised instead of the SIGBUS a write into a full tmpfs would be."""
+
+
+class NoRingSlot(Closed):
+    """This process cannot trace: every ring slot of the engine (``max_slots``) is held by
+    another live producer process. It tries again at most once a second, without waiting."""
 
 
 class RingFull(EngineError):

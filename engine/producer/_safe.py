@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from engine.common._errors import Closed, RingFull, SharedMemoryFull
+from engine.common._errors import Closed, NoRingSlot, RingFull, SharedMemoryFull
 from engine.producer._sanitise import sanitise_item
 from engine.wire.calls import (
     CompletedCallSchemaForInsert,
@@ -62,7 +62,8 @@ def _write_sanitised(tracer: Tracer, item: Any, what: str) -> None:
 
 
 def _dropped(tracer: Tracer, item: Any, error: BaseException) -> None:
-    if not isinstance(error, _NOT_FIXED_BY_SANITISING) or isinstance(error, SharedMemoryFull):
+    if not isinstance(error, _NOT_FIXED_BY_SANITISING) or isinstance(
+            error, (SharedMemoryFull, NoRingSlot)):
         tracer._count_dropped(error)
     call_id = item.get("id") if isinstance(item, dict) else getattr(item, "id", None)
     kind = type(error).__name__

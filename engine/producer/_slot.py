@@ -24,6 +24,7 @@ from engine.common._errors import (
     Closed,
     ConfigError,
     EncodeError,
+    NoRingSlot,
     PayloadTooLarge,
     RingFull,
     SharedMemoryFull,
@@ -85,9 +86,9 @@ class _Process:
         # (the one-call paths are atomic). A fresh lock after fork: another thread may have
         # held the old one.
         self.lock = threading.RLock()
-        # engines whose ring set had no room for this process's slot: (retry after, error)
-        self.no_room: dict[tuple[ring.RingSpec, ProducerSettings],
-                           tuple[float, SharedMemoryFull]] = {}
+        # engines whose ring set had no room or no free slot for this process: (retry
+        # after, error)
+        self.no_room: dict[tuple[ring.RingSpec, ProducerSettings], tuple[float, Closed]] = {}
 
 
 _process = _Process()
@@ -319,13 +320,24 @@ class SlotWriting(CallsBase):  # type: ignore[misc,valid-type]
             if refused is not None and time.monotonic() < refused[0]:
                 raise refused[1]
             try:
-                # every slot taken: the sender frees a dead producer's once it is drained
-                writer = ringset.writer(wait_s=self._settings.max_block_ms / 1000)
+                # every slot taken: the sender frees a dead producer's once it is drained;
+                # only the first try waits (a traced call is never held up again)
+                wait_s = 0.0 if refused is not None else self._settings.max_block_ms / 1000
+                writer = ringset.writer(wait_s=wait_s)
             except SharedMemoryFull as exc:  # said once per process, then counted per call
                 if refused is None:
                     log.error("engine: this process cannot trace: %s", exc)
                 _process.no_room[key] = (time.monotonic() + _NO_ROOM_RETRY_S, exc)
                 raise
+            except ring.NoFreeSlot as exc:  # the same: said once, counted per call
+                error = NoRingSlot(
+                    f"{exc}: this process does not trace until one is freed (each process "
+                    f"that traces holds one until it ends; raise max_slots, now "
+                    f"{self._spec.max_slots})")  # fmt: skip
+                if refused is None:
+                    log.error("engine: this process cannot trace: %s", error)
+                _process.no_room[key] = (time.monotonic() + _NO_ROOM_RETRY_S, error)
+                raise error from None
             except Exception as exc:
                 raise Closed(f"cannot claim a ring slot: {exc}") from exc
             _process.no_room.pop(key, None)
@@ -397,9 +409,11 @@ class SlotWriting(CallsBase):  # type: ignore[misc,valid-type]
 
     def _count_dropped(self, error: BaseException | None = None) -> None:
         writer = self._writer
-        if isinstance(error, SharedMemoryFull):  # no slot to count in: the owner's cell
+        if isinstance(error, (SharedMemoryFull, NoRingSlot)):  # no slot: the owner's cell
+            reason = "untraced_no_slot" if isinstance(error, NoRingSlot) else \
+                "untraced_no_shared_memory"
             with self._ensure_attached().slot_lock():  # other slot-less processes add too
-                self._control_block().add("untraced_no_shared_memory")
+                self._control_block().add(reason)
         elif writer is not None:
             self._control_block().slot_add(writer.slot, "wrapper_dropped")
 

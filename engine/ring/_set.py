@@ -300,10 +300,7 @@ class RingSet:
                     words[base + S_STATE] = ACTIVE
                     words[G_CLAIMS] += 1
                     return slot
-        raise NoFreeSlot(
-            f"all {self.spec.max_slots} ring slots are in use (max_slots too small for the "
-            "number of producer processes?)"
-        )
+        raise NoFreeSlot(f"all {self.spec.max_slots} ring slots are in use")
 
     def slot_lock(self):
         """The ring set's claim lock (a flock across processes), for the rare cross-process

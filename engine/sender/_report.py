@@ -33,6 +33,9 @@ def exit_line(stats: dict[str, Any], producers: dict[str, int], *, url: str, dea
     if stats.get("untraced_no_shared_memory"):
         dropped.append(f"{stats['untraced_no_shared_memory']:,} calls of processes that found "
                        "no room in /dev/shm for their ring (not traced)")
+    if stats.get("untraced_no_slot"):
+        dropped.append(f"{stats['untraced_no_slot']:,} calls of processes that found every ring "
+                       "slot taken (not traced; raise max_slots)")
     parts.append(f"dropped: {', '.join(dropped)}" if dropped else "dropped: none")
     if kept_records:
         parts.append(f"{kept_records:,} records left in shared memory (ring set {ring_name}) "

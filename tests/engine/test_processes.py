@@ -411,3 +411,56 @@ def test_an_owner_killed_before_its_sender_starts_leaves_no_orphan_to_take(tmp_p
         assert os.path.exists(ring_files.segment_path(shm_name))
         gate.touch()
         assert server.wait_for(lambda: server.stored_ids(PROJECT) == set(ids), timeout_s=60)
+
+
+def _op_worker(args) -> None:
+    tracer, barrier, queue = args
+    double = tracer.op(lambda x: 2 * x, name="double")
+    barrier.wait(30)  # every process tries to claim a slot at once
+    began = time.monotonic()
+    first = double(1)  # the first traced call claims a slot, or finds none (waits once)
+    barrier.wait(30)  # the holders still hold theirs while the others trace on
+    values = [first] + [double(i) for i in range(2, 21)]
+    elapsed_s = time.monotonic() - began
+    slot = tracer._writer.slot if tracer._writer is not None else None
+    raised = None
+    if slot is None:
+        try:
+            tracer.call_start({"project_id": PROJECT, "op_name": "direct",
+                               "started_at": "2026-12-05T10:00:00Z", "attributes": {},
+                               "inputs": {}})  # fmt: skip
+        except engine.Closed as exc:
+            raised = type(exc).__name__
+    barrier.wait(30)  # the holders keep their slots until every process is done
+    queue.put((os.getpid(), slot, values, elapsed_s, raised))
+
+
+def test_processes_beyond_max_slots_do_not_trace_are_counted_and_never_held_up(tmp_path):
+    """Four processes, two slots: two trace every call; the two others wait once for a slot
+    (max_block_ms), then run their functions untraced with no wait per call (before: each
+    traced call waited max_block_ms again, and the calls were lost uncounted); every call
+    not traced is counted and said in the sender's exit line; the direct API raises
+    NoRingSlot (a Closed)."""
+    ctx = multiprocessing.get_context("fork")
+    with FaultServer() as server, make_engine(server.url, tmp_path, max_slots=2,
+                                              max_block_ms=300) as eng:  # fmt: skip
+        tracer = eng.producer()
+        barrier, queue = ctx.Barrier(4), ctx.Queue()
+        procs = [ctx.Process(target=_op_worker, args=((tracer, barrier, queue),))
+                 for _ in range(4)]  # fmt: skip
+        for p in procs:
+            p.start()
+        results = [queue.get(timeout=60) for _ in procs]
+        for p in procs:
+            p.join(60)
+            assert p.exitcode == 0
+        assert eng.flush(timeout_s=30)
+        stats = eng.stats()
+    assert all(values == [2 * i for i in range(1, 21)] for _, _, values, _, _ in results)
+    holders = [r for r in results if r[1] is not None]
+    refused = [r for r in results if r[1] is None]
+    assert len(holders) == 2 and len(refused) == 2
+    assert all(elapsed_s < 0.3 + 2.0 for _, _, _, elapsed_s, _ in refused)  # one wait, not 20
+    assert [r[4] for r in refused] == ["NoRingSlot", "NoRingSlot"]
+    assert stats["untraced_no_slot"] == 2 * 20
+    assert len(server.stored_ids(PROJECT)) == 2 * 20  # every call of the slot holders
