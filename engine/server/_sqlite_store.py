@@ -15,8 +15,9 @@ from engine.server import _sqlite_calls as calls
 from engine.server import _sqlite_docs as docs
 from engine.server import _sqlite_objects as objects
 from engine.server._calls_sql import Selection
-from engine.server._rows import Complete, End, Start, rows_to_calls
+from engine.server._rows import SELECT_COLUMNS, Complete, End, Start, rows_to_calls
 from engine.server._sqlite_db import Database
+from engine.server._sqlite_pages import PageEnds, pageable
 from engine.server._store import (
     CallRow,
     CallsQuery,
@@ -35,6 +36,7 @@ _json = msgspec.json.Encoder()
 CHUNK_ROWS = 1000  # rows handed over at a time while streaming
 # the first chunk is small: its rows leave while the next are being read
 FIRST_CHUNK_ROWS = 100
+_ID_AT = SELECT_COLUMNS.index("id")
 
 
 class SQLiteStore(Store):
@@ -43,6 +45,7 @@ class SQLiteStore(Store):
     def __init__(self, path: Path) -> None:
         self.path = path
         self._db = Database(path)
+        self._page_ends = PageEnds()
 
     # -- calls ---------------------------------------------------------------------------
 
@@ -51,16 +54,44 @@ class SQLiteStore(Store):
 
     async def query_calls(self, query: CallsQuery) -> AsyncIterator[list[CallRow]]:
         """One statement read to its end (``Database.stream``); a short page (call_read,
-        refs) is one read on the shared connection instead, with no cursor left open."""
-        sql, params = Selection(query).select(query.limit, query.offset)  # InvalidQuery first
+        refs) is one read on the shared connection instead, with no cursor left open. A
+        page by start time at the offset where a recent one ended reads on from there
+        (``_sqlite_pages``) while the database is unchanged."""
+        selection = Selection(query)  # InvalidQuery first
+        continued = self._page_ends.continuation(selection, query)
+        if continued is not None:
+            version, (sql, params) = continued
+            rows = await self._db.read(calls.q_rows_if_unchanged, version, sql, params)
+            if rows is not None:
+                await self._remember(selection, query, rows, len(rows), version)
+                if rows:
+                    yield rows_to_calls(rows)
+                return
+        version = await self._db.read(calls.q_data_version) if pageable(query) else None
+        sql, params = selection.select(query.limit, query.offset)
         if query.limit is not None and query.limit <= FIRST_CHUNK_ROWS:
             rows = await self._db.read(calls.q_fetchall, sql, params)
+            if version is not None:
+                await self._remember(selection, query, rows, len(rows), version)
             if rows:
                 yield rows_to_calls(rows)
             return
+        count, last = 0, None
         async with contextlib.aclosing(self._stream(sql, params)) as chunks:
             async for rows in chunks:
+                count, last = count + len(rows), rows
                 yield rows_to_calls(rows)
+        if version is not None and last:
+            await self._remember(selection, query, last, count, version)
+
+    async def _remember(self, selection: Selection, query: CallsQuery, rows: list[tuple],
+                        count: int, version: int) -> None:  # fmt: skip
+        """Where a full page (``count`` rows, ``rows`` its last ones) ended."""
+        if not rows or query.limit is None or count < query.limit:
+            return
+        seq = await self._db.read(calls.q_seq_of, query.project_id, rows[-1][_ID_AT])
+        if seq is not None:
+            self._page_ends.remember(selection, query, count, rows[-1], seq, version)
 
     def _stream(self, sql: str, params: Sequence[Any]) -> AsyncIterator[list[tuple]]:
         return self._db.stream(sql, params, FIRST_CHUNK_ROWS, CHUNK_ROWS)
