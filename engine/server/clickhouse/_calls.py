@@ -290,14 +290,16 @@ class CallsSql:
             only = CallsQuery(project_id=query.project_id, filter=self._start_filter)
             starts.append(bind(Selection(only, CLICKHOUSE).where, self.params))
         self._starts = " AND ".join(starts)
-        self.by_start = self._by_start(query)
+        self.direction = self._by_start(query)
+        ends_near = query.limit is not None and query.limit + query.offset <= CANDIDATES_MAX
+        self.by_start = self.direction if ends_near else None
         self._few = False
 
     @staticmethod
     def _by_start(q: CallsQuery) -> str | None:
         """``DESC`` / ``ASC`` for a page ordered by start time alone and filtered only by
-        what a start decides, of at most :data:`CANDIDATES_MAX` rows with its offset."""
-        if q.limit is None or q.limit + q.offset > CANDIDATES_MAX or q.query is not None:
+        what a start decides, of at most :data:`CANDIDATES_MAX` rows."""
+        if q.limit is None or q.limit > CANDIDATES_MAX or q.query is not None:
             return None
         if q.filter is not None and q.filter.output_refs:
             return None
@@ -328,8 +330,19 @@ class CallsSql:
         self._few = True
         if threshold is not None:
             self.params["threshold"] = threshold
-            beyond = ">=" if self.by_start == "DESC" else "<="
+            beyond = ">=" if self.direction == "DESC" else "<="
             self._where += f" AND started_at_us {beyond} {{threshold:Int64}}"
+
+    def after(self, started_at_us: int, seq: int) -> str:
+        """The page that follows a call (its start time and arrival ``seq``) in this order:
+        only calls past it, and the SQL of the candidates, the start parts from its start
+        time on (at most :data:`CANDIDATES_MAX`, with ties), for :meth:`narrow`."""
+        ahead, beyond = (">", ">=") if self.direction == "ASC" else ("<", "<=")
+        self.params["after_at"], self.params["after_seq"] = started_at_us, seq
+        self._where += f" AND (started_at_us, seq) {ahead} ({{after_at:Int64}}, {{after_seq:UInt64}})"
+        return (f"SELECT id, started_at_us FROM {PARTS_TABLE} WHERE {self._starts} "
+                f"AND started_at_us {beyond} {{after_at:Int64}} "
+                f"ORDER BY started_at_us {self.direction} LIMIT {CANDIDATES_MAX} WITH TIES")  # fmt: skip
 
     def _from(self, columns: Iterable[str], ordered: bool = True) -> str:
         used = self._used if ordered else self._filtered

@@ -42,7 +42,7 @@ from engine.server._store import (
     ThreadTurn,
 )
 from engine.server._store_trouble import StoreTrouble, is_trouble
-from engine.server.clickhouse import _calls, _docs, _objects
+from engine.server.clickhouse import _calls, _docs, _objects, _pages
 from engine.server.clickhouse._connect import PASSWORD_ENV, PASSWORD_FILE_ENV, Target, connect
 from engine.server.clickhouse._group import Batch, GroupCommit
 from engine.server.clickhouse._migrate import migrate
@@ -81,6 +81,7 @@ class ClickHouseStore(Store):
     def __init__(self, target: Target) -> None:
         self.target = target
         self._clock = VersionClock()
+        self._page_ends = _pages.PageEnds()
         self._local = threading.local()
         self._pool = ThreadPoolExecutor(_THREADS, thread_name_prefix="engine-clickhouse")
         self._trouble = StoreTrouble()
@@ -194,19 +195,36 @@ class ClickHouseStore(Store):
 
     async def query_calls(self, query: CallsQuery) -> AsyncIterator[list[CallRow]]:
         sql = _calls.CallsSql(query)  # InvalidQuery before anything runs
+        end = self._page_ends.get(query) if sql.direction is not None else None
+        if end is not None:  # the page after one read recently (weave's get_calls pages)
+            calls = await self._run(_pages.read_on, query, end, _calls_of)
+            if calls is not None:
+                await self._run(self._page_ends.remember, query, len(calls),
+                                calls[-1] if calls else None, end[2])  # fmt: skip
+                for i in range(0, len(calls), PAGE_ROWS):
+                    yield calls[i : i + PAGE_ROWS]
+                return
+        state = None
+        if sql.direction is not None:
+            state = await self._run(_pages.project_state, query.project_id)
         if await self._run(_narrow, sql, True) == "check":
             calls = await self._run(_calls_of, sql.select(query.limit, query.offset), sql.params)
             if len(calls) == query.limit:  # the page, from the calls nearest its end
+                await self._run(self._page_ends.remember, query, len(calls), calls[-1], state)
                 for i in range(0, len(calls), PAGE_ROWS):
                     yield calls[i : i + PAGE_ROWS]
                 return
             sql = _calls.CallsSql(query)  # deleted or restarted calls among them: read it all
         pages = _Pages(self, sql.select(query.limit, query.offset), sql.params)
+        count, last = 0, None
         try:
             while (page := await pages.next()) is not None:
+                count, last = count + len(page), page[-1]
                 yield page
         finally:
             await pages.close()
+        if state is not None:
+            await self._run(self._page_ends.remember, query, count, last, state)
 
     async def count_calls(self, query: CallsQuery) -> int:
         sql = _calls.CallsSql(query)
@@ -400,7 +418,7 @@ def _narrow(client: Any, sql: _calls.CallsSql, page: bool) -> str:
         if len(rows) < sql.query.limit + sql.query.offset:  # every start that can match
             sql.narrow(ids)
             return "exact"
-        if len(ids) > _calls.CANDIDATES_MAX:  # ties at the threshold
+        if len(ids) > 2 * _calls.CANDIDATES_MAX:  # ties past the limit: a few more at most
             return "none"
         sql.narrow(ids, rows[-1][1])
         return "check"

@@ -1,0 +1,89 @@
+"""Offset pages of calls read from where the previous page ended, when the project's calls
+did not change (the ClickHouse store's counterpart of ``engine/server/_sqlite_pages.py``).
+
+weave's client reads ``client.get_calls()`` as pages of 1,000 with growing offsets; here
+every page merged the whole project and then skipped the offset. The store remembers
+where each full page ordered by start time ended (the last call's start time and arrival
+``seq``, and the project's part count and newest version: parts are only ever added, so
+those two change with any write to the project) under the query and the next offset. That
+next page is read among the calls whose start parts come next (``CallsSql.after``), when
+the project is unchanged before and after the read and the page comes back full;
+otherwise the offset answers.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+import msgspec
+
+from engine.server._rows import to_us
+from engine.server._store import CallRow, CallsQuery
+from engine.server.clickhouse import _calls
+
+MAX_REMEMBERED = 256
+_encode = msgspec.json.Encoder().encode
+_STATE_SQL = (f"SELECT count(), max(version) FROM {_calls.PARTS_TABLE} "
+              "WHERE project_id = {project_id:String}")  # fmt: skip
+_SEQ_SQL = (f"SELECT min(version) FROM {_calls.PARTS_TABLE} "
+            "WHERE project_id = {project_id:String} AND id = {id:String}")  # fmt: skip
+
+
+def project_state(client: Any, project_id: str) -> tuple[int, int]:
+    """(parts, newest version) of a project: any write to it changes them."""
+    ((parts, newest),) = client.query(_STATE_SQL, parameters={"project_id": project_id}).result_rows
+    return int(parts), int(newest)
+
+
+def _key(query: CallsQuery, offset: int) -> tuple[bytes, int]:
+    return _encode(msgspec.structs.replace(query, limit=None, offset=0)), offset
+
+
+class PageEnds:
+    """Where recent full pages ended, per query and next offset."""
+
+    def __init__(self) -> None:
+        self._ends: OrderedDict[tuple[bytes, int], tuple[int, int, tuple[int, int]]] = OrderedDict()
+
+    def get(self, query: CallsQuery) -> tuple[int, int, tuple[int, int]] | None:
+        return self._ends.get(_key(query, query.offset)) if query.offset else None
+
+    def remember(self, client: Any, query: CallsQuery, count: int, last: CallRow | None,
+                 state: tuple[int, int]) -> None:  # fmt: skip
+        """A full page (``count`` calls, read with the project at ``state``) ended at ``last``."""
+        if query.limit is None or count < query.limit or last is None:
+            return
+        ((seq,),) = client.query(_SEQ_SQL, parameters={
+            "project_id": query.project_id, "id": last["id"]}).result_rows  # fmt: skip
+        key = _key(query, query.offset + count)
+        self._ends[key] = (to_us(last["started_at"]), int(seq), state)
+        self._ends.move_to_end(key)
+        while len(self._ends) > MAX_REMEMBERED:
+            self._ends.popitem(last=False)
+
+
+def read_on(client: Any, query: CallsQuery, end: tuple[int, int, tuple[int, int]],
+            of_calls: Any) -> list[CallRow] | None:  # fmt: skip
+    """The page after a remembered ``end``, or None if the offset must answer (the project
+    changed, or the calls near the end did not fill the page)."""
+    started_at_us, seq, state = end
+    if project_state(client, query.project_id) != state:
+        return None
+    sql = _calls.CallsSql(query)
+    if sql.direction is None:
+        return None
+    rows = client.query(sql.after(started_at_us, seq), parameters=sql.params).result_rows
+    ids = list(dict.fromkeys(row[0] for row in rows))
+    if len(rows) < _calls.CANDIDATES_MAX:  # every start part from there on
+        sql.narrow(ids)
+        full_needed = False
+    elif len(ids) > 2 * _calls.CANDIDATES_MAX:  # ties past the limit: a few more at most
+        return None
+    else:
+        sql.narrow(ids, rows[-1][1])
+        full_needed = True
+    calls = of_calls(client, sql.select(query.limit, 0), sql.params) if ids else []
+    if full_needed and len(calls) < (query.limit or 0):
+        return None
+    return calls if project_state(client, query.project_id) == state else None

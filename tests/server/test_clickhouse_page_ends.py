@@ -1,0 +1,88 @@
+"""The ClickHouse store's pages by start time read on from where the previous page ended
+(``clickhouse/_pages.py``): the same calls as the offset gives, page for page, and the
+offset again once the project changed; against a real ClickHouse engine, on the calls of
+``test_sqlite_page_ends`` (tied start times, three orders, filters)."""
+
+import datetime as dt
+import random
+
+from engine.server.clickhouse import ClickHouseStore, _calls, _pages, parse_store_url
+from engine.wire.calls import StartedCallSchemaForInsert
+from tests.server.clickhouse_fixtures import clickhouse_server, clickhouse_url  # noqa: F401
+from tests.server.harness import run_on
+from tests.server.test_sqlite_page_ends import OPS, T0, P, _call, _ids, _queries
+
+
+def _run(url, scenario):
+    async def go():
+        store = ClickHouseStore(parse_store_url(url))
+        try:
+            return await scenario(store)
+        finally:
+            await store.close()
+
+    return run_on("asyncio", go())
+
+
+def _counting(monkeypatch):
+    seen = {"read on": 0}
+    read_on = _pages.read_on
+
+    def counted(client, query, end, of_calls):
+        calls = read_on(client, query, end, of_calls)
+        seen["read on"] += calls is not None
+        return calls
+
+    monkeypatch.setattr(_pages, "read_on", counted)
+    return seen
+
+
+def test_pages_read_on_from_the_last_end_are_the_offsets_pages(clickhouse_url, monkeypatch):  # noqa: F811
+    monkeypatch.setattr(_calls, "CANDIDATES_MAX", 40)  # both ways of narrowing run
+    seen = _counting(monkeypatch)
+    rnd = random.Random(3)
+    calls = [_call(i, rnd.randrange(40), rnd.choice(OPS)) for i in range(300)]
+    rnd.shuffle(calls)
+
+    async def scenario(store):
+        for i in range(0, len(calls), 100):
+            await store.insert_calls([], [], calls[i : i + 100])
+        wrong = []
+        for query in _queries():
+            whole = await _ids(store, **query)
+            pages = []
+            for offset in range(0, len(calls) + 13, 13):  # bounded: one past
+                page = await _ids(store, limit=13, offset=offset, **query)
+                pages += page
+                if len(page) < 13:
+                    break
+            if pages != whole:
+                wrong.append((query, len(pages), len(whole)))
+        return wrong
+
+    assert _run(clickhouse_url, scenario) == []
+    assert seen["read on"] > 9 * 5, seen
+
+
+def test_a_write_between_pages_sends_the_next_page_back_to_the_offset(clickhouse_url, monkeypatch):  # noqa: F811
+    seen = _counting(monkeypatch)
+
+    async def scenario(store):
+        await store.insert_calls([], [], [_call(i, i, OPS[0]) for i in range(30)])
+        pages = [(await _ids(store, limit=10, offset=0), await _ids(store))]
+        pages.append((await _ids(store, limit=10, offset=10), await _ids(store)))  # read on
+        after_second = seen["read on"]
+        await store.insert_calls([], [], [_call(99, -5, OPS[0])])  # before every page
+        pages.append((await _ids(store, limit=10, offset=20), await _ids(store)))
+        await store.insert_calls([StartedCallSchemaForInsert(
+            project_id=P, id=_call(100, 25, OPS[0]).id, op_name=OPS[0], trace_id="t",
+            started_at=T0 + dt.timedelta(seconds=25), attributes={}, inputs={})], [], [])
+        pages.append((await _ids(store, limit=10, offset=30), await _ids(store)))
+        return after_second, pages
+
+    after_second, pages = _run(clickhouse_url, scenario)
+    assert after_second == 1 and seen["read on"] == 1
+    for k, (page, whole) in enumerate(pages):
+        assert page == whole[10 * k : 10 * k + 10], k
+    assert pages[2][0][0] == _call(19, 19, OPS[0]).id
+
