@@ -103,20 +103,6 @@ def q_set_display_name(
     return cur.rowcount > 0
 
 
-def q_data_version(conn: sqlite3.Connection) -> int:
-    """Changes whenever another connection (the writer, another process) commits."""
-    return conn.execute("PRAGMA data_version").fetchone()[0]
-
-
-def q_rows_if_unchanged(conn: sqlite3.Connection, version: int, sql: str,
-                        params: Sequence[Any]) -> list[tuple] | None:  # fmt: skip
-    """The rows of ``sql`` if nothing was committed since ``version`` until they were read."""
-    if q_data_version(conn) != version:
-        return None
-    rows = conn.execute(sql, params).fetchall()
-    return rows if q_data_version(conn) == version else None
-
-
 def q_seq_of(conn: sqlite3.Connection, project_id: str, call_id: str) -> int | None:
     row = conn.execute("SELECT seq FROM calls WHERE project_id = ? AND id = ?",
                        (project_id, call_id)).fetchone()  # fmt: skip

@@ -1,5 +1,5 @@
 """The SQLite :class:`~engine.server._store.Store`: one file in WAL mode, a writer thread
-and a reader thread (:mod:`engine.server._sqlite_db`); statements in ``_sqlite_calls``,
+and reader threads (:mod:`engine.server._sqlite_db`); statements in ``_sqlite_calls``,
 ``_sqlite_objects`` and ``_sqlite_docs``."""
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ class SQLiteStore(Store):
         self.path = path
         self._db = Database(path)
         self._page_ends = PageEnds()
+        self.pages_read_on = 0  # pages read on from where a recent one ended
 
     # -- calls ---------------------------------------------------------------------------
 
@@ -61,13 +62,18 @@ class SQLiteStore(Store):
         continued = self._page_ends.continuation(selection, query)
         if continued is not None:
             version, (sql, params) = continued
-            rows = await self._db.read(calls.q_rows_if_unchanged, version, sql, params)
+            rows = None
+            if await self._db.data_version() == version:
+                rows = await self._db.read(calls.q_fetchall, sql, params)
+                if await self._db.data_version() != version:  # a commit came in between
+                    rows = None
             if rows is not None:
+                self.pages_read_on += 1
                 await self._remember(selection, query, rows, len(rows), version)
                 if rows:
                     yield rows_to_calls(rows)
                 return
-        version = await self._db.read(calls.q_data_version) if pageable(query) else None
+        version = await self._db.data_version() if pageable(query) else None
         sql, params = selection.select(query.limit, query.offset)
         if query.limit is not None and query.limit <= FIRST_CHUNK_ROWS:
             rows = await self._db.read(calls.q_fetchall, sql, params)

@@ -10,7 +10,6 @@ import random
 
 import pytest
 
-from engine.server import _sqlite_calls
 from engine.server._sqlite_store import SQLiteStore
 from engine.server._store import CallsQuery
 from engine.wire.calls import CompletedCallSchemaForInsert, StartedCallSchemaForInsert
@@ -45,23 +44,8 @@ async def _ids(store, **query):
             for c in page]  # fmt: skip
 
 
-@pytest.fixture
-def continued(monkeypatch):
-    """How many pages were read on from a remembered end."""
-    seen = {"pages": 0}
-    read = _sqlite_calls.q_rows_if_unchanged
-
-    def counted(conn, version, sql, params):
-        rows = read(conn, version, sql, params)
-        seen["pages"] += rows is not None
-        return rows
-
-    monkeypatch.setattr(_sqlite_calls, "q_rows_if_unchanged", counted)
-    return seen
-
-
 @pytest.mark.parametrize("page_rows", [7, 150])  # one read / a stream per page
-def test_pages_read_on_from_the_last_end_are_the_offsets_pages(tmp_path, continued, page_rows):
+def test_pages_read_on_from_the_last_end_are_the_offsets_pages(tmp_path, page_rows):
     rnd = random.Random(page_rows)
     calls = [_call(i, rnd.randrange(40), rnd.choice(OPS)) for i in range(900)]
     rnd.shuffle(calls)  # arrival order is not id or time order
@@ -80,18 +64,19 @@ def test_pages_read_on_from_the_last_end_are_the_offsets_pages(tmp_path, continu
                     break
             if pages != whole:
                 wrong.append(query)
-        return wrong
+        return wrong, store.pages_read_on
 
-    assert _run(tmp_path, scenario) == []
-    assert continued["pages"] >= 9 * (900 // 7 // 3 if page_rows == 7 else 2)  # most pages
+    wrong, read_on = _run(tmp_path, scenario)
+    assert wrong == []
+    assert read_on >= 9 * (900 // 7 // 3 if page_rows == 7 else 2)  # most pages
 
 
-def test_a_write_between_pages_sends_the_next_page_back_to_the_offset(tmp_path, continued):
+def test_a_write_between_pages_sends_the_next_page_back_to_the_offset(tmp_path):
     async def scenario(store):
         await store.insert_calls([], [], [_call(i, i, OPS[0]) for i in range(30)])
         pages = [(await _ids(store, limit=10, offset=0), await _ids(store))]
         pages.append((await _ids(store, limit=10, offset=10), await _ids(store)))  # read on
-        after_second = continued["pages"]
+        after_second = store.pages_read_on
         # a call that starts before every page so far: the offset moves everything on by one
         await store.insert_calls([], [], [_call(99, -5, OPS[0])])
         pages.append((await _ids(store, limit=10, offset=20), await _ids(store)))
@@ -100,10 +85,10 @@ def test_a_write_between_pages_sends_the_next_page_back_to_the_offset(tmp_path, 
             project_id=P, id=_call(100, 25, OPS[0]).id, op_name=OPS[0], trace_id="t",
             started_at=T0 + dt.timedelta(seconds=25), attributes={}, inputs={})], [], [])
         pages.append((await _ids(store, limit=10, offset=30), await _ids(store)))
-        return after_second, pages
+        return after_second, pages, store.pages_read_on
 
-    after_second, pages = _run(tmp_path, scenario)
-    assert after_second == 1 and continued["pages"] == 1  # the later pages: the offset again
+    after_second, pages, read_on = _run(tmp_path, scenario)
+    assert after_second == 1 and read_on == 1  # the later pages: the offset again
     for k, (page, whole) in enumerate(pages):
         assert page == whole[10 * k : 10 * k + 10], k
     assert pages[2][0][0] == _call(19, 19, OPS[0]).id  # shifted by one

@@ -1,0 +1,34 @@
+"""The SQLite store reads on several threads: a slow read (a sort on latency, a text search
+over every call) holds one of them, and every other read goes on beside it."""
+
+import asyncio
+import time
+
+from engine.server._sqlite_db import READERS, Database
+from tests.server.harness import run_on
+
+
+def _slow(conn):
+    time.sleep(1.0)  # a read that takes a second (one holding its thread, as a full scan does)
+    return conn.execute("SELECT 1").fetchall()
+
+
+def test_a_slow_read_holds_one_reader_thread_not_every_read(tmp_path):
+    async def go():
+        db = Database(tmp_path / "t.db")
+        try:
+            slow = [asyncio.create_task(db.read(_slow)) for _ in range(READERS - 1)]
+            await asyncio.sleep(0.1)  # they hold their threads
+            began = time.monotonic()
+            count = await db.read(lambda conn: conn.execute("SELECT count(*) FROM calls").fetchall())
+            waited_s = time.monotonic() - began
+            version = await db.data_version()  # on any thread, always the same connection's
+            slow_rows = await asyncio.gather(*slow)
+            return count, waited_s, version, slow_rows, await db.data_version()
+        finally:
+            await db.close()
+
+    count, waited_s, version, slow_rows, version_after = run_on("asyncio", go())
+    assert count == [(0,)] and slow_rows == [[(1,)]] * (READERS - 1)
+    assert waited_s < 0.5  # before: one reader thread, this read waited for both slow ones
+    assert version == version_after  # nothing committed in between
