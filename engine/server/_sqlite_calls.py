@@ -55,14 +55,22 @@ def q_insert_calls(
     conn: sqlite3.Connection, starts: list[Start], ends: list[End], completes: list[Complete]
 ) -> None:
     """Upsert calls in one transaction; rows are built here, on the writer thread."""
+    q_insert_batches(conn, [(starts, ends, completes)])
+
+
+def q_insert_batches(
+    conn: sqlite3.Connection, batches: list[tuple[list[Start], list[End], list[Complete]]]
+) -> None:
+    """Upsert the calls of several requests' batches in one transaction, in order."""
     with Transaction(conn):
-        for sql, to_row, calls in (
-            (_START_SQL, start_row, starts),
-            (_END_SQL, end_row, ends),
-            (_COMPLETE_SQL, complete_row, completes),
-        ):
-            if calls:
-                conn.executemany(sql, map(to_row, calls))
+        for starts, ends, completes in batches:
+            for sql, to_row, calls in (
+                (_START_SQL, start_row, starts),
+                (_END_SQL, end_row, ends),
+                (_COMPLETE_SQL, complete_row, completes),
+            ):
+                if calls:
+                    conn.executemany(sql, map(to_row, calls))
 
 
 # the calls and every call below them (parent_id links), as weave deletes a subtree

@@ -15,6 +15,7 @@ from engine.server import _sqlite_calls as calls
 from engine.server import _sqlite_docs as docs
 from engine.server import _sqlite_objects as objects
 from engine.server._calls_sql import Selection
+from engine.server._group import Batch, GroupCommit
 from engine.server._rows import SELECT_COLUMNS, Complete, End, Start, rows_to_calls
 from engine.server._sqlite_db import Database
 from engine.server._sqlite_pages import PageEnds, pageable
@@ -31,6 +32,7 @@ from engine.server._store import (
     Store,
     ThreadTurn,
 )
+from engine.server._store_trouble import is_trouble
 
 _json = msgspec.json.Encoder()
 CHUNK_ROWS = 1000  # rows handed over at a time while streaming
@@ -46,12 +48,19 @@ class SQLiteStore(Store):
         self.path = path
         self._db = Database(path)
         self._page_ends = PageEnds()
+        # requests that arrive while a transaction is being written go in together
+        self._group = GroupCommit(self._insert_group, lanes=1, shared=is_trouble)
         self.pages_read_on = 0  # pages read on from where a recent one ended
 
     # -- calls ---------------------------------------------------------------------------
 
     async def insert_calls(self, starts: list[Start], ends: list[End], completes: list[Complete]) -> None:
-        await self._db.write(calls.q_insert_calls, starts, ends, completes)
+        count = len(starts) + len(ends) + len(completes)
+        if count:
+            await self._group.submit((starts, ends, completes), count)
+
+    async def _insert_group(self, batches: list[Batch]) -> None:
+        await self._db.write(calls.q_insert_batches, batches)
 
     async def query_calls(self, query: CallsQuery) -> AsyncIterator[list[CallRow]]:
         """One statement read to its end (``Database.stream``); a short page (call_read,
@@ -204,6 +213,7 @@ class SQLiteStore(Store):
         await self._db.read(_select_one)
 
     async def close(self) -> None:
+        await self._group.close()
         await self._db.close()
 
 

@@ -27,6 +27,7 @@ from typing import Any, Literal, TypeVar
 
 from engine.common._errors import EngineError
 from engine.server._calls_view import stored_bytes
+from engine.server._group import Batch, GroupCommit
 from engine.server._rows import Complete, End, Start, row_to_call
 from engine.server._store import (
     CallRow,
@@ -44,7 +45,6 @@ from engine.server._store import (
 from engine.server._store_trouble import StoreTrouble, is_trouble
 from engine.server.clickhouse import _calls, _docs, _objects, _pages
 from engine.server.clickhouse._connect import PASSWORD_ENV, PASSWORD_FILE_ENV, Target, connect
-from engine.server.clickhouse._group import Batch, GroupCommit
 from engine.server.clickhouse._migrate import migrate
 from engine.wire.query import CallsFilter
 

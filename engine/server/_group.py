@@ -37,12 +37,17 @@ class GroupCommit:
         self._lanes, self._max_parts = lanes, max_parts
         self._pending: list[tuple[Batch, int, asyncio.Future[None]]] = []
         self._running: set[asyncio.Task[None]] = set()
+        # lanes still taking batches: given back in the same step as a lane's last look at
+        # the pending list (a finished task leaves ``_running`` only in a later callback,
+        # and a batch handed over in between found no free lane and waited forever)
+        self._active = 0
 
     async def submit(self, batch: Batch, parts: int) -> None:
         """Returns once ``batch`` is stored; raises what its insert raised."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((batch, parts, done))
-        if len(self._running) < self._lanes:
+        if self._active < self._lanes:
+            self._active += 1
             task = asyncio.create_task(self._lane())
             self._running.add(task)
             task.add_done_callback(self._running.discard)
@@ -59,6 +64,12 @@ class GroupCommit:
         return group
 
     async def _lane(self) -> None:
+        try:
+            await self._drain()
+        finally:
+            self._active -= 1
+
+    async def _drain(self) -> None:
         while self._pending:
             group = self._take()
             try:

@@ -1,15 +1,16 @@
-"""Group commit of bulk call batches into ClickHouse (``clickhouse._group``): batches that
-arrive while an insert runs go in as one ``INSERT``, and read back exactly as SQLite stores
-the same batches one by one; a combined insert that fails is retried batch by batch, so
-only the refused batch fails (the splitting logic is tested with a recording insert)."""
+"""Group commit of call batches (``engine/server/_group.py``, both stores): batches that
+arrive while an insert runs go in together (one ``INSERT`` into ClickHouse, one SQLite
+transaction), and read back exactly as SQLite stores the same batches one by one; a
+combined insert that fails is retried batch by batch, so only the refused batch fails (the
+splitting logic is tested with a recording insert)."""
 
 import asyncio
 
 import pytest
 
+from engine.server._group import GroupCommit
 from engine.server._sqlite_store import SQLiteStore
 from engine.server.clickhouse import ClickHouseStore, parse_store_url
-from engine.server.clickhouse._group import GroupCommit
 from tests.server.clickhouse_fixtures import clickhouse_server, clickhouse_url  # noqa: F401
 from tests.server.harness import run_on
 from tests.server.test_clickhouse_bulk import _batches, _read_all
@@ -58,6 +59,26 @@ def test_a_refused_batch_fails_only_its_own_request():
     groups, results = run_on("asyncio", scenario())
     assert groups == [["ok1", "bad", "ok2"], ["ok1"], ["bad"], ["ok2"]]
     assert results == ["NoneType", "ValueError", "NoneType"]
+
+
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_a_batch_handed_over_as_the_last_lane_finishes_is_inserted(lanes):
+    """Each request awaits its batch, then sends the next at once: the lane that inserted
+    the last one has just found nothing pending. Before, it left the running set only in a
+    later callback, so the next batch found no free lane and waited forever."""
+
+    async def requests(group):
+        for i in range(5):
+            await group.submit(_batch(f"b{i}", 1), 1)  # awaited in this task, not a new one
+
+    async def scenario():
+        insert = _Recorder()
+        group = GroupCommit(insert, lanes=lanes)
+        await asyncio.wait_for(requests(group), 5)
+        await group.close()
+        return insert.groups
+
+    assert run_on("asyncio", scenario()) == [[f"b{i}"] for i in range(5)]
 
 
 def test_a_batch_whose_request_went_away_is_still_inserted():
