@@ -10,7 +10,7 @@ from engine.server.clickhouse import ClickHouseStore, _calls, _pages, parse_stor
 from engine.wire.calls import StartedCallSchemaForInsert
 from tests.server.clickhouse_fixtures import clickhouse_server, clickhouse_url  # noqa: F401
 from tests.server.harness import run_on
-from tests.server.test_sqlite_page_ends import OPS, T0, P, _call, _ids, _queries
+from tests.server.test_sqlite_page_ends import OPS, T0, P, _call, _ids, paged_unlike_whole
 
 
 def _run(url, scenario):
@@ -45,20 +45,7 @@ def test_pages_read_on_from_the_last_end_are_the_offsets_pages(clickhouse_url, m
     rnd.shuffle(calls)
 
     async def scenario(store):
-        for i in range(0, len(calls), 100):
-            await store.insert_calls([], [], calls[i : i + 100])
-        wrong = []
-        for query in _queries():
-            whole = await _ids(store, **query)
-            pages = []
-            for offset in range(0, len(calls) + 13, 13):  # bounded: one past
-                page = await _ids(store, limit=13, offset=offset, **query)
-                pages += page
-                if len(page) < 13:
-                    break
-            if pages != whole:
-                wrong.append((query, len(pages), len(whole)))
-        return wrong
+        return await paged_unlike_whole(store, calls, 13)
 
     assert _run(clickhouse_url, scenario) == []
     assert seen["read on"] > 9 * 5, seen
