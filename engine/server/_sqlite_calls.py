@@ -51,17 +51,11 @@ _END_SQL = _upsert_sql(
 _COMPLETE_SQL = _upsert_sql(COMPLETE_COLUMNS)
 
 
-def q_insert_calls(
-    conn: sqlite3.Connection, starts: list[Start], ends: list[End], completes: list[Complete]
-) -> None:
-    """Upsert calls in one transaction; rows are built here, on the writer thread."""
-    q_insert_batches(conn, [(starts, ends, completes)])
-
-
 def q_insert_batches(
     conn: sqlite3.Connection, batches: list[tuple[list[Start], list[End], list[Complete]]]
 ) -> None:
-    """Upsert the calls of several requests' batches in one transaction, in order."""
+    """Upsert the calls of several requests' batches in one transaction, in order; rows are
+    built here, on the writer thread."""
     with Transaction(conn):
         for starts, ends, completes in batches:
             for sql, to_row, calls in (

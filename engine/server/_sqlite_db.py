@@ -363,7 +363,9 @@ class Database:
     def _open_stream(self, sql: str, params: Sequence[Any]) -> tuple[sqlite3.Connection, Any]:
         with self._conns_lock:
             conn = self._idle_stream_conns.pop() if self._idle_stream_conns else None
-        return (conn := conn or connect(self.path)), conn.execute(sql, params)
+        if conn is None:
+            conn = connect(self.path)
+        return conn, conn.execute(sql, params)
 
     def _close_stream(self, conn: sqlite3.Connection, cursor: sqlite3.Cursor) -> None:
         cursor.close()  # ends the statement, and with it the read snapshot

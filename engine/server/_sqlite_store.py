@@ -64,7 +64,7 @@ class SQLiteStore(Store):
 
     async def query_calls(self, query: CallsQuery) -> AsyncIterator[list[CallRow]]:
         """One statement read to its end (``Database.stream``); a short page (call_read,
-        refs) is one read on the shared connection instead, with no cursor left open. A
+        refs) is one plain read on a reader thread instead, with no cursor left open. A
         page by start time at the offset where a recent one ended reads on from there
         (``_sqlite_pages``) while the database is unchanged."""
         selection = Selection(query)  # InvalidQuery first
