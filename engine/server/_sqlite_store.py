@@ -16,9 +16,10 @@ from engine.server import _sqlite_docs as docs
 from engine.server import _sqlite_objects as objects
 from engine.server._calls_sql import Selection
 from engine.server._group import Batch, GroupCommit
+from engine.server._page_ends import PageEnds
 from engine.server._rows import SELECT_COLUMNS, Complete, End, Start, rows_to_calls
 from engine.server._sqlite_db import Database
-from engine.server._sqlite_pages import PageEnds, pageable
+from engine.server._sqlite_pages import pageable, read_on_sql
 from engine.server._store import (
     CallRow,
     CallsQuery,
@@ -38,7 +39,7 @@ _json = msgspec.json.Encoder()
 CHUNK_ROWS = 1000  # rows handed over at a time while streaming
 # the first chunk is small: its rows leave while the next are being read
 FIRST_CHUNK_ROWS = 100
-_ID_AT = SELECT_COLUMNS.index("id")
+_ID_AT, _STARTED_AT = SELECT_COLUMNS.index("id"), SELECT_COLUMNS.index("started_at_us")
 
 
 class SQLiteStore(Store):
@@ -68,17 +69,16 @@ class SQLiteStore(Store):
         page by start time at the offset where a recent one ended reads on from there
         (``_sqlite_pages``) while the database is unchanged."""
         selection = Selection(query)  # InvalidQuery first
-        continued = self._page_ends.continuation(selection, query)
-        if continued is not None:
-            version, (sql, params) = continued
-            rows = None
+        end = self._page_ends.get(query) if pageable(query) else None
+        if end is not None:
+            version, rows = end[2], None
             if await self._db.data_version() == version:
-                rows = await self._db.read(calls.q_fetchall, sql, params)
+                rows = await self._db.read(calls.q_fetchall, *read_on_sql(selection, query, end))
                 if await self._db.data_version() != version:  # a commit came in between
                     rows = None
             if rows is not None:
                 self.pages_read_on += 1
-                await self._remember(selection, query, rows, len(rows), version)
+                await self._remember(query, rows, len(rows), version)
                 if rows:
                     yield rows_to_calls(rows)
                 return
@@ -87,7 +87,7 @@ class SQLiteStore(Store):
         if query.limit is not None and query.limit <= FIRST_CHUNK_ROWS:
             rows = await self._db.read(calls.q_fetchall, sql, params)
             if version is not None:
-                await self._remember(selection, query, rows, len(rows), version)
+                await self._remember(query, rows, len(rows), version)
             if rows:
                 yield rows_to_calls(rows)
             return
@@ -97,16 +97,16 @@ class SQLiteStore(Store):
                 count, last = count + len(rows), rows
                 yield rows_to_calls(rows)
         if version is not None and last:
-            await self._remember(selection, query, last, count, version)
+            await self._remember(query, last, count, version)
 
-    async def _remember(self, selection: Selection, query: CallsQuery, rows: list[tuple],
-                        count: int, version: int) -> None:  # fmt: skip
+    async def _remember(self, query: CallsQuery, rows: list[tuple], count: int,
+                        version: int) -> None:  # fmt: skip
         """Where a full page (``count`` rows, ``rows`` its last ones) ended."""
         if not rows or query.limit is None or count < query.limit:
             return
         seq = await self._db.read(calls.q_seq_of, query.project_id, rows[-1][_ID_AT])
         if seq is not None:
-            self._page_ends.remember(selection, query, count, rows[-1], seq, version)
+            self._page_ends.put(query, count, (rows[-1][_STARTED_AT], seq, version))
 
     def _stream(self, sql: str, params: Sequence[Any]) -> AsyncIterator[list[tuple]]:
         return self._db.stream(sql, params, FIRST_CHUNK_ROWS, CHUNK_ROWS)

@@ -24,6 +24,7 @@ import msgspec
 
 from engine.server._calls_sql import Selection
 from engine.server._ingest_models import RawCompletedCall, RawEndedCall, RawStartedCall
+from engine.server._page_ends import direction
 from engine.server._rows import (
     END_COLUMNS,
     SELECT_COLUMNS,
@@ -303,9 +304,7 @@ class CallsSql:
             return None
         if q.filter is not None and q.filter.output_refs:
             return None
-        if len(q.sort_by) > 1 or (q.sort_by and q.sort_by[0].field != "started_at"):
-            return None
-        return q.sort_by[0].direction.upper() if q.sort_by else "ASC"
+        return direction(q)
 
     def candidates(self, page: bool = True) -> str | None:
         """SQL of the ids (first column) of the calls that can match, or None where it would

@@ -13,17 +13,13 @@ otherwise the offset answers.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Any
 
-import msgspec
-
+from engine.server._page_ends import End, PageEnds
 from engine.server._rows import to_us
 from engine.server._store import CallRow, CallsQuery
 from engine.server.clickhouse import _calls
 
-MAX_REMEMBERED = 256
-_encode = msgspec.json.Encoder().encode
 _STATE_SQL = (f"SELECT count(), max(version) FROM {_calls.PARTS_TABLE} "
               "WHERE project_id = {project_id:String}")  # fmt: skip
 _SEQ_SQL = (f"SELECT min(version) FROM {_calls.PARTS_TABLE} "
@@ -36,35 +32,17 @@ def project_state(client: Any, project_id: str) -> tuple[int, int]:
     return int(parts), int(newest)
 
 
-def _key(query: CallsQuery, offset: int) -> tuple[bytes, int]:
-    return _encode(msgspec.structs.replace(query, limit=None, offset=0)), offset
+def remember(client: Any, page_ends: PageEnds, query: CallsQuery, count: int,
+             last: CallRow | None, state: tuple[int, int]) -> None:  # fmt: skip
+    """A full page (``count`` calls, read with the project at ``state``) ended at ``last``."""
+    if query.limit is None or count < query.limit or last is None:
+        return
+    ((seq,),) = client.query(_SEQ_SQL, parameters={
+        "project_id": query.project_id, "id": last["id"]}).result_rows  # fmt: skip
+    page_ends.put(query, count, (to_us(last["started_at"]), int(seq), state))
 
 
-class PageEnds:
-    """Where recent full pages ended, per query and next offset."""
-
-    def __init__(self) -> None:
-        self._ends: OrderedDict[tuple[bytes, int], tuple[int, int, tuple[int, int]]] = OrderedDict()
-
-    def get(self, query: CallsQuery) -> tuple[int, int, tuple[int, int]] | None:
-        return self._ends.get(_key(query, query.offset)) if query.offset else None
-
-    def remember(self, client: Any, query: CallsQuery, count: int, last: CallRow | None,
-                 state: tuple[int, int]) -> None:  # fmt: skip
-        """A full page (``count`` calls, read with the project at ``state``) ended at ``last``."""
-        if query.limit is None or count < query.limit or last is None:
-            return
-        ((seq,),) = client.query(_SEQ_SQL, parameters={
-            "project_id": query.project_id, "id": last["id"]}).result_rows  # fmt: skip
-        key = _key(query, query.offset + count)
-        self._ends[key] = (to_us(last["started_at"]), int(seq), state)
-        self._ends.move_to_end(key)
-        while len(self._ends) > MAX_REMEMBERED:
-            self._ends.popitem(last=False)
-
-
-def read_on(client: Any, query: CallsQuery, end: tuple[int, int, tuple[int, int]],
-            of_calls: Any) -> list[CallRow] | None:  # fmt: skip
+def read_on(client: Any, query: CallsQuery, end: End, of_calls: Any) -> list[CallRow] | None:
     """The page after a remembered ``end``, or None if the offset must answer (the project
     changed, or the calls near the end did not fill the page)."""
     started_at_us, seq, state = end

@@ -28,6 +28,7 @@ from typing import Any, Literal, TypeVar
 from engine.common._errors import EngineError
 from engine.server._calls_view import stored_bytes
 from engine.server._group import Batch, GroupCommit
+from engine.server._page_ends import PageEnds
 from engine.server._rows import Complete, End, Start, row_to_call
 from engine.server._store import (
     CallRow,
@@ -81,7 +82,7 @@ class ClickHouseStore(Store):
     def __init__(self, target: Target) -> None:
         self.target = target
         self._clock = VersionClock()
-        self._page_ends = _pages.PageEnds()
+        self._page_ends = PageEnds()
         self._local = threading.local()
         self._pool = ThreadPoolExecutor(_THREADS, thread_name_prefix="engine-clickhouse")
         self._trouble = StoreTrouble()
@@ -199,7 +200,7 @@ class ClickHouseStore(Store):
         if end is not None:  # the page after one read recently (weave's get_calls pages)
             calls = await self._run(_pages.read_on, query, end, _calls_of)
             if calls is not None:
-                await self._run(self._page_ends.remember, query, len(calls),
+                await self._run(_pages.remember, self._page_ends, query, len(calls),
                                 calls[-1] if calls else None, end[2])  # fmt: skip
                 for i in range(0, len(calls), PAGE_ROWS):
                     yield calls[i : i + PAGE_ROWS]
@@ -210,7 +211,8 @@ class ClickHouseStore(Store):
         if await self._run(_narrow, sql, True) == "check":
             calls = await self._run(_calls_of, sql.select(query.limit, query.offset), sql.params)
             if len(calls) == query.limit:  # the page, from the calls nearest its end
-                await self._run(self._page_ends.remember, query, len(calls), calls[-1], state)
+                await self._run(_pages.remember, self._page_ends, query, len(calls), calls[-1],
+                                state)  # fmt: skip
                 for i in range(0, len(calls), PAGE_ROWS):
                     yield calls[i : i + PAGE_ROWS]
                 return
@@ -224,7 +226,7 @@ class ClickHouseStore(Store):
         finally:
             await pages.close()
         if state is not None:
-            await self._run(self._page_ends.remember, query, count, last, state)
+            await self._run(_pages.remember, self._page_ends, query, count, last, state)
 
     async def count_calls(self, query: CallsQuery) -> int:
         sql = _calls.CallsSql(query)
