@@ -1,7 +1,8 @@
-"""Group commit of the ClickHouse store's bulk batches: requests that arrive while an insert
-is running go in together, as one larger ``INSERT``.
+"""Group commit of call batches, for both stores: requests that arrive while an insert is
+running go in together (one larger ``INSERT`` into ClickHouse, one SQLite transaction,
+whose commit then writes each index page it touched once for all of them).
 
-Each ``INSERT`` costs ClickHouse a fixed ~25-35 ms of CPU (analysing the statement that
+Each ClickHouse ``INSERT`` costs ClickHouse a fixed ~25-35 ms of CPU (analysing the statement that
 parses the batch, writing a new part of 25 columns, merging it later) on top of ~5 µs per
 call. A sender's 2 MB body holds ~2,500 small calls: inserted alone, that fixed cost is
 ~13 µs of a call's ~19 µs (chDB, this box); inserts of 50,000 calls cost ~5 µs per call.

@@ -78,7 +78,7 @@ class SQLiteStore(Store):
                     rows = None
             if rows is not None:
                 self.pages_read_on += 1
-                await self._remember(query, rows, len(rows), version)
+                await self._remember(query, rows[-1] if rows else None, len(rows), version)
                 if rows:
                     yield rows_to_calls(rows)
                 return
@@ -87,26 +87,26 @@ class SQLiteStore(Store):
         if query.limit is not None and query.limit <= FIRST_CHUNK_ROWS:
             rows = await self._db.read(calls.q_fetchall, sql, params)
             if version is not None:
-                await self._remember(query, rows, len(rows), version)
+                await self._remember(query, rows[-1] if rows else None, len(rows), version)
             if rows:
                 yield rows_to_calls(rows)
             return
         count, last = 0, None
         async with contextlib.aclosing(self._stream(sql, params)) as chunks:
             async for rows in chunks:
-                count, last = count + len(rows), rows
+                count, last = count + len(rows), rows[-1]
                 yield rows_to_calls(rows)
-        if version is not None and last:
+        if version is not None:
             await self._remember(query, last, count, version)
 
-    async def _remember(self, query: CallsQuery, rows: list[tuple], count: int,
+    async def _remember(self, query: CallsQuery, last: tuple | None, count: int,
                         version: int) -> None:  # fmt: skip
-        """Where a full page (``count`` rows, ``rows`` its last ones) ended."""
-        if not rows or query.limit is None or count < query.limit:
+        """Where a full page (``count`` rows, the last one ``last``) ended."""
+        if last is None or query.limit is None or count < query.limit:
             return
-        seq = await self._db.read(calls.q_seq_of, query.project_id, rows[-1][_ID_AT])
+        seq = await self._db.read(calls.q_seq_of, query.project_id, last[_ID_AT])
         if seq is not None:
-            self._page_ends.put(query, count, (rows[-1][_STARTED_AT], seq, version))
+            self._page_ends.put(query, count, (last[_STARTED_AT], seq, version))
 
     def _stream(self, sql: str, params: Sequence[Any]) -> AsyncIterator[list[tuple]]:
         return self._db.stream(sql, params, FIRST_CHUNK_ROWS, CHUNK_ROWS)

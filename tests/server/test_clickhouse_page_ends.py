@@ -6,22 +6,11 @@ offset again once the project changed; against a real ClickHouse engine, on the 
 import datetime as dt
 import random
 
-from engine.server.clickhouse import ClickHouseStore, _calls, _pages, parse_store_url
+from engine.server.clickhouse import _calls, _pages
 from engine.wire.calls import StartedCallSchemaForInsert
 from tests.server.clickhouse_fixtures import clickhouse_server, clickhouse_url  # noqa: F401
-from tests.server.harness import run_on
 from tests.server.test_sqlite_page_ends import OPS, T0, P, _call, _ids, paged_unlike_whole
-
-
-def _run(url, scenario):
-    async def go():
-        store = ClickHouseStore(parse_store_url(url))
-        try:
-            return await scenario(store)
-        finally:
-            await store.close()
-
-    return run_on("asyncio", go())
+from tests.server.test_store_contract_clickhouse import store_run  # noqa: F401  (a fresh database)
 
 
 def _counting(monkeypatch):
@@ -37,7 +26,7 @@ def _counting(monkeypatch):
     return seen
 
 
-def test_pages_read_on_from_the_last_end_are_the_offsets_pages(clickhouse_url, monkeypatch):  # noqa: F811
+def test_pages_read_on_from_the_last_end_are_the_offsets_pages(store_run, monkeypatch):  # noqa: F811
     monkeypatch.setattr(_calls, "CANDIDATES_MAX", 40)  # both ways of narrowing run
     seen = _counting(monkeypatch)
     rnd = random.Random(3)
@@ -47,11 +36,11 @@ def test_pages_read_on_from_the_last_end_are_the_offsets_pages(clickhouse_url, m
     async def scenario(store):
         return await paged_unlike_whole(store, calls, 13)
 
-    assert _run(clickhouse_url, scenario) == []
+    assert store_run(scenario) == []
     assert seen["read on"] > 9 * 5, seen
 
 
-def test_a_write_between_pages_sends_the_next_page_back_to_the_offset(clickhouse_url, monkeypatch):  # noqa: F811
+def test_a_write_between_pages_sends_the_next_page_back_to_the_offset(store_run, monkeypatch):  # noqa: F811
     seen = _counting(monkeypatch)
 
     async def scenario(store):
@@ -67,7 +56,7 @@ def test_a_write_between_pages_sends_the_next_page_back_to_the_offset(clickhouse
         pages.append((await _ids(store, limit=10, offset=30), await _ids(store)))
         return after_second, pages
 
-    after_second, pages = _run(clickhouse_url, scenario)
+    after_second, pages = store_run(scenario)
     assert after_second == 1 and seen["read on"] == 1
     for k, (page, whole) in enumerate(pages):
         assert page == whole[10 * k : 10 * k + 10], k

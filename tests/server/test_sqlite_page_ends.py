@@ -10,11 +10,10 @@ import random
 
 import pytest
 
-from engine.server._sqlite_store import SQLiteStore
 from engine.server._store import CallsQuery
 from engine.wire.calls import CompletedCallSchemaForInsert, StartedCallSchemaForInsert
 from engine.wire.query import CallsFilter, SortBy
-from tests.server.harness import run_on
+from tests.server.test_store_contract import store_run  # noqa: F401  (a fresh SQLite store)
 
 P = "ent/pages"
 T0 = dt.datetime(2026, 4, 1, tzinfo=dt.timezone.utc)
@@ -64,7 +63,7 @@ async def _ids(store, **query):
 
 
 @pytest.mark.parametrize("page_rows", [7, 150])  # one read / a stream per page
-def test_pages_read_on_from_the_last_end_are_the_offsets_pages(tmp_path, page_rows):
+def test_pages_read_on_from_the_last_end_are_the_offsets_pages(store_run, page_rows):  # noqa: F811
     rnd = random.Random(page_rows)
     calls = [_call(i, rnd.randrange(40), rnd.choice(OPS)) for i in range(900)]
     rnd.shuffle(calls)  # arrival order is not id or time order
@@ -72,12 +71,12 @@ def test_pages_read_on_from_the_last_end_are_the_offsets_pages(tmp_path, page_ro
     async def scenario(store):
         return await paged_unlike_whole(store, calls, page_rows), store.pages_read_on
 
-    wrong, read_on = _run(tmp_path, scenario)
+    wrong, read_on = store_run(scenario)
     assert wrong == []
     assert read_on >= 9 * (900 // 7 // 3 if page_rows == 7 else 2)  # most pages
 
 
-def test_a_write_between_pages_sends_the_next_page_back_to_the_offset(tmp_path):
+def test_a_write_between_pages_sends_the_next_page_back_to_the_offset(store_run):  # noqa: F811
     async def scenario(store):
         await store.insert_calls([], [], [_call(i, i, OPS[0]) for i in range(30)])
         pages = [(await _ids(store, limit=10, offset=0), await _ids(store))]
@@ -93,19 +92,8 @@ def test_a_write_between_pages_sends_the_next_page_back_to_the_offset(tmp_path):
         pages.append((await _ids(store, limit=10, offset=30), await _ids(store)))
         return after_second, pages, store.pages_read_on
 
-    after_second, pages, read_on = _run(tmp_path, scenario)
+    after_second, pages, read_on = store_run(scenario)
     assert after_second == 1 and read_on == 1  # the later pages: the offset again
     for k, (page, whole) in enumerate(pages):
         assert page == whole[10 * k : 10 * k + 10], k
     assert pages[2][0][0] == _call(19, 19, OPS[0]).id  # shifted by one
-
-
-def _run(tmp_path, scenario):
-    async def go():
-        store = SQLiteStore(tmp_path / "t.db")
-        try:
-            return await scenario(store)
-        finally:
-            await store.close()
-
-    return run_on("asyncio", go())

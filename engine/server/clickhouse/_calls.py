@@ -332,6 +332,20 @@ class CallsSql:
             beyond = ">=" if self.direction == "DESC" else "<="
             self._where += f" AND started_at_us {beyond} {{threshold:Int64}}"
 
+    def narrow_to_starts(self, rows: list[tuple], asked: int) -> str:
+        """Narrow to the calls of ``rows``, the (id, start time) of the first ``asked`` start
+        parts in this order, with ties: ``exact`` if fewer came (every start part that can
+        match is among them), ``check`` if the page must come back full to be right (only
+        calls up to the last one's start time), ``none`` if ties brought too many ids."""
+        ids = list(dict.fromkeys(row[0] for row in rows))
+        if len(rows) < asked:
+            self.narrow(ids)
+            return "exact"
+        if len(ids) > 2 * CANDIDATES_MAX:  # ties past the limit: a few more at most
+            return "none"
+        self.narrow(ids, rows[-1][1])
+        return "check"
+
     def after(self, started_at_us: int, seq: int) -> str:
         """The page that follows a call (its start time and arrival ``seq``) in this order:
         only calls past it, and the SQL of the candidates, the start parts from its start

@@ -52,16 +52,10 @@ def read_on(client: Any, query: CallsQuery, end: End, of_calls: Any) -> list[Cal
     if sql.direction is None:
         return None
     rows = client.query(sql.after(started_at_us, seq), parameters=sql.params).result_rows
-    ids = list(dict.fromkeys(row[0] for row in rows))
-    if len(rows) < _calls.CANDIDATES_MAX:  # every start part from there on
-        sql.narrow(ids)
-        full_needed = False
-    elif len(ids) > 2 * _calls.CANDIDATES_MAX:  # ties past the limit: a few more at most
+    narrowed = sql.narrow_to_starts(rows, _calls.CANDIDATES_MAX)
+    if narrowed == "none":
         return None
-    else:
-        sql.narrow(ids, rows[-1][1])
-        full_needed = True
-    calls = of_calls(client, sql.select(query.limit, 0), sql.params) if ids else []
-    if full_needed and len(calls) < (query.limit or 0):
+    calls = of_calls(client, sql.select(query.limit, 0), sql.params) if rows else []
+    if narrowed == "check" and len(calls) < (query.limit or 0):
         return None
     return calls if project_state(client, query.project_id) == state else None

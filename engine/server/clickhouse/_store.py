@@ -416,14 +416,7 @@ def _narrow(client: Any, sql: _calls.CallsSql, page: bool) -> str:
         return "none"
     rows = client.query(candidates, parameters=sql.params).result_rows
     if page and sql.by_start is not None:
-        ids = list(dict.fromkeys(row[0] for row in rows))
-        if len(rows) < sql.query.limit + sql.query.offset:  # every start that can match
-            sql.narrow(ids)
-            return "exact"
-        if len(ids) > 2 * _calls.CANDIDATES_MAX:  # ties past the limit: a few more at most
-            return "none"
-        sql.narrow(ids, rows[-1][1])
-        return "check"
+        return sql.narrow_to_starts(rows, sql.query.limit + sql.query.offset)
     if len(rows) > _calls.CANDIDATES_MAX:
         return "none"
     sql.narrow([row[0] for row in rows])
