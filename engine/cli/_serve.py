@@ -13,6 +13,7 @@ from engine.cli._args import CommandFailed, UsageError
 
 def add(subparsers: argparse._SubParsersAction) -> None:
     from engine.server import DEFAULT_MAX_BODY_BYTES, default_db_path
+    from engine.server._retention import DEFAULT_INTERVAL_S
 
     serve = _args.add_command(subparsers, "serve", "run the local trace server",
                               "Run the local trace server; its trace browser is at its URL.")
@@ -36,6 +37,15 @@ def add(subparsers: argparse._SubParsersAction) -> None:
         "--max-body-bytes", type=_args.positive_int, default=DEFAULT_MAX_BODY_BYTES,
         help="largest request body accepted, before and after decompression",
     )  # fmt: skip
+    serve.add_argument(
+        "--retention-days", type=_args.positive_int, default=None,
+        help="delete calls this many days after they start, in every project without its "
+        "own retention (weave's project TTL settings); default: keep them until deleted",
+    )  # fmt: skip
+    serve.add_argument(
+        "--retention-interval-s", type=_args.positive_float, default=DEFAULT_INTERVAL_S,
+        help=f"how often calls past their retention are deleted (default {DEFAULT_INTERVAL_S:.0f})",
+    )  # fmt: skip
     _args.add_max_connections_flag(serve, "server")
     _args.add_key_flags(serve, "set $ENGINE_API_KEY for one key that may read and write every "
                         "project")
@@ -53,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
         run_server(host=args.host, port=args.port, db_path=args.db, store=args.store,
                    clickhouse_password_file=args.clickhouse_password_file,
                    max_body_bytes=args.max_body_bytes, max_connections=args.max_connections,
-                   keys=load_key_ring(args.keys_file))
+                   keys=load_key_ring(args.keys_file), retention_days=args.retention_days,
+                   retention_interval_s=args.retention_interval_s)
     except sqlite3.Error as exc:
         raise CommandFailed(f"serve: cannot use the database {args.db or 'at the default path'}: "
                             f"{exc} (is it an SQLite file written by engine serve?)") from exc

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import gc
 import signal
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,6 +31,7 @@ from engine.server import (
     _routes_otel,
     _routes_predictions,
     _routes_refs,
+    _routes_retention,
     _routes_tables,
     _routes_threads,
     _routes_ui,
@@ -40,6 +44,7 @@ from engine.server._body import DEFAULT_MAX_BODY_BYTES, ApiError, error_response
 from engine.server._connections import DEFAULT_HEADER_TIMEOUT_S, LimitedSite
 from engine.server._count_store import CountStore
 from engine.server._limits import DEFAULT_MAX_CONNECTIONS
+from engine.server._retention import DEFAULT_INTERVAL_S, Pruner
 from engine.server._sqlite_db import default_db_path
 from engine.server._sqlite_store import SQLiteStore
 from engine.server._state import STATE, ServerState
@@ -127,7 +132,7 @@ def key_ring(api_key: str | None, keys: KeyRing | None) -> KeyRing | None:
 # request Structs of routes the wire registry (engine.wire.routes) does not list
 REQUEST_TYPES = {**_routes_labels.REQUEST_TYPES, **_routes_v2.REQUEST_TYPES,
                  **_routes_eval_runs.REQUEST_TYPES, **_routes_usage.REQUEST_TYPES,
-                 **_routes_predictions.REQUEST_TYPES}  # fmt: skip
+                 **_routes_predictions.REQUEST_TYPES, **_routes_retention.REQUEST_TYPES}  # fmt: skip
 # POST routes that read no body (weave's client sends none)
 NO_BODY_ROUTES = frozenset(_routes_predictions.NO_BODY)
 
@@ -138,7 +143,12 @@ def build_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     api_key: str | None = None,
     keys: KeyRing | None = None,
+    retention_days: int | None = None,
+    retention_interval_s: float = DEFAULT_INTERVAL_S,
 ) -> web.Application:
+    """``retention_days``: how long calls of projects without their own retention are
+    kept (None: until deleted); ``retention_interval_s``: how often calls past their
+    retention are deleted (:mod:`engine.server._retention`)."""
     keys = key_ring(api_key, keys)
     middlewares = [_json_errors] + ([_auth_middleware(keys)] if keys else [])
     # bodies are read and limited by _body.read_body; aiohttp's own cap only guards request.read()
@@ -149,11 +159,23 @@ def build_app(
                    _routes_refs, _routes_files, _routes_feedback, _routes_costs, _routes_otel,
                    _routes_threads, _routes_actions, _routes_completions, _routes_labels,
                    _routes_v2, _routes_eval_runs, _routes_predictions, _routes_usage,
-                   _routes_unsupported, _routes_ui):  # fmt: skip
+                   _routes_retention, _routes_unsupported, _routes_ui):  # fmt: skip
         app.add_routes(module.routes)
     _routes_ui.add_pages(app)  # the trace browser's pages: after every API route
+    app[_routes_retention.DEFAULT_DAYS] = retention_days
+    pruner = Pruner(store, app[STATE].counters, retention_interval_s, retention_days)
+    app.cleanup_ctx.append(functools.partial(_pruning, pruner))
     app.on_cleanup.append(_close_store)
     return app
+
+
+async def _pruning(pruner: Pruner, app: web.Application) -> AsyncIterator[None]:
+    """Calls past their retention are deleted while the server runs."""
+    task = asyncio.get_running_loop().create_task(pruner.run())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _close_store(app: web.Application) -> None:
@@ -171,6 +193,8 @@ async def start_server(
     keys: KeyRing | None = None,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S,
+    retention_days: int | None = None,
+    retention_interval_s: float = DEFAULT_INTERVAL_S,
 ) -> tuple[web.AppRunner, str]:
     """Start serving on the running loop; returns the runner (``await runner.cleanup()``) and URL.
 
@@ -183,6 +207,8 @@ async def start_server(
         max_body_bytes=max_body_bytes,
         api_key=api_key,
         keys=keys,
+        retention_days=retention_days,
+        retention_interval_s=retention_interval_s,
     )
     # auto_decompress=False: aiohttp would inflate bodies without any size cap (a zip bomb
     # costs memory before a handler runs); _body.decompress inflates with the limit instead
@@ -216,6 +242,9 @@ async def serve_until_signal(**options: Any) -> None:
                      key_ring(options.get("api_key"), options.get("keys")),
                      "GET /health and /ready"),
           flush=True)  # fmt: skip
+    if options.get("retention_days") is not None:
+        print(f"engine serve: calls of projects without their own retention are deleted "
+              f"{options['retention_days']} days after they start", flush=True)
     try:
         await stop.wait()
     finally:

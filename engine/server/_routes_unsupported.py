@@ -29,8 +29,6 @@ UNSUPPORTED = (
     ("POST", "/feedback/payload_schema", "feedback_payload_schema", "payload schemas are not inferred"),
     ("POST", "/files/resolve_url", "files_resolve_url", "files are served by /file/content, not by URL"),
     ("POST", "/service/projects_info", "projects_info", "there is no W&B project service here"),
-    ("POST", "/project/ttl_settings/read", "project_ttl_settings_read", _NOT_STORED.format(what="retention settings")),
-    ("POST", "/project/ttl_settings/update", "project_ttl_settings_update", _NOT_STORED.format(what="retention settings")),
     ("POST", "/project/ingest_sampling_settings/read", "project_ingest_sampling_settings_read",
      _NOT_STORED.format(what="sampling settings")),
     ("GET", "/project/sensitive_data_settings", "project_sensitive_data_settings",

@@ -95,6 +95,36 @@ def q_delete_calls(conn: sqlite3.Connection, project_id: str, call_ids: list[str
     return list(doomed)
 
 
+# a chunk of the project's calls that started before the cutoff (the start-time index), or
+# that only their end has reached and that ended before it (the end-time index; the start
+# time an end carries is a hint, which the ClickHouse store does not keep)
+_BEFORE_SQL = """
+DELETE FROM calls WHERE seq IN (
+    SELECT seq FROM calls WHERE project_id = ? AND started_at_us < ? AND op_name IS NOT NULL
+    LIMIT ?
+)"""
+_LONE_ENDS_BEFORE_SQL = """
+DELETE FROM calls WHERE seq IN (
+    SELECT seq FROM calls WHERE project_id = ? AND ended_at_us < ? AND op_name IS NULL LIMIT ?
+)"""
+
+
+def q_delete_before(conn: sqlite3.Connection, project_id: str, cutoff_us: int, limit: int) -> int:
+    with Transaction(conn):
+        deleted = conn.execute(_BEFORE_SQL, (project_id, cutoff_us, limit)).rowcount
+        if deleted < limit:
+            deleted += conn.execute(
+                _LONE_ENDS_BEFORE_SQL, (project_id, cutoff_us, limit - deleted)).rowcount
+    return deleted
+
+
+def q_set_retention(conn: sqlite3.Connection, project_id: str, days: int | None,
+                    updated_at_us: int, user_id: str | None) -> None:
+    with Transaction(conn):
+        conn.execute("INSERT OR REPLACE INTO project_settings VALUES (?, ?, ?, ?)",
+                     (project_id, days, updated_at_us, user_id))
+
+
 def q_set_display_name(
     conn: sqlite3.Connection, project_id: str, call_id: str, name: str | None
 ) -> bool:

@@ -136,6 +136,13 @@ _MORE_MIGRATIONS = (
         tag TEXT NOT NULL, PRIMARY KEY (project_id, object_id, digest, tag)
     );
     """,
+    # weave's project TTL settings: a project without a row keeps its calls
+    """
+    CREATE TABLE IF NOT EXISTS project_settings (
+        project_id TEXT PRIMARY KEY, retention_days INTEGER, updated_at_us INTEGER NOT NULL,
+        updated_by TEXT
+    );
+    """,
 )
 MIGRATIONS = {"calls": _CALLS_MIGRATIONS, "more": _MORE_MIGRATIONS}
 # What the query planner assumes until someone runs ANALYZE: a store holds many calls per

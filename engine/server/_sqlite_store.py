@@ -5,6 +5,7 @@ and reader threads (:mod:`engine.server._sqlite_db`); statements in ``_sqlite_ca
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -126,6 +127,24 @@ class SQLiteStore(Store):
 
     async def delete_calls(self, project_id: str, call_ids: list[str]) -> list[str]:
         return await self._db.write(calls.q_delete_calls, project_id, call_ids)
+
+    async def retention_days(self, project_id: str) -> int | None:
+        sql = "SELECT retention_days FROM project_settings WHERE project_id = ?"
+        rows = await self._db.read(calls.q_fetchall, sql, [project_id])
+        return rows[0][0] if rows else None
+
+    async def set_retention_days(self, project_id: str, days: int | None,
+                                 user_id: str | None) -> None:
+        await self._db.write(calls.q_set_retention, project_id, days, time.time_ns() // 1000,
+                             user_id)
+
+    async def retained_projects(self) -> list[tuple[str, int]]:
+        sql = ("SELECT project_id, retention_days FROM project_settings "
+               "WHERE retention_days IS NOT NULL ORDER BY project_id")
+        return [(p, d) for p, d in await self._db.read(calls.q_fetchall, sql, [])]
+
+    async def delete_calls_before(self, project_id: str, cutoff_us: int, limit: int) -> int:
+        return await self._db.write(calls.q_delete_before, project_id, cutoff_us, limit)
 
     async def set_call_display_name(self, project_id: str, call_id: str, name: str | None) -> bool:
         return await self._db.write(calls.q_set_display_name, project_id, call_id, name)

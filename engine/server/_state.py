@@ -25,6 +25,7 @@ class Counters(msgspec.Struct, kw_only=True):
     rejected_requests: int = 0  # answered with a 4xx by our own checks
     store_unavailable: int = 0  # answered 503: the store was locked or could not be reached
     store_full: int = 0  # answered 507: the store's disk was full
+    calls_expired: int = 0  # deleted past their project's retention (``_retention``)
 
 
 class ServerState:

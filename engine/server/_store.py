@@ -274,6 +274,29 @@ class Store(abc.ABC):
         """Delete ``old_id`` and insert ``new`` atomically; False (nothing done) if
         ``old_id`` is not stored in ``new.project_id``."""
 
+    # -- retention (weave's project TTL settings) -----------------------------------------
+
+    @abc.abstractmethod
+    async def retention_days(self, project_id: str) -> int | None:
+        """Days the project's calls are kept after they start; None: until deleted."""
+
+    @abc.abstractmethod
+    async def set_retention_days(self, project_id: str, days: int | None,
+                                 user_id: str | None) -> None:
+        """Keep the project's calls ``days`` days from now on (None: until deleted)."""
+
+    @abc.abstractmethod
+    async def retained_projects(self) -> list[tuple[str, int]]:
+        """``(project_id, days)`` of every project with a retention (crosses projects:
+        for the server's own pruning, :mod:`engine.server._retention`, never a route)."""
+
+    @abc.abstractmethod
+    async def delete_calls_before(self, project_id: str, cutoff_us: int, limit: int) -> int:
+        """Delete up to ``limit`` calls of the project that started before ``cutoff_us``
+        (a call known only by its end: that ended before it, whatever start time the end
+        carried); returns how many. Unlike
+        :meth:`delete_calls`, calls below them stay (they started later: theirs is later)."""
+
     # -- project -----------------------------------------------------------------------
 
     @abc.abstractmethod

@@ -21,7 +21,7 @@ from engine.server._body import ApiError
 WRITES = frozenset({
     "insert_calls", "delete_calls", "set_call_display_name", "put_object", "delete_objects",
     "set_aliases", "remove_aliases", "add_tags", "remove_tags", "put_table", "put_file",
-    "put_docs", "delete_docs", "replace_doc",
+    "put_docs", "delete_docs", "replace_doc", "set_retention_days", "delete_calls_before",
 })  # fmt: skip
 _PROJECTLESS = frozenset({"close", "ping"})
 # operations over all projects whose answer is filtered to what the grant may read

@@ -164,3 +164,69 @@ def test_count_store_keeps_objects_but_no_calls(tmp_path):
             await store.close()
 
     assert run_on("asyncio", scenario()) == ([], "d0")
+
+
+def test_retention_settings_and_the_calls_deleted_past_them(store_run):
+    """weave's project TTL settings are kept per project, the newest winning (null too);
+    ``delete_calls_before`` deletes, ``limit`` at a time, the calls that started before the
+    cutoff -- by the newest start, else (only an end) by the end, not its start hint -- and
+    nothing else: not a later child, not a call restarted after the cutoff, not another
+    project's calls. The pruner deletes each retained project's calls past its days."""
+    from engine.server._retention import DAY_US, Pruner
+    from engine.server._state import Counters
+
+    def end(call_id, t_s, started_s=None):
+        return EndedCallSchemaForInsert(
+            project_id=P, id=call_id, ended_at=T0 + dt.timedelta(seconds=t_s), summary={},
+            started_at=None if started_s is None else T0 + dt.timedelta(seconds=started_s),
+            trace_id=None if started_s is None else "t")  # fmt: skip
+
+    async def scenario(store):
+        other = "ent/other"
+        got = {"unset": await store.retention_days(P)}
+        await store.set_retention_days(P, 30, "u")
+        await store.set_retention_days(other, 7, None)
+        got["set"] = (await store.retention_days(P), await store.retention_days(other))
+        got["retained"] = await store.retained_projects()
+        await store.set_retention_days(other, None, "u")
+        got["unset_again"] = (await store.retention_days(other), await store.retained_projects())
+
+        old = [_call(f"o{i}", t_s=i) for i in range(5)]  # started at 0..4 s
+        await store.insert_calls([], [], [*old, _call("kid", "o0", 20), _call("new", t_s=30)])
+        await store.insert_calls([], [], [_call("moved", t_s=1)])
+        await store.insert_calls([], [], [_call("moved", t_s=40)])  # restarted later: stays
+        await store.insert_calls([], [end("lone_old", 5), end("lone_new", 50),
+                                      end("hinted", 60, started_s=6)], [])
+        await store.insert_calls([], [], [msgspec.structs.replace(_call("x", t_s=0), project_id=other)])
+        cutoff = int((T0 + dt.timedelta(seconds=10)).timestamp() * 1e6)
+        got["first"] = await store.delete_calls_before(P, cutoff, 3)
+        got["rest"] = await store.delete_calls_before(P, cutoff, 100)
+        got["none_left"] = await store.delete_calls_before(P, cutoff, 100)
+        got["left"] = sorted(await _ids(store))
+        got["count"] = await store.count_calls(CallsQuery(project_id=P))
+        got["other"] = await store.count_calls(CallsQuery(project_id=other))
+        # lone ends are invisible to reads: a later start shows whether the end row is gone
+        lone = ("lone_old", "lone_new", "hinted")
+        await store.insert_calls([StartedCallSchemaForInsert(
+            project_id=P, id=i, op_name="op", trace_id="t", started_at=T0 + dt.timedelta(seconds=70),
+            attributes={}, inputs={}) for i in lone], [], [])  # fmt: skip
+        query = CallsQuery(project_id=P, filter=CallsFilter(call_ids=list(lone)))
+        got["ends_kept"] = {c["id"]: c["ended_at"] is not None
+                            async for page in store.query_calls(query) for c in page}  # fmt: skip
+
+        counters = Counters()
+        pruner = Pruner(store, counters, interval_s=60.0)
+        now_us = cutoff + 30 * DAY_US + 41_000_000  # 30 days after 51 s past T0
+        got["pruned"] = (await pruner.prune(now_us), counters.calls_expired)
+        got["after_prune"] = sorted(await _ids(store))
+        return got
+
+    assert store_run(scenario) == {
+        "unset": None, "set": (30, 7), "retained": [("ent/other", 7), (P, 30)],
+        "unset_again": (None, [(P, 30)]),
+        "first": 3, "rest": 3, "none_left": 0,  # o0..o4, lone_old; hinted ended at 60 s
+        "left": ["kid", "moved", "new"], "count": 3, "other": 1,
+        "ends_kept": {"lone_old": False, "lone_new": True, "hinted": True},
+        "pruned": (3, 3),  # kid (20 s), new (30 s), moved (40 s); the starts at 70 s stay
+        "after_prune": ["hinted", "lone_new", "lone_old"],
+    }  # fmt: skip

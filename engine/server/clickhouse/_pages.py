@@ -4,8 +4,8 @@ did not change (the ClickHouse store's counterpart of ``engine/server/_sqlite_pa
 weave's client reads ``client.get_calls()`` as pages of 1,000 with growing offsets; here
 every page merged the whole project and then skipped the offset. The store remembers
 where each full page ordered by start time ended (the last call's start time and arrival
-``seq``, and the project's part count and newest version: parts are only ever added, so
-those two change with any write to the project) under the query and the next offset. That
+``seq``, and the project's part count and newest version: parts are added, and deleted
+only by retention, so those two change with any write to the project) under the query and the next offset. That
 next page is read among the calls whose start parts come next (``CallsSql.after``), when
 the project is unchanged before and after the read and the page comes back full;
 otherwise the offset answers.

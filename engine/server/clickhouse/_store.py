@@ -44,7 +44,7 @@ from engine.server._store import (
     ThreadTurn,
 )
 from engine.server._store_trouble import StoreTrouble, is_trouble
-from engine.server.clickhouse import _calls, _docs, _objects, _pages
+from engine.server.clickhouse import _calls, _docs, _objects, _pages, _retention
 from engine.server.clickhouse._connect import PASSWORD_ENV, PASSWORD_FILE_ENV, Target, connect
 from engine.server.clickhouse._migrate import migrate
 from engine.wire.query import CallsFilter
@@ -264,6 +264,20 @@ class ClickHouseStore(Store):
             body = _calls.delete_parts(project_id, doomed, self._clock.take(len(doomed)))
             _insert_parts(client, body, None)
         return list(doomed)
+
+    async def retention_days(self, project_id: str) -> int | None:
+        return await self._run(_retention.retention_days, project_id)
+
+    async def set_retention_days(self, project_id: str, days: int | None,
+                                 user_id: str | None) -> None:
+        await self._run(_retention.set_retention_days, project_id, days,
+                        time.time_ns() // 1000, user_id)
+
+    async def retained_projects(self) -> list[tuple[str, int]]:
+        return await self._run(_retention.retained_projects)
+
+    async def delete_calls_before(self, project_id: str, cutoff_us: int, limit: int) -> int:
+        return await self._run(_retention.delete_before, project_id, cutoff_us, limit)
 
     async def set_call_display_name(self, project_id: str, call_id: str, name: str | None) -> bool:
         return await self._run(self._rename, project_id, call_id, name)

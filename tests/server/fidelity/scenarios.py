@@ -646,6 +646,24 @@ def v2_objects() -> list[Step]:
     return steps  # fmt: skip
 
 
+def retention() -> list[Step]:
+    """weave's project TTL settings (the reference needs wb_user_id on an update)."""
+    f, p = "retention", "fid/retention"
+    return [
+        Step(f, "ttl.read_unset", "project_ttl_settings_read", {"project_id": p}),
+        Step(f, "ttl.update", "project_ttl_settings_update",
+             {"project_id": p, "retention_days": 30, "wb_user_id": USER}),
+        Step(f, "ttl.read", "project_ttl_settings_read", {"project_id": p}),
+        Step(f, "ttl.update_zero", "project_ttl_settings_update",
+             {"project_id": p, "retention_days": 0, "wb_user_id": USER}),
+        Step(f, "ttl.read_after_refused", "project_ttl_settings_read", {"project_id": p}),
+        Step(f, "ttl.update_null", "project_ttl_settings_update",
+             {"project_id": p, "retention_days": None, "wb_user_id": USER}),
+        Step(f, "ttl.read_null", "project_ttl_settings_read", {"project_id": p}),
+    ]  # fmt: skip
+
+
 def all_steps() -> list[Step]:
     return [*calls_ingest(), *calls_reads(), *calls_edits(), *objects(), *ops_v2(), *tables(),
-            *refs(), *files(), *feedback(), *costs(), *threads(), *v2_objects(), *evals()]  # fmt: skip
+            *refs(), *files(), *feedback(), *costs(), *threads(), *v2_objects(), *evals(),
+            *retention()]  # fmt: skip
