@@ -228,7 +228,8 @@ def migrate(conn: sqlite3.Connection) -> None:
             row = conn.execute(
                 "SELECT version FROM schema_versions WHERE component = ?", (component,)
             ).fetchone()
-            if row and row[0] < len(scripts):  # a file of an older server: may take a while
+            if component == "calls" and row and row[0] < len(scripts):  # an older file's
+                # calls get new indexes: may take a while (the other tables' steps are instant)
                 _log.warning("engine serve: upgrading the database's %s tables from version %d "
                              "to %d (indexes are built over the rows it holds: about a second "
                              "per million calls)", component, row[0], len(scripts))  # fmt: skip
