@@ -19,6 +19,7 @@ LOG_FORMAT = "ENGINE_LOG_FORMAT"  # text, logfmt, json: the sender process logs 
 PURE_PYTHON = "ENGINE_PURE_PYTHON"  # 1: do not load the C accelerator in this process
 WEAVE = "ENGINE_WEAVE"  # 1: engine.integrations.weave installs itself on import
 WEAVE_SPEEDUPS = "ENGINE_WEAVE_SPEEDUPS"  # 0: the weave integration keeps weave's per-call is_op / wandb look
+WEAVE_OWNER = "ENGINE_WEAVE_OWNER"  # the weave integration's owner: spawned children write into its engine (internal)
 UNKNOWN_ENV = "ENGINE_UNKNOWN_ENV"  # "warn" or "error": what a misspelt variable does (library: warn, CLI: error)
 KEYS_FILE = "ENGINE_KEYS_FILE"  # engine serve / relay: the API keys file
 FUZZ_EXAMPLES = "ENGINE_FUZZ_EXAMPLES"  # tests: examples per route of the server's fuzz test
@@ -30,7 +31,7 @@ CLICKHOUSE_PASSWORD = "ENGINE_CLICKHOUSE_PASSWORD"  # engine serve --store click
 CLICKHOUSE_PASSWORD_FILE = "ENGINE_CLICKHOUSE_PASSWORD_FILE"  # … or the file holding it
 
 OTHER_VARIABLES = frozenset({
-    CONFIG, API_KEY, LOG_LEVEL, LOG_FORMAT, PURE_PYTHON, WEAVE, WEAVE_SPEEDUPS, UNKNOWN_ENV, SENDER_API_KEY,
+    CONFIG, API_KEY, LOG_LEVEL, LOG_FORMAT, PURE_PYTHON, WEAVE, WEAVE_SPEEDUPS, WEAVE_OWNER, UNKNOWN_ENV, SENDER_API_KEY,
     PYTHON, REF_PYTHON, TEST_SCREENSHOTS, FUZZ_EXAMPLES, KEYS_FILE, CLICKHOUSE_PASSWORD, CLICKHOUSE_PASSWORD_FILE,
 })  # fmt: skip
 

@@ -29,7 +29,12 @@ What it changes (see ``docs/peers-weave-0.54.md`` §5 for the hook points):
   failed ``import wandb`` per call): :mod:`engine.integrations._weave_speedups`.
 
 The engine is created in the process that calls ``weave.init`` and delivers through its
-sender process; children write into the same rings. Settings come from ``install(**config)``,
+sender process; children write into the same rings: forked ones inherit the engine, and
+spawned ``multiprocessing`` children (a ``spawn`` or ``forkserver`` Pool,
+``ProcessPoolExecutor``, torch's) that call ``weave.init`` themselves find it through
+``$ENGINE_WEAVE_OWNER`` (set by the owner: its pid, URL and ring set, no secret) and write
+into its rings instead of starting a sender of their own (one per worker before: ~90 MB and a
+start-up each). A child whose owner is gone, or that talks to another URL, starts its own. Settings come from ``install(**config)``,
 ``ENGINE_*`` variables and ``$ENGINE_CONFIG``, as for :class:`engine.Engine`; the URL and the
 API key default to weave's own (``WF_TRACE_SERVER_URL``, its credentials).
 """
@@ -40,6 +45,7 @@ import base64
 import binascii
 import functools
 import logging
+import multiprocessing
 import os
 import threading
 import time
@@ -47,13 +53,17 @@ import weakref
 from collections.abc import Mapping
 from typing import Any
 
+import msgspec
+
 import _engine_weave_hook
 from engine.common import _env
 from engine.common._redact import redact_url
 from engine.integrations import _weave_speedups
 from engine.producer._engine import Engine
 from engine.producer._safe import write_safely
+from engine.producer._slot import ProducerSettings
 from engine.producer._tracer import Tracer
+from engine.ring import RingSpec
 from engine.wire._codec import uuid7
 
 __all__ = ["install", "installed_engine"]
@@ -63,11 +73,16 @@ _PLACEHOLDER_PROJECT = "weave/integration"  # every item names its own project_i
 # how long a fork waits for weave's deferred work (op saves go to the server over HTTP)
 FORK_DRAIN_TIMEOUT_S = 30.0
 _OFF = frozenset(("0", "false", "no", "off"))
+_ATTACHED_FLUSH_S = 120.0  # a child's flush: delivery_deadline_s's default (the owner's config is not here)
+
+# what a spawned child needs to write into its owner's rings (see the module docstring)
+OWNER_ENV = _env.WEAVE_OWNER
 
 _lock = threading.Lock()
 _config: dict[str, Any] = {}
 _engine: Engine | None = None
 _tracer: Tracer | None = None
+_attached = False  # this process writes into another process's engine (its owner's)
 _installed = False
 _servers: weakref.WeakSet[Any] = weakref.WeakSet()
 
@@ -99,7 +114,8 @@ def install(*, weave_speedups: bool | None = None, **config: Any) -> None:
 
 
 def installed_engine() -> Engine | None:
-    """The engine weave's calls go through in this process tree (None before ``weave.init``)."""
+    """The engine weave's calls go through in this process tree (None before ``weave.init``,
+    and in a spawned child that writes into its parent's engine)."""
     return _engine
 
 
@@ -184,15 +200,60 @@ def _api_key_of(credentials: Any) -> str | None:
         return None
 
 
-def _ensure_engine(url: str, api_key: str | None) -> Engine:
-    global _engine, _tracer
+class _Owner(msgspec.Struct, frozen=True):
+    """``$ENGINE_WEAVE_OWNER``: the process whose engine spawned children write into."""
+
+    pid: int
+    url: str
+    spec: RingSpec
+    settings: ProducerSettings
+
+
+def _ensure_engine(url: str, api_key: str | None) -> None:
+    global _engine, _tracer, _attached
     with _lock:
-        if _engine is None:
-            settings = {"url": url, "project": _PLACEHOLDER_PROJECT, "api_key": api_key, **_config}
-            _engine = Engine(**settings)
-            _tracer = _engine.producer()
-            log.info("weave calls go through the engine", extra={"upstream": redact_url(_engine.config.url)})
-        return _engine
+        if _tracer is not None:
+            return
+        owner = _owner_for(url)
+        if owner is not None:
+            _tracer, _attached = Tracer(owner.spec, owner.settings), True
+            log.info("weave calls go through the engine of process %d", owner.pid)
+            return
+        settings = {"url": url, "project": _PLACEHOLDER_PROJECT, "api_key": api_key, **_config}
+        _engine = Engine(**settings)
+        _tracer = _engine.producer()
+        os.environ[OWNER_ENV] = msgspec.json.encode(_Owner(
+            os.getpid(), url, _tracer._spec, _tracer._settings)).decode()  # fmt: skip
+        log.info("weave calls go through the engine", extra={"upstream": redact_url(_engine.config.url)})
+
+
+def _owner_for(url: str) -> _Owner | None:
+    """The engine of the process that started this one, if this is a ``multiprocessing``
+    child, that process still runs, its engine is open and delivers to ``url``."""
+    text = os.environ.get(OWNER_ENV)
+    if not text or multiprocessing.parent_process() is None:
+        return None
+    try:
+        owner = msgspec.json.decode(text, type=_Owner)
+    except msgspec.DecodeError as exc:
+        log.warning("$%s is not what weave.init in the parent wrote (%s); starting an engine "
+                    "of this process's own", OWNER_ENV, exc)
+        return None
+    if owner.url != url or owner.pid == os.getpid() or not _alive(owner.pid):
+        return None
+    if not os.path.exists(owner.spec.lock_path):  # its engine was closed since
+        return None
+    return owner
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process has that pid now
+        return False
+    return True
 
 
 def _tracer_for(server: Any) -> Tracer:
@@ -218,10 +279,14 @@ def _wrap_client_flush() -> None:
 def _deliver_traced(timeout_s: float | None = None) -> None:
     """Owner: wait for every process's items; a child: for its own (the owner delivers)."""
     engine, tracer = _engine, _tracer
-    if engine is None or tracer is None:
+    if tracer is None:
         return
-    timeout_s = engine.config.delivery_deadline_s if timeout_s is None else timeout_s
-    delivered = engine.flush(timeout_s) if os.getpid() == engine._owner_pid else tracer.flush(timeout_s)
+    if timeout_s is None:
+        timeout_s = engine.config.delivery_deadline_s if engine is not None else _ATTACHED_FLUSH_S
+    if engine is not None and os.getpid() == engine._owner_pid:
+        delivered = engine.flush(timeout_s)
+    else:
+        delivered = tracer.flush(timeout_s)
     if not delivered:
         log.warning("weave flush: engine did not deliver everything within %.0f s", timeout_s)
 

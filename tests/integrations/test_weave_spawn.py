@@ -1,0 +1,105 @@
+"""weave 0.54.0 in ``spawn`` Pool workers that call ``weave.init`` themselves (CUDA code,
+macOS, ``ProcessPoolExecutor``): with the integration their calls go into the parent's
+engine -- one sender process for the whole tree, not one per worker -- and every call is
+stored. A worker whose owner is gone starts an engine of its own."""
+
+import json
+import os
+import sys
+import textwrap
+
+import pytest
+
+from engine.server import serve_subprocess
+from tests.integrations.test_weave_integration import _run_program, _stored_calls, _weave_env
+
+pytestmark = [pytest.mark.peers, pytest.mark.integration]
+
+WORKERS, TASKS, CALLS_PER_TASK = 3, 6, 20
+_PROGRAM = textwrap.dedent(
+    """
+    import json, multiprocessing, os, sys
+    import engine.integrations.weave
+    engine.integrations.weave.install()
+    import weave
+
+    def senders_of(pid):
+        found = []
+        for entry in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    cmdline = f.read()
+            except (OSError, ValueError):
+                continue
+            if ppid == pid and b"engine.sender" in cmdline:
+                found.append(int(entry))
+        return found
+
+    def start(project):
+        weave.init(project)
+
+    @weave.op
+    def predict(x: int) -> int:
+        return x + 1
+
+    def task(i):
+        for j in range(int(sys.argv[3])):
+            predict(i * 1000 + j)
+        weave.get_client().flush()  # the integration waits for this worker's calls
+        own = engine.integrations.weave.installed_engine() is not None
+        return {"pid": os.getpid(), "own_engine": own, "senders": senders_of(os.getpid())}
+
+    if __name__ == "__main__":
+        project, workers, tasks = sys.argv[1], int(sys.argv[2]), int(sys.argv[4])
+        if sys.argv[5] == "owner":
+            weave.init(project)  # the parent's engine: workers write into it
+        ctx = multiprocessing.get_context("spawn")
+        with ctx.Pool(workers, initializer=start, initargs=(project,)) as pool:
+            results = pool.map(task, range(tasks))
+        print(json.dumps({"results": results, "parent_senders": len(senders_of(os.getpid()))}))
+    """
+)
+
+
+def _run(tmp_path, url, project, mode):
+    program = tmp_path / "spawn.py"
+    program.write_text(_PROGRAM)
+    env = _weave_env(url, str(tmp_path), enable_env=False)
+    result = _run_program([sys.executable, str(program), project, str(WORKERS),
+                           str(CALLS_PER_TASK), str(TASKS), mode], env, timeout_s=120)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.splitlines()[-1]), _stored_calls(url, project, "predict")
+
+
+def _assert_every_call(calls):
+    want = sorted(i * 1000 + j for i in range(TASKS) for j in range(CALLS_PER_TASK))
+    assert sorted(c["inputs"]["x"] for c in calls) == want
+    assert len({c["id"] for c in calls}) == len(want)
+    assert all(c["output"] == c["inputs"]["x"] + 1 for c in calls)
+
+
+def test_spawned_workers_write_into_the_parents_engine(tmp_path):
+    with serve_subprocess(tmp_path / "traces.db") as url:
+        report, calls = _run(tmp_path, url, "ent/spawn", "owner")
+    results = report["results"]
+    assert not any(r["own_engine"] or r["senders"] for r in results), results
+    assert report["parent_senders"] == 1  # the parent's one sender delivered everything
+    assert len({r["pid"] for r in results}) > 1  # several workers wrote
+    _assert_every_call(calls)
+
+
+def test_without_an_owner_each_spawned_worker_starts_its_own_engine(tmp_path):
+    """The parent never called weave.init: no engine to share; each worker has its own
+    (as before), and a stale $ENGINE_WEAVE_OWNER (a dead process) is not followed."""
+    os.environ["ENGINE_WEAVE_OWNER"] = json.dumps({
+        "pid": 2**22 + 12345, "url": "http://127.0.0.1:9", "spec": {}, "settings": {}})
+    try:
+        with serve_subprocess(tmp_path / "traces.db") as url:
+            report, calls = _run(tmp_path, url, "ent/spawn-own", "no-owner")
+    finally:
+        del os.environ["ENGINE_WEAVE_OWNER"]
+    assert all(r["own_engine"] and len(r["senders"]) == 1 for r in report["results"])
+    assert report["parent_senders"] == 0
+    _assert_every_call(calls)
