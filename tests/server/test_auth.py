@@ -149,11 +149,17 @@ def test_a_key_reaches_only_the_projects_its_line_grants(run, tmp_path, keys_fil
                 "ro_writes": await ro("/obj/create", {"obj": {"project_id": "team-a/dash",
                                                               "object_id": "o", "val": 1}}),
                 "ro_reads_sibling": await ro("/calls/query_stats", {"project_id": "team-a/other"}),
+                "ro_reads_ttl": await ro("/project/ttl_settings/read", {"project_id": "team-a/dash"}),
+                "ro_sets_ttl": await ro("/project/ttl_settings/update",
+                                        {"project_id": "team-a/dash", "retention_days": 1}),
+                "b_sets_a_ttl": await b("/project/ttl_settings/update",
+                                        {"project_id": "team-a/dash", "retention_days": 1}),
             }
 
     got = run(scenario())
     assert got["a_writes_own"] == (200, {})
     assert got["ro_reads"][0] == 200 and got["ro_reads"][1]["call"]["id"] == "c1"
+    assert got["ro_reads_ttl"] == (200, {"retention_days": None})  # a retention is written
     for name, verb, project in [("a_writes_other", "write", "team-b/p"),
                                 ("a_reads_other", "read", "team-b/p"),
                                 ("b_reads_a", "read", "team-a/dash"),
@@ -161,7 +167,9 @@ def test_a_key_reaches_only_the_projects_its_line_grants(run, tmp_path, keys_fil
                                 ("b_refs_a", "read", "team-a/dash"),
                                 ("b_objects_a", "read", "team-a/dash"),
                                 ("ro_writes", "write", "team-a/dash"),
-                                ("ro_reads_sibling", "read", "team-a/other")]:  # fmt: skip
+                                ("ro_reads_sibling", "read", "team-a/other"),
+                                ("ro_sets_ttl", "write", "team-a/dash"),
+                                ("b_sets_a_ttl", "write", "team-a/dash")]:  # fmt: skip
         status, body = got[name]
         assert status == 403, (name, status, body)
         assert f"may not {verb} project {project!r}" in body["reason"], (name, body)
