@@ -19,6 +19,7 @@ GAUGES = frozenset({
     "in_flight_requests", "in_flight_bytes", "concurrency_limit", "size_target_bytes",
     "complete_mode", "compressing", "pending_starts", "latency_p50_us", "latency_p90_us",
     "latency_p99_us", "latency_max_us", "slots_in_use", "undelivered", "parked_items",
+    "retention_last_pass_ms",
 })  # fmt: skip
 _SKIPPED = frozenset({"slots"})
 

@@ -4,8 +4,8 @@ A project's retention (weave's project TTL settings, ``/project/ttl_settings/upd
 ``engine serve --retention-days`` for every project without one) is how many days its
 calls are kept after they start. Every ``interval_s`` (and once shortly after the server
 starts) :class:`Pruner` deletes the calls of each retained project that started before
-``now - days``, in chunks of :data:`CHUNK` calls per transaction so that ingest and reads
-go on between them. A call known only by its end goes by its end time. Calls are deleted
+``now - days``, in chunks (the store's ``retention_chunk``: 5,000 calls per SQLite
+transaction) so that ingest and reads go on between them. A call known only by its end goes by its end time. Calls are deleted
 one by one as they age, as weave's ClickHouse TTL does: a child that started later than
 its parent stays a little longer. Objects, tables, files and feedback are kept.
 
@@ -29,7 +29,6 @@ if TYPE_CHECKING:  # the command line reads DEFAULT_INTERVAL_S without the serve
 log = logging.getLogger("engine.server")
 
 DAY_US = 86_400_000_000
-CHUNK = 5_000  # calls deleted per transaction
 DEFAULT_INTERVAL_S = 600.0
 FIRST_PASS_S = 5.0  # after the server starts: not in the way of its first requests
 
@@ -71,19 +70,23 @@ class Pruner:
 
     async def prune(self, now_us: int | None = None) -> int:
         """One pass over every retained project; returns how many calls it deleted."""
+        began = time.monotonic()
         now_us = time.time_ns() // 1000 if now_us is None else now_us
         total = 0
         for project_id, days in await self.projects():
             cutoff_us = now_us - days * DAY_US
+            chunk = self._store.retention_chunk
             deleted = 0
             while True:
-                n = await self._store.delete_calls_before(project_id, cutoff_us, CHUNK)
+                n = await self._store.delete_calls_before(project_id, cutoff_us, chunk)
                 deleted += n
                 self._counters.calls_expired += n
-                if n < CHUNK:
+                if n < chunk:
                     break
             if deleted:
                 log.info("engine serve: deleted %d calls of %s that started over %d days ago "
                          "(its retention)", deleted, project_id, days)
             total += deleted
+        self._counters.retention_passes += 1
+        self._counters.retention_last_pass_ms = round((time.monotonic() - began) * 1000)
         return total

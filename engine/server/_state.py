@@ -26,6 +26,8 @@ class Counters(msgspec.Struct, kw_only=True):
     store_unavailable: int = 0  # answered 503: the store was locked or could not be reached
     store_full: int = 0  # answered 507: the store's disk was full
     calls_expired: int = 0  # deleted past their project's retention (``_retention``)
+    retention_passes: int = 0  # passes over the retained projects that ran to the end
+    retention_last_pass_ms: int = 0  # how long the last of them took
 
 
 class ServerState:

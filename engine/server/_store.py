@@ -276,6 +276,9 @@ class Store(abc.ABC):
 
     # -- retention (weave's project TTL settings) -----------------------------------------
 
+    # calls one delete_calls_before takes at most (ingest and reads go on between them)
+    retention_chunk = 5_000
+
     @abc.abstractmethod
     async def retention_days(self, project_id: str) -> int | None:
         """Days the project's calls are kept after they start; None: until deleted."""

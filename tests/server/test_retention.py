@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import time
+import urllib.request
 
 import pytest
 
@@ -80,8 +81,13 @@ def test_weave_client_sets_a_project_retention_and_the_server_deletes_past_it(se
     want_ids = {p: sorted(ids[p][d] for d in days) for p, days in want.items()}
     assert _wait_for(lambda: {p: sorted(stored_ids(url, p)) for p in want} == want_ids), {
         p: sorted(stored_ids(url, p)) for p in want}
-    status, metrics = get(url, "/stats")
-    assert status == 200 and metrics["calls_expired"] == 3 + 2, metrics
+    status, stats = get(url, "/stats")
+    assert status == 200 and stats["calls_expired"] == 3 + 2, stats
+    assert stats["retention_passes"] >= 1
+    with urllib.request.urlopen(url + "/metrics", timeout=30) as resp:
+        metrics = resp.read().decode()
+    assert "engine_server_calls_expired_total 5" in metrics
+    assert "# TYPE engine_server_retention_last_pass_ms gauge" in metrics
 
 
 def test_a_retention_out_of_range_is_refused_naming_the_field(server):

@@ -78,6 +78,9 @@ class VersionClock:
 
 class ClickHouseStore(Store):
     kind = "clickhouse"
+    # a retention pass's chunk reads the project's old parts again and is one DELETE: few
+    # large ones (a DELETE holds up neither inserts nor reads)
+    retention_chunk = 1_000_000
 
     def __init__(self, target: Target) -> None:
         self.target = target
