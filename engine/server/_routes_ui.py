@@ -14,6 +14,7 @@ from importlib import resources
 
 from aiohttp import web
 
+from engine.server._routes_retention import default_days
 from engine.server._state import state_of
 
 routes = web.RouteTableDef()
@@ -47,9 +48,13 @@ async def asset(request: web.Request) -> web.Response:
 
 @routes.get("/ui/projects")
 async def projects(request: web.Request) -> web.Response:
-    """Every project with calls, and how many (the browser's first page)."""
-    counts = await state_of(request).store.project_call_counts()
-    return web.json_response({"projects": [{"project_id": p, "calls": n} for p, n in counts]})
+    """Every project with calls, how many, and how many days they are kept (null: until
+    deleted; the browser's first page)."""
+    store = state_of(request).store
+    counts = await store.project_call_counts()
+    kept, default = dict(await store.retained_projects()), default_days(request)
+    return web.json_response({"projects": [
+        {"project_id": p, "calls": n, "retention_days": kept.get(p, default)} for p, n in counts]})
 
 
 def add_pages(app: web.Application) -> None:

@@ -25,7 +25,7 @@ WRITES = frozenset({
 })  # fmt: skip
 _PROJECTLESS = frozenset({"close", "ping"})
 # operations over all projects whose answer is filtered to what the grant may read
-_LISTINGS = frozenset({"project_call_counts"})
+_LISTINGS = frozenset({"project_call_counts", "retained_projects"})
 
 
 def _projects(value: Any) -> Iterator[str]:

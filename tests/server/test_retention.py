@@ -81,6 +81,9 @@ def test_weave_client_sets_a_project_retention_and_the_server_deletes_past_it(se
     want_ids = {p: sorted(ids[p][d] for d in days) for p, days in want.items()}
     assert _wait_for(lambda: {p: sorted(stored_ids(url, p)) for p in want} == want_ids), {
         p: sorted(stored_ids(url, p)) for p in want}
+    # the trace browser's projects page says how long each project's calls are kept
+    listed = {p["project_id"]: p["retention_days"] for p in get(url, "/ui/projects")[1]["projects"]}
+    assert listed == {OWN: 10, DEFAULTED: 60, KEPT: 3650}
     status, stats = get(url, "/stats")
     assert status == 200 and stats["calls_expired"] == 3 + 2, stats
     assert stats["retention_passes"] >= 1

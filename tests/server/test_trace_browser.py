@@ -145,9 +145,11 @@ def test_trace_browser_lists_pages_filters_and_opens_weave_links(browser, tmp_pa
         failed_root = _trace(url)
         _dataset(url)
 
+        _post(url, "/project/ttl_settings/update", {"project_id": PROJECT, "retention_days": 3650})
         browser.get(url + "/")
         _wait(browser, "#projects", PROJECT)
-        assert f"{ROOTS * 3:,}" in browser.find_element(By.ID, "projects").text
+        listed = browser.find_element(By.ID, "projects").text
+        assert f"{ROOTS * 3:,}" in listed and "3,650 days" in listed  # its retention
 
         browser.get(f"{url}/{PROJECT}/weave")  # weave's "View Weave data at" link
         _wait(browser, "#range", f"1–50 of {ROOTS}")

@@ -379,10 +379,13 @@ async function projectsPage() {
   const open = el("input", { placeholder: "entity/project", id: "open-project" });
   show(el("h1", {}, "Projects"),
     projects.length ? el("table", { id: "projects" },
-      el("thead", {}, el("tr", {}, el("th", {}, "Project"), el("th", { class: "num" }, "Calls"))),
+      el("thead", {}, el("tr", {}, el("th", {}, "Project"), el("th", { class: "num" }, "Calls"),
+        el("th", {}, "Kept"))),
       el("tbody", {}, projects.map((p) => el("tr", { class: "row", onclick: () => go(`/${p.project_id}/weave/calls`) },
         el("td", {}, link(`/${p.project_id}/weave/calls`, p.project_id)),
-        el("td", { class: "num" }, p.calls.toLocaleString()))))) :
+        el("td", { class: "num" }, p.calls.toLocaleString()),
+        el("td", { class: "muted" }, p.retention_days == null ? "until deleted"
+          : `${p.retention_days.toLocaleString()} day${p.retention_days === 1 ? "" : "s"}`))))) :
       el("p", { class: "muted" }, "No calls stored yet."),
     el("form", { class: "filters", onsubmit: (ev) => {
       ev.preventDefault();
