@@ -34,9 +34,10 @@ spawned ``multiprocessing`` children (a ``spawn`` or ``forkserver`` Pool,
 ``ProcessPoolExecutor``, torch's) that call ``weave.init`` themselves find it through
 ``$ENGINE_WEAVE_OWNER`` (set by the owner: its pid, URL and ring set, no secret) and write
 into its rings instead of starting a sender of their own (one per worker before: ~90 MB and a
-start-up each). A child whose owner is gone, or that talks to another URL, starts its own. Settings come from ``install(**config)``,
-``ENGINE_*`` variables and ``$ENGINE_CONFIG``, as for :class:`engine.Engine`; the URL and the
-API key default to weave's own (``WF_TRACE_SERVER_URL``, its credentials).
+start-up each). A child whose owner is gone, or that talks to another URL, starts its own.
+Settings come from ``install(**config)``, ``ENGINE_*`` variables and ``$ENGINE_CONFIG``, as
+for :class:`engine.Engine`; the URL and the API key default to weave's own
+(``WF_TRACE_SERVER_URL``, its credentials).
 """
 
 from __future__ import annotations

@@ -5,9 +5,10 @@ A project's retention (weave's project TTL settings, ``/project/ttl_settings/upd
 calls are kept after they start. Every ``interval_s`` (and once shortly after the server
 starts) :class:`Pruner` deletes the calls of each retained project that started before
 ``now - days``, in chunks (the store's ``retention_chunk``: 5,000 calls per SQLite
-transaction) so that ingest and reads go on between them. A call known only by its end goes by its end time. Calls are deleted
-one by one as they age, as weave's ClickHouse TTL does: a child that started later than
-its parent stays a little longer. Objects, tables, files and feedback are kept.
+transaction) so that ingest and reads go on between them. A call known only by its end
+goes by its end time. Calls are deleted one by one as they age, as weave's ClickHouse TTL
+does: a child that started later than its parent stays a little longer. Objects, tables,
+files and feedback are kept.
 
 Unlike weave, which stamps each call with the expiry its project's setting gave when the
 call arrived, the retention in force applies to every call: shortening it frees the space
