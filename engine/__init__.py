@@ -25,6 +25,7 @@ from engine.common._errors import (
 from engine.common._lazy import lazy_attributes
 from engine.common._version import __version__
 from engine.producer._engine import Engine
+from engine.producer._threads import ThreadPoolExecutor
 from engine.producer._tracer import CallHandle, Tracer, current_call
 
 if TYPE_CHECKING:
@@ -52,6 +53,7 @@ __all__ = [
     "RingFull",
     "SendError",
     "SharedMemoryFull",
+    "ThreadPoolExecutor",
     "Tracer",
     "__version__",
     "current_call",

@@ -19,6 +19,7 @@ def test_public_surface_is_pinned():
             "RingFull",
             "SendError",
             "SharedMemoryFull",
+            "ThreadPoolExecutor",
             "Tracer",
             "__version__",
             "current_call",

@@ -207,3 +207,4 @@ def test_a_cancelled_consumer_cancels_the_async_generator_and_the_call_says_so(e
     assert cleaned == [True]
     (call,) = _calls(eng)
     assert call["output"] == [0] and call["exception"].startswith("CancelledError")
+
