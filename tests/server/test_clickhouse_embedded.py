@@ -36,11 +36,15 @@ def test_serve_on_embedded_chdb_end_to_end_and_after_a_restart(tmp_path):
         assert _json(url, "/calls/query_stats", stats)["count"] == 15 + 2  # c000, c010 … c140
         query = {"$expr": {"$gt": [{"$getField": "summary.weave.latency_ms"}, {"$literal": 0}]}}
         assert len(_stream(url, query=query)) == 100 + 1  # the ended ones
-        # the trace browser's projects page: every visible call (not the deleted c149)
-        assert _get_json(url, "/ui/projects") == {"projects": [{"project_id": PROJECT, "calls": 151}]}
+        # the trace browser's projects page: every visible call (not the deleted c149), and
+        # the project's retention, kept across the restart below
+        _json(url, "/project/ttl_settings/update", {"project_id": PROJECT, "retention_days": 36500})
+        assert _get_json(url, "/ui/projects") == {"projects": [
+            {"project_id": PROJECT, "calls": 151, "retention_days": 36500}]}
 
     assert stat.S_IMODE((folder / "insert-spool").stat().st_mode) == 0o700
     with serve_subprocess(store=store) as url:  # the same folder, a new process
         assert len(_stream(url)) == 151
-        assert _get_json(url, "/ui/projects")["projects"] == [{"project_id": PROJECT, "calls": 151}]
+        assert _get_json(url, "/ui/projects")["projects"] == [
+            {"project_id": PROJECT, "calls": 151, "retention_days": 36500}]
         assert _json(url, "/call/read", {"project_id": PROJECT, "id": "c001"})["call"]["display_name"] == "one"

@@ -59,5 +59,9 @@ def test_two_serve_replicas_share_one_clickhouse(clickhouse_url):  # noqa: F811
         deleted = _json(reader, "/calls/delete", {"project_id": PROJECT, "call_ids": ["a"]})
         assert deleted == {"num_deleted": 2}  # a and its child b
         assert [c["id"] for c in _stream(writer)] == ["c"]
-        # the trace browser's projects page, through the replica that wrote none of them
-        assert _get_json(reader, "/ui/projects") == {"projects": [{"project_id": PROJECT, "calls": 1}]}
+        # the trace browser's projects page, through the replica that wrote none of them,
+        # with the retention the other replica set
+        _json(writer, "/project/ttl_settings/update", {"project_id": PROJECT, "retention_days": 90})
+        assert _json(reader, "/project/ttl_settings/read", {"project_id": PROJECT}) == {"retention_days": 90}
+        assert _get_json(reader, "/ui/projects") == {"projects": [
+            {"project_id": PROJECT, "calls": 1, "retention_days": 90}]}
