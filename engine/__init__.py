@@ -25,6 +25,7 @@ from engine.common._errors import (
 from engine.common._lazy import lazy_attributes
 from engine.common._version import __version__
 from engine.producer._engine import Engine
+from engine.producer._nested import ParentCall, nested
 from engine.producer._threads import ThreadPoolExecutor
 from engine.producer._tracer import CallHandle, Tracer, current_call
 
@@ -48,6 +49,7 @@ __all__ = [
     "EngineError",
     "HTTPError",
     "NoRingSlot",
+    "ParentCall",
     "PayloadTooLarge",
     "RemoteHTTPTraceServer",
     "RingFull",
@@ -58,4 +60,5 @@ __all__ = [
     "__version__",
     "current_call",
     "load_config",
+    "nested",
 ]

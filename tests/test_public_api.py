@@ -14,6 +14,7 @@ def test_public_surface_is_pinned():
             "EngineError",
             "HTTPError",
             "NoRingSlot",
+            "ParentCall",
             "PayloadTooLarge",
             "RemoteHTTPTraceServer",
             "RingFull",
@@ -24,6 +25,7 @@ def test_public_surface_is_pinned():
             "__version__",
             "current_call",
             "load_config",
+            "nested",
         ]
     )
 
