@@ -117,7 +117,31 @@ def _brief_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _str_or_placeholder(obj: Any) -> str:
+_NO_FORM = object()
+
+
+def _data_form(obj: Any) -> Any:
+    """The plain data of a value msgspec does not encode itself, where its type defines
+    one: a pydantic model (an OpenAI or Anthropic SDK response, a structured output) as
+    ``model_dump(mode="json")`` (pydantic 1: ``dict()``), a numpy array or scalar as
+    ``tolist()``. ``_NO_FORM`` for anything else, or when that conversion fails."""
+    cls = type(obj)
+    try:
+        if callable(getattr(cls, "model_dump", None)):
+            return obj.model_dump(mode="json")
+        if cls.__module__ == "numpy" and callable(getattr(cls, "tolist", None)):
+            return obj.tolist()
+        if callable(getattr(cls, "dict", None)) and hasattr(cls, "__fields__"):  # pydantic 1
+            return obj.dict()
+    except Exception:  # its own serializer failed (a cycle, a custom one): str() below
+        return _NO_FORM
+    return _NO_FORM
+
+
+def _str_or_placeholder(obj: Any) -> Any:
+    form = _data_form(obj)
+    if form is not _NO_FORM:
+        return form
     try:
         return str(obj)
     except Exception as exc:  # a broken __str__ must not break tracing
@@ -125,8 +149,12 @@ def _str_or_placeholder(obj: Any) -> str:
 
 
 def _producer_hook(obj: Any) -> Any:
-    """The producer's lenient fallback, as the real client does: unknown objects become
+    """The producer's lenient fallback, as the real client does: a value whose type has a
+    data form (:func:`_data_form`) is written as that data; other unknown objects become
     their str(), counted; one whose str() fails too, a placeholder saying so."""
+    form = _data_form(obj)
+    if form is not _NO_FORM:
+        return form
     try:
         text = str(obj)
     except Exception as exc:
@@ -139,6 +167,9 @@ def _producer_hook(obj: Any) -> Any:
 def _strict_hook(obj: Any) -> Any:
     from engine.common._errors import EncodeError
 
+    form = _data_form(obj)
+    if form is not _NO_FORM:
+        return form
     raise EncodeError(f"cannot encode value of type {type(obj).__qualname__!r} to JSON")
 
 

@@ -142,6 +142,47 @@ def test_unencodable_values_are_stringified_and_counted(eng):
     assert eng.stats()["producers"]["stringified"] == 1
 
 
+def test_pydantic_models_and_numpy_values_are_written_as_their_data_not_their_str(eng):
+    """An OpenAI/Anthropic SDK response or a structured output is a pydantic model, and
+    scores are often numpy values: written as data (model_dump / tolist), not counted as
+    stringified; a model whose own serializer fails falls back to its str(), counted."""
+    import numpy as np
+    import pydantic
+
+    class Usage(pydantic.BaseModel):
+        tokens: int
+        at: dt.datetime
+
+    class Reply(pydantic.BaseModel):
+        text: str
+        usage: Usage
+        scores: list[float]
+
+    class Broken(pydantic.BaseModel):
+        x: int
+
+        @pydantic.field_serializer("x")
+        def fail(self, value):
+            raise RuntimeError("no")
+
+        def __str__(self):
+            return "<broken>"
+
+    when = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
+    reply = Reply(text="hi", usage=Usage(tokens=3, at=when), scores=[0.5])
+    tracer = eng.producer()
+    with tracer.call("op", inputs={"reply": reply, "n": np.int64(7), "m": np.array([[1, 2]]),
+                                   "f": np.float32(0.25), "b": Broken(x=1)}) as call:
+        call.output = reply
+    start, end = decoded(drain(eng))
+    assert start["inputs"] == {
+        "reply": {"text": "hi", "usage": {"tokens": 3, "at": "2026-01-02T03:04:05Z"},
+                  "scores": [0.5]},
+        "n": 7, "m": [[1, 2]], "f": 0.25, "b": "<broken>"}  # fmt: skip
+    assert end["output"] == start["inputs"]["reply"]
+    assert eng.stats()["producers"]["stringified"] == 1  # only Broken
+
+
 def test_a_value_whose_str_traces_a_call_while_being_encoded_is_not_corrupted(eng):
     """Stringifying may run user code that traces: the inner item is encoded into its own
     buffer (the outer encode is still using the writer's) and lands before the outer one."""
