@@ -75,6 +75,15 @@ class _Stream:
         self.kept: list[Any] = []
         self.yielded = 0
 
+    def open(self, fn: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> Any:
+        """The user's generator, made in the call's context (a call that cannot make it,
+        bad arguments, ends with that error)."""
+        try:
+            return self.ctx.run(fn, *args, **kwargs)
+        except BaseException as exc:
+            self.end(exc)
+            raise
+
     def took(self, item: Any) -> None:
         self.yielded += 1
         if len(self.kept) < MAX_KEPT_ITEMS:
@@ -91,11 +100,7 @@ def _wrap_generator(tracer: Tracer, fn: Callable[..., Any], op_name: str,
     @functools.wraps(fn)
     def traced_generator(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
         call = _Stream(tracer, op_name, _op_inputs(names, args, kwargs), project)
-        try:
-            inner = call.ctx.run(fn, *args, **kwargs)
-        except BaseException as exc:
-            call.end(exc)
-            raise
+        inner = call.open(fn, args, kwargs)
         sent: Any = None
         thrown: BaseException | None = None
         while True:
@@ -130,11 +135,7 @@ def _wrap_async_generator(tracer: Tracer, fn: Callable[..., Any], op_name: str,
     @functools.wraps(fn)
     async def traced_async_generator(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
         call = _Stream(tracer, op_name, _op_inputs(names, args, kwargs), project)
-        try:
-            inner = call.ctx.run(fn, *args, **kwargs)
-        except BaseException as exc:
-            call.end(exc)
-            raise
+        inner = call.open(fn, args, kwargs)
         sent: Any = None
         thrown: BaseException | None = None
         while True:
