@@ -15,7 +15,7 @@ from tests.integrations.test_weave_integration import _run_program, _stored_call
 
 pytestmark = [pytest.mark.peers, pytest.mark.integration]
 
-WORKERS, TASKS, CALLS_PER_TASK = 3, 6, 20
+WORKERS, TASKS, CALLS_PER_TASK = 3, 3, 40
 _PROGRAM = textwrap.dedent(
     """
     import json, multiprocessing, os, sys
@@ -37,7 +37,9 @@ _PROGRAM = textwrap.dedent(
                 found.append(int(entry))
         return found
 
-    def start(project):
+    def start(project, barrier):
+        global together
+        together = barrier
         weave.init(project)
 
     @weave.op
@@ -45,6 +47,7 @@ _PROGRAM = textwrap.dedent(
         return x + 1
 
     def task(i):
+        together.wait(timeout=60)  # one task per worker: every worker traces
         for j in range(int(sys.argv[3])):
             predict(i * 1000 + j)
         weave.get_client().flush()  # the integration waits for this worker's calls
@@ -56,7 +59,8 @@ _PROGRAM = textwrap.dedent(
         if sys.argv[5] == "owner":
             weave.init(project)  # the parent's engine: workers write into it
         ctx = multiprocessing.get_context("spawn")
-        with ctx.Pool(workers, initializer=start, initargs=(project,)) as pool:
+        barrier = ctx.Barrier(workers)
+        with ctx.Pool(workers, initializer=start, initargs=(project, barrier)) as pool:
             results = pool.map(task, range(tasks))
         print(json.dumps({"results": results, "parent_senders": len(senders_of(os.getpid()))}))
     """
@@ -84,9 +88,9 @@ def test_spawned_workers_write_into_the_parents_engine(tmp_path):
     with serve_subprocess(tmp_path / "traces.db") as url:
         report, calls = _run(tmp_path, url, "ent/spawn", "owner")
     results = report["results"]
+    assert len({r["pid"] for r in results}) == WORKERS  # every worker traced
     assert not any(r["own_engine"] or r["senders"] for r in results), results
     assert report["parent_senders"] == 1  # the parent's one sender delivered everything
-    assert len({r["pid"] for r in results}) > 1  # several workers wrote
     _assert_every_call(calls)
 
 
@@ -100,6 +104,7 @@ def test_without_an_owner_each_spawned_worker_starts_its_own_engine(tmp_path):
             report, calls = _run(tmp_path, url, "ent/spawn-own", "no-owner")
     finally:
         del os.environ["ENGINE_WEAVE_OWNER"]
+    assert len({r["pid"] for r in report["results"]}) == WORKERS
     assert all(r["own_engine"] and len(r["senders"]) == 1 for r in report["results"])
     assert report["parent_senders"] == 0
     _assert_every_call(calls)
