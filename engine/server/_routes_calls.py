@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -29,6 +30,7 @@ from engine.server._ingest_models import (
 from engine.server._query_expr import InvalidExpr, compile_query
 from engine.server._reply import ok, stream_jsonl
 from engine.server._routes_refs import parse_ref, resolve
+from engine.server._routes_retention import default_days
 from engine.server._state import check_project_id, state_of
 from engine.server._store import CallsQuery, DocsQuery, InvalidQuery, Store
 from engine.wire.query import (
@@ -211,7 +213,14 @@ async def call_read(request: web.Request) -> web.Response:
     req = await state.decode(request, CallReadReq)
     query = CallsQuery(project_id=req.project_id, filter=CallsFilter(call_ids=[req.id]), limit=1)
     page = await _views(request, req)(await _first_page(state.store.query_calls(query)))
-    return ok({"call": page[0] if page else None})
+    if not page:
+        return ok({"call": None})
+    call = page[0]
+    days = await state.store.retention_days(req.project_id)
+    days = default_days(request) if days is None else days
+    if days is not None and isinstance(call.get("started_at"), dt.datetime):
+        call["expire_at"] = call["started_at"] + dt.timedelta(days=days)  # weave's call_read
+    return ok({"call": call})
 
 
 @routes.post("/calls/stream_query")

@@ -81,6 +81,11 @@ def test_weave_client_sets_a_project_retention_and_the_server_deletes_past_it(se
     want_ids = {p: sorted(ids[p][d] for d in days) for p, days in want.items()}
     assert _wait_for(lambda: {p: sorted(stored_ids(url, p)) for p in want} == want_ids), {
         p: sorted(stored_ids(url, p)) for p in want}
+    # weave's call_read answers when a call expires (its start + the retention in force)
+    kept_id = ids[OWN][1]
+    read = post(url, "/call/read", {"project_id": OWN, "id": kept_id})[1]["call"]
+    started = dt.datetime.fromisoformat(read["started_at"].replace("Z", "+00:00"))
+    assert dt.datetime.fromisoformat(read["expire_at"].replace("Z", "+00:00")) == started + dt.timedelta(days=10)
     # the trace browser's projects page says how long each project's calls are kept
     listed = {p["project_id"]: p["retention_days"] for p in get(url, "/ui/projects")[1]["projects"]}
     assert listed == {OWN: 10, DEFAULTED: 60, KEPT: 3650}
