@@ -13,7 +13,7 @@ import pytest
 
 import engine
 from tests.engine.test_generator_ops import _calls
-from tests.engine.test_tracer import PROJECT
+from tests.engine.test_tracer import PROJECT, drain
 
 
 @pytest.fixture
@@ -24,6 +24,7 @@ def eng(tmp_path):
                        ring_bytes=1 << 20, max_slots=8, max_block_ms=50, shutdown_timeout_s=0,
                        dead_letter_path=str(tmp_path / "dl.jsonl")) as e:
         yield e
+        drain(e)  # no ring set left behind
 
 
 def predict(tracer, row):

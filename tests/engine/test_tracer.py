@@ -25,6 +25,8 @@ def eng(tmp_path):
                        ring_bytes=1 << 20, max_slots=4, max_block_ms=50, shutdown_timeout_s=0,
                        dead_letter_path=str(tmp_path / "dl.jsonl")) as e:
         yield e
+        if e._ringset is not None:  # what a test left unread: no ring set left behind
+            drain(e)
 
 
 def drain(eng) -> list[ring.Record]:
