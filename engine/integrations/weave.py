@@ -65,6 +65,7 @@ from engine.producer._safe import write_safely
 from engine.producer._slot import ProducerSettings
 from engine.producer._tracer import Tracer
 from engine.ring import RingSpec
+from engine.ring import _files as ring_files
 from engine.wire._codec import uuid7
 
 __all__ = ["install", "installed_engine"]
@@ -74,7 +75,6 @@ _PLACEHOLDER_PROJECT = "weave/integration"  # every item names its own project_i
 # how long a fork waits for weave's deferred work (op saves go to the server over HTTP)
 FORK_DRAIN_TIMEOUT_S = 30.0
 _OFF = frozenset(("0", "false", "no", "off"))
-_ATTACHED_FLUSH_S = 120.0  # a child's flush: delivery_deadline_s's default (the owner's config is not here)
 
 # what a spawned child needs to write into its owner's rings (see the module docstring)
 OWNER_ENV = _env.WEAVE_OWNER
@@ -83,7 +83,7 @@ _lock = threading.Lock()
 _config: dict[str, Any] = {}
 _engine: Engine | None = None
 _tracer: Tracer | None = None
-_attached = False  # this process writes into another process's engine (its owner's)
+_owner_flush_s = 0.0  # a child writing into its owner's engine: the owner's delivery deadline
 _installed = False
 _servers: weakref.WeakSet[Any] = weakref.WeakSet()
 
@@ -205,26 +205,30 @@ class _Owner(msgspec.Struct, frozen=True):
     """``$ENGINE_WEAVE_OWNER``: the process whose engine spawned children write into."""
 
     pid: int
+    start_ticks: int  # with the pid: that process, not a later one given its pid
     url: str
     spec: RingSpec
     settings: ProducerSettings
+    flush_s: float  # its delivery_deadline_s: how long a child's flush waits
 
 
 def _ensure_engine(url: str, api_key: str | None) -> None:
-    global _engine, _tracer, _attached
+    global _engine, _tracer, _owner_flush_s
     with _lock:
         if _tracer is not None:
             return
         owner = _owner_for(url)
         if owner is not None:
-            _tracer, _attached = Tracer(owner.spec, owner.settings), True
+            _tracer, _owner_flush_s = Tracer(owner.spec, owner.settings), owner.flush_s
             log.info("weave calls go through the engine of process %d", owner.pid)
             return
         settings = {"url": url, "project": _PLACEHOLDER_PROJECT, "api_key": api_key, **_config}
         _engine = Engine(**settings)
         _tracer = _engine.producer()
+        pid = os.getpid()
         os.environ[OWNER_ENV] = msgspec.json.encode(_Owner(
-            os.getpid(), url, _tracer._spec, _tracer._settings)).decode()  # fmt: skip
+            pid, ring_files.process_start_ticks(pid) or 0, url, _tracer._spec,
+            _tracer._settings, _engine.config.delivery_deadline_s)).decode()  # fmt: skip
         log.info("weave calls go through the engine", extra={"upstream": redact_url(_engine.config.url)})
 
 
@@ -240,21 +244,12 @@ def _owner_for(url: str) -> _Owner | None:
         log.warning("$%s is not what weave.init in the parent wrote (%s); starting an engine "
                     "of this process's own", OWNER_ENV, exc)
         return None
-    if owner.url != url or owner.pid == os.getpid() or not _alive(owner.pid):
+    if (owner.url != url or owner.pid == os.getpid()
+            or not ring_files.is_alive(owner.pid, owner.start_ticks)):
         return None
     if not os.path.exists(owner.spec.lock_path):  # its engine was closed since
         return None
     return owner
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process has that pid now
-        return False
-    return True
 
 
 def _tracer_for(server: Any) -> Tracer:
@@ -283,7 +278,7 @@ def _deliver_traced(timeout_s: float | None = None) -> None:
     if tracer is None:
         return
     if timeout_s is None:
-        timeout_s = engine.config.delivery_deadline_s if engine is not None else _ATTACHED_FLUSH_S
+        timeout_s = engine.config.delivery_deadline_s if engine is not None else _owner_flush_s
     if engine is not None and os.getpid() == engine._owner_pid:
         delivered = engine.flush(timeout_s)
     else:

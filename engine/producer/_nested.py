@@ -12,27 +12,30 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
+
 from engine.producer._handle import _current, current_call
 
-__all__ = ["ParentCall", "nested"]
+__all__ = ["ParentCall", "current_parent", "nested"]
 
 
-class ParentCall:
+class ParentCall(msgspec.Struct, frozen=True):
     """A call of another process (or thread) that calls traced here nest under: all a
     child needs of its parent is its ``id`` and ``trace_id``. It is the current call while
-    a :func:`nested` callable runs, until a call of this process starts."""
+    a :func:`nested` callable runs, until a call of this process starts (the Ray
+    integration carries one to each task: ``engine.integrations.ray.RemoteParent``)."""
 
-    __slots__ = ("id", "trace_id")
+    id: str
+    trace_id: str
 
-    def __init__(self, id: str, trace_id: str) -> None:
-        self.id = id
-        self.trace_id = trace_id
 
-    def __reduce__(self) -> Any:
-        return (ParentCall, (self.id, self.trace_id))
-
-    def __repr__(self) -> str:
-        return f"ParentCall(id={self.id!r}, trace_id={self.trace_id!r})"
+def current_parent() -> ParentCall | None:
+    """The current call as a :class:`ParentCall` to hand to other processes; None without
+    one (or when it could not be traced)."""
+    here = current_call()
+    if here is None or here.id is None:
+        return None
+    return ParentCall(str(here.id), str(here.trace_id))
 
 
 class _Nested:
@@ -62,7 +65,4 @@ def nested(fn: Callable[..., Any]) -> Callable[..., Any]:
     """``fn``, to run with the call current here as its parent wherever it runs: hand it to
     a process pool (``pool.map(engine.nested(predict), rows)``). Without a current call
     (or a call that could not be traced) ``fn`` runs as it is."""
-    here = current_call()
-    if here is None or here.id is None:
-        return _Nested(fn, None)
-    return _Nested(fn, ParentCall(str(here.id), str(here.trace_id)))
+    return _Nested(fn, current_parent())

@@ -30,7 +30,7 @@ from engine.server._ingest_models import (
 from engine.server._query_expr import InvalidExpr, compile_query
 from engine.server._reply import ok, stream_jsonl
 from engine.server._routes_refs import parse_ref, resolve
-from engine.server._routes_retention import default_days
+from engine.server._routes_retention import retention_in_force
 from engine.server._state import check_project_id, state_of
 from engine.server._store import CallsQuery, DocsQuery, InvalidQuery, Store
 from engine.wire.query import (
@@ -216,8 +216,7 @@ async def call_read(request: web.Request) -> web.Response:
     if not page:
         return ok({"call": None})
     call = page[0]
-    days = await state.store.retention_days(req.project_id)
-    days = default_days(request) if days is None else days
+    days = await retention_in_force(request, req.project_id)
     if days is not None and isinstance(call.get("started_at"), dt.datetime):
         call["expire_at"] = call["started_at"] + dt.timedelta(days=days)  # weave's call_read
     return ok({"call": call})

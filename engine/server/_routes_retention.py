@@ -37,13 +37,17 @@ def default_days(request: web.Request) -> int | None:
     return days if isinstance(days, int) else None
 
 
+async def retention_in_force(request: web.Request, project_id: str) -> int | None:
+    """The project's own retention, else the server's default, else None."""
+    days = await state_of(request).store.retention_days(project_id)
+    return default_days(request) if days is None else days
+
+
 @routes.post("/project/ttl_settings/read")
 async def project_ttl_settings_read(request: web.Request) -> web.Response:
-    state = state_of(request)
-    req = await state.decode(request, TTLSettingsReadReq)
+    req = await state_of(request).decode(request, TTLSettingsReadReq)
     project_of(req.project_id)
-    days = await state.store.retention_days(req.project_id)
-    return ok({"retention_days": default_days(request) if days is None else days})
+    return ok({"retention_days": await retention_in_force(request, req.project_id)})
 
 
 @routes.post("/project/ttl_settings/update")

@@ -4,7 +4,6 @@ engine -- one sender process for the whole tree, not one per worker -- and every
 stored. A worker whose owner is gone starts an engine of its own."""
 
 import json
-import os
 import sys
 import textwrap
 
@@ -67,10 +66,10 @@ _PROGRAM = textwrap.dedent(
 )
 
 
-def _run(tmp_path, url, project, mode):
+def _run(tmp_path, url, project, mode, extra_env=None):
     program = tmp_path / "spawn.py"
     program.write_text(_PROGRAM)
-    env = _weave_env(url, str(tmp_path), enable_env=False)
+    env = {**_weave_env(url, str(tmp_path), enable_env=False), **(extra_env or {})}
     result = _run_program([sys.executable, str(program), project, str(WORKERS),
                            str(CALLS_PER_TASK), str(TASKS), mode], env, timeout_s=120)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
@@ -97,13 +96,15 @@ def test_spawned_workers_write_into_the_parents_engine(tmp_path):
 def test_without_an_owner_each_spawned_worker_starts_its_own_engine(tmp_path):
     """The parent never called weave.init: no engine to share; each worker has its own
     (as before), and a stale $ENGINE_WEAVE_OWNER (a dead process) is not followed."""
-    os.environ["ENGINE_WEAVE_OWNER"] = json.dumps({
-        "pid": 2**22 + 12345, "url": "http://127.0.0.1:9", "spec": {}, "settings": {}})
-    try:
-        with serve_subprocess(tmp_path / "traces.db") as url:
-            report, calls = _run(tmp_path, url, "ent/spawn-own", "no-owner")
-    finally:
-        del os.environ["ENGINE_WEAVE_OWNER"]
+    with serve_subprocess(tmp_path / "traces.db") as url:
+        stale = json.dumps({  # well formed, for this URL, of a process long gone
+            "pid": 2**22 + 12345, "start_ticks": 1, "url": url, "flush_s": 1.0,
+            "spec": {"shm_name": "gone", "ring_bytes": 1 << 20, "max_slots": 4,
+                     "doorbell_path": "/nonexistent/bell", "lock_path": "/nonexistent/lock"},
+            "settings": {"project": "p/q", "max_block_ms": 10, "on_full": "drop",
+                         "strict": False, "max_request_bytes": 1 << 20}})  # fmt: skip
+        report, calls = _run(tmp_path, url, "ent/spawn-own", "no-owner",
+                             {"ENGINE_WEAVE_OWNER": stale})
     assert len({r["pid"] for r in report["results"]}) == WORKERS
     assert all(r["own_engine"] and len(r["senders"]) == 1 for r in report["results"])
     assert report["parent_senders"] == 0

@@ -18,8 +18,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Literal
 
-from engine.integrations.ray._tracer import ClusterTracer, RemoteParent, TaskCall, _ray_task_id
-from engine.producer._handle import current_call
+from engine.integrations.ray._tracer import ClusterTracer, TaskCall, _ray_task_id
+from engine.producer._nested import current_parent
 from engine.wire import uuid7
 
 __all__ = ["traced_batches"]
@@ -35,8 +35,7 @@ def traced_batches(tracer: ClusterTracer, fn: Callable[[Any], Any], *, per: Per 
     if not isinstance(tracer, ClusterTracer):
         raise TypeError("traced_batches needs the tracer of a RayEngine (RayEngine.producer())")
     op_name = name or getattr(fn, "__qualname__", repr(fn))
-    here = current_call()
-    parent = None if here is None else RemoteParent(str(here.id), str(here.trace_id))
+    parent = current_parent()
     apply = _per_row(tracer, fn, op_name) if per == "row" else fn
 
     def traced(batch: Any) -> Any:

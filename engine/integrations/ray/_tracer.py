@@ -29,6 +29,7 @@ import ray
 
 from engine.integrations.ray import _nodes
 from engine.producer._handle import CallHandle, _current, _describe, current_call
+from engine.producer._nested import ParentCall, current_parent
 from engine.producer._ops import _op_inputs, _positional_names
 from engine.producer._tracer import Tracer
 from engine.ring import RingSpec
@@ -41,12 +42,9 @@ _V7_VERSION, _V7_VARIANT = 0x70, 0x80
 _RANKS_KEPT = 4096  # tasks whose call ranks a process remembers (threaded / async actors)
 
 
-class RemoteParent(msgspec.Struct, frozen=True):
-    """A call in another process that calls here nest under (``id`` and ``trace_id`` are
-    all a child needs of its parent)."""
-
-    id: str
-    trace_id: str
+# a call in another process that calls here nest under (the producer's, shared with
+# engine.nested; kept under this name, which the integration exports)
+RemoteParent = ParentCall
 
 
 class _Carried(msgspec.Struct, frozen=True):
@@ -128,11 +126,8 @@ class ClusterTracer:
         self._closed = False
 
     def __reduce__(self) -> Any:
-        here = current_call()
-        parent = None
-        if here is not None and here.id is not None:
-            parent = RemoteParent(str(here.id), str(here.trace_id))
-        elif self._task_id is not None and self._task_id == _ray_task_id():
+        parent = current_parent()
+        if parent is None and self._task_id is not None and self._task_id == _ray_task_id():
             parent = self._carried.parent  # a task passing its tracer on, outside any call
         spec = None if self._local_tracer is None else self._local_tracer._spec
         return (_unpickle, (self._cluster, _Carried(parent, time.time_ns() // 1_000_000, spec)))

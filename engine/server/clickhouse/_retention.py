@@ -2,9 +2,9 @@
 them (:mod:`engine.server._retention` runs the passes).
 
 A call's time is its start's (the newest start part), else its end's (a call known only
-by its end), as in the SQLite store. The calls whose time
-is before the cutoff lose every part at once (a lightweight ``DELETE``: gone from reads
-at once, from disk when ClickHouse next merges the parts).
+by its end), as in the SQLite store. The calls whose time is before the cutoff lose every
+part at once (a lightweight ``DELETE``: gone from reads at once, from disk when ClickHouse
+next merges the parts).
 """
 
 from __future__ import annotations
