@@ -17,6 +17,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -264,6 +265,66 @@ def hint_planner(conn: sqlite3.Connection) -> None:
     conn.execute("ANALYZE sqlite_schema")  # this connection reloads them; later ones read them
 
 
+class Checkpointer:
+    """Copies the WAL back into the database file on a thread of its own, so the writer
+    goes on writing meanwhile.
+
+    A commit that finds the WAL past ``WAL_CHECKPOINT_PAGES`` copies it itself (SQLite's
+    auto-checkpoint), and the writer waited for every page to be written again and the
+    file's fsync: 37% of the writer thread's time in a profile of `engine ingest` into
+    SQLite. After each write the writer nudges this thread, which runs a PASSIVE checkpoint
+    (never waits for a lock; it copies what no reader still needs) at most every
+    ``spacing_s``; the writer's own checkpoint then finds little left to copy and restarts
+    the WAL, so the file stays near ``WAL_CHECKPOINT_PAGES`` (a checkpointer alone never
+    catches up with constant writes: the WAL grew to 11 GB when one was tried without the
+    writer's). The writer alone, 200k of the bench's 4 KB calls in 1,000-call transactions,
+    4 runs alternating: 57–59k → 67–75k calls/s.
+    """
+
+    def __init__(self, path: Path, spacing_s: float = 0.05) -> None:
+        self._path = path
+        self._conn = connect(path)
+        self._spacing_s = spacing_s
+        self._due = threading.Event()
+        self._closing = False
+        self.passes = 0
+        self.last: tuple[int, int, int] | None = None  # (busy, WAL frames, frames copied)
+        self._failed_once = False
+        self._thread = threading.Thread(target=self._run, name="engine-store-checkpoint",
+                                        daemon=True)  # fmt: skip
+        self._thread.start()
+
+    def nudge(self) -> None:
+        self._due.set()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                self._due.wait()
+                if self._closing:
+                    return
+                self._due.clear()
+                self._checkpoint()
+                time.sleep(self._spacing_s)
+        finally:
+            self._conn.close()
+
+    def _checkpoint(self) -> None:
+        try:
+            self.last = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            self.passes += 1
+        except sqlite3.Error as exc:  # a full disk: the writer's commits say so, and retry
+            if not self._failed_once:
+                self._failed_once = True
+                _log.warning("engine serve: copying the WAL back into %s failed (%s); the "
+                             "writer's commits copy it instead", self._path, exc)
+
+    def close(self) -> None:
+        self._closing = True
+        self._due.set()
+        self._thread.join()
+
+
 _SQLITE_FULL = 13
 _SQLITE_BUSY = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED
 
@@ -284,6 +345,7 @@ class Database:
         self._wconn = connect(path)
         migrate(self._wconn)
         hint_planner(self._wconn)
+        self.checkpointer = Checkpointer(path)
         # PRAGMA data_version's connection: its values compare only with its own
         self._rconn = connect(path)
         self._rlock = threading.Lock()
@@ -294,7 +356,10 @@ class Database:
         self._trouble = StoreTrouble()
 
     async def write(self, fn: Callable[..., T], *args: Any) -> T:
-        return await self._on(self._writer, fn, self._wconn, *args)
+        try:
+            return await self._on(self._writer, fn, self._wconn, *args)
+        finally:
+            self.checkpointer.nudge()
 
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(conn, *args)`` on one of the reader threads, with that thread's connection:
@@ -402,5 +467,6 @@ class Database:
     async def close(self) -> None:
         self._reader.shutdown(wait=True)  # the reads under way end first
         self._close_readers()
+        self.checkpointer.close()  # before the writer's close folds the WAL back
         await self._on(self._writer, self._wconn.close)
         self._writer.shutdown(wait=True)

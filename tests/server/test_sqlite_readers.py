@@ -47,3 +47,37 @@ def test_every_connection_folds_the_wal_back_at_the_store_s_size_not_sqlite_s(tm
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     finally:
         conn.close()
+
+
+def _insert_big_rows(conn, count):
+    with conn:
+        conn.executemany("INSERT INTO calls (project_id, id, op_name, inputs) VALUES (?, ?, 'op', ?)",
+                         [("ent/proj", f"call-{i}", "x" * 4000) for i in range(count)])
+
+
+def test_the_wal_is_copied_back_beside_the_writer_not_by_its_commits(tmp_path):
+    """Below WAL_CHECKPOINT_PAGES the writer's commits leave every page in the WAL; the store's
+    checkpoint thread copies them into the file meanwhile (the writer alone: 57–59k → 67–75k
+    calls/s), and stops with the store."""
+    import os
+    import threading
+
+    path = tmp_path / "t.db"
+
+    async def go():
+        db = Database(path)
+        try:
+            before = os.path.getsize(path)
+            await db.write(_insert_big_rows, 500)  # ~2 MB: far below the writer's threshold
+            deadline = time.monotonic() + 10
+            while os.path.getsize(path) < before + 1_500_000 and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            return before, os.path.getsize(path), db.checkpointer.last
+        finally:
+            await db.close()
+
+    before, after, last = run_on("asyncio", go())
+    assert after >= before + 1_500_000, (before, after)  # the rows reached the file itself
+    busy, frames, copied = last
+    assert busy == 0 and frames > 0 and copied == frames
+    assert not [t for t in threading.enumerate() if t.name == "engine-store-checkpoint"]
