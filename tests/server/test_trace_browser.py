@@ -1,6 +1,7 @@
 """The trace browser of ``engine serve`` in a real headless Chromium (Debian's, driven by
 Selenium through its chromedriver): the projects page, the calls list with paging and
-filters, a call opened from the link weave 0.54.0 itself builds, objects and tables.
+filters, a call opened from the link weave 0.54.0 itself builds, objects and tables, and
+the evaluations of weave 0.54.0's own `Evaluation` side by side.
 
 Screenshots go to tmp_path; with ENGINE_TEST_SCREENSHOTS=DIR they also go to DIR (that is
 how docs/trace-browser.png is made: ENGINE_TEST_SCREENSHOTS=docs scripts/test -k browser).
@@ -200,3 +201,99 @@ def test_trace_browser_lists_pages_filters_and_opens_weave_links(browser, tmp_pa
         _wait(browser, "#tables", "eval-questions").find_element(By.CSS_SELECTOR, "tr.row").click()
         _wait(browser, "#table-rows", "answer 2")
         _no_console_errors(browser)
+
+
+_EVALUATIONS = """
+import asyncio, weave
+weave.init("acme/evals")
+
+class QA(weave.Model):
+    model_name: str
+    temperature: float = 0.0
+
+    @weave.op
+    def predict(self, question: str) -> dict:
+        if question == "q5" and self.temperature > 0.5:
+            raise RuntimeError("the model timed out")
+        return {"answer": question.upper() if self.temperature < 0.5 else question}
+
+@weave.op
+def exact(expected: str, output: dict) -> dict:
+    return {"correct": output["answer"] == expected}
+
+@weave.op
+def length(output: dict) -> float:
+    return float(len(output["answer"]))
+
+rows = [{"question": f"q{i}", "expected": f"Q{i}" if i % 4 else "x"} for i in range(8)]
+dataset = weave.Dataset(name="qa-small", rows=rows)
+for name in ("qa-eval", "qa-eval-strict"):
+    evaluation = weave.Evaluation(name=name, dataset=dataset, scorers=[exact, length])
+    for model in (QA(model_name="gpt-x"), QA(model_name="gpt-y", temperature=0.9)):
+        if name == "qa-eval-strict" and model.model_name == "gpt-y":
+            continue
+        asyncio.run(evaluation.evaluate(model))
+"""
+
+
+def test_evaluations_page_shows_weave_evaluation_runs_with_their_scores(browser, tmp_path):
+    """weave 0.54.0's own Evaluation, run against engine serve: one row per run with its
+    evaluation, its model's settings, its calls and errors and every score of its output."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    (tmp_path / "home").mkdir()
+    with serve_subprocess(tmp_path / "traces.db") as url:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "WEAVE_", "WF_", "ENGINE_"))}
+        env.update(WF_TRACE_SERVER_URL=url, WANDB_BASE_URL=url, HOME=str(tmp_path / "home"),
+                   WANDB_API_KEY="0123456789abcdef0123456789abcdef01234567",
+                   WEAVE_PRINT_CALL_LINK="false", WANDB_ERROR_REPORTING="false",
+                   NO_PROXY="127.0.0.1,localhost",
+                   # weave caches the objects it created on disk, by request and not by
+                   # server: a shared cache would keep them from this fresh server
+                   WEAVE_SERVER_CACHE_DIR=str(tmp_path / "weave-cache"))
+        subprocess.run([sys.executable, "-c", _EVALUATIONS], env=env, timeout=300, check=True,
+                       capture_output=True)
+
+        browser.get(f"{url}/acme/evals/weave/calls")
+        browser.find_element(By.LINK_TEXT, "Evaluations").click()
+        _wait(browser, "#range", "1–3 of 3 evaluation runs")
+        table = browser.find_element(By.ID, "evaluations")
+        head = table.find_element(By.TAG_NAME, "thead").text
+        for column in ("Model", "Errors", "exact\ncorrect.true_fraction", "length\nmean",
+                       "model_latency\nmean"):
+            assert column in head, head
+        rows = [[td.text for td in r.find_elements(By.TAG_NAME, "td")]
+                for r in table.find_elements(By.CSS_SELECTOR, "tbody tr")]
+        # newest first: qa-eval-strict on gpt-x, then qa-eval on gpt-y (one prediction failed), gpt-x
+        assert rows[0][1:3] == ["qa-eval-strict", "QA (model_name=gpt-x, temperature=0)"], rows[0]
+        assert rows[1][1:3] == ["qa-eval", "QA (model_name=gpt-y, temperature=0.9)"], rows[1]
+        assert rows[1][5] == "1" and rows[0][5] == rows[2][5] == ""  # its one failed prediction
+        assert "75.0%" in rows[2] and "0.0%" in rows[1]
+        _screenshot(browser, tmp_path, "trace-browser-evaluations.png")
+
+        Select(browser.find_element(By.ID, "f-eval")).select_by_value("qa-eval")
+        _wait(browser, "#range", "1–2 of 2 evaluation runs")
+        assert all("qa-eval" in r.text and "strict" not in r.text
+                   for r in browser.find_elements(By.CSS_SELECTOR, "#evaluations tbody tr"))
+        browser.find_element(By.CSS_SELECTOR, "#evaluations tbody tr").click()
+        _wait(browser, "#tree", "Evaluation.predict_and_score")
+        assert "Evaluation.evaluate" in browser.find_element(By.ID, "facts").text
+        _no_console_errors(browser)
+
+        # a model the server no longer has: its row names the class, the others still resolve
+        body = json.dumps({"project_id": "acme/evals", "filter": {"op_names": [
+            "weave:///acme/evals/op/Evaluation.evaluate:*"]}}).encode()
+        with urllib.request.urlopen(urllib.request.Request(url + "/calls/stream_query", data=body),
+                                    timeout=30) as resp:
+            refs = {json.loads(line)["inputs"]["model"] for line in resp.read().splitlines()}
+        gone = next(r for r in refs if _post(url, "/refs/read_batch", {"refs": [r]})["vals"][0]
+                    ["model_name"] == "gpt-y")
+        _post(url, "/obj/delete", {"project_id": "acme/evals", "object_id": "QA",
+                                   "digests": [gone.rsplit(":", 1)[1]]})
+        browser.get(f"{url}/acme/evals/weave/evaluations")
+        _wait(browser, "#range", "1–3 of 3 evaluation runs")
+        models = [r.find_elements(By.TAG_NAME, "td")[2].text
+                  for r in browser.find_elements(By.CSS_SELECTOR, "#evaluations tbody tr")]
+        assert models == ["QA (model_name=gpt-x, temperature=0)", "QA",
+                          "QA (model_name=gpt-x, temperature=0)"], models

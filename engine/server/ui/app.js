@@ -372,6 +372,132 @@ async function tableRows(project, digest, view) {
         el("td", {}, cell(r.val && typeof r.val === "object" ? r.val[c] : r.val))))))));
 }
 
+// -- evaluations: weave's Evaluation.evaluate runs with their scores side by side ----------------
+
+const EVAL_OP = "Evaluation.evaluate";
+const METRIC_COLUMNS = 16;
+
+// weave:///entity/project/object/QA:<digest> → { name: "QA", digest }
+function refParts(ref) {
+  const m = typeof ref === "string" && /^weave:\/\/\/[^/]+\/[^/]+\/(?:object|op)\/([^:/]+):([^/]+)/.exec(ref);
+  return m ? { name: m[1], digest: m[2] } : null;
+}
+
+// the numbers of an evaluation's output by dotted path, in the order they come (weave's
+// summaries: {scorer: {field: {true_count, true_fraction} | {mean}}, model_latency: {mean}})
+function metricLeaves(value, path, out) {
+  if (typeof value === "number") out.set(path, value);
+  else if (value && typeof value === "object" && !Array.isArray(value)) {
+    for (const [k, v] of Object.entries(value)) metricLeaves(v, path ? `${path}.${k}` : k, out);
+  }
+  return out;
+}
+
+function formatMetric(path, value) {
+  if (/fraction$/.test(path)) return `${(value * 100).toFixed(1)}%`;
+  if (Number.isInteger(value)) return value.toLocaleString();
+  return value.toLocaleString(undefined, { maximumSignificantDigits: 4 });
+}
+
+// what tells one model from another: its class and its settings (not its ops or refs)
+function modelLabel(ref, val) {
+  const parts = refParts(ref);
+  if (!parts) return typeof ref === "string" ? ref : JSON.stringify(ref);
+  if (!val || typeof val !== "object") return parts.name;
+  const settings = Object.entries(val)
+    .filter(([k, v]) => !k.startsWith("_") && v !== null && typeof v !== "object" &&
+            !(typeof v === "string" && v.startsWith("weave:///")))
+    .map(([k, v]) => `${k}=${v}`);
+  return settings.length ? `${parts.name} (${settings.join(", ")})` : parts.name;
+}
+
+// each ref's value; one the server no longer has (deleted, or never sent: weave's client
+// skips objects its disk cache says it created, even on another server) stays unresolved
+async function readRefs(refs) {
+  if (!refs.length) return new Map();
+  try {
+    const { vals } = await getJson("/refs/read_batch", { refs });
+    return new Map(refs.map((r, i) => [r, vals[i]]));
+  } catch (err) {
+    const vals = await Promise.all(refs.map((ref) =>
+      getJson("/refs/read_batch", { refs: [ref] }).then((res) => res.vals[0], () => null)));
+    return new Map(refs.map((r, i) => [r, vals[i]]));
+  }
+}
+
+function evalParams() {
+  const s = new URLSearchParams(location.search);
+  return { name: s.get("eval") || "", page: Math.max(0, parseInt(s.get("page") || "0", 10) || 0) };
+}
+
+function evalHref(params) {
+  const s = new URLSearchParams();
+  if (params.name) s.set("eval", params.name);
+  if (params.page) s.set("page", String(params.page));
+  const text = s.toString();
+  return location.pathname + (text ? "?" + text : "");
+}
+
+async function evaluationsPage(project) {
+  const params = evalParams();
+  show(el("h1", {}, "Evaluations"), el("p", { class: "muted" }, "Loading…"));
+  // every version of weave's op, and the plain name engine's own tracer writes
+  const filter = { op_names: [`weave:///${project}/op/${EVAL_OP}:*`, EVAL_OP] };
+  if (params.name) filter.input_refs = [`weave:///${project}/object/${params.name}:*`];
+  const [stats, calls, { objs }] = await Promise.all([
+    getJson("/calls/query_stats", { project_id: project, filter }),
+    getLines("/calls/stream_query", { project_id: project, filter, limit: PAGE_ROWS,
+      offset: params.page * PAGE_ROWS, sort_by: [{ field: "started_at", direction: "desc" }] }),
+    getJson("/objs/query", { project_id: project,
+      filter: { base_object_classes: ["Evaluation"], latest_only: true }, limit: 1000 }),
+  ]);
+  const refs = [...new Set(calls.flatMap((c) => [(c.inputs || {}).model, (c.inputs || {}).self])
+    .filter((r) => refParts(r)))];
+  const resolved = await readRefs(refs);
+  const metrics = new Map(calls.map((c) => [c.id, metricLeaves(c.output, "", new Map())]));
+  const columns = [...new Set([...metrics.values()].flatMap((m) => [...m.keys()]))].slice(0, METRIC_COLUMNS);
+
+  const names = [...new Set(objs.map((o) => o.object_id))].sort();
+  const choice = el("select", { id: "f-eval", onchange: () => go(evalHref({ name: choice.value, page: 0 })) },
+    el("option", { value: "" }, "every evaluation"),
+    names.map((n) => el("option", { value: n, selected: n === params.name }, n)));
+  const rows = calls.map((call) => {
+    const inputs = call.inputs || {}, counts = (call.summary || {}).status_counts || {};
+    const evalRef = refParts(inputs.self), status = statusOf(call), m = metrics.get(call.id);
+    return el("tr", { class: "row", "data-id": call.id, onclick: () => go(callHref(project, call.id)) },
+      el("td", {}, link(callHref(project, call.id), call.display_name || opLabel(call.op_name))),
+      el("td", {}, evalRef ? evalRef.name : ""),
+      el("td", { class: "model", title: typeof inputs.model === "string" ? inputs.model : undefined },
+        modelLabel(inputs.model, resolved.get(inputs.model))),
+      el("td", {}, el("span", { class: `status ${status}` }, status)),
+      el("td", { class: "num" }, (counts.success || 0) + (counts.error || 0) || ""),
+      el("td", { class: "num" + (counts.error ? " error" : "") }, counts.error || ""),
+      el("td", {}, formatTime(call.started_at)),
+      columns.map((path) => el("td", { class: "num" }, m.has(path) ? formatMetric(path, m.get(path)) : "")));
+  });
+  const head = ["Evaluation run", "Evaluation", "Model", "Status", "Calls", "Errors", "Started"]
+    .map((h, i) => el("th", { class: [4, 5].includes(i) ? "num" : undefined }, h))
+    .concat(columns.map((path) => {
+      const [scorer, ...rest] = path.split(".");
+      return el("th", { class: "num metric", title: path }, scorer, rest.length ? el("br") : null,
+        rest.length ? el("span", { class: "muted" }, rest.join(".")) : null);
+    }));
+  const first = params.page * PAGE_ROWS;
+  const pager = el("div", { class: "pager" },
+    el("button", { id: "prev", disabled: params.page === 0,
+                   onclick: () => go(evalHref({ ...params, page: params.page - 1 })) }, "← Newer"),
+    el("span", { id: "range" }, stats.count ? `${(first + 1).toLocaleString()}–${(first + calls.length).toLocaleString()} of ${stats.count.toLocaleString()} evaluation runs` : "no evaluation runs"),
+    el("button", { id: "next", disabled: first + calls.length >= stats.count,
+                   onclick: () => go(evalHref({ ...params, page: params.page + 1 })) }, "Older →"));
+  show(el("h1", {}, "Evaluations"),
+    el("div", { class: "filters" }, choice,
+      el("span", { class: "muted" }, "weave's Evaluation.evaluate runs, newest first; each score column is a number of their output")),
+    calls.length ? el("div", { class: "wide" }, el("table", { id: "evaluations" },
+      el("thead", {}, el("tr", {}, head)), el("tbody", {}, rows))) :
+      el("p", { class: "muted" }, "No evaluation runs in this project: weave's Evaluation.evaluate calls show here."),
+    pager);
+}
+
 // -- projects, navigation -------------------------------------------------------------------
 
 async function projectsPage() {
@@ -398,7 +524,8 @@ function renderNav(project, section) {
   if (!project) { nav.replaceChildren(); return; }
   const item = (name, href) => link(href, name, name.toLowerCase() === section ? "current" : undefined);
   nav.replaceChildren(el("span", { class: "project" }, project),
-    item("Calls", `/${project}/weave/calls`), item("Objects", `/${project}/weave/objects`),
+    item("Calls", `/${project}/weave/calls`), item("Evaluations", `/${project}/weave/evaluations`),
+    item("Objects", `/${project}/weave/objects`),
     item("Tables", `/${project}/weave/tables`));
 }
 
@@ -412,6 +539,7 @@ function render() {
   let section = "calls", page = () => callsPage(project);
   if (parts[2] === "r" && parts[3] === "call" && parts[4]) page = () => callPage(project, parts[4]);
   else if (parts[2] === "weave" && parts[3] === "calls" && parts[4]) page = () => callPage(project, parts[4]);
+  else if (parts[2] === "weave" && parts[3] === "evaluations") { section = "evaluations"; page = () => evaluationsPage(project); }
   else if (parts[2] === "weave" && parts[3] === "objects") { section = "objects"; page = () => objectsPage(project); }
   else if (parts[2] === "weave" && parts[3] === "tables") { section = "tables"; page = () => tablesPage(project); }
   renderNav(project, section);
