@@ -25,6 +25,9 @@ What it changes (see ``docs/peers-weave-0.54.md`` §5 for the hook points):
   The same hook gives the child fresh HTTP clients: kept-alive connections inherited from the
   parent would be written by several processes at once (requests interleave on the socket).
 - ``WeaveClient.flush()`` also waits until the engine delivered what was traced so far.
+- weave's disk cache of the server's answers gets a folder per store
+  (:mod:`engine.integrations._weave_cache`): with one for every server, objects created
+  on one server were never sent to the next (a fresh or wiped ``engine serve``).
 - Two per-call costs of weave's own ``@weave.op`` go (``is_op`` on every plain value, a
   failed ``import wandb`` per call): :mod:`engine.integrations._weave_speedups`.
 
@@ -59,7 +62,7 @@ import msgspec
 import _engine_weave_hook
 from engine.common import _env
 from engine.common._redact import redact_url
-from engine.integrations import _weave_speedups
+from engine.integrations import _weave_cache, _weave_speedups
 from engine.producer._engine import Engine
 from engine.producer._safe import write_safely
 from engine.producer._slot import ProducerSettings
@@ -133,8 +136,11 @@ def _engine_server_class() -> type:
 
         def set_auth(self, auth: Any) -> None:
             super().set_auth(auth)
-            # weave.init sets the credentials right after building us, in the owner process
-            _ensure_engine(self.trace_server_url, _api_key_of(self._credentials))
+            # weave.init sets the credentials right after building us, in the owner process,
+            # and builds its disk cache of the server's answers after that
+            api_key = _api_key_of(self._credentials)
+            _weave_cache.key_by_store(self.trace_server_url, api_key)
+            _ensure_engine(self.trace_server_url, api_key)
 
         def call_start(self, req: Mapping[str, Any]) -> Any:
             start = _with_ids(req["start"])

@@ -7,6 +7,8 @@ name their op, live with the other object and file routes in ``_routes_objects``
 
 from __future__ import annotations
 
+import logging
+
 import msgspec
 from aiohttp import web
 
@@ -18,6 +20,7 @@ from engine.server._state import state_of
 from engine.wire.query import ServerInfoRes
 
 routes = web.RouteTableDef()
+_log = logging.getLogger("engine.server")
 # the oldest weave client this server accepts: it does not turn any client away
 MIN_WEAVE_VERSION = "0.0.1"
 
@@ -29,8 +32,21 @@ async def server_info(request: web.Request) -> web.Response:
         trace_server_version=f"engine-{__version__}",
         accepts_encodings=list(ACCEPTED_ENCODINGS),
         machine=machine_token(),
+        store_id=await _store_id(request),
     )
     return ok(info)
+
+
+async def _store_id(request: web.Request) -> str | None:
+    """The store's id, asked once per server (it never changes under a running one); None
+    while the store cannot answer: weave.init asks /server_info and must get an answer."""
+    state = state_of(request)
+    if state.store_id is None:
+        try:
+            state.store_id = await state.store.store_id()
+        except Exception as exc:  # noqa: BLE001 - a store in trouble: the rest still answers
+            _log.debug("engine serve: the store's id is not readable now: %s", exc)
+    return state.store_id
 
 
 @routes.get("/health")

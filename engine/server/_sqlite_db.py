@@ -144,6 +144,11 @@ _MORE_MIGRATIONS = (
         updated_by TEXT
     );
     """,
+    # the file's own random id (Store.store_id), made once with the file or its upgrade
+    """
+    CREATE TABLE IF NOT EXISTS store_info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    INSERT OR IGNORE INTO store_info VALUES ('store_id', lower(hex(randomblob(16))));
+    """,
 )
 MIGRATIONS = {"calls": _CALLS_MIGRATIONS, "more": _MORE_MIGRATIONS}
 # What the query planner assumes until someone runs ANALYZE: a store holds many calls per

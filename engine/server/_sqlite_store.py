@@ -128,6 +128,11 @@ class SQLiteStore(Store):
     async def delete_calls(self, project_id: str, call_ids: list[str]) -> list[str]:
         return await self._db.write(calls.q_delete_calls, project_id, call_ids)
 
+    async def store_id(self) -> str | None:
+        rows = await self._db.read(calls.q_fetchall,
+                                   "SELECT value FROM store_info WHERE key = 'store_id'", [])
+        return rows[0][0] if rows else None
+
     async def retention_days(self, project_id: str) -> int | None:
         sql = "SELECT retention_days FROM project_settings WHERE project_id = ?"
         rows = await self._db.read(calls.q_fetchall, sql, [project_id])

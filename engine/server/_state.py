@@ -37,6 +37,7 @@ class ServerState:
         self.default_entity = default_entity
         self.counters = Counters()
         self.projects: set[tuple[str, str]] = set()  # created through GraphQL upsertModel
+        self.store_id: str | None = None  # the store's, once read (``/server_info``)
 
     async def read(self, request: web.Request) -> bytes:
         """The body, limited and decompressed, counted in ``counters``."""

@@ -279,6 +279,13 @@ class Store(abc.ABC):
     # calls one delete_calls_before takes at most (ingest and reads go on between them)
     retention_chunk = 5_000
 
+    async def store_id(self) -> str | None:
+        """An id of the data this store holds: the same for every server on it, new when the
+        data is (a fresh SQLite file, a recreated ClickHouse database); None when it has
+        none. ``/server_info`` answers it, so a client can key what it caches of a server by
+        it (the weave integration keys weave's disk cache of created objects by it)."""
+        return None
+
     @abc.abstractmethod
     async def retention_days(self, project_id: str) -> int | None:
         """Days the project's calls are kept after they start; None: until deleted."""

@@ -162,3 +162,5 @@ class ServerInfoRes(_Response, kw_only=True):
     accepts_encodings: list[str] = msgspec.field(default_factory=list)
     # engine's own: an opaque token of the machine the server runs on (engine.common._machine)
     machine: str | None = None
+    # engine's own: the id of the data the server's store holds (Store.store_id)
+    store_id: str | None = None

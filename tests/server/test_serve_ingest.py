@@ -16,6 +16,7 @@ def test_server_info_and_health_answer_with_both_fields_and_encodings(run, db_pa
     assert set(info) >= {"min_required_weave_python_version", "trace_server_version"}
     assert info["accepts_encodings"] == ["zstd", "gzip"]
     assert info["machine"] == machine_token()  # a sender on this machine sends plain bodies
+    assert len(info["store_id"]) == 32  # the file's own id (weave's cache is keyed by it)
     assert health == {"status": "ok", "store": "sqlite"}
 
 

@@ -230,3 +230,26 @@ def test_retention_settings_and_the_calls_deleted_past_them(store_run):
         "pruned": (3, 3),  # kid (20 s), new (30 s), moved (40 s); the starts at 70 s stay
         "after_prune": ["hinted", "lone_new", "lone_old"],
     }  # fmt: skip
+
+
+def test_the_store_has_an_id_of_its_data(store_run):
+    async def scenario(store):
+        return await store.store_id(), await store.store_id()
+
+    first, again = store_run(scenario)
+    assert isinstance(first, str) and len(first) >= 16 and first == again
+
+
+def test_a_sqlite_file_keeps_its_id_and_a_new_file_gets_another(tmp_path):
+    async def ids():
+        found = []
+        for name in ("a.db", "a.db", "b.db"):
+            store = SQLiteStore(tmp_path / name)
+            try:
+                found.append(await store.store_id())
+            finally:
+                await store.close()
+        return found
+
+    a, a_again, b = run_on("asyncio", ids())
+    assert a == a_again and a != b

@@ -80,3 +80,12 @@ def migrate(client: Any, migrations: list[Migration] | None = None) -> list[int]
                       column_names=["version", "name"])  # fmt: skip
         applied.append(migration.version)
     return applied
+
+
+def database_uuid(client: Any) -> str | None:
+    """The database's UUID (new when it is recreated; Atomic databases, the default, have
+    one), as :meth:`Store.store_id`; None for a database without one."""
+    rows = client.query("SELECT toString(uuid) FROM system.databases "
+                        "WHERE name = currentDatabase()").result_rows
+    uuid = rows[0][0] if rows else None
+    return None if not uuid or uuid.strip("0-") == "" else uuid

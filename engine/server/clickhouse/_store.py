@@ -46,7 +46,7 @@ from engine.server._store import (
 from engine.server._store_trouble import StoreTrouble, is_trouble
 from engine.server.clickhouse import _calls, _docs, _objects, _pages, _retention
 from engine.server.clickhouse._connect import PASSWORD_ENV, PASSWORD_FILE_ENV, Target, connect
-from engine.server.clickhouse._migrate import migrate
+from engine.server.clickhouse._migrate import database_uuid, migrate
 from engine.wire.query import CallsFilter
 
 T = TypeVar("T")
@@ -267,6 +267,9 @@ class ClickHouseStore(Store):
             body = _calls.delete_parts(project_id, doomed, self._clock.take(len(doomed)))
             _insert_parts(client, body, None)
         return list(doomed)
+
+    async def store_id(self) -> str | None:
+        return await self._run(database_uuid)
 
     async def retention_days(self, project_id: str) -> int | None:
         return await self._run(_retention.retention_days, project_id)

@@ -1,0 +1,85 @@
+"""weave 0.54.0 caches its server's answers on disk, ``obj_create`` included, in one folder
+for every server (``<tmp>/weave_trace_server_cache``) keyed by the request alone: an object
+created once is never sent to the next server. Through the engine's weave integration each
+store gets a folder of its own (``engine.integrations._weave_cache``)."""
+
+import json
+import os
+import stat
+import sys
+import textwrap
+import urllib.request
+
+import pytest
+
+from engine.server import serve_subprocess
+from tests.integrations.test_weave_integration import _run_program, _weave_env
+
+pytestmark = [pytest.mark.peers, pytest.mark.integration]
+
+try:
+    import weave  # noqa: F401
+except Exception:  # the peers extra is optional
+    pytestmark.append(pytest.mark.skip(reason="weave (the peers extra) is not importable"))
+
+PROJECT = "acme/cache"
+_PROGRAM = textwrap.dedent(
+    """
+    import weave
+    weave.init("acme/cache")
+    weave.publish(weave.Dataset(name="questions", rows=[{"q": "one"}, {"q": "two"}]))
+
+    @weave.op
+    def answer(q: str) -> str:
+        return q.upper()
+
+    answer("one")
+    """
+)
+
+
+def _objects(url: str) -> set[str]:
+    body = json.dumps({"project_id": PROJECT}).encode()
+    with urllib.request.urlopen(urllib.request.Request(url + "/objs/query", data=body),
+                                timeout=30) as resp:
+        return {obj["object_id"] for obj in json.loads(resp.read())["objs"]}
+
+
+def _run_on_two_fresh_servers(tmp_path, integration: bool, **extra_env: str) -> list[set[str]]:
+    """The same program against one fresh server, then another; the objects each holds."""
+    tmp = tmp_path / "tmp"  # weave's default cache folder and ours live in the temp dir
+    tmp.mkdir(exist_ok=True)
+    program = tmp_path / "program.py"
+    program.write_text(_PROGRAM)
+    stored = []
+    for name in ("first", "second"):
+        with serve_subprocess(tmp_path / f"{name}.db") as url:
+            env = _weave_env(url, str(tmp_path), enable_env=integration)
+            env.update(TMPDIR=str(tmp), **extra_env)
+            result = _run_program([sys.executable, str(program)], env)
+            assert result.returncode == 0, result.stderr[-3000:]
+            stored.append(_objects(url))
+    return stored
+
+
+def test_weave_alone_never_sends_a_second_server_what_it_created_on_the_first(tmp_path):
+    first, second = _run_on_two_fresh_servers(tmp_path, integration=False)
+    assert {"questions", "answer"} <= first
+    assert "questions" not in second and "answer" not in second  # answered from its cache
+
+
+def test_through_the_engine_each_store_gets_everything_weave_created(tmp_path):
+    first, second = _run_on_two_fresh_servers(tmp_path, integration=True)
+    assert {"questions", "answer"} <= first and {"questions", "answer"} <= second
+    folders = list((tmp_path / "tmp" / "weave_trace_server_cache-engine").iterdir())
+    assert len(folders) == 2  # one per store, private to the user
+    assert all(stat.S_IMODE(os.stat(f).st_mode) == 0o700 for f in folders)
+
+
+def test_a_cache_folder_the_user_chose_stands(tmp_path):
+    chosen = tmp_path / "my-cache"
+    first, second = _run_on_two_fresh_servers(tmp_path, integration=True,
+                                              WEAVE_SERVER_CACHE_DIR=str(chosen))
+    assert "questions" in first and "questions" not in second  # weave's behaviour, as asked
+    assert any(chosen.iterdir())
+    assert not (tmp_path / "tmp" / "weave_trace_server_cache-engine").exists()
