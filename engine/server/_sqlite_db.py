@@ -17,7 +17,6 @@ import logging
 import os
 import sqlite3
 import threading
-import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -277,21 +276,26 @@ class Checkpointer:
     A commit that finds the WAL past ``WAL_CHECKPOINT_PAGES`` copies it itself (SQLite's
     auto-checkpoint), and the writer waited for every page to be written again and the
     file's fsync: 37% of the writer thread's time in a profile of `engine ingest` into
-    SQLite. After each write the writer nudges this thread, which runs a PASSIVE checkpoint
-    (never waits for a lock; it copies what no reader still needs) at most every
-    ``spacing_s``; the writer's own checkpoint then finds little left to copy and restarts
-    the WAL, so the file stays near ``WAL_CHECKPOINT_PAGES`` (a checkpointer alone never
-    catches up with constant writes: the WAL grew to 11 GB when one was tried without the
-    writer's). The writer alone, 200k of the bench's 4 KB calls in 1,000-call transactions,
-    4 runs alternating: 57–59k → 67–75k calls/s.
+    SQLite. Once the writer has changed ``EVERY_ROWS`` rows since the last pass, this
+    thread runs a PASSIVE checkpoint (never waits for a lock; it copies what no reader
+    still needs), at most every ``spacing_s``; the writer's own checkpoint then finds
+    little left to copy and restarts the WAL, so the file stays near
+    ``WAL_CHECKPOINT_PAGES`` (a checkpointer alone never catches up with constant writes:
+    the WAL grew to 11 GB when one was tried without the writer's). A trickle of writes
+    never starts a pass (each is two fsyncs): as before, the WAL keeps it. The writer
+    alone, 200k of the bench's 4 KB calls in 1,000-call transactions, 4 runs alternating:
+    57–59k → 67–75k calls/s.
     """
+
+    EVERY_ROWS = 1_000  # ~4 MB of the bench's calls
 
     def __init__(self, path: Path, spacing_s: float = 0.05) -> None:
         self._path = path
         self._conn = connect(path)
         self._spacing_s = spacing_s
         self._due = threading.Event()
-        self._closing = False
+        self._closed = threading.Event()
+        self._rows_at_last = 0  # the writer's total_changes when a pass was last asked for
         self.passes = 0
         self.last: tuple[int, int, int] | None = None  # (busy, WAL frames, frames copied)
         self._failed_once = False
@@ -299,18 +303,22 @@ class Checkpointer:
                                         daemon=True)  # fmt: skip
         self._thread.start()
 
-    def nudge(self) -> None:
-        self._due.set()
+    def wrote(self, total_changes: int) -> None:
+        """Called on the writer thread after each write with its connection's
+        ``total_changes``; asks for a pass once enough rows changed."""
+        if total_changes - self._rows_at_last >= self.EVERY_ROWS:
+            self._rows_at_last = total_changes
+            self._due.set()
 
     def _run(self) -> None:
         try:
             while True:
                 self._due.wait()
-                if self._closing:
+                if self._closed.is_set():
                     return
                 self._due.clear()
                 self._checkpoint()
-                time.sleep(self._spacing_s)
+                self._closed.wait(self._spacing_s)
         finally:
             self._conn.close()
 
@@ -325,7 +333,7 @@ class Checkpointer:
                              "writer's commits copy it instead", self._path, exc)
 
     def close(self) -> None:
-        self._closing = True
+        self._closed.set()
         self._due.set()
         self._thread.join()
 
@@ -361,10 +369,13 @@ class Database:
         self._trouble = StoreTrouble()
 
     async def write(self, fn: Callable[..., T], *args: Any) -> T:
+        return await self._on(self._writer, self._write, fn, *args)
+
+    def _write(self, fn: Callable[..., T], *args: Any) -> T:
         try:
-            return await self._on(self._writer, fn, self._wconn, *args)
+            return fn(self._wconn, *args)
         finally:
-            self.checkpointer.nudge()
+            self.checkpointer.wrote(self._wconn.total_changes)
 
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(conn, *args)`` on one of the reader threads, with that thread's connection:

@@ -50,34 +50,43 @@ def test_every_connection_folds_the_wal_back_at_the_store_s_size_not_sqlite_s(tm
 
 
 def _insert_big_rows(conn, count):
+    first = conn.execute("SELECT count(*) FROM calls").fetchone()[0]
     with conn:
         conn.executemany("INSERT INTO calls (project_id, id, op_name, inputs) VALUES (?, ?, 'op', ?)",
-                         [("ent/proj", f"call-{i}", "x" * 4000) for i in range(count)])
+                         [("ent/proj", f"call-{first + i}", "x" * 4000) for i in range(count)])
 
 
 def test_the_wal_is_copied_back_beside_the_writer_not_by_its_commits(tmp_path):
-    """Below WAL_CHECKPOINT_PAGES the writer's commits leave every page in the WAL; the store's
-    checkpoint thread copies them into the file meanwhile (the writer alone: 57–59k → 67–75k
-    calls/s), and stops with the store."""
+    """Below WAL_CHECKPOINT_PAGES the writer's commits leave every page in the WAL; once
+    enough rows changed, the store's checkpoint thread copies them into the file meanwhile
+    (the writer alone: 57–59k → 67–75k calls/s); a trickle of writes starts no pass (each is
+    two fsyncs); the thread stops with the store."""
     import os
     import threading
+
+    from engine.server._sqlite_db import Checkpointer
 
     path = tmp_path / "t.db"
 
     async def go():
         db = Database(path)
         try:
-            before = os.path.getsize(path)
-            await db.write(_insert_big_rows, 500)  # ~2 MB: far below the writer's threshold
+            for _ in range(10):  # a trickle: a few calls now and then
+                await db.write(_insert_big_rows, 3)
+            await asyncio.sleep(0.3)
+            trickle = (db.checkpointer.passes, os.path.getsize(path))
+            # a load: ~6 MB, far below the writer's own threshold
+            await db.write(_insert_big_rows, Checkpointer.EVERY_ROWS + 500)
             deadline = time.monotonic() + 10
-            while os.path.getsize(path) < before + 1_500_000 and time.monotonic() < deadline:
+            while db.checkpointer.last is None and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
-            return before, os.path.getsize(path), db.checkpointer.last
+            return trickle, os.path.getsize(path), db.checkpointer.last
         finally:
             await db.close()
 
-    before, after, last = run_on("asyncio", go())
-    assert after >= before + 1_500_000, (before, after)  # the rows reached the file itself
+    (passes, before), after, last = run_on("asyncio", go())
+    assert passes == 0
+    assert after >= before + 4_000_000, (before, after)  # the rows reached the file itself
     busy, frames, copied = last
     assert busy == 0 and frames > 0 and copied == frames
     assert not [t for t in threading.enumerate() if t.name == "engine-store-checkpoint"]
