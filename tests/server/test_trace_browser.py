@@ -263,7 +263,7 @@ def test_evaluations_page_shows_weave_evaluation_runs_with_their_scores(browser,
         for column in ("Model", "Errors", "exact\ncorrect.true_fraction", "length\nmean",
                        "model_latency\nmean"):
             assert column in head, head
-        rows = [[td.text for td in r.find_elements(By.TAG_NAME, "td")]
+        rows = [[td.text for td in r.find_elements(By.TAG_NAME, "td")][1:]
                 for r in table.find_elements(By.CSS_SELECTOR, "tbody tr")]
         # newest first: qa-eval-strict on gpt-x, then qa-eval on gpt-y (one prediction failed), gpt-x
         assert rows[0][1:3] == ["qa-eval-strict", "QA (model_name=gpt-x, temperature=0)"], rows[0]
@@ -271,6 +271,37 @@ def test_evaluations_page_shows_weave_evaluation_runs_with_their_scores(browser,
         assert rows[1][5] == "1" and rows[0][5] == rows[2][5] == ""  # its one failed prediction
         assert "75.0%" in rows[2] and "0.0%" in rows[1]
         _screenshot(browser, tmp_path, "trace-browser-evaluations.png")
+
+        # the two qa-eval runs, example by example
+        compare = browser.find_element(By.ID, "compare-runs")
+        picks = browser.find_elements(By.CSS_SELECTOR, "#evaluations input.pick")
+        picks[1].click()
+        assert not compare.is_enabled()  # one run: nothing to compare yet
+        picks[2].click()
+        compare.click()
+        _wait(browser, "#differing", "6 of 8 examples differ")
+        runs = browser.find_element(By.ID, "runs").text
+        assert runs.index("gpt-y") < runs.index("gpt-x")  # in the list's order, newest first
+        lines = [[td.text for td in r.find_elements(By.TAG_NAME, "td")]
+                 for r in browser.find_elements(By.CSS_SELECTOR, "#compare tbody tr")]
+        assert len(lines) == 8
+        assert "null" not in browser.find_element(By.ID, "main").text
+        first = lines[0]  # q0, expected "x": neither model is right
+        # gpt-y answers the question it got, which weave stores as a ref to the row's value:
+        # shown as that value
+        assert '"question":"q0"' in first[0] and first[1:3] == ['{"answer":"q0"}', '{"answer":"Q0"}']
+        assert first[3:5] == ["✗", "✗"]  # exact.correct, gpt-y then gpt-x
+        fifth = lines[5]  # q5: gpt-y failed (no output, no score), gpt-x right
+        assert fifth[1] == "no output" and fifth[3:5] == ["", "✓"]
+        _screenshot(browser, tmp_path, "trace-browser-compare.png")
+        browser.find_element(By.ID, "f-differ").click()
+        _wait(browser, "#differing", "6 of 8")
+        _wait(browser, "#f-differ")
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#compare tbody tr")) == 6
+        assert "differ=1" in browser.current_url
+        _no_console_errors(browser)
+        browser.get(f"{url}/acme/evals/weave/evaluations")
+        _wait(browser, "#range", "1–3 of 3 evaluation runs")
 
         Select(browser.find_element(By.ID, "f-eval")).select_by_value("qa-eval")
         _wait(browser, "#range", "1–2 of 2 evaluation runs")
@@ -293,7 +324,7 @@ def test_evaluations_page_shows_weave_evaluation_runs_with_their_scores(browser,
                                    "digests": [gone.rsplit(":", 1)[1]]})
         browser.get(f"{url}/acme/evals/weave/evaluations")
         _wait(browser, "#range", "1–3 of 3 evaluation runs")
-        models = [r.find_elements(By.TAG_NAME, "td")[2].text
+        models = [r.find_elements(By.TAG_NAME, "td")[3].text
                   for r in browser.find_elements(By.CSS_SELECTOR, "#evaluations tbody tr")]
         assert models == ["QA (model_name=gpt-x, temperature=0)", "QA",
                           "QA (model_name=gpt-x, temperature=0)"], models

@@ -61,7 +61,7 @@ function link(href, text, cls) {
 
 function show(...nodes) {
   const main = document.getElementById("main");
-  main.replaceChildren(...nodes);
+  main.replaceChildren(...nodes.flat(Infinity).filter((n) => n !== null && n !== undefined && n !== false));
 }
 
 function go(href) {
@@ -461,10 +461,21 @@ async function evaluationsPage(project) {
   const choice = el("select", { id: "f-eval", onchange: () => go(evalHref({ name: choice.value, page: 0 })) },
     el("option", { value: "" }, "every evaluation"),
     names.map((n) => el("option", { value: n, selected: n === params.name }, n)));
+  const picked = [];
+  const compare = el("button", { id: "compare-runs", disabled: true, onclick: () => go(
+    `/${project}/weave/evaluations/compare?calls=${calls.filter((c) => picked.includes(c.id)).map((c) => c.id).join(",")}`) },
+    "Compare selected");
+  const pick = (id) => el("input", { type: "checkbox", class: "pick", title: "compare this run",
+    onclick: (ev) => {
+      ev.stopPropagation();
+      if (ev.target.checked) picked.push(id); else picked.splice(picked.indexOf(id), 1);
+      compare.disabled = picked.length < 2;
+    } });
   const rows = calls.map((call) => {
     const inputs = call.inputs || {}, counts = (call.summary || {}).status_counts || {};
     const evalRef = refParts(inputs.self), status = statusOf(call), m = metrics.get(call.id);
     return el("tr", { class: "row", "data-id": call.id, onclick: () => go(callHref(project, call.id)) },
+      el("td", {}, pick(call.id)),
       el("td", {}, link(callHref(project, call.id), call.display_name || opLabel(call.op_name))),
       el("td", {}, evalRef ? evalRef.name : ""),
       el("td", { class: "model", title: typeof inputs.model === "string" ? inputs.model : undefined },
@@ -475,8 +486,8 @@ async function evaluationsPage(project) {
       el("td", {}, formatTime(call.started_at)),
       columns.map((path) => el("td", { class: "num" }, m.has(path) ? formatMetric(path, m.get(path)) : "")));
   });
-  const head = ["Evaluation run", "Evaluation", "Model", "Status", "Calls", "Errors", "Started"]
-    .map((h, i) => el("th", { class: [4, 5].includes(i) ? "num" : undefined }, h))
+  const head = ["", "Evaluation run", "Evaluation", "Model", "Status", "Calls", "Errors", "Started"]
+    .map((h, i) => el("th", { class: [5, 6].includes(i) ? "num" : undefined }, h))
     .concat(columns.map((path) => {
       const [scorer, ...rest] = path.split(".");
       return el("th", { class: "num metric", title: path }, scorer, rest.length ? el("br") : null,
@@ -490,12 +501,144 @@ async function evaluationsPage(project) {
     el("button", { id: "next", disabled: first + calls.length >= stats.count,
                    onclick: () => go(evalHref({ ...params, page: params.page + 1 })) }, "Older →"));
   show(el("h1", {}, "Evaluations"),
-    el("div", { class: "filters" }, choice,
-      el("span", { class: "muted" }, "weave's Evaluation.evaluate runs, newest first; each score column is a number of their output")),
+    el("div", { class: "filters" }, choice, compare,
+      el("span", { class: "muted" }, "weave's Evaluation.evaluate runs, newest first; each score column is a number of their output; tick two or more to compare them example by example")),
     calls.length ? el("div", { class: "wide" }, el("table", { id: "evaluations" },
       el("thead", {}, el("tr", {}, head)), el("tbody", {}, rows))) :
       el("p", { class: "muted" }, "No evaluation runs in this project: weave's Evaluation.evaluate calls show here."),
     pager);
+}
+
+// -- two or more evaluation runs, example by example ------------------------------------------
+
+const PREDICT_OP = "Evaluation.predict_and_score";
+const COMPARE_MAX_EXAMPLES = 5000;
+const COMPARE_MAX_REFS = 10000;
+const CELL_CHARS = 160;
+
+function short(value) {
+  if (value === undefined) return "";
+  const text = typeof value === "string" ? value : JSON.stringify(value);
+  return text.length > CELL_CHARS ? text.slice(0, CELL_CHARS - 1) + "…" : text;
+}
+
+// a score's leaves by dotted path: numbers and booleans (weave's scorers return either, or
+// a dict of them)
+function scoreLeaves(value, path, out) {
+  if (typeof value === "number" || typeof value === "boolean") out.set(path, value);
+  else if (value && typeof value === "object" && !Array.isArray(value)) {
+    for (const [k, v] of Object.entries(value)) scoreLeaves(v, path ? `${path}.${k}` : k, out);
+  }
+  return out;
+}
+
+function formatScore(value) {
+  if (value === undefined) return "";
+  if (typeof value === "boolean") return value ? "✓" : "✗";
+  return Number.isInteger(value) ? String(value) : value.toLocaleString(undefined, { maximumSignificantDigits: 4 });
+}
+
+// the weave refs inside a value (weave stores a value a model passed through unchanged,
+// a dataset row's field, as a ref to it)
+function refsIn(value, found, depth = 0) {
+  if (typeof value === "string") { if (value.startsWith("weave:///")) found.add(value); }
+  else if (value && typeof value === "object" && depth < 8) {
+    for (const v of Object.values(value)) refsIn(v, found, depth + 1);
+  }
+  return found;
+}
+
+function withRefsRead(value, resolved, depth = 0) {
+  if (typeof value === "string") {
+    const read = resolved.get(value);
+    return read === undefined || read === null ? value : read;
+  }
+  if (!value || typeof value !== "object" || depth >= 8) return value;
+  if (Array.isArray(value)) return value.map((v) => withRefsRead(v, resolved, depth + 1));
+  return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, withRefsRead(v, resolved, depth + 1)]));
+}
+
+function exampleKey(example) {
+  return typeof example === "string" ? example : JSON.stringify(example);
+}
+
+async function comparePage(project) {
+  const ids = (new URLSearchParams(location.search).get("calls") || "").split(",").filter(Boolean);
+  const onlyDiffering = new URLSearchParams(location.search).get("differ") === "1";
+  show(el("h1", {}, "Compare evaluation runs"), el("p", { class: "muted" }, "Loading…"));
+  if (ids.length < 2) {
+    show(el("h1", {}, "Compare evaluation runs"), el("p", { class: "error", id: "error" },
+      "Pick two or more runs on the Evaluations page to compare them."),
+      link(`/${project}/weave/evaluations`, "Evaluations"));
+    return;
+  }
+  const runs = await getLines("/calls/stream_query", { project_id: project, filter: { call_ids: ids } });
+  runs.sort((a, b) => ids.indexOf(a.id) - ids.indexOf(b.id));
+  const predictOps = [`weave:///${project}/op/${PREDICT_OP}:*`, PREDICT_OP];
+  const children = await Promise.all(runs.map((run) => getLines("/calls/stream_query", {
+    project_id: project, filter: { parent_ids: [run.id], op_names: predictOps },
+    limit: COMPARE_MAX_EXAMPLES, sort_by: [{ field: "started_at", direction: "asc" }] })));
+  const models = await readRefs([...new Set(runs.map((r) => (r.inputs || {}).model).filter((m) => refParts(m)))]);
+
+  // one row per example, in the order the first run met them
+  const examples = new Map();
+  children.forEach((calls, at) => {
+    for (const call of calls) {
+      const key = exampleKey((call.inputs || {}).example);
+      if (!examples.has(key)) examples.set(key, { example: (call.inputs || {}).example, byRun: new Array(runs.length) });
+      examples.get(key).byRun[at] = call;
+    }
+  });
+  // examples given as refs to dataset rows, and refs inside outputs, read in one go
+  const found = new Set();
+  for (const entry of examples.values()) {
+    refsIn(entry.example, found);
+    for (const call of entry.byRun) if (call) refsIn((call.output || {}).output, found);
+  }
+  const exampleVals = await readRefs([...found].slice(0, COMPARE_MAX_REFS));
+  const scoresOf = (call) => (call && !call.exception ? scoreLeaves(((call.output || {}).scores), "", new Map()) : new Map());
+  const paths = [...new Set([...examples.values()].flatMap((e) => e.byRun.flatMap((c) => [...scoresOf(c).keys()])))];
+  const rows = [];
+  let differing = 0;
+  for (const entry of examples.values()) {
+    const scores = entry.byRun.map(scoresOf);
+    const differs = entry.byRun.some((c) => !c || c.exception) !== entry.byRun.every((c) => !c || c.exception) ||
+      paths.some((p) => new Set(scores.map((s) => JSON.stringify(s.get(p)))).size > 1);
+    if (differs) differing += 1;
+    if (onlyDiffering && !differs) continue;
+    const shown = withRefsRead(entry.example, exampleVals);
+    rows.push(el("tr", { class: differs ? "differs" : undefined },
+      el("td", { class: "example" }, short(shown)),
+      entry.byRun.map((call) => el("td", { class: "output" }, !call ? el("span", { class: "muted" }, "not run")
+        : call.exception ? el("span", { class: "status error", title: call.exception }, "error")
+        : (call.output || {}).output == null ? link(callHref(project, call.id), "no output", "muted")
+        : link(callHref(project, call.id), short(withRefsRead(call.output.output, exampleVals))))),
+      paths.map((p) => scores.map((s, at) => el("td", { class: "num" + (at === 0 ? " first" : "") }, formatScore(s.get(p)))))));
+  }
+  const runLabel = (run) => run.display_name || opLabel(run.op_name);
+  const head = [
+    el("tr", {}, el("th", { rowspan: 2 }, "Example"),
+      el("th", { colspan: runs.length }, "Output"),
+      paths.map((p) => el("th", { colspan: runs.length, class: "num first" }, p))),
+    el("tr", {}, runs.map((r) => el("th", {}, runLabel(r))),
+      paths.map(() => runs.map((r, at) => el("th", { class: "num" + (at === 0 ? " first" : "") }, `#${at + 1}`)))),
+  ];
+  const toggle = el("input", { type: "checkbox", id: "f-differ", checked: onlyDiffering, onchange: () => {
+    const s = new URLSearchParams(location.search);
+    if (toggle.checked) s.set("differ", "1"); else s.delete("differ");
+    go(location.pathname + "?" + s.toString());
+  } });
+  const legend = el("ol", { class: "runs", id: "runs" }, runs.map((run) => el("li", {},
+    link(callHref(project, run.id), runLabel(run)), " · ",
+    modelLabel((run.inputs || {}).model, models.get((run.inputs || {}).model)),
+    " · ", el("span", { class: "muted" }, formatTime(run.started_at)))));
+  show(el("h1", {}, "Compare evaluation runs"), legend,
+    el("div", { class: "filters" }, el("label", {}, toggle, " only examples whose scores differ"),
+      el("span", { id: "differing", class: "muted" },
+        `${differing.toLocaleString()} of ${examples.size.toLocaleString()} examples differ`)),
+    el("div", { class: "wide" }, el("table", { id: "compare" }, el("thead", {}, head), el("tbody", {}, rows))),
+    children.some((c) => c.length >= COMPARE_MAX_EXAMPLES)
+      ? el("p", { class: "muted" }, `first ${COMPARE_MAX_EXAMPLES.toLocaleString()} examples of each run`) : null);
 }
 
 // -- projects, navigation -------------------------------------------------------------------
@@ -539,6 +682,7 @@ function render() {
   let section = "calls", page = () => callsPage(project);
   if (parts[2] === "r" && parts[3] === "call" && parts[4]) page = () => callPage(project, parts[4]);
   else if (parts[2] === "weave" && parts[3] === "calls" && parts[4]) page = () => callPage(project, parts[4]);
+  else if (parts[2] === "weave" && parts[3] === "evaluations" && parts[4] === "compare") { section = "evaluations"; page = () => comparePage(project); }
   else if (parts[2] === "weave" && parts[3] === "evaluations") { section = "evaluations"; page = () => evaluationsPage(project); }
   else if (parts[2] === "weave" && parts[3] === "objects") { section = "objects"; page = () => objectsPage(project); }
   else if (parts[2] === "weave" && parts[3] === "tables") { section = "tables"; page = () => tablesPage(project); }
