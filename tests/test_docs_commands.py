@@ -31,7 +31,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-COMMANDS = ("serve", "demo", "relay", "ingest", "replay", "stats", "calls", "doctor")
+COMMANDS = ("serve", "demo", "relay", "ingest", "replay", "stats", "calls", "copy", "doctor")
 NOT_RUN = ("scripts/test", "scripts/bench", "python -m bench")
 PROJECT = "docs/test"
 BOUND_S = 240
@@ -76,6 +76,7 @@ def concrete(command: str, things: dict[str, str]) -> list[str]:
         elif word.startswith("chdb:///"):
             word = f"chdb://{things['chdb_dir']}"
         out.append({"URL": things["url"], "THAT_URL": things["url"], "PID": things["pid"],
+                    "OTHER_URL": things["other_url"],
                     "e/p": PROJECT, "N": "2"}.get(word, word))
     if out[:2] == ["engine", "serve"] and "--port" not in out:
         out += ["--port", "0"]  # not 6345: other runs on this machine may hold it
@@ -125,9 +126,10 @@ def things(tmp_path_factory):
     env = {**{k: v for k, v in os.environ.items() if not k.startswith(("ENGINE_", "WANDB_", "WF_"))},
            "XDG_DATA_HOME": str(tmp / "data"), "XDG_STATE_HOME": str(tmp / "state")}
     # commands shown without a URL mean the local server: here, the one started for the run
-    with serve_subprocess(tmp / "served.db") as url, _owner(url) as (pid, ring_dir):
+    with serve_subprocess(tmp / "served.db") as url, _owner(url) as (pid, ring_dir), \
+            serve_subprocess(tmp / "other.db") as other_url:
         env["ENGINE_URL"] = url
-        yield {"url": url, "db": str(tmp / "cli.db"), "ingest_file": str(ingest_file),
+        yield {"url": url, "other_url": other_url, "db": str(tmp / "cli.db"), "ingest_file": str(ingest_file),
                "dead_letters": str(dead), "spool_dir": str(tmp / "spool"), "env": env,
                "chdb_dir": str(tmp / "chdb"), "pid": str(pid), "ring_dir": ring_dir,
                "keys_file": str(keys_file)}

@@ -1,4 +1,4 @@
-"""The ``engine`` command: serve, demo, relay, ingest, replay, stats, calls, doctor
+"""The ``engine`` command: serve, demo, relay, ingest, replay, stats, calls, copy, doctor
 (``python -m engine``).
 
 Each command lives in its own module (``engine/cli/_<command>.py``) with an ``add(subparsers)``
@@ -31,7 +31,7 @@ from engine.common import _env
 from engine.common._config import check_environment
 from engine.common._errors import ConfigError, EngineError
 
-COMMANDS = ("serve", "demo", "relay", "ingest", "replay", "stats", "calls", "doctor")
+COMMANDS = ("serve", "demo", "relay", "ingest", "replay", "stats", "calls", "copy", "doctor")
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C

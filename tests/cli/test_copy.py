@@ -1,0 +1,113 @@
+"""``engine copy``: a project moved from ``engine serve`` on SQLite to one on ClickHouse
+(chDB embedded) over HTTP, end to end: weave 0.54.0's own Evaluation (ops, models, a
+dataset table, scorer feedback), a running call, an object with two versions, a price.
+Everything reads back the same on the target, and a second copy changes nothing."""
+
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+
+import pytest
+
+from engine.server import serve_subprocess
+from tests.server.test_trace_browser import _EVALUATIONS
+
+pytestmark = [pytest.mark.integration, pytest.mark.peers]
+
+PROJECT = "acme/evals"
+
+
+def _post(url: str, path: str, body: dict):
+    request = urllib.request.Request(url + path, data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as resp:
+        data = resp.read()
+    if path.endswith("stream_query"):
+        return [json.loads(line) for line in data.splitlines() if line.strip()]
+    return json.loads(data)
+
+
+def _populate(url: str, tmp_path) -> None:
+    (tmp_path / "home").mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "WEAVE_", "WF_", "ENGINE_"))}
+    env.update(WF_TRACE_SERVER_URL=url, WANDB_BASE_URL=url, HOME=str(tmp_path / "home"),
+               WANDB_API_KEY="0123456789abcdef0123456789abcdef01234567",
+               WEAVE_PRINT_CALL_LINK="false", NO_PROXY="127.0.0.1,localhost",
+               WEAVE_SERVER_CACHE_DIR=str(tmp_path / "weave-cache"))
+    subprocess.run([sys.executable, "-c", _EVALUATIONS], env=env, timeout=300, check=True,
+                   capture_output=True)
+    for value in ({"threshold": 0.5}, {"threshold": 0.7}):  # two versions of one object
+        _post(url, "/obj/create", {"obj": {"project_id": PROJECT, "object_id": "settings",
+                                           "val": value}})
+    _post(url, "/call/start", {"start": {"project_id": PROJECT, "id": "still-running",
+                                         "op_name": "long_job", "trace_id": "t-running",
+                                         "started_at": "2026-12-05T10:00:00Z",
+                                         "attributes": {}, "inputs": {"n": 1}}})
+    some_call = _post(url, "/calls/stream_query", {"project_id": PROJECT, "limit": 1})[0]["id"]
+    _post(url, "/feedback/create", {"project_id": PROJECT, "feedback_type": "wandb.note.1",
+                                    "weave_ref": f"weave:///{PROJECT}/call/{some_call}",
+                                    "payload": {"note": "looks wrong"}})
+    _post(url, "/cost/create", {"project_id": PROJECT, "costs": {"gpt-x": {
+        "prompt_token_cost": 0.01, "completion_token_cost": 0.03,
+        "effective_date": "2026-01-01T00:00:00Z"}}})
+
+
+def _snapshot(url: str) -> dict:
+    calls = sorted(_post(url, "/calls/stream_query", {"project_id": PROJECT}), key=lambda c: c["id"])
+    for call in calls:
+        call.pop("storage_size_bytes", None), call.pop("total_storage_size_bytes", None)
+    objs = sorted((o["object_id"], o["version_index"], o["digest"], o["kind"],
+                   o["base_object_class"], json.dumps(o["val"], sort_keys=True))
+                  for o in _post(url, "/objs/query", {"project_id": PROJECT})["objs"])
+    tables = {}
+    for obj in _post(url, "/objs/query", {"project_id": PROJECT})["objs"]:
+        rows = obj["val"].get("rows") if isinstance(obj["val"], dict) else None
+        if isinstance(rows, str) and "/table/" in rows:
+            digest = rows.rsplit("/", 1)[1]
+            tables[digest] = [r["val"] for r in _post(url, "/table/query",
+                                                      {"project_id": PROJECT, "digest": digest})["rows"]]
+    feedback = sorted((f["id"], f["weave_ref"], f["feedback_type"], json.dumps(f["payload"], sort_keys=True))
+                      for f in _post(url, "/feedback/query", {"project_id": PROJECT})["result"])
+    costs = sorted((c["llm_id"], c["prompt_token_cost"], c["completion_token_cost"], c["effective_date"])
+                   for c in _post(url, "/cost/query", {"project_id": PROJECT})["results"])
+    return {"calls": calls, "objects": objs, "tables": tables, "feedback": feedback, "costs": costs}
+
+
+def _copy(source: str, target: str, *extra: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ENGINE_")}
+    return subprocess.run([sys.executable, "-m", "engine", "copy", "--from", source, "--to", target,
+                           *extra], capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_a_project_copied_from_sqlite_to_clickhouse_reads_back_the_same(tmp_path):
+    with serve_subprocess(tmp_path / "source.db") as source, \
+            serve_subprocess(store=f"chdb:///{tmp_path / 'target'}") as target:
+        _populate(source, tmp_path)
+        before = _snapshot(source)
+        assert len(before["calls"]) > 90 and len(before["tables"]) >= 2  # the dataset, the results
+        assert {f[2] for f in before["feedback"]} >= {"wandb.note.1", "wandb.runnable.exact"}
+        assert [o[:2] for o in before["objects"] if o[0] == "settings"] == [("settings", 0), ("settings", 1)]
+
+        first = _copy(source, target)  # every project the source lists
+        assert first.returncode == 0, first.stderr
+        assert f"{PROJECT}: {len(before['calls'])} calls" in first.stdout
+        after = _snapshot(target)
+        assert after == before
+        running = next(c for c in after["calls"] if c["id"] == "still-running")
+        assert running["ended_at"] is None and running["summary"]["weave"]["status"] == "running"
+
+        again = _copy(source, target, "--project", PROJECT)  # resumes: nothing added
+        assert again.returncode == 0, again.stderr
+        assert "1 prices (1 already there)" not in again.stdout and "0 prices (1 already there)" in again.stdout
+        assert _snapshot(target) == before
+
+
+def test_copy_refuses_the_same_server_and_names_an_unreachable_one(tmp_path):
+    with serve_subprocess(tmp_path / "a.db") as url:
+        same = _copy(url, url + "/")
+        assert same.returncode == 2 and "same server" in same.stderr
+        gone = _copy(url, "http://127.0.0.1:9")
+        assert gone.returncode == 1 and "127.0.0.1:9" in gone.stderr
+        assert len(gone.stderr.strip().splitlines()) == 1
