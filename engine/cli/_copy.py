@@ -136,10 +136,7 @@ def copy_project(source: Any, target: Any, project: str) -> Copied:
         _refs_in(version["val"], project, tables, files)
         done.labels_not_copied += len(version.get("tags") or []) + len(
             [a for a in version.get("aliases") or [] if a != "latest"])
-    for digest, name in sorted(files.items()):
-        _copy_file(source, target, project, digest, name, done)
-    for digest in sorted(tables):
-        _copy_table(source, target, project, digest, done)
+    _copy_named(source, target, project, tables, files, done)
     for version in versions:
         # the value carries its class markers (a builtin class's too, as stored): the target
         # derives the object's classes from them as the source did
@@ -148,10 +145,21 @@ def copy_project(source: Any, target: Any, project: str) -> Copied:
         digest = target.obj_create({"obj": obj}).digest
         _check(done, f"{version['object_id']}:{version['digest']}", version["digest"], digest)
         done.objects += 1
-    _copy_calls(source, target, project, done)
+    called_tables, called_files = _copy_calls(source, target, project, done)
+    # what only calls name (an image or audio input, a table passed to an op)
+    _copy_named(source, target, project, called_tables - tables,
+                {d: n for d, n in called_files.items() if d not in files}, done)
     _copy_feedback(source, target, project, done)
     _copy_costs(source, target, project, done)
     return done
+
+
+def _copy_named(source: Any, target: Any, project: str, tables: set[str],
+                files: dict[str, str], done: Copied) -> None:
+    for digest, name in sorted(files.items()):
+        _copy_file(source, target, project, digest, name, done)
+    for digest in sorted(tables):
+        _copy_table(source, target, project, digest, done)
 
 
 def _check(done: Copied, name: str, wanted: str, got: str) -> None:
@@ -231,11 +239,17 @@ def _chunks(items: list[Any], most: int) -> Iterator[list[Any]]:
         yield chunk
 
 
-def _copy_calls(source: Any, target: Any, project: str, done: Copied) -> None:
+def _copy_calls(source: Any, target: Any, project: str,
+                done: Copied) -> tuple[set[str], dict[str, str]]:
+    """Every call, oldest first; returns the tables and files the calls name."""
     stream = source.calls_query_stream({"project_id": project,
                                         "sort_by": [{"field": "started_at", "direction": "asc"}]})
+    tables: set[str] = set()
+    files: dict[str, str] = {}
     items: list[dict[str, Any]] = []
     for call in map(_builtins, stream):
+        for part in ("inputs", "output", "attributes"):
+            _refs_in(call.get(part), project, tables, files)
         start = {k: call[k] for k in _START_FIELDS if call.get(k) is not None}
         start.setdefault("attributes", {})
         start.setdefault("inputs", {})
@@ -251,6 +265,7 @@ def _copy_calls(source: Any, target: Any, project: str, done: Copied) -> None:
             items = []
     if items:
         _post_calls(target, items)
+    return tables, files
 
 
 def _post_calls(target: Any, items: list[dict[str, Any]]) -> None:

@@ -45,6 +45,20 @@ def _populate(url: str, tmp_path) -> None:
                                          "op_name": "long_job", "trace_id": "t-running",
                                          "started_at": "2026-12-05T10:00:00Z",
                                          "attributes": {}, "inputs": {"n": 1}}})
+    # a call that alone names a file (an image input, as weave stores one) and a table
+    from engine.client import RemoteHTTPTraceServer
+
+    with RemoteHTTPTraceServer(url) as client:
+        image = client.file_create({"project_id": PROJECT, "name": "image.png",
+                                    "content": b"\x89PNG not really"}).digest
+    table = _post(url, "/table/create", {"table": {"project_id": PROJECT, "rows": [
+        {"x": 1}, {"x": 2}]}})["digest"]
+    _post(url, "/call/start", {"start": {
+        "project_id": PROJECT, "id": "with-image", "op_name": "describe", "trace_id": "t-image",
+        "started_at": "2026-12-05T10:00:01Z", "attributes": {}, "inputs": {
+            "image": {"_type": "CustomWeaveType", "weave_type": {"type": "PIL.Image.Image"},
+                      "files": {"image.png": image}, "load_op": None},
+            "rows": f"weave:///{PROJECT}/table/{table}"}}})
     some_call = _post(url, "/calls/stream_query", {"project_id": PROJECT, "limit": 1})[0]["id"]
     _post(url, "/feedback/create", {"project_id": PROJECT, "feedback_type": "wandb.note.1",
                                     "weave_ref": f"weave:///{PROJECT}/call/{some_call}",
@@ -72,7 +86,15 @@ def _snapshot(url: str) -> dict:
                       for f in _post(url, "/feedback/query", {"project_id": PROJECT})["result"])
     costs = sorted((c["llm_id"], c["prompt_token_cost"], c["completion_token_cost"], c["effective_date"])
                    for c in _post(url, "/cost/query", {"project_id": PROJECT})["results"])
-    return {"calls": calls, "objects": objs, "tables": tables, "feedback": feedback, "costs": costs}
+    named = next(c for c in calls if c["id"] == "with-image")["inputs"]
+    with urllib.request.urlopen(urllib.request.Request(url + "/file/content", data=json.dumps(
+            {"project_id": PROJECT, "digest": named["image"]["files"]["image.png"]}).encode(),
+            headers={"Content-Type": "application/json"}), timeout=60) as resp:
+        image = resp.read()
+    only_called = [r["val"] for r in _post(url, "/table/query", {
+        "project_id": PROJECT, "digest": named["rows"].rsplit("/", 1)[1]})["rows"]]
+    return {"calls": calls, "objects": objs, "tables": tables, "feedback": feedback, "costs": costs,
+            "image": image, "only_called": only_called}
 
 
 def _copy(source: str, target: str, *extra: str) -> subprocess.CompletedProcess:
@@ -87,6 +109,7 @@ def test_a_project_copied_from_sqlite_to_clickhouse_reads_back_the_same(tmp_path
         _populate(source, tmp_path)
         before = _snapshot(source)
         assert len(before["calls"]) > 90 and len(before["tables"]) >= 2  # the dataset, the results
+        assert before["image"] == b"\x89PNG not really" and before["only_called"] == [{"x": 1}, {"x": 2}]
         assert {f[2] for f in before["feedback"]} >= {"wandb.note.1", "wandb.runnable.exact"}
         assert [o[:2] for o in before["objects"] if o[0] == "settings"] == [("settings", 0), ("settings", 1)]
 
