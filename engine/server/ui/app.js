@@ -406,7 +406,8 @@ function modelLabel(ref, val) {
   if (!val || typeof val !== "object") return parts.name;
   const settings = Object.entries(val)
     .filter(([k, v]) => !k.startsWith("_") && v !== null && typeof v !== "object" &&
-            !(typeof v === "string" && v.startsWith("weave:///")))
+            !(typeof v === "string" && v.startsWith("weave:///")) &&
+            !(k === "name" && v === parts.name))  // EvaluationLogger's models: name = class
     .map(([k, v]) => `${k}=${v}`);
   return settings.length ? `${parts.name} (${settings.join(", ")})` : parts.name;
 }
