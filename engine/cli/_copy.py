@@ -33,8 +33,8 @@ from engine.cli._args import CommandFailed
 from engine.common import _env
 from engine.wire.feedback import FeedbackCreateReq
 
-FROM_KEY_ENV = "ENGINE_COPY_FROM_API_KEY"
-TO_KEY_ENV = "ENGINE_COPY_TO_API_KEY"
+FROM_KEY_ENV = _env.COPY_FROM_API_KEY
+TO_KEY_ENV = _env.COPY_TO_API_KEY
 _PAGE = 1_000  # objects, feedback per read
 _CALLS_PER_POST = 500
 _POST_BYTES = 4 << 20  # a body stays far below any server's limit (engine serve: 64 MiB)

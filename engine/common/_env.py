@@ -29,10 +29,13 @@ PYTHON = "ENGINE_PYTHON"  # scripts/_env.sh: the interpreter that builds .venv
 REF_PYTHON = "ENGINE_REF_PYTHON"  # scripts/_env.sh: weave's reference server (fidelity tests)
 CLICKHOUSE_PASSWORD = "ENGINE_CLICKHOUSE_PASSWORD"  # engine serve --store clickhouse://…
 CLICKHOUSE_PASSWORD_FILE = "ENGINE_CLICKHOUSE_PASSWORD_FILE"  # … or the file holding it
+COPY_FROM_API_KEY = "ENGINE_COPY_FROM_API_KEY"  # engine copy: the key for --from
+COPY_TO_API_KEY = "ENGINE_COPY_TO_API_KEY"  # engine copy: the key for --to
 
 OTHER_VARIABLES = frozenset({
     CONFIG, API_KEY, LOG_LEVEL, LOG_FORMAT, PURE_PYTHON, WEAVE, WEAVE_SPEEDUPS, WEAVE_OWNER, UNKNOWN_ENV, SENDER_API_KEY,
     PYTHON, REF_PYTHON, TEST_SCREENSHOTS, FUZZ_EXAMPLES, KEYS_FILE, CLICKHOUSE_PASSWORD, CLICKHOUSE_PASSWORD_FILE,
+    COPY_FROM_API_KEY, COPY_TO_API_KEY,
 })  # fmt: skip
 
 

@@ -3,6 +3,7 @@
 dataset table, scorer feedback), a running call, an object with two versions, a price.
 Everything reads back the same on the target, and a second copy changes nothing."""
 
+import base64
 import json
 import os
 import subprocess
@@ -97,8 +98,8 @@ def _snapshot(url: str) -> dict:
             "image": image, "only_called": only_called}
 
 
-def _copy(source: str, target: str, *extra: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ENGINE_")}
+def _copy(source: str, target: str, *extra: str, **keys: str) -> subprocess.CompletedProcess:
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("ENGINE_")}, **keys}
     return subprocess.run([sys.executable, "-m", "engine", "copy", "--from", source, "--to", target,
                            *extra], capture_output=True, text=True, timeout=300, env=env)
 
@@ -134,3 +135,20 @@ def test_copy_refuses_the_same_server_and_names_an_unreachable_one(tmp_path):
         gone = _copy(url, "http://127.0.0.1:9")
         assert gone.returncode == 1 and "127.0.0.1:9" in gone.stderr
         assert len(gone.stderr.strip().splitlines()) == 1
+
+
+def test_copy_takes_each_server_s_key_from_its_own_variable(tmp_path):
+    with serve_subprocess(tmp_path / "a.db", api_key="source-key") as source, \
+            serve_subprocess(tmp_path / "b.db", api_key="target-key") as target:
+        _post_keyed = urllib.request.Request(source + "/obj/create", data=json.dumps({"obj": {
+            "project_id": PROJECT, "object_id": "settings", "val": {"k": 1}}}).encode(), headers={
+            "Content-Type": "application/json",
+            "Authorization": "Basic " + base64.b64encode(b"api:source-key").decode()})
+        urllib.request.urlopen(_post_keyed, timeout=30).close()
+        refused = _copy(source, target, "--project", PROJECT)
+        assert refused.returncode == 1 and "needs an API key" in refused.stderr
+        assert "source-key" not in refused.stderr + refused.stdout
+        done = _copy(source, target, "--project", PROJECT, ENGINE_COPY_FROM_API_KEY="source-key",
+                     ENGINE_COPY_TO_API_KEY="target-key")
+        assert done.returncode == 0, done.stderr
+        assert "1 object versions" in done.stdout
