@@ -31,6 +31,7 @@ import msgspec
 from engine.cli import _args, _probe
 from engine.cli._args import CommandFailed
 from engine.common import _env
+from engine.common._errors import HTTPError
 from engine.wire.feedback import FeedbackCreateReq
 
 FROM_KEY_ENV = _env.COPY_FROM_API_KEY
@@ -75,6 +76,7 @@ class Copied:
     costs: int = 0
     costs_present: int = 0
     changed_digests: list[str] = field(default_factory=list)
+    missing_on_source: list[str] = field(default_factory=list)
     labels_not_copied: int = 0
 
     def line(self) -> str:
@@ -83,6 +85,9 @@ class Copied:
                 f"{self.costs:,} prices ({self.costs_present:,} already there)")
         if self.labels_not_copied:
             said += f"; {self.labels_not_copied:,} tags/aliases not copied"
+        if self.missing_on_source:
+            said += (f"; {len(self.missing_on_source):,} named but not on the source either: "
+                     f"{', '.join(self.missing_on_source[:5])}")
         if self.changed_digests:
             said += (f"; {len(self.changed_digests):,} digests came out different on the "
                      f"target (refs to them break): {', '.join(self.changed_digests[:5])}")
@@ -156,10 +161,17 @@ def copy_project(source: Any, target: Any, project: str) -> Copied:
 
 def _copy_named(source: Any, target: Any, project: str, tables: set[str],
                 files: dict[str, str], done: Copied) -> None:
-    for digest, name in sorted(files.items()):
-        _copy_file(source, target, project, digest, name, done)
-    for digest in sorted(tables):
-        _copy_table(source, target, project, digest, done)
+    """Files and tables by digest; one the source does not have (named but never stored,
+    e.g. weave's cache kept it from that server) is counted and left, as on the source."""
+    work = [(_copy_file, digest, name) for digest, name in sorted(files.items())]
+    work += [(_copy_table, digest, None) for digest in sorted(tables)]
+    for copy, digest, name in work:
+        try:
+            copy(source, target, project, digest, name, done)
+        except HTTPError as exc:
+            if exc.status != 404:
+                raise
+            done.missing_on_source.append(f"{'file' if name else 'table'} {digest}")
 
 
 def _check(done: Copied, name: str, wanted: str, got: str) -> None:
@@ -210,11 +222,16 @@ def _copy_file(source: Any, target: Any, project: str, digest: str, name: str,
     done.files += 1
 
 
-def _copy_table(source: Any, target: Any, project: str, digest: str, done: Copied) -> None:
+def _copy_table(source: Any, target: Any, project: str, digest: str, _name: None,
+                done: Copied) -> None:
     """The rows in order; a large table as a first part and appends (one body each stays
     below ``_POST_BYTES``): the digest is the same either way."""
     rows = [row.val for row in source.table_query_stream({"project_id": project,
                                                           "digest": digest})]
+    if not rows:  # an empty table, or none: a server answers both with no rows
+        stats = source.table_query_stats_batch({"project_id": project, "digests": [digest]})
+        if not stats.tables:
+            raise HTTPError(404, f"table {digest} not found")
     chunks = list(_chunks(rows, 10_000))
     got = target.table_create({"table": {"project_id": project, "rows": chunks[0] if chunks
                                          else []}}).digest

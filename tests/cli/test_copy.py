@@ -60,6 +60,13 @@ def _populate(url: str, tmp_path) -> None:
             "image": {"_type": "CustomWeaveType", "weave_type": {"type": "PIL.Image.Image"},
                       "files": {"image.png": image}, "load_op": None},
             "rows": f"weave:///{PROJECT}/table/{table}"}}})
+    # and one naming a file and a table the server never got: left out, said, not fatal
+    _post(url, "/call/start", {"start": {
+        "project_id": PROJECT, "id": "names-missing", "op_name": "describe", "trace_id": "t-gone",
+        "started_at": "2026-12-05T10:00:02Z", "attributes": {}, "inputs": {
+            "image": {"_type": "CustomWeaveType", "weave_type": {"type": "PIL.Image.Image"},
+                      "files": {"image.png": "f" * 43}, "load_op": None},
+            "rows": f"weave:///{PROJECT}/table/{'0' * 64}"}}})
     some_call = _post(url, "/calls/stream_query", {"project_id": PROJECT, "limit": 1})[0]["id"]
     _post(url, "/feedback/create", {"project_id": PROJECT, "feedback_type": "wandb.note.1",
                                     "weave_ref": f"weave:///{PROJECT}/call/{some_call}",
@@ -117,6 +124,7 @@ def test_a_project_copied_from_sqlite_to_clickhouse_reads_back_the_same(tmp_path
         first = _copy(source, target)  # every project the source lists
         assert first.returncode == 0, first.stderr
         assert f"{PROJECT}: {len(before['calls'])} calls" in first.stdout
+        assert f"2 named but not on the source either: file {'f' * 43}, table {'0' * 64}" in first.stdout
         after = _snapshot(target)
         assert after == before
         running = next(c for c in after["calls"] if c["id"] == "still-running")
