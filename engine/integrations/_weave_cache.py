@@ -41,11 +41,21 @@ def key_by_store(url: str, api_key: str | None) -> str | None:
         return None
     key = store_id(url, api_key) or url.rstrip("/")
     digest = hashlib.sha256(key.encode()).hexdigest()[:24]
-    folder = os.path.join(tempfile.gettempdir(), "weave_trace_server_cache-engine", digest)
-    os.makedirs(os.path.dirname(folder), mode=0o700, exist_ok=True)
-    os.makedirs(folder, mode=0o700, exist_ok=True)
+    folder = os.path.join(cache_root(), digest)
+    try:
+        os.makedirs(os.path.dirname(folder), mode=0o700, exist_ok=True)
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+    except OSError as exc:  # never into weave.init: weave's own folder stays in use
+        log.warning("weave's disk cache stays shared between servers: %s is not usable (%s)",
+                    folder, exc)
+        return None
     os.environ[CACHE_ENV] = _ours = folder
     return folder
+
+
+def cache_root() -> str:
+    """The folder of the per-store folders: in the temp dir, one per user."""
+    return os.path.join(tempfile.gettempdir(), f"weave_trace_server_cache-engine-{os.getuid()}")
 
 
 def store_id(url: str, api_key: str | None) -> str | None:

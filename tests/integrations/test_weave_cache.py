@@ -71,7 +71,7 @@ def test_weave_alone_never_sends_a_second_server_what_it_created_on_the_first(tm
 def test_through_the_engine_each_store_gets_everything_weave_created(tmp_path):
     first, second = _run_on_two_fresh_servers(tmp_path, integration=True)
     assert {"questions", "answer"} <= first and {"questions", "answer"} <= second
-    folders = list((tmp_path / "tmp" / "weave_trace_server_cache-engine").iterdir())
+    folders = list((tmp_path / "tmp" / f"weave_trace_server_cache-engine-{os.getuid()}").iterdir())
     assert len(folders) == 2  # one per store, private to the user
     assert all(stat.S_IMODE(os.stat(f).st_mode) == 0o700 for f in folders)
 
@@ -82,4 +82,16 @@ def test_a_cache_folder_the_user_chose_stands(tmp_path):
                                               WEAVE_SERVER_CACHE_DIR=str(chosen))
     assert "questions" in first and "questions" not in second  # weave's behaviour, as asked
     assert any(chosen.iterdir())
-    assert not (tmp_path / "tmp" / "weave_trace_server_cache-engine").exists()
+    assert not (tmp_path / "tmp" / f"weave_trace_server_cache-engine-{os.getuid()}").exists()
+
+
+def test_a_cache_folder_that_cannot_be_made_leaves_weave_s_own_and_never_fails_init(tmp_path, monkeypatch):
+    from engine.integrations import _weave_cache
+
+    monkeypatch.delenv(_weave_cache.CACHE_ENV, raising=False)
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the folder would go")
+    monkeypatch.setattr(_weave_cache, "cache_root", lambda: str(blocker))
+    monkeypatch.setattr(_weave_cache, "store_id", lambda url, key: "some-store")
+    assert _weave_cache.key_by_store("http://127.0.0.1:1", None) is None
+    assert _weave_cache.CACHE_ENV not in os.environ
