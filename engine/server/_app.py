@@ -7,7 +7,7 @@ import contextlib
 import functools
 import gc
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,6 +44,7 @@ from engine.server._body import DEFAULT_MAX_BODY_BYTES, ApiError, error_response
 from engine.server._connections import DEFAULT_HEADER_TIMEOUT_S, LimitedSite
 from engine.server._count_store import CountStore
 from engine.server._limits import DEFAULT_MAX_CONNECTIONS
+from engine.server._op_watch import OpWatch
 from engine.server._retention import DEFAULT_INTERVAL_S, Pruner
 from engine.server._sqlite_db import default_db_path
 from engine.server._sqlite_store import SQLiteStore
@@ -164,14 +165,17 @@ def build_app(
     _routes_ui.add_pages(app)  # the trace browser's pages: after every API route
     app[_routes_retention.DEFAULT_DAYS] = retention_days
     pruner = Pruner(store, app[STATE].counters, retention_interval_s, retention_days)
-    app.cleanup_ctx.append(functools.partial(_pruning, pruner))
+    app.cleanup_ctx.append(functools.partial(_background, pruner.run))
+    op_watch = app[STATE].op_watch = OpWatch(store, app[STATE].counters)
+    app.cleanup_ctx.append(functools.partial(_background, op_watch.run))
     app.on_cleanup.append(_close_store)
     return app
 
 
-async def _pruning(pruner: Pruner, app: web.Application) -> AsyncIterator[None]:
-    """Calls past their retention are deleted while the server runs."""
-    task = asyncio.get_running_loop().create_task(pruner.run())
+async def _background(run: Callable[[], Awaitable[None]],
+                      app: web.Application) -> AsyncIterator[None]:
+    """A task for as long as the server runs: the retention pruner, the op watch."""
+    task = asyncio.get_running_loop().create_task(run())
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):

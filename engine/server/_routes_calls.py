@@ -58,6 +58,7 @@ async def call_start(request: web.Request) -> web.Response:
     check_project_id(req.start.project_id, "start.project_id")
     ids = fill_ids(req.start)
     await state.store.insert_calls([req.start], [], [])
+    state.saw_starts([req.start])
     state.counters.calls_started += 1
     return ok(ids)
 
@@ -88,6 +89,7 @@ async def call_upsert_batch(request: web.Request) -> web.Response:
             results.append(fill_ids(item.req.start))
             starts.append(item.req.start)
     await state.store.insert_calls(starts, ends, [])
+    state.saw_starts(starts)
     state.counters.calls_started += len(starts)
     state.counters.calls_ended += len(ends)
     return ok({"res": results})
@@ -101,6 +103,7 @@ async def calls_complete(request: web.Request) -> web.Response:
     for i, call in enumerate(req.batch):
         check_same_project(call.project_id, project_id, f"batch[{i}].project_id")
     await state.store.insert_calls([], [], req.batch)
+    state.saw_starts(req.batch)
     state.counters.calls_complete += len(req.batch)
     return ok({})
 
@@ -112,6 +115,7 @@ async def call_start_v2(request: web.Request) -> web.Response:
     check_same_project(req.start.project_id, path_project(request), "start.project_id")
     ids = fill_ids(req.start)
     await state.store.insert_calls([req.start], [], [])
+    state.saw_starts([req.start])
     state.counters.calls_started += 1
     return ok(ids)
 

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from engine.server._body import ApiError, decode_json, read_body
 from engine.server._ingest_models import Req, decode_ingest
+from engine.server._op_watch import OpWatch
 from engine.server._store import Store
 
 DEFAULT_ENTITY = "engine"
@@ -28,6 +29,7 @@ class Counters(msgspec.Struct, kw_only=True):
     calls_expired: int = 0  # deleted past their project's retention (``_retention``)
     retention_passes: int = 0  # passes over the retained projects that ran to the end
     retention_last_pass_ms: int = 0  # how long the last of them took
+    ops_missing: int = 0  # weave op refs calls named that the store did not have (``_op_watch``)
 
 
 class ServerState:
@@ -38,6 +40,7 @@ class ServerState:
         self.counters = Counters()
         self.projects: set[tuple[str, str]] = set()  # created through GraphQL upsertModel
         self.store_id: str | None = None  # the store's, once read (``/server_info``)
+        self.op_watch: OpWatch | None = None  # set by the app (``_op_watch``)
 
     async def read(self, request: web.Request) -> bytes:
         """The body, limited and decompressed, counted in ``counters``."""
@@ -48,6 +51,12 @@ class ServerState:
 
     async def decode(self, request: web.Request, type_: type) -> Any:
         return decode_json(await self.read(request), type_)
+
+    def saw_starts(self, calls: Any) -> None:
+        """The started (or complete) calls of an ingest request: their weave ops are
+        looked up later (:mod:`engine.server._op_watch`)."""
+        if self.op_watch is not None:
+            self.op_watch.saw(calls)
 
     async def decode_ingest(self, request: web.Request, type_: type[Req]) -> Req:
         """A call-ingest body as its raw model (:mod:`engine.server._ingest_models`)."""

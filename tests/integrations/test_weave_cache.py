@@ -8,6 +8,7 @@ import os
 import stat
 import sys
 import textwrap
+import time
 import urllib.request
 
 import pytest
@@ -45,8 +46,21 @@ def _objects(url: str) -> set[str]:
         return {obj["object_id"] for obj in json.loads(resp.read())["objs"]}
 
 
-def _run_on_two_fresh_servers(tmp_path, integration: bool, **extra_env: str) -> list[set[str]]:
-    """The same program against one fresh server, then another; the objects each holds."""
+def _ops_missing(url: str, at_least: int, timeout_s: float = 40.0) -> int:
+    """``ops_missing`` of the server's /stats once it reaches ``at_least`` (or the timeout)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with urllib.request.urlopen(url + "/stats", timeout=30) as resp:
+            found = json.loads(resp.read())["ops_missing"]
+        if found >= at_least or time.monotonic() > deadline:
+            return found
+        time.sleep(0.5)
+
+
+def _run_on_two_fresh_servers(tmp_path, integration: bool, watch_second: bool = False,
+                              **extra_env: str) -> list:
+    """The same program against one fresh server, then another; the objects each holds
+    (and, with ``watch_second``, how many ops the second found its calls naming but lacking)."""
     tmp = tmp_path / "tmp"  # weave's default cache folder and ours live in the temp dir
     tmp.mkdir(exist_ok=True)
     program = tmp_path / "program.py"
@@ -59,13 +73,17 @@ def _run_on_two_fresh_servers(tmp_path, integration: bool, **extra_env: str) -> 
             result = _run_program([sys.executable, str(program)], env)
             assert result.returncode == 0, result.stderr[-3000:]
             stored.append(_objects(url))
+            if watch_second and name == "second":
+                stored.append(_ops_missing(url, at_least=1))
     return stored
 
 
 def test_weave_alone_never_sends_a_second_server_what_it_created_on_the_first(tmp_path):
-    first, second = _run_on_two_fresh_servers(tmp_path, integration=False)
+    first, second, ops_missing = _run_on_two_fresh_servers(tmp_path, integration=False,
+                                                           watch_second=True)
     assert {"questions", "answer"} <= first
     assert "questions" not in second and "answer" not in second  # answered from its cache
+    assert ops_missing == 1  # the second server noticed (and said so: engine.server._op_watch)
 
 
 def test_through_the_engine_each_store_gets_everything_weave_created(tmp_path):
