@@ -6,7 +6,7 @@ ends (any server that speaks it). Per project, in an order that keeps every refe
 whole: the files its objects name (op source code, custom objects), the tables they name
 (datasets), every live object version oldest first (so version numbers come out the
 same), every call (ids, parents, times, inputs, outputs, summaries, exceptions as stored),
-its feedback (under the same ids) and its LLM prices.
+its feedback (under the same ids), its LLM prices and its retention (weave's TTL settings).
 
 Ids and digests are kept: the target computes each digest again and the copy checks it
 against the source's (a digest that comes out different would break the refs to it: named
@@ -78,11 +78,14 @@ class Copied:
     changed_digests: list[str] = field(default_factory=list)
     missing_on_source: list[str] = field(default_factory=list)
     labels_not_copied: int = 0
+    retention_days: int | None = None
 
     def line(self) -> str:
         said = (f"{self.project}: {self.calls:,} calls, {self.objects:,} object versions, "
                 f"{self.tables:,} tables, {self.files:,} files, {self.feedback:,} feedback, "
                 f"{self.costs:,} prices ({self.costs_present:,} already there)")
+        if self.retention_days is not None:
+            said += f"; calls kept {self.retention_days:,} days"
         if self.labels_not_copied:
             said += f"; {self.labels_not_copied:,} tags/aliases not copied"
         if self.missing_on_source:
@@ -112,9 +115,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     began = time.monotonic()
     results = []
+    ends = ((args.source, from_key), (args.target, to_key))
     with source, target:
         for project in projects:
             result = copy_project(source, target, project)
+            _copy_retention(*ends, project, result)
             print(f"engine copy: {result.line()}", flush=True)
             results.append(result)
     broken = sum(len(r.changed_digests) for r in results)
@@ -157,6 +162,28 @@ def copy_project(source: Any, target: Any, project: str) -> Copied:
     _copy_feedback(source, target, project, done)
     _copy_costs(source, target, project, done)
     return done
+
+
+def _copy_retention(source: tuple[str, str | None], target: tuple[str, str | None],
+                    project: str, done: Copied) -> None:
+    """The retention in force for the project (weave's TTL settings), set on the target
+    when the source has one (a server default becomes the project's own there)."""
+    body = json.dumps({"project_id": project}).encode()
+    (src_url, src_key), (dst_url, dst_key) = source, target
+    answer = _probe.request(f"{src_url.rstrip('/')}/project/ttl_settings/read", data=body,
+                            headers={"Content-Type": "application/json",
+                                     **_probe.auth_headers(src_key)})
+    days = json.loads(answer.body).get("retention_days") if answer.status == 200 else None
+    if days is None:  # kept until deleted, or a server without TTL settings: nothing to set
+        return
+    update = json.dumps({"project_id": project, "retention_days": days}).encode()
+    answer = _probe.request(f"{dst_url.rstrip('/')}/project/ttl_settings/update", data=update,
+                            headers={"Content-Type": "application/json",
+                                     **_probe.auth_headers(dst_key)})
+    if answer.status != 200:
+        raise CommandFailed(f"copy: {dst_url} did not take {project}'s retention of {days} "
+                            f"days (HTTP {answer.status}): its calls would be kept for ever")
+    done.retention_days = days
 
 
 def _copy_named(source: Any, target: Any, project: str, tables: set[str],

@@ -71,6 +71,7 @@ def _populate(url: str, tmp_path) -> None:
     _post(url, "/feedback/create", {"project_id": PROJECT, "feedback_type": "wandb.note.1",
                                     "weave_ref": f"weave:///{PROJECT}/call/{some_call}",
                                     "payload": {"note": "looks wrong"}})
+    _post(url, "/project/ttl_settings/update", {"project_id": PROJECT, "retention_days": 3650})
     _post(url, "/cost/create", {"project_id": PROJECT, "costs": {"gpt-x": {
         "prompt_token_cost": 0.01, "completion_token_cost": 0.03,
         "effective_date": "2026-01-01T00:00:00Z"}}})
@@ -101,8 +102,9 @@ def _snapshot(url: str) -> dict:
         image = resp.read()
     only_called = [r["val"] for r in _post(url, "/table/query", {
         "project_id": PROJECT, "digest": named["rows"].rsplit("/", 1)[1]})["rows"]]
+    retention = _post(url, "/project/ttl_settings/read", {"project_id": PROJECT})["retention_days"]
     return {"calls": calls, "objects": objs, "tables": tables, "feedback": feedback, "costs": costs,
-            "image": image, "only_called": only_called}
+            "image": image, "only_called": only_called, "retention": retention}
 
 
 def _copy(source: str, target: str, *extra: str, **keys: str) -> subprocess.CompletedProcess:
@@ -118,6 +120,7 @@ def test_a_project_copied_from_sqlite_to_clickhouse_reads_back_the_same(tmp_path
         before = _snapshot(source)
         assert len(before["calls"]) > 90 and len(before["tables"]) >= 2  # the dataset, the results
         assert before["image"] == b"\x89PNG not really" and before["only_called"] == [{"x": 1}, {"x": 2}]
+        assert before["retention"] == 3650
         assert {f[2] for f in before["feedback"]} >= {"wandb.note.1", "wandb.runnable.exact"}
         assert [o[:2] for o in before["objects"] if o[0] == "settings"] == [("settings", 0), ("settings", 1)]
 
