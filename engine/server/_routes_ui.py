@@ -48,13 +48,16 @@ async def asset(request: web.Request) -> web.Response:
 
 @routes.get("/ui/projects")
 async def projects(request: web.Request) -> web.Response:
-    """Every project with calls, how many, and how many days they are kept (null: until
-    deleted; the browser's first page)."""
+    """Every project with calls or objects, how many calls, and how many days they are
+    kept (null: until deleted; the browser's first page, ``engine copy``'s default list)."""
     store = state_of(request).store
-    counts = await store.project_call_counts()
+    counts = dict(await store.project_call_counts())
+    for (project_id,) in await store.object_projects():
+        counts.setdefault(project_id, 0)
     kept, default = dict(await store.retained_projects()), default_days(request)
     return web.json_response({"projects": [
-        {"project_id": p, "calls": n, "retention_days": kept.get(p, default)} for p, n in counts]})
+        {"project_id": p, "calls": counts[p], "retention_days": kept.get(p, default)}
+        for p in sorted(counts)]})
 
 
 def add_pages(app: web.Application) -> None:

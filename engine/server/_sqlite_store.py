@@ -128,6 +128,11 @@ class SQLiteStore(Store):
     async def delete_calls(self, project_id: str, call_ids: list[str]) -> list[str]:
         return await self._db.write(calls.q_delete_calls, project_id, call_ids)
 
+    async def object_projects(self) -> list[tuple[str]]:
+        sql = ("SELECT DISTINCT project_id FROM obj_versions WHERE deleted_at_us IS NULL "
+               "ORDER BY project_id")
+        return [(p,) for (p,) in await self._db.read(calls.q_fetchall, sql, [])]
+
     async def store_id(self) -> str | None:
         rows = await self._db.read(calls.q_fetchall,
                                    "SELECT value FROM store_info WHERE key = 'store_id'", [])

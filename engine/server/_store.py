@@ -279,6 +279,12 @@ class Store(abc.ABC):
     # calls one delete_calls_before takes at most (ingest and reads go on between them)
     retention_chunk = 5_000
 
+    @abc.abstractmethod
+    async def object_projects(self) -> list[tuple[str]]:
+        """``(project_id,)`` of every project with live objects, ops or datasets (crosses
+        projects: the trace browser's list and ``engine copy`` name projects without calls
+        too; filtered per key like ``project_call_counts``)."""
+
     async def store_id(self) -> str | None:
         """An id of the data this store holds: the same for every server on it, new when the
         data is (a fresh SQLite file, a recreated ClickHouse database); None when it has

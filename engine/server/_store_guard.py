@@ -23,9 +23,9 @@ WRITES = frozenset({
     "set_aliases", "remove_aliases", "add_tags", "remove_tags", "put_table", "put_file",
     "put_docs", "delete_docs", "replace_doc", "set_retention_days", "delete_calls_before",
 })  # fmt: skip
-_PROJECTLESS = frozenset({"close", "ping"})
+_PROJECTLESS = frozenset({"close", "ping", "store_id"})
 # operations over all projects whose answer is filtered to what the grant may read
-_LISTINGS = frozenset({"project_call_counts", "retained_projects"})
+_LISTINGS = frozenset({"project_call_counts", "retained_projects", "object_projects"})
 
 
 def _projects(value: Any) -> Iterator[str]:

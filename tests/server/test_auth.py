@@ -185,13 +185,22 @@ def test_the_project_list_shows_each_key_only_the_projects_it_may_read(run, tmp_
                 status, _ = await api.post(f"/v2/{project}/calls/complete", batch,
                                            {"Authorization": basic_auth("api", key)})
                 assert status == 200
+            # projects with objects and no calls (a dataset published alone) are listed too
+            status, _ = await api.post("/obj/create", {"obj": {
+                "project_id": "team-a/data", "object_id": "rows", "val": {"n": 1}}},
+                {"Authorization": basic_auth("api", KEY_A)})
+            assert status == 200
+            status, info = await api.get("/server_info", {"Authorization": basic_auth("api", KEY_B)})
+            assert status == 200 and len(info["store_id"]) == 32  # not a project's: any key
             return {name: await api.get("/ui/projects", {"Authorization": basic_auth("api", key)})
                     for name, key in (("a", KEY_A), ("ro", KEY_RO), ("b", KEY_B))}
 
     got = run(scenario())
-    listed = {name: [p["project_id"] for p in body["projects"]] for name, (_, body) in got.items()}
+    listed = {name: [(p["project_id"], p["calls"]) for p in body["projects"]]
+              for name, (_, body) in got.items()}
     assert {name: status for name, (status, _) in got.items()} == {"a": 200, "ro": 200, "b": 200}
-    assert listed == {"a": ["team-a/dash", "team-a/x"], "ro": ["team-a/dash"], "b": ["team-b/p"]}
+    assert listed == {"a": [("team-a/dash", 1), ("team-a/data", 0), ("team-a/x", 1)],
+                      "ro": [("team-a/dash", 1)], "b": [("team-b/p", 1)]}
 
 
 def test_a_keys_file_others_may_read_or_a_malformed_one_is_refused(tmp_path, keys_file):

@@ -253,3 +253,16 @@ def test_a_sqlite_file_keeps_its_id_and_a_new_file_gets_another(tmp_path):
 
     a, a_again, b = run_on("asyncio", ids())
     assert a == a_again and a != b
+
+
+def test_projects_with_objects_are_listed_without_calls(store_run):
+    async def scenario(store):
+        for project_id, object_id in (("a/objs", "x"), ("b/objs", "y"), ("b/objs", "z")):
+            await store.put_object(ObjectVersion(
+                project_id=project_id, object_id=object_id, digest=f"d-{object_id}", kind="object",
+                base_object_class=None, leaf_object_class=None, val="{}", wb_user_id=None,
+                created_at_us=1))
+        await store.delete_objects("a/objs", "x", None, 2)
+        return await store.object_projects()
+
+    assert store_run(scenario) == [("b/objs",)]

@@ -268,6 +268,11 @@ class ClickHouseStore(Store):
             _insert_parts(client, body, None)
         return list(doomed)
 
+    async def object_projects(self) -> list[tuple[str]]:
+        rows = await self._run(_rows, "SELECT DISTINCT project_id FROM obj_versions FINAL "
+                                      "WHERE deleted_at_us IS NULL ORDER BY project_id", {})
+        return [(project_id,) for (project_id,) in rows]
+
     async def store_id(self) -> str | None:
         return await self._run(database_uuid)
 
