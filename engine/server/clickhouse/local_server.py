@@ -12,7 +12,9 @@ ClickHouse database exactly as they would share a real server:
 - ``POST /`` (or ``GET``) with the SQL in the ``query`` parameter (then the body is the
   data of an ``INSERT … FORMAT F``) or in the body; ``database``, ``default_format``,
   ``param_<name>`` (query parameters), every other parameter is a setting; bodies in
-  gzip, deflate, zstd or lz4 (frame); answers streamed as the engine produces them.
+  gzip, deflate, zstd or lz4 (frame); or the query and its parameters as
+  ``multipart/form-data`` fields (what clickhouse-connect sends once they pass 4 KiB);
+  answers streamed as the engine produces them.
 - ``GET /ping`` answers ``Ok.``; errors answer 500 (401 for bad credentials) with
   ClickHouse's ``Code: N. DB::Exception: …`` text and ``X-ClickHouse-Exception-Code``.
 - One user, whose password comes from ``$ENGINE_CLICKHOUSE_PASSWORD`` or
@@ -257,6 +259,13 @@ class LocalServer:
                           "password is incorrect, or there is no such user. (AUTHENTICATION_FAILED)",
                           _AUTH_FAILED)  # fmt: skip
         try:
+            if request.content_type == "multipart/form-data":
+                # clickhouse-connect sends the query and its parameters as form fields once
+                # the parameters pass 4 KiB (ClickHouse's HTTP interface takes both)
+                form = await request.post()
+                asked = Request({**request.query, **{k: str(v) for k, v in form.items()}}, b"")
+                asked.data = None  # the query is a field: no data follows it
+                return await self._answer(request, asked)
             body = _decode_body(await request.read(), request.headers.get("Content-Encoding", ""))
             return await self._answer(request, Request(request.query, body))
         except QueryFailed as exc:
