@@ -39,6 +39,16 @@ def _join(parts: Sequence[Sql], sep: str) -> Sql:
     return Sql(sep.join(p.text for p in parts), tuple(v for p in parts for v in p.params))
 
 
+def _balanced(parts: Sequence[Sql], sep: str) -> Sql:
+    """``(a sep b sep …)`` nested as a balanced tree: a flat chain parses as one level per
+    operand, and 1,000 of them passed SQLite's (and ClickHouse's) expression depth (a 500);
+    halves keep the depth at log2 of the count."""
+    if len(parts) <= 2:
+        return _wrap("({})", _join(parts, sep))
+    half = len(parts) // 2
+    return _wrap("({})", _join([_balanced(parts[:half], sep), _balanced(parts[half:], sep)], sep))
+
+
 def _wrap(template: str, *parts: Sql) -> Sql:
     """``template`` with ``{}`` holes filled by ``parts`` in order (params follow)."""
     return Sql(template.format(*(p.text for p in parts)), tuple(v for p in parts for v in p.params))
@@ -270,7 +280,7 @@ class _ExprSql:
             parts = [self.condition_of(sub, f"{here}[{i}]") for i, sub in enumerate(arg)]
             if not parts:
                 raise InvalidQuery(here, "needs at least one operand")
-            return _wrap("({})", _join(parts, " AND " if name == "$and" else " OR "))
+            return _balanced(parts, " AND " if name == "$and" else " OR ")
         if name == "$not":
             return _wrap("(NOT {})", self.condition_of(arg[0], here))
         if name == "$eq" and arg[1] == {"$literal": None}:

@@ -289,3 +289,20 @@ def test_any_number_of_refs_filters_in_one_query(store_run):
         return exact, any_version, none
 
     assert store_run(scenario) == (["uses"], ["uses"], [])
+
+
+def test_an_expression_of_thousands_of_operands_is_answered(store_run):
+    """$or / $and of 2,000 conditions: nested as a balanced tree, not one level per operand
+    (2,000 levels passed SQLite's expression depth of 1,000: a 500)."""
+    op = {"$getField": "op_name"}
+
+    async def scenario(store):
+        await store.insert_calls([], [], [_call("a"), _call("b", t_s=1)])
+        ors = [{"$eq": [op, {"$literal": f"x{i}"}]} for i in range(1999)]
+        ors.append({"$eq": [{"$getField": "id"}, {"$literal": "b"}]})
+        ands = [{"$eq": [op, {"$literal": "op"}]}] * 2000
+        return (await _ids(store, query={"$expr": {"$or": ors}}),
+                await _ids(store, query={"$expr": {"$and": ands}}))
+
+    any_of, all_of = store_run(scenario)
+    assert any_of == ["b"] and sorted(all_of) == ["a", "b"]

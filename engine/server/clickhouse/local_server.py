@@ -262,8 +262,10 @@ class LocalServer:
             if request.content_type == "multipart/form-data":
                 # clickhouse-connect sends the query and its parameters as form fields once
                 # the parameters pass 4 KiB (ClickHouse's HTTP interface takes both)
-                form = await request.post()
-                asked = Request({**request.query, **{k: str(v) for k, v in form.items()}}, b"")
+                fields = dict(request.query)
+                async for part in await request.multipart():  # any number (post(): 1,000)
+                    fields[part.name] = await part.text()
+                asked = Request(fields, b"")
                 asked.data = None  # the query is a field: no data follows it
                 return await self._answer(request, asked)
             body = _decode_body(await request.read(), request.headers.get("Content-Encoding", ""))
