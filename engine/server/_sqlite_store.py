@@ -70,6 +70,10 @@ class SQLiteStore(Store):
         page by start time at the offset where a recent one ended reads on from there
         (``_sqlite_pages``) while the database is unchanged."""
         selection = Selection(query)  # InvalidQuery first
+        if selection.op_filter is not None:  # rare or frequent op: see Selection
+            sql, params = selection.op_rows_sql(query.project_id)
+            ((op_rows,),) = await self._db.read(calls.q_fetchall, sql, params)
+            selection = Selection(query, op_rows=op_rows)
         end = self._page_ends.get(query) if pageable(query) else None
         if end is not None:
             version, rows = end[2], None

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from engine.server._calls_sql import Dialect, Sql, _wrap
+from engine.server._calls_sql import Dialect, Sql, _json_list, _wrap
 
 # every string literal of a JSON text (keys too; refs are never keys), its contents as the
 # first group; no '?' in it, since bind() takes every '?' for a placeholder
@@ -94,6 +94,9 @@ class ClickHouseDialect(Dialect):
 
     def in_list(self, column: str) -> str:
         return f"has(JSONExtract(?, 'Array(String)'), {column})"
+
+    def starts_with_any(self, column: str, prefixes: list[str]) -> Sql:
+        return Sql(self.has_prefix(column), (_json_list(prefixes),))
 
     def has_prefix(self, column: str) -> str:
         return f"arrayExists(p -> startsWith({column}, p), JSONExtract(?, 'Array(String)'))"
