@@ -32,7 +32,6 @@ from engine.cli import _args, _probe
 from engine.cli._args import CommandFailed
 from engine.common import _env
 from engine.common._errors import HTTPError
-from engine.wire.feedback import FeedbackCreateReq
 
 FROM_KEY_ENV = _env.COPY_FROM_API_KEY
 TO_KEY_ENV = _env.COPY_TO_API_KEY
@@ -340,10 +339,9 @@ def _copy_feedback(source: Any, target: Any, project: str, done: Copied) -> None
                                            "payload", "annotation_ref", "runnable_ref",
                                            "call_ref", "trigger_ref", "wb_user_id")}
             req["project_id"] = project
-            batch.append(msgspec.convert({k: v for k, v in req.items() if v is not None},
-                                         FeedbackCreateReq))
+            batch.append({k: v for k, v in req.items() if v is not None})
         if batch:  # one request per page (a server without the batch route: one each)
-            target._send_feedback_batch(batch)
+            target.feedback_create_batch({"batch": batch})
             done.feedback += len(batch)
         if len(page) < _PAGE:
             return

@@ -19,6 +19,7 @@ import aiohttp
 from engine.client import _tables
 from engine.client._base import ClientBase
 from engine.client._core import ClientCore, HttpRequest, HttpResponse, Plan, RetryPolicy, coerce
+from engine.client._feedback import feedback_create_batch
 from engine.common._errors import SendError
 from engine.wire import ROUTES
 from engine.wire import calls as c
@@ -265,6 +266,12 @@ class AsyncRemoteHTTPTraceServer(ClientBase):
         if self._batched is not None:
             return self._batched.feedback_create(req)
         return await self._call("feedback_create", req)
+
+    async def feedback_create_batch(
+            self, req: f.FeedbackCreateBatchReq | Req) -> f.FeedbackCreateBatchRes:
+        items = coerce(req, f.FeedbackCreateBatchReq).batch
+        return f.FeedbackCreateBatchRes(
+            res=await self._driver.run(feedback_create_batch(self._core, items)))
 
     async def feedback_query(self, req: f.FeedbackQueryReq | Req) -> f.FeedbackQueryRes:
         return await self._call("feedback_query", req)

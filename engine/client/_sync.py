@@ -14,6 +14,7 @@ from typing import Any
 from engine.client import _tables
 from engine.client._base import ClientBase
 from engine.client._core import coerce
+from engine.client._feedback import feedback_create_batch
 from engine.client._http import SyncDriver
 from engine.wire import ROUTES
 from engine.wire import calls as c
@@ -166,6 +167,12 @@ class RemoteHTTPTraceServer(ClientBase):
         if self._batched is not None:
             return self._batched.feedback_create(req)
         return self._call("feedback_create", req)
+
+    def feedback_create_batch(self, req: f.FeedbackCreateBatchReq | Req) -> f.FeedbackCreateBatchRes:
+        """Several feedback rows in one request (weave 0.54.0's method); a server without
+        ``/feedback/batch/create`` gets them one by one."""
+        items = coerce(req, f.FeedbackCreateBatchReq).batch
+        return f.FeedbackCreateBatchRes(res=self._driver.run(feedback_create_batch(self._core, items)))
 
     def feedback_query(self, req: f.FeedbackQueryReq | Req) -> f.FeedbackQueryRes:
         return self._call("feedback_query", req)

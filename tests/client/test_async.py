@@ -63,3 +63,17 @@ def test_async_table_split_and_stream(run, server_url, project):
                 {"project_id": project, "digest": made.digest})]
 
     assert run(scenario()) == list(range(20))
+
+
+def test_async_feedback_create_batch_stores_every_row(run, server_url, project):
+    async def scenario():
+        async with AsyncRemoteHTTPTraceServer(server_url) as client:
+            res = await client.feedback_create_batch({"batch": [
+                {"project_id": project, "weave_ref": f"weave:///{project}/call/{i}", "id": f"a-{i}",
+                 "feedback_type": "note", "payload": {"i": i}} for i in range(2)]})
+            stored = await client.feedback_query({"project_id": project})
+            return res, stored
+
+    res, stored = run(scenario())
+    assert [r.id for r in res.res] == ["a-0", "a-1"]
+    assert sorted(x["id"] for x in stored.result) == ["a-0", "a-1"]

@@ -44,3 +44,24 @@ def test_batched_feedback_is_stored_under_the_client_ids(server_url, project):
         assert client.get_call_processor().flush(30)
         stored = client.feedback_query({"project_id": project}).result
     assert sorted(x["id"] for x in stored) == sorted(m.id for m in made)
+
+
+def test_feedback_create_batch_answers_each_row_and_falls_back_on_404():
+    """weave 0.54.0's own ``feedback_create_batch``: one request, or one create each on a
+    server without the batch route (engine copy sends a page of feedback with it)."""
+    with StubServer(_no_batch_route) as stub, RemoteHTTPTraceServer(stub.url) as client:
+        res = client.feedback_create_batch({"batch": [{**_feedback(i), "id": f"id-{i}"}
+                                                      for i in range(3)]})
+        paths = stub.paths()
+    assert [r.id for r in res.res] == ["id-0", "id-1", "id-2"]
+    assert paths == ["/feedback/batch/create"] + ["/feedback/create"] * 3
+
+
+@pytest.mark.integration
+def test_feedback_create_batch_stores_every_row_under_its_id(server_url, project):
+    with RemoteHTTPTraceServer(server_url) as client:
+        res = client.feedback_create_batch({"batch": [{**_feedback(i, project), "id": f"fb-{i}"}
+                                                      for i in range(3)]})
+        stored = client.feedback_query({"project_id": project}).result
+    assert [r.id for r in res.res] == ["fb-0", "fb-1", "fb-2"]
+    assert sorted(x["id"] for x in stored) == ["fb-0", "fb-1", "fb-2"]
