@@ -72,9 +72,7 @@ class CallReader:
                                 "sort_by": [{"field": "started_at", "direction": "desc"}]}
         if query:
             body["query"] = query
-        headers = {"Content-Type": "application/json", **_probe.auth_headers(self.api_key)}
-        answer = _probe.request(f"{self.url}/calls/stream_query",
-                                data=json.dumps(body).encode(), headers=headers)
+        answer = _probe.post_json(f"{self.url}/calls/stream_query", body, self.api_key)
         if answer.status != 200:
             raise CommandFailed(f"calls: {self.url}/calls/stream_query answered HTTP "
                                 f"{answer.status}: {answer.body[:200].decode('utf-8', 'replace')}")

@@ -167,18 +167,14 @@ def _copy_retention(source: tuple[str, str | None], target: tuple[str, str | Non
                     project: str, done: Copied) -> None:
     """The retention in force for the project (weave's TTL settings), set on the target
     when the source has one (a server default becomes the project's own there)."""
-    body = json.dumps({"project_id": project}).encode()
     (src_url, src_key), (dst_url, dst_key) = source, target
-    answer = _probe.request(f"{src_url.rstrip('/')}/project/ttl_settings/read", data=body,
-                            headers={"Content-Type": "application/json",
-                                     **_probe.auth_headers(src_key)})
+    answer = _probe.post_json(f"{src_url.rstrip('/')}/project/ttl_settings/read",
+                              {"project_id": project}, src_key)
     days = json.loads(answer.body).get("retention_days") if answer.status == 200 else None
     if days is None:  # kept until deleted, or a server without TTL settings: nothing to set
         return
-    update = json.dumps({"project_id": project, "retention_days": days}).encode()
-    answer = _probe.request(f"{dst_url.rstrip('/')}/project/ttl_settings/update", data=update,
-                            headers={"Content-Type": "application/json",
-                                     **_probe.auth_headers(dst_key)})
+    answer = _probe.post_json(f"{dst_url.rstrip('/')}/project/ttl_settings/update",
+                              {"project_id": project, "retention_days": days}, dst_key)
     if answer.status != 200:
         raise CommandFailed(f"copy: {dst_url} did not take {project}'s retention of {days} "
                             f"days (HTTP {answer.status}): its calls would be kept for ever")

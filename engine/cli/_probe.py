@@ -6,7 +6,6 @@ is one clear error at start (what answered, and what to change).
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import socket
@@ -15,6 +14,7 @@ import urllib.request
 from typing import Any, NamedTuple
 
 from engine.cli._args import CommandFailed
+from engine.common._auth import basic_auth
 
 DEFAULT_TIMEOUT_S = 10.0
 log = logging.getLogger("engine.cli")
@@ -31,10 +31,14 @@ class Answer(NamedTuple):
 
 
 def auth_headers(api_key: str | None) -> dict[str, str]:
-    if not api_key:
-        return {}
-    token = base64.b64encode(f"api:{api_key}".encode()).decode()
-    return {"Authorization": f"Basic {token}"}
+    return {"Authorization": basic_auth(api_key)} if api_key else {}
+
+
+def post_json(url: str, body: Any, api_key: str | None = None,
+              timeout_s: float = DEFAULT_TIMEOUT_S) -> Answer:
+    """``POST`` of ``body`` as JSON with the key's header; an answer as :func:`request`."""
+    return request(url, data=json.dumps(body).encode(), timeout_s=timeout_s,
+                   headers={"Content-Type": "application/json", **auth_headers(api_key)})
 
 
 def request(url: str, *, data: bytes | None = None, headers: dict[str, str] | None = None,

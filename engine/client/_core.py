@@ -15,7 +15,6 @@ server-side ids, a completion or an action is sent once.
 
 from __future__ import annotations
 
-import base64
 import importlib.metadata
 import random
 import uuid
@@ -26,6 +25,7 @@ from typing import Any, TypeVar
 import msgspec
 import yarl
 
+from engine.common._auth import basic_auth
 from engine.common._errors import HTTPError, SendError, reason_of
 from engine.common._retry import Backoff, Deadline, retry_after_s
 from engine.wire import _codec, files, misc, query
@@ -128,11 +128,6 @@ def coerce(req: Any, type_: type[T]) -> T:
     if isinstance(req, msgspec.Struct):
         req = msgspec.structs.asdict(req)
     return msgspec.convert(req, type_)
-
-
-def basic_auth(api_key: str) -> str:
-    """HTTP Basic with user ``api`` (WIRE.md §1)."""
-    return "Basic " + base64.b64encode(f"api:{api_key}".encode()).decode()
 
 
 def _join(base: yarl.URL, path: str) -> str:

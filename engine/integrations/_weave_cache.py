@@ -17,13 +17,14 @@ each new file or database, the same for every URL of it), else by the URL.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import logging
 import os
 import tempfile
 import urllib.request
+
+from engine.common._auth import basic_auth
 
 CACHE_ENV = "WEAVE_SERVER_CACHE_DIR"
 _INFO_TIMEOUT_S = 5.0
@@ -63,8 +64,7 @@ def store_id(url: str, api_key: str | None) -> str | None:
     one (not an engine server) or one that does not answer now."""
     request = urllib.request.Request(url.rstrip("/") + "/server_info")
     if api_key:
-        token = base64.b64encode(f"api:{api_key}".encode()).decode()
-        request.add_header("Authorization", f"Basic {token}")
+        request.add_header("Authorization", basic_auth(api_key))
     try:
         with urllib.request.urlopen(request, timeout=_INFO_TIMEOUT_S) as resp:
             value = json.loads(resp.read()).get("store_id")

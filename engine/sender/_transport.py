@@ -9,7 +9,6 @@ request that got no answer (connection refused or reset, timeout) raises, as
 from __future__ import annotations
 
 import asyncio
-import base64
 import threading
 import time
 from collections.abc import Mapping
@@ -23,6 +22,7 @@ import msgspec
 import yarl
 import zstandard
 
+from engine.common._auth import basic_auth
 from engine.common._errors import HTTPError, SendError, reason_of
 from engine.common._machine import same_machine
 
@@ -249,8 +249,7 @@ def _base_headers(
 ) -> dict[str, str]:
     headers = {"User-Agent": user_agent}
     if api_key:
-        token = base64.b64encode(f"api:{api_key}".encode()).decode("ascii")
-        headers["Authorization"] = f"Basic {token}"
+        headers["Authorization"] = basic_auth(api_key)
     if extra_headers:
         headers.update(extra_headers)
     return headers
