@@ -170,15 +170,27 @@ function readParams() {
            roots: s.get("roots") !== "0", page: Math.max(0, parseInt(s.get("page") || "0", 10) || 0) };
 }
 
-function paramsHref(params) {
+// this page with the given query parameters (those without a value left out)
+function queryHref(values) {
   const s = new URLSearchParams();
-  if (params.op) s.set("op", params.op);
-  if (params.status) s.set("status", params.status);
-  if (params.q) s.set("q", params.q);
-  if (!params.roots) s.set("roots", "0");
-  if (params.page) s.set("page", String(params.page));
+  for (const [name, value] of Object.entries(values)) if (value) s.set(name, String(value));
   const text = s.toString();
   return location.pathname + (text ? "?" + text : "");
+}
+
+function paramsHref(params) {
+  return queryHref({ op: params.op, status: params.status, q: params.q,
+                     roots: params.roots ? "" : "0", page: params.page });
+}
+
+// newer / older pages of PAGE_ROWS; rangeText(first, last) says which rows show
+function pager(page, shown, count, hrefOf, rangeText) {
+  const first = page * PAGE_ROWS;
+  return el("div", { class: "pager" },
+    el("button", { id: "prev", disabled: page === 0, onclick: () => go(hrefOf(page - 1)) }, "← Newer"),
+    el("span", { id: "range" }, rangeText(first, first + shown)),
+    el("button", { id: "next", disabled: first + shown >= count,
+                   onclick: () => go(hrefOf(page + 1)) }, "Older →"));
 }
 
 function filterForm(params) {
@@ -215,20 +227,16 @@ async function callsPage(project) {
       el("td", { class: "num" }, cost === null ? "" : "$" + cost.toFixed(4)),
       el("td", {}, el("code", {}, call.id.slice(-12))));
   });
-  const first = params.page * PAGE_ROWS;
   const pages = Math.max(1, Math.ceil(stats.count / PAGE_ROWS));
-  const pager = el("div", { class: "pager" },
-    el("button", { id: "prev", disabled: params.page === 0,
-                   onclick: () => go(paramsHref({ ...params, page: params.page - 1 })) }, "← Newer"),
-    el("span", { id: "range" }, stats.count ? `${(first + 1).toLocaleString()}–${(first + calls.length).toLocaleString()} of ${stats.count.toLocaleString()} calls (page ${params.page + 1} of ${pages.toLocaleString()})` : "no calls match"),
-    el("button", { id: "next", disabled: first + calls.length >= stats.count,
-                   onclick: () => go(paramsHref({ ...params, page: params.page + 1 })) }, "Older →"));
+  const paging = pager(params.page, calls.length, stats.count,
+    (page) => paramsHref({ ...params, page }),
+    (first, last) => stats.count ? `${(first + 1).toLocaleString()}–${last.toLocaleString()} of ${stats.count.toLocaleString()} calls (page ${params.page + 1} of ${pages.toLocaleString()})` : "no calls match");
   show(el("h1", {}, "Calls"), filterForm(params),
     el("table", { id: "calls" },
       el("thead", {}, el("tr", {}, ["Op", "Status", "Latency", "Started", "Tokens", "Cost", "Id"]
         .map((h, i) => el("th", { class: [2, 4, 5].includes(i) ? "num" : undefined }, h)))),
       el("tbody", {}, rows)),
-    pager);
+    paging);
 }
 
 // -- one call: its trace tree and everything it carries -------------------------------------
@@ -432,11 +440,7 @@ function evalParams() {
 }
 
 function evalHref(params) {
-  const s = new URLSearchParams();
-  if (params.name) s.set("eval", params.name);
-  if (params.page) s.set("page", String(params.page));
-  const text = s.toString();
-  return location.pathname + (text ? "?" + text : "");
+  return queryHref({ eval: params.name, page: params.page });
 }
 
 async function evaluationsPage(project) {
@@ -494,20 +498,16 @@ async function evaluationsPage(project) {
       return el("th", { class: "num metric", title: path }, scorer, rest.length ? el("br") : null,
         rest.length ? el("span", { class: "muted" }, rest.join(".")) : null);
     }));
-  const first = params.page * PAGE_ROWS;
-  const pager = el("div", { class: "pager" },
-    el("button", { id: "prev", disabled: params.page === 0,
-                   onclick: () => go(evalHref({ ...params, page: params.page - 1 })) }, "← Newer"),
-    el("span", { id: "range" }, stats.count ? `${(first + 1).toLocaleString()}–${(first + calls.length).toLocaleString()} of ${stats.count.toLocaleString()} evaluation runs` : "no evaluation runs"),
-    el("button", { id: "next", disabled: first + calls.length >= stats.count,
-                   onclick: () => go(evalHref({ ...params, page: params.page + 1 })) }, "Older →"));
+  const paging = pager(params.page, calls.length, stats.count,
+    (page) => evalHref({ ...params, page }),
+    (first, last) => stats.count ? `${(first + 1).toLocaleString()}–${last.toLocaleString()} of ${stats.count.toLocaleString()} evaluation runs` : "no evaluation runs");
   show(el("h1", {}, "Evaluations"),
     el("div", { class: "filters" }, choice, compare,
       el("span", { class: "muted" }, "weave's Evaluation.evaluate runs, newest first; each score column is a number of their output; tick two or more to compare them example by example")),
     calls.length ? el("div", { class: "wide" }, el("table", { id: "evaluations" },
       el("thead", {}, el("tr", {}, head)), el("tbody", {}, rows))) :
       el("p", { class: "muted" }, "No evaluation runs in this project: weave's Evaluation.evaluate calls show here."),
-    pager);
+    paging);
 }
 
 // -- two or more evaluation runs, example by example ------------------------------------------
