@@ -79,12 +79,14 @@ class OpWatch:
                 self._said.add(project_id)
                 log.warning(
                     "engine serve: calls in project %s name the op %s, which this server does "
-                    "not have: weave's client did not send it. Its disk cache of what it "
-                    "created (WEAVE_SERVER_CACHE_DIR, by default <tmp>/weave_trace_server_cache) "
-                    "is shared by every server and says it was created before, on another "
-                    "server or an earlier database at this URL; the objects, datasets and "
-                    "models it created then are missing here too. Run the program with "
-                    "WEAVE_SERVER_CACHE_DIR set to a folder of this server's own (or "
-                    "WEAVE_USE_SERVER_CACHE=false), or through the engine's weave integration "
-                    "(ENGINE_WEAVE=1, which does that), to store them here.", project_id, ref)
+                    "not have (no client sent it). If weave's client sent these calls: its disk "
+                    "cache of what it created (WEAVE_SERVER_CACHE_DIR, by default "
+                    "<tmp>/weave_trace_server_cache) is shared by every server and says it was "
+                    "created before, on another server or an earlier database at this URL, so "
+                    "the objects, datasets and models it created then are missing here too; run "
+                    "the program with WEAVE_SERVER_CACHE_DIR set to a folder of this server's "
+                    "own (or WEAVE_USE_SERVER_CACHE=false), or through the engine's weave "
+                    "integration (ENGINE_WEAVE=1, which does that). If they were loaded from a "
+                    "file or written by another tool, the op was not among them.",
+                    project_id, ref)
         return missing

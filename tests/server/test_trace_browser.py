@@ -106,6 +106,15 @@ def browser(tmp_path_factory):
         driver.quit()
 
 
+@pytest.fixture(autouse=True)
+def _own_console_log(request):
+    """Each test checks the console messages of its own pages: the module's one browser
+    keeps an earlier test's (a page that read a deleted object logs its 404)."""
+    if "browser" in request.fixturenames:
+        request.getfixturevalue("browser").get_log("browser")
+    yield
+
+
 def _wait(driver, css: str, text: str | None = None, timeout_s: float = 60):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -236,24 +245,59 @@ for name in ("qa-eval", "qa-eval-strict"):
 """
 
 
+_TRIALS = """
+import asyncio, collections, weave
+weave.init("acme/trials")
+seen = collections.Counter()
+
+class Bot(weave.Model):
+    flaky: bool
+
+    @weave.op
+    def predict(self, question: str) -> dict:
+        seen[self.flaky, question] += 1
+        # trials run concurrently, in any order: the flaky bot is wrong in exactly one of
+        # each example's three
+        wrong = self.flaky and seen[self.flaky, question] == 2
+        return {"answer": "wrong" if wrong else question.upper()}
+
+@weave.op
+def exact(expected: str, output: dict) -> dict:
+    return {"correct": output["answer"] == expected}
+
+@weave.op
+def length(output: dict) -> float:
+    return float(len(output["answer"]))
+
+dataset = weave.Dataset(name="four", rows=[{"question": f"q{i}", "expected": f"Q{i}"} for i in range(4)])
+evaluation = weave.Evaluation(name="trials-eval", dataset=dataset, scorers=[exact, length], trials=3)
+for flaky in (False, True):
+    asyncio.run(evaluation.evaluate(Bot(flaky=flaky)))
+"""
+
+
+def _run_weave(url: str, tmp_path, script: str) -> None:
+    (tmp_path / "home").mkdir(exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "WEAVE_", "WF_", "ENGINE_"))}
+    env.update(WF_TRACE_SERVER_URL=url, WANDB_BASE_URL=url, HOME=str(tmp_path / "home"),
+               WANDB_API_KEY="0123456789abcdef0123456789abcdef01234567",
+               WEAVE_PRINT_CALL_LINK="false", WANDB_ERROR_REPORTING="false",
+               NO_PROXY="127.0.0.1,localhost",
+               # weave caches the objects it created on disk, by request and not by
+               # server: a shared cache would keep them from this fresh server
+               WEAVE_SERVER_CACHE_DIR=str(tmp_path / "weave-cache"))
+    subprocess.run([sys.executable, "-c", script], env=env, timeout=300, check=True,
+                   capture_output=True)
+
+
 def test_evaluations_page_shows_weave_evaluation_runs_with_their_scores(browser, tmp_path):
     """weave 0.54.0's own Evaluation, run against engine serve: one row per run with its
     evaluation, its model's settings, its calls and errors and every score of its output."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
-    (tmp_path / "home").mkdir()
     with serve_subprocess(tmp_path / "traces.db") as url:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "WEAVE_", "WF_", "ENGINE_"))}
-        env.update(WF_TRACE_SERVER_URL=url, WANDB_BASE_URL=url, HOME=str(tmp_path / "home"),
-                   WANDB_API_KEY="0123456789abcdef0123456789abcdef01234567",
-                   WEAVE_PRINT_CALL_LINK="false", WANDB_ERROR_REPORTING="false",
-                   NO_PROXY="127.0.0.1,localhost",
-                   # weave caches the objects it created on disk, by request and not by
-                   # server: a shared cache would keep them from this fresh server
-                   WEAVE_SERVER_CACHE_DIR=str(tmp_path / "weave-cache"))
-        subprocess.run([sys.executable, "-c", _EVALUATIONS], env=env, timeout=300, check=True,
-                       capture_output=True)
+        _run_weave(url, tmp_path, _EVALUATIONS)
 
         browser.get(f"{url}/acme/evals/weave/calls")
         browser.find_element(By.LINK_TEXT, "Evaluations").click()
@@ -328,3 +372,35 @@ def test_evaluations_page_shows_weave_evaluation_runs_with_their_scores(browser,
                   for r in browser.find_elements(By.CSS_SELECTOR, "#evaluations tbody tr")]
         assert models == ["QA (model_name=gpt-x, temperature=0)", "QA",
                           "QA (model_name=gpt-x, temperature=0)"], models
+
+
+def test_compare_shows_every_trial_of_an_evaluation_with_trials(browser, tmp_path):
+    """weave's ``Evaluation(trials=3)``: each example's three predictions per run in its
+    cell, true/false scores as how many trials were true, numbers as their mean; runs differ
+    where those differ."""
+    from selenium.webdriver.common.by import By
+
+    with serve_subprocess(tmp_path / "traces.db") as url:
+        _run_weave(url, tmp_path, _TRIALS)
+        browser.get(f"{url}/acme/trials/weave/evaluations")
+        _wait(browser, "#range", "1–2 of 2 evaluation runs")
+        for pick in browser.find_elements(By.CSS_SELECTOR, "#evaluations input.pick"):
+            pick.click()
+        browser.find_element(By.ID, "compare-runs").click()
+        _wait(browser, "#differing", "4 of 4 examples differ")
+        assert "several trials per example" in browser.find_element(By.ID, "trials").text
+        assert browser.find_element(By.ID, "runs").text.count("Bot") == 2
+        for row in browser.find_elements(By.CSS_SELECTOR, "#compare tbody tr"):
+            cells = row.find_elements(By.TAG_NAME, "td")
+            flaky, steady = cells[1], cells[2]  # newest first: the flaky bot ran second
+            assert len(flaky.find_elements(By.CSS_SELECTOR, "div.trial")) == 3
+            assert len(steady.find_elements(By.CSS_SELECTOR, "div.trial")) == 3
+            outputs = flaky.text.splitlines()
+            assert sum('"wrong"' in line for line in outputs) == 1, outputs
+            assert not any('"wrong"' in line for line in steady.text.splitlines())
+            # exact.correct (flaky, steady), then length (flaky, steady)
+            assert [c.text for c in cells[3:7]] == ["2/3", "3/3", "3", "2"], [c.text for c in cells]
+            assert "trials: " in cells[3].get_attribute("title")
+            assert "mean of 3 trials: " in cells[5].get_attribute("title")
+        _screenshot(browser, tmp_path, "trace-browser-compare-trials.png")
+        _no_console_errors(browser)

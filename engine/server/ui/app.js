@@ -539,6 +539,27 @@ function formatScore(value) {
   return Number.isInteger(value) ? String(value) : value.toLocaleString(undefined, { maximumSignificantDigits: 4 });
 }
 
+// a score over a run's trials of one example: one trial's value as it is; over several,
+// booleans as how many were true ("2/3") and numbers as their mean, each trial's value in
+// the title. ``text`` is what rows compare, so runs differ when what they show differs.
+function trialScores(trials, paths) {
+  const out = new Map();
+  for (const p of paths) {
+    const values = trials.map((s) => s.get(p)).filter((v) => v !== undefined);
+    if (!values.length) continue;
+    const each = values.map(formatScore).join(", ");
+    if (values.length === 1) out.set(p, { text: formatScore(values[0]), title: undefined });
+    else if (values.every((v) => typeof v === "boolean")) {
+      out.set(p, { text: `${values.filter(Boolean).length}/${values.length}`, title: `trials: ${each}` });
+    } else {
+      const numbers = values.map(Number);
+      out.set(p, { text: formatScore(numbers.reduce((a, b) => a + b, 0) / numbers.length),
+                   title: `mean of ${values.length} trials: ${each}` });
+    }
+  }
+  return out;
+}
+
 // the weave refs inside a value (weave stores a value a model passed through unchanged,
 // a dataset row's field, as a ref to it)
 function refsIn(value, found, depth = 0) {
@@ -581,40 +602,49 @@ async function comparePage(project) {
     limit: COMPARE_MAX_EXAMPLES, sort_by: [{ field: "started_at", direction: "asc" }] })));
   const models = await readRefs([...new Set(runs.map((r) => (r.inputs || {}).model).filter((m) => refParts(m)))]);
 
-  // one row per example, in the order the first run met them
+  // one row per example, in the order the first run met them; an evaluation with
+  // ``trials > 1`` predicts each example that many times: every trial of a run in its cell
   const examples = new Map();
   children.forEach((calls, at) => {
     for (const call of calls) {
       const key = exampleKey((call.inputs || {}).example);
-      if (!examples.has(key)) examples.set(key, { example: (call.inputs || {}).example, byRun: new Array(runs.length) });
-      examples.get(key).byRun[at] = call;
+      if (!examples.has(key)) examples.set(key, { example: (call.inputs || {}).example, byRun: runs.map(() => []) });
+      examples.get(key).byRun[at].push(call);
     }
   });
   // examples given as refs to dataset rows, and refs inside outputs, read in one go
   const found = new Set();
   for (const entry of examples.values()) {
     refsIn(entry.example, found);
-    for (const call of entry.byRun) if (call) refsIn((call.output || {}).output, found);
+    for (const trials of entry.byRun) for (const call of trials) refsIn((call.output || {}).output, found);
   }
   const exampleVals = await readRefs([...found].slice(0, COMPARE_MAX_REFS));
-  const scoresOf = (call) => (call && !call.exception ? scoreLeaves(((call.output || {}).scores), "", new Map()) : new Map());
-  const paths = [...new Set([...examples.values()].flatMap((e) => e.byRun.flatMap((c) => [...scoresOf(c).keys()])))];
+  const scoresOf = (call) => (!call.exception ? scoreLeaves(((call.output || {}).scores), "", new Map()) : new Map());
+  const paths = [...new Set([...examples.values()].flatMap((e) => e.byRun.flatMap((t) => t.flatMap((c) => [...scoresOf(c).keys()]))))];
+  const manyTrials = [...examples.values()].some((e) => e.byRun.some((t) => t.length > 1));
+  const outputOf = (call) => call.exception ? el("span", { class: "status error", title: call.exception }, "error")
+    : (call.output || {}).output == null ? link(callHref(project, call.id), "no output", "muted")
+    : link(callHref(project, call.id), short(withRefsRead(call.output.output, exampleVals)));
   const rows = [];
   let differing = 0;
   for (const entry of examples.values()) {
-    const scores = entry.byRun.map(scoresOf);
-    const differs = entry.byRun.some((c) => !c || c.exception) !== entry.byRun.every((c) => !c || c.exception) ||
-      paths.some((p) => new Set(scores.map((s) => JSON.stringify(s.get(p)))).size > 1);
+    const scores = entry.byRun.map((trials) => trialScores(trials.map(scoresOf), paths));
+    const failed = entry.byRun.map((trials) => !trials.length || trials.every((c) => c.exception));
+    const differs = failed.some(Boolean) !== failed.every(Boolean) ||
+      paths.some((p) => new Set(scores.map((s) => (s.get(p) || {}).text)).size > 1);
     if (differs) differing += 1;
     if (onlyDiffering && !differs) continue;
     const shown = withRefsRead(entry.example, exampleVals);
     rows.push(el("tr", { class: differs ? "differs" : undefined },
       el("td", { class: "example" }, short(shown)),
-      entry.byRun.map((call) => el("td", { class: "output" }, !call ? el("span", { class: "muted" }, "not run")
-        : call.exception ? el("span", { class: "status error", title: call.exception }, "error")
-        : (call.output || {}).output == null ? link(callHref(project, call.id), "no output", "muted")
-        : link(callHref(project, call.id), short(withRefsRead(call.output.output, exampleVals))))),
-      paths.map((p) => scores.map((s, at) => el("td", { class: "num" + (at === 0 ? " first" : "") }, formatScore(s.get(p)))))));
+      entry.byRun.map((trials) => el("td", { class: "output" }, !trials.length ? el("span", { class: "muted" }, "not run")
+        : trials.length === 1 ? outputOf(trials[0])
+        : trials.map((call, n) => el("div", { class: "trial" }, el("span", { class: "muted" }, `${n + 1}. `), outputOf(call))))),
+      paths.map((p) => scores.map((s, at) => {
+        const score = s.get(p);
+        return el("td", { class: "num" + (at === 0 ? " first" : ""), title: score ? score.title : undefined },
+          score ? score.text : "");
+      }))));
   }
   const runLabel = (run) => run.display_name || opLabel(run.op_name);
   const head = [
@@ -636,10 +666,12 @@ async function comparePage(project) {
   show(el("h1", {}, "Compare evaluation runs"), legend,
     el("div", { class: "filters" }, el("label", {}, toggle, " only examples whose scores differ"),
       el("span", { id: "differing", class: "muted" },
-        `${differing.toLocaleString()} of ${examples.size.toLocaleString()} examples differ`)),
+        `${differing.toLocaleString()} of ${examples.size.toLocaleString()} examples differ`),
+      manyTrials ? el("span", { id: "trials", class: "muted" },
+        "several trials per example: each trial's output, true/false scores as how many trials were true, numbers as their mean") : null),
     el("div", { class: "wide" }, el("table", { id: "compare" }, el("thead", {}, head), el("tbody", {}, rows))),
     children.some((c) => c.length >= COMPARE_MAX_EXAMPLES)
-      ? el("p", { class: "muted" }, `first ${COMPARE_MAX_EXAMPLES.toLocaleString()} examples of each run`) : null);
+      ? el("p", { class: "muted" }, `first ${COMPARE_MAX_EXAMPLES.toLocaleString()} predictions of each run`) : null);
 }
 
 // -- projects, navigation -------------------------------------------------------------------
