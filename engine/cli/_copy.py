@@ -5,15 +5,16 @@ backup, a hosted project onto a local server -- over the weave trace-server API 
 ends (any server that speaks it). Per project, in an order that keeps every reference
 whole: the files its objects name (op source code, custom objects), the tables they name
 (datasets), every live object version oldest first (so version numbers come out the
-same), every call (ids, parents, times, inputs, outputs, summaries, exceptions as stored),
+same) with its tags and aliases (an alias that moved ends on the version holding it now),
+every call (ids, parents, times, inputs, outputs, summaries, exceptions as stored),
 its feedback (under the same ids), its LLM prices and its retention (weave's TTL settings).
 
 Ids and digests are kept: the target computes each digest again and the copy checks it
 against the source's (a digest that comes out different would break the refs to it: named
 and counted, never silent). Writing what the target already holds writes the same thing
 again, so an interrupted copy resumes by running it again (prices already there are
-skipped, not added twice). Not copied, and said so: deleted calls and versions, object
-tags and aliases, feedback creation times (the target's clock).
+skipped, not added twice). Not copied: deleted calls and versions, feedback creation
+times (the target's clock).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -37,6 +39,7 @@ FROM_KEY_ENV = _env.COPY_FROM_API_KEY
 TO_KEY_ENV = _env.COPY_TO_API_KEY
 _PAGE = 1_000  # objects, feedback per read
 _CALLS_PER_POST = 500
+_VERSION_ALIAS = re.compile(r"^v\d+$")  # the server's own names, as latest
 _POST_BYTES = 4 << 20  # a body stays far below any server's limit (engine serve: 64 MiB)
 _DERIVED_SUMMARY = ("status", "trace_name", "latency_ms", "display_name")  # a server's own
 _START_FIELDS = ("project_id", "id", "op_name", "display_name", "trace_id", "parent_id",
@@ -76,6 +79,7 @@ class Copied:
     costs_present: int = 0
     changed_digests: list[str] = field(default_factory=list)
     missing_on_source: list[str] = field(default_factory=list)
+    labels: int = 0
     labels_not_copied: int = 0
     retention_days: int | None = None
 
@@ -83,10 +87,12 @@ class Copied:
         said = (f"{self.project}: {self.calls:,} calls, {self.objects:,} object versions, "
                 f"{self.tables:,} tables, {self.files:,} files, {self.feedback:,} feedback, "
                 f"{self.costs:,} prices ({self.costs_present:,} already there)")
+        if self.labels:
+            said += f"; {self.labels:,} tags/aliases"
         if self.retention_days is not None:
             said += f"; calls kept {self.retention_days:,} days"
         if self.labels_not_copied:
-            said += f"; {self.labels_not_copied:,} tags/aliases not copied"
+            said += f"; {self.labels_not_copied:,} tags/aliases not copied (the target refused them)"
         if self.missing_on_source:
             said += (f"; {len(self.missing_on_source):,} named but not on the source either: "
                      f"{', '.join(self.missing_on_source[:5])}")
@@ -143,8 +149,6 @@ def copy_project(source: Any, target: Any, project: str) -> Copied:
     tables, files = set(), {}
     for version in versions:
         _refs_in(version["val"], project, tables, files)
-        done.labels_not_copied += len(version.get("tags") or []) + len(
-            [a for a in version.get("aliases") or [] if a != "latest"])
     _copy_named(source, target, project, tables, files, done)
     for version in versions:
         # the value carries its class markers (a builtin class's too, as stored): the target
@@ -154,6 +158,7 @@ def copy_project(source: Any, target: Any, project: str) -> Copied:
         digest = target.obj_create({"obj": obj}).digest
         _check(done, f"{version['object_id']}:{version['digest']}", version["digest"], digest)
         done.objects += 1
+        _copy_labels(target, project, version, done)
     called_tables, called_files = _copy_calls(source, target, project, done)
     # what only calls name (an image or audio input, a table passed to an op)
     _copy_named(source, target, project, called_tables - tables,
@@ -205,12 +210,35 @@ def _builtins(value: Any) -> Any:
     return msgspec.to_builtins(value)
 
 
+def _copy_labels(target: Any, project: str, version: dict[str, Any], done: Copied) -> None:
+    """The version's tags and aliases (``latest`` is the target's own). Versions come oldest
+    first and the source lists an alias on the version holding it now, so an alias that
+    moved ends on the same version. A target without the routes (404) or refusing a name
+    (400) has them counted as not copied."""
+    key = {"project_id": project, "object_id": version["object_id"], "digest": version["digest"]}
+    tags = version.get("tags") or []
+    aliases = [a for a in version.get("aliases") or [] if a != "latest" and not _VERSION_ALIAS.match(a)]
+    for method, kind, names in ((target.obj_add_tags, "tags", tags),
+                                (target.obj_set_aliases, "aliases", aliases)):
+        if not names:
+            continue
+        try:
+            method({**key, kind: names})
+        except HTTPError as exc:
+            if exc.status not in (400, 404):
+                raise
+            done.labels_not_copied += len(names)
+        else:
+            done.labels += len(names)
+
+
 def _object_versions(source: Any, project: str) -> Iterator[dict[str, Any]]:
     """Every live version, oldest first (the target numbers versions in creation order)."""
     offset = 0
     while True:
         page = source.objs_query({"project_id": project, "limit": _PAGE, "offset": offset,
-                                  "sort_by": [{"field": "created_at", "direction": "asc"}]}).objs
+                                  "sort_by": [{"field": "created_at", "direction": "asc"}],
+                                  "include_tags_and_aliases": True}).objs
         yield from (_builtins(obj) for obj in page)
         if len(page) < _PAGE:
             return

@@ -16,7 +16,7 @@ from typing import Any
 
 import aiohttp
 
-from engine.client import _tables
+from engine.client import _labels, _tables
 from engine.client._base import ClientBase
 from engine.client._core import ClientCore, HttpRequest, HttpResponse, Plan, RetryPolicy, coerce
 from engine.client._feedback import feedback_create_batch
@@ -26,6 +26,7 @@ from engine.wire import calls as c
 from engine.wire import costs as k
 from engine.wire import feedback as f
 from engine.wire import files as fi
+from engine.wire import labels as lb
 from engine.wire import misc as m
 from engine.wire import objects as o
 from engine.wire import query as q
@@ -220,6 +221,27 @@ class AsyncRemoteHTTPTraceServer(ClientBase):
 
     async def ops_query(self, req: o.OpQueryReq | Req) -> o.OpQueryRes:
         return await self._call("ops_query", req)
+
+    # -- tags and aliases of object versions (weave 0.54.0's methods) ----------------------
+
+    async def obj_add_tags(self, req: lb.ObjAddTagsReq | Req) -> lb.LabelsRes:
+        return await self._driver.run(_labels.add_tags(self._core, req))
+
+    async def obj_remove_tags(self, req: lb.ObjRemoveTagsReq | Req) -> lb.LabelsRes:
+        return await self._driver.run(_labels.remove_tags(self._core, req))
+
+    async def obj_set_aliases(self, req: lb.ObjSetAliasesReq | Req) -> lb.LabelsRes:
+        """An alias names one version of an object: setting it on another moves it."""
+        return await self._driver.run(_labels.set_aliases(self._core, req))
+
+    async def obj_remove_aliases(self, req: lb.ObjRemoveAliasesReq | Req) -> lb.LabelsRes:
+        return await self._driver.run(_labels.remove_aliases(self._core, req))
+
+    async def tags_list(self, req: lb.TagsListReq | Req) -> lb.TagsListRes:
+        return await self._driver.run(_labels.names(self._core, "tags_list", req))
+
+    async def aliases_list(self, req: lb.AliasesListReq | Req) -> lb.AliasesListRes:
+        return await self._driver.run(_labels.names(self._core, "aliases_list", req))
 
     # -- tables -----------------------------------------------------------------------------
 

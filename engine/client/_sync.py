@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from engine.client import _tables
+from engine.client import _labels, _tables
 from engine.client._base import ClientBase
 from engine.client._core import coerce
 from engine.client._feedback import feedback_create_batch
@@ -21,6 +21,7 @@ from engine.wire import calls as c
 from engine.wire import costs as k
 from engine.wire import feedback as f
 from engine.wire import files as fi
+from engine.wire import labels as lb
 from engine.wire import misc as m
 from engine.wire import objects as o
 from engine.wire import query as q
@@ -121,6 +122,27 @@ class RemoteHTTPTraceServer(ClientBase):
 
     def ops_query(self, req: o.OpQueryReq | Req) -> o.OpQueryRes:
         return self._call("ops_query", req)
+
+    # -- tags and aliases of object versions (weave 0.54.0's methods) ----------------------
+
+    def obj_add_tags(self, req: lb.ObjAddTagsReq | Req) -> lb.LabelsRes:
+        return self._driver.run(_labels.add_tags(self._core, req))
+
+    def obj_remove_tags(self, req: lb.ObjRemoveTagsReq | Req) -> lb.LabelsRes:
+        return self._driver.run(_labels.remove_tags(self._core, req))
+
+    def obj_set_aliases(self, req: lb.ObjSetAliasesReq | Req) -> lb.LabelsRes:
+        """An alias names one version of an object: setting it on another moves it."""
+        return self._driver.run(_labels.set_aliases(self._core, req))
+
+    def obj_remove_aliases(self, req: lb.ObjRemoveAliasesReq | Req) -> lb.LabelsRes:
+        return self._driver.run(_labels.remove_aliases(self._core, req))
+
+    def tags_list(self, req: lb.TagsListReq | Req) -> lb.TagsListRes:
+        return self._driver.run(_labels.names(self._core, "tags_list", req))
+
+    def aliases_list(self, req: lb.AliasesListReq | Req) -> lb.AliasesListRes:
+        return self._driver.run(_labels.names(self._core, "aliases_list", req))
 
     # -- tables -----------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from aiohttp import web
 from engine.server._body import ApiError
 from engine.server._reply import not_found, ok, project_of
 from engine.server._state import state_of
-from engine.wire._base import Request
+from engine.wire.labels import AliasesRemoveBody, AliasesSetBody, TagsBody
 
 routes = web.RouteTableDef()
 MAX_TAG_CHARS = 256
@@ -23,22 +23,6 @@ MAX_ALIAS_CHARS = 128
 MAX_LABELS = 100
 _TAG = re.compile(r"^[-\w]+( [-\w]+)*$")
 _VERSION = re.compile(r"^v\d+$")
-
-
-class SetAliasesReq(Request, kw_only=True):
-    project_id: str
-    digest: str
-    aliases: list[str]
-
-
-class RemoveAliasesReq(Request, kw_only=True):
-    project_id: str
-    aliases: list[str]
-
-
-class TagsReq(Request, kw_only=True):
-    project_id: str
-    tags: list[str]
 
 
 def check_tag(tag: str, field: str) -> None:
@@ -71,7 +55,7 @@ async def _decode(request: web.Request, type_: type[msgspec.Struct]):
 
 @routes.put("/objs/{object_id}/aliases")
 async def obj_set_aliases(request: web.Request) -> web.Response:
-    req = await _decode(request, SetAliasesReq)
+    req = await _decode(request, AliasesSetBody)
     object_id = request.match_info["object_id"]
     aliases = _checked(req.aliases, "aliases", check_alias)
     if not await state_of(request).store.set_aliases(req.project_id, object_id, req.digest, aliases):
@@ -81,7 +65,7 @@ async def obj_set_aliases(request: web.Request) -> web.Response:
 
 @routes.post("/objs/{object_id}/aliases/remove")
 async def obj_remove_aliases(request: web.Request) -> web.Response:
-    req = await _decode(request, RemoveAliasesReq)
+    req = await _decode(request, AliasesRemoveBody)
     aliases = _checked(req.aliases, "aliases", check_alias)
     await state_of(request).store.remove_aliases(req.project_id, request.match_info["object_id"], aliases)
     return ok({})
@@ -89,7 +73,7 @@ async def obj_remove_aliases(request: web.Request) -> web.Response:
 
 @routes.put("/objs/{object_id}/versions/{digest}/tags")
 async def obj_add_tags(request: web.Request) -> web.Response:
-    req = await _decode(request, TagsReq)
+    req = await _decode(request, TagsBody)
     object_id, digest = request.match_info["object_id"], request.match_info["digest"]
     tags = _checked(req.tags, "tags", check_tag)
     if not await state_of(request).store.add_tags(req.project_id, object_id, digest, tags):
@@ -99,7 +83,7 @@ async def obj_add_tags(request: web.Request) -> web.Response:
 
 @routes.post("/objs/{object_id}/versions/{digest}/tags/remove")
 async def obj_remove_tags(request: web.Request) -> web.Response:
-    req = await _decode(request, TagsReq)
+    req = await _decode(request, TagsBody)
     object_id, digest = request.match_info["object_id"], request.match_info["digest"]
     await state_of(request).store.remove_tags(req.project_id, object_id, digest, req.tags)
     return ok({})
@@ -126,8 +110,8 @@ async def aliases_list(request: web.Request) -> web.Response:
 
 # bodies of these routes, for whoever checks them by type (tests/server/test_fuzz_routes.py)
 REQUEST_TYPES = {
-    ("PUT", "/objs/{object_id}/aliases"): SetAliasesReq,
-    ("POST", "/objs/{object_id}/aliases/remove"): RemoveAliasesReq,
-    ("PUT", "/objs/{object_id}/versions/{digest}/tags"): TagsReq,
-    ("POST", "/objs/{object_id}/versions/{digest}/tags/remove"): TagsReq,
+    ("PUT", "/objs/{object_id}/aliases"): AliasesSetBody,
+    ("POST", "/objs/{object_id}/aliases/remove"): AliasesRemoveBody,
+    ("PUT", "/objs/{object_id}/versions/{digest}/tags"): TagsBody,
+    ("POST", "/objs/{object_id}/versions/{digest}/tags/remove"): TagsBody,
 }

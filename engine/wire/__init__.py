@@ -22,6 +22,8 @@ from engine.wire.feedback import *  # noqa: E402, F403
 from engine.wire.feedback import __all__ as _feedback_all  # noqa: E402
 from engine.wire.files import *  # noqa: E402, F403
 from engine.wire.files import __all__ as _files_all  # noqa: E402
+from engine.wire.labels import *  # noqa: E402, F403
+from engine.wire.labels import __all__ as _labels_all  # noqa: E402
 from engine.wire.misc import *  # noqa: E402, F403
 from engine.wire.misc import __all__ as _misc_all  # noqa: E402
 from engine.wire.objects import *  # noqa: E402, F403
@@ -33,5 +35,5 @@ from engine.wire.tables import *  # noqa: E402, F403
 from engine.wire.tables import __all__ as _tables_all  # noqa: E402
 
 __all__ += ["Query", "uuid7_bytes", "Route", "ROUTES", "EXTRA_ROUTES"]
-__all__ += [*_costs_all, *_feedback_all, *_files_all, *_misc_all, *_objects_all, *_refs_all]
+__all__ += [*_costs_all, *_feedback_all, *_files_all, *_labels_all, *_misc_all, *_objects_all, *_refs_all]
 __all__ += _tables_all

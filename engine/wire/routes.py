@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
-from engine.wire import calls, costs, feedback, files, misc, objects, query, refs, tables
+from engine.wire import calls, costs, feedback, files, labels, misc, objects, query, refs, tables
 
 __all__ = ["Route", "ROUTES", "EXTRA_ROUTES", "SEED_METHODS"]
 
@@ -22,7 +22,7 @@ Reply = Literal["json", "jsonl", "bytes"]
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Route:
-    method: Literal["GET", "POST", "DELETE"]
+    method: Literal["GET", "POST", "PUT", "DELETE"]
     path: str
     # the body Struct (``None``: no body); for multipart/otlp the Struct the body is made from
     req: Any
@@ -120,6 +120,7 @@ ROUTES: dict[str, Route] = {
 }
 
 _OPS_V2 = "/v2/{entity}/{project}/ops"
+_VERSION_TAGS = "/objs/{object_id}/versions/{digest}/tags"
 
 EXTRA_ROUTES: dict[str, Route] = {
     "calls_complete": _post(
@@ -145,6 +146,17 @@ EXTRA_ROUTES: dict[str, Route] = {
     # query parameter: digests (repeated); none deletes every version
     "op_delete_v2": Route(
         "DELETE", _OPS_V2 + "/{object_id}", None, objects.OpDeleteV2Res, body="none"),
+    # tags and aliases (engine.wire.labels): object id and digest in the path
+    "obj_add_tags": Route(
+        "PUT", _VERSION_TAGS, labels.TagsBody, labels.LabelsRes),
+    "obj_remove_tags": _post(_VERSION_TAGS + "/remove", labels.TagsBody, labels.LabelsRes),
+    "obj_set_aliases": Route(
+        "PUT", "/objs/{object_id}/aliases", labels.AliasesSetBody, labels.LabelsRes),
+    "obj_remove_aliases": _post(
+        "/objs/{object_id}/aliases/remove", labels.AliasesRemoveBody, labels.LabelsRes),
+    # query parameter: project_id
+    "tags_list": Route("GET", "/tags", None, labels.TagsListRes, body="none"),
+    "aliases_list": Route("GET", "/aliases", None, labels.AliasesListRes, body="none"),
 }
 
 SEED_METHODS: frozenset[str] = frozenset(ROUTES)

@@ -12,6 +12,7 @@ import urllib.request
 
 import pytest
 
+from engine.client import RemoteHTTPTraceServer
 from engine.server import serve_subprocess
 from tests.server.test_trace_browser import _EVALUATIONS
 
@@ -39,16 +40,21 @@ def _populate(url: str, tmp_path) -> None:
                WEAVE_SERVER_CACHE_DIR=str(tmp_path / "weave-cache"))
     subprocess.run([sys.executable, "-c", _EVALUATIONS], env=env, timeout=300, check=True,
                    capture_output=True)
-    for value in ({"threshold": 0.5}, {"threshold": 0.7}):  # two versions of one object
-        _post(url, "/obj/create", {"obj": {"project_id": PROJECT, "object_id": "settings",
-                                           "val": value}})
+    settings = [_post(url, "/obj/create", {"obj": {"project_id": PROJECT, "object_id": "settings",
+                                                   "val": value}})["digest"]
+                for value in ({"threshold": 0.5}, {"threshold": 0.7})]  # two versions of one object
+    # tags, and aliases: "prod" set on v0 and moved to v1, "old" left on v0
+    with RemoteHTTPTraceServer(url) as client:
+        client.obj_add_tags({"project_id": PROJECT, "object_id": "settings", "digest": settings[0],
+                             "tags": ["baseline", "reviewed"]})
+        for digest, aliases in ((settings[0], ["prod", "old"]), (settings[1], ["prod"])):
+            client.obj_set_aliases({"project_id": PROJECT, "object_id": "settings",
+                                    "digest": digest, "aliases": aliases})
     _post(url, "/call/start", {"start": {"project_id": PROJECT, "id": "still-running",
                                          "op_name": "long_job", "trace_id": "t-running",
                                          "started_at": "2026-12-05T10:00:00Z",
                                          "attributes": {}, "inputs": {"n": 1}}})
     # a call that alone names a file (an image input, as weave stores one) and a table
-    from engine.client import RemoteHTTPTraceServer
-
     with RemoteHTTPTraceServer(url) as client:
         image = client.file_create({"project_id": PROJECT, "name": "image.png",
                                     "content": b"\x89PNG not really"}).digest
@@ -103,8 +109,13 @@ def _snapshot(url: str) -> dict:
     only_called = [r["val"] for r in _post(url, "/table/query", {
         "project_id": PROJECT, "digest": named["rows"].rsplit("/", 1)[1]})["rows"]]
     retention = _post(url, "/project/ttl_settings/read", {"project_id": PROJECT})["retention_days"]
+    labels = sorted((o["object_id"], o["version_index"], sorted(o.get("tags") or []),
+                     sorted(o.get("aliases") or []))
+                    for o in _post(url, "/objs/query", {"project_id": PROJECT,
+                                                        "include_tags_and_aliases": True})["objs"]
+                    if o.get("tags") or set(o.get("aliases") or []) - {"latest"})
     return {"calls": calls, "objects": objs, "tables": tables, "feedback": feedback, "costs": costs,
-            "image": image, "only_called": only_called, "retention": retention}
+            "image": image, "only_called": only_called, "retention": retention, "labels": labels}
 
 
 def _copy(source: str, target: str, *extra: str, **keys: str) -> subprocess.CompletedProcess:
@@ -123,10 +134,13 @@ def test_a_project_copied_from_sqlite_to_clickhouse_reads_back_the_same(tmp_path
         assert before["retention"] == 3650
         assert {f[2] for f in before["feedback"]} >= {"wandb.note.1", "wandb.runnable.exact"}
         assert [o[:2] for o in before["objects"] if o[0] == "settings"] == [("settings", 0), ("settings", 1)]
+        assert before["labels"] == [("settings", 0, ["baseline", "reviewed"], ["old"]),
+                                    ("settings", 1, [], ["latest", "prod"])]
 
         first = _copy(source, target)  # every project the source lists
         assert first.returncode == 0, first.stderr
         assert f"{PROJECT}: {len(before['calls'])} calls" in first.stdout
+        assert "; 4 tags/aliases" in first.stdout and "not copied" not in first.stdout
         assert f"2 named but not on the source either: file {'f' * 43}, table {'0' * 64}" in first.stdout
         after = _snapshot(target)
         assert after == before

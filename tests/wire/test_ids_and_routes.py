@@ -105,7 +105,7 @@ def test_routes_cover_exactly_the_seed_methods():
 @pytest.mark.parametrize("name", sorted(ROUTES) + sorted(EXTRA_ROUTES))
 def test_route_is_well_formed(name):
     route = ROUTES.get(name) or EXTRA_ROUTES[name]
-    assert route.path.startswith("/") and route.method in {"GET", "POST", "DELETE"}
+    assert route.path.startswith("/") and route.method in {"GET", "POST", "PUT", "DELETE"}
     assert (route.req is None) == (route.body == "none")
     if route.req is not None:
         assert route.req.__struct_config__.forbid_unknown_fields
