@@ -57,9 +57,16 @@ def _install_after_exec(loader: object) -> None:
     def exec_then_install(module: ModuleType) -> None:
         exec_module(module)
         del loader.exec_module  # type: ignore[attr-defined]  # the loader's own again
-        from engine.integrations.weave import install
+        try:
+            from engine.integrations.weave import install
 
-        install()
+            install()
+        except Exception as exc:  # never into the program's `import weave`: weave as it is
+            import logging
+
+            logging.getLogger("engine.integrations.weave").warning(
+                "ENGINE_WEAVE is set but the engine's weave integration could not be "
+                "installed (%s: %s); weave sends its traces itself", type(exc).__name__, exc)
 
     loader.exec_module = exec_then_install  # type: ignore[attr-defined]
 

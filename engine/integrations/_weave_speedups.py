@@ -32,9 +32,13 @@ NEVER_OPS = frozenset((str, int, float, bool, type(None), dict, list, tuple))
 
 
 def apply() -> None:
-    """Replace what can be replaced (what cannot is logged at debug)."""
-    _is_op()
-    _wandb_run()
+    """Replace what can be replaced (what cannot is logged at debug; another weave's
+    layout never fails the install)."""
+    for speedup in (_is_op, _wandb_run):
+        try:
+            speedup()
+        except (ImportError, AttributeError) as exc:
+            log.debug("weave speed-up %s left out: %s", speedup.__name__, exc)
 
 
 def _is_op() -> None:

@@ -31,6 +31,10 @@ What it changes (see ``docs/peers-weave-0.54.md`` §5 for the hook points):
 - Two per-call costs of weave's own ``@weave.op`` go (``is_op`` on every plain value, a
   failed ``import wandb`` per call): :mod:`engine.integrations._weave_speedups`.
 
+Another weave version never breaks the program: :func:`install` checks that weave has every
+hook point above (:func:`missing_hook_points`) and otherwise leaves weave as it is, with one
+warning (weave then sends its traces itself).
+
 The engine is created in the process that calls ``weave.init`` and delivers through its
 sender process; children write into the same rings: forked ones inherit the engine, and
 spawned ``multiprocessing`` children (a ``spawn`` or ``forkserver`` Pool,
@@ -88,33 +92,100 @@ _engine: Engine | None = None
 _tracer: Tracer | None = None
 _owner_flush_s = 0.0  # a child writing into its owner's engine: the owner's delivery deadline
 _installed = False
+_refused = False  # this weave lacks hook points: said once
 _servers: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
-def install(*, weave_speedups: bool | None = None, **config: Any) -> None:
-    """Route weave's call ingest through an engine; call before ``weave.init``.
+def install(*, weave_speedups: bool | None = None, **config: Any) -> bool:
+    """Route weave's call ingest through an engine; call before ``weave.init``. True once
+    installed.
 
     ``config`` overrides :class:`engine.EngineConfig` settings (e.g. ``spool_dir=...``);
     idempotent (a second call only updates the settings for an engine not yet started).
     ``weave_speedups`` (default: on, unless ``ENGINE_WEAVE_SPEEDUPS=0``) also removes two
     per-call costs of ``@weave.op`` without changing what weave computes
     (:mod:`engine.integrations._weave_speedups`).
-    """
-    global _installed
-    from weave.trace_server_bindings import remote_http_trace_server
 
+    Never raises over weave's version: a weave without the hook points the integration uses
+    (:data:`TESTED_WEAVE` has them all) is left as it is, said once in a warning naming what
+    it lacks, and sends its traces itself (False); another version that has them all is
+    installed, with a warning that it was not tested.
+    """
+    global _installed, _refused
     if weave_speedups is None:
         weave_speedups = os.environ.get(_env.WEAVE_SPEEDUPS, "1").strip().lower() not in _OFF
     with _lock:
         _config.update(config)
         if _installed:
-            return
-        remote_http_trace_server.RemoteHTTPTraceServer = _engine_server_class()
-        _wrap_client_flush()
+            return True
+        if _refused:
+            return False
+        version = _weave_version()
+        missing = missing_hook_points()
+        if missing:
+            _refused = True
+            log.warning("weave %s lacks what the engine's weave integration hooks into (%s): "
+                        "not installed, weave sends its traces itself. The integration is "
+                        "tested with weave %s.x", version, ", ".join(missing), TESTED_WEAVE)
+            return False
+        if not version.startswith(TESTED_WEAVE + "."):
+            log.warning("weave %s: the engine's weave integration is tested with weave %s.x; "
+                        "installed, as this weave has every hook point it uses", version,
+                        TESTED_WEAVE)
+        from weave.trace_server_bindings import remote_http_trace_server
+
+        server_class = _engine_server_class()
         os.register_at_fork(before=_drain_before_fork, after_in_child=_after_fork_in_child)
+        _wrap_client_flush()
+        remote_http_trace_server.RemoteHTTPTraceServer = server_class
         if weave_speedups:
             _weave_speedups.apply()
         _installed = True
+        return True
+
+
+TESTED_WEAVE = "0.54"
+# (module, attribute path) of everything the integration replaces, subclasses or calls
+_HOOK_POINTS = (
+    ("weave.trace_server_bindings.remote_http_trace_server", "RemoteHTTPTraceServer.set_auth"),
+    ("weave.trace_server_bindings.remote_http_trace_server",
+     "RemoteHTTPTraceServer._rebuild_client"),
+    ("weave.trace_server_bindings.remote_http_trace_server", "RemoteHTTPTraceServer.call_start"),
+    ("weave.trace_server_bindings.remote_http_trace_server", "RemoteHTTPTraceServer.call_end"),
+    ("weave.trace_server_bindings.remote_http_trace_server",
+     "RemoteHTTPTraceServer.calls_complete"),
+    ("weave.trace_server_bindings.remote_http_trace_server",
+     "RemoteHTTPTraceServer.call_start_batch"),
+    ("weave.vendor.weave_server_sdk.types", "CallStartResponse"),
+    ("weave.trace.weave_client", "WeaveClient._flush"),
+    ("weave.trace.concurrent.futures", "FutureExecutor.flush"),
+    ("weave.trace.context.weave_client_context", "get_weave_client"),
+)
+
+
+def missing_hook_points() -> list[str]:
+    """The hook points this weave lacks (``module:attribute``; empty: it has them all)."""
+    import importlib
+
+    missing = []
+    for module_name, path in _HOOK_POINTS:
+        try:
+            found: Any = importlib.import_module(module_name)
+        except ImportError:
+            missing.append(module_name)
+            continue
+        for part in path.split("."):
+            found = getattr(found, part, None)
+            if found is None:
+                missing.append(f"{module_name}:{path}")
+                break
+    return sorted(set(missing))
+
+
+def _weave_version() -> str:
+    import weave
+
+    return str(getattr(weave, "__version__", "unknown"))
 
 
 def installed_engine() -> Engine | None:
@@ -138,7 +209,7 @@ def _engine_server_class() -> type:
             super().set_auth(auth)
             # weave.init sets the credentials right after building us, in the owner process,
             # and builds its disk cache of the server's answers after that
-            api_key = _api_key_of(self._credentials)
+            api_key = _api_key_of(getattr(self, "_credentials", None))
             _weave_cache.key_by_store(self.trace_server_url, api_key)
             _ensure_engine(self.trace_server_url, api_key)
 
@@ -196,9 +267,10 @@ def _write(tracer: Tracer, item: dict[str, Any], what: str) -> None:
 
 def _api_key_of(credentials: Any) -> str | None:
     """The key inside weave's ``Basic api:<key>`` credentials (other schemes: none)."""
-    if credentials is None:
+    header = getattr(credentials, "authorization_header", None)
+    if not callable(header):
         return None
-    scheme, _, encoded = credentials.authorization_header().partition(" ")
+    scheme, _, encoded = str(header()).partition(" ")
     if scheme.lower() != "basic":
         return None
     try:
@@ -327,7 +399,11 @@ def _after_fork_in_child() -> None:
     connections (two processes writing one socket interleave their requests) and the thread
     pools (their threads are gone). Fresh HTTP clients; deferred work runs inline."""
     for server in list(_servers):
-        server._rebuild_client()
+        try:
+            server._rebuild_client()
+        except Exception as exc:  # an at-fork hook's error is only printed: say it once
+            log.warning("forked child: weave's HTTP client was not rebuilt (%s: %s); its "
+                        "requests may interleave with the parent's", type(exc).__name__, exc)
     client = _weave_client()
     if client is not None:
         _fail_orphaned_futures(client)

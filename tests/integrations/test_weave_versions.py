@@ -1,0 +1,118 @@
+"""The weave integration on a weave it was not built for never breaks the program: a weave
+without its hook points is left as it is (one warning naming what is missing; weave sends
+its traces itself), and one that has them all is installed with a warning."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from engine.server import serve_subprocess
+from tests.integrations.test_weave_integration import _run_program, _weave_env
+from tests.server.fidelity.backends import reference_python
+
+pytestmark = [pytest.mark.peers, pytest.mark.integration]
+
+REPO = Path(__file__).resolve().parents[2]
+_PROGRAM = textwrap.dedent(
+    """
+    import sys
+    {before}
+    import weave
+    {after}
+    weave.init(sys.argv[1])
+
+    @weave.op
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    assert [add(i, 1) for i in range(5)] == [1, 2, 3, 4, 5]
+    {tail}
+    weave.finish()
+    print("done")
+    """
+)
+
+
+def _program(tmp_path, before: str = "", after: str = "", tail: str = "") -> str:
+    path = tmp_path / "program.py"
+    path.write_text(_PROGRAM.format(before=before, after=after, tail=tail))
+    return str(path)
+
+
+def _count(url: str, project: str) -> int:
+    from engine.client import RemoteHTTPTraceServer
+
+    with RemoteHTTPTraceServer(url) as client:
+        return client.calls_query_stats({"project_id": project}).count
+
+
+def test_weave_0_52_with_engine_weave_set_runs_unchanged(tmp_path):
+    """weave 0.52.42 (the reference venv's) lacks hook points: ENGINE_WEAVE=1 leaves it as
+    it is, says so once, and every call still reaches the server through weave's client."""
+    program = _program(tmp_path)
+    with serve_subprocess(tmp_path / "t.db") as url:
+        env = _weave_env(url, str(tmp_path), enable_env=True)
+        env.update(PYTHONPATH=str(REPO), WEAVE_SERVER_CACHE_DIR=str(tmp_path / "cache"))
+        # what engine-weave.pth does at interpreter start (the reference venv lacks it)
+        argv = [reference_python(), "-c", "import _engine_weave_hook, runpy, sys; "
+                "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')",
+                program, "acme/old-weave"]
+        result = _run_program(argv, env)
+        assert result.returncode == 0 and "done" in result.stdout, result.stderr[-3000:]
+        said = [line for line in result.stderr.splitlines() if "engine's weave integration" in line]
+        assert len(said) == 1, result.stderr[-3000:]
+        assert "weave 0.52.42 lacks" in said[0] and "weave.vendor.weave_server_sdk.types" in said[0]
+        assert "weave sends its traces itself" in said[0]
+        assert _count(url, "acme/old-weave") == 5
+
+
+def test_a_missing_hook_point_leaves_weave_as_it_is(tmp_path):
+    """weave 0.54.0 as if it lacked a hook point (one more asked for): install() answers
+    False, the program runs, its calls arrive all the same."""
+    program = _program(tmp_path, after=(
+        "import engine.integrations.weave as ew\n"
+        "ew._HOOK_POINTS += (('weave.trace.weave_client', 'WeaveClient.no_such_hook'),)\n"
+        "assert ew.install() is False and ew.install() is False\n"))
+    with serve_subprocess(tmp_path / "t.db") as url:
+        env = _weave_env(url, str(tmp_path), enable_env=False)
+        env.update(WEAVE_SERVER_CACHE_DIR=str(tmp_path / "cache"))
+        result = _run_program([sys.executable, program, "acme/no-hook"], env)
+        assert result.returncode == 0 and "done" in result.stdout, result.stderr[-3000:]
+        assert result.stderr.count("weave.trace.weave_client:WeaveClient.no_such_hook") == 1, \
+            result.stderr[-3000:]
+        assert _count(url, "acme/no-hook") == 5
+
+
+def test_another_version_with_every_hook_point_is_installed_with_a_warning(tmp_path):
+    program = _program(tmp_path, after=(
+        "weave.__version__ = '0.55.0'\n"
+        "import engine.integrations.weave as ew\n"
+        "assert ew.install() is True\n"),
+        tail="assert ew.installed_engine() is not None  # the calls went through the engine")
+    with serve_subprocess(tmp_path / "t.db") as url:
+        env = _weave_env(url, str(tmp_path), enable_env=False)
+        env.update(WEAVE_SERVER_CACHE_DIR=str(tmp_path / "cache"))
+        result = _run_program([sys.executable, program, "acme/newer"], env)
+        assert result.returncode == 0 and "done" in result.stdout, result.stderr[-3000:]
+        assert "weave 0.55.0: the engine's weave integration is tested with weave 0.54.x; " \
+               "installed" in result.stderr
+        assert _count(url, "acme/newer") == 5
+
+
+def test_the_hook_never_raises_into_import_weave(tmp_path):
+    """An integration that cannot even be imported costs a warning at ``import weave``, not
+    the program (here the import is made to fail; ENGINE_WEAVE=1 and the installed
+    engine-weave.pth, as users run it)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ENGINE_", "WEAVE_", "WF_"))}
+    env["ENGINE_WEAVE"] = "1"
+    code = ("import sys; sys.modules['engine.integrations.weave'] = None\n"
+            "import weave; print('ok')")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
+    assert "ENGINE_WEAVE is set but the engine's weave integration could not be installed " \
+           "(ModuleNotFoundError: import of engine.integrations.weave halted" in result.stderr
