@@ -28,8 +28,9 @@ What it changes (see ``docs/peers-weave-0.54.md`` §5 for the hook points):
 - weave's disk cache of the server's answers gets a folder per store
   (:mod:`engine.integrations._weave_cache`): with one for every server, objects created
   on one server were never sent to the next (a fresh or wiped ``engine serve``).
-- Two per-call costs of weave's own ``@weave.op`` go (``is_op`` on every plain value, a
-  failed ``import wandb`` per call): :mod:`engine.integrations._weave_speedups`.
+- Per-call costs of weave's own ``@weave.op`` go (``is_op`` on every plain value, a
+  failed ``import wandb`` per call, two more walks of plain inputs and outputs, its id
+  maker): :mod:`engine.integrations._weave_speedups`.
 
 Another weave version never breaks the program: :func:`install` checks that weave has every
 hook point above (:func:`missing_hook_points`) and otherwise leaves weave as it is, with one
@@ -102,7 +103,7 @@ def install(*, weave_speedups: bool | None = None, **config: Any) -> bool:
 
     ``config`` overrides :class:`engine.EngineConfig` settings (e.g. ``spool_dir=...``);
     idempotent (a second call only updates the settings for an engine not yet started).
-    ``weave_speedups`` (default: on, unless ``ENGINE_WEAVE_SPEEDUPS=0``) also removes two
+    ``weave_speedups`` (default: on, unless ``ENGINE_WEAVE_SPEEDUPS=0``) also removes
     per-call costs of ``@weave.op`` without changing what weave computes
     (:mod:`engine.integrations._weave_speedups`).
 

@@ -65,7 +65,43 @@ _VALUES_PROGRAM = textwrap.dedent(
     sys.modules["wandb"] = fake
     with_run = wandb_run_context.get_global_wb_run_context()
     del sys.modules["wandb"]
+    # map_to_refs: the same answer (types too: tuples become lists) or the same error
+    import collections
+    from weave.trace.weave_client import WeaveClient
+    Pair = collections.namedtuple("Pair", "a b")
+    class DictSub(dict):
+        pass
+    loop = []
+    loop.append(loop)
+    refs_fast = weave_client.map_to_refs
+    refs_weaves = getattr(refs_fast, "__wrapped__", refs_fast)
+    def shape(v):
+        if isinstance(v, dict):
+            return [type(v).__name__, {str(k): shape(x) for k, x in v.items()}]
+        if isinstance(v, (list, tuple)):
+            return [type(v).__name__, [shape(x) for x in v]]
+        return [type(v).__name__, repr(v)]
+    def answer(f, v):
+        try:
+            return shape(f(v))
+        except RecursionError:
+            return "RecursionError"
+    trees = [1, "s", None, 2.5, {}, [], (), {"a": (1, [2, {"b": None}]), 3: "int key"},
+             [1.5, "x", True, (None,)], {"p": Pair(1, 2)}, DictSub(a=1), {"deep": [[[[{"x": ()}]]]]},
+             {"fn": square}, loop]
+    refs_same = [answer(refs_fast, v) == answer(refs_weaves, v) for v in trees]
+    loop_error = answer(refs_fast, loop)
+    from weave.utils import ids
+    made = [weave_client.generate_id() for _ in range(1000)]
+    import uuid
     print(json.dumps({
+        "refs_applied": refs_fast is not refs_weaves, "refs_same": refs_same,
+        "loop": loop_error,
+        "nested_applied": WeaveClient._save_nested_objects.__module__ == "engine.integrations._weave_speedups",
+        "ids_applied": ids.generate_id.__module__ == "engine.integrations._weave_speedups",
+        "ids_v7": all(uuid.UUID(i).version == 7 and str(uuid.UUID(i)) == i for i in made),
+        "ids_unique": len(set(made)) == len(made),
+        "ids_ms": [int(made[0].replace("-", "")[:12], 16), int(__import__("time").time() * 1000)],
         "applied": applied, "same": same, "ops": ops, "modules_left_slow": modules,
         "client_is_fast": weave_client.is_op is fast,
         "no_wandb": before, "run": [with_run.run_id, with_run.step] if with_run else None,
@@ -94,11 +130,18 @@ def test_each_value_is_an_op_exactly_when_weave_says_so_and_the_wandb_run_is_fou
     assert out["modules_left_slow"] == []  # every weave module that took is_op by name
     assert out["no_wandb"] is None
     assert out["run"] == ["run-1", 7]  # an active run (wandb imported) is still seen
+    assert out["refs_applied"] and out["nested_applied"] and out["ids_applied"]
+    assert all(out["refs_same"]), out["refs_same"]  # weave's copy, value by value
+    assert out["loop"] == "RecursionError"  # a list holding itself: weave's own error
+    assert out["ids_v7"] and out["ids_unique"]
+    made_ms, now_ms = out["ids_ms"]
+    assert 0 <= now_ms - made_ms < 60_000  # the time first, in milliseconds, as weave's
 
 
 def test_env_zero_keeps_weaves_own_functions():
     out = json.loads(_run(_VALUES_PROGRAM, env={"ENGINE_WEAVE_SPEEDUPS": "0"}).splitlines()[-1])
     assert not out["applied"] and not out["wandb_fast"]
+    assert not (out["refs_applied"] or out["nested_applied"] or out["ids_applied"])
     assert all(out["same"]) and out["no_wandb"] is None and out["run"] == ["run-1", 7]
 
 
@@ -118,14 +161,18 @@ _STORE_PROGRAM = textwrap.dedent(
         return x + 1
 
     @weave.op
-    def predict(question: str, context: list, settings: dict, prompt: Prompt, tool) -> dict:
+    def predict(question: str, context: list, settings: dict, prompt: Prompt, tool,
+                wrapped: dict) -> dict:
         return {"answer": question.upper(), "n": len(context), "tool": tool(1),
-                "nested": [settings, (1, 2.5, None, True)]}
+                "nested": [settings, (1, 2.5, None, True)], "wrapped": wrapped}
 
     weave.init(sys.argv[1])
     prompt = Prompt(text="be brief")
     for i in range(5):
-        predict(f"q{i}", [{"doc": i, "score": 0.5}], {"k": i, "deep": {"a": [i]}}, prompt, helper)
+        # an Object and an op deep inside plain dicts and tuples: weave finds and refs them
+        wrapped = {"cfg": [{"prompt": Prompt(text=f"inner {i}")}], "tools": (helper,)}
+        predict(f"q{i}", [{"doc": i, "score": 0.5}], {"k": i, "deep": {"a": [i]}}, prompt, helper,
+                wrapped)
     weave.finish()
     """
 )
@@ -164,3 +211,6 @@ def test_a_weave_program_stores_the_same_calls_with_and_without_the_speedups(tmp
     refs = json.dumps(with_speedups)
     assert "weave:///ent/speedups-1/object/Prompt:" in refs  # the Object was saved and reffed
     assert "weave:///ent/speedups-1/op/helper:" in refs  # and the op passed as input
+    inner = [c["inputs"]["wrapped"] for c in with_speedups if "predict" in c["op_name"]]
+    assert all(w["cfg"][0]["prompt"].startswith("weave:///ent/speedups-1/object/Prompt:")
+               and w["tools"][0].startswith("weave:///ent/speedups-1/op/helper:") for w in inner)
