@@ -276,7 +276,7 @@ for flaky in (False, True):
 """
 
 
-def _run_weave(url: str, tmp_path, script: str) -> None:
+def _run_weave(url: str, tmp_path, script: str) -> str:
     (tmp_path / "home").mkdir(exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "WEAVE_", "WF_", "ENGINE_"))}
     env.update(WF_TRACE_SERVER_URL=url, WANDB_BASE_URL=url, HOME=str(tmp_path / "home"),
@@ -286,8 +286,8 @@ def _run_weave(url: str, tmp_path, script: str) -> None:
                # weave caches the objects it created on disk, by request and not by
                # server: a shared cache would keep them from this fresh server
                WEAVE_SERVER_CACHE_DIR=str(tmp_path / "weave-cache"))
-    subprocess.run([sys.executable, "-c", script], env=env, timeout=300, check=True,
-                   capture_output=True)
+    return subprocess.run([sys.executable, "-c", script], env=env, timeout=300, check=True,
+                          capture_output=True, text=True).stdout
 
 
 def test_evaluations_page_shows_weave_evaluation_runs_with_their_scores(browser, tmp_path):
@@ -403,4 +403,51 @@ def test_compare_shows_every_trial_of_an_evaluation_with_trials(browser, tmp_pat
             assert "trials: " in cells[3].get_attribute("title")
             assert "mean of 3 trials: " in cells[5].get_attribute("title")
         _screenshot(browser, tmp_path, "trace-browser-compare-trials.png")
+        _no_console_errors(browser)
+
+
+_FEEDBACK = """
+import asyncio, weave
+weave.init("acme/feedback")
+
+@weave.op
+def ask(q: str) -> str:
+    return q.upper()
+
+@weave.op
+def shouting(output: str) -> dict:
+    return {"loud": output.isupper()}
+
+_, call = ask.call("hello")
+call.feedback.add_reaction("\U0001F44D")
+call.feedback.add_note("checked by ann")
+asyncio.run(call.apply_scorer(shouting))
+weave.finish()
+print(call.id)
+"""
+
+
+def test_a_call_page_shows_its_feedback(browser, tmp_path):
+    """weave 0.54.0's own feedback on a call: a reaction, a note and a scorer's result,
+    oldest first, each with its value."""
+    from selenium.webdriver.common.by import By
+
+    with serve_subprocess(tmp_path / "traces.db") as url:
+        call_id = _run_weave(url, tmp_path, _FEEDBACK).strip().splitlines()[-1]
+        browser.get(f"{url}/acme/feedback/r/call/{call_id}")
+        _wait(browser, "#feedback", "checked by ann")
+        rows = [[td.text for td in r.find_elements(By.TAG_NAME, "td")][:2]
+                for r in browser.find_elements(By.CSS_SELECTOR, "#feedback tbody tr")]
+        assert rows == [["reaction", "\U0001F44D"], ["note", "checked by ann"],
+                        ["scorer shouting", '{"loud":true}']], rows
+        _screenshot(browser, tmp_path, "trace-browser-feedback.png")
+        # a call without feedback has no such section
+        body = json.dumps({"project_id": "acme/feedback", "filter": {
+            "op_names": ["weave:///acme/feedback/op/shouting:*"]}}).encode()
+        with urllib.request.urlopen(urllib.request.Request(url + "/calls/stream_query", data=body),
+                                    timeout=30) as resp:
+            scorer_call = json.loads(resp.read().splitlines()[0])["id"]
+        browser.get(f"{url}/acme/feedback/r/call/{scorer_call}")
+        _wait(browser, "#call-title", "shouting")
+        assert not browser.find_elements(By.ID, "feedback")
         _no_console_errors(browser)

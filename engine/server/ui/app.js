@@ -296,6 +296,36 @@ function facts(project, call) {
     rows.filter(([, v]) => v !== null).map(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
 }
 
+const FEEDBACK_MAX = 500;
+
+// weave's feedback kinds: a reaction (its emoji), a note (its text), a scorer's result
+// ("wandb.runnable.<scorer>": its output); any other kind shows its payload
+function feedbackValue(row) {
+  const payload = row.payload || {};
+  if (row.feedback_type === "wandb.reaction.1") return payload.emoji;
+  if (row.feedback_type === "wandb.note.1") return payload.note;
+  if ((row.feedback_type || "").startsWith("wandb.runnable.")) return short(payload.output);
+  return short(payload);
+}
+
+function feedbackKind(type) {
+  if (type === "wandb.reaction.1") return "reaction";
+  if (type === "wandb.note.1") return "note";
+  if ((type || "").startsWith("wandb.runnable.")) return `scorer ${type.slice("wandb.runnable.".length)}`;
+  return type;
+}
+
+function feedbackTable(rows) {
+  return el("table", { id: "feedback" },
+    el("thead", {}, el("tr", {}, ["Kind", "Value", "By", "When"].map((h) => el("th", {}, h)))),
+    el("tbody", {}, rows.map((row) => el("tr", {},
+      el("td", {}, feedbackKind(row.feedback_type)),
+      el("td", { class: "output" }, feedbackValue(row)),
+      el("td", { class: "muted" }, row.creator || row.wb_user_id || ""),
+      el("td", { class: "muted" }, formatTime(row.created_at))))),
+    rows.length >= FEEDBACK_MAX ? el("caption", { class: "muted" }, `first ${FEEDBACK_MAX} only`) : null);
+}
+
 async function callPage(project, id) {
   show(el("p", { class: "muted" }, "Loading…"));
   const { call } = await getJson("/call/read", { project_id: project, id });
@@ -307,8 +337,12 @@ async function callPage(project, id) {
   const trace = await getLines("/calls/stream_query", { project_id: project,
     filter: { trace_ids: [call.trace_id] }, limit: TRACE_MAX_CALLS,
     sort_by: [{ field: "started_at", direction: "asc" }] });
+  const feedback = (await getJson("/feedback/query", { project_id: project,
+    query: { $expr: { $eq: [{ $getField: "weave_ref" }, { $literal: `weave:///${project}/call/${call.id}` }] } },
+    sort_by: [{ field: "created_at", direction: "asc" }], limit: FEEDBACK_MAX })).result || [];
   const sections = [
     call.exception ? [el("h2", {}, "Exception"), el("pre", { class: "exception", id: "exception" }, call.exception)] : [],
+    feedback.length ? [el("h2", {}, "Feedback"), feedbackTable(feedback)] : [],
     el("h2", {}, "Inputs"), jsonView(call.inputs, "inputs"),
     el("h2", {}, "Output"), jsonView(call.output, "output"),
     el("h2", {}, "Attributes"), jsonView(call.attributes, "attributes"),
