@@ -1,5 +1,5 @@
-"""The ``engine`` command: serve, demo, relay, ingest, replay, stats, calls, copy, doctor
-(``python -m engine``).
+"""The ``engine`` command: serve, demo, relay, ingest, replay, stats, calls, copy, backup,
+doctor (``python -m engine``).
 
 Each command lives in its own module (``engine/cli/_<command>.py``) with an ``add(subparsers)``
 that declares it and a ``run(args)`` that carries it out. Every error a command raises
@@ -31,7 +31,8 @@ from engine.common import _env
 from engine.common._config import check_environment
 from engine.common._errors import ConfigError, EngineError
 
-COMMANDS = ("serve", "demo", "relay", "ingest", "replay", "stats", "calls", "copy", "doctor")
+COMMANDS = ("serve", "demo", "relay", "ingest", "replay", "stats", "calls", "copy", "backup",
+            "doctor")
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
