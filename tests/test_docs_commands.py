@@ -2,7 +2,7 @@
 
 Commands are read from the Markdown itself (inline code and fenced blocks), so a command
 added to the docs is run here too, or fails this test until it is taught how. Placeholders
-(URL, PORT, FILE, DIR, PID, e/p, N) are filled with real things made for the run; a bare
+(URL, PORT, FILE, DIR, PID, e/p, N, COPY) are filled with real things made for the run; a bare
 command name in the prose (`engine replay`) is run as ``engine replay --help``; a server
 command runs until it says it listens, then gets SIGINT and must exit 0; every other command
 must exit 0 within its bound. Not run: ``scripts/test`` (this suite), the benchmarks
@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import msgspec
@@ -31,7 +32,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-COMMANDS = ("serve", "demo", "relay", "ingest", "replay", "stats", "calls", "copy", "doctor")
+COMMANDS = ("serve", "demo", "relay", "ingest", "replay", "stats", "calls", "copy", "backup",
+            "doctor")
 NOT_RUN = ("scripts/test", "scripts/bench", "python -m bench")
 PROJECT = "docs/test"
 BOUND_S = 240
@@ -64,7 +66,10 @@ def concrete(command: str, things: dict[str, str]) -> list[str]:
     for i, word in enumerate(argv):
         before = argv[i - 1] if i else ""
         if word == "FILE":
-            word = things["dead_letters"] if before == "--dead-letters" else things["ingest_file"]
+            word = {"--dead-letters": things["dead_letters"],
+                    "--db": things["served_db"]}.get(before, things["ingest_file"])
+        elif word == "COPY":  # a backup's destination: a new file each time
+            word = os.path.join(things["tmp"], f"copy-{uuid.uuid4().hex}.db")
         elif word == "DIR":
             word = things["ring_dir"] if before == "--ring-dir" else things["spool_dir"]
         elif word == "F":
@@ -130,6 +135,7 @@ def things(tmp_path_factory):
             serve_subprocess(tmp / "other.db") as other_url:
         env["ENGINE_URL"] = url
         yield {"url": url, "other_url": other_url, "db": str(tmp / "cli.db"), "ingest_file": str(ingest_file),
+               "served_db": str(tmp / "served.db"), "tmp": str(tmp),
                "dead_letters": str(dead), "spool_dir": str(tmp / "spool"), "env": env,
                "chdb_dir": str(tmp / "chdb"), "pid": str(pid), "ring_dir": ring_dir,
                "keys_file": str(keys_file)}
