@@ -9,7 +9,9 @@ copy is done, as its checkpoints cannot pass a reader). The copy is written besi
 destination under a temporary name, owner-only (0600), switched to a single self-contained
 file (no ``-wal`` beside it), checked (``PRAGMA quick_check``), fsynced, then renamed into
 place: a destination that exists afterwards is always a whole, checked store. Restoring is
-pointing ``engine serve --db`` at the copy.
+pointing ``engine serve --db`` at the copy. ``--compact`` copies with ``VACUUM INTO``
+instead (also one read transaction): the copy leaves out the free pages deleted calls left
+(SQLite reuses them but never gives them back), which is how a running store is shrunk.
 
 ClickHouse stores have ClickHouse's own ``BACKUP``; any store can be copied to another
 server with ``engine copy``.
@@ -41,6 +43,9 @@ def add(subparsers: argparse._SubParsersAction) -> None:
     backup.add_argument("--force", action="store_true", help="replace FILE if it exists")
     backup.add_argument("--no-check", action="store_true",
                         help="skip PRAGMA quick_check of the copy (it reads the whole copy)")
+    backup.add_argument("--compact", action="store_true",
+                        help="a compacted copy (VACUUM INTO: without the free pages deleted "
+                             "calls left; slower): the way to shrink a store that runs")
     backup.set_defaults(func=run)
 
 
@@ -51,8 +56,9 @@ def run(args: argparse.Namespace) -> int:
     target = Path(args.to)
     _check_paths(source, target, args.force)
     began = time.monotonic()
-    calls, size = backup(source, target, check=not args.no_check)
-    print(f"engine backup: {source} -> {target}: {calls:,} calls, {size / 1e6:,.1f} MB, "
+    calls, size = backup(source, target, check=not args.no_check, compact=args.compact)
+    print(f"engine backup: {source} ({source.stat().st_size / 1e6:,.1f} MB) -> {target}: "
+          f"{calls:,} calls, {size / 1e6:,.1f} MB{', compacted' if args.compact else ''}, "
           f"{'checked' if not args.no_check else 'not checked'}, in "
           f"{time.monotonic() - began:.1f} s", flush=True)
     return 0
@@ -73,13 +79,16 @@ def _check_paths(source: Path, target: Path, force: bool) -> None:
             raise UsageError("backup: --db and --to are the same file")
 
 
-def backup(source: Path, target: Path, *, check: bool = True) -> tuple[int, int]:
-    """Copy the store at ``source`` to ``target``; (calls in the copy, its size in bytes)."""
+def backup(source: Path, target: Path, *, check: bool = True,
+           compact: bool = False) -> tuple[int, int]:
+    """Copy the store at ``source`` to ``target``; (calls in the copy, its size in bytes).
+    ``compact``: ``VACUUM INTO`` instead of the backup API (one read transaction as well; the
+    copy holds no free pages)."""
     partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
     fd = os.open(partial, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
     os.close(fd)
     try:
-        _copy(source, partial)
+        _copy(source, partial, compact)
         calls = _finish(partial, check)
         with open(partial, "rb") as copy:
             os.fsync(copy.fileno())
@@ -94,7 +103,7 @@ def backup(source: Path, target: Path, *, check: bool = True) -> tuple[int, int]
         raise
 
 
-def _copy(source: Path, partial: Path) -> None:
+def _copy(source: Path, partial: Path, compact: bool) -> None:
     try:
         src = sqlite3.connect(f"{source.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
     except sqlite3.Error as exc:
@@ -108,13 +117,17 @@ def _copy(source: Path, partial: Path) -> None:
         if not {"calls", "schema_versions"} <= tables:
             raise CommandFailed(f"backup: {source} is a SQLite database but not an engine serve "
                                 "store (it has no calls and schema_versions tables)")
-        dst = sqlite3.connect(partial)
         try:
-            src.backup(dst)  # every page in one step: one read transaction, one instant
+            if compact:  # the empty placeholder file is allowed as VACUUM INTO's target
+                src.execute("VACUUM INTO ?", (str(partial),))
+            else:
+                dst = sqlite3.connect(partial)
+                try:
+                    src.backup(dst)  # every page in one step: one read transaction, one instant
+                finally:
+                    dst.close()
         except sqlite3.Error as exc:
             raise CommandFailed(f"backup: copying {source} failed: {exc}") from None
-        finally:
-            dst.close()
     finally:
         src.close()
 

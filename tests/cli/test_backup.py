@@ -100,3 +100,30 @@ def test_backup_refuses_clearly(tmp_path):
     assert forced.returncode == 0, forced.stderr
     nodir = _backup("--db", str(tmp_path / "t.db"), "--to", str(tmp_path / "no" / "b.db"))
     assert nodir.returncode == 2 and "no such directory" in nodir.stderr
+
+
+def test_a_compact_copy_leaves_out_the_space_deleted_calls_freed(tmp_path):
+    db, copy = tmp_path / "traces.db", tmp_path / "compact.db"
+    with serve_subprocess(db) as url:
+        with Engine(url=url, project=PROJECT) as eng:
+            tracer = eng.producer()
+            ids = []
+            for i in range(6_000):
+                with tracer.call("predict", inputs={"i": i, "text": "x" * 2_000}) as call:
+                    call.output = {"answer": i}
+                ids.append(call.id)
+            assert eng.flush(timeout_s=120)
+        with RemoteHTTPTraceServer(url) as client:
+            for at in range(0, 5_000, 1_000):  # most of them go
+                client.calls_delete({"project_id": PROJECT, "call_ids": ids[at:at + 1_000]})
+        assert _count(url) == 1_000
+        plain, compact = tmp_path / "plain.db", copy
+        assert _backup("--db", str(db), "--to", str(plain)).returncode == 0
+        done = _backup("--db", str(db), "--to", str(compact), "--compact")
+        assert done.returncode == 0, done.stderr
+    assert "1,000 calls" in done.stdout and "compacted, checked" in done.stdout
+    # SQLite keeps the freed pages in the store and in a plain copy; the compact copy drops them
+    assert plain.stat().st_size > 3 * compact.stat().st_size, (plain.stat().st_size, compact.stat().st_size)
+    assert stat.S_IMODE(os.stat(compact).st_mode) == 0o600
+    with serve_subprocess(compact) as url:
+        assert _count(url) == 1_000
