@@ -19,6 +19,27 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 _SETTINGS = {"shutdown_timeout_s": 3.0, "ring_bytes": 1 << 20, "max_slots": 8}
 
 
+@pytest.fixture
+def foreign_orphans_parked(tmp_path_factory):
+    """Ring sets of other engines that died on this machine before the test (an earlier
+    crashed run: there are none on a clean machine) would be recovered by the test's engines
+    too, adopted into their TMPDIR, and counted: they are parked outside /dev/shm for the
+    test and put back after it."""
+    park = tmp_path_factory.mktemp("parked-orphans")
+    moved = []
+    for entry in sorted(os.listdir(ring_files.SEGMENT_DIR)):
+        owner = ring_files._owner_of(entry.rsplit(".", 1)[0])
+        if entry.startswith(ring_files.NAME_PREFIX) and owner and not ring_files.is_alive(*owner):
+            source = os.path.join(ring_files.SEGMENT_DIR, entry)
+            shutil.move(source, park / entry)
+            moved.append((park / entry, source))
+    try:
+        yield
+    finally:
+        for parked, source in moved:
+            shutil.move(parked, source)
+
+
 def _segment(run: Pipeline) -> str:
     return ring_files.segment_path(run.info["ring"])
 
@@ -106,7 +127,8 @@ def test_a_ring_set_of_an_engine_for_another_server_is_left_for_that_server(tmp_
     assert (result.delivered, result.lost) == (result.produced, 0)
 
 
-def test_a_ring_set_whose_temp_folder_was_removed_is_recovered_by_the_next_engine(tmp_path):
+def test_a_ring_set_whose_temp_folder_was_removed_is_recovered_by_the_next_engine(
+        tmp_path, foreign_orphans_parked):
     """A job scheduler removes a job's TMPDIR at its end (a tmp cleaner does the same): the
     segment in /dev/shm still holds the records, and the settings kept beside it let the
     next engine, under another TMPDIR, recover them."""
@@ -131,7 +153,8 @@ def test_a_ring_set_whose_temp_folder_was_removed_is_recovered_by_the_next_engin
     assert not list((tmp_path / "job2" / "tmp").iterdir())  # nothing left behind there
 
 
-def test_a_segment_whose_folder_was_removed_under_a_live_process_is_left_to_it(tmp_path):
+def test_a_segment_whose_folder_was_removed_under_a_live_process_is_left_to_it(
+        tmp_path, foreign_orphans_parked):
     """Removing the folder does not make a ring set an orphan while a process still maps
     its segment (a sender draining, a producer): the recovery waits until none does."""
     job1, job2 = Sandbox(tmp_path / "job1"), Sandbox(tmp_path / "job2")
