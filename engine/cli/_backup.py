@@ -28,6 +28,7 @@ from pathlib import Path
 
 from engine.cli import _args
 from engine.cli._args import CommandFailed, UsageError
+from engine.common._files import fsync_dir
 
 
 def add(subparsers: argparse._SubParsersAction) -> None:
@@ -93,7 +94,7 @@ def backup(source: Path, target: Path, *, check: bool = True,
         with open(partial, "rb") as copy:
             os.fsync(copy.fileno())
         os.replace(partial, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
         return calls, target.stat().st_size
     except BaseException:
         for leftover in (partial, Path(f"{partial}-journal"), Path(f"{partial}-wal"),
@@ -145,10 +146,3 @@ def _finish(partial: Path, check: bool) -> int:
     finally:
         dst.close()
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

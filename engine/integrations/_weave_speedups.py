@@ -45,6 +45,7 @@ from __future__ import annotations
 import logging
 import sys
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger("engine.integrations.weave")
@@ -101,92 +102,94 @@ def apply() -> None:
             log.debug("weave speed-up %s left out: %s", speedup.__name__, exc)
 
 
+def _replace(owner: Any, name: str, make: Callable[[Any], Any], *,
+             everywhere: bool = False) -> None:
+    """Put ``make(weaves)`` where weave's ``owner.name`` is (and, ``everywhere``, in every
+    weave module that took it by name); a weave without it keeps its own, logged at debug."""
+    # a class's own attribute: what it inherits is not weave's to replace here
+    weaves = owner.__dict__.get(name) if isinstance(owner, type) else getattr(owner, name, None)
+    if not callable(weaves) or getattr(weaves, "__name__", "") != name:
+        log.debug("weave has no %s.%s: left as it is", owner.__name__, name)
+        return
+    fast = make(weaves)
+    fast.__doc__ = weaves.__doc__
+    fast.__wrapped__ = weaves
+    setattr(owner, name, fast)
+    if everywhere:
+        for module_name, module in list(sys.modules.items()):
+            if (module_name == "weave" or module_name.startswith("weave.")) and \
+                    getattr(module, name, None) is weaves:
+                setattr(module, name, fast)
+
+
 def _is_op() -> None:
     from weave.trace import op as weave_op
 
-    weaves = getattr(weave_op, "is_op", None)
-    if not callable(weaves) or getattr(weaves, "__name__", "") != "is_op":
-        log.debug("weave has no weave.trace.op.is_op: left as it is")
-        return
+    def make(weaves: Any) -> Any:
+        known: dict[int, weakref.ref[Any]] = {}  # id -> the object weave said is an op
 
-    known: dict[int, weakref.ref[Any]] = {}  # id -> the object weave said is an op
+        def is_op(obj: Any, _weaves: Any = weaves, _never: frozenset[type] = NEVER_OPS) -> bool:
+            if type(obj) in _never:
+                return False
+            seen = known.get(id(obj))
+            if seen is not None and seen() is obj:
+                return True
+            answer = _weaves(obj)
+            if answer:
+                try:
+                    held = weakref.ref(obj)
+                except TypeError:  # an object without weak references: asked each time
+                    return answer
+                if len(known) >= _KNOWN_OPS_MAX:
+                    known.clear()
+                known[id(obj)] = held
+            return answer
 
-    def is_op(obj: Any, _weaves: Any = weaves, _never: frozenset[type] = NEVER_OPS) -> bool:
-        if type(obj) in _never:
-            return False
-        seen = known.get(id(obj))
-        if seen is not None and seen() is obj:
-            return True
-        answer = _weaves(obj)
-        if answer:
-            try:
-                held = weakref.ref(obj)
-            except TypeError:  # an object without weak references: asked each time
-                return answer
-            if len(known) >= _KNOWN_OPS_MAX:
-                known.clear()
-            known[id(obj)] = held
-        return answer
+        return is_op
 
-    is_op.__doc__ = weaves.__doc__
-    is_op.__wrapped__ = weaves  # type: ignore[attr-defined]
-    # the modules that took it by name (weave_client's walk of every value among them)
-    for name, module in list(sys.modules.items()):
-        if (name == "weave" or name.startswith("weave.")) and getattr(module, "is_op", None) is weaves:
-            module.is_op = is_op  # type: ignore[attr-defined]
+    # everywhere: the modules that took it by name (weave_client's walk of every value)
+    _replace(weave_op, "is_op", make, everywhere=True)
 
 
 def _wandb_run() -> None:
     from weave.trace import wandb_run_context
 
-    weaves = getattr(wandb_run_context, "_get_global_wandb_run", None)
-    if not callable(weaves):
-        log.debug("weave has no wandb_run_context._get_global_wandb_run: left as it is")
-        return
+    def make(weaves: Any) -> Any:
+        def _get_global_wandb_run() -> Any:
+            wandb = sys.modules.get("wandb")
+            return None if wandb is None else getattr(wandb, "run", None)
 
-    def _get_global_wandb_run() -> Any:
-        wandb = sys.modules.get("wandb")
-        return None if wandb is None else getattr(wandb, "run", None)
+        return _get_global_wandb_run
 
-    _get_global_wandb_run.__doc__ = weaves.__doc__
-    _get_global_wandb_run.__wrapped__ = weaves  # type: ignore[attr-defined]
-    wandb_run_context._get_global_wandb_run = _get_global_wandb_run  # type: ignore[attr-defined]
+    _replace(wandb_run_context, "_get_global_wandb_run", make)
 
 
 def _nested_objects() -> None:
     from weave.trace.weave_client import WeaveClient
 
-    weaves = WeaveClient.__dict__.get("_save_nested_objects")
-    if not callable(weaves):
-        log.debug("weave has no WeaveClient._save_nested_objects: left as it is")
-        return
+    def make(weaves: Any) -> Any:
+        def _save_nested_objects(self: Any, obj: Any, name: str | None = None) -> Any:
+            if plain(obj):
+                return None
+            return weaves(self, obj, name=name)
 
-    def _save_nested_objects(self: Any, obj: Any, name: str | None = None) -> Any:
-        if plain(obj):
-            return None
-        return weaves(self, obj, name=name)
+        return _save_nested_objects
 
-    _save_nested_objects.__doc__ = weaves.__doc__
-    _save_nested_objects.__wrapped__ = weaves  # type: ignore[attr-defined]
-    WeaveClient._save_nested_objects = _save_nested_objects  # type: ignore[method-assign]
+    _replace(WeaveClient, "_save_nested_objects", make)
 
 
 def _map_to_refs() -> None:
     from weave.trace import weave_client
 
-    weaves = getattr(weave_client, "map_to_refs", None)
-    if not callable(weaves) or getattr(weaves, "__name__", "") != "map_to_refs":
-        log.debug("weave has no weave_client.map_to_refs: left as it is")
-        return
+    def make(weaves: Any) -> Any:
+        def map_to_refs(obj: Any) -> Any:
+            return plain_copy(obj) if plain(obj) else weaves(obj)
 
-    def map_to_refs(obj: Any) -> Any:
-        return plain_copy(obj) if plain(obj) else weaves(obj)
+        return map_to_refs
 
-    map_to_refs.__doc__ = weaves.__doc__
-    map_to_refs.__wrapped__ = weaves  # type: ignore[attr-defined]
     # weave's own map_to_refs calls the module's global for what it holds: plain parts of
     # a mixed value take the fast path too
-    weave_client.map_to_refs = map_to_refs  # type: ignore[attr-defined]
+    _replace(weave_client, "map_to_refs", make)
 
 
 def _ids() -> None:
@@ -194,17 +197,10 @@ def _ids() -> None:
 
     from engine.wire._codec import uuid7
 
-    weaves = getattr(ids, "generate_id", None)
-    if not callable(weaves) or getattr(weaves, "__name__", "") != "generate_id":
-        log.debug("weave has no weave.utils.ids.generate_id: left as it is")
-        return
+    def make(weaves: Any) -> Any:
+        def generate_id() -> str:
+            return uuid7()
 
-    def generate_id() -> str:
-        return uuid7()
+        return generate_id
 
-    generate_id.__doc__ = weaves.__doc__
-    generate_id.__wrapped__ = weaves  # type: ignore[attr-defined]
-    for name, module in list(sys.modules.items()):
-        if (name == "weave" or name.startswith("weave.")) and \
-                getattr(module, "generate_id", None) is weaves:
-            module.generate_id = generate_id  # type: ignore[attr-defined]
+    _replace(ids, "generate_id", make, everywhere=True)

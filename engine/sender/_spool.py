@@ -35,6 +35,7 @@ import msgspec
 import zstandard
 
 from engine.common._errors import EngineError
+from engine.common._files import fsync_dir
 from engine.sender._fileid import names_open_file
 
 _MAGIC = b"ENGSPL01"
@@ -191,7 +192,7 @@ class Spool:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
 
     def _discover(self, name: str) -> SpoolEntry | None:
         """Read and verify a segment this Spool did not write (left by an earlier run)."""
@@ -253,13 +254,6 @@ def _write_all(fd: int, data: bytes) -> None:
     while view:
         view = view[os.write(fd, view) :]
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _writer_pid(tmp_name: str) -> int:
