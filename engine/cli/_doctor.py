@@ -53,6 +53,9 @@ def run(args: argparse.Namespace) -> int:
         for step in _STEPS:
             checks.append(step(args.url, api_key, info, args))
     checks.append(_shared_memory())
+    weave = _weave_integration()
+    if weave is not None:
+        checks.append(weave)
     for check in checks:
         mark = {True: "ok  ", False: "FAIL", None: "warn"}[check.ok]
         print(f"  {mark} {check.name}: {check.detail}")
@@ -201,6 +204,31 @@ def _shared_memory() -> Check:
                  f"{room[1]} producer rings of {ring_mib:.0f} MiB an engine should hold: engines "
                  "keep their rings in a file in the temp dir (`docker run --shm-size=1g` keeps "
                  "them in memory)")
+
+
+def _weave_integration() -> Check | None:
+    """Whether the installed weave fits the engine's weave integration (``ENGINE_WEAVE=1``);
+    None where weave is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("weave") is None:
+        return None
+    try:
+        from engine.integrations import weave as integration
+
+        version, missing = integration._weave_version(), integration.missing_hook_points()
+    except Exception as exc:  # noqa: BLE001 - a broken weave is said here, not raised
+        return Check("weave integration", None, f"weave does not import here ({exc})")
+    tested = integration.TESTED_WEAVE
+    if missing:
+        return Check("weave integration", None, f"weave {version} lacks {', '.join(missing)}: "
+                     f"ENGINE_WEAVE=1 leaves it sending its traces itself (tested with "
+                     f"weave {tested}.x)")
+    if not version.startswith(tested + "."):
+        return Check("weave integration", None, f"weave {version} has every hook point the "
+                     f"integration uses, but it is tested with weave {tested}.x")
+    return Check("weave integration", True, f"weave {version}: ENGINE_WEAVE=1 sends its "
+                 "calls through the engine")
 
 
 _STEPS: tuple[Callable[[str, str | None, dict, argparse.Namespace], Check], ...] = (

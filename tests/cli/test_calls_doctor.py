@@ -90,8 +90,9 @@ def test_doctor_says_ready_for_engine_serve(server):
     result = _engine("doctor", server, "--limit-mib", "2")
     assert result.returncode == 0, result.stdout + result.stderr
     for check in ("reachable", "auth", "ingest routes", "store", "compression", "size limit",
-                  "shared memory"):
+                  "shared memory", "weave integration"):
         assert f"ok   {check}:" in result.stdout
+    assert "weave 0.54.0: ENGINE_WEAVE=1 sends its calls through the engine" in result.stdout
     assert "ok   store: /ready: the server's store (sqlite) answers" in result.stdout
     assert "the server runs on this machine" in result.stdout  # why "auto" sends plain bodies
     assert result.stdout.splitlines()[-1].endswith("READY: the engine can deliver here")

@@ -116,3 +116,16 @@ def test_the_hook_never_raises_into_import_weave(tmp_path):
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
     assert "ENGINE_WEAVE is set but the engine's weave integration could not be installed " \
            "(ModuleNotFoundError: import of engine.integrations.weave halted" in result.stderr
+
+
+def test_engine_doctor_names_what_an_older_weave_lacks(tmp_path):
+    with serve_subprocess(tmp_path / "t.db") as url:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("ENGINE_", "WEAVE_"))}
+        env["PYTHONPATH"] = str(REPO)
+        result = subprocess.run([reference_python(), "-m", "engine", "doctor", url,
+                                 "--limit-mib", "1"], env=env, capture_output=True, text=True,
+                                timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr  # delivery still works
+    line = next(x for x in result.stdout.splitlines() if "weave integration" in x)
+    assert line.strip().startswith("warn") and "weave 0.52.42 lacks" in line
+    assert "ENGINE_WEAVE=1 leaves it sending its traces itself" in line
