@@ -441,6 +441,13 @@ def test_a_call_page_shows_its_feedback(browser, tmp_path):
         assert rows == [["reaction", "\U0001F44D"], ["note", "checked by ann"],
                         ["scorer shouting", '{"loud":true}']], rows
         _screenshot(browser, tmp_path, "trace-browser-feedback.png")
+        # the calls list says which calls have feedback, and what
+        browser.get(f"{url}/acme/feedback/weave/calls")
+        _wait(browser, "#calls", "ask")
+        listed = {r.find_element(By.TAG_NAME, "td").text: r.find_element(By.CSS_SELECTOR, "td.feedback").text
+                  for r in browser.find_elements(By.CSS_SELECTOR, "#calls tbody tr")}
+        assert listed["ask"] == "\U0001F44D · 1 note · 1 score", listed
+        assert listed["shouting"] == ""
         # a call without feedback has no such section
         body = json.dumps({"project_id": "acme/feedback", "filter": {
             "op_names": ["weave:///acme/feedback/op/shouting:*"]}}).encode()

@@ -206,6 +206,27 @@ function filterForm(params) {
   } }, op, status, q, el("label", {}, roots, " root calls only"), el("button", { type: "submit" }, "Filter"));
 }
 
+// a call's feedback in a few characters: its reactions (with counts), how many notes and
+// scorer results, how many of any other kind
+function feedbackBrief(rows) {
+  const reactions = new Map();
+  let notes = 0, scores = 0, other = 0;
+  for (const row of rows) {
+    if (row.feedback_type === "wandb.reaction.1") {
+      const emoji = (row.payload || {}).emoji;
+      reactions.set(emoji, (reactions.get(emoji) || 0) + 1);
+    } else if (row.feedback_type === "wandb.note.1") notes += 1;
+    else if ((row.feedback_type || "").startsWith("wandb.runnable.")) scores += 1;
+    else other += 1;
+  }
+  const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
+  const parts = [...reactions].map(([emoji, n]) => (n > 1 ? `${emoji}${n}` : emoji));
+  if (notes) parts.push(plural(notes, "note"));
+  if (scores) parts.push(plural(scores, "score"));
+  if (other) parts.push(plural(other, "other"));
+  return parts.join(" · ");
+}
+
 async function callsPage(project) {
   const params = readParams();
   show(el("h1", {}, "Calls"), filterForm(params), el("p", { class: "muted" }, "Loading…"));
@@ -214,7 +235,8 @@ async function callsPage(project) {
   const [stats, calls] = await Promise.all([
     getJson("/calls/query_stats", { project_id: project, filter, query }),
     getLines("/calls/stream_query", { project_id: project, filter, query, limit: PAGE_ROWS,
-      offset: params.page * PAGE_ROWS, sort_by: [{ field: "started_at", direction: "desc" }] }),
+      offset: params.page * PAGE_ROWS, sort_by: [{ field: "started_at", direction: "desc" }],
+      include_feedback: true }),
   ]);
   const rows = calls.map((call) => {
     const tokens = tokensOf(call), cost = costOf(call), status = statusOf(call);
@@ -225,6 +247,7 @@ async function callsPage(project) {
       el("td", {}, formatTime(call.started_at)),
       el("td", { class: "num" }, tokens === null ? "" : tokens.toLocaleString()),
       el("td", { class: "num" }, cost === null ? "" : "$" + cost.toFixed(4)),
+      el("td", { class: "feedback" }, feedbackBrief(((call.summary || {}).weave || {}).feedback || [])),
       el("td", {}, el("code", {}, call.id.slice(-12))));
   });
   const pages = Math.max(1, Math.ceil(stats.count / PAGE_ROWS));
@@ -233,7 +256,7 @@ async function callsPage(project) {
     (first, last) => stats.count ? `${(first + 1).toLocaleString()}–${last.toLocaleString()} of ${stats.count.toLocaleString()} calls (page ${params.page + 1} of ${pages.toLocaleString()})` : "no calls match");
   show(el("h1", {}, "Calls"), filterForm(params),
     el("table", { id: "calls" },
-      el("thead", {}, el("tr", {}, ["Op", "Status", "Latency", "Started", "Tokens", "Cost", "Id"]
+      el("thead", {}, el("tr", {}, ["Op", "Status", "Latency", "Started", "Tokens", "Cost", "Feedback", "Id"]
         .map((h, i) => el("th", { class: [2, 4, 5].includes(i) ? "num" : undefined }, h)))),
       el("tbody", {}, rows)),
     paging);
