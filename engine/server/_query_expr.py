@@ -146,6 +146,36 @@ _EVALUATORS: dict[str, Callable[[Any, Record], Any]] = {
 }
 
 
+def pinned_values(query: dict[str, Any] | None, field: str) -> list[str] | None:
+    """The strings a record's top-level ``field`` must equal for it to match ``query`` (an
+    ``$eq`` or ``$in`` against literals, alone or in a top-level ``$and``), or None when the
+    query does not pin it. A store reads only the records holding one of them (through an
+    index), then applies the whole query as before. Call after :func:`compile_query`."""
+    if not query or "$expr" not in query:
+        return None
+    try:
+        return _pins(query["$expr"], {"$getField": field})
+    except (TypeError, ValueError, AttributeError):  # not a shape that pins it
+        return None
+
+
+def _literal_str(value: Any) -> bool:
+    return isinstance(value, dict) and value.keys() == {"$literal"} and isinstance(value["$literal"], str)
+
+
+def _pins(expr: dict[str, Any], getter: dict[str, str]) -> list[str] | None:
+    ((op, arg),) = expr.items()
+    if op == "$and":
+        return next((found for sub in arg if (found := _pins(sub, getter)) is not None), None)
+    if op == "$eq":
+        for left, right in ((arg[0], arg[1]), (arg[1], arg[0])):
+            if left == getter and _literal_str(right):
+                return [right["$literal"]]
+    if op == "$in" and arg[0] == getter and all(_literal_str(v) for v in arg[1]):
+        return [v["$literal"] for v in arg[1]]
+    return None
+
+
 def order_key(value: Any) -> tuple:
     """A total order over JSON values: numbers, then strings, then everything else."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):

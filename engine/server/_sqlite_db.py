@@ -148,6 +148,11 @@ _MORE_MIGRATIONS = (
     CREATE TABLE IF NOT EXISTS store_info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     INSERT OR IGNORE INTO store_info VALUES ('store_id', lower(hex(randomblob(16))));
     """,
+    # feedback by what it is about: a call's feedback, a page of calls with their feedback
+    # (``_sqlite_docs``): 200k rows scanned and decoded per page (~2 s) before it
+    """
+    CREATE INDEX IF NOT EXISTS feedback_by_ref ON feedback (project_id, json_extract(doc, '$.weave_ref'));
+    """,
 )
 MIGRATIONS = {"calls": _CALLS_MIGRATIONS, "more": _MORE_MIGRATIONS}
 # What the query planner assumes until someone runs ANALYZE: a store holds many calls per

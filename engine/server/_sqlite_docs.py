@@ -1,14 +1,18 @@
 """The feedback and cost statements of the SQLite store: JSON documents keyed by
 (project, id), kept in creation order. Queries are evaluated by ``_query_expr`` over the
-decoded documents of one project (feedback and prices are small next to calls)."""
+decoded documents of one project; a feedback query that pins ``weave_ref`` (a call's or an
+object's feedback, a page of calls with ``include_feedback``) reads only those documents,
+through the ``feedback_by_ref`` index: an evaluation leaves a scorer's feedback on every
+prediction, so a project can hold hundreds of thousands."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
 import msgspec
 
-from engine.server._query_expr import compile_query, select_docs
+from engine.server._query_expr import compile_query, pinned_values, select_docs
 from engine.server._sqlite_db import Transaction
 from engine.server._store import Doc, DocKind, DocsPage, DocsQuery
 
@@ -29,16 +33,28 @@ def q_put_docs(conn: sqlite3.Connection, kind: DocKind, docs: list[Doc]) -> list
     return list(docs)
 
 
+# the expression of the feedback_by_ref index (the "more" migrations): a query must spell it
+# the same way for SQLite to use the index
+_REF = "json_extract(doc, '$.weave_ref')"
+
+
 def q_query_docs(conn: sqlite3.Connection, kind: DocKind, q: DocsQuery) -> DocsPage:
-    rows = conn.execute(
-        f"SELECT doc FROM {_table(kind)} WHERE project_id = ? ORDER BY created_at_us, rowid",
-        (q.project_id,),
-    )
+    matches = compile_query(q.query)
+    refs = pinned_values(q.query, "weave_ref") if kind == "feedback" else None
+    if refs is None:
+        rows = conn.execute(
+            f"SELECT doc FROM {_table(kind)} WHERE project_id = ? ORDER BY created_at_us, rowid",
+            (q.project_id,),
+        )
+    else:
+        rows = conn.execute(
+            f"SELECT doc FROM feedback WHERE project_id = ? AND {_REF} IN "
+            "(SELECT value FROM json_each(?)) ORDER BY created_at_us, rowid",
+            (q.project_id, json.dumps(refs)),
+        )
     docs = [msgspec.json.decode(row[0]) for row in rows]
     limit = len(docs) if q.limit is None else q.limit
-    page, total = select_docs(
-        docs, compile_query(q.query), q.sort_by, (limit, q.offset), q.fields
-    )
+    page, total = select_docs(docs, matches, q.sort_by, (limit, q.offset), q.fields)
     return DocsPage(page, total)
 
 

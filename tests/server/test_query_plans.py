@@ -203,3 +203,25 @@ def test_a_rare_op_is_read_through_the_op_index_and_a_frequent_one_in_order(plan
     count_sql = Selection(query).op_rows_sql("e/p")
     counted = [row[3] for row in plan.conn.execute("EXPLAIN QUERY PLAN " + count_sql.text, count_sql.params)]
     assert all("calls_by_started_at_us" not in step for step in counted), counted
+
+
+def test_a_feedback_query_pinned_to_refs_reads_through_the_feedback_index(plan):
+    """A call's feedback, and a page of calls' (``include_feedback``), seek the
+    ``feedback_by_ref`` index instead of decoding every document of the project."""
+    from engine.server._sqlite_docs import q_query_docs
+    from engine.server._store import DocsQuery
+
+    seen: list[str] = []
+    plan.conn.set_trace_callback(seen.append)
+    try:
+        for op, refs in (("$eq", {"$literal": "weave:///e/p/call/x"}),
+                         ("$in", [{"$literal": "weave:///e/p/call/x"}, {"$literal": "weave:///e/p/call/y"}])):
+            q_query_docs(plan.conn, "feedback", DocsQuery(
+                project_id="e/p", query={"$expr": {op: [{"$getField": "weave_ref"}, refs]}}))
+    finally:
+        plan.conn.set_trace_callback(None)
+    statements = [s for s in seen if "FROM feedback" in s]
+    assert len(statements) == 2
+    for statement in statements:
+        details = [row[3] for row in plan.conn.execute("EXPLAIN QUERY PLAN " + statement)]
+        assert any("feedback_by_ref" in d for d in details), details

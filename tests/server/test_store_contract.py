@@ -306,3 +306,42 @@ def test_an_expression_of_thousands_of_operands_is_answered(store_run):
 
     any_of, all_of = store_run(scenario)
     assert any_of == ["b"] and sorted(all_of) == ["a", "b"]
+
+
+def test_feedback_queries_that_pin_what_it_is_about(store_run):
+    """A call's feedback ($eq on weave_ref), a page of calls' ($in, thousands of refs), and
+    either inside an $and with other terms: the same answers (order, total, limits) as the
+    whole query over every document, which a store narrows to those refs first."""
+    ref = lambda i: f"weave:///{P}/call/c{i}"  # noqa: E731
+
+    def doc(i: int, n: int) -> Doc:
+        body = {"id": f"f{i}", "weave_ref": ref(n), "feedback_type": "note" if i % 2 else "reaction",
+                "payload": {"i": i}}
+        return Doc(P, f"f{i}", i, msgspec.json.encode(body).decode())
+
+    def pin(op: str, refs: list[str]) -> dict:
+        literal = [{"$literal": r} for r in refs]
+        return {op: [{"$getField": "weave_ref"}, literal[0] if op == "$eq" else literal]}
+
+    async def scenario(store):
+        await store.put_docs("feedback", [doc(i, i % 50) for i in range(600)])  # 12 per call
+        await store.put_docs("feedback", [Doc("other/proj", "o1", 1, msgspec.json.encode(
+            {"id": "o1", "weave_ref": ref(1)}).decode())])  # the same ref in another project
+        one = await store.query_docs("feedback", DocsQuery(project_id=P, query={"$expr": pin("$eq", [ref(7)])}))
+        many = [ref(i) for i in range(3, 2_003)]  # 2,000 refs, 47 of them with feedback
+        page = await store.query_docs("feedback", DocsQuery(
+            project_id=P, query={"$expr": pin("$in", many)}, sort_by=(("payload.i", True),),
+            limit=5, offset=2))  # fmt: skip
+        both = await store.query_docs("feedback", DocsQuery(project_id=P, query={"$expr": {"$and": [
+            {"$eq": [{"$getField": "feedback_type"}, {"$literal": "note"}]},
+            pin("$in", [ref(7), ref(8)])]}}))  # fmt: skip
+        either = await store.query_docs("feedback", DocsQuery(project_id=P, query={"$expr": {"$or": [
+            pin("$eq", [ref(7)]), pin("$eq", [ref(8)])]}}))  # fmt: skip
+        return one, page, both, either
+
+    one, page, both, either = store_run(scenario)
+    assert [d["id"] for d in one.docs] == [f"f{i}" for i in range(7, 600, 50)] and one.total == 12
+    assert page.total == 600 - 3 * 12 and [d["payload"]["i"] for d in page.docs] == [597, 596, 595, 594, 593]
+    assert {d["weave_ref"] for d in both.docs} == {ref(7)} and both.total == 12  # 7 odd: notes
+    assert all(d["feedback_type"] == "note" for d in both.docs)
+    assert either.total == 24  # an $or pins nothing: every document looked at, as before

@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 
-from engine.server._query_expr import compile_query, select_docs
+from engine.server._query_expr import compile_query, pinned_values, select_docs
 from engine.server._store import Doc, DocKind, DocsPage, DocsQuery
 
 _DOC_COLUMNS = ["kind", "project_id", "id", "created_at_us", "doc", "version", "removed"]
@@ -34,14 +34,19 @@ def put_docs(client: Any, kind: DocKind, docs: list[Doc], version: int) -> list[
 
 
 def query_docs(client: Any, kind: DocKind, q: DocsQuery) -> DocsPage:
+    matches = compile_query(q.query)
+    # a feedback query that pins weave_ref (a call's feedback, a page of calls with theirs)
+    # decodes only those documents, not every one of the project
+    refs = pinned_values(q.query, "weave_ref") if kind == "feedback" else None
+    narrow = "" if refs is None else " AND JSONExtractString(doc, 'weave_ref') IN {refs:Array(String)}"
     rows = client.query(
-        "SELECT doc FROM docs FINAL WHERE kind = {k:String} AND project_id = {p:String} "
-        "ORDER BY created_at_us, version",
-        parameters={"k": kind, "p": q.project_id},
+        "SELECT doc FROM docs FINAL WHERE kind = {k:String} AND project_id = {p:String}"
+        f"{narrow} ORDER BY created_at_us, version",
+        parameters={"k": kind, "p": q.project_id, "refs": refs or []},
     ).result_rows
     docs = [msgspec.json.decode(row[0]) for row in rows]
     limit = len(docs) if q.limit is None else q.limit
-    page, total = select_docs(docs, compile_query(q.query), q.sort_by, (limit, q.offset), q.fields)
+    page, total = select_docs(docs, matches, q.sort_by, (limit, q.offset), q.fields)
     return DocsPage(page, total)
 
 
