@@ -212,6 +212,17 @@ def test_trace_browser_lists_pages_filters_and_opens_weave_links(browser, tmp_pa
         _no_console_errors(browser)
 
 
+# the two scorers of the evaluation programs below
+_SCORERS = """
+@weave.op
+def exact(expected: str, output: dict) -> dict:
+    return {"correct": output["answer"] == expected}
+
+@weave.op
+def length(output: dict) -> float:
+    return float(len(output["answer"]))
+"""
+
 _EVALUATIONS = """
 import asyncio, weave
 weave.init("acme/evals")
@@ -226,13 +237,7 @@ class QA(weave.Model):
             raise RuntimeError("the model timed out")
         return {"answer": question.upper() if self.temperature < 0.5 else question}
 
-@weave.op
-def exact(expected: str, output: dict) -> dict:
-    return {"correct": output["answer"] == expected}
-
-@weave.op
-def length(output: dict) -> float:
-    return float(len(output["answer"]))
+""" + _SCORERS + """
 
 rows = [{"question": f"q{i}", "expected": f"Q{i}" if i % 4 else "x"} for i in range(8)]
 dataset = weave.Dataset(name="qa-small", rows=rows)
@@ -261,13 +266,7 @@ class Bot(weave.Model):
         wrong = self.flaky and seen[self.flaky, question] == 2
         return {"answer": "wrong" if wrong else question.upper()}
 
-@weave.op
-def exact(expected: str, output: dict) -> dict:
-    return {"correct": output["answer"] == expected}
-
-@weave.op
-def length(output: dict) -> float:
-    return float(len(output["answer"]))
+""" + _SCORERS + """
 
 dataset = weave.Dataset(name="four", rows=[{"question": f"q{i}", "expected": f"Q{i}"} for i in range(4)])
 evaluation = weave.Evaluation(name="trials-eval", dataset=dataset, scorers=[exact, length], trials=3)
