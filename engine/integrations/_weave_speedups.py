@@ -25,10 +25,10 @@ changing what weave computes (measured on Python 3.11: ~1,100 → ~340 µs of CP
   exact ``dict``, ``list``, ``tuple``, ``str``, ``int``, ``float``, ``bool`` and ``None``
   holds none of them: weave's walk does nothing there (no ref, no case matches; it only
   descends) and its copy is the same tree with new dicts and lists (tuples become lists),
-  the leaves shared. One look at the types (:func:`plain`, bounded) answers that: then
-  nothing to save, and the copy is made by :func:`plain_copy`; anything else (a dict
-  subclass, a pydantic model, a dataset row's ref, a cycle, more than ``PLAIN_MAX_VALUES``
-  values) goes to weave's own.
+  the leaves shared. One look at the types answers that: :func:`plain` (bounded) before
+  the walk, then nothing to save; :func:`plain_copy` makes the copy in the same pass that
+  looks. Anything else (a dict subclass, a pydantic model, a dataset row's ref, a cycle,
+  more than ``PLAIN_MAX_VALUES`` values for the walk) goes to weave's own.
 
 - **call ids**: weave makes each call's id (UUIDv7) from ``os.urandom`` and a hex string
   built byte by byte (~4 µs, two per call); the engine's own UUIDv7 (the same format:
@@ -81,15 +81,22 @@ def plain(value: Any) -> bool:
     return True
 
 
+class NotPlain(Exception):
+    """:func:`plain_copy` met a value that is not plain: the tree is weave's to map."""
+
+
 def plain_copy(value: Any) -> Any:
-    """weave's ``map_to_refs`` of a :func:`plain` tree: new dicts and lists (tuples become
-    lists), the leaves as they are."""
+    """weave's ``map_to_refs`` of a plain tree, made in the same walk that finds it plain:
+    new dicts and lists (tuples become lists), the leaves as they are; ``NotPlain`` at the
+    first other value (a list holding itself ends in ``RecursionError``, as in weave's)."""
     kind = type(value)
     if kind is dict:
         return {k: plain_copy(v) for k, v in value.items()}
     if kind is list or kind is tuple:
         return [plain_copy(v) for v in value]
-    return value
+    if kind in PLAIN_LEAVES:
+        return value
+    raise NotPlain
 
 
 def apply() -> None:
@@ -183,7 +190,10 @@ def _map_to_refs() -> None:
 
     def make(weaves: Any) -> Any:
         def map_to_refs(obj: Any) -> Any:
-            return plain_copy(obj) if plain(obj) else weaves(obj)
+            try:
+                return plain_copy(obj)
+            except (NotPlain, RecursionError):  # weave's own answer, or its own error
+                return weaves(obj)
 
         return map_to_refs
 
