@@ -11,37 +11,28 @@ from engine.client._core import ClientCore, Plan, coerce
 from engine.wire import labels as lb
 from engine.wire.routes import EXTRA_ROUTES
 
-__all__ = ["add_tags", "remove_tags", "set_aliases", "remove_aliases", "names"]
+__all__ = ["change", "names"]
 
 
-def _send(core: ClientCore, name: str, body: Any, **path_params: str) -> Plan[Any]:
-    request = core.json_request(name, body, **path_params)
+# the client's request type of each change; its route's body type is the request's base, and
+# the fields the body lacks go in the path
+_CHANGES = {
+    "obj_add_tags": lb.ObjAddTagsReq, "obj_remove_tags": lb.ObjRemoveTagsReq,
+    "obj_set_aliases": lb.ObjSetAliasesReq, "obj_remove_aliases": lb.ObjRemoveAliasesReq,
+}  # fmt: skip
+
+
+def change(core: ClientCore, name: str, req: Any) -> Plan[lb.LabelsRes]:
+    """One of the four changes: the request's body fields as the body, the rest (object id,
+    and a tag change's digest) in the path."""
+    r = coerce(req, _CHANGES[name])
+    route = EXTRA_ROUTES[name]
+    in_body = route.req.__struct_fields__
+    body = route.req(**{f: getattr(r, f) for f in in_body})
+    path = {f: quote(getattr(r, f), safe="") for f in r.__struct_fields__ if f not in in_body}
+    request = core.json_request(name, body, **path)
     response = core.check(request, (yield request))
-    return core.decode(EXTRA_ROUTES[name].res, response.body, name)
-
-
-def add_tags(core: ClientCore, req: Any) -> Plan[lb.LabelsRes]:
-    r = coerce(req, lb.ObjAddTagsReq)
-    return (yield from _send(core, "obj_add_tags", lb.TagsBody(project_id=r.project_id, tags=r.tags),
-                             object_id=quote(r.object_id, safe=""), digest=quote(r.digest, safe="")))
-
-
-def remove_tags(core: ClientCore, req: Any) -> Plan[lb.LabelsRes]:
-    r = coerce(req, lb.ObjRemoveTagsReq)
-    return (yield from _send(core, "obj_remove_tags", lb.TagsBody(project_id=r.project_id, tags=r.tags),
-                             object_id=quote(r.object_id, safe=""), digest=quote(r.digest, safe="")))
-
-
-def set_aliases(core: ClientCore, req: Any) -> Plan[lb.LabelsRes]:
-    r = coerce(req, lb.ObjSetAliasesReq)
-    body = lb.AliasesSetBody(project_id=r.project_id, digest=r.digest, aliases=r.aliases)
-    return (yield from _send(core, "obj_set_aliases", body, object_id=quote(r.object_id, safe="")))
-
-
-def remove_aliases(core: ClientCore, req: Any) -> Plan[lb.LabelsRes]:
-    r = coerce(req, lb.ObjRemoveAliasesReq)
-    body = lb.AliasesRemoveBody(project_id=r.project_id, aliases=r.aliases)
-    return (yield from _send(core, "obj_remove_aliases", body, object_id=quote(r.object_id, safe="")))
+    return core.decode(route.res, response.body, name)
 
 
 def names(core: ClientCore, name: str, req: Any) -> Plan[Any]:

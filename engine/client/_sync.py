@@ -126,17 +126,17 @@ class RemoteHTTPTraceServer(ClientBase):
     # -- tags and aliases of object versions (weave 0.54.0's methods) ----------------------
 
     def obj_add_tags(self, req: lb.ObjAddTagsReq | Req) -> lb.LabelsRes:
-        return self._driver.run(_labels.add_tags(self._core, req))
+        return self._driver.run(_labels.change(self._core, "obj_add_tags", req))
 
     def obj_remove_tags(self, req: lb.ObjRemoveTagsReq | Req) -> lb.LabelsRes:
-        return self._driver.run(_labels.remove_tags(self._core, req))
+        return self._driver.run(_labels.change(self._core, "obj_remove_tags", req))
 
     def obj_set_aliases(self, req: lb.ObjSetAliasesReq | Req) -> lb.LabelsRes:
         """An alias names one version of an object: setting it on another moves it."""
-        return self._driver.run(_labels.set_aliases(self._core, req))
+        return self._driver.run(_labels.change(self._core, "obj_set_aliases", req))
 
     def obj_remove_aliases(self, req: lb.ObjRemoveAliasesReq | Req) -> lb.LabelsRes:
-        return self._driver.run(_labels.remove_aliases(self._core, req))
+        return self._driver.run(_labels.change(self._core, "obj_remove_aliases", req))
 
     def tags_list(self, req: lb.TagsListReq | Req) -> lb.TagsListRes:
         return self._driver.run(_labels.names(self._core, "tags_list", req))

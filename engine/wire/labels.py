@@ -13,9 +13,12 @@ on the wire the object id and digest go in the path and the rest in the body:
 
 from __future__ import annotations
 
+import re
+
 from engine.wire._base import Request, Response
 
 __all__ = [
+    "reserved_alias",
     "ObjAddTagsReq",
     "ObjRemoveTagsReq",
     "ObjSetAliasesReq",
@@ -31,28 +34,51 @@ __all__ = [
 ]
 
 
-class ObjAddTagsReq(Request, kw_only=True):
+_RESERVED_ALIAS = re.compile(r"^(latest|v\d+)$")
+
+
+def reserved_alias(alias: str) -> bool:
+    """``latest`` and ``v<number>``: names the server gives versions itself, never set by hand."""
+    return _RESERVED_ALIAS.match(alias) is not None
+
+
+# -- the bodies on the wire -------------------------------------------------------------
+
+
+class TagsBody(Request, kw_only=True):
     project_id: str
+    tags: list[str]
+
+
+class AliasesSetBody(Request, kw_only=True):
+    project_id: str
+    digest: str
+    aliases: list[str]
+
+
+class AliasesRemoveBody(Request, kw_only=True):
+    project_id: str
+    aliases: list[str]
+
+
+# -- the client's requests: a body and what goes in the path ------------------------------
+
+
+class ObjAddTagsReq(TagsBody, kw_only=True):
     object_id: str
     digest: str
-    tags: list[str]
 
 
 class ObjRemoveTagsReq(ObjAddTagsReq, kw_only=True):
     pass
 
 
-class ObjSetAliasesReq(Request, kw_only=True):
-    project_id: str
+class ObjSetAliasesReq(AliasesSetBody, kw_only=True):
     object_id: str
-    digest: str
-    aliases: list[str]
 
 
-class ObjRemoveAliasesReq(Request, kw_only=True):
-    project_id: str
+class ObjRemoveAliasesReq(AliasesRemoveBody, kw_only=True):
     object_id: str
-    aliases: list[str]
 
 
 class TagsListReq(Request, kw_only=True):
@@ -72,23 +98,4 @@ class TagsListRes(Response, kw_only=True):
 
 
 class AliasesListRes(Response, kw_only=True):
-    aliases: list[str]
-
-
-# -- the bodies on the wire (path parameters left out) ------------------------------------
-
-
-class TagsBody(Request, kw_only=True):
-    project_id: str
-    tags: list[str]
-
-
-class AliasesSetBody(Request, kw_only=True):
-    project_id: str
-    digest: str
-    aliases: list[str]
-
-
-class AliasesRemoveBody(Request, kw_only=True):
-    project_id: str
     aliases: list[str]
