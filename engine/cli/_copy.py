@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,12 +33,12 @@ from engine.cli import _args, _probe
 from engine.cli._args import CommandFailed
 from engine.common import _env
 from engine.common._errors import HTTPError
+from engine.wire.labels import reserved_alias
 
 FROM_KEY_ENV = _env.COPY_FROM_API_KEY
 TO_KEY_ENV = _env.COPY_TO_API_KEY
 _PAGE = 1_000  # objects, feedback per read
 _CALLS_PER_POST = 500
-_VERSION_ALIAS = re.compile(r"^v\d+$")  # the server's own names, as latest
 _POST_BYTES = 4 << 20  # a body stays far below any server's limit (engine serve: 64 MiB)
 _DERIVED_SUMMARY = ("status", "trace_name", "latency_ms", "display_name")  # a server's own
 _START_FIELDS = ("project_id", "id", "op_name", "display_name", "trace_id", "parent_id",
@@ -217,7 +216,7 @@ def _copy_labels(target: Any, project: str, version: dict[str, Any], done: Copie
     (400) has them counted as not copied."""
     key = {"project_id": project, "object_id": version["object_id"], "digest": version["digest"]}
     tags = version.get("tags") or []
-    aliases = [a for a in version.get("aliases") or [] if a != "latest" and not _VERSION_ALIAS.match(a)]
+    aliases = [a for a in version.get("aliases") or [] if not reserved_alias(a)]
     for method, kind, names in ((target.obj_add_tags, "tags", tags),
                                 (target.obj_set_aliases, "aliases", aliases)):
         if not names:

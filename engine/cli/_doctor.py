@@ -216,7 +216,7 @@ def _weave_integration() -> Check | None:
     try:
         from engine.integrations import weave as integration
 
-        version, missing = integration._weave_version(), integration.missing_hook_points()
+        version, missing = integration.weave_version(), integration.missing_hook_points()
     except Exception as exc:  # noqa: BLE001 - a broken weave is said here, not raised
         return Check("weave integration", None, f"weave does not import here ({exc})")
     tested = integration.TESTED_WEAVE

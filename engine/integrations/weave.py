@@ -121,7 +121,7 @@ def install(*, weave_speedups: bool | None = None, **config: Any) -> bool:
             return True
         if _refused:
             return False
-        version = _weave_version()
+        version = weave_version()
         missing = missing_hook_points()
         if missing:
             _refused = True
@@ -183,7 +183,7 @@ def missing_hook_points() -> list[str]:
     return sorted(set(missing))
 
 
-def _weave_version() -> str:
+def weave_version() -> str:
     import weave
 
     return str(getattr(weave, "__version__", "unknown"))

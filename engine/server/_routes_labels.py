@@ -15,14 +15,13 @@ from aiohttp import web
 from engine.server._body import ApiError
 from engine.server._reply import not_found, ok, project_of
 from engine.server._state import state_of
-from engine.wire.labels import AliasesRemoveBody, AliasesSetBody, TagsBody
+from engine.wire.labels import AliasesRemoveBody, AliasesSetBody, TagsBody, reserved_alias
 
 routes = web.RouteTableDef()
 MAX_TAG_CHARS = 256
 MAX_ALIAS_CHARS = 128
 MAX_LABELS = 100
 _TAG = re.compile(r"^[-\w]+( [-\w]+)*$")
-_VERSION = re.compile(r"^v\d+$")
 
 
 def check_tag(tag: str, field: str) -> None:
@@ -35,7 +34,7 @@ def check_alias(alias: str, field: str) -> None:
     if not alias.strip() or len(alias) > MAX_ALIAS_CHARS or set(alias) & set("/:"):
         raise ApiError(400, f"{field}: alias {alias!r} must be 1..{MAX_ALIAS_CHARS} characters, "
                             "not blank, without '/' or ':'")  # fmt: skip
-    if alias == "latest" or _VERSION.match(alias):
+    if reserved_alias(alias):
         raise ApiError(400, f"{field}: alias {alias!r} is reserved (latest, v<number>)")
 
 
