@@ -206,24 +206,42 @@ function filterForm(params) {
   } }, op, status, q, el("label", {}, roots, " root calls only"), el("button", { type: "submit" }, "Filter"));
 }
 
+// -- feedback: weave's kinds (a reaction, a note, a scorer's result), any other kind as is ----
+
+const FEEDBACK_MAX = 500;
+const RUNNABLE = "wandb.runnable.";
+
+function feedbackClass(type) {
+  if (type === "wandb.reaction.1") return "reaction";
+  if (type === "wandb.note.1") return "note";
+  if ((type || "").startsWith(RUNNABLE)) return "score";
+  return "other";
+}
+
+function feedbackValue(row) {
+  const payload = row.payload || {};
+  return { reaction: payload.emoji, note: payload.note, score: short(payload.output),
+           other: short(payload) }[feedbackClass(row.feedback_type)];
+}
+
+function feedbackKind(type) {
+  const kind = feedbackClass(type);
+  return kind === "score" ? `scorer ${type.slice(RUNNABLE.length)}` : kind === "other" ? type : kind;
+}
+
 // a call's feedback in a few characters: its reactions (with counts), how many notes and
 // scorer results, how many of any other kind
 function feedbackBrief(rows) {
-  const reactions = new Map();
-  let notes = 0, scores = 0, other = 0;
+  const reactions = new Map(), counts = { note: 0, score: 0, other: 0 };
   for (const row of rows) {
-    if (row.feedback_type === "wandb.reaction.1") {
+    const kind = feedbackClass(row.feedback_type);
+    if (kind === "reaction") {
       const emoji = (row.payload || {}).emoji;
       reactions.set(emoji, (reactions.get(emoji) || 0) + 1);
-    } else if (row.feedback_type === "wandb.note.1") notes += 1;
-    else if ((row.feedback_type || "").startsWith("wandb.runnable.")) scores += 1;
-    else other += 1;
+    } else counts[kind] += 1;
   }
-  const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
   const parts = [...reactions].map(([emoji, n]) => (n > 1 ? `${emoji}${n}` : emoji));
-  if (notes) parts.push(plural(notes, "note"));
-  if (scores) parts.push(plural(scores, "score"));
-  if (other) parts.push(plural(other, "other"));
+  for (const [kind, n] of Object.entries(counts)) if (n) parts.push(`${n} ${kind}${n === 1 ? "" : "s"}`);
   return parts.join(" · ");
 }
 
@@ -317,25 +335,6 @@ function facts(project, call) {
   ];
   return el("dl", { class: "facts", id: "facts" },
     rows.filter(([, v]) => v !== null).map(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
-}
-
-const FEEDBACK_MAX = 500;
-
-// weave's feedback kinds: a reaction (its emoji), a note (its text), a scorer's result
-// ("wandb.runnable.<scorer>": its output); any other kind shows its payload
-function feedbackValue(row) {
-  const payload = row.payload || {};
-  if (row.feedback_type === "wandb.reaction.1") return payload.emoji;
-  if (row.feedback_type === "wandb.note.1") return payload.note;
-  if ((row.feedback_type || "").startsWith("wandb.runnable.")) return short(payload.output);
-  return short(payload);
-}
-
-function feedbackKind(type) {
-  if (type === "wandb.reaction.1") return "reaction";
-  if (type === "wandb.note.1") return "note";
-  if ((type || "").startsWith("wandb.runnable.")) return `scorer ${type.slice("wandb.runnable.".length)}`;
-  return type;
 }
 
 function feedbackTable(rows) {
