@@ -34,20 +34,38 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; 
 fi
 export PATH="$VENV/bin:$PATH"
 
+# A venv of its own from a lock file (rebuilt when the lock changes): $1 the venv's folder,
+# $2 the lock, $3 what it is for (said while it is built).
+ensure_locked_venv() {
+    local venv="$1" lock="$2" what="$3" stamp="$1/.lock-stamp" want py
+    want="$(sha256sum "$lock" | cut -c1-16)"
+    if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+        py="$(pick_python)"
+        echo "engine: bootstrapping $venv ($what) from $(basename "$lock") ..." >&2
+        [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
+        "$venv/bin/python" -m pip install --quiet --upgrade pip >&2
+        "$venv/bin/python" -m pip install --quiet -r "$lock" >&2
+        rm -f "$venv/.engine-installed"
+        echo "$want" > "$stamp"
+    fi
+}
+
 # The reference server of the differential tests (weave's own SqliteTraceServer, which
 # only older weave wheels ship): a venv of its own, so it never meets the project's weave.
 # Only scripts/test needs it; the demo and the bench do not wait for it.
 ensure_ref_venv() {
-    local ref_venv="$ROOT/.venv-ref" ref_lock="$ROOT/requirements-ref.lock"
-    local ref_stamp="$ROOT/.venv-ref/.lock-stamp" ref_want py
-    ref_want="$(sha256sum "$ref_lock" | cut -c1-16)"
-    if [ ! -x "$ref_venv/bin/python" ] || [ "$(cat "$ref_stamp" 2>/dev/null)" != "$ref_want" ]; then
-        py="$(pick_python)"
-        echo "engine: bootstrapping $ref_venv (reference weave server) from requirements-ref.lock ..." >&2
-        [ -x "$ref_venv/bin/python" ] || "$py" -m venv "$ref_venv"
-        "$ref_venv/bin/python" -m pip install --quiet --upgrade pip >&2
-        "$ref_venv/bin/python" -m pip install --quiet -r "$ref_lock" >&2
-        echo "$ref_want" > "$ref_stamp"
+    ensure_locked_venv "$ROOT/.venv-ref" "$ROOT/requirements-ref.lock" "reference weave server"
+    export ENGINE_REF_PYTHON="$ROOT/.venv-ref/bin/python"
+}
+
+# weave 0.53.x, the other weave the weave integration is tested with (tests/integrations):
+# the checkout installed there as users install the package (editable: engine-weave.pth).
+ensure_weave53_venv() {
+    local venv="$ROOT/.venv-w53"
+    ensure_locked_venv "$venv" "$ROOT/requirements-w53.lock" "weave 0.53 client"
+    if [ ! -f "$venv/.engine-installed" ]; then
+        "$venv/bin/python" -m pip install --quiet --no-deps -e "$ROOT" >&2
+        touch "$venv/.engine-installed"
     fi
-    export ENGINE_REF_PYTHON="$ref_venv/bin/python"
+    export ENGINE_WEAVE53_PYTHON="$venv/bin/python"
 }

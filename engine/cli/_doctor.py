@@ -219,14 +219,14 @@ def _weave_integration() -> Check | None:
         version, missing = integration.weave_version(), integration.missing_hook_points()
     except Exception as exc:  # noqa: BLE001 - a broken weave is said here, not raised
         return Check("weave integration", None, f"weave does not import here ({exc})")
-    tested = integration.TESTED_WEAVE
+    tested = integration.tested_versions()
     if missing:
         return Check("weave integration", None, f"weave {version} lacks {', '.join(missing)}: "
                      f"ENGINE_WEAVE=1 leaves it sending its traces itself (tested with "
-                     f"weave {tested}.x)")
-    if not version.startswith(tested + "."):
+                     f"weave {tested})")
+    if not integration.is_tested(version):
         return Check("weave integration", None, f"weave {version} has every hook point the "
-                     f"integration uses, but it is tested with weave {tested}.x")
+                     f"integration uses, but it is tested with weave {tested}")
     return Check("weave integration", True, f"weave {version}: ENGINE_WEAVE=1 sends its "
                  "calls through the engine")
 

@@ -27,6 +27,7 @@ TEST_SCREENSHOTS = "ENGINE_TEST_SCREENSHOTS"  # tests: where the browser test co
 SENDER_API_KEY = "ENGINE_SENDER_API_KEY"  # the owner hands its key to the sender (internal)
 PYTHON = "ENGINE_PYTHON"  # scripts/_env.sh: the interpreter that builds .venv
 REF_PYTHON = "ENGINE_REF_PYTHON"  # scripts/_env.sh: weave's reference server (fidelity tests)
+WEAVE53_PYTHON = "ENGINE_WEAVE53_PYTHON"  # scripts/_env.sh: weave 0.53's venv (integration tests)
 CLICKHOUSE_PASSWORD = "ENGINE_CLICKHOUSE_PASSWORD"  # engine serve --store clickhouse://…
 CLICKHOUSE_PASSWORD_FILE = "ENGINE_CLICKHOUSE_PASSWORD_FILE"  # … or the file holding it
 COPY_FROM_API_KEY = "ENGINE_COPY_FROM_API_KEY"  # engine copy: the key for --from
@@ -34,7 +35,7 @@ COPY_TO_API_KEY = "ENGINE_COPY_TO_API_KEY"  # engine copy: the key for --to
 
 OTHER_VARIABLES = frozenset({
     CONFIG, API_KEY, LOG_LEVEL, LOG_FORMAT, PURE_PYTHON, WEAVE, WEAVE_SPEEDUPS, WEAVE_OWNER, UNKNOWN_ENV, SENDER_API_KEY,
-    PYTHON, REF_PYTHON, TEST_SCREENSHOTS, FUZZ_EXAMPLES, KEYS_FILE, CLICKHOUSE_PASSWORD, CLICKHOUSE_PASSWORD_FILE,
+    PYTHON, REF_PYTHON, WEAVE53_PYTHON, TEST_SCREENSHOTS, FUZZ_EXAMPLES, KEYS_FILE, CLICKHOUSE_PASSWORD, CLICKHOUSE_PASSWORD_FILE,
     COPY_FROM_API_KEY, COPY_TO_API_KEY,
 })  # fmt: skip
 

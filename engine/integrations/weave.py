@@ -1,4 +1,4 @@
-"""Send an unmodified weave 0.54.0 program's traces through the engine.
+"""Send an unmodified weave program's traces through the engine (weave 0.54.x and 0.53.x).
 
 One line before ``weave.init`` (or ``ENGINE_WEAVE=1`` in the environment: the installed
 ``engine-weave.pth`` then calls :func:`install` as soon as weave is imported)::
@@ -9,7 +9,10 @@ What it changes (see ``docs/peers-weave-0.54.md`` §5 for the hook points):
 
 - weave builds its trace server with
   ``weave.trace_server_bindings.remote_http_trace_server.RemoteHTTPTraceServer.from_env``,
-  looked up when ``weave.init`` runs; :func:`install` puts :class:`EngineTraceServer` there.
+  looked up when ``weave.init`` runs (0.53: by default its
+  ``stainless_remote_http_trace_server.StainlessRemoteHTTPTraceServer``); :func:`install`
+  puts a subclass of each, ``EngineTraceServer``, there, and ``weave.init`` says so if it
+  ever builds one that is not.
   It is weave's own class with batching off, so weave's call processor (a thread that does
   not survive ``fork``) never exists; call starts, ends and complete calls go into the
   engine's shared-memory ring instead, and every other route (objects, files, reads) still
@@ -53,11 +56,13 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import importlib
 import logging
 import multiprocessing
 import os
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import Mapping
 from typing import Any
@@ -95,6 +100,7 @@ _owner_flush_s = 0.0  # a child writing into its owner's engine: the owner's del
 _installed = False
 _refused = False  # this weave lacks hook points: said once
 _servers: weakref.WeakSet[Any] = weakref.WeakSet()
+_bypass_said = threading.Event()
 
 
 def install(*, weave_speedups: bool | None = None, **config: Any) -> bool:
@@ -108,7 +114,7 @@ def install(*, weave_speedups: bool | None = None, **config: Any) -> bool:
     (:mod:`engine.integrations._weave_speedups`).
 
     Never raises over weave's version: a weave without the hook points the integration uses
-    (:data:`TESTED_WEAVE` has them all) is left as it is, said once in a warning naming what
+    (the :data:`TESTED_WEAVE` versions have them all) is left as it is, said once in a warning naming what
     it lacks, and sends its traces itself (False); another version that has them all is
     installed, with a warning that it was not tested.
     """
@@ -127,36 +133,49 @@ def install(*, weave_speedups: bool | None = None, **config: Any) -> bool:
             _refused = True
             log.warning("weave %s lacks what the engine's weave integration hooks into (%s): "
                         "not installed, weave sends its traces itself. The integration is "
-                        "tested with weave %s.x", version, ", ".join(missing), TESTED_WEAVE)
+                        "tested with weave %s", version, ", ".join(missing), tested_versions())
             return False
-        if not version.startswith(TESTED_WEAVE + "."):
-            log.warning("weave %s: the engine's weave integration is tested with weave %s.x; "
+        if not is_tested(version):
+            log.warning("weave %s: the engine's weave integration is tested with weave %s; "
                         "installed, as this weave has every hook point it uses", version,
-                        TESTED_WEAVE)
-        from weave.trace_server_bindings import remote_http_trace_server
-
-        server_class = _engine_server_class()
+                        tested_versions())
+        engine_classes: dict[type, type] = {}  # weave's class: ours (0.54 has one, two names)
+        replacements = []
+        for module, name in _SERVER_CLASSES:
+            base = _hook_point(module, name)
+            if base is not None:
+                if base not in engine_classes:
+                    engine_classes[base] = _engine_server_class(base)
+                replacements.append((module, name, engine_classes[base]))
         os.register_at_fork(before=_drain_before_fork, after_in_child=_after_fork_in_child)
         _wrap_client_flush()
-        remote_http_trace_server.RemoteHTTPTraceServer = server_class
+        for module, name, server_class in replacements:
+            setattr(importlib.import_module(module), name, server_class)
+        _watch_server_choice(tuple(engine_classes.values()))
         if weave_speedups:
             _weave_speedups.apply()
         _installed = True
         return True
 
 
-TESTED_WEAVE = "0.54"
-# (module, attribute path) of everything the integration replaces, subclasses or calls
+# the weave minor versions the integration is tested with (tests/integrations: 0.54.0 in
+# the project's venv, 0.53.13 in the one scripts/test builds from requirements-w53.lock)
+TESTED_WEAVE = ("0.54", "0.53")
+# The classes weave builds its trace server from (``weave_init`` looks them up in their
+# modules when ``weave.init`` runs): 0.54 has one; 0.53 two, chosen by its settings (the
+# Stainless one by default; the older one with WEAVE_USE_STAINLESS_SERVER=false). Each one
+# this weave has is replaced by a subclass that writes calls into the engine.
+_SERVER_CLASSES = (
+    ("weave.trace_server_bindings.remote_http_trace_server", "RemoteHTTPTraceServer"),
+    ("weave.trace_server_bindings.stainless_remote_http_trace_server",
+     "StainlessRemoteHTTPTraceServer"),
+)
+_SERVER_METHODS = ("set_auth", "call_start", "call_end", "calls_complete", "call_start_batch")
+# a server class without ``_rebuild_client`` (0.53's older one) sends through one cached
+# httpx client per process, which a forked child clears
+_HTTP_CLIENT_CACHE = ("weave.utils.http_requests", "_build_client.cache_clear")
+# (module, attribute path) of the rest the integration replaces, subclasses or calls
 _HOOK_POINTS = (
-    ("weave.trace_server_bindings.remote_http_trace_server", "RemoteHTTPTraceServer.set_auth"),
-    ("weave.trace_server_bindings.remote_http_trace_server",
-     "RemoteHTTPTraceServer._rebuild_client"),
-    ("weave.trace_server_bindings.remote_http_trace_server", "RemoteHTTPTraceServer.call_start"),
-    ("weave.trace_server_bindings.remote_http_trace_server", "RemoteHTTPTraceServer.call_end"),
-    ("weave.trace_server_bindings.remote_http_trace_server",
-     "RemoteHTTPTraceServer.calls_complete"),
-    ("weave.trace_server_bindings.remote_http_trace_server",
-     "RemoteHTTPTraceServer.call_start_batch"),
     ("weave.vendor.weave_server_sdk.types", "CallStartResponse"),
     ("weave.trace.weave_client", "WeaveClient._flush"),
     ("weave.trace.concurrent.futures", "FutureExecutor.flush"),
@@ -166,21 +185,47 @@ _HOOK_POINTS = (
 
 def missing_hook_points() -> list[str]:
     """The hook points this weave lacks (``module:attribute``; empty: it has them all)."""
-    import importlib
-
-    missing = []
-    for module_name, path in _HOOK_POINTS:
-        try:
-            found: Any = importlib.import_module(module_name)
-        except ImportError:
-            missing.append(module_name)
+    module, name = _SERVER_CLASSES[0]
+    missing = [] if _hook_point(module, name) is not None else [f"{module}:{name}"]
+    seen: list[type] = []
+    for module, name in _SERVER_CLASSES:
+        server_class = _hook_point(module, name)
+        if server_class is None or server_class in seen:
             continue
-        for part in path.split("."):
-            found = getattr(found, part, None)
-            if found is None:
-                missing.append(f"{module_name}:{path}")
-                break
+        seen.append(server_class)
+        missing += [f"{module}:{name}.{method}" for method in _SERVER_METHODS
+                    if getattr(server_class, method, None) is None]  # fmt: skip
+        if not hasattr(server_class, "_rebuild_client") and _hook_point(*_HTTP_CLIENT_CACHE) is None:
+            missing.append(f"{module}:{name}._rebuild_client or {':'.join(_HTTP_CLIENT_CACHE)}")
+    missing += [f"{module}:{path}" for module, path in _HOOK_POINTS
+                if _hook_point(module, path) is None]  # fmt: skip
     return sorted(set(missing))
+
+
+def _hook_point(module_name: str, path: str) -> Any:
+    """The object at ``module_name:path``, or None where this weave has none. Looking
+    prints none of weave's deprecation warnings (0.54 keeps 0.53's Stainless module as a
+    deprecated alias)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning))
+            found: Any = importlib.import_module(module_name)
+    except ImportError:
+        return None
+    for part in path.split("."):
+        found = getattr(found, part, None)
+        if found is None:
+            return None
+    return found
+
+
+def is_tested(version: str) -> bool:
+    return version.startswith(tuple(minor + "." for minor in TESTED_WEAVE))
+
+
+def tested_versions() -> str:
+    """The tested weave versions, for messages ("0.53.x or 0.54.x")."""
+    return " or ".join(f"{minor}.x" for minor in sorted(TESTED_WEAVE))
 
 
 def weave_version() -> str:
@@ -195,11 +240,10 @@ def installed_engine() -> Engine | None:
     return _engine
 
 
-def _engine_server_class() -> type:
-    from weave.trace_server_bindings.remote_http_trace_server import RemoteHTTPTraceServer
+def _engine_server_class(base: type) -> type:
     from weave.vendor.weave_server_sdk.types import CallStartResponse
 
-    class _EngineTraceServer(RemoteHTTPTraceServer):
+    class _EngineTraceServer(base):  # type: ignore[valid-type,misc]
         """weave's HTTP trace server, with call ingest going into the engine's ring."""
 
         def __init__(self, trace_server_url: str, should_batch: bool = False, **kw: Any) -> None:
@@ -210,7 +254,8 @@ def _engine_server_class() -> type:
             super().set_auth(auth)
             # weave.init sets the credentials right after building us, in the owner process,
             # and builds its disk cache of the server's answers after that
-            api_key = _api_key_of(getattr(self, "_credentials", None))
+            # 0.54 keeps the credentials (a tuple made one); 0.53 gets them as they are
+            api_key = _api_key_of(getattr(self, "_credentials", auth))
             _weave_cache.key_by_store(self.trace_server_url, api_key)
             _ensure_engine(self.trace_server_url, api_key)
 
@@ -338,6 +383,28 @@ def _tracer_for(server: Any) -> Tracer:
     return _tracer
 
 
+def _watch_server_choice(engine_classes: tuple[type, ...]) -> None:
+    """Says it (once) when ``weave.init`` builds its trace server from a class the
+    integration did not replace: that weave's calls would bypass the engine unnoticed."""
+    from weave.trace import weave_init
+
+    original = getattr(weave_init, "init_weave_get_server", None)
+    if original is None:  # nothing to watch in this weave; the hook points were checked
+        return
+
+    @functools.wraps(original)
+    def init_weave_get_server(*args: Any, **kwargs: Any) -> Any:
+        server = original(*args, **kwargs)
+        if not isinstance(server, engine_classes) and not _bypass_said.is_set():
+            _bypass_said.set()
+            log.warning("weave %s built its trace server from %s, which the engine's weave "
+                        "integration does not replace: its calls go through weave's own "
+                        "client, not the engine", weave_version(), type(server).__qualname__)
+        return server
+
+    weave_init.init_weave_get_server = init_weave_get_server
+
+
 def _wrap_client_flush() -> None:
     from weave.trace.weave_client import WeaveClient
 
@@ -399,12 +466,16 @@ def _after_fork_in_child() -> None:
     """What weave shares with its parent after a fork is unusable in the child: the HTTP
     connections (two processes writing one socket interleave their requests) and the thread
     pools (their threads are gone). Fresh HTTP clients; deferred work runs inline."""
-    for server in list(_servers):
-        try:
-            server._rebuild_client()
-        except Exception as exc:  # an at-fork hook's error is only printed: say it once
-            log.warning("forked child: weave's HTTP client was not rebuilt (%s: %s); its "
-                        "requests may interleave with the parent's", type(exc).__name__, exc)
+    try:
+        for server in list(_servers):
+            if hasattr(server, "_rebuild_client"):
+                server._rebuild_client()
+        clear_http_clients = _hook_point(*_HTTP_CLIENT_CACHE)
+        if clear_http_clients is not None:  # 0.53: the next request builds a new client
+            clear_http_clients()
+    except Exception as exc:  # an at-fork hook's error is only printed: say it once
+        log.warning("forked child: weave's HTTP client was not rebuilt (%s: %s); its "
+                    "requests may interleave with the parent's", type(exc).__name__, exc)
     client = _weave_client()
     if client is not None:
         _fail_orphaned_futures(client)

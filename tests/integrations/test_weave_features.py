@@ -6,13 +6,13 @@ store the same calls (a differential check of the integration, not of weave)."""
 
 import json
 import re
-import sys
 import textwrap
 import urllib.request
 
 import pytest
 
 from engine.server import serve_subprocess
+from tests.integrations._weaves import VERSIONS, weave_python
 from tests.integrations.test_weave_integration import _run_program, _weave_env
 
 pytestmark = [pytest.mark.peers, pytest.mark.integration]
@@ -80,6 +80,8 @@ _PROGRAM = textwrap.dedent(
     pred.log_score("correct", True)
     pred.finish()
     log.log_summary({"acc": 1.0})
+    integration = sys.modules.get("engine.integrations.weave")
+    print("through the engine:", bool(integration and integration.installed_engine()))
     weave.finish()
     print("done")
     """
@@ -110,7 +112,8 @@ def _stored(url: str, project: str) -> list[str]:
     return sorted(rows)
 
 
-def test_weave_features_store_the_same_calls_through_the_engine(tmp_path):
+@VERSIONS
+def test_weave_features_store_the_same_calls_through_the_engine(tmp_path, weave_minor):
     program = tmp_path / "program.py"
     program.write_text(_PROGRAM)
     stored = {}
@@ -118,8 +121,11 @@ def test_weave_features_store_the_same_calls_through_the_engine(tmp_path):
         for how in ("alone", "engine"):
             env = _weave_env(url, str(tmp_path), enable_env=how == "engine")
             env["WEAVE_SERVER_CACHE_DIR"] = str(tmp_path / f"cache-{how}")
-            result = _run_program([sys.executable, str(program), f"acme/features-{how}"], env)
+            result = _run_program([weave_python(weave_minor), str(program), f"acme/features-{how}"],
+                                  env)
             assert result.returncode == 0 and "done" in result.stdout, result.stderr[-3000:]
+            assert f"through the engine: {how == 'engine'}" in result.stdout
+            assert "is deprecated" not in result.stderr  # looking at weave warns nobody
             stored[how] = _stored(url, f"acme/features-{how}")
     assert len(stored["alone"]) == 13, stored["alone"]
     assert stored["engine"] == stored["alone"]

@@ -23,6 +23,7 @@ import msgspec
 import pytest
 
 from engine.server import serve_subprocess
+from tests.integrations._weaves import VERSIONS, VERSIONS_AND_0_53_LEGACY, weave_env, weave_python
 
 pytestmark = [pytest.mark.peers, pytest.mark.integration]
 
@@ -96,11 +97,12 @@ def _run_program(argv: list[str], env: dict[str, str], timeout_s: float = RUN_TI
     return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
 
-def _run(tmp_path: Path, url: str, how: str, project: str, python: str = sys.executable):
+def _run(tmp_path: Path, url: str, how: str, project: str, python: str = sys.executable,
+         extra_env: dict[str, str] | None = None):
     program = tmp_path / "program.py"
     program.write_text(_PROGRAM)
-    result = _run_program([python, str(program), project, how, str(N_CALLS)],
-                          _weave_env(url, str(tmp_path), enable_env=how == "env"))  # fmt: skip
+    env = {**_weave_env(url, str(tmp_path), enable_env=how == "env"), **(extra_env or {})}
+    result = _run_program([python, str(program), project, how, str(N_CALLS)], env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.startswith(str(sum(x * x for x in range(N_CALLS)))), result.stdout
     return result, _stored_calls(url, project, "square")
@@ -162,7 +164,8 @@ RUNS_TIMEOUT_S = 100  # within the test's 120 s; one hung run (30 s) ends the pr
 
 
 @pytest.mark.slow
-def test_forked_pool_workers_deliver_every_call_in_20_of_20_runs(tmp_path):
+@VERSIONS
+def test_forked_pool_workers_deliver_every_call_in_20_of_20_runs(tmp_path, weave_minor):
     """20 runs, each a fork of one interpreter that imported weave with the integration
     installed (the interpreter start and imports are paid once): weave.init, a traced call
     whose op save is still pending in weave's threads, a forked Pool(2) mapping the op,
@@ -170,7 +173,7 @@ def test_forked_pool_workers_deliver_every_call_in_20_of_20_runs(tmp_path):
     program = tmp_path / "runs.py"
     program.write_text(_RUNS_PROGRAM)
     with serve_subprocess(tmp_path / "traces.db") as url:
-        result = _run_program([sys.executable, str(program), "ent/pool", str(RUNS),
+        result = _run_program([weave_python(weave_minor), str(program), "ent/pool", str(RUNS),
                                str(RUN_CALLS), "30"],
                               _weave_env(url, str(tmp_path), enable_env=False),
                               timeout_s=RUNS_TIMEOUT_S)  # fmt: skip
@@ -184,10 +187,13 @@ def test_forked_pool_workers_deliver_every_call_in_20_of_20_runs(tmp_path):
             _assert_every_call_stored(_stored_calls(url, project, "square"), RUN_CALLS)
 
 
-def test_engine_weave_env_alone_routes_weave_through_the_engine(tmp_path):
-    """The suite's venv is an editable install: its engine-weave.pth is the editable one."""
+@VERSIONS_AND_0_53_LEGACY
+def test_engine_weave_env_alone_routes_weave_through_the_engine(tmp_path, weave_minor):
+    """The suite's venvs are editable installs: their engine-weave.pth is the editable one.
+    (weave alone stores none of the Pool workers' calls: the next test.)"""
     with serve_subprocess(tmp_path / "traces.db") as url:
-        result, calls = _run(tmp_path, url, "env", "ent/pool-env")
+        result, calls = _run(tmp_path, url, "env", "ent/pool-env", weave_python(weave_minor),
+                             weave_env(weave_minor))
     _assert_every_call_stored(calls)
     assert f"engine from {REPO / 'engine'}" in result.stdout
 
@@ -234,11 +240,13 @@ _STUCK_PROGRAM = textwrap.dedent(
 )
 
 
-def test_weave_work_still_pending_at_fork_fails_in_the_child_instead_of_hanging(tmp_path):
+@VERSIONS
+def test_weave_work_still_pending_at_fork_fails_in_the_child_instead_of_hanging(tmp_path,
+                                                                               weave_minor):
     program = tmp_path / "stuck.py"
     program.write_text(_STUCK_PROGRAM)
     with serve_subprocess(tmp_path / "traces.db") as url:
-        result = _run_program([sys.executable, str(program), "ent/stuck"],
+        result = _run_program([weave_python(weave_minor), str(program), "ent/stuck"],
                               _weave_env(url, str(tmp_path), enable_env=False))  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "RuntimeError('weave work of the parent process was still pending" in result.stdout

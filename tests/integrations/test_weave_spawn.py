@@ -10,6 +10,7 @@ import textwrap
 import pytest
 
 from engine.server import serve_subprocess
+from tests.integrations._weaves import VERSIONS, weave_python
 from tests.integrations.test_weave_integration import _run_program, _stored_calls, _weave_env
 
 pytestmark = [pytest.mark.peers, pytest.mark.integration]
@@ -66,11 +67,11 @@ _PROGRAM = textwrap.dedent(
 )
 
 
-def _run(tmp_path, url, project, mode, extra_env=None):
+def _run(tmp_path, url, project, mode, extra_env=None, python=sys.executable):
     program = tmp_path / "spawn.py"
     program.write_text(_PROGRAM)
     env = {**_weave_env(url, str(tmp_path), enable_env=False), **(extra_env or {})}
-    result = _run_program([sys.executable, str(program), project, str(WORKERS),
+    result = _run_program([python, str(program), project, str(WORKERS),
                            str(CALLS_PER_TASK), str(TASKS), mode], env, timeout_s=120)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.splitlines()[-1]), _stored_calls(url, project, "predict")
@@ -83,9 +84,11 @@ def _assert_every_call(calls):
     assert all(c["output"] == c["inputs"]["x"] + 1 for c in calls)
 
 
-def test_spawned_workers_write_into_the_parents_engine(tmp_path):
+@VERSIONS
+def test_spawned_workers_write_into_the_parents_engine(tmp_path, weave_minor):
     with serve_subprocess(tmp_path / "traces.db") as url:
-        report, calls = _run(tmp_path, url, "ent/spawn", "owner")
+        report, calls = _run(tmp_path, url, "ent/spawn", "owner",
+                             python=weave_python(weave_minor))
     results = report["results"]
     assert len({r["pid"] for r in results}) == WORKERS  # every worker traced
     assert not any(r["own_engine"] or r["senders"] for r in results), results

@@ -17,6 +17,7 @@ import msgspec
 import pytest
 
 from engine.server import serve_subprocess
+from tests.integrations._weaves import VERSIONS, weave_python
 
 pytestmark = [pytest.mark.peers, pytest.mark.integration]
 
@@ -112,18 +113,20 @@ _VALUES_PROGRAM = textwrap.dedent(
 )
 
 
-def _run(program: str, *args: str, env: dict[str, str] | None = None) -> str:
+def _run(program: str, *args: str, env: dict[str, str] | None = None,
+         python: str = sys.executable) -> str:
     base = {k: v for k, v in os.environ.items()
             if not k.startswith(("WANDB_", "WEAVE_", "WF_", "ENGINE_"))}
-    result = subprocess.run([sys.executable, "-c", program, *args], capture_output=True,
+    result = subprocess.run([python, "-c", program, *args], capture_output=True,
                             text=True, timeout=_TIMEOUT_S, env={**base, **(env or {})},
                             cwd=str(REPO))
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
 
 
-def test_each_value_is_an_op_exactly_when_weave_says_so_and_the_wandb_run_is_found():
-    out = json.loads(_run(_VALUES_PROGRAM).splitlines()[-1])
+@VERSIONS
+def test_each_value_is_an_op_exactly_when_weave_says_so_and_the_wandb_run_is_found(weave_minor):
+    out = json.loads(_run(_VALUES_PROGRAM, python=weave_python(weave_minor)).splitlines()[-1])
     assert out["applied"] and out["wandb_fast"] and out["client_is_fast"]
     assert all(out["same"]), out  # weave's own answer, value by value
     assert out["ops"].count(True) == 1  # the op itself; an op inside a list is not one
@@ -191,7 +194,9 @@ def _stored(url: str, project: str) -> list[dict]:
     return sorted(rows, key=lambda r: json.dumps(r, sort_keys=True))
 
 
-def test_a_weave_program_stores_the_same_calls_with_and_without_the_speedups(tmp_path):
+@VERSIONS
+def test_a_weave_program_stores_the_same_calls_with_and_without_the_speedups(tmp_path,
+                                                                            weave_minor):
     env_base = {"WANDB_API_KEY": "0123456789abcdef0123456789abcdef01234567",
                 "WEAVE_PRINT_CALL_LINK": "false", "WANDB_ERROR_REPORTING": "false",
                 "HOME": str(tmp_path), "NO_PROXY": "127.0.0.1,localhost"}
@@ -201,7 +206,7 @@ def test_a_weave_program_stores_the_same_calls_with_and_without_the_speedups(tmp
             project = f"ent/speedups-{speedups}"
             _run(_STORE_PROGRAM, project,
                  env={**env_base, "WF_TRACE_SERVER_URL": url, "WANDB_BASE_URL": url,
-                      "ENGINE_WEAVE_SPEEDUPS": speedups})
+                      "ENGINE_WEAVE_SPEEDUPS": speedups}, python=weave_python(weave_minor))
             stored[speedups] = _stored(url, project)
     with_speedups, without = stored["1"], stored["0"]
     assert len(with_speedups) == 10  # 5 predict + 5 helper

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from engine.server import serve_subprocess
+from tests.integrations._weaves import weave_python
 from tests.integrations.test_weave_integration import _run_program, _weave_env
 from tests.server.fidelity.backends import reference_python
 
@@ -98,9 +99,29 @@ def test_another_version_with_every_hook_point_is_installed_with_a_warning(tmp_p
         env.update(WEAVE_SERVER_CACHE_DIR=str(tmp_path / "cache"))
         result = _run_program([sys.executable, program, "acme/newer"], env)
         assert result.returncode == 0 and "done" in result.stdout, result.stderr[-3000:]
-        assert "weave 0.55.0: the engine's weave integration is tested with weave 0.54.x; " \
-               "installed" in result.stderr
+        assert "weave 0.55.0: the engine's weave integration is tested with weave 0.53.x or " \
+               "0.54.x; installed" in result.stderr
         assert _count(url, "acme/newer") == 5
+
+
+def test_a_trace_server_class_the_integration_did_not_replace_is_said_once(tmp_path):
+    """A weave that builds its server from another class (as 0.53 does by default, before
+    the integration replaced that one too) would bypass the engine unnoticed: said once."""
+    program = _program(tmp_path, after=(
+        "import engine.integrations.weave as ew\n"
+        "from weave.trace_server_bindings import remote_http_trace_server as r\n"
+        "weaves_own = r.RemoteHTTPTraceServer\n"
+        "assert ew.install() is True\n"
+        "r.RemoteHTTPTraceServer = weaves_own  # as if weave used a class not replaced\n"))
+    with serve_subprocess(tmp_path / "t.db") as url:
+        env = _weave_env(url, str(tmp_path), enable_env=False)
+        env.update(WEAVE_SERVER_CACHE_DIR=str(tmp_path / "cache"))
+        result = _run_program([sys.executable, program, "acme/bypass"], env)
+        assert result.returncode == 0 and "done" in result.stdout, result.stderr[-3000:]
+        said = [line for line in result.stderr.splitlines() if "built its trace server" in line]
+        assert len(said) == 1 and "from RemoteHTTPTraceServer, which the engine's weave " \
+            "integration does not replace: its calls go through weave's own client" in said[0]
+        assert _count(url, "acme/bypass") == 5
 
 
 def test_the_hook_never_raises_into_import_weave(tmp_path):
@@ -116,6 +137,38 @@ def test_the_hook_never_raises_into_import_weave(tmp_path):
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
     assert "ENGINE_WEAVE is set but the engine's weave integration could not be installed " \
            "(ModuleNotFoundError: import of engine.integrations.weave halted" in result.stderr
+
+
+def test_a_weave_without_either_way_to_renew_http_clients_after_fork_is_left_as_it_is(tmp_path):
+    """0.54 rebuilds a server's client, 0.53 clears its cached one: a hook point either
+    satisfies; a weave with neither is named with both."""
+    code = ("import engine.integrations.weave as ew\n"
+            "from weave.trace_server_bindings.remote_http_trace_server import "
+            "RemoteHTTPTraceServer as S\n"
+            "assert ew.missing_hook_points() == []\n"
+            "del S._rebuild_client\n"
+            "assert ew.missing_hook_points() == []  # 0.53's way is there in 0.54 too\n"
+            "import weave.utils.http_requests as h\n"
+            "h._build_client = None\n"
+            "print(ew.missing_hook_points())")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == str([  # (0.54's deprecated Stainless name: the same class)
+        "weave.trace_server_bindings.remote_http_trace_server:RemoteHTTPTraceServer."
+        "_rebuild_client or weave.utils.http_requests:_build_client.cache_clear"])
+
+
+def test_engine_doctor_says_weave_0_53_fits(tmp_path):
+    with serve_subprocess(tmp_path / "t.db") as url:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("ENGINE_", "WEAVE_"))}
+        result = subprocess.run([weave_python("0.53"), "-m", "engine", "doctor", url,
+                                 "--limit-mib", "1"], env=env, capture_output=True, text=True,
+                                timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    line = next(x for x in result.stdout.splitlines() if "weave integration" in x)
+    assert line.strip().startswith("ok") and "weave 0.53.13: ENGINE_WEAVE=1 sends its calls " \
+        "through the engine" in line, line
 
 
 def test_engine_doctor_names_what_an_older_weave_lacks(tmp_path):
