@@ -72,8 +72,8 @@ import msgspec
 import _engine_weave_hook
 from engine.common import _env
 from engine.common._redact import redact_url
-from engine.integrations import _weave_cache, _weave_speedups
-from engine.producer._engine import Engine
+from engine.integrations import _weave_cache, _weave_sigint, _weave_speedups
+from engine.producer._engine import Engine, before_sigterm_close
 from engine.producer._safe import write_safely
 from engine.producer._slot import ProducerSettings
 from engine.producer._tracer import Tracer
@@ -87,6 +87,8 @@ log = logging.getLogger("engine.integrations.weave")
 _PLACEHOLDER_PROJECT = "weave/integration"  # every item names its own project_id
 # how long a fork waits for weave's deferred work (op saves go to the server over HTTP)
 FORK_DRAIN_TIMEOUT_S = 30.0
+# how long SIGTERM waits for it (then the engine delivers; orchestrators allow ~30 s)
+SIGTERM_DRAIN_TIMEOUT_S = 10.0
 _OFF = frozenset(("0", "false", "no", "off"))
 
 # what a spawned child needs to write into its owner's rings (see the module docstring)
@@ -148,6 +150,11 @@ def install(*, weave_speedups: bool | None = None, **config: Any) -> bool:
                     engine_classes[base] = _engine_server_class(base)
                 replacements.append((module, name, engine_classes[base]))
         os.register_at_fork(before=_drain_before_fork, after_in_child=_after_fork_in_child)
+        before_sigterm_close(_drain_on_sigterm)
+        from weave.trace import util as weave_util
+        from weave.trace.concurrent import futures as weave_futures
+
+        _weave_sigint.install(weave_futures, weave_util)
         _wrap_client_flush()
         for module, name, server_class in replacements:
             setattr(importlib.import_module(module), name, server_class)
@@ -448,18 +455,42 @@ def _drain_before_fork() -> None:
     """Let weave's executor threads finish what they hold, so the child inherits results
     instead of futures nobody will complete (and no thread mid-import). Never raises: an
     exception here would only be printed by ``os.fork``."""
+    _drain_executors(FORK_DRAIN_TIMEOUT_S, "at fork", "a forked child fails it instead of "
+                     "waiting")
+
+
+def _drain_on_sigterm() -> None:
+    """SIGTERM (an orchestrator or ``timeout`` stopping the job): weave's executor threads
+    still hold call starts and ends not yet handed to the engine (hundreds in a busy eval
+    loop); they finish, bounded, before the engine delivers and closes (engine.producer's
+    SIGTERM handler runs this first). The handler runs on the main thread between two
+    bytecodes: where the interrupted code holds an executor's lock, that executor's flush
+    would wait on itself, so it is skipped."""
+    _drain_executors(SIGTERM_DRAIN_TIMEOUT_S, "at SIGTERM", "its calls are not traced",
+                     lock_probe_s=0.5)
+
+
+def _drain_executors(timeout_s: float, when: str, otherwise: str,
+                     lock_probe_s: float | None = None) -> None:
     client = _weave_client()
     if client is None:
         return
-    deadline_s = time.monotonic() + FORK_DRAIN_TIMEOUT_S
+    deadline_s = time.monotonic() + timeout_s
     for executor in _executors(client):
         if executor._in_thread_context.get():
-            continue  # forked from weave's own thread: what it waits for cannot finish
+            continue  # called from weave's own thread: what it waits for cannot finish
+        lock = getattr(executor, "_active_futures_lock", None)
+        if lock_probe_s is not None and lock is not None:
+            if not lock.acquire(timeout=lock_probe_s):
+                log.warning("weave work still pending %s (its executor is busy in the "
+                            "interrupted code); %s", when, otherwise)
+                continue
+            lock.release()
         try:
             executor.flush(timeout=max(0.0, deadline_s - time.monotonic()))
         except Exception as exc:  # a timeout, or a task's error re-raised in weave's tests
-            log.warning("weave work still pending at fork (%s: %s); a forked child fails "
-                        "it instead of waiting", type(exc).__name__, exc)
+            log.warning("weave work still pending %s (%s: %s); %s", when,
+                        type(exc).__name__, exc, otherwise)
 
 
 def _after_fork_in_child() -> None:

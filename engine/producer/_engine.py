@@ -18,6 +18,7 @@ import subprocess
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -298,6 +299,15 @@ def collect_stats(ringset: ring.RingSet, control: Control) -> dict[str, Any]:
 
 _open_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
 _sigterm_installed = False
+# run by the SIGTERM handler before the engines close: work that still has calls to hand
+# over (the weave integration: weave's executor threads); each bounded, none may raise
+_before_sigterm_close: list[Callable[[], None]] = []
+
+
+def before_sigterm_close(hook: Callable[[], None]) -> None:
+    """Run ``hook`` in the SIGTERM handler, before the open engines flush and close."""
+    if hook not in _before_sigterm_close:
+        _before_sigterm_close.append(hook)
 
 
 def _install_sigterm(engine: Engine) -> None:
@@ -315,6 +325,11 @@ def _install_sigterm(engine: Engine) -> None:
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
+    for hook in list(_before_sigterm_close):
+        try:
+            hook()
+        except Exception:  # noqa: BLE001 - the engines still close, and SIGTERM still ends us
+            log.exception("engine: a SIGTERM hook failed; closing the engines")
     for open_engine in list(_open_engines):
         if os.getpid() == open_engine._owner_pid:
             open_engine.close()

@@ -1,0 +1,72 @@
+"""The weave integration's SIGINT guard (engine/integrations/_weave_sigint.py): Ctrl-C that
+lands in guarded code (weave's hand-off to its pool, the standard library's thread
+synchronisation) is raised at the first line after it, in the code that called it; anywhere
+else at once. Run in a child interpreter: the guard replaces SIGINT's handler."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+_PROGRAM = textwrap.dedent(
+    """
+    import os, signal, sys, json
+    sys.path.insert(0, sys.argv[1])
+    import guarded
+    from engine.integrations import _weave_sigint
+
+    results = {}
+
+    def run(name):
+        log = []
+        try:
+            guarded.hand_off(log)
+            log.append("caller")
+        except KeyboardInterrupt:
+            log.append("KeyboardInterrupt")
+        results[name] = log
+
+    run("python's own handler")
+    results["installed"] = _weave_sigint.install(guarded)
+    run("guarded")
+    sys.settrace(lambda *a: None)  # a debugger or coverage traces the thread: no guard
+    run("traced")
+    sys.settrace(None)
+    log = []
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        log.append("unguarded line")
+    except KeyboardInterrupt:
+        log.append("KeyboardInterrupt")
+    results["unguarded"] = log
+    results["second install"] = _weave_sigint.install(guarded)  # SIGINT is ours now
+    print(json.dumps(results))
+    """
+)
+_GUARDED = textwrap.dedent(
+    """
+    import os, signal
+
+    def hand_off(log):
+        os.kill(os.getpid(), signal.SIGINT)  # handled at the next check, in this frame
+        for i in range(3):
+            log.append(i)
+        log.append("end")
+    """
+)
+
+
+def test_ctrl_c_in_guarded_code_is_raised_right_after_it(tmp_path):
+    (tmp_path / "guarded.py").write_text(_GUARDED)
+    program = tmp_path / "program.py"
+    program.write_text(_PROGRAM)
+    result = subprocess.run([sys.executable, str(program), str(tmp_path)], capture_output=True,
+                            text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout)
+    assert out["python's own handler"] == ["KeyboardInterrupt"]  # inside the hand-off
+    assert out["installed"] is True
+    assert out["guarded"] == [0, 1, 2, "end", "KeyboardInterrupt"]  # after it, not inside
+    assert out["traced"] == ["KeyboardInterrupt"]
+    assert out["unguarded"] == ["KeyboardInterrupt"]
+    assert out["second install"] is False

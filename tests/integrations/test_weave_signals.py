@@ -1,0 +1,128 @@
+"""A weave eval loop stopped by Ctrl-C or SIGTERM (an orchestrator, ``timeout``) keeps every
+call it made when it runs through the engine (``ENGINE_WEAVE=1``). weave alone keeps none on
+SIGTERM (the process ends before its sender thread sends); through the engine, before this
+was handled, SIGTERM lost the calls still queued in weave's executor threads (50 of 301
+stored): the engine's SIGTERM handler now lets them finish (bounded) before it delivers."""
+
+import signal
+import subprocess
+import textwrap
+import time
+
+import pytest
+
+from engine.server import serve_subprocess
+from tests.integrations._weaves import VERSIONS, weave_python
+from tests.integrations.test_weave_integration import _stored_calls, _weave_env
+
+pytestmark = [pytest.mark.peers, pytest.mark.integration]
+
+AT_LEAST = 200  # calls made before the signal
+_LOOP = textwrap.dedent(
+    """
+    import sys, weave
+    weave.init(sys.argv[1])
+    progress = open(sys.argv[2], "w")
+
+    @weave.op
+    def score(x: int) -> dict:
+        return {"ok": x % 3 == 0}
+
+    @weave.op
+    def predict(x: int) -> int:
+        score(x)
+        return x + 1
+
+    i = 0
+    while i < 1_000_000:  # the eval loop the user stops (bounded all the same)
+        predict(i)
+        i += 1
+        progress.write(f"{i}\\n")
+        progress.flush()
+    """
+)
+
+
+def _stop_after(argv: list[str], env: dict[str, str], progress, sig: int) -> tuple[int, str, int]:
+    """Starts the loop, sends ``sig`` once it made AT_LEAST calls; (exit code, stderr, the
+    calls it had finished)."""
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            if progress.exists() and len(progress.read_text().split()) >= AT_LEAST:
+                break
+            time.sleep(0.01)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, err, int(progress.read_text().split()[-1])
+
+
+@VERSIONS
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_every_call_of_a_stopped_weave_eval_loop_is_stored(tmp_path, weave_minor, sig):
+    program = tmp_path / "loop.py"
+    program.write_text(_LOOP)
+    with serve_subprocess(tmp_path / "t.db") as url:
+        env = _weave_env(url, str(tmp_path), enable_env=True)
+        code, err, finished = _stop_after(
+            [weave_python(weave_minor), str(program), "ent/stopped", str(tmp_path / "n")],
+            env,
+            tmp_path / "n",
+            sig,
+        )
+        assert code == -sig, err[-3000:]  # it ends as the signal ends it
+        assert finished >= AT_LEAST
+        predicts = _stored_calls(url, "ent/stopped", "predict")
+        scores = _stored_calls(url, "ent/stopped", "score")
+    ended = sorted(c["inputs"]["x"] for c in predicts if c["ended_at"])
+    assert ended[:finished] == list(range(finished)), (finished, len(ended), err[-3000:])
+    assert len(predicts) <= finished + 1  # the one the signal interrupted: started at most
+    assert len([c for c in scores if c["ended_at"]]) >= finished
+
+
+_HOLDS_LOCK = textwrap.dedent(
+    """
+    import os, signal, sys, weave
+    client = weave.init(sys.argv[1])
+
+    @weave.op
+    def predict(x: int) -> int:
+        return x + 1
+
+    for i in range(50):
+        predict(i)
+    client.future_executor.flush()
+    # SIGTERM while the interrupted code holds weave's executor lock: the handler's
+    # flush would wait on itself for ever
+    with client.future_executor._active_futures_lock:
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(1000):
+            pass
+    print("not reached")
+    """
+)
+
+
+def test_sigterm_while_the_program_holds_weave_s_executor_lock_still_ends(tmp_path):
+    program = tmp_path / "holds.py"
+    program.write_text(_HOLDS_LOCK)
+    with serve_subprocess(tmp_path / "t.db") as url:
+        env = _weave_env(url, str(tmp_path), enable_env=True)
+        started = time.monotonic()
+        result = subprocess.run([weave_python("0.54"), str(program), "ent/held"], env=env,
+                                capture_output=True, text=True, timeout=60)  # fmt: skip
+        took_s = time.monotonic() - started
+        calls = _stored_calls(url, "ent/held", "predict")
+    assert result.returncode == -signal.SIGTERM and "not reached" not in result.stdout
+    assert (
+        "weave work still pending at SIGTERM (its executor is busy in the interrupted "
+        "code); its calls are not traced" in result.stderr
+    ), result.stderr[-3000:]
+    assert took_s < 30
+    assert sorted(c["inputs"]["x"] for c in calls if c["ended_at"]) == list(range(50))
