@@ -44,6 +44,17 @@ def _program(tmp_path, before: str = "", after: str = "", tail: str = "") -> str
     return str(path)
 
 
+def _run_stored(tmp_path, program: str, project: str) -> tuple[str, int]:
+    """Runs ``program`` (weave 0.54.0, the integration installed by the program itself)
+    against a fresh ``engine serve``: (its stderr, how many calls the project holds)."""
+    with serve_subprocess(tmp_path / "t.db") as url:
+        env = _weave_env(url, str(tmp_path), enable_env=False)
+        env.update(WEAVE_SERVER_CACHE_DIR=str(tmp_path / "cache"))
+        result = _run_program([sys.executable, program, project], env)
+        assert result.returncode == 0 and "done" in result.stdout, result.stderr[-3000:]
+        return result.stderr, _count(url, project)
+
+
 def _count(url: str, project: str) -> int:
     from engine.client import RemoteHTTPTraceServer
 
@@ -78,14 +89,9 @@ def test_a_missing_hook_point_leaves_weave_as_it_is(tmp_path):
         "import engine.integrations.weave as ew\n"
         "ew._HOOK_POINTS += (('weave.trace.weave_client', 'WeaveClient.no_such_hook'),)\n"
         "assert ew.install() is False and ew.install() is False\n"))
-    with serve_subprocess(tmp_path / "t.db") as url:
-        env = _weave_env(url, str(tmp_path), enable_env=False)
-        env.update(WEAVE_SERVER_CACHE_DIR=str(tmp_path / "cache"))
-        result = _run_program([sys.executable, program, "acme/no-hook"], env)
-        assert result.returncode == 0 and "done" in result.stdout, result.stderr[-3000:]
-        assert result.stderr.count("weave.trace.weave_client:WeaveClient.no_such_hook") == 1, \
-            result.stderr[-3000:]
-        assert _count(url, "acme/no-hook") == 5
+    err, stored = _run_stored(tmp_path, program, "acme/no-hook")
+    assert err.count("weave.trace.weave_client:WeaveClient.no_such_hook") == 1, err[-3000:]
+    assert stored == 5
 
 
 def test_another_version_with_every_hook_point_is_installed_with_a_warning(tmp_path):
@@ -94,14 +100,10 @@ def test_another_version_with_every_hook_point_is_installed_with_a_warning(tmp_p
         "import engine.integrations.weave as ew\n"
         "assert ew.install() is True\n"),
         tail="assert ew.installed_engine() is not None  # the calls went through the engine")
-    with serve_subprocess(tmp_path / "t.db") as url:
-        env = _weave_env(url, str(tmp_path), enable_env=False)
-        env.update(WEAVE_SERVER_CACHE_DIR=str(tmp_path / "cache"))
-        result = _run_program([sys.executable, program, "acme/newer"], env)
-        assert result.returncode == 0 and "done" in result.stdout, result.stderr[-3000:]
-        assert "weave 0.55.0: the engine's weave integration is tested with weave 0.53.x or " \
-               "0.54.x; installed" in result.stderr
-        assert _count(url, "acme/newer") == 5
+    err, stored = _run_stored(tmp_path, program, "acme/newer")
+    assert "weave 0.55.0: the engine's weave integration is tested with weave 0.53.x or " \
+           "0.54.x; installed" in err
+    assert stored == 5
 
 
 def test_a_trace_server_class_the_integration_did_not_replace_is_said_once(tmp_path):
@@ -113,15 +115,11 @@ def test_a_trace_server_class_the_integration_did_not_replace_is_said_once(tmp_p
         "weaves_own = r.RemoteHTTPTraceServer\n"
         "assert ew.install() is True\n"
         "r.RemoteHTTPTraceServer = weaves_own  # as if weave used a class not replaced\n"))
-    with serve_subprocess(tmp_path / "t.db") as url:
-        env = _weave_env(url, str(tmp_path), enable_env=False)
-        env.update(WEAVE_SERVER_CACHE_DIR=str(tmp_path / "cache"))
-        result = _run_program([sys.executable, program, "acme/bypass"], env)
-        assert result.returncode == 0 and "done" in result.stdout, result.stderr[-3000:]
-        said = [line for line in result.stderr.splitlines() if "built its trace server" in line]
-        assert len(said) == 1 and "from RemoteHTTPTraceServer, which the engine's weave " \
-            "integration does not replace: its calls go through weave's own client" in said[0]
-        assert _count(url, "acme/bypass") == 5
+    err, stored = _run_stored(tmp_path, program, "acme/bypass")
+    said = [line for line in err.splitlines() if "built its trace server" in line]
+    assert len(said) == 1 and "from RemoteHTTPTraceServer, which the engine's weave " \
+        "integration does not replace: its calls go through weave's own client" in said[0]
+    assert stored == 5
 
 
 def test_the_hook_never_raises_into_import_weave(tmp_path):
