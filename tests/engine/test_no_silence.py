@@ -94,6 +94,7 @@ def test_a_killed_sender_is_reported_as_killed_and_restarted(tmp_path):
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and _child_pids(owner.pid) in ([], [first]):
             time.sleep(0.05)  # polling for the restarted sender, with a deadline
+        time.sleep(0.5)  # its "restarted it as" line follows the start by microseconds
         _, err = owner.communicate("\n", timeout=60)
     assert f"sender process {first} was killed by SIGKILL" in err
     assert "restarted it as" in err and "exited with -9" not in err
@@ -112,11 +113,18 @@ def test_a_group_sigterm_is_not_reported_as_a_restart(tmp_path):
 
 
 def _child_pids(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(p) for p in f.read().split()]
-    except FileNotFoundError:
-        return []
+    """Children of every thread of ``pid`` (the restarted sender is the watchdog thread's:
+    reading the main thread's list alone, the test waited out its 30 s deadline)."""
+    import glob
+
+    children = []
+    for path in glob.glob(f"/proc/{pid}/task/*/children"):
+        try:
+            with open(path) as f:
+                children += [int(p) for p in f.read().split()]
+        except FileNotFoundError:
+            continue
+    return sorted(children)
 
 
 def test_a_tracers_flush_is_false_when_an_item_was_dead_lettered(tmp_path):
