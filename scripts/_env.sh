@@ -4,7 +4,6 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
 LOCK="$ROOT/requirements.lock"
-STAMP="$VENV/.lock-stamp"
 
 pick_python() {
     for py in "${ENGINE_PYTHON:-}" python3.11 python3.12 python3.13 python3.10 python3; do
@@ -18,37 +17,30 @@ pick_python() {
     return 1
 }
 
-# the C accelerator is built at install time: a changed source must rebuild it
-want="$(sha256sum "$LOCK" "$ROOT/pyproject.toml" "$ROOT/setup.py" "$ROOT"/engine/native/*.[ch] |
-    sha256sum | cut -c1-16)"
-if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
-    py="$(pick_python)"
-    echo "engine: bootstrapping $VENV with $("$py" --version) from requirements.lock ..." >&2
-    [ -x "$VENV/bin/python" ] || "$py" -m venv "$VENV"
-    "$VENV/bin/python" -m pip install --quiet --upgrade pip >&2
-    "$VENV/bin/python" -m pip install --quiet -r "$LOCK" >&2
-    # built with pyproject.toml's build requirements (a fresh venv's setuptools has no
-    # bdist_wheel): this compiles the C accelerator when a compiler is there
-    "$VENV/bin/python" -m pip install --quiet --no-deps -e "$ROOT" >&2
-    echo "$want" > "$STAMP"
-fi
-export PATH="$VENV/bin:$PATH"
-
-# A venv of its own from a lock file (rebuilt when the lock changes): $1 the venv's folder,
-# $2 the lock, $3 what it is for (said while it is built).
+# A venv of its own, made from a lock file and made again when its inputs change: $1 the
+# venv's folder, $2 the lock, $3 what it is for (said while it is built), $4 "checkout" to
+# install this checkout there too (editable, with its engine-weave.pth; the C accelerator is
+# compiled at install, so a changed source makes it again).
 ensure_locked_venv() {
-    local venv="$1" lock="$2" what="$3" stamp="$1/.lock-stamp" want py
-    want="$(sha256sum "$lock" | cut -c1-16)"
+    local venv="$1" lock="$2" what="$3" checkout="${4:-}" stamp="$1/.lock-stamp" want py
+    local inputs=("$lock")
+    [ -z "$checkout" ] || inputs+=("$ROOT/pyproject.toml" "$ROOT/setup.py" "$ROOT"/engine/native/*.[ch])
+    want="$(sha256sum "${inputs[@]}" | sha256sum | cut -c1-16)"
     if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
         py="$(pick_python)"
-        echo "engine: bootstrapping $venv ($what) from $(basename "$lock") ..." >&2
+        echo "engine: bootstrapping $venv ($what) with $("$py" --version) from $(basename "$lock") ..." >&2
         [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
         "$venv/bin/python" -m pip install --quiet --upgrade pip >&2
         "$venv/bin/python" -m pip install --quiet -r "$lock" >&2
-        rm -f "$venv/.engine-installed"
+        # built with pyproject.toml's build requirements (a fresh venv's setuptools has no
+        # bdist_wheel): this compiles the C accelerator when a compiler is there
+        [ -z "$checkout" ] || "$venv/bin/python" -m pip install --quiet --no-deps -e "$ROOT" >&2
         echo "$want" > "$stamp"
     fi
 }
+
+ensure_locked_venv "$VENV" "$LOCK" "the project" checkout
+export PATH="$VENV/bin:$PATH"
 
 # The reference server of the differential tests (weave's own SqliteTraceServer, which
 # only older weave wheels ship): a venv of its own, so it never meets the project's weave.
@@ -61,11 +53,6 @@ ensure_ref_venv() {
 # weave 0.53.x, the other weave the weave integration is tested with (tests/integrations):
 # the checkout installed there as users install the package (editable: engine-weave.pth).
 ensure_weave53_venv() {
-    local venv="$ROOT/.venv-w53"
-    ensure_locked_venv "$venv" "$ROOT/requirements-w53.lock" "weave 0.53 client"
-    if [ ! -f "$venv/.engine-installed" ]; then
-        "$venv/bin/python" -m pip install --quiet --no-deps -e "$ROOT" >&2
-        touch "$venv/.engine-installed"
-    fi
-    export ENGINE_WEAVE53_PYTHON="$venv/bin/python"
+    ensure_locked_venv "$ROOT/.venv-w53" "$ROOT/requirements-w53.lock" "weave 0.53 client" checkout
+    export ENGINE_WEAVE53_PYTHON="$ROOT/.venv-w53/bin/python"
 }

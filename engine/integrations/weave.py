@@ -141,14 +141,9 @@ def install(*, weave_speedups: bool | None = None, **config: Any) -> bool:
             log.warning("weave %s: the engine's weave integration is tested with weave %s; "
                         "installed, as this weave has every hook point it uses", version,
                         tested_versions())
-        engine_classes: dict[type, type] = {}  # weave's class: ours (0.54 has one, two names)
-        replacements = []
-        for module, name in _SERVER_CLASSES:
-            base = _hook_point(module, name)
-            if base is not None:
-                if base not in engine_classes:
-                    engine_classes[base] = _engine_server_class(base)
-                replacements.append((module, name, engine_classes[base]))
+        present = _server_classes()
+        # one subclass per class of weave's (0.54 has one under two names)
+        engine_classes = {base: _engine_server_class(base) for _, _, base in present}
         os.register_at_fork(before=_drain_before_fork, after_in_child=_after_fork_in_child)
         before_sigterm_close(_drain_on_sigterm)
         from weave.trace import util as weave_util
@@ -156,8 +151,8 @@ def install(*, weave_speedups: bool | None = None, **config: Any) -> bool:
 
         _weave_sigint.install(weave_futures, weave_util)
         _wrap_client_flush()
-        for module, name, server_class in replacements:
-            setattr(importlib.import_module(module), name, server_class)
+        for module, name, base in present:
+            setattr(importlib.import_module(module), name, engine_classes[base])
         _watch_server_choice(tuple(engine_classes.values()))
         if weave_speedups:
             _weave_speedups.apply()
@@ -192,14 +187,11 @@ _HOOK_POINTS = (
 
 def missing_hook_points() -> list[str]:
     """The hook points this weave lacks (``module:attribute``; empty: it has them all)."""
+    present = _server_classes()
     module, name = _SERVER_CLASSES[0]
-    missing = [] if _hook_point(module, name) is not None else [f"{module}:{name}"]
-    seen: list[type] = []
-    for module, name in _SERVER_CLASSES:
-        server_class = _hook_point(module, name)
-        if server_class is None or server_class in seen:
-            continue
-        seen.append(server_class)
+    missing = [] if present and present[0][:2] == (module, name) else [f"{module}:{name}"]
+    # each class once, under its first name (reversed: the first one written last wins)
+    for module, name, server_class in {c: (m, n, c) for m, n, c in reversed(present)}.values():
         missing += [f"{module}:{name}.{method}" for method in _SERVER_METHODS
                     if getattr(server_class, method, None) is None]  # fmt: skip
         if not hasattr(server_class, "_rebuild_client") and _hook_point(*_HTTP_CLIENT_CACHE) is None:
@@ -207,6 +199,12 @@ def missing_hook_points() -> list[str]:
     missing += [f"{module}:{path}" for module, path in _HOOK_POINTS
                 if _hook_point(module, path) is None]  # fmt: skip
     return sorted(set(missing))
+
+
+def _server_classes() -> list[tuple[str, str, type]]:
+    """(module, name, class) of each of ``_SERVER_CLASSES`` this weave has."""
+    found = [(module, name, _hook_point(module, name)) for module, name in _SERVER_CLASSES]
+    return [(module, name, cls) for module, name, cls in found if cls is not None]
 
 
 def _hook_point(module_name: str, path: str) -> Any:
@@ -479,8 +477,8 @@ def _drain_executors(timeout_s: float, when: str, otherwise: str,
     for executor in _executors(client):
         if executor._in_thread_context.get():
             continue  # called from weave's own thread: what it waits for cannot finish
-        lock = getattr(executor, "_active_futures_lock", None)
-        if lock_probe_s is not None and lock is not None:
+        lock = getattr(executor, "_active_futures_lock", None) if lock_probe_s else None
+        if lock is not None:
             if not lock.acquire(timeout=lock_probe_s):
                 log.warning("weave work still pending %s (its executor is busy in the "
                             "interrupted code); %s", when, otherwise)

@@ -159,6 +159,12 @@ def pinned_values(query: dict[str, Any] | None, field: str) -> list[str] | None:
         return None
 
 
+def pinned_refs(kind: str, query: dict[str, Any] | None) -> list[str] | None:
+    """The ``weave_ref`` values a feedback query pins (a call's or an object's feedback, a
+    page of calls with ``include_feedback``): a store reads only their documents."""
+    return pinned_values(query, "weave_ref") if kind == "feedback" else None
+
+
 def _literal_str(value: Any) -> bool:
     return isinstance(value, dict) and value.keys() == {"$literal"} and isinstance(value["$literal"], str)
 

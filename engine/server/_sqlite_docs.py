@@ -12,7 +12,7 @@ import sqlite3
 
 import msgspec
 
-from engine.server._query_expr import compile_query, pinned_values, select_docs
+from engine.server._query_expr import compile_query, pinned_refs, select_docs
 from engine.server._sqlite_db import Transaction
 from engine.server._store import Doc, DocKind, DocsPage, DocsQuery
 
@@ -40,18 +40,14 @@ _REF = "json_extract(doc, '$.weave_ref')"
 
 def q_query_docs(conn: sqlite3.Connection, kind: DocKind, q: DocsQuery) -> DocsPage:
     matches = compile_query(q.query)
-    refs = pinned_values(q.query, "weave_ref") if kind == "feedback" else None
-    if refs is None:
-        rows = conn.execute(
-            f"SELECT doc FROM {_table(kind)} WHERE project_id = ? ORDER BY created_at_us, rowid",
-            (q.project_id,),
-        )
-    else:
-        rows = conn.execute(
-            f"SELECT doc FROM feedback WHERE project_id = ? AND {_REF} IN "
-            "(SELECT value FROM json_each(?)) ORDER BY created_at_us, rowid",
-            (q.project_id, json.dumps(refs)),
-        )
+    refs = pinned_refs(kind, q.query)
+    narrow, params = ("", ()) if refs is None else (
+        f" AND {_REF} IN (SELECT value FROM json_each(?))", (json.dumps(refs),))
+    rows = conn.execute(
+        f"SELECT doc FROM {_table(kind)} WHERE project_id = ?{narrow} "
+        "ORDER BY created_at_us, rowid",
+        (q.project_id, *params),
+    )
     docs = [msgspec.json.decode(row[0]) for row in rows]
     limit = len(docs) if q.limit is None else q.limit
     page, total = select_docs(docs, matches, q.sort_by, (limit, q.offset), q.fields)

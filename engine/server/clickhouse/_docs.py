@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 
-from engine.server._query_expr import compile_query, pinned_values, select_docs
+from engine.server._query_expr import compile_query, pinned_refs, select_docs
 from engine.server._store import Doc, DocKind, DocsPage, DocsQuery
 
 _DOC_COLUMNS = ["kind", "project_id", "id", "created_at_us", "doc", "version", "removed"]
@@ -37,7 +37,7 @@ def query_docs(client: Any, kind: DocKind, q: DocsQuery) -> DocsPage:
     matches = compile_query(q.query)
     # a feedback query that pins weave_ref (a call's feedback, a page of calls with theirs)
     # decodes only those documents, not every one of the project
-    refs = pinned_values(q.query, "weave_ref") if kind == "feedback" else None
+    refs = pinned_refs(kind, q.query)
     narrow = "" if refs is None else " AND JSONExtractString(doc, 'weave_ref') IN {refs:Array(String)}"
     rows = client.query(
         "SELECT doc FROM docs FINAL WHERE kind = {k:String} AND project_id = {p:String}"
