@@ -72,22 +72,22 @@ def _on_sigint(signum: int, frame: FrameType | None) -> None:
         signal.default_int_handler(signum, frame)
     # raise it at the first line run outside the guarded code: a line event of a frame
     # there, traced on this thread only until then
-    running = frame
-    while running is not None:
-        running.f_trace = _raise_outside
-        running = running.f_back
-    sys.settrace(_raise_outside)
+    _trace_stack(frame, _raise_outside)
 
 
 def _raise_outside(frame: FrameType, event: str, arg: Any) -> Any:
     if event != "line" or frame.f_code.co_filename in _guarded_files:
         return _raise_outside
-    sys.settrace(None)
-    running: FrameType | None = frame
-    while running is not None:
-        running.f_trace = None
-        running = running.f_back
+    _trace_stack(frame, None)
     raise KeyboardInterrupt
+
+
+def _trace_stack(frame: FrameType | None, tracer: Any) -> None:
+    """``tracer`` for this thread and for ``frame`` and every frame it was called from."""
+    while frame is not None:
+        frame.f_trace = tracer
+        frame = frame.f_back
+    sys.settrace(tracer)
 
 
 def _in_hand_off(frame: FrameType | None) -> bool:
