@@ -46,6 +46,9 @@ spawned ``multiprocessing`` children (a ``spawn`` or ``forkserver`` Pool,
 ``$ENGINE_WEAVE_OWNER`` (set by the owner: its pid, URL and ring set, no secret) and write
 into its rings instead of starting a sender of their own (one per worker before: ~90 MB and a
 start-up each). A child whose owner is gone, or that talks to another URL, starts its own.
+A child that writes into another process's engine runs weave's deferred work in the op's
+thread: it has no engine whose SIGTERM handler would wait for weave's threads, and
+``Pool.terminate()`` kills it at once.
 Settings come from ``install(**config)``, ``ENGINE_*`` variables and ``$ENGINE_CONFIG``, as
 for :class:`engine.Engine`; the URL and the API key default to weave's own
 (``WF_TRACE_SERVER_URL``, its credentials).
@@ -151,6 +154,7 @@ def install(*, weave_speedups: bool | None = None, **config: Any) -> bool:
 
         _weave_sigint.install(weave_futures, weave_util)
         _wrap_client_flush()
+        _wrap_client_init()
         for module, name, base in present:
             setattr(importlib.import_module(module), name, engine_classes[base])
         _watch_server_choice(tuple(engine_classes.values()))
@@ -423,6 +427,26 @@ def _wrap_client_flush() -> None:
     WeaveClient._flush = flush_then_deliver
 
 
+def _wrap_client_init() -> None:
+    from weave.trace.weave_client import WeaveClient
+
+    original = WeaveClient.__init__
+
+    @functools.wraps(original)
+    def init_then_inline_in_children(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        if _writes_into_another_process():
+            _inline_executors(self)
+
+    WeaveClient.__init__ = init_then_inline_in_children
+
+
+def _writes_into_another_process() -> bool:
+    """This process writes weave's calls into an engine another process owns: a child
+    (spawned, found through ``$ENGINE_WEAVE_OWNER``; or forked)."""
+    return _tracer is not None and (_engine is None or _engine._owner_pid != os.getpid())
+
+
 def _deliver_traced(timeout_s: float | None = None) -> None:
     """Owner: wait for every process's items; a child: for its own (the owner delivers)."""
     engine, tracer = _engine, _tracer
@@ -525,6 +549,11 @@ def _fail_orphaned_futures(client: Any) -> None:
 
 
 def _inline_executors(client: Any) -> None:
+    """weave's deferred work runs in the calling thread, each call written into the ring
+    before its op returns: a child -- forked, or spawned and writing into its owner's engine
+    -- has no engine of its own to wait for weave's threads at SIGTERM, and
+    ``Pool.terminate()`` (a ``with Pool(...)`` block's end) kills it at once (before: the
+    calls its threads still held were lost, ~1 in 200 of a spawned worker's)."""
     from weave.trace.concurrent.futures import FutureExecutor
 
     client.future_executor = FutureExecutor(max_workers=0)

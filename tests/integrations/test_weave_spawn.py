@@ -112,3 +112,67 @@ def test_without_an_owner_each_spawned_worker_starts_its_own_engine(tmp_path):
     assert all(r["own_engine"] and len(r["senders"]) == 1 for r in report["results"])
     assert report["parent_senders"] == 0
     _assert_every_call(calls)
+
+
+_TERMINATED_PROGRAM = textwrap.dedent(
+    """
+    import json, multiprocessing, os, sys
+    import engine.integrations.weave
+    engine.integrations.weave.install()
+    import weave
+
+    def start(project, barrier):
+        global together
+        together = barrier
+        weave.init(project)
+
+    @weave.op
+    def predict(x: int) -> int:
+        return x + 1
+
+    @weave.op
+    def report(i: int) -> dict:  # a large output: weave's thread turns it into JSON later
+        return {f"k{k}": [k, str(k)] for k in range(int(sys.argv[4]))}
+
+    def task(i):
+        together.wait(timeout=60)  # one task per worker
+        for j in range(int(sys.argv[3])):
+            predict(i * 1000 + j)
+        report(i)
+        return os.getpid()  # no flush: the Pool's end terminates the worker right away
+
+    if __name__ == "__main__":
+        project, workers = sys.argv[1], int(sys.argv[2])
+        weave.init(project)
+        ctx = multiprocessing.get_context("spawn")
+        barrier = ctx.Barrier(workers)
+        with ctx.Pool(workers, initializer=start, initargs=(project, barrier)) as pool:
+            pids = pool.map(task, range(workers))
+        print(json.dumps({"pids": pids}))  # the with block's end: Pool.terminate()
+    """
+)
+
+
+@VERSIONS
+def test_spawned_workers_terminated_by_the_pools_end_keep_every_finished_call(
+        tmp_path, weave_minor):  # fmt: skip
+    """``with Pool(...)`` ends with ``Pool.terminate()``: SIGTERM, at once, to workers whose
+    last calls weave's threads still held (the owner's SIGTERM handler, which waits for them,
+    is not a spawned worker's). Each worker's deferred work now runs in the op's thread, so
+    every call it finished is in the ring before its task returns (before: the large last
+    output of each worker, still being turned into JSON, and what was queued behind it, lost)."""
+    program = tmp_path / "terminated.py"
+    program.write_text(_TERMINATED_PROGRAM)
+    calls_per_task, report_keys = 50, 20_000
+    with serve_subprocess(tmp_path / "traces.db") as url:
+        result = _run_program([weave_python(weave_minor), str(program), "ent/spawn-term",
+                               str(WORKERS), str(calls_per_task), str(report_keys)],
+                              _weave_env(url, str(tmp_path), enable_env=False), timeout_s=120)  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert len(set(json.loads(result.stdout.splitlines()[-1])["pids"])) == WORKERS
+        predicts = _stored_calls(url, "ent/spawn-term", "predict")
+        reports = _stored_calls(url, "ent/spawn-term", "report")
+    want = sorted(i * 1000 + j for i in range(WORKERS) for j in range(calls_per_task))
+    assert sorted(c["inputs"]["x"] for c in predicts if c["ended_at"]) == want
+    assert sorted(c["inputs"]["i"] for c in reports if c["ended_at"]) == list(range(WORKERS))
+    assert all(len(c["output"]) == report_keys for c in reports)
