@@ -8,6 +8,7 @@ arrive alone. ``CANDIDATES_MAX`` is made small so every branch runs (narrowed ex
 page by start time that comes back full or falls back to the full read, too many
 candidates); the test counts that each one did."""
 
+import asyncio
 import collections
 import datetime as dt
 import random
@@ -110,27 +111,28 @@ def test_narrowed_answers_are_the_full_reads(clickhouse_url, monkeypatch):  # no
     batches, doomed = _calls_made(rnd)
     queries = list(_queries(rnd, 12))
 
+    async def answer(store, query):
+        """(query, got, want, counted, want_count) where the narrowed answer differs."""
+        got = [c["id"] async for page in store.query_calls(query) for c in page]
+        full = _calls.CallsSql(query)
+        want = [c["id"] for c in await store._run(
+            calls_of, full.select(query.limit, query.offset), full.params)]  # fmt: skip
+        counted = await store.count_calls(query)
+        full = _calls.CallsSql(query)
+        want_count = max(0, await store._run(_store._scalar, full.count(), full.params)
+                         - query.offset)  # fmt: skip
+        if query.limit is not None:
+            want_count = min(want_count, query.limit)
+        return None if (got, counted) == (want, want_count) else (query, got, want, counted, want_count)
+
     async def scenario():
         store = ClickHouseStore(parse_store_url(clickhouse_url))
         try:
             for starts, ends, completes in batches:
                 await store.insert_calls(starts, ends, completes)
             await store.delete_calls(P, doomed)
-            wrong = []
-            for query in queries:
-                got = [c["id"] async for page in store.query_calls(query) for c in page]
-                full = _calls.CallsSql(query)
-                want = [c["id"] for c in await store._run(
-                    calls_of, full.select(query.limit, query.offset), full.params)]  # fmt: skip
-                counted = await store.count_calls(query)
-                full = _calls.CallsSql(query)
-                want_count = max(0, await store._run(_store._scalar, full.count(), full.params)
-                                 - query.offset)  # fmt: skip
-                if query.limit is not None:
-                    want_count = min(want_count, query.limit)
-                if got != want or counted != want_count:
-                    wrong.append((query, got, want, counted, want_count))
-            return wrong
+            answers = await asyncio.gather(*(answer(store, query) for query in queries))
+            return [x for x in answers if x is not None]
         finally:
             await store.close()
 
