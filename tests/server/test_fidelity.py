@@ -1,26 +1,35 @@
 """Differential test: ``engine serve`` against weave's own ``SqliteTraceServer``.
 
-The whole scenario (``tests/server/fidelity/scenarios.py``) runs on a real ``engine serve``
-process, called through weave 0.54.0's client, and on the reference (weave 0.52.42 in the
-reference venv). Every step whose normalised answers differ must be one of ``KNOWN`` —
-each explained in docs/server-fidelity.md — and every ``KNOWN`` step must still differ, so
-the list stays exact. Another store runs the same suite by adding its ``--store`` value to
+The whole scenario (``tests/server/fidelity/scenarios.py``) runs on real ``engine serve``
+processes, one per store, called through weave 0.54.0's client, and on the reference
+(weave 0.52.42 in the reference venv), step by step on all of them at once. Every step
+whose normalised answers differ from the reference's must be one of ``KNOWN`` — each
+explained in docs/server-fidelity.md — and every ``KNOWN`` step must still differ, so the
+list stays exact. Another store runs the same suite by adding its ``--store`` value to
 ``STORES`` (issue 21: ClickHouse).
+
+And ``engine serve --store clickhouse://…`` must answer every step exactly as ``engine
+serve`` on SQLite does, ``KNOWN`` steps too: there the SQLite store stands where the
+reference stands, so every difference is a store difference.
 
 Reproduce the report: ``python -m tests.server.fidelity`` (``--store`` / ``--url``).
 """
 
+import contextlib
+import uuid
+
 import pytest
 
 from engine.server import serve_subprocess
-from tests.server.clickhouse_fixtures import clickhouse_server, clickhouse_url  # noqa: F401
+from tests.server.clickhouse_fixtures import PASSWORD, clickhouse_server  # noqa: F401
 from tests.server.fidelity.backends import HttpServer, ReferenceServer
-from tests.server.fidelity.compare import report, run, score
+from tests.server.fidelity.compare import answers as run_steps
+from tests.server.fidelity.compare import differences, paired, report, score
 from tests.server.fidelity.scenarios import all_steps
 
 pytestmark = [pytest.mark.integration, pytest.mark.peers]
 
-# "clickhouse": the session's local ClickHouse server, a database per test
+# "clickhouse": the session's local ClickHouse server, a database of the module's own
 STORES = ["sqlite", "clickhouse"]
 # the share of scored steps that must answer identically
 MIN_IDENTICAL = 0.92
@@ -49,24 +58,29 @@ KNOWN = {
 }
 
 
-@pytest.fixture(params=STORES)
-def outcomes(request, tmp_path):
-    reference = ReferenceServer(tmp_path / "reference.db")
-    try:
-        store = request.param
-        if store == "clickhouse":
-            store = request.getfixturevalue("clickhouse_url")
-        with serve_subprocess(tmp_path / "engine.db", store=store) as url:
-            ours = HttpServer(url)
-            try:
-                yield run(all_steps(), ours, reference)
-            finally:
-                ours.close()
-    finally:
-        reference.close()
+@pytest.fixture(scope="module")
+def answers(tmp_path_factory, clickhouse_server):  # noqa: F811
+    """Every store's answers and the reference's, to every step: ``(steps, {name: answers})``
+    (the scenario runs once for the module's tests)."""
+    folder = tmp_path_factory.mktemp("fidelity")
+    steps = all_steps()
+    with contextlib.ExitStack() as stack, pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv("ENGINE_CLICKHOUSE_PASSWORD", PASSWORD)
+        servers = {"reference": ReferenceServer(folder / "reference.db")}
+        stack.callback(servers["reference"].close)
+        for store in STORES:
+            where = clickhouse_server.store_url(f"t_{uuid.uuid4().hex[:12]}") if store == "clickhouse" else store
+            url = stack.enter_context(serve_subprocess(folder / f"engine-{store}.db", store=where))
+            servers[store] = HttpServer(url)
+            stack.callback(servers[store].close)
+        rows = run_steps(steps, list(servers.values()))
+    return steps, {name: [row[i] for row in rows] for i, name in enumerate(servers)}
 
 
-def test_engine_serve_answers_as_weaves_own_server(outcomes):
+@pytest.mark.parametrize("store", STORES)
+def test_engine_serve_answers_as_weaves_own_server(answers, store):
+    steps, by_server = answers
+    outcomes = paired(steps, by_server[store], by_server["reference"])
     different = {o.step.label for o in outcomes if o.scored and not o.identical}
     unexplained = sorted(different - set(KNOWN))
     fixed = sorted(set(KNOWN) - different)
@@ -74,3 +88,16 @@ def test_engine_serve_answers_as_weaves_own_server(outcomes):
     assert not fixed, f"these now answer as the reference: remove them from KNOWN: {fixed}"
     identical, total = score(outcomes)["all"]
     assert identical / total >= MIN_IDENTICAL, report(outcomes)
+
+
+def test_clickhouse_store_answers_the_scenario_as_the_sqlite_store(answers):
+    """Reproduce: ``python -m tests.server.fidelity --url <engine serve on ClickHouse>``
+    (against the reference) and compare with the SQLite store's report."""
+    steps, by_server = answers
+    outcomes = paired(steps, by_server["clickhouse"], by_server["sqlite"])
+    assert len(outcomes) > 200
+    different = [
+        f"{o.step.label}: " + "; ".join(differences(o.ours, o.reference))
+        for o in outcomes if not o.identical
+    ]  # fmt: skip
+    assert not different, "clickhouse (ours) vs sqlite (reference):\n" + "\n".join(different)

@@ -188,24 +188,36 @@ def _without_newer(method: str, ours: Any, reference: Any) -> Any:
 
 def run(steps: list[Step], ours: Any, reference: Any) -> list[Outcome]:
     """Each step on both servers, in order; answers normalised and paired."""
-    contexts: tuple[dict[str, Any], dict[str, Any]] = ({}, {})
-    # strings the scenario itself wrote (not those it took from an answer): never made up
-    sent = set(strings_in([step.req for step in steps if not callable(step.req)]))
-    answers: list[tuple[Answer, Answer]] = []
+    rows = answers(steps, [ours, reference])
+    return paired(steps, [row[0] for row in rows], [row[1] for row in rows])
+
+
+def answers(steps: list[Step], servers: list[Any]) -> list[tuple[Answer, ...]]:
+    """Each step on every server, in order (one answer per server and step); a step's
+    request is built from that server's own earlier answers."""
+    contexts: list[dict[str, Any]] = [{} for _ in servers]
+    rows = []
     for step in steps:
-        pair = []
-        for server, context in zip((ours, reference), contexts, strict=True):
+        row = []
+        for server, context in zip(servers, contexts, strict=True):
             req = step.req(context) if callable(step.req) else step.req
             answer = server.call(step.method, req)
             context[step.label] = answer.body if answer.status == 200 else None
-            pair.append(answer)
-        answers.append((pair[0], pair[1]))
+            row.append(answer)
+        rows.append(tuple(row))
+    return rows
+
+
+def paired(steps: list[Step], ours: list[Answer], reference: list[Answer]) -> list[Outcome]:
+    """Two servers' answers to ``steps`` (from :func:`answers`), normalised and paired."""
+    # strings the scenario itself wrote (not those it took from an answer): never made up
+    sent = set(strings_in([step.req for step in steps if not callable(step.req)]))
     outcomes = []
-    for step, (a, b) in zip(steps, answers, strict=True):
-        ours, reference = comparable(a, Normaliser(sent)), comparable(b, Normaliser(sent))
-        ours, reference = _without_caller(step.method, ours), _without_caller(step.method, reference)
-        ours = _without_not_computed(_without_newer(step.method, ours, reference), reference)
-        outcomes.append(Outcome(step, ours, _drop_not_computed(reference)))
+    for step, a, b in zip(steps, ours, reference, strict=True):
+        mine, theirs = comparable(a, Normaliser(sent)), comparable(b, Normaliser(sent))
+        mine, theirs = _without_caller(step.method, mine), _without_caller(step.method, theirs)
+        mine = _without_not_computed(_without_newer(step.method, mine, theirs), theirs)
+        outcomes.append(Outcome(step, mine, _drop_not_computed(theirs)))
     return outcomes
 
 
