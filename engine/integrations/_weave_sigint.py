@@ -19,10 +19,19 @@ interrupted code: inside the standard library's thread synchronisation or weave'
 and raises ``KeyboardInterrupt`` there (microseconds later, no lock held); anywhere else it
 raises at once, as Python's own handler does. A program that sets its own SIGINT handler
 replaces this one.
+
+``asyncio.run`` (and any ``asyncio.Runner``, ``uvloop.run``; Python 3.11+) turns the first
+Ctrl-C into a cancellation of its main task only where SIGINT's handler is Python's default:
+while a Runner runs, Python's default stands again, so asyncio sets its own and a weave
+``Evaluation`` stops as asyncio stops it (before: KeyboardInterrupt raised in whatever
+coroutine ran). A KeyboardInterrupt asyncio's handler raises (a second Ctrl-C) in the
+guarded code is deferred as above.
 """
 
 from __future__ import annotations
 
+import asyncio.runners
+import functools
 import signal
 import sys
 import threading
@@ -64,15 +73,62 @@ def install(*modules: ModuleType) -> bool:
     ]
     _guarded_files = frozenset(f for f in files if f)
     signal.signal(signal.SIGINT, _on_sigint)
+    _cooperate_with_asyncio()
     return True
 
 
 def _on_sigint(signum: int, frame: FrameType | None) -> None:
-    if not _in_hand_off(frame) or sys.gettrace() is not None:  # (a debugger's, coverage's)
+    if not _deferrable(frame):
         signal.default_int_handler(signum, frame)
-    # raise it at the first line run outside the guarded code: a line event of a frame
-    # there, traced on this thread only until then
+    _defer(frame)
+
+
+def _deferrable(frame: FrameType | None) -> bool:
+    """In the guarded code, and no debugger or coverage tool traces the thread."""
+    return _in_hand_off(frame) and sys.gettrace() is None
+
+
+def _defer(frame: FrameType | None) -> None:
+    """KeyboardInterrupt at the first line run outside the guarded code: a line event of a
+    frame there, traced on this thread only until then."""
     _trace_stack(frame, _raise_outside)
+
+
+_asyncio_cooperates = False
+
+
+def _cooperate_with_asyncio() -> None:
+    """While an ``asyncio.Runner`` runs, SIGINT's handler is Python's default (so asyncio
+    sets its own); its handler's KeyboardInterrupt in guarded code is deferred."""
+    global _asyncio_cooperates
+    runner = getattr(asyncio.runners, "Runner", None)  # Python 3.11+
+    if runner is None or _asyncio_cooperates:
+        return
+    original_run, original_on_sigint = runner.run, runner._on_sigint
+
+    @functools.wraps(original_run)
+    def run(self: Any, *args: Any, **kwargs: Any) -> Any:
+        ours = (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is _on_sigint)  # fmt: skip
+        if ours:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            return original_run(self, *args, **kwargs)
+        finally:  # asyncio gave Python's default back: ours again
+            if ours and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+                signal.signal(signal.SIGINT, _on_sigint)
+
+    @functools.wraps(original_on_sigint)
+    def on_sigint(self: Any, signum: int, frame: FrameType | None, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return original_on_sigint(self, signum, frame, *args, **kwargs)
+        except KeyboardInterrupt:
+            if not _deferrable(frame):
+                raise
+            _defer(frame)
+
+    runner.run, runner._on_sigint = run, on_sigint
+    _asyncio_cooperates = True
 
 
 def _raise_outside(frame: FrameType, event: str, arg: Any) -> Any:

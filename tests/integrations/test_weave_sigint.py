@@ -8,6 +8,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 _PROGRAM = textwrap.dedent(
     """
     import os, signal, sys, json
@@ -70,3 +72,54 @@ def test_ctrl_c_in_guarded_code_is_raised_right_after_it(tmp_path):
     assert out["traced"] == ["KeyboardInterrupt"]
     assert out["unguarded"] == ["KeyboardInterrupt"]
     assert out["second install"] is False
+
+
+_ASYNCIO_PROGRAM = textwrap.dedent(
+    """
+    import asyncio, os, signal, sys, json
+    sys.path.insert(0, sys.argv[1])
+    import guarded
+    from engine.integrations import _weave_sigint
+
+    _weave_sigint.install(guarded)
+    log = []
+
+    async def main():
+        log.append("handler in run: " + ("ours" if signal.getsignal(signal.SIGINT)
+                                         is _weave_sigint._on_sigint else "asyncio's"))
+        try:
+            os.kill(os.getpid(), signal.SIGINT)  # the first Ctrl-C: asyncio cancels us
+            await asyncio.sleep(60)
+            log.append("not cancelled")
+        except asyncio.CancelledError:
+            log.append("cancelled")
+            guarded.hand_off(log)  # the second Ctrl-C, inside guarded code: raised after it
+            log.append("caller")
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        log.append("KeyboardInterrupt")
+    log.append("handler after run: " + ("ours" if signal.getsignal(signal.SIGINT)
+                                        is _weave_sigint._on_sigint else "another"))
+    print(json.dumps(log))
+    """
+)
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio.Runner handles SIGINT from 3.11")
+def test_asyncio_run_still_turns_ctrl_c_into_a_cancellation(tmp_path):
+    """asyncio.run sets its own SIGINT handler (the first Ctrl-C cancels the main task, so
+    a weave Evaluation stops as asyncio stops it) only over Python's default; with the
+    guard installed it stands while asyncio runs, and a second Ctrl-C asyncio raises inside
+    guarded code waits until after it. (Before: asyncio kept the guard's handler and the
+    first Ctrl-C raised KeyboardInterrupt inside the coroutine, no cancellation.)"""
+    (tmp_path / "guarded.py").write_text(_GUARDED)
+    program = tmp_path / "program.py"
+    program.write_text(_ASYNCIO_PROGRAM)
+    result = subprocess.run([sys.executable, str(program), str(tmp_path)], capture_output=True,
+                            text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout) == [
+        "handler in run: asyncio's", "cancelled", 0, 1, 2, "end", "KeyboardInterrupt",
+        "handler after run: ours"]  # fmt: skip

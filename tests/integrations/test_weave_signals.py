@@ -126,3 +126,53 @@ def test_sigterm_while_the_program_holds_weave_s_executor_lock_still_ends(tmp_pa
     ), result.stderr[-3000:]
     assert took_s < 30
     assert sorted(c["inputs"]["x"] for c in calls if c["ended_at"]) == list(range(50))
+
+
+_EVALUATION = textwrap.dedent(
+    """
+    import asyncio, sys, weave
+    weave.init(sys.argv[1])
+    progress = open(sys.argv[2], "w")
+    finished = 0
+
+    class Model(weave.Model):
+        @weave.op
+        async def predict(self, x: int) -> dict:
+            global finished
+            await asyncio.sleep(0.001)
+            finished += 1
+            progress.write(f"{finished}\\n")
+            progress.flush()
+            return {"y": x + 1}
+
+    @weave.op
+    def exact(x: int, output: dict) -> dict:
+        return {"ok": output["y"] == x + 1}
+
+    rows = [{"x": i} for i in range(5000)]  # far more than are done before the Ctrl-C
+    asyncio.run(weave.Evaluation(dataset=rows, scorers=[exact]).evaluate(Model()))
+    """
+)
+
+
+def test_a_weave_evaluation_stopped_by_ctrl_c_stops_as_asyncio_does_and_keeps_its_calls(tmp_path):
+    """weave's Evaluation runs in ``asyncio.run``: Ctrl-C cancels its main task (asyncio's
+    own SIGINT handler stands beside the integration's guard), the program ends at once,
+    and every prediction it finished is stored. (weave alone: such runs hung past 60 s in
+    its exit flush, a driver script outside the repo.)"""
+    program = tmp_path / "evaluation.py"
+    program.write_text(_EVALUATION)
+    with serve_subprocess(tmp_path / "t.db") as url:
+        env = _weave_env(url, str(tmp_path), enable_env=True)
+        started = time.monotonic()
+        code, err, finished = _stop_after(
+            [weave_python("0.54"), str(program), "ent/evaluation", str(tmp_path / "n")],
+            env, tmp_path / "n", signal.SIGINT)  # fmt: skip
+        took_s = time.monotonic() - started
+        predicts = [c for c in _stored_calls(url, "ent/evaluation", "Model.predict")
+                    if c["ended_at"]]  # fmt: skip
+    assert code == -signal.SIGINT, err[-3000:]
+    assert "asyncio/runners.py" in err and "raise KeyboardInterrupt()" in err, err[-3000:]
+    assert AT_LEAST <= finished < 5000 and took_s < 60
+    assert len(predicts) >= finished and len({c["id"] for c in predicts}) == len(predicts)
+    assert all(isinstance(c["output"]["y"], int) for c in predicts)  # (x: a ref to its row)
