@@ -58,12 +58,17 @@ _GUARDED = textwrap.dedent(
 )
 
 
-def test_ctrl_c_in_guarded_code_is_raised_right_after_it(tmp_path):
+def _run(tmp_path, program_text: str) -> subprocess.CompletedProcess:
+    """``program_text`` in a child interpreter, beside ``guarded.py``."""
     (tmp_path / "guarded.py").write_text(_GUARDED)
     program = tmp_path / "program.py"
-    program.write_text(_PROGRAM)
-    result = subprocess.run([sys.executable, str(program), str(tmp_path)], capture_output=True,
-                            text=True, timeout=60)  # fmt: skip
+    program.write_text(program_text)
+    return subprocess.run([sys.executable, str(program), str(tmp_path)], capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+
+
+def test_ctrl_c_in_guarded_code_is_raised_right_after_it(tmp_path):
+    result = _run(tmp_path, _PROGRAM)
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout)
     assert out["python's own handler"] == ["KeyboardInterrupt"]  # inside the hand-off
@@ -114,11 +119,7 @@ def test_asyncio_run_still_turns_ctrl_c_into_a_cancellation(tmp_path):
     guard installed it stands while asyncio runs, and a second Ctrl-C asyncio raises inside
     guarded code waits until after it. (Before: asyncio kept the guard's handler and the
     first Ctrl-C raised KeyboardInterrupt inside the coroutine, no cancellation.)"""
-    (tmp_path / "guarded.py").write_text(_GUARDED)
-    program = tmp_path / "program.py"
-    program.write_text(_ASYNCIO_PROGRAM)
-    result = subprocess.run([sys.executable, str(program), str(tmp_path)], capture_output=True,
-                            text=True, timeout=60)  # fmt: skip
+    result = _run(tmp_path, _ASYNCIO_PROGRAM)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout) == [
         "handler in run: asyncio's", "cancelled", 0, 1, 2, "end", "KeyboardInterrupt",

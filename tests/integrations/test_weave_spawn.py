@@ -16,13 +16,26 @@ from tests.integrations.test_weave_integration import _run_program, _stored_call
 pytestmark = [pytest.mark.peers, pytest.mark.integration]
 
 WORKERS, TASKS, CALLS_PER_TASK = 3, 3, 40
-_PROGRAM = textwrap.dedent(
+# each worker: weave.init in the Pool's initializer, all of them tracing together
+_WORKER = textwrap.dedent(
     """
     import json, multiprocessing, os, sys
     import engine.integrations.weave
     engine.integrations.weave.install()
     import weave
 
+    def start(project, barrier):
+        global together
+        together = barrier
+        weave.init(project)
+
+    @weave.op
+    def predict(x: int) -> int:
+        return x + 1
+    """
+)
+_PROGRAM = _WORKER + textwrap.dedent(
+    """
     def senders_of(pid):
         found = []
         for entry in os.listdir("/proc"):
@@ -36,15 +49,6 @@ _PROGRAM = textwrap.dedent(
             if ppid == pid and b"engine.sender" in cmdline:
                 found.append(int(entry))
         return found
-
-    def start(project, barrier):
-        global together
-        together = barrier
-        weave.init(project)
-
-    @weave.op
-    def predict(x: int) -> int:
-        return x + 1
 
     def task(i):
         together.wait(timeout=60)  # one task per worker: every worker traces
@@ -114,22 +118,8 @@ def test_without_an_owner_each_spawned_worker_starts_its_own_engine(tmp_path):
     _assert_every_call(calls)
 
 
-_TERMINATED_PROGRAM = textwrap.dedent(
+_TERMINATED_PROGRAM = _WORKER + textwrap.dedent(
     """
-    import json, multiprocessing, os, sys
-    import engine.integrations.weave
-    engine.integrations.weave.install()
-    import weave
-
-    def start(project, barrier):
-        global together
-        together = barrier
-        weave.init(project)
-
-    @weave.op
-    def predict(x: int) -> int:
-        return x + 1
-
     @weave.op
     def report(i: int) -> dict:  # a large output: weave's thread turns it into JSON later
         return {f"k{k}": [k, str(k)] for k in range(int(sys.argv[4]))}
