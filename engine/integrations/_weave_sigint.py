@@ -35,6 +35,7 @@ import functools
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from types import FrameType, ModuleType
 from typing import Any
 
@@ -58,12 +59,9 @@ _guarded_files: frozenset[str] = frozenset()
 
 def install(*modules: ModuleType) -> bool:
     """Guard the hand-off code of ``modules`` (weave's executor and its thread pool) and the
-    standard library's thread synchronisation; True where installed."""
+    standard library's thread synchronisation; True where SIGINT's handler was installed
+    (:func:`defer_if_guarded` serves other handlers either way)."""
     global _guarded_files
-    if threading.current_thread() is not threading.main_thread():
-        return False
-    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        return False  # the program (or its host: IPython, a test runner) handles SIGINT
     import concurrent.futures._base
     import concurrent.futures.thread
 
@@ -72,15 +70,33 @@ def install(*modules: ModuleType) -> bool:
         for m in (threading, concurrent.futures._base, concurrent.futures.thread, *modules)
     ]
     _guarded_files = frozenset(f for f in files if f)
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        return False  # the program (or its host: IPython, a test runner) handles SIGINT
     signal.signal(signal.SIGINT, _on_sigint)
     _cooperate_with_asyncio()
+    return True
+
+
+def defer_if_guarded(frame: FrameType | None, run: Callable[[], None]) -> bool:
+    """For another signal's handler (the engine's SIGTERM: it waits for weave's threads,
+    which need the locks the interrupted code may hold): True where the interrupted code
+    is guarded and ``run`` will run at the first line outside it instead."""
+    if not _deferrable(frame):
+        return False
+    _defer(frame, run)
     return True
 
 
 def _on_sigint(signum: int, frame: FrameType | None) -> None:
     if not _deferrable(frame):
         signal.default_int_handler(signum, frame)
-    _defer(frame)
+    _defer(frame, _raise_keyboard_interrupt)
+
+
+def _raise_keyboard_interrupt() -> None:
+    raise KeyboardInterrupt
 
 
 def _deferrable(frame: FrameType | None) -> bool:
@@ -88,10 +104,18 @@ def _deferrable(frame: FrameType | None) -> bool:
     return _in_hand_off(frame) and sys.gettrace() is None
 
 
-def _defer(frame: FrameType | None) -> None:
-    """KeyboardInterrupt at the first line run outside the guarded code: a line event of a
-    frame there, traced on this thread only until then."""
-    _trace_stack(frame, _raise_outside)
+def _defer(frame: FrameType | None, run: Callable[[], None]) -> None:
+    """``run()`` at the first line run outside the guarded code: a line event of a frame
+    there, traced on this thread only until then."""
+
+    def outside(frame: FrameType, event: str, arg: Any) -> Any:
+        if event != "line" or frame.f_code.co_filename in _guarded_files:
+            return outside
+        _trace_stack(frame, None)
+        run()
+        return None
+
+    _trace_stack(frame, outside)
 
 
 _asyncio_cooperates = False
@@ -125,17 +149,10 @@ def _cooperate_with_asyncio() -> None:
         except KeyboardInterrupt:
             if not _deferrable(frame):
                 raise
-            _defer(frame)
+            _defer(frame, _raise_keyboard_interrupt)
 
     runner.run, runner._on_sigint = run, on_sigint
     _asyncio_cooperates = True
-
-
-def _raise_outside(frame: FrameType, event: str, arg: Any) -> Any:
-    if event != "line" or frame.f_code.co_filename in _guarded_files:
-        return _raise_outside
-    _trace_stack(frame, None)
-    raise KeyboardInterrupt
 
 
 def _trace_stack(frame: FrameType | None, tracer: Any) -> None:

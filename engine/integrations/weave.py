@@ -76,7 +76,7 @@ import _engine_weave_hook
 from engine.common import _env
 from engine.common._redact import redact_url
 from engine.integrations import _weave_cache, _weave_sigint, _weave_speedups
-from engine.producer._engine import Engine, before_sigterm_close
+from engine.producer._engine import Engine, before_sigterm_close, defer_sigterm_with
 from engine.producer._safe import write_safely
 from engine.producer._slot import ProducerSettings
 from engine.producer._tracer import Tracer
@@ -149,6 +149,7 @@ def install(*, weave_speedups: bool | None = None, **config: Any) -> bool:
         engine_classes = {base: _engine_server_class(base) for _, _, base in present}
         os.register_at_fork(before=_drain_before_fork, after_in_child=_after_fork_in_child)
         before_sigterm_close(_drain_on_sigterm)
+        defer_sigterm_with(_weave_sigint.defer_if_guarded)
         from weave.trace import util as weave_util
         from weave.trace.concurrent import futures as weave_futures
 
@@ -486,8 +487,10 @@ def _drain_on_sigterm() -> None:
     still hold call starts and ends not yet handed to the engine (hundreds in a busy eval
     loop); they finish, bounded, before the engine delivers and closes (engine.producer's
     SIGTERM handler runs this first). The handler runs on the main thread between two
-    bytecodes: where the interrupted code holds an executor's lock, that executor's flush
-    would wait on itself, so it is skipped."""
+    bytecodes: inside weave's hand-off to its pool (whose locks the threads need) it runs
+    at the first line after it (``_weave_sigint.defer_if_guarded``); where the interrupted
+    code holds an executor's lock itself, that executor's flush would wait on itself, so it
+    is skipped."""
     _drain_executors(SIGTERM_DRAIN_TIMEOUT_S, "at SIGTERM", "its calls are not traced",
                      lock_probe_s=0.5)
 

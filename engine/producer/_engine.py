@@ -310,6 +310,17 @@ def before_sigterm_close(hook: Callable[[], None]) -> None:
         _before_sigterm_close.append(hook)
 
 
+# deferrer(frame, run) -> True where it will run the handler's work later: the interrupted
+# code (``frame``) may hold locks the hooks would wait on (the weave integration: inside
+# weave's hand-off to its thread pool); the work then runs at the first line outside it
+_sigterm_deferrers: list[Callable[[Any, Callable[[], None]], bool]] = []
+
+
+def defer_sigterm_with(deferrer: Callable[[Any, Callable[[], None]], bool]) -> None:
+    if deferrer not in _sigterm_deferrers:
+        _sigterm_deferrers.append(deferrer)
+
+
 def _install_sigterm(engine: Engine) -> None:
     """SIGTERM in the owner flushes every open engine like a normal exit, then terminates
     as SIGTERM would. Installed once, from the main thread, only if nobody else handles
@@ -325,6 +336,18 @@ def _install_sigterm(engine: Engine) -> None:
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
+    for deferrer in list(_sigterm_deferrers):
+        try:
+            if deferrer(frame, _settle_on_sigterm):
+                return
+        except Exception:  # noqa: BLE001 - not deferred: settle now
+            log.exception("engine: a SIGTERM deferrer failed; closing the engines now")
+            break
+    _settle_on_sigterm()
+
+
+def _settle_on_sigterm() -> None:
+    """The hooks, then every open engine flushes and closes; then SIGTERM's default."""
     for hook in list(_before_sigterm_close):
         try:
             hook()
