@@ -26,6 +26,10 @@ while a Runner runs, Python's default stands again, so asyncio sets its own and 
 ``Evaluation`` stops as asyncio stops it (before: KeyboardInterrupt raised in whatever
 coroutine ran). A KeyboardInterrupt asyncio's handler raises (a second Ctrl-C) in the
 guarded code is deferred as above.
+
+The engine's SIGTERM handler waits for weave's threads, which need the same locks: landing
+in the guarded code, it runs at the first line after it too (:func:`defer_if_guarded`,
+registered with ``engine.producer._engine.defer_sigterm_with``).
 """
 
 from __future__ import annotations
