@@ -94,9 +94,8 @@ def defer_if_guarded(frame: FrameType | None, run: Callable[[], None]) -> bool:
 
 
 def _on_sigint(signum: int, frame: FrameType | None) -> None:
-    if not _deferrable(frame):
+    if not defer_if_guarded(frame, _raise_keyboard_interrupt):
         signal.default_int_handler(signum, frame)
-    _defer(frame, _raise_keyboard_interrupt)
 
 
 def _raise_keyboard_interrupt() -> None:
@@ -151,9 +150,8 @@ def _cooperate_with_asyncio() -> None:
         try:
             return original_on_sigint(self, signum, frame, *args, **kwargs)
         except KeyboardInterrupt:
-            if not _deferrable(frame):
+            if not defer_if_guarded(frame, _raise_keyboard_interrupt):
                 raise
-            _defer(frame, _raise_keyboard_interrupt)
 
     runner.run, runner._on_sigint = run, on_sigint
     _asyncio_cooperates = True

@@ -59,9 +59,9 @@ _GUARDED = textwrap.dedent(
 )
 
 
-def _run(tmp_path, program_text: str) -> subprocess.CompletedProcess:
-    """``program_text`` in a child interpreter, beside ``guarded.py``."""
-    (tmp_path / "guarded.py").write_text(_GUARDED)
+def _run(tmp_path, program_text: str, guarded: str = _GUARDED) -> subprocess.CompletedProcess:
+    """``program_text`` in a child interpreter, beside ``guarded`` (as ``guarded.py``)."""
+    (tmp_path / "guarded.py").write_text(guarded)
     program = tmp_path / "program.py"
     program.write_text(program_text)
     return subprocess.run([sys.executable, str(program), str(tmp_path)], capture_output=True,
@@ -170,11 +170,7 @@ def test_sigterm_in_guarded_code_settles_right_after_it(tmp_path):
     holds a lock of weave's hand-off those threads need, it waited its 10 s for nothing and
     the calls they held were lost (a clean-clone CI run: 0 of 203 finished calls stored,
     "1218 (of 1222) futures unfinished"). It now runs at the first line outside that code."""
-    (tmp_path / "guarded.py").write_text(_SIGTERM_GUARDED)
-    program = tmp_path / "program.py"
-    program.write_text(_SIGTERM_PROGRAM)
-    result = subprocess.run([sys.executable, str(program), str(tmp_path)], capture_output=True,
-                            text=True, timeout=60)  # fmt: skip
+    result = _run(tmp_path, _SIGTERM_PROGRAM, _SIGTERM_GUARDED)
     assert result.returncode == -signal.SIGTERM, result.stderr[-3000:]
     assert result.stdout.splitlines() == [
         json.dumps({"lock free": True, "log": [0, 1, 2, "end"]})], result.stderr[-3000:]
