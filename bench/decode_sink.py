@@ -36,11 +36,14 @@ from engine.wire.calls import (
 
 _MAX_BODY_BYTES = 64 << 20
 COUNTERS = web.AppKey("counters", dict)
+LATENCY_S = web.AppKey("latency_s", float)
 
 
 async def _decoded(request: web.Request, type_: type) -> Any:
     counters = request.app[COUNTERS]
     body = await read_body(request, _MAX_BODY_BYTES)
+    if request.app[LATENCY_S]:
+        await asyncio.sleep(request.app[LATENCY_S])
     counters["requests"] += 1
     counters["body_bytes"] += len(body)
     return decode_json(body, type_)
@@ -97,8 +100,9 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
         return web.json_response({"reason": exc.reason}, status=exc.status)
 
 
-def build_app() -> web.Application:
+def build_app(latency_s: float = 0.0) -> web.Application:
     app = web.Application(middlewares=[_errors], client_max_size=_MAX_BODY_BYTES)
+    app[LATENCY_S] = latency_s
     app[COUNTERS] = dict.fromkeys(("requests", "body_bytes", "calls_started", "calls_ended",
                                    "calls_complete", "rejected_requests"), 0)
     app.router.add_get("/server_info", _server_info)
@@ -111,13 +115,13 @@ def build_app() -> web.Application:
     return app
 
 
-async def serve(host: str, port: int) -> None:
+async def serve(host: str, port: int, latency_s: float = 0.0) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     # auto_decompress=False: read_body inflates with the size limit
-    runner = web.AppRunner(build_app(), access_log=None, handle_signals=False,
+    runner = web.AppRunner(build_app(latency_s), access_log=None, handle_signals=False,
                            auto_decompress=False)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
@@ -134,13 +138,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--latency-ms", type=float, default=0.0,
+                        help="answer every ingest request this much later, as a distant server "
+                             "would (its round trip and processing time)")
     args = parser.parse_args(argv)
     import uvloop
 
     from engine.common._malloc import tune_for_large_buffers
 
     tune_for_large_buffers()  # as engine serve: megabyte bodies off fresh mmaps
-    uvloop.run(serve(args.host, args.port))
+    uvloop.run(serve(args.host, args.port, args.latency_ms / 1000))
     return 0
 
 

@@ -5,7 +5,9 @@ additive increase while latency holds and the limit was in use, multiplicative d
 overload (429/503/timeouts) or a latency spike against a smoothed baseline.
 
 ``SizeTarget`` learns the server's body limit from 413s: drop below the rejected size at
-once, then probe back up slowly, never straight into a size that failed recently.
+once, then probe back up slowly, never straight into a size that failed recently. Until a
+first 413 it grows fast (doubling, as TCP's slow start): against a distant server the body
+size times the requests in flight is what the link carries per round trip.
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ _MAX_PROBE_INTERVAL = 640
 # Stop probing once the gap to the known-failing size is under 1/32 of the target (~3%):
 # further probes would cost a rejected upload each for almost no gain.
 _CONVERGED_GAP_DIVISOR = 32
+
+# Before any 413: probe after this many successes near the target, by this factor.
+_SLOW_START_PROBE_EVERY = 4
+_SLOW_START_FACTOR = 2.0
 
 
 class AdaptiveConcurrency:
@@ -117,6 +123,13 @@ class AdaptiveConcurrency:
             self._rtt_variance + self.ewma_alpha * diff * diff
         )
 
+    def new_baseline(self) -> None:
+        """Bodies changed size: their round trips are a new normal, not a spike (a body twice
+        as large takes longer to compress, send and store). The next window measures it."""
+        self.baseline_rtt_s = None
+        self._rtt_variance = 0.0
+        self._new_window()
+
     def _decrease(self) -> None:
         self.limit = max(self.minimum, math.floor(self.limit * self.decrease_ratio))
 
@@ -131,7 +144,8 @@ class SizeTarget:
     """The body size to aim for, learned from 413 answers.
 
     ``bytes`` starts at ``initial_bytes`` (default ``max_bytes``); batches get their size
-    from :meth:`take`, which hands an armed probe to exactly one batch. A 413 for ``rejected_bytes`` lowers it to half of that
+    from :meth:`take`, which hands an armed probe to exactly one batch. Until the server
+    first answers 413, a probe doubles the target after 4 successes near it. A 413 for ``rejected_bytes`` lowers it to half of that
     (or to the largest size the server recently accepted below it, when that is larger),
     never below ``min_bytes``, and records ``rejected_bytes`` as a known-failing ceiling.
     After ``probe_every`` successes near the target, it probes up by ``probe_factor`` but
@@ -164,6 +178,7 @@ class SizeTarget:
         self._probe_interval = probe_every
         self._armed_bytes: int | None = None  # a probe size waiting for its batch
         self.probing_bytes: int | None = None  # the size of the one batch probing now
+        self.rejected_once = False  # a 413 seen: probe carefully from then on
 
     def take(self) -> int:
         """The size target of the next batch to build: ``bytes``, except that one batch (and
@@ -175,8 +190,14 @@ class SizeTarget:
         self.probing_bytes = armed
         return armed
 
+    @property
+    def armed_bytes(self) -> int | None:
+        """The probe size the next batch :meth:`take` hands out, if one is armed."""
+        return self._armed_bytes
+
     def on_413(self, rejected_bytes: int) -> None:
         """The server rejected a body of ``rejected_bytes`` as too large."""
+        self.rejected_once = True
         if self._largest_ok_bytes >= rejected_bytes:
             self._largest_ok_bytes = 0  # the limit went down: old successes prove nothing
         elif self._largest_ok_bytes:
@@ -190,25 +211,39 @@ class SizeTarget:
         self._successes_at_target = 0
         self._successes_since_413 = 0
 
-    def on_success(self, sent_bytes: int) -> None:
-        """The server accepted a body of ``sent_bytes``."""
+    def on_success(self, sent_bytes: int, target_bytes: int = 0) -> None:
+        """The server accepted a body of ``sent_bytes``, from a batch cut at ``target_bytes``
+        (0: a piece of a split batch)."""
         self._largest_ok_bytes = max(self._largest_ok_bytes, sent_bytes)
-        if self.probing_bytes is not None and sent_bytes > self.bytes:
-            self.bytes = self.probing_bytes  # the probe went through: its size is the target
-            self.probing_bytes = None
+        if self.probing_bytes is not None and target_bytes == self.probing_bytes:
+            if sent_bytes > self.bytes:
+                self.bytes = self.probing_bytes  # the probe went through: its size is the target
+                self.probing_bytes = None
+            else:
+                self.forget(target_bytes)  # cut short (linger, flush): it tested nothing
         self._successes_since_413 += 1
         if self._successes_since_413 >= _CEILING_MEMORY_WINDOWS * self.probe_every:
             self.ceiling_bytes = None
             self._probe_interval = self.probe_every
         if sent_bytes >= _PROBE_EVIDENCE_FRACTION * self.bytes:
             self._successes_at_target += 1
-        if self._successes_at_target >= self._probe_interval and self.probing_bytes is None:
+        interval = self._probe_interval if self.rejected_once else _SLOW_START_PROBE_EVERY
+        if self._successes_at_target >= interval and self.probing_bytes is None:
             self._successes_at_target = 0
             probe = self._probe_size()
             self._armed_bytes = probe if probe > self.bytes else None
 
+    def forget(self, target_bytes: int) -> None:
+        """A batch cut at ``target_bytes`` did not test its size: it came out no larger than
+        the target, or it will not be acknowledged whole (split, dead-lettered, spooled, read
+        again). If it carried the probe, the next batch carries it instead: a probe that never
+        concludes would stop the target from growing for good."""
+        if self.probing_bytes is not None and target_bytes == self.probing_bytes:
+            self._armed_bytes, self.probing_bytes = self.probing_bytes, None
+
     def _probe_size(self) -> int:
-        grown = min(self.max_bytes, math.floor(self.bytes * self.probe_factor))
+        factor = self.probe_factor if self.rejected_once else _SLOW_START_FACTOR
+        grown = min(self.max_bytes, math.floor(self.bytes * factor))
         if self.ceiling_bytes is None:
             return grown
         halfway = (self.bytes + self.ceiling_bytes) // 2

@@ -129,6 +129,20 @@ class Batch:
         pieces[-1] = _BATCH_SUFFIX
         return pieces
 
+    def joins(self, other: Batch, max_bytes: int) -> bool:
+        """Whether ``other`` may join this batch in one body of at most ``max_bytes``: both
+        cut by the accumulator (not pieces of a split), never sent, on one batch route."""
+        return (self.attempts == 0 and other.attempts == 0 and other.route == self.route
+                and self.target_bytes > 0 and other.target_bytes > 0
+                and not self.items[0].single and not other.items[0].single
+                and self.size_bytes + other.size_bytes - _ENVELOPE_BYTES <= max_bytes)
+
+    def absorb(self, other: Batch) -> None:
+        """``other``'s items after this batch's own, in one body (``joins`` said it may)."""
+        self.items += other.items
+        self.size_bytes += other.size_bytes - _ENVELOPE_BYTES
+        self.calls += other.calls
+
     def halves(self) -> tuple[Batch, Batch]:
         """Two batches of about half the calls each (a lone run item is cut in two)."""
         items = self.items

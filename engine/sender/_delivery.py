@@ -87,10 +87,32 @@ class Delivery:
                 # made before a 413 taught us a lower target: don't upload what will fail
                 self._requeue_pieces(batch, batch.chunks(self.size.bytes))
                 continue
+            if self.ready:
+                self._join_ready(batch)
             task = asyncio.create_task(self._deliver(batch))
             self.tasks[task] = batch
             task.add_done_callback(self._task_done)
 
+
+    def _join_ready(self, batch: Batch) -> None:
+        """The batches queued behind ``batch`` join it up to today's size target, or up to
+        an armed probe's size, which the joined batch then carries. Batches queue while every
+        slot is busy (a distant server: each POST waits out a long round trip), cut at the
+        target of when they were read; joined, they go out in the larger bodies the target
+        has grown to, and the probe that grows it need not wait behind them."""
+        size = self.size
+        if not batch.target_bytes or batch.target_bytes == size.probing_bytes:
+            return  # a piece of a split, or the probe: each goes as it was cut
+        target = size.bytes
+        limit = size.armed_bytes or target
+        ready, joined = self.ready, False
+        while ready and ready[0].target_bytes != size.probing_bytes and batch.joins(ready[0], limit):
+            other = ready.popleft()
+            held = batch.size_bytes + other.size_bytes
+            batch.absorb(other)
+            self.held_bytes -= held - batch.size_bytes  # one envelope fewer
+            joined = True
+        batch.target_bytes = size.take() if joined and batch.size_bytes > target else target
 
     def _task_done(self, task: asyncio.Task) -> None:
         self.tasks.pop(task, None)
@@ -144,9 +166,10 @@ class Delivery:
                 error: SendError | None, raw_bytes: int, in_flight: int) -> None:
         rtt_s = response.rtt_s if response else self.cfg.request_timeout_s
         status = response.status if response else None
+        size_before = self.size.bytes
         if verdict is Verdict.OK:
             self.concurrency.on_response(rtt_s, overloaded=False, in_flight=in_flight)
-            self.size.on_success(raw_bytes)
+            self.size.on_success(raw_bytes, batch.target_bytes)
             self.outage.succeeded()
             self._acknowledge(batch, raw_bytes)
         elif verdict is Verdict.SPLIT_413:
@@ -170,6 +193,8 @@ class Delivery:
             self._split(batch, "splits_422", "invalid", status, response)
         else:
             self._dead_letter(batch, "http", status, _reason(response))
+        if self.size.bytes != size_before:
+            self.concurrency.new_baseline()
         self._publish_gauges()
 
     def _acknowledge(self, batch: Batch, raw_bytes: int) -> None:
@@ -185,6 +210,7 @@ class Delivery:
 
     def _split(self, batch: Batch, counter: str, reason: str, status: int | None,
                response: Response | None) -> None:
+        self.size.forget(batch.target_bytes)
         if len(batch) == 1:
             self._dead_letter(batch, reason, status, _reason(response))
             return
@@ -224,9 +250,11 @@ class Delivery:
     def _give_up(self, batch: Batch, reason: str, status: int | None, detail: str) -> None:
         """A batch past its deadline: spooled if we can, else dead-lettered, else parked
         (engine/sender/_persist.py); released only once it is on disk."""
+        self.size.forget(batch.target_bytes)
         self.persister.give_up(batch, reason, status, detail)
 
     def _dead_letter(self, batch: Batch, reason: str, status: int | None, detail: str) -> None:
+        self.size.forget(batch.target_bytes)
         self.persister.dead_letter(batch, reason, status, detail)
 
     def _release(self, batch: Batch) -> None:
@@ -249,6 +277,8 @@ class Delivery:
             timer.cancel()
         self.waiting.clear()
         self.ready.clear()
+        if self.size.probing_bytes is not None:
+            self.size.forget(self.size.probing_bytes)  # its batch is read again, cut anew
         self.acc = Accumulator()
         self.router = Router(mode, self.router.max_item_bytes)
         self._read_spliced(mode)

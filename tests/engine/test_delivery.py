@@ -261,3 +261,26 @@ def test_while_a_large_batch_lingers_producers_write_without_ringing_and_records
             after += 1
         assert eng.flush(timeout_s=30)
     assert len(server.stored_ids(PROJECT)) == 140 + after
+
+
+@pytest.mark.parametrize("target", ["complete", "upsert"])
+def test_toward_a_distant_server_bodies_grow_to_what_the_round_trip_needs(tmp_path, target):
+    # Every answer comes 0.2 s late, as from a server across the world: with two POSTs in
+    # flight, 64 KiB bodies would carry ~640 KB/s. Until a first 413 the size target
+    # doubles (slow start), and the batches queued behind a busy slot join the one that
+    # goes (up to the target, or to a probe's size): bodies grow within a few round trips.
+    start_bytes = 64 << 10
+    with FaultServer(stall_s=0.2) as server, make_engine(
+            server.url, tmp_path, target=target, ring_bytes=8 << 20, max_in_flight=2,
+            initial_in_flight=2, initial_request_bytes=start_bytes) as eng:
+        ids = trace_calls(eng.producer(), 2500, payload_bytes=600)
+        assert eng.flush(timeout_s=60)
+        stats = eng.stats()
+        assert server.stored_ids(PROJECT) == set(ids)
+        assert all(server.is_complete(PROJECT, i) for i in ids)
+        assert server.duplicate_deliveries() == 0
+    bodies = [r.wire_bytes for r in server.requests if r.method == "POST"]
+    assert stats["size_target_bytes"] >= 8 * start_bytes  # 64 KiB before: no probe concluded
+    assert max(bodies) > 4 * start_bytes
+    assert len(bodies) <= 35  # at 64 KiB each, these ~4.5 MB of calls take ~70 bodies
+    assert stats["splits_413"] == 0 and stats["dead_letters"] == 0

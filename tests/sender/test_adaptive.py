@@ -134,8 +134,63 @@ def test_size_target_probes_up_slowly_after_successes():
     probe = target.take()
     assert probe == int(start * 1.25)
     assert target.take() == start  # one batch probes, however many are in flight
-    target.on_success(probe)
+    target.on_success(probe, probe)
     assert target.bytes == probe
+
+
+def succeed_until_a_probe(target: SizeTarget) -> int:
+    """Full batches succeed until one is handed a probe; returns the probe's size."""
+    for _ in range(1000):
+        size = target.take()
+        if size > target.bytes:
+            return size
+        target.on_success(size, size)
+    raise AssertionError("no probe after 1000 full batches")
+
+
+def test_until_a_first_413_the_target_doubles_every_few_successes_then_grows_carefully():
+    target = SizeTarget(32 * MIB, initial_bytes=1 * MIB)
+    sizes = []
+    while target.bytes < 32 * MIB and len(sizes) < 100:
+        size = target.take()
+        target.on_success(size, size)
+        sizes.append(size)
+    assert target.bytes == 32 * MIB
+    assert len(sizes) <= 30  # 1 → 32 MiB: 5 doublings, each after 4 full bodies
+    assert sorted(set(sizes)) == [1 * MIB, 2 * MIB, 4 * MIB, 8 * MIB, 16 * MIB, 32 * MIB]
+    target.on_413(32 * MIB)  # then the server's limit shows: careful from here on
+    assert target.bytes == 16 * MIB
+    probe = succeed_until_a_probe(target)
+    assert probe <= 16 * MIB * 1.25
+
+
+def test_a_probe_batch_cut_short_hands_the_probe_to_the_next_batch():
+    # A probe batch closed by the linger timer or a flush below the target tested nothing;
+    # it used to keep the probe for ever, and the target never grew again (a sender against
+    # a server 300 ms away stayed at its 2 MiB start for 100k calls).
+    target = SizeTarget(32 * MIB, initial_bytes=2 * MIB)
+    probe = succeed_until_a_probe(target)
+    target.on_success(MIB, probe)  # the probe batch left at 1 MiB
+    assert target.bytes == 2 * MIB
+    assert target.take() == probe  # the next batch probes
+    target.on_success(probe, probe)
+    assert target.bytes == probe
+
+
+def test_a_probe_batch_that_is_not_acknowledged_whole_hands_the_probe_on():
+    target = SizeTarget(32 * MIB, initial_bytes=2 * MIB)
+    probe = succeed_until_a_probe(target)
+    target.on_success(2 * MIB, 2 * MIB)  # other batches settle meanwhile
+    target.forget(probe)  # what Delivery does on a 422 split, a dead letter, a mode switch
+    assert target.take() == probe
+
+
+def test_a_lone_large_call_in_an_ordinary_batch_does_not_conclude_the_probe():
+    target = SizeTarget(32 * MIB, initial_bytes=2 * MIB)
+    probe = succeed_until_a_probe(target)
+    target.on_success(5 * MIB, 2 * MIB)  # one 5 MiB call, alone in a batch cut at 2 MiB
+    assert target.bytes == 2 * MIB
+    assert target.probing_bytes == probe
 
 
 def test_small_batches_are_no_evidence_for_probing():
@@ -179,7 +234,7 @@ def feed_until_converged(target: SizeTarget, limit_bytes: int, batches: int) -> 
             target.on_413(size)
         else:
             accepted += size
-            target.on_success(size)
+            target.on_success(size, size)
     return rejected, accepted
 
 
