@@ -1,6 +1,6 @@
 """``python -m bench``: every scenario, each contender in a fresh process, one report.
 
-    python -m bench [--quick] [--scenarios ring,producer,e2e,matrix,pipes,senders,faults,burst] [--repeat N]
+    python -m bench [--quick] [--scenarios ring,producer,e2e,matrix,pipes,senders,distant,faults,burst] [--repeat N]
                     [--contenders engine,weave-batched,weave-op,naive] [--scale F] [--out DIR]
 
 Writes ``<scenario>.jsonl`` (a machine line, every run, the medians), ``summary.md`` and
@@ -21,10 +21,10 @@ from typing import Any
 
 from bench import _report, harness
 from bench._run import FULL, QUICK, Config, medians
-from bench.scenarios import burst, e2e, faults, matrix, pipes, producer, ring, senders
+from bench.scenarios import burst, distant, e2e, faults, matrix, pipes, producer, ring, senders
 
 SCENARIOS = {"ring": ring, "producer": producer, "e2e": e2e, "matrix": matrix, "pipes": pipes,
-             "senders": senders, "faults": faults, "burst": burst}
+             "senders": senders, "distant": distant, "faults": faults, "burst": burst}
 CONTENDERS = ("engine", "weave-batched", "weave-op", "naive")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 QUICK_OUT = Path(__file__).resolve().parent / "scratch"

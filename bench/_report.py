@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from bench._cells import flags, num, spread
-from bench.scenarios import matrix, pipes, senders
+from bench.scenarios import distant, matrix, pipes, senders
 
 PEERS = ("weave-batched", "weave-op", "naive")
 _RING_PEERS = ("mp.Queue", "faster-fifo")
@@ -202,6 +202,8 @@ _SECTIONS = (
      "(eval)", pipes.section),
     ("senders", "Sender processes: calls/s against senders (eval, 2 producers, count sink)",
      senders.section),
+    ("distant", f"A distant server: every answer {distant.LATENCY_MS:g} ms late (decoding sink, "
+     "dicts with ISO timestamps, eval, zstd)", distant.section),
     ("faults", "Faults (FaultServer, eval profile, no compression)", _faults_section),
     ("burst", "Burst: offered as fast as possible (small profile)", _burst_section),
 )

@@ -121,11 +121,16 @@ nothing kept); ``sqlite``: ``engine serve`` storing into a fresh SQLite file."""
 
 
 @contextmanager
-def sink(store: str = "count", max_body_bytes: int | None = None) -> Iterator[Sink]:
-    """A fresh sink subprocess (one of :data:`SINKS`) on 127.0.0.1 port 0; always stopped."""
+def sink(store: str = "count", max_body_bytes: int | None = None,
+         latency_ms: float = 0.0) -> Iterator[Sink]:
+    """A fresh sink subprocess (one of :data:`SINKS`) on 127.0.0.1 port 0; always stopped.
+    ``latency_ms`` (decode sink only) answers every ingest request that much later."""
+    if latency_ms and store != "decode":
+        raise ValueError("only the decode sink answers late (latency_ms)")
     with tempfile.TemporaryDirectory(prefix="bench-sink-") as state_dir:
         if store == "decode":
-            proc, url = spawn_listening([sys.executable, "-m", "bench.decode_sink"],
+            proc, url = spawn_listening([sys.executable, "-m", "bench.decode_sink",
+                                         "--latency-ms", str(latency_ms)],
                                         env={**os.environ, "PYTHONPATH": str(REPO)})
         else:
             db_path = os.path.join(state_dir, "traces.db") if store == "sqlite" else None
@@ -190,6 +195,12 @@ def finish_driver(proc: subprocess.Popen, timeout_s: float) -> dict[str, Any]:
     if proc.returncode not in (0, 1, 3):
         row.setdefault("error", f"driver exited {proc.returncode}")
     return row
+
+
+def split_calls(calls: int, parts: int) -> list[int]:
+    """``calls`` shared among ``parts`` peer driver processes (one per producer)."""
+    share, extra = divmod(calls, parts)
+    return [share + (1 if k < extra else 0) for k in range(parts)]
 
 
 def run_drivers(argvs: list[list[str]], timeout_s: float) -> tuple[list[dict[str, Any]], float]:

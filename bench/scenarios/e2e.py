@@ -17,10 +17,6 @@ from bench._run import Config
 _SQLITE_PROFILE, _SQLITE_PRODUCERS = "eval", 2
 
 
-def _split(calls: int, producers: int) -> list[int]:
-    share, extra = divmod(calls, producers)
-    return [share + (1 if k < extra else 0) for k in range(producers)]
-
 
 def _argvs(contender: str, url: str, calls: int, profile: str, producers: int,
            compression: str, timeout_s: float) -> list[list[str]]:
@@ -28,7 +24,7 @@ def _argvs(contender: str, url: str, calls: int, profile: str, producers: int,
         return [harness.driver_argv("engine", url, calls, profile, timeout_s,
                                     producers=producers, compression=compression)]
     return [harness.driver_argv(contender, url, n, profile, timeout_s)
-            for n in _split(calls, producers)]
+            for n in harness.split_calls(calls, producers)]
 
 
 def _active_s(row: dict[str, Any]) -> float | None:

@@ -36,10 +36,6 @@ _ENGINE_MODE = {"structs": "startend", "dicts-iso": "dicts-iso"}
 _WEAVE_MODE = {"structs": "batched", "dicts-iso": "batched-iso"}
 
 
-def _split(calls: int, parts: int) -> list[int]:
-    share, extra = divmod(calls, parts)
-    return [share + (1 if k < extra else 0) for k in range(parts)]
-
 
 def _argvs(contender: str, url: str, calls: int, payload: str, compression: str,
            timeout_s: float) -> list[list[str]]:
@@ -48,7 +44,7 @@ def _argvs(contender: str, url: str, calls: int, payload: str, compression: str,
                                     producers=PRODUCERS, compression=compression,
                                     mode=_ENGINE_MODE[payload])]
     return [harness.driver_argv(contender, url, n, _PROFILE, timeout_s, mode=_WEAVE_MODE[payload])
-            for n in _split(calls, PRODUCERS)]
+            for n in harness.split_calls(calls, PRODUCERS)]
 
 
 def measure(contender: str, payload: str, compression: str, sink: str, calls: int,

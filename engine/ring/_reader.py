@@ -90,6 +90,10 @@ class RingReader:
         """The slots this reader reads."""
         return self._slots
 
+    def active_slot_count(self) -> int:
+        """How many of this reader's slots a producer holds."""
+        return len(self._active_slots())
+
     def _word(self, slot: int, word: int) -> int:
         return self._words[GLOBAL_WORDS + slot * SLOT_WORDS + word]
 

@@ -179,6 +179,10 @@ class SizeTarget:
         self._armed_bytes: int | None = None  # a probe size waiting for its batch
         self.probing_bytes: int | None = None  # the size of the one batch probing now
         self.rejected_once = False  # a 413 seen: probe carefully from then on
+        # probes stop here: the sender keeps it at a share of the producers' rings, so that
+        # several bodies fit in them at once (the rings free a body's records only once it
+        # is acknowledged; a body as large as a ring would stop its producer for a round trip)
+        self.cap_bytes = max_bytes
 
     def take(self) -> int:
         """The size target of the next batch to build: ``bytes``, except that one batch (and
@@ -243,7 +247,7 @@ class SizeTarget:
 
     def _probe_size(self) -> int:
         factor = self.probe_factor if self.rejected_once else _SLOW_START_FACTOR
-        grown = min(self.max_bytes, math.floor(self.bytes * factor))
+        grown = min(self.max_bytes, self.cap_bytes, math.floor(self.bytes * factor))
         if self.ceiling_bytes is None:
             return grown
         halfway = (self.bytes + self.ceiling_bytes) // 2

@@ -168,6 +168,10 @@ class Delivery:
         status = response.status if response else None
         size_before = self.size.bytes
         if verdict is Verdict.OK:
+            # what the producers' rings hold at once (ring_bytes each, for ordinary items)
+            rings_bytes = self.reader.active_slot_count() * self.cfg.ring_bytes
+            self.size.cap_bytes = max(self.cfg.min_request_bytes,
+                                      rings_bytes // self.cfg.max_in_flight)
             self.concurrency.on_response(rtt_s, overloaded=False, in_flight=in_flight)
             self.size.on_success(raw_bytes, batch.target_bytes)
             self.outage.succeeded()

@@ -252,3 +252,14 @@ def test_known_failing_size_is_forgotten_eventually_so_a_raised_limit_is_found()
     assert target.bytes <= MIB
     feed_until_converged(target, 4 * MIB, 2_000)
     assert target.bytes > 2 * MIB
+
+
+def test_the_target_grows_no_further_than_its_cap():
+    # the sender caps it at the producers' rings / max_in_flight: a body as large as a ring
+    # would hold its producer up for a whole round trip
+    target = SizeTarget(32 * MIB, initial_bytes=1 * MIB)
+    target.cap_bytes = 4 * MIB
+    for _ in range(200):
+        size = target.take()
+        target.on_success(size, size)
+    assert target.bytes == 4 * MIB
