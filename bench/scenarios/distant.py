@@ -24,7 +24,7 @@ from bench._run import Config
 from bench.scenarios import matrix
 
 LATENCY_MS = 100.0
-ENGINE_PRODUCERS = (2, 4)
+PRODUCER_COUNTS = (2, 4)
 _PROFILE = "eval"
 
 
@@ -52,7 +52,7 @@ def measure(contender: str, producers: int, calls: int, timeout_s: float) -> dic
 
 
 def run(cfg: Config, repeat: int) -> list[dict[str, Any]]:
-    plan = [("engine", p) for p in ENGINE_PRODUCERS if "engine" in cfg.contenders]
+    plan = [("engine", p) for p in PRODUCER_COUNTS if "engine" in cfg.contenders]
     if "weave-batched" in cfg.contenders:
         plan.append(("weave-batched", 2))
     return [measure(contender, producers, cfg.matrix_calls[contender], cfg.timeout_s)
