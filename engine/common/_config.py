@@ -244,6 +244,14 @@ def _engine_table(data: dict[str, Any], path: str | os.PathLike) -> dict[str, An
     return table
 
 
+def set_outside_arguments(name: str, config_file: str | os.PathLike | None = None,
+                          environ: dict[str, str] | None = None) -> bool:
+    """Whether the config file or an ``ENGINE_*`` variable sets ``name``: a command with
+    defaults of its own (the relay's ``ring_bytes``) applies them only where neither does."""
+    env = dict(os.environ if environ is None else environ)
+    return name in _env_values(env) or name in _file_values(config_file, env)
+
+
 def load_config(
     config_file: str | os.PathLike | None = None,
     environ: dict[str, str] | None = None,

@@ -12,6 +12,7 @@ import aiohttp
 from aiohttp import web
 
 from engine.common import _metrics
+from engine.common._config import set_outside_arguments
 from engine.common._redact import redact_url
 from engine.producer._engine import Engine
 from engine.relay import _routes
@@ -24,6 +25,11 @@ from engine.server._limits import DEFAULT_MAX_CONNECTIONS
 
 log = logging.getLogger("engine.relay")
 RELAY_PROJECT = "relay/relay"  # the engine needs a default; every relayed item names its own
+# One process writes everything the relay takes into one ring, and a record stays there
+# until the upstream acknowledged it: the ring is all the relay can have in flight. 64 MiB
+# (unless set) instead of a producer's 16: toward an upstream 300 ms away, 7.9k -> 11.6k
+# calls/s (docs/configuration.md, "The relay").
+RELAY_RING_BYTES = 64 << 20
 _SUMMARY_COUNTERS = ("items_acked", "spooled_items", "dead_letters", "undelivered")
 _PROXY_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=10.0, sock_read=300.0)
 
@@ -136,6 +142,8 @@ def run_relay(upstream: str, host: str = "127.0.0.1", port: int = 0,
     import uvloop
 
     config.setdefault("project", RELAY_PROJECT)
+    if "ring_bytes" not in config and not set_outside_arguments("ring_bytes", config_file):
+        config["ring_bytes"] = RELAY_RING_BYTES
     check_bind("engine relay", host, keys)  # before the engine starts its sender
     with Engine(url=upstream, config_file=config_file, **config) as engine:
         uvloop.run(relay_until_signal(engine, upstream, host, port, max_body_bytes, keys,
