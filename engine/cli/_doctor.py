@@ -20,10 +20,15 @@ import zstandard
 from engine.cli import _args, _probe
 from engine.cli._args import CommandFailed
 from engine.common import _env
+from engine.common._config import EngineConfig
 from engine.common._errors import reason_of
 from engine.common._machine import same_machine
 
 _PROBE_PROJECT = "engine-doctor/doctor"
+# round trip: below this many calls/s per producer (4 KB calls, a ring per round trip), say
+# what bounds delivery: ~20k is a 16 MiB ring 200 ms away
+_FAR_CALLS_PER_S = 20_000
+_CALL_BYTES = 4096
 _JSON = {"Content-Type": "application/json"}
 _MiB = 1 << 20
 
@@ -182,17 +187,50 @@ def _json_field(body: bytes, name: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _settings() -> EngineConfig | str:
+    """The engine's settings from the environment (or the defaults); a bad one, said."""
+    from engine.common._config import load_config
+
+    try:
+        return load_config(None, url="http://127.0.0.1:1", project="doctor/check")
+    except Exception as exc:  # noqa: BLE001 - a bad setting is said here, not raised
+        return f"the engine's settings: {exc}"
+
+
+def _round_trip(url: str, api_key: str | None, info: dict, args: argparse.Namespace) -> Check:
+    """How long an empty ingest request takes, and what that bounds: a producer's records
+    stay in its ring until acknowledged, so each ring is in flight at most once per trip."""
+    path = f"/v2/{_PROBE_PROJECT}/calls/complete"
+    trips_s = []
+    for _ in range(3):
+        started = time.perf_counter()
+        if _post(url, path, b'{"batch": []}', api_key).status == 404:
+            path = "/call/upsert_batch"
+        trips_s.append(time.perf_counter() - started)
+    trip_s = min(trips_s)
+    said = f"an empty ingest request answered in {trip_s * 1000:.0f} ms (best of 3)"
+    config = _settings()
+    if isinstance(config, str):
+        return Check("round trip", True, said)
+    per_producer = config.ring_bytes / max(trip_s, 1e-6) / _CALL_BYTES
+    if per_producer >= _FAR_CALLS_PER_S:
+        return Check("round trip", True, said)
+    return Check("round trip", None, f"{said}: a producer's ring ({config.ring_bytes / _MiB:.0f} "
+                 f"MiB) is in flight at most once per round trip, so each producer process "
+                 f"delivers at most ~{per_producer:,.0f} calls/s of 4 KB; more producer "
+                 "processes or a larger ring_bytes carry more (docs/configuration.md, "
+                 "\"A distant server\")")
+
+
 def _shared_memory() -> Check:
     """This machine's side: room in /dev/shm for the producers' rings (ring_bytes from the
     environment or the default)."""
-    from engine.common._config import load_config
     from engine.ring import _files
     from engine.ring._set import shm_room
 
-    try:
-        config = load_config(None, url="http://127.0.0.1:1", project="doctor/check")
-    except Exception as exc:  # noqa: BLE001 - a bad setting is said here, not raised
-        return Check("shared memory", False, f"the engine's settings: {exc}")
+    config = _settings()
+    if isinstance(config, str):
+        return Check("shared memory", False, config)
     room = shm_room(2 * config.ring_bytes, config.max_slots)
     ring_mib = config.ring_bytes / _MiB
     if room is None:
@@ -232,4 +270,4 @@ def _weave_integration() -> Check | None:
 
 
 _STEPS: tuple[Callable[[str, str | None, dict, argparse.Namespace], Check], ...] = (
-    _auth, _routes, _store, _compression, _limit)
+    _auth, _routes, _store, _round_trip, _compression, _limit)

@@ -117,3 +117,17 @@ def test_doctor_on_a_trace_server_without_ready_does_not_check_its_store():
         result = _engine("doctor", fault.url, "--limit-mib", "1")
     assert "ok   store: no /ready here (not engine serve): its store is not checked" in result.stdout
     assert "FAIL store" not in result.stdout
+
+
+def test_doctor_says_what_a_distant_server_bounds():
+    """A server answering 250 ms late: each producer's ring is in flight once per trip."""
+    with FaultServer(stall_s=0.25) as fault:
+        far = _engine("doctor", fault.url, "--limit-mib", "1")
+        larger = _engine("doctor", fault.url, "--limit-mib", "1",
+                         env=_env(ENGINE_RING_BYTES=str(64 << 20)))
+    line = next(x for x in far.stdout.splitlines() if "round trip:" in x)
+    assert line.startswith("  warn round trip: an empty ingest request answered in 2")
+    assert "ring (16 MiB)" in line and "calls/s of 4 KB" in line and "ring_bytes" in line
+    assert far.returncode == 0, far.stdout  # it delivers, only slower: a warning
+    # a 64 MiB ring carries ~65k calls/s per producer at that distance: no warning
+    assert "  ok   round trip: an empty ingest request answered in 2" in larger.stdout
