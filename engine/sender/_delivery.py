@@ -93,7 +93,6 @@ class Delivery:
             self.tasks[task] = batch
             task.add_done_callback(self._task_done)
 
-
     def _join_ready(self, batch: Batch) -> None:
         """The batches queued behind ``batch`` join it up to today's size target, or up to
         an armed probe's size, which the joined batch then carries. Batches queue while every
