@@ -284,3 +284,22 @@ def test_toward_a_distant_server_bodies_grow_to_what_the_round_trip_needs(tmp_pa
     assert max(bodies) > 4 * start_bytes
     assert len(bodies) <= 35  # at 64 KiB each, these ~4.5 MB of calls take ~70 bodies
     assert stats["splits_413"] == 0 and stats["dead_letters"] == 0
+
+
+@pytest.mark.parametrize("target", ["complete", "upsert"])
+def test_joined_batches_and_faults_toward_a_distant_server_lose_and_duplicate_nothing(
+        tmp_path, target):
+    # Late answers keep a queue behind the two slots, so batches join (and probes grow the
+    # target) while 429s, 5xx and resets send batches back for retries, which never join.
+    faults = dict(p_429=0.1, p_500=0.1, p_503=0.05, p_reset=0.05, retry_after="0")
+    with FaultServer(seed=11, stall_s=0.05, **faults) as server, make_engine(
+            server.url, tmp_path, target=target, ring_bytes=8 << 20, max_in_flight=2,
+            initial_request_bytes=64 << 10) as eng:
+        ids = trace_calls(eng.producer(), 1500, payload_bytes=600)
+        assert eng.flush(timeout_s=60)
+        stats = eng.stats()
+        assert server.stored_ids(PROJECT) == set(ids)
+        assert all(server.is_complete(PROJECT, i) for i in ids)
+        assert server.duplicate_deliveries() == 0
+    assert stats["retries"] >= 1 and stats["dead_letters"] == 0
+    assert stats["size_target_bytes"] > 64 << 10
