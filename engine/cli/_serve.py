@@ -13,6 +13,7 @@ from engine.cli._args import CommandFailed, UsageError
 
 def add(subparsers: argparse._SubParsersAction) -> None:
     from engine.server import DEFAULT_MAX_BODY_BYTES, default_db_path
+    from engine.server._op_watch import GRACE_S
     from engine.server._retention import DEFAULT_INTERVAL_S
 
     serve = _args.add_command(subparsers, "serve", "run the local trace server",
@@ -46,6 +47,12 @@ def add(subparsers: argparse._SubParsersAction) -> None:
         "--retention-interval-s", type=_args.positive_float, default=DEFAULT_INTERVAL_S,
         help=f"how often calls past their retention are deleted (default {DEFAULT_INTERVAL_S:.0f})",
     )  # fmt: skip
+    serve.add_argument(
+        "--missing-op-grace-s", type=_args.positive_float, default=GRACE_S,
+        help="how long after a call first names a weave op the server looks it up, and "
+        f"counts and logs it if it is missing (default {GRACE_S:.0f}; weave saves an op "
+        "within milliseconds of its first call)",
+    )  # fmt: skip
     _args.add_max_connections_flag(serve, "server")
     _args.add_key_flags(serve, "set $ENGINE_API_KEY for one key that may read and write every "
                         "project")
@@ -64,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
                    clickhouse_password_file=args.clickhouse_password_file,
                    max_body_bytes=args.max_body_bytes, max_connections=args.max_connections,
                    keys=load_key_ring(args.keys_file), retention_days=args.retention_days,
-                   retention_interval_s=args.retention_interval_s)
+                   retention_interval_s=args.retention_interval_s,
+                   missing_op_grace_s=args.missing_op_grace_s)
     except sqlite3.Error as exc:
         raise CommandFailed(f"serve: cannot use the database {args.db or 'at the default path'}: "
                             f"{exc} (is it an SQLite file written by engine serve?)") from exc

@@ -44,7 +44,7 @@ from engine.server._body import DEFAULT_MAX_BODY_BYTES, ApiError, error_response
 from engine.server._connections import DEFAULT_HEADER_TIMEOUT_S, LimitedSite
 from engine.server._count_store import CountStore
 from engine.server._limits import DEFAULT_MAX_CONNECTIONS
-from engine.server._op_watch import OpWatch
+from engine.server._op_watch import GRACE_S, OpWatch
 from engine.server._retention import DEFAULT_INTERVAL_S, Pruner
 from engine.server._sqlite_db import default_db_path
 from engine.server._sqlite_store import SQLiteStore
@@ -146,10 +146,12 @@ def build_app(
     keys: KeyRing | None = None,
     retention_days: int | None = None,
     retention_interval_s: float = DEFAULT_INTERVAL_S,
+    missing_op_grace_s: float = GRACE_S,
 ) -> web.Application:
     """``retention_days``: how long calls of projects without their own retention are
     kept (None: until deleted); ``retention_interval_s``: how often calls past their
-    retention are deleted (:mod:`engine.server._retention`)."""
+    retention are deleted (:mod:`engine.server._retention`); ``missing_op_grace_s``: how
+    long after a call first names a weave op the server looks it up (:mod:`._op_watch`)."""
     keys = key_ring(api_key, keys)
     middlewares = [_json_errors] + ([_auth_middleware(keys)] if keys else [])
     # bodies are read and limited by _body.read_body; aiohttp's own cap only guards request.read()
@@ -166,7 +168,7 @@ def build_app(
     app[_routes_retention.DEFAULT_DAYS] = retention_days
     pruner = Pruner(store, app[STATE].counters, retention_interval_s, retention_days)
     app.cleanup_ctx.append(functools.partial(_background, pruner.run))
-    op_watch = app[STATE].op_watch = OpWatch(store, app[STATE].counters)
+    op_watch = app[STATE].op_watch = OpWatch(store, app[STATE].counters, missing_op_grace_s)
     app.cleanup_ctx.append(functools.partial(_background, op_watch.run))
     app.on_cleanup.append(_close_store)
     return app
@@ -199,6 +201,7 @@ async def start_server(
     header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S,
     retention_days: int | None = None,
     retention_interval_s: float = DEFAULT_INTERVAL_S,
+    missing_op_grace_s: float = GRACE_S,
 ) -> tuple[web.AppRunner, str]:
     """Start serving on the running loop; returns the runner (``await runner.cleanup()``) and URL.
 
@@ -213,6 +216,7 @@ async def start_server(
         keys=keys,
         retention_days=retention_days,
         retention_interval_s=retention_interval_s,
+        missing_op_grace_s=missing_op_grace_s,
     )
     # auto_decompress=False: aiohttp would inflate bodies without any size cap (a zip bomb
     # costs memory before a handler runs); _body.decompress inflates with the limit instead

@@ -40,9 +40,10 @@ class _UrlWatcher(threading.Thread):
 
 
 def _serve_argv(
-    db_path: Path | str | None, store: str, max_body_bytes: int | None, keys_file: str | None
+    db_path: Path | str | None, store: str, max_body_bytes: int | None, keys_file: str | None,
+    flags: tuple[str, ...] = (),
 ) -> list[str]:
-    argv = [sys.executable, "-m", "engine", "serve", "--host", "127.0.0.1", "--port", "0"]
+    argv = [sys.executable, "-m", "engine", "serve", "--host", "127.0.0.1", "--port", "0", *flags]
     argv += ["--store", store]
     if db_path is not None:
         argv += ["--db", str(db_path)]
@@ -60,11 +61,14 @@ def spawn_server(
     api_key: str | None = None,
     startup_timeout_s: float = 30.0,
     keys_file: Path | str | None = None,
+    flags: tuple[str, ...] = (),
 ) -> tuple[subprocess.Popen, str]:
     """Start ``engine serve`` on 127.0.0.1 port 0 and return (process, URL) once it listens.
-    ``api_key`` reaches it in its environment (``$ENGINE_API_KEY``), never its command line."""
+    ``api_key`` reaches it in its environment (``$ENGINE_API_KEY``), never its command line;
+    ``flags``: more of its command-line flags."""
     env = None if api_key is None else {**os.environ, "ENGINE_API_KEY": api_key}
-    argv = _serve_argv(db_path, store, max_body_bytes, None if keys_file is None else str(keys_file))
+    argv = _serve_argv(db_path, store, max_body_bytes, None if keys_file is None else str(keys_file),
+                       flags)
     return spawn_listening(argv, startup_timeout_s, env)
 
 
@@ -103,9 +107,11 @@ def serve_subprocess(
     max_body_bytes: int | None = None,
     api_key: str | None = None,
     keys_file: Path | str | None = None,
+    flags: tuple[str, ...] = (),
 ) -> Iterator[str]:
     """``with serve_subprocess(tmp_path / "t.db") as url:`` — the server is always stopped."""
-    proc, url = spawn_server(db_path, store, max_body_bytes, api_key, keys_file=keys_file)
+    proc, url = spawn_server(db_path, store, max_body_bytes, api_key, keys_file=keys_file,
+                             flags=flags)
     try:
         yield url
     finally:

@@ -39,6 +39,9 @@ _PROGRAM = textwrap.dedent(
 )
 
 
+_SHORT_GRACE = ("--missing-op-grace-s", "1")
+
+
 def _objects(url: str) -> set[str]:
     body = json.dumps({"project_id": PROJECT}).encode()
     with urllib.request.urlopen(urllib.request.Request(url + "/objs/query", data=body),
@@ -67,23 +70,27 @@ def _run_on_two_fresh_servers(tmp_path, integration: bool, watch_second: bool = 
     program.write_text(_PROGRAM)
     stored = []
     for name in ("first", "second"):
-        with serve_subprocess(tmp_path / f"{name}.db") as url:
+        # a short grace: the server looks for the ops a call names 1 s after it, not 10
+        with serve_subprocess(tmp_path / f"{name}.db", flags=_SHORT_GRACE) as url:
             env = _weave_env(url, str(tmp_path), enable_env=integration)
             env.update(TMPDIR=str(tmp), **extra_env)
             result = _run_program([sys.executable, str(program)], env)
             assert result.returncode == 0, result.stderr[-3000:]
             stored.append(_objects(url))
             if watch_second and name == "second":
+                ended = time.monotonic()
                 stored.append(_ops_missing(url, at_least=1))
+                stored.append(time.monotonic() - ended)
     return stored
 
 
 def test_weave_alone_never_sends_a_second_server_what_it_created_on_the_first(tmp_path):
-    first, second, ops_missing = _run_on_two_fresh_servers(tmp_path, integration=False,
-                                                           watch_second=True)
+    first, second, ops_missing, waited_s = _run_on_two_fresh_servers(
+        tmp_path, integration=False, watch_second=True)
     assert {"questions", "answer"} <= first
     assert "questions" not in second and "answer" not in second  # answered from its cache
     assert ops_missing == 1  # the second server noticed (and said so: engine.server._op_watch)
+    assert waited_s < 8  # after --missing-op-grace-s 1, not the default 10 s
 
 
 def test_through_the_engine_each_store_gets_everything_weave_created(tmp_path):
