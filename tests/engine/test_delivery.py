@@ -263,25 +263,35 @@ def test_while_a_large_batch_lingers_producers_write_without_ringing_and_records
     assert len(server.stored_ids(PROJECT)) == 140 + after
 
 
+def _deliver_to_a_late_server(tmp_path, target: str, calls: int, stall_s: float,
+                              **faults) -> tuple[FaultServer, dict]:
+    """``calls`` root+child pairs through an engine with two POSTs in flight and 64 KiB
+    bodies at start, to a FaultServer answering ``stall_s`` late; every call stored once."""
+    with FaultServer(seed=11, stall_s=stall_s, **faults) as server, make_engine(
+            server.url, tmp_path, target=target, ring_bytes=8 << 20, max_in_flight=2,
+            initial_in_flight=2, initial_request_bytes=_START_BYTES) as eng:
+        ids = trace_calls(eng.producer(), calls, payload_bytes=600)
+        assert eng.flush(timeout_s=60)
+        stats = eng.stats()
+        assert server.stored_ids(PROJECT) == set(ids)
+        assert all(server.is_complete(PROJECT, i) for i in ids)
+        assert server.duplicate_deliveries() == 0
+    return server, stats
+
+
+_START_BYTES = 64 << 10
+
+
 @pytest.mark.parametrize("target", ["complete", "upsert"])
 def test_toward_a_distant_server_bodies_grow_to_what_the_round_trip_needs(tmp_path, target):
     # Every answer comes 0.2 s late, as from a server across the world: with two POSTs in
     # flight, 64 KiB bodies would carry ~640 KB/s. Until a first 413 the size target
     # doubles (slow start), and the batches queued behind a busy slot join the one that
     # goes (up to the target, or to a probe's size): bodies grow within a few round trips.
-    start_bytes = 64 << 10
-    with FaultServer(stall_s=0.2) as server, make_engine(
-            server.url, tmp_path, target=target, ring_bytes=8 << 20, max_in_flight=2,
-            initial_in_flight=2, initial_request_bytes=start_bytes) as eng:
-        ids = trace_calls(eng.producer(), 2500, payload_bytes=600)
-        assert eng.flush(timeout_s=60)
-        stats = eng.stats()
-        assert server.stored_ids(PROJECT) == set(ids)
-        assert all(server.is_complete(PROJECT, i) for i in ids)
-        assert server.duplicate_deliveries() == 0
+    server, stats = _deliver_to_a_late_server(tmp_path, target, 2500, 0.2)
     bodies = [r.wire_bytes for r in server.requests if r.method == "POST"]
-    assert stats["size_target_bytes"] >= 8 * start_bytes  # 64 KiB before: no probe concluded
-    assert max(bodies) > 4 * start_bytes
+    assert stats["size_target_bytes"] >= 8 * _START_BYTES  # 64 KiB before: no probe concluded
+    assert max(bodies) > 4 * _START_BYTES
     assert len(bodies) <= 35  # at 64 KiB each, these ~4.5 MB of calls take ~70 bodies
     assert stats["splits_413"] == 0 and stats["dead_letters"] == 0
 
@@ -291,15 +301,8 @@ def test_joined_batches_and_faults_toward_a_distant_server_lose_and_duplicate_no
         tmp_path, target):
     # Late answers keep a queue behind the two slots, so batches join (and probes grow the
     # target) while 429s, 5xx and resets send batches back for retries, which never join.
-    faults = dict(p_429=0.1, p_500=0.1, p_503=0.05, p_reset=0.05, retry_after="0")
-    with FaultServer(seed=11, stall_s=0.05, **faults) as server, make_engine(
-            server.url, tmp_path, target=target, ring_bytes=8 << 20, max_in_flight=2,
-            initial_request_bytes=64 << 10) as eng:
-        ids = trace_calls(eng.producer(), 1500, payload_bytes=600)
-        assert eng.flush(timeout_s=60)
-        stats = eng.stats()
-        assert server.stored_ids(PROJECT) == set(ids)
-        assert all(server.is_complete(PROJECT, i) for i in ids)
-        assert server.duplicate_deliveries() == 0
+    _server, stats = _deliver_to_a_late_server(
+        tmp_path, target, 1500, 0.05, p_429=0.1, p_500=0.1, p_503=0.05, p_reset=0.05,
+        retry_after="0")
     assert stats["retries"] >= 1 and stats["dead_letters"] == 0
-    assert stats["size_target_bytes"] > 64 << 10
+    assert stats["size_target_bytes"] > _START_BYTES
