@@ -25,24 +25,14 @@ from bench.scenarios import matrix
 
 LATENCY_MS = 100.0
 PRODUCER_COUNTS = (2, 4)
-_PROFILE = "eval"
-
-
-def _argvs(contender: str, url: str, calls: int, producers: int,
-           timeout_s: float) -> list[list[str]]:
-    if contender == "engine":
-        return [harness.driver_argv("engine", url, calls, _PROFILE, timeout_s,
-                                    producers=producers, compression="zstd",
-                                    mode="dicts-iso")]
-    return [harness.driver_argv(contender, url, n, _PROFILE, timeout_s, mode="batched-iso")
-            for n in harness.split_calls(calls, producers)]
 
 
 def measure(contender: str, producers: int, calls: int, timeout_s: float) -> dict[str, Any]:
     with harness.sink("decode", latency_ms=LATENCY_MS) as s:
-        argvs = _argvs(contender, s.url, calls, producers, timeout_s)
+        commands = matrix.argvs(contender, s.url, calls, "dicts-iso", "zstd", timeout_s,
+                                producers)
         sink_cpu0_s = s.cpu_s()
-        rows, _wall_s = harness.run_drivers(argvs, timeout_s)
+        rows, _wall_s = harness.run_drivers(commands, timeout_s)
         sink_cpu_s = s.cpu_s() - sink_cpu0_s
         received = s.calls_received()
     row = matrix.summarize(contender, "dicts-iso", "zstd", "decode", rows, sink_cpu_s,

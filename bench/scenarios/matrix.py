@@ -37,22 +37,24 @@ _WEAVE_MODE = {"structs": "batched", "dicts-iso": "batched-iso"}
 
 
 
-def _argvs(contender: str, url: str, calls: int, payload: str, compression: str,
-           timeout_s: float) -> list[list[str]]:
+def argvs(contender: str, url: str, calls: int, payload: str, compression: str,
+          timeout_s: float, producers: int = PRODUCERS) -> list[list[str]]:
+    """The driver commands for one cell: the engine in one driver of ``producers``
+    processes, weave in ``producers`` drivers sharing the calls."""
     if contender == "engine":
         return [harness.driver_argv("engine", url, calls, _PROFILE, timeout_s,
-                                    producers=PRODUCERS, compression=compression,
+                                    producers=producers, compression=compression,
                                     mode=_ENGINE_MODE[payload])]
     return [harness.driver_argv(contender, url, n, _PROFILE, timeout_s, mode=_WEAVE_MODE[payload])
-            for n in harness.split_calls(calls, PRODUCERS)]
+            for n in harness.split_calls(calls, producers)]
 
 
 def measure(contender: str, payload: str, compression: str, sink: str, calls: int,
             timeout_s: float) -> dict[str, Any]:
     with harness.sink(sink) as s:
-        argvs = _argvs(contender, s.url, calls, payload, compression, timeout_s)
+        commands = argvs(contender, s.url, calls, payload, compression, timeout_s)
         sink_cpu0_s = s.cpu_s()
-        rows, _wall_s = harness.run_drivers(argvs, timeout_s)
+        rows, _wall_s = harness.run_drivers(commands, timeout_s)
         sink_cpu_s = s.cpu_s() - sink_cpu0_s
         received = s.calls_received()
         distinct = s.distinct_calls() if sink == "sqlite" else None
