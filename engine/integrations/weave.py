@@ -63,8 +63,10 @@ import importlib
 import logging
 import multiprocessing
 import os
+import sys
 import threading
 import time
+import traceback
 import warnings
 import weakref
 from collections.abc import Mapping
@@ -92,6 +94,8 @@ _PLACEHOLDER_PROJECT = "weave/integration"  # every item names its own project_i
 FORK_DRAIN_TIMEOUT_S = 30.0
 # how long SIGTERM waits for it (then the engine delivers; orchestrators allow ~30 s)
 SIGTERM_DRAIN_TIMEOUT_S = 10.0
+_STACK_DEPTH = 6  # innermost frames of each weave thread, said when its work does not finish
+_ENGINE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 _OFF = frozenset(("0", "false", "no", "off"))
 
 # what a spawned child needs to write into its owner's rings (see the module docstring)
@@ -514,8 +518,32 @@ def _drain_executors(timeout_s: float, when: str, otherwise: str,
         try:
             executor.flush(timeout=max(0.0, deadline_s - time.monotonic()))
         except Exception as exc:  # a timeout, or a task's error re-raised in weave's tests
-            log.warning("weave work still pending %s (%s: %s); %s", when,
-                        type(exc).__name__, exc, otherwise)
+            log.warning("weave work still pending %s (%s: %s); %s; %s", when,
+                        type(exc).__name__, exc, otherwise, _where_weave_threads_are())
+
+
+def _where_weave_threads_are() -> str:
+    """Where each of weave's pool threads is, and where this thread was interrupted (the
+    innermost frames outside the engine): what held weave's work when it did not finish."""
+    frames = sys._current_frames()
+    places = []
+    for thread in threading.enumerate():
+        frame = frames.get(thread.ident or -1)
+        if frame is not None and thread.name.startswith("WeaveThreadPool"):
+            idle = frame.f_code.co_name == "_worker"  # waiting for work (in C)
+            places.append(f"{thread.name} {'idle' if idle else 'at ' + _innermost(frame)}")
+    frame = sys._getframe()
+    while frame is not None and frame.f_code.co_filename.startswith(_ENGINE_DIR):
+        frame = frame.f_back
+    return ("weave's threads: " + ("; ".join(places) if places else "none running")
+            + f"; {threading.current_thread().name} was at "
+            + (_innermost(frame) if frame is not None else "the engine's code"))
+
+
+def _innermost(frame: Any) -> str:
+    stack = traceback.extract_stack(frame)[-_STACK_DEPTH:]
+    return " < ".join(f"{os.path.basename(f.filename)}:{f.lineno} {f.name}"
+                      for f in reversed(stack))
 
 
 def _after_fork_in_child() -> None:

@@ -81,7 +81,9 @@ def test_every_call_of_a_stopped_weave_eval_loop_is_stored(tmp_path, weave_minor
         predicts = _stored_calls(url, "ent/stopped", "predict")
         scores = _stored_calls(url, "ent/stopped", "score")
     ended = sorted(c["inputs"]["x"] for c in predicts if c["ended_at"])
-    assert ended[:finished] == list(range(finished)), (finished, len(ended), err[-3000:])
+    pending = [line for line in err.splitlines() if "weave work still pending" in line]
+    assert ended[:finished] == list(range(finished)), (finished, len(ended), pending,
+                                                       err[-3000:])
     assert len(predicts) <= finished + 1  # the one the signal interrupted: started at most
     assert len([c for c in scores if c["ended_at"]]) >= finished
 
@@ -176,3 +178,54 @@ def test_a_weave_evaluation_stopped_by_ctrl_c_stops_as_asyncio_does_and_keeps_it
     assert AT_LEAST <= finished < 5000 and took_s < 60
     assert len(predicts) >= finished and len({c["id"] for c in predicts}) == len(predicts)
     assert all(isinstance(c["output"]["y"], int) for c in predicts)  # (x: a ref to its row)
+
+
+_STUCK = textwrap.dedent(
+    """
+    import os, signal, sys, threading, weave
+    import engine.integrations.weave as integration
+    integration.SIGTERM_DRAIN_TIMEOUT_S = 1.0  # the test's patience, not the user's
+    client = weave.init(sys.argv[1])
+
+    @weave.op
+    def predict(x: int) -> int:
+        return x + 1
+
+    for i in range(20):
+        predict(i)
+    client.future_executor.flush()
+    never = threading.Event()
+
+    def waits_on_something_that_never_comes():
+        never.wait(60)
+
+    client.future_executor.defer(waits_on_something_that_never_comes)
+    os.kill(os.getpid(), signal.SIGTERM)
+    for _ in range(1000):
+        pass
+    print("not reached")
+    """
+)
+
+
+def test_a_weave_task_that_never_finishes_is_named_at_sigterm(tmp_path):
+    """SIGTERM waits for weave's threads only so long; when their work does not finish, the
+    log says where each of them is and where the program was stopped (what held them), and
+    the calls already handed over are delivered."""
+    program = tmp_path / "stuck.py"
+    program.write_text(_STUCK)
+    with serve_subprocess(tmp_path / "t.db") as url:
+        env = _weave_env(url, str(tmp_path), enable_env=True)
+        started = time.monotonic()
+        result = subprocess.run([weave_python("0.54"), str(program), "ent/stuck"], env=env,
+                                capture_output=True, text=True, timeout=60)  # fmt: skip
+        took_s = time.monotonic() - started
+        calls = _stored_calls(url, "ent/stuck", "predict")
+    assert result.returncode == -signal.SIGTERM and "not reached" not in result.stdout
+    said = [line for line in result.stderr.splitlines() if "weave work still pending" in line]
+    assert len(said) == 1, result.stderr[-3000:]
+    assert "at SIGTERM (TimeoutError" in said[0] and "its calls are not traced" in said[0]
+    assert "stuck.py:17 waits_on_something_that_never_comes" in said[0], said[0]
+    assert "MainThread was at stuck.py:20 <module>" in said[0], said[0]
+    assert took_s < 30
+    assert sorted(c["inputs"]["x"] for c in calls if c["ended_at"]) == list(range(20))
