@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -174,3 +175,91 @@ def test_sigterm_in_guarded_code_settles_right_after_it(tmp_path):
     assert result.returncode == -signal.SIGTERM, result.stderr[-3000:]
     assert result.stdout.splitlines() == [
         json.dumps({"lock free": True, "log": [0, 1, 2, "end"]})], result.stderr[-3000:]
+
+
+_POLL_PROGRAM = textwrap.dedent(
+    """
+    import inspect, json, signal, sys, threading
+    sys.path.insert(0, sys.argv[1])
+    import guarded
+    from engine.integrations import _weave_sigint
+    from engine.producer import _engine
+
+    _weave_sigint.install(guarded)
+    _engine.defer_sigterm_with(_weave_sigint.defer_if_guarded)  # as install() does
+    _engine.before_sigterm_close(lambda: print(json.dumps({  # as the integration's hook
+        "lock free": guarded.LOCK.acquire(timeout=1), "log": guarded.LOG}), flush=True))
+    lines, first = inspect.getsourcelines(threading.Condition.wait)
+    HELD = first + next(n for n, line in enumerate(lines) if "_waiters.append" in line)
+
+    def signal_in_the_poll(frame, event, arg):
+        if event == "call":
+            return signal_in_the_poll if frame.f_code is threading.Condition.wait.__code__ else None
+        if event == "line" and frame.f_lineno == HELD and frame.f_locals["timeout"] == 0:
+            sys.settrace(None)
+            frame.f_trace = None
+            _engine._on_sigterm(signal.SIGTERM, frame)  # as SIGTERM landing here runs it
+            return frame.f_trace
+        return signal_in_the_poll
+
+    sys.settrace(signal_in_the_poll)
+    guarded.hand_off()
+    print("not reached", flush=True)
+    """
+)
+_POLL_GUARDED = textwrap.dedent(
+    """
+    import threading
+
+    IDLE = threading.Semaphore(0)  # as ThreadPoolExecutor's idle semaphore: no idle worker
+    LOCK = IDLE._cond  # what a worker takes to say it is idle (Semaphore.release)
+    SUBMIT_LOCK = threading.Lock()
+    LOG = []
+
+    def hand_off():
+        with SUBMIT_LOCK:  # as submit: its lock held while it polls for an idle worker
+            IDLE.acquire(timeout=0)  # a Condition.wait with a zero timeout
+        LOG.append("end")
+    """
+)
+
+
+def test_sigterm_in_a_wait_that_only_polls_settles_after_it(tmp_path):
+    """``ThreadPoolExecutor.submit`` (every ``@weave.op`` call) polls its idle semaphore with
+    a zero timeout: a ``Condition.wait`` that holds the semaphore's lock, which every weave
+    thread takes when it finishes a task. A SIGTERM handled there ran at once (a wait was taken
+    for waiting): weave's threads all stopped on that lock and the engine's SIGTERM hook
+    waited its 10 s for nothing (a full-suite run: 0 of 219 calls stored). Now it runs at the
+    first line after the hand-off. The handler is called as the signal calls it, with the
+    frame of that wait, at the line where it holds the lock."""
+    result = _run(tmp_path, _POLL_PROGRAM, _POLL_GUARDED)
+    assert result.returncode == -signal.SIGTERM, result.stderr[-3000:]
+    assert result.stdout.splitlines() == [
+        json.dumps({"lock free": True, "log": ["end"]})], result.stderr[-3000:]
+
+
+_BLOCKED_GUARDED = textwrap.dedent(
+    """
+    import signal, threading
+
+    LOCK = threading.Lock()  # never held: what the hook may take
+    LOG = []
+
+    def hand_off():
+        main = threading.main_thread().ident
+        threading.Timer(0.3, signal.pthread_kill, (main, signal.SIGTERM)).start()
+        threading.Event().wait(30)  # blocked, holding nothing: the signal is handled now
+        LOG.append("end")
+    """
+)
+
+
+def test_sigterm_in_a_wait_that_blocks_is_handled_at_once(tmp_path):
+    """A wait that blocks holds none of its locks: deferring the SIGTERM to after it would
+    keep the program running as long as it waits."""
+    started = time.monotonic()
+    result = _run(tmp_path, _SIGTERM_PROGRAM, _BLOCKED_GUARDED)
+    assert result.returncode == -signal.SIGTERM, result.stderr[-3000:]
+    assert result.stdout.splitlines() == [
+        json.dumps({"lock free": True, "log": []})], result.stderr[-3000:]
+    assert time.monotonic() - started < 20
