@@ -16,11 +16,13 @@ With the integration installed, SIGINT's handler (only where it is Python's defa
 from the main thread, and no debugger or coverage tool traces the thread) looks at the
 interrupted code: inside the standard library's thread synchronisation or weave's hand-off
 (and not blocked in a wait there, holding none of its locks), it traces the main thread
-until its first line outside that code and raises ``KeyboardInterrupt`` there (microseconds
-later, no lock held); anywhere else it raises at once, as Python's own handler does. A wait
-that only polls (a zero timeout: ``ThreadPoolExecutor.submit`` polls its idle semaphore so,
-holding that semaphore's lock and its own) counts as the hand-off, not as waiting. A program
-that sets its own SIGINT handler replaces this one.
+until its first line outside that code, or until that code goes on to block in a wait, and
+raises ``KeyboardInterrupt`` there (microseconds later, no lock held; never after a wait
+that may last); anywhere else it raises at once, as Python's own handler does. A wait that
+only polls (a zero timeout: ``ThreadPoolExecutor.submit`` polls its idle semaphore so,
+holding that semaphore's lock and its own) counts as the hand-off, not as waiting. A second
+signal while one is deferred is handled at once (the thread is traced). A program that sets
+its own SIGINT handler replaces this one.
 
 ``asyncio.run`` (and any ``asyncio.Runner``, ``uvloop.run``; Python 3.11+) turns the first
 Ctrl-C into a cancellation of its main task only where SIGINT's handler is Python's default:
@@ -46,8 +48,9 @@ from collections.abc import Callable
 from types import FrameType, ModuleType
 from typing import Any
 
-# Condition.wait holds no lock of its own between giving the condition's lock back and
-# taking it again (the lines strictly between these two): blocked there, it only waits
+# Condition.wait holds no lock of its own inside the try block that takes the condition's
+# lock back whatever is raised (its lines strictly between these two): blocked there, or
+# raising there, it only waits
 _CONDITION_WAIT = threading.Condition.wait.__code__
 _RELEASED_AFTER, _RELEASED_BEFORE = "self._release_save()", "self._acquire_restore("
 _guarded_files: frozenset[str] = frozenset()
@@ -101,11 +104,13 @@ def _deferrable(frame: FrameType | None) -> bool:
 
 
 def _defer(frame: FrameType | None, run: Callable[[], None]) -> None:
-    """``run()`` at the first line run outside the guarded code: a line event of a frame
-    there, traced on this thread only until then."""
+    """``run()`` at the first line run outside the guarded code, or where the guarded code
+    goes on to block in a wait (holding none of its locks: the wait may last, as a
+    ``Future.result()`` does): a line event of a frame there, traced on this thread only
+    until then."""
 
     def outside(frame: FrameType, event: str, arg: Any) -> Any:
-        if event != "line" or frame.f_code.co_filename in _guarded_files:
+        if event != "line" or _in_hand_off(frame):
             return outside
         _trace_stack(frame, None)
         run()
@@ -168,8 +173,9 @@ def _in_hand_off(frame: FrameType | None) -> bool:
 
 def _blocked(frame: FrameType) -> bool:
     """Blocked (or about to block) in a wait with no lock of the guarded code held by this
-    frame: a ``Condition.wait`` between giving its lock back and taking it again, that may
-    wait (no timeout, or a positive one), or a thread's join that may wait. Anywhere else in
+    frame: a ``Condition.wait`` inside the try block that takes its lock back (given back
+    before it), that may wait (no timeout, or a positive one), or a thread's join that may
+    wait. Anywhere else in
     a wait, or in a poll (a zero timeout: ``ThreadPoolExecutor.submit`` polls its idle
     semaphore so, inside its own lock and the semaphore's), the frames may hold locks and
     return at once: not blocked (a SIGTERM handled there waited 10 s for weave's threads,
@@ -187,13 +193,18 @@ def _blocked(frame: FrameType) -> bool:
 
 @functools.lru_cache(maxsize=1)
 def _released_lines() -> tuple[int, int]:
-    """The lines of ``Condition.wait`` that give the condition's lock back and take it again
-    (without its source: the whole function, as a wait)."""
+    """The lines of ``Condition.wait`` around the try block in which its lock is given back
+    (the ``try:`` after ``_release_save()``, the ``_acquire_restore`` in its ``finally``);
+    without its source: the whole function, as a wait."""
     try:
         lines, first = inspect.getsourcelines(_CONDITION_WAIT)
     except (OSError, TypeError):
         return (0, 1 << 30)
-    after = next((first + n for n, line in enumerate(lines) if _RELEASED_AFTER in line), 0)
+    released = next((n for n, line in enumerate(lines) if _RELEASED_AFTER in line), None)
+    if released is None:
+        return (0, 1 << 30)
+    after = next((first + n for n, line in enumerate(lines)
+                  if n > released and line.strip().startswith("try:")), 0)
     before = next((first + n for n, line in enumerate(lines) if _RELEASED_BEFORE in line),
                   1 << 30)
     return (after, before)

@@ -263,3 +263,78 @@ def test_sigterm_in_a_wait_that_blocks_is_handled_at_once(tmp_path):
     assert result.stdout.splitlines() == [
         json.dumps({"lock free": True, "log": []})], result.stderr[-3000:]
     assert time.monotonic() - started < 20
+
+
+_DEFERRED_THEN_BLOCKED = textwrap.dedent(
+    """
+    import os, signal, threading
+
+    LOCK = threading.Lock()
+    LOG = []
+
+    def hand_off():
+        with LOCK:
+            os.kill(os.getpid(), signal.SIGTERM)  # handled at the next check, lock held
+            LOG.append(0)
+        threading.Event().wait(30)  # then it blocks, as Future.result() may for long
+        LOG.append("end")
+    """
+)
+
+
+def test_a_deferred_sigterm_runs_before_the_guarded_code_blocks(tmp_path):
+    """A SIGTERM deferred out of the guarded code's locks runs where that code goes on to
+    block in a wait (holding none of them), not once the wait is over."""
+    started = time.monotonic()
+    result = _run(tmp_path, _SIGTERM_PROGRAM, _DEFERRED_THEN_BLOCKED)
+    assert result.returncode == -signal.SIGTERM, result.stderr[-3000:]
+    assert result.stdout.splitlines() == [
+        json.dumps({"lock free": True, "log": [0]})], result.stderr[-3000:]
+    assert time.monotonic() - started < 20
+
+
+_CTRL_C_THEN_BLOCKED = textwrap.dedent(
+    """
+    import os, signal, threading
+
+    LOCK = threading.Lock()
+    COND = threading.Condition()
+    LOG = []
+
+    def hand_off():
+        with LOCK:
+            os.kill(os.getpid(), signal.SIGINT)  # handled at the next check, lock held
+            LOG.append(0)
+        with COND:
+            COND.wait(30)  # then it blocks: KeyboardInterrupt here, not in 30 s
+        LOG.append("end")
+    """
+)
+_CTRL_C_PROGRAM = textwrap.dedent(
+    """
+    import json, sys, time
+    sys.path.insert(0, sys.argv[1])
+    import guarded
+    from engine.integrations import _weave_sigint
+
+    _weave_sigint.install(guarded)
+    started = time.monotonic()
+    try:
+        guarded.hand_off()
+    except KeyboardInterrupt:
+        guarded.LOG.append("KeyboardInterrupt")
+    print(json.dumps({"log": guarded.LOG, "fast": time.monotonic() - started < 20,
+                      "locks free": guarded.LOCK.acquire(blocking=False)
+                      and guarded.COND.acquire(blocking=False)}))
+    """
+)
+
+
+def test_a_deferred_ctrl_c_is_raised_before_the_guarded_code_blocks(tmp_path):
+    """Ctrl-C deferred out of the guarded code's locks is raised where that code goes on to
+    block in a wait, inside the wait's own try block (the condition's lock is taken back and
+    given up as the exception leaves), not once the wait is over."""
+    result = _run(tmp_path, _CTRL_C_PROGRAM, _CTRL_C_THEN_BLOCKED)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout) == {
+        "log": [0, "KeyboardInterrupt"], "fast": True, "locks free": True}
