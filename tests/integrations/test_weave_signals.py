@@ -292,3 +292,50 @@ def test_sigterm_while_weave_s_hand_off_polls_its_pool_keeps_every_call(tmp_path
     assert result.returncode == -signal.SIGTERM and "not reached" not in result.stdout
     assert "weave work still pending" not in result.stderr, result.stderr[-3000:]
     assert sorted(c["inputs"]["x"] for c in calls if c["ended_at"]) == list(range(20))
+
+
+_OWN_HANDLER = textwrap.dedent(
+    """
+    import signal, sys, weave
+
+    def stop(signum, frame):  # as many programs and frameworks do: unwind, run atexit
+        sys.exit(143)
+
+    if sys.argv[3] == "before":
+        signal.signal(signal.SIGTERM, stop)
+    weave.init(sys.argv[1])
+    if sys.argv[3] == "after":
+        signal.signal(signal.SIGTERM, stop)
+    progress = open(sys.argv[2], "w")
+
+    @weave.op
+    def predict(x: int) -> int:
+        return x + 1
+
+    i = 0
+    while i < 1_000_000:  # bounded all the same
+        predict(i)
+        i += 1
+        progress.write(f"{i}\\n")
+        progress.flush()
+    """
+)
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_a_program_with_its_own_sigterm_handler_keeps_every_call(tmp_path, when):
+    """A program that handles SIGTERM itself (set before ``weave.init``, so the engine sets
+    none, or after it, replacing the engine's) and exits from its handler: weave's work and
+    the engine's delivery run at exit, and every call the loop finished is stored."""
+    program = tmp_path / "own.py"
+    program.write_text(_OWN_HANDLER)
+    with serve_subprocess(tmp_path / "t.db") as url:
+        env = _weave_env(url, str(tmp_path), enable_env=True)
+        code, err, finished = _stop_after(
+            [weave_python("0.54"), str(program), "ent/own", str(tmp_path / "n"), when],
+            env, tmp_path / "n", signal.SIGTERM)  # fmt: skip
+        predicts = _stored_calls(url, "ent/own", "predict")
+    assert code == 143, err[-3000:]
+    ended = sorted(c["inputs"]["x"] for c in predicts if c["ended_at"])
+    assert ended[:finished] == list(range(finished)), (finished, len(ended), err[-3000:])
+    assert len(predicts) <= finished + 1
