@@ -189,6 +189,13 @@ class Control:
             snapshot["sender_pids"] = self.sender_pids()
         return snapshot
 
+    def slots_total(self, name: str, shard: int = 0, shards: int = 1) -> int:
+        """One producer counter summed over the slots sender ``shard`` of ``shards`` reads."""
+        width = len(SLOT_FIELDS)
+        first = self._slot_base + shard * width + _SLOT_INDEX[name]
+        end = self._slot_base + self.max_slots * width
+        return sum(self._cells[first:end:width * shards])
+
     def producer_totals(self) -> dict[str, int]:
         width = len(SLOT_FIELDS)
         end = self._slot_base + self.max_slots * width

@@ -43,6 +43,7 @@ from engine.sender._delivery import Delivery
 from engine.sender._intake import Intake
 from engine.sender._outage import OutageLog, startup_problem
 from engine.sender._persist import DEAD_COUNTERS, Persister
+from engine.sender._pressure import PressureLog, bound_facts
 from engine.sender._release import ReleaseTracker
 from engine.sender._replay import ReplaySummary, replay_spool
 from engine.sender._resend import Resender
@@ -112,6 +113,8 @@ class Sender(Intake, Delivery, Shutdown):
         self.spool = _open_spool(cfg.spool_dir) if cfg.spool_dir else None
         self.persister = Persister(self.control, self.dead, self.spool, self._release)
         self.outage = OutageLog(cfg.url, _destination(cfg, self.dead.path))
+        self.pressure = PressureLog(cfg.url)
+        self.shard, self.shards = shard, shards
         self.latencies_us: collections.deque[int] = collections.deque(maxlen=_LATENCY_SAMPLES)
         self.flush_seen_ns = 0  # a flush asked for before we started is honoured too
         self.flush_heads: list[int] | None = None
@@ -211,6 +214,7 @@ class Sender(Intake, Delivery, Shutdown):
         control.set("sender_heartbeat_ns", time.monotonic_ns())
         self._publish_gauges()
         self._publish_latency()
+        self._say_pressure()
         for slot in self.reader.reap():
             self.tracker.forget_slot(slot)
         self.persister.retry_parked()
@@ -227,6 +231,19 @@ class Sender(Intake, Delivery, Shutdown):
         control.set("pending_starts", self.router.held())
         control.set("eager_starts", self.router.eager_starts)
         control.set("completes_spliced", self.router.spliced)
+
+    def _say_pressure(self) -> None:
+        """Producers waiting on (or dropping at) full rings are said while it goes on."""
+        control, shard, shards = self.control, self.shard, self.shards
+        self.pressure.observe(control.slots_total("blocked_ms", shard, shards),
+                              control.slots_total("dropped_full", shard, shards),
+                              self._bound_facts)
+
+    def _bound_facts(self) -> str:
+        samples = sorted(self.latencies_us)
+        return bound_facts(samples[len(samples) // 2] / 1000 if samples else None,
+                           self.concurrency.limit, self.size.bytes,
+                           max(1, self.reader.active_slot_count()), self.cfg.ring_bytes)
 
     def _publish_latency(self) -> None:
         now = time.monotonic()

@@ -1,0 +1,87 @@
+"""No silent slowdown: what the sender says while producers wait for ring space.
+
+A producer whose ring is full waits for room (``on_full = "block"``, counted in the control
+block's ``blocked_ms``), or drops the call (``on_full = "drop"``, ``dropped_full``): the
+traced program slows down, or loses calls, and without this nobody says so until the exit
+line. Once producers waited ``min_blocked_s`` in all, or dropped a call, one warning says
+how long they waited (or how many calls were dropped) since the last one, with what bounds
+delivery (the round trip, the POSTs in flight, the rings' bytes); then at most one line
+every ``every_s`` while it goes on.
+
+Records stay in a ring until the server acknowledges the batch that holds them, so what is
+in flight is at most the rings' bytes: toward a server a long round trip away that, not the
+server's rate, bounds calls/s (``ring_bytes`` carries more; ``engine doctor URL`` says which).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+log = logging.getLogger("engine.sender")
+
+DEFAULT_EVERY_S = 30.0
+DEFAULT_MIN_BLOCKED_S = 1.0
+
+
+class PressureLog:
+    """Rate-limited warnings about producers waiting on (or dropping at) full rings.
+    ``observe`` is cheap when nothing changed; ``clock`` in seconds, injectable."""
+
+    def __init__(self, url: str, every_s: float = DEFAULT_EVERY_S,
+                 min_blocked_s: float = DEFAULT_MIN_BLOCKED_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.url = url
+        self.every_s = every_s
+        self.min_blocked_ms = min_blocked_s * 1000
+        self.clock = clock
+        self.mark: tuple[int, int, float] | None = None  # (blocked_ms, dropped, when)
+        self.mark_wall = 0.0
+        self.next_line_s = 0.0
+        self.lines = 0
+
+    def observe(self, blocked_ms: int, dropped: int, facts: Callable[[], str]) -> bool:
+        """The producers' totals now (of this sender's slots); True when a line was logged.
+        ``facts`` (what bounds delivery) is asked for only then."""
+        now = self.clock()
+        if self.mark is None:
+            self.mark, self.mark_wall = (blocked_ms, dropped, now), time.time()
+            return False
+        mark_blocked, mark_dropped, since = self.mark
+        waited_ms, lost = blocked_ms - mark_blocked, dropped - mark_dropped
+        if (waited_ms < self.min_blocked_ms and not lost) or now < self.next_line_s:
+            if now - since > self.every_s and waited_ms < self.min_blocked_ms and not lost:
+                self.mark = (blocked_ms, dropped, now)  # an old wait is not news
+                self.mark_wall = time.time()
+            return False
+        since_text = time.strftime("%H:%M:%S", time.localtime(self.mark_wall))
+        self.mark, self.mark_wall = (blocked_ms, dropped, now), time.time()
+        self.next_line_s = now + self.every_s
+        self.lines += 1
+        what = []
+        if waited_ms >= self.min_blocked_ms:
+            what.append(f"producers waited {waited_ms / 1000:.1f} s in all for ring space")
+        if lost:
+            what.append(f"{lost:,} calls were dropped on full rings (on_full='drop')")
+        log.warning("%s since %s: calls are made faster than %s acknowledges them (%s)",
+                    " and ".join(what), since_text, self.url, facts())
+        return True
+
+
+def bound_facts(round_trip_ms: float | None, limit: int, body_bytes: int, producers: int,
+                ring_bytes: int) -> str:
+    """What bounds delivery, in the warning's words."""
+    rings = producers * ring_bytes
+    trip = "not measured yet" if round_trip_ms is None else f"~{round_trip_ms:.0f} ms"
+    text = (f"round trip {trip}, up to {limit} POSTs in flight, bodies up to "
+            f"{body_bytes / (1 << 20):.1f} MiB; records stay in the rings until acknowledged, "
+            f"so at most their {rings / (1 << 20):.0f} MiB ({producers} producer"
+            f"{'' if producers == 1 else 's'} x ring_bytes {ring_bytes / (1 << 20):g} MiB) "
+            "are in flight")
+    if round_trip_ms is not None and round_trip_ms > 0:
+        bound = rings / (round_trip_ms / 1000) / (1 << 20)
+        text += (f": at most ~{bound:.0f} MiB/s at this round trip; where the round trip, "
+                 "not the server's rate, bounds it, a larger ring_bytes carries more "
+                 "(`engine doctor URL` times it)")
+    return text

@@ -1,0 +1,126 @@
+"""The sender says when producers wait on full rings (engine/sender/_pressure.py): unit
+tests with an injected clock, and one through a real owner process whose server answers
+late (its sender's stderr is read)."""
+
+import json
+import logging
+import re
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from engine.sender._pressure import PressureLog, bound_facts
+from tests.faultserver import FaultServer
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _log(clock: _Clock, **kw) -> PressureLog:
+    return PressureLog("http://srv", clock=clock, **kw)
+
+
+def test_nothing_is_said_until_producers_waited_a_second(caplog):
+    clock = _Clock()
+    log = _log(clock)
+    caplog.set_level(logging.WARNING, "engine.sender")
+    assert not log.observe(0, 0, lambda: "facts")  # the first look only marks
+    clock.now += 5
+    assert not log.observe(900, 0, lambda: "facts")
+    clock.now += 1
+    assert log.observe(1_400, 0, lambda: "facts")
+    assert len(caplog.messages) == 1
+    assert caplog.messages[0].startswith("producers waited 1.4 s in all for ring space since ")
+    assert caplog.messages[0].endswith(": calls are made faster than http://srv acknowledges "
+                                       "them (facts)")
+
+
+def test_at_most_one_line_every_every_s_each_saying_what_came_since_the_last():
+    clock = _Clock()
+    log = _log(clock, every_s=30)
+    log.observe(0, 0, str)
+    clock.now += 2
+    assert log.observe(2_000, 0, lambda: "")
+    for step in range(29):  # 29 s later: still inside the 30 s
+        clock.now += 1
+        assert not log.observe(2_000 + 1_000 * (step + 1), 0, lambda: "")
+    clock.now += 1
+    said = []
+    assert log.observe(40_000, 0, lambda: said.append(1) or "")
+    assert said == [1] and log.lines == 2 and log.mark == (40_000, 0, clock.now)
+
+
+def test_a_dropped_call_is_said_at_once(caplog):
+    clock = _Clock()
+    log = _log(clock)
+    caplog.set_level(logging.WARNING, "engine.sender")
+    log.observe(0, 0, str)
+    clock.now += 3
+    assert log.observe(0, 12, lambda: "f")
+    assert caplog.messages[0].startswith("12 calls were dropped on full rings (on_full='drop') "
+                                         "since ")
+
+
+def test_waits_older_than_every_s_are_not_added_up():
+    clock = _Clock()
+    log = _log(clock, every_s=30)
+    log.observe(0, 0, str)
+    for step in range(10):  # 0.5 s of waiting every 31 s: never a second in one window
+        clock.now += 31
+        assert not log.observe(500 * (step + 1), 0, str)
+
+
+def test_the_facts_name_the_rings_bound_at_this_round_trip():
+    text = bound_facts(300.0, 8, 4 << 20, 2, 16 << 20)
+    assert text.startswith("round trip ~300 ms, up to 8 POSTs in flight, bodies up to 4.0 MiB; "
+                           "records stay in the rings until acknowledged, so at most their "
+                           "32 MiB (2 producers x ring_bytes 16 MiB) are in flight: at most "
+                           "~107 MiB/s at this round trip")
+    assert "a larger ring_bytes carries more" in text
+    assert "not measured yet" in bound_facts(None, 4, 1 << 20, 1, 16 << 20)
+
+
+_OWNER = textwrap.dedent("""
+    import json, sys, time
+    from engine.producer._engine import Engine
+    from tests.engine.helpers import trace_calls
+    with Engine(url=sys.argv[1], project="ops/pressure", ring_bytes=1 << 20,
+                shutdown_timeout_s=30.0) as eng:
+        tracer = eng.producer()
+        written, stop = 0, time.monotonic() + 4
+        while time.monotonic() < stop:  # bounded in time and count
+            trace_calls(tracer, 50, prefix=f"c{written}", payload_bytes=4000)
+            written += 50
+            if written >= 20_000:
+                break
+        flushed = eng.flush(timeout_s=60)
+        print(json.dumps({"written": written, "flushed": flushed}))
+""")
+
+
+@pytest.mark.integration
+def test_producers_waiting_on_a_late_server_are_said_while_it_goes_on():
+    """1 MiB rings toward a server answering 0.3 s late: ~3 MiB/s in flight at most, while
+    the producer could write far more. The sender says so during the run, with the bound."""
+    with FaultServer(stall_s=0.3) as fault:
+        result = subprocess.run([sys.executable, "-c", _OWNER, fault.url], capture_output=True,
+                                text=True, timeout=180,
+                                env={"PATH": "/usr/bin:/bin", "PYTHONPATH": "."})  # fmt: skip
+        stored = len(fault.stored)
+    assert result.returncode == 0, result.stderr[-3000:]
+    outcome = json.loads(result.stdout.splitlines()[-1])
+    assert outcome["flushed"] and stored == 2 * outcome["written"]  # a root and a child each
+    said = [line for line in result.stderr.splitlines() if "for ring space" in line]
+    assert said, result.stderr[-3000:]
+    assert f"calls are made faster than {fault.url} acknowledges them" in said[0]
+    assert "(1 producer x ring_bytes 1 MiB) are in flight" in said[0]
+    trip = re.search(r"round trip ~(\d+) ms", said[0])
+    assert trip and int(trip.group(1)) >= 300, said[0]  # the server's 0.3 s, measured
+    assert "a larger ring_bytes carries more" in said[0]
