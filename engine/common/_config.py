@@ -36,6 +36,10 @@ OnFull = Literal["block", "raise", "drop"]
 Compression = Literal["auto", "zstd", "none"]
 
 
+# on SIGTERM the owner's whole budget (docker stop SIGKILLs 10 s after its SIGTERM)
+SIGTERM_TIMEOUT_S = 8.0
+
+
 class EngineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Every setting of an :class:`engine.Engine`; names carry their units."""
 
@@ -68,6 +72,8 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     backoff_initial_ms: int = 100
     backoff_max_ms: int = 10_000
     shutdown_timeout_s: float = 30.0
+    # on SIGTERM: all the owner has (weave's pending work, delivery, persisting the rest)
+    sigterm_timeout_s: float = SIGTERM_TIMEOUT_S
     spool_dir: str | None = None
     dead_letter_path: str | None = None
     start_sender: bool = True
@@ -97,7 +103,7 @@ def validate(cfg: EngineConfig) -> EngineConfig:
         cfg, "ring_bytes", "max_slots", "max_request_bytes", "min_request_bytes",
         "initial_request_bytes", "max_in_flight",
         "initial_in_flight", "max_in_flight_bytes", "request_timeout_s", "connect_timeout_s",
-        "delivery_deadline_s", "backoff_initial_ms", "backoff_max_ms",
+        "delivery_deadline_s", "backoff_initial_ms", "backoff_max_ms", "sigterm_timeout_s",
     )
     if cfg.compression_threads != "auto" and cfg.compression_threads <= 0:
         raise ConfigError("compression_threads",

@@ -78,7 +78,12 @@ import _engine_weave_hook
 from engine.common import _env
 from engine.common._redact import redact_url
 from engine.integrations import _weave_cache, _weave_sigint, _weave_speedups
-from engine.producer._engine import Engine, before_sigterm_close, defer_sigterm_with
+from engine.producer._engine import (
+    Engine,
+    before_sigterm_close,
+    defer_sigterm_with,
+    sigterm_time_left,
+)
 from engine.producer._safe import write_safely
 from engine.producer._slot import ProducerSettings
 from engine.producer._tracer import Tracer
@@ -92,7 +97,8 @@ log = logging.getLogger("engine.integrations.weave")
 _PLACEHOLDER_PROJECT = "weave/integration"  # every item names its own project_id
 # how long a fork waits for weave's deferred work (op saves go to the server over HTTP)
 FORK_DRAIN_TIMEOUT_S = 30.0
-# how long SIGTERM waits for it (then the engine delivers; orchestrators allow ~30 s)
+# how long SIGTERM waits for it at most (then the engine delivers): half of what is left of
+# the owner's sigterm_timeout_s, if less
 SIGTERM_DRAIN_TIMEOUT_S = 10.0
 _STACK_DEPTH = 6  # innermost frames of each weave thread, said when its work does not finish
 _ENGINE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
@@ -495,8 +501,8 @@ def _drain_on_sigterm() -> None:
     at the first line after it (``_weave_sigint.defer_if_guarded``); where the interrupted
     code holds an executor's lock itself, that executor's flush would wait on itself, so it
     is skipped."""
-    _drain_executors(SIGTERM_DRAIN_TIMEOUT_S, "at SIGTERM", "its calls are not traced",
-                     lock_probe_s=0.5)
+    timeout_s = min(SIGTERM_DRAIN_TIMEOUT_S, sigterm_time_left(SIGTERM_DRAIN_TIMEOUT_S) / 2)
+    _drain_executors(timeout_s, "at SIGTERM", "its calls are not traced", lock_probe_s=0.5)
 
 
 def _drain_executors(timeout_s: float, when: str, otherwise: str,

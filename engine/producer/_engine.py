@@ -24,7 +24,7 @@ from typing import Any
 import msgspec
 
 from engine import ring
-from engine.common._config import EngineConfig, load_config, sender_count
+from engine.common._config import SIGTERM_TIMEOUT_S, EngineConfig, load_config, sender_count
 from engine.common._control import Control, control_path
 from engine.common._errors import Closed, ConfigError, EngineError
 from engine.common._redact import redact_url
@@ -346,16 +346,35 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     _settle_on_sigterm()
 
 
+_sigterm_deadline_s: float | None = None  # monotonic; set while SIGTERM is being settled
+
+
+def sigterm_time_left(default_s: float) -> float:
+    """For a SIGTERM hook: the seconds left of the owner's ``sigterm_timeout_s`` (``default_s``
+    outside a SIGTERM)."""
+    if _sigterm_deadline_s is None:
+        return default_s
+    return max(0.0, _sigterm_deadline_s - time.monotonic())
+
+
 def _settle_on_sigterm() -> None:
-    """The hooks, then every open engine flushes and closes; then SIGTERM's default."""
+    """The hooks, then every open engine delivers and closes, within the engines'
+    ``sigterm_timeout_s`` in all (what follows SIGTERM is SIGKILL after a grace period:
+    ``docker stop`` gives 10 s, Kubernetes and Slurm 30): each delivers for
+    ``shutdown_timeout_s`` or what is left of it, whichever is less, then persists the
+    rest. Then SIGTERM's default."""
+    global _sigterm_deadline_s
+    owned = [e for e in list(_open_engines) if os.getpid() == e._owner_pid]
+    budget_s = max((e.config.sigterm_timeout_s for e in owned),
+                   default=SIGTERM_TIMEOUT_S)
+    _sigterm_deadline_s = time.monotonic() + budget_s
     for hook in list(_before_sigterm_close):
         try:
             hook()
         except Exception:  # noqa: BLE001 - the engines still close, and SIGTERM still ends us
             log.exception("engine: a SIGTERM hook failed; closing the engines")
-    for open_engine in list(_open_engines):
-        if os.getpid() == open_engine._owner_pid:
-            open_engine.close()
+    for open_engine in owned:
+        open_engine.close(min(open_engine.config.shutdown_timeout_s, sigterm_time_left(0.0)))
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.kill(os.getpid(), signal.SIGTERM)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import time
 
 import pytest
 
@@ -93,3 +94,29 @@ def test_a_signal_to_the_owner_alone_delivers_what_its_producers_write_after_it(
     assert "restarting" not in run.log()
     assert len(_exit_lines(run)) == 1, run.log()[-3000:]
     assert not os.path.exists(ring_files.segment_path(run.info["ring"]))
+
+
+def test_sigterm_with_the_server_down_takes_sigterm_timeout_s_and_persists_every_call(tmp_path):
+    """What follows SIGTERM is SIGKILL after a grace period (``docker stop``: 10 s;
+    Kubernetes, Slurm: 30 s). With the server down, the owner delivered for
+    ``shutdown_timeout_s`` (30 s by default) before persisting, so such a SIGKILL came first
+    and every call still in the rings died with the container. It now takes
+    ``sigterm_timeout_s`` in all (here 2 s), then has persisted everything."""
+    settings = {**_SETTINGS, "shutdown_timeout_s": 30.0, "sigterm_timeout_s": 2.0}
+    with FaultServer() as server:
+        server.down()
+        run = Pipeline(Sandbox(tmp_path), server.url, producers=2, settings=settings).start()
+        try:
+            run.wait_calls(2000)
+            run.killpg(signal.SIGTERM)
+            started = time.monotonic()
+            code = run.wait(timeout_s=25)
+            took_s = time.monotonic() - started
+            run.wait_sender_gone(timeout_s=30)
+        finally:
+            run.stop()
+        assert not server.snapshot()
+    assert code == -signal.SIGTERM and took_s < 8, (code, took_s, run.log()[-3000:])
+    result = account(run.produced(), {}, [run.sandbox.dead_letter_path])
+    assert result.produced >= 2000
+    assert (result.persisted, result.lost) == (result.produced, 0), result.lost_ids[:5]
