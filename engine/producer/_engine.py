@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import signal
@@ -46,6 +47,7 @@ log = logging.getLogger("engine")
 _SENDER_RESTART_MIN_S = 0.5
 _EXIT_GRACE_S = 1.0  # a settled sender exits within its next housekeeping pass
 _STUCK_GRACE_S = 5.0  # past the shutdown deadline: a sender still settling is stuck
+_SAY_WAITING_S = 1.0  # close() still waiting for delivery after this long: it says so
 
 
 class Engine:
@@ -141,13 +143,22 @@ class Engine:
         timeout_s = self.config.shutdown_timeout_s if timeout_s is None else timeout_s
         deadline_s = time.monotonic() + timeout_s
         close_tracers(self._ringset.spec)  # this process's: the ones it made, and copies
+        interrupted = False
         if any(self._senders):
-            self._stop_senders(deadline_s)
+            try:
+                self._stop_senders(deadline_s)
+            except KeyboardInterrupt:  # Ctrl-C while it waits: persist what is left, now
+                interrupted = True
+                log.warning("engine: interrupted while delivering to %s; persisting what "
+                            "is not delivered now", redact_url(self.config.url))
+                self._stop_senders(time.monotonic())
         stats = collect_stats(self._ringset, self._control)
         stats["undelivered"] = _undelivered(self._ringset)
         self._final_stats = stats
         self._free_rings(stats["undelivered"])
         self._control.close()
+        if interrupted:
+            raise KeyboardInterrupt
         return stats
 
     def __enter__(self) -> Engine:
@@ -234,7 +245,15 @@ class Engine:
         def all_gone() -> int | None:
             return None if any(p.poll() is None for p in procs) else 0
 
-        settled = wait_heads_released(self._ringset, heads, give_up_s, all_gone)
+        settled = wait_heads_released(self._ringset, heads,
+                                      min(give_up_s, time.monotonic() + _SAY_WAITING_S),
+                                      all_gone)
+        if not settled and time.monotonic() < deadline_s and all_gone() is None:
+            log.warning("engine: delivering what the rings hold to %s for up to %.0f s more "
+                        "(%s records of calls not acknowledged yet); Ctrl-C stops waiting: they go to "
+                        "%s", redact_url(self.config.url), deadline_s - time.monotonic(),
+                        f"{_undelivered(self._ringset):,}", self._persist_target())
+            settled = wait_heads_released(self._ringset, heads, give_up_s, all_gone)
         for proc in procs:
             try:
                 wait_exit(proc, min(_EXIT_GRACE_S, max(0.0, give_up_s - time.monotonic()))
@@ -266,9 +285,18 @@ class Engine:
                 return  # they may still write: removed once they exit and it holds nothing
         self._ringset.unlink()
 
+    def _persist_target(self) -> str:
+        cfg = self.config
+        if cfg.spool_dir:
+            return f"the spool {cfg.spool_dir}"
+        return "the dead letters" + (f" {cfg.dead_letter_path}" if cfg.dead_letter_path else "")
+
     def _atexit(self) -> None:
         if os.getpid() == self._owner_pid:
-            self.close()
+            # the program is ending anyway: a Ctrl-C in close() persisted what was left, and
+            # the exit line says where (no "Exception ignored in atexit" traceback)
+            with contextlib.suppress(KeyboardInterrupt):
+                self.close()
 
 
 def _describe_exit(code: int) -> str:

@@ -127,10 +127,24 @@ class Shutdown:
                 next_check = time.monotonic() + HOUSEKEEPING_S
                 self._housekeeping()
                 attached = self._attached()
+                until_s = self._sooner_stop(until_s)
             if self._settled() and not attached:
                 return
             if not progressed:
                 await self._idle()
+
+    def _sooner_stop(self, until_s: float) -> float:
+        """The owner may ask again for a sooner stop while we deliver (a second Ctrl-C in its
+        ``close()``: persist now): its new deadline, when earlier."""
+        requested_ns = self.control.get("shutdown_request")
+        if not requested_ns or self.stop_deadline_s is None:
+            return until_s
+        requested_s = requested_ns / 1e9
+        if requested_s >= self.stop_deadline_s:
+            return until_s
+        self.owner_stops = True
+        self.stop_deadline_s = requested_s
+        return min(until_s, requested_s)
 
     def _attached(self) -> list[int]:
         """Producers that may still write and that we stay for: only once the owner closed

@@ -7,6 +7,9 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
+import sys
+import textwrap
 import time
 
 import pytest
@@ -120,3 +123,49 @@ def test_sigterm_with_the_server_down_takes_sigterm_timeout_s_and_persists_every
     result = account(run.produced(), {}, [run.sandbox.dead_letter_path])
     assert result.produced >= 2000
     assert (result.persisted, result.lost) == (result.produced, 0), result.lost_ids[:5]
+
+
+_WAITING_OWNER = textwrap.dedent("""
+    import sys, time, engine
+    eng = engine.Engine(url=sys.argv[1], project="ops/ctrl-c", dead_letter_path=sys.argv[2],
+                        backoff_initial_ms=10, backoff_max_ms=100)
+    tracer = eng.producer()
+    for i in range(500):
+        with tracer.call("op", inputs={"i": i}) as call:
+            call.output = i
+    print("traced", flush=True)
+    time.sleep(60)  # Ctrl-C lands here; close() then runs at exit
+""")
+
+
+def test_ctrl_c_while_exit_waits_for_a_down_server_persists_now_and_says_so(tmp_path):
+    """Ctrl-C, then the exit waits up to shutdown_timeout_s (30 s) for a server that is
+    down: it says so after a second, and a second Ctrl-C persists what is left at once and
+    ends the program without a traceback (before: nothing said, and the second Ctrl-C
+    printed "Exception ignored in atexit callback" and the exit still took the 30 s)."""
+    dead = tmp_path / "dead.jsonl"
+    with FaultServer() as server:
+        server.down()
+        proc = subprocess.Popen([sys.executable, "-c", _WAITING_OWNER, server.url, str(dead)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={"PATH": "/usr/bin:/bin", "PYTHONPATH": "."})  # fmt: skip
+        try:
+            assert proc.stdout.readline() == "traced\n"
+            proc.send_signal(signal.SIGINT)
+            time.sleep(2.5)  # past the 1 s after which the wait is said
+            proc.send_signal(signal.SIGINT)
+            started = time.monotonic()
+            _, err = proc.communicate(timeout=25)
+            took_s = time.monotonic() - started
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == -signal.SIGINT and took_s < 5, (took_s, err[-3000:])
+    waiting = next(line for line in err.splitlines() if "for up to" in line)
+    assert f"delivering what the rings hold to {server.url} for up to 2" in waiting
+    assert f"Ctrl-C stops waiting: they go to the dead letters {dead}" in waiting
+    assert "persisting what is not delivered now" in err
+    # the program's own KeyboardInterrupt traceback, and no other
+    assert "Exception ignored" not in err and err.count("Traceback") == 1, err[-3000:]
+    assert len(dead.read_text().splitlines()) == 500  # every call, persisted
