@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from typing import Any
 
 import aiohttp
@@ -117,11 +118,20 @@ async def start_relay(engine: Engine, upstream: str, host: str = "127.0.0.1", po
 
 async def relay_until_signal(engine: Engine, upstream: str, host: str, port: int,
                              max_body_bytes: int, keys: KeyRing | None = None,
-                             max_connections: int = DEFAULT_MAX_CONNECTIONS) -> None:
+                             max_connections: int = DEFAULT_MAX_CONNECTIONS
+                             ) -> tuple[int, float]:
+    """Serve until SIGTERM or SIGINT; (that signal, when: monotonic)."""
     stop = asyncio.Event()
+    stopped_by: list[tuple[int, float]] = []
     loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        if not stopped_by:
+            stopped_by.append((signum, time.monotonic()))
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal, sig)
     runner, url = await start_relay(engine, upstream, host, port, max_body_bytes, keys,
                                     max_connections)
     # the URL line is the readiness signal (printed once signals are handled)
@@ -131,6 +141,7 @@ async def relay_until_signal(engine: Engine, upstream: str, host: str, port: int
         await stop.wait()
     finally:
         await runner.cleanup()
+    return stopped_by[0]
 
 
 def run_relay(upstream: str, host: str = "127.0.0.1", port: int = 0,
@@ -138,7 +149,9 @@ def run_relay(upstream: str, host: str = "127.0.0.1", port: int = 0,
               keys: KeyRing | None = None, max_connections: int = DEFAULT_MAX_CONNECTIONS,
               **config: Any) -> dict[str, Any]:
     """Blocking ``engine relay``: serve until SIGTERM/SIGINT, then deliver what is in the
-    ring (within ``shutdown_timeout_s``) and return the engine's final stats."""
+    ring (within ``shutdown_timeout_s``; after SIGTERM, within what is left of
+    ``sigterm_timeout_s`` if less: SIGKILL follows SIGTERM after a grace period, and the
+    relay has acknowledged these calls to its clients) and return the engine's final stats."""
     import uvloop
 
     config.setdefault("project", RELAY_PROJECT)
@@ -146,8 +159,13 @@ def run_relay(upstream: str, host: str = "127.0.0.1", port: int = 0,
         config["ring_bytes"] = RELAY_RING_BYTES
     check_bind("engine relay", host, keys)  # before the engine starts its sender
     with Engine(url=upstream, config_file=config_file, **config) as engine:
-        uvloop.run(relay_until_signal(engine, upstream, host, port, max_body_bytes, keys,
-                                      max_connections))
-        stats = engine.close()
+        signum, at_s = uvloop.run(relay_until_signal(engine, upstream, host, port,
+                                                     max_body_bytes, keys, max_connections))
+        cfg = engine.config
+        timeout_s = cfg.shutdown_timeout_s
+        if signum == signal.SIGTERM:
+            timeout_s = min(timeout_s, max(0.0, cfg.sigterm_timeout_s
+                                           - (time.monotonic() - at_s)))
+        stats = engine.close(timeout_s)
     log.info("relay stopped", extra={k: stats.get(k, 0) for k in _SUMMARY_COUNTERS})
     return stats

@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 
 import pytest
@@ -71,3 +72,31 @@ def test_log_format_json_covers_the_sender_process_too(tmp_path):
     sender = [r for r in records if r["logger"] == "engine.sender"]
     assert sender and "cannot reach the trace server yet" in sender[0]["msg"]
     assert sender[0]["pid"] != proc.pid  # from the sender process, in the relay's format
+
+
+def test_sigterm_with_the_upstream_down_persists_what_was_accepted_within_sigterm_timeout_s(
+        tmp_path):
+    """The relay has acknowledged these calls to its clients; SIGKILL follows SIGTERM after
+    a grace period (``docker stop``: 10 s). With the upstream down it delivered for the 30 s
+    of ``shutdown_timeout_s`` before persisting, past that SIGKILL: now within what is left
+    of ``sigterm_timeout_s`` (here 2 s), every accepted call in the dead letters."""
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("ENGINE_")},
+           "XDG_STATE_HOME": str(tmp_path)}
+    dead = tmp_path / "dead.jsonl"
+    with subprocess.Popen(
+            [sys.executable, "-m", "engine", "relay", "--listen", "127.0.0.1:0", "--upstream",
+             "http://127.0.0.1:9", "--shutdown-timeout-s", "30", "--sigterm-timeout-s", "2",
+             "--dead-letter-path", str(dead)],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env) as proc:
+        url = re.search(r"listening on (http://\S+)", proc.stdout.readline()).group(1)
+        body = json.dumps({"batch": [_complete(i) for i in range(6)]}).encode()
+        req = urllib.request.Request(f"{url}/v2/{PROJECT}/calls/complete", data=body,
+                                     headers={"Content-Type": "application/json"})
+        assert urllib.request.urlopen(req, timeout=30).status == 200
+        proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        proc.communicate(timeout=25)
+        took_s = time.monotonic() - started
+    assert took_s < 8, took_s
+    stored = [json.loads(line) for line in dead.read_text().splitlines()]
+    assert len(stored) == 6
