@@ -177,6 +177,27 @@ def test_sigterm_in_guarded_code_settles_right_after_it(tmp_path):
         json.dumps({"lock free": True, "log": [0, 1, 2, "end"]})], result.stderr[-3000:]
 
 
+# A program's text: SIGTERM's handler called in the zero-timeout wait with which
+# ThreadPoolExecutor.submit polls its idle semaphore, at the line where that wait holds the
+# semaphore's lock, as the signal would run it there (the program defines before_signal and
+# imports inspect, signal, sys, threading and engine.producer._engine).
+SIGTERM_IN_THE_POLL = textwrap.dedent(
+    """
+    lines, first = inspect.getsourcelines(threading.Condition.wait)
+    HELD = first + next(n for n, line in enumerate(lines) if "_waiters.append" in line)
+
+    def sigterm_in_the_poll(frame, event, arg):
+        if event == "call":
+            return sigterm_in_the_poll if frame.f_code is threading.Condition.wait.__code__ else None
+        if event == "line" and frame.f_lineno == HELD and frame.f_locals["timeout"] == 0:
+            sys.settrace(None)
+            frame.f_trace = None
+            before_signal()
+            _engine._on_sigterm(signal.SIGTERM, frame)  # as SIGTERM landing here runs it
+            return frame.f_trace
+        return sigterm_in_the_poll
+    """
+)
 _POLL_PROGRAM = textwrap.dedent(
     """
     import inspect, json, signal, sys, threading
@@ -189,20 +210,12 @@ _POLL_PROGRAM = textwrap.dedent(
     _engine.defer_sigterm_with(_weave_sigint.defer_if_guarded)  # as install() does
     _engine.before_sigterm_close(lambda: print(json.dumps({  # as the integration's hook
         "lock free": guarded.LOCK.acquire(timeout=1), "log": guarded.LOG}), flush=True))
-    lines, first = inspect.getsourcelines(threading.Condition.wait)
-    HELD = first + next(n for n, line in enumerate(lines) if "_waiters.append" in line)
-
-    def signal_in_the_poll(frame, event, arg):
-        if event == "call":
-            return signal_in_the_poll if frame.f_code is threading.Condition.wait.__code__ else None
-        if event == "line" and frame.f_lineno == HELD and frame.f_locals["timeout"] == 0:
-            sys.settrace(None)
-            frame.f_trace = None
-            _engine._on_sigterm(signal.SIGTERM, frame)  # as SIGTERM landing here runs it
-            return frame.f_trace
-        return signal_in_the_poll
-
-    sys.settrace(signal_in_the_poll)
+    def before_signal():
+        pass
+    """
+) + SIGTERM_IN_THE_POLL + textwrap.dedent(
+    """
+    sys.settrace(sigterm_in_the_poll)
     guarded.hand_off()
     print("not reached", flush=True)
     """

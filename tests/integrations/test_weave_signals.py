@@ -14,6 +14,7 @@ import pytest
 from engine.server import serve_subprocess
 from tests.integrations._weaves import VERSIONS, weave_python
 from tests.integrations.test_weave_integration import _stored_calls, _weave_env
+from tests.integrations.test_weave_sigint import SIGTERM_IN_THE_POLL
 
 pytestmark = [pytest.mark.peers, pytest.mark.integration]
 
@@ -111,23 +112,31 @@ _HOLDS_LOCK = textwrap.dedent(
 )
 
 
-def test_sigterm_while_the_program_holds_weave_s_executor_lock_still_ends(tmp_path):
-    program = tmp_path / "holds.py"
-    program.write_text(_HOLDS_LOCK)
+def _run_stopping_itself(tmp_path, text: str, project: str, minor: str = "0.54"
+                         ) -> tuple[subprocess.CompletedProcess, float, list[int]]:
+    """Runs a weave program that sends itself SIGTERM, against a fresh server: its result,
+    how long it took, and the x of every predict call stored ended."""
+    program = tmp_path / "program.py"
+    program.write_text(text)
     with serve_subprocess(tmp_path / "t.db") as url:
         env = _weave_env(url, str(tmp_path), enable_env=True)
         started = time.monotonic()
-        result = subprocess.run([weave_python("0.54"), str(program), "ent/held"], env=env,
+        result = subprocess.run([weave_python(minor), str(program), project], env=env,
                                 capture_output=True, text=True, timeout=60)  # fmt: skip
         took_s = time.monotonic() - started
-        calls = _stored_calls(url, "ent/held", "predict")
+        calls = _stored_calls(url, project, "predict")
+    return result, took_s, sorted(c["inputs"]["x"] for c in calls if c["ended_at"])
+
+
+def test_sigterm_while_the_program_holds_weave_s_executor_lock_still_ends(tmp_path):
+    result, took_s, ended = _run_stopping_itself(tmp_path, _HOLDS_LOCK, "ent/held")
     assert result.returncode == -signal.SIGTERM and "not reached" not in result.stdout
     assert (
         "weave work still pending at SIGTERM (its executor is busy in the interrupted "
         "code); its calls are not traced" in result.stderr
     ), result.stderr[-3000:]
     assert took_s < 30
-    assert sorted(c["inputs"]["x"] for c in calls if c["ended_at"]) == list(range(50))
+    assert ended == list(range(50))
 
 
 _EVALUATION = textwrap.dedent(
@@ -180,20 +189,26 @@ def test_a_weave_evaluation_stopped_by_ctrl_c_stops_as_asyncio_does_and_keeps_it
     assert all(isinstance(c["output"]["y"], int) for c in predicts)  # (x: a ref to its row)
 
 
-_STUCK = textwrap.dedent(
+# a weave program's head: weave.init, the op predict, calls of it whose work is done
+_OP_HEAD = textwrap.dedent(
     """
-    import os, signal, sys, threading, weave
+    import inspect, os, signal, sys, threading, weave
     import engine.integrations.weave as integration
-    integration.SIGTERM_DRAIN_TIMEOUT_S = 1.0  # the test's patience, not the user's
+    from engine.producer import _engine
+    integration.SIGTERM_DRAIN_TIMEOUT_S = {drain_s}  # the test's patience, not the user's
     client = weave.init(sys.argv[1])
 
     @weave.op
     def predict(x: int) -> int:
         return x + 1
 
-    for i in range(20):
+    for i in range({calls}):
         predict(i)
     client.future_executor.flush()
+    """
+)
+_STUCK = _OP_HEAD.format(drain_s=1.0, calls=20) + textwrap.dedent(
+    """
     never = threading.Event()
 
     def waits_on_something_that_never_comes():
@@ -212,40 +227,21 @@ def test_a_weave_task_that_never_finishes_is_named_at_sigterm(tmp_path):
     """SIGTERM waits for weave's threads only so long; when their work does not finish, the
     log says where each of them is and where the program was stopped (what held them), and
     the calls already handed over are delivered."""
-    program = tmp_path / "stuck.py"
-    program.write_text(_STUCK)
-    with serve_subprocess(tmp_path / "t.db") as url:
-        env = _weave_env(url, str(tmp_path), enable_env=True)
-        started = time.monotonic()
-        result = subprocess.run([weave_python("0.54"), str(program), "ent/stuck"], env=env,
-                                capture_output=True, text=True, timeout=60)  # fmt: skip
-        took_s = time.monotonic() - started
-        calls = _stored_calls(url, "ent/stuck", "predict")
+    result, took_s, ended = _run_stopping_itself(tmp_path, _STUCK, "ent/stuck")
     assert result.returncode == -signal.SIGTERM and "not reached" not in result.stdout
     said = [line for line in result.stderr.splitlines() if "weave work still pending" in line]
     assert len(said) == 1, result.stderr[-3000:]
     assert "at SIGTERM (TimeoutError" in said[0] and "its calls are not traced" in said[0]
-    assert "stuck.py:17 waits_on_something_that_never_comes" in said[0], said[0]
-    assert "MainThread was at stuck.py:20 <module>" in said[0], said[0]
+    waits = 1 + _STUCK.splitlines().index("    never.wait(60)")
+    kill = 1 + _STUCK.splitlines().index("os.kill(os.getpid(), signal.SIGTERM)")
+    assert f"program.py:{waits} waits_on_something_that_never_comes" in said[0], said[0]
+    assert f"MainThread was at program.py:{kill} <module>" in said[0], said[0]
     assert took_s < 30
-    assert sorted(c["inputs"]["x"] for c in calls if c["ended_at"]) == list(range(20))
+    assert ended == list(range(20))
 
 
-_POLLS = textwrap.dedent(
+_POLLS = _OP_HEAD.format(drain_s=2.0, calls=10) + textwrap.dedent(
     """
-    import inspect, signal, sys, threading, weave
-    import engine.integrations.weave as integration
-    from engine.producer import _engine
-    integration.SIGTERM_DRAIN_TIMEOUT_S = 2.0  # the test's patience, not the user's
-    client = weave.init(sys.argv[1])
-
-    @weave.op
-    def predict(x: int) -> int:
-        return x + 1
-
-    for i in range(10):
-        predict(i)
-    client.future_executor.flush()
     gate = threading.Event()
     pool = client.future_executor._executor
     for _ in range(pool._max_workers):  # every weave thread busy
@@ -254,20 +250,10 @@ _POLLS = textwrap.dedent(
         pass
     for i in range(10, 20):  # queued behind them
         predict(i)
-    lines, first = inspect.getsourcelines(threading.Condition.wait)
-    HELD = first + next(n for n, line in enumerate(lines) if "_waiters.append" in line)
-
-    def sigterm_in_the_poll(frame, event, arg):
-        if event == "call":
-            return sigterm_in_the_poll if frame.f_code is threading.Condition.wait.__code__ else None
-        if event == "line" and frame.f_lineno == HELD and frame.f_locals["timeout"] == 0:
-            sys.settrace(None)
-            frame.f_trace = None
-            gate.set()
-            _engine._on_sigterm(signal.SIGTERM, frame)  # as SIGTERM landing here runs it
-            return frame.f_trace
-        return sigterm_in_the_poll
-
+    before_signal = gate.set  # the threads finish, and stop on the semaphore's lock
+    """
+) + SIGTERM_IN_THE_POLL + textwrap.dedent(
+    """
     sys.settrace(sigterm_in_the_poll)
     predict(20)  # its hand-off polls the pool's idle semaphore, holding its lock
     print("not reached")
@@ -282,16 +268,10 @@ def test_sigterm_while_weave_s_hand_off_polls_its_pool_keeps_every_call(tmp_path
     semaphore with, holding the lock every weave thread takes when it finishes a task. Here
     the handler runs at that line (called as the signal calls it): every call made before
     it is stored, and nothing waits its 10 s."""
-    program = tmp_path / "polls.py"
-    program.write_text(_POLLS)
-    with serve_subprocess(tmp_path / "t.db") as url:
-        env = _weave_env(url, str(tmp_path), enable_env=True)
-        result = subprocess.run([weave_python(weave_minor), str(program), "ent/polls"], env=env,
-                                capture_output=True, text=True, timeout=60)  # fmt: skip
-        calls = _stored_calls(url, "ent/polls", "predict")
+    result, _, ended = _run_stopping_itself(tmp_path, _POLLS, "ent/polls", weave_minor)
     assert result.returncode == -signal.SIGTERM and "not reached" not in result.stdout
     assert "weave work still pending" not in result.stderr, result.stderr[-3000:]
-    assert sorted(c["inputs"]["x"] for c in calls if c["ended_at"]) == list(range(20))
+    assert ended == list(range(20))
 
 
 _OWN_HANDLER = textwrap.dedent(
