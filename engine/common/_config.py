@@ -298,3 +298,8 @@ def _field_of(message: str) -> str:
 def default_state_dir() -> Path:
     base = os.environ.get("XDG_STATE_HOME") or os.path.join(Path.home(), ".local", "state")
     return Path(base) / "engine"
+
+
+def default_dead_letter_path() -> Path:
+    """Where dead letters go when ``dead_letter_path`` is not set."""
+    return default_state_dir() / "dead_letters.jsonl"

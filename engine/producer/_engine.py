@@ -25,7 +25,13 @@ from typing import Any
 import msgspec
 
 from engine import ring
-from engine.common._config import SIGTERM_TIMEOUT_S, EngineConfig, load_config, sender_count
+from engine.common._config import (
+    SIGTERM_TIMEOUT_S,
+    EngineConfig,
+    default_dead_letter_path,
+    load_config,
+    sender_count,
+)
 from engine.common._control import Control, control_path
 from engine.common._errors import Closed, ConfigError, EngineError
 from engine.common._redact import redact_url
@@ -289,7 +295,7 @@ class Engine:
         cfg = self.config
         if cfg.spool_dir:
             return f"the spool {cfg.spool_dir}"
-        return "the dead letters" + (f" {cfg.dead_letter_path}" if cfg.dead_letter_path else "")
+        return f"the dead letters {cfg.dead_letter_path or default_dead_letter_path()}"
 
     def _atexit(self) -> None:
         if os.getpid() == self._owner_pid:

@@ -31,7 +31,11 @@ import msgspec
 
 from engine import ring
 from engine.common import _logging
-from engine.common._config import EngineConfig, compression_thread_count, default_state_dir
+from engine.common._config import (
+    EngineConfig,
+    compression_thread_count,
+    default_dead_letter_path,
+)
 from engine.common._control import Control, control_path
 from engine.common._errors import SendError
 from engine.common._malloc import tune_for_large_buffers
@@ -108,8 +112,7 @@ class Sender(Intake, Delivery, Shutdown):
         self.fatal: BaseException | None = None
         self.compressor: Compressor | None = None
         self.executor: concurrent.futures.ThreadPoolExecutor | None = None
-        state = default_state_dir()
-        self.dead = DeadLetters(cfg.dead_letter_path or state / "dead_letters.jsonl")
+        self.dead = DeadLetters(cfg.dead_letter_path or default_dead_letter_path())
         self.spool = _open_spool(cfg.spool_dir) if cfg.spool_dir else None
         self.persister = Persister(self.control, self.dead, self.spool, self._release)
         self.outage = OutageLog(cfg.url, _destination(cfg, self.dead.path))

@@ -264,6 +264,6 @@ async def replay(url: str, spool_dir: str | None, dead_letter_path: str | None,
 
 
 def _default_dead_letters() -> Path:
-    from engine.common._config import default_state_dir
+    from engine.common._config import default_dead_letter_path
 
-    return default_state_dir() / "dead_letters.jsonl"
+    return default_dead_letter_path()
