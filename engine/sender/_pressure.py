@@ -3,7 +3,7 @@
 A producer whose ring is full waits for room (``on_full = "block"``, counted in the control
 block's ``blocked_ms``), or drops the call (``on_full = "drop"``, ``dropped_full``): the
 traced program slows down, or loses calls, and without this nobody says so until the exit
-line. Once producers waited ``min_blocked_s`` in all, or dropped a call, one warning says
+line. Once producers waited ``min_blocked_s`` (5 s) in all, or dropped a call, one warning says
 how long they waited (or how many calls were dropped) since the last one, with what bounds
 delivery (the round trip, the POSTs in flight, the rings' bytes); then at most one line
 every ``every_s`` while it goes on.
@@ -22,7 +22,7 @@ from collections.abc import Callable
 log = logging.getLogger("engine.sender")
 
 DEFAULT_EVERY_S = 30.0
-DEFAULT_MIN_BLOCKED_S = 1.0
+DEFAULT_MIN_BLOCKED_S = 5.0  # a start-up hiccup (a store warming up) is not news
 
 
 class PressureLog:

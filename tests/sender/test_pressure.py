@@ -24,10 +24,10 @@ class _Clock:
 
 
 def _log(clock: _Clock, **kw) -> PressureLog:
-    return PressureLog("http://srv", clock=clock, **kw)
+    return PressureLog("http://srv", clock=clock, **{"min_blocked_s": 1.0, **kw})
 
 
-def test_nothing_is_said_until_producers_waited_a_second(caplog):
+def test_nothing_is_said_until_producers_waited_min_blocked_s(caplog):
     clock = _Clock()
     log = _log(clock)
     caplog.set_level(logging.WARNING, "engine.sender")
@@ -94,11 +94,11 @@ _OWNER = textwrap.dedent("""
     with Engine(url=sys.argv[1], project="ops/pressure", ring_bytes=1 << 20,
                 shutdown_timeout_s=30.0) as eng:
         tracer = eng.producer()
-        written, stop = 0, time.monotonic() + 4
+        written, stop = 0, time.monotonic() + 8  # past the 5 s of waiting said
         while time.monotonic() < stop:  # bounded in time and count
             trace_calls(tracer, 50, prefix=f"c{written}", payload_bytes=4000)
             written += 50
-            if written >= 20_000:
+            if written >= 40_000:
                 break
         flushed = eng.flush(timeout_s=60)
         print(json.dumps({"written": written, "flushed": flushed}))
@@ -108,7 +108,8 @@ _OWNER = textwrap.dedent("""
 @pytest.mark.integration
 def test_producers_waiting_on_a_late_server_are_said_while_it_goes_on():
     """1 MiB rings toward a server answering 0.3 s late: ~3 MiB/s in flight at most, while
-    the producer could write far more. The sender says so during the run, with the bound."""
+    the producer could write far more. The sender says so during the run (once producers
+    waited 5 s in all), with the bound."""
     with FaultServer(stall_s=0.3) as fault:
         result = subprocess.run([sys.executable, "-c", _OWNER, fault.url], capture_output=True,
                                 text=True, timeout=180,
@@ -124,3 +125,13 @@ def test_producers_waiting_on_a_late_server_are_said_while_it_goes_on():
     trip = re.search(r"round trip ~(\d+) ms", said[0])
     assert trip and int(trip.group(1)) >= 300, said[0]  # the server's 0.3 s, measured
     assert "a larger ring_bytes carries more" in said[0]
+
+
+def test_by_default_five_seconds_of_waiting_are_news_and_a_start_up_hiccup_is_not():
+    clock = _Clock()
+    log = PressureLog("http://srv", clock=clock)
+    log.observe(0, 0, str)
+    clock.now += 2
+    assert not log.observe(4_900, 0, str)  # e.g. 2 producers, the first seconds of a store
+    clock.now += 1
+    assert log.observe(5_100, 0, str)
