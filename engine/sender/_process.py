@@ -122,6 +122,7 @@ class Sender(Intake, Delivery, Shutdown):
         self.flush_seen_ns = 0  # a flush asked for before we started is honoured too
         self.flush_heads: list[int] | None = None
         self.stopping = False
+        self.stop_request_seen = 0
         self.stop_deadline_s: float | None = None
         self.owner_stops = False
         self.signalled: tuple[int, float] | None = None

@@ -63,6 +63,7 @@ class Shutdown:
     stopping: bool
     wake: asyncio.Event | None
     stop_deadline_s: float | None  # set once it is time to stop
+    stop_request_seen: int  # the owner's shutdown_request when we last looked
     owner_stops: bool  # the owner closed or is gone (not a signal to us alone)
     signalled: tuple[int, float] | None  # (signal, when)
 
@@ -70,6 +71,8 @@ class Shutdown:
         """Set the stop deadline when it is time: the owner's close() gives it; a dead
         owner or a signal to us gives shutdown_timeout_s from when it was seen."""
         now = time.monotonic()
+        # a request already there (a dead owner's, read by a recovering sender) is not news
+        self.stop_request_seen = self.control.get("shutdown_request")
         if self.recovering or not owner_alive(self.owner_pid):  # before its old request
             log.warning("%s; delivering what the rings hold for up to %g s",
                         f"recovering ring set {self.ringset.spec.shm_name}" if self.recovering
@@ -137,8 +140,9 @@ class Shutdown:
         """The owner may ask again for a sooner stop while we deliver (a second Ctrl-C in its
         ``close()``: persist now): its new deadline, when earlier."""
         requested_ns = self.control.get("shutdown_request")
-        if not requested_ns or self.stop_deadline_s is None:
+        if requested_ns == self.stop_request_seen or self.stop_deadline_s is None:
             return until_s
+        self.stop_request_seen = requested_ns
         requested_s = requested_ns / 1e9
         if requested_s >= self.stop_deadline_s:
             return until_s
