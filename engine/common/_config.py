@@ -303,3 +303,11 @@ def default_state_dir() -> Path:
 def default_dead_letter_path() -> Path:
     """Where dead letters go when ``dead_letter_path`` is not set."""
     return default_state_dir() / "dead_letters.jsonl"
+
+
+def persisted_to(cfg: EngineConfig) -> str:
+    """Where what is not delivered goes, in log lines' words: the spool, else the dead
+    letters."""
+    if cfg.spool_dir:
+        return f"the spool {cfg.spool_dir}"
+    return f"the dead letters {cfg.dead_letter_path or default_dead_letter_path()}"

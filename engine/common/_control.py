@@ -189,12 +189,12 @@ class Control:
             snapshot["sender_pids"] = self.sender_pids()
         return snapshot
 
-    def slots_total(self, name: str, shard: int = 0, shards: int = 1) -> int:
-        """One producer counter summed over the slots sender ``shard`` of ``shards`` reads."""
+    def slots_total(self, name: str, slots: range) -> int:
+        """One producer counter summed over ``slots`` (a sender's: ``RingReader.slots``)."""
         width = len(SLOT_FIELDS)
-        first = self._slot_base + shard * width + _SLOT_INDEX[name]
-        end = self._slot_base + self.max_slots * width
-        return sum(self._cells[first:end:width * shards])
+        first = self._slot_base + slots.start * width + _SLOT_INDEX[name]
+        end = self._slot_base + min(slots.stop, self.max_slots) * width
+        return sum(self._cells[first:end:width * slots.step])
 
     def producer_totals(self) -> dict[str, int]:
         width = len(SLOT_FIELDS)

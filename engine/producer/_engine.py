@@ -28,8 +28,8 @@ from engine import ring
 from engine.common._config import (
     SIGTERM_TIMEOUT_S,
     EngineConfig,
-    default_dead_letter_path,
     load_config,
+    persisted_to,
     sender_count,
 )
 from engine.common._control import Control, control_path
@@ -258,7 +258,7 @@ class Engine:
             log.warning("engine: delivering what the rings hold to %s for up to %.0f s more "
                         "(%s records of calls not acknowledged yet); Ctrl-C stops waiting: they go to "
                         "%s", redact_url(self.config.url), deadline_s - time.monotonic(),
-                        f"{_undelivered(self._ringset):,}", self._persist_target())
+                        f"{_undelivered(self._ringset):,}", persisted_to(self.config))
             settled = wait_heads_released(self._ringset, heads, give_up_s, all_gone)
         for proc in procs:
             try:
@@ -290,12 +290,6 @@ class Engine:
             if ring.attached_producers(self._ringset):
                 return  # they may still write: removed once they exit and it holds nothing
         self._ringset.unlink()
-
-    def _persist_target(self) -> str:
-        cfg = self.config
-        if cfg.spool_dir:
-            return f"the spool {cfg.spool_dir}"
-        return f"the dead letters {cfg.dead_letter_path or default_dead_letter_path()}"
 
     def _atexit(self) -> None:
         if os.getpid() == self._owner_pid:

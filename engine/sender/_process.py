@@ -35,6 +35,7 @@ from engine.common._config import (
     EngineConfig,
     compression_thread_count,
     default_dead_letter_path,
+    persisted_to,
 )
 from engine.common._control import Control, control_path
 from engine.common._errors import SendError
@@ -115,9 +116,8 @@ class Sender(Intake, Delivery, Shutdown):
         self.dead = DeadLetters(cfg.dead_letter_path or default_dead_letter_path())
         self.spool = _open_spool(cfg.spool_dir) if cfg.spool_dir else None
         self.persister = Persister(self.control, self.dead, self.spool, self._release)
-        self.outage = OutageLog(cfg.url, _destination(cfg, self.dead.path))
+        self.outage = OutageLog(cfg.url, _destination(cfg))
         self.pressure = PressureLog(cfg.url)
-        self.shard, self.shards = shard, shards
         self.latencies_us: collections.deque[int] = collections.deque(maxlen=_LATENCY_SAMPLES)
         self.flush_seen_ns = 0  # a flush asked for before we started is honoured too
         self.flush_heads: list[int] | None = None
@@ -238,10 +238,9 @@ class Sender(Intake, Delivery, Shutdown):
 
     def _say_pressure(self) -> None:
         """Producers waiting on (or dropping at) full rings are said while it goes on."""
-        control, shard, shards = self.control, self.shard, self.shards
-        self.pressure.observe(control.slots_total("blocked_ms", shard, shards),
-                              control.slots_total("dropped_full", shard, shards),
-                              self._bound_facts)
+        control, slots = self.control, self.reader.slots
+        self.pressure.observe(control.slots_total("blocked_ms", slots),
+                              control.slots_total("dropped_full", slots), self._bound_facts)
 
     def _bound_facts(self) -> str:
         samples = sorted(self.latencies_us)
@@ -301,11 +300,9 @@ def _open_spool(directory: str) -> Any:
     return Spool(directory)
 
 
-def _destination(cfg: EngineConfig, dead_letter_path: Any) -> str:
-    after = f"a batch not delivered within delivery_deadline_s={cfg.delivery_deadline_s:g} s"
-    if cfg.spool_dir:
-        return f"{after} goes to the spool {cfg.spool_dir}"
-    return f"{after} goes to the dead-letter file {dead_letter_path} (no spool_dir set)"
+def _destination(cfg: EngineConfig) -> str:
+    return (f"a batch not delivered within delivery_deadline_s={cfg.delivery_deadline_s:g} s "
+            f"goes to {persisted_to(cfg)}" + ("" if cfg.spool_dir else " (no spool_dir set)"))
 
 
 def tune_gc() -> None:

@@ -278,35 +278,9 @@ def test_sigterm_in_a_wait_that_blocks_is_handled_at_once(tmp_path):
     assert time.monotonic() - started < 20
 
 
+# guarded code that takes a signal while it holds a lock, then blocks in a wait (as
+# Future.result() may, for long): the deferred signal's work runs before it waits, not after
 _DEFERRED_THEN_BLOCKED = textwrap.dedent(
-    """
-    import os, signal, threading
-
-    LOCK = threading.Lock()
-    LOG = []
-
-    def hand_off():
-        with LOCK:
-            os.kill(os.getpid(), signal.SIGTERM)  # handled at the next check, lock held
-            LOG.append(0)
-        threading.Event().wait(30)  # then it blocks, as Future.result() may for long
-        LOG.append("end")
-    """
-)
-
-
-def test_a_deferred_sigterm_runs_before_the_guarded_code_blocks(tmp_path):
-    """A SIGTERM deferred out of the guarded code's locks runs where that code goes on to
-    block in a wait (holding none of them), not once the wait is over."""
-    started = time.monotonic()
-    result = _run(tmp_path, _SIGTERM_PROGRAM, _DEFERRED_THEN_BLOCKED)
-    assert result.returncode == -signal.SIGTERM, result.stderr[-3000:]
-    assert result.stdout.splitlines() == [
-        json.dumps({"lock free": True, "log": [0]})], result.stderr[-3000:]
-    assert time.monotonic() - started < 20
-
-
-_CTRL_C_THEN_BLOCKED = textwrap.dedent(
     """
     import os, signal, threading
 
@@ -316,13 +290,26 @@ _CTRL_C_THEN_BLOCKED = textwrap.dedent(
 
     def hand_off():
         with LOCK:
-            os.kill(os.getpid(), signal.SIGINT)  # handled at the next check, lock held
+            os.kill(os.getpid(), signal.{signal})  # handled at the next check, lock held
             LOG.append(0)
         with COND:
-            COND.wait(30)  # then it blocks: KeyboardInterrupt here, not in 30 s
+            COND.wait(30)  # then it blocks
         LOG.append("end")
     """
 )
+
+
+def test_a_deferred_sigterm_runs_before_the_guarded_code_blocks(tmp_path):
+    """A SIGTERM deferred out of the guarded code's locks runs where that code goes on to
+    block in a wait (holding none of them), not once the wait is over."""
+    started = time.monotonic()
+    result = _run(tmp_path, _SIGTERM_PROGRAM, _DEFERRED_THEN_BLOCKED.format(signal="SIGTERM"))
+    assert result.returncode == -signal.SIGTERM, result.stderr[-3000:]
+    assert result.stdout.splitlines() == [
+        json.dumps({"lock free": True, "log": [0]})], result.stderr[-3000:]
+    assert time.monotonic() - started < 20
+
+
 _CTRL_C_PROGRAM = textwrap.dedent(
     """
     import json, sys, time
@@ -347,7 +334,7 @@ def test_a_deferred_ctrl_c_is_raised_before_the_guarded_code_blocks(tmp_path):
     """Ctrl-C deferred out of the guarded code's locks is raised where that code goes on to
     block in a wait, inside the wait's own try block (the condition's lock is taken back and
     given up as the exception leaves), not once the wait is over."""
-    result = _run(tmp_path, _CTRL_C_PROGRAM, _CTRL_C_THEN_BLOCKED)
+    result = _run(tmp_path, _CTRL_C_PROGRAM, _DEFERRED_THEN_BLOCKED.format(signal="SIGINT"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout) == {
         "log": [0, "KeyboardInterrupt"], "fast": True, "locks free": True}
