@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
+
+# the disk, not the setting: an engine starts anyway and says so where it writes
+_OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 def fsync_dir(path: str | Path) -> None:
@@ -13,3 +17,16 @@ def fsync_dir(path: str | Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def dir_problem(path: str) -> str | None:
+    """Why ``path`` cannot hold our files (made 0700 if missing), or None: a missing parent,
+    a file in the way, no permission, a read-only file system. A full disk is not counted:
+    it is a state that passes, not a setting to fix."""
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    except OSError as exc:
+        return None if exc.errno in _OUT_OF_SPACE else f"{path}: {exc.strerror}"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return f"{path}: not writable by this user"
+    return None

@@ -85,6 +85,9 @@ class Sender(Intake, Delivery, Shutdown):
     def __init__(self, spec: ring.RingSpec, cfg: EngineConfig, *, owner_pid: int,
                  ring_dir: str, api_key: str | None, recovering: bool = False,
                  shard: int = 0, shards: int = 1) -> None:
+        self.spool = _open_spool(cfg.spool_dir) if cfg.spool_dir else None
+        if cfg.spool_dir and self.spool is None:  # said in _open_spool; dead letters instead
+            cfg = msgspec.structs.replace(cfg, spool_dir=None)
         self.cfg = cfg
         self.owner_pid = owner_pid
         self.recovering = recovering
@@ -114,7 +117,6 @@ class Sender(Intake, Delivery, Shutdown):
         self.compressor: Compressor | None = None
         self.executor: concurrent.futures.ThreadPoolExecutor | None = None
         self.dead = DeadLetters(cfg.dead_letter_path or default_dead_letter_path())
-        self.spool = _open_spool(cfg.spool_dir) if cfg.spool_dir else None
         self.persister = Persister(self.control, self.dead, self.spool, self._release)
         self.outage = OutageLog(cfg.url, _destination(cfg))
         self.pressure = PressureLog(cfg.url)
@@ -295,9 +297,17 @@ class Sender(Intake, Delivery, Shutdown):
 
 
 def _open_spool(directory: str) -> Any:
+    """The spool in ``directory``; None, said once, if it cannot be used (the Engine checked
+    it at start, but a recovery sender may find it gone, or the disk full): a sender that
+    crashed on it would be restarted only to crash again, delivering nothing."""
     from engine.sender._spool import Spool
 
-    return Spool(directory)
+    try:
+        return Spool(directory)
+    except OSError as exc:
+        log.error("cannot use spool_dir %s (%s): what is not delivered goes to the dead "
+                  "letters instead", directory, exc.strerror or exc)
+        return None
 
 
 def _destination(cfg: EngineConfig) -> str:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
+from engine.common._errors import ConfigError
 from engine.sender._spool import Spool
 from tests.engine.helpers import PROJECT, make_engine, trace_calls
 from tests.faultserver import FaultServer
@@ -43,3 +46,32 @@ def test_a_new_engine_replays_what_an_earlier_one_spooled(tmp_path):
         server.up()
         with make_engine(server.url, tmp_path, spool_dir=str(spool_dir)):
             assert server.wait_for(lambda: server.stored_ids(PROJECT) == set(ids), timeout_s=30)
+
+
+def test_a_spool_dir_that_cannot_be_made_is_refused_at_start(tmp_path):
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(ConfigError, match=r"spool_dir: .*a-file/spool: Not a directory"):
+        make_engine("http://127.0.0.1:9", tmp_path, spool_dir=str(tmp_path / "a-file/spool"))
+
+
+def test_a_sender_that_cannot_open_its_spool_delivers_and_dead_letters_instead(tmp_path):
+    """A restarted (or recovering) sender whose spool_dir became unusable once crashed on
+    it, was restarted, crashed again: nothing delivered, for ever."""
+    spool_dir = tmp_path / "spool"
+    with FaultServer() as server, make_engine(server.url, tmp_path, spool_dir=str(spool_dir),
+                                              delivery_deadline_s=0.3) as eng:
+        tracer = eng.producer()
+        ids = trace_calls(tracer, 20)
+        assert eng.flush(timeout_s=30)
+        shutil.rmtree(spool_dir)
+        spool_dir.write_text("in the way")
+        eng._sender.kill()
+        ids += trace_calls(tracer, 20)
+        assert eng.flush(timeout_s=60)
+        assert server.stored_ids(PROJECT) == set(ids)
+        server.down()
+        trace_calls(tracer, 5)
+        assert not eng.flush(timeout_s=30)
+        stats = eng.stats()
+        assert stats["dead_letters"] == 10 and stats["spooled_items"] == 0
+        assert stats["sender_restarts"] == 1
