@@ -109,11 +109,14 @@ def run(args: argparse.Namespace) -> int:
     common = os.environ.get(_env.API_KEY)
     from_key = os.environ.get(FROM_KEY_ENV) or common
     to_key = os.environ.get(TO_KEY_ENV) or common
-    _probe.server_info(args.source, from_key)  # a wrong URL or key: one clear line first
-    _probe.server_info(args.target, to_key)
+    # a wrong URL or key: one clear line first
+    source_store = _probe.server_info(args.source, from_key).get("store_id")
+    if source_store and source_store == _probe.server_info(args.target, to_key).get("store_id"):
+        raise _args.UsageError(f"copy: --from and --to are the same server (one store, "
+                               f"{source_store}, under two URLs)")
     source = RemoteHTTPTraceServer(args.source, api_key=from_key)
     target = RemoteHTTPTraceServer(args.target, api_key=to_key)
-    projects = args.project or _listed_projects(args.source, from_key)
+    projects = _projects(args.source, from_key, args.project)
     if not projects:
         print(f"engine copy: {args.source} lists no projects; nothing copied", flush=True)
         return 0
@@ -133,10 +136,27 @@ def run(args: argparse.Namespace) -> int:
     return 1 if broken else 0
 
 
-def _listed_projects(url: str, api_key: str | None) -> list[str]:
-    """Every project ``engine serve``'s ``/ui/projects`` lists (other servers have none)."""
+def _projects(url: str, api_key: str | None, named: list[str] | None) -> list[str]:
+    """The projects to copy: those named (each checked against the source's list, where it
+    has one: a misspelt name copied nothing, and said so only as "0 calls"), else every
+    project the source lists."""
+    listed = _listed_projects(url, api_key, required=not named)
+    if named and listed is not None:
+        unknown = [project for project in named if project not in listed]
+        if unknown:
+            raise _args.UsageError(
+                f"copy: {url} has no calls or objects in project {unknown[0]}"
+                + (_env.did_you_mean(unknown[0], listed) or f" (it holds {len(listed):,} others)"))
+    return named or listed or []
+
+
+def _listed_projects(url: str, api_key: str | None, *, required: bool) -> list[str] | None:
+    """Every project ``engine serve``'s ``/ui/projects`` lists; None where the server lists
+    none (other servers) and ``required`` is false."""
     answer = _probe.request(f"{url.rstrip('/')}/ui/projects", headers=_probe.auth_headers(api_key))
     if answer.status != 200:
+        if not required:
+            return None
         raise CommandFailed(f"copy: {url} does not list its projects (GET /ui/projects "
                             f"answered HTTP {answer.status}): name them with --project")
     return [p["project_id"] for p in json.loads(answer.body)["projects"]]

@@ -157,6 +157,10 @@ def test_copy_refuses_the_same_server_and_names_an_unreachable_one(tmp_path):
     with serve_subprocess(tmp_path / "a.db") as url:
         same = _copy(url, url + "/")
         assert same.returncode == 2 and "same server" in same.stderr
+        # the same store under another URL (it once copied a project onto itself)
+        other_name = url.replace("127.0.0.1", "localhost")
+        same = _copy(url, other_name, "--project", PROJECT)
+        assert same.returncode == 2 and "same server (one store" in same.stderr
         gone = _copy(url, "http://127.0.0.1:9")
         assert gone.returncode == 1 and "127.0.0.1:9" in gone.stderr
         assert len(gone.stderr.strip().splitlines()) == 1
@@ -177,3 +181,16 @@ def test_copy_takes_each_server_s_key_from_its_own_variable(tmp_path):
                      ENGINE_COPY_TO_API_KEY="target-key")
         assert done.returncode == 0, done.stderr
         assert "1 object versions" in done.stdout
+
+
+def test_copy_refuses_a_project_the_source_does_not_hold(tmp_path):
+    with serve_subprocess(tmp_path / "a.db") as source, serve_subprocess(tmp_path / "b.db") as target:
+        _post(source, "/obj/create", {"obj": {"project_id": PROJECT, "object_id": "settings",
+                                              "val": {"k": 1}}})
+        typo = _copy(source, target, "--project", "acme/evalz")
+        assert typo.returncode == 2, typo.stderr
+        assert "has no calls or objects in project acme/evalz; did you mean acme/evals?" in typo.stderr
+        with urllib.request.urlopen(target + "/ui/projects", timeout=30) as resp:
+            assert json.loads(resp.read())["projects"] == []  # nothing written
+        copied = _copy(source, target, "--project", PROJECT)
+        assert copied.returncode == 0 and f"{PROJECT}: 0 calls, 1 object versions" in copied.stdout
