@@ -9,6 +9,7 @@ from engine.cli._args import CommandFailed
 
 
 def add(subparsers: argparse._SubParsersAction) -> None:
+    from engine.common._config import DEFAULT_URL
     from engine.server import DEFAULT_MAX_BODY_BYTES
 
     relay = _args.add_command(
@@ -19,7 +20,9 @@ def add(subparsers: argparse._SubParsersAction) -> None:
     relay.add_argument("--listen", type=_args.host_port, default=("127.0.0.1", 6346),
                        help="HOST:PORT to bind (default 127.0.0.1:6346; port 0 picks one)")
     relay.add_argument("--upstream", type=_args.url, default=None,
-                       help="trace server URL (default: url from env/config, else local serve)")
+                       help="trace server URL (default: the url setting from env/config, else "
+                            f"{DEFAULT_URL}, where `engine serve` listens by default; the relay "
+                            "does not start one)")
     relay.add_argument("--max-body-bytes", type=_args.positive_int,
                        default=DEFAULT_MAX_BODY_BYTES,
                        help="largest ingest body accepted, before and after decompression")
@@ -31,6 +34,7 @@ def add(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from engine.common._config import persisted_to
     from engine.relay import run_relay
     from engine.relay._app import RELAY_PROJECT
     from engine.server._auth import load_key_ring
@@ -40,8 +44,9 @@ def run(args: argparse.Namespace) -> int:
     fixed = {"project": RELAY_PROJECT, **({"url": args.upstream} if args.upstream else {})}
     cfg = _args.load_settings(args, **fixed)
     _probe.check_server(cfg.url, cfg.api_key, "relay: upstream",
-                        "accepting traffic anyway: calls wait in the ring, then the spool, "
-                        "until it answers")
+                        "accepting traffic anyway: calls wait in the ring until it answers; "
+                        f"those not delivered within delivery_deadline_s="
+                        f"{cfg.delivery_deadline_s:g} s go to {persisted_to(cfg)}")
     host, port = args.listen
     try:
         keys = load_key_ring(args.keys_file, env_key=False)  # $ENGINE_API_KEY is the upstream's

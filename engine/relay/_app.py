@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 import time
 from typing import Any
 
@@ -110,7 +111,11 @@ async def start_relay(engine: Engine, upstream: str, host: str = "127.0.0.1", po
     await runner.setup()
     # bounded as engine serve is (engine.server._connections)
     site = LimitedSite(runner, host, port, max_connections, "engine relay")
-    await site.start()
+    try:
+        await site.start()
+    except OSError:  # the port is taken: close the proxy's client session with the app
+        await runner.cleanup()
+        raise
     bound_host, bound_port = runner.addresses[0][:2]
     url = f"http://[{bound_host}]:{bound_port}" if ":" in bound_host else f"http://{bound_host}:{bound_port}"
     return runner, url
@@ -158,6 +163,8 @@ def run_relay(upstream: str, host: str = "127.0.0.1", port: int = 0,
     if "ring_bytes" not in config and not set_outside_arguments("ring_bytes", config_file):
         config["ring_bytes"] = RELAY_RING_BYTES
     check_bind("engine relay", host, keys)  # before the engine starts its sender
+    if port:  # a port already taken is said before the engine starts (and stops) a sender
+        socket.create_server((host, port)).close()
     with Engine(url=upstream, config_file=config_file, **config) as engine:
         signum, at_s = uvloop.run(relay_until_signal(engine, upstream, host, port,
                                                      max_body_bytes, keys, max_connections))

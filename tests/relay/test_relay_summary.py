@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -100,3 +101,36 @@ def test_sigterm_with_the_upstream_down_persists_what_was_accepted_within_sigter
     assert took_s < 8, took_s
     stored = [json.loads(line) for line in dead.read_text().splitlines()]
     assert len(stored) == 6
+
+
+def test_a_listen_port_in_use_is_one_line_and_starts_no_sender(tmp_path):
+    """It printed the error, then an asyncio 'Unclosed client session' error (the proxy's
+    session, left open), after a sender had started and said '0 items delivered'."""
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("ENGINE_")},
+           "XDG_STATE_HOME": str(tmp_path)}
+    with FaultServer() as upstream, socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "engine", "relay", "--listen",
+                               f"127.0.0.1:{port}", "--upstream", upstream.url],
+                              capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [done.stderr.strip()], done.stderr  # one line
+    assert "cannot listen on 127.0.0.1:" in done.stderr and "already in use" in done.stderr
+    assert "Unclosed" not in done.stderr and "delivered" not in done.stderr
+
+
+def test_the_relay_s_start_says_where_undelivered_calls_go(tmp_path):
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("ENGINE_")},
+           "XDG_STATE_HOME": str(tmp_path)}
+    with subprocess.Popen(
+            [sys.executable, "-m", "engine", "relay", "--listen", "127.0.0.1:0", "--upstream",
+             "http://127.0.0.1:9", "--shutdown-timeout-s", "1"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as proc:
+        assert "listening on" in proc.stdout.readline()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    first = err.splitlines()[0]
+    assert "accepting traffic anyway" in first and "spool" not in first  # none is set
+    assert f"go to the dead letters {tmp_path / 'engine' / 'dead_letters.jsonl'}" in first
