@@ -75,6 +75,14 @@ class GuardedStore:
         return guarded
 
 
+def check_grant(project_id: str, write: bool) -> None:
+    """The request's grant for ``project_id``, for a route whose body names no project to
+    the store (an empty batch under ``/v2/{entity}/{project}/``: checked against the path)."""
+    grant = CURRENT_GRANT.get()
+    if grant is not None:
+        grant.check(project_id, write)
+
+
 def _filtered_listing(target: Callable[..., Any]) -> Callable[..., Any]:
     """``(project_id, …)`` rows of every project, cut down to those the grant may read."""
 

@@ -175,6 +175,22 @@ def test_a_key_reaches_only_the_projects_its_line_grants(run, tmp_path, keys_fil
         assert f"may not {verb} project {project!r}" in body["reason"], (name, body)
 
 
+def test_an_empty_batch_is_checked_against_the_path_s_project(run, tmp_path, keys_file):
+    """An empty batch names no project to the store, which refused it under any key as one
+    'across projects' (403): `engine doctor`'s probe of the ingest routes then passed on a 403."""
+    async def scenario():
+        async with serving(tmp_path / "t.db", keys=load_key_ring(keys_file, env_key=False)) as api:
+            auth = {"Authorization": basic_auth("api", KEY_A)}
+            empty = {"batch": []}
+            return (await api.post("/v2/team-a/dash/calls/complete", empty, auth),
+                    await api.post("/v2/team-b/p/calls/complete", empty, auth),
+                    await api.post("/call/upsert_batch", empty, auth))
+
+    own, other, upsert = run(scenario())
+    assert own == (200, {}) and upsert == (200, {"res": []})
+    assert other[0] == 403 and "may not write project 'team-b/p'" in other[1]["reason"]
+
+
 def test_the_project_list_shows_each_key_only_the_projects_it_may_read(run, tmp_path, keys_file):
     """The trace browser's first page is the one listing across projects: cut to the grant."""
 
