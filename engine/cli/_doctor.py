@@ -47,6 +47,10 @@ def add(subparsers: argparse._SubParsersAction) -> None:
     doctor.add_argument("url", type=_args.url, metavar="URL", help="trace server base URL")
     doctor.add_argument("--limit-mib", type=_args.positive_int, default=8,
                         help="largest request size to try, in MiB (default 8)")
+    doctor.add_argument("--project", type=_args.project, default=None,
+                        help="entity/project whose ingest the key must be let through for "
+                             f"(default {_PROBE_PROJECT}, a name no one writes: a key granted "
+                             "only some projects is refused there, and that is a warning)")
     doctor.set_defaults(func=run)
 
 
@@ -92,6 +96,20 @@ def _reach(url: str, api_key: str | None, checks: list[Check]) -> dict | None:
     return info
 
 
+def _reason(answer: _probe.Answer) -> str:
+    """The server's reason for a refusal, on one line (weave's servers: {"reason": ...})."""
+    try:
+        reason = json.loads(answer.body).get("reason")
+    except (ValueError, AttributeError):
+        reason = None
+    text = reason if isinstance(reason, str) else answer.body[:200].decode("utf-8", "replace")
+    return " ".join(text.split()) or "no reason given"
+
+
+def _project(args: argparse.Namespace) -> str:
+    return args.project or _PROBE_PROJECT
+
+
 def _answers(url: str) -> bool:
     try:
         _probe.request(f"{url}/server_info")
@@ -107,19 +125,32 @@ def _post(url: str, path: str, body: bytes, api_key: str | None,
 
 
 def _auth(url: str, api_key: str | None, info: dict, args: argparse.Namespace) -> Check:
-    body = json.dumps({"project_id": _PROBE_PROJECT}).encode()
+    body = json.dumps({"project_id": _project(args)}).encode()
     answer = _post(url, "/calls/query_stats", body, api_key)
+    if answer.status == 403 and api_key and not args.project:  # a key granted other projects
+        return Check("auth", None, f"the key was refused a read of {_project(args)} (HTTP 403: "
+                     f"{_reason(answer)}); run with --project ENTITY/PROJECT to check the project "
+                     "you write")
     if answer.status in (401, 403):
         what = "refused the key" if api_key else "needs a key: set ENGINE_API_KEY"
-        return Check("auth", False, f"HTTP {answer.status}: the server {what}")
+        return Check("auth", False, f"HTTP {answer.status}: the server {what}"
+                     + (f" ({_reason(answer)})" if answer.status == 403 and api_key else ""))
     how = "with the key from the environment" if api_key else "without a key"
     return Check("auth", True, f"a read was let through {how} (HTTP {answer.status})")
 
 
 def _routes(url: str, api_key: str | None, info: dict, args: argparse.Namespace) -> Check:
     empty = b'{"batch": []}'
-    complete = _post(url, f"/v2/{_PROBE_PROJECT}/calls/complete", empty, api_key).status
+    answer = _post(url, f"/v2/{_project(args)}/calls/complete", empty, api_key)
+    complete = answer.status
     upsert = _post(url, "/call/upsert_batch", empty, api_key).status
+    if complete in (401, 403):
+        said = (f"calls/complete refused the key for {_project(args)} (HTTP {complete}: "
+                f"{_reason(answer)})")
+        if args.project:
+            return Check("ingest routes", False, said)
+        return Check("ingest routes", None, f"{said}; run with --project ENTITY/PROJECT to check "
+                     "the project you write")
     if complete != 404:
         return Check("ingest routes", True, f"calls/complete answers (HTTP {complete}): "
                      "complete calls in one request each")
@@ -136,7 +167,7 @@ def _compression(url: str, api_key: str | None, info: dict, args: argparse.Names
         return Check("compression", None, "the server does not advertise zstd: bodies go "
                      "uncompressed (more bytes on the wire)")
     body = zstandard.ZstdCompressor().compress(b'{"batch": []}')
-    status = _post(url, f"/v2/{_PROBE_PROJECT}/calls/complete", body, api_key,
+    status = _post(url, f"/v2/{_project(args)}/calls/complete", body, api_key,
                    {"Content-Encoding": "zstd"}).status
     if status in (400, 415):
         return Check("compression", False, f"advertises zstd but refused a zstd body (HTTP "
@@ -153,7 +184,7 @@ def _limit(url: str, api_key: str | None, info: dict, args: argparse.Namespace) 
     size_mib = 1
     while size_mib <= args.limit_mib:
         body = b'{"batch": [], "pad": "' + b"x" * (size_mib * _MiB) + b'"}'
-        status = _post(url, f"/v2/{_PROBE_PROJECT}/calls/complete", body, api_key).status
+        status = _post(url, f"/v2/{_project(args)}/calls/complete", body, api_key).status
         if status == 413:
             if not accepted:
                 return Check("size limit", None, "a 1 MiB request is too large here: set "
@@ -200,7 +231,7 @@ def _settings() -> EngineConfig | str:
 def _round_trip(url: str, api_key: str | None, info: dict, args: argparse.Namespace) -> Check:
     """How long an empty ingest request takes, and what that bounds: a producer's records
     stay in its ring until acknowledged, so each ring is in flight at most once per trip."""
-    path = f"/v2/{_PROBE_PROJECT}/calls/complete"
+    path = f"/v2/{_project(args)}/calls/complete"
     trips_s = []
     for _ in range(3):
         started = time.perf_counter()

@@ -111,6 +111,28 @@ def test_doctor_reports_a_missing_key_a_small_limit_and_a_wrong_path(tmp_path):
     assert wrong_path.returncode == 1 and "wrong path" in wrong_path.stdout
 
 
+def test_doctor_checks_a_key_granted_some_projects_against_the_one_named(tmp_path):
+    """The ingest probe passed on a 403 ('may not run insert_calls across projects': the
+    server refused any empty batch under a key); a key for team-a/* failed 'auth'."""
+    keys = tmp_path / "keys"
+    keys.write_text("key-a-0123456789abcdef rw team-a/*\n")
+    keys.chmod(0o600)
+    env = _env(ENGINE_API_KEY="key-a-0123456789abcdef")
+    with serve_subprocess(tmp_path / "k.db", keys_file=keys) as url:
+        unnamed = _engine("doctor", url, "--limit-mib", "1", env=env)
+        granted = _engine("doctor", url, "--limit-mib", "1", "--project", "team-a/evals", env=env)
+        other = _engine("doctor", url, "--limit-mib", "1", "--project", "team-b/evals", env=env)
+    assert unnamed.returncode == 0, unnamed.stdout
+    assert "warn ingest routes: calls/complete refused the key for engine-doctor/doctor" in unnamed.stdout
+    assert "run with --project ENTITY/PROJECT" in unnamed.stdout and "FAIL" not in unnamed.stdout
+    assert granted.returncode == 0 and "warn" not in granted.stdout.split("shared memory")[0]
+    assert "ok   ingest routes: calls/complete answers (HTTP 200)" in granted.stdout
+    assert other.returncode == 1
+    assert "FAIL ingest routes: calls/complete refused the key for team-b/evals (HTTP 403: " \
+           "project_id: this API key (keys line 1) may not write project 'team-b/evals')" in other.stdout
+    assert "0123456789abcdef" not in unnamed.stdout + granted.stdout + other.stdout
+
+
 def test_doctor_on_a_trace_server_without_ready_does_not_check_its_store():
     """Another trace server (here the ingest-only FaultServer) has no /ready: not a failure."""
     with FaultServer() as fault:
