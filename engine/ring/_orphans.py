@@ -172,6 +172,17 @@ def _control_words(spec: RingSpec) -> tuple[int, ...] | None:
     return words
 
 
+def _live_producers(spec: RingSpec) -> bool:
+    """Whether a live process holds a slot of the segment open, read off its control words
+    (what :func:`attached_producers` reads from an attached ring set)."""
+    words = _control_words(spec)
+    if words is None:
+        return False
+    blocks = [GLOBAL_WORDS + slot * SLOT_WORDS for slot in range(spec.max_slots)]
+    return any(words[b + S_STATE] == ACTIVE
+               and _files.is_alive(words[b + S_PID], words[b + S_START_TICKS]) for b in blocks)
+
+
 def _recorded_url(ring_dir: str) -> str | None:
     try:
         with open(os.path.join(ring_dir, SENDER_ARGS), "rb") as file:
@@ -242,6 +253,8 @@ def find_orphans() -> list[Orphan]:
             log.warning("removing ring set %s: %d records that no sender was set up to "
                         "deliver", entry, held)
             held = 0
+        if held == 0 and spec is not None and _live_producers(spec):
+            continue  # they may still write (a pooled worker): removed once they exit
         if held == 0:  # nothing left to deliver (or no segment): only files to remove
             _files.remove_ring_files(entry, ring_dir)
         elif held:

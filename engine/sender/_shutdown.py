@@ -116,6 +116,11 @@ class Shutdown:
         self._report_exit()
         if self.owner_stops and not ring.holds_records(self.ringset) and not self._attached():
             self.ringset.unlink()
+        elif self.owner_stops:  # no reader from here on, though the owner may live for long
+            # (a notebook, a Ray driver whose pooled workers keep their slots): the next scan
+            # (an Engine, `engine replay`) recovers what it holds, or removes it once the
+            # producers still attached have exited
+            ring.mark_closed(os.path.dirname(self.ringset.spec.lock_path))
 
     async def _drain(self, until_s: float) -> None:
         """Deliver everything as on a flush until all is settled and no producer that may

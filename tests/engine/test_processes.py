@@ -464,3 +464,38 @@ def test_processes_beyond_max_slots_do_not_trace_are_counted_and_never_held_up(t
     assert [r[4] for r in refused] == ["NoRingSlot", "NoRingSlot"]
     assert stats["untraced_no_slot"] == 2 * 20
     assert len(server.stored_ids(PROJECT)) == 2 * 20  # every call of the slot holders
+
+
+def _child_stays_attached(tracer, ids, leave) -> None:
+    ids.put(trace_calls(tracer, 3, prefix="stays"))
+    leave.wait(60)  # a pooled worker (a Ray worker, a Pool's) holding its slot, idle
+
+
+def test_a_ring_set_closed_while_producers_stay_attached_is_removed_once_they_exit(tmp_path):
+    """The sender stays for attached producers until its deadline, then exits; it left the
+    ring set behind for as long as the owner lived (a Ray driver's pooled workers keep their
+    slots: 32 MiB in /dev/shm per closed RayEngine), since no scan takes a live owner's."""
+    from engine.ring import _orphans
+
+    ctx = multiprocessing.get_context("fork")
+    ids, leave = ctx.Queue(), ctx.Event()
+    with FaultServer() as server:
+        eng = make_engine(server.url, tmp_path, shutdown_timeout_s=1.0)
+        segment = ring_files.segment_path(eng.spec.shm_name)
+        child = ctx.Process(target=_child_stays_attached, args=(eng.producer(), ids, leave))
+        child.start()
+        try:
+            traced = set(ids.get(timeout=60))
+            eng.close()
+            deadline = time.monotonic() + 30
+            while any(p.poll() is None for p in eng._senders) and time.monotonic() < deadline:
+                time.sleep(0.05)  # polling the sender's exit, with a deadline
+            assert all(p.poll() is not None for p in eng._senders)
+            _orphans.find_orphans()
+            assert os.path.exists(segment)  # the child may still write: kept
+        finally:
+            leave.set()
+            child.join(60)
+        assert server.stored_ids(PROJECT) == traced
+        _orphans.find_orphans()  # the next Engine's (or engine replay's) scan
+        assert not os.path.exists(segment)
