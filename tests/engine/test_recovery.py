@@ -3,6 +3,7 @@ the next Engine with the same settings or by ``engine replay``, never deleted un
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import shutil
@@ -20,24 +21,26 @@ _SETTINGS = {"shutdown_timeout_s": 3.0, "ring_bytes": 1 << 20, "max_slots": 8}
 
 
 @pytest.fixture
-def foreign_orphans_parked(tmp_path_factory):
+def foreign_orphans_parked():
     """Ring sets of other engines that died on this machine before the test (an earlier
     crashed run: there are none on a clean machine) would be recovered by the test's engines
-    too, adopted into their TMPDIR, and counted: they are parked outside /dev/shm for the
-    test and put back after it."""
-    park = tmp_path_factory.mktemp("parked-orphans")
+    too, adopted into their TMPDIR, and counted: they are renamed out of the engines' sight
+    for the test (in place: a relay's segment is a sparse 128 GiB file, which a move to
+    another file system would copy) and put back after it."""
     moved = []
     for entry in sorted(os.listdir(ring_files.SEGMENT_DIR)):
         owner = ring_files._owner_of(entry.rsplit(".", 1)[0])
         if entry.startswith(ring_files.NAME_PREFIX) and owner and not ring_files.is_alive(*owner):
             source = os.path.join(ring_files.SEGMENT_DIR, entry)
-            shutil.move(source, park / entry)
-            moved.append((park / entry, source))
+            parked = os.path.join(ring_files.SEGMENT_DIR, "parked-" + entry)
+            with contextlib.suppress(FileNotFoundError):  # another engine's scan took it
+                os.rename(source, parked)
+                moved.append((parked, source))
     try:
         yield
     finally:
         for parked, source in moved:
-            shutil.move(parked, source)
+            os.rename(parked, source)
 
 
 def _segment(run: Pipeline) -> str:
