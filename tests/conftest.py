@@ -25,6 +25,8 @@ def pytest_configure(config):
     os.environ["XDG_STATE_HOME"] = _STATE_HOME
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.getsignal(signal.SIGHUP) is signal.SIG_IGN:  # nohup: the SIGHUP tests' children
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)  # would inherit it and never see theirs
 
 
 def pytest_unconfigure(config):

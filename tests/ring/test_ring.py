@@ -628,6 +628,7 @@ def test_put_item_hands_back_what_it_did_not_write(tmp_path):
             put_item(start, ring.KIND_START, 0, False)
     finally:
         ringset.close()
+        ringset.unlink()
 
 
 def test_the_call_paths_do_nothing_until_the_writer_is_bound():
@@ -660,3 +661,4 @@ def test_the_call_paths_do_nothing_until_the_writer_is_bound():
         writer.detach()
     finally:
         ringset.close()
+        ringset.unlink()

@@ -217,6 +217,7 @@ def test_the_splice_offset_is_where_ended_at_begins(tmp_path):
         writer.detach()
     finally:
         ringset.close()
+        ringset.unlink()
 
 
 def test_large_items_and_nan_round_trip():
