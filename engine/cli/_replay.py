@@ -20,12 +20,27 @@ def add(subparsers: argparse._SubParsersAction) -> None:
         "to run while engines write the same files.")
     replay.add_argument("--spool", type=_args.existing_dir, default=None,
                         help="spool directory (default $ENGINE_SPOOL_DIR; unset: none)")
-    replay.add_argument("--dead-letters", type=_args.existing_file, default=None,
-                        help="dead-letter file (default $ENGINE_DEAD_LETTER_PATH, else "
+    replay.add_argument("--dead-letters", type=dead_letter_file, default=None,
+                        help="dead-letter file; after a stopped replay, the same path sends "
+                             "what it claimed (FILE.claimed-*) (default "
+                             "$ENGINE_DEAD_LETTER_PATH, else "
                              "~/.local/state/engine/dead_letters.jsonl)")
     replay.add_argument("--to", type=_args.url, required=True, help="trace server URL")
     _args.add_log_flags(replay)
     replay.set_defaults(func=run)
+
+
+def dead_letter_file(text: str) -> str:
+    """An existing file, or the path of one a replay claimed and did not finish (Ctrl-C):
+    the file is gone, its claimed copies are what is left to send."""
+    from engine.sender._deadletter import claimed_files
+
+    if not os.path.exists(text):
+        if claimed_files(text):
+            return text
+        raise argparse.ArgumentTypeError(
+            f"{text}: no such file, nor any {text}.claimed-* left by a stopped replay")
+    return _args.existing_file(text)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
             summary = asyncio.run(replay(args.to, spool, dead, api_key))
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: nothing claimed is deleted unsent
         print("engine replay: stopped before the end; what it claimed is kept, and the next "
-              "`engine replay` sends it (the server keeps one row per call id)", file=sys.stderr)
+              "`engine replay` (with the same --dead-letters and --spool) sends it (the server keeps "
+              "one row per call id)", file=sys.stderr)
         raise
     print(f"engine replay: {len(rings.recovered)} ring sets of dead engines recovered"
           f"{f', {len(rings.kept)} still holding records' if rings.kept else ''}; "

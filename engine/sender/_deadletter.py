@@ -203,7 +203,7 @@ def claim(path: str | os.PathLike[str]) -> Path | None:
 def claim_abandoned(path: str | os.PathLike[str]) -> list[Path]:
     """Claim files of ``path`` whose claimer died before finishing (a replay killed half-way)."""
     taken = []
-    for old in sorted(glob.glob(glob.escape(os.fspath(path)) + _CLAIMED + "*")):
+    for old in claimed_files(path):
         owner = _claimer(old)
         if owner is not None and _ring_files.is_alive(*owner):
             continue
@@ -214,6 +214,11 @@ def claim_abandoned(path: str | os.PathLike[str]) -> list[Path]:
             continue
         taken.append(claimed)
     return taken
+
+
+def claimed_files(path: str | os.PathLike[str]) -> list[str]:
+    """Files claimed from ``path`` and not yet deleted, by replays running or dead."""
+    return sorted(glob.glob(glob.escape(os.fspath(path)) + _CLAIMED + "*"))
 
 
 _claim_numbers = itertools.count()

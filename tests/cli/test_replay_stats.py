@@ -65,6 +65,28 @@ def test_replay_keeps_a_letter_that_is_not_json_without_sending_it_and_says_so(t
     assert kept.call_id == "c21" and kept.item_invalid and kept.item_json == bad
 
 
+def _claim_in_a_process_that_ends(path) -> str:
+    """What a replay stopped half-way (Ctrl-C) leaves: the file, claimed by a dead process."""
+    return subprocess.run([sys.executable, "-c", "import sys; from engine.sender._deadletter "
+                           "import claim; print(claim(sys.argv[1]))", str(path)],
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_replay_of_a_named_file_a_stopped_replay_claimed_sends_what_it_claimed(tmp_path):
+    dead = tmp_path / "dead.jsonl"
+    with DeadLetters(dead) as letters:
+        letters.add(reason="shutdown", status=None, call_id="c30", route=ROUTE,
+                    project=PROJECT, item_json=_complete(30))
+    claimed = _claim_in_a_process_that_ends(dead)
+    assert not dead.exists() and os.path.exists(claimed)
+    with FaultServer(seed=3) as server:
+        result = _replay(server.url, "--dead-letters", str(dead))
+        assert result.returncode == 0, result.stderr
+        assert server.stored_ids(PROJECT) == {"0190a0b0-0000-7000-8000-000000000030"}
+    assert "1 items delivered" in result.stdout
+    assert not os.path.exists(claimed) and not dead.exists()
+
+
 def test_stats_finds_the_running_engine_and_prints_its_line():
     with Engine(url="http://127.0.0.1:9", project="a/b", start_sender=False) as engine:
         ring_dir = os.path.dirname(engine.spec.lock_path)
