@@ -8,7 +8,6 @@ import os
 import sys
 
 from engine.cli import _args, _probe
-from engine.common import _env
 
 
 def add(subparsers: argparse._SubParsersAction) -> None:
@@ -19,13 +18,15 @@ def add(subparsers: argparse._SubParsersAction) -> None:
         "limit; what is acknowledged is removed, what fails stays for the next replay. Safe "
         "to run while engines write the same files.")
     replay.add_argument("--spool", type=_args.existing_dir, default=None,
-                        help="spool directory (default $ENGINE_SPOOL_DIR; unset: none)")
+                        help="spool directory (default: the spool_dir setting, from "
+                             "$ENGINE_SPOOL_DIR or the config file; unset: none)")
     replay.add_argument("--dead-letters", type=dead_letter_file, default=None,
                         help="dead-letter file; after a stopped replay, the same path sends "
-                             "what it claimed (FILE.claimed-*) (default "
-                             "$ENGINE_DEAD_LETTER_PATH, else "
-                             "~/.local/state/engine/dead_letters.jsonl)")
+                             "what it claimed (FILE.claimed-*) (default: the "
+                             "dead_letter_path setting, from $ENGINE_DEAD_LETTER_PATH or the "
+                             "config file, else ~/.local/state/engine/dead_letters.jsonl)")
     replay.add_argument("--to", type=_args.url, required=True, help="trace server URL")
+    _args.add_config_file_flag(replay)
     _args.add_log_flags(replay)
     replay.set_defaults(func=run)
 
@@ -44,16 +45,16 @@ def dead_letter_file(text: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.common._config import default_state_dir
+    from engine.common._config import default_dead_letter_path
     from engine.sender._replay import recover_rings, replay
 
     _args.setup_logging(args)
-    api_key = os.environ.get(_env.API_KEY) or os.environ.get("WANDB_API_KEY") or None
+    cfg = _args.load_settings(args, url=args.to)  # the engines' settings: where they persist
+    api_key = cfg.api_key
+    spool = args.spool or cfg.spool_dir
+    dead = args.dead_letters or cfg.dead_letter_path or str(default_dead_letter_path())
     _probe.check_server(args.to, api_key, "replay",
                         "trying anyway: what is not delivered is kept for the next replay")
-    spool = args.spool or os.environ.get("ENGINE_SPOOL_DIR") or None
-    dead = (args.dead_letters or os.environ.get("ENGINE_DEAD_LETTER_PATH")
-            or str(default_state_dir() / "dead_letters.jsonl"))
     try:
         with _args.sigterm_interrupts():
             rings = recover_rings(args.to, api_key)
