@@ -8,6 +8,7 @@ import os
 import sys
 
 from engine.cli import _args, _probe
+from engine.cli._args import CommandFailed, UsageError
 
 
 def add(subparsers: argparse._SubParsersAction) -> None:
@@ -46,13 +47,14 @@ def dead_letter_file(text: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from engine.common._config import default_dead_letter_path
-    from engine.sender._replay import recover_rings, replay
+    from engine.sender._replay import malformed_path, recover_rings, replay
 
     _args.setup_logging(args)
     cfg = _args.load_settings(args, url=args.to)  # the engines' settings: where they persist
     api_key = cfg.api_key
     spool = args.spool or cfg.spool_dir
     dead = args.dead_letters or cfg.dead_letter_path or str(default_dead_letter_path())
+    _refuse_other_files(dead)
     _probe.check_server(args.to, api_key, "replay",
                         "trying anyway: what is not delivered is kept for the next replay")
     try:
@@ -61,16 +63,18 @@ def run(args: argparse.Namespace) -> int:
             summary = asyncio.run(replay(args.to, spool, dead, api_key))
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: nothing claimed is deleted unsent
         print("engine replay: stopped before the end; what it claimed is kept, and the next "
-              "`engine replay` (with the same --dead-letters and --spool) sends it (the server keeps "
-              "one row per call id)", file=sys.stderr)
+              "`engine replay` (with the same --dead-letters and --spool) sends it (the server "
+              "keeps one row per call id)", file=sys.stderr)
         raise
+    aside = (f"; {summary.malformed_lines} lines that are not dead letters moved to "
+             f"{malformed_path(dead)}" if summary.malformed_lines else "")
     print(f"engine replay: {len(rings.recovered)} ring sets of dead engines recovered"
           f"{f', {len(rings.kept)} still holding records' if rings.kept else ''}; "
           f"{summary.items_delivered} items delivered in {summary.requests} requests; "
           f"{summary.items_kept} kept for later, {summary.items_rejected} refused again "
           f"(in {dead}), {summary.items_unsaved} not written back; "
           f"{summary.segments_sent} spool segments done, {summary.segments_kept} kept, "
-          f"{summary.segments_corrupt} corrupt")
+          f"{summary.segments_corrupt} corrupt{aside}")
     if invalid := summary.rejected_by_reason.get("not_json"):
         print(f"engine replay: {invalid} dead letters hold an item that is not JSON "
               f"(\"item_invalid\": true): not sent, kept in {dead} as its text to read and fix")
@@ -78,3 +82,19 @@ def run(args: argparse.Namespace) -> int:
         print(f"engine replay: ring set {name} holds {records} records for {url}: "
               f"`engine replay --to {url}` recovers them")
     return 0 if summary.complete and not rings.kept else 1
+
+
+def _refuse_other_files(path: str) -> None:
+    """A file that holds no dead letter (calls to ingest, a log) is named by mistake: a
+    replay would move it away whole, as lines that are not dead letters."""
+    from engine.sender._deadletter import holds_dead_letters
+
+    try:
+        other = os.path.isfile(path) and not holds_dead_letters(path)
+    except OSError as exc:
+        raise CommandFailed(f"replay: cannot read the dead letters {path}: "
+                            f"{exc.strerror or exc}") from exc
+    if other:
+        raise UsageError(f"replay: {path} is not a dead-letter file (none of its lines is a "
+                         "dead letter); left as it is: name the engine's dead-letter file "
+                         "(--dead-letters, or the dead_letter_path setting)")

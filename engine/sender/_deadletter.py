@@ -271,6 +271,24 @@ def read_dead_letters(path: str | os.PathLike[str],
             on_malformed(number, line)
 
 
+def holds_dead_letters(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` may be a dead-letter file: it is empty, or one of its lines is a dead
+    letter. A file of something else (calls to ingest, a log) is not, and a replay must not
+    take it away. Reads up to the first dead letter: a dead-letter file's first line."""
+    with open(path, "rb") as file:
+        empty = True
+        for line in file:
+            if not line.strip():
+                continue
+            try:
+                _reader.decode(line)
+            except msgspec.DecodeError:
+                empty = False
+                continue
+            return True
+    return empty
+
+
 def _line(envelope: _Envelope, item_json: bytes) -> bytes:
     head = _encoder.encode(envelope)
     return b"".join((head[:-1], b',"item":', item_json, b"}\n"))

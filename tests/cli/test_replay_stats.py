@@ -129,6 +129,33 @@ def test_replay_flags_win_over_the_config_file(tmp_path):
     assert (tmp_path / "configured.jsonl").exists()
 
 
+def test_replay_refuses_a_file_that_is_not_a_dead_letter_file_and_leaves_it(tmp_path):
+    calls = tmp_path / "calls.jsonl"  # what `engine ingest` reads: calls, not dead letters
+    calls.write_bytes(b"".join(_complete(i) + b"\n" for i in range(3)))
+    with FaultServer(seed=3) as server:
+        result = _replay(server.url, "--dead-letters", str(calls))
+        assert server.records(ROUTE) == []
+    assert result.returncode == 2, result.stderr
+    assert f"{calls} is not a dead-letter file" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert calls.read_bytes() == b"".join(_complete(i) + b"\n" for i in range(3))
+    assert os.listdir(tmp_path) == ["calls.jsonl"]
+
+
+def test_replay_counts_lines_that_are_not_dead_letters_and_says_where_they_went(tmp_path):
+    dead = tmp_path / "dead.jsonl"
+    _letters(dead, 60)
+    with open(dead, "ab") as file:
+        file.write(_complete(61) + b"\n")  # a call, not a dead letter
+    _letters(dead, 62)
+    with FaultServer(seed=3) as server:
+        result = _replay(server.url, "--dead-letters", str(dead))
+        assert server.stored_ids(PROJECT) == _ids(60, 62)
+    assert result.returncode == 1, result.stderr
+    assert f"1 lines that are not dead letters moved to {dead}.malformed" in result.stdout
+    assert (tmp_path / "dead.jsonl.malformed").read_bytes() == _complete(61) + b"\n"
+
+
 def test_stats_finds_the_running_engine_and_prints_its_line():
     with Engine(url="http://127.0.0.1:9", project="a/b", start_sender=False) as engine:
         ring_dir = os.path.dirname(engine.spec.lock_path)
