@@ -174,13 +174,17 @@ def _int(text: str) -> int:
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """``--config FILE`` plus one ``--<field>`` per EngineConfig setting (flag > env > file)."""
     group = parser.add_argument_group("engine settings (see config/engine.toml)")
-    group.add_argument("--config", type=existing_file, default=None,
-                       help=f"TOML file (default ${_env.CONFIG})")
+    add_config_file_flag(group)
     for name in EngineConfig.__struct_fields__:
         if name not in _SECRET_FIELDS and name not in ("url", "project"):
             group.add_argument("--" + name.replace("_", "-"), dest=f"cfg_{name}", default=None,
                                metavar="VALUE")
     add_log_flags(parser)
+
+
+def add_config_file_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    parser.add_argument("--config", type=existing_file, default=None,
+                        help=f"TOML file of settings (default ${_env.CONFIG})")
 
 
 def config_overrides(args: argparse.Namespace) -> dict[str, str]:

@@ -8,7 +8,7 @@ import os
 import sys
 
 from engine.cli import _args, _probe
-from engine.common import _env
+from engine.cli._args import CommandFailed, UsageError
 
 
 def add(subparsers: argparse._SubParsersAction) -> None:
@@ -19,41 +19,62 @@ def add(subparsers: argparse._SubParsersAction) -> None:
         "limit; what is acknowledged is removed, what fails stays for the next replay. Safe "
         "to run while engines write the same files.")
     replay.add_argument("--spool", type=_args.existing_dir, default=None,
-                        help="spool directory (default $ENGINE_SPOOL_DIR; unset: none)")
-    replay.add_argument("--dead-letters", type=_args.existing_file, default=None,
-                        help="dead-letter file (default $ENGINE_DEAD_LETTER_PATH, else "
-                             "~/.local/state/engine/dead_letters.jsonl)")
+                        help="spool directory (default: the spool_dir setting, from "
+                             "$ENGINE_SPOOL_DIR or the config file; unset: none)")
+    replay.add_argument("--dead-letters", type=dead_letter_file, default=None,
+                        help="dead-letter file; after a stopped replay, the same path sends "
+                             "what it claimed (FILE.claimed-*) (default: the "
+                             "dead_letter_path setting, from $ENGINE_DEAD_LETTER_PATH or the "
+                             "config file, else ~/.local/state/engine/dead_letters.jsonl)")
     replay.add_argument("--to", type=_args.url, required=True, help="trace server URL")
+    _args.add_config_file_flag(replay)
     _args.add_log_flags(replay)
     replay.set_defaults(func=run)
 
 
+def dead_letter_file(text: str) -> str:
+    """An existing file, or the path of one a replay claimed and did not finish (Ctrl-C):
+    the file is gone, its claimed copies are what is left to send."""
+    from engine.sender._deadletter import claimed_files
+
+    if not os.path.exists(text):
+        if claimed_files(text):
+            return text
+        raise argparse.ArgumentTypeError(
+            f"{text}: no such file, nor any {text}.claimed-* left by a stopped replay")
+    return _args.existing_file(text)
+
+
 def run(args: argparse.Namespace) -> int:
-    from engine.common._config import default_state_dir
-    from engine.sender._replay import recover_rings, replay
+    from engine.common._config import default_dead_letter_path
+    from engine.sender._replay import malformed_path, recover_rings, replay
 
     _args.setup_logging(args)
-    api_key = os.environ.get(_env.API_KEY) or os.environ.get("WANDB_API_KEY") or None
+    cfg = _args.load_settings(args, url=args.to)  # the engines' settings: where they persist
+    api_key = cfg.api_key
+    spool = args.spool or cfg.spool_dir
+    dead = args.dead_letters or cfg.dead_letter_path or str(default_dead_letter_path())
+    _refuse_other_files(dead)
     _probe.check_server(args.to, api_key, "replay",
                         "trying anyway: what is not delivered is kept for the next replay")
-    spool = args.spool or os.environ.get("ENGINE_SPOOL_DIR") or None
-    dead = (args.dead_letters or os.environ.get("ENGINE_DEAD_LETTER_PATH")
-            or str(default_state_dir() / "dead_letters.jsonl"))
     try:
         with _args.sigterm_interrupts():
             rings = recover_rings(args.to, api_key)
             summary = asyncio.run(replay(args.to, spool, dead, api_key))
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: nothing claimed is deleted unsent
         print("engine replay: stopped before the end; what it claimed is kept, and the next "
-              "`engine replay` sends it (the server keeps one row per call id)", file=sys.stderr)
+              "`engine replay` (with the same --dead-letters and --spool) sends it (the server "
+              "keeps one row per call id)", file=sys.stderr)
         raise
+    aside = (f"; {summary.malformed_lines} lines that are not dead letters moved to "
+             f"{malformed_path(dead)}" if summary.malformed_lines else "")
     print(f"engine replay: {len(rings.recovered)} ring sets of dead engines recovered"
           f"{f', {len(rings.kept)} still holding records' if rings.kept else ''}; "
           f"{summary.items_delivered} items delivered in {summary.requests} requests; "
           f"{summary.items_kept} kept for later, {summary.items_rejected} refused again "
           f"(in {dead}), {summary.items_unsaved} not written back; "
           f"{summary.segments_sent} spool segments done, {summary.segments_kept} kept, "
-          f"{summary.segments_corrupt} corrupt")
+          f"{summary.segments_corrupt} corrupt{aside}")
     if invalid := summary.rejected_by_reason.get("not_json"):
         print(f"engine replay: {invalid} dead letters hold an item that is not JSON "
               f"(\"item_invalid\": true): not sent, kept in {dead} as its text to read and fix")
@@ -61,3 +82,19 @@ def run(args: argparse.Namespace) -> int:
         print(f"engine replay: ring set {name} holds {records} records for {url}: "
               f"`engine replay --to {url}` recovers them")
     return 0 if summary.complete and not rings.kept else 1
+
+
+def _refuse_other_files(path: str) -> None:
+    """A file that holds no dead letter (calls to ingest, a log) is named by mistake: a
+    replay would move it away whole, as lines that are not dead letters."""
+    from engine.sender._deadletter import holds_dead_letters
+
+    try:
+        other = os.path.isfile(path) and not holds_dead_letters(path)
+    except OSError as exc:
+        raise CommandFailed(f"replay: cannot read the dead letters {path}: "
+                            f"{exc.strerror or exc}") from exc
+    if other:
+        raise UsageError(f"replay: {path} is not a dead-letter file (none of its lines is a "
+                         "dead letter); left as it is: name the engine's dead-letter file "
+                         "(--dead-letters, or the dead_letter_path setting)")

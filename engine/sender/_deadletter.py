@@ -203,7 +203,7 @@ def claim(path: str | os.PathLike[str]) -> Path | None:
 def claim_abandoned(path: str | os.PathLike[str]) -> list[Path]:
     """Claim files of ``path`` whose claimer died before finishing (a replay killed half-way)."""
     taken = []
-    for old in sorted(glob.glob(glob.escape(os.fspath(path)) + _CLAIMED + "*")):
+    for old in claimed_files(path):
         owner = _claimer(old)
         if owner is not None and _ring_files.is_alive(*owner):
             continue
@@ -214,6 +214,11 @@ def claim_abandoned(path: str | os.PathLike[str]) -> list[Path]:
             continue
         taken.append(claimed)
     return taken
+
+
+def claimed_files(path: str | os.PathLike[str]) -> list[str]:
+    """Files claimed from ``path`` and not yet deleted, by replays running or dead."""
+    return sorted(glob.glob(glob.escape(os.fspath(path)) + _CLAIMED + "*"))
 
 
 _claim_numbers = itertools.count()
@@ -264,6 +269,24 @@ def read_dead_letters(path: str | os.PathLike[str],
             if on_malformed is None:
                 raise ValueError(f"{os.fspath(path)}:{number}: malformed dead letter: {exc}") from None
             on_malformed(number, line)
+
+
+def holds_dead_letters(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` may be a dead-letter file: it is empty, or one of its lines is a dead
+    letter. A file of something else (calls to ingest, a log) is not, and a replay must not
+    take it away. Reads up to the first dead letter: a dead-letter file's first line."""
+    with open(path, "rb") as file:
+        empty = True
+        for line in file:
+            if not line.strip():
+                continue
+            try:
+                _reader.decode(line)
+            except msgspec.DecodeError:
+                empty = False
+                continue
+            return True
+    return empty
 
 
 def _line(envelope: _Envelope, item_json: bytes) -> bytes:

@@ -92,7 +92,8 @@ class Persister:
             return False
         # at shutdown the exit line counts them, and where they went: one line, not one a batch
         log.log(logging.INFO if reason == "shutdown" else logging.ERROR,
-                "dead-lettered %d items (%s, HTTP %s): %s", len(batch), reason, status, detail)
+                "dead-lettered %d items (%s%s): %s", len(batch), reason,
+                "" if status is None else f", HTTP {status}", detail)
         self.control.add("dead_letters", len(batch))
         self.control.add(DEAD_COUNTERS.get(reason, "dead_http"), len(batch))
         self.release(batch)

@@ -196,19 +196,25 @@ def _renewed(batch: list[DeadLetter], outcome: Outcome) -> Iterator[DeadLetter]:
             yield msgspec.structs.replace(batch[i], reason=reason, status=rejected.status)
 
 
+def malformed_path(path: str | os.PathLike[str]) -> Path:
+    """Where a replay moves the lines of the dead-letter file ``path`` that are not dead
+    letters."""
+    return Path(f"{os.fspath(path)}.malformed")
+
+
 def _set_aside(path: Path, malformed: list[bytes]) -> None:
     """Lines that are not dead letters (torn by a crash) are kept beside the file."""
     if not malformed:
         return
-    aside = Path(f"{path}.malformed")
+    aside = malformed_path(path)
     fd = os.open(aside, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
         os.write(fd, b"".join(line + b"\n" for line in malformed))
         os.fsync(fd)
     finally:
         os.close(fd)
-    log.error("%d malformed dead-letter lines (torn by a crash) set aside in %s",
-              len(malformed), aside)
+    log.error("%d lines of %s are not dead letters (torn by a crash, or written by something "
+              "else): moved to %s", len(malformed), path, aside)
 
 
 # -- ring sets of dead engines --------------------------------------------------------------

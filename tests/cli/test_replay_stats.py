@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import msgspec
+import pytest
 
 from engine.cli._stats import live_ring_dirs
 from engine.producer._engine import Engine
@@ -25,9 +26,21 @@ def _complete(i: int) -> bytes:
     })  # fmt: skip
 
 
-def _replay(url: str, *flags: str) -> subprocess.CompletedProcess:
+def _replay(url: str, *flags: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "engine", "replay", "--to", url, *flags],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **(env or {})})
+
+
+def _letters(path, *numbers: int) -> None:
+    with DeadLetters(path) as letters:
+        for i in numbers:
+            letters.add(reason="shutdown", status=None, call_id=f"c{i}", route=ROUTE,
+                        project=PROJECT, item_json=_complete(i))
+
+
+def _ids(*numbers: int) -> set[str]:
+    return {f"0190a0b0-0000-7000-8000-{i:012d}" for i in numbers}
 
 
 def test_replay_delivers_spool_and_dead_letters_and_keeps_only_failures(tmp_path):
@@ -63,6 +76,84 @@ def test_replay_keeps_a_letter_that_is_not_json_without_sending_it_and_says_so(t
     assert "1 dead letters hold an item that is not JSON" in result.stdout
     (kept,) = read_dead_letters(dead)
     assert kept.call_id == "c21" and kept.item_invalid and kept.item_json == bad
+
+
+def _claim_in_a_process_that_ends(path) -> str:
+    """What a replay stopped half-way (Ctrl-C) leaves: the file, claimed by a dead process."""
+    return subprocess.run([sys.executable, "-c", "import sys; from engine.sender._deadletter "
+                           "import claim; print(claim(sys.argv[1]))", str(path)],
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_replay_of_a_named_file_a_stopped_replay_claimed_sends_what_it_claimed(tmp_path):
+    dead = tmp_path / "dead.jsonl"
+    with DeadLetters(dead) as letters:
+        letters.add(reason="shutdown", status=None, call_id="c30", route=ROUTE,
+                    project=PROJECT, item_json=_complete(30))
+    claimed = _claim_in_a_process_that_ends(dead)
+    assert not dead.exists() and os.path.exists(claimed)
+    with FaultServer(seed=3) as server:
+        result = _replay(server.url, "--dead-letters", str(dead))
+        assert result.returncode == 0, result.stderr
+        assert server.stored_ids(PROJECT) == {"0190a0b0-0000-7000-8000-000000000030"}
+    assert "1 items delivered" in result.stdout
+    assert not os.path.exists(claimed) and not dead.exists()
+
+
+@pytest.mark.parametrize("how", ["--config", "ENGINE_CONFIG"])
+def test_replay_sends_the_dead_letters_and_spool_the_config_file_names(tmp_path, how):
+    _letters(tmp_path / "configured.jsonl", 40)
+    Spool(tmp_path / "spool").put(ROUTE, b'{"batch":[' + _complete(41) + b"]}", 1)
+    config = tmp_path / "engine.toml"
+    config.write_text(f'[engine]\ndead_letter_path = "{tmp_path / "configured.jsonl"}"\n'
+                      f'spool_dir = "{tmp_path / "spool"}"\n')
+    flags, env = (["--config", str(config)], {}) if how == "--config" else ([], {how: str(config)})
+    with FaultServer(seed=3) as server:
+        result = _replay(server.url, *flags, env=env)
+        assert result.returncode == 0, result.stderr
+        assert server.stored_ids(PROJECT) == _ids(40, 41)
+    assert "2 items delivered" in result.stdout and str(tmp_path / "configured.jsonl") in result.stdout
+    assert not (tmp_path / "configured.jsonl").exists() and Spool(tmp_path / "spool").pending() == []
+
+
+def test_replay_flags_win_over_the_config_file(tmp_path):
+    _letters(tmp_path / "configured.jsonl", 50)
+    _letters(tmp_path / "named.jsonl", 51)
+    config = tmp_path / "engine.toml"
+    config.write_text(f'[engine]\ndead_letter_path = "{tmp_path / "configured.jsonl"}"\n')
+    with FaultServer(seed=3) as server:
+        result = _replay(server.url, "--config", str(config), "--dead-letters",
+                         str(tmp_path / "named.jsonl"))
+        assert result.returncode == 0, result.stderr
+        assert server.stored_ids(PROJECT) == _ids(51)
+    assert (tmp_path / "configured.jsonl").exists()
+
+
+def test_replay_refuses_a_file_that_is_not_a_dead_letter_file_and_leaves_it(tmp_path):
+    calls = tmp_path / "calls.jsonl"  # what `engine ingest` reads: calls, not dead letters
+    calls.write_bytes(b"".join(_complete(i) + b"\n" for i in range(3)))
+    with FaultServer(seed=3) as server:
+        result = _replay(server.url, "--dead-letters", str(calls))
+        assert server.records(ROUTE) == []
+    assert result.returncode == 2, result.stderr
+    assert f"{calls} is not a dead-letter file" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert calls.read_bytes() == b"".join(_complete(i) + b"\n" for i in range(3))
+    assert os.listdir(tmp_path) == ["calls.jsonl"]
+
+
+def test_replay_counts_lines_that_are_not_dead_letters_and_says_where_they_went(tmp_path):
+    dead = tmp_path / "dead.jsonl"
+    _letters(dead, 60)
+    with open(dead, "ab") as file:
+        file.write(_complete(61) + b"\n")  # a call, not a dead letter
+    _letters(dead, 62)
+    with FaultServer(seed=3) as server:
+        result = _replay(server.url, "--dead-letters", str(dead))
+        assert server.stored_ids(PROJECT) == _ids(60, 62)
+    assert result.returncode == 1, result.stderr
+    assert f"1 lines that are not dead letters moved to {dead}.malformed" in result.stdout
+    assert (tmp_path / "dead.jsonl.malformed").read_bytes() == _complete(61) + b"\n"
 
 
 def test_stats_finds_the_running_engine_and_prints_its_line():

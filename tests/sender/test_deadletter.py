@@ -192,3 +192,17 @@ def test_a_failed_write_leaves_the_file_as_it_was(tmp_path, monkeypatch):
         assert path.read_bytes() == before
         add(letters, "c3")
     assert [x.call_id for x in read_dead_letters(path)] == ["c1", "c3"]
+
+
+def test_a_file_holds_dead_letters_when_empty_or_when_any_line_is_one(tmp_path):
+    from engine.sender._deadletter import holds_dead_letters
+
+    path = tmp_path / "letters.jsonl"
+    path.write_bytes(b"")
+    assert holds_dead_letters(path)
+    path.write_bytes(b'{"id":"c1","inputs":{}}\n{"id":"c2"}\n')  # calls, say: no dead letter
+    assert not holds_dead_letters(path)
+    path.write_bytes(b'{"ts":"2026-01-01T00:00:00Z","rea\n')  # torn by a crash ...
+    with DeadLetters(path) as letters:
+        add(letters, "c3")  # ... then a whole letter
+    assert holds_dead_letters(path)
