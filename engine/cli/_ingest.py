@@ -9,24 +9,28 @@ File format (one JSON object per line, UTF-8; ``.zst`` files are zstd-compressed
 
 The fields are those of the wire's start, end and complete call schemas (WIRE.md §3);
 ``mode`` is ignored by them. Blank lines are skipped; a line that does not decode is counted
-as invalid, reported, and skipped. Lines are decoded into the server's raw ingest models
-(``engine.server._ingest_models``): ids, names and timestamps are read, the JSON-valued
-fields (inputs, output, ...) are checked and kept as the file's bytes, never built into
-Python objects, and the item is written with them as they are.
+as invalid, reported with its line number, and skipped. Lines are decoded into the server's
+raw ingest models (``engine.server._ingest_models``): ids, names and timestamps are read,
+the JSON-valued fields (inputs, output, ...) are checked and kept as the file's bytes, never
+built into Python objects, and the item is written with them as they are
+(``engine.cli._ingest_read``).
 
-Work is split into shards (byte ranges of plain files cut at line boundaries, whole
-compressed files) handed to ``processes`` producer processes. Resuming: each worker flushes
-its tracer every ``checkpoint_lines`` lines -- the server has then acknowledged everything
-before -- and only then reports the byte offset; the parent records it in the checkpoint
-file (atomically replaced, mode 0600). After an interruption the same command resumes from
-those offsets; items after the last checkpoint are sent again and the server's upsert by
-call id stores them once. The checkpoint is removed when every shard is done.
+Work is split into shards (``engine.cli._ingest_plan``) handed to ``processes`` producer
+processes. Resuming: each worker waits every ``checkpoint_lines`` lines until its tracer's
+items are settled -- acknowledged by the server, or refused by it and so dead-lettered or
+spooled (counted, on disk for ``engine replay``: stopping there would refuse the same item
+at every rerun) -- and only then reports the byte offset; the parent records it in the
+checkpoint file. After an interruption, or when the server settles nothing for
+``_FLUSH_TIMEOUT_S``, the same command resumes from those offsets; items after the last
+checkpoint are sent again and the server's upsert by call id stores them once. The
+checkpoint is removed when every shard is done. A compressed file that is not zstd, or is
+cut short, is reported (what was read before is loaded). The command exits 1 when anything
+was not delivered, a line was skipped or a file not read to its end.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import logging
 import multiprocessing
 import os
@@ -35,32 +39,35 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
-from typing import Any, BinaryIO
+from contextlib import ExitStack, contextmanager, suppress
+from typing import Any
 
 import msgspec
 import zstandard
 
 from engine.cli import _args, _summary
-from engine.cli._args import CommandFailed, UsageError
+from engine.cli._args import CommandFailed
+from engine.cli._ingest_plan import (
+    Checkpoint,
+    Shard,
+    check_checkpoint_folder,
+    default_checkpoint_path,
+    file_signature,
+    load_checkpoint,
+    plan_shards,
+    rerun_hint,
+    save_checkpoint,
+)
+from engine.cli._ingest_read import Source, parse_line
 from engine.producer._engine import Engine
 from engine.producer._tracer import Tracer
-from engine.server._ingest_models import (
-    RawCompletedCall,
-    RawEndedCall,
-    RawStartedCall,
-    check_call,
-)
-from engine.server._limits import MAX_JSON_DEPTH, json_depth_over
-from engine.wire._codec import native_struct_plan, uuid7
+from engine.wire._codec import uuid7
 
 log = logging.getLogger("engine.ingest")
 
 DEFAULT_CHECKPOINT_LINES = 20_000
 _PROGRESS_LINES = 2_000
-_MIN_SHARD_BYTES = 1 << 20
-# Lines of a few KiB: the default 8 KiB buffer costs a read() every other line
-_READ_BUFFER_BYTES = 1 << 20
+_NAMED_INVALID_LINES = 3  # per shard: logged as they are met, numbered in the summary
 _PLACEHOLDER_PROJECT = "ingest/ingest"  # the engine's default; every item names its own
 _FLUSH_TIMEOUT_S = 600.0
 _WORKER_EXIT_TIMEOUT_S = 30.0
@@ -76,25 +83,6 @@ def default_processes(cpus: int | None = None) -> int:
     return max(_MIN_DEFAULT_PROCESSES, min(_MAX_DEFAULT_PROCESSES, cpus // 2))
 
 
-class Shard(msgspec.Struct, kw_only=True):
-    path: str
-    start: int  # byte offset (of the decompressed stream for .zst files)
-    end: int | None  # None: to the end of the file
-    done: int  # every line before this offset is acknowledged by the server
-
-
-class _FileSig(msgspec.Struct, kw_only=True):
-    path: str
-    size_bytes: int
-    mtime_ns: int
-
-
-class Checkpoint(msgspec.Struct, kw_only=True):
-    version: int = 1
-    files: list[_FileSig]
-    shards: list[Shard]
-
-
 class IngestSummary(msgspec.Struct, kw_only=True):
     items: int = 0
     starts: int = 0
@@ -107,171 +95,9 @@ class IngestSummary(msgspec.Struct, kw_only=True):
     spooled: int = 0
     dead_lettered: int = 0
     undelivered: int = 0  # records neither acknowledged nor saved
-
-
-class _Mode(msgspec.Struct):
-    mode: str = "complete"
-
-
-class _CompleteLine(RawCompletedCall, kw_only=True, gc=False):
-    """A complete call with the line's ``mode`` read in the same decode. Encoded, it is the
-    call: ``mode`` holds its default and defaults are omitted."""
-
-    mode: str = "complete"
-
-
-native_struct_plan(_CompleteLine)
-_COMPLETE = _CompleteLine.__struct_defaults__[-1]  # the default object itself (see _without_mode)
-_MODE_DECODER = msgspec.json.Decoder(_Mode)
-_COMPLETE_LINE = msgspec.json.Decoder(_CompleteLine)
-_DECODERS = {
-    "start": msgspec.json.Decoder(RawStartedCall),
-    "end": msgspec.json.Decoder(RawEndedCall),
-    "complete": _COMPLETE_LINE,
-}
-# a line that holds no `mode"` has no "mode" key: it is a complete call. (Searching for the
-# quoted key costs 5x more: the search stops at every quote of the line.)
-_MODE_KEY = b'mode"'
-_BODY_LEVELS_ABOVE_A_CALL = 4
-_MAX_CALL_DEPTH = MAX_JSON_DEPTH - _BODY_LEVELS_ABOVE_A_CALL
-
-
-# -- planning and checkpoints -------------------------------------------------------------
-
-
-def _signature(path: str) -> _FileSig:
-    st = os.stat(path)
-    return _FileSig(path=os.path.abspath(path), size_bytes=st.st_size, mtime_ns=st.st_mtime_ns)
-
-
-def plan_shards(paths: list[str], processes: int) -> list[Shard]:
-    """Compressed files whole; plain files cut into about ``processes`` ranges in total."""
-    plain_bytes = sum(os.path.getsize(p) for p in paths if not _is_zst(p))
-    target_bytes = max(_MIN_SHARD_BYTES, plain_bytes // max(1, processes) + 1)
-    shards: list[Shard] = []
-    for path in map(os.path.abspath, paths):
-        if _is_zst(path):
-            shards.append(Shard(path=path, start=0, end=None, done=0))
-        else:
-            shards.extend(_cut(path, target_bytes))
-    return shards
-
-
-def _cut(path: str, target_bytes: int) -> Iterator[Shard]:
-    size = os.path.getsize(path)
-    start = 0
-    with open(path, "rb") as f:
-        while start < size:
-            f.seek(min(size, start + target_bytes))
-            f.readline()  # move the cut to the next line boundary
-            end = min(size, f.tell()) if start + target_bytes < size else size
-            yield Shard(path=path, start=start, end=end, done=start)
-            start = end
-
-
-def load_checkpoint(path: str, paths: list[str]) -> Checkpoint | None:
-    """The saved progress for exactly these files, None if there is none; a checkpoint for
-    other or changed files is an error naming the file (resuming it would skip data)."""
-    try:
-        with open(path, "rb") as f:
-            saved = msgspec.json.decode(f.read(), type=Checkpoint)
-    except FileNotFoundError:
-        return None
-    current = [_signature(p) for p in paths]
-    if saved.files != current:
-        changed = next((c.path for s, c in zip(saved.files, current) if s != c), path)
-        raise UsageError(f"ingest: checkpoint {path} was written for other input files ({changed} "
-                         "differs); delete it to start over")
-    return saved
-
-
-def save_checkpoint(path: str, checkpoint: Checkpoint) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(msgspec.json.encode(checkpoint))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-# -- reading ------------------------------------------------------------------------------
-
-
-def _is_zst(path: str) -> bool:
-    return path.endswith((".zst", ".zstd"))
-
-
-def _open_at(path: str, offset: int, stack: ExitStack) -> BinaryIO:
-    raw = stack.enter_context(open(path, "rb", buffering=_READ_BUFFER_BYTES))  # noqa: SIM115
-    if not _is_zst(path):
-        raw.seek(offset)
-        return raw
-    reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
-    stream = stack.enter_context(io.BufferedReader(reader, _READ_BUFFER_BYTES))
-    skipped = 0
-    while skipped < offset:  # a compressed stream cannot seek: decompress past what is done
-        chunk = stream.read(min(1 << 20, offset - skipped))
-        if not chunk:
-            break
-        skipped += len(chunk)
-    return stream
-
-
-def parse_line(line: bytes, guess: str = "complete") -> tuple[str, msgspec.Struct] | None:
-    """(mode, item) of one line, its JSON-valued fields raw; None for a blank line;
-    ValueError if it is not an item (invalid UTF-8 too: the server would refuse the whole
-    batch holding it). ``guess``: the mode the line most likely has (the previous line's):
-    a complete call is read in one decode; a start or an end, and a guess that was wrong,
-    cost a look for the ``mode`` key first."""
-    if not line or line.isspace():
-        return None
-    try:
-        # the server's checks: a line it would refuse is an invalid line. A line's call
-        # travels at most this deep in a body: {"batch": [{"req": {"start": CALL}}]}
-        if json_depth_over(line, _MAX_CALL_DEPTH):
-            raise ValueError(f"JSON nested more than {MAX_JSON_DEPTH} levels deep in a body")
-        mode, item = _decode(line, guess)
-        if not line.isascii():
-            line.decode()  # msgspec checks a raw value's syntax, not its strings' encoding
-        if not item.ok():
-            check_call(item, "$")
-        return mode, item
-    except msgspec.DecodeError as exc:  # ValidationError included
-        raise ValueError(str(exc)) from None
-
-
-def _decode(line: bytes, guess: str) -> tuple[str, msgspec.Struct]:
-    mode = None
-    if guess == "complete":
-        try:
-            item = _COMPLETE_LINE.decode(line)
-        except msgspec.ValidationError:
-            mode = _mode(line)
-            if mode == "complete":
-                raise
-        else:
-            if item.mode == "complete":
-                return "complete", _without_mode(item)
-            mode = item.mode
-    if mode is None:
-        mode = _mode(line)
-    decoder = _DECODERS.get(mode)
-    if decoder is None:
-        raise ValueError(f"mode {mode!r} is not one of start, end, complete")
-    item = decoder.decode(line)
-    return mode, _without_mode(item) if mode == "complete" else item
-
-
-def _without_mode(item: _CompleteLine) -> _CompleteLine:
-    """The call as it is sent: omit_defaults compares by identity, and a "complete" read
-    from the line is another str than the default, which would be encoded."""
-    item.mode = _COMPLETE
-    return item
-
-
-def _mode(line: bytes) -> str:
-    return _MODE_DECODER.decode(line).mode if _MODE_KEY in line else "complete"
+    dead_by_reason: dict[str, int] = {}  # the sender's dead_* counters
+    invalid_at: list[tuple[str, int]] = []  # (file, line number) of the first few invalid lines
+    problems: list[str] = []  # files not read to their end (not zstd, cut short)
 
 
 # -- the worker processes -----------------------------------------------------------------
@@ -282,6 +108,11 @@ class _Counts(msgspec.Struct):
     end: int = 0
     complete: int = 0
     invalid: int = 0
+    invalid_at: list[int] = []  # the numbers of the first few invalid lines of the shard
+
+
+class _NotSettled(Exception):
+    """The server neither acknowledged nor refused what a worker sent, in time."""
 
 
 def _write(tracer: Tracer, mode: str, item: Any, project: str | None) -> None:
@@ -295,52 +126,99 @@ def _write(tracer: Tracer, mode: str, item: Any, project: str | None) -> None:
 
 def ingest_shard(tracer: Tracer, index: int, shard: Shard, project: str | None,
                  checkpoint_lines: int, out: Any) -> None:
-    """Worker body: send the shard's lines; report progress, and offsets once acknowledged."""
-    counts, offset, lines_since_commit, unreported, read_bytes = _Counts(), shard.done, 0, 0, 0
-    mode = "complete"
+    """Worker body: send the shard's lines; report progress, and offsets once settled."""
     with ExitStack() as stack:
-        stream = _open_at(shard.path, shard.done, stack)
-        while shard.end is None or offset < shard.end:
-            line = stream.readline()
-            if not line:
-                break
-            mode = _ingest_line(tracer, line, project, counts, shard.path, offset, mode)
-            offset += len(line)
-            read_bytes += len(line)
-            lines_since_commit += 1
-            unreported += 1
-            if unreported >= _PROGRESS_LINES:
-                out.put(("read", index, counts, read_bytes))
-                counts, unreported, read_bytes = _Counts(), 0, 0
-            if lines_since_commit >= checkpoint_lines:
-                _commit(tracer, index, offset, out)
-                lines_since_commit = 0
-    out.put(("read", index, counts, read_bytes))
+        try:
+            source = Source(shard.path, shard.done, stack)
+        except zstandard.ZstdError as exc:
+            out.put(("problem", index, None, _zstd_problem(shard, None, exc)))
+            offset = shard.done
+        else:
+            offset = _send_lines(tracer, index, shard, source, project, checkpoint_lines, out)
     _commit(tracer, index, offset, out)
     out.put(("done", index, None, 0))
 
 
-def _ingest_line(tracer: Tracer, line: bytes, project: str | None, counts: _Counts, path: str,
-                 offset: int, guess: str) -> str:
-    """Send one line; the mode of its item (the guess for the next line)."""
-    try:
-        parsed = parse_line(line, guess)
-        if parsed is None:
-            return guess
-        mode, item = parsed
-        _write(tracer, mode, item, project)  # an item too large for a request: ValueError
-    except ValueError as exc:
-        counts.invalid += 1
-        if counts.invalid <= 3:
-            log.warning("%s at byte %d: skipped an invalid line: %s", path, offset, exc)
+def _send_lines(tracer: Tracer, index: int, shard: Shard, source: Source, project: str | None,
+                checkpoint_lines: int, out: Any) -> int:
+    """Send the shard's lines, committing every ``checkpoint_lines``; the offset reached."""
+    counts, offset, lines_since_commit, unreported, read_bytes = _Counts(), shard.done, 0, 0, 0
+    lines_committed, invalid, cut, mode = 0, 0, 0, "complete"
+    stream, problem = source.stream, None
+    while shard.end is None or offset < shard.end:
+        try:
+            line = stream.readline()
+        except zstandard.ZstdError as exc:
+            whole = source.line_number(lines_committed + lines_since_commit) - 1
+            problem = _zstd_problem(shard, whole, exc)
+            break
+        if not line:
+            break
+        try:
+            mode = _ingest_line(tracer, line, project, counts, mode)
+        except ValueError as exc:
+            if source.truncated and not line.endswith(b"\n"):
+                cut = 1  # the end of a stream cut short: not a line of the file
+            else:
+                invalid += 1
+                _invalid(source, counts, invalid, lines_committed + lines_since_commit, offset, exc)
+        offset += len(line)
+        read_bytes += len(line)
+        lines_since_commit += 1
+        unreported += 1
+        if unreported >= _PROGRESS_LINES:
+            out.put(("read", index, counts, read_bytes))
+            counts, unreported, read_bytes = _Counts(), 0, 0
+        if lines_since_commit >= checkpoint_lines:
+            _commit(tracer, index, offset, out)
+            lines_committed, lines_since_commit = lines_committed + lines_since_commit, 0
+    out.put(("read", index, counts, read_bytes))
+    if problem is None and source.truncated:
+        whole = source.line_number(lines_committed + lines_since_commit - cut) - 1
+        problem = f"{shard.path}: truncated zstd stream after {whole:,} lines (those are loaded)"
+    if problem is not None:
+        out.put(("problem", index, None, problem))
+    return offset
+
+
+def _ingest_line(tracer: Tracer, line: bytes, project: str | None, counts: _Counts,
+                 guess: str) -> str:
+    """Send one line; the mode of its item (the guess for the next line); ValueError for a
+    line that is not an item, or one too large for a request."""
+    parsed = parse_line(line, guess)
+    if parsed is None:
         return guess
+    mode, item = parsed
+    _write(tracer, mode, item, project)
     setattr(counts, mode, getattr(counts, mode) + 1)
     return mode
 
 
+def _invalid(source: Source, counts: _Counts, invalid: int, lines_read: int, offset: int,
+             exc: ValueError) -> None:
+    """Count an invalid line; the shard's first few are logged and named in the summary."""
+    counts.invalid += 1
+    if invalid <= _NAMED_INVALID_LINES:
+        number = source.line_number(lines_read)
+        counts.invalid_at.append(number)
+        log.warning("%s line %d (byte %d): skipped an invalid line: %s", source.path, number,
+                    offset, exc)
+
+
+def _zstd_problem(shard: Shard, lines: int | None, exc: Exception) -> str:
+    if shard.done == 0 and not lines:
+        return f"{shard.path}: not a zstd file ({exc})"
+    after = "" if lines is None else f" after {lines:,} lines (those are loaded)"
+    return f"{shard.path}: corrupt zstd stream{after}: {exc}"
+
+
 def _commit(tracer: Tracer, index: int, offset: int, out: Any) -> None:
-    if not tracer.flush(_FLUSH_TIMEOUT_S):
-        raise RuntimeError(f"the server did not acknowledge shard {index} within {_FLUSH_TIMEOUT_S} s")
+    """Record ``offset`` once everything before it is settled: acknowledged, or refused by
+    the server and so dead-lettered or spooled (on disk, counted, for ``engine replay``:
+    going on past it loses nothing, stopping would refuse the same item at every rerun)."""
+    if not tracer.settle(_FLUSH_TIMEOUT_S):
+        raise _NotSettled(f"the server did not acknowledge the lines before byte {offset:,} "
+                          f"within {_FLUSH_TIMEOUT_S:g} s")
     out.put(("commit", index, None, offset))
 
 
@@ -349,7 +227,12 @@ def _worker(tracer: Tracer, jobs: list[tuple[int, Shard]], project: str | None,
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         for index, shard in jobs:
-            ingest_shard(tracer, index, shard, project, checkpoint_lines, out)
+            try:
+                ingest_shard(tracer, index, shard, project, checkpoint_lines, out)
+            except (_NotSettled, OSError) as exc:  # the parent says it, in one line
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+                out.put(("failed", index, None, f"{shard.path}: {reason}"))
+                raise SystemExit(1) from None
     except KeyboardInterrupt:  # Ctrl-C reaches the whole group: the command says it, once
         raise SystemExit(130) from None  # (what was written is in the rings, delivered)
     finally:
@@ -413,10 +296,6 @@ def _total_bytes(shards: list[Shard]) -> int | None:
     return sum(s.end - s.start for s in shards)
 
 
-def default_checkpoint_path(paths: list[str]) -> str:
-    return os.path.abspath(paths[0]) + ".ingest-checkpoint"
-
-
 def run_ingest(paths: list[str], url: str, *, processes: int | None = None,
                project: str | None = None,
                checkpoint_path: str | None = None, checkpoint_lines: int = DEFAULT_CHECKPOINT_LINES,
@@ -430,7 +309,7 @@ def run_ingest(paths: list[str], url: str, *, processes: int | None = None,
             raise FileNotFoundError(f"input file {path} does not exist")
     checkpoint_path = checkpoint_path or default_checkpoint_path(paths)
     saved = load_checkpoint(checkpoint_path, paths)
-    checkpoint = saved or Checkpoint(files=[_signature(p) for p in paths],
+    checkpoint = saved or Checkpoint(files=[file_signature(p) for p in paths],
                                      shards=plan_shards(paths, processes))
     summary = IngestSummary(resumed=saved is not None)
     started_s = time.monotonic()
@@ -444,7 +323,8 @@ def run_ingest(paths: list[str], url: str, *, processes: int | None = None,
         _settled(summary, engine.close())
     bar.close()
     summary.elapsed_s = time.monotonic() - started_s
-    os.unlink(checkpoint_path)
+    with suppress(FileNotFoundError):  # none was written when nothing was to read
+        os.unlink(checkpoint_path)
     return summary
 
 
@@ -453,6 +333,8 @@ def _settled(summary: IngestSummary, stats: dict[str, Any]) -> None:
     summary.spooled = stats.get("spooled_items", 0)
     summary.dead_lettered = stats.get("dead_letters", 0)
     summary.undelivered = stats.get("undelivered", 0)
+    summary.dead_by_reason = {k: v for k, v in stats.items()
+                              if k.startswith("dead_") and k != "dead_letters" and v}
 
 
 def _run_workers(engine: Engine, checkpoint: Checkpoint, checkpoint_path: str, processes: int,
@@ -465,8 +347,9 @@ def _run_workers(engine: Engine, checkpoint: Checkpoint, checkpoint_path: str, p
                for n, jobs in enumerate(_deal(checkpoint.shards, processes))]
     for worker in workers:
         worker.start()
+    failures: list[str] = []
     try:
-        _collect(out, workers, checkpoint, checkpoint_path, summary, bar)
+        _collect(out, workers, checkpoint, checkpoint_path, summary, bar, failures)
         for worker in workers:
             worker.join(_WORKER_EXIT_TIMEOUT_S)
     finally:
@@ -476,8 +359,8 @@ def _run_workers(engine: Engine, checkpoint: Checkpoint, checkpoint_path: str, p
             worker.join()
     failed = [w.name for w in workers if w.exitcode]
     if failed:
-        raise CommandFailed(f"ingest workers failed: {', '.join(failed)}; rerun the same command "
-                           f"to resume from {checkpoint_path}")
+        what = "; ".join(failures) or f"ingest workers failed: {', '.join(failed)}"
+        raise CommandFailed(f"ingest: {what}; {rerun_hint(checkpoint_path)}")
 
 
 def _start_method() -> str:
@@ -494,8 +377,9 @@ def _start_method() -> str:
 
 
 def _collect(out: Any, workers: list, checkpoint: Checkpoint, checkpoint_path: str,
-             summary: IngestSummary, bar: _Progress) -> None:
-    """Take the workers' messages until every shard is done or a worker died."""
+             summary: IngestSummary, bar: _Progress, failures: list[str]) -> None:
+    """Take the workers' messages until every shard is done or a worker died (``failures``:
+    what the dead said)."""
     pending = {i for i, s in enumerate(checkpoint.shards) if s.end is None or s.done < s.end}
     while pending:
         try:
@@ -505,16 +389,22 @@ def _collect(out: Any, workers: list, checkpoint: Checkpoint, checkpoint_path: s
                 return
             continue
         if kind == "read":
-            _count(summary, counts)
+            _count(summary, counts, checkpoint.shards[index].path)
             bar.add(counts.start + counts.end + counts.complete, value)
         elif kind == "commit":
             checkpoint.shards[index].done = value
             save_checkpoint(checkpoint_path, checkpoint)
+        elif kind == "problem":
+            log.error("%s", value)
+            summary.problems.append(value)
+        elif kind == "failed":
+            failures.append(value)
         else:
             pending.discard(index)
 
 
-def _count(summary: IngestSummary, counts: _Counts) -> None:
+def _count(summary: IngestSummary, counts: _Counts, path: str) -> None:
+    summary.invalid_at.extend((path, n) for n in counts.invalid_at)
     summary.starts += counts.start
     summary.ends += counts.end
     summary.completes += counts.complete
@@ -529,7 +419,10 @@ def add(subparsers: argparse._SubParsersAction) -> None:
     ingest = _args.add_command(
         subparsers, "ingest", "bulk-load JSON-lines trace files (optionally .zst) through the engine",
         "Bulk-load start/end/complete items from JSON-lines files (one item per line, see "
-        "docs/configuration.md) from several producer processes; resumable.")
+        "docs/configuration.md) from several producer processes; resumable. Items the server "
+        "refuses are dead-lettered (`engine replay` sends them) and the load goes on. Exit 1 "
+        "when an item was not delivered, an invalid line was skipped (the summary names the "
+        "first by line number) or a file was not read to its end (not zstd, cut short).")
     ingest.add_argument("files", nargs="+", metavar="FILE", type=_args.existing_file)
     ingest.add_argument("--to", type=_args.url, default=None,
                         help="trace server URL (default: start `engine serve` with its default db)")
@@ -554,11 +447,7 @@ def _resume_hint(checkpoint: str) -> Iterator[None]:
     try:
         yield
     except KeyboardInterrupt:
-        if os.path.exists(checkpoint):
-            hint = f"the same command resumes from the checkpoint {checkpoint}"
-        else:
-            hint = "no line was acknowledged yet: the same command starts over"
-        print(f"engine ingest: stopped before the end; {hint}", file=sys.stderr)
+        print(f"engine ingest: stopped before the end; {rerun_hint(checkpoint)}", file=sys.stderr)
         raise
 
 
@@ -572,6 +461,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = _args.load_settings(args, **fixed)
     checkpoint = args.checkpoint or default_checkpoint_path(args.files)
     load_checkpoint(checkpoint, args.files)  # one for other files is refused before anything starts
+    check_checkpoint_folder(checkpoint)
     with ExitStack() as stack:
         stack.enter_context(_args.sigterm_interrupts())
         stack.enter_context(_resume_hint(checkpoint))
@@ -585,10 +475,23 @@ def run(args: argparse.Namespace) -> int:
         )  # fmt: skip
     rate = summary.items / summary.elapsed_s if summary.elapsed_s else 0.0
     stats = {"items_acked": summary.acked, "spooled_items": summary.spooled,
-             "dead_letters": summary.dead_lettered, "undelivered": summary.undelivered}
+             "dead_letters": summary.dead_lettered, "undelivered": summary.undelivered,
+             **summary.dead_by_reason}
     line, delivered = _summary.delivery(stats, msgspec.structs.replace(cfg, url=url))
     print(f"engine ingest: read {summary.items:,} items ({summary.completes:,} complete, "
           f"{summary.starts:,} starts, {summary.ends:,} ends) in {summary.elapsed_s:.1f} s "
-          f"({rate:,.0f}/s); {summary.invalid_lines:,} invalid lines skipped"
-          f"{'; resumed' if summary.resumed else ''}; {line}")
-    return 0 if delivered else 1
+          f"({rate:,.0f}/s); {_skipped(summary)}{'; resumed' if summary.resumed else ''}; {line}")
+    return 0 if delivered and not summary.invalid_lines and not summary.problems else 1
+
+
+def _skipped(summary: IngestSummary) -> str:
+    """What was not read: invalid lines (the first few by number), files cut short."""
+    text = f"{summary.invalid_lines:,} invalid lines skipped"
+    if summary.invalid_at:
+        first = sorted(summary.invalid_at)[:_NAMED_INVALID_LINES]
+        named = ", ".join(f"{path} line {n}" for path, n in first)
+        text += f" ({named}{', ...' if summary.invalid_lines > len(first) else ''})"
+    if summary.problems:
+        text += f"; {len(summary.problems)} files not read to their end (said above)"
+    return text
+

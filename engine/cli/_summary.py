@@ -23,9 +23,17 @@ def delivery(stats: dict[str, Any], cfg: EngineConfig) -> tuple[str, bool]:
         parts.append(f"{spooled:,} spooled in {cfg.spool_dir} (send them with `engine replay "
                      f"--spool {cfg.spool_dir} --to {url}`)")
     if dead:
-        parts.append(f"{dead:,} dead-lettered to {dead_letter_file(cfg)} (see why in the file; "
-                     f"`engine replay --dead-letters FILE --to URL` sends them again)")
+        parts.append(f"{dead:,} dead-lettered to {dead_letter_file(cfg)} ({_dead_reasons(stats)}"
+                     "see why in the file; `engine replay --dead-letters FILE --to URL` sends "
+                     "them again)")
     if lost:
         parts.append(f"{lost:,} records neither delivered nor saved (the sender was stopped "
                      "before it could settle them)")
     return "; ".join(parts), not (spooled or dead or lost)
+
+
+def _dead_reasons(stats: dict[str, Any]) -> str:
+    """"1 too_large, 2 http; " from the sender's dead_* counters ("" without them)."""
+    reasons = [f"{n:,} {key.removeprefix('dead_')}" for key, n in stats.items()
+               if key.startswith("dead_") and key != "dead_letters" and n]
+    return f"{', '.join(reasons)}; " if reasons else ""

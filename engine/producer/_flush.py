@@ -21,14 +21,18 @@ def wait_released(ringset: ring.RingSet, control: Control, timeout_s: float,
     it did and nothing was spooled or dead-lettered since ``since`` (an earlier
     :func:`unacknowledged`; default: on entry) -- released is not delivered."""
     mark = unacknowledged(control) if since is None else since
+    return wait_settled(ringset, control, timeout_s, slots) and unacknowledged(control) == mark
+
+
+def wait_settled(ringset: ring.RingSet, control: Control, timeout_s: float,
+                 slots: list[int] | None = None) -> bool:
+    """Wait until every ring's (or ``slots``') release position passes the head it had on
+    entry -- acknowledged, spooled or dead-lettered; False only if ``timeout_s`` passed."""
     heads, _ = ringset.positions()
     wanted = range(len(heads)) if slots is None else slots
     control.set("flush_request_ns", time.monotonic_ns())
     ring_doorbell(ringset)
-    deadline = time.monotonic() + timeout_s
-    if not _wait(ringset, heads, wanted, deadline, lambda: None):
-        return False
-    return unacknowledged(control) == mark
+    return _wait(ringset, heads, wanted, time.monotonic() + timeout_s, lambda: None)
 
 
 def unacknowledged(control: Control) -> int:

@@ -16,7 +16,7 @@ import msgspec
 
 from engine import ring
 from engine.common._errors import EncodeError
-from engine.producer._flush import unacknowledged, wait_released
+from engine.producer._flush import unacknowledged, wait_released, wait_settled
 from engine.producer._handle import CallHandle, current_call
 from engine.producer._ops import wrap_op
 from engine.producer._sanitise import time_problem
@@ -171,6 +171,17 @@ class Tracer(SlotWriting):
                                  since=mark)
         self._unacked_mark = unacknowledged(control)
         return released
+
+    def settle(self, timeout_s: float = 30.0) -> bool:
+        """Wait until everything this process enqueued so far is released: acknowledged by
+        the server, spooled or dead-lettered (the engine's stats say which); False only if
+        ``timeout_s`` passed first. For a loader that goes on past what the server refused
+        (it is on disk, for ``engine replay``) but must not go on past what is unsettled."""
+        slot = self._written_slot()
+        if slot is None:
+            return True
+        return wait_settled(self._ensure_attached(), self._control_block(), timeout_s,
+                            slots=[slot.writer.slot])
 
     def close(self) -> None:
         """Give the slot back (its data is still delivered); later writes raise Closed."""

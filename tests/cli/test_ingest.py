@@ -11,7 +11,8 @@ import msgspec
 import pytest
 import zstandard
 
-from engine.cli._ingest import Checkpoint, _signature, parse_line, plan_shards, save_checkpoint
+from engine.cli._ingest_plan import Checkpoint, file_signature, plan_shards, save_checkpoint
+from engine.cli._ingest_read import parse_line
 from engine.native._accel import native
 from engine.server import serve_subprocess
 
@@ -24,11 +25,12 @@ def _call_id(i: int) -> str:
     return f"0190a0b0-0000-7000-8000-{i:012d}"
 
 
-def trace_lines(n_calls: int, seed: int = 1) -> list[bytes]:
+def trace_lines(n_calls: int, seed: int = 1, invalid: bool = True) -> list[bytes]:
     """``n_calls`` calls: about a third as start+end pairs, the rest complete (with or
-    without ``"mode"``), plus a blank and an invalid line that ingest must skip."""
+    without ``"mode"``), after a blank line and (``invalid``) an invalid line (line 2) that
+    ingest must skip."""
     rng = random.Random(seed)
-    lines = [b"", b'{"mode": "start", "oops": 1}']
+    lines = [b"", b'{"mode": "start", "oops": 1}'] if invalid else [b""]
     for i in range(n_calls):
         base = {"project_id": PROJECT, "id": _call_id(i), "trace_id": _call_id(i),
                 "op_name": "predict", "started_at": T0.isoformat(),
@@ -111,20 +113,27 @@ def test_parse_line_keeps_json_fields_as_the_files_bytes_and_checks_them():
 def test_ingest_stores_every_call_once_from_several_processes(tmp_path):
     n = 20_000
     trace = tmp_path / "calls.jsonl"
-    _write(trace, trace_lines(n))
+    lines = trace_lines(n)
+    late = len(lines) - 100  # in the second worker's shard: its line number counted there
+    lines.insert(late, b"not json")
+    _write(trace, lines)
     with serve_subprocess(tmp_path / "t.db") as url:
         result = _ingest(url, trace, extra=("--processes", "2", "--checkpoint-lines", "3000"))
-        assert result.returncode == 0, result.stderr[-3000:]
         ids = _stored_ids(url)
     assert len(ids) == n and set(ids) == {_call_id(i) for i in range(n)}
-    assert "1 invalid lines skipped" in result.stdout
+    # skipped lines are named by number, and make the exit code 1
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert (f"2 invalid lines skipped ({trace} line 2, {trace} line {late + 1})"
+            in result.stdout), result.stdout
+    assert f"{trace} line {late + 1} (byte " in result.stderr
     assert not os.path.exists(str(trace) + ".ingest-checkpoint")  # removed once all is done
 
 
 def test_ingest_reads_zstd_compressed_files(tmp_path):
     n = 2_000
     trace = tmp_path / "calls.jsonl.zst"
-    trace.write_bytes(zstandard.ZstdCompressor().compress(b"\n".join(trace_lines(n, seed=2))))
+    lines = trace_lines(n, seed=2, invalid=False)
+    trace.write_bytes(zstandard.ZstdCompressor().compress(b"\n".join(lines)))
     with serve_subprocess(tmp_path / "t.db") as url:
         result = _ingest(url, trace)
         assert result.returncode == 0, result.stderr[-3000:]
@@ -133,7 +142,7 @@ def test_ingest_reads_zstd_compressed_files(tmp_path):
 
 def test_resume_sends_only_what_the_checkpoint_does_not_cover(tmp_path):
     n = 3_000
-    lines = trace_lines(n, seed=3)
+    lines = trace_lines(n, seed=3, invalid=False)
     trace = tmp_path / "calls.jsonl"
     _write(trace, lines)
     # as if a previous run was interrupted after the server acknowledged the first half
@@ -144,7 +153,7 @@ def test_resume_sends_only_what_the_checkpoint_does_not_cover(tmp_path):
     shards = plan_shards([str(trace)], 1)
     shards[0].done = done_offset
     checkpoint = tmp_path / "progress"
-    save_checkpoint(str(checkpoint), Checkpoint(files=[_signature(str(trace))], shards=shards))
+    save_checkpoint(str(checkpoint), Checkpoint(files=[file_signature(str(trace))], shards=shards))
     assert os.stat(checkpoint).st_mode & 0o777 == 0o600
     expected = {msgspec.json.decode(line)["id"] for line in lines[half:]}
     with serve_subprocess(tmp_path / "t.db") as url:
@@ -159,7 +168,7 @@ def test_a_checkpoint_for_changed_files_is_refused(tmp_path):
     trace = tmp_path / "calls.jsonl"
     _write(trace, trace_lines(10))
     checkpoint = tmp_path / "progress"
-    save_checkpoint(str(checkpoint), Checkpoint(files=[_signature(str(trace))],
+    save_checkpoint(str(checkpoint), Checkpoint(files=[file_signature(str(trace))],
                                                 shards=plan_shards([str(trace)], 1)))
     _write(trace, trace_lines(20))
     result = _ingest("http://127.0.0.1:9", trace, extra=("--checkpoint", str(checkpoint)))
@@ -222,7 +231,7 @@ def test_an_ingest_interrupted_by_a_signal_resumes_and_stores_every_call(tmp_pat
 
     n = 40_000
     trace = tmp_path / "calls.jsonl"
-    _write(trace, trace_lines(n, seed=5))
+    _write(trace, trace_lines(n, seed=5, invalid=False))
     checkpoint = tmp_path / "progress"
     argv = [sys.executable, "-m", "engine", "ingest", str(trace), "--no-progress",
             "--processes", "2", "--checkpoint-lines", "2000", "--checkpoint", str(checkpoint)]
@@ -257,3 +266,139 @@ def test_an_ingest_interrupted_by_a_signal_resumes_and_stores_every_call(tmp_pat
         assert "resumed" in again.stdout
         ids = _stored_ids(url)
     assert sorted(ids) == sorted(_call_id(i) for i in range(n))  # each once: resent lines upsert
+
+
+def _complete_lines(n_calls: int, big: int | None = None) -> list[bytes]:
+    """``n_calls`` complete calls, one a line; call ``big``'s inputs ~300 KB."""
+    lines = []
+    for i in range(n_calls):
+        inputs = {"big": "x" * 300_000} if i == big else {"i": i}
+        lines.append(msgspec.json.encode({
+            "project_id": PROJECT, "id": _call_id(i), "trace_id": _call_id(i), "op_name": "p",
+            "started_at": T0.isoformat(), "attributes": {}, "inputs": inputs,
+            "ended_at": T0.isoformat(), "summary": {}}))
+    return lines
+
+
+def test_an_item_the_server_refuses_is_dead_lettered_and_ingest_goes_on_past_it(tmp_path):
+    # the server refuses line 1,501 (413): it is dead-lettered, counted, and the checkpoints
+    # go past it -- stopping there would refuse it again at every rerun
+    trace, dead = tmp_path / "poison.jsonl", tmp_path / "dead.jsonl"
+    _write(trace, _complete_lines(5_000, big=1_500))
+    with serve_subprocess(tmp_path / "t.db", max_body_bytes=200_000) as url:
+        result = _ingest(url, trace, extra=("--processes", "1", "--checkpoint-lines", "1000",
+                                            "--dead-letter-path", str(dead)))
+        ids = set(_stored_ids(url))
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert ids == {_call_id(i) for i in range(5_000)} - {_call_id(1_500)}
+    assert f"1 dead-lettered to {dead} (1 too_large;" in result.stdout, result.stdout
+    assert _call_id(1_500) in dead.read_text()  # for `engine replay --dead-letters`
+    assert not os.path.exists(str(trace) + ".ingest-checkpoint")
+
+
+def test_a_server_that_settles_nothing_in_time_stops_the_ingest_resumably(tmp_path, monkeypatch):
+    from engine.cli import _ingest
+    from engine.cli._args import CommandFailed
+    from tests.faultserver import FaultServer
+
+    monkeypatch.setattr(_ingest, "_FLUSH_TIMEOUT_S", 0.5)  # (the workers are forked)
+    monkeypatch.setattr(_ingest, "_start_method", lambda: "fork")
+    trace = tmp_path / "calls.jsonl"
+    _write(trace, _complete_lines(100))
+    with FaultServer(seed=1, stall_s=60.0) as server, pytest.raises(CommandFailed) as failed:
+        _ingest.run_ingest([str(trace)], server.url, processes=1, progress=False,
+                           checkpoint_path=str(tmp_path / "ck"), shutdown_timeout_s=0.5,
+                           dead_letter_path=str(tmp_path / "dead.jsonl"))
+    assert str(failed.value) == (
+        f"ingest: {trace}: the server did not acknowledge the lines before byte "
+        f"{trace.stat().st_size:,} within 0.5 s; no line was acknowledged yet: the same command "
+        "starts over")
+
+
+def test_zstd_stream_tells_a_stream_cut_short_from_one_that_ended():
+    import io
+
+    from engine.cli._ingest_read import ZstdStream
+
+    frames = [zstandard.ZstdCompressor().compress(b"%d\n" % i * 500) for i in range(3)]
+    data = b"".join(frames)
+    ends = {sum(map(len, frames[:k])) for k in range(4)}
+    for cut in sorted({*ends, *range(0, len(data), 97)}):
+        stream = ZstdStream(io.BytesIO(data[:cut]))
+        text = io.BufferedReader(stream, 64).read()
+        assert stream.truncated == (cut not in ends), cut
+        whole = sum(1 for end in ends if end <= cut) - 1
+        assert text.startswith(b"".join(b"%d\n" % i * 500 for i in range(whole)))
+    with pytest.raises(zstandard.ZstdError, match="Unknown frame descriptor"):
+        ZstdStream(io.BytesIO(random.Random(1).randbytes(5000))).read()
+
+
+def test_files_that_are_not_what_they_claim_are_named_and_fail_the_command(tmp_path):
+    rng = random.Random(7)
+    noise = tmp_path / "noise.zst"  # random bytes: no zstd
+    noise.write_bytes(rng.randbytes(20_000))
+    cut = tmp_path / "cut.jsonl.zst"  # a zstd stream cut short
+    whole = zstandard.ZstdCompressor().compress(b"\n".join(_complete_lines(2_000)) + b"\n")
+    cut.write_bytes(whole[: len(whole) // 2])
+    prefix = zstandard.ZstdDecompressor().decompressobj().decompress(cut.read_bytes())
+    loaded = prefix.count(b"\n")  # the whole lines before the cut
+    junk = tmp_path / "junk.jsonl"  # random bytes named .jsonl: every line skipped
+    junk.write_bytes(rng.randbytes(20_000))
+    with serve_subprocess(tmp_path / "t.db") as url:
+        result = _ingest(url, noise, cut, junk, extra=("--processes", "2"))
+        ids = set(_stored_ids(url))
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert f"{noise}: not a zstd file" in result.stderr
+    assert f"{cut}: truncated zstd stream after {loaded:,} lines" in result.stderr
+    assert ids == {_call_id(i) for i in range(loaded)}
+    skipped = junk.read_bytes().count(b"\n") + 1
+    assert f"{skipped} invalid lines skipped ({junk} line 1, {junk} line 2, " in result.stdout
+    assert "2 files not read to their end" in result.stdout
+
+
+def test_an_empty_file_loads_nothing_and_succeeds(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    with serve_subprocess(tmp_path / "t.db") as url:
+        result = _ingest(url, empty)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "read 0 items" in result.stdout
+
+
+def test_a_corrupt_checkpoint_is_named_with_what_to_do(tmp_path):
+    trace = tmp_path / "calls.jsonl"
+    _write(trace, trace_lines(10))
+    checkpoint = tmp_path / "progress"
+    checkpoint.write_bytes(b'{"version": 1, "fil')
+    result = _ingest("http://127.0.0.1:9", trace, extra=("--checkpoint", str(checkpoint)))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"checkpoint {checkpoint} cannot be read" in result.stderr
+    assert "delete it to start over" in result.stderr
+
+
+def test_a_checkpoint_that_cannot_be_written_is_refused_before_anything_is_sent(tmp_path):
+    trace = tmp_path / "calls.jsonl"
+    _write(trace, trace_lines(10))
+    # (port 9: nothing listens -- the checkpoint is checked first)
+    result = _ingest("http://127.0.0.1:9", trace, extra=("--checkpoint", "/proc/nope/x"))
+    assert result.returncode == 2, result.stderr
+    assert "engine: error: --checkpoint /proc/nope/x: cannot write in /proc/nope" in result.stderr
+
+
+def test_an_interrupted_save_leaves_the_previous_checkpoint_and_no_temporary_file(
+        tmp_path, monkeypatch):
+    trace = tmp_path / "calls.jsonl"
+    _write(trace, trace_lines(10))
+    path = tmp_path / "progress"
+    before = Checkpoint(files=[file_signature(str(trace))], shards=plan_shards([str(trace)], 1))
+    save_checkpoint(str(path), before)
+
+    def interrupted(fd):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "fsync", interrupted)
+    after = msgspec.structs.replace(before, version=2)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(str(path), after)
+    assert sorted(os.listdir(tmp_path)) == ["calls.jsonl", "progress"]
+    assert msgspec.json.decode(path.read_bytes(), type=Checkpoint) == before

@@ -142,3 +142,8 @@ def test_a_tracers_flush_is_false_when_an_item_was_dead_lettered(tmp_path):
         assert not tracer.flush(timeout_s=30)  # settled, but one item was dead-lettered
         assert tracer.flush(timeout_s=30)  # nothing more went elsewhere since
         assert set(good) <= server.stored_ids(PROJECT)
+        with tracer.call("poison-again") as bad:
+            pass
+        server.reject_ids = frozenset({bad.id})
+        assert tracer.settle(timeout_s=30)  # released, dead-lettered: settled all the same
+        assert eng.stats()["dead_letters"] == 2
