@@ -118,18 +118,21 @@ def url(text: str) -> str:
     """An http(s) URL with a host and a valid port; the path (a server prefix) is kept."""
     import yarl  # when a command takes a URL: not in the processes that only import this
 
+    from engine.common._redact import redact_url
+
+    shown = repr(redact_url(text))
     try:
         parsed = yarl.URL(text)
         parsed_port = parsed.port
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a URL (e.g. http://127.0.0.1:6345)") from None
+        raise argparse.ArgumentTypeError(f"{shown} is not a URL (e.g. http://127.0.0.1:6345)") from None
     if parsed.scheme not in ("http", "https") or not parsed.host:
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not an http(s) URL with a host (e.g. http://127.0.0.1:6345)")
+            f"{shown} is not an http(s) URL with a host (e.g. http://127.0.0.1:6345)")
     if parsed_port is not None and not 1 <= parsed_port <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r}: port {parsed_port} is not 1-65535")
+        raise argparse.ArgumentTypeError(f"{shown}: port {parsed_port} is not 1-65535")
     if parsed.query_string or parsed.fragment:
-        raise argparse.ArgumentTypeError(f"{text!r}: a server URL has no ?query or #fragment")
+        raise argparse.ArgumentTypeError(f"{shown}: a server URL has no ?query or #fragment")
     return text.rstrip("/")
 
 

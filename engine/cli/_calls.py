@@ -19,6 +19,7 @@ from engine.cli import _args, _probe
 from engine.cli._args import CommandFailed
 from engine.common import _env
 from engine.common._config import load_config
+from engine.common._redact import redact_url
 
 STATUSES = ("success", "error", "running")
 _SEEN_MAX = 100_000  # ids remembered while following (the oldest are forgotten first)
@@ -74,7 +75,7 @@ class CallReader:
             body["query"] = query
         answer = _probe.post_json(f"{self.url}/calls/stream_query", body, self.api_key)
         if answer.status != 200:
-            raise CommandFailed(f"calls: {self.url}/calls/stream_query answered HTTP "
+            raise CommandFailed(f"calls: {redact_url(self.url)}/calls/stream_query answered HTTP "
                                 f"{answer.status}: {answer.body[:200].decode('utf-8', 'replace')}")
         return [json.loads(line) for line in answer.body.splitlines() if line.strip()]
 

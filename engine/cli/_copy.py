@@ -33,6 +33,7 @@ from engine.cli import _args, _probe
 from engine.cli._args import CommandFailed
 from engine.common import _env
 from engine.common._errors import HTTPError
+from engine.common._redact import redact_url
 from engine.wire.labels import reserved_alias
 
 FROM_KEY_ENV = _env.COPY_FROM_API_KEY
@@ -115,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     target = RemoteHTTPTraceServer(args.target, api_key=to_key)
     projects = args.project or _listed_projects(args.source, from_key)
     if not projects:
-        print(f"engine copy: {args.source} lists no projects; nothing copied", flush=True)
+        print(f"engine copy: {redact_url(args.source)} lists no projects; nothing copied", flush=True)
         return 0
     began = time.monotonic()
     results = []
@@ -127,7 +128,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"engine copy: {result.line()}", flush=True)
             results.append(result)
     broken = sum(len(r.changed_digests) for r in results)
-    print(f"engine copy: {len(results)} project(s) from {args.source} to {args.target} in "
+    print(f"engine copy: {len(results)} project(s) from {redact_url(args.source)} to "
+          f"{redact_url(args.target)} in "
           f"{time.monotonic() - began:.1f} s" + (f"; {broken} digests differ" if broken else ""),
           flush=True)
     return 1 if broken else 0
@@ -137,7 +139,7 @@ def _listed_projects(url: str, api_key: str | None) -> list[str]:
     """Every project ``engine serve``'s ``/ui/projects`` lists (other servers have none)."""
     answer = _probe.request(f"{url.rstrip('/')}/ui/projects", headers=_probe.auth_headers(api_key))
     if answer.status != 200:
-        raise CommandFailed(f"copy: {url} does not list its projects (GET /ui/projects "
+        raise CommandFailed(f"copy: {redact_url(url)} does not list its projects (GET /ui/projects "
                             f"answered HTTP {answer.status}): name them with --project")
     return [p["project_id"] for p in json.loads(answer.body)["projects"]]
 
@@ -180,7 +182,7 @@ def _copy_retention(source: tuple[str, str | None], target: tuple[str, str | Non
     answer = _probe.post_json(f"{dst_url.rstrip('/')}/project/ttl_settings/update",
                               {"project_id": project, "retention_days": days}, dst_key)
     if answer.status != 200:
-        raise CommandFailed(f"copy: {dst_url} did not take {project}'s retention of {days} "
+        raise CommandFailed(f"copy: {redact_url(dst_url)} did not take {project}'s retention of {days} "
                             f"days (HTTP {answer.status}): its calls would be kept for ever")
     done.retention_days = days
 

@@ -14,7 +14,8 @@ import urllib.request
 from typing import Any, NamedTuple
 
 from engine.cli._args import CommandFailed
-from engine.common._auth import basic_auth
+from engine.common._auth import basic_auth, url_credentials
+from engine.common._redact import redact_url
 
 DEFAULT_TIMEOUT_S = 10.0
 log = logging.getLogger("engine.cli")
@@ -43,8 +44,11 @@ def post_json(url: str, body: Any, api_key: str | None = None,
 
 def request(url: str, *, data: bytes | None = None, headers: dict[str, str] | None = None,
             timeout_s: float = DEFAULT_TIMEOUT_S) -> Answer:
-    """One HTTP request; error statuses are answers, no answer at all is ``CommandFailed``."""
-    req = urllib.request.Request(url, data=data, headers=headers or {},
+    """One HTTP request; error statuses are answers, no answer at all is ``CommandFailed``.
+    Credentials in ``url`` (``https://api:KEY@host``) are sent as the sender sends them."""
+    bare_url, url_auth = url_credentials(url)
+    headers = {**(headers or {}), **({"Authorization": url_auth} if url_auth else {})}
+    req = urllib.request.Request(bare_url, data=data, headers=headers,
                                  method="POST" if data is not None else "GET")
     try:
         with urllib.request.urlopen(req, timeout=timeout_s) as resp:  # noqa: S310 - http(s) only
@@ -52,7 +56,7 @@ def request(url: str, *, data: bytes | None = None, headers: dict[str, str] | No
     except urllib.error.HTTPError as exc:
         return Answer(exc.code, dict(exc.headers.items()), exc.read())
     except (urllib.error.URLError, OSError) as exc:
-        raise Unreachable(f"cannot reach {url}: {_why(exc)}") from exc
+        raise Unreachable(f"cannot reach {redact_url(url)}: {_why(exc)}") from exc
 
 
 def _why(exc: BaseException) -> str:
@@ -70,12 +74,17 @@ def server_info(base_url: str, api_key: str | None = None,
                 timeout_s: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
     """``GET {base_url}/server_info`` as a dict; ``CommandFailed`` names what is wrong."""
     answer = request(f"{base_url}/server_info", headers=auth_headers(api_key), timeout_s=timeout_s)
+    in_url = url_credentials(base_url)[1] is not None
+    base_url = redact_url(base_url)
     if answer.status == 404:
         raise CommandFailed(
             f"{base_url}/server_info answered 404: {base_url} is not the base URL of a trace "
             "server (wrong path? engine serve's is http://HOST:PORT, hosted Weave's "
             "https://trace.wandb.ai)")
     if answer.status in (401, 403):
+        if in_url:
+            raise CommandFailed(f"{base_url} refused the key in the URL (HTTP {answer.status}): "
+                                "put one it accepts there")
         what = "refused the API key" if api_key else "needs an API key"
         raise CommandFailed(f"{base_url} {what} (HTTP {answer.status}): set ENGINE_API_KEY "
                             "or WANDB_API_KEY to a key it accepts")

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 
 from engine.common._errors import HTTPError, SendError
+from engine.common._redact import redact_url
 
 log = logging.getLogger("engine.sender")
 
@@ -26,7 +27,7 @@ class OutageLog:
 
     def __init__(self, url: str, destination: str, every_s: float = DEFAULT_EVERY_S,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.url = url
+        self.url = redact_url(url)
         self.destination = destination  # where a batch goes once its deadline passes
         self.every_s = every_s
         self.clock = clock

@@ -111,6 +111,23 @@ def test_doctor_reports_a_missing_key_a_small_limit_and_a_wrong_path(tmp_path):
     assert wrong_path.returncode == 1 and "wrong path" in wrong_path.stdout
 
 
+def test_credentials_in_the_url_are_sent_as_the_key_and_never_shown(tmp_path):
+    # before: urllib took "api:KEY@127.0.0.1" for a host name: "cannot reach
+    # http://api:KEY@…: unknown host", the key on screen
+    with serve_subprocess(tmp_path / "k.db", api_key="url-key-0123456789") as url:
+        good = url.replace("http://", "http://api:url-key-0123456789@")
+        wrong = url.replace("http://", "http://api:wrong-key-0123456789@")
+        doctor = _engine("doctor", good, "--limit-mib", "1")
+        calls = _engine("calls", "--project", PROJECT, "--url", good)
+        refused = _engine("calls", "--project", PROJECT, "--url", wrong)
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+    assert doctor.stdout.splitlines()[-1].startswith("engine doctor: http://***@127.0.0.1:")
+    assert calls.returncode == 0, calls.stderr
+    assert refused.returncode == 1 and "refused the key in the URL (HTTP 401)" in refused.stderr
+    shown = doctor.stdout + doctor.stderr + calls.stdout + calls.stderr + refused.stderr
+    assert "key-0123456789" not in shown
+
+
 def test_doctor_on_a_trace_server_without_ready_does_not_check_its_store():
     """Another trace server (here the ingest-only FaultServer) has no /ready: not a failure."""
     with FaultServer() as fault:
