@@ -251,12 +251,27 @@ def add_key_flags(parser: argparse.ArgumentParser, env_help: str) -> None:
         f"per line, mode 0600 (default $ENGINE_KEYS_FILE); {env_help}. Without keys only a "
         "loopback address is served (docs/serve.md)",
     )  # fmt: skip
-    # gone: a key on the command line shows in ps; kept only to say so clearly
-    parser.add_argument("--api-key", default=None, help=argparse.SUPPRESS)
 
 
-def refuse_key_in_argv(args: argparse.Namespace, command: str) -> None:
-    if args.api_key is not None:
-        raise UsageError(f"{command}: --api-key is not accepted: a key on the command line is "
-                         f"visible to every user of this machine (ps). Put it in ${_env.API_KEY} "
-                         "or in a keys file (--keys-file FILE, mode 0600; see docs/serve.md)")
+def key_flag_in(argv: list[str]) -> bool:
+    """Whether ``argv`` holds ``--api-key`` (``=VALUE`` or not, or a prefix argparse would
+    take for it): no command takes it, and argparse's errors would echo the key."""
+    for arg in argv:
+        if arg == "--":
+            return False
+        name = arg.partition("=")[0]
+        if name.startswith("--api") and "--api-key".startswith(name):
+            return True
+    return False
+
+
+def key_flag_refused(command: str | None) -> UsageError:
+    """The error for ``--api-key``: where the command reads its key instead (never the value)."""
+    where = {"serve": f"${_env.API_KEY} or in a keys file (--keys-file FILE, mode 0600; see "
+                      "docs/serve.md)",
+             "relay": f"${_env.API_KEY} (its upstream key) and its clients' keys in a keys file "
+                      "(--keys-file FILE, mode 0600; see docs/serve.md)",
+             "copy": f"${_env.COPY_FROM_API_KEY} / ${_env.COPY_TO_API_KEY}, else ${_env.API_KEY}"}
+    return UsageError(f"{command or 'engine'}: --api-key is not accepted: a key on the command "
+                      "line is visible to every user of this machine (ps). Put it in "
+                      f"{where.get(command or '', f'${_env.API_KEY}')}")

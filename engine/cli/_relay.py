@@ -35,7 +35,6 @@ def run(args: argparse.Namespace) -> int:
     from engine.relay._app import RELAY_PROJECT
     from engine.server._auth import load_key_ring
 
-    _args.refuse_key_in_argv(args, "relay")
     _args.setup_logging(args)
     fixed = {"project": RELAY_PROJECT, **({"url": args.upstream} if args.upstream else {})}
     cfg = _args.load_settings(args, **fixed)
