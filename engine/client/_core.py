@@ -27,7 +27,7 @@ import yarl
 
 from engine.common._auth import basic_auth, url_credentials
 from engine.common._errors import HTTPError, SendError, reason_of
-from engine.common._retry import Backoff, Deadline, retry_after_s
+from engine.common._retry import Backoff, Deadline, retriable_status, retry_after_s
 from engine.wire import _codec, files, misc, query
 from engine.wire.routes import EXTRA_ROUTES, ROUTES, Route
 
@@ -119,7 +119,7 @@ def _transient(response: HttpResponse | None, error: SendError | None) -> bool:
     if error is not None:
         return error.retriable
     assert response is not None
-    return response.status in (408, 409, 425, 429) or response.status >= 500
+    return retriable_status(response.status)
 
 
 def coerce(req: Any, type_: type[T]) -> T:
