@@ -110,8 +110,9 @@ def run(args: argparse.Namespace) -> int:
     common = os.environ.get(_env.API_KEY)
     from_key = os.environ.get(FROM_KEY_ENV) or common
     to_key = os.environ.get(TO_KEY_ENV) or common
-    _probe.server_info(args.source, from_key)  # a wrong URL or key: one clear line first
-    _probe.server_info(args.target, to_key)
+    # a wrong URL or key: one clear line first, naming the variable the key came from
+    _probe.server_info(args.source, from_key, key_from=_key_from(FROM_KEY_ENV, common))
+    _probe.server_info(args.target, to_key, key_from=_key_from(TO_KEY_ENV, common))
     source = RemoteHTTPTraceServer(args.source, api_key=from_key)
     target = RemoteHTTPTraceServer(args.target, api_key=to_key)
     projects = args.project or _listed_projects(args.source, from_key)
@@ -133,6 +134,12 @@ def run(args: argparse.Namespace) -> int:
           f"{time.monotonic() - began:.1f} s" + (f"; {broken} digests differ" if broken else ""),
           flush=True)
     return 1 if broken else 0
+
+
+def _key_from(side_env: str, common: str | None) -> str:
+    if os.environ.get(side_env):
+        return f"${side_env}"
+    return f"${_env.API_KEY}" if common else f"${side_env} or ${_env.API_KEY}"
 
 
 def _listed_projects(url: str, api_key: str | None) -> list[str]:

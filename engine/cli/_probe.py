@@ -71,8 +71,10 @@ def _why(exc: BaseException) -> str:
 
 
 def server_info(base_url: str, api_key: str | None = None,
-                timeout_s: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
-    """``GET {base_url}/server_info`` as a dict; ``CommandFailed`` names what is wrong."""
+                timeout_s: float = DEFAULT_TIMEOUT_S, *,
+                key_from: str = "$ENGINE_API_KEY or $WANDB_API_KEY") -> dict[str, Any]:
+    """``GET {base_url}/server_info`` as a dict; ``CommandFailed`` names what is wrong
+    (``key_from``: where the command took ``api_key`` from, or would look for one)."""
     answer = request(f"{base_url}/server_info", headers=auth_headers(api_key), timeout_s=timeout_s)
     in_url = url_credentials(base_url)[1] is not None
     base_url = redact_url(base_url)
@@ -85,9 +87,11 @@ def server_info(base_url: str, api_key: str | None = None,
         if in_url:
             raise CommandFailed(f"{base_url} refused the key in the URL (HTTP {answer.status}): "
                                 "put one it accepts there")
-        what = "refused the API key" if api_key else "needs an API key"
-        raise CommandFailed(f"{base_url} {what} (HTTP {answer.status}): set ENGINE_API_KEY "
-                            "or WANDB_API_KEY to a key it accepts")
+        if api_key:
+            raise CommandFailed(f"{base_url} refused the API key from {key_from} (HTTP "
+                                f"{answer.status}): put a key it accepts there")
+        raise CommandFailed(f"{base_url} needs an API key (HTTP {answer.status}): set "
+                            f"{key_from} to a key it accepts")
     if answer.status >= 400:
         raise CommandFailed(f"{base_url}/server_info answered HTTP {answer.status}: "
                             f"{answer.body[:200].decode('utf-8', 'replace')}")
@@ -101,11 +105,12 @@ def server_info(base_url: str, api_key: str | None = None,
     return info
 
 
-def check_server(base_url: str, api_key: str | None, what: str, meanwhile: str) -> None:
+def check_server(base_url: str, api_key: str | None, what: str, meanwhile: str, *,
+                 key_from: str = "$ENGINE_API_KEY or $WANDB_API_KEY") -> None:
     """A wrong path, something that is not a trace server, or a refused key stops a command
     at start; a server that is down does not (``meanwhile`` says what happens instead)."""
     try:
-        server_info(base_url, api_key)
+        server_info(base_url, api_key, key_from=key_from)
     except Unreachable as exc:
         log.warning("%s; %s", exc, meanwhile)
     except CommandFailed as exc:

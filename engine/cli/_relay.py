@@ -31,6 +31,7 @@ def add(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from engine.common._config import api_key_source
     from engine.relay import run_relay
     from engine.relay._app import RELAY_PROJECT
     from engine.server._auth import load_key_ring
@@ -40,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = _args.load_settings(args, **fixed)
     _probe.check_server(cfg.url, cfg.api_key, "relay: upstream",
                         "accepting traffic anyway: calls wait in the ring, then the spool, "
-                        "until it answers")
+                        "until it answers", key_from=api_key_source(args.config))
     host, port = args.listen
     try:
         keys = load_key_ring(args.keys_file, env_key=False)  # $ENGINE_API_KEY is the upstream's

@@ -128,6 +128,23 @@ def test_credentials_in_the_url_are_sent_as_the_key_and_never_shown(tmp_path):
     assert "key-0123456789" not in shown
 
 
+def test_a_refused_key_from_the_config_file_is_named_as_such(tmp_path):
+    # before: "set ENGINE_API_KEY or WANDB_API_KEY", as if no key had been given
+    config = tmp_path / "engine.toml"
+    config.write_text('[engine]\napi_key = "file-key-0123456789"\n')
+    config.chmod(0o600)
+    with serve_subprocess(tmp_path / "k.db", api_key="url-key-0123456789") as url:
+        refused = _engine("calls", "--project", PROJECT, "--url", url,
+                          env=_env(ENGINE_CONFIG=str(config)))
+        config.chmod(0o644)
+        open_file = _engine("calls", "--project", PROJECT, "--url", url,
+                            env=_env(ENGINE_CONFIG=str(config)))
+    assert refused.returncode == 1
+    assert f"refused the API key from api_key in {config} (HTTP 401)" in refused.stderr
+    assert open_file.returncode == 2 and f"chmod 600 {config}" in open_file.stderr
+    assert "file-key" not in refused.stderr + open_file.stderr
+
+
 def test_doctor_on_a_trace_server_without_ready_does_not_check_its_store():
     """Another trace server (here the ingest-only FaultServer) has no /ready: not a failure."""
     with FaultServer() as fault:
