@@ -25,6 +25,8 @@ from engine.cli._args import (
     Terminated,
     UsageError,
     config_message,
+    key_flag_in,
+    key_flag_refused,
     usage_error,
 )
 from engine.common import _env
@@ -73,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(argv: list[str]) -> int:
+    if key_flag_in(argv):  # before argparse, whose errors would echo the key
+        raise key_flag_refused(next((arg for arg in argv if arg in COMMANDS), None))
     parser = build_parser()
     args, extras = parser.parse_known_args(argv)
     if extras:

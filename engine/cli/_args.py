@@ -118,18 +118,21 @@ def url(text: str) -> str:
     """An http(s) URL with a host and a valid port; the path (a server prefix) is kept."""
     import yarl  # when a command takes a URL: not in the processes that only import this
 
+    from engine.common._redact import redact_url
+
+    shown = repr(redact_url(text))
     try:
         parsed = yarl.URL(text)
         parsed_port = parsed.port
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a URL (e.g. http://127.0.0.1:6345)") from None
+        raise argparse.ArgumentTypeError(f"{shown} is not a URL (e.g. http://127.0.0.1:6345)") from None
     if parsed.scheme not in ("http", "https") or not parsed.host:
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not an http(s) URL with a host (e.g. http://127.0.0.1:6345)")
+            f"{shown} is not an http(s) URL with a host (e.g. http://127.0.0.1:6345)")
     if parsed_port is not None and not 1 <= parsed_port <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r}: port {parsed_port} is not 1-65535")
+        raise argparse.ArgumentTypeError(f"{shown}: port {parsed_port} is not 1-65535")
     if parsed.query_string or parsed.fragment:
-        raise argparse.ArgumentTypeError(f"{text!r}: a server URL has no ?query or #fragment")
+        raise argparse.ArgumentTypeError(f"{shown}: a server URL has no ?query or #fragment")
     return text.rstrip("/")
 
 
@@ -252,12 +255,27 @@ def add_key_flags(parser: argparse.ArgumentParser, env_help: str) -> None:
         f"per line, mode 0600 (default $ENGINE_KEYS_FILE); {env_help}. Without keys only a "
         "loopback address is served (docs/serve.md)",
     )  # fmt: skip
-    # gone: a key on the command line shows in ps; kept only to say so clearly
-    parser.add_argument("--api-key", default=None, help=argparse.SUPPRESS)
 
 
-def refuse_key_in_argv(args: argparse.Namespace, command: str) -> None:
-    if args.api_key is not None:
-        raise UsageError(f"{command}: --api-key is not accepted: a key on the command line is "
-                         f"visible to every user of this machine (ps). Put it in ${_env.API_KEY} "
-                         "or in a keys file (--keys-file FILE, mode 0600; see docs/serve.md)")
+def key_flag_in(argv: list[str]) -> bool:
+    """Whether ``argv`` holds ``--api-key`` (``=VALUE`` or not, or a prefix argparse would
+    take for it): no command takes it, and argparse's errors would echo the key."""
+    for arg in argv:
+        if arg == "--":
+            return False
+        name = arg.partition("=")[0]
+        if name.startswith("--api") and "--api-key".startswith(name):
+            return True
+    return False
+
+
+def key_flag_refused(command: str | None) -> UsageError:
+    """The error for ``--api-key``: where the command reads its key instead (never the value)."""
+    where = {"serve": f"${_env.API_KEY} or in a keys file (--keys-file FILE, mode 0600; see "
+                      "docs/serve.md)",
+             "relay": f"${_env.API_KEY} (its upstream key) and its clients' keys in a keys file "
+                      "(--keys-file FILE, mode 0600; see docs/serve.md)",
+             "copy": f"${_env.COPY_FROM_API_KEY} / ${_env.COPY_TO_API_KEY}, else ${_env.API_KEY}"}
+    return UsageError(f"{command or 'engine'}: --api-key is not accepted: a key on the command "
+                      "line is visible to every user of this machine (ps). Put it in "
+                      f"{where.get(command or '', f'${_env.API_KEY}')}")

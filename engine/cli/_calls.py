@@ -18,7 +18,8 @@ from typing import Any
 from engine.cli import _args, _probe
 from engine.cli._args import CommandFailed
 from engine.common import _env
-from engine.common._config import load_config
+from engine.common._config import api_key_source, load_config
+from engine.common._redact import redact_url
 
 STATUSES = ("success", "error", "running")
 _SEEN_MAX = 100_000  # ids remembered while following (the oldest are forgotten first)
@@ -48,7 +49,7 @@ def add(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(**({"url": args.url} if args.url else {}))
     reader = CallReader(cfg.url, args.project, cfg.api_key or os.environ.get(_env.API_KEY))
-    _probe.server_info(cfg.url, reader.api_key)
+    _probe.server_info(cfg.url, reader.api_key, key_from=api_key_source())
     query = build_query(args.op, args.status)
     window = max(args.limit, _FOLLOW_WINDOW) if args.follow else args.limit
     newest = reader.newest(window, query)
@@ -74,7 +75,7 @@ class CallReader:
             body["query"] = query
         answer = _probe.post_json(f"{self.url}/calls/stream_query", body, self.api_key)
         if answer.status != 200:
-            raise CommandFailed(f"calls: {self.url}/calls/stream_query answered HTTP "
+            raise CommandFailed(f"calls: {redact_url(self.url)}/calls/stream_query answered HTTP "
                                 f"{answer.status}: {answer.body[:200].decode('utf-8', 'replace')}")
         return [json.loads(line) for line in answer.body.splitlines() if line.strip()]
 

@@ -33,6 +33,7 @@ from engine.cli import _args, _probe
 from engine.cli._args import CommandFailed
 from engine.common import _env
 from engine.common._errors import HTTPError
+from engine.common._redact import redact_url
 from engine.wire.labels import reserved_alias
 
 FROM_KEY_ENV = _env.COPY_FROM_API_KEY
@@ -109,16 +110,19 @@ def run(args: argparse.Namespace) -> int:
     common = os.environ.get(_env.API_KEY)
     from_key = os.environ.get(FROM_KEY_ENV) or common
     to_key = os.environ.get(TO_KEY_ENV) or common
-    # a wrong URL or key: one clear line first
-    source_store = _probe.server_info(args.source, from_key).get("store_id")
-    if source_store and source_store == _probe.server_info(args.target, to_key).get("store_id"):
+    # a wrong URL or key: one clear line first, naming the variable the key came from
+    source_store = _probe.server_info(args.source, from_key,
+                                      key_from=_key_from(FROM_KEY_ENV, common)).get("store_id")
+    target_store = _probe.server_info(args.target, to_key,
+                                      key_from=_key_from(TO_KEY_ENV, common)).get("store_id")
+    if source_store and source_store == target_store:
         raise _args.UsageError(f"copy: --from and --to are the same server (one store, "
                                f"{source_store}, under two URLs)")
     source = RemoteHTTPTraceServer(args.source, api_key=from_key)
     target = RemoteHTTPTraceServer(args.target, api_key=to_key)
     projects = _projects(args.source, from_key, args.project)
     if not projects:
-        print(f"engine copy: {args.source} lists no projects; nothing copied", flush=True)
+        print(f"engine copy: {redact_url(args.source)} lists no projects; nothing copied", flush=True)
         return 0
     began = time.monotonic()
     results = []
@@ -130,10 +134,17 @@ def run(args: argparse.Namespace) -> int:
             print(f"engine copy: {result.line()}", flush=True)
             results.append(result)
     broken = sum(len(r.changed_digests) for r in results)
-    print(f"engine copy: {len(results)} project(s) from {args.source} to {args.target} in "
+    print(f"engine copy: {len(results)} project(s) from {redact_url(args.source)} to "
+          f"{redact_url(args.target)} in "
           f"{time.monotonic() - began:.1f} s" + (f"; {broken} digests differ" if broken else ""),
           flush=True)
     return 1 if broken else 0
+
+
+def _key_from(side_env: str, common: str | None) -> str:
+    if os.environ.get(side_env):
+        return f"${side_env}"
+    return f"${_env.API_KEY}" if common else f"${side_env} or ${_env.API_KEY}"
 
 
 def _projects(url: str, api_key: str | None, named: list[str] | None) -> list[str]:
@@ -145,7 +156,7 @@ def _projects(url: str, api_key: str | None, named: list[str] | None) -> list[st
         unknown = [project for project in named if project not in listed]
         if unknown:
             raise _args.UsageError(
-                f"copy: {url} has no calls or objects in project {unknown[0]}"
+                f"copy: {redact_url(url)} has no calls or objects in project {unknown[0]}"
                 + (_env.did_you_mean(unknown[0], listed) or f" (it holds {len(listed):,} others)"))
     return named or listed or []
 
@@ -157,7 +168,7 @@ def _listed_projects(url: str, api_key: str | None, *, required: bool) -> list[s
     if answer.status != 200:
         if not required:
             return None
-        raise CommandFailed(f"copy: {url} does not list its projects (GET /ui/projects "
+        raise CommandFailed(f"copy: {redact_url(url)} does not list its projects (GET /ui/projects "
                             f"answered HTTP {answer.status}): name them with --project")
     return [p["project_id"] for p in json.loads(answer.body)["projects"]]
 
@@ -200,7 +211,7 @@ def _copy_retention(source: tuple[str, str | None], target: tuple[str, str | Non
     answer = _probe.post_json(f"{dst_url.rstrip('/')}/project/ttl_settings/update",
                               {"project_id": project, "retention_days": days}, dst_key)
     if answer.status != 200:
-        raise CommandFailed(f"copy: {dst_url} did not take {project}'s retention of {days} "
+        raise CommandFailed(f"copy: {redact_url(dst_url)} did not take {project}'s retention of {days} "
                             f"days (HTTP {answer.status}): its calls would be kept for ever")
     done.retention_days = days
 

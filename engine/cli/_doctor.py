@@ -23,6 +23,7 @@ from engine.common import _env
 from engine.common._config import EngineConfig
 from engine.common._errors import reason_of
 from engine.common._machine import same_machine
+from engine.common._redact import redact_url
 
 _PROBE_PROJECT = "engine-doctor/doctor"
 # round trip: below this many calls/s per producer (4 KB calls, a ring per round trip), say
@@ -70,9 +71,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {mark} {check.name}: {check.detail}")
     failed = [c.name for c in checks if c.ok is False]
     if failed:
-        print(f"engine doctor: {args.url}: NOT READY ({', '.join(failed)} failed)")
+        print(f"engine doctor: {redact_url(args.url)}: NOT READY ({', '.join(failed)} failed)")
         return 1
-    print(f"engine doctor: {args.url}: READY: the engine can deliver here")
+    print(f"engine doctor: {redact_url(args.url)}: READY: the engine can deliver here")
     return 0
 
 

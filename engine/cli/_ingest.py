@@ -453,6 +453,7 @@ def _resume_hint(checkpoint: str) -> Iterator[None]:
 
 def run(args: argparse.Namespace) -> int:
     from engine.cli import _probe  # urllib: the command's, not its workers'
+    from engine.common._config import api_key_source
     from engine.server import serve_subprocess
 
     _args.setup_logging(args)
@@ -466,7 +467,7 @@ def run(args: argparse.Namespace) -> int:
         stack.enter_context(_args.sigterm_interrupts())
         stack.enter_context(_resume_hint(checkpoint))
         url = args.to or stack.enter_context(serve_subprocess())
-        _probe.server_info(url, cfg.api_key)
+        _probe.server_info(url, cfg.api_key, key_from=api_key_source(args.config))
         summary = run_ingest(
             args.files, url, processes=args.processes, project=args.project,
             checkpoint_path=checkpoint, checkpoint_lines=args.checkpoint_lines,

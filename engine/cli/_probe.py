@@ -14,7 +14,8 @@ import urllib.request
 from typing import Any, NamedTuple
 
 from engine.cli._args import CommandFailed
-from engine.common._auth import basic_auth
+from engine.common._auth import basic_auth, url_credentials
+from engine.common._redact import redact_url
 
 DEFAULT_TIMEOUT_S = 10.0
 log = logging.getLogger("engine.cli")
@@ -43,8 +44,11 @@ def post_json(url: str, body: Any, api_key: str | None = None,
 
 def request(url: str, *, data: bytes | None = None, headers: dict[str, str] | None = None,
             timeout_s: float = DEFAULT_TIMEOUT_S) -> Answer:
-    """One HTTP request; error statuses are answers, no answer at all is ``CommandFailed``."""
-    req = urllib.request.Request(url, data=data, headers=headers or {},
+    """One HTTP request; error statuses are answers, no answer at all is ``CommandFailed``.
+    Credentials in ``url`` (``https://api:KEY@host``) are sent as the sender sends them."""
+    bare_url, url_auth = url_credentials(url)
+    headers = {**(headers or {}), **({"Authorization": url_auth} if url_auth else {})}
+    req = urllib.request.Request(bare_url, data=data, headers=headers,
                                  method="POST" if data is not None else "GET")
     try:
         with urllib.request.urlopen(req, timeout=timeout_s) as resp:  # noqa: S310 - http(s) only
@@ -52,7 +56,7 @@ def request(url: str, *, data: bytes | None = None, headers: dict[str, str] | No
     except urllib.error.HTTPError as exc:
         return Answer(exc.code, dict(exc.headers.items()), exc.read())
     except (urllib.error.URLError, OSError) as exc:
-        raise Unreachable(f"cannot reach {url}: {_why(exc)}") from exc
+        raise Unreachable(f"cannot reach {redact_url(url)}: {_why(exc)}") from exc
 
 
 def _why(exc: BaseException) -> str:
@@ -67,18 +71,27 @@ def _why(exc: BaseException) -> str:
 
 
 def server_info(base_url: str, api_key: str | None = None,
-                timeout_s: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
-    """``GET {base_url}/server_info`` as a dict; ``CommandFailed`` names what is wrong."""
+                timeout_s: float = DEFAULT_TIMEOUT_S, *,
+                key_from: str = "$ENGINE_API_KEY or $WANDB_API_KEY") -> dict[str, Any]:
+    """``GET {base_url}/server_info`` as a dict; ``CommandFailed`` names what is wrong
+    (``key_from``: where the command took ``api_key`` from, or would look for one)."""
     answer = request(f"{base_url}/server_info", headers=auth_headers(api_key), timeout_s=timeout_s)
+    in_url = url_credentials(base_url)[1] is not None
+    base_url = redact_url(base_url)
     if answer.status == 404:
         raise CommandFailed(
             f"{base_url}/server_info answered 404: {base_url} is not the base URL of a trace "
             "server (wrong path? engine serve's is http://HOST:PORT, hosted Weave's "
             "https://trace.wandb.ai)")
     if answer.status in (401, 403):
-        what = "refused the API key" if api_key else "needs an API key"
-        raise CommandFailed(f"{base_url} {what} (HTTP {answer.status}): set ENGINE_API_KEY "
-                            "or WANDB_API_KEY to a key it accepts")
+        if in_url:
+            raise CommandFailed(f"{base_url} refused the key in the URL (HTTP {answer.status}): "
+                                "put one it accepts there")
+        if api_key:
+            raise CommandFailed(f"{base_url} refused the API key from {key_from} (HTTP "
+                                f"{answer.status}): put a key it accepts there")
+        raise CommandFailed(f"{base_url} needs an API key (HTTP {answer.status}): set "
+                            f"{key_from} to a key it accepts")
     if answer.status >= 400:
         raise CommandFailed(f"{base_url}/server_info answered HTTP {answer.status}: "
                             f"{answer.body[:200].decode('utf-8', 'replace')}")
@@ -92,11 +105,12 @@ def server_info(base_url: str, api_key: str | None = None,
     return info
 
 
-def check_server(base_url: str, api_key: str | None, what: str, meanwhile: str) -> None:
+def check_server(base_url: str, api_key: str | None, what: str, meanwhile: str, *,
+                 key_from: str = "$ENGINE_API_KEY or $WANDB_API_KEY") -> None:
     """A wrong path, something that is not a trace server, or a refused key stops a command
     at start; a server that is down does not (``meanwhile`` says what happens instead)."""
     try:
-        server_info(base_url, api_key)
+        server_info(base_url, api_key, key_from=key_from)
     except Unreachable as exc:
         log.warning("%s; %s", exc, meanwhile)
     except CommandFailed as exc:

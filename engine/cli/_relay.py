@@ -34,19 +34,19 @@ def add(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.common._config import persisted_to
+    from engine.common._config import api_key_source, persisted_to
     from engine.relay import run_relay
     from engine.relay._app import RELAY_PROJECT
     from engine.server._auth import load_key_ring
 
-    _args.refuse_key_in_argv(args, "relay")
     _args.setup_logging(args)
     fixed = {"project": RELAY_PROJECT, **({"url": args.upstream} if args.upstream else {})}
     cfg = _args.load_settings(args, **fixed)
     _probe.check_server(cfg.url, cfg.api_key, "relay: upstream",
                         "accepting traffic anyway: calls wait in the ring until it answers; "
                         f"those not delivered within delivery_deadline_s="
-                        f"{cfg.delivery_deadline_s:g} s go to {persisted_to(cfg)}")
+                        f"{cfg.delivery_deadline_s:g} s go to {persisted_to(cfg)}",
+                        key_from=api_key_source(args.config))
     host, port = args.listen
     try:
         keys = load_key_ring(args.keys_file, env_key=False)  # $ENGINE_API_KEY is the upstream's

@@ -9,6 +9,7 @@ import sys
 
 from engine.cli import _args, _probe
 from engine.cli._args import CommandFailed, UsageError
+from engine.common._redact import redact_url
 
 
 def add(subparsers: argparse._SubParsersAction) -> None:
@@ -79,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"engine replay: {invalid} dead letters hold an item that is not JSON "
               f"(\"item_invalid\": true): not sent, kept in {dead} as its text to read and fix")
     for name, url, records in rings.elsewhere:
+        url = redact_url(url)
         print(f"engine replay: ring set {name} holds {records} records for {url}: "
               f"`engine replay --to {url}` recovers them")
     return 0 if summary.complete and not rings.kept else 1

@@ -63,7 +63,6 @@ def run(args: argparse.Namespace) -> int:
     from engine.server import run_server
     from engine.server._auth import load_key_ring
 
-    _args.refuse_key_in_argv(args, "serve")
     if args.db is not None and os.path.isdir(args.db):
         raise UsageError(f"serve: --db {args.db} is a directory; give the database file's path")
     try:

@@ -48,7 +48,8 @@ class ClientBase:
             if api_key:
                 options["api_key"] = api_key
             feedback = FeedbackBatcher(self._send_feedback_batch)
-            self._batched = BatchedIngest(self.trace_server_url, feedback, options)
+            # the URL as given: its credentials, if any, are the engine's sender's too
+            self._batched = BatchedIngest(trace_server_url, feedback, options)
 
     @classmethod
     def from_env(cls: type[C], should_batch: bool = False) -> C:

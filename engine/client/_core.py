@@ -25,9 +25,9 @@ from typing import Any, TypeVar
 import msgspec
 import yarl
 
-from engine.common._auth import basic_auth
+from engine.common._auth import basic_auth, url_credentials
 from engine.common._errors import HTTPError, SendError, reason_of
-from engine.common._retry import Backoff, Deadline, retry_after_s
+from engine.common._retry import Backoff, Deadline, retriable_status, retry_after_s
 from engine.wire import _codec, files, misc, query
 from engine.wire.routes import EXTRA_ROUTES, ROUTES, Route
 
@@ -119,7 +119,7 @@ def _transient(response: HttpResponse | None, error: SendError | None) -> bool:
     if error is not None:
         return error.retriable
     assert response is not None
-    return response.status in (408, 409, 425, 429) or response.status >= 500
+    return retriable_status(response.status)
 
 
 def coerce(req: Any, type_: type[T]) -> T:
@@ -146,15 +146,16 @@ class ClientCore:
 
     def __init__(self, trace_server_url: str, *, remote_request_bytes_limit: int,
                  wandb_base_url: str | None = None, api_key: str | None = None) -> None:
-        self.trace_url = _parse_base(trace_server_url, "trace_server_url")
+        bare_url, url_auth = url_credentials(trace_server_url)  # http.client ignores userinfo
+        self.trace_url = _parse_base(bare_url, "trace_server_url")
         self.wandb_url = _parse_base(wandb_base_url or _default_wandb_url(self.trace_url),
                                      "wandb_base_url")
         if remote_request_bytes_limit <= 0:
             raise ValueError(
                 f"remote_request_bytes_limit must be > 0, got {remote_request_bytes_limit}")
         self.remote_request_bytes_limit = remote_request_bytes_limit
-        self._auth: str | None = None
-        if api_key:
+        self._auth: str | None = url_auth
+        if api_key and not url_auth:
             self.set_api_key(api_key)
 
     def set_api_key(self, api_key: str) -> None:

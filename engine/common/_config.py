@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -230,7 +231,34 @@ def _file_values(config_file: str | os.PathLike | None, environ: dict[str, str])
         raise ConfigError("config_file", f"{path} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("config_file", f"{path} is not valid TOML: {exc}") from None
-    return _engine_table(data, path)
+    table = _engine_table(data, path)
+    if "api_key" in table:
+        _check_private(path)
+    return table
+
+
+def _check_private(path: str | os.PathLike) -> None:
+    """A file holding a key is refused when others may read it, as a keys file is."""
+    mode = os.stat(path).st_mode
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError("config_file", f"{path} holds api_key and is readable by others "
+                          f"(mode {oct(mode & 0o777)}): chmod 600 {path}, or give the key in "
+                          f"${_env.API_KEY} instead")
+
+
+def api_key_source(config_file: str | os.PathLike | None = None,
+                   environ: Mapping[str, str] | None = None) -> str:
+    """Where ``load_config`` takes the key from (for an error about it), else where it
+    would look: the variable's name or the config file's, never the key."""
+    env = dict(os.environ if environ is None else environ)
+    if env.get(_env.API_KEY):
+        return f"${_env.API_KEY}"
+    path = config_file or env.get(_env.CONFIG)
+    if "api_key" in _file_values(config_file, env):
+        return f"api_key in {path}"
+    if env.get("WANDB_API_KEY"):
+        return "$WANDB_API_KEY"
+    return f"${_env.API_KEY} or $WANDB_API_KEY"
 
 
 def _engine_table(data: dict[str, Any], path: str | os.PathLike) -> dict[str, Any]:

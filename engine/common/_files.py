@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from pathlib import Path
@@ -24,9 +25,25 @@ def dir_problem(path: str) -> str | None:
     a file in the way, no permission, a read-only file system. A full disk is not counted:
     it is a state that passes, not a setting to fix."""
     try:
-        os.makedirs(path, mode=0o700, exist_ok=True)
+        make_private_dirs(path)
     except OSError as exc:
         return None if exc.errno in _OUT_OF_SPACE else f"{path}: {exc.strerror}"
+    if not os.path.isdir(path):
+        return f"{path}: not a directory"
     if not os.access(path, os.W_OK | os.X_OK):
         return f"{path}: not writable by this user"
     return None
+
+
+def make_private_dirs(path: str | Path) -> None:
+    """``path`` and every missing folder above it, owner-only (0700). ``mkdir -p`` (and
+    ``Path.mkdir(parents=True)``) leaves the parents it creates to the umask: 0755, open
+    to every user, for folders that hold calls."""
+    missing: list[Path] = []
+    folder = Path(path)
+    while not os.path.lexists(folder):
+        missing.append(folder)
+        folder = folder.parent
+    for folder in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # made meanwhile by another process
+            folder.mkdir(mode=0o700)

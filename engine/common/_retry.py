@@ -25,6 +25,10 @@ MAX_RETRY_AFTER_S = 300.0
 COMPLETE_MODE_REQUIRED_CODE = "CALLS_COMPLETE_MODE_REQUIRED"
 
 _RETRIABLE_4XX = frozenset({408, 409, 425, 429})
+# 501 Not Implemented and 505 HTTP Version Not Supported: this server will never take the
+# request (a plain file server answers 501 to POST), so retrying only delays the dead
+# letters by the whole delivery deadline (OTLP/HTTP retries neither)
+_PERMANENT_5XX = frozenset({501, 505})
 
 
 class Verdict(enum.Enum):
@@ -50,9 +54,12 @@ def classify(status: int | None, body: bytes = b"", exc: BaseException | None = 
         return Verdict.SPLIT_422
     if status == 400 and error_code(body) == COMPLETE_MODE_REQUIRED_CODE:
         return Verdict.COMPLETE_MODE_REQUIRED
-    if status in _RETRIABLE_4XX or status >= 500:
-        return Verdict.RETRY
-    return Verdict.DEAD
+    return Verdict.RETRY if retriable_status(status) else Verdict.DEAD
+
+
+def retriable_status(status: int) -> bool:
+    """Whether an error status may succeed later: the listed 4xx and 5xx but 501 and 505."""
+    return status in _RETRIABLE_4XX or (status >= 500 and status not in _PERMANENT_5XX)
 
 
 def error_code(body: bytes) -> str | None:

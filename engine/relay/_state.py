@@ -8,6 +8,7 @@ import aiohttp
 import msgspec
 from aiohttp import web
 
+from engine.common._auth import url_credentials
 from engine.producer._engine import Engine
 from engine.relay._writer import CallItem, RingWriter, mode_of
 
@@ -37,7 +38,9 @@ class RelayCounters(msgspec.Struct, kw_only=True):
 class RelayState:
     def __init__(self, engine: Engine, upstream: str, max_body_bytes: int) -> None:
         self.engine = engine
-        self.upstream = upstream.rstrip("/")
+        # proxied requests carry the client's own Authorization, never the credentials of
+        # the relay's upstream URL (those are its sender's, for what it ingests)
+        self.upstream = url_credentials(upstream)[0].rstrip("/")
         self.max_body_bytes = max_body_bytes
         self.writer = RingWriter(engine.producer())
         self.counters = RelayCounters()

@@ -214,8 +214,8 @@ def write_sender_args(name: str, ring_dir: str, data: bytes) -> str:
 def mark_closed(ring_dir: str) -> None:
     """The owner closed the ring set but keeps running: it will never read it again, so it
     is an orphan already (the owner keeps it only because it still holds records)."""
-    with open(os.path.join(ring_dir, CLOSED_MARK), "wb"):
-        pass
+    # owner-only, as the folder it is in (0700) and every file the engine writes
+    os.close(os.open(os.path.join(ring_dir, CLOSED_MARK), os.O_WRONLY | os.O_CREAT, 0o600))
 
 
 def _dead_entries(directory: str) -> list[str]:

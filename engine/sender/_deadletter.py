@@ -42,6 +42,7 @@ from types import TracebackType
 
 import msgspec
 
+from engine.common._files import make_private_dirs
 from engine.ring import _files as _ring_files
 from engine.sender._fileid import names_open_file
 from engine.wire._codec import json_error
@@ -147,7 +148,7 @@ class DeadLetters:
 
     def _open(self) -> int:
         if self._fd is None:
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            make_private_dirs(self.path.parent)
             flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
             fd = os.open(self.path, flags, 0o600)
             try:

@@ -302,4 +302,5 @@ class Delivery:
 
 
 def _reason(response: Response | None) -> str:
-    return "" if response is None else reason_of(response.body)
+    """The server's reason on one line: a plain web server's is an HTML page of many."""
+    return "" if response is None else " ".join(reason_of(response.body).split())

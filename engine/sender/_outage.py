@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 
 from engine.common._errors import HTTPError, SendError
+from engine.common._redact import redact_url
 
 log = logging.getLogger("engine.sender")
 
@@ -26,7 +27,7 @@ class OutageLog:
 
     def __init__(self, url: str, destination: str, every_s: float = DEFAULT_EVERY_S,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.url = url
+        self.url = redact_url(url)
         self.destination = destination  # where a batch goes once its deadline passes
         self.every_s = every_s
         self.clock = clock
@@ -59,11 +60,18 @@ class OutageLog:
         self.since_s = None
 
 
+_FAILURE_MAX_CHARS = 300
+
+
 def failure_text(status: int | None, error: BaseException | None, reason: str = "") -> str:
-    """``HTTP 507: <the server's reason>``, the error, or "no answer"."""
+    """``HTTP 507: <the server's reason>``, the error, or "no answer": on one line (a server's
+    HTML error page is many) and at most about ``_FAILURE_MAX_CHARS``."""
     if status is not None:
-        return f"HTTP {status}: {reason[:300]}" if reason else f"HTTP {status}"
-    return str(error) if error is not None else "no answer"
+        text = f"HTTP {status}: {reason}" if reason.strip() else f"HTTP {status}"
+    else:
+        text = str(error) if error is not None else "no answer"
+    text = " ".join(text.split())
+    return text if len(text) <= _FAILURE_MAX_CHARS else text[:_FAILURE_MAX_CHARS] + "…"
 
 
 def startup_problem(error: SendError) -> tuple[int, str]:

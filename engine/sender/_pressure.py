@@ -19,6 +19,8 @@ import logging
 import time
 from collections.abc import Callable
 
+from engine.common._redact import redact_url
+
 log = logging.getLogger("engine.sender")
 
 DEFAULT_EVERY_S = 30.0
@@ -32,7 +34,7 @@ class PressureLog:
     def __init__(self, url: str, every_s: float = DEFAULT_EVERY_S,
                  min_blocked_s: float = DEFAULT_MIN_BLOCKED_S,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.url = url
+        self.url = redact_url(url)
         self.every_s = every_s
         self.min_blocked_ms = min_blocked_s * 1000
         self.clock = clock

@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from engine.common._redact import redact_url
+
 _UNPERSISTED = {"unpersisted_no_space": "disk full", "unpersisted_unwritable": "unwritable"}
 _DROPPED = {"dropped_full": "ring full (on_full='drop')",
             "wrapper_dropped": "calls op wrappers could not write (logged where they ran)"}
@@ -18,7 +20,8 @@ _DROPPED = {"dropped_full": "ring full (on_full='drop')",
 
 def exit_line(stats: dict[str, Any], producers: dict[str, int], *, url: str, dead_path: str,
               spool_dir: str | None, kept_records: int, ring_name: str) -> tuple[int, str]:
-    """(log level, message) for a sender's exit."""
+    """(log level, message) for a sender's exit (``url`` shown without its credentials)."""
+    url = redact_url(url)
     parts = [f"engine: {stats['items_acked']:,} items delivered to {url}"]
     dead, spooled = stats["dead_letters"], stats["spooled_items"]
     if dead or spooled:

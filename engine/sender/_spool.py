@@ -35,7 +35,7 @@ import msgspec
 import zstandard
 
 from engine.common._errors import EngineError
-from engine.common._files import fsync_dir
+from engine.common._files import fsync_dir, make_private_dirs
 from engine.sender._fileid import names_open_file
 
 _MAGIC = b"ENGSPL01"
@@ -245,7 +245,7 @@ def _parse(data: bytes) -> tuple[_Header, bytes] | None:
 
 
 def _make_private_dir(path: Path) -> None:
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    make_private_dirs(path)
     os.chmod(path, 0o700)
 
 

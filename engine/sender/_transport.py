@@ -22,9 +22,10 @@ import msgspec
 import yarl
 import zstandard
 
-from engine.common._auth import basic_auth
+from engine.common._auth import basic_auth, url_credentials
 from engine.common._errors import HTTPError, SendError, reason_of
 from engine.common._machine import same_machine
+from engine.common._redact import redact_url
 
 
 def accepted_encodings(info: object) -> frozenset[str]:
@@ -74,13 +75,15 @@ class Transport:
     ) -> None:
         url = yarl.URL(base_url.rstrip("/"))
         if url.scheme not in ("http", "https") or not url.host:
-            raise ValueError(f"base_url must be an http(s) URL, got {_redacted(url)}")
+            raise ValueError(f"base_url must be an http(s) URL, got {redact_url(str(url))}")
         # Paths are appended, not joined: a base like ``https://host/traces`` keeps its prefix.
-        self._base_url = str(url)
-        self._display_url = str(_redacted(url))
+        self._base_url, url_auth = url_credentials(str(url))
+        self._display_url = redact_url(str(url))
         self._connect_timeout_s = connect_timeout_s
         self._request_timeout_s = request_timeout_s
         self._headers = _base_headers(user_agent, api_key, extra_headers)
+        if url_auth:
+            self._headers["Authorization"] = url_auth
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=pool_size),
             timeout=self._timeout(request_timeout_s),
@@ -253,11 +256,6 @@ def _base_headers(
     if extra_headers:
         headers.update(extra_headers)
     return headers
-
-
-def _redacted(url: yarl.URL) -> yarl.URL:
-    """The URL without credentials, fit for error messages and logs."""
-    return url.with_user(None) if url.user or url.password else url
 
 
 def _describe(exc: aiohttp.ClientError) -> str:

@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from engine.common._files import make_private_dirs
 from engine.server._store_trouble import StoreTrouble
 
 T = TypeVar("T")
@@ -184,7 +185,7 @@ def default_db_path() -> Path:
 
 def create_db_file(path: Path) -> None:
     """Create the database file (and its folder) owner-only before SQLite opens it."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    make_private_dirs(path.parent)
     fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
     os.close(fd)
 

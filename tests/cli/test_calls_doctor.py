@@ -133,6 +133,40 @@ def test_doctor_checks_a_key_granted_some_projects_against_the_one_named(tmp_pat
     assert "0123456789abcdef" not in unnamed.stdout + granted.stdout + other.stdout
 
 
+def test_credentials_in_the_url_are_sent_as_the_key_and_never_shown(tmp_path):
+    # before: urllib took "api:KEY@127.0.0.1" for a host name: "cannot reach
+    # http://api:KEY@…: unknown host", the key on screen
+    with serve_subprocess(tmp_path / "k.db", api_key="url-key-0123456789") as url:
+        good = url.replace("http://", "http://api:url-key-0123456789@")
+        wrong = url.replace("http://", "http://api:wrong-key-0123456789@")
+        doctor = _engine("doctor", good, "--limit-mib", "1")
+        calls = _engine("calls", "--project", PROJECT, "--url", good)
+        refused = _engine("calls", "--project", PROJECT, "--url", wrong)
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+    assert doctor.stdout.splitlines()[-1].startswith("engine doctor: http://***@127.0.0.1:")
+    assert calls.returncode == 0, calls.stderr
+    assert refused.returncode == 1 and "refused the key in the URL (HTTP 401)" in refused.stderr
+    shown = doctor.stdout + doctor.stderr + calls.stdout + calls.stderr + refused.stderr
+    assert "key-0123456789" not in shown
+
+
+def test_a_refused_key_from_the_config_file_is_named_as_such(tmp_path):
+    # before: "set ENGINE_API_KEY or WANDB_API_KEY", as if no key had been given
+    config = tmp_path / "engine.toml"
+    config.write_text('[engine]\napi_key = "file-key-0123456789"\n')
+    config.chmod(0o600)
+    with serve_subprocess(tmp_path / "k.db", api_key="url-key-0123456789") as url:
+        refused = _engine("calls", "--project", PROJECT, "--url", url,
+                          env=_env(ENGINE_CONFIG=str(config)))
+        config.chmod(0o644)
+        open_file = _engine("calls", "--project", PROJECT, "--url", url,
+                            env=_env(ENGINE_CONFIG=str(config)))
+    assert refused.returncode == 1
+    assert f"refused the API key from api_key in {config} (HTTP 401)" in refused.stderr
+    assert open_file.returncode == 2 and f"chmod 600 {config}" in open_file.stderr
+    assert "file-key" not in refused.stderr + open_file.stderr
+
+
 def test_doctor_on_a_trace_server_without_ready_does_not_check_its_store():
     """Another trace server (here the ingest-only FaultServer) has no /ready: not a failure."""
     with FaultServer() as fault:

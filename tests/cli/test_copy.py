@@ -176,7 +176,14 @@ def test_copy_takes_each_server_s_key_from_its_own_variable(tmp_path):
         urllib.request.urlopen(_post_keyed, timeout=30).close()
         refused = _copy(source, target, "--project", PROJECT)
         assert refused.returncode == 1 and "needs an API key" in refused.stderr
+        # the variables copy reads (before: "set ENGINE_API_KEY or WANDB_API_KEY", and copy
+        # ignores WANDB_API_KEY)
+        assert "set $ENGINE_COPY_FROM_API_KEY or $ENGINE_API_KEY" in refused.stderr
         assert "source-key" not in refused.stderr + refused.stdout
+        wrong = _copy(source, target, "--project", PROJECT, ENGINE_COPY_FROM_API_KEY="source-key",
+                      ENGINE_API_KEY="wrong-key")
+        assert wrong.returncode == 1 and "refused the API key from $ENGINE_API_KEY" in wrong.stderr
+        assert "wrong-key" not in wrong.stderr
         done = _copy(source, target, "--project", PROJECT, ENGINE_COPY_FROM_API_KEY="source-key",
                      ENGINE_COPY_TO_API_KEY="target-key")
         assert done.returncode == 0, done.stderr

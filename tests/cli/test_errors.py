@@ -83,6 +83,22 @@ def test_config_file_errors_are_one_line_with_exit_2(tmp_path, text, needles):
     _assert_one_line_error(result, USAGE, *needles)
 
 
+@pytest.mark.parametrize(("argv", "where"), [
+    (["ingest", "--api-key", "sk-SECRET123", "x.jsonl"], "$ENGINE_API_KEY"),
+    (["doctor", "http://127.0.0.1:9", "--api-key", "sk-SECRET123"], "$ENGINE_API_KEY"),
+    (["calls", "--project", "a/b", "--api-key=sk-SECRET123"], "$ENGINE_API_KEY"),
+    (["copy", "--from", "http://127.0.0.1:9", "--to", "http://127.0.0.1:8", "--api-k",
+      "sk-SECRET123"], "$ENGINE_COPY_FROM_API_KEY"),
+    (["serve", "--api-key=sk-SECRET123"], "--keys-file"),
+])
+def test_a_key_flag_is_refused_by_every_command_without_echoing_it(argv, where):
+    # before: argparse echoed it ("argument FILE: sk-SECRET123: no such file",
+    # "unrecognized arguments: --api-key sk-SECRET123"); only serve and relay refused it
+    result = _engine(*argv)
+    _assert_one_line_error(result, USAGE, "--api-key is not accepted", "(ps)", where)
+    assert "sk-SECRET123" not in result.stderr + result.stdout
+
+
 def test_db_that_is_a_directory_is_a_usage_error(tmp_path):
     _assert_one_line_error(_engine("serve", "--port", "0", "--db", str(tmp_path)), USAGE,
                            str(tmp_path), "directory")

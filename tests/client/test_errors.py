@@ -50,6 +50,15 @@ def test_idempotent_read_is_retried_until_it_succeeds():
         assert len(stub.requests) == 3
 
 
+def test_501_is_not_retried():
+    # a server that does not implement the route never will: weave's client retries every
+    # 5xx, but a 501 or 505 only burns the retry budget
+    with StubServer(_failing_then(2, status=501)) as stub, RemoteHTTPTraceServer(stub.url) as client:
+        with pytest.raises(HTTPError) as err:
+            client.calls_query_stats({"project_id": "a/b"})
+        assert err.value.status == 501 and len(stub.requests) == 1
+
+
 def test_non_idempotent_request_is_sent_once():
     with StubServer(_failing_then(2)) as stub, RemoteHTTPTraceServer(stub.url) as client:
         with pytest.raises(HTTPError) as err:

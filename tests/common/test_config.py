@@ -17,7 +17,7 @@ else:
 from engine import cli
 from engine.cli import _args
 from engine.common import _logging
-from engine.common._config import EngineConfig, load_config
+from engine.common._config import EngineConfig, api_key_source, load_config
 from engine.common._errors import ConfigError
 
 DOCUMENTED = Path(__file__).resolve().parents[2] / "config" / "engine.toml"
@@ -88,6 +88,22 @@ def test_api_key_never_appears_in_repr_or_str():
     cfg = load_config(environ={"ENGINE_API_KEY": SECRET})
     assert cfg.api_key == SECRET
     assert SECRET not in repr(cfg) and SECRET not in str(cfg) and "***" in repr(cfg)
+
+
+def test_a_config_file_holding_a_key_that_others_may_read_is_refused(tmp_path):
+    # before: used with no word; a keys file of that mode is refused, so is this now
+    path = _toml(tmp_path, f'api_key = "{SECRET}"\n')
+    path.chmod(0o644)
+    with pytest.raises(ConfigError) as err:
+        load_config(path, environ={})
+    assert f"chmod 600 {path}" in str(err.value) and SECRET not in str(err.value)
+    path.chmod(0o600)
+    assert load_config(path, environ={}).api_key == SECRET
+    assert api_key_source(path, environ={}) == f"api_key in {path}"
+    assert api_key_source(path, environ={"ENGINE_API_KEY": "k"}) == "$ENGINE_API_KEY"
+    shared = _toml(tmp_path, "linger_ms = 5\n")  # no key: anyone may read it
+    shared.chmod(0o644)
+    assert load_config(shared, environ={}).linger_ms == 5
 
 
 def test_wandb_api_key_is_the_fallback_key():

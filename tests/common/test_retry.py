@@ -37,6 +37,8 @@ COMPLETE_MODE_BODY = b'{"error_code":"CALLS_COMPLETE_MODE_REQUIRED","reason":"us
         (502, b"", Verdict.RETRY),
         (503, b"", Verdict.RETRY),
         (504, b"", Verdict.RETRY),
+        (501, b"<html>Unsupported method ('POST')</html>", Verdict.DEAD),  # never will
+        (505, b"", Verdict.DEAD),
     ],
 )
 def test_classify_maps_status_and_body_to_verdict(status, body, verdict):

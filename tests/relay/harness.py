@@ -15,11 +15,14 @@ _STARTUP_TIMEOUT_S = 30.0
 
 
 @contextlib.contextmanager
-def relay_subprocess(upstream: str, *flags: str, env: dict[str, str] | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
-    """``with relay_subprocess(url, "--linger-ms", "5") as (relay_url, proc):`` — always stopped."""
+def relay_subprocess(upstream: str, *flags: str, env: dict[str, str] | None = None,
+                     with_logs: bool = False) -> Iterator[tuple[str, subprocess.Popen]]:
+    """``with relay_subprocess(url, "--linger-ms", "5") as (relay_url, proc):`` — always stopped.
+    ``with_logs``: its log lines (stderr) are read into ``proc.output_lines`` too."""
     argv = [sys.executable, "-m", "engine", "relay", "--listen", "127.0.0.1:0",
             "--upstream", upstream, *flags]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=env,
+                            stderr=subprocess.STDOUT if with_logs else None)
     watcher = _UrlWatcher(proc)
     watcher.start()
     proc.output_lines = watcher.lines  # type: ignore[attr-defined]  # what it printed so far

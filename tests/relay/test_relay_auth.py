@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import socket
 import subprocess
 import sys
 import urllib.error
@@ -122,6 +123,42 @@ def test_credentials_in_the_upstream_url_reach_no_command_line_and_no_output(tmp
     assert sent == (200, b"{}") and delivered  # the sender used the URL's credentials
     assert "engine.sender" in command_lines and secret not in command_lines
     assert "***@127.0.0.1" in printed and secret not in printed
+
+
+@pytest.mark.integration
+def test_credentials_in_the_upstream_url_win_over_engine_api_key_and_reach_no_log_line(tmp_path):
+    # before: the start-up check read "api:KEY@127.0.0.1" as a host name and logged the key,
+    # the sender died on aiohttp's "cannot combine" error, and its exit line showed the key
+    secret = "url-secret-0123456789"
+    with serve_subprocess(tmp_path / "t.db", api_key=secret) as upstream:
+        with_credentials = upstream.replace("http://", f"http://api:{secret}@")
+        env = {**os.environ, "ENGINE_API_KEY": "another-key-0123456789"}
+        with relay_subprocess(with_credentials, "--linger-ms", "5", env=env,
+                              with_logs=True) as (relay, proc):  # fmt: skip
+            sent = _post(f"{relay}/v2/team-a/p/calls/complete", {"batch": [_complete("team-a/p")]})
+            delivered = wait_until(lambda: _stored_with(upstream, secret) == {CALL}, 30)
+        printed = "".join(proc.output_lines)
+    assert sent == (200, b"{}") and delivered, printed
+    assert "items delivered to http://***@127.0.0.1" in printed  # the sender's exit line
+    assert secret not in printed and "cannot reach" not in printed
+
+
+@pytest.mark.integration
+def test_credentials_in_an_unreachable_upstream_url_reach_no_log_line(tmp_path):
+    secret = "url-secret-0123456789"
+    with socket.socket() as closed:  # bound, never listening: refused
+        closed.bind(("127.0.0.1", 0))
+        upstream = f"http://api:{secret}@127.0.0.1:{closed.getsockname()[1]}"
+        flags = ("--linger-ms", "5", "--shutdown-timeout-s", "1",
+                 "--dead-letter-path", str(tmp_path / "dead.jsonl"))
+        with relay_subprocess(upstream, *flags, with_logs=True) as (relay, proc):
+            sent = _post(f"{relay}/v2/team-a/p/calls/complete", {"batch": [_complete("team-a/p")]})
+            warned = wait_until(lambda: "failing since" in "".join(proc.output_lines), 30)
+        printed = "".join(proc.output_lines)
+    assert sent == (200, b"{}") and warned, printed
+    assert "cannot reach http://***@127.0.0.1" in printed  # the start-up check
+    assert "0 items delivered to http://***@127.0.0.1" in printed  # the sender's exit line
+    assert secret not in printed
 
 
 def _stored_with(upstream: str, key: str) -> set[str]:

@@ -424,6 +424,13 @@ def test_files_are_private_to_the_user(ring_set):
     assert stat.S_IMODE(os.stat(ring_set.spec.lock_path).st_mode) == 0o600
 
 
+def test_the_closed_mark_is_private_to_the_user(tmp_path):
+    from engine.ring._orphans import CLOSED_MARK, mark_closed
+
+    mark_closed(str(tmp_path))  # before: 0644 (open()'s umask default) in a 0700 folder
+    assert stat.S_IMODE(os.stat(tmp_path / CLOSED_MARK).st_mode) == 0o600
+
+
 def _ring_paths(spec) -> list[str]:
     return [ring_files.segment_path(spec.shm_name), os.path.dirname(spec.lock_path)]
 

@@ -28,6 +28,15 @@ def test_dead_letter_file_is_created_0600_on_first_add(tmp_path):
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
+def test_the_folders_made_for_the_file_are_0700(tmp_path):
+    # before: mkdir(parents=True) left the parents it made to the umask (0755)
+    path = tmp_path / "state" / "engine" / "letters.jsonl"
+    with DeadLetters(path) as letters:
+        add(letters)
+    assert stat.S_IMODE((tmp_path / "state").stat().st_mode) == 0o700
+    assert stat.S_IMODE((tmp_path / "state" / "engine").stat().st_mode) == 0o700
+
+
 def test_existing_file_is_tightened_to_0600(tmp_path):
     path = tmp_path / "letters.jsonl"
     path.write_bytes(b"")

@@ -54,6 +54,18 @@ def test_a_failure_names_the_servers_reason_when_it_gave_one():
     assert failure_text(None, None) == "no answer"
 
 
+def test_a_failure_is_one_line_of_bounded_length():
+    from engine.sender._outage import failure_text
+
+    page = ("<!DOCTYPE HTML>\n<html>\n    <head>\n        <title>Error response</title>\n"
+            "    </head>\n    <body>\n" + "        <p>Message: Unsupported method.</p>\n" * 20)
+    text = failure_text(501, None, page)
+    assert "\n" not in text and "  " not in text
+    assert text.startswith("HTTP 501: <!DOCTYPE HTML> <html> <head> <title>Error response")
+    assert len(text) <= 301 and text.endswith("…")
+    assert failure_text(None, OSError("refused\n  twice")) == "refused twice"
+
+
 def test_the_exit_line_names_every_kind_of_call_the_producers_dropped():
     from engine.common._control import SENDER_FIELDS, SLOT_FIELDS
     from engine.sender._report import exit_line

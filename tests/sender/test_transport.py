@@ -186,6 +186,20 @@ def test_credentials_in_the_base_url_never_appear_in_errors(run, server):
     assert_retriable_send_error_without_key(excinfo)
 
 
+def test_credentials_in_the_base_url_are_sent_in_place_of_an_api_key(run, server):
+    # aiohttp refuses a URL's credentials next to an Authorization header (a ValueError that
+    # killed the sender when ENGINE_API_KEY was set too): the URL's are the ones sent
+    url = server.url.replace("http://", f"http://api:{API_KEY}@")
+
+    async def scenario():
+        async with Transport(url, api_key="another-key") as transport:
+            return await transport.post(UPSERT, upsert_body("c1"))
+
+    assert run(scenario()).status == 200
+    (record,) = server.records(UPSERT)
+    assert record.headers["Authorization"] == "Basic " + base64.b64encode(f"api:{API_KEY}".encode()).decode()
+
+
 def test_server_that_comes_back_is_reached_again(run, server):
     async def scenario():
         async with Transport(server.url) as transport:

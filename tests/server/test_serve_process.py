@@ -34,7 +34,7 @@ def _stream_ids(url: str) -> list[str]:
 
 
 def test_sigterm_stops_cleanly_and_calls_survive_a_restart(tmp_path):
-    db = tmp_path / "data" / "traces.db"
+    db = tmp_path / "share" / "engine" / "traces.db"  # folders it makes: owner-only
     proc, url = spawn_server(db)
     try:
         _post(url, "/v2/ent/proj/calls/complete", {"batch": [complete("kept")]})
@@ -42,6 +42,7 @@ def test_sigterm_stops_cleanly_and_calls_survive_a_restart(tmp_path):
         exit_code = stop_server(proc)
     assert exit_code == 0
     assert stat.S_IMODE(db.stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "share").stat().st_mode) == 0o700  # was 0755 (mkdir -p)
     with serve_subprocess(db) as url_again:
         assert _stream_ids(url_again) == ["kept"]
 
