@@ -8,9 +8,11 @@ in the ``[engine]`` table (see ``config/engine.toml`` for every field, documente
 from __future__ import annotations
 
 import logging
+import math
 import os
 import stat
 import sys
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -90,6 +92,9 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
 
 
 _FIELD_TYPES = {f.name: f.type for f in msgspec.structs.fields(EngineConfig)}
+_SECONDS = tuple(name for name in _FIELD_TYPES if name.endswith("_s"))
+MAX_RING_BYTES = 4 << 30  # per producer; the segment holds twice this for each slot
+MAX_SLOTS = 65_536
 
 
 def _check_positive(cfg: EngineConfig, *names: str) -> None:
@@ -115,8 +120,17 @@ def validate(cfg: EngineConfig) -> EngineConfig:
     for name in ("max_block_ms", "linger_ms", "eager_start_ms", "shutdown_timeout_s"):
         if getattr(cfg, name) < 0:
             raise ConfigError(name, f"must be >= 0, got {getattr(cfg, name)!r}")
-    if cfg.ring_bytes < 64 << 10 or cfg.ring_bytes % 4096:
-        raise ConfigError("ring_bytes", "must be a multiple of 4096 and at least 65536")
+    for name in _SECONDS:  # NaN passes every comparison above; inf never ends a wait
+        if not math.isfinite(getattr(cfg, name)):
+            raise ConfigError(name, f"must be a finite number of seconds, got {getattr(cfg, name)!r}")
+    if cfg.ring_bytes < 64 << 10 or cfg.ring_bytes % 4096 or cfg.ring_bytes > MAX_RING_BYTES:
+        raise ConfigError("ring_bytes", "must be a multiple of 4096 from 65536 to "
+                          f"{MAX_RING_BYTES} (4 GiB), got {cfg.ring_bytes!r}")
+    if cfg.max_slots > MAX_SLOTS:
+        raise ConfigError("max_slots", f"must be at most {MAX_SLOTS}, got {cfg.max_slots!r}")
+    if cfg.backoff_initial_ms > cfg.backoff_max_ms:
+        raise ConfigError("backoff_initial_ms", f"must not exceed backoff_max_ms "
+                          f"({cfg.backoff_max_ms}), got {cfg.backoff_initial_ms!r}")
     if cfg.min_request_bytes > cfg.max_request_bytes:
         raise ConfigError("min_request_bytes", "must not exceed max_request_bytes")
     if not cfg.min_request_bytes <= cfg.initial_request_bytes:
@@ -125,11 +139,27 @@ def validate(cfg: EngineConfig) -> EngineConfig:
         raise ConfigError("initial_in_flight", "must not exceed max_in_flight")
     if not -7 <= cfg.compression_level <= 22:
         raise ConfigError("compression_level", "zstd levels run from -7 to 22")
-    if not cfg.url.startswith(("http://", "https://")):
-        raise ConfigError("url", f"must be an http(s) URL, got {redact_url(cfg.url)!r}")
+    url_problem = _url_problem(cfg.url)
+    if url_problem:
+        raise ConfigError("url", f"{url_problem}, got {redact_url(cfg.url)!r}")
     if cfg.project:
         check_project(cfg.project)
     return cfg
+
+
+def _url_problem(url: str) -> str | None:
+    """What keeps ``url`` from being a trace server's base URL (the sender would crash on
+    it, restarted again and again), or None."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        return "must be an http(s) URL"
+    try:
+        parts.port  # noqa: B018 - raises on a port out of range or not a number
+    except ValueError:
+        return "has a port out of range (1-65535) or not a number"
+    if not parts.hostname:
+        return "names no host"
+    return None
 
 
 def compression_thread_count(cfg: EngineConfig, cpus: int | None = None,

@@ -78,8 +78,7 @@ class Engine:
         # twice ring_bytes per slot: items up to half of ring_bytes cycle through the first
         # ring_bytes of each lap (what a slot touches, as before); a larger one, up to twice
         # ring_bytes, may take the whole lap (engine/ring/_writer.py)
-        self._ringset = ring.RingSet.create(2 * self.config.ring_bytes, self.config.max_slots,
-                                            senders)
+        self._ringset = _create_rings(self.config, senders)
         self._ring_dir = os.path.dirname(self._ringset.spec.lock_path)
         self._control = Control(control_path(self._ring_dir), self.config.max_slots, create=True,
                                 senders=senders)
@@ -302,6 +301,15 @@ class Engine:
             # the exit line says where (no "Exception ignored in atexit" traceback)
             with contextlib.suppress(KeyboardInterrupt):
                 self.close()
+
+
+def _create_rings(config: EngineConfig, senders: int) -> ring.RingSet:
+    try:
+        return ring.RingSet.create(2 * config.ring_bytes, config.max_slots, senders)
+    except OSError as exc:  # a segment larger than the file system or the address space takes
+        raise ConfigError("ring_bytes", f"{config.max_slots:,} rings (max_slots) of twice "
+                          f"{config.ring_bytes:,} bytes cannot be made here ({exc.strerror}): "
+                          "lower ring_bytes or max_slots") from None
 
 
 def _describe_exit(code: int) -> str:

@@ -72,6 +72,23 @@ def test_invalid_value_fails_naming_the_field(setting, value):
         load_config(environ={}, **{setting: value})
 
 
+@pytest.mark.parametrize(("settings", "field", "said"), [
+    ({"shutdown_timeout_s": float("nan")}, "shutdown_timeout_s", "finite"),
+    ({"delivery_deadline_s": float("inf")}, "delivery_deadline_s", "finite"),
+    ({"url": "http://127.0.0.1:99999"}, "url", "port out of range"),
+    ({"url": "http://"}, "url", "names no host"),
+    ({"backoff_initial_ms": 5000, "backoff_max_ms": 10}, "backoff_initial_ms", "backoff_max_ms"),
+    ({"max_slots": 10**7}, "max_slots", "at most 65536"),
+    ({"ring_bytes": 1 << 40}, "ring_bytes", "4 GiB"),
+])  # fmt: skip
+def test_values_the_sender_could_not_run_with_fail_at_start(settings, field, said):
+    """Each passed validation, and its sender then crashed at start, restarted again and
+    again, delivering nothing (NaN and inf were written to its settings as null); a ring set
+    left behind carried them to every later engine recovering it."""
+    with pytest.raises(ConfigError, match=f"^{field}: .*{said}"):
+        load_config(environ={}, **settings)
+
+
 def test_invalid_env_value_names_the_variable():
     with pytest.raises(ConfigError, match="max_in_flight"):
         load_config(environ={"ENGINE_MAX_IN_FLIGHT": "lots"})

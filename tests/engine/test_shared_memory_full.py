@@ -29,7 +29,9 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from engine.common._errors import ConfigError
 from engine.server import serve_subprocess
+from tests.engine.helpers import make_engine
 from tests.server.serve_process import NEEDS_MOUNT, can_mount
 
 pytestmark = pytest.mark.integration
@@ -260,3 +262,10 @@ def test_a_ring_set_on_disk_is_found_read_and_recovered_like_one_in_dev_shm(tmp_
         rings.close()
         rings.unlink()
     assert not os.path.exists(path)
+
+
+def test_rings_larger_than_this_machine_can_map_are_a_config_error(tmp_path):
+    """4 GiB × 65,536 slots × 2 (512 TiB): it raised the file system's bare OSError."""
+    with pytest.raises(ConfigError, match=r"^ring_bytes: 65,536 rings \(max_slots\) of twice "
+                                          r"4,294,967,296 bytes cannot be made here \(.+\): lower"):
+        make_engine("http://127.0.0.1:9", tmp_path, ring_bytes=4 << 30, max_slots=65_536)

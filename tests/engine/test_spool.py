@@ -75,3 +75,4 @@ def test_a_sender_that_cannot_open_its_spool_delivers_and_dead_letters_instead(t
         stats = eng.stats()
         assert stats["dead_letters"] == 10 and stats["spooled_items"] == 0
         assert stats["sender_restarts"] == 1
+
