@@ -27,6 +27,8 @@ MAX_KEPT_ITEMS = 1000  # a generator op's output keeps its first items, not a lo
 
 
 def wrap_op(tracer: Tracer, fn: Callable[..., Any], op_name: str) -> Callable[..., Any]:
+    if isinstance(fn, (classmethod, staticmethod)):  # above the decorator: still one of them
+        return type(fn)(wrap_op(tracer, fn.__func__, op_name))
     inputs_of_call = inputs_of(fn)
     project = tracer.project
 

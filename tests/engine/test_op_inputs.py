@@ -1,4 +1,5 @@
-"""What ``@tracer.op`` records as a call's inputs: the arguments bound as weave binds them."""
+"""What ``@tracer.op`` records as a call's inputs, and the kinds of function it wraps:
+inputs are bound as weave binds them; a classmethod or staticmethod stays one."""
 
 from __future__ import annotations
 
@@ -81,3 +82,34 @@ def test_a_call_that_does_not_fit_the_signature_raises_the_users_error_and_keeps
     assert start["inputs"] == {"a": 1, "b": 2, "c": 3, "args": [4]}
     assert end["exception"].startswith("TypeError")
 
+
+def test_an_op_above_classmethod_or_staticmethod_stays_one_and_records_its_inputs(eng):  # noqa: F811
+    tracer = eng.producer()
+
+    class Ranker:
+        @tracer.op
+        @classmethod
+        def build(cls, size):
+            return cls.__name__, size
+
+        @tracer.op
+        @staticmethod
+        def score(x, scale=2):
+            return x * scale
+
+        @classmethod
+        @tracer.op
+        def below(cls, size):
+            return size
+
+    assert isinstance(Ranker.__dict__["build"], classmethod)
+    assert isinstance(Ranker.__dict__["score"], staticmethod)
+    assert Ranker.build(5) == Ranker().build(5) == ("Ranker", 5)
+    assert Ranker.score(6) == Ranker().score(6) == 12
+    assert Ranker.below(7) == 7
+    starts = [r for r in decoded(drain(eng)) if "op_name" in r]
+    assert [s["op_name"] for s in starts] == [
+        *[f"{Ranker.__qualname__}.build"] * 2, *[f"{Ranker.__qualname__}.score"] * 2,
+        f"{Ranker.__qualname__}.below"]
+    assert [s["inputs"]["size"] for s in starts if "size" in s["inputs"]] == [5, 5, 7]
+    assert [s["inputs"] for s in starts[2:4]] == [{"x": 6, "scale": 2}] * 2
