@@ -207,6 +207,27 @@ static void ch_dealloc(CallHandle *self) {
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+/* A wrong-typed argument is the caller's mistake, raised where it is made (written, the
+ * call would be refused by the server, 422, and dead-lettered for good). The messages are
+ * _PyCallHandle's (engine/producer/_handle.py). */
+static int ch_wrong_type(const char *name, const char *wanted, PyObject *given) {
+    PyErr_Format(PyExc_TypeError, "tracer.call: %s must be %s, not %.100s", name, wanted,
+                 Py_TYPE(given)->tp_name);
+    return -1;
+}
+
+static int ch_check_arguments(PyObject *op_name, PyObject *inputs, PyObject *attributes,
+                              PyObject *display_name, PyObject *project) {
+    if (!PyUnicode_Check(op_name)) return ch_wrong_type("op_name", "a str", op_name);
+    if (!PyDict_Check(inputs))
+        return ch_wrong_type("inputs", "a dict of argument name to value", inputs);
+    if (!PyDict_Check(attributes)) return ch_wrong_type("attributes", "a dict", attributes);
+    if (display_name != Py_None && !PyUnicode_Check(display_name))
+        return ch_wrong_type("display_name", "a str or None", display_name);
+    if (!PyUnicode_Check(project)) return ch_wrong_type("project", "a str", project);
+    return 0;
+}
+
 /* CallHandle(tracer, op_name, inputs, attributes, display_name, project) */
 static int ch_init(CallHandle *self, PyObject *args, PyObject *kwds) {
     PyObject *tracer, *op_name, *inputs, *attributes, *display_name, *project;
@@ -217,6 +238,7 @@ static int ch_init(CallHandle *self, PyObject *args, PyObject *kwds) {
     if (!PyArg_UnpackTuple(args, "CallHandle", 6, 6, &tracer, &op_name, &inputs, &attributes,
                            &display_name, &project))
         return -1;
+    if (ch_check_arguments(op_name, inputs, attributes, display_name, project) < 0) return -1;
     Py_XSETREF(self->tracer, Py_NewRef(tracer));
     Py_XSETREF(self->op_name, Py_NewRef(op_name));
     Py_XSETREF(self->inputs, Py_NewRef(inputs));
@@ -393,6 +415,31 @@ static PyMethodDef ch_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+/* summary: a dict, checked when set (as the arguments are in ch_init) */
+static PyObject *ch_get_summary(CallHandle *self, void *unused) {
+    return Py_NewRef(OR_NONE(self->summary));
+}
+
+static int ch_set_summary(CallHandle *self, PyObject *value, void *unused) {
+    if (value == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "call.summary cannot be deleted: set it to {}");
+        return -1;
+    }
+    if (!PyDict_Check(value)) {
+        PyErr_Format(PyExc_TypeError, "call.summary must be a dict, not %.100s",
+                     Py_TYPE(value)->tp_name);
+        return -1;
+    }
+    Py_XSETREF(self->summary, Py_NewRef(value));
+    return 0;
+}
+
+static PyGetSetDef ch_getset[] = {
+    {"summary", (getter)ch_get_summary, (setter)ch_set_summary,
+     "the call's summary (a dict): set it", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
 static PyMemberDef ch_members[] = {
     {"id", T_OBJECT, offsetof(CallHandle, id), 0, "the call id (set when it starts)"},
     {"trace_id", T_OBJECT, offsetof(CallHandle, trace_id), 0, NULL},
@@ -400,7 +447,6 @@ static PyMemberDef ch_members[] = {
     {"op_name", T_OBJECT, offsetof(CallHandle, op_name), 0, NULL},
     {"started_at", T_OBJECT, offsetof(CallHandle, started_at), 0, NULL},
     {"output", T_OBJECT, offsetof(CallHandle, output), 0, "what the call returned: set it"},
-    {"summary", T_OBJECT, offsetof(CallHandle, summary), 0, "the call's summary: set it"},
     {"inputs", T_OBJECT, offsetof(CallHandle, inputs), 0, NULL},
     {"attributes", T_OBJECT, offsetof(CallHandle, attributes), 0, NULL},
     {"display_name", T_OBJECT, offsetof(CallHandle, display_name), 0, NULL},
@@ -423,6 +469,7 @@ PyTypeObject CallHandleType = {
     .tp_dealloc = (destructor)ch_dealloc,
     .tp_methods = ch_methods,
     .tp_members = ch_members,
+    .tp_getset = ch_getset,
 };
 
 /* call_handle_setup(current_var, describe, write_safely): the context variable of the

@@ -29,12 +29,16 @@ class _PyCallHandle:
     is None again if the call could not be traced: logged, never raised).
     """
 
-    __slots__ = ("id", "trace_id", "parent_id", "op_name", "started_at", "output", "summary",
+    __slots__ = ("id", "trace_id", "parent_id", "op_name", "started_at", "output", "_summary",
                  "inputs", "attributes", "display_name", "_token",
                  "_project", "_tracer")
 
     def __init__(self, tracer: Tracer, op_name: str, inputs: dict[str, Any],
                  attributes: dict[str, Any], display_name: str | None, project: str) -> None:
+        if not (isinstance(op_name, str) and isinstance(inputs, dict)
+                and isinstance(attributes, dict) and isinstance(project, str)
+                and (display_name is None or isinstance(display_name, str))):
+            raise _wrong_type(op_name, inputs, attributes, display_name, project)
         self._tracer = tracer
         self.op_name = op_name
         self.inputs = inputs
@@ -42,7 +46,7 @@ class _PyCallHandle:
         self.display_name = display_name
         self._project = project
         self.output: Any = None
-        self.summary: dict[str, Any] = {}
+        self._summary: dict[str, Any] = {}
         self.id = self.trace_id = self.parent_id = self.started_at = None
         self._token: contextvars.Token | None = None
 
@@ -72,6 +76,20 @@ class _PyCallHandle:
         return self
 
     __enter__ = _begin  # no frame between ``with`` and the work
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return self._summary
+
+    @summary.setter
+    def summary(self, value: dict[str, Any]) -> None:
+        if not isinstance(value, dict):
+            raise TypeError(f"call.summary must be a dict, not {type(value).__name__}")
+        self._summary = value
+
+    @summary.deleter
+    def summary(self) -> None:
+        raise AttributeError("call.summary cannot be deleted: set it to {}")
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         """End the call: the end record (output, summary, the exception if one ended it)."""
@@ -120,6 +138,21 @@ if _native is not None and hasattr(_native, "CallHandleBase") and ITEMS_PLANNED:
 
 else:
     CallHandle = _PyCallHandle  # type: ignore[misc,assignment]
+
+
+def _wrong_type(op_name: Any, inputs: Any, attributes: Any, display_name: Any,
+                project: Any) -> TypeError:
+    """The error for a wrong-typed argument of ``tracer.call``: the caller's mistake, raised
+    where it is made (written, the call would be refused by the server, 422, and
+    dead-lettered for good). The C handle's messages are the same (engine/native/_calls.c)."""
+    checks = (("op_name", op_name, str, "a str"),
+              ("inputs", inputs, dict, "a dict of argument name to value"),
+              ("attributes", attributes, dict, "a dict"),
+              ("display_name", display_name, (str, type(None)), "a str or None"),
+              ("project", project, str, "a str"))
+    name, value, wanted = next((name, value, wanted) for name, value, type_, wanted in checks
+                               if not isinstance(value, type_))
+    return TypeError(f"tracer.call: {name} must be {wanted}, not {type(value).__name__}")
 
 
 def current_call() -> CallHandle | None:

@@ -27,17 +27,19 @@ MAX_KEPT_ITEMS = 1000  # a generator op's output keeps its first items, not a lo
 
 
 def wrap_op(tracer: Tracer, fn: Callable[..., Any], op_name: str) -> Callable[..., Any]:
-    names = _positional_names(fn)
+    if isinstance(fn, (classmethod, staticmethod)):  # above the decorator: still one of them
+        return type(fn)(wrap_op(tracer, fn.__func__, op_name))
+    inputs_of_call = inputs_of(fn)
     project = tracer.project
 
     if inspect.isgeneratorfunction(fn):
-        return _wrap_generator(tracer, fn, op_name, names, project)
+        return _wrap_generator(tracer, fn, op_name, inputs_of_call, project)
     if inspect.isasyncgenfunction(fn):
-        return _wrap_async_generator(tracer, fn, op_name, names, project)
+        return _wrap_async_generator(tracer, fn, op_name, inputs_of_call, project)
     if inspect.iscoroutinefunction(fn):
         @functools.wraps(fn)
         async def traced_async(*args: Any, **kwargs: Any) -> Any:
-            handle = CallHandle(tracer, op_name, _op_inputs(names, args, kwargs), {}, None,
+            handle = CallHandle(tracer, op_name, inputs_of_call(args, kwargs), {}, None,
                                 project)._begin()
             try:
                 handle.output = result = await fn(*args, **kwargs)
@@ -51,7 +53,7 @@ def wrap_op(tracer: Tracer, fn: Callable[..., Any], op_name: str) -> Callable[..
 
     @functools.wraps(fn)
     def traced(*args: Any, **kwargs: Any) -> Any:
-        handle = CallHandle(tracer, op_name, _op_inputs(names, args, kwargs), {}, None,
+        handle = CallHandle(tracer, op_name, inputs_of_call(args, kwargs), {}, None,
                             project)._begin()
         try:
             handle.output = result = fn(*args, **kwargs)
@@ -96,10 +98,11 @@ class _Stream:
 
 
 def _wrap_generator(tracer: Tracer, fn: Callable[..., Any], op_name: str,
-                    names: tuple[str, ...], project: str) -> Callable[..., Any]:
+                    inputs_of_call: Callable[[tuple, dict], dict[str, Any]],
+                    project: str) -> Callable[..., Any]:
     @functools.wraps(fn)
     def traced_generator(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
-        call = _Stream(tracer, op_name, _op_inputs(names, args, kwargs), project)
+        call = _Stream(tracer, op_name, inputs_of_call(args, kwargs), project)
         inner = call.open(fn, args, kwargs)
         sent: Any = None
         thrown: BaseException | None = None
@@ -131,10 +134,11 @@ def _wrap_generator(tracer: Tracer, fn: Callable[..., Any], op_name: str,
 
 
 def _wrap_async_generator(tracer: Tracer, fn: Callable[..., Any], op_name: str,
-                          names: tuple[str, ...], project: str) -> Callable[..., Any]:
+                          inputs_of_call: Callable[[tuple, dict], dict[str, Any]],
+                    project: str) -> Callable[..., Any]:
     @functools.wraps(fn)
     async def traced_async_generator(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
-        call = _Stream(tracer, op_name, _op_inputs(names, args, kwargs), project)
+        call = _Stream(tracer, op_name, inputs_of_call(args, kwargs), project)
         inner = call.open(fn, args, kwargs)
         sent: Any = None
         thrown: BaseException | None = None
@@ -194,23 +198,72 @@ async def _in_context(ctx: contextvars.Context, coro: Coroutine[Any, Any, Any]) 
             sent, thrown = None, exc
 
 
-def _positional_names(fn: Callable[..., Any]) -> tuple[str, ...]:
-    code = getattr(fn, "__code__", None)
-    if code is None:
-        return ()
-    return code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]
+def inputs_of(fn: Callable[..., Any]) -> Callable[[tuple, dict], dict[str, Any]]:
+    """How an op call's arguments become its inputs: by parameter name, as weave records
+    them (``inspect.signature(fn).bind``, then the defaults not given): ``*args`` as a list
+    under its own name, ``**kwargs`` as a dict under its own, keyword-only ones by name.
+    Never raises: arguments that do not fit the signature are kept (``args``, their own
+    keyword), and the call itself raises the user's TypeError."""
+    try:
+        params = tuple(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):  # no signature (some builtins): every argument kept
+        params = ()
+    names = tuple(p.name for p in params if p.kind in _POSITIONAL)
+    if all(p.kind in _POSITIONAL and p.default is p.empty for p in params):
+        return _by_position(names)  # the common op: the fast path
+    return _Binding(params, names).inputs
 
 
-def _op_inputs(names: tuple[str, ...], args: tuple, kwargs: dict) -> dict[str, Any]:
-    """An op call's inputs: its arguments by parameter name."""
-    inputs = dict(zip(names, args)) if len(args) <= len(names) else _spill(names, args)
-    if kwargs:
-        inputs.update(kwargs)
-    return inputs
+_POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 
 
-def _spill(names: tuple[str, ...], args: tuple) -> dict[str, Any]:
-    inputs = dict(zip(names, args))
-    inputs["args"] = list(args[len(names):])
-    return inputs
+def _by_position(names: tuple[str, ...]) -> Callable[[tuple, dict], dict[str, Any]]:
+    """The inputs of a call of positional parameters without defaults."""
+    def inputs_of_call(args: tuple, kwargs: dict) -> dict[str, Any]:
+        inputs = dict(zip(names, args))
+        if len(args) > len(names):  # too many: the call raises; what was passed is kept
+            inputs["args"] = list(args[len(names):])
+        if kwargs:
+            inputs.update(kwargs)
+        return inputs
 
+    return inputs_of_call
+
+
+class _Binding:
+    """Any other signature: ``*args``, ``**kwargs``, keyword-only parameters, defaults."""
+
+    __slots__ = ("names", "var_args", "var_kw", "by_keyword", "defaults")
+
+    def __init__(self, params: tuple[inspect.Parameter, ...], names: tuple[str, ...]) -> None:
+        kinds = {p.kind: p.name for p in params}
+        self.names = names
+        self.var_args = kinds.get(inspect.Parameter.VAR_POSITIONAL)
+        self.var_kw = kinds.get(inspect.Parameter.VAR_KEYWORD)
+        self.by_keyword = frozenset(p.name for p in params if p.kind in _BY_KEYWORD)
+        self.defaults = tuple((p.name, p.default) for p in params if p.default is not p.empty)
+
+    def inputs(self, args: tuple, kwargs: dict) -> dict[str, Any]:
+        names = self.names
+        inputs = dict(zip(names, args))
+        if self.var_args is not None:
+            inputs[self.var_args] = list(args[len(names):])
+        elif len(args) > len(names):
+            inputs["args"] = list(args[len(names):])
+        if self.var_kw is None:
+            inputs.update(kwargs)
+        else:
+            extra = {}
+            for key, value in kwargs.items():
+                if key in self.by_keyword:
+                    inputs[key] = value
+                else:  # a positional-only parameter's name too, as Python binds it
+                    extra[key] = value
+            inputs[self.var_kw] = extra
+        for name, value in self.defaults:
+            if name not in inputs:
+                inputs[name] = value
+        return inputs
+
+
+_BY_KEYWORD = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)

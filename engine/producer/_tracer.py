@@ -141,7 +141,8 @@ class Tracer(SlotWriting):
                           project or self._settings.project)
 
     def op(self, fn: F | None = None, *, name: str | None = None) -> Any:
-        """Decorator: every call of ``fn`` (sync or async) becomes a traced call."""
+        """Decorator: every call of ``fn`` (sync or async, a generator, a method; above
+        ``@classmethod`` / ``@staticmethod`` too) becomes a traced call."""
         if fn is None:
             return functools.partial(self.op, name=name)
         return wrap_op(self, fn, name or getattr(fn, "__qualname__", repr(fn)))

@@ -58,7 +58,8 @@ def test_the_producer_tests_also_pass_without_the_accelerator():
     env = dict(os.environ, ENGINE_PURE_PYTHON="1")
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-         "tests/engine/test_tracer.py", "tests/engine/test_user_code.py"],
+         "tests/engine/test_tracer.py", "tests/engine/test_user_code.py",
+         "tests/engine/test_op_inputs.py"],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert " passed" in done.stdout.splitlines()[-1]

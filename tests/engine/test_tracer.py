@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import pickle
+import re
 import sys
 
 import msgspec
@@ -892,6 +893,40 @@ def test_a_call_handle_needs_all_its_fields_and_starts_empty(eng):
         engine.CallHandle(tracer, "op")
     handle = tracer.call("op")
     assert (handle.id, handle.output, handle.summary) == (None, None, {})  # not started yet
+
+
+@pytest.mark.parametrize(("argument", "message"), [
+    ({"op_name": 123}, "tracer.call: op_name must be a str, not int"),
+    ({"inputs": [1, 2]}, "tracer.call: inputs must be a dict of argument name to value, not list"),
+    ({"attributes": [1]}, "tracer.call: attributes must be a dict, not list"),
+    ({"display_name": 5}, "tracer.call: display_name must be a str or None, not int"),
+    ({"project": 5}, "tracer.call: project must be a str, not int"),
+])
+def test_a_wrong_typed_argument_of_call_or_begin_raises_naming_it_and_writes_nothing(
+        eng, argument, message):
+    """Before, each was written and the server refused the call (422): dead-lettered for
+    good, without a word to the caller."""
+    tracer = eng.producer()
+    given = {"op_name": "op", "inputs": {}, "attributes": {}, "display_name": None,
+             "project": PROJECT, **argument}
+    with pytest.raises(TypeError, match=f"^{re.escape(message)}$"):
+        tracer.call(**given)
+    with pytest.raises(TypeError, match=f"^{re.escape(message)}$"):
+        tracer.begin(**given)
+    assert engine.current_call() is None
+    assert drain(eng) == []
+
+
+@pytest.mark.parametrize("summary", [None, "s", [1]])
+def test_a_summary_that_is_not_a_dict_raises_where_it_is_set_and_the_call_ends(eng, summary):
+    tracer = eng.producer()
+    message = f"^call.summary must be a dict, not {type(summary).__name__}$"
+    with pytest.raises(TypeError, match=message), tracer.call("op") as call:
+        call.summary = summary
+    with pytest.raises(AttributeError, match="cannot be deleted"):
+        del call.summary
+    start, end = decoded(drain(eng))
+    assert end["summary"] == {} and end["exception"].startswith("TypeError: call.summary")
 
 
 def test_a_handle_whose_output_was_deleted_raises_naming_it(eng):

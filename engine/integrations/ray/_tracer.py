@@ -30,7 +30,7 @@ import ray
 from engine.integrations.ray import _nodes
 from engine.producer._handle import CallHandle, _current, _describe, current_call
 from engine.producer._nested import ParentCall, current_parent
-from engine.producer._ops import _op_inputs, _positional_names
+from engine.producer._ops import inputs_of
 from engine.producer._tracer import Tracer
 from engine.ring import RingSpec
 from engine.wire import EndedCallSchemaForInsert, StartedCallSchemaForInsert, utcnow
@@ -272,12 +272,12 @@ class TaskCall:
 
 
 def _wrap_op(tracer: ClusterTracer, fn: Callable[..., Any], op_name: str) -> Callable[..., Any]:
-    names = _positional_names(fn)
+    inputs_of_call = inputs_of(fn)
 
     if inspect.iscoroutinefunction(fn):
         @functools.wraps(fn)
         async def traced_async(*args: Any, **kwargs: Any) -> Any:
-            with tracer.call(op_name, _op_inputs(names, args, kwargs)) as call:
+            with tracer.call(op_name, inputs_of_call(args, kwargs)) as call:
                 call.output = await fn(*args, **kwargs)
             return call.output
 
@@ -285,7 +285,7 @@ def _wrap_op(tracer: ClusterTracer, fn: Callable[..., Any], op_name: str) -> Cal
 
     @functools.wraps(fn)
     def traced(*args: Any, **kwargs: Any) -> Any:
-        with tracer.call(op_name, _op_inputs(names, args, kwargs)) as call:
+        with tracer.call(op_name, inputs_of_call(args, kwargs)) as call:
             call.output = fn(*args, **kwargs)
         return call.output
 
