@@ -53,6 +53,11 @@ def add(subparsers: argparse._SubParsersAction) -> None:
         f"counts and logs it if it is missing (default {GRACE_S:.0f}; weave saves an op "
         "within milliseconds of its first call)",
     )  # fmt: skip
+    serve.add_argument(
+        "--parent-pid", type=_args.pid, default=None, metavar="PID",
+        help="stop once process PID, this server's parent, exits (however it ends): for a "
+        "program that runs the server as its child (engine demo does)",
+    )  # fmt: skip
     _args.add_max_connections_flag(serve, "server")
     _args.add_key_flags(serve, "set $ENGINE_API_KEY for one key that may read and write every "
                         "project")
@@ -72,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
                    max_body_bytes=args.max_body_bytes, max_connections=args.max_connections,
                    keys=load_key_ring(args.keys_file), retention_days=args.retention_days,
                    retention_interval_s=args.retention_interval_s,
-                   missing_op_grace_s=args.missing_op_grace_s)
+                   missing_op_grace_s=args.missing_op_grace_s, parent_pid=args.parent_pid)
     except sqlite3.Error as exc:
         raise CommandFailed(f"serve: cannot use the database {args.db or 'at the default path'}: "
                             f"{exc} (is it an SQLite file written by engine serve?)") from exc
