@@ -27,7 +27,7 @@ from engine.cli._args import (
     config_message,
     usage_error,
 )
-from engine.common import _env
+from engine.common import _env, _logging
 from engine.common._config import check_environment
 from engine.common._errors import ConfigError, EngineError
 
@@ -82,6 +82,7 @@ def _run(argv: list[str]) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     check_environment(default="error")  # an operator reads a typo's error at once
+    _logging.check_env()
     return int(args.func(args) or 0)
 
 

@@ -66,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check_paths(source: Path, target: Path, force: bool) -> None:
+    if source.is_dir():
+        raise UsageError(f"backup: --db {source} is a directory; give the store's file path")
     if not source.is_file():
         raise UsageError(f"backup: --db {source}: no such file (engine serve's store: "
                          "give its --db path)")
@@ -90,7 +92,7 @@ def backup(source: Path, target: Path, *, check: bool = True,
     os.close(fd)
     try:
         _copy(source, partial, compact)
-        calls = _finish(partial, check)
+        calls = _finish(source, partial, check)
         with open(partial, "rb") as copy:
             os.fsync(copy.fileno())
         os.replace(partial, target)
@@ -133,8 +135,9 @@ def _copy(source: Path, partial: Path, compact: bool) -> None:
         src.close()
 
 
-def _finish(partial: Path, check: bool) -> int:
-    """The copy as one self-contained file, checked; the number of calls it holds."""
+def _finish(source: Path, partial: Path, check: bool) -> int:
+    """The copy as one self-contained file, checked; the number of calls it holds. The
+    backup copies pages as they are: a damaged store gives a damaged copy, refused here."""
     dst = sqlite3.connect(partial)
     try:
         dst.execute("PRAGMA journal_mode=DELETE")  # no -wal beside the copy
@@ -143,6 +146,10 @@ def _finish(partial: Path, check: bool) -> int:
             if problems != ["ok"]:
                 raise CommandFailed(f"backup: the copy failed its check: {'; '.join(problems[:5])}")
         return dst.execute("SELECT count(*) FROM calls").fetchone()[0]
+    except sqlite3.Error as exc:
+        raise CommandFailed(f"backup: the copy of {source} is unreadable (SQLite: {exc}): the "
+                            f"store is damaged; `sqlite3 {source} 'PRAGMA integrity_check'` "
+                            "says where") from None
     finally:
         dst.close()
 

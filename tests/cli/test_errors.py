@@ -61,6 +61,10 @@ USAGE_CASES = {
     "calls_project_without_slash": (["calls", "--project", "noslash"], {},
                                     ["noslash", "entity/project"]),
     "stats_bad_pid": (["stats", "--pid", "-3"], {}, ["-3", "process id"]),
+    "log_level_from_env": (["calls", "--project", "a/b"], {"ENGINE_LOG_LEVEL": "bogus"},
+                           ["ENGINE_LOG_LEVEL", "'bogus'", "debug, info, warning, error"]),
+    "log_format_from_env": (["calls", "--project", "a/b"], {"ENGINE_LOG_FORMAT": "yaml"},
+                            ["ENGINE_LOG_FORMAT", "'yaml'", "text, logfmt, json"]),
     "unknown_command": (["serv"], {}, ["serv", "invalid choice"]),
     "unknown_flag": (["serve", "--prot", "1"], {}, ["serve", "--prot"]),
 }
