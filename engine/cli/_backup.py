@@ -114,10 +114,10 @@ def _copy(source: Path, partial: Path, compact: bool) -> None:
     try:
         src.execute("PRAGMA busy_timeout=30000")
         try:
-            tables = {row[0] for row in src.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            tables = _tables(src)
         except sqlite3.DatabaseError as exc:
             raise CommandFailed(f"backup: {source} is not a SQLite database ({exc})") from None
-        if not {"calls", "schema_versions"} <= tables:
+        if not tables >= STORE_TABLES:
             raise CommandFailed(f"backup: {source} is a SQLite database but not an engine serve "
                                 "store (it has no calls and schema_versions tables)")
         try:
@@ -133,6 +133,30 @@ def _copy(source: Path, partial: Path, compact: bool) -> None:
             raise CommandFailed(f"backup: copying {source} failed: {exc}") from None
     finally:
         src.close()
+
+
+STORE_TABLES = frozenset({"calls", "schema_versions"})  # what every engine serve store has
+
+
+def _tables(db: sqlite3.Connection) -> set[str]:
+    return {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+
+
+def foreign_tables(path: Path) -> list[str]:
+    """The tables of the SQLite file at ``path`` if it holds some but is no engine serve
+    store (someone else's database), else [] (a store, an empty or new file, or not SQLite:
+    the server's own open says so)."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return []
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+        try:
+            tables = _tables(db)
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return []
+    return [] if not tables or tables >= STORE_TABLES else sorted(tables)
 
 
 def _finish(source: Path, partial: Path, check: bool) -> int:

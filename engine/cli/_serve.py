@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import os
 import sqlite3
+from pathlib import Path
 
 from engine.cli import _args
 from engine.cli._args import CommandFailed, UsageError
@@ -65,12 +67,16 @@ def add(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.server import run_server
+    from engine.server import default_db_path, run_server
     from engine.server._auth import load_key_ring
 
     _args.refuse_key_in_argv(args, "serve")
     if args.db is not None and os.path.isdir(args.db):
         raise UsageError(f"serve: --db {args.db} is a directory; give the database file's path")
+    db_path = Path(args.db) if args.db else default_db_path()
+    new_db = args.store == "sqlite" and not db_path.exists()
+    if args.store == "sqlite":
+        _refuse_foreign(db_path)
     try:
         run_server(host=args.host, port=args.port, db_path=args.db, store=args.store,
                    clickhouse_password_file=args.clickhouse_password_file,
@@ -82,8 +88,27 @@ def run(args: argparse.Namespace) -> int:
         raise CommandFailed(f"serve: cannot use the database {args.db or 'at the default path'}: "
                             f"{exc} (is it an SQLite file written by engine serve?)") from exc
     except OSError as exc:
+        if new_db:  # it made the file, then could not listen: leave nothing behind
+            _remove_store(db_path)
         raise CommandFailed(_listen_error(args.host, args.port, exc)) from exc
     return 0
+
+
+def _refuse_foreign(db_path: Path) -> None:
+    from engine.cli._backup import foreign_tables
+
+    tables = foreign_tables(db_path)
+    if tables:
+        raise CommandFailed(
+            f"serve: {db_path} is a SQLite database of something else (tables: "
+            f"{', '.join(tables[:5])}), not an engine serve store; engine serve keeps its own "
+            "tables: give --db a new file's path")
+
+
+def _remove_store(db_path: Path) -> None:
+    for path in (db_path, Path(f"{db_path}-wal"), Path(f"{db_path}-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
 
 
 def _listen_error(host: str, port: int, exc: OSError) -> str:
