@@ -49,7 +49,7 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="engine", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="engine", description=__doc__.split("\n\n")[0].replace("``", ""))
     parser.add_argument("--version", action="version", version=f"engine {_version()}")
     parser.add_argument("--debug", action="store_true",
                         help=f"print the traceback of an error (also {_env.LOG_LEVEL}=debug)")

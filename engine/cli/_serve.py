@@ -38,7 +38,8 @@ def add(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     serve.add_argument(
         "--max-body-bytes", type=_args.positive_int, default=DEFAULT_MAX_BODY_BYTES,
-        help="largest request body accepted, before and after decompression",
+        help="largest request body accepted, before and after decompression (default "
+        f"{DEFAULT_MAX_BODY_BYTES // 2**20} MiB)",
     )  # fmt: skip
     serve.add_argument(
         "--retention-days", type=_args.positive_int, default=None,
