@@ -5,7 +5,8 @@ Each command lives in its own module (``engine/cli/_<command>.py``) with an ``ad
 that declares it and a ``run(args)`` that carries it out. Every error a command raises
 leaves as one line on stderr, ``engine: error: …``, with exit code 2 for a wrong command
 line or setting and 1 for a failure while running; ``--debug`` (or ``ENGINE_LOG_LEVEL=debug``)
-prints the traceback first.
+prints the traceback first. Output piped into a reader that stops early (``| head``) ends the
+command quietly, exit code 141, as SIGPIPE ends a shell tool.
 
 Runs in the command's own process; each command imports the package it drives when it runs.
 May import: every package.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import select
 import sys
 import traceback
 from importlib import import_module
@@ -29,7 +31,7 @@ from engine.cli._args import (
     key_flag_refused,
     usage_error,
 )
-from engine.common import _env
+from engine.common import _env, _logging
 from engine.common._config import check_environment
 from engine.common._errors import ConfigError, EngineError
 
@@ -39,6 +41,7 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 EXIT_TERMINATED = 143  # 128 + SIGTERM
+EXIT_STDOUT_CLOSED = 141  # 128 + SIGPIPE, as a shell tool killed by it reports
 
 
 def _version() -> str:
@@ -48,7 +51,7 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="engine", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="engine", description=__doc__.split("\n\n")[0].replace("``", ""))
     parser.add_argument("--version", action="version", version=f"engine {_version()}")
     parser.add_argument("--debug", action="store_true",
                         help=f"print the traceback of an error (also {_env.LOG_LEVEL}=debug)")
@@ -61,7 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
-        return _run(argv)
+        code = _run(argv)
+        sys.stdout.flush()  # a reader gone finds us here, not in the interpreter's exit
+        return code
+    except BrokenPipeError as exc:
+        if not _stdout_closed():
+            return _report(exc, argv)
+        # the Python docs' recipe: no more writes to the pipe, not even the exit's flush
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_STDOUT_CLOSED
     except Terminated:
         print("engine: terminated (SIGTERM)", file=sys.stderr)
         return EXIT_TERMINATED
@@ -72,6 +83,16 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, SystemExit):
             raise
         return _report(exc, argv)
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reader is gone (and not some connection's pipe broke)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), 0)  # POLLERR is always reported
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll, or stdout is not a file
+        return False
 
 
 def _run(argv: list[str]) -> int:
@@ -86,6 +107,7 @@ def _run(argv: list[str]) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     check_environment(default="error")  # an operator reads a typo's error at once
+    _logging.check_env()
     return int(args.func(args) or 0)
 
 

@@ -216,7 +216,7 @@ def add_log_flags(parser: argparse.ArgumentParser) -> None:
                         f"${_env.LOG_FORMAT}, else text); the sender process uses it too")
     parser.add_argument("--log-level", default=None, type=str.upper,
                         choices=("DEBUG", "INFO", "WARNING", "ERROR"),
-                        help=f"default ${_env.LOG_LEVEL}, else INFO")
+                        help=f"default ${_env.LOG_LEVEL}, else INFO; the sender process logs at it too")
 
 
 def setup_logging(args: argparse.Namespace) -> None:

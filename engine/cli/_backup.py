@@ -66,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check_paths(source: Path, target: Path, force: bool) -> None:
+    if source.is_dir():
+        raise UsageError(f"backup: --db {source} is a directory; give the store's file path")
     if not source.is_file():
         raise UsageError(f"backup: --db {source}: no such file (engine serve's store: "
                          "give its --db path)")
@@ -90,7 +92,7 @@ def backup(source: Path, target: Path, *, check: bool = True,
     os.close(fd)
     try:
         _copy(source, partial, compact)
-        calls = _finish(partial, check)
+        calls = _finish(source, partial, check)
         with open(partial, "rb") as copy:
             os.fsync(copy.fileno())
         os.replace(partial, target)
@@ -112,10 +114,10 @@ def _copy(source: Path, partial: Path, compact: bool) -> None:
     try:
         src.execute("PRAGMA busy_timeout=30000")
         try:
-            tables = {row[0] for row in src.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            tables = _tables(src)
         except sqlite3.DatabaseError as exc:
             raise CommandFailed(f"backup: {source} is not a SQLite database ({exc})") from None
-        if not {"calls", "schema_versions"} <= tables:
+        if not tables >= STORE_TABLES:
             raise CommandFailed(f"backup: {source} is a SQLite database but not an engine serve "
                                 "store (it has no calls and schema_versions tables)")
         try:
@@ -133,8 +135,33 @@ def _copy(source: Path, partial: Path, compact: bool) -> None:
         src.close()
 
 
-def _finish(partial: Path, check: bool) -> int:
-    """The copy as one self-contained file, checked; the number of calls it holds."""
+STORE_TABLES = frozenset({"calls", "schema_versions"})  # what every engine serve store has
+
+
+def _tables(db: sqlite3.Connection) -> set[str]:
+    return {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+
+
+def foreign_tables(path: Path) -> list[str]:
+    """The tables of the SQLite file at ``path`` if it holds some but is no engine serve
+    store (someone else's database), else [] (a store, an empty or new file, or not SQLite:
+    the server's own open says so)."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return []
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+        try:
+            tables = _tables(db)
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return []
+    return [] if not tables or tables >= STORE_TABLES else sorted(tables)
+
+
+def _finish(source: Path, partial: Path, check: bool) -> int:
+    """The copy as one self-contained file, checked; the number of calls it holds. The
+    backup copies pages as they are: a damaged store gives a damaged copy, refused here."""
     dst = sqlite3.connect(partial)
     try:
         dst.execute("PRAGMA journal_mode=DELETE")  # no -wal beside the copy
@@ -143,6 +170,10 @@ def _finish(partial: Path, check: bool) -> int:
             if problems != ["ok"]:
                 raise CommandFailed(f"backup: the copy failed its check: {'; '.join(problems[:5])}")
         return dst.execute("SELECT count(*) FROM calls").fetchone()[0]
+    except sqlite3.Error as exc:
+        raise CommandFailed(f"backup: the copy of {source} is unreadable (SQLite: {exc}): the "
+                            f"store is damaged; `sqlite3 {source} 'PRAGMA integrity_check'` "
+                            "says where") from None
     finally:
         dst.close()
 

@@ -41,7 +41,7 @@ def add(subparsers: argparse._SubParsersAction) -> None:
     calls.add_argument("--follow", "-f", action="store_true",
                        help="keep printing new calls until interrupted")
     calls.add_argument("--interval-s", type=_args.positive_float, default=1.0,
-                       help="poll period while following")
+                       help="poll period while following (default 1.0)")
     calls.add_argument("--json", action="store_true", help="one JSON call per line")
     calls.set_defaults(func=run)
 

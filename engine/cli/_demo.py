@@ -12,6 +12,8 @@ import argparse
 import json
 import multiprocessing
 import os
+import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -19,10 +21,14 @@ import urllib.request
 from typing import Any
 
 from engine.cli import _args
+from engine.cli._args import CommandFailed
 from engine.producer._engine import Engine
 from engine.producer._tracer import Tracer
 
 PROJECT = "demo/eval"
+_DEAD_LETTERS = "dead_letters.jsonl"  # beside the SQLite file
+_EXIT_INTERRUPTED = 130  # a worker stopped by Ctrl-C, as the command's own exit
+_STOP_WORKERS_S = 5.0
 _MODELS = ("gpt-4o-mini", "claude-3-5-haiku")
 _QUESTION = ("Summarise the following support ticket in one sentence and classify its urgency. "
              "Ticket #{i}: the customer reports that exports stall at 87% when the dataset has "
@@ -67,6 +73,26 @@ def run_worker(tracer: Tracer, worker: int, examples: int) -> int:
     return calls
 
 
+def _worker_main(tracer: Tracer, worker: int, examples: int) -> None:
+    try:
+        run_worker(tracer, worker, examples)
+    except KeyboardInterrupt:  # Ctrl-C reaches every process of the group: the demo says it once
+        sys.exit(_EXIT_INTERRUPTED)
+
+
+def _stop_workers(workers: list) -> None:
+    """Stop the workers still running (the demo was interrupted): SIGINT, as a Ctrl-C at the
+    terminal sends them; killed if they do not end within ``_STOP_WORKERS_S``."""
+    for p in workers:
+        if p.is_alive():
+            os.kill(p.pid, signal.SIGINT)
+    for p in workers:
+        p.join(_STOP_WORKERS_S)
+        if p.is_alive():
+            p.kill()
+            p.join()
+
+
 def _post_json(url: str, body: dict[str, Any]) -> Any:
     request = urllib.request.Request(url, data=json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json"})
@@ -97,11 +123,15 @@ def add(subparsers: argparse._SubParsersAction) -> None:
         "Start the local trace server, trace an eval-like workload from several processes "
         "through the engine, and verify every call was stored.")
     demo.add_argument("--processes", type=_args.positive_int, default=2,
-                      help="producer processes")
+                      help="producer processes (default 2)")
     demo.add_argument("--examples", type=_args.positive_int, default=5000,
-                      help="eval examples per process (3 traced calls each)")
-    demo.add_argument("--db", default=None, help="SQLite file (default: a fresh temporary one)")
-    demo.add_argument("--compression", choices=("auto", "zstd", "none"), default="auto")
+                      help="eval examples per process, 3 traced calls each (default 5000)")
+    demo.add_argument("--db", default=None,
+                      help="SQLite file, kept (default: a fresh temporary one, removed at the "
+                      "end unless it holds calls not delivered)")
+    demo.add_argument("--compression", choices=("auto", "zstd", "none"), default="auto",
+                      help="request bodies: auto (the default: zstd toward a server on "
+                      "another machine, plain toward one on this machine), zstd, none")
     demo.set_defaults(func=run)
 
 
@@ -111,26 +141,45 @@ def run(args: argparse.Namespace) -> int:
 
 def run_demo(processes: int = 2, examples: int = 5000, db_path: str | None = None,
              compression: str = "auto") -> int:
-    from engine.server import serve_subprocess
+    temp_dir = None if db_path else tempfile.mkdtemp(prefix="engine-demo-")
+    try:
+        return _run_demo(processes, examples, db_path or os.path.join(temp_dir, "traces.db"),
+                         compression, temporary=temp_dir is not None)
+    finally:
+        if temp_dir is not None:
+            _remove_unless_needed(temp_dir)
+
+
+def _run_demo(processes: int, examples: int, db_path: str, compression: str,
+              temporary: bool) -> int:
+    from engine.server import spawn_server, stop_server
 
     expected = processes * examples * 3
-    db_path = db_path or os.path.join(tempfile.mkdtemp(prefix="engine-demo-"), "traces.db")
     tty = sys.stdout.isatty()
     print(f"engine demo: {processes} producer processes x {examples:,} eval examples "
-          f"(3 traced calls each) -> local trace server, SQLite at {db_path}")
-    with serve_subprocess(db_path) as url:
-        print(f"  local trace server listening on {url}")
+          f"(3 traced calls each) -> local trace server, SQLite at {db_path}"
+          f"{' (temporary)' if temporary else ''}", flush=True)
+    try:
+        server, url = spawn_server(db_path)
+    except RuntimeError as exc:  # the server's own error is on stderr already
+        raise CommandFailed(f"demo: the local trace server did not start: {exc}") from None
+    try:
+        print(f"  local trace server listening on {url}", flush=True)
         state_dir = os.path.dirname(db_path)
         started = time.monotonic()
         with Engine(url=url, project=PROJECT, compression=compression,
-                    dead_letter_path=os.path.join(state_dir, "dead_letters.jsonl")) as eng:
+                    dead_letter_path=os.path.join(state_dir, _DEAD_LETTERS)) as eng:
             tracer = eng.producer()
             ctx = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
-            workers = [ctx.Process(target=run_worker, args=(tracer, w, examples))
+            workers = [ctx.Process(target=_worker_main, args=(tracer, w, examples))
                        for w in range(processes)]
             for p in workers:
                 p.start()
-            _watch(eng, workers, expected, started, tty)
+            try:
+                _watch(eng, workers, expected, started, tty)
+            except BaseException:
+                _stop_workers(workers)
+                raise
             enqueued_s = time.monotonic() - started
             delivered = eng.flush(timeout_s=600)
             elapsed = time.monotonic() - started
@@ -139,8 +188,21 @@ def run_demo(processes: int = 2, examples: int = 5000, db_path: str | None = Non
             print(_progress_line(stats, expected, started))
         failed = [p.exitcode for p in workers if p.exitcode != 0]
         stored = _post_json(url + "/calls/query_stats", {"project_id": PROJECT})["count"]
+    finally:  # the server outlives the engine's close: what the rings held is delivered
+        stop_server(server)
     return _report(stats, expected, stored, elapsed, enqueued_s, delivered and not failed,
                    compression)
+
+
+def _remove_unless_needed(temp_dir: str) -> None:
+    """The temporary folder goes, unless calls not delivered were written to it."""
+    dead = os.path.join(temp_dir, _DEAD_LETTERS)
+    if os.path.exists(dead) and os.path.getsize(dead) > 0:
+        print(f"engine demo: kept {temp_dir}: calls not delivered are in {dead} (`engine "
+              f"serve --db {os.path.join(temp_dir, 'traces.db')}`, then `engine replay "
+              f"--dead-letters {dead} --to URL`, stores them)", file=sys.stderr)
+        return
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _report(stats: dict[str, Any], expected: int, stored: int, elapsed_s: float,

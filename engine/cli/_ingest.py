@@ -423,19 +423,20 @@ def add(subparsers: argparse._SubParsersAction) -> None:
         "refuses are dead-lettered (`engine replay` sends them) and the load goes on. Exit 1 "
         "when an item was not delivered, an invalid line was skipped (the summary names the "
         "first by line number) or a file was not read to its end (not zstd, cut short).")
-    ingest.add_argument("files", nargs="+", metavar="FILE", type=_args.existing_file)
+    ingest.add_argument("files", nargs="+", metavar="FILE", type=_args.existing_file,
+                        help="JSON-lines trace file(s), .zst too")
     ingest.add_argument("--to", type=_args.url, default=None,
                         help="trace server URL (default: start `engine serve` with its default db)")
     ingest.add_argument("--processes", type=_args.positive_int, default=None,
                         help="worker processes reading the files (default: half the cores, "
                              f"2 to 16: {default_processes()} here)")
     ingest.add_argument("--project", type=_args.project, default=None,
-                        help="entity/project to put every item in")
+                        help="entity/project to put every item in (default: each item's own project_id)")
     ingest.add_argument("--checkpoint", default=None,
                         help="progress file for resuming (default FILE.ingest-checkpoint)")
     ingest.add_argument("--checkpoint-lines", type=_args.positive_int,
                         default=DEFAULT_CHECKPOINT_LINES,
-                        help="lines between acknowledged checkpoints, per process")
+                        help="lines between acknowledged checkpoints, per process (default 20,000)")
     ingest.add_argument("--no-progress", action="store_true", help="no progress bar")
     _args.add_config_flags(ingest)
     ingest.set_defaults(func=run)

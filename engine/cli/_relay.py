@@ -25,7 +25,8 @@ def add(subparsers: argparse._SubParsersAction) -> None:
                             "does not start one)")
     relay.add_argument("--max-body-bytes", type=_args.positive_int,
                        default=DEFAULT_MAX_BODY_BYTES,
-                       help="largest ingest body accepted, before and after decompression")
+                       help="largest ingest body accepted, before and after decompression (default "
+                       f"{DEFAULT_MAX_BODY_BYTES // 2**20} MiB)")
     _args.add_max_connections_flag(relay, "relay")
     _args.add_key_flags(relay, "the relay delivers under its own key, $ENGINE_API_KEY or "
                                "$WANDB_API_KEY")

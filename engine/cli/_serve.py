@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import os
 import sqlite3
+from pathlib import Path
 
 from engine.cli import _args
 from engine.cli._args import CommandFailed, UsageError
@@ -36,7 +38,8 @@ def add(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     serve.add_argument(
         "--max-body-bytes", type=_args.positive_int, default=DEFAULT_MAX_BODY_BYTES,
-        help="largest request body accepted, before and after decompression",
+        help="largest request body accepted, before and after decompression (default "
+        f"{DEFAULT_MAX_BODY_BYTES // 2**20} MiB)",
     )  # fmt: skip
     serve.add_argument(
         "--retention-days", type=_args.positive_int, default=None,
@@ -53,6 +56,11 @@ def add(subparsers: argparse._SubParsersAction) -> None:
         f"counts and logs it if it is missing (default {GRACE_S:.0f}; weave saves an op "
         "within milliseconds of its first call)",
     )  # fmt: skip
+    serve.add_argument(
+        "--parent-pid", type=_args.pid, default=None, metavar="PID",
+        help="stop once process PID, this server's parent, exits (however it ends): for a "
+        "program that runs the server as its child (engine demo does)",
+    )  # fmt: skip
     _args.add_max_connections_flag(serve, "server")
     _args.add_key_flags(serve, "set $ENGINE_API_KEY for one key that may read and write every "
                         "project")
@@ -60,24 +68,47 @@ def add(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.server import run_server
+    from engine.server import default_db_path, run_server
     from engine.server._auth import load_key_ring
 
     if args.db is not None and os.path.isdir(args.db):
         raise UsageError(f"serve: --db {args.db} is a directory; give the database file's path")
+    db_path = Path(args.db) if args.db else default_db_path()
+    new_db = args.store == "sqlite" and not db_path.exists()
+    if args.store == "sqlite":
+        _refuse_foreign(db_path)
     try:
         run_server(host=args.host, port=args.port, db_path=args.db, store=args.store,
                    clickhouse_password_file=args.clickhouse_password_file,
                    max_body_bytes=args.max_body_bytes, max_connections=args.max_connections,
                    keys=load_key_ring(args.keys_file), retention_days=args.retention_days,
                    retention_interval_s=args.retention_interval_s,
-                   missing_op_grace_s=args.missing_op_grace_s)
+                   missing_op_grace_s=args.missing_op_grace_s, parent_pid=args.parent_pid)
     except sqlite3.Error as exc:
         raise CommandFailed(f"serve: cannot use the database {args.db or 'at the default path'}: "
                             f"{exc} (is it an SQLite file written by engine serve?)") from exc
     except OSError as exc:
+        if new_db:  # it made the file, then could not listen: leave nothing behind
+            _remove_store(db_path)
         raise CommandFailed(_listen_error(args.host, args.port, exc)) from exc
     return 0
+
+
+def _refuse_foreign(db_path: Path) -> None:
+    from engine.cli._backup import foreign_tables
+
+    tables = foreign_tables(db_path)
+    if tables:
+        raise CommandFailed(
+            f"serve: {db_path} is a SQLite database of something else (tables: "
+            f"{', '.join(tables[:5])}), not an engine serve store; engine serve keeps its own "
+            "tables: give --db a new file's path")
+
+
+def _remove_store(db_path: Path) -> None:
+    for path in (db_path, Path(f"{db_path}-wal"), Path(f"{db_path}-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
 
 
 def _listen_error(host: str, port: int, exc: OSError) -> str:

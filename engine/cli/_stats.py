@@ -50,7 +50,7 @@ def add(subparsers: argparse._SubParsersAction) -> None:
     which.add_argument("--ring-dir", type=_args.existing_dir, default=None,
                        help="the engine's ring directory")
     stats.add_argument("--interval-s", type=_args.positive_float, default=1.0,
-                       help="refresh period")
+                       help="refresh period (default 1.0)")
     stats.add_argument("--once", action="store_true", help="print one line and exit")
     stats.set_defaults(func=run)
 

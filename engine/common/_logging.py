@@ -13,8 +13,10 @@ import os
 import sys
 
 from engine.common import _env
+from engine.common._errors import ConfigError
 
 FORMATS = ("text", "logfmt", "json")
+LEVELS = ("debug", "info", "warning", "error")
 _TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
 
 
@@ -50,6 +52,18 @@ def _logfmt_value(value: object) -> str:
     if text and not any(c in text for c in ' ="\n'):
         return text
     return json.dumps(text)
+
+
+def check_env(environ: dict[str, str] | os._Environ = os.environ) -> None:
+    """``ENGINE_LOG_LEVEL`` / ``ENGINE_LOG_FORMAT`` hold a value these lines know, or
+    ConfigError names the variable and the values it takes (the ``engine`` command refuses
+    a typo at once; the sender process would otherwise fail on it, restarted again and
+    again)."""
+    for name, allowed in ((_env.LOG_LEVEL, LEVELS), (_env.LOG_FORMAT, FORMATS)):
+        value = environ.get(name, "").strip().lower()
+        if value and value not in allowed:
+            raise ConfigError("environment", f"{name}={environ[name]!r} is not one of "
+                              f"{', '.join(allowed)} (fix or unset it)")
 
 
 def level_from_env(default: str = "WARNING") -> str:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import gc
+import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -233,13 +234,16 @@ def _url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-async def serve_until_signal(**options: Any) -> None:
-    """Serve until SIGTERM or SIGINT, then stop accepting, finish, and close the store."""
+async def serve_until_signal(parent_pid: int | None = None, **options: Any) -> None:
+    """Serve until SIGTERM or SIGINT (or, given ``parent_pid``, until that parent exits),
+    then stop accepting, finish, and close the store."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     runner, url = await start_server(**options)
+    watch = None if parent_pid is None else loop.create_task(
+        _stop_when_orphaned(parent_pid, stop))
     store = getattr(runner.app[STATE].store, "inner", runner.app[STATE].store)
     where = f" db={store.path}" if type(store) is SQLiteStore else ""
     if hasattr(store, "target"):  # ClickHouse: where, never the password
@@ -256,8 +260,25 @@ async def serve_until_signal(**options: Any) -> None:
     try:
         await stop.wait()
     finally:
+        if watch is not None:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
         await runner.cleanup()
     print("engine serve: stopped", flush=True)
+
+
+_PARENT_POLL_S = 0.5
+
+
+async def _stop_when_orphaned(parent_pid: int, stop: asyncio.Event) -> None:
+    """A server run by another process (``--parent-pid``: the demo, tests, benches) must
+    not outlive it, however it dies (SIGKILL runs no clean-up): once it is gone this
+    process is reparented, so ``getppid`` changes. Nothing is printed: the parent read this
+    process's output, and that pipe may be closed now."""
+    while os.getppid() == parent_pid:
+        await asyncio.sleep(_PARENT_POLL_S)
+    stop.set()
 
 
 # A streamed read allocates a few containers per row (the call dict, its summary), nearly

@@ -43,7 +43,8 @@ def _serve_argv(
     db_path: Path | str | None, store: str, max_body_bytes: int | None, keys_file: str | None,
     flags: tuple[str, ...] = (),
 ) -> list[str]:
-    argv = [sys.executable, "-m", "engine", "serve", "--host", "127.0.0.1", "--port", "0", *flags]
+    argv = [sys.executable, "-m", "engine", "serve", "--host", "127.0.0.1", "--port", "0",
+            "--parent-pid", str(os.getpid()), *flags]
     argv += ["--store", store]
     if db_path is not None:
         argv += ["--db", str(db_path)]
@@ -65,28 +66,50 @@ def spawn_server(
 ) -> tuple[subprocess.Popen, str]:
     """Start ``engine serve`` on 127.0.0.1 port 0 and return (process, URL) once it listens.
     ``api_key`` reaches it in its environment (``$ENGINE_API_KEY``), never its command line;
-    ``flags``: more of its command-line flags."""
+    ``flags``: more of its command-line flags.
+
+    The server runs in its own session: a Ctrl-C at the terminal (SIGINT to the foreground
+    process group) reaches this process, which stops the server once it is done with it
+    (the demo delivers first); and it stops by itself once this process is gone
+    (``--parent-pid``), so even a SIGKILL of this process leaves no server behind."""
     env = None if api_key is None else {**os.environ, "ENGINE_API_KEY": api_key}
     argv = _serve_argv(db_path, store, max_body_bytes, None if keys_file is None else str(keys_file),
                        flags)
-    return spawn_listening(argv, startup_timeout_s, env)
+    return spawn_listening(argv, startup_timeout_s, env, new_session=True)
 
 
 def spawn_listening(argv: list[str], startup_timeout_s: float = 30.0,
-                    env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+                    env: dict[str, str] | None = None,
+                    new_session: bool = False) -> tuple[subprocess.Popen, str]:
     """Start a server child that prints ``listening on URL`` once it listens (``engine
-    serve``, the bench's sinks); (process, URL). Stop it with :func:`stop_server`."""
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=env)
-    watcher = _UrlWatcher(proc)
-    watcher.start()
-    if not watcher.found.wait(startup_timeout_s) or watcher.url is None:
+    serve``, the bench's sinks); (process, URL). Stop it with :func:`stop_server`. A child
+    that exits first, or stays silent for ``startup_timeout_s``, raises RuntimeError
+    naming its exit status (its own error went to stderr) or the timeout."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=env,
+                            start_new_session=new_session)
+    try:
+        watcher = _UrlWatcher(proc)
+        watcher.start()
+        watcher.found.wait(startup_timeout_s)
+        if watcher.url is None:
+            raise RuntimeError(_no_url(argv, proc, watcher, startup_timeout_s))
+    except BaseException:  # Ctrl-C while it starts too: never leave it running
         stop_server(proc)
-        output = "".join(watcher.lines)
-        raise RuntimeError(
-            f"{' '.join(argv[1:4])} did not report its URL within {startup_timeout_s}s: "
-            f"{output!r}"
-        )
+        raise
     return proc, watcher.url
+
+
+def _no_url(argv: list[str], proc: subprocess.Popen, watcher: _UrlWatcher,
+            startup_timeout_s: float) -> str:
+    what = " ".join(argv[1:4])
+    if not watcher.found.is_set():
+        output = "".join(watcher.lines)
+        return f"{what} did not report its URL within {startup_timeout_s}s: {output!r}"
+    try:  # its stdout closed: it is exiting
+        code = wait_exit(proc, startup_timeout_s)
+    except subprocess.TimeoutExpired:
+        return f"{what} closed its output without reporting its URL"
+    return f"{what} exited with status {code} before it listened (its own error is on stderr)"
 
 
 def stop_server(proc: subprocess.Popen, timeout_s: float = 15.0) -> int:

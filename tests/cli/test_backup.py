@@ -102,6 +102,33 @@ def test_backup_refuses_clearly(tmp_path):
     assert nodir.returncode == 2 and "no such directory" in nodir.stderr
 
 
+def _damaged_store(path) -> None:
+    """An engine store's tables, then pages past the schema overwritten: its schema reads, the
+    backup copies it page by page, and the copy's reads fail."""
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE schema_versions (v)")
+    db.execute("CREATE TABLE calls (id TEXT PRIMARY KEY, body TEXT)")
+    db.executemany("INSERT INTO calls VALUES (?, ?)", [(str(i), "x" * 500) for i in range(2000)])
+    db.commit()
+    db.close()
+    with open(path, "r+b") as file:
+        file.seek(4096 * 5)
+        file.write(b"\xff" * 4096 * 20)
+
+
+def test_a_damaged_store_and_a_directory_are_named_in_one_line(tmp_path):
+    damaged = tmp_path / "damaged.db"
+    _damaged_store(damaged)
+    result = _backup("--db", str(damaged), "--to", str(tmp_path / "b.db"))
+    assert result.returncode == 1 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert str(damaged) in result.stderr and "malformed" in result.stderr
+    assert "unexpected" not in result.stderr
+    assert not (tmp_path / "b.db").exists()
+    assert not [p for p in os.listdir(tmp_path) if ".partial-" in p]
+    folder = _backup("--db", str(tmp_path), "--to", str(tmp_path / "b.db"))
+    assert folder.returncode == 2 and "is a directory" in folder.stderr
+
+
 def test_a_compact_copy_leaves_out_the_space_deleted_calls_freed(tmp_path):
     db, copy = tmp_path / "traces.db", tmp_path / "compact.db"
     with serve_subprocess(db) as url:

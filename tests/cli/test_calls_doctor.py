@@ -86,6 +86,18 @@ def test_calls_follow_prints_new_calls_as_they_arrive(server):
     assert code == 0
 
 
+@pytest.mark.parametrize("command", [["calls", "--project", PROJECT, "--url"], ["doctor"]])
+def test_a_reader_that_stops_early_ends_the_command_quietly(server, command):
+    """``engine calls ... | head -1``: once the reader is gone, exit 141 (128 + SIGPIPE, as
+    a shell tool) and nothing on stderr."""
+    proc = subprocess.Popen([sys.executable, "-m", "engine", *command, server],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+                            stdin=subprocess.DEVNULL)  # fmt: skip
+    proc.stdout.close()  # the reader is gone before the first line
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 141 and err == "", (proc.returncode, err)
+
+
 def test_doctor_says_ready_for_engine_serve(server):
     result = _engine("doctor", server, "--limit-mib", "2")
     assert result.returncode == 0, result.stdout + result.stderr

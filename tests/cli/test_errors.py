@@ -4,6 +4,7 @@ never a traceback (unless --debug). Each case runs the real command in a subproc
 
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 
@@ -61,6 +62,10 @@ USAGE_CASES = {
     "calls_project_without_slash": (["calls", "--project", "noslash"], {},
                                     ["noslash", "entity/project"]),
     "stats_bad_pid": (["stats", "--pid", "-3"], {}, ["-3", "process id"]),
+    "log_level_from_env": (["calls", "--project", "a/b"], {"ENGINE_LOG_LEVEL": "bogus"},
+                           ["ENGINE_LOG_LEVEL", "'bogus'", "debug, info, warning, error"]),
+    "log_format_from_env": (["calls", "--project", "a/b"], {"ENGINE_LOG_FORMAT": "yaml"},
+                            ["ENGINE_LOG_FORMAT", "'yaml'", "text, logfmt, json"]),
     "unknown_command": (["serv"], {}, ["serv", "invalid choice"]),
     "unknown_flag": (["serve", "--prot", "1"], {}, ["serve", "--prot"]),
 }
@@ -111,6 +116,31 @@ def test_port_in_use_is_one_line_with_exit_1():
         port = taken.getsockname()[1]
         result = _engine("serve", "--port", str(port), "--store", "count")
     _assert_one_line_error(result, FAILED, f"127.0.0.1:{port}", "already in use", "--port")
+
+
+def test_port_in_use_leaves_no_new_store_behind_but_keeps_an_existing_one(tmp_path):
+    kept = tmp_path / "kept.db"
+    with serve_subprocess(kept):
+        pass
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        for db in (tmp_path / "new.db", kept):
+            _assert_one_line_error(_engine("serve", "--port", port, "--db", str(db)), FAILED,
+                                   "already in use")
+    assert kept.exists() and not list(tmp_path.glob("new.db*"))
+
+
+def test_serve_refuses_a_sqlite_database_of_something_else(tmp_path):
+    other = tmp_path / "other-app.sqlite"
+    sqlite3.connect(other).execute("CREATE TABLE x (a)").connection.close()
+    result = _engine("serve", "--port", "0", "--db", str(other))
+    _assert_one_line_error(result, FAILED, str(other), "tables: x", "not an engine serve store")
+    db = sqlite3.connect(other)
+    assert [r[0] for r in db.execute("SELECT name FROM sqlite_master")] == ["x"]
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"  # not switched to WAL
+    db.close()
 
 
 def test_unreachable_server_is_one_line_with_exit_1():

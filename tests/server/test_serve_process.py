@@ -97,3 +97,29 @@ def test_bad_cli_arguments_exit_with_usage_error():
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert result.returncode == 2 and "--max-body-bytes" in result.stderr
+
+
+_PARENT = """
+import signal, sys
+from engine.server import spawn_server
+proc, url = spawn_server(sys.argv[1])
+print(proc.pid, url, flush=True)
+signal.pause()
+"""
+
+
+def test_a_server_child_stops_once_its_parent_is_killed(tmp_path):
+    from engine.ring._files import process_start_ticks
+    from tests.relay.harness import wait_until
+
+    parent = subprocess.Popen([sys.executable, "-c", _PARENT, str(tmp_path / "t.db")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        pid = int(parent.stdout.readline().split()[0])
+    finally:
+        parent.kill()  # SIGKILL: no clean-up of its own runs
+        parent.communicate()
+    gone = wait_until(lambda: process_start_ticks(pid) is None, 30)
+    if not gone:
+        os.kill(pid, signal.SIGKILL)
+    assert gone
