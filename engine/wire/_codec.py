@@ -274,6 +274,10 @@ def json_error(data: bytes) -> str | None:
         msgspec.json.decode(data)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         return str(exc)
+    except RecursionError:  # nested deeper than the decoder's stack allows
+        return "nested too deep to decode (RecursionError)"
+    except Exception as exc:  # decoding bytes runs no user code: whatever it is, not readable
+        return f"cannot be decoded: {_brief_error(exc)}"
     return None
 
 

@@ -22,9 +22,17 @@ import msgspec
 import pytest
 
 import engine
+from engine import ring
 from engine.producer._sanitise import REASONS
+from engine.sender._deadletter import read_dead_letters
 from engine.server import serve_subprocess
-from engine.wire import EndedCallSchemaForInsert, StartedCallSchemaForInsert, utcnow, uuid7
+from engine.wire import (
+    CompletedCallSchemaForInsert,
+    EndedCallSchemaForInsert,
+    StartedCallSchemaForInsert,
+    utcnow,
+    uuid7,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -334,6 +342,41 @@ def test_an_item_that_is_not_json_is_dead_lettered_and_every_other_call_delivere
     letter = msgspec.json.decode(line)
     assert letter["call_id"] == starts[2].id and letter["item_invalid"] is True
     assert '"raw":{"a": NaN' in letter["item"]
+
+
+def test_an_item_nested_too_deep_to_decode_is_dead_lettered_and_every_other_call_delivered(
+        server_url, tmp_path):
+    """A record nested deeper than the sender can decode (as an engine wrote one before the
+    producer cut values at MAX_DEPTH; here put straight into the ring) is refused by the
+    server and dead-lettered as its text, and every call after it is delivered. Before:
+    writing its dead letter raised RecursionError, the sender died, was restarted on the
+    same record and died again; its ring filled and the user's loop blocked for good."""
+    dead_letters = tmp_path / "dead_letters.jsonl"
+    with engine.Engine(url=server_url, project=PROJECT, ring_bytes=1 << 20, linger_ms=5,
+                       on_full="raise", max_block_ms=20_000,
+                       dead_letter_path=str(dead_letters)) as eng:
+        tracer = eng.producer()
+        name = f"deep.{next(_names)}"
+        start = _start(op_name=name)
+        deep = CompletedCallSchemaForInsert(**msgspec.structs.asdict(start), ended_at=utcnow(),
+                                            summary={}, output="DEEP")
+        payload = msgspec.json.encode(deep).replace(b'"DEEP"', b"[" * 5000 + b"1" + b"]" * 5000)
+        with tracer.call(name, inputs={"i": -1}):  # the slot is claimed
+            pass
+        code = tracer._writer.raw_write(ring.KIND_COMPLETE, 0, deep.id, deep.trace_id,
+                                        PROJECT.encode(), payload, 0)
+        assert code in (ring.WRITTEN, ring.WRITTEN_RING)
+        for i in range(3000):  # 3 MiB through a ring of 1 MiB
+            with tracer.call(name, inputs={"i": i, "pad": "x" * 1000}):
+                pass
+        assert eng.flush(timeout_s=60) is False  # settled, one call dead-lettered
+        stats = eng.stats()
+        assert stats["dead_letters"] == stats["dead_invalid"] == 1
+        assert stats["sender_restarts"] == 0 and stats["producers"]["raised_full"] == 0
+    stored = stored_calls(server_url, name)
+    assert len(stored) == 3001 and deep.id not in {call["id"] for call in stored}
+    (letter,) = read_dead_letters(dead_letters)
+    assert letter.call_id == deep.id and letter.item_invalid and letter.item_json == payload
 
 
 def test_an_item_of_almost_max_request_bytes_is_delivered_through_a_ring_half_its_size(
