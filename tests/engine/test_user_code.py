@@ -54,9 +54,33 @@ def _cycle() -> dict:
     return value
 
 
+class HoldsItself:
+    """A model whose data form holds the model itself (its ``model_dump`` recursed without
+    end: without the C encoder the call was dropped, with it the server refused it)."""
+
+    def model_dump(self, mode: str = "python") -> dict:
+        return {"a": 1, "me": self}
+
+
+def _wrapped(levels: int, inner: Any) -> Any:
+    for _ in range(levels):
+        inner = [inner]
+    return inner
+
+
+def _nested(levels: int) -> Any:
+    """``levels`` lists, one inside the other, around 1."""
+    return _wrapped(levels, 1)
+
+
+_TOO_DEEP = "<unencodable: nested deeper than 100 levels>"
+
+
 # kind -> (make the value, the reason counted, what the server stores for it)
 KINDS: dict[str, tuple[Callable[[], Any], str, Any]] = {
     "cycle": (_cycle, "cycle", {"a": 1, "self": "<cycle: dict contains itself>"}),
+    "model_dump_cycle": (HoldsItself, "cycle",
+                         {"a": 1, "me": "<cycle: HoldsItself contains itself>"}),
     "lone_surrogate": (lambda: "ok \ud800 ok", "bad_string", "ok \ufffd ok"),
     "no_json_form": (BrokenStr, "unencodable",
                      "<unencodable BrokenStr: ValueError: no text either>"),
@@ -151,6 +175,29 @@ def test_a_value_we_cannot_encode_returns_the_users_value_and_stores_a_placehold
     assert (call["inputs"]["value"] if where == "input" else call["output"]) == stored
     after = sanitised(eng)
     assert {r: after[r] - before[r] for r in REASONS} == {r: int(r == reason) for r in REASONS}
+
+
+@pytest.mark.parametrize("api", APIS)
+@pytest.mark.parametrize("levels", [101, 257, 900])
+def test_a_value_nested_deeper_than_100_levels_is_cut_there_and_the_call_stored(
+        eng, server_url, api, levels):
+    """Nested 101 to ~990 levels, a value encodes, but engine serve refuses a body nested
+    past 256 levels (weave's server past 200): the call was dead-lettered for good. The
+    producer cuts it at 100 levels, the field's own included, as the sanitiser did only for
+    values that failed to encode, and counts it."""
+    name = f"values.deep.{levels}.{api}.{next(_names)}"
+    before = sanitised(eng)
+
+    output = _nested(levels)
+    assert traced(eng.producer(), api, name, {"value": _nested(levels)}, output) is output
+
+    delivered(eng)
+    (call,) = stored_calls(server_url, name)
+    assert call["inputs"]["value"] == _wrapped(99, _TOO_DEEP)  # inputs is the first level
+    assert call["output"] == _wrapped(100, _TOO_DEEP)
+    after = sanitised(eng)
+    assert {r: after[r] - before[r] for r in REASONS} == {r: 2 * (r == "unencodable")
+                                                          for r in REASONS}
 
 
 class Unprintable(Exception):
@@ -253,6 +300,8 @@ _MINUS_5 = dt.timezone(-dt.timedelta(hours=5))
 INVALID: dict[str, tuple[dict, str, dict, str, str]] = {
     "cycle": ({"inputs": {"v": _cycle()}}, "inputs['v']['self']",
               {"output": [_cycle()]}, "output[0]['self']", "cycle"),
+    "too_deep": ({"inputs": {"v": _nested(300)}}, "inputs['v']" + "[0]" * 99,
+                 {"output": _nested(300)}, "output" + "[0]" * 100, "unencodable"),
     "lone_surrogate": ({"inputs": {"v": "\udc80"}}, "inputs['v']",
                        {"output": "\udc80"}, "output", "bad_string"),
     "oversized": ({"inputs": {"v": "x" * MAX_REQUEST_BYTES}}, "inputs",
