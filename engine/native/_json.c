@@ -29,6 +29,7 @@
 #endif
 
 #include "_json.h"
+#include "_scan.h"
 
 #ifndef Py_T_OBJECT_EX
 #define Py_T_OBJECT_EX 16
@@ -317,7 +318,21 @@ typedef struct {
     PyObject *fallback;     /* the caller's encoder.encode, for every other value */
     size_t callouts;        /* times fallback was called: Python code may have run */
     size_t noted;           /* values written in another form (counted in noted_counts) */
+    int depth;              /* containers of a field's value entered (the item's are not) */
+    int max_depth;          /* refused past it (MAX_VALUE_DEPTH; 0: no limit) */
 } Ctx;
+
+static int json_too_deep(void) {
+    PyErr_Format(PyExc_ValueError, "a value is nested deeper than %d levels", MAX_VALUE_DEPTH);
+    return -1;
+}
+
+/* JSON text msgspec wrote for a value at ctx's depth: within the levels left */
+static int check_levels(Ctx *ctx, const char *p, size_t n) {
+    if (ctx->max_depth && json_nests_deeper(p, p + n, ctx->max_depth - ctx->depth))
+        return json_too_deep();
+    return 0;
+}
 
 /* Values written in another form since take_counts() last ran in this thread: NaN/inf as
  * null, bytes-like as base64 (msgspec's form); the producer adds them to its slot's
@@ -346,7 +361,9 @@ static int put_fallback(Ctx *ctx, PyObject *obj) {
         PyErr_SetString(PyExc_TypeError, "the fallback encoder must return bytes");
         return -1;
     }
-    int r = put_bytes(ctx->b, PyBytes_AS_STRING(bytes), (size_t)PyBytes_GET_SIZE(bytes));
+    size_t n = (size_t)PyBytes_GET_SIZE(bytes);
+    int r = check_levels(ctx, PyBytes_AS_STRING(bytes), n);
+    if (r == 0) r = put_bytes(ctx->b, PyBytes_AS_STRING(bytes), n);
     Py_DECREF(bytes);
     return r;
 }
@@ -438,7 +455,12 @@ static int put_dict(Ctx *ctx, PyObject *obj) {
      * traced data is often cold (not touched since it was built), and misses taken
      * together cost about one. No Python code runs until an entry needs it. */
     while (PyDict_Next(obj, &pos, &key, &val)) {
-        if (!PyUnicode_CheckExact(key)) return put_fallback(ctx, obj);
+        if (!PyUnicode_CheckExact(key)) {  /* msgspec's whole: its levels counted from ours */
+            ctx->depth--;
+            int r = put_fallback(ctx, obj);
+            ctx->depth++;
+            return r;
+        }
         PREFETCH_OBJECT(val);
         if (n < DICT_SNAPSHOT) {
             keys[n] = key;
@@ -572,7 +594,9 @@ static int put_other(Ctx *ctx, PyObject *obj, PyTypeObject *type) {
 }
 
 /* A msgspec.Raw: its bytes, as msgspec writes them (a decoded one is checked JSON; one
- * built by hand is written as given, even empty, by msgspec too). */
+ * built by hand is written as given, even empty, by msgspec too). Its levels are not
+ * counted: it is its writer's JSON (engine relay's, engine ingest's: each checks the
+ * server's limit on it), as a Raw that is not JSON is. */
 static int put_raw(JBuf *b, PyObject *obj) {
     Py_buffer view;
     if (PyObject_GetBuffer(obj, &view, PyBUF_SIMPLE) < 0) return -1;
@@ -581,11 +605,26 @@ static int put_raw(JBuf *b, PyObject *obj) {
     return r;
 }
 
+/* A dict, list, tuple or planned Struct (kind 0, 1, 2, 3) one level deeper, refused past
+ * ctx->max_depth: a compare per container, where a scan of the bytes afterwards would cost
+ * a pass over them */
+static int put_container(Ctx *ctx, PyObject *obj, int kind, const Plan *plan) {
+    if (++ctx->depth > ctx->max_depth && ctx->max_depth) {
+        ctx->depth--;
+        return json_too_deep();
+    }
+    int r = kind == 0 ? put_dict(ctx, obj)
+          : kind == 3 ? put_struct(ctx, obj, plan, NULL)
+                      : put_sequence(ctx, obj, kind == 1);
+    ctx->depth--;
+    return r;
+}
+
 static int put_value(Ctx *ctx, PyObject *obj) {
     PyTypeObject *type = Py_TYPE(obj);
     if (type == &PyUnicode_Type) return put_str(ctx->b, obj);
-    if (type == &PyDict_Type) return put_dict(ctx, obj);
-    if (type == &PyList_Type) return put_sequence(ctx, obj, 1);
+    if (type == &PyDict_Type) return put_container(ctx, obj, 0, NULL);
+    if (type == &PyList_Type) return put_container(ctx, obj, 1, NULL);
     if (obj == Py_None) return put_bytes(ctx->b, "null", 4);
     if (obj == Py_True) return put_bytes(ctx->b, "true", 4);
     if (obj == Py_False) return put_bytes(ctx->b, "false", 5);
@@ -597,7 +636,7 @@ static int put_value(Ctx *ctx, PyObject *obj) {
         return put_i64(ctx->b, v);
     }
     if (type == &PyFloat_Type) return put_float(ctx, obj);
-    if (type == &PyTuple_Type) return put_sequence(ctx, obj, 0);
+    if (type == &PyTuple_Type) return put_container(ctx, obj, 2, NULL);
     if (type == PyDateTimeAPI->DateTimeType) {
         PyObject *tz = PyDateTime_DATE_GET_TZINFO(obj);
         if (tz == Py_None) return put_datetime(ctx->b, obj, 0);
@@ -606,7 +645,7 @@ static int put_value(Ctx *ctx, PyObject *obj) {
     }
     if ((PyObject *)type == raw_type) return put_raw(ctx->b, obj);
     const Plan *plan = plan_of(type);
-    if (plan != NULL) return put_struct(ctx, obj, plan, NULL);
+    if (plan != NULL) return put_container(ctx, obj, 3, plan);
     if (PyErr_Occurred()) return -1;
     return put_other(ctx, obj, type);
 }
@@ -615,7 +654,7 @@ int json_encode_item(JBuf *b, PyObject *item, PyObject *fallback, Py_ssize_t *sp
                      size_t *callouts, size_t *noted) {
     const Plan *plan = plan_of(Py_TYPE(item));
     if (plan == NULL) return PyErr_Occurred() ? -1 : 0;
-    Ctx ctx = {b, fallback, 0, 0};
+    Ctx ctx = {b, fallback, 0, 0, 0, MAX_VALUE_DEPTH};
     b->len = 0;
     *splice_at = -1;
     Py_ssize_t saved[NOTED_KINDS];
@@ -764,18 +803,22 @@ fail:
     return NULL;
 }
 
-/* encode(fallback, obj) -> bytes: obj as put() encodes it (the tests compare it to msgspec) */
+/* encode(fallback, obj) -> bytes: obj as put() encodes it (the tests compare it to msgspec):
+ * an item (a planned Struct) within MAX_VALUE_DEPTH, any other value at any depth */
 PyObject *native_encode(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 2) {
         PyErr_SetString(PyExc_TypeError, "encode takes 2 arguments (fallback, obj)");
         return NULL;
     }
     JBuf b = {0};
-    Ctx ctx = {&b, args[0], 0, 0};
+    Ctx ctx = {&b, args[0], 0, 0, 0, 0};
     PyObject *out = NULL;
     Py_ssize_t saved[NOTED_KINDS];
     memcpy(saved, noted_counts, sizeof saved);
-    if (put_value(&ctx, args[1]) == 0)
+    const Plan *plan = plan_of(Py_TYPE(args[1]));
+    if (plan == NULL && PyErr_Occurred()) return NULL;
+    if (plan != NULL) ctx.max_depth = MAX_VALUE_DEPTH;
+    if ((plan != NULL ? put_struct(&ctx, args[1], plan, NULL) : put_value(&ctx, args[1])) == 0)
         out = PyBytes_FromStringAndSize(b.p, (Py_ssize_t)b.len);
     else
         memcpy(noted_counts, saved, sizeof saved);

@@ -13,12 +13,20 @@ typedef struct {
 
 void jbuf_free(JBuf *b);
 
+/* The levels of containers a value of an item's field may nest, its own included: deeper,
+ * json_encode_item raises ValueError, and the producer writes a sanitised copy with the
+ * deeper parts replaced (engine/wire/_depth.py MAX_VALUE_DEPTH, the same number: engine
+ * serve refuses a body nested past 256 levels, weave's server past 200). */
+#define MAX_VALUE_DEPTH 100
+
 /* Encode a Struct whose type has a plan into b (reset first): 1 done, 0 no plan for its
  * type (nothing written; the caller uses msgspec), -1 error. *splice_at: the offset of the
  * plan's splice key, -1 if that field was left out. *callouts: how many values went to
  * fallback (Python code may have run: an enc_hook, a stringified count). *noted: values
  * written in another form and counted (NaN/inf as null, bytes-like as base64): the caller
- * has the producer take the counts (take_counts); an item not encoded counts none. */
+ * has the producer take the counts (take_counts); an item not encoded counts none. A value
+ * nested deeper than MAX_VALUE_DEPTH (what msgspec wrote for one included; a msgspec.Raw's
+ * own levels are not counted) is an error. */
 int json_encode_item(JBuf *b, PyObject *item, PyObject *fallback, Py_ssize_t *splice_at,
                      size_t *callouts, size_t *noted);
 

@@ -108,7 +108,8 @@ PyMODINIT_FUNC PyInit__native(void) {
         return NULL;
     }
     if (PyModule_AddIntConstant(module, "HEADER_BYTES", HEADER_BYTES) < 0 ||
-        PyModule_AddIntConstant(module, "KIND_SPLICED", KIND_SPLICED) < 0) {
+        PyModule_AddIntConstant(module, "KIND_SPLICED", KIND_SPLICED) < 0 ||
+        PyModule_AddIntConstant(module, "MAX_VALUE_DEPTH", MAX_VALUE_DEPTH) < 0) {
         Py_DECREF(module);
         return NULL;
     }

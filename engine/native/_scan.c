@@ -24,7 +24,7 @@ static const char *past_string(const char *p, const char *end) {
     }
 }
 
-static int depth_over(const char *p, const char *end, long limit) {
+int json_nests_deeper(const char *p, const char *end, long limit) {
     long depth = 0;
     while (p < end) {
         switch (*p++) {
@@ -58,7 +58,7 @@ PyObject *native_json_depth_over(PyObject *self, PyObject *const *args, Py_ssize
     const char *p = view.buf;
     int over;
     Py_BEGIN_ALLOW_THREADS  /* megabytes, touching no Python object: the writer thread runs */
-    over = depth_over(p, p + view.len, limit);
+    over = json_nests_deeper(p, p + view.len, limit);
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&view);
     return PyBool_FromLong(over);

@@ -6,4 +6,7 @@
 
 PyObject *native_json_depth_over(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
 
+/* 1 when the JSON text in [p, end) nests deeper than limit (brackets outside strings), else 0 */
+int json_nests_deeper(const char *p, const char *end, long limit);
+
 #endif

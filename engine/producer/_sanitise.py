@@ -14,7 +14,9 @@ Reasons (the ``sanitised_<reason>`` counters of ``stats()["producers"]``):
 - ``cycle``: a dict or list that contains itself (``"<cycle: dict contains itself>"``);
 - ``bad_string``: a string with lone surrogates (they become U+FFFD, the rest is kept);
 - ``unencodable``: an object with no JSON form whose ``str()`` fails too, a dict key of a
-  type JSON cannot have, nesting deeper than :data:`MAX_DEPTH`;
+  type JSON cannot have, nesting deeper than :data:`MAX_DEPTH` (which the encoders refuse on
+  the hot path: ``engine serve`` refuses a body nested past 256 levels, weave's server past
+  200, and msgspec fails near 1,000);
 - ``oversized``: the encoded item is over the largest request; its largest values are
   replaced, largest first, until it fits (``"<oversized: str of 33554434 bytes>"``);
 - ``timestamp``: a naive or out-of-range ``started_at`` / ``ended_at``, taken as UTC or
@@ -38,7 +40,8 @@ from typing import Any
 import msgspec
 
 from engine.common._errors import EncodeError, PayloadTooLarge
-from engine.wire._codec import UTC, strict_encoder
+from engine.wire._codec import NO_FORM, UTC, data_form, strict_encoder
+from engine.wire._depth import MAX_VALUE_DEPTH, json_depth_over
 from engine.wire.calls import (
     CompletedCallSchemaForInsert,
     EndedCallSchemaForInsert,
@@ -55,7 +58,7 @@ def _probe_hook(obj: Any) -> str:
 _probe = msgspec.json.Encoder(enc_hook=_probe_hook, decimal_format="number")
 
 REASONS = ("cycle", "bad_string", "unencodable", "oversized", "nonfinite", "bytes", "timestamp")
-MAX_DEPTH = 100  # deeper values are replaced: the encoder's own limit is the stack's
+MAX_DEPTH = MAX_VALUE_DEPTH
 _VALUE_FIELDS = ("inputs", "attributes", "output", "summary", "otel_dump", "exception",
                  "op_name", "display_name")  # fmt: skip
 _JSON_SCALARS = (bool, int, float, type(None), Decimal)
@@ -113,7 +116,7 @@ class _Walk:
             return value
         if isinstance(value, (dict, list, tuple, set, frozenset)):
             return self.container(value, path, depth)
-        return self.other(value, path)
+        return self.other(value, path, depth)
 
     def string(self, text: str, path: str) -> str:
         if text.isascii():
@@ -132,8 +135,7 @@ class _Walk:
             return self.problem(path, "cycle", f"{name} contains itself",
                                 f"<cycle: {name} contains itself>")
         if depth >= MAX_DEPTH:
-            return self.problem(path, "unencodable", f"nested deeper than {MAX_DEPTH} levels",
-                                f"<unencodable: nested deeper than {MAX_DEPTH} levels>")
+            return self.too_deep(path)
         self._active.add(id(value))
         try:
             if isinstance(value, dict):
@@ -167,11 +169,24 @@ class _Walk:
             return self.problem(f"{path} key", "unencodable", f"{name} key: {_brief(exc)}",
                                 f"<unencodable {name} key>")
 
-    def other(self, value: Any, path: str) -> Any:
-        """An object the encoder takes on its own terms (dataclass, enum, UUID, Struct,
-        datetime) or stringifies: kept if it encodes alone, else a placeholder."""
+    def too_deep(self, path: str) -> str:
+        return self.problem(path, "unencodable", f"nested deeper than {MAX_DEPTH} levels",
+                            f"<unencodable: nested deeper than {MAX_DEPTH} levels>")
+
+    def other(self, value: Any, path: str, depth: int) -> Any:
+        """An object the encoder writes as its data form (a pydantic model: that data,
+        walked as the object's own, so data that holds the object is a cycle), takes on its
+        own terms (dataclass, enum, UUID, Struct, datetime, ``msgspec.Raw``) or stringifies:
+        kept if it encodes alone within the levels left (``depth`` is its own), else a
+        placeholder; a ``msgspec.Raw`` is kept as the encoders write it."""
+        form = data_form(value)
+        if form is not NO_FORM:
+            return self.data(value, form, path, depth)
+        if type(value) is msgspec.Raw:  # its writer's JSON, written as it is (not checked)
+            return value
         try:
-            self.encode(value)
+            if json_depth_over(self.encode(value), MAX_DEPTH - depth):
+                return self.too_deep(path)
             return value
         except RecursionError:
             name = type(value).__name__
@@ -185,6 +200,18 @@ class _Walk:
             name = type(value).__name__
             return self.problem(path, "unencodable", f"{name}: {_brief(exc)}",
                                 f"<unencodable {name}: {_brief(exc)}>")
+
+
+    def data(self, value: Any, form: Any, path: str, depth: int) -> Any:
+        if id(value) in self._active:
+            name = type(value).__name__
+            return self.problem(path, "cycle", f"{name} contains itself",
+                                f"<cycle: {name} contains itself>")
+        self._active.add(id(value))
+        try:
+            return self.value(form, path, depth)
+        finally:
+            self._active.discard(id(value))
 
 
 def _brief(exc: BaseException) -> str:

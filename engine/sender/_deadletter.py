@@ -20,9 +20,10 @@ while they write. The protocol that keeps every line exactly once:
   file until it deletes it; one left by a claimer that died is claimed again by the next
   replay (:func:`claim_abandoned`).
 
-An item that is not JSON is kept as its text in a JSON string, with ``"item_invalid":true``
-(a replay does not send it). A writer killed in the middle of a line leaves it torn; the
-next writer ends it with a newline first, and the reader sets such lines aside instead of
+An item that is not JSON, or nested too deep to decode, is kept as its text in a JSON
+string, with ``"item_invalid":true`` (a replay does not send it). A writer killed in the
+middle of a line leaves it torn; the next writer ends it with a newline first, and the
+reader sets such lines aside (as it does a line nested too deep to decode) instead of
 failing.
 """
 
@@ -264,7 +265,7 @@ def read_dead_letters(path: str | os.PathLike[str],
             continue
         try:
             yield _reader.decode(line)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, RecursionError) as exc:  # torn, or nested past the stack
             if number - 1 == last:
                 return
             if on_malformed is None:
@@ -296,17 +297,21 @@ def _line(envelope: _Envelope, item_json: bytes) -> bytes:
 
 
 def _embedded(item_json: bytes, call_id: str | None) -> tuple[bytes, bool]:
-    """(the item as its line embeds it, whether it was not JSON): its JSON on one line; an
-    item that is not JSON (written by a bug, or by msgspec < 0.23 for a NaN Decimal) would
-    corrupt its line, so it is kept as its text in a JSON string and flagged."""
+    """(the item as its line embeds it, whether it could not be read as JSON): its JSON on
+    one line; an item that is not JSON (written by a bug, or by msgspec < 0.23 for a NaN
+    Decimal) or too deeply nested to decode would corrupt its line or stop the sender, so it
+    is kept as its text in a JSON string and flagged."""
     error = json_error(item_json)
-    if error is not None:
-        log.warning("dead letter for call %s: the item is not valid JSON (%s); kept as its "
-                    "text with item_invalid", call_id, error)
-        return _encoder.encode(item_json.decode("utf-8", "backslashreplace")), True
-    if b"\n" in item_json or b"\r" in item_json:  # pretty-printed: strings never hold raw newlines
-        return msgspec.json.format(item_json, indent=-1), False
-    return item_json, False
+    if error is None and (b"\n" in item_json or b"\r" in item_json):
+        try:  # pretty-printed: strings never hold raw newlines
+            return msgspec.json.format(item_json, indent=-1), False
+        except RecursionError:  # it decoded with a frame to spare; this recursed deeper
+            error = "nested too deep to decode (RecursionError)"
+    if error is None:
+        return item_json, False
+    log.warning("dead letter for call %s: the item cannot be read as JSON (%s); kept as its "
+                "text with item_invalid", call_id, error)
+    return _encoder.encode(item_json.decode("utf-8", "backslashreplace")), True
 
 
 def _now_iso() -> str:

@@ -13,8 +13,6 @@ import collections
 import logging
 import time
 
-import msgspec
-
 from engine import ring
 from engine.common._config import EngineConfig
 from engine.common._control import Control
@@ -93,7 +91,7 @@ class Intake:
         try:
             self.dead.add(reason=f"unroutable: {detail}", status=None, call_id=None, route="",
                           project=record.project.decode(errors="replace"),
-                          item_json=record.payload if _is_json(record.payload) else b"null")
+                          item_json=record.payload)  # one that is not JSON: kept as text
         except OSError as exc:  # it stays in the ring, which is kept for recovery
             log.error("cannot write an unroutable record to %s: %s", self.dead.path, exc)
             self.control.add(unpersisted_reason(exc))
@@ -127,12 +125,3 @@ class Intake:
     def _eager_due(self) -> bool:
         oldest = self.router.oldest_pending_s()
         return oldest is not None and time.monotonic() - oldest >= self.cfg.eager_start_ms / 1000
-
-
-def _is_json(data: bytes) -> bool:
-    try:
-        msgspec.json.decode(data)
-    except msgspec.DecodeError:
-        return False
-    return True
-

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import random
+import re
 from dataclasses import dataclass, field
 
 import msgspec
@@ -41,7 +42,34 @@ def split_body(route: str, body: bytes) -> list[bytes]:
     """The items of a stored request body, byte for byte."""
     if not is_batch_route(route):
         return [body]
-    return [bytes(raw) for raw in msgspec.json.decode(body, type=_Batch).batch]
+    try:
+        return [bytes(raw) for raw in msgspec.json.decode(body, type=_Batch).batch]
+    except RecursionError:  # an item nested deeper than the decoder's stack: cut by a scan
+        return _scanned_items(body)
+
+
+# a JSON string (escapes included), or one of the marks that cut a body into its items
+_TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{},]')
+
+
+def _scanned_items(body: bytes) -> list[bytes]:
+    """The items of a body this engine wrote (``{"batch":[item,item]}``), cut at the commas
+    between them without decoding them; ValueError for any other body."""
+    if not (body.startswith(_BATCH_PREFIX) and body.endswith(_BATCH_SUFFIX)):
+        raise ValueError("not a batch body this engine wrote")
+    start, end = len(_BATCH_PREFIX), len(body) - len(_BATCH_SUFFIX)
+    items, depth = [], 0
+    for token in _TOKEN.finditer(body, start, end):
+        mark = body[token.start()]
+        if mark in b"[{":
+            depth += 1
+        elif mark in b"]}":
+            depth -= 1
+        elif mark == ord(",") and depth == 0:
+            items.append(body[start:token.start()])
+            start = token.end()
+    items.append(body[start:end])
+    return items
 
 
 def make_body(route: str, items: list[bytes]) -> bytes:
@@ -71,7 +99,7 @@ def describe(route: str, item: bytes) -> tuple[str | None, str]:
         else:
             wrapped = msgspec.json.decode(item, type=_Wrapped)
             ids = wrapped.start or wrapped.end or next(iter((wrapped.req or {}).values()), _Ids())
-    except (msgspec.DecodeError, UnicodeDecodeError):  # not JSON: kept as its text
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):  # kept as its text
         return None, ""
     return ids.id, ids.project_id or ""
 

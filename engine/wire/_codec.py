@@ -117,14 +117,14 @@ def _brief_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-_NO_FORM = object()
+NO_FORM = object()
 
 
-def _data_form(obj: Any) -> Any:
+def data_form(obj: Any) -> Any:
     """The plain data of a value msgspec does not encode itself, where its type defines
     one: a pydantic model (an OpenAI or Anthropic SDK response, a structured output) as
     ``model_dump(mode="json")`` (pydantic 1: ``dict()``), a numpy array or scalar as
-    ``tolist()``. ``_NO_FORM`` for anything else, or when that conversion fails."""
+    ``tolist()``. ``NO_FORM`` for anything else, or when that conversion fails."""
     cls = type(obj)
     try:
         if callable(getattr(cls, "model_dump", None)):
@@ -134,13 +134,13 @@ def _data_form(obj: Any) -> Any:
         if callable(getattr(cls, "dict", None)) and hasattr(cls, "__fields__"):  # pydantic 1
             return obj.dict()
     except Exception:  # its own serializer failed (a cycle, a custom one): str() below
-        return _NO_FORM
-    return _NO_FORM
+        return NO_FORM
+    return NO_FORM
 
 
 def _str_or_placeholder(obj: Any) -> Any:
-    form = _data_form(obj)
-    if form is not _NO_FORM:
+    form = data_form(obj)
+    if form is not NO_FORM:
         return form
     try:
         return str(obj)
@@ -150,10 +150,10 @@ def _str_or_placeholder(obj: Any) -> Any:
 
 def _producer_hook(obj: Any) -> Any:
     """The producer's lenient fallback, as the real client does: a value whose type has a
-    data form (:func:`_data_form`) is written as that data; other unknown objects become
+    data form (:func:`data_form`) is written as that data; other unknown objects become
     their str(), counted; one whose str() fails too, a placeholder saying so."""
-    form = _data_form(obj)
-    if form is not _NO_FORM:
+    form = data_form(obj)
+    if form is not NO_FORM:
         return form
     try:
         text = str(obj)
@@ -167,8 +167,8 @@ def _producer_hook(obj: Any) -> Any:
 def _strict_hook(obj: Any) -> Any:
     from engine.common._errors import EncodeError
 
-    form = _data_form(obj)
-    if form is not _NO_FORM:
+    form = data_form(obj)
+    if form is not NO_FORM:
         return form
     raise EncodeError(f"cannot encode value of type {type(obj).__qualname__!r} to JSON")
 
@@ -274,6 +274,10 @@ def json_error(data: bytes) -> str | None:
         msgspec.json.decode(data)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         return str(exc)
+    except RecursionError:  # nested deeper than the decoder's stack allows
+        return "nested too deep to decode (RecursionError)"
+    except Exception as exc:  # decoding bytes runs no user code: whatever it is, not readable
+        return f"cannot be decoded: {_brief_error(exc)}"
     return None
 
 

@@ -34,6 +34,9 @@ from typing import Any
 
 import msgspec
 
+from engine.wire._depth import MAX_VALUE_DEPTH, json_depth_over_py
+
+_MAX_ITEM_DEPTH = MAX_VALUE_DEPTH + 1  # a field's value nests inside its item's object
 _BYTES_TYPES = frozenset((bytes, bytearray, memoryview))
 _LOSSY_BASES = (float, Decimal, bytes, bytearray, memoryview)  # a subclass is written as its base
 # the values the quick look passes by at a glance (floats are looked at apart); the type of a
@@ -67,7 +70,10 @@ counts = _Counts()
 
 class PyEncoder:
     """The producer's encoder where the C accelerator is not built: msgspec's bytes for
-    everything, NaN/inf Decimals as null, and the C encoder's counts."""
+    everything, NaN/inf Decimals as null, and the C encoder's counts; like it, it refuses
+    (``ValueError``) an item whose values nest deeper than ``MAX_VALUE_DEPTH`` (looked for
+    in the bytes: two counts of brackets, a scan only when there are that many, and a walk
+    of the values only when the scan finds it that deep)."""
 
     def __init__(self, encoder: msgspec.json.Encoder) -> None:
         self._encoder = encoder
@@ -86,6 +92,9 @@ class PyEncoder:
             # second encode; its success also shows ``item`` is a finite tree to walk.
             payload = self._encoder.encode(self._nulled(item))
             nulled = True
+        if json_depth_over_py(payload, _MAX_ITEM_DEPTH) and self._nests_deeper(
+                item, _MAX_ITEM_DEPTH):  # the bytes' look counts a Raw's levels too
+            raise ValueError(f"a value is nested deeper than {MAX_VALUE_DEPTH} levels")
         if nulled or self._may_be_lossy(item):
             nonfinite, nbytes, decimals = self._count(item)
             if decimals and not nulled:
@@ -93,6 +102,24 @@ class PyEncoder:
             counts.nonfinite += nonfinite
             counts.bytes += nbytes
         return payload
+
+    def _nests_deeper(self, value: Any, levels: int) -> bool:
+        """Whether ``value`` nests more than ``levels`` levels as the C encoder counts them:
+        it walks dicts with str keys, lists, tuples and wire items, does not count a
+        ``msgspec.Raw``'s levels (its writer's JSON: engine relay and ingest check it), and
+        looks at the bytes msgspec writes for anything else."""
+        kind = type(value)
+        if kind is dict and all(type(key) is str for key in value):
+            children: Any = value.values()
+        elif kind is list or kind is tuple:
+            children = value
+        elif kind in self._items:
+            children = [getattr(value, name) for name in value.__struct_fields__]
+        elif kind in _PLAIN or kind is float or kind is msgspec.Raw:
+            return False
+        else:
+            return json_depth_over_py(self._encoder.encode(value), levels)
+        return levels == 0 or any(self._nests_deeper(child, levels - 1) for child in children)
 
     def _may_be_lossy(self, item: Any) -> bool:
         """False when ``item`` surely holds nothing :meth:`_count` would count: every value

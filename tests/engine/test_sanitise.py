@@ -3,6 +3,7 @@ replaced, by what, counted how; the direct API's error names the same place."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections import Counter
 
@@ -55,6 +56,13 @@ def test_lone_surrogates_in_keys_and_names_become_replacement_characters():
     assert counts == Counter(bad_string=3)
 
 
+def _nested(levels: int) -> object:
+    value: object = 1
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
 def test_nesting_deeper_than_the_limit_is_replaced_at_the_limit():
     deep: list = []
     for _ in range(MAX_DEPTH + 50):
@@ -65,6 +73,41 @@ def test_nesting_deeper_than_the_limit_is_replaced_at_the_limit():
         level, depth = level[0], depth + 1
     assert level == f"<unencodable: nested deeper than {MAX_DEPTH} levels>" and depth == MAX_DEPTH
     assert counts == Counter(unencodable=1)
+
+
+@dataclasses.dataclass
+class Holder:
+    value: object
+
+
+def test_what_msgspec_writes_past_the_levels_left_is_replaced_at_its_level():
+    # a dataclass: msgspec's bytes, nested past MAX_DEPTH where it sits; the encoders
+    # refuse it (engine serve would). A Raw is its writer's JSON: kept as it is
+    raw = msgspec.Raw(msgspec.json.encode(_nested(MAX_DEPTH)))
+    inputs = {"held": [Holder(_nested(MAX_DEPTH - 2))], "fits": Holder(_nested(MAX_DEPTH - 2)),
+              "raw": raw}
+    item, counts = sanitised(inputs=inputs)
+    too_deep = f"<unencodable: nested deeper than {MAX_DEPTH} levels>"
+    assert item["inputs"]["held"] == [too_deep]
+    assert item["inputs"]["fits"] == {"value": _nested(MAX_DEPTH - 2)}
+    assert item["inputs"]["raw"] == _nested(MAX_DEPTH)
+    assert counts == Counter(unencodable=1)
+
+
+class HoldsItself:
+    def model_dump(self, mode: str = "python") -> dict:
+        return {"a": 1, "me": [self]}
+
+
+def test_a_model_whose_data_holds_it_is_cut_where_the_cycle_closes():
+    # its data form is what the encoder writes: walked as the model's own, the model met
+    # again inside it is a cycle (without the C encoder msgspec recursed until it failed,
+    # and the call was dropped)
+    item, counts = sanitised(inputs={"m": HoldsItself()})
+    assert item["inputs"]["m"] == {"a": 1, "me": ["<cycle: HoldsItself contains itself>"]}
+    assert counts == Counter(cycle=1)
+    problem = first_problem(_start(inputs={"m": HoldsItself()}), strict=False)
+    assert (problem.path, problem.reason) == ("inputs['m']['me'][0]", "cycle")
 
 
 def test_oversized_values_go_largest_first_and_small_neighbours_stay():

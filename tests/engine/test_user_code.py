@@ -22,9 +22,17 @@ import msgspec
 import pytest
 
 import engine
+from engine import ring
 from engine.producer._sanitise import REASONS
+from engine.sender._deadletter import read_dead_letters
 from engine.server import serve_subprocess
-from engine.wire import EndedCallSchemaForInsert, StartedCallSchemaForInsert, utcnow, uuid7
+from engine.wire import (
+    CompletedCallSchemaForInsert,
+    EndedCallSchemaForInsert,
+    StartedCallSchemaForInsert,
+    utcnow,
+    uuid7,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -46,9 +54,33 @@ def _cycle() -> dict:
     return value
 
 
+class HoldsItself:
+    """A model whose data form holds the model itself (its ``model_dump`` recursed without
+    end: without the C encoder the call was dropped, with it the server refused it)."""
+
+    def model_dump(self, mode: str = "python") -> dict:
+        return {"a": 1, "me": self}
+
+
+def _wrapped(levels: int, inner: Any) -> Any:
+    for _ in range(levels):
+        inner = [inner]
+    return inner
+
+
+def _nested(levels: int) -> Any:
+    """``levels`` lists, one inside the other, around 1."""
+    return _wrapped(levels, 1)
+
+
+_TOO_DEEP = "<unencodable: nested deeper than 100 levels>"
+
+
 # kind -> (make the value, the reason counted, what the server stores for it)
 KINDS: dict[str, tuple[Callable[[], Any], str, Any]] = {
     "cycle": (_cycle, "cycle", {"a": 1, "self": "<cycle: dict contains itself>"}),
+    "model_dump_cycle": (HoldsItself, "cycle",
+                         {"a": 1, "me": "<cycle: HoldsItself contains itself>"}),
     "lone_surrogate": (lambda: "ok \ud800 ok", "bad_string", "ok \ufffd ok"),
     "no_json_form": (BrokenStr, "unencodable",
                      "<unencodable BrokenStr: ValueError: no text either>"),
@@ -143,6 +175,29 @@ def test_a_value_we_cannot_encode_returns_the_users_value_and_stores_a_placehold
     assert (call["inputs"]["value"] if where == "input" else call["output"]) == stored
     after = sanitised(eng)
     assert {r: after[r] - before[r] for r in REASONS} == {r: int(r == reason) for r in REASONS}
+
+
+@pytest.mark.parametrize("api", APIS)
+@pytest.mark.parametrize("levels", [101, 257, 900])
+def test_a_value_nested_deeper_than_100_levels_is_cut_there_and_the_call_stored(
+        eng, server_url, api, levels):
+    """Nested 101 to ~990 levels, a value encodes, but engine serve refuses a body nested
+    past 256 levels (weave's server past 200): the call was dead-lettered for good. The
+    producer cuts it at 100 levels, the field's own included, as the sanitiser did only for
+    values that failed to encode, and counts it."""
+    name = f"values.deep.{levels}.{api}.{next(_names)}"
+    before = sanitised(eng)
+
+    output = _nested(levels)
+    assert traced(eng.producer(), api, name, {"value": _nested(levels)}, output) is output
+
+    delivered(eng)
+    (call,) = stored_calls(server_url, name)
+    assert call["inputs"]["value"] == _wrapped(99, _TOO_DEEP)  # inputs is the first level
+    assert call["output"] == _wrapped(100, _TOO_DEEP)
+    after = sanitised(eng)
+    assert {r: after[r] - before[r] for r in REASONS} == {r: 2 * (r == "unencodable")
+                                                          for r in REASONS}
 
 
 class Unprintable(Exception):
@@ -245,6 +300,8 @@ _MINUS_5 = dt.timezone(-dt.timedelta(hours=5))
 INVALID: dict[str, tuple[dict, str, dict, str, str]] = {
     "cycle": ({"inputs": {"v": _cycle()}}, "inputs['v']['self']",
               {"output": [_cycle()]}, "output[0]['self']", "cycle"),
+    "too_deep": ({"inputs": {"v": _nested(300)}}, "inputs['v']" + "[0]" * 99,
+                 {"output": _nested(300)}, "output" + "[0]" * 100, "unencodable"),
     "lone_surrogate": ({"inputs": {"v": "\udc80"}}, "inputs['v']",
                        {"output": "\udc80"}, "output", "bad_string"),
     "oversized": ({"inputs": {"v": "x" * MAX_REQUEST_BYTES}}, "inputs",
@@ -334,6 +391,41 @@ def test_an_item_that_is_not_json_is_dead_lettered_and_every_other_call_delivere
     letter = msgspec.json.decode(line)
     assert letter["call_id"] == starts[2].id and letter["item_invalid"] is True
     assert '"raw":{"a": NaN' in letter["item"]
+
+
+def test_an_item_nested_too_deep_to_decode_is_dead_lettered_and_every_other_call_delivered(
+        server_url, tmp_path):
+    """A record nested deeper than the sender can decode (as an engine wrote one before the
+    producer cut values at MAX_DEPTH; here put straight into the ring) is refused by the
+    server and dead-lettered as its text, and every call after it is delivered. Before:
+    writing its dead letter raised RecursionError, the sender died, was restarted on the
+    same record and died again; its ring filled and the user's loop blocked for good."""
+    dead_letters = tmp_path / "dead_letters.jsonl"
+    with engine.Engine(url=server_url, project=PROJECT, ring_bytes=1 << 20, linger_ms=5,
+                       on_full="raise", max_block_ms=20_000,
+                       dead_letter_path=str(dead_letters)) as eng:
+        tracer = eng.producer()
+        name = f"deep.{next(_names)}"
+        start = _start(op_name=name)
+        deep = CompletedCallSchemaForInsert(**msgspec.structs.asdict(start), ended_at=utcnow(),
+                                            summary={}, output="DEEP")
+        payload = msgspec.json.encode(deep).replace(b'"DEEP"', b"[" * 5000 + b"1" + b"]" * 5000)
+        with tracer.call(name, inputs={"i": -1}):  # the slot is claimed
+            pass
+        code = tracer._writer.raw_write(ring.KIND_COMPLETE, 0, deep.id, deep.trace_id,
+                                        PROJECT.encode(), payload, 0)
+        assert code in (ring.WRITTEN, ring.WRITTEN_RING)
+        for i in range(3000):  # 3 MiB through a ring of 1 MiB
+            with tracer.call(name, inputs={"i": i, "pad": "x" * 1000}):
+                pass
+        assert eng.flush(timeout_s=60) is False  # settled, one call dead-lettered
+        stats = eng.stats()
+        assert stats["dead_letters"] == stats["dead_invalid"] == 1
+        assert stats["sender_restarts"] == 0 and stats["producers"]["raised_full"] == 0
+    stored = stored_calls(server_url, name)
+    assert len(stored) == 3001 and deep.id not in {call["id"] for call in stored}
+    (letter,) = read_dead_letters(dead_letters)
+    assert letter.call_id == deep.id and letter.item_invalid and letter.item_json == payload
 
 
 def test_an_item_of_almost_max_request_bytes_is_delivered_through_a_ring_half_its_size(

@@ -111,7 +111,49 @@ def test_an_item_that_is_not_json_is_kept_as_its_text_flagged_and_logged(tmp_pat
     first, second = read_dead_letters(path)
     assert first.item_json == ITEM and not first.item_invalid
     assert second.item_invalid and second.item_json == bad.replace(b"\xff", b"\\xff")
-    assert "call c9: the item is not valid JSON" in caplog.text
+    assert "call c9: the item cannot be read as JSON" in caplog.text
+
+
+DEEP = b'{"id":"c7","inputs":{"v":' + b"[" * 5000 + b"1" + b"]" * 5000 + b"}}"  # past any stack
+
+
+@pytest.mark.parametrize("pretty", [False, True], ids=["compact", "pretty"])
+def test_an_item_nested_too_deep_to_decode_is_kept_as_its_text_flagged(tmp_path, caplog,
+                                                                        pretty):
+    # decoding it raised RecursionError in the sender, which died on it, was restarted on
+    # the same record and died again; its ring filled and the user's program blocked
+    path = tmp_path / "letters.jsonl"
+    item = DEEP.replace(b":", b": \n") if pretty else DEEP
+    with DeadLetters(path) as letters:
+        letters.add_batch(reason="422", status=422, route="/call/upsert_batch",
+                          items=[("c7", "ent/proj", item), ("c8", "ent/proj", ITEM)])
+    deep, good = read_dead_letters(path)
+    assert deep.item_invalid and deep.item_json == item and deep.call_id == "c7"
+    assert good.item_json == ITEM and not good.item_invalid
+    assert "call c7: the item cannot be read as JSON (nested too deep" in caplog.text
+
+
+def test_a_line_nested_too_deep_to_decode_is_set_aside_by_the_reader(tmp_path):
+    path = tmp_path / "letters.jsonl"
+    with DeadLetters(path) as letters:
+        add(letters, "a")
+    with open(path, "ab") as file:  # an item embedded as JSON by an engine that did not look
+        file.write(b'{"ts":"t","reason":"422","status":422,"call_id":"c7","route":"/r",'
+                   b'"project":"p","item":' + DEEP + b"}\n")
+    with DeadLetters(path) as letters:
+        add(letters, "b")
+    malformed = []
+    read = list(read_dead_letters(path, lambda number, line: malformed.append(number)))
+    assert [x.call_id for x in read] == ["a", "b"] and malformed == [2]
+
+
+def test_a_spooled_body_with_an_item_nested_too_deep_to_decode_splits_into_its_items():
+    from engine.sender._resend import describe, make_body, split_body
+
+    route = "/call/upsert_batch"
+    items = [ITEM, DEEP, b'{"s":"a,]}\\\"[{"}']
+    assert split_body(route, make_body(route, items)) == items
+    assert describe(route, DEEP) == (None, "")
 
 
 def test_reader_skips_a_torn_last_line(tmp_path):

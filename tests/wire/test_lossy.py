@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 import engine.producer._tracer  # noqa: F401  (registers the wire insert types' plans)
 from engine.native import _accel
 from engine.wire import _codec, _lossy
+from engine.wire._depth import MAX_VALUE_DEPTH
 from engine.wire.calls import EndedCallSchemaForInsert, StartedCallSchemaForInsert
 
 native = _accel.native
@@ -116,6 +117,44 @@ def test_an_end_with_nothing_to_count_counts_nothing():
                                    output={"a": [1, "null", None]}, summary={})
     c_bytes, c_counts, py_bytes, py_counts = both(end)
     assert c_bytes == py_bytes and c_counts == py_counts == (0, 0)
+
+
+def _nest(levels: int) -> object:
+    value: object = 1
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+OUTERMOST = {  # a value of so many levels whose outermost container is of this kind
+    "list": _nest,
+    "tuple": lambda levels: (_nest(levels - 1),),
+    "dict": lambda levels: {"k": _nest(levels - 1)},
+    "int_keys": lambda levels: {1: _nest(levels - 1)},  # msgspec's whole
+    "dataclass": lambda levels: Holder(_nest(levels - 1)),  # msgspec's, as an object
+}
+
+
+@pytest.mark.parametrize("outermost", list(OUTERMOST))
+def test_a_value_past_max_value_depth_is_refused_alike_and_one_at_it_written(outermost):
+    # engine serve refuses a body nested past 256 levels, weave's server past 200: an item
+    # nested 101 to ~990 levels encoded, and was refused there for good
+    assert native.MAX_VALUE_DEPTH == MAX_VALUE_DEPTH
+    make = OUTERMOST[outermost]
+    at_limit = _start({"v": make(MAX_VALUE_DEPTH - 1)})  # inputs is the first level
+    c_bytes, _, py_bytes, _ = both(at_limit)
+    assert c_bytes == py_bytes == msgspec.json.encode(at_limit)
+    c_error, _, py_error, _ = both(_start({"v": make(MAX_VALUE_DEPTH)}))
+    refused = f"ValueError: a value is nested deeper than {MAX_VALUE_DEPTH} levels"
+    assert c_error == py_error == refused
+
+
+def test_a_raws_own_levels_are_its_writers_and_not_counted():
+    # engine relay and engine ingest write what they received as Raw values, checked
+    # against the server's limit (256 levels in a body) themselves
+    item = _start({"v": msgspec.Raw(msgspec.json.encode(_nest(200)))})
+    c_bytes, _, py_bytes, _ = both(item)
+    assert c_bytes == py_bytes == msgspec.json.encode(item)
 
 
 leaves = (st.floats(allow_nan=True, allow_infinity=True) | st.none() | st.integers()
