@@ -67,7 +67,11 @@ def check_env(environ: dict[str, str] | os._Environ = os.environ) -> None:
 
 
 def level_from_env(default: str = "WARNING") -> str:
-    return os.environ.get(_env.LOG_LEVEL, default).strip().upper() or default
+    """``ENGINE_LOG_LEVEL``, else ``default`` -- also for a value these lines do not know:
+    the sender process must start whatever its owner's environment holds (the ``engine``
+    command and ``Engine()`` refuse a typo first: :func:`check_env`)."""
+    level = os.environ.get(_env.LOG_LEVEL, "").strip().lower()
+    return level.upper() if level in LEVELS else default
 
 
 def setup(log_format: str | None = None, level: str | None = None) -> None:

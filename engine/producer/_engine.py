@@ -25,6 +25,7 @@ from typing import Any
 import msgspec
 
 from engine import ring
+from engine.common import _logging
 from engine.common._config import (
     SIGTERM_TIMEOUT_S,
     EngineConfig,
@@ -68,6 +69,7 @@ class Engine:
     def __init__(self, url: str | None = None, project: str | None = None, *,
                  config_file: str | None = None, **config: Any) -> None:
         self.config: EngineConfig = load_config(config_file, url=url, project=project, **config)
+        _logging.check_env()  # the sender logs with them: a typo is said here, not in a loop
         if not self.config.project:
             raise ConfigError("project", 'required, e.g. Engine(project="entity/project")')
         if self.config.start_sender and self.config.spool_dir:

@@ -147,3 +147,21 @@ def test_a_tracers_flush_is_false_when_an_item_was_dead_lettered(tmp_path):
         server.reject_ids = frozenset({bad.id})
         assert tracer.settle(timeout_s=30)  # released, dead-lettered: settled all the same
         assert eng.stats()["dead_letters"] == 2
+
+
+def test_a_log_level_the_sender_would_fail_on_is_refused_when_the_engine_starts(tmp_path,
+                                                                              monkeypatch):
+    """The sender set its logging from ENGINE_LOG_LEVEL and died on a typo, was restarted,
+    died again: nothing delivered. Engine() now says it; a sender given one anyway (an
+    older owner's) logs at its default level."""
+    from engine.common import _logging
+    from engine.common._errors import ConfigError
+    from engine.producer._engine import Engine
+
+    monkeypatch.setenv("ENGINE_LOG_LEVEL", "verbose")
+    with pytest.raises(ConfigError, match="ENGINE_LOG_LEVEL='verbose' is not one of debug"):
+        Engine(url="http://127.0.0.1:9", project="ops/silence",
+               dead_letter_path=str(tmp_path / "dead.jsonl"))
+    assert _logging.level_from_env() == "WARNING"
+    monkeypatch.setenv("ENGINE_LOG_LEVEL", "Info")
+    assert _logging.level_from_env() == "INFO"
