@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from collections import OrderedDict
 from datetime import datetime
@@ -55,18 +56,40 @@ def run(args: argparse.Namespace) -> int:
     newest = reader.newest(window, query)
     seen: OrderedDict[str, str] = OrderedDict((c["id"], status_of(c)) for c in newest[args.limit:])
     _emit(reversed(newest[:args.limit]), seen, args.json)
+    if not newest:  # said on stderr: the output stays the calls alone
+        print(f"engine calls: no calls in {args.project}" + (" match" if query else "")
+              + (" yet; following" if args.follow else ""), file=sys.stderr, flush=True)
     try:
         while args.follow:
             time.sleep(args.interval_s)  # the poll period
-            _emit(reversed(reader.newest(_FOLLOW_WINDOW, query)), seen, args.json)
+            _follow_once(reader, query, seen, args.json)
     except KeyboardInterrupt:
         return 0
     return 0
 
 
+def _follow_once(reader: CallReader, query: dict[str, Any] | None,
+                 seen: OrderedDict[str, str], as_json: bool) -> None:
+    """One poll; a server that stops answering (restarted, upgraded) is said once and
+    polled again until it is back, instead of ending the follow."""
+    try:
+        calls = reader.newest(_FOLLOW_WINDOW, query)
+    except _probe.Unreachable as exc:
+        if not reader.lost:
+            print(f"engine calls: {exc}; polling until it answers again", file=sys.stderr,
+                  flush=True)
+        reader.lost = True
+        return
+    if reader.lost:
+        print("engine calls: the server answers again", file=sys.stderr, flush=True)
+        reader.lost = False
+    _emit(reversed(calls), seen, as_json)
+
+
 class CallReader:
     def __init__(self, url: str, project_id: str, api_key: str | None) -> None:
         self.url, self.project_id, self.api_key = url, project_id, api_key
+        self.lost = False  # while following: the last poll got no answer
 
     def newest(self, limit: int, query: dict[str, Any] | None) -> list[dict[str, Any]]:
         body: dict[str, Any] = {"project_id": self.project_id, "limit": limit,

@@ -86,6 +86,30 @@ def test_calls_follow_prints_new_calls_as_they_arrive(server):
     assert code == 0
 
 
+def test_calls_follow_outlives_a_server_restart_and_says_so(tmp_path):
+    """It ended at the first poll the restarting server did not answer (exit 1)."""
+    with serve_subprocess(tmp_path / "t.db") as url:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "engine", "calls", "--project", PROJECT, "--url", url,
+             "--follow", "--interval-s", "0.1", "--json"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+        assert "no calls in ops/calls yet; following" in proc.stderr.readline()
+    try:
+        assert "polling until it answers again" in proc.stderr.readline()
+        port = url.rsplit(":", 1)[1]
+        with serve_subprocess(tmp_path / "t.db", flags=("--port", port)) as again:
+            assert again == url
+            assert proc.stderr.readline().strip() == "engine calls: the server answers again"
+            _trace(url, 200, 1)
+            assert json.loads(proc.stdout.readline())["inputs"]["i"] == 200
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(30)
+        proc.stdout.close()
+        proc.stderr.close()
+    assert code == 0
+
+
 @pytest.mark.parametrize("command", [["calls", "--project", PROJECT, "--url"], ["doctor"]])
 def test_a_reader_that_stops_early_ends_the_command_quietly(server, command):
     """``engine calls ... | head -1``: once the reader is gone, exit 141 (128 + SIGPIPE, as
