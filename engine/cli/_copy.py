@@ -103,6 +103,11 @@ class Copied:
 
 
 def run(args: argparse.Namespace) -> int:
+    with _args.sigterm_interrupts():  # one line and 143, as Ctrl-C's; run again to resume
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from engine.client import RemoteHTTPTraceServer
 
     if args.source.rstrip("/") == args.target.rstrip("/"):

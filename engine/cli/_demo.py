@@ -136,7 +136,8 @@ def add(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    return run_demo(args.processes, args.examples, args.db, args.compression)
+    with _args.sigterm_interrupts():  # `timeout`, a scheduler: stops as Ctrl-C does
+        return run_demo(args.processes, args.examples, args.db, args.compression)
 
 
 def run_demo(processes: int = 2, examples: int = 5000, db_path: str | None = None,

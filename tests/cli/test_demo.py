@@ -78,3 +78,25 @@ def test_a_store_the_server_refuses_is_one_line_each(tmp_path):
     assert serve_line.startswith("engine: error: serve: ") and str(junk) in serve_line
     assert demo_line.startswith("engine: error: demo: the local trace server did not start")
     assert "exited with status 1" in demo_line and "unexpected" not in demo_line
+
+
+def test_sigterm_stops_it_as_ctrl_c_does(tmp_path):
+    """`timeout`, a scheduler: SIGTERM to the demo alone. It died by the signal, leaving its
+    temporary folder (and its workers until they saw their parent gone)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine", "demo", "--processes", "2", "--examples", "1000000"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(tmp_path))
+    try:
+        proc.stdout.readline()
+        url = proc.stdout.readline().split("listening on ")[1].strip()
+        assert wait_until(lambda: _stored(url) > 0, 60)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err and err.splitlines()[-1] == "engine: terminated (SIGTERM)", err
+    assert list(tmp_path.glob("engine-demo-*")) == []
+    assert wait_until(lambda: _refused(url), 30)
