@@ -107,6 +107,13 @@ def pid(text: str) -> int:
     return value
 
 
+def host(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty: name an address to bind, e.g. 127.0.0.1 "
+                                         "(this machine only) or 0.0.0.0 (every interface)")
+    return text.strip()
+
+
 def host_port(text: str) -> tuple[str, int]:
     host, sep, number = text.rpartition(":")
     if not sep:

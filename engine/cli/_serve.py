@@ -21,7 +21,8 @@ def add(subparsers: argparse._SubParsersAction) -> None:
     serve = _args.add_command(subparsers, "serve", "run the local trace server",
                               "Run the local trace server; its trace browser is at its URL.")
     serve.add_argument("--db", default=None, help=f"SQLite file (default {default_db_path()})")
-    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--host", type=_args.host, default="127.0.0.1",
+                       help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=_args.port, default=6345,
                        help="port to bind (default 6345); 0 picks a free one")
     serve.add_argument(

@@ -40,6 +40,7 @@ def _toml(tmp_path, text: str) -> str:
 USAGE_CASES = {
     "port_out_of_range": (["serve", "--port", "99999"], {}, ["--port", "99999", "1-65535"]),
     "port_not_a_number": (["serve", "--port", "http"], {}, ["--port", "integer"]),
+    "host_empty": (["serve", "--host", ""], {}, ["--host", "is empty", "127.0.0.1"]),
     "listen_without_port": (["relay", "--listen", "localhost"], {}, ["HOST:PORT"]),
     "listen_port_out_of_range": (["relay", "--listen", "127.0.0.1:70000"], {}, ["70000"]),
     "upstream_not_http": (["relay", "--upstream", "ftp://x"], {}, ["ftp://x", "http(s)"]),
