@@ -88,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
     except sqlite3.Error as exc:
         raise CommandFailed(f"serve: cannot use the database {args.db or 'at the default path'}: "
                             f"{exc} (is it an SQLite file written by engine serve?)") from exc
+    except BrokenPipeError:
+        raise  # its stdout's reader is gone (a parent that died): ends quietly, not "cannot listen"
     except OSError as exc:
         if new_db:  # it made the file, then could not listen: leave nothing behind
             _remove_store(db_path)

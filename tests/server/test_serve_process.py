@@ -112,8 +112,9 @@ def test_a_server_child_stops_once_its_parent_is_killed(tmp_path):
     from engine.ring._files import process_start_ticks
     from tests.relay.harness import wait_until
 
+    errors = (tmp_path / "stderr").open("w")  # the server's too: it inherits its parent's
     parent = subprocess.Popen([sys.executable, "-c", _PARENT, str(tmp_path / "t.db")],
-                              stdout=subprocess.PIPE, text=True)
+                              stdout=subprocess.PIPE, stderr=errors, text=True)
     try:
         pid = int(parent.stdout.readline().split()[0])
     finally:
@@ -122,4 +123,7 @@ def test_a_server_child_stops_once_its_parent_is_killed(tmp_path):
     gone = wait_until(lambda: process_start_ticks(pid) is None, 30)
     if not gone:
         os.kill(pid, signal.SIGKILL)
+    errors.close()
     assert gone
+    # its last line to the dead parent's pipe was said as "cannot listen on ...: Broken pipe"
+    assert "error" not in (tmp_path / "stderr").read_text()
