@@ -140,6 +140,16 @@ else:
     CallHandle = _PyCallHandle  # type: ignore[misc,assignment]
 
 
+def check_call_arguments(op_name: Any, inputs: Any, attributes: Any, display_name: Any,
+                         project: Any) -> None:
+    """Raise the :class:`TypeError` the handles raise for a wrong-typed ``tracer.call``
+    argument (for call handles of other tracers: Ray's)."""
+    if not (isinstance(op_name, str) and isinstance(inputs, dict)
+            and isinstance(attributes, dict) and isinstance(project, str)
+            and (display_name is None or isinstance(display_name, str))):
+        raise _wrong_type(op_name, inputs, attributes, display_name, project)
+
+
 def _wrong_type(op_name: Any, inputs: Any, attributes: Any, display_name: Any,
                 project: Any) -> TypeError:
     """The error for a wrong-typed argument of ``tracer.call``: the caller's mistake, raised

@@ -170,6 +170,29 @@ class Scorer:
         return ray.get_runtime_context().get_node_id()
 
 
+@ray.remote
+def call_with_inputs(tracer, inputs) -> str:
+    """tracer.call with whatever ``inputs`` is; the error's text if it raised."""
+    try:
+        with tracer.call("checked", inputs=inputs):
+            pass
+    except TypeError as exc:
+        return str(exc)
+    return "traced"
+
+
+class _Scores:
+    """Ops above @classmethod / @staticmethod (wrapped in the test, with its tracer)."""
+
+    @classmethod
+    def cls_score(cls, i: int) -> int:
+        return i + 10
+
+    @staticmethod
+    def static_score(i: int) -> int:
+        return i + 20
+
+
 # -- the tests -------------------------------------------------------------------------------
 
 
@@ -377,3 +400,20 @@ def test_a_node_that_goes_away_delivers_what_its_engine_held(make_engine, server
         (stats,) = eng.node_stats().values()
     cluster.remove_node(node)
     assert len(wait_stored(server, 10)) == 10
+
+
+def test_a_wrong_typed_argument_in_a_task_raises_there_and_ops_keep_their_descriptor(
+        make_engine, server):
+    """As the node-local tracer's calls: a task's call with inputs=[...] was written and
+    refused by the server for good; an op above @classmethod raised TypeError."""
+    eng = make_engine()
+    tracer = eng.producer()
+    assert ray.get(call_with_inputs.remote(tracer, [1, 2]), timeout=60) == (
+        "tracer.call: inputs must be a dict of argument name to value, not list")
+    assert ray.get(call_with_inputs.remote(tracer, {"i": 1}), timeout=60) == "traced"
+    _Scores.cls_score = tracer.op(_Scores.__dict__["cls_score"])
+    _Scores.static_score = tracer.op(_Scores.__dict__["static_score"])
+    assert _Scores.cls_score(1) == 11 and _Scores().static_score(2) == 22
+    assert eng.flush(timeout_s=60)
+    ops = sorted(c["op_name"] for c in stored_calls(server))
+    assert ops == ["_Scores.cls_score", "_Scores.static_score", "checked"]

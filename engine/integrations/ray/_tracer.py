@@ -28,7 +28,13 @@ import msgspec
 import ray
 
 from engine.integrations.ray import _nodes
-from engine.producer._handle import CallHandle, _current, _describe, current_call
+from engine.producer._handle import (
+    CallHandle,
+    _current,
+    _describe,
+    check_call_arguments,
+    current_call,
+)
 from engine.producer._nested import ParentCall, current_parent
 from engine.producer._ops import inputs_of
 from engine.producer._tracer import Tracer
@@ -146,7 +152,9 @@ class ClusterTracer:
         if task_id is None:
             return self.local().call(op_name, inputs, attributes=attributes,
                                      display_name=display_name, project=project)
-        return TaskCall(self, task_id, op_name, inputs or {}, attributes or {}, display_name,
+        inputs, attributes = inputs or {}, attributes or {}
+        check_call_arguments(op_name, inputs, attributes, display_name, project or self.project)
+        return TaskCall(self, task_id, op_name, inputs, attributes, display_name,
                         project or self.project)
 
     def op(self, fn: Callable[..., Any] | None = None, *, name: str | None = None) -> Any:
@@ -272,6 +280,8 @@ class TaskCall:
 
 
 def _wrap_op(tracer: ClusterTracer, fn: Callable[..., Any], op_name: str) -> Callable[..., Any]:
+    if isinstance(fn, (classmethod, staticmethod)):  # above the decorator: still one of them
+        return type(fn)(_wrap_op(tracer, fn.__func__, op_name))
     inputs_of_call = inputs_of(fn)
 
     if inspect.iscoroutinefunction(fn):
