@@ -98,13 +98,8 @@ def _reach(url: str, api_key: str | None, checks: list[Check]) -> dict | None:
 
 
 def _reason(answer: _probe.Answer) -> str:
-    """The server's reason for a refusal, on one line (weave's servers: {"reason": ...})."""
-    try:
-        reason = json.loads(answer.body).get("reason")
-    except (ValueError, AttributeError):
-        reason = None
-    text = reason if isinstance(reason, str) else answer.body[:200].decode("utf-8", "replace")
-    return " ".join(text.split()) or "no reason given"
+    """The server's reason for a refusal, on one line."""
+    return " ".join(reason_of(answer.body).split()) or "no reason given"
 
 
 def _project(args: argparse.Namespace) -> str:

@@ -35,10 +35,7 @@ class _PyCallHandle:
 
     def __init__(self, tracer: Tracer, op_name: str, inputs: dict[str, Any],
                  attributes: dict[str, Any], display_name: str | None, project: str) -> None:
-        if not (isinstance(op_name, str) and isinstance(inputs, dict)
-                and isinstance(attributes, dict) and isinstance(project, str)
-                and (display_name is None or isinstance(display_name, str))):
-            raise _wrong_type(op_name, inputs, attributes, display_name, project)
+        check_call_arguments(op_name, inputs, attributes, display_name, project)
         self._tracer = tracer
         self.op_name = op_name
         self.inputs = inputs
@@ -142,8 +139,8 @@ else:
 
 def check_call_arguments(op_name: Any, inputs: Any, attributes: Any, display_name: Any,
                          project: Any) -> None:
-    """Raise the :class:`TypeError` the handles raise for a wrong-typed ``tracer.call``
-    argument (for call handles of other tracers: Ray's)."""
+    """Raise :class:`TypeError` naming a wrong-typed ``tracer.call`` argument: the Python
+    handle's check, and Ray's task calls' (the C handle makes the same one)."""
     if not (isinstance(op_name, str) and isinstance(inputs, dict)
             and isinstance(attributes, dict) and isinstance(project, str)
             and (display_name is None or isinstance(display_name, str))):

@@ -135,7 +135,7 @@ def _wrap_generator(tracer: Tracer, fn: Callable[..., Any], op_name: str,
 
 def _wrap_async_generator(tracer: Tracer, fn: Callable[..., Any], op_name: str,
                           inputs_of_call: Callable[[tuple, dict], dict[str, Any]],
-                    project: str) -> Callable[..., Any]:
+                          project: str) -> Callable[..., Any]:
     @functools.wraps(fn)
     async def traced_async_generator(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
         call = _Stream(tracer, op_name, inputs_of_call(args, kwargs), project)
