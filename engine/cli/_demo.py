@@ -77,6 +77,9 @@ def _worker_main(tracer: Tracer, worker: int, examples: int) -> None:
     try:
         run_worker(tracer, worker, examples)
     except KeyboardInterrupt:  # Ctrl-C reaches every process of the group: the demo says it once
+        # and the demo's own SIGINT to workers still running may follow: it must not land in
+        # multiprocessing's exit (a second KeyboardInterrupt there printed its traceback)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         sys.exit(_EXIT_INTERRUPTED)
 
 
