@@ -7,6 +7,7 @@ import os
 import random
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -118,17 +119,25 @@ def _brief_error(exc: BaseException) -> str:
 
 
 NO_FORM = object()
+# msgspec writes their exact instances (and enums) itself; weave writes an instance of a
+# subclass (``class Score(float)``) as its value too, not as its str()
+_BASES = (int, float, str)
 
 
-def data_form(obj: Any) -> Any:
+def data_form(obj: Any, fallback: Callable[[Any], Any] | None = None) -> Any:
     """The plain data of a value msgspec does not encode itself, where its type defines
-    one: a pydantic model (an OpenAI or Anthropic SDK response, a structured output) as
-    ``model_dump(mode="json")`` (pydantic 1: ``dict()``), a numpy array or scalar as
-    ``tolist()``. ``NO_FORM`` for anything else, or when that conversion fails."""
+    one: a subclass of int, float or str as its value (the base's own, whatever the
+    subclass overrides), a pydantic model (an OpenAI or Anthropic SDK response, a structured
+    output) as ``model_dump(mode="json")`` (pydantic 1: ``dict()``), a numpy array or scalar
+    as ``tolist()``. ``fallback``: what a model's field with no JSON form becomes (its
+    ``arbitrary_types_allowed`` field: the rest of the model is kept). ``NO_FORM`` for
+    anything else, or when that conversion fails."""
     cls = type(obj)
     try:
+        if isinstance(obj, _BASES) and cls is not bool:  # a bool here is a dict key: str()
+            return _base_value(obj)
         if callable(getattr(cls, "model_dump", None)):
-            return obj.model_dump(mode="json")
+            return _model_data(obj, fallback)
         if cls.__module__ == "numpy" and callable(getattr(cls, "tolist", None)):
             return obj.tolist()
         if callable(getattr(cls, "dict", None)) and hasattr(cls, "__fields__"):  # pydantic 1
@@ -138,8 +147,25 @@ def data_form(obj: Any) -> Any:
     return NO_FORM
 
 
+def _base_value(obj: int | float | str) -> int | float | str:
+    if isinstance(obj, int):
+        return int.__int__(obj)
+    return float.__float__(obj) if isinstance(obj, float) else str.__str__(obj)
+
+
+def _model_data(model: Any, fallback: Callable[[Any], Any] | None) -> Any:
+    try:
+        return model.model_dump(mode="json")
+    except Exception:
+        if fallback is None:
+            raise
+    # pydantic calls fallback for each value it has no JSON form for (pydantic >= 2.11;
+    # an older one raises TypeError here, and the model is written as its str())
+    return model.model_dump(mode="json", fallback=fallback)
+
+
 def _str_or_placeholder(obj: Any) -> Any:
-    form = data_form(obj)
+    form = data_form(obj, _str_or_placeholder)
     if form is not NO_FORM:
         return form
     try:
@@ -150,11 +176,15 @@ def _str_or_placeholder(obj: Any) -> Any:
 
 def _producer_hook(obj: Any) -> Any:
     """The producer's lenient fallback, as the real client does: a value whose type has a
-    data form (:func:`data_form`) is written as that data; other unknown objects become
-    their str(), counted; one whose str() fails too, a placeholder saying so."""
-    form = data_form(obj)
+    data form (:func:`data_form`) is written as that data, a model's fields with no JSON
+    form as their str(), counted; other unknown objects become their str(), counted; one
+    whose str() fails too, a placeholder saying so."""
+    counted = Stringified.count, Stringified.unencodable
+    form = data_form(obj, _producer_hook)
     if form is not NO_FORM:
         return form
+    # a model whose dump failed after some of its fields were counted: it is counted alone
+    Stringified.count, Stringified.unencodable = counted
     try:
         text = str(obj)
     except Exception as exc:

@@ -145,6 +145,64 @@ def test_unencodable_values_are_stringified_and_counted(eng):
     assert eng.stats()["producers"]["stringified"] == 1
 
 
+def test_subclasses_of_int_float_and_str_are_written_as_their_values_as_weave_does(eng):
+    """msgspec writes only their exact types (and enums) itself: an int subclass was stored
+    "3" and counted stringified, a NaN float subclass "nan" (weave 0.54 stores 3 and null)."""
+    import enum
+
+    class Count(int):
+        def __str__(self) -> str:
+            return "three"
+
+    class Score(float):
+        pass
+
+    class Label(str):
+        pass
+
+    class Level(enum.IntEnum):
+        HIGH = 3
+
+    class Mode(enum.StrEnum):
+        FAST = "fast"
+
+    tracer = eng.producer()
+    with tracer.call("op", inputs={"n": Count(3), "f": Score(0.5), "nan": Score("nan"),
+                                   "s": Label("x"), "level": Level.HIGH, "mode": Mode.FAST,
+                                   "keys": {Count(2): "two"}}) as call:
+        call.output = [Score(1e300), Count(2**70)]
+    start, end = decoded(drain(eng))
+    assert start["inputs"] == {"n": 3, "f": 0.5, "nan": None, "s": "x", "level": 3,
+                               "mode": "fast", "keys": {"2": "two"}}
+    assert end["output"] == [1e300, 2**70]
+    producers = eng.stats()["producers"]
+    assert (producers["stringified"], producers["sanitised_nonfinite"]) == (0, 1)
+
+
+def test_a_model_with_a_field_of_no_json_form_keeps_its_other_fields(eng):
+    """A pydantic model with an ``arbitrary_types_allowed`` field was stored as its str()
+    whole; now its fields, that one's value as its str(), counted once."""
+    import pydantic
+
+    class Opaque:
+        def __str__(self) -> str:
+            return "<opaque>"
+
+    class Result(pydantic.BaseModel):
+        model_config = pydantic.ConfigDict(arbitrary_types_allowed=True)
+        score: float
+        at: dt.datetime
+        handle: Opaque
+
+    when = dt.datetime(2026, 1, 2, tzinfo=dt.timezone.utc)
+    tracer = eng.producer()
+    with tracer.call("op", inputs={"r": Result(score=0.5, at=when, handle=Opaque())}):
+        pass
+    start, _ = decoded(drain(eng))
+    assert start["inputs"] == {"r": {"score": 0.5, "at": "2026-01-02T00:00:00Z",
+                                     "handle": "<opaque>"}}
+    assert eng.stats()["producers"]["stringified"] == 1
+
 def test_pydantic_models_and_numpy_values_are_written_as_their_data_not_their_str(eng):
     """An OpenAI/Anthropic SDK response or a structured output is a pydantic model, and
     scores are often numpy values: written as data (model_dump / tolist), not counted as
