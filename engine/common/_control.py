@@ -70,7 +70,7 @@ SLOT_FIELDS = (
     "dropped_full", "raised_full", "too_large", "stringified", "blocked_ms",
     # values the producer replaced or wrote in another form (engine/producer/_sanitise.py)
     "sanitised_cycle", "sanitised_bad_string", "sanitised_unencodable", "sanitised_oversized",
-    "sanitised_nonfinite", "sanitised_bytes", "sanitised_timestamp",
+    "sanitised_nonfinite", "sanitised_bytes", "sanitised_timestamp", "sanitised_duplicate_key",
     # calls an op wrapper dropped because even their sanitised copy could not be written
     "wrapper_dropped",
 )

@@ -13,8 +13,9 @@
  * Every other value, at any depth, is handed to msgspec (the caller's encoder.encode):
  * its enc_hook, errors and formats stay msgspec's own, except a NaN/inf Decimal, written
  * null (msgspec would write NaN, not JSON). A dict with a key that is not an exact str goes
- * to msgspec whole, so nothing in it is encoded twice. NaN/inf and bytes-like values met on
- * the way are counted (take_counts); engine/wire/_lossy.py counts the same ones without C.
+ * to msgspec whole, so nothing in it is encoded twice, after _lossy.unique_keys made keys
+ * msgspec writes as the same text one. NaN/inf and bytes-like values met on the way are
+ * counted (take_counts); engine/wire/_lossy.py counts the same ones without C.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -335,10 +336,11 @@ static int check_levels(Ctx *ctx, const char *p, size_t n) {
 }
 
 /* Values written in another form since take_counts() last ran in this thread: NaN/inf as
- * null, bytes-like as base64 (msgspec's form); the producer adds them to its slot's
- * counters after each write, or drops them with an item not written. Per thread: threads
- * writing at once (the GIL passes between a write and its settling) keep their own. */
-enum { NOTED_NONFINITE, NOTED_BYTES, NOTED_KINDS };
+ * null, bytes-like as base64 (msgspec's form), values of a key msgspec would write twice
+ * dropped (put_keyed_dict); the producer adds them to its slot's counters after each
+ * write, or drops them with an item not written. Per thread: threads writing at once (the
+ * GIL passes between a write and its settling) keep their own. */
+enum { NOTED_NONFINITE, NOTED_BYTES, NOTED_DUPLICATE_KEY, NOTED_KINDS };
 static _Thread_local Py_ssize_t noted_counts[NOTED_KINDS];
 static PyObject *decimal_type;  /* decimal.Decimal: a NaN/inf one is written null */
 static PyObject *raw_type;      /* msgspec.Raw: JSON text msgspec checked, written as it is */
@@ -365,6 +367,38 @@ static int put_fallback(Ctx *ctx, PyObject *obj) {
     int r = check_levels(ctx, PyBytes_AS_STRING(bytes), n);
     if (r == 0) r = put_bytes(ctx->b, PyBytes_AS_STRING(bytes), n);
     Py_DECREF(bytes);
+    return r;
+}
+
+static PyObject *unique_keys;  /* engine.wire._lossy.unique_keys, imported at first use */
+
+/* A dict with a key that is not an exact str, written by msgspec whole once the entries
+ * whose keys it would write as the same text (1 and "1") are made one: unique_keys gives
+ * (the dict itself when there are none, or a copy; the values dropped), counted here. */
+static int put_keyed_dict(Ctx *ctx, PyObject *obj) {
+    if (unique_keys == NULL) {
+        PyObject *lossy = PyImport_ImportModule("engine.wire._lossy");
+        if (lossy == NULL) return -1;
+        unique_keys = PyObject_GetAttrString(lossy, "unique_keys");
+        Py_DECREF(lossy);
+        if (unique_keys == NULL) return -1;
+    }
+    if (ctx->b->borrowed && jbuf_grow(ctx->b, 0) < 0) return -1;
+    ctx->callouts++;
+    PyObject *result = PyObject_CallFunction(unique_keys, "Oi", obj, MAX_VALUE_DEPTH);
+    if (result == NULL) return -1;
+    Py_ssize_t dropped;
+    PyObject *merged;
+    if (!PyArg_ParseTuple(result, "On", &merged, &dropped)) {
+        Py_DECREF(result);
+        return -1;
+    }
+    if (dropped > 0) {
+        noted_counts[NOTED_DUPLICATE_KEY] += dropped;
+        ctx->noted += (size_t)dropped;
+    }
+    int r = put_fallback(ctx, merged);
+    Py_DECREF(result);
     return r;
 }
 
@@ -457,7 +491,7 @@ static int put_dict(Ctx *ctx, PyObject *obj) {
     while (PyDict_Next(obj, &pos, &key, &val)) {
         if (!PyUnicode_CheckExact(key)) {  /* msgspec's whole: its levels counted from ours */
             ctx->depth--;
-            int r = put_fallback(ctx, obj);
+            int r = put_keyed_dict(ctx, obj);
             ctx->depth++;
             return r;
         }
@@ -671,11 +705,12 @@ int json_is_utc_datetime(PyObject *obj) {
            PyDateTime_DATE_GET_TZINFO(obj) == PyDateTime_TimeZone_UTC;
 }
 
-/* take_counts() -> (nonfinite, bytes): what the encoder wrote in another form in this
- * thread since the last call (then zero) */
+/* take_counts() -> (nonfinite, bytes, duplicate_key): what the encoder wrote in another
+ * form in this thread since the last call (then zero) */
 PyObject *native_take_counts(PyObject *self, PyObject *unused) {
-    PyObject *counts = Py_BuildValue("(nn)", noted_counts[NOTED_NONFINITE],
-                                     noted_counts[NOTED_BYTES]);
+    PyObject *counts = Py_BuildValue("(nnn)", noted_counts[NOTED_NONFINITE],
+                                     noted_counts[NOTED_BYTES],
+                                     noted_counts[NOTED_DUPLICATE_KEY]);
     if (counts != NULL) memset(noted_counts, 0, sizeof noted_counts);
     return counts;
 }

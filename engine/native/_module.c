@@ -61,8 +61,8 @@ static PyMethodDef native_methods[] = {
      "(the ContextVar of the current call; exception -> text; what to do when a write "
      "raised)."},
     {"take_counts", native_take_counts, METH_NOARGS,
-     "take_counts() -> (nonfinite, bytes): values the encoder wrote in another form since "
-     "the last call (then zero)."},
+     "take_counts() -> (nonfinite, bytes, duplicate_key): values the encoder wrote in "
+     "another form, or dropped with a key written twice, since the last call (then zero)."},
     {"call_dict_fields", native_call_dict_fields, METH_VARARGS,
      "call_dict_fields(start_fields, end_fields): (name, kind, required, id) per field, so "
      "RingWriter.call_start / call_end take dicts of those types too."},

@@ -22,8 +22,11 @@ Reasons (the ``sanitised_<reason>`` counters of ``stats()["producers"]``):
 - ``timestamp``: a naive or out-of-range ``started_at`` / ``ended_at``, taken as UTC or
   replaced by the time it was seen.
 
-``nonfinite`` (NaN/inf written as null) and ``bytes`` (written as base64) are counted by the
-encoder itself, on every path: those values encode, as msgspec writes them.
+``nonfinite`` (NaN/inf written as null), ``bytes`` (written as base64) and ``duplicate_key``
+(of the entries of a dict whose keys are written as the same text, ``{1: "a", "1": "b"}``,
+one is written: the last one's value, at the first one's place) are counted by the encoder
+itself, on every path: those values encode. A sanitised copy's dicts have str keys: the
+walk merges and counts them.
 """
 
 from __future__ import annotations
@@ -57,7 +60,8 @@ def _probe_hook(obj: Any) -> str:
 
 _probe = msgspec.json.Encoder(enc_hook=_probe_hook, decimal_format="number")
 
-REASONS = ("cycle", "bad_string", "unencodable", "oversized", "nonfinite", "bytes", "timestamp")
+REASONS = ("cycle", "bad_string", "unencodable", "oversized", "nonfinite", "bytes", "timestamp",
+           "duplicate_key")
 MAX_DEPTH = MAX_VALUE_DEPTH
 _VALUE_FIELDS = ("inputs", "attributes", "output", "summary", "otel_dump", "exception",
                  "op_name", "display_name")  # fmt: skip
@@ -145,16 +149,18 @@ class _Walk:
             self._active.discard(id(value))
 
     def mapping(self, value: dict, path: str, depth: int) -> dict:
-        out = {}
         other_keys = any(type(key) is not str for key in value)
+        # keys written as the same text: the last one's value at the first one's place, as
+        # the encoders write it (engine/wire/_lossy.py unique_keys)
+        entries = {self.key(key, path): item for key, item in list(value.items())}
+        if len(entries) < len(value) and not self.stop_at_first:
+            self.counts["duplicate_key"] += len(value) - len(entries)
         self._other_keys += other_keys
         try:
-            for key, item in list(value.items()):
-                key_text = self.key(key, path)
-                out[key_text] = self.value(item, f"{path}[{key_text!r}]", depth + 1)
+            return {key_text: self.value(item, f"{path}[{key_text!r}]", depth + 1)
+                    for key_text, item in entries.items()}
         finally:
             self._other_keys -= other_keys
-        return out
 
     def key(self, key: Any, path: str) -> str:
         if isinstance(key, str):

@@ -7,13 +7,13 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import msgspec
 
 from engine.native._accel import native as _native
 from engine.wire import _lossy
+from engine.wire._forms import NO_FORM, brief_error, data_form, str_or_placeholder
 
 UTC = _dt.timezone.utc
 
@@ -110,70 +110,6 @@ class _StringifiedCounts(threading.local):
 Stringified = _StringifiedCounts()
 
 
-def _brief_error(exc: BaseException) -> str:
-    try:
-        text = str(exc)
-    except Exception:
-        text = ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-NO_FORM = object()
-# msgspec writes their exact instances (and enums) itself; weave writes an instance of a
-# subclass (``class Score(float)``) as its value too, not as its str()
-_BASES = (int, float, str)
-
-
-def data_form(obj: Any, fallback: Callable[[Any], Any] | None = None) -> Any:
-    """The plain data of a value msgspec does not encode itself, where its type defines
-    one: a subclass of int, float or str as its value (the base's own, whatever the
-    subclass overrides), a pydantic model (an OpenAI or Anthropic SDK response, a structured
-    output) as ``model_dump(mode="json")`` (pydantic 1: ``dict()``), a numpy array or scalar
-    as ``tolist()``. ``fallback``: what a model's field with no JSON form becomes (its
-    ``arbitrary_types_allowed`` field: the rest of the model is kept). ``NO_FORM`` for
-    anything else, or when that conversion fails."""
-    cls = type(obj)
-    try:
-        if isinstance(obj, _BASES) and cls is not bool:  # a bool here is a dict key: str()
-            return _base_value(obj)
-        if callable(getattr(cls, "model_dump", None)):
-            return _model_data(obj, fallback)
-        if cls.__module__ == "numpy" and callable(getattr(cls, "tolist", None)):
-            return obj.tolist()
-        if callable(getattr(cls, "dict", None)) and hasattr(cls, "__fields__"):  # pydantic 1
-            return obj.dict()
-    except Exception:  # its own serializer failed (a cycle, a custom one): str() below
-        return NO_FORM
-    return NO_FORM
-
-
-def _base_value(obj: int | float | str) -> int | float | str:
-    if isinstance(obj, int):
-        return int.__int__(obj)
-    return float.__float__(obj) if isinstance(obj, float) else str.__str__(obj)
-
-
-def _model_data(model: Any, fallback: Callable[[Any], Any] | None) -> Any:
-    try:
-        return model.model_dump(mode="json")
-    except Exception:
-        if fallback is None:
-            raise
-    # pydantic calls fallback for each value it has no JSON form for (pydantic >= 2.11;
-    # an older one raises TypeError here, and the model is written as its str())
-    return model.model_dump(mode="json", fallback=fallback)
-
-
-def _str_or_placeholder(obj: Any) -> Any:
-    form = data_form(obj, _str_or_placeholder)
-    if form is not NO_FORM:
-        return form
-    try:
-        return str(obj)
-    except Exception as exc:  # a broken __str__ must not break tracing
-        return f"<unencodable {type(obj).__name__}: {_brief_error(exc)}>"
-
-
 def _producer_hook(obj: Any) -> Any:
     """The producer's lenient fallback, as the real client does: a value whose type has a
     data form (:func:`data_form`) is written as that data, a model's fields with no JSON
@@ -189,7 +125,7 @@ def _producer_hook(obj: Any) -> Any:
         text = str(obj)
     except Exception as exc:
         Stringified.unencodable += 1
-        return f"<unencodable {type(obj).__name__}: {_brief_error(exc)}>"
+        return f"<unencodable {type(obj).__name__}: {brief_error(exc)}>"
     Stringified.count += 1
     return text
 
@@ -204,7 +140,7 @@ def _strict_hook(obj: Any) -> Any:
 
 
 # encode(): everything but the producer (clients, the relay, files); nothing counted
-encoder = msgspec.json.Encoder(enc_hook=_str_or_placeholder, decimal_format="number")
+encoder = msgspec.json.Encoder(enc_hook=str_or_placeholder, decimal_format="number")
 # the producer's: stringified values counted (the C encoder hands them over one by one)
 producer_encoder = msgspec.json.Encoder(enc_hook=_producer_hook, decimal_format="number")
 strict_encoder = msgspec.json.Encoder(enc_hook=_strict_hook, decimal_format="number")
@@ -222,22 +158,23 @@ def producer_encoders() -> tuple[Any, Any]:
 
 
 _native_take_counts = getattr(_native, "take_counts", None)
-_NOTHING_NATIVE = (0, 0)
+_NOTHING_NATIVE = (0, 0, 0)
 
 
 def take_counts() -> dict[str, int]:
     """What the producer's encoders counted in this thread since the last call (then zero),
     by reason; it runs after every write, so nothing counted costs only the reads."""
     lossy, strings = _lossy.counts, Stringified
-    nonfinite, nbytes = _native_take_counts() if _native_take_counts else _NOTHING_NATIVE
+    nonfinite, nbytes, keys = _native_take_counts() if _native_take_counts else _NOTHING_NATIVE
     nonfinite += lossy.nonfinite
     nbytes += lossy.bytes
-    if not (nonfinite or nbytes or strings.count or strings.unencodable):
+    keys += lossy.duplicate_key
+    if not (nonfinite or nbytes or keys or strings.count or strings.unencodable):
         return {}
     counts = {"stringified": strings.count, "unencodable": strings.unencodable,
-              "nonfinite": nonfinite, "bytes": nbytes}
+              "nonfinite": nonfinite, "bytes": nbytes, "duplicate_key": keys}
     strings.count = strings.unencodable = 0
-    lossy.nonfinite = lossy.bytes = 0
+    lossy.nonfinite = lossy.bytes = lossy.duplicate_key = 0
     return {reason: n for reason, n in counts.items() if n}
 
 
@@ -307,7 +244,7 @@ def json_error(data: bytes) -> str | None:
     except RecursionError:  # nested deeper than the decoder's stack allows
         return "nested too deep to decode (RecursionError)"
     except Exception as exc:  # decoding bytes runs no user code: whatever it is, not readable
-        return f"cannot be decoded: {_brief_error(exc)}"
+        return f"cannot be decoded: {brief_error(exc)}"
     return None
 
 

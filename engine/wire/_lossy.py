@@ -1,4 +1,5 @@
-"""Values the producer writes in another form, counted: NaN/inf as null, bytes as base64.
+"""Values the producer writes in another form, counted: NaN/inf as null, bytes as base64, a
+key written twice once.
 
 The C encoder (engine/native/_native_json.c) counts them as it meets them, at no cost to
 the items that hold none. Without it, msgspec writes them silently, so :class:`PyEncoder`
@@ -16,7 +17,10 @@ What is counted:
 - a NaN/inf float is written ``null``;
 - a NaN/inf ``Decimal`` would be written ``NaN`` / ``Infinity`` by msgspec < 0.23 (not
   JSON) and is refused by 0.23: the C encoder writes ``null``, and so does this one;
-- bytes-like values become ordinary-looking base64 strings.
+- bytes-like values become ordinary-looking base64 strings;
+- of the entries of a dict whose keys are written as the same text (``1`` and ``"1"``: only
+  a dict with keys other than str has them), one is written (:func:`unique_keys`): msgspec
+  wrote the key twice, and the server kept the last silently.
 
 Where the C encoder walks: the fields of the wire items, dicts whose keys are all exact
 ``str``, lists, tuples; every other value is msgspec's (a dict subclass, a dataclass), and
@@ -35,6 +39,7 @@ from typing import Any
 import msgspec
 
 from engine.wire._depth import MAX_VALUE_DEPTH, json_depth_over_py
+from engine.wire._forms import str_or_placeholder
 
 _MAX_ITEM_DEPTH = MAX_VALUE_DEPTH + 1  # a field's value nests inside its item's object
 _BYTES_TYPES = frozenset((bytes, bytearray, memoryview))
@@ -44,6 +49,9 @@ _LOSSY_BASES = (float, Decimal, bytes, bytearray, memoryview)  # a subclass is w
 _PLAIN = frozenset((str, int, bool, type(None), _dt.datetime, type(msgspec.Struct)))
 _WALKED = frozenset((dict, list, tuple))
 _MAX_TYPES_KEPT = 256
+# the producer's text for a key msgspec hands its hook (nothing counted: the item's encode
+# counts it)
+_KEY_ENCODER = msgspec.json.Encoder(enc_hook=str_or_placeholder, decimal_format="number")
 
 
 def _item_types() -> frozenset[type]:
@@ -63,9 +71,54 @@ class _Counts(threading.local):
 
     nonfinite = 0
     bytes = 0
+    duplicate_key = 0
 
 
 counts = _Counts()
+
+
+def unique_keys(value: Any, levels: int) -> tuple[Any, int]:
+    """``value`` with the entries of each of its dicts whose keys are written as the same
+    text (``{1: "a", "1": "b"}``) made one: the last one's value at the first one's place,
+    as weave 0.54 (``{"1": "b"}``) and a JSON reader keep it; and how many values were
+    dropped. ``value`` itself when none were. It goes into dicts, lists and tuples, what
+    msgspec writes of a dict with keys other than str, ``levels`` deep (the encoders refuse
+    deeper values; a cycle is msgspec's error). The C encoder calls it for each dict with
+    a key that is not an exact str it meets, before msgspec writes it."""
+    kind = type(value)
+    if levels < 0 or (kind is not dict and kind is not list and kind is not tuple):
+        return value, 0
+    if kind is dict:
+        first: dict[Any, Any] = {}  # key text -> the key written
+        entries = list(value.items())  # a key's str() may change the dict: msgspec's error
+        kept = {first.setdefault(_key_text(key), key): item for key, item in entries}
+        dropped = len(entries) - len(kept)
+        merged = {}
+        for key, item in kept.items():  # what is dropped is not looked into
+            merged[key], n = unique_keys(item, levels - 1)
+            dropped += n
+        return (merged, dropped) if dropped else (value, 0)
+    dropped = 0
+    items = []
+    for item in value:
+        item, n = unique_keys(item, levels - 1)
+        dropped += n
+        items.append(item)
+    return (kind(items), dropped) if dropped else (value, 0)
+
+
+def _key_text(key: Any) -> Any:
+    """The text msgspec writes for a dict key (str keys, int keys: no call)."""
+    kind = type(key)
+    if kind is str:
+        return key
+    try:
+        if kind is int:
+            return str(key)
+        (text,) = msgspec.json.decode(_KEY_ENCODER.encode({key: None}))
+    except Exception:  # not a key msgspec writes: the item's encode fails on it
+        return object()
+    return text
 
 
 class PyEncoder:
@@ -96,11 +149,12 @@ class PyEncoder:
                 item, _MAX_ITEM_DEPTH):  # the bytes' look counts a Raw's levels too
             raise ValueError(f"a value is nested deeper than {MAX_VALUE_DEPTH} levels")
         if nulled or self._may_be_lossy(item):
-            nonfinite, nbytes, decimals = self._count(item)
-            if decimals and not nulled:
+            nonfinite, nbytes, decimals, dropped = self._count(item)
+            if (decimals or dropped) and not nulled:
                 payload = self._encoder.encode(self._nulled(item))
             counts.nonfinite += nonfinite
             counts.bytes += nbytes
+            counts.duplicate_key += dropped
         return payload
 
     def _nests_deeper(self, value: Any, levels: int) -> bool:
@@ -123,9 +177,10 @@ class PyEncoder:
 
     def _may_be_lossy(self, item: Any) -> bool:
         """False when ``item`` surely holds nothing :meth:`_count` would count: every value
-        in its containers looked at once, by type (a superset of what ``_count`` walks: it
-        also enters dicts with keys other than str). It runs only after ``item`` encoded, so
-        it is a finite tree no deeper than msgspec goes."""
+        in its containers looked at once, by type, and the keys of a dict with keys other
+        than str (a superset of what ``_count`` walks: it also enters dicts with keys other
+        than str). It runs only after ``item`` encoded, so it is a finite tree no deeper
+        than msgspec goes."""
         plain, items, lossy_type = _PLAIN, self._items, self._lossy_type
         referents = gc.get_referents
         stack = [referents(item)] if type(item) in items else [(item,)]
@@ -136,6 +191,11 @@ class PyEncoder:
                 if kind in plain:
                     continue
                 if kind is dict:
+                    try:
+                        "".join(value)  # raises at a key that is no str: less than a loop
+                    except TypeError:
+                        if unique_keys(value, MAX_VALUE_DEPTH)[1]:
+                            return True
                     push(value.values())
                 elif kind is list or kind is tuple:
                     push(value)
@@ -154,28 +214,34 @@ class PyEncoder:
                         return True
         return False
 
-    def _count(self, item: Any) -> tuple[int, int, bool]:
-        """(NaN/inf values, bytes-like values, whether a NaN/inf Decimal is among them)."""
-        nonfinite = nbytes = 0
+    def _count(self, item: Any) -> tuple[int, int, bool, int]:
+        """(NaN/inf values, bytes-like values, whether a NaN/inf Decimal is among them,
+        values of dicts with keys other than str dropped by :func:`unique_keys`)."""
+        nonfinite = nbytes = dropped = 0
         decimals = False
         for leaf in self._leaves(item):
-            if isinstance(leaf, float) or type(leaf) is Decimal:
+            if type(leaf) is dict:  # keys other than str: msgspec's whole
+                dropped += unique_keys(leaf, MAX_VALUE_DEPTH)[1]
+            elif isinstance(leaf, float) or type(leaf) is Decimal:
                 if not _finite(leaf):
                     nonfinite += 1
                     decimals = decimals or type(leaf) is Decimal
             elif type(leaf) in _BYTES_TYPES:
                 nbytes += 1
-        return nonfinite, nbytes, decimals
+        return nonfinite, nbytes, decimals, dropped
 
     def _leaves(self, value: Any) -> Iterator[Any]:
-        """Every value the C encoder meets that is not a dict, list, tuple or wire item."""
+        """Every value the C encoder meets that is not a dict with str keys, list, tuple or
+        wire item (a dict with other keys: the dict, msgspec's whole)."""
         stack = [value]
         while stack:
             value = stack.pop()
             kind = type(value)
             if kind is dict:
-                if all(type(k) is str for k in value):  # else msgspec's whole
+                if all(type(k) is str for k in value):
                     stack.extend(value.values())
+                else:
+                    yield value
             elif kind is list or kind is tuple:
                 stack.extend(value)
             elif kind in self._walked:  # a wire item
@@ -184,11 +250,12 @@ class PyEncoder:
                 yield value
 
     def _nulled(self, value: Any) -> Any:
-        """``value`` with every NaN/inf Decimal the C encoder meets replaced by None."""
+        """``value`` with every NaN/inf Decimal the C encoder meets replaced by None, and
+        the keys of each dict with keys other than str made unique (:func:`unique_keys`)."""
         kind = type(value)
         if kind is dict:
             if any(type(k) is not str for k in value):
-                return value
+                return unique_keys(value, MAX_VALUE_DEPTH)[0]
             return {k: self._nulled(v) for k, v in value.items()}
         if kind is list or kind is tuple:
             return kind(self._nulled(v) for v in value)

@@ -90,6 +90,8 @@ KINDS: dict[str, tuple[Callable[[], Any], str, Any]] = {
     "bytes": (lambda: b"\x00\xff", "bytes", "AP8="),
     # a dict with other keys than str is msgspec's to write, which refuses a NaN Decimal
     "nan_decimal_int_key": (lambda: {0: Decimal("NaN")}, "nonfinite", {"0": None}),
+    # keys written as the same text: once, the last value (msgspec wrote "1" twice)
+    "duplicate_key": (lambda: {1: "a", "1": "b"}, "duplicate_key", {"1": "b"}),
 }
 
 
@@ -353,17 +355,18 @@ def test_the_direct_api_writes_nan_as_null_and_bytes_as_base64_and_counts_them(e
     tracer = eng.producer()
     start = _start(op_name=f"direct.lossy.{next(_names)}",
                    inputs={"f": [math.inf, -math.inf, math.nan], "d": Decimal("NaN"),
-                           "b": bytearray(b"ab"), "ok": 1.5})
+                           "b": bytearray(b"ab"), "ok": 1.5, "k": {1: "a", "1": "b"}})
     before = sanitised(eng)
     tracer.call_start(start)
     tracer.call_end(_end(start, output=memoryview(b"xyz")))
     delivered(eng)
     (call,) = stored_calls(server_url, start.op_name)
-    assert call["inputs"] == {"f": [None, None, None], "d": None, "b": "YWI=", "ok": 1.5}
+    assert call["inputs"] == {"f": [None, None, None], "d": None, "b": "YWI=", "ok": 1.5,
+                              "k": {"1": "b"}}
     assert call["output"] == "eHl6"
     after = sanitised(eng)
     assert {r: after[r] - before[r] for r in REASONS} == dict.fromkeys(REASONS, 0) | {
-        "nonfinite": 4, "bytes": 2}
+        "nonfinite": 4, "bytes": 2, "duplicate_key": 1}
 
 
 def test_an_item_that_is_not_json_is_dead_lettered_and_every_other_call_delivered(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import enum
 import math
 from decimal import Decimal
 
@@ -48,12 +49,13 @@ def _encoded(encode, item) -> bytes | str:
         return f"ValueError: {exc}"
 
 
-def both(item) -> tuple[bytes | str, tuple[int, int], bytes | str, tuple[int, int]]:
+def both(item) -> tuple[bytes | str, tuple[int, ...], bytes | str, tuple[int, ...]]:
+    """Each encoder's bytes and counts: (nonfinite, bytes, duplicate_key)."""
     _codec.take_counts()
     c_bytes = _encoded(lambda it: native.encode(_codec.producer_encoder.encode, it), item)
     c_counts = native.take_counts()
     py_bytes = _encoded(PY_ENCODER.encode, item)
-    py_counts = (_lossy.counts.nonfinite, _lossy.counts.bytes)
+    py_counts = (_lossy.counts.nonfinite, _lossy.counts.bytes, _lossy.counts.duplicate_key)
     _codec.take_counts()
     return c_bytes, c_counts, py_bytes, py_counts
 
@@ -72,7 +74,7 @@ def test_each_kind_is_written_and_counted_alike():
               "int_keys": {1: math.nan, 2: b"no"}, "held": Holder(b"no"), "str": "NaN"}
     c_bytes, c_counts, py_bytes, py_counts = both(_start(inputs))
     assert c_bytes == py_bytes
-    assert c_counts == py_counts == (1 + 2 + 3 + 1 + 1, 3)  # attributes' NaN is counted too
+    assert c_counts == py_counts == (1 + 2 + 3 + 1 + 1, 3, 0)  # attributes' NaN too
     decoded = msgspec.json.decode(c_bytes)  # valid JSON: no bare NaN
     assert decoded["inputs"]["dec"] == [None, None, None, 1.5]
     assert decoded["inputs"]["raw"] == ["AP8=", "YWI=", "eHl6"]
@@ -89,6 +91,28 @@ def test_one_lossy_value_alone_deep_among_clean_ones_is_found(value):
     assert PY_ENCODER._may_be_lossy(item)
     c_bytes, c_counts, py_bytes, py_counts = both(item)
     assert c_bytes == py_bytes and c_counts == py_counts and sum(c_counts) == 1
+
+
+class Level(enum.IntEnum):
+    HIGH = 3
+
+
+def test_keys_written_as_the_same_text_are_written_once_the_last_value_kept_alike():
+    # msgspec wrote the key twice ({"1":"a","1":"b"}) and the server kept the last, silently
+    inputs = {"clash": {1: "a", 2: "c", "1": "b"}, "str_first": {"1": "x", 1: "y"},
+              "float": [{1.5: "f", "1.5": "g"}], "enum": {Level.HIGH: "e", "3": "f"},
+              "nested": {"k": ({0: "lost", "0": {7: "a", "7": "b"}},)},
+              "dropped_is_not_looked_into": {1: {2: "x", "2": "y"}, "1": "z"},
+              "no_clash": {1: "a", "2": "b"}, "str_keys": {"1": "a"}}
+    c_bytes, c_counts, py_bytes, py_counts = both(_start(inputs))
+    assert c_bytes == py_bytes
+    assert c_counts == py_counts == (1, 0, 1 + 1 + 1 + 1 + 2 + 1)  # the NaN: attributes'
+    assert b'"clash":{"1":"b","2":"c"}' in c_bytes  # the first one's place, the last value
+    assert msgspec.json.decode(c_bytes)["inputs"] == {
+        "clash": {"1": "b", "2": "c"}, "str_first": {"1": "y"}, "float": [{"1.5": "g"}],
+        "enum": {"3": "f"}, "nested": {"k": [{"0": {"7": "b"}}]},
+        "dropped_is_not_looked_into": {"1": "z"}, "no_clash": {"1": "a", "2": "b"},
+        "str_keys": {"1": "a"}}
 
 
 class Kind(int):
@@ -116,7 +140,7 @@ def test_an_end_with_nothing_to_count_counts_nothing():
                                    ended_at=dt.datetime(2026, 1, 2, tzinfo=dt.timezone.utc),
                                    output={"a": [1, "null", None]}, summary={})
     c_bytes, c_counts, py_bytes, py_counts = both(end)
-    assert c_bytes == py_bytes and c_counts == py_counts == (0, 0)
+    assert c_bytes == py_bytes and c_counts == py_counts == (0, 0, 0)
 
 
 def _nest(levels: int) -> object:
@@ -165,7 +189,10 @@ leaves = (st.floats(allow_nan=True, allow_infinity=True) | st.none() | st.intege
 values = st.recursive(leaves, lambda inner: st.lists(inner, max_size=4)
                       | st.lists(inner, max_size=3).map(tuple)
                       | st.dictionaries(st.text(max_size=3), inner, max_size=4)
-                      | st.dictionaries(st.integers(0, 9), inner, max_size=2), max_leaves=20)
+                      | st.dictionaries(st.integers(0, 9), inner, max_size=2)
+                      # keys that collide once written as text: "1" and 1
+                      | st.dictionaries(st.integers(0, 2) | st.sampled_from(["0", "1", "2"]),
+                                        inner, max_size=4), max_leaves=20)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

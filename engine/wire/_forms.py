@@ -1,0 +1,73 @@
+"""What the encoders write for a value msgspec does not encode itself (its enc_hook's
+answer), shared by the producer's hooks (``_codec``) and the key texts ``_lossy`` compares."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+
+def brief_error(exc: BaseException) -> str:
+    try:
+        text = str(exc)
+    except Exception:
+        text = ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+NO_FORM = object()
+# msgspec writes their exact instances (and enums) itself; weave writes an instance of a
+# subclass (``class Score(float)``) as its value too, not as its str()
+_BASES = (int, float, str)
+
+
+def data_form(obj: Any, fallback: Callable[[Any], Any] | None = None) -> Any:
+    """The plain data of a value msgspec does not encode itself, where its type defines
+    one: a subclass of int, float or str as its value (the base's own, whatever the
+    subclass overrides), a pydantic model (an OpenAI or Anthropic SDK response, a structured
+    output) as ``model_dump(mode="json")`` (pydantic 1: ``dict()``), a numpy array or scalar
+    as ``tolist()``. ``fallback``: what a model's field with no JSON form becomes (its
+    ``arbitrary_types_allowed`` field: the rest of the model is kept). ``NO_FORM`` for
+    anything else, or when that conversion fails."""
+    cls = type(obj)
+    try:
+        if isinstance(obj, _BASES) and cls is not bool:  # a bool here is a dict key: str()
+            return _base_value(obj)
+        if callable(getattr(cls, "model_dump", None)):
+            return _model_data(obj, fallback)
+        if cls.__module__ == "numpy" and callable(getattr(cls, "tolist", None)):
+            return obj.tolist()
+        if callable(getattr(cls, "dict", None)) and hasattr(cls, "__fields__"):  # pydantic 1
+            return obj.dict()
+    except Exception:  # its own serializer failed (a cycle, a custom one): str() below
+        return NO_FORM
+    return NO_FORM
+
+
+def _base_value(obj: int | float | str) -> int | float | str:
+    if isinstance(obj, int):
+        return int.__int__(obj)
+    return float.__float__(obj) if isinstance(obj, float) else str.__str__(obj)
+
+
+def _model_data(model: Any, fallback: Callable[[Any], Any] | None) -> Any:
+    try:
+        return model.model_dump(mode="json")
+    except Exception:
+        if fallback is None:
+            raise
+    # pydantic calls fallback for each value it has no JSON form for (pydantic >= 2.11;
+    # an older one raises TypeError here, and the model is written as its str())
+    return model.model_dump(mode="json", fallback=fallback)
+
+
+def str_or_placeholder(obj: Any) -> Any:
+    """The hook of what counts nothing (``encode()``: clients, the relay, files; the key
+    texts of ``_lossy``): a value's data form, else its str(), else a placeholder."""
+    form = data_form(obj, str_or_placeholder)
+    if form is not NO_FORM:
+        return form
+    try:
+        return str(obj)
+    except Exception as exc:  # a broken __str__ must not break tracing
+        return f"<unencodable {type(obj).__name__}: {brief_error(exc)}>"
