@@ -29,6 +29,7 @@ from engine.cli._args import (
     config_message,
     key_flag_in,
     key_flag_refused,
+    unknown_flags,
     usage_error,
 )
 from engine.common import _env, _logging
@@ -99,6 +100,11 @@ def _run(argv: list[str]) -> int:
     if key_flag_in(argv):  # before argparse, whose errors would echo the key
         raise key_flag_refused(next((arg for arg in argv if arg in COMMANDS), None))
     parser = build_parser()
+    unknown = unknown_flags(parser, argv)
+    if unknown:  # before argparse, whose errors would echo the value after one
+        command = next((arg for arg in argv if arg in COMMANDS), None)
+        raise usage_error(f"engine {command}" if command else "engine",
+                          f"unrecognized arguments: {' '.join(unknown)}")
     args, extras = parser.parse_known_args(argv)
     if extras:
         prog = f"engine {args.command}" if args.command else "engine"

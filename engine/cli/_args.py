@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import signal
 import threading
 from collections.abc import Iterator
@@ -64,7 +65,56 @@ class Parser(argparse.ArgumentParser):
     """An argparse parser whose errors are one line (raised, printed by ``main``)."""
 
     def error(self, message: str) -> Any:  # argparse's signature: it never returns
+        # "ambiguous option: --p=VALUE could match ...": the flag, not its value
+        message = _AMBIGUOUS_VALUE.sub(r"\1 could match ", message, count=1)
         raise usage_error(self.prog, message)
+
+
+_AMBIGUOUS_VALUE = re.compile(r"^(ambiguous option: [^=\s]+)=.* could match ", re.DOTALL)
+_NEGATIVE_NUMBER = re.compile(r"-\d+(\.\d*)?|-\.\d+")
+
+
+def unknown_flags(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """The flags in ``argv`` that neither ``parser`` nor the command named takes, as typed
+    up to any ``=``. Said before argparse parses: its errors echo the word after an unknown
+    flag ("unrecognized arguments: --apikey SECRET", or "argument FILE: SECRET: no such
+    file" where a positional took it) and a ``=VALUE``, a secret under a misspelt name."""
+    unknown, current, takes_value = [], parser, False
+    for arg in argv:
+        if arg == "--":
+            break
+        if takes_value:
+            takes_value = False
+        elif not arg.startswith("-") or arg == "-" or _NEGATIVE_NUMBER.fullmatch(arg):
+            current = _command(parser, arg) if current is parser else current
+        else:
+            name = arg.partition("=")[0]
+            action = _flag(current, name)
+            if action is None:
+                unknown.append(name)
+            takes_value = action is not None and action.nargs != 0 and "=" not in arg
+    return unknown
+
+
+def _command(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    """The subcommand's parser (``parser`` itself for a word that is none)."""
+    for action in parser._actions:  # argparse has no public way to list them
+        if isinstance(action, argparse._SubParsersAction) and name in action.choices:
+            return action.choices[name]
+    return parser
+
+
+def _flag(parser: argparse.ArgumentParser, name: str) -> argparse.Action | None:
+    """The action of flag ``name``, or of the long flags it abbreviates (the first of
+    several: argparse says which ones an ambiguous prefix could mean); None: unknown."""
+    flags = parser._option_string_actions
+    if name in flags:
+        return flags[name]
+    if name.startswith("--") and len(name) > 2:
+        matches = [flag for flag in flags if flag.startswith(name)]
+        if matches:
+            return flags[matches[0]]
+    return None
 
 
 def usage_error(prog: str, message: str) -> UsageError:

@@ -163,8 +163,11 @@ def _compression(url: str, api_key: str | None, info: dict, args: argparse.Names
         return Check("compression", None, "the server does not advertise zstd: bodies go "
                      "uncompressed (more bytes on the wire)")
     body = zstandard.ZstdCompressor().compress(b'{"batch": []}')
-    status = _post(url, f"/v2/{_project(args)}/calls/complete", body, api_key,
-                   {"Content-Encoding": "zstd"}).status
+    answer = _post(url, f"/v2/{_project(args)}/calls/complete", body, api_key,
+                   {"Content-Encoding": "zstd"})
+    status = answer.status
+    if status in (401, 403):
+        return _not_told("compression", answer, args)
     if status in (400, 415):
         return Check("compression", False, f"advertises zstd but refused a zstd body (HTTP "
                      f"{status}): set compression = \"none\"")
@@ -180,8 +183,10 @@ def _limit(url: str, api_key: str | None, info: dict, args: argparse.Namespace) 
     size_mib = 1
     while size_mib <= args.limit_mib:
         body = b'{"batch": [], "pad": "' + b"x" * (size_mib * _MiB) + b'"}'
-        status = _post(url, f"/v2/{_project(args)}/calls/complete", body, api_key).status
-        if status == 413:
+        answer = _post(url, f"/v2/{_project(args)}/calls/complete", body, api_key)
+        if answer.status in (401, 403):  # refused before the body was read, if at all
+            return _not_told("size limit", answer, args)
+        if answer.status == 413:
             if not accepted:
                 return Check("size limit", None, "a 1 MiB request is too large here: set "
                              "max_request_bytes and initial_request_bytes below 1048576")
@@ -190,6 +195,15 @@ def _limit(url: str, api_key: str | None, info: dict, args: argparse.Namespace) 
         accepted = size_mib
         size_mib *= 2
     return Check("size limit", True, f"requests of {accepted} MiB are read whole (no 413)")
+
+
+def _not_told(name: str, answer: _probe.Answer, args: argparse.Namespace) -> Check:
+    """A probe the server refused (401, 403) says nothing of what it was to check."""
+    said = (f"could not tell: the server refused the probe for {_project(args)} (HTTP "
+            f"{answer.status}: {_reason(answer)})")
+    if not args.project:
+        said += "; run with --project ENTITY/PROJECT to check the project you write"
+    return Check(name, None, said)
 
 
 def _store(url: str, api_key: str | None, info: dict, args: argparse.Namespace) -> Check:

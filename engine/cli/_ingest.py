@@ -20,9 +20,11 @@ processes. Resuming: each worker waits every ``checkpoint_lines`` lines until it
 items are settled -- acknowledged by the server, or refused by it and so dead-lettered or
 spooled (counted, on disk for ``engine replay``: stopping there would refuse the same item
 at every rerun) -- and only then reports the byte offset; the parent records it in the
-checkpoint file. After an interruption, or when the server settles nothing for
-``_FLUSH_TIMEOUT_S``, the same command resumes from those offsets; items after the last
-checkpoint are sent again and the server's upsert by call id stores them once. The
+checkpoint file. After an interruption, when the server settles nothing for
+``_FLUSH_TIMEOUT_S`` (or twice ``delivery_deadline_s`` where that is longer: an item may
+wait that long before it is dead-lettered), or when a run of refusals stops the load
+(``engine.cli._ingest_stop``), the same command resumes from those offsets; items after
+the last checkpoint are sent again and the server's upsert by call id stores them once. The
 checkpoint is removed when every shard is done. A compressed file that is not zstd, or is
 cut short, is reported (what was read before is loaded). The command exits 1 when anything
 was not delivered, a line was skipped or a file not read to its end.
@@ -58,6 +60,7 @@ from engine.cli._ingest_plan import (
     rerun_hint,
     save_checkpoint,
 )
+from engine.cli._ingest_progress import Progress
 from engine.cli._ingest_read import Source, parse_line
 from engine.producer._engine import Engine
 from engine.producer._tracer import Tracer
@@ -125,7 +128,7 @@ def _write(tracer: Tracer, mode: str, item: Any, project: str | None) -> None:
 
 
 def ingest_shard(tracer: Tracer, index: int, shard: Shard, project: str | None,
-                 checkpoint_lines: int, out: Any) -> None:
+                 checkpoint_lines: int, out: Any, settle_s: float = _FLUSH_TIMEOUT_S) -> None:
     """Worker body: send the shard's lines; report progress, and offsets once settled."""
     with ExitStack() as stack:
         try:
@@ -134,13 +137,14 @@ def ingest_shard(tracer: Tracer, index: int, shard: Shard, project: str | None,
             out.put(("problem", index, None, _zstd_problem(shard, None, exc)))
             offset = shard.done
         else:
-            offset = _send_lines(tracer, index, shard, source, project, checkpoint_lines, out)
-    _commit(tracer, index, offset, out)
+            offset = _send_lines(tracer, index, shard, source, project, checkpoint_lines, out,
+                                 settle_s)
+    _commit(tracer, index, offset, out, settle_s)
     out.put(("done", index, None, 0))
 
 
 def _send_lines(tracer: Tracer, index: int, shard: Shard, source: Source, project: str | None,
-                checkpoint_lines: int, out: Any) -> int:
+                checkpoint_lines: int, out: Any, settle_s: float) -> int:
     """Send the shard's lines, committing every ``checkpoint_lines``; the offset reached."""
     counts, offset, lines_since_commit, unreported, read_bytes = _Counts(), shard.done, 0, 0, 0
     lines_committed, invalid, cut, mode = 0, 0, 0, "complete"
@@ -170,7 +174,7 @@ def _send_lines(tracer: Tracer, index: int, shard: Shard, source: Source, projec
             out.put(("read", index, counts, read_bytes))
             counts, unreported, read_bytes = _Counts(), 0, 0
         if lines_since_commit >= checkpoint_lines:
-            _commit(tracer, index, offset, out)
+            _commit(tracer, index, offset, out, settle_s)
             lines_committed, lines_since_commit = lines_committed + lines_since_commit, 0
     out.put(("read", index, counts, read_bytes))
     if problem is None and source.truncated:
@@ -212,23 +216,23 @@ def _zstd_problem(shard: Shard, lines: int | None, exc: Exception) -> str:
     return f"{shard.path}: corrupt zstd stream{after}: {exc}"
 
 
-def _commit(tracer: Tracer, index: int, offset: int, out: Any) -> None:
+def _commit(tracer: Tracer, index: int, offset: int, out: Any, settle_s: float) -> None:
     """Record ``offset`` once everything before it is settled: acknowledged, or refused by
     the server and so dead-lettered or spooled (on disk, counted, for ``engine replay``:
     going on past it loses nothing, stopping would refuse the same item at every rerun)."""
-    if not tracer.settle(_FLUSH_TIMEOUT_S):
+    if not tracer.settle(settle_s):
         raise _NotSettled(f"the server did not acknowledge the lines before byte {offset:,} "
-                          f"within {_FLUSH_TIMEOUT_S:g} s")
+                          f"within {settle_s:g} s")
     out.put(("commit", index, None, offset))
 
 
 def _worker(tracer: Tracer, jobs: list[tuple[int, Shard]], project: str | None,
-            checkpoint_lines: int, out: Any) -> None:
+            checkpoint_lines: int, out: Any, settle_s: float) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         for index, shard in jobs:
             try:
-                ingest_shard(tracer, index, shard, project, checkpoint_lines, out)
+                ingest_shard(tracer, index, shard, project, checkpoint_lines, out, settle_s)
             except (_NotSettled, OSError) as exc:  # the parent says it, in one line
                 reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
                 out.put(("failed", index, None, f"{shard.path}: {reason}"))
@@ -249,44 +253,6 @@ def _deal(shards: list[Shard], processes: int) -> list[list[tuple[int, Shard]]]:
     for n, job in enumerate(todo):
         hands[n % len(hands)].append(job)
     return hands
-
-
-class _Progress:
-    """A one-line progress bar on stderr (rate, ETA) when it is a terminal."""
-
-    def __init__(self, total_bytes: int | None, done_bytes: int, enabled: bool) -> None:
-        self.total_bytes = total_bytes
-        self.done_bytes = done_bytes
-        self.enabled = enabled
-        self.items = 0
-        self._start_s = time.monotonic()
-        self._start_bytes = done_bytes
-        self._shown_s = 0.0
-
-    def add(self, items: int, read_bytes: int) -> None:
-        self.items += items
-        self.done_bytes += read_bytes
-        now = time.monotonic()
-        if self.enabled and now - self._shown_s >= 0.2:
-            self._shown_s = now
-            sys.stderr.write("\r" + self.line(now) + "\x1b[K")
-            sys.stderr.flush()
-
-    def line(self, now: float) -> str:
-        elapsed_s = max(1e-9, now - self._start_s)
-        rate = self.items / elapsed_s
-        text = f"{self.items:,} items  {rate:,.0f}/s"
-        if self.total_bytes:
-            fraction = min(1.0, self.done_bytes / self.total_bytes)
-            bar = "#" * int(fraction * 30)
-            byte_rate = (self.done_bytes - self._start_bytes) / elapsed_s
-            eta_s = (self.total_bytes - self.done_bytes) / byte_rate if byte_rate > 0 else 0
-            text = f"[{bar:<30}] {fraction:6.1%}  {text}  ETA {int(eta_s) // 60}:{int(eta_s) % 60:02d}"
-        return text
-
-    def close(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\r" + self.line(time.monotonic()) + "\x1b[K\n")
 
 
 def _total_bytes(shards: list[Shard]) -> int | None:
@@ -314,7 +280,7 @@ def run_ingest(paths: list[str], url: str, *, processes: int | None = None,
     summary = IngestSummary(resumed=saved is not None)
     started_s = time.monotonic()
     total = _total_bytes(checkpoint.shards)
-    bar = _Progress(total, sum(s.done - s.start for s in checkpoint.shards),
+    bar = Progress(total, sum(s.done - s.start for s in checkpoint.shards),
                     sys.stderr.isatty() if progress is None else progress)
     config.setdefault("project", project or _PLACEHOLDER_PROJECT)
     with Engine(url=url, config_file=config_file, **config) as engine:
@@ -339,17 +305,24 @@ def _settled(summary: IngestSummary, stats: dict[str, Any]) -> None:
 
 def _run_workers(engine: Engine, checkpoint: Checkpoint, checkpoint_path: str, processes: int,
                  project: str | None, checkpoint_lines: int, summary: IngestSummary,
-                 bar: _Progress) -> None:
+                 bar: Progress) -> None:
+    from engine.cli._ingest_stop import RefusalRun  # the command's, not its workers'
+
     context = multiprocessing.get_context(_start_method())
     out = context.Queue()
+    # the sender settles an item within delivery_deadline_s of sending it, maybe after a
+    # backlog as long: waiting less would stop a load the configuration lets go on
+    settle_s = max(_FLUSH_TIMEOUT_S, 2 * engine.config.delivery_deadline_s)
     workers = [context.Process(target=_worker, name=f"engine-ingest-{n}",
-                               args=(engine.producer(), jobs, project, checkpoint_lines, out))
+                               args=(engine.producer(), jobs, project, checkpoint_lines, out,
+                                     settle_s))
                for n, jobs in enumerate(_deal(checkpoint.shards, processes))]
     for worker in workers:
         worker.start()
     failures: list[str] = []
     try:
-        _collect(out, workers, checkpoint, checkpoint_path, summary, bar, failures)
+        refusals = RefusalRun(engine.stats, engine.config)
+        _collect(out, workers, checkpoint, checkpoint_path, summary, bar, failures, refusals)
         for worker in workers:
             worker.join(_WORKER_EXIT_TIMEOUT_S)
     finally:
@@ -377,11 +350,14 @@ def _start_method() -> str:
 
 
 def _collect(out: Any, workers: list, checkpoint: Checkpoint, checkpoint_path: str,
-             summary: IngestSummary, bar: _Progress, failures: list[str]) -> None:
+             summary: IngestSummary, bar: Progress, failures: list[str], refusals: Any) -> None:
     """Take the workers' messages until every shard is done or a worker died (``failures``:
-    what the dead said)."""
+    what the dead said); a run of refusals (``refusals``) stops the load."""
     pending = {i for i, s in enumerate(checkpoint.shards) if s.end is None or s.done < s.end}
     while pending:
+        stop = refusals.stop_reason()
+        if stop is not None:
+            raise CommandFailed(f"ingest: {stop}; {rerun_hint(checkpoint_path)}")
         try:
             kind, index, counts, value = out.get(timeout=0.5)
         except queue.Empty:
@@ -420,7 +396,10 @@ def add(subparsers: argparse._SubParsersAction) -> None:
         subparsers, "ingest", "bulk-load JSON-lines trace files (optionally .zst) through the engine",
         "Bulk-load start/end/complete items from JSON-lines files (one item per line, see "
         "docs/configuration.md) from several producer processes; resumable. Items the server "
-        "refuses are dead-lettered (`engine replay` sends them) and the load goes on. Exit 1 "
+        "refuses are dead-lettered (`engine replay` sends them) and the load goes on, unless "
+        "it refuses everything: 1,000 items or more in a row refused for one reason over 10 s "
+        "or more, none acknowledged (a key not granted the project, a server down past "
+        "delivery_deadline_s), stop it with one line, exit 1, the checkpoint kept. Exit 1 "
         "when an item was not delivered, an invalid line was skipped (the summary names the "
         "first by line number) or a file was not read to its end (not zstd, cut short).")
     ingest.add_argument("files", nargs="+", metavar="FILE", type=_args.existing_file,

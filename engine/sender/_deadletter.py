@@ -273,6 +273,23 @@ def read_dead_letters(path: str | os.PathLike[str],
             on_malformed(number, line)
 
 
+def last_dead_letter(path: str | os.PathLike[str], tail_bytes: int = 1 << 20) -> DeadLetter | None:
+    """The newest whole dead letter in the last ``tail_bytes`` of ``path`` (None: none
+    there, or no file), to say why items are refused without reading a large file."""
+    try:
+        with open(path, "rb") as file:
+            start = max(0, file.seek(0, os.SEEK_END) - tail_bytes)
+            file.seek(start)
+            lines = file.read().split(b"\n")
+    except OSError:
+        return None
+    for line in reversed(lines if start == 0 else lines[1:]):  # [0]: cut by the seek
+        if line.strip():
+            with contextlib.suppress(msgspec.DecodeError, RecursionError):  # torn
+                return _reader.decode(line)
+    return None
+
+
 def holds_dead_letters(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` may be a dead-letter file: it is empty, or one of its lines is a dead
     letter. A file of something else (calls to ingest, a log) is not, and a replay must not

@@ -7,9 +7,11 @@ import subprocess
 import sys
 
 import pytest
+from aiohttp import web
 
 from engine.producer._engine import Engine
 from engine.server import serve_subprocess
+from tests.client.stub import StubServer
 from tests.faultserver import FaultServer
 
 PROJECT = "ops/calls"
@@ -167,6 +169,31 @@ def test_doctor_checks_a_key_granted_some_projects_against_the_one_named(tmp_pat
     assert "FAIL ingest routes: calls/complete refused the key for team-b/evals (HTTP 403: " \
            "project_id: this API key (keys line 1) may not write project 'team-b/evals')" in other.stdout
     assert "0123456789abcdef" not in unnamed.stdout + granted.stdout + other.stdout
+    # a refused probe tells nothing of compression or the size limit (before: "zstd
+    # accepted (HTTP 403)", "requests of 1 MiB are read whole")
+    # a refused probe tells nothing of compression (before: "zstd accepted (HTTP 403)")
+    for result, project in ((unnamed, "engine-doctor/doctor"), (other, "team-b/evals")):
+        assert f"warn compression: could not tell: the server refused the probe for {project} " \
+               "(HTTP 403: project_id: this API key" in result.stdout, result.stdout
+    assert "accepted (HTTP 403)" not in unnamed.stdout + other.stdout
+    assert "warn compression" not in granted.stdout
+
+
+def test_doctor_cannot_tell_compression_or_the_size_limit_from_refused_probes():
+    """A gateway that refuses the key before it reads a body: before, "zstd accepted (HTTP
+    403)" and "requests of 1 MiB are read whole (no 413)"."""
+    async def refusing(request: web.Request) -> web.Response:
+        if request.path == "/server_info":
+            return web.json_response({"accepts_encodings": ["zstd"]})
+        return web.json_response({"reason": "key not granted this project"}, status=403)
+
+    with StubServer(refusing) as stub:
+        result = _engine("doctor", stub.url, "--limit-mib", "1", "--project", "team-b/evals",
+                         env=_env(ENGINE_API_KEY="key-0123456789"))
+    for check in ("compression", "size limit"):
+        assert f"warn {check}: could not tell: the server refused the probe for team-b/evals " \
+               "(HTTP 403: key not granted this project)" in result.stdout, result.stdout
+    assert "accepted" not in result.stdout and "read whole" not in result.stdout
 
 
 def test_credentials_in_the_url_are_sent_as_the_key_and_never_shown(tmp_path):

@@ -3,17 +3,22 @@
 dataset table, scorer feedback), a running call, an object with two versions, a price.
 Everything reads back the same on the target, and a second copy changes nothing."""
 
+import asyncio
 import base64
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import urllib.request
 
 import pytest
+from aiohttp import web
 
 from engine.client import RemoteHTTPTraceServer
 from engine.server import serve_subprocess
+from tests.client.stub import StubServer
 from tests.server.test_trace_browser import _EVALUATIONS
 
 pytestmark = [pytest.mark.integration, pytest.mark.peers]
@@ -201,3 +206,37 @@ def test_copy_refuses_a_project_the_source_does_not_hold(tmp_path):
             assert json.loads(resp.read())["projects"] == []  # nothing written
         copied = _copy(source, target, "--project", PROJECT)
         assert copied.returncode == 0 and f"{PROJECT}: 0 calls, 1 object versions" in copied.stdout
+
+
+def test_sigterm_stops_a_copy_as_ctrl_c_does():
+    """`timeout`, a scheduler: SIGTERM while a request to the source is unanswered. One
+    line and 143, as the demo's (a rerun resumes: the target keeps one row per id)."""
+    asked, released = threading.Event(), threading.Event()
+
+    async def source(request: web.Request) -> web.Response:
+        if request.path == "/server_info":
+            return web.json_response({"store_id": "source"})
+        if request.path == "/ui/projects":
+            return web.json_response({"projects": [{"project_id": PROJECT}]})
+        asked.set()  # the copy of the project began: hold it there
+        await asyncio.get_running_loop().run_in_executor(None, released.wait, 60)
+        return web.json_response({"objs": []})
+
+    async def target(request: web.Request) -> web.Response:
+        return web.json_response({"store_id": "target"} if request.path == "/server_info" else {})
+
+    with StubServer(source) as src, StubServer(target) as dst:
+        proc = subprocess.Popen([sys.executable, "-m", "engine", "copy", "--from", src.url, "--to",
+                                 dst.url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={k: v for k, v in os.environ.items() if not k.startswith("ENGINE_")})
+        try:
+            assert asked.wait(60), "the copy never asked the source for the project"
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=60)
+        finally:
+            released.set()
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err and err.splitlines() == ["engine: terminated (SIGTERM)"], err

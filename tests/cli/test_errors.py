@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from engine.cli import COMMANDS, main
 from engine.server import serve_subprocess
 
 USAGE, FAILED = 2, 1
@@ -103,6 +104,31 @@ def test_a_key_flag_is_refused_by_every_command_without_echoing_it(argv, where):
     result = _engine(*argv)
     _assert_one_line_error(result, USAGE, "--api-key is not accepted", "(ps)", where)
     assert "sk-SECRET123" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("typo", [
+    ["--apikey", "sk-SECRET123"], ["--apikey=sk-SECRET123"], ["--bogus", "sk-SECRET123", "x.jsonl"],
+])  # fmt: skip
+def test_an_unknown_flag_is_named_without_the_value_after_it(command, typo, capsys):
+    # before: "unrecognized arguments: --apikey sk-SECRET123", or a positional took the
+    # value ("argument FILE: sk-SECRET123: no such file"); only --api-key was kept back
+    code = main([command, *typo])
+    err = capsys.readouterr().err
+    assert code == USAGE and len(err.splitlines()) == 1 and err.startswith("engine: error: "), err
+    assert "sk-SECRET123" not in err
+    assert typo[0].partition("=")[0] in err
+
+
+def test_an_unknown_flag_before_the_command_or_an_ambiguous_one_hides_its_value(capsys):
+    # before: the value was taken for the command ("invalid choice: 'sk-SECRET123'"), and
+    # "ambiguous option: --p=sk-SECRET123 could match --port, --parent-pid"
+    assert main(["--apikey", "sk-SECRET123", "serve"]) == USAGE
+    assert main(["serve", "--p=sk-SECRET123"]) == USAGE
+    unknown, ambiguous = capsys.readouterr().err.splitlines()
+    assert "unrecognized arguments: --apikey" in unknown and "sk-SECRET123" not in unknown
+    assert "ambiguous option: --p could match --port" in ambiguous
+    assert "sk-SECRET123" not in ambiguous
 
 
 def test_db_that_is_a_directory_is_a_usage_error(tmp_path):

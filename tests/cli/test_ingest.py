@@ -1,5 +1,6 @@
 """``engine ingest``: every call in the files stored once, compressed input, resuming."""
 
+import base64
 import datetime as dt
 import os
 import random
@@ -296,7 +297,12 @@ def test_an_item_the_server_refuses_is_dead_lettered_and_ingest_goes_on_past_it(
     assert not os.path.exists(str(trace) + ".ingest-checkpoint")
 
 
-def test_a_server_that_settles_nothing_in_time_stops_the_ingest_resumably(tmp_path, monkeypatch):
+@pytest.mark.parametrize(("deadline", "waited"), [({"delivery_deadline_s": 0.1}, "0.5"),
+                                                ({"delivery_deadline_s": 1.0}, "2")])
+def test_a_server_that_settles_nothing_in_time_stops_the_ingest_resumably(tmp_path, monkeypatch,
+                                                                           deadline, waited):
+    # the wait is twice delivery_deadline_s where that is longer (before: 0.5 s whatever
+    # the deadline, when the sender may hold an item that long before it dead-letters it)
     from engine.cli import _ingest
     from engine.cli._args import CommandFailed
     from tests.faultserver import FaultServer
@@ -308,11 +314,11 @@ def test_a_server_that_settles_nothing_in_time_stops_the_ingest_resumably(tmp_pa
     with FaultServer(seed=1, stall_s=60.0) as server, pytest.raises(CommandFailed) as failed:
         _ingest.run_ingest([str(trace)], server.url, processes=1, progress=False,
                            checkpoint_path=str(tmp_path / "ck"), shutdown_timeout_s=0.5,
-                           dead_letter_path=str(tmp_path / "dead.jsonl"))
+                           dead_letter_path=str(tmp_path / "dead.jsonl"), **deadline)
     assert str(failed.value) == (
         f"ingest: {trace}: the server did not acknowledge the lines before byte "
-        f"{trace.stat().st_size:,} within 0.5 s; no line was acknowledged yet: the same command "
-        "starts over")
+        f"{trace.stat().st_size:,} within {waited} s; no line was acknowledged yet: the same "
+        "command starts over")
 
 
 def test_zstd_stream_tells_a_stream_cut_short_from_one_that_ended():
@@ -402,3 +408,52 @@ def test_an_interrupted_save_leaves_the_previous_checkpoint_and_no_temporary_fil
         save_checkpoint(str(path), after)
     assert sorted(os.listdir(tmp_path)) == ["calls.jsonl", "progress"]
     assert msgspec.json.decode(path.read_bytes(), type=Checkpoint) == before
+
+
+def _keyed_ids(url: str, key: str) -> set[str]:
+    request = urllib.request.Request(url + "/calls/stream_query", headers={
+        "Authorization": "Basic " + base64.b64encode(f"api:{key}".encode()).decode()},
+        data=msgspec.json.encode({"project_id": PROJECT}))
+    with urllib.request.urlopen(request, timeout=60) as resp:
+        return {msgspec.json.decode(line)["id"] for line in resp.read().splitlines()}
+
+
+def test_a_server_that_refuses_every_item_stops_the_ingest_resumably(tmp_path, monkeypatch):
+    """A key not granted the project: every item 403. Before, each was dead-lettered and
+    the load went on to the end of the file."""
+    from engine.cli import _ingest, _ingest_stop
+    from engine.cli._args import CommandFailed
+    from engine.sender._deadletter import read_dead_letters
+
+    monkeypatch.setattr(_ingest_stop, "REFUSED_RUN_S", 0.0)  # 1,000 refused items suffice
+    monkeypatch.setattr(_ingest, "_start_method", lambda: "fork")
+    n = 12_000
+    trace, dead, checkpoint = tmp_path / "calls.jsonl", tmp_path / "dead.jsonl", tmp_path / "ck"
+    _write(trace, _complete_lines(n))
+    keys = tmp_path / "keys"
+    keys.write_text("granted-key-0123456789 rw ent/*\nother-key-0123456789 rw team-a/*\n")
+    keys.chmod(0o600)
+    # small rings at first: the worker waits for the sender, as with a file larger than them
+    settings = {"processes": 1, "progress": False, "checkpoint_path": str(checkpoint),
+                "checkpoint_lines": 1_000, "linger_ms": 5, "dead_letter_path": str(dead)}
+    with serve_subprocess(tmp_path / "t.db", keys_file=keys) as url:
+        with pytest.raises(CommandFailed) as stopped:
+            _ingest.run_ingest([str(trace)], url, api_key="other-key-0123456789",
+                               ring_bytes=64 << 10, **settings)
+        said = str(stopped.value)
+        refused = {letter.call_id for letter in read_dead_letters(dead)}
+        assert checkpoint.exists()
+        resumed = _ingest.run_ingest([str(trace)], url, api_key="granted-key-0123456789",
+                                     **settings)
+        stored = _keyed_ids(url, "granted-key-0123456789")
+    assert said.startswith("ingest: stopped early: ") and "\n" not in said, said
+    assert "items in a row refused for good (http)" in said
+    assert f"(the last, for {PROJECT}: HTTP 403: project_id: this API key (keys line 2) may " \
+           f"not write project '{PROJECT}')" in said
+    assert f"they are in the dead letters {dead}" in said
+    assert said.endswith(f"the same command resumes from the checkpoint {checkpoint}")
+    assert "0123456789" not in said
+    assert 1_000 <= len(refused) < n  # stopped early, not at the end of the file
+    # the rerun goes on from the checkpoint: every call is stored or in the dead letters
+    assert resumed.resumed and resumed.dead_lettered == 0
+    assert stored | refused == {_call_id(i) for i in range(n)}
