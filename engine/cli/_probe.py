@@ -14,7 +14,7 @@ import urllib.request
 from typing import Any, NamedTuple
 
 from engine.cli._args import CommandFailed
-from engine.common._auth import basic_auth, url_credentials
+from engine.common._auth import basic_auth, key_refused, url_credentials
 from engine.common._redact import redact_url
 
 DEFAULT_TIMEOUT_S = 10.0
@@ -84,14 +84,8 @@ def server_info(base_url: str, api_key: str | None = None,
             "server (wrong path? engine serve's is http://HOST:PORT, hosted Weave's "
             "https://trace.wandb.ai)")
     if answer.status in (401, 403):
-        if in_url:
-            raise CommandFailed(f"{base_url} refused the key in the URL (HTTP {answer.status}): "
-                                "put one it accepts there")
-        if api_key:
-            raise CommandFailed(f"{base_url} refused the API key from {key_from} (HTTP "
-                                f"{answer.status}): put a key it accepts there")
-        raise CommandFailed(f"{base_url} needs an API key (HTTP {answer.status}): set "
-                            f"{key_from} to a key it accepts")
+        raise CommandFailed(key_refused(base_url, answer.status, in_url=in_url,
+                                        has_key=bool(api_key), key_from=key_from))
     if answer.status >= 400:
         raise CommandFailed(f"{base_url}/server_info answered HTTP {answer.status}: "
                             f"{answer.body[:200].decode('utf-8', 'replace')}")

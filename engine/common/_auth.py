@@ -24,3 +24,15 @@ def url_credentials(url: str) -> tuple[str, str | None]:
         return url, None
     token = f"{parsed.user or ''}:{parsed.password or ''}"
     return str(parsed.with_user(None)), "Basic " + base64.b64encode(token.encode()).decode("ascii")
+
+
+def key_refused(base_url: str, status: int, *, in_url: bool, has_key: bool, key_from: str) -> str:
+    """What to say when ``base_url`` (shown without credentials) answers 401/403 to a
+    client's first request: which key it refused, by where it came from (never the key),
+    and what to do. ``key_from``: ``api_key_source``'s words (engine.common._config)."""
+    if in_url:
+        return f"{base_url} refused the key in the URL (HTTP {status}): put one it accepts there"
+    if has_key:
+        return (f"{base_url} refused the API key from {key_from} (HTTP {status}): put a key it "
+                "accepts there")
+    return f"{base_url} needs an API key (HTTP {status}): set {key_from} to a key it accepts"

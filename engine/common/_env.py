@@ -25,6 +25,7 @@ KEYS_FILE = "ENGINE_KEYS_FILE"  # engine serve / relay: the API keys file
 FUZZ_EXAMPLES = "ENGINE_FUZZ_EXAMPLES"  # tests: examples per route of the server's fuzz test
 TEST_SCREENSHOTS = "ENGINE_TEST_SCREENSHOTS"  # tests: where the browser test copies its screenshots
 SENDER_API_KEY = "ENGINE_SENDER_API_KEY"  # the owner hands its key to the sender (internal)
+SENDER_KEY_FROM = "ENGINE_SENDER_KEY_FROM"  # where the owner took that key from (internal, no secret)
 PYTHON = "ENGINE_PYTHON"  # scripts/_env.sh: the interpreter that builds .venv
 REF_PYTHON = "ENGINE_REF_PYTHON"  # scripts/_env.sh: weave's reference server (fidelity tests)
 WEAVE53_PYTHON = "ENGINE_WEAVE53_PYTHON"  # scripts/_env.sh: weave 0.53's venv (integration tests)

@@ -29,6 +29,7 @@ from engine.common import _logging
 from engine.common._config import (
     SIGTERM_TIMEOUT_S,
     EngineConfig,
+    api_key_source,
     load_config,
     persisted_to,
     sender_count,
@@ -69,6 +70,9 @@ class Engine:
     def __init__(self, url: str | None = None, project: str | None = None, *,
                  config_file: str | None = None, **config: Any) -> None:
         self.config: EngineConfig = load_config(config_file, url=url, project=project, **config)
+        # where the key came from (never the key): the sender says it if the server refuses it
+        self._key_from = ("the api_key given to Engine()" if config.get("api_key") is not None
+                          else api_key_source(config_file))
         _logging.check_env()  # the sender logs with them: a typo is said here, not in a loop
         if not self.config.project:
             raise ConfigError("project", 'required, e.g. Engine(project="entity/project")')
@@ -197,7 +201,7 @@ class Engine:
 
     def _start_sender(self, shard: int = 0) -> None:
         proc = ring.spawn_sender(self._sender_args, self.config.api_key, self._ring_dir,
-                                 shard=shard)
+                                 shard=shard, key_from=self._key_from)
         if proc is None:  # only a live sender holds our reader lock, and ours just ended
             raise EngineError(f"ring set {self._ringset.spec.shm_name} is already read by "
                               f"another process (sender {shard}); not starting a second one")
@@ -206,7 +210,8 @@ class Engine:
     def _recover_orphans(self) -> None:
         """Start a sender on every ring set that an engine delivering to our URL left
         holding records when it died with its sender (see engine.ring._orphans)."""
-        for orphan, proc in ring.recover(self.config.url, self.config.api_key):
+        for orphan, proc in ring.recover(self.config.url, self.config.api_key,
+                                          key_from=self._key_from):
             threading.Thread(target=proc.wait, name="engine-recovery", daemon=True).start()
             self._control.add("orphans_adopted")
             self._control.add("orphan_records", orphan.unreleased_records)

@@ -380,12 +380,15 @@ def orphans_for(url: str) -> list[Orphan]:
     return [orphan for orphan in find_orphans() if orphan.url == url]
 
 
-def recover(url: str, api_key: str | None) -> list[tuple[Orphan, subprocess.Popen]]:
+def recover(url: str, api_key: str | None,
+            key_from: str | None = None) -> list[tuple[Orphan, subprocess.Popen]]:
     """Start a sender on every orphan of an engine that delivered to ``url``; the caller
-    reaps the processes (each ends within the orphan's ``shutdown_timeout_s``)."""
+    reaps the processes (each ends within the orphan's ``shutdown_timeout_s``).
+    ``key_from``: where ``api_key`` came from, for the sender's words if it is refused."""
     started = []
     for orphan in orphans_for(url):
-        proc = spawn_sender(orphan.sender_args, api_key, orphan.ring_dir, recover=True)
+        proc = spawn_sender(orphan.sender_args, api_key, orphan.ring_dir, recover=True,
+                            key_from=key_from)
         if proc is None:  # another engine or replay claimed it between the scan and now
             continue
         log.warning("recovering %d records that a dead engine left in ring set %s",
@@ -395,7 +398,8 @@ def recover(url: str, api_key: str | None) -> list[tuple[Orphan, subprocess.Pope
 
 
 def spawn_sender(args_path: str, api_key: str | None, ring_dir: str, *,
-                 recover: bool = False, shard: int = 0) -> subprocess.Popen | None:
+                 recover: bool = False, shard: int = 0,
+                 key_from: str | None = None) -> subprocess.Popen | None:
     """``python -m engine.sender ARGS`` in a session of its own: a signal to the owner's
     process group (Ctrl-C, ``timeout``, a job scheduler) does not reach it, so it can
     settle what the rings hold; it exits when its owner is gone (see the sender). It reads
@@ -412,18 +416,21 @@ def spawn_sender(args_path: str, api_key: str | None, ring_dir: str, *,
     if lock_fds is None:
         return None
     try:
-        return _popen_sender(args_path, api_key, lock_fds, recover, shard)
+        return _popen_sender(args_path, api_key, lock_fds, recover, shard, key_from)
     finally:
         for fd in lock_fds:
             os.close(fd)  # the sender's copies hold the locks from here on
 
 
 def _popen_sender(args_path: str, api_key: str | None, lock_fds: list[int], recover: bool,
-                  shard: int) -> subprocess.Popen:
+                  shard: int, key_from: str | None) -> subprocess.Popen:
     env = dict(os.environ)
     env.pop("ENGINE_API_KEY", None)
+    env.pop("ENGINE_SENDER_KEY_FROM", None)
     if api_key:
         env["ENGINE_SENDER_API_KEY"] = api_key
+    if key_from:  # where the key came from (never the key): the sender's words if refused
+        env["ENGINE_SENDER_KEY_FROM"] = key_from
     # stdout stays free for the user's program (a pipe must close when the owner exits);
     # stderr carries the sender's log lines. A session of its own also keeps Ray's raylet,
     # which kills a dead worker's whole process group, from taking the sender with it.

@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from engine.common._auth import key_refused, url_credentials
 from engine.common._errors import HTTPError, SendError
 from engine.common._redact import redact_url
 
@@ -74,15 +75,19 @@ def failure_text(status: int | None, error: BaseException | None, reason: str = 
     return text if len(text) <= _FAILURE_MAX_CHARS else text[:_FAILURE_MAX_CHARS] + "…"
 
 
-def startup_problem(error: SendError) -> tuple[int, str]:
-    """(log level, message) for a failed ``GET /server_info`` at start."""
+def startup_problem(error: SendError, *, url: str = "", has_key: bool = False,
+                    key_from: str = "$ENGINE_API_KEY or $WANDB_API_KEY") -> tuple[int, str]:
+    """(log level, message) for a failed ``GET /server_info`` at start (``url``: the
+    configured one, credentials and all; ``key_from``: where the owner took the key)."""
     if isinstance(error, HTTPError) and error.status == 404:
         return logging.ERROR, (f"{error.url} answered 404: the url setting is not the base URL "
                                "of a trace server (wrong path?); calls sent there will fail "
                                "and be dead-lettered; `engine doctor URL` checks a URL")
     if isinstance(error, HTTPError) and error.status in (401, 403):
-        return logging.ERROR, (f"{error.url} answered {error.status}: the server refuses the "
-                               "API key (set ENGINE_API_KEY or WANDB_API_KEY)")
+        in_url = url_credentials(url)[1] is not None if url else False
+        return logging.ERROR, (key_refused(redact_url(url) if url else error.url, error.status,
+                                           in_url=in_url, has_key=has_key, key_from=key_from)
+                               + "; calls sent there will be dead-lettered")
     if error.retriable:
         return logging.WARNING, (f"cannot reach the trace server yet ({error}); calls wait in "
                                  "the rings and are retried until it answers")

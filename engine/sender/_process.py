@@ -30,7 +30,7 @@ from typing import Any
 import msgspec
 
 from engine import ring
-from engine.common import _logging
+from engine.common import _env, _logging
 from engine.common._config import (
     EngineConfig,
     compression_thread_count,
@@ -84,7 +84,7 @@ class Sender(Intake, Delivery, Shutdown):
 
     def __init__(self, spec: ring.RingSpec, cfg: EngineConfig, *, owner_pid: int,
                  ring_dir: str, api_key: str | None, recovering: bool = False,
-                 shard: int = 0, shards: int = 1) -> None:
+                 shard: int = 0, shards: int = 1, key_from: str | None = None) -> None:
         self.spool = _open_spool(cfg.spool_dir) if cfg.spool_dir else None
         if cfg.spool_dir and self.spool is None:  # said in _open_spool; dead letters instead
             cfg = msgspec.structs.replace(cfg, spool_dir=None)
@@ -92,6 +92,8 @@ class Sender(Intake, Delivery, Shutdown):
         self.owner_pid = owner_pid
         self.recovering = recovering
         self.api_key = api_key
+        # where the owner took the key from (never the key): our words if it is refused
+        self.key_from = key_from or "$ENGINE_API_KEY or $WANDB_API_KEY"
         self.ringset = ring.RingSet.attach(spec)
         # sender ``shard`` of ``shards`` reads its slots (s % shards == shard) and writes
         # its counters into its own block of the control file
@@ -269,7 +271,8 @@ class Sender(Intake, Delivery, Shutdown):
         try:
             info = await self.transport.get_json("/server_info")
         except SendError as exc:
-            log.log(*startup_problem(exc))
+            log.log(*startup_problem(exc, url=self.cfg.url, has_key=bool(self.api_key),
+                                     key_from=self.key_from))
         setting, why = choose_compression(self.cfg.compression, info)
         log.debug("compression: %s (%s)", setting, why)
         if setting == "zstd":
@@ -347,7 +350,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     tune_gc()
     sender = Sender(spec, cfg, owner_pid=args["owner_pid"], ring_dir=args["ring_dir"],
-                    api_key=os.environ.pop("ENGINE_SENDER_API_KEY", None),
+                    api_key=os.environ.pop(_env.SENDER_API_KEY, None),
+                    key_from=os.environ.pop(_env.SENDER_KEY_FROM, None),
                     recovering=recovering, shard=shard, shards=shards)
     _run(sender.run())
     # stopped on a signal to us alone: say so (the owner starts another sender)

@@ -165,3 +165,28 @@ def test_a_log_level_the_sender_would_fail_on_is_refused_when_the_engine_starts(
     assert _logging.level_from_env() == "WARNING"
     monkeypatch.setenv("ENGINE_LOG_LEVEL", "Info")
     assert _logging.level_from_env() == "INFO"
+
+
+@pytest.mark.parametrize("source", ["config file", "argument", "url"])
+def test_a_refused_key_is_named_by_where_it_came_from(tmp_path, source):
+    """The sender's start-up line said "set ENGINE_API_KEY or WANDB_API_KEY" whatever the
+    key's source; now it names the source (never the key), as the CLI's own check does."""
+    keys = tmp_path / "keys"
+    keys.write_text("granted-key-0123456789 rw ops/*\n")
+    keys.chmod(0o600)
+    wrong = "wrong-key-0123456789"
+    settings, said = {}, ""
+    with serve_subprocess(tmp_path / "t.db", keys_file=keys) as url:
+        if source == "config file":
+            config = tmp_path / "engine.toml"
+            config.write_text(f'[engine]\napi_key = "{wrong}"\n')
+            config.chmod(0o600)
+            settings, said = {"config_file": str(config)}, f"refused the API key from api_key in {config}"
+        elif source == "argument":
+            settings, said = {"api_key": wrong}, "refused the API key from the api_key given to Engine()"
+        else:
+            url = url.replace("http://", f"http://api:{wrong}@")
+            said = "refused the key in the URL (HTTP 401)"
+        outcome, log = _owner(url, tmp_path, **settings)
+    assert outcome["acked"] == 0 and said in log and "ENGINE_API_KEY" not in log
+    assert wrong not in log

@@ -39,7 +39,12 @@ def test_startup_problems_name_the_cause():
     level, text = startup_problem(HTTPError(404, "nf", url="http://h/x/server_info"))
     assert level == logging.ERROR and "wrong path?" in text and "http://h/x/server_info" in text
     level, text = startup_problem(HTTPError(401, "no", url="http://h/server_info"))
-    assert level == logging.ERROR and "API key" in text
+    assert level == logging.ERROR and "needs an API key" in text and "$ENGINE_API_KEY" in text
+    level, text = startup_problem(HTTPError(403, "no", url="http://h/server_info"), url="http://h",
+                                  has_key=True, key_from="$WANDB_API_KEY")
+    assert text.startswith("http://h refused the API key from $WANDB_API_KEY (HTTP 403)")
+    level, text = startup_problem(HTTPError(401, "no"), url="http://api:SECRET@h", has_key=True)
+    assert "refused the key in the URL" in text and "SECRET" not in text
     level, text = startup_problem(SendError("connection refused", retriable=True))
     assert level == logging.WARNING and "retried" in text
 
