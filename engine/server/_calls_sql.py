@@ -143,6 +143,8 @@ _IN_FILTERS = {
     "thread_ids": "thread_id", "turn_ids": "turn_id", "wb_user_ids": "wb_user_id",
     "wb_run_ids": "wb_run_id",
 }  # fmt: skip
+# weave: an empty list is no filter, except these ([] matches nothing in its SQLite server)
+_EMPTY_MATCHES_NONE = frozenset({"thread_ids", "turn_ids"})
 _WILDCARD = ":*"
 # sort fields an index on (project_id, field) serves (``_sqlite_db``), rows then by arrival
 _INDEX_ORDERED = frozenset({"started_at", "ended_at", "op_name", "parent_id", "trace_id", "id"})
@@ -174,6 +176,13 @@ def _json_list(values: Sequence[str]) -> str:
     return msgspec.json.encode(list(values)).decode()
 
 
+def _bindable(value: int) -> int | float:
+    """An integer beyond int64 as a float: no store binds it (SQLite: OverflowError, a
+    500), and weave's SQLite server, which writes literals into its SQL, has SQLite read
+    it as a REAL; a float compares with numbers as the integer would, to 53 bits."""
+    return value if -(2**63) <= value < 2**63 else float(value)
+
+
 def _literal_cast(value: Any) -> str | None:
     """The cast a literal imposes on a JSON field compared with it (weave's rule)."""
     if isinstance(value, bool):
@@ -188,16 +197,18 @@ def _literal_cast(value: Any) -> str | None:
 def _param(value: Any) -> Any:
     if isinstance(value, (dict, list)):
         return msgspec.json.encode(value).decode()
+    if isinstance(value, int) and not isinstance(value, bool):
+        return _bindable(value)
     return value
 
 
 _STATUS, _ERRORS = {"$getField": "summary.weave.status"}, {"$literal": "error"}
 
 
-def _time_us(value: Any, where: str) -> int:
+def _time_us(value: Any, where: str) -> int | float:
     """A literal compared with a time column: ISO-8601 text, or seconds since the epoch."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return round(value * 1_000_000)
+        return _bindable(round(value * 1_000_000))
     if isinstance(value, str):
         try:
             return to_us(_dt.datetime.fromisoformat(value.replace("Z", "+00:00")))  # type: ignore[return-value]
@@ -369,7 +380,7 @@ class Selection:
                     f"filter.{name}", f"at most {MAX_FILTER_VALUES} values, got {len(values)}"
                 )
         where = []
-        if flt.op_names is not None:
+        if flt.op_names:
             self.op_filter = self._op_names(flt.op_names, "op_name")
             if self._op_rows is None:
                 where.append(self.op_filter)
@@ -379,7 +390,7 @@ class Selection:
                 where.append(self._op_names(flt.op_names, "+op_name"))
         for name, column in _IN_FILTERS.items():
             values = getattr(flt, name)
-            if values is not None:
+            if values or (values is not None and name in _EMPTY_MATCHES_NONE):
                 where.append(Sql(self.d.in_list(column), (_json_list(values),)))
         for name, column in (("input_refs", "inputs"), ("output_refs", "output")):
             refs = getattr(flt, name)

@@ -345,3 +345,21 @@ def test_feedback_queries_that_pin_what_it_is_about(store_run):
     assert {d["weave_ref"] for d in both.docs} == {ref(7)} and both.total == 12  # 7 odd: notes
     assert all(d["feedback_type"] == "note" for d in both.docs)
     assert either.total == 24  # an $or pins nothing: every document looked at, as before
+
+
+def test_integers_beyond_int64_compare_as_numbers(store_run):
+    """A literal beyond int64 (weave's servers answer it) is bound as a float: neither store
+    can bind it as an integer (SQLite raised OverflowError: a 500)."""
+    big = 10**20
+    where = lambda op, field, value: {"$expr": {op: [{"$getField": field}, {"$literal": value}]}}  # noqa: E731
+
+    async def scenario(store):
+        await store.insert_calls([], [], [_call("a", t_s=1), _call("b", t_s=2)])
+        return [sorted(await _ids(store, query=q)) for q in (
+            where("$lt", "inputs.n", big), where("$gt", "inputs.n", -big),
+            where("$eq", "inputs.n", 2**63), where("$gt", "inputs.n", 2**64),
+            {"$expr": {"$in": [{"$getField": "inputs.n"}, [{"$literal": big}, {"$literal": 2}]]}},
+            where("$lt", "started_at", big), where("$gt", "ended_at", -big),
+            where("$gt", "started_at", big))]  # fmt: skip
+
+    assert store_run(scenario) == [["a", "b"], ["a", "b"], [], [], ["b"], ["a", "b"], ["a", "b"], []]

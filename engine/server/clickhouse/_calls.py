@@ -282,7 +282,7 @@ class CallsSql:
         self._used = self._filtered | set(_COLUMN_NAMES.findall(self._order))
         self._parts_where = []
         flt = query.filter
-        if flt is not None and flt.call_ids is not None:  # on the sorting key: only their parts
+        if flt is not None and flt.call_ids:  # on the sorting key: only their parts
             self.params["call_ids"] = list(flt.call_ids)
             self._parts_where.append("has({call_ids:Array(String)}, id)")
         starts = ["project_id = {project_id:String}", "has_start", *self._parts_where]
