@@ -278,6 +278,8 @@ class CallsSql:
         self.params: dict[str, Any] = {"project_id": query.project_id}
         self._where = bind(selection.where, self.params)
         self._order = bind(selection.order, self.params)
+        types = selection.feedback_types
+        self._feedback = " " + bind(CLICKHOUSE.feedback_join(types), self.params) if types else ""
         self._filtered = set(_COLUMN_NAMES.findall(self._where))  # what a count merges
         self._used = self._filtered | set(_COLUMN_NAMES.findall(self._order))
         self._parts_where = []
@@ -359,7 +361,7 @@ class CallsSql:
 
     def _from(self, columns: Iterable[str], ordered: bool = True) -> str:
         used = self._used if ordered else self._filtered
-        return f"({merged_calls({*used, *columns}, self._parts_where, self._few)}) AS calls"
+        return f"({merged_calls({*used, *columns}, self._parts_where, self._few)}) AS calls{self._feedback}"
 
     def select(self, limit: int | None, offset: int) -> str:
         """Rows in ``SELECT_COLUMNS`` order."""
