@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 
+from engine.server._calls_feedback import ANY_TYPE, feedback_field
 from engine.server._rows import SQLITE_SELECT, to_us
 from engine.server._store import CallsQuery, InvalidQuery
 from engine.wire.query import CallsFilter, SortBy
@@ -65,11 +66,21 @@ class Dialect:
         return "$" + "".join(f"[{p}]" if p.isdigit() else '."' + p.replace('"', '\\"') + '"'
                              for p in parts)  # fmt: skip
 
-    def json_value(self, column: str, parts: Sequence[str]) -> Sql:
-        return Sql(f"json_extract({column}, ?)", (self.json_path(parts),))
+    def json_value(self, column: Sql, parts: Sequence[str]) -> Sql:
+        return Sql(f"json_extract({column.text}, ?)", (*column.params, self.json_path(parts)))
 
-    def json_type(self, column: str, parts: Sequence[str]) -> Sql:
-        return Sql(f"json_type({column}, ?)", (self.json_path(parts),))
+    def json_type(self, column: Sql, parts: Sequence[str]) -> Sql:
+        return Sql(f"json_type({column.text}, ?)", (*column.params, self.json_path(parts)))
+
+    def feedback_doc(self, index: int, feedback_type: str) -> Sql:
+        """The JSON of the call's oldest feedback of ``feedback_type`` (``*``: of any type),
+        NULL if it has none: read through the ``feedback_by_ref`` index (``index`` numbers
+        the feedback types of one query; a store that joins them names its columns by it)."""
+        of_type = "" if feedback_type == ANY_TYPE else " AND json_extract(f.doc, '$.feedback_type') = ?"
+        return Sql("(SELECT f.doc FROM feedback AS f WHERE f.project_id = calls.project_id AND "
+                   "json_extract(f.doc, '$.weave_ref') = 'weave:///' || calls.project_id || '/call/' "
+                   f"|| calls.id{of_type} ORDER BY f.created_at_us, f.rowid LIMIT 1)",
+                   () if feedback_type == ANY_TYPE else (feedback_type,))  # fmt: skip
 
     def cast(self, value: Sql, to: str) -> Sql:
         sql_type = {"int": "INTEGER", "double": "REAL", "bool": "INTEGER", "string": "TEXT"}[to]
@@ -89,7 +100,7 @@ class Dialect:
         """Any string anywhere in the JSON of ``column`` passing ``test`` (on ``t.value``)."""
         return f"EXISTS (SELECT 1 FROM json_tree({column}) t WHERE t.type = 'text' AND {test})"
 
-    def json_sort_key(self, column: str, parts: Sequence[str]) -> Sql:
+    def json_sort_key(self, column: Sql, parts: Sequence[str]) -> Sql:
         """A JSON path as a sort key: SQLite orders NULL, then numbers, then text."""
         return self.json_value(column, parts)
 
@@ -143,6 +154,8 @@ _IN_FILTERS = {
     "thread_ids": "thread_id", "turn_ids": "turn_id", "wb_user_ids": "wb_user_id",
     "wb_run_ids": "wb_run_id",
 }  # fmt: skip
+# weave: an empty list is no filter, except these ([] matches nothing in its SQLite server)
+_EMPTY_MATCHES_NONE = frozenset({"thread_ids", "turn_ids"})
 _WILDCARD = ":*"
 # sort fields an index on (project_id, field) serves (``_sqlite_db``), rows then by arrival
 _INDEX_ORDERED = frozenset({"started_at", "ended_at", "op_name", "parent_id", "trace_id", "id"})
@@ -174,6 +187,13 @@ def _json_list(values: Sequence[str]) -> str:
     return msgspec.json.encode(list(values)).decode()
 
 
+def _bindable(value: int) -> int | float:
+    """An integer beyond int64 as a float: no store binds it (SQLite: OverflowError, a
+    500), and weave's SQLite server, which writes literals into its SQL, has SQLite read
+    it as a REAL; a float compares with numbers as the integer would, to 53 bits."""
+    return value if -(2**63) <= value < 2**63 else float(value)
+
+
 def _literal_cast(value: Any) -> str | None:
     """The cast a literal imposes on a JSON field compared with it (weave's rule)."""
     if isinstance(value, bool):
@@ -188,16 +208,18 @@ def _literal_cast(value: Any) -> str | None:
 def _param(value: Any) -> Any:
     if isinstance(value, (dict, list)):
         return msgspec.json.encode(value).decode()
+    if isinstance(value, int) and not isinstance(value, bool):
+        return _bindable(value)
     return value
 
 
 _STATUS, _ERRORS = {"$getField": "summary.weave.status"}, {"$literal": "error"}
 
 
-def _time_us(value: Any, where: str) -> int:
+def _time_us(value: Any, where: str) -> int | float:
     """A literal compared with a time column: ISO-8601 text, or seconds since the epoch."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return round(value * 1_000_000)
+        return _bindable(round(value * 1_000_000))
     if isinstance(value, str):
         try:
             return to_us(_dt.datetime.fromisoformat(value.replace("Z", "+00:00")))  # type: ignore[return-value]
@@ -211,6 +233,7 @@ class _ExprSql:
 
     def __init__(self, dialect: Dialect) -> None:
         self.d = dialect
+        self.feedback_types: list[str] = []  # of the feedback fields used, in first use order
 
     def field(self, name: str, cast: str | None, where: str) -> Sql:
         if name in _PLAIN_COLUMNS:
@@ -227,10 +250,20 @@ class _ExprSql:
             return _LATENCY
         if name == "summary.weave.trace_name":
             return self.trace_name()
+        if name.startswith("feedback."):
+            return self.json_field(*self.feedback(name, where), cast)
         head, _, rest = name.partition(".")
         if head not in JSON_COLUMNS:
             raise InvalidQuery(where, f"unknown call field {name!r}")
-        return self.json_field(head, split_path(rest) if rest else [], cast)
+        return self.json_field(Sql(head), split_path(rest) if rest else [], cast)
+
+    def feedback(self, name: str, where: str) -> tuple[Sql, list[str]]:
+        """The feedback document a feedback field reads and the path in it."""
+        fb = feedback_field(name, where)
+        if fb.feedback_type not in self.feedback_types:
+            self.feedback_types.append(fb.feedback_type)
+        index = self.feedback_types.index(fb.feedback_type)
+        return self.d.feedback_doc(index, fb.feedback_type), split_path(fb.path)
 
     def trace_name(self) -> Sql:
         return Sql(
@@ -238,7 +271,7 @@ class _ExprSql:
             f"WHEN op_name LIKE 'weave:///%' THEN {self.d.ref_name('op_name')} ELSE op_name END)"
         )
 
-    def json_field(self, column: str, parts: list[str], cast: str | None) -> Sql:
+    def json_field(self, column: Sql, parts: list[str], cast: str | None) -> Sql:
         value = self.d.json_value(column, parts)
         if cast is None:
             return self.d.cast(value, "string")
@@ -353,11 +386,12 @@ class Selection:
         self.d = dialect
         self._op_rows = op_rows
         self.op_filter: Sql | None = None  # the op condition alone, as the planner sees it
+        self._expr = _ExprSql(dialect)
         where = [Sql("project_id = ?", (query.project_id,)), Sql(dialect.started)]
         if query.filter is not None:
             where += self._filter(query.filter)
         if query.query is not None:
-            where.append(_ExprSql(dialect).condition(query.query["$expr"], "query.$expr"))
+            where.append(self._expr.condition(query.query["$expr"], "query.$expr"))
         self.where = _join(where, " AND ")
         self.order = self._order_by(query.sort_by)
 
@@ -369,7 +403,7 @@ class Selection:
                     f"filter.{name}", f"at most {MAX_FILTER_VALUES} values, got {len(values)}"
                 )
         where = []
-        if flt.op_names is not None:
+        if flt.op_names:
             self.op_filter = self._op_names(flt.op_names, "op_name")
             if self._op_rows is None:
                 where.append(self.op_filter)
@@ -379,7 +413,7 @@ class Selection:
                 where.append(self._op_names(flt.op_names, "+op_name"))
         for name, column in _IN_FILTERS.items():
             values = getattr(flt, name)
-            if values is not None:
+            if values or (values is not None and name in _EMPTY_MATCHES_NONE):
                 where.append(Sql(self.d.in_list(column), (_json_list(values),)))
         for name, column in (("input_refs", "inputs"), ("output_refs", "output")):
             refs = getattr(flt, name)
@@ -425,13 +459,19 @@ class Selection:
             return Sql(self.d.time_columns[field])
         if field in _PLAIN_COLUMNS:
             return Sql(field)
-        expr = _ExprSql(self.d)
         if field.startswith("summary.weave."):
-            return expr.field(field, None, where)
+            return self._expr.field(field, None, where)
+        if field.startswith("feedback."):
+            return self.d.json_sort_key(*self._expr.feedback(field, where))
         head, _, rest = field.partition(".")
         if head not in JSON_COLUMNS:
             raise InvalidQuery(where, f"cannot sort by {field!r}: not a call field")
-        return self.d.json_sort_key(head, split_path(rest) if rest else [])
+        return self.d.json_sort_key(Sql(head), split_path(rest) if rest else [])
+
+    @property
+    def feedback_types(self) -> list[str]:
+        """The feedback types the query's feedback fields read (``Dialect.feedback_doc``)."""
+        return self._expr.feedback_types
 
     def _order_by(self, sort_by: Sequence[SortBy]) -> Sql:
         if len(sort_by) > MAX_SORT_FIELDS:

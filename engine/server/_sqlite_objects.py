@@ -129,7 +129,7 @@ def _objects_where(q: ObjectsQuery) -> tuple[list[str], list[Any]]:
     where, params = ["o.project_id = ?", "o.deleted_at_us IS NULL"], [q.project_id]
     for name, column in _IN_FILTERS:
         values = getattr(q, name)
-        if values is not None:
+        if values:  # weave: an empty list is no filter
             where.append(f"{column} IN ({marks(len(values))})")
             params.extend(values)
     if q.exclude_base_object_classes:  # a NULL class is not "not in" either, as in weave

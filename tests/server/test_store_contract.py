@@ -345,3 +345,60 @@ def test_feedback_queries_that_pin_what_it_is_about(store_run):
     assert {d["weave_ref"] for d in both.docs} == {ref(7)} and both.total == 12  # 7 odd: notes
     assert all(d["feedback_type"] == "note" for d in both.docs)
     assert either.total == 24  # an $or pins nothing: every document looked at, as before
+
+
+def test_integers_beyond_int64_compare_as_numbers(store_run):
+    """A literal beyond int64 (weave's servers answer it) is bound as a float: neither store
+    can bind it as an integer (SQLite raised OverflowError: a 500)."""
+    big = 10**20
+    where = lambda op, field, value: {"$expr": {op: [{"$getField": field}, {"$literal": value}]}}  # noqa: E731
+
+    async def scenario(store):
+        await store.insert_calls([], [], [_call("a", t_s=1), _call("b", t_s=2)])
+        return [sorted(await _ids(store, query=q)) for q in (
+            where("$lt", "inputs.n", big), where("$gt", "inputs.n", -big),
+            where("$eq", "inputs.n", 2**63), where("$gt", "inputs.n", 2**64),
+            {"$expr": {"$in": [{"$getField": "inputs.n"}, [{"$literal": big}, {"$literal": 2}]]}},
+            where("$lt", "started_at", big), where("$gt", "ended_at", -big),
+            where("$gt", "started_at", big))]  # fmt: skip
+
+    assert store_run(scenario) == [["a", "b"], ["a", "b"], [], [], ["b"], ["a", "b"], ["a", "b"], []]
+
+
+def test_calls_filter_sort_and_count_by_their_feedback(store_run):
+    """``feedback.[<type>].payload.<path>`` / ``….runnable_ref`` as weave's ``scored_by``
+    asks for them: a call's value is its oldest feedback of that type; none without one."""
+    scorer, ref = "wandb.runnable.s", f"weave:///{P}/object/s:v1"
+    get = lambda path: {"$getField": f"feedback.[{scorer}].{path}"}  # noqa: E731
+    scored = {"$expr": {"$and": [{"$not": [{"$eq": [get("payload.output"), {"$literal": ""}]}]}]}}
+
+    def fb(i: int, call_id: str, feedback_type: str, payload: dict, **more) -> Doc:
+        body = {"id": f"f{i}", "weave_ref": f"weave:///{P}/call/{call_id}",
+                "feedback_type": feedback_type, "payload": payload, **more}  # fmt: skip
+        return Doc(P, f"f{i}", i, msgspec.json.encode(body).decode())
+
+    async def scenario(store):
+        await store.insert_calls([], [], [_call("a"), _call("b", t_s=1), _call("c", t_s=2)])
+        await store.put_docs("feedback", [
+            fb(1, "a", scorer, {"output": {"score": 0.9}}, runnable_ref=ref),
+            fb(2, "b", scorer, {"output": {"score": 0.2}}, runnable_ref=f"weave:///{P}/object/s:v0"),
+            fb(3, "b", scorer, {"output": {"score": 0.95}}, runnable_ref=ref),  # not b's oldest
+            fb(4, "c", "wandb.reaction.1", {"emoji": "x"}),
+            Doc("other/proj", "f5", 5, msgspec.json.encode({"id": "f5", "feedback_type": scorer,
+                "weave_ref": "weave:///other/proj/call/c", "payload": {"output": 1}}).decode()),
+        ])  # fmt: skip
+        by_score = lambda d: (SortBy(field=f"feedback.[{scorer}].payload.output.score", direction=d),)  # noqa: E731
+        return {
+            "scored": await _ids(store, query=scored),
+            "by_ref": await _ids(store, query={"$expr": {"$eq": [get("runnable_ref"), {"$literal": ref}]}}),
+            "over": await _ids(store, query={"$expr": {"$gt": [get("payload.output.score"), {"$literal": 0.5}]}}),
+            "desc": await _ids(store, sort_by=by_score("desc")),
+            "asc": await _ids(store, sort_by=by_score("asc")),
+            "count": await store.count_calls(CallsQuery(project_id=P, query=scored)),
+            "any_type": await _ids(store, query={"$expr": {"$eq": [
+                {"$getField": "feedback.[*].payload.emoji"}, {"$literal": "x"}]}}),
+        }  # fmt: skip
+
+    assert store_run(scenario) == {"scored": ["a", "b"], "by_ref": ["a"], "over": ["a"],
+                                   "desc": ["a", "b", "c"], "asc": ["c", "b", "a"], "count": 2,
+                                   "any_type": ["c"]}  # fmt: skip

@@ -83,3 +83,48 @@ def test_weave_client_calls_are_all_stored_exactly_once(tmp_path, use_calls_comp
         assert stats["calls_complete"] >= N_CALLS and stats["calls_started"] == 0
     else:
         assert stats["calls_started"] >= N_CALLS and stats["calls_complete"] == 0
+
+
+_SCORED = textwrap.dedent(
+    """
+    import asyncio, json, sys
+    import weave
+
+    client = weave.init(sys.argv[1])
+
+    class Exact(weave.Scorer):
+        @weave.op
+        def score(self, output):
+            return {"ok": output == "A"}
+
+    @weave.op
+    def predict(question: str) -> str:
+        return question.upper()
+
+    predict("b")
+    _, call = predict.call("a")
+    scorer = Exact()
+    asyncio.run(call.apply_scorer(scorer))
+    client.flush()
+    ref = weave.publish(scorer).uri()
+    print(json.dumps({"scored": call.id,
+                      "by_name": [c.id for c in client.get_calls(scored_by="Exact")],
+                      "by_ref": [c.id for c in client.get_calls(scored_by=ref)],
+                      "by_other": [c.id for c in client.get_calls(scored_by="Other")]}))
+    """
+)
+
+
+def test_get_calls_scored_by_finds_what_a_scorer_scored(tmp_path):
+    """weave's ``client.get_calls(scored_by=…)`` filters on ``feedback.[wandb.runnable.<name>]``
+    fields (a 422 "unknown call field" before): by scorer name and by the scorer's ref."""
+    with serve_subprocess(tmp_path / "traces.db") as url:
+        result = subprocess.run(
+            [sys.executable, "-c", _SCORED, "ent/scored"],
+            env=_weave_env(url, str(tmp_path), use_calls_complete=True),
+            capture_output=True, text=True, timeout=100,
+        )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    got = msgspec.json.decode(result.stdout.strip().splitlines()[-1])
+    assert got["by_name"] == [got["scored"]] and got["by_ref"] == [got["scored"]]
+    assert got["by_other"] == []

@@ -278,11 +278,13 @@ class CallsSql:
         self.params: dict[str, Any] = {"project_id": query.project_id}
         self._where = bind(selection.where, self.params)
         self._order = bind(selection.order, self.params)
+        types = selection.feedback_types
+        self._feedback = " " + bind(CLICKHOUSE.feedback_join(types), self.params) if types else ""
         self._filtered = set(_COLUMN_NAMES.findall(self._where))  # what a count merges
         self._used = self._filtered | set(_COLUMN_NAMES.findall(self._order))
         self._parts_where = []
         flt = query.filter
-        if flt is not None and flt.call_ids is not None:  # on the sorting key: only their parts
+        if flt is not None and flt.call_ids:  # on the sorting key: only their parts
             self.params["call_ids"] = list(flt.call_ids)
             self._parts_where.append("has({call_ids:Array(String)}, id)")
         starts = ["project_id = {project_id:String}", "has_start", *self._parts_where]
@@ -359,7 +361,7 @@ class CallsSql:
 
     def _from(self, columns: Iterable[str], ordered: bool = True) -> str:
         used = self._used if ordered else self._filtered
-        return f"({merged_calls({*used, *columns}, self._parts_where, self._few)}) AS calls"
+        return f"({merged_calls({*used, *columns}, self._parts_where, self._few)}) AS calls{self._feedback}"
 
     def select(self, limit: int | None, offset: int) -> str:
         """Rows in ``SELECT_COLUMNS`` order."""

@@ -20,7 +20,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from engine.server._calls_sql import Dialect, Sql, _json_list, _wrap
+from engine.server._calls_feedback import ANY_TYPE
+from engine.server._calls_sql import Dialect, Sql, _join, _json_list, _wrap
 
 # every string literal of a JSON text (keys too; refs are never keys), its contents as the
 # first group; no '?' in it, since bind() takes every '?' for a placeholder
@@ -33,17 +34,17 @@ class ClickHouseDialect(Dialect):
     # saying it again would merge op_name, a string, for every call of a count
     started = "1"
 
-    def _args(self, column: str, parts: Sequence[str]) -> Sql:
+    def _args(self, column: Sql, parts: Sequence[str]) -> Sql:
         """ClickHouse's JSON path: keys as strings, list positions counted from 1."""
         args = [Sql("?", (int(p) + 1,)) if p.isdigit() else Sql("?", (p,)) for p in parts]
-        return Sql(", ".join([column, *(a.text for a in args)]), tuple(v for a in args for v in a.params))
+        return _join([column, *args], ", ")
 
     @staticmethod
     def _has(parts: Sequence[str]) -> str:
         """Whether the path is there (the whole value: whether the column is valid JSON)."""
         return "JSONHas({})" if parts else "isValidJSON(ifNull({}, ''))"
 
-    def json_value(self, column: str, parts: Sequence[str]) -> Sql:
+    def json_value(self, column: Sql, parts: Sequence[str]) -> Sql:
         at = self._args(column, parts)
         return _wrap(
             "multiIf(NOT " + self._has(parts) + ", NULL, JSONType({}) = 'String', JSONExtractString({}), "
@@ -52,7 +53,7 @@ class ClickHouseDialect(Dialect):
             at, at, at, at, at, at, at,
         )
 
-    def json_type(self, column: str, parts: Sequence[str]) -> Sql:
+    def json_type(self, column: Sql, parts: Sequence[str]) -> Sql:
         at = self._args(column, parts)
         return _wrap(
             "multiIf(NOT " + self._has(parts) + ", NULL, JSONType({}) = 'Bool', "
@@ -62,7 +63,7 @@ class ClickHouseDialect(Dialect):
             at, at, at, at, at, at, at,
         )
 
-    def json_sort_key(self, column: str, parts: Sequence[str]) -> Sql:
+    def json_sort_key(self, column: Sql, parts: Sequence[str]) -> Sql:
         # as SQLite orders json_extract's values: NULL, then numbers (booleans as 1/0), then text
         kind, value = self.json_type(column, parts), self.json_value(column, parts)
         return _wrap(
@@ -76,6 +77,25 @@ class ClickHouseDialect(Dialect):
             return _wrap("CAST({} AS Nullable(String))", value)
         sql_type = "Float64" if to == "double" else "Int64"
         return _wrap(f"accurateCastOrNull({{}}, '{sql_type}')", value)
+
+    def feedback_doc(self, index: int, feedback_type: str) -> Sql:
+        """A column of :meth:`feedback_join` ('' for a call without such feedback: no path
+        is in it, so every value read from it is NULL)."""
+        return Sql(f"fb_doc{index}")
+
+    def feedback_join(self, feedback_types: Sequence[str]) -> Sql:
+        """``LEFT JOIN`` of each call's oldest feedback of each type (``fb_doc<i>``) to the
+        relation ``calls`` of ``{project_id:String}``: one pass over the project's feedback."""
+        ref, prefix = "JSONExtractString(doc, 'weave_ref')", "concat('weave:///', {project_id:String}, '/call/')"
+        docs = [Sql(f"argMinIf(doc, (created_at_us, version), 1) AS fb_doc{i}") if t == ANY_TYPE else
+                Sql(f"argMinIf(doc, (created_at_us, version), "
+                    f"JSONExtractString(doc, 'feedback_type') = ?) AS fb_doc{i}", (t,))
+                for i, t in enumerate(feedback_types)]  # fmt: skip
+        columns = _join(docs, ", ")
+        return Sql(f"LEFT JOIN (SELECT substring({ref}, length({prefix}) + 1) AS fb_call, "
+                   f"{columns.text} FROM docs FINAL WHERE kind = 'feedback' AND "
+                   f"project_id = {{project_id:String}} AND startsWith({ref}, {prefix}) "
+                   "GROUP BY fb_call) AS fb ON fb.fb_call = calls.id", columns.params)  # fmt: skip
 
     def contains(self, haystack: Sql, needle: Sql, case_insensitive: bool) -> Sql:
         function = "positionCaseInsensitiveUTF8" if case_insensitive else "position"
@@ -102,7 +122,8 @@ class ClickHouseDialect(Dialect):
         return f"arrayExists(p -> startsWith({column}, p), JSONExtract(?, 'Array(String)'))"
 
     def plain_number(self, text: Sql, allow_dot: bool) -> Sql:
-        pattern = "'^[0-9]*\\\\.?[0-9]*$'" if allow_dot else "'^[0-9]+$'"
+        # no '?' in the pattern: bind() would take it for a placeholder
+        pattern = "'^([0-9]+|[0-9]*\\\\.[0-9]*)$'" if allow_dot else "'^[0-9]+$'"
         return _wrap(f"(match({{}}, {pattern}) AND match({{}}, '[0-9]'))", text, text)
 
     def error_count(self) -> Sql:

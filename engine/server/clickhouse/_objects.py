@@ -93,7 +93,7 @@ def query(client: Any, q: ObjectsQuery) -> list[ObjectVersion]:
     for name, column in (("object_ids", "object_id"), ("base_object_classes", "base_object_class"),
                          ("leaf_object_classes", "leaf_object_class")):  # fmt: skip
         values = getattr(q, name)
-        if values is not None:
+        if values:  # weave: an empty list is no filter
             params[name] = list(values)
             where.append(f"has({{{name}:Array(String)}}, o.{column})")
     if q.exclude_base_object_classes:

@@ -244,6 +244,8 @@ class ClickHouseStore(Store):
     async def trace_storage_bytes(self, project_id: str, trace_ids: list[str]) -> dict[str, int]:
         """Summed over the traces' calls as read (only asked for by include_total_storage_size)."""
         sizes: dict[str, int] = {}
+        if not trace_ids:  # an empty trace_ids filter would be every call
+            return sizes
         query = CallsQuery(project_id=project_id, filter=CallsFilter(trace_ids=trace_ids))
         async for page in self.query_calls(query):
             for call in page:
@@ -255,6 +257,8 @@ class ClickHouseStore(Store):
 
     def _delete_calls(self, client: Any, project_id: str, call_ids: list[str]) -> list[str]:
         """The calls and every visible call below them (parent links), as weave deletes."""
+        if not call_ids:  # an empty call_ids filter would be every call
+            return []
         sql, params = _calls.visible_sql(project_id, list(dict.fromkeys(call_ids)))
         doomed = dict.fromkeys(r[0] for r in client.query(sql, parameters=params).result_rows)
         frontier = list(doomed)

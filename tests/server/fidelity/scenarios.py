@@ -129,6 +129,10 @@ def calls_reads() -> list[Step]:
         _query("wb_run_ids", filter={"wb_run_ids": ["fid/calls/run1"]}),
         _query("thread_ids", filter={"thread_ids": ["th1"]}),
         _query("turn_ids", filter={"turn_ids": ["r2"]}),
+        # weave: an empty list is no filter (thread_ids: none match)
+        *(_query(f"empty_{name}", filter={name: []}) for name in (
+            "call_ids", "op_names", "trace_ids", "parent_ids", "wb_user_ids", "wb_run_ids",
+            "thread_ids")),
         _query("input_refs", filter={"input_refs": [DOC_REF]}),
         _query("input_refs_wildcard", filter={"input_refs": [f"weave:///{CP}/object/model:*"]}),
         _query("output_refs", filter={"output_refs": [ENDS[4]["output"]["result"]]}),
@@ -163,6 +167,11 @@ def calls_reads() -> list[Step]:
         _where("inputs_eq_string", _expr("$eq", _get("inputs.n"), _lit("7"))),
         _where("inputs_nested", _expr("$eq", _get("inputs.meta.lang"), _lit("en"))),
         _where("inputs_bool", _expr("$eq", _get("inputs.flag"), _lit(True))),
+        # integers beyond int64 compare as numbers (no SQLite OverflowError: a 500)
+        _where("beyond_int64_eq", _expr("$eq", _get("inputs.n"), _lit(10**20))),
+        _where("beyond_int64_gt", _expr("$gt", _get("inputs.n"), _lit(2**63))),
+        _where("beyond_int64_gt_negative", _expr("$gt", _get("inputs.n"), _lit(-(10**20)))),
+        _where("beyond_int64_in", {"$expr": {"$in": [_get("inputs.n"), [_lit(10**20), _lit(4)]]}}),
         _where("not", {"$expr": {"$not": [{"$eq": [_get("op_name"), _lit(OP_PREDICT)]}]}}),
         _where("and", {"$expr": {"$and": [{"$eq": [_get("trace_id"), _lit("t1")]},
                                           {"$gt": [_get("inputs.n"), _lit(3)]}]}}),  # fmt: skip
@@ -204,6 +213,12 @@ def calls_reads() -> list[Step]:
              {"project_id": CP, "filter": {"call_ids": ["g1"]}, "include_total_storage_size": True}),
         Step("calls.query", "calls.stream", "calls_query_stream",
              {"project_id": CP, "filter": {"trace_ids": ["t2"]}}),
+        Step("calls.query", "calls.stats_empty_call_ids", "calls_query_stats",
+             {"project_id": CP, "filter": {"call_ids": []}}),
+        Step("calls.query", "calls.stream_empty_op_names", "calls_query_stream",
+             {"project_id": CP, "filter": {"op_names": []}}),
+        Step("calls.query", "calls.stats_beyond_int64", "calls_query_stats",
+             {"project_id": CP, "query": _expr("$lt", _get("inputs.n"), _lit(10**20))}),
         Step("calls.query", "calls.bad_sort_direction", "calls_query",
              {"project_id": CP, "sort_by": [{"field": "started_at", "direction": "up"}]}),
         Step("calls.query", "calls.bad_expr", "calls_query",
@@ -275,6 +290,7 @@ def objects() -> list[Step]:
         _objs("is_op", filter={"is_op": True}),
         _objs("not_op", filter={"is_op": False, "latest_only": True}),
         _objs("base_classes", filter={"base_object_classes": ["Model"]}),
+        _objs("empty_lists", filter={"object_ids": [], "base_object_classes": []}),
         _objs("leaf_classes", filter={"leaf_object_classes": ["Leaderboard"]}),
         _objs("exclude_classes", filter={"exclude_base_object_classes": ["Model"], "latest_only": True}),
         _objs("sort_desc", sort_by=[{"field": "object_id", "direction": "desc"}], limit=3),
