@@ -38,7 +38,7 @@ def _write(writer: asyncio.StreamWriter, data: bytes) -> bool:
 
 async def _ask(url: str, path: str = "/health") -> bytes:
     reader, writer = await _open(url)
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
     answer = await asyncio.wait_for(reader.read(), 30)
     writer.close()
     return answer
@@ -73,7 +73,7 @@ def test_a_client_trickling_its_request_head_is_cut_off(run, db_path):
         runner, url = await start_server(port=0, db_path=db_path, header_timeout_s=0.5)
         try:
             reader, writer = await _open(url)
-            writer.write(b"POST /calls/query_stats HTTP/1.1\r\nHost: x\r\n")
+            writer.write(b"POST /calls/query_stats HTTP/1.1\r\nHost: 127.0.0.1\r\n")
             for _ in range(100):  # one header byte every 50 ms: never a complete head
                 if reader.at_eof() or not _write(writer, b"X"):
                     break
@@ -95,7 +95,7 @@ def test_a_body_that_stalls_or_crawls_is_a_408(run, db_path, monkeypatch):
 
     async def send(url: str, pause_s: float) -> bytes:
         reader, writer = await _open(url)
-        writer.write(b"POST /calls/query_stats HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        writer.write(b"POST /calls/query_stats HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                      + f"Content-Length: {len(body) + 100}\r\n\r\n".encode() + body[:5])  # fmt: skip
         answer = b""
         for byte in body[5:]:
