@@ -46,6 +46,7 @@ from engine.server._connections import DEFAULT_HEADER_TIMEOUT_S, LimitedSite
 from engine.server._count_store import CountStore
 from engine.server._limits import DEFAULT_MAX_CONNECTIONS
 from engine.server._op_watch import GRACE_S, OpWatch
+from engine.server._origin import origin_middleware
 from engine.server._retention import DEFAULT_INTERVAL_S, Pruner
 from engine.server._sqlite_db import default_db_path
 from engine.server._sqlite_store import SQLiteStore
@@ -154,7 +155,9 @@ def build_app(
     retention are deleted (:mod:`engine.server._retention`); ``missing_op_grace_s``: how
     long after a call first names a weave op the server looks it up (:mod:`._op_watch`)."""
     keys = key_ring(api_key, keys)
-    middlewares = [_json_errors] + ([_auth_middleware(keys)] if keys else [])
+    # no other website's page, and without keys (loopback only) no name but loopback's
+    middlewares = [_json_errors, origin_middleware("engine serve", loopback_only=keys is None)]
+    middlewares += [_auth_middleware(keys)] if keys else []
     # bodies are read and limited by _body.read_body; aiohttp's own cap only guards request.read()
     app = web.Application(middlewares=middlewares, client_max_size=max_body_bytes)
     app[STATE] = ServerState(GuardedStore(store) if keys else store, max_body_bytes)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from typing import TYPE_CHECKING, TypeVar
 
 import msgspec
@@ -68,15 +68,10 @@ async def read_body(request: web.Request, max_body_bytes: int) -> bytes:
 
 
 async def _read_capped(stream: StreamReader, max_body_bytes: int, declared: int | None) -> bytes:
-    import asyncio  # here: the ingest workers import this module's decoders, not its server side
-
     chunks, size = [], 0
-    began = time.monotonic()
+    pace = BodyPace(stream)
     while declared is None or size < declared:
-        try:
-            chunk = await asyncio.wait_for(stream.readany(), BODY_IDLE_TIMEOUT_S)
-        except asyncio.TimeoutError:
-            raise _too_slow(f"no byte of the request body for {BODY_IDLE_TIMEOUT_S:.0f} s") from None
+        chunk = await pace.read(stream.readany())
         if not chunk:
             if declared is None:
                 break
@@ -86,12 +81,45 @@ async def _read_capped(stream: StreamReader, max_body_bytes: int, declared: int 
         size += len(chunk)
         if size > max_body_bytes:  # only a chunked body gets here: a declared one was checked
             raise _too_large("request body", max_body_bytes)
-        elapsed_s = time.monotonic() - began
+        pace.check(size)
+    # the chunks as received, joined once (readexactly would copy every byte twice)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+class BodyPace:
+    """The pace a body must keep, whoever parses it (JSON, multipart): no pause longer than
+    ``BODY_IDLE_TIMEOUT_S``, and past ``BODY_GRACE_S`` at least ``MIN_BODY_BYTES_PER_S`` on
+    average; else a 408 (the middleware closes the connection)."""
+
+    def __init__(self, stream: StreamReader) -> None:
+        self._stream = stream
+        self._began = time.monotonic()
+
+    async def read(self, reading: Awaitable[T]) -> T:
+        """The result of ``reading`` from the stream, which may wait for many bytes (a
+        multipart reader waits for a boundary's worth): the pace is checked on the bytes
+        that arrive meanwhile, at least every ``BODY_IDLE_TIMEOUT_S``."""
+        import asyncio  # here: the ingest workers import this module's decoders, not its server side
+
+        task = asyncio.ensure_future(reading)
+        try:
+            while True:
+                seen = self._stream.total_bytes
+                done, _ = await asyncio.wait((task,), timeout=BODY_IDLE_TIMEOUT_S)
+                if done:
+                    return task.result()
+                if self._stream.total_bytes == seen:
+                    raise _too_slow(f"no byte of the request body for {BODY_IDLE_TIMEOUT_S:.0f} s")
+                self.check(self._stream.total_bytes)
+        finally:
+            task.cancel()
+
+    def check(self, size: int) -> None:
+        """408 when ``size`` bytes so far are under the minimum rate, past the grace."""
+        elapsed_s = time.monotonic() - self._began
         if elapsed_s > BODY_GRACE_S and size < MIN_BODY_BYTES_PER_S * elapsed_s:
             raise _too_slow(f"request body arriving at {size / elapsed_s:.0f} bytes/s, "
                             f"under {MIN_BODY_BYTES_PER_S} bytes/s")
-    # the chunks as received, joined once (readexactly would copy every byte twice)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _too_slow(why: str) -> ApiError:

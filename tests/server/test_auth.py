@@ -191,6 +191,38 @@ def test_an_empty_batch_is_checked_against_the_path_s_project(run, tmp_path, key
     assert other[0] == 403 and "may not write project 'team-b/p'" in other[1]["reason"]
 
 
+def test_a_file_upload_a_key_may_not_write_is_refused_before_its_file_is_read(run, tmp_path,
+                                                                             keys_file):
+    """``project_id`` comes first in the multipart body (weave sends it first): a key that
+    may not write it gets its 403 there, without the server waiting for the file's bytes
+    (only its first 16 KiB are sent of the megabyte the body declares)."""
+    parts = (b'--b\r\nContent-Disposition: form-data; name="project_id"\r\n\r\n%s\r\n'
+             b'--b\r\nContent-Disposition: form-data; name="file"; filename="f"\r\n\r\n'
+             + b"x" * 16384)
+
+    async def upload(url: str, key: str, project: str) -> tuple[int, str]:
+        host, port = url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"POST /file/create HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000000\r\n"
+                     b"Content-Type: multipart/form-data; boundary=b\r\nAuthorization: %s\r\n\r\n"
+                     % basic_auth("api", key).encode())  # fmt: skip
+        writer.write(parts % project.encode())
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        body = await asyncio.wait_for(reader.readexactly(length), 30)
+        writer.close()
+        return int(head.split(b" ")[1]), json.loads(body)["reason"]
+
+    async def scenario():
+        async with serving(tmp_path / "t.db", keys=load_key_ring(keys_file, env_key=False)) as api:
+            return (await upload(api.url, KEY_B, "team-a/p"),
+                    await upload(api.url, KEY_RO, "team-a/dash"))
+
+    other, read_only = run(scenario())
+    assert other[0] == 403 and "may not write project 'team-a/p'" in other[1]
+    assert read_only[0] == 403 and "may not write project 'team-a/dash'" in read_only[1]
+
+
 def test_the_project_list_shows_each_key_only_the_projects_it_may_read(run, tmp_path, keys_file):
     """The trace browser's first page is the one listing across projects: cut to the grant."""
 

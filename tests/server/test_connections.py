@@ -4,6 +4,7 @@ server serving others all along (engine/server/_connections.py)."""
 import asyncio
 
 import msgspec
+import pytest
 
 from engine.server import _body, start_server
 from tests.server.harness import PROJECT
@@ -38,7 +39,7 @@ def _write(writer: asyncio.StreamWriter, data: bytes) -> bool:
 
 async def _ask(url: str, path: str = "/health") -> bytes:
     reader, writer = await _open(url)
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
     answer = await asyncio.wait_for(reader.read(), 30)
     writer.close()
     return answer
@@ -73,7 +74,7 @@ def test_a_client_trickling_its_request_head_is_cut_off(run, db_path):
         runner, url = await start_server(port=0, db_path=db_path, header_timeout_s=0.5)
         try:
             reader, writer = await _open(url)
-            writer.write(b"POST /calls/query_stats HTTP/1.1\r\nHost: x\r\n")
+            writer.write(b"POST /calls/query_stats HTTP/1.1\r\nHost: 127.0.0.1\r\n")
             for _ in range(100):  # one header byte every 50 ms: never a complete head
                 if reader.at_eof() or not _write(writer, b"X"):
                     break
@@ -88,35 +89,67 @@ def test_a_client_trickling_its_request_head_is_cut_off(run, db_path):
     assert closed == b"" and other.startswith(b"HTTP/1.1 200")
 
 
-def test_a_body_that_stalls_or_crawls_is_a_408(run, db_path, monkeypatch):
+async def _trickle(url: str, head: bytes, body: bytes, pause_s: float) -> bytes:
+    """Send ``head``, then ``body`` a byte every ``pause_s`` until the server answers; the answer."""
+    reader, writer = await _open(url)
+    writer.write(head)
+    answer = b""
+    for byte in body:
+        try:  # the pause between bytes, cut short by the server's answer
+            answer = await asyncio.wait_for(reader.read(1), pause_s)
+            break
+        except asyncio.TimeoutError:
+            if not _write(writer, bytes([byte])):
+                break
+    head = answer + await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    writer.close()  # not waiting for the server's close: it lingers over the unread body
+    return head + await asyncio.wait_for(reader.readexactly(length), 30)
+
+
+@pytest.fixture
+def short_body_timeouts(monkeypatch):
     monkeypatch.setattr(_body, "BODY_IDLE_TIMEOUT_S", 0.5)
     monkeypatch.setattr(_body, "BODY_GRACE_S", 0.3)
-    body = msgspec.json.encode({"project_id": PROJECT})
 
-    async def send(url: str, pause_s: float) -> bytes:
-        reader, writer = await _open(url)
-        writer.write(b"POST /calls/query_stats HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     + f"Content-Length: {len(body) + 100}\r\n\r\n".encode() + body[:5])  # fmt: skip
-        answer = b""
-        for byte in body[5:]:
-            try:  # the pause between bytes, cut short by the server's answer
-                answer = await asyncio.wait_for(reader.read(1), pause_s)
-                break
-            except asyncio.TimeoutError:
-                if not _write(writer, bytes([byte])):
-                    break
-        head = answer + await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
-        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-        writer.close()  # not waiting for the server's close: it lingers over the unread body
-        return head + await asyncio.wait_for(reader.readexactly(length), 30)
+
+def test_a_body_that_stalls_or_crawls_is_a_408(run, db_path, short_body_timeouts):
+    body = msgspec.json.encode({"project_id": PROJECT})
+    head = (b"POST /calls/query_stats HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body) + 100}\r\n\r\n".encode() + body[:5])  # fmt: skip
 
     async def scenario():
         runner, url = await start_server(port=0, db_path=db_path)
         try:
-            return await send(url, 1.0), await send(url, 0.1)
+            return (await _trickle(url, head, body[5:], 1.0),
+                    await _trickle(url, head, body[5:], 0.1))
         finally:
             await runner.cleanup()
 
     stalled, crawling = run(scenario())
     assert stalled.startswith(b"HTTP/1.1 408") and b"no byte of the request body" in stalled
     assert crawling.startswith(b"HTTP/1.1 408") and b"bytes/s" in crawling
+
+
+def test_a_file_upload_that_stalls_or_crawls_is_a_408_and_frees_its_connection(
+        run, db_path, short_body_timeouts):
+    """A multipart body keeps the pace of a JSON one: trickling uploads held every
+    connection of the cap, and then even ``GET /health`` got a 503."""
+    head = (b"POST /file/create HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n"
+            b'--b\r\nContent-Disposition: form-data; name="project_id"\r\n\r\n'
+            + PROJECT.encode() + b'\r\n--b\r\nContent-Disposition: form-data; name="file"; '
+            b'filename="f"\r\n\r\n')  # fmt: skip
+
+    async def scenario():
+        runner, url = await start_server(port=0, db_path=db_path, max_connections=2)
+        try:
+            return (await _trickle(url, head, b"a" * 1000, 1.0),
+                    await _trickle(url, head, b"a" * 1000, 0.1), await _ask(url))
+        finally:
+            await runner.cleanup()
+
+    stalled, crawling, health = run(scenario())
+    assert stalled.startswith(b"HTTP/1.1 408") and b"no byte of the request body" in stalled
+    assert crawling.startswith(b"HTTP/1.1 408") and b"bytes/s" in crawling
+    assert health.startswith(b"HTTP/1.1 200")

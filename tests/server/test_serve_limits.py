@@ -28,7 +28,7 @@ def test_content_length_over_limit_is_refused_before_reading(run, db_path):
             host, port = api.url.removeprefix("http://").split(":")
             reader, writer = await asyncio.open_connection(host, int(port))
             writer.write(
-                f"POST {COMPLETE} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                f"POST {COMPLETE} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                 f"Content-Length: {LIMIT_BYTES * 100}\r\n\r\n".encode()
             )
             await writer.drain()
