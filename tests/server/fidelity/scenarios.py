@@ -409,6 +409,9 @@ def refs() -> list[Step]:
         obj = f"weave:///{p}/object/holder:{c['refs.obj']['digest']}"
         return "/".join([obj, *path])
 
+    def doomed(c: dict[str, Any], *path: str) -> str:
+        return "/".join([f"weave:///{p}/object/doomed:{c['refs.doomed']['digest']}", *path])
+
     return [
         Step(f, "refs.table", "table_create", {"table": {"project_id": p, "rows": ROWS}}),
         Step(f, "refs.obj", "obj_create", lambda c: {"obj": {"project_id": p, "object_id": "holder", "val": {
@@ -439,6 +442,17 @@ def refs() -> list[Step]:
         Step(f, "refs.missing_object", "refs_read_batch", {"refs": [f"weave:///{p}/object/nope:latest"]}),
         Step(f, "refs.missing_key", "refs_read_batch", lambda c: {"refs": [ref(c, "attr", "nokey")]}),
         Step(f, "refs.malformed", "refs_read_batch", {"refs": ["not-a-ref"]}),
+        # a deleted version reads as null, the batch's other refs intact
+        Step(f, "refs.doomed", "obj_create", {"obj": {"project_id": p, "object_id": "doomed", "val": {"b": 2}}}),
+        Step(f, "refs.call_with_doomed", "calls_complete", lambda c: {"batch": [{
+            "project_id": p, "id": "rc2", "trace_id": "rt", "op_name": "use", "started_at": at(2),
+            "ended_at": at(3), "attributes": {}, "inputs": {"gone": doomed(c), "live": ref(c)},
+            "output": None, "summary": {}}]}),
+        Step(f, "refs.delete_doomed", "obj_delete", {"project_id": p, "object_id": "doomed"}),
+        Step(f, "refs.live_and_deleted", "refs_read_batch",
+             lambda c: {"refs": [ref(c, "attr", "name"), doomed(c), doomed(c, "key", "b")]}),
+        Step(f, "refs.expand_deleted", "calls_query", {
+            "project_id": p, "filter": {"call_ids": ["rc2"]}, "expand_columns": ["inputs.gone", "inputs.live"]}),
     ]  # fmt: skip
 
 
