@@ -44,6 +44,7 @@ KNOWN = {
     "calls.read_costs": "no built-in default price table; only project prices",
     "objs.query.storage_size": "the reference does not compute size_bytes",
     "tables.stats_batch_size": "the reference does not compute storage_size_bytes",
+    "tables.query.sort_asc_gaps": "rows without the field sort last both ways, as weave's ClickHouse server",
     "refs.object_latest": "ours resolves ':latest' in refs; the reference 404s",
     "refs.object_v0": "ours resolves ':v<N>' in refs; the reference 404s",
     "refs.table_row": "ours resolves table rows (id/<row digest>) in refs; the reference 404s",

@@ -397,7 +397,23 @@ def tables() -> list[Step]:
              lambda c: {"project_id": TP, "digest": c["tables.create"]["digest"]}),
         Step(f, "tables.project_stats", "project_stats",
              {"project_id": TP, "include_table_storage_size": True}),
+        # rows without the field (or null there) sort last descending (ascending: below)
+        Step(f, "tables.create_gaps", "table_create", {"table": {"project_id": TP, "rows": GAPS}}),
+        _gaps("sort_desc_gaps", [("n", "desc")]),
+        _gaps("sort_desc_gaps_page", [("n", "desc")], limit=2, offset=2),
+        _gaps("sort_two_gaps", [("n", "desc"), ("q", "asc")]),
+        _gaps("sort_asc_gaps", [("n", "asc")]),
     ]  # fmt: skip
+
+
+GAPS = [{"q": "one", "n": 1}, {"q": "two", "n": 2}, {"q": "none", "n": None}, {"q": "other"},
+        {"q": "three", "n": 3}]  # fmt: skip
+
+
+def _gaps(label: str, sort: list[tuple[str, str]], **req: Any) -> Step:
+    sort_by = [{"field": field, "direction": direction} for field, direction in sort]
+    return Step("tables", f"tables.query.{label}", "table_query", lambda c: {
+        "project_id": TP, "digest": c["tables.create_gaps"]["digest"], "sort_by": sort_by, **req})
 
 
 def refs() -> list[Step]:
