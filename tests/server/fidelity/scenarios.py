@@ -307,6 +307,10 @@ def objects() -> list[Step]:
         Step(f, "objs.delete_all", "obj_delete", {"project_id": OP, "object_id": "model"}),
         Step(f, "objs.delete_missing", "obj_delete", {"project_id": OP, "object_id": "none"}),
         _objs("after_deletes"),
+        # object ids: weave's object_id_validator
+        Step(f, "objs.create_id_longest", "obj_create", _obj("é" + "x" * 127, {"a": 1})),
+        Step(f, "objs.create_id_too_long", "obj_create", _obj("x" * 129, {"a": 1})),
+        Step(f, "objs.create_id_slash", "obj_create", _obj("a/b", {"a": 1})),
     ]  # fmt: skip
 
 
