@@ -529,6 +529,10 @@ def feedback() -> list[Step]:
             sort_by=[{"field": "payload.score", "direction": "desc"}]),
         _fq("page", limit=2, offset=1, sort_by=[{"field": "created_at", "direction": "asc"}]),
         _fq("by_ref", query={"$expr": {"$in": [_get("weave_ref"), [_lit(_call_ref("f2"))]]}}),
+        _fq("fields_unknown", fields=["id", "zzz"]),
+        _fq("query_unknown", query={"$expr": {"$or": [
+            {"$eq": [_get("feedback_type"), _lit("custom")]}, {"$eq": [_get("nope"), _lit(1)]}]}}),
+        _fq("sort_unknown", sort_by=[{"field": "nope.deeper", "direction": "asc"}]),
         Step(f, "feedback.replace", "feedback_replace", {**_feedback("custom", {"score": 9}),
                                                          "feedback_id": fb_id}),  # fmt: skip
         Step(f, "feedback.replace_missing", "feedback_replace",
@@ -572,6 +576,9 @@ def costs() -> list[Step]:
         Step(f, "costs.calls_with_costs", "calls_query",
              {"project_id": p, "include_costs": True}),
         Step(f, "costs.read_with_costs", "call_read", {"project_id": p, "id": "k1", "include_costs": True}),
+        Step(f, "costs.query_unknown_field", "cost_query", {"project_id": p, "fields": ["llm_id", "nope"]}),
+        Step(f, "costs.query_unknown_in_expr", "cost_query", {"project_id": p, "fields": ["llm_id"],
+                                                              "query": _expr("$eq", _get("nope"), _lit(1))}),
         Step(f, "costs.purge", "cost_purge", lambda c: {"project_id": p, "query": _expr(
             "$eq", _get("id"), _lit(c["costs.create"]["ids"][1][1]))}),
         Step(f, "costs.purge_non_id", "cost_purge", {"project_id": p, "query": _expr(
