@@ -202,7 +202,9 @@ def _set_path(value: Any, parts: list[str], new: Any) -> None:
 
 async def expand_refs(call: CallRow, columns: list[str],
                       read: Callable[[str], Awaitable[Any]]) -> None:  # fmt: skip
-    """Replace object refs at ``columns`` (shallowest first) by what ``read`` gives."""
+    """Replace object refs at ``columns`` (shallowest first) by what ``read`` gives, with
+    the ref at ``_ref``; a ref that reads as null (a deleted object) stays ``{"_ref": ref}``,
+    as weave's reference server leaves it."""
     for column in sorted(columns, key=lambda c: c.count(".")):
         parts = split_path(column)
         head = parts[0]
@@ -213,6 +215,7 @@ async def expand_refs(call: CallRow, columns: list[str],
         ref = _get_path(root, parts)
         if not (isinstance(ref, str) and ref.startswith("weave:///")) or "/object/" not in ref:
             continue
-        _set_path(root, parts, await read(ref))
+        val = await read(ref)
+        _set_path(root, parts, {} if val is None else val)
         _set_path(root, [*parts, "_ref"], ref)
         call[head] = root[head]

@@ -10,7 +10,7 @@ the routes answer with 422 — a query this server cannot evaluate must never be
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 Record = dict[str, Any]
@@ -29,6 +29,19 @@ def compile_query(query: dict[str, Any] | None, field: str = "query") -> Callabl
     expr = query["$expr"]
     _validate(expr, f"{field}.$expr")
     return lambda record: bool(_eval(expr, record))
+
+
+def fields_named(expr: Any, where: str) -> Iterator[tuple[str, str]]:
+    """``(where, field)`` for each ``$getField`` of a validated expression."""
+    if isinstance(expr, list):
+        for i, sub in enumerate(expr):
+            yield from fields_named(sub, f"{where}[{i}]")
+    elif isinstance(expr, dict):
+        for op, arg in expr.items():
+            if op == "$getField":
+                yield f"{where}.$getField", arg
+            elif op != "$literal":
+                yield from fields_named(arg, f"{where}.{op}")
 
 
 def get_path(record: Record, path: str) -> Any:

@@ -287,8 +287,11 @@ async def calls_delete(request: web.Request) -> web.Response:
 
 @routes.post("/call/update")
 async def call_update(request: web.Request) -> web.Response:
+    """Rename a call. A missing or deleted call is left as it is (nothing is stored for it)
+    and answered ``{}``, as both weave servers answer; an update naming nothing is a 400."""
     state = state_of(request)
     req = await state.decode(request, CallUpdateReq)
-    if not await state.store.set_call_display_name(req.project_id, req.call_id, req.display_name):
-        raise ApiError(404, f"call {req.call_id!r} not found in project {req.project_id!r}")
+    if req.display_name is None:
+        raise ApiError(400, "display_name: one of [display_name] is required for a call update")
+    await state.store.set_call_display_name(req.project_id, req.call_id, req.display_name)
     return ok({})

@@ -30,6 +30,9 @@ QUERY_FIELDS = ("id", "llm_id", "prompt_token_cost", "completion_token_cost",
                 "cache_read_input_token_cost", "cache_creation_input_token_cost",
                 "prompt_token_cost_unit", "completion_token_cost_unit", "effective_date",
                 "provider_id")  # fmt: skip
+# the columns of weave's llm_token_prices table: what a query may name
+COST_FIELDS = frozenset({*QUERY_FIELDS, "pricing_level", "pricing_level_id", "created_by",
+                         "created_at"})  # fmt: skip
 
 
 def _cost_doc(project_id: str, llm_id: str, cost: CostCreateInput, user: str | None,
@@ -68,7 +71,8 @@ async def cost_create(request: web.Request) -> web.Response:
 async def cost_query(request: web.Request) -> web.Response:
     req = await state_of(request).decode(request, CostQueryReq)
     fields = req.fields if req.fields is not None else list(QUERY_FIELDS)
-    query = docs_query(req.project_id, req.query, req.sort_by, req.limit, req.offset, fields)
+    query = docs_query(req.project_id, req.query, req.sort_by, req.limit, req.offset, fields,
+                       COST_FIELDS)  # fmt: skip
     found = await state_of(request).store.query_docs(_TABLE, query)
     return ok({"results": found.docs})
 
@@ -77,5 +81,5 @@ async def cost_query(request: web.Request) -> web.Response:
 async def cost_purge(request: web.Request) -> web.Response:
     req = await state_of(request).decode(request, CostPurgeReq)
     check_purge_by_ids(req.query, allow_in=True, what="a price")
-    await purge_docs(request, _TABLE, req.project_id, req.query)
+    await purge_docs(request, _TABLE, req.project_id, req.query, COST_FIELDS)
     return ok({})

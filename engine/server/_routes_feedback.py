@@ -8,6 +8,7 @@ project's feedback, oldest first unless sorted.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
@@ -15,7 +16,7 @@ from aiohttp import web
 
 from engine.server._body import ApiError
 from engine.server._feedback_rules import SCORER_FIELDS, check_purge_by_ids, processed_payload
-from engine.server._query_expr import InvalidExpr, compile_query
+from engine.server._query_expr import InvalidExpr, compile_query, fields_named
 from engine.server._reply import now_us, ok, page_of, project_of
 from engine.server._rows import from_us
 from engine.server._state import state_of
@@ -32,6 +33,13 @@ from engine.wire.feedback import (
 routes = web.RouteTableDef()
 MAX_BATCH_ITEMS = 1000
 _TABLE: DocKind = "feedback"
+# the columns of weave's feedback table: what a query may name
+FEEDBACK_FIELDS = frozenset({
+    "id", "project_id", "weave_ref", "wb_user_id", "creator", "created_at", "feedback_type",
+    "payload", "annotation_ref", "runnable_ref", "call_ref", "trigger_ref", "queue_id",
+    "scorer_tags", "scorer_tag_reasons", "scorer_tag_confidences", "scorer_ratings",
+    "scorer_rating_reasons", "scorer_rating_confidences",
+})  # fmt: skip
 
 
 def _check_ref(req: FeedbackCreateReq, field: str) -> None:
@@ -92,28 +100,45 @@ def check_query(query: dict[str, Any] | None) -> dict[str, Any] | None:
     return query
 
 
+def _check_fields(named: Iterable[tuple[str, str]], columns: frozenset[str]) -> None:
+    """weave's rule for the fields of a feedback or cost query: a column, or a path below
+    one (``payload.score``); any other name is a 400, not a column of nulls."""
+    for where, name in named:
+        if name.split(".", 1)[0] not in columns:
+            raise ApiError(400, f"{where}: unknown field {name!r}; fields: {', '.join(sorted(columns))}")
+
+
 def docs_query(project_id: str, query: dict[str, Any] | None, sort_by: list[Any] | None,
-               limit: int | None, offset: int | None, fields: list[str] | None) -> DocsQuery:  # fmt: skip
-    """A validated documents query (``sort_by`` holds wire SortBy models)."""
+               limit: int | None, offset: int | None, fields: list[str] | None,
+               columns: frozenset[str]) -> DocsQuery:  # fmt: skip
+    """A validated documents query (``sort_by`` holds wire SortBy models) over documents
+    whose top-level fields are ``columns``."""
     limit, offset = page_of(limit, offset)
+    query = check_query(query)
+    _check_fields(fields_named(query["$expr"], "query.$expr") if query else (), columns)
+    _check_fields(((f"fields[{i}]", name) for i, name in enumerate(fields or [])), columns)
+    _check_fields(((f"sort_by[{i}].field", s.field) for i, s in enumerate(sort_by or [])), columns)
     return DocsQuery(
-        project_id=project_of(project_id), query=check_query(query),
+        project_id=project_of(project_id), query=query,
         sort_by=tuple((s.field, s.direction == "desc") for s in sort_by or []),
         limit=limit, offset=offset, fields=None if fields is None else tuple(fields),
     )  # fmt: skip
 
 
-async def purge_docs(request: web.Request, kind: DocKind, project_id: str, query: Any) -> None:
+async def purge_docs(request: web.Request, kind: DocKind, project_id: str, query: Any,
+                     columns: frozenset[str]) -> None:  # fmt: skip
     """Delete the project's documents of ``kind`` that ``query`` matches."""
     store = state_of(request).store
-    found = await store.query_docs(kind, docs_query(project_id, query, None, None, None, ["id"]))
+    selected = docs_query(project_id, query, None, None, None, ["id"], columns)
+    found = await store.query_docs(kind, selected)
     await store.delete_docs(kind, project_id, [doc["id"] for doc in found.docs])
 
 
 @routes.post("/feedback/query")
 async def feedback_query(request: web.Request) -> web.Response:
     req = await state_of(request).decode(request, FeedbackQueryReq)
-    query = docs_query(req.project_id, req.query, req.sort_by, req.limit, req.offset, req.fields)
+    query = docs_query(req.project_id, req.query, req.sort_by, req.limit, req.offset, req.fields,
+                       FEEDBACK_FIELDS)  # fmt: skip
     found = await state_of(request).store.query_docs(_TABLE, query)
     return ok({"result": found.docs, "total_count": found.total})
 
@@ -122,7 +147,7 @@ async def feedback_query(request: web.Request) -> web.Response:
 async def feedback_purge(request: web.Request) -> web.Response:
     req = await state_of(request).decode(request, FeedbackPurgeReq)
     check_purge_by_ids(req.query, allow_in=False, what="feedback")
-    await purge_docs(request, _TABLE, req.project_id, req.query)
+    await purge_docs(request, _TABLE, req.project_id, req.query, FEEDBACK_FIELDS)
     return ok({})
 
 

@@ -13,6 +13,7 @@ Ops are objects whose value is weave's serialized op (``{"_type": "CustomWeaveTy
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import msgspec
@@ -46,6 +47,8 @@ from engine.wire.objects import (
 
 routes = web.RouteTableDef()
 _OP_FILE = "obj.py"
+MAX_OBJECT_ID_CHARS = 128  # weave's MAX_OBJECT_NAME_LENGTH
+_NOT_IN_OBJECT_ID = re.compile(r"[^\w._-]")
 _BASE_CLASS_NAMES = ("BaseObject", "Object")
 
 
@@ -88,11 +91,24 @@ def _stored_val(obj: ObjSchemaForInsert, field: str) -> Any:
     return obj.val
 
 
+def check_object_id(object_id: str, field: str) -> str:
+    """weave's ``object_id_validator``: 1..128 letters, digits, ``_``, ``.`` or ``-`` (an id
+    holding ``/`` or ``:`` could not be read back by ref). weave answers 403 for the
+    characters; 400 here: 403 is a key's refusal."""
+    bad = sorted(set(_NOT_IN_OBJECT_ID.findall(object_id)))
+    if bad:
+        raise ApiError(400, f"{field}: {object_id!r} holds {bad}; an object id holds only "
+                            "letters, digits, '_', '.' and '-'")  # fmt: skip
+    if not 1 <= len(object_id) <= MAX_OBJECT_ID_CHARS:
+        raise ApiError(400, f"{field}: {len(object_id)} characters; an object id has "
+                            f"1..{MAX_OBJECT_ID_CHARS}")  # fmt: skip
+    return object_id
+
+
 def new_version(obj: ObjSchemaForInsert, field: str) -> ObjectVersion:
     """The stored form of an object create: digest checked, kind and classes derived."""
     project_of(obj.project_id, f"{field}.project_id")
-    if not obj.object_id:
-        raise ApiError(422, f"{field}.object_id: must not be empty")
+    check_object_id(obj.object_id, f"{field}.object_id")
     val = _stored_val(obj, field)
     base, leaf = object_classes(val)
     digest = value_digest(val)

@@ -5,7 +5,9 @@ Forms (weave's ``refs_internal``): ``weave:///<entity>/<project>/object/<name>:<
 ``…/call/<call id>``, each optionally followed by an extra path of ``<edge>/<arg>`` pairs:
 ``key/<dict key>``, ``attr/<attribute>``, ``index/<list index>``, ``id/<row digest>``.
 A value on the way that is itself a ``weave:///`` ref is followed. A ref that names
-nothing resolves to ``null``; a malformed one is a 422 naming it.
+nothing resolves to ``null``, and so does one to a deleted object version (as weave's
+servers read it); one to an object never stored is a 404 for the batch (as weave's); a
+malformed one is a 422 naming it.
 """
 
 from __future__ import annotations
@@ -83,9 +85,12 @@ async def _root(request: web.Request, ref: Ref) -> Any:
         if not page:
             raise _Unresolved
         return msgspec.json.decode(_json.encode(call_view(page[0])))
-    found = await state_of(request).store.read_object(ref.project_id, ref.name, ref.version)
+    found = await state_of(request).store.read_object(ref.project_id, ref.name, ref.version,
+                                                      include_deleted=True)  # fmt: skip
     if found is None:
         raise _MissingObject(f"{ref.kind} {ref.name}:{ref.version} in {ref.project_id!r}")
+    if found.deleted_at_us is not None:
+        raise _Unresolved  # weave reads a deleted version as null, the batch's others intact
     return msgspec.json.decode(found.val)
 
 
@@ -119,8 +124,8 @@ async def _table_row(request: web.Request, table: _Table, row_digest: str) -> An
 
 
 async def resolve(request: web.Request, ref: Ref, field: str) -> Any:
-    """The value ``ref`` names; ``None`` when a path step names nothing; a 404 when the
-    object it starts from is not stored (as weave answers)."""
+    """The value ``ref`` names; ``None`` when a path step names nothing or an object on
+    the way is deleted; a 404 when one was never stored (as weave answers)."""
     try:
         val = await _root(request, ref)
         for i in range(0, len(ref.extra), 2):

@@ -9,7 +9,9 @@ version from a base and leaves the base as it was.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import json
+import re
+from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
@@ -17,7 +19,6 @@ from aiohttp import web
 
 from engine.server._body import ApiError
 from engine.server._digest import table_digest, value_digest
-from engine.server._query_expr import get_path, order_key
 from engine.server._reply import (
     not_found,
     ok,
@@ -155,16 +156,50 @@ async def table_create_from_digests(request: web.Request) -> web.Response:
 # -- queries ------------------------------------------------------------------------------
 
 
-def _sort_key(path: str) -> Callable[[tuple[int, str, Any]], tuple]:
-    """Order ``(index, digest, value)`` items by a dotted field of the value."""
-    return lambda item: order_key(get_path(item[2], path))
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+_ABSENT = object()
+
+
+def _field(value: Any, path: str) -> Any:
+    for part in path.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return _ABSENT
+        value = value[part]
+    return value
+
+
+def _number(value: Any) -> float | None:
+    """The value as ClickHouse's ``toFloat64OrNull(JSON_VALUE(…))`` reads it."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return float(value) if isinstance(value, str) and _NUMBER.fullmatch(value) else None
+
+
+def _text(value: Any) -> str:
+    """The value as ClickHouse's ``JSON_VALUE`` gives it: a string as itself, a list or
+    an object as ``''``, anything else as its JSON."""
+    if isinstance(value, str):
+        return value
+    return "" if value is _ABSENT or isinstance(value, (dict, list)) else json.dumps(value)
+
+
+def _sort_field(items: list[tuple[int, str, Any]], path: str, descending: bool) -> None:
+    """Stable-sort ``(index, digest, value)`` items by a dotted field of the value as weave's
+    ClickHouse server orders rows: rows holding a number (or a numeric string) by it,
+    then the others by their text, each in the direction asked; rows without the field
+    last either way (``exists DESC``, then the number, then the text)."""
+    keyed = [(_field(item[2], path), item) for item in items]
+    keyed.sort(key=lambda pair: _text(pair[0]), reverse=descending)
+    keyed.sort(key=lambda pair: _number(pair[0]) or 0.0, reverse=descending)
+    keyed.sort(key=lambda pair: (pair[0] is _ABSENT, _number(pair[0]) is None))
+    items[:] = [item for _, item in keyed]
 
 
 def _sorted(items: list[tuple[int, str, Any]], sort_by: list[SortBy]) -> list:
     for i, sort in enumerate(reversed(sort_by)):  # stable sorts, least significant first
         if not sort.field or sort.field.startswith("."):
             raise ApiError(422, f"sort_by[{len(sort_by) - 1 - i}].field: {sort.field!r} is empty")
-        items.sort(key=_sort_key(sort.field.removeprefix("val.")), reverse=sort.direction == "desc")
+        _sort_field(items, sort.field.removeprefix("val."), sort.direction == "desc")
     return items
 
 

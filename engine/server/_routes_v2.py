@@ -29,7 +29,7 @@ from aiohttp import web
 from engine.server._body import ApiError, path_project
 from engine.server._digest import bytes_digest, table_digest, value_digest
 from engine.server._reply import not_found, now_us, ok, page_of, stream_jsonl
-from engine.server._routes_objects import kind_of, object_classes
+from engine.server._routes_objects import check_object_id, kind_of, object_classes
 from engine.server._rows import from_us
 from engine.server._state import state_of
 from engine.server._store import ObjectsQuery, ObjectVersion
@@ -83,9 +83,10 @@ class ModelCreateReq(Request, kw_only=True):
 
 
 def object_id_of(name: str | None, default: str) -> str:
+    """weave's ``make_object_id``; an id it cannot make (empty, too long) is a 400."""
     if name is None:
         return default
-    return _UNSAFE.sub("", name.replace(" ", "_").replace("/", "_")).lower()
+    return check_object_id(_UNSAFE.sub("", name.replace(" ", "_").replace("/", "_")).lower(), "name")
 
 
 def _class_val(class_name: str, name: str | None, description: str | None) -> dict[str, Any]:
@@ -97,6 +98,7 @@ def _class_val(class_name: str, name: str | None, description: str | None) -> di
 
 
 async def _put(request: web.Request, project_id: str, object_id: str, val: Any) -> ObjectVersion:
+    check_object_id(object_id, "name")  # an id made from a name and a suffix may be too long
     base, leaf = object_classes(val)
     version = ObjectVersion(
         project_id=project_id, object_id=object_id, digest=value_digest(val), kind=kind_of(val),
@@ -235,13 +237,13 @@ async def _dataset_answer(request: web.Request, version: ObjectVersion) -> dict[
 @routes.post("/v2/{entity}/{project}/datasets")
 async def dataset_create(request: web.Request) -> web.Response:
     req = await _decode(request, DatasetCreateReq)
-    project_id = path_project(request)
+    project_id, object_id = path_project(request), object_id_of(req.name, "Dataset")
     rows = [(value_digest(row), msgspec.json.encode(row).decode()) for row in req.rows]
     digest = table_digest([d for d, _ in rows])
     await state_of(request).store.put_table(project_id, digest, [d for d, _ in rows], rows)
     val = {**_class_val("Dataset", req.name or "Dataset", req.description),
            "rows": f"weave:///{project_id}/table/{digest}"}  # fmt: skip
-    return _created(await _put(request, project_id, object_id_of(req.name, "Dataset"), val))
+    return _created(await _put(request, project_id, object_id, val))
 
 
 @routes.get("/v2/{entity}/{project}/datasets/{object_id}/versions/{digest}")

@@ -94,9 +94,11 @@ def _is_version_number(version: str) -> bool:
     return version[:1] == "v" and version[1:].isdigit()
 
 
-def _read(conn: sqlite3.Connection, project_id: str, object_id: str,
-          version: str) -> ObjectVersion | None:  # fmt: skip
-    where = "o.project_id = ? AND o.object_id = ? AND o.deleted_at_us IS NULL"
+def _read(conn: sqlite3.Connection, project_id: str, object_id: str, version: str,
+          include_deleted: bool = False) -> ObjectVersion | None:  # fmt: skip
+    where = "o.project_id = ? AND o.object_id = ?"
+    if not include_deleted:
+        where += " AND o.deleted_at_us IS NULL"
     params: list[Any] = [project_id, object_id]
     if version == "latest":
         where += f" AND {_IS_LATEST}"
@@ -113,9 +115,9 @@ def _read(conn: sqlite3.Connection, project_id: str, object_id: str,
     return _version(row) if row else None
 
 
-def q_read_object(conn: sqlite3.Connection, project_id: str, object_id: str,
-                  version: str) -> ObjectVersion | None:  # fmt: skip
-    return _read(conn, project_id, object_id, version)
+def q_read_object(conn: sqlite3.Connection, project_id: str, object_id: str, version: str,
+                  include_deleted: bool) -> ObjectVersion | None:  # fmt: skip
+    return _read(conn, project_id, object_id, version, include_deleted)
 
 
 _IN_FILTERS = (

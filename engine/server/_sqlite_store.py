@@ -172,8 +172,10 @@ class SQLiteStore(Store):
     async def put_object(self, version: ObjectVersion) -> ObjectVersion:
         return await self._db.write(objects.q_put_object, version)
 
-    async def read_object(self, project_id: str, object_id: str, version: str) -> ObjectVersion | None:
-        return await self._db.read(objects.q_read_object, project_id, object_id, version)
+    async def read_object(self, project_id: str, object_id: str, version: str, *,
+                          include_deleted: bool = False) -> ObjectVersion | None:  # fmt: skip
+        return await self._db.read(objects.q_read_object, project_id, object_id, version,
+                                   include_deleted)  # fmt: skip
 
     async def query_objects(self, query: ObjectsQuery) -> list[ObjectVersion]:
         return await self._db.read(objects.q_query_objects, query)

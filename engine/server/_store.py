@@ -189,9 +189,11 @@ class Store(abc.ABC):
         revived); either way it becomes the latest. Returns it as stored."""
 
     @abc.abstractmethod
-    async def read_object(self, project_id: str, object_id: str, version: str) -> ObjectVersion | None:
+    async def read_object(self, project_id: str, object_id: str, version: str, *,
+                          include_deleted: bool = False) -> ObjectVersion | None:  # fmt: skip
         """A live version by digest, by ``v<N>`` (its version index) or by an alias name
-        (``latest`` among them)."""
+        (``latest`` among them); with ``include_deleted`` a deleted one too (its
+        ``deleted_at_us`` set)."""
 
     @abc.abstractmethod
     async def query_objects(self, query: ObjectsQuery) -> list[ObjectVersion]: ...

@@ -63,6 +63,24 @@ def test_feedback_bad_input_answers_4xx_with_reason(run, db_path):
     run(scenario())
 
 
+def test_a_field_feedback_and_costs_do_not_have_is_a_400_naming_it(run, db_path):
+    nope = {"$expr": {"$or": [by_ref()["$expr"], {"$eq": [{"$getField": "nope"}, {"$literal": 1}]}]}}
+    asks = [("/feedback/query", {"fields": ["id", "zzz"]}), ("/feedback/query", {"query": nope}),
+            ("/feedback/query", {"sort_by": [{"field": "nope.x", "direction": "asc"}]}),
+            ("/cost/query", {"fields": ["nope"]})]  # fmt: skip
+
+    async def scenario():
+        async with serving(db_path) as api:
+            return [await api.post(path, {"project_id": PROJECT, **ask}) for path, ask in asks]
+
+    answers = run(scenario())
+    assert [status for status, _ in answers] == [400] * 4
+    assert [body["reason"].split("; ")[0] for _, body in answers] == [
+        "fields[1]: unknown field 'zzz'", "query.$expr.$or[1].$eq[0].$getField: unknown field 'nope'",
+        "sort_by[0].field: unknown field 'nope.x'", "fields[0]: unknown field 'nope'",
+    ]  # fmt: skip
+
+
 def test_reactions_store_their_alias_and_toneless_form(run, db_path):
     async def scenario():
         async with serving(db_path) as api:

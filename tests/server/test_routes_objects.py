@@ -71,6 +71,34 @@ def test_object_bad_input_answers_4xx_with_reason(run, db_path):
     run(scenario())
 
 
+def test_object_ids_weave_refuses_are_refused_on_every_route_that_creates_objects(run, db_path):
+    """weave's object_id_validator: 1..128 of letters (any script), digits, '_', '.', '-'."""
+
+    async def scenario():
+        async with serving(db_path) as api:
+            refused = [await api.post("/obj/create", obj(object_id))
+                       for object_id in ("a/b", "a:b", "bad id/with slash", "x" * 129, "")]  # fmt: skip
+            op = {"op_obj": {"project_id": PROJECT, "object_id": "a:b", "val": OP_VAL}}
+            refused.append(await api.post("/op/create", op))
+            for path, body in (("datasets", {"name": "!!!", "rows": [{"a": 1}]}),
+                               ("models", {"name": "m" * 129, "source_code": "x = 1\n"}),
+                               ("scorers", {"name": "s" * 125, "op_source_code": "x = 1\n"})):  # fmt: skip
+                refused.append(await api.post(f"/v2/{PROJECT}/{path}", body))
+            accepted = [await api.post("/obj/create", obj(object_id))
+                        for object_id in ("x" * 128, "café-1.v2_x")]  # fmt: skip
+            _, objs = await api.post("/objs/query", {"project_id": PROJECT})
+            return refused, accepted, [o["object_id"] for o in objs["objs"]]
+
+    refused, accepted, stored = run(scenario())
+    assert [status for status, _ in refused] == [400] * 9
+    assert [body["reason"].split(":")[0] for _, body in refused] == (
+        ["obj.object_id"] * 5 + ["op_obj.object_id"] + ["name"] * 3
+    )
+    assert "['/']" in refused[0][1]["reason"] and "1..128" in refused[3][1]["reason"]
+    assert [status for status, _ in accepted] == [200, 200]
+    assert stored == ["x" * 128, "café-1.v2_x"]
+
+
 def test_ops_old_and_v2_routes(run, db_path):
     async def scenario():
         async with serving(db_path) as api:

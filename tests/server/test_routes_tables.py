@@ -92,6 +92,29 @@ def test_table_bad_input_answers_4xx_with_reason(run, db_path):
     run(scenario())
 
 
+# the order weave's ClickHouse server gives (JSON_EXISTS DESC, toFloat64OrNull(JSON_VALUE)
+# then toString(JSON_VALUE) in the direction asked), as chDB answers it for these rows
+MIXED = [{"n": "abc"}, {"n": 3}, {"n": "2"}, {"n": None}, {"o": 0}, {"n": True}, {"n": {"a": 1}},
+         {"n": 1}]  # fmt: skip
+MIXED_ASC = [1, "2", 3, {"a": 1}, "abc", None, True, "absent"]
+MIXED_DESC = [3, "2", 1, True, None, "abc", {"a": 1}, "absent"]
+
+
+def test_table_sort_puts_numbers_first_and_rows_without_the_field_last_both_ways(run, db_path):
+    async def scenario():
+        async with serving(db_path) as api:
+            table = await create(api, MIXED)
+            orders = []
+            for direction in ("asc", "desc"):
+                query = {"project_id": PROJECT, "digest": table["digest"],
+                         "sort_by": [{"field": "n", "direction": direction}]}  # fmt: skip
+                _, res = await api.post("/table/query", query)
+                orders.append([r["val"].get("n", "absent") for r in res["rows"]])
+            return orders
+
+    assert run(scenario()) == [MIXED_ASC, MIXED_DESC]
+
+
 def test_table_query_stream_streams_every_row_as_jsonl(run, db_path):
     async def scenario():
         async with serving(db_path) as api:

@@ -123,14 +123,17 @@ def test_delete_and_update_change_stored_calls(run, db_path):
             renamed = await api.post(
                 "/call/update", {"project_id": PROJECT, "call_id": "c1", "display_name": "first"}
             )
-            missing = await api.post(
-                "/call/update", {"project_id": PROJECT, "call_id": "r2", "display_name": "x"}
-            )
-            return deleted, renamed, missing, await api.query()
+            # a deleted or missing call: {} as weave answers, and nothing comes back to life
+            gone = [await api.post("/call/update", {"project_id": PROJECT, "call_id": call_id,
+                                                    "display_name": "x"})
+                    for call_id in ("r2", "nope")]  # fmt: skip
+            unnamed = await api.post("/call/update", {"project_id": PROJECT, "call_id": "c2"})
+            return deleted, renamed, gone, unnamed, await api.query()
 
-    deleted, renamed, missing, calls = run(scenario())
+    deleted, renamed, gone, unnamed, calls = run(scenario())
     assert deleted == (200, {"num_deleted": 2}) and renamed == (200, {})
-    assert missing[0] == 404 and "r2" in missing[1]["reason"]
+    assert gone == [(200, {}), (200, {})]
+    assert unnamed[0] == 400 and unnamed[1]["reason"].startswith("display_name: ")
     assert {c["id"]: c["display_name"] for c in calls} == {"r1": None, "c1": "first", "c2": None}
 
 

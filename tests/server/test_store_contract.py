@@ -132,6 +132,20 @@ def test_objects_versions_latest_aliases_tags_and_deletes(store_run):
     assert labels == {("o", "d1"): ([], ["prod"]), ("o", "d2"): (["good"], [])}
 
 
+def test_a_deleted_version_is_read_only_when_deleted_ones_are_asked_for(store_run):
+    async def scenario(store):
+        for n in range(2):
+            await store.put_object(_obj("o", n, n))
+        await store.delete_objects(P, "o", ["d0"], 99)
+        reads = [await store.read_object(P, "o", v, include_deleted=True) for v in ("d0", "v0", "d1")]
+        return (await store.read_object(P, "o", "d0"), [(v.digest, v.deleted_at_us) for v in reads],
+                await store.read_object(P, "o", "d9", include_deleted=True))  # fmt: skip
+
+    live, reads, never = store_run(scenario)
+    assert live is None and never is None
+    assert reads == [("d0", 99), ("d0", 99), ("d1", None)]
+
+
 def test_tables_files_and_docs(store_run):
     async def scenario(store):
         await store.put_table(P, "tab", ["r1", "r2"], [("r1", '{"a":1}'), ("r2", '{"a":2}')])

@@ -52,9 +52,10 @@ def _rows(client: Any, sql: str, params: dict[str, Any]) -> list[tuple]:
     return client.query(sql, parameters=params).result_rows
 
 
-def read(client: Any, project_id: str, object_id: str, version: str) -> ObjectVersion | None:
+def read(client: Any, project_id: str, object_id: str, version: str,
+         include_deleted: bool = False) -> ObjectVersion | None:  # fmt: skip
     params: dict[str, Any] = {"project_id": project_id, "object_id": object_id}
-    where = "o.deleted_at_us IS NULL"
+    where = "1" if include_deleted else "o.deleted_at_us IS NULL"
     if version == "latest":
         where += " AND is_latest"
     elif version[:1] == "v" and version[1:].isdigit():

@@ -315,8 +315,9 @@ class ClickHouseStore(Store):
     async def put_object(self, version: ObjectVersion) -> ObjectVersion:
         return await self._run(_objects.put, version, self._clock.take(2))
 
-    async def read_object(self, project_id: str, object_id: str, version: str) -> ObjectVersion | None:
-        return await self._run(_objects.read, project_id, object_id, version)
+    async def read_object(self, project_id: str, object_id: str, version: str, *,
+                          include_deleted: bool = False) -> ObjectVersion | None:  # fmt: skip
+        return await self._run(_objects.read, project_id, object_id, version, include_deleted)
 
     async def query_objects(self, query: ObjectsQuery) -> list[ObjectVersion]:
         return await self._run(_objects.query, query)

@@ -235,6 +235,11 @@ def calls_edits() -> list[Step]:
              {"project_id": CP, "filter": {"call_ids": ["c2"]}}),
         Step(family, "edit.delete_subtree", "calls_delete",
              {"project_id": CP, "call_ids": ["c1"], "wb_user_id": USER}),
+        Step(family, "edit.rename_deleted", "call_update",
+             {"project_id": CP, "call_id": "c1", "display_name": "ghost", "wb_user_id": USER}),
+        Step(family, "edit.rename_missing", "call_update",
+             {"project_id": CP, "call_id": "zzz", "display_name": "ghost", "wb_user_id": USER}),
+        Step(family, "edit.rename_nothing", "call_update", {"project_id": CP, "call_id": "c2", "wb_user_id": USER}),
         Step(family, "edit.after_delete", "calls_query", {"project_id": CP}),
         Step(family, "edit.delete_root", "calls_delete",
              {"project_id": CP, "call_ids": ["r2"], "wb_user_id": USER}),
@@ -323,6 +328,10 @@ def objects() -> list[Step]:
         Step(f, "objs.delete_all", "obj_delete", {"project_id": OP, "object_id": "model"}),
         Step(f, "objs.delete_missing", "obj_delete", {"project_id": OP, "object_id": "none"}),
         _objs("after_deletes"),
+        # object ids: weave's object_id_validator
+        Step(f, "objs.create_id_longest", "obj_create", _obj("é" + "x" * 127, {"a": 1})),
+        Step(f, "objs.create_id_too_long", "obj_create", _obj("x" * 129, {"a": 1})),
+        Step(f, "objs.create_id_slash", "obj_create", _obj("a/b", {"a": 1})),
     ]  # fmt: skip
 
 
@@ -413,7 +422,23 @@ def tables() -> list[Step]:
              lambda c: {"project_id": TP, "digest": c["tables.create"]["digest"]}),
         Step(f, "tables.project_stats", "project_stats",
              {"project_id": TP, "include_table_storage_size": True}),
+        # rows without the field (or null there) sort last descending (ascending: below)
+        Step(f, "tables.create_gaps", "table_create", {"table": {"project_id": TP, "rows": GAPS}}),
+        _gaps("sort_desc_gaps", [("n", "desc")]),
+        _gaps("sort_desc_gaps_page", [("n", "desc")], limit=2, offset=2),
+        _gaps("sort_two_gaps", [("n", "desc"), ("q", "asc")]),
+        _gaps("sort_asc_gaps", [("n", "asc")]),
     ]  # fmt: skip
+
+
+GAPS = [{"q": "one", "n": 1}, {"q": "two", "n": 2}, {"q": "none", "n": None}, {"q": "other"},
+        {"q": "three", "n": 3}]  # fmt: skip
+
+
+def _gaps(label: str, sort: list[tuple[str, str]], **req: Any) -> Step:
+    sort_by = [{"field": field, "direction": direction} for field, direction in sort]
+    return Step("tables", f"tables.query.{label}", "table_query", lambda c: {
+        "project_id": TP, "digest": c["tables.create_gaps"]["digest"], "sort_by": sort_by, **req})
 
 
 def refs() -> list[Step]:
@@ -424,6 +449,9 @@ def refs() -> list[Step]:
     def ref(c: dict[str, Any], *path: str) -> str:
         obj = f"weave:///{p}/object/holder:{c['refs.obj']['digest']}"
         return "/".join([obj, *path])
+
+    def doomed(c: dict[str, Any], *path: str) -> str:
+        return "/".join([f"weave:///{p}/object/doomed:{c['refs.doomed']['digest']}", *path])
 
     return [
         Step(f, "refs.table", "table_create", {"table": {"project_id": p, "rows": ROWS}}),
@@ -455,6 +483,17 @@ def refs() -> list[Step]:
         Step(f, "refs.missing_object", "refs_read_batch", {"refs": [f"weave:///{p}/object/nope:latest"]}),
         Step(f, "refs.missing_key", "refs_read_batch", lambda c: {"refs": [ref(c, "attr", "nokey")]}),
         Step(f, "refs.malformed", "refs_read_batch", {"refs": ["not-a-ref"]}),
+        # a deleted version reads as null, the batch's other refs intact
+        Step(f, "refs.doomed", "obj_create", {"obj": {"project_id": p, "object_id": "doomed", "val": {"b": 2}}}),
+        Step(f, "refs.call_with_doomed", "calls_complete", lambda c: {"batch": [{
+            "project_id": p, "id": "rc2", "trace_id": "rt", "op_name": "use", "started_at": at(2),
+            "ended_at": at(3), "attributes": {}, "inputs": {"gone": doomed(c), "live": ref(c)},
+            "output": None, "summary": {}}]}),
+        Step(f, "refs.delete_doomed", "obj_delete", {"project_id": p, "object_id": "doomed"}),
+        Step(f, "refs.live_and_deleted", "refs_read_batch",
+             lambda c: {"refs": [ref(c, "attr", "name"), doomed(c), doomed(c, "key", "b")]}),
+        Step(f, "refs.expand_deleted", "calls_query", {
+            "project_id": p, "filter": {"call_ids": ["rc2"]}, "expand_columns": ["inputs.gone", "inputs.live"]}),
     ]  # fmt: skip
 
 
@@ -511,6 +550,10 @@ def feedback() -> list[Step]:
             sort_by=[{"field": "payload.score", "direction": "desc"}]),
         _fq("page", limit=2, offset=1, sort_by=[{"field": "created_at", "direction": "asc"}]),
         _fq("by_ref", query={"$expr": {"$in": [_get("weave_ref"), [_lit(_call_ref("f2"))]]}}),
+        _fq("fields_unknown", fields=["id", "zzz"]),
+        _fq("query_unknown", query={"$expr": {"$or": [
+            {"$eq": [_get("feedback_type"), _lit("custom")]}, {"$eq": [_get("nope"), _lit(1)]}]}}),
+        _fq("sort_unknown", sort_by=[{"field": "nope.deeper", "direction": "asc"}]),
         Step(f, "feedback.replace", "feedback_replace", {**_feedback("custom", {"score": 9}),
                                                          "feedback_id": fb_id}),  # fmt: skip
         Step(f, "feedback.replace_missing", "feedback_replace",
@@ -554,6 +597,9 @@ def costs() -> list[Step]:
         Step(f, "costs.calls_with_costs", "calls_query",
              {"project_id": p, "include_costs": True}),
         Step(f, "costs.read_with_costs", "call_read", {"project_id": p, "id": "k1", "include_costs": True}),
+        Step(f, "costs.query_unknown_field", "cost_query", {"project_id": p, "fields": ["llm_id", "nope"]}),
+        Step(f, "costs.query_unknown_in_expr", "cost_query", {"project_id": p, "fields": ["llm_id"],
+                                                              "query": _expr("$eq", _get("nope"), _lit(1))}),
         Step(f, "costs.purge", "cost_purge", lambda c: {"project_id": p, "query": _expr(
             "$eq", _get("id"), _lit(c["costs.create"]["ids"][1][1]))}),
         Step(f, "costs.purge_non_id", "cost_purge", {"project_id": p, "query": _expr(
