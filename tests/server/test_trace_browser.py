@@ -18,6 +18,7 @@ import pytest
 
 from engine.producer._engine import Engine
 from engine.server import serve_subprocess
+from tests.server.harness import basic_auth, end, start, upsert_batch
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -57,9 +58,11 @@ def _trace(url: str) -> str:
     return failed
 
 
-def _post(url: str, path: str, body: dict) -> dict:
-    req = urllib.request.Request(url + path, data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
+def _post(url: str, path: str, body: dict, key: str | None = None) -> dict:
+    headers = {"Content-Type": "application/json"}
+    if key:
+        headers["Authorization"] = basic_auth("api", key)
+    req = urllib.request.Request(url + path, data=json.dumps(body).encode(), headers=headers)
     with urllib.request.urlopen(req, timeout=30) as resp:
         return json.loads(resp.read())
 
@@ -116,6 +119,7 @@ def _own_console_log(request):
 
 
 def _wait(driver, css: str, text: str | None = None, timeout_s: float = 60):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -124,7 +128,9 @@ def _wait(driver, css: str, text: str | None = None, timeout_s: float = 60):
         hit = [n for n in nodes if text is None or text in n.text]
         return hit[0] if hit else False
 
-    return WebDriverWait(driver, timeout_s).until(found, f"{css} with {text!r}")
+    # a node found may be replaced before its text is read: the page rendered again
+    return WebDriverWait(driver, timeout_s, ignored_exceptions=(StaleElementReferenceException,)
+                         ).until(found, f"{css} with {text!r}")
 
 
 def _rows(driver) -> list:
@@ -457,3 +463,69 @@ def test_a_call_page_shows_its_feedback(browser, tmp_path):
         _wait(browser, "#call-title", "shouting")
         assert not browser.find_elements(By.ID, "feedback")
         _no_console_errors(browser)
+
+
+# -- what a client may send: odd summaries, odd project names, long names, big values ----------
+
+KEY = "browser-key-0123456789abcdef"  # rw acme/* and e/*: other/* is a 403
+ODD = "acme/odd"
+NAMES = {"e/p%zz": "in-percent", "e/p?x=1#frag": "in-query", "e/..": "in-dots"}
+LONG_NAME = "n" * 5000  # no space to wrap at
+LIST_INTS, CHILDREN, CHILD_BYTES = 200_000, 20, 20_000
+
+
+def _odd_summaries() -> dict[str, dict]:
+    """Summaries the server keeps as sent: costs and usage of the wrong types, and one right."""
+    return {
+        "costs-null": {"weave": {"costs": {"m": None}}},
+        "costs-text": {"weave": {"costs": {"m": {"prompt_tokens_total_cost": "0.1"}}},
+                       "usage": {"m": {"total_tokens": "12"}, "n": None}},
+        "usage-text": {"usage": "many", "status_counts": "some", "weave": {"costs": [1]}},
+        "good": {"usage": {"m": {"prompt_tokens": 400, "completion_tokens": 60}}, "weave": {"costs": {
+            "m": {"prompt_tokens_total_cost": 0.00006, "completion_tokens_total_cost": 0.000036}}}},
+    }
+
+
+def _seed_odd(url: str) -> str:
+    """The calls of ODD and of the NAMES projects; returns the id of the call with a big
+    list in its inputs (and CHILDREN children of CHILD_BYTES of inputs each)."""
+    items = []
+    for n, (op, summary) in enumerate(_odd_summaries().items()):
+        items += [("start", start(op, project_id=ODD, op_name=op, t_s=n)),
+                  ("end", end(op, project_id=ODD, t_s=n + 1, summary=summary))]
+    items += [("start", start("long", project_id=ODD, op_name="long", display_name=LONG_NAME, t_s=10)),
+              ("end", end("long", project_id=ODD, t_s=11))]
+    items += [("start", start("big", project_id=ODD, op_name="big", t_s=20,
+                              inputs={"xs": list(range(LIST_INTS))})),
+              ("end", end("big", project_id=ODD, t_s=30))]
+    for i in range(CHILDREN):
+        child = f"child-{i}"
+        items += [("start", start(child, project_id=ODD, op_name="child", parent_id="big",
+                                  trace_id="trace-big", t_s=21, inputs={"blob": "x" * CHILD_BYTES})),
+                  ("end", end(child, project_id=ODD, t_s=22))]
+    for project, op in NAMES.items():
+        items += [("start", start(op, project_id=project, op_name=op)), ("end", end(op, project_id=project))]
+    _post(url, "/call/upsert_batch", upsert_batch(*items), KEY)
+    return "big"
+
+
+@pytest.fixture(scope="module")
+def odd_server(tmp_path_factory):
+    """A server with keys, holding what _seed_odd writes: (URL with the key in it, URL)."""
+    keys = tmp_path_factory.mktemp("keys") / "keys"
+    keys.write_text(f"{KEY} rw acme/*,e/*\n")
+    keys.chmod(0o600)
+    with serve_subprocess(keys.parent / "traces.db", keys_file=keys) as url:
+        _seed_odd(url)
+        yield url.replace("http://", f"http://api:{KEY}@"), url
+
+
+def test_a_key_refused_for_a_project_shows_the_servers_reason(browser, odd_server):
+    from selenium.webdriver.common.by import By
+
+    keyed, _ = odd_server
+    browser.get(f"{keyed}/other/p/weave/calls")
+    error = _wait(browser, "#error", "HTTP 403")
+    assert "other/p" in error.text and "API key" in error.text, error.text
+    assert "needs an API key" not in error.text
+    assert browser.find_element(By.ID, "keyform").is_displayed()  # another key may do

@@ -11,22 +11,33 @@ let apiKey = sessionStorage.getItem(KEY_STORE) || "";
 
 // -- talking to the server ----------------------------------------------------------------
 
+// the server's reason for an error answer: its body's reason (or detail), else the body
+function reasonOf(text) {
+  try {
+    const body = JSON.parse(text);
+    return (body && (body.reason || body.detail)) || text;
+  } catch (err) {
+    return text;
+  }
+}
+
 async function request(path, body) {
   const headers = { "Content-Type": "application/json" };
   if (apiKey) headers.Authorization = "Basic " + btoa("api:" + apiKey);
   const init = { method: body === undefined ? "GET" : "POST", headers };
   if (body !== undefined) init.body = JSON.stringify(body);
-  const res = await fetch(path, init);
+  // from the origin: a page opened at http://api:KEY@host/ has the key in its own URL,
+  // which fetch refuses in a request's (the browser sends it from its own store)
+  const res = await fetch(location.origin + path, init);
   const text = await res.text();
-  if (res.status === 401 || res.status === 403) {
+  if (res.status === 401) {
     document.getElementById("keyform").hidden = false;
     throw new Error("This server needs an API key: enter it at the top right.");
   }
-  if (!res.ok) {
-    let reason = text;
-    try { reason = JSON.parse(text).reason || text; } catch (e) { /* not JSON: as is */ }
-    throw new Error(`${path} answered HTTP ${res.status}: ${reason}`);
+  if (res.status === 403) {  // a key, but not one for this: another key may do
+    document.getElementById("keyform").hidden = false;
   }
+  if (!res.ok) throw new Error(`${path} answered HTTP ${res.status}: ${reasonOf(text)}`);
   return text;
 }
 
