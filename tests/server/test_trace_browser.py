@@ -520,6 +520,36 @@ def odd_server(tmp_path_factory):
         yield url.replace("http://", f"http://api:{KEY}@"), url
 
 
+def _fits_the_window(driver) -> bool:
+    return driver.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
+
+
+def test_odd_summaries_and_long_names_leave_the_calls_list_whole(browser, odd_server):
+    """Costs, usage and counts of the wrong types are no numbers (never a blank page), a
+    5,000-character name is cut in its column. Opened at http://api:KEY@host/ (the key in
+    the URL, as a browser's address bar takes it)."""
+    from selenium.webdriver.common.by import By
+
+    keyed, _ = odd_server
+    browser.get(f"{keyed}/{ODD}/weave/calls")
+    _wait(browser, "#range", "1–6 of 6")
+    rows = {r.get_attribute("data-id"): [td.text for td in r.find_elements(By.TAG_NAME, "td")]
+            for r in _rows(browser)}
+    assert rows["good"][4:6] == ["460", "$0.0001"], rows["good"]
+    for op in ("costs-null", "costs-text", "usage-text"):  # "0.1" and "12" are no numbers
+        assert rows[op][:2] == [op, "success"] and rows[op][4:6] == ["", ""], rows[op]
+    long_cell = browser.find_element(By.CSS_SELECTOR, "tr[data-id=long] td.op")
+    assert long_cell.get_attribute("title") == LONG_NAME and _fits_the_window(browser)
+    _no_console_errors(browser)
+
+    for op in ("costs-text", "usage-text", "long"):
+        browser.get(f"{keyed}/{ODD}/r/call/{op}")
+        _wait(browser, "#facts", "Status")
+        assert _fits_the_window(browser), op
+    assert LONG_NAME in browser.find_element(By.ID, "call-title").text
+    _no_console_errors(browser)
+
+
 def test_a_key_refused_for_a_project_shows_the_servers_reason(browser, odd_server):
     from selenium.webdriver.common.by import By
 

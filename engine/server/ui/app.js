@@ -124,27 +124,29 @@ function formatTime(text) {
     `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}.${pad(d.getMilliseconds(), 3)}`;
 }
 
+function isObject(value) {
+  return value !== null && typeof value === "object" && !Array.isArray(value);
+}
+
+// the sum of the finite numbers among values, null when there are none: the server keeps
+// summaries as clients sent them, so one call's count of another type must not break a page
+function sumOf(values) {
+  const numbers = values.filter((v) => typeof v === "number" && Number.isFinite(v));
+  return numbers.length ? numbers.reduce((a, b) => a + b, 0) : null;
+}
+
 function tokensOf(call) {
   const usage = (call.summary || {}).usage;
-  if (!usage || typeof usage !== "object") return null;
-  let total = 0, seen = false;
-  for (const u of Object.values(usage)) {
-    if (!u || typeof u !== "object") continue;
-    seen = true;
-    total += u.total_tokens || ((u.prompt_tokens || u.input_tokens || 0) +
-                                (u.completion_tokens || u.output_tokens || 0));
-  }
-  return seen ? total : null;
+  if (!isObject(usage)) return null;
+  return sumOf(Object.values(usage).filter(isObject).map((u) => sumOf([u.total_tokens]) ||
+    sumOf([u.prompt_tokens || u.input_tokens, u.completion_tokens || u.output_tokens])));
 }
 
 function costOf(call) {
   const costs = ((call.summary || {}).weave || {}).costs;
-  if (!costs || typeof costs !== "object") return null;
-  let total = 0;
-  for (const c of Object.values(costs)) {
-    total += (c.prompt_tokens_total_cost || 0) + (c.completion_tokens_total_cost || 0);
-  }
-  return total;
+  if (!isObject(costs)) return null;
+  return sumOf(Object.values(costs).filter(isObject).map((c) =>
+    sumOf([c.prompt_tokens_total_cost, c.completion_tokens_total_cost])));
 }
 
 function callHref(project, id) { return `/${project}/r/call/${encodeURIComponent(id)}`; }
@@ -225,29 +227,30 @@ const RUNNABLE = "wandb.runnable.";
 function feedbackClass(type) {
   if (type === "wandb.reaction.1") return "reaction";
   if (type === "wandb.note.1") return "note";
-  if ((type || "").startsWith(RUNNABLE)) return "score";
+  if (typeof type === "string" && type.startsWith(RUNNABLE)) return "score";
   return "other";
 }
 
 function feedbackValue(row) {
-  const payload = row.payload || {};
-  return { reaction: payload.emoji, note: payload.note, score: short(payload.output),
-           other: short(payload) }[feedbackClass(row.feedback_type)];
+  const payload = isObject(row.payload) ? row.payload : {};
+  return { reaction: short(payload.emoji),
+           note: typeof payload.note === "string" ? payload.note : short(payload.note), score: short(payload.output),
+           other: short(row.payload) }[feedbackClass(row.feedback_type)];
 }
 
 function feedbackKind(type) {
   const kind = feedbackClass(type);
-  return kind === "score" ? `scorer ${type.slice(RUNNABLE.length)}` : kind === "other" ? type : kind;
+  return kind === "score" ? `scorer ${type.slice(RUNNABLE.length)}` : kind === "other" ? short(type) : kind;
 }
 
 // a call's feedback in a few characters: its reactions (with counts), how many notes and
 // scorer results, how many of any other kind
 function feedbackBrief(rows) {
   const reactions = new Map(), counts = { note: 0, score: 0, other: 0 };
-  for (const row of rows) {
+  for (const row of Array.isArray(rows) ? rows.filter(isObject) : []) {
     const kind = feedbackClass(row.feedback_type);
     if (kind === "reaction") {
-      const emoji = (row.payload || {}).emoji;
+      const emoji = short((isObject(row.payload) ? row.payload : {}).emoji);
       reactions.set(emoji, (reactions.get(emoji) || 0) + 1);
     } else counts[kind] += 1;
   }
@@ -269,8 +272,9 @@ async function callsPage(project) {
   ]);
   const rows = calls.map((call) => {
     const tokens = tokensOf(call), cost = costOf(call), status = statusOf(call);
+    const name = call.display_name || opLabel(call.op_name);
     return el("tr", { class: "row", "data-id": call.id, onclick: () => go(callHref(project, call.id)) },
-      el("td", {}, link(callHref(project, call.id), call.display_name || opLabel(call.op_name))),
+      el("td", { class: "op", title: name }, link(callHref(project, call.id), name)),
       el("td", {}, el("span", { class: `status ${status}` }, status)),
       el("td", { class: "num" }, formatMs(latencyMs(call))),
       el("td", {}, formatTime(call.started_at)),
@@ -544,17 +548,20 @@ async function evaluationsPage(project) {
       compare.disabled = picked.length < 2;
     } });
   const rows = calls.map((call) => {
-    const inputs = call.inputs || {}, counts = (call.summary || {}).status_counts || {};
+    const inputs = call.inputs || {}, summary = call.summary || {};
+    const counts = isObject(summary.status_counts) ? summary.status_counts : {};
+    const ran = sumOf([counts.success, counts.error]), errors = sumOf([counts.error]);
     const evalRef = refParts(inputs.self), status = statusOf(call), m = metrics.get(call.id);
     return el("tr", { class: "row", "data-id": call.id, onclick: () => go(callHref(project, call.id)) },
       el("td", {}, pick(call.id)),
-      el("td", {}, link(callHref(project, call.id), call.display_name || opLabel(call.op_name))),
+      el("td", { class: "op", title: call.display_name || opLabel(call.op_name) },
+        link(callHref(project, call.id), call.display_name || opLabel(call.op_name))),
       el("td", {}, evalRef ? evalRef.name : ""),
       el("td", { class: "model", title: typeof inputs.model === "string" ? inputs.model : undefined },
         modelLabel(inputs.model, resolved.get(inputs.model))),
       el("td", {}, el("span", { class: `status ${status}` }, status)),
-      el("td", { class: "num" }, (counts.success || 0) + (counts.error || 0) || ""),
-      el("td", { class: "num" + (counts.error ? " error" : "") }, counts.error || ""),
+      el("td", { class: "num" }, ran || ""),
+      el("td", { class: "num" + (errors ? " error" : "") }, errors || ""),
       el("td", {}, formatTime(call.started_at)),
       columns.map((path) => el("td", { class: "num" }, m.has(path) ? formatMetric(path, m.get(path)) : "")));
   });
