@@ -550,6 +550,31 @@ def test_odd_summaries_and_long_names_leave_the_calls_list_whole(browser, odd_se
     _no_console_errors(browser)
 
 
+def test_project_names_with_url_characters_open_their_own_project(browser, odd_server):
+    """%, ? and # in a name are encoded in every link (the projects page, the navigation,
+    a call's link); a name "." or ".." cannot be in a path at all: shown, not linked."""
+    from selenium.webdriver.common.by import By
+
+    keyed, _ = odd_server
+    for project in ("e/p%zz", "e/p?x=1#frag"):
+        browser.get(keyed + "/")
+        _wait(browser, "#projects", project)
+        browser.find_element(By.LINK_TEXT, project).click()
+        _wait(browser, "#calls", NAMES[project])
+        assert browser.find_element(By.CSS_SELECTOR, "#nav .project").text == project
+        browser.find_element(By.LINK_TEXT, NAMES[project]).click()
+        _wait(browser, "#call-title", NAMES[project])
+        browser.find_element(By.LINK_TEXT, "Calls").click()
+        _wait(browser, "#calls", NAMES[project])
+    browser.get(keyed + "/")
+    dots = _wait(browser, "#projects .unlinked", "e/..")
+    assert "cannot be part of a link" in dots.get_attribute("title")
+    assert not browser.find_elements(By.LINK_TEXT, "e/..")
+    browser.get(f"{keyed}/e/p%zz/weave/calls")  # a stray % as typed: the name as it stands
+    _wait(browser, "#calls", NAMES["e/p%zz"])
+    _no_console_errors(browser)
+
+
 def test_a_key_refused_for_a_project_shows_the_servers_reason(browser, odd_server):
     from selenium.webdriver.common.by import By
 

@@ -149,7 +149,18 @@ function costOf(call) {
     sumOf([c.prompt_tokens_total_cost, c.completion_tokens_total_cost])));
 }
 
-function callHref(project, id) { return `/${project}/r/call/${encodeURIComponent(id)}`; }
+// a project's path, each of its two names encoded: a name with %, ? or # stays one name
+function projectPath(project) {
+  const at = project.indexOf("/");
+  return `/${encodeURIComponent(project.slice(0, at))}/${encodeURIComponent(project.slice(at + 1))}`;
+}
+
+// a name "." or ".." cannot be a part of a path: browsers resolve it, encoded or not
+function pathCarries(project) {
+  return project.split("/").every((part) => part !== "." && part !== "..");
+}
+
+function callHref(project, id) { return `${projectPath(project)}/r/call/${encodeURIComponent(id)}`; }
 
 // -- the calls list ------------------------------------------------------------------------
 
@@ -368,7 +379,7 @@ async function callPage(project, id) {
   const { call } = await getJson("/call/read", { project_id: project, id });
   if (!call) {
     show(el("p", { class: "error", id: "error" }, `No call ${id} in project ${project}.`),
-      link(`/${project}/weave/calls`, "All calls"));
+      link(`${projectPath(project)}/weave/calls`, "All calls"));
     return;
   }
   const trace = await getLines("/calls/stream_query", { project_id: project,
@@ -539,7 +550,8 @@ async function evaluationsPage(project) {
     names.map((n) => el("option", { value: n, selected: n === params.name }, n)));
   const picked = [];
   const compare = el("button", { id: "compare-runs", disabled: true, onclick: () => go(
-    `/${project}/weave/evaluations/compare?calls=${calls.filter((c) => picked.includes(c.id)).map((c) => c.id).join(",")}`) },
+    `${projectPath(project)}/weave/evaluations/compare?` +
+    new URLSearchParams({ calls: calls.filter((c) => picked.includes(c.id)).map((c) => c.id).join(",") })) },
     "Compare selected");
   const pick = (id) => el("input", { type: "checkbox", class: "pick", title: "compare this run",
     onclick: (ev) => {
@@ -665,7 +677,7 @@ async function comparePage(project) {
   if (ids.length < 2) {
     show(el("h1", {}, "Compare evaluation runs"), el("p", { class: "error", id: "error" },
       "Pick two or more runs on the Evaluations page to compare them."),
-      link(`/${project}/weave/evaluations`, "Evaluations"));
+      link(`${projectPath(project)}/weave/evaluations`, "Evaluations"));
     return;
   }
   const runs = await getLines("/calls/stream_query", { project_id: project, filter: { call_ids: ids } });
@@ -750,6 +762,16 @@ async function comparePage(project) {
 
 // -- projects, navigation -------------------------------------------------------------------
 
+function projectRow(p) {
+  const href = `${projectPath(p.project_id)}/weave/calls`, opens = pathCarries(p.project_id);
+  return el("tr", { class: opens ? "row" : undefined, onclick: () => opens && go(href) },
+    el("td", {}, opens ? link(href, p.project_id) : el("span", { class: "unlinked",
+      title: 'a name "." or ".." cannot be part of a link: engine calls --project lists its calls' }, p.project_id)),
+    el("td", { class: "num" }, p.calls.toLocaleString()),
+    el("td", { class: "muted" }, p.retention_days == null ? "until deleted"
+      : `${p.retention_days.toLocaleString()} day${p.retention_days === 1 ? "" : "s"}`));
+}
+
 async function projectsPage() {
   const { projects } = await getJson("/ui/projects");
   const open = el("input", { placeholder: "entity/project", id: "open-project" });
@@ -757,15 +779,12 @@ async function projectsPage() {
     projects.length ? el("table", { id: "projects" },
       el("thead", {}, el("tr", {}, el("th", {}, "Project"), el("th", { class: "num" }, "Calls"),
         el("th", {}, "Kept"))),
-      el("tbody", {}, projects.map((p) => el("tr", { class: "row", onclick: () => go(`/${p.project_id}/weave/calls`) },
-        el("td", {}, link(`/${p.project_id}/weave/calls`, p.project_id)),
-        el("td", { class: "num" }, p.calls.toLocaleString()),
-        el("td", { class: "muted" }, p.retention_days == null ? "until deleted"
-          : `${p.retention_days.toLocaleString()} day${p.retention_days === 1 ? "" : "s"}`))))) :
+      el("tbody", {}, projects.map(projectRow))) :
       el("p", { class: "muted" }, "No calls stored yet."),
     el("form", { class: "filters", onsubmit: (ev) => {
       ev.preventDefault();
-      if (open.value.includes("/")) go(`/${open.value.trim()}/weave/calls`);
+      const project = open.value.trim();
+      if (project.includes("/") && pathCarries(project)) go(`${projectPath(project)}/weave/calls`);
     } }, open, el("button", { type: "submit" }, "Open project")));
 }
 
@@ -774,13 +793,17 @@ function renderNav(project, section) {
   if (!project) { nav.replaceChildren(); return; }
   const item = (name, href) => link(href, name, name.toLowerCase() === section ? "current" : undefined);
   nav.replaceChildren(el("span", { class: "project" }, project),
-    item("Calls", `/${project}/weave/calls`), item("Evaluations", `/${project}/weave/evaluations`),
-    item("Objects", `/${project}/weave/objects`),
-    item("Tables", `/${project}/weave/tables`));
+    ...["Calls", "Evaluations", "Objects", "Tables"].map((name) =>
+      item(name, `${projectPath(project)}/weave/${name.toLowerCase()}`)));
+}
+
+// a path's part as a name; one no link of ours makes (a stray %) as it stands
+function decoded(part) {
+  try { return decodeURIComponent(part); } catch (err) { return part; }
 }
 
 function render() {
-  const parts = location.pathname.split("/").filter(Boolean).map(decodeURIComponent);
+  const parts = location.pathname.split("/").filter(Boolean).map(decoded);
   if (parts.length < 2) {
     renderNav(null);
     return projectsPage().catch(fail);
