@@ -520,13 +520,21 @@ def odd_server(tmp_path_factory):
         yield url.replace("http://", f"http://api:{KEY}@"), url
 
 
+def _fetched_bytes(driver, path: str) -> int:
+    """Bytes of the bodies this page's requests to ``path`` received so far."""
+    return driver.execute_script(
+        "return performance.getEntriesByType('resource').filter((e) => new URL(e.name).pathname"
+        " === arguments[0]).reduce((n, e) => n + e.decodedBodySize, 0)", path)
+
+
 def _fits_the_window(driver) -> bool:
     return driver.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
 
 
 def test_odd_summaries_and_long_names_leave_the_calls_list_whole(browser, odd_server):
     """Costs, usage and counts of the wrong types are no numbers (never a blank page), a
-    5,000-character name is cut in its column. Opened at http://api:KEY@host/ (the key in
+    5,000-character name is cut in its column, and the list asks for what it shows: not
+    the 1.3 MB of inputs of one of its calls. Opened at http://api:KEY@host/ (the key in
     the URL, as a browser's address bar takes it)."""
     from selenium.webdriver.common.by import By
 
@@ -540,6 +548,7 @@ def test_odd_summaries_and_long_names_leave_the_calls_list_whole(browser, odd_se
         assert rows[op][:2] == [op, "success"] and rows[op][4:6] == ["", ""], rows[op]
     long_cell = browser.find_element(By.CSS_SELECTOR, "tr[data-id=long] td.op")
     assert long_cell.get_attribute("title") == LONG_NAME and _fits_the_window(browser)
+    assert _fetched_bytes(browser, "/calls/stream_query") < 100_000  # not the big call's inputs
     _no_console_errors(browser)
 
     for op in ("costs-text", "usage-text", "long"):
@@ -547,6 +556,19 @@ def test_odd_summaries_and_long_names_leave_the_calls_list_whole(browser, odd_se
         _wait(browser, "#facts", "Status")
         assert _fits_the_window(browser), op
     assert LONG_NAME in browser.find_element(By.ID, "call-title").text
+    _no_console_errors(browser)
+
+
+def test_a_call_page_asks_for_its_tree_without_the_calls_inputs(browser, odd_server):
+    """The call's own row is read whole; its trace's tree only as the tree shows it, not
+    the CHILDREN's CHILD_BYTES of inputs each."""
+    from selenium.webdriver.common.by import By
+
+    keyed, _ = odd_server
+    browser.get(f"{keyed}/{ODD}/r/call/big")
+    _wait(browser, "#tree", "child")
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#tree li li")) == CHILDREN
+    assert _fetched_bytes(browser, "/calls/stream_query") < CHILD_BYTES
     _no_console_errors(browser)
 
 

@@ -6,6 +6,11 @@
 const PAGE_ROWS = 50;
 const TRACE_MAX_CALLS = 2000;
 const OPEN_MAX_ENTRIES = 50;
+// what the calls list and a trace's tree show of each call (summary: tokens, cost,
+// feedback); a call's own page reads its whole row
+const LIST_COLUMNS = ["id", "trace_id", "parent_id", "op_name", "display_name", "started_at",
+                      "ended_at", "exception", "summary"];
+const TREE_COLUMNS = ["id", "parent_id", "op_name", "started_at", "ended_at", "exception"];
 const KEY_STORE = "engine-api-key";
 let apiKey = sessionStorage.getItem(KEY_STORE) || "";
 
@@ -279,7 +284,7 @@ async function callsPage(project) {
     getJson("/calls/query_stats", { project_id: project, filter, query }),
     getLines("/calls/stream_query", { project_id: project, filter, query, limit: PAGE_ROWS,
       offset: params.page * PAGE_ROWS, sort_by: [{ field: "started_at", direction: "desc" }],
-      include_feedback: true }),
+      columns: LIST_COLUMNS, include_feedback: true }),
   ]);
   const rows = calls.map((call) => {
     const tokens = tokensOf(call), cost = costOf(call), status = statusOf(call);
@@ -383,7 +388,7 @@ async function callPage(project, id) {
     return;
   }
   const trace = await getLines("/calls/stream_query", { project_id: project,
-    filter: { trace_ids: [call.trace_id] }, limit: TRACE_MAX_CALLS,
+    filter: { trace_ids: [call.trace_id] }, limit: TRACE_MAX_CALLS, columns: TREE_COLUMNS,
     sort_by: [{ field: "started_at", direction: "asc" }] });
   const feedback = (await getJson("/feedback/query", { project_id: project,
     query: { $expr: { $eq: [{ $getField: "weave_ref" }, { $literal: `weave:///${project}/call/${call.id}` }] } },
