@@ -572,6 +572,25 @@ def test_a_call_page_asks_for_its_tree_without_the_calls_inputs(browser, odd_ser
     _no_console_errors(browser)
 
 
+def test_a_big_list_is_built_when_opened_a_slice_at_a_time(browser, odd_server):
+    """A list of LIST_INTS numbers is one closed node; opened, its first 500 and a button
+    for the next 500."""
+    from selenium.webdriver.common.by import By
+
+    keyed, _ = odd_server
+    browser.get(f"{keyed}/{ODD}/r/call/big")
+    inputs = _wait(browser, "#inputs")
+    assert len(inputs.find_elements(By.TAG_NAME, "li")) == 2  # the inputs and xs, closed: no items built
+    inputs.find_element(By.CSS_SELECTOR, "li li details summary").click()
+    more = _wait(browser, "#inputs li.more", f"… {LIST_INTS - 500:,} more: show 500")
+    assert len(inputs.find_elements(By.TAG_NAME, "li")) == 2 + 500 + 1
+    more.find_element(By.TAG_NAME, "button").click()
+    _wait(browser, "#inputs li.more", f"… {LIST_INTS - 1000:,} more")
+    assert len(inputs.find_elements(By.TAG_NAME, "li")) == 2 + 1000 + 1
+    assert "999: 999" in inputs.text
+    _no_console_errors(browser)
+
+
 def test_project_names_with_url_characters_open_their_own_project(browser, odd_server):
     """%, ? and # in a name are encoded in every link (the projects page, the navigation,
     a call's link); a name "." or ".." cannot be in a path at all: shown, not linked."""

@@ -6,6 +6,7 @@
 const PAGE_ROWS = 50;
 const TRACE_MAX_CALLS = 2000;
 const OPEN_MAX_ENTRIES = 50;
+const JSON_SLICE = 500;
 // what the calls list and a trace's tree show of each call (summary: tokens, cost,
 // feedback); a call's own page reads its whole row
 const LIST_COLUMNS = ["id", "trace_id", "parent_id", "op_name", "display_name", "started_at",
@@ -313,19 +314,39 @@ async function callsPage(project) {
 
 // -- one call: its trace tree and everything it carries -------------------------------------
 
+// the entries of an object or a list from ``from`` on, JSON_SLICE of them and a button for
+// the next: a list of a million numbers is a few hundred nodes until asked for more
+function jsonEntries(value, keys, from, depth) {
+  const count = keys ? keys.length : value.length, until = Math.min(count, from + JSON_SLICE);
+  const nodes = [];
+  for (let i = from; i < until; i += 1) {
+    nodes.push(keys ? jsonNode(value[keys[i]], keys[i], depth) : jsonNode(value[i], String(i), depth));
+  }
+  if (until < count) {
+    const more = el("li", { class: "more" }, el("button", { type: "button",
+      onclick: () => more.replaceWith(...jsonEntries(value, keys, until, depth)) },
+      `… ${(count - until).toLocaleString()} more: show ${Math.min(JSON_SLICE, count - until).toLocaleString()}`));
+    nodes.push(more);
+  }
+  return nodes;
+}
+
 function jsonNode(value, key, depth) {
   const label = key === undefined ? [] : [el("span", { class: "k" }, key), ": "];
   if (value === null || typeof value !== "object") {
     const cls = typeof value === "string" ? "s" : typeof value === "number" ? "n" : "b";
     return el("li", {}, label, el("span", { class: cls }, JSON.stringify(value)));
   }
-  const entries = Array.isArray(value) ? value.map((v, i) => [String(i), v]) : Object.entries(value);
-  const size = Array.isArray(value) ? `[${entries.length}]` : `{${entries.length}}`;
-  // open the first levels of what is small enough to read; the rest one click away
-  const open = depth < 4 && entries.length <= OPEN_MAX_ENTRIES;
-  return el("li", {}, el("details", { class: "json", open },
-    el("summary", {}, label, el("span", { class: "muted" }, size)),
-    el("ul", {}, entries.map(([k, v]) => jsonNode(v, k, depth + 1)))));
+  const keys = Array.isArray(value) ? null : Object.keys(value);
+  const count = keys ? keys.length : value.length;
+  // open the first levels of what is small enough to read; the rest one click away, built
+  // on that click (a closed node is one element, whatever it holds)
+  const open = depth < 4 && count <= OPEN_MAX_ENTRIES;
+  const list = el("ul", {}, open ? jsonEntries(value, keys, 0, depth + 1) : []);
+  const details = el("details", { class: "json", open, ontoggle: () => {
+    if (details.open && !list.hasChildNodes()) list.append(...jsonEntries(value, keys, 0, depth + 1));
+  } }, el("summary", {}, label, el("span", { class: "muted" }, keys ? `{${count}}` : `[${count}]`)), list);
+  return el("li", {}, details);
 }
 
 function jsonView(value, id) {
