@@ -18,6 +18,7 @@ import pytest
 
 from engine.producer._engine import Engine
 from engine.server import serve_subprocess
+from tests.server.harness import basic_auth, end, start, upsert_batch
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -57,9 +58,11 @@ def _trace(url: str) -> str:
     return failed
 
 
-def _post(url: str, path: str, body: dict) -> dict:
-    req = urllib.request.Request(url + path, data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
+def _post(url: str, path: str, body: dict, key: str | None = None) -> dict:
+    headers = {"Content-Type": "application/json"}
+    if key:
+        headers["Authorization"] = basic_auth("api", key)
+    req = urllib.request.Request(url + path, data=json.dumps(body).encode(), headers=headers)
     with urllib.request.urlopen(req, timeout=30) as resp:
         return json.loads(resp.read())
 
@@ -116,6 +119,7 @@ def _own_console_log(request):
 
 
 def _wait(driver, css: str, text: str | None = None, timeout_s: float = 60):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -124,7 +128,9 @@ def _wait(driver, css: str, text: str | None = None, timeout_s: float = 60):
         hit = [n for n in nodes if text is None or text in n.text]
         return hit[0] if hit else False
 
-    return WebDriverWait(driver, timeout_s).until(found, f"{css} with {text!r}")
+    # a node found may be replaced before its text is read: the page rendered again
+    return WebDriverWait(driver, timeout_s, ignored_exceptions=(StaleElementReferenceException,)
+                         ).until(found, f"{css} with {text!r}")
 
 
 def _rows(driver) -> list:
@@ -457,3 +463,165 @@ def test_a_call_page_shows_its_feedback(browser, tmp_path):
         _wait(browser, "#call-title", "shouting")
         assert not browser.find_elements(By.ID, "feedback")
         _no_console_errors(browser)
+
+
+# -- what a client may send: odd summaries, odd project names, long names, big values ----------
+
+KEY = "browser-key-0123456789abcdef"  # rw acme/* and e/*: other/* is a 403
+ODD = "acme/odd"
+NAMES = {"e/p%zz": "in-percent", "e/p?x=1#frag": "in-query", "e/..": "in-dots"}
+LONG_NAME = "n" * 5000  # no space to wrap at
+LIST_INTS, CHILDREN, CHILD_BYTES = 200_000, 20, 20_000
+
+
+def _odd_summaries() -> dict[str, dict]:
+    """Summaries the server keeps as sent: costs and usage of the wrong types, and one right."""
+    return {
+        "costs-null": {"weave": {"costs": {"m": None}}},
+        "costs-text": {"weave": {"costs": {"m": {"prompt_tokens_total_cost": "0.1"}}},
+                       "usage": {"m": {"total_tokens": "12"}, "n": None}},
+        "usage-text": {"usage": "many", "status_counts": "some", "weave": {"costs": [1]}},
+        "good": {"usage": {"m": {"prompt_tokens": 400, "completion_tokens": 60}}, "weave": {"costs": {
+            "m": {"prompt_tokens_total_cost": 0.00006, "completion_tokens_total_cost": 0.000036}}}},
+    }
+
+
+def _seed_odd(url: str) -> str:
+    """The calls of ODD and of the NAMES projects; returns the id of the call with a big
+    list in its inputs (and CHILDREN children of CHILD_BYTES of inputs each)."""
+    items = []
+    for n, (op, summary) in enumerate(_odd_summaries().items()):
+        items += [("start", start(op, project_id=ODD, op_name=op, t_s=n)),
+                  ("end", end(op, project_id=ODD, t_s=n + 1, summary=summary))]
+    items += [("start", start("long", project_id=ODD, op_name="long", display_name=LONG_NAME, t_s=10)),
+              ("end", end("long", project_id=ODD, t_s=11))]
+    items += [("start", start("big", project_id=ODD, op_name="big", t_s=20,
+                              inputs={"xs": list(range(LIST_INTS))})),
+              ("end", end("big", project_id=ODD, t_s=30))]
+    for i in range(CHILDREN):
+        child = f"child-{i}"
+        items += [("start", start(child, project_id=ODD, op_name="child", parent_id="big",
+                                  trace_id="trace-big", t_s=21, inputs={"blob": "x" * CHILD_BYTES})),
+                  ("end", end(child, project_id=ODD, t_s=22))]
+    for project, op in NAMES.items():
+        items += [("start", start(op, project_id=project, op_name=op)), ("end", end(op, project_id=project))]
+    _post(url, "/call/upsert_batch", upsert_batch(*items), KEY)
+    return "big"
+
+
+@pytest.fixture(scope="module")
+def odd_server(tmp_path_factory):
+    """A server with keys, holding what _seed_odd writes: (URL with the key in it, URL)."""
+    keys = tmp_path_factory.mktemp("keys") / "keys"
+    keys.write_text(f"{KEY} rw acme/*,e/*\n")
+    keys.chmod(0o600)
+    with serve_subprocess(keys.parent / "traces.db", keys_file=keys) as url:
+        _seed_odd(url)
+        yield url.replace("http://", f"http://api:{KEY}@"), url
+
+
+def _fetched_bytes(driver, path: str) -> int:
+    """Bytes of the bodies this page's requests to ``path`` received so far."""
+    return driver.execute_script(
+        "return performance.getEntriesByType('resource').filter((e) => new URL(e.name).pathname"
+        " === arguments[0]).reduce((n, e) => n + e.decodedBodySize, 0)", path)
+
+
+def _fits_the_window(driver) -> bool:
+    return driver.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
+
+
+def test_odd_summaries_and_long_names_leave_the_calls_list_whole(browser, odd_server):
+    """Costs, usage and counts of the wrong types are no numbers (never a blank page), a
+    5,000-character name is cut in its column, and the list asks for what it shows: not
+    the 1.3 MB of inputs of one of its calls. Opened at http://api:KEY@host/ (the key in
+    the URL, as a browser's address bar takes it)."""
+    from selenium.webdriver.common.by import By
+
+    keyed, _ = odd_server
+    browser.get(f"{keyed}/{ODD}/weave/calls")
+    _wait(browser, "#range", "1–6 of 6")
+    rows = {r.get_attribute("data-id"): [td.text for td in r.find_elements(By.TAG_NAME, "td")]
+            for r in _rows(browser)}
+    assert rows["good"][4:6] == ["460", "$0.0001"], rows["good"]
+    for op in ("costs-null", "costs-text", "usage-text"):  # "0.1" and "12" are no numbers
+        assert rows[op][:2] == [op, "success"] and rows[op][4:6] == ["", ""], rows[op]
+    long_cell = browser.find_element(By.CSS_SELECTOR, "tr[data-id=long] td.op")
+    assert long_cell.get_attribute("title") == LONG_NAME and _fits_the_window(browser)
+    assert _fetched_bytes(browser, "/calls/stream_query") < 100_000  # not the big call's inputs
+    _no_console_errors(browser)
+
+    for op in ("costs-text", "usage-text", "long"):
+        browser.get(f"{keyed}/{ODD}/r/call/{op}")
+        _wait(browser, "#facts", "Status")
+        assert _fits_the_window(browser), op
+    assert LONG_NAME in browser.find_element(By.ID, "call-title").text
+    _no_console_errors(browser)
+
+
+def test_a_call_page_asks_for_its_tree_without_the_calls_inputs(browser, odd_server):
+    """The call's own row is read whole; its trace's tree only as the tree shows it, not
+    the CHILDREN's CHILD_BYTES of inputs each."""
+    from selenium.webdriver.common.by import By
+
+    keyed, _ = odd_server
+    browser.get(f"{keyed}/{ODD}/r/call/big")
+    _wait(browser, "#tree", "child")
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#tree li li")) == CHILDREN
+    assert _fetched_bytes(browser, "/calls/stream_query") < CHILD_BYTES
+    _no_console_errors(browser)
+
+
+def test_a_big_list_is_built_when_opened_a_slice_at_a_time(browser, odd_server):
+    """A list of LIST_INTS numbers is one closed node; opened, its first 500 and a button
+    for the next 500."""
+    from selenium.webdriver.common.by import By
+
+    keyed, _ = odd_server
+    browser.get(f"{keyed}/{ODD}/r/call/big")
+    inputs = _wait(browser, "#inputs")
+    assert len(inputs.find_elements(By.TAG_NAME, "li")) == 2  # the inputs and xs, closed: no items built
+    inputs.find_element(By.CSS_SELECTOR, "li li details summary").click()
+    more = _wait(browser, "#inputs li.more", f"… {LIST_INTS - 500:,} more: show 500")
+    assert len(inputs.find_elements(By.TAG_NAME, "li")) == 2 + 500 + 1
+    more.find_element(By.TAG_NAME, "button").click()
+    _wait(browser, "#inputs li.more", f"… {LIST_INTS - 1000:,} more")
+    assert len(inputs.find_elements(By.TAG_NAME, "li")) == 2 + 1000 + 1
+    assert "999: 999" in inputs.text
+    _no_console_errors(browser)
+
+
+def test_project_names_with_url_characters_open_their_own_project(browser, odd_server):
+    """%, ? and # in a name are encoded in every link (the projects page, the navigation,
+    a call's link); a name "." or ".." cannot be in a path at all: shown, not linked."""
+    from selenium.webdriver.common.by import By
+
+    keyed, _ = odd_server
+    for project in ("e/p%zz", "e/p?x=1#frag"):
+        browser.get(keyed + "/")
+        _wait(browser, "#projects", project)
+        browser.find_element(By.LINK_TEXT, project).click()
+        _wait(browser, "#calls", NAMES[project])
+        assert browser.find_element(By.CSS_SELECTOR, "#nav .project").text == project
+        browser.find_element(By.LINK_TEXT, NAMES[project]).click()
+        _wait(browser, "#call-title", NAMES[project])
+        browser.find_element(By.LINK_TEXT, "Calls").click()
+        _wait(browser, "#calls", NAMES[project])
+    browser.get(keyed + "/")
+    dots = _wait(browser, "#projects .unlinked", "e/..")
+    assert "cannot be part of a link" in dots.get_attribute("title")
+    assert not browser.find_elements(By.LINK_TEXT, "e/..")
+    browser.get(f"{keyed}/e/p%zz/weave/calls")  # a stray % as typed: the name as it stands
+    _wait(browser, "#calls", NAMES["e/p%zz"])
+    _no_console_errors(browser)
+
+
+def test_a_key_refused_for_a_project_shows_the_servers_reason(browser, odd_server):
+    from selenium.webdriver.common.by import By
+
+    keyed, _ = odd_server
+    browser.get(f"{keyed}/other/p/weave/calls")
+    error = _wait(browser, "#error", "HTTP 403")
+    assert "other/p" in error.text and "API key" in error.text, error.text
+    assert "needs an API key" not in error.text
+    assert browser.find_element(By.ID, "keyform").is_displayed()  # another key may do

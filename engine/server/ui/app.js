@@ -6,27 +6,44 @@
 const PAGE_ROWS = 50;
 const TRACE_MAX_CALLS = 2000;
 const OPEN_MAX_ENTRIES = 50;
+const JSON_SLICE = 500;
+// what the calls list and a trace's tree show of each call (summary: tokens, cost,
+// feedback); a call's own page reads its whole row
+const LIST_COLUMNS = ["id", "trace_id", "parent_id", "op_name", "display_name", "started_at",
+                      "ended_at", "exception", "summary"];
+const TREE_COLUMNS = ["id", "parent_id", "op_name", "started_at", "ended_at", "exception"];
 const KEY_STORE = "engine-api-key";
 let apiKey = sessionStorage.getItem(KEY_STORE) || "";
 
 // -- talking to the server ----------------------------------------------------------------
+
+// the server's reason for an error answer: its body's reason (or detail), else the body
+function reasonOf(text) {
+  try {
+    const body = JSON.parse(text);
+    return (body && (body.reason || body.detail)) || text;
+  } catch (err) {
+    return text;
+  }
+}
 
 async function request(path, body) {
   const headers = { "Content-Type": "application/json" };
   if (apiKey) headers.Authorization = "Basic " + btoa("api:" + apiKey);
   const init = { method: body === undefined ? "GET" : "POST", headers };
   if (body !== undefined) init.body = JSON.stringify(body);
-  const res = await fetch(path, init);
+  // from the origin: a page opened at http://api:KEY@host/ has the key in its own URL,
+  // which fetch refuses in a request's (the browser sends it from its own store)
+  const res = await fetch(location.origin + path, init);
   const text = await res.text();
-  if (res.status === 401 || res.status === 403) {
+  if (res.status === 401) {
     document.getElementById("keyform").hidden = false;
     throw new Error("This server needs an API key: enter it at the top right.");
   }
-  if (!res.ok) {
-    let reason = text;
-    try { reason = JSON.parse(text).reason || text; } catch (e) { /* not JSON: as is */ }
-    throw new Error(`${path} answered HTTP ${res.status}: ${reason}`);
+  if (res.status === 403) {  // a key, but not one for this: another key may do
+    document.getElementById("keyform").hidden = false;
   }
+  if (!res.ok) throw new Error(`${path} answered HTTP ${res.status}: ${reasonOf(text)}`);
   return text;
 }
 
@@ -113,30 +130,43 @@ function formatTime(text) {
     `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}.${pad(d.getMilliseconds(), 3)}`;
 }
 
+function isObject(value) {
+  return value !== null && typeof value === "object" && !Array.isArray(value);
+}
+
+// the sum of the finite numbers among values, null when there are none: the server keeps
+// summaries as clients sent them, so one call's count of another type must not break a page
+function sumOf(values) {
+  const numbers = values.filter((v) => typeof v === "number" && Number.isFinite(v));
+  return numbers.length ? numbers.reduce((a, b) => a + b, 0) : null;
+}
+
 function tokensOf(call) {
   const usage = (call.summary || {}).usage;
-  if (!usage || typeof usage !== "object") return null;
-  let total = 0, seen = false;
-  for (const u of Object.values(usage)) {
-    if (!u || typeof u !== "object") continue;
-    seen = true;
-    total += u.total_tokens || ((u.prompt_tokens || u.input_tokens || 0) +
-                                (u.completion_tokens || u.output_tokens || 0));
-  }
-  return seen ? total : null;
+  if (!isObject(usage)) return null;
+  return sumOf(Object.values(usage).filter(isObject).map((u) => sumOf([u.total_tokens]) ||
+    sumOf([u.prompt_tokens || u.input_tokens, u.completion_tokens || u.output_tokens])));
 }
 
 function costOf(call) {
   const costs = ((call.summary || {}).weave || {}).costs;
-  if (!costs || typeof costs !== "object") return null;
-  let total = 0;
-  for (const c of Object.values(costs)) {
-    total += (c.prompt_tokens_total_cost || 0) + (c.completion_tokens_total_cost || 0);
-  }
-  return total;
+  if (!isObject(costs)) return null;
+  return sumOf(Object.values(costs).filter(isObject).map((c) =>
+    sumOf([c.prompt_tokens_total_cost, c.completion_tokens_total_cost])));
 }
 
-function callHref(project, id) { return `/${project}/r/call/${encodeURIComponent(id)}`; }
+// a project's path, each of its two names encoded: a name with %, ? or # stays one name
+function projectPath(project) {
+  const at = project.indexOf("/");
+  return `/${encodeURIComponent(project.slice(0, at))}/${encodeURIComponent(project.slice(at + 1))}`;
+}
+
+// a name "." or ".." cannot be a part of a path: browsers resolve it, encoded or not
+function pathCarries(project) {
+  return project.split("/").every((part) => part !== "." && part !== "..");
+}
+
+function callHref(project, id) { return `${projectPath(project)}/r/call/${encodeURIComponent(id)}`; }
 
 // -- the calls list ------------------------------------------------------------------------
 
@@ -214,29 +244,30 @@ const RUNNABLE = "wandb.runnable.";
 function feedbackClass(type) {
   if (type === "wandb.reaction.1") return "reaction";
   if (type === "wandb.note.1") return "note";
-  if ((type || "").startsWith(RUNNABLE)) return "score";
+  if (typeof type === "string" && type.startsWith(RUNNABLE)) return "score";
   return "other";
 }
 
 function feedbackValue(row) {
-  const payload = row.payload || {};
-  return { reaction: payload.emoji, note: payload.note, score: short(payload.output),
-           other: short(payload) }[feedbackClass(row.feedback_type)];
+  const payload = isObject(row.payload) ? row.payload : {};
+  return { reaction: short(payload.emoji),
+           note: typeof payload.note === "string" ? payload.note : short(payload.note), score: short(payload.output),
+           other: short(row.payload) }[feedbackClass(row.feedback_type)];
 }
 
 function feedbackKind(type) {
   const kind = feedbackClass(type);
-  return kind === "score" ? `scorer ${type.slice(RUNNABLE.length)}` : kind === "other" ? type : kind;
+  return kind === "score" ? `scorer ${type.slice(RUNNABLE.length)}` : kind === "other" ? short(type) : kind;
 }
 
 // a call's feedback in a few characters: its reactions (with counts), how many notes and
 // scorer results, how many of any other kind
 function feedbackBrief(rows) {
   const reactions = new Map(), counts = { note: 0, score: 0, other: 0 };
-  for (const row of rows) {
+  for (const row of Array.isArray(rows) ? rows.filter(isObject) : []) {
     const kind = feedbackClass(row.feedback_type);
     if (kind === "reaction") {
-      const emoji = (row.payload || {}).emoji;
+      const emoji = short((isObject(row.payload) ? row.payload : {}).emoji);
       reactions.set(emoji, (reactions.get(emoji) || 0) + 1);
     } else counts[kind] += 1;
   }
@@ -254,12 +285,13 @@ async function callsPage(project) {
     getJson("/calls/query_stats", { project_id: project, filter, query }),
     getLines("/calls/stream_query", { project_id: project, filter, query, limit: PAGE_ROWS,
       offset: params.page * PAGE_ROWS, sort_by: [{ field: "started_at", direction: "desc" }],
-      include_feedback: true }),
+      columns: LIST_COLUMNS, include_feedback: true }),
   ]);
   const rows = calls.map((call) => {
     const tokens = tokensOf(call), cost = costOf(call), status = statusOf(call);
+    const name = call.display_name || opLabel(call.op_name);
     return el("tr", { class: "row", "data-id": call.id, onclick: () => go(callHref(project, call.id)) },
-      el("td", {}, link(callHref(project, call.id), call.display_name || opLabel(call.op_name))),
+      el("td", { class: "op", title: name }, link(callHref(project, call.id), name)),
       el("td", {}, el("span", { class: `status ${status}` }, status)),
       el("td", { class: "num" }, formatMs(latencyMs(call))),
       el("td", {}, formatTime(call.started_at)),
@@ -282,19 +314,39 @@ async function callsPage(project) {
 
 // -- one call: its trace tree and everything it carries -------------------------------------
 
+// the entries of an object or a list from ``from`` on, JSON_SLICE of them and a button for
+// the next: a list of a million numbers is a few hundred nodes until asked for more
+function jsonEntries(value, keys, from, depth) {
+  const count = keys ? keys.length : value.length, until = Math.min(count, from + JSON_SLICE);
+  const nodes = [];
+  for (let i = from; i < until; i += 1) {
+    nodes.push(keys ? jsonNode(value[keys[i]], keys[i], depth) : jsonNode(value[i], String(i), depth));
+  }
+  if (until < count) {
+    const more = el("li", { class: "more" }, el("button", { type: "button",
+      onclick: () => more.replaceWith(...jsonEntries(value, keys, until, depth)) },
+      `… ${(count - until).toLocaleString()} more: show ${Math.min(JSON_SLICE, count - until).toLocaleString()}`));
+    nodes.push(more);
+  }
+  return nodes;
+}
+
 function jsonNode(value, key, depth) {
   const label = key === undefined ? [] : [el("span", { class: "k" }, key), ": "];
   if (value === null || typeof value !== "object") {
     const cls = typeof value === "string" ? "s" : typeof value === "number" ? "n" : "b";
     return el("li", {}, label, el("span", { class: cls }, JSON.stringify(value)));
   }
-  const entries = Array.isArray(value) ? value.map((v, i) => [String(i), v]) : Object.entries(value);
-  const size = Array.isArray(value) ? `[${entries.length}]` : `{${entries.length}}`;
-  // open the first levels of what is small enough to read; the rest one click away
-  const open = depth < 4 && entries.length <= OPEN_MAX_ENTRIES;
-  return el("li", {}, el("details", { class: "json", open },
-    el("summary", {}, label, el("span", { class: "muted" }, size)),
-    el("ul", {}, entries.map(([k, v]) => jsonNode(v, k, depth + 1)))));
+  const keys = Array.isArray(value) ? null : Object.keys(value);
+  const count = keys ? keys.length : value.length;
+  // open the first levels of what is small enough to read; the rest one click away, built
+  // on that click (a closed node is one element, whatever it holds)
+  const open = depth < 4 && count <= OPEN_MAX_ENTRIES;
+  const list = el("ul", {}, open ? jsonEntries(value, keys, 0, depth + 1) : []);
+  const details = el("details", { class: "json", open, ontoggle: () => {
+    if (details.open && !list.hasChildNodes()) list.append(...jsonEntries(value, keys, 0, depth + 1));
+  } }, el("summary", {}, label, el("span", { class: "muted" }, keys ? `{${count}}` : `[${count}]`)), list);
+  return el("li", {}, details);
 }
 
 function jsonView(value, id) {
@@ -353,11 +405,11 @@ async function callPage(project, id) {
   const { call } = await getJson("/call/read", { project_id: project, id });
   if (!call) {
     show(el("p", { class: "error", id: "error" }, `No call ${id} in project ${project}.`),
-      link(`/${project}/weave/calls`, "All calls"));
+      link(`${projectPath(project)}/weave/calls`, "All calls"));
     return;
   }
   const trace = await getLines("/calls/stream_query", { project_id: project,
-    filter: { trace_ids: [call.trace_id] }, limit: TRACE_MAX_CALLS,
+    filter: { trace_ids: [call.trace_id] }, limit: TRACE_MAX_CALLS, columns: TREE_COLUMNS,
     sort_by: [{ field: "started_at", direction: "asc" }] });
   const feedback = (await getJson("/feedback/query", { project_id: project,
     query: { $expr: { $eq: [{ $getField: "weave_ref" }, { $literal: `weave:///${project}/call/${call.id}` }] } },
@@ -524,7 +576,8 @@ async function evaluationsPage(project) {
     names.map((n) => el("option", { value: n, selected: n === params.name }, n)));
   const picked = [];
   const compare = el("button", { id: "compare-runs", disabled: true, onclick: () => go(
-    `/${project}/weave/evaluations/compare?calls=${calls.filter((c) => picked.includes(c.id)).map((c) => c.id).join(",")}`) },
+    `${projectPath(project)}/weave/evaluations/compare?` +
+    new URLSearchParams({ calls: calls.filter((c) => picked.includes(c.id)).map((c) => c.id).join(",") })) },
     "Compare selected");
   const pick = (id) => el("input", { type: "checkbox", class: "pick", title: "compare this run",
     onclick: (ev) => {
@@ -533,17 +586,20 @@ async function evaluationsPage(project) {
       compare.disabled = picked.length < 2;
     } });
   const rows = calls.map((call) => {
-    const inputs = call.inputs || {}, counts = (call.summary || {}).status_counts || {};
+    const inputs = call.inputs || {}, summary = call.summary || {};
+    const counts = isObject(summary.status_counts) ? summary.status_counts : {};
+    const ran = sumOf([counts.success, counts.error]), errors = sumOf([counts.error]);
     const evalRef = refParts(inputs.self), status = statusOf(call), m = metrics.get(call.id);
     return el("tr", { class: "row", "data-id": call.id, onclick: () => go(callHref(project, call.id)) },
       el("td", {}, pick(call.id)),
-      el("td", {}, link(callHref(project, call.id), call.display_name || opLabel(call.op_name))),
+      el("td", { class: "op", title: call.display_name || opLabel(call.op_name) },
+        link(callHref(project, call.id), call.display_name || opLabel(call.op_name))),
       el("td", {}, evalRef ? evalRef.name : ""),
       el("td", { class: "model", title: typeof inputs.model === "string" ? inputs.model : undefined },
         modelLabel(inputs.model, resolved.get(inputs.model))),
       el("td", {}, el("span", { class: `status ${status}` }, status)),
-      el("td", { class: "num" }, (counts.success || 0) + (counts.error || 0) || ""),
-      el("td", { class: "num" + (counts.error ? " error" : "") }, counts.error || ""),
+      el("td", { class: "num" }, ran || ""),
+      el("td", { class: "num" + (errors ? " error" : "") }, errors || ""),
       el("td", {}, formatTime(call.started_at)),
       columns.map((path) => el("td", { class: "num" }, m.has(path) ? formatMetric(path, m.get(path)) : "")));
   });
@@ -647,7 +703,7 @@ async function comparePage(project) {
   if (ids.length < 2) {
     show(el("h1", {}, "Compare evaluation runs"), el("p", { class: "error", id: "error" },
       "Pick two or more runs on the Evaluations page to compare them."),
-      link(`/${project}/weave/evaluations`, "Evaluations"));
+      link(`${projectPath(project)}/weave/evaluations`, "Evaluations"));
     return;
   }
   const runs = await getLines("/calls/stream_query", { project_id: project, filter: { call_ids: ids } });
@@ -732,6 +788,16 @@ async function comparePage(project) {
 
 // -- projects, navigation -------------------------------------------------------------------
 
+function projectRow(p) {
+  const href = `${projectPath(p.project_id)}/weave/calls`, opens = pathCarries(p.project_id);
+  return el("tr", { class: opens ? "row" : undefined, onclick: () => opens && go(href) },
+    el("td", {}, opens ? link(href, p.project_id) : el("span", { class: "unlinked",
+      title: 'a name "." or ".." cannot be part of a link: engine calls --project lists its calls' }, p.project_id)),
+    el("td", { class: "num" }, p.calls.toLocaleString()),
+    el("td", { class: "muted" }, p.retention_days == null ? "until deleted"
+      : `${p.retention_days.toLocaleString()} day${p.retention_days === 1 ? "" : "s"}`));
+}
+
 async function projectsPage() {
   const { projects } = await getJson("/ui/projects");
   const open = el("input", { placeholder: "entity/project", id: "open-project" });
@@ -739,15 +805,12 @@ async function projectsPage() {
     projects.length ? el("table", { id: "projects" },
       el("thead", {}, el("tr", {}, el("th", {}, "Project"), el("th", { class: "num" }, "Calls"),
         el("th", {}, "Kept"))),
-      el("tbody", {}, projects.map((p) => el("tr", { class: "row", onclick: () => go(`/${p.project_id}/weave/calls`) },
-        el("td", {}, link(`/${p.project_id}/weave/calls`, p.project_id)),
-        el("td", { class: "num" }, p.calls.toLocaleString()),
-        el("td", { class: "muted" }, p.retention_days == null ? "until deleted"
-          : `${p.retention_days.toLocaleString()} day${p.retention_days === 1 ? "" : "s"}`))))) :
+      el("tbody", {}, projects.map(projectRow))) :
       el("p", { class: "muted" }, "No calls stored yet."),
     el("form", { class: "filters", onsubmit: (ev) => {
       ev.preventDefault();
-      if (open.value.includes("/")) go(`/${open.value.trim()}/weave/calls`);
+      const project = open.value.trim();
+      if (project.includes("/") && pathCarries(project)) go(`${projectPath(project)}/weave/calls`);
     } }, open, el("button", { type: "submit" }, "Open project")));
 }
 
@@ -756,13 +819,17 @@ function renderNav(project, section) {
   if (!project) { nav.replaceChildren(); return; }
   const item = (name, href) => link(href, name, name.toLowerCase() === section ? "current" : undefined);
   nav.replaceChildren(el("span", { class: "project" }, project),
-    item("Calls", `/${project}/weave/calls`), item("Evaluations", `/${project}/weave/evaluations`),
-    item("Objects", `/${project}/weave/objects`),
-    item("Tables", `/${project}/weave/tables`));
+    ...["Calls", "Evaluations", "Objects", "Tables"].map((name) =>
+      item(name, `${projectPath(project)}/weave/${name.toLowerCase()}`)));
+}
+
+// a path's part as a name; one no link of ours makes (a stray %) as it stands
+function decoded(part) {
+  try { return decodeURIComponent(part); } catch (err) { return part; }
 }
 
 function render() {
-  const parts = location.pathname.split("/").filter(Boolean).map(decodeURIComponent);
+  const parts = location.pathname.split("/").filter(Boolean).map(decoded);
   if (parts.length < 2) {
     renderNav(null);
     return projectsPage().catch(fail);
