@@ -162,27 +162,28 @@ _RUNS_PROGRAM = textwrap.dedent(
                 sys.exit(1)  # a failed run: the test fails on it, no more time spent
     """
 )
-RUNS = 20
+# runs per weave version: 0.54 (the peer) 20, 0.53 10 (the same hook; the suite's time)
+RUNS = {"0.54": 20, "0.53": 10}
 RUN_CALLS = 4
 RUNS_TIMEOUT_S = 100  # within the test's 120 s; one hung run (30 s) ends the program
 
 
 @pytest.mark.slow
 @VERSIONS
-def test_forked_pool_workers_deliver_every_call_in_20_of_20_runs(tmp_path, weave_minor):
-    """20 runs, two at a time, each a fork of one interpreter that imported weave with
+def test_forked_pool_workers_deliver_every_call_in_every_run(tmp_path, weave_minor):
+    """20 runs (10 on weave 0.53), two at a time, each a fork of one interpreter that imported weave with
     the integration installed (the interpreter start and imports are paid once): weave.init, a traced call
     whose op save is still pending in weave's threads, a forked Pool(2) mapping the op,
     exit without client.flush(). Every run ends in time and its project holds every call."""
     program = tmp_path / "runs.py"
     program.write_text(_RUNS_PROGRAM)
     with serve_subprocess(tmp_path / "traces.db") as url:
-        result = _run_program([weave_python(weave_minor), str(program), "ent/pool", str(RUNS),
+        result = _run_program([weave_python(weave_minor), str(program), "ent/pool", str(RUNS[weave_minor]),
                                str(RUN_CALLS), "30"],
                               _weave_env(url, str(tmp_path), enable_env=False),
                               timeout_s=RUNS_TIMEOUT_S)  # fmt: skip
         lines = [json.loads(line) for line in result.stdout.splitlines()]
-        projects = [f"ent/pool-{run}" for run in range(RUNS)]
+        projects = [f"ent/pool-{run}" for run in range(RUNS[weave_minor])]
         assert [x for x in lines if "exit" in x] == [
             {"project": p, "exit": 0} for p in projects], result.stderr[-3000:]
         want = sum(x * x for x in range(RUN_CALLS))
