@@ -15,6 +15,7 @@ from typing import Any
 
 from tests.server.fidelity.compare import Step
 from tests.server.fidelity.scenarios_evals import evals
+from tests.server.fidelity.scenarios_feedback import feedback_fields
 
 T0 = dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
 USER = "user-a"  # what the hosted server fills in from the caller's key
@@ -727,5 +728,5 @@ def retention() -> list[Step]:
 
 def all_steps() -> list[Step]:
     return [*calls_ingest(), *calls_reads(), *calls_edits(), *objects(), *ops_v2(), *tables(),
-            *refs(), *files(), *feedback(), *costs(), *threads(), *v2_objects(), *evals(),
+            *refs(), *files(), *feedback(), *feedback_fields(), *costs(), *threads(), *v2_objects(), *evals(),
             *retention()]  # fmt: skip
