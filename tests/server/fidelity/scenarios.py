@@ -574,6 +574,9 @@ def feedback() -> list[Step]:
         _fq("after_same_id", fields=["id", "payload"]),
         Step(f, "feedback.bad_ref", "feedback_create",
              {**_feedback("custom", {}), "weave_ref": "weave:///other/p/call/x"}),
+        # stored as both weave servers store them (they name no call of another project)
+        Step(f, "feedback.empty_type", "feedback_create", _feedback("", {"x": 1})),
+        Step(f, "feedback.not_a_ref", "feedback_create", {**_feedback("custom", {}), "weave_ref": "not a ref"}),
     ]  # fmt: skip
 
 
