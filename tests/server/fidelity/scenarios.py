@@ -300,6 +300,10 @@ def objects() -> list[Step]:
         _objs("leaf_classes", filter={"leaf_object_classes": ["Leaderboard"]}),
         _objs("exclude_classes", filter={"exclude_base_object_classes": ["Model"], "latest_only": True}),
         _objs("sort_desc", sort_by=[{"field": "object_id", "direction": "desc"}], limit=3),
+        # weave sorts by object_id and created_at only and ignores its other columns (a sort
+        # by those alone it answers in no set order: no step)
+        _objs("sort_ignored_then_id", sort_by=[{"field": "version_index", "direction": "desc"},
+                                               {"field": "object_id", "direction": "desc"}], limit=4),
         _objs("page", limit=2, offset=1),
         _objs("metadata_only", filter={"object_ids": ["model"]}, metadata_only=True),
         _objs("storage_size", filter={"object_ids": ["model"]}, include_storage_size=True),
