@@ -12,134 +12,26 @@ The semantics are weave's (``sqlite_trace_server.py`` / the ClickHouse query bui
 - default order: start time; an explicit sort ends with id as weave's does, except when
   an index serves every key (ties by arrival there, so no sort step is needed).
 
-Everything an engine spells its own way goes through :class:`Dialect` (SQLite's here), so
-another SQL store overrides the spellings, not the semantics. Values are always bound
-parameters; field names reach SQL text only as whitelisted column names.
+Everything an engine spells its own way goes through a ``Dialect`` (``_calls_dialect``:
+SQLite's by default), so another SQL store overrides the spellings, not the semantics.
+Values are always bound parameters; field names reach SQL text only as whitelisted column
+names.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import msgspec
 
-from engine.server._calls_feedback import ANY_TYPE, feedback_field
+from engine.server._calls_dialect import SQLITE, Dialect
+from engine.server._calls_feedback import MULTI_VALUE_TYPES, feedback_field
 from engine.server._rows import SQLITE_SELECT, to_us
+from engine.server._sql_text import Sql, balanced, join, wrap
 from engine.server._store import CallsQuery, InvalidQuery
 from engine.wire.query import CallsFilter, SortBy
-
-
-class Sql(NamedTuple):
-    text: str
-    params: tuple[Any, ...] = ()
-
-
-def _join(parts: Sequence[Sql], sep: str) -> Sql:
-    return Sql(sep.join(p.text for p in parts), tuple(v for p in parts for v in p.params))
-
-
-def _balanced(parts: Sequence[Sql], sep: str) -> Sql:
-    """``(a sep b sep …)`` nested as a balanced tree: a flat chain parses as one level per
-    operand, and 1,000 of them passed SQLite's (and ClickHouse's) expression depth (a 500);
-    halves keep the depth at log2 of the count."""
-    if len(parts) <= 2:
-        return _wrap("({})", _join(parts, sep))
-    half = len(parts) // 2
-    return _wrap("({})", _join([_balanced(parts[:half], sep), _balanced(parts[half:], sep)], sep))
-
-
-def _wrap(template: str, *parts: Sql) -> Sql:
-    """``template`` with ``{}`` holes filled by ``parts`` in order (params follow)."""
-    return Sql(template.format(*(p.text for p in parts)), tuple(v for p in parts for v in p.params))
-
-
-class Dialect:
-    """How SQLite spells the pieces of a call query; another engine overrides these."""
-
-    time_columns = {"started_at": "started_at_us", "ended_at": "ended_at_us"}
-    # a call is matched once its start arrived (a row may hold only its end so far)
-    started = "op_name IS NOT NULL"
-
-    def json_path(self, parts: Sequence[str]) -> str:
-        return "$" + "".join(f"[{p}]" if p.isdigit() else '."' + p.replace('"', '\\"') + '"'
-                             for p in parts)  # fmt: skip
-
-    def json_value(self, column: Sql, parts: Sequence[str]) -> Sql:
-        return Sql(f"json_extract({column.text}, ?)", (*column.params, self.json_path(parts)))
-
-    def json_type(self, column: Sql, parts: Sequence[str]) -> Sql:
-        return Sql(f"json_type({column.text}, ?)", (*column.params, self.json_path(parts)))
-
-    def feedback_doc(self, index: int, feedback_type: str) -> Sql:
-        """The JSON of the call's oldest feedback of ``feedback_type`` (``*``: of any type),
-        NULL if it has none: read through the ``feedback_by_ref`` index (``index`` numbers
-        the feedback types of one query; a store that joins them names its columns by it)."""
-        of_type = "" if feedback_type == ANY_TYPE else " AND json_extract(f.doc, '$.feedback_type') = ?"
-        return Sql("(SELECT f.doc FROM feedback AS f WHERE f.project_id = calls.project_id AND "
-                   "json_extract(f.doc, '$.weave_ref') = 'weave:///' || calls.project_id || '/call/' "
-                   f"|| calls.id{of_type} ORDER BY f.created_at_us, f.rowid LIMIT 1)",
-                   () if feedback_type == ANY_TYPE else (feedback_type,))  # fmt: skip
-
-    def cast(self, value: Sql, to: str) -> Sql:
-        sql_type = {"int": "INTEGER", "double": "REAL", "bool": "INTEGER", "string": "TEXT"}[to]
-        return _wrap(f"CAST({{}} AS {sql_type})", value)
-
-    def contains(self, haystack: Sql, needle: Sql, case_insensitive: bool) -> Sql:
-        if case_insensitive:
-            return _wrap("(instr(lower({}), lower({})) > 0)", haystack, needle)
-        return _wrap("(instr({}, {}) > 0)", haystack, needle)
-
-    def ref_name(self, column: str) -> str:
-        """The object name of a ``weave:///…/op/<name>:<digest>`` ref (a function that
-        ``_sqlite_db.connect`` registers)."""
-        return f"engine_ref_name({column})"
-
-    def has_string(self, column: str, test: str) -> str:
-        """Any string anywhere in the JSON of ``column`` passing ``test`` (on ``t.value``)."""
-        return f"EXISTS (SELECT 1 FROM json_tree({column}) t WHERE t.type = 'text' AND {test})"
-
-    def json_sort_key(self, column: Sql, parts: Sequence[str]) -> Sql:
-        """A JSON path as a sort key: SQLite orders NULL, then numbers, then text."""
-        return self.json_value(column, parts)
-
-    def in_list(self, column: str) -> str:
-        """``column`` is one of the strings of a JSON array bound to the one ``?``."""
-        return f"{column} IN (SELECT value FROM json_each(?))"
-
-    def starts_with_any(self, column: str, prefixes: list[str]) -> Sql:
-        """``column`` starts with one of ``prefixes``, as ranges an index on it can seek
-        (``col >= 'p' AND col < 'q'``, q the prefix with its last character + 1): the
-        evaluations page asks for ``Evaluation.evaluate:*`` among a project's calls, which
-        by ``substr`` read every call of the project (84 ms at 200k, for a count)."""
-        ranges = [Sql(f"({column} >= ? AND {column} < ?)", (p, p[:-1] + chr(ord(p[-1]) + 1)))
-                  for p in prefixes if p]
-        return _balanced(ranges, " OR ") if ranges else Sql("0")
-
-    def has_prefix(self, column: str) -> str:
-        """``column`` starts with one of the strings of a JSON array bound to the one ``?``."""
-        return (f"EXISTS (SELECT 1 FROM json_each(?) AS p "
-                f"WHERE substr({column}, 1, length(p.value)) = p.value)")  # fmt: skip
-
-    def plain_number(self, text: Sql, allow_dot: bool) -> Sql:
-        """Text that is digits (with at most one dot when ``allow_dot``): nothing else
-        converts, so '1e3' or 'abc' compare as NULL instead of SQLite's 0."""
-        dots = "<= 1" if allow_dot else "= 0"
-        return _wrap("({} != '' AND {} NOT GLOB '*[^0-9.]*' AND {} GLOB '*[0-9]*' AND "
-                     f"length({{}}) - length(replace({{}}, '.', '')) {dots})",
-                     text, text, text, text, text)  # fmt: skip
-
-    def error_count(self) -> Sql:
-        """``summary.status_counts.error`` (what makes a status ``descendant_error``)."""
-        return Sql("json_extract(summary, '$.status_counts.error')")
-
-    def order_term(self, key: Sql, direction: str) -> Sql:
-        """One ORDER BY term; SQLite puts NULLs first going up, last going down."""
-        return _wrap(f"{{}} {direction.upper()}", key)
-
-
-SQLITE = Dialect()
 
 _PLAIN_COLUMNS = frozenset({
     "id", "project_id", "op_name", "display_name", "trace_id", "parent_id", "thread_id",
@@ -234,6 +126,7 @@ class _ExprSql:
     def __init__(self, dialect: Dialect) -> None:
         self.d = dialect
         self.feedback_types: list[str] = []  # of the feedback fields used, in first use order
+        self._each: tuple[str, Sql] | None = None  # a field and the feedback document it reads
 
     def field(self, name: str, cast: str | None, where: str) -> Sql:
         if name in _PLAIN_COLUMNS:
@@ -241,7 +134,7 @@ class _ExprSql:
         if name in self.d.time_columns:
             return Sql(self.d.time_columns[name])
         if name == "summary.weave.status":
-            return _wrap(
+            return wrap(
                 "(CASE WHEN exception IS NOT NULL THEN 'error' WHEN ended_at_us IS NULL THEN "
                 "'running' WHEN {} > 0 THEN 'descendant_error' ELSE 'success' END)",
                 self.d.error_count(),
@@ -251,7 +144,8 @@ class _ExprSql:
         if name == "summary.weave.trace_name":
             return self.trace_name()
         if name.startswith("feedback."):
-            return self.json_field(*self.feedback(name, where), cast)
+            doc, parts = self.feedback(name, where)
+            return self.d.json_text(doc, parts) if cast is None else self.json_field(doc, parts, cast)
         head, _, rest = name.partition(".")
         if head not in JSON_COLUMNS:
             raise InvalidQuery(where, f"unknown call field {name!r}")
@@ -260,10 +154,37 @@ class _ExprSql:
     def feedback(self, name: str, where: str) -> tuple[Sql, list[str]]:
         """The feedback document a feedback field reads and the path in it."""
         fb = feedback_field(name, where)
-        if fb.feedback_type not in self.feedback_types:
-            self.feedback_types.append(fb.feedback_type)
-        index = self.feedback_types.index(fb.feedback_type)
-        return self.d.feedback_doc(index, fb.feedback_type), split_path(fb.path)
+        if self._each is not None and self._each[0] == name:
+            return self._each[1], split_path(fb.path)
+        return self.d.feedback_doc(self._index(fb.feedback_type), fb.feedback_type), split_path(fb.path)
+
+    def _index(self, feedback_type: str) -> int:
+        if feedback_type not in self.feedback_types:
+            self.feedback_types.append(feedback_type)
+        return self.feedback_types.index(feedback_type)
+
+    def _each_feedback(self, op: dict[str, Any], where: str) -> Sql | None:
+        """``$eq`` / ``$contains`` of a reaction or note field: over each of the call's
+        feedback of the type (see ``_calls_feedback``); None for any other condition."""
+        ((name, arg),) = op.items()
+        operand = arg[0] if name == "$eq" else arg["input"]
+        field = operand.get("$getField") if self._each is None else None
+        kind = feedback_field(field, where).feedback_type if str(field).startswith("feedback.") else None
+        if kind not in MULTI_VALUE_TYPES:
+            return None
+        none = name == "$eq" and arg[1] == {"$literal": None}
+
+        def test(doc: Sql) -> Sql:
+            self._each = (field, doc)
+            try:
+                if none:
+                    return wrap("({} IS NOT NULL)", self.operand(operand, None, where))
+                return self.condition(op, where)
+            finally:
+                self._each = None
+
+        found = self.d.any_feedback(self._index(kind), kind, test)
+        return wrap("(NOT {})", found) if none else found
 
     def trace_name(self) -> Sql:
         return Sql(
@@ -280,12 +201,12 @@ class _ExprSql:
         number = self.d.cast(value, "double" if cast == "double" else "int")
         plain = self.d.plain_number(text, allow_dot=cast == "double")
         if cast == "bool":
-            return _wrap("(CASE WHEN {} = 'true' THEN 1 WHEN {} = 'false' THEN 0 "
+            return wrap("(CASE WHEN {} = 'true' THEN 1 WHEN {} = 'false' THEN 0 "
                          "WHEN {} = 'integer' THEN {} WHEN lower({}) = 'true' THEN 1 "
                          "WHEN lower({}) = 'false' THEN 0 WHEN {} THEN {} ELSE NULL END)",
                          kind, kind, kind, number, text, text, plain, number)  # fmt: skip
         native = "('integer', 'real')" if cast == "double" else "('integer')"
-        return _wrap(f"(CASE WHEN {{}} IN {native} THEN {{}} "
+        return wrap(f"(CASE WHEN {{}} IN {native} THEN {{}} "
                      "WHEN {} = 'text' AND {} THEN {} ELSE NULL END)",
                      kind, number, kind, plain, number)  # fmt: skip
 
@@ -300,7 +221,7 @@ class _ExprSql:
         if name == "$convert":
             inner = self.operand(arg["input"], None, where + ".$convert")
             if arg["to"] == "exists":
-                return _wrap("({} IS NOT NULL)", inner)
+                return wrap("({} IS NOT NULL)", inner)
             return self.d.cast(inner, arg["to"])
         return self.condition(op, where)
 
@@ -322,11 +243,14 @@ class _ExprSql:
             parts = [self.condition_of(sub, f"{here}[{i}]") for i, sub in enumerate(arg)]
             if not parts:
                 raise InvalidQuery(here, "needs at least one operand")
-            return _balanced(parts, " AND " if name == "$and" else " OR ")
+            return balanced(parts, " AND " if name == "$and" else " OR ")
         if name == "$not":
-            return _wrap("(NOT {})", self.condition_of(arg[0], here))
+            return wrap("(NOT {})", self.condition_of(arg[0], here))
+        each = self._each_feedback(op, where) if name in ("$eq", "$contains") else None
+        if each is not None:
+            return each
         if name == "$eq" and arg[1] == {"$literal": None}:
-            return _wrap("({} IS NULL)", self.operand(arg[0], None, here))
+            return wrap("({} IS NULL)", self.operand(arg[0], None, here))
         if name == "$eq" and _ERRORS in (arg[0], arg[1]) and _STATUS in (arg[0], arg[1]):
             # the status filter of trace views: what the status is made of, so the partial
             # index of exceptions answers it instead of a scan (the same rows, see field())
@@ -334,7 +258,7 @@ class _ExprSql:
         compare = {"$eq": "=", "$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
         if name in compare:
             left, right = self._side(arg[0], arg[1], here), self._side(arg[1], arg[0], here)
-            return _wrap(f"({{}} {compare[name]} {{}})", left, right)
+            return wrap(f"({{}} {compare[name]} {{}})", left, right)
         if name == "$in":
             return self._in(arg, here)
         if name == "$contains":
@@ -354,13 +278,13 @@ class _ExprSql:
             return Sql("0")
         if self._is_time(arg[0]):
             items = [Sql("?", (_time_us(v.get("$literal"), where),)) for v in values]
-            return _wrap("({} IN ({}))", self.field(arg[0]["$getField"], None, where),
-                         _join(items, ", "))  # fmt: skip
+            return wrap("({} IN ({}))", self.field(arg[0]["$getField"], None, where),
+                         join(items, ", "))  # fmt: skip
         casts = {_literal_cast(v["$literal"]) if "$literal" in v else None for v in values}
         cast = casts.pop() if len(casts) == 1 else ("double" if casts == {"int", "double"} else None)
         left = self.operand(arg[0], cast, where)
         items = [self.operand(v, None, where) for v in values]
-        return _wrap("({} IN ({}))", left, _join(items, ", "))
+        return wrap("({} IN ({}))", left, join(items, ", "))
 
 
 # An op filter matching at most this many calls is read through the op index and sorted;
@@ -392,7 +316,7 @@ class Selection:
             where += self._filter(query.filter)
         if query.query is not None:
             where.append(self._expr.condition(query.query["$expr"], "query.$expr"))
-        self.where = _join(where, " AND ")
+        self.where = join(where, " AND ")
         self.order = self._order_by(query.sort_by)
 
     def _filter(self, flt: CallsFilter) -> list[Sql]:
@@ -408,7 +332,7 @@ class Selection:
             if self._op_rows is None:
                 where.append(self.op_filter)
             elif self._op_rows <= FEW_OP_ROWS:
-                where.append(_wrap("likelihood({}, 0.0001)", self.op_filter))
+                where.append(wrap("likelihood({}, 0.0001)", self.op_filter))
             else:
                 where.append(self._op_names(flt.op_names, "+op_name"))
         for name, column in _IN_FILTERS.items():
@@ -430,7 +354,7 @@ class Selection:
         terms = [Sql(self.d.in_list(column), (_json_list(exact),))] if exact else []
         if prefixes:
             terms.append(self.d.starts_with_any(column, prefixes))
-        return _wrap("({})", _join(terms, " OR ")) if terms else Sql("0")
+        return wrap("({})", join(terms, " OR ")) if terms else Sql("0")
 
     def op_rows_sql(self, project_id: str) -> Sql:
         """How many calls the op filter alone matches, up to ``FEW_OP_ROWS + 1``."""
@@ -452,7 +376,7 @@ class Selection:
         if prefixes:
             terms.append(Sql(self.d.has_string(column, self.d.has_prefix("t.value")),
                              (_json_list(prefixes),)))
-        return _wrap("({})", _join(terms, " OR "))
+        return wrap("({})", join(terms, " OR "))
 
     def sort_key(self, field: str, where: str) -> Sql:
         if field in self.d.time_columns:
@@ -462,7 +386,7 @@ class Selection:
         if field.startswith("summary.weave."):
             return self._expr.field(field, None, where)
         if field.startswith("feedback."):
-            return self.d.json_sort_key(*self._expr.feedback(field, where))
+            return self.d.feedback_sort_key(*self._expr.feedback(field, where))
         head, _, rest = field.partition(".")
         if head not in JSON_COLUMNS:
             raise InvalidQuery(where, f"cannot sort by {field!r}: not a call field")
@@ -488,11 +412,11 @@ class Selection:
             direction = last.direction.upper()
             if last.field == "parent_id":
                 terms.append(Sql(f"started_at_us {direction}"))
-            return _join([*terms, Sql(f"seq {direction}")], ", ")
+            return join([*terms, Sql(f"seq {direction}")], ", ")
         # a sort step anyway: ties as weave breaks them
         if not any(s.field == "id" for s in sort_by):
             terms.append(Sql(f"id {last.direction.upper() if last.field == 'started_at' else 'DESC'}"))
-        return _join(terms, ", ")
+        return join(terms, ", ")
 
     def select(self, limit: int | None, offset: int) -> Sql:
         return Sql(

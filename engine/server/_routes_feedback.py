@@ -42,9 +42,15 @@ FEEDBACK_FIELDS = frozenset({
 })  # fmt: skip
 
 
+_REF_SCHEMES = ("weave:///", "weave-trace-internal:///")
+
+
 def _check_ref(req: FeedbackCreateReq, field: str) -> None:
+    """A ref into another project is refused: a project's feedback stays in it (weave's
+    hosted server refuses a ref the caller may not read). Any other text is stored as it
+    is, as both weave servers store it (the feedback is the project's, and names no call)."""
     prefix = f"weave:///{req.project_id}/"
-    if not req.weave_ref.startswith(prefix):
+    if req.weave_ref.startswith(_REF_SCHEMES) and not req.weave_ref.startswith(prefix):
         raise ApiError(
             422, f"{field}weave_ref: {req.weave_ref!r} is not a ref into project {req.project_id!r}"
         )
@@ -54,8 +60,6 @@ def feedback_doc(req: FeedbackCreateReq, field: str = "") -> Doc:
     """The stored document of a create (weave's checks and payload processing first)."""
     project_of(req.project_id, f"{field}project_id")
     _check_ref(req, field)
-    if not req.feedback_type:
-        raise ApiError(422, f"{field}feedback_type: must not be empty")
     payload = processed_payload(req, field)
     created_us = now_us()
     doc = {k: v for k, v in msgspec.structs.asdict(req).items() if v is not None}

@@ -180,6 +180,13 @@ async def _add_labels(request: web.Request, project_id: str, objs: list[dict]) -
 
 
 _OBJ_SORT = frozenset({"object_id", "created_at"})
+# the other columns of weave's object metadata (its objects query builder's): both weave
+# servers take a sort by them and ignore it (their docs: only object_id and created_at
+# sort), so weave's clients get an answer, in the default order
+_OBJ_SORT_IGNORED = frozenset({
+    "project_id", "refs", "kind", "base_object_class", "leaf_object_class", "digest",
+    "version_index", "is_latest", "deleted_at", "wb_user_id", "version_count", "is_op",
+})  # fmt: skip
 MAX_FILTER_VALUES = 500
 
 
@@ -207,12 +214,12 @@ def _objects_query(req: ObjQueryReq) -> ObjectsQuery:
 
 def _obj_order(req: ObjQueryReq) -> tuple:
     for i, sort in enumerate(req.sort_by or []):
-        if sort.field not in _OBJ_SORT:
+        if sort.field not in _OBJ_SORT | _OBJ_SORT_IGNORED:
             raise ApiError(
                 422, f"sort_by[{i}].field: cannot sort objects by {sort.field!r}; "
                 f"sortable: {', '.join(sorted(_OBJ_SORT))}",
             )  # fmt: skip
-    return tuple((s.field, s.direction == "desc") for s in req.sort_by or [])
+    return tuple((s.field, s.direction == "desc") for s in req.sort_by or [] if s.field in _OBJ_SORT)
 
 
 async def _query(request: web.Request, req: ObjQueryReq) -> list[ObjectVersion]:

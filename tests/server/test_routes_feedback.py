@@ -42,13 +42,17 @@ def test_feedback_create_batch_query_replace_purge(run, db_path):
     run(scenario())
 
 
-def test_feedback_bad_input_answers_4xx_with_reason(run, db_path):
+def test_feedback_bad_input_answers_4xx_with_reason_and_refs_elsewhere_are_refused(run, db_path):
     async def scenario():
         async with serving(db_path) as api:
             status, body = await api.post(
                 "/feedback/create", feedback("x", weave_ref="weave:///o/p/call/1")
             )
             assert status == 422 and "weave_ref" in body["reason"]
+            internal = feedback("x", weave_ref=f"weave-trace-internal:///{PROJECT}/call/1")
+            assert (await api.post("/feedback/create", internal))[0] == 422
+            # text that is no ref names no other project: stored, as weave stores it
+            assert (await api.post("/feedback/create", feedback("x", weave_ref="not a ref")))[0] == 200
             bad = {"project_id": PROJECT, "query": {"$expr": {"$regex": ["a", "b"]}}}
             status, body = await api.post("/feedback/query", bad)
             assert status == 422 and "$regex" in body["reason"]

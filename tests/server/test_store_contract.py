@@ -416,3 +416,64 @@ def test_calls_filter_sort_and_count_by_their_feedback(store_run):
     assert store_run(scenario) == {"scored": ["a", "b"], "by_ref": ["a"], "over": ["a"],
                                    "desc": ["a", "b", "c"], "asc": ["c", "b", "a"], "count": 2,
                                    "any_type": ["c"]}  # fmt: skip
+
+
+def test_reactions_and_notes_match_any_of_a_calls_and_booleans_read_as_text(store_run):
+    """weave: ``$eq`` / ``$contains`` on a reaction or note field hold when any of the
+    call's reactions (notes) passes, not only its oldest, and ``$eq`` null when it has none;
+    a payload's boolean reads as ``true`` / ``false`` (sorted after numbers)."""
+    emoji = {"$getField": "feedback.[wandb.reaction.1].payload.emoji"}
+    note = {"$getField": "feedback.[wandb.note.1].payload.note"}
+    passed = {"$getField": "feedback.[custom].payload.passed"}
+
+    def fb(i: int, call_id: str, feedback_type: str, payload: dict) -> Doc:
+        body = {"id": f"f{i}", "weave_ref": f"weave:///{P}/call/{call_id}",
+                "feedback_type": feedback_type, "payload": payload}  # fmt: skip
+        return Doc(P, f"f{i}", i, msgspec.json.encode(body).decode())
+
+    def where(op: str, *args) -> dict:
+        return {"$expr": {op: list(args)}}
+
+    async def scenario(store):
+        await store.insert_calls([], [], [_call("a"), _call("b", t_s=1), _call("c", t_s=2)])
+        await store.put_docs("feedback", [
+            fb(1, "a", "wandb.reaction.1", {"emoji": "up"}), fb(2, "a", "wandb.reaction.1", {"emoji": "down"}),
+            fb(3, "b", "wandb.reaction.1", {"emoji": "up"}), fb(4, "a", "wandb.note.1", {"note": "one"}),
+            fb(5, "a", "wandb.note.1", {"note": "Two"}), fb(6, "a", "custom", {"passed": True}),
+            fb(7, "b", "custom", {"passed": False}), fb(8, "c", "custom", {"passed": 1}),
+        ])  # fmt: skip
+        contains = lambda text: {"$expr": {"$contains": {  # noqa: E731
+            "input": note, "substr": {"$literal": text}, "case_insensitive": True}}}
+        return {
+            "down": await _ids(store, query=where("$eq", emoji, {"$literal": "down"})),
+            "up": await _ids(store, query=where("$eq", emoji, {"$literal": "up"})),
+            "none": await _ids(store, query=where("$eq", emoji, {"$literal": None})),
+            "not_down": await _ids(store, query=where("$not", where("$eq", emoji, {"$literal": "down"})["$expr"])),
+            "note": await _ids(store, query=contains("two")),
+            "both": await _ids(store, query=where("$and", where("$eq", emoji, {"$literal": "down"})["$expr"],
+                                                  contains("ONE")["$expr"])),
+            "count": await store.count_calls(CallsQuery(project_id=P, query=where("$eq", emoji, {"$literal": "down"}))),
+            "true_text": await _ids(store, query=where("$eq", passed, {"$literal": "true"})),
+            "true_bool": await _ids(store, query=where("$eq", passed, {"$literal": True})),
+            "false_part": await _ids(store, query={"$expr": {"$contains": {"input": passed, "substr": {"$literal": "als"}}}}),
+            "asc": await _ids(store, sort_by=(SortBy(field="feedback.[custom].payload.passed", direction="asc"),)),
+        }  # fmt: skip
+
+    assert store_run(scenario) == {
+        "down": ["a"], "up": ["a", "b"], "none": ["c"], "not_down": ["b", "c"], "note": ["a"],
+        "both": ["a"], "count": 1, "true_text": ["a"], "true_bool": ["a", "c"], "false_part": ["b"],
+        "asc": ["c", "b", "a"],
+    }  # fmt: skip
+
+
+def test_a_json_sort_orders_numbers_then_text_as_text(store_run):
+    """As SQLite orders ``json_extract``: missing, then numbers (booleans as 1/0) by value,
+    then strings as text, digits or not ("10" before "9")."""
+
+    async def scenario(store):
+        values = {"a": "9", "b": "10", "c": 3, "d": True, "e": "x"}
+        calls = [_call(k, t_s=i, output={"v": v}) for i, (k, v) in enumerate(values.items())]
+        await store.insert_calls([], [], [*calls, _call("f", t_s=9)])
+        return await _ids(store, sort_by=(SortBy(field="output.v", direction="asc"),))
+
+    assert store_run(scenario) == ["f", "d", "c", "b", "a", "e"]

@@ -17,11 +17,13 @@ Placeholders become ClickHouse query parameters (``{p0:String}``): values are ne
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from engine.server._calls_feedback import ANY_TYPE
-from engine.server._calls_sql import Dialect, Sql, _join, _json_list, _wrap
+from engine.server._calls_dialect import Dialect
+from engine.server._calls_feedback import ANY_TYPE, MULTI_VALUE_TYPES
+from engine.server._calls_sql import _json_list
+from engine.server._sql_text import Sql, join, wrap
 
 # every string literal of a JSON text (keys too; refs are never keys), its contents as the
 # first group; no '?' in it, since bind() takes every '?' for a placeholder
@@ -37,7 +39,7 @@ class ClickHouseDialect(Dialect):
     def _args(self, column: Sql, parts: Sequence[str]) -> Sql:
         """ClickHouse's JSON path: keys as strings, list positions counted from 1."""
         args = [Sql("?", (int(p) + 1,)) if p.isdigit() else Sql("?", (p,)) for p in parts]
-        return _join([column, *args], ", ")
+        return join([column, *args], ", ")
 
     @staticmethod
     def _has(parts: Sequence[str]) -> str:
@@ -46,7 +48,7 @@ class ClickHouseDialect(Dialect):
 
     def json_value(self, column: Sql, parts: Sequence[str]) -> Sql:
         at = self._args(column, parts)
-        return _wrap(
+        return wrap(
             "multiIf(NOT " + self._has(parts) + ", NULL, JSONType({}) = 'String', JSONExtractString({}), "
             "JSONType({}) = 'Null', NULL, JSONType({}) = 'Bool', "
             "if(JSONExtractBool({}), '1', '0'), JSONExtractRaw({}))",
@@ -55,7 +57,7 @@ class ClickHouseDialect(Dialect):
 
     def json_type(self, column: Sql, parts: Sequence[str]) -> Sql:
         at = self._args(column, parts)
-        return _wrap(
+        return wrap(
             "multiIf(NOT " + self._has(parts) + ", NULL, JSONType({}) = 'Bool', "
             "if(JSONExtractBool({}), 'true', 'false'), JSONType({}) IN ('Int64', 'UInt64'), "
             "'integer', JSONType({}) = 'Double', 'real', JSONType({}) = 'String', 'text', "
@@ -65,33 +67,53 @@ class ClickHouseDialect(Dialect):
 
     def json_sort_key(self, column: Sql, parts: Sequence[str]) -> Sql:
         # as SQLite orders json_extract's values: NULL, then numbers (booleans as 1/0), then text
+        return self._sort_key(column, parts, "('integer', 'real', 'true', 'false')", None)
+
+    def feedback_sort_key(self, column: Sql, parts: Sequence[str]) -> Sql:
+        kind = self.json_type(column, parts)
+        text = wrap("if({} IN ('true', 'false'), {}, {})", kind, kind, self.json_value(column, parts))
+        return self._sort_key(column, parts, "('integer', 'real')", text)
+
+    def _sort_key(self, column: Sql, parts: Sequence[str], numbers: str, text: Sql | None) -> Sql:
+        """NULL, then the kinds in ``numbers`` by value, then the rest by ``text`` (the
+        value's text by default)."""
         kind, value = self.json_type(column, parts), self.json_value(column, parts)
-        return _wrap(
-            "tuple(multiIf({} IS NULL, 0, {} IN ('integer', 'real', 'true', 'false'), 1, 2), "
-            "accurateCastOrNull({}, 'Float64'), {})",
-            kind, kind, value, value,
+        return wrap(
+            f"tuple(multiIf({{}} IS NULL, 0, {{}} IN {numbers}, 1, 2), "
+            f"if({{}} IN {numbers}, accurateCastOrNull({{}}, 'Float64'), NULL), {{}})",
+            kind, kind, kind, value, value if text is None else text,
         )  # fmt: skip
 
     def cast(self, value: Sql, to: str) -> Sql:
         if to == "string":
-            return _wrap("CAST({} AS Nullable(String))", value)
+            return wrap("CAST({} AS Nullable(String))", value)
         sql_type = "Float64" if to == "double" else "Int64"
-        return _wrap(f"accurateCastOrNull({{}}, '{sql_type}')", value)
+        return wrap(f"accurateCastOrNull({{}}, '{sql_type}')", value)
 
     def feedback_doc(self, index: int, feedback_type: str) -> Sql:
         """A column of :meth:`feedback_join` ('' for a call without such feedback: no path
         is in it, so every value read from it is NULL)."""
         return Sql(f"fb_doc{index}")
 
+    def any_feedback(self, index: int, feedback_type: str, test: Callable[[Sql], Sql]) -> Sql:
+        """Over ``fb_docs<i>`` of :meth:`feedback_join`, every feedback of a multi-valued type."""
+        return wrap(f"arrayExists(fb_d -> {{}}, fb_docs{index})", test(Sql("fb_d")))
+
     def feedback_join(self, feedback_types: Sequence[str]) -> Sql:
-        """``LEFT JOIN`` of each call's oldest feedback of each type (``fb_doc<i>``) to the
-        relation ``calls`` of ``{project_id:String}``: one pass over the project's feedback."""
+        """``LEFT JOIN`` of each call's oldest feedback of each type (``fb_doc<i>``), and
+        all of them for the multi-valued types (``fb_docs<i>``), to the relation ``calls``
+        of ``{project_id:String}``: one pass over the project's feedback."""
         ref, prefix = "JSONExtractString(doc, 'weave_ref')", "concat('weave:///', {project_id:String}, '/call/')"
-        docs = [Sql(f"argMinIf(doc, (created_at_us, version), 1) AS fb_doc{i}") if t == ANY_TYPE else
-                Sql(f"argMinIf(doc, (created_at_us, version), "
-                    f"JSONExtractString(doc, 'feedback_type') = ?) AS fb_doc{i}", (t,))
-                for i, t in enumerate(feedback_types)]  # fmt: skip
-        columns = _join(docs, ", ")
+        of_type = "JSONExtractString(doc, 'feedback_type') = ?"
+        docs = []
+        for i, t in enumerate(feedback_types):
+            if t == ANY_TYPE:
+                docs.append(Sql(f"argMinIf(doc, (created_at_us, version), 1) AS fb_doc{i}"))
+                continue
+            docs.append(Sql(f"argMinIf(doc, (created_at_us, version), {of_type}) AS fb_doc{i}", (t,)))
+            if t in MULTI_VALUE_TYPES:
+                docs.append(Sql(f"groupArrayIf(doc, {of_type}) AS fb_docs{i}", (t,)))
+        columns = join(docs, ", ")
         return Sql(f"LEFT JOIN (SELECT substring({ref}, length({prefix}) + 1) AS fb_call, "
                    f"{columns.text} FROM docs FINAL WHERE kind = 'feedback' AND "
                    f"project_id = {{project_id:String}} AND startsWith({ref}, {prefix}) "
@@ -99,7 +121,7 @@ class ClickHouseDialect(Dialect):
 
     def contains(self, haystack: Sql, needle: Sql, case_insensitive: bool) -> Sql:
         function = "positionCaseInsensitiveUTF8" if case_insensitive else "position"
-        return _wrap(f"({function}({{}}, {{}}) > 0)", haystack, needle)
+        return wrap(f"({function}({{}}, {{}}) > 0)", haystack, needle)
 
     def ref_name(self, column: str) -> str:
         """``weave:///entity/project/op/<name>:<digest>`` → ``<name>`` (the text otherwise)."""
@@ -124,14 +146,14 @@ class ClickHouseDialect(Dialect):
     def plain_number(self, text: Sql, allow_dot: bool) -> Sql:
         # no '?' in the pattern: bind() would take it for a placeholder
         pattern = "'^([0-9]+|[0-9]*\\\\.[0-9]*)$'" if allow_dot else "'^[0-9]+$'"
-        return _wrap(f"(match({{}}, {pattern}) AND match({{}}, '[0-9]'))", text, text)
+        return wrap(f"(match({{}}, {pattern}) AND match({{}}, '[0-9]'))", text, text)
 
     def error_count(self) -> Sql:
         return Sql("JSONExtractFloat(ifNull(summary, ''), 'status_counts', 'error')")
 
     def order_term(self, key: Sql, direction: str) -> Sql:
         nulls = "NULLS FIRST" if direction.lower() == "asc" else "NULLS LAST"
-        return _wrap(f"{{}} {direction.upper()} {nulls}", key)
+        return wrap(f"{{}} {direction.upper()} {nulls}", key)
 
 
 CLICKHOUSE = ClickHouseDialect()

@@ -15,6 +15,7 @@ from typing import Any
 
 from tests.server.fidelity.compare import Step
 from tests.server.fidelity.scenarios_evals import evals
+from tests.server.fidelity.scenarios_feedback import feedback_fields
 
 T0 = dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
 USER = "user-a"  # what the hosted server fills in from the caller's key
@@ -299,6 +300,10 @@ def objects() -> list[Step]:
         _objs("leaf_classes", filter={"leaf_object_classes": ["Leaderboard"]}),
         _objs("exclude_classes", filter={"exclude_base_object_classes": ["Model"], "latest_only": True}),
         _objs("sort_desc", sort_by=[{"field": "object_id", "direction": "desc"}], limit=3),
+        # weave sorts by object_id and created_at only and ignores its other columns (a sort
+        # by those alone it answers in no set order: no step)
+        _objs("sort_ignored_then_id", sort_by=[{"field": "version_index", "direction": "desc"},
+                                               {"field": "object_id", "direction": "desc"}], limit=4),
         _objs("page", limit=2, offset=1),
         _objs("metadata_only", filter={"object_ids": ["model"]}, metadata_only=True),
         _objs("storage_size", filter={"object_ids": ["model"]}, include_storage_size=True),
@@ -573,6 +578,9 @@ def feedback() -> list[Step]:
         _fq("after_same_id", fields=["id", "payload"]),
         Step(f, "feedback.bad_ref", "feedback_create",
              {**_feedback("custom", {}), "weave_ref": "weave:///other/p/call/x"}),
+        # stored as both weave servers store them (they name no call of another project)
+        Step(f, "feedback.empty_type", "feedback_create", _feedback("", {"x": 1})),
+        Step(f, "feedback.not_a_ref", "feedback_create", {**_feedback("custom", {}), "weave_ref": "not a ref"}),
     ]  # fmt: skip
 
 
@@ -727,5 +735,5 @@ def retention() -> list[Step]:
 
 def all_steps() -> list[Step]:
     return [*calls_ingest(), *calls_reads(), *calls_edits(), *objects(), *ops_v2(), *tables(),
-            *refs(), *files(), *feedback(), *costs(), *threads(), *v2_objects(), *evals(),
+            *refs(), *files(), *feedback(), *feedback_fields(), *costs(), *threads(), *v2_objects(), *evals(),
             *retention()]  # fmt: skip
