@@ -150,3 +150,14 @@ def test_the_trace_browser_works_through_the_relay_with_the_relays_own_origin(re
            _post(url + "/call/start", {"start": _start()}, {**TEXT, "Origin": url})]
     assert [status for status, _ in own] == [200, 200, 200], own
 
+
+def test_a_project_no_client_could_mean_is_refused_whole_before_any_item_is_taken(relay):
+    """As the upstream would refuse it (tests/server/test_project_names.py), but at once: the
+    client learns it, not the relay's dead letters."""
+    _, url = relay
+    before = metrics(url)["engine_relay_items_start_total"]
+    status, body = _post(url + "/call/upsert_batch", {"batch": [
+        {"mode": "start", "req": {"start": _start()}},
+        {"mode": "start", "req": {"start": {**_start(), "project_id": "e/.."}}}]})
+    assert status == 422 and "project 'e/..' has the project '..'" in body["reason"]
+    assert metrics(url)["engine_relay_items_start_total"] == before
