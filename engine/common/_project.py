@@ -16,6 +16,7 @@ version, so reading and deleting it go on working.
 from __future__ import annotations
 
 import re
+import urllib.parse
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 EXAMPLE = 'write it "entity/project" (e.g. my-team/my-eval)'
@@ -47,3 +48,10 @@ def name_problem(project_id: str) -> str | None:
         if control is not None:
             return f"has a control character ({control.group()!r}) in its {what}"
     return None
+
+
+def project_path(project_id: str) -> str:
+    """``entity/project`` as the two segments of a ``/v2/{entity}/{project}/…`` path, each
+    percent-encoded: a ``?``, ``#`` or ``%`` in a name would otherwise end or garble the
+    path (the server decodes them back)."""
+    return "/".join(urllib.parse.quote(part, safe="") for part in project_id.split("/"))

@@ -9,7 +9,7 @@ import pytest
 
 from engine import Engine
 from engine.common._errors import ConfigError
-from engine.common._project import name_problem, shape_problem
+from engine.common._project import name_problem, project_path, shape_problem
 
 REFUSED = [
     ("e/..", "has the project '..', which no link can hold"),
@@ -41,3 +41,8 @@ def test_the_shape_alone_lets_a_name_stored_earlier_be_read():
 def test_engine_refuses_such_a_project_at_start_naming_the_setting(project, said):
     with pytest.raises(ConfigError, match=f"^project: {re.escape(repr(project))} {re.escape(said)}"):
         Engine(url="http://127.0.0.1:9", project=project, start_sender=False)
+
+
+def test_a_name_goes_into_a_v2_path_percent_encoded_part_by_part():
+    assert project_path("e/p%zz?x=1#frag") == "e/p%25zz%3Fx%3D1%23frag"
+    assert project_path("my-team/my eval") == "my-team/my%20eval"
