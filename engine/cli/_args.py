@@ -13,8 +13,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from engine.common import _env, _logging
-from engine.common._config import EngineConfig, check_project, load_config
+from engine.common._config import EngineConfig, load_config
 from engine.common._errors import ConfigError, EngineError
+from engine.common._project import EXAMPLE, shape_problem
 
 _SECRET_FIELDS = frozenset({"api_key"})  # from the environment or the file only: argv is public
 
@@ -194,12 +195,11 @@ def url(text: str) -> str:
 
 
 def project(text: str) -> str:
-    try:
-        check_project(text)
-    except ConfigError:
-        raise argparse.ArgumentTypeError(
-            f'{text!r} is not a project id: write it "entity/project" (e.g. my-team/my-eval)'
-        ) from None
+    """A project to read, copy or probe: any a store may hold (one written by an earlier
+    version too); a server refuses writes to a name a client could not have meant."""
+    problem = shape_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a project id: it {problem}; {EXAMPLE}")
     return text
 
 

@@ -23,6 +23,7 @@ from engine.common import _env
 from engine.common._config import EngineConfig
 from engine.common._errors import reason_of
 from engine.common._machine import same_machine
+from engine.common._project import project_path
 from engine.common._redact import redact_url
 
 _PROBE_PROJECT = "engine-doctor/doctor"
@@ -137,7 +138,7 @@ def _auth(url: str, api_key: str | None, info: dict, args: argparse.Namespace) -
 
 def _routes(url: str, api_key: str | None, info: dict, args: argparse.Namespace) -> Check:
     empty = b'{"batch": []}'
-    answer = _post(url, f"/v2/{_project(args)}/calls/complete", empty, api_key)
+    answer = _post(url, f"/v2/{project_path(_project(args))}/calls/complete", empty, api_key)
     complete = answer.status
     upsert = _post(url, "/call/upsert_batch", empty, api_key).status
     if complete in (401, 403):
@@ -163,7 +164,7 @@ def _compression(url: str, api_key: str | None, info: dict, args: argparse.Names
         return Check("compression", None, "the server does not advertise zstd: bodies go "
                      "uncompressed (more bytes on the wire)")
     body = zstandard.ZstdCompressor().compress(b'{"batch": []}')
-    answer = _post(url, f"/v2/{_project(args)}/calls/complete", body, api_key,
+    answer = _post(url, f"/v2/{project_path(_project(args))}/calls/complete", body, api_key,
                    {"Content-Encoding": "zstd"})
     status = answer.status
     if status in (401, 403):
@@ -183,7 +184,7 @@ def _limit(url: str, api_key: str | None, info: dict, args: argparse.Namespace) 
     size_mib = 1
     while size_mib <= args.limit_mib:
         body = b'{"batch": [], "pad": "' + b"x" * (size_mib * _MiB) + b'"}'
-        answer = _post(url, f"/v2/{_project(args)}/calls/complete", body, api_key)
+        answer = _post(url, f"/v2/{project_path(_project(args))}/calls/complete", body, api_key)
         if answer.status in (401, 403):  # refused before the body was read, if at all
             return _not_told("size limit", answer, args)
         if answer.status == 413:
@@ -241,7 +242,7 @@ def _settings() -> EngineConfig | str:
 def _round_trip(url: str, api_key: str | None, info: dict, args: argparse.Namespace) -> Check:
     """How long an empty ingest request takes, and what that bounds: a producer's records
     stay in its ring until acknowledged, so each ring is in flight at most once per trip."""
-    path = f"/v2/{_project(args)}/calls/complete"
+    path = f"/v2/{project_path(_project(args))}/calls/complete"
     trips_s = []
     for _ in range(3):
         started = time.perf_counter()

@@ -21,6 +21,7 @@ import msgspec
 
 from engine.common import _env
 from engine.common._errors import ConfigError
+from engine.common._project import EXAMPLE, name_problem
 from engine.common._redact import redact_url
 
 if sys.version_info >= (3, 11):
@@ -190,11 +191,13 @@ def sender_count(cfg: EngineConfig, cpus: int | None = None) -> int:
 
 
 def check_project(project: str, field: str = "project") -> tuple[str, str]:
-    """``"entity/project"`` → (entity, project); neither part empty nor containing ``/``."""
-    parts = project.split("/")
-    if len(parts) != 2 or not all(parts):
-        raise ConfigError(field, f'must look like "entity/project", got {project!r}')
-    return parts[0], parts[1]
+    """``"entity/project"`` → (entity, project), for a project a server takes writes to
+    (:mod:`engine.common._project`): said here, not in dead letters."""
+    problem = name_problem(project)
+    if problem is not None:
+        raise ConfigError(field, f"{project!r} {problem}: {EXAMPLE}")
+    entity, _, name = project.partition("/")
+    return entity, name
 
 
 def _env_values(environ: dict[str, str]) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from engine.server._auth import CURRENT_GRANT, KeyRing, check_bind
 from engine.server._body import DEFAULT_MAX_BODY_BYTES, ApiError, error_response
 from engine.server._connections import DEFAULT_HEADER_TIMEOUT_S, LimitedSite
 from engine.server._limits import DEFAULT_MAX_CONNECTIONS
+from engine.server._origin import origin_middleware
 
 log = logging.getLogger("engine.relay")
 RELAY_PROJECT = "relay/relay"  # the engine needs a default; every relayed item names its own
@@ -75,8 +76,10 @@ def build_app(engine: Engine, upstream: str, max_body_bytes: int = DEFAULT_MAX_B
               keys: KeyRing | None = None) -> web.Application:
     """With ``keys`` every route needs one of them; ingest items must name projects the key
     may write (they are delivered under the relay's own upstream key); proxied routes pass
-    the client's own ``Authorization`` upstream, which checks it again."""
-    middlewares = [_json_errors] + ([_auth_middleware(keys)] if keys else [])
+    the client's own ``Authorization`` upstream, which checks it again. Every route refuses
+    other websites' pages and, without keys, names but loopback's, as engine serve does."""
+    middlewares = [_json_errors, origin_middleware("engine relay", loopback_only=keys is None)]
+    middlewares += [_auth_middleware(keys)] if keys else []
     app = web.Application(middlewares=middlewares, client_max_size=max_body_bytes)
     app[RELAY] = RelayState(engine, upstream, max_body_bytes)
     app.add_routes(_routes.routes)

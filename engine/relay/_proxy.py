@@ -1,8 +1,11 @@
 """Pass-through proxy for every route the relay does not ingest itself (reads, objects,
-files, ``/graphql``): bodies stream both ways untouched (compressed bodies stay compressed),
-the client's own ``Authorization`` goes upstream, hop-by-hop headers drop. ``/server_info``
-is the upstream's, with what concerns the relay itself put right: the encodings the relay
-accepts and the machine it runs on (a client decides compression by them).
+files, ``/graphql``, the trace browser's pages): bodies stream both ways untouched (compressed
+bodies stay compressed), the client's own ``Authorization`` goes upstream, hop-by-hop headers
+drop, and so do ``Host`` and ``Origin``: the relay checked the browser's ``Origin`` against its
+own ``Host`` (engine.server._origin), and the upstream, comparing it with its own, would
+refuse the trace browser's requests through the relay. ``/server_info`` is the upstream's,
+with what concerns the relay itself put right: the encodings the relay accepts and the
+machine it runs on (a client decides compression by them).
 """
 
 from __future__ import annotations
@@ -19,10 +22,11 @@ from engine.common._redact import redact_url
 from engine.relay._state import RELAY
 from engine.server._body import ACCEPTED_ENCODINGS, error_response
 
-# RFC 9110 §7.6.1 connection-specific headers, plus Host (the upstream's own is set)
+# RFC 9110 §7.6.1 connection-specific headers, plus Host (the upstream's own is set) and
+# Origin (checked here against the relay's own Host; see the module's docstring)
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
-    "te", "trailer", "trailers", "transfer-encoding", "upgrade", "host",
+    "te", "trailer", "trailers", "transfer-encoding", "upgrade", "host", "origin",
 })  # fmt: skip
 _CHUNK_BYTES = 64 << 10
 

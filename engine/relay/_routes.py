@@ -22,6 +22,7 @@ from engine.server._ingest_models import (
 )
 from engine.server._reply import ok
 from engine.server._state import check_project_id
+from engine.server._store_guard import check_project_name
 
 routes = web.RouteTableDef()
 _RETRY_AFTER_S = "1"
@@ -39,11 +40,14 @@ async def _decode(request: web.Request, type_: type) -> Any:
 
 async def _enqueue(state: RelayState, items: list[CallItem]) -> None:
     """Into the ring, or an error answer a client knows how to handle (retry or give up).
-    With keys, every item must name a project the client's key may write: the relay
-    delivers under its own upstream key, so this is where a client's rights are kept."""
+    Every item must name a project the upstream takes writes to (checked before any item
+    is written: the request is refused whole), and with keys one the client's key may
+    write: the relay delivers under its own upstream key, so this is where a client's
+    rights are kept."""
     grant = CURRENT_GRANT.get()
-    if grant is not None:
-        for project_id in sorted({item.project_id for item in items}):
+    for project_id in sorted({item.project_id for item in items}):
+        check_project_name(project_id)
+        if grant is not None:
             grant.check(project_id, write=True)
     try:
         await state.writer.write(items)

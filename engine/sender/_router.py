@@ -13,6 +13,7 @@ import collections
 import time
 
 from engine import ring
+from engine.common._project import project_path
 from engine.sender._batcher import Item
 
 _KIND_START, _KIND_END, _KIND_COMPLETE = ring.KIND_START, ring.KIND_END, ring.KIND_COMPLETE
@@ -37,7 +38,7 @@ def _v2_route(cache: dict[bytes, str], project: bytes, suffix: str) -> str:
     """``/v2/{entity}/{project}/<suffix>``, remembered in ``cache``."""
     route = cache.get(project)
     if route is None:
-        route = cache[project] = f"/v2/{project.decode()}/{suffix}"
+        route = cache[project] = f"/v2/{project_path(project.decode())}/{suffix}"
     return route
 
 

@@ -160,7 +160,7 @@ def build_app(
     middlewares += [_auth_middleware(keys)] if keys else []
     # bodies are read and limited by _body.read_body; aiohttp's own cap only guards request.read()
     app = web.Application(middlewares=middlewares, client_max_size=max_body_bytes)
-    app[STATE] = ServerState(GuardedStore(store) if keys else store, max_body_bytes)
+    app[STATE] = ServerState(GuardedStore(store), max_body_bytes)
     app.router.add_get("/metrics", _serve_metrics)
     for module in (_routes_misc, _routes_calls, _graphql, _routes_objects, _routes_tables,
                    _routes_refs, _routes_files, _routes_feedback, _routes_costs, _routes_otel,

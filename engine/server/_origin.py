@@ -1,13 +1,13 @@
-"""Which requests a server answers by where they come from: no other website's page, and,
-without keys, no name but loopback's.
+"""Which requests a server (``engine serve``, ``engine relay``) answers by where they come
+from: no other website's page, and, without keys, no name but loopback's.
 
 A browser lets any page send a "simple" cross-site request (a POST of ``text/plain``,
 no preflight) and attaches what it holds for the target (HTTP Basic credentials the user
 typed for the trace browser); the page cannot read the answer, but the request is
 carried out: calls written or deleted, a retention changed. Every such request carries
-``Origin``; our clients (the engine's sender, weave's client, the relay) send none. So a
-request whose ``Origin`` is not the server's own (the authority its ``Host`` names) is
-refused, on every route, whether or not keys are set.
+``Origin``; our clients (the engine's sender, weave's client, the relay, which drops a
+browser's once checked) send none. So a request whose ``Origin`` is not the server's own
+(the authority its ``Host`` names) is refused, on every route, whether or not keys are set.
 
 DNS rebinding: a page at ``http://rebind.example:6345`` whose name is made to resolve to
 127.0.0.1 reaches a loopback server as its own origin, and could read every project of a

@@ -7,6 +7,10 @@ in its arguments and checks them against the grant of the request being handled
 (``_auth.CURRENT_GRANT``): a write needs an ``rw`` key. An operation that names no project
 is refused: it would be one that crosses projects -- except the listing of projects (the
 trace browser's first page), whose answer is cut down to the projects the key may read.
+
+The same door, with or without keys, refuses to add data to a project whose name no client
+could have meant (``e/..``, a blank part: :mod:`engine.common._project`), whichever route
+writes it; reading and deleting a project so named, stored by an earlier version, go on.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import inspect
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from engine.common._project import EXAMPLE, name_problem
 from engine.server._auth import CURRENT_GRANT
 from engine.server._body import ApiError
 
@@ -23,7 +28,10 @@ WRITES = frozenset({
     "set_aliases", "remove_aliases", "add_tags", "remove_tags", "put_table", "put_file",
     "put_docs", "delete_docs", "replace_doc", "set_retention_days", "delete_calls_before",
 })  # fmt: skip
+# the writes that add data to a project, whose name must be one a client may write
+ADDS = frozenset({"insert_calls", "put_object", "put_table", "put_file", "put_docs"})
 _PROJECTLESS = frozenset({"close", "ping", "store_id"})
+_SIGNATURES: dict[Callable[..., Any], inspect.Signature] = {}
 # operations over all projects whose answer is filtered to what the grant may read
 _LISTINGS = frozenset({"project_call_counts", "retained_projects", "object_projects"})
 
@@ -37,7 +45,11 @@ def _projects(value: Any) -> Iterator[str]:
 
 
 def projects_of(method: Callable[..., Any], args: tuple, kwargs: dict) -> set[str]:
-    bound = inspect.signature(method).bind(*args, **kwargs)
+    function = getattr(method, "__func__", method)  # one signature per store method, not per call
+    signature = _SIGNATURES.get(function)
+    if signature is None:
+        signature = _SIGNATURES[function] = inspect.signature(method)
+    bound = signature.bind(*args, **kwargs)
     found: set[str] = set()
     for name, value in bound.arguments.items():
         if name == "project_id":
@@ -47,8 +59,18 @@ def projects_of(method: Callable[..., Any], args: tuple, kwargs: dict) -> set[st
     return found
 
 
+def check_project_name(project_id: str, field: str = "project_id") -> None:
+    """422 unless ``project_id`` names a project a client may write (a 422, not a 400: the
+    engine's sender then isolates the item by halving its batch, and keeps the rest)."""
+    problem = name_problem(project_id)
+    if problem is not None:
+        raise ApiError(422, f"{field}: project {project_id!r} {problem}; writes to it are "
+                            f"refused: {EXAMPLE}")
+
+
 class GuardedStore:
-    """A store whose operations check the request's grant first (attributes pass through)."""
+    """A store whose operations check the request's grant first, and whose writes that add
+    data check the project's name (attributes pass through)."""
 
     def __init__(self, store: Any) -> None:
         self.inner = store
@@ -59,12 +81,17 @@ class GuardedStore:
             return target
         if name in _LISTINGS:
             return _filtered_listing(target)
-        write = name in WRITES
+        write, adds = name in WRITES, name in ADDS
 
         def guarded(*args: Any, **kwargs: Any) -> Any:
             grant = CURRENT_GRANT.get()
+            if grant is None and not adds:
+                return target(*args, **kwargs)
+            projects = projects_of(target, args, kwargs)
+            if adds:
+                for project_id in sorted(projects):
+                    check_project_name(project_id)
             if grant is not None:
-                projects = projects_of(target, args, kwargs)
                 if not projects:
                     raise ApiError(403, f"this API key ({grant.label}) may not run {name} "
                                         "across projects")  # fmt: skip

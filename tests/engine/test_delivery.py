@@ -160,11 +160,26 @@ def test_auto_sends_plain_bodies_to_engine_serve_on_this_machine_and_zstd_when_a
     assert seen["zstd"]["bytes_sent_wire"] < seen["zstd"]["bytes_sent_raw"] / 2
 
 
-def _count(url: str) -> int:
+def _count(url: str, project: str = PROJECT) -> int:
     request = urllib.request.Request(url + "/calls/query_stats", method="POST",
-                                     data=json.dumps({"project_id": PROJECT}).encode())
+                                     data=json.dumps({"project_id": project}).encode())
     with urllib.request.urlopen(request, timeout=30) as answer:
         return json.load(answer)["count"]
+
+
+def test_a_project_named_with_url_characters_gets_its_calls_on_the_v2_route(tmp_path):
+    """`%`, `?` and `#` are taken in a project name (docs/serve.md); the sender's
+    /v2/{entity}/{project}/calls/complete path carries them percent-encoded. Before, `?`
+    ended the path: a 404, the sender switched to upsert mode and every call already routed
+    was dead-lettered."""
+    project = "e/p%zz?x=1#frag"
+    with serve_subprocess(tmp_path / "traces.db") as url:
+        with make_engine(url, tmp_path, project=project, target="complete") as eng:
+            trace_calls(eng.producer(), 5)
+            assert eng.flush(timeout_s=30)
+            stats = eng.stats()
+        stored = _count(url, project)
+    assert (stats["dead_letters"], stored) == (0, 10)
 
 
 def test_auto_compresses_toward_a_server_on_another_machine(tmp_path):

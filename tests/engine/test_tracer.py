@@ -124,8 +124,9 @@ def test_a_dict_missing_a_required_field_is_rejected_naming_it(eng):
                                    "attributes": {}, "inputs": {}})
 
 
-def test_a_bad_project_id_is_rejected(eng):
-    start = Start(project_id="no-slash", op_name="op", started_at=dt.datetime.now(dt.timezone.utc),
+@pytest.mark.parametrize("project_id", ["no-slash", "e/..", "./p"])
+def test_a_bad_project_id_is_rejected(eng, project_id):
+    start = Start(project_id=project_id, op_name="op", started_at=dt.datetime.now(dt.timezone.utc),
                   attributes={}, inputs={})
     with pytest.raises(engine.EncodeError, match="project_id") as raised:
         eng.producer().call_start(start)

@@ -35,7 +35,7 @@ def _refusal(url: str) -> bytes:
 
 def _ask(url: str) -> bytes:
     with _connect(url) as sock:
-        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
         return _read_to_close(sock)
 
 
@@ -59,7 +59,7 @@ def _refusal_pending(url: str) -> bool:
 
 def _served_on(sock: socket.socket) -> bytes:
     """The head of the answer to one request on an open connection."""
-    sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     answer = b""
     while b"\r\n\r\n" not in answer and (chunk := sock.recv(65536)):
         answer += chunk

@@ -110,3 +110,54 @@ def test_relay_and_serve_expose_prometheus_metrics(relay):
     with urllib.request.urlopen(request, timeout=30) as resp:
         assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
         assert b"engine_server_calls_started_total" in resp.read()
+
+
+TEXT = {"Content-Type": "text/plain"}  # what a page may POST cross-site without a preflight
+
+
+def test_other_sites_pages_and_rebound_names_are_refused_as_engine_serve_refuses_them(relay):
+    """Keyless on loopback as engine serve is, the relay checks ``Origin`` and ``Host`` the same
+    way (docs/serve.md, "Keys") before it ingests or proxies anything."""
+    _, url = relay
+    query = {"project_id": PROJECT}
+    cross_site = [
+        _post(url + "/call/start", {"start": _start()}, {**TEXT, "Origin": "https://evil.example"}),
+        _post(url + "/calls/delete", {**query, "call_ids": ["x"]},  # never reaches the upstream
+              {**TEXT, **AUTH, "Origin": "http://127.0.0.1:1"}),
+    ]
+    rebound = [_post(url + path, body, {**AUTH, "Host": "rebind.attacker.example:6345"})
+               for path, body in (("/call/start", {"start": _start()}), ("/calls/query_stats", query))]
+    assert [status for status, _ in cross_site] == [403, 403]
+    assert all(body["reason"].startswith("cross-origin request refused: Origin ")
+               and "engine relay answers no other website's page" in body["reason"]
+               for _, body in cross_site)
+    assert [status for status, _ in rebound] == [421, 421]
+    assert all(body["reason"].startswith("Host 'rebind.attacker.example:6345' is not a loopback "
+                                         "name: engine relay without API keys") for _, body in rebound)
+
+
+def test_the_trace_browser_works_through_the_relay_with_the_relays_own_origin(relay):
+    """The page and its assets are the upstream's, proxied; the browser's same-origin POSTs
+    carry the relay's origin, which the relay checks and does not pass on (the upstream would
+    find it is not its own)."""
+    _, url = relay
+    port = url.rsplit(":", 1)[1]
+    with urllib.request.urlopen(urllib.request.Request(url + "/", headers=AUTH), timeout=30) as resp:
+        assert resp.status == 200 and resp.headers["Content-Type"].startswith("text/html")
+    own = [_post(url + "/calls/query_stats", {"project_id": PROJECT}, {**AUTH, "Origin": url}),
+           _post(url + "/calls/query_stats", {"project_id": PROJECT},
+                 {**AUTH, "Host": f"localhost:{port}", "Origin": f"http://localhost:{port}"}),
+           _post(url + "/call/start", {"start": _start()}, {**TEXT, "Origin": url})]
+    assert [status for status, _ in own] == [200, 200, 200], own
+
+
+def test_a_project_no_client_could_mean_is_refused_whole_before_any_item_is_taken(relay):
+    """As the upstream would refuse it (tests/server/test_project_names.py), but at once: the
+    client learns it, not the relay's dead letters."""
+    _, url = relay
+    before = metrics(url)["engine_relay_items_start_total"]
+    status, body = _post(url + "/call/upsert_batch", {"batch": [
+        {"mode": "start", "req": {"start": _start()}},
+        {"mode": "start", "req": {"start": {**_start(), "project_id": "e/.."}}}]})
+    assert status == 422 and "project 'e/..' has the project '..'" in body["reason"]
+    assert metrics(url)["engine_relay_items_start_total"] == before
