@@ -16,7 +16,7 @@ writes it; reading and deleting a project so named, stored by an earlier version
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from engine.common._project import EXAMPLE, name_problem
@@ -36,12 +36,20 @@ _SIGNATURES: dict[Callable[..., Any], inspect.Signature] = {}
 _LISTINGS = frozenset({"project_call_counts", "retained_projects", "object_projects"})
 
 
-def _projects(value: Any) -> Iterator[str]:
-    if isinstance(value, (list, tuple)):
-        for item in value:
-            yield from _projects(item)
-    elif (project_id := getattr(value, "project_id", None)) is not None:
-        yield project_id
+def _projects(value: Any) -> set[str]:
+    """The project ids of ``value``'s items (lists, tuples of them, at any depth): one loop
+    over a batch's items, no generator per item (every write without keys comes here)."""
+    if not isinstance(value, (list, tuple)):
+        project_id = getattr(value, "project_id", None)
+        return set() if project_id is None else {project_id}
+    found: set[str] = set()
+    for item in value:
+        project_id = getattr(item, "project_id", None)
+        if project_id is not None:
+            found.add(project_id)
+        elif isinstance(item, (list, tuple)):
+            found |= _projects(item)
+    return found
 
 
 def projects_of(method: Callable[..., Any], args: tuple, kwargs: dict) -> set[str]:
@@ -55,7 +63,7 @@ def projects_of(method: Callable[..., Any], args: tuple, kwargs: dict) -> set[st
         if name == "project_id":
             found.add(value)
         else:
-            found.update(_projects(value))
+            found |= _projects(value)
     return found
 
 
