@@ -87,3 +87,49 @@ def test_calls_stored_under_the_first_layout_move_to_the_part_log(clickhouse_url
     got = run_on("asyncio", read())
     assert [(c["id"], c["display_name"], bytes(c["output"])) for c in got] == [
         ("b", None, b'"b"'), ("a", "renamed", b'"a"')]  # fmt: skip
+
+
+# what a server of schema 2 (commit 90b977c, before migration 0003) inserted, and how:
+# _store._insert_parts, asynchronous for batches of up to 64 parts
+_SCHEMA_2_PART_COLUMNS = [
+    "project_id", "id", "version", "has_start", "has_end", "has_name", "is_delete",
+    "op_name", "display_name", "trace_id", "parent_id", "thread_id", "turn_id", "started_at_us",
+    "attributes", "inputs", "otel_dump", "wb_user_id", "wb_run_id", "wb_run_step",
+    "ended_at_us", "exception", "output", "summary", "wb_run_step_end",
+]  # fmt: skip
+_SCHEMA_2_ASYNC_INSERT = {"async_insert": 1, "wait_for_async_insert": 1}
+
+
+@pytest.mark.parametrize("database", ["fresh", "past 0003 without the view"])
+def test_a_schema_2_server_still_running_writes_calls_this_one_reads(clickhouse_url, database):  # noqa: F811
+    """A rolling upgrade: a server of schema 2 keeps inserting into call_parts after a newer
+    one migrated the database; its calls, renames and deletes land in the part log, each
+    part once, on a fresh database as on one that applied 0003 before it kept that view."""
+    target = parse_store_url(clickhouse_url)
+    connect(target, None).command(f"CREATE DATABASE IF NOT EXISTS `{target.database}`")
+    client = connect(target, target.database)
+    if database == "past 0003 without the view":
+        migrate(client, bundled()[:4])
+        client.command("DROP VIEW IF EXISTS call_parts_to_log")
+    store = ClickHouseStore(target)
+    t0 = dt.datetime(2026, 1, 2, tzinfo=dt.timezone.utc)
+    calls = [CompletedCallSchemaForInsert(
+        project_id="ent/old", id=i, op_name="op", trace_id="t", started_at=t0, ended_at=t0,
+        attributes={}, inputs={"i": i}, output=i, summary={},
+    ) for i in ("x", "y")]  # fmt: skip
+    for body, settings in ((call_parts([], [], calls, 10)[0], _SCHEMA_2_ASYNC_INSERT),
+                           (rename_part("ent/old", "x", "renamed", 20), None),
+                           (delete_parts("ent/old", ["y"], 30), None)):  # fmt: skip
+        client.raw_insert("call_parts", _SCHEMA_2_PART_COLUMNS, insert_block=body,
+                          fmt="JSONCompactEachRow", settings=settings)  # fmt: skip
+
+    async def read():
+        try:
+            return [c async for page in store.query_calls(CallsQuery(project_id="ent/old")) for c in page]
+        finally:
+            await store.close()
+
+    got = run_on("asyncio", read())
+    assert [(c["id"], c["display_name"], bytes(c["output"])) for c in got] == [("x", "renamed", b'"x"')]
+    parts = client.query("SELECT id, version FROM call_part_log ORDER BY version").result_rows
+    assert parts == [("x", 10), ("y", 11), ("x", 20), ("y", 30)]
