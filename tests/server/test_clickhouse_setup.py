@@ -1,19 +1,20 @@
 """ClickHouse store set-up: --store URLs and credentials, versioned migrations."""
 
 import datetime as dt
+from types import SimpleNamespace
 
 import clickhouse_connect
 import pytest
 
 from engine.common._errors import ConfigError
 from engine.server._store import CallsQuery
-from engine.server.clickhouse import ClickHouseStore, parse_store_url
+from engine.server.clickhouse import ClickHouseStore, _migrate, parse_store_url
 from engine.server.clickhouse._calls import call_parts, delete_parts, rename_part
 from engine.server.clickhouse._connect import connect
-from engine.server.clickhouse._migrate import bundled, migrate
+from engine.server.clickhouse._migrate import SchemaWatch, bundled, migrate
 from engine.wire.calls import CompletedCallSchemaForInsert
 from tests.server.clickhouse_fixtures import PASSWORD, clickhouse_server, clickhouse_url  # noqa: F401
-from tests.server.harness import run_on
+from tests.server.harness import complete, run_on, serving, start
 
 
 def test_store_url_takes_user_host_port_and_database_and_password_from_env(monkeypatch):
@@ -87,3 +88,97 @@ def test_calls_stored_under_the_first_layout_move_to_the_part_log(clickhouse_url
     got = run_on("asyncio", read())
     assert [(c["id"], c["display_name"], bytes(c["output"])) for c in got] == [
         ("b", None, b'"b"'), ("a", "renamed", b'"a"')]  # fmt: skip
+
+
+# what a server of schema 2 (commit 90b977c, before migration 0003) inserted, and how:
+# _store._insert_parts, asynchronous for batches of up to 64 parts
+_SCHEMA_2_PART_COLUMNS = [
+    "project_id", "id", "version", "has_start", "has_end", "has_name", "is_delete",
+    "op_name", "display_name", "trace_id", "parent_id", "thread_id", "turn_id", "started_at_us",
+    "attributes", "inputs", "otel_dump", "wb_user_id", "wb_run_id", "wb_run_step",
+    "ended_at_us", "exception", "output", "summary", "wb_run_step_end",
+]  # fmt: skip
+_SCHEMA_2_ASYNC_INSERT = {"async_insert": 1, "wait_for_async_insert": 1}
+
+
+@pytest.mark.parametrize("database", ["fresh", "past 0003 without the view"])
+def test_a_schema_2_server_still_running_writes_calls_this_one_reads(clickhouse_url, database):  # noqa: F811
+    """A rolling upgrade: a server of schema 2 keeps inserting into call_parts after a newer
+    one migrated the database; its calls, renames and deletes land in the part log, each
+    part once, on a fresh database as on one that applied 0003 before it kept that view."""
+    target = parse_store_url(clickhouse_url)
+    connect(target, None).command(f"CREATE DATABASE IF NOT EXISTS `{target.database}`")
+    client = connect(target, target.database)
+    if database == "past 0003 without the view":
+        migrate(client, bundled()[:4])
+        client.command("DROP VIEW IF EXISTS call_parts_to_log")
+    store = ClickHouseStore(target)
+    t0 = dt.datetime(2026, 1, 2, tzinfo=dt.timezone.utc)
+    calls = [CompletedCallSchemaForInsert(
+        project_id="ent/old", id=i, op_name="op", trace_id="t", started_at=t0, ended_at=t0,
+        attributes={}, inputs={"i": i}, output=i, summary={},
+    ) for i in ("x", "y")]  # fmt: skip
+    for body, settings in ((call_parts([], [], calls, 10)[0], _SCHEMA_2_ASYNC_INSERT),
+                           (rename_part("ent/old", "x", "renamed", 20), None),
+                           (delete_parts("ent/old", ["y"], 30), None)):  # fmt: skip
+        client.raw_insert("call_parts", _SCHEMA_2_PART_COLUMNS, insert_block=body,
+                          fmt="JSONCompactEachRow", settings=settings)  # fmt: skip
+
+    async def read():
+        try:
+            return [c async for page in store.query_calls(CallsQuery(project_id="ent/old")) for c in page]
+        finally:
+            await store.close()
+
+    got = run_on("asyncio", read())
+    assert [(c["id"], c["display_name"], bytes(c["output"])) for c in got] == [("x", "renamed", b'"x"')]
+    parts = client.query("SELECT id, version FROM call_part_log ORDER BY version").result_rows
+    assert parts == [("x", 10), ("y", 11), ("x", 20), ("y", 30)]
+
+
+def test_a_running_server_answers_503_once_a_newer_server_migrated_its_database(clickhouse_url,  # noqa: F811
+                                                                                monkeypatch):  # fmt: skip
+    """The next breaking migration: a newer replica migrates the database under a running
+    one, which then refuses writes (small, bulk) and /ready with why, rather than answering
+    200 for calls the newer schema may not read."""
+    monkeypatch.setattr(_migrate, "SCHEMA_CHECK_EVERY_S", 0.0)  # every statement looks
+    target = parse_store_url(clickhouse_url)
+    newest = bundled()[-1].version
+
+    async def scenario():
+        async with serving(None, store=clickhouse_url) as api:
+            assert (await api.post("/v2/ent/proj/calls/complete", {"batch": [complete("a")]}))[0] == 200
+            assert (await api.get("/ready"))[0] == 200
+            client = connect(target, target.database)
+            client.insert("schema_migrations", [[newest + 1, "from_a_newer_server"]],
+                          column_names=["version", "name"])  # fmt: skip
+            bulk = {"batch": [complete(f"b{i}") for i in range(100)]}
+            return client, [await api.post("/v2/ent/proj/calls/complete", {"batch": [complete("c")]}),
+                            await api.post("/call/start", {"start": start("d")}),
+                            await api.post("/v2/ent/proj/calls/complete", bulk),
+                            await api.get("/ready")]  # fmt: skip
+
+    client, answers = run_on("asyncio", scenario())
+    why = f"the ClickHouse database is at schema {newest + 1}, newer than this server's {newest}"
+    assert [(status, why in body.get("reason", "")) for status, body in answers] == [(503, True)] * 4
+    assert client.query("SELECT DISTINCT id FROM call_part_log").result_rows == [("a",)]
+
+
+def test_a_running_server_reads_the_schema_version_at_most_every_few_seconds():
+    now, asked = [0.0], []
+
+    def query(sql):
+        asked.append(sql)
+        return SimpleNamespace(result_rows=[[client.version]])
+
+    client = SimpleNamespace(version=5, query=query)
+    watch = SchemaWatch(5, every_s=2.0, clock=lambda: now[0])
+    assert watch.refusal(client) is None and asked == []  # it migrated the database just now
+    now[0] = 2.0
+    assert watch.refusal(client) is None and len(asked) == 1
+    client.version, now[0] = 6, 3.9
+    assert watch.refusal(client) is None and len(asked) == 1
+    now[0] = 4.0
+    assert "at schema 6, newer than this server's 5" in watch.refusal(client)
+    now[0] = 100.0
+    assert "at schema 6" in watch.refusal(client) and len(asked) == 2  # newer for good

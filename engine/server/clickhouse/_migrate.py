@@ -5,12 +5,23 @@ each version applied. Several replicas may start at once and apply the same file
 together, so every statement of a migration must be idempotent (``IF NOT EXISTS``);
 the record table keeps one row per version whichever replica wrote it. A database that
 has a version this server does not know was migrated by a newer server: this one refuses
-to start rather than write rows the newer schema may read differently.
+to start rather than write rows the newer schema may read differently, and a running one
+that finds it so (:class:`SchemaWatch`: a newer replica started beside it) stops answering
+200 for what it cannot store correctly.
+
+A rolling upgrade runs old and new servers on one database for a while: the old ones notice
+the newer schema within :data:`SCHEMA_CHECK_EVERY_S`, and until then keep writing as they
+did (a server of schema 2 predates the watch and writes on). So a migration must keep the
+previous schema's writes landing where the new code reads them (0003 and 0005: the view
+from ``call_parts`` into ``call_part_log``), never drop what an older server writes into.
 """
 
 from __future__ import annotations
 
 import re
+import threading
+import time
+from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
@@ -27,6 +38,9 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 ) ENGINE = ReplacingMergeTree
 ORDER BY version
 """
+
+
+SCHEMA_CHECK_EVERY_S = 2.0  # how long a running server may miss a newer schema
 
 
 class Migration(msgspec.Struct, frozen=True):
@@ -80,6 +94,41 @@ def migrate(client: Any, migrations: list[Migration] | None = None) -> list[int]
                       column_names=["version", "name"])  # fmt: skip
         applied.append(migration.version)
     return applied
+
+
+class SchemaWatch:
+    """Whether a newer server migrated the database while this one runs. The database's
+    schema version is read at most every ``every_s`` seconds (by the statement that finds
+    it due, on whichever thread); once newer, it stays newer (schemas only move forward)."""
+
+    def __init__(self, version: int, every_s: float | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+        self.version = version
+        self._every_s = SCHEMA_CHECK_EVERY_S if every_s is None else every_s
+        self._clock = clock
+        self._due_at = clock() + self._every_s  # the store migrated it just now
+        self._lock = threading.Lock()
+        self._newer: int | None = None
+
+    def refusal(self, client: Any) -> str | None:
+        """Why this server must not answer for the database any more, or None."""
+        if self._newer is None and self._due():
+            found = client.query("SELECT max(version) FROM schema_migrations").result_rows[0][0]
+            if found > self.version:
+                self._newer = found
+        if self._newer is None:
+            return None
+        return (f"the ClickHouse database is at schema {self._newer}, newer than this "
+                f"server's {self.version} (a newer engine serve migrated it): upgrade this "
+                "server; it stores nothing more, so send the request again to an upgraded one")
+
+    def _due(self) -> bool:
+        with self._lock:
+            now = self._clock()
+            if now < self._due_at:
+                return False
+            self._due_at = now + self._every_s
+            return True
 
 
 def database_uuid(client: Any) -> str | None:

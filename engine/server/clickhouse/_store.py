@@ -46,7 +46,7 @@ from engine.server._store import (
 from engine.server._store_trouble import StoreTrouble, is_trouble
 from engine.server.clickhouse import _calls, _docs, _objects, _pages, _retention
 from engine.server.clickhouse._connect import PASSWORD_ENV, PASSWORD_FILE_ENV, Target, connect
-from engine.server.clickhouse._migrate import database_uuid, migrate
+from engine.server.clickhouse._migrate import SchemaWatch, bundled, database_uuid, migrate
 from engine.wire.query import CallsFilter
 
 T = TypeVar("T")
@@ -92,6 +92,7 @@ class ClickHouseStore(Store):
         try:
             connect(target, None).command(f"CREATE DATABASE IF NOT EXISTS `{target.database}`")
             self.migrated = migrate(self._client())
+            self._schema = SchemaWatch(bundled()[-1].version)
         except Exception as exc:
             if _unreachable(exc):
                 why = (f"the store's ClickHouse server cannot be reached ({target.describe()}: "
@@ -121,7 +122,10 @@ class ClickHouseStore(Store):
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         def call() -> T:
-            return fn(self._client(), *args)
+            client = self._client()
+            if (refusal := self._schema.refusal(client)) is not None:
+                raise self._trouble.answer(503, refusal)
+            return fn(client, *args)
 
         try:
             return await asyncio.get_running_loop().run_in_executor(self._pool, call)

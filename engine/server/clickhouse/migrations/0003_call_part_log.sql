@@ -40,9 +40,21 @@ CREATE TABLE IF NOT EXISTS call_part_log (
 ) ENGINE = MergeTree
 ORDER BY (project_id, id);
 
--- Nothing writes into 0001's tables any more: the view goes, so a server that somehow
--- still inserts into call_parts writes nothing (a server older than this schema refuses
--- to start anyway).
+-- A server of schema 1-2 still running beside the one applying this (a rolling upgrade)
+-- keeps inserting into call_parts (ENGINE = Null): its parts land here, each once, with
+-- the columns it names (all of them; they are the same). This view is created before the
+-- old one goes, so no insert falls between the two (migration 0005 creates it on the
+-- databases that applied this file before it did).
+CREATE MATERIALIZED VIEW IF NOT EXISTS call_parts_to_log TO call_part_log AS
+SELECT
+    project_id, id, version, has_start, has_end, has_name, is_delete, op_name, display_name,
+    trace_id, parent_id, thread_id, turn_id, started_at_us, attributes, inputs, otel_dump,
+    wb_user_id, wb_run_id, wb_run_step, ended_at_us, exception, output, summary, wb_run_step_end
+FROM call_parts;
+
+-- Nothing folds parts into calls_merged any more. A part inserted while both views
+-- existed is in both tables, and the copy below adds it again: equal parts change no
+-- merged value.
 DROP VIEW IF EXISTS call_parts_to_merged;
 
 -- The calls stored under 0001 move over as parts: the first arrival (seq), the newest
