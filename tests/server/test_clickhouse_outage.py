@@ -25,6 +25,9 @@ from engine.server.clickhouse._process import (
     local_clickhouse,
     start_local_clickhouse,
 )
+from tests.server.clickhouse_fixtures import PASSWORD as SESSION_PASSWORD
+from tests.server.clickhouse_fixtures import clickhouse_server  # noqa: F401
+from tests.server.clickhouse_proxy import clickhouse_proxy
 from tests.server.serve_process import (
     NEEDS_MOUNT,
     can_mount,
@@ -43,23 +46,28 @@ PASSWORD = "outage-test-password"
 _MOUNT = "/tmp/engine-test-clickhouse-full"
 
 
-def _env() -> dict[str, str]:
+def _env(password: str = PASSWORD) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ENGINE_")}
-    env["ENGINE_CLICKHOUSE_PASSWORD"] = PASSWORD
+    env["ENGINE_CLICKHOUSE_PASSWORD"] = password
     return env
 
 
-def _serve(store: str, port: int) -> subprocess.Popen:
+def _serve(store: str, port: int, password: str = PASSWORD) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "engine", "serve", "--store", store,
                              "--port", str(port)],
-                            env=_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            env=_env(password), text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
 
 
 def _serve_on(clickhouse: LocalClickHouse, database: str) -> tuple[str, subprocess.Popen]:
     """``engine serve`` on ``database`` of ``clickhouse``, answering: (its URL, the process)."""
+    return _serve_store(clickhouse.store_url(database))
+
+
+def _serve_store(store: str, password: str = PASSWORD) -> tuple[str, subprocess.Popen]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    server = _serve(clickhouse.store_url(database), port)
+    server = _serve(store, port, password)
     try:
         wait_health(url, server)
     except BaseException:
@@ -166,6 +174,35 @@ def test_serve_on_an_unreachable_clickhouse_says_so_and_exits_1():
     line, stderr = _refused_at_start(store)
     assert "the store's ClickHouse server cannot be reached" in line and store[13:] in line, line
     assert PASSWORD not in stderr
+
+
+def test_a_proxy_answering_502_while_clickhouse_restarts_answers_503_with_a_reason(
+        clickhouse_server):  # noqa: F811
+    """nginx or an ingress before ClickHouse answers 502 while its upstream is down: the
+    same as ClickHouse out of reach, not a 500 and a traceback per request."""
+    with clickhouse_proxy(clickhouse_server.port) as proxy:
+        url, server = _serve_store(proxy.store_url("behind_a_proxy"), SESSION_PASSWORD)
+        try:
+            _store_one(url, "stored before the upstream went down")
+            proxy.mode = "502"
+            for i in range(3):
+                status, answer, headers = post(url, f"/v2/{PROJECT}/calls/complete",
+                                               {"batch": [complete_call(PROJECT, i, "refused")]})
+                assert status == 503 and headers.get("Retry-After") == "5", (status, answer)
+                assert "ClickHouse server cannot be reached" in answer["reason"], answer
+            status, answer = get(url, "/ready")
+            assert status == 503 and "cannot be reached" in answer["reason"], answer
+        finally:
+            err = stop(server)
+    assert "Traceback" not in err, err[-3000:]
+    assert err.count("cannot be reached") == 1, err[-3000:]
+
+
+def test_serve_behind_a_proxy_answering_502_says_clickhouse_cannot_be_reached_at_start(
+        clickhouse_server):  # noqa: F811
+    with clickhouse_proxy(clickhouse_server.port, "502") as proxy:
+        line, _ = _refused_at_start(proxy.store_url("x"))
+    assert "unexpected" not in line and "the store's ClickHouse server cannot be reached" in line, line
 
 
 def _fill(folder: str) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import tempfile
 import threading
 import time
@@ -59,6 +60,8 @@ _NOT_ENOUGH_SPACE = 243  # ClickHouse's error codes
 _AUTHENTICATION_FAILED = 516
 _DISK_FULL_TEXTS = ("NOT_ENOUGH_SPACE", "No space left on device")
 _CLIP_CHARS = 300
+# clickhouse-connect's text for an HTTP error answer without a ClickHouse error code
+_GATEWAY_STATUS = re.compile(r"\bHTTP status (502|503|504)\b")
 
 
 class VersionClock:
@@ -408,11 +411,16 @@ class ClickHouseStore(Store):
 
 def _unreachable(exc: Exception) -> bool:
     """The HTTP client gave up reaching the server (refused, reset, timed out, or it kept
-    answering 5xx): ``clickhouse-connect``'s OperationalError. A ClickHouse error that the
-    server answered (a bad query, a missing table) is not that: a DatabaseError."""
-    from clickhouse_connect.driver.exceptions import OperationalError
+    answering 503/504): ``clickhouse-connect``'s OperationalError; or a proxy before it
+    answered 502/503/504 without a ClickHouse error code (nginx while ClickHouse restarts),
+    which clickhouse-connect raises as a plain DatabaseError. A ClickHouse error that the
+    server answered (a bad query, a missing table) is not that: a DatabaseError with a code."""
+    from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
-    return isinstance(exc, OperationalError)
+    if isinstance(exc, OperationalError):
+        return True
+    return (isinstance(exc, DatabaseError) and getattr(exc, "code", None) is None
+            and _GATEWAY_STATUS.search(str(exc)) is not None)  # fmt: skip
 
 
 def _clip(text: str) -> str:
