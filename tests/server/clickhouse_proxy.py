@@ -1,7 +1,9 @@
 """A reverse proxy in front of a ClickHouse server, as nginx or an ingress stands there: it
 forwards every request, or (``mode``) answers ``502 Bad Gateway`` as nginx does while its
 upstream restarts, or forwards each query with ``readonly=1`` as ClickHouse applies a
-read-only user's profile. A thread of the test process on a loopback port of its own."""
+read-only user's profile, or ``hang``s: takes each request and answers nothing until the
+proxy stops, as a ClickHouse that is stopped (SIGSTOP) or wedged (``arrived`` is set once
+a request waits there). A thread of the test process on a loopback port of its own."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Literal
 
-Mode = Literal["forward", "502", "readonly"]
+Mode = Literal["forward", "502", "readonly", "hang"]
 _HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection"}
 _BAD_GATEWAY = b"<html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>"
 
@@ -23,6 +25,7 @@ class ClickHouseProxy(ThreadingHTTPServer):
     def __init__(self, upstream_port: int, mode: Mode) -> None:
         super().__init__(("127.0.0.1", 0), _Forward)
         self.upstream_port, self.mode = upstream_port, mode
+        self.arrived, self.released = threading.Event(), threading.Event()
 
     @property
     def port(self) -> int:
@@ -44,6 +47,11 @@ class _Forward(BaseHTTPRequestHandler):
 
     def _handle(self) -> None:
         body = self._body()
+        if self.server.mode == "hang":
+            self.server.arrived.set()
+            self.server.released.wait(120)
+            self.close_connection = True
+            return
         if self.server.mode == "502":
             self._reply(502, {"Content-Type": "text/html"}, _BAD_GATEWAY)
             return
@@ -92,6 +100,7 @@ def clickhouse_proxy(upstream_port: int, mode: Mode = "forward") -> Iterator[Cli
     try:
         yield proxy
     finally:
+        proxy.released.set()
         proxy.shutdown()
         proxy.server_close()
         thread.join(10)

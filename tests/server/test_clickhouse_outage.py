@@ -12,8 +12,11 @@ subprocess; the engine's own client.
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import errno
 import os
+import signal
 import subprocess
 import sys
 
@@ -52,10 +55,11 @@ def _env(password: str = PASSWORD) -> dict[str, str]:
     return env
 
 
-def _serve(store: str, port: int, password: str = PASSWORD) -> subprocess.Popen:
+def _serve(store: str, port: int, password: str = PASSWORD, *args: str,
+           **env: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "engine", "serve", "--store", store,
-                             "--port", str(port)],
-                            env=_env(password), text=True, stdout=subprocess.PIPE,
+                             "--port", str(port), *args],
+                            env={**_env(password), **env}, text=True, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
 
 
@@ -64,10 +68,11 @@ def _serve_on(clickhouse: LocalClickHouse, database: str) -> tuple[str, subproce
     return _serve_store(clickhouse.store_url(database))
 
 
-def _serve_store(store: str, password: str = PASSWORD) -> tuple[str, subprocess.Popen]:
+def _serve_store(store: str, password: str = PASSWORD, *args: str,
+                 **env: str) -> tuple[str, subprocess.Popen]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    server = _serve(store, port, password)
+    server = _serve(store, port, password, *args, **env)
     try:
         wait_health(url, server)
     except BaseException:
@@ -203,6 +208,57 @@ def test_serve_behind_a_proxy_answering_502_says_clickhouse_cannot_be_reached_at
     with clickhouse_proxy(clickhouse_server.port, "502") as proxy:
         line, _ = _refused_at_start(proxy.store_url("x"))
     assert "unexpected" not in line and "the store's ClickHouse server cannot be reached" in line, line
+
+
+_SHORT_PING = {"ENGINE_CLICKHOUSE_PING_TIMEOUT_S": "1"}
+
+
+def test_ready_answers_503_within_its_timeout_while_clickhouse_never_answers(
+        clickhouse_server):  # noqa: F811
+    """A ClickHouse that takes connections and answers nothing (stopped, wedged): /ready
+    says so within its own short timeout, however many probes come at once (they do not
+    wait on the store's threads, held by statements for minutes)."""
+    with clickhouse_proxy(clickhouse_server.port) as proxy:
+        url, server = _serve_store(proxy.store_url("wedged"), SESSION_PASSWORD, **_SHORT_PING)
+        try:
+            _store_one(url, "stored before ClickHouse wedged")
+            proxy.mode = "hang"
+            with concurrent.futures.ThreadPoolExecutor(6) as probes:
+                answers = list(probes.map(lambda _: get(url, "/ready"), range(6)))
+            for status, answer in answers:
+                assert status == 503 and "cannot be reached" in answer["reason"], answer
+                assert "timed out" in answer["reason"], answer
+        finally:
+            stop(server)
+
+
+def test_serve_stops_within_its_shutdown_timeout_while_a_request_waits_on_a_wedged_clickhouse(
+        clickhouse_server):  # noqa: F811
+    with clickhouse_proxy(clickhouse_server.port) as proxy:
+        url, server = _serve_store(proxy.store_url("wedged_stop"), SESSION_PASSWORD,
+                                   "--shutdown-timeout-s", "1")
+        with concurrent.futures.ThreadPoolExecutor(1) as client:
+            try:
+                proxy.mode = "hang"
+                waiting = client.submit(post, url, f"/v2/{PROJECT}/calls/complete",
+                                        {"batch": [complete_call(PROJECT, 0, "wedged")]})
+                assert proxy.arrived.wait(30)  # its insert waits on ClickHouse
+                server.send_signal(signal.SIGTERM)
+                out, err = server.communicate(timeout=60)  # not the statement's 300 s
+            finally:
+                stop(server)
+            with contextlib.suppress(OSError):  # cancelled: the connection closes unanswered
+                waiting.result(60)
+    assert server.returncode == 0 and "engine serve: stopped" in out, err[-3000:]
+    assert "still unanswered" in err and "Traceback" not in err, err[-3000:]
+
+
+def test_serve_on_a_clickhouse_that_never_answers_says_so_within_the_ping_timeout(
+        clickhouse_server):  # noqa: F811
+    with clickhouse_proxy(clickhouse_server.port, "hang") as proxy:
+        line, _ = _refused_at_start(proxy.store_url("wedged_start"), **_SHORT_PING)
+    assert "the store's ClickHouse server did not answer within 1 s" in line, line
+    assert "ENGINE_CLICKHOUSE_PING_TIMEOUT_S" in line, line
 
 
 def _fill(folder: str) -> str:

@@ -41,6 +41,14 @@ def test_bad_store_urls_are_refused_naming_the_problem(url, says):
         parse_store_url(url)
 
 
+@pytest.mark.parametrize("value", ["0", "-1", "ten", "inf"])
+def test_a_ping_timeout_that_is_no_positive_number_is_refused_naming_the_variable(
+        monkeypatch, value):
+    monkeypatch.setenv("ENGINE_CLICKHOUSE_PING_TIMEOUT_S", value)
+    with pytest.raises(ConfigError, match="ENGINE_CLICKHOUSE_PING_TIMEOUT_S: .* not a positive"):
+        parse_store_url("clickhouse://u@h/db")
+
+
 def test_chdb_url_names_a_folder_and_defaults_the_database(tmp_path):
     target = parse_store_url(f"chdb://{tmp_path}/ch")
     assert (target.interface, target.path, target.database) == ("chdb", str(tmp_path / "ch"), "engine")

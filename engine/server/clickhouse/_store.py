@@ -16,13 +16,14 @@ store still waits for each to be written before it answers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import re
 import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -46,8 +47,15 @@ from engine.server._store import (
 )
 from engine.server._store_trouble import StoreTrouble, is_trouble
 from engine.server.clickhouse import _calls, _docs, _objects, _pages, _retention
-from engine.server.clickhouse._connect import PASSWORD_ENV, PASSWORD_FILE_ENV, Target, connect
+from engine.server.clickhouse._connect import (
+    PASSWORD_ENV,
+    PASSWORD_FILE_ENV,
+    PING_TIMEOUT_ENV,
+    Target,
+    connect,
+)
 from engine.server.clickhouse._migrate import database_uuid, migrate
+from engine.server.clickhouse._threads import DaemonThreads
 from engine.wire.query import CallsFilter
 
 T = TypeVar("T")
@@ -60,6 +68,10 @@ _NOT_ENOUGH_SPACE = 243  # ClickHouse's error codes
 _AUTHENTICATION_FAILED = 516
 _DISK_FULL_TEXTS = ("NOT_ENOUGH_SPACE", "No space left on device")
 _CLIP_CHARS = 300
+# how long closing waits for statements still running (serve has already waited for its
+# requests): a hung ClickHouse must not hold the stop for a statement's read timeout
+CLOSE_WAIT_S = 2.0
+_log = logging.getLogger("engine.server")
 # clickhouse-connect's text for an HTTP error answer without a ClickHouse error code
 _GATEWAY_STATUS = re.compile(r"\bHTTP status (502|503|504)\b")
 
@@ -90,13 +102,22 @@ class ClickHouseStore(Store):
         self._clock = VersionClock()
         self._page_ends = PageEnds()
         self._local = threading.local()
-        self._pool = ThreadPoolExecutor(_THREADS, thread_name_prefix="engine-clickhouse")
+        self._pool = DaemonThreads(_THREADS, "engine-clickhouse")
+        # /ready's queries: a thread and a client of their own, with the short timeout
+        self._prober = DaemonThreads(1, "engine-clickhouse-ping")
+        self._probe_client: Any = None
+        self._ping: asyncio.Future[None] | None = None
         self._trouble = StoreTrouble()
-        try:
-            connect(target, None).command(f"CREATE DATABASE IF NOT EXISTS `{target.database}`")
+        try:  # the first statement, bounded by the short timeout: is anyone there?
+            connect(target, None, target.ping_timeout_s).command(
+                f"CREATE DATABASE IF NOT EXISTS `{target.database}`")
             self.migrated = migrate(self._client())
         except Exception as exc:
-            if _unreachable(exc):
+            if _timed_out(exc):
+                why = (f"the store's ClickHouse server did not answer within "
+                       f"{target.ping_timeout_s:g} s ({target.describe()}); is it stopped or "
+                       f"overloaded? check it, or give it longer with ${PING_TIMEOUT_ENV}")
+            elif _unreachable(exc):
                 why = (f"the store's ClickHouse server cannot be reached ({target.describe()}: "
                        f"{_clip(str(exc))}); start it, or check --store and the network")
             elif target.interface == "chdb" and not isinstance(exc, EngineError):
@@ -108,7 +129,8 @@ class ClickHouseStore(Store):
                        "and the user in --store")
             else:
                 raise
-            self._pool.shutdown()
+            self._pool.shutdown(wait=False)
+            self._prober.shutdown(wait=False)
             raise EngineError(why) from None
         self._group = GroupCommit(self._insert_group, shared=is_trouble)
         # embedded chDB reads a bulk insert from a file: private to this process
@@ -402,11 +424,41 @@ class ClickHouseStore(Store):
         return await self._run(_docs.storage_bytes, kind, project_id)
 
     async def ping(self) -> None:
-        await self._run(_scalar, "SELECT 1", {})
+        """``/ready``'s query, on the store's probe thread with the short timeout
+        (``Target.ping_timeout_s``), so a ClickHouse that never answers is said within it
+        and probes do not pile up on the store's threads: probes that come while one is
+        out share its answer."""
+        if self._ping is None or self._ping.done():
+            self._ping = asyncio.ensure_future(self._probe())
+        await asyncio.shield(self._ping)
+
+    async def _probe(self) -> None:
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._prober, self._probe_once)
+        except Exception as exc:
+            error = self._answer_for(exc)
+            if error is None:
+                raise
+            raise error from exc
+
+    def _probe_once(self) -> None:
+        if self._probe_client is None:
+            self._probe_client = connect(self.target, self.target.database,
+                                         self.target.ping_timeout_s)  # fmt: skip
+        self._probe_client.query("SELECT 1")
 
     async def close(self) -> None:
-        await self._group.close()
-        self._pool.shutdown(wait=True)
+        """Wait for the inserts and statements still running up to :data:`CLOSE_WAIT_S`,
+        then leave them (see :mod:`._threads`)."""
+        deadline = time.monotonic() + CLOSE_WAIT_S
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._group.close(), CLOSE_WAIT_S)
+        busy = sum(threads.shutdown(wait_s=max(0.0, deadline - time.monotonic()))
+                   for threads in (self._pool, self._prober))  # fmt: skip
+        if busy:
+            _log.warning("engine serve: %d ClickHouse statement(s) still unanswered %.0f s after "
+                         "the stop (%s); not waiting for them", busy, CLOSE_WAIT_S,
+                         self.target.describe())
 
 
 def _unreachable(exc: Exception) -> bool:
@@ -421,6 +473,21 @@ def _unreachable(exc: Exception) -> bool:
         return True
     return (isinstance(exc, DatabaseError) and getattr(exc, "code", None) is None
             and _GATEWAY_STATUS.search(str(exc)) is not None)  # fmt: skip
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """The server took the connection but did not answer in time (the read timed out;
+    not urllib3's connect errors, which subclass its timeouts)."""
+    from urllib3.exceptions import ReadTimeoutError
+
+    seen: BaseException | None = exc
+    for _ in range(8):  # the chain of causes, bounded
+        if seen is None:
+            return False
+        if isinstance(seen, ReadTimeoutError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _clip(text: str) -> str:
