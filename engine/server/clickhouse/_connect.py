@@ -72,12 +72,17 @@ def parse_store_url(url: str, password_file: Path | None = None) -> Target:
         )
     if not parts.hostname:
         raise ConfigError("store", f"{parts.scheme}://USER@HOST:PORT/DB needs a host")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ConfigError("store", f"{url!r}: the port must be a number from 1 to 65535 "
+                          f"({parts.scheme}://USER@HOST:PORT/DB)") from None
     interface = _SCHEMES[parts.scheme]
     database = parts.path.strip("/") or DEFAULT_DATABASE
     _check_name(database)
     return Target(
         interface=interface, database=database, host=parts.hostname,
-        port=parts.port or _DEFAULT_PORTS[interface], user=unquote(parts.username or "default"),
+        port=port or _DEFAULT_PORTS[interface], user=unquote(parts.username or "default"),
         password=_password(password_file), ping_timeout_s=_ping_timeout_s(),
     )  # fmt: skip
 

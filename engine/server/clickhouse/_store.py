@@ -66,6 +66,8 @@ _ASYNC_INSERT = {"async_insert": 1, "wait_for_async_insert": 1}
 _THREADS = 4
 _NOT_ENOUGH_SPACE = 243  # ClickHouse's error codes
 _AUTHENTICATION_FAILED = 516
+_READONLY = 164
+_ACCESS_DENIED = 497
 _DISK_FULL_TEXTS = ("NOT_ENOUGH_SPACE", "No space left on device")
 _CLIP_CHARS = 300
 # how long closing waits for statements still running (serve has already waited for its
@@ -113,24 +115,11 @@ class ClickHouseStore(Store):
                 f"CREATE DATABASE IF NOT EXISTS `{target.database}`")
             self.migrated = migrate(self._client())
         except Exception as exc:
-            if _timed_out(exc):
-                why = (f"the store's ClickHouse server did not answer within "
-                       f"{target.ping_timeout_s:g} s ({target.describe()}); is it stopped or "
-                       f"overloaded? check it, or give it longer with ${PING_TIMEOUT_ENV}")
-            elif _unreachable(exc):
-                why = (f"the store's ClickHouse server cannot be reached ({target.describe()}: "
-                       f"{_clip(str(exc))}); start it, or check --store and the network")
-            elif target.interface == "chdb" and not isinstance(exc, EngineError):
-                why = (f"cannot open the embedded ClickHouse (chdb) at {target.path}: "
-                       f"{_clip(str(exc))}")
-            elif getattr(exc, "code", None) == _AUTHENTICATION_FAILED:
-                why = (f"ClickHouse refused user {target.user!r} ({target.describe()}): check "
-                       f"${PASSWORD_ENV}, ${PASSWORD_FILE_ENV} or --clickhouse-password-file, "
-                       "and the user in --store")
-            else:
-                raise
             self._pool.shutdown(wait=False)
             self._prober.shutdown(wait=False)
+            why = _refusal(target, exc)
+            if why is None:
+                raise
             raise EngineError(why) from None
         self._group = GroupCommit(self._insert_group, shared=is_trouble)
         # embedded chDB reads a bulk insert from a file: private to this process
@@ -459,6 +448,32 @@ class ClickHouseStore(Store):
             _log.warning("engine serve: %d ClickHouse statement(s) still unanswered %.0f s after "
                          "the stop (%s); not waiting for them", busy, CLOSE_WAIT_S,
                          self.target.describe())
+
+
+def _refusal(target: Target, exc: Exception) -> str | None:
+    """Why a store could not be opened, and what to do, in a line; None for an error that
+    is not one of these (a bug: the CLI says "unexpected")."""
+    where, code, text = target.describe(), getattr(exc, "code", None), _clip(str(exc))
+    if _timed_out(exc):
+        return (f"the store's ClickHouse server did not answer within {target.ping_timeout_s:g} "
+                f"s ({where}); is it stopped or overloaded? check it, or give it longer with "
+                f"${PING_TIMEOUT_ENV}")
+    if _unreachable(exc):
+        return (f"the store's ClickHouse server cannot be reached ({where}: {text}); start it, "
+                "or check --store and the network")
+    if target.interface == "chdb" and not isinstance(exc, EngineError):
+        return f"cannot open the embedded ClickHouse (chdb) at {target.path}: {text}"
+    if code == _AUTHENTICATION_FAILED:
+        return (f"ClickHouse refused user {target.user!r} ({where}): check ${PASSWORD_ENV}, "
+                f"${PASSWORD_FILE_ENV} or --clickhouse-password-file, and the user in --store")
+    if code == _READONLY:
+        return (f"ClickHouse user {target.user!r} is read-only ({where}: {text}); engine serve "
+                "creates its tables and writes calls: give --store a user that may write")
+    if code == _ACCESS_DENIED:
+        return (f"ClickHouse user {target.user!r} lacks a right engine serve needs ({where}: "
+                f"{text}); GRANT it CREATE DATABASE, and CREATE TABLE, ALTER, INSERT, SELECT on "
+                f"`{target.database}`.*, or give --store a user that has them")
+    return None
 
 
 def _unreachable(exc: Exception) -> bool:
