@@ -172,13 +172,14 @@ def test_a_clickhouse_outage_answers_503_with_a_reason_and_every_call_lands_once
     said = [line for line in err.splitlines() if "cannot be reached" in line
             and "past their retention" not in line]  # fmt: skip
     assert len(said) == 1, err[-3000:]
+    assert "Http Driver" not in err, err[-3000:]  # nor clickhouse-connect's line per request
 
 
 def test_serve_on_an_unreachable_clickhouse_says_so_and_exits_1():
     store = f"clickhouse://default@127.0.0.1:{free_port()}/nothing_listens"
     line, stderr = _refused_at_start(store)
     assert "the store's ClickHouse server cannot be reached" in line and store[13:] in line, line
-    assert PASSWORD not in stderr
+    assert PASSWORD not in stderr and stderr.strip() == line, stderr  # that line alone
 
 
 def test_a_proxy_answering_502_while_clickhouse_restarts_answers_503_with_a_reason(

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from engine.common._errors import EngineError
+from engine.common._logging import level_from_env
 from engine.server._calls_view import stored_bytes
 from engine.server._group import Batch, GroupCommit
 from engine.server._page_ends import PageEnds
@@ -110,6 +111,7 @@ class ClickHouseStore(Store):
         self._probe_client: Any = None
         self._ping: asyncio.Future[None] | None = None
         self._trouble = StoreTrouble()
+        _quiet_driver()
         try:  # the first statement, bounded by the short timeout: is anyone there?
             connect(target, None, target.ping_timeout_s).command(
                 f"CREATE DATABASE IF NOT EXISTS `{target.database}`")
@@ -448,6 +450,16 @@ class ClickHouseStore(Store):
             _log.warning("engine serve: %d ClickHouse statement(s) still unanswered %.0f s after "
                          "the stop (%s); not waiting for them", busy, CLOSE_WAIT_S,
                          self.target.describe())
+
+
+def _quiet_driver() -> None:
+    """clickhouse-connect logs a warning per failed request ("Unexpected Http Driver
+    Exception", with its traceback): thousands during an outage, beside the store's one
+    line every 30 s that says the same (:class:`StoreTrouble`), and one before the start's
+    own error. Its errors stay; its warnings show only at debug (``ENGINE_LOG_LEVEL=debug``
+    or engine's logger at DEBUG)."""
+    if level_from_env() != "DEBUG" and not _log.isEnabledFor(logging.DEBUG):
+        logging.getLogger("clickhouse_connect").setLevel(logging.ERROR)
 
 
 def _refusal(target: Target, exc: Exception) -> str | None:
