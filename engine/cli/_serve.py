@@ -78,6 +78,9 @@ def run(args: argparse.Namespace) -> int:
     from engine.server import default_db_path, run_server
     from engine.server._auth import load_key_ring
 
+    if args.db is not None and args.store != "sqlite":
+        raise UsageError(f"serve: --db is the SQLite store's file, and --store {args.store} "
+                         "keeps nothing there: drop --db, or --store")
     if args.db is not None and os.path.isdir(args.db):
         raise UsageError(f"serve: --db {args.db} is a directory; give the database file's path")
     db_path = Path(args.db) if args.db else default_db_path()
