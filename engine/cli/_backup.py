@@ -53,6 +53,11 @@ def add(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from engine.server import default_db_path
 
+    if args.db is not None and "://" in args.db:  # a --store URL, not a file
+        raise UsageError(
+            f"backup: --db {args.db} is a server's store, not an engine serve SQLite file; "
+            "back a ClickHouse store up with ClickHouse's own BACKUP, or copy its projects "
+            "into a SQLite store with engine copy (docs/serve.md)")
     source = Path(args.db) if args.db else default_db_path()
     target = Path(args.to)
     _check_paths(source, target, args.force)

@@ -15,6 +15,7 @@ from engine.cli._args import CommandFailed, UsageError
 
 def add(subparsers: argparse._SubParsersAction) -> None:
     from engine.server import DEFAULT_MAX_BODY_BYTES, default_db_path
+    from engine.server._limits import DEFAULT_SHUTDOWN_TIMEOUT_S
     from engine.server._op_watch import GRACE_S
     from engine.server._retention import DEFAULT_INTERVAL_S
 
@@ -58,6 +59,11 @@ def add(subparsers: argparse._SubParsersAction) -> None:
         "within milliseconds of its first call)",
     )  # fmt: skip
     serve.add_argument(
+        "--shutdown-timeout-s", type=_args.positive_float, default=DEFAULT_SHUTDOWN_TIMEOUT_S,
+        help="on SIGTERM or SIGINT, how long the requests in progress may take to finish "
+        f"before they are cancelled (default {DEFAULT_SHUTDOWN_TIMEOUT_S:.0f})",
+    )  # fmt: skip
+    serve.add_argument(
         "--parent-pid", type=_args.pid, default=None, metavar="PID",
         help="stop once process PID, this server's parent, exits (however it ends): for a "
         "program that runs the server as its child (engine demo does)",
@@ -72,6 +78,9 @@ def run(args: argparse.Namespace) -> int:
     from engine.server import default_db_path, run_server
     from engine.server._auth import load_key_ring
 
+    if args.db is not None and args.store != "sqlite":
+        raise UsageError(f"serve: --db is the SQLite store's file, and --store {args.store} "
+                         "keeps nothing there: drop --db, or --store")
     if args.db is not None and os.path.isdir(args.db):
         raise UsageError(f"serve: --db {args.db} is a directory; give the database file's path")
     db_path = Path(args.db) if args.db else default_db_path()
@@ -84,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
                    max_body_bytes=args.max_body_bytes, max_connections=args.max_connections,
                    keys=load_key_ring(args.keys_file), retention_days=args.retention_days,
                    retention_interval_s=args.retention_interval_s,
-                   missing_op_grace_s=args.missing_op_grace_s, parent_pid=args.parent_pid)
+                   missing_op_grace_s=args.missing_op_grace_s, parent_pid=args.parent_pid,
+                   shutdown_timeout_s=args.shutdown_timeout_s)
     except sqlite3.Error as exc:
         raise CommandFailed(f"serve: cannot use the database {args.db or 'at the default path'}: "
                             f"{exc} (is it an SQLite file written by engine serve?)") from exc

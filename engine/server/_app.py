@@ -44,7 +44,7 @@ from engine.server._auth import CURRENT_GRANT, Grant, KeyRing, check_bind
 from engine.server._body import DEFAULT_MAX_BODY_BYTES, ApiError, error_response
 from engine.server._connections import DEFAULT_HEADER_TIMEOUT_S, LimitedSite
 from engine.server._count_store import CountStore
-from engine.server._limits import DEFAULT_MAX_CONNECTIONS
+from engine.server._limits import DEFAULT_MAX_CONNECTIONS, DEFAULT_SHUTDOWN_TIMEOUT_S
 from engine.server._op_watch import GRACE_S, OpWatch
 from engine.server._origin import origin_middleware
 from engine.server._retention import DEFAULT_INTERVAL_S, Pruner
@@ -203,6 +203,7 @@ async def start_server(
     keys: KeyRing | None = None,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S,
+    shutdown_timeout_s: float = DEFAULT_SHUTDOWN_TIMEOUT_S,
     retention_days: int | None = None,
     retention_interval_s: float = DEFAULT_INTERVAL_S,
     missing_op_grace_s: float = GRACE_S,
@@ -210,7 +211,9 @@ async def start_server(
     """Start serving on the running loop; returns the runner (``await runner.cleanup()``) and URL.
 
     Without keys (``api_key`` or ``keys``) only a loopback ``host`` is accepted. Connections
-    are capped and slow ones cut off (:mod:`engine.server._connections`)."""
+    are capped and slow ones cut off (:mod:`engine.server._connections`). The runner's
+    cleanup waits up to ``shutdown_timeout_s`` for the requests in progress, then cancels
+    them."""
     check_bind("engine serve", host, key_ring(api_key, keys))
     password_file = Path(clickhouse_password_file) if clickhouse_password_file else None
     app = build_app(
@@ -225,7 +228,8 @@ async def start_server(
     # auto_decompress=False: aiohttp would inflate bodies without any size cap (a zip bomb
     # costs memory before a handler runs); _body.decompress inflates with the limit instead
     runner = web.AppRunner(app, access_log=None, handle_signals=False, auto_decompress=False,
-                           keepalive_timeout=header_timeout_s)  # fmt: skip
+                           keepalive_timeout=header_timeout_s,
+                           shutdown_timeout=shutdown_timeout_s)  # fmt: skip
     await runner.setup()
     site = LimitedSite(runner, host, port, max_connections)
     await site.start()

@@ -21,6 +21,8 @@ from engine.wire._depth import json_depth_over, json_depth_over_py  # noqa: F401
 
 MAX_JSON_DEPTH = 256
 DEFAULT_MAX_CONNECTIONS = 512  # open connections served at once by serve and relay
+# how long serve's stop waits for the requests in progress before it cancels them (aiohttp's default)
+DEFAULT_SHUTDOWN_TIMEOUT_S = 60.0
 Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 NonNegativeInt64 = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 

@@ -46,7 +46,7 @@ def _serve_argv(
     argv = [sys.executable, "-m", "engine", "serve", "--host", "127.0.0.1", "--port", "0",
             "--parent-pid", str(os.getpid()), *flags]
     argv += ["--store", store]
-    if db_path is not None:
+    if db_path is not None and store == "sqlite":  # the other stores keep nothing in a file
         argv += ["--db", str(db_path)]
     if max_body_bytes is not None:
         argv += ["--max-body-bytes", str(max_body_bytes)]
@@ -66,7 +66,8 @@ def spawn_server(
 ) -> tuple[subprocess.Popen, str]:
     """Start ``engine serve`` on 127.0.0.1 port 0 and return (process, URL) once it listens.
     ``api_key`` reaches it in its environment (``$ENGINE_API_KEY``), never its command line;
-    ``flags``: more of its command-line flags.
+    ``flags``: more of its command-line flags; ``db_path`` is the SQLite store's file
+    (unused with another ``store``).
 
     The server runs in its own session: a Ctrl-C at the terminal (SIGINT to the foreground
     process group) reaches this process, which stops the server once it is done with it

@@ -80,6 +80,10 @@ def test_a_backup_taken_while_calls_arrive_is_whole_and_serves(tmp_path):
 def test_backup_refuses_clearly(tmp_path):
     missing = _backup("--db", str(tmp_path / "none.db"), "--to", str(tmp_path / "b.db"))
     assert missing.returncode == 2 and "no such file" in missing.stderr
+    url = "clickhouse://default@127.0.0.1:8123/traces"
+    clickhouse = _backup("--db", url, "--to", str(tmp_path / "b.db"))
+    assert clickhouse.returncode == 2 and f"--db {url} is a server's store" in clickhouse.stderr
+    assert "ClickHouse's own BACKUP" in clickhouse.stderr and "engine copy" in clickhouse.stderr
     text = tmp_path / "notes.txt"
     text.write_text("not a database\n")
     wrong = _backup("--db", str(text), "--to", str(tmp_path / "b.db"))

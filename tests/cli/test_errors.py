@@ -136,6 +136,12 @@ def test_db_that_is_a_directory_is_a_usage_error(tmp_path):
                            str(tmp_path), "directory")
 
 
+def test_db_beside_a_store_that_is_not_sqlite_is_a_usage_error(tmp_path):
+    _assert_one_line_error(_engine("serve", "--port", "0", "--store", "count", "--db",
+                                   str(tmp_path / "x.db")), USAGE, "--db", "--store count")
+    assert not (tmp_path / "x.db").exists()
+
+
 def test_port_in_use_is_one_line_with_exit_1():
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -12,8 +12,11 @@ subprocess; the engine's own client.
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import errno
 import os
+import signal
 import subprocess
 import sys
 
@@ -25,6 +28,9 @@ from engine.server.clickhouse._process import (
     local_clickhouse,
     start_local_clickhouse,
 )
+from tests.server.clickhouse_fixtures import PASSWORD as SESSION_PASSWORD
+from tests.server.clickhouse_fixtures import clickhouse_server  # noqa: F401
+from tests.server.clickhouse_proxy import clickhouse_proxy
 from tests.server.serve_process import (
     NEEDS_MOUNT,
     can_mount,
@@ -43,23 +49,30 @@ PASSWORD = "outage-test-password"
 _MOUNT = "/tmp/engine-test-clickhouse-full"
 
 
-def _env() -> dict[str, str]:
+def _env(password: str = PASSWORD) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ENGINE_")}
-    env["ENGINE_CLICKHOUSE_PASSWORD"] = PASSWORD
+    env["ENGINE_CLICKHOUSE_PASSWORD"] = password
     return env
 
 
-def _serve(store: str, port: int) -> subprocess.Popen:
+def _serve(store: str, port: int, password: str = PASSWORD, *args: str,
+           **env: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "engine", "serve", "--store", store,
-                             "--port", str(port)],
-                            env=_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                             "--port", str(port), *args],
+                            env={**_env(password), **env}, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
 
 
 def _serve_on(clickhouse: LocalClickHouse, database: str) -> tuple[str, subprocess.Popen]:
     """``engine serve`` on ``database`` of ``clickhouse``, answering: (its URL, the process)."""
+    return _serve_store(clickhouse.store_url(database))
+
+
+def _serve_store(store: str, password: str = PASSWORD, *args: str,
+                 **env: str) -> tuple[str, subprocess.Popen]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    server = _serve(clickhouse.store_url(database), port)
+    server = _serve(store, port, password, *args, **env)
     try:
         wait_health(url, server)
     except BaseException:
@@ -159,13 +172,94 @@ def test_a_clickhouse_outage_answers_503_with_a_reason_and_every_call_lands_once
     said = [line for line in err.splitlines() if "cannot be reached" in line
             and "past their retention" not in line]  # fmt: skip
     assert len(said) == 1, err[-3000:]
+    assert "Http Driver" not in err, err[-3000:]  # nor clickhouse-connect's line per request
 
 
 def test_serve_on_an_unreachable_clickhouse_says_so_and_exits_1():
     store = f"clickhouse://default@127.0.0.1:{free_port()}/nothing_listens"
     line, stderr = _refused_at_start(store)
     assert "the store's ClickHouse server cannot be reached" in line and store[13:] in line, line
-    assert PASSWORD not in stderr
+    assert PASSWORD not in stderr and stderr.strip() == line, stderr  # that line alone
+
+
+def test_a_proxy_answering_502_while_clickhouse_restarts_answers_503_with_a_reason(
+        clickhouse_server):  # noqa: F811
+    """nginx or an ingress before ClickHouse answers 502 while its upstream is down: the
+    same as ClickHouse out of reach, not a 500 and a traceback per request."""
+    with clickhouse_proxy(clickhouse_server.port) as proxy:
+        url, server = _serve_store(proxy.store_url("behind_a_proxy"), SESSION_PASSWORD)
+        try:
+            _store_one(url, "stored before the upstream went down")
+            proxy.mode = "502"
+            for i in range(3):
+                status, answer, headers = post(url, f"/v2/{PROJECT}/calls/complete",
+                                               {"batch": [complete_call(PROJECT, i, "refused")]})
+                assert status == 503 and headers.get("Retry-After") == "5", (status, answer)
+                assert "ClickHouse server cannot be reached" in answer["reason"], answer
+            status, answer = get(url, "/ready")
+            assert status == 503 and "cannot be reached" in answer["reason"], answer
+        finally:
+            err = stop(server)
+    assert "Traceback" not in err, err[-3000:]
+    assert err.count("cannot be reached") == 1, err[-3000:]
+
+
+def test_serve_behind_a_proxy_answering_502_says_clickhouse_cannot_be_reached_at_start(
+        clickhouse_server):  # noqa: F811
+    with clickhouse_proxy(clickhouse_server.port, "502") as proxy:
+        line, _ = _refused_at_start(proxy.store_url("x"))
+    assert "unexpected" not in line and "the store's ClickHouse server cannot be reached" in line, line
+
+
+_SHORT_PING = {"ENGINE_CLICKHOUSE_PING_TIMEOUT_S": "1"}
+
+
+def test_ready_answers_503_within_its_timeout_while_clickhouse_never_answers(
+        clickhouse_server):  # noqa: F811
+    """A ClickHouse that takes connections and answers nothing (stopped, wedged): /ready
+    says so within its own short timeout, however many probes come at once (they do not
+    wait on the store's threads, held by statements for minutes)."""
+    with clickhouse_proxy(clickhouse_server.port) as proxy:
+        url, server = _serve_store(proxy.store_url("wedged"), SESSION_PASSWORD, **_SHORT_PING)
+        try:
+            _store_one(url, "stored before ClickHouse wedged")
+            proxy.mode = "hang"
+            with concurrent.futures.ThreadPoolExecutor(6) as probes:
+                answers = list(probes.map(lambda _: get(url, "/ready"), range(6)))
+            for status, answer in answers:
+                assert status == 503 and "cannot be reached" in answer["reason"], answer
+                assert "timed out" in answer["reason"], answer
+        finally:
+            stop(server)
+
+
+def test_serve_stops_within_its_shutdown_timeout_while_a_request_waits_on_a_wedged_clickhouse(
+        clickhouse_server):  # noqa: F811
+    with clickhouse_proxy(clickhouse_server.port) as proxy:
+        url, server = _serve_store(proxy.store_url("wedged_stop"), SESSION_PASSWORD,
+                                   "--shutdown-timeout-s", "1")
+        with concurrent.futures.ThreadPoolExecutor(1) as client:
+            try:
+                proxy.mode = "hang"
+                waiting = client.submit(post, url, f"/v2/{PROJECT}/calls/complete",
+                                        {"batch": [complete_call(PROJECT, 0, "wedged")]})
+                assert proxy.arrived.wait(30)  # its insert waits on ClickHouse
+                server.send_signal(signal.SIGTERM)
+                out, err = server.communicate(timeout=60)  # not the statement's 300 s
+            finally:
+                stop(server)
+            with contextlib.suppress(OSError):  # cancelled: the connection closes unanswered
+                waiting.result(60)
+    assert server.returncode == 0 and "engine serve: stopped" in out, err[-3000:]
+    assert "still unanswered" in err and "Traceback" not in err, err[-3000:]
+
+
+def test_serve_on_a_clickhouse_that_never_answers_says_so_within_the_ping_timeout(
+        clickhouse_server):  # noqa: F811
+    with clickhouse_proxy(clickhouse_server.port, "hang") as proxy:
+        line, _ = _refused_at_start(proxy.store_url("wedged_start"), **_SHORT_PING)
+    assert "the store's ClickHouse server did not answer within 1 s" in line, line
+    assert "ENGINE_CLICKHOUSE_PING_TIMEOUT_S" in line, line
 
 
 def _fill(folder: str) -> str:

@@ -18,10 +18,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from engine.common._env import CLICKHOUSE_PING_TIMEOUT_S as PING_TIMEOUT_ENV
 from engine.common._errors import ConfigError
 
 PASSWORD_ENV = "ENGINE_CLICKHOUSE_PASSWORD"
 PASSWORD_FILE_ENV = "ENGINE_CLICKHOUSE_PASSWORD_FILE"
+# /ready's query and the first one at start: a server that does not answer within this is
+# said to be out of reach (a statement of the store may take minutes: a large insert)
+DEFAULT_PING_TIMEOUT_S = 10.0
+STATEMENT_TIMEOUT_S = 300.0
 DEFAULT_DATABASE = "engine"
 _SCHEMES = {"clickhouse": "http", "clickhouses": "https"}
 _DEFAULT_PORTS = {"http": 8123, "https": 8443}
@@ -38,6 +43,7 @@ class Target:
     user: str = "default"
     password: str = dataclasses.field(default="", repr=False)
     path: str = ""  # the chdb folder
+    ping_timeout_s: float = DEFAULT_PING_TIMEOUT_S
 
     def describe(self) -> str:
         """Where, for logs: never the password."""
@@ -66,13 +72,18 @@ def parse_store_url(url: str, password_file: Path | None = None) -> Target:
         )
     if not parts.hostname:
         raise ConfigError("store", f"{parts.scheme}://USER@HOST:PORT/DB needs a host")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ConfigError("store", f"{url!r}: the port must be a number from 1 to 65535 "
+                          f"({parts.scheme}://USER@HOST:PORT/DB)") from None
     interface = _SCHEMES[parts.scheme]
     database = parts.path.strip("/") or DEFAULT_DATABASE
     _check_name(database)
     return Target(
         interface=interface, database=database, host=parts.hostname,
-        port=parts.port or _DEFAULT_PORTS[interface], user=unquote(parts.username or "default"),
-        password=_password(password_file),
+        port=port or _DEFAULT_PORTS[interface], user=unquote(parts.username or "default"),
+        password=_password(password_file), ping_timeout_s=_ping_timeout_s(),
     )  # fmt: skip
 
 
@@ -100,8 +111,21 @@ def _password(password_file: Path | None) -> str:
     return os.environ.get(PASSWORD_ENV, "")
 
 
-def connect(target: Target, database: str | None, **settings: Any) -> Any:
-    """A ``clickhouse-connect`` client on ``database`` (None: the server's default)."""
+def _ping_timeout_s() -> float:
+    text = os.environ.get(PING_TIMEOUT_ENV, "").strip()
+    try:
+        value = float(text) if text else DEFAULT_PING_TIMEOUT_S
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise ConfigError(PING_TIMEOUT_ENV, f"{text!r} is not a positive number of seconds")
+    return value
+
+
+def connect(target: Target, database: str | None, timeout_s: float = STATEMENT_TIMEOUT_S,
+            **settings: Any) -> Any:
+    """A ``clickhouse-connect`` client on ``database`` (None: the server's default) whose
+    requests give up after ``timeout_s`` without an answer."""
     import clickhouse_connect
 
     if target.interface == "chdb":
@@ -113,5 +137,5 @@ def connect(target: Target, database: str | None, **settings: Any) -> Any:
         username=target.user, password=target.password, database=database,
         # no HTTP session: a session serialises its queries, and the store runs several at once
         autogenerate_session_id=False, settings=settings,
-        connect_timeout=10, send_receive_timeout=300,
+        connect_timeout=min(10.0, timeout_s), send_receive_timeout=timeout_s,
     )  # fmt: skip

@@ -69,8 +69,26 @@ def bundled() -> list[Migration]:
 
 
 def applied_versions(client: Any) -> set[int]:
+    _refuse_foreign_record_table(client)
     client.command(_RECORD_TABLE)
     return {row[0] for row in client.query("SELECT DISTINCT version FROM schema_migrations").result_rows}
+
+
+def _refuse_foreign_record_table(client: Any) -> None:
+    """A ``schema_migrations`` without engine's columns is another tool's (golang-migrate
+    keeps ``version, dirty`` there): its versions are not ours, and the database is not
+    engine's to fill. Checked before anything is created in it."""
+    columns = [row[0] for row in client.query(
+        "SELECT name FROM system.columns WHERE database = currentDatabase() "
+        "AND table = 'schema_migrations' ORDER BY position").result_rows]  # fmt: skip
+    if columns and not {"version", "name"} <= set(columns):
+        raise ConfigError(
+            "store",
+            f"the ClickHouse database {getattr(client, 'database', '')!r} holds another tool's "
+            f"schema_migrations table (columns "
+            f"{', '.join(columns)}), not engine's: give engine serve a database of its own "
+            "in --store"
+        )
 
 
 def migrate(client: Any, migrations: list[Migration] | None = None) -> list[int]:

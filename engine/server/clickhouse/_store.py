@@ -16,16 +16,19 @@ store still waits for each to be written before it answers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
+import re
 import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from engine.common._errors import EngineError
+from engine.common._logging import level_from_env
 from engine.server._calls_view import stored_bytes
 from engine.server._group import Batch, GroupCommit
 from engine.server._page_ends import PageEnds
@@ -45,8 +48,15 @@ from engine.server._store import (
 )
 from engine.server._store_trouble import StoreTrouble, is_trouble
 from engine.server.clickhouse import _calls, _docs, _objects, _pages, _retention
-from engine.server.clickhouse._connect import PASSWORD_ENV, PASSWORD_FILE_ENV, Target, connect
+from engine.server.clickhouse._connect import (
+    PASSWORD_ENV,
+    PASSWORD_FILE_ENV,
+    PING_TIMEOUT_ENV,
+    Target,
+    connect,
+)
 from engine.server.clickhouse._migrate import SchemaWatch, bundled, database_uuid, migrate
+from engine.server.clickhouse._threads import DaemonThreads
 from engine.wire.query import CallsFilter
 
 T = TypeVar("T")
@@ -57,8 +67,16 @@ _ASYNC_INSERT = {"async_insert": 1, "wait_for_async_insert": 1}
 _THREADS = 4
 _NOT_ENOUGH_SPACE = 243  # ClickHouse's error codes
 _AUTHENTICATION_FAILED = 516
+_READONLY = 164
+_ACCESS_DENIED = 497
 _DISK_FULL_TEXTS = ("NOT_ENOUGH_SPACE", "No space left on device")
 _CLIP_CHARS = 300
+# how long closing waits for statements still running (serve has already waited for its
+# requests): a hung ClickHouse must not hold the stop for a statement's read timeout
+CLOSE_WAIT_S = 2.0
+_log = logging.getLogger("engine.server")
+# clickhouse-connect's text for an HTTP error answer without a ClickHouse error code
+_GATEWAY_STATUS = re.compile(r"\bHTTP status (502|503|504)\b")
 
 
 class VersionClock:
@@ -87,26 +105,24 @@ class ClickHouseStore(Store):
         self._clock = VersionClock()
         self._page_ends = PageEnds()
         self._local = threading.local()
-        self._pool = ThreadPoolExecutor(_THREADS, thread_name_prefix="engine-clickhouse")
+        self._pool = DaemonThreads(_THREADS, "engine-clickhouse")
+        # /ready's queries: a thread and a client of their own, with the short timeout
+        self._prober = DaemonThreads(1, "engine-clickhouse-ping")
+        self._probe_client: Any = None
+        self._ping: asyncio.Future[None] | None = None
         self._trouble = StoreTrouble()
-        try:
-            connect(target, None).command(f"CREATE DATABASE IF NOT EXISTS `{target.database}`")
+        _quiet_driver()
+        try:  # the first statement, bounded by the short timeout: is anyone there?
+            connect(target, None, target.ping_timeout_s).command(
+                f"CREATE DATABASE IF NOT EXISTS `{target.database}`")
             self.migrated = migrate(self._client())
             self._schema = SchemaWatch(bundled()[-1].version)
         except Exception as exc:
-            if _unreachable(exc):
-                why = (f"the store's ClickHouse server cannot be reached ({target.describe()}: "
-                       f"{_clip(str(exc))}); start it, or check --store and the network")
-            elif target.interface == "chdb" and not isinstance(exc, EngineError):
-                why = (f"cannot open the embedded ClickHouse (chdb) at {target.path}: "
-                       f"{_clip(str(exc))}")
-            elif getattr(exc, "code", None) == _AUTHENTICATION_FAILED:
-                why = (f"ClickHouse refused user {target.user!r} ({target.describe()}): check "
-                       f"${PASSWORD_ENV}, ${PASSWORD_FILE_ENV} or --clickhouse-password-file, "
-                       "and the user in --store")
-            else:
+            self._pool.shutdown(wait=False)
+            self._prober.shutdown(wait=False)
+            why = _refusal(target, exc)
+            if why is None:
                 raise
-            self._pool.shutdown()
             raise EngineError(why) from None
         self._group = GroupCommit(self._insert_group, shared=is_trouble)
         # embedded chDB reads a bulk insert from a file: private to this process
@@ -403,20 +419,108 @@ class ClickHouseStore(Store):
         return await self._run(_docs.storage_bytes, kind, project_id)
 
     async def ping(self) -> None:
-        await self._run(_scalar, "SELECT 1", {})
+        """``/ready``'s query, on the store's probe thread with the short timeout
+        (``Target.ping_timeout_s``), so a ClickHouse that never answers is said within it
+        and probes do not pile up on the store's threads: probes that come while one is
+        out share its answer."""
+        if self._ping is None or self._ping.done():
+            self._ping = asyncio.ensure_future(self._probe())
+        await asyncio.shield(self._ping)
+
+    async def _probe(self) -> None:
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._prober, self._probe_once)
+        except Exception as exc:
+            error = self._answer_for(exc)
+            if error is None:
+                raise
+            raise error from exc
+
+    def _probe_once(self) -> None:
+        if self._probe_client is None:
+            self._probe_client = connect(self.target, self.target.database,
+                                         self.target.ping_timeout_s)  # fmt: skip
+        self._probe_client.query("SELECT 1")
+        if (refusal := self._schema.refusal(self._probe_client)) is not None:
+            raise self._trouble.answer(503, refusal)  # a newer server migrated the database
 
     async def close(self) -> None:
-        await self._group.close()
-        self._pool.shutdown(wait=True)
+        """Wait for the inserts and statements still running up to :data:`CLOSE_WAIT_S`,
+        then leave them (see :mod:`._threads`)."""
+        deadline = time.monotonic() + CLOSE_WAIT_S
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._group.close(), CLOSE_WAIT_S)
+        busy = sum(threads.shutdown(wait_s=max(0.0, deadline - time.monotonic()))
+                   for threads in (self._pool, self._prober))  # fmt: skip
+        if busy:
+            _log.warning("engine serve: %d ClickHouse statement(s) still unanswered %.0f s after "
+                         "the stop (%s); not waiting for them", busy, CLOSE_WAIT_S,
+                         self.target.describe())
+
+
+def _quiet_driver() -> None:
+    """clickhouse-connect logs a warning per failed request ("Unexpected Http Driver
+    Exception", with its traceback): thousands during an outage, beside the store's one
+    line every 30 s that says the same (:class:`StoreTrouble`), and one before the start's
+    own error. Its errors stay; its warnings show only at debug (``ENGINE_LOG_LEVEL=debug``
+    or engine's logger at DEBUG)."""
+    if level_from_env() != "DEBUG" and not _log.isEnabledFor(logging.DEBUG):
+        logging.getLogger("clickhouse_connect").setLevel(logging.ERROR)
+
+
+def _refusal(target: Target, exc: Exception) -> str | None:
+    """Why a store could not be opened, and what to do, in a line; None for an error that
+    is not one of these (a bug: the CLI says "unexpected")."""
+    where, code, text = target.describe(), getattr(exc, "code", None), _clip(str(exc))
+    if _timed_out(exc):
+        return (f"the store's ClickHouse server did not answer within {target.ping_timeout_s:g} "
+                f"s ({where}); is it stopped or overloaded? check it, or give it longer with "
+                f"${PING_TIMEOUT_ENV}")
+    if _unreachable(exc):
+        return (f"the store's ClickHouse server cannot be reached ({where}: {text}); start it, "
+                "or check --store and the network")
+    if target.interface == "chdb" and not isinstance(exc, EngineError):
+        return f"cannot open the embedded ClickHouse (chdb) at {target.path}: {text}"
+    if code == _AUTHENTICATION_FAILED:
+        return (f"ClickHouse refused user {target.user!r} ({where}): check ${PASSWORD_ENV}, "
+                f"${PASSWORD_FILE_ENV} or --clickhouse-password-file, and the user in --store")
+    if code == _READONLY:
+        return (f"ClickHouse user {target.user!r} is read-only ({where}: {text}); engine serve "
+                "creates its tables and writes calls: give --store a user that may write")
+    if code == _ACCESS_DENIED:
+        return (f"ClickHouse user {target.user!r} lacks a right engine serve needs ({where}: "
+                f"{text}); GRANT it CREATE DATABASE, and CREATE TABLE, ALTER, INSERT, SELECT on "
+                f"`{target.database}`.*, or give --store a user that has them")
+    return None
 
 
 def _unreachable(exc: Exception) -> bool:
     """The HTTP client gave up reaching the server (refused, reset, timed out, or it kept
-    answering 5xx): ``clickhouse-connect``'s OperationalError. A ClickHouse error that the
-    server answered (a bad query, a missing table) is not that: a DatabaseError."""
-    from clickhouse_connect.driver.exceptions import OperationalError
+    answering 503/504): ``clickhouse-connect``'s OperationalError; or a proxy before it
+    answered 502/503/504 without a ClickHouse error code (nginx while ClickHouse restarts),
+    which clickhouse-connect raises as a plain DatabaseError. A ClickHouse error that the
+    server answered (a bad query, a missing table) is not that: a DatabaseError with a code."""
+    from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
-    return isinstance(exc, OperationalError)
+    if isinstance(exc, OperationalError):
+        return True
+    return (isinstance(exc, DatabaseError) and getattr(exc, "code", None) is None
+            and _GATEWAY_STATUS.search(str(exc)) is not None)  # fmt: skip
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """The server took the connection but did not answer in time (the read timed out;
+    not urllib3's connect errors, which subclass its timeouts)."""
+    from urllib3.exceptions import ReadTimeoutError
+
+    seen: BaseException | None = exc
+    for _ in range(8):  # the chain of causes, bounded
+        if seen is None:
+            return False
+        if isinstance(seen, ReadTimeoutError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _clip(text: str) -> str:
