@@ -12,7 +12,7 @@ from engine.server._page_ends import End, direction
 from engine.server._rows import SQLITE_SELECT
 from engine.server._store import CallsQuery
 
-MAX_PAGE_ROWS = 10_000  # a page read on is read whole before it is answered
+MAX_PAGE_ROWS = 10_000  # the longest page whose end is remembered
 
 
 def pageable(query: CallsQuery) -> bool:

@@ -142,6 +142,9 @@ class Store(abc.ABC):
     """Everything ``engine serve`` keeps. Each method is one operation of one project."""
 
     kind: str  # what ``/health`` and ``/stats`` report: "sqlite", "count", …
+    # a page of ``query_calls`` ends once its calls' JSON passes this many bytes (the call
+    # that passes it is its last): a read request holds its page about three times over
+    chunk_bytes = 4 * 1024 * 1024
 
     # -- calls -------------------------------------------------------------------------
 

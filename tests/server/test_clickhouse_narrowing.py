@@ -13,6 +13,7 @@ import collections
 import datetime as dt
 import random
 
+from engine.server._rows import SELECT_COLUMNS
 from engine.server._store import CallsQuery
 from engine.server.clickhouse import ClickHouseStore, _calls, _store, parse_store_url
 from engine.wire.calls import (
@@ -99,14 +100,14 @@ def test_narrowed_answers_are_the_full_reads(clickhouse_url, monkeypatch):  # no
         return mode
 
     monkeypatch.setattr(_store, "_narrow", counted)
-    calls_of = _store._calls_of
+    full_page = _store._full_page
 
-    def page_read(client, sql, params):  # only the store's own page reads come here
-        calls = calls_of(client, sql, params)
-        modes["full page" if len(calls) == params["limit"] else "fell back"] += 1
-        return calls
+    def page_counted(client, sql):
+        full = full_page(client, sql)
+        modes["full page" if full else "fell back"] += 1
+        return full
 
-    monkeypatch.setattr(_store, "_calls_of", page_read)
+    monkeypatch.setattr(_store, "_full_page", page_counted)
     rnd = random.Random(1)
     batches, doomed = _calls_made(rnd)
     queries = list(_queries(rnd, 12))
@@ -115,8 +116,8 @@ def test_narrowed_answers_are_the_full_reads(clickhouse_url, monkeypatch):  # no
         """(query, got, want, counted, want_count) where the narrowed answer differs."""
         got = [c["id"] async for page in store.query_calls(query) for c in page]
         full = _calls.CallsSql(query)
-        want = [c["id"] for c in await store._run(
-            calls_of, full.select(query.limit, query.offset), full.params)]  # fmt: skip
+        want = [row[SELECT_COLUMNS.index("id")] for row in await store._run(
+            _store._rows, full.select(query.limit, query.offset), full.params)]  # fmt: skip
         counted = await store.count_calls(query)
         full = _calls.CallsSql(query)
         want_count = max(0, await store._run(_store._scalar, full.count(), full.params)

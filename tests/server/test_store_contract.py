@@ -416,3 +416,33 @@ def test_calls_filter_sort_and_count_by_their_feedback(store_run):
     assert store_run(scenario) == {"scored": ["a", "b"], "by_ref": ["a"], "over": ["a"],
                                    "desc": ["a", "b", "c"], "asc": ["c", "b", "a"], "count": 2,
                                    "any_type": ["c"]}  # fmt: skip
+
+
+def _json_bytes(call) -> int:
+    return sum(len(v) for v in call.values() if isinstance(v, msgspec.Raw))
+
+
+def test_pages_of_big_calls_end_once_their_json_passes_the_stores_limit(store_run):
+    """Every way a page is read (a stream, a short page, a page read on from where the one
+    before ended) hands calls over in pages that end at the call passing ``chunk_bytes``."""
+    limit_bytes = 64 * 1024
+    calls = [_call(f"c{i:02d}", t_s=i, output={"text": "y" * 20_000}) for i in range(40)]
+    reads = {"stream": {}, "short page": {"limit": 30}, "first page": {"limit": 15},
+             "page read on": {"limit": 15, "offset": 15}}  # fmt: skip
+
+    async def scenario(store):
+        store.chunk_bytes = limit_bytes
+        await store.insert_calls([], [], calls)
+        got = {}
+        for name, query in reads.items():
+            pages = [p async for p in store.query_calls(CallsQuery(project_id=P, **query))]
+            got[name] = ([c["id"] for p in pages for c in p],
+                         [[_json_bytes(c) for c in p] for p in pages])  # fmt: skip
+        return got
+
+    for name, (ids, sizes) in store_run(scenario).items():
+        first, limit = reads[name].get("offset", 0), reads[name].get("limit", 40)
+        assert ids == [c.id for c in calls][first : first + limit], name
+        # each page ends at the call that takes it past the limit: the fourth of ~20 KB
+        assert all(sum(page[:-1]) < limit_bytes and len(page) <= 4 for page in sizes), (name, sizes)
+

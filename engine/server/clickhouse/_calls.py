@@ -280,8 +280,6 @@ class CallsSql:
         self._order = bind(selection.order, self.params)
         types = selection.feedback_types
         self._feedback = " " + bind(CLICKHOUSE.feedback_join(types), self.params) if types else ""
-        self._filtered = set(_COLUMN_NAMES.findall(self._where))  # what a count merges
-        self._used = self._filtered | set(_COLUMN_NAMES.findall(self._order))
         self._parts_where = []
         flt = query.filter
         if flt is not None and flt.call_ids:  # on the sorting key: only their parts
@@ -360,7 +358,8 @@ class CallsSql:
                 f"ORDER BY started_at_us {self.direction} LIMIT {CANDIDATES_MAX} WITH TIES")  # fmt: skip
 
     def _from(self, columns: Iterable[str], ordered: bool = True) -> str:
-        used = self._used if ordered else self._filtered
+        # what the WHERE (as narrowed so far) and, for rows in order, the ORDER BY read
+        used = set(_COLUMN_NAMES.findall(f"{self._where} {self._order if ordered else ''}"))
         return f"({merged_calls({*used, *columns}, self._parts_where, self._few)}) AS calls{self._feedback}"
 
     def select(self, limit: int | None, offset: int) -> str:
