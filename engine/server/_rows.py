@@ -110,6 +110,14 @@ SQLITE_SELECT = tuple(f"CAST({c} AS BLOB)" if c in RAW_COLUMNS else c for c in S
 _TIME_COLUMNS = {"started_at_us": "started_at", "ended_at_us": "ended_at"}
 
 
+def sqlite_projection(json_columns: Sequence[str] | None) -> str:
+    """:data:`SQLITE_SELECT` as SQL text, NULL in place of each JSON column not among
+    ``json_columns`` (None: every one is read)."""
+    if json_columns is None:
+        return ", ".join(SQLITE_SELECT)
+    return ", ".join("NULL" if c in RAW_COLUMNS and c not in json_columns else sql
+                     for c, sql in zip(SELECT_COLUMNS, SQLITE_SELECT))  # fmt: skip
+
 
 # the output name of each column, and where the columns that need converting sit
 _CALL_KEYS = tuple(_TIME_COLUMNS.get(c, c) for c in SELECT_COLUMNS)

@@ -446,3 +446,28 @@ def test_pages_of_big_calls_end_once_their_json_passes_the_stores_limit(store_ru
         # each page ends at the call that takes it past the limit: the fourth of ~20 KB
         assert all(sum(page[:-1]) < limit_bytes and len(page) <= 4 for page in sizes), (name, sizes)
 
+
+def test_json_columns_not_asked_for_read_as_none_and_still_filter_and_sort(store_run):
+    calls = [_call(f"c{i}", t_s=i, output={"o": i}) for i in range(4)]
+    over_one = {"$expr": {"$gt": [{"$getField": "inputs.n"}, {"$literal": 1}]}}
+    by_input = (SortBy(field="inputs.n", direction="desc"),)
+
+    async def scenario(store):
+        await store.insert_calls([], [], calls)
+        got = {}
+        for shown in [("output",), ()]:
+            query = CallsQuery(project_id=P, query=over_one, sort_by=by_input, json_columns=shown)
+            got[shown] = [{k: msgspec.json.decode(v) if isinstance(v, msgspec.Raw) else v
+                           for k, v in c.items() if k in ("id", *_JSON)}
+                          async for page in store.query_calls(query) for c in page]  # fmt: skip
+        return got
+
+    nothing = dict.fromkeys(_JSON)
+    assert store_run(scenario) == {
+        ("output",): [{**nothing, "id": "c3", "output": {"o": 3}},
+                      {**nothing, "id": "c2", "output": {"o": 2}}],
+        (): [{**nothing, "id": "c3"}, {**nothing, "id": "c2"}],
+    }  # fmt: skip
+
+
+_JSON = ("attributes", "inputs", "otel_dump", "output", "summary")

@@ -27,6 +27,7 @@ from engine.server._ingest_models import RawCompletedCall, RawEndedCall, RawStar
 from engine.server._page_ends import direction
 from engine.server._rows import (
     END_COLUMNS,
+    RAW_COLUMNS,
     SELECT_COLUMNS,
     START_COLUMNS,
     Complete,
@@ -363,14 +364,18 @@ class CallsSql:
         return f"({merged_calls({*used, *columns}, self._parts_where, self._few)}) AS calls{self._feedback}"
 
     def select(self, limit: int | None, offset: int) -> str:
-        """Rows in ``SELECT_COLUMNS`` order."""
-        projection = ", ".join(SELECT_COLUMNS)
+        """Rows in ``SELECT_COLUMNS`` order; a JSON column the query does not read
+        (``CallsQuery.json_columns``) is NULL, and merged only if a filter or sort needs it."""
+        wanted = self.query.json_columns
+        skipped = frozenset(() if wanted is None else set(RAW_COLUMNS) - set(wanted))
+        projection = ", ".join("NULL" if c in skipped else c for c in SELECT_COLUMNS)
         page = ""
         if limit is not None or offset:
             self.params["limit"] = _UINT64_MAX if limit is None else limit
             self.params["offset"] = offset
             page = " LIMIT {limit:UInt64} OFFSET {offset:UInt64}"
-        return (f"SELECT {projection} FROM {self._from(_READ_COLUMNS)} WHERE {self._where} "
+        read = [c for c in _READ_COLUMNS if c not in skipped]
+        return (f"SELECT {projection} FROM {self._from(read)} WHERE {self._where} "
                 f"ORDER BY {self._order}{page}")  # fmt: skip
 
     def count(self) -> str:
