@@ -100,14 +100,15 @@ def test_narrowed_answers_are_the_full_reads(clickhouse_url, monkeypatch):  # no
         return mode
 
     monkeypatch.setattr(_store, "_narrow", counted)
-    full_page = _store._full_page
+    opened = _store.ClickHouseStore._opened
 
-    def page_counted(client, sql):
-        full = full_page(client, sql)
-        modes["full page" if full else "fell back"] += 1
-        return full
+    async def page_counted(store, sql, offset, must_fill, unchanged=None):
+        page = await opened(store, sql, offset, must_fill, unchanged)
+        if must_fill:  # a page read among the calls nearest its end: right if it came full
+            modes["full page" if page is not None else "fell back"] += 1
+        return page
 
-    monkeypatch.setattr(_store, "_full_page", page_counted)
+    monkeypatch.setattr(_store.ClickHouseStore, "_opened", page_counted)
     rnd = random.Random(1)
     batches, doomed = _calls_made(rnd)
     queries = list(_queries(rnd, 12))

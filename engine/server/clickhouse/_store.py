@@ -214,24 +214,53 @@ class ClickHouseStore(Store):
         sql = _calls.CallsSql(query)  # InvalidQuery before anything runs
         end = self._page_ends.get(query) if sql.direction is not None else None
         read_on = None if end is None else await self._run(_pages.read_on, query, end)
+        opened = None
         if read_on is not None and end is not None:
-            sql, offset, state = read_on, 0, end[2]
-        else:
-            offset, state = query.offset, None
+            opened, state = await self._opened(read_on[0], 0, read_on[1], end[2]), end[2]
+        if opened is None:
+            state = None
             if sql.direction is not None:
                 state = await self._run(_pages.project_state, query.project_id)
-            if await self._run(_narrow, sql, True) == "check" and not await self._run(_full_page, sql):
-                sql = _calls.CallsSql(query)  # deleted or restarted calls among them: read it all
-        pages = _Pages(self, sql.select(query.limit, offset), sql.params, self.chunk_bytes)
+            checked = await self._run(_narrow, sql, True) == "check"
+            opened = await self._opened(sql, query.offset, checked)
+            if opened is None:  # deleted or restarted calls among them: read it all
+                opened = await self._opened(_calls.CallsSql(query), query.offset, False)
+        assert opened is not None
+        page, pages = opened
         count, last = 0, None
         try:
-            while (page := await pages.next()) is not None:
+            while page is not None:
                 count, last = count + len(page), page[-1]
                 yield page
+                page = await pages.next()
         finally:
             await pages.close()
         if state is not None:
             await self._run(_pages.remember, self._page_ends, query, count, last, state)
+
+    async def _opened(self, sql: _calls.CallsSql, offset: int, must_fill: bool,
+                      unchanged: tuple[int, int] | None = None
+                      ) -> tuple[list[CallRow] | None, _Pages] | None:  # fmt: skip
+        """The stream of ``sql`` from ``offset`` and its first page, or None (the stream
+        closed) where that is not the answer: ``must_fill`` and the page does not come
+        back full (counted when its first page is cut short), or the project's state no
+        longer ``unchanged``. A page of small calls comes whole in its first page, so only
+        pages of big calls cost the count; a page is never held whole to find out."""
+        pages = _Pages(self, sql.select(sql.query.limit, offset), sql.params, self.chunk_bytes)
+        try:
+            first = await pages.next()
+            right = True
+            if must_fill and (first is None or len(first) < (sql.query.limit or 0)):
+                right = first is not None and await self._run(_full_page, sql, offset)
+            if right and unchanged is not None:
+                right = await self._run(_pages.project_state, sql.query.project_id) == unchanged
+        except BaseException:
+            await pages.close()
+            raise
+        if not right:
+            await pages.close()
+            return None
+        return first, pages
 
     async def count_calls(self, query: CallsQuery) -> int:
         sql = _calls.CallsSql(query)
@@ -455,10 +484,9 @@ def _narrow(client: Any, sql: _calls.CallsSql, page: bool) -> str:
     return "exact"
 
 
-def _full_page(client: Any, sql: _calls.CallsSql) -> bool:
-    """Whether a page narrowed to the calls nearest its end (``check``) comes back full,
-    counted before it is read: a page streams out as it is read."""
-    return _scalar(client, sql.count(), sql.params) >= sql.query.offset + (sql.query.limit or 0)
+def _full_page(client: Any, sql: _calls.CallsSql, offset: int) -> bool:
+    """Whether the narrowed page of ``sql`` from ``offset`` comes back full, counted."""
+    return _scalar(client, sql.count(), sql.params) >= offset + (sql.query.limit or 0)
 
 
 class _Pages:
