@@ -10,7 +10,8 @@
  *   _call_items.c  the wire types of call_start / call_end, and dicts of them
  *   _iso.c         ISO-8601 timestamps in UTC, read as msgspec reads them (dicts' times)
  *   _scan.c        json_depth_over: engine serve's nesting check of request bodies
- *   _rows.c        call_dicts: engine serve's stored call rows as the dicts reads answer
+ *   _rows.c        call_dicts: engine serve's stored call rows as the dicts reads answer;
+ *                  take_rows: a chunk of a stream's rows, bounded in rows and bytes
  *   _calls.c       TracerCalls and CallHandleBase: the Tracer's call path without a frame
  *   _parse.c       the consumer side: slice whole records out of the mapping
  *   _ids.c         uuid7 / uuid7_bytes / uuid_bytes, the id cache
@@ -41,6 +42,9 @@ static PyMethodDef native_methods[] = {
     {"call_dicts", (PyCFunction)(void (*)(void))native_call_dicts, METH_FASTCALL,
      "call_dicts(rows, keys, kinds, raw_type, from_us) -> one dict per row, its times as "
      "UTC datetimes and JSON text as raw_type (see engine/native/_rows.c)."},
+    {"take_rows", (PyCFunction)(void (*)(void))native_take_rows, METH_FASTCALL,
+     "take_rows(rows, want, max_bytes, sized) -> (up to want rows of the iterator, fewer once "
+     "the values at sized pass max_bytes; whether it ran out) (see engine/native/_rows.c)."},
     {"uuid7_bytes", native_uuid7_bytes, METH_NOARGS, "A new UUIDv7 as (text, 16 raw bytes)."},
     {"uuid_bytes", native_uuid_bytes, METH_O, "16 raw bytes of a UUID text; ValueError if not one."},
     {"struct_plan", native_struct_plan, METH_VARARGS,

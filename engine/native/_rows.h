@@ -5,6 +5,7 @@
 #include <Python.h>
 
 PyObject *native_call_dicts(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
+PyObject *native_take_rows(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
 int rows_init(void);
 
 #endif

@@ -28,7 +28,7 @@ import msgspec
 
 from engine.server._calls_dialect import SQLITE, Dialect
 from engine.server._calls_feedback import MULTI_VALUE_TYPES, feedback_field
-from engine.server._rows import SQLITE_SELECT, to_us
+from engine.server._rows import sqlite_projection, to_us
 from engine.server._sql_text import Sql, balanced, join, wrap
 from engine.server._store import CallsQuery, InvalidQuery
 from engine.wire.query import CallsFilter, SortBy
@@ -318,6 +318,7 @@ class Selection:
             where.append(self._expr.condition(query.query["$expr"], "query.$expr"))
         self.where = join(where, " AND ")
         self.order = self._order_by(query.sort_by)
+        self._json_columns = query.json_columns
 
     def _filter(self, flt: CallsFilter) -> list[Sql]:
         for name in ("op_names", "input_refs", "output_refs", *_IN_FILTERS):
@@ -420,7 +421,7 @@ class Selection:
 
     def select(self, limit: int | None, offset: int) -> Sql:
         return Sql(
-            f"SELECT {', '.join(SQLITE_SELECT)} FROM calls WHERE {self.where.text} "
+            f"SELECT {sqlite_projection(self._json_columns)} FROM calls WHERE {self.where.text} "
             f"ORDER BY {self.order.text} LIMIT ? OFFSET ?",
             (*self.where.params, *self.order.params, -1 if limit is None else limit, offset),
         )

@@ -52,6 +52,16 @@ def selected_columns(columns: list[str], include_costs: bool) -> set[str]:
     return keep | set(_REQUIRED)
 
 
+def json_columns_read(keep: set[str] | None, storage_size: bool) -> tuple[str, ...] | None:
+    """The stored JSON columns a view keeping ``keep`` shows (None: every one): the others
+    need not be read. An OTel span shows as ``attributes.otel_span``; a storage size
+    counts every column."""
+    if keep is None or storage_size:
+        return None
+    shown = [c for c in ("attributes", "inputs", "output", "summary") if c in keep]
+    return (*shown, "otel_dump") if "attributes" in keep else tuple(shown)
+
+
 def stored_bytes(call: CallRow) -> int:
     """Bytes of the call's stored JSON text (attributes, inputs, output, summary)."""
     return sum(len(v) for k in ("attributes", "inputs", "output", "summary")

@@ -17,6 +17,7 @@ from engine.server._calls_view import (
     add_feedback,
     call_view,
     expand_refs,
+    json_columns_read,
     selected_columns,
     stored_bytes,
 )
@@ -149,8 +150,16 @@ def _calls_query(req: CallsQueryReq | CallsQueryStatsReq) -> CallsQuery:
     return CallsQuery(
         project_id=req.project_id, filter=req.filter, query=req.query,
         sort_by=tuple(getattr(req, "sort_by", None) or ()), limit=req.limit,
-        offset=getattr(req, "offset", None) or 0,
+        offset=getattr(req, "offset", None) or 0, json_columns=_json_columns(req),
     )  # fmt: skip
+
+
+def _json_columns(req: CallsQueryReq | CallsQueryStatsReq) -> tuple[str, ...] | None:
+    """What a stream's view shows of the stored JSON (``/calls/query_stats`` shows none)."""
+    if isinstance(req, CallsQueryStatsReq):
+        return ()
+    keep = selected_columns(req.columns, bool(req.include_costs)) if req.columns else None
+    return json_columns_read(keep, bool(req.include_storage_size))
 
 
 async def _first_page(pages: AsyncIterator[list[dict]]) -> list[dict]:

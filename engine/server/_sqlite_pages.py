@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from engine.server._calls_sql import Selection, Sql
 from engine.server._page_ends import End, direction
-from engine.server._rows import SQLITE_SELECT
+from engine.server._rows import sqlite_projection
 from engine.server._store import CallsQuery
 
-MAX_PAGE_ROWS = 10_000  # a page read on is read whole before it is answered
+MAX_PAGE_ROWS = 10_000  # the longest page whose end is remembered
 
 
 def pageable(query: CallsQuery) -> bool:
@@ -25,7 +25,7 @@ def read_on_sql(selection: Selection, query: CallsQuery, end: End) -> Sql:
     started_at_us, seq, _ = end
     beyond = ">" if direction(query) == "ASC" else "<"
     return Sql(
-        f"SELECT {', '.join(SQLITE_SELECT)} FROM calls WHERE {selection.where.text} "
+        f"SELECT {sqlite_projection(query.json_columns)} FROM calls WHERE {selection.where.text} "
         f"AND (started_at_us, seq) {beyond} (?, ?) ORDER BY {selection.order.text} LIMIT ?",
         (*selection.where.params, started_at_us, seq, *selection.order.params, query.limit),
     )

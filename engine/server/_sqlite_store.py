@@ -18,7 +18,7 @@ from engine.server import _sqlite_objects as objects
 from engine.server._calls_sql import Selection
 from engine.server._group import Batch, GroupCommit
 from engine.server._page_ends import PageEnds
-from engine.server._rows import SELECT_COLUMNS, Complete, End, Start, rows_to_calls
+from engine.server._rows import RAW_COLUMNS, SELECT_COLUMNS, Complete, End, Start, rows_to_calls
 from engine.server._sqlite_db import Database
 from engine.server._sqlite_pages import pageable, read_on_sql
 from engine.server._store import (
@@ -41,6 +41,7 @@ CHUNK_ROWS = 1000  # rows handed over at a time while streaming
 # the first chunk is small: its rows leave while the next are being read
 FIRST_CHUNK_ROWS = 100
 _ID_AT, _STARTED_AT = SELECT_COLUMNS.index("id"), SELECT_COLUMNS.index("started_at_us")
+_SIZED = tuple(SELECT_COLUMNS.index(c) for c in RAW_COLUMNS)
 
 
 class SQLiteStore(Store):
@@ -65,40 +66,45 @@ class SQLiteStore(Store):
         await self._db.write(calls.q_insert_batches, batches)
 
     async def query_calls(self, query: CallsQuery) -> AsyncIterator[list[CallRow]]:
-        """One statement read to its end (``Database.stream``); a short page (call_read,
-        refs) is one plain read on a reader thread instead, with no cursor left open. A
-        page by start time at the offset where a recent one ended reads on from there
-        (``_sqlite_pages``) while the database is unchanged."""
+        """One statement read to its end (``Database.stream``), in chunks of at most
+        ``CHUNK_ROWS`` rows, ending early past ``chunk_bytes`` of JSON. A page by start time at the
+        offset where a recent one ended reads on from there (``_sqlite_pages``) while the
+        database is unchanged."""
         selection = Selection(query)  # InvalidQuery first
         if selection.op_filter is not None:  # rare or frequent op: see Selection
             sql, params = selection.op_rows_sql(query.project_id)
             ((op_rows,),) = await self._db.read(calls.q_fetchall, sql, params)
             selection = Selection(query, op_rows=op_rows)
         end = self._page_ends.get(query) if pageable(query) else None
-        if end is not None:
-            version, rows = end[2], None
-            if await self._db.data_version() == version:
-                rows = await self._db.read(calls.q_fetchall, *read_on_sql(selection, query, end))
-                if await self._db.data_version() != version:  # a commit came in between
-                    rows = None
-            if rows is not None:
-                self.pages_read_on += 1
-                await self._remember(query, rows[-1] if rows else None, len(rows), version)
-                if rows:
-                    yield rows_to_calls(rows)
-                return
+        if end is not None and await self._db.data_version() == end[2]:
+            chunks = self._chunks(query, *read_on_sql(selection, query, end), end[2])
+            async with contextlib.aclosing(chunks):
+                first = await anext(chunks, None)
+                # the stream's snapshot began before this: unchanged then, it is the page
+                if await self._db.data_version() == end[2]:
+                    self.pages_read_on += 1
+                    if first is not None:
+                        yield first
+                        async for page in chunks:
+                            yield page
+                    return
         version = await self._db.data_version() if pageable(query) else None
         sql, params = selection.select(query.limit, query.offset)
+        async with contextlib.aclosing(self._chunks(query, sql, params, version)) as chunks:
+            async for page in chunks:
+                yield page
+
+    async def _chunks(self, query: CallsQuery, sql: str, params: Sequence[Any],
+                      version: int | None) -> AsyncIterator[list[CallRow]]:  # fmt: skip
+        """The calls of one statement a chunk at a time; where a full page ended is
+        remembered (``version``: the data's when the read began; None: not a page)."""
+        first_rows = FIRST_CHUNK_ROWS
         if query.limit is not None and query.limit <= FIRST_CHUNK_ROWS:
-            rows = await self._db.read(calls.q_fetchall, sql, params)
-            if version is not None:
-                await self._remember(query, rows[-1] if rows else None, len(rows), version)
-            if rows:
-                yield rows_to_calls(rows)
-            return
+            first_rows = query.limit + 1  # fewer rows than asked for: done in one hand-off
         count, last = 0, None
-        async with contextlib.aclosing(self._stream(sql, params)) as chunks:
-            async for rows in chunks:
+        stream = self._db.stream(sql, params, first_rows, CHUNK_ROWS, self.chunk_bytes, _SIZED)
+        async with contextlib.aclosing(stream) as rows_chunks:
+            async for rows in rows_chunks:
                 count, last = count + len(rows), rows[-1]
                 yield rows_to_calls(rows)
         if version is not None:
@@ -112,9 +118,6 @@ class SQLiteStore(Store):
         seq = await self._db.read(calls.q_seq_of, query.project_id, last[_ID_AT])
         if seq is not None:
             self._page_ends.put(query, count, (last[_STARTED_AT], seq, version))
-
-    def _stream(self, sql: str, params: Sequence[Any]) -> AsyncIterator[list[tuple]]:
-        return self._db.stream(sql, params, FIRST_CHUNK_ROWS, CHUNK_ROWS)
 
     async def count_calls(self, query: CallsQuery) -> int:
         ((count,),) = await self._db.read(calls.q_fetchall, *Selection(query).count())

@@ -56,6 +56,10 @@ class CallsQuery(msgspec.Struct, frozen=True, kw_only=True):
     (operators known, shapes right). ``sort_by`` fields are the wire's (``started_at``,
     ``inputs.x.y``, ``summary.weave.latency_ms``…). With no sort the order is by start
     time; ties are broken by arrival order, so pages never overlap.
+
+    ``json_columns``: the JSON columns (``_rows.RAW_COLUMNS``) the answer shows, the
+    others read as None without being read (a page of 1 MB outputs that shows none of
+    them reads none); None: every one. Filters and sorts see every column either way.
     """
 
     project_id: str
@@ -64,6 +68,7 @@ class CallsQuery(msgspec.Struct, frozen=True, kw_only=True):
     sort_by: tuple[SortBy, ...] = ()
     limit: int | None = None
     offset: int = 0
+    json_columns: tuple[str, ...] | None = None
 
 
 class ObjectVersion(msgspec.Struct, frozen=True, kw_only=True):
@@ -142,6 +147,9 @@ class Store(abc.ABC):
     """Everything ``engine serve`` keeps. Each method is one operation of one project."""
 
     kind: str  # what ``/health`` and ``/stats`` report: "sqlite", "count", …
+    # a page of ``query_calls`` ends once its calls' JSON passes this many bytes (the call
+    # that passes it is its last): a read request holds its page about three times over
+    chunk_bytes = 4 * 1024 * 1024
 
     # -- calls -------------------------------------------------------------------------
 

@@ -16,7 +16,14 @@ from hypothesis import strategies as st
 from engine.native import _accel
 from engine.server import stop_server
 from engine.server._limits import MAX_TIME_US, MIN_TIME_US
-from engine.server._rows import _CALL_KEYS, _KINDS, SELECT_COLUMNS, from_us, row_to_call
+from engine.server._rows import (
+    _CALL_KEYS,
+    _KINDS,
+    SELECT_COLUMNS,
+    _take_rows,
+    from_us,
+    row_to_call,
+)
 from engine.server._subprocess import _serve_argv, spawn_listening
 from tests.server.harness import PROJECT, complete, end, start
 
@@ -65,6 +72,31 @@ def test_a_row_of_the_wrong_shape_is_a_value_error():
     for bad in ([good[:-1]], [list(good)]):
         with pytest.raises(ValueError, match="a row must be a tuple of 20 values"):
             native.call_dicts(bad, _CALL_KEYS, _KINDS, msgspec.Raw, from_us)
+
+
+_SIZED = tuple(i for i, c in enumerate(SELECT_COLUMNS) if c in _JSON)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_rows, max_size=8), st.integers(1, 9), st.integers(0, 60), st.booleans())
+def test_c_take_rows_takes_what_python_takes(rows, want, max_bytes, as_lists):
+    """Chunks bounded in rows and in the bytes (or characters) of the JSON values, the row
+    passing the limit the last, out of a cursor's tuples or a block's lists."""
+    rows = [list(r) for r in rows] if as_lists else rows
+    c_rows, py_rows = iter(rows), iter(rows)
+    c_chunks, py_chunks = [], []
+    for _ in range(len(rows) + 1):  # bounded: every chunk but the last takes a row
+        c_chunks.append(native.take_rows(c_rows, want, max_bytes, _SIZED))
+        py_chunks.append(_take_rows(py_rows, want, max_bytes, _SIZED))
+        if c_chunks[-1][1]:
+            break
+    assert c_chunks == py_chunks
+    assert c_chunks[-1][1] and [r for chunk, _ in c_chunks for r in chunk] == rows
+
+
+def test_take_rows_refuses_an_index_past_a_row():
+    with pytest.raises(IndexError, match="an index of sized is past a row"):
+        native.take_rows(iter([(None,)]), 5, 10, (3,))
 
 
 def _stream(url: str) -> bytes:

@@ -13,6 +13,7 @@ import collections
 import datetime as dt
 import random
 
+from engine.server._rows import SELECT_COLUMNS
 from engine.server._store import CallsQuery
 from engine.server.clickhouse import ClickHouseStore, _calls, _store, parse_store_url
 from engine.wire.calls import (
@@ -99,14 +100,15 @@ def test_narrowed_answers_are_the_full_reads(clickhouse_url, monkeypatch):  # no
         return mode
 
     monkeypatch.setattr(_store, "_narrow", counted)
-    calls_of = _store._calls_of
+    opened = _store.ClickHouseStore._opened
 
-    def page_read(client, sql, params):  # only the store's own page reads come here
-        calls = calls_of(client, sql, params)
-        modes["full page" if len(calls) == params["limit"] else "fell back"] += 1
-        return calls
+    async def page_counted(store, sql, offset, must_fill, unchanged=None):
+        page = await opened(store, sql, offset, must_fill, unchanged)
+        if must_fill:  # a page read among the calls nearest its end: right if it came full
+            modes["full page" if page is not None else "fell back"] += 1
+        return page
 
-    monkeypatch.setattr(_store, "_calls_of", page_read)
+    monkeypatch.setattr(_store.ClickHouseStore, "_opened", page_counted)
     rnd = random.Random(1)
     batches, doomed = _calls_made(rnd)
     queries = list(_queries(rnd, 6))  # 150 queries × 4 reads (12 took 14 s of the suite)
@@ -115,8 +117,8 @@ def test_narrowed_answers_are_the_full_reads(clickhouse_url, monkeypatch):  # no
         """(query, got, want, counted, want_count) where the narrowed answer differs."""
         got = [c["id"] async for page in store.query_calls(query) for c in page]
         full = _calls.CallsSql(query)
-        want = [c["id"] for c in await store._run(
-            calls_of, full.select(query.limit, query.offset), full.params)]  # fmt: skip
+        want = [row[SELECT_COLUMNS.index("id")] for row in await store._run(
+            _store._rows, full.select(query.limit, query.offset), full.params)]  # fmt: skip
         counted = await store.count_calls(query)
         full = _calls.CallsSql(query)
         want_count = max(0, await store._run(_store._scalar, full.count(), full.params)

@@ -17,10 +17,10 @@ def _counting(monkeypatch):
     seen = {"read on": 0}
     read_on = _pages.read_on
 
-    def counted(client, query, end, of_calls):
-        calls = read_on(client, query, end, of_calls)
-        seen["read on"] += calls is not None
-        return calls
+    def counted(client, query, end):
+        sql = read_on(client, query, end)
+        seen["read on"] += sql is not None
+        return sql
 
     monkeypatch.setattr(_pages, "read_on", counted)
     return seen

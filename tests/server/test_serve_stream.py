@@ -90,3 +90,35 @@ def test_equal_sort_keys_page_without_overlap_in_both_directions(run, db_path):
     ids = [c["id"] for c in calls]
     assert pages["asc"] == (ids, ids)  # ties in arrival order
     assert pages["desc"] == (ids[::-1], ids[::-1])  # and in reverse arrival order when desc
+
+
+def test_a_stream_asks_its_store_only_for_the_json_it_shows(run, db_path):
+    """``columns`` names what the answer shows; the store reads no other JSON column
+    (an OTel span shows inside ``attributes``; a storage size counts every column)."""
+    asked = {
+        "inputs.n": dict(columns=["id", "inputs.n"]),
+        "attributes": dict(columns=["attributes"]),
+        "costs": dict(columns=["id"], include_costs=True),
+        "storage size": dict(columns=["id"], include_storage_size=True),
+        "every column": {},
+    }
+
+    async def scenario(api: Api, store):
+        await _store_calls(api, 3, pad_bytes=10)
+        seen, query_calls = [], store.query_calls
+
+        def recorded(query):
+            seen.append(query.json_columns)
+            return query_calls(query)
+
+        store.query_calls = recorded
+        answers = {name: await api.query(**req) for name, req in asked.items()}
+        status, _ = await api.post("/calls/query_stats", {"project_id": PROJECT,
+                                                          "include_total_storage_size": True})
+        return seen, answers, status
+
+    seen, answers, status = run(_serve_with_store(db_path, scenario))
+    assert status == 200
+    assert seen == [("inputs",), ("attributes", "otel_dump"), ("summary",), None, None, ()]
+    assert answers["inputs.n"][0]["inputs"] == {"pad": "x" * 10}
+    assert "output" not in answers["attributes"][0] and "output" in answers["every column"][0]

@@ -477,3 +477,58 @@ def test_a_json_sort_orders_numbers_then_text_as_text(store_run):
         return await _ids(store, sort_by=(SortBy(field="output.v", direction="asc"),))
 
     assert store_run(scenario) == ["f", "d", "c", "b", "a", "e"]
+
+
+def _json_bytes(call) -> int:
+    return sum(len(v) for v in call.values() if isinstance(v, msgspec.Raw))
+
+
+def test_pages_of_big_calls_end_once_their_json_passes_the_stores_limit(store_run):
+    """Every way a page is read (a stream, a short page, a page read on from where the one
+    before ended) hands calls over in pages that end at the call passing ``chunk_bytes``."""
+    limit_bytes = 64 * 1024
+    calls = [_call(f"c{i:02d}", t_s=i, output={"text": "y" * 20_000}) for i in range(40)]
+    reads = {"stream": {}, "short page": {"limit": 30}, "first page": {"limit": 15},
+             "page read on": {"limit": 15, "offset": 15}}  # fmt: skip
+
+    async def scenario(store):
+        store.chunk_bytes = limit_bytes
+        await store.insert_calls([], [], calls)
+        got = {}
+        for name, query in reads.items():
+            pages = [p async for p in store.query_calls(CallsQuery(project_id=P, **query))]
+            got[name] = ([c["id"] for p in pages for c in p],
+                         [[_json_bytes(c) for c in p] for p in pages])  # fmt: skip
+        return got
+
+    for name, (ids, sizes) in store_run(scenario).items():
+        first, limit = reads[name].get("offset", 0), reads[name].get("limit", 40)
+        assert ids == [c.id for c in calls][first : first + limit], name
+        # each page ends at the call that takes it past the limit: the fourth of ~20 KB
+        assert all(sum(page[:-1]) < limit_bytes and len(page) <= 4 for page in sizes), (name, sizes)
+
+
+def test_json_columns_not_asked_for_read_as_none_and_still_filter_and_sort(store_run):
+    calls = [_call(f"c{i}", t_s=i, output={"o": i}) for i in range(4)]
+    over_one = {"$expr": {"$gt": [{"$getField": "inputs.n"}, {"$literal": 1}]}}
+    by_input = (SortBy(field="inputs.n", direction="desc"),)
+
+    async def scenario(store):
+        await store.insert_calls([], [], calls)
+        got = {}
+        for shown in [("output",), ()]:
+            query = CallsQuery(project_id=P, query=over_one, sort_by=by_input, json_columns=shown)
+            got[shown] = [{k: msgspec.json.decode(v) if isinstance(v, msgspec.Raw) else v
+                           for k, v in c.items() if k in ("id", *_JSON)}
+                          async for page in store.query_calls(query) for c in page]  # fmt: skip
+        return got
+
+    nothing = dict.fromkeys(_JSON)
+    assert store_run(scenario) == {
+        ("output",): [{**nothing, "id": "c3", "output": {"o": 3}},
+                      {**nothing, "id": "c2", "output": {"o": 2}}],
+        (): [{**nothing, "id": "c3"}, {**nothing, "id": "c2"}],
+    }  # fmt: skip
+
+
+_JSON = ("attributes", "inputs", "otel_dump", "output", "summary")

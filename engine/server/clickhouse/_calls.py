@@ -27,6 +27,7 @@ from engine.server._ingest_models import RawCompletedCall, RawEndedCall, RawStar
 from engine.server._page_ends import direction
 from engine.server._rows import (
     END_COLUMNS,
+    RAW_COLUMNS,
     SELECT_COLUMNS,
     START_COLUMNS,
     Complete,
@@ -280,8 +281,6 @@ class CallsSql:
         self._order = bind(selection.order, self.params)
         types = selection.feedback_types
         self._feedback = " " + bind(CLICKHOUSE.feedback_join(types), self.params) if types else ""
-        self._filtered = set(_COLUMN_NAMES.findall(self._where))  # what a count merges
-        self._used = self._filtered | set(_COLUMN_NAMES.findall(self._order))
         self._parts_where = []
         flt = query.filter
         if flt is not None and flt.call_ids:  # on the sorting key: only their parts
@@ -360,18 +359,23 @@ class CallsSql:
                 f"ORDER BY started_at_us {self.direction} LIMIT {CANDIDATES_MAX} WITH TIES")  # fmt: skip
 
     def _from(self, columns: Iterable[str], ordered: bool = True) -> str:
-        used = self._used if ordered else self._filtered
+        # what the WHERE (as narrowed so far) and, for rows in order, the ORDER BY read
+        used = set(_COLUMN_NAMES.findall(f"{self._where} {self._order if ordered else ''}"))
         return f"({merged_calls({*used, *columns}, self._parts_where, self._few)}) AS calls{self._feedback}"
 
     def select(self, limit: int | None, offset: int) -> str:
-        """Rows in ``SELECT_COLUMNS`` order."""
-        projection = ", ".join(SELECT_COLUMNS)
+        """Rows in ``SELECT_COLUMNS`` order; a JSON column the query does not read
+        (``CallsQuery.json_columns``) is NULL, and merged only if a filter or sort needs it."""
+        wanted = self.query.json_columns
+        skipped = frozenset(() if wanted is None else set(RAW_COLUMNS) - set(wanted))
+        projection = ", ".join("NULL" if c in skipped else c for c in SELECT_COLUMNS)
         page = ""
         if limit is not None or offset:
             self.params["limit"] = _UINT64_MAX if limit is None else limit
             self.params["offset"] = offset
             page = " LIMIT {limit:UInt64} OFFSET {offset:UInt64}"
-        return (f"SELECT {projection} FROM {self._from(_READ_COLUMNS)} WHERE {self._where} "
+        read = [c for c in _READ_COLUMNS if c not in skipped]
+        return (f"SELECT {projection} FROM {self._from(read)} WHERE {self._where} "
                 f"ORDER BY {self._order}{page}")  # fmt: skip
 
     def count(self) -> str:

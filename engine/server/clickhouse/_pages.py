@@ -5,10 +5,10 @@ weave's client reads ``client.get_calls()`` as pages of 1,000 with growing offse
 every page merged the whole project and then skipped the offset. The store remembers
 where each full page ordered by start time ended (the last call's start time and arrival
 ``seq``, and the project's part count and newest version: parts are added, and deleted
-only by retention, so those two change with any write to the project) under the query and the next offset. That
-next page is read among the calls whose start parts come next (``CallsSql.after``), when
-the project is unchanged before and after the read and the page comes back full;
-otherwise the offset answers.
+only by retention, so those two change with any write to the project) under the query
+and the next offset. That next page is read among the calls whose start parts come next
+(``CallsSql.after``), when the project is unchanged before they are looked up and once the
+page's first calls are read, and they fill the page; otherwise the offset answers.
 """
 
 from __future__ import annotations
@@ -42,9 +42,11 @@ def remember(client: Any, page_ends: PageEnds, query: CallsQuery, count: int,
     page_ends.put(query, count, (to_us(last["started_at"]), int(seq), state))
 
 
-def read_on(client: Any, query: CallsQuery, end: End, of_calls: Any) -> list[CallRow] | None:
-    """The page after a remembered ``end``, or None if the offset must answer (the project
-    changed, or the calls near the end did not fill the page)."""
+def read_on(client: Any, query: CallsQuery, end: End) -> tuple[_calls.CallsSql, bool] | None:
+    """The query of the page after a remembered ``end`` (narrowed to the calls past it)
+    and whether it is right only if the page comes back full; None if the offset must
+    answer (the project changed). The store checks the project again once the page's
+    first calls are read."""
     started_at_us, seq, state = end
     if project_state(client, query.project_id) != state:
         return None
@@ -53,9 +55,4 @@ def read_on(client: Any, query: CallsQuery, end: End, of_calls: Any) -> list[Cal
         return None
     rows = client.query(sql.after(started_at_us, seq), parameters=sql.params).result_rows
     narrowed = sql.narrow_to_starts(rows, _calls.CANDIDATES_MAX)
-    if narrowed == "none":
-        return None
-    calls = of_calls(client, sql.select(query.limit, 0), sql.params) if rows else []
-    if narrowed == "check" and len(calls) < (query.limit or 0):
-        return None
-    return calls if project_state(client, query.project_id) == state else None
+    return None if narrowed == "none" else (sql, narrowed == "check")

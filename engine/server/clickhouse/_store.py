@@ -32,7 +32,15 @@ from engine.common._logging import level_from_env
 from engine.server._calls_view import stored_bytes
 from engine.server._group import Batch, GroupCommit
 from engine.server._page_ends import PageEnds
-from engine.server._rows import Complete, End, Start, row_to_call
+from engine.server._rows import (
+    RAW_COLUMNS,
+    SELECT_COLUMNS,
+    Complete,
+    End,
+    Start,
+    row_to_call,
+    take_rows,
+)
 from engine.server._store import (
     CallRow,
     CallsQuery,
@@ -61,6 +69,7 @@ from engine.wire.query import CallsFilter
 
 T = TypeVar("T")
 PAGE_ROWS = 1000  # calls handed to the route at a time while streaming
+_SIZED = tuple(SELECT_COLUMNS.index(c) for c in RAW_COLUMNS)  # what makes a row big
 # batches up to this many parts go through ClickHouse's asynchronous inserts
 ASYNC_INSERT_MAX_ROWS = 64
 _ASYNC_INSERT = {"async_insert": 1, "wait_for_async_insert": 1}
@@ -218,38 +227,60 @@ class ClickHouseStore(Store):
             os.unlink(name)
 
     async def query_calls(self, query: CallsQuery) -> AsyncIterator[list[CallRow]]:
+        """One streamed statement (:class:`_Pages`). A page by start time after one read
+        recently (weave's ``get_calls`` pages) is read among the calls past its end while
+        the project is unchanged (``_pages.read_on``); else one that ends near the newest
+        or oldest start parts is read among their calls when they fill it (``check``)."""
         sql = _calls.CallsSql(query)  # InvalidQuery before anything runs
         end = self._page_ends.get(query) if sql.direction is not None else None
-        if end is not None:  # the page after one read recently (weave's get_calls pages)
-            calls = await self._run(_pages.read_on, query, end, _calls_of)
-            if calls is not None:
-                await self._run(_pages.remember, self._page_ends, query, len(calls),
-                                calls[-1] if calls else None, end[2])  # fmt: skip
-                for i in range(0, len(calls), PAGE_ROWS):
-                    yield calls[i : i + PAGE_ROWS]
-                return
-        state = None
-        if sql.direction is not None:
-            state = await self._run(_pages.project_state, query.project_id)
-        if await self._run(_narrow, sql, True) == "check":
-            calls = await self._run(_calls_of, sql.select(query.limit, query.offset), sql.params)
-            if len(calls) == query.limit:  # the page, from the calls nearest its end
-                await self._run(_pages.remember, self._page_ends, query, len(calls), calls[-1],
-                                state)  # fmt: skip
-                for i in range(0, len(calls), PAGE_ROWS):
-                    yield calls[i : i + PAGE_ROWS]
-                return
-            sql = _calls.CallsSql(query)  # deleted or restarted calls among them: read it all
-        pages = _Pages(self, sql.select(query.limit, query.offset), sql.params)
+        read_on = None if end is None else await self._run(_pages.read_on, query, end)
+        opened = None
+        if read_on is not None and end is not None:
+            opened, state = await self._opened(read_on[0], 0, read_on[1], end[2]), end[2]
+        if opened is None:
+            state = None
+            if sql.direction is not None:
+                state = await self._run(_pages.project_state, query.project_id)
+            checked = await self._run(_narrow, sql, True) == "check"
+            opened = await self._opened(sql, query.offset, checked)
+            if opened is None:  # deleted or restarted calls among them: read it all
+                opened = await self._opened(_calls.CallsSql(query), query.offset, False)
+        assert opened is not None
+        page, pages = opened
         count, last = 0, None
         try:
-            while (page := await pages.next()) is not None:
+            while page is not None:
                 count, last = count + len(page), page[-1]
                 yield page
+                page = await pages.next()
         finally:
             await pages.close()
         if state is not None:
             await self._run(_pages.remember, self._page_ends, query, count, last, state)
+
+    async def _opened(self, sql: _calls.CallsSql, offset: int, must_fill: bool,
+                      unchanged: tuple[int, int] | None = None
+                      ) -> tuple[list[CallRow] | None, _Pages] | None:  # fmt: skip
+        """The stream of ``sql`` from ``offset`` and its first page, or None (the stream
+        closed) where that is not the answer: ``must_fill`` and the page does not come
+        back full (counted when its first page is cut short), or the project's state no
+        longer ``unchanged``. A page of small calls comes whole in its first page, so only
+        pages of big calls cost the count; a page is never held whole to find out."""
+        pages = _Pages(self, sql.select(sql.query.limit, offset), sql.params, self.chunk_bytes)
+        try:
+            first = await pages.next()
+            right = True
+            if must_fill and (first is None or len(first) < (sql.query.limit or 0)):
+                right = first is not None and await self._run(_full_page, sql, offset)
+            if right and unchanged is not None:
+                right = await self._run(_pages.project_state, sql.query.project_id) == unchanged
+        except BaseException:
+            await pages.close()
+            raise
+        if not right:
+            await pages.close()
+            return None
+        return first, pages
 
     async def count_calls(self, query: CallsQuery) -> int:
         sql = _calls.CallsSql(query)
@@ -561,16 +592,20 @@ def _narrow(client: Any, sql: _calls.CallsSql, page: bool) -> str:
     return "exact"
 
 
-def _calls_of(client: Any, sql: str, params: dict[str, Any]) -> list[CallRow]:
-    return [row_to_call(row) for row in client.query(sql, parameters=params).result_rows]
+def _full_page(client: Any, sql: _calls.CallsSql, offset: int) -> bool:
+    """Whether the narrowed page of ``sql`` from ``offset`` comes back full, counted."""
+    return _scalar(client, sql.count(), sql.params) >= offset + (sql.query.limit or 0)
 
 
 class _Pages:
     """One streamed query, read a block at a time on the store's threads and cut into
-    pages of :data:`PAGE_ROWS` calls (rows become calls there too, off the event loop)."""
+    pages of at most :data:`PAGE_ROWS` calls, ending early once their JSON passes
+    ``max_bytes`` (rows become calls there too, off the event loop)."""
 
-    def __init__(self, store: ClickHouseStore, sql: str, params: dict[str, Any]) -> None:
+    def __init__(self, store: ClickHouseStore, sql: str, params: dict[str, Any],
+                 max_bytes: int) -> None:  # fmt: skip
         self._store, self._sql, self._params = store, sql, params
+        self._max_bytes = max_bytes
         self._stream: Any = None
         self._pages: Iterator[list[CallRow]] | None = None
 
@@ -578,12 +613,13 @@ class _Pages:
         self._stream = client.query_row_block_stream(self._sql, parameters=self._params)
         self._pages = self._cut(self._stream.__enter__())
 
-    @staticmethod
-    def _cut(blocks: Any) -> Iterator[list[CallRow]]:
+    def _cut(self, blocks: Any) -> Iterator[list[CallRow]]:
         for block in blocks:
-            for i in range(0, len(block), PAGE_ROWS):
-                yield [row_to_call(r) for r in block[i : i + PAGE_ROWS]]
-
+            rows, done = iter(block), False
+            while not done:
+                taken, done = take_rows(rows, PAGE_ROWS, self._max_bytes, _SIZED)
+                if taken:
+                    yield [row_to_call(r) for r in taken]
     def _next(self, client: Any) -> list[CallRow] | None:
         if self._pages is None:
             self._open(client)

@@ -139,6 +139,11 @@ def calls_reads() -> list[Step]:
         _query("output_refs", filter={"output_refs": [ENDS[4]["output"]["result"]]}),
         _query("filter_and_limit", filter={"trace_ids": ["t1"]}, limit=2),
         _query("columns", columns=["id", "inputs.n", "summary"]),
+        # what columns leave out is not read, yet filters and sorts on it as before
+        _query("columns_output_by_inputs", columns=["id", "output"],
+               sort_by=[{"field": "inputs.n", "direction": "desc"}],
+               query=_expr("$gt", _get("inputs.n"), _lit(1))),
+        _query("columns_attributes", columns=["attributes", "op_name"]),
         _query("usage_costs_off", filter={"call_ids": ["r1"]}, include_costs=False),
         _query("storage_size", filter={"call_ids": ["r1", "c1"]}, include_storage_size=True),
         _query("total_storage_size", filter={"trace_roots_only": True},
