@@ -14,11 +14,11 @@ and bind all interfaces; tests/server's ClickHouse tests run that store on loopb
 import contextlib
 import os
 import re
+import select
 import shlex
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -104,11 +104,12 @@ def _stop_after_start(argv: list[str], env: dict[str, str]) -> tuple[int, str]:
     with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           env=env, cwd=ROOT, start_new_session=True) as proc:
         try:
+            # the readiness line of a server; a live view's first drawing
+            ready, _, _ = select.select([proc.stdout], [], [], 60)
+            line = proc.stdout.readline() if ready else ""
+            assert line, f"{' '.join(argv)} printed nothing within 60 s"
             if argv[3] in ("serve", "relay"):
-                line = proc.stdout.readline()  # the readiness line
                 assert "listening on" in line, line
-            else:
-                time.sleep(2)  # a live view: let it draw a few times
             proc.send_signal(signal.SIGINT)
             code = proc.wait(60)
         finally:
