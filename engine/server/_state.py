@@ -7,6 +7,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from engine.common._project import shape_problem
 from engine.server._body import ApiError, decode_json, read_body
 from engine.server._ingest_models import Req, decode_ingest
 from engine.server._op_watch import OpWatch
@@ -71,7 +72,7 @@ def state_of(request: web.Request) -> ServerState:
 
 
 def check_project_id(project_id: str, field: str) -> None:
-    """``entity/project``: exactly one slash, neither part empty (WIRE.md §2)."""
-    entity, sep, project = project_id.partition("/")
-    if not (sep and entity and project) or "/" in project:
+    """``entity/project``: exactly one slash, neither part empty (WIRE.md §2; the rule is
+    engine.common._project's, which the producer and the CLI apply too)."""
+    if shape_problem(project_id) is not None:
         raise ApiError(422, f"{field}: project_id {project_id!r} is not 'entity/project'")
