@@ -21,8 +21,17 @@ raises ``KeyboardInterrupt`` there (microseconds later, no lock held; never afte
 that may last); anywhere else it raises at once, as Python's own handler does. A wait that
 only polls (a zero timeout: ``ThreadPoolExecutor.submit`` polls its idle semaphore so,
 holding that semaphore's lock and its own) counts as the hand-off, not as waiting. A second
-signal while one is deferred is handled at once (the thread is traced). A program that sets
-its own SIGINT handler replaces this one.
+signal while one is deferred is handled at once (the thread is traced).
+
+A program's own handlers -- SIGTERM's or SIGINT's ``sys.exit``, as many programs and
+frameworks set, before ``weave.init`` or after it -- raise into the interrupted code just
+the same: landing in the hand-off, the exit then hung for ever in the interpreter's join of
+weave's threads (3 of 84 SIGTERMs at random points of a weave eval loop, a driver script
+outside the repo). While the integration is installed, every Python handler a program sets
+(``signal.signal``, or one it had set before) is deferred the same way: it runs, with the
+frame it then interrupts, at the first line outside the guarded code; anywhere else at
+once. ``signal.signal`` and ``signal.getsignal`` return the program's own handler, never the
+guard around it.
 
 ``asyncio.run`` (and any ``asyncio.Runner``, ``uvloop.run``; Python 3.11+) turns the first
 Ctrl-C into a cancellation of its main task only where SIGINT's handler is Python's default:
@@ -70,6 +79,7 @@ def install(*modules: ModuleType) -> bool:
     ]
     _guarded_files = frozenset(f for f in files if f)
     _released_lines()  # read now, not in a signal handler
+    _guard_programs_handlers()
     if threading.current_thread() is not threading.main_thread():
         return False
     if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
@@ -94,6 +104,58 @@ def _on_sigint(signum: int, frame: FrameType | None) -> None:
         signal.default_int_handler(signum, frame)
 
 
+_on_sigint.defers_itself = True  # type: ignore[attr-defined]
+# the signal module's own functions, before the guard replaced them
+_set_handler, _get_handler = signal.signal, signal.getsignal
+
+
+def _guard_programs_handlers() -> None:
+    """Every Python signal handler the program sets from now on, and each one it has set,
+    runs outside the guarded code (its own ``sys.exit`` raised inside it hung the exit)."""
+    if signal.signal is not _program_sets_handler:
+        signal.signal, signal.getsignal = _program_sets_handler, _programs_handler
+    if threading.current_thread() is not threading.main_thread():
+        return  # (handlers are set from the main thread only)
+    for signum in signal.valid_signals():
+        try:
+            handler = _get_handler(signum)
+        except (OSError, ValueError):
+            continue
+        if _needs_guard(handler):
+            _set_handler(signum, _guarded(handler))
+
+
+def _program_sets_handler(signum: Any, handler: Any) -> Any:
+    return _unguarded(_set_handler(signum, _guarded(handler) if _needs_guard(handler)
+                                   else handler))  # fmt: skip
+
+
+def _programs_handler(signum: Any) -> Any:
+    return _unguarded(_get_handler(signum))
+
+
+def _needs_guard(handler: Any) -> bool:
+    """A Python handler that neither is one of the guard's nor defers itself (the guard's
+    SIGINT handler, the engine's SIGTERM handler)."""
+    return (callable(handler) and not hasattr(handler, "engine_guards")
+            and not getattr(handler, "defers_itself", False))
+
+
+def _unguarded(handler: Any) -> Any:
+    return getattr(handler, "engine_guards", handler)
+
+
+def _guarded(handler: Callable[[int, FrameType | None], Any]) -> Callable[..., Any]:
+    def guarded(signum: int, frame: FrameType | None) -> Any:
+        if not _deferrable(frame):
+            return handler(signum, frame)
+        _defer_to(frame, lambda where: handler(signum, where))
+        return None
+
+    guarded.engine_guards = handler  # type: ignore[attr-defined]
+    return guarded
+
+
 def _raise_keyboard_interrupt() -> None:
     raise KeyboardInterrupt
 
@@ -109,11 +171,17 @@ def _defer(frame: FrameType | None, run: Callable[[], None]) -> None:
     ``Future.result()`` does): a line event of a frame there, traced on this thread only
     until then."""
 
+    _defer_to(frame, lambda where: run())
+
+
+def _defer_to(frame: FrameType | None, run: Callable[[FrameType], None]) -> None:
+    """As :func:`_defer`; ``run`` is given the frame it runs in."""
+
     def outside(frame: FrameType, event: str, arg: Any) -> Any:
         if event != "line" or _in_hand_off(frame):
             return outside
         _trace_stack(frame, None)
-        run()
+        run(frame)
         return None
 
     _trace_stack(frame, outside)

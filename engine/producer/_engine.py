@@ -394,6 +394,9 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     _settle_on_sigterm()
 
 
+# the weave integration's guard around the program's handlers leaves this one be: it
+# defers through ``_sigterm_deferrers`` itself
+_on_sigterm.defers_itself = True  # type: ignore[attr-defined]
 _sigterm_deadline_s: float | None = None  # monotonic; set while SIGTERM is being settled
 
 
