@@ -87,16 +87,17 @@ def test_a_rejected_item_is_dead_lettered_alone(tmp_path):
             tracer = eng.producer()
             good = trace_calls(tracer, 20)
             with tracer.call("poison") as bad:
-                pass
-            server.reject_ids = frozenset({bad.id})
+                server.reject_ids = frozenset({bad.id})  # before its start or end can be sent
             good += trace_calls(tracer, 20)
             assert not eng.flush(timeout_s=30)  # settled, but one item was not delivered
             assert eng.flush(timeout_s=30)  # nothing else failed since
             stats = eng.stats()
         assert server.stored_ids(PROJECT) == set(good)
-    assert stats["dead_invalid"] == 1
     lines = (tmp_path / "dead_letters.jsonl").read_text().splitlines()
-    assert [json.loads(line)["call_id"] for line in lines] == [bad.id]
+    # the poison call alone: one complete item, or its start (sent ahead while its end was
+    # pending) and its end, as timing has it
+    assert {json.loads(line)["call_id"] for line in lines} == {bad.id}
+    assert stats["dead_invalid"] == len(lines) in (1, 2)
 
 
 @pytest.mark.parametrize("target", ["complete", "upsert"])
