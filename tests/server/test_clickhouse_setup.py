@@ -45,12 +45,20 @@ def test_bad_store_urls_are_refused_naming_the_problem(url, says):
         parse_store_url(url)
 
 
+@pytest.mark.parametrize("variable", ["ENGINE_CLICKHOUSE_PING_TIMEOUT_S",
+                                      "ENGINE_CLICKHOUSE_STATEMENT_TIMEOUT_S"])
 @pytest.mark.parametrize("value", ["0", "-1", "ten", "inf"])
-def test_a_ping_timeout_that_is_no_positive_number_is_refused_naming_the_variable(
-        monkeypatch, value):
-    monkeypatch.setenv("ENGINE_CLICKHOUSE_PING_TIMEOUT_S", value)
-    with pytest.raises(ConfigError, match="ENGINE_CLICKHOUSE_PING_TIMEOUT_S: .* not a positive"):
+def test_a_timeout_that_is_no_positive_number_is_refused_naming_the_variable(
+        monkeypatch, variable, value):
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError, match=f"{variable}: .* not a positive"):
         parse_store_url("clickhouse://u@h/db")
+
+
+def test_the_statement_timeout_comes_from_the_environment(monkeypatch):
+    monkeypatch.setenv("ENGINE_CLICKHOUSE_STATEMENT_TIMEOUT_S", "90")
+    target = parse_store_url("clickhouse://u@h/db")
+    assert (target.statement_timeout_s, target.ping_timeout_s) == (90.0, 10.0)
 
 
 def test_chdb_url_names_a_folder_and_defaults_the_database(tmp_path):

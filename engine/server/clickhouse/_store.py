@@ -60,6 +60,7 @@ from engine.server.clickhouse._connect import (
     PASSWORD_ENV,
     PASSWORD_FILE_ENV,
     PING_TIMEOUT_ENV,
+    STATEMENT_TIMEOUT_ENV,
     Target,
     connect,
 )
@@ -155,17 +156,23 @@ class ClickHouseStore(Store):
         try:
             return await asyncio.get_running_loop().run_in_executor(self._pool, call)
         except Exception as exc:
-            error = self._answer_for(exc)
+            error = self._answer_for(exc, self.target.statement_timeout_s, STATEMENT_TIMEOUT_ENV)
             if error is None:
                 raise
             raise error from exc
 
-    def _answer_for(self, exc: Exception) -> Any:
+    def _answer_for(self, exc: Exception, timeout_s: float, timeout_env: str) -> Any:
         """ClickHouse out of disk space, or its server out of reach (down, restarting, a
-        network fault): an answer with the reason that asks to send again (see
-        :mod:`engine.server._store_trouble`); None for any other error."""
+        network fault, silent for ``timeout_s``): an answer with the reason that asks to
+        send again (see :mod:`engine.server._store_trouble`); None for any other error."""
         text = str(exc)
         where = self.target.describe()
+        if _timed_out(exc):  # wedged, stopped, or busier than an operator allows
+            return self._trouble.answer(503, f"the store's ClickHouse server cannot be reached: "
+                                        f"it did not answer within {timeout_s:g} s ({where}); "
+                                        "the request may not have been stored: send it again "
+                                        "(a call sent twice is stored once); if ClickHouse is "
+                                        f"only slow, give it longer with ${timeout_env}")
         if (getattr(exc, "code", None) == _NOT_ENOUGH_SPACE
                 or any(mark in text for mark in _DISK_FULL_TEXTS)):
             return self._trouble.answer(507, f"the store's disk is full (ClickHouse, {where}: "
@@ -462,7 +469,7 @@ class ClickHouseStore(Store):
         try:
             await asyncio.get_running_loop().run_in_executor(self._prober, self._probe_once)
         except Exception as exc:
-            error = self._answer_for(exc)
+            error = self._answer_for(exc, self.target.ping_timeout_s, PING_TIMEOUT_ENV)
             if error is None:
                 raise
             raise error from exc
