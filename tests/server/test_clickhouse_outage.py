@@ -287,7 +287,7 @@ def test_serve_stops_within_its_shutdown_timeout_while_a_request_waits_on_a_wedg
                                         {"batch": [complete_call(PROJECT, 0, "wedged")]})
                 assert proxy.arrived.wait(30)  # its insert waits on ClickHouse
                 server.send_signal(signal.SIGTERM)
-                out, err = server.communicate(timeout=60)  # not the statement's 300 s
+                out, err = server.communicate(timeout=60)  # not the statement timeout (30 s)
             finally:
                 stop(server)
             with contextlib.suppress(OSError):  # cancelled: the connection closes unanswered
