@@ -3,20 +3,27 @@ forwards every request, or (``mode``) answers ``502 Bad Gateway`` as nginx does 
 upstream restarts, or forwards each query with ``readonly=1`` as ClickHouse applies a
 read-only user's profile, or ``hang``s: takes each request and answers nothing until the
 proxy stops, as a ClickHouse that is stopped (SIGSTOP) or wedged (``arrived`` is set once
-a request waits there). A thread of the test process on a loopback port of its own."""
+a request waits there), or (``no_ddl``) refuses each CREATE, ALTER, DROP … as ClickHouse
+refuses a user granted only SELECT, INSERT and ALTER DELETE (ACCESS_DENIED; ClickHouse checks
+the grant before IF NOT EXISTS, so also for what exists) and forwards the rest: chDB, behind
+the local server, has no users to grant to. A thread of the test process on a loopback port
+of its own."""
 
 from __future__ import annotations
 
 import contextlib
 import http.client
+import re
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Literal
+from urllib.parse import parse_qs, urlsplit
 
-Mode = Literal["forward", "502", "readonly", "hang"]
+Mode = Literal["forward", "502", "readonly", "hang", "no_ddl"]
 _HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection"}
 _BAD_GATEWAY = b"<html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>"
+_DDL = re.compile(r"\s*(CREATE|ALTER|DROP|RENAME|TRUNCATE)\s+(\w+)", re.IGNORECASE)
 
 
 class ClickHouseProxy(ThreadingHTTPServer):
@@ -55,6 +62,11 @@ class _Forward(BaseHTTPRequestHandler):
         if self.server.mode == "502":
             self._reply(502, {"Content-Type": "text/html"}, _BAD_GATEWAY)
             return
+        if self.server.mode == "no_ddl" and (ddl := self._ddl(body)):
+            denied = (f"Code: 497. DB::Exception: default: Not enough privileges. To execute this "
+                      f"query, it's necessary to have the grant {ddl} ON *.*. (ACCESS_DENIED)")
+            self._reply(500, {"X-ClickHouse-Exception-Code": "497"}, denied.encode())
+            return
         path = self.path
         if self.server.mode == "readonly":
             path += ("&" if "?" in path else "?") + "readonly=1"
@@ -66,6 +78,13 @@ class _Forward(BaseHTTPRequestHandler):
             self._reply(answer.status, dict(answer.getheaders()), answer.read())
         finally:
             upstream.close()
+
+    def _ddl(self, body: bytes) -> str | None:
+        """The grant a DDL statement needs (``CREATE TABLE``), or None: the statement is the
+        ``query`` parameter, else the body (clickhouse-connect's ``command``)."""
+        query = parse_qs(urlsplit(self.path).query).get("query", [""])[0]
+        match = _DDL.match(query or body[:200].decode(errors="replace"))
+        return f"{match[1]} {match[2]}".upper() if match else None
 
     def _body(self) -> bytes:
         if self.headers.get("Transfer-Encoding", "").lower() != "chunked":

@@ -19,6 +19,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -228,9 +229,50 @@ def test_ready_answers_503_within_its_timeout_while_clickhouse_never_answers(
                 answers = list(probes.map(lambda _: get(url, "/ready"), range(6)))
             for status, answer in answers:
                 assert status == 503 and "cannot be reached" in answer["reason"], answer
-                assert "timed out" in answer["reason"], answer
+                assert "did not answer within 1 s" in answer["reason"], answer
         finally:
             stop(server)
+
+
+def test_a_write_to_a_wedged_clickhouse_answers_503_within_the_statement_timeout_and_lands_once_it_heals(
+        clickhouse_server):  # noqa: F811
+    """Writes and reads wait ``$ENGINE_CLICKHOUSE_STATEMENT_TIMEOUT_S`` for a ClickHouse
+    that takes connections and answers nothing, not clickhouse-connect's 300 s: 503 with
+    why, so the sender keeps its calls and sends them again once the link heals."""
+    with clickhouse_proxy(clickhouse_server.port) as proxy:
+        url, server = _serve_store(proxy.store_url("wedged_writes"), SESSION_PASSWORD,
+                                   ENGINE_CLICKHOUSE_STATEMENT_TIMEOUT_S="1")
+        eng = None
+        try:
+            before = _store_one(url, "stored before ClickHouse wedged")
+            proxy.mode = "hang"
+            eng = engine.Engine(url=url, project=PROJECT, linger_ms=5, delivery_deadline_s=120)
+            tracer = eng.producer()
+            waiting = [complete_call(PROJECT, 1000 + i, "sent while ClickHouse is wedged")
+                       for i in range(20)]
+            for call in waiting:  # the sender's request waits on ClickHouse with these
+                tracer.call_complete(call)
+            with concurrent.futures.ThreadPoolExecutor(2) as client:
+                write = client.submit(post, url, f"/v2/{PROJECT}/calls/complete",
+                                      {"batch": [complete_call(PROJECT, 1, "wedged")]})
+                read = client.submit(post, url, "/calls/query_stats", {"project_id": PROJECT})
+                answers = [write.result(60), read.result(60)]
+            for status, answer, headers in answers:
+                assert status == 503 and headers.get("Retry-After") == "5", (status, answer)
+                assert "cannot be reached: it did not answer within 1 s" in answer["reason"]
+                assert "ENGINE_CLICKHOUSE_STATEMENT_TIMEOUT_S" in answer["reason"], answer
+            deadline = time.monotonic() + 30  # the sender too heard a 503 and keeps the calls
+            while eng.stats()["retries"] == 0:
+                assert time.monotonic() < deadline, "the sender's request was never answered"
+                time.sleep(0.05)
+            proxy.mode = "forward"  # the link heals
+            proxy.released.set()  # the requests it held close unanswered
+            _all_stored_once(eng, url, [before, *waiting])
+        finally:
+            if eng is not None:
+                eng.close()
+            err = stop(server)
+    assert "Traceback" not in err, err[-3000:]
 
 
 def test_serve_stops_within_its_shutdown_timeout_while_a_request_waits_on_a_wedged_clickhouse(
@@ -245,7 +287,7 @@ def test_serve_stops_within_its_shutdown_timeout_while_a_request_waits_on_a_wedg
                                         {"batch": [complete_call(PROJECT, 0, "wedged")]})
                 assert proxy.arrived.wait(30)  # its insert waits on ClickHouse
                 server.send_signal(signal.SIGTERM)
-                out, err = server.communicate(timeout=60)  # not the statement's 300 s
+                out, err = server.communicate(timeout=60)  # not the statement timeout (30 s)
             finally:
                 stop(server)
             with contextlib.suppress(OSError):  # cancelled: the connection closes unanswered

@@ -45,12 +45,20 @@ def test_bad_store_urls_are_refused_naming_the_problem(url, says):
         parse_store_url(url)
 
 
+@pytest.mark.parametrize("variable", ["ENGINE_CLICKHOUSE_PING_TIMEOUT_S",
+                                      "ENGINE_CLICKHOUSE_STATEMENT_TIMEOUT_S"])
 @pytest.mark.parametrize("value", ["0", "-1", "ten", "inf"])
-def test_a_ping_timeout_that_is_no_positive_number_is_refused_naming_the_variable(
-        monkeypatch, value):
-    monkeypatch.setenv("ENGINE_CLICKHOUSE_PING_TIMEOUT_S", value)
-    with pytest.raises(ConfigError, match="ENGINE_CLICKHOUSE_PING_TIMEOUT_S: .* not a positive"):
+def test_a_timeout_that_is_no_positive_number_is_refused_naming_the_variable(
+        monkeypatch, variable, value):
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError, match=f"{variable}: .* not a positive"):
         parse_store_url("clickhouse://u@h/db")
+
+
+def test_the_statement_timeout_comes_from_the_environment(monkeypatch):
+    monkeypatch.setenv("ENGINE_CLICKHOUSE_STATEMENT_TIMEOUT_S", "90")
+    target = parse_store_url("clickhouse://u@h/db")
+    assert (target.statement_timeout_s, target.ping_timeout_s) == (90.0, 10.0)
 
 
 def test_chdb_url_names_a_folder_and_defaults_the_database(tmp_path):
@@ -92,14 +100,16 @@ def test_a_database_holding_another_tools_schema_migrations_is_refused_untouched
     assert tables == [("schema_migrations",)]
 
 
-def test_a_read_only_clickhouse_user_is_refused_saying_it_must_write(
-        clickhouse_server, monkeypatch):  # noqa: F811
-    monkeypatch.setenv("ENGINE_CLICKHOUSE_PASSWORD", PASSWORD)
+@pytest.mark.parametrize("schema", ["none", "up to date"])
+def test_a_read_only_clickhouse_user_is_refused_saying_it_must_write(clickhouse_url, schema):  # noqa: F811
+    target = parse_store_url(clickhouse_url)
+    if schema == "up to date":  # start-up then creates nothing, and still must not pass
+        run_on("asyncio", ClickHouseStore(target).close())
     refused = pytest.raises(EngineError, match="ClickHouse user 'default' is read-only .*give "
                                                "--store a user that may write")
     # the proxy adds readonly=1 to every query, as a read-only user's profile does
-    with clickhouse_proxy(clickhouse_server.port, "readonly") as proxy, refused:
-        ClickHouseStore(parse_store_url(proxy.store_url("read_only")))
+    with clickhouse_proxy(target.port, "readonly") as proxy, refused:
+        ClickHouseStore(parse_store_url(proxy.store_url(target.database)))
 
 
 def test_a_clickhouse_user_without_a_right_is_told_what_to_grant(monkeypatch):
@@ -113,6 +123,41 @@ def test_a_clickhouse_user_without_a_right_is_told_what_to_grant(monkeypatch):
     why = _refusal(target, denied)
     assert why is not None and why.startswith("ClickHouse user 'engine' lacks a right"), why
     assert "GRANT it CREATE DATABASE" in why and "`traces`.*" in why and "pw" not in why
+
+
+def test_a_user_without_ddl_grants_serves_a_schema_an_admin_created(clickhouse_url):  # noqa: F811
+    """The schema made by a user that may (engine serve started once as it), then serve as a
+    user granted SELECT, INSERT and ALTER DELETE only: start-up creates nothing that exists
+    (ClickHouse checks CREATE grants even for IF NOT EXISTS), and writes and reads work."""
+    target = parse_store_url(clickhouse_url)
+    run_on("asyncio", ClickHouseStore(target).close())  # the admin's start: all migrations
+
+    async def scenario(store_url):
+        async with serving(None, store=store_url) as api:
+            stored = await api.post("/v2/ent/proj/calls/complete",
+                                    {"batch": [complete(f"c{i}") for i in range(100)]})
+            small = await api.post("/call/start", {"start": start("s")})
+            return stored[0], small[0], (await api.get("/ready"))[0], await api.query("ent/proj")
+
+    with clickhouse_proxy(target.port, "no_ddl") as proxy:
+        stored, small, ready, calls = run_on("asyncio", scenario(proxy.store_url(target.database)))
+    assert (stored, small, ready) == (200, 200, 200)
+    assert sorted(c["id"] for c in calls) == sorted([f"c{i}" for i in range(100)] + ["s"])
+
+
+@pytest.mark.parametrize("schema", ["none", "an older one"])
+def test_a_user_without_ddl_grants_is_told_what_to_grant_where_the_schema_needs_migrating(
+        clickhouse_url, schema):  # noqa: F811
+    target = parse_store_url(clickhouse_url)
+    if schema == "an older one":
+        connect(target, None).command(f"CREATE DATABASE `{target.database}`")
+        migrate(connect(target, target.database), bundled()[:-1])
+    with clickhouse_proxy(target.port, "no_ddl") as proxy, pytest.raises(EngineError) as refused:
+        ClickHouseStore(parse_store_url(proxy.store_url(target.database)))
+    why = str(refused.value)
+    assert why.startswith("ClickHouse user 'default' lacks a right engine serve needs"), why
+    assert "GRANT it CREATE DATABASE" in why and "start engine serve once as a user" in why, why
+    assert "\n" not in why and PASSWORD not in why
 
 
 def test_calls_stored_under_the_first_layout_move_to_the_part_log(clickhouse_url):  # noqa: F811

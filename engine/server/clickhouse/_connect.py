@@ -19,14 +19,20 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from engine.common._env import CLICKHOUSE_PING_TIMEOUT_S as PING_TIMEOUT_ENV
+from engine.common._env import CLICKHOUSE_STATEMENT_TIMEOUT_S as STATEMENT_TIMEOUT_ENV
 from engine.common._errors import ConfigError
 
 PASSWORD_ENV = "ENGINE_CLICKHOUSE_PASSWORD"
 PASSWORD_FILE_ENV = "ENGINE_CLICKHOUSE_PASSWORD_FILE"
 # /ready's query and the first one at start: a server that does not answer within this is
-# said to be out of reach (a statement of the store may take minutes: a large insert)
+# said to be out of reach
 DEFAULT_PING_TIMEOUT_S = 10.0
-STATEMENT_TIMEOUT_S = 300.0
+# every other statement: a server silent this long is out of reach too (503, sent again).
+# Not a bound on a statement's whole run: clickhouse-connect asks ClickHouse for a progress
+# header every max(10, timeout - 5) s, so a server still working on a long insert or read
+# keeps it alive; a 50,000-part insert (the largest group) takes ~0.6 s through the local
+# server. Below the engine sender's request_timeout_s (60), so the sender hears the 503.
+DEFAULT_STATEMENT_TIMEOUT_S = 30.0
 DEFAULT_DATABASE = "engine"
 _SCHEMES = {"clickhouse": "http", "clickhouses": "https"}
 _DEFAULT_PORTS = {"http": 8123, "https": 8443}
@@ -44,6 +50,7 @@ class Target:
     password: str = dataclasses.field(default="", repr=False)
     path: str = ""  # the chdb folder
     ping_timeout_s: float = DEFAULT_PING_TIMEOUT_S
+    statement_timeout_s: float = DEFAULT_STATEMENT_TIMEOUT_S
 
     def describe(self) -> str:
         """Where, for logs: never the password."""
@@ -83,7 +90,9 @@ def parse_store_url(url: str, password_file: Path | None = None) -> Target:
     return Target(
         interface=interface, database=database, host=parts.hostname,
         port=port or _DEFAULT_PORTS[interface], user=unquote(parts.username or "default"),
-        password=_password(password_file), ping_timeout_s=_ping_timeout_s(),
+        password=_password(password_file),
+        ping_timeout_s=_seconds(PING_TIMEOUT_ENV, DEFAULT_PING_TIMEOUT_S),
+        statement_timeout_s=_seconds(STATEMENT_TIMEOUT_ENV, DEFAULT_STATEMENT_TIMEOUT_S),
     )  # fmt: skip
 
 
@@ -111,23 +120,25 @@ def _password(password_file: Path | None) -> str:
     return os.environ.get(PASSWORD_ENV, "")
 
 
-def _ping_timeout_s() -> float:
-    text = os.environ.get(PING_TIMEOUT_ENV, "").strip()
+def _seconds(name: str, default: float) -> float:
+    text = os.environ.get(name, "").strip()
     try:
-        value = float(text) if text else DEFAULT_PING_TIMEOUT_S
+        value = float(text) if text else default
     except ValueError:
         value = 0.0
     if not 0 < value < float("inf"):
-        raise ConfigError(PING_TIMEOUT_ENV, f"{text!r} is not a positive number of seconds")
+        raise ConfigError(name, f"{text!r} is not a positive number of seconds")
     return value
 
 
-def connect(target: Target, database: str | None, timeout_s: float = STATEMENT_TIMEOUT_S,
+def connect(target: Target, database: str | None, timeout_s: float | None = None,
             **settings: Any) -> Any:
     """A ``clickhouse-connect`` client on ``database`` (None: the server's default) whose
-    requests give up after ``timeout_s`` without an answer."""
+    requests give up after ``timeout_s`` (default ``target.statement_timeout_s``) without
+    an answer."""
     import clickhouse_connect
 
+    timeout_s = target.statement_timeout_s if timeout_s is None else timeout_s
     if target.interface == "chdb":
         return clickhouse_connect.get_client(
             interface="chdb", path=target.path, database=database, settings=settings

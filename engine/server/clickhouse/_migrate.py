@@ -69,15 +69,17 @@ def bundled() -> list[Migration]:
 
 
 def applied_versions(client: Any) -> set[int]:
-    _refuse_foreign_record_table(client)
-    client.command(_RECORD_TABLE)
+    # created only where missing: ClickHouse checks the CREATE grant even for IF NOT EXISTS
+    # on a table that exists, and the run-time user of a migrated database may lack it
+    if not _record_table_exists(client):
+        client.command(_RECORD_TABLE)
     return {row[0] for row in client.query("SELECT DISTINCT version FROM schema_migrations").result_rows}
 
 
-def _refuse_foreign_record_table(client: Any) -> None:
-    """A ``schema_migrations`` without engine's columns is another tool's (golang-migrate
-    keeps ``version, dirty`` there): its versions are not ours, and the database is not
-    engine's to fill. Checked before anything is created in it."""
+def _record_table_exists(client: Any) -> bool:
+    """Whether engine's ``schema_migrations`` is there. One without engine's columns is
+    another tool's (golang-migrate keeps ``version, dirty`` there): its versions are not
+    ours, and the database is not engine's to fill. Checked before anything is created in it."""
     columns = [row[0] for row in client.query(
         "SELECT name FROM system.columns WHERE database = currentDatabase() "
         "AND table = 'schema_migrations' ORDER BY position").result_rows]  # fmt: skip
@@ -89,6 +91,7 @@ def _refuse_foreign_record_table(client: Any) -> None:
             f"{', '.join(columns)}), not engine's: give engine serve a database of its own "
             "in --store"
         )
+    return bool(columns)
 
 
 def migrate(client: Any, migrations: list[Migration] | None = None) -> list[int]:

@@ -60,6 +60,7 @@ from engine.server.clickhouse._connect import (
     PASSWORD_ENV,
     PASSWORD_FILE_ENV,
     PING_TIMEOUT_ENV,
+    STATEMENT_TIMEOUT_ENV,
     Target,
     connect,
 )
@@ -122,8 +123,7 @@ class ClickHouseStore(Store):
         self._trouble = StoreTrouble()
         _quiet_driver()
         try:  # the first statement, bounded by the short timeout: is anyone there?
-            connect(target, None, target.ping_timeout_s).command(
-                f"CREATE DATABASE IF NOT EXISTS `{target.database}`")
+            _create_database(connect(target, None, target.ping_timeout_s), target)
             self.migrated = migrate(self._client())
             self._schema = SchemaWatch(bundled()[-1].version)
         except Exception as exc:
@@ -155,17 +155,23 @@ class ClickHouseStore(Store):
         try:
             return await asyncio.get_running_loop().run_in_executor(self._pool, call)
         except Exception as exc:
-            error = self._answer_for(exc)
+            error = self._answer_for(exc, self.target.statement_timeout_s, STATEMENT_TIMEOUT_ENV)
             if error is None:
                 raise
             raise error from exc
 
-    def _answer_for(self, exc: Exception) -> Any:
+    def _answer_for(self, exc: Exception, timeout_s: float, timeout_env: str) -> Any:
         """ClickHouse out of disk space, or its server out of reach (down, restarting, a
-        network fault): an answer with the reason that asks to send again (see
-        :mod:`engine.server._store_trouble`); None for any other error."""
+        network fault, silent for ``timeout_s``): an answer with the reason that asks to
+        send again (see :mod:`engine.server._store_trouble`); None for any other error."""
         text = str(exc)
         where = self.target.describe()
+        if _timed_out(exc):  # wedged, stopped, or busier than an operator allows
+            return self._trouble.answer(503, f"the store's ClickHouse server cannot be reached: "
+                                        f"it did not answer within {timeout_s:g} s ({where}); "
+                                        "the request may not have been stored: send it again "
+                                        "(a call sent twice is stored once); if ClickHouse is "
+                                        f"only slow, give it longer with ${timeout_env}")
         if (getattr(exc, "code", None) == _NOT_ENOUGH_SPACE
                 or any(mark in text for mark in _DISK_FULL_TEXTS)):
             return self._trouble.answer(507, f"the store's disk is full (ClickHouse, {where}: "
@@ -462,7 +468,7 @@ class ClickHouseStore(Store):
         try:
             await asyncio.get_running_loop().run_in_executor(self._prober, self._probe_once)
         except Exception as exc:
-            error = self._answer_for(exc)
+            error = self._answer_for(exc, self.target.ping_timeout_s, PING_TIMEOUT_ENV)
             if error is None:
                 raise
             raise error from exc
@@ -499,6 +505,24 @@ def _quiet_driver() -> None:
         logging.getLogger("clickhouse_connect").setLevel(logging.ERROR)
 
 
+def _create_database(client: Any, target: Target) -> None:
+    """Only where it is missing: ClickHouse checks the CREATE DATABASE grant even for IF NOT
+    EXISTS on one that exists, and the run-time user may lack it (docs/clickhouse.md). A
+    read-only user is refused here, as that statement would have refused it."""
+    readonly = client.query("SELECT getSetting('readonly')").result_rows[0][0]
+    if int(readonly):
+        raise EngineError(_read_only(target, f"its setting readonly={readonly}"))
+    found = client.query("SELECT 1 FROM system.databases WHERE name = {db:String}",
+                         parameters={"db": target.database}).result_rows  # fmt: skip
+    if not found:
+        client.command(f"CREATE DATABASE IF NOT EXISTS `{target.database}`")
+
+
+def _read_only(target: Target, why: str) -> str:
+    return (f"ClickHouse user {target.user!r} is read-only ({target.describe()}: {why}); engine "
+            "serve creates its tables and writes calls: give --store a user that may write")
+
+
 def _refusal(target: Target, exc: Exception) -> str | None:
     """Why a store could not be opened, and what to do, in a line; None for an error that
     is not one of these (a bug: the CLI says "unexpected")."""
@@ -516,12 +540,12 @@ def _refusal(target: Target, exc: Exception) -> str | None:
         return (f"ClickHouse refused user {target.user!r} ({where}): check ${PASSWORD_ENV}, "
                 f"${PASSWORD_FILE_ENV} or --clickhouse-password-file, and the user in --store")
     if code == _READONLY:
-        return (f"ClickHouse user {target.user!r} is read-only ({where}: {text}); engine serve "
-                "creates its tables and writes calls: give --store a user that may write")
+        return _read_only(target, text)
     if code == _ACCESS_DENIED:
         return (f"ClickHouse user {target.user!r} lacks a right engine serve needs ({where}: "
-                f"{text}); GRANT it CREATE DATABASE, and CREATE TABLE, ALTER, INSERT, SELECT on "
-                f"`{target.database}`.*, or give --store a user that has them")
+                f"{text}); GRANT it CREATE DATABASE, and CREATE TABLE, CREATE VIEW, DROP VIEW, "
+                f"ALTER DELETE, INSERT, SELECT on `{target.database}`.*, or start engine serve once as a user that has them (it "
+                "creates and migrates the schema; then SELECT, INSERT, ALTER DELETE suffice)")
     return None
 
 
