@@ -115,6 +115,24 @@ def test_keys_written_as_the_same_text_are_written_once_the_last_value_kept_alik
         "str_keys": {"1": "a"}}
 
 
+def test_bool_and_float_keys_are_written_as_weave_writes_them_and_collide_alike():
+    # weave 0.54.0's own client stores {True: 1, "true": 2} as {"true": 2} and a float key
+    # as its str() (pydantic's JSON); msgspec wrote "True" (two keys) and "1e20", "1e-5"
+    inputs = {"bool": {True: 1, "true": 2, False: 3}, "none": {None: 1, "null": 2},
+              "float": {1e20: "a", 1e-05: "b", 1.5: "c", math.nan: "n", -math.inf: "i"},
+              "float_clash": [{1e16: "x", "1e+16": "y"}], "real": {Real(2.5): "r"}}
+    item = _start(inputs)
+    item.attributes = {}
+    c_bytes, c_counts, py_bytes, py_counts = both(item)
+    assert c_bytes == py_bytes
+    assert c_counts == py_counts == (0, 0, 2)
+    assert msgspec.json.decode(c_bytes)["inputs"] == {
+        "bool": {"true": 2, "false": 3}, "none": {"None": 1, "null": 2},
+        "float": {"1e+20": "a", "1e-05": "b", "1.5": "c", "nan": "n", "-inf": "i"},
+        "float_clash": [{"1e+16": "y"}], "real": {"2.5": "r"}}
+    assert _codec.strict_encoder.encode({True: 1}) == b'{"true":1}'  # was EncodeError
+
+
 class Kind(int):
     """An int subclass (an IntEnum is one): written as an int, nothing to count."""
 
@@ -190,9 +208,11 @@ values = st.recursive(leaves, lambda inner: st.lists(inner, max_size=4)
                       | st.lists(inner, max_size=3).map(tuple)
                       | st.dictionaries(st.text(max_size=3), inner, max_size=4)
                       | st.dictionaries(st.integers(0, 9), inner, max_size=2)
-                      # keys that collide once written as text: "1" and 1
-                      | st.dictionaries(st.integers(0, 2) | st.sampled_from(["0", "1", "2"]),
-                                        inner, max_size=4), max_leaves=20)
+                      # keys that collide once written as text: "1" and 1, "true" and True
+                      | st.dictionaries(st.integers(0, 2) | st.booleans() | st.sampled_from(
+                          [1.5, 1e16, "0", "1", "2", "true", "1.5", "1e+16"]), inner,
+                          max_size=4),
+                      max_leaves=20)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
