@@ -8,11 +8,11 @@ looks for them after encoding, the same way the C encoder walks an item (so both
 same values), and only when a quick look says they may be there: one pass over the values of
 the item's dicts, lists, tuples and wire items that lets the plain ones (str, int, bool,
 None, finite floats, datetimes) by with a type test and stops at the first other one -- a
-bytes-like value, a ``Decimal``, a float subclass, a NaN or an infinity. Looking at each
-value from Python costs less than batching the look per container or per level in C
-(``set(map(type, ...))``, ``gc.get_referents`` by level): a call's containers hold a few
-values each. (Scanning the encoded bytes for ``null``, ``NaN`` and ``Infinity`` cost more:
-three searches of every payload, and bytes-like values leave no mark there.)
+bytes-like value, a ``Decimal``, a float subclass, a NaN or an infinity, a dict subclass.
+Looking at each value from Python costs less than batching the look per container or per
+level in C (``set(map(type, ...))``, ``gc.get_referents`` by level): a call's containers
+hold a few values each. (Scanning the encoded bytes for ``null``, ``NaN`` and ``Infinity``
+cost more: three searches of every payload, and bytes-like values leave no mark there.)
 What is counted:
 
 - a NaN/inf float is written ``null``;
@@ -20,17 +20,18 @@ What is counted:
   JSON) and is refused by 0.23: the C encoder writes ``null``, and so does this one;
 - bytes-like values become ordinary-looking base64 strings;
 - of the entries of a dict whose keys are written as the same text (``1`` and ``"1"``,
-  ``True`` and ``"true"``: only a dict with keys other than str has them), one is written
-  (:func:`unique_keys`): msgspec wrote the key twice, and the server kept the last silently.
+  ``True`` and ``"true"``: only a dict with keys other than str, or a dict subclass, has
+  them), one is written (:func:`unique_keys`): msgspec wrote the key twice, and the server
+  kept the last silently.
 
 What is written as weave writes it (:func:`unique_keys`, nothing counted): a bool key as
 ``true`` / ``false`` (msgspec: ``True``), a float key as its ``str()`` (``1e+20``; msgspec:
 ``1e20``).
 
 Where the C encoder walks: the fields of the wire items, dicts whose keys are all exact
-``str``, lists, tuples; a dict with other keys goes through :func:`unique_keys` to msgspec;
-every other value is msgspec's (a dict subclass, a dataclass), and what it holds is written
-by msgspec's rules and not counted, by either encoder.
+``str``, lists, tuples; a dict with other keys and a dict subclass go through
+:func:`unique_keys` to msgspec; every other value is msgspec's (a dataclass, a Struct), and
+what it holds is written by msgspec's rules and not counted, by either encoder.
 """
 
 from __future__ import annotations
@@ -85,18 +86,20 @@ counts = _Counts()
 
 def unique_keys(value: Any, levels: int) -> tuple[Any, int]:
     """``value`` as weave 0.54 stores it, for what msgspec writes whole (a dict with keys other
-    than str): the entries of each of its dicts whose keys are written as the same text
-    (``{1: "a", "1": "b"}``, ``{True: "a", "true": "b"}``) made one, the last one's value
-    at the first one's place (``{"1": "b"}``), as weave and a JSON reader keep it; a bool
-    or float key as weave's text (``true``, ``1e+20``: :func:`key_text`); and how many
-    values were dropped. ``value`` itself when nothing changed. It goes into dicts, lists
-    and tuples, ``levels`` deep (the encoders refuse deeper values; a cycle is msgspec's
-    error). The C encoder calls it for each dict with a key that is not an exact str it
-    meets, before msgspec writes it."""
+    than str, a dict subclass): the entries of each of its dicts whose keys are written as
+    the same text (``{1: "a", "1": "b"}``, ``{True: "a", "true": "b"}``) made one, the last
+    one's value at the first one's place (``{"1": "b"}``), as weave and a JSON reader keep
+    it; a bool or float key as weave's text (``true``, ``1e+20``: :func:`key_text`); and
+    how many values were dropped.
+    ``value`` itself when nothing changed. It goes into dicts (subclasses too: a plain dict
+    comes back when one changes), lists and tuples, ``levels`` deep (the encoders refuse
+    deeper values; a cycle is msgspec's error). The C encoder calls it for each dict with a
+    key that is not an exact str and each dict subclass it meets, before msgspec writes it.
+    """
     kind = type(value)
     if levels < 0:
         return value, 0
-    if kind is dict:
+    if isinstance(value, dict):
         return _unique_dict(value, levels)
     if kind is list or kind is tuple:
         dropped = 0
@@ -230,7 +233,8 @@ class PyEncoder:
                     if lossy is None:
                         if len(lossy_type) >= _MAX_TYPES_KEPT:  # types made on the fly
                             lossy_type.clear()
-                        lossy = lossy_type[kind] = issubclass(kind, _LOSSY_BASES)
+                        lossy = lossy_type[kind] = (issubclass(kind, _LOSSY_BASES)
+                                                    or issubclass(kind, dict))
                     if lossy:
                         return True
         return False
@@ -242,7 +246,7 @@ class PyEncoder:
         nonfinite = nbytes = dropped = 0
         rewritten = False
         for leaf in self._leaves(item):
-            if type(leaf) is dict:  # keys other than str: msgspec's whole
+            if isinstance(leaf, dict):  # keys other than str, a subclass: msgspec's whole
                 merged, n = unique_keys(leaf, MAX_VALUE_DEPTH)
                 dropped += n
                 rewritten = rewritten or merged is not leaf
@@ -256,7 +260,7 @@ class PyEncoder:
 
     def _leaves(self, value: Any) -> Iterator[Any]:
         """Every value the C encoder meets that is not a dict with str keys, list, tuple or
-        wire item (a dict with other keys: the dict, msgspec's whole)."""
+        wire item (a dict with other keys, a dict subclass: the dict, msgspec's whole)."""
         stack = [value]
         while stack:
             value = stack.pop()
@@ -275,12 +279,13 @@ class PyEncoder:
 
     def _nulled(self, value: Any) -> Any:
         """``value`` with every NaN/inf Decimal the C encoder meets replaced by None, and
-        each dict with keys other than str as :func:`unique_keys` makes it."""
+        each dict with keys other than str or of a subclass of dict as :func:`unique_keys`
+        makes it."""
         kind = type(value)
-        if kind is dict:
-            if any(type(k) is not str for k in value):
-                return unique_keys(value, MAX_VALUE_DEPTH)[0]
+        if kind is dict and all(type(k) is str for k in value):
             return {k: self._nulled(v) for k, v in value.items()}
+        if isinstance(value, dict):
+            return unique_keys(value, MAX_VALUE_DEPTH)[0]
         if kind is list or kind is tuple:
             return kind(self._nulled(v) for v in value)
         if kind in self._walked:

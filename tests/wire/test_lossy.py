@@ -8,6 +8,7 @@ write a NaN/inf Decimal as null, where msgspec alone would write ``NaN`` (not JS
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime as dt
 import enum
@@ -133,6 +134,27 @@ def test_bool_and_float_keys_are_written_as_weave_writes_them_and_collide_alike(
     assert _codec.strict_encoder.encode({True: 1}) == b'{"true":1}'  # was EncodeError
 
 
+class Tagged(dict):
+    """A dict subclass: written as a dict, by msgspec."""
+
+
+def test_a_dict_subclass_is_written_once_per_key_text_as_a_dict_is():
+    # msgspec wrote OrderedDict([(1, "a"), ("1", "b")]) as {"1":"a","1":"b"}: weave 0.54.0
+    # stores {"1": "b"}, as it does for a dict
+    inputs = {"ordered": collections.OrderedDict([(1, "a"), ("1", "b")]),
+              "counter": [collections.Counter({True: 2, "true": 3})],
+              "nested": Tagged(k=Tagged({2: "x", "2": 1.5e20})),
+              "str_keys": collections.defaultdict(int, {"a": 1}), "empty": Tagged()}
+    item = _start(inputs)
+    item.attributes = {}
+    c_bytes, c_counts, py_bytes, py_counts = both(item)
+    assert c_bytes == py_bytes
+    assert c_counts == py_counts == (0, 0, 3)
+    assert msgspec.json.decode(c_bytes)["inputs"] == {
+        "ordered": {"1": "b"}, "counter": [{"true": 3}], "nested": {"k": {"2": 1.5e20}},
+        "str_keys": {"a": 1}, "empty": {}}
+
+
 class Kind(int):
     """An int subclass (an IntEnum is one): written as an int, nothing to count."""
 
@@ -207,11 +229,12 @@ leaves = (st.floats(allow_nan=True, allow_infinity=True) | st.none() | st.intege
 values = st.recursive(leaves, lambda inner: st.lists(inner, max_size=4)
                       | st.lists(inner, max_size=3).map(tuple)
                       | st.dictionaries(st.text(max_size=3), inner, max_size=4)
+                      | st.dictionaries(st.text(max_size=3), inner, max_size=2).map(Tagged)
                       | st.dictionaries(st.integers(0, 9), inner, max_size=2)
                       # keys that collide once written as text: "1" and 1, "true" and True
                       | st.dictionaries(st.integers(0, 2) | st.booleans() | st.sampled_from(
                           [1.5, 1e16, "0", "1", "2", "true", "1.5", "1e+16"]), inner,
-                          max_size=4),
+                          max_size=4).map(lambda d: Tagged(d) if len(d) == 3 else d),
                       max_leaves=20)
 
 
