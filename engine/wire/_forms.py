@@ -1,6 +1,7 @@
 """What the encoders write for a value msgspec does not encode itself (its enc_hook's
-answer), or writes otherwise than weave 0.54 stores it (a bool or float dict key), shared
-by the producer's hooks (``_codec``), ``_lossy`` and the sanitise walk."""
+answer), or writes otherwise than weave 0.54 stores it (a bool or float dict key, a plain
+enum member), shared by the producer's hooks (``_codec``), ``_lossy`` and the sanitise
+walk."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ NO_FORM = object()
 # msgspec writes their exact instances (and enums) itself; weave writes an instance of a
 # subclass (``class Score(float)``) as its value too, not as its str()
 _BASES = (int, float, str)
+_MAX_ENUM_TEXT = 1000  # weave's stringify keeps 997 characters and "..." of a longer repr
 
 
 def key_text(key: Any) -> str | None:
@@ -33,6 +35,28 @@ def key_text(key: Any) -> str | None:
     if isinstance(key, float) and not isinstance(key, enum.Enum):
         return str(key)
     return None
+
+
+def is_plain_enum(kind: type) -> bool:
+    """Whether ``kind`` is an enum whose members msgspec writes as their value and weave as
+    their repr (its ``to_json`` takes an int, float or str member as a value: IntEnum,
+    StrEnum, a mixed-in base)."""
+    return issubclass(kind, enum.Enum) and not issubclass(kind, _BASES)
+
+
+def enum_text(member: enum.Enum) -> str:
+    """A plain enum member as weave 0.54 stores it: its repr (``"<Color.RED: 1>"``), else
+    its str(), else ``"<Color: id>"``; 997 characters and "..." of a longer one."""
+    try:
+        text = repr(member)
+    except Exception:
+        try:
+            text = str(member)
+        except Exception:
+            text = f"<{type(member).__name__}: {id(member)}>"
+    if len(text) > _MAX_ENUM_TEXT:
+        text = text[:_MAX_ENUM_TEXT - 3] + "..."
+    return text
 
 
 def data_form(obj: Any, fallback: Callable[[Any], Any] | None = None) -> Any:

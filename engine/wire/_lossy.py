@@ -1,6 +1,6 @@
 """Values the producer writes in another form, counted: NaN/inf as null, bytes as base64, a
-key written twice once; and a bool or float dict key written as weave 0.54 stores it where
-msgspec writes it otherwise, not counted.
+key written twice once; and values written as weave 0.54 stores them where msgspec writes
+them otherwise (a bool or float dict key, a plain enum member), not counted.
 
 The C encoder (engine/native/_native_json.c) counts them as it meets them, at no cost to
 the items that hold none. Without it, msgspec writes them silently, so :class:`PyEncoder`
@@ -8,11 +8,12 @@ looks for them after encoding, the same way the C encoder walks an item (so both
 same values), and only when a quick look says they may be there: one pass over the values of
 the item's dicts, lists, tuples and wire items that lets the plain ones (str, int, bool,
 None, finite floats, datetimes) by with a type test and stops at the first other one -- a
-bytes-like value, a ``Decimal``, a float subclass, a NaN or an infinity, a dict subclass.
-Looking at each value from Python costs less than batching the look per container or per
-level in C (``set(map(type, ...))``, ``gc.get_referents`` by level): a call's containers
-hold a few values each. (Scanning the encoded bytes for ``null``, ``NaN`` and ``Infinity``
-cost more: three searches of every payload, and bytes-like values leave no mark there.)
+bytes-like value, a ``Decimal``, a float subclass, a NaN or an infinity, a dict subclass, a
+plain enum member. Looking at each value from Python costs less than batching the look per
+container or per level in C (``set(map(type, ...))``, ``gc.get_referents`` by level): a
+call's containers hold a few values each. (Scanning the encoded bytes for ``null``, ``NaN``
+and ``Infinity`` cost more: three searches of every payload, and bytes-like values leave no
+mark there.)
 What is counted:
 
 - a NaN/inf float is written ``null``;
@@ -26,7 +27,8 @@ What is counted:
 
 What is written as weave writes it (:func:`unique_keys`, nothing counted): a bool key as
 ``true`` / ``false`` (msgspec: ``True``), a float key as its ``str()`` (``1e+20``; msgspec:
-``1e20``).
+``1e20``), a plain enum member (not an int, float or str one) as its repr (msgspec: its
+value).
 
 Where the C encoder walks: the fields of the wire items, dicts whose keys are all exact
 ``str``, lists, tuples; a dict with other keys and a dict subclass go through
@@ -46,7 +48,7 @@ from typing import Any
 import msgspec
 
 from engine.wire._depth import MAX_VALUE_DEPTH, json_depth_over_py
-from engine.wire._forms import key_text, str_or_placeholder
+from engine.wire._forms import enum_text, is_plain_enum, key_text, str_or_placeholder
 
 _MAX_ITEM_DEPTH = MAX_VALUE_DEPTH + 1  # a field's value nests inside its item's object
 _BYTES_TYPES = frozenset((bytes, bytearray, memoryview))
@@ -89,8 +91,8 @@ def unique_keys(value: Any, levels: int) -> tuple[Any, int]:
     than str, a dict subclass): the entries of each of its dicts whose keys are written as
     the same text (``{1: "a", "1": "b"}``, ``{True: "a", "true": "b"}``) made one, the last
     one's value at the first one's place (``{"1": "b"}``), as weave and a JSON reader keep
-    it; a bool or float key as weave's text (``true``, ``1e+20``: :func:`key_text`); and
-    how many values were dropped.
+    it; a bool or float key as weave's text (``true``, ``1e+20``: :func:`key_text`), a
+    plain enum member as its repr (:func:`enum_text`); and how many values were dropped.
     ``value`` itself when nothing changed. It goes into dicts (subclasses too: a plain dict
     comes back when one changes), lists and tuples, ``levels`` deep (the encoders refuse
     deeper values; a cycle is msgspec's error). The C encoder calls it for each dict with a
@@ -110,6 +112,8 @@ def unique_keys(value: Any, levels: int) -> tuple[Any, int]:
             items.append(new)
         same = all(new is old for new, old in zip(items, value))
         return (value, 0) if same else (kind(items), dropped)
+    if is_plain_enum(kind):
+        return enum_text(value), 0
     return value, 0
 
 
@@ -234,15 +238,16 @@ class PyEncoder:
                         if len(lossy_type) >= _MAX_TYPES_KEPT:  # types made on the fly
                             lossy_type.clear()
                         lossy = lossy_type[kind] = (issubclass(kind, _LOSSY_BASES)
-                                                    or issubclass(kind, dict))
+                                                    or issubclass(kind, dict)
+                                                    or is_plain_enum(kind))
                     if lossy:
                         return True
         return False
 
     def _count(self, item: Any) -> tuple[int, int, bool, int]:
         """(NaN/inf values, bytes-like values, whether :meth:`_nulled` writes ``item``
-        otherwise (a NaN/inf Decimal, a dict :func:`unique_keys` changes), values of dicts
-        dropped by :func:`unique_keys`)."""
+        otherwise (a NaN/inf Decimal, a plain enum member, a dict :func:`unique_keys`
+        changes), values of dicts dropped by :func:`unique_keys`)."""
         nonfinite = nbytes = dropped = 0
         rewritten = False
         for leaf in self._leaves(item):
@@ -256,6 +261,8 @@ class PyEncoder:
                     rewritten = rewritten or type(leaf) is Decimal
             elif type(leaf) in _BYTES_TYPES:
                 nbytes += 1
+            elif is_plain_enum(type(leaf)):
+                rewritten = True
         return nonfinite, nbytes, rewritten, dropped
 
     def _leaves(self, value: Any) -> Iterator[Any]:
@@ -278,13 +285,13 @@ class PyEncoder:
                 yield value
 
     def _nulled(self, value: Any) -> Any:
-        """``value`` with every NaN/inf Decimal the C encoder meets replaced by None, and
-        each dict with keys other than str or of a subclass of dict as :func:`unique_keys`
-        makes it."""
+        """``value`` with every NaN/inf Decimal the C encoder meets replaced by None, each
+        plain enum member by its repr, and each dict with keys other than str or of a
+        subclass of dict as :func:`unique_keys` makes it."""
         kind = type(value)
         if kind is dict and all(type(k) is str for k in value):
             return {k: self._nulled(v) for k, v in value.items()}
-        if isinstance(value, dict):
+        if isinstance(value, dict) or is_plain_enum(kind):
             return unique_keys(value, MAX_VALUE_DEPTH)[0]
         if kind is list or kind is tuple:
             return kind(self._nulled(v) for v in value)

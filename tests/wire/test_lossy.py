@@ -155,6 +155,40 @@ def test_a_dict_subclass_is_written_once_per_key_text_as_a_dict_is():
         "str_keys": {"a": 1}, "empty": {}}
 
 
+class Color(enum.Enum):
+    RED = 1
+    PAIR = (1, "two")
+    LONG = "x" * 2000
+
+
+class Perm(enum.Flag):
+    R = 4
+    W = 2
+
+
+class Mode(str, enum.Enum):
+    FAST = "fast"
+
+
+def test_plain_enum_members_are_written_as_their_repr_as_weave_does():
+    # weave 0.54.0 stores a plain Enum or Flag member as its repr (to_json's stringify, cut
+    # at 1000 characters) and an int or str one as its value; an enum key as its value
+    inputs = {"plain": [Color.RED, Color.PAIR, Perm.R | Perm.W], "long": Color.LONG,
+              "as_value": [Level.HIGH, Mode.FAST], "key": {Color.RED: Color.RED},
+              "int_keys": {1: (Color.RED,)}, "subclass": Tagged(a=[Color.RED]),
+              "dataclass": Holder(Color.RED)}
+    item = _start(inputs)
+    item.attributes = {}
+    c_bytes, c_counts, py_bytes, py_counts = both(item)
+    assert c_bytes == py_bytes
+    assert c_counts == py_counts == (0, 0, 0)
+    assert msgspec.json.decode(c_bytes)["inputs"] == {
+        "plain": ["<Color.RED: 1>", "<Color.PAIR: (1, 'two')>", "<Perm.R|W: 6>"],
+        "long": repr(Color.LONG)[:997] + "...", "as_value": [3, "fast"],
+        "key": {"1": "<Color.RED: 1>"}, "int_keys": {"1": ["<Color.RED: 1>"]},
+        "subclass": {"a": ["<Color.RED: 1>"]}, "dataclass": {"value": 1}}  # msgspec's whole: its rules, as the docs say
+
+
 class Kind(int):
     """An int subclass (an IntEnum is one): written as an int, nothing to count."""
 
@@ -225,7 +259,7 @@ leaves = (st.floats(allow_nan=True, allow_infinity=True) | st.none() | st.intege
           | st.text(max_size=5) | st.binary(max_size=4).map(bytes)
           | st.binary(max_size=4).map(bytearray)
           | st.sampled_from([Decimal("NaN"), Decimal("Infinity"), Decimal("2.5"), Real("inf"),
-                             Holder(math.nan)]))
+                             Holder(math.nan), Color.RED, Level.HIGH]))
 values = st.recursive(leaves, lambda inner: st.lists(inner, max_size=4)
                       | st.lists(inner, max_size=3).map(tuple)
                       | st.dictionaries(st.text(max_size=3), inner, max_size=4)
