@@ -12,10 +12,13 @@
  *
  * Every other value, at any depth, is handed to msgspec (the caller's encoder.encode):
  * its enc_hook, errors and formats stay msgspec's own, except a NaN/inf Decimal, written
- * null (msgspec would write NaN, not JSON). A dict with a key that is not an exact str goes
- * to msgspec whole, so nothing in it is encoded twice, after _lossy.unique_keys made keys
- * msgspec writes as the same text one. NaN/inf and bytes-like values met on the way are
- * counted (take_counts); engine/wire/_lossy.py counts the same ones without C.
+ * null (msgspec would write NaN, not JSON). A dict with a key that is not an exact str and a
+ * dict subclass go to msgspec whole, so nothing in them is encoded twice, after
+ * _lossy.unique_keys made keys msgspec writes as the same text one and wrote what weave
+ * stores otherwise (bool and float keys, plain enum members) as weave does; a plain enum
+ * member met here goes through it too (msgspec: its value; weave 0.54: its repr). NaN/inf
+ * and bytes-like values met on the way are counted (take_counts); engine/wire/_lossy.py
+ * counts the same ones without C.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -337,13 +340,14 @@ static int check_levels(Ctx *ctx, const char *p, size_t n) {
 
 /* Values written in another form since take_counts() last ran in this thread: NaN/inf as
  * null, bytes-like as base64 (msgspec's form), values of a key msgspec would write twice
- * dropped (put_keyed_dict); the producer adds them to its slot's counters after each
+ * dropped (put_unique); the producer adds them to its slot's counters after each
  * write, or drops them with an item not written. Per thread: threads writing at once (the
  * GIL passes between a write and its settling) keep their own. */
 enum { NOTED_NONFINITE, NOTED_BYTES, NOTED_DUPLICATE_KEY, NOTED_KINDS };
 static _Thread_local Py_ssize_t noted_counts[NOTED_KINDS];
 static PyObject *decimal_type;  /* decimal.Decimal: a NaN/inf one is written null */
 static PyObject *raw_type;      /* msgspec.Raw: JSON text msgspec checked, written as it is */
+static PyObject *enum_meta;     /* enum.EnumMeta: the type of an enum class */
 
 static inline void note(Ctx *ctx, int kind) {
     noted_counts[kind]++;
@@ -372,10 +376,11 @@ static int put_fallback(Ctx *ctx, PyObject *obj) {
 
 static PyObject *unique_keys;  /* engine.wire._lossy.unique_keys, imported at first use */
 
-/* A dict with a key that is not an exact str, written by msgspec whole once the entries
- * whose keys it would write as the same text (1 and "1") are made one: unique_keys gives
- * (the dict itself when there are none, or a copy; the values dropped), counted here. */
-static int put_keyed_dict(Ctx *ctx, PyObject *obj) {
+/* A dict with a key that is not an exact str or a dict subclass, written by msgspec whole
+ * once the entries whose keys it would write as the same text (1 and "1") are made one,
+ * or a plain enum member: unique_keys gives (the value itself when it is written as it is,
+ * or what is written instead; the values dropped), counted here. */
+static int put_unique(Ctx *ctx, PyObject *obj) {
     if (unique_keys == NULL) {
         PyObject *lossy = PyImport_ImportModule("engine.wire._lossy");
         if (lossy == NULL) return -1;
@@ -491,7 +496,7 @@ static int put_dict(Ctx *ctx, PyObject *obj) {
     while (PyDict_Next(obj, &pos, &key, &val)) {
         if (!PyUnicode_CheckExact(key)) {  /* msgspec's whole: its levels counted from ours */
             ctx->depth--;
-            int r = put_keyed_dict(ctx, obj);
+            int r = put_unique(ctx, obj);
             ctx->depth++;
             return r;
         }
@@ -606,7 +611,8 @@ static const Plan *plan_of(PyTypeObject *type) {
 }
 
 /* A value msgspec writes: counted first when its form changes (NaN/inf, bytes-like); a
- * NaN/inf Decimal is written null here (msgspec would write NaN, which is not JSON). */
+ * NaN/inf Decimal is written null here (msgspec would write NaN, which is not JSON); a dict
+ * subclass and a plain enum member (not an int or str one) as unique_keys makes them. */
 static int put_other(Ctx *ctx, PyObject *obj, PyTypeObject *type) {
     if (PyFloat_Check(obj)) {  /* a float subclass (numpy.float64): msgspec's null too */
         if (!isfinite(PyFloat_AS_DOUBLE(obj))) note(ctx, NOTED_NONFINITE);
@@ -623,6 +629,10 @@ static int put_other(Ctx *ctx, PyObject *obj, PyTypeObject *type) {
     } else if (type == &PyBytes_Type || type == &PyByteArray_Type ||
                type == &PyMemoryView_Type) {
         note(ctx, NOTED_BYTES);
+    } else if (PyDict_Check(obj) ||
+               (PyObject_TypeCheck((PyObject *)type, (PyTypeObject *)enum_meta) &&
+                !PyLong_Check(obj) && !PyUnicode_Check(obj))) {
+        return put_unique(ctx, obj);
     }
     return put_fallback(ctx, obj);
 }
@@ -917,5 +927,10 @@ int json_init(void) {
     if (msgspec == NULL) return -1;
     raw_type = PyObject_GetAttrString(msgspec, "Raw");
     Py_DECREF(msgspec);
-    return raw_type == NULL ? -1 : 0;
+    if (raw_type == NULL) return -1;
+    PyObject *enum_module = PyImport_ImportModule("enum");
+    if (enum_module == NULL) return -1;
+    enum_meta = PyObject_GetAttrString(enum_module, "EnumMeta");
+    Py_DECREF(enum_module);
+    return enum_meta == NULL ? -1 : 0;
 }

@@ -45,6 +45,7 @@ import msgspec
 from engine.common._errors import EncodeError, PayloadTooLarge
 from engine.wire._codec import NO_FORM, UTC, data_form, strict_encoder
 from engine.wire._depth import MAX_VALUE_DEPTH, json_depth_over
+from engine.wire._forms import key_text
 from engine.wire.calls import (
     CompletedCallSchemaForInsert,
     EndedCallSchemaForInsert,
@@ -166,7 +167,9 @@ class _Walk:
         if isinstance(key, str):
             return self.string(key, f"{path} key {key!r}")
         try:  # the text the encoder makes of it (a number, or the str() of other keys)
-            (text,) = msgspec.json.decode(self.encode({key: None}))
+            text = key_text(key)  # a bool's or float's: weave's, not msgspec's
+            if text is None:
+                (text,) = msgspec.json.decode(self.encode({key: None}))
             return text
         except UnicodeEncodeError:
             return self.string(str(key), f"{path} key")

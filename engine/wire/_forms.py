@@ -1,8 +1,11 @@
 """What the encoders write for a value msgspec does not encode itself (its enc_hook's
-answer), shared by the producer's hooks (``_codec``) and the key texts ``_lossy`` compares."""
+answer), or writes otherwise than weave 0.54 stores it (a bool or float dict key, a plain
+enum member), shared by the producer's hooks (``_codec``), ``_lossy`` and the sanitise
+walk."""
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
 from typing import Any
 
@@ -19,11 +22,47 @@ NO_FORM = object()
 # msgspec writes their exact instances (and enums) itself; weave writes an instance of a
 # subclass (``class Score(float)``) as its value too, not as its str()
 _BASES = (int, float, str)
+_MAX_ENUM_TEXT = 1000  # weave's stringify keeps 997 characters and "..." of a longer repr
+
+
+def key_text(key: Any) -> str | None:
+    """The text weave 0.54 writes for a bool or float dict key where msgspec writes another
+    (``True``, ``1e20``): JSON's ``true`` / ``false`` and the float's ``str()``
+    (``1e+20``, ``nan``), as pydantic writes the keys of the client's requests; None for
+    other keys (a float enum member's too: msgspec writes its value)."""
+    if key is True or key is False:
+        return "true" if key else "false"
+    if isinstance(key, float) and not isinstance(key, enum.Enum):
+        return str(key)
+    return None
+
+
+def is_plain_enum(kind: type) -> bool:
+    """Whether ``kind`` is an enum whose members msgspec writes as their value and weave as
+    their repr (its ``to_json`` takes an int, float or str member as a value: IntEnum,
+    StrEnum, a mixed-in base)."""
+    return issubclass(kind, enum.Enum) and not issubclass(kind, _BASES)
+
+
+def enum_text(member: enum.Enum) -> str:
+    """A plain enum member as weave 0.54 stores it: its repr (``"<Color.RED: 1>"``), else
+    its str(), else ``"<Color: id>"``; 997 characters and "..." of a longer one."""
+    try:
+        text = repr(member)
+    except Exception:
+        try:
+            text = str(member)
+        except Exception:
+            text = f"<{type(member).__name__}: {id(member)}>"
+    if len(text) > _MAX_ENUM_TEXT:
+        text = text[:_MAX_ENUM_TEXT - 3] + "..."
+    return text
 
 
 def data_form(obj: Any, fallback: Callable[[Any], Any] | None = None) -> Any:
     """The plain data of a value msgspec does not encode itself, where its type defines
-    one: a subclass of int, float or str as its value (the base's own, whatever the
+    one: a bool (a dict key: msgspec writes bool values) as weave's ``true`` / ``false``,
+    a subclass of int, float or str as its value (the base's own, whatever the
     subclass overrides), a pydantic model (an OpenAI or Anthropic SDK response, a structured
     output) as ``model_dump(mode="json")`` (pydantic 1: ``dict()``), a numpy array or scalar
     as ``tolist()``. ``fallback``: what a model's field with no JSON form becomes (its
@@ -31,7 +70,9 @@ def data_form(obj: Any, fallback: Callable[[Any], Any] | None = None) -> Any:
     anything else, or when that conversion fails."""
     cls = type(obj)
     try:
-        if isinstance(obj, _BASES) and cls is not bool:  # a bool here is a dict key: str()
+        if cls is bool:  # a dict key (msgspec writes bool values itself)
+            return key_text(obj)
+        if isinstance(obj, _BASES):
             return _base_value(obj)
         if callable(getattr(cls, "model_dump", None)):
             return _model_data(obj, fallback)

@@ -69,6 +69,16 @@ def test_keys_written_as_the_same_text_keep_the_last_value_at_the_first_place_co
     assert first_problem(_start(inputs={"d": {1: "a", "1": "b"}}), strict=False) is None
 
 
+def test_bool_and_float_keys_are_written_as_weave_writes_them_and_merged_alike():
+    # as the encoders write them: JSON's true / false, a float's str() (weave 0.54.0's own)
+    loop: list = []
+    loop.append(loop)
+    inputs = {"d": {True: 1, "true": 2, 1e20: 3, 1e-05: 4}, "cut": loop}
+    item, counts = sanitised(inputs=inputs)
+    assert item["inputs"]["d"] == {"true": 2, "1e+20": 3, "1e-05": 4}
+    assert counts == Counter(duplicate_key=1, cycle=1)
+
+
 def _nested(levels: int) -> object:
     value: object = 1
     for _ in range(levels):

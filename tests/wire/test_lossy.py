@@ -8,6 +8,7 @@ write a NaN/inf Decimal as null, where msgspec alone would write ``NaN`` (not JS
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime as dt
 import enum
@@ -115,6 +116,79 @@ def test_keys_written_as_the_same_text_are_written_once_the_last_value_kept_alik
         "str_keys": {"1": "a"}}
 
 
+def test_bool_and_float_keys_are_written_as_weave_writes_them_and_collide_alike():
+    # weave 0.54.0's own client stores {True: 1, "true": 2} as {"true": 2} and a float key
+    # as its str() (pydantic's JSON); msgspec wrote "True" (two keys) and "1e20", "1e-5"
+    inputs = {"bool": {True: 1, "true": 2, False: 3}, "none": {None: 1, "null": 2},
+              "float": {1e20: "a", 1e-05: "b", 1.5: "c", math.nan: "n", -math.inf: "i"},
+              "float_clash": [{1e16: "x", "1e+16": "y"}], "real": {Real(2.5): "r"}}
+    item = _start(inputs)
+    item.attributes = {}
+    c_bytes, c_counts, py_bytes, py_counts = both(item)
+    assert c_bytes == py_bytes
+    assert c_counts == py_counts == (0, 0, 2)
+    assert msgspec.json.decode(c_bytes)["inputs"] == {
+        "bool": {"true": 2, "false": 3}, "none": {"None": 1, "null": 2},
+        "float": {"1e+20": "a", "1e-05": "b", "1.5": "c", "nan": "n", "-inf": "i"},
+        "float_clash": [{"1e+16": "y"}], "real": {"2.5": "r"}}
+    assert _codec.strict_encoder.encode({True: 1}) == b'{"true":1}'  # was EncodeError
+
+
+class Tagged(dict):
+    """A dict subclass: written as a dict, by msgspec."""
+
+
+def test_a_dict_subclass_is_written_once_per_key_text_as_a_dict_is():
+    # msgspec wrote OrderedDict([(1, "a"), ("1", "b")]) as {"1":"a","1":"b"}: weave 0.54.0
+    # stores {"1": "b"}, as it does for a dict
+    inputs = {"ordered": collections.OrderedDict([(1, "a"), ("1", "b")]),
+              "counter": [collections.Counter({True: 2, "true": 3})],
+              "nested": Tagged(k=Tagged({2: "x", "2": 1.5e20})),
+              "str_keys": collections.defaultdict(int, {"a": 1}), "empty": Tagged()}
+    item = _start(inputs)
+    item.attributes = {}
+    c_bytes, c_counts, py_bytes, py_counts = both(item)
+    assert c_bytes == py_bytes
+    assert c_counts == py_counts == (0, 0, 3)
+    assert msgspec.json.decode(c_bytes)["inputs"] == {
+        "ordered": {"1": "b"}, "counter": [{"true": 3}], "nested": {"k": {"2": 1.5e20}},
+        "str_keys": {"a": 1}, "empty": {}}
+
+
+class Color(enum.Enum):
+    RED = 1
+    PAIR = (1, "two")
+    LONG = "x" * 2000
+
+
+class Perm(enum.Flag):
+    R = 4
+    W = 2
+
+
+class Mode(str, enum.Enum):
+    FAST = "fast"
+
+
+def test_plain_enum_members_are_written_as_their_repr_as_weave_does():
+    # weave 0.54.0 stores a plain Enum or Flag member as its repr (to_json's stringify, cut
+    # at 1000 characters) and an int or str one as its value; an enum key as its value
+    inputs = {"plain": [Color.RED, Color.PAIR, Perm.R | Perm.W], "long": Color.LONG,
+              "as_value": [Level.HIGH, Mode.FAST], "key": {Color.RED: Color.RED},
+              "int_keys": {1: (Color.RED,)}, "subclass": Tagged(a=[Color.RED]),
+              "dataclass": Holder(Color.RED)}
+    item = _start(inputs)
+    item.attributes = {}
+    c_bytes, c_counts, py_bytes, py_counts = both(item)
+    assert c_bytes == py_bytes
+    assert c_counts == py_counts == (0, 0, 0)
+    assert msgspec.json.decode(c_bytes)["inputs"] == {
+        "plain": ["<Color.RED: 1>", "<Color.PAIR: (1, 'two')>", "<Perm.R|W: 6>"],
+        "long": repr(Color.LONG)[:997] + "...", "as_value": [3, "fast"],
+        "key": {"1": "<Color.RED: 1>"}, "int_keys": {"1": ["<Color.RED: 1>"]},
+        "subclass": {"a": ["<Color.RED: 1>"]}, "dataclass": {"value": 1}}  # msgspec's whole: its rules, as the docs say
+
+
 class Kind(int):
     """An int subclass (an IntEnum is one): written as an int, nothing to count."""
 
@@ -185,14 +259,17 @@ leaves = (st.floats(allow_nan=True, allow_infinity=True) | st.none() | st.intege
           | st.text(max_size=5) | st.binary(max_size=4).map(bytes)
           | st.binary(max_size=4).map(bytearray)
           | st.sampled_from([Decimal("NaN"), Decimal("Infinity"), Decimal("2.5"), Real("inf"),
-                             Holder(math.nan)]))
+                             Holder(math.nan), Color.RED, Level.HIGH]))
 values = st.recursive(leaves, lambda inner: st.lists(inner, max_size=4)
                       | st.lists(inner, max_size=3).map(tuple)
                       | st.dictionaries(st.text(max_size=3), inner, max_size=4)
+                      | st.dictionaries(st.text(max_size=3), inner, max_size=2).map(Tagged)
                       | st.dictionaries(st.integers(0, 9), inner, max_size=2)
-                      # keys that collide once written as text: "1" and 1
-                      | st.dictionaries(st.integers(0, 2) | st.sampled_from(["0", "1", "2"]),
-                                        inner, max_size=4), max_leaves=20)
+                      # keys that collide once written as text: "1" and 1, "true" and True
+                      | st.dictionaries(st.integers(0, 2) | st.booleans() | st.sampled_from(
+                          [1.5, 1e16, "0", "1", "2", "true", "1.5", "1e+16"]), inner,
+                          max_size=4).map(lambda d: Tagged(d) if len(d) == 3 else d),
+                      max_leaves=20)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
