@@ -55,15 +55,17 @@ def run(args: argparse.Namespace) -> int:
     window = max(args.limit, _FOLLOW_WINDOW) if args.follow else args.limit
     newest = reader.newest(window, query)
     seen: OrderedDict[str, str] = OrderedDict((c["id"], status_of(c)) for c in newest[args.limit:])
-    _emit(reversed(newest[:args.limit]), seen, args.json)
-    if not newest:  # said on stderr: the output stays the calls alone
-        print(f"engine calls: no calls in {args.project}" + (" match" if query else "")
-              + (" yet; following" if args.follow else ""), file=sys.stderr, flush=True)
-    try:
+    try:  # following, Ctrl-C is how it ends, from the first line printed on
+        _emit(reversed(newest[:args.limit]), seen, args.json)
+        if not newest:  # said on stderr: the output stays the calls alone
+            print(f"engine calls: no calls in {args.project}" + (" match" if query else "")
+                  + (" yet; following" if args.follow else ""), file=sys.stderr, flush=True)
         while args.follow:
             time.sleep(args.interval_s)  # the poll period
             _follow_once(reader, query, seen, args.json)
     except KeyboardInterrupt:
+        if not args.follow:
+            raise  # a listing cut short: "interrupted"
         return 0
     return 0
 
