@@ -247,6 +247,9 @@ def calls_edits() -> list[Step]:
              {"project_id": CP, "call_id": "zzz", "display_name": "ghost", "wb_user_id": USER}),
         Step(family, "edit.rename_nothing", "call_update", {"project_id": CP, "call_id": "c2", "wb_user_id": USER}),
         Step(family, "edit.after_delete", "calls_query", {"project_id": CP}),
+        # a deleted call and a missing one: each id asked for counts, as in weave's servers
+        Step(family, "edit.delete_again", "calls_delete",
+             {"project_id": CP, "call_ids": ["c1", "nope"], "wb_user_id": USER}),
         Step(family, "edit.delete_root", "calls_delete",
              {"project_id": CP, "call_ids": ["r2"], "wb_user_id": USER}),
         Step(family, "edit.stats_after", "calls_query_stats", {"project_id": CP}),
