@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import urllib.request
 
-import msgspec
 import pytest
 
 from engine import ring
 from engine.server import serve_subprocess
-from engine.wire.calls import CompletedCallSchemaForInsert
 from tests.engine.helpers import PROJECT, make_engine, trace_calls
 from tests.faultserver import FaultServer
 
@@ -162,37 +159,6 @@ def test_auto_sends_plain_bodies_to_engine_serve_on_this_machine_and_zstd_when_a
     assert seen["auto"]["bytes_sent_wire"] == seen["auto"]["bytes_sent_raw"]
     assert seen["zstd"]["compressing"] == 1
     assert seen["zstd"]["bytes_sent_wire"] < seen["zstd"]["bytes_sent_raw"] / 2
-
-
-def test_a_call_sent_again_is_stored_once_and_one_reusing_its_id_is_dead_lettered_alone(tmp_path):
-    """engine serve takes a start sent again (a redelivery) and refuses, 422, a call that
-    reuses a stored id with another start: the sender dead-letters it alone, the calls
-    around it are delivered, and the stored call keeps its first start."""
-    at = dt.datetime(2026, 1, 2, tzinfo=dt.timezone.utc)
-    call_id = "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b"
-    call = CompletedCallSchemaForInsert(project_id=PROJECT, id=call_id, trace_id=call_id,
-                                        op_name="op", started_at=at, ended_at=at,
-                                        attributes={}, inputs={"n": 1}, summary={})  # fmt: skip
-    with serve_subprocess(tmp_path / "traces.db") as url:
-        with make_engine(url, tmp_path) as eng:
-            tracer = eng.producer()
-            tracer.call_complete(call)
-            assert eng.flush(timeout_s=30)
-            tracer.call_complete(call)
-            around = trace_calls(tracer, 5)
-            tracer.call_complete(msgspec.structs.replace(call, inputs={"n": 2}))
-            around += trace_calls(tracer, 5)
-            assert not eng.flush(timeout_s=30)  # settled, one item not delivered
-            stats = eng.stats()
-        stored = _count(url)
-        request = urllib.request.Request(url + "/calls/stream_query", method="POST", data=json.dumps(
-            {"project_id": PROJECT, "filter": {"call_ids": [call_id]}}).encode())  # fmt: skip
-        with urllib.request.urlopen(request, timeout=30) as answer:
-            kept = json.loads(answer.read())["inputs"]
-    assert (stats["dead_invalid"], stored, kept) == (1, 1 + len(around), {"n": 1})
-    (line,) = (tmp_path / "dead_letters.jsonl").read_text().splitlines()
-    letter = json.loads(line)
-    assert letter["call_id"] == call_id and letter["item"]["inputs"] == {"n": 2}
 
 
 def _count(url: str, project: str = PROJECT) -> int:
