@@ -51,7 +51,7 @@ from engine.server._retention import DEFAULT_INTERVAL_S, Pruner
 from engine.server._sqlite_db import default_db_path
 from engine.server._sqlite_store import SQLiteStore
 from engine.server._state import STATE, ServerState
-from engine.server._store import CallConflict, Store
+from engine.server._store import Store
 from engine.server._store_guard import GuardedStore
 from engine.server.clickhouse._connect import is_clickhouse_url, parse_store_url
 
@@ -93,9 +93,6 @@ async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse
             # the rest of the body is unread: the connection cannot be reused for another request
             response.force_close()
         return response
-    except CallConflict as exc:  # from the store, whichever route wrote the start
-        request.app[STATE].counters.rejected_requests += 1
-        return error_response(422, str(exc))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -74,8 +74,7 @@ def _opt_json_text(value: Any) -> str | None:
     return None if value is None or value == RAW_NULL else _json_text(value)
 
 
-def start_fields(s: Start | Complete) -> tuple:
-    """A start's stored values, in ``START_COLUMNS`` order."""
+def _start_fields(s: Start | Complete) -> tuple:
     return (
         s.op_name, s.display_name, s.trace_id, s.parent_id, s.thread_id, s.turn_id,
         to_us(s.started_at), _json_text(s.attributes), _json_text(s.inputs),
@@ -89,7 +88,7 @@ def _end_payload(e: End | Complete) -> tuple:
 
 
 def start_row(s: Start) -> tuple:
-    return (s.project_id, s.id, *start_fields(s))
+    return (s.project_id, s.id, *_start_fields(s))
 
 
 def end_row(e: End) -> tuple:
@@ -97,7 +96,7 @@ def end_row(e: End) -> tuple:
 
 
 def complete_row(c: Complete) -> tuple:
-    return (c.project_id, c.id, *start_fields(c), *_end_payload(c))
+    return (c.project_id, c.id, *_start_fields(c), *_end_payload(c))
 
 
 # -- reading ------------------------------------------------------------------------------

@@ -2,10 +2,9 @@
 connection first (:class:`~engine.server._sqlite_db.Database`).
 
 Calls are rows keyed by (project_id, id). A start, an end and a complete call each upsert
-only their own columns, so they merge in any order and a retried batch adds no rows. A
-row that has seen only its end has no ``op_name`` yet and stays invisible to reads until
-its start arrives. A start is written once: one for a started row is a redelivery, which
-changes nothing, or a conflict, which rolls its batch back (``_call_repeats``).
+only their own columns, so they merge in any order and a retried batch rewrites the same
+values instead of adding rows. A row that has seen only its end has no ``op_name`` yet and
+stays invisible to reads until its start arrives.
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
-from engine.server import _call_repeats
 from engine.server._rows import (
     COMPLETE_COLUMNS,
     END_COLUMNS,
@@ -30,19 +28,18 @@ from engine.server._sqlite_db import Transaction
 from engine.server._store import ThreadTurn
 
 
-def _upsert_sql(columns: Sequence[str], merge: dict[str, str] | None = None, where: str = "") -> str:
+def _upsert_sql(columns: Sequence[str], merge: dict[str, str] | None = None) -> str:
     """INSERT … ON CONFLICT that overwrites only ``columns`` (``merge`` overrides per column)."""
     merge = merge or {}
     keys = ("project_id", "id", *columns)
     updates = ", ".join(f"{c} = {merge.get(c, 'excluded.' + c)}" for c in columns)
     return (
         f"INSERT INTO calls ({', '.join(keys)}) VALUES ({', '.join('?' * len(keys))}) "
-        f"ON CONFLICT (project_id, id) DO UPDATE SET {updates}{where}"
+        f"ON CONFLICT (project_id, id) DO UPDATE SET {updates}"
     )
 
 
-# a start fills a row that has seen only its end; a started row keeps its start (and rename)
-_START_SQL = _upsert_sql(START_COLUMNS, where=" WHERE calls.op_name IS NULL")
+_START_SQL = _upsert_sql(START_COLUMNS)
 # an end carries trace_id/started_at only as hints: never overwrite what the start said
 _END_SQL = _upsert_sql(
     END_COLUMNS,
@@ -51,12 +48,7 @@ _END_SQL = _upsert_sql(
         "started_at_us": "coalesce(calls.started_at_us, excluded.started_at_us)",
     },
 )
-_COMPLETE_SQL = _upsert_sql(COMPLETE_COLUMNS, {
-    c: f"CASE WHEN calls.op_name IS NULL THEN excluded.{c} ELSE calls.{c} END" for c in START_COLUMNS})
-# by the (project_id, id) key: with a plain ``op_name IS NOT NULL`` SQLite walked the op
-# name index of the whole project instead (~58 us per id asked at 40k calls, ~1.3 us so)
-_STARTED_SQL = ("SELECT id, " + ", ".join(START_COLUMNS) + " FROM calls "
-                "WHERE project_id = ? AND +op_name IS NOT NULL AND id IN ({marks})")
+_COMPLETE_SQL = _upsert_sql(COMPLETE_COLUMNS)
 
 
 def q_insert_batches(
@@ -66,8 +58,6 @@ def q_insert_batches(
     built here, on the writer thread."""
     with Transaction(conn):
         for starts, ends, completes in batches:
-            started = _call_repeats.started_calls((starts, ends, completes))
-            _call_repeats.repeats(started, _stored_starts(conn, started))  # CallConflict
             for sql, to_row, calls in (
                 (_START_SQL, start_row, starts),
                 (_END_SQL, end_row, ends),
@@ -75,17 +65,6 @@ def q_insert_batches(
             ):
                 if calls:
                     conn.executemany(sql, map(to_row, calls))
-
-
-def _stored_starts(conn: sqlite3.Connection, calls: list[Start | Complete]) -> dict[tuple[str, str], tuple]:
-    """The stored start values (``START_COLUMNS``) of those of ``calls`` already started."""
-    stored: dict[tuple[str, str], tuple] = {}
-    for project_id, ids in _call_repeats.ids_by_project(calls).items():
-        for i in range(0, len(ids), _IN_CHUNK):
-            chunk = ids[i : i + _IN_CHUNK]
-            sql = _STARTED_SQL.format(marks=", ".join("?" * len(chunk)))
-            stored.update(((project_id, row[0]), row[1:]) for row in conn.execute(sql, (project_id, *chunk)))
-    return stored
 
 
 # the calls and every call below them (parent_id links), as weave deletes a subtree

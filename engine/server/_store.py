@@ -12,11 +12,8 @@ What every implementation keeps:
 - **One project per operation.** Nothing reads or writes across ``project_id``.
 - **Idempotent writes.** Calls are upserted by ``(project_id, id)``: a start, an end
   and a complete each set only their own fields, so they merge in any order and a
-  retried batch changes nothing. A call's start is written once: the same start again
-  changes nothing (a rename stays), one that says otherwise raises :class:`CallConflict`
-  and nothing of its batch is stored (``_call_repeats``); a later end replaces the end.
-  Object versions, table rows, tables and files are addressed by their content digest:
-  storing the same content again adds nothing.
+  retried batch changes nothing. Object versions, table rows, tables and files are
+  addressed by their content digest: storing the same content again adds nothing.
 - **Times are integers**: microseconds since the Unix epoch, UTC, in and out.
 - **JSON values stay text.** Inputs, outputs, object values and table rows cross the
   interface as JSON text (``str``) or as the raw models of ``_ingest_models``; the store
@@ -50,18 +47,6 @@ class InvalidQuery(ValueError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
-
-
-class CallConflict(ValueError):
-    """A start for a stored call that says otherwise than the stored one (a 422): a call id
-    starts one call. Nothing of the request that carried it is stored."""
-
-    def __init__(self, project_id: str, call_id: str, fields: list[str]) -> None:
-        super().__init__(
-            f"call {call_id!r} of project {project_id!r} is stored with another start "
-            f"({', '.join(fields)} differ): a call id starts one call, and a start sent again "
-            "must be the same; nothing of this request was stored: give a new call a new id")
-        self.project_id, self.call_id, self.fields = project_id, call_id, fields
 
 
 class CallsQuery(msgspec.Struct, frozen=True, kw_only=True):

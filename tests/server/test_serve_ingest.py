@@ -141,19 +141,3 @@ def test_calls_are_stored_per_project(run, db_path):
 
     in_a, in_b, in_other = run(scenario())
     assert [c["project_id"] for c in in_a + in_b] == ["ent/a", "ent/b"] and in_other == []
-
-
-def test_a_start_sent_again_is_taken_and_one_that_differs_is_refused_naming_the_call(run, db_path):
-    async def scenario():
-        async with serving(db_path) as api:
-            await api.post("/call/upsert_batch", upsert_batch(("start", start("c1")), ("end", end("c1"))))
-            again = await api.post("/call/start", {"start": start("c1")})
-            other = await api.post("/call/upsert_batch", upsert_batch(
-                ("start", start("new")), ("start", start("c1", inputs={"question": "other"}))))
-            return again, other, await api.query()
-
-    again, (status, answer), calls = run(scenario())
-    assert again == (200, {"id": "c1", "trace_id": "trace-c1"})
-    assert status == 422 and "\n" not in answer["reason"]
-    assert answer["reason"].startswith("call 'c1' of project 'ent/proj' is stored with another start (inputs differ)")
-    assert [(c["id"], c["inputs"]) for c in calls] == [("c1", {"question": "q-c1"})]

@@ -9,16 +9,8 @@ import msgspec
 import pytest
 
 from engine.server._count_store import CountStore
-from engine.server._ingest_models import RawCompletedCall, RawStartedCall
 from engine.server._sqlite_store import SQLiteStore
-from engine.server._store import (
-    CallConflict,
-    CallsQuery,
-    Doc,
-    DocsQuery,
-    ObjectsQuery,
-    ObjectVersion,
-)
+from engine.server._store import CallsQuery, Doc, DocsQuery, ObjectsQuery, ObjectVersion
 from engine.wire.calls import (
     CompletedCallSchemaForInsert,
     EndedCallSchemaForInsert,
@@ -109,54 +101,6 @@ def test_project_call_counts_list_every_project_with_started_calls(store_run):
     assert store_run(scenario) == ([("ent/other", 1), (P, 3)], [("ent/other", 1), (P, 2)])
 
 
-def test_a_start_is_stored_once_the_same_again_changes_nothing_another_is_refused(store_run):
-    """A redelivered start (or complete call) keeps the stored start and its rename; a start
-    that says otherwise, against the store or its own batch, fails its whole batch; a later
-    end replaces the end. Raw parts of more than ASYNC_INSERT_MAX_ROWS take ClickHouse's
-    bulk path."""
-
-    def raw(call):
-        return msgspec.json.decode(msgspec.json.encode(call), type=RawCompletedCall)
-
-    async def refused(store, *batch):
-        try:
-            await store.insert_calls(*batch)
-        except CallConflict as exc:
-            return exc.call_id, exc.fields
-        return None
-
-    async def scenario(store):
-        spaced = RawStartedCall(project_id=P, id="s", op_name="op", trace_id="t", started_at=T0,
-                                attributes=msgspec.Raw(b"{ }"), inputs=msgspec.Raw(b'{"n": 1}'))  # fmt: skip
-        await store.insert_calls([spaced], [], [_call("a"), _call("b", t_s=1)])
-        await store.set_call_display_name(P, "a", "renamed")
-        compact = msgspec.structs.replace(spaced, attributes=msgspec.Raw(b"{}"),
-                                          inputs=msgspec.Raw(b'{"n":1}'))  # fmt: skip
-        await store.insert_calls([compact], [], [_call("a")])  # the same again
-        later = EndedCallSchemaForInsert(project_id=P, id="a", ended_at=T0 + dt.timedelta(seconds=5),
-                                         output="later", summary={})  # fmt: skip
-        await store.insert_calls([], [later], [])
-        (ended,) = [c async for page in store.query_calls(CallsQuery(
-            project_id=P, filter=CallsFilter(call_ids=["a"]))) for c in page]  # fmt: skip
-        other_b = msgspec.structs.replace(_call("b", t_s=1), op_name="other", inputs={"n": 9})
-        twice = [_call("d", t_s=4), msgspec.structs.replace(_call("d", t_s=4), trace_id="u")]
-        got = {"ended": (ended["display_name"], bytes(ended["output"])),
-               "against_store": await refused(store, [], [], [_call("c", t_s=3), other_b]),
-               "in_its_batch": await refused(store, [], [], twice)}
-        many = [raw(_call(f"m{i}", t_s=10 + i)) for i in range(70)]
-        await store.insert_calls([], [], [raw(_call("a")), *many])  # a's end is its own again
-        calls = {c["id"]: c async for page in store.query_calls(CallsQuery(project_id=P)) for c in page}
-        got["a"] = (calls["a"]["display_name"], bytes(calls["a"]["output"]))
-        got["b"] = (calls["b"]["op_name"], bytes(calls["b"]["inputs"]))
-        got["ids"] = sorted(i for i in calls if not i.startswith("m")), len(calls)
-        return got
-
-    assert store_run(scenario) == {
-        "against_store": ("b", ["op_name", "inputs"]), "in_its_batch": ("d", ["trace_id"]),
-        "ended": ("renamed", b'"later"'), "a": ("renamed", b"null"), "b": ("op", b'{"n":1}'), "ids": (["a", "b", "s"], 73),
-    }  # fmt: skip
-
-
 def _obj(object_id, n, at_us):
     val = msgspec.json.encode({"n": n}).decode()
     return ObjectVersion(
@@ -240,8 +184,8 @@ def test_retention_settings_and_the_calls_deleted_past_them(store_run):
     """weave's project TTL settings are kept per project, the newest winning (null too);
     ``delete_calls_before`` deletes, ``limit`` at a time, the calls that started before the
     cutoff -- by the newest start, else (only an end) by the end, not its start hint -- and
-    nothing else: not a later child, not a call started after the cutoff (and sent again),
-    not another project's calls. The pruner deletes each retained project's calls past its days."""
+    nothing else: not a later child, not a call restarted after the cutoff, not another
+    project's calls. The pruner deletes each retained project's calls past its days."""
     from engine.server._retention import DAY_US, Pruner
     from engine.server._state import Counters
 
@@ -263,8 +207,8 @@ def test_retention_settings_and_the_calls_deleted_past_them(store_run):
 
         old = [_call(f"o{i}", t_s=i) for i in range(5)]  # started at 0..4 s
         await store.insert_calls([], [], [*old, _call("kid", "o0", 20), _call("new", t_s=30)])
-        await store.insert_calls([], [], [_call("moved", t_s=40)])
-        await store.insert_calls([], [], [_call("moved", t_s=40)])  # sent again: stays
+        await store.insert_calls([], [], [_call("moved", t_s=1)])
+        await store.insert_calls([], [], [_call("moved", t_s=40)])  # restarted later: stays
         await store.insert_calls([], [end("lone_old", 5), end("lone_new", 50),
                                       end("hinted", 60, started_s=6)], [])
         await store.insert_calls([], [], [msgspec.structs.replace(_call("x", t_s=0), project_id=other)])

@@ -56,26 +56,20 @@ _output = operator.attrgetter("output")
 
 
 def call_parts(starts: Sequence[Start], ends: Sequence[End], completes: Sequence[Complete],
-               first_version: int, repeats: frozenset[int] = frozenset()) -> tuple[bytes, int]:  # fmt: skip
+               first_version: int) -> tuple[bytes, int]:  # fmt: skip
     """The rows of one batch built here as JSON lines (``PART_COLUMNS``), versions from
     ``first_version`` on; returns (body, rows). For small batches and the calls the
-    server makes itself; large batches of the ingest routes go through :func:`bulk_parts`.
-    ``repeats``: places of starts the store holds already (``_call_repeats.repeats``): not
-    written again (a complete call's end still is), so the stored start and a rename stay."""
+    server makes itself; large batches of the ingest routes go through :func:`bulk_parts`."""
     rows: list[tuple] = []
     version = first_version
-    for s in (s for i, s in enumerate(starts) if i not in repeats):
+    for s in starts:
         rows.append((s.project_id, s.id, version, 1, 0, 0, 0, *start_row(s)[2:], *_NO_END))
         version += 1
     for e in ends:
         rows.append((e.project_id, e.id, version, 0, 1, 0, 0, *_NO_START, *end_row(e)[4:]))
         version += 1
-    for i, c in enumerate(completes, len(starts)):
-        row = complete_row(c)[2:]
-        if i in repeats:
-            rows.append((c.project_id, c.id, version, 0, 1, 0, 0, *_NO_START, *row[len(START_COLUMNS):]))
-        else:
-            rows.append((c.project_id, c.id, version, 1, 1, 0, 0, *row))
+    for c in completes:
+        rows.append((c.project_id, c.id, version, 1, 1, 0, 0, *complete_row(c)[2:]))
         version += 1
     return _lines.encode_lines(rows), len(rows)
 
@@ -396,41 +390,6 @@ def _ids_sql(project_id: str, flt: CallsFilter) -> tuple[str, dict[str, Any]]:
 def subtree_sql(project_id: str, parent_ids: list[str]) -> tuple[str, dict[str, Any]]:
     """Visible calls whose parent is among ``parent_ids`` (one level of a subtree)."""
     return _ids_sql(project_id, CallsFilter(parent_ids=parent_ids))
-
-
-# the ids of one look for stored starts, in bytes: bound query parameters travel in the
-# URL, which ClickHouse caps at 1 MiB (http_max_uri_size)
-IDS_BYTES_MAX = 256 * 1024
-
-
-def id_chunks(call_ids: list[str]) -> Iterable[list[str]]:
-    """``call_ids`` in lists of at most :data:`IDS_BYTES_MAX` bytes (one id at least)."""
-    chunk: list[str] = []
-    size = 0
-    for call_id in call_ids:
-        if chunk and size + len(call_id) + 3 > IDS_BYTES_MAX:
-            yield chunk
-            chunk, size = [], 0
-        chunk.append(call_id)
-        size += len(call_id) + 3
-    if chunk:
-        yield chunk
-
-
-def start_parts_sql(project_id: str, call_ids: list[str]) -> tuple[str, dict[str, Any]]:
-    """Which of ``call_ids`` have a start part: one scan of the sorting key, the ids of a
-    whole batch at once (a batch's new calls, most often all of them, have none)."""
-    text = (f"SELECT DISTINCT id FROM {PARTS_TABLE} WHERE project_id = {{project_id:String}} "
-            "AND has_start AND id IN {call_ids:Array(String)}")
-    return text, {"project_id": project_id, "call_ids": call_ids}
-
-
-def started_sql(project_id: str, call_ids: list[str]) -> tuple[str, dict[str, Any]]:
-    """The id and start values (``START_COLUMNS``) of those of the visible calls ``call_ids``
-    that are started."""
-    calls = merged_calls(START_COLUMNS, ["id IN {call_ids:Array(String)}"], few=True)
-    text = f"SELECT id, {', '.join(START_COLUMNS)} FROM ({calls})"
-    return text, {"project_id": project_id, "call_ids": call_ids}
 
 
 def visible_sql(project_id: str, call_ids: list[str]) -> tuple[str, dict[str, Any]]:

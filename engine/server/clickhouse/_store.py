@@ -29,7 +29,6 @@ from typing import Any, Literal, TypeVar
 
 from engine.common._errors import EngineError
 from engine.common._logging import level_from_env
-from engine.server import _call_repeats
 from engine.server._calls_view import stored_bytes
 from engine.server._group import Batch, GroupCommit
 from engine.server._page_ends import PageEnds
@@ -201,45 +200,18 @@ class ClickHouseStore(Store):
 
     def _insert_small(self, client: Any, starts: list[Start], ends: list[End],
                       completes: list[Complete], first_version: int) -> None:  # fmt: skip
-        (repeats,) = self._repeats(client, [(starts, ends, completes)])
-        self._write_parts(client, (starts, ends, completes), first_version, repeats)
-
-    def _write_parts(self, client: Any, batch: Batch, first_version: int,
-                     repeats: frozenset[int]) -> None:  # fmt: skip
-        body, rows = _calls.call_parts(*batch, first_version, repeats)
+        body, rows = _calls.call_parts(starts, ends, completes, first_version)
         _insert_parts(client, body, _ASYNC_INSERT if rows <= ASYNC_INSERT_MAX_ROWS else None)
-
-    def _repeats(self, client: Any, batches: list[Batch]) -> list[frozenset[int]]:
-        """Per batch, the places of starts stored already (:mod:`engine.server._call_repeats`;
-        raises CallConflict): of the store, or of an earlier batch of the group."""
-        started = [_call_repeats.started_calls(batch) for batch in batches]
-        stored: dict[tuple[str, str], tuple] = {}
-        everything = [call for calls in started for call in calls]
-        for project_id, ids in _call_repeats.ids_by_project(everything).items():
-            for chunk in _calls.id_chunks(ids):
-                found = [row[0] for row in _rows(client, *_calls.start_parts_sql(project_id, chunk))]
-                if found:  # a redelivery, mostly: their merged starts
-                    sql, params = _calls.started_sql(project_id, found)
-                    stored.update(((project_id, row[0]), row[1:]) for row in _rows(client, sql, params))
-        return [_call_repeats.repeats(calls, stored) for calls in started]
 
     async def _insert_group(self, batches: list[Batch]) -> None:
         await self._run(self._insert_bulk, batches)
 
     def _insert_bulk(self, client: Any, batches: list[Batch]) -> None:
         """Bulk batches as one INSERT, their parts in order, versions taken now (a batch
-        waiting for its turn is ordered by when it is written, as any concurrent write).
-        A batch that repeats stored starts (a redelivery) is written apart, without them."""
-        bulk = []
-        for batch, repeats in zip(batches, self._repeats(client, batches), strict=True):
-            if repeats:
-                self._write_parts(client, batch, self._clock.take(sum(map(len, batch))), repeats)
-            else:
-                bulk.append(batch)
-        if bulk:
-            body = b"".join(_calls.bulk_parts(*batch) for batch in bulk)
-            parts = sum(len(kind) for batch in bulk for kind in batch)
-            self._bulk_insert(client, body, self._clock.take(parts))
+        waiting for its turn is ordered by when it is written, as any concurrent write)."""
+        body = b"".join(_calls.bulk_parts(*batch) for batch in batches)
+        parts = sum(len(kind) for batch in batches for kind in batch)
+        self._bulk_insert(client, body, self._clock.take(parts))
 
     def _bulk_insert(self, client: Any, body: bytes, first_version: int) -> None:
         """One INSERT … SELECT that ClickHouse parses itself: over HTTP the body follows

@@ -102,33 +102,9 @@ def _sort(label: str, *fields: tuple[str, str]) -> Step:
     return _query(f"sort.{label}", sort_by=sort_by)
 
 
-RP = "fid/repeats"  # a call started and ended twice: in a project of its own
-_REPEAT = {**_start("p1", "plain_op", 0, {"n": 1}, trace="tp"), "project_id": RP}
-_REPEAT_END = {**_end("p1", 1, "first"), "project_id": RP}
-
-
-def _repeats() -> list[Step]:
-    """A start and an end sent again, the same (a redelivery) and otherwise. The reference
-    refuses any second start (500, not scored); ours takes the same one and refuses (422)
-    another: either way the stored start stays. A second end replaces the first in both."""
-    family = "calls.ingest"
-    return [
-        Step(family, "ingest.repeat_first", "call_start_batch",
-             _upsert([("start", _REPEAT), ("end", _REPEAT_END)])),
-        Step(family, "ingest.repeat_start_same", "call_start", {"start": _REPEAT}),
-        Step(family, "ingest.repeat_start_other", "call_start",
-             {"start": {**_REPEAT, "op_name": "other_op", "inputs": {"n": 2}}}),
-        Step(family, "ingest.repeat_end_same", "call_end", {"end": _REPEAT_END}),
-        Step(family, "ingest.repeat_end_other", "call_end",
-             {"end": {**_REPEAT_END, "ended_at": at(2), "output": "second"}}),
-        Step(family, "ingest.repeat_read", "calls_query", {"project_id": RP}),
-    ]  # fmt: skip
-
-
 def calls_ingest() -> list[Step]:
     family = "calls.ingest"
     return [
-        *_repeats(),
         Step(family, "ingest.upsert_batch", "call_start_batch",
              _upsert([("start", s) for s in TREE] + [("end", e) for e in ENDS[:3]])),
         Step(family, "ingest.end_single", "call_end", {"end": ENDS[3]}),
