@@ -61,6 +61,9 @@ from typing import Any
 # lock back whatever is raised (its lines strictly between these two): blocked there, or
 # raising there, it only waits
 _CONDITION_WAIT = threading.Condition.wait.__code__
+# Thread.join holds no lock at any line: Python 3.10-3.12 wait in _wait_for_tstate_lock,
+# 3.13+ in C (self._handle.join), with Thread.join itself the frame a signal interrupts
+_THREAD_JOIN = threading.Thread.join.__code__
 _RELEASED_AFTER, _RELEASED_BEFORE = "self._release_save()", "self._acquire_restore("
 _guarded_files: frozenset[str] = frozenset()
 
@@ -243,10 +246,10 @@ def _blocked(frame: FrameType) -> bool:
     """Blocked (or about to block) in a wait with no lock of the guarded code held by this
     frame: a ``Condition.wait`` inside the try block that takes its lock back (given back
     before it), that may wait (no timeout, or a positive one), or a thread's join that may
-    wait. Anywhere else in
-    a wait, or in a poll (a zero timeout: ``ThreadPoolExecutor.submit`` polls its idle
-    semaphore so, inside its own lock and the semaphore's), the frames may hold locks and
-    return at once: not blocked (a SIGTERM handled there waited 10 s for weave's threads,
+    wait (``Thread.join``, and on 3.10-3.12 the ``_wait_for_tstate_lock`` it waits in).
+    Anywhere else in a wait, or in a poll (a zero timeout: ``ThreadPoolExecutor.submit``
+    polls its idle semaphore so, inside its own lock and the semaphore's), the frames may
+    hold locks and return at once: not blocked (a SIGTERM handled there waited 10 s for weave's threads,
     which needed the semaphore's lock: 0 of 219 calls stored, once in ~12 runs of the suite)."""
     code = frame.f_code
     if code is _CONDITION_WAIT:
@@ -254,6 +257,8 @@ def _blocked(frame: FrameType) -> bool:
         timeout = frame.f_locals.get("timeout")
         return (released[0] < frame.f_lineno < released[1]
                 and (timeout is None or timeout > 0))
+    if code is _THREAD_JOIN:
+        return frame.f_locals.get("timeout") != 0
     if code.co_name == "_wait_for_tstate_lock" and code.co_filename == threading.__file__:
         return bool(frame.f_locals.get("block", True)) and frame.f_locals.get("timeout") != 0
     return False
