@@ -405,7 +405,7 @@ def test_a_programs_own_handler_runs_after_the_guarded_code(tmp_path, sig, when)
 
 # Ctrl-C while the main thread waits for another thread, with the guard installed; the
 # guard's module is loaded from its file, so any interpreter runs this (ENGINE_OTHER_PYTHONS)
-_WAITS_PROGRAM = textwrap.dedent(
+_WAITING_THREAD = textwrap.dedent(
     """
     import importlib.util, json, signal, sys, threading, time
     from concurrent.futures import ThreadPoolExecutor
@@ -414,7 +414,8 @@ _WAITS_PROGRAM = textwrap.dedent(
     guard = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(guard)
     assert guard.install()
-    WAITS = {"join", "_wait_for_tstate_lock", "wait"}  # Thread.join (3.13+ in C), Condition.wait
+    # Thread.join (3.13+ in C), Condition.wait, the exit's wait for non-daemon threads
+    WAITS = {"join", "_wait_for_tstate_lock", "wait", "_shutdown"}
 
     def asleep(thread):  # in a system call: a signal sent now interrupts it
         with open(f"/proc/self/task/{thread.native_id}/stat") as stat:
@@ -432,7 +433,10 @@ _WAITS_PROGRAM = textwrap.dedent(
         while not waiting(main) and time.monotonic() < deadline:
             time.sleep(0.001)
         signal.pthread_kill(main.ident, signal.SIGINT)  # as a terminal's: to the waiting thread
-
+    """
+)
+_WAITS_PROGRAM = _WAITING_THREAD + textwrap.dedent(
+    """
     def run(case):
         release, done, armed = threading.Event(), threading.Event(), threading.Event()
         def work():
@@ -504,3 +508,38 @@ def test_a_frame_in_thread_join_counts_as_blocked_unless_it_only_polls():
     assert _weave_sigint._blocked(join_frame(None))
     assert _weave_sigint._blocked(join_frame(2.5))
     assert not _weave_sigint._blocked(join_frame(0))
+
+
+_EXIT_PROGRAM = _WAITING_THREAD + textwrap.dedent(
+    """
+    import atexit
+    release, done, armed = threading.Event(), threading.Event(), threading.Event()
+
+    def work():  # a program's non-daemon thread: the exit waits for it
+        release.wait(10)
+        done.set()
+
+    atexit.register(lambda: print(json.dumps({"atexit ran": True,
+                                              "while waiting": not done.is_set()})))
+    threading.Thread(target=work).start()
+    threading.Thread(target=ctrl_c_once_waiting, args=(armed,), daemon=True).start()
+    armed.set()
+    """
+)
+
+
+@pytest.mark.parametrize("python", [sys.executable, *_OTHER_PYTHONS])
+def test_ctrl_c_while_the_exit_waits_for_a_thread_stops_the_wait(tmp_path, python):
+    """The interpreter's exit waits for the program's non-daemon threads in
+    ``threading._shutdown``, holding no lock. The guard took that for hand-off code (on every
+    Python) and deferred the Ctrl-C until the thread ended, then raised it in the first line
+    of Python run after: the first atexit callback, which it aborted (before: the callback
+    printed nothing, the program ran on for the thread's 10 s). Now raised at once, as
+    Python raises it, and the atexit callbacks run."""
+    program = tmp_path / "program.py"
+    program.write_text(_EXIT_PROGRAM)
+    result = subprocess.run([python, str(program), str(_SIGINT_MODULE)], capture_output=True,
+                            text=True, timeout=60)  # fmt: skip
+    assert result.stdout.splitlines() == [
+        json.dumps({"atexit ran": True, "while waiting": True})], result.stderr[-3000:]
+    assert "KeyboardInterrupt" in result.stderr
