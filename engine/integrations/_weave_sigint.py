@@ -61,6 +61,13 @@ from typing import Any
 # lock back whatever is raised (its lines strictly between these two): blocked there, or
 # raising there, it only waits
 _CONDITION_WAIT = threading.Condition.wait.__code__
+# Thread.join holds no lock at any line: Python 3.10-3.12 wait in _wait_for_tstate_lock,
+# 3.13+ in C (self._handle.join), with Thread.join itself the frame a signal interrupts
+_THREAD_JOIN = threading.Thread.join.__code__
+# the interpreter's exit waits for the program's non-daemon threads, holding no lock, at these
+# lines of threading._shutdown (3.10-3.12: each thread's lock in turn; 3.13+: in C)
+_SHUTDOWN = getattr(getattr(threading, "_shutdown", None), "__code__", None)
+_SHUTDOWN_WAITS = ("lock.acquire()", "_thread_shutdown()")
 _RELEASED_AFTER, _RELEASED_BEFORE = "self._release_save()", "self._acquire_restore("
 _guarded_files: frozenset[str] = frozenset()
 
@@ -79,6 +86,7 @@ def install(*modules: ModuleType) -> bool:
     ]
     _guarded_files = frozenset(f for f in files if f)
     _released_lines()  # read now, not in a signal handler
+    _shutdown_wait_lines()
     _guard_programs_handlers()
     if threading.current_thread() is not threading.main_thread():
         return False
@@ -243,10 +251,11 @@ def _blocked(frame: FrameType) -> bool:
     """Blocked (or about to block) in a wait with no lock of the guarded code held by this
     frame: a ``Condition.wait`` inside the try block that takes its lock back (given back
     before it), that may wait (no timeout, or a positive one), or a thread's join that may
-    wait. Anywhere else in
-    a wait, or in a poll (a zero timeout: ``ThreadPoolExecutor.submit`` polls its idle
-    semaphore so, inside its own lock and the semaphore's), the frames may hold locks and
-    return at once: not blocked (a SIGTERM handled there waited 10 s for weave's threads,
+    wait (``Thread.join``, and on 3.10-3.12 the ``_wait_for_tstate_lock`` it waits in), or
+    the interpreter's exit waiting for the program's non-daemon threads.
+    Anywhere else in a wait, or in a poll (a zero timeout: ``ThreadPoolExecutor.submit``
+    polls its idle semaphore so, inside its own lock and the semaphore's), the frames may
+    hold locks and return at once: not blocked (a SIGTERM handled there waited 10 s for weave's threads,
     which needed the semaphore's lock: 0 of 219 calls stored, once in ~12 runs of the suite)."""
     code = frame.f_code
     if code is _CONDITION_WAIT:
@@ -254,6 +263,10 @@ def _blocked(frame: FrameType) -> bool:
         timeout = frame.f_locals.get("timeout")
         return (released[0] < frame.f_lineno < released[1]
                 and (timeout is None or timeout > 0))
+    if code is _THREAD_JOIN:
+        return frame.f_locals.get("timeout") != 0
+    if code is _SHUTDOWN:
+        return frame.f_lineno in _shutdown_wait_lines()
     if code.co_name == "_wait_for_tstate_lock" and code.co_filename == threading.__file__:
         return bool(frame.f_locals.get("block", True)) and frame.f_locals.get("timeout") != 0
     return False
@@ -276,3 +289,16 @@ def _released_lines() -> tuple[int, int]:
     before = next((first + n for n, line in enumerate(lines) if _RELEASED_BEFORE in line),
                   1 << 30)
     return (after, before)
+
+
+@functools.lru_cache(maxsize=1)
+def _shutdown_wait_lines() -> frozenset[int]:
+    """The lines of ``threading._shutdown`` that wait for the non-daemon threads (none
+    without its source: the exit's wait is then deferred, as before)."""
+    if _SHUTDOWN is None:
+        return frozenset()
+    try:
+        lines, first = inspect.getsourcelines(_SHUTDOWN)
+    except (OSError, TypeError):
+        return frozenset()
+    return frozenset(first + n for n, line in enumerate(lines) if line.strip() in _SHUTDOWN_WAITS)

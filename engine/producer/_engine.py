@@ -107,6 +107,10 @@ class Engine:
                 threading.Thread(target=self._watch_sender, args=(shard,),
                                  name=f"engine-watchdog-{shard}", daemon=True).start()
             self._recover_orphans()
+        # the URL the exit's close may name, redacted now: its parser's first import at exit
+        # (yarl, then platform, whose namedtuple is exec()'d) clears CPython's mark of an
+        # uncaught Ctrl-C, and on Python 3.13 the program exited 1 instead of by SIGINT
+        redact_url(self.config.url)
         atexit.register(self._atexit)
         _install_sigterm(self)
 

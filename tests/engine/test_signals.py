@@ -169,3 +169,35 @@ def test_ctrl_c_while_exit_waits_for_a_down_server_persists_now_and_says_so(tmp_
     # the program's own KeyboardInterrupt traceback, and no other
     assert "Exception ignored" not in err and err.count("Traceback") == 1, err[-3000:]
     assert len(dead.read_text().splitlines()) == 500  # every call, persisted
+
+
+_EXIT_IMPORTS_OWNER = textwrap.dedent("""
+    import atexit, json, sys, engine
+    before = set()
+    # registered first, so it runs after the engine's own exit (the close that waits)
+    atexit.register(lambda: print(json.dumps(sorted(set(sys.modules) - before)), flush=True))
+    eng = engine.Engine(url=sys.argv[1], project="ops/exit-imports", dead_letter_path=sys.argv[2],
+                        shutdown_timeout_s=1.5)
+    with eng.producer().call("op", inputs={"i": 1}) as call:
+        call.output = 1
+    before = set(sys.modules)
+    raise KeyboardInterrupt  # an uncaught Ctrl-C; the exit then waits for the down server
+""")
+
+
+def test_an_uncaught_ctrl_c_still_exits_by_sigint_when_the_exit_waits(tmp_path):
+    """The exit's close, waiting for a down server, says where it delivers: redacting that
+    URL imported yarl (and multidict, platform) at exit. Code exec()'d at exit -- platform's
+    namedtuple -- clears CPython's mark of an uncaught KeyboardInterrupt, so on Python 3.13
+    (whose uuid no longer imports platform first) the program exited 1 instead of by SIGINT
+    (130 in a shell, which a shell loop stops on). The engine now imports it when it starts:
+    nothing is imported at exit, on any Python."""
+    with FaultServer() as server:
+        server.down()
+        result = subprocess.run(
+            [sys.executable, "-c", _EXIT_IMPORTS_OWNER, server.url, str(tmp_path / "dead.jsonl")],
+            capture_output=True, text=True, timeout=60,
+            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": "."})  # fmt: skip
+    assert result.stdout.splitlines() == ["[]"], result.stderr[-3000:]
+    assert result.returncode == -signal.SIGINT, result.stderr[-3000:]
+    assert "for up to" in result.stderr  # the exit did wait, and said so

@@ -4,13 +4,19 @@ synchronisation) is raised at the first line after it, in the code that called i
 else at once. Run in a child interpreter: the guard replaces SIGINT's handler."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+
+from engine.common._env import OTHER_PYTHONS
 
 _PROGRAM = textwrap.dedent(
     """
@@ -395,3 +401,145 @@ def test_a_programs_own_handler_runs_after_the_guarded_code(tmp_path, sig, when)
     assert result.returncode == 143, result.stderr[-3000:]
     assert result.stdout.splitlines() == [json.dumps(
         {"lock free": True, "log": [0, 1, 2, "end"], "in": "program.py"})], result.stderr[-3000:]
+
+
+# Ctrl-C while the main thread waits for another thread, with the guard installed; the
+# guard's module is loaded from its file, so any interpreter runs this (ENGINE_OTHER_PYTHONS)
+_WAITING_THREAD = textwrap.dedent(
+    """
+    import importlib.util, json, signal, sys, threading, time
+    from concurrent.futures import ThreadPoolExecutor
+
+    spec = importlib.util.spec_from_file_location("_weave_sigint", sys.argv[1])
+    guard = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(guard)
+    assert guard.install()
+    # Thread.join (3.13+ in C), Condition.wait, the exit's wait for non-daemon threads
+    WAITS = {"join", "_wait_for_tstate_lock", "wait", "_shutdown"}
+
+    def asleep(thread):  # in a system call: a signal sent now interrupts it
+        with open(f"/proc/self/task/{thread.native_id}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "S"
+
+    def waiting(thread):
+        code = sys._current_frames()[thread.ident].f_code
+        return code.co_filename == threading.__file__ and code.co_name in WAITS and asleep(thread)
+
+    def ctrl_c_once_waiting(armed):
+        # once the main thread sleeps in the wait: a signal that lands as it goes to sleep
+        # waits for it to wake, guard or not (CPython checks for signals before it sleeps)
+        armed.wait(10)
+        main, deadline = threading.main_thread(), time.monotonic() + 10
+        while not waiting(main) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        signal.pthread_kill(main.ident, signal.SIGINT)  # as a terminal's: to the waiting thread
+    """
+)
+_WAITS_PROGRAM = _WAITING_THREAD + textwrap.dedent(
+    """
+    def run(case):
+        release, done, armed = threading.Event(), threading.Event(), threading.Event()
+        def work():
+            release.wait(10)  # a working Ctrl-C ends the main thread's wait long before
+            done.set()
+        threading.Thread(target=ctrl_c_once_waiting, args=(armed,), daemon=True).start()
+        pool = ThreadPoolExecutor(1)
+        try:
+            if case == "thread.join()":
+                thread = threading.Thread(target=work)
+                thread.start()
+                armed.set()
+                thread.join()
+            elif case == "pool.shutdown(wait=True)":
+                pool.submit(work)
+                armed.set()
+                pool.shutdown(wait=True)
+            else:
+                future = pool.submit(work)
+                armed.set()
+                future.result()
+            outcome = "returned"
+        except KeyboardInterrupt:
+            outcome = "KeyboardInterrupt"
+        result = {"case": case, "outcome": outcome, "while waiting": not done.is_set()}
+        release.set()
+        pool.shutdown(wait=True)
+        return result
+
+    print(json.dumps([run(case) for case in
+                      ("thread.join()", "pool.shutdown(wait=True)", "future.result()")]))
+    """
+)
+_SIGINT_MODULE = Path(__file__).parents[2] / "engine" / "integrations" / "_weave_sigint.py"
+_OTHER_PYTHONS = [p for p in os.environ.get(OTHER_PYTHONS, "").split(os.pathsep) if p]
+
+
+@pytest.mark.parametrize("python", [sys.executable, *_OTHER_PYTHONS])
+def test_ctrl_c_while_waiting_for_a_thread_is_raised_at_once(tmp_path, python):
+    """A wait for another thread holds none of the guarded locks: Ctrl-C there is raised at
+    once, as Python raises it. On Python 3.13 ``Thread.join`` waits in C (``_handle.join``),
+    with ``Thread.join`` itself as the interrupted frame; the guard knew the join only by
+    3.10-3.12's ``_wait_for_tstate_lock`` and deferred the Ctrl-C to the first line after
+    the join, when the thread ended (here after its 10 s wait: "while waiting" false for
+    ``thread.join()`` and ``ThreadPoolExecutor.shutdown(wait=True)``; so also in the exit's
+    join of weave's pool threads). Run by ``python``: this suite's interpreter, and each one
+    named in ``ENGINE_OTHER_PYTHONS`` (docs/configuration.md)."""
+    program = tmp_path / "program.py"
+    program.write_text(_WAITS_PROGRAM)
+    result = subprocess.run([python, str(program), str(_SIGINT_MODULE)], capture_output=True,
+                            text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout) == [
+        {"case": case, "outcome": "KeyboardInterrupt", "while waiting": True}
+        for case in ("thread.join()", "pool.shutdown(wait=True)", "future.result()")]
+
+
+def test_a_frame_in_thread_join_counts_as_blocked_unless_it_only_polls():
+    """The rule the test above checks on 3.13, on this suite's Python: a signal that finds
+    ``Thread.join`` itself as the interrupted frame (3.13's join waits in C) is in a wait
+    that holds nothing, unless its timeout is zero (a poll). 3.10-3.12 wait one frame
+    deeper, in ``_wait_for_tstate_lock``, which counted already."""
+    from engine.integrations import _weave_sigint
+
+    def join_frame(timeout):
+        return SimpleNamespace(f_code=threading.Thread.join.__code__, f_locals={
+            "self": threading.current_thread(), "timeout": timeout}, f_lineno=0)
+
+    assert _weave_sigint._blocked(join_frame(None))
+    assert _weave_sigint._blocked(join_frame(2.5))
+    assert not _weave_sigint._blocked(join_frame(0))
+
+
+_EXIT_PROGRAM = _WAITING_THREAD + textwrap.dedent(
+    """
+    import atexit
+    release, done, armed = threading.Event(), threading.Event(), threading.Event()
+
+    def work():  # a program's non-daemon thread: the exit waits for it
+        release.wait(10)
+        done.set()
+
+    atexit.register(lambda: print(json.dumps({"atexit ran": True,
+                                              "while waiting": not done.is_set()})))
+    threading.Thread(target=work).start()
+    threading.Thread(target=ctrl_c_once_waiting, args=(armed,), daemon=True).start()
+    armed.set()
+    """
+)
+
+
+@pytest.mark.parametrize("python", [sys.executable, *_OTHER_PYTHONS])
+def test_ctrl_c_while_the_exit_waits_for_a_thread_stops_the_wait(tmp_path, python):
+    """The interpreter's exit waits for the program's non-daemon threads in
+    ``threading._shutdown``, holding no lock. The guard took that for hand-off code (on every
+    Python) and deferred the Ctrl-C until the thread ended, then raised it in the first line
+    of Python run after: the first atexit callback, which it aborted (before: the callback
+    printed nothing, the program ran on for the thread's 10 s). Now raised at once, as
+    Python raises it, and the atexit callbacks run."""
+    program = tmp_path / "program.py"
+    program.write_text(_EXIT_PROGRAM)
+    result = subprocess.run([python, str(program), str(_SIGINT_MODULE)], capture_output=True,
+                            text=True, timeout=60)  # fmt: skip
+    assert result.stdout.splitlines() == [
+        json.dumps({"atexit ran": True, "while waiting": True})], result.stderr[-3000:]
+    assert "KeyboardInterrupt" in result.stderr

@@ -6,6 +6,7 @@ stored): the engine's SIGTERM handler now lets them finish (bounded) before it d
 
 import signal
 import subprocess
+import sys
 import textwrap
 import time
 
@@ -183,7 +184,10 @@ def test_a_weave_evaluation_stopped_by_ctrl_c_stops_as_asyncio_does_and_keeps_it
         predicts = [c for c in _stored_calls(url, "ent/evaluation", "Model.predict")
                     if c["ended_at"]]  # fmt: skip
     assert code == -signal.SIGINT, err[-3000:]
-    assert "asyncio/runners.py" in err and "raise KeyboardInterrupt()" in err, err[-3000:]
+    if sys.version_info >= (3, 11):  # asyncio.run cancels its main task on Ctrl-C from 3.11
+        assert "asyncio/runners.py" in err and "raise KeyboardInterrupt()" in err, err[-3000:]
+    else:  # 3.10: Python's own KeyboardInterrupt, raised by the guard in the running coroutine
+        assert "in _on_sigint" in err and err.rstrip().endswith("KeyboardInterrupt"), err[-3000:]
     assert AT_LEAST <= finished < 5000 and took_s < 60
     assert len(predicts) >= finished and len({c["id"] for c in predicts}) == len(predicts)
     assert all(isinstance(c["output"]["y"], int) for c in predicts)  # (x: a ref to its row)
