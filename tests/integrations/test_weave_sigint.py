@@ -543,3 +543,38 @@ def test_ctrl_c_while_the_exit_waits_for_a_thread_stops_the_wait(tmp_path, pytho
     assert result.stdout.splitlines() == [
         json.dumps({"atexit ran": True, "while waiting": True})], result.stderr[-3000:]
     assert "KeyboardInterrupt" in result.stderr
+
+
+_EVENT_LOOP_HANDLERS = textwrap.dedent(
+    """
+    import asyncio, json, os, signal, sys, threading
+    import uvloop
+    from engine.integrations import _weave_sigint
+
+    _weave_sigint.install(threading)
+    got = []
+
+    async def main(sig):
+        loop, done = asyncio.get_running_loop(), asyncio.Event()
+        loop.add_signal_handler(sig, lambda: (got.append(sig.name), done.set()))
+        os.kill(os.getpid(), sig)
+        await asyncio.wait_for(done.wait(), 10)
+        got.append(loop.remove_signal_handler(sig))
+        got.append(signal.getsignal(sig) is signal.SIG_DFL)
+
+    asyncio.run(main(signal.SIGTERM))
+    uvloop.run(main(signal.SIGUSR1))
+    got.append(signal.signal(signal.SIGTERM, signal.SIG_IGN) is signal.SIG_DFL)
+    got.append(signal.getsignal(signal.SIGTERM) is signal.SIG_IGN)
+    print(json.dumps(got))
+    """
+)
+
+
+def test_event_loops_signal_handlers_work_beside_the_guard(tmp_path):
+    """The guard wraps the Python handlers a program sets: asyncio's and uvloop's
+    ``add_signal_handler`` (which set and reset handlers themselves) still call back, remove,
+    and leave the default; ``signal.signal`` / ``getsignal`` give back the module's values."""
+    result = _run(tmp_path, _EVENT_LOOP_HANDLERS)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout) == ["SIGTERM", True, True, "SIGUSR1", True, True, True, True]
