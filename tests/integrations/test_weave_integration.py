@@ -98,10 +98,12 @@ def _run_program(argv: list[str], env: dict[str, str], timeout_s: float = RUN_TI
 
 
 def _run(tmp_path: Path, url: str, how: str, project: str, python: str = sys.executable,
-         extra_env: dict[str, str] | None = None):
+         extra_env: dict[str, str] | None = None, pythonpath: bool = True):
     program = tmp_path / "program.py"
     program.write_text(_PROGRAM)
     env = {**_weave_env(url, str(tmp_path), enable_env=how == "env"), **(extra_env or {})}
+    if not pythonpath:
+        env.pop("PYTHONPATH", None)
     result = _run_program([python, str(program), project, how, str(N_CALLS)], env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.startswith(str(sum(x * x for x in range(N_CALLS)))), result.stdout
@@ -268,9 +270,17 @@ def test_wheel_install_ships_the_engine_weave_pth(tmp_path):
     wheel = _build_wheel(tmp_path)
     python = _venv_with(tmp_path / "venv", wheel)
     with serve_subprocess(tmp_path / "traces.db") as url:
-        result, calls = _run(tmp_path, url, "env", "ent/pool-wheel", python=python)
+        result, calls = _run(tmp_path, url, "env", "ent/pool-wheel", python=python,
+                             pythonpath=False)  # fmt: skip
     _assert_every_call_stored(calls)
     assert f"engine from {tmp_path / 'venv'}" in result.stdout
+
+
+def _without_pythonpath() -> dict[str, str]:
+    """The environment for building, installing and running the wheel: a developer's
+    PYTHONPATH naming a checkout made pip take the engine as installed already (the venv got
+    no wheel, no engine-weave.pth: weave ran alone) or the program import the checkout."""
+    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 
 
 def _build_wheel(tmp_path: Path) -> Path:
@@ -280,7 +290,7 @@ def _build_wheel(tmp_path: Path) -> Path:
         copy(REPO / name, source / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
                     "--quiet", "-w", str(tmp_path / "dist"), str(source)],
-                   check=True, timeout=300)  # fmt: skip
+                   check=True, timeout=300, env=_without_pythonpath())  # fmt: skip
     (wheel,) = (tmp_path / "dist").glob("engine-*.whl")
     return wheel
 
@@ -295,10 +305,12 @@ def _copy_file(src: Path, dst: Path) -> None:
 
 
 def _venv_with(venv: Path, wheel: Path) -> str:
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    env = _without_pythonpath()
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, env=env)
     python = str(venv / "bin" / "python")
     subprocess.run([sys.executable, "-m", "pip", "--python", python, "install", "--quiet",
-                    "--no-deps", "--no-index", str(wheel)], check=True, timeout=300)  # fmt: skip
+                    "--no-deps", "--no-index", str(wheel)], check=True, timeout=300,
+                   env=env)  # fmt: skip
     purelib = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                              check=True, capture_output=True, text=True).stdout.strip()  # fmt: skip
     # the suite's packages after the fresh venv's own (its engine comes first)
