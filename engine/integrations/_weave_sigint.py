@@ -103,7 +103,7 @@ def defer_if_guarded(frame: FrameType | None, run: Callable[[], None]) -> bool:
     is guarded and ``run`` will run at the first line outside it instead."""
     if not _deferrable(frame):
         return False
-    _defer(frame, run)
+    _defer(frame, lambda where: run())
     return True
 
 
@@ -157,7 +157,7 @@ def _guarded(handler: Callable[[int, FrameType | None], Any]) -> Callable[..., A
     def guarded(signum: int, frame: FrameType | None) -> Any:
         if not _deferrable(frame):
             return handler(signum, frame)
-        _defer_to(frame, lambda where: handler(signum, where))
+        _defer(frame, lambda where: handler(signum, where))
         return None
 
     guarded.engine_guards = handler  # type: ignore[attr-defined]
@@ -173,17 +173,11 @@ def _deferrable(frame: FrameType | None) -> bool:
     return _in_hand_off(frame) and sys.gettrace() is None
 
 
-def _defer(frame: FrameType | None, run: Callable[[], None]) -> None:
-    """``run()`` at the first line run outside the guarded code, or where the guarded code
-    goes on to block in a wait (holding none of its locks: the wait may last, as a
-    ``Future.result()`` does): a line event of a frame there, traced on this thread only
-    until then."""
-
-    _defer_to(frame, lambda where: run())
-
-
-def _defer_to(frame: FrameType | None, run: Callable[[FrameType], None]) -> None:
-    """As :func:`_defer`; ``run`` is given the frame it runs in."""
+def _defer(frame: FrameType | None, run: Callable[[FrameType], None]) -> None:
+    """``run(where)`` at ``where``, the first line run outside the guarded code, or where the
+    guarded code goes on to block in a wait (holding none of its locks: the wait may last,
+    as a ``Future.result()`` does): a line event of a frame there, traced on this thread
+    only until then."""
 
     def outside(frame: FrameType, event: str, arg: Any) -> Any:
         if event != "line" or _in_hand_off(frame):

@@ -107,10 +107,10 @@ class Engine:
                 threading.Thread(target=self._watch_sender, args=(shard,),
                                  name=f"engine-watchdog-{shard}", daemon=True).start()
             self._recover_orphans()
-        # the URL the exit's close may name, redacted now: its parser's first import at exit
-        # (yarl, then platform, whose namedtuple is exec()'d) clears CPython's mark of an
+        # the URL the close's lines name, redacted once, now: its parser's first import at
+        # exit (yarl, then platform, whose namedtuple is exec()'d) clears CPython's mark of an
         # uncaught Ctrl-C, and on Python 3.13 the program exited 1 instead of by SIGINT
-        redact_url(self.config.url)
+        self._url_said = redact_url(self.config.url)
         atexit.register(self._atexit)
         _install_sigterm(self)
 
@@ -170,7 +170,7 @@ class Engine:
             except KeyboardInterrupt:  # Ctrl-C while it waits: persist what is left, now
                 interrupted = True
                 log.warning("engine: interrupted while delivering to %s; persisting what "
-                            "is not delivered now", redact_url(self.config.url))
+                            "is not delivered now", self._url_said)
                 self._stop_senders(time.monotonic())
         stats = collect_stats(self._ringset, self._control)
         stats["undelivered"] = _undelivered(self._ringset)
@@ -272,7 +272,7 @@ class Engine:
         if not settled and time.monotonic() < deadline_s and all_gone() is None:
             log.warning("engine: delivering what the rings hold to %s for up to %.0f s more "
                         "(%s records of calls not acknowledged yet); Ctrl-C stops waiting: they go to "
-                        "%s", redact_url(self.config.url), deadline_s - time.monotonic(),
+                        "%s", self._url_said, deadline_s - time.monotonic(),
                         f"{_undelivered(self._ringset):,}", persisted_to(self.config))
             settled = wait_heads_released(self._ringset, heads, give_up_s, all_gone)
         for proc in procs:
@@ -300,7 +300,7 @@ class Engine:
                 log.error("%d items are still in shared memory (ring set %s): the next Engine "
                           "delivering to %s, or `engine replay --to %s`, recovers them",
                           undelivered, self._ringset.spec.shm_name,
-                          redact_url(self.config.url), redact_url(self.config.url))
+                          self._url_said, self._url_said)
                 return
             if ring.attached_producers(self._ringset):
                 return  # they may still write: removed once they exit and it holds nothing
