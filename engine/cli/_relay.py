@@ -40,8 +40,10 @@ def run(args: argparse.Namespace) -> int:
     from engine.relay import run_relay
     from engine.relay._app import RELAY_PROJECT
     from engine.server._auth import load_key_ring
+    from engine.server._tls import server_context
 
     _args.setup_logging(args)
+    server_context(args.tls_cert, args.tls_key)  # a bad pair is said before the upstream's look
     fixed = {"project": RELAY_PROJECT, **({"url": args.upstream} if args.upstream else {})}
     cfg = _args.load_settings(args, **fixed)
     _probe.check_server(cfg.url, cfg.api_key, "relay: upstream",
