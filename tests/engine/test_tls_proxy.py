@@ -238,6 +238,24 @@ def test_relay_serves_tls_and_reaches_its_upstream_through_the_proxy(
     assert set(proxy.methods) == {"CONNECT"} and len(proxy.heads) >= 2
 
 
+def test_doctor_names_the_proxy_masked_and_the_ca_source_and_reaches_through_them(
+        pki, tls_url):
+    target = f"https://{NAME}:{_port(tls_url)}"
+    with ForwardProxy({NAME: "127.0.0.1"}, credentials="proxyuser:proxy-secret") as proxy:
+        proxy_url = proxy.url.replace("://", "://proxyuser:proxy-secret@")
+        env = {**os.environ, "HTTPS_PROXY": proxy_url, "SSL_CERT_FILE": str(pki.ca),
+               "ENGINE_API_KEY": API_KEY}
+        result = subprocess.run([sys.executable, "-m", "engine", "doctor", target,
+                                 "--limit-mib", "1"], env=env, capture_output=True, text=True,
+                                timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    masked = proxy.url.replace("://", "://***@")
+    assert (f"ok   network: proxy: {masked} (from HTTPS_PROXY); CAs: SSL_CERT_FILE={pki.ca}"
+            in result.stdout), result.stdout
+    assert "proxy-secret" not in result.stdout + result.stderr
+    assert set(proxy.methods) == {"CONNECT"}
+
+
 _WEAVE_PROGRAM = """
 import sys, weave
 client = weave.init(sys.argv[1])
