@@ -29,10 +29,8 @@ Proxy choice is made once per session (or per host, for the read clients), never
 from __future__ import annotations
 
 import functools
-import ipaddress
 import logging
 import os
-import ssl
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import urlsplit
@@ -40,7 +38,8 @@ from urllib.parse import urlsplit
 from engine.common._errors import ConfigError
 from engine.common._redact import redact_url
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # ssl and ipaddress are imported where used: Engine() checks the
+    import ssl  # variables in the owner, which need not pay ~12 ms of imports for them
     import urllib.request
 
 log = logging.getLogger("engine")
@@ -65,6 +64,8 @@ class ProxyChoice(NamedTuple):
 
 
 def is_loopback(host: str) -> bool:
+    import ipaddress
+
     host = host.strip("[]").lower()
     if host == "localhost" or host.endswith(".localhost"):
         return True
@@ -81,11 +82,11 @@ def choose_proxy(url: str, environ: Mapping[str, str] | None = None) -> ProxyCho
     parts = urlsplit(url)
     scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
     port = parts.port or (443 if scheme == "https" else 80)
-    if is_loopback(host):
-        return ProxyChoice(None, "a loopback address is never proxied")
     found = _variable(env, f"{scheme}_proxy") or _variable(env, "all_proxy")
     if found is None:
         return ProxyChoice(None, "no proxy variable set")
+    if is_loopback(host):
+        return ProxyChoice(None, "a loopback address is never proxied")
     name, value = found
     no_proxy = _variable(env, "no_proxy")
     if no_proxy is not None and _bypassed(no_proxy[1], scheme, host, port):
@@ -121,6 +122,8 @@ def _bypassed(no_proxy: str, scheme: str, host: str, port: int) -> bool:
 
 
 def _entry_matches(entry: str, scheme: str, host: str, port: int) -> bool:
+    import ipaddress
+
     if entry == "*":
         return True
     if "://" in entry:
@@ -182,6 +185,8 @@ def ssl_context() -> ssl.SSLContext:
 
 @functools.lru_cache(maxsize=4)
 def _context(cafile: str | None, capath: str | None, no_verify: bool) -> ssl.SSLContext:
+    import ssl
+
     if no_verify:
         log.warning("%s=true: TLS certificates are not verified on any connection this "
                     "process makes (a man in the middle would go unnoticed)", INSECURE_VARIABLE)
@@ -201,6 +206,8 @@ def _context(cafile: str | None, capath: str | None, no_verify: bool) -> ssl.SSL
 
 
 def _load(name: str, value: str, **where: str) -> ssl.SSLContext:
+    import ssl
+
     try:
         return ssl.create_default_context(**where)
     except (OSError, ssl.SSLError) as exc:
@@ -211,6 +218,17 @@ def _load(name: str, value: str, **where: str) -> ssl.SSLContext:
 def https_context(url: str) -> ssl.SSLContext | None:
     """:func:`ssl_context` for an https ``url``; None for http (nothing to load)."""
     return ssl_context() if urlsplit(url).scheme.lower() == "https" else None
+
+
+def check_outbound(url: str) -> None:
+    """What the sender would find wrong with ``url``'s proxy and CA variables, raised as
+    ConfigError at ``Engine()`` instead of in the sender's start: a proxy that is not an
+    http:// URL, CA variables naming nothing loadable. (certifi's own bundle is not loaded
+    here: nothing to check, and ~10-30 ms the owner need not pay.)"""
+    choose_proxy(url)
+    env = os.environ
+    if urlsplit(url).scheme.lower() == "https" and any(env.get(n) for n in CA_VARIABLES):
+        ssl_context()
 
 
 def describe_client_error(exc: BaseException, proxy: str = "direct") -> str:

@@ -61,3 +61,23 @@ def test_a_ca_file_that_cannot_be_read_is_one_config_error(monkeypatch, tmp_path
     monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "missing.pem"))
     with pytest.raises(ConfigError, match=r"^SSL_CERT_FILE: cannot load CA certificates from "):
         ssl_context()
+
+
+@pytest.mark.parametrize(("variable", "value", "said"), [
+    ("HTTPS_PROXY", "socks5://proxy.corp:1080", r"^HTTPS_PROXY: socks5://proxy.corp:1080 is not "),
+    ("SSL_CERT_FILE", "/nonexistent/ca.pem", r"^SSL_CERT_FILE: cannot load CA certificates "),
+    ("SSL_CERT_DIR", "/nonexistent", r"^SSL_CERT_DIR: /nonexistent is not a folder "),
+])  # fmt: skip
+def test_engine_says_what_its_sender_could_not_connect_with_before_it_starts(
+        monkeypatch, tmp_path, variable, value, said):
+    """The sender would fail at its start (its transport takes the proxy and the CAs), far
+    from the program: Engine() raises, before a ring exists."""
+    import engine
+
+    for name in ("SSL_CERT_FILE", "SSL_CERT_DIR", "HTTPS_PROXY", "https_proxy", "ALL_PROXY",
+                 "all_proxy", "WEAVE_INSECURE_DISABLE_SSL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError, match=said):
+        engine.Engine("https://trace.example.com", project="e/p",
+                      dead_letter_path=str(tmp_path / "dl.jsonl"))
