@@ -24,6 +24,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
+import trustme
 
 from engine.sender._deadletter import DeadLetters
 from engine.server import serve_subprocess
@@ -72,6 +73,8 @@ def concrete(command: str, things: dict[str, str]) -> list[str]:
             word = os.path.join(things["tmp"], f"copy-{uuid.uuid4().hex}.db")
         elif word == "DIR":
             word = things["ring_dir"] if before == "--ring-dir" else things["spool_dir"]
+        elif word in ("CERT", "KEY"):  # engine serve --tls-cert CERT --tls-key KEY
+            word = things["tls_" + word.lower()]
         elif word == "F":
             word = things["keys_file"] if before == "--keys-file" else things["db"]
         elif word in ("PORT", "P"):
@@ -129,6 +132,10 @@ def things(tmp_path_factory):
     keys_file = tmp / "keys"
     keys_file.write_text("docs-key rw *\n")
     keys_file.chmod(0o600)
+    issued = trustme.CA().issue_cert("127.0.0.1")
+    issued.cert_chain_pems[0].write_to_path(str(tmp / "cert.pem"))
+    issued.private_key_pem.write_to_path(str(tmp / "key.pem"))
+    (tmp / "key.pem").chmod(0o600)
     env = {**{k: v for k, v in os.environ.items() if not k.startswith(("ENGINE_", "WANDB_", "WF_"))},
            "XDG_DATA_HOME": str(tmp / "data"), "XDG_STATE_HOME": str(tmp / "state")}
     # commands shown without a URL mean the local server: here, the one started for the run
@@ -139,7 +146,8 @@ def things(tmp_path_factory):
                "served_db": str(tmp / "served.db"), "tmp": str(tmp),
                "dead_letters": str(dead), "spool_dir": str(tmp / "spool"), "env": env,
                "chdb_dir": str(tmp / "chdb"), "pid": str(pid), "ring_dir": ring_dir,
-               "keys_file": str(keys_file)}
+               "keys_file": str(keys_file), "tls_cert": str(tmp / "cert.pem"),
+               "tls_key": str(tmp / "key.pem")}
 
 
 _OWNER = (f"import os, sys\nfrom engine.producer._engine import Engine\n"

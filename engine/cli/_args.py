@@ -314,6 +314,18 @@ def add_key_flags(parser: argparse.ArgumentParser, env_help: str) -> None:
     )  # fmt: skip
 
 
+def add_tls_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tls-cert", default=os.environ.get(_env.TLS_CERT) or None, metavar="FILE",
+        help="serve HTTPS with this certificate (PEM, its chain after it; default "
+        f"${_env.TLS_CERT}); needs --tls-key",
+    )  # fmt: skip
+    parser.add_argument(
+        "--tls-key", default=os.environ.get(_env.TLS_KEY) or None, metavar="FILE",
+        help=f"the certificate's private key (PEM, unencrypted, mode 0600; default ${_env.TLS_KEY})",
+    )  # fmt: skip
+
+
 def key_flag_in(argv: list[str]) -> bool:
     """Whether ``argv`` holds ``--api-key`` (``=VALUE`` or not, or a prefix argparse would
     take for it): no command takes it, and argparse's errors would echo the key."""

@@ -22,6 +22,7 @@ from typing import Any
 
 from engine.cli import _args
 from engine.cli._args import CommandFailed
+from engine.common._http import urllib_opener
 from engine.producer._engine import Engine
 from engine.producer._tracer import Tracer
 
@@ -99,7 +100,8 @@ def _stop_workers(workers: list) -> None:
 def _post_json(url: str, body: dict[str, Any]) -> Any:
     request = urllib.request.Request(url, data=json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=60) as response:
+    # its own local server: never through a proxy (engine.common._http)
+    with urllib_opener(url).open(request, timeout=60) as response:
         return json.loads(response.read())
 
 

@@ -21,7 +21,7 @@ from engine.cli import _args, _probe
 from engine.cli._args import CommandFailed
 from engine.common import _env
 from engine.common._config import EngineConfig
-from engine.common._errors import reason_of
+from engine.common._errors import ConfigError, reason_of
 from engine.common._machine import same_machine
 from engine.common._project import project_path
 from engine.common._redact import redact_url
@@ -58,7 +58,7 @@ def add(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     api_key = os.environ.get(_env.API_KEY) or os.environ.get("WANDB_API_KEY") or None
-    checks: list[Check] = []
+    checks: list[Check] = [_route(args.url)]
     info = _reach(args.url, api_key, checks)
     if info is not None:
         for step in _STEPS:
@@ -76,6 +76,20 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(f"engine doctor: {redact_url(args.url)}: READY: the engine can deliver here")
     return 0
+
+
+def _route(url: str) -> Check:
+    """Which proxy (credentials masked) and which CAs the engine's connections to ``url``
+    take (engine.common._http): what to look at first when a corporate network is in the way."""
+    from engine.common._http import ca_source, choose_proxy, insecure
+
+    try:
+        proxy = choose_proxy(url).shown
+    except ConfigError as exc:
+        return Check("network", False, str(exc))
+    if not url.lower().startswith("https:"):
+        return Check("network", True, f"proxy: {proxy}; plain http, no certificates")
+    return Check("network", None if insecure() else True, f"proxy: {proxy}; CAs: {ca_source()}")
 
 
 def _reach(url: str, api_key: str | None, checks: list[Check]) -> dict | None:

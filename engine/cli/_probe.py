@@ -9,12 +9,21 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import ssl
 import urllib.error
 import urllib.request
 from typing import Any, NamedTuple
 
 from engine.cli._args import CommandFailed
 from engine.common._auth import basic_auth, key_refused, url_credentials
+from engine.common._http import (
+    CA_HINT,
+    PROXY_HINT,
+    ProxyChoice,
+    ca_source,
+    choose_proxy,
+    urllib_opener,
+)
 from engine.common._redact import redact_url
 
 DEFAULT_TIMEOUT_S = 10.0
@@ -50,17 +59,24 @@ def request(url: str, *, data: bytes | None = None, headers: dict[str, str] | No
     headers = {**(headers or {}), **({"Authorization": url_auth} if url_auth else {})}
     req = urllib.request.Request(bare_url, data=data, headers=headers,
                                  method="POST" if data is not None else "GET")
+    proxy = choose_proxy(bare_url)
     try:
-        with urllib.request.urlopen(req, timeout=timeout_s) as resp:  # noqa: S310 - http(s) only
+        with urllib_opener(bare_url, proxy).open(req, timeout=timeout_s) as resp:
             return Answer(resp.status, dict(resp.headers.items()), resp.read())
     except urllib.error.HTTPError as exc:
         return Answer(exc.code, dict(exc.headers.items()), exc.read())
     except (urllib.error.URLError, OSError) as exc:
-        raise Unreachable(f"cannot reach {redact_url(url)}: {_why(exc)}") from exc
+        raise Unreachable(f"cannot reach {redact_url(url)}: {_why(exc, proxy)}") from exc
 
 
-def _why(exc: BaseException) -> str:
+def _why(exc: BaseException, proxy: ProxyChoice) -> str:
     reason = getattr(exc, "reason", exc)
+    if isinstance(reason, ssl.SSLCertVerificationError):
+        return (f"TLS certificate not trusted ({reason.verify_message}; CAs: {ca_source()}): "
+                f"{CA_HINT}")
+    if proxy.url and (isinstance(reason, ConnectionRefusedError)
+                      or "Tunnel connection failed" in str(reason)):
+        return f"through the proxy {proxy.shown}: {reason}; {PROXY_HINT}"
     if isinstance(reason, ConnectionRefusedError):
         return "connection refused (is the server running on that host and port?)"
     if isinstance(reason, socket.gaierror):

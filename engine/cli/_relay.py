@@ -28,6 +28,7 @@ def add(subparsers: argparse._SubParsersAction) -> None:
                        help="largest ingest body accepted, before and after decompression (default "
                        f"{DEFAULT_MAX_BODY_BYTES // 2**20} MiB)")
     _args.add_max_connections_flag(relay, "relay")
+    _args.add_tls_flags(relay)
     _args.add_key_flags(relay, "the relay delivers under its own key, $ENGINE_API_KEY or "
                                "$WANDB_API_KEY")
     _args.add_config_flags(relay)
@@ -39,8 +40,10 @@ def run(args: argparse.Namespace) -> int:
     from engine.relay import run_relay
     from engine.relay._app import RELAY_PROJECT
     from engine.server._auth import load_key_ring
+    from engine.server._tls import server_context
 
     _args.setup_logging(args)
+    server_context(args.tls_cert, args.tls_key)  # a bad pair is said before the upstream's look
     fixed = {"project": RELAY_PROJECT, **({"url": args.upstream} if args.upstream else {})}
     cfg = _args.load_settings(args, **fixed)
     _probe.check_server(cfg.url, cfg.api_key, "relay: upstream",
@@ -52,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         keys = load_key_ring(args.keys_file, env_key=False)  # $ENGINE_API_KEY is the upstream's
         stats = run_relay(cfg.url, host, port, args.max_body_bytes, args.config, keys=keys,
-                          max_connections=args.max_connections, **_args.config_overrides(args))
+                          max_connections=args.max_connections, tls_cert=args.tls_cert,
+                          tls_key=args.tls_key, **_args.config_overrides(args))
     except OSError as exc:
         raise CommandFailed(f"relay: cannot listen on {host}:{port}: {exc.strerror or exc} "
                             "(pick another --listen port; 0 picks a free one)") from exc

@@ -69,6 +69,7 @@ def add(subparsers: argparse._SubParsersAction) -> None:
         "program that runs the server as its child (engine demo does)",
     )  # fmt: skip
     _args.add_max_connections_flag(serve, "server")
+    _args.add_tls_flags(serve)
     _args.add_key_flags(serve, "set $ENGINE_API_KEY for one key that may read and write every "
                         "project")
     serve.set_defaults(func=run)
@@ -94,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
                    keys=load_key_ring(args.keys_file), retention_days=args.retention_days,
                    retention_interval_s=args.retention_interval_s,
                    missing_op_grace_s=args.missing_op_grace_s, parent_pid=args.parent_pid,
-                   shutdown_timeout_s=args.shutdown_timeout_s)
+                   shutdown_timeout_s=args.shutdown_timeout_s, tls_cert=args.tls_cert,
+                   tls_key=args.tls_key)
     except sqlite3.Error as exc:
         raise CommandFailed(f"serve: cannot use the database {args.db or 'at the default path'}: "
                             f"{exc} (is it an SQLite file written by engine serve?)") from exc

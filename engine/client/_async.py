@@ -21,6 +21,7 @@ from engine.client._base import ClientBase
 from engine.client._core import ClientCore, HttpRequest, HttpResponse, Plan, RetryPolicy, coerce
 from engine.client._feedback import feedback_create_batch
 from engine.common._errors import SendError
+from engine.common._http import Routes, describe_client_error
 from engine.wire import ROUTES
 from engine.wire import calls as c
 from engine.wire import costs as k
@@ -49,6 +50,7 @@ class AsyncDriver:
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout_s,
                                               sock_read=timeout_s)
         self._session: aiohttp.ClientSession | None = None
+        self._routes = Routes()
         self._owner: tuple[int, asyncio.AbstractEventLoop] | None = None
 
     def _session_here(self) -> aiohttp.ClientSession:
@@ -99,10 +101,16 @@ class AsyncDriver:
             await asyncio.sleep(delay_s)
 
     async def _send(self, request: HttpRequest) -> aiohttp.ClientResponse:
+        route = self._routes(request.url)  # the session's trust_env is off: no ~/.netrc
         try:
             return await self._session_here().request(
-                request.method, request.url, data=request.body, headers=dict(request.headers))
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+                request.method, request.url, data=request.body, headers=dict(request.headers),
+                proxy=route.proxy.url, ssl=route.context or True)
+        except aiohttp.ClientError as exc:
+            raise SendError(f"no answer from the server: "
+                            f"{describe_client_error(exc, route.proxy.shown)}",
+                            retriable=True) from None
+        except (asyncio.TimeoutError, OSError) as exc:
             raise _no_answer(exc) from None
 
     async def stream(self, name: str, request: HttpRequest,

@@ -9,16 +9,19 @@ never reads from a socket it shares with its parent; it just opens its own.
 
 from __future__ import annotations
 
+import base64
 import http.client
 import os
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from engine.client._core import ClientCore, HttpRequest, HttpResponse, Plan, RetryPolicy
 from engine.common._errors import SendError
+from engine.common._http import CA_HINT, PROXY_HINT, Route, Routes, ca_source
 
 __all__ = ["SyncDriver", "SyncTransport", "Exchange"]
 
@@ -78,25 +81,31 @@ class SyncTransport:
         self._lock = threading.Lock()
         self._pid = os.getpid()
         self._idle: dict[_Key, list[http.client.HTTPConnection]] = {}
+        self._routes = Routes()  # proxy and CAs per host (engine.common._http); no ~/.netrc
 
     def open(self, request: HttpRequest) -> Exchange:
         """Send ``request``; a stale pooled connection is replaced once. No answer → SendError."""
         parts = urlsplit(request.url)
         key = (parts.scheme, parts.hostname or "", parts.port or _default_port(parts.scheme))
-        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        route = self._routes(request.url)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        headers = dict(request.headers)
+        if route.proxy.url and key[0] == "http":  # through the proxy in the clear: an absolute URI
+            target = f"http://{parts.netloc}{target}"
+            headers.update(_proxy_auth(route.proxy.url))
         conn, reused = self._take(key)
         while True:
             try:
-                conn.request(request.method, target or "/", request.body, dict(request.headers))
+                conn.request(request.method, target, request.body, headers)
                 return Exchange(self, key, conn, conn.getresponse())
             except _STALE as exc:
                 conn.close()
                 if not reused:
-                    raise _no_answer(exc) from None
+                    raise _no_answer(exc, route) from None
                 conn, reused = self._connect(key), False
             except (OSError, http.client.HTTPException) as exc:
                 conn.close()
-                raise _no_answer(exc) from None
+                raise _no_answer(exc, route) from None
 
     def give_back(self, key: _Key, conn: http.client.HTTPConnection) -> None:
         with self._lock:
@@ -125,16 +134,37 @@ class SyncTransport:
 
     def _connect(self, key: _Key) -> http.client.HTTPConnection:
         scheme, host, port = key
-        cls = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
-        return cls(host, port, timeout=self._timeout_s)
+        route = self._routes(f"{scheme}://{host}:{port}")
+        proxy = urlsplit(route.proxy.url) if route.proxy.url else None
+        where = (proxy.hostname or "", proxy.port or 80) if proxy else (host, port)
+        if scheme != "https":
+            return http.client.HTTPConnection(*where, timeout=self._timeout_s)
+        conn = http.client.HTTPSConnection(*where, timeout=self._timeout_s, context=route.context)
+        if route.proxy.url:  # CONNECT: only the tunnel's request carries the proxy's credentials
+            conn.set_tunnel(host, port, headers=_proxy_auth(route.proxy.url))
+        return conn
+
+
+def _proxy_auth(proxy_url: str) -> dict[str, str]:
+    parts = urlsplit(proxy_url)
+    if parts.username is None:
+        return {}
+    pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+    return {"Proxy-Authorization": "Basic " + base64.b64encode(pair).decode()}
 
 
 def _default_port(scheme: str) -> int:
     return 443 if scheme == "https" else 80
 
 
-def _no_answer(exc: BaseException) -> SendError:
-    return SendError(f"no answer from the server: {type(exc).__name__}: {exc}", retriable=True)
+def _no_answer(exc: BaseException, route: Route | None = None) -> SendError:
+    what = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        what = f"TLS certificate not trusted ({exc.verify_message}; CAs: {ca_source()}): {CA_HINT}"
+    elif route is not None and route.proxy.url and (
+            isinstance(exc, ConnectionRefusedError) or "Tunnel connection failed" in str(exc)):
+        what = f"through the proxy {route.proxy.shown}: {what}; {PROXY_HINT}"
+    return SendError(f"no answer from the server: {what}", retriable=True)
 
 
 class SyncDriver:

@@ -25,6 +25,7 @@ import tempfile
 import urllib.request
 
 from engine.common._auth import basic_auth
+from engine.common._http import urllib_opener
 
 CACHE_ENV = "WEAVE_SERVER_CACHE_DIR"
 _INFO_TIMEOUT_S = 5.0
@@ -66,7 +67,7 @@ def store_id(url: str, api_key: str | None) -> str | None:
     if api_key:
         request.add_header("Authorization", basic_auth(api_key))
     try:
-        with urllib.request.urlopen(request, timeout=_INFO_TIMEOUT_S) as resp:
+        with urllib_opener(request.full_url).open(request, timeout=_INFO_TIMEOUT_S) as resp:
             value = json.loads(resp.read()).get("store_id")
     except (OSError, ValueError, AttributeError) as exc:
         log.debug("no store id from the server (%s): weave's cache is keyed by its URL", exc)

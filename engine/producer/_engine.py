@@ -37,6 +37,7 @@ from engine.common._config import (
 from engine.common._control import Control, control_path
 from engine.common._errors import Closed, ConfigError, EngineError
 from engine.common._files import dir_problem
+from engine.common._http import check_outbound
 from engine.common._redact import redact_url
 from engine.common._wait import wait_exit
 from engine.native import _accel
@@ -80,6 +81,8 @@ class Engine:
             problem = dir_problem(self.config.spool_dir)
             if problem:  # the sender could not open its spool: said now, not on first use
                 raise ConfigError("spool_dir", problem)
+        if self.config.start_sender:  # the sender's proxy and CAs: said now, not at its start
+            check_outbound(self.config.url)
         senders = sender_count(self.config)
         # twice ring_bytes per slot: items up to half of ring_bytes cycle through the first
         # ring_bytes of each lap (what a slot touches, as before); a larger one, up to twice

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import signal
 import socket
+import ssl
 import time
 from typing import Any
 
@@ -15,6 +16,7 @@ from aiohttp import web
 
 from engine.common import _metrics
 from engine.common._config import set_outside_arguments
+from engine.common._http import https_context
 from engine.common._redact import redact_url
 from engine.producer._engine import Engine
 from engine.relay import _routes
@@ -25,6 +27,7 @@ from engine.server._body import DEFAULT_MAX_BODY_BYTES, ApiError, error_response
 from engine.server._connections import DEFAULT_HEADER_TIMEOUT_S, LimitedSite
 from engine.server._limits import DEFAULT_MAX_CONNECTIONS
 from engine.server._origin import origin_middleware
+from engine.server._tls import server_context, server_url
 
 log = logging.getLogger("engine.relay")
 RELAY_PROJECT = "relay/relay"  # the engine needs a default; every relayed item names its own
@@ -94,7 +97,10 @@ def build_app(engine: Engine, upstream: str, max_body_bytes: int = DEFAULT_MAX_B
 async def _client_session(app: web.Application) -> Any:
     state = app[RELAY]
     # auto_decompress=False: bodies pass through exactly as the upstream encoded them
-    state.session = aiohttp.ClientSession(auto_decompress=False, timeout=_PROXY_TIMEOUT)
+    # proxy and CAs as every outbound session takes them (engine.common._http), netrc unread
+    state.session = aiohttp.ClientSession(
+        auto_decompress=False, timeout=_PROXY_TIMEOUT, proxy=state.route.url,
+        connector=aiohttp.TCPConnector(ssl=https_context(state.upstream) or True))
     yield
     await state.session.close()
     await asyncio.to_thread(state.writer.close)
@@ -103,9 +109,11 @@ async def _client_session(app: web.Application) -> Any:
 async def start_relay(engine: Engine, upstream: str, host: str = "127.0.0.1", port: int = 0,
                       max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
                       keys: KeyRing | None = None,
-                      max_connections: int = DEFAULT_MAX_CONNECTIONS) -> tuple[web.AppRunner, str]:
+                      max_connections: int = DEFAULT_MAX_CONNECTIONS,
+                      tls: ssl.SSLContext | None = None) -> tuple[web.AppRunner, str]:
     """Serve on the running loop; returns the runner (``await runner.cleanup()``) and URL.
-    Without ``keys`` only a loopback ``host`` is accepted."""
+    Without ``keys`` only a loopback ``host`` is accepted; with ``tls``
+    (:func:`engine.server._tls.server_context`) it serves HTTPS."""
     check_bind("engine relay", host, keys)
     app = build_app(engine, upstream, max_body_bytes, keys)
     # bodies are read with the size-capped decompression of engine.server._body
@@ -113,21 +121,20 @@ async def start_relay(engine: Engine, upstream: str, host: str = "127.0.0.1", po
                            keepalive_timeout=DEFAULT_HEADER_TIMEOUT_S)  # fmt: skip
     await runner.setup()
     # bounded as engine serve is (engine.server._connections)
-    site = LimitedSite(runner, host, port, max_connections, "engine relay")
+    site = LimitedSite(runner, host, port, max_connections, "engine relay", ssl_context=tls)
     try:
         await site.start()
     except OSError:  # the port is taken: close the proxy's client session with the app
         await runner.cleanup()
         raise
     bound_host, bound_port = runner.addresses[0][:2]
-    url = f"http://[{bound_host}]:{bound_port}" if ":" in bound_host else f"http://{bound_host}:{bound_port}"
-    return runner, url
+    return runner, server_url(bound_host, bound_port, tls is not None)
 
 
 async def relay_until_signal(engine: Engine, upstream: str, host: str, port: int,
                              max_body_bytes: int, keys: KeyRing | None = None,
-                             max_connections: int = DEFAULT_MAX_CONNECTIONS
-                             ) -> tuple[int, float]:
+                             max_connections: int = DEFAULT_MAX_CONNECTIONS,
+                             tls: ssl.SSLContext | None = None) -> tuple[int, float]:
     """Serve until SIGTERM or SIGINT; (that signal, when: monotonic)."""
     stop = asyncio.Event()
     stopped_by: list[tuple[int, float]] = []
@@ -141,7 +148,7 @@ async def relay_until_signal(engine: Engine, upstream: str, host: str, port: int
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
     runner, url = await start_relay(engine, upstream, host, port, max_body_bytes, keys,
-                                    max_connections)
+                                    max_connections, tls)
     # the URL line is the readiness signal (printed once signals are handled)
     print(f"engine relay: listening on {url} -> {redact_url(engine.config.url)}", flush=True)
     print(check_bind("engine relay", host, keys, "GET /health"), flush=True)
@@ -155,6 +162,7 @@ async def relay_until_signal(engine: Engine, upstream: str, host: str, port: int
 def run_relay(upstream: str, host: str = "127.0.0.1", port: int = 0,
               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, config_file: str | None = None,
               keys: KeyRing | None = None, max_connections: int = DEFAULT_MAX_CONNECTIONS,
+              tls_cert: str | None = None, tls_key: str | None = None,
               **config: Any) -> dict[str, Any]:
     """Blocking ``engine relay``: serve until SIGTERM/SIGINT, then deliver what is in the
     ring (within ``shutdown_timeout_s``; after SIGTERM, within what is left of
@@ -166,11 +174,13 @@ def run_relay(upstream: str, host: str = "127.0.0.1", port: int = 0,
     if "ring_bytes" not in config and not set_outside_arguments("ring_bytes", config_file):
         config["ring_bytes"] = RELAY_RING_BYTES
     check_bind("engine relay", host, keys)  # before the engine starts its sender
+    tls = server_context(tls_cert, tls_key)  # so is a bad certificate or key
     if port:  # a port already taken is said before the engine starts (and stops) a sender
         socket.create_server((host, port)).close()
     with Engine(url=upstream, config_file=config_file, **config) as engine:
         signum, at_s = uvloop.run(relay_until_signal(engine, upstream, host, port,
-                                                     max_body_bytes, keys, max_connections))
+                                                     max_body_bytes, keys, max_connections,
+                                                     tls))
         cfg = engine.config
         timeout_s = cfg.shutdown_timeout_s
         if signum == signal.SIGTERM:

@@ -17,6 +17,7 @@ import aiohttp
 import msgspec
 from aiohttp import web
 
+from engine.common._http import describe_client_error
 from engine.common._machine import machine_token
 from engine.common._redact import redact_url
 from engine.relay._state import RELAY
@@ -52,7 +53,9 @@ def _upstream(request: web.Request) -> Any:
 def _unreachable(request: web.Request, exc: BaseException) -> web.Response:
     state = request.app[RELAY]
     state.counters.proxy_errors += 1
-    return error_response(502, f"upstream {redact_url(state.upstream)} unreachable: {type(exc).__name__}")
+    what = describe_client_error(exc, state.route.shown) if isinstance(exc, aiohttp.ClientError) \
+        else "no answer in time"
+    return error_response(502, f"upstream {redact_url(state.upstream)} unreachable: {what}")
 
 
 async def proxy(request: web.Request) -> web.StreamResponse:

@@ -9,6 +9,7 @@ import msgspec
 from aiohttp import web
 
 from engine.common._auth import url_credentials
+from engine.common._http import choose_proxy
 from engine.producer._engine import Engine
 from engine.relay._writer import CallItem, RingWriter, mode_of
 
@@ -41,6 +42,7 @@ class RelayState:
         # proxied requests carry the client's own Authorization, never the credentials of
         # the relay's upstream URL (those are its sender's, for what it ingests)
         self.upstream = url_credentials(upstream)[0].rstrip("/")
+        self.route = choose_proxy(self.upstream)  # once: every proxied request goes the same way
         self.max_body_bytes = max_body_bytes
         self.writer = RingWriter(engine.producer())
         self.counters = RelayCounters()

@@ -24,6 +24,7 @@ import zstandard
 
 from engine.common._auth import basic_auth, url_credentials
 from engine.common._errors import HTTPError, SendError, reason_of
+from engine.common._http import choose_proxy, describe_client_error, https_context
 from engine.common._machine import same_machine
 from engine.common._redact import redact_url
 
@@ -84,9 +85,13 @@ class Transport:
         self._headers = _base_headers(user_agent, api_key, extra_headers)
         if url_auth:
             self._headers["Authorization"] = url_auth
+        # the proxy and the CAs are chosen here, once (engine.common._http); trust_env stays
+        # off, so aiohttp never reads ~/.netrc for a credential to add
+        self._proxy = choose_proxy(str(url))
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=pool_size),
+            connector=aiohttp.TCPConnector(limit=pool_size, ssl=https_context(str(url)) or True),
             timeout=self._timeout(request_timeout_s),
+            proxy=self._proxy.url,
         )
 
     async def __aenter__(self) -> Transport:
@@ -164,7 +169,7 @@ class Transport:
         except asyncio.TimeoutError:
             raise self._failure(method, path, f"no answer within {limit_s:g} s") from None
         except aiohttp.ClientError as exc:
-            raise self._failure(method, path, _describe(exc)) from None
+            raise self._failure(method, path, describe_client_error(exc, self._proxy.shown)) from None
 
     def _failure(self, method: str, path: str, what: str) -> SendError:
         return SendError(f"{method} {self._display(path)}: {what}", retriable=True)
@@ -256,14 +261,6 @@ def _base_headers(
     if extra_headers:
         headers.update(extra_headers)
     return headers
-
-
-def _describe(exc: aiohttp.ClientError) -> str:
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return f"cannot connect ({exc.os_error.strerror or type(exc.os_error).__name__})"
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return "server closed the connection without answering"
-    return f"{type(exc).__name__}: {exc}"
 
 
 def _encodings(value: object) -> frozenset[str]:

@@ -53,6 +53,7 @@ from engine.server._sqlite_store import SQLiteStore
 from engine.server._state import STATE, ServerState
 from engine.server._store import Store
 from engine.server._store_guard import GuardedStore
+from engine.server._tls import server_context, server_url
 from engine.server.clickhouse._connect import is_clickhouse_url, parse_store_url
 
 # "sqlite", "count", or a ClickHouse URL (clickhouse://USER@HOST:PORT/DB, chdb:///FOLDER)
@@ -207,14 +208,18 @@ async def start_server(
     retention_days: int | None = None,
     retention_interval_s: float = DEFAULT_INTERVAL_S,
     missing_op_grace_s: float = GRACE_S,
+    tls_cert: Path | str | None = None,
+    tls_key: Path | str | None = None,
 ) -> tuple[web.AppRunner, str]:
     """Start serving on the running loop; returns the runner (``await runner.cleanup()``) and URL.
+    With ``tls_cert`` and ``tls_key`` (PEM files; the key mode 0600) it serves HTTPS.
 
     Without keys (``api_key`` or ``keys``) only a loopback ``host`` is accepted. Connections
     are capped and slow ones cut off (:mod:`engine.server._connections`). The runner's
     cleanup waits up to ``shutdown_timeout_s`` for the requests in progress, then cancels
     them."""
     check_bind("engine serve", host, key_ring(api_key, keys))
+    tls = server_context(tls_cert, tls_key)  # a bad pair is refused before the store opens
     password_file = Path(clickhouse_password_file) if clickhouse_password_file else None
     app = build_app(
         open_store(store, Path(db_path) if db_path else None, password_file),
@@ -231,14 +236,11 @@ async def start_server(
                            keepalive_timeout=header_timeout_s,
                            shutdown_timeout=shutdown_timeout_s)  # fmt: skip
     await runner.setup()
-    site = LimitedSite(runner, host, port, max_connections)
+    site = LimitedSite(runner, host, port, max_connections, ssl_context=tls)
     await site.start()
     bound_host, bound_port = runner.addresses[0][:2]
-    return runner, _url(bound_host, bound_port)
+    return runner, server_url(bound_host, bound_port, tls is not None)
 
-
-def _url(host: str, port: int) -> str:
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 async def serve_until_signal(parent_pid: int | None = None, **options: Any) -> None:

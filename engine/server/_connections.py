@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from typing import Any
 
 import msgspec
@@ -89,8 +90,8 @@ class LimitedSite(web.TCPSite):
     """A TCP site whose connections go through a :class:`ConnectionLimit`."""
 
     def __init__(self, runner: web.BaseRunner, host: str, port: int, max_connections: int,
-                 command: str = "engine serve") -> None:  # fmt: skip
-        super().__init__(runner, host, port)
+                 command: str = "engine serve", ssl_context: ssl.SSLContext | None = None) -> None:  # fmt: skip
+        super().__init__(runner, host, port, ssl_context=ssl_context)
         self._max_connections = max_connections
         self._command = command
         self.limit: ConnectionLimit | None = None
@@ -100,5 +101,5 @@ class LimitedSite(web.TCPSite):
         assert self._runner.server is not None
         self.limit = ConnectionLimit(self._runner.server, self._max_connections, self._command)
         self._server = await asyncio.get_running_loop().create_server(
-            self.limit, self._host, self._port, reuse_address=True
+            self.limit, self._host, self._port, reuse_address=True, ssl=self._ssl_context
         )

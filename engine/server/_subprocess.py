@@ -14,7 +14,7 @@ from pathlib import Path
 
 from engine.common._wait import wait_exit
 
-_URL_LINE = re.compile(r"listening on (http://\S+)")
+_URL_LINE = re.compile(r"listening on (https?://\S+)")
 
 
 class _UrlWatcher(threading.Thread):
