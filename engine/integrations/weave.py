@@ -76,6 +76,8 @@ import msgspec
 
 import _engine_weave_hook
 from engine.common import _env
+from engine.common._errors import ConfigError
+from engine.common._http import check_outbound
 from engine.common._redact import redact_url
 from engine.integrations import _weave_cache, _weave_sigint, _weave_speedups
 from engine.producer._engine import (
@@ -150,6 +152,13 @@ def install(*, weave_speedups: bool | None = None, **config: Any) -> bool:
                         "not installed, weave sends its traces itself. The integration is "
                         "tested with weave %s", version, ", ".join(missing), tested_versions())
             return False
+        unreachable = _outbound_problem()
+        if unreachable:
+            _refused = True
+            log.warning("the engine cannot connect the way this process's weave would (%s): "
+                        "the weave integration is not installed, weave sends its traces "
+                        "itself", unreachable)
+            return False
         if not is_tested(version):
             log.warning("weave %s: the engine's weave integration is tested with weave %s; "
                         "installed, as this weave has every hook point it uses", version,
@@ -173,6 +182,24 @@ def install(*, weave_speedups: bool | None = None, **config: Any) -> bool:
             _weave_speedups.apply()
         _installed = True
         return True
+
+
+def _outbound_problem() -> str | None:
+    """What the engine's sender could not connect with toward the server weave will use (a
+    socks proxy in ALL_PROXY, which weave's httpx may take; CA variables naming nothing
+    loadable), so that ``weave.init`` never raises over the environment weave itself runs
+    with: the integration stands aside instead. None when there is nothing to say."""
+    try:
+        from weave.trace.env import weave_trace_server_url
+
+        url = str(_config.get("url") or weave_trace_server_url())
+    except Exception:  # a weave without it (the hook points were checked) or odd settings:
+        return None  # Engine() at weave.init says what is wrong, as before
+    try:
+        check_outbound(url)
+    except ConfigError as exc:
+        return str(exc)
+    return None
 
 
 # the weave minor versions the integration is tested with (tests/integrations: 0.54.0 in

@@ -180,3 +180,26 @@ def test_engine_doctor_names_what_an_older_weave_lacks(tmp_path):
     line = next(x for x in result.stdout.splitlines() if "weave integration" in x)
     assert line.strip().startswith("warn") and "weave 0.52.42 lacks" in line
     assert "ENGINE_WEAVE=1 leaves it sending its traces itself" in line
+
+
+def test_a_proxy_the_engine_cannot_use_leaves_weave_as_it_is(tmp_path):
+    """A socks proxy in ALL_PROXY (weave's httpx may take it; the engine talks to http://
+    proxies only) toward weave's server: install() stands aside with one warning, so
+    weave.init never raises over the environment weave itself runs with. No network: the
+    program stops before weave.init."""
+    env = {**os.environ, "ALL_PROXY": "socks5://127.0.0.1:9",
+           "WF_TRACE_SERVER_URL": "https://trace.example.invalid", "PYTHONPATH": str(REPO)}
+    for name in ("ENGINE_WEAVE", "HTTPS_PROXY", "https_proxy", "all_proxy", "NO_PROXY",
+                 "no_proxy"):
+        env.pop(name, None)
+    program = ("import weave, engine.integrations.weave as w\n"
+               "print('installed', w.install())\n"
+               "print('again', w.install())\n")
+    done = subprocess.run([sys.executable, "-c", program], env=env, capture_output=True,
+                          text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["installed False", "again False"]
+    said = [line for line in done.stderr.splitlines() if "cannot connect the way" in line]
+    assert len(said) == 1, done.stderr
+    assert "ALL_PROXY: socks5://127.0.0.1:9 is not an http:// proxy URL" in said[0]
+    assert "weave sends its traces itself" in said[0]
