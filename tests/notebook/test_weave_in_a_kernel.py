@@ -102,3 +102,37 @@ def test_weave_ops_in_cells_interrupted_and_awaited_are_all_stored_at_shutdown(t
     assert len(ended_inputs(calls, "score")) >= done + 100
     assert ended_inputs(calls, "apredict") == list(range(2000, 2050))
     assert_no_engine_trouble(kernel)
+
+
+# Ctrl-C landing in the standard library's thread synchronisation right after a lock was
+# taken (as it can inside weave's hand-off to its thread pool): a lock whose taking is
+# followed, in C, by a SIGINT to this process, so that the signal is handled in
+# Condition.__enter__ (threading.py) with the lock held. Unguarded, the KeyboardInterrupt
+# leaves it there and the lock stays held; with the guard, it is raised at the cell's next
+# line, inside the `with` block, whose end gives the lock back.
+INTERRUPTED_IN_THE_HAND_OFF = textwrap.dedent("""
+    import functools, operator, signal, threading, types
+    real = threading.Lock()
+    take_then_sigint = functools.partial(all, map(operator.methodcaller("__call__"), [
+        real.acquire, functools.partial(signal.raise_signal, signal.SIGINT)]))
+    cond = threading.Condition(types.SimpleNamespace(
+        __enter__=take_then_sigint, __exit__=lambda *exc: real.release(),
+        acquire=real.acquire, release=real.release))
+    with cond:
+        print("inside")
+    """)
+
+
+def test_ctrl_c_inside_the_hand_off_leaves_no_lock_held_in_any_cell(tmp_path):
+    with serve_subprocess(tmp_path / "t.db") as url, \
+            Kernel(tmp_path, weave_kernel_env(tmp_path, url)) as kernel:
+        kernel.run(init_cell("nb/guard"), CELL_TIMEOUT_S)
+        for _ in range(2):  # cells after the one that installed the integration
+            cell = kernel.run(INTERRUPTED_IN_THE_HAND_OFF, CELL_TIMEOUT_S)
+            assert cell.ename == "KeyboardInterrupt", cell
+            held = run_ok(kernel, "print(json.dumps({'held': real.locked()}))")
+            assert held.last() == {"held": False}, cell.traceback
+        run_ok(kernel, "for i in range(20):\n    predict(i)")
+        kernel.stop()
+        calls = stored_calls(url, "nb/guard")
+    assert ended_inputs(calls, "predict") == list(range(20))
