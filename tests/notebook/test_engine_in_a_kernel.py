@@ -105,22 +105,26 @@ def assert_no_engine_trouble(kernel: Kernel, *cells: Cell) -> None:
     assert not lines, log[-4000:]
 
 
-def test_calls_traced_in_cells_are_all_stored_after_a_later_cell_flushes(tmp_path):
+def test_calls_traced_in_cells_are_stored_by_a_later_flush_and_at_the_kernels_exit(tmp_path):
+    """The setup cell run twice (users re-run cells): the flush asks the second engine; the
+    first one, its name rebound, delivers as it goes and closes at the kernel's exit."""
     with serve_subprocess(tmp_path / "t.db") as url, \
             Kernel(tmp_path, kernel_env(tmp_path)) as kernel:
         run_ok(kernel, setup_cell(url, "nb/cells"))
         first = run_ok(kernel, TRACE_N.format(n=400)).last()["ids"]
+        run_ok(kernel, setup_cell(url, "nb/cells"))  # the setup cell run again: a second Engine
         second = run_ok(kernel, TRACE_N.format(n=100)).last()["ids"]
         flushed = run_ok(kernel, "print(json.dumps({'flushed': eng.flush(timeout_s=20)}))")
         assert flushed.last() == {"flushed": True}
+        assert set(by_op(stored_calls(url, "nb/cells"), "evaluate")) >= set(second)
+        kernel.stop()
+        assert kernel.manager._shutdown_status is _ShutdownStatus.ShutdownRequest
         calls = stored_calls(url, "nb/cells")
         evaluates, predicts = by_op(calls, "evaluate"), by_op(calls, "predict")
         assert sorted(evaluates) == sorted(first + second)
         assert all(c["ended_at"] and c["exception"] is None for c in evaluates.values())
         assert len(predicts) == 500
         assert {c["parent_id"] for c in predicts.values()} == set(first + second)
-        kernel.stop()
-        assert kernel.manager._shutdown_status is _ShutdownStatus.ShutdownRequest
         assert_no_engine_trouble(kernel, flushed)
 
 
