@@ -81,7 +81,14 @@ def test_weave_ops_in_cells_interrupted_and_awaited_are_all_stored_at_shutdown(t
         run_ok(kernel, "import engine.integrations.weave as w\nassert w.install()")
         kernel.run(init_cell("nb/weave"), CELL_TIMEOUT_S)  # weave says who is logged in
         looped = interrupt_mid_loop(kernel, WEAVE_LOOP)
-        assert looped.status == "error" and looped.ename == "KeyboardInterrupt", looped
+        # the user's KeyboardInterrupt; about 1 run in 4, IPython fails to format its
+        # traceback (stack_data: `assert isinstance(frame_info.lineno, int)`, a frame with
+        # no line number) and prints the plain one instead, with no error message: not
+        # explained yet (seen only with the SIGINT guard's deferred raise in the cell)
+        assert looped.status == "error" and (
+            looped.ename == "KeyboardInterrupt"
+            or ("Unexpected exception formatting exception" in looped.stdout
+                and "KeyboardInterrupt" in looped.stdout + looped.stderr)), looped
         done = looped.last()["done"]
         assert done >= 150
         run_ok(kernel, "for i in range(1000, 1100):\n    predict(i)")
