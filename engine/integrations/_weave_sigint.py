@@ -90,11 +90,33 @@ def install(*modules: ModuleType) -> bool:
     _guard_programs_handlers()
     if threading.current_thread() is not threading.main_thread():
         return False
+    _guard_every_cell()
     if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         return False  # the program (or its host: IPython, a test runner) handles SIGINT
     signal.signal(signal.SIGINT, _on_sigint)
     _cooperate_with_asyncio()
     return True
+
+
+def _guard_every_cell() -> None:
+    """In IPython (a Jupyter kernel): each cell starts with the guard as SIGINT's handler.
+    ipykernel sets Python's default handler before each cell and its own (SIG_IGN) back after
+    it, with the signal module's functions as they were when it loaded; so the guard set in
+    the cell that imported weave was gone from every later one, where a Ctrl-C (the
+    notebook's interrupt) inside weave's hand-off left its lock held."""
+    ipython = sys.modules.get("IPython")
+    shell = getattr(ipython, "get_ipython", lambda: None)()
+    events = getattr(shell, "events", None)
+    if events is not None and _guard_the_cell not in events.callbacks.get("pre_run_cell", ()):
+        events.register("pre_run_cell", _guard_the_cell)
+
+
+def _guard_the_cell(info: Any = None) -> None:
+    """Where the cell runs with Python's default handler (ipykernel's ``_cancel_on_sigint``
+    of a cell with top-level ``await`` sets its own, which the program-handler guard wraps)."""
+    if (threading.current_thread() is threading.main_thread()
+            and _get_handler(signal.SIGINT) is signal.default_int_handler):
+        _set_handler(signal.SIGINT, _on_sigint)
 
 
 def defer_if_guarded(frame: FrameType | None, run: Callable[[], None]) -> bool:

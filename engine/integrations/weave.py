@@ -138,13 +138,17 @@ def install(*, weave_speedups: bool | None = None, **config: Any) -> bool:
     global _installed, _refused
     if weave_speedups is None:
         weave_speedups = os.environ.get(_env.WEAVE_SPEEDUPS, "1").strip().lower() not in _OFF
+    # weave imported before the lock is taken: with ENGINE_WEAVE set, its first import runs
+    # install() itself (_engine_weave_hook), which waited for ever on this lock when the
+    # program called install() before importing weave (a notebook kernel with ENGINE_WEAVE=1
+    # and the line above weave.init: the cell never ended)
+    version = weave_version()
     with _lock:
         _config.update(config)
         if _installed:
             return True
         if _refused:
             return False
-        version = weave_version()
         missing = missing_hook_points()
         if missing:
             _refused = True

@@ -206,6 +206,19 @@ def test_engine_weave_env_alone_routes_weave_through_the_engine(tmp_path, weave_
     assert f"engine from {REPO / 'engine'}" in result.stdout
 
 
+def test_engine_weave_env_with_install_called_before_weave_is_imported(tmp_path):
+    """``ENGINE_WEAVE=1`` (a notebook kernel's environment) and the explicit line before
+    ``import weave``: the import of engine.integrations.weave hung for ever (install() held
+    its lock while it imported weave, whose ENGINE_WEAVE hook called install() again)."""
+    code = ("import engine.integrations.weave as w; w.install(); import weave; "
+            "print(w._installed, w.install())")
+    result = _run_program([sys.executable, "-c", code],
+                          _weave_env("http://127.0.0.1:9", str(tmp_path), enable_env=True),
+                          timeout_s=60)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["True", "True"], result.stderr[-3000:]
+
+
 WEAVE_ALONE_TIMEOUT_S = 20
 
 
