@@ -10,6 +10,7 @@ machine it runs on (a client decides compression by them).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,6 +31,7 @@ HOP_BY_HOP = frozenset({
     "te", "trailer", "trailers", "transfer-encoding", "upgrade", "host", "origin",
 })  # fmt: skip
 _CHUNK_BYTES = 64 << 10
+log = logging.getLogger("engine.relay")
 
 
 def forward_headers(headers: Mapping[str, str]) -> dict[str, str]:
@@ -51,16 +53,33 @@ def _upstream(request: web.Request) -> Any:
 
 
 def _unreachable(request: web.Request, exc: BaseException) -> web.Response:
+    """502 with the reason; the first failure after an answer is also one log line (the
+    operator hears of an untrusted certificate or a refusing proxy, not only the client), the
+    rest counted until the upstream answers again (:func:`_answered`)."""
     state = request.app[RELAY]
     state.counters.proxy_errors += 1
     what = describe_client_error(exc, state.route.shown) if isinstance(exc, aiohttp.ClientError) \
         else "no answer in time"
+    if not state.upstream_failing:
+        log.warning("upstream %s unreachable for %s %s: %s; proxied requests answer "
+                    "502 until it answers again", redact_url(state.upstream), request.method,
+                    request.rel_url.path, what)
+    state.upstream_failing += 1
     return error_response(502, f"upstream {redact_url(state.upstream)} unreachable: {what}")
+
+
+def _answered(request: web.Request) -> None:
+    state = request.app[RELAY]
+    if state.upstream_failing:
+        log.warning("upstream %s answers again (%d proxied request(s) answered 502 "
+                    "meanwhile)", redact_url(state.upstream), state.upstream_failing)
+        state.upstream_failing = 0
 
 
 async def proxy(request: web.Request) -> web.StreamResponse:
     try:
         async with _upstream(request) as upstream:
+            _answered(request)
             return await _stream_back(request, upstream)
     except (aiohttp.ClientError, TimeoutError) as exc:
         return _unreachable(request, exc)
@@ -71,6 +90,7 @@ async def server_info(request: web.Request) -> web.StreamResponse:
     own encodings and machine; any answer that is not a JSON object passes as it came."""
     try:
         async with _upstream(request) as upstream:
+            _answered(request)
             if upstream.status != 200 or upstream.headers.get("Content-Encoding"):
                 return await _stream_back(request, upstream)
             body = await upstream.read()

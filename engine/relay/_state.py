@@ -47,6 +47,7 @@ class RelayState:
         self.writer = RingWriter(engine.producer())
         self.counters = RelayCounters()
         self.session: aiohttp.ClientSession | None = None
+        self.upstream_failing = 0  # proxied requests unanswered since the upstream last answered
 
     def metrics(self) -> dict[str, Any]:
         return {**self.engine.stats(), "relay": msgspec.structs.asdict(self.counters)}

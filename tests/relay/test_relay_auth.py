@@ -164,3 +164,61 @@ def test_credentials_in_an_unreachable_upstream_url_reach_no_log_line(tmp_path):
 def _stored_with(upstream: str, key: str) -> set[str]:
     status, body = _post(upstream + "/calls/stream_query", {"project_id": "team-a/p"}, _auth(key))
     return {msgspec.json.decode(line)["id"] for line in body.splitlines() if line.strip()} if status == 200 else set()
+
+
+@pytest.mark.integration
+def test_an_unreachable_upstream_is_one_line_until_it_answers_again(tmp_path):
+    """Proxied reads while the upstream is down answer 502 with the reason (the client's);
+    the operator gets one line when it goes and one when it is back, with the count, and
+    never the URL's credentials."""
+    import http.server
+    import threading
+
+    class Answers(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args):
+            pass
+
+    def up(port: int) -> http.server.HTTPServer:
+        server = http.server.HTTPServer(("127.0.0.1", port), Answers)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return server
+
+    secret = "url-secret-0123456789"
+    upstream_server = up(0)
+    port = upstream_server.server_address[1]
+    upstream = f"http://api:{secret}@127.0.0.1:{port}"
+    flags = ("--linger-ms", "5", "--shutdown-timeout-s", "1",
+             "--dead-letter-path", str(tmp_path / "dead.jsonl"))
+    try:
+        with relay_subprocess(upstream, *flags, with_logs=True) as (relay, proc):
+            def get() -> int:
+                try:
+                    with urllib.request.urlopen(f"{relay}/obj/read?x=1", timeout=30) as resp:
+                        return resp.status
+                except urllib.error.HTTPError as exc:
+                    return exc.code
+
+            assert get() == 200
+            upstream_server.shutdown()
+            upstream_server.server_close()
+            assert [get() for _ in range(3)] == [502, 502, 502]
+            upstream_server = up(port)
+            assert get() == 200
+            back = wait_until(lambda: "answers again" in "".join(proc.output_lines), 10)
+            printed = "".join(proc.output_lines)
+    finally:
+        upstream_server.shutdown()
+        upstream_server.server_close()
+    assert back, printed
+    gone = [line for line in printed.splitlines() if "unreachable for GET /obj/read" in line]
+    assert len(gone) == 1, printed
+    assert "cannot connect" in gone[0] and f"upstream http://127.0.0.1:{port} " in gone[0]
+    assert "(3 proxied request(s) answered 502 meanwhile)" in printed
+    assert secret not in printed
