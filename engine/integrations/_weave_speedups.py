@@ -42,10 +42,13 @@ that lacks one keeps its own (logged at debug). ``install(weave_speedups=False)`
 
 from __future__ import annotations
 
+import contextvars
+import inspect
 import logging
 import sys
 import weakref
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any
 
 log = logging.getLogger("engine.integrations.weave")
@@ -99,14 +102,19 @@ def plain_copy(value: Any) -> Any:
     raise NotPlain
 
 
-def apply() -> None:
+def apply(engine_server: Callable[[Any], bool] = lambda server: False) -> None:
     """Replace what can be replaced (what cannot is logged at debug; another weave's
-    layout never fails the install)."""
+    layout never fails the install). ``engine_server(server)``: whether a client's server
+    writes its calls into the engine's ring (the sends that are run where they are made)."""
     for speedup in (_is_op, _wandb_run, _nested_objects, _map_to_refs, _ids):
         try:
             speedup()
         except (ImportError, AttributeError) as exc:
             log.debug("weave speed-up %s left out: %s", speedup.__name__, exc)
+    try:
+        _sends_in_place(engine_server)
+    except (ImportError, AttributeError) as exc:
+        log.debug("weave speed-up _sends_in_place left out: %s", exc)
 
 
 def _replace(owner: Any, name: str, make: Callable[[Any], Any], *,
@@ -214,3 +222,76 @@ def _ids() -> None:
         return generate_id
 
     _replace(ids, "generate_id", make, everywhere=True)
+
+
+# what each of weave's sends reads from its call (the names of its closure's cells): the op's
+# ref (None: the end has none) and the values it serialises
+_SENDS = {"create_call": ("send_start_call", "op_def_ref", "inputs_with_refs"),
+          "finish_call": ("send_end_call", None, "output_as_refs")}
+
+
+def _send_code(method: Any, name: str, cells: tuple[str | None, ...]) -> Any:
+    """The code of the function ``name`` that weave's ``method`` defines and defers, with
+    the closure cells this module reads (AttributeError where this weave has no such)."""
+    for const in inspect.unwrap(method).__code__.co_consts:
+        if inspect.iscode(const) and const.co_name == name and \
+                all(c in const.co_freevars for c in ("self", *cells) if c):
+            return const
+    raise AttributeError(f"{method.__qualname__} defines no {name} reading {cells}")
+
+
+def _sends_in_place(engine_server: Callable[[Any], bool]) -> None:
+    from weave.trace.concurrent.futures import FutureExecutor
+    from weave.trace.weave_client import WeaveClient
+
+    plans = {}  # code of weave's send -> (index of self, of the op's ref or None, of values)
+    for method, (name, ref, values) in _SENDS.items():
+        code = _send_code(WeaveClient.__dict__[method], name, (ref, values))
+        where = code.co_freevars.index
+        plans[code] = (where("self"), None if ref is None else where(ref), where(values))
+    for attribute in ("_make_deadlock_safe", "_track_future"):
+        if not callable(getattr(FutureExecutor, attribute, None)):
+            raise AttributeError(f"FutureExecutor has no {attribute}")
+
+    def in_place(executor: Any, f: Any) -> bool:
+        """Whether ``f`` is weave's send of one call into the engine's ring that waits for
+        nothing: its op's ref already has its digest, its values are plain (no ref to wait
+        for), no write-ahead log, the pool its client's own."""
+        plan = plans.get(getattr(f, "__code__", None))
+        if plan is None or getattr(executor, "_executor", None) is None:
+            return False  # not a send, or weave runs it in place itself (no pool)
+        in_thread = getattr(executor, "_in_thread_context", None)
+        if in_thread is None or in_thread.get():
+            return False
+        at_self, at_ref, at_values = plan
+        cells = f.__closure__
+        client = cells[at_self].cell_contents
+        if at_ref is not None and \
+                not getattr(cells[at_ref].cell_contents, "is_digest_resolved", False):
+            return False
+        return (getattr(client, "future_executor", None) is executor
+                and getattr(client, "_wal", None) is None
+                and engine_server(getattr(client, "server", None))
+                and plain(cells[at_values].cell_contents))
+
+    def make(weaves: Any) -> Any:
+        def defer(self: Any, f: Any, *args: Any, **kwargs: Any) -> Any:
+            if not in_place(self, f):
+                return weaves(self, f, *args, **kwargs)
+            # as weave's pool runs it (in a copy of the caller's context, marked as weave's
+            # own thread), its result or Exception in the future, then tracked as a submitted
+            # one (whose done-callback logs a failure as the pool's does); a KeyboardInterrupt
+            # or SystemExit raises here, where the signal landed, with nothing left pending
+            wrapped = self._make_deadlock_safe(f)
+            future: Future[Any] = Future()
+            try:
+                result = contextvars.copy_context().run(wrapped, *args, **kwargs)
+            except Exception as exc:
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+            return self._track_future(future)
+
+        return defer
+
+    _replace(FutureExecutor, "defer", make)

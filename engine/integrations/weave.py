@@ -183,7 +183,7 @@ def install(*, weave_speedups: bool | None = None, **config: Any) -> bool:
             setattr(importlib.import_module(module), name, engine_classes[base])
         _watch_server_choice(tuple(engine_classes.values()))
         if weave_speedups:
-            _weave_speedups.apply()
+            _weave_speedups.apply(engine_server=_is_engine_server)
         _installed = True
         return True
 
@@ -340,6 +340,16 @@ def _engine_server_class(base: type) -> type:
 
     _EngineTraceServer.__name__ = _EngineTraceServer.__qualname__ = "EngineTraceServer"
     return _EngineTraceServer
+
+
+def _is_engine_server(server: Any) -> bool:
+    """Whether ``server`` (weave's client's: its caching middleware around ours, or ours)
+    writes call starts and ends into the engine's ring."""
+    inner = getattr(server, "__dict__", {}).get("_next_trace_server", server)
+    try:
+        return inner in _servers
+    except TypeError:  # not weakly referenceable: not one of ours
+        return False
 
 
 def _with_ids(start: Mapping[str, Any]) -> dict[str, Any]:

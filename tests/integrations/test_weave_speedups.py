@@ -100,6 +100,8 @@ _VALUES_PROGRAM = textwrap.dedent(
         "loop": loop_error,
         "nested_applied": WeaveClient._save_nested_objects.__module__ == "engine.integrations._weave_speedups",
         "ids_applied": ids.generate_id.__module__ == "engine.integrations._weave_speedups",
+        "sends_applied": __import__("weave.trace.concurrent.futures").trace.concurrent.futures
+                         .FutureExecutor.defer.__module__ == "engine.integrations._weave_speedups",
         "ids_v7": all(uuid.UUID(i).version == 7 and str(uuid.UUID(i)) == i for i in made),
         "ids_unique": len(set(made)) == len(made),
         "ids_ms": [int(made[0].replace("-", "")[:12], 16), int(__import__("time").time() * 1000)],
@@ -134,6 +136,7 @@ def test_each_value_is_an_op_exactly_when_weave_says_so_and_the_wandb_run_is_fou
     assert out["no_wandb"] is None
     assert out["run"] == ["run-1", 7]  # an active run (wandb imported) is still seen
     assert out["refs_applied"] and out["nested_applied"] and out["ids_applied"]
+    assert out["sends_applied"]
     assert all(out["refs_same"]), out["refs_same"]  # weave's copy, value by value
     assert out["loop"] == "RecursionError"  # a list holding itself: weave's own error
     assert out["ids_v7"] and out["ids_unique"]
@@ -144,16 +147,39 @@ def test_each_value_is_an_op_exactly_when_weave_says_so_and_the_wandb_run_is_fou
 def test_env_zero_keeps_weaves_own_functions():
     out = json.loads(_run(_VALUES_PROGRAM, env={"ENGINE_WEAVE_SPEEDUPS": "0"}).splitlines()[-1])
     assert not out["applied"] and not out["wandb_fast"]
-    assert not (out["refs_applied"] or out["nested_applied"] or out["ids_applied"])
+    assert not (out["refs_applied"] or out["nested_applied"] or out["ids_applied"]
+                or out["sends_applied"])
     assert all(out["same"]) and out["no_wandb"] is None and out["run"] == ["run-1", 7]
 
 
 _STORE_PROGRAM = textwrap.dedent(
     """
-    import sys
+    import json, logging, sys, threading
     import engine.integrations.weave
     engine.integrations.weave.install()
     import weave
+    from weave.trace import weave_client
+
+    # which thread hands each call's start and end to the engine
+    writers = []
+    write = engine.integrations.weave._write
+    def counted(tracer, item, what):
+        writers.append((what, threading.current_thread() is threading.main_thread()))
+        return write(tracer, item, what)
+    engine.integrations.weave._write = counted
+
+    # what weave logs of a send that fails (here: one start its validation refuses)
+    failures = []
+    class Failures(logging.Handler):
+        def emit(self, record):
+            failures.append([record.levelname, record.getMessage(), bool(record.exc_info)])
+    logging.getLogger("weave.trace.concurrent.futures").addHandler(Failures())
+    validate = weave_client.validate_call_start
+    def refusing(req):
+        if req["start"]["inputs"].get("x") == 13:
+            raise ValueError("refused 13")
+        return validate(req)
+    weave_client.validate_call_start = refusing
 
     class Prompt(weave.Object):
         text: str
@@ -176,7 +202,24 @@ _STORE_PROGRAM = textwrap.dedent(
         wrapped = {"cfg": [{"prompt": Prompt(text=f"inner {i}")}], "tools": (helper,)}
         predict(f"q{i}", [{"doc": i, "score": 0.5}], {"k": i, "deep": {"a": [i]}}, prompt, helper,
                 wrapped)
+
+    @weave.op
+    def fails(x: int) -> int:
+        raise ValueError(f"bad {x}")
+
+    @weave.op(call_display_name=lambda call: f"outer-{call.inputs['n']}")
+    def outer(n: int) -> dict:
+        try:
+            fails(n)
+        except ValueError as exc:
+            caught = str(exc)
+        return {"inner": helper(n), "list": [helper(n + 1)], "caught": caught}
+
+    returned = [outer(i) for i in range(3)]
+    returned.append(helper(13))  # its start is refused: weave logs it, the program goes on
     weave.finish()
+    print(json.dumps({"returned": returned, "failures": failures,
+                      "in_place": sum(main for _, main in writers), "writes": len(writers)}))
     """
 )
 
@@ -187,7 +230,9 @@ def _stored(url: str, project: str) -> list[dict]:
     with urllib.request.urlopen(request, timeout=30) as resp:
         calls = [msgspec.json.decode(line) for line in resp.read().splitlines()]
     keep = ("op_name", "inputs", "output", "attributes", "exception", "display_name")
-    rows = [{k: c.get(k) for k in keep} for c in calls]
+    names = {c["id"]: c["op_name"] for c in calls}
+    rows = [{**{k: c.get(k) for k in keep}, "parent": names.get(c.get("parent_id"))}
+            for c in calls]
     for row in rows:  # what differs from run to run: the process, the time
         row["attributes"] = {k: v for k, v in (row["attributes"] or {}).items()
                              if k not in ("weave",)}
@@ -200,16 +245,26 @@ def test_a_weave_program_stores_the_same_calls_with_and_without_the_speedups(tmp
     env_base = {"WANDB_API_KEY": "0123456789abcdef0123456789abcdef01234567",
                 "WEAVE_PRINT_CALL_LINK": "false", "WANDB_ERROR_REPORTING": "false",
                 "HOME": str(tmp_path), "NO_PROXY": "127.0.0.1,localhost"}
-    stored = {}
+    stored, seen = {}, {}
     with serve_subprocess(tmp_path / "t.db") as url:
         for speedups in ("1", "0"):
             project = f"ent/speedups-{speedups}"
-            _run(_STORE_PROGRAM, project,
-                 env={**env_base, "WF_TRACE_SERVER_URL": url, "WANDB_BASE_URL": url,
-                      "ENGINE_WEAVE_SPEEDUPS": speedups}, python=weave_python(weave_minor))
+            out = _run(_STORE_PROGRAM, project,
+                       env={**env_base, "WF_TRACE_SERVER_URL": url, "WANDB_BASE_URL": url,
+                            "ENGINE_WEAVE_SPEEDUPS": speedups}, python=weave_python(weave_minor))
+            seen[speedups] = json.loads(out.splitlines()[-1])
             stored[speedups] = _stored(url, project)
     with_speedups, without = stored["1"], stored["0"]
-    assert len(with_speedups) == 10  # 5 predict + 5 helper
+    # 5 predict + 5 helper, 3 outer (each: fails, 2 helper); helper(13)'s start was refused
+    assert len(with_speedups) == 10 + 3 * 4, len(with_speedups)
+    # what the program saw, and what weave logged of the refused start: the same
+    assert seen["1"]["returned"] == seen["0"]["returned"]
+    assert seen["1"]["failures"] == seen["0"]["failures"] == \
+        [["ERROR", "Task failed: ValueError: refused 13", False]]
+    assert seen["1"]["writes"] == seen["0"]["writes"]
+    # plain calls of an op already saved went into the ring in place; others from the pool
+    assert seen["0"]["in_place"] == 0
+    assert 0 < seen["1"]["in_place"] < seen["1"]["writes"], seen["1"]
     # refs name their project: the same calls, once the project is the same
     assert json.dumps(with_speedups).replace("speedups-1", "P") == \
         json.dumps(without).replace("speedups-0", "P")
