@@ -106,7 +106,7 @@ def apply(engine_server: Callable[[Any], bool] = lambda server: False) -> None:
     """Replace what can be replaced (what cannot is logged at debug; another weave's
     layout never fails the install). ``engine_server(server)``: whether a client's server
     writes its calls into the engine's ring (the sends that are run where they are made)."""
-    for speedup in (_is_op, _wandb_run, _nested_objects, _map_to_refs, _ids):
+    for speedup in (_is_op, _wandb_run, _nested_objects, _map_to_refs, _redact, _ids):
         try:
             speedup()
         except (ImportError, AttributeError) as exc:
@@ -208,6 +208,59 @@ def _map_to_refs() -> None:
     # weave's own map_to_refs calls the module's global for what it holds: plain parts of
     # a mixed value take the fast path too
     _replace(weave_client, "map_to_refs", make)
+
+
+def redacted_copy(value: Any, keys: set[str]) -> Any:
+    """weave's ``redact_sensitive_keys`` of a plain tree: new dicts, lists and tuples, the
+    value of a ``str`` key whose lower case is in ``keys`` replaced by ``REDACTED_VALUE``;
+    ``NotPlain`` at the first other value or key (a str subclass may have its own lower)."""
+    kind = type(value)
+    if kind is dict:
+        out = {}
+        for k, v in value.items():
+            key_kind = type(k)
+            if key_kind is str:
+                out[k] = REDACTED_VALUE if k.lower() in keys else redacted_copy(v, keys)
+            elif key_kind in PLAIN_LEAVES:
+                out[k] = redacted_copy(v, keys)
+            else:
+                raise NotPlain
+        return out
+    if kind is list:
+        return [redacted_copy(v, keys) for v in value]
+    if kind is tuple:
+        return tuple([redacted_copy(v, keys) for v in value])
+    if kind in PLAIN_LEAVES:
+        return value
+    raise NotPlain
+
+
+REDACTED_VALUE = "REDACTED"  # weave's sanitize.REDACTED_VALUE (checked where applied)
+
+
+def _redact() -> None:
+    from weave.trace import weave_client
+    from weave.utils import sanitize
+
+    if getattr(sanitize, "REDACTED_VALUE", None) != REDACTED_VALUE or \
+            not isinstance(getattr(sanitize, "_REDACT_KEYS", None), set):
+        raise AttributeError("weave.utils.sanitize redacts otherwise")
+    should_redact = sanitize.should_redact
+
+    def make(weaves: Any) -> Any:
+        def redact_sensitive_keys(obj: Any) -> Any:
+            # weave's walk asks its should_redact of every str key: the fast walk reads the
+            # same set, while should_redact is weave's own
+            if weave_client.should_redact is should_redact:
+                try:
+                    return redacted_copy(obj, sanitize._REDACT_KEYS)
+                except (NotPlain, RecursionError):  # weave's own answer, or its own error
+                    pass
+            return weaves(obj)
+
+        return redact_sensitive_keys
+
+    _replace(weave_client, "redact_sensitive_keys", make)
 
 
 def _ids() -> None:

@@ -92,11 +92,24 @@ _VALUES_PROGRAM = textwrap.dedent(
              {"fn": square}, loop]
     refs_same = [answer(refs_fast, v) == answer(refs_weaves, v) for v in trees]
     loop_error = answer(refs_fast, loop)
+    # redact_sensitive_keys: the same copy (tuples stay tuples), the same keys redacted
+    from weave.utils import sanitize
+    redact_fast = weave_client.redact_sensitive_keys
+    redact_weaves = getattr(redact_fast, "__wrapped__", redact_fast)
+    sanitize.add_redact_key("Token")
+    secrets = [{"api_key": "k", "API_Key": {"x": 1}, "Authorization": ["b"], "token": 2,
+                "tokens": 3, 1: {"auth_headers": ("h",)}, None: [({"TOKEN": "t"},)]},
+               {StrSub("api_key"): "kept by str subclass rules"}, {"p": Pair(1, 2)},
+               {"o": Thing()}, ({"api_key": 1}, [2]), {(1, 2): "tuple key"}, loop,
+               {"deep": [[[[{"authorization": ()}]]]]}] + trees
+    redact_same = [answer(redact_fast, v) == answer(redact_weaves, v) for v in secrets]
     from weave.utils import ids
     made = [weave_client.generate_id() for _ in range(1000)]
     import uuid
     print(json.dumps({
         "refs_applied": refs_fast is not refs_weaves, "refs_same": refs_same,
+        "redact_applied": redact_fast is not redact_weaves, "redact_same": redact_same,
+        "redacted": shape(redact_fast(secrets[0])),
         "loop": loop_error,
         "nested_applied": WeaveClient._save_nested_objects.__module__ == "engine.integrations._weave_speedups",
         "ids_applied": ids.generate_id.__module__ == "engine.integrations._weave_speedups",
@@ -136,7 +149,9 @@ def test_each_value_is_an_op_exactly_when_weave_says_so_and_the_wandb_run_is_fou
     assert out["no_wandb"] is None
     assert out["run"] == ["run-1", 7]  # an active run (wandb imported) is still seen
     assert out["refs_applied"] and out["nested_applied"] and out["ids_applied"]
-    assert out["sends_applied"]
+    assert out["sends_applied"] and out["redact_applied"]
+    assert all(out["redact_same"]), out["redact_same"]  # weave's copy, value by value
+    assert "'REDACTED'" in json.dumps(out["redacted"]) and "tokens" in json.dumps(out["redacted"])
     assert all(out["refs_same"]), out["refs_same"]  # weave's copy, value by value
     assert out["loop"] == "RecursionError"  # a list holding itself: weave's own error
     assert out["ids_v7"] and out["ids_unique"]
@@ -148,7 +163,7 @@ def test_env_zero_keeps_weaves_own_functions():
     out = json.loads(_run(_VALUES_PROGRAM, env={"ENGINE_WEAVE_SPEEDUPS": "0"}).splitlines()[-1])
     assert not out["applied"] and not out["wandb_fast"]
     assert not (out["refs_applied"] or out["nested_applied"] or out["ids_applied"]
-                or out["sends_applied"])
+                or out["sends_applied"] or out["redact_applied"])
     assert all(out["same"]) and out["no_wandb"] is None and out["run"] == ["run-1", 7]
 
 
@@ -215,6 +230,11 @@ _STORE_PROGRAM = textwrap.dedent(
             caught = str(exc)
         return {"inner": helper(n), "list": [helper(n + 1)], "caught": caught}
 
+    @weave.op
+    def login(user: str, settings: dict) -> dict:
+        return {"ok": True, "headers": {"Authorization": "Bearer x", "accept": "*/*"}}
+
+    login("u", {"api_key": "secret", "nested": [{"Api_Key": "s2", "depth": (1, "x")}]})
     returned = [outer(i) for i in range(3)]
     returned.append(helper(13))  # its start is refused: weave logs it, the program goes on
     weave.finish()
@@ -255,8 +275,9 @@ def test_a_weave_program_stores_the_same_calls_with_and_without_the_speedups(tmp
             seen[speedups] = json.loads(out.splitlines()[-1])
             stored[speedups] = _stored(url, project)
     with_speedups, without = stored["1"], stored["0"]
-    # 5 predict + 5 helper, 3 outer (each: fails, 2 helper); helper(13)'s start was refused
-    assert len(with_speedups) == 10 + 3 * 4, len(with_speedups)
+    # 5 predict + 5 helper, 3 outer (each: fails, 2 helper), login; helper(13)'s start was
+    # refused
+    assert len(with_speedups) == 10 + 3 * 4 + 1, len(with_speedups)
     # what the program saw, and what weave logged of the refused start: the same
     assert seen["1"]["returned"] == seen["0"]["returned"]
     assert seen["1"]["failures"] == seen["0"]["failures"] == \
@@ -269,6 +290,9 @@ def test_a_weave_program_stores_the_same_calls_with_and_without_the_speedups(tmp
     assert json.dumps(with_speedups).replace("speedups-1", "P") == \
         json.dumps(without).replace("speedups-0", "P")
     refs = json.dumps(with_speedups)
+    login = next(c for c in with_speedups if "login" in c["op_name"])
+    assert login["inputs"]["settings"]["api_key"] == "REDACTED"
+    assert login["inputs"]["settings"]["nested"][0]["Api_Key"] == "REDACTED"
     assert "weave:///ent/speedups-1/object/Prompt:" in refs  # the Object was saved and reffed
     assert "weave:///ent/speedups-1/op/helper:" in refs  # and the op passed as input
     inner = [c["inputs"]["wrapped"] for c in with_speedups if "predict" in c["op_name"]]
