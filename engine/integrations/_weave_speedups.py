@@ -45,6 +45,7 @@ from __future__ import annotations
 import contextvars
 import inspect
 import logging
+import os
 import sys
 import weakref
 from collections.abc import Callable
@@ -106,7 +107,8 @@ def apply(engine_server: Callable[[Any], bool] = lambda server: False) -> None:
     """Replace what can be replaced (what cannot is logged at debug; another weave's
     layout never fails the install). ``engine_server(server)``: whether a client's server
     writes its calls into the engine's ring (the sends that are run where they are made)."""
-    for speedup in (_is_op, _wandb_run, _nested_objects, _map_to_refs, _redact, _ids):
+    for speedup in (_is_op, _wandb_run, _nested_objects, _map_to_refs, _redact, _ids,
+                    _settings_env):
         try:
             speedup()
         except (ImportError, AttributeError) as exc:
@@ -261,6 +263,44 @@ def _redact() -> None:
         return redact_sensitive_keys
 
     _replace(weave_client, "redact_sensitive_keys", make)
+
+
+def _settings_env() -> None:
+    from weave.trace import settings
+
+    if not (isinstance(getattr(settings, "_ENV_KEYS", None), dict)
+            and isinstance(getattr(settings, "_FIELD_TYPES", None), dict)
+            and callable(getattr(settings, "_parse_env_value", None))):
+        raise AttributeError("weave.trace.settings reads its variables otherwise")
+
+    def make(weaves: Any) -> Any:
+        # os.environ keeps its variables by encoded name; os.getenv encodes the name, looks it
+        # up and decodes the value, through Mapping.get: the look-up alone answers "unset"
+        encoded: dict[str, Any] = {}  # variable -> its key in os.environ's own store
+        held: list[Any] = [None]  # the os.environ those keys are for
+
+        def _env_or_default(name: str, default: Any) -> Any:
+            environ = os.environ
+            if type(environ) is not os._Environ:  # a program replaced it: weave's read
+                return weaves(name, default)
+            if held[0] is not environ:
+                encoded.clear()
+                held[0] = environ
+            variable = settings._ENV_KEYS[name]
+            key = encoded.get(variable)
+            if key is None:
+                key = encoded[variable] = environ.encodekey(variable)
+            raw = environ._data.get(key)
+            if raw is None:
+                return default
+            # weave's own body from here, on the value os.getenv would have returned
+            if env := environ.decodevalue(raw):
+                return settings._parse_env_value(env, settings._FIELD_TYPES[name])
+            return default
+
+        return _env_or_default
+
+    _replace(settings, "_env_or_default", make)
 
 
 def _ids() -> None:

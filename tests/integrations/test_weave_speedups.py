@@ -103,12 +103,47 @@ _VALUES_PROGRAM = textwrap.dedent(
                {"o": Thing()}, ({"api_key": 1}, [2]), {(1, 2): "tuple key"}, loop,
                {"deep": [[[[{"authorization": ()}]]]]}] + trees
     redact_same = [answer(redact_fast, v) == answer(redact_weaves, v) for v in secrets]
+    # settings read from the environment: the same answer for every setting, set or not,
+    # as the program changes os.environ (or replaces it)
+    import os
+    from weave.trace import settings
+    env_fast = settings._env_or_default
+    env_weaves = getattr(env_fast, "__wrapped__", env_fast)
+    def env_answers():
+        out = []
+        for name in sorted(settings._ENV_KEYS):
+            for default in (None, 0, True):
+                try:
+                    out.append(repr(env_fast(name, default)) == repr(env_weaves(name, default)))
+                except Exception as exc:  # weave's parse error: the same from both
+                    try:
+                        env_weaves(name, default)
+                        out.append(False)
+                    except Exception as exc2:
+                        out.append(repr(exc) == repr(exc2))
+        return out
+    env_same = env_answers()
+    variables = sorted(settings._ENV_KEYS.values())
+    for value in ("", "true", "false", "0", "1", "7", "2.5", "x"):
+        for variable in variables:
+            os.environ[variable] = value
+        env_same += env_answers()
+    for variable in variables:
+        del os.environ[variable]
+    os.putenv(variables[0], "true")  # not in os.environ: neither sees it
+    env_same += env_answers()
+    saved_environ = os.environ
+    os.environ = {variables[0]: "true"}  # a program's own mapping: weave's read
+    env_same += env_answers()
+    os.environ = saved_environ
+    env_same += env_answers()
     from weave.utils import ids
     made = [weave_client.generate_id() for _ in range(1000)]
     import uuid
     print(json.dumps({
         "refs_applied": refs_fast is not refs_weaves, "refs_same": refs_same,
         "redact_applied": redact_fast is not redact_weaves, "redact_same": redact_same,
+        "env_applied": env_fast is not env_weaves, "env_same": env_same,
         "redacted": shape(redact_fast(secrets[0])),
         "loop": loop_error,
         "nested_applied": WeaveClient._save_nested_objects.__module__ == "engine.integrations._weave_speedups",
@@ -149,7 +184,8 @@ def test_each_value_is_an_op_exactly_when_weave_says_so_and_the_wandb_run_is_fou
     assert out["no_wandb"] is None
     assert out["run"] == ["run-1", 7]  # an active run (wandb imported) is still seen
     assert out["refs_applied"] and out["nested_applied"] and out["ids_applied"]
-    assert out["sends_applied"] and out["redact_applied"]
+    assert out["sends_applied"] and out["redact_applied"] and out["env_applied"]
+    assert len(out["env_same"]) > 100 and all(out["env_same"]), out["env_same"]
     assert all(out["redact_same"]), out["redact_same"]  # weave's copy, value by value
     assert "'REDACTED'" in json.dumps(out["redacted"]) and "tokens" in json.dumps(out["redacted"])
     assert all(out["refs_same"]), out["refs_same"]  # weave's copy, value by value
@@ -163,7 +199,7 @@ def test_env_zero_keeps_weaves_own_functions():
     out = json.loads(_run(_VALUES_PROGRAM, env={"ENGINE_WEAVE_SPEEDUPS": "0"}).splitlines()[-1])
     assert not out["applied"] and not out["wandb_fast"]
     assert not (out["refs_applied"] or out["nested_applied"] or out["ids_applied"]
-                or out["sends_applied"] or out["redact_applied"])
+                or out["sends_applied"] or out["redact_applied"] or out["env_applied"])
     assert all(out["same"]) and out["no_wandb"] is None and out["run"] == ["run-1", 7]
 
 
