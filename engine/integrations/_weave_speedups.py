@@ -108,7 +108,7 @@ def apply(engine_server: Callable[[Any], bool] = lambda server: False) -> None:
     layout never fails the install). ``engine_server(server)``: whether a client's server
     writes its calls into the engine's ring (the sends that are run where they are made)."""
     for speedup in (_is_op, _wandb_run, _nested_objects, _map_to_refs, _redact, _ids,
-                    _settings_env):
+                    _settings_env, _call_processor):
         try:
             speedup()
         except (ImportError, AttributeError) as exc:
@@ -301,6 +301,36 @@ def _settings_env() -> None:
         return _env_or_default
 
     _replace(settings, "_env_or_default", make)
+
+
+def _call_processor() -> None:
+    from weave.trace import weave_client
+    from weave.trace_server_bindings.delegating_trace_server import DelegatingTraceServerMixin
+
+    mixin = DelegatingTraceServerMixin.__dict__
+    own = (mixin["__getattribute__"], mixin["__getattr__"], mixin["_delegated_server"])
+
+    def make(weaves: Any) -> Any:
+        def _get_call_processor(server: Any) -> Any:
+            # weave's middleware (its caching one around the engine's server) answers
+            # hasattr/getattr of ``call_processor`` through its Python __getattribute__ (a
+            # miss, an AttributeError, then the wrapped server's); where nothing of its own
+            # has that name, that is its wrapped server's answer, which weave's recursion
+            # reaches too: asked of the wrapped server directly
+            kind = type(server)
+            if kind.__getattribute__ is own[0] and getattr(kind, "__getattr__", None) is own[1] \
+                    and getattr(kind, "_delegated_server", None) is own[2]:
+                state = object.__getattribute__(server, "__dict__")
+                if "call_processor" not in state and "_next_trace_server" in state and \
+                        "call_processor" not in getattr(kind, "optional_delegated_methods", ()) and \
+                        not any("call_processor" in k.__dict__ or "_next_trace_server"
+                                in k.__dict__ for k in kind.__mro__):
+                    return weave_client._get_call_processor(state["_next_trace_server"])
+            return weaves(server)
+
+        return _get_call_processor
+
+    _replace(weave_client, "_get_call_processor", make)
 
 
 def _ids() -> None:

@@ -137,6 +137,33 @@ _VALUES_PROGRAM = textwrap.dedent(
     env_same += env_answers()
     os.environ = saved_environ
     env_same += env_answers()
+    # the call processor behind weave's middleware: weave's answer for every layout
+    from weave.trace_server_bindings.delegating_trace_server import DelegatingTraceServerMixin
+    class Inner:
+        def __init__(self, processor):
+            self.call_processor = processor
+    class Bare:
+        pass
+    class Middle(DelegatingTraceServerMixin):
+        def __init__(self, inner):
+            self._next_trace_server = inner
+    class MiddleOwn(Middle):
+        call_processor = "the class's own"
+    class MiddleOptional(Middle):
+        optional_delegated_methods = frozenset({"call_processor"})
+    processor = object()
+    own_instance = Middle(Inner(processor))
+    own_instance.call_processor = "the instance's own"
+    servers = [Inner(processor), Inner(None), Bare(), Middle(Inner(processor)), Middle(Bare()),
+               Middle(Middle(Inner(processor))), Middle(Middle(Bare())), MiddleOwn(Inner(processor)),
+               MiddleOptional(Bare()), MiddleOptional(Inner(processor)), own_instance, None, 5]
+    processor_fast = weave_client._get_call_processor
+    processor_weaves = getattr(processor_fast, "__wrapped__", processor_fast)
+    def said(x):
+        return "the processor" if x is processor else x if x is None or type(x) is str \
+            else type(x).__name__
+    processors = [said(processor_fast(s)) for s in servers]
+    processor_same = [said(processor_fast(s)) == said(processor_weaves(s)) for s in servers]
     from weave.utils import ids
     made = [weave_client.generate_id() for _ in range(1000)]
     import uuid
@@ -144,6 +171,8 @@ _VALUES_PROGRAM = textwrap.dedent(
         "refs_applied": refs_fast is not refs_weaves, "refs_same": refs_same,
         "redact_applied": redact_fast is not redact_weaves, "redact_same": redact_same,
         "env_applied": env_fast is not env_weaves, "env_same": env_same,
+        "processor_applied": processor_fast is not processor_weaves,
+        "processor_same": processor_same, "processors": processors,
         "redacted": shape(redact_fast(secrets[0])),
         "loop": loop_error,
         "nested_applied": WeaveClient._save_nested_objects.__module__ == "engine.integrations._weave_speedups",
@@ -186,6 +215,9 @@ def test_each_value_is_an_op_exactly_when_weave_says_so_and_the_wandb_run_is_fou
     assert out["refs_applied"] and out["nested_applied"] and out["ids_applied"]
     assert out["sends_applied"] and out["redact_applied"] and out["env_applied"]
     assert len(out["env_same"]) > 100 and all(out["env_same"]), out["env_same"]
+    assert out["processor_applied"] and all(out["processor_same"]), out["processors"]
+    assert out["processors"][3] == out["processors"][5] == "the processor"  # through middleware
+    assert out["processors"][7] == "the class's own" and out["processors"][10] == "the instance's own"
     assert all(out["redact_same"]), out["redact_same"]  # weave's copy, value by value
     assert "'REDACTED'" in json.dumps(out["redacted"]) and "tokens" in json.dumps(out["redacted"])
     assert all(out["refs_same"]), out["refs_same"]  # weave's copy, value by value
@@ -199,7 +231,8 @@ def test_env_zero_keeps_weaves_own_functions():
     out = json.loads(_run(_VALUES_PROGRAM, env={"ENGINE_WEAVE_SPEEDUPS": "0"}).splitlines()[-1])
     assert not out["applied"] and not out["wandb_fast"]
     assert not (out["refs_applied"] or out["nested_applied"] or out["ids_applied"]
-                or out["sends_applied"] or out["redact_applied"] or out["env_applied"])
+                or out["sends_applied"] or out["redact_applied"] or out["env_applied"]
+                or out["processor_applied"])
     assert all(out["same"]) and out["no_wandb"] is None and out["run"] == ["run-1", 7]
 
 
