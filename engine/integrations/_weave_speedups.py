@@ -1,5 +1,5 @@
 """Per-call costs of weave 0.54.0's ``@weave.op`` that :func:`install` removes without
-changing what weave computes (measured on Python 3.11: ~1,100 → ~340 µs of CPU per traced
+changing what weave computes (measured on Python 3.11: ~1,100 → ~250 µs of CPU per traced
 4 KB call; ``python -m bench.weave_op``).
 
 - **is_op**: weave walks every input and output value (``_save_nested_objects``) and asks
@@ -34,6 +34,47 @@ changing what weave computes (measured on Python 3.11: ~1,100 → ~340 µs of CP
   built byte by byte (~4 µs, two per call); the engine's own UUIDv7 (the same format:
   millisecond time first, version 7, RFC variant; unique per process and after a fork,
   not secret, as ids need not be) takes ~0.05 µs with the C accelerator, 0.4 without.
+
+- **sensitive keys**: ``redact_sensitive_keys`` walks every input asking ``get_ref``,
+  ``isinstance`` and ``dataclasses.is_dataclass`` of each value and ``should_redact`` of each
+  str key (~13 µs for the bench's inputs): a plain tree (as above; keys exact ``str`` or plain
+  leaves) gets the same copy in one walk (~5 µs), tuples kept, the value of a key whose lower
+  case is in weave's own ``_REDACT_KEYS`` set replaced by its ``REDACTED_VALUE``; anything
+  else, or a ``should_redact`` the program replaced, goes to weave's.
+- **settings from the environment**: 8 reads per call (``WEAVE_DISABLED`` three times,
+  ``WEAVE_REDACT_PII`` twice, ...) each through ``os.getenv``'s ``Mapping.get`` chain (~1 µs);
+  the variable's key is looked up in ``os.environ``'s own store (~0.3 µs), a value that is
+  there decoded and parsed by weave's own code. A program that replaced ``os.environ`` with
+  another mapping gets weave's read.
+- **the call processor**: ``_get_call_processor`` (3 per call) asks weave's caching middleware
+  through its Python ``__getattribute__`` (a miss, an ``AttributeError``, then the wrapped
+  server, twice: ~4 µs); where nothing of the middleware's own (its instance, its classes,
+  its ``optional_delegated_methods``) has that name and it delegates with weave's own mixin,
+  every route there ends in the wrapped server's answer: asked of it directly (~1.4 µs).
+
+- **the hand-off of a call's start and end**: weave defers each to its thread pool (a
+  ``Future``, a context copy, the pool's queue and locks, a worker's wake-up; then the three
+  workers contend for the engine's slot lock) to do work that, with the engine, is building
+  the request and a ring write of microseconds. A send that waits for nothing -- weave's own
+  ``send_start_call``/``send_end_call`` (found by their code in ``create_call`` and
+  ``finish_call``), its op's ref already digested, its values plain (no ref to wait for), no
+  write-ahead log, the client's own pool, a server that is the engine's -- runs in the op's
+  thread as the pool would run it: in a copy of the caller's context, its result or
+  ``Exception`` in a future tracked by weave's own ``_track_future`` (a failure logs weave's "Task failed" line
+  at ERROR, before weave's done-callback, as from the pool). What the program sees is one of
+  the orders the pool allows (the worker running the send at once): the same values
+  returned, the same exceptions, the same calls stored, weave's done-callbacks (the call
+  link) on the op's thread instead of a worker's, before the op's body runs. Any other send
+  (an op's first call, whose digest is still being computed; refs in the values) goes to the
+  pool. What differs: the send's CPU is the op's thread's (the process pays less in all:
+  ~470 → ~250 µs per call), and where the engine's ring stays full (a server slower than
+  the program for longer than the ring holds) the op's thread waits as every engine
+  producer does (``on_full``), instead of weave's pool queueing without bound; a
+  ``KeyboardInterrupt`` landing in the send raises from the op's call (the send not made),
+  as it could land anywhere else in weave's ``create_call``. Such a send defers nothing, so
+  it is not marked as weave's own thread: a signal handler landing in it runs as in the
+  program's thread it is (the engine's SIGTERM drain still waits for the pool; a handler's
+  ``weave.finish()`` works).
 
 Each is applied only where weave has the function it replaces, named as in 0.54.0; a weave
 that lacks one keeps its own (logged at debug). ``install(weave_speedups=False)`` or
@@ -372,7 +413,7 @@ def _sends_in_place(engine_server: Callable[[Any], bool]) -> None:
         code = _send_code(WeaveClient.__dict__[method], name, (ref, values))
         where = code.co_freevars.index
         plans[code] = (where("self"), None if ref is None else where(ref), where(values))
-    for attribute in ("_make_deadlock_safe", "_track_future"):
+    for attribute in ("_track_future",):
         if not callable(getattr(FutureExecutor, attribute, None)):
             raise AttributeError(f"FutureExecutor has no {attribute}")
 
@@ -401,14 +442,17 @@ def _sends_in_place(engine_server: Callable[[Any], bool]) -> None:
         def defer(self: Any, f: Any, *args: Any, **kwargs: Any) -> Any:
             if not in_place(self, f):
                 return weaves(self, f, *args, **kwargs)
-            # as weave's pool runs it (in a copy of the caller's context, marked as weave's
-            # own thread), its result or Exception in the future, then tracked as a submitted
-            # one (whose done-callback logs a failure as the pool's does); a KeyboardInterrupt
-            # or SystemExit raises here, where the signal landed, with nothing left pending
-            wrapped = self._make_deadlock_safe(f)
+            # as weave's pool runs it (in a copy of the caller's context), its result or
+            # Exception in the future, then tracked as a submitted one (whose done-callback
+            # logs a failure as the pool's does); a KeyboardInterrupt or SystemExit raises
+            # here, where the signal landed, with nothing left pending. Not marked as weave's
+            # own thread (_make_deadlock_safe): such a send defers nothing, and a signal
+            # handler landing in it runs as in the program's thread it is -- the engine's
+            # SIGTERM drain and a handler's weave.finish() wait for the pool, where in a
+            # thread marked weave's the drain skipped the pool and finish() raised
             future: Future[Any] = Future()
             try:
-                result = contextvars.copy_context().run(wrapped, *args, **kwargs)
+                result = contextvars.copy_context().run(f, *args, **kwargs)
             except Exception as exc:
                 future.set_exception(exc)
             else:
