@@ -33,7 +33,9 @@ What it changes (see ``docs/peers-weave-0.54.md`` §5 for the hook points):
   on one server were never sent to the next (a fresh or wiped ``engine serve``).
 - Per-call costs of weave's own ``@weave.op`` go (``is_op`` on every plain value, a
   failed ``import wandb`` per call, two more walks of plain inputs and outputs, its id
-  maker): :mod:`engine.integrations._weave_speedups`.
+  maker, its redaction walk, settings and call-processor lookups, and the thread-pool
+  hand-off of a call's start and end that waits for nothing):
+  :mod:`engine.integrations._weave_speedups`.
 
 Another weave version never breaks the program: :func:`install` checks that weave has every
 hook point above (:func:`missing_hook_points`) and otherwise leaves weave as it is, with one
