@@ -324,18 +324,20 @@ def _settings_env() -> None:
             environ = os.environ
             if type(environ) is not os._Environ:  # a program replaced it: weave's read
                 return weaves(name, default)
-            if held[0] is not environ:
-                encoded.clear()
-                held[0] = environ
-            variable = settings._ENV_KEYS[name]
-            key = encoded.get(variable)
-            if key is None:
-                key = encoded[variable] = environ.encodekey(variable)
-            raw = environ._data.get(key)
-            if raw is None:
-                return default
+            try:
+                if held[0] is not environ:
+                    encoded.clear()
+                    held[0] = environ
+                variable = settings._ENV_KEYS[name]
+                key = encoded.get(variable)
+                if key is None:
+                    key = encoded[variable] = environ.encodekey(variable)
+                raw = environ._data.get(key)
+                env = None if raw is None else environ.decodevalue(raw)
+            except Exception:  # os.environ (or weave) laid out otherwise: never raised into
+                return weaves(name, default)  # the program's op, weave's own read instead
             # weave's own body from here, on the value os.getenv would have returned
-            if env := environ.decodevalue(raw):
+            if env:
                 return settings._parse_env_value(env, settings._FIELD_TYPES[name])
             return default
 
@@ -358,6 +360,17 @@ def _call_processor() -> None:
             # miss, an AttributeError, then the wrapped server's); where nothing of its own
             # has that name, that is its wrapped server's answer, which weave's recursion
             # reaches too: asked of the wrapped server directly
+            try:
+                inner = _wrapped(server)
+            except Exception:  # a layout this look did not foresee: weave's own answer
+                inner = None
+            if inner is not None:
+                return weave_client._get_call_processor(inner)
+            return weaves(server)
+
+        def _wrapped(server: Any) -> Any:
+            """The server weave's middleware wraps, where its answer is the wrapped one's;
+            None elsewhere."""
             kind = type(server)
             if kind.__getattribute__ is own[0] and getattr(kind, "__getattr__", None) is own[1] \
                     and getattr(kind, "_delegated_server", None) is own[2]:
@@ -366,8 +379,8 @@ def _call_processor() -> None:
                         "call_processor" not in getattr(kind, "optional_delegated_methods", ()) and \
                         not any("call_processor" in k.__dict__ or "_next_trace_server"
                                 in k.__dict__ for k in kind.__mro__):
-                    return weave_client._get_call_processor(state["_next_trace_server"])
-            return weaves(server)
+                    return state["_next_trace_server"]
+            return None
 
         return _get_call_processor
 
