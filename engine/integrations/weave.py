@@ -33,7 +33,9 @@ What it changes (see ``docs/peers-weave-0.54.md`` §5 for the hook points):
   on one server were never sent to the next (a fresh or wiped ``engine serve``).
 - Per-call costs of weave's own ``@weave.op`` go (``is_op`` on every plain value, a
   failed ``import wandb`` per call, two more walks of plain inputs and outputs, its id
-  maker): :mod:`engine.integrations._weave_speedups`.
+  maker, its redaction walk, settings and call-processor lookups, and the thread-pool
+  hand-off of a call's start and end that waits for nothing):
+  :mod:`engine.integrations._weave_speedups`.
 
 Another weave version never breaks the program: :func:`install` checks that weave has every
 hook point above (:func:`missing_hook_points`) and otherwise leaves weave as it is, with one
@@ -183,7 +185,7 @@ def install(*, weave_speedups: bool | None = None, **config: Any) -> bool:
             setattr(importlib.import_module(module), name, engine_classes[base])
         _watch_server_choice(tuple(engine_classes.values()))
         if weave_speedups:
-            _weave_speedups.apply()
+            _weave_speedups.apply(engine_server=_is_engine_server)
         _installed = True
         return True
 
@@ -340,6 +342,16 @@ def _engine_server_class(base: type) -> type:
 
     _EngineTraceServer.__name__ = _EngineTraceServer.__qualname__ = "EngineTraceServer"
     return _EngineTraceServer
+
+
+def _is_engine_server(server: Any) -> bool:
+    """Whether ``server`` (weave's client's: its caching middleware around ours, or ours)
+    writes call starts and ends into the engine's ring."""
+    inner = getattr(server, "__dict__", {}).get("_next_trace_server", server)
+    try:
+        return inner in _servers
+    except TypeError:  # not weakly referenceable: not one of ours
+        return False
 
 
 def _with_ids(start: Mapping[str, Any]) -> dict[str, Any]:

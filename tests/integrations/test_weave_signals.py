@@ -113,14 +113,15 @@ _HOLDS_LOCK = textwrap.dedent(
 )
 
 
-def _run_stopping_itself(tmp_path, text: str, project: str, minor: str = "0.54"
+def _run_stopping_itself(tmp_path, text: str, project: str, minor: str = "0.54",
+                         extra_env: dict[str, str] | None = None
                          ) -> tuple[subprocess.CompletedProcess, float, list[int]]:
     """Runs a weave program that sends itself SIGTERM, against a fresh server: its result,
     how long it took, and the x of every predict call stored ended."""
     program = tmp_path / "program.py"
     program.write_text(text)
     with serve_subprocess(tmp_path / "t.db") as url:
-        env = _weave_env(url, str(tmp_path), enable_env=True)
+        env = {**_weave_env(url, str(tmp_path), enable_env=True), **(extra_env or {})}
         started = time.monotonic()
         result = subprocess.run([weave_python(minor), str(program), project], env=env,
                                 capture_output=True, text=True, timeout=60)  # fmt: skip
@@ -271,8 +272,12 @@ def test_sigterm_while_weave_s_hand_off_polls_its_pool_keeps_every_call(tmp_path
     SIGTERM landed in the zero-timeout wait ``ThreadPoolExecutor.submit`` polls its idle
     semaphore with, holding the lock every weave thread takes when it finishes a task. Here
     the handler runs at that line (called as the signal calls it): every call made before
-    it is stored, and nothing waits its 10 s."""
-    result, _, ended = _run_stopping_itself(tmp_path, _POLLS, "ent/polls", weave_minor)
+    it is stored, and nothing waits its 10 s. Every call's start and end go through weave's
+    pool here (``ENGINE_WEAVE_SPEEDUPS=0``): with the speedups, a plain call of an op already
+    saved is sent in place and never polls the pool (what still does -- an op's first call,
+    values holding refs -- takes the same hand-off)."""
+    result, _, ended = _run_stopping_itself(tmp_path, _POLLS, "ent/polls", weave_minor,
+                                            {"ENGINE_WEAVE_SPEEDUPS": "0"})
     assert result.returncode == -signal.SIGTERM and "not reached" not in result.stdout
     assert "weave work still pending" not in result.stderr, result.stderr[-3000:]
     assert ended == list(range(20))
@@ -323,3 +328,51 @@ def test_a_program_with_its_own_sigterm_handler_keeps_every_call(tmp_path, when)
     ended = sorted(c["inputs"]["x"] for c in predicts if c["ended_at"])
     assert ended[:finished] == list(range(finished)), (finished, len(ended), err[-3000:])
     assert len(predicts) <= finished + 1
+
+
+_IN_A_SEND = _OP_HEAD.format(drain_s=10.0, calls=10) + textwrap.dedent(
+    """
+    import time
+
+    @weave.op
+    def other(x: int) -> int:
+        return x
+
+    pool = client.future_executor._executor
+    for _ in range(pool._max_workers):  # every weave thread busy for a second
+        client.future_executor.defer(time.sleep, 1.0)
+    other(0)  # an op's first call: its saving and sends wait in the pool behind them
+
+    def sigterm_in_the_send(frame, event, arg):
+        if event == "call" and frame.f_code.co_name == "send_start_call":
+            sys.settrace(None)
+            os.kill(os.getpid(), signal.SIGTERM)  # handled in the send, at its next line
+        return None
+
+    sys.settrace(sigterm_in_the_send)
+    predict(10)
+    print("not reached")
+    """
+)
+
+
+@VERSIONS
+def test_sigterm_in_a_send_made_in_the_op_s_thread_still_drains_weave_s_pool(tmp_path,
+                                                                            weave_minor):
+    """With the speedups a plain call of an op already saved is sent in the op's thread
+    (``_weave_speedups``): SIGTERM landing in that send still waits for what weave's pool
+    holds (another op's first call, queued behind busy threads), as anywhere else in the
+    program: every call made before it is stored."""
+    program = tmp_path / "program.py"
+    program.write_text(_IN_A_SEND)
+    with serve_subprocess(tmp_path / "t.db") as url:
+        env = _weave_env(url, str(tmp_path), enable_env=True)
+        result = subprocess.run([weave_python(weave_minor), str(program), "ent/send"], env=env,
+                                capture_output=True, text=True, timeout=60)  # fmt: skip
+        predicts = _stored_calls(url, "ent/send", "predict")
+        others = _stored_calls(url, "ent/send", "other")
+    assert result.returncode == -signal.SIGTERM and "not reached" not in result.stdout
+    assert "weave work still pending" not in result.stderr, result.stderr[-3000:]
+    assert sorted(c["inputs"]["x"] for c in predicts if c["ended_at"]) == list(range(10))
+    assert [(c["inputs"]["x"], c["output"]) for c in others if c["ended_at"]] == [(0, 0)], \
+        result.stderr[-3000:]
