@@ -11,6 +11,9 @@ SIGINT *ignored*, every child would inherit that too, and the engine rightly lea
 ignored disposition alone, so those tests would wait for an exit that never comes. The
 session puts Python's default handler back; its children then start with SIGINT at its
 default (a handler, unlike SIG_IGN, is not inherited across exec).
+
+Under pytest-xdist (``scripts/test`` runs the suite on 2 worker processes) every worker
+imports this file: each has a state directory of its own and removes only that one.
 """
 
 import os

@@ -2,6 +2,10 @@ import functools
 
 import pytest
 
+# ClickHouse's fixtures are registered here, once: a fixture imported into each test module
+# is a fixture of that module, and each module started (and kept until the session's end)
+# a ClickHouse server of its own
+from tests.server.clickhouse_fixtures import clickhouse_server, clickhouse_url  # noqa: F401
 from tests.server.harness import LOOP_NAMES, run_on
 
 

@@ -17,7 +17,6 @@ from engine.server._store import CallsQuery
 from engine.server.clickhouse import ClickHouseStore, parse_store_url
 from engine.server.clickhouse._calls import bulk_ready
 from engine.server.clickhouse._store import ASYNC_INSERT_MAX_ROWS
-from tests.server.clickhouse_fixtures import clickhouse_server, clickhouse_url  # noqa: F401
 from tests.server.harness import run_on
 
 P = "ent/bulk"
@@ -81,7 +80,7 @@ async def _read_all(store) -> list[dict]:
     return sorted(calls, key=lambda c: c["id"])
 
 
-def test_a_large_batch_parsed_by_clickhouse_reads_back_as_sqlite_stores_it(tmp_path, clickhouse_url):  # noqa: F811
+def test_a_large_batch_parsed_by_clickhouse_reads_back_as_sqlite_stores_it(tmp_path, clickhouse_url):
     starts, ends, completes = _batches()
     assert len(starts) + len(ends) + len(completes) > ASYNC_INSERT_MAX_ROWS
     assert bulk_ready(starts, ends, completes)  # the path under test

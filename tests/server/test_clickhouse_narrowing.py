@@ -22,7 +22,6 @@ from engine.wire.calls import (
     StartedCallSchemaForInsert,
 )
 from engine.wire.query import CallsFilter, SortBy
-from tests.server.clickhouse_fixtures import clickhouse_server, clickhouse_url  # noqa: F401
 from tests.server.harness import run_on
 
 P = "ent/narrow"
@@ -89,7 +88,7 @@ def _queries(rnd, n):
                 yield CallsQuery(project_id=P, filter=flt, sort_by=sort_by, limit=limit, offset=offset)
 
 
-def test_narrowed_answers_are_the_full_reads(clickhouse_url, monkeypatch):  # noqa: F811
+def test_narrowed_answers_are_the_full_reads(clickhouse_url, monkeypatch):
     monkeypatch.setattr(_calls, "CANDIDATES_MAX", 6)
     modes = collections.Counter()
     narrow = _store._narrow

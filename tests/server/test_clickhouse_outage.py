@@ -30,7 +30,6 @@ from engine.server.clickhouse._process import (
     start_local_clickhouse,
 )
 from tests.server.clickhouse_fixtures import PASSWORD as SESSION_PASSWORD
-from tests.server.clickhouse_fixtures import clickhouse_server  # noqa: F401
 from tests.server.clickhouse_proxy import clickhouse_proxy
 from tests.server.serve_process import (
     NEEDS_MOUNT,
@@ -184,7 +183,7 @@ def test_serve_on_an_unreachable_clickhouse_says_so_and_exits_1():
 
 
 def test_a_proxy_answering_502_while_clickhouse_restarts_answers_503_with_a_reason(
-        clickhouse_server):  # noqa: F811
+        clickhouse_server):
     """nginx or an ingress before ClickHouse answers 502 while its upstream is down: the
     same as ClickHouse out of reach, not a 500 and a traceback per request."""
     with clickhouse_proxy(clickhouse_server.port) as proxy:
@@ -206,7 +205,7 @@ def test_a_proxy_answering_502_while_clickhouse_restarts_answers_503_with_a_reas
 
 
 def test_serve_behind_a_proxy_answering_502_says_clickhouse_cannot_be_reached_at_start(
-        clickhouse_server):  # noqa: F811
+        clickhouse_server):
     with clickhouse_proxy(clickhouse_server.port, "502") as proxy:
         line, _ = _refused_at_start(proxy.store_url("x"))
     assert "unexpected" not in line and "the store's ClickHouse server cannot be reached" in line, line
@@ -216,7 +215,7 @@ _SHORT_PING = {"ENGINE_CLICKHOUSE_PING_TIMEOUT_S": "1"}
 
 
 def test_ready_answers_503_within_its_timeout_while_clickhouse_never_answers(
-        clickhouse_server):  # noqa: F811
+        clickhouse_server):
     """A ClickHouse that takes connections and answers nothing (stopped, wedged): /ready
     says so within its own short timeout, however many probes come at once (they do not
     wait on the store's threads, held by statements for minutes)."""
@@ -235,7 +234,7 @@ def test_ready_answers_503_within_its_timeout_while_clickhouse_never_answers(
 
 
 def test_a_write_to_a_wedged_clickhouse_answers_503_within_the_statement_timeout_and_lands_once_it_heals(
-        clickhouse_server):  # noqa: F811
+        clickhouse_server):
     """Writes and reads wait ``$ENGINE_CLICKHOUSE_STATEMENT_TIMEOUT_S`` for a ClickHouse
     that takes connections and answers nothing, not clickhouse-connect's 300 s: 503 with
     why, so the sender keeps its calls and sends them again once the link heals."""
@@ -276,7 +275,7 @@ def test_a_write_to_a_wedged_clickhouse_answers_503_within_the_statement_timeout
 
 
 def test_serve_stops_within_its_shutdown_timeout_while_a_request_waits_on_a_wedged_clickhouse(
-        clickhouse_server):  # noqa: F811
+        clickhouse_server):
     with clickhouse_proxy(clickhouse_server.port) as proxy:
         url, server = _serve_store(proxy.store_url("wedged_stop"), SESSION_PASSWORD,
                                    "--shutdown-timeout-s", "1")
@@ -297,7 +296,7 @@ def test_serve_stops_within_its_shutdown_timeout_while_a_request_waits_on_a_wedg
 
 
 def test_serve_on_a_clickhouse_that_never_answers_says_so_within_the_ping_timeout(
-        clickhouse_server):  # noqa: F811
+        clickhouse_server):
     with clickhouse_proxy(clickhouse_server.port, "hang") as proxy:
         line, _ = _refused_at_start(proxy.store_url("wedged_start"), **_SHORT_PING)
     assert "the store's ClickHouse server did not answer within 1 s" in line, line

@@ -8,7 +8,6 @@ import random
 
 from engine.server.clickhouse import _calls, _pages
 from engine.wire.calls import StartedCallSchemaForInsert
-from tests.server.clickhouse_fixtures import clickhouse_server, clickhouse_url  # noqa: F401
 from tests.server.test_sqlite_page_ends import OPS, T0, P, _call, _ids, paged_unlike_whole
 from tests.server.test_store_contract_clickhouse import store_run  # noqa: F401  (a fresh database)
 

@@ -8,7 +8,6 @@ import msgspec
 import pytest
 
 from engine.server import serve_subprocess
-from tests.server.clickhouse_fixtures import clickhouse_server, clickhouse_url  # noqa: F401
 from tests.server.harness import PROJECT, complete, end, start, upsert_batch
 
 pytestmark = pytest.mark.integration
@@ -36,7 +35,7 @@ def _stream(url: str, **query) -> list[dict]:
     return [msgspec.json.decode(line) for line in lines]
 
 
-def test_two_serve_replicas_share_one_clickhouse(clickhouse_url):  # noqa: F811
+def test_two_serve_replicas_share_one_clickhouse(clickhouse_url):
     with serve_subprocess(store=clickhouse_url) as writer, serve_subprocess(store=clickhouse_url) as reader:
         _post(writer, "/call/upsert_batch", upsert_batch(("start", start("a", t_s=0)),
                                                          ("start", start("b", parent_id="a", t_s=1))))  # fmt: skip

@@ -14,7 +14,7 @@ from engine.server.clickhouse._connect import connect
 from engine.server.clickhouse._migrate import SchemaWatch, bundled, migrate
 from engine.server.clickhouse._store import _refusal
 from engine.wire.calls import CompletedCallSchemaForInsert
-from tests.server.clickhouse_fixtures import PASSWORD, clickhouse_server, clickhouse_url  # noqa: F401
+from tests.server.clickhouse_fixtures import PASSWORD
 from tests.server.clickhouse_proxy import clickhouse_proxy
 from tests.server.harness import complete, run_on, serving, start
 
@@ -66,7 +66,7 @@ def test_chdb_url_names_a_folder_and_defaults_the_database(tmp_path):
     assert (target.interface, target.path, target.database) == ("chdb", str(tmp_path / "ch"), "engine")
 
 
-def test_migrations_apply_once_and_a_newer_schema_is_refused(clickhouse_url):  # noqa: F811
+def test_migrations_apply_once_and_a_newer_schema_is_refused(clickhouse_url):
     target = parse_store_url(clickhouse_url)
     store = ClickHouseStore(target)
     run_on("asyncio", store.close())
@@ -81,7 +81,7 @@ def test_migrations_apply_once_and_a_newer_schema_is_refused(clickhouse_url):  #
 
 @pytest.mark.parametrize("rows", [[], [[20240101120000, 0]]])
 def test_a_database_holding_another_tools_schema_migrations_is_refused_untouched(
-        clickhouse_url, rows):  # noqa: F811
+        clickhouse_url, rows):
     """golang-migrate's record table (``version Int64, dirty UInt8``): not engine's schema
     version, and the database is not engine's to fill."""
     target = parse_store_url(clickhouse_url)
@@ -101,7 +101,7 @@ def test_a_database_holding_another_tools_schema_migrations_is_refused_untouched
 
 
 @pytest.mark.parametrize("schema", ["none", "up to date"])
-def test_a_read_only_clickhouse_user_is_refused_saying_it_must_write(clickhouse_url, schema):  # noqa: F811
+def test_a_read_only_clickhouse_user_is_refused_saying_it_must_write(clickhouse_url, schema):
     target = parse_store_url(clickhouse_url)
     if schema == "up to date":  # start-up then creates nothing, and still must not pass
         run_on("asyncio", ClickHouseStore(target).close())
@@ -125,7 +125,7 @@ def test_a_clickhouse_user_without_a_right_is_told_what_to_grant(monkeypatch):
     assert "GRANT it CREATE DATABASE" in why and "`traces`.*" in why and "pw" not in why
 
 
-def test_a_user_without_ddl_grants_serves_a_schema_an_admin_created(clickhouse_url):  # noqa: F811
+def test_a_user_without_ddl_grants_serves_a_schema_an_admin_created(clickhouse_url):
     """The schema made by a user that may (engine serve started once as it), then serve as a
     user granted SELECT, INSERT and ALTER DELETE only: start-up creates nothing that exists
     (ClickHouse checks CREATE grants even for IF NOT EXISTS), and writes and reads work."""
@@ -147,7 +147,7 @@ def test_a_user_without_ddl_grants_serves_a_schema_an_admin_created(clickhouse_u
 
 @pytest.mark.parametrize("schema", ["none", "an older one"])
 def test_a_user_without_ddl_grants_is_told_what_to_grant_where_the_schema_needs_migrating(
-        clickhouse_url, schema):  # noqa: F811
+        clickhouse_url, schema):
     target = parse_store_url(clickhouse_url)
     if schema == "an older one":
         connect(target, None).command(f"CREATE DATABASE `{target.database}`")
@@ -160,7 +160,7 @@ def test_a_user_without_ddl_grants_is_told_what_to_grant_where_the_schema_needs_
     assert "\n" not in why and PASSWORD not in why
 
 
-def test_calls_stored_under_the_first_layout_move_to_the_part_log(clickhouse_url):  # noqa: F811
+def test_calls_stored_under_the_first_layout_move_to_the_part_log(clickhouse_url):
     """Migration 0003: calls written through 0001's view (call_parts -> calls_merged) read
     back unchanged, renames, deletes and arrival order included."""
     target = parse_store_url(clickhouse_url)
@@ -202,7 +202,7 @@ _SCHEMA_2_ASYNC_INSERT = {"async_insert": 1, "wait_for_async_insert": 1}
 
 
 @pytest.mark.parametrize("database", ["fresh", "past 0003 without the view"])
-def test_a_schema_2_server_still_running_writes_calls_this_one_reads(clickhouse_url, database):  # noqa: F811
+def test_a_schema_2_server_still_running_writes_calls_this_one_reads(clickhouse_url, database):
     """A rolling upgrade: a server of schema 2 keeps inserting into call_parts after a newer
     one migrated the database; its calls, renames and deletes land in the part log, each
     part once, on a fresh database as on one that applied 0003 before it kept that view."""
@@ -236,7 +236,7 @@ def test_a_schema_2_server_still_running_writes_calls_this_one_reads(clickhouse_
     assert parts == [("x", 10), ("y", 11), ("x", 20), ("y", 30)]
 
 
-def test_a_running_server_answers_503_once_a_newer_server_migrated_its_database(clickhouse_url,  # noqa: F811
+def test_a_running_server_answers_503_once_a_newer_server_migrated_its_database(clickhouse_url,
                                                                                 monkeypatch):  # fmt: skip
     """The next breaking migration: a newer replica migrates the database under a running
     one, which then refuses writes (small, bulk) and /ready with why, rather than answering

@@ -21,7 +21,7 @@ import uuid
 import pytest
 
 from engine.server import serve_subprocess
-from tests.server.clickhouse_fixtures import PASSWORD, clickhouse_server  # noqa: F401
+from tests.server.clickhouse_fixtures import PASSWORD
 from tests.server.fidelity.backends import HttpServer, ReferenceServer
 from tests.server.fidelity.compare import answers as run_steps
 from tests.server.fidelity.compare import differences, paired, report, score
@@ -61,7 +61,7 @@ KNOWN = {
 
 
 @pytest.fixture(scope="module")
-def answers(tmp_path_factory, clickhouse_server):  # noqa: F811
+def answers(tmp_path_factory, clickhouse_server):
     """Every store's answers and the reference's, to every step: ``(steps, {name: answers})``
     (the scenario runs once for the module's tests)."""
     folder = tmp_path_factory.mktemp("fidelity")

@@ -11,7 +11,6 @@ import pytest
 from engine.server._group import GroupCommit
 from engine.server._sqlite_store import SQLiteStore
 from engine.server.clickhouse import ClickHouseStore, parse_store_url
-from tests.server.clickhouse_fixtures import clickhouse_server, clickhouse_url  # noqa: F401
 from tests.server.harness import run_on
 from tests.server.test_clickhouse_bulk import _batches, _read_all
 
@@ -99,7 +98,7 @@ def test_a_batch_whose_request_went_away_is_still_inserted():
 
 
 @pytest.mark.integration
-def test_concurrent_batches_combined_read_back_as_sqlite_stores_them(tmp_path, clickhouse_url):  # noqa: F811
+def test_concurrent_batches_combined_read_back_as_sqlite_stores_them(tmp_path, clickhouse_url):
     starts, ends, completes = _batches()
     # starts and the ends of the same calls in separate requests (each large: the bulk path)
     requests = [(starts, [], []), ([], ends, []), ([], [], completes)]

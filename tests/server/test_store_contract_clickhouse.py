@@ -5,7 +5,6 @@ import pytest
 
 from engine.server.clickhouse import ClickHouseStore, parse_store_url
 from tests.server import test_store_contract as contract
-from tests.server.clickhouse_fixtures import clickhouse_server, clickhouse_url  # noqa: F401
 from tests.server.harness import run_on
 
 # every contract test, collected again here with the store_run below
@@ -13,7 +12,7 @@ globals().update({n: getattr(contract, n) for n in dir(contract) if n.startswith
 
 
 @pytest.fixture
-def store_run(clickhouse_url):  # noqa: F811
+def store_run(clickhouse_url):
     def run(fn):
         async def go():
             store = ClickHouseStore(parse_store_url(clickhouse_url))
