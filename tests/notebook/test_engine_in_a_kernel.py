@@ -145,12 +145,17 @@ def test_an_interrupted_cell_keeps_every_call_it_started_and_the_next_cell_trace
     steps = by_op(calls, "step")
     # every call whose start returned is stored; the loop's ended ones ended without error;
     # the one the interrupt landed in (between its start and its end) is stored, its end
-    # saying KeyboardInterrupt if its `with` block ended; at most one call more, whose
-    # start returned just as the interrupt came (before the cell could note its id)
+    # saying KeyboardInterrupt if its `with` block ended -- or no error, when the interrupt
+    # came after its block ended and before `done += 1` (seen once in a full run); at most
+    # one call more, whose start returned just as the interrupt came (before the cell could
+    # note its id)
     assert set(begun) <= set(steps) and len(steps) - len(begun) in (0, 1), (len(begun), len(steps))
     assert all(steps[i]["ended_at"] and steps[i]["exception"] is None for i in begun[:done])
     for call_id in set(steps) - set(begun[:done]):
-        assert steps[call_id]["ended_at"] is None or "KeyboardInterrupt" in steps[call_id]["exception"]
+        step = steps[call_id]
+        assert (step["ended_at"] is None or "KeyboardInterrupt" in (step["exception"] or "")
+                or (call_id == begun[-1] and len(begun) == done + 1
+                    and step["exception"] is None)), step
     assert sorted(by_op(calls, "evaluate")) == sorted(after)
     assert len(by_op(calls, "predict")) >= done + len(after)
     assert_no_engine_trouble(kernel)
