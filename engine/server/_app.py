@@ -236,7 +236,8 @@ async def start_server(
                            keepalive_timeout=header_timeout_s,
                            shutdown_timeout=shutdown_timeout_s)  # fmt: skip
     await runner.setup()
-    site = LimitedSite(runner, host, port, max_connections, ssl_context=tls)
+    site = LimitedSite(runner, host, port, max_connections, ssl_context=tls,
+                       handshake_timeout_s=header_timeout_s)
     await site.start()
     bound_host, bound_port = runner.addresses[0][:2]
     return runner, server_url(bound_host, bound_port, tls is not None)

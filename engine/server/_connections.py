@@ -7,7 +7,8 @@
   ``header_timeout_s`` (a new one, or an idle keep-alive one) is closed. aiohttp (3.14.4 on:
   the floor in pyproject.toml) runs its keep-alive timer from the connection's start, so
   ``keepalive_timeout=header_timeout_s`` covers both; a client trickling header bytes no
-  longer holds a connection for ever.
+  longer holds a connection for ever. Over HTTPS the TLS handshake is bounded by the same
+  ``header_timeout_s`` (asyncio's default would let a silent client hold it for 60 s).
 - **Bodies**: :func:`engine.server._body.read_body` answers 408 to a body that stalls for
   ``body_idle_timeout_s`` or arrives slower than ``MIN_BODY_BYTES_PER_S`` past a grace.
 """
@@ -90,9 +91,14 @@ class LimitedSite(web.TCPSite):
     """A TCP site whose connections go through a :class:`ConnectionLimit`."""
 
     def __init__(self, runner: web.BaseRunner, host: str, port: int, max_connections: int,
-                 command: str = "engine serve", ssl_context: ssl.SSLContext | None = None) -> None:  # fmt: skip
+                 command: str = "engine serve", ssl_context: ssl.SSLContext | None = None,
+                 handshake_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S) -> None:  # fmt: skip
         super().__init__(runner, host, port, ssl_context=ssl_context)
         self._max_connections = max_connections
+        # a TLS client that connects and never finishes its handshake holds a connection of
+        # the cap as one trickling its request head does: cut at the same bound (asyncio's
+        # default is 60 s)
+        self._handshake_timeout_s = handshake_timeout_s
         self._command = command
         self.limit: ConnectionLimit | None = None
 
@@ -101,5 +107,6 @@ class LimitedSite(web.TCPSite):
         assert self._runner.server is not None
         self.limit = ConnectionLimit(self._runner.server, self._max_connections, self._command)
         self._server = await asyncio.get_running_loop().create_server(
-            self.limit, self._host, self._port, reuse_address=True, ssl=self._ssl_context
+            self.limit, self._host, self._port, reuse_address=True, ssl=self._ssl_context,
+            ssl_handshake_timeout=self._handshake_timeout_s if self._ssl_context else None,
         )

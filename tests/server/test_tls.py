@@ -13,6 +13,7 @@ def pair(tmp_path_factory):
     folder = tmp_path_factory.mktemp("pki")
     ca = trustme.CA()
     cert, other = ca.issue_cert("127.0.0.1"), ca.issue_cert("127.0.0.1")
+    ca.cert_pem.write_to_path(str(folder / "ca.pem"))
     cert.cert_chain_pems[0].write_to_path(str(folder / "cert.pem"))
     cert.private_key_pem.write_to_path(str(folder / "key.pem"))
     other.private_key_pem.write_to_path(str(folder / "other-key.pem"))
@@ -51,3 +52,36 @@ def test_a_pair_that_cannot_serve_is_one_line_and_exit_2(pair, tmp_path, cert, k
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("engine: error: setting tls_") and says in lines[0], lines
     assert not (tmp_path / "t.db").exists()
+
+
+def test_a_client_that_never_finishes_its_tls_handshake_is_cut_off(run, db_path, pair):
+    """Over HTTPS a silent connection is closed at ``header_timeout_s`` as a trickling head
+    is (asyncio's own bound is 60 s), and others are served meanwhile."""
+    import asyncio
+    import ssl
+    import time
+
+    from engine.server import start_server
+
+    async def scenario():
+        runner, url = await start_server(port=0, db_path=db_path, header_timeout_s=0.5,
+                                         tls_cert=pair / "cert.pem", tls_key=pair / "key.pem")
+        try:
+            port = int(url.rsplit(":", 1)[1])
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)  # no ClientHello
+            began = time.monotonic()
+            closed = await asyncio.wait_for(reader.read(), 10)  # b"" once the server closes
+            waited = time.monotonic() - began
+            writer.close()
+            trusted = ssl.create_default_context(cafile=str(pair / "ca.pem"))
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=trusted)
+            writer.write(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            answer = await asyncio.wait_for(reader.read(), 10)
+            writer.close()
+            return closed, waited, answer
+        finally:
+            await runner.cleanup()
+
+    closed, waited, answer = run(scenario())
+    assert closed == b"" and waited < 5, waited
+    assert answer.startswith(b"HTTP/1.1 200")
