@@ -9,21 +9,13 @@ from __future__ import annotations
 import json
 import logging
 import socket
-import ssl
 import urllib.error
 import urllib.request
 from typing import Any, NamedTuple
 
 from engine.cli._args import CommandFailed
 from engine.common._auth import basic_auth, key_refused, url_credentials
-from engine.common._http import (
-    CA_HINT,
-    PROXY_HINT,
-    ProxyChoice,
-    ca_source,
-    choose_proxy,
-    urllib_opener,
-)
+from engine.common._http import ProxyChoice, choose_proxy, describe_os_error, urllib_opener
 from engine.common._redact import redact_url
 
 DEFAULT_TIMEOUT_S = 10.0
@@ -71,12 +63,9 @@ def request(url: str, *, data: bytes | None = None, headers: dict[str, str] | No
 
 def _why(exc: BaseException, proxy: ProxyChoice) -> str:
     reason = getattr(exc, "reason", exc)
-    if isinstance(reason, ssl.SSLCertVerificationError):
-        return (f"TLS certificate not trusted ({reason.verify_message}; CAs: {ca_source()}): "
-                f"{CA_HINT}")
-    if proxy.url and (isinstance(reason, ConnectionRefusedError)
-                      or "Tunnel connection failed" in str(reason)):
-        return f"through the proxy {proxy.shown}: {reason}; {PROXY_HINT}"
+    said = describe_os_error(reason, proxy) if isinstance(reason, BaseException) else None
+    if said:
+        return said
     if isinstance(reason, ConnectionRefusedError):
         return "connection refused (is the server running on that host and port?)"
     if isinstance(reason, socket.gaierror):

@@ -9,19 +9,18 @@ never reads from a socket it shares with its parent; it just opens its own.
 
 from __future__ import annotations
 
-import base64
 import http.client
 import os
-import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 from engine.client._core import ClientCore, HttpRequest, HttpResponse, Plan, RetryPolicy
+from engine.common._auth import url_credentials
 from engine.common._errors import SendError
-from engine.common._http import CA_HINT, PROXY_HINT, Route, Routes, ca_source
+from engine.common._http import Route, Routes, describe_os_error
 
 __all__ = ["SyncDriver", "SyncTransport", "Exchange"]
 
@@ -146,11 +145,9 @@ class SyncTransport:
 
 
 def _proxy_auth(proxy_url: str) -> dict[str, str]:
-    parts = urlsplit(proxy_url)
-    if parts.username is None:
-        return {}
-    pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
-    return {"Proxy-Authorization": "Basic " + base64.b64encode(pair).decode()}
+    """The proxy URL's credentials as the proxy takes them (no header without any)."""
+    auth = url_credentials(proxy_url)[1]
+    return {"Proxy-Authorization": auth} if auth else {}
 
 
 def _default_port(scheme: str) -> int:
@@ -158,12 +155,8 @@ def _default_port(scheme: str) -> int:
 
 
 def _no_answer(exc: BaseException, route: Route | None = None) -> SendError:
-    what = f"{type(exc).__name__}: {exc}"
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        what = f"TLS certificate not trusted ({exc.verify_message}; CAs: {ca_source()}): {CA_HINT}"
-    elif route is not None and route.proxy.url and (
-            isinstance(exc, ConnectionRefusedError) or "Tunnel connection failed" in str(exc)):
-        what = f"through the proxy {route.proxy.shown}: {what}; {PROXY_HINT}"
+    what = (route is not None and describe_os_error(exc, route.proxy)) \
+        or f"{type(exc).__name__}: {exc}"
     return SendError(f"no answer from the server: {what}", retriable=True)
 
 

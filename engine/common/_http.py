@@ -255,6 +255,20 @@ def describe_client_error(exc: BaseException, proxy: str = "direct") -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def describe_os_error(error: BaseException, proxy: ProxyChoice) -> str | None:
+    """What a blocking client's connection error (urllib's, http.client's) says of the CAs or
+    the proxy, with what to check; None when it is neither (the caller says it its way)."""
+    import ssl
+
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return (f"TLS certificate not trusted ({error.verify_message}; CAs: {ca_source()}): "
+                f"{CA_HINT}")
+    if proxy.url and (isinstance(error, ConnectionRefusedError)
+                      or "Tunnel connection failed" in str(error)):
+        return f"through the proxy {proxy.shown}: {type(error).__name__}: {error}; {PROXY_HINT}"
+    return None
+
+
 def _ssl_reason(error: BaseException) -> str:
     return getattr(error, "verify_message", None) or getattr(error, "reason", None) or str(error)
 
