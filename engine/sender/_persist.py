@@ -7,6 +7,12 @@ lost: at exit it is still in the ring set, which is kept for the next engine or 
 replay`` to recover (:mod:`engine.ring._orphans`). Each path and OS error is logged once,
 with its path; the items are counted by reason (``unpersisted_no_space``,
 ``unpersisted_unwritable``).
+
+Dead-lettered batches are said once per reason, HTTP status and detail, then at most once
+every ``REPEAT_LINE_EVERY_S`` with what went the same way meanwhile ("dead-lettered 51,234
+items in 37 batches in the last 60 s (http, HTTP 401): invalid API key"), and what is left
+unsaid at exit just before the exit line: a server that refuses every batch of a long eval
+fills no log, and every item is still counted (``dead_*``) and said.
 """
 
 from __future__ import annotations
@@ -27,6 +33,10 @@ log = logging.getLogger("engine.sender")
 
 _NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 RETRY_PARKED_S = 1.0
+# a server that refuses batch after batch for the same reason (a wrong key, a project it
+# will not take) gets one line, then one line a minute with what it refused meanwhile
+REPEAT_LINE_EVERY_S = 60.0
+_MAX_REPEAT_KEYS = 256  # distinct (reason, status, detail) remembered; beyond: a line each
 DEAD_COUNTERS = {
     "too_large": "dead_too_large",
     "invalid": "dead_invalid",
@@ -48,7 +58,8 @@ class Persister:
     """
 
     def __init__(self, control: Control, dead: DeadLetters, spool: Any | None,
-                 release: Callable[[Batch], None]) -> None:
+                 release: Callable[[Batch], None],
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.control = control
         self.dead = dead
         self.spool = spool
@@ -56,6 +67,9 @@ class Persister:
         self.parked: list[tuple[Batch, str, int | None, str]] = []
         self._reported: set[tuple[str, int | None]] = set()
         self._next_retry_s = 0.0
+        # (reason, status, detail) -> [when it was last said, batches and items since]
+        self._repeats: dict[tuple[str, int | None, str], list] = {}
+        self._clock = clock
 
     def give_up(self, batch: Batch, reason: str, status: int | None, detail: str) -> None:
         """A batch past its deadline or closing: spool it if we can, else dead-letter it."""
@@ -90,10 +104,7 @@ class Persister:
                 self.parked.append((batch, reason, status, detail))
                 self.control.add("parked_items", len(batch))
             return False
-        # at shutdown the exit line counts them, and where they went: one line, not one a batch
-        log.log(logging.INFO if reason == "shutdown" else logging.ERROR,
-                "dead-lettered %d items (%s%s): %s", len(batch), reason,
-                "" if status is None else f", HTTP {status}", detail)
+        self._say_dead(len(batch), reason, status, detail)
         self.control.add("dead_letters", len(batch))
         self.control.add(DEAD_COUNTERS.get(reason, "dead_http"), len(batch))
         self.release(batch)
@@ -114,6 +125,37 @@ class Persister:
                 still.append(entry)
         self.parked = still
 
+    def _say_dead(self, items: int, reason: str, status: int | None, detail: str) -> None:
+        """The first batch of a reason said at once; the next ones with it, together, when
+        ``REPEAT_LINE_EVERY_S`` has passed since it was last said (:meth:`say_repeats`)."""
+        now_s = self._clock()
+        key = (reason, status, detail)
+        seen = self._repeats.get(key)
+        if seen is None:
+            if len(self._repeats) >= _MAX_REPEAT_KEYS:
+                self.say_repeats(force=True)
+                self._repeats.clear()
+            self._repeats[key] = [now_s, 0, 0]
+            _dead_line(key, items, 1, None)
+            return
+        seen[1] += 1
+        seen[2] += items
+        if now_s - seen[0] >= REPEAT_LINE_EVERY_S:
+            self._say_repeat(key, seen, now_s)
+
+    def say_repeats(self, force: bool = False) -> None:
+        """Say what was dead-lettered unsaid for a reason last said ``REPEAT_LINE_EVERY_S``
+        ago (``force``: all of it, as at exit)."""
+        now_s = self._clock()
+        for key, seen in self._repeats.items():
+            if seen[1] and (force or now_s - seen[0] >= REPEAT_LINE_EVERY_S):
+                self._say_repeat(key, seen, now_s)
+
+    @staticmethod
+    def _say_repeat(key: tuple[str, int | None, str], seen: list, now_s: float) -> None:
+        _dead_line(key, seen[2], seen[1], now_s - seen[0])
+        seen[:] = [now_s, 0, 0]
+
     def parked_items(self) -> int:
         return sum(len(batch) for batch, *_ in self.parked)
 
@@ -130,6 +172,17 @@ class Persister:
         self._reported.add(key)
         error = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         log.error("cannot write items to %s: %s; %s", path, error, then)
+
+
+def _dead_line(key: tuple[str, int | None, str], items: int, batches: int,
+               over_s: float | None) -> None:
+    reason, status, detail = key
+    what = f"{items:,} item{'s' if items != 1 else ''}"
+    if over_s is not None:
+        what += f" in {batches:,} batch{'es' if batches != 1 else ''} in the last {over_s:.0f} s"
+    # at shutdown the exit line counts them and says where they went: INFO
+    log.log(logging.INFO if reason == "shutdown" else logging.ERROR, "dead-lettered %s (%s%s): %s",
+            what, reason, "" if status is None else f", HTTP {status}", detail)
 
 
 def _call_id_text(call_id: bytes) -> str | None:

@@ -226,6 +226,7 @@ class Sender(Intake, Delivery, Shutdown):
         for slot in self.reader.reap():
             self.tracker.forget_slot(slot)
         self.persister.retry_parked()
+        self.persister.say_repeats()
         if self.stop_deadline_s is None:
             self._stop_due()
         return self.stop_deadline_s is not None

@@ -112,6 +112,7 @@ class Shutdown:
         self.waiting.clear()
         self._settle_leftovers()
         self.persister.retry_parked(force=True)
+        self.persister.say_repeats(force=True)
         self._publish_gauges()
         self._report_exit()
         if self.owner_stops and not ring.holds_records(self.ringset) and not self._attached():

@@ -3,6 +3,7 @@ is down is reported (what, since when, how many items wait, where they go); flus
 True only for what the server acknowledged. Each case runs a real owner process whose
 sender's log lines are read from its stderr."""
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -194,3 +195,44 @@ def test_a_refused_key_is_named_by_where_it_came_from(tmp_path, source):
         outcome, log = _owner(url, tmp_path, **settings)
     assert outcome["acked"] == 0 and said in log and "ENGINE_API_KEY" not in log
     assert wrong not in log
+
+
+_REFUSED_OWNER = textwrap.dedent("""
+    import json, sys
+    from engine.producer._engine import Engine
+    from tests.engine.helpers import trace_calls
+    settings = json.loads(sys.argv[2])
+    with Engine(url=sys.argv[1], project="ops/silence", **settings) as eng:
+        for _ in range(12):  # a batch each: flush() sends what the ring holds
+            trace_calls(eng.producer(), 5)
+            eng.flush(timeout_s=30)
+        stats = eng.stats()
+        print(json.dumps({"acked": stats["items_acked"], "dead": stats["dead_letters"]}))
+""")
+
+
+def test_a_server_refusing_every_batch_is_one_line_and_a_sum_at_exit(tmp_path):
+    """A wrong key through a long eval logged one line per refused batch (thousands an
+    hour); now the first batch of a reason is said, then what went the same way once a
+    minute and at exit, before the exit line. Every item is still in the dead letters."""
+    import json
+
+    keys = tmp_path / "keys"
+    keys.write_text("granted-key-0123456789 rw ops/*\n")
+    keys.chmod(0o600)
+    settings = {"dead_letter_path": str(tmp_path / "dead.jsonl"), "api_key": "wrong-key-0123456789",
+                "shutdown_timeout_s": 5.0}
+    with serve_subprocess(tmp_path / "t.db", keys_file=keys) as url:
+        result = subprocess.run([sys.executable, "-c", _REFUSED_OWNER, url, json.dumps(settings)],
+                                capture_output=True, text=True, timeout=120,
+                                env={"PATH": "/usr/bin:/bin", "PYTHONPATH": "."})
+    assert result.returncode == 0, result.stderr
+    outcome = json.loads(result.stdout.splitlines()[-1])
+    assert outcome == {"acked": 0, "dead": 12 * 5 * 2}
+    lines = [line for line in result.stderr.splitlines() if re.search(r"dead-lettered \d", line)]
+    assert len(lines) == 2, result.stderr
+    first = int(lines[0].split("dead-lettered ")[1].split()[0])
+    assert lines[0].endswith("(http, HTTP 401): invalid API key")
+    assert f"dead-lettered {120 - first} items in " in lines[1] and "batches in the last" in lines[1]
+    assert result.stderr.index(lines[1]) < result.stderr.index("0 items delivered to")
+    assert len((tmp_path / "dead.jsonl").read_text().splitlines()) == 120

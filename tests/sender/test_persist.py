@@ -32,6 +32,58 @@ def test_the_dead_letter_line_names_the_http_status_only_when_there_was_one(tmp_
         assert persister.dead_letter(_batch(), "shutdown", None, "engine closed before delivery")
         assert persister.dead_letter(_batch(), "http", 400, "bad request")
     lines = [r.getMessage() for r in caplog.records if "dead-lettered" in r.getMessage()]
-    assert lines == ["dead-lettered 1 items (shutdown): engine closed before delivery",
-                     "dead-lettered 1 items (http, HTTP 400): bad request"]
+    assert lines == ["dead-lettered 1 item (shutdown): engine closed before delivery",
+                     "dead-lettered 1 item (http, HTTP 400): bad request"]
     assert len(released) == 2 and len(list(read_dead_letters(tmp_path / "dead.jsonl"))) == 2
+
+
+def test_a_server_refusing_batch_after_batch_gets_one_line_then_one_a_minute(tmp_path, caplog):
+    """A wrong key or a refused project over a long eval: the first batch of each reason is
+    said at once, the next ones together once a minute has passed, what is left at exit
+    before the exit line; every item is still dead-lettered and counted."""
+    now = [100.0]
+    control = _Control()
+    with DeadLetters(tmp_path / "dead.jsonl") as dead, caplog.at_level(logging.INFO):
+        persister = Persister(control, dead, None, lambda batch: None,  # type: ignore[arg-type]
+                              clock=lambda: now[0])
+        for _ in range(50):  # 50 batches within the minute: one line
+            persister.dead_letter(_batch(), "http", 401, "invalid API key")
+            now[0] += 1
+        persister.dead_letter(_batch(), "http", 422, "bad item")  # another reason: said
+        persister.say_repeats()  # 50 s since the first: nothing yet
+        lines = [r.getMessage() for r in caplog.records if "dead-lettered" in r.getMessage()]
+        assert lines == ["dead-lettered 1 item (http, HTTP 401): invalid API key",
+                         "dead-lettered 1 item (http, HTTP 422): bad item"]
+        now[0] += 10
+        persister.say_repeats()  # the housekeeping's tick, a minute on
+        persister.say_repeats()  # nothing new since
+        for _ in range(3):
+            persister.dead_letter(_batch(), "http", 401, "invalid API key")
+        persister.say_repeats(force=True)  # the exit
+        persister.say_repeats(force=True)
+    lines = [r.getMessage() for r in caplog.records if "dead-lettered" in r.getMessage()]
+    assert lines[2:] == [
+        "dead-lettered 49 items in 49 batches in the last 60 s (http, HTTP 401): invalid API key",
+        "dead-lettered 3 items in 3 batches in the last 0 s (http, HTTP 401): invalid API key"]
+    assert all(r.levelno == logging.ERROR for r in caplog.records if "dead-lettered" in
+               r.getMessage())
+    assert control.counts["dead_letters"] == control.counts["dead_http"] == 54
+    assert len(list(read_dead_letters(tmp_path / "dead.jsonl"))) == 54
+
+
+def test_a_batch_of_a_reason_last_said_a_minute_ago_is_said_with_what_came_before_it(
+        tmp_path, caplog):
+    now = [0.0]
+    with DeadLetters(tmp_path / "dead.jsonl") as dead, caplog.at_level(logging.INFO):
+        persister = Persister(_Control(), dead, None, lambda batch: None,  # type: ignore[arg-type]
+                              clock=lambda: now[0])
+        persister.dead_letter(_batch(), "deadline", None, "server down")
+        now[0] = 30.0
+        persister.dead_letter(_batch(), "deadline", None, "server down")
+        now[0] = 61.0
+        persister.dead_letter(_batch(), "deadline", None, "server down")
+        now[0] = 62.0
+        persister.dead_letter(_batch(), "deadline", None, "server down")
+    lines = [r.getMessage() for r in caplog.records if "dead-lettered" in r.getMessage()]
+    assert lines == ["dead-lettered 1 item (deadline): server down",
+                     "dead-lettered 2 items in 2 batches in the last 61 s (deadline): server down"]
