@@ -68,8 +68,12 @@ function el(tag, attrs, ...children) {
   return node;
 }
 
+// a link inside a row that opens on a click itself (a call in a list): the row must not
+// see the click too, or it opens the page a second time (two history entries) or, on a
+// click into a new tab, opens it here as well
 function link(href, text, cls) {
   return el("a", { href, class: cls, onclick: (ev) => {
+    ev.stopPropagation();
     if (ev.ctrlKey || ev.metaKey || ev.shiftKey || ev.button !== 0) return;
     ev.preventDefault();
     go(href);
