@@ -11,6 +11,7 @@ from pathlib import Path
 
 from engine.cli import _args
 from engine.cli._args import CommandFailed, UsageError
+from engine.common import _env
 
 
 def add(subparsers: argparse._SubParsersAction) -> None:
@@ -68,6 +69,14 @@ def add(subparsers: argparse._SubParsersAction) -> None:
         help="stop once process PID, this server's parent, exits (however it ends): for a "
         "program that runs the server as its child (engine demo does)",
     )  # fmt: skip
+    serve.add_argument(
+        "--root-path", type=_root_path, default=None,
+        metavar="PATH",
+        help="behind a reverse proxy at a path prefix (https://tools.example/engine/ -> this "
+        "server): that prefix, e.g. /engine; the trace browser builds every URL under it, and "
+        "requests are served with it or without it (a proxy that strips it or not; default "
+        f"${_env.ROOT_PATH}, else none; docs/serve.md, \"Behind a reverse proxy\")",
+    )  # fmt: skip
     _args.add_max_connections_flag(serve, "server")
     _args.add_tls_flags(serve)
     _args.add_key_flags(serve, "set $ENGINE_API_KEY for one key that may read and write every "
@@ -96,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
                    retention_interval_s=args.retention_interval_s,
                    missing_op_grace_s=args.missing_op_grace_s, parent_pid=args.parent_pid,
                    shutdown_timeout_s=args.shutdown_timeout_s, tls_cert=args.tls_cert,
-                   tls_key=args.tls_key)
+                   tls_key=args.tls_key, root_path=_chosen_root_path(args))
     except sqlite3.Error as exc:
         raise CommandFailed(f"serve: cannot use the database {args.db or 'at the default path'}: "
                             f"{exc} (is it an SQLite file written by engine serve?)") from exc
@@ -107,6 +116,25 @@ def run(args: argparse.Namespace) -> int:
             _remove_store(db_path)
         raise CommandFailed(_listen_error(args.host, args.port, exc)) from exc
     return 0
+
+
+def _root_path(text: str) -> str:
+    from engine.server._root_path import normalise
+
+    try:
+        return normalise(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _chosen_root_path(args: argparse.Namespace) -> str:
+    """``--root-path``, else ``$ENGINE_ROOT_PATH`` (a bad one named as such: exit 2)."""
+    if args.root_path is not None:
+        return args.root_path
+    try:
+        return _root_path(os.environ.get(_env.ROOT_PATH, ""))
+    except argparse.ArgumentTypeError as exc:
+        raise UsageError(f"serve: ${_env.ROOT_PATH}: {exc}") from None
 
 
 def _refuse_foreign(db_path: Path) -> None:

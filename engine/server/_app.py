@@ -19,6 +19,7 @@ from engine.common import _metrics
 from engine.common._errors import ConfigError
 from engine.server import (
     _graphql,
+    _root_path,
     _routes_actions,
     _routes_calls,
     _routes_completions,
@@ -106,15 +107,16 @@ OPEN_ROUTES = frozenset({("GET", "/health"), ("HEAD", "/health"), ("GET", "/read
                          ("HEAD", "/ready")})
 
 
-def _auth_middleware(keys: KeyRing) -> Any:
-    """Every route but :data:`OPEN_ROUTES` needs a key; the key's grant holds for the rest
-    of the request, where the guarded store checks each project it touches against it. An
-    open route without a key runs with :data:`NO_KEY`, which reaches no project."""
+def _auth_middleware(keys: KeyRing, open_routes: frozenset[tuple[str, str]]) -> Any:
+    """Every route but ``open_routes`` (:data:`OPEN_ROUTES`, under the root path too) needs
+    a key; the key's grant holds for the rest of the request, where the guarded store checks
+    each project it touches against it. An open route without a key runs with
+    :data:`NO_KEY`, which reaches no project."""
 
     @web.middleware
     async def auth(request: web.Request, handler: Any) -> web.StreamResponse:
         CURRENT_GRANT.set(keys.grant_for(request.headers.get("Authorization"),
-                                         (request.method, request.path), OPEN_ROUTES))
+                                         (request.method, request.path), open_routes))
         return await handler(request)
 
     return auth
@@ -131,6 +133,14 @@ def key_ring(api_key: str | None, keys: KeyRing | None) -> KeyRing | None:
     if api_key is None:
         return keys
     return KeyRing({api_key: Grant("api_key", ("*",), True)})
+
+
+def checked_root_path(root_path: str) -> str:
+    """The root path normalised (``/engine``, or ``""``); ConfigError naming what is wrong."""
+    try:
+        return _root_path.normalise(root_path)
+    except ValueError as exc:
+        raise ConfigError("root_path", str(exc)) from None
 
 
 # request Structs of routes the wire registry (engine.wire.routes) does not list
@@ -150,26 +160,34 @@ def build_app(
     retention_days: int | None = None,
     retention_interval_s: float = DEFAULT_INTERVAL_S,
     missing_op_grace_s: float = GRACE_S,
+    root_path: str = "",
 ) -> web.Application:
     """``retention_days``: how long calls of projects without their own retention are
     kept (None: until deleted); ``retention_interval_s``: how often calls past their
     retention are deleted (:mod:`engine.server._retention`); ``missing_op_grace_s``: how
-    long after a call first names a weave op the server looks it up (:mod:`._op_watch`)."""
+    long after a call first names a weave op the server looks it up (:mod:`._op_watch`);
+    ``root_path``: the path prefix of a reverse proxy in front (:mod:`._root_path`)."""
+    root_path = checked_root_path(root_path)
     keys = key_ring(api_key, keys)
     # no other website's page, and without keys (loopback only) no name but loopback's
     middlewares = [_json_errors, origin_middleware("engine serve", loopback_only=keys is None)]
-    middlewares += [_auth_middleware(keys)] if keys else []
+    middlewares += [_auth_middleware(keys, _root_path.open_under(root_path, OPEN_ROUTES))] \
+        if keys else []
     # bodies are read and limited by _body.read_body; aiohttp's own cap only guards request.read()
     app = web.Application(middlewares=middlewares, client_max_size=max_body_bytes)
     app[STATE] = ServerState(GuardedStore(store), max_body_bytes)
-    app.router.add_get("/metrics", _serve_metrics)
+    app[_routes_ui.ROOT_PATH] = root_path
+    table = [web.get("/metrics", _serve_metrics)]
     for module in (_routes_misc, _routes_calls, _graphql, _routes_objects, _routes_tables,
                    _routes_refs, _routes_files, _routes_feedback, _routes_costs, _routes_otel,
                    _routes_threads, _routes_actions, _routes_completions, _routes_labels,
                    _routes_v2, _routes_eval_runs, _routes_predictions, _routes_usage,
                    _routes_retention, _routes_unsupported, _routes_ui):  # fmt: skip
-        app.add_routes(module.routes)
-    _routes_ui.add_pages(app)  # the trace browser's pages: after every API route
+        table += module.routes
+    table += _routes_ui.PAGES  # the trace browser's pages: after every API route
+    app.add_routes(table)
+    if root_path:  # a request that arrives with the root path is served too
+        app.add_routes(_root_path.under(root_path, table))
     app[_routes_retention.DEFAULT_DAYS] = retention_days
     pruner = Pruner(store, app[STATE].counters, retention_interval_s, retention_days)
     app.cleanup_ctx.append(functools.partial(_background, pruner.run))
@@ -210,15 +228,18 @@ async def start_server(
     missing_op_grace_s: float = GRACE_S,
     tls_cert: Path | str | None = None,
     tls_key: Path | str | None = None,
+    root_path: str = "",
 ) -> tuple[web.AppRunner, str]:
     """Start serving on the running loop; returns the runner (``await runner.cleanup()``) and URL.
-    With ``tls_cert`` and ``tls_key`` (PEM files; the key mode 0600) it serves HTTPS.
+    With ``tls_cert`` and ``tls_key`` (PEM files; the key mode 0600) it serves HTTPS;
+    with ``root_path`` (``/engine``) it is ready for a reverse proxy at that prefix.
 
     Without keys (``api_key`` or ``keys``) only a loopback ``host`` is accepted. Connections
     are capped and slow ones cut off (:mod:`engine.server._connections`). The runner's
     cleanup waits up to ``shutdown_timeout_s`` for the requests in progress, then cancels
     them."""
     check_bind("engine serve", host, key_ring(api_key, keys))
+    checked_root_path(root_path)  # refused before the store opens, as a bad TLS pair is
     tls = server_context(tls_cert, tls_key)  # a bad pair is refused before the store opens
     password_file = Path(clickhouse_password_file) if clickhouse_password_file else None
     app = build_app(
@@ -229,6 +250,7 @@ async def start_server(
         retention_days=retention_days,
         retention_interval_s=retention_interval_s,
         missing_op_grace_s=missing_op_grace_s,
+        root_path=root_path,
     )
     # auto_decompress=False: aiohttp would inflate bodies without any size cap (a zip bomb
     # costs memory before a handler runs); _body.decompress inflates with the limit instead
@@ -267,6 +289,11 @@ async def serve_until_signal(parent_pid: int | None = None, **options: Any) -> N
     if options.get("retention_days") is not None:
         print(f"engine serve: calls of projects without their own retention are deleted "
               f"{options['retention_days']} days after they start", flush=True)
+    root = checked_root_path(options.get("root_path", ""))
+    if root:
+        print(f"engine serve: root path {root}: the trace browser builds its URLs under it, "
+              f"for a reverse proxy that forwards {root}/ here (with the prefix stripped or "
+              f"not); from this machine: {url}{root}/", flush=True)
     try:
         await stop.wait()
     finally:

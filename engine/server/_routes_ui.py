@@ -6,10 +6,13 @@ The page is served at ``/`` and at the paths weave prints for a trace (with
 it shows comes from the server's own query routes (``/calls/stream_query``, ``/objs/query``,
 ``/table/query``, …), called by ``app.js`` from the browser: no build step, nothing fetched
 from elsewhere, works offline. With keys configured every route needs one, these too.
+Behind a reverse proxy at a path prefix (``--root-path``) the page carries the prefix, and
+``app.js`` builds every URL under it.
 """
 
 from __future__ import annotations
 
+import html
 from importlib import resources
 
 from aiohttp import web
@@ -20,6 +23,9 @@ from engine.server._state import state_of
 routes = web.RouteTableDef()
 PAGE_ROUTE = "ui-page"
 ASSET_ROUTE = "ui-asset"
+# where the browser finds the server's paths behind a reverse proxy (engine.server._root_path)
+ROOT_PATH = web.AppKey("root_path", str)
+_ROOT_MARK = b"{{root}}"
 _ASSETS = {"app.js": "text/javascript", "app.css": "text/css", "favicon.svg": "image/svg+xml"}
 # the page's own code and the server's routes only: data shown can never run as code
 _CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -36,7 +42,11 @@ def _headers(content_type: str) -> dict[str, str]:
 
 
 async def page(request: web.Request) -> web.Response:
-    return web.Response(body=_read("index.html"), headers=_headers("text/html"))
+    """index.html with the root path in its asset URLs and in ``data-root-path``, where
+    ``app.js`` reads it (validated to URL-safe characters; escaped all the same)."""
+    root = html.escape(request.app[ROOT_PATH], quote=True).encode()
+    body = _read("index.html").replace(_ROOT_MARK, root)
+    return web.Response(body=body, headers=_headers("text/html"))
 
 
 async def asset(request: web.Request) -> web.Response:
@@ -60,12 +70,10 @@ async def projects(request: web.Request) -> web.Response:
         for p in sorted(counts)]})
 
 
-def add_pages(app: web.Application) -> None:
-    """Register the page's paths last, after every API route (they only add GETs)."""
-    app.router.add_get("/ui/{name}", asset, name=ASSET_ROUTE)
-    # not /{entity}/{project} alone: /wrong-prefix/server_info must stay a 404, which says
-    # "wrong path" to a client probing a base URL
-    paths = ("/", "/{entity}/{project}/r/call/{call_id}", "/{entity}/{project}/weave",
-             "/{entity}/{project}/weave/{tail:.*}")
-    for number, path in enumerate(paths):
-        app.router.add_get(path, page, name=f"{PAGE_ROUTE}.path{number}")
+# not /{entity}/{project} alone: /wrong-prefix/server_info must stay a 404, which says
+# "wrong path" to a client probing a base URL
+_PAGE_PATHS = ("/", "/{entity}/{project}/r/call/{call_id}", "/{entity}/{project}/weave",
+               "/{entity}/{project}/weave/{tail:.*}")
+# registered last, after every API route (they only add GETs)
+PAGES = [web.get("/ui/{name}", asset, name=ASSET_ROUTE)] + [
+    web.get(path, page, name=f"{PAGE_ROUTE}.path{number}") for number, path in enumerate(_PAGE_PATHS)]

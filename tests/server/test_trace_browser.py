@@ -129,7 +129,8 @@ def _wait(driver, css: str, text: str | None = None, timeout_s: float = 60):
         return hit[0] if hit else False
 
     # a node found may be replaced before its text is read: the page rendered again
-    return WebDriverWait(driver, timeout_s, ignored_exceptions=(StaleElementReferenceException,)
+    return WebDriverWait(driver, timeout_s, poll_frequency=0.05,
+                         ignored_exceptions=(StaleElementReferenceException,)
                          ).until(found, f"{css} with {text!r}")
 
 
@@ -627,3 +628,100 @@ def test_a_key_refused_for_a_project_shows_the_servers_reason(browser, odd_serve
     assert "other/p" in error.text and "API key" in error.text, error.text
     assert "needs an API key" not in error.text
     assert browser.find_element(By.ID, "keyform").is_displayed()  # another key may do
+
+
+# -- behind a reverse proxy at a path prefix (engine serve --root-path; docs/serve.md) ----------
+
+PREFIXED = "acme/p"
+
+
+def _trace_small(url: str) -> str:
+    """Two root calls, the second with two children, written to ``url``; its id."""
+    with Engine(url=url, project=PREFIXED) as eng:
+        tracer = eng.producer()
+        with tracer.call("load", inputs={"n": 1}) as first:
+            first.output = "loaded"
+        with tracer.call("evaluate", inputs={"n": 2}) as root:
+            for name in ("predict", "score"):
+                with tracer.call(name, inputs={"of": name}) as child:
+                    child.output = f"{name} done"
+            root.output = {"score": 1.0}
+        assert eng.flush(timeout_s=60)
+    return root.id
+
+
+def _browse_prefixed(browser, base: str, root_id: str, whole: bool = True) -> None:
+    """The calls list at ``base``, a call opened from it (``whole``: a link in its tree
+    followed, back twice, the navigation's links, the link weave prints for a call): every
+    URL of the page under ``base``."""
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{base}/{PREFIXED}/weave/calls")
+    _wait(browser, "#range", "1–2 of 2 calls")
+    browser.find_element(By.LINK_TEXT, "evaluate").click()
+    _wait(browser, "#call-title", "evaluate")
+    assert browser.current_url == f"{base}/{PREFIXED}/r/call/{root_id}"
+    assert "predict" in browser.find_element(By.ID, "tree").text
+    if not whole:
+        return
+    browser.find_element(By.LINK_TEXT, "score").click()
+    _wait(browser, "#call-title", "score")
+    assert browser.current_url.startswith(f"{base}/{PREFIXED}/r/call/")
+    assert "score done" in browser.find_element(By.ID, "output").text
+    browser.back()
+    _wait(browser, "#call-title", "evaluate")
+    browser.back()
+    _wait(browser, "#range", "1–2 of 2 calls")
+    assert browser.current_url == f"{base}/{PREFIXED}/weave/calls"
+    browser.find_element(By.LINK_TEXT, "Objects").click()
+    _wait(browser, "#main", "No objects in this project.")
+    assert browser.current_url == f"{base}/{PREFIXED}/weave/objects"
+    browser.find_element(By.CSS_SELECTOR, "a.brand").click()
+    _wait(browser, "#projects", PREFIXED)
+    assert browser.current_url == f"{base}/"
+    browser.find_element(By.LINK_TEXT, PREFIXED).click()
+    _wait(browser, "#range", "1–2 of 2 calls")
+    # weave prints {WANDB_BASE_URL}/{entity}/{project}/r/call/{id} (its own code builds it
+    # in the first test of this file); with WANDB_BASE_URL at the proxy's prefix:
+    browser.get(f"{base}/{PREFIXED}/r/call/{root_id}")
+    _wait(browser, "#call-title", "evaluate")
+
+
+def test_the_trace_browser_behind_a_reverse_proxy_at_a_path_prefix(browser, tmp_path):
+    """engine serve --root-path /engine behind a proxy that strips /engine (nginx's
+    ``proxy_pass http://up/;``), with calls written through the proxy: the page, its API
+    calls, links and history all go through the prefix. The same server behind a proxy
+    that keeps the prefix, and at its own URL, with the prefix and without."""
+    from tests.server.reverse_proxy import ReverseProxy
+
+    with serve_subprocess(tmp_path / "traces.db", flags=("--root-path", "/engine")) as url, \
+            ReverseProxy(url, "/engine") as proxy:
+        base = proxy.url + "/engine"
+        root_id = _trace_small(base)
+        _browse_prefixed(browser, base, root_id)
+        assert proxy.paths and all(asked.startswith("/engine/") for asked, _ in proxy.paths)
+        assert {"/ui/app.js", "/calls/stream_query", "/call/read"} <= {sent for _, sent in proxy.paths}
+
+        with ReverseProxy(url, "/engine", strip=False) as keeping:
+            _browse_prefixed(browser, keeping.url + "/engine", root_id, whole=False)
+            assert keeping.paths and all(asked == sent for asked, sent in keeping.paths)
+        _browse_prefixed(browser, url + "/engine", root_id, whole=False)  # the server's own URL
+        browser.get(f"{url}/{PREFIXED}/weave/calls")  # and without the prefix
+        _wait(browser, "#range", "1–2 of 2 calls")
+        _no_console_errors(browser)
+
+
+def test_without_root_path_the_trace_browser_behind_a_prefix_loads_nothing(browser, tmp_path):
+    """What --root-path is for: behind the same proxy, the page of a server without it asks
+    for its script at the host's root, past the proxy's prefix, and shows nothing."""
+    from selenium.webdriver.common.by import By
+
+    from tests.server.reverse_proxy import ReverseProxy
+
+    with serve_subprocess(tmp_path / "traces.db") as url, ReverseProxy(url, "/engine") as proxy:
+        browser.get(f"{proxy.url}/engine/{PREFIXED}/weave/calls")
+        _wait(browser, "#main", "Loading…")
+        assert browser.execute_script("return document.readyState") == "complete"
+        assert not browser.find_elements(By.ID, "range")
+        missing = [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        assert any(f"{proxy.url}/ui/app.js" in m and "404" in m for m in missing), missing

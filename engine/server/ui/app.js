@@ -13,6 +13,9 @@ const LIST_COLUMNS = ["id", "trace_id", "parent_id", "op_name", "display_name", 
                       "ended_at", "exception", "summary"];
 const TREE_COLUMNS = ["id", "parent_id", "op_name", "started_at", "ended_at", "exception"];
 const KEY_STORE = "engine-api-key";
+// the path prefix of a reverse proxy in front (engine serve --root-path), "" without one:
+// every URL this page builds starts with it
+const ROOT = document.documentElement.dataset.rootPath || "";
 let apiKey = sessionStorage.getItem(KEY_STORE) || "";
 
 // -- talking to the server ----------------------------------------------------------------
@@ -34,7 +37,7 @@ async function request(path, body) {
   if (body !== undefined) init.body = JSON.stringify(body);
   // from the origin: a page opened at http://api:KEY@host/ has the key in its own URL,
   // which fetch refuses in a request's (the browser sends it from its own store)
-  const res = await fetch(location.origin + path, init);
+  const res = await fetch(location.origin + ROOT + path, init);
   const text = await res.text();
   if (res.status === 401) {
     document.getElementById("keyform").hidden = false;
@@ -68,8 +71,12 @@ function el(tag, attrs, ...children) {
   return node;
 }
 
+// a link inside a row that opens on a click itself (a call in a list): the row must not
+// see the click too, or it opens the page a second time (two history entries) or, on a
+// click into a new tab, opens it here as well
 function link(href, text, cls) {
   return el("a", { href, class: cls, onclick: (ev) => {
+    ev.stopPropagation();
     if (ev.ctrlKey || ev.metaKey || ev.shiftKey || ev.button !== 0) return;
     ev.preventDefault();
     go(href);
@@ -155,10 +162,11 @@ function costOf(call) {
     sumOf([c.prompt_tokens_total_cost, c.completion_tokens_total_cost])));
 }
 
-// a project's path, each of its two names encoded: a name with %, ? or # stays one name
+// a project's path (under the root path), each of its two names encoded: a name with %, ?
+// or # stays one name
 function projectPath(project) {
   const at = project.indexOf("/");
-  return `/${encodeURIComponent(project.slice(0, at))}/${encodeURIComponent(project.slice(at + 1))}`;
+  return `${ROOT}/${encodeURIComponent(project.slice(0, at))}/${encodeURIComponent(project.slice(at + 1))}`;
 }
 
 // a name "." or ".." cannot be a part of a path: browsers resolve it, encoded or not
@@ -828,8 +836,15 @@ function decoded(part) {
   try { return decodeURIComponent(part); } catch (err) { return part; }
 }
 
+// this page's path without the root path (the server also serves it without: a proxy
+// that strips the prefix, the server's own URL)
+function pagePath() {
+  const path = location.pathname;
+  return ROOT && (path === ROOT || path.startsWith(ROOT + "/")) ? path.slice(ROOT.length) : path;
+}
+
 function render() {
-  const parts = location.pathname.split("/").filter(Boolean).map(decoded);
+  const parts = pagePath().split("/").filter(Boolean).map(decoded);
   if (parts.length < 2) {
     renderNav(null);
     return projectsPage().catch(fail);
