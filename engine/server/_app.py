@@ -146,7 +146,8 @@ def checked_root_path(root_path: str) -> str:
 # request Structs of routes the wire registry (engine.wire.routes) does not list
 REQUEST_TYPES = {**_routes_labels.REQUEST_TYPES, **_routes_v2.REQUEST_TYPES,
                  **_routes_eval_runs.REQUEST_TYPES, **_routes_usage.REQUEST_TYPES,
-                 **_routes_predictions.REQUEST_TYPES, **_routes_retention.REQUEST_TYPES}  # fmt: skip
+                 **_routes_predictions.REQUEST_TYPES, **_routes_retention.REQUEST_TYPES,
+                 **_routes_ui.REQUEST_TYPES}  # fmt: skip
 # POST routes that read no body (weave's client sends none)
 NO_BODY_ROUTES = frozenset(_routes_predictions.NO_BODY)
 

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import itertools
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -229,3 +230,38 @@ async def expand_refs(call: CallRow, columns: list[str],
         _set_path(root, parts, {} if val is None else val)
         _set_path(root, [*parts, "_ref"], ref)
         call[head] = root[head]
+
+
+# -- previews: the start of a value, for a page that shows only its first characters -------
+
+
+def preview(value: Any, chars: int, depth: int = 0) -> Any:
+    """``value`` cut so that its JSON text starts with the same ``chars`` characters or more:
+    strings to ``chars`` characters (weave refs whole: a page reads them), lists and objects
+    to their first ``chars`` entries, nesting to ``chars`` levels. Each entry kept takes at
+    least one character of the text, so what is cut lies past its first ``chars``."""
+    if isinstance(value, str):
+        return value if len(value) <= chars or value.startswith("weave:///") else value[:chars]
+    if isinstance(value, (list, dict)) and depth >= chars:
+        return None
+    if isinstance(value, list):
+        return [preview(v, chars, depth + 1) for v in value[:chars]]
+    if isinstance(value, dict):
+        return {k[:chars]: preview(v, chars, depth + 1)
+                for k, v in itertools.islice(value.items(), chars)}  # fmt: skip
+    return value
+
+
+def with_previews(call: CallRow, previews: dict[str, int]) -> CallRow:
+    """``call`` with the value at each dotted path of ``previews`` (``output.output``) cut to
+    a preview of that many characters; a path the call does not hold is left alone."""
+    for path, chars in previews.items():
+        head, *parts = split_path(path)
+        if head not in call:
+            continue
+        parent = call[head] = _decoded(call[head])
+        for part in parts[:-1]:
+            parent = parent.get(part) if isinstance(parent, dict) else None
+        if isinstance(parent, dict) and parts and parts[-1] in parent:
+            parent[parts[-1]] = preview(parent[parts[-1]], chars)
+    return call

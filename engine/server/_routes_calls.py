@@ -244,10 +244,22 @@ async def call_read(request: web.Request) -> web.Response:
 @routes.post("/calls/stream_query")
 async def calls_stream_query(request: web.Request) -> web.StreamResponse:
     """One CallSchema per line, read from one store cursor a chunk at a time."""
-    state = state_of(request)
-    req = await state.decode(request, CallsQueryReq)
-    pages = state.store.query_calls(_calls_query(req))
-    return await stream_jsonl(request, _viewed(query_errors(pages), _views(request, req)))
+    return await stream_calls(request, await state_of(request).decode(request, CallsQueryReq))
+
+
+async def stream_calls(request: web.Request, req: CallsQueryReq,
+                       shape: Callable[[dict], dict] | None = None) -> web.StreamResponse:  # fmt: skip
+    """The calls ``req`` asks for as ``/calls/stream_query`` answers them, each then given
+    to ``shape`` (the trace browser's previews: engine.server._routes_ui)."""
+    pages = state_of(request).store.query_calls(_calls_query(req))
+    view = _views(request, req)
+    if shape is not None:
+        viewed = view
+
+        async def view(page: list[dict]) -> list[dict]:
+            return [shape(call) for call in await viewed(page)]
+
+    return await stream_jsonl(request, _viewed(query_errors(pages), view))
 
 
 async def query_errors(pages: AsyncGenerator[list[dict], None]) -> AsyncGenerator[list[dict], None]:

@@ -1,4 +1,5 @@
-"""The trace browser: static pages shipped in ``engine/server/ui/`` and one list of projects.
+"""The trace browser: static pages shipped in ``engine/server/ui/``, one list of projects and
+one calls stream with previews (the compare page's).
 
 The page is served at ``/`` and at the paths weave prints for a trace (with
 ``WANDB_BASE_URL`` pointing here: ``/{entity}/{project}/r/call/{id}`` for a call,
@@ -12,13 +13,21 @@ Behind a reverse proxy at a path prefix (``--root-path``) the page carries the p
 
 from __future__ import annotations
 
+import functools
 import html
 from importlib import resources
+from typing import Annotated
 
+import msgspec
 from aiohttp import web
 
+from engine.server._body import ApiError
+from engine.server._calls_sql import split_path
+from engine.server._calls_view import with_previews
+from engine.server._routes_calls import stream_calls
 from engine.server._routes_retention import default_days
 from engine.server._state import state_of
+from engine.wire.query import CallsQueryReq
 
 routes = web.RouteTableDef()
 PAGE_ROUTE = "ui-page"
@@ -77,3 +86,36 @@ _PAGE_PATHS = ("/", "/{entity}/{project}/r/call/{call_id}", "/{entity}/{project}
 # registered last, after every API route (they only add GETs)
 PAGES = [web.get("/ui/{name}", asset, name=ASSET_ROUTE)] + [
     web.get(path, page, name=f"{PAGE_ROUTE}.path{number}") for number, path in enumerate(_PAGE_PATHS)]
+
+
+class UiCallsQueryReq(CallsQueryReq, kw_only=True):
+    """``/calls/stream_query``'s body and ``previews``: dotted paths into a call's JSON
+    (``output.output``) whose values the page shows only the first characters of, and how
+    many (the start of a model's 20 KB answer in a cell of 160)."""
+
+    previews: dict[str, Annotated[int, msgspec.Meta(ge=1, le=10_000)]] = msgspec.field(default_factory=dict)
+
+
+_PREVIEW_HEADS = ("inputs", "output", "attributes", "summary")
+
+
+def _check_previews(previews: dict[str, int]) -> None:
+    for path in previews:
+        parts = split_path(path)
+        if parts[0] not in _PREVIEW_HEADS or len(parts) < 2 or not all(parts):
+            raise ApiError(422, f"previews: {path!r} is no path inside a call's "
+                                f"{', '.join(_PREVIEW_HEADS)} (e.g. output.output)")
+
+
+@routes.post("/ui/calls/stream_query")
+async def calls_previewed(request: web.Request) -> web.StreamResponse:
+    """The calls of ``/calls/stream_query`` with the values at ``previews`` cut short: what
+    the compare page reads of thousands of predictions (weave's ``columns`` keep or drop
+    a whole ``output``; a preview keeps its scores whole and its answer's start)."""
+    req = await state_of(request).decode(request, UiCallsQueryReq)
+    _check_previews(req.previews)
+    shape = functools.partial(with_previews, previews=req.previews) if req.previews else None
+    return await stream_calls(request, req, shape)
+
+
+REQUEST_TYPES = {("POST", "/ui/calls/stream_query"): UiCallsQueryReq}
