@@ -474,6 +474,7 @@ NAMES = {"e/p%zz": "in-percent", "e/p?x=1#frag": "in-query"}
 DOTS = "e/.."  # refused at writes now: stored by an earlier version
 LONG_NAME = "n" * 5000  # no space to wrap at
 LIST_INTS, CHILDREN, CHILD_BYTES = 200_000, 20, 20_000
+BIG_EVALS, EXAMPLES, ANSWER_CHARS = "acme/big-evals", 20, 50_000  # 2 MB of answers
 
 
 def _odd_summaries() -> dict[str, dict]:
@@ -508,7 +509,36 @@ def _seed_odd(url: str) -> str:
     for project, op in NAMES.items():
         items += [("start", start(op, project_id=project, op_name=op)), ("end", end(op, project_id=project))]
     _post(url, "/call/upsert_batch", upsert_batch(*items), KEY)
+    _post(url, "/call/upsert_batch", upsert_batch(*_big_answers()), KEY)
     return "big"
+
+
+def _answer(run: int, i: int):
+    """Example ``i``'s answer in ``run``: a long text in run 0, a long list in run 1."""
+    if run == 0:
+        return {"answer": f"A{i} " + "x" * ANSWER_CHARS}
+    return {"tokens": list(range(i, i + ANSWER_CHARS // 5))}
+
+
+def _big_answers() -> list[tuple[str, dict]]:
+    """Two runs of weave's Evaluation.evaluate shape over EXAMPLES examples, each
+    prediction's answer ANSWER_CHARS long; run 1 is right on every third example only."""
+    ops = {op: f"weave:///{BIG_EVALS}/op/Evaluation.{op}:d1" for op in ("evaluate", "predict_and_score")}
+    items = []
+    for run in (0, 1):
+        root = f"run-{run}"
+        items.append(("start", start(root, project_id=BIG_EVALS, op_name=ops["evaluate"], t_s=run * 100,
+                                     inputs={"model": f"model-{run}"})))
+        for i in range(EXAMPLES):
+            call = f"{root}-{i}"
+            items += [("start", start(call, project_id=BIG_EVALS, op_name=ops["predict_and_score"],
+                                      parent_id=root, trace_id=f"trace-{root}", t_s=run * 100 + i,
+                                      inputs={"example": {"question": f"q{i}"}})),
+                      ("end", end(call, project_id=BIG_EVALS, t_s=run * 100 + i + 0.5, output={
+                          "output": _answer(run, i), "model_latency": 0.5,
+                          "scores": {"exact": {"correct": run == 0 or i % 3 == 0}}}))]
+        items.append(("end", end(root, project_id=BIG_EVALS, t_s=run * 100 + 99)))
+    return items
 
 
 @pytest.fixture(scope="module")
@@ -572,6 +602,32 @@ def test_a_call_page_asks_for_its_tree_without_the_calls_inputs(browser, odd_ser
     _wait(browser, "#tree", "child")
     assert len(browser.find_elements(By.CSS_SELECTOR, "#tree li li")) == CHILDREN
     assert _fetched_bytes(browser, "/calls/stream_query") < CHILD_BYTES
+    _no_console_errors(browser)
+
+
+def _cell(value) -> str:
+    """A value as a compare cell shows it (app.js short(): 160 characters of its JSON)."""
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return text[:159] + "…" if len(text) > 160 else text
+
+
+def test_compare_reads_the_start_of_each_answer_and_every_score(browser, odd_server):
+    """Two runs of EXAMPLES predictions whose answers are ANSWER_CHARS long (2 MB in all):
+    the compare page shows the same cells, and reads tens of KB, not the answers whole
+    (the server cuts each answer to the 160 characters a cell shows: /ui/calls/stream_query)."""
+    from selenium.webdriver.common.by import By
+
+    keyed, _ = odd_server
+    browser.get(f"{keyed}/{BIG_EVALS}/weave/evaluations/compare?calls=run-0,run-1")
+    differ = EXAMPLES - len(range(0, EXAMPLES, 3))
+    _wait(browser, "#differing", f"{differ} of {EXAMPLES} examples differ")
+    rows = [[td.text for td in r.find_elements(By.TAG_NAME, "td")]
+            for r in browser.find_elements(By.CSS_SELECTOR, "#compare tbody tr")]
+    assert [r[0] for r in rows] == [_cell({"question": f"q{i}"}) for i in range(EXAMPLES)]
+    assert [r[1:3] for r in rows] == [[_cell(_answer(0, i)), _cell(_answer(1, i))] for i in range(EXAMPLES)]
+    assert [r[3:5] for r in rows] == [["✓", "✓" if i % 3 == 0 else "✗"] for i in range(EXAMPLES)]
+    read = _fetched_bytes(browser, "/calls/stream_query") + _fetched_bytes(browser, "/ui/calls/stream_query")
+    assert 0 < read < 60_000, read  # 2.2 MB when each prediction was read whole
     _no_console_errors(browser)
 
 

@@ -12,6 +12,13 @@ const JSON_SLICE = 500;
 const LIST_COLUMNS = ["id", "trace_id", "parent_id", "op_name", "display_name", "started_at",
                       "ended_at", "exception", "summary"];
 const TREE_COLUMNS = ["id", "parent_id", "op_name", "started_at", "ended_at", "exception"];
+// an evaluation run as the evaluations page and the compare page show it: its evaluation
+// and model (refs in its inputs), its scores (its output) and its call counts (summary)
+const RUN_COLUMNS = ["id", "op_name", "display_name", "started_at", "ended_at", "exception",
+                     "inputs", "output", "summary"];
+// a prediction as the compare page shows it: its example (inputs), its scores and the
+// start of its answer (output: the answer a preview, /ui/calls/stream_query)
+const PREDICTION_COLUMNS = ["id", "started_at", "exception", "inputs", "output"];
 const KEY_STORE = "engine-api-key";
 // the path prefix of a reverse proxy in front (engine serve --root-path), "" without one:
 // every URL this page builds starts with it
@@ -568,7 +575,8 @@ async function evaluationsPage(project) {
   const [stats, calls, { objs }] = await Promise.all([
     getJson("/calls/query_stats", { project_id: project, filter }),
     getLines("/calls/stream_query", { project_id: project, filter, limit: PAGE_ROWS,
-      offset: params.page * PAGE_ROWS, sort_by: [{ field: "started_at", direction: "desc" }] }),
+      offset: params.page * PAGE_ROWS, sort_by: [{ field: "started_at", direction: "desc" }],
+      columns: RUN_COLUMNS }),
     getJson("/objs/query", { project_id: project,
       filter: { base_object_classes: ["Evaluation"], latest_only: true }, limit: 1000 }),
   ]);
@@ -714,12 +722,16 @@ async function comparePage(project) {
       link(`${projectPath(project)}/weave/evaluations`, "Evaluations"));
     return;
   }
-  const runs = await getLines("/calls/stream_query", { project_id: project, filter: { call_ids: ids } });
+  const runs = await getLines("/calls/stream_query", { project_id: project, filter: { call_ids: ids },
+    columns: RUN_COLUMNS });
   runs.sort((a, b) => ids.indexOf(a.id) - ids.indexOf(b.id));
   const predictOps = [`weave:///${project}/op/${PREDICT_OP}:*`, PREDICT_OP];
-  const children = await Promise.all(runs.map((run) => getLines("/calls/stream_query", {
+  // a cell shows CELL_CHARS of an answer: the server sends no more of it (whatever is cut
+  // lies past those characters), the scores whole
+  const children = await Promise.all(runs.map((run) => getLines("/ui/calls/stream_query", {
     project_id: project, filter: { parent_ids: [run.id], op_names: predictOps },
-    limit: COMPARE_MAX_EXAMPLES, sort_by: [{ field: "started_at", direction: "asc" }] })));
+    limit: COMPARE_MAX_EXAMPLES, sort_by: [{ field: "started_at", direction: "asc" }],
+    columns: PREDICTION_COLUMNS, previews: { "output.output": CELL_CHARS } })));
   const models = await readRefs([...new Set(runs.map((r) => (r.inputs || {}).model).filter((m) => refParts(m)))]);
 
   // one row per example, in the order the first run met them; an evaluation with
