@@ -2,7 +2,7 @@
 and closed, threads and pool workers started and ended, connections made and dropped), which
 assert that these counts stop growing after a warm-up.
 
-:func:`held` counts, for this process or another (``pid``): open fds, threads, child
+:func:`held` counts, for this process or another (``pid``): open fds (sockets apart), threads, child
 processes (zombies included: a child not waited for is one), mappings of ring-set segments
 (``engine-rings-*``, in /dev/shm or on disk: a removed segment's memory is freed only once
 no process maps it), and the entries in /dev/shm and the temp dir of the ring sets it made.
@@ -17,9 +17,15 @@ import tempfile
 from engine.ring import _files as ring_files
 
 
-def held(pid: int | str = "self") -> dict[str, int]:
+def held(pid: int | str = "self", sockets: bool = True) -> dict[str, int]:
+    """``sockets=False``: not the sockets (a test whose loopback server runs in this process
+    sees its connections come and go; the engine's producers open none)."""
+    fds = [_target(pid, fd) for fd in os.listdir(f"/proc/{pid}/fd")]
+    counts = {"fds": sum(not t.startswith("socket:") for t in fds)}
+    if sockets:
+        counts["sockets"] = len(fds) - counts["fds"]
     return {
-        "fds": len(os.listdir(f"/proc/{pid}/fd")),
+        **counts,
         "threads": len(os.listdir(f"/proc/{pid}/task")),
         "children": len(children(pid)),
         "ring_mappings": ring_mappings(pid),
@@ -27,12 +33,22 @@ def held(pid: int | str = "self") -> dict[str, int]:
     }
 
 
+def _target(pid: int | str, fd: str) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/fd/{fd}")
+    except OSError:  # closed meanwhile
+        return ""
+
+
 def children(pid: int | str = "self") -> list[int]:
     """Child processes of ``pid`` (every thread's), zombies included."""
     kids: list[int] = []
     for path in glob.glob(f"/proc/{pid}/task/*/children"):
-        with open(path) as f:
-            kids += [int(k) for k in f.read().split()]
+        try:
+            with open(path) as f:
+                kids += [int(k) for k in f.read().split()]
+        except FileNotFoundError:  # a thread that ended meanwhile (the pool's handlers)
+            pass
     return kids
 
 

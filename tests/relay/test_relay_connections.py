@@ -112,7 +112,7 @@ def test_relay_clients_that_leave_mid_request_are_counted_not_logged_and_hold_no
         for i in range(30):
             _leave_mid_body(url, reset=bool(i % 2))
         assert wait_until(lambda: gone() == 34, timeout_s=30)
-        assert wait_until(lambda: resources.held(proc.pid)["fds"] <= before["fds"], timeout_s=30)
+        assert wait_until(lambda: not resources.grown(before, resources.held(proc.pid)), 30)
         after = resources.held(proc.pid)
         log = "".join(proc.output_lines)
     assert resources.grown(before, after) == {}, (before, after)

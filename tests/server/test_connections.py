@@ -197,7 +197,7 @@ def test_clients_that_leave_mid_request_are_counted_not_logged_and_hold_nothing(
             for i in range(40):
                 await _leave_mid_body(url, reset=bool(i % 2))
             counted = await _until(lambda: state.counters.clients_gone == 44)
-            await _until(lambda: resources.held()["fds"] <= before["fds"])
+            await _until(lambda: not resources.grown(before, resources.held()))
             return counted, before, resources.held(), await _ask(url)
         finally:
             await runner.cleanup()
@@ -219,7 +219,7 @@ def test_a_new_connection_per_request_leaves_nothing_behind(run, db_path):
             before = resources.held()
             for _ in range(300):
                 assert (await _ask(url)).startswith(b"HTTP/1.1 200")
-            await _until(lambda: resources.held()["fds"] <= before["fds"])
+            await _until(lambda: not resources.grown(before, resources.held()))
             return before, resources.held()
         finally:
             await runner.cleanup()
