@@ -15,6 +15,7 @@ import gc
 import multiprocessing
 import os
 import threading
+import time
 import weakref
 
 import pytest
@@ -111,6 +112,18 @@ def _acknowledged_all(eng, calls: int) -> bool:
             and stats["ring"]["records_released"] == stats["ring"]["records_written"] == 2 * calls)
 
 
+def _ring_doorbell_once(eng, tracer, trace_one) -> int:
+    """Warm-up: a write that finds the sender asleep opens this process's doorbell FIFO
+    (one fd, kept); once everything is delivered the sender sleeps, so trace after a flush
+    until one has. Returns how many times it traced."""
+    traced, deadline = 0, time.monotonic() + 30
+    while tracer._writer._doorbell_fd < 0 and time.monotonic() < deadline:
+        assert eng.flush(timeout_s=30)
+        trace_one()
+        traced += 1
+    return traced
+
+
 def _python_objects() -> int:
     gc.collect()
     return len(gc.get_objects())
@@ -153,6 +166,9 @@ def test_short_lived_threads_leave_no_per_thread_state(tmp_path, count_server, t
 
         for start in range(0, 500, 100):
             batch(start)
+        warm = iter(range(10**6, 2 * 10**6))
+        extra = 3 * _ring_doorbell_once(
+            eng, tracer, lambda: _traced_task(tracer, predict, next(warm), [], lock))
         before, objects = resources.held(), _python_objects()
         for start in range(500, 500 + 1500 * SCALE, 100):
             batch(start)
@@ -160,7 +176,7 @@ def test_short_lived_threads_leave_no_per_thread_state(tmp_path, count_server, t
         after = resources.held()
         assert eng.flush(timeout_s=30)
         tasks = 500 + 1500 * SCALE
-        assert len(set(ids)) == 2 * tasks and _acknowledged_all(eng, 3 * tasks)  # + the ops'
+        assert len(set(ids)) == 2 * tasks and _acknowledged_all(eng, 3 * tasks + extra)
     assert resources.grown(before, after) == {}, (before, after)
     assert grown_objects < 100, grown_objects
 
@@ -224,13 +240,15 @@ def test_async_ops_in_thousands_of_tasks_leave_no_state_behind(tmp_path, count_s
                 await asyncio.gather(*(asyncio.create_task(row(i)) for i in range(start, start + 500)))
             assert engine.current_call() is None
 
-        async def scenario() -> tuple[int, int]:
+        async def scenario() -> tuple[int, int, int]:
             await waves(0, 1000)
+            # no task waits meanwhile: blocking the loop in flush() holds nothing up
+            extra = _ring_doorbell_once(eng, tracer, lambda: trace_structs(tracer, 1))
             objects = _python_objects()
             await waves(1000, 4000 * SCALE)
-            return objects, _python_objects()
+            return extra, objects, _python_objects()
 
-        before, after = run_on(loop_name, scenario())
+        extra, before, after = run_on(loop_name, scenario())
         assert eng.flush(timeout_s=60)
-        assert _acknowledged_all(eng, 2 * (1000 + 4000 * SCALE))
+        assert _acknowledged_all(eng, 2 * (1000 + 4000 * SCALE) + extra)
     assert after - before < 100, (before, after)
