@@ -98,6 +98,7 @@ class Engine:
         )
         self._owner_pid = os.getpid()
         self._closed = False
+        self._exiting = False  # close() runs from the atexit hook
         self._lock = threading.Lock()
         # one sender process per shard of the slots (RingSpec.senders)
         self._senders: list[subprocess.Popen | None] = [None] * senders
@@ -180,6 +181,11 @@ class Engine:
         self._final_stats = stats
         self._free_rings(stats["undelivered"])
         self._control.close()
+        # this process's mapping of the segment: a removed segment's memory (/dev/shm, or
+        # the page cache of one on disk) is given back only once no process maps it
+        self._ringset.close()
+        if not self._exiting:  # nothing left for the exit to do: the engine can be freed
+            atexit.unregister(self._atexit)
         if interrupted:
             raise KeyboardInterrupt
         return stats
@@ -310,6 +316,7 @@ class Engine:
         self._ringset.unlink()
 
     def _atexit(self) -> None:
+        self._exiting = True  # close() leaves the registration be: it is being run
         if os.getpid() == self._owner_pid:
             # the program is ending anyway: a Ctrl-C in close() persisted what was left, and
             # the exit line says where (no "Exception ignored in atexit" traceback)

@@ -24,7 +24,12 @@ from engine.relay._proxy import proxy, server_info
 from engine.relay._state import RELAY, RelayState
 from engine.server._auth import CURRENT_GRANT, KeyRing, check_bind
 from engine.server._body import DEFAULT_MAX_BODY_BYTES, ApiError, error_response
-from engine.server._connections import DEFAULT_HEADER_TIMEOUT_S, LimitedSite
+from engine.server._connections import (
+    DEFAULT_HEADER_TIMEOUT_S,
+    LimitedSite,
+    client_gone,
+    gone_response,
+)
 from engine.server._limits import DEFAULT_MAX_CONNECTIONS
 from engine.server._origin import origin_middleware
 from engine.server._tls import server_context, server_url
@@ -44,6 +49,11 @@ _PROXY_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=10.0, sock_read=300.0
 async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
     try:
         return await handler(request)
+    except ConnectionResetError as exc:
+        if not client_gone(request, exc):
+            raise
+        request.app[RELAY].counters.clients_gone += 1
+        return gone_response()
     except ApiError as exc:
         response = error_response(exc.status, exc.reason, exc.headers)
         if exc.status in (408, 413):

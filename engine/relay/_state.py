@@ -24,6 +24,7 @@ class RelayCounters(msgspec.Struct, kw_only=True):
     rejected_full: int = 0
     proxied_requests: int = 0
     proxy_errors: int = 0
+    clients_gone: int = 0  # closed or reset their connection before their request was read
 
     def count_items(self, items: list[CallItem]) -> None:
         for item in items:

@@ -43,7 +43,12 @@ from engine.server import (
 )
 from engine.server._auth import CURRENT_GRANT, Grant, KeyRing, check_bind
 from engine.server._body import DEFAULT_MAX_BODY_BYTES, ApiError, error_response
-from engine.server._connections import DEFAULT_HEADER_TIMEOUT_S, LimitedSite
+from engine.server._connections import (
+    DEFAULT_HEADER_TIMEOUT_S,
+    LimitedSite,
+    client_gone,
+    gone_response,
+)
 from engine.server._count_store import CountStore
 from engine.server._limits import DEFAULT_MAX_CONNECTIONS, DEFAULT_SHUTDOWN_TIMEOUT_S
 from engine.server._op_watch import GRACE_S, OpWatch
@@ -82,6 +87,11 @@ async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse
     """Every error leaves as JSON ``{"reason": …}``, including the router's 404 and 405."""
     try:
         return await handler(request)
+    except ConnectionResetError as exc:
+        if not client_gone(request, exc):
+            raise
+        request.app[STATE].counters.clients_gone += 1
+        return gone_response()
     except ApiError as exc:
         counters = request.app[STATE].counters
         if exc.status == 503:

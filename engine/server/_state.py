@@ -27,6 +27,7 @@ class Counters(msgspec.Struct, kw_only=True):
     rejected_requests: int = 0  # answered with a 4xx by our own checks
     store_unavailable: int = 0  # answered 503: the store was locked or could not be reached
     store_full: int = 0  # answered 507: the store's disk was full
+    clients_gone: int = 0  # closed or reset their connection before their request was read
     calls_expired: int = 0  # deleted past their project's retention (``_retention``)
     retention_passes: int = 0  # passes over the retained projects that ran to the end
     retention_last_pass_ms: int = 0  # how long the last of them took

@@ -3,13 +3,15 @@ its connection cap a new connection gets a 503 naming the relay and the limit, a
 connections go the relay serves again."""
 
 import socket
+import struct
 import time
 
 import msgspec
 import pytest
 
 from engine.server import serve_subprocess
-from tests.relay.harness import relay_subprocess
+from tests import resources
+from tests.relay.harness import metrics, relay_subprocess, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -83,3 +85,35 @@ def test_relay_connections_past_the_cap_get_a_503_naming_it_and_then_it_serves_a
     assert msgspec.json.decode(body) == {
         "reason": "engine relay is at its limit of 3 connections; retry later"}
     assert in_cap.startswith(b"HTTP/1.1 200") and after.startswith(b"HTTP/1.1 200")
+
+
+def _leave_mid_body(url: str, reset: bool) -> None:
+    """A client that sends a request head and part of its body, then goes (reset or closed)."""
+    sock = _connect(url)
+    sock.sendall(b"POST /v2/e/p/calls/complete HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                 b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"batch\": [")
+    if reset:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def test_relay_clients_that_leave_mid_request_are_counted_not_logged_and_hold_nothing(tmp_path):
+    """Each one wrote aiohttp's ~40-line traceback into the relay's log (2,000 clients: 8 MB)."""
+    with serve_subprocess(tmp_path / "t.db") as upstream, relay_subprocess(
+        upstream, with_logs=True,
+    ) as (url, proc):  # fmt: skip
+        def gone() -> float:
+            return metrics(url)["engine_relay_clients_gone_total"]
+
+        for i in range(4):  # warm-up
+            _leave_mid_body(url, reset=bool(i % 2))
+        assert wait_until(lambda: gone() == 4, timeout_s=30)
+        before = resources.held(proc.pid)
+        for i in range(30):
+            _leave_mid_body(url, reset=bool(i % 2))
+        assert wait_until(lambda: gone() == 34, timeout_s=30)
+        assert wait_until(lambda: not resources.grown(before, resources.held(proc.pid)), 30)
+        after = resources.held(proc.pid)
+        log = "".join(proc.output_lines)
+    assert resources.grown(before, after) == {}, (before, after)
+    assert "Error handling request" not in log and "Traceback" not in log, log[-3000:]
