@@ -99,7 +99,7 @@ class Engine:
         self._owner_pid = os.getpid()
         self._closed = False
         self._exiting = False  # close() runs from the atexit hook
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # a SIGTERM handler's close() may run inside close()
         # one sender process per shard of the slots (RingSpec.senders)
         self._senders: list[subprocess.Popen | None] = [None] * senders
         self._final_stats: dict[str, Any] | None = None

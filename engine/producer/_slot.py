@@ -68,7 +68,12 @@ class _ProcessSlot:
 
 def close_tracers(spec: ring.RingSpec) -> None:
     """Close every tracer of this process writing into ``spec``'s ring set, the ones
-    unpickled here too (the engine closes: their later writes raise Closed)."""
+    unpickled here too (the engine closes: their later writes raise Closed). A write another
+    thread has waiting for room in a full ring (holding the lock the closes take) stops
+    waiting first: counted ``dropped_full``, Closed raised to its caller."""
+    for key, slot in list(_process.slots.items()):  # no lock: a waiting write holds it
+        if key[0] == spec:
+            slot.writer.abandoned = True
     for tracer in list(_live_tracers):
         if tracer._spec == spec:
             tracer.close()
@@ -290,7 +295,7 @@ class SlotWriting(CallsBase):  # type: ignore[misc,valid-type]
         """The ring is full: wait up to max_block_ms, then apply the on_full policy."""
         started = time.monotonic()
         ok = writer.write(*args, timeout_s=self._settings.max_block_ms / 1000)
-        while not ok and self._settings.on_full == "block":
+        while not ok and self._settings.on_full == "block" and not writer.abandoned:
             log.warning("ring slot %d full for %.1f s; still waiting (the sender is behind)",
                         writer.slot, time.monotonic() - started)
             ok = writer.write(*args, timeout_s=self._settings.max_block_ms / 1000 or 1.0)
@@ -298,6 +303,10 @@ class SlotWriting(CallsBase):  # type: ignore[misc,valid-type]
         control.slot_add(writer.slot, "blocked_ms", int((time.monotonic() - started) * 1000))
         if ok:
             return
+        if writer.abandoned:  # the engine is closing (close_tracers): this one is not written
+            control.slot_add(writer.slot, "dropped_full")
+            raise Closed(f"the engine closed while call {call_id} waited for room in its "
+                         "ring (counted dropped_full)")
         if self._settings.on_full == "raise":
             control.slot_add(writer.slot, "raised_full")
             raise RingFull(f"ring slot {writer.slot} stayed full for "

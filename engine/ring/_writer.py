@@ -136,6 +136,9 @@ class SlotWriter:
         self._doorbell_path = spec.doorbell_of(spec.shard_of(slot))
         self._doorbell_fd = -1
         self._closed = False
+        # set (without the lock a waiting write holds) when the engine closes: a write
+        # waiting for room stops waiting, so the close does not wait on it for ever
+        self.abandoned = False
         self._refused: bytes | None = None
 
     def _use_project(self, project: bytes) -> None:
@@ -297,9 +300,10 @@ class SlotWriter:
         self._delta -= self._ring_bytes
 
     def write(self, kind, flags, call_id, trace_id, project, payload, aux, timeout_s=None) -> bool:
-        """Append one record, waiting for space up to ``timeout_s`` (None: forever).
+        """Append one record, waiting for space up to ``timeout_s`` (None: forever) or
+        until :attr:`abandoned` is set.
 
-        Spins briefly, then sleeps with exponential backoff. False on timeout.
+        Spins briefly, then sleeps with exponential backoff. False on timeout or abandon.
         """
         if self.try_write(kind, flags, call_id, trace_id, project, payload, aux):
             return True
@@ -313,7 +317,7 @@ class SlotWriter:
                 os.sched_yield()
                 continue
             remaining_s = None if deadline is None else deadline - time.monotonic()
-            if remaining_s is not None and remaining_s <= 0:
+            if (remaining_s is not None and remaining_s <= 0) or self.abandoned:
                 return False
             time.sleep(backoff_s if remaining_s is None else min(backoff_s, remaining_s))
             backoff_s = min(backoff_s * 2, _MAX_BACKOFF_S)

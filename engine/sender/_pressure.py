@@ -65,7 +65,8 @@ class PressureLog:
         if waited_ms >= self.min_blocked_ms:
             what.append(f"producers waited {waited_ms / 1000:.1f} s in all for ring space")
         if lost:
-            what.append(f"{lost:,} calls were dropped on full rings (on_full='drop')")
+            what.append(f"{lost:,} calls were dropped on full rings (on_full='drop', or "
+                        "waiting for room as the engine closed)")
         log.warning("%s since %s: calls are made faster than %s acknowledges them (%s)",
                     " and ".join(what), since_text, self.url, facts())
         return True

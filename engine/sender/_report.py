@@ -14,7 +14,7 @@ from typing import Any
 from engine.common._redact import redact_url
 
 _UNPERSISTED = {"unpersisted_no_space": "disk full", "unpersisted_unwritable": "unwritable"}
-_DROPPED = {"dropped_full": "ring full (on_full='drop')",
+_DROPPED = {"dropped_full": "ring full (on_full='drop', or waiting for room as the engine closed)",
             "wrapper_dropped": "calls op wrappers could not write (logged where they ran)"}
 
 

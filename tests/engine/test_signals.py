@@ -201,3 +201,54 @@ def test_an_uncaught_ctrl_c_still_exits_by_sigint_when_the_exit_waits(tmp_path):
     assert result.stdout.splitlines() == ["[]"], result.stderr[-3000:]
     assert result.returncode == -signal.SIGINT, result.stderr[-3000:]
     assert "for up to" in result.stderr  # the exit did wait, and said so
+
+
+_BLOCKED_THREADS_OWNER = textwrap.dedent("""
+    import sys, threading, time, engine
+    eng = engine.Engine(url=sys.argv[1], project="ops/sigterm", dead_letter_path=sys.argv[2],
+                        ring_bytes=1 << 20, max_block_ms=100, shutdown_timeout_s=30.0,
+                        sigterm_timeout_s=2.0, backoff_initial_ms=10, backoff_max_ms=100)
+    tracer = eng.producer()
+    finished = []
+    def work():
+        for i in range(10_000):  # the ring holds ~50 of these: then each thread waits
+            with tracer.call("op", inputs={"x": "x" * 20_000}) as call:
+                call.output = i
+            finished.append(i)
+    for _ in range(3):
+        threading.Thread(target=work).start()
+    while eng.stats()["ring"]["full_waits"] < 3:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    print(len(finished), flush=True)
+    time.sleep(60)  # SIGTERM lands here, while the threads wait for room
+""")
+
+
+def test_sigterm_while_threads_wait_for_room_in_a_full_ring_ends_and_persists(tmp_path):
+    """The server down, three threads of the program waiting for room in their full ring
+    (on_full="block", the default) holding the process's ring lock: SIGTERM's close() waited
+    on that lock for ever (the program hung until SIGKILL). Now the waits stop as the engine
+    closes (counted dropped_full), and within sigterm_timeout_s the program ends by SIGTERM
+    with every call that finished in the dead letters."""
+    dead = tmp_path / "dead.jsonl"
+    with FaultServer() as server:
+        server.down()
+        proc = subprocess.Popen([sys.executable, "-c", _BLOCKED_THREADS_OWNER, server.url,
+                                 str(dead)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": "."})
+        try:
+            finished = int(proc.stdout.readline())
+            proc.send_signal(signal.SIGTERM)
+            started = time.monotonic()
+            _, err = proc.communicate(timeout=30)
+            took_s = time.monotonic() - started
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == -signal.SIGTERM and took_s < 8, (took_s, err[-3000:])
+    dropped = re.search(r"dropped: (\d+) ring full", err)  # each waiting one, and any that
+    assert dropped and int(dropped.group(1)) >= 3, err[-3000:]  # met the full ring after
+    ids = {line.split('"call_id":"')[1][:36] for line in dead.read_text().splitlines()}
+    assert len(ids) >= finished  # every call that finished, and the waiting ones' starts

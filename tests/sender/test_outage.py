@@ -80,7 +80,7 @@ def test_the_exit_line_names_every_kind_of_call_the_producers_dropped():
     level, line = exit_line(stats, producers, url="http://h:1", dead_path="/d", spool_dir=None,
                             kept_records=0, ring_name="r")
     assert level == logging.WARNING
-    assert "2 ring full (on_full='drop')" in line
+    assert "2 ring full (on_full='drop', or waiting for room as the engine closed)" in line
     assert "3 calls op wrappers could not write" in line
     assert "4 calls of processes that found no room in /dev/shm" in line
     level, line = exit_line(dict.fromkeys(SENDER_FIELDS, 0) | {"items_acked": 5},

@@ -64,7 +64,8 @@ def test_a_dropped_call_is_said_at_once(caplog):
     log.observe(0, 0, str)
     clock.now += 3
     assert log.observe(0, 12, lambda: "f")
-    assert caplog.messages[0].startswith("12 calls were dropped on full rings (on_full='drop') "
+    assert caplog.messages[0].startswith("12 calls were dropped on full rings (on_full='drop', or "
+                                         "waiting for room as the engine closed) "
                                          "since ")
 
 
