@@ -228,12 +228,25 @@ def _trace_stack(frame: FrameType | None, tracer: Any) -> None:
     sys.settrace(tracer)
 
 
+_held_checks: list[Callable[[], bool]] = []
+
+
+def defer_while(held: Callable[[], bool]) -> None:
+    """While ``held()`` (the interrupted thread holds a lock weave's threads need: the
+    engine's ring writer's, taken by a send made in the op's thread), a signal is handled
+    as in the guarded code: at the first line after it is given back."""
+    if held not in _held_checks:
+        _held_checks.append(held)
+
+
 def _in_hand_off(frame: FrameType | None) -> bool:
     """The interrupted code is in the guarded files (the innermost frame) and not blocked in
-    a wait there."""
+    a wait there, or holds a lock of :func:`defer_while`'s."""
     if frame is None:
         return False
-    return frame.f_code.co_filename in _guarded_files and not _blocked(frame)
+    if frame.f_code.co_filename in _guarded_files and not _blocked(frame):
+        return True
+    return any(held() for held in _held_checks)
 
 
 def _blocked(frame: FrameType) -> bool:

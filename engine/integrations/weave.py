@@ -89,7 +89,7 @@ from engine.producer._engine import (
     sigterm_time_left,
 )
 from engine.producer._safe import write_safely
-from engine.producer._slot import ProducerSettings
+from engine.producer._slot import ProducerSettings, lock_held_here
 from engine.producer._tracer import Tracer
 from engine.ring import RingSpec
 from engine.ring import _files as ring_files
@@ -179,6 +179,9 @@ def install(*, weave_speedups: bool | None = None, **config: Any) -> bool:
         from weave.trace.concurrent import futures as weave_futures
 
         _weave_sigint.install(weave_futures, weave_util)
+        # a send made in the op's thread (the speedups) may hold the ring writer's lock,
+        # which the sends weave's threads make need: SIGTERM's drain waits for those
+        _weave_sigint.defer_while(lock_held_here)
         _wrap_client_flush()
         _wrap_client_init()
         for module, name, base in present:
