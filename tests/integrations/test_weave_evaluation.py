@@ -4,10 +4,15 @@ against weave alone: the same calls, links, exceptions, summary, feedback and ob
 (``bench.weave_eval`` compares them; ``python -m bench.weave_eval`` runs it at 1,000 rows
 under several ``WEAVE_PARALLELISM``)."""
 
+import json
+import textwrap
+
 import pytest
 
 from bench import weave_eval
 from engine.server import serve_subprocess
+from tests.integrations._weaves import VERSIONS_AND_0_53_LEGACY, weave_env, weave_python
+from tests.integrations.test_weave_integration import _run_program, _weave_env
 
 pytestmark = [pytest.mark.peers, pytest.mark.integration]
 
@@ -46,3 +51,55 @@ def test_an_evaluation_stores_the_same_through_the_engine_as_with_weave_alone(tm
     assert weave_eval._same_text(summary, "") == weave_eval._same_text(printed["alone"]["summary"], "")
     assert summary["picky"]["true_count"] == sum(1 for n in range(ROWS) if n % 37 != 5
                                                  and n % 23 != 7 and n % 2 == 0) * 2
+
+
+_FEEDBACK = textwrap.dedent(
+    """
+    import asyncio, json, sys, weave
+    from weave.trace_server_bindings import async_batch_processor
+    batches = []
+    processor_fn = async_batch_processor.AsyncBatchProcessor.__init__
+
+    def counting(self, fn, *args, **kwargs):  # what each of weave's batch processors sends
+        def sent(batch):
+            batches.append(len(batch))
+            return fn(batch)
+        processor_fn(self, sent, *args, **kwargs)
+
+    async_batch_processor.AsyncBatchProcessor.__init__ = counting
+    weave.init(sys.argv[1])
+
+    @weave.op
+    def exact(n: int, output: int) -> bool:
+        return output == n
+
+    @weave.op
+    def predict(n: int) -> int:
+        return n
+
+    rows = [{"n": i} for i in range(30)]
+    asyncio.run(weave.Evaluation(dataset=rows, scorers=[exact]).evaluate(predict))
+    weave.finish()
+    print(json.dumps({"batched": sum(batches)}))
+    """
+)
+
+
+@VERSIONS_AND_0_53_LEGACY
+def test_scorer_feedback_goes_in_batches_as_weave_sends_it(tmp_path, weave_minor):
+    """weave alone queues each scorer result's feedback and sends it in batches from a
+    thread of its own; through the integration (weave's server built with batching off, for
+    the calls) each one was a request of its own made by weave's pool, which fell behind
+    an evaluation: 5,752 of them, ~10 ms each against engine serve, left a 1,000-row
+    evaluation's flush waiting 15-20 s (``python -m bench.weave_eval``); against a distant
+    server, minutes. Now the integration batches feedback as weave does."""
+    program = tmp_path / "feedback.py"
+    program.write_text(_FEEDBACK)
+    with serve_subprocess(tmp_path / "t.db") as url:
+        env = {**_weave_env(url, str(tmp_path), enable_env=True), **weave_env(weave_minor)}
+        result = _run_program([weave_python(weave_minor), str(program), "ent/feedback"], env)
+        assert result.returncode == 0, result.stderr[-3000:]
+        feedback = weave_eval._post_lines(url, "/feedback/query",
+                                          {"project_id": "ent/feedback", "limit": 1000})
+    assert len(feedback) == 30
+    assert json.loads(result.stdout.splitlines()[-1]) == {"batched": 30}
