@@ -5,6 +5,7 @@ against weave alone: the same calls, links, exceptions, summary, feedback and ob
 under several ``WEAVE_PARALLELISM``)."""
 
 import json
+import signal
 import textwrap
 
 import pytest
@@ -103,3 +104,19 @@ def test_scorer_feedback_goes_in_batches_as_weave_sends_it(tmp_path, weave_minor
                                           {"project_id": "ent/feedback", "limit": 1000})
     assert len(feedback) == 30
     assert json.loads(result.stdout.splitlines()[-1]) == {"batched": 30}
+
+
+def test_feedback_still_queued_at_sigterm_is_sent(tmp_path):
+    """SIGTERM ends the process without weave's exit flush: the feedback weave's processor
+    still queues (it sends once a second) is sent by the engine's SIGTERM handler."""
+    program = tmp_path / "feedback.py"
+    program.write_text(_FEEDBACK.replace(
+        "weave.finish()", "import os, signal; os.kill(os.getpid(), signal.SIGTERM)"))
+    with serve_subprocess(tmp_path / "t.db") as url:
+        result = _run_program([weave_python("0.54"), str(program), "ent/feedback"],
+                              _weave_env(url, str(tmp_path), enable_env=True))
+        feedback = weave_eval._post_lines(url, "/feedback/query",
+                                          {"project_id": "ent/feedback", "limit": 1000})
+    assert result.returncode == -signal.SIGTERM, result.stderr[-3000:]
+    assert "still pending" not in result.stderr, result.stderr[-3000:]
+    assert len(feedback) == 30
