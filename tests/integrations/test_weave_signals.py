@@ -242,6 +242,30 @@ def test_a_weave_evaluation_stopped_by_ctrl_c_stops_as_asyncio_does_and_keeps_it
     assert all(isinstance(c["output"]["y"], int) for c in predicts)  # (x: a ref to its row)
 
 
+def test_a_weave_evaluation_stopped_by_sigterm_keeps_its_calls(tmp_path):
+    """SIGTERM (a scheduler, ``timeout``) to a weave Evaluation through the integration with
+    its speedups: asyncio's tasks, weave's pool and the sends made in the op's thread all
+    hold calls; the engine's handler lets the pool finish and delivers: every prediction
+    that returned is stored, the program ends by SIGTERM. (Found losing the pool's calls when
+    the signal landed in a send holding the ring lock: see the test above.)"""
+    program = tmp_path / "evaluation.py"
+    program.write_text(_EVALUATION)
+    with serve_subprocess(tmp_path / "t.db") as url:
+        env = _weave_env(url, str(tmp_path), enable_env=True)
+        started = time.monotonic()
+        code, err, finished = _stop_after(
+            [weave_python("0.54"), str(program), "ent/evaluation", str(tmp_path / "n")],
+            env, tmp_path / "n", signal.SIGTERM)  # fmt: skip
+        took_s = time.monotonic() - started
+        predicts = [c for c in _stored_calls(url, "ent/evaluation", "Model.predict")
+                    if c["ended_at"]]  # fmt: skip
+    assert code == -signal.SIGTERM, err[-3000:]
+    assert "still pending" not in err, err[-3000:]
+    assert AT_LEAST <= finished < 5000 and took_s < 60
+    # the one the signal may have stopped between its progress line and its return: not ended
+    assert len(predicts) >= finished - 1 and len({c["id"] for c in predicts}) == len(predicts)
+
+
 # a weave program's head: weave.init, the op predict, calls of it whose work is done
 _OP_HEAD = textwrap.dedent(
     """
