@@ -35,10 +35,14 @@ guard around it.
 
 ``asyncio.run`` (and any ``asyncio.Runner``, ``uvloop.run``; Python 3.11+) turns the first
 Ctrl-C into a cancellation of its main task only where SIGINT's handler is Python's default:
-while a Runner runs, Python's default stands again, so asyncio sets its own and a weave
-``Evaluation`` stops as asyncio stops it (before: KeyboardInterrupt raised in whatever
-coroutine ran). A KeyboardInterrupt asyncio's handler raises (a second Ctrl-C) in the
-guarded code is deferred as above.
+the guard is what it stands for, so ``signal.getsignal`` answers Python's default where the
+guard is SIGINT's handler, and setting Python's default sets the guard. asyncio then sets its
+own handler (wrapped as a program's: landing in the guarded code, it runs after it) and a
+weave ``Evaluation`` stops as asyncio stops it (before: KeyboardInterrupt raised in whatever
+coroutine ran); at the run's end asyncio gives Python's default back, the guard again. (A
+wrapper around ``Runner.run`` did this before: its frame was on the stack of every
+coroutine the Runner ran, and so in the traceback weave stores of every op exception raised
+in an ``Evaluation``.)
 
 The engine's SIGTERM handler waits for weave's threads, which need the same locks: landing
 in the guarded code, it runs at the first line after it too (:func:`defer_if_guarded`,
@@ -47,7 +51,6 @@ registered with ``engine.producer._engine.defer_sigterm_with``).
 
 from __future__ import annotations
 
-import asyncio.runners
 import functools
 import inspect
 import signal
@@ -91,10 +94,10 @@ def install(*modules: ModuleType) -> bool:
     if threading.current_thread() is not threading.main_thread():
         return False
     _guard_every_cell()
-    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+    handler = _get_handler(signal.SIGINT)  # (Python's default is wrapped by now)
+    if handler is _on_sigint or _unguarded(handler) is not signal.default_int_handler:
         return False  # the program (or its host: IPython, a test runner) handles SIGINT
-    signal.signal(signal.SIGINT, _on_sigint)
-    _cooperate_with_asyncio()
+    _set_handler(signal.SIGINT, _on_sigint)
     return True
 
 
@@ -135,6 +138,10 @@ def _on_sigint(signum: int, frame: FrameType | None) -> None:
 
 
 _on_sigint.defers_itself = True  # type: ignore[attr-defined]
+# what the program sees (signal.getsignal) where the guard stands: Python's default, whose
+# KeyboardInterrupt it raises; so asyncio.Runner sets its own handler (wrapped as any other)
+# and gives Python's default back, which sets the guard again
+_on_sigint.engine_guards = signal.default_int_handler  # type: ignore[attr-defined]
 # the signal module's own functions, before the guard replaced them
 _set_handler, _get_handler = signal.signal, signal.getsignal
 
@@ -156,6 +163,8 @@ def _guard_programs_handlers() -> None:
 
 
 def _program_sets_handler(signum: Any, handler: Any) -> Any:
+    if signum == signal.SIGINT and handler is signal.default_int_handler:
+        handler = _on_sigint  # Python's default, deferred out of the guarded code
     return _unguarded(_set_handler(signum, _guarded(handler) if _needs_guard(handler)
                                    else handler))  # fmt: skip
 
@@ -211,42 +220,6 @@ def _defer(frame: FrameType | None, run: Callable[[FrameType], None]) -> None:
     _trace_stack(frame, outside)
 
 
-_asyncio_cooperates = False
-
-
-def _cooperate_with_asyncio() -> None:
-    """While an ``asyncio.Runner`` runs, SIGINT's handler is Python's default (so asyncio
-    sets its own); its handler's KeyboardInterrupt in guarded code is deferred."""
-    global _asyncio_cooperates
-    runner = getattr(asyncio.runners, "Runner", None)  # Python 3.11+
-    if runner is None or _asyncio_cooperates:
-        return
-    original_run, original_on_sigint = runner.run, runner._on_sigint
-
-    @functools.wraps(original_run)
-    def run(self: Any, *args: Any, **kwargs: Any) -> Any:
-        ours = (threading.current_thread() is threading.main_thread()
-                and signal.getsignal(signal.SIGINT) is _on_sigint)  # fmt: skip
-        if ours:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-        try:
-            return original_run(self, *args, **kwargs)
-        finally:  # asyncio gave Python's default back: ours again
-            if ours and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-                signal.signal(signal.SIGINT, _on_sigint)
-
-    @functools.wraps(original_on_sigint)
-    def on_sigint(self: Any, signum: int, frame: FrameType | None, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return original_on_sigint(self, signum, frame, *args, **kwargs)
-        except KeyboardInterrupt:
-            if not defer_if_guarded(frame, _raise_keyboard_interrupt):
-                raise
-
-    runner.run, runner._on_sigint = run, on_sigint
-    _asyncio_cooperates = True
-
-
 def _trace_stack(frame: FrameType | None, tracer: Any) -> None:
     """``tracer`` for this thread and for ``frame`` and every frame it was called from."""
     while frame is not None:
@@ -255,12 +228,25 @@ def _trace_stack(frame: FrameType | None, tracer: Any) -> None:
     sys.settrace(tracer)
 
 
+_held_checks: list[Callable[[], bool]] = []
+
+
+def defer_while(held: Callable[[], bool]) -> None:
+    """While ``held()`` (the interrupted thread holds a lock weave's threads need: the
+    engine's ring writer's, taken by a send made in the op's thread), a signal is handled
+    as in the guarded code: at the first line after it is given back."""
+    if held not in _held_checks:
+        _held_checks.append(held)
+
+
 def _in_hand_off(frame: FrameType | None) -> bool:
     """The interrupted code is in the guarded files (the innermost frame) and not blocked in
-    a wait there."""
+    a wait there, or holds a lock of :func:`defer_while`'s."""
     if frame is None:
         return False
-    return frame.f_code.co_filename in _guarded_files and not _blocked(frame)
+    if frame.f_code.co_filename in _guarded_files and not _blocked(frame):
+        return True
+    return any(held() for held in _held_checks)
 
 
 def _blocked(frame: FrameType) -> bool:

@@ -74,7 +74,10 @@ changing what weave computes (measured on Python 3.11: ~1,100 → ~250 µs of CP
   as it could land anywhere else in weave's ``create_call``. Such a send defers nothing, so
   it is not marked as weave's own thread: a signal handler landing in it runs as in the
   program's thread it is (the engine's SIGTERM drain still waits for the pool; a handler's
-  ``weave.finish()`` works).
+  ``weave.finish()`` works), but not while the send holds the engine's ring lock (its
+  doorbell, a full ring), which the pool's sends need: there it runs once the lock is given
+  back (``_weave_sigint.defer_while``; before, the SIGTERM drain timed out waiting for the
+  pool and the calls it held were lost: 2 of ~12 SIGTERMs to a 1,000-row ``Evaluation``).
 
 Each is applied only where weave has the function it replaces, named as in 0.54.0; a weave
 that lacks one keeps its own (logged at debug). ``install(weave_speedups=False)`` or

@@ -99,6 +99,12 @@ class _Process:
 _process = _Process()
 
 
+def lock_held_here() -> bool:
+    """Whether this thread holds the lock the process's tracers take on their slow paths
+    (a doorbell, a full ring, a claim): another thread's write may wait for it."""
+    return _process.lock._is_owned()  # type: ignore[attr-defined]
+
+
 class ProducerSettings(msgspec.Struct, frozen=True, kw_only=True):
     """The part of the engine's configuration a producer needs (picklable)."""
 

@@ -141,6 +141,54 @@ def test_sigterm_while_the_program_holds_weave_s_executor_lock_still_ends(tmp_pa
     assert ended == list(range(50))
 
 
+_HOLDS_RING_LOCK = textwrap.dedent(
+    """
+    import os, signal, sys, time, weave
+    import engine.integrations.weave as integration
+    from engine.producer import _slot
+    integration.SIGTERM_DRAIN_TIMEOUT_S = 3.0  # the test's patience, not the user's
+    client = weave.init(sys.argv[1])
+
+    class Doc(weave.Object):
+        text: str
+
+    @weave.op
+    def predict(x: int, doc: Doc) -> int:
+        return x + 1
+
+    predict(-1, Doc(text="first"))
+    client.future_executor.flush()
+    writer = integration._tracer._writer  # the next write rings the doorbell: the slow path
+    deadline = time.monotonic() + 20
+    while not writer._words[writer._sleeping_word] and time.monotonic() < deadline:
+        time.sleep(0.01)  # until the sender sleeps, its doorbell to be rung
+    # as a send made in the op's thread (the speedups) holds the ring writer's lock while
+    # it rings the sender's doorbell: SIGTERM there, while weave's pool holds the starts of
+    # these calls (a new Doc each: its save first), which need that lock
+    with _slot._process.lock:
+        for i in range(20):
+            predict(i, Doc(text=str(i)))
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(1000):
+            pass
+    print("not reached")
+    """
+)
+
+
+def test_sigterm_while_a_send_in_the_op_s_thread_holds_the_ring_lock_keeps_every_call(tmp_path):
+    """The speedups write a call's start and end from the op's thread; a SIGTERM landing
+    while that write held the engine's ring lock (its doorbell, a full ring) waited for
+    weave's pool, whose sends waited for that lock: the drain timed out and the calls the
+    pool held were lost (9 and 10 of ~1,300 in 2 of ~12 SIGTERMs to a 1,000-row
+    Evaluation). The handler now runs once the lock is given back."""
+    result, took_s, ended = _run_stopping_itself(tmp_path, _HOLDS_RING_LOCK, "ent/ring-lock")
+    assert result.returncode == -signal.SIGTERM and "not reached" not in result.stdout
+    assert "still pending" not in result.stderr, result.stderr[-3000:]
+    assert ended == list(range(-1, 20)), ended
+    assert took_s < 30
+
+
 _EVALUATION = textwrap.dedent(
     """
     import asyncio, sys, weave
@@ -192,6 +240,30 @@ def test_a_weave_evaluation_stopped_by_ctrl_c_stops_as_asyncio_does_and_keeps_it
     assert AT_LEAST <= finished < 5000 and took_s < 60
     assert len(predicts) >= finished and len({c["id"] for c in predicts}) == len(predicts)
     assert all(isinstance(c["output"]["y"], int) for c in predicts)  # (x: a ref to its row)
+
+
+def test_a_weave_evaluation_stopped_by_sigterm_keeps_its_calls(tmp_path):
+    """SIGTERM (a scheduler, ``timeout``) to a weave Evaluation through the integration with
+    its speedups: asyncio's tasks, weave's pool and the sends made in the op's thread all
+    hold calls; the engine's handler lets the pool finish and delivers: every prediction
+    that returned is stored, the program ends by SIGTERM. (Found losing the pool's calls when
+    the signal landed in a send holding the ring lock: see the test above.)"""
+    program = tmp_path / "evaluation.py"
+    program.write_text(_EVALUATION)
+    with serve_subprocess(tmp_path / "t.db") as url:
+        env = _weave_env(url, str(tmp_path), enable_env=True)
+        started = time.monotonic()
+        code, err, finished = _stop_after(
+            [weave_python("0.54"), str(program), "ent/evaluation", str(tmp_path / "n")],
+            env, tmp_path / "n", signal.SIGTERM)  # fmt: skip
+        took_s = time.monotonic() - started
+        predicts = [c for c in _stored_calls(url, "ent/evaluation", "Model.predict")
+                    if c["ended_at"]]  # fmt: skip
+    assert code == -signal.SIGTERM, err[-3000:]
+    assert "still pending" not in err, err[-3000:]
+    assert AT_LEAST <= finished < 5000 and took_s < 60
+    # the one the signal may have stopped between its progress line and its return: not ended
+    assert len(predicts) >= finished - 1 and len({c["id"] for c in predicts}) == len(predicts)
 
 
 # a weave program's head: weave.init, the op predict, calls of it whose work is done
