@@ -99,10 +99,24 @@ class _Process:
 _process = _Process()
 
 
+# a thread waiting for room in a full ring: since when (monotonic), while it waits
+_room_wait = threading.local()
+# how long a wait for room counts as holding the lock for lock_held_here: a signal deferred
+# until the lock is given back must not wait on a server that does not answer
+ROOM_WAIT_HELD_S = 1.0
+
+
 def lock_held_here() -> bool:
     """Whether this thread holds the lock the process's tracers take on their slow paths
-    (a doorbell, a full ring, a claim): another thread's write may wait for it."""
-    return _process.lock._is_owned()  # type: ignore[attr-defined]
+    (a doorbell, a full ring, a claim): another thread's write may wait for it. A write
+    waiting for room in a full ring counts only for its first ``ROOM_WAIT_HELD_S``: room
+    comes when the sender is acknowledged, which may be never (a server down or frozen),
+    and a Ctrl-C or SIGTERM deferred while it holds (the weave integration's guard) must
+    then be handled in the wait, not after it."""
+    if not _process.lock._is_owned():  # type: ignore[attr-defined]
+        return False
+    since = getattr(_room_wait, "since", None)
+    return since is None or time.monotonic() - since < ROOM_WAIT_HELD_S
 
 
 class ProducerSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -299,12 +313,15 @@ class SlotWriting(CallsBase):  # type: ignore[misc,valid-type]
 
     def _write_slow(self, writer: ring.SlotWriter, args: tuple, call_id: str) -> None:
         """The ring is full: wait up to max_block_ms, then apply the on_full policy."""
-        started = time.monotonic()
-        ok = writer.write(*args, timeout_s=self._settings.max_block_ms / 1000)
-        while not ok and self._settings.on_full == "block" and not writer.abandoned:
-            log.warning("ring slot %d full for %.1f s; still waiting (the sender is behind)",
-                        writer.slot, time.monotonic() - started)
-            ok = writer.write(*args, timeout_s=self._settings.max_block_ms / 1000 or 1.0)
+        started = _room_wait.since = time.monotonic()
+        try:
+            ok = writer.write(*args, timeout_s=self._settings.max_block_ms / 1000)
+            while not ok and self._settings.on_full == "block" and not writer.abandoned:
+                log.warning("ring slot %d full for %.1f s; still waiting (the sender is "
+                            "behind)", writer.slot, time.monotonic() - started)
+                ok = writer.write(*args, timeout_s=self._settings.max_block_ms / 1000 or 1.0)
+        finally:
+            _room_wait.since = None
         control = self._control_block()
         control.slot_add(writer.slot, "blocked_ms", int((time.monotonic() - started) * 1000))
         if ok:

@@ -448,3 +448,67 @@ def test_sigterm_in_a_send_made_in_the_op_s_thread_still_drains_weave_s_pool(tmp
     assert sorted(c["inputs"]["x"] for c in predicts if c["ended_at"]) == list(range(10))
     assert [(c["inputs"]["x"], c["output"]) for c in others if c["ended_at"]] == [(0, 0)], \
         result.stderr[-3000:]
+
+
+_FULL_RING_LOOP = textwrap.dedent(
+    """
+    import sys, weave
+    weave.init(sys.argv[1])
+    progress = open(sys.argv[2], "w")
+
+    @weave.op
+    def predict(x: int, text: str) -> str:
+        return text
+
+    for i in range(100_000):  # bounded all the same
+        predict(i, "x" * 20_000)
+        progress.write(f"{i}\\n")
+        progress.flush()
+    """
+)
+
+
+def test_sigterm_while_the_op_s_thread_waits_for_room_in_a_full_ring_ends_the_program(tmp_path):
+    """The server freezes (SIGSTOP) mid-loop: the ring fills and the op's thread waits for
+    room holding the ring lock, for as long as the server stays frozen. The guard deferred a
+    signal while that lock was held (so a send holding it briefly finishes first): SIGTERM
+    and Ctrl-C then waited on the frozen server for ever. A wait for room now counts as
+    holding the lock only for its first second: the program ends by SIGTERM within its
+    sigterm_timeout_s, what is in the ring persisted."""
+    import os
+
+    from engine.server._subprocess import spawn_server, stop_server
+
+    program = tmp_path / "loop.py"
+    program.write_text(_FULL_RING_LOOP)
+    progress = tmp_path / "n"
+    server, url = spawn_server(tmp_path / "t.db", "sqlite", None, None)
+    try:
+        env = _weave_env(url, str(tmp_path), enable_env=True)
+        env.update(ENGINE_RING_BYTES=str(1 << 20), ENGINE_MAX_BLOCK_MS="100", ENGINE_SIGTERM_TIMEOUT_S="3",
+                   ENGINE_SHUTDOWN_TIMEOUT_S="3",
+                   ENGINE_DEAD_LETTER_PATH=str(tmp_path / "dead.jsonl"))
+        proc = subprocess.Popen([sys.executable, str(program), "ent/frozen", str(progress)],
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and proc.poll() is None and not (
+                    progress.exists() and len(progress.read_text().split()) >= 100):
+                time.sleep(0.02)
+            os.kill(server.pid, signal.SIGSTOP)  # the server freezes: the ring fills
+            time.sleep(3)  # the ring is full and the op's thread waits for room
+            proc.send_signal(signal.SIGTERM)
+            started = time.monotonic()
+            _, err = proc.communicate(timeout=30)
+            took_s = time.monotonic() - started
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate()
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+        stop_server(server)
+    assert proc.returncode == -signal.SIGTERM and took_s < 10, (took_s, err[-3000:])
+    assert "ring slot 0 full" in err  # it was waiting for room
+    assert (tmp_path / "dead.jsonl").exists()  # what the ring held, persisted
