@@ -85,7 +85,10 @@ def test_engines_opened_and_closed_one_after_another_hold_nothing_after(tmp_path
             _one_job(server.url, tmp_path, job, ids)
         after = _settled(before)
         assert resources.grown(before, after) == {}, (before, after)
-        assert after["children"] == after["ring_mappings"] == after["ring_files"] == 0, after
+        # none of these engines' senders, mappings or ring files is left (the suite's worker
+        # may hold other tests' own: compared with before, not with zero)
+        assert all(after[k] <= before[k] for k in ("children", "ring_mappings", "ring_files")), (
+            before, after)
         assert server.stored_ids(PROJECT) == set(ids) and len(ids) == (2 + 4 * SCALE) * 4
         assert server.duplicate_deliveries() == 0
 

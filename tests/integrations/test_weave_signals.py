@@ -450,65 +450,66 @@ def test_sigterm_in_a_send_made_in_the_op_s_thread_still_drains_weave_s_pool(tmp
         result.stderr[-3000:]
 
 
-_FULL_RING_LOOP = textwrap.dedent(
+
+_WAITING_IN_THE_GUARD = textwrap.dedent(
     """
-    import sys, weave
-    weave.init(sys.argv[1])
-    progress = open(sys.argv[2], "w")
+    import sys, engine
+    from engine.integrations import _weave_sigint
+    from engine.producer._engine import defer_sigterm_with
+    from engine.producer._slot import lock_held_here
 
-    @weave.op
-    def predict(x: int, text: str) -> str:
-        return text
-
-    for i in range(100_000):  # bounded all the same
-        predict(i, "x" * 20_000)
-        progress.write(f"{i}\\n")
-        progress.flush()
+    eng = engine.Engine(url=sys.argv[1], project="ops/frozen", dead_letter_path=sys.argv[2],
+                        ring_bytes=1 << 20, max_block_ms=100, shutdown_timeout_s=2.0,
+                        sigterm_timeout_s=2.0, backoff_initial_ms=10, backoff_max_ms=100)
+    # the weave integration's guard, as install() sets it up (weave's own modules aside)
+    defer_sigterm_with(_weave_sigint.defer_if_guarded)
+    _weave_sigint.install()
+    _weave_sigint.defer_while(lock_held_here)
+    tracer = eng.producer()
+    for i in range(100_000):  # the ring holds ~50 of these; then this thread waits for room
+        with tracer.call("op", inputs={"x": "x" * 20_000}) as call:
+            call.output = i
     """
 )
 
 
-def test_sigterm_while_the_op_s_thread_waits_for_room_in_a_full_ring_ends_the_program(tmp_path):
-    """The server freezes (SIGSTOP) mid-loop: the ring fills and the op's thread waits for
-    room holding the ring lock, for as long as the server stays frozen. The guard deferred a
-    signal while that lock was held (so a send holding it briefly finishes first): SIGTERM
-    and Ctrl-C then waited on the frozen server for ever. A wait for room now counts as
-    holding the lock only for its first second: the program ends by SIGTERM within its
-    sigterm_timeout_s, what is in the ring persisted."""
-    import os
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_while_the_op_s_thread_waits_for_room_in_a_full_ring_is_handled(tmp_path, sig):
+    """With the speedups the op's thread writes its calls and, with the server down or
+    frozen, waits for room in a full ring holding the ring lock; the weave integration's
+    guard defers a signal while that lock is held (so a send holding it briefly finishes
+    first): SIGTERM and Ctrl-C were deferred for as long as the server stayed away, the
+    program ignored both. A wait for room now counts as holding the lock only for its first
+    second: SIGTERM ends the program within its sigterm_timeout_s, what the ring holds
+    persisted; Ctrl-C raises KeyboardInterrupt in the wait."""
+    from tests.faultserver import FaultServer
 
-    from engine.server._subprocess import spawn_server, stop_server
-
-    program = tmp_path / "loop.py"
-    program.write_text(_FULL_RING_LOOP)
-    progress = tmp_path / "n"
-    server, url = spawn_server(tmp_path / "t.db", "sqlite", None, None)
-    try:
-        env = _weave_env(url, str(tmp_path), enable_env=True)
-        env.update(ENGINE_RING_BYTES=str(1 << 20), ENGINE_MAX_BLOCK_MS="100", ENGINE_SIGTERM_TIMEOUT_S="3",
-                   ENGINE_SHUTDOWN_TIMEOUT_S="3",
-                   ENGINE_DEAD_LETTER_PATH=str(tmp_path / "dead.jsonl"))
-        proc = subprocess.Popen([sys.executable, str(program), "ent/frozen", str(progress)],
-                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True)
+    dead, log = tmp_path / "dead.jsonl", tmp_path / "err.txt"
+    with FaultServer() as server, open(log, "w") as err_file:
+        server.down()
+        proc = subprocess.Popen([sys.executable, "-c", _WAITING_IN_THE_GUARD, server.url,
+                                 str(dead)], stderr=err_file, text=True,
+                                env={"PATH": "/usr/bin:/bin", "PYTHONPATH": "."})
         try:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and proc.poll() is None and not (
-                    progress.exists() and len(progress.read_text().split()) >= 100):
-                time.sleep(0.02)
-            os.kill(server.pid, signal.SIGSTOP)  # the server freezes: the ring fills
-            time.sleep(3)  # the ring is full and the op's thread waits for room
-            proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + 60  # the program fills its ring, then waits
+            while "ring slot 0 full for 1." not in log.read_text() and proc.poll() is None \
+                    and time.monotonic() < deadline:
+                time.sleep(0.05)
+            proc.send_signal(sig)
             started = time.monotonic()
-            _, err = proc.communicate(timeout=30)
+            proc.wait(timeout=30)
             took_s = time.monotonic() - started
         finally:
             if proc.poll() is None:
                 proc.kill()
-            proc.communicate()
-    finally:
-        os.kill(server.pid, signal.SIGCONT)
-        stop_server(server)
-    assert proc.returncode == -signal.SIGTERM and took_s < 10, (took_s, err[-3000:])
-    assert "ring slot 0 full" in err  # it was waiting for room
-    assert (tmp_path / "dead.jsonl").exists()  # what the ring held, persisted
+                proc.wait()
+    err = log.read_text()
+    assert proc.returncode == -sig and took_s < 8, (took_s, err[-3000:])
+    if sig == signal.SIGTERM:  # what the ring held, persisted by the sender, which outlives
+        deadline = time.monotonic() + 30  # its owner to do so (on a loaded machine, longer)
+        while time.monotonic() < deadline and not (
+                dead.exists() and len(dead.read_text().splitlines()) >= 40):
+            time.sleep(0.1)
+        assert len(dead.read_text().splitlines()) >= 40
+    else:
+        assert "KeyboardInterrupt" in err and "_writer.py" in err  # raised in the wait

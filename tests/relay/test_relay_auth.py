@@ -211,7 +211,9 @@ def test_an_unreachable_upstream_is_one_line_until_it_answers_again(tmp_path):
             assert [get() for _ in range(3)] == [502, 502, 502]
             upstream_server = up(port)
             assert get() == 200
-            back = wait_until(lambda: "answers again" in "".join(proc.output_lines), 10)
+            # the line it is back ("the upstream ... answers again (N ..."), not the line it went
+            # ("... answer 502 until it answers again"), which the first wait matched
+            back = wait_until(lambda: "502 meanwhile" in "".join(proc.output_lines), 10)
             printed = "".join(proc.output_lines)
     finally:
         upstream_server.shutdown()
