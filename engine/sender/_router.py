@@ -3,8 +3,13 @@
 :class:`Router`: ``upsert`` wraps each start/end for ``/call/upsert_batch``; ``complete``
 pairs a start with its end by call id and splices one complete-call item. A start still
 waiting for its end is held in a table; after ``eager_start_ms`` (or when it pins too much
-of its ring, or on flush) it goes out on its own through v2 ``call/start`` and its end later
-through v2 ``call/end``.
+of its ring, or on flush) it goes out on its own, and its end later. To a server that takes
+``/call/upsert_batch`` beside calls/complete (``accepts_upsert_batch`` in its
+``/server_info``: ``engine serve``) both go as items of upsert batches; to any other, each
+as a request of its own, through v2 ``call/start`` and ``call/end`` (single-item routes).
+Thousands of calls open at once (an asyncio eval awaiting a rate-limited model) send
+thousands of starts alone: one request each cost the sender ~1 ms, and the producers, whose
+rings the unsent starts pinned, waited for them (bench/open_calls.py, docs/throughput.md).
 """
 
 from __future__ import annotations
@@ -69,9 +74,12 @@ _SEPARATOR = b","
 class Router:
     """Records → items for the current target mode (``complete`` or ``upsert``)."""
 
-    def __init__(self, mode: str, max_item_bytes: int) -> None:
+    def __init__(self, mode: str, max_item_bytes: int, alone_batched: bool = False) -> None:
         self.mode = mode
         self.max_item_bytes = max_item_bytes
+        # complete mode: starts sent before their end, and those ends, go in upsert batches
+        # (the server said it takes them) instead of one v2 request each
+        self.alone_batched = alone_batched
         # complete mode: records waiting for their partner, by raw call id (insertion ordered)
         self.pending_starts: dict[tuple[bytes, bytes], tuple[ring.Record, int, float]] = {}
         self.pending_ends: dict[tuple[bytes, bytes], tuple[ring.Record, int, float]] = {}
@@ -175,18 +183,27 @@ class Router:
                                                  "(written by a newer producer?)"))
 
     def _v2_start(self, record: ring.Record, ref: int) -> Item:
+        """A start sent before its end: an upsert item, or a v2 call/start request."""
         self.eager_starts += 1
         key = (record.project, record.call_id)
         self.started_alone[key] = None
         if len(self.started_alone) > self.started_alone_max:
             self.started_alone.popitem(last=False)
+        if self.alone_batched:
+            parts = (_UPSERT_START, record.payload, _UPSERT_CLOSE, _SEPARATOR)
+            return _item(parts, record, (ref,), UPSERT_ROUTE)
         parts = (_V2_START, record.payload, _V2_CLOSE, _SEPARATOR)
         return _item(parts, record, (ref,), v2_start_route(record.project), single=True)
 
     def _v2_end(self, record: ring.Record, ref: int) -> Item:
+        """An end whose start went alone: an upsert item, or a v2 call/end request."""
+        carries_trace = bool(record.flags & ring.FLAG_END_HAS_TRACE)
+        if self.alone_batched:
+            parts = (_UPSERT_END, record.payload, _UPSERT_CLOSE, _SEPARATOR)
+            return _item(parts, record, (ref,), UPSERT_ROUTE, ends_carry_trace=carries_trace)
         parts = (_V2_END, record.payload, _V2_CLOSE, _SEPARATOR)
         return _item(parts, record, (ref,), v2_end_route(record.project), single=True,
-                     ends_carry_trace=bool(record.flags & ring.FLAG_END_HAS_TRACE))
+                     ends_carry_trace=carries_trace)
 
     def expire(self, older_than_s: float, read_pos: dict[int, int] | None = None,
                pin_limit_bytes: int = 0, everything: bool = False) -> list[Item]:

@@ -170,6 +170,21 @@ def test_a_waiting_start_goes_alone_when_old_or_pinning_and_its_end_follows_alon
     assert Batch(end_item.route, [end_item]).body() == end_item.data  # no envelope
 
 
+def test_a_start_that_goes_alone_and_its_end_are_upsert_items_where_the_server_takes_them():
+    router = Router("complete", 1 << 20, alone_batched=True)
+    s, e = _records(0, 0)
+    _route_one(router, s, 1)
+    (start_item,) = router.expire(0.0, everything=True)
+    end_item = _route_one(router, e, 2)
+    assert start_item.route == end_item.route == "/call/upsert_batch"
+    assert not start_item.single and not end_item.single
+    decoded = msgspec.json.decode(Batch(start_item.route, [start_item, end_item]).body())
+    assert [x["mode"] for x in decoded["batch"]] == ["start", "end"]
+    assert decoded["batch"][0]["req"]["start"] == msgspec.json.decode(s.payload)
+    assert decoded["batch"][1]["req"]["end"] == msgspec.json.decode(e.payload)
+    assert router.eager_starts == 1
+
+
 def test_a_pair_too_large_together_is_sent_as_two_single_requests():
     s, e = _records(0, 0)
     router = Router("complete", max(len(s.payload), len(e.payload)) + 1)
