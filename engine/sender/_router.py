@@ -206,17 +206,31 @@ class Router:
                      ends_carry_trace=carries_trace)
 
     def expire(self, older_than_s: float, read_pos: dict[int, int] | None = None,
-               pin_limit_bytes: int = 0, everything: bool = False) -> list[Item]:
+               pin_limit_bytes: int = 0, everything: bool = False,
+               lap_bytes: int = 0) -> list[Item]:
         """Send waiting records on their own when they waited ``older_than_s``, when more
         than ``pin_limit_bytes`` of their ring were read after them (they pin its space), or
-        when a flush asks for ``everything``."""
+        when a flush asks for ``everything``.
+
+        With ``lap_bytes`` (the ring's lap: small records fill its first half, and the
+        second is skipped as padding when the lap ends) the padding a lap's end skipped is
+        not counted as read: a record read in the lap before the reading's goes once
+        ``pin_limit_bytes`` plus half a lap were read after it. Counted, every record held
+        across a lap's end went alone, however little was written after it.
+        """
         cutoff = time.monotonic() - older_than_s
         read_pos = read_pos or {}
         items: list[Item] = []
+        padding = lap_bytes // 2
         for table, make in ((self.pending_starts, self._v2_start), (self.pending_ends, self._v2_end)):
             for key, (record, ref, seen) in list(table.items()):
-                pinning = pin_limit_bytes and (
-                    read_pos.get(record.slot, 0) - record.end_pos > pin_limit_bytes)
+                pinning = False
+                if pin_limit_bytes:
+                    read = read_pos.get(record.slot, 0)
+                    limit = pin_limit_bytes
+                    if lap_bytes and read // lap_bytes != record.end_pos // lap_bytes:
+                        limit += padding
+                    pinning = read - record.end_pos > limit
                 if everything or seen <= cutoff or pinning:
                     del table[key]
                     items.append(make(record, ref))

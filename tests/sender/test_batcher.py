@@ -170,6 +170,30 @@ def test_a_waiting_start_goes_alone_when_old_or_pinning_and_its_end_follows_alon
     assert Batch(end_item.route, [end_item]).body() == end_item.data  # no envelope
 
 
+def test_a_lap_end_skipped_as_padding_does_not_count_as_read_after_a_waiting_start():
+    """Small records fill a lap's first half; its second is skipped when the lap ends. A
+    start read just before a lap's end, with little read after it in the next lap, pins
+    little: it keeps waiting. Counted in positions, it went alone at every lap's end."""
+    lap, pin = 2 << 20, 512 << 10
+    s, _e = _records(0, 0)
+    near_end = s._replace(end_pos=lap // 2 - 100)
+    router = Router("complete", 1 << 20)
+    _route_one(router, near_end, 1)
+    just_past = {0: lap + 1000}  # 1,100 bytes of records after it, and the padding
+    assert router.expire(3600.0, just_past, pin_limit_bytes=pin, lap_bytes=lap) == []
+    assert router.expire(3600.0, just_past, pin_limit_bytes=pin) != []  # as it went before
+    # the producer's room (up to the start's place in the next lap) is down to what a start
+    # as much read after it in its own lap leaves: half a lap less pin_limit_bytes
+    far_past = {0: near_end.end_pos + lap // 2 + pin}
+    _route_one(router, near_end, 1)
+    assert router.expire(3600.0, far_past, pin_limit_bytes=pin, lap_bytes=lap) == []
+    far_past[0] += 1
+    assert len(router.expire(3600.0, far_past, pin_limit_bytes=pin, lap_bytes=lap)) == 1
+    _route_one(router, near_end, 1)  # in its own lap the limit is pin_limit_bytes, as before
+    same_lap = {0: near_end.end_pos + pin + 1}
+    assert len(router.expire(3600.0, same_lap, pin_limit_bytes=pin, lap_bytes=lap)) == 1
+
+
 def test_a_start_that_goes_alone_and_its_end_are_upsert_items_where_the_server_takes_them():
     router = Router("complete", 1 << 20, alone_batched=True)
     s, e = _records(0, 0)
