@@ -103,6 +103,7 @@ class FaultServer:
         complete_mode_required: bool = False,
         accepts_encodings: Iterable[str] | None = ("zstd", "gzip"),
         machine: str | None = None,
+        accepts_upsert_batch: bool = False,
     ) -> None:
         self.rng = random.Random(seed)
         self.limit_bytes = limit_bytes
@@ -117,6 +118,8 @@ class FaultServer:
         self.complete_mode_required = complete_mode_required
         self.accepts_encodings = None if accepts_encodings is None else tuple(accepts_encodings)
         self.machine = machine  # the /server_info token of the machine it runs on, if any
+        # says in /server_info that it takes upsert_batch beside calls/complete (engine serve's)
+        self.accepts_upsert_batch = accepts_upsert_batch
         self.stored: dict[tuple[str, str], dict[str, Any]] = {}
         self.deliveries: Counter[tuple[str, str, str]] = Counter()
         self.arrivals: list[tuple[str, str]] = []  # (kind, call id) of every item stored, in order
@@ -350,6 +353,8 @@ class FaultServer:
             info["accepts_encodings"] = list(self.accepts_encodings)
         if self.machine is not None:
             info["machine"] = self.machine
+        if self.accepts_upsert_batch:
+            info["accepts_upsert_batch"] = True
         return info
 
     @staticmethod

@@ -283,7 +283,9 @@ class Delivery:
         if self.size.probing_bytes is not None:
             self.size.forget(self.size.probing_bytes)  # its batch is read again, cut anew
         self.acc = Accumulator()
-        self.router = Router(mode, self.router.max_item_bytes)
+        # a server that refused an upsert batch gets what goes alone as v2 requests from now on
+        self.router = Router(mode, self.router.max_item_bytes,
+                             self.router.alone_batched and mode != "complete")
         self._read_spliced(mode)
         self.tracker = ReleaseTracker(self.reader.release)
         self.held_bytes = 0

@@ -37,6 +37,7 @@ class Intake:
 
     cfg: EngineConfig
     control: Control
+    ringset: ring.RingSet
     reader: ring.RingReader
     tracker: ReleaseTracker
     router: Router
@@ -63,7 +64,7 @@ class Intake:
         if self.router.held() and (flushing or read_any or self._eager_due()):
             self._add_items(self.router.expire(self.cfg.eager_start_ms / 1000,
                                                self.tracker.read_pos, self.cfg.ring_bytes // 2,
-                                               flushing))
+                                               flushing, self.ringset.spec.ring_bytes))
         for batch in self.acc.due(linger_s):
             self._make_ready(batch)
         return read_any

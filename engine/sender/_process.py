@@ -54,7 +54,12 @@ from engine.sender._replay import ReplaySummary, replay_spool
 from engine.sender._resend import Resender
 from engine.sender._router import Router
 from engine.sender._shutdown import HOUSEKEEPING_S, STOP_SIGNALS, Shutdown
-from engine.sender._transport import Compressor, Transport, choose_compression
+from engine.sender._transport import (
+    Compressor,
+    Transport,
+    choose_compression,
+    takes_upsert_batch,
+)
 
 log = logging.getLogger("engine.sender")
 
@@ -274,6 +279,8 @@ class Sender(Intake, Delivery, Shutdown):
         except SendError as exc:
             log.log(*startup_problem(exc, url=self.cfg.url, has_key=bool(self.api_key),
                                      key_from=self.key_from))
+        # starts sent before their end go in upsert batches where the server takes them
+        self.router.alone_batched = takes_upsert_batch(info)
         setting, why = choose_compression(self.cfg.compression, info)
         log.debug("compression: %s (%s)", setting, why)
         if setting == "zstd":

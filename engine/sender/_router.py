@@ -3,8 +3,13 @@
 :class:`Router`: ``upsert`` wraps each start/end for ``/call/upsert_batch``; ``complete``
 pairs a start with its end by call id and splices one complete-call item. A start still
 waiting for its end is held in a table; after ``eager_start_ms`` (or when it pins too much
-of its ring, or on flush) it goes out on its own through v2 ``call/start`` and its end later
-through v2 ``call/end``.
+of its ring, or on flush) it goes out on its own, and its end later. To a server that takes
+``/call/upsert_batch`` beside calls/complete (``accepts_upsert_batch`` in its
+``/server_info``: ``engine serve``) both go as items of upsert batches; to any other, each
+as a request of its own, through v2 ``call/start`` and ``call/end`` (single-item routes).
+Thousands of calls open at once (an asyncio eval awaiting a rate-limited model) send
+thousands of starts alone: one request each cost the sender ~1 ms, and the producers, whose
+rings the unsent starts pinned, waited for them (bench/open_calls.py, docs/throughput.md).
 """
 
 from __future__ import annotations
@@ -69,9 +74,12 @@ _SEPARATOR = b","
 class Router:
     """Records → items for the current target mode (``complete`` or ``upsert``)."""
 
-    def __init__(self, mode: str, max_item_bytes: int) -> None:
+    def __init__(self, mode: str, max_item_bytes: int, alone_batched: bool = False) -> None:
         self.mode = mode
         self.max_item_bytes = max_item_bytes
+        # complete mode: starts sent before their end, and those ends, go in upsert batches
+        # (the server said it takes them) instead of one v2 request each
+        self.alone_batched = alone_batched
         # complete mode: records waiting for their partner, by raw call id (insertion ordered)
         self.pending_starts: dict[tuple[bytes, bytes], tuple[ring.Record, int, float]] = {}
         self.pending_ends: dict[tuple[bytes, bytes], tuple[ring.Record, int, float]] = {}
@@ -82,6 +90,7 @@ class Router:
         self.unroutable: list[tuple[ring.Record, int, str]] = []
         self.eager_starts = 0
         self.spliced = 0
+        self._pins_looked_at: dict[int, int] = {}  # read positions at the last look for pins
 
     def route(self, records: list[ring.Record], refs: list[int]) -> list[Item]:
         """Items for ``records`` (``refs`` from :meth:`ReleaseTracker.track`), in read order.
@@ -175,35 +184,77 @@ class Router:
                                                  "(written by a newer producer?)"))
 
     def _v2_start(self, record: ring.Record, ref: int) -> Item:
+        """A start sent before its end: an upsert item, or a v2 call/start request."""
         self.eager_starts += 1
         key = (record.project, record.call_id)
         self.started_alone[key] = None
         if len(self.started_alone) > self.started_alone_max:
             self.started_alone.popitem(last=False)
+        if self.alone_batched:
+            parts = (_UPSERT_START, record.payload, _UPSERT_CLOSE, _SEPARATOR)
+            return _item(parts, record, (ref,), UPSERT_ROUTE)
         parts = (_V2_START, record.payload, _V2_CLOSE, _SEPARATOR)
         return _item(parts, record, (ref,), v2_start_route(record.project), single=True)
 
     def _v2_end(self, record: ring.Record, ref: int) -> Item:
+        """An end whose start went alone: an upsert item, or a v2 call/end request."""
+        carries_trace = bool(record.flags & ring.FLAG_END_HAS_TRACE)
+        if self.alone_batched:
+            parts = (_UPSERT_END, record.payload, _UPSERT_CLOSE, _SEPARATOR)
+            return _item(parts, record, (ref,), UPSERT_ROUTE, ends_carry_trace=carries_trace)
         parts = (_V2_END, record.payload, _V2_CLOSE, _SEPARATOR)
         return _item(parts, record, (ref,), v2_end_route(record.project), single=True,
-                     ends_carry_trace=bool(record.flags & ring.FLAG_END_HAS_TRACE))
+                     ends_carry_trace=carries_trace)
 
     def expire(self, older_than_s: float, read_pos: dict[int, int] | None = None,
-               pin_limit_bytes: int = 0, everything: bool = False) -> list[Item]:
+               pin_limit_bytes: int = 0, everything: bool = False,
+               lap_bytes: int = 0) -> list[Item]:
         """Send waiting records on their own when they waited ``older_than_s``, when more
         than ``pin_limit_bytes`` of their ring were read after them (they pin its space), or
-        when a flush asks for ``everything``."""
+        when a flush asks for ``everything``.
+
+        With ``lap_bytes`` (the ring's lap: small records fill its first half, and the
+        second is skipped as padding when the lap ends) the padding a lap's end skipped is
+        not counted as read: a record read in the lap before the reading's goes once
+        ``pin_limit_bytes`` plus half a lap were read after it. Counted, every record held
+        across a lap's end went alone, however little was written after it.
+
+        The tables are in read order, so the look for old records stops at the first young
+        one; the look for pinning ones goes through every record, so it is made only once a
+        ring was read a sixteenth of ``pin_limit_bytes`` on since the last (with 10,000
+        calls held, a look at every read took 80% of the sender's time).
+        """
         cutoff = time.monotonic() - older_than_s
         read_pos = read_pos or {}
+        pins = bool(pin_limit_bytes) and self._read_on(read_pos, pin_limit_bytes // 16)
+        padding = lap_bytes // 2
         items: list[Item] = []
         for table, make in ((self.pending_starts, self._v2_start), (self.pending_ends, self._v2_end)):
-            for key, (record, ref, seen) in list(table.items()):
-                pinning = pin_limit_bytes and (
-                    read_pos.get(record.slot, 0) - record.end_pos > pin_limit_bytes)
-                if everything or seen <= cutoff or pinning:
-                    del table[key]
-                    items.append(make(record, ref))
+            due = []
+            for key, (record, _ref, seen) in table.items():
+                if everything or seen <= cutoff:
+                    due.append(key)
+                    continue
+                if not pins:
+                    break  # the rest were read later: younger still
+                read = read_pos.get(record.slot, 0)
+                limit = pin_limit_bytes
+                if lap_bytes and read // lap_bytes != record.end_pos // lap_bytes:
+                    limit += padding
+                if read - record.end_pos > limit:
+                    due.append(key)
+            for key in due:
+                record, ref, _seen = table.pop(key)
+                items.append(make(record, ref))
         return items
+
+    def _read_on(self, read_pos: dict[int, int], step_bytes: int) -> bool:
+        """Whether a ring was read ``step_bytes`` on since this last said so."""
+        looked = self._pins_looked_at
+        if not any(pos - looked.get(slot, 0) >= step_bytes for slot, pos in read_pos.items()):
+            return False
+        self._pins_looked_at = dict(read_pos)
+        return True
 
     def oldest_pending_s(self) -> float | None:
         oldest = None

@@ -34,6 +34,13 @@ def accepted_encodings(info: object) -> frozenset[str]:
     return _encodings(info.get("accepts_encodings") if isinstance(info, dict) else None)
 
 
+def takes_upsert_batch(info: object) -> bool:
+    """Whether a ``/server_info`` answer says ``/call/upsert_batch`` is taken for every
+    project beside calls/complete (``engine serve`` does; weave's hosted server may refuse
+    it for a project with CALLS_COMPLETE_MODE_REQUIRED, and says nothing)."""
+    return isinstance(info, dict) and info.get("accepts_upsert_batch") is True
+
+
 def choose_compression(setting: str, info: object) -> tuple[str, str]:
     """``("zstd" | "none", why)`` for the ``compression`` setting and a ``/server_info``
     answer (None when there was none). ``"auto"`` compresses when the server accepts zstd

@@ -62,6 +62,7 @@ async def call_start(request: web.Request) -> web.Response:
     await state.store.insert_calls([req.start], [], [])
     state.saw_starts([req.start])
     state.counters.calls_started += 1
+    state.counters.requests_call_start += 1
     return ok(ids)
 
 
@@ -72,6 +73,7 @@ async def call_end(request: web.Request) -> web.Response:
     check_project_id(req.end.project_id, "end.project_id")
     await state.store.insert_calls([], [req.end], [])
     state.counters.calls_ended += 1
+    state.counters.requests_call_end += 1
     return ok({})
 
 
@@ -96,6 +98,7 @@ async def call_upsert_batch(request: web.Request) -> web.Response:
     state.saw_starts(starts)
     state.counters.calls_started += len(starts)
     state.counters.calls_ended += len(ends)
+    state.counters.requests_upsert_batch += 1
     return ok({"res": results})
 
 
@@ -112,6 +115,7 @@ async def calls_complete(request: web.Request) -> web.Response:
     await state.store.insert_calls([], [], req.batch)
     state.saw_starts(req.batch)
     state.counters.calls_complete += len(req.batch)
+    state.counters.requests_calls_complete += 1
     return ok({})
 
 
@@ -124,6 +128,7 @@ async def call_start_v2(request: web.Request) -> web.Response:
     await state.store.insert_calls([req.start], [], [])
     state.saw_starts([req.start])
     state.counters.calls_started += 1
+    state.counters.requests_call_start += 1
     return ok(ids)
 
 
@@ -134,6 +139,7 @@ async def call_end_v2(request: web.Request) -> web.Response:
     check_same_project(req.end.project_id, path_project(request), "end.project_id")
     await state.store.insert_calls([], [req.end], [])
     state.counters.calls_ended += 1
+    state.counters.requests_call_end += 1
     return ok({})
 
 

@@ -33,6 +33,7 @@ async def server_info(request: web.Request) -> web.Response:
         accepts_encodings=list(ACCEPTED_ENCODINGS),
         machine=machine_token(),
         store_id=await _store_id(request),
+        accepts_upsert_batch=True,
     )
     return ok(info)
 

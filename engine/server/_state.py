@@ -32,6 +32,11 @@ class Counters(msgspec.Struct, kw_only=True):
     retention_passes: int = 0  # passes over the retained projects that ran to the end
     retention_last_pass_ms: int = 0  # how long the last of them took
     ops_missing: int = 0  # weave op refs calls named that the store did not have (``_op_watch``)
+    # ingest requests by route (v1 and v2 of a route counted together): how a client batches
+    requests_upsert_batch: int = 0
+    requests_calls_complete: int = 0
+    requests_call_start: int = 0
+    requests_call_end: int = 0
 
 
 class ServerState:

@@ -164,3 +164,6 @@ class ServerInfoRes(_Response, kw_only=True):
     machine: str | None = None
     # engine's own: the id of the data the server's store holds (Store.store_id)
     store_id: str | None = None
+    # engine's own: /call/upsert_batch is taken for every project beside calls/complete, so
+    # a client may batch the starts it sends before their ends (and those ends) through it
+    accepts_upsert_batch: bool | None = None

@@ -170,6 +170,68 @@ def test_a_waiting_start_goes_alone_when_old_or_pinning_and_its_end_follows_alon
     assert Batch(end_item.route, [end_item]).body() == end_item.data  # no envelope
 
 
+def test_a_lap_end_skipped_as_padding_does_not_count_as_read_after_a_waiting_start():
+    """Small records fill a lap's first half; its second is skipped when the lap ends. A
+    start read just before a lap's end, with little read after it in the next lap, pins
+    little: it keeps waiting. Counted in positions, it went alone at every lap's end."""
+    lap, pin = 2 << 20, 512 << 10
+    s, _e = _records(0, 0)
+    near_end = s._replace(end_pos=lap // 2 - 100)
+    router = Router("complete", 1 << 20)
+    _route_one(router, near_end, 1)
+    just_past = {0: lap + 1000}  # 1,100 bytes of records after it, and the padding
+    assert router.expire(3600.0, just_past, pin_limit_bytes=pin, lap_bytes=lap) == []
+    before = Router("complete", 1 << 20)
+    _route_one(before, near_end, 1)
+    assert before.expire(3600.0, just_past, pin_limit_bytes=pin) != []  # as it went before
+    # the producer's room (up to the start's place in the next lap) is down to what a start
+    # as much read after it in its own lap leaves: half a lap less pin_limit_bytes
+    far_past = {0: near_end.end_pos + lap // 2 + pin}
+    for read_after, goes in ((far_past[0], 0), (far_past[0] + 1, 1)):
+        router = Router("complete", 1 << 20)
+        _route_one(router, near_end, 1)
+        went = router.expire(3600.0, {0: read_after}, pin_limit_bytes=pin, lap_bytes=lap)
+        assert len(went) == goes
+    router = Router("complete", 1 << 20)
+    _route_one(router, near_end, 1)  # in its own lap the limit is pin_limit_bytes, as before
+    same_lap = {0: near_end.end_pos + pin + 1}
+    assert len(router.expire(3600.0, same_lap, pin_limit_bytes=pin, lap_bytes=lap)) == 1
+
+
+def test_the_look_for_pinning_records_waits_for_a_sixteenth_of_the_limit_to_be_read():
+    """A look goes through every waiting record: with thousands waiting, one per read cost
+    most of the sender's time. Old ones are still found at every read (read order)."""
+    pin = 16 << 10
+    router = Router("complete", 1 << 20)
+    first, _ = _records(0, 0)
+    _route_one(router, first, 1)
+    looked = first.end_pos + pin - 500
+    assert router.expire(3600.0, {0: looked}, pin_limit_bytes=pin) == []  # not pinning yet
+    pinning = {0: first.end_pos + pin + 1}  # read on by 501 bytes only since that look
+    assert router.expire(3600.0, pinning, pin_limit_bytes=pin) == []
+    (went,) = router.expire(3600.0, {0: looked + pin // 16}, pin_limit_bytes=pin)
+    assert went.refs == (1,)
+    second, _ = _records(0, 0)
+    _route_one(router, second, 2)
+    (old,) = router.expire(0.0, {0: looked + pin // 16 + 1}, pin_limit_bytes=pin)
+    assert old.refs == (2,)  # old enough goes at any read
+
+
+def test_a_start_that_goes_alone_and_its_end_are_upsert_items_where_the_server_takes_them():
+    router = Router("complete", 1 << 20, alone_batched=True)
+    s, e = _records(0, 0)
+    _route_one(router, s, 1)
+    (start_item,) = router.expire(0.0, everything=True)
+    end_item = _route_one(router, e, 2)
+    assert start_item.route == end_item.route == "/call/upsert_batch"
+    assert not start_item.single and not end_item.single
+    decoded = msgspec.json.decode(Batch(start_item.route, [start_item, end_item]).body())
+    assert [x["mode"] for x in decoded["batch"]] == ["start", "end"]
+    assert decoded["batch"][0]["req"]["start"] == msgspec.json.decode(s.payload)
+    assert decoded["batch"][1]["req"]["end"] == msgspec.json.decode(e.payload)
+    assert router.eager_starts == 1
+
+
 def test_a_pair_too_large_together_is_sent_as_two_single_requests():
     s, e = _records(0, 0)
     router = Router("complete", max(len(s.payload), len(e.payload)) + 1)
