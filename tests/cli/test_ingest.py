@@ -217,7 +217,9 @@ def test_spawned_workers_store_every_call_too(tmp_path, monkeypatch):
     with serve_subprocess(tmp_path / "t.db") as url:
         summary = _ingest.run_ingest([str(trace)], url, processes=2, progress=False,
                                      checkpoint_path=str(tmp_path / "ck"))
-        assert summary.acked == n and summary.undelivered == 0  # start + end: one call
+        # a start and its end go as one complete call, unless the start waited past
+        # eager_start_ms (a loaded machine): then they are two items acknowledged
+        assert n <= summary.acked <= summary.items and summary.undelivered == 0
         assert set(_stored_ids(url)) == {_call_id(i) for i in range(n)}
 
 
