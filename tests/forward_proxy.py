@@ -12,38 +12,27 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import threading
+
+from tests.loop_thread import LoopThread
 
 _HEAD_LIMIT = 64 << 10
 
 
-class ForwardProxy:
+class ForwardProxy(LoopThread):
     def __init__(self, names: dict[str, str] | None = None, credentials: str | None = None
                  ) -> None:
+        super().__init__()
         self.names = names or {}
         self._expected = (None if credentials is None
                           else "Basic " + base64.b64encode(credentials.encode()).decode())
         self.heads: list[tuple[str, str, dict[str, str]]] = []  # (method, target, headers)
         self.client_bytes = bytearray()  # all a client sent through the proxy, tunnels included
-        self.url = ""
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task] = set()
 
-    def __enter__(self) -> ForwardProxy:
-        self._thread.start()
-        self._server = asyncio.run_coroutine_threadsafe(
-            asyncio.start_server(self._client, "127.0.0.1", 0), self._loop).result(10)
-        port = self._server.sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
+    async def _start(self) -> None:
+        self._server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
 
     async def _stop(self) -> None:
         assert self._server is not None

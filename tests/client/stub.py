@@ -8,14 +8,14 @@ always stop the server.
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import aiohttp
 import zstandard
 from aiohttp import web
+
+from tests.loop_thread import LoopThread
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection"}
@@ -29,32 +29,19 @@ class Recorded:
     body: bytes  # decompressed
 
 
-class StubServer:
+class StubServer(LoopThread):
     """Serves every request with ``handler``; records each request it receives."""
 
     def __init__(self, handler: Handler) -> None:
+        super().__init__()
         self._handler = handler
         self.requests: list[Recorded] = []
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._runner: web.AppRunner | None = None
-        self.url = ""
-
-    def __enter__(self) -> StubServer:
-        self._thread.start()
-        self.url = asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
 
     def paths(self) -> list[str]:
         return [r.path for r in self.requests]
 
-    async def _start(self) -> str:
+    async def _start(self) -> None:
         app = web.Application(client_max_size=1 << 30)
         app.router.add_route("*", "/{tail:.*}", self._record_and_handle)
         await self._on_start()
@@ -63,8 +50,7 @@ class StubServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
-        port = self._runner.addresses[0][1]
-        return f"http://127.0.0.1:{port}"
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
 
     async def _on_start(self) -> None:
         """Hook for subclasses that need loop-bound resources."""

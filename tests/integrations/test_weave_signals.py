@@ -216,11 +216,11 @@ _EVALUATION = textwrap.dedent(
 )
 
 
-def test_a_weave_evaluation_stopped_by_ctrl_c_stops_as_asyncio_does_and_keeps_its_calls(tmp_path):
-    """weave's Evaluation runs in ``asyncio.run``: Ctrl-C cancels its main task (asyncio's
-    own SIGINT handler stands beside the integration's guard), the program ends at once,
-    and every prediction it finished is stored. (weave alone: such runs hung past 60 s in
-    its exit flush, a driver script outside the repo.)"""
+
+def _stop_evaluation(tmp_path, sig: int) -> tuple[int, str, int, float, list[dict]]:
+    """The Evaluation program through the integration, stopped by ``sig`` once it finished
+    AT_LEAST predictions: (exit code, stderr, predictions finished, seconds it ran, the
+    predict calls stored ended)."""
     program = tmp_path / "evaluation.py"
     program.write_text(_EVALUATION)
     with serve_subprocess(tmp_path / "t.db") as url:
@@ -228,10 +228,19 @@ def test_a_weave_evaluation_stopped_by_ctrl_c_stops_as_asyncio_does_and_keeps_it
         started = time.monotonic()
         code, err, finished = _stop_after(
             [weave_python("0.54"), str(program), "ent/evaluation", str(tmp_path / "n")],
-            env, tmp_path / "n", signal.SIGINT)  # fmt: skip
+            env, tmp_path / "n", sig)  # fmt: skip
         took_s = time.monotonic() - started
         predicts = [c for c in _stored_calls(url, "ent/evaluation", "Model.predict")
                     if c["ended_at"]]  # fmt: skip
+    return code, err, finished, took_s, predicts
+
+
+def test_a_weave_evaluation_stopped_by_ctrl_c_stops_as_asyncio_does_and_keeps_its_calls(tmp_path):
+    """weave's Evaluation runs in ``asyncio.run``: Ctrl-C cancels its main task (asyncio's
+    own SIGINT handler stands beside the integration's guard), the program ends at once,
+    and every prediction it finished is stored. (weave alone: such runs hung past 60 s in
+    its exit flush, a driver script outside the repo.)"""
+    code, err, finished, took_s, predicts = _stop_evaluation(tmp_path, signal.SIGINT)
     assert code == -signal.SIGINT, err[-3000:]
     if sys.version_info >= (3, 11):  # asyncio.run cancels its main task on Ctrl-C from 3.11
         assert "asyncio/runners.py" in err and "raise KeyboardInterrupt()" in err, err[-3000:]
@@ -248,17 +257,7 @@ def test_a_weave_evaluation_stopped_by_sigterm_keeps_its_calls(tmp_path):
     hold calls; the engine's handler lets the pool finish and delivers: every prediction
     that returned is stored, the program ends by SIGTERM. (Found losing the pool's calls when
     the signal landed in a send holding the ring lock: see the test above.)"""
-    program = tmp_path / "evaluation.py"
-    program.write_text(_EVALUATION)
-    with serve_subprocess(tmp_path / "t.db") as url:
-        env = _weave_env(url, str(tmp_path), enable_env=True)
-        started = time.monotonic()
-        code, err, finished = _stop_after(
-            [weave_python("0.54"), str(program), "ent/evaluation", str(tmp_path / "n")],
-            env, tmp_path / "n", signal.SIGTERM)  # fmt: skip
-        took_s = time.monotonic() - started
-        predicts = [c for c in _stored_calls(url, "ent/evaluation", "Model.predict")
-                    if c["ended_at"]]  # fmt: skip
+    code, err, finished, took_s, predicts = _stop_evaluation(tmp_path, signal.SIGTERM)
     assert code == -signal.SIGTERM, err[-3000:]
     assert "still pending" not in err, err[-3000:]
     assert AT_LEAST <= finished < 5000 and took_s < 60

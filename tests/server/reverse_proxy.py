@@ -12,38 +12,24 @@ It keeps each request's path as it came and as it went on.
 
 from __future__ import annotations
 
-import asyncio
-import threading
-
 import aiohttp
 from aiohttp import web
 from yarl import URL
+
+from tests.loop_thread import LoopThread
 
 # RFC 9110 §7.6.1 connection-specific headers, and those the proxy sets itself
 _DROPPED = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
                       "te", "trailer", "transfer-encoding", "upgrade", "host", "content-length"})
 
 
-class ReverseProxy:
+class ReverseProxy(LoopThread):
     def __init__(self, upstream: str, prefix: str = "/engine", strip: bool = True) -> None:
+        super().__init__()
         self.upstream, self.prefix, self.strip = URL(upstream), prefix, strip
         self.paths: list[tuple[str, str]] = []  # (path asked of the proxy, path sent upstream)
-        self.url = ""
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
-
-    def __enter__(self) -> ReverseProxy:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
 
     async def _start(self) -> None:
         self._session = aiohttp.ClientSession(auto_decompress=False)
