@@ -174,13 +174,20 @@ def test_short_lived_threads_leave_no_per_thread_state(tmp_path, count_server, t
             eng, tracer, lambda: _traced_task(tracer, predict, next(warm), [], lock))
         # sockets left out: the suite's worker process holds other tests' servers and
         # clients, whose connections come and go beside this test
-        before, objects = resources.held(sockets=False), _python_objects()
-        for start in range(500, 500 + 1500 * SCALE, 100):
-            batch(start)
-        grown_objects = _python_objects() - objects  # (ids are str: not among them)
+        before = resources.held(sockets=False)
+        tasks = 500
+        grown_objects = None
+        for _ in range(2):  # a second round only if the first grew: other tests' threads in
+            objects = _python_objects()  # the worker allocate too, a leak grows every round
+            for start in range(tasks, tasks + 1500 * SCALE, 100):
+                batch(start)
+            tasks += 1500 * SCALE
+            grown = _python_objects() - objects  # (ids are str: not among them)
+            grown_objects = grown if grown_objects is None else min(grown_objects, grown)
+            if grown_objects < 100:
+                break
         after = resources.held(sockets=False)
         assert eng.flush(timeout_s=30)
-        tasks = 500 + 1500 * SCALE
         assert len(set(ids)) == 2 * tasks and _acknowledged_all(eng, 3 * tasks + extra)
     assert resources.grown(before, after) == {}, (before, after)
     assert grown_objects < 100, grown_objects
