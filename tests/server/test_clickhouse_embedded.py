@@ -2,6 +2,7 @@
 to end through HTTP: small writes and bulk batches (parsed by chDB from a private spool
 file), queries, edits, and everything still there after a restart on the same folder."""
 
+import concurrent.futures
 import stat
 
 import pytest
@@ -48,3 +49,28 @@ def test_serve_on_embedded_chdb_end_to_end_and_after_a_restart(tmp_path):
         assert _get_json(url, "/ui/projects")["projects"] == [
             {"project_id": PROJECT, "calls": 151, "retention_days": 36500}]
         assert _json(url, "/call/read", {"project_id": PROJECT, "id": "c001"})["call"]["display_name"] == "one"
+
+
+def test_reads_while_streams_of_many_pages_are_open_on_embedded_chdb(tmp_path):
+    """A chDB connection streaming a result runs nothing else until the stream closes: a
+    stream of several pages must not hold the connection other statements use (each
+    store thread's), or a read landing on that thread between two pages failed with 500
+    ("is streaming a query result on this thread")."""
+    ids = [f"c{i:04d}" for i in range(2500)]  # three pages of PAGE_ROWS calls each
+    with serve_subprocess(store=f"chdb://{tmp_path / 'ch'}") as url:
+        _post(url, "/v2/ent/proj/calls/complete",
+              {"batch": [complete(i, t_s=n) for n, i in enumerate(ids)]})  # fmt: skip
+
+        def read(n: int) -> object:
+            if n % 4 == 0:  # a stream of three pages, or by start time with a limit
+                return [c["id"] for c in _stream(url, sort_by=[{"field": "started_at", "direction": "desc"}],
+                                                 limit=2000 if n % 8 else None)]  # fmt: skip
+            return _json(url, "/call/read", {"project_id": PROJECT, "id": ids[n]})["call"]["id"]
+
+        with concurrent.futures.ThreadPoolExecutor(12) as pool:
+            answers = list(pool.map(read, range(96)))
+    for n, answer in enumerate(answers):
+        if n % 4:
+            assert answer == ids[n]
+        else:
+            assert answer == ids[::-1][: 2000 if n % 8 else None]

@@ -116,6 +116,9 @@ class ClickHouseStore(Store):
         self._page_ends = PageEnds()
         self._local = threading.local()
         self._pool = DaemonThreads(_THREADS, "engine-clickhouse")
+        # clients of finished streams, for the next: a stream holds a client of its own
+        # from its first page to its close (:class:`_Pages`)
+        self._stream_clients: list[Any] = []
         # /ready's queries: a thread and a client of their own, with the short timeout
         self._prober = DaemonThreads(1, "engine-clickhouse-ping")
         self._probe_client: Any = None
@@ -144,6 +147,20 @@ class ClickHouseStore(Store):
         if client is None:
             client = self._local.client = connect(self.target, self.target.database)
         return client
+
+    def _take_stream_client(self) -> Any:
+        """A client no statement uses until :meth:`_give_back` (any store thread)."""
+        try:
+            return self._stream_clients.pop()
+        except IndexError:
+            return connect(self.target, self.target.database)
+
+    def _give_back(self, client: Any, reusable: bool) -> None:
+        if reusable and len(self._stream_clients) < _THREADS:
+            self._stream_clients.append(client)
+        else:
+            with contextlib.suppress(Exception):
+                client.close()
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         def call() -> T:
@@ -624,17 +641,24 @@ def _full_page(client: Any, sql: _calls.CallsSql, offset: int) -> bool:
 class _Pages:
     """One streamed query, read a block at a time on the store's threads and cut into
     pages of at most :data:`PAGE_ROWS` calls, ending early once their JSON passes
-    ``max_bytes`` (rows become calls there too, off the event loop)."""
+    ``max_bytes`` (rows become calls there too, off the event loop).
+
+    The stream runs on a client of its own from its first page to its close: a chDB
+    connection streaming a result runs nothing else until the stream closes, and a store
+    thread's client runs every other request's statements meanwhile (between two pages,
+    and the checks :meth:`ClickHouseStore._opened` makes with the first page in hand)."""
 
     def __init__(self, store: ClickHouseStore, sql: str, params: dict[str, Any],
                  max_bytes: int) -> None:  # fmt: skip
         self._store, self._sql, self._params = store, sql, params
         self._max_bytes = max_bytes
+        self._client: Any = None
         self._stream: Any = None
         self._pages: Iterator[list[CallRow]] | None = None
 
-    def _open(self, client: Any) -> None:
-        self._stream = client.query_row_block_stream(self._sql, parameters=self._params)
+    def _open(self) -> None:
+        self._client = self._store._take_stream_client()
+        self._stream = self._client.query_row_block_stream(self._sql, parameters=self._params)
         self._pages = self._cut(self._stream.__enter__())
 
     def _cut(self, blocks: Any) -> Iterator[list[CallRow]]:
@@ -644,15 +668,28 @@ class _Pages:
                 taken, done = take_rows(rows, PAGE_ROWS, self._max_bytes, _SIZED)
                 if taken:
                     yield [row_to_call(r) for r in taken]
-    def _next(self, client: Any) -> list[CallRow] | None:
+
+    def _next(self, _thread_client: Any) -> list[CallRow] | None:
         if self._pages is None:
-            self._open(client)
+            self._open()
         assert self._pages is not None
         return next(self._pages, None)
 
     async def next(self) -> list[CallRow] | None:
         return await self._store._run(self._next)
 
+    def _close(self, _thread_client: Any) -> None:
+        client, stream, self._client, self._stream = self._client, self._stream, None, None
+        if client is None:
+            return
+        closed = False
+        try:
+            if stream is not None:
+                stream.__exit__(None, None, None)
+            closed = True
+        finally:
+            self._store._give_back(client, reusable=closed)
+
     async def close(self) -> None:
-        if self._stream is not None:
-            await self._store._run(lambda _client: self._stream.__exit__(None, None, None))
+        if self._client is not None:  # even where the schema now refuses statements
+            await asyncio.get_running_loop().run_in_executor(self._store._pool, self._close, None)
