@@ -75,6 +75,7 @@ class NoFreeSlot(RuntimeError):
 
 _STATE_NAMES = {FREE: "free", ACTIVE: "active", CLOSING: "closing", DEAD: "dead"}
 _MIB = 1 << 20
+SLOT_WAIT_SAID_S = 1.0  # a claim waiting for a free slot longer than this is logged
 
 
 def _reserve(what: str, segment: str, fn: Any, *args: Any) -> None:
@@ -244,19 +245,25 @@ class RingSet:
         """Claim a free slot for this process (cold path: takes the slot lock). When every
         slot is taken, wait up to ``wait_s`` for the sender to free one whose producer
         ended (it does once the slot's data is drained), then raise ``NoFreeSlot``."""
-        deadline = time.monotonic() + wait_s
-        pause_s, waited = 0.005, False
+        started = time.monotonic()
+        deadline = started + wait_s
+        pause_s, said = 0.005, False
         while True:
             try:
                 slot = self._claim_slot()
                 break
             except NoFreeSlot:
-                if time.monotonic() + pause_s > deadline:
+                now = time.monotonic()
+                if now + pause_s > deadline:
                     raise
-                if not waited:
-                    _log.warning("all %d ring slots are in use; waiting up to %.1f s for one "
-                                 "to be freed", self.spec.max_slots, wait_s)
-                    waited = True
+                # a recycled pool worker waits for its predecessor's slot to be drained
+                # (the sender looks every 0.1 s): said only when the wait is long
+                if not said and now - started >= SLOT_WAIT_SAID_S:
+                    _log.warning("all %d ring slots are in use; waited %.1f s so far, up to "
+                                 "%.1f s, for one to be freed (each process that traces "
+                                 "holds one until it ends)", self.spec.max_slots,
+                                 now - started, wait_s)  # fmt: skip
+                    said = True
                 time.sleep(pause_s)
                 pause_s = min(pause_s * 2, 0.1)
         writer = (NativeSlotWriter if _native else SlotWriter)(self, slot)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import pickle
+import re
 import select
 import signal
 import stat
@@ -339,6 +341,29 @@ def test_a_claim_waits_for_a_slot_to_be_freed_up_to_its_limit(ring_set):
         assert ring_set.writer(wait_s=10).slot == writers[2].slot
     finally:
         freer.join()
+
+
+@pytest.mark.parametrize("freed_after_s", [0.1, 0.6])
+def test_a_claim_that_waits_briefly_for_a_slot_is_not_logged(ring_set, caplog, monkeypatch,
+                                                             freed_after_s):  # fmt: skip
+    """A recycled pool worker waits ~0.1 s for its predecessor's slot (the sender reaps
+    every 0.1 s): one WARNING per worker was hundreds of lines over a long eval."""
+    monkeypatch.setattr("engine.ring._set.SLOT_WAIT_SAID_S", 0.4)
+    writers = [ring_set.writer() for _ in range(4)]
+    reader = ring_set.reader()
+    writers[1].close()
+    freer = threading.Timer(freed_after_s, reader.reap)
+    freer.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="engine.ring"):
+            assert ring_set.writer(wait_s=10).slot == writers[1].slot
+    finally:
+        freer.join()
+    said = [r.getMessage() for r in caplog.records if "ring slots are in use" in r.getMessage()]
+    if freed_after_s < 0.4:
+        assert said == []
+    else:
+        assert len(said) == 1 and re.search(r"waited 0\.[45] s so far, up to 10\.0 s", said[0]), said
 
 
 def _claim_write_and_exit(spec) -> None:
