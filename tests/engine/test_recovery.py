@@ -179,3 +179,27 @@ def test_a_segment_whose_folder_was_removed_under_a_live_process_is_left_to_it(
         assert not os.path.exists(_segment(killed)) and not os.path.exists(_sidecar(killed))
         result = account(killed.produced(), server.snapshot())
     assert (result.delivered, result.lost) == (result.produced, 0), result.lost_ids[:5]
+
+
+def test_what_a_recovered_ring_set_cannot_deliver_goes_to_its_own_engines_dead_letters(
+        tmp_path, foreign_orphans_parked):
+    """A ring set recovered by ``engine replay`` of another job (its own TMPDIR, HOME and
+    state folder: the ring set's TMPDIR was removed, so the replay adopts the segment) with
+    the server down: its calls are dead-lettered where the dead engine wrote its dead
+    letters (the default file under its $XDG_STATE_HOME), not into the replaying job's.
+    Before, the recovering sender resolved the default file in its own environment: the
+    replay claimed and counted another engine's calls as its own (a 2-worker full run:
+    "5669 items delivered" by a replay of 2,000 letters)."""
+    job1, job2 = Sandbox(tmp_path / "job1"), Sandbox(tmp_path / "job2")
+    with FaultServer() as server:
+        killed = _killed_with_its_sender(job1, server)
+        shutil.rmtree(job1.tmp)
+        server.down()
+        replayed = job2.replay(server.url)
+        assert "1 ring set" in replayed.stdout, replayed.stdout + replayed.stderr
+        assert "0 items delivered" in replayed.stdout, replayed.stdout
+        assert not job2.dead_letter_path.exists()
+        assert not os.path.exists(_segment(killed))
+        result = account(killed.produced(), server.snapshot(), [job1.dead_letter_path])
+    assert result.persisted > 0
+    assert (result.delivered + result.persisted, result.lost) == (result.produced, 0)
