@@ -4,6 +4,11 @@ one machine: no call lost, none doubled. (Measured before the claim protocol: 28
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+
 import pytest
 
 from tests.faultserver import FaultServer
@@ -46,33 +51,41 @@ def test_two_engines_and_replays_meanwhile_on_the_default_paths_lose_and_double_
     assert not list(sandbox.dead_letter_path.parent.glob("*.claimed-*"))
 
 
-@pytest.mark.parametrize("signum", ["SIGKILL", "SIGTERM"])
-def test_a_replay_killed_half_way_leaves_its_claim_for_the_next_replay(tmp_path, signum):
-    import signal
-    import subprocess
-    import sys
-    import time
-
+def _write_letters(path, ids):
     from engine.sender._deadletter import DeadLetters
 
+    with DeadLetters(path) as letters:
+        letters.add_batch(reason="deadline", status=None, route="/v2/e/p/calls/complete",
+                          items=[(call_id, "e/p", b'{"project_id":"e/p","id":"%s","inputs":{}}'
+                                  % call_id.encode()) for call_id in ids])
+
+
+def _letters_by_file(path):
+    """{(device, inode): the call ids of the letters in it} over the dead-letter file and its
+    claimed copies (two names of one file count once)."""
+    from engine.sender._deadletter import claimed_files, read_dead_letters
+
+    files = {}
+    for name in [str(path)] * path.exists() + claimed_files(path):
+        stat = os.stat(name)
+        files[(stat.st_dev, stat.st_ino)] = [letter.call_id for letter in read_dead_letters(name)]
+    return files
+
+
+@pytest.mark.parametrize("signum", ["SIGKILL", "SIGTERM"])
+def test_a_replay_killed_half_way_leaves_its_claim_for_the_next_replay(tmp_path, signum):
+    """Stopped while its first request waits at the server (received, unanswered)."""
     sandbox = Sandbox(tmp_path)
     ids = [f"0190a0b0-0000-7000-8000-{i:012d}" for i in range(2000)]
-    with DeadLetters(sandbox.dead_letter_path) as letters:
-        for call_id in ids:
-            letters.add(reason="deadline", status=None, call_id=call_id,
-                        route="/v2/e/p/calls/complete", project="e/p",
-                        item_json=b'{"project_id":"e/p","id":"%s","inputs":{}}' % call_id.encode())
+    _write_letters(sandbox.dead_letter_path, ids)
     with FaultServer(stall_s=60) as server:  # the first replay waits on its first request
         first = subprocess.Popen([sys.executable, "-m", "engine", "replay", "--to", server.url],
                                  env=sandbox.env(), cwd=str(sandbox.root),
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
-            folder = sandbox.dead_letter_path.parent
-            deadline = time.monotonic() + 30
-            while sandbox.dead_letter_path.exists() or not list(folder.glob("*.claimed-*")):
-                assert first.poll() is None and time.monotonic() < deadline, first.stderr.read()
-                time.sleep(0.01)
-            time.sleep(0.5)  # claimed, and sending
+            # its request is at the server, unanswered: claimed, and sending
+            assert server.wait_for(lambda: server.stalled >= 1, timeout_s=30), "no request"
+            assert first.poll() is None
             first.send_signal(getattr(signal, signum))
             _, err = first.communicate(timeout=30)
         finally:
@@ -83,11 +96,13 @@ def test_a_replay_killed_half_way_leaves_its_claim_for_the_next_replay(tmp_path,
             assert first.returncode == 143, err.decode()
             assert "engine replay: stopped before the end" in err.decode(), err.decode()
             assert "Traceback" not in err.decode(), err.decode()
-        assert server.stored_ids() == set()
+        assert server.stored_ids("e/p") == set()
+        folder = sandbox.dead_letter_path.parent
         assert len(list(folder.glob("*.claimed-*"))) == 1  # what it claimed is still there
+        assert list(_letters_by_file(sandbox.dead_letter_path).values()) == [ids]  # once
         server.stall_s = 0
         again = sandbox.replay(server.url)
         assert again.returncode == 0, again.stderr
         assert "2000 items delivered" in again.stdout, again.stdout
-        assert server.stored_ids() == set(ids)
+        assert server.stored_ids("e/p") == set(ids)
     assert not list(folder.glob("*.claimed-*")) and not sandbox.dead_letter_path.exists()
