@@ -106,3 +106,72 @@ def test_a_replay_killed_half_way_leaves_its_claim_for_the_next_replay(tmp_path,
         assert "2000 items delivered" in again.stdout, again.stdout
         assert server.stored_ids("e/p") == set(ids)
     assert not list(folder.glob("*.claimed-*")) and not sandbox.dead_letter_path.exists()
+
+
+# Runs ``engine replay`` with signals (argv[2]: SIGTERM, SIGINT+SIGINT...) sent to itself at
+# the moment it deletes its claimed file (after writing back what failed); with argv[3] 1,
+# an engine adds a letter to a new dead-letter file right after the claim (the write-back
+# then appends to it).
+_SIGNAL_AT_DELETE = """
+import os, runpy, signal, sys
+from engine.sender._deadletter import DeadLetters
+path, engine_wrote = sys.argv[1], sys.argv[3] == "1"
+signals = [getattr(signal, name) for name in sys.argv[2].split("+")]
+real_unlink, real_rename = os.unlink, os.rename
+def unlink(name, *args, **kwargs):
+    if ".claimed-" in os.fspath(name):
+        os.unlink = real_unlink
+        for signum in signals:
+            os.kill(os.getpid(), signum)
+    return real_unlink(name, *args, **kwargs)
+def rename(src, dst, *args, **kwargs):
+    real_rename(src, dst, *args, **kwargs)
+    if engine_wrote and os.fspath(src) == path:
+        os.rename = real_rename
+        with DeadLetters(path) as letters:
+            letters.add(reason="deadline", status=None, call_id="engine-wrote", route="/v2/e/p/calls/complete",
+                        project="e/p", item_json=b'{"project_id":"e/p","id":"engine-wrote","inputs":{}}')
+os.unlink, os.rename = unlink, rename
+sys.argv = ["engine", *sys.argv[4:]]
+runpy.run_module("engine", run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize(("signum", "engine_wrote"), [
+    ("SIGTERM", False), ("SIGTERM", True), ("SIGINT+SIGINT", False), ("SIGINT+SIGINT", True),
+    ("SIGKILL", False)])
+def test_a_replay_stopped_as_it_settles_its_claim_leaves_each_letter_in_one_file(
+        tmp_path, signum, engine_wrote):
+    """200 letters, the server refuses 10 of them: the replay writes those 10 back and
+    deletes its claimed file, and is signalled just before the deletion. Each letter not
+    delivered is then in one file, once; the next replay delivers just those 10. Before:
+    a SIGKILL there, a second Ctrl-C there, or (until SIGTERM cancelled the replay instead
+    of raising) a SIGTERM left the 10 in the dead-letter file and all 200 in the claimed
+    one: the next replay delivered 210 (5 of 8 SIGTERMs sent as the write-back began left
+    4,000 letters for 2,000)."""
+    sandbox = Sandbox(tmp_path)
+    ids = [f"0190a0b0-0000-7000-8000-{i:012d}" for i in range(200)]
+    _write_letters(sandbox.dead_letter_path, ids)
+    refused = set(ids[::20])
+    with FaultServer(reject_ids=refused) as server:
+        first = subprocess.run(
+            [sys.executable, "-c", _SIGNAL_AT_DELETE, str(sandbox.dead_letter_path), signum,
+             "1" if engine_wrote else "0", "replay", "--to", server.url],
+            env=sandbox.env(), cwd=str(sandbox.root), capture_output=True, text=True,
+            timeout=60)
+        expected = {"SIGKILL": -signal.SIGKILL, "SIGTERM": 143, "SIGINT+SIGINT": 130}[signum]
+        assert first.returncode == expected, first.stderr
+        if signum != "SIGKILL":
+            assert "engine replay: stopped before the end" in first.stderr, first.stderr
+            assert "Traceback" not in first.stderr, first.stderr
+        assert server.stored_ids("e/p") == set(ids) - refused
+        left = sorted(refused | ({"engine-wrote"} if engine_wrote else set()))
+        assert sorted(i for f in _letters_by_file(sandbox.dead_letter_path).values()
+                      for i in f) == left
+        server.reject_ids = frozenset()
+        again = sandbox.replay(server.url)
+        assert again.returncode == 0, again.stderr
+        assert f"{len(left)} items delivered" in again.stdout, again.stdout
+        assert server.stored_ids("e/p") == set(ids) | set(left)
+    assert not list(sandbox.dead_letter_path.parent.glob("*.claimed-*"))
+    assert not sandbox.dead_letter_path.exists()
