@@ -268,6 +268,7 @@ def _replace(claimed: Path, letters: list[DeadLetter], scratch: Path) -> None:
                  0o600)
     try:
         try:
+            os.fchmod(fd, 0o600)  # whatever the umask: engines append to it once it is linked
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
