@@ -5,8 +5,9 @@ re-batched to the server's limit (:mod:`engine.sender._resend`): an item the ser
 alone is dead-lettered with its reason, so nothing blocks what follows.
 
 * A spool segment is :meth:`~engine.sender._spool.Spool.claim` ed, sent, and then deleted;
-  when only part of it was acknowledged before the server stopped answering, the rest is
-  written as a new segment first. Items the server refused go to the dead letters.
+  when only part of it was acknowledged before the server stopped answering, the rest
+  replaces it (:meth:`~engine.sender._spool.Spool.replace`, one rename). Items the server
+  refused go to the dead letters.
 * The dead-letter file is claimed (renamed away from its writers, see
   :mod:`engine.sender._deadletter`), sent, and the letters that failed again are appended
   back to the live file before the claimed one is deleted. Files claimed by a replay that
@@ -153,14 +154,11 @@ async def _replay_segment(spool: Spool, entry: SpoolEntry, resender: Resender,
     try:
         with _uninterrupted():
             _dead_letter_rejected(dead, route, items, outcome)
-            if outcome.kept:
+            if not outcome.kept:
+                spool.done(entry)
+            elif len(outcome.kept) < len(items):
                 kept = [items[i] for i in outcome.kept]
-                if len(kept) < len(items):
-                    spool.put(route, make_body(route, kept), len(kept), entry.meta)
-                else:
-                    summary.segments_kept += 1
-                    return outcome.stopped
-            spool.done(entry)
+                spool.replace(entry, make_body(route, kept), len(kept))
     except (OSError, EngineError) as exc:
         summary.items_unsaved += len(items) - len(outcome.acked)
         summary.segments_kept += 1

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 
+import msgspec
 import pytest
 
 from tests.faultserver import FaultServer
@@ -175,3 +176,64 @@ def test_a_replay_stopped_as_it_settles_its_claim_leaves_each_letter_in_one_file
         assert server.stored_ids("e/p") == set(ids) | set(left)
     assert not list(sandbox.dead_letter_path.parent.glob("*.claimed-*"))
     assert not sandbox.dead_letter_path.exists()
+
+
+# Runs ``engine replay --spool DIR`` whose server takes the first ``argv[2]`` requests and
+# then stops answering, SIGKILLed the moment a spool segment is renamed into place.
+_KILLED_AS_THE_REST_IS_SPOOLED = """
+import os, runpy, signal, sys
+from engine.common._errors import SendError
+from engine.sender._transport import Transport
+answered, real_post, real_rename = int(sys.argv[1]), Transport.post, os.rename
+async def post(self, *args, **kwargs):
+    global answered
+    if answered <= 0:
+        raise SendError("the server stopped answering", retriable=True)
+    answered -= 1
+    return await real_post(self, *args, **kwargs)
+def rename(src, dst, *args, **kwargs):
+    real_rename(src, dst, *args, **kwargs)
+    if os.fspath(dst).endswith(".seg"):
+        os.kill(os.getpid(), signal.SIGKILL)
+Transport.post, os.rename = post, rename
+sys.argv = ["engine", *sys.argv[2:]]
+runpy.run_module("engine", run_name="__main__")
+"""
+
+
+def test_a_spool_replay_killed_as_it_keeps_the_rest_of_a_segment_leaves_each_item_once(
+        tmp_path):
+    """A segment of 200 calls (about 300 KB) meets a 100 KB limit: the replay cuts it, two
+    pieces are acknowledged, then the server stops answering and the rest is kept. Killed
+    as the rest is written, the spool holds each call not acknowledged once. Before: the
+    rest went to a new segment and the old one was deleted after, so a kill between the
+    two left the rest in both and the acknowledged ones in the old one; the next replay
+    sent 200 + the rest."""
+    from engine.sender._resend import make_body, split_body
+    from engine.sender._spool import Spool
+
+    sandbox = Sandbox(tmp_path)
+    spool_dir = tmp_path / "spool"
+    route = "/v2/e/p/calls/complete"
+    ids = [f"0190a0b0-0000-7000-8000-{i:012d}" for i in range(200)]
+    items = [b'{"project_id":"e/p","id":"%s","inputs":{"q":"%s"}}' % (i.encode(), b"x" * 1500)
+             for i in ids]
+    Spool(spool_dir).put(route, make_body(route, items), len(items))
+    with FaultServer(limit_bytes=100_000) as server:  # the 413 answer is the first request
+        first = subprocess.run(
+            [sys.executable, "-c", _KILLED_AS_THE_REST_IS_SPOOLED, "3", "replay", "--to",
+             server.url, "--spool", str(spool_dir)],
+            env=sandbox.env(), cwd=str(sandbox.root), capture_output=True, text=True,
+            timeout=60)
+        assert first.returncode == -signal.SIGKILL, first.stderr
+        delivered = server.stored_ids("e/p")
+        assert 0 < len(delivered) < len(ids)
+        spool = Spool(spool_dir)
+        left = [msgspec.json.decode(item)["id"] for entry in spool.pending()
+                for item in split_body(*spool.load(entry))]
+        assert sorted(left) == sorted(set(ids) - delivered)  # each once, in one segment
+        again = sandbox.replay(server.url, "--spool", str(spool_dir))
+        assert again.returncode == 0, again.stderr
+        assert f"{len(left)} items delivered" in again.stdout, again.stdout
+        assert server.stored_ids("e/p") == set(ids)
+    assert not Spool(spool_dir).pending()
