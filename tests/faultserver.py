@@ -124,6 +124,7 @@ class FaultServer:
         self.deliveries: Counter[tuple[str, str, str]] = Counter()
         self.arrivals: list[tuple[str, str]] = []  # (kind, call id) of every item stored, in order
         self.requests: list[RequestRecord] = []
+        self.stalled = 0  # requests held in the stall now (received, not answered)
         self.port = 0
         self._changed = threading.Condition()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -273,6 +274,11 @@ class FaultServer:
         record.status = response.status
         return response
 
+    def _count_stalled(self, change: int) -> None:
+        with self._changed:
+            self.stalled += change
+            self._changed.notify_all()
+
     def _publish(self, record: RequestRecord) -> None:
         with self._changed:
             self.requests.append(record)
@@ -288,7 +294,11 @@ class FaultServer:
             return self._json(404, {"reason": f"no route {request.method} {request.path}"}, record)
         kind, entity_project = route
         if self.stall_s > 0:
-            await asyncio.sleep(self.stall_s)
+            self._count_stalled(1)
+            try:
+                await asyncio.sleep(self.stall_s)
+            finally:
+                self._count_stalled(-1)
         fault = self._draw_fault()
         if fault is not None:
             return self._fault(fault, record)

@@ -5,11 +5,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from engine.cli import _args, _probe
 from engine.cli._args import CommandFailed, UsageError
 from engine.common._redact import redact_url
+
+T = TypeVar("T")
 
 
 def add(subparsers: argparse._SubParsersAction) -> None:
@@ -61,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         with _args.sigterm_interrupts():
             rings = recover_rings(args.to, api_key)
-            summary = asyncio.run(replay(args.to, spool, dead, api_key))
+            summary = asyncio.run(_sigterm_cancels(replay(args.to, spool, dead, api_key)))
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: nothing claimed is deleted unsent
         print("engine replay: stopped before the end; what it claimed is kept, and the next "
               "`engine replay` (with the same --dead-letters and --spool) sends it (the server "
@@ -84,6 +90,36 @@ def run(args: argparse.Namespace) -> int:
         print(f"engine replay: ring set {name} holds {records} records for {url}: "
               f"`engine replay --to {url}` recovers them")
     return 0 if summary.complete and not rings.kept else 1
+
+
+async def _sigterm_cancels(work: Coroutine[Any, Any, T]) -> T:
+    """``work``, which a SIGTERM stops as asyncio stops it on Ctrl-C: cancelled at its next
+    ``await``, then :class:`~engine.cli._args.Terminated` is raised. Raised by the signal
+    handler where the loop happens to be, it landed in whichever task ran: in aiohttp's task
+    writing a request body it was logged as "Task exception was never retrieved" with a
+    traceback."""
+    task = asyncio.current_task()
+    if task is None or threading.current_thread() is not threading.main_thread():
+        return await work  # no signal handler of ours outside the main thread
+    loop = asyncio.get_running_loop()
+    terminated = False
+
+    def on_sigterm(_signum: int, _frame: Any) -> None:
+        nonlocal terminated
+        if not terminated:
+            terminated = True
+            task.cancel()
+            loop.call_soon_threadsafe(lambda: None)  # wake a select() with a long timeout
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if terminated:
+            raise _args.Terminated from None
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _refuse_other_files(path: str) -> None:

@@ -30,6 +30,7 @@ from engine.common._config import (
     SIGTERM_TIMEOUT_S,
     EngineConfig,
     api_key_source,
+    default_dead_letter_path,
     load_config,
     persisted_to,
     sender_count,
@@ -200,8 +201,18 @@ class Engine:
 
     def _write_sender_args(self) -> str:
         """What a sender needs, in the ring dir (0600): read by this engine's sender, and by
-        whoever recovers the ring set if this engine dies with its sender. No API key."""
-        cfg = msgspec.structs.replace(self.config, api_key=None)
+        whoever recovers the ring set if this engine dies with its sender. No API key.
+
+        The files it persists to are written as this engine resolves them (the default
+        dead-letter file from its $XDG_STATE_HOME or $HOME, a relative path from its working
+        directory): a recovery runs in another process, whose environment and folder may
+        differ, and must write where this engine would have, not into that process's own
+        dead letters."""
+        cfg = msgspec.structs.replace(
+            self.config, api_key=None,
+            dead_letter_path=os.path.abspath(self.config.dead_letter_path
+                                             or default_dead_letter_path()),
+            spool_dir=self.config.spool_dir and os.path.abspath(self.config.spool_dir))
         args = {"spec": msgspec.to_builtins(self._ringset.spec), "config": msgspec.to_builtins(cfg),
                 "owner_pid": self._owner_pid, "ring_dir": self._ring_dir}
         return ring.write_sender_args(self._ringset.spec.shm_name, self._ring_dir,

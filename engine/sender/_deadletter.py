@@ -18,7 +18,15 @@ while they write. The protocol that keeps every line exactly once:
   one claimer wins) and then takes and drops the lock once: a writer that was appending
   has finished, and every later writer finds the path changed. The claimer owns the claimed
   file until it deletes it; one left by a claimer that died is claimed again by the next
-  replay (:func:`claim_abandoned`).
+  replay (:func:`claim_abandoned`);
+* the claimer hands back what it did not deliver with :func:`settle`, so that whenever it
+  dies each letter is in one file, never two: the claimed file is first replaced (a whole
+  new file, renamed over it) by one holding only those letters; then, if no engine has
+  started a new file at the path, that file is *linked* to the path (atomic: it becomes the
+  dead-letter file) before its claimed name is removed -- a claimer killed between the two
+  leaves two names of one file, and the next claim drops the claimed one; if engines did
+  start a new file, the letters are appended to it and the claimed file is removed right
+  after (only a SIGKILL between the append's fsync and that removal leaves them in both).
 
 An item that is not JSON, or nested too deep to decode, is kept as its text in a JSON
 string, with ``"item_invalid":true`` (a replay does not send it). A writer killed in the
@@ -51,6 +59,7 @@ from engine.wire._codec import json_error
 log = logging.getLogger("engine.sender")
 _UTC = datetime.timezone.utc
 _CLAIMED = ".claimed-"
+_WRITEBACK = ".writeback-"  # a claimed file's replacement being written (see settle)
 _REOPEN_TRIES = 8  # one per claim that races this append: more would be a claim storm
 
 
@@ -203,8 +212,20 @@ def claim(path: str | os.PathLike[str]) -> Path | None:
 
 
 def claim_abandoned(path: str | os.PathLike[str]) -> list[Path]:
-    """Claim files of ``path`` whose claimer died before finishing (a replay killed half-way)."""
-    taken = []
+    """Claim files of ``path`` whose claimer died before finishing (a replay killed half-way).
+
+    A claimed file that is also the dead-letter file (its claimer died between linking it
+    to ``path`` and removing its claimed name, see :func:`settle`) is not taken: its claimed
+    name is removed, and the letters stay in the dead-letter file, once. So is a second
+    name of a file already taken here. Replacements a dead claimer was writing are removed
+    (its claimed file still holds every letter)."""
+    for stale in glob.glob(glob.escape(os.fspath(path)) + _WRITEBACK + "*"):
+        owner = _claimer(stale, _WRITEBACK)
+        if owner is not None and not _ring_files.is_alive(*owner):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(stale)
+    taken: list[Path] = []
+    seen: set[tuple[int, int]] = set()
     for old in claimed_files(path):
         owner = _claimer(old)
         if owner is not None and _ring_files.is_alive(*owner):
@@ -214,8 +235,58 @@ def claim_abandoned(path: str | os.PathLike[str]) -> list[Path]:
             os.rename(old, claimed)  # two replays may find it: one rename wins
         except FileNotFoundError:
             continue
+        stat = os.stat(claimed)
+        if stat.st_nlink > 1 and ((stat.st_dev, stat.st_ino) in seen or _same_file(claimed, path)):
+            os.unlink(claimed)  # another name holds these letters: sent from there, once
+            continue
+        seen.add((stat.st_dev, stat.st_ino))
         taken.append(claimed)
     return taken
+
+
+def settle(claimed: Path, path: str | os.PathLike[str], back: list[DeadLetter],
+           writer: DeadLetters) -> None:
+    """End a claim: the letters of ``claimed`` still to deliver (``back``, possibly with new
+    reasons) go to the dead letters at ``path``, and ``claimed`` is deleted, such that a
+    claimer killed at any point leaves each letter in one file (see the module doc; the one
+    exception is a SIGKILL between an append to a file engines started meanwhile and the
+    deletion). Raises ``OSError`` having changed nothing but, possibly, ``claimed`` holding
+    just ``back``."""
+    if back:
+        _replace(claimed, back, Path(f"{os.fspath(path)}{_WRITEBACK}{_claim_tag()}"))
+        try:
+            os.link(claimed, path)  # no file at the path: this one becomes it, atomically
+        except OSError:  # engines wrote since the claim (or no hard links here): append
+            writer.put_back(back)
+    os.unlink(claimed)
+
+
+def _replace(claimed: Path, letters: list[DeadLetter], scratch: Path) -> None:
+    """Replace ``claimed`` with a file (0600, fsync'ed) holding just ``letters``."""
+    data = b"".join(_encoder.encode(letter) + b"\n" for letter in letters)
+    fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
+                 0o600)
+    try:
+        try:
+            os.fchmod(fd, 0o600)  # whatever the umask: engines append to it once it is linked
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(scratch, claimed)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(scratch)
+        raise
+
+
+def _same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except FileNotFoundError:
+        return False
 
 
 def claimed_files(path: str | os.PathLike[str]) -> list[str]:
@@ -231,8 +302,8 @@ def _claim_tag() -> str:
     return f"{pid}-{_ring_files.process_start_ticks(pid) or 0}-{next(_claim_numbers)}"
 
 
-def _claimer(claimed: str) -> tuple[int, int] | None:
-    parts = claimed.rsplit(_CLAIMED, 1)[1].split("-")
+def _claimer(claimed: str, mark: str = _CLAIMED) -> tuple[int, int] | None:
+    parts = claimed.rsplit(mark, 1)[1].split("-")
     if len(parts) != 3 or not all(p.isdigit() for p in parts):
         return None
     return int(parts[0]), int(parts[1])

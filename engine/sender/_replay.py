@@ -5,22 +5,30 @@ re-batched to the server's limit (:mod:`engine.sender._resend`): an item the ser
 alone is dead-lettered with its reason, so nothing blocks what follows.
 
 * A spool segment is :meth:`~engine.sender._spool.Spool.claim` ed, sent, and then deleted;
-  when only part of it was acknowledged before the server stopped answering, the rest is
-  written as a new segment first. Items the server refused go to the dead letters.
+  when only part of it was acknowledged before the server stopped answering, the rest
+  replaces it (:meth:`~engine.sender._spool.Spool.replace`, one rename). Items the server
+  refused go to the dead letters.
 * The dead-letter file is claimed (renamed away from its writers, see
   :mod:`engine.sender._deadletter`), sent, and the letters that failed again are appended
   back to the live file before the claimed one is deleted. Files claimed by a replay that
   died are claimed again and replayed too.
 
 A replay that dies half-way leaves its claimed files; the next replay sends them again and
-the server's upsert by call id absorbs what arrives twice.
+the server's upsert by call id absorbs what arrives twice. A file it was done with is not
+among them: what is left of a claimed file goes back as one step
+(:func:`~engine.sender._deadletter.settle`), which in ``engine replay`` a Ctrl-C or SIGTERM
+waits for (:func:`_uninterrupted`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import os
+import signal
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,6 +46,7 @@ from engine.sender._deadletter import (
     claim,
     claim_abandoned,
     read_dead_letters,
+    settle,
 )
 from engine.sender._resend import Outcome, Resender, describe, make_body, split_body
 from engine.sender._spool import Spool, SpoolCorrupt, SpoolEntry
@@ -46,6 +55,32 @@ from engine.sender._transport import Transport
 log = logging.getLogger("engine.replay")
 _CLI_RETRIES = 3
 _RECOVERY_GRACE_S = 30.0  # past a recovery's own deadline: it is stuck
+# set by the command (engine replay), whose signal handlers run in its code (a second Ctrl-C
+# raises KeyboardInterrupt there); the sender's spool replay takes its signals on its loop
+_hold_interrupts = contextvars.ContextVar("hold_interrupts", default=False)
+_INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def _uninterrupted() -> Iterator[None]:
+    """Within: a SIGINT or SIGTERM is noted, and raised again when the block ends, so that
+    its handler (``KeyboardInterrupt``, ``Terminated``, asyncio's task cancel) cannot run
+    between writing what is left of a claimed file and deleting it."""
+    if not _hold_interrupts.get() or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    noted: list[int] = []
+    handlers = {signum: signal.getsignal(signum) for signum in _INTERRUPTS}
+    held = [signum for signum, handler in handlers.items() if callable(handler)]
+    for signum in held:
+        signal.signal(signum, lambda number, _frame: noted.append(number))
+    try:
+        yield
+    finally:
+        for signum in held:
+            signal.signal(signum, handlers[signum])
+        for signum in dict.fromkeys(noted):
+            signal.raise_signal(signum)
 
 
 class ReplaySummary(msgspec.Struct, kw_only=True):
@@ -117,15 +152,13 @@ async def _replay_segment(spool: Spool, entry: SpoolEntry, resender: Resender,
     outcome = await resender.send(route, items)
     _count(summary, outcome)
     try:
-        _dead_letter_rejected(dead, route, items, outcome)
-        if outcome.kept:
-            kept = [items[i] for i in outcome.kept]
-            if len(kept) < len(items):
-                spool.put(route, make_body(route, kept), len(kept), entry.meta)
-            else:
-                summary.segments_kept += 1
-                return outcome.stopped
-        spool.done(entry)
+        with _uninterrupted():
+            _dead_letter_rejected(dead, route, items, outcome)
+            if not outcome.kept:
+                spool.done(entry)
+            elif len(outcome.kept) < len(items):
+                kept = [items[i] for i in outcome.kept]
+                spool.replace(entry, make_body(route, kept), len(kept))
     except (OSError, EngineError) as exc:
         summary.items_unsaved += len(items) - len(outcome.acked)
         summary.segments_kept += 1
@@ -177,15 +210,15 @@ async def _replay_claimed(claimed: Path, path: Path, resender: Resender, dead: D
         back += _renewed(batch, outcome)
         stopped = outcome.stopped
     try:
-        dead.put_back(back)
-        _set_aside(path, malformed)
+        with _uninterrupted():
+            _set_aside(path, malformed)
+            settle(claimed, path, back, dead)
     except OSError as exc:
         summary.items_unsaved += len(back)
-        log.error("dead letters kept in %s (acknowledged ones will be sent again): could not "
-                  "append the %d that failed to %s: %s", claimed, len(back), path, exc)
+        log.error("dead letters kept in %s (acknowledged ones may be sent again): could not "
+                  "write the %d that failed back to %s: %s", claimed, len(back), path, exc)
         return
     summary.malformed_lines += len(malformed)
-    os.unlink(claimed)
 
 
 def _renewed(batch: list[DeadLetter], outcome: Outcome) -> Iterator[DeadLetter]:
@@ -259,6 +292,7 @@ async def replay(url: str, spool_dir: str | None, dead_letter_path: str | None,
     """``engine replay``: the spool (if given), then the dead letters (if the file or
     files claimed by an earlier replay exist)."""
     summary = ReplaySummary()
+    _hold_interrupts.set(True)  # this task's context: the command's, not the sender's
     async with Transport(url, api_key=api_key) as transport:
         resender = Resender(transport, SizeTarget(max_request_bytes), retries=_CLI_RETRIES)
         if spool_dir:

@@ -162,6 +162,21 @@ class Spool:
         finally:
             os.close(fd)
 
+    def replace(self, entry: SpoolEntry, body: bytes, item_count: int) -> SpoolEntry:
+        """Write what is left of the claimed ``entry`` (``body``, ``item_count`` items) in its
+        place, by one rename: a replayer stopped at any point leaves each item in one segment,
+        the whole old one or this one."""
+        header = msgspec.json.encode(_Header(entry.route, item_count, len(body), entry.meta))
+        segment = _segment(header, zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compress(body))
+        rest = SpoolEntry(entry.name, entry.route, item_count, len(body), len(segment), entry.meta)
+        # the temporary is named as this process's: another Spool removes it only if we die
+        scratch = f"{time.time_ns():020d}-{os.getpid()}-{next(self._seq):06d}{_SUFFIX}"
+        self._write_atomically(entry.name, segment, scratch)
+        with self._lock:
+            if entry.name in self._entries:
+                self._entries[entry.name] = rest
+        return rest
+
     def done(self, entry: SpoolEntry) -> None:
         """Delete ``entry`` once the server acknowledged it (idempotent)."""
         with self._lock:
@@ -178,8 +193,8 @@ class Spool:
                 )
         self._entries[entry.name] = entry
 
-    def _write_atomically(self, name: str, segment: bytes) -> None:
-        tmp = self.directory / f"{_TMP_PREFIX}{name}{_TMP_SUFFIX}"
+    def _write_atomically(self, name: str, segment: bytes, scratch: str | None = None) -> None:
+        tmp = self.directory / f"{_TMP_PREFIX}{scratch or name}{_TMP_SUFFIX}"
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
         fd = os.open(tmp, flags, 0o600)
         try:

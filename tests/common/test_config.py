@@ -166,6 +166,23 @@ def test_the_sender_command_line_carries_no_api_key():
             assert SECRET not in args.read()
 
 
+def test_the_sender_args_name_the_files_as_the_engine_resolved_them(tmp_path, monkeypatch):
+    """Whoever recovers the ring set (another process, folder and $HOME) writes where this
+    engine would have: the default dead-letter file under this engine's state folder, a
+    relative spool from this engine's folder."""
+    import msgspec
+
+    from engine.producer._engine import Engine
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.chdir(tmp_path)
+    with (Engine(project="a/b", spool_dir="spool", start_sender=False) as engine,
+          open(engine._write_sender_args(), "rb") as args):
+        config = msgspec.json.decode(args.read())["config"]
+    assert config["dead_letter_path"] == str(tmp_path / "state" / "engine" / "dead_letters.jsonl")
+    assert config["spool_dir"] == str(tmp_path / "spool")
+
+
 def test_misspelt_env_variable_is_refused_when_asked_naming_the_one_meant():
     with pytest.raises(ConfigError, match="ENGINE_LINGR_MS.*did you mean ENGINE_LINGER_MS"):
         load_config(environ={"ENGINE_LINGR_MS": "5", "ENGINE_UNKNOWN_ENV": "error"})

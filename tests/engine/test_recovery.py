@@ -179,3 +179,33 @@ def test_a_segment_whose_folder_was_removed_under_a_live_process_is_left_to_it(
         assert not os.path.exists(_segment(killed)) and not os.path.exists(_sidecar(killed))
         result = account(killed.produced(), server.snapshot())
     assert (result.delivered, result.lost) == (result.produced, 0), result.lost_ids[:5]
+
+
+def test_what_a_recovered_ring_set_cannot_deliver_goes_to_its_own_engines_dead_letters(
+        tmp_path):
+    """A ring set recovered by ``engine replay`` run under another $HOME and
+    $XDG_STATE_HOME, with the server down: its calls are dead-lettered where the dead
+    engine wrote its dead letters (the default file under its own state folder), not into
+    the replaying user's. Before, the recovering sender resolved the default file in its
+    own environment: the replay claimed and counted another engine's calls as its own (a
+    2-worker full run: "5669 items delivered" by a replay of 2,000 letters, after it adopted
+    the segment of another test's killed engine)."""
+    import subprocess
+    import sys
+
+    job = Sandbox(tmp_path / "job")
+    elsewhere = Sandbox(tmp_path / "elsewhere")  # only its HOME and state folder are used
+    with FaultServer() as server:
+        killed = _killed_with_its_sender(job, server)
+        server.down()
+        replayed = subprocess.run(
+            [sys.executable, "-m", "engine", "replay", "--to", server.url],
+            env=job.env(HOME=str(elsewhere.home), XDG_STATE_HOME=str(elsewhere.state)),
+            capture_output=True, text=True, timeout=60, cwd=str(elsewhere.root))
+        assert "1 ring set" in replayed.stdout, replayed.stdout + replayed.stderr
+        assert "0 items delivered" in replayed.stdout, replayed.stdout
+        assert not elsewhere.dead_letter_path.exists()
+        assert not os.path.exists(_segment(killed))
+        result = account(killed.produced(), server.snapshot(), [job.dead_letter_path])
+    assert result.persisted > 0
+    assert (result.delivered + result.persisted, result.lost) == (result.produced, 0)

@@ -213,6 +213,78 @@ def test_files_of_a_claimer_that_died_are_claimed_again_and_a_live_ones_are_not(
     assert not os.path.exists(dead) and os.path.exists(mine)
 
 
+def _dead_tag(n: int) -> str:
+    """The tag of a claimer that is dead: this pid, started at another tick."""
+    from engine.ring._files import process_start_ticks
+
+    return f"{os.getpid()}-{process_start_ticks(os.getpid()) + 1}-{n}"
+
+
+def _dead_claimer_name(path, n: int = 0) -> str:
+    return f"{path}.claimed-{_dead_tag(n)}"
+
+
+def test_settle_makes_what_is_left_the_file_when_no_engine_started_one(tmp_path):
+    from engine.sender._deadletter import claim, settle
+
+    path = tmp_path / "letters.jsonl"
+    with DeadLetters(path) as letters:
+        for call_id in ("sent", "kept"):
+            add(letters, call_id)
+    claimed = claim(path)
+    letters = list(read_dead_letters(claimed))
+    with DeadLetters(path) as writer:
+        settle(claimed, path, letters[1:], writer)
+    assert [x.call_id for x in read_dead_letters(path)] == ["kept"]
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert not claimed.exists() and os.listdir(tmp_path) == ["letters.jsonl"]
+
+
+def test_settle_appends_what_is_left_to_a_file_engines_started_since_the_claim(tmp_path):
+    from engine.sender._deadletter import claim, settle
+
+    path = tmp_path / "letters.jsonl"
+    with DeadLetters(path) as letters:
+        for call_id in ("sent", "kept"):
+            add(letters, call_id)
+    claimed = claim(path)
+    with DeadLetters(path) as letters:
+        add(letters, "new")
+    with DeadLetters(path) as writer:
+        settle(claimed, path, list(read_dead_letters(claimed))[1:], writer)
+        settle(claim(path), path, [], writer)  # all delivered: the claim just goes
+    assert not path.exists() and os.listdir(tmp_path) == []
+
+
+def test_a_claim_that_died_after_linking_what_was_left_to_the_path_is_not_taken_twice(tmp_path):
+    """Its claimer was killed between making the claimed file the dead-letter file (a hard
+    link) and deleting its claimed name: the letters are sent once, from the file."""
+    from engine.sender._deadletter import claim_abandoned
+
+    path = tmp_path / "letters.jsonl"
+    with DeadLetters(path) as letters:
+        add(letters, "kept")
+    os.link(path, _dead_claimer_name(path))
+    assert claim_abandoned(path) == []
+    assert os.listdir(tmp_path) == ["letters.jsonl"] and os.stat(path).st_nlink == 1
+    assert [x.call_id for x in read_dead_letters(path)] == ["kept"]
+
+
+def test_two_abandoned_names_of_one_file_are_taken_once_and_scratch_files_removed(tmp_path):
+    from engine.sender._deadletter import claim_abandoned
+
+    path = tmp_path / "letters.jsonl"
+    with DeadLetters(path) as letters:
+        add(letters, "kept")
+    first = _dead_claimer_name(path)
+    os.rename(path, first)
+    os.link(first, _dead_claimer_name(path, 1))
+    (tmp_path / f"letters.jsonl.writeback-{_dead_tag(2)}").write_bytes(b"{")  # died writing
+    taken = claim_abandoned(path)
+    assert len(taken) == 1 and [x.call_id for x in read_dead_letters(taken[0])] == ["kept"]
+    assert os.listdir(tmp_path) == [taken[0].name] and os.stat(taken[0]).st_nlink == 1
+
+
 def test_a_torn_line_is_ended_by_the_next_writer_and_set_aside_by_the_reader(tmp_path):
     path = tmp_path / "letters.jsonl"
     with DeadLetters(path) as letters:
