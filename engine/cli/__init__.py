@@ -35,9 +35,12 @@ from engine.cli._args import (
 from engine.common import _env, _logging
 from engine.common._config import check_environment
 from engine.common._errors import ConfigError, EngineError
+from engine.common._machine import platform_problem
 
 COMMANDS = ("serve", "demo", "relay", "ingest", "replay", "stats", "calls", "copy", "backup",
             "doctor")
+# the commands that run an engine's producers or sender (engine.common._machine)
+_ENGINE_COMMANDS = ("demo", "relay", "ingest", "replay")
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
@@ -112,6 +115,8 @@ def _run(argv: list[str]) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    if args.command in _ENGINE_COMMANDS and (unsupported := platform_problem()) is not None:
+        raise CommandFailed(unsupported)  # before anything else looks at the system
     check_environment(default="error")  # an operator reads a typo's error at once
     _logging.check_env()
     return int(args.func(args) or 0)

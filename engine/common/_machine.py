@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import sys
 
 BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
 _KEY = b"engine-machine-token-v1"
@@ -35,3 +36,16 @@ def same_machine(server_info: object) -> bool:
     ours = machine_token()
     theirs = server_info.get("machine") if isinstance(server_info, dict) else None
     return ours is not None and theirs == ours
+
+
+def platform_problem() -> str | None:
+    """Why an engine cannot run its producers and sender on this system, or None (Linux).
+
+    They share memory and tell a live process from a dead one (or from a later process
+    given the same pid) by ``/proc``'s start times; elsewhere every producer would look
+    dead to its sender, which would free a slot still being written. Only Linux is tested."""
+    if sys.platform.startswith("linux"):
+        return None
+    return (f"the engine runs on Linux; this system is {sys.platform!r} (its producers and "
+            "sender rely on Linux's /proc and shared memory): trace from Linux (a machine, "
+            "a container or a VM)")

@@ -84,6 +84,7 @@ import _engine_weave_hook
 from engine.common import _env
 from engine.common._errors import ConfigError
 from engine.common._http import check_outbound
+from engine.common._machine import platform_problem
 from engine.common._redact import redact_url
 from engine.integrations import _weave_cache, _weave_sigint, _weave_speedups
 from engine.producer._engine import (
@@ -162,6 +163,12 @@ def install(*, weave_speedups: bool | None = None, **config: Any) -> bool:
             log.warning("weave %s lacks what the engine's weave integration hooks into (%s): "
                         "not installed, weave sends its traces itself. The integration is "
                         "tested with weave %s", version, ", ".join(missing), tested_versions())
+            return False
+        unsupported = platform_problem()
+        if unsupported:
+            _refused = True
+            log.warning("%s: the weave integration is not installed, weave sends its traces "
+                        "itself", unsupported)
             return False
         unreachable = _outbound_problem()
         if unreachable:

@@ -39,6 +39,7 @@ from engine.common._control import Control, control_path
 from engine.common._errors import Closed, ConfigError, EngineError
 from engine.common._files import dir_problem
 from engine.common._http import check_outbound
+from engine.common._machine import platform_problem
 from engine.common._redact import redact_url
 from engine.common._wait import wait_exit
 from engine.native import _accel
@@ -71,6 +72,8 @@ class Engine:
 
     def __init__(self, url: str | None = None, project: str | None = None, *,
                  config_file: str | None = None, **config: Any) -> None:
+        if (unsupported := platform_problem()) is not None:
+            raise EngineError(unsupported)
         self.config: EngineConfig = load_config(config_file, url=url, project=project, **config)
         # where the key came from (never the key): the sender says it if the server refuses it
         self._key_from = ("the api_key given to Engine()" if config.get("api_key") is not None

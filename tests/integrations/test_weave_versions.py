@@ -94,6 +94,20 @@ def test_a_missing_hook_point_leaves_weave_as_it_is(tmp_path):
     assert stored == 5
 
 
+def test_on_a_system_other_than_linux_weave_is_left_as_it_is(tmp_path):
+    """The engine runs on Linux only (engine.common._machine.platform_problem): elsewhere
+    install() answers False with one warning, and weave sends its calls itself."""
+    program = _program(tmp_path, after=(
+        "sys.platform = 'darwin'  # as on a Mac, once weave is imported\n"
+        "import engine.integrations.weave as ew\n"
+        "assert ew.install() is False and ew.install() is False\n"),
+        tail="assert ew.installed_engine() is None")
+    err, stored = _run_stored(tmp_path, program, "acme/not-linux")
+    said = [line for line in err.splitlines() if "the engine runs on Linux" in line]
+    assert len(said) == 1 and "'darwin'" in said[0] and "weave sends its traces itself" in said[0], err[-3000:]
+    assert stored == 5
+
+
 def test_another_version_with_every_hook_point_is_installed_with_a_warning(tmp_path):
     program = _program(tmp_path, after=(
         "weave.__version__ = '0.55.0'\n"
