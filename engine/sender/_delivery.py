@@ -29,7 +29,7 @@ from engine.sender._deadletter import DeadLetters
 from engine.sender._outage import OutageLog, failure_text
 from engine.sender._persist import Persister
 from engine.sender._release import ReleaseTracker
-from engine.sender._router import UPSERT_ROUTE, Router
+from engine.sender._router import UPSERT_ROUTE, Router, as_single
 from engine.sender._transport import Compressor, Response, Transport
 from engine.wire._codec import uuid_text
 
@@ -175,6 +175,8 @@ class Delivery:
             self.size.on_success(raw_bytes, batch.target_bytes)
             self.outage.succeeded()
             self._acknowledge(batch, raw_bytes)
+            if self.router.probe_upsert and batch.route != UPSERT_ROUTE:
+                self.router.v2_acked(batch.items[0].project)  # v2 routes: one project each
         elif verdict is Verdict.SPLIT_413:
             self.control.add("rejected_bytes_413", raw_bytes)
             self.size.on_413(raw_bytes)
@@ -187,6 +189,10 @@ class Delivery:
             self.outage.failed(failure_text(status, error, _reason(response)),
                                self._waiting_items)
             self._retry_later(batch, response, error)
+        elif verdict is Verdict.COMPLETE_MODE_REQUIRED and self._alone_upserts(batch):
+            self._upsert_refused(batch, server_wide=False)
+        elif status in (404, 405) and self._alone_upserts(batch):
+            self._upsert_refused(batch, server_wide=True)
         elif verdict is Verdict.COMPLETE_MODE_REQUIRED:
             self._switch_mode("complete")
         elif status == 404 and self.cfg.target == "auto" and self.router.mode == "complete":
@@ -199,6 +205,26 @@ class Delivery:
         if self.size.bytes != size_before:
             self.concurrency.new_baseline()
         self._publish_gauges()
+
+    def _alone_upserts(self, batch: Batch) -> bool:
+        """Whether ``batch`` is an upsert batch of starts and ends that went alone (complete
+        mode): the server may refuse those per project, and they may go as v2 requests."""
+        return batch.route == UPSERT_ROUTE and self.router.mode == "complete"
+
+    def _upsert_refused(self, batch: Batch, server_wide: bool) -> None:
+        """The server refused an upsert batch of starts and ends that went alone: for its
+        projects (CALLS_COMPLETE_MODE_REQUIRED), or for all (no such route: 404, 405). Its
+        items go first, each as a v2 request, settling the same ring records; the server
+        stored none of them (weave's inserts a batch at its end, or not at all)."""
+        projects = {item.project for item in batch.items}
+        log.info("the server refused /call/upsert_batch %s; what goes alone there goes as v2 "
+                 "call/start and call/end requests", "for every project" if server_wide else
+                 "for " + ", ".join(sorted(p.decode(errors="replace") for p in projects)))
+        self.router.refuse_upsert(projects, server_wide)
+        self.size.forget(batch.target_bytes)
+        self._requeue_pieces(batch, [Batch(item.route, [item]) for item in
+                                     map(as_single, batch.items)])
+        self.control.add("upsert_refused")
 
     def _acknowledge(self, batch: Batch, raw_bytes: int) -> None:
         self.held_bytes -= batch.size_bytes
