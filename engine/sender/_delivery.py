@@ -29,7 +29,7 @@ from engine.sender._deadletter import DeadLetters
 from engine.sender._outage import OutageLog, failure_text
 from engine.sender._persist import Persister
 from engine.sender._release import ReleaseTracker
-from engine.sender._router import UPSERT_ROUTE, Router, as_single
+from engine.sender._router import UPSERT_ROUTE, Router, as_single, as_upsert
 from engine.sender._transport import Compressor, Response, Transport
 from engine.wire._codec import uuid_text
 
@@ -82,6 +82,8 @@ class Delivery:
     def _dispatch(self) -> None:
         while self.ready and len(self.tasks) < self.concurrency.limit:
             batch = self.ready.popleft()
+            if self.router.probe_upsert and batch.items[0].single:
+                batch = self._regroup_singles(batch)
             if (len(batch) > 1 and batch.size_bytes > self.size.bytes
                     and batch.target_bytes != self.size.probing_bytes):
                 # made before a 413 taught us a lower target: don't upload what will fail
@@ -92,6 +94,26 @@ class Delivery:
             task = asyncio.create_task(self._deliver(batch))
             self.tasks[task] = batch
             task.add_done_callback(self._task_done)
+
+    def _regroup_singles(self, first: Batch) -> Batch:
+        """``first``, a v2 request never sent, and the ones queued behind it, as one upsert
+        batch once their projects take them: a start routed alone while its project could
+        not try upsert batches yet (thousands, with thousands of calls open) would
+        otherwise wait its turn as a request of its own."""
+        router, ready, limit = self.router, self.ready, self.size.bytes
+        if first.attempts or not router.takes_upsert(first.items[0].project):
+            return first
+        batch = Batch(UPSERT_ROUTE, [as_upsert(first.items[0])])
+        held = first.size_bytes
+        while ready and ready[0].items[0].single and not ready[0].attempts:
+            item = ready[0].items[0]
+            if (batch.size_bytes + item.size + 64 > limit
+                    or not router.takes_upsert(item.project)):
+                break
+            held += ready.popleft().size_bytes
+            batch.add(as_upsert(item))
+        self.held_bytes += batch.size_bytes - held
+        return batch
 
     def _join_ready(self, batch: Batch) -> None:
         """The batches queued behind ``batch`` join it up to today's size target, or up to

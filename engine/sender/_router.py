@@ -86,6 +86,16 @@ _new_tuple = tuple.__new__
 _SEPARATOR = b","
 
 
+def as_upsert(item: Item) -> Item:
+    """A v2 call/start or call/end request's item as an item of an upsert batch (the
+    inverse of :func:`as_single`)."""
+    wrapper, payload = item.parts[0], item.parts[1]
+    opening = _UPSERT_START if wrapper == _V2_START else _UPSERT_END
+    parts = (opening, payload, _UPSERT_CLOSE, _SEPARATOR)
+    return item._replace(parts=parts, size=sum(map(len, parts)) - 1, route=UPSERT_ROUTE,
+                         single=False)
+
+
 def as_single(item: Item) -> Item:
     """An upsert item of a start or an end (one record) as a v2 call/start or call/end
     request of its own, settling the same ring record."""
@@ -214,7 +224,7 @@ class Router:
             self.unroutable.append((record, ref, f"record kind {kind} has no route "
                                                  "(written by a newer producer?)"))
 
-    def _upsert(self, project: bytes) -> bool:
+    def takes_upsert(self, project: bytes) -> bool:
         """Whether what goes alone of ``project`` goes in an upsert batch."""
         if self.alone_batched:
             return self.upsert_from.get(project, 0.0) is not None
@@ -245,7 +255,7 @@ class Router:
         self.started_alone[key] = None
         if len(self.started_alone) > self.started_alone_max:
             self.started_alone.popitem(last=False)
-        if self._upsert(record.project):
+        if self.takes_upsert(record.project):
             parts = (_UPSERT_START, record.payload, _UPSERT_CLOSE, _SEPARATOR)
             return _item(parts, record, (ref,), UPSERT_ROUTE)
         parts = (_V2_START, record.payload, _V2_CLOSE, _SEPARATOR)
@@ -254,7 +264,7 @@ class Router:
     def _v2_end(self, record: ring.Record, ref: int) -> Item:
         """An end whose start went alone: an upsert item, or a v2 call/end request."""
         carries_trace = bool(record.flags & ring.FLAG_END_HAS_TRACE)
-        if self._upsert(record.project):
+        if self.takes_upsert(record.project):
             parts = (_UPSERT_END, record.payload, _UPSERT_CLOSE, _SEPARATOR)
             return _item(parts, record, (ref,), UPSERT_ROUTE, ends_carry_trace=carries_trace)
         parts = (_V2_END, record.payload, _V2_CLOSE, _SEPARATOR)
