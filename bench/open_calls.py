@@ -2,6 +2,7 @@
 
     python -m bench.open_calls                          # --open 100,1000,10000 --calls 40000
     python -m bench.open_calls --open 10000 --calls 40000 --store sqlite
+    python -m bench.open_calls --server weave-merged --rate 2500   # weave's routing
 
 An asyncio eval that gathers thousands of examples, each an async ``@tracer.op`` awaiting a
 (rate-limited) model, has thousands of calls started and not yet ended. Here one process
@@ -12,6 +13,13 @@ run: the producer's wall time and CPU per call (the eval loop's process; the sen
 another), the flush after it, ingest requests by route as the server counted them, the
 starts the sender sent on their own, and (``--store sqlite``) whether every call was
 stored with its end. Prints a markdown table and one JSON line per run.
+
+``--server weave-merged`` / ``weave-complete`` / ``weave-empty`` runs against
+``bench.weave_routing`` instead: a server that routes ingest as weave's does (it does not
+say it takes upsert batches; a project's calls go to the table they are already in), the
+project's calls already in the legacy table, in calls_complete, or none yet, answering each
+ingest request ``--delay-ms`` late (a server across a network). It stores nothing; it
+reports which calls arrived whole.
 """
 
 from __future__ import annotations
@@ -19,7 +27,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +43,31 @@ from engine.server import serve_subprocess
 PROJECT = "bench/open-calls"
 _ROUTES = ("requests_calls_complete", "requests_upsert_batch", "requests_call_start",
            "requests_call_end")
+
+
+@contextlib.contextmanager
+def _weave_routing(residence: str, delay_ms: float) -> Any:
+    """``bench.weave_routing`` as a child process (the project's calls already in
+    ``residence``, or none yet: ``empty``; answering ``delay_ms`` late); its URL."""
+    argv = [sys.executable, "-m", "bench.weave_routing", "--delay-ms", str(delay_ms)]
+    if residence != "empty":
+        argv += ["--residence", f"{PROJECT}={residence}"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        if not line.startswith("listening on "):
+            raise RuntimeError(f"bench.weave_routing did not start: {line!r}")
+        yield line.split()[-1]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        proc.stdout.close()
+
+
+def _server(server: str, store: str, db: Path | None, delay_ms: float) -> Any:
+    if server == "serve":
+        return serve_subprocess(db, store=store)
+    return _weave_routing(server.removeprefix("weave-"), delay_ms)
 
 
 def _server_stats(url: str) -> dict[str, Any]:
@@ -81,10 +116,11 @@ async def _produce(tracer: Any, calls: int, open_calls: int, rate: float,
 
 
 def run_one(store: str, calls: int, open_calls: int, settings: dict[str, Any], rate: float = 0,
-            prompt_bytes: int = 1000) -> dict[str, Any]:
+            prompt_bytes: int = 1000, server_kind: str = "serve",
+            delay_ms: float = 0) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-open-") as state_dir:
         db = Path(state_dir, "traces.db") if store == "sqlite" else None
-        with serve_subprocess(db, store=store) as url:
+        with _server(server_kind, store, db, delay_ms) as url:
             with engine.Engine(url=url, project=PROJECT, **settings) as eng:
                 tracer = eng.producer()
                 wall0, cpu0 = time.perf_counter(), time.process_time()
@@ -95,14 +131,18 @@ def run_one(store: str, calls: int, open_calls: int, settings: dict[str, Any], r
                 flush_s = time.perf_counter() - wall0 - produce_s
                 stats = eng.stats()
             server = _server_stats(url)
-            stored = _stored(url) if store == "sqlite" else (None, None)
+            if server_kind != "serve":
+                stored = (server["calls_started"], server["calls_whole"])
+            else:
+                stored = _stored(url) if store == "sqlite" else (None, None)
     return {
-        "store": store, "calls": calls, "open": open_calls, "rate": rate,
+        "server": server_kind, "delay_ms": delay_ms, "store": store, "calls": calls, "open": open_calls, "rate": rate,
         "floor_s": round(max(0, calls - open_calls) / rate, 2) if rate else 0,
         "produce_s": round(produce_s, 2), "producer_cpu_us_per_call": round(cpu_s / calls * 1e6, 1),
         "producer_wall_us_per_call": round(produce_s / calls * 1e6, 1),
         "flush_s": round(flush_s, 2), "flushed": flushed,
         "requests": server["requests"], **{r: server[r] for r in _ROUTES},
+        "refused": server.get("refused_complete_mode_required", 0),
         "eager_starts": _stat(stats, "eager_starts"),
         "blocked_ms": _stat(stats, "blocked_ms"),
         "stored": stored[0], "stored_ended": stored[1],
@@ -123,6 +163,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="calls open at once, comma separated (default %(default)s)")
     parser.add_argument("--calls", type=int, default=40_000)
     parser.add_argument("--store", default="count", choices=("count", "sqlite"))
+    parser.add_argument("--server", default="serve",
+                        choices=("serve", "weave-merged", "weave-complete", "weave-empty"),
+                        help="engine serve, or bench.weave_routing with the project's calls "
+                             "in weave's legacy table, in calls_complete, or none yet")
+    parser.add_argument("--delay-ms", type=float, default=0,
+                        help="weave-*: the server answers each ingest request this much "
+                             "later, as across a network (default 0)")
     parser.add_argument("--rate", type=float, default=0,
                         help="calls the model answers per second (default: no limit)")
     parser.add_argument("--prompt-bytes", type=int, default=1000,
@@ -133,16 +180,18 @@ def main(argv: list[str] | None = None) -> int:
     settings = {k: int(v) for k, v in (s.split("=", 1) for s in args.setting)}
     rows = []
     for open_calls in (int(n) for n in args.open.split(",")):
-        row = run_one(args.store, args.calls, open_calls, settings, args.rate, args.prompt_bytes)
+        row = run_one(args.store, args.calls, open_calls, settings, args.rate, args.prompt_bytes,
+                      args.server, args.delay_ms)
         print(json.dumps(row), flush=True)
         rows.append(row)
     cols = ("open", "floor_s", "produce_s", "producer_cpu_us_per_call", "flush_s", "requests",
-            *_ROUTES, "eager_starts", "blocked_ms", "stored_ended")
+            *_ROUTES, "refused", "eager_starts", "blocked_ms", "stored_ended")
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for row in rows:
         print("| " + " | ".join(str(row[c]) for c in cols) + " |")
-    bad = [r for r in rows if r["store"] == "sqlite" and r["stored_ended"] != r["calls"]]
+    bad = [r for r in rows if (r["store"] == "sqlite" or r["server"] != "serve")
+           and r["stored_ended"] != r["calls"]]
     return 1 if bad or not all(r["flushed"] for r in rows) else 0
 
 

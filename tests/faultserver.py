@@ -104,6 +104,8 @@ class FaultServer:
         accepts_encodings: Iterable[str] | None = ("zstd", "gzip"),
         machine: str | None = None,
         accepts_upsert_batch: bool = False,
+        weave_residence: bool = False,
+        upsert_route: bool = True,
     ) -> None:
         self.rng = random.Random(seed)
         self.limit_bytes = limit_bytes
@@ -120,6 +122,13 @@ class FaultServer:
         self.machine = machine  # the /server_info token of the machine it runs on, if any
         # says in /server_info that it takes upsert_batch beside calls/complete (engine serve's)
         self.accepts_upsert_batch = accepts_upsert_batch
+        # as weave's server (AUTO mode): a project's calls go to the table it already has
+        # calls in ("merged": the legacy one, "complete"); an empty project's first v1 write
+        # (upsert_batch, call/start, call/end) makes it "merged", its first v2 write
+        # "complete"; v1 writes to a "complete" project: 400 CALLS_COMPLETE_MODE_REQUIRED
+        self.weave_residence = weave_residence
+        self.residence: dict[str, str] = {}
+        self.upsert_route = upsert_route  # False: /call/upsert_batch is 404, as a plain proxy's
         self.stored: dict[tuple[str, str], dict[str, Any]] = {}
         self.deliveries: Counter[tuple[str, str, str]] = Counter()
         self.arrivals: list[tuple[str, str]] = []  # (kind, call id) of every item stored, in order
@@ -338,6 +347,11 @@ class FaultServer:
         except (BadRequest, msgspec.DecodeError, zstandard.ZstdError, OSError) as exc:
             return self._json(400, {"reason": f"bad request body: {exc}"}, record, "400")
         record.call_ids = [item.call_id for item in items]
+        if kind == "upsert_batch" and not self.upsert_route:
+            return self._json(404, {"reason": "Not Found"}, record, "404")
+        if self.weave_residence and not self._reside(kind, items):
+            answer = {"error_code": "CALLS_COMPLETE_MODE_REQUIRED", "reason": "use calls/complete"}
+            return self._json(400, answer, record, "complete_mode_required")
         if kind == "upsert_batch" and self.complete_mode_required:
             answer = {"error_code": "CALLS_COMPLETE_MODE_REQUIRED", "reason": "use calls/complete"}
             return self._json(400, answer, record, "complete_mode_required")
@@ -346,6 +360,17 @@ class FaultServer:
             return self._json(422, {"reason": f"invalid call {rejected[0]}"}, record, "422")
         self._store(items)
         return self._json(200, _reply(kind, items), record, "stored")
+
+    def _reside(self, kind: str, items: list[Item]) -> bool:
+        """weave's table routing: False if a v1 write names a project in calls_complete;
+        else the projects of ``items`` that were empty take the table this write goes to."""
+        v1 = kind in ("upsert_batch", "start", "end")
+        projects = {item.project for item in items}
+        if v1 and any(self.residence.get(p) == "complete" for p in projects):
+            return False
+        for project in projects:
+            self.residence.setdefault(project, "merged" if v1 else "complete")
+        return True
 
     def _store(self, items: list[Item]) -> None:
         with self._changed:

@@ -53,6 +53,7 @@ SENDER_FIELDS = (
     "untraced_no_shared_memory",  # calls of processes that found no room in /dev/shm for a ring slot
     "eager_starts",
     "completes_spliced",
+    "upsert_refused",  # upsert batches of starts and ends sent alone the server refused (then v2 requests)
     "in_flight_requests",
     "in_flight_bytes",
     "concurrency_limit",

@@ -5,7 +5,9 @@ drop, and so do ``Host`` and ``Origin``: the relay checked the browser's ``Origi
 own ``Host`` (engine.server._origin), and the upstream, comparing it with its own, would
 refuse the trace browser's requests through the relay. ``/server_info`` is the upstream's,
 with what concerns the relay itself put right: the encodings the relay accepts and the
-machine it runs on (a client decides compression by them).
+machine it runs on (a client decides compression by them), and that it takes
+``/call/upsert_batch`` for every project (a client sends the starts it sends before their
+ends in upsert batches, not one v2 request each).
 """
 
 from __future__ import annotations
@@ -103,6 +105,10 @@ async def server_info(request: web.Request) -> web.StreamResponse:
     if not isinstance(info, dict):
         return web.Response(body=body, content_type="application/json")
     info["accepts_encodings"] = list(ACCEPTED_ENCODINGS)
+    # the relay takes upsert batches for every project whatever its upstream takes: it
+    # writes their starts and ends into its rings, and its own sender pairs them and sends
+    # them by the routes the upstream takes
+    info["accepts_upsert_batch"] = True
     info.pop("machine", None)
     token = machine_token()
     if token is not None:

@@ -29,7 +29,7 @@ from engine.sender._deadletter import DeadLetters
 from engine.sender._outage import OutageLog, failure_text
 from engine.sender._persist import Persister
 from engine.sender._release import ReleaseTracker
-from engine.sender._router import UPSERT_ROUTE, Router
+from engine.sender._router import UPSERT_ROUTE, Router, as_single, as_upsert
 from engine.sender._transport import Compressor, Response, Transport
 from engine.wire._codec import uuid_text
 
@@ -82,6 +82,8 @@ class Delivery:
     def _dispatch(self) -> None:
         while self.ready and len(self.tasks) < self.concurrency.limit:
             batch = self.ready.popleft()
+            if self.router.probe_upsert and batch.items[0].single:
+                batch = self._regroup_singles(batch)
             if (len(batch) > 1 and batch.size_bytes > self.size.bytes
                     and batch.target_bytes != self.size.probing_bytes):
                 # made before a 413 taught us a lower target: don't upload what will fail
@@ -92,6 +94,26 @@ class Delivery:
             task = asyncio.create_task(self._deliver(batch))
             self.tasks[task] = batch
             task.add_done_callback(self._task_done)
+
+    def _regroup_singles(self, first: Batch) -> Batch:
+        """``first``, a v2 request never sent, and the ones queued behind it, as one upsert
+        batch once their projects take them: a start routed alone while its project could
+        not try upsert batches yet (thousands, with thousands of calls open) would
+        otherwise wait its turn as a request of its own."""
+        router, ready, limit = self.router, self.ready, self.size.bytes
+        if first.attempts or not router.takes_upsert(first.items[0].project):
+            return first
+        batch = Batch(UPSERT_ROUTE, [as_upsert(first.items[0])])
+        held = first.size_bytes
+        while ready and ready[0].items[0].single and not ready[0].attempts:
+            item = ready[0].items[0]
+            if (batch.size_bytes + item.size + 64 > limit
+                    or not router.takes_upsert(item.project)):
+                break
+            held += ready.popleft().size_bytes
+            batch.add(as_upsert(item))
+        self.held_bytes += batch.size_bytes - held
+        return batch
 
     def _join_ready(self, batch: Batch) -> None:
         """The batches queued behind ``batch`` join it up to today's size target, or up to
@@ -175,6 +197,8 @@ class Delivery:
             self.size.on_success(raw_bytes, batch.target_bytes)
             self.outage.succeeded()
             self._acknowledge(batch, raw_bytes)
+            if self.router.probe_upsert and batch.route != UPSERT_ROUTE:
+                self.router.v2_acked(batch.items[0].project)  # v2 routes: one project each
         elif verdict is Verdict.SPLIT_413:
             self.control.add("rejected_bytes_413", raw_bytes)
             self.size.on_413(raw_bytes)
@@ -187,6 +211,10 @@ class Delivery:
             self.outage.failed(failure_text(status, error, _reason(response)),
                                self._waiting_items)
             self._retry_later(batch, response, error)
+        elif verdict is Verdict.COMPLETE_MODE_REQUIRED and self._alone_upserts(batch):
+            self._upsert_refused(batch, server_wide=False)
+        elif status in (404, 405) and self._alone_upserts(batch):
+            self._upsert_refused(batch, server_wide=True)
         elif verdict is Verdict.COMPLETE_MODE_REQUIRED:
             self._switch_mode("complete")
         elif status == 404 and self.cfg.target == "auto" and self.router.mode == "complete":
@@ -199,6 +227,26 @@ class Delivery:
         if self.size.bytes != size_before:
             self.concurrency.new_baseline()
         self._publish_gauges()
+
+    def _alone_upserts(self, batch: Batch) -> bool:
+        """Whether ``batch`` is an upsert batch of starts and ends that went alone (complete
+        mode): the server may refuse those per project, and they may go as v2 requests."""
+        return batch.route == UPSERT_ROUTE and self.router.mode == "complete"
+
+    def _upsert_refused(self, batch: Batch, server_wide: bool) -> None:
+        """The server refused an upsert batch of starts and ends that went alone: for its
+        projects (CALLS_COMPLETE_MODE_REQUIRED), or for all (no such route: 404, 405). Its
+        items go first, each as a v2 request, settling the same ring records; the server
+        stored none of them (weave's inserts a batch at its end, or not at all)."""
+        projects = {item.project for item in batch.items}
+        log.info("the server refused /call/upsert_batch %s; what goes alone there goes as v2 "
+                 "call/start and call/end requests", "for every project" if server_wide else
+                 "for " + ", ".join(sorted(p.decode(errors="replace") for p in projects)))
+        self.router.refuse_upsert(projects, server_wide)
+        self.size.forget(batch.target_bytes)
+        self._requeue_pieces(batch, [Batch(item.route, [item]) for item in
+                                     map(as_single, batch.items)])
+        self.control.add("upsert_refused")
 
     def _acknowledge(self, batch: Batch, raw_bytes: int) -> None:
         self.held_bytes -= batch.size_bytes

@@ -279,8 +279,10 @@ class Sender(Intake, Delivery, Shutdown):
         except SendError as exc:
             log.log(*startup_problem(exc, url=self.cfg.url, has_key=bool(self.api_key),
                                      key_from=self.key_from))
-        # starts sent before their end go in upsert batches where the server takes them
+        # starts sent before their end go in upsert batches where the server takes them;
+        # elsewhere a project tries them once it has calls (engine/sender/_router.py)
         self.router.alone_batched = takes_upsert_batch(info)
+        self.router.probe_upsert = not self.router.alone_batched and self.cfg.target == "auto"
         setting, why = choose_compression(self.cfg.compression, info)
         log.debug("compression: %s (%s)", setting, why)
         if setting == "zstd":

@@ -6,6 +6,8 @@ its items (``msgspec.Raw``: the bytes stay as they were) and cut them into new b
 alone; an item the server still rejects alone comes back as rejected, with its reason, for
 the dead letters; a transient failure (after ``retries``) stops the run and hands back every
 item not acknowledged, to keep for later. Nothing waits behind an item the server refuses.
+An upsert batch refused with CALLS_COMPLETE_MODE_REQUIRED (weave's server, for a project in
+its calls_complete table) is sent again as one v2 call/start or call/end request per item.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field
 import msgspec
 
 from engine.common._errors import SendError
+from engine.common._project import project_path
 from engine.common._retry import Backoff, Verdict, classify, retry_after_s
 from engine.sender._adaptive import SizeTarget
 from engine.sender._transport import Response, Transport
@@ -82,6 +85,26 @@ def make_body(route: str, items: list[bytes]) -> bytes:
 class _Ids(msgspec.Struct):
     id: str | None = None
     project_id: str | None = None
+
+
+class _Upsert(msgspec.Struct):
+    mode: str
+    req: dict[str, msgspec.Raw]
+
+
+def as_v2_single(item: bytes) -> tuple[str, bytes] | None:
+    """(route, body) of an upsert batch's start or end item as a v2 call/start or call/end
+    request of its own (its start or end byte for byte); None for any other item."""
+    try:
+        wrapped = msgspec.json.decode(item, type=_Upsert)
+        inner = wrapped.req[wrapped.mode] if wrapped.mode in ("start", "end") else None
+        project = msgspec.json.decode(inner, type=_Ids).project_id if inner else None
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError, KeyError):
+        return None
+    if not project or project.count("/") != 1:
+        return None
+    body = b"".join((b'{"', wrapped.mode.encode(), b'":', bytes(inner), b"}"))
+    return f"/v2/{project_path(project)}/call/{wrapped.mode}", body
 
 
 class _Wrapped(msgspec.Struct):
@@ -162,11 +185,36 @@ class Resender:
             elif verdict is Verdict.SPLIT_422 and len(piece) > 1:
                 middle = len(piece) // 2
                 queue.extendleft((piece[:middle], piece[middle:])[::-1])
+            elif verdict is Verdict.COMPLETE_MODE_REQUIRED and route.endswith("/call/upsert_batch"):
+                unsent = await self._send_singles(items, piece, outcome)
+                if unsent:
+                    outcome.kept = unsent + [i for rest in queue for i in rest]
+                    break
             else:
                 if verdict is Verdict.SPLIT_413:
                     self.size.on_413(len(body))
                 outcome.rejected.append(_rejected(verdict, response, piece))
         return outcome
+
+    async def _send_singles(self, items: list[bytes], piece: list[int],
+                            outcome: Outcome) -> list[int]:
+        """``piece``'s upsert items, each as a v2 request; the indexes not settled when the
+        server stopped answering (empty when every one was acked or rejected)."""
+        for n, i in enumerate(piece):
+            single = as_v2_single(items[i])
+            if single is None:
+                outcome.rejected.append(Rejected("http", 400, "not a start or end item", [i]))
+                continue
+            response, error = await self._post(*single, outcome)
+            verdict = classify(response.status if response else None,
+                               response.body if response else b"", error)
+            if verdict is Verdict.OK:
+                outcome.acked.append(i)
+            elif verdict is Verdict.RETRY:
+                return piece[n:]
+            else:
+                outcome.rejected.append(_rejected(verdict, response, [i]))
+        return []
 
     async def _post(self, route: str, body: bytes,
                     outcome: Outcome) -> tuple[Response | None, SendError | None]:

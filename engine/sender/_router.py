@@ -5,8 +5,18 @@ pairs a start with its end by call id and splices one complete-call item. A star
 waiting for its end is held in a table; after ``eager_start_ms`` (or when it pins too much
 of its ring, or on flush) it goes out on its own, and its end later. To a server that takes
 ``/call/upsert_batch`` beside calls/complete (``accepts_upsert_batch`` in its
-``/server_info``: ``engine serve``) both go as items of upsert batches; to any other, each
-as a request of its own, through v2 ``call/start`` and ``call/end`` (single-item routes).
+``/server_info``: ``engine serve``) both go as items of upsert batches. To any other, each
+goes as a request of its own, through v2 ``call/start`` and ``call/end`` (single-item routes:
+weave's server has no v2 route that takes a batch of starts or of ends), until the project
+may try upsert batches (``probe_upsert``): weave's server decides per project which table a
+call goes to, from where the project's calls already are, and takes ``/call/upsert_batch``
+for a project whose calls are in its legacy table (and for every project when it runs with
+that table only); for a project in calls_complete it answers CALLS_COMPLETE_MODE_REQUIRED,
+and an empty project would take the batch and be pinned to the legacy table. So a project
+is tried once a v2 request of it (calls/complete, call/start, call/end) was acknowledged
+(it is not empty) and ``UPSERT_PROBE_DELAY_S`` passed; one that refuses gets v2 requests
+from then on (:meth:`Router.refuse_upsert`; :func:`as_single` makes the refused batch's
+items v2 requests).
 Thousands of calls open at once (an asyncio eval awaiting a rate-limited model) send
 thousands of starts alone: one request each cost the sender ~1 ms, and the producers, whose
 rings the unsent starts pinned, waited for them (bench/open_calls.py, docs/throughput.md).
@@ -25,6 +35,11 @@ _KIND_START, _KIND_END, _KIND_COMPLETE = ring.KIND_START, ring.KIND_END, ring.KI
 _KIND_SPLICED, _KIND_RUN = ring.KIND_SPLICED, ring.KIND_RUN
 
 UPSERT_ROUTE = "/call/upsert_batch"
+# A project whose v2 request was acknowledged tries upsert batches this long after: weave's
+# server inserts into ClickHouse asynchronously, and a project whose first rows are not yet
+# visible looks empty, where an upsert batch would go to the legacy table beside them (the
+# project's calls then split over two tables, and reads see one)
+UPSERT_PROBE_DELAY_S = 2.0
 _UPSERT_START = b'{"mode":"start","req":{"start":'
 _UPSERT_END = b'{"mode":"end","req":{"end":'
 _UPSERT_CLOSE = b"}}"
@@ -71,6 +86,27 @@ _new_tuple = tuple.__new__
 _SEPARATOR = b","
 
 
+def as_upsert(item: Item) -> Item:
+    """A v2 call/start or call/end request's item as an item of an upsert batch (the
+    inverse of :func:`as_single`)."""
+    wrapper, payload = item.parts[0], item.parts[1]
+    opening = _UPSERT_START if wrapper == _V2_START else _UPSERT_END
+    parts = (opening, payload, _UPSERT_CLOSE, _SEPARATOR)
+    return item._replace(parts=parts, size=sum(map(len, parts)) - 1, route=UPSERT_ROUTE,
+                         single=False)
+
+
+def as_single(item: Item) -> Item:
+    """An upsert item of a start or an end (one record) as a v2 call/start or call/end
+    request of its own, settling the same ring record."""
+    wrapper, payload = item.parts[0], item.parts[1]
+    if wrapper == _UPSERT_START:
+        parts, route = (_V2_START, payload, _V2_CLOSE, _SEPARATOR), v2_start_route(item.project)
+    else:
+        parts, route = (_V2_END, payload, _V2_CLOSE, _SEPARATOR), v2_end_route(item.project)
+    return item._replace(parts=parts, size=sum(map(len, parts)) - 1, route=route, single=True)
+
+
 class Router:
     """Records → items for the current target mode (``complete`` or ``upsert``)."""
 
@@ -80,6 +116,11 @@ class Router:
         # complete mode: starts sent before their end, and those ends, go in upsert batches
         # (the server said it takes them) instead of one v2 request each
         self.alone_batched = alone_batched
+        # complete mode toward a server that does not say it takes upsert batches: a project
+        # tries them UPSERT_PROBE_DELAY_S after its first acknowledged v2 request
+        # (project -> that time), or not at all once it refused them (project -> None)
+        self.probe_upsert = False
+        self.upsert_from: dict[bytes, float | None] = {}
         # complete mode: records waiting for their partner, by raw call id (insertion ordered)
         self.pending_starts: dict[tuple[bytes, bytes], tuple[ring.Record, int, float]] = {}
         self.pending_ends: dict[tuple[bytes, bytes], tuple[ring.Record, int, float]] = {}
@@ -183,6 +224,30 @@ class Router:
             self.unroutable.append((record, ref, f"record kind {kind} has no route "
                                                  "(written by a newer producer?)"))
 
+    def takes_upsert(self, project: bytes) -> bool:
+        """Whether what goes alone of ``project`` goes in an upsert batch."""
+        if self.alone_batched:
+            return self.upsert_from.get(project, 0.0) is not None
+        if not self.probe_upsert:
+            return False
+        since = self.upsert_from.get(project)
+        return since is not None and time.monotonic() >= since
+
+    def v2_acked(self, project: bytes) -> None:
+        """A v2 request of ``project`` (calls/complete, call/start, call/end) was
+        acknowledged: it has calls, and may try upsert batches after UPSERT_PROBE_DELAY_S
+        (unless it refused them)."""
+        if project not in self.upsert_from:
+            self.upsert_from[project] = time.monotonic() + UPSERT_PROBE_DELAY_S
+
+    def refuse_upsert(self, projects: set[bytes], server_wide: bool) -> None:
+        """The server refused an upsert batch of ``projects`` (CALLS_COMPLETE_MODE_REQUIRED),
+        or has no such route (``server_wide``): v2 requests from now on."""
+        if server_wide:
+            self.probe_upsert = self.alone_batched = False
+        for project in projects:
+            self.upsert_from[project] = None
+
     def _v2_start(self, record: ring.Record, ref: int) -> Item:
         """A start sent before its end: an upsert item, or a v2 call/start request."""
         self.eager_starts += 1
@@ -190,7 +255,7 @@ class Router:
         self.started_alone[key] = None
         if len(self.started_alone) > self.started_alone_max:
             self.started_alone.popitem(last=False)
-        if self.alone_batched:
+        if self.takes_upsert(record.project):
             parts = (_UPSERT_START, record.payload, _UPSERT_CLOSE, _SEPARATOR)
             return _item(parts, record, (ref,), UPSERT_ROUTE)
         parts = (_V2_START, record.payload, _V2_CLOSE, _SEPARATOR)
@@ -199,7 +264,7 @@ class Router:
     def _v2_end(self, record: ring.Record, ref: int) -> Item:
         """An end whose start went alone: an upsert item, or a v2 call/end request."""
         carries_trace = bool(record.flags & ring.FLAG_END_HAS_TRACE)
-        if self.alone_batched:
+        if self.takes_upsert(record.project):
             parts = (_UPSERT_END, record.payload, _UPSERT_CLOSE, _SEPARATOR)
             return _item(parts, record, (ref,), UPSERT_ROUTE, ends_carry_trace=carries_trace)
         parts = (_V2_END, record.payload, _V2_CLOSE, _SEPARATOR)

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import urllib.request
 from typing import Any
 
 import engine
+from engine.sender._router import UPSERT_PROBE_DELAY_S
 from engine.server import serve_subprocess
-from tests.engine.helpers import PROJECT, make_engine
+from tests.engine.helpers import PROJECT, make_engine, trace_calls
 from tests.faultserver import FaultServer
 
 
@@ -136,8 +138,8 @@ def test_open_calls_are_visible_after_eager_start_ms_through_upsert_batches(tmp_
 
 def test_a_server_that_offers_upsert_batch_but_refuses_it_gets_v2_requests(tmp_path):
     """A server that says it takes upsert batches and then answers one with
-    CALLS_COMPLETE_MODE_REQUIRED: the sender re-reads its rings and sends what goes alone
-    through v2 call/start and call/end from then on; the open call is visible, then whole."""
+    CALLS_COMPLETE_MODE_REQUIRED: the refused batch's items go as v2 requests, and so does
+    what goes alone of that project from then on; the open call is visible, then whole."""
     with FaultServer(accepts_upsert_batch=True, complete_mode_required=True) as server, \
             make_engine(server.url, tmp_path, eager_start_ms=50) as eng:
         tracer = eng.producer()
@@ -149,3 +151,105 @@ def test_a_server_that_offers_upsert_batch_but_refuses_it_gets_v2_requests(tmp_p
     refused = server.records("/call/upsert_batch")
     assert refused and all(r.outcome == "complete_mode_required" for r in refused)
     assert server.records("/call/start") and server.records("/call/end")
+
+
+def _open_calls_after_a_complete_one(server: FaultServer, tmp_path: Any, calls: int) -> list[str]:
+    """One call made whole and acknowledged (calls/complete), the probe's delay waited, then
+    ``calls`` calls open at once through a ring they pin (their starts go alone). Ids of all."""
+    with make_engine(server.url, tmp_path, ring_bytes=256 << 10) as eng:
+        tracer = eng.producer()
+        ids = trace_calls(tracer, 1)
+        assert eng.flush(timeout_s=30)
+        time.sleep(UPSERT_PROBE_DELAY_S)  # the sender's own wait before a project tries them
+        ids += asyncio.run(_open_then_end(tracer, calls))
+        assert eng.flush(timeout_s=60)
+        assert eng.stats()["eager_starts"] >= calls // 2  # the path under test ran
+    return ids
+
+
+def test_open_calls_of_a_legacy_table_project_go_in_upsert_batches_unadvertised(tmp_path):
+    """A server like weave's that does not say it takes upsert batches, and a project whose
+    calls are in its legacy table: once the project's calls/complete was acknowledged, the
+    starts and ends that go alone go in upsert batches, which it takes (before: 2,000 v2
+    call/start and 2,000 call/end requests). Every call whole, none delivered twice."""
+    calls = 2000
+    with FaultServer(weave_residence=True) as server:
+        server.residence[PROJECT] = "merged"
+        ids = _open_calls_after_a_complete_one(server, tmp_path, calls)
+        assert server.wait_stored(len(ids))
+        assert all(server.is_complete(PROJECT, i) for i in ids)
+        assert server.duplicate_deliveries() == 0
+        upserts = server.records("/call/upsert_batch")
+        singles = server.records("/call/start") + server.records("/call/end")
+    assert upserts and all(r.status == 200 for r in upserts)
+    assert len(upserts) <= 60 and not singles
+
+
+def test_a_calls_complete_project_refuses_upsert_batches_and_gets_v2_requests(tmp_path):
+    """The same toward a project in weave's calls_complete table: it answers the first
+    upsert batches CALLS_COMPLETE_MODE_REQUIRED (storing nothing of them); their items go as
+    v2 requests, and so does everything of the project after; every call whole, none twice,
+    and the project's calls never reach the legacy table."""
+    calls = 500
+    with FaultServer(weave_residence=True) as server:
+        ids = _open_calls_after_a_complete_one(server, tmp_path, calls)
+        assert server.wait_stored(len(ids))
+        assert all(server.is_complete(PROJECT, i) for i in ids)
+        assert server.duplicate_deliveries() == 0
+        assert server.residence[PROJECT] == "complete"
+        refused = server.records("/call/upsert_batch")
+        singles = server.records("/call/start")
+    assert refused and all(r.outcome == "complete_mode_required" for r in refused)
+    assert len(refused) <= 8  # the batches in flight when the first answer came, at most
+    assert len(singles) >= calls // 2
+
+
+def test_an_empty_project_gets_no_upsert_batch_before_a_v2_request_of_it_is_acknowledged(tmp_path):
+    """Open calls of a project with no calls yet: an upsert batch would pin it to weave's
+    legacy table. Their starts go as v2 requests first (the project's table is then
+    calls_complete); an upsert batch is tried only after one of them was stored, and is
+    refused."""
+    with FaultServer(weave_residence=True) as server, \
+            make_engine(server.url, tmp_path, ring_bytes=256 << 10) as eng:
+        asyncio.run(_open_then_end(eng.producer(), 500))
+        assert eng.flush(timeout_s=60)
+        assert server.residence[PROJECT] == "complete"
+        assert len(server.stored_ids(PROJECT)) == 500
+        outcomes = [(r.path, r.outcome) for r in server.requests if r.method == "POST"]
+    assert outcomes[0] == (f"/v2/{PROJECT}/call/start", "stored")
+    assert all(o == "complete_mode_required" for p, o in outcomes if p == "/call/upsert_batch")
+
+
+def test_a_server_without_the_upsert_route_gets_v2_requests_for_every_project(tmp_path):
+    """A server (or proxy) that answers /call/upsert_batch 404: the refused batch's items go
+    as v2 requests and no project tries upsert batches again; every call whole, none twice."""
+    calls = 500
+    with FaultServer(upsert_route=False) as server:
+        ids = _open_calls_after_a_complete_one(server, tmp_path, calls)
+        assert server.wait_stored(len(ids))
+        assert all(server.is_complete(PROJECT, i) for i in ids)
+        assert server.duplicate_deliveries() == 0
+        refused = server.records("/call/upsert_batch")
+    assert refused and all(r.status == 404 for r in refused) and len(refused) <= 8
+
+
+def test_starts_queued_as_v2_requests_go_in_upsert_batches_once_their_project_takes_them(tmp_path):
+    """2,000 open calls of a legacy-table project toward a server 50 ms away: after
+    eager_start_ms their starts are routed alone at once, as v2 requests, before the project
+    may try upsert batches (2 s after its first acknowledged v2 request); those still queued
+    then go in upsert batches instead of one request each (~2.5 s; before: 1,952 call/start
+    and as many call/end requests, 27 s at 8 in flight). Every call whole, none twice."""
+    calls = 2000
+    with FaultServer(weave_residence=True, stall_s=0.05) as server:
+        server.residence[PROJECT] = "merged"
+        with make_engine(server.url, tmp_path, ring_bytes=4 << 20, eager_start_ms=100,
+                         shutdown_timeout_s=5.0) as eng:
+            ids = asyncio.run(_open_then_end(eng.producer(), calls))
+            assert eng.flush(timeout_s=8)
+            assert eng.stats()["eager_starts"] >= calls // 2  # the path under test ran
+        assert all(server.is_complete(PROJECT, i) for i in ids)
+        assert server.duplicate_deliveries() == 0
+        upserts = server.records("/call/upsert_batch")
+        singles = server.records("/call/start") + server.records("/call/end")
+    assert upserts and all(r.status == 200 for r in upserts)
+    assert len(singles) < calls // 2

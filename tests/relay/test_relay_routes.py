@@ -11,6 +11,7 @@ import pytest
 
 from engine.common._machine import machine_token
 from engine.server import serve_subprocess
+from tests.faultserver import FaultServer
 from tests.relay.harness import metrics, relay_subprocess, wait_until
 
 pytestmark = pytest.mark.integration
@@ -98,6 +99,28 @@ def test_other_routes_pass_through_with_the_clients_auth(relay):
     assert status == 401 and "Authorization" in body["reason"]  # the upstream's own answer
     status, body = _post(url + "/calls/query_stats", {"project_id": PROJECT}, AUTH)
     assert status == 200 and "count" in body
+
+
+def test_the_relay_takes_upsert_batches_its_upstream_refuses_and_says_so():
+    """An upstream like weave's for a calls_complete project: it does not say it takes
+    upsert batches and refuses them. The relay says it does (a client then sends its open
+    calls' starts in upsert batches, not one v2 request each): it takes them into its ring,
+    and its sender pairs each start with its end into calls/complete for the upstream."""
+    a = "0190a0b0-0000-7000-8000-0000000000d4"
+    with FaultServer(weave_residence=True) as upstream:
+        upstream.residence[PROJECT] = "complete"
+        with relay_subprocess(upstream.url, "--linger-ms", "5") as (url, _):
+            with urllib.request.urlopen(url + "/server_info", timeout=30) as resp:
+                info = msgspec.json.decode(resp.read())
+            assert info["accepts_upsert_batch"] is True
+            assert info["trace_server_version"] == "faultserver"  # the upstream's, otherwise
+            status, batch = _post(url + "/call/upsert_batch", {"batch": [
+                {"mode": "start", "req": {"start": _start(a)}},
+                {"mode": "end", "req": {"end": _end(a)}}]})
+            assert status == 200 and batch == {"res": [{"id": a, "trace_id": a}, {}]}
+            assert upstream.wait_for(lambda: upstream.is_complete(PROJECT, a), 30)
+        assert not upstream.records("/call/upsert_batch")
+        assert upstream.records("/calls/complete")
 
 
 def test_relay_and_serve_expose_prometheus_metrics(relay):
