@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import engine
+from engine.common._config import _parse_env
 from engine.server import serve_subprocess
 
 PROJECT = "bench/open-calls"
@@ -175,9 +176,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt-bytes", type=int, default=1000,
                         help="size of each call's prompt input (default %(default)s)")
     parser.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
-                        help="an Engine setting (int values), e.g. eager_start_ms=5000")
+                        help="an Engine setting, read as its ENGINE_* variable would be, "
+                             "e.g. eager_start_ms=5000, try_upsert_batch=true")
     args = parser.parse_args(argv)
-    settings = {k: int(v) for k, v in (s.split("=", 1) for s in args.setting)}
+    settings = {k: _parse_env(k, v) for k, v in (s.split("=", 1) for s in args.setting)}
     rows = []
     for open_calls in (int(n) for n in args.open.split(",")):
         row = run_one(args.store, args.calls, open_calls, settings, args.rate, args.prompt_bytes,

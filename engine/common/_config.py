@@ -63,6 +63,7 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     initial_request_bytes: int = 2 << 20
     linger_ms: int = 20
     eager_start_ms: int = 5_000
+    try_upsert_batch: bool = False  # toward a server that does not say it takes them
     max_in_flight: int = 8
     initial_in_flight: int = 2
     max_in_flight_bytes: int = 128 << 20

@@ -280,9 +280,11 @@ class Sender(Intake, Delivery, Shutdown):
             log.log(*startup_problem(exc, url=self.cfg.url, has_key=bool(self.api_key),
                                      key_from=self.key_from))
         # starts sent before their end go in upsert batches where the server takes them;
-        # elsewhere a project tries them once it has calls (engine/sender/_router.py)
+        # elsewhere, with try_upsert_batch, a project tries them once it has calls
+        # (engine/sender/_router.py)
         self.router.alone_batched = takes_upsert_batch(info)
-        self.router.probe_upsert = not self.router.alone_batched and self.cfg.target == "auto"
+        self.router.probe_upsert = (self.cfg.try_upsert_batch and self.cfg.target == "auto"
+                                    and not self.router.alone_batched)
         setting, why = choose_compression(self.cfg.compression, info)
         log.debug("compression: %s (%s)", setting, why)
         if setting == "zstd":

@@ -153,10 +153,12 @@ def test_a_server_that_offers_upsert_batch_but_refuses_it_gets_v2_requests(tmp_p
     assert server.records("/call/start") and server.records("/call/end")
 
 
-def _open_calls_after_a_complete_one(server: FaultServer, tmp_path: Any, calls: int) -> list[str]:
+def _open_calls_after_a_complete_one(server: FaultServer, tmp_path: Any, calls: int,
+                                     try_upsert_batch: bool = True) -> list[str]:  # fmt: skip
     """One call made whole and acknowledged (calls/complete), the probe's delay waited, then
     ``calls`` calls open at once through a ring they pin (their starts go alone). Ids of all."""
-    with make_engine(server.url, tmp_path, ring_bytes=256 << 10) as eng:
+    with make_engine(server.url, tmp_path, ring_bytes=256 << 10,
+                     try_upsert_batch=try_upsert_batch) as eng:  # fmt: skip
         tracer = eng.producer()
         ids = trace_calls(tracer, 1)
         assert eng.flush(timeout_s=30)
@@ -185,6 +187,29 @@ def test_open_calls_of_a_legacy_table_project_go_in_upsert_batches_unadvertised(
     assert len(upserts) <= 60 and not singles
 
 
+def test_by_default_a_server_that_does_not_say_it_takes_upsert_batches_gets_none(tmp_path):
+    """try_upsert_batch is off by default: toward a server like weave's, what goes alone goes
+    as v2 requests, as weave's own client sends it, even for a legacy-table project that
+    would take upsert batches (a new project's first calls may not yet show on weave's
+    server, which would then put an upsert batch in the other table)."""
+    calls = 200
+    with FaultServer(weave_residence=True) as server:
+        server.residence[PROJECT] = "merged"
+        with make_engine(server.url, tmp_path, eager_start_ms=50) as eng:
+            tracer = eng.producer()
+            ids = trace_calls(tracer, 1)
+            assert eng.flush(timeout_s=30)
+            time.sleep(UPSERT_PROBE_DELAY_S)  # as long as a project waits before it tries them
+            ids += asyncio.run(_open_then_end(tracer, calls, while_open=lambda: time.sleep(1)))
+            assert eng.flush(timeout_s=60)
+            assert eng.stats()["eager_starts"] == calls  # each went alone, after 50 ms
+        assert server.wait_stored(len(ids))
+        assert all(server.is_complete(PROJECT, i) for i in ids)
+        upserts = server.records("/call/upsert_batch")
+        singles = server.records("/call/start")
+    assert not upserts and len(singles) == calls
+
+
 def test_a_calls_complete_project_refuses_upsert_batches_and_gets_v2_requests(tmp_path):
     """The same toward a project in weave's calls_complete table: it answers the first
     upsert batches CALLS_COMPLETE_MODE_REQUIRED (storing nothing of them); their items go as
@@ -210,7 +235,7 @@ def test_an_empty_project_gets_no_upsert_batch_before_a_v2_request_of_it_is_ackn
     calls_complete); an upsert batch is tried only after one of them was stored, and is
     refused."""
     with FaultServer(weave_residence=True) as server, \
-            make_engine(server.url, tmp_path, ring_bytes=256 << 10) as eng:
+            make_engine(server.url, tmp_path, ring_bytes=256 << 10, try_upsert_batch=True) as eng:
         asyncio.run(_open_then_end(eng.producer(), 500))
         assert eng.flush(timeout_s=60)
         assert server.residence[PROJECT] == "complete"
@@ -243,6 +268,7 @@ def test_starts_queued_as_v2_requests_go_in_upsert_batches_once_their_project_ta
     with FaultServer(weave_residence=True, stall_s=0.05) as server:
         server.residence[PROJECT] = "merged"
         with make_engine(server.url, tmp_path, ring_bytes=4 << 20, eager_start_ms=100,
+                         try_upsert_batch=True,
                          shutdown_timeout_s=5.0) as eng:
             ids = asyncio.run(_open_then_end(eng.producer(), calls))
             assert eng.flush(timeout_s=8)
