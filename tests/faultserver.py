@@ -106,6 +106,8 @@ class FaultServer:
         accepts_upsert_batch: bool = False,
         weave_residence: bool = False,
         upsert_route: bool = True,
+        end_needs_start: bool = False,
+        start_stall_s: float = 0.0,
     ) -> None:
         self.rng = random.Random(seed)
         self.limit_bytes = limit_bytes
@@ -129,6 +131,10 @@ class FaultServer:
         self.weave_residence = weave_residence
         self.residence: dict[str, str] = {}
         self.upsert_route = upsert_route  # False: /call/upsert_batch is 404, as a plain proxy's
+        # as weave's server: a v2 call/end whose start is not stored is 404 ("Cannot end call
+        # …: no start found in project …"), the end not stored
+        self.end_needs_start = end_needs_start
+        self.start_stall_s = start_stall_s  # v2 call/start requests answered this much later
         self.stored: dict[tuple[str, str], dict[str, Any]] = {}
         self.deliveries: Counter[tuple[str, str, str]] = Counter()
         self.arrivals: list[tuple[str, str]] = []  # (kind, call id) of every item stored, in order
@@ -302,6 +308,8 @@ class FaultServer:
         if route is None:
             return self._json(404, {"reason": f"no route {request.method} {request.path}"}, record)
         kind, entity_project = route
+        if kind == "v2_start" and self.start_stall_s > 0:
+            await asyncio.sleep(self.start_stall_s)
         if self.stall_s > 0:
             self._count_stalled(1)
             try:
@@ -355,6 +363,14 @@ class FaultServer:
         if kind == "upsert_batch" and self.complete_mode_required:
             answer = {"error_code": "CALLS_COMPLETE_MODE_REQUIRED", "reason": "use calls/complete"}
             return self._json(400, answer, record, "complete_mode_required")
+        if kind == "v2_end" and self.end_needs_start:
+            with self._changed:
+                unstarted = [i for i in items if "started_at" not in
+                             self.stored.get((i.project, i.call_id), {})]
+            if unstarted:
+                reason = (f"Cannot end call {unstarted[0].call_id}: no start found in project "
+                          f"{unstarted[0].project}")
+                return self._json(404, {"reason": reason}, record, "no_start")
         rejected = [item.call_id for item in items if item.call_id in self.reject_ids]
         if rejected:
             return self._json(422, {"reason": f"invalid call {rejected[0]}"}, record, "422")

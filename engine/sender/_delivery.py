@@ -217,7 +217,12 @@ class Delivery:
             self._upsert_refused(batch, server_wide=True)
         elif verdict is Verdict.COMPLETE_MODE_REQUIRED:
             self._switch_mode("complete")
-        elif status == 404 and self.cfg.target == "auto" and self.router.mode == "complete":
+        elif status == 404 and batch.route.endswith("/call/end") and batch.items[0].single:
+            # weave's server: "Cannot end call …: no start found" -- its start, acknowledged,
+            # may not show yet (asynchronous inserts); sent again until the deadline
+            self._retry_later(batch, response, error)
+        elif (status == 404 and self.cfg.target == "auto" and self.router.mode == "complete"
+              and not batch.items[0].single):  # no calls/complete route: an older server
             self._switch_mode("upsert")
         elif status == 400 and batch.holds_invalid_json():
             # one call the server cannot read fails its whole body: isolate it, as a 422's
@@ -244,13 +249,18 @@ class Delivery:
                  "for " + ", ".join(sorted(p.decode(errors="replace") for p in projects)))
         self.router.refuse_upsert(projects, server_wide)
         self.size.forget(batch.target_bytes)
-        self._requeue_pieces(batch, [Batch(item.route, [item]) for item in
-                                     map(as_single, batch.items)])
+        singles = list(map(as_single, batch.items))
+        sent = self.router.hold_ends(singles)  # an end waits for its start's request
+        self._requeue_pieces(batch, [Batch(item.route, [item]) for item in sent])
         self.control.add("upsert_refused")
 
     def _acknowledge(self, batch: Batch, raw_bytes: int) -> None:
         self.held_bytes -= batch.size_bytes
         self.tracker.ack(batch.refs())
+        if self.router.starts_unsettled:  # a v2 call/start: the end that waited may go
+            ends = self.router.start_settled(batch.items)
+            if ends:
+                self._add_items(ends)
         self.control.add("items_acked", len(batch))
         self.control.add("bytes_acked", raw_bytes)
         self.control.add("batches_acked")
@@ -309,9 +319,17 @@ class Delivery:
         self.persister.dead_letter(batch, reason, status, detail)
 
     def _release(self, batch: Batch) -> None:
-        """A batch is settled (acknowledged elsewhere, or on disk): its ring space may go."""
+        """A batch is settled (acknowledged elsewhere, or on disk): its ring space may go.
+        The end that waited for a v2 call/start put on disk goes there after it (sent, it
+        would find no start): a replay sends them in that order."""
         self.held_bytes -= batch.size_bytes
         self.tracker.ack(batch.refs())
+        if self.router.starts_unsettled:
+            for end in self.router.start_settled(batch.items):
+                alone = Batch(end.route, [end])
+                self.held_bytes += alone.size_bytes
+                self._give_up(alone, "start_not_delivered", None,
+                              "its call's start was not delivered either")
 
     def _switch_mode(self, mode: str) -> None:
         """The server wants the other ingest shape: start over from the release positions.

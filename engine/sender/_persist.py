@@ -43,6 +43,7 @@ DEAD_COUNTERS = {
     "http": "dead_http",
     "deadline": "dead_deadline",
     "shutdown": "dead_shutdown",
+    "start_not_delivered": "dead_deadline",  # the end of a call whose start timed out
 }
 
 

@@ -121,6 +121,12 @@ class Router:
         # (project -> that time), or not at all once it refused them (project -> None)
         self.probe_upsert = False
         self.upsert_from: dict[bytes, float | None] = {}
+        # complete mode: v2 call/start requests not yet settled (acknowledged, or on disk),
+        # and the ends of those calls, which wait for them: weave's server answers a v2
+        # call/end whose start it has not stored 404 ("Cannot end call …: no start found"),
+        # and two requests in flight arrive in any order (:meth:`start_settled`)
+        self.starts_unsettled: dict[tuple[bytes, bytes], None] = {}
+        self.ends_after_start: dict[tuple[bytes, bytes], Item] = {}
         # complete mode: records waiting for their partner, by raw call id (insertion ordered)
         self.pending_starts: dict[tuple[bytes, bytes], tuple[ring.Record, int, float]] = {}
         self.pending_ends: dict[tuple[bytes, bytes], tuple[ring.Record, int, float]] = {}
@@ -177,7 +183,7 @@ class Router:
                 if waiting is None:
                     if key in started_alone:
                         del started_alone[key]
-                        items.append(self._v2_end(record, ref))
+                        self._end_after_start(items, record, ref)
                     else:
                         ends[key] = (record, ref, now)
                     continue
@@ -198,7 +204,8 @@ class Router:
             size = len(start_payload) + len(end_payload) - splice  # "}" makes way for ","
             if size > max_item_bytes:  # too big together: each goes alone (the server merges them)
                 items.append(self._v2_start(start, start_ref))
-                items.append(self._v2_end(end, end_ref))
+                self.started_alone.pop((start.project, start.call_id), None)
+                self._end_after_start(items, end, end_ref)
                 continue
             project = start.project
             spliced += 1
@@ -258,8 +265,58 @@ class Router:
         if self.takes_upsert(record.project):
             parts = (_UPSERT_START, record.payload, _UPSERT_CLOSE, _SEPARATOR)
             return _item(parts, record, (ref,), UPSERT_ROUTE)
+        self.starts_unsettled[key] = None
         parts = (_V2_START, record.payload, _V2_CLOSE, _SEPARATOR)
         return _item(parts, record, (ref,), v2_start_route(record.project), single=True)
+
+    def _end_after_start(self, items: list[Item], record: ring.Record, ref: int) -> None:
+        """The end of a call whose start went alone: sent now, or once its start's v2
+        request is settled."""
+        end = self._v2_end(record, ref)
+        key = (record.project, record.call_id)
+        if end.single and key in self.starts_unsettled:
+            self.ends_after_start[key] = end
+        else:
+            items.append(end)
+
+    def hold_ends(self, items: list[Item]) -> list[Item]:
+        """``items`` (v2 requests, each its own batch), but the ends of calls whose start is
+        among them or still unsettled: those wait for it (see :meth:`start_settled`)."""
+        for item in items:
+            if item.parts[0] == _V2_START:
+                self.starts_unsettled[(item.project, item.call_id)] = None
+        sent = []
+        for item in items:
+            key = (item.project, item.call_id)
+            if item.parts[0] == _V2_END and key in self.starts_unsettled:
+                self.ends_after_start[key] = item
+            else:
+                sent.append(item)
+        return sent
+
+    def start_settled(self, items: list[Item] | tuple[Item, ...]) -> list[Item]:
+        """``items`` were settled (acknowledged, or on disk): the ends that waited for the v2
+        call/start requests among them, as items to send (none for the others)."""
+        ends: list[Item] = []
+        if not self.starts_unsettled:
+            return ends
+        for item in items:
+            if item.parts[0] != _V2_START and item.parts[0] != _UPSERT_START:
+                continue  # (a v2 start regrouped into an upsert batch is settled there)
+            key = (item.project, item.call_id)
+            self.starts_unsettled.pop(key, None)
+            waiting = self.ends_after_start.pop(key, None)
+            if waiting is not None:
+                ends.append(waiting)
+        return ends
+
+    def ends_waiting(self) -> list[Item]:
+        """Every end still waiting for its start's request (the sender's exit: both are
+        persisted, the start first)."""
+        ends = list(self.ends_after_start.values())
+        self.ends_after_start.clear()
+        self.starts_unsettled.clear()
+        return ends
 
     def _v2_end(self, record: ring.Record, ref: int) -> Item:
         """An end whose start went alone: an upsert item, or a v2 call/end request."""
@@ -330,4 +387,4 @@ class Router:
         return oldest
 
     def held(self) -> int:
-        return len(self.pending_starts) + len(self.pending_ends)
+        return len(self.pending_starts) + len(self.pending_ends) + len(self.ends_after_start)

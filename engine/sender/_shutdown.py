@@ -175,6 +175,7 @@ class Shutdown:
                 break
             self._route_records(records)
         self._add_items(self.router.expire(0.0, everything=True))
+        self._add_items(self.router.ends_waiting())  # after their starts, which go first
         for batch in self.acc.due(0.0, everything=True):
             self._make_ready(batch)
         leftovers = list(self.ready)

@@ -279,3 +279,24 @@ def test_starts_queued_as_v2_requests_go_in_upsert_batches_once_their_project_ta
         singles = server.records("/call/start") + server.records("/call/end")
     assert upserts and all(r.status == 200 for r in upserts)
     assert len(singles) < calls // 2
+
+
+def test_the_end_of_a_call_whose_start_went_alone_waits_for_the_start_s_request(tmp_path):
+    """weave's server answers a v2 call/end whose start it has not stored 404 ("Cannot end
+    call …: no start found in project …"), and two requests in flight arrive in any order.
+    Starts gone alone (after eager_start_ms) answered 0.3 s late: their ends wait for them.
+    Before: the ends overtook them, were answered 404, and the sender took the 404 for a
+    server without calls/complete and switched every call to upsert batches."""
+    calls = 40
+    with FaultServer(end_needs_start=True, start_stall_s=0.3) as server, \
+            make_engine(server.url, tmp_path, eager_start_ms=50) as eng:
+        tracer = eng.producer()
+        ids = trace_calls(tracer, 1)  # the sender up and going
+        assert eng.flush(timeout_s=30)
+        ids += asyncio.run(_open_then_end(tracer, calls, while_open=lambda: time.sleep(0.5)))
+        assert eng.flush(timeout_s=30)
+        assert not [r for r in server.requests if r.status == 404]
+        assert eng.stats()["eager_starts"] == calls
+        assert all(server.is_complete(PROJECT, i) for i in ids)
+        assert len(server.records("/call/end")) == calls
+        assert not server.records("/call/upsert_batch")
