@@ -108,6 +108,7 @@ class FaultServer:
         upsert_route: bool = True,
         end_needs_start: bool = False,
         start_stall_s: float = 0.0,
+        start_status: int | None = None,
     ) -> None:
         self.rng = random.Random(seed)
         self.limit_bytes = limit_bytes
@@ -135,6 +136,7 @@ class FaultServer:
         # …: no start found in project …"), the end not stored
         self.end_needs_start = end_needs_start
         self.start_stall_s = start_stall_s  # v2 call/start requests answered this much later
+        self.start_status = start_status  # v2 call/start requests answered this, not stored
         self.stored: dict[tuple[str, str], dict[str, Any]] = {}
         self.deliveries: Counter[tuple[str, str, str]] = Counter()
         self.arrivals: list[tuple[str, str]] = []  # (kind, call id) of every item stored, in order
@@ -316,6 +318,9 @@ class FaultServer:
                 await asyncio.sleep(self.stall_s)
             finally:
                 self._count_stalled(-1)
+        if kind == "v2_start" and self.start_status is not None:
+            return self._json(self.start_status, {"reason": "injected"}, record,
+                              str(self.start_status))  # fmt: skip
         fault = self._draw_fault()
         if fault is not None:
             return self._fault(fault, record)

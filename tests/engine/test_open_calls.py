@@ -300,3 +300,37 @@ def test_the_end_of_a_call_whose_start_went_alone_waits_for_the_start_s_request(
         assert all(server.is_complete(PROJECT, i) for i in ids)
         assert len(server.records("/call/end")) == calls
         assert not server.records("/call/upsert_batch")
+
+
+def test_the_end_of_a_call_whose_start_was_not_delivered_follows_it_to_the_dead_letters(tmp_path):
+    """A start gone alone that the server keeps refusing (503) past delivery_deadline_s is
+    dead-lettered; its end is not sent (weave's server would answer 404: no start) but
+    written after it, reason start_not_delivered; a replay sends both, start first."""
+    from engine.sender._deadletter import read_dead_letters
+    from engine.sender._replay import replay
+
+    calls = 5
+    dead = tmp_path / "dead_letters.jsonl"
+    with FaultServer(start_status=503) as server, \
+            make_engine(server.url, tmp_path, eager_start_ms=50, delivery_deadline_s=1.0) as eng:
+        tracer = eng.producer()
+        trace_calls(tracer, 1)  # the sender up and going
+        assert eng.flush(timeout_s=30)
+        ids = asyncio.run(_open_then_end(tracer, calls, while_open=lambda: time.sleep(0.5)))
+        assert not eng.flush(timeout_s=30)  # settled, and not all delivered
+        assert eng.stats()["dead_letters"] == 2 * calls
+        assert not server.records("/call/end")  # never sent: there is no start to end
+    letters = [(lt.route.rsplit("/", 1)[-1], lt.call_id, lt.reason)
+               for lt in read_dead_letters(dead)]  # fmt: skip
+    assert sorted((kind, i) for kind, i, _ in letters) == sorted(
+        [("start", i) for i in ids] + [("end", i) for i in ids])
+    for kind, call_id, reason in letters:  # each end after its start, for that reason
+        if kind == "end":
+            assert letters.index(("start", call_id, letters[0][2])) < letters.index(
+                (kind, call_id, reason))
+            assert reason.startswith("start_not_delivered"), reason
+    with FaultServer(end_needs_start=True) as healthy:
+        summary = asyncio.run(replay(healthy.url, None, str(dead)))
+        assert summary.complete
+        assert not [r for r in healthy.requests if r.status == 404]
+        assert all(healthy.is_complete(PROJECT, i) for i in ids)
