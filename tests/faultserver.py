@@ -109,6 +109,7 @@ class FaultServer:
         end_needs_start: bool = False,
         start_stall_s: float = 0.0,
         start_status: int | None = None,
+        start_visible_after_s: float = 0.0,
     ) -> None:
         self.rng = random.Random(seed)
         self.limit_bytes = limit_bytes
@@ -137,6 +138,10 @@ class FaultServer:
         self.end_needs_start = end_needs_start
         self.start_stall_s = start_stall_s  # v2 call/start requests answered this much later
         self.start_status = start_status  # v2 call/start requests answered this, not stored
+        # with end_needs_start: a stored start counts for an end only this long after (weave
+        # inserts asynchronously: an acknowledged start may not show yet)
+        self.start_visible_after_s = start_visible_after_s
+        self._start_seen: dict[tuple[str, str], float] = {}
         self.stored: dict[tuple[str, str], dict[str, Any]] = {}
         self.deliveries: Counter[tuple[str, str, str]] = Counter()
         self.arrivals: list[tuple[str, str]] = []  # (kind, call id) of every item stored, in order
@@ -370,8 +375,10 @@ class FaultServer:
             return self._json(400, answer, record, "complete_mode_required")
         if kind == "v2_end" and self.end_needs_start:
             with self._changed:
+                visible = time.monotonic() - self.start_visible_after_s
                 unstarted = [i for i in items if "started_at" not in
-                             self.stored.get((i.project, i.call_id), {})]
+                             self.stored.get((i.project, i.call_id), {})
+                             or self._start_seen.get((i.project, i.call_id), 0.0) > visible]
             if unstarted:
                 reason = (f"Cannot end call {unstarted[0].call_id}: no start found in project "
                           f"{unstarted[0].project}")
@@ -399,6 +406,8 @@ class FaultServer:
                 self.arrivals.append((item.kind, item.call_id))
                 self.deliveries[(item.kind, item.project, item.call_id)] += 1
                 self.stored.setdefault((item.project, item.call_id), {}).update(item.fields)
+                if "started_at" in item.fields:
+                    self._start_seen.setdefault((item.project, item.call_id), time.monotonic())
 
     def _server_info(self) -> dict[str, Any]:
         info: dict[str, Any] = {

@@ -217,13 +217,13 @@ class Delivery:
             self._upsert_refused(batch, server_wide=True)
         elif verdict is Verdict.COMPLETE_MODE_REQUIRED:
             self._switch_mode("complete")
-        elif status == 404 and batch.route.endswith("/call/end") and batch.items[0].single:
+        elif (status == 404 and batch.items[0].single
+              and _NO_START in _reason(response).lower()):  # fmt: skip
             # weave's server: "Cannot end call …: no start found" -- its start, acknowledged,
             # may not show yet (asynchronous inserts); sent again until the deadline
             self._retry_later(batch, response, error)
-        elif (status == 404 and self.cfg.target == "auto" and self.router.mode == "complete"
-              and not batch.items[0].single):  # no calls/complete route: an older server
-            self._switch_mode("upsert")
+        elif status == 404 and self.cfg.target == "auto" and self.router.mode == "complete":
+            self._switch_mode("upsert")  # no such route: an older server
         elif status == 400 and batch.holds_invalid_json():
             # one call the server cannot read fails its whole body: isolate it, as a 422's
             self._split(batch, "splits_422", "invalid", status, response)
@@ -367,6 +367,10 @@ class Delivery:
         if batch.attempts == 1:
             control.add("batches_sent")
             control.add("items_sent", len(batch))
+
+
+# in weave's answer to a v2 call/end whose start it has not stored (404): the route exists
+_NO_START = "no start found"
 
 
 def _reason(response: Response | None) -> str:

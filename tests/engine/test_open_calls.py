@@ -334,3 +334,23 @@ def test_the_end_of_a_call_whose_start_was_not_delivered_follows_it_to_the_dead_
         assert summary.complete
         assert not [r for r in healthy.requests if r.status == 404]
         assert all(healthy.is_complete(PROJECT, i) for i in ids)
+
+
+def test_an_end_answered_404_no_start_found_is_sent_again_until_its_start_shows(tmp_path):
+    """A start acknowledged but not yet visible to weave's server (asynchronous inserts):
+    its end is answered 404 "no start found" and sent again until it is taken -- not
+    dead-lettered, and not taken for a server without calls/complete (before: the sender
+    switched every call to upsert batches)."""
+    calls = 20
+    with FaultServer(end_needs_start=True, start_visible_after_s=0.5) as server, \
+            make_engine(server.url, tmp_path, eager_start_ms=50) as eng:
+        tracer = eng.producer()
+        trace_calls(tracer, 1)  # the sender up and going
+        assert eng.flush(timeout_s=30)
+        ids = asyncio.run(_open_then_end(tracer, calls, while_open=lambda: time.sleep(0.3)))
+        assert eng.flush(timeout_s=30)
+        stats = eng.stats()
+    assert [r for r in server.requests if r.status == 404]  # the case under test happened
+    assert all(server.is_complete(PROJECT, i) for i in ids)
+    assert stats["dead_letters"] == 0 and stats["retries"] > 0
+    assert not server.records("/call/upsert_batch")
