@@ -270,7 +270,12 @@ def test_starts_queued_as_v2_requests_go_in_upsert_batches_once_their_project_ta
         with make_engine(server.url, tmp_path, ring_bytes=4 << 20, eager_start_ms=100,
                          try_upsert_batch=True,
                          shutdown_timeout_s=5.0) as eng:
-            ids = asyncio.run(_open_then_end(eng.producer(), calls))
+            tracer = eng.producer()
+            trace_calls(tracer, 1)  # the sender up and going: it reads the starts at once
+            assert eng.flush(timeout_s=30)
+            # held past eager_start_ms before they end (a loaded machine's sender could
+            # otherwise read each start with its end and pair them: none alone)
+            ids = asyncio.run(_open_then_end(tracer, calls, while_open=lambda: time.sleep(0.5)))
             assert eng.flush(timeout_s=8)
             assert eng.stats()["eager_starts"] >= calls // 2  # the path under test ran
         assert all(server.is_complete(PROJECT, i) for i in ids)
