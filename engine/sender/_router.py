@@ -272,12 +272,7 @@ class Router:
     def _end_after_start(self, items: list[Item], record: ring.Record, ref: int) -> None:
         """The end of a call whose start went alone: sent now, or once its start's v2
         request is settled."""
-        end = self._v2_end(record, ref)
-        key = (record.project, record.call_id)
-        if end.single and key in self.starts_unsettled:
-            self.ends_after_start[key] = end
-        else:
-            items.append(end)
+        items.extend(self.hold_ends([self._v2_end(record, ref)]))
 
     def hold_ends(self, items: list[Item]) -> list[Item]:
         """``items`` (v2 requests, each its own batch), but the ends of calls whose start is

@@ -153,6 +153,12 @@ def test_a_server_that_offers_upsert_batch_but_refuses_it_gets_v2_requests(tmp_p
     assert server.records("/call/start") and server.records("/call/end")
 
 
+def _each_stored_whole_once(server: FaultServer, ids: list[str]) -> None:
+    assert server.wait_stored(len(ids))
+    assert all(server.is_complete(PROJECT, i) for i in ids)
+    assert server.duplicate_deliveries() == 0
+
+
 def _open_calls_after_a_complete_one(server: FaultServer, tmp_path: Any, calls: int,
                                      try_upsert_batch: bool = True) -> list[str]:  # fmt: skip
     """One call made whole and acknowledged (calls/complete), the probe's delay waited, then
@@ -178,9 +184,7 @@ def test_open_calls_of_a_legacy_table_project_go_in_upsert_batches_unadvertised(
     with FaultServer(weave_residence=True) as server:
         server.residence[PROJECT] = "merged"
         ids = _open_calls_after_a_complete_one(server, tmp_path, calls)
-        assert server.wait_stored(len(ids))
-        assert all(server.is_complete(PROJECT, i) for i in ids)
-        assert server.duplicate_deliveries() == 0
+        _each_stored_whole_once(server, ids)
         upserts = server.records("/call/upsert_batch")
         singles = server.records("/call/start") + server.records("/call/end")
     assert upserts and all(r.status == 200 for r in upserts)
@@ -218,9 +222,7 @@ def test_a_calls_complete_project_refuses_upsert_batches_and_gets_v2_requests(tm
     calls = 500
     with FaultServer(weave_residence=True) as server:
         ids = _open_calls_after_a_complete_one(server, tmp_path, calls)
-        assert server.wait_stored(len(ids))
-        assert all(server.is_complete(PROJECT, i) for i in ids)
-        assert server.duplicate_deliveries() == 0
+        _each_stored_whole_once(server, ids)
         assert server.residence[PROJECT] == "complete"
         refused = server.records("/call/upsert_batch")
         singles = server.records("/call/start")
@@ -251,9 +253,7 @@ def test_a_server_without_the_upsert_route_gets_v2_requests_for_every_project(tm
     calls = 500
     with FaultServer(upsert_route=False) as server:
         ids = _open_calls_after_a_complete_one(server, tmp_path, calls)
-        assert server.wait_stored(len(ids))
-        assert all(server.is_complete(PROJECT, i) for i in ids)
-        assert server.duplicate_deliveries() == 0
+        _each_stored_whole_once(server, ids)
         refused = server.records("/call/upsert_batch")
     assert refused and all(r.status == 404 for r in refused) and len(refused) <= 8
 
