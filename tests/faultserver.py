@@ -147,6 +147,7 @@ class FaultServer:
         self.arrivals: list[tuple[str, str]] = []  # (kind, call id) of every item stored, in order
         self.requests: list[RequestRecord] = []
         self.stalled = 0  # requests held in the stall now (received, not answered)
+        self.peak_stalled = 0  # the most held at once
         self.port = 0
         self._changed = threading.Condition()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -299,6 +300,7 @@ class FaultServer:
     def _count_stalled(self, change: int) -> None:
         with self._changed:
             self.stalled += change
+            self.peak_stalled = max(self.peak_stalled, self.stalled)
             self._changed.notify_all()
 
     def _publish(self, record: RequestRecord) -> None:

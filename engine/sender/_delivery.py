@@ -43,6 +43,9 @@ _CAPABILITIES = "trace_id_on_end,eval_child_meta"
 # their pieces, gathered by the kernel; a body of many small items is joined first (an
 # iovec per small piece costs more than copying it).
 _MAX_GATHERED_ITEMS = 64
+# v2 single requests (one call's start or end, ~1 KB) in flight per slot of the adaptive
+# concurrency limit (max_in_flight); the connection pool holds that many more
+SINGLES_PER_SLOT = 4
 
 
 class Delivery:
@@ -65,6 +68,7 @@ class Delivery:
     waiting: dict[Batch, asyncio.TimerHandle]  # sleeping before a retry
     held_bytes: int
     tasks: dict[asyncio.Task, Batch]  # POSTs in flight
+    single_tasks: set[asyncio.Task]  # of them, v2 single requests
     fatal: BaseException | None
     stopping: bool
     wake: asyncio.Event | None
@@ -79,8 +83,24 @@ class Delivery:
         batches = [*self.ready, *self.waiting, *self.tasks.values(), *self.acc.open.values()]
         return sum(len(b) for b in batches) + self.router.held()
 
+    def _slots_busy(self, singles_more: int = 0) -> int:
+        """In-flight slots taken, a v2 single request (a call's start or end alone, ~1 KB)
+        counting as 1/SINGLES_PER_SLOT of one: thousands of calls open at once toward a
+        server without upsert batches (weave's) send two of them per call, and one request
+        per slot made the round trip their wall (docs/throughput.md)."""
+        singles = len(self.single_tasks)
+        return len(self.tasks) - singles + -(-(singles + singles_more) // SINGLES_PER_SLOT)
+
+    def can_dispatch(self) -> bool:
+        """Whether the next ready batch may go now."""
+        if not self.ready:
+            return False
+        single = self.ready[0].items[0].single
+        return self._slots_busy(1 if single else 0) + (0 if single else 1) <= \
+            self.concurrency.limit
+
     def _dispatch(self) -> None:
-        while self.ready and len(self.tasks) < self.concurrency.limit:
+        while self.can_dispatch():
             batch = self.ready.popleft()
             if self.router.probe_upsert and batch.items[0].single:
                 batch = self._regroup_singles(batch)
@@ -93,6 +113,8 @@ class Delivery:
                 self._join_ready(batch)
             task = asyncio.create_task(self._deliver(batch))
             self.tasks[task] = batch
+            if batch.items[0].single:
+                self.single_tasks.add(task)
             task.add_done_callback(self._task_done)
 
     def _regroup_singles(self, first: Batch) -> Batch:
@@ -137,6 +159,7 @@ class Delivery:
 
     def _task_done(self, task: asyncio.Task) -> None:
         self.tasks.pop(task, None)
+        self.single_tasks.discard(task)
         if not task.cancelled() and task.exception() is not None and self.fatal is None:
             self.fatal = task.exception()
         self.wake.set()
@@ -159,7 +182,7 @@ class Delivery:
         if batch.first_sent_s is None:
             batch.first_sent_s = time.monotonic()
         batch.attempts += 1
-        in_flight = len(self.tasks)
+        in_flight = self._slots_busy()
         self._count_sent(batch, raw_bytes, raw_bytes if encoding is None else len(wire))
         response: Response | None = None
         error: SendError | None = None
@@ -342,6 +365,7 @@ class Delivery:
         for task in self.tasks:
             task.cancel()
         self.tasks.clear()
+        self.single_tasks.clear()
         for timer in self.waiting.values():
             timer.cancel()
         self.waiting.clear()

@@ -44,7 +44,7 @@ from engine.common._retry import Backoff
 from engine.sender._adaptive import AdaptiveConcurrency, SizeTarget
 from engine.sender._batcher import Accumulator, Batch
 from engine.sender._deadletter import DeadLetters
-from engine.sender._delivery import Delivery
+from engine.sender._delivery import SINGLES_PER_SLOT, Delivery
 from engine.sender._intake import Intake
 from engine.sender._outage import OutageLog, startup_problem
 from engine.sender._persist import DEAD_COUNTERS, Persister
@@ -120,6 +120,7 @@ class Sender(Intake, Delivery, Shutdown):
         self.waiting: dict[Batch, asyncio.TimerHandle] = {}  # sleeping before a retry
         self.held_bytes = 0  # bytes of batches ready, waiting or in flight
         self.tasks: dict[asyncio.Task, Batch] = {}  # POSTs in flight
+        self.single_tasks: set[asyncio.Task] = set()  # of them, v2 single requests
         self.fatal: BaseException | None = None
         self.compressor: Compressor | None = None
         self.executor: concurrent.futures.ThreadPoolExecutor | None = None
@@ -155,7 +156,7 @@ class Sender(Intake, Delivery, Shutdown):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked since main()
         self.control.set("sender_pid", os.getpid())
         async with Transport(self.cfg.url, api_key=self.api_key,
-                             pool_size=self.cfg.max_in_flight + 2,
+                             pool_size=self.cfg.max_in_flight * SINGLES_PER_SLOT + 2,
                              connect_timeout_s=self.cfg.connect_timeout_s,
                              request_timeout_s=self.cfg.request_timeout_s) as transport:
             self.transport = transport
@@ -195,7 +196,7 @@ class Sender(Intake, Delivery, Shutdown):
         oldest = self.acc.oldest_s()
         if oldest is not None:
             timeout = min(timeout, max(0.0, oldest + self.cfg.linger_ms / 1000 - time.monotonic()))
-        if self.ready and len(self.tasks) < self.concurrency.limit:
+        if self.can_dispatch():
             return
         has_room = self.held_bytes + self.acc.open_bytes < self.cfg.max_in_flight_bytes
         if (oldest is not None and self.acc.open_bytes >= _BULK_BYTES

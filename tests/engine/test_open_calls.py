@@ -267,8 +267,10 @@ def test_starts_queued_as_v2_requests_go_in_upsert_batches_once_their_project_ta
     calls = 2000
     with FaultServer(weave_residence=True, stall_s=0.05) as server:
         server.residence[PROJECT] = "merged"
+        # 2 in flight: up to 8 v2 requests at once (SINGLES_PER_SLOT), ~320 in the 2 s
+        # before the project may try upsert batches, fewer than half the calls on any box
         with make_engine(server.url, tmp_path, ring_bytes=4 << 20, eager_start_ms=100,
-                         try_upsert_batch=True,
+                         try_upsert_batch=True, max_in_flight=2, initial_in_flight=2,
                          shutdown_timeout_s=5.0) as eng:
             tracer = eng.producer()
             trace_calls(tracer, 1)  # the sender up and going: it reads the starts at once
@@ -359,3 +361,24 @@ def test_an_end_answered_404_no_start_found_is_sent_again_until_its_start_shows(
     assert all(server.is_complete(PROJECT, i) for i in ids)
     assert stats["dead_letters"] == 0 and stats["retries"] > 0
     assert not server.records("/call/upsert_batch")
+
+
+def test_single_requests_go_several_to_an_in_flight_slot(tmp_path):
+    """Starts gone alone and their ends toward a server without upsert batches (weave's)
+    are v2 requests of one call each (~1 KB): SINGLES_PER_SLOT of them share one slot of
+    max_in_flight, so a server 50 ms away gets more than max_in_flight at once, and never
+    more than that many times it (before: max_in_flight, the round trip their wall)."""
+    from engine.sender._delivery import SINGLES_PER_SLOT
+
+    calls, max_in_flight = 200, 4
+    with FaultServer(stall_s=0.05) as server, \
+            make_engine(server.url, tmp_path, eager_start_ms=50, max_in_flight=max_in_flight,
+                        initial_in_flight=max_in_flight) as eng:  # fmt: skip
+        tracer = eng.producer()
+        trace_calls(tracer, 1)  # the sender up and going
+        assert eng.flush(timeout_s=30)
+        ids = asyncio.run(_open_then_end(tracer, calls, while_open=lambda: time.sleep(0.5)))
+        assert eng.flush(timeout_s=60)
+        assert eng.stats()["eager_starts"] == calls
+    assert all(server.is_complete(PROJECT, i) for i in ids)
+    assert max_in_flight < server.peak_stalled <= max_in_flight * SINGLES_PER_SLOT
