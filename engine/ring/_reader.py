@@ -212,6 +212,12 @@ class RingReader:
             heads[slot] = self._word(slot, S_HEAD)
         return heads
 
+    def read_past(self, heads: list[int]) -> bool:
+        """Whether every slot was read up to ``heads`` (from :meth:`heads`), padding at a
+        lap's end included."""
+        read = self._read
+        return all(read[slot] >= head for slot, head in enumerate(heads) if head)
+
     def released(self) -> list[int]:
         return [self._word(s, S_RELEASED) for s in range(self._max_slots)]
 

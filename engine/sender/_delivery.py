@@ -279,6 +279,10 @@ class Delivery:
 
     def _acknowledge(self, batch: Batch, raw_bytes: int) -> None:
         self.held_bytes -= batch.size_bytes
+        # the router's counts before the release a flush() waits for: stats() after it
+        # shows them whole (else they wait for the next housekeeping tick)
+        self.control.set("completes_spliced", self.router.spliced)
+        self.control.set("eager_starts", self.router.eager_starts)
         self.tracker.ack(batch.refs())
         if self.router.starts_unsettled:  # a v2 call/start: the end that waited may go
             ends = self.router.start_settled(batch.items)

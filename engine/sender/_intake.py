@@ -59,12 +59,12 @@ class Intake:
             if records:
                 read_any = True
                 self._route_records(records)
-        flushing = self._flushing()
+        flushing, read_all = self._flushing()
         linger_s = 0.0 if flushing else self.cfg.linger_ms / 1000
-        if self.router.held() and (flushing or read_any or self._eager_due()):
+        if self.router.held() and (read_all or read_any or self._eager_due()):
             self._add_items(self.router.expire(self.cfg.eager_start_ms / 1000,
                                                self.tracker.read_pos, self.cfg.ring_bytes // 2,
-                                               flushing, self.ringset.spec.ring_bytes))
+                                               read_all, self.ringset.spec.ring_bytes))
         for batch in self.acc.due(linger_s):
             self._make_ready(batch)
         return read_any
@@ -107,21 +107,23 @@ class Intake:
         self.reader.splice_max_bytes = self.router.max_item_bytes if mode == "complete" else 0
         self.reader.run_max_bytes = 0
 
-    def _flushing(self) -> bool:
-        """A flush request makes everything read so far go out now (no linger, no holding)."""
+    def _flushing(self) -> tuple[bool, bool]:
+        """A flush request makes everything read go out now (no linger), and, once every
+        record written before the request is read, the starts still held for their ends
+        alone: (flushing, read all). Sent alone sooner, a start whose end was still unread
+        went as a v2 request of its own, and its end as another (toward weave's server,
+        two requests where one complete call would do)."""
         requested = self.control.get("flush_request_ns")
         if requested != self.flush_seen_ns:
             self.flush_seen_ns = requested
             self.flush_heads = self.reader.heads()
         if self.flush_heads is None:
-            return False
-        read = self.tracker.read_pos
-        if all(read.get(slot, 0) >= head for slot, head in enumerate(self.flush_heads) if head):
-            caught_up = not self.reader.pending()
-            if caught_up:
+            return False, False
+        if self.reader.read_past(self.flush_heads):
+            if not self.reader.pending():
                 self.flush_heads = None
-            return True
-        return True
+            return True, True
+        return True, False
 
     def _eager_due(self) -> bool:
         oldest = self.router.oldest_pending_s()
