@@ -249,7 +249,9 @@ def run(url: str, home: Path, how: str, project: str, rows: int, trials: int,
                             text=True, timeout=timeout_s)  # fmt: skip
     if result.returncode != 0 or not result.stdout.strip():
         raise RuntimeError(f"{how} run exited {result.returncode}: {result.stderr[-3000:]}")
-    return json.loads(result.stdout.splitlines()[-1])
+    printed = json.loads(result.stdout.splitlines()[-1])
+    printed["log"] = result.stderr[-4000:]  # weave's warnings (a dropped batch says so)
+    return printed
 
 
 def read_back(url: str, home: Path, project: str) -> dict[str, Any]:
@@ -285,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
                     line = run(url, home, how, project, args.rows, args.trials, p)
                     results[how] = (stored(url, project), read_back(url, home, project), line)
                     print(json.dumps({"parallelism": parallelism, "how": how,
-                                      **{k: v for k, v in line.items() if k != "summary"},
+                                      **{k: v for k, v in line.items() if k not in ("summary", "log")},
                                       "calls": sum(results[how][0]["per_op"].values()),
                                       "feedback": len(results[how][0]["feedback"])}), flush=True)
                 base_stored, base_read, base_line = results["alone"]

@@ -43,7 +43,8 @@ def test_an_evaluation_stores_the_same_through_the_engine_as_with_weave_alone(tm
     assert not alone["broken"] and not engine["broken"]
     # one feedback per scorer result (weave attaches it to the prediction); picky raised on
     # n % 23 == 7 (rows 7, 30, 53, 76, 99): no result there
-    assert len(alone["feedback"]) == 3 * scored - 2 * 5, len(alone["feedback"])
+    assert len(alone["feedback"]) == 3 * scored - 2 * 5, (len(alone["feedback"]),
+                                                          printed["alone"]["log"])
     assert weave_eval.differences(alone, engine) == []
     assert read["alone"]["rows"] == ROWS and read["alone"]["model"] == ["WeaveObject", "upper"]
     assert weave_eval._same_text(read["on"], "ent/eval-on") == \
