@@ -73,18 +73,31 @@ class PressureLog:
 
 
 def bound_facts(round_trip_ms: float | None, limit: int, body_bytes: int, producers: int,
-                ring_bytes: int) -> str:
-    """What bounds delivery, in the warning's words."""
+                ring_bytes: int, pinned_alone: int = 0) -> str:
+    """What bounds delivery, in the warning's words; ``pinned_alone``: starts of calls
+    still open sent since the last warning as requests of their own because they held
+    their ring's space (toward a server without upsert batches: weave's)."""
     rings = producers * ring_bytes
     trip = "not measured yet" if round_trip_ms is None else f"~{round_trip_ms:.0f} ms"
     text = (f"round trip {trip}, up to {limit} POSTs in flight, bodies up to "
             f"{body_bytes / (1 << 20):.1f} MiB; records stay in the rings until acknowledged, "
-            f"so at most their {rings / (1 << 20):.0f} MiB ({producers} producer"
+            f"so at most their {_mib(rings)} MiB ({producers} producer"
             f"{'' if producers == 1 else 's'} x ring_bytes {ring_bytes / (1 << 20):g} MiB) "
             "are in flight")
     if round_trip_ms is not None and round_trip_ms > 0:
         bound = rings / (round_trip_ms / 1000) / (1 << 20)
-        text += (f": at most ~{bound:.0f} MiB/s at this round trip; where the round trip, "
+        text += (f": at most ~{_mib(bound * (1 << 20))} MiB/s at this round trip; where the round trip, "
                  "not the server's rate, bounds it, a larger ring_bytes carries more "
                  "(`engine doctor URL` times it)")
+    if pinned_alone:
+        text += (f"; {pinned_alone:,} starts of calls still open went as requests of their "
+                 "own (their ends as more) because open calls filled half of their ring: a "
+                 "larger ring_bytes keeps them until their ends, one complete call each "
+                 "(docs/configuration.md, \"Many calls open at once\")")
     return text
+
+
+def _mib(n_bytes: float) -> str:
+    """``n_bytes`` in MiB as the warning writes it: whole from 10 up, else two figures."""
+    mib = n_bytes / (1 << 20)
+    return f"{mib:.0f}" if mib >= 10 else f"{mib:.2g}"

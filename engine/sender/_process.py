@@ -121,6 +121,7 @@ class Sender(Intake, Delivery, Shutdown):
         self.held_bytes = 0  # bytes of batches ready, waiting or in flight
         self.tasks: dict[asyncio.Task, Batch] = {}  # POSTs in flight
         self.single_tasks: set[asyncio.Task] = set()  # of them, v2 single requests
+        self.pinned_said = 0  # router.pinned_alone at the last pressure warning
         self.fatal: BaseException | None = None
         self.compressor: Compressor | None = None
         self.executor: concurrent.futures.ThreadPoolExecutor | None = None
@@ -255,9 +256,12 @@ class Sender(Intake, Delivery, Shutdown):
 
     def _bound_facts(self) -> str:
         samples = sorted(self.latencies_us)
+        pinned, self.pinned_said = self.router.pinned_alone - self.pinned_said, \
+            self.router.pinned_alone
         return bound_facts(samples[len(samples) // 2] / 1000 if samples else None,
                            self.concurrency.limit, self.size.bytes,
-                           max(1, self.reader.active_slot_count()), self.cfg.ring_bytes)
+                           max(1, self.reader.active_slot_count()), self.cfg.ring_bytes,
+                           pinned)
 
     def _publish_latency(self) -> None:
         now = time.monotonic()

@@ -136,6 +136,9 @@ class Router:
         # records of a kind no route carries, with their refs and why: the caller dead-letters them
         self.unroutable: list[tuple[ring.Record, int, str]] = []
         self.eager_starts = 0
+        # of them, starts sent as v2 requests of their own because they held their ring's
+        # space (not for their age): what a larger ring_bytes would have kept paired
+        self.pinned_alone = 0
         self.spliced = 0
         self._pins_looked_at: dict[int, int] = {}  # read positions at the last look for pins
 
@@ -347,7 +350,7 @@ class Router:
         padding = lap_bytes // 2
         items: list[Item] = []
         for table, make in ((self.pending_starts, self._v2_start), (self.pending_ends, self._v2_end)):
-            due = []
+            due, pinned = [], set()
             for key, (record, _ref, seen) in table.items():
                 if everything or seen <= cutoff:
                     due.append(key)
@@ -360,9 +363,13 @@ class Router:
                     limit += padding
                 if read - record.end_pos > limit:
                     due.append(key)
+                    pinned.add(key)
             for key in due:
                 record, ref, _seen = table.pop(key)
-                items.append(make(record, ref))
+                item = make(record, ref)
+                items.append(item)
+                if key in pinned and item.single and make == self._v2_start:
+                    self.pinned_alone += 1
         return items
 
     def _read_on(self, read_pos: dict[int, int], step_bytes: int) -> bool:

@@ -157,6 +157,23 @@ def test_a_record_of_an_unknown_kind_is_handed_back_not_routed():
     assert record is odd and ref == 1 and "kind 99" in detail
 
 
+def test_starts_that_go_alone_for_pinning_their_ring_are_counted_apart_from_old_ones():
+    """``pinned_alone`` counts the v2 starts a larger ring would have kept paired (the
+    sender's pressure warning names them): not a start gone for its age, not one that
+    goes in an upsert batch (cheap: many per request)."""
+    router = Router("complete", 1 << 20)
+    _route_one(router, _records(0, 0)[0], 1)
+    [aged] = router.expire(0.0, {0: 10_000}, pin_limit_bytes=5)  # old: it goes for that
+    assert aged.single and router.pinned_alone == 0
+    _route_one(router, _records(0, 2000)[0], 2)
+    [pinned] = router.expire(3600.0, {0: 10_000}, pin_limit_bytes=5)
+    assert pinned.single and router.eager_starts == 2 and router.pinned_alone == 1
+    batched = Router("complete", 1 << 20, alone_batched=True)
+    _route_one(batched, _records(0, 0)[0], 1)
+    [upsert_item] = batched.expire(3600.0, {0: 10_000}, pin_limit_bytes=5)
+    assert not upsert_item.single and batched.pinned_alone == 0
+
+
 def test_a_waiting_start_goes_alone_when_old_or_pinning_and_its_end_follows_alone():
     router = Router("complete", 1 << 20)
     s, e = _records(0, 0)

@@ -86,6 +86,10 @@ def test_the_facts_name_the_rings_bound_at_this_round_trip():
                            "~107 MiB/s at this round trip")
     assert "a larger ring_bytes carries more" in text
     assert "not measured yet" in bound_facts(None, 4, 1 << 20, 1, 16 << 20)
+    assert "went as requests of their own" not in text
+    pinned = bound_facts(20.0, 8, 4 << 20, 1, 16 << 20, pinned_alone=12_345)
+    assert "; 12,345 starts of calls still open went as requests of their own" in pinned
+    assert "a larger ring_bytes keeps them until their ends" in pinned
 
 
 _OWNER = textwrap.dedent("""
@@ -126,6 +130,64 @@ def test_producers_waiting_on_a_late_server_are_said_while_it_goes_on():
     trip = re.search(r"round trip ~(\d+) ms", said[0])
     assert trip and int(trip.group(1)) >= 300, said[0]  # the server's 0.3 s, measured
     assert "a larger ring_bytes carries more" in said[0]
+
+
+_OPEN_OWNER = textwrap.dedent("""
+    import asyncio, json, sys, time
+    from engine.producer._engine import Engine
+
+    async def main(tracer):
+        loop, gates, running, made = asyncio.get_running_loop(), {}, [], 0
+
+        @tracer.op
+        async def predict(example: int, prompt: str) -> int:
+            await gates[example]
+            return example
+
+        stop = time.monotonic() + 8  # past the 5 s of waiting said; bounded in count too
+        while time.monotonic() < stop and made < 20_000:
+            gates[made] = loop.create_future()
+            running.append((made, loop.create_task(predict(made, "p" * 2000))))
+            made += 1
+            await asyncio.sleep(0)  # the task runs to its gate: its call is open
+            if len(running) >= 400:  # 400 open at any time: ~0.8 MB, past half the ring
+                oldest, task = running.pop(0)
+                gates.pop(oldest).set_result(None)
+                await task
+        for example, task in running:
+            gates.pop(example).set_result(None)
+            await task
+        return made
+
+    with Engine(url=sys.argv[1], project="ops/open", ring_bytes=256 << 10,
+                eager_start_ms=600_000, shutdown_timeout_s=30.0) as eng:
+        made = asyncio.run(main(eng.producer()))
+        print(json.dumps({"made": made, "flushed": eng.flush(timeout_s=120),
+                          "eager_starts": eng.stats()["eager_starts"]}))
+""")
+
+
+@pytest.mark.integration
+def test_starts_of_open_calls_sent_alone_for_their_ring_s_space_are_said_with_the_remedy():
+    """400 calls open at a time through 256 KiB rings toward a server without upsert
+    batches (weave's), 50 ms away: their starts fill half the ring and go as v2 requests
+    of their own, two requests a call where one complete call would do, and producers
+    wait. The warning names them and ring_bytes (a larger ring keeps them paired: 20,000
+    calls, 10,000 open, 20 ms away: producing 14.9 s with 16 MiB, 4.3 with 32)."""
+    with FaultServer(stall_s=0.05) as fault:
+        result = subprocess.run([sys.executable, "-c", _OPEN_OWNER, fault.url],
+                                capture_output=True, text=True, timeout=180,
+                                env={"PATH": "/usr/bin:/bin", "PYTHONPATH": "."})  # fmt: skip
+        singles = len(fault.records("/call/start"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    outcome = json.loads(result.stdout.splitlines()[-1])
+    assert outcome["flushed"] and outcome["eager_starts"] == singles > 0
+    said = [line for line in result.stderr.splitlines() if "for ring space" in line]
+    assert said, result.stderr[-3000:]
+    alone = re.search(r"; ([\d,]+) starts of calls still open went as requests of their own "
+                      r"\(their ends as more\) because open calls filled half of their ring: "
+                      r"a larger ring_bytes keeps them until their ends", said[0])
+    assert alone and 0 < int(alone.group(1).replace(",", "")) <= singles, said[0]
 
 
 def test_by_default_five_seconds_of_waiting_are_news_and_a_start_up_hiccup_is_not():
