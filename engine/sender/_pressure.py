@@ -73,22 +73,28 @@ class PressureLog:
 
 
 def bound_facts(round_trip_ms: float | None, limit: int, body_bytes: int, producers: int,
-                ring_bytes: int, pinned_alone: int = 0) -> str:
-    """What bounds delivery, in the warning's words; ``pinned_alone``: starts of calls
-    still open sent since the last warning as requests of their own because they held
-    their ring's space (toward a server without upsert batches: weave's)."""
+                ring_bytes: int, pinned_alone: int = 0, wait_ms: float | None = None) -> str:
+    """What bounds delivery, in the warning's words. ``round_trip_ms``: a POST's, from
+    sending to its answer; ``wait_ms``: a record's, from its write to its acknowledgement
+    (queued behind busy POSTs too: what the rings' bound divides by); ``pinned_alone``:
+    starts of calls still open sent since the last warning as requests of their own
+    because they held their ring's space (toward a server without upsert batches: weave's)."""
     rings = producers * ring_bytes
     trip = "not measured yet" if round_trip_ms is None else f"~{round_trip_ms:.0f} ms"
-    text = (f"round trip {trip}, up to {limit} POSTs in flight, bodies up to "
+    waited = ""
+    if wait_ms is not None and round_trip_ms is not None and wait_ms > 1.5 * round_trip_ms:
+        waited = f" (a record waits ~{wait_ms:.0f} ms from its write to its acknowledgement)"
+    text = (f"round trip {trip}{waited}, up to {limit} POSTs in flight, bodies up to "
             f"{body_bytes / (1 << 20):.1f} MiB; records stay in the rings until acknowledged, "
             f"so at most their {_mib(rings)} MiB ({producers} producer"
             f"{'' if producers == 1 else 's'} x ring_bytes {ring_bytes / (1 << 20):g} MiB) "
             "are in flight")
-    if round_trip_ms is not None and round_trip_ms > 0:
-        bound = rings / (round_trip_ms / 1000) / (1 << 20)
-        text += (f": at most ~{_mib(bound * (1 << 20))} MiB/s at this round trip; where the round trip, "
-                 "not the server's rate, bounds it, a larger ring_bytes carries more "
-                 "(`engine doctor URL` times it)")
+    held_ms = wait_ms if wait_ms is not None else round_trip_ms
+    if held_ms is not None and held_ms > 0:
+        bound = rings / (held_ms / 1000)
+        text += (f": at most ~{_mib(bound)} MiB/s {'at this wait' if waited else 'at this round trip'}"
+                 "; where the round trip, not the server's rate, bounds it, a larger "
+                 "ring_bytes carries more (`engine doctor URL` times it)")
     if pinned_alone:
         text += (f"; {pinned_alone:,} starts of calls still open went as requests of their "
                  "own (their ends as more) because open calls filled half of their ring: a "

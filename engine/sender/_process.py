@@ -258,10 +258,11 @@ class Sender(Intake, Delivery, Shutdown):
         samples = sorted(self.latencies_us)
         pinned, self.pinned_said = self.router.pinned_alone - self.pinned_said, \
             self.router.pinned_alone
-        return bound_facts(samples[len(samples) // 2] / 1000 if samples else None,
+        post_s = self.concurrency.baseline_rtt_s
+        return bound_facts(None if post_s is None else post_s * 1000,
                            self.concurrency.limit, self.size.bytes,
                            max(1, self.reader.active_slot_count()), self.cfg.ring_bytes,
-                           pinned)
+                           pinned, samples[len(samples) // 2] / 1000 if samples else None)
 
     def _publish_latency(self) -> None:
         now = time.monotonic()

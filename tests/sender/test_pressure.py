@@ -87,6 +87,13 @@ def test_the_facts_name_the_rings_bound_at_this_round_trip():
     assert "a larger ring_bytes carries more" in text
     assert "not measured yet" in bound_facts(None, 4, 1 << 20, 1, 16 << 20)
     assert "went as requests of their own" not in text
+    # records queued behind busy POSTs wait longer than a POST takes: the bound divides by
+    # the wait, and the round trip stays the POST's (a 50 ms server is not called 244 ms away)
+    queued = bound_facts(50.0, 8, 2 << 20, 1, 16 << 20, wait_ms=244.0)
+    assert queued.startswith("round trip ~50 ms (a record waits ~244 ms from its write to its "
+                             "acknowledgement), up to 8 POSTs in flight")
+    assert ": at most ~66 MiB/s at this wait;" in queued
+    assert "a record waits" not in bound_facts(50.0, 8, 2 << 20, 1, 16 << 20, wait_ms=60.0)
     pinned = bound_facts(20.0, 8, 4 << 20, 1, 16 << 20, pinned_alone=12_345)
     assert "; 12,345 starts of calls still open went as requests of their own" in pinned
     assert "a larger ring_bytes keeps them until their ends" in pinned
