@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 from typing import Any
 
 from engine.producer._engine import Engine
@@ -59,3 +61,33 @@ def trace_structs(tracer: Any, count: int, *, prefix: str = "call",
             ended_at=utcnow(), output={"n": i, "pid": os.getpid()}, summary={}))
         ids.append(call_id)
     return ids
+
+
+async def sliding_open_calls(tracer: Any, calls: int, open_calls: int, *, prompt_bytes: int = 300,
+                             for_s: float | None = None) -> int:
+    """Up to ``calls`` async op calls, ``open_calls`` open at any time, ended oldest first
+    (for at most ``for_s`` seconds, if given); returns how many were made."""
+    loop = asyncio.get_running_loop()
+    gates: dict[int, asyncio.Future] = {}
+
+    @tracer.op
+    async def predict(example: int, prompt: str) -> int:
+        await gates[example]
+        return example
+
+    stop = None if for_s is None else time.monotonic() + for_s
+    running: list[tuple[int, asyncio.Task]] = []
+    made = 0
+    while made < calls and (stop is None or time.monotonic() < stop):
+        gates[made] = loop.create_future()
+        running.append((made, loop.create_task(predict(made, "p" * prompt_bytes))))
+        made += 1
+        await asyncio.sleep(0)  # the task runs to its gate: its call is open
+        if len(running) >= open_calls:
+            oldest, task = running.pop(0)
+            gates.pop(oldest).set_result(None)
+            await task
+    for example, task in running:
+        gates.pop(example).set_result(None)
+        await task
+    return made

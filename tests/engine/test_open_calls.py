@@ -15,7 +15,7 @@ from typing import Any
 import engine
 from engine.sender._router import UPSERT_PROBE_DELAY_S
 from engine.server import serve_subprocess
-from tests.engine.helpers import PROJECT, make_engine, trace_calls
+from tests.engine.helpers import PROJECT, make_engine, sliding_open_calls, trace_calls
 from tests.faultserver import FaultServer
 
 
@@ -55,37 +55,13 @@ async def _open_then_end(tracer: Any, calls: int, while_open: Any = None) -> lis
     return ids
 
 
-async def _sliding(tracer: Any, calls: int, open_calls: int) -> None:
-    """``calls`` async op calls, ``open_calls`` open at any time, ended oldest first."""
-    loop = asyncio.get_running_loop()
-    gates: dict[int, asyncio.Future] = {}
-
-    @tracer.op
-    async def predict(example: int, prompt: str) -> int:
-        await gates[example]
-        return example
-
-    running: list[tuple[int, asyncio.Task]] = []
-    for example in range(calls):
-        gates[example] = loop.create_future()
-        running.append((example, loop.create_task(predict(example, "p" * 300))))
-        await asyncio.sleep(0)  # the task runs to its gate: its call is open
-        if len(running) >= open_calls:
-            oldest, task = running.pop(0)
-            gates.pop(oldest).set_result(None)
-            await task
-    for example, task in running:
-        gates.pop(example).set_result(None)
-        await task
-
-
 def test_a_few_open_calls_held_across_a_lap_end_keep_waiting_for_their_ends(tmp_path):
     """20 calls open at a time through rings of 64 KiB, 2,000 calls: the reading crosses
     a lap's end ~30 times with 20 starts held, ~10 KB of the ring. The padding a lap's end
     skips is not room they pin: none goes alone (before: ~20 at every lap's end, each a v2
     call/start and call/end request to this server, which takes no upsert batches)."""
     with FaultServer() as server, make_engine(server.url, tmp_path, ring_bytes=64 << 10) as eng:
-        asyncio.run(_sliding(eng.producer(), 2000, 20))
+        asyncio.run(sliding_open_calls(eng.producer(), 2000, 20))
         assert eng.flush(timeout_s=60)
         stats = eng.stats()
         assert len(server.stored_ids(PROJECT)) == 2000

@@ -140,38 +140,20 @@ def test_producers_waiting_on_a_late_server_are_said_while_it_goes_on():
 
 
 _OPEN_OWNER = textwrap.dedent("""
-    import asyncio, json, sys, time
+    import asyncio, json, sys
     from engine.producer._engine import Engine
-
-    async def main(tracer):
-        loop, gates, running, made = asyncio.get_running_loop(), {}, [], 0
-
-        @tracer.op
-        async def predict(example: int, prompt: str) -> int:
-            await gates[example]
-            return example
-
-        stop = time.monotonic() + 8  # past the 5 s of waiting said; bounded in count too
-        while time.monotonic() < stop and made < 20_000:
-            gates[made] = loop.create_future()
-            running.append((made, loop.create_task(predict(made, "p" * 2000))))
-            made += 1
-            await asyncio.sleep(0)  # the task runs to its gate: its call is open
-            if len(running) >= 400:  # 400 open at any time: ~0.8 MB, past half the ring
-                oldest, task = running.pop(0)
-                gates.pop(oldest).set_result(None)
-                await task
-        for example, task in running:
-            gates.pop(example).set_result(None)
-            await task
-        return made
+    from tests.engine.helpers import sliding_open_calls
 
     with Engine(url=sys.argv[1], project="ops/open", ring_bytes=256 << 10,
                 eager_start_ms=600_000, shutdown_timeout_s=30.0) as eng:
-        made = asyncio.run(main(eng.producer()))
+        # 400 open at any time (~0.8 MB, past half the ring), for 8 s: past the 5 s of
+        # waiting said; bounded in count too
+        made = asyncio.run(sliding_open_calls(eng.producer(), 20_000, 400, prompt_bytes=2000,
+                                              for_s=8))
         print(json.dumps({"made": made, "flushed": eng.flush(timeout_s=120),
                           "eager_starts": eng.stats()["eager_starts"]}))
 """)
+
 
 
 @pytest.mark.integration
