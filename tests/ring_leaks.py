@@ -22,8 +22,12 @@ ring set of the worker that appeared during a test is that test's. A ring set ma
 child process without a sender (``start_sender=False``, ``RingSet.create``) names no path
 and is not judged: it holds no URL, so no engine recovers it (the next scan removes it).
 
-Only orphans are judged: a ring set whose owner is still running (a module fixture's engine)
-and did not close it is not left behind yet.
+Judged are the ring sets their engine is done with: its owner is gone, or closed it (its
+``close()`` asked the senders to stop; a module fixture's engine, still open, is not left
+behind yet). One its owner closed that holds nothing is removed without failing the test:
+a sender leaves it so for producers still attached at its end (pooled workers, Ray's, keep
+their slot), for the next scan to remove once they exit -- removed now, so that what such a
+producer might still write cannot be recovered into a later test's server.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from engine.common._control import Control, control_path
 from engine.ring import _files as ring_files
 from engine.ring import _orphans
 from engine.ring._layout import RingSpec
@@ -115,10 +120,31 @@ class LeftRingSet:
         return any(_under(os.path.realpath(path), root)
                    for path in self.paths() for root in real_roots)
 
-    def orphaned(self) -> bool:
-        """Its owner is gone, or closed it and keeps it only for the records it holds."""
-        return (not ring_files.is_alive(*self.owner)
-                or os.path.exists(os.path.join(self.ring_dir, _orphans.CLOSED_MARK)))
+    def done_with(self) -> bool:
+        """Its engine is done with it: the owner is gone, or closed it (its senders may
+        still be delivering)."""
+        return not ring_files.is_alive(*self.owner) or self.closed_by_owner()
+
+    def closed_by_owner(self) -> bool:
+        """The owner's close() asked its senders to stop, or they stopped keeping it (the
+        mark a sender leaves for producers still attached, or the owner for records)."""
+        if os.path.exists(os.path.join(self.ring_dir, _orphans.CLOSED_MARK)):
+            return True
+        with contextlib.suppress(OSError, ValueError):
+            control = Control(control_path(self.ring_dir))
+            try:
+                return control.get("shutdown_request") != 0
+            finally:
+                control.close()
+        return False
+
+    def closed_empty(self) -> bool:
+        """Closed by its owner and holding nothing: what a sender leaves for producers still
+        attached at its end (pooled workers, Ray's, keep their slot), for the next scan to
+        remove once they exit (``engine.ring._orphans.find_orphans``)."""
+        spec = self._spec()
+        return (spec is not None and self.closed_by_owner()
+                and _orphans.unreleased_records(spec) == 0)
 
     def exists(self) -> bool:
         return any(os.path.exists(path) for path in (
@@ -191,12 +217,12 @@ def _under(path: str, root: str) -> bool:
 
 def left_behind(before: frozenset[str], roots: Iterable[str],
                 pid: int | None = None) -> list[LeftRingSet]:
-    """The orphaned ring sets that appeared since ``before`` and belong to process ``pid``
-    (default: this one) or name a path under ``roots``."""
+    """The ring sets that appeared since ``before``, that their engine is done with, and that
+    belong to process ``pid`` (default: this one) or name a path under ``roots``."""
     pid = os.getpid() if pid is None else pid
     roots = list(roots)
     found = [LeftRingSet.find(name) for name in sorted(ring_names() - before)]
-    return [left for left in found if left.belongs_to(pid, roots) and left.orphaned()]
+    return [left for left in found if left.belongs_to(pid, roots) and left.done_with()]
 
 
 def settle(left: list[LeftRingSet], wait_s: float = READ_WAIT_S) -> list[str]:
@@ -215,8 +241,10 @@ def settle(left: list[LeftRingSet], wait_s: float = READ_WAIT_S) -> list[str]:
             locks = ring_set.take_reader_locks()
             if locks is None or (locks == [] and ring_set.mapped_by()):
                 still_read.append(ring_set)  # [] and mapped: recovered from a folder elsewhere
-                continue
-            said.append(_judge(ring_set, locks, [], [], wait_s))
+            elif ring_set.closed_empty():  # the product's own state: removed, not said
+                _judge(ring_set, locks, [], [], wait_s)
+            else:
+                said.append(_judge(ring_set, locks, [], [], wait_s))
         pending = still_read
         if pending and time.monotonic() >= deadline:
             said += [_kill_readers_and_judge(ring_set, wait_s) for ring_set in pending]
@@ -232,9 +260,13 @@ def _judge(ring_set: LeftRingSet, locks: list[int], killed: list[int], mapping: 
         said = ring_set.describe(killed, mapping, wait_s)
         ring_set.remove()
     finally:
-        for fd in locks:
-            os.close(fd)
+        _release(locks)
     return said
+
+
+def _release(locks: list[int]) -> None:
+    for fd in locks:
+        os.close(fd)
 
 
 def _kill_readers_and_judge(ring_set: LeftRingSet, wait_s: float) -> str:

@@ -5,6 +5,7 @@ another worker, and those a sender finishes draining in time, fail nothing."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -18,48 +19,58 @@ from engine.ring import _files as ring_files
 ROOT = Path(__file__).resolve().parent.parent
 
 # A ring set as an engine SIGKILLed with its sender leaves it: one record not released, the
-# sender's settings (URL, dead letters) beside the segment. With ``reader_s``, a sender process
-# (its own session) holds the reader lock for that long, then removes the ring set and exits;
-# with ``bare`` too, its folder is removed and the sender maps the segment instead (as one
-# recovering it from a folder made elsewhere does).
+# sender's settings (URL, dead letters) beside the segment. argv: dead letters, mode, seconds.
+# "read": a sender process (its own session) holds the reader lock that long, then removes the
+# ring set and exits; "bare": its folder is removed and that sender maps the segment instead
+# (as one recovering it from a folder made elsewhere does); "attached": no record, a producer
+# process keeps a slot that long; "closed": the same, and its sender marked it closed (what a
+# sender leaves for pooled workers after its owner's close()).
 _LEAVE = r"""
-import os, shutil, signal, subprocess, sys
+import json, os, shutil, signal, subprocess, sys
 import msgspec
-from engine.ring import KIND_START, RingSet, write_sender_args
+from engine.ring import KIND_START, RingSet, mark_closed, write_sender_args
 
-dead_letters, reader_s, bare = sys.argv[1], float(sys.argv[2]), sys.argv[3]
-rings = RingSet.create(4096, 1)
-assert rings.writer().try_write(KIND_START, 0, bytes(16), bytes(16), b"e/p", b"{}", 0)
+dead_letters, mode, hold_s = sys.argv[1:]
+rings = RingSet.create(4096, 2)
+if mode not in ("attached", "closed"):
+    assert rings.writer().try_write(KIND_START, 0, bytes(16), bytes(16), b"e/p", b"{}", 0)
 ring_dir = os.path.dirname(rings.spec.lock_path)
 settings = {"spec": msgspec.to_builtins(rings.spec), "ring_dir": ring_dir,
             "config": {"url": "http://127.0.0.1:9/", "dead_letter_path": dead_letters}}
 write_sender_args(rings.spec.shm_name, ring_dir, msgspec.json.encode(settings))
-if reader_s:
-    reader = subprocess.Popen([sys.executable, "-c", os.environ["READER"], ring_dir, str(reader_s),
-                               bare], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL, start_new_session=True)
-    assert reader.stdout.readline() == b"ready\n"
-    print(reader.pid, end=" ")
-if bare:
+if mode:
+    other = subprocess.Popen([sys.executable, "-c", os.environ["OTHER"], mode, hold_s,
+                              json.dumps(settings["spec"])], stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    assert other.stdout.readline() == b"ready\n"
+    print(other.pid, end=" ")
+if mode == "bare":
     shutil.rmtree(ring_dir)
+if mode == "closed":
+    mark_closed(ring_dir)
 print(rings.spec.shm_name, flush=True)
 os.kill(os.getpid(), signal.SIGKILL)
 """
-_READER = r"""
-import mmap, os, sys, time
-from engine.ring import take_reader_lock
+_OTHER = r"""
+import json, mmap, os, sys, time
+from engine.ring import RingSet, RingSpec, take_reader_lock
 from engine.ring import _files
 
-ring_dir, hold_s, bare = sys.argv[1], float(sys.argv[2]), sys.argv[3]
-if bare:
-    with open(_files.segment_path(os.path.basename(ring_dir)), "r+b") as segment:
+mode, hold_s, spec = sys.argv[1], float(sys.argv[2]), RingSpec(**json.loads(sys.argv[3]))
+ring_dir = os.path.dirname(spec.lock_path)
+if mode == "bare":
+    with open(_files.segment_path(spec.shm_name), "r+b") as segment:
         mapping = mmap.mmap(segment.fileno(), 0)
-else:
+elif mode == "read":
     assert take_reader_lock(ring_dir) is not None
+else:
+    writer = RingSet.attach(spec).writer()
 print("ready", flush=True)
 os.close(1)
 time.sleep(hold_s)
-_files.remove_ring_files(os.path.basename(ring_dir), ring_dir)
+if mode in ("read", "bare"):
+    _files.remove_ring_files(spec.shm_name, ring_dir)
 """
 
 _CONFTEST = """
@@ -72,10 +83,9 @@ def pytest_configure(config):
 _TESTS = """
 import os, subprocess, sys
 
-def leave(dead_letters, reader_s=0.0, bare=False):
-    out = subprocess.run([sys.executable, "-c", os.environ["LEAVE"], str(dead_letters),
-                          str(reader_s), "bare" if bare else ""],
-                         capture_output=True, text=True, timeout=30)
+def leave(dead_letters, mode="", hold_s=0.0):
+    out = subprocess.run([sys.executable, "-c", os.environ["LEAVE"], str(dead_letters), mode,
+                          str(hold_s)], capture_output=True, text=True, timeout=30)
     assert out.returncode == -9, out.stderr
     with open(os.environ["LEFT"], "a") as file:
         file.write(out.stdout)
@@ -87,13 +97,19 @@ def test_leaves_one_of_another_worker():
     leave(os.environ["FOREIGN"])
 
 def test_leaves_one_its_sender_removes_in_time(tmp_path):
-    leave(tmp_path / "dead_letters.jsonl", reader_s=0.1)
+    leave(tmp_path / "dead_letters.jsonl", "read", 0.1)
 
 def test_leaves_one_whose_sender_never_ends(tmp_path):
-    leave(tmp_path / "dead_letters.jsonl", reader_s=60)
+    leave(tmp_path / "dead_letters.jsonl", "read", 60)
 
 def test_leaves_a_bare_one_recovered_in_time_from_elsewhere(tmp_path):
-    leave(tmp_path / "dead_letters.jsonl", reader_s=0.1, bare=True)
+    leave(tmp_path / "dead_letters.jsonl", "bare", 0.1)
+
+def test_leaves_an_empty_one_with_a_producer_attached(tmp_path):
+    leave(tmp_path / "dead_letters.jsonl", "attached", 60)
+
+def test_leaves_an_empty_one_closed_with_a_producer_attached(tmp_path):
+    leave(tmp_path / "dead_letters.jsonl", "closed", 60)
 
 def test_leaves_nothing(tmp_path):
     pass
@@ -111,7 +127,7 @@ def test_a_test_that_leaves_a_ring_set_fails_and_its_ring_set_is_removed(tmp_pat
     (session / "conftest.py").write_text(_CONFTEST)
     (session / "test_leaving.py").write_text(_TESTS)
     left, foreign = tmp_path / "left.txt", tmp_path / "another-worker" / "dead_letters.jsonl"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "LEAVE": _LEAVE, "READER": _READER,
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "LEAVE": _LEAVE, "OTHER": _OTHER,
            "LEFT": str(left), "FOREIGN": str(foreign),
            "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}  # hypothesis' alone takes 0.8 s to import
     run = subprocess.run(
@@ -121,26 +137,33 @@ def test_a_test_that_leaves_a_ring_set_fails_and_its_ring_set_is_removed(tmp_pat
         cwd=session, env=env, capture_output=True, text=True, timeout=60)
     made = [line.split() for line in left.read_text().splitlines()]
     try:
-        outcomes = _outcomes(tmp_path / "report.xml")
-        assert outcomes == {
+        assert _outcomes(tmp_path / "report.xml") == {
             "test_leaves_one": "error", "test_leaves_one_of_another_worker": "passed",
             "test_leaves_one_its_sender_removes_in_time": "passed",
             "test_leaves_one_whose_sender_never_ends": "error",
             "test_leaves_a_bare_one_recovered_in_time_from_elsewhere": "passed",
+            "test_leaves_an_empty_one_with_a_producer_attached": "error",
+            "test_leaves_an_empty_one_closed_with_a_producer_attached": "passed",
             "test_leaves_nothing": "passed",
         }, run.stdout
-        (leaked,), (another,), (_, drained), (killed, kept), (_, bare) = made
-        assert f"{leaked} ({tempfile.gettempdir()}/{leaked}): records not released: 1, for http://127.0.0.1:9/ (dead letters: " \
-               f"{tmp_path / 'basetemp'}" in run.stdout, run.stdout
-        assert f"{kept} ({tempfile.gettempdir()}/{kept}): records not released: 1" in run.stdout
+        (leaked,), (another,), (_, drained), (killed, read), (_, bare), (_, attached), \
+            (_, closed) = made
+        tmp = tempfile.gettempdir()
+        assert (f"{leaked} ({tmp}/{leaked}): records not released: 1, for http://127.0.0.1:9/ "
+                f"(dead letters: {tmp_path / 'basetemp'}") in run.stdout, run.stdout
+        assert f"{read} ({tmp}/{read}): records not released: 1" in run.stdout
         assert f"its sender {killed} still read it 0.5 s after the test: killed" in run.stdout
         assert ring_files.process_start_ticks(int(killed)) is None
-        assert not any(os.path.exists(p) for name in (leaked, drained, kept, bare)
-                       for p in _paths(name))
+        assert f"{attached} ({tmp}/{attached}): records not released: 0" in run.stdout
+        assert closed not in run.stdout  # removed, not said: the engine closed it empty
+        assert not any(os.path.exists(p) for name in (leaked, drained, read, bare, attached,
+                                                      closed) for p in _paths(name))
         assert os.path.exists(ring_files.segment_path(another))  # not this session's
     finally:
-        for name in (fields[-1] for fields in made):
-            ring_files.remove_ring_files(name, _paths(name)[-1])
+        for fields in made:
+            if len(fields) == 2 and ring_files.process_start_ticks(int(fields[0])) is not None:
+                os.kill(int(fields[0]), signal.SIGKILL)
+            ring_files.remove_ring_files(fields[-1], _paths(fields[-1])[-1])
 
 
 def _outcomes(report: Path) -> dict[str, str]:
