@@ -14,12 +14,18 @@ default (a handler, unlike SIG_IGN, is not inherited across exec).
 
 Under pytest-xdist (``scripts/test`` runs the suite on 2 worker processes) every worker
 imports this file: each has a state directory of its own and removes only that one.
+
+After every test, ``tests.ring_leaks`` fails it if it left ring sets behind (an engine
+killed with its sender, whose calls the next engine for a reused port would recover): they
+are named with what they hold, and removed.
 """
 
 import os
 import shutil
 import signal
 import tempfile
+
+from tests.ring_leaks import RingLeakCheck
 
 _STATE_HOME = tempfile.mkdtemp(prefix="engine-tests-state-")
 
@@ -30,6 +36,8 @@ def pytest_configure(config):
         signal.signal(signal.SIGINT, signal.default_int_handler)
     if signal.getsignal(signal.SIGHUP) is signal.SIG_IGN:  # nohup: the SIGHUP tests' children
         signal.signal(signal.SIGHUP, signal.SIG_DFL)  # would inherit it and never see theirs
+    # the default dead-letter file of this worker's engines is under its state home
+    config.pluginmanager.register(RingLeakCheck(config, lambda: [_STATE_HOME]), "ring-leaks")
 
 
 def pytest_unconfigure(config):

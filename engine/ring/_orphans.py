@@ -16,8 +16,11 @@ A segment in ``/dev/shm`` whose private directory is gone (a job scheduler's per
 ``TMPDIR`` removed at the job's end, a tmp cleaner) is *bare*. One that holds nothing is
 removed. One that holds records, that no live process maps and whose engine left its
 settings beside it (``<name>.json``) gets a new private directory in this temp dir, built
-aside and renamed into place, and is then recovered like any orphan. One whose directory is
-in another ``TMPDIR`` is left to the engines of that ``TMPDIR``.
+aside and renamed into place, and is then recovered like any orphan -- by a scan for the URL
+its engine delivered to only: a scan for another (an engine or replay for another server, a
+``RingSet.create``) lists it and leaves it where it is, so the folder is made once, by whoever
+recovers it. One whose directory is in another ``TMPDIR`` is left to the engines of that
+``TMPDIR``.
 """
 
 from __future__ import annotations
@@ -78,6 +81,7 @@ class Orphan:
     ring_dir: str
     url: str | None  # where its engine delivered (None: no sender.json)
     unreleased_records: int
+    bare: bool = False  # its folder is gone and this scan was for another URL: listed only
 
     @property
     def sender_args(self) -> str:
@@ -237,10 +241,12 @@ def _dead_entries(directory: str) -> list[str]:
     return dead
 
 
-def find_orphans() -> list[Orphan]:
-    """Orphans in this temp dir that hold records; the empty ones are removed on the way."""
+def find_orphans(url: str | None = None) -> list[Orphan]:
+    """Orphans in this temp dir that hold records, and bare segments that do (``bare``);
+    the empty ones are removed on the way. Bare segments of engines that delivered to
+    ``url`` are first given a folder here (and are then orphans in this temp dir)."""
     bare, stray = _shm_leftovers()
-    _adopt_bare_segments(bare)
+    _adopt_bare_segments(bare, url)
     orphans = []
     for entry in _dead_entries(tempfile.gettempdir()):
         ring_dir = os.path.join(tempfile.gettempdir(), entry)
@@ -248,8 +254,8 @@ def find_orphans() -> list[Orphan]:
             continue
         spec = spec_of(entry)
         held = unreleased_records(spec) if spec is not None else 0
-        url = _recorded_url(ring_dir)
-        if held and url is None:  # no sender ever read it (start_sender=false): none will
+        recorded_url = _recorded_url(ring_dir)
+        if held and recorded_url is None:  # no sender ever read it (start_sender=false): none will
             log.warning("removing ring set %s: %d records that no sender was set up to "
                         "deliver", entry, held)
             held = 0
@@ -258,9 +264,9 @@ def find_orphans() -> list[Orphan]:
         if held == 0:  # nothing left to deliver (or no segment): only files to remove
             _files.remove_ring_files(entry, ring_dir)
         elif held:
-            orphans.append(Orphan(entry, ring_dir, url, held))
+            orphans.append(Orphan(entry, ring_dir, recorded_url, held))
     _remove_empty_bare_segments(bare, stray)
-    return orphans
+    return orphans + _unadopted(bare)
 
 
 def _shm_leftovers() -> tuple[list[str], list[str]]:
@@ -298,13 +304,18 @@ def _remove_empty_bare_segments(bare: list[str], stray: list[str]) -> None:
             os.unlink(_files.sidecar_path(name))
 
 
-def _adopt_bare_segments(bare: list[str]) -> None:
-    """Give every bare segment that holds records, that no live process maps and whose
-    settings were kept beside it a new private dir here, so that it is found as an orphan."""
+def _adopt_bare_segments(bare: list[str], url: str | None) -> None:
+    """Give every bare segment of an engine that delivered to ``url``, that holds records,
+    that no live process maps and whose settings were kept beside it a new private dir here,
+    so that it is found as an orphan."""
+    if url is None:
+        return
     for name in bare:
         args = _sidecar_args(name)
         if args is None or os.path.exists(str(args.get("ring_dir"))):
             continue  # an older engine's (kept), or its dir is in another TMPDIR
+        if _args_url(args) != url:
+            continue  # left for a scan for its own URL, which recovers it
         spec = spec_of(name)
         if spec is None or not unreleased_records(spec):
             continue  # removed after the scan if it holds nothing
@@ -312,6 +323,27 @@ def _adopt_bare_segments(bare: list[str]) -> None:
             continue  # a sender or producer still at work whose dir was removed under it
         with contextlib.suppress(OSError):
             _recreate_ring_dir(name, args)
+
+
+def _unadopted(bare: list[str]) -> list[Orphan]:
+    """The bare segments this scan left where they are that hold records, with their URL."""
+    listed = []
+    for name in bare:
+        if os.path.exists(os.path.join(tempfile.gettempdir(), name)):
+            continue  # adopted by this scan: listed with the orphans here
+        args = _sidecar_args(name)
+        if args is None or os.path.exists(str(args.get("ring_dir"))):
+            continue
+        spec = spec_of(name)
+        held = unreleased_records(spec) if spec is not None else None
+        if held:
+            listed.append(Orphan(name, str(args.get("ring_dir")), _args_url(args), held, bare=True))
+    return listed
+
+
+def _args_url(args: dict) -> str | None:
+    config = args.get("config")
+    return config.get("url") if isinstance(config, dict) else None
 
 
 def _sidecar_args(name: str) -> dict | None:
@@ -377,7 +409,7 @@ def holds_records(ring_set: RingSet) -> bool:
 
 def orphans_for(url: str) -> list[Orphan]:
     """The orphans an engine delivering to ``url`` recovers."""
-    return [orphan for orphan in find_orphans() if orphan.url == url]
+    return [orphan for orphan in find_orphans(url) if orphan.url == url and not orphan.bare]
 
 
 def recover(url: str, api_key: str | None,

@@ -209,3 +209,27 @@ def test_what_a_recovered_ring_set_cannot_deliver_goes_to_its_own_engines_dead_l
         result = account(killed.produced(), server.snapshot(), [job.dead_letter_path])
     assert result.persisted > 0
     assert (result.delivered + result.persisted, result.lost) == (result.produced, 0)
+
+
+def test_a_scan_for_another_server_leaves_a_bare_segment_to_the_engine_for_its_own(
+        tmp_path, foreign_orphans_parked):
+    """Only a scan for the URL a bare segment's engine delivered to gives it a new folder
+    (and recovers it). Before, any scan did (an engine or replay for another server, a
+    ``RingSet.create`` anywhere on the machine): the folder it made in its own TMPDIR stayed
+    there once the engine for the right server, under yet another TMPDIR, had made one of its
+    own and recovered the segment (seen by the suite's check for ring sets left behind: the
+    segment of ``test_a_ring_set_whose_temp_folder_was_removed_is_recovered_by_the_next_engine``
+    was adopted into /tmp by an engine running beside the suite, for another server)."""
+    job1, elsewhere = Sandbox(tmp_path / "job1"), Sandbox(tmp_path / "elsewhere")
+    with FaultServer() as server, FaultServer() as other:
+        killed = _killed_with_its_sender(job1, server)
+        shutil.rmtree(job1.tmp)
+        replayed = elsewhere.replay(other.url)
+        assert replayed.returncode == 0, replayed.stderr
+        assert server.url in replayed.stdout, replayed.stdout  # still named, for its server
+        assert not list(elsewhere.tmp.iterdir())  # and left where it is
+        replayed = Sandbox(tmp_path / "job2").replay(server.url)
+        assert "1 ring set" in replayed.stdout, replayed.stdout + replayed.stderr
+        result = account(killed.produced(), server.snapshot())
+    assert (result.delivered, result.lost) == (result.produced, 0), result.lost_ids[:5]
+    assert not os.path.exists(_segment(killed)) and not os.path.exists(_sidecar(killed))

@@ -33,6 +33,9 @@ pytestmark = [pytest.mark.ray, pytest.mark.integration, pytest.mark.timeout(300)
 
 PROJECT = "ray-entity/ray-project"
 NODES = ("head", "n1", "n2")
+# a test's engine is flushed or closed within its body: the teardown's close has nothing to
+# deliver, and each sender it leaves serving idle workers ends by then (tests/ring_leaks.py)
+_CLOSE_S = 2.0
 _NODE_ARGS = dict(num_cpus=1, object_store_memory=100 << 20, node_ip_address="127.0.0.1")
 
 
@@ -109,8 +112,8 @@ def make_engine(cluster, server, tmp_path):
         return eng
 
     yield make
-    for eng in made:
-        eng.close()
+    for eng in made:  # Ray's pooled workers keep their slots: the senders stay for them till
+        eng.close(timeout_s=_CLOSE_S)  # the deadline, delivering to this test's server
 
 
 def stored_calls(url: str) -> list[dict]:
