@@ -146,6 +146,12 @@ class LeftRingSet:
         return (spec is not None and self.closed_by_owner()
                 and _orphans.unreleased_records(spec) == 0)
 
+    def without_segment(self) -> bool:
+        """Its segment is gone (only its folder or settings are left): it holds nothing and
+        nothing can be written into it, so no engine can recover anything from it (a Ray
+        worker killed at the cluster's end leaves such a folder; the next scan removes it)."""
+        return not os.path.exists(ring_files.segment_path(self.name, self.ring_dir))
+
     def exists(self) -> bool:
         return any(os.path.exists(path) for path in (
             ring_files.segment_path(self.name, self.ring_dir),
@@ -241,7 +247,8 @@ def settle(left: list[LeftRingSet], wait_s: float = READ_WAIT_S) -> list[str]:
             locks = ring_set.take_reader_locks()
             if locks is None or (locks == [] and ring_set.mapped_by()):
                 still_read.append(ring_set)  # [] and mapped: recovered from a folder elsewhere
-            elif ring_set.closed_empty():  # the product's own state: removed, not said
+            elif ring_set.closed_empty() or ring_set.without_segment():
+                # the product's own states, nothing in them to recover: removed, not said
                 _judge(ring_set, locks, [], [], wait_s)
             else:
                 said.append(_judge(ring_set, locks, [], [], wait_s))

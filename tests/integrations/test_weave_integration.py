@@ -133,7 +133,9 @@ _RUNS_PROGRAM = textwrap.dedent(
         square(-1)  # the op's save is still pending in weave's threads when the Pool forks
         with multiprocessing.get_context("fork").Pool(2) as pool:
             total = sum(pool.map(square, range(n_calls)))
-        print(json.dumps({"project": project, "sum": total}), flush=True)
+        # one write of the whole line: the other run writes its own beside it (print
+        # unbuffered writes the text and its newline apart: two lines ran together)
+        os.write(1, (json.dumps({"project": project, "sum": total}) + "\\n").encode())
 
     def wait(pid, timeout_s):
         deadline = time.monotonic() + timeout_s
