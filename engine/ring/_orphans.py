@@ -310,10 +310,7 @@ def _adopt_bare_segments(bare: list[str], url: str | None) -> None:
     so that it is found as an orphan."""
     if url is None:
         return
-    for name in bare:
-        args = _sidecar_args(name)
-        if args is None or os.path.exists(str(args.get("ring_dir"))):
-            continue  # an older engine's (kept), or its dir is in another TMPDIR
+    for name, args in _with_settings(bare):
         if _args_url(args) != url:
             continue  # left for a scan for its own URL, which recovers it
         spec = spec_of(name)
@@ -328,17 +325,25 @@ def _adopt_bare_segments(bare: list[str], url: str | None) -> None:
 def _unadopted(bare: list[str]) -> list[Orphan]:
     """The bare segments this scan left where they are that hold records, with their URL."""
     listed = []
-    for name in bare:
+    for name, args in _with_settings(bare):
         if os.path.exists(os.path.join(tempfile.gettempdir(), name)):
             continue  # adopted by this scan: listed with the orphans here
-        args = _sidecar_args(name)
-        if args is None or os.path.exists(str(args.get("ring_dir"))):
-            continue
         spec = spec_of(name)
         held = unreleased_records(spec) if spec is not None else None
         if held:
             listed.append(Orphan(name, str(args.get("ring_dir")), _args_url(args), held, bare=True))
     return listed
+
+
+def _with_settings(bare: list[str]) -> list[tuple[str, dict]]:
+    """The bare segments whose engine kept its settings beside them and whose folder is
+    not in another TMPDIR, with those settings."""
+    kept = []
+    for name in bare:
+        args = _sidecar_args(name)
+        if args is not None and not os.path.exists(str(args.get("ring_dir"))):
+            kept.append((name, args))  # else an older engine's (kept), or in another TMPDIR
+    return kept
 
 
 def _args_url(args: dict) -> str | None:

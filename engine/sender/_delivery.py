@@ -281,8 +281,7 @@ class Delivery:
         self.held_bytes -= batch.size_bytes
         # the router's counts before the release a flush() waits for: stats() after it
         # shows them whole (else they wait for the next housekeeping tick)
-        self.control.set("completes_spliced", self.router.spliced)
-        self.control.set("eager_starts", self.router.eager_starts)
+        self._publish_router_counts()
         self.tracker.ack(batch.refs())
         if self.router.starts_unsettled:  # a v2 call/start: the end that waited may go
             ends = self.router.start_settled(batch.items)
@@ -295,6 +294,10 @@ class Delivery:
         step = max(1, len(batch) // 64)
         for item in batch.items[::step]:
             self.latencies_us.append((now_ns - item.enqueue_ns) // 1000)
+
+    def _publish_router_counts(self) -> None:
+        self.control.set("completes_spliced", self.router.spliced)
+        self.control.set("eager_starts", self.router.eager_starts)
 
     def _split(self, batch: Batch, counter: str, reason: str, status: int | None,
                response: Response | None) -> None:

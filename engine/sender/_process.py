@@ -245,8 +245,7 @@ class Sender(Intake, Delivery, Shutdown):
         control.set("concurrency_limit", self.concurrency.limit)
         control.set("size_target_bytes", self.size.bytes)
         control.set("pending_starts", self.router.held())
-        control.set("eager_starts", self.router.eager_starts)
-        control.set("completes_spliced", self.router.spliced)
+        self._publish_router_counts()
 
     def _say_pressure(self) -> None:
         """Producers waiting on (or dropping at) full rings are said while it goes on."""
