@@ -4,6 +4,7 @@ owner alone. Real processes, real signals, a real loopback server; exact counts.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -252,3 +253,53 @@ def test_sigterm_while_threads_wait_for_room_in_a_full_ring_ends_and_persists(tm
     assert dropped and int(dropped.group(1)) >= 3, err[-3000:]  # met the full ring after
     ids = {line.split('"call_id":"')[1][:36] for line in dead.read_text().splitlines()}
     assert len(ids) >= finished  # every call that finished, and the waiting ones' starts
+
+
+_OPEN_CALLS_OWNER = textwrap.dedent("""
+    import asyncio, atexit, json, sys, engine
+    from tests.engine.helpers import sliding_open_calls
+    # registered first, so it runs after the engine's own exit (the close that delivers)
+    atexit.register(lambda: print(json.dumps(eng.stats()), flush=True))
+    eng = engine.Engine(url=sys.argv[1], project="ops/open-calls", dead_letter_path=sys.argv[2],
+                        ring_bytes=1 << 20, compression="none", shutdown_timeout_s=20.0,
+                        backoff_initial_ms=10, backoff_max_ms=100)
+    tracer = eng.producer()
+    print("tracing", flush=True)
+    asyncio.run(sliding_open_calls(tracer, 1_000_000, 1000, for_s=30))
+""")
+
+
+def test_ctrl_c_of_an_asyncio_eval_with_calls_open_toward_weave_s_server_ends_and_delivers_each(
+        tmp_path):
+    """An asyncio eval awaiting a slow model has a thousand calls open when Ctrl-C reaches
+    its process group; the server is weave's as it answers a new project (calls_complete:
+    a start held too long goes alone as a v2 request, and an end is refused 404 until its
+    start shows). asyncio cancels the open tasks, each op ends its call with the
+    cancellation, and the exit delivers every call written, each with its start and its
+    end: none lost, none left open, nothing in the dead letters."""
+    dead = tmp_path / "dead.jsonl"
+    with FaultServer(weave_residence=True, end_needs_start=True, start_visible_after_s=0.2,
+                     stall_s=0.02) as server:
+        proc = subprocess.Popen([sys.executable, "-c", _OPEN_CALLS_OWNER, server.url, str(dead)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True,
+                                env={"PATH": "/usr/bin:/bin", "PYTHONPATH": "."})
+        try:
+            assert proc.stdout.readline() == "tracing\n", proc.stderr.read()[-3000:]
+            time.sleep(1.5)  # a window of 1,000 calls open, starts gone alone for their age
+            os.killpg(proc.pid, signal.SIGINT)  # the terminal's Ctrl-C: the whole group
+            out, err = proc.communicate(timeout=40)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        stored = server.snapshot()
+    assert proc.returncode == -signal.SIGINT, err[-3000:]
+    stats = json.loads(out.splitlines()[-1])
+    assert stats["eager_starts"] > 0  # starts went alone before their end (v2 call/start)
+    assert stats["ring"]["records_written"] == 2 * len(stored), (len(stored), err[-3000:])
+    assert stats["undelivered"] == 0 and stats["dead_letters"] == 0 and not dead.exists()
+    open_left = [key for key, call in stored.items() if "ended_at" not in call]
+    assert not open_left and all("started_at" in call for call in stored.values())
+    cancelled = [call for call in stored.values() if "CancelledError" in str(call.get("exception"))]
+    assert len(cancelled) >= 999, len(cancelled)  # the window's calls, ended by the cancellation
