@@ -326,6 +326,13 @@ class RingSet:
     def _slot_word(self, slot: int, word: int) -> int:
         return self._words[GLOBAL_WORDS + slot * SLOT_WORDS + word]
 
+    def pressure(self, slots: range) -> tuple[int, int]:
+        """Of ``slots``: the least room a writer has in its ring now (bytes), and how many
+        times their writers found their ring full, in all (any process, no side effects)."""
+        lap, word = self.spec.ring_bytes, self._slot_word
+        room = min((lap - (word(s, S_HEAD) - word(s, S_RELEASED)) for s in slots), default=lap)
+        return room, sum(word(s, S_FULL_WAITS) for s in slots)
+
     def positions(self) -> tuple[list[int], list[int]]:
         """Per slot (head, release position): what flush() compares; no side effects."""
         heads = [self._slot_word(s, S_HEAD) for s in range(self.spec.max_slots)]

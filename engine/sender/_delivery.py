@@ -18,7 +18,7 @@ import random
 import time
 from typing import TYPE_CHECKING
 
-from engine.common._config import EngineConfig
+from engine.common._config import EngineConfig, persisted_to
 from engine.common._control import Control
 from engine.common._errors import SendError, reason_of
 from engine.common._retry import Backoff, Verdict, classify, retry_after_s
@@ -46,6 +46,12 @@ _MAX_GATHERED_ITEMS = 64
 # v2 single requests (one call's start or end, ~1 KB) in flight per slot of the adaptive
 # concurrency limit (max_in_flight); the connection pool holds that many more
 SINGLES_PER_SLOT = 4
+# the server failing this long (but with 429, "slow down") while producers wait for ring
+# space: the batches waiting for a retry or their turn go to disk then, not at their
+# delivery_deadline_s (:meth:`Delivery._spill_for_producers`)
+SPILL_AFTER_S = 5.0
+SPILL_DETAIL = ("the server failing while producers waited for ring space: persisted before "
+                "delivery_deadline_s so that the traced program goes on")
 
 
 class Delivery:
@@ -77,6 +83,8 @@ class Delivery:
     executor: concurrent.futures.ThreadPoolExecutor | None
     latencies_us: collections.deque[int]
     outage: OutageLog
+    last_retry_status: int | None  # of the last answer that meant "retry later" (None: none)
+    spilling: bool  # what fails goes to disk at once (see _spill_for_producers)
 
     def _waiting_items(self) -> int:
         """Items read and not yet settled (what an outage warning counts)."""
@@ -230,6 +238,7 @@ class Delivery:
             self._split(batch, "splits_422", "invalid", status, response)
         elif verdict is Verdict.RETRY:
             overloaded = status in (429, 503) or response is None
+            self.last_retry_status = status
             self.concurrency.on_response(rtt_s, overloaded=overloaded, in_flight=in_flight)
             self.outage.failed(failure_text(status, error, _reason(response)),
                                self._waiting_items)
@@ -322,6 +331,9 @@ class Delivery:
 
     def _retry_later(self, batch: Batch, response: Response | None, error: SendError | None) -> None:
         elapsed_s = time.monotonic() - batch.first_sent_s
+        if self.spilling and (response is None or response.status != 429):
+            self._give_up(batch, "outage", response.status if response else None, SPILL_DETAIL)
+            return
         if elapsed_s >= self.cfg.delivery_deadline_s or self.stopping:
             what = failure_text(response.status if response else None, error, _reason(response))
             self._give_up(batch, "deadline", response.status if response else None,
@@ -343,6 +355,43 @@ class Delivery:
         (engine/sender/_persist.py); released only once it is on disk."""
         self.size.forget(batch.target_bytes)
         self.persister.give_up(batch, reason, status, detail)
+
+    def _spill_for_producers(self, producers_wait: bool) -> int:
+        """The server failing for ``SPILL_AFTER_S`` while producers wait for ring space
+        (``producers_wait``): from then until it answers (``spilling``), the batches waiting
+        for a retry or queued, and each that fails, are spooled or dead-lettered at once, as
+        at their deadline, and their ring space freed (a batch sent is tried once: the
+        server may be back); returns how many went now. Not while it answers 429 (it is up
+        and asks for less: the producers' wait is the backpressure it wants), nor requests
+        in flight.
+
+        Before, a traced program met the full ring and waited for each batch's
+        ``delivery_deadline_s`` (120 s): through 16 MiB rings an eval ran at a few dozen
+        calls a second while its server was down, and a Ctrl-C'd asyncio eval, whose
+        cancelled calls each wrote an end, did not end.
+        """
+        since = self.outage.since_s
+        if since is None or self.last_retry_status == 429:
+            self.spilling = False
+            return 0
+        if not self.spilling:
+            failing_s = time.monotonic() - since
+            if not producers_wait or failing_s < SPILL_AFTER_S:
+                return 0
+            self.spilling = True
+            log.warning("server %s failing for %.0f s while producers wait for ring space: "
+                        "what is not delivered goes to %s at once, not after "
+                        "delivery_deadline_s=%g s, so that the traced program goes on",
+                        self.outage.url, failing_s, persisted_to(self.cfg),
+                        self.cfg.delivery_deadline_s)
+        batches = [*self.waiting, *self.ready]  # the retries are the older ones
+        for timer in self.waiting.values():
+            timer.cancel()
+        self.waiting.clear()
+        self.ready.clear()
+        for batch in batches:
+            self._give_up(batch, "outage", self.last_retry_status, SPILL_DETAIL)
+        return len(batches)
 
     def _dead_letter(self, batch: Batch, reason: str, status: int | None, detail: str) -> None:
         self.size.forget(batch.target_bytes)

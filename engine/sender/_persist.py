@@ -42,6 +42,7 @@ DEAD_COUNTERS = {
     "invalid": "dead_invalid",
     "http": "dead_http",
     "deadline": "dead_deadline",
+    "outage": "dead_deadline",  # the server down while producers waited for ring space
     "shutdown": "dead_shutdown",
     "start_not_delivered": "dead_deadline",  # the end of a call whose start timed out
 }

@@ -128,6 +128,10 @@ class Sender(Intake, Delivery, Shutdown):
         self.dead = DeadLetters(cfg.dead_letter_path or default_dead_letter_path())
         self.persister = Persister(self.control, self.dead, self.spool, self._release)
         self.outage = OutageLog(cfg.url, _destination(cfg))
+        self.last_retry_status: int | None = None
+        self.spilling = False
+        # producers' waits for ring space at the last look (those before it started: old)
+        self.full_waits_seen = self.ringset.pressure(self.reader.slots)[1]
         self.pressure = PressureLog(cfg.url)
         self.latencies_us: collections.deque[int] = collections.deque(maxlen=_LATENCY_SAMPLES)
         self.flush_seen_ns = 0  # a flush asked for before we started is honoured too
@@ -230,6 +234,8 @@ class Sender(Intake, Delivery, Shutdown):
         self._publish_gauges()
         self._publish_latency()
         self._say_pressure()
+        if self.outage.since_s is not None or self.spilling:
+            self._spill_for_producers(self.spilling or self._producers_wait())
         for slot in self.reader.reap():
             self.tracker.forget_slot(slot)
         self.persister.retry_parked()
@@ -252,6 +258,14 @@ class Sender(Intake, Delivery, Shutdown):
         control, slots = self.control, self.reader.slots
         self.pressure.observe(control.slots_total("blocked_ms", slots),
                               control.slots_total("dropped_full", slots), self._bound_facts)
+
+    def _producers_wait(self) -> bool:
+        """Whether a producer of this sender's slots began waiting for room in its ring
+        since the last look, or one has less than an eighth of its ring free (it waits, or
+        soon will)."""
+        room, waits = self.ringset.pressure(self.reader.slots)
+        began, self.full_waits_seen = waits > self.full_waits_seen, waits
+        return began or room < self.ringset.spec.ring_bytes // 8
 
     def _bound_facts(self) -> str:
         samples = sorted(self.latencies_us)

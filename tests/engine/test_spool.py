@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
+import threading
+import time
 
 import pytest
 
@@ -81,3 +85,59 @@ def test_a_sender_that_cannot_open_its_spool_delivers_and_dead_letters_instead(t
         assert stats["dead_letters"] == len(letters) and stats["spooled_items"] == 0
         assert stats["sender_restarts"] == 1
 
+
+
+def test_a_down_server_does_not_stall_the_program_what_fails_goes_to_disk_once_it_waits(
+        tmp_path):
+    """The server down and the ring full: the program waited for each batch's
+    ``delivery_deadline_s`` (here 60 s) before its ring had room again. Now, the server
+    failing for SPILL_AFTER_S (5 s) while a producer waits for room, what fails goes to the
+    dead letters at once: 3,000 calls through a 1 MiB ring end within seconds, every one in
+    the dead letters, and a replay delivers them."""
+    dead = tmp_path / "dead_letters.jsonl"
+    with FaultServer() as server:
+        server.down()
+        with make_engine(server.url, tmp_path, delivery_deadline_s=60.0, shutdown_timeout_s=2.0,
+                         backoff_max_ms=500) as eng:
+            started = time.monotonic()
+            ids = trace_calls(eng.producer(), 1500, payload_bytes=2000)
+            took_s = time.monotonic() - started
+            eng.close()
+            stats = eng.stats()
+        assert took_s < 25, took_s  # before: the first batches' 60 s deadline, then more
+        assert stats["ring"]["full_waits"] > 0  # the producer did wait for room
+        assert stats["dead_deadline"] == stats["dead_letters"] > 0 and stats["undelivered"] == 0
+        letters = list(read_dead_letters(dead))
+        assert {letter.call_id for letter in letters} == set(ids)
+        assert any("producers waited for ring space" in letter.reason for letter in letters)
+        server.up()
+        replayed = subprocess.run([sys.executable, "-m", "engine", "replay", "--to", server.url,
+                                   "--dead-letters", str(dead)], capture_output=True, text=True,
+                                  timeout=120, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": "."})
+        assert replayed.returncode == 0, replayed.stderr[-3000:]
+        assert server.stored_ids(PROJECT) == set(ids)
+        assert all(server.is_complete(PROJECT, call_id) for call_id in ids)
+
+
+def test_a_server_that_answers_429_keeps_the_program_waiting_and_loses_nothing(tmp_path):
+    """429 is the server up and asking for less: the producers' wait is the backpressure it
+    wants, so nothing goes to disk early; once it takes calls again every one arrives."""
+    with FaultServer(p_429=1.0, retry_after="0") as server:
+        with make_engine(server.url, tmp_path, delivery_deadline_s=60.0,
+                         backoff_max_ms=200) as eng:
+            done = threading.Event()
+            ids: list[str] = []
+            worker = threading.Thread(target=lambda: (ids.extend(trace_calls(
+                eng.producer(), 1500, payload_bytes=2000)), done.set()))
+            worker.start()
+            try:
+                assert not done.wait(7.0)  # past SPILL_AFTER_S: still waiting for room
+                stats = eng.stats()
+                assert stats["ring"]["full_waits"] > 0 and stats["dead_letters"] == 0
+            finally:
+                server.p_429 = 0.0
+                worker.join(timeout=60)
+            assert done.is_set()
+            assert eng.flush(timeout_s=60)
+            assert eng.stats()["dead_letters"] == 0
+        assert server.stored_ids(PROJECT) == set(ids)
