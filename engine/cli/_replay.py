@@ -77,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
              f"{malformed_path(dead)}" if summary.malformed_lines else "")
     print(f"engine replay: {len(rings.recovered)} ring sets of dead engines recovered"
           f"{f', {len(rings.kept)} still holding records' if rings.kept else ''}; "
-          f"{summary.items_delivered} items delivered in {summary.requests} requests; "
+          f"{summary.items_delivered} items delivered in {summary.requests} requests"
+          f"{joined_text(summary.calls_joined)}; "
           f"{summary.items_kept} kept for later, {summary.items_rejected} refused again "
           f"(in {dead}), {summary.items_unsaved} not written back; "
           f"{summary.segments_sent} spool segments done, {summary.segments_kept} kept, "
@@ -90,6 +91,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"engine replay: ring set {name} holds {records} records for {url}: "
               f"`engine replay --to {url}` recovers them")
     return 0 if summary.complete and not rings.kept else 1
+
+
+def joined_text(joined: int) -> str:
+    """What the summary says of starts and ends joined into complete calls (if any)."""
+    if not joined:
+        return ""
+    return (f" ({joined} of them a call's start and end, dead-lettered apart, joined into "
+            "one complete call)")
 
 
 async def _sigterm_cancels(work: Coroutine[Any, Any, T]) -> T:

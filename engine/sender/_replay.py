@@ -48,6 +48,7 @@ from engine.sender._deadletter import (
     read_dead_letters,
     settle,
 )
+from engine.sender._join import join_alone_pairs
 from engine.sender._resend import Outcome, Resender, describe, make_body, split_body
 from engine.sender._spool import Spool, SpoolCorrupt, SpoolEntry
 from engine.sender._transport import Transport
@@ -88,6 +89,7 @@ class ReplaySummary(msgspec.Struct, kw_only=True):
     segments_kept: int = 0  # segments (or what is left of them) kept for a later replay
     segments_corrupt: int = 0
     items_delivered: int = 0
+    calls_joined: int = 0  # of them, a v2 start and its end sent as one complete call
     items_kept: int = 0  # not acknowledged (server unavailable): still in the spool/dead letters
     items_rejected: int = 0  # refused for good: in the dead letters with the reason
     items_unsaved: int = 0  # could not be written back: still in the claimed file or segment
@@ -189,7 +191,8 @@ async def replay_dead_letters(path: str | os.PathLike[str], resender: Resender,
 async def _replay_claimed(claimed: Path, path: Path, resender: Resender, dead: DeadLetters,
                           summary: ReplaySummary) -> None:
     malformed: list[bytes] = []
-    letters = list(read_dead_letters(claimed, lambda _n, line: malformed.append(line)))
+    letters, parts = join_alone_pairs(
+        list(read_dead_letters(claimed, lambda _n, line: malformed.append(line))))
     back: list[DeadLetter] = []
     stopped = False
     by_route: dict[str, list[DeadLetter]] = {}
@@ -206,8 +209,10 @@ async def _replay_claimed(claimed: Path, path: Path, resender: Resender, dead: D
             continue
         outcome = await resender.send(route, [letter.item_json for letter in batch])
         _count(summary, outcome)
-        back += [batch[i] for i in outcome.kept]
-        back += _renewed(batch, outcome)
+        summary.calls_joined += sum(id(batch[i]) in parts for i in outcome.acked)
+        # a start and end joined into one call go back as the two letters they were
+        back += [part for i in outcome.kept for part in parts.get(id(batch[i]), (batch[i],))]
+        back += _renewed(batch, outcome, parts)
         stopped = outcome.stopped
     try:
         with _uninterrupted():
@@ -221,12 +226,14 @@ async def _replay_claimed(claimed: Path, path: Path, resender: Resender, dead: D
     summary.malformed_lines += len(malformed)
 
 
-def _renewed(batch: list[DeadLetter], outcome: Outcome) -> Iterator[DeadLetter]:
+def _renewed(batch: list[DeadLetter], outcome: Outcome,
+             parts: dict[int, tuple[DeadLetter, ...]]) -> Iterator[DeadLetter]:
     """Letters the server refused again, with this replay's reason."""
     for rejected in outcome.rejected:
         reason = f"{rejected.reason}: replay: {rejected.detail}".rstrip(": ")
         for i in rejected.indexes:
-            yield msgspec.structs.replace(batch[i], reason=reason, status=rejected.status)
+            for letter in parts.get(id(batch[i]), (batch[i],)):
+                yield msgspec.structs.replace(letter, reason=reason, status=rejected.status)
 
 
 def malformed_path(path: str | os.PathLike[str]) -> Path:

@@ -261,8 +261,9 @@ _OPEN_CALLS_OWNER = textwrap.dedent("""
     # registered first, so it runs after the engine's own exit (the close that delivers)
     atexit.register(lambda: print(json.dumps(eng.stats()), flush=True))
     eng = engine.Engine(url=sys.argv[1], project="ops/open-calls", dead_letter_path=sys.argv[2],
-                        ring_bytes=1 << 20, compression="none", shutdown_timeout_s=20.0,
-                        backoff_initial_ms=10, backoff_max_ms=100)
+                        ring_bytes=1 << 20, compression="none",
+                        shutdown_timeout_s=float(sys.argv[3]), backoff_initial_ms=10,
+                        backoff_max_ms=100)
     tracer = eng.producer()
     print("tracing", flush=True)
     asyncio.run(sliding_open_calls(tracer, 1_000_000, 1000, for_s=30))
@@ -280,21 +281,9 @@ def test_ctrl_c_of_an_asyncio_eval_with_calls_open_toward_weave_s_server_ends_an
     dead = tmp_path / "dead.jsonl"
     with FaultServer(weave_residence=True, end_needs_start=True, start_visible_after_s=0.2,
                      stall_s=0.02) as server:
-        proc = subprocess.Popen([sys.executable, "-c", _OPEN_CALLS_OWNER, server.url, str(dead)],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True,
-                                env={"PATH": "/usr/bin:/bin", "PYTHONPATH": "."})
-        try:
-            assert proc.stdout.readline() == "tracing\n", proc.stderr.read()[-3000:]
-            time.sleep(1.5)  # a window of 1,000 calls open, starts gone alone for their age
-            os.killpg(proc.pid, signal.SIGINT)  # the terminal's Ctrl-C: the whole group
-            out, err = proc.communicate(timeout=40)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        out, err, returncode, _ = _ctrl_c_with_calls_open(server, dead, shutdown_timeout_s=20.0)
         stored = server.snapshot()
-    assert proc.returncode == -signal.SIGINT, err[-3000:]
+    assert returncode == -signal.SIGINT, err[-3000:]
     stats = json.loads(out.splitlines()[-1])
     assert stats["eager_starts"] > 0  # starts went alone before their end (v2 call/start)
     assert stats["ring"]["records_written"] == 2 * len(stored), (len(stored), err[-3000:])
@@ -303,3 +292,59 @@ def test_ctrl_c_of_an_asyncio_eval_with_calls_open_toward_weave_s_server_ends_an
     assert not open_left and all("started_at" in call for call in stored.values())
     cancelled = [call for call in stored.values() if "CancelledError" in str(call.get("exception"))]
     assert len(cancelled) >= 999, len(cancelled)  # the window's calls, ended by the cancellation
+
+
+def _ctrl_c_with_calls_open(server: FaultServer, dead, *, shutdown_timeout_s: float,
+                            after_s: float = 1.5) -> tuple[str, str, int, float]:
+    """_OPEN_CALLS_OWNER toward ``server``, its group sent SIGINT ``after_s`` in: (its
+    stdout, stderr, exit code, seconds from the signal to its end)."""
+    proc = subprocess.Popen([sys.executable, "-c", _OPEN_CALLS_OWNER, server.url, str(dead),
+                             str(shutdown_timeout_s)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": "."})
+    try:
+        assert proc.stdout.readline() == "tracing\n", proc.stderr.read()[-3000:]
+        time.sleep(after_s)  # a window of 1,000 calls open
+        os.killpg(proc.pid, signal.SIGINT)  # the terminal's Ctrl-C: the whole group
+        signalled = time.monotonic()
+        out, err = proc.communicate(timeout=60)
+        return out, err, proc.returncode, time.monotonic() - signalled
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_ctrl_c_of_an_asyncio_eval_with_calls_open_while_the_server_is_down_ends_and_replays(
+        tmp_path):
+    """The same eval, its server down for longer than SPILL_AFTER_S (5 s): its ring filled
+    with the open calls, the program waited for room, and Ctrl-C's cancellations each wrote
+    an end into that full ring -- the program did not end (each write waited for a batch's
+    120 s deadline). Now what fails goes to the dead letters once producers wait in an
+    outage: it ends within seconds, every call written in the dead letters; and the replay
+    joins each start and end dead-lettered apart into one complete call (before: 2,000
+    single requests one at a time, ~46 s here, and an end sent before weave showed its
+    start was refused 404 and kept)."""
+    dead = tmp_path / "dead.jsonl"
+    with FaultServer(weave_residence=True, end_needs_start=True, start_visible_after_s=0.2,
+                     stall_s=0.02) as server:
+        server.down()
+        out, err, returncode, took_s = _ctrl_c_with_calls_open(server, dead, shutdown_timeout_s=2.0,
+                                                               after_s=6.0)
+        assert returncode == -signal.SIGINT and took_s < 20, (took_s, err[-3000:])
+        stats = json.loads(out.splitlines()[-1])
+        written = stats["ring"]["records_written"] // 2
+        assert stats["dead_letters"] > written and stats["undelivered"] == 0  # starts alone too
+        server.up()
+        started = time.monotonic()
+        replayed = subprocess.run([sys.executable, "-m", "engine", "replay", "--to", server.url,
+                                   "--dead-letters", str(dead)], capture_output=True, text=True,
+                                  timeout=120, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": "."})
+        replay_s = time.monotonic() - started
+        stored = server.snapshot()
+        requests = len(server.records())
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr[-3000:]
+    assert "joined into one complete call" in replayed.stdout
+    assert len(stored) == written and not dead.exists()
+    assert all("started_at" in call and "ended_at" in call for call in stored.values())
+    assert requests < 20 and replay_s < 15, (requests, replay_s)

@@ -1,0 +1,65 @@
+"""A replay joins the start and the end of one call, dead-lettered as v2 requests of their
+own, into one complete call.
+
+A call open long enough that its start went alone toward a server without upsert batches
+(weave's) went as a v2 ``call/start`` and a v2 ``call/end`` request; when neither was
+delivered (the server down), both are dead letters. Sent again as they are, each is a
+request of its own, one at a time, the end only once weave shows its start (it answers an
+end whose start it has not stored yet 404): 2,000 such letters took a replay 46 s toward a
+server 20 ms away. Joined, they are one item of a ``calls/complete`` batch, as the live
+sender splices them.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from engine.sender._deadletter import DeadLetter
+
+_START, _END, _COMPLETE = "/call/start", "/call/end", "/calls/complete"
+_Wrapped = dict[str, dict[str, msgspec.Raw]]
+
+
+def join_alone_pairs(letters: list[DeadLetter]) -> tuple[list[DeadLetter],
+                                                         dict[int, tuple[DeadLetter, ...]]]:
+    """``letters`` with each v2 start whose end is among them (same project and call id)
+    replaced, at the start's place, by one complete call on that project's
+    ``calls/complete`` route, and the end left out; and, by ``id()`` of each joined letter,
+    the two it was made of (what goes back to the dead letters if it is not delivered)."""
+    ends: dict[tuple[str, str], int] = {}
+    for n, letter in enumerate(letters):
+        if letter.route.endswith(_END) and letter.call_id and not letter.item_invalid:
+            ends[(letter.project, letter.call_id)] = n
+    if not ends:
+        return letters, {}
+    joined: list[DeadLetter | None] = list(letters)
+    parts: dict[int, tuple[DeadLetter, ...]] = {}
+    for n, letter in enumerate(letters):
+        if not letter.route.endswith(_START) or letter.item_invalid:
+            continue
+        at = ends.get((letter.project, letter.call_id or ""))
+        if at is None or at < n:
+            continue
+        whole = _complete(letter, letters[at])
+        if whole is None:
+            continue
+        joined[n], joined[at] = whole, None
+        parts[id(whole)] = (letter, letters[at])
+    return [letter for letter in joined if letter is not None], parts
+
+
+def _complete(start: DeadLetter, end: DeadLetter) -> DeadLetter | None:
+    """One complete call of a v2 start and end letter (the start's fields first, the end's
+    that the start lacks after); None if either is not what a v2 request holds."""
+    try:
+        started = msgspec.json.decode(start.item, type=_Wrapped).get("start")
+        ended = msgspec.json.decode(end.item, type=_Wrapped).get("end")
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        return None
+    if not started or not ended:
+        return None
+    whole = dict(started)
+    for key, value in ended.items():
+        whole.setdefault(key, value)
+    route = start.route[: -len(_START)] + _COMPLETE
+    return msgspec.structs.replace(start, route=route, item=msgspec.Raw(msgspec.json.encode(whole)))
