@@ -8,6 +8,7 @@ import mmap
 import os
 import shutil
 import signal
+import tempfile
 
 import pytest
 
@@ -233,3 +234,46 @@ def test_a_scan_for_another_server_leaves_a_bare_segment_to_the_engine_for_its_o
         result = account(killed.produced(), server.snapshot())
     assert (result.delivered, result.lost) == (result.produced, 0), result.lost_ids[:5]
     assert not os.path.exists(_segment(killed)) and not os.path.exists(_sidecar(killed))
+
+
+def test_a_bare_segment_a_live_process_works_on_is_neither_listed_nor_adopted_until_it_dies(
+        tmp_path, monkeypatch, foreign_orphans_parked):
+    """A job's TMPDIR removed under a live engine, then under its sender alone (the owner's
+    group SIGKILLed; the sender drains on, the server unanswering): no scan, for its URL or
+    another, lists the segment as an orphan or adopts it. Before, once the owner was gone,
+    a scan for another server listed it and a scan for its own adopted it (a folder made in
+    the scan's TMPDIR) while its sender was at work on it: one still starting had mapped
+    nothing yet, but holds its reader lock. SIGKILLed with its sender, it is recovered."""
+    from engine.ring._orphans import find_orphans
+
+    job1, job2 = Sandbox(tmp_path / "job1"), Sandbox(tmp_path / "job2")
+    monkeypatch.setattr(tempfile, "tempdir", str(job2.tmp))  # scans run from job2's TMPDIR
+    settings = {**_SETTINGS, "shutdown_timeout_s": 30.0}  # its sender drains on, unanswered
+    with FaultServer(stall_s=60.0) as server, FaultServer() as other:
+        run = Pipeline(job1, server.url, producers=1, settings=settings).start()
+        try:
+            run.wait_calls(1000)
+            shutil.rmtree(job1.tmp / run.info["ring"])
+
+            def unseen() -> bool:
+                listed = find_orphans(other.url) + find_orphans(server.url)
+                return (not any(o.name == run.info["ring"] for o in listed)
+                        and not list(job2.tmp.iterdir()) and os.path.exists(_segment(run)))
+
+            assert unseen()  # the engine lives
+            run.killpg(signal.SIGKILL)
+            assert run.wait(timeout_s=30) == -signal.SIGKILL
+            assert ring_files.process_start_ticks(run.info["sender"]) is not None
+            assert unseen()  # its sender lives
+            os.kill(run.info["sender"], signal.SIGKILL)
+            wait_gone([run.info["sender"]], 30)
+            assert [o.url for o in find_orphans(other.url) if o.name == run.info["ring"]] == [
+                server.url]  # now an orphan, named for its own server
+        finally:
+            run.stop()
+        server.stall_s = 0.0
+        replayed = job2.replay(server.url)
+        assert "1 ring set" in replayed.stdout, replayed.stdout + replayed.stderr
+        result = account(run.produced(), server.snapshot())
+    assert (result.delivered, result.lost) == (result.produced, 0), result.lost_ids[:5]
+    assert not os.path.exists(_segment(run)) and not os.path.exists(_sidecar(run))
