@@ -238,7 +238,7 @@ def claim_abandoned(path: str | os.PathLike[str]) -> list[Path]:
     held = [old for old in claimed_files(path) if _claimed_by_a_live_process(old)]
     seen = {(stat.st_dev, stat.st_ino) for old in held if (stat := _stat(old)) is not None}
     for old in claimed_files(path):
-        if old in held:
+        if _claimed_by_a_live_process(old):
             continue
         claimed = Path(f"{os.fspath(path)}{_CLAIMED}{_claim_tag()}")
         try:
@@ -287,8 +287,7 @@ def settle(claimed: Path, path: str | os.PathLike[str], back: list[DeadLetter]) 
     """End a claim: the letters of ``claimed`` still to deliver (``back``, possibly with new
     reasons) go to the dead letters at ``path``, and ``claimed`` goes, such that a claimer
     killed at any point leaves each letter in one file, once (see the module doc). Raises
-    ``OSError`` having changed nothing but, possibly, ``claimed`` holding just ``back``
-    (or, renamed, just those and some of what engines wrote at ``path`` meanwhile)."""
+    ``OSError`` having changed nothing but, possibly, ``claimed`` holding just ``back``."""
     if not back:
         os.unlink(claimed)
         return
@@ -308,18 +307,25 @@ def settle(claimed: Path, path: str | os.PathLike[str], back: list[DeadLetter]) 
 def _merge_into(claimed: Path, path: str | os.PathLike[str], live_fd: int) -> None:
     """``claimed`` followed by what the locked dead-letter file ``live_fd`` holds becomes
     the file at ``path``, in one rename that also removes the claimed file's last name."""
-    merging = Path(f"{os.fspath(path)}{_MERGING}{_claim_tag()}-{os.stat(claimed).st_size}")
+    size = os.stat(claimed).st_size
+    merging = Path(f"{os.fspath(path)}{_MERGING}{_claim_tag()}-{size}")
     os.rename(claimed, merging)
-    fd = os.open(merging, os.O_WRONLY | os.O_APPEND | getattr(os, "O_CLOEXEC", 0))
     try:
-        offset = 0
-        while chunk := os.pread(live_fd, _COPY_BYTES, offset):
-            _write_all(fd, chunk)
-            offset += len(chunk)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(merging, path)
+        fd = os.open(merging, os.O_WRONLY | os.O_APPEND | getattr(os, "O_CLOEXEC", 0))
+        try:
+            offset = 0
+            while chunk := os.pread(live_fd, _COPY_BYTES, offset):
+                _write_all(fd, chunk)
+                offset += len(chunk)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(merging, path)
+    except BaseException:  # a full disk: the claimed file as it was, for the next replay
+        with contextlib.suppress(OSError):
+            os.truncate(merging, size)
+            os.rename(merging, claimed)
+        raise
     fsync_dir(Path(path).parent)
 
 

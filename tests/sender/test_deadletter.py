@@ -259,6 +259,38 @@ def test_settle_merges_what_is_left_with_a_file_engines_started_since_the_claim(
     assert not path.exists() and os.listdir(tmp_path) == []
 
 
+def test_a_settle_that_cannot_write_leaves_the_claim_and_the_file_as_they_were(
+        tmp_path, monkeypatch):
+    """The disk fills while what engines wrote is copied in: the claimed file holds just
+    what is left and the dead-letter file is untouched, for the next replay."""
+    import errno
+
+    from engine.sender import _deadletter
+    from engine.sender._deadletter import claim, settle
+
+    path = tmp_path / "letters.jsonl"
+    with DeadLetters(path) as letters:
+        for call_id in ("sent", "kept"):
+            add(letters, call_id)
+    claimed = claim(path)
+    with DeadLetters(path) as letters:
+        add(letters, "new")
+    back = list(read_dead_letters(claimed))[1:]
+    real_write_all = _deadletter._write_all
+
+    def full(fd, data):
+        if os.readlink(f"/proc/self/fd/{fd}").split("/")[-1].startswith("letters.jsonl.merging-"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write_all(fd, data)
+
+    monkeypatch.setattr(_deadletter, "_write_all", full)
+    with pytest.raises(OSError, match="No space"):
+        settle(claimed, path, back)
+    assert [x.call_id for x in read_dead_letters(claimed)] == ["kept"]
+    assert [x.call_id for x in read_dead_letters(path)] == ["new"]
+    assert sorted(os.listdir(tmp_path)) == sorted(["letters.jsonl", claimed.name])
+
+
 def test_a_claim_that_died_merging_is_cut_back_to_its_own_letters(tmp_path):
     """Its claimer was killed while it copied what engines wrote into its claimed file
     (renamed ``.merging-…-<its size>``), before renaming it over the path: the next claim
