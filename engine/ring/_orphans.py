@@ -13,14 +13,17 @@ rest, and removes the ring set). Whoever asks -- a new :class:`engine.Engine`, `
 replay`` -- recovers only the orphans of engines that delivered to the same URL.
 
 A segment in ``/dev/shm`` whose private directory is gone (a job scheduler's per-job
-``TMPDIR`` removed at the job's end, a tmp cleaner) is *bare*. One that holds nothing is
-removed. One that holds records, that no live process maps and whose engine left its
-settings beside it (``<name>.json``) gets a new private directory in this temp dir, built
-aside and renamed into place, and is then recovered like any orphan -- by a scan for the URL
-its engine delivered to only: a scan for another (an engine or replay for another server, a
-``RingSet.create``) lists it and leaves it where it is, so the folder is made once, by whoever
-recovers it. One whose directory is in another ``TMPDIR`` is left to the engines of that
-``TMPDIR``.
+``TMPDIR`` removed at the job's end, a tmp cleaner) is *bare*. Its reader lock went with the
+folder, so a live process that maps the segment (a producer, a sender, a recovery from
+another ``TMPDIR``) or holds a file of the folder open (a sender's reader lock, still held
+though unlinked) is what says it is in use: such a one is neither an orphan nor removed.
+One that holds nothing is removed. One that holds records, that no live process maps and
+whose engine left its settings beside it (``<name>.json``) gets a new private directory in
+this temp dir, built aside and renamed into place, and is then recovered like any orphan --
+by a scan for the URL its engine delivered to only: a scan for another (an engine or replay
+for another server, a ``RingSet.create``) lists it and leaves it where it is, so the folder
+is made once, by whoever recovers it. One whose directory is in another ``TMPDIR`` is left
+to the engines of that ``TMPDIR``.
 """
 
 from __future__ import annotations
@@ -288,14 +291,16 @@ def _shm_leftovers() -> tuple[list[str], list[str]]:
 
 
 def _remove_empty_bare_segments(bare: list[str], stray: list[str]) -> None:
-    """Bare segments are removed only if they hold nothing (with their settings copy);
-    settings copies whose segment is gone go too."""
+    """Bare segments are removed only if they hold nothing (with their settings copy) and
+    no live process maps them (a producer may still write); settings copies whose segment
+    is gone go too."""
     emptied = []
     for name in bare:
         if os.path.exists(os.path.join(tempfile.gettempdir(), name)):
             continue  # adopted by this scan
         spec = spec_of(name)
-        if spec is not None and unreleased_records(spec) == 0:
+        if (spec is not None and unreleased_records(spec) == 0
+                and not _in_use(name, _sidecar_args(name))):
             emptied.append(name)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(_files.segment_path(name))
@@ -316,21 +321,22 @@ def _adopt_bare_segments(bare: list[str], url: str | None) -> None:
         spec = spec_of(name)
         if spec is None or not unreleased_records(spec):
             continue  # removed after the scan if it holds nothing
-        if _mapped_by_a_live_process(_files.segment_path(name)):
+        if _in_use(name, args):
             continue  # a sender or producer still at work whose dir was removed under it
         with contextlib.suppress(OSError):
             _recreate_ring_dir(name, args)
 
 
 def _unadopted(bare: list[str]) -> list[Orphan]:
-    """The bare segments this scan left where they are that hold records, with their URL."""
+    """The bare segments this scan left where they are that hold records and that no live
+    process maps (a sender still draining one is at work on it), with their URL."""
     listed = []
     for name, args in _with_settings(bare):
         if os.path.exists(os.path.join(tempfile.gettempdir(), name)):
             continue  # adopted by this scan: listed with the orphans here
         spec = spec_of(name)
         held = unreleased_records(spec) if spec is not None else None
-        if held:
+        if held and not _in_use(name, args):
             listed.append(Orphan(name, str(args.get("ring_dir")), _args_url(args), held, bare=True))
     return listed
 
@@ -360,16 +366,32 @@ def _sidecar_args(name: str) -> dict | None:
     return args if isinstance(args, dict) and isinstance(args.get("spec"), dict) else None
 
 
-def _mapped_by_a_live_process(path: str) -> bool:
-    """Whether any process (of this user: others' maps cannot be read, nor can they map a
-    0600 segment of ours) maps ``path``; True when /proc cannot tell."""
+def _in_use(name: str, args: dict | None) -> bool:
+    """Whether a live process works on the bare segment ``name`` (its engine's settings:
+    ``args``): maps it (a producer, a sender), or holds a file of its removed folder open
+    (a sender holds its reader lock from its spawn on, before it maps anything). The
+    processes of this user only: others' cannot be read, nor can they open a 0600 segment
+    or a 0700 folder of ours. True when /proc cannot tell."""
     if not os.path.isdir("/proc/self"):
         return True
-    needle = path.encode()
-    for maps in glob.glob("/proc/[0-9]*/maps"):
-        with contextlib.suppress(OSError), open(maps, "rb") as file:
+    needle = _files.segment_path(name).encode()
+    ring_dir = (args or {}).get("ring_dir")
+    folder = os.path.join(os.path.realpath(ring_dir), "") if isinstance(ring_dir, str) else None
+    for proc in glob.glob("/proc/[0-9]*"):
+        with contextlib.suppress(OSError), open(f"{proc}/maps", "rb") as file:
             if needle in file.read():
                 return True
+        if folder is not None and _holds_open(proc, folder):
+            return True
+    return False
+
+
+def _holds_open(proc: str, folder: str) -> bool:
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"{proc}/fd"):
+            with contextlib.suppress(OSError):
+                if os.readlink(f"{proc}/fd/{fd}").startswith(folder):
+                    return True
     return False
 
 

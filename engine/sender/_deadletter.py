@@ -14,19 +14,21 @@ while they write. The protocol that keeps every line exactly once:
   the path still names the file it has open (else the file was claimed: it reopens the
   path); a failed or short write is cut back to where it began, so a full disk never
   leaves half a line, and fsync'ed before the lock is let go;
-* a claim (:func:`claim`) renames the file to ``<path>.claimed-<pid>-<start>-<n>`` (atomic:
-  one claimer wins) and then takes and drops the lock once: a writer that was appending
-  has finished, and every later writer finds the path changed. The claimer owns the claimed
-  file until it deletes it; one left by a claimer that died is claimed again by the next
-  replay (:func:`claim_abandoned`);
+* a claim (:func:`claim`) takes that lock and, if the path still names the file it locked,
+  renames the file to ``<path>.claimed-<pid>-<start>-<n>`` (atomic: one claimer wins): a
+  writer that was appending has finished, and every later writer finds the path changed.
+  The claimer owns the claimed file until it is gone; one left by a claimer that died is
+  claimed again by the next replay (:func:`claim_abandoned`);
 * the claimer hands back what it did not deliver with :func:`settle`, so that whenever it
-  dies each letter is in one file, never two: the claimed file is first replaced (a whole
-  new file, renamed over it) by one holding only those letters; then, if no engine has
-  started a new file at the path, that file is *linked* to the path (atomic: it becomes the
-  dead-letter file) before its claimed name is removed -- a claimer killed between the two
-  leaves two names of one file, and the next claim drops the claimed one; if engines did
-  start a new file, the letters are appended to it and the claimed file is removed right
-  after (only a SIGKILL between the append's fsync and that removal leaves them in both).
+  dies each letter is in one file, once: the claimed file is first replaced (a whole new
+  file, renamed over it) by one holding only those letters; then, holding the lock of the
+  file at the path (made, empty, if there is none), it renames the claimed file to
+  ``<path>.merging-<pid>-<start>-<n>-<size>`` (its size: those letters), appends to it what
+  engines wrote at the path since the claim, and renames it over the path. The claimed
+  file's last name goes and the dead-letter file holding its letters appears in that one
+  rename; a claimer killed before it leaves the path's file as it was and a merging file
+  that the next claim cuts back to its letters (:func:`claim_abandoned`). A claim takes the
+  same lock before its rename, so no claim takes the path's file while it is copied.
 
 An item that is not JSON, or nested too deep to decode, is kept as its text in a JSON
 string, with ``"item_invalid":true`` (a replay does not send it). A writer killed in the
@@ -51,7 +53,7 @@ from types import TracebackType
 
 import msgspec
 
-from engine.common._files import make_private_dirs
+from engine.common._files import fsync_dir, make_private_dirs
 from engine.ring import _files as _ring_files
 from engine.sender._fileid import names_open_file
 from engine.wire._codec import json_error
@@ -60,6 +62,8 @@ log = logging.getLogger("engine.sender")
 _UTC = datetime.timezone.utc
 _CLAIMED = ".claimed-"
 _WRITEBACK = ".writeback-"  # a claimed file's replacement being written (see settle)
+_MERGING = ".merging-"  # a claimed file taking in what engines wrote since (see settle)
+_COPY_BYTES = 1 << 20
 _REOPEN_TRIES = 8  # one per claim that races this append: more would be a claim storm
 
 
@@ -128,12 +132,6 @@ class DeadLetters:
         self._append(b"".join(lines))
         self.counts[reason] += len(lines)
 
-    def put_back(self, letters: Iterable[DeadLetter]) -> None:
-        """Append letters read from a claimed file, unchanged (a replay keeps what failed)."""
-        data = b"".join(_encoder.encode(letter) + b"\n" for letter in letters)
-        if data:
-            self._append(data)
-
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
@@ -158,16 +156,20 @@ class DeadLetters:
 
     def _open(self) -> int:
         if self._fd is None:
-            make_private_dirs(self.path.parent)
-            flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
-            fd = os.open(self.path, flags, 0o600)
-            try:
-                os.fchmod(fd, 0o600)  # an existing file keeps its mode otherwise
-            except OSError:
-                os.close(fd)
-                raise
-            self._fd = fd
+            self._fd = _open_for_append(self.path)
         return self._fd
+
+
+def _open_for_append(path: Path) -> int:
+    make_private_dirs(path.parent)
+    flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # an existing file keeps its mode otherwise
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
 
 
 @contextlib.contextmanager
@@ -186,9 +188,7 @@ def _append_whole(fd: int, data: bytes) -> None:
     if size and os.pread(fd, 1, size - 1) != b"\n":
         data = b"\n" + data  # a writer died mid-line: end that line, keep ours whole
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        _write_all(fd, data)
         os.fsync(fd)
     except OSError:
         with contextlib.suppress(OSError):
@@ -203,32 +203,42 @@ def claim(path: str | os.PathLike[str]) -> Path | None:
     done; writers start a new file at ``path``.
     """
     claimed = Path(f"{os.fspath(path)}{_CLAIMED}{_claim_tag()}")
-    try:
-        os.rename(path, claimed)
-    except FileNotFoundError:
-        return None
-    _wait_for_writers(claimed)
-    return claimed
+    for _ in range(_REOPEN_TRIES):
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except FileNotFoundError:
+            return None
+        try:
+            with _locked(fd):  # a writer appending finishes first; a settle, too
+                if names_open_file(Path(path), fd):
+                    os.rename(path, claimed)
+                    return claimed
+        finally:
+            os.close(fd)
+    raise OSError(f"{os.fspath(path)}: replaced {_REOPEN_TRIES} times while claiming it")
 
 
 def claim_abandoned(path: str | os.PathLike[str]) -> list[Path]:
     """Claim files of ``path`` whose claimer died before finishing (a replay killed half-way).
 
-    A claimed file that is also the dead-letter file (its claimer died between linking it
-    to ``path`` and removing its claimed name, see :func:`settle`) is not taken: its claimed
+    A claimed file that is also the dead-letter file (a replay before 2026-12-07 died
+    between linking it to ``path`` and removing its claimed name) is not taken: its claimed
     name is removed, and the letters stay in the dead-letter file, once. So is a second
-    name of a file already taken here. Replacements a dead claimer was writing are removed
-    (its claimed file still holds every letter)."""
+    name of a file already taken here or held by a live replay (which claimed that file
+    at ``path``). Replacements a dead claimer was writing are removed
+    (its claimed file still holds every letter); a file it was merging into ``path`` is
+    cut back to its own letters and taken (``path`` still holds what was copied into it)."""
     for stale in glob.glob(glob.escape(os.fspath(path)) + _WRITEBACK + "*"):
         owner = _claimer(stale, _WRITEBACK)
         if owner is not None and not _ring_files.is_alive(*owner):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(stale)
-    taken: list[Path] = []
-    seen: set[tuple[int, int]] = set()
+    taken = [claimed for merging in _glob(path, _MERGING)
+             if (claimed := _take_merging(merging, path)) is not None]
+    held = [old for old in claimed_files(path) if _claimed_by_a_live_process(old)]
+    seen = {(stat.st_dev, stat.st_ino) for old in held if (stat := _stat(old)) is not None}
     for old in claimed_files(path):
-        owner = _claimer(old)
-        if owner is not None and _ring_files.is_alive(*owner):
+        if _claimed_by_a_live_process(old):
             continue
         claimed = Path(f"{os.fspath(path)}{_CLAIMED}{_claim_tag()}")
         try:
@@ -244,21 +254,79 @@ def claim_abandoned(path: str | os.PathLike[str]) -> list[Path]:
     return taken
 
 
-def settle(claimed: Path, path: str | os.PathLike[str], back: list[DeadLetter],
-           writer: DeadLetters) -> None:
+def _claimed_by_a_live_process(claimed: str) -> bool:
+    owner = _claimer(claimed)
+    return owner is not None and _ring_files.is_alive(*owner)
+
+
+def _stat(path: str) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except FileNotFoundError:
+        return None
+
+
+def _take_merging(merging: str, path: str | os.PathLike[str]) -> Path | None:
+    """A file a dead claimer was merging into ``path``, claimed and cut back to the letters
+    it held before the merge (the size in its name); None if its claimer lives or another
+    replay took it first."""
+    owner = _claimer(merging, _MERGING)
+    size = merging.rsplit("-", 1)[1]
+    if owner is None or _ring_files.is_alive(*owner) or not size.isdigit():
+        return None
+    claimed = Path(f"{os.fspath(path)}{_CLAIMED}{_claim_tag()}")
+    try:
+        os.rename(merging, claimed)  # two replays may find it: one rename wins
+    except FileNotFoundError:
+        return None
+    os.truncate(claimed, int(size))
+    return claimed
+
+
+def settle(claimed: Path, path: str | os.PathLike[str], back: list[DeadLetter]) -> None:
     """End a claim: the letters of ``claimed`` still to deliver (``back``, possibly with new
-    reasons) go to the dead letters at ``path``, and ``claimed`` is deleted, such that a
-    claimer killed at any point leaves each letter in one file (see the module doc; the one
-    exception is a SIGKILL between an append to a file engines started meanwhile and the
-    deletion). Raises ``OSError`` having changed nothing but, possibly, ``claimed`` holding
-    just ``back``."""
-    if back:
-        _replace(claimed, back, Path(f"{os.fspath(path)}{_WRITEBACK}{_claim_tag()}"))
+    reasons) go to the dead letters at ``path``, and ``claimed`` goes, such that a claimer
+    killed at any point leaves each letter in one file, once (see the module doc). Raises
+    ``OSError`` having changed nothing but, possibly, ``claimed`` holding just ``back``."""
+    if not back:
+        os.unlink(claimed)
+        return
+    _replace(claimed, back, Path(f"{os.fspath(path)}{_WRITEBACK}{_claim_tag()}"))
+    for _ in range(_REOPEN_TRIES):
+        fd = _open_for_append(Path(path))
         try:
-            os.link(claimed, path)  # no file at the path: this one becomes it, atomically
-        except OSError:  # engines wrote since the claim (or no hard links here): append
-            writer.put_back(back)
-    os.unlink(claimed)
+            with _locked(fd):  # no engine appends, no claim renames it, until we are done
+                if names_open_file(Path(path), fd):
+                    _merge_into(claimed, path, fd)
+                    return
+        finally:
+            os.close(fd)
+    raise OSError(f"{os.fspath(path)}: claimed {_REOPEN_TRIES} times while handing back to it")
+
+
+def _merge_into(claimed: Path, path: str | os.PathLike[str], live_fd: int) -> None:
+    """``claimed`` followed by what the locked dead-letter file ``live_fd`` holds becomes
+    the file at ``path``, in one rename that also removes the claimed file's last name."""
+    size = os.stat(claimed).st_size
+    merging = Path(f"{os.fspath(path)}{_MERGING}{_claim_tag()}-{size}")
+    os.rename(claimed, merging)
+    try:
+        fd = os.open(merging, os.O_WRONLY | os.O_APPEND | getattr(os, "O_CLOEXEC", 0))
+        try:
+            offset = 0
+            while chunk := os.pread(live_fd, _COPY_BYTES, offset):
+                _write_all(fd, chunk)
+                offset += len(chunk)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(merging, path)
+    except BaseException:  # a full disk: the claimed file as it was, for the next replay
+        with contextlib.suppress(OSError):
+            os.truncate(merging, size)
+            os.rename(merging, claimed)
+        raise
+    fsync_dir(Path(path).parent)
 
 
 def _replace(claimed: Path, letters: list[DeadLetter], scratch: Path) -> None:
@@ -268,10 +336,8 @@ def _replace(claimed: Path, letters: list[DeadLetter], scratch: Path) -> None:
                  0o600)
     try:
         try:
-            os.fchmod(fd, 0o600)  # whatever the umask: engines append to it once it is linked
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            os.fchmod(fd, 0o600)  # whatever the umask: engines append to it once it is merged
+            _write_all(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -280,6 +346,12 @@ def _replace(claimed: Path, letters: list[DeadLetter], scratch: Path) -> None:
         with contextlib.suppress(OSError):
             os.unlink(scratch)
         raise
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
@@ -291,7 +363,11 @@ def _same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
 
 def claimed_files(path: str | os.PathLike[str]) -> list[str]:
     """Files claimed from ``path`` and not yet deleted, by replays running or dead."""
-    return sorted(glob.glob(glob.escape(os.fspath(path)) + _CLAIMED + "*"))
+    return _glob(path, _CLAIMED)
+
+
+def _glob(path: str | os.PathLike[str], mark: str) -> list[str]:
+    return sorted(glob.glob(glob.escape(os.fspath(path)) + mark + "*"))
 
 
 _claim_numbers = itertools.count()
@@ -304,19 +380,9 @@ def _claim_tag() -> str:
 
 def _claimer(claimed: str, mark: str = _CLAIMED) -> tuple[int, int] | None:
     parts = claimed.rsplit(mark, 1)[1].split("-")
-    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+    if len(parts) != (4 if mark == _MERGING else 3) or not all(p.isdigit() for p in parts):
         return None
     return int(parts[0]), int(parts[1])
-
-
-def _wait_for_writers(claimed: Path) -> None:
-    """Take the append lock once: a writer in the middle of an append finishes first."""
-    fd = os.open(claimed, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    try:
-        with _locked(fd):
-            pass
-    finally:
-        os.close(fd)
 
 
 def read_dead_letters(path: str | os.PathLike[str],

@@ -7,11 +7,14 @@ alone is dead-lettered with its reason, so nothing blocks what follows.
 * A spool segment is :meth:`~engine.sender._spool.Spool.claim` ed, sent, and then deleted;
   when only part of it was acknowledged before the server stopped answering, the rest
   replaces it (:meth:`~engine.sender._spool.Spool.replace`, one rename). Items the server
-  refused go to the dead letters.
+  refused go to the dead letters: first the segment is replaced by one without the
+  acknowledged items, marked as dead-lettering its last ones (:data:`DEAD_LETTERING`), so
+  that a replay killed before the segment is done with re-sends none of those, and the next
+  replay says how many of the refused ones may then be in the dead letters twice.
 * The dead-letter file is claimed (renamed away from its writers, see
-  :mod:`engine.sender._deadletter`), sent, and the letters that failed again are appended
-  back to the live file before the claimed one is deleted. Files claimed by a replay that
-  died are claimed again and replayed too.
+  :mod:`engine.sender._deadletter`), sent, and the letters that failed again become the
+  live file, with what engines wrote to it meanwhile, in the rename that removes the claimed
+  one. Files claimed by a replay that died are claimed again and replayed too.
 
 A replay that dies half-way leaves its claimed files; the next replay sends them again and
 the server's upsert by call id absorbs what arrives twice. A file it was done with is not
@@ -60,6 +63,7 @@ _RECOVERY_GRACE_S = 30.0  # past a recovery's own deadline: it is stuck
 # raises KeyboardInterrupt there); the sender's spool replay takes its signals on its loop
 _hold_interrupts = contextvars.ContextVar("hold_interrupts", default=False)
 _INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
+DEAD_LETTERING = "dead_lettering"  # a spool segment's meta: its last N items, being dead-lettered
 
 
 @contextlib.contextmanager
@@ -151,16 +155,24 @@ async def _replay_segment(spool: Spool, entry: SpoolEntry, resender: Resender,
         log.error("%s", exc)
         return False
     items = split_body(route, body)
+    if marked := entry.meta.get(DEAD_LETTERING):
+        log.warning("spool segment %s: a replay was stopped as it dead-lettered its last %s "
+                    "items (refused by the server): they are sent again, and those refused "
+                    "again may be in the dead letters twice", spool.directory / entry.name,
+                    marked)
     outcome = await resender.send(route, items)
     _count(summary, outcome)
     try:
         with _uninterrupted():
+            kept = [items[i] for i in outcome.kept]
+            if outcome.rejected:
+                entry = _mark_dead_lettering(spool, entry, route, kept, items, outcome)
             _dead_letter_rejected(dead, route, items, outcome)
             if not outcome.kept:
                 spool.done(entry)
             elif len(outcome.kept) < len(items):
-                kept = [items[i] for i in outcome.kept]
-                spool.replace(entry, make_body(route, kept), len(kept))
+                meta = {k: v for k, v in entry.meta.items() if k != DEAD_LETTERING}
+                spool.replace(entry, make_body(route, kept), len(kept), meta)
     except (OSError, EngineError) as exc:
         summary.items_unsaved += len(items) - len(outcome.acked)
         summary.segments_kept += 1
@@ -174,6 +186,15 @@ async def _replay_segment(spool: Spool, entry: SpoolEntry, resender: Resender,
     return outcome.stopped
 
 
+def _mark_dead_lettering(spool: Spool, entry: SpoolEntry, route: str, kept: list[bytes],
+                         items: list[bytes], outcome: Outcome) -> SpoolEntry:
+    """The segment without its acknowledged items, the refused ones last and counted in its
+    meta, in one rename, before they are dead-lettered."""
+    refused = [items[i] for rejected in outcome.rejected for i in rejected.indexes]
+    meta = {**entry.meta, DEAD_LETTERING: len(refused)}
+    return spool.replace(entry, make_body(route, kept + refused), len(kept) + len(refused), meta)
+
+
 # -- dead letters --------------------------------------------------------------------------
 
 async def replay_dead_letters(path: str | os.PathLike[str], resender: Resender,
@@ -183,12 +204,11 @@ async def replay_dead_letters(path: str | os.PathLike[str], resender: Resender,
     fresh = claim(path)
     if fresh is not None:
         claimed.append(fresh)
-    with DeadLetters(path) as dead:
-        for claimed_file in claimed:
-            await _replay_claimed(claimed_file, Path(path), resender, dead, summary)
+    for claimed_file in claimed:
+        await _replay_claimed(claimed_file, Path(path), resender, summary)
 
 
-async def _replay_claimed(claimed: Path, path: Path, resender: Resender, dead: DeadLetters,
+async def _replay_claimed(claimed: Path, path: Path, resender: Resender,
                           summary: ReplaySummary) -> None:
     malformed: list[bytes] = []
     letters, parts = join_alone_pairs(
@@ -217,7 +237,7 @@ async def _replay_claimed(claimed: Path, path: Path, resender: Resender, dead: D
     try:
         with _uninterrupted():
             _set_aside(path, malformed)
-            settle(claimed, path, back, dead)
+            settle(claimed, path, back)
     except OSError as exc:
         summary.items_unsaved += len(back)
         log.error("dead letters kept in %s (acknowledged ones may be sent again): could not "

@@ -162,13 +162,15 @@ class Spool:
         finally:
             os.close(fd)
 
-    def replace(self, entry: SpoolEntry, body: bytes, item_count: int) -> SpoolEntry:
-        """Write what is left of the claimed ``entry`` (``body``, ``item_count`` items) in its
-        place, by one rename: a replayer stopped at any point leaves each item in one segment,
-        the whole old one or this one."""
-        header = msgspec.json.encode(_Header(entry.route, item_count, len(body), entry.meta))
+    def replace(self, entry: SpoolEntry, body: bytes, item_count: int,
+                meta: dict[str, Any] | None = None) -> SpoolEntry:
+        """Write what is left of the claimed ``entry`` (``body``, ``item_count`` items; its
+        ``meta``, unless given) in its place, by one rename: a replayer stopped at any point
+        leaves each item in one segment, the whole old one or this one."""
+        meta = entry.meta if meta is None else meta
+        header = msgspec.json.encode(_Header(entry.route, item_count, len(body), meta))
         segment = _segment(header, zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compress(body))
-        rest = SpoolEntry(entry.name, entry.route, item_count, len(body), len(segment), entry.meta)
+        rest = SpoolEntry(entry.name, entry.route, item_count, len(body), len(segment), meta)
         # the temporary is named as this process's: another Spool removes it only if we die
         scratch = f"{time.time_ns():020d}-{os.getpid()}-{next(self._seq):06d}{_SUFFIX}"
         self._write_atomically(entry.name, segment, scratch)

@@ -63,13 +63,19 @@ def _write_letters(path, ids):
 
 def _letters_by_file(path):
     """{(device, inode): the call ids of the letters in it} over the dead-letter file and its
-    claimed copies (two names of one file count once)."""
-    from engine.sender._deadletter import claimed_files, read_dead_letters
+    claimed copies (two names of one file count once), as the next replay takes them: a
+    claimed file that was being merged into the path (``.merging-…-<size>``) holds its
+    first ``size`` bytes."""
+    from engine.sender._deadletter import claimed_files
 
+    merging = [str(p) for p in path.parent.glob(f"{path.name}.merging-*")]
     files = {}
-    for name in [str(path)] * path.exists() + claimed_files(path):
+    for name in [str(path)] * path.exists() + claimed_files(path) + merging:
         stat = os.stat(name)
-        files[(stat.st_dev, stat.st_ino)] = [letter.call_id for letter in read_dead_letters(name)]
+        with open(name, "rb") as file:
+            data = file.read(int(name.rsplit("-", 1)[1]) if name in merging else -1)
+        letters = [msgspec.json.decode(line)["call_id"] for line in data.splitlines() if line]
+        files[(stat.st_dev, stat.st_ino)] = letters
     return files
 
 
@@ -110,25 +116,30 @@ def test_a_replay_killed_half_way_leaves_its_claim_for_the_next_replay(tmp_path,
 
 
 # Runs ``engine replay`` with signals (argv[2]: SIGTERM, SIGINT+SIGINT...) sent to itself at
-# the moment it deletes its claimed file (after writing back what failed); with argv[3] 1,
-# an engine adds a letter to a new dead-letter file right after the claim (the write-back
-# then appends to it).
+# the moment its claimed file goes (after handing back what failed: deleted, or renamed
+# over the dead-letter file); with argv[3] 1, an engine adds a letter to a new dead-letter
+# file right after the claim (the hand-back then takes it in).
 _SIGNAL_AT_DELETE = """
 import os, runpy, signal, sys
 from engine.sender._deadletter import DeadLetters
 path, engine_wrote = sys.argv[1], sys.argv[3] == "1"
 signals = [getattr(signal, name) for name in sys.argv[2].split("+")]
 real_unlink, real_rename = os.unlink, os.rename
+def claim_goes():
+    os.unlink, os.rename = real_unlink, real_rename
+    for signum in signals:
+        os.kill(os.getpid(), signum)
 def unlink(name, *args, **kwargs):
     if ".claimed-" in os.fspath(name):
-        os.unlink = real_unlink
-        for signum in signals:
-            os.kill(os.getpid(), signum)
+        claim_goes()
     return real_unlink(name, *args, **kwargs)
 def rename(src, dst, *args, **kwargs):
+    global engine_wrote
+    if os.fspath(dst) == path and any(m in os.fspath(src) for m in (".claimed-", ".merging-")):
+        claim_goes()
     real_rename(src, dst, *args, **kwargs)
     if engine_wrote and os.fspath(src) == path:
-        os.rename = real_rename
+        engine_wrote = False
         with DeadLetters(path) as letters:
             letters.add(reason="deadline", status=None, call_id="engine-wrote", route="/v2/e/p/calls/complete",
                         project="e/p", item_json=b'{"project_id":"e/p","id":"engine-wrote","inputs":{}}')
@@ -140,7 +151,7 @@ runpy.run_module("engine", run_name="__main__")
 
 @pytest.mark.parametrize(("signum", "engine_wrote"), [
     ("SIGTERM", False), ("SIGTERM", True), ("SIGINT+SIGINT", False), ("SIGINT+SIGINT", True),
-    ("SIGKILL", False)])
+    ("SIGKILL", False), ("SIGKILL", True)])
 def test_a_replay_stopped_as_it_settles_its_claim_leaves_each_letter_in_one_file(
         tmp_path, signum, engine_wrote):
     """200 letters, the server refuses 10 of them: the replay writes those 10 back and
@@ -149,7 +160,9 @@ def test_a_replay_stopped_as_it_settles_its_claim_leaves_each_letter_in_one_file
     a SIGKILL there, a second Ctrl-C there, or (until SIGTERM cancelled the replay instead
     of raising) a SIGTERM left the 10 in the dead-letter file and all 200 in the claimed
     one: the next replay delivered 210 (5 of 8 SIGTERMs sent as the write-back began left
-    4,000 letters for 2,000)."""
+    4,000 letters for 2,000). Until the hand-back became one rename, a SIGKILL there after
+    an engine had started a new file left the 10 in it and in the claimed file: the next
+    replay sent them twice (21 items delivered for 11)."""
     sandbox = Sandbox(tmp_path)
     ids = [f"0190a0b0-0000-7000-8000-{i:012d}" for i in range(200)]
     _write_letters(sandbox.dead_letter_path, ids)
@@ -174,7 +187,9 @@ def test_a_replay_stopped_as_it_settles_its_claim_leaves_each_letter_in_one_file
         assert again.returncode == 0, again.stderr
         assert f"{len(left)} items delivered" in again.stdout, again.stdout
         assert server.stored_ids("e/p") == set(ids) | set(left)
+        assert server.duplicate_deliveries() == 0
     assert not list(sandbox.dead_letter_path.parent.glob("*.claimed-*"))
+    assert not list(sandbox.dead_letter_path.parent.glob("*.merging-*"))
     assert not sandbox.dead_letter_path.exists()
 
 
@@ -237,3 +252,56 @@ def test_a_spool_replay_killed_as_it_keeps_the_rest_of_a_segment_leaves_each_ite
         assert f"{len(left)} items delivered" in again.stdout, again.stdout
         assert server.stored_ids("e/p") == set(ids)
     assert not Spool(spool_dir).pending()
+
+
+# Runs ``engine replay --spool DIR``, SIGKILLed the moment it has dead-lettered the items the
+# server refused (before it is done with their segment).
+_KILLED_AFTER_DEAD_LETTERING = """
+import os, runpy, signal, sys
+from engine.sender._deadletter import DeadLetters
+real_add_batch = DeadLetters.add_batch
+def add_batch(self, *args, **kwargs):
+    real_add_batch(self, *args, **kwargs)
+    os.kill(os.getpid(), signal.SIGKILL)
+DeadLetters.add_batch = add_batch
+sys.argv = ["engine", *sys.argv[1:]]
+runpy.run_module("engine", run_name="__main__")
+"""
+
+
+def test_a_spool_replay_killed_as_it_dead_letters_refused_items_sends_no_item_twice(tmp_path):
+    """A segment of 200 calls, 10 of which the server refuses: the replay is killed right
+    after dead-lettering those 10. The next replay sends none of the 190 acknowledged again,
+    sends the 10 again and says they may now be in the dead letters twice. Before: the
+    segment was still whole, and the next replay sent all 200 again (190 duplicates)."""
+    from engine.sender._deadletter import read_dead_letters
+    from engine.sender._resend import make_body
+    from engine.sender._spool import Spool
+
+    sandbox = Sandbox(tmp_path)
+    spool_dir = tmp_path / "spool"
+    route = "/v2/e/p/calls/complete"
+    ids = [f"0190a0b0-0000-7000-8000-{i:012d}" for i in range(200)]
+    items = [b'{"project_id":"e/p","id":"%s","inputs":{}}' % i.encode() for i in ids]
+    Spool(spool_dir).put(route, make_body(route, items), len(items))
+    refused = set(ids[::20])
+    with FaultServer(reject_ids=refused) as server:
+        first = subprocess.run(
+            [sys.executable, "-c", _KILLED_AFTER_DEAD_LETTERING, "replay", "--to", server.url,
+             "--spool", str(spool_dir)],
+            env=sandbox.env(), cwd=str(sandbox.root), capture_output=True, text=True,
+            timeout=60)
+        assert first.returncode == -signal.SIGKILL, first.stderr
+        assert server.stored_ids("e/p") == set(ids) - refused
+        # killed after its first write (one letter per reason: one here)
+        before = [x.call_id for x in read_dead_letters(sandbox.dead_letter_path)]
+        assert before and set(before) <= refused
+        again = sandbox.replay(server.url, "--spool", str(spool_dir))
+        assert again.returncode == 1, again.stderr  # the 10 are refused again
+        assert "; 0 items delivered" in again.stdout, again.stdout
+        assert "dead-lettered its last 10 items" in again.stderr, again.stderr
+        assert server.duplicate_deliveries() == 0
+        assert server.stored_ids("e/p") == set(ids) - refused
+    assert not Spool(spool_dir).pending()
+    letters = [x.call_id for x in read_dead_letters(sandbox.dead_letter_path)]
+    assert sorted(letters) == sorted([*before, *refused])  # what the log line warned of

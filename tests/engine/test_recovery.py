@@ -8,12 +8,15 @@ import mmap
 import os
 import shutil
 import signal
+import tempfile
 
+import msgspec
 import pytest
 
 from engine.ring import _files as ring_files
 from tests.faultserver import FaultServer
 from tests.pipeline import Pipeline, Sandbox, account, poll_until, wait_gone
+from tests.ring_leaks import LeftRingSet, ring_names
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -21,23 +24,35 @@ _SETTINGS = {"shutdown_timeout_s": 3.0, "ring_bytes": 1 << 20, "max_slots": 8}
 
 
 @pytest.fixture
-def foreign_orphans_parked():
-    """Ring sets of other engines that died on this machine before the test (an earlier
-    crashed run: there are none on a clean machine) would be recovered by the test's engines
-    too, adopted into their TMPDIR, and counted: they are renamed out of the engines' sight
-    for the test (in place: a relay's segment is a sparse 128 GiB file, which a move to
-    another file system would copy) and put back after it."""
+def foreign_orphans_parked(request):
+    """``park(*urls)``, called once the test's servers run: ring sets that engines which died
+    before the test left for one of ``urls`` (a crashed earlier run's server had the port
+    one of the test's has now) would be recovered by the test's engines too, adopted into
+    their TMPDIR, and counted. Their segment and settings copy are renamed out of the
+    engines' sight for the test (in place: a relay's segment is a sparse 128 GiB file,
+    which a move to another file system would copy) and put back after it. Nothing else is
+    touched: ring sets this worker made (``tests.ring_leaks``'s attribution), and those of
+    other engines -- another xdist worker's or pytest run's, mid-test, are for servers of
+    their own, on ports that are not the test's while they run. (Before, every dead ring
+    set on the machine was parked: another worker's test lost sight of the orphan it was
+    about to recover.)"""
+    roots = request.config.pluginmanager.get_plugin("ring-leaks").roots()
     moved = []
-    for entry in sorted(os.listdir(ring_files.SEGMENT_DIR)):
-        owner = ring_files._owner_of(entry.rsplit(".", 1)[0])
-        if entry.startswith(ring_files.NAME_PREFIX) and owner and not ring_files.is_alive(*owner):
-            source = os.path.join(ring_files.SEGMENT_DIR, entry)
-            parked = os.path.join(ring_files.SEGMENT_DIR, "parked-" + entry)
-            with contextlib.suppress(FileNotFoundError):  # another engine's scan took it
-                os.rename(source, parked)
-                moved.append((parked, source))
+
+    def park(*urls: str) -> None:
+        for name in sorted(ring_names()):
+            left = LeftRingSet.find(name)
+            if (left.config.get("url") not in urls or ring_files.is_alive(*left.owner)
+                    or left.belongs_to(os.getpid(), roots)):
+                continue
+            for source in (ring_files.segment_path(name), ring_files.sidecar_path(name)):
+                parked = os.path.join(ring_files.SEGMENT_DIR, "parked-" + os.path.basename(source))
+                with contextlib.suppress(FileNotFoundError):  # another engine's scan took it
+                    os.rename(source, parked)
+                    moved.append((parked, source))
+
     try:
-        yield
+        yield park
     finally:
         for parked, source in moved:
             os.rename(parked, source)
@@ -137,6 +152,7 @@ def test_a_ring_set_whose_temp_folder_was_removed_is_recovered_by_the_next_engin
     next engine, under another TMPDIR, recover them."""
     job1 = Sandbox(tmp_path / "job1")
     with FaultServer() as server:
+        foreign_orphans_parked(server.url)
         killed = _killed_with_its_sender(job1, server)
         assert (job1.tmp / killed.info["ring"]).is_dir() and os.path.exists(_sidecar(killed))
         shutil.rmtree(job1.tmp)  # the job's TMPDIR, removed at its end
@@ -162,6 +178,7 @@ def test_a_segment_whose_folder_was_removed_under_a_live_process_is_left_to_it(
     its segment (a sender draining, a producer): the recovery waits until none does."""
     job1, job2 = Sandbox(tmp_path / "job1"), Sandbox(tmp_path / "job2")
     with FaultServer() as server:
+        foreign_orphans_parked(server.url)
         killed = _killed_with_its_sender(job1, server)
         shutil.rmtree(job1.tmp)
         with open(_segment(killed), "r+b") as segment:
@@ -222,6 +239,7 @@ def test_a_scan_for_another_server_leaves_a_bare_segment_to_the_engine_for_its_o
     was adopted into /tmp by an engine running beside the suite, for another server)."""
     job1, elsewhere = Sandbox(tmp_path / "job1"), Sandbox(tmp_path / "elsewhere")
     with FaultServer() as server, FaultServer() as other:
+        foreign_orphans_parked(server.url, other.url)
         killed = _killed_with_its_sender(job1, server)
         shutil.rmtree(job1.tmp)
         replayed = elsewhere.replay(other.url)
@@ -233,3 +251,101 @@ def test_a_scan_for_another_server_leaves_a_bare_segment_to_the_engine_for_its_o
         result = account(killed.produced(), server.snapshot())
     assert (result.delivered, result.lost) == (result.produced, 0), result.lost_ids[:5]
     assert not os.path.exists(_segment(killed)) and not os.path.exists(_sidecar(killed))
+
+
+def test_a_bare_segment_a_live_process_works_on_is_neither_listed_nor_adopted_until_it_dies(
+        tmp_path, monkeypatch, foreign_orphans_parked):
+    """A job's TMPDIR removed under a live engine, then under its sender alone (the owner's
+    group SIGKILLed; the sender drains on, the server unanswering): no scan, for its URL or
+    another, lists the segment as an orphan or adopts it. Before, once the owner was gone,
+    a scan for another server listed it and a scan for its own adopted it (a folder made in
+    the scan's TMPDIR) while its sender was at work on it: one still starting had mapped
+    nothing yet, but holds its reader lock. SIGKILLed with its sender, it is recovered."""
+    from engine.ring._orphans import find_orphans
+
+    job1, job2 = Sandbox(tmp_path / "job1"), Sandbox(tmp_path / "job2")
+    monkeypatch.setattr(tempfile, "tempdir", str(job2.tmp))  # scans run from job2's TMPDIR
+    settings = {**_SETTINGS, "shutdown_timeout_s": 30.0}  # its sender drains on, unanswered
+    with FaultServer(stall_s=60.0) as server, FaultServer() as other:
+        foreign_orphans_parked(server.url, other.url)
+        run = Pipeline(job1, server.url, producers=1, settings=settings).start()
+        try:
+            run.wait_calls(1000)
+            shutil.rmtree(job1.tmp / run.info["ring"])
+
+            def unseen() -> bool:
+                listed = find_orphans(other.url) + find_orphans(server.url)
+                return (not any(o.name == run.info["ring"] for o in listed)
+                        and not list(job2.tmp.iterdir()) and os.path.exists(_segment(run)))
+
+            assert unseen()  # the engine lives
+            run.killpg(signal.SIGKILL)
+            assert run.wait(timeout_s=30) == -signal.SIGKILL
+            assert ring_files.process_start_ticks(run.info["sender"]) is not None
+            assert unseen()  # its sender lives
+            os.kill(run.info["sender"], signal.SIGKILL)
+            wait_gone([run.info["sender"]], 30)
+            assert [o.url for o in find_orphans(other.url) if o.name == run.info["ring"]] == [
+                server.url]  # now an orphan, named for its own server
+        finally:
+            run.stop()
+        server.stall_s = 0.0
+        replayed = job2.replay(server.url)
+        assert "1 ring set" in replayed.stdout, replayed.stdout + replayed.stderr
+        result = account(run.produced(), server.snapshot())
+    assert (result.delivered, result.lost) == (result.produced, 0), result.lost_ids[:5]
+    assert not os.path.exists(_segment(run)) and not os.path.exists(_sidecar(run))
+
+
+_EARLIER_RUNS_URL = "http://127.0.0.1:9"  # a crashed earlier run's server had the test's port
+_OTHER_WORKERS_URL = "http://127.0.0.1:7"  # another worker's server, mid-test
+
+
+def _dead_ring_set(tmp_path, url: str) -> str:
+    """The segment and settings copy in /dev/shm of a ring set whose owner (a child that
+    ran, here) is gone and whose folder is too; not this worker's."""
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                             stdin=subprocess.PIPE)
+    owner = f"{child.pid}-{ring_files.process_start_ticks(child.pid)}"
+    child.communicate()
+    name = f"{ring_files.NAME_PREFIX}{owner}-{os.urandom(4).hex()}"
+    settings = {"spec": {}, "ring_dir": f"/nonexistent/{name}", "config": {"url": url}}
+    with open(ring_files.segment_path(name), "xb"):  # no ring header: no scan takes it
+        pass
+    with open(ring_files.sidecar_path(name), "xb") as sidecar:
+        sidecar.write(msgspec.json.encode(settings))
+    return name
+
+
+@pytest.fixture
+def ring_sets_of_other_runs(tmp_path):
+    """(an earlier run's dead ring set for the test's server, another worker's): made before
+    ``foreign_orphans_parked`` parks anything, checked in place and removed after it put
+    back what it parked."""
+    names = [_dead_ring_set(tmp_path, url) for url in (_EARLIER_RUNS_URL, _OTHER_WORKERS_URL)]
+    try:
+        yield names
+        for name in names:  # the parked one is back
+            assert os.path.exists(ring_files.segment_path(name)), name
+            assert os.path.exists(ring_files.sidecar_path(name)), name
+    finally:
+        for name in names:
+            for path in (ring_files.segment_path(name), ring_files.sidecar_path(name)):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+
+
+def test_parking_foreign_orphans_touches_only_those_for_the_tests_servers(
+        ring_sets_of_other_runs, foreign_orphans_parked):
+    """Before, the fixture renamed every dead ring set on the machine as the test began:
+    another xdist worker's killed engine, which its test was about to recover, too."""
+    earlier_runs, other_workers = ring_sets_of_other_runs
+    assert os.path.exists(ring_files.segment_path(other_workers))
+    foreign_orphans_parked(_EARLIER_RUNS_URL)
+    assert not os.path.exists(ring_files.segment_path(earlier_runs))
+    assert not os.path.exists(ring_files.sidecar_path(earlier_runs))
+    assert os.path.exists(ring_files.segment_path(other_workers))
+    assert os.path.exists(ring_files.sidecar_path(other_workers))

@@ -232,15 +232,40 @@ def test_settle_makes_what_is_left_the_file_when_no_engine_started_one(tmp_path)
         for call_id in ("sent", "kept"):
             add(letters, call_id)
     claimed = claim(path)
-    letters = list(read_dead_letters(claimed))
-    with DeadLetters(path) as writer:
-        settle(claimed, path, letters[1:], writer)
+    settle(claimed, path, list(read_dead_letters(claimed))[1:])
     assert [x.call_id for x in read_dead_letters(path)] == ["kept"]
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert not claimed.exists() and os.listdir(tmp_path) == ["letters.jsonl"]
 
 
-def test_settle_appends_what_is_left_to_a_file_engines_started_since_the_claim(tmp_path):
+def test_settle_merges_what_is_left_with_a_file_engines_started_since_the_claim(tmp_path):
+    """What is left, then what engines wrote since the claim, become the file at the path
+    in one rename; an engine that still has the old file open writes to the new one."""
+    from engine.sender._deadletter import claim, settle
+
+    path = tmp_path / "letters.jsonl"
+    with DeadLetters(path) as letters:
+        for call_id in ("sent", "kept"):
+            add(letters, call_id)
+    claimed = claim(path)
+    with DeadLetters(path) as engine_letters:
+        add(engine_letters, "new")
+        settle(claimed, path, list(read_dead_letters(claimed))[1:])
+        add(engine_letters, "newer")  # its file was replaced: it reopens the path
+    assert [x.call_id for x in read_dead_letters(path)] == ["kept", "new", "newer"]
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert os.listdir(tmp_path) == ["letters.jsonl"]
+    settle(claim(path), path, [])  # all delivered: the claim just goes
+    assert not path.exists() and os.listdir(tmp_path) == []
+
+
+def test_a_settle_that_cannot_write_leaves_the_claim_and_the_file_as_they_were(
+        tmp_path, monkeypatch):
+    """The disk fills while what engines wrote is copied in: the claimed file holds just
+    what is left and the dead-letter file is untouched, for the next replay."""
+    import errno
+
+    from engine.sender import _deadletter
     from engine.sender._deadletter import claim, settle
 
     path = tmp_path / "letters.jsonl"
@@ -250,10 +275,42 @@ def test_settle_appends_what_is_left_to_a_file_engines_started_since_the_claim(t
     claimed = claim(path)
     with DeadLetters(path) as letters:
         add(letters, "new")
-    with DeadLetters(path) as writer:
-        settle(claimed, path, list(read_dead_letters(claimed))[1:], writer)
-        settle(claim(path), path, [], writer)  # all delivered: the claim just goes
-    assert not path.exists() and os.listdir(tmp_path) == []
+    back = list(read_dead_letters(claimed))[1:]
+    real_write_all = _deadletter._write_all
+
+    def full(fd, data):
+        if os.readlink(f"/proc/self/fd/{fd}").split("/")[-1].startswith("letters.jsonl.merging-"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write_all(fd, data)
+
+    monkeypatch.setattr(_deadletter, "_write_all", full)
+    with pytest.raises(OSError, match="No space"):
+        settle(claimed, path, back)
+    assert [x.call_id for x in read_dead_letters(claimed)] == ["kept"]
+    assert [x.call_id for x in read_dead_letters(path)] == ["new"]
+    assert sorted(os.listdir(tmp_path)) == sorted(["letters.jsonl", claimed.name])
+
+
+def test_a_claim_that_died_merging_is_cut_back_to_its_own_letters(tmp_path):
+    """Its claimer was killed while it copied what engines wrote into its claimed file
+    (renamed ``.merging-…-<its size>``), before renaming it over the path: the next claim
+    takes just its own letters; the path's file still holds the rest, once."""
+    from engine.sender._deadletter import claim_abandoned
+
+    path = tmp_path / "letters.jsonl"
+    with DeadLetters(path) as letters:
+        add(letters, "kept")
+    size = os.stat(path).st_size
+    merging = tmp_path / f"letters.jsonl.merging-{_dead_tag(0)}-{size}"
+    os.rename(path, merging)
+    with DeadLetters(path) as letters:
+        add(letters, "new")
+    with open(merging, "ab") as file:
+        file.write(path.read_bytes()[:20])  # died copying
+    taken = claim_abandoned(path)
+    assert len(taken) == 1 and [x.call_id for x in read_dead_letters(taken[0])] == ["kept"]
+    assert [x.call_id for x in read_dead_letters(path)] == ["new"]
+    assert sorted(os.listdir(tmp_path)) == sorted(["letters.jsonl", taken[0].name])
 
 
 def test_a_claim_that_died_after_linking_what_was_left_to_the_path_is_not_taken_twice(tmp_path):
@@ -268,6 +325,22 @@ def test_a_claim_that_died_after_linking_what_was_left_to_the_path_is_not_taken_
     assert claim_abandoned(path) == []
     assert os.listdir(tmp_path) == ["letters.jsonl"] and os.stat(path).st_nlink == 1
     assert [x.call_id for x in read_dead_letters(path)] == ["kept"]
+
+
+def test_an_abandoned_name_of_a_file_a_live_replay_claimed_is_dropped_not_taken(tmp_path):
+    """A replay before 2026-12-07 died between linking what it had left to the path and
+    removing its claimed name; a live replay then claimed the path: the dead one's name is
+    a second name of the file the live one sends. Before, the next replay took it too, and
+    the letters were sent twice."""
+    from engine.sender._deadletter import claim, claim_abandoned
+
+    path = tmp_path / "letters.jsonl"
+    with DeadLetters(path) as letters:
+        add(letters, "kept")
+    os.link(path, _dead_claimer_name(path))
+    live = claim(path)  # this process lives: its claim stands
+    assert claim_abandoned(path) == []
+    assert os.listdir(tmp_path) == [live.name] and os.stat(live).st_nlink == 1
 
 
 def test_two_abandoned_names_of_one_file_are_taken_once_and_scratch_files_removed(tmp_path):
