@@ -167,6 +167,24 @@ def _spool_413(calls: int, root: Path) -> tuple[Account, Account, int]:
         return before, after, server.duplicate_deliveries()
 
 
+def _outage(calls: int, root: Path) -> tuple[Account, Account, int]:
+    """The server down for the whole run, 2 producers tracing through 1 MiB rings: once it
+    failed for 5 s with producers waiting for room, what fails goes to the dead letters at
+    once (before: each batch's 120 s delivery_deadline_s first, ~10 calls/s meanwhile)."""
+    sandbox = Sandbox(root)
+    settings = dict(_SETTINGS, ring_bytes=1 << 20, shutdown_timeout_s=2.0)
+    with FaultServer() as server:
+        server.down()
+        run = Pipeline(sandbox, server.url, calls=calls // 2, payload_bytes=1000,
+                       settings=settings).start()
+        _finish(run, timeout_s=300)
+        before = account(run.produced(), {}, [sandbox.dead_letter_path])
+        server.up()
+        sandbox.replay(server.url, timeout_s=300)
+        after = account(run.produced(), server.snapshot(), [sandbox.dead_letter_path])
+        return before, after, server.duplicate_deliveries()
+
+
 def _small_shm(calls: int, root: Path) -> tuple[Account, Account, int]:
     """4 producers with the engine in a mount namespace whose /dev/shm is a container's 64
     MiB (room for three rings of 16 MiB): before session 9 the fourth died by SIGBUS."""
@@ -213,6 +231,8 @@ FAULTS: dict[str, tuple[str, Callable[[int, Path], tuple[Account, Account, int]]
                   _disk_full),
     "spool-413": ("spool written with 4 MiB batches, replayed to a 1 MiB body limit",
                   _spool_413),
+    "outage": ("server down all along, 2 producers through 1 MiB rings (producers wait: "
+               "what fails goes to the dead letters after 5 s); then `engine replay`", _outage),
     "small-shm": ("4 producers, /dev/shm of 64 MiB (a container's default; rings go to the "
                   "temp dir), server up", _small_shm),
 }
