@@ -44,7 +44,7 @@ from engine.common._retry import Backoff
 from engine.sender._adaptive import AdaptiveConcurrency, SizeTarget
 from engine.sender._batcher import Accumulator, Batch
 from engine.sender._deadletter import DeadLetters
-from engine.sender._delivery import SINGLES_PER_SLOT, Delivery
+from engine.sender._delivery import SINGLES_PER_SLOT, SPILL_AFTER_S, Delivery
 from engine.sender._intake import Intake
 from engine.sender._outage import OutageLog, startup_problem
 from engine.sender._persist import DEAD_COUNTERS, Persister
@@ -268,6 +268,12 @@ class Sender(Intake, Delivery, Shutdown):
         return began or room < self.ringset.spec.ring_bytes // 8
 
     def _bound_facts(self) -> str:
+        if self.outage.since_s is not None:  # not the round trip: the server is failing
+            since = time.strftime("%H:%M:%S", time.localtime(self.outage.since_wall))
+            return (f"the server has failed every request since {since}; "
+                    + ("what fails goes to disk at once" if self.spilling else
+                       f"once it has failed for {SPILL_AFTER_S:g} s with producers waiting, "
+                       "what fails goes to disk at once"))
         samples = sorted(self.latencies_us)
         pinned, self.pinned_said = self.router.pinned_alone - self.pinned_said, \
             self.router.pinned_alone

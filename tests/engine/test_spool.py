@@ -88,7 +88,7 @@ def test_a_sender_that_cannot_open_its_spool_delivers_and_dead_letters_instead(t
 
 
 def test_a_down_server_does_not_stall_the_program_what_fails_goes_to_disk_once_it_waits(
-        tmp_path):
+        tmp_path, capfd):
     """The server down and the ring full: the program waited for each batch's
     ``delivery_deadline_s`` (here 60 s) before its ring had room again. Now, the server
     failing for SPILL_AFTER_S (5 s) while a producer waits for room, what fails goes to the
@@ -110,6 +110,8 @@ def test_a_down_server_does_not_stall_the_program_what_fails_goes_to_disk_once_i
         letters = list(read_dead_letters(dead))
         assert {letter.call_id for letter in letters} == set(ids)
         assert any("producers waited for ring space" in letter.reason for letter in letters)
+        log = capfd.readouterr().err  # the sender's lines: why the program goes on
+        assert f"what is not delivered goes to the dead letters {dead} at once" in log, log[-3000:]
         server.up()
         replayed = subprocess.run([sys.executable, "-m", "engine", "replay", "--to", server.url,
                                    "--dead-letters", str(dead)], capture_output=True, text=True,
