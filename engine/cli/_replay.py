@@ -97,7 +97,7 @@ def joined_text(joined: int) -> str:
     """What the summary says of starts and ends joined into complete calls (if any)."""
     if not joined:
         return ""
-    return (f" ({joined} of them a call's start and end, dead-lettered apart, joined into "
+    return (f" ({joined} of them a call's start and end, persisted apart, joined into "
             "one complete call)")
 
 

@@ -27,6 +27,7 @@ from engine.common._control import Control
 from engine.common._errors import EngineError
 from engine.sender._batcher import Batch
 from engine.sender._deadletter import DeadLetters
+from engine.sender._join import CALL_META
 from engine.wire._codec import uuid_text
 
 log = logging.getLogger("engine.sender")
@@ -77,7 +78,7 @@ class Persister:
         """A batch past its deadline or closing: spool it if we can, else dead-letter it."""
         if self.spool is not None:
             try:
-                self.spool.put(batch.route, batch.body(), len(batch))
+                self.spool.put(batch.route, batch.body(), len(batch), _call_meta(batch))
             except (OSError, EngineError) as exc:  # full or unwritable: the dead letters keep it
                 self._report(str(self.spool.directory), exc, "the dead letters take them")
                 detail = f"{detail}; spool refused it: {exc}"
@@ -185,6 +186,14 @@ def _dead_line(key: tuple[str, int | None, str], items: int, batches: int,
     # at shutdown the exit line counts them and says where they went: INFO
     log.log(logging.INFO if reason == "shutdown" else logging.ERROR, "dead-lettered %s (%s%s): %s",
             what, reason, "" if status is None else f", HTTP {status}", detail)
+
+
+def _call_meta(batch: Batch) -> dict[str, Any] | None:
+    """A v2 start or end request's segment names its call, so that a replay finds the two
+    of one call without reading every segment (engine/sender/_join.py)."""
+    first = batch.items[0]
+    call_id = _call_id_text(first.call_id) if first.single else None
+    return {CALL_META: [first.project.decode(), call_id]} if call_id else None
 
 
 def _call_id_text(call_id: bytes) -> str | None:

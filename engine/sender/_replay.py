@@ -51,14 +51,24 @@ from engine.sender._deadletter import (
     read_dead_letters,
     settle,
 )
-from engine.sender._join import join_alone_pairs
+from engine.sender._join import (
+    CALL_META,
+    complete_route,
+    is_alone_route,
+    join_alone_pairs,
+    join_items,
+)
 from engine.sender._resend import Outcome, Resender, describe, make_body, split_body
 from engine.sender._spool import Spool, SpoolCorrupt, SpoolEntry
 from engine.sender._transport import Transport
 
 log = logging.getLogger("engine.replay")
 _CLI_RETRIES = 3
-_RECOVERY_GRACE_S = 30.0  # past a recovery's own deadline: it is stuck
+_RECOVERY_GRACE_S = 30.0
+# spool segments of one v2 start or end each looked at together for pairs, and pairs sent
+# at once (each claim holds a descriptor open)
+_JOIN_WINDOW = 100_000
+_JOIN_AT_ONCE = 128  # past a recovery's own deadline: it is stuck
 # set by the command (engine replay), whose signal handlers run in its code (a second Ctrl-C
 # raises KeyboardInterrupt there); the sender's spool replay takes its signals on its loop
 _hold_interrupts = contextvars.ContextVar("hold_interrupts", default=False)
@@ -137,12 +147,87 @@ async def replay_spool(spool: Spool, resender: Resender, dead: DeadLetters,
                        summary: ReplaySummary) -> None:
     """Every pending segment this replayer can claim, oldest first; stops when the server
     stops answering (the rest stays for later)."""
-    for entry in spool.pending():
+    entries = spool.pending()
+    alone = [entry for entry in entries if is_alone_route(entry.route)]
+    for first in range(0, len(alone), _JOIN_WINDOW):
+        if await _replay_alone(spool, alone[first:first + _JOIN_WINDOW], resender, dead,
+                               summary):
+            return
+    for entry in entries:
+        if is_alone_route(entry.route):
+            continue
         with spool.claim(entry) as mine:
             if not mine:
                 continue
             if await _replay_segment(spool, entry, resender, dead, summary):
                 return
+
+
+async def _replay_alone(spool: Spool, entries: list[SpoolEntry], resender: Resender,
+                        dead: DeadLetters, summary: ReplaySummary) -> bool:
+    """Segments of one v2 start or end each (a call open long enough that its start went
+    alone, toward weave's server): a start and its end among them (their meta names the
+    call) go joined into one complete call, batched, as the live sender splices them (both
+    segments done once it is acknowledged); the others, and a pair the server refuses
+    joined, go as segments of their own (:func:`_replay_segment`), in order. True if the
+    server stopped answering."""
+    ends = {}
+    for entry in entries:
+        if entry.route.endswith("/call/end") and (call := entry.meta.get(CALL_META)):
+            ends[tuple(call)] = entry
+    pairs = [(entry, ends[key]) for entry in entries
+             if entry.route.endswith("/call/start") and not entry.meta.get(DEAD_LETTERING)
+             and (key := tuple(entry.meta.get(CALL_META) or ())) in ends
+             and not ends[key].meta.get(DEAD_LETTERING)]
+    settled: set[str] = set()  # segments done with their call's joined item
+    for first in range(0, len(pairs), _JOIN_AT_ONCE):
+        if await _replay_joined(spool, pairs[first:first + _JOIN_AT_ONCE], resender,
+                                summary, settled):
+            return True
+    for entry in entries:
+        if entry.name in settled:
+            continue
+        with spool.claim(entry) as mine:
+            if mine and await _replay_segment(spool, entry, resender, dead, summary):
+                return True
+    return False
+
+
+async def _replay_joined(spool: Spool, pairs: list[tuple[SpoolEntry, SpoolEntry]],
+                         resender: Resender, summary: ReplaySummary, settled: set[str]) -> bool:
+    """Send ``pairs`` (a start's and its end's segments) that this replayer claims, each
+    joined into one complete call, batched per route; add the segments done to ``settled``.
+    True if the server stopped answering (what is not acknowledged stays as it was)."""
+    with contextlib.ExitStack() as claims:
+        by_route: dict[str, list[tuple[bytes, SpoolEntry, SpoolEntry]]] = {}
+        for start, end in pairs:
+            if not (claims.enter_context(spool.claim(start))
+                    and claims.enter_context(spool.claim(end))):  # fmt: skip
+                continue
+            try:
+                (route, start_body), (_, end_body) = spool.load(start), spool.load(end)
+            except (OSError, SpoolCorrupt):  # gone or damaged: as segments of their own
+                continue
+            whole = join_items(start_body, end_body)
+            if whole is not None:
+                by_route.setdefault(complete_route(route), []).append((whole, start, end))
+        for route, mine in by_route.items():
+            outcome = await resender.send(route, [whole for whole, _, _ in mine])
+            summary.requests += outcome.requests
+            summary.splits_413 += outcome.splits_413
+            summary.items_delivered += len(outcome.acked)
+            summary.calls_joined += len(outcome.acked)
+            for i in outcome.acked:
+                for entry in mine[i][1:]:
+                    spool.done(entry)
+                    settled.add(entry.name)
+                    summary.segments_sent += 1
+            if outcome.stopped:
+                summary.items_kept += len(outcome.kept)
+                summary.segments_kept += 2 * len(outcome.kept)
+                return True
+            # refused joined: each of its two segments goes alone afterwards, as it was
+    return False
 
 
 async def _replay_segment(spool: Spool, entry: SpoolEntry, resender: Resender,

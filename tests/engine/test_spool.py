@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 import sys
@@ -143,3 +144,51 @@ def test_a_server_that_answers_429_keeps_the_program_waiting_and_loses_nothing(t
             assert eng.flush(timeout_s=60)
             assert eng.stats()["dead_letters"] == 0
         assert server.stored_ids(PROJECT) == set(ids)
+
+
+def test_the_spool_replay_joins_the_start_and_end_of_a_call_spooled_apart(tmp_path):
+    """Toward weave's server (calls_complete; an end refused 404 until its start shows), the
+    starts of open calls go alone as v2 requests, and with the server down each start and
+    each end became a spool segment of its own. Sent again one request each (the end only
+    once weave showed its start): 3,305 segments took 87 s toward a server 20 ms away. Now
+    the replay joins a start and its end (named in the segments' meta) into one complete
+    call, batched."""
+    spool_dir = tmp_path / "spool"
+    with FaultServer(weave_residence=True, end_needs_start=True,
+                     start_visible_after_s=0.2) as server:
+        server.down()
+        with make_engine(server.url, tmp_path, spool_dir=str(spool_dir), delivery_deadline_s=0.3,
+                         eager_start_ms=50, shutdown_timeout_s=2.0) as eng:
+            made = asyncio.run(_calls_held_open(eng.producer(), 200, held_s=0.5))
+        pending = Spool(spool_dir).pending()
+        singles = [entry for entry in pending if "/call/" in entry.route]
+        assert len(singles) >= 100, [entry.route for entry in pending][:5]
+        server.up()
+        replayed = subprocess.run([sys.executable, "-m", "engine", "replay", "--to", server.url,
+                                   "--spool", str(spool_dir)], capture_output=True, text=True,
+                                  timeout=120, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": ".",
+                                                    "XDG_STATE_HOME": str(tmp_path / "state")})
+        stored = server.snapshot()
+        requests = len(server.records())
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr[-3000:]
+    assert "joined into one complete call" in replayed.stdout, replayed.stdout
+    assert len(stored) == made and Spool(spool_dir).count_pending == 0
+    assert all("started_at" in call and "ended_at" in call for call in stored.values())
+    assert requests < len(singles) // 4, (requests, len(singles))
+
+
+async def _calls_held_open(tracer, calls: int, held_s: float) -> int:
+    """``calls`` async op calls open at once for ``held_s`` (past eager_start_ms: their
+    starts go alone), then ended."""
+    gate = asyncio.Event()
+
+    @tracer.op
+    async def predict(example: int) -> int:
+        await gate.wait()
+        return example
+
+    tasks = [asyncio.create_task(predict(i)) for i in range(calls)]
+    await asyncio.sleep(held_s)
+    gate.set()
+    await asyncio.gather(*tasks)
+    return calls
