@@ -51,3 +51,20 @@ def test_an_end_lettered_before_a_start_does_not_take_every_end_ahead_of_the_sta
         refused = [r.outcome for r in server.requests if r.status == 404]
         assert summary.complete and not refused, refused
         assert server.is_complete(PROJECT, "a") and server.is_complete(PROJECT, "b")
+
+
+def test_an_end_whose_start_does_not_show_yet_is_sent_again_until_it_does(tmp_path):
+    """A start and its end dead-lettered together, replayed toward a server whose starts
+    show 0.5 s after it stored them (weave's asynchronous inserts): the end, answered 404
+    "no start found" at first, is sent again until it is taken. Before: refused again at
+    once, written back to the dead letters (tests/engine/test_chaos.py, seed 91)."""
+    path = tmp_path / "dead_letters.jsonl"
+    with FaultServer(end_needs_start=True, start_visible_after_s=0.5) as server:
+        with DeadLetters(path) as dead:
+            dead.add_batch(reason="deadline", status=503, route=f"{_ROUTE}/call/start",
+                           items=[("b", PROJECT, _start("b"))])
+            dead.add_batch(reason="start_not_delivered", status=None,
+                           route=f"{_ROUTE}/call/end", items=[("b", PROJECT, _end("b"))])
+        summary = asyncio.run(replay(server.url, None, str(path)))
+        assert [r.outcome for r in server.requests if r.status == 404]  # the case ran
+        assert summary.complete and server.is_complete(PROJECT, "b")
