@@ -154,6 +154,7 @@ class FaultServer:
         self._thread: threading.Thread | None = None
         self._web: web.Server | None = None
         self._listener: asyncio.AbstractServer | None = None
+        self._port_hold: socket.socket | None = None  # the port, bound while down()
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -179,8 +180,11 @@ class FaultServer:
         self._thread = None
 
     def down(self) -> None:
-        """Refuse connections: stop listening and drop every open connection."""
+        """Refuse connections: stop listening and drop every open connection. The port stays
+        bound (not listening: connecting is refused), so that no other server's bind to port
+        0 is given it meanwhile (up() then failed, and clients reached that other server)."""
         self._call(self._close_listener())
+        self._port_hold = _bound(self.port)
 
     def up(self) -> None:
         """Listen again on the same port."""
@@ -215,11 +219,12 @@ class FaultServer:
 
     async def _listen(self) -> None:
         assert self._loop is not None and self._web is not None
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", self.port))
+        sock = _bound(self.port)
         self.port = sock.getsockname()[1]
         self._listener = await self._loop.create_server(self._web, sock=sock)
+        if self._port_hold is not None:  # held since down()
+            self._port_hold.close()
+            self._port_hold = None
 
     async def _close_listener(self) -> None:
         assert self._web is not None
@@ -233,6 +238,9 @@ class FaultServer:
     async def _shutdown(self) -> None:
         assert self._web is not None
         await self._close_listener()
+        if self._port_hold is not None:
+            self._port_hold.close()
+            self._port_hold = None
         await self._web.shutdown(1.0)
         tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
         for task in tasks:
@@ -433,6 +441,15 @@ class FaultServer:
             content_type="application/json",
             headers=headers,
         )
+
+
+def _bound(port: int) -> socket.socket:
+    """A TCP socket bound to 127.0.0.1:``port`` (0: any free one), not listening. With
+    SO_REUSEADDR on both, a listening socket may be bound beside a socket holding the port."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    return sock
 
 
 def _route(path: str) -> tuple[str, str | None] | None:
