@@ -55,6 +55,7 @@ _ROUTES: tuple[tuple[re.Pattern[str], str], ...] = (
 )
 _START_FIELDS = ("started_at", "op_name", "inputs", "attributes", "trace_id", "parent_id")
 _STOP_TIMEOUT_S = 10.0
+_ACCEPT_TURNS = 3  # loop turns from an accept to its connection being listed by aiohttp
 
 
 @dataclass(frozen=True)
@@ -227,8 +228,16 @@ class FaultServer:
             self._port_hold = None
 
     async def _close_listener(self) -> None:
-        assert self._web is not None
+        assert self._loop is not None and self._web is not None
         if self._listener is not None:
+            # accept no more, and let the connections already accepted be made first:
+            # closed in the same loop turn as an accept, asyncio (3.11) failed making that
+            # connection's transport (Server._attach's assertion) and dropped it unclosed,
+            # which pytest (warnings as errors) took for a failure of the test
+            for sock in self._listener.sockets:
+                self._loop.remove_reader(sock.fileno())
+            for _ in range(_ACCEPT_TURNS):
+                await asyncio.sleep(0)
             self._listener.close()
             self._listener = None
         for connection in self._web.connections:
@@ -300,7 +309,8 @@ class FaultServer:
         finally:
             self._publish(record)
         if response is None:
-            request.transport.abort()  # type: ignore[union-attr]
+            if request.transport is not None:  # else down() dropped it already
+                request.transport.abort()
             raise asyncio.CancelledError  # aiohttp drops the connection without answering
         record.status = response.status
         return response
