@@ -7,7 +7,8 @@ alone; an item the server still rejects alone comes back as rejected, with its r
 the dead letters; a transient failure (after ``retries``) stops the run and hands back every
 item not acknowledged, to keep for later. Nothing waits behind an item the server refuses.
 An upsert batch refused with CALLS_COMPLETE_MODE_REQUIRED (weave's server, for a project in
-its calls_complete table) is sent again as one v2 call/start or call/end request per item.
+its calls_complete table), or answered 404 or 405 (a server without the route), is sent
+again as one v2 call/start or call/end request per item, as the live sender does.
 A v2 call/end answered 404 "no start found" is sent again for up to ``NO_START_WAIT_S``:
 weave's server inserts asynchronously, and the start a replay sent just before may not
 show yet.
@@ -197,7 +198,7 @@ class Resender:
             elif verdict is Verdict.SPLIT_422 and len(piece) > 1:
                 middle = len(piece) // 2
                 queue.extendleft((piece[:middle], piece[middle:])[::-1])
-            elif verdict is Verdict.COMPLETE_MODE_REQUIRED and route.endswith("/call/upsert_batch"):
+            elif _upsert_refused(route, verdict, response):
                 unsent = await self._send_singles(items, piece, outcome)
                 if unsent:
                     outcome.kept = unsent + [i for rest in queue for i in rest]
@@ -281,6 +282,18 @@ class Resender:
             return pieces
         middle = len(piece) // 2
         return [piece[:middle], piece[middle:]]
+
+
+def _upsert_refused(route: str, verdict: Verdict, response: Response | None) -> bool:
+    """Whether the server refused an upsert batch as the live sender's v2 fallback does:
+    CALLS_COMPLETE_MODE_REQUIRED (weave, a calls_complete project), or 404/405 (no such
+    route: a server or proxy without it). Before, a replay took a 404 for a refusal of the
+    items and kept them (the chaos test, seed 456: 33 letters of an upsert probe past its
+    deadline toward a server without the route)."""
+    if not route.endswith("/call/upsert_batch"):
+        return False
+    return verdict is Verdict.COMPLETE_MODE_REQUIRED or (
+        response is not None and response.status in (404, 405))
 
 
 def _rejected(verdict: Verdict, response: Response | None, piece: list[int]) -> Rejected:

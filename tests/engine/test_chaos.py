@@ -64,11 +64,11 @@ pytestmark = pytest.mark.integration
 # the seeds that found a bug: 6 (the server down at close: a POST answered as the sender
 # stopped was persisted again), 21 (replay sent the dead-lettered ends before their starts),
 # 26 (as 6, two senders), 91 (replay took "no start found" for a refusal, the start not
-# showing yet); and some that draw the other paths: 20 (a server without the upsert route,
-# probed), 35 (upsert batches advertised, then refused), 72 (processes, the spool, weave's
-# 404s), 259 (weave's calls_complete project refusing the upsert probe), 260 (flushes while
-# the sender replays its spool)
-SEEDS = (6, 21, 26, 91, 20, 35, 72, 259, 260)
+# showing yet), 456 (replay took a server without the upsert route for a refusal of the
+# items); and some that draw the other paths: 35 (upsert batches advertised, then refused),
+# 72 (processes, the spool, weave's 404s), 259 (weave's calls_complete project refusing
+# the upsert probe), 260 (flushes while the sender replays its spool)
+SEEDS = (6, 21, 26, 91, 456, 35, 72, 259, 260)
 ROOT = Path(__file__).resolve().parents[2]
 _FLUSH_TIMEOUT_S = 30.0
 _PRODUCERS_TIMEOUT_S = 60.0

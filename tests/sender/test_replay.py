@@ -68,3 +68,24 @@ def test_an_end_whose_start_does_not_show_yet_is_sent_again_until_it_does(tmp_pa
         summary = asyncio.run(replay(server.url, None, str(path)))
         assert [r.outcome for r in server.requests if r.status == 404]  # the case ran
         assert summary.complete and server.is_complete(PROJECT, "b")
+
+
+def _upsert(mode: str, body: bytes) -> bytes:
+    return b'{"mode":"%s","req":%s}' % (mode.encode(), body)
+
+
+def test_upsert_letters_go_as_v2_requests_to_a_server_without_the_upsert_route(tmp_path):
+    """An upsert batch of a start and an end dead-lettered (an upsert probe past its
+    deadline), replayed toward a server that answers /call/upsert_batch 404: its items go
+    as v2 call/start and call/end requests, as the live sender sends them. Before: the 404
+    was taken for a refusal of the items, kept in the dead letters (the chaos test, seed
+    456)."""
+    path = tmp_path / "dead_letters.jsonl"
+    with FaultServer(upsert_route=False, end_needs_start=True) as server:
+        with DeadLetters(path) as dead:
+            dead.add_batch(reason="deadline", status=503, route="/call/upsert_batch", items=[
+                ("c", PROJECT, _upsert("start", _start("c"))),
+                ("c", PROJECT, _upsert("end", _end("c")))])
+        summary = asyncio.run(replay(server.url, None, str(path)))
+        assert [r.status for r in server.records("/call/upsert_batch")] == [404]
+        assert summary.complete and server.is_complete(PROJECT, "c")
