@@ -55,6 +55,7 @@ _ROUTES: tuple[tuple[re.Pattern[str], str], ...] = (
 )
 _START_FIELDS = ("started_at", "op_name", "inputs", "attributes", "trace_id", "parent_id")
 _STOP_TIMEOUT_S = 10.0
+_ACCEPT_TURNS = 3  # loop turns from an accept to its connection being listed by aiohttp
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,7 @@ class FaultServer:
         self._thread: threading.Thread | None = None
         self._web: web.Server | None = None
         self._listener: asyncio.AbstractServer | None = None
+        self._port_hold: socket.socket | None = None  # the port, bound while down()
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -179,8 +181,11 @@ class FaultServer:
         self._thread = None
 
     def down(self) -> None:
-        """Refuse connections: stop listening and drop every open connection."""
+        """Refuse connections: stop listening and drop every open connection. The port stays
+        bound (not listening: connecting is refused), so that no other server's bind to port
+        0 is given it meanwhile (up() then failed, and clients reached that other server)."""
         self._call(self._close_listener())
+        self._port_hold = _bound(self.port)
 
     def up(self) -> None:
         """Listen again on the same port."""
@@ -215,15 +220,24 @@ class FaultServer:
 
     async def _listen(self) -> None:
         assert self._loop is not None and self._web is not None
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", self.port))
+        sock = _bound(self.port)
         self.port = sock.getsockname()[1]
         self._listener = await self._loop.create_server(self._web, sock=sock)
+        if self._port_hold is not None:  # held since down()
+            self._port_hold.close()
+            self._port_hold = None
 
     async def _close_listener(self) -> None:
-        assert self._web is not None
+        assert self._loop is not None and self._web is not None
         if self._listener is not None:
+            # accept no more, and let the connections already accepted be made first:
+            # closed in the same loop turn as an accept, asyncio (3.11) failed making that
+            # connection's transport (Server._attach's assertion) and dropped it unclosed,
+            # which pytest (warnings as errors) took for a failure of the test
+            for sock in self._listener.sockets:
+                self._loop.remove_reader(sock.fileno())
+            for _ in range(_ACCEPT_TURNS):
+                await asyncio.sleep(0)
             self._listener.close()
             self._listener = None
         for connection in self._web.connections:
@@ -233,6 +247,9 @@ class FaultServer:
     async def _shutdown(self) -> None:
         assert self._web is not None
         await self._close_listener()
+        if self._port_hold is not None:
+            self._port_hold.close()
+            self._port_hold = None
         await self._web.shutdown(1.0)
         tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
         for task in tasks:
@@ -292,7 +309,8 @@ class FaultServer:
         finally:
             self._publish(record)
         if response is None:
-            request.transport.abort()  # type: ignore[union-attr]
+            if request.transport is not None:  # else down() dropped it already
+                request.transport.abort()
             raise asyncio.CancelledError  # aiohttp drops the connection without answering
         record.status = response.status
         return response
@@ -433,6 +451,15 @@ class FaultServer:
             content_type="application/json",
             headers=headers,
         )
+
+
+def _bound(port: int) -> socket.socket:
+    """A TCP socket bound to 127.0.0.1:``port`` (0: any free one), not listening. With
+    SO_REUSEADDR on both, a listening socket may be bound beside a socket holding the port."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    return sock
 
 
 def _route(path: str) -> tuple[str, str | None] | None:

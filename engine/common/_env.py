@@ -26,6 +26,7 @@ TLS_CERT = "ENGINE_TLS_CERT"  # engine serve / relay: serve HTTPS with this cert
 TLS_KEY = "ENGINE_TLS_KEY"  # … and this private key (PEM, mode 0600)
 ROOT_PATH = "ENGINE_ROOT_PATH"  # engine serve: the path prefix of a reverse proxy in front (/engine)
 FUZZ_EXAMPLES = "ENGINE_FUZZ_EXAMPLES"  # tests: examples per route of the server's fuzz test
+CHAOS_SEEDS = "ENGINE_CHAOS_SEEDS"  # tests: the seeds the chaos test draws (N, or FIRST-LAST)
 TEST_SCREENSHOTS = "ENGINE_TEST_SCREENSHOTS"  # tests: where the browser test copies its screenshots
 SENDER_API_KEY = "ENGINE_SENDER_API_KEY"  # the owner hands its key to the sender (internal)
 SENDER_KEY_FROM = "ENGINE_SENDER_KEY_FROM"  # where the owner took that key from (internal, no secret)
@@ -42,7 +43,7 @@ COPY_TO_API_KEY = "ENGINE_COPY_TO_API_KEY"  # engine copy: the key for --to
 
 OTHER_VARIABLES = frozenset({
     CONFIG, API_KEY, LOG_LEVEL, LOG_FORMAT, PURE_PYTHON, WEAVE, WEAVE_SPEEDUPS, WEAVE_OWNER, UNKNOWN_ENV, SENDER_API_KEY, SENDER_KEY_FROM,
-    PYTHON, REF_PYTHON, WEAVE53_PYTHON, OTHER_PYTHONS, TEST_SCREENSHOTS, FUZZ_EXAMPLES, KEYS_FILE, TLS_CERT, TLS_KEY, ROOT_PATH, CLICKHOUSE_PASSWORD, CLICKHOUSE_PASSWORD_FILE,
+    PYTHON, REF_PYTHON, WEAVE53_PYTHON, OTHER_PYTHONS, TEST_SCREENSHOTS, FUZZ_EXAMPLES, CHAOS_SEEDS, KEYS_FILE, TLS_CERT, TLS_KEY, ROOT_PATH, CLICKHOUSE_PASSWORD, CLICKHOUSE_PASSWORD_FILE,
     CLICKHOUSE_PING_TIMEOUT_S, CLICKHOUSE_STATEMENT_TIMEOUT_S, COPY_FROM_API_KEY, COPY_TO_API_KEY,
 })  # fmt: skip
 

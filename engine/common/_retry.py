@@ -57,6 +57,17 @@ def classify(status: int | None, body: bytes = b"", exc: BaseException | None = 
     return Verdict.RETRY if retriable_status(status) else Verdict.DEAD
 
 
+def start_not_found(status: int | None, body: bytes) -> bool:
+    """Whether an answer is weave's to a v2 call/end whose start it has not stored: 404
+    "Cannot end call …: no start found in project …". It inserts asynchronously, so a start
+    it acknowledged may not show yet: the end is worth sending again for a while (the route
+    exists: it is no sign of an older server)."""
+    return status == 404 and _NO_START_FOUND in body.lower()
+
+
+_NO_START_FOUND = b"no start found"
+
+
 def retriable_status(status: int) -> bool:
     """Whether an error status may succeed later: the listed 4xx and 5xx but 501 and 505."""
     return status in _RETRIABLE_4XX or (status >= 500 and status not in _PERMANENT_5XX)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from engine.common._config import EngineConfig, persisted_to
 from engine.common._control import Control
 from engine.common._errors import SendError, reason_of
-from engine.common._retry import Backoff, Verdict, classify, retry_after_s
+from engine.common._retry import Backoff, Verdict, classify, retry_after_s, start_not_found
 from engine.ring import RingReader
 from engine.sender._adaptive import AdaptiveConcurrency, SizeTarget
 from engine.sender._batcher import Accumulator, Batch
@@ -249,8 +249,8 @@ class Delivery:
             self._upsert_refused(batch, server_wide=True)
         elif verdict is Verdict.COMPLETE_MODE_REQUIRED:
             self._switch_mode("complete")
-        elif (status == 404 and batch.items[0].single
-              and _NO_START in _reason(response).lower()):  # fmt: skip
+        elif response is not None and batch.items[0].single and start_not_found(
+                status, response.body):
             # weave's server: "Cannot end call …: no start found" -- its start, acknowledged,
             # may not show yet (asynchronous inserts); sent again until the deadline
             self._retry_later(batch, response, error)
@@ -447,10 +447,6 @@ class Delivery:
         if batch.attempts == 1:
             control.add("batches_sent")
             control.add("items_sent", len(batch))
-
-
-# in weave's answer to a v2 call/end whose start it has not stored (404): the route exists
-_NO_START = "no start found"
 
 
 def _reason(response: Response | None) -> str:

@@ -307,7 +307,7 @@ async def _replay_claimed(claimed: Path, path: Path, resender: Resender,
             _rejected(summary, "not_json", 1)
             continue
         by_route.setdefault(letter.route, []).append(letter)
-    for route, batch in by_route.items():
+    for route, batch in sorted(by_route.items(), key=_ends_last):
         if stopped:  # the server stopped answering: keep the rest as it is
             back += batch
             summary.items_kept += len(batch)
@@ -329,6 +329,16 @@ async def _replay_claimed(claimed: Path, path: Path, resender: Resender,
                   "write the %d that failed back to %s: %s", claimed, len(back), path, exc)
         return
     summary.malformed_lines += len(malformed)
+
+
+def _ends_last(route_letters: tuple[str, list[DeadLetter]]) -> bool:
+    """Sorts the v2 call/end route after every other (a stable sort keeps the rest in the
+    file's order): weave's server answers an end whose start it has not stored 404, and a
+    start dead-lettered with its end (``start_not_delivered``) is sent first only if its
+    route is. In the file's order, the ends went first whenever an end was dead-lettered
+    before the first start (its own start delivered): a chaos run (tests/engine/
+    test_chaos.py, seed 21) had 2 of 458 letters refused again, 404 "no start found"."""
+    return route_letters[0].endswith("/call/end") and route_letters[0].startswith("/v2/")
 
 
 def _renewed(batch: list[DeadLetter], outcome: Outcome,

@@ -7,7 +7,11 @@ alone; an item the server still rejects alone comes back as rejected, with its r
 the dead letters; a transient failure (after ``retries``) stops the run and hands back every
 item not acknowledged, to keep for later. Nothing waits behind an item the server refuses.
 An upsert batch refused with CALLS_COMPLETE_MODE_REQUIRED (weave's server, for a project in
-its calls_complete table) is sent again as one v2 call/start or call/end request per item.
+its calls_complete table), or answered 404 or 405 (a server without the route), is sent
+again as one v2 call/start or call/end request per item, as the live sender does.
+A v2 call/end answered 404 "no start found" is sent again for up to ``NO_START_WAIT_S``:
+weave's server inserts asynchronously, and the start a replay sent just before may not
+show yet.
 """
 
 from __future__ import annotations
@@ -16,13 +20,14 @@ import asyncio
 import collections
 import random
 import re
+import time
 from dataclasses import dataclass, field
 
 import msgspec
 
 from engine.common._errors import SendError
 from engine.common._project import project_path
-from engine.common._retry import Backoff, Verdict, classify, retry_after_s
+from engine.common._retry import Backoff, Verdict, classify, retry_after_s, start_not_found
 from engine.sender._adaptive import SizeTarget
 from engine.sender._transport import Response, Transport
 
@@ -151,14 +156,22 @@ class Outcome:
         return bool(self.kept)
 
 
+# how long a v2 call/end answered 404 "no start found" is sent again: weave's server inserts
+# asynchronously, and a start acknowledged just before (the replay sends the starts first)
+# shows within moments
+NO_START_WAIT_S = 10.0
+
+
 class Resender:
     """POSTs stored items on their route in bodies of at most ``size.bytes``."""
 
     def __init__(self, transport: Transport, size: SizeTarget, *, retries: int = 0,
-                 backoff: Backoff | None = None) -> None:
+                 backoff: Backoff | None = None, no_start_wait_s: float = NO_START_WAIT_S,
+                 ) -> None:
         self.transport = transport
         self.size = size
         self.retries = retries
+        self.no_start_wait_s = no_start_wait_s
         self.backoff = backoff or Backoff(initial_ms=200, max_ms=5_000)
         self.rng = random.Random()
 
@@ -185,7 +198,7 @@ class Resender:
             elif verdict is Verdict.SPLIT_422 and len(piece) > 1:
                 middle = len(piece) // 2
                 queue.extendleft((piece[:middle], piece[middle:])[::-1])
-            elif verdict is Verdict.COMPLETE_MODE_REQUIRED and route.endswith("/call/upsert_batch"):
+            elif _upsert_refused(route, verdict, response):
                 unsent = await self._send_singles(items, piece, outcome)
                 if unsent:
                     outcome.kept = unsent + [i for rest in queue for i in rest]
@@ -218,8 +231,10 @@ class Resender:
 
     async def _post(self, route: str, body: bytes,
                     outcome: Outcome) -> tuple[Response | None, SendError | None]:
-        """One POST, retried ``retries`` times while the answer is transient."""
+        """One POST, retried ``retries`` times while the answer is transient, and for up to
+        ``no_start_wait_s`` while it is 404 "no start found" (a start not showing yet)."""
         attempt = 0
+        no_start_until: float | None = None
         while True:
             attempt += 1
             outcome.requests += 1
@@ -228,6 +243,12 @@ class Resender:
                 response = await self.transport.post(route, body)
             except SendError as exc:
                 error = exc
+            if response is not None and start_not_found(response.status, response.body):
+                no_start_until = no_start_until or time.monotonic() + self.no_start_wait_s
+                if time.monotonic() >= no_start_until:
+                    return response, error
+                await asyncio.sleep(self.backoff.delay_s(attempt, self.rng, None))
+                continue
             transient = classify(response.status if response else None,
                                  response.body if response else b"", error) is Verdict.RETRY
             if not transient or attempt > self.retries:
@@ -261,6 +282,18 @@ class Resender:
             return pieces
         middle = len(piece) // 2
         return [piece[:middle], piece[middle:]]
+
+
+def _upsert_refused(route: str, verdict: Verdict, response: Response | None) -> bool:
+    """Whether the server refused an upsert batch as the live sender's v2 fallback does:
+    CALLS_COMPLETE_MODE_REQUIRED (weave, a calls_complete project), or 404/405 (no such
+    route: a server or proxy without it). Before, a replay took a 404 for a refusal of the
+    items and kept them (the chaos test, seed 456: 33 letters of an upsert probe past its
+    deadline toward a server without the route)."""
+    if not route.endswith("/call/upsert_batch"):
+        return False
+    return verdict is Verdict.COMPLETE_MODE_REQUIRED or (
+        response is not None and response.status in (404, 405))
 
 
 def _rejected(verdict: Verdict, response: Response | None, piece: list[int]) -> Rejected:

@@ -1,0 +1,91 @@
+"""Replaying dead letters toward weave's server (engine/sender/_replay.py): it answers a v2
+call/end whose start it has not stored 404 "no start found", so every v2 call/start letter
+goes before the call/end letters, whatever their order in the file."""
+
+import asyncio
+import json
+import urllib.request
+
+from engine.sender._deadletter import DeadLetters
+from engine.sender._replay import replay
+from tests.faultserver import FaultServer
+
+PROJECT = "test-entity/test-project"
+_ROUTE = f"/v2/{PROJECT}"
+
+
+def _start(call_id: str) -> bytes:
+    return json.dumps({"start": {
+        "project_id": PROJECT, "id": call_id, "trace_id": "t" + call_id, "op_name": "op",
+        "started_at": "2026-12-07T06:00:00Z", "attributes": {}, "inputs": {}}}).encode()
+
+
+def _end(call_id: str) -> bytes:
+    return json.dumps({"end": {"project_id": PROJECT, "id": call_id,
+                               "ended_at": "2026-12-07T06:00:01Z", "output": 1,
+                               "summary": {}}}).encode()
+
+
+def _post(url: str, route: str, body: bytes) -> None:
+    request = urllib.request.Request(url + route, data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        assert answer.status == 200
+
+
+def test_an_end_lettered_before_a_start_does_not_take_every_end_ahead_of_the_starts(tmp_path):
+    """The end of call "a" (its start delivered) was dead-lettered first, then call "b"'s
+    start and end (``start_not_delivered``). Before: one run per route in the order of each
+    route's first letter, so "b"'s end went before its start and was refused again (404)."""
+    path = tmp_path / "dead_letters.jsonl"
+    with FaultServer(end_needs_start=True) as server:
+        _post(server.url, f"{_ROUTE}/call/start", _start("a"))
+        with DeadLetters(path) as dead:
+            dead.add_batch(reason="deadline", status=503, route=f"{_ROUTE}/call/end",
+                           items=[("a", PROJECT, _end("a"))])
+            dead.add_batch(reason="deadline", status=503, route=f"{_ROUTE}/call/start",
+                           items=[("b", PROJECT, _start("b"))])
+            dead.add_batch(reason="start_not_delivered", status=None,
+                           route=f"{_ROUTE}/call/end", items=[("b", PROJECT, _end("b"))])
+        summary = asyncio.run(replay(server.url, None, str(path)))
+        refused = [r.outcome for r in server.requests if r.status == 404]
+        assert summary.complete and not refused, refused
+        assert server.is_complete(PROJECT, "a") and server.is_complete(PROJECT, "b")
+
+
+def test_an_end_whose_start_does_not_show_yet_is_sent_again_until_it_does(tmp_path):
+    """A start and its end dead-lettered together, replayed toward a server whose starts
+    show 0.5 s after it stored them (weave's asynchronous inserts): the end, answered 404
+    "no start found" at first, is sent again until it is taken. Before: refused again at
+    once, written back to the dead letters (tests/engine/test_chaos.py, seed 91)."""
+    path = tmp_path / "dead_letters.jsonl"
+    with FaultServer(end_needs_start=True, start_visible_after_s=0.5) as server:
+        with DeadLetters(path) as dead:
+            dead.add_batch(reason="deadline", status=503, route=f"{_ROUTE}/call/start",
+                           items=[("b", PROJECT, _start("b"))])
+            dead.add_batch(reason="start_not_delivered", status=None,
+                           route=f"{_ROUTE}/call/end", items=[("b", PROJECT, _end("b"))])
+        summary = asyncio.run(replay(server.url, None, str(path)))
+        assert [r.outcome for r in server.requests if r.status == 404]  # the case ran
+        assert summary.complete and server.is_complete(PROJECT, "b")
+
+
+def _upsert(mode: str, body: bytes) -> bytes:
+    return b'{"mode":"%s","req":%s}' % (mode.encode(), body)
+
+
+def test_upsert_letters_go_as_v2_requests_to_a_server_without_the_upsert_route(tmp_path):
+    """An upsert batch of a start and an end dead-lettered (an upsert probe past its
+    deadline), replayed toward a server that answers /call/upsert_batch 404: its items go
+    as v2 call/start and call/end requests, as the live sender sends them. Before: the 404
+    was taken for a refusal of the items, kept in the dead letters (the chaos test, seed
+    456)."""
+    path = tmp_path / "dead_letters.jsonl"
+    with FaultServer(upsert_route=False, end_needs_start=True) as server:
+        with DeadLetters(path) as dead:
+            dead.add_batch(reason="deadline", status=503, route="/call/upsert_batch", items=[
+                ("c", PROJECT, _upsert("start", _start("c"))),
+                ("c", PROJECT, _upsert("end", _end("c")))])
+        summary = asyncio.run(replay(server.url, None, str(path)))
+        assert [r.status for r in server.records("/call/upsert_batch")] == [404]
+        assert summary.complete and server.is_complete(PROJECT, "c")
