@@ -309,7 +309,7 @@ async def _replay_claimed(claimed: Path, path: Path, resender: Resender,
         by_route.setdefault(letter.route, []).append(letter)
     for route, batch in sorted(by_route.items(), key=_ends_last):
         if stopped:  # the server stopped answering: keep the rest as it is
-            back += batch
+            back += [part for letter in batch for part in parts.get(id(letter), (letter,))]
             summary.items_kept += len(batch)
             continue
         outcome = await resender.send(route, [letter.item_json for letter in batch])

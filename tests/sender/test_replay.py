@@ -54,17 +54,18 @@ def test_an_end_lettered_before_a_start_does_not_take_every_end_ahead_of_the_sta
 
 
 def test_an_end_whose_start_does_not_show_yet_is_sent_again_until_it_does(tmp_path):
-    """A start and its end dead-lettered together, replayed toward a server whose starts
-    show 0.5 s after it stored them (weave's asynchronous inserts): the end, answered 404
-    "no start found" at first, is sent again until it is taken. Before: refused again at
-    once, written back to the dead letters (tests/engine/test_chaos.py, seed 91)."""
+    """An end dead-lettered whose start was stored a moment before the replay, toward a
+    server whose starts show 0.5 s after it stored them (weave's asynchronous inserts): the
+    end, answered 404 "no start found" at first, is sent again until it is taken. Before:
+    refused again at once, written back to the dead letters (tests/engine/test_chaos.py,
+    seed 91: a start and its end replayed one after the other; the replay now joins those
+    into one complete call, test below)."""
     path = tmp_path / "dead_letters.jsonl"
     with FaultServer(end_needs_start=True, start_visible_after_s=0.5) as server:
+        _post(server.url, f"{_ROUTE}/call/start", _start("b"))
         with DeadLetters(path) as dead:
-            dead.add_batch(reason="deadline", status=503, route=f"{_ROUTE}/call/start",
-                           items=[("b", PROJECT, _start("b"))])
-            dead.add_batch(reason="start_not_delivered", status=None,
-                           route=f"{_ROUTE}/call/end", items=[("b", PROJECT, _end("b"))])
+            dead.add_batch(reason="deadline", status=503, route=f"{_ROUTE}/call/end",
+                           items=[("b", PROJECT, _end("b"))])
         summary = asyncio.run(replay(server.url, None, str(path)))
         assert [r.outcome for r in server.requests if r.status == 404]  # the case ran
         assert summary.complete and server.is_complete(PROJECT, "b")
@@ -89,3 +90,35 @@ def test_upsert_letters_go_as_v2_requests_to_a_server_without_the_upsert_route(t
         summary = asyncio.run(replay(server.url, None, str(path)))
         assert [r.status for r in server.records("/call/upsert_batch")] == [404]
         assert summary.complete and server.is_complete(PROJECT, "c")
+
+
+def test_a_start_and_its_end_lettered_apart_go_as_one_complete_call_or_stay_as_two(tmp_path):
+    """A v2 start and its end in one dead-letter file are sent joined, as one complete call
+    (no end can meet a start not shown yet); while the server is down they stay in the file
+    as the two letters they were, for the next replay."""
+    path = tmp_path / "dead_letters.jsonl"
+    other = "test-entity/other"
+    whole = json.dumps({**json.loads(_start("a"))["start"], **json.loads(_end("a"))["end"],
+                        "project_id": other}).encode()
+    with FaultServer(end_needs_start=True, start_visible_after_s=0.5) as server:
+        with DeadLetters(path) as dead:  # another project's complete call goes first
+            dead.add_batch(reason="deadline", status=503, route=f"/v2/{other}/calls/complete",
+                           items=[("a", other, whole)])
+            dead.add_batch(reason="deadline", status=503, route=f"{_ROUTE}/call/start",
+                           items=[("b", PROJECT, _start("b"))])
+            dead.add_batch(reason="start_not_delivered", status=None,
+                           route=f"{_ROUTE}/call/end", items=[("b", PROJECT, _end("b"))])
+        before = path.read_bytes()
+        server.down()
+        summary = asyncio.run(replay(server.url, None, str(path)))
+        assert not summary.complete and summary.items_kept == 2
+        assert [json.loads(line)["route"] for line in path.read_bytes().splitlines()] == [
+            f"/v2/{other}/calls/complete", f"{_ROUTE}/call/start", f"{_ROUTE}/call/end"]
+        assert [json.loads(line)["item"] for line in path.read_bytes().splitlines()] == [
+            json.loads(line)["item"] for line in before.splitlines()]
+        server.up()
+        summary = asyncio.run(replay(server.url, None, str(path)))
+        routes = [r.path for r in server.requests if r.method == "POST"]
+        assert summary.complete and summary.calls_joined == 1 and not path.exists()
+        assert routes == [f"/v2/{other}/calls/complete", f"{_ROUTE}/calls/complete"], routes
+        assert server.is_complete(PROJECT, "b")
