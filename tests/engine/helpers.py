@@ -7,6 +7,7 @@ import os
 import time
 from typing import Any
 
+import engine
 from engine.producer._engine import Engine
 
 PROJECT = "test-entity/test-project"
@@ -64,14 +65,17 @@ def trace_structs(tracer: Any, count: int, *, prefix: str = "call",
 
 
 async def sliding_open_calls(tracer: Any, calls: int, open_calls: int, *, prompt_bytes: int = 300,
-                             for_s: float | None = None) -> int:
+                             for_s: float | None = None, ids: list[str] | None = None) -> int:
     """Up to ``calls`` async op calls, ``open_calls`` open at any time, ended oldest first
-    (for at most ``for_s`` seconds, if given); returns how many were made."""
+    (for at most ``for_s`` seconds, if given); returns how many were made (their call ids
+    appended to ``ids``, if given)."""
     loop = asyncio.get_running_loop()
     gates: dict[int, asyncio.Future] = {}
 
     @tracer.op
     async def predict(example: int, prompt: str) -> int:
+        if ids is not None:
+            ids.append(engine.current_call().id)
         await gates[example]
         return example
 

@@ -56,7 +56,7 @@ import engine
 from engine.sender._deadletter import read_dead_letters
 from engine.sender._resend import describe, split_body
 from engine.sender._spool import Spool
-from tests.engine.helpers import PROJECT, make_engine, trace_calls
+from tests.engine.helpers import PROJECT, make_engine, sliding_open_calls, trace_calls
 from tests.faultserver import FaultServer
 
 pytestmark = pytest.mark.integration
@@ -186,28 +186,8 @@ def _program(rng: Random, budget: int, flushes: bool) -> list[tuple]:
 
 async def _open_calls(tracer: Any, calls: int, open_calls: int) -> list[str]:
     """``calls`` async op calls, ``open_calls`` open at a time, ended oldest first; their ids."""
-    loop = asyncio.get_running_loop()
-    gates: dict[int, asyncio.Future] = {}
     ids: list[str] = []
-
-    @tracer.op
-    async def predict(example: int, prompt: str) -> int:
-        ids.append(engine.current_call().id)
-        await gates[example]
-        return example
-
-    running: list[tuple[int, asyncio.Task]] = []
-    for made in range(calls):
-        gates[made] = loop.create_future()
-        running.append((made, loop.create_task(predict(made, "p" * 300))))
-        await asyncio.sleep(0)  # the task runs to its gate: its call is open
-        if len(running) >= open_calls:
-            oldest, task = running.pop(0)
-            gates.pop(oldest).set_result(None)
-            await task
-    for example, task in running:
-        gates.pop(example).set_result(None)
-        await task
+    await sliding_open_calls(tracer, calls, open_calls, ids=ids)
     return ids
 
 
