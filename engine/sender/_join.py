@@ -21,31 +21,30 @@ CALL_META = "call"  # a spool segment's meta: [project, call id] of its v2 start
 _Wrapped = dict[str, dict[str, msgspec.Raw]]
 
 
+def start_end_pairs(routes: list[str], keys: list[tuple[str, str] | None]) -> list[tuple[int, int]]:
+    """(start, end) indexes of each v2 ``call/start`` whose ``call/end`` comes after it
+    among ``routes`` with the same key (project, call id; None: not to be joined)."""
+    ends = {key: n for n, (route, key) in enumerate(zip(routes, keys))
+            if key is not None and route.endswith(_END)}
+    return [(n, ends[key]) for n, (route, key) in enumerate(zip(routes, keys))
+            if key is not None and route.endswith(_START) and ends.get(key, -1) > n]
+
+
 def join_alone_pairs(letters: list[DeadLetter]) -> tuple[list[DeadLetter],
                                                          dict[int, tuple[DeadLetter, ...]]]:
     """``letters`` with each v2 start whose end is among them (same project and call id)
     replaced, at the start's place, by one complete call on that project's
     ``calls/complete`` route, and the end left out; and, by ``id()`` of each joined letter,
     the two it was made of (what goes back to the dead letters if it is not delivered)."""
-    ends: dict[tuple[str, str], int] = {}
-    for n, letter in enumerate(letters):
-        if letter.route.endswith(_END) and letter.call_id and not letter.item_invalid:
-            ends[(letter.project, letter.call_id)] = n
-    if not ends:
-        return letters, {}
     joined: list[DeadLetter | None] = list(letters)
     parts: dict[int, tuple[DeadLetter, ...]] = {}
-    for n, letter in enumerate(letters):
-        if not letter.route.endswith(_START) or letter.item_invalid:
-            continue
-        at = ends.get((letter.project, letter.call_id or ""))
-        if at is None or at < n:
-            continue
-        whole = _complete(letter, letters[at])
-        if whole is None:
-            continue
-        joined[n], joined[at] = whole, None
-        parts[id(whole)] = (letter, letters[at])
+    keys = [(letter.project, letter.call_id)
+            if letter.call_id and not letter.item_invalid else None for letter in letters]
+    for n, at in start_end_pairs([letter.route for letter in letters], keys):
+        whole = _complete(letters[n], letters[at])
+        if whole is not None:
+            joined[n], joined[at] = whole, None
+            parts[id(whole)] = (letters[n], letters[at])
     return [letter for letter in joined if letter is not None], parts
 
 

@@ -57,6 +57,7 @@ from engine.sender._join import (
     is_alone_route,
     join_alone_pairs,
     join_items,
+    start_end_pairs,
 )
 from engine.sender._resend import Outcome, Resender, describe, make_body, split_body
 from engine.sender._spool import Spool, SpoolCorrupt, SpoolEntry
@@ -171,14 +172,10 @@ async def _replay_alone(spool: Spool, entries: list[SpoolEntry], resender: Resen
     segments done once it is acknowledged); the others, and a pair the server refuses
     joined, go as segments of their own (:func:`_replay_segment`), in order. True if the
     server stopped answering."""
-    ends = {}
-    for entry in entries:
-        if entry.route.endswith("/call/end") and (call := entry.meta.get(CALL_META)):
-            ends[tuple(call)] = entry
-    pairs = [(entry, ends[key]) for entry in entries
-             if entry.route.endswith("/call/start") and not entry.meta.get(DEAD_LETTERING)
-             and (key := tuple(entry.meta.get(CALL_META) or ())) in ends
-             and not ends[key].meta.get(DEAD_LETTERING)]
+    keys = [tuple(entry.meta[CALL_META]) if entry.meta.get(CALL_META)
+            and not entry.meta.get(DEAD_LETTERING) else None for entry in entries]
+    pairs = [(entries[n], entries[at])
+             for n, at in start_end_pairs([entry.route for entry in entries], keys)]
     settled: set[str] = set()  # segments done with their call's joined item
     for first in range(0, len(pairs), _JOIN_AT_ONCE):
         if await _replay_joined(spool, pairs[first:first + _JOIN_AT_ONCE], resender,
