@@ -16,6 +16,7 @@ import concurrent.futures
 import logging
 import random
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from engine.common._config import EngineConfig, persisted_to
@@ -356,12 +357,12 @@ class Delivery:
         self.size.forget(batch.target_bytes)
         self.persister.give_up(batch, reason, status, detail)
 
-    def _spill_for_producers(self, producers_wait: bool) -> int:
+    def _spill_for_producers(self, producers_wait: Callable[[], bool]) -> None:
         """The server failing for ``SPILL_AFTER_S`` while producers wait for ring space
-        (``producers_wait``): from then until it answers (``spilling``), the batches waiting
-        for a retry or queued, and each that fails, are spooled or dead-lettered at once, as
-        at their deadline, and their ring space freed (a batch sent is tried once: the
-        server may be back); returns how many went now. Not while it answers 429 (it is up
+        (``producers_wait()``, asked only then): from then until it answers (``spilling``),
+        the batches waiting for a retry or queued, and each that fails, are spooled or
+        dead-lettered at once, as at their deadline, and their ring space freed (a batch
+        sent is tried once: the server may be back). Not while it answers 429 (it is up
         and asks for less: the producers' wait is the backpressure it wants), nor requests
         in flight.
 
@@ -373,11 +374,11 @@ class Delivery:
         since = self.outage.since_s
         if since is None or self.last_retry_status == 429:
             self.spilling = False
-            return 0
+            return
         if not self.spilling:
             failing_s = time.monotonic() - since
-            if not producers_wait or failing_s < SPILL_AFTER_S:
-                return 0
+            if failing_s < SPILL_AFTER_S or not producers_wait():
+                return
             self.spilling = True
             log.warning("server %s failing for %.0f s while producers wait for ring space: "
                         "what is not delivered goes to %s at once, not after "
@@ -391,7 +392,6 @@ class Delivery:
         self.ready.clear()
         for batch in batches:
             self._give_up(batch, "outage", self.last_retry_status, SPILL_DETAIL)
-        return len(batches)
 
     def _dead_letter(self, batch: Batch, reason: str, status: int | None, detail: str) -> None:
         self.size.forget(batch.target_bytes)

@@ -235,7 +235,7 @@ class Sender(Intake, Delivery, Shutdown):
         self._publish_latency()
         self._say_pressure()
         if self.outage.since_s is not None or self.spilling:
-            self._spill_for_producers(self.spilling or self._producers_wait())
+            self._spill_for_producers(self._producers_wait)
         for slot in self.reader.reap():
             self.tracker.forget_slot(slot)
         self.persister.retry_parked()

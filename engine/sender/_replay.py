@@ -65,11 +65,10 @@ from engine.sender._transport import Transport
 
 log = logging.getLogger("engine.replay")
 _CLI_RETRIES = 3
-_RECOVERY_GRACE_S = 30.0
-# spool segments of one v2 start or end each looked at together for pairs, and pairs sent
-# at once (each claim holds a descriptor open)
-_JOIN_WINDOW = 100_000
-_JOIN_AT_ONCE = 128  # past a recovery's own deadline: it is stuck
+_RECOVERY_GRACE_S = 30.0  # past a recovery's own deadline: it is stuck
+# pairs of spool segments (a call's v2 start and end) sent at once: each claim holds a
+# descriptor open
+_JOIN_AT_ONCE = 128
 # set by the command (engine replay), whose signal handlers run in its code (a second Ctrl-C
 # raises KeyboardInterrupt there); the sender's spool replay takes its signals on its loop
 _hold_interrupts = contextvars.ContextVar("hold_interrupts", default=False)
@@ -150,10 +149,8 @@ async def replay_spool(spool: Spool, resender: Resender, dead: DeadLetters,
     stops answering (the rest stays for later)."""
     entries = spool.pending()
     alone = [entry for entry in entries if is_alone_route(entry.route)]
-    for first in range(0, len(alone), _JOIN_WINDOW):
-        if await _replay_alone(spool, alone[first:first + _JOIN_WINDOW], resender, dead,
-                               summary):
-            return
+    if alone and await _replay_alone(spool, alone, resender, dead, summary):
+        return
     for entry in entries:
         if is_alone_route(entry.route):
             continue
