@@ -53,6 +53,14 @@ SINGLES_PER_SLOT = 4
 SPILL_AFTER_S = 5.0
 SPILL_DETAIL = ("the server failing while producers waited for ring space: persisted before "
                 "delivery_deadline_s so that the traced program goes on")
+# a server that has answered nothing this long (or 3x its slowest answer, if more) with
+# requests in flight is failing, as one that refuses them (:meth:`Delivery._notice_silence`)
+SILENT_AFTER_S = 15.0
+# then, with producers waiting, a request unanswered this long (or twice the slowest answer)
+# is taken back and persisted: the oldest records of a ring pin all its space until settled
+RETAKE_AFTER_S = 2.0
+SILENT_DETAIL = ("no answer from the server while producers waited for ring space: taken back "
+                 "from the request in flight and persisted so that the traced program goes on")
 
 
 class Delivery:
@@ -86,6 +94,10 @@ class Delivery:
     outage: OutageLog
     last_retry_status: int | None  # of the last answer that meant "retry later" (None: none)
     spilling: bool  # what fails goes to disk at once (see _spill_for_producers)
+    last_answer_s: float  # when the server last answered anything (or the sender started)
+    slowest_answer_s: float  # the longest round trip of an answer so far
+    silent: bool  # no answer for _silent_after_s() with requests in flight, until one comes
+    taken_back: set[asyncio.Task]  # requests in flight stopped by the spill: the server silent
 
     def _waiting_items(self) -> int:
         """Items read and not yet settled (what an outage warning counts)."""
@@ -167,8 +179,13 @@ class Delivery:
         batch.target_bytes = size.take() if joined and batch.size_bytes > target else target
 
     def _task_done(self, task: asyncio.Task) -> None:
-        self.tasks.pop(task, None)
+        batch = self.tasks.pop(task, None)
         self.single_tasks.discard(task)
+        if task in self.taken_back:
+            self.taken_back.discard(task)
+            # stopped unanswered; at a stop, _take_back persists it with the rest
+            if task.cancelled() and batch is not None and not self.stopping:
+                self._give_up(batch, "outage", None, SILENT_DETAIL)
         if not task.cancelled() and task.exception() is not None and self.fatal is None:
             self.fatal = task.exception()
         self.wake.set()
@@ -188,8 +205,9 @@ class Delivery:
         else:
             wire = body = batch.body()
             raw_bytes = len(body)
+        batch.sent_s = time.monotonic()
         if batch.first_sent_s is None:
-            batch.first_sent_s = time.monotonic()
+            batch.first_sent_s = batch.sent_s
         batch.attempts += 1
         in_flight = self._slots_busy()
         self._count_sent(batch, raw_bytes, raw_bytes if encoding is None else len(wire))
@@ -219,6 +237,9 @@ class Delivery:
                 error: SendError | None, raw_bytes: int, in_flight: int) -> None:
         rtt_s = response.rtt_s if response else self.cfg.request_timeout_s
         status = response.status if response else None
+        self.last_answer_s, self.silent = time.monotonic(), False
+        if response is not None and response.rtt_s > self.slowest_answer_s:
+            self.slowest_answer_s = response.rtt_s
         size_before = self.size.bytes
         if verdict is Verdict.OK:
             # what the producers' rings hold at once (ring_bytes each, for ordinary items)
@@ -357,6 +378,33 @@ class Delivery:
         self.size.forget(batch.target_bytes)
         self.persister.give_up(batch, reason, status, detail)
 
+    def _silent_after_s(self) -> float:
+        return max(SILENT_AFTER_S, 3 * self.slowest_answer_s)
+
+    def _retake_after_s(self) -> float:
+        """Once silent, how long a request in flight pins its batch's ring space before the
+        spill takes it back (each request sent meanwhile is tried this long: the server may
+        be back)."""
+        return max(RETAKE_AFTER_S, 2 * self.slowest_answer_s)
+
+    def _notice_silence(self) -> None:
+        """A server that takes requests and answers none (frozen, a proxy holding them, a
+        half-open connection) failed nothing until ``request_timeout_s`` (60 s), and each
+        retry waited as long again: producers waited minutes for ring space before the spill.
+        Now no answer of any kind for ``_silent_after_s()`` since the oldest request in
+        flight went out counts as failing: one warning, and with producers waiting the spill
+        (:meth:`_spill_for_producers`), which then also takes back the requests unanswered
+        that long. An answer (any) ends it."""
+        if not self.tasks:
+            return
+        oldest_s = min(batch.sent_s for batch in self.tasks.values())
+        quiet_since = max(self.last_answer_s, oldest_s)
+        if time.monotonic() - quiet_since < self._silent_after_s():
+            return
+        self.silent = True
+        self.last_retry_status = None  # a 429 before the silence does not hold the spill back
+        self.outage.silent(quiet_since, self.last_answer_s, len(self.tasks), self._waiting_items)
+
     def _spill_for_producers(self, producers_wait: Callable[[], bool]) -> None:
         """The server failing for ``SPILL_AFTER_S`` while producers wait for ring space
         (``producers_wait()``, asked only then): from then until it answers (``spilling``),
@@ -392,6 +440,12 @@ class Delivery:
         self.ready.clear()
         for batch in batches:
             self._give_up(batch, "outage", self.last_retry_status, SPILL_DETAIL)
+        if self.silent:  # their ring space is what the producers wait for
+            unanswered_s = time.monotonic() - self._retake_after_s()
+            for task, batch in self.tasks.items():
+                if batch.sent_s <= unanswered_s and task not in self.taken_back:
+                    self.taken_back.add(task)
+                    task.cancel()
 
     def _dead_letter(self, batch: Batch, reason: str, status: int | None, detail: str) -> None:
         self.size.forget(batch.target_bytes)

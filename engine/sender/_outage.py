@@ -53,6 +53,23 @@ class OutageLog:
                     self.url, since, now - self.since_s, self.failures, what, waiting_items(),
                     self.destination)
 
+    def silent(self, since_s: float, last_answer_s: float, in_flight: int,
+               waiting_items: Callable[[], int]) -> None:
+        """Requests in flight and no answer of any kind since ``since_s`` (``clock()``'s; the
+        last answer, or the oldest request's send if later): failing, from then on."""
+        now = self.clock()
+        if self.since_s is None:
+            self.since_s, self.failures = since_s, 0
+            self.since_wall = time.time() - (now - since_s)
+            self.next_warning_s = now
+        if now < self.next_warning_s:
+            return
+        self.next_warning_s = now + self.every_s
+        last = time.strftime("%H:%M:%S", time.localtime(time.time() - (now - last_answer_s)))
+        log.warning("server %s has answered nothing since %s (%.0f s) with %d requests in "
+                    "flight: taken as failing; %d items waiting; %s", self.url, last,
+                    now - last_answer_s, in_flight, waiting_items(), self.destination)
+
     def succeeded(self) -> None:
         if self.since_s is None:
             return

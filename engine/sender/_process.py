@@ -130,6 +130,10 @@ class Sender(Intake, Delivery, Shutdown):
         self.outage = OutageLog(cfg.url, _destination(cfg))
         self.last_retry_status: int | None = None
         self.spilling = False
+        self.last_answer_s = time.monotonic()
+        self.slowest_answer_s = 0.0
+        self.silent = False
+        self.taken_back: set[asyncio.Task] = set()
         # producers' waits for ring space at the last look (those before it started: old)
         self.full_waits_seen = self.ringset.pressure(self.reader.slots)[1]
         self.pressure = PressureLog(cfg.url)
@@ -234,6 +238,7 @@ class Sender(Intake, Delivery, Shutdown):
         self._publish_gauges()
         self._publish_latency()
         self._say_pressure()
+        self._notice_silence()
         if self.outage.since_s is not None or self.spilling:
             self._spill_for_producers(self._producers_wait)
         for slot in self.reader.reap():

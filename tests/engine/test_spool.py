@@ -122,6 +122,38 @@ def test_a_down_server_does_not_stall_the_program_what_fails_goes_to_disk_once_i
         assert all(server.is_complete(PROJECT, call_id) for call_id in ids)
 
 
+def test_a_server_that_answers_nothing_does_not_stall_the_program_past_its_silence(
+        tmp_path, capfd):
+    """A frozen server (it takes connections and requests, and answers none) failed nothing
+    until ``request_timeout_s`` (60 s): the producers waited that long for ring space before
+    the spill began (a run of 3,000 calls through a 1 MiB ring took 65 s). Now a server that
+    has answered nothing for SILENT_AFTER_S (15 s) with requests in flight counts as failing:
+    one warning says so, and what waits goes to disk as in an outage; every call arrives by
+    a replay once it answers again."""
+    dead = tmp_path / "dead_letters.jsonl"
+    with FaultServer(stall_s=3600.0) as server:
+        with make_engine(server.url, tmp_path, delivery_deadline_s=120.0, request_timeout_s=60.0,
+                         shutdown_timeout_s=2.0, backoff_max_ms=500) as eng:
+            started = time.monotonic()
+            ids = trace_calls(eng.producer(), 1500, payload_bytes=2000)
+            took_s = time.monotonic() - started
+            eng.close()
+            stats = eng.stats()
+        assert server.peak_stalled > 0  # requests did reach it and were held
+        assert took_s < 40, took_s  # before: 65 s (request_timeout_s, then the spill)
+        assert stats["ring"]["full_waits"] > 0
+        assert stats["dead_letters"] > 0 and stats["undelivered"] == 0
+        log = capfd.readouterr().err
+        assert "has answered nothing since" in log, log[-3000:]
+        server.stall_s = 0.0
+        replayed = subprocess.run([sys.executable, "-m", "engine", "replay", "--to", server.url,
+                                   "--dead-letters", str(dead)], capture_output=True, text=True,
+                                  timeout=120, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": "."})
+        assert replayed.returncode == 0, replayed.stderr[-3000:]
+        assert server.wait_for(lambda: server.stored_ids(PROJECT) >= set(ids), 30)
+        assert all(server.is_complete(PROJECT, call_id) for call_id in ids)
+
+
 def test_a_server_that_answers_429_keeps_the_program_waiting_and_loses_nothing(tmp_path):
     """429 is the server up and asking for less: the producers' wait is the backpressure it
     wants, so nothing goes to disk early; once it takes calls again every one arrives."""

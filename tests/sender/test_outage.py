@@ -35,6 +35,28 @@ def test_warns_at_once_then_once_per_period_then_says_it_is_back(caplog):
     assert "answering again after 35 s and 12 failed requests" in lines[2]
 
 
+def test_a_silent_server_is_failing_from_its_last_answer_once_said_until_it_answers(caplog):
+    """Requests in flight and no answer: the outage starts where the silence began (the
+    spill measures from there), one line names the last answer, and an answer ends it."""
+    clock = _Clock()
+    outage = OutageLog("http://h:1", "a batch goes to the spool /s", every_s=30, clock=clock)
+    with caplog.at_level(logging.WARNING, logger="engine.sender"):
+        clock.now_s = 120.0
+        outage.silent(104.0, 100.0, 3, lambda: 7)
+        assert outage.since_s == 104.0
+        clock.now_s += 5
+        outage.silent(104.0, 100.0, 3, lambda: 8)  # within every_s: quiet
+        outage.failed("no answer", lambda: 9)  # a request's own timeout: the same outage
+        assert outage.since_s == 104.0
+        outage.succeeded()
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2, lines
+    assert "has answered nothing since" in lines[0] and "(20 s) with 3 requests in flight" in lines[0]
+    assert "7 items waiting" in lines[0] and "/s" in lines[0]
+    assert "answering again after 21 s and 1 failed requests" in lines[1]
+    assert outage.since_s is None
+
+
 def test_startup_problems_name_the_cause():
     level, text = startup_problem(HTTPError(404, "nf", url="http://h/x/server_info"))
     assert level == logging.ERROR and "wrong path?" in text and "http://h/x/server_info" in text
