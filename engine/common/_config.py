@@ -73,6 +73,7 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     senders: int | Literal["auto"] = "auto"
     request_timeout_s: float = 60.0
     connect_timeout_s: float = 10.0
+    silent_after_s: float = 15.0  # requests in flight, no answer this long: the server fails
     delivery_deadline_s: float = 120.0
     backoff_initial_ms: int = 100
     backoff_max_ms: int = 10_000
@@ -111,7 +112,7 @@ def validate(cfg: EngineConfig) -> EngineConfig:
         cfg, "ring_bytes", "max_slots", "max_request_bytes", "min_request_bytes",
         "initial_request_bytes", "max_in_flight",
         "initial_in_flight", "max_in_flight_bytes", "request_timeout_s", "connect_timeout_s",
-        "delivery_deadline_s", "backoff_initial_ms", "backoff_max_ms", "sigterm_timeout_s",
+        "silent_after_s", "delivery_deadline_s", "backoff_initial_ms", "backoff_max_ms", "sigterm_timeout_s",
     )
     if cfg.compression_threads != "auto" and cfg.compression_threads <= 0:
         raise ConfigError("compression_threads",

@@ -53,12 +53,9 @@ SINGLES_PER_SLOT = 4
 SPILL_AFTER_S = 5.0
 SPILL_DETAIL = ("the server failing while producers waited for ring space: persisted before "
                 "delivery_deadline_s so that the traced program goes on")
-# a server that has answered nothing this long (or 3x its slowest answer, if more) with
-# requests in flight is failing, as one that refuses them (:meth:`Delivery._notice_silence`)
-SILENT_AFTER_S = 15.0
 # then, with producers waiting, a request unanswered this long (or twice the slowest answer)
 # is taken back and persisted: the oldest records of a ring pin all its space until settled
-RETAKE_AFTER_S = 2.0
+RETAKE_AFTER_S = 2.0  # (capped at silent_after_s)
 SILENT_DETAIL = ("no answer from the server while producers waited for ring space: taken back "
                  "from the request in flight and persisted so that the traced program goes on")
 
@@ -379,13 +376,13 @@ class Delivery:
         self.persister.give_up(batch, reason, status, detail)
 
     def _silent_after_s(self) -> float:
-        return max(SILENT_AFTER_S, 3 * self.slowest_answer_s)
+        return max(self.cfg.silent_after_s, 3 * self.slowest_answer_s)
 
     def _retake_after_s(self) -> float:
         """Once silent, how long a request in flight pins its batch's ring space before the
         spill takes it back (each request sent meanwhile is tried this long: the server may
         be back)."""
-        return max(RETAKE_AFTER_S, 2 * self.slowest_answer_s)
+        return max(min(RETAKE_AFTER_S, self.cfg.silent_after_s), 2 * self.slowest_answer_s)
 
     def _notice_silence(self) -> None:
         """A server that takes requests and answers none (frozen, a proxy holding them, a

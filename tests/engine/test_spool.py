@@ -127,20 +127,21 @@ def test_a_server_that_answers_nothing_does_not_stall_the_program_past_its_silen
     """A frozen server (it takes connections and requests, and answers none) failed nothing
     until ``request_timeout_s`` (60 s): the producers waited that long for ring space before
     the spill began (a run of 3,000 calls through a 1 MiB ring took 65 s). Now a server that
-    has answered nothing for SILENT_AFTER_S (15 s) with requests in flight counts as failing:
-    one warning says so, and what waits goes to disk as in an outage; every call arrives by
-    a replay once it answers again."""
+    has answered nothing for ``silent_after_s`` (15 s; 5 here) with requests in flight counts
+    as failing: one warning says so, and what waits goes to disk as in an outage, the
+    requests unanswered taken back; every call arrives by a replay once it answers again.
+    (At the default 15 s, 3,000 calls: 305 s before, 21 s now.)"""
     dead = tmp_path / "dead_letters.jsonl"
     with FaultServer(stall_s=3600.0) as server:
         with make_engine(server.url, tmp_path, delivery_deadline_s=120.0, request_timeout_s=60.0,
-                         shutdown_timeout_s=2.0, backoff_max_ms=500) as eng:
+                         silent_after_s=5.0, shutdown_timeout_s=2.0, backoff_max_ms=500) as eng:
             started = time.monotonic()
             ids = trace_calls(eng.producer(), 1500, payload_bytes=2000)
             took_s = time.monotonic() - started
             eng.close()
             stats = eng.stats()
         assert server.peak_stalled > 0  # requests did reach it and were held
-        assert took_s < 40, took_s  # before: 65 s (request_timeout_s, then the spill)
+        assert took_s < 25, took_s  # before: 305 s (request_timeout_s, each retry as long)
         assert stats["ring"]["full_waits"] > 0
         assert stats["dead_letters"] > 0 and stats["undelivered"] == 0
         log = capfd.readouterr().err
