@@ -40,16 +40,30 @@ def add(subparsers: argparse._SubParsersAction) -> None:
 
 
 def dead_letter_file(text: str) -> str:
-    """An existing file, or the path of one a replay claimed and did not finish (Ctrl-C):
-    the file is gone, its claimed copies are what is left to send."""
+    """An existing file, the path of one a replay claimed and did not finish (Ctrl-C: the
+    file is gone, its claimed copies are what is left to send), or a path with no file
+    yet (an engine writes it at its first dead letter): :func:`_absent_dead_letters` says
+    whether that is an error."""
+    if os.path.exists(text):
+        return _args.existing_file(text)
+    return text
+
+
+def _absent_dead_letters(path: str, spool: str | None) -> None:
+    """Whether ``--dead-letters PATH`` names no file (nor claimed copies). With a spool to
+    send that is one line, not an error: an engine writes the file at its first dead
+    letter, and a scheduled ``engine replay --dead-letters F --spool D`` replayed nothing
+    at all (exit 2) while no letter had been written. Without one, a path that names
+    nothing is a mistake (a typo), said as such."""
     from engine.sender._deadletter import claimed_files
 
-    if not os.path.exists(text):
-        if claimed_files(text):
-            return text
-        raise argparse.ArgumentTypeError(
-            f"{text}: no such file, nor any {text}.claimed-* left by a stopped replay")
-    return _args.existing_file(text)
+    if os.path.exists(path) or claimed_files(path):
+        return
+    if spool is None or not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+        raise UsageError(f"replay: argument --dead-letters: {path}: no such file, nor any "
+                         f"{path}.claimed-* left by a stopped replay")
+    print(f"engine replay: no dead letters at {path} (no engine has written one there yet); "
+          f"replaying the spool {spool}", file=sys.stderr)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -61,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
     api_key = cfg.api_key
     spool = args.spool or cfg.spool_dir
     dead = args.dead_letters or cfg.dead_letter_path or str(default_dead_letter_path())
+    if args.dead_letters is not None:
+        _absent_dead_letters(args.dead_letters, spool)
     _refuse_other_files(dead)
     _probe.check_server(args.to, api_key, "replay",
                         "trying anyway: what is not delivered is kept for the next replay")

@@ -43,6 +43,30 @@ def _ids(*numbers: int) -> set[str]:
     return {f"0190a0b0-0000-7000-8000-{i:012d}" for i in numbers}
 
 
+def test_a_dead_letter_file_not_written_yet_beside_a_spool_is_one_line_and_the_spool_goes(
+        tmp_path):
+    """An engine writes its dead-letter file at its first letter: a scheduled
+    ``engine replay --dead-letters F --spool D`` exited 2 ("no such file") while none had been
+    written, and the spool was not replayed. Now that is one line and the spool goes; with
+    no spool, or a folder that does not exist, a path naming nothing is still an error."""
+    spool = Spool(tmp_path / "spool")
+    spool.put(ROUTE, b'{"batch":[' + b",".join(_complete(i) for i in range(3)) + b"]}", 3)
+    absent = tmp_path / "dead.jsonl"
+    with FaultServer() as server:
+        result = _replay(server.url, "--spool", str(tmp_path / "spool"), "--dead-letters",
+                         str(absent))
+        assert result.returncode == 0, result.stderr
+        assert f"no dead letters at {absent}" in result.stderr
+        assert server.stored_ids(PROJECT) == _ids(0, 1, 2)
+        assert Spool(tmp_path / "spool").pending() == []
+        alone = _replay(server.url, "--dead-letters", str(absent))
+        assert alone.returncode == 2 and "no such file" in alone.stderr, alone.stderr
+        elsewhere = _replay(server.url, "--spool", str(tmp_path / "spool"), "--dead-letters",
+                            str(tmp_path / "nope" / "dead.jsonl"))
+        assert elsewhere.returncode == 2 and "no such file" in elsewhere.stderr
+    assert not absent.exists()
+
+
 def test_replay_delivers_spool_and_dead_letters_and_keeps_only_failures(tmp_path):
     spool = Spool(tmp_path / "spool")
     spool.put(ROUTE, b'{"batch":[' + b",".join(_complete(i) for i in range(3)) + b"]}", 3)
