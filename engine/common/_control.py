@@ -66,6 +66,11 @@ SENDER_FIELDS = (
     "latency_p99_us",
     "latency_max_us",
     "untraced_no_slot",  # calls of processes that found every ring slot (max_slots) taken
+    # the sender's own spool replay: spooled items (by it or an earlier engine) it delivered,
+    # and those the server refused, moved to the dead letters (counted in dead_letters too:
+    # what left the rings is items_acked + dead_letters - spool_refused_items + spooled_items)
+    "spool_replayed_items",
+    "spool_refused_items",
 )
 SLOT_FIELDS = (
     "dropped_full", "raised_full", "too_large", "stringified", "blocked_ms",

@@ -335,6 +335,10 @@ class Sender(Intake, Delivery, Shutdown):
             summary = ReplaySummary()
             await replay_spool(self.spool, resender, self.dead, summary)
             self.control.add("replayed_batches", summary.segments_sent)
+            self.control.add("spool_replayed_items", summary.items_delivered)
+            # in the dead letters now (counted there, by reason, as the file holds them), and
+            # in spooled_items already: spool_refused_items says how many are both
+            self.control.add("spool_refused_items", summary.items_rejected)
             for reason, count in summary.rejected_by_reason.items():
                 self.control.add("dead_letters", count)
                 self.control.add(DEAD_COUNTERS[reason], count)

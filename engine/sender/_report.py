@@ -24,11 +24,17 @@ def exit_line(stats: dict[str, Any], producers: dict[str, int], *, url: str, dea
     url = redact_url(url)
     parts = [f"engine: {stats['items_acked']:,} items delivered to {url}"]
     dead, spooled = stats["dead_letters"], stats["spooled_items"]
+    replayed, refused = stats.get("spool_replayed_items", 0), stats.get("spool_refused_items", 0)
     if dead or spooled:
-        where = [f"{dead:,} in the dead letters {dead_path}" if dead else "",
+        moved = (f" ({refused:,} of them from the spool, refused when its replay sent them)"
+                 if refused else "")
+        where = [f"{dead:,} in the dead letters {dead_path}{moved}" if dead else "",
                  f"{spooled:,} in the spool {spool_dir}" if spooled else ""]
-        parts.append(f"{dead + spooled:,} persisted ({', '.join(w for w in where if w)}; "
-                     "`engine replay` sends them)")
+        # an item moved from the spool to the dead letters is one item, persisted once
+        parts.append(f"{max(0, dead - refused) + spooled:,} persisted "
+                     f"({', '.join(w for w in where if w)}; `engine replay` sends them)")
+    if replayed:
+        parts.append(f"its spool replay delivered {replayed:,} spooled items")
     unpersisted = [f"{stats[key]:,} {why}" for key, why in _UNPERSISTED.items() if stats[key]]
     if unpersisted:
         parts.append(f"could not persist: {', '.join(unpersisted)}")

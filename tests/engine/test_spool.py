@@ -39,6 +39,42 @@ def test_batches_past_their_deadline_are_spooled_and_replayed_when_the_server_re
     assert Spool(spool_dir).count_pending == 0
 
 
+def test_the_senders_spool_replay_counts_what_it_delivered_and_refused_once(tmp_path, capfd):
+    """An item the sender's own spool replay sees refused goes to the dead letters, counted
+    in ``dead_letters`` (the file holds it) besides ``spooled_items``: nothing said that it
+    was one item, so the stats added up to more items than the rings held, and the exit
+    line said the spool held what the replay had delivered. Now the replay's work has
+    counters of its own, and the exit line counts such an item once and says what the
+    replay delivered."""
+    spool_dir = tmp_path / "spool"
+    with FaultServer() as server:
+        with make_engine(server.url, tmp_path, spool_dir=str(spool_dir), delivery_deadline_s=0.3,
+                         shutdown_timeout_s=5) as eng:
+            server.down()
+            ids = trace_calls(eng.producer(), 20)
+            assert not eng.flush(timeout_s=30)
+            refused = ids[0]
+            server.reject_ids = frozenset({refused})
+            server.up()
+            assert server.wait_for(lambda: server.stored_ids(PROJECT) == set(ids) - {refused},
+                                   timeout_s=30)
+            assert poll_until(lambda: Spool(spool_dir).count_pending == 0, timeout_s=30)
+            assert poll_until(lambda: eng.stats()["spool_refused_items"] == 1, timeout_s=10)
+            stats = eng.stats()
+        assert stats["spooled_items"] == len(ids) and stats["items_acked"] == 0
+        assert stats["dead_letters"] == 1  # as the file holds it, and by its reason
+        assert sum(stats[f"dead_{why}"] for why in ("http", "invalid", "too_large")) == 1
+        assert stats["spool_replayed_items"] == len(ids) - 1
+        assert (stats["items_acked"] + stats["dead_letters"] - stats["spool_refused_items"]
+                + stats["spooled_items"]) == len(ids)
+        assert [letter.call_id for letter in read_dead_letters(tmp_path / "dead_letters.jsonl")] \
+            == [refused]
+        log = capfd.readouterr().err
+        assert (f"{len(ids)} persisted (1 in the dead letters {tmp_path / 'dead_letters.jsonl'} "
+                "(1 of them from the spool, refused when its replay sent them)") in log, log[-2000:]
+        assert f"its spool replay delivered {len(ids) - 1} spooled items" in log
+
+
 def test_a_new_engine_replays_what_an_earlier_one_spooled(tmp_path):
     spool_dir = tmp_path / "spool"
     with FaultServer() as server:
