@@ -101,6 +101,7 @@ class FaultServer:
         p_lost_ack: float = 0.0,
         stall_s: float = 0.0,
         reject_ids: Iterable[str] = (),
+        reject_status: int = 422,
         complete_mode_required: bool = False,
         accepts_encodings: Iterable[str] | None = ("zstd", "gzip"),
         machine: str | None = None,
@@ -122,6 +123,7 @@ class FaultServer:
         self.p_lost_ack = p_lost_ack
         self.stall_s = stall_s
         self.reject_ids = frozenset(reject_ids)
+        self.reject_status = reject_status  # the answer to a body holding one of reject_ids
         self.complete_mode_required = complete_mode_required
         self.accepts_encodings = None if accepts_encodings is None else tuple(accepts_encodings)
         self.machine = machine  # the /server_info token of the machine it runs on, if any
@@ -405,7 +407,8 @@ class FaultServer:
                 return self._json(404, {"reason": reason}, record, "no_start")
         rejected = [item.call_id for item in items if item.call_id in self.reject_ids]
         if rejected:
-            return self._json(422, {"reason": f"invalid call {rejected[0]}"}, record, "422")
+            return self._json(self.reject_status, {"reason": f"invalid call {rejected[0]}"},
+                              record, str(self.reject_status))
         self._store(items)
         return self._json(200, _reply(kind, items), record, "stored")
 

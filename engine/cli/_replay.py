@@ -99,6 +99,11 @@ def run(args: argparse.Namespace) -> int:
           f"(in {dead}), {summary.items_unsaved} not written back; "
           f"{summary.segments_sent} spool segments done, {summary.segments_kept} kept, "
           f"{summary.segments_corrupt} corrupt{aside}")
+    if summary.items_failing:
+        print(f"engine replay: the server answered 500 to {summary.items_failing} items alone "
+              f"while it took the others (it fails on them): kept in {dead} (or the spool); "
+              "its log says why, and the next `engine replay` sends them again",
+              file=sys.stderr)
     if invalid := summary.rejected_by_reason.get("not_json"):
         print(f"engine replay: {invalid} dead letters hold an item that is not JSON "
               f"(\"item_invalid\": true): not sent, kept in {dead} as its text to read and fix")

@@ -71,6 +71,7 @@ SENDER_FIELDS = (
     # what left the rings is items_acked + dead_letters - spool_refused_items + spooled_items)
     "spool_replayed_items",
     "spool_refused_items",
+    "splits_500",  # batches split to find a call the server answers 500 to (_isolate_500)
 )
 SLOT_FIELDS = (
     "dropped_full", "raised_full", "too_large", "stringified", "blocked_ms",

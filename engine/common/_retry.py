@@ -57,6 +57,13 @@ def classify(status: int | None, body: bytes = b"", exc: BaseException | None = 
     return Verdict.RETRY if retriable_status(status) else Verdict.DEAD
 
 
+# A batch answered 500 is cut in halves to find the call the server fails on (weave's
+# server answers 500 to one it cannot store), by the sender and by replays; not past this
+# many answers 500 in a row: the server then fails everything (an outage), not one call.
+# Finding one call among a million takes ~20 in a row at most.
+ISOLATE_MAX_IN_A_ROW = 32
+
+
 def start_not_found(status: int | None, body: bytes) -> bool:
     """Whether an answer is weave's to a v2 call/end whose start it has not stored: 404
     "Cannot end call …: no start found in project …". It inserts asynchronously, so a start

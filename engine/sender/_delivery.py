@@ -14,7 +14,9 @@ import asyncio
 import collections
 import concurrent.futures
 import logging
+import math
 import random
+import sys
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -22,7 +24,14 @@ from typing import TYPE_CHECKING
 from engine.common._config import EngineConfig, persisted_to
 from engine.common._control import Control
 from engine.common._errors import SendError, reason_of
-from engine.common._retry import Backoff, Verdict, classify, retry_after_s, start_not_found
+from engine.common._retry import (
+    ISOLATE_MAX_IN_A_ROW,
+    Backoff,
+    Verdict,
+    classify,
+    retry_after_s,
+    start_not_found,
+)
 from engine.ring import RingReader
 from engine.sender._adaptive import AdaptiveConcurrency, SizeTarget
 from engine.sender._batcher import Accumulator, Batch
@@ -53,6 +62,12 @@ SINGLES_PER_SLOT = 4
 SPILL_AFTER_S = 5.0
 SPILL_DETAIL = ("the server failing while producers waited for ring space: persisted before "
                 "delivery_deadline_s so that the traced program goes on")
+# a call answered 500 alone at least this many times in a row while the server acknowledged
+# others is dead-lettered (_isolate_500); more where other requests fail 500 too
+POISON_ATTEMPTS = 4
+# ... as many as make such a run a one-in-this chance for a server failing 500 at random
+_BLAME_CHANCE = 1e-6
+_RATE_500_WEIGHT = 0.02  # of each answer in the running share of answers 500
 # then, with producers waiting, a request unanswered this long (or twice the slowest answer)
 # is taken back and persisted: the oldest records of a ring pin all its space until settled
 RETAKE_AFTER_S = 2.0  # (capped at silent_after_s)
@@ -94,6 +109,9 @@ class Delivery:
     last_answer_s: float  # when the server last answered anything (or the sender started)
     slowest_answer_s: float  # the longest round trip of an answer so far
     silent: bool  # no answer for _silent_after_s() with requests in flight, until one comes
+    last_ack_s: float  # when the server last acknowledged a request (0.0: never)
+    errors_500_in_a_row: int  # answers 500 since the last answer of another kind
+    rate_500: float  # the running share of answers 500 (pieces of a split one aside)
     taken_back: set[asyncio.Task]  # requests in flight stopped by the spill: the server silent
 
     def _waiting_items(self) -> int:
@@ -238,7 +256,12 @@ class Delivery:
         if response is not None and response.rtt_s > self.slowest_answer_s:
             self.slowest_answer_s = response.rtt_s
         size_before = self.size.bytes
+        if status != 500:
+            self.errors_500_in_a_row = 0
+        if response is not None and not batch.suspect:  # a piece's 500s are its call's
+            self.rate_500 += _RATE_500_WEIGHT * ((status == 500) - self.rate_500)
         if verdict is Verdict.OK:
+            self.last_ack_s = self.last_answer_s
             # what the producers' rings hold at once (ring_bytes each, for ordinary items)
             rings_bytes = self.reader.active_slot_count() * self.cfg.ring_bytes
             self.size.cap_bytes = max(self.cfg.min_request_bytes,
@@ -259,9 +282,11 @@ class Delivery:
             overloaded = status in (429, 503) or response is None
             self.last_retry_status = status
             self.concurrency.on_response(rtt_s, overloaded=overloaded, in_flight=in_flight)
-            self.outage.failed(failure_text(status, error, _reason(response)),
-                               self._waiting_items)
-            self._retry_later(batch, response, error)
+            if not batch.suspect:  # a piece's 500s are its call's: no outage to report
+                self.outage.failed(failure_text(status, error, _reason(response)),
+                                   self._waiting_items)
+            if status != 500 or not self._isolate_500(batch, response):
+                self._retry_later(batch, response, error)
         elif verdict is Verdict.COMPLETE_MODE_REQUIRED and self._alone_upserts(batch):
             self._upsert_refused(batch, server_wide=False)
         elif status in (404, 405) and self._alone_upserts(batch):
@@ -283,6 +308,39 @@ class Delivery:
         if self.size.bytes != size_before:
             self.concurrency.new_baseline()
         self._publish_gauges()
+
+    def _isolate_500(self, batch: Batch, response: Response) -> bool:
+        """A batch answered 500 again and again while the server takes others holds a call
+        it cannot take (weave's server answers 500 to an item it fails on): retried to its
+        deadline, the whole batch pinned its ring (the program waited) and went to disk
+        with its good calls, and a replay met the same 500 with every letter behind it.
+        Now it is split in halves at its second 500 (a piece at its first), and a call
+        answered 500 alone ``attempts_to_blame()`` times in a row (4 from a server that
+        answers others well; a flaky one needs more), the server having acknowledged another
+        request since it was first sent, is dead-lettered (reason ``http``, status 500).
+        Not while nothing but 500s come back (``ISOLATE_MAX_IN_A_ROW``): that is an outage,
+        retried as one. True when the batch was split or dead-lettered here."""
+        batch.errors_500 += 1
+        self.errors_500_in_a_row += 1
+        if self.errors_500_in_a_row > ISOLATE_MAX_IN_A_ROW:
+            return False
+        if len(batch) > 1:
+            if batch.errors_500 < (1 if batch.suspect else 2):
+                return False
+            self.size.forget(batch.target_bytes)
+            self.control.add("splits_500")
+            pieces = batch.halves()
+            for piece in pieces:
+                piece.suspect = True
+            self._requeue_pieces(batch, pieces)
+            return True
+        if (batch.errors_500 < attempts_to_blame(self.rate_500)
+                or self.last_ack_s <= (batch.first_sent_s or 0.0)):
+            return False
+        self._dead_letter(batch, "http", 500, (
+            f"{_reason(response)} -- answered 500 to this call alone {batch.errors_500} times "
+            "while it took others").lstrip(" -"))
+        return True
 
     def _alone_upserts(self, batch: Batch) -> bool:
         """Whether ``batch`` is an upsert batch of starts and ends that went alone (complete
@@ -498,6 +556,17 @@ class Delivery:
         if batch.attempts == 1:
             control.add("batches_sent")
             control.add("items_sent", len(batch))
+
+
+def attempts_to_blame(rate_500: float) -> int:
+    """How many answers 500 in a row a call alone must get before it is taken for one the
+    server fails on: ``POISON_ATTEMPTS``, or as many as make the run a ``_BLAME_CHANCE``
+    for a server answering ``rate_500`` of its requests 500 at random (0.1: 6; 0.5: 20)."""
+    if rate_500 <= _BLAME_CHANCE ** (1 / POISON_ATTEMPTS):
+        return POISON_ATTEMPTS
+    if rate_500 >= 0.9:
+        return sys.maxsize  # a server failing nearly everything: its outage, not this call
+    return math.ceil(math.log(_BLAME_CHANCE) / math.log(rate_500))
 
 
 def _reason(response: Response | None) -> str:

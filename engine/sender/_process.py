@@ -134,6 +134,9 @@ class Sender(Intake, Delivery, Shutdown):
         self.slowest_answer_s = 0.0
         self.silent = False
         self.taken_back: set[asyncio.Task] = set()
+        self.last_ack_s = 0.0
+        self.errors_500_in_a_row = 0
+        self.rate_500 = 0.0
         # producers' waits for ring space at the last look (those before it started: old)
         self.full_waits_seen = self.ringset.pressure(self.reader.slots)[1]
         self.pressure = PressureLog(cfg.url)

@@ -105,6 +105,7 @@ class ReplaySummary(msgspec.Struct, kw_only=True):
     items_delivered: int = 0
     calls_joined: int = 0  # of them, a v2 start and its end sent as one complete call
     items_kept: int = 0  # not acknowledged (server unavailable): still in the spool/dead letters
+    items_failing: int = 0  # of them, answered 500 alone while the server took the others
     items_rejected: int = 0  # refused for good: in the dead letters with the reason
     items_unsaved: int = 0  # could not be written back: still in the claimed file or segment
     malformed_lines: int = 0
@@ -122,6 +123,8 @@ class ReplaySummary(msgspec.Struct, kw_only=True):
 def _count(summary: ReplaySummary, outcome: Outcome) -> None:
     summary.items_delivered += len(outcome.acked)
     summary.items_kept += len(outcome.kept)
+    if not outcome.stopped:
+        summary.items_failing += len(outcome.kept)
     for rejected in outcome.rejected:
         _rejected(summary, rejected.reason, len(rejected.indexes))
     summary.requests += outcome.requests

@@ -27,7 +27,14 @@ import msgspec
 
 from engine.common._errors import SendError
 from engine.common._project import project_path
-from engine.common._retry import Backoff, Verdict, classify, retry_after_s, start_not_found
+from engine.common._retry import (
+    ISOLATE_MAX_IN_A_ROW,
+    Backoff,
+    Verdict,
+    classify,
+    retry_after_s,
+    start_not_found,
+)
 from engine.sender._adaptive import SizeTarget
 from engine.sender._transport import Response, Transport
 
@@ -149,11 +156,10 @@ class Outcome:
     kept: list[int] = field(default_factory=list)  # not acknowledged: send again later
     requests: int = 0
     splits_413: int = 0
-
-    @property
-    def stopped(self) -> bool:
-        """The server stopped answering: what follows would fail as well."""
-        return bool(self.kept)
+    splits_500: int = 0
+    # the server stopped answering: what follows would fail as well (else what is kept is
+    # calls it answered 500 alone while it took others: the replay goes on past them)
+    stopped: bool = False
 
 
 # how long a v2 call/end answered 404 "no start found" is sent again: weave's server inserts
@@ -179,18 +185,39 @@ class Resender:
         outcome = Outcome()
         batched = is_batch_route(route)
         queue = collections.deque(self._cut(items, list(range(len(items))), batched))
+        failing: list[int] = []  # answered 500 alone (see below)
+        halves_of_500: set[int] = set()  # id() of the pieces of a piece answered 500
+        errors_500_in_a_row = 0
         while queue:
             piece = queue.popleft()
+            half = id(piece) in halves_of_500
+            halves_of_500.discard(id(piece))
             body = make_body(route, [items[i] for i in piece])
-            response, error = await self._post(route, body, outcome)
+            # a half is tried once: its whole was retried, and a 500 now is its call's
+            response, error = await self._post(route, body, outcome, retries=0 if half else None)
             verdict = classify(response.status if response else None,
                               response.body if response else b"", error)
+            status = response.status if response else None
+            errors_500_in_a_row = errors_500_in_a_row + 1 if status == 500 else 0
             if verdict is Verdict.OK:
                 self.size.on_success(len(body))
                 outcome.acked += piece
+            elif status == 500 and errors_500_in_a_row <= ISOLATE_MAX_IN_A_ROW:
+                # weave's server answers 500 to a call it fails on: halves find it, and the
+                # rest goes on (before, the first 500 kept every letter behind it: one such
+                # call held a dead-letter file back for good); every answer 500: kept below
+                if len(piece) > 1:
+                    outcome.splits_500 += 1
+                    middle = len(piece) // 2
+                    halves = (piece[:middle], piece[middle:])
+                    halves_of_500.update(map(id, halves))
+                    queue.extendleft(halves[::-1])
+                else:
+                    failing += piece
             elif verdict is Verdict.RETRY:
-                outcome.kept = piece + [i for rest in queue for i in rest]
-                break
+                outcome.kept = failing + piece + [i for rest in queue for i in rest]
+                outcome.stopped = True
+                return outcome
             elif verdict is Verdict.SPLIT_413 and len(piece) > 1:
                 self.size.on_413(len(body))
                 outcome.splits_413 += 1
@@ -201,12 +228,15 @@ class Resender:
             elif _upsert_refused(route, verdict, response):
                 unsent = await self._send_singles(items, piece, outcome)
                 if unsent:
-                    outcome.kept = unsent + [i for rest in queue for i in rest]
-                    break
+                    outcome.kept = failing + unsent + [i for rest in queue for i in rest]
+                    outcome.stopped = True
+                    return outcome
             else:
                 if verdict is Verdict.SPLIT_413:
                     self.size.on_413(len(body))
                 outcome.rejected.append(_rejected(verdict, response, piece))
+        outcome.kept = failing  # sent again by the next replay, as the server may be fixed
+        outcome.stopped = bool(failing) and not outcome.acked and not outcome.rejected
         return outcome
 
     async def _send_singles(self, items: list[bytes], piece: list[int],
@@ -229,10 +259,12 @@ class Resender:
                 outcome.rejected.append(_rejected(verdict, response, [i]))
         return []
 
-    async def _post(self, route: str, body: bytes,
-                    outcome: Outcome) -> tuple[Response | None, SendError | None]:
-        """One POST, retried ``retries`` times while the answer is transient, and for up to
-        ``no_start_wait_s`` while it is 404 "no start found" (a start not showing yet)."""
+    async def _post(self, route: str, body: bytes, outcome: Outcome, *,
+                    retries: int | None = None) -> tuple[Response | None, SendError | None]:
+        """One POST, retried ``retries`` (default: the Resender's) times while the answer
+        is transient, and for up to ``no_start_wait_s`` while it is 404 "no start found"
+        (a start not showing yet)."""
+        retries = self.retries if retries is None else retries
         attempt = 0
         no_start_until: float | None = None
         while True:
@@ -251,7 +283,7 @@ class Resender:
                 continue
             transient = classify(response.status if response else None,
                                  response.body if response else b"", error) is Verdict.RETRY
-            if not transient or attempt > self.retries:
+            if not transient or attempt > retries:
                 return response, error
             hint = retry_after_s(response.headers) if response else None
             await asyncio.sleep(self.backoff.delay_s(attempt, self.rng, hint))

@@ -196,3 +196,28 @@ def test_stats_for_a_pid_without_an_engine_says_so():
     result = subprocess.run([sys.executable, "-m", "engine", "stats", "--once", "--pid", "1"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode != 0 and "no running engine found for pid 1" in result.stderr
+
+
+def test_a_letter_the_server_answers_500_alone_is_kept_and_the_others_are_delivered(tmp_path):
+    """weave's server answers 500 to a call it fails on. The replay took the first 500 for
+    the server stopping and kept that batch and every letter behind it: one such call held
+    the whole file back, replay after replay. Now the batch is cut in halves until the call
+    is found; it is kept (and said), the others delivered. A server answering 500 to
+    everything is still an outage: a bounded number of tries, everything kept."""
+    dead = tmp_path / "dead.jsonl"
+    _letters(dead, *range(200))
+    poison = "0190a0b0-0000-7000-8000-000000000007"
+    with FaultServer(reject_ids=[poison], reject_status=500) as server:
+        result = _replay(server.url, "--dead-letters", str(dead))
+        assert result.returncode == 1, result.stderr
+        assert server.stored_ids(PROJECT) == _ids(*range(200)) - {poison}  # before: none
+        assert "the server answered 500 to 1 items alone" in result.stderr, result.stderr
+    assert [letter.call_id for letter in read_dead_letters(dead)] == ["c7"]
+    _letters(dead, *range(300, 400))
+    with FaultServer(p_500=1.0) as broken:
+        result = _replay(broken.url, "--dead-letters", str(dead))
+        assert result.returncode == 1 and not broken.stored_ids()
+        posts = [r for r in broken.requests if r.method == "POST"]
+        assert len(posts) <= 4 + 32, len(posts)  # the first piece retried 3 times, halves once
+        assert "answered 500 to" not in result.stderr
+    assert len(list(read_dead_letters(dead))) == 101

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import urllib.request
 
 import pytest
 
 from engine import ring
+from engine.sender._deadletter import read_dead_letters
 from engine.server import serve_subprocess
 from tests.engine.helpers import PROJECT, make_engine, trace_calls
 from tests.faultserver import FaultServer
@@ -338,3 +341,41 @@ def test_a_flush_pairs_what_was_written_before_it_and_its_stats_count_it(tmp_pat
             stats = eng.stats()
             assert (stats["completes_spliced"], stats["eager_starts"]) == (total, 0)
     assert not server.records("/call/start") and not server.records("/call/end")
+
+
+def test_a_call_the_server_answers_500_goes_to_the_dead_letters_alone_and_the_rest_arrives(
+        tmp_path):
+    """weave's server answers 500 to a call it fails on. Retried as a transient error, the
+    batch holding it pinned its ring until the outage spill (5 s) dead-lettered the whole
+    batch: 1 call the server could not take, 631 it could (3,020 calls through a 1 MiB ring),
+    and a replay met the same 500 at its first batch and kept every letter. Now a batch
+    answered 500 is cut in halves until the call is found; it alone is dead-lettered (and a
+    replay keeps it until the server takes it)."""
+    dead = tmp_path / "dead_letters.jsonl"
+    with FaultServer(reject_status=500) as server:
+        with make_engine(server.url, tmp_path, delivery_deadline_s=120.0, shutdown_timeout_s=5.0,
+                         backoff_max_ms=1000) as eng:
+            tracer = eng.producer()
+            ids = trace_calls(tracer, 5, prefix="warm")
+            poison = ids[0]
+            server.reject_ids = frozenset({poison})
+            ids += trace_calls(tracer, 750, payload_bytes=2000)
+            eng.close()
+            stats = eng.stats()
+        assert stats["dead_letters"] == stats["dead_http"] == 1, stats  # before: 632
+        assert stats["splits_500"] > 0 and stats["undelivered"] == 0
+        assert server.stored_ids(PROJECT) == set(ids) - {poison}
+        letters = list(read_dead_letters(dead))
+        assert [letter.call_id for letter in letters] == [poison]
+        assert letters[0].status == 500 and "answered 500 to this call alone" in letters[0].reason
+        replayed = subprocess.run([sys.executable, "-m", "engine", "replay", "--to", server.url,
+                                   "--dead-letters", str(dead)], capture_output=True, text=True,
+                                  timeout=120, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": "."})
+        assert replayed.returncode == 1, replayed.stderr[-2000:]  # kept: the server fails on it
+        assert [letter.call_id for letter in read_dead_letters(dead)] == [poison]
+        server.reject_ids = frozenset()  # the server fixed: the next replay delivers it
+        again = subprocess.run([sys.executable, "-m", "engine", "replay", "--to", server.url,
+                                "--dead-letters", str(dead)], capture_output=True, text=True,
+                               timeout=120, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": "."})
+        assert again.returncode == 0, again.stderr[-2000:]
+        assert server.is_complete(PROJECT, poison)
