@@ -282,7 +282,7 @@ class Delivery:
             overloaded = status in (429, 503) or response is None
             self.last_retry_status = status
             self.concurrency.on_response(rtt_s, overloaded=overloaded, in_flight=in_flight)
-            if not batch.suspect:  # a piece's 500s are its call's: no outage to report
+            if not (batch.suspect and status == 500):  # a piece's 500s are its call's
                 self.outage.failed(failure_text(status, error, _reason(response)),
                                    self._waiting_items)
             if status != 500 or not self._isolate_500(batch, response):
