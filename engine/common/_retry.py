@@ -47,7 +47,9 @@ def classify(status: int | None, body: bytes = b"", exc: BaseException | None = 
     if exc is not None or status is None:
         return Verdict.RETRY
     if 200 <= status < 300:
-        return Verdict.OK
+        # a trace server answers JSON (or nothing); a web page is a proxy's login or block
+        # page, or the URL of another site: taken as an acknowledgement, every call was lost
+        return Verdict.DEAD if is_web_page(body) else Verdict.OK
     if status == 413:
         return Verdict.SPLIT_413
     if status == 422:
@@ -62,6 +64,15 @@ def classify(status: int | None, body: bytes = b"", exc: BaseException | None = 
 # many answers 500 in a row: the server then fails everything (an outage), not one call.
 # Finding one call among a million takes ~20 in a row at most.
 ISOLATE_MAX_IN_A_ROW = 32
+
+
+def is_web_page(body: bytes) -> bool:
+    """Whether an answer's body is HTML or XML (a page), which no trace server answers."""
+    return body[:256].lstrip()[:1] == b"<"
+
+
+WEB_PAGE_REASON = ("answered with a web page, not a trace server's JSON: the url setting names "
+                   "no trace server (a proxy's login or block page, or another site?)")
 
 
 def start_not_found(status: int | None, body: bytes) -> bool:

@@ -26,9 +26,11 @@ from engine.common._control import Control
 from engine.common._errors import SendError, reason_of
 from engine.common._retry import (
     ISOLATE_MAX_IN_A_ROW,
+    WEB_PAGE_REASON,
     Backoff,
     Verdict,
     classify,
+    is_web_page,
     retry_after_s,
     start_not_found,
 )
@@ -571,4 +573,8 @@ def attempts_to_blame(rate_500: float) -> int:
 
 def _reason(response: Response | None) -> str:
     """The server's reason on one line: a plain web server's is an HTML page of many."""
-    return "" if response is None else " ".join(reason_of(response.body).split())
+    if response is None:
+        return ""
+    if 200 <= response.status < 300 and is_web_page(response.body):
+        return WEB_PAGE_REASON
+    return " ".join(reason_of(response.body).split())

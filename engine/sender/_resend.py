@@ -29,6 +29,7 @@ from engine.common._errors import SendError
 from engine.common._project import project_path
 from engine.common._retry import (
     ISOLATE_MAX_IN_A_ROW,
+    WEB_PAGE_REASON,
     Backoff,
     Verdict,
     classify,
@@ -332,4 +333,6 @@ def _rejected(verdict: Verdict, response: Response | None, piece: list[int]) -> 
     status = response.status if response else None
     reason = {Verdict.SPLIT_413: "too_large", Verdict.SPLIT_422: "invalid"}.get(verdict, "http")
     detail = response.body[:_REASON_BYTES].decode("utf-8", "replace") if response else ""
+    if response is not None and 200 <= response.status < 300:  # not JSON: a web page
+        detail = WEB_PAGE_REASON
     return Rejected(reason, status, detail, piece)

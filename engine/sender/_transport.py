@@ -27,6 +27,7 @@ from engine.common._errors import HTTPError, SendError, reason_of
 from engine.common._http import choose_proxy, describe_client_error, https_context
 from engine.common._machine import same_machine
 from engine.common._redact import redact_url
+from engine.common._retry import WEB_PAGE_REASON, is_web_page
 
 
 def accepted_encodings(info: object) -> frozenset[str]:
@@ -151,6 +152,8 @@ class Transport:
         url = self._display(path)
         if not 200 <= response.status < 300:
             raise HTTPError(response.status, reason_of(response.body), url=url)
+        if is_web_page(response.body):
+            raise SendError(f"GET {url} {WEB_PAGE_REASON}", retriable=False)
         try:
             return msgspec.json.decode(response.body)
         except msgspec.DecodeError as exc:

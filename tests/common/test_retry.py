@@ -20,6 +20,10 @@ COMPLETE_MODE_BODY = b'{"error_code":"CALLS_COMPLETE_MODE_REQUIRED","reason":"us
         (200, b"{}", Verdict.OK),
         (201, b"", Verdict.OK),
         (204, b"", Verdict.OK),
+        (200, b'{"res":[]}', Verdict.OK),
+        (200, b"null", Verdict.OK),
+        (200, b"\n  <!DOCTYPE html><html>sign in</html>", Verdict.DEAD),  # a proxy's page
+        (200, b"<?xml version='1.0'?><error/>", Verdict.DEAD),
         (413, b"", Verdict.SPLIT_413),
         (422, b'{"reason":"bad item"}', Verdict.SPLIT_422),
         (400, COMPLETE_MODE_BODY, Verdict.COMPLETE_MODE_REQUIRED),

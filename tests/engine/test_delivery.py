@@ -379,3 +379,56 @@ def test_a_call_the_server_answers_500_goes_to_the_dead_letters_alone_and_the_re
                                timeout=120, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": "."})
         assert again.returncode == 0, again.stderr[-2000:]
         assert server.is_complete(PROJECT, poison)
+
+
+def test_a_web_page_answered_200_is_no_acknowledgement_the_calls_go_to_the_dead_letters(
+        tmp_path, capfd):
+    """A proxy's login or block page (or another site) answers every request 200 with HTML.
+    Taken as acknowledgements, every call was lost, said by one line at start at most. Now
+    an answer that is a web page acknowledges nothing: the calls are dead-lettered, the
+    lines say why, and a replay to the right server delivers them."""
+    import http.server
+    import threading
+
+    class Portal(http.server.BaseHTTPRequestHandler):
+        def _page(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            self.rfile.read(length)
+            page = b"<!DOCTYPE html><html><title>Sign in</title><body>proxy</body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+
+        do_GET = do_POST = _page  # noqa: N815
+
+        def log_message(self, *args):
+            pass
+
+    portal = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Portal)
+    threading.Thread(target=portal.serve_forever, daemon=True).start()
+    dead = tmp_path / "dead_letters.jsonl"
+    try:
+        url = f"http://127.0.0.1:{portal.server_address[1]}"
+        with make_engine(url, tmp_path, shutdown_timeout_s=5.0) as eng:
+            ids = trace_calls(eng.producer(), 50)
+            assert not eng.flush(timeout_s=30)
+            eng.close()
+            stats = eng.stats()
+    finally:
+        portal.shutdown()
+        portal.server_close()
+    assert stats["items_acked"] == 0, stats  # before: 100, all lost
+    assert stats["dead_letters"] == stats["dead_http"] == len(ids)
+    log = capfd.readouterr().err
+    assert "/server_info answered with a web page" in log, log[-3000:]
+    assert "dead-lettered" in log and "names no trace server" in log
+    letters = list(read_dead_letters(dead))
+    assert {letter.call_id for letter in letters} == set(ids)
+    with FaultServer() as server:
+        replayed = subprocess.run([sys.executable, "-m", "engine", "replay", "--to", server.url,
+                                   "--dead-letters", str(dead)], capture_output=True, text=True,
+                                  timeout=120, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": "."})
+        assert replayed.returncode == 0, replayed.stderr[-2000:]
+        assert server.stored_ids(PROJECT) == set(ids)
