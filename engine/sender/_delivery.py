@@ -149,6 +149,7 @@ class Delivery:
                 continue
             if self.ready:
                 self._join_ready(batch)
+            batch.sent_s = time.monotonic()  # (again once compressed: _deliver)
             task = asyncio.create_task(self._deliver(batch))
             self.tasks[task] = batch
             if batch.items[0].single:

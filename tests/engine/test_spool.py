@@ -228,7 +228,8 @@ def test_the_spool_replay_joins_the_start_and_end_of_a_call_spooled_apart(tmp_pa
         server.down()
         with make_engine(server.url, tmp_path, spool_dir=str(spool_dir), delivery_deadline_s=0.3,
                          eager_start_ms=50, shutdown_timeout_s=2.0) as eng:
-            made = asyncio.run(_calls_held_open(eng.producer(), 200, held_s=0.5))
+            made = asyncio.run(_calls_held_open(
+                eng.producer(), 200, lambda: eng.stats()["eager_starts"] >= 200))
         pending = Spool(spool_dir).pending()
         singles = [entry for entry in pending if "/call/" in entry.route]
         assert len(singles) >= 100, [entry.route for entry in pending][:5]
@@ -246,9 +247,10 @@ def test_the_spool_replay_joins_the_start_and_end_of_a_call_spooled_apart(tmp_pa
     assert requests < len(singles) // 4, (requests, len(singles))
 
 
-async def _calls_held_open(tracer, calls: int, held_s: float) -> int:
-    """``calls`` async op calls open at once for ``held_s`` (past eager_start_ms: their
-    starts go alone), then ended."""
+async def _calls_held_open(tracer, calls: int, gone_alone) -> int:
+    """``calls`` async op calls open at once until ``gone_alone()`` (their starts went alone,
+    past eager_start_ms; at most 30 s), then ended. A fixed wait (0.5 s) was not always
+    enough on a loaded box (the sender read the starts after their ends: none went alone)."""
     gate = asyncio.Event()
 
     @tracer.op
@@ -257,7 +259,9 @@ async def _calls_held_open(tracer, calls: int, held_s: float) -> int:
         return example
 
     tasks = [asyncio.create_task(predict(i)) for i in range(calls)]
-    await asyncio.sleep(held_s)
+    deadline = time.monotonic() + 30
+    while not gone_alone() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
     gate.set()
     await asyncio.gather(*tasks)
     return calls
