@@ -185,6 +185,24 @@ def _outage(calls: int, root: Path) -> tuple[Account, Account, int]:
         return before, after, server.duplicate_deliveries()
 
 
+def _frozen(calls: int, root: Path) -> tuple[Account, Account, int]:
+    """The server takes every request and answers none, all along (silent_after_s at its
+    default, 15 s): once it has answered nothing for that long with producers waiting, what
+    waits and the requests unanswered go to the dead letters (before: each request's 60 s
+    request_timeout_s, retried as long: 3,000 calls through a 1 MiB ring took 305 s)."""
+    sandbox = Sandbox(root)
+    settings = dict(_SETTINGS, ring_bytes=1 << 20, shutdown_timeout_s=2.0)
+    with FaultServer(stall_s=3600.0) as server:
+        run = Pipeline(sandbox, server.url, calls=calls // 2, payload_bytes=1000,
+                       settings=settings).start()
+        _finish(run, timeout_s=300)
+        before = account(run.produced(), server.snapshot(), [sandbox.dead_letter_path])
+        server.stall_s = 0.0  # requests held until now stay held: the replay's are new
+        sandbox.replay(server.url, timeout_s=300)
+        after = account(run.produced(), server.snapshot(), [sandbox.dead_letter_path])
+        return before, after, server.duplicate_deliveries()
+
+
 def _small_shm(calls: int, root: Path) -> tuple[Account, Account, int]:
     """4 producers with the engine in a mount namespace whose /dev/shm is a container's 64
     MiB (room for three rings of 16 MiB): before session 9 the fourth died by SIGBUS."""
@@ -233,6 +251,9 @@ FAULTS: dict[str, tuple[str, Callable[[int, Path], tuple[Account, Account, int]]
                   _spool_413),
     "outage": ("server down all along, 2 producers through 1 MiB rings (producers wait: "
                "what fails goes to the dead letters after 5 s); then `engine replay`", _outage),
+    "frozen": ("server takes requests and answers none, all along, 2 producers through 1 MiB "
+               "rings (what waits goes to the dead letters after 15 s); then `engine replay`",
+               _frozen),
     "small-shm": ("4 producers, /dev/shm of 64 MiB (a container's default; rings go to the "
                   "temp dir), server up", _small_shm),
 }
