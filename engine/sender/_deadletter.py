@@ -288,20 +288,91 @@ def settle(claimed: Path, path: str | os.PathLike[str], back: list[DeadLetter]) 
     reasons) go to the dead letters at ``path``, and ``claimed`` goes, such that a claimer
     killed at any point leaves each letter in one file, once (see the module doc). Raises
     ``OSError`` having changed nothing but, possibly, ``claimed`` holding just ``back``."""
-    if not back:
-        os.unlink(claimed)
-        return
-    _replace(claimed, back, Path(f"{os.fspath(path)}{_WRITEBACK}{_claim_tag()}"))
-    for _ in range(_REOPEN_TRIES):
-        fd = _open_for_append(Path(path))
+    writeback = Writeback(path)
+    try:
+        writeback.add(back)
+    except BaseException:
+        writeback.discard()
+        raise
+    writeback.settle(claimed)
+
+
+class Writeback:
+    """What a claim hands back, written as it comes to ``<path>.writeback-<tag>`` (a replay
+    of a file larger than memory holds little of it at once), then made the claimed file
+    and merged into ``path`` by :meth:`settle`. A claimer that dies while it writes leaves
+    the claimed file whole and this file to :func:`claim_abandoned`, which removes it."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = path
+        self.scratch = Path(f"{os.fspath(path)}{_WRITEBACK}{_claim_tag()}")
+        self.letters = 0  # written so far (a copied tail's lines included)
+        self._fd: int | None = None
+
+    def add(self, letters: Iterable[DeadLetter]) -> None:
+        data = b"".join(_encoder.encode(letter) + b"\n" for letter in letters)
+        if data:
+            _write_all(self._open(), data)
+            self.letters += data.count(b"\n")
+
+    def copy_tail(self, source: Path, offset: int) -> int:
+        """Append ``source`` from byte ``offset`` on, as it is (lines not read: a replay
+        that stopped there); returns the number of lines copied."""
+        lines, last = 0, b""
+        with open(source, "rb") as file:
+            file.seek(offset)
+            while chunk := file.read(_COPY_BYTES):
+                _write_all(self._open(), chunk)
+                lines += chunk.count(b"\n")
+                last = chunk
+        if last and not last.endswith(b"\n"):  # a torn last line: ended, as a writer would
+            _write_all(self._open(), b"\n")
+            lines += 1
+        self.letters += lines
+        return lines
+
+    def discard(self) -> None:
+        """Give up: the claimed file stays as it is."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.scratch)
+
+    def settle(self, claimed: Path) -> None:
+        """End the claim (see :func:`settle`)."""
+        if self._fd is None:
+            os.unlink(claimed)
+            return
         try:
-            with _locked(fd):  # no engine appends, no claim renames it, until we are done
-                if names_open_file(Path(path), fd):
-                    _merge_into(claimed, path, fd)
-                    return
-        finally:
-            os.close(fd)
-    raise OSError(f"{os.fspath(path)}: claimed {_REOPEN_TRIES} times while handing back to it")
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = None
+            os.rename(self.scratch, claimed)
+        except BaseException:
+            self.discard()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.scratch)
+            raise
+        for _ in range(_REOPEN_TRIES):
+            fd = _open_for_append(Path(self.path))
+            try:
+                with _locked(fd):  # no engine appends, no claim renames it, until we are done
+                    if names_open_file(Path(self.path), fd):
+                        _merge_into(claimed, self.path, fd)
+                        return
+            finally:
+                os.close(fd)
+        raise OSError(f"{os.fspath(self.path)}: claimed {_REOPEN_TRIES} times while handing "
+                      "back to it")
+
+    def _open(self) -> int:
+        if self._fd is None:
+            fd = os.open(self.scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                         | getattr(os, "O_CLOEXEC", 0), 0o600)
+            os.fchmod(fd, 0o600)  # whatever the umask: engines append to it once it is merged
+            self._fd = fd
+        return self._fd
 
 
 def _merge_into(claimed: Path, path: str | os.PathLike[str], live_fd: int) -> None:
@@ -327,25 +398,6 @@ def _merge_into(claimed: Path, path: str | os.PathLike[str], live_fd: int) -> No
             os.rename(merging, claimed)
         raise
     fsync_dir(Path(path).parent)
-
-
-def _replace(claimed: Path, letters: list[DeadLetter], scratch: Path) -> None:
-    """Replace ``claimed`` with a file (0600, fsync'ed) holding just ``letters``."""
-    data = b"".join(_encoder.encode(letter) + b"\n" for letter in letters)
-    fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
-                 0o600)
-    try:
-        try:
-            os.fchmod(fd, 0o600)  # whatever the umask: engines append to it once it is merged
-            _write_all(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(scratch, claimed)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(scratch)
-        raise
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -394,20 +446,39 @@ def read_dead_letters(path: str | os.PathLike[str],
     torn line a later writer ended) goes to ``on_malformed(line number, line)``; without
     it, it raises ``ValueError`` naming the line.
     """
+    for letter, _ in read_dead_letters_at(path, on_malformed):
+        yield letter
+
+
+def read_dead_letters_at(path: str | os.PathLike[str],
+                         on_malformed: Callable[[int, bytes], None] | None = None,
+                         ) -> Iterator[tuple[DeadLetter, int]]:
+    """As :func:`read_dead_letters`, each letter with the byte offset just past its line
+    (where the rest of the file begins). A line at a time: a file of gigabytes (an eval's
+    calls through an hour's outage) was read whole, and its letters held at once (a
+    replay's memory was ~2.4x the file)."""
+    offset = 0
     with open(path, "rb") as file:
-        lines = file.read().split(b"\n")
-    last = len(lines) - 1  # after the final newline: empty, or a torn write
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            yield _reader.decode(line)
-        except (msgspec.DecodeError, RecursionError) as exc:  # torn, or nested past the stack
-            if number - 1 == last:
+        for number, line in enumerate(file, start=1):
+            offset += len(line)
+            if not line.endswith(b"\n"):  # the last line, torn: its writer died mid-line
+                try:
+                    letter = _reader.decode(line)
+                except (msgspec.DecodeError, RecursionError):
+                    return
+                yield letter, offset
                 return
-            if on_malformed is None:
-                raise ValueError(f"{os.fspath(path)}:{number}: malformed dead letter: {exc}") from None
-            on_malformed(number, line)
+            if not line.strip():
+                continue
+            try:
+                letter = _reader.decode(line)
+            except (msgspec.DecodeError, RecursionError) as exc:  # torn, or nested too deep
+                if on_malformed is None:
+                    raise ValueError(f"{os.fspath(path)}:{number}: malformed dead letter: "
+                                     f"{exc}") from None
+                on_malformed(number, line.rstrip(b"\n"))
+                continue
+            yield letter, offset
 
 
 def last_dead_letter(path: str | os.PathLike[str], tail_bytes: int = 1 << 20) -> DeadLetter | None:

@@ -6,7 +6,8 @@ import asyncio
 import json
 import urllib.request
 
-from engine.sender._deadletter import DeadLetters
+from engine.sender import _replay as replay_module
+from engine.sender._deadletter import DeadLetters, read_dead_letters
 from engine.sender._replay import replay
 from tests.faultserver import FaultServer
 
@@ -122,3 +123,71 @@ def test_a_start_and_its_end_lettered_apart_go_as_one_complete_call_or_stay_as_t
         assert summary.complete and summary.calls_joined == 1 and not path.exists()
         assert routes == [f"/v2/{other}/calls/complete", f"{_ROUTE}/calls/complete"], routes
         assert server.is_complete(PROJECT, "b")
+
+
+def _complete(call_id: str) -> bytes:
+    return json.dumps({"project_id": PROJECT, "id": call_id, "trace_id": "t" + call_id,
+                       "op_name": "op", "started_at": "2026-12-07T06:00:00Z",
+                       "ended_at": "2026-12-07T06:00:01Z", "attributes": {}, "inputs": {},
+                       "summary": {}, "output": "x" * 200}).encode()
+
+
+def _lettered(path, ids: list[str]) -> None:
+    with DeadLetters(path) as dead:
+        for call_id in ids:
+            dead.add_batch(reason="outage: x", status=None, route=f"{_ROUTE}/calls/complete",
+                           items=[(call_id, PROJECT, _complete(call_id))])
+
+
+def test_a_file_larger_than_a_window_goes_window_by_window_and_pairs_across_them(
+        tmp_path, monkeypatch):
+    """A replay read the whole file and held every letter at once (1.06 GB of memory for
+    445 MB of letters). Now it reads ``_WINDOW_BYTES`` of items at a time (here ~8 letters):
+    every letter is delivered, a v2 start and its end lettered windows apart are still
+    joined into one call, and letters refused again are written back with their reason."""
+    monkeypatch.setattr(replay_module, "_WINDOW_BYTES", 3000)
+    path = tmp_path / "dead_letters.jsonl"
+    ids = [f"c{i:03d}" for i in range(100)]
+    with DeadLetters(path) as dead:
+        dead.add_batch(reason="deadline", status=503, route=f"{_ROUTE}/call/start",
+                       items=[("far", PROJECT, _start("far"))])
+    _lettered(path, ids)
+    with DeadLetters(path) as dead:
+        dead.add_batch(reason="start_not_delivered", status=None, route=f"{_ROUTE}/call/end",
+                       items=[("far", PROJECT, _end("far"))])
+    refused = {"c010", "c055", "c099"}
+    with FaultServer(end_needs_start=True, reject_ids=refused) as server:
+        summary = asyncio.run(replay(server.url, None, str(path)))
+        assert server.stored_ids(PROJECT) == set(ids) - refused | {"far"}
+        assert server.is_complete(PROJECT, "far") and summary.calls_joined == 1
+        singles = [r for r in server.requests if "/call/" in r.path]
+        assert not singles, [r.path for r in singles]  # joined: no v2 start or end alone
+        posts = [r for r in server.requests if r.method == "POST"]
+        assert len(posts) >= 10  # window by window (one request held them all before)
+    back = list(read_dead_letters(path))
+    assert sorted(letter.call_id for letter in back) == sorted(refused)
+    assert all(letter.reason.startswith("invalid: replay:") for letter in back), back[0].reason
+    assert summary.items_delivered == 98 and summary.items_rejected == 3
+
+
+def test_a_replay_that_stops_mid_file_writes_back_the_rest_once_unread(tmp_path, monkeypatch):
+    """The server stops answering at c040's window: what was delivered is gone from the
+    file, what the window held is written back, and the rest of the file is copied back as
+    it was (not read into memory): each letter not delivered is in the file once."""
+    monkeypatch.setattr(replay_module, "_WINDOW_BYTES", 3000)
+    path = tmp_path / "dead_letters.jsonl"
+    ids = [f"c{i:03d}" for i in range(100)]
+    _lettered(path, ids)
+    with open(path, "ab") as file:  # a torn line a crashed writer left, far in the tail
+        file.write(b'{"ts":"2026-12-07T06:00:00Z","reason":"torn-here","sta\n')
+    _lettered(path, ["z001"])
+    with FaultServer(reject_ids={"c040"}, reject_status=503) as server:
+        summary = asyncio.run(replay(server.url, None, str(path)))
+        delivered = server.stored_ids(PROJECT)
+    back = [letter.call_id for letter in read_dead_letters(path, lambda _n, _line: None)]
+    assert len(delivered) >= 20 and all(call_id < "c040" for call_id in delivered)
+    assert len(back) == len(set(back))  # none twice
+    assert set(back) | delivered == set(ids) | {"z001"} and not set(back) & delivered
+    assert not summary.complete and summary.items_kept == len(back) + 1  # the torn line too
+    torn = [line for line in path.read_bytes().split(b"\n") if b"torn-here" in line]
+    assert len(torn) == 1  # copied as it was: the next replay sets it aside
