@@ -70,9 +70,10 @@ POISON_ATTEMPTS = 4
 # ... as many as make such a run a one-in-this chance for a server failing 500 at random
 _BLAME_CHANCE = 1e-6
 _RATE_500_WEIGHT = 0.02  # of each answer in the running share of answers 500
-# then, with producers waiting, a request unanswered this long (or twice the slowest answer)
-# is taken back and persisted: the oldest records of a ring pin all its space until settled
-RETAKE_AFTER_S = 2.0  # (capped at silent_after_s)
+# the server silent (the silent_after_s setting) and producers waiting, a request unanswered
+# this long (or twice the slowest answer; at most silent_after_s) is taken back and
+# persisted: the oldest records of a ring pin all its space until they are settled
+RETAKE_AFTER_S = 2.0
 SILENT_DETAIL = ("no answer from the server while producers waited for ring space: taken back "
                  "from the request in flight and persisted so that the traced program goes on")
 
