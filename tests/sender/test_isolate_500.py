@@ -14,4 +14,4 @@ def test_a_server_that_answers_others_well_blames_a_call_after_a_few_and_a_flaky
     rates = [i / 100 for i in range(90)]
     needed = [attempts_to_blame(rate) for rate in rates]
     assert needed == sorted(needed)  # never fewer where more requests fail
-    assert all(rate ** n <= 1e-6 for rate, n in zip(rates, needed, strict=True))
+    assert all(rate ** n <= 1e-6 * (1 + 1e-9) for rate, n in zip(rates, needed, strict=True))
