@@ -17,7 +17,11 @@ module can parametrize over ``LOOP_NAMES``.
 
 Fault settings are plain attributes and may be changed while it runs. ``p_reset`` drops the
 connection before storing; ``p_lost_ack`` stores, then drops it (the acknowledgement is
-lost, so a correct client re-sends and ``duplicate_deliveries`` counts it). Random faults
+lost, so a correct client re-sends and ``duplicate_deliveries`` counts it). ``stall_s``
+holds each request that long before answering (``stalled`` counts those held now);
+``release()`` answers every request held at once (a frozen server thawing), and with
+``stall_after_store`` a request is stored before it is held (a proxy holding the answer).
+Random faults
 apply to the ingest POST routes only; ``limit_bytes`` compares with the body as sent on the wire
 (compressed, if it was), as a proxy's body limit would.
 """
@@ -100,6 +104,7 @@ class FaultServer:
         p_reset: float = 0.0,
         p_lost_ack: float = 0.0,
         stall_s: float = 0.0,
+        stall_after_store: bool = False,
         reject_ids: Iterable[str] = (),
         reject_status: int = 422,
         complete_mode_required: bool = False,
@@ -122,6 +127,8 @@ class FaultServer:
         self.p_reset = p_reset
         self.p_lost_ack = p_lost_ack
         self.stall_s = stall_s
+        self.stall_after_store = stall_after_store  # held after storing, not before
+        self._release: asyncio.Event | None = None  # set by release(): the held are answered
         self.reject_ids = frozenset(reject_ids)
         self.reject_status = reject_status  # the answer to a body holding one of reject_ids
         self.complete_mode_required = complete_mode_required
@@ -192,6 +199,16 @@ class FaultServer:
     def up(self) -> None:
         """Listen again on the same port."""
         self._call(self._listen())
+
+    def release(self) -> None:
+        """Answer every request held in the stall now, not at its ``stall_s`` (the requests
+        that come later are held as ``stall_s`` says: set it to 0 first to thaw)."""
+        self._call(self._release_held())
+
+    async def _release_held(self) -> None:
+        if self._release is not None:
+            self._release.set()
+            self._release = None
 
     def __enter__(self) -> FaultServer:
         return self.start()
@@ -339,12 +356,31 @@ class FaultServer:
         kind, entity_project = route
         if kind == "v2_start" and self.start_stall_s > 0:
             await asyncio.sleep(self.start_stall_s)
-        if self.stall_s > 0:
-            self._count_stalled(1)
-            try:
-                await asyncio.sleep(self.stall_s)
-            finally:
-                self._count_stalled(-1)
+        if self.stall_after_store:
+            response = self._answer(request, wire, record, kind, entity_project)
+            await self._stall()
+            return response
+        await self._stall()
+        return self._answer(request, wire, record, kind, entity_project)
+
+    async def _stall(self) -> None:
+        """Hold the request ``stall_s`` (as it is now), or until ``release()``."""
+        if self.stall_s <= 0:
+            return
+        if self._release is None:
+            self._release = asyncio.Event()
+        released = self._release
+        self._count_stalled(1)
+        try:
+            await asyncio.wait_for(released.wait(), self.stall_s)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            self._count_stalled(-1)
+
+    def _answer(self, request, wire, record, kind, entity_project) -> web.Response | None:
+        """The answer to an ingest request (stored, a fault, a refusal), or None to drop
+        the connection unanswered."""
         if kind == "v2_start" and self.start_status is not None:
             return self._json(self.start_status, {"reason": "injected"}, record,
                               str(self.start_status))  # fmt: skip

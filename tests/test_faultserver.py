@@ -1,3 +1,4 @@
+import concurrent.futures
 import functools
 import gzip
 import http.client
@@ -184,6 +185,24 @@ def test_stall_delays_the_answer_past_a_client_timeout(server):
             connection.getresponse()
     finally:
         connection.close()
+
+
+def test_release_answers_the_held_requests_at_once_stored_before_or_after_the_hold(server):
+    """A frozen server thawing: release() answers what it holds now, not at stall_s; held
+    before storing, a request is stored only then; with stall_after_store, at once."""
+    server.stall_s = 30.0
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        first = pool.submit(post, server, "/call/upsert_batch", upsert(("start", start("a"))))
+        assert server.wait_for(lambda: server.stalled == 1, timeout_s=5)
+        assert server.stored_ids() == set()  # held before it is stored
+        server.stall_after_store = True
+        second = pool.submit(post, server, "/call/upsert_batch", upsert(("start", start("b"))))
+        assert server.wait_for(lambda: server.stalled == 2, timeout_s=5)
+        assert server.stored_ids() == {"b"}  # stored, its answer held
+        server.stall_s = 0.0
+        server.release()
+        assert first.result(timeout=5)[0] == second.result(timeout=5)[0] == 200
+    assert server.stored_ids() == {"a", "b"} and server.stalled == 0
 
 
 def test_wait_for_reports_timeout_and_success(server):

@@ -150,7 +150,9 @@ class Delivery:
                 continue
             if self.ready:
                 self._join_ready(batch)
-            batch.sent_s = time.monotonic()  # (again once compressed: _deliver)
+            # from now, not from its last attempt (or 0.0, never sent): the silence counts
+            # from the oldest request in flight, and this one may wait for its compression
+            batch.sent_s = time.monotonic()
             task = asyncio.create_task(self._deliver(batch))
             self.tasks[task] = batch
             if batch.items[0].single:

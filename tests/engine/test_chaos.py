@@ -3,11 +3,15 @@ memory) toward a FaultServer that misbehaves at random, with the sender's routin
 play at once: starts held for their ends, starts gone alone (for their age, for pinning
 half their ring, on flush), v2 singles and upsert batches (advertised, probed, refused per
 project or for good), ends waiting for their start's request and weave's 404 "no start
-found", 413s, 429/500/503, resets, lost acknowledgements, outages, the server down at close.
+found", 413s, 429/500/503, resets, lost acknowledgements, outages, the server down at close,
+and a frozen server (it takes requests and answers none for a while, at close too, having
+stored them or not: the sender takes back what it holds unanswered, and the server stores
+it all the same once it thaws).
 
 For a seed, ``random.Random(seed)`` draws a scenario (``draw``): the server's kind and
 faults, the engine's settings (small rings, 1-4 in flight, eager_start_ms, linger_ms,
-compression, 1 or 2 senders, try_upsert_batch, a short delivery deadline, a spool) and a
+compression, 1 or 2 senders, try_upsert_batch, a short delivery deadline, a spool), with
+some seeds frozen periods (and a short ``silent_after_s``, sometimes a smaller ring), and a
 workload of 1-3 producers (threads of the owner, or processes of their own) mixing nested
 calls, many calls open at once, calls open across the rest of a producer's work, flushes
 and pauses. After ``close()``:
@@ -16,8 +20,8 @@ and pauses. After ``close()``:
   (project, id)), or what is missing of it is in the dead letters or the spool, from where
   ``engine replay`` (the CLI, in a subprocess, once the server is healthy) stores it whole;
   repeats are allowed where the server's merge absorbs them;
-* nothing was dead-lettered for a reason other than the deadline or the shutdown (a 404 "no
-  start found" left unretried is a loss), and a new weave project's calls are in weave's
+* nothing was dead-lettered for a reason other than the deadline, the shutdown or an outage
+  (the spill: a 404 "no start found" left unretried is a loss), and a new weave project's calls are in weave's
   calls_complete table;
 * the stats account for every call: nothing dropped or left in the rings, complete calls +
   starts sent alone = calls, acknowledged + dead-lettered + spooled items = complete calls +
@@ -30,8 +34,9 @@ draw the other paths), so CI is fast and deterministic in what it draws. More se
     ENGINE_CHAOS_SEEDS=200 pytest tests/engine/test_chaos.py        # seeds 0..199
     ENGINE_CHAOS_SEEDS=300-400 pytest tests/engine/test_chaos.py    # seeds 300..399
 
-Each takes 0.5-5 s on a 2-core box. A failure names the scenario it drew (``describe``);
-``ENGINE_CHAOS_SEEDS=17-18 pytest tests/engine/test_chaos.py`` runs seed 17 alone.
+Each takes 0.5-5 s on a 2-core box (one with a frozen server up to 25 s). A failure names
+the scenario it drew (``describe``); ``ENGINE_CHAOS_SEEDS=17-18 pytest tests/engine/test_chaos.py``
+runs seed 17 alone, and ``-s`` shows what each seed did, in figures.
 """
 
 from __future__ import annotations
@@ -67,16 +72,27 @@ pytestmark = pytest.mark.integration
 # showing yet), 456 (replay took a server without the upsert route for a refusal of the
 # items); and some that draw the other paths: 35 (upsert batches advertised, then refused),
 # 72 (processes, the spool, weave's 404s), 259 (weave's calls_complete project refusing
-# the upsert probe), 260 (flushes while the sender replays its spool)
-SEEDS = (6, 21, 26, 91, 456, 35, 72, 259, 260)
+# the upsert probe), 260 (flushes while the sender replays its spool); and with a frozen
+# server: 116 (frozen twice, 6.6 s and 3.1 s, storing each request before holding it: the
+# spill takes back what it holds, which the server stores all the same), 310 (frozen from
+# 0.27 s through close(): the producers go on only by the take-back)
+SEEDS = (6, 21, 26, 91, 456, 35, 72, 259, 260, 116, 310)
 ROOT = Path(__file__).resolve().parents[2]
 _FLUSH_TIMEOUT_S = 30.0
+_FROZEN_FLUSH_TIMEOUT_S = 2.0  # toward a server frozen to the end: each flush waits it out
 _PRODUCERS_TIMEOUT_S = 60.0
 _REPLAY_TIMEOUT_S = 60.0
 _SPOOL_LOOKS = 20
 # dead letters only for these reasons: the server refused nothing for good (its limit
 # fits every item, it answers no 4xx but 404 "no start found", which must be retried)
-_PERSIST_REASONS = ("deadline", "shutdown", "start_not_delivered")
+_PERSIST_REASONS = ("deadline", "shutdown", "start_not_delivered", "outage")
+# a frozen server holds each request this long, unless thawed first (release())
+_FROZEN_S = 3600.0
+_THAW_TIMEOUT_S = 10.0
+# the frozen periods are drawn from Random(seed * _FROZEN_DRAW + 1), not from the scenario's
+# own generator, so that every other draw of a seed stays what it was before they came; 1034
+# is the first from 1000 with which none of the SEEDS listed before them draws one either
+_FROZEN_DRAW = 1034
 
 
 def _seeds() -> list[int]:
@@ -100,12 +116,19 @@ class Scenario:
     outages: list[tuple[float, float]] = field(default_factory=list)  # (after_s, for_s)
     down_at_close: bool = False  # the server is down from the producers' end to close()'s
     spool: bool = False  # a spool_dir: what is not delivered goes there, not to the dead letters
+    # (after_s, for_s): the server takes requests and answers none (its stall_s), then
+    # answers what it held at once (server["stall_after_store"]: stored before it was held);
+    # for_s None: frozen from after_s through close() (frozen_at_close too)
+    frozen: list[tuple[float, float | None]] = field(default_factory=list)
+    frozen_at_close: bool = False  # frozen from the producers' end to close()'s
 
     def describe(self) -> str:
         steps = [[s[0] if len(s) == 1 else f"{s[0]}{s[1:]}" for s in p] for p in self.programs]
         return (f"seed {self.seed}: {self.kind} server {self.server}, engine {self.settings}, "
                 f"{'processes' if self.processes else 'threads'}, outages {self.outages}"
                 f"{', down at close' if self.down_at_close else ''}"
+                f"{f', frozen {self.frozen}' if self.frozen else ''}"
+                f"{', frozen at close' if self.frozen_at_close else ''}"
                 f"{', spool' if self.spool else ''}, "
                 f"programs {steps}")
 
@@ -152,8 +175,42 @@ def draw(seed: int) -> Scenario:
     budget = rng.randint(300, 2500) // producers
     programs = [_program(rng, budget, flushes=not (processes and n)) for n in range(producers)]
     spool = rng.random() < 0.2  # drawn last: the draws before it stay as they were
-    return Scenario(seed, kind, server, settings, programs, processes, outages, down_at_close,
-                    spool)
+    scenario = Scenario(seed, kind, server, settings, programs, processes, outages,
+                        down_at_close, spool)
+    _draw_frozen(Random(seed * _FROZEN_DRAW + 1), scenario)
+    return scenario
+
+
+def _draw_frozen(rng: Random, scenario: Scenario) -> None:
+    """For about a third of the seeds, 1-2 periods of a frozen server: mostly 1-4 s, now and
+    then long enough (past SPILL_AFTER_S, 5 s) for the spill to take back the requests held,
+    with ``silent_after_s`` short enough for the silence to count within the run; sometimes a
+    ring small enough that the producers wait through it; sometimes frozen at close."""
+    if rng.random() >= 0.35:
+        return
+    scenario.frozen = [(round(rng.uniform(0.02, 0.6), 2),
+                        round(rng.uniform(1.0, 4.0) if rng.random() < 0.7
+                              else rng.uniform(5.5, 8.0), 2))
+                       for _ in range(rng.choice((1, 1, 2)))]
+    scenario.server["stall_after_store"] = rng.random() < 0.4
+    settings = scenario.settings
+    settings["silent_after_s"] = round(rng.uniform(0.5, 3.0), 2)
+    drawn_ring_bytes = settings["ring_bytes"]
+    settings["ring_bytes"] = rng.choice((drawn_ring_bytes, 64 << 10, 128 << 10))
+    scenario.frozen_at_close = not scenario.down_at_close and rng.random() < 0.25
+    if scenario.frozen_at_close:
+        settings["shutdown_timeout_s"] = rng.choice((0.5, 1.0, 2.0))
+        # now and then it never thaws before the end: the producers go on only by the spill
+        # taking back what the server holds (a stall would outlast _PRODUCERS_TIMEOUT_S)
+        # (its ring as drawn, 256 KiB-1 MiB: while the server is silent a ring advances by
+        # about half of it each retake, 2 s; a 64 KiB one took 2,400 calls past 60 s, seed 62)
+        if rng.random() < 0.5:
+            scenario.frozen = [(scenario.frozen[0][0], None)]
+            settings["ring_bytes"] = drawn_ring_bytes
+
+
+def _frozen_to_end(scenario: Scenario) -> bool:
+    return any(for_s is None for _, for_s in scenario.frozen)
 
 
 def _program(rng: Random, budget: int, flushes: bool) -> list[tuple]:
@@ -221,20 +278,34 @@ def _child(tracer: Any, steps: list[tuple], queue: Any) -> None:
     queue.put(_run_program(tracer, steps, None))
 
 
-def _outages(server: FaultServer, outages: list[tuple[float, float]], stop: threading.Event,
-             errors: list[BaseException]) -> None:
+def _periods(periods: list[tuple[float, float | None]], begin: Any, end: Any,
+             stop: threading.Event, errors: list[BaseException]) -> None:
+    """``begin()`` at each period's ``after_s`` (from now), ``end()`` ``for_s`` later, or
+    at ``stop`` (for_s None: never; the caller ends it)."""
     began = time.monotonic()
     try:
-        for after_s, for_s in sorted(outages):
+        for after_s, for_s in sorted(periods, key=lambda period: period[0]):
             if stop.wait(max(0.0, began + after_s - time.monotonic())):
                 return
-            server.down()
+            begin()
+            if for_s is None:
+                return
             try:
                 stop.wait(for_s)
             finally:
-                server.up()
+                end()
     except BaseException as exc:  # surfaced by check_scenario, with the scenario
         errors.append(exc)
+
+
+def _freeze(server: FaultServer) -> None:
+    server.stall_s = _FROZEN_S
+
+
+def _thaw(server: FaultServer) -> None:
+    """Answer again: what comes from now on at once, and what was held now."""
+    server.stall_s = 0.0
+    server.release()
 
 
 def _produce(eng: engine.Engine, server: FaultServer, scenario: Scenario, spool_dir: Path | None,
@@ -249,8 +320,10 @@ def _produce(eng: engine.Engine, server: FaultServer, scenario: Scenario, spool_
     children, queue = [], None
     threads = []
 
+    timeout_s = _FROZEN_FLUSH_TIMEOUT_S if _frozen_to_end(scenario) else _FLUSH_TIMEOUT_S
+
     def flush(ended: list[str]) -> None:
-        if eng.flush(timeout_s=_FLUSH_TIMEOUT_S):  # False: something was persisted since
+        if eng.flush(timeout_s=timeout_s):  # False: something was persisted since
             missing = [i for i in ended if not server.is_complete(PROJECT, i)]
             spooled = _spooled_ids(spool_dir) if missing and spool_dir else set()
             not_whole_at_flush.extend(i for i in missing if i not in spooled
@@ -332,25 +405,39 @@ def check_scenario(scenario: Scenario, tmp_path: Path) -> dict[str, Any]:
     said = scenario.describe()
     dead_path = tmp_path / "dead_letters.jsonl"
     stop, chaos_errors, not_whole_at_flush = threading.Event(), [], []
+    frozen_at_close = False
     with FaultServer(**scenario.server) as server:
         if scenario.kind == "weave-legacy":
             server.residence[PROJECT] = "merged"
         spool_dir = tmp_path / "spool" if scenario.spool else None
         eng = make_engine(server.url, tmp_path, **scenario.settings,
                           spool_dir=str(spool_dir) if spool_dir else None)
-        chaos = threading.Thread(target=_outages,
-                                 args=(server, scenario.outages, stop, chaos_errors))
+        chaos = [threading.Thread(target=_periods, args=(
+            scenario.outages, server.down, server.up, stop, chaos_errors))]
+        if scenario.frozen:
+            chaos.append(threading.Thread(target=_periods, args=(
+                scenario.frozen, lambda: _freeze(server), lambda: _thaw(server), stop,
+                chaos_errors)))
         try:
-            chaos.start()
+            for thread in chaos:
+                thread.start()
             ids = _produce(eng, server, scenario, spool_dir, not_whole_at_flush)
         finally:
             stop.set()
-            chaos.join()
+            for thread in chaos:
+                thread.join()
             if scenario.down_at_close:
                 server.down()
+            if scenario.frozen_at_close:
+                _freeze(server)
             stats = eng.close()
             if scenario.down_at_close:
                 server.up()
+            if scenario.frozen_at_close:
+                frozen_at_close = server.stalled > 0
+                _thaw(server)
+        # what the server held at close is stored now (sent again by the replay if not)
+        assert server.wait_for(lambda: server.stalled == 0, _THAW_TIMEOUT_S), said
         assert not chaos_errors, f"the outages failed: {chaos_errors[0]!r} ({said})"
         assert len(ids) == len(set(ids)), said
         stored_whole = {i for i in ids if server.is_complete(PROJECT, i)}
@@ -364,6 +451,9 @@ def check_scenario(scenario: Scenario, tmp_path: Path) -> dict[str, Any]:
         assert not unsaid, f"flush() said True, {len(unsaid)} calls not stored whole ({said})"
         reasons = {letter.reason.split(":")[0] for letter in letters}
         assert reasons <= set(_PERSIST_REASONS), f"dead letters for {reasons} ({said})"
+        # the spill's: only after the server failed for SPILL_AFTER_S (down, or silent)
+        failing = scenario.outages or scenario.frozen or scenario.down_at_close
+        assert failing or "outage" not in reasons, f"outage letters, the server up ({said})"
         # the stats account for every call and every item
         producers = stats["producers"]
         assert stats["undelivered"] == 0, said
@@ -388,6 +478,9 @@ def check_scenario(scenario: Scenario, tmp_path: Path) -> dict[str, Any]:
             assert server.residence[PROJECT] == "complete", said
         outcomes = Counter(r.outcome for r in server.requests if r.method == "POST")
     return dict(calls=len(ids), letters=len(letters), duplicates=server.duplicate_deliveries(),
+                outage_letters=sum(letter.reason.startswith("outage") for letter in letters),
+                taken_back=sum("taken back" in letter.reason for letter in letters),
+                held_at_close=frozen_at_close, peak_held=server.peak_stalled,
                 **{k: stats[k] for k in ("eager_starts", "retries", "splits_413",
                                          "upsert_refused", "spooled_items",
                                          "replayed_batches")}, outcomes=dict(outcomes))
@@ -395,4 +488,4 @@ def check_scenario(scenario: Scenario, tmp_path: Path) -> dict[str, Any]:
 
 @pytest.mark.parametrize("seed", _seeds(), ids=lambda seed: f"seed-{seed}")
 def test_every_call_is_stored_whole_or_dead_lettered_and_replayed(tmp_path, seed):
-    check_scenario(draw(seed), tmp_path)
+    print(f"chaos seed {seed}:", check_scenario(draw(seed), tmp_path))
