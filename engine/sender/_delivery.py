@@ -258,9 +258,11 @@ class Delivery:
                 error: SendError | None, raw_bytes: int, in_flight: int) -> None:
         rtt_s = response.rtt_s if response else self.cfg.request_timeout_s
         status = response.status if response else None
-        self.last_answer_s, self.silent = time.monotonic(), False
-        if response is not None and response.rtt_s > self.slowest_answer_s:
+        # an answer held through a silence is no measure of the server's pace: counted, it
+        # lengthened the next silence's wait by three times the hold
+        if response is not None and response.rtt_s > self.slowest_answer_s and not self.silent:
             self.slowest_answer_s = response.rtt_s
+        self.last_answer_s, self.silent = time.monotonic(), False
         size_before = self.size.bytes
         if status != 500:
             self.errors_500_in_a_row = 0
