@@ -116,6 +116,8 @@ class Delivery:
     errors_500_in_a_row: int  # answers 500 since the last answer of another kind
     rate_500: float  # the running share of answers 500 (pieces of a split one aside)
     taken_back: set[asyncio.Task]  # requests in flight stopped by the spill: the server silent
+    silence_probe: asyncio.Task | None  # the request probing a silent server (_probe_silence)
+    silence_probe_s: float  # when it was sent
 
     def _waiting_items(self) -> int:
         """Items read and not yet settled (what an outage warning counts)."""
@@ -131,8 +133,10 @@ class Delivery:
         return len(self.tasks) - singles + -(-(singles + singles_more) // SINGLES_PER_SLOT)
 
     def can_dispatch(self) -> bool:
-        """Whether the next ready batch may go now."""
-        if not self.ready:
+        """Whether the next ready batch may go now (not while the server is silent and
+        producers wait: a request would pin its ring's oldest records; a copy of a batch on
+        disk probes it instead, :meth:`_probe_silence`)."""
+        if not self.ready or (self.silent and self.spilling):
             return False
         single = self.ready[0].items[0].single
         return self._slots_busy(1 if single else 0) + (0 if single else 1) <= \
@@ -509,6 +513,42 @@ class Delivery:
                 if batch.sent_s <= unanswered_s and task not in self.taken_back:
                     self.taken_back.add(task)
                     task.cancel()
+            self._probe_silence(batches[-1] if batches else None)
+
+    def _probe_silence(self, persisted: Batch | None) -> None:
+        """While the server is silent and producers wait, no batch is sent (each request
+        pinned its ring's oldest records until taken back: a ring freed about half of
+        itself every 2 s, ~52 KB/s through a 64 KiB ring). One request at a time probes
+        the server instead, a copy of a batch already on disk (``persisted``), tried for
+        ``_retake_after_s()``: any answer ends the silence; acknowledged, the copy on disk
+        is a duplicate the server's merge absorbs when it is replayed."""
+        probe = self.silence_probe
+        if probe is not None and not probe.done():
+            if time.monotonic() - self.silence_probe_s < self._retake_after_s():
+                return
+            probe.cancel()
+        if persisted is None:
+            return
+        self.silence_probe_s = time.monotonic()
+        self.silence_probe = asyncio.create_task(self._probe(persisted))
+
+    async def _probe(self, batch: Batch) -> None:
+        response: Response | None = None
+        error: SendError | None = None
+        try:
+            response = await self.transport.post(
+                batch.route, batch.body(), headers=self._headers(batch),
+                timeout_s=self.cfg.request_timeout_s)
+        except SendError as exc:
+            error = exc.with_traceback(None)
+        self.last_answer_s, self.silent = time.monotonic(), False
+        status = response.status if response else None
+        if classify(status, response.body if response else b"", error) is Verdict.OK:
+            self.outage.succeeded()  # delivering again: the spill ends
+        else:
+            self.outage.failed(failure_text(status, error, _reason(response)),
+                               self._waiting_items)
+        self.wake.set()
 
     def _dead_letter(self, batch: Batch, reason: str, status: int | None, detail: str) -> None:
         self.size.forget(batch.target_bytes)

@@ -134,6 +134,8 @@ class Sender(Intake, Delivery, Shutdown):
         self.slowest_answer_s = 0.0
         self.silent = False
         self.taken_back: set[asyncio.Task] = set()
+        self.silence_probe: asyncio.Task | None = None
+        self.silence_probe_s = 0.0
         self.last_ack_s = 0.0
         self.errors_500_in_a_row = 0
         self.rate_500 = 0.0

@@ -122,6 +122,9 @@ class Shutdown:
         from there). Taken back all the same, it was persisted after its acknowledgement,
         or twice (a chaos run, seed 6: 4 items of 2,649 both acknowledged or dead-lettered
         and dead-lettered again, with the server down at close)."""
+        if self.silence_probe is not None:  # a copy of a batch on disk: nothing to keep
+            self.silence_probe.cancel()
+            await asyncio.gather(self.silence_probe, return_exceptions=True)
         in_flight = dict(self.tasks)
         for task in in_flight:
             task.cancel()

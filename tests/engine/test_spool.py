@@ -191,6 +191,41 @@ def test_a_server_that_answers_nothing_does_not_stall_the_program_past_its_silen
         assert all(server.is_complete(PROJECT, call_id) for call_id in ids)
 
 
+def test_a_silent_server_is_probed_with_a_copy_and_its_first_answer_ends_the_spill(
+        tmp_path, capfd):
+    """While the server is silent and producers wait, no batch is sent (a request pinned its
+    ring's oldest records until taken back, 2 s later: the ring freed about half of itself
+    per 2 s); one copy of a batch already on disk probes it. Once the server answers again,
+    the probe's answer ends the silence and the spill: the calls made after it are
+    delivered live, the ones before are in the dead letters (a replay sends them; the
+    probe's copy is absorbed)."""
+    dead = tmp_path / "dead_letters.jsonl"
+    with FaultServer(stall_s=3600.0) as server:
+        with make_engine(server.url, tmp_path, delivery_deadline_s=120.0, silent_after_s=2.0,
+                         shutdown_timeout_s=5.0, backoff_max_ms=500) as eng:
+            tracer = eng.producer()
+            ids = trace_calls(tracer, 1000, payload_bytes=2000)  # past the ring: it spills
+            assert eng.stats()["dead_letters"] > 0
+            server.stall_s = 0.0
+            server.release()
+            assert poll_until(lambda: not eng.stats()["in_flight_requests"]
+                              or eng.stats()["items_acked"] > 0, timeout_s=30)
+            later = trace_calls(tracer, 200, prefix="later")
+            assert eng.flush(timeout_s=60) is False  # what went to disk is not delivered
+            eng.close()
+            stats = eng.stats()
+        assert set(later) <= server.stored_ids(PROJECT)  # delivered live, not spilled
+        assert stats["undelivered"] == 0
+        log = capfd.readouterr().err
+        assert "answering again" in log, log[-3000:]
+        replayed = subprocess.run([sys.executable, "-m", "engine", "replay", "--to", server.url,
+                                   "--dead-letters", str(dead)], capture_output=True, text=True,
+                                  timeout=120, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": "."})
+        assert replayed.returncode == 0, replayed.stderr[-3000:]
+        assert server.stored_ids(PROJECT) >= set(ids) | set(later)
+        assert all(server.is_complete(PROJECT, call_id) for call_id in ids + later)
+
+
 def test_a_server_that_answers_429_keeps_the_program_waiting_and_loses_nothing(tmp_path):
     """429 is the server up and asking for less: the producers' wait is the backpressure it
     wants, so nothing goes to disk early; once it takes calls again every one arrives."""
