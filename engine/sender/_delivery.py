@@ -70,9 +70,10 @@ POISON_ATTEMPTS = 4
 # ... as many as make such a run a one-in-this chance for a server failing 500 at random
 _BLAME_CHANCE = 1e-6
 _RATE_500_WEIGHT = 0.02  # of each answer in the running share of answers 500
-# the server silent (the silent_after_s setting) and producers waiting, a request unanswered
-# this long (or twice the slowest answer; at most silent_after_s) is taken back and
-# persisted: the oldest records of a ring pin all its space until they are settled
+# the server silent (the silent_after_s setting) and producers waiting, the requests in flight
+# are taken back and persisted (a ring's oldest records pin all its space until settled), and
+# one copy of a batch on disk probes the server, this long each (or twice the slowest answer;
+# at most silent_after_s)
 RETAKE_AFTER_S = 2.0
 SILENT_DETAIL = ("no answer from the server while producers waited for ring space: taken back "
                  "from the request in flight and persisted so that the traced program goes on")
@@ -449,9 +450,7 @@ class Delivery:
         return max(self.cfg.silent_after_s, 3 * self.slowest_answer_s)
 
     def _retake_after_s(self) -> float:
-        """Once silent, how long a request in flight pins its batch's ring space before the
-        spill takes it back (each request sent meanwhile is tried this long: the server may
-        be back)."""
+        """Once silent, how long each probe of the server is tried (:meth:`_probe_silence`)."""
         return max(min(RETAKE_AFTER_S, self.cfg.silent_after_s), 2 * self.slowest_answer_s)
 
     def _notice_silence(self) -> None:
@@ -460,8 +459,9 @@ class Delivery:
         retry waited as long again: producers waited minutes for ring space before the spill.
         Now no answer of any kind for ``_silent_after_s()`` since the oldest request in
         flight went out counts as failing: one warning, and with producers waiting the spill
-        (:meth:`_spill_for_producers`), which then also takes back the requests unanswered
-        that long. An answer (any) ends it."""
+        (:meth:`_spill_for_producers`), which then also takes back the requests in flight
+        and probes the server with one copy of a batch on disk at a time. An answer (any)
+        ends it."""
         if not self.tasks:
             return
         oldest_s = min(batch.sent_s for batch in self.tasks.values())
@@ -500,6 +500,13 @@ class Delivery:
                         "delivery_deadline_s=%g s, so that the traced program goes on",
                         self.outage.url, failing_s, persisted_to(self.cfg),
                         self.cfg.delivery_deadline_s)
+        if self.silent:  # their ring space is what the producers wait for
+            for task in self.tasks:
+                if task not in self.taken_back:
+                    self.taken_back.add(task)
+                    task.cancel()
+            if self.taken_back:  # on disk first (_task_done, at once): the queued batches
+                return  # are newer, and a call's start must not follow its end there
         batches = [*self.waiting, *self.ready]  # the retries are the older ones
         for timer in self.waiting.values():
             timer.cancel()
@@ -507,12 +514,7 @@ class Delivery:
         self.ready.clear()
         for batch in batches:
             self._give_up(batch, "outage", self.last_retry_status, SPILL_DETAIL)
-        if self.silent:  # their ring space is what the producers wait for
-            unanswered_s = time.monotonic() - self._retake_after_s()
-            for task, batch in self.tasks.items():
-                if batch.sent_s <= unanswered_s and task not in self.taken_back:
-                    self.taken_back.add(task)
-                    task.cancel()
+        if self.silent:
             self._probe_silence(batches[-1] if batches else None)
 
     def _probe_silence(self, persisted: Batch | None) -> None:
