@@ -21,6 +21,7 @@ async def _take_back_after(answer: str) -> list[str]:
     waiting for its answer. The batches taken back, in the ready queue's order."""
     sender = Shutdown()
     sender.ready, sender.waiting, sender.tasks = collections.deque(), {}, {}
+    sender.silence_probe = None  # no silent server probed (engine/sender/_delivery.py)
     loop = asyncio.get_running_loop()
 
     async def answered() -> None:
