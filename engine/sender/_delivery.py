@@ -479,7 +479,8 @@ class Delivery:
         dead-lettered at once, as at their deadline, and their ring space freed (a batch
         sent is tried once: the server may be back). Not while it answers 429 (it is up
         and asks for less: the producers' wait is the backpressure it wants), nor requests
-        in flight.
+        in flight, unless the server is silent (:meth:`_notice_silence`): then those are
+        taken back first, and one copy of a batch on disk probes it (:meth:`_probe_silence`).
 
         Before, a traced program met the full ring and waited for each batch's
         ``delivery_deadline_s`` (120 s): through 16 MiB rings an eval ran at a few dozen
