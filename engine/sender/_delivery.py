@@ -74,7 +74,7 @@ _RATE_500_WEIGHT = 0.02  # of each answer in the running share of answers 500
 # are taken back and persisted (a ring's oldest records pin all its space until settled), and
 # one copy of a batch on disk probes the server, this long each (or twice the slowest answer;
 # at most silent_after_s)
-RETAKE_AFTER_S = 2.0
+PROBE_EVERY_S = 2.0
 SILENT_DETAIL = ("no answer from the server while producers waited for ring space: taken back "
                  "from the request in flight and persisted so that the traced program goes on")
 
@@ -449,9 +449,9 @@ class Delivery:
     def _silent_after_s(self) -> float:
         return max(self.cfg.silent_after_s, 3 * self.slowest_answer_s)
 
-    def _retake_after_s(self) -> float:
+    def _probe_every_s(self) -> float:
         """Once silent, how long each probe of the server is tried (:meth:`_probe_silence`)."""
-        return max(min(RETAKE_AFTER_S, self.cfg.silent_after_s), 2 * self.slowest_answer_s)
+        return max(min(PROBE_EVERY_S, self.cfg.silent_after_s), 2 * self.slowest_answer_s)
 
     def _notice_silence(self) -> None:
         """A server that takes requests and answers none (frozen, a proxy holding them, a
@@ -523,11 +523,11 @@ class Delivery:
         pinned its ring's oldest records until taken back: a ring freed about half of
         itself every 2 s, ~52 KB/s through a 64 KiB ring). One request at a time probes
         the server instead, a copy of a batch already on disk (``persisted``), tried for
-        ``_retake_after_s()``: any answer ends the silence; acknowledged, the copy on disk
+        ``_probe_every_s()``: any answer ends the silence; acknowledged, the copy on disk
         is a duplicate the server's merge absorbs when it is replayed."""
         probe = self.silence_probe
         if probe is not None and not probe.done():
-            if time.monotonic() - self.silence_probe_s < self._retake_after_s():
+            if time.monotonic() - self.silence_probe_s < self._probe_every_s():
                 return
             probe.cancel()
         if persisted is None:

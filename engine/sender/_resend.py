@@ -209,8 +209,7 @@ class Resender:
                 # call held a dead-letter file back for good); every answer 500: kept below
                 if len(piece) > 1:
                     outcome.splits_500 += 1
-                    middle = len(piece) // 2
-                    halves = (piece[:middle], piece[middle:])
+                    halves = _halves(piece)
                     halves_of_500.update(map(id, halves))
                     queue.extendleft(halves[::-1])
                 else:
@@ -224,8 +223,7 @@ class Resender:
                 outcome.splits_413 += 1
                 queue.extendleft(reversed(self._recut(items, piece)))
             elif verdict is Verdict.SPLIT_422 and len(piece) > 1:
-                middle = len(piece) // 2
-                queue.extendleft((piece[:middle], piece[middle:])[::-1])
+                queue.extendleft(_halves(piece)[::-1])
             elif _upsert_refused(route, verdict, response):
                 unsent = await self._send_singles(items, piece, outcome)
                 if unsent:
@@ -327,6 +325,11 @@ def _upsert_refused(route: str, verdict: Verdict, response: Response | None) -> 
         return False
     return verdict is Verdict.COMPLETE_MODE_REQUIRED or (
         response is not None and response.status in (404, 405))
+
+
+def _halves(piece: list[int]) -> tuple[list[int], list[int]]:
+    middle = len(piece) // 2
+    return piece[:middle], piece[middle:]
 
 
 def _rejected(verdict: Verdict, response: Response | None, piece: list[int]) -> Rejected:

@@ -224,14 +224,21 @@ def _dead_claimer_name(path, n: int = 0) -> str:
     return f"{path}.claimed-{_dead_tag(n)}"
 
 
-def test_settle_makes_what_is_left_the_file_when_no_engine_started_one(tmp_path):
-    from engine.sender._deadletter import claim, settle
+def _claimed_sent_and_kept(path):
+    """A dead-letter file of two letters ("sent", then "kept"), claimed."""
+    from engine.sender._deadletter import claim
 
-    path = tmp_path / "letters.jsonl"
     with DeadLetters(path) as letters:
         for call_id in ("sent", "kept"):
             add(letters, call_id)
-    claimed = claim(path)
+    return claim(path)
+
+
+def test_settle_makes_what_is_left_the_file_when_no_engine_started_one(tmp_path):
+    from engine.sender._deadletter import settle
+
+    path = tmp_path / "letters.jsonl"
+    claimed = _claimed_sent_and_kept(path)
     settle(claimed, path, list(read_dead_letters(claimed))[1:])
     assert [x.call_id for x in read_dead_letters(path)] == ["kept"]
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
@@ -244,10 +251,7 @@ def test_settle_merges_what_is_left_with_a_file_engines_started_since_the_claim(
     from engine.sender._deadletter import claim, settle
 
     path = tmp_path / "letters.jsonl"
-    with DeadLetters(path) as letters:
-        for call_id in ("sent", "kept"):
-            add(letters, call_id)
-    claimed = claim(path)
+    claimed = _claimed_sent_and_kept(path)
     with DeadLetters(path) as engine_letters:
         add(engine_letters, "new")
         settle(claimed, path, list(read_dead_letters(claimed))[1:])
@@ -266,13 +270,10 @@ def test_a_settle_that_cannot_write_leaves_the_claim_and_the_file_as_they_were(
     import errno
 
     from engine.sender import _deadletter
-    from engine.sender._deadletter import claim, settle
+    from engine.sender._deadletter import settle
 
     path = tmp_path / "letters.jsonl"
-    with DeadLetters(path) as letters:
-        for call_id in ("sent", "kept"):
-            add(letters, call_id)
-    claimed = claim(path)
+    claimed = _claimed_sent_and_kept(path)
     with DeadLetters(path) as letters:
         add(letters, "new")
     back = list(read_dead_letters(claimed))[1:]
