@@ -9,9 +9,11 @@ item not acknowledged, to keep for later. Nothing waits behind an item the serve
 An upsert batch refused with CALLS_COMPLETE_MODE_REQUIRED (weave's server, for a project in
 its calls_complete table), or answered 404 or 405 (a server without the route), is sent
 again as one v2 call/start or call/end request per item, as the live sender does.
-A v2 call/end answered 404 "no start found" is sent again for up to ``NO_START_WAIT_S``:
+A v2 call/end answered 404 "no start found" is sent again until ``NO_START_WAIT_S`` after
+the last request that could have held its start was acknowledged (or the Resender began):
 weave's server inserts asynchronously, and the start a replay sent just before may not
-show yet.
+show yet; a start that has not shown by then is not coming, and the ends after it are
+refused at their first 404 instead of waiting as long again one after the other.
 """
 
 from __future__ import annotations
@@ -163,9 +165,9 @@ class Outcome:
     stopped: bool = False
 
 
-# how long a v2 call/end answered 404 "no start found" is sent again: weave's server inserts
-# asynchronously, and a start acknowledged just before (the replay sends the starts first)
-# shows within moments
+# how long after the last acknowledged request that could hold a start a v2 call/end
+# answered 404 "no start found" is sent again: weave's server inserts asynchronously, and a
+# start acknowledged just before (the replay sends the starts first) shows within moments
 NO_START_WAIT_S = 10.0
 
 
@@ -173,12 +175,15 @@ class Resender:
     """POSTs stored items on their route in bodies of at most ``size.bytes``."""
 
     def __init__(self, transport: Transport, size: SizeTarget, *, retries: int = 0,
-                 backoff: Backoff | None = None, no_start_wait_s: float = NO_START_WAIT_S,
+                 backoff: Backoff | None = None, no_start_wait_s: float | None = None,
                  ) -> None:
         self.transport = transport
         self.size = size
         self.retries = retries
-        self.no_start_wait_s = no_start_wait_s
+        self.no_start_wait_s = NO_START_WAIT_S if no_start_wait_s is None else no_start_wait_s
+        # when the last request that could hold a start was acknowledged (or this began): an
+        # end's start acknowledged before then shows by ``no_start_wait_s`` after it
+        self._start_acked_s = time.monotonic()
         self.backoff = backoff or Backoff(initial_ms=200, max_ms=5_000)
         self.rng = random.Random()
 
@@ -261,11 +266,13 @@ class Resender:
     async def _post(self, route: str, body: bytes, outcome: Outcome, *,
                     retries: int | None = None) -> tuple[Response | None, SendError | None]:
         """One POST, retried ``retries`` (default: the Resender's) times while the answer
-        is transient, and for up to ``no_start_wait_s`` while it is 404 "no start found"
-        (a start not showing yet)."""
+        is transient, and while it is 404 "no start found" until ``no_start_wait_s`` after
+        the last acknowledged request that could hold the start (a start not showing yet).
+        Before, each such end waited ``no_start_wait_s`` of its own, one after the other: a
+        replay of 1,000 ends whose starts the server never got (refused, or sent to another
+        server) took 10,000 s."""
         retries = self.retries if retries is None else retries
         attempt = 0
-        no_start_until: float | None = None
         while True:
             attempt += 1
             outcome.requests += 1
@@ -275,14 +282,16 @@ class Resender:
             except SendError as exc:
                 error = exc
             if response is not None and start_not_found(response.status, response.body):
-                no_start_until = no_start_until or time.monotonic() + self.no_start_wait_s
-                if time.monotonic() >= no_start_until:
+                left_s = self._start_acked_s + self.no_start_wait_s - time.monotonic()
+                if left_s <= 0:
                     return response, error
-                await asyncio.sleep(self.backoff.delay_s(attempt, self.rng, None))
+                await asyncio.sleep(min(left_s, self.backoff.delay_s(attempt, self.rng, None)))
                 continue
-            transient = classify(response.status if response else None,
-                                 response.body if response else b"", error) is Verdict.RETRY
-            if not transient or attempt > retries:
+            verdict = classify(response.status if response else None,
+                               response.body if response else b"", error)
+            if verdict is Verdict.OK and not route.endswith("/call/end"):
+                self._start_acked_s = time.monotonic()
+            if verdict is not Verdict.RETRY or attempt > retries:
                 return response, error
             hint = retry_after_s(response.headers) if response else None
             await asyncio.sleep(self.backoff.delay_s(attempt, self.rng, hint))

@@ -4,9 +4,11 @@ goes before the call/end letters, whatever their order in the file."""
 
 import asyncio
 import json
+import time
 import urllib.request
 
 from engine.sender import _replay as replay_module
+from engine.sender import _resend as resend_module
 from engine.sender._deadletter import DeadLetters, read_dead_letters
 from engine.sender._replay import replay
 from tests.faultserver import FaultServer
@@ -70,6 +72,32 @@ def test_an_end_whose_start_does_not_show_yet_is_sent_again_until_it_does(tmp_pa
         summary = asyncio.run(replay(server.url, None, str(path)))
         assert [r.outcome for r in server.requests if r.status == 404]  # the case ran
         assert summary.complete and server.is_complete(PROJECT, "b")
+
+
+def test_ends_whose_starts_never_come_wait_once_not_each_in_turn(tmp_path, monkeypatch):
+    """Ends whose starts the server never got (refused for good, or sent to another server)
+    beside one whose start shows 0.5 s after it was stored: the first end waits for its start
+    until ``NO_START_WAIT_S`` after the last request that could hold one was acknowledged,
+    the others are refused at their first 404 (kept in the dead letters, with the server's
+    reason), and the end whose start shows is delivered. Before: each waited the whole wait
+    in turn (1,000 such ends, 10,000 s; here 6 x 1 s)."""
+    monkeypatch.setattr(resend_module, "NO_START_WAIT_S", 1.0)
+    path = tmp_path / "dead_letters.jsonl"
+    lost = [f"x{n}" for n in range(6)]
+    with FaultServer(end_needs_start=True, start_visible_after_s=0.5) as server:
+        _post(server.url, f"{_ROUTE}/call/start", _start("b"))
+        with DeadLetters(path) as dead:
+            dead.add_batch(reason="deadline", status=503, route=f"{_ROUTE}/call/end",
+                           items=[(i, PROJECT, _end(i)) for i in [*lost, "b"]])
+        began = time.monotonic()
+        summary = asyncio.run(replay(server.url, None, str(path)))
+        took_s = time.monotonic() - began
+        assert server.is_complete(PROJECT, "b")
+        kept = read_dead_letters(path)
+        assert sorted(letter.call_id for letter in kept) == lost
+        assert all(letter.status == 404 and "no start found" in letter.reason for letter in kept)
+        assert not summary.complete and summary.items_delivered == 1
+        assert took_s < 3.0, took_s  # one wait of 1 s; 6 s and more before
 
 
 def _upsert(mode: str, body: bytes) -> bytes:
