@@ -263,11 +263,7 @@ class Delivery:
                 error: SendError | None, raw_bytes: int, in_flight: int) -> None:
         rtt_s = response.rtt_s if response else self.cfg.request_timeout_s
         status = response.status if response else None
-        # an answer held through a silence is no measure of the server's pace: counted, it
-        # lengthened the next silence's wait by three times the hold
-        if response is not None and response.rtt_s > self.slowest_answer_s and not self.silent:
-            self.slowest_answer_s = response.rtt_s
-        self.last_answer_s, self.silent = time.monotonic(), False
+        self._heard(response)
         size_before = self.size.bytes
         if status != 500:
             self.errors_500_in_a_row = 0
@@ -535,6 +531,14 @@ class Delivery:
         self.silence_probe_s = time.monotonic()
         self.silence_probe = asyncio.create_task(self._probe(persisted))
 
+    def _heard(self, response: Response | None) -> None:
+        """An answer (or a failure to connect) came: the server is not silent. An answer
+        held through a silence is no measure of the server's pace: counted, it lengthened
+        the next silence's wait by three times the hold."""
+        if response is not None and response.rtt_s > self.slowest_answer_s and not self.silent:
+            self.slowest_answer_s = response.rtt_s
+        self.last_answer_s, self.silent = time.monotonic(), False
+
     async def _probe(self, batch: Batch) -> None:
         response: Response | None = None
         error: SendError | None = None
@@ -544,7 +548,7 @@ class Delivery:
                 timeout_s=self.cfg.request_timeout_s)
         except SendError as exc:
             error = exc.with_traceback(None)
-        self.last_answer_s, self.silent = time.monotonic(), False
+        self._heard(response)
         status = response.status if response else None
         if classify(status, response.body if response else b"", error) is Verdict.OK:
             self.outage.succeeded()  # delivering again: the spill ends

@@ -14,6 +14,7 @@ from engine.common._config import EngineConfig
 from engine.sender._batcher import Batch, Item
 from engine.sender._delivery import Delivery
 from engine.sender._outage import OutageLog
+from engine.sender._transport import Response
 from tests.faultserver import LOOP_NAMES, run_on
 
 _SILENT_AFTER_S = 15.0
@@ -85,3 +86,17 @@ def test_a_request_dispatched_after_a_quiet_spell_is_not_a_silence(loop_name, se
     at_dispatch, later = run_on(loop_name, _silent_after_dispatch(sent_ago_s))
     assert not at_dispatch
     assert later  # unanswered past silent_after_s: now it is one
+
+
+def test_an_answer_held_through_a_silence_does_not_lengthen_the_next_silences_wait():
+    """An answer that comes while the server is silent (a held request let go after 40 s)
+    ends the silence but is no measure of the server's pace: before, its 40 s became the
+    slowest answer, and the next silence waited 3 x 40 s before the spill. An answer that
+    comes while the server is not silent still raises the slowest answer."""
+    sender = _sender(last_answer_ago_s=20.0)
+    sender.silent = True
+    sender._heard(Response(200, {}, b"{}", rtt_s=40.0))
+    assert not sender.silent and sender.slowest_answer_s == 0.0
+    assert sender._silent_after_s() == _SILENT_AFTER_S
+    sender._heard(Response(200, {}, b"{}", rtt_s=6.0))
+    assert sender.slowest_answer_s == 6.0 and sender._silent_after_s() == 18.0
