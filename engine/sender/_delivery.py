@@ -336,12 +336,7 @@ class Delivery:
         if len(batch) > 1:
             if batch.errors_500 < (1 if batch.suspect else 2):
                 return False
-            self.size.forget(batch.target_bytes)
-            self.control.add("splits_500")
-            pieces = batch.halves()
-            for piece in pieces:
-                piece.suspect = True
-            self._requeue_pieces(batch, pieces)
+            self._split(batch, "splits_500", "http", 500, response, suspect=True)
             return True
         if (batch.errors_500 < attempts_to_blame(self.rate_500)
                 or self.last_ack_s <= (batch.first_sent_s or 0.0)):
@@ -395,13 +390,18 @@ class Delivery:
         self.control.set("eager_starts", self.router.eager_starts)
 
     def _split(self, batch: Batch, counter: str, reason: str, status: int | None,
-               response: Response | None) -> None:
+               response: Response | None, *, suspect: bool = False) -> None:
+        """``batch`` cut to the size target (a 413) or in halves, its pieces first in the
+        queue (``suspect``: pieces of a batch answered 500, see :meth:`_isolate_500`); a
+        batch of one item is dead-lettered instead, for ``reason``."""
         self.size.forget(batch.target_bytes)
         if len(batch) == 1:
             self._dead_letter(batch, reason, status, _reason(response))
             return
         self.control.add(counter)
         pieces = batch.chunks(self.size.bytes) if reason == "too_large" else batch.halves()
+        for piece in pieces:
+            piece.suspect = piece.suspect or suspect
         self._requeue_pieces(batch, pieces)
 
     def _requeue_pieces(self, batch: Batch, pieces: list[Batch] | tuple[Batch, ...]) -> None:
