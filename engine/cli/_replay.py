@@ -83,7 +83,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         with _args.sigterm_interrupts():
             rings = recover_rings(args.to, api_key)
-            summary = asyncio.run(_sigterm_cancels(replay(args.to, spool, dead, api_key)))
+            summary = asyncio.run(_sigterm_cancels(replay(
+                args.to, spool, dead, api_key, cfg.max_request_bytes, cfg.compression,
+                cfg.compression_level)))
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: nothing claimed is deleted unsent
         print("engine replay: stopped before the end; what it claimed is kept, and the next "
               "`engine replay` (with the same --dead-letters and --spool) sends it (the server "
@@ -94,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"engine replay: {len(rings.recovered)} ring sets of dead engines recovered"
           f"{f', {len(rings.kept)} still holding records' if rings.kept else ''}; "
           f"{summary.items_delivered} items delivered in {summary.requests} requests"
+          f" ({summary.wire_bytes / 1e6:.1f} MB{', zstd' if summary.compression == 'zstd' else ''})"
           f"{joined_text(summary.calls_joined)}; "
           f"{summary.items_kept} kept for later, {summary.items_rejected} refused again "
           f"(in {dead}), {summary.items_unsaved} not written back; "

@@ -335,8 +335,12 @@ class Sender(Intake, Delivery, Shutdown):
         item it refuses alone is dead-lettered, so none blocks the ones behind it."""
         size = SizeTarget(self.cfg.max_request_bytes, min_bytes=self.cfg.min_request_bytes,
                           initial_bytes=self.size.bytes)
-        resender = Resender(self.transport, size)
         while True:
+            # one per run: an end's wait for its start counts from the run's beginning (a
+            # start the live path got acknowledged just before may not show yet), and the
+            # bodies compressed as the live path's
+            resender = Resender(self.transport, size, compressor=self.compressor,
+                                executor=self.executor)
             summary = ReplaySummary()
             await replay_spool(self.spool, resender, self.dead, summary)
             self.control.add("replayed_batches", summary.segments_sent)

@@ -38,7 +38,7 @@ from pathlib import Path
 import msgspec
 
 from engine.common._config import MAX_REQUEST_BYTES
-from engine.common._errors import EngineError
+from engine.common._errors import EngineError, SendError
 from engine.common._wait import wait_exit
 from engine.ring import _files as _ring_files
 from engine.ring import _orphans
@@ -61,7 +61,7 @@ from engine.sender._join import (
 )
 from engine.sender._resend import Outcome, Resender, describe, make_body, split_body
 from engine.sender._spool import Spool, SpoolCorrupt, SpoolEntry
-from engine.sender._transport import Transport
+from engine.sender._transport import Compressor, Transport, choose_compression
 
 log = logging.getLogger("engine.replay")
 _CLI_RETRIES = 3
@@ -114,6 +114,8 @@ class ReplaySummary(msgspec.Struct, kw_only=True):
     malformed_lines: int = 0
     rejected_by_reason: dict[str, int] = {}  # too_large, invalid, http, not_json
     requests: int = 0
+    wire_bytes: int = 0  # request bodies as sent (zstd where the server takes it)
+    compression: str = "none"
     splits_413: int = 0
 
     @property
@@ -131,6 +133,7 @@ def _count(summary: ReplaySummary, outcome: Outcome) -> None:
     for rejected in outcome.rejected:
         _rejected(summary, rejected.reason, len(rejected.indexes))
     summary.requests += outcome.requests
+    summary.wire_bytes += outcome.wire_bytes
     summary.splits_413 += outcome.splits_413
 
 
@@ -214,6 +217,7 @@ async def _replay_joined(spool: Spool, pairs: list[tuple[SpoolEntry, SpoolEntry]
         for route, mine in by_route.items():
             outcome = await resender.send(route, [whole for whole, _, _ in mine])
             summary.requests += outcome.requests
+            summary.wire_bytes += outcome.wire_bytes
             summary.splits_413 += outcome.splits_413
             summary.items_delivered += len(outcome.acked)
             summary.calls_joined += len(outcome.acked)
@@ -459,19 +463,35 @@ def _recovery_timeout_s(orphan: _orphans.Orphan) -> float:
 
 async def replay(url: str, spool_dir: str | None, dead_letter_path: str | None,
                  api_key: str | None = None, max_request_bytes: int = MAX_REQUEST_BYTES,
-                 ) -> ReplaySummary:
+                 compression: str = "auto", compression_level: int = 1) -> ReplaySummary:
     """``engine replay``: the spool (if given), then the dead letters (if the file or
-    files claimed by an earlier replay exist)."""
+    files claimed by an earlier replay exist); bodies compressed as the engines' are
+    (``compression``: "auto" where the server accepts zstd and runs elsewhere)."""
     summary = ReplaySummary()
     _hold_interrupts.set(True)  # this task's context: the command's, not the sender's
     async with Transport(url, api_key=api_key) as transport:
-        resender = Resender(transport, SizeTarget(max_request_bytes), retries=_CLI_RETRIES)
+        summary.compression = await _compression(transport, compression)
+        compressor = Compressor(compression_level) if summary.compression == "zstd" else None
+        resender = Resender(transport, SizeTarget(max_request_bytes), retries=_CLI_RETRIES,
+                            compressor=compressor)
         if spool_dir:
             with DeadLetters(dead_letter_path or _default_dead_letters()) as dead:
                 await replay_spool(Spool(spool_dir), resender, dead, summary)
         if dead_letter_path:
             await replay_dead_letters(dead_letter_path, resender, summary)
     return summary
+
+
+async def _compression(transport: Transport, setting: str) -> str:
+    """"zstd" or "none", for ``setting`` and what ``/server_info`` says (a server that
+    does not answer it: "none" for "auto"; the replay finds out the rest as it sends)."""
+    info: object = None
+    if setting == "auto":
+        with contextlib.suppress(SendError):
+            info = await transport.get_json("/server_info")
+    chosen, why = choose_compression(setting, info)
+    log.debug("replay compression: %s (%s)", chosen, why)
+    return chosen
 
 
 def _default_dead_letters() -> Path:

@@ -9,6 +9,9 @@ item not acknowledged, to keep for later. Nothing waits behind an item the serve
 An upsert batch refused with CALLS_COMPLETE_MODE_REQUIRED (weave's server, for a project in
 its calls_complete table), or answered 404 or 405 (a server without the route), is sent
 again as one v2 call/start or call/end request per item, as the live sender does.
+Bodies are compressed as the live sender's are where a ``Compressor`` is given (the replay
+of an outage's letters is when there is most to send: uncompressed, it crossed the link at
+several times the bytes).
 A v2 call/end answered 404 "no start found" is sent again until ``NO_START_WAIT_S`` after
 the last request that could have held its start was acknowledged (or the Resender began):
 weave's server inserts asynchronously, and the start a replay sent just before may not
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import random
 import re
 import time
@@ -39,7 +43,7 @@ from engine.common._retry import (
     start_not_found,
 )
 from engine.sender._adaptive import SizeTarget
-from engine.sender._transport import Response, Transport
+from engine.sender._transport import Compressor, Response, Transport
 
 _BATCH_ROUTE_SUFFIXES = ("/calls/complete", "/call/upsert_batch")
 _BATCH_PREFIX = b'{"batch":['
@@ -158,6 +162,7 @@ class Outcome:
     rejected: list[Rejected] = field(default_factory=list)
     kept: list[int] = field(default_factory=list)  # not acknowledged: send again later
     requests: int = 0
+    wire_bytes: int = 0  # request bodies as sent (compressed, if they were)
     splits_413: int = 0
     splits_500: int = 0
     # the server stopped answering: what follows would fail as well (else what is kept is
@@ -176,8 +181,11 @@ class Resender:
 
     def __init__(self, transport: Transport, size: SizeTarget, *, retries: int = 0,
                  backoff: Backoff | None = None, no_start_wait_s: float | None = None,
-                 ) -> None:
+                 compressor: Compressor | None = None,
+                 executor: concurrent.futures.Executor | None = None) -> None:
         self.transport = transport
+        self.compressor = compressor  # zstd bodies (on ``executor``, else the loop's default)
+        self.executor = executor
         self.size = size
         self.retries = retries
         self.no_start_wait_s = NO_START_WAIT_S if no_start_wait_s is None else no_start_wait_s
@@ -272,13 +280,17 @@ class Resender:
         replay of 1,000 ends whose starts the server never got (refused, or sent to another
         server) took 10,000 s."""
         retries = self.retries if retries is None else retries
+        encoding = None
+        if self.compressor is not None:
+            body, encoding = await self.compressor.compress_async(body, self.executor), "zstd"
         attempt = 0
         while True:
             attempt += 1
             outcome.requests += 1
+            outcome.wire_bytes += len(body)
             response = error = None
             try:
-                response = await self.transport.post(route, body)
+                response = await self.transport.post(route, body, content_encoding=encoding)
             except SendError as exc:
                 error = exc
             if response is not None and start_not_found(response.status, response.body):

@@ -17,12 +17,12 @@ PROJECT = "ent/replay"
 ROUTE = f"/v2/{PROJECT}/calls/complete"
 
 
-def _complete(i: int) -> bytes:
+def _complete(i: int, note: str | None = None) -> bytes:
     return msgspec.json.encode({
         "project_id": PROJECT, "id": f"0190a0b0-0000-7000-8000-{i:012d}",
         "trace_id": f"0190a0b0-0000-7000-9000-{i:012d}", "op_name": "op",
         "started_at": "2025-01-01T00:00:00Z", "ended_at": "2025-01-01T00:00:01Z",
-        "attributes": {}, "inputs": {}, "summary": {},
+        "attributes": {}, "inputs": {} if note is None else {"note": note}, "summary": {},
     })  # fmt: skip
 
 
@@ -65,6 +65,32 @@ def test_a_dead_letter_file_not_written_yet_beside_a_spool_is_one_line_and_the_s
                             str(tmp_path / "nope" / "dead.jsonl"))
         assert elsewhere.returncode == 2 and "no such file" in elsewhere.stderr
     assert not absent.exists()
+
+
+def test_replay_sends_zstd_bodies_where_the_server_takes_them_and_plain_ones_elsewhere(
+        tmp_path):
+    """``engine replay`` compresses as the engines do (``compression = "auto"``: zstd where
+    ``/server_info`` advertises it and the server runs on another machine): before, every
+    replay went plain, several times the bytes across the link just after an outage."""
+    dead = tmp_path / "dead.jsonl"
+    letters = {i: _complete(i, note="the same words again and again " * 40) for i in range(300)}
+    for server_args, encoding in (({}, "zstd"), ({"accepts_encodings": ()}, None)):
+        with DeadLetters(dead) as file:
+            for i, item in letters.items():
+                file.add(reason="shutdown", status=None, call_id=f"c{i}", route=ROUTE,
+                         project=PROJECT, item_json=item)
+        with FaultServer(**server_args) as server:
+            result = _replay(server.url, "--dead-letters", str(dead))
+            assert result.returncode == 0, result.stderr
+            assert server.stored_ids(PROJECT) == _ids(*letters)
+            posts = server.records(ROUTE)
+        assert {r.headers.get("Content-Encoding") for r in posts} == {encoding}, result.stdout
+        sent = sum(r.wire_bytes for r in posts)
+        raw = sum(map(len, letters.values()))
+        if encoding:
+            assert sent * 5 < raw and ", zstd)" in result.stdout, (sent, raw, result.stdout)
+        else:
+            assert sent > raw and ", zstd" not in result.stdout, (sent, raw, result.stdout)
 
 
 def test_replay_delivers_spool_and_dead_letters_and_keeps_only_failures(tmp_path):

@@ -90,6 +90,26 @@ def test_a_new_engine_replays_what_an_earlier_one_spooled(tmp_path):
             assert server.wait_for(lambda: server.stored_ids(PROJECT) == set(ids), timeout_s=30)
 
 
+def test_the_spool_replay_compresses_as_the_live_path_does(tmp_path):
+    """A sender that compresses (zstd, the server takes it) replays its spool in zstd bodies
+    too: the replay after an outage is when there is most to send, and it went plain
+    (several times the bytes across the link)."""
+    spool_dir = tmp_path / "spool"
+    with FaultServer() as server:
+        server.down()
+        with make_engine(server.url, tmp_path, spool_dir=str(spool_dir), delivery_deadline_s=0.3,
+                         shutdown_timeout_s=2, compression="zstd") as eng:
+            ids = trace_calls(eng.producer(), 30, payload_bytes=2000)
+            eng.flush(timeout_s=30)
+        assert Spool(spool_dir).count_pending > 0
+        server.up()
+        with make_engine(server.url, tmp_path, spool_dir=str(spool_dir), compression="zstd"):
+            assert server.wait_for(lambda: server.stored_ids(PROJECT) == set(ids), timeout_s=30)
+        posts = [r for r in server.requests if r.method == "POST" and r.status == 200]
+        assert posts and all(r.headers.get("Content-Encoding") == "zstd" for r in posts), [
+            (r.path, r.headers.get("Content-Encoding")) for r in posts]
+
+
 def test_a_spool_dir_that_cannot_be_made_is_refused_at_start(tmp_path):
     (tmp_path / "a-file").write_text("")
     with pytest.raises(ConfigError, match=r"spool_dir: .*a-file/spool: Not a directory"):
