@@ -8,10 +8,8 @@ a 100 MB object store, all on 127.0.0.1. One cluster for the module.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import sys
-import tempfile
 import time
 import urllib.request
 
@@ -28,6 +26,7 @@ except ImportError:
 
 import engine.integrations.ray as engine_ray
 from engine.server import serve_subprocess
+from tests.integrations._rays import loopback_ray
 
 pytestmark = [pytest.mark.ray, pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -41,55 +40,19 @@ _NODE_ARGS = dict(num_cpus=1, object_store_memory=100 << 20, node_ip_address="12
 
 @pytest.fixture(scope="module")
 def cluster():
-    import ray._private.ray_constants as ray_constants
-
-    # Ray on loopback only: this process's flag, and the variable its processes read
-    was_enabled, ray_constants.ENABLE_RAY_CLUSTER = ray_constants.ENABLE_RAY_CLUSTER, False
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers lack tests/
-    temp_dir = tempfile.mkdtemp(prefix="ray-engine-")
-    # Ray writes the cluster's address to $RAY_TMPDIR/ray/ray_current_cluster and does not
-    # create that folder: keep it in our own temp dir (a fresh machine has no /tmp/ray, and a
-    # user's cluster on this box keeps its address file)
-    was_tmpdir = os.environ.get("RAY_TMPDIR")
-    os.environ["RAY_TMPDIR"] = temp_dir
-    os.makedirs(os.path.join(temp_dir, "ray"), mode=0o700, exist_ok=True)
-    nodes = Cluster(initialize_head=True, head_node_args=dict(
-        _NODE_ARGS, resources={"head": 10}, include_dashboard=False, temp_dir=temp_dir))
-    for name in NODES[1:]:
-        nodes.add_node(**_NODE_ARGS, resources={name: 10})
-    ray.init(address=nodes.address, log_to_driver=False)
-    try:
-        assert {n["NodeManagerAddress"] for n in ray.nodes()} == {"127.0.0.1"}
-        yield nodes
-    finally:
-        ray.shutdown()
-        nodes.shutdown()
-        _drop_exit_hooks_of_stopped_nodes()
-        shutil.rmtree(temp_dir, ignore_errors=True)  # Ray's sockets and logs
-        del os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"]
-        if was_tmpdir is None:
-            os.environ.pop("RAY_TMPDIR", None)
-        else:
-            os.environ["RAY_TMPDIR"] = was_tmpdir
-        ray_constants.ENABLE_RAY_CLUSTER = was_enabled
-
-
-def _drop_exit_hooks_of_stopped_nodes() -> None:
-    """Ray's in-process ``Cluster`` leaves each node's atexit handler behind, holding the
-    node and its GCS client: a child this process forks later (multiprocessing clears the
-    atexit handlers there) frees that client, and gRPC kills the child with SIGSEGV (Python
-    3.13, ray 2.60; the ring's fork tests after this module crashed so). Once the nodes are
-    stopped the handlers have nothing left to do."""
-    import atexit
-    import gc
-    import types
-
-    for obj in gc.get_objects():
-        if (isinstance(obj, types.FunctionType)
-                and obj.__qualname__ == "Node._register_shutdown_hooks.<locals>.atexit_handler"):
-            atexit.unregister(obj)
-    gc.collect()  # the nodes' GCS clients go here, in this process
+    with loopback_ray("ray-engine-") as temp_dir:
+        ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers lack tests/
+        nodes = Cluster(initialize_head=True, head_node_args=dict(
+            _NODE_ARGS, resources={"head": 10}, include_dashboard=False, temp_dir=temp_dir))
+        try:
+            for name in NODES[1:]:
+                nodes.add_node(**_NODE_ARGS, resources={name: 10})
+            ray.init(address=nodes.address, log_to_driver=False)
+            assert {n["NodeManagerAddress"] for n in ray.nodes()} == {"127.0.0.1"}
+            yield nodes
+        finally:
+            ray.shutdown()
+            nodes.shutdown()
 
 
 @pytest.fixture

@@ -17,7 +17,9 @@ After ``ray.init()``, one line on the driver::
 What runs where (``docs/ray.md``): the driver's engine serves the driver's node; every other
 node gets a node engine (a Ray actor pinned to it, with the driver's settings) the first
 time one of its processes writes; every worker process of a node writes into that node's
-shared-memory rings; each node's sender posts to the trace server.
+shared-memory rings; each node's sender posts to the trace server. A Ray Client driver
+(``ray.init("ray://...")``) is on no node: its engine takes its own calls only, and every
+node, the head too, gets a node engine.
 """
 
 try:

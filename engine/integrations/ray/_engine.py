@@ -27,17 +27,24 @@ class RayEngine(Engine):
     :class:`ClusterTracer`: pass it to tasks and actors (as an argument, or captured by the
     function), and each process writes into the engine of the node it runs on, this one on
     the driver's node, a node engine (started on first use, with these settings) elsewhere.
+    A Ray Client driver (``ray.init("ray://...")``) is on no node: this engine takes its own
+    calls only, and every node, the head too, gets a node engine.
     """
 
     def __init__(self, url: str | None = None, project: str | None = None, *,
                  config_file: str | None = None, **config: Any) -> None:
         if not ray.is_initialized():
-            raise ConfigError("ray", "call ray.init() before creating a RayEngine")
+            raise ConfigError("ray", "call ray.init() before creating a RayEngine (for a Ray "
+                                     "Client context made with allow_multiple=True, create "
+                                     "it inside `with context:`)")
         super().__init__(url, project, config_file=config_file, **config)
+        # a Ray Client driver shares memory with no node: every node gets a node engine
+        on_node = not _nodes.is_client_driver()
         self.cluster = _nodes.Cluster(
-            key=uuid.uuid4().hex, driver_node=_nodes.node_id(), driver_spec=self.spec,
-            settings=self._settings)
+            key=uuid.uuid4().hex, driver_node=_nodes.node_id() if on_node else "",
+            driver_spec=self.spec if on_node else None, settings=self._settings)
         self._registry: Any = _nodes.start_registry(self.cluster, self.config)
+        _nodes.driver_specs[self.cluster.key] = self.spec
 
     def producer(self) -> ClusterTracer:  # type: ignore[override]
         """A tracer for anywhere in the cluster (picklable into tasks and actors)."""
@@ -56,7 +63,7 @@ class RayEngine(Engine):
 
     def node_stats(self, timeout_s: float = 30.0) -> dict[str, dict[str, Any]]:
         """Each node engine's :meth:`engine.Engine.stats`, by Ray node id (the driver's
-        node is :meth:`stats`)."""
+        node is :meth:`stats`; a Ray Client driver's :meth:`stats` is its own calls')."""
         deadline = time.monotonic() + timeout_s
         pending = [(node, handle.stats.remote()) for node, handle in self._node_engines()]
         return {node: self._node_answer(node, ref, deadline, {}) for node, ref in pending}
@@ -67,6 +74,7 @@ class RayEngine(Engine):
         timeout_s = self.config.shutdown_timeout_s if timeout_s is None else timeout_s
         if not self._closed and ray.is_initialized():
             self._close_nodes(timeout_s)
+        _nodes.driver_specs.pop(self.cluster.key, None)
         return super().close(timeout_s)
 
     # -- internals ----------------------------------------------------------------------------

@@ -7,6 +7,10 @@ node engine the first time a process there writes: an actor pinned to that node
 engine. The registry is owned by the driver, and it owns the node engines, so Ray ends
 all of them with the driver's job; Ray restarts a node engine whose process dies
 (``max_restarts=-1``), on the same node.
+
+A Ray Client driver (``ray.init("ray://...")``) runs on no node of the cluster: its engine
+serves the driver process alone, every node (the head too) gets a node engine, and the
+registry goes beside the Ray Client server, which owns the actors the driver makes.
 """
 
 from __future__ import annotations
@@ -22,13 +26,15 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from engine.common._config import EngineConfig
+from engine.common._errors import ConfigError
 from engine.producer._engine import Engine
 from engine.producer._slot import ProducerSettings
 from engine.producer._tracer import Tracer
 from engine.ring import RingSpec
 from engine.ring import _files as ring_files
 
-__all__ = ["Cluster", "local_tracer", "node_id", "registry_of", "start_registry"]
+__all__ = ["Cluster", "driver_specs", "is_client_driver", "local_tracer", "node_id",
+           "registry_of", "start_registry"]
 
 log = logging.getLogger("engine.integrations.ray")
 NAMESPACE = "engine"
@@ -44,8 +50,8 @@ class Cluster(msgspec.Struct, frozen=True):
     registry holds those)."""
 
     key: str  # names the registry actor; one per driver engine
-    driver_node: str
-    driver_spec: RingSpec
+    driver_node: str  # "" for a Ray Client driver: no node shares its engine
+    driver_spec: RingSpec | None  # None for a Ray Client driver (no worker may write there)
     settings: ProducerSettings
 
     @property
@@ -54,8 +60,20 @@ class Cluster(msgspec.Struct, frozen=True):
 
 
 def node_id() -> str:
-    """The Ray node this process runs on."""
+    """The Ray node this process runs on (for a Ray Client driver: the node of the Ray
+    Client server it is connected to, not its own)."""
     return ray.get_runtime_context().get_node_id()
+
+
+def is_client_driver() -> bool:
+    """Whether this process drives the cluster through Ray Client (``ray://``): it runs
+    outside the cluster and can share memory with no worker."""
+    return ray.util.client.ray.is_connected()
+
+
+# The driver engines made in this process, by cluster key: a tracer of one of them that
+# this process unpickles (a task returned it) writes into it, not into its node's
+driver_specs: dict[str, RingSpec] = {}
 
 
 def node_config(config: EngineConfig, node: str) -> dict[str, Any]:
@@ -116,8 +134,10 @@ _RegistryActor = ray.remote(_Registry)
 
 
 def start_registry(cluster: Cluster, config: EngineConfig) -> Any:
-    """The registry actor of a driver engine: on the driver's node, owned by the driver."""
-    strategy = NodeAffinitySchedulingStrategy(node_id=cluster.driver_node, soft=True)
+    """The registry actor of a driver engine, owned by the driver: on the driver's node,
+    or, for a Ray Client driver, on the Ray Client server's (the head, usually)."""
+    near = cluster.driver_node or node_id()
+    strategy = NodeAffinitySchedulingStrategy(node_id=near, soft=True)
     return _RegistryActor.options(
         name=cluster.registry_name, namespace=NAMESPACE, num_cpus=0, max_restarts=-1,
         scheduling_strategy=strategy,
@@ -151,8 +171,14 @@ def local_tracer(cluster: Cluster) -> tuple[Tracer, Owner]:
         known = _attached.get(cluster.key)
         if known is not None and alive(known.owner):
             return known.tracer, known.owner
-        node = node_id()
-        if node == cluster.driver_node:
+        driver_spec = driver_specs.get(cluster.key)
+        if driver_spec is not None:  # the driver itself
+            spec, owner = driver_spec, NO_OWNER
+        elif is_client_driver():
+            raise ConfigError("ray", "this Ray Client driver did not make the RayEngine of "
+                              "this tracer: it can write into no engine of the cluster's "
+                              "nodes (they share no memory with it)")
+        elif (node := node_id()) == cluster.driver_node:
             # the driver's own engine serves its node
             spec, owner = cluster.driver_spec, NO_OWNER
         else:

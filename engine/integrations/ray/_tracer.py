@@ -27,6 +27,7 @@ from typing import Any
 import msgspec
 import ray
 
+from engine.common._errors import ConfigError
 from engine.integrations.ray import _nodes
 from engine.producer._handle import (
     CallHandle,
@@ -62,6 +63,9 @@ class _Carried(msgspec.Struct, frozen=True):
 
 
 _in_ray_process = True  # False in a child forked from a Ray worker or the driver
+# True once this process was seen driving Ray (a process never turns into a worker): saves
+# each of the driver's calls the look, ~10 us through a Ray Client connection's hooks
+_in_driver = False
 
 
 def _after_fork_in_child() -> None:
@@ -74,10 +78,12 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 def _ray_task_id() -> str | None:
     """The Ray task (or actor method call) running here; None in the driver."""
-    if not _in_ray_process or not ray.is_initialized():
+    global _in_driver
+    if _in_driver or not _in_ray_process or not ray.is_initialized():
         return None
     context = ray.get_runtime_context()
     if context.worker.mode != ray.WORKER_MODE:
+        _in_driver = True
         return None
     return context.get_task_id()
 
@@ -125,6 +131,7 @@ class ClusterTracer:
     def __init__(self, cluster: _nodes.Cluster, carried: _Carried | None = None,
                  local: Tracer | None = None) -> None:
         self._cluster = cluster
+        self._unpickled = carried is not None
         self._carried = carried or _Carried(None, 0, None)
         self._local_tracer = local  # None until first use (then this process's node tracer)
         self._owner = _nodes.NO_OWNER
@@ -133,8 +140,11 @@ class ClusterTracer:
 
     def __reduce__(self) -> Any:
         parent = current_parent()
-        if parent is None and self._task_id is not None and self._task_id == _ray_task_id():
-            parent = self._carried.parent  # a task passing its tracer on, outside any call
+        if parent is None and self._unpickled and self._task_id == _ray_task_id():
+            # passed on outside any call by the task it was given to, or by a process outside
+            # any task: the Ray Client server, which unpickles what a ``ray://`` driver sends
+            # and pickles it again into the tasks it submits for it
+            parent = self._carried.parent
         spec = None if self._local_tracer is None else self._local_tracer._spec
         return (_unpickle, (self._cluster, _Carried(parent, time.time_ns() // 1_000_000, spec)))
 
@@ -209,6 +219,10 @@ class ClusterTracer:
             tracer, self._owner = _nodes.local_tracer(self._cluster)
         else:  # a process forked (or spawned) outside Ray: the pickler's machine
             spec = self._carried.pickler_spec or self._cluster.driver_spec
+            if spec is None:  # never the driver's rings: a Ray Client driver's are elsewhere
+                raise ConfigError("ray", "this process runs outside Ray and the tracer came "
+                                         "from a process that had not traced yet: trace a "
+                                         "call in the Ray task before passing it on")
             tracer, self._owner = Tracer(spec, self._cluster.settings), _nodes.NO_OWNER
         self._local_tracer = tracer
         return tracer
