@@ -74,13 +74,18 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+class ServerFailed(CommandFailed):
+    """The server (or a proxy in front of it) answered 5xx: a restart, an upgrade."""
+
+
 def _follow_once(reader: CallReader, query: dict[str, Any] | None,
                  seen: OrderedDict[str, str], as_json: bool) -> None:
-    """One poll; a server that stops answering (restarted, upgraded) is said once and
-    polled again until it is back, instead of ending the follow."""
+    """One poll; a server that stops answering (restarted, upgraded: no answer, or a 5xx
+    from a proxy in front of it or from the server as it stops) is said once and polled
+    again until it is back, instead of ending the follow."""
     try:
         calls = _new_since_last_poll(reader, query, seen)
-    except _probe.Unreachable as exc:
+    except (_probe.Unreachable, ServerFailed) as exc:
         if not reader.lost:
             print(f"engine calls: {exc}; polling until it answers again", file=sys.stderr,
                   flush=True)
@@ -124,7 +129,7 @@ class CallReader:
             body["query"] = query
         answer = _probe.post_json(f"{self.url}/calls/stream_query", body, self.api_key)
         if answer.status != 200:
-            raise CommandFailed(f"calls: {redact_url(self.url)}/calls/stream_query answered HTTP "
+            raise (ServerFailed if answer.status >= 500 else CommandFailed)(f"calls: {redact_url(self.url)}/calls/stream_query answered HTTP "
                                 f"{answer.status}: {answer.body[:200].decode('utf-8', 'replace')}")
         return [json.loads(line) for line in answer.body.splitlines() if line.strip()]
 

@@ -185,6 +185,39 @@ def test_calls_follow_outlives_a_server_restart_and_says_so(tmp_path):
     assert code == 0
 
 
+@pytest.mark.parametrize("status", [502, 503])
+def test_calls_follow_outlives_a_proxy_or_a_stopping_server_answering_5xx(status):
+    """A restart seen through a reverse proxy is a 502 (nginx while engine serve is down);
+    a server that is stopping answers 503 on a connection kept alive. Both ended the
+    follow at once (exit 1, "answered HTTP 502"), where a refused connection is waited out."""
+    answer = {"now": "calls"}
+    call = {"id": "after", "op_name": "predict", "started_at": "2026-01-01T00:00:00Z",
+            "ended_at": "2026-01-01T00:00:01Z"}
+
+    async def proxy(request: web.Request) -> web.Response:
+        if request.path == "/server_info":
+            return web.json_response({})
+        if answer["now"] == "down":
+            return web.Response(status=status, text="<html>Bad Gateway</html>")
+        shown = [call] if answer["now"] == "back" else []
+        return web.Response(body=b"".join(json.dumps(c).encode() + b"\n" for c in shown))
+
+    with StubServer(proxy) as stub:
+        proc, lines, reader = _follow(stub.url, PROJECT)
+        try:
+            assert "following" in proc.stderr.readline()
+            answer["now"] = "down"
+            said = proc.stderr.readline()
+            answer["now"] = "back"
+            _wait_lines(lines, 1)
+        finally:
+            code, err = _end_follow(proc, reader)
+    assert f"answered HTTP {status}" in said and "polling until it answers again" in said, said
+    assert "the server answers again" in err, err
+    assert [json.loads(line)["id"] for line in lines] == ["after"]
+    assert code == 0, err
+
+
 @pytest.mark.parametrize("command", [["calls", "--project", PROJECT, "--url"], ["doctor"]])
 def test_a_reader_that_stops_early_ends_the_command_quietly(server, command):
     """``engine calls ... | head -1``: once the reader is gone, exit 141 (128 + SIGPIPE, as
