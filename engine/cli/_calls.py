@@ -2,7 +2,10 @@
 
 Reads ``POST /calls/stream_query`` of any trace server (``engine serve``, hosted Weave, a
 relay). Following polls the newest calls every ``--interval-s`` and prints each call once
-when it is first seen and again when a running call ends.
+when it is first seen and again when a running call ends. A poll whose newest
+``_FOLLOW_WINDOW`` calls are all new reads the next ones too, until it meets a call it has
+seen (up to ``_FOLLOW_MAX_CALLS`` a poll; past that it says how many it left out): a
+burst larger than a window between two polls is printed whole.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from engine.common._redact import redact_url
 
 STATUSES = ("success", "error", "running")
 _SEEN_MAX = 100_000  # ids remembered while following (the oldest are forgotten first)
-_FOLLOW_WINDOW = 500  # newest calls read per poll while following
+_FOLLOW_WINDOW = 500  # newest calls read per request while following
+_FOLLOW_MAX_CALLS = 20_000  # calls one poll reads at most (a burst past it is said)
 
 
 def add(subparsers: argparse._SubParsersAction) -> None:
@@ -70,13 +74,18 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+class ServerFailed(CommandFailed):
+    """The server (or a proxy in front of it) answered 5xx: a restart, an upgrade."""
+
+
 def _follow_once(reader: CallReader, query: dict[str, Any] | None,
                  seen: OrderedDict[str, str], as_json: bool) -> None:
-    """One poll; a server that stops answering (restarted, upgraded) is said once and
-    polled again until it is back, instead of ending the follow."""
+    """One poll; a server that stops answering (restarted, upgraded: no answer, or a 5xx
+    from a proxy in front of it or from the server as it stops) is said once and polled
+    again until it is back, instead of ending the follow."""
     try:
-        calls = reader.newest(_FOLLOW_WINDOW, query)
-    except _probe.Unreachable as exc:
+        calls = _new_since_last_poll(reader, query, seen)
+    except (_probe.Unreachable, ServerFailed) as exc:
         if not reader.lost:
             print(f"engine calls: {exc}; polling until it answers again", file=sys.stderr,
                   flush=True)
@@ -88,19 +97,39 @@ def _follow_once(reader: CallReader, query: dict[str, Any] | None,
     _emit(reversed(calls), seen, as_json)
 
 
+def _new_since_last_poll(reader: CallReader, query: dict[str, Any] | None,
+                         seen: OrderedDict[str, str]) -> list[dict[str, Any]]:
+    """The newest calls, window after window back while every call of a full window is
+    new (more calls arrived since the last poll than a window holds): newest first. A
+    call stored meanwhile shifts the windows later, so they overlap, never skip."""
+    calls: list[dict[str, Any]] = []
+    while True:
+        window = reader.newest(_FOLLOW_WINDOW, query, offset=len(calls))
+        calls += window
+        if len(window) < _FOLLOW_WINDOW or any(c["id"] in seen for c in window):
+            return calls
+        if len(calls) >= _FOLLOW_MAX_CALLS:
+            print(f"engine calls: over {_FOLLOW_MAX_CALLS:,} calls since the last poll; "
+                  f"printing the newest {_FOLLOW_MAX_CALLS:,}", file=sys.stderr, flush=True)
+            return calls
+
+
 class CallReader:
     def __init__(self, url: str, project_id: str, api_key: str | None) -> None:
         self.url, self.project_id, self.api_key = url, project_id, api_key
         self.lost = False  # while following: the last poll got no answer
 
-    def newest(self, limit: int, query: dict[str, Any] | None) -> list[dict[str, Any]]:
+    def newest(self, limit: int, query: dict[str, Any] | None,
+               offset: int = 0) -> list[dict[str, Any]]:
         body: dict[str, Any] = {"project_id": self.project_id, "limit": limit,
                                 "sort_by": [{"field": "started_at", "direction": "desc"}]}
+        if offset:
+            body["offset"] = offset
         if query:
             body["query"] = query
         answer = _probe.post_json(f"{self.url}/calls/stream_query", body, self.api_key)
         if answer.status != 200:
-            raise CommandFailed(f"calls: {redact_url(self.url)}/calls/stream_query answered HTTP "
+            raise (ServerFailed if answer.status >= 500 else CommandFailed)(f"calls: {redact_url(self.url)}/calls/stream_query answered HTTP "
                                 f"{answer.status}: {answer.body[:200].decode('utf-8', 'replace')}")
         return [json.loads(line) for line in answer.body.splitlines() if line.strip()]
 

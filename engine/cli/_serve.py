@@ -62,7 +62,8 @@ def add(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument(
         "--shutdown-timeout-s", type=_args.positive_float, default=DEFAULT_SHUTDOWN_TIMEOUT_S,
         help="on SIGTERM or SIGINT, how long the requests in progress may take to finish "
-        f"before they are cancelled (default {DEFAULT_SHUTDOWN_TIMEOUT_S:.0f})",
+        f"before they are cancelled (default {DEFAULT_SHUTDOWN_TIMEOUT_S:.0f}); requests that "
+        "begin meanwhile are answered 503 to send again",
     )  # fmt: skip
     serve.add_argument(
         "--parent-pid", type=_args.pid, default=None, metavar="PID",

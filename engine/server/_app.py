@@ -50,6 +50,8 @@ from engine.server._connections import (
     gone_response,
 )
 from engine.server._count_store import CountStore
+from engine.server._drain import DRAIN, Drain
+from engine.server._drain import stop as drain_and_stop
 from engine.server._limits import DEFAULT_MAX_CONNECTIONS, DEFAULT_SHUTDOWN_TIMEOUT_S
 from engine.server._op_watch import GRACE_S, OpWatch
 from engine.server._origin import origin_middleware
@@ -181,12 +183,15 @@ def build_app(
     root_path = checked_root_path(root_path)
     keys = key_ring(api_key, keys)
     # no other website's page, and without keys (loopback only) no name but loopback's
-    middlewares = [_json_errors, origin_middleware("engine serve", loopback_only=keys is None)]
+    drain = Drain("engine serve")  # outermost: a request refused while stopping reads nothing
+    middlewares = [drain.middleware, _json_errors,
+                   origin_middleware("engine serve", loopback_only=keys is None)]
     middlewares += [_auth_middleware(keys, _root_path.open_under(root_path, OPEN_ROUTES))] \
         if keys else []
     # bodies are read and limited by _body.read_body; aiohttp's own cap only guards request.read()
     app = web.Application(middlewares=middlewares, client_max_size=max_body_bytes)
     app[STATE] = ServerState(GuardedStore(store), max_body_bytes)
+    app[DRAIN] = drain
     app[_routes_ui.ROOT_PATH] = root_path
     table = [web.get("/metrics", _serve_metrics)]
     for module in (_routes_misc, _routes_calls, _graphql, _routes_objects, _routes_tables,
@@ -279,7 +284,8 @@ async def start_server(
 
 async def serve_until_signal(parent_pid: int | None = None, **options: Any) -> None:
     """Serve until SIGTERM or SIGINT (or, given ``parent_pid``, until that parent exits),
-    then stop accepting, finish, and close the store."""
+    then stop accepting, finish the requests in progress (new ones on open connections are
+    answered 503: :mod:`engine.server._drain`), and close the store."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -312,7 +318,8 @@ async def serve_until_signal(parent_pid: int | None = None, **options: Any) -> N
             watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watch
-        await runner.cleanup()
+        await drain_and_stop(runner, options.get("shutdown_timeout_s",
+                                                 DEFAULT_SHUTDOWN_TIMEOUT_S))
     print("engine serve: stopped", flush=True)
 
 

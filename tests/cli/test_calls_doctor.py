@@ -5,6 +5,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
+import urllib.request
 
 import pytest
 from aiohttp import web
@@ -13,6 +16,7 @@ from engine.producer._engine import Engine
 from engine.server import serve_subprocess
 from tests.client.stub import StubServer
 from tests.faultserver import FaultServer
+from tests.server.harness import complete
 
 PROJECT = "ops/calls"
 pytestmark = pytest.mark.integration
@@ -88,6 +92,55 @@ def test_calls_follow_prints_new_calls_as_they_arrive(server):
     assert code == 0
 
 
+def _follow(url: str, project: str) -> tuple[subprocess.Popen, list[str], threading.Thread]:
+    """``engine calls --follow --json`` and the lines it prints, gathered by a thread."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine", "calls", "--project", project, "--url", url,
+         "--follow", "--interval-s", "0.2", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    return proc, lines, reader
+
+
+def _wait_lines(lines: list[str], count: int, deadline_s: float = 10) -> None:
+    deadline = time.monotonic() + deadline_s
+    while len(lines) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _end_follow(proc: subprocess.Popen, reader: threading.Thread) -> tuple[int, str]:
+    proc.send_signal(signal.SIGINT)
+    code = proc.wait(30)
+    reader.join(30)
+    err = proc.stderr.read()
+    proc.stdout.close()
+    proc.stderr.close()
+    return code, err
+
+
+def test_calls_follow_prints_every_call_of_a_burst_larger_than_one_poll_reads(server):
+    """1,200 calls stored between two polls: each is printed once, oldest first. Before, a
+    poll read the newest 500 and the rest were never printed, without a word (a team's
+    pipelines writing 1,500 calls/s into one project: 12,500 of 40,000 printed)."""
+    project = "ops/burst"
+    proc, lines, reader = _follow(server, project)
+    try:
+        assert "no calls in ops/burst yet; following" in proc.stderr.readline()
+        batch = [complete(f"burst-{i:04d}", project_id=project, t_s=i, op_name="predict")
+                 for i in range(1200)]
+        request = urllib.request.Request(f"{server}/v2/{project}/calls/complete",
+                                         data=json.dumps({"batch": batch}).encode())
+        urllib.request.urlopen(request, timeout=30).read()
+        _wait_lines(lines, 1200)
+    finally:
+        code, err = _end_follow(proc, reader)
+    ids = [json.loads(line)["id"] for line in lines]
+    assert ids == [f"burst-{i:04d}" for i in range(1200)], (len(ids), ids[:3], err)
+    assert code == 0, err
+
+
 @pytest.mark.parametrize("follow", [True, False])
 def test_ctrl_c_right_after_the_first_line_ends_a_follow_as_at_any_other_time(server, monkeypatch,
                                                                                follow):
@@ -130,6 +183,39 @@ def test_calls_follow_outlives_a_server_restart_and_says_so(tmp_path):
         proc.stdout.close()
         proc.stderr.close()
     assert code == 0
+
+
+@pytest.mark.parametrize("status", [502, 503])
+def test_calls_follow_outlives_a_proxy_or_a_stopping_server_answering_5xx(status):
+    """A restart seen through a reverse proxy is a 502 (nginx while engine serve is down);
+    a server that is stopping answers 503 on a connection kept alive. Both ended the
+    follow at once (exit 1, "answered HTTP 502"), where a refused connection is waited out."""
+    answer = {"now": "calls"}
+    call = {"id": "after", "op_name": "predict", "started_at": "2026-01-01T00:00:00Z",
+            "ended_at": "2026-01-01T00:00:01Z"}
+
+    async def proxy(request: web.Request) -> web.Response:
+        if request.path == "/server_info":
+            return web.json_response({})
+        if answer["now"] == "down":
+            return web.Response(status=status, text="<html>Bad Gateway</html>")
+        shown = [call] if answer["now"] == "back" else []
+        return web.Response(body=b"".join(json.dumps(c).encode() + b"\n" for c in shown))
+
+    with StubServer(proxy) as stub:
+        proc, lines, reader = _follow(stub.url, PROJECT)
+        try:
+            assert "following" in proc.stderr.readline()
+            answer["now"] = "down"
+            said = proc.stderr.readline()
+            answer["now"] = "back"
+            _wait_lines(lines, 1)
+        finally:
+            code, err = _end_follow(proc, reader)
+    assert f"answered HTTP {status}" in said and "polling until it answers again" in said, said
+    assert "the server answers again" in err, err
+    assert [json.loads(line)["id"] for line in lines] == ["after"]
+    assert code == 0, err
 
 
 @pytest.mark.parametrize("command", [["calls", "--project", PROJECT, "--url"], ["doctor"]])
