@@ -30,6 +30,8 @@ from engine.server._connections import (
     client_gone,
     gone_response,
 )
+from engine.server._drain import DRAIN, Drain
+from engine.server._drain import stop as drain_and_stop
 from engine.server._limits import DEFAULT_MAX_CONNECTIONS
 from engine.server._origin import origin_middleware
 from engine.server._tls import server_context, server_url
@@ -42,6 +44,9 @@ RELAY_PROJECT = "relay/relay"  # the engine needs a default; every relayed item 
 # calls/s (docs/configuration.md, "The relay").
 RELAY_RING_BYTES = 64 << 20
 _SUMMARY_COUNTERS = ("items_acked", "spooled_items", "dead_letters", "undelivered")
+# on SIGTERM or SIGINT, how long the requests in progress may take to finish (at most half
+# of sigterm_timeout_s): a body still arriving, a proxied answer from the upstream
+_DRAIN_MAX_S = 5.0
 _PROXY_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=10.0, sock_read=300.0)
 
 
@@ -91,10 +96,13 @@ def build_app(engine: Engine, upstream: str, max_body_bytes: int = DEFAULT_MAX_B
     may write (they are delivered under the relay's own upstream key); proxied routes pass
     the client's own ``Authorization`` upstream, which checks it again. Every route refuses
     other websites' pages and, without keys, names but loopback's, as engine serve does."""
-    middlewares = [_json_errors, origin_middleware("engine relay", loopback_only=keys is None)]
+    drain = Drain("engine relay")  # outermost: a request refused while stopping reads nothing
+    middlewares = [drain.middleware, _json_errors,
+                   origin_middleware("engine relay", loopback_only=keys is None)]
     middlewares += [_auth_middleware(keys)] if keys else []
     app = web.Application(middlewares=middlewares, client_max_size=max_body_bytes)
     app[RELAY] = RelayState(engine, upstream, max_body_bytes)
+    app[DRAIN] = drain
     app.add_routes(_routes.routes)
     app.router.add_get("/metrics", _metrics_handler)
     app.router.add_get("/health", _health)
@@ -165,7 +173,11 @@ async def relay_until_signal(engine: Engine, upstream: str, host: str, port: int
     try:
         await stop.wait()
     finally:
-        await runner.cleanup()
+        # the requests in progress finish (bodies still arriving, proxied answers), new ones
+        # are answered 503: before, aiohttp's cleanup dropped what arrived of a body and
+        # waited its 60 s for the request, past the SIGKILL that follows SIGTERM, with the
+        # ring's calls undelivered. Half the SIGTERM budget at most: delivery needs the rest
+        await drain_and_stop(runner, min(_DRAIN_MAX_S, engine.config.sigterm_timeout_s / 2))
     return stopped_by[0]
 
 

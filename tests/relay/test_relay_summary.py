@@ -103,6 +103,46 @@ def test_sigterm_with_the_upstream_down_persists_what_was_accepted_within_sigter
     assert len(stored) == 6
 
 
+def test_sigterm_finishes_a_request_whose_body_is_still_arriving_and_delivers_it(tmp_path):
+    """SIGTERM while a client is sending its body: the rest still arrives, the calls are
+    answered 200, delivered upstream, and the relay ends. Before, aiohttp's cleanup marked
+    the connection closing, dropped the rest of the body and waited its 60 s for the request,
+    past the SIGKILL that follows a SIGTERM (``docker stop``: 10 s)."""
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("ENGINE_")},
+           "XDG_STATE_HOME": str(tmp_path)}
+    body = json.dumps({"batch": [_complete(i) for i in range(6)]}).encode()
+    head = (f"POST /v2/{PROJECT}/calls/complete HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n").encode()
+    with FaultServer() as upstream, subprocess.Popen(
+            [sys.executable, "-m", "engine", "relay", "--listen", "127.0.0.1:0", "--upstream",
+             upstream.url, "--linger-ms", "5", "--sigterm-timeout-s", "8"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env) as proc:
+        url = re.search(r"listening on (http://\S+)", proc.stdout.readline()).group(1)
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.sendall(head + body[:20])
+            time.sleep(0.2)  # the relay has read the head and the start of the body
+            proc.send_signal(signal.SIGTERM)
+            assert wait_until(lambda: _refused(host, int(port)), 10)  # it is stopping
+            sock.sendall(body[20:])
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        proc.communicate(timeout=30)
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+        assert proc.returncode == 0
+        assert upstream.stored_ids(PROJECT) == {_complete(i)["id"] for i in range(6)}
+
+
+def _refused(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=1).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
 def test_a_listen_port_in_use_is_one_line_and_starts_no_sender(tmp_path):
     """It printed the error, then an asyncio 'Unclosed client session' error (the proxy's
     session, left open), after a sender had started and said '0 items delivered'."""
