@@ -6,6 +6,7 @@ is one clear error at start (what answered, and what to change).
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import socket
@@ -59,6 +60,9 @@ def request(url: str, *, data: bytes | None = None, headers: dict[str, str] | No
         return Answer(exc.code, dict(exc.headers.items()), exc.read())
     except (urllib.error.URLError, OSError) as exc:
         raise Unreachable(f"cannot reach {redact_url(url)}: {_why(exc, proxy)}") from exc
+    except http.client.HTTPException as exc:  # an answer cut short: a server stopping
+        raise Unreachable(f"cannot reach {redact_url(url)}: its answer was cut short "
+                          f"({type(exc).__name__})") from exc
 
 
 def _why(exc: BaseException, proxy: ProxyChoice) -> str:

@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -216,6 +217,30 @@ def test_calls_follow_outlives_a_proxy_or_a_stopping_server_answering_5xx(status
     assert "the server answers again" in err, err
     assert [json.loads(line)["id"] for line in lines] == ["after"]
     assert code == 0, err
+
+
+def test_an_answer_cut_short_is_a_server_out_of_reach_not_a_traceback():
+    """A server stopping mid-answer (a stream cancelled at its shutdown timeout) cut the
+    body short: ``http.client.IncompleteRead`` went past ``_probe.request`` and ended a
+    follow with a traceback; it is now ``Unreachable``, which a follow waits out."""
+    from engine.cli import _probe
+
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def answer_half() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"id\": ")
+
+    server = threading.Thread(target=answer_half)
+    server.start()
+    try:
+        with pytest.raises(_probe.Unreachable, match="cut short"):
+            _probe.post_json(f"http://127.0.0.1:{listener.getsockname()[1]}/calls/stream_query", {})
+    finally:
+        server.join(10)
+        listener.close()
 
 
 @pytest.mark.parametrize("command", [["calls", "--project", PROJECT, "--url"], ["doctor"]])
