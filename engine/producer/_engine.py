@@ -171,6 +171,7 @@ class Engine:
         timeout_s = self.config.shutdown_timeout_s if timeout_s is None else timeout_s
         deadline_s = time.monotonic() + timeout_s
         close_tracers(self._ringset.spec)  # this process's: the ones it made, and copies
+        self._restart_dead_senders()
         interrupted = False
         if any(self._senders):
             try:
@@ -274,6 +275,25 @@ class Engine:
             log.error("sender process %d %s after %.1f s; restarted it as %d, which resumes "
                       "from the last acknowledged positions", proc.pid, _describe_exit(code),
                       lived_s, self._senders[shard].pid)
+
+    def _restart_dead_senders(self) -> None:
+        """A sender that died while the watchdog waited its pause to restart it (which it no
+        longer does once closed) is started now, so that what its slots hold is delivered
+        or persisted by this close, not left in shared memory for the next engine."""
+        if not self.config.start_sender or os.getpid() != self._owner_pid:
+            return
+        for shard, proc in enumerate(self._senders):
+            if proc is None or proc.poll() is None:
+                continue
+            self._control.add("sender_restarts")
+            try:
+                self._start_sender(shard)
+            except EngineError as exc:  # its reader is alive: it is not ours to restart
+                log.error("sender process %d %s; %s", proc.pid, _describe_exit(proc.returncode),
+                          exc)
+                continue
+            log.error("sender process %d %s; started %d at close, to settle what it held",
+                      proc.pid, _describe_exit(proc.returncode), self._senders[shard].pid)
 
     def _stop_senders(self, deadline_s: float) -> None:
         """Ask the senders to deliver until ``deadline_s``, persist the rest and exit; wait

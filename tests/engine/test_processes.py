@@ -184,6 +184,27 @@ def test_a_killed_sender_is_restarted_and_nothing_is_lost(tmp_path):
         assert eng.stats()["sender_restarts"] >= 1
 
 
+def test_close_while_a_killed_sender_waits_for_its_restart_still_delivers(tmp_path, monkeypatch):
+    """The watchdog restarts a dead sender after a pause (1 s, growing while it keeps
+    dying); a close() in that pause found no sender and left every record it had not
+    acknowledged in shared memory (process chaos seed 13: 774 items, for the next engine
+    to recover). close() starts the dead sender at once, and it delivers them."""
+    from engine.producer import _engine
+
+    monkeypatch.setattr(_engine, "_SENDER_RESTART_MIN_S", 30.0)  # the pause outlasts the test
+    with FaultServer(stall_s=0.5) as server:  # nothing acknowledged before the kill
+        eng = make_engine(server.url, tmp_path)
+        ids = trace_calls(eng.producer(), 50)
+        eng._sender.kill()
+        eng._sender.wait()
+        server.stall_s = 0.0
+        stats = eng.close()
+        assert stats["undelivered"] == 0
+        assert stats["sender_restarts"] == 1
+        assert server.wait_for(lambda: server.stored_ids(PROJECT) == set(ids), timeout_s=30)
+        assert not os.path.exists(ring_files.segment_path(eng.spec.shm_name))
+
+
 _OWNER_SCRIPT = textwrap.dedent("""
     import os, sys, time
     sys.path.insert(0, {root!r})
