@@ -37,7 +37,7 @@ The default is a fixed set of seeds (``SEEDS``); more::
     ENGINE_PROCESS_CHAOS_SEEDS=60 pytest tests/engine/test_process_chaos.py      # 0..59
     ENGINE_PROCESS_CHAOS_SEEDS=60-90 pytest tests/engine/test_process_chaos.py   # 60..89
 
-Each seed takes 3-12 s on a 2-core box. A failure names the scenario it drew; ``-s`` shows
+Each seed takes 1-15 s on a 2-core box. A failure names the scenario it drew; ``-s`` shows
 what each seed did.
 """
 
