@@ -60,6 +60,7 @@ _SENDER_RESTART_MIN_S = 0.5
 _EXIT_GRACE_S = 1.0  # a settled sender exits within its next housekeeping pass
 _STUCK_GRACE_S = 5.0  # past the shutdown deadline: a sender still settling is stuck
 _SAY_WAITING_S = 1.0  # close() still waiting for delivery after this long: it says so
+_CLOSE_RESTARTS = 3  # a sender that dies in close() is started again at most this often
 
 
 class Engine:
@@ -171,15 +172,17 @@ class Engine:
         timeout_s = self.config.shutdown_timeout_s if timeout_s is None else timeout_s
         deadline_s = time.monotonic() + timeout_s
         close_tracers(self._ringset.spec)  # this process's: the ones it made, and copies
+        restarts = [0] * len(self._senders)
+        self._restart_dead_senders(restarts)
         interrupted = False
         if any(self._senders):
             try:
-                self._stop_senders(deadline_s)
+                self._stop_senders(deadline_s, restarts)
             except KeyboardInterrupt:  # Ctrl-C while it waits: persist what is left, now
                 interrupted = True
                 log.warning("engine: interrupted while delivering to %s; persisting what "
                             "is not delivered now", self._url_said)
-                self._stop_senders(time.monotonic())
+                self._stop_senders(time.monotonic(), restarts)
         stats = collect_stats(self._ringset, self._control)
         stats["undelivered"] = _undelivered(self._ringset)
         self._final_stats = stats
@@ -275,19 +278,45 @@ class Engine:
                       "from the last acknowledged positions", proc.pid, _describe_exit(code),
                       lived_s, self._senders[shard].pid)
 
-    def _stop_senders(self, deadline_s: float) -> None:
+    def _restart_dead_senders(self, restarts: list[int], killed_only: bool = False) -> None:
+        """Start again each sender that died while the watchdog waited its pause to restart
+        it (which it no longer does once closed), or, with ``killed_only``, that was killed
+        or crashed while close() waited for it (one that settled exits 0): what its slots
+        hold is then delivered or persisted by this close, not left in shared memory for
+        the next engine. At most ``_CLOSE_RESTARTS`` times per sender and close
+        (``restarts`` counts them)."""
+        if not self.config.start_sender or os.getpid() != self._owner_pid:
+            return
+        for shard, proc in enumerate(self._senders):
+            if (proc is None or proc.poll() is None or (killed_only and proc.returncode == 0)
+                    or restarts[shard] >= _CLOSE_RESTARTS):
+                continue
+            restarts[shard] += 1
+            self._control.add("sender_restarts")
+            try:
+                self._start_sender(shard)
+            except EngineError as exc:  # its reader is alive: it is not ours to restart
+                log.error("sender process %d %s; %s", proc.pid, _describe_exit(proc.returncode),
+                          exc)
+                continue
+            log.error("sender process %d %s; started %d at close, to settle what it held",
+                      proc.pid, _describe_exit(proc.returncode), self._senders[shard].pid)
+
+    def _stop_senders(self, deadline_s: float, restarts: list[int]) -> None:
         """Ask the senders to deliver until ``deadline_s``, persist the rest and exit; wait
-        until they settled what was enqueued. A sender that lingers for producers still
-        attached is left to finish on its own; one still busy well past the deadline is
-        stuck and killed (what it held stays in the ring set for recovery)."""
-        procs = [p for p in self._senders if p is not None]
+        until they settled what was enqueued. One killed meanwhile is started again (see
+        ``_restart_dead_senders``). A sender that lingers for producers still attached is
+        left to finish on its own; one still busy well past the deadline is stuck and
+        killed (what it held stays in the ring set for recovery)."""
         heads, _ = self._ringset.positions()
         self._control.set("shutdown_request", max(1, int(deadline_s * 1e9)))
         ring_doorbell(self._ringset)
         give_up_s = deadline_s + _STUCK_GRACE_S
 
         def all_gone() -> int | None:
-            return None if any(p.poll() is None for p in procs) else 0
+            if time.monotonic() < deadline_s:
+                self._restart_dead_senders(restarts, killed_only=True)
+            return None if any(p is not None and p.poll() is None for p in self._senders) else 0
 
         settled = wait_heads_released(self._ringset, heads,
                                       min(give_up_s, time.monotonic() + _SAY_WAITING_S),
@@ -298,7 +327,7 @@ class Engine:
                         "%s", self._url_said, deadline_s - time.monotonic(),
                         f"{_undelivered(self._ringset):,}", persisted_to(self.config))
             settled = wait_heads_released(self._ringset, heads, give_up_s, all_gone)
-        for proc in procs:
+        for proc in [p for p in self._senders if p is not None]:
             try:
                 wait_exit(proc, min(_EXIT_GRACE_S, max(0.0, give_up_s - time.monotonic()))
                           if settled else max(0.0, give_up_s - time.monotonic()))

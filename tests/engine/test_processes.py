@@ -17,6 +17,7 @@ import engine
 from engine.ring import _files as ring_files
 from tests.engine.helpers import PROJECT, make_engine, trace_calls, trace_structs
 from tests.faultserver import FaultServer
+from tests.pipeline import poll_until
 
 pytestmark = pytest.mark.integration
 
@@ -182,6 +183,49 @@ def test_a_killed_sender_is_restarted_and_nothing_is_lost(tmp_path):
         assert eng.flush(timeout_s=60)
         assert server.stored_ids(PROJECT) == set(ids)
         assert eng.stats()["sender_restarts"] >= 1
+
+
+def test_close_while_a_killed_sender_waits_for_its_restart_still_delivers(tmp_path, monkeypatch):
+    """The watchdog restarts a dead sender after a pause (1 s, growing while it keeps
+    dying); a close() in that pause found no sender and left every record it had not
+    acknowledged in shared memory (process chaos seed 13: 774 items, for the next engine
+    to recover). close() starts the dead sender at once, and it delivers them."""
+    from engine.producer import _engine
+
+    monkeypatch.setattr(_engine, "_SENDER_RESTART_MIN_S", 30.0)  # the pause outlasts the test
+    with FaultServer(stall_s=0.5) as server:  # nothing acknowledged before the kill
+        eng = make_engine(server.url, tmp_path)
+        ids = trace_calls(eng.producer(), 50)
+        eng._sender.kill()
+        eng._sender.wait()
+        server.stall_s = 0.0
+        stats = eng.close()
+        assert stats["undelivered"] == 0
+        assert stats["sender_restarts"] == 1
+        assert server.wait_for(lambda: server.stored_ids(PROJECT) == set(ids), timeout_s=30)
+        assert not os.path.exists(ring_files.segment_path(eng.spec.shm_name))
+
+
+def test_a_sender_killed_while_close_waits_for_it_is_started_again_and_delivers(tmp_path):
+    """A sender killed after close() asked it to stop (or just before, its death not seen
+    yet: process chaos seed 39, 789 items) left what it had not acknowledged in shared
+    memory. close() starts it again while its deadline lasts."""
+    with FaultServer(stall_s=30.0) as server:  # nothing acknowledged before the kill
+        eng = make_engine(server.url, tmp_path)
+        ids = trace_calls(eng.producer(), 50)
+        closing = concurrent.futures.ThreadPoolExecutor(1)
+        stats = closing.submit(eng.close)
+        assert poll_until(lambda: eng._control.get("shutdown_request") != 0, timeout_s=10)
+        killed = eng._sender
+        killed.kill()
+        killed.wait()
+        server.stall_s = 0.0
+        server.release()
+        stats = stats.result(timeout=60)
+        closing.shutdown()
+        assert stats["undelivered"] == 0
+        assert stats["sender_restarts"] == 1 and eng._sender is not killed
+        assert server.wait_for(lambda: server.stored_ids(PROJECT) == set(ids), timeout_s=30)
 
 
 _OWNER_SCRIPT = textwrap.dedent("""
