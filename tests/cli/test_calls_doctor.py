@@ -142,6 +142,84 @@ def test_calls_follow_prints_every_call_of_a_burst_larger_than_one_poll_reads(se
     assert code == 0, err
 
 
+def _store(url: str, project: str, ids_and_times: list[tuple[str, int]]) -> None:
+    batch = [complete(call_id, project_id=project, t_s=t_s, op_name="predict")
+             for call_id, t_s in ids_and_times]
+    request = urllib.request.Request(f"{url}/v2/{project}/calls/complete",
+                                     data=json.dumps({"batch": batch}).encode())
+    urllib.request.urlopen(request, timeout=30).read()
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_calls_follow_pages_a_burst_in_as_many_windows_while_calls_keep_arriving(server, tied):
+    """600 calls stored before each window of a poll after its first (a ClickHouse store
+    under a team's load answers a window of 500 in ~1 s while 1,500 calls/s arrive): the
+    windows went back by offset, so each call stored meanwhile pushed the next window one
+    call later; arriving faster than the windows were read, they never reached a call seen
+    before: a poll read window after window up to its 20,000-call cap, printing nothing
+    meanwhile (the team load on ClickHouse: 0 of 40,000 calls printed in 30 s). A window
+    now reads the calls that started no later than the oldest one read so far: the burst
+    of 1,200 takes 3 windows however many arrive, also when all 1,200 started at once."""
+    from collections import OrderedDict
+
+    from engine.cli import _calls
+
+    project = f"ops/chase-{tied}"
+    _store(server, project, [("seen-0", 0)])  # printed by the poll before
+
+    class Writing(_calls.CallReader):
+        windows = 0
+
+        def newest(self, limit, query, offset=0):
+            if self.windows and self.windows <= 6:  # stored while the poll pages back
+                first = 10_000 + 600 * self.windows
+                _store(server, project, [(f"late-{k:05d}", k) for k in range(first, first + 600)])
+            self.windows += 1
+            return super().newest(limit, query, offset)
+
+    reader = Writing(server, project, None)
+    seen = OrderedDict((c["id"], _calls.status_of(c)) for c in reader.newest(500, None))
+    assert list(seen) == ["seen-0"]
+    burst = [(f"burst-{i:04d}", 10 if tied else 10 + i) for i in range(1200)]
+    _store(server, project, burst)  # between two polls
+    reader.windows = 0
+    calls = _calls._new_since_last_poll(reader, None, seen)
+    ids = [c["id"] for c in calls]
+    printed = [i for i in ids if i.startswith("burst-")]
+    assert (sorted(printed) if tied else printed) == [b for b, _ in (burst if tied else reversed(burst))]
+    assert len(ids) == len(set(ids))
+    assert reader.windows == 2, (reader.windows, len(ids))  # 500, then 1,000
+
+
+def test_calls_follow_reads_a_large_burst_in_growing_windows(server):
+    """6,000 calls between two polls: read in windows of 500, 1,000, 2,000 and 4,000 (4
+    requests), not 13 of 500. A window costs ``engine serve`` over ClickHouse a fixed
+    ~100-150 ms beside ~110 us per 4 KB call, so windows of 500 read ~2,000 calls/s idle
+    and ~700/s under the team load (3 engines, 1,500 calls/s each): following team/w1
+    fell further behind each poll, and printed 13,100 of its 40,000 calls."""
+    from collections import OrderedDict
+
+    from engine.cli import _calls
+
+    project = "ops/large-burst"
+    _store(server, project, [("seen-0", 0)])
+
+    class Counting(_calls.CallReader):
+        sizes: list[int] = []
+
+        def newest(self, limit, query, offset=0):
+            self.sizes.append(limit)
+            return super().newest(limit, query, offset)
+
+    reader = Counting(server, project, None)
+    seen = OrderedDict((c["id"], _calls.status_of(c)) for c in reader.newest(500, None))
+    _store(server, project, [(f"burst-{i:04d}", 10 + i) for i in range(6000)])
+    reader.sizes.clear()
+    calls = _calls._new_since_last_poll(reader, None, seen)
+    assert [c["id"] for c in calls] == [f"burst-{i:04d}" for i in reversed(range(6000))] + ["seen-0"]
+    assert reader.sizes == [500, 1000, 2000, 4000]
+
+
 @pytest.mark.parametrize("follow", [True, False])
 def test_ctrl_c_right_after_the_first_line_ends_a_follow_as_at_any_other_time(server, monkeypatch,
                                                                                follow):

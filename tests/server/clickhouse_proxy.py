@@ -6,7 +6,8 @@ proxy stops, as a ClickHouse that is stopped (SIGSTOP) or wedged (``arrived`` is
 a request waits there), or (``no_ddl``) refuses each CREATE, ALTER, DROP … as ClickHouse
 refuses a user granted only SELECT, INSERT and ALTER DELETE (ACCESS_DENIED; ClickHouse checks
 the grant before IF NOT EXISTS, so also for what exists) and forwards the rest: chDB, behind
-the local server, has no users to grant to. A thread of the test process on a loopback port
+the local server, has no users to grant to; ``hang_delete`` holds only the ``DELETE``
+statements (a lightweight delete that takes its time) and forwards the rest. A thread of the test process on a loopback port
 of its own."""
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Literal
 from urllib.parse import parse_qs, urlsplit
 
-Mode = Literal["forward", "502", "readonly", "hang", "no_ddl"]
+Mode = Literal["forward", "502", "readonly", "hang", "no_ddl", "hang_delete"]
 _HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection"}
 _BAD_GATEWAY = b"<html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>"
 _DDL = re.compile(r"\s*(CREATE|ALTER|DROP|RENAME|TRUNCATE)\s+(\w+)", re.IGNORECASE)
@@ -54,7 +55,8 @@ class _Forward(BaseHTTPRequestHandler):
 
     def _handle(self) -> None:
         body = self._body()
-        if self.server.mode == "hang":
+        if self.server.mode == "hang" or (self.server.mode == "hang_delete"
+                                          and self._statement(body).upper().startswith("DELETE")):
             self.server.arrived.set()
             self.server.released.wait(120)
             self.close_connection = True
@@ -79,11 +81,15 @@ class _Forward(BaseHTTPRequestHandler):
         finally:
             upstream.close()
 
-    def _ddl(self, body: bytes) -> str | None:
-        """The grant a DDL statement needs (``CREATE TABLE``), or None: the statement is the
-        ``query`` parameter, else the body (clickhouse-connect's ``command``)."""
+    def _statement(self, body: bytes) -> str:
+        """The statement's start: the ``query`` parameter, else the body (clickhouse-connect's
+        ``command``)."""
         query = parse_qs(urlsplit(self.path).query).get("query", [""])[0]
-        match = _DDL.match(query or body[:200].decode(errors="replace"))
+        return (query or body[:200].decode(errors="replace")).lstrip()
+
+    def _ddl(self, body: bytes) -> str | None:
+        """The grant a DDL statement needs (``CREATE TABLE``), or None."""
+        match = _DDL.match(self._statement(body))
         return f"{match[1]} {match[2]}".upper() if match else None
 
     def _body(self) -> bytes:
