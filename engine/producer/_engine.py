@@ -251,7 +251,7 @@ class Engine:
         the release positions of its slots, and the server's idempotent upsert absorbs
         repeats. A sender that keeps dying soon after its start is restarted with growing
         pauses."""
-        pause_s = _SENDER_RESTART_MIN_S
+        pause_s = 0.0  # the last pause: none yet
         while not self._closed:
             proc = self._senders[shard]
             if proc is None:
@@ -261,7 +261,10 @@ class Engine:
             if self._closed or os.getpid() != self._owner_pid:
                 return
             lived_s = time.monotonic() - started
-            pause_s = _SENDER_RESTART_MIN_S if lived_s > 60 else min(pause_s * 2, 30.0)
+            # the first restart after _SENDER_RESTART_MIN_S (it was doubled before the first
+            # sleep: 1 s), then twice the last pause while the sender dies within a minute
+            pause_s = (_SENDER_RESTART_MIN_S if lived_s > 60 or not pause_s
+                       else min(pause_s * 2, 30.0))
             # the pause first: a signal that ends the sender and then this owner (Ctrl-C, a
             # service manager's stop) is no restart, and says nothing about one
             time.sleep(pause_s)

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -183,6 +184,38 @@ def test_a_killed_sender_is_restarted_and_nothing_is_lost(tmp_path):
         assert eng.flush(timeout_s=60)
         assert server.stored_ids(PROJECT) == set(ids)
         assert eng.stats()["sender_restarts"] >= 1
+
+
+def test_a_sender_that_keeps_dying_is_restarted_after_half_a_second_then_twice_as_long(
+        tmp_path, monkeypatch):
+    """The watchdog's pauses before restarting a dead sender: _SENDER_RESTART_MIN_S, then
+    twice the last while it dies within a minute. Before, the pause was doubled before the
+    first sleep (1 s, 2 s, 4 s: producers waited twice as long for a sender after a crash)."""
+    from engine.producer import _engine
+
+    pauses: list[float] = []
+
+    class _Clock:  # the module's time, its watchdog's sleeps recorded
+        def __getattr__(self, name: str) -> object:
+            return getattr(time, name)
+
+        @staticmethod
+        def sleep(seconds: float) -> None:
+            if threading.current_thread().name.startswith("engine-watchdog"):
+                pauses.append(seconds)
+            time.sleep(seconds)
+
+    monkeypatch.setattr(_engine, "time", _Clock())
+    with FaultServer() as server, make_engine(server.url, tmp_path) as eng:
+        for kills in range(1, 4):
+            killed = eng._sender
+            killed.kill()
+            assert poll_until(lambda dead=killed: eng._sender is not dead, timeout_s=30)
+            assert len(pauses) == kills
+        ids = trace_calls(eng.producer(), 10)
+        assert eng.flush(timeout_s=30)
+        assert server.stored_ids(PROJECT) == set(ids)
+    assert pauses == [0.5, 1.0, 2.0]
 
 
 def test_close_while_a_killed_sender_waits_for_its_restart_still_delivers(tmp_path, monkeypatch):
