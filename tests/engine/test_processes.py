@@ -219,7 +219,7 @@ def test_a_sender_that_keeps_dying_is_restarted_after_half_a_second_then_twice_a
 
 
 def test_close_while_a_killed_sender_waits_for_its_restart_still_delivers(tmp_path, monkeypatch):
-    """The watchdog restarts a dead sender after a pause (1 s, growing while it keeps
+    """The watchdog restarts a dead sender after a pause (0.5 s, growing while it keeps
     dying); a close() in that pause found no sender and left every record it had not
     acknowledged in shared memory (process chaos seed 13: 774 items, for the next engine
     to recover). close() starts the dead sender at once, and it delivers them."""
