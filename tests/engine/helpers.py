@@ -95,3 +95,13 @@ async def sliding_open_calls(tracer: Any, calls: int, open_calls: int, *, prompt
         gates.pop(example).set_result(None)
         await task
     return made
+
+
+def chaos_seeds(variable: str, default: tuple[int, ...]) -> list[int]:
+    """The seeds a chaos test runs: ``default``, or those ``variable`` names (``N``: 0..N-1,
+    ``A-B``: A..B-1)."""
+    wanted = os.environ.get(variable, "").strip()
+    if not wanted:
+        return list(default)
+    first, _, last = wanted.partition("-")
+    return list(range(int(first), int(last))) if last else list(range(int(first)))

@@ -61,7 +61,13 @@ import engine
 from engine.sender._deadletter import read_dead_letters
 from engine.sender._resend import describe, split_body
 from engine.sender._spool import Spool
-from tests.engine.helpers import PROJECT, make_engine, sliding_open_calls, trace_calls
+from tests.engine.helpers import (
+    PROJECT,
+    chaos_seeds,
+    make_engine,
+    sliding_open_calls,
+    trace_calls,
+)
 from tests.faultserver import FaultServer
 
 pytestmark = pytest.mark.integration
@@ -93,14 +99,6 @@ _THAW_TIMEOUT_S = 10.0
 # own generator, so that every other draw of a seed stays what it was before they came; 1034
 # is the first from 1000 with which none of the SEEDS listed before them draws one either
 _FROZEN_DRAW = 1034
-
-
-def _seeds() -> list[int]:
-    wanted = os.environ.get("ENGINE_CHAOS_SEEDS", "").strip()
-    if not wanted:
-        return list(SEEDS)
-    first, _, last = wanted.partition("-")
-    return list(range(int(first), int(last))) if last else list(range(int(first)))
 
 
 @dataclass
@@ -486,6 +484,6 @@ def check_scenario(scenario: Scenario, tmp_path: Path) -> dict[str, Any]:
                                          "replayed_batches")}, outcomes=dict(outcomes))
 
 
-@pytest.mark.parametrize("seed", _seeds(), ids=lambda seed: f"seed-{seed}")
+@pytest.mark.parametrize("seed", chaos_seeds("ENGINE_CHAOS_SEEDS", SEEDS), ids=lambda seed: f"seed-{seed}")
 def test_every_call_is_stored_whole_or_dead_lettered_and_replayed(tmp_path, seed):
     print(f"chaos seed {seed}:", check_scenario(draw(seed), tmp_path))

@@ -62,7 +62,7 @@ import pytest
 import engine
 from engine.ring import _files as ring_files
 from engine.sender._deadletter import read_dead_letters
-from tests.engine.helpers import PROJECT
+from tests.engine.helpers import PROJECT, chaos_seeds
 from tests.faultserver import FaultServer
 from tests.pipeline import poll_until, wait_gone
 
@@ -84,15 +84,7 @@ _RUN_TIMEOUT_S = 90.0  # producers through every fault drawn
 _CLOSE_TIMEOUT_S = 40.0
 _GONE_TIMEOUT_S = 40.0  # a recovery delivers within the dead engine's shutdown_timeout_s
 _REPLAY_TIMEOUT_S = 60.0
-_RESTART_WAIT_S = 10.0  # a sender killed 3 times is restarted after pauses of 1, 2, 4 s
-
-
-def _seeds() -> list[int]:
-    wanted = os.environ.get("ENGINE_PROCESS_CHAOS_SEEDS", "").strip()
-    if not wanted:
-        return list(SEEDS)
-    first, _, last = wanted.partition("-")
-    return list(range(int(first), int(last))) if last else list(range(int(first)))
+_RESTART_WAIT_S = 10.0  # a sender killed 3 times is restarted after pauses of 0.5, 1, 2 s
 
 
 @dataclass
@@ -554,6 +546,6 @@ def _check_stored(returned: dict[str, tuple[int, int]], stored: dict, said: str)
     assert not wrong, f"{len(wrong)} calls stored with other fields, e.g. {wrong[:3]} ({said})"
 
 
-@pytest.mark.parametrize("seed", _seeds(), ids=lambda seed: f"seed-{seed}")
+@pytest.mark.parametrize("seed", chaos_seeds("ENGINE_PROCESS_CHAOS_SEEDS", SEEDS), ids=lambda seed: f"seed-{seed}")
 def test_every_call_that_returned_survives_killed_and_stopped_processes(tmp_path, seed):
     print(f"process chaos seed {seed}:", run_scenario(draw(seed), tmp_path))

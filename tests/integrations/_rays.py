@@ -9,6 +9,18 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 
+import pytest
+
+try:  # the modules importing this one are skipped without Ray, never in CI
+    import ray
+    from ray.cluster_utils import Cluster
+except ImportError:
+    if os.environ.get("CI"):
+        raise  # CI installs the ray extra: never skip there
+    pytest.skip("needs the ray extra (pip install 'engine[ray]')", allow_module_level=True)
+
+__all__ = ["Cluster", "loopback_ray", "ray"]
+
 
 @contextlib.contextmanager
 def loopback_ray(prefix: str) -> Iterator[str]:

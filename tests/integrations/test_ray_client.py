@@ -23,16 +23,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-try:
-    import ray
-    from ray.cluster_utils import Cluster
-except ImportError:
-    if os.environ.get("CI"):
-        raise  # CI installs the ray extra: never skip there
-    pytest.skip("needs the ray extra (pip install 'engine[ray]')", allow_module_level=True)
-
 from engine.server import serve_subprocess
-from tests.integrations._rays import loopback_ray
+from tests.integrations._rays import Cluster, loopback_ray, ray  # skips without Ray
 
 pytestmark = [pytest.mark.ray, pytest.mark.integration, pytest.mark.timeout(300)]
 
