@@ -380,8 +380,18 @@ def tune_gc() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    with open(argv[0], "rb") as args_file:  # written by the Engine (its ring dir, 0600)
-        args = msgspec.json.decode(args_file.read())
+    try:
+        with open(argv[0], "rb") as args_file:  # written by the Engine (its ring dir, 0600)
+            args = msgspec.json.decode(args_file.read())
+    except FileNotFoundError:
+        # its engine closed and freed the ring set before this sender read its arguments
+        # (started as the engine closed, then held up: a SIGSTOP, a loaded machine); a ring
+        # set with anything left in it keeps this file, so there is nothing to do. Before:
+        # a FileNotFoundError traceback in the program's log (process chaos seed 81)
+        _logging.setup()
+        log.info("%s is gone: its engine closed and freed the ring set; nothing to do",
+                 argv[0])
+        return 0
     # held back, not lost, until the loop handles them (Sender.run)
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     tune_for_large_buffers()  # bodies of megabytes, reused warm instead of fresh mmaps

@@ -218,6 +218,18 @@ def test_a_sender_that_keeps_dying_is_restarted_after_half_a_second_then_twice_a
     assert pauses == [0.5, 1.0, 2.0]
 
 
+def test_a_sender_that_starts_after_its_engine_freed_the_ring_set_exits_quietly(tmp_path):
+    """A sender started as its engine closed, then held up (SIGSTOP, a loaded machine) until
+    the engine had delivered everything and freed the ring set, found its arguments file
+    gone: a FileNotFoundError traceback in the program's log (process chaos seed 81). It
+    exits 0, saying nothing at the default level."""
+    gone = tmp_path / "engine-rings-gone" / "sender.json"
+    result = subprocess.run([sys.executable, "-m", "engine.sender", str(gone), "--shard", "1"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr == "" and result.stdout == ""
+
+
 def test_close_while_a_killed_sender_waits_for_its_restart_still_delivers(tmp_path, monkeypatch):
     """The watchdog restarts a dead sender after a pause (0.5 s, growing while it keeps
     dying); a close() in that pause found no sender and left every record it had not
