@@ -41,11 +41,22 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+_ray_dirs: list[str] = []  # the module's cluster's temp dir (its logs), while it runs
+
+
+def _client_server_logs() -> str:
+    """The tail of the Ray Client servers' error logs, for a driver that could not connect."""
+    logs = sorted(Path(_ray_dirs[-1]).rglob("ray_client_server*.err")) if _ray_dirs else []
+    return "".join(f"\n--- {log.name}:\n{log.read_text(errors='replace')[-2000:]}"
+                   for log in logs)
+
+
 @pytest.fixture(scope="module")
 def client_address():
     """``ray://`` address of a head (resource ``head``, Ray Client server) + 1 node (``n1``).
     This process starts the nodes and never connects to them as a driver."""
     with loopback_ray("ray-client-") as temp_dir:
+        _ray_dirs.append(temp_dir)
         port = _free_port()
         with warnings.catch_warnings():  # Ray drops the log files it gave the server's process
             warnings.filterwarnings("ignore", r"unclosed file .*ray_client_server\.(out|err)",
@@ -87,7 +98,7 @@ def run_driver(address: str, url: str, work_dir: Path) -> dict:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-    assert returncode == 0, log_path.read_text()[-6000:]
+    assert returncode == 0, log_path.read_text()[-6000:] + _client_server_logs()
     return json.loads((work_dir / "seen.json").read_text())
 
 
