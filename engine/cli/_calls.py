@@ -163,8 +163,9 @@ class CallReader:
             body["query"] = query
         answer = _probe.post_json(f"{self.url}/calls/stream_query", body, self.api_key)
         if answer.status != 200:
-            raise (ServerFailed if answer.status >= 500 else CommandFailed)(f"calls: {redact_url(self.url)}/calls/stream_query answered HTTP "
-                                f"{answer.status}: {answer.body[:200].decode('utf-8', 'replace')}")
+            failed = ServerFailed if answer.status >= 500 else CommandFailed  # 5xx: waited out
+            raise failed(f"calls: {redact_url(self.url)}/calls/stream_query answered HTTP "
+                         f"{answer.status}: {answer.body[:200].decode('utf-8', 'replace')}")
         return [json.loads(line) for line in answer.body.splitlines() if line.strip()]
 
 
