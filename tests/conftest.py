@@ -15,15 +15,24 @@ default (a handler, unlike SIG_IGN, is not inherited across exec).
 Under pytest-xdist (``scripts/test`` runs the suite on 2 worker processes) every worker
 imports this file: each has a state directory of its own and removes only that one.
 
+Engines spool what they cannot deliver under ``$XDG_STATE_HOME/engine/spool/<server>``
+by default, and the next engine toward the same URL sends it: after every test that
+folder is removed, so a later test whose server got the same port is not sent an earlier
+test's calls.
+
 After every test, ``tests.ring_leaks`` fails it if it left ring sets behind (an engine
 killed with its sender, whose calls the next engine for a reused port would recover): they
 are named with what they hold, and removed.
 """
 
+import contextlib
 import os
+import pwd
 import shutil
 import signal
 import tempfile
+
+import pytest
 
 from tests.ring_leaks import RingLeakCheck
 
@@ -42,3 +51,33 @@ def pytest_configure(config):
 
 def pytest_unconfigure(config):
     shutil.rmtree(_STATE_HOME, ignore_errors=True)
+
+
+# the real user's state directory, as it was before this session put its own in its place
+_REAL_STATE = os.path.join(os.environ.get("XDG_STATE_HOME")
+                           or os.path.join(pwd.getpwuid(os.getuid()).pw_dir, ".local", "state"),
+                           "engine")
+
+
+def _real_state_entries() -> set[str]:
+    found = set()
+    for folder in (_REAL_STATE, os.path.join(_REAL_STATE, "spool")):
+        with contextlib.suppress(OSError):
+            found.update(os.path.join(folder, name) for name in os.listdir(folder))
+    return found
+
+
+@pytest.fixture(autouse=True)
+def _forget_default_spools():
+    before = _real_state_entries()
+    yield
+    shutil.rmtree(os.path.join(_STATE_HOME, "engine", "spool"), ignore_errors=True)
+    # a program started with an environment of its own and no XDG_STATE_HOME (no HOME: the
+    # password database's) writes there: tests.pipeline.bare_env gives it this session's
+    made = sorted(_real_state_entries() - before)
+    for path in made:
+        shutil.rmtree(path, ignore_errors=True)
+    if made:
+        pytest.fail(f"a program of this test (or of another xdist worker's) wrote into the "
+                    f"real user's state directory: {made}; start it with XDG_STATE_HOME "
+                    "(tests.pipeline.bare_env)")

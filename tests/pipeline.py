@@ -34,6 +34,15 @@ PROJECT = "test-entity/pipeline"
 _START_TIMEOUT_S = 30.0
 
 
+def bare_env(**extra: str) -> dict[str, str]:
+    """A bare environment for a program under test: no ``ENGINE_*`` settings, no ``HOME``;
+    only ``PATH``, ``PYTHONPATH`` and this session's state home (tests/conftest.py), so the
+    spool and dead letters of an engine with default paths never land in the real user's
+    ``~/.local/state``."""
+    return {"PATH": "/usr/bin:/bin", "PYTHONPATH": ".",
+            "XDG_STATE_HOME": os.environ["XDG_STATE_HOME"], **extra}
+
+
 class Sandbox:
     """Default paths of one run: ``HOME``, ``XDG_STATE_HOME`` and ``TMPDIR`` under ``root``."""
 
@@ -49,6 +58,10 @@ class Sandbox:
     def dead_letter_path(self) -> Path:
         """Where an engine with default settings keeps its dead letters."""
         return self.state / "engine" / "dead_letters.jsonl"
+
+    def spool_dirs(self) -> list[Path]:
+        """The default spools (one per server) engines with default settings made here."""
+        return sorted(p for p in (self.state / "engine" / "spool").glob("*") if p.is_dir())
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ENGINE_")}

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from engine.cli._summary import dead_letter_file
-from engine.common._config import EngineConfig
+from engine.common._config import EngineConfig, spool_path
 from engine.sender._deadletter import last_dead_letter
 
 REFUSED_RUN_ITEMS = 1_000
@@ -66,7 +66,7 @@ class RefusalRun:
         if reason == "spooled_items":
             what, last = "spooled", (f" (not delivered within delivery_deadline_s = "
                                      f"{self.cfg.delivery_deadline_s:g} s)")
-            kept = f"the spool {self.cfg.spool_dir} (`engine replay --spool` sends them)"
+            kept = f"the spool {spool_path(self.cfg)} (`engine replay --spool` sends them)"
         else:
             what, last = reason.removeprefix("dead_"), _last_refusal(dead_letter_file(self.cfg))
             kept = (f"the dead letters {dead_letter_file(self.cfg)} (`engine replay "

@@ -27,7 +27,8 @@ def add(subparsers: argparse._SubParsersAction) -> None:
         "to run while engines write the same files.")
     replay.add_argument("--spool", type=_args.existing_dir, default=None,
                         help="spool directory (default: the spool_dir setting, from "
-                             "$ENGINE_SPOOL_DIR or the config file; unset: none)")
+                             "$ENGINE_SPOOL_DIR or the config file; by default the engines' "
+                             "spool for this URL under ~/.local/state/engine/spool)")
     replay.add_argument("--dead-letters", type=dead_letter_file, default=None,
                         help="dead-letter file; after a stopped replay, the same path sends "
                              "what it claimed (FILE.claimed-*) (default: the "
@@ -67,13 +68,15 @@ def _absent_dead_letters(path: str, spool: str | None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.common._config import default_dead_letter_path
+    from engine.common._config import default_dead_letter_path, spool_path
     from engine.sender._replay import malformed_path, recover_rings, replay
 
     _args.setup_logging(args)
     cfg = _args.load_settings(args, url=args.to)  # the engines' settings: where they persist
     api_key = cfg.api_key
-    spool = args.spool or cfg.spool_dir
+    spool = args.spool or spool_path(cfg)
+    if not args.spool and spool and not os.path.isdir(spool):  # nothing was ever spooled there
+        spool = None
     dead = args.dead_letters or cfg.dead_letter_path or str(default_dead_letter_path())
     if args.dead_letters is not None:
         _absent_dead_letters(args.dead_letters, spool)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.common._config import EngineConfig, default_state_dir
+from engine.common._config import EngineConfig, default_state_dir, spool_path
 from engine.common._redact import redact_url
 
 
@@ -20,8 +20,8 @@ def delivery(stats: dict[str, Any], cfg: EngineConfig) -> tuple[str, bool]:
     url = redact_url(cfg.url)
     parts = [f"{acked:,} items acknowledged by {url}"]
     if spooled:
-        parts.append(f"{spooled:,} spooled in {cfg.spool_dir} (send them with `engine replay "
-                     f"--spool {cfg.spool_dir} --to {url}`)")
+        parts.append(f"{spooled:,} spooled in {spool_path(cfg)} (the next engine toward {url} "
+                     f"sends them, or `engine replay --spool {spool_path(cfg)} --to {url}`)")
     if dead:
         parts.append(f"{dead:,} dead-lettered to {dead_letter_file(cfg)} ({_dead_reasons(stats)}"
                      "see why in the file; `engine replay --dead-letters FILE --to URL` sends "

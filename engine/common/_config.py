@@ -7,6 +7,7 @@ in the ``[engine]`` table (see ``config/engine.toml`` for every field, documente
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -80,7 +81,8 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     shutdown_timeout_s: float = 30.0
     # on SIGTERM: all the owner has (weave's pending work, delivery, persisting the rest)
     sigterm_timeout_s: float = SIGTERM_TIMEOUT_S
-    spool_dir: str | None = None
+    # "auto": a folder of this user's state per server URL (spool_path); None or "off": none
+    spool_dir: str | None = "auto"
     dead_letter_path: str | None = None
     start_sender: bool = True
 
@@ -368,9 +370,34 @@ def default_dead_letter_path() -> Path:
     return default_state_dir() / "dead_letters.jsonl"
 
 
+def default_spool_dir(url: str) -> Path:
+    """The spool of ``spool_dir = "auto"`` toward ``url``: one folder per server under this
+    user's state directory, so the next engine toward the same server (or ``engine replay
+    --to URL``) finds and sends what an outage left, and no engine sends another server's.
+    Named by host and port (no credentials) and a digest of the whole URL."""
+    parts = urllib.parse.urlsplit(url.rstrip("/"))
+    try:
+        port = parts.port
+    except ValueError:  # not a port: the digest keeps servers apart anyway
+        port = None
+    host = "".join(c if c.isalnum() or c in ".-" else "_" for c in (parts.hostname or "server"))
+    digest = hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:8]
+    return default_state_dir() / "spool" / f"{host}{f'-{port}' if port else ''}-{digest}"
+
+
+def spool_path(cfg: EngineConfig) -> str | None:
+    """The folder ``cfg`` spools to, or None (no spool: the dead letters instead)."""
+    value = cfg.spool_dir
+    if value is None or value.strip().lower() in ("", "off", "none"):
+        return None
+    if value == "auto":
+        return str(default_spool_dir(cfg.url))
+    return value
+
+
 def persisted_to(cfg: EngineConfig) -> str:
     """Where what is not delivered goes, in log lines' words: the spool, else the dead
     letters."""
-    if cfg.spool_dir:
-        return f"the spool {cfg.spool_dir}"
+    if spool := spool_path(cfg):
+        return f"the spool {spool}"
     return f"the dead letters {cfg.dead_letter_path or default_dead_letter_path()}"

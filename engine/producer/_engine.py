@@ -34,6 +34,7 @@ from engine.common._config import (
     load_config,
     persisted_to,
     sender_count,
+    spool_path,
 )
 from engine.common._control import Control, control_path
 from engine.common._errors import Closed, ConfigError, EngineError
@@ -82,10 +83,7 @@ class Engine:
         _logging.check_env()  # the sender logs with them: a typo is said here, not in a loop
         if not self.config.project:
             raise ConfigError("project", 'required, e.g. Engine(project="entity/project")')
-        if self.config.start_sender and self.config.spool_dir:
-            problem = dir_problem(self.config.spool_dir)
-            if problem:  # the sender could not open its spool: said now, not on first use
-                raise ConfigError("spool_dir", problem)
+        self._spool_dir = _spool_dir(self.config)
         if self.config.start_sender:  # the sender's proxy and CAs: said now, not at its start
             check_outbound(self.config.url)
         senders = sender_count(self.config)
@@ -218,7 +216,7 @@ class Engine:
             self.config, api_key=None,
             dead_letter_path=os.path.abspath(self.config.dead_letter_path
                                              or default_dead_letter_path()),
-            spool_dir=self.config.spool_dir and os.path.abspath(self.config.spool_dir))
+            spool_dir=self._spool_dir and os.path.abspath(self._spool_dir))
         args = {"spec": msgspec.to_builtins(self._ringset.spec), "config": msgspec.to_builtins(cfg),
                 "owner_pid": self._owner_pid, "ring_dir": self._ring_dir}
         return ring.write_sender_args(self._ringset.spec.shm_name, self._ring_dir,
@@ -368,6 +366,24 @@ class Engine:
             # the exit line says where (no "Exception ignored in atexit" traceback)
             with contextlib.suppress(KeyboardInterrupt):
                 self.close()
+
+
+def _spool_dir(config: EngineConfig) -> str | None:
+    """The spool this engine's sender persists to, checked now rather than on first use. A
+    ``spool_dir`` the user named that cannot be made or written is a ConfigError; the default
+    (``"auto"``: under this user's state directory) that cannot is said once, and what is not
+    delivered goes to the dead letters, as with no spool."""
+    spool = spool_path(config)
+    if spool is None or not config.start_sender:
+        return spool
+    problem = dir_problem(spool)
+    if problem is None:
+        return spool
+    if config.spool_dir != "auto":
+        raise ConfigError("spool_dir", problem)
+    log.warning("no spool (%s): what is not delivered goes to the dead letters; set "
+                "spool_dir to a folder this user can write, or \"off\"", problem)
+    return None
 
 
 def _create_rings(config: EngineConfig, senders: int) -> ring.RingSet:

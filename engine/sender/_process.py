@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import gc
 import logging
 import os
@@ -36,6 +37,7 @@ from engine.common._config import (
     compression_thread_count,
     default_dead_letter_path,
     persisted_to,
+    spool_path,
 )
 from engine.common._control import Control, control_path
 from engine.common._errors import SendError
@@ -90,9 +92,10 @@ class Sender(Intake, Delivery, Shutdown):
     def __init__(self, spec: ring.RingSpec, cfg: EngineConfig, *, owner_pid: int,
                  ring_dir: str, api_key: str | None, recovering: bool = False,
                  shard: int = 0, shards: int = 1, key_from: str | None = None) -> None:
-        self.spool = _open_spool(cfg.spool_dir) if cfg.spool_dir else None
-        if cfg.spool_dir and self.spool is None:  # said in _open_spool; dead letters instead
-            cfg = msgspec.structs.replace(cfg, spool_dir=None)
+        spool = spool_path(cfg)  # an engine's sender gets the folder it resolved, or None
+        self.spool = _open_spool(spool) if spool else None
+        # None when _open_spool said it cannot (dead letters instead)
+        cfg = msgspec.structs.replace(cfg, spool_dir=spool if self.spool else None)
         self.cfg = cfg
         self.owner_pid = owner_pid
         self.recovering = recovering
@@ -135,6 +138,9 @@ class Sender(Intake, Delivery, Shutdown):
         self.silent = False
         self.taken_back: set[asyncio.Task] = set()
         self.silence_probe: asyncio.Task | None = None
+        # the spool's replay, and what asks it to stop after the segment it sends (closing)
+        self.spool_task: asyncio.Task | None = None
+        self.spool_stop = asyncio.Event()
         self.silence_probe_s = 0.0
         self.last_ack_s = 0.0
         self.errors_500_in_a_row = 0
@@ -175,7 +181,8 @@ class Sender(Intake, Delivery, Shutdown):
                              request_timeout_s=self.cfg.request_timeout_s) as transport:
             self.transport = transport
             await self._decide_compression()
-            spool_task = asyncio.create_task(self._replay_spool()) if self.spool else None
+            if self.spool:
+                self.spool_task = asyncio.create_task(self._replay_spool())
             next_housekeeping = 0.0
             while True:
                 if self.fatal is not None:
@@ -199,9 +206,6 @@ class Sender(Intake, Delivery, Shutdown):
                     # in-flight budget full), not when its batch is ready
                     await asyncio.sleep(0)
             await self._finish()
-            if spool_task is not None:
-                spool_task.cancel()
-                await asyncio.gather(spool_task, return_exceptions=True)
         loop.remove_reader(self.reader.fileno())
 
     async def _idle(self) -> None:
@@ -335,23 +339,29 @@ class Sender(Intake, Delivery, Shutdown):
         item it refuses alone is dead-lettered, so none blocks the ones behind it."""
         size = SizeTarget(self.cfg.max_request_bytes, min_bytes=self.cfg.min_request_bytes,
                           initial_bytes=self.size.bytes)
-        while True:
+        while not self.spool_stop.is_set():
             # one per run: an end's wait for its start counts from the run's beginning (a
             # start the live path got acknowledged just before may not show yet), and the
             # bodies compressed as the live path's
             resender = Resender(self.transport, size, compressor=self.compressor,
                                 executor=self.executor)
             summary = ReplaySummary()
-            await replay_spool(self.spool, resender, self.dead, summary)
-            self.control.add("replayed_batches", summary.segments_sent)
-            self.control.add("spool_replayed_items", summary.items_delivered)
-            # in the dead letters now (counted there, by reason, as the file holds them), and
-            # in spooled_items already: spool_refused_items says how many are both
-            self.control.add("spool_refused_items", summary.items_rejected)
-            for reason, count in summary.rejected_by_reason.items():
-                self.control.add("dead_letters", count)
-                self.control.add(DEAD_COUNTERS[reason], count)
-            await asyncio.sleep(_SPOOL_REPLAY_PAUSE_S)
+            try:
+                await replay_spool(self.spool, resender, self.dead, summary, self.spool_stop)
+            finally:  # cancelled too (a close out of time): what it did is counted
+                self._count_spool_replay(summary)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.spool_stop.wait(), _SPOOL_REPLAY_PAUSE_S)
+
+    def _count_spool_replay(self, summary: ReplaySummary) -> None:
+        self.control.add("replayed_batches", summary.segments_sent)
+        self.control.add("spool_replayed_items", summary.items_delivered)
+        # in the dead letters now (counted there, by reason, as the file holds them), and in
+        # spooled_items already: spool_refused_items says how many are both
+        self.control.add("spool_refused_items", summary.items_rejected)
+        for reason, count in summary.rejected_by_reason.items():
+            self.control.add("dead_letters", count)
+            self.control.add(DEAD_COUNTERS[reason], count)
 
 
 def _open_spool(directory: str) -> Any:
@@ -370,7 +380,7 @@ def _open_spool(directory: str) -> Any:
 
 def _destination(cfg: EngineConfig) -> str:
     return (f"a batch not delivered within delivery_deadline_s={cfg.delivery_deadline_s:g} s "
-            f"goes to {persisted_to(cfg)}" + ("" if cfg.spool_dir else " (no spool_dir set)"))
+            f"goes to {persisted_to(cfg)}" + ("" if cfg.spool_dir else " (no spool)"))
 
 
 def tune_gc() -> None:

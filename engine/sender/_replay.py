@@ -25,6 +25,7 @@ waits for (:func:`_uninterrupted`).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import logging
@@ -153,14 +154,19 @@ def _dead_letter_rejected(dead: DeadLetters, route: str, items: list[bytes],
 # -- spool ---------------------------------------------------------------------------------
 
 async def replay_spool(spool: Spool, resender: Resender, dead: DeadLetters,
-                       summary: ReplaySummary) -> None:
+                       summary: ReplaySummary, stop: asyncio.Event | None = None) -> None:
     """Every pending segment this replayer can claim, oldest first; stops when the server
-    stops answering (the rest stays for later)."""
+    stops answering, or before the next segment once ``stop`` is set (a sender closing: the
+    segment it sends is finished, so none is left sent but still on disk, to go twice); the
+    rest stays for later."""
+    stop = stop or asyncio.Event()
     entries = spool.pending()
     alone = [entry for entry in entries if is_alone_route(entry.route)]
-    if alone and await _replay_alone(spool, alone, resender, dead, summary):
+    if alone and await _replay_alone(spool, alone, resender, dead, summary, stop):
         return
     for entry in entries:
+        if stop.is_set():
+            return
         if is_alone_route(entry.route):
             continue
         with spool.claim(entry) as mine:
@@ -171,23 +177,25 @@ async def replay_spool(spool: Spool, resender: Resender, dead: DeadLetters,
 
 
 async def _replay_alone(spool: Spool, entries: list[SpoolEntry], resender: Resender,
-                        dead: DeadLetters, summary: ReplaySummary) -> bool:
+                        dead: DeadLetters, summary: ReplaySummary, stop: asyncio.Event) -> bool:
     """Segments of one v2 start or end each (a call open long enough that its start went
     alone, toward weave's server): a start and its end among them (their meta names the
     call) go joined into one complete call, batched, as the live sender splices them (both
     segments done once it is acknowledged); the others, and a pair the server refuses
     joined, go as segments of their own (:func:`_replay_segment`), in order. True if the
-    server stopped answering."""
+    server stopped answering, or ``stop`` was set."""
     keys = [tuple(entry.meta[CALL_META]) if entry.meta.get(CALL_META)
             and not entry.meta.get(DEAD_LETTERING) else None for entry in entries]
     pairs = [(entries[n], entries[at])
              for n, at in start_end_pairs([entry.route for entry in entries], keys)]
     settled: set[str] = set()  # segments done with their call's joined item
     for first in range(0, len(pairs), _JOIN_AT_ONCE):
-        if await _replay_joined(spool, pairs[first:first + _JOIN_AT_ONCE], resender,
-                                summary, settled):
+        if stop.is_set() or await _replay_joined(
+                spool, pairs[first:first + _JOIN_AT_ONCE], resender, summary, settled):
             return True
     for entry in entries:
+        if stop.is_set():
+            return True
         if entry.name in settled:
             continue
         with spool.claim(entry) as mine:

@@ -19,7 +19,8 @@ _DROPPED = {"dropped_full": "ring full (on_full='drop', or waiting for room as t
 
 
 def exit_line(stats: dict[str, Any], producers: dict[str, int], *, url: str, dead_path: str,
-              spool_dir: str | None, kept_records: int, ring_name: str) -> tuple[int, str]:
+              spool_dir: str | None, kept_records: int, ring_name: str,
+              spool_left: int | None = None) -> tuple[int, str]:
     """(log level, message) for a sender's exit (``url`` shown without its credentials)."""
     url = redact_url(url)
     parts = [f"engine: {stats['items_acked']:,} items delivered to {url}"]
@@ -35,6 +36,8 @@ def exit_line(stats: dict[str, Any], producers: dict[str, int], *, url: str, dea
                      f"({', '.join(w for w in where if w)}; `engine replay` sends them)")
     if replayed:
         parts.append(f"its spool replay delivered {replayed:,} spooled items")
+    if (spooled or replayed) and spool_left is not None:  # what is left to send, whoever spooled it
+        parts.append(f"the spool holds {spool_left:,} items now")
     unpersisted = [f"{stats[key]:,} {why}" for key, why in _UNPERSISTED.items() if stats[key]]
     if unpersisted:
         parts.append(f"could not persist: {', '.join(unpersisted)}")

@@ -30,6 +30,7 @@ from engine.sender._persist import Persister
 from engine.sender._release import ReleaseTracker
 from engine.sender._report import exit_line
 from engine.sender._router import Router
+from engine.sender._spool import Spool
 
 log = logging.getLogger("engine.sender")
 
@@ -66,6 +67,9 @@ class Shutdown:
     stop_request_seen: int  # the owner's shutdown_request when we last looked
     owner_stops: bool  # the owner closed or is gone (not a signal to us alone)
     signalled: tuple[int, float] | None  # (signal, when)
+    spool: Spool | None
+    spool_task: asyncio.Task | None
+    spool_stop: asyncio.Event
 
     def _stop_due(self) -> None:
         """Set the stop deadline when it is time: the owner's close() gives it; a dead
@@ -99,6 +103,7 @@ class Shutdown:
         persist what is left, log the exit line, and remove the ring set if nobody needs it."""
         reserve_s = min(_PERSIST_RESERVE_S, 0.2 * self.cfg.shutdown_timeout_s)
         await self._drain(self.stop_deadline_s - reserve_s)
+        await self._stop_spool_replay(self.stop_deadline_s - reserve_s)
         self.stopping = True
         await self._take_back()
         self._settle_leftovers()
@@ -113,6 +118,18 @@ class Shutdown:
             # (an Engine, `engine replay`) recovers what it holds, or removes it once the
             # producers still attached have exited
             ring.mark_closed(os.path.dirname(self.ringset.spec.lock_path))
+
+    async def _stop_spool_replay(self, until_s: float) -> None:
+        """Let the spool's replay finish the segment it sends (until ``until_s``), so that
+        what the server acknowledged is off the disk (else the next engine sends it again);
+        cancelled past that (the segment stays whole, and what it did is counted)."""
+        if self.spool_task is None:
+            return
+        self.spool_stop.set()
+        done, _ = await asyncio.wait({self.spool_task}, timeout=max(0.0, until_s - time.monotonic()))
+        if not done:
+            self.spool_task.cancel()
+        await asyncio.gather(self.spool_task, return_exceptions=True)
 
     async def _take_back(self) -> None:
         """Stop the POSTs in flight and the waits before a retry: their batches go back to
@@ -205,8 +222,17 @@ class Shutdown:
         level, line = exit_line(
             self.control.sender_snapshot(), self.control.producer_totals(), url=self.cfg.url,
             dead_path=str(self.dead.path), spool_dir=self.cfg.spool_dir, kept_records=kept,
-            ring_name=self.ringset.spec.shm_name)
+            ring_name=self.ringset.spec.shm_name, spool_left=self._spool_left())
         log.log(level, "%s", line)
+
+    def _spool_left(self) -> int | None:
+        """The items the spool holds now (whoever spooled them), or None without one."""
+        if self.spool is None:
+            return None
+        try:
+            return sum(entry.item_count for entry in self.spool.pending())
+        except OSError:  # the folder gone or unreadable: said where it is used
+            return None
 
 
 def owner_alive(owner_pid: int) -> bool:

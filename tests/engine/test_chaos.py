@@ -409,7 +409,7 @@ def check_scenario(scenario: Scenario, tmp_path: Path) -> dict[str, Any]:
             server.residence[PROJECT] = "merged"
         spool_dir = tmp_path / "spool" if scenario.spool else None
         eng = make_engine(server.url, tmp_path, **scenario.settings,
-                          spool_dir=str(spool_dir) if spool_dir else None)
+                          spool_dir=str(spool_dir) if spool_dir else "off")
         chaos = [threading.Thread(target=_periods, args=(
             scenario.outages, server.down, server.up, stop, chaos_errors))]
         if scenario.frozen:

@@ -30,7 +30,7 @@ def test_close_keeps_a_ring_set_holding_records_it_could_not_persist(tmp_path):
     blocker.write_text("")
     with FaultServer() as server:
         server.down()
-        eng = make_engine(server.url, tmp_path, shutdown_timeout_s=1.0,
+        eng = make_engine(server.url, tmp_path, shutdown_timeout_s=1.0, spool_dir="off",
                           dead_letter_path=str(blocker / "sub" / "dead.jsonl"))
         segment = ring_files.spec_segment_path(eng.spec)
         ids = trace_calls(eng.producer(), 20)

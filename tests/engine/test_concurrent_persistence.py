@@ -23,8 +23,9 @@ def test_two_engines_and_replays_meanwhile_on_the_default_paths_lose_and_double_
     sandbox = Sandbox(tmp_path)  # both engines and every replay share its default paths
     with FaultServer() as unreachable, FaultServer() as server:
         unreachable.down()  # the engines' server: every batch is dead-lettered at its deadline
+        # the dead letters: their default spool is per server, and the replays go elsewhere
         settings = {"delivery_deadline_s": 0.2, "shutdown_timeout_s": 1.0, "linger_ms": 5,
-                    "backoff_initial_ms": 20, "backoff_max_ms": 50}
+                    "backoff_initial_ms": 20, "backoff_max_ms": 50, "spool_dir": "off"}
         runs = [Pipeline(sandbox, unreachable.url, producers=1, calls=1500, pace_s=0.002,
                          settings=settings, name=f"engine{i}").start() for i in range(2)]
         try:

@@ -14,6 +14,7 @@ from engine.sender._deadletter import read_dead_letters
 from engine.server import serve_subprocess
 from tests.engine.helpers import PROJECT, make_engine, trace_calls
 from tests.faultserver import FaultServer
+from tests.pipeline import bare_env
 
 pytestmark = pytest.mark.integration
 
@@ -370,13 +371,13 @@ def test_a_call_the_server_answers_500_goes_to_the_dead_letters_alone_and_the_re
         assert letters[0].status == 500 and "answered 500 to this call alone" in letters[0].reason
         replayed = subprocess.run([sys.executable, "-m", "engine", "replay", "--to", server.url,
                                    "--dead-letters", str(dead)], capture_output=True, text=True,
-                                  timeout=120, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": "."})
+                                  timeout=120, env=bare_env())
         assert replayed.returncode == 1, replayed.stderr[-2000:]  # kept: the server fails on it
         assert [letter.call_id for letter in read_dead_letters(dead)] == [poison]
         server.reject_ids = frozenset()  # the server fixed: the next replay delivers it
         again = subprocess.run([sys.executable, "-m", "engine", "replay", "--to", server.url,
                                 "--dead-letters", str(dead)], capture_output=True, text=True,
-                               timeout=120, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": "."})
+                               timeout=120, env=bare_env())
         assert again.returncode == 0, again.stderr[-2000:]
         assert server.is_complete(PROJECT, poison)
 
@@ -429,6 +430,6 @@ def test_a_web_page_answered_200_is_no_acknowledgement_the_calls_go_to_the_dead_
     with FaultServer() as server:
         replayed = subprocess.run([sys.executable, "-m", "engine", "replay", "--to", server.url,
                                    "--dead-letters", str(dead)], capture_output=True, text=True,
-                                  timeout=120, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": "."})
+                                  timeout=120, env=bare_env())
         assert replayed.returncode == 0, replayed.stderr[-2000:]
         assert server.stored_ids(PROJECT) == set(ids)

@@ -11,6 +11,7 @@ import textwrap
 import pytest
 
 from engine.server import serve_subprocess
+from tests.pipeline import bare_env
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +36,7 @@ def _owner(url: str, tmp_path, **settings) -> tuple[dict, str]:
                 "backoff_max_ms": 100, "shutdown_timeout_s": 5.0, **settings}
     result = subprocess.run([sys.executable, "-c", _OWNER, url, json.dumps(settings)],
                             capture_output=True, text=True, timeout=120,
-                            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": "."})
+                            env=bare_env())
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.splitlines()[-1]), result.stderr
 
@@ -79,8 +80,7 @@ _WAITING_OWNER = textwrap.dedent("""
 def _waiting_owner(url: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", _WAITING_OWNER, url], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, env={"PATH": "/usr/bin:/bin",
-                                                         "PYTHONPATH": "."})
+                            start_new_session=True, env=bare_env())
 
 
 def test_a_killed_sender_is_reported_as_killed_and_restarted(tmp_path):
@@ -225,7 +225,7 @@ def test_a_server_refusing_every_batch_is_one_line_and_a_sum_at_exit(tmp_path):
     with serve_subprocess(tmp_path / "t.db", keys_file=keys) as url:
         result = subprocess.run([sys.executable, "-c", _REFUSED_OWNER, url, json.dumps(settings)],
                                 capture_output=True, text=True, timeout=120,
-                                env={"PATH": "/usr/bin:/bin", "PYTHONPATH": "."})
+                                env=bare_env())
     assert result.returncode == 0, result.stderr
     outcome = json.loads(result.stdout.splitlines()[-1])
     assert outcome == {"acked": 0, "dead": 12 * 5 * 2}

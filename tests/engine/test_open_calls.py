@@ -295,7 +295,8 @@ def test_the_end_of_a_call_whose_start_was_not_delivered_follows_it_to_the_dead_
     calls = 5
     dead = tmp_path / "dead_letters.jsonl"
     with FaultServer(start_status=503) as server, \
-            make_engine(server.url, tmp_path, eager_start_ms=50, delivery_deadline_s=1.0) as eng:
+            make_engine(server.url, tmp_path, eager_start_ms=50, delivery_deadline_s=1.0,
+                        spool_dir="off") as eng:
         tracer = eng.producer()
         trace_calls(tracer, 1)  # the sender up and going
         assert eng.flush(timeout_s=30)

@@ -346,7 +346,7 @@ def test_a_sigkilled_owner_still_gets_its_calls_delivered_and_memory_freed(tmp_p
 def test_close_never_hangs_past_its_deadline_and_dead_letters_the_rest(tmp_path):
     with FaultServer() as server:
         server.down()
-        eng = make_engine(server.url, tmp_path, shutdown_timeout_s=1.0)
+        eng = make_engine(server.url, tmp_path, shutdown_timeout_s=1.0, spool_dir="off")
         ids = trace_calls(eng.producer(), 20)
         started = time.monotonic()
         stats = eng.close()

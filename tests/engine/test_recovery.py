@@ -201,8 +201,8 @@ def test_a_segment_whose_folder_was_removed_under_a_live_process_is_left_to_it(
 def test_what_a_recovered_ring_set_cannot_deliver_goes_to_its_own_engines_dead_letters(
         tmp_path):
     """A ring set recovered by ``engine replay`` run under another $HOME and
-    $XDG_STATE_HOME, with the server down: its calls are dead-lettered where the dead
-    engine wrote its dead letters (the default file under its own state folder), not into
+    $XDG_STATE_HOME, with the server down: its calls are persisted where the dead engine
+    persisted (its default spool, or dead letters, under its own state folder), not into
     the replaying user's. Before, the recovering sender resolved the default file in its
     own environment: the replay claimed and counted another engine's calls as its own (a
     2-worker full run: "5669 items delivered" by a replay of 2,000 letters, after it adopted
@@ -221,9 +221,10 @@ def test_what_a_recovered_ring_set_cannot_deliver_goes_to_its_own_engines_dead_l
             capture_output=True, text=True, timeout=60, cwd=str(elsewhere.root))
         assert "1 ring set" in replayed.stdout, replayed.stdout + replayed.stderr
         assert "0 items delivered" in replayed.stdout, replayed.stdout
-        assert not elsewhere.dead_letter_path.exists()
+        assert not elsewhere.dead_letter_path.exists() and not elsewhere.spool_dirs()
         assert not os.path.exists(_segment(killed))
-        result = account(killed.produced(), server.snapshot(), [job.dead_letter_path])
+        result = account(killed.produced(), server.snapshot(), [job.dead_letter_path],
+                         job.spool_dirs())
     assert result.persisted > 0
     assert (result.delivered + result.persisted, result.lost) == (result.produced, 0)
 

@@ -17,7 +17,7 @@ import pytest
 
 from engine.ring import _files as ring_files
 from tests.faultserver import FaultServer
-from tests.pipeline import Pipeline, Sandbox, account
+from tests.pipeline import Pipeline, Sandbox, account, bare_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -69,18 +69,21 @@ def test_a_group_signal_with_the_server_down_persists_every_call_and_replay_deli
         server.down()
         run = _signalled_run(tmp_path, server, sig)
         assert not server.snapshot()
-        before = account(run.produced(), {}, [run.sandbox.dead_letter_path])
+        # the default spool of that server (tests/engine/test_default_spool.py)
+        spools = run.sandbox.spool_dirs()
+        before = account(run.produced(), {}, [run.sandbox.dead_letter_path], spools)
         assert (before.persisted, before.lost) == (before.produced, 0), before.lost_ids[:5]
         lines = _exit_lines(run)
-        assert len(lines) == 1 and str(run.sandbox.dead_letter_path) in lines[0], run.log()[-3000:]
+        assert len(lines) == 1 and f"in the spool {spools[0]}" in lines[0], run.log()[-3000:]
         server.up()
-        replayed = run.sandbox.replay(server.url)
+        replayed = run.sandbox.replay(server.url)  # finds that server's default spool
         assert replayed.returncode == 0, replayed.stderr
-        after = account(run.produced(), server.snapshot(), [run.sandbox.dead_letter_path])
+        after = account(run.produced(), server.snapshot(), [run.sandbox.dead_letter_path], spools)
         duplicates = server.duplicate_deliveries()
     assert (after.delivered, after.lost) == (after.produced, 0)
     assert duplicates == 0
     assert not run.sandbox.dead_letter_path.exists()
+    assert not [seg for spool in spools for seg in spool.glob("*.seg")]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
@@ -121,7 +124,7 @@ def test_sigterm_with_the_server_down_takes_sigterm_timeout_s_and_persists_every
             run.stop()
         assert not server.snapshot()
     assert code == -signal.SIGTERM and took_s < 8, (code, took_s, run.log()[-3000:])
-    result = account(run.produced(), {}, [run.sandbox.dead_letter_path])
+    result = account(run.produced(), {}, [run.sandbox.dead_letter_path], run.sandbox.spool_dirs())
     assert result.produced >= 2000
     assert (result.persisted, result.lost) == (result.produced, 0), result.lost_ids[:5]
 
@@ -129,6 +132,7 @@ def test_sigterm_with_the_server_down_takes_sigterm_timeout_s_and_persists_every
 _WAITING_OWNER = textwrap.dedent("""
     import sys, time, engine
     eng = engine.Engine(url=sys.argv[1], project="ops/ctrl-c", dead_letter_path=sys.argv[2],
+                        spool_dir="off",
                         backoff_initial_ms=10, backoff_max_ms=100)
     tracer = eng.producer()
     for i in range(500):
@@ -149,7 +153,7 @@ def test_ctrl_c_while_exit_waits_for_a_down_server_persists_now_and_says_so(tmp_
         server.down()
         proc = subprocess.Popen([sys.executable, "-c", _WAITING_OWNER, server.url, str(dead)],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env={"PATH": "/usr/bin:/bin", "PYTHONPATH": "."})  # fmt: skip
+                                env=bare_env())  # fmt: skip
         try:
             assert proc.stdout.readline() == "traced\n"
             proc.send_signal(signal.SIGINT)
@@ -198,7 +202,7 @@ def test_an_uncaught_ctrl_c_still_exits_by_sigint_when_the_exit_waits(tmp_path):
         result = subprocess.run(
             [sys.executable, "-c", _EXIT_IMPORTS_OWNER, server.url, str(tmp_path / "dead.jsonl")],
             capture_output=True, text=True, timeout=60,
-            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": "."})  # fmt: skip
+            env=bare_env())  # fmt: skip
     assert result.stdout.splitlines() == ["[]"], result.stderr[-3000:]
     assert result.returncode == -signal.SIGINT, result.stderr[-3000:]
     assert "for up to" in result.stderr  # the exit did wait, and said so
@@ -207,6 +211,7 @@ def test_an_uncaught_ctrl_c_still_exits_by_sigint_when_the_exit_waits(tmp_path):
 _BLOCKED_THREADS_OWNER = textwrap.dedent("""
     import sys, threading, time, engine
     eng = engine.Engine(url=sys.argv[1], project="ops/sigterm", dead_letter_path=sys.argv[2],
+                        spool_dir="off",
                         ring_bytes=1 << 20, max_block_ms=100, shutdown_timeout_s=30.0,
                         sigterm_timeout_s=2.0, backoff_initial_ms=10, backoff_max_ms=100)
     tracer = eng.producer()
@@ -237,7 +242,7 @@ def test_sigterm_while_threads_wait_for_room_in_a_full_ring_ends_and_persists(tm
         server.down()
         proc = subprocess.Popen([sys.executable, "-c", _BLOCKED_THREADS_OWNER, server.url,
                                  str(dead)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": "."})
+                                text=True, env=bare_env())
         try:
             finished = int(proc.stdout.readline())
             proc.send_signal(signal.SIGTERM)
@@ -261,6 +266,7 @@ _OPEN_CALLS_OWNER = textwrap.dedent("""
     # registered first, so it runs after the engine's own exit (the close that delivers)
     atexit.register(lambda: print(json.dumps(eng.stats()), flush=True))
     eng = engine.Engine(url=sys.argv[1], project="ops/open-calls", dead_letter_path=sys.argv[2],
+                        spool_dir="off",
                         ring_bytes=1 << 20, compression="none",
                         shutdown_timeout_s=float(sys.argv[3]), backoff_initial_ms=10,
                         backoff_max_ms=100)
@@ -301,7 +307,7 @@ def _ctrl_c_with_calls_open(server: FaultServer, dead, *, shutdown_timeout_s: fl
     proc = subprocess.Popen([sys.executable, "-c", _OPEN_CALLS_OWNER, server.url, str(dead),
                              str(shutdown_timeout_s)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": "."})
+                            env=bare_env())
     try:
         assert proc.stdout.readline() == "tracing\n", proc.stderr.read()[-3000:]
         time.sleep(after_s)  # a window of 1,000 calls open
@@ -339,7 +345,7 @@ def test_ctrl_c_of_an_asyncio_eval_with_calls_open_while_the_server_is_down_ends
         started = time.monotonic()
         replayed = subprocess.run([sys.executable, "-m", "engine", "replay", "--to", server.url,
                                    "--dead-letters", str(dead)], capture_output=True, text=True,
-                                  timeout=120, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": "."})
+                                  timeout=120, env=bare_env())
         replay_s = time.monotonic() - started
         stored = server.snapshot()
         requests = len(server.records())

@@ -16,7 +16,7 @@ from engine.sender._deadletter import read_dead_letters
 from engine.sender._spool import Spool
 from tests.engine.helpers import PROJECT, make_engine, trace_calls
 from tests.faultserver import FaultServer
-from tests.pipeline import poll_until
+from tests.pipeline import bare_env, poll_until
 
 pytestmark = pytest.mark.integration
 
@@ -155,7 +155,7 @@ def test_a_down_server_does_not_stall_the_program_what_fails_goes_to_disk_once_i
     with FaultServer() as server:
         server.down()
         with make_engine(server.url, tmp_path, delivery_deadline_s=60.0, shutdown_timeout_s=2.0,
-                         backoff_max_ms=500) as eng:
+                         backoff_max_ms=500, spool_dir="off") as eng:
             started = time.monotonic()
             ids = trace_calls(eng.producer(), 1500, payload_bytes=2000)
             took_s = time.monotonic() - started
@@ -172,7 +172,7 @@ def test_a_down_server_does_not_stall_the_program_what_fails_goes_to_disk_once_i
         server.up()
         replayed = subprocess.run([sys.executable, "-m", "engine", "replay", "--to", server.url,
                                    "--dead-letters", str(dead)], capture_output=True, text=True,
-                                  timeout=120, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": "."})
+                                  timeout=120, env=bare_env())
         assert replayed.returncode == 0, replayed.stderr[-3000:]
         assert server.stored_ids(PROJECT) == set(ids)
         assert all(server.is_complete(PROJECT, call_id) for call_id in ids)
@@ -190,7 +190,8 @@ def test_a_server_that_answers_nothing_does_not_stall_the_program_past_its_silen
     dead = tmp_path / "dead_letters.jsonl"
     with FaultServer(stall_s=3600.0) as server:
         with make_engine(server.url, tmp_path, delivery_deadline_s=120.0, request_timeout_s=60.0,
-                         silent_after_s=5.0, shutdown_timeout_s=2.0, backoff_max_ms=500) as eng:
+                         silent_after_s=5.0, shutdown_timeout_s=2.0, backoff_max_ms=500,
+                         spool_dir="off") as eng:
             started = time.monotonic()
             ids = trace_calls(eng.producer(), 1500, payload_bytes=2000)
             took_s = time.monotonic() - started
@@ -205,7 +206,7 @@ def test_a_server_that_answers_nothing_does_not_stall_the_program_past_its_silen
         server.stall_s = 0.0
         replayed = subprocess.run([sys.executable, "-m", "engine", "replay", "--to", server.url,
                                    "--dead-letters", str(dead)], capture_output=True, text=True,
-                                  timeout=120, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": "."})
+                                  timeout=120, env=bare_env())
         assert replayed.returncode == 0, replayed.stderr[-3000:]
         assert server.wait_for(lambda: server.stored_ids(PROJECT) >= set(ids), 30)
         assert all(server.is_complete(PROJECT, call_id) for call_id in ids)
@@ -222,7 +223,7 @@ def test_a_silent_server_is_probed_with_a_copy_and_its_first_answer_ends_the_spi
     dead = tmp_path / "dead_letters.jsonl"
     with FaultServer(stall_s=3600.0) as server:
         with make_engine(server.url, tmp_path, delivery_deadline_s=120.0, silent_after_s=2.0,
-                         shutdown_timeout_s=5.0, backoff_max_ms=500) as eng:
+                         shutdown_timeout_s=5.0, backoff_max_ms=500, spool_dir="off") as eng:
             tracer = eng.producer()
             ids = trace_calls(tracer, 1000, payload_bytes=2000)  # past the ring: it spills
             assert eng.stats()["dead_letters"] > 0
@@ -240,7 +241,7 @@ def test_a_silent_server_is_probed_with_a_copy_and_its_first_answer_ends_the_spi
         assert "answering again" in log, log[-3000:]
         replayed = subprocess.run([sys.executable, "-m", "engine", "replay", "--to", server.url,
                                    "--dead-letters", str(dead)], capture_output=True, text=True,
-                                  timeout=120, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": "."})
+                                  timeout=120, env=bare_env())
         assert replayed.returncode == 0, replayed.stderr[-3000:]
         assert server.stored_ids(PROJECT) >= set(ids) | set(later)
         assert all(server.is_complete(PROJECT, call_id) for call_id in ids + later)
@@ -291,8 +292,8 @@ def test_the_spool_replay_joins_the_start_and_end_of_a_call_spooled_apart(tmp_pa
         server.up()
         replayed = subprocess.run([sys.executable, "-m", "engine", "replay", "--to", server.url,
                                    "--spool", str(spool_dir)], capture_output=True, text=True,
-                                  timeout=120, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": ".",
-                                                    "XDG_STATE_HOME": str(tmp_path / "state")})
+                                  timeout=120, env=bare_env(
+                                      XDG_STATE_HOME=str(tmp_path / "state")))
         stored = server.snapshot()
         requests = len(server.records())
     assert replayed.returncode == 0, replayed.stdout + replayed.stderr[-3000:]

@@ -16,6 +16,7 @@ from engine.server import serve_subprocess
 from tests.integrations._weaves import VERSIONS, weave_python
 from tests.integrations.test_weave_integration import _stored_calls, _weave_env
 from tests.integrations.test_weave_sigint import SIGTERM_IN_THE_POLL
+from tests.pipeline import bare_env
 
 pytestmark = [pytest.mark.peers, pytest.mark.integration]
 
@@ -458,6 +459,7 @@ _WAITING_IN_THE_GUARD = textwrap.dedent(
     from engine.producer._slot import lock_held_here
 
     eng = engine.Engine(url=sys.argv[1], project="ops/frozen", dead_letter_path=sys.argv[2],
+                        spool_dir="off",
                         ring_bytes=1 << 20, max_block_ms=100, shutdown_timeout_s=2.0,
                         sigterm_timeout_s=2.0, backoff_initial_ms=10, backoff_max_ms=100)
     # the weave integration's guard, as install() sets it up (weave's own modules aside)
@@ -488,7 +490,7 @@ def test_a_signal_while_the_op_s_thread_waits_for_room_in_a_full_ring_is_handled
         server.down()
         proc = subprocess.Popen([sys.executable, "-c", _WAITING_IN_THE_GUARD, server.url,
                                  str(dead)], stderr=err_file, text=True,
-                                env={"PATH": "/usr/bin:/bin", "PYTHONPATH": "."})
+                                env=bare_env())
         try:
             deadline = time.monotonic() + 60  # the program fills its ring, then waits
             while "ring slot 0 full for 1." not in log.read_text() and proc.poll() is None \

@@ -87,7 +87,7 @@ def test_sigterm_with_the_upstream_down_persists_what_was_accepted_within_sigter
     with subprocess.Popen(
             [sys.executable, "-m", "engine", "relay", "--listen", "127.0.0.1:0", "--upstream",
              "http://127.0.0.1:9", "--shutdown-timeout-s", "30", "--sigterm-timeout-s", "2",
-             "--dead-letter-path", str(dead)],
+             "--dead-letter-path", str(dead), "--spool-dir", "off"],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env) as proc:
         url = re.search(r"listening on (http://\S+)", proc.stdout.readline()).group(1)
         body = json.dumps({"batch": [_complete(i) for i in range(6)]}).encode()
@@ -172,5 +172,6 @@ def test_the_relay_s_start_says_where_undelivered_calls_go(tmp_path):
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
     first = err.splitlines()[0]
-    assert "accepting traffic anyway" in first and "spool" not in first  # none is set
-    assert f"go to the dead letters {tmp_path / 'engine' / 'dead_letters.jsonl'}" in first
+    # the default spool: one folder per upstream under the state directory
+    assert "accepting traffic anyway" in first and "dead letters" not in first
+    assert f"go to the spool {tmp_path / 'engine' / 'spool' / '127.0.0.1-9-'}" in first

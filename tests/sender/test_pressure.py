@@ -13,6 +13,7 @@ import pytest
 
 from engine.sender._pressure import PressureLog, bound_facts
 from tests.faultserver import FaultServer
+from tests.pipeline import bare_env
 
 
 class _Clock:
@@ -125,7 +126,7 @@ def test_producers_waiting_on_a_late_server_are_said_while_it_goes_on():
     with FaultServer(stall_s=0.3) as fault:
         result = subprocess.run([sys.executable, "-c", _OWNER, fault.url], capture_output=True,
                                 text=True, timeout=180,
-                                env={"PATH": "/usr/bin:/bin", "PYTHONPATH": "."})  # fmt: skip
+                                env=bare_env())  # fmt: skip
         stored = len(fault.stored)
     assert result.returncode == 0, result.stderr[-3000:]
     outcome = json.loads(result.stdout.splitlines()[-1])
@@ -166,7 +167,7 @@ def test_starts_of_open_calls_sent_alone_for_their_ring_s_space_are_said_with_th
     with FaultServer(stall_s=0.05) as fault:
         result = subprocess.run([sys.executable, "-c", _OPEN_OWNER, fault.url],
                                 capture_output=True, text=True, timeout=180,
-                                env={"PATH": "/usr/bin:/bin", "PYTHONPATH": "."})  # fmt: skip
+                                env=bare_env())  # fmt: skip
         singles = len(fault.records("/call/start"))
     assert result.returncode == 0, result.stderr[-3000:]
     outcome = json.loads(result.stdout.splitlines()[-1])

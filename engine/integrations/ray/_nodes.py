@@ -25,7 +25,7 @@ import msgspec
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from engine.common._config import EngineConfig
+from engine.common._config import EngineConfig, spool_path
 from engine.common._errors import ConfigError
 from engine.producer._engine import Engine
 from engine.producer._slot import ProducerSettings
@@ -78,9 +78,11 @@ driver_specs: dict[str, RingSpec] = {}
 
 def node_config(config: EngineConfig, node: str) -> dict[str, Any]:
     """The driver's settings for ``node``'s engine: the same, but a spool directory of the
-    node's own (nodes may share a filesystem; a restarted node engine replays its own)."""
+    node's own (nodes may share a filesystem; a restarted node engine replays its own). The
+    default spool (``"auto"``) stays so: each node engine finds it under its own user's state
+    directory (engines of one machine may share it: a replayer locks each segment it sends)."""
     fields = msgspec.structs.asdict(config)
-    if config.spool_dir:
+    if spool_path(config) and config.spool_dir != "auto":
         fields["spool_dir"] = os.path.join(config.spool_dir, f"node-{node[:16]}")
     return fields
 
