@@ -6,7 +6,8 @@ process of its own (a laptop's notebook, in a user's terms)::
 It connects with ``ray.init("ray://...")``, makes a ``RayEngine`` delivering to ``URL``,
 traces a root call around work on the cluster's nodes (tasks pinned with the custom
 resources ``head`` and ``n1``, an actor, an op decorated here, a task retried after its
-worker died, a tracer a task returned), flushes, closes, and writes what it saw to
+worker died, a tracer a task returned, a task handing its tracer to multiprocessing
+children before tracing anything), flushes, closes, and writes what it saw to
 ``WORK_DIR/seen.json``. The functions are defined here, in ``__main__``: Ray Client pickles them by
 value, as a notebook's.
 """
@@ -46,6 +47,16 @@ def run_op(op, i: int) -> int:
 def give_back(tracer):
     """A tracer a task returns to the driver (Ray pickles it in the worker)."""
     return tracer
+
+
+@ray.remote
+def hand_to_children(tracer, root_dir: str) -> list[str]:
+    """Hands the tracer, having traced nothing, to a forked and a spawned child (2 calls
+    each); their answers ("ok" or a traceback)."""
+    sys.path.insert(0, root_dir)  # the spawned child imports ray_mp_child from the checkout
+    from tests.integrations import ray_mp_child
+
+    return [ray_mp_child.in_child(tracer, how, how) for how in ("fork", "spawn")]
 
 
 @ray.remote(max_retries=1)
@@ -112,6 +123,8 @@ def main(address: str, url: str, settings: dict, work_dir: str) -> None:
         retried_ids = ray.get(dies_once.options(**on["n1"]).remote(tracer, marker))
         with open(marker) as file:
             seen["first_attempt_ids"] = file.read().split()
+        root_dir = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        seen["children"] = ray.get(hand_to_children.options(**on["n1"]).remote(tracer, root_dir))
         returned = ray.get(give_back.options(**on["n1"]).remote(tracer))
         with returned.call("driver.returned") as back:  # into this driver's own engine
             back.output = 1

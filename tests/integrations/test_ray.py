@@ -12,6 +12,7 @@ import signal
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -377,3 +378,74 @@ def test_a_wrong_typed_argument_in_a_task_raises_there_and_ops_keep_their_descri
     assert eng.flush(timeout_s=60)
     ops = sorted(c["op_name"] for c in stored_calls(server))
     assert ops == ["_Scores.cls_score", "_Scores.static_score", "checked"]
+
+
+@ray.remote
+def hand_to_children(tracer, root_dir: str, mode: str) -> str | None:
+    """Hands ``tracer`` to a child process of each kind in ``ray_mp_child.HOW``, each
+    tracing 2 calls: the task traces nothing itself (``untraced``), traces a call first and
+    hands it on outside it (``traced_before``), or hands it on inside its call ``task``
+    (``in_call``: the id of that call is returned). Raises what a child answered if not ok."""
+    sys.path.insert(0, root_dir)  # a spawned child imports ray_mp_child from the checkout
+    from tests.integrations import ray_mp_child
+
+    def hand_on() -> None:
+        for how in ray_mp_child.HOW:
+            answer = ray_mp_child.in_child(tracer, how, f"{mode}/{how}")
+            assert answer == "ok", f"{mode}/{how}: {answer}"
+
+    if mode == "traced_before":
+        with tracer.call("task.before"):
+            pass
+    if mode != "in_call":
+        hand_on()
+        return None
+    with tracer.call("task") as call:
+        hand_on()
+    return call.id
+
+
+@ray.remote
+def relay_to_n1(tracer, root_dir: str, mode: str) -> str | None:
+    """Passes ``tracer`` on to ``hand_to_children`` on n1, tracing nothing."""
+    return ray.get(hand_to_children.options(**on("n1")).remote(tracer, root_dir, mode))
+
+
+def test_a_tracer_a_task_hands_to_a_multiprocessing_child_writes_into_its_nodes_engine(
+        make_engine, server):
+    """On a node besides the driver's, a forked or spawned child (a Process, a Pool's
+    worker) given the task's tracer writes into that node's engine, its calls nested under
+    the task's current call, else under the call the tracer came with. The untraced task
+    gets its tracer from a task on n2 that traces nothing: n2 gets no node engine."""
+    from tests.integrations.ray_mp_child import HOW
+
+    eng = make_engine()
+    tracer = eng.producer()
+    modes = ("untraced", "traced_before", "in_call")
+    root_dir = str(Path(__file__).resolve().parents[2])
+    with tracer.call("evaluate") as root:
+        task_call_ids = ray.get(
+            [relay_to_n1.options(**on("n2")).remote(tracer, root_dir, modes[0])]
+            + [hand_to_children.options(**on("n1")).remote(tracer, root_dir, mode)
+               for mode in modes[1:]], timeout=120)
+    assert eng.flush(timeout_s=60)
+
+    calls = stored_calls(server)
+    children = {c["inputs"]["label"]: c for c in calls if c["op_name"] == "child"}
+    # 1 root + task.before + task + 2 calls in each of 3 children x 3 modes
+    assert len(calls) == len({c["id"] for c in calls}) == 3 + 2 * len(modes) * len(HOW) == 21
+    assert set(children) == {f"{mode}/{how}" for mode in modes for how in HOW}
+    assert all(c["ended_at"] and c["exception"] is None for c in calls)
+    # every call but the root was written into n1's engine, none into the driver's
+    assert eng.stats()["ring"]["records_written"] == 2
+    node_stats = eng.node_stats()
+    assert len(node_stats) == 1  # n1's: n2 passed the tracer on, tracing nothing
+    (n1_stats,) = node_stats.values()
+    assert n1_stats["ring"]["records_written"] == 2 * (len(calls) - 1)
+    task_call = task_call_ids[modes.index("in_call")]
+    assert {label: (c["trace_id"], c["parent_id"]) for label, c in children.items()} == {
+        label: (root.trace_id, task_call if label.startswith("in_call/") else root.id)
+        for label in children}
+    assert all(c["trace_id"] == root.trace_id for c in calls)
+    inner_parents = sorted(c["parent_id"] for c in calls if c["op_name"] == "child.inner")
+    assert inner_parents == sorted(c["id"] for c in children.values())

@@ -124,6 +124,7 @@ def test_a_ray_client_driver_traces_into_its_own_engine_and_every_node_into_a_no
     assert seen["op_results"] == [-7, -7] and seen["actor_node"] == n1
     assert seen["retried_ids"] == seen["first_attempt_ids"]  # the retry: same ids
     assert seen["flushed"] is True and seen["closed_undelivered"] == 0
+    assert seen["children"] == ["ok", "ok"]  # a task's forked and spawned children traced
 
     # every call stored once, complete, nested under the driver's root
     calls = stored_calls(server)
@@ -133,15 +134,16 @@ def test_a_ray_client_driver_traces_into_its_own_engine_and_every_node_into_a_no
                          else c["op_name"], []).append(c)
     assert {op: len(cs) for op, cs in by_op.items()} == {
         "evaluate": 1, "score": 4, "score.child": 4, "driver_op": 2, "actor.score": 1,
-        "retried": 3, "driver.returned": 1}
-    assert len({c["id"] for c in calls}) == len(calls) == 16
+        "retried": 3, "driver.returned": 1, "child": 2, "child.inner": 2}
+    assert len({c["id"] for c in calls}) == len(calls) == 20
     assert all(c["ended_at"] and c["exception"] is None for c in calls)
     assert all(c["trace_id"] == seen["root_trace_id"] for c in calls)
     by_id = {c["id"]: c for c in calls}
     (root,) = by_op.pop("evaluate")
     assert root["id"] == seen["root_id"] and root["parent_id"] is None
-    for c in by_op.pop("score.child"):
-        assert by_id[c["parent_id"]]["op_name"] == "score"
+    for inner, outer in (("score.child", "score"), ("child.inner", "child")):
+        for c in by_op.pop(inner):
+            assert by_id[c["parent_id"]]["op_name"] == outer
     assert all(c["parent_id"] == root["id"] for cs in by_op.values() for c in cs)
     assert sorted(c["id"] for c in by_op["retried"]) == sorted(seen["retried_ids"])
 
@@ -150,14 +152,15 @@ def test_a_ray_client_driver_traces_into_its_own_engine_and_every_node_into_a_no
     assert seen["driver_records"] == 2 * 2  # evaluate, driver.returned
     records = {node: stats["ring"]["records_written"]
                for node, stats in seen["node_stats"].items()}
-    # head: 2 tasks x 2 + 1 op; n1: the same + actor.score + 3 retried, each attempt
-    assert records == {head: 2 * 5, n1: 2 * (5 + 1 + 3 + 3)}
+    # head: 2 tasks x 2 + 1 op; n1: the same + actor.score + 3 retried, each attempt + the
+    # children's 4 (the task that handed them its tracer traced nothing itself)
+    assert records == {head: 2 * 5, n1: 2 * (5 + 1 + 3 + 3 + 4)}
 
 
-def test_a_client_drivers_tracer_outside_ray_with_no_ring_to_write_to_says_so():
+def test_a_client_drivers_tracer_outside_ray_with_no_ring_to_write_to_says_so(caplog):
     """A Ray Client driver's tracer names no ring for others (``driver_spec`` None): a
-    process outside Ray given it by one that had not traced yet gets a clear error, where a
-    driver on a node's tracer falls back to that driver's rings."""
+    process outside Ray given it by one that could name no engine to write into (here: one
+    outside Ray itself) gets a clear error, never the driver's rings."""
     import pickle
 
     from engine.common._errors import ConfigError
@@ -169,7 +172,49 @@ def test_a_client_drivers_tracer_outside_ray_with_no_ring_to_write_to_says_so():
     settings = ProducerSettings(project=PROJECT, max_block_ms=0, on_full="drop", strict=False,
                                 max_request_bytes=1 << 20)
     cluster = EngineCluster(key="k", driver_node="", driver_spec=None, settings=settings)
-    tracer = pickle.loads(pickle.dumps(ClusterTracer(cluster)))
-    with pytest.raises(ConfigError, match="runs outside Ray and the tracer came from a process "
-                                          "that had not traced yet"):
+    tracer = pickle.loads(pickle.dumps(ClusterTracer(cluster)))  # pickling logs, never raises
+    assert "a process given this tracer cannot trace: no engine to write into" in caplog.text
+    with pytest.raises(ConfigError, match="runs outside Ray and got the tracer from a process "
+                                          "that named no engine to write into"):
         tracer.call("anything")
+
+
+def test_a_tracer_unpickled_outside_ray_nests_under_the_call_it_came_with(server, monkeypatch):
+    """As in a multiprocessing child of a Ray task, given the tracer pickled (here: twice,
+    as a child passing it on to its own child): calls outside any call of their own, by
+    ``with``, ``begin`` / ``finish``, an op, ``async with``, nest under the call the tracer
+    came with, into the ring set it named, and leave no current call behind."""
+    import asyncio
+    import pickle
+
+    import engine
+    from engine.integrations.ray import RemoteParent, _tracer
+    from engine.integrations.ray._nodes import Cluster as EngineCluster
+
+    monkeypatch.setattr(_tracer, "_in_driver", False)  # if this process drove Ray before
+    assert not ray.is_initialized()  # this process is outside Ray
+    came_with = RemoteParent(id="01a25000-0000-7000-8000-000000000001",
+                             trace_id="01a25000-0000-7000-8000-000000000002")
+    with engine.Engine(url=server, project=PROJECT, linger_ms=5, shutdown_timeout_s=10) as eng:
+        cluster = EngineCluster(key="k", driver_node="", driver_spec=None, settings=eng._settings)
+        given = _tracer.ClusterTracer(cluster, _tracer._Carried(came_with, 0, eng.spec))
+        tracer = pickle.loads(pickle.dumps(pickle.loads(pickle.dumps(given))))
+
+        with tracer.call("with") as outer, tracer.call("with.inner"):
+            pass
+        tracer.finish(tracer.begin("begun", {}, {}, None, PROJECT))
+        tracer.op(lambda: 1, name="op")()
+
+        async def in_a_task() -> None:
+            async with tracer.call("async"):
+                pass
+
+        asyncio.run(in_a_task())
+        assert engine.current_call() is None
+        assert eng.flush(timeout_s=30)
+
+    calls = {c["op_name"]: c for c in stored_calls(server)}
+    assert sorted(calls) == ["async", "begun", "op", "with", "with.inner"]
+    assert {op: (c["trace_id"], c["parent_id"]) for op, c in calls.items()} == {
+        **{op: (came_with.trace_id, came_with.id) for op in ("async", "begun", "op", "with")},
+        "with.inner": (came_with.trace_id, outer.id)}

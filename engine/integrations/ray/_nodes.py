@@ -2,7 +2,8 @@
 finds the ring of the node it runs on.
 
 The driver's :class:`engine.Engine` is its own node's engine. Every other node gets a
-node engine the first time a process there writes: an actor pinned to that node
+node engine the first time a process there writes (or hands a tracer to a
+``multiprocessing`` child, which must not ask Ray itself): an actor pinned to that node
 (``NodeAffinitySchedulingStrategy``, hard), created by the registry actor of the driver's
 engine. The registry is owned by the driver, and it owns the node engines, so Ray ends
 all of them with the driver's job; Ray restarts a node engine whose process dies
@@ -33,8 +34,8 @@ from engine.producer._tracer import Tracer
 from engine.ring import RingSpec
 from engine.ring import _files as ring_files
 
-__all__ = ["Cluster", "driver_specs", "is_client_driver", "local_tracer", "node_id",
-           "registry_of", "start_registry"]
+__all__ = ["Cluster", "driver_specs", "forked_specs", "is_client_driver", "local_tracer",
+           "node_id", "registry_of", "start_registry"]
 
 log = logging.getLogger("engine.integrations.ray")
 NAMESPACE = "engine"
@@ -216,8 +217,15 @@ def alive(owner: Owner) -> bool:
     return True
 
 
+# In a child forked by a Ray process (outside Ray): the ring sets that process had attached
+# to, by cluster key; a tracer the child got with the fork, not pickled, writes there
+forked_specs: dict[str, RingSpec] = {}
+
+
 def _after_fork_in_child() -> None:
-    """A forked child is no Ray worker: it must not ask Ray for anything."""
+    """A forked child is no Ray worker: it must not ask Ray for anything, and writes into
+    the rings its parent wrote into (``forked_specs``)."""
+    forked_specs.update((key, known.tracer._spec) for key, known in _attached.items())
     _attached.clear()
 
 

@@ -10,6 +10,12 @@ the rest is a hash of Ray's task id and the call's rank in the task. A task retr
 its worker was killed therefore re-sends the same calls with the same ids, and the
 server's upsert by id keeps one of each; a call the killed attempt started and never ended
 is completed by the retry.
+
+A tracer handed to a process outside Ray (a ``multiprocessing`` child of a task: pickled
+for it, or inherited by a fork) names the ring set of the Ray process it came from, which
+attaches to its node's engine first if it has not yet (pickled by Ray itself, a tracer
+never does: a task passing it on to further tasks or returning it attaches nothing). Calls
+traced there outside any call of their own nest under the call it came with.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import inspect
+import logging
 import os
 import threading
 import time
@@ -45,6 +52,8 @@ from engine.wire._codec import uuid_text
 
 __all__ = ["ClusterTracer", "RemoteParent", "TaskCall"]
 
+log = logging.getLogger("engine.integrations.ray")
+
 _V7_VERSION, _V7_VARIANT = 0x70, 0x80
 _RANKS_KEPT = 4096  # tasks whose call ranks a process remembers (threaded / async actors)
 
@@ -59,7 +68,10 @@ class _Carried(msgspec.Struct, frozen=True):
 
     parent: RemoteParent | None
     pickled_ms: int  # the time part of the ids of calls traced in the task it goes to
-    pickler_spec: RingSpec | None  # the pickling process's ring: for its forked children
+    # the ring set the pickling process writes into, for a process outside Ray (a
+    # multiprocessing child on its machine); None when Ray pickled it (for Ray processes,
+    # which attach to their own node's engine)
+    pickler_spec: RingSpec | None
 
 
 _in_ray_process = True  # False in a child forked from a Ray worker or the driver
@@ -68,12 +80,39 @@ _in_ray_process = True  # False in a child forked from a Ray worker or the drive
 _in_driver = False
 
 
+# The clusters of the tracers this Ray process unpickled (a task's, a tracer a task returned
+# to its driver): a child it forks gets them, and must find their rings without Ray
+_clusters_here: dict[str, _nodes.Cluster] = {}
+_forked_in_task: str | None = None  # in a child forked by a Ray task: that task
+
+
+def _before_fork() -> None:
+    """Attach to the node's engine of each tracer held here, so that a forked child, which
+    must not ask Ray for anything, writes into the same rings (``_nodes.forked_specs``)."""
+    global _forked_in_task
+    if not _clusters_here or not (_in_ray_process and ray.is_initialized()):
+        return
+    _forked_in_task = _ray_task_id()
+    for cluster in list(_clusters_here.values()):
+        try:
+            _nodes.local_tracer(cluster)
+        except Exception as exc:  # the child says so if it writes; the fork goes on
+            log.warning("a process forked here cannot trace: no engine to write into (%s)",
+                        exc)
+
+
 def _after_fork_in_child() -> None:
-    global _in_ray_process
-    _in_ray_process = False
+    global _in_ray_process, _in_driver
+    _in_ray_process = _in_driver = False
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
+
+
+def _outside_ray() -> bool:
+    """A process forked or spawned by a Ray process (a multiprocessing child), or one that
+    never joined Ray."""
+    return not (_in_ray_process and ray.is_initialized())
 
 
 def _ray_task_id() -> str | None:
@@ -86,6 +125,12 @@ def _ray_task_id() -> str | None:
         _in_driver = True
         return None
     return context.get_task_id()
+
+
+def _running_a_task() -> bool:
+    """Whether this thread of a Ray worker runs a task (Ray gives every thread a task id of
+    its own; one running no task has no task name)."""
+    return bool(ray.get_runtime_context().get_task_name())
 
 
 class _Ranks:
@@ -139,14 +184,24 @@ class ClusterTracer:
         self._closed = False
 
     def __reduce__(self) -> Any:
+        """Pickled by anything but Ray (``multiprocessing``, for a child on this machine):
+        names the ring set this process writes into, attached to first if need be."""
+        return self._reduced(self._spec_for_children())
+
+    def _reduced(self, pickler_spec: RingSpec | None) -> Any:
         parent = current_parent()
-        if parent is None and self._unpickled and self._task_id == _ray_task_id():
-            # passed on outside any call by the task it was given to, or by a process outside
-            # any task: the Ray Client server, which unpickles what a ``ray://`` driver sends
-            # and pickles it again into the tasks it submits for it
-            parent = self._carried.parent
-        spec = None if self._local_tracer is None else self._local_tracer._spec
-        return (_unpickle, (self._cluster, _Carried(parent, time.time_ns() // 1_000_000, spec)))
+        if parent is None and self._unpickled:  # passed on outside any call
+            parent = self._parent_passed_on()
+        carried = _Carried(parent, time.time_ns() // 1_000_000, pickler_spec)
+        return (_unpickle, (self._cluster, carried))
+
+    def _spec_for_children(self) -> RingSpec | None:
+        try:
+            return self.local()._spec
+        except Exception as exc:  # closed, or no engine here: the child says so if it writes
+            log.warning("a process given this tracer cannot trace: no engine to write into "
+                        "(%s)", exc)
+            return None
 
     @property
     def project(self) -> str:
@@ -156,12 +211,16 @@ class ClusterTracer:
 
     def call(self, op_name: str, inputs: dict[str, Any] | None = None, *,
              attributes: dict[str, Any] | None = None, display_name: str | None = None,
-             project: str | None = None) -> CallHandle | TaskCall:
+             project: str | None = None) -> CallHandle | TaskCall | _UnderCarried:
         """As :meth:`engine.Tracer.call`; inside a Ray task, ids a retry repeats."""
         task_id = _ray_task_id()
         if task_id is None:
-            return self.local().call(op_name, inputs, attributes=attributes,
-                                     display_name=display_name, project=project)
+            handle = self.local().call(op_name, inputs, attributes=attributes,
+                                       display_name=display_name, project=project)
+            if _in_driver or current_call() is not None or not _outside_ray():
+                return handle
+            parent = self._parent_outside_ray()
+            return handle if parent is None else _UnderCarried(handle, parent)
         inputs, attributes = inputs or {}, attributes or {}
         check_call_arguments(op_name, inputs, attributes, display_name, project or self.project)
         return TaskCall(self, task_id, op_name, inputs, attributes, display_name,
@@ -182,6 +241,8 @@ class ClusterTracer:
 
     def finish(self, handle: CallHandle | TaskCall, exception: BaseException | None = None) -> None:
         handle.__exit__(None, exception, None)
+        if _current.get() is self._carried.parent is not None:  # begun by begin() under it
+            _current.set(None)
 
     # -- the wire-level entry points: straight into this node's engine ---------------------
 
@@ -215,14 +276,15 @@ class ClusterTracer:
             from engine.common._errors import Closed
 
             raise Closed("this tracer is closed")
-        if _in_ray_process and ray.is_initialized():
+        if not _outside_ray():
             tracer, self._owner = _nodes.local_tracer(self._cluster)
-        else:  # a process forked (or spawned) outside Ray: the pickler's machine
-            spec = self._carried.pickler_spec or self._cluster.driver_spec
-            if spec is None:  # never the driver's rings: a Ray Client driver's are elsewhere
-                raise ConfigError("ray", "this process runs outside Ray and the tracer came "
-                                         "from a process that had not traced yet: trace a "
-                                         "call in the Ray task before passing it on")
+        else:  # a multiprocessing child: the rings of the Ray process it came from
+            spec = (self._carried.pickler_spec  # pickled for it
+                    or _nodes.forked_specs.get(self._cluster.key))  # or forked with it
+            if spec is None:
+                raise ConfigError("ray", "this process runs outside Ray and got the tracer "
+                                         "from a process that named no engine to write into "
+                                         "(that process logged why)")
             tracer, self._owner = Tracer(spec, self._cluster.settings), _nodes.NO_OWNER
         self._local_tracer = tracer
         return tracer
@@ -231,12 +293,74 @@ class ClusterTracer:
         """The carried parent, for calls of the task this tracer was passed to."""
         return self._carried.parent if task_id == self._task_id else None
 
+    def _parent_passed_on(self) -> RemoteParent | None:
+        """The carried parent, when the process pickling this tracer outside any call passes
+        it on from where it got it: the task it was passed to; a thread running no task (a
+        Pool's task handler in that task's worker; the Ray Client server, which unpickles
+        what a ``ray://`` driver sends and pickles it again into the tasks it submits for
+        it; a driver); a multiprocessing child."""
+        if _outside_ray():
+            return self._parent_outside_ray()
+        here = _ray_task_id()
+        if here is None or here == self._task_id or not _running_a_task():
+            return self._carried.parent
+        return None
+
+    def _parent_outside_ray(self) -> RemoteParent | None:
+        """The carried parent, for calls outside any call in a multiprocessing child that
+        unpickled this tracer, or got it with a fork by the task it was passed to."""
+        if self._task_id is None or self._task_id == _forked_in_task:
+            return self._carried.parent
+        return None
+
     def pickled_ms(self) -> int:
         return self._carried.pickled_ms or time.time_ns() // 1_000_000
 
 
 def _unpickle(cluster: _nodes.Cluster, carried: _Carried) -> ClusterTracer:
-    return ClusterTracer(cluster, carried)
+    tracer = ClusterTracer(cluster, carried)
+    if tracer._task_id is not None or cluster.key in _nodes.driver_specs:
+        # a worker's, or a driver's own engine's (not the Ray Client server relaying it)
+        _clusters_here.setdefault(cluster.key, cluster)
+    return tracer
+
+
+def _reduce_for_ray(tracer: ClusterTracer) -> Any:
+    """How Ray pickles a tracer (into tasks, actors, return values): no ring set, which
+    Ray processes find for themselves, and no attaching (a task passing it on may trace
+    nothing)."""
+    return tracer._reduced(None)
+
+
+# what ray.util.register_serializer does, without needing a connected Ray worker: this module
+# is imported before ray.init in a driver, and while Ray unpickles a tracer in a worker
+ray.cloudpickle.CloudPickler.dispatch[ClusterTracer] = _reduce_for_ray
+
+
+class _UnderCarried:
+    """A call outside any call in a multiprocessing child: begun under the call the tracer
+    came with (``with tracer.call(...) as call`` gives the call's own handle)."""
+
+    __slots__ = ("_handle", "_parent", "_token")
+
+    def __init__(self, handle: CallHandle, parent: RemoteParent) -> None:
+        self._handle, self._parent, self._token = handle, parent, None
+
+    def __enter__(self) -> CallHandle:
+        self._token = _current.set(self._parent)
+        return self._handle.__enter__()
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        try:
+            self._handle.__exit__(exc_type, exc, tb)
+        finally:
+            _current.reset(self._token)
+
+    async def __aenter__(self) -> CallHandle:
+        return self.__enter__()
+
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        self.__exit__(exc_type, exc, tb)
 
 
 class TaskCall:
