@@ -64,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
         for step in _STEPS:
             checks.append(step(args.url, api_key, info, args))
     checks.append(_shared_memory())
+    checks.append(_spool(args.url))
     weave = _weave_integration()
     if weave is not None:
         checks.append(weave)
@@ -298,6 +299,31 @@ def _shared_memory() -> Check:
                  f"{room[1]} producer rings of {ring_mib:.0f} MiB an engine should hold: engines "
                  "keep their rings in a file in the temp dir (`docker run --shm-size=1g` keeps "
                  "them in memory)")
+
+
+def _spool(url: str) -> Check:
+    """What this machine keeps for ``url``: the engines' spool for it (the default, one per
+    server, or ``spool_dir``), read without changing it."""
+    from engine.common._config import load_config, spool_path
+    from engine.sender._spool import pending_items
+
+    try:
+        config = load_config(None, url=url, project="doctor/check")
+    except Exception as exc:  # noqa: BLE001 - a bad setting is said here, not raised
+        return Check("spool", False, f"the engine's settings: {exc}")
+    folder = spool_path(config)
+    if folder is None:
+        return Check("spool", True, 'off (spool_dir = "off"): what an engine cannot deliver '
+                     "goes to the dead letters")
+    try:
+        items, size = pending_items(folder)
+    except OSError as exc:
+        return Check("spool", None, f"{folder}: cannot be read ({exc.strerror or exc})")
+    if not items:
+        return Check("spool", True, f"nothing kept for this server ({folder})")
+    return Check("spool", None, f"{folder} holds {items:,} items ({size / 1e6:.1f} MB) engines "
+                 "could not deliver here: the next engine toward this server sends them, or "
+                 f"`engine replay --to {redact_url(url)}`")
 
 
 def _weave_integration() -> Check | None:

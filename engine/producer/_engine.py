@@ -376,7 +376,8 @@ def _spool_dir(config: EngineConfig) -> str | None:
     spool = spool_path(config)
     if spool is None or not config.start_sender:
         return spool
-    problem = dir_problem(spool)
+    # the default's own folder is made by the first segment (none for a server never down)
+    problem = dir_problem(os.path.dirname(spool) if config.spool_dir == "auto" else spool)
     if problem is None:
         return spool
     if config.spool_dir != "auto":

@@ -371,7 +371,7 @@ def _open_spool(directory: str) -> Any:
     from engine.sender._spool import Spool
 
     try:
-        return Spool(directory)
+        return Spool(directory, create=False)  # the engine made a folder it was given
     except OSError as exc:
         log.error("cannot use spool_dir %s (%s): what is not delivered goes to the dead "
                   "letters instead", directory, exc.strerror or exc)

@@ -75,9 +75,14 @@ class _Header(msgspec.Struct, frozen=True):
 
 
 class Spool:
-    """Checksummed zstd segment files in ``directory`` (0700; files 0600). Thread-safe."""
+    """Checksummed zstd segment files in ``directory`` (0700; files 0600). Thread-safe.
 
-    def __init__(self, directory: str | os.PathLike[str], *, max_bytes: int | None = None) -> None:
+    ``create=False``: a missing ``directory`` is made by the first segment written, not now
+    (a sender's default spool, one per server: no empty folder for every server an engine
+    delivered to without a fault); one in the way (a file) is an error now all the same."""
+
+    def __init__(self, directory: str | os.PathLike[str], *, max_bytes: int | None = None,
+                 create: bool = True) -> None:
         self.directory = Path(directory)
         self.max_bytes = max_bytes
         self.corrupt_count = 0
@@ -85,7 +90,8 @@ class Spool:
         self._writing: set[str] = set()  # reserved by put(), not yet renamed into place
         self._lock = threading.RLock()
         self._seq = itertools.count()
-        _make_private_dir(self.directory)
+        if create or os.path.lexists(self.directory):
+            _make_private_dir(self.directory)
         self._remove_stale_temporaries()
         self.pending()
 
@@ -198,7 +204,11 @@ class Spool:
     def _write_atomically(self, name: str, segment: bytes, scratch: str | None = None) -> None:
         tmp = self.directory / f"{_TMP_PREFIX}{scratch or name}{_TMP_SUFFIX}"
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-        fd = os.open(tmp, flags, 0o600)
+        try:
+            fd = os.open(tmp, flags, 0o600)
+        except FileNotFoundError:  # not made yet (create=False), or removed meanwhile
+            _make_private_dir(self.directory)
+            fd = os.open(tmp, flags, 0o600)
         try:
             try:
                 _write_all(fd, segment)
@@ -238,6 +248,22 @@ class Spool:
         for tmp in self.directory.glob(_TMP_PREFIX + "*" + _TMP_SUFFIX):
             if not _pid_alive(_writer_pid(tmp.name)):
                 tmp.unlink(missing_ok=True)
+
+
+def pending_items(directory: str | os.PathLike[str]) -> tuple[int, int]:
+    """(items, bytes on disk) of the segments in ``directory``, read without changing
+    anything (no folder made, nothing moved aside); a missing folder holds none."""
+    items = size = 0
+    for path in Path(directory).glob("[0-9]*" + _SUFFIX):
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:  # sent meanwhile
+            continue
+        parsed = _parse(data)
+        if parsed is not None:
+            items += parsed[0].item_count
+            size += len(data)
+    return items, size
 
 
 def _segment(header: bytes, payload: bytes) -> bytes:

@@ -345,6 +345,29 @@ def test_doctor_says_ready_for_engine_serve(server):
     assert result.stdout.splitlines()[-1].endswith("READY: the engine can deliver here")
 
 
+def test_doctor_says_what_the_spool_of_the_server_holds(server, tmp_path, monkeypatch):
+    """The engines' default spool for this server (what an outage left: the next engine
+    toward it sends it): read, not changed; nothing kept is ok, calls kept a warning."""
+    from engine.common._config import default_spool_dir
+    from engine.sender._spool import Spool
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    env = _env(XDG_STATE_HOME=str(tmp_path))
+    folder = default_spool_dir(server)
+    empty = _engine("doctor", server, "--limit-mib", "2", env=env)
+    assert f"ok   spool: nothing kept for this server ({folder})" in empty.stdout, empty.stdout
+    assert not folder.exists()  # the doctor makes nothing
+    Spool(folder).put(f"/v2/{PROJECT}/calls/complete", b'{"batch": [{}, {}, {}]}', 3)
+    kept = _engine("doctor", server, "--limit-mib", "2", env=env)
+    off = _engine("doctor", server, "--limit-mib", "2", env=_env(XDG_STATE_HOME=str(tmp_path),
+                                                                 ENGINE_SPOOL_DIR="off"))
+    assert kept.returncode == 0, kept.stdout  # a warning: delivery works
+    assert f"warn spool: {folder} holds 3 items (" in kept.stdout, kept.stdout
+    assert f"`engine replay --to {server}`" in kept.stdout
+    assert Spool(folder).count_pending == 1
+    assert 'ok   spool: off (spool_dir = "off")' in off.stdout, off.stdout
+
+
 def test_doctor_reports_a_missing_key_a_small_limit_and_a_wrong_path(tmp_path):
     with serve_subprocess(tmp_path / "k.db", api_key="doctor-key",
                           max_body_bytes=1536 * 1024) as url:

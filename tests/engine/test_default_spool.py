@@ -43,6 +43,17 @@ def test_the_default_spool_is_one_folder_per_server_under_the_users_state(monkey
     assert spool_path(EngineConfig(spool_dir=str(tmp_path / "mine"))) == str(tmp_path / "mine")
 
 
+def test_an_engine_that_delivers_everything_makes_no_spool_folder(tmp_path):
+    """The default spool's folder is made by the first segment: not one empty folder per
+    server an engine ever delivered to (a bench, a test suite: a port each)."""
+    with FaultServer() as server, make_engine(server.url, tmp_path) as eng:
+        ids = trace_calls(eng.producer(), 20)
+        assert eng.flush(timeout_s=30)
+        assert server.stored_ids(PROJECT) == set(ids)
+    assert default_spool_dir(server.url).parent.is_dir()  # checked at start: writable
+    assert not default_spool_dir(server.url).exists()
+
+
 def test_an_outage_spilled_by_default_is_sent_by_the_sender_when_the_server_is_back(tmp_path,
                                                                                     capfd):
     """The server down while producers wait for ring space: what fails goes to disk at once
