@@ -35,6 +35,12 @@ from tests.pipeline import Account, Pipeline, Sandbox, account, poll_until, wait
 _SETTINGS = {"shutdown_timeout_s": 5.0, "ring_bytes": 16 << 20, "max_slots": 8}
 
 
+def _kept(sandbox: Sandbox) -> tuple[list[Path], list[Path]]:
+    """Where engines with default paths keep what they did not deliver: the dead-letter
+    file and the default spools (one per server)."""
+    return [sandbox.dead_letter_path], sandbox.spool_dirs()
+
+
 def _finish(run: Pipeline, timeout_s: float = 60.0) -> None:
     try:
         run.wait(timeout_s)
@@ -52,11 +58,11 @@ def _signalled(sig: int, calls: int, root: Path, *, down: bool) -> tuple[Account
         run.wait_calls(calls, timeout_s=120)
         run.killpg(sig)
         _finish(run)
-        before = account(run.produced(), server.snapshot(), [sandbox.dead_letter_path])
+        before = account(run.produced(), server.snapshot(), *_kept(sandbox))
         if down:
             server.up()
         sandbox.replay(server.url, timeout_s=300)
-        after = account(run.produced(), server.snapshot(), [sandbox.dead_letter_path])
+        after = account(run.produced(), server.snapshot(), *_kept(sandbox))
         return before, after, server.duplicate_deliveries()
 
 
@@ -68,11 +74,11 @@ def _owner_only(calls: int, root: Path) -> tuple[Account, Account, int]:
         run.wait_calls(calls // 4, timeout_s=120)
         os.kill(run.info["owner"], signal.SIGTERM)
         _finish(run)
-        before = account(run.produced(), server.snapshot(), [sandbox.dead_letter_path])
+        before = account(run.produced(), server.snapshot(), *_kept(sandbox))
         # what the producers wrote after the sender left (past shutdown_timeout_s) is in
         # the ring set it kept
         sandbox.replay(server.url, timeout_s=300)
-        after = account(run.produced(), server.snapshot(), [sandbox.dead_letter_path])
+        after = account(run.produced(), server.snapshot(), *_kept(sandbox))
         return before, after, server.duplicate_deliveries()
 
 
@@ -87,7 +93,7 @@ def _killed(calls: int, root: Path, *, with_sender: bool,
         run.killpg(signal.SIGKILL)
         _finish(run)
         wait_gone([run.info["sender"]], 60)
-        before = account(run.produced(), server.snapshot(), [sandbox.dead_letter_path])
+        before = account(run.produced(), server.snapshot(), *_kept(sandbox))
         if recover in ("engine", "engine-new-tmpdir"):
             nxt_sandbox = sandbox
             if recover == "engine-new-tmpdir":  # the job's TMPDIR removed at its end
@@ -100,14 +106,16 @@ def _killed(calls: int, root: Path, *, with_sender: bool,
             poll_until(lambda: not segment.exists(), timeout_s=60)
         elif recover == "replay":
             sandbox.replay(server.url, timeout_s=300)
-        after = account(run.produced(), server.snapshot(), [sandbox.dead_letter_path])
+        after = account(run.produced(), server.snapshot(), *_kept(sandbox))
         return before, after, server.duplicate_deliveries()
 
 
 def _concurrent(calls: int, root: Path) -> tuple[Account, Account, int]:
     sandbox = Sandbox(root)
+    # the shared dead-letter file (the default spool is one per server: the replays go to
+    # another one)
     settings = {"delivery_deadline_s": 0.2, "shutdown_timeout_s": 2.0, "linger_ms": 5,
-                "backoff_initial_ms": 20, "backoff_max_ms": 50}
+                "backoff_initial_ms": 20, "backoff_max_ms": 50, "spool_dir": "off"}
     with FaultServer() as unreachable, FaultServer() as server:
         unreachable.down()
         runs = [Pipeline(sandbox, unreachable.url, producers=1, calls=calls // 4, pace_s=0.0002,
@@ -117,9 +125,9 @@ def _concurrent(calls: int, root: Path) -> tuple[Account, Account, int]:
         for run in runs:
             _finish(run)
         produced = [call for run in runs for call in run.produced()]
-        before = account(produced, server.snapshot(), [sandbox.dead_letter_path])
+        before = account(produced, server.snapshot(), *_kept(sandbox))
         sandbox.replay(server.url, timeout_s=300)
-        after = account(produced, server.snapshot(), [sandbox.dead_letter_path])
+        after = account(produced, server.snapshot(), *_kept(sandbox))
         return before, after, server.duplicate_deliveries()
 
 
@@ -130,18 +138,19 @@ def _disk_full(calls: int, root: Path) -> tuple[Account, Account, int]:
     try:
         with FaultServer() as server:
             server.down()
-            settings = dict(_SETTINGS, shutdown_timeout_s=2.0, delivery_deadline_s=0.5)
+            settings = dict(_SETTINGS, shutdown_timeout_s=2.0, delivery_deadline_s=0.5,
+                            spool_dir="off")
             run = Pipeline(sandbox, server.url, calls=calls // 3, payload_bytes=500,
                            settings=settings).start()
             if not mounted:
                 resource.prlimit(run.info["sender"], resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
             _finish(run)
-            before = account(run.produced(), {}, [sandbox.dead_letter_path])
+            before = account(run.produced(), {}, *_kept(sandbox))
             if mounted:
                 subprocess.run(["mount", "-o", "remount,size=1g", str(sandbox.state)], check=True)
             server.up()
             sandbox.replay(server.url, timeout_s=300)
-            after = account(run.produced(), server.snapshot(), [sandbox.dead_letter_path])
+            after = account(run.produced(), server.snapshot(), *_kept(sandbox))
             return before, after, server.duplicate_deliveries()
     finally:
         if mounted:
@@ -169,8 +178,9 @@ def _spool_413(calls: int, root: Path) -> tuple[Account, Account, int]:
 
 def _outage(calls: int, root: Path) -> tuple[Account, Account, int]:
     """The server down for the whole run, 2 producers tracing through 1 MiB rings: once it
-    failed for 5 s with producers waiting for room, what fails goes to the dead letters at
-    once (before: each batch's 120 s delivery_deadline_s first, ~10 calls/s meanwhile)."""
+    failed for 5 s with producers waiting for room, what fails goes to the spool (the
+    default, one per server) at once (before: each batch's 120 s delivery_deadline_s first,
+    ~10 calls/s meanwhile)."""
     sandbox = Sandbox(root)
     settings = dict(_SETTINGS, ring_bytes=1 << 20, shutdown_timeout_s=2.0)
     with FaultServer() as server:
@@ -178,17 +188,17 @@ def _outage(calls: int, root: Path) -> tuple[Account, Account, int]:
         run = Pipeline(sandbox, server.url, calls=calls // 2, payload_bytes=1000,
                        settings=settings).start()
         _finish(run, timeout_s=300)
-        before = account(run.produced(), {}, [sandbox.dead_letter_path])
+        before = account(run.produced(), {}, *_kept(sandbox))
         server.up()
         sandbox.replay(server.url, timeout_s=300)
-        after = account(run.produced(), server.snapshot(), [sandbox.dead_letter_path])
+        after = account(run.produced(), server.snapshot(), *_kept(sandbox))
         return before, after, server.duplicate_deliveries()
 
 
 def _frozen(calls: int, root: Path) -> tuple[Account, Account, int]:
     """The server takes every request and answers none, all along (silent_after_s at its
     default, 15 s): once it has answered nothing for that long with producers waiting, what
-    waits and the requests unanswered go to the dead letters (before: each request's 60 s
+    waits and the requests unanswered go to the spool (before: each request's 60 s
     request_timeout_s, retried as long: 3,000 calls through a 1 MiB ring took 305 s)."""
     sandbox = Sandbox(root)
     settings = dict(_SETTINGS, ring_bytes=1 << 20, shutdown_timeout_s=2.0)
@@ -196,10 +206,10 @@ def _frozen(calls: int, root: Path) -> tuple[Account, Account, int]:
         run = Pipeline(sandbox, server.url, calls=calls // 2, payload_bytes=1000,
                        settings=settings).start()
         _finish(run, timeout_s=300)
-        before = account(run.produced(), server.snapshot(), [sandbox.dead_letter_path])
+        before = account(run.produced(), server.snapshot(), *_kept(sandbox))
         server.stall_s = 0.0  # requests held until now stay held: the replay's are new
         sandbox.replay(server.url, timeout_s=300)
-        after = account(run.produced(), server.snapshot(), [sandbox.dead_letter_path])
+        after = account(run.produced(), server.snapshot(), *_kept(sandbox))
         return before, after, server.duplicate_deliveries()
 
 
@@ -215,7 +225,7 @@ def _small_shm(calls: int, root: Path) -> tuple[Account, Account, int]:
         run = Pipeline(sandbox, server.url, producers=4, calls=calls // 4,
                        settings=dict(_SETTINGS), wrap=wrap).start()
         _finish(run, timeout_s=300)
-        before = account(run.produced(), server.snapshot(), [sandbox.dead_letter_path])
+        before = account(run.produced(), server.snapshot(), *_kept(sandbox))
         return before, before, server.duplicate_deliveries()
 
 
@@ -243,16 +253,18 @@ FAULTS: dict[str, tuple[str, Callable[[int, Path], tuple[Account, Account, int]]
                                                     recover="engine-new-tmpdir")),
     "sigkill-replay": ("SIGKILL to the group and the sender; `engine replay` recovers",
                        lambda n, r: _killed(n, r, with_sender=True, recover="replay")),
-    "concurrent-replay": ("2 engines dead-lettering to the default file + replays meanwhile",
+    "concurrent-replay": ("2 engines dead-lettering to the default file (`spool_dir = \"off\"`) "
+                          "+ replays meanwhile",
                           _concurrent),
-    "disk-full": ("dead letters on a full 1 MiB disk, server down; then `engine replay`",
+    "disk-full": ("dead letters (`spool_dir = \"off\"`) on a full 1 MiB disk, server down; "
+                  "then `engine replay`",
                   _disk_full),
     "spool-413": ("spool written with 4 MiB batches, replayed to a 1 MiB body limit",
                   _spool_413),
     "outage": ("server down all along, 2 producers through 1 MiB rings (producers wait: "
-               "what fails goes to the dead letters after 5 s); then `engine replay`", _outage),
+               "what fails goes to the default spool after 5 s); then `engine replay`", _outage),
     "frozen": ("server takes requests and answers none, all along, 2 producers through 1 MiB "
-               "rings (what waits goes to the dead letters after 15 s); then `engine replay`",
+               "rings (what waits goes to the default spool after 15 s); then `engine replay`",
                _frozen),
     "small-shm": ("4 producers, /dev/shm of 64 MiB (a container's default; rings go to the "
                   "temp dir), server up", _small_shm),
