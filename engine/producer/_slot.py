@@ -94,6 +94,7 @@ class _Process:
         # engines whose ring set had no room or no free slot for this process: (retry
         # after, error)
         self.no_room: dict[tuple[ring.RingSpec, ProducerSettings], tuple[float, Closed]] = {}
+        self.said_unread = False  # the error that a ring nobody reads drops calls, said once
 
 
 _process = _Process()
@@ -314,9 +315,13 @@ class SlotWriting(CallsBase):  # type: ignore[misc,valid-type]
     def _write_slow(self, writer: ring.SlotWriter, args: tuple, call_id: str) -> None:
         """The ring is full: wait up to max_block_ms, then apply the on_full policy."""
         started = _room_wait.since = time.monotonic()
+        unread = False
         try:
             ok = writer.write(*args, timeout_s=self._settings.max_block_ms / 1000)
             while not ok and self._settings.on_full == "block" and not writer.abandoned:
+                unread = self._nobody_reads()
+                if unread:
+                    break
                 log.warning("ring slot %d full for %.1f s; still waiting (the sender is "
                             "behind)", writer.slot, time.monotonic() - started)
                 ok = writer.write(*args, timeout_s=self._settings.max_block_ms / 1000 or 1.0)
@@ -325,6 +330,16 @@ class SlotWriting(CallsBase):  # type: ignore[misc,valid-type]
         control = self._control_block()
         control.slot_add(writer.slot, "blocked_ms", int((time.monotonic() - started) * 1000))
         if ok:
+            return
+        if unread:  # waiting would be for ever: the program goes on, the call is counted
+            control.slot_add(writer.slot, "dropped_full")
+            if not _process.said_unread:
+                _process.said_unread = True
+                log.error("call %s not traced: its ring is full and no sender will read it "
+                          "again (the engine that made it closed, or its process ended, and "
+                          "its sender left); this process's calls are dropped from here on, "
+                          "counted dropped_full; what the ring holds goes to the next Engine "
+                          "for its URL or `engine replay --to URL`", call_id)
             return
         if writer.abandoned:  # the engine is closing (close_tracers): this one is not written
             control.slot_add(writer.slot, "dropped_full")
@@ -336,6 +351,23 @@ class SlotWriting(CallsBase):  # type: ignore[misc,valid-type]
                            f"{self._settings.max_block_ms} ms; call {call_id} not enqueued")
         control.slot_add(writer.slot, "dropped_full")
         log.warning("dropped call %s item: ring full (on_full='drop')", call_id)
+
+    def _nobody_reads(self) -> bool:
+        """The ring set is marked closed (its sender left for good: ``ring.mark_closed``)
+        and no sender runs on it (a recovery would set its own pid)."""
+        if not os.path.exists(os.path.join(os.path.dirname(self._spec.lock_path),
+                                           ring.CLOSED_MARK)):
+            return False
+        pid = self._control_block().get("sender_pid")
+        if pid <= 0:
+            return True
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # another user's process has the pid now: not our sender
+            return True
+        return False
 
     def _claim(self) -> ring.SlotWriter:
         with self._lock:

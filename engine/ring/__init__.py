@@ -34,6 +34,7 @@ from engine.ring._layout import (
     record_bytes,
 )
 from engine.ring._orphans import (
+    CLOSED_MARK,
     SENDER_ARGS,
     Orphan,
     attached_producers,
@@ -88,6 +89,7 @@ __all__ = [
     "find_orphans",
     "holds_records",
     "mark_closed",
+    "CLOSED_MARK",
     "record_bytes",
     "recover",
     "spawn_sender",

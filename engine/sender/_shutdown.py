@@ -70,6 +70,7 @@ class Shutdown:
     spool: Spool | None
     spool_task: asyncio.Task | None
     spool_stop: asyncio.Event
+    _said_staying: bool = False
 
     def _stop_due(self) -> None:
         """Set the stop deadline when it is time: the owner's close() gives it; a dead
@@ -168,10 +169,31 @@ class Shutdown:
                 self._housekeeping()
                 attached = self._attached()
                 until_s = self._sooner_stop(until_s)
+                if attached and self._stays_for(attached, until_s):
+                    until_s = max(until_s, time.monotonic() + 2 * HOUSEKEEPING_S)
+                    self.stop_deadline_s = max(self.stop_deadline_s, until_s + 1.0)
             if self._settled() and not attached:
                 return
             if not progressed:
                 await self._idle()
+
+    def _stays_for(self, attached: list[int], until_s: float) -> bool:
+        """Whether to deliver past the stop deadline for ``attached`` producers: when the
+        owner is gone (SIGKILLed, or ended without close()) and processes it forked still
+        write (a Pool finishing its tasks). Nobody else would read what they write after we
+        left, and a producer whose ring filled then waited for room for ever (the default
+        ``on_full="block"``). We exit once they have. Not after a signal to us (a container
+        stopping: its grace period), nor while recovering (``engine replay`` waits for us),
+        nor when the owner lives (its close() waits for us, and kills a sender past its
+        deadline): such producers stop waiting once nobody reads their ring (see
+        ``engine/producer/_slot.py``)."""
+        if self.signalled is not None or self.recovering or owner_alive(self.owner_pid):
+            return False
+        if time.monotonic() >= until_s - HOUSEKEEPING_S and not self._said_staying:
+            self._said_staying = True
+            log.warning("engine owner %d is gone and %d producer processes it started still "
+                        "write: staying while they do", self.owner_pid, len(attached))
+        return True
 
     def _sooner_stop(self, until_s: float) -> float:
         """The owner may ask again for a sooner stop while we deliver (a second Ctrl-C in its
