@@ -107,6 +107,7 @@ class FaultServer:
         stall_after_store: bool = False,
         reject_ids: Iterable[str] = (),
         reject_status: int = 422,
+        flaky_answers: Iterable[int] = (),
         complete_mode_required: bool = False,
         accepts_encodings: Iterable[str] | None = ("zstd", "gzip"),
         machine: str | None = None,
@@ -131,6 +132,10 @@ class FaultServer:
         self._release: asyncio.Event | None = None  # set by release(): the held are answered
         self.reject_ids = frozenset(reject_ids)
         self.reject_status = reject_status  # the answer to a body holding one of reject_ids
+        # with flaky_answers: those statuses in turn, then the body is stored (a call the
+        # server fails on some of the time)
+        self.flaky_answers = list(flaky_answers)
+        self._flaky = bool(self.flaky_answers)
         self.complete_mode_required = complete_mode_required
         self.accepts_encodings = None if accepts_encodings is None else tuple(accepts_encodings)
         self.machine = machine  # the /server_info token of the machine it runs on, if any
@@ -442,6 +447,13 @@ class FaultServer:
                           f"{unstarted[0].project}")
                 return self._json(404, {"reason": reason}, record, "no_start")
         rejected = [item.call_id for item in items if item.call_id in self.reject_ids]
+        if rejected and self._flaky:
+            if not self.flaky_answers:  # its answers used up: stored from here on
+                rejected = []
+            else:
+                status = self.flaky_answers.pop(0)
+                return self._json(status, {"reason": f"flaky on call {rejected[0]}"}, record,
+                                  str(status))
         if rejected:
             return self._json(self.reject_status, {"reason": f"invalid call {rejected[0]}"},
                               record, str(self.reject_status))

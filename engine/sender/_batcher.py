@@ -97,7 +97,7 @@ class Batch:
     """Items for one route; ``body()`` is the request body, built by concatenation."""
 
     __slots__ = ("route", "items", "size_bytes", "calls", "retry_id", "attempts", "created_s",
-                 "first_sent_s", "sent_s", "target_bytes", "errors_500", "suspect")
+                 "first_sent_s", "sent_s", "target_bytes", "errors_500", "run_500", "suspect")
 
     def __init__(self, route: str, items: list[Item] | None = None, target_bytes: int = 0) -> None:
         self.route = route
@@ -111,6 +111,7 @@ class Batch:
         self.first_sent_s: float | None = None
         self.sent_s = 0.0  # when its last attempt went out (time.monotonic())
         self.errors_500 = 0  # answers 500 to it (engine/sender/_delivery.py, _isolate_500)
+        self.run_500 = 0  # ... since its last answer of another kind (a 429, a reset)
         self.suspect = False  # a piece of a batch split for its 500s: split at its first
 
     def add(self, item: Item) -> None:
