@@ -32,9 +32,10 @@ _OWNER = textwrap.dedent("""
     import multiprocessing, os, signal, sys, time
     import engine
 
-    def child(tracer, calls):
+    def child(tracer, calls, attached):
         with tracer.call("early") as call:  # attached to its ring before the owner goes
             call.output = os.getpid()
+        attached.set()
         print(os.getpid(), flush=True)
         while not os.path.exists(sys.argv[3]):  # the test says when
             time.sleep(0.02)
@@ -48,10 +49,11 @@ _OWNER = textwrap.dedent("""
         eng = engine.Engine(url=sys.argv[1], project="orphans/late", ring_bytes=64 << 10,
                             shutdown_timeout_s=1.0, max_block_ms=200, spool_dir="off",
                             dead_letter_path=sys.argv[4])
-        worker = multiprocessing.Process(target=child, args=(eng.producer(), 40))
+        attached = multiprocessing.Event()
+        worker = multiprocessing.Process(target=child, args=(eng.producer(), 40, attached))
         worker.start()
+        attached.wait(60)  # a loaded box may start the worker late (a clean-clone CI run)
         if sys.argv[2] == "killed":
-            time.sleep(0.5)
             os.kill(os.getpid(), signal.SIGKILL)  # the OOM killer: no close()
         eng.close(timeout_s=1.0)  # closed while its worker goes on
         print("closed", flush=True)
