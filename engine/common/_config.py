@@ -149,6 +149,9 @@ def validate(cfg: EngineConfig) -> EngineConfig:
         raise ConfigError("url", f"{url_problem}, got {redact_url(cfg.url)!r}")
     if cfg.project:
         check_project(cfg.project)
+    if cfg.spool_dir is not None and cfg.spool_dir.strip().lower() in _SPOOL_WORDS:
+        # "AUTO", " off": the words, not a folder of that name in the working directory
+        cfg = msgspec.structs.replace(cfg, spool_dir=_SPOOL_WORDS[cfg.spool_dir.strip().lower()])
     return cfg
 
 
@@ -385,11 +388,15 @@ def default_spool_dir(url: str) -> Path:
     return default_state_dir() / "spool" / f"{host}{f'-{port}' if port else ''}-{digest}"
 
 
+# spool_dir's words (any case): "auto" the default spool, the others none
+_SPOOL_WORDS: dict[str, str | None] = {"auto": "auto", "off": None, "none": None, "": None}
+
+
 def spool_path(cfg: EngineConfig) -> str | None:
     """The folder ``cfg`` spools to, or None (no spool: the dead letters instead)."""
     value = cfg.spool_dir
-    if value is None or value.strip().lower() in ("", "off", "none"):
-        return None
+    if value is not None and value.strip().lower() in _SPOOL_WORDS:
+        value = _SPOOL_WORDS[value.strip().lower()]
     if value == "auto":
         return str(default_spool_dir(cfg.url))
     return value

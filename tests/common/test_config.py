@@ -17,7 +17,13 @@ else:
 from engine import cli
 from engine.cli import _args
 from engine.common import _logging
-from engine.common._config import EngineConfig, api_key_source, load_config
+from engine.common._config import (
+    EngineConfig,
+    api_key_source,
+    default_spool_dir,
+    load_config,
+    spool_path,
+)
 from engine.common._errors import ConfigError
 
 DOCUMENTED = Path(__file__).resolve().parents[2] / "config" / "engine.toml"
@@ -245,3 +251,15 @@ def test_compression_threads_auto_is_half_the_cores_within_the_in_flight_limit()
     for bad in ("0", "many"):
         with pytest.raises(ConfigError, match="compression_threads"):
             load_config(environ={"ENGINE_COMPRESSION_THREADS": bad})
+
+
+@pytest.mark.parametrize(("given", "kept"), [("AUTO", "auto"), (" Off ", None), ("NONE", None),
+                                             ("", None), ("auto", "auto")])
+def test_spool_dir_s_words_are_words_in_any_case_not_folders(monkeypatch, given, kept):
+    """``ENGINE_SPOOL_DIR=AUTO`` (or "Off") is the setting's word, not a folder of that name
+    in the working directory."""
+    monkeypatch.setenv("ENGINE_SPOOL_DIR", given)
+    cfg = load_config(None, url="http://127.0.0.1:8080", project="e/p")
+    assert cfg.spool_dir == kept
+    assert spool_path(cfg) == (None if kept is None else str(default_spool_dir(cfg.url)))
+    assert spool_path(EngineConfig(url=cfg.url, spool_dir=given)) == spool_path(cfg)
