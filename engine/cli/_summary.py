@@ -20,8 +20,9 @@ def delivery(stats: dict[str, Any], cfg: EngineConfig) -> tuple[str, bool]:
     url = redact_url(cfg.url)
     parts = [f"{acked:,} items acknowledged by {url}"]
     if spooled:
-        parts.append(f"{spooled:,} spooled in {spool_path(cfg)} (the next engine toward {url} "
-                     f"sends them, or `engine replay --spool {spool_path(cfg)} --to {url}`)")
+        spool = spool_path(cfg)
+        parts.append(f"{spooled:,} spooled in {spool} (the next engine toward {url} sends "
+                     f"them, or `engine replay --spool {spool} --to {url}`)")
     if dead:
         parts.append(f"{dead:,} dead-lettered to {dead_letter_file(cfg)} ({_dead_reasons(stats)}"
                      "see why in the file; `engine replay --dead-letters FILE --to URL` sends "

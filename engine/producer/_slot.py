@@ -31,6 +31,7 @@ from engine.common._errors import (
 )
 from engine.producer._calls import CallsBase
 from engine.producer._sanitise import REASONS, invalid_item
+from engine.ring import _files as ring_files
 from engine.wire import _codec
 from engine.wire.calls import end_splice_offset
 
@@ -354,20 +355,12 @@ class SlotWriting(CallsBase):  # type: ignore[misc,valid-type]
 
     def _nobody_reads(self) -> bool:
         """The ring set is marked closed (its sender left for good: ``ring.mark_closed``)
-        and no sender runs on it (a recovery would set its own pid)."""
+        and none of its senders runs (a recovery would publish its own pid)."""
         if not os.path.exists(os.path.join(os.path.dirname(self._spec.lock_path),
                                            ring.CLOSED_MARK)):
             return False
-        pid = self._control_block().get("sender_pid")
-        if pid <= 0:
-            return True
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:  # another user's process has the pid now: not our sender
-            return True
-        return False
+        return not any(pid > 0 and ring_files.process_start_ticks(pid) is not None
+                       for pid in self._control_block().sender_pids())
 
     def _claim(self) -> ring.SlotWriter:
         with self._lock:
