@@ -83,6 +83,11 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     sigterm_timeout_s: float = SIGTERM_TIMEOUT_S
     # "auto": a folder of this user's state per server URL (spool_path); None or "off": none
     spool_dir: str | None = "auto"
+    # the most the spool folder holds (0: no bound of its own); beyond it, batches wait in
+    # shared memory, where the producers' on_full applies once their rings are full
+    spool_max_bytes: int = 0
+    # the spool and the dead letters never leave their disk with less than this free
+    disk_keep_free_bytes: int = 1 << 30
     dead_letter_path: str | None = None
     start_sender: bool = True
 
@@ -122,7 +127,8 @@ def validate(cfg: EngineConfig) -> EngineConfig:
     if cfg.senders != "auto" and not 1 <= cfg.senders <= min(MAX_SENDERS, cfg.max_slots):
         raise ConfigError("senders", f'must be 1..{min(MAX_SENDERS, cfg.max_slots)} (at most '
                           f'max_slots) or "auto", got {cfg.senders!r}')
-    for name in ("max_block_ms", "linger_ms", "eager_start_ms", "shutdown_timeout_s"):
+    for name in ("max_block_ms", "linger_ms", "eager_start_ms", "shutdown_timeout_s",
+                 "spool_max_bytes", "disk_keep_free_bytes"):
         if getattr(cfg, name) < 0:
             raise ConfigError(name, f"must be >= 0, got {getattr(cfg, name)!r}")
     for name in _SECONDS:  # NaN passes every comparison above; inf never ends a wait

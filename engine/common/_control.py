@@ -44,8 +44,10 @@ SENDER_FIELDS = (
     "spooled_items",
     "spooled_batches",
     "replayed_batches",
-    "unpersisted_no_space",  # items a full disk (ENOSPC, EDQUOT, EFBIG) kept from the spool/dead letters
+    # items a full disk (ENOSPC, EDQUOT, EFBIG; disk_keep_free_bytes) kept from the spool/dead letters
+    "unpersisted_no_space",
     "unpersisted_unwritable",  # items another OS error kept from them (EACCES, EROFS, ENOTDIR, ...)
+    "unpersisted_spool_full",  # items the spool's bound (spool_max_bytes) kept from it
     "parked_items",  # gauge: items held in memory (not released) until their file can be written
     "kept_in_ring",  # items a sender left in shared memory at exit, for recovery
     "orphans_adopted",  # ring sets of dead engines this engine started recovering

@@ -47,3 +47,38 @@ def make_private_dirs(path: str | Path) -> None:
     for folder in reversed(missing):
         with contextlib.suppress(FileExistsError):  # made meanwhile by another process
             folder.mkdir(mode=0o700)
+
+
+def free_bytes(path: str | Path) -> int | None:
+    """Bytes an unprivileged writer may still use on the filesystem of ``path`` (or of its
+    nearest existing parent: a folder made on the first write); None where it cannot tell."""
+    path = Path(path)
+    for where in (path, *path.parents):
+        try:
+            stat = os.statvfs(where)
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return None
+        return stat.f_bavail * stat.f_frsize
+    return None
+
+
+class KeepFree(OSError):
+    """``ENOSPC`` of the setting ``disk_keep_free_bytes``, not of the disk (yet)."""
+
+
+def check_room(path: str | Path, size_bytes: int, keep_free_bytes: int) -> None:
+    """Raise ``KeepFree`` (an ``OSError(ENOSPC)``) when writing ``size_bytes`` under ``path`` would leave its
+    disk with less than ``keep_free_bytes`` free (the setting ``disk_keep_free_bytes``: the
+    traced program's own files must still fit when a long outage fills our spool)."""
+    if keep_free_bytes <= 0:
+        return
+    free = free_bytes(path)
+    if free is not None and free - size_bytes < keep_free_bytes:
+        raise KeepFree(errno.ENOSPC, f"its disk has {_mib(free)} free and keeps "
+                      f"{_mib(keep_free_bytes)} free for other files (disk_keep_free_bytes)")
+
+
+def _mib(size_bytes: int) -> str:
+    return f"{size_bytes / (1 << 20):,.1f} MiB"

@@ -97,7 +97,8 @@ class Batch:
     """Items for one route; ``body()`` is the request body, built by concatenation."""
 
     __slots__ = ("route", "items", "size_bytes", "calls", "retry_id", "attempts", "created_s",
-                 "first_sent_s", "sent_s", "target_bytes", "errors_500", "run_500", "suspect")
+                 "first_sent_s", "sent_s", "target_bytes", "errors_500", "run_500", "suspect",
+                 "was_parked")
 
     def __init__(self, route: str, items: list[Item] | None = None, target_bytes: int = 0) -> None:
         self.route = route
@@ -113,6 +114,7 @@ class Batch:
         self.errors_500 = 0  # answers 500 to it (engine/sender/_delivery.py, _isolate_500)
         self.run_500 = 0  # ... since its last answer of another kind (a 429, a reset)
         self.suspect = False  # a piece of a batch split for its 500s: split at its first
+        self.was_parked = False  # counted once as not persisted (engine/sender/_persist.py)
 
     def add(self, item: Item) -> None:
         self.items.append(item)

@@ -53,7 +53,7 @@ from types import TracebackType
 
 import msgspec
 
-from engine.common._files import fsync_dir, make_private_dirs
+from engine.common._files import check_room, fsync_dir, make_private_dirs
 from engine.ring import _files as _ring_files
 from engine.sender._fileid import names_open_file
 from engine.wire._codec import json_error
@@ -106,11 +106,13 @@ class DeadLetters:
     """Appends dead letters to ``path``; the file is created on the first write.
 
     Each ``add*`` call is one locked, fsync'ed append of whole lines, or raises ``OSError``
-    having written nothing (the caller still holds the items).
+    having written nothing (the caller still holds the items): ``ENOSPC`` too where the
+    lines would leave the disk with less than ``keep_free_bytes`` free.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, keep_free_bytes: int = 0) -> None:
         self.path = Path(path)
+        self.keep_free_bytes = keep_free_bytes
         self.counts: dict[str, int] = Counter()
         self._fd: int | None = None
 
@@ -145,6 +147,7 @@ class DeadLetters:
         self.close()
 
     def _append(self, data: bytes) -> None:
+        check_room(self.path.parent, len(data), self.keep_free_bytes)
         for _ in range(_REOPEN_TRIES):
             fd = self._open()
             with _locked(fd):

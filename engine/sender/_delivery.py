@@ -447,6 +447,26 @@ class Delivery:
         self.size.forget(batch.target_bytes)
         self.persister.give_up(batch, reason, status, detail)
 
+    def _retry_parked(self) -> None:
+        """Parked batches (their file could not be written: a full disk, the spool at
+        ``spool_max_bytes``) go to the server again once it answers, else to disk again;
+        while it does not, the oldest probes it when nothing else is sent (their ring space
+        is what the producers wait for: there may be nothing else to send)."""
+        if self.stopping:
+            self.persister.retry_parked()
+            return
+        answering = self.outage.since_s is None and not self.spilling
+        idle = not (self.tasks or self.ready or self.waiting)
+        self.persister.retry_parked(resend=self._resend if answering or idle else None,
+                                    probe=not answering)
+
+    def _resend(self, batches: list[Batch]) -> None:
+        """Parked batches, older than those queued, go first; their deadline counts anew."""
+        for batch in reversed(batches):
+            batch.first_sent_s = None
+            self.ready.appendleft(batch)
+        self.wake.set()
+
     def _silent_after_s(self) -> float:
         return max(self.cfg.silent_after_s, 3 * self.slowest_answer_s)
 

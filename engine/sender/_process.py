@@ -93,7 +93,7 @@ class Sender(Intake, Delivery, Shutdown):
                  ring_dir: str, api_key: str | None, recovering: bool = False,
                  shard: int = 0, shards: int = 1, key_from: str | None = None) -> None:
         spool = spool_path(cfg)  # an engine's sender gets the folder it resolved, or None
-        self.spool = _open_spool(spool) if spool else None
+        self.spool = _open_spool(spool, cfg) if spool else None
         # None when _open_spool said it cannot (dead letters instead)
         cfg = msgspec.structs.replace(cfg, spool_dir=spool if self.spool else None)
         self.cfg = cfg
@@ -128,7 +128,8 @@ class Sender(Intake, Delivery, Shutdown):
         self.fatal: BaseException | None = None
         self.compressor: Compressor | None = None
         self.executor: concurrent.futures.ThreadPoolExecutor | None = None
-        self.dead = DeadLetters(cfg.dead_letter_path or default_dead_letter_path())
+        self.dead = DeadLetters(cfg.dead_letter_path or default_dead_letter_path(),
+                                keep_free_bytes=cfg.disk_keep_free_bytes)
         self.persister = Persister(self.control, self.dead, self.spool, self._release)
         self.outage = OutageLog(cfg.url, _destination(cfg))
         self.last_retry_status: int | None = None
@@ -252,7 +253,7 @@ class Sender(Intake, Delivery, Shutdown):
             self._spill_for_producers(self._producers_wait)
         for slot in self.reader.reap():
             self.tracker.forget_slot(slot)
-        self.persister.retry_parked()
+        self._retry_parked()
         self.persister.say_repeats()
         if self.stop_deadline_s is None:
             self._stop_due()
@@ -364,14 +365,16 @@ class Sender(Intake, Delivery, Shutdown):
             self.control.add(DEAD_COUNTERS[reason], count)
 
 
-def _open_spool(directory: str) -> Any:
+def _open_spool(directory: str, cfg: EngineConfig) -> Any:
     """The spool in ``directory``; None, said once, if it cannot be used (the Engine checked
     it at start, but a recovery sender may find it gone, or the disk full): a sender that
     crashed on it would be restarted only to crash again, delivering nothing."""
     from engine.sender._spool import Spool
 
     try:
-        return Spool(directory, create=False)  # the engine made a folder it was given
+        # the engine made a folder it was given
+        return Spool(directory, max_bytes=cfg.spool_max_bytes,
+                     keep_free_bytes=cfg.disk_keep_free_bytes, create=False)
     except OSError as exc:
         log.error("cannot use spool_dir %s (%s): what is not delivered goes to the dead "
                   "letters instead", directory, exc.strerror or exc)

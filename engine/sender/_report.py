@@ -13,7 +13,8 @@ from typing import Any
 
 from engine.common._redact import redact_url
 
-_UNPERSISTED = {"unpersisted_no_space": "disk full", "unpersisted_unwritable": "unwritable"}
+_UNPERSISTED = {"unpersisted_no_space": "disk full", "unpersisted_unwritable": "unwritable",
+                "unpersisted_spool_full": "spool at spool_max_bytes"}
 _DROPPED = {"dropped_full": "ring full (on_full='drop', or waiting for room as the engine closed)",
             "wrapper_dropped": "calls op wrappers could not write (logged where they ran)"}
 
@@ -39,8 +40,8 @@ def exit_line(stats: dict[str, Any], producers: dict[str, int], *, url: str, dea
     if (spooled or replayed) and spool_left is not None:  # what is left to send, whoever spooled it
         parts.append(f"the spool holds {spool_left:,} items now")
     unpersisted = [f"{stats[key]:,} {why}" for key, why in _UNPERSISTED.items() if stats[key]]
-    if unpersisted:
-        parts.append(f"could not persist: {', '.join(unpersisted)}")
+    if unpersisted:  # held in shared memory meanwhile: delivered since, or counted below
+        parts.append(f"could not persist for a while: {', '.join(unpersisted)}")
     dropped = [f"{producers[key]:,} {why}" for key, why in _DROPPED.items() if producers[key]]
     if stats.get("untraced_no_shared_memory"):
         dropped.append(f"{stats['untraced_no_shared_memory']:,} calls of processes that found "

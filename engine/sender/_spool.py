@@ -35,7 +35,7 @@ import msgspec
 import zstandard
 
 from engine.common._errors import EngineError
-from engine.common._files import fsync_dir, make_private_dirs
+from engine.common._files import check_room, fsync_dir, make_private_dirs
 from engine.sender._fileid import names_open_file
 
 _MAGIC = b"ENGSPL01"
@@ -48,7 +48,7 @@ _ZSTD_LEVEL = 3
 
 
 class SpoolFull(EngineError):
-    """Adding the segment would take the spool past its ``max_bytes``."""
+    """Adding the segment would take the spool past its ``max_bytes`` (``spool_max_bytes``)."""
 
 
 class SpoolCorrupt(EngineError):
@@ -79,12 +79,17 @@ class Spool:
 
     ``create=False``: a missing ``directory`` is made by the first segment written, not now
     (a sender's default spool, one per server: no empty folder for every server an engine
-    delivered to without a fault); one in the way (a file) is an error now all the same."""
+    delivered to without a fault); one in the way (a file) is an error now all the same.
+
+    Bounds of :meth:`put`: ``max_bytes`` for the segments in the folder (``SpoolFull``; the
+    segments other processes wrote count as of the last :meth:`pending`), and
+    ``keep_free_bytes`` left free on its disk (``OSError(ENOSPC)``, as a full disk)."""
 
     def __init__(self, directory: str | os.PathLike[str], *, max_bytes: int | None = None,
-                 create: bool = True) -> None:
+                 keep_free_bytes: int = 0, create: bool = True) -> None:
         self.directory = Path(directory)
-        self.max_bytes = max_bytes
+        self.max_bytes = max_bytes or None
+        self.keep_free_bytes = keep_free_bytes
         self.corrupt_count = 0
         self._entries: dict[str, SpoolEntry] = {}
         self._writing: set[str] = set()  # reserved by put(), not yet renamed into place
@@ -113,6 +118,7 @@ class Spool:
         segment = _segment(header, zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compress(body))
         name = f"{time.time_ns():020d}-{os.getpid()}-{next(self._seq):06d}{_SUFFIX}"
         entry = SpoolEntry(name, route, item_count, len(body), len(segment), meta or {})
+        check_room(self.directory, len(segment), self.keep_free_bytes)
         with self._lock:
             self._reserve(entry)
             self._writing.add(name)
@@ -196,9 +202,8 @@ class Spool:
             used = sum(e.size_bytes for e in self._entries.values())
             if used + entry.size_bytes > self.max_bytes:
                 raise SpoolFull(
-                    f"spool {self.directory}: a {entry.size_bytes}-byte segment would exceed "
-                    f"max_bytes={self.max_bytes} ({used} bytes pending)"
-                )
+                    f"it holds {used:,} bytes and a {entry.size_bytes:,}-byte segment would "
+                    f"take it past spool_max_bytes={self.max_bytes:,}")
         self._entries[entry.name] = entry
 
     def _write_atomically(self, name: str, segment: bytes, scratch: str | None = None) -> None:

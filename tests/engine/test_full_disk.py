@@ -19,6 +19,7 @@ from tests.pipeline import Pipeline, Sandbox, account
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 _SETTINGS = {"shutdown_timeout_s": 1.5, "delivery_deadline_s": 0.3, "ring_bytes": 4 << 20,
+             "disk_keep_free_bytes": 0,  # the disk, not the setting (tests/engine/test_spool_bounds.py)
              "max_slots": 4, "backoff_initial_ms": 20, "backoff_max_ms": 100}
 _SMALL_BYTES = 256 << 10
 # the spool compresses (zstd): the same calls fill a tenth of what their dead letters take

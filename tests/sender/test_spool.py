@@ -121,7 +121,7 @@ def test_temporaries_of_dead_writers_are_removed_live_ones_kept(tmp_path):
 def test_max_bytes_refuses_a_segment_that_does_not_fit(tmp_path):
     spool = Spool(tmp_path / "spool", max_bytes=1_000)
     first = spool.put(ROUTE, body(1), 3)
-    with pytest.raises(SpoolFull, match="max_bytes=1000"):
+    with pytest.raises(SpoolFull, match="spool_max_bytes=1,000"):
         while True:
             spool.put(ROUTE, body(2), 3)
     assert spool.bytes_pending <= 1_000
