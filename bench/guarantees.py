@@ -138,8 +138,9 @@ def _disk_full(calls: int, root: Path) -> tuple[Account, Account, int]:
     try:
         with FaultServer() as server:
             server.down()
+            # the disk's own ENOSPC, not the 1 GiB disk_keep_free_bytes keeps
             settings = dict(_SETTINGS, shutdown_timeout_s=2.0, delivery_deadline_s=0.5,
-                            spool_dir="off")
+                            spool_dir="off", disk_keep_free_bytes=0)
             run = Pipeline(sandbox, server.url, calls=calls // 3, payload_bytes=500,
                            settings=settings).start()
             if not mounted:
