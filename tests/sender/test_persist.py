@@ -6,6 +6,7 @@ import logging
 from engine.sender._batcher import Batch, Item
 from engine.sender._deadletter import DeadLetters, read_dead_letters
 from engine.sender._persist import Persister
+from engine.sender._spool import SpoolFull
 
 ROUTE = "/v2/e/p/calls/complete"
 
@@ -87,3 +88,52 @@ def test_a_batch_of_a_reason_last_said_a_minute_ago_is_said_with_what_came_befor
     lines = [r.getMessage() for r in caplog.records if "dead-lettered" in r.getMessage()]
     assert lines == ["dead-lettered 1 item (deadline): server down",
                      "dead-lettered 2 items in 2 batches in the last 61 s (deadline): server down"]
+
+
+class _FullSpool:
+    directory = "/spool"
+
+    def __init__(self) -> None:
+        self.full = True
+        self.put_count = 0
+
+    def put(self, *args: object) -> None:
+        if self.full:
+            raise SpoolFull("it holds 9 bytes and a 9-byte segment would take it past spool_max_bytes=10")
+        self.put_count += 1
+
+
+def test_a_batch_parked_at_the_spools_bound_goes_to_the_server_when_it_answers(tmp_path, caplog):
+    """Parked batches are not only written: the server answering takes the ones it did not
+    refuse (all, or the oldest as a probe); counted once however often they come back."""
+    control, spool, released, resent = _Control(), _FullSpool(), [], []
+    with DeadLetters(tmp_path / "dead.jsonl") as dead, caplog.at_level(logging.INFO):
+        persister = Persister(control, dead, spool, released.append)  # type: ignore[arg-type]
+        first, second = _batch(), _batch()
+        persister.give_up(first, "outage", None, "down")
+        persister.give_up(second, "outage", None, "down")
+        assert control.counts["unpersisted_spool_full"] == 2 and control.counts["parked_items"] == 2
+        persister.retry_parked(now_s=10.0)  # no resend offered: the spool again, still full
+        assert persister.parked_items() == 2 and not released
+        persister.retry_parked(now_s=20.0, resend=resent.extend, probe=True)
+        assert resent == [first] and persister.parked_items() == 1
+        persister.give_up(first, "outage", None, "down")  # the probe failed: parked again
+        assert control.counts["unpersisted_spool_full"] == 2  # not counted twice
+        persister.retry_parked(now_s=30.0, resend=resent.extend)
+        assert resent == [first, second, first] and persister.parked_items() == 0
+        assert control.counts["parked_items"] == 0
+    assert not (tmp_path / "dead.jsonl").exists()  # the bound's batches skip the dead letters
+    lines = [r for r in caplog.records if "spool_max_bytes" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].levelname == "WARNING"
+
+
+def test_a_refused_batch_parked_for_a_full_disk_is_never_sent_again(tmp_path):
+    control, resent = _Control(), []
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with DeadLetters(blocker / "dead.jsonl") as dead:  # ENOTDIR: cannot be written
+        persister = Persister(control, dead, None, lambda batch: None)  # type: ignore[arg-type]
+        assert not persister.dead_letter(_batch(), "http", 400, "bad request")
+        persister.retry_parked(now_s=10.0, resend=resent.extend)
+    assert resent == [] and persister.parked_items() == 1
+    assert control.counts["unpersisted_unwritable"] == 1

@@ -1,3 +1,4 @@
+import errno
 import os
 import stat
 import threading
@@ -5,6 +6,8 @@ import threading
 import msgspec
 import pytest
 
+from engine.common._files import KeepFree
+from engine.sender._deadletter import DeadLetters
 from engine.sender._spool import Spool, SpoolCorrupt, SpoolFull
 
 ROUTE = "/v2/ent/proj/calls/complete"
@@ -157,3 +160,24 @@ def test_concurrent_puts_from_threads_are_all_kept(tmp_path):
         k * 100 + i for k in range(4) for i in range(25)
     ]
     assert spool.count_pending == 100 and spool.corrupt_count == 0
+
+
+def test_keep_free_refuses_a_segment_that_would_leave_its_disk_less_free(tmp_path):
+    """``disk_keep_free_bytes``: an ENOSPC of the setting (KeepFree), naming it, before the
+    disk is full; nothing written, and a segment that leaves enough free goes."""
+    free = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
+    spool = Spool(tmp_path / "spool", keep_free_bytes=free + (1 << 30), create=False)
+    with pytest.raises(KeepFree, match="disk_keep_free_bytes") as refused:
+        spool.put(ROUTE, body(1), 3)
+    assert refused.value.errno == errno.ENOSPC
+    assert spool.pending() == [] and not (tmp_path / "spool").exists()
+    assert Spool(tmp_path / "spool", keep_free_bytes=1 << 20).put(ROUTE, body(1), 3)
+
+
+def test_the_dead_letters_keep_the_disk_free_too(tmp_path):
+    free = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
+    with (DeadLetters(tmp_path / "dead.jsonl", keep_free_bytes=free + (1 << 30)) as dead,
+          pytest.raises(KeepFree, match="disk_keep_free_bytes")):
+        dead.add(reason="http", status=400, call_id=None, route=ROUTE, project="e/p",
+                 item_json=b"{}")
+    assert not (tmp_path / "dead.jsonl").exists()
