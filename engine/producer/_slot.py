@@ -96,9 +96,30 @@ class _Process:
         # after, error)
         self.no_room: dict[tuple[ring.RingSpec, ProducerSettings], tuple[float, Closed]] = {}
         self.said_unread = False  # the error that a ring nobody reads drops calls, said once
+        # the full-ring lines (waiting, dropping): said at once, then at most once a
+        # minute with what happened meanwhile -- key -> [last said, times since]
+        self.said_full: dict[str, list] = {}
 
 
 _process = _Process()
+SAY_FULL_EVERY_S = 60.0
+
+
+def _say_full(key: str, message: str, *args: Any) -> None:
+    """A full ring's line, ending in ``%s``: at once the first time, then at most once every
+    ``SAY_FULL_EVERY_S`` in this process, adding how often it happened meanwhile. Before, a
+    long outage had every waiting thread say it every ``max_block_ms``, and ``on_full="drop"``
+    a line per dropped call (thousands a second)."""
+    now = time.monotonic()
+    said = _process.said_full.get(key)
+    if said is not None and now - said[0] < SAY_FULL_EVERY_S:
+        said[1] += 1
+        return
+    since = ""
+    if said is not None and said[1]:
+        since = f"; {said[1]:,} more time{'s' if said[1] != 1 else ''} in the last {now - said[0]:.0f} s"
+    _process.said_full[key] = [now, 0]
+    log.warning(message, *args, since)
 
 
 # a thread waiting for room in a full ring: since when (monotonic), while it waits
@@ -323,8 +344,10 @@ class SlotWriting(CallsBase):  # type: ignore[misc,valid-type]
                 unread = self._nobody_reads()
                 if unread:
                     break
-                log.warning("ring slot %d full for %.1f s; still waiting (the sender is "
-                            "behind)", writer.slot, time.monotonic() - started)
+                _say_full("waiting", "ring slot %d full: a call has waited %.0f s for room; "
+                          "still waiting (the sender's log says why: a slow or failing server, "
+                          "or its spool at its bound)%s", writer.slot,
+                          time.monotonic() - started)
                 ok = writer.write(*args, timeout_s=self._settings.max_block_ms / 1000 or 1.0)
         finally:
             _room_wait.since = None
@@ -351,7 +374,9 @@ class SlotWriting(CallsBase):  # type: ignore[misc,valid-type]
             raise RingFull(f"ring slot {writer.slot} stayed full for "
                            f"{self._settings.max_block_ms} ms; call {call_id} not enqueued")
         control.slot_add(writer.slot, "dropped_full")
-        log.warning("dropped call %s item: ring full (on_full='drop')", call_id)
+        _say_full("dropped", "call %s not traced: its ring stayed full for max_block_ms=%d "
+                  "(on_full='drop'; counted dropped_full)%s", call_id,
+                  self._settings.max_block_ms)
 
     def _nobody_reads(self) -> bool:
         """The ring set is marked closed (its sender left for good: ``ring.mark_closed``)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import pickle
 import re
 import sys
+import threading
+import time
 
 import msgspec
 import pytest
@@ -14,6 +17,7 @@ import pytest
 import engine
 from engine import ring
 from engine.native import _accel
+from engine.producer import _slot
 from engine.wire import CompletedCallSchemaForInsert, EndedCallSchemaForInsert, splice_complete
 from engine.wire import StartedCallSchemaForInsert as Start
 
@@ -331,6 +335,54 @@ class Counted:
     def __str__(self) -> str:
         self.runs += 1
         return "<counted>"
+
+
+def test_a_full_ring_is_said_once_a_minute_not_once_per_call(tmp_path, caplog):
+    """``on_full="drop"`` said every dropped call (a long outage: thousands of lines a
+    second), and a write waiting for room said so every ``max_block_ms`` in every waiting
+    thread: now each is said at once, then at most once a minute with how often since."""
+    _slot._process.said_full.clear()  # this process's earlier tests said them already
+    with _dropping_engine(tmp_path) as eng, caplog.at_level(logging.WARNING):
+        tracer = eng.producer()
+        for _ in range(200):
+            with tracer.call("op", inputs={"pad": "z" * 4000}):
+                pass
+        assert eng.stats()["producers"]["dropped_full"] > 100
+    dropped = [r for r in caplog.records if "not traced: its ring stayed full" in r.getMessage()]
+    assert len(dropped) == 1, len(dropped)
+    caplog.clear()
+    with engine.Engine(url="http://127.0.0.1:9", project=PROJECT, start_sender=False,
+                       on_full="block", max_block_ms=10, ring_bytes=1 << 18, max_slots=2,
+                       shutdown_timeout_s=0, dead_letter_path=str(tmp_path / "dl2.jsonl")) as eng, \
+            caplog.at_level(logging.WARNING):
+        tracer = eng.producer()
+        writers = [threading.Thread(target=_fill_ring_blocking, args=(tracer,))
+                   for _ in range(2)]
+        for writer in writers:
+            writer.start()
+        assert _poll(lambda: eng.stats()["producers"]["blocked_ms"] > 0
+                     or len(caplog.records) > 0, 30)
+        time.sleep(0.5)  # some 50 waits of max_block_ms in each thread
+        while any(w.is_alive() for w in writers):
+            drain(eng)
+            time.sleep(0.01)
+    waiting = [r for r in caplog.records if "waited" in r.getMessage()]
+    assert len(waiting) == 1, [r.getMessage() for r in waiting][:5]
+
+
+def _fill_ring_blocking(tracer) -> None:
+    """Writes 2,000 starts of 4 KB through a ring that holds ~60 (drained by the test)."""
+    for _ in range(2_000):
+        tracer.call_start(_start(inputs={"pad": "z" * 4000}))
+
+
+def _poll(predicate, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return False
 
 
 def test_a_full_ring_drops_and_counts_when_asked(tmp_path):
