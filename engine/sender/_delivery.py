@@ -121,9 +121,10 @@ class Delivery:
     silence_probe_s: float  # when it was sent
 
     def _waiting_items(self) -> int:
-        """Items read and not yet settled (what an outage warning counts)."""
+        """Items read and not yet settled (what an outage warning counts), the parked too."""
         batches = [*self.ready, *self.waiting, *self.tasks.values(), *self.acc.open.values()]
-        return sum(len(b) for b in batches) + self.router.held()
+        return (sum(len(b) for b in batches) + self.router.held()
+                + self.persister.parked_items())
 
     def _slots_busy(self, singles_more: int = 0) -> int:
         """In-flight slots taken, a v2 single request (a call's start or end alone, ~1 KB)

@@ -285,10 +285,14 @@ class Sender(Intake, Delivery, Shutdown):
     def _bound_facts(self) -> str:
         if self.outage.since_s is not None:  # not the round trip: the server is failing
             since = time.strftime("%H:%M:%S", time.localtime(self.outage.since_wall))
+            parked = self.persister.parked_items()
             return (f"the server has failed every request since {since}; "
                     + ("what fails goes to disk at once" if self.spilling else
                        f"once it has failed for {SPILL_AFTER_S:g} s with producers waiting, "
-                       "what fails goes to disk at once"))
+                       "what fails goes to disk at once")
+                    + (f"; {parked:,} items wait in the rings for the server: the disk cannot "
+                       "take them (spool_max_bytes, disk_keep_free_bytes or a full disk, "
+                       "said above)" if parked else ""))
         samples = sorted(self.latencies_us)
         pinned, self.pinned_said = self.router.pinned_alone - self.pinned_said, \
             self.router.pinned_alone
