@@ -383,15 +383,36 @@ def default_spool_dir(url: str) -> Path:
     """The spool of ``spool_dir = "auto"`` toward ``url``: one folder per server under this
     user's state directory, so the next engine toward the same server (or ``engine replay
     --to URL``) finds and sends what an outage left, and no engine sends another server's.
-    Named by host and port (no credentials) and a digest of the whole URL."""
+    Named by host and port (no credentials) and a digest of the whole URL, spelled as one
+    server: the scheme and host in lower case, no default port, no trailing slash (each
+    spelling of a server had a spool of its own, and `engine replay --to` another spelling
+    found none)."""
     parts = urllib.parse.urlsplit(url.rstrip("/"))
     try:
         port = parts.port
     except ValueError:  # not a port: the digest keeps servers apart anyway
         port = None
-    host = "".join(c if c.isalnum() or c in ".-" else "_" for c in (parts.hostname or "server"))
-    digest = hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:8]
+    scheme = parts.scheme.lower()
+    if port == {"http": 80, "https": 443}.get(scheme):
+        port = None
+    host = "".join(c if c.isalnum() or c in ".-" else "_"
+                   for c in (parts.hostname or "server").lower())
+    digest = hashlib.sha256(_one_spelling(parts, scheme, port).encode()).hexdigest()[:8]
     return default_state_dir() / "spool" / f"{host}{f'-{port}' if port else ''}-{digest}"
+
+
+def _one_spelling(parts: urllib.parse.SplitResult, scheme: str, port: int | None) -> str:
+    """The URL ``parts`` split, spelled as :func:`default_spool_dir` names it (a URL already
+    spelled so is itself: the folders engines made before keep their names)."""
+    netloc = parts.netloc.rpartition("@")[0]  # credentials as they were written
+    host = (parts.hostname or "").lower()
+    if ":" in host:  # an IPv6 address
+        host = f"[{host}]"
+    netloc = f"{netloc}@{host}" if netloc else host
+    if port is not None:
+        netloc += f":{port}"
+    return urllib.parse.urlunsplit((scheme, netloc, parts.path.rstrip("/"), parts.query,
+                                    parts.fragment))
 
 
 # spool_dir's words (any case): "auto" the default spool, the others none

@@ -36,6 +36,13 @@ def test_the_default_spool_is_one_folder_per_server_under_the_users_state(monkey
         assert "secret" not in str(folder) and "user" not in folder.name
     assert spools["http://127.0.0.1:8080"].name.startswith("127.0.0.1-8080-")
     assert default_spool_dir("https://trace.example.com/") == spools["https://trace.example.com"]
+    # one server, however its URL is spelled (each spelling had a spool of its own)
+    for spelling in ("HTTPS://Trace.Example.COM", "https://trace.example.com:443/"):
+        assert default_spool_dir(spelling) == spools["https://trace.example.com"], spelling
+    assert default_spool_dir("https://trace.example.com:443/team-b/") == \
+        spools["https://trace.example.com/team-b"]
+    assert default_spool_dir("http://localhost:80") == default_spool_dir("http://LOCALHOST/")
+    assert default_spool_dir("http://localhost") != default_spool_dir("http://127.0.0.1")
     assert spool_path(EngineConfig(url="http://127.0.0.1:8080")) == str(
         spools["http://127.0.0.1:8080"])
     for off in (None, "off", "OFF", "none", ""):
