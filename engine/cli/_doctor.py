@@ -301,6 +301,9 @@ def _shared_memory() -> Check:
                  "them in memory)")
 
 
+_SPOOL_ROOM_BYTES = 64 << 20  # less room than this before a bound: a warning
+
+
 def _spool(url: str) -> Check:
     """What this machine keeps for ``url``: the engines' spool for it (the default, one per
     server, or ``spool_dir``), read without changing it."""
@@ -319,11 +322,36 @@ def _spool(url: str) -> Check:
         items, size = pending_items(folder)
     except OSError as exc:
         return Check("spool", None, f"{folder}: cannot be read ({exc.strerror or exc})")
+    room = _spool_room(folder, size, config.spool_max_bytes, config.disk_keep_free_bytes)
+    if not items and room[1]:
+        return Check("spool", True, f"nothing kept for this server ({folder}); {room[0]}")
     if not items:
-        return Check("spool", True, f"nothing kept for this server ({folder})")
+        return Check("spool", None, f"nothing kept for this server ({folder}), but {room[0]}")
     return Check("spool", None, f"{folder} holds {items:,} items ({size / 1e6:.1f} MB) engines "
                  "could not deliver here: the next engine toward this server sends them, or "
-                 f"`engine replay --to {redact_url(url)}`")
+                 f"`engine replay --to {redact_url(url)}`; {room[0]}")
+
+
+def _spool_room(folder: str, held: int, max_bytes: int, keep_free: int) -> tuple[str, bool]:
+    """How much more the spool may take before its bounds (``spool_max_bytes``,
+    ``disk_keep_free_bytes``) park an outage's batches in the rings, and whether that is
+    room (a few MB)."""
+    from engine.common._files import free_bytes
+
+    free = free_bytes(folder)
+    rooms = []
+    if free is not None:
+        rooms.append((free - keep_free, f"disk_keep_free_bytes ({keep_free / (1 << 20):,.0f} "
+                                        f"MiB; {free / (1 << 20):,.0f} MiB free)"))
+    if max_bytes:
+        rooms.append((max_bytes - held, f"spool_max_bytes ({max_bytes / (1 << 20):,.0f} MiB)"))
+    if not rooms:
+        return "its disk's free space cannot be read", True
+    left, bound = min(rooms)
+    if left < _SPOOL_ROOM_BYTES:
+        return (f"it has no room left before {bound}: an outage's calls would wait in the "
+                "rings (producers then wait or drop, on_full), not on disk", False)
+    return f"room for {left / (1 << 20):,.0f} MiB more before {bound}", True
 
 
 def _weave_integration() -> Check | None:

@@ -366,6 +366,15 @@ def test_doctor_says_what_the_spool_of_the_server_holds(server, tmp_path, monkey
     assert f"`engine replay --to {server}`" in kept.stdout
     assert Spool(folder).count_pending == 1
     assert 'ok   spool: off (spool_dir = "off")' in off.stdout, off.stdout
+    assert "MiB more before disk_keep_free_bytes (1,024 MiB;" in kept.stdout, kept.stdout
+    # a disk down to its reserve: an outage would park calls in the rings, said before it comes
+    free = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
+    Spool(folder).done(Spool(folder).pending()[0])
+    full = _engine("doctor", server, "--limit-mib", "2", env=_env(
+        XDG_STATE_HOME=str(tmp_path), ENGINE_DISK_KEEP_FREE_BYTES=str(free + (1 << 30))))
+    assert full.returncode == 0, full.stdout
+    assert f"warn spool: nothing kept for this server ({folder}), but it has no room left " \
+           "before disk_keep_free_bytes" in full.stdout, full.stdout
 
 
 def test_doctor_reports_a_missing_key_a_small_limit_and_a_wrong_path(tmp_path):
