@@ -196,6 +196,34 @@ def _outage(calls: int, root: Path) -> tuple[Account, Account, int]:
         return before, after, server.duplicate_deliveries()
 
 
+def _spool_bound(calls: int, root: Path) -> tuple[Account, Account, int]:
+    """The server down while 2 producers trace through 1 MiB rings, the spool bounded to 64
+    KiB (``spool_max_bytes``; the pipeline's calls compress ~50x): past it, what fails waits in the rings (the producers wait),
+    and the server is back 5 s after the bound was said: the run delivers it itself (before
+    2026-12-07 there was no bound, and batches a full disk parked were never sent to the
+    server: the traced program hung once the server was back)."""
+    sandbox = Sandbox(root)
+    settings = dict(_SETTINGS, ring_bytes=1 << 20, shutdown_timeout_s=5.0,
+                    spool_max_bytes=64 << 10)
+    with FaultServer() as server:
+        server.down()
+        run = Pipeline(sandbox, server.url, calls=calls // 3, payload_bytes=1000,
+                       settings=settings).start()
+        try:
+            if not poll_until(lambda: "spool_max_bytes" in run.log()
+                              or run.proc.poll() is not None, timeout_s=300) \
+                    or "spool_max_bytes" not in run.log():
+                raise SystemExit(f"spool-bound: the bound was never reached\n{run.log()[-2000:]}")
+            time.sleep(5.0)
+            server.up()
+        finally:
+            _finish(run, timeout_s=300)
+        before = account(run.produced(), server.snapshot(), *_kept(sandbox))
+        sandbox.replay(server.url, timeout_s=300)  # what the spool still holds at exit
+        after = account(run.produced(), server.snapshot(), *_kept(sandbox))
+        return before, after, server.duplicate_deliveries()
+
+
 def _frozen(calls: int, root: Path) -> tuple[Account, Account, int]:
     """The server takes every request and answers none, all along (silent_after_s at its
     default, 15 s): once it has answered nothing for that long with producers waiting, what
@@ -264,6 +292,9 @@ FAULTS: dict[str, tuple[str, Callable[[int, Path], tuple[Account, Account, int]]
                   _spool_413),
     "outage": ("server down all along, 2 producers through 1 MiB rings (producers wait: "
                "what fails goes to the default spool after 5 s); then `engine replay`", _outage),
+    "spool-bound": ("server down, 2 producers through 1 MiB rings, the spool bounded to 64 KiB "
+                    "(`spool_max_bytes`): past it the producers wait; the server back 5 s "
+                    "later: the run delivers what waited", _spool_bound),
     "frozen": ("server takes requests and answers none, all along, 2 producers through 1 MiB "
                "rings (what waits goes to the default spool after 15 s); then `engine replay`",
                _frozen),
