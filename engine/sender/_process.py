@@ -142,6 +142,9 @@ class Sender(Intake, Delivery, Shutdown):
         # the spool's replay, and what asks it to stop after the segment it sends (closing)
         self.spool_task: asyncio.Task | None = None
         self.spool_stop = asyncio.Event()
+        self.spool_wake = asyncio.Event()  # a replay run now, not after its pause (closing)
+        self.spool_started = self.spool_runs = 0  # replay runs begun, and done
+        self.spool_kept = False  # the last run kept segments: the server did not take them
         self.silence_probe_s = 0.0
         self.last_ack_s = 0.0
         self.errors_500_in_a_row = 0
@@ -351,12 +354,16 @@ class Sender(Intake, Delivery, Shutdown):
             resender = Resender(self.transport, size, compressor=self.compressor,
                                 executor=self.executor)
             summary = ReplaySummary()
+            self.spool_started += 1
             try:
                 await replay_spool(self.spool, resender, self.dead, summary, self.spool_stop)
             finally:  # cancelled too (a close out of time): what it did is counted
                 self._count_spool_replay(summary)
+            self.spool_runs += 1
+            self.spool_kept = summary.segments_kept > 0
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.spool_stop.wait(), _SPOOL_REPLAY_PAUSE_S)
+                await asyncio.wait_for(self.spool_wake.wait(), _SPOOL_REPLAY_PAUSE_S)
+            self.spool_wake.clear()
 
     def _count_spool_replay(self, summary: ReplaySummary) -> None:
         self.control.add("replayed_batches", summary.segments_sent)

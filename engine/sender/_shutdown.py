@@ -36,6 +36,7 @@ log = logging.getLogger("engine.sender")
 
 # the last part of the shutdown time is for persisting what is not delivered
 _PERSIST_RESERVE_S = 1.0
+_OWN_SPOOL_POLL_S = 0.05  # closing: how often it looks whether its own segments are sent
 # A signal while the owner lives: its close() usually follows at once (a cgroup's SIGTERM
 # reaches both); wait that long for it before stopping on our own.
 _SIGNAL_GRACE_S = 1.0
@@ -104,6 +105,7 @@ class Shutdown:
         persist what is left, log the exit line, and remove the ring set if nobody needs it."""
         reserve_s = min(_PERSIST_RESERVE_S, 0.2 * self.cfg.shutdown_timeout_s)
         await self._drain(self.stop_deadline_s - reserve_s)
+        await self._send_own_spool(self.stop_deadline_s - reserve_s)
         await self._stop_spool_replay(self.stop_deadline_s - reserve_s)
         self.stopping = True
         await self._take_back()
@@ -120,6 +122,24 @@ class Shutdown:
             # producers still attached have exited
             ring.mark_closed(os.path.dirname(self.ringset.spec.lock_path))
 
+    async def _send_own_spool(self, until_s: float) -> None:
+        """The server answering as we close: what this sender spooled (an outage the program
+        rode out) goes now, within the stop deadline, not with the next engine toward this
+        server (20,000 calls with the server back before the end: 436 were left on disk).
+        Not once a replay run begun since kept segments (the server did not take them: it
+        fails, or has not come back; the live path may have had nothing to send that would
+        tell); what other engines left is sent on the way (oldest first), not waited for
+        alone: a backlog would hold every exit."""
+        if (self.spool_task is None or self.spool_task.done()
+                or not self.spool.pending_of(os.getpid())):
+            return
+        begun = self.spool_started
+        while time.monotonic() < until_s and self.spool.pending_of(os.getpid()):
+            if self.spool_task.done() or (self.spool_runs > begun and self.spool_kept):
+                return
+            self.spool_wake.set()
+            await asyncio.sleep(_OWN_SPOOL_POLL_S)
+
     async def _stop_spool_replay(self, until_s: float) -> None:
         """Let the spool's replay finish the segment it sends (until ``until_s``), so that
         what the server acknowledged is off the disk (else the next engine sends it again);
@@ -127,6 +147,7 @@ class Shutdown:
         if self.spool_task is None:
             return
         self.spool_stop.set()
+        self.spool_wake.set()
         done, _ = await asyncio.wait({self.spool_task}, timeout=max(0.0, until_s - time.monotonic()))
         if not done:
             self.spool_task.cancel()

@@ -145,6 +145,11 @@ class Spool:
                 del self._entries[name]  # deleted behind our back
             return [self._entries[n] for n in sorted(self._entries) if n not in self._writing]
 
+    def pending_of(self, pid: int) -> list[SpoolEntry]:
+        """The pending segments process ``pid`` wrote (its pid is in their names)."""
+        mark = f"-{pid}-"
+        return [entry for entry in self.pending() if mark in entry.name]
+
     def load(self, entry: SpoolEntry) -> tuple[str, bytes]:
         """The route and uncompressed body of ``entry``; raises ``SpoolCorrupt`` if damaged."""
         data = (self.directory / entry.name).read_bytes()
