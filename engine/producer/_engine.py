@@ -50,7 +50,7 @@ from engine.producer._flush import (
     wait_heads_released,
     wait_released,
 )
-from engine.producer._slot import ProducerSettings, close_tracers
+from engine.producer._slot import ProducerSettings, close_tracers, write_deferred
 from engine.producer._tracer import Tracer
 
 __all__ = ["Engine"]
@@ -169,10 +169,16 @@ class Engine:
             self._closed = True
         timeout_s = self.config.shutdown_timeout_s if timeout_s is None else timeout_s
         deadline_s = time.monotonic() + timeout_s
-        close_tracers(self._ringset.spec)  # this process's: the ones it made, and copies
         restarts = [0] * len(self._senders)
         self._restart_dead_senders(restarts)
-        interrupted = False
+        # ends a Ctrl-C interrupted as they waited for room: the sender makes room now (a
+        # second Ctrl-C meanwhile: persist what is left, now)
+        _, not_written, interrupted = write_deferred(self._ringset.spec, deadline_s)
+        if interrupted:
+            deadline_s = time.monotonic()
+        for slot in not_written:
+            self._control.slot_add(slot, "dropped_full")
+        close_tracers(self._ringset.spec)  # this process's: the ones it made, and copies
         if any(self._senders):
             try:
                 self._stop_senders(deadline_s, restarts)

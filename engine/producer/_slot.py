@@ -67,6 +67,37 @@ class _ProcessSlot:
         self.no_room_said = False  # logged that /dev/shm had no room for the rest of the ring
 
 
+def write_deferred(spec: ring.RingSpec, deadline_s: float) -> tuple[int, list[int], bool]:
+    """Write the ends a Ctrl-C interrupted in this process (``_write_slow``) into ``spec``'s
+    ring set, waiting for room until ``deadline_s`` (the engine closing: its sender still
+    delivers, so room comes). Returns (written, the slots of those not written: the deadline
+    passed, or a second Ctrl-C stopped it, and whether one did)."""
+    mine = [entry for entry in _process.deferred if entry[0] == spec]
+    if not mine:
+        return 0, [], False
+    _process.deferred = [entry for entry in _process.deferred if entry[0] != spec]
+    written, interrupted = 0, False
+    try:
+        for _, writer, args in mine:
+            remaining_s = max(0.0, deadline_s - time.monotonic())
+            if not _process.lock.acquire(timeout=remaining_s):
+                break
+            try:
+                if not writer.write(*args, timeout_s=remaining_s):
+                    break
+            finally:
+                _process.lock.release()
+            written += 1
+    except KeyboardInterrupt:
+        interrupted = True
+    left = [writer.slot for _, writer, _ in mine[written:]]
+    log.log(logging.ERROR if left else logging.INFO,
+            "engine: wrote the ends of %d calls a Ctrl-C interrupted as they waited for room%s",
+            written, f"; {len(left)} not (counted dropped_full): "
+            + ("a second Ctrl-C" if interrupted else "the engine closed first") if left else "")
+    return written, left, interrupted
+
+
 def close_tracers(spec: ring.RingSpec) -> None:
     """Close every tracer of this process writing into ``spec``'s ring set, the ones
     unpickled here too (the engine closes: their later writes raise Closed). A write another
@@ -99,6 +130,9 @@ class _Process:
         # the full-ring lines (waiting, dropping): said at once, then at most once a
         # minute with what happened meanwhile -- key -> [last said, times since]
         self.said_full: dict[str, list] = {}
+        # ends a Ctrl-C (or SystemExit) interrupted while they waited for room in a full
+        # ring: (spec, writer, record args), written as the engine closes (write_deferred)
+        self.deferred: list[tuple[ring.RingSpec, ring.SlotWriter, tuple]] = []
 
 
 _process = _Process()
@@ -338,6 +372,7 @@ class SlotWriting(CallsBase):  # type: ignore[misc,valid-type]
         """The ring is full: wait up to max_block_ms, then apply the on_full policy."""
         started = _room_wait.since = time.monotonic()
         unread = False
+        written = writer.records_written()
         try:
             ok = writer.write(*args, timeout_s=self._settings.max_block_ms / 1000)
             while not ok and self._settings.on_full == "block" and not writer.abandoned:
@@ -349,6 +384,13 @@ class SlotWriting(CallsBase):  # type: ignore[misc,valid-type]
                           "or its spool at its bound)%s", writer.slot,
                           time.monotonic() - started)
                 ok = writer.write(*args, timeout_s=self._settings.max_block_ms / 1000 or 1.0)
+        except (KeyboardInterrupt, SystemExit):
+            # Ctrl-C while a call's end waits for room (the server slow or down): its start
+            # is in the ring, and without the end the call stayed open on the server for
+            # good. The end is written as the engine closes, once its sender made room.
+            if args[0] == ring.KIND_END and writer.records_written() == written:
+                _process.deferred.append((self._spec, writer, args))
+            raise
         finally:
             _room_wait.since = None
         control = self._control_block()

@@ -299,6 +299,11 @@ class SlotWriter:
         self._half_end += self._ring_bytes
         self._delta -= self._ring_bytes
 
+    def records_written(self) -> int:
+        """Records committed to this slot so far (the shared counter the native path keeps
+        too): whether a write interrupted by a signal got in."""
+        return self._words[self._records_word]
+
     def write(self, kind, flags, call_id, trace_id, project, payload, aux, timeout_s=None) -> bool:
         """Append one record, waiting for space up to ``timeout_s`` (None: forever) or
         until :attr:`abandoned` is set.

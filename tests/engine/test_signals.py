@@ -260,6 +260,51 @@ def test_sigterm_while_threads_wait_for_room_in_a_full_ring_ends_and_persists(tm
     assert len(ids) >= finished  # every call that finished, and the waiting ones' starts
 
 
+_END_WAITING_OWNER = textwrap.dedent("""
+    import sys, engine
+    eng = engine.Engine(url=sys.argv[1], project="ops/ctrl-c-end", dead_letter_path=sys.argv[2],
+                        spool_dir="off", ring_bytes=1 << 16, max_block_ms=100,
+                        shutdown_timeout_s=20.0, compression="none", backoff_initial_ms=10,
+                        backoff_max_ms=100)
+    tracer = eng.producer()
+    print("tracing", flush=True)
+    for i in range(1_000_000):  # the ring holds ~5 ends: then an end waits for room
+        with tracer.call("op", inputs={"i": i}) as call:
+            call.output = "o" * 12_000
+""")
+
+
+def test_ctrl_c_while_a_calls_end_waits_for_room_writes_that_end_at_exit(tmp_path):
+    """A server that holds every request: the program's ring fills and a call's end waits
+    for room (its start already in the ring) when Ctrl-C lands. The KeyboardInterrupt went
+    up through the wait and the end was never written: the call stayed open on the server
+    for good. Now the end is kept and written as the engine closes, once its sender made
+    room (the server answering again): every call stored has its end."""
+    dead = tmp_path / "dead.jsonl"
+    with FaultServer(stall_s=3600.0) as server:
+        proc = subprocess.Popen([sys.executable, "-c", _END_WAITING_OWNER, server.url, str(dead)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=bare_env())
+        try:
+            assert proc.stdout.readline() == "tracing\n", proc.stderr.read()[-3000:]
+            assert server.wait_for(lambda: server.peak_stalled > 0, 30)
+            time.sleep(1.0)  # the ring filled long before: the loop waits for room
+            proc.send_signal(signal.SIGINT)
+            server.stall_s = 0.0
+            server.release()
+            _, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        stored = server.snapshot()
+    assert "KeyboardInterrupt" in err, err[-3000:]
+    assert "_write_slow" in err, err[-3000:]  # it landed in a wait for room (an end's: below)
+    open_left = [call["id"] for call in stored.values() if "ended_at" not in call]
+    assert stored and not open_left, (len(stored), open_left, err[-3000:])
+    assert not dead.exists()
+
+
 _OPEN_CALLS_OWNER = textwrap.dedent("""
     import asyncio, atexit, json, sys, engine
     from tests.engine.helpers import sliding_open_calls
