@@ -50,7 +50,7 @@ from engine.producer._flush import (
     wait_heads_released,
     wait_released,
 )
-from engine.producer._slot import ProducerSettings, close_tracers, write_deferred
+from engine.producer._slot import ProducerSettings, close_tracers
 from engine.producer._tracer import Tracer
 
 __all__ = ["Engine"]
@@ -171,14 +171,14 @@ class Engine:
         deadline_s = time.monotonic() + timeout_s
         restarts = [0] * len(self._senders)
         self._restart_dead_senders(restarts)
-        # ends a Ctrl-C interrupted as they waited for room: the sender makes room now (a
+        # this process's tracers: the ones it made, and copies; the ends a Ctrl-C or this
+        # close stopped as they waited for room are written, the sender making room (a
         # second Ctrl-C meanwhile: persist what is left, now)
-        _, not_written, interrupted = write_deferred(self._ringset.spec, deadline_s)
+        not_written, interrupted = close_tracers(self._ringset.spec, deadline_s)
         if interrupted:
             deadline_s = time.monotonic()
         for slot in not_written:
             self._control.slot_add(slot, "dropped_full")
-        close_tracers(self._ringset.spec)  # this process's: the ones it made, and copies
         if any(self._senders):
             try:
                 self._stop_senders(deadline_s, restarts)

@@ -92,26 +92,43 @@ def write_deferred(spec: ring.RingSpec, deadline_s: float) -> tuple[int, list[in
         interrupted = True
     left = [writer.slot for _, writer, _ in mine[written:]]
     log.log(logging.ERROR if left else logging.INFO,
-            "engine: wrote the ends of %d calls a Ctrl-C interrupted as they waited for room%s",
+            "engine: wrote the ends of %d calls that waited for room in a full ring when "
+            "Ctrl-C or the close came%s",
             written, f"; {len(left)} not (counted dropped_full): "
             + ("a second Ctrl-C" if interrupted else "the engine closed first") if left else "")
     return written, left, interrupted
 
 
-def close_tracers(spec: ring.RingSpec) -> None:
+def close_tracers(spec: ring.RingSpec,
+                  deadline_s: float | None = None) -> tuple[list[int], bool]:
     """Close every tracer of this process writing into ``spec``'s ring set, the ones
     unpickled here too (the engine closes: their later writes raise Closed). A write another
     thread has waiting for room in a full ring (holding the lock the closes take) stops
-    waiting first: counted ``dropped_full``, Closed raised to its caller."""
-    for key, slot in list(_process.slots.items()):  # no lock: a waiting write holds it
-        if key[0] == spec:
-            slot.writer.abandoned = True
-    for tracer in list(_live_tracers):
-        if tracer._spec == spec:
-            tracer.close()
+    waiting first, Closed raised to its caller: a start is counted ``dropped_full``; a
+    call's end (its start is in the ring: without it the call stays open on the server for
+    good) is written here once the tracers are closed, with the ends a Ctrl-C interrupted
+    (``write_deferred``), waiting for room until ``deadline_s``. Returns what was not
+    written (their slots) and whether a second Ctrl-C stopped it."""
+    writers = [slot.writer for key, slot in list(_process.slots.items()) if key[0] == spec]
+    for writer in writers:  # no lock: a waiting write holds it
+        writer.abandoned = True
+    left, interrupted = [], False
+    _process.closing.add(spec)
+    try:
+        for tracer in list(_live_tracers):
+            if tracer._spec == spec:
+                tracer.close()
+        if deadline_s is not None:  # no tracer writes here any more: the ends left, now
+            with _process.lock:
+                for writer in writers:
+                    writer.abandoned = False
+                _, left, interrupted = write_deferred(spec, deadline_s)
+    finally:
+        _process.closing.discard(spec)
     with _process.lock:  # slots of tracers dropped without close(): given back too, or the
         for key in [key for key in _process.slots if key[0] == spec]:  # sender would wait
             _process.slots.pop(key).writer.close()  # for this live process to write more
+    return left, interrupted
 
 
 class _Process:
@@ -133,6 +150,7 @@ class _Process:
         # ends a Ctrl-C (or SystemExit) interrupted while they waited for room in a full
         # ring: (spec, writer, record args), written as the engine closes (write_deferred)
         self.deferred: list[tuple[ring.RingSpec, ring.SlotWriter, tuple]] = []
+        self.closing: set[ring.RingSpec] = set()  # in close_tracers: its writers stay open
 
 
 _process = _Process()
@@ -239,7 +257,8 @@ class SlotWriting(CallsBase):  # type: ignore[misc,valid-type]
             slot, self._slot = self._slot, None
             if slot is not None:
                 slot.open -= 1
-                if slot.open == 0:  # the last tracer here that wrote
+                if slot.open == 0 and self._spec not in _process.closing:  # the last tracer
+                    # here that wrote (closing: close_tracers writes the ends left first)
                     slot.writer.close()
                     key = (self._spec, self._settings)
                     if _process.slots.get(key) is slot:
@@ -288,6 +307,11 @@ class SlotWriting(CallsBase):  # type: ignore[misc,valid-type]
                 with self._lock:
                     writer = self._writer
                     if writer is None:
+                        if code == ring.NO_ROOM and kind == ring.KIND_END and \
+                                self._end_for_close(flags, project_b, call_id, trace_id,
+                                                    payload, splice):
+                            raise Closed("the engine closed while this call's end waited for "
+                                         "room in its ring (the close writes it)")
                         if code != ring.WRITTEN_RING:
                             raise Closed("this tracer is closed")
                     else:
@@ -297,6 +321,19 @@ class SlotWriting(CallsBase):  # type: ignore[misc,valid-type]
             _codec.take_counts()  # the item's: it was not written
             raise
         self._add_counts(_codec.take_counts())
+
+    def _end_for_close(self, flags: int, project_b: bytes, call_id: str | bytes,
+                       trace_id: str | bytes | None, payload: bytes | None,
+                       splice: bool) -> bool:
+        """A call's end that met a full ring as the engine closed this tracer: kept for the
+        close to write (``close_tracers``), as a waiting one is; False where it cannot be."""
+        slot = _process.slots.get((self._spec, self._settings))
+        if self._spec not in _process.closing or slot is None or payload is None:
+            return False
+        aux = end_splice_offset(payload) if splice else 0
+        _process.deferred.append((self._spec, slot.writer, (
+            ring.KIND_END, flags, call_id, trace_id, project_b, payload, aux)))
+        return True
 
     def _put(self, kind: int, flags: int, item: msgspec.Struct, project: str,
              call_id: str | bytes, trace_id: str | bytes | None, what: str,
@@ -407,6 +444,12 @@ class SlotWriting(CallsBase):  # type: ignore[misc,valid-type]
                           "counted dropped_full; what the ring holds goes to the next Engine "
                           "for its URL or `engine replay --to URL`", call_id)
             return
+        if writer.abandoned and args[0] == ring.KIND_END:  # the engine is closing: a call's
+            # end is written by the close itself, once the sender made room (its start is in
+            # the ring: without its end the call stayed open on the server for good)
+            _process.deferred.append((self._spec, writer, args))
+            raise Closed(f"the engine closed while call {call_id}'s end waited for room in "
+                         "its ring (the close writes it)")
         if writer.abandoned:  # the engine is closing (close_tracers): this one is not written
             control.slot_add(writer.slot, "dropped_full")
             raise Closed(f"the engine closed while call {call_id} waited for room in its "

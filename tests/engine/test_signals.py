@@ -213,13 +213,15 @@ _BLOCKED_THREADS_OWNER = textwrap.dedent("""
     eng = engine.Engine(url=sys.argv[1], project="ops/sigterm", dead_letter_path=sys.argv[2],
                         spool_dir="off",
                         ring_bytes=1 << 20, max_block_ms=100, shutdown_timeout_s=30.0,
-                        sigterm_timeout_s=2.0, backoff_initial_ms=10, backoff_max_ms=100)
+                        sigterm_timeout_s=float((sys.argv[3:] or ["2.0"])[0]),
+                        backoff_initial_ms=10, backoff_max_ms=100)
     tracer = eng.producer()
     finished = []
+    big_end = sys.argv[4:] == ["end"]  # the large item: the call's end (else its start)
     def work():
         for i in range(10_000):  # the ring holds ~50 of these: then each thread waits
-            with tracer.call("op", inputs={"x": "x" * 20_000}) as call:
-                call.output = i
+            with tracer.call("op", inputs={"x": "" if big_end else "x" * 20_000}) as call:
+                call.output = "o" * 20_000 if big_end else i
             finished.append(i)
     for _ in range(3):
         threading.Thread(target=work).start()
@@ -303,6 +305,32 @@ def test_ctrl_c_while_a_calls_end_waits_for_room_writes_that_end_at_exit(tmp_pat
     open_left = [call["id"] for call in stored.values() if "ended_at" not in call]
     assert stored and not open_left, (len(stored), open_left, err[-3000:])
     assert not dead.exists()
+
+
+def test_sigterm_while_threads_wait_for_room_writes_their_calls_ends(tmp_path):
+    """The same three threads waiting for room, toward a server that holds every request
+    (not down): their calls' ends (each start already in the ring) were dropped as the close
+    stopped their waits, and those calls stayed open on the server for good. Now the close
+    writes them once the sender made room (the server answering again)."""
+    dead = tmp_path / "dead.jsonl"
+    with FaultServer(stall_s=3600.0) as server:
+        proc = subprocess.Popen([sys.executable, "-c", _BLOCKED_THREADS_OWNER, server.url,
+                                 str(dead), "8.0", "end"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=bare_env())
+        try:
+            proc.stdout.readline()
+            proc.send_signal(signal.SIGTERM)
+            server.stall_s = 0.0
+            server.release()
+            _, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        stored = server.snapshot()
+    assert proc.returncode == -signal.SIGTERM, err[-3000:]
+    open_left = [call["id"] for call in stored.values() if "ended_at" not in call]
+    assert stored and not open_left, (len(stored), open_left, err[-3000:])
 
 
 _OPEN_CALLS_OWNER = textwrap.dedent("""

@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from engine.producer._slot import ROOM_WAIT_HELD_S
 from engine.server import serve_subprocess
 from tests.integrations._weaves import VERSIONS, weave_python
 from tests.integrations.test_weave_integration import _stored_calls, _weave_env
@@ -493,9 +494,11 @@ def test_a_signal_while_the_op_s_thread_waits_for_room_in_a_full_ring_is_handled
                                 env=bare_env())
         try:
             deadline = time.monotonic() + 60  # the program fills its ring, then waits
-            while "ring slot 0 full for 1." not in log.read_text() and proc.poll() is None \
+            while "a call has waited" not in log.read_text() and proc.poll() is None \
                     and time.monotonic() < deadline:
                 time.sleep(0.05)
+            # said once (after max_block_ms): past the wait's first second, the guard's
+            time.sleep(ROOM_WAIT_HELD_S + 0.5)
             proc.send_signal(sig)
             started = time.monotonic()
             proc.wait(timeout=30)
