@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -283,23 +284,8 @@ def test_ctrl_c_while_a_calls_end_waits_for_room_writes_that_end_at_exit(tmp_pat
     for good. Now the end is kept and written as the engine closes, once its sender made
     room (the server answering again): every call stored has its end."""
     dead = tmp_path / "dead.jsonl"
-    with FaultServer(stall_s=3600.0) as server:
-        proc = subprocess.Popen([sys.executable, "-c", _END_WAITING_OWNER, server.url, str(dead)],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=bare_env())
-        try:
-            assert proc.stdout.readline() == "tracing\n", proc.stderr.read()[-3000:]
-            assert server.wait_for(lambda: server.peak_stalled > 0, 30)
-            time.sleep(1.0)  # the ring filled long before: the loop waits for room
-            proc.send_signal(signal.SIGINT)
-            server.stall_s = 0.0
-            server.release()
-            _, err = proc.communicate(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        stored = server.snapshot()
+    _, err, stored = _signalled_as_the_server_thaws(
+        signal.SIGINT, _END_WAITING_OWNER, [str(dead)], lambda line: line == "tracing\n")
     assert "KeyboardInterrupt" in err, err[-3000:]
     assert "_write_slow" in err, err[-3000:]  # it landed in a wait for room (an end's: below)
     open_left = [call["id"] for call in stored.values() if "ended_at" not in call]
@@ -313,24 +299,37 @@ def test_sigterm_while_threads_wait_for_room_writes_their_calls_ends(tmp_path):
     stopped their waits, and those calls stayed open on the server for good. Now the close
     writes them once the sender made room (the server answering again)."""
     dead = tmp_path / "dead.jsonl"
+    returncode, err, stored = _signalled_as_the_server_thaws(
+        signal.SIGTERM, _BLOCKED_THREADS_OWNER, [str(dead), "8.0", "end"],
+        lambda line: line.strip().isdigit())  # it prints the calls finished once they wait
+    assert returncode == -signal.SIGTERM, err[-3000:]
+    open_left = [call["id"] for call in stored.values() if "ended_at" not in call]
+    assert stored and not open_left, (len(stored), open_left, err[-3000:])
+
+
+def _signalled_as_the_server_thaws(sig: int, owner: str, args: list[str],
+                                   ready: Callable[[str], bool]) -> tuple[int, str, dict]:
+    """``owner`` toward a server that holds every request, sent ``sig`` once its first line
+    says it is ``ready`` (waiting for room in its full ring) and a second more, the server
+    answering again from then: (its exit code, its stderr, what the server stored)."""
     with FaultServer(stall_s=3600.0) as server:
-        proc = subprocess.Popen([sys.executable, "-c", _BLOCKED_THREADS_OWNER, server.url,
-                                 str(dead), "8.0", "end"], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, env=bare_env())
+        proc = subprocess.Popen([sys.executable, "-c", owner, server.url, *args],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=bare_env())
         try:
-            proc.stdout.readline()
-            proc.send_signal(signal.SIGTERM)
+            line = proc.stdout.readline()
+            assert ready(line), (line, proc.stderr.read()[-3000:] if not line else "")
+            assert server.wait_for(lambda: server.peak_stalled > 0, 30)
+            time.sleep(1.0)  # the ring filled long before: it waits for room
+            proc.send_signal(sig)
             server.stall_s = 0.0
             server.release()
-            _, err = proc.communicate(timeout=30)
+            _, err = proc.communicate(timeout=60)
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-        stored = server.snapshot()
-    assert proc.returncode == -signal.SIGTERM, err[-3000:]
-    open_left = [call["id"] for call in stored.values() if "ended_at" not in call]
-    assert stored and not open_left, (len(stored), open_left, err[-3000:])
+        return proc.returncode, err, server.snapshot()
 
 
 _OPEN_CALLS_OWNER = textwrap.dedent("""
