@@ -304,12 +304,18 @@ class SlotWriting(CallsBase):  # type: ignore[misc,valid-type]
         try:
             if code != _WRITTEN:
                 project_b = self._projects[item.project_id]  # put_item only takes bound ones
-                with self._lock:
+                end_waits = code == ring.NO_ROOM and kind == ring.KIND_END
+                try:
+                    self._lock.acquire()
+                except (KeyboardInterrupt, SystemExit):  # Ctrl-C while another thread holds
+                    if end_waits:  # it waiting for room: this call's end too is kept
+                        self._keep_end(flags, project_b, call_id, trace_id, payload, splice)
+                    raise
+                try:
                     writer = self._writer
                     if writer is None:
-                        if code == ring.NO_ROOM and kind == ring.KIND_END and \
-                                self._end_for_close(flags, project_b, call_id, trace_id,
-                                                    payload, splice):
+                        if end_waits and self._spec in _process.closing and self._keep_end(
+                                flags, project_b, call_id, trace_id, payload, splice):
                             raise Closed("the engine closed while this call's end waited for "
                                          "room in its ring (the close writes it)")
                         if code != ring.WRITTEN_RING:
@@ -317,18 +323,20 @@ class SlotWriting(CallsBase):  # type: ignore[misc,valid-type]
                     else:
                         self._put_slow(writer, code, kind, flags, project_b, call_id, trace_id,
                                        what, splice, payload)
+                finally:
+                    self._lock.release()
         except BaseException:
             _codec.take_counts()  # the item's: it was not written
             raise
         self._add_counts(_codec.take_counts())
 
-    def _end_for_close(self, flags: int, project_b: bytes, call_id: str | bytes,
-                       trace_id: str | bytes | None, payload: bytes | None,
-                       splice: bool) -> bool:
-        """A call's end that met a full ring as the engine closed this tracer: kept for the
-        close to write (``close_tracers``), as a waiting one is; False where it cannot be."""
+    def _keep_end(self, flags: int, project_b: bytes, call_id: str | bytes,
+                  trace_id: str | bytes | None, payload: bytes | None, splice: bool) -> bool:
+        """A call's end that met a full ring and could not wait its turn (a Ctrl-C, the
+        engine closing this tracer): kept for the close to write (``close_tracers``), as one
+        whose wait for room was stopped is; False where it cannot be."""
         slot = _process.slots.get((self._spec, self._settings))
-        if self._spec not in _process.closing or slot is None or payload is None:
+        if slot is None or payload is None:
             return False
         aux = end_splice_offset(payload) if splice else 0
         _process.deferred.append((self._spec, slot.writer, (

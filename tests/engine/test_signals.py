@@ -293,6 +293,41 @@ def test_ctrl_c_while_a_calls_end_waits_for_room_writes_that_end_at_exit(tmp_pat
     assert not dead.exists()
 
 
+_END_WAITING_FOR_THE_LOCK_OWNER = textwrap.dedent("""
+    import sys, threading, time, engine
+    eng = engine.Engine(url=sys.argv[1], project="ops/ctrl-c-lock", dead_letter_path=sys.argv[2],
+                        spool_dir="off", ring_bytes=1 << 16, max_block_ms=100,
+                        shutdown_timeout_s=20.0, compression="none", backoff_initial_ms=10,
+                        backoff_max_ms=100)
+    tracer = eng.producer()
+    def fill():
+        for i in range(1_000):  # the ring holds ~5 ends: then this thread waits for room,
+            with tracer.call("fill", inputs={"i": i}) as call:  # holding the ring lock
+                call.output = "o" * 12_000
+    with tracer.call("main", inputs={}) as call:  # its start in the ring while there is room
+        threading.Thread(target=fill, daemon=True).start()
+        while eng.stats()["ring"]["full_waits"] < 1:
+            time.sleep(0.01)
+        print("waiting", flush=True)
+        call.output = "o" * 12_000  # its end meets the full ring: it waits for the lock
+""")
+
+
+def test_ctrl_c_while_a_calls_end_waits_for_another_threads_wait_writes_it_at_exit(tmp_path):
+    """A call's end meets the full ring while another thread holds the ring lock as it
+    waits for room, and Ctrl-C lands in the wait for the lock: that end was never written
+    (the call stayed open on the server). Now it is kept and written as the engine closes,
+    with the other thread's (the server thaws once the close has stopped the threads)."""
+    dead = tmp_path / "dead.jsonl"
+    _, err, stored = _signalled_as_the_server_thaws(
+        signal.SIGINT, _END_WAITING_FOR_THE_LOCK_OWNER, [str(dead)],
+        lambda line: line == "waiting\n", thaw_after_s=1.0)
+    assert "KeyboardInterrupt" in err and "in _settle" in err, err[-3000:]  # the lock's wait
+    mains = [call for call in stored.values() if call["op_name"] == "main"]
+    open_left = [call["id"] for call in stored.values() if "ended_at" not in call]
+    assert len(mains) == 1 and not open_left, (len(stored), open_left, err[-3000:])
+
+
 def test_sigterm_while_threads_wait_for_room_writes_their_calls_ends(tmp_path):
     """The same three threads waiting for room, toward a server that holds every request
     (not down): their calls' ends (each start already in the ring) were dropped as the close
@@ -308,10 +343,12 @@ def test_sigterm_while_threads_wait_for_room_writes_their_calls_ends(tmp_path):
 
 
 def _signalled_as_the_server_thaws(sig: int, owner: str, args: list[str],
-                                   ready: Callable[[str], bool]) -> tuple[int, str, dict]:
+                                   ready: Callable[[str], bool],
+                                   thaw_after_s: float = 0.0) -> tuple[int, str, dict]:
     """``owner`` toward a server that holds every request, sent ``sig`` once its first line
     says it is ``ready`` (waiting for room in its full ring) and a second more, the server
-    answering again from then: (its exit code, its stderr, what the server stored)."""
+    answering again ``thaw_after_s`` later: (its exit code, its stderr, what the server
+    stored)."""
     with FaultServer(stall_s=3600.0) as server:
         proc = subprocess.Popen([sys.executable, "-c", owner, server.url, *args],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -322,6 +359,7 @@ def _signalled_as_the_server_thaws(sig: int, owner: str, args: list[str],
             assert server.wait_for(lambda: server.peak_stalled > 0, 30)
             time.sleep(1.0)  # the ring filled long before: it waits for room
             proc.send_signal(sig)
+            time.sleep(thaw_after_s)
             server.stall_s = 0.0
             server.release()
             _, err = proc.communicate(timeout=60)
