@@ -334,9 +334,11 @@ def test_sigterm_while_threads_wait_for_room_writes_their_calls_ends(tmp_path):
     stopped their waits, and those calls stayed open on the server for good. Now the close
     writes them once the sender made room (the server answering again)."""
     dead = tmp_path / "dead.jsonl"
+    # the server thaws once the close has stopped the threads: a thread that goes on
+    # tracing through a close starts calls whose ends come after it (Closed: not written)
     returncode, err, stored = _signalled_as_the_server_thaws(
         signal.SIGTERM, _BLOCKED_THREADS_OWNER, [str(dead), "8.0", "end"],
-        lambda line: line.strip().isdigit())  # it prints the calls finished once they wait
+        lambda line: line.strip().isdigit(), thaw_after_s=1.0)  # it prints once they wait
     assert returncode == -signal.SIGTERM, err[-3000:]
     open_left = [call["id"] for call in stored.values() if "ended_at" not in call]
     assert stored and not open_left, (len(stored), open_left, err[-3000:])
