@@ -263,13 +263,16 @@ def test_sigterm_while_threads_wait_for_room_in_a_full_ring_ends_and_persists(tm
     assert len(ids) >= finished  # every call that finished, and the waiting ones' starts
 
 
-_END_WAITING_OWNER = textwrap.dedent("""
-    import sys, engine
-    eng = engine.Engine(url=sys.argv[1], project="ops/ctrl-c-end", dead_letter_path=sys.argv[2],
+# an engine whose 64 KiB ring holds ~5 ends of 12 KB (argv: the server's URL, dead letters)
+_SMALL_RING_ENGINE = textwrap.dedent("""
+    import sys, threading, time, engine
+    eng = engine.Engine(url=sys.argv[1], project="ops/ctrl-c", dead_letter_path=sys.argv[2],
                         spool_dir="off", ring_bytes=1 << 16, max_block_ms=100,
                         shutdown_timeout_s=20.0, compression="none", backoff_initial_ms=10,
                         backoff_max_ms=100)
     tracer = eng.producer()
+""")
+_END_WAITING_OWNER = _SMALL_RING_ENGINE + textwrap.dedent("""
     print("tracing", flush=True)
     for i in range(1_000_000):  # the ring holds ~5 ends: then an end waits for room
         with tracer.call("op", inputs={"i": i}) as call:
@@ -293,13 +296,7 @@ def test_ctrl_c_while_a_calls_end_waits_for_room_writes_that_end_at_exit(tmp_pat
     assert not dead.exists()
 
 
-_END_WAITING_FOR_THE_LOCK_OWNER = textwrap.dedent("""
-    import sys, threading, time, engine
-    eng = engine.Engine(url=sys.argv[1], project="ops/ctrl-c-lock", dead_letter_path=sys.argv[2],
-                        spool_dir="off", ring_bytes=1 << 16, max_block_ms=100,
-                        shutdown_timeout_s=20.0, compression="none", backoff_initial_ms=10,
-                        backoff_max_ms=100)
-    tracer = eng.producer()
+_END_WAITING_FOR_THE_LOCK_OWNER = _SMALL_RING_ENGINE + textwrap.dedent("""
     def fill():
         for i in range(1_000):  # the ring holds ~5 ends: then this thread waits for room,
             with tracer.call("fill", inputs={"i": i}) as call:  # holding the ring lock
