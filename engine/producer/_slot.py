@@ -67,14 +67,14 @@ class _ProcessSlot:
         self.no_room_said = False  # logged that /dev/shm had no room for the rest of the ring
 
 
-def write_deferred(spec: ring.RingSpec, deadline_s: float) -> tuple[int, list[int], bool]:
+def write_deferred(spec: ring.RingSpec, deadline_s: float) -> tuple[list[int], bool]:
     """Write the ends a Ctrl-C interrupted in this process (``_write_slow``) into ``spec``'s
     ring set, waiting for room until ``deadline_s`` (the engine closing: its sender still
-    delivers, so room comes). Returns (written, the slots of those not written: the deadline
-    passed, or a second Ctrl-C stopped it, and whether one did)."""
+    delivers, so room comes). Returns the slots of those not written (the deadline passed, or
+    a second Ctrl-C stopped it) and whether a second Ctrl-C did."""
     mine = [entry for entry in _process.deferred if entry[0] == spec]
     if not mine:
-        return 0, [], False
+        return [], False
     _process.deferred = [entry for entry in _process.deferred if entry[0] != spec]
     written, interrupted = 0, False
     try:
@@ -96,7 +96,13 @@ def write_deferred(spec: ring.RingSpec, deadline_s: float) -> tuple[int, list[in
             "Ctrl-C or the close came%s",
             written, f"; {len(left)} not (counted dropped_full): "
             + ("a second Ctrl-C" if interrupted else "the engine closed first") if left else "")
-    return written, left, interrupted
+    return left, interrupted
+
+
+def _keep(spec: ring.RingSpec, writer: ring.SlotWriter, args: tuple) -> None:
+    """A call's end (``args``: its record) that could not wait for room: written by the
+    engine's close (``write_deferred``)."""
+    _process.deferred.append((spec, writer, args))
 
 
 def close_tracers(spec: ring.RingSpec,
@@ -122,7 +128,7 @@ def close_tracers(spec: ring.RingSpec,
             with _process.lock:
                 for writer in writers:
                     writer.abandoned = False
-                _, left, interrupted = write_deferred(spec, deadline_s)
+                left, interrupted = write_deferred(spec, deadline_s)
     finally:
         _process.closing.discard(spec)
     with _process.lock:  # slots of tracers dropped without close(): given back too, or the
@@ -339,8 +345,8 @@ class SlotWriting(CallsBase):  # type: ignore[misc,valid-type]
         if slot is None or payload is None:
             return False
         aux = end_splice_offset(payload) if splice else 0
-        _process.deferred.append((self._spec, slot.writer, (
-            ring.KIND_END, flags, call_id, trace_id, project_b, payload, aux)))
+        _keep(self._spec, slot.writer,
+              (ring.KIND_END, flags, call_id, trace_id, project_b, payload, aux))
         return True
 
     def _put(self, kind: int, flags: int, item: msgspec.Struct, project: str,
@@ -434,7 +440,7 @@ class SlotWriting(CallsBase):  # type: ignore[misc,valid-type]
             # is in the ring, and without the end the call stayed open on the server for
             # good. The end is written as the engine closes, once its sender made room.
             if args[0] == ring.KIND_END and writer.records_written() == written:
-                _process.deferred.append((self._spec, writer, args))
+                _keep(self._spec, writer, args)
             raise
         finally:
             _room_wait.since = None
@@ -455,7 +461,7 @@ class SlotWriting(CallsBase):  # type: ignore[misc,valid-type]
         if writer.abandoned and args[0] == ring.KIND_END:  # the engine is closing: a call's
             # end is written by the close itself, once the sender made room (its start is in
             # the ring: without its end the call stayed open on the server for good)
-            _process.deferred.append((self._spec, writer, args))
+            _keep(self._spec, writer, args)
             raise Closed(f"the engine closed while call {call_id}'s end waited for room in "
                          "its ring (the close writes it)")
         if writer.abandoned:  # the engine is closing (close_tracers): this one is not written

@@ -147,8 +147,7 @@ class Spool:
 
     def pending_of(self, pid: int) -> list[SpoolEntry]:
         """The pending segments process ``pid`` wrote (its pid is in their names)."""
-        mark = f"-{pid}-"
-        return [entry for entry in self.pending() if mark in entry.name]
+        return [entry for entry in self.pending() if _writer_pid(entry.name) == pid]
 
     def load(self, entry: SpoolEntry) -> tuple[str, bytes]:
         """The route and uncompressed body of ``entry``; raises ``SpoolCorrupt`` if damaged."""
@@ -309,9 +308,10 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 
-def _writer_pid(tmp_name: str) -> int:
+def _writer_pid(name: str) -> int:
+    """The pid in a segment's name, or its temporary's (-1: not one of ours)."""
     try:
-        return int(tmp_name[len(_TMP_PREFIX) :].split("-")[1])
+        return int(name.removeprefix(_TMP_PREFIX).split("-")[1])
     except (IndexError, ValueError):
         return -1
 
