@@ -23,6 +23,10 @@ test's calls.
 After every test, ``tests.ring_leaks`` fails it if it left ring sets behind (an engine
 killed with its sender, whose calls the next engine for a reused port would recover): they
 are named with what they hold, and removed.
+
+A test that times out (pytest-timeout) gets a section naming the processes this one
+started that were still alive, with their states and signal masks (``tests.stuck``): the
+timeout's own dump shows only this process's threads.
 """
 
 import contextlib
@@ -35,6 +39,7 @@ import tempfile
 import pytest
 
 from tests.ring_leaks import RingLeakCheck
+from tests.stuck import describe_descendants
 
 _STATE_HOME = tempfile.mkdtemp(prefix="engine-tests-state-")
 
@@ -47,6 +52,15 @@ def pytest_configure(config):
         signal.signal(signal.SIGHUP, signal.SIG_DFL)  # would inherit it and never see theirs
     # the default dead-letter file of this worker's engines is under its state home
     config.pluginmanager.register(RingLeakCheck(config, lambda: [_STATE_HOME]), "ring-leaks")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and "Timeout" in str(report.longrepr):
+        report.sections.append(("processes this test left running at the timeout",
+                                describe_descendants()))
 
 
 def pytest_unconfigure(config):
