@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator
 
@@ -26,7 +27,15 @@ __all__ = ["Cluster", "loopback_ray", "ray"]
 def loopback_ray(prefix: str) -> Iterator[str]:
     """Around starting and stopping a ``ray.cluster_utils.Cluster``: Ray on loopback only
     (this process's flag, and the variable its processes read) and ``RAY_TMPDIR`` in a temp
-    dir (given), all undone after."""
+    dir (given), all undone after; and this process's SIGTERM handler as it was.
+
+    ``ray.init`` installs a handler of its own (``sys.exit``) that ``ray.shutdown`` does not
+    take back. A fork Pool made later in this process inherits it, and a Python handler can
+    miss ``Pool.terminate()``'s SIGTERM for good: landing just before the worker blocks on
+    its queue's lock, it waits to run until that wait ends, which the terminating parent
+    never lets happen (tests/engine/test_nested.py hung so in a clean-clone CI; 1 in ~100
+    runs beside two CPU-bound processes). The engine's own handler is never a forked
+    worker's (``_sigterm_after_fork``)."""
     import ray._private.ray_constants as ray_constants
 
     was_enabled, ray_constants.ENABLE_RAY_CLUSTER = ray_constants.ENABLE_RAY_CLUSTER, False
@@ -38,9 +47,12 @@ def loopback_ray(prefix: str) -> Iterator[str]:
     was_tmpdir = os.environ.get("RAY_TMPDIR")
     os.environ["RAY_TMPDIR"] = temp_dir
     os.makedirs(os.path.join(temp_dir, "ray"), mode=0o700, exist_ok=True)
+    was_sigterm = signal.getsignal(signal.SIGTERM)
     try:
         yield temp_dir
     finally:
+        if was_sigterm is not None:  # None: set outside Python, nothing to put back
+            signal.signal(signal.SIGTERM, was_sigterm)
         _drop_exit_hooks_of_stopped_nodes()
         shutil.rmtree(temp_dir, ignore_errors=True)  # Ray's sockets and logs
         del os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"]
