@@ -50,7 +50,7 @@ from engine.producer._flush import (
     wait_heads_released,
     wait_released,
 )
-from engine.producer._slot import ProducerSettings, close_tracers
+from engine.producer._slot import ProducerSettings, close_tracers, own
 from engine.producer._tracer import Tracer
 
 __all__ = ["Engine"]
@@ -92,6 +92,7 @@ class Engine:
         # ring_bytes, may take the whole lap (engine/ring/_writer.py)
         self._ringset = _create_rings(self.config, senders)
         self._ring_dir = os.path.dirname(self._ringset.spec.lock_path)
+        own(self._ringset.spec)
         self._control = Control(control_path(self._ring_dir), self.config.max_slots, create=True,
                                 senders=senders)
         self._settings = ProducerSettings(

@@ -9,7 +9,9 @@ leave: a doorbell, a full ring (``on_full``), an error.
 
 from __future__ import annotations
 
+import atexit
 import logging
+import multiprocessing.util
 import os
 import threading
 import time
@@ -101,8 +103,47 @@ def write_deferred(spec: ring.RingSpec, deadline_s: float) -> tuple[list[int], b
 
 def _keep(spec: ring.RingSpec, writer: ring.SlotWriter, args: tuple) -> None:
     """A call's end (``args``: its record) that could not wait for room: written by the
-    engine's close (``write_deferred``)."""
+    engine's close (``write_deferred``), or, in a process that does not own the engine (a
+    Pool worker, any child), as that process exits (``_write_kept_at_exit``)."""
     _process.deferred.append((spec, writer, args))
+    if spec not in _process.owned and not _process.exit_hooked:
+        _process.exit_hooked = True
+        atexit.register(_write_kept_at_exit)  # an interpreter's exit
+        # a multiprocessing child's: it ends by os._exit, after its finalizers
+        multiprocessing.util.Finalize(None, _write_kept_at_exit, exitpriority=10)
+
+
+def own(spec: ring.RingSpec) -> None:
+    """This process owns ``spec``'s engine: its close writes the ends kept here."""
+    _process.owned.add(spec)
+
+
+# how long a process that does not own the engine waits, as it exits, for room for the ends
+# a Ctrl-C kept (the owner's sender makes it; the server down, the spool takes them)
+KEPT_ENDS_AT_EXIT_S = 5.0
+
+
+def _write_kept_at_exit() -> None:
+    """A child's (a Pool worker's) kept ends: its engine's close, in the owner, cannot
+    write them, and without them the calls stay open on the server for good. Written as the
+    child exits, for up to ``KEPT_ENDS_AT_EXIT_S``; those that are not are counted
+    ``dropped_full`` on their slots, with the line ``write_deferred`` says."""
+    deadline_s = time.monotonic() + KEPT_ENDS_AT_EXIT_S
+    for spec in dict.fromkeys(entry[0] for entry in _process.deferred):
+        if spec in _process.owned:
+            continue
+        try:
+            left, _ = write_deferred(spec, deadline_s)
+            control = _control_of(spec)
+            for slot in left:
+                control.slot_add(slot, "dropped_full")
+        except (Closed, OSError) as exc:  # the engine closed meanwhile: nothing reads them
+            log.warning("engine: the ends of calls kept at this process's exit were not "
+                        "written: %s", exc)
+
+
+def _control_of(spec: ring.RingSpec) -> Control:
+    return Control(control_path(os.path.dirname(spec.lock_path)), spec.max_slots)
 
 
 def close_tracers(spec: ring.RingSpec,
@@ -157,6 +198,8 @@ class _Process:
         # ring: (spec, writer, record args), written as the engine closes (write_deferred)
         self.deferred: list[tuple[ring.RingSpec, ring.SlotWriter, tuple]] = []
         self.closing: set[ring.RingSpec] = set()  # in close_tracers: its writers stay open
+        self.owned: set[ring.RingSpec] = set()  # engines this process made (``own``)
+        self.exit_hooked = False  # _write_kept_at_exit registered here
 
 
 _process = _Process()
@@ -565,8 +608,7 @@ class SlotWriting(CallsBase):  # type: ignore[misc,valid-type]
 
     def _control_block(self) -> Control:
         if self._control is None:
-            ring_dir = os.path.dirname(self._spec.lock_path)
-            self._control = Control(control_path(ring_dir), self._spec.max_slots)
+            self._control = _control_of(self._spec)
         return self._control
 
     def _project_bytes(self, project: str) -> bytes:

@@ -296,6 +296,37 @@ def test_ctrl_c_while_a_calls_end_waits_for_room_writes_that_end_at_exit(tmp_pat
     assert not dead.exists()
 
 
+_CHILDS_END_WAITING_OWNER = _SMALL_RING_ENGINE + textwrap.dedent("""
+    import contextlib, multiprocessing
+    def work():
+        with contextlib.ExitStack() as calls:  # 40 starts fit; the ends, last first, do not
+            for i in range(40):
+                call = calls.enter_context(tracer.call("op", inputs={"i": i}))
+                call.output = "o" * 12_000
+    child = multiprocessing.get_context("fork").Process(target=work)
+    child.start()
+    print("tracing", child.pid, flush=True)
+    child.join()
+    print("child", child.exitcode, flush=True)
+""")
+
+
+def test_ctrl_c_in_a_child_while_a_calls_end_waits_for_room_writes_that_end_as_it_exits(
+        tmp_path):
+    """The same in a process that does not own the engine (a Pool worker, any child): Ctrl-C
+    lands while a call's end waits for room; the end is kept, but the owner's close, which
+    writes the ends kept, runs in another process: the call stayed open on the server for
+    good. Now the child writes it as it exits, once its sender made room."""
+    dead = tmp_path / "dead.jsonl"
+    returncode, err, stored = _signalled_as_the_server_thaws(
+        signal.SIGINT, _CHILDS_END_WAITING_OWNER, [str(dead)],
+        lambda line: line.startswith("tracing "), whom=lambda line: int(line.split()[1]))
+    assert returncode == 0 and "KeyboardInterrupt" in err, err[-3000:]
+    assert "in _write_slow" in err, err[-3000:]  # it landed in an end's wait for room
+    open_left = [call["id"] for call in stored.values() if "ended_at" not in call]
+    assert len(stored) == 40 and not open_left, (len(stored), open_left, err[-3000:])
+
+
 _END_WAITING_FOR_THE_LOCK_OWNER = _SMALL_RING_ENGINE + textwrap.dedent("""
     def fill():
         for i in range(1_000):  # the ring holds ~5 ends: then this thread waits for room,
@@ -342,12 +373,13 @@ def test_sigterm_while_threads_wait_for_room_writes_their_calls_ends(tmp_path):
 
 
 def _signalled_as_the_server_thaws(sig: int, owner: str, args: list[str],
-                                   ready: Callable[[str], bool],
-                                   thaw_after_s: float = 0.0) -> tuple[int, str, dict]:
+                                   ready: Callable[[str], bool], thaw_after_s: float = 0.0,
+                                   whom: Callable[[str], int] | None = None,
+                                   ) -> tuple[int, str, dict]:
     """``owner`` toward a server that holds every request, sent ``sig`` once its first line
     says it is ``ready`` (waiting for room in its full ring) and a second more, the server
     answering again ``thaw_after_s`` later: (its exit code, its stderr, what the server
-    stored)."""
+    stored). ``whom``: the pid to signal instead, from that line (a child of the owner's)."""
     with FaultServer(stall_s=3600.0) as server:
         proc = subprocess.Popen([sys.executable, "-c", owner, server.url, *args],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -357,7 +389,7 @@ def _signalled_as_the_server_thaws(sig: int, owner: str, args: list[str],
             assert ready(line), (line, proc.stderr.read()[-3000:] if not line else "")
             assert server.wait_for(lambda: server.peak_stalled > 0, 30)
             time.sleep(1.0)  # the ring filled long before: it waits for room
-            proc.send_signal(sig)
+            os.kill(whom(line) if whom else proc.pid, sig)
             time.sleep(thaw_after_s)
             server.stall_s = 0.0
             server.release()
