@@ -16,9 +16,10 @@ With the integration installed, SIGINT's handler (only where it is Python's defa
 from the main thread, and no debugger or coverage tool traces the thread) looks at the
 interrupted code: inside the standard library's thread synchronisation or weave's hand-off
 (and not blocked in a wait there, holding none of its locks), it traces the main thread
-until its first line outside that code, or until that code goes on to block in a wait, and
-raises ``KeyboardInterrupt`` there (microseconds later, no lock held; never after a wait
-that may last); anywhere else it raises at once, as Python's own handler does. A wait that
+until its first line outside that code in the code that called it, or until that code goes
+on to block in a wait, and raises ``KeyboardInterrupt`` there (microseconds later, no lock
+held; never after a wait that may last; never in a finalizer the guarded code sets off,
+which would drop it); anywhere else it raises at once, as Python's own handler does. A wait that
 only polls (a zero timeout: ``ThreadPoolExecutor.submit`` polls its idle semaphore so,
 holding that semaphore's lock and its own) counts as the hand-off, not as waiting. A second
 signal while one is deferred is handled at once (the thread is traced).
@@ -205,14 +206,26 @@ def _deferrable(frame: FrameType | None) -> bool:
 
 
 def _defer(frame: FrameType | None, run: Callable[[FrameType], None]) -> None:
-    """``run(where)`` at ``where``, the first line run outside the guarded code, or where the
+    """``run(where)`` at ``where``, the first line run outside the guarded code in the
+    interrupted code's callers (the frames on the stack when the signal came), or where the
     guarded code goes on to block in a wait (holding none of its locks: the wait may last,
     as a ``Future.result()`` does): a line event of a frame there, traced on this thread
-    only until then."""
+    only until then. Not in code the guarded code calls meanwhile: a finalizer it sets off
+    (a ``__del__``; the ``__repr__`` of a ResourceWarning for an unclosed socket freed as a
+    ``Future`` is made) drops what is raised in it, and a notebook's Ctrl-C raised there
+    was lost (the interrupted loop ran on to its end)."""
+    interrupted = set()
+    caller = frame
+    while caller is not None:
+        interrupted.add(caller)
+        caller = caller.f_back
 
     def outside(frame: FrameType, event: str, arg: Any) -> Any:
         if event != "line" or _in_hand_off(frame):
             return outside
+        if frame not in interrupted and not _blocked(frame):
+            return outside  # code the guarded code called: on to its callers
+        interrupted.clear()
         _trace_stack(frame, None)
         run(frame)
         return None
