@@ -135,7 +135,7 @@ def defer_if_guarded(frame: FrameType | None, run: Callable[[], None]) -> bool:
 
 def _on_sigint(signum: int, frame: FrameType | None) -> None:
     if not defer_if_guarded(frame, _raise_keyboard_interrupt):
-        signal.default_int_handler(signum, frame)
+        _raise_until_it_lands(signal.default_int_handler, signum, frame)
 
 
 _on_sigint.defers_itself = True  # type: ignore[attr-defined]
@@ -188,7 +188,7 @@ def _unguarded(handler: Any) -> Any:
 def _guarded(handler: Callable[[int, FrameType | None], Any]) -> Callable[..., Any]:
     def guarded(signum: int, frame: FrameType | None) -> Any:
         if not _deferrable(frame):
-            return handler(signum, frame)
+            return _raise_until_it_lands(handler, signum, frame)
         _defer(frame, lambda where: handler(signum, where))
         return None
 
@@ -198,6 +198,50 @@ def _guarded(handler: Callable[[int, FrameType | None], Any]) -> Callable[..., A
 
 def _raise_keyboard_interrupt() -> None:
     raise KeyboardInterrupt
+
+
+def _raise_until_it_lands(handler: Callable[[int, FrameType | None], Any], signum: int,
+                          frame: FrameType | None) -> Any:
+    """``handler(signum, frame)`` now; what it raises raised again at the first line of the
+    interrupted code (``frame`` and its callers) run without it, if it never got there.
+
+    Python runs a handler wherever the interpreter next checks for signals, C code included,
+    and some C code drops what was raised meanwhile: a finalizer run as the interrupted
+    code allocates (the garbage collector frees an object whose ``__del__`` or C finalizer
+    checks signals). A notebook's interrupt landing so in weave's serialisation was lost
+    without a trace (the cell's 30 s loop ran to its end; 1 in ~15 runs of the interrupted
+    loop beside two CPU-bound processes). It counts as arrived once it propagates past the
+    frame it was raised in, or a line runs in an ``except`` or ``finally`` block handling it."""
+    try:
+        return handler(signum, frame)
+    except BaseException as exc:
+        if frame is not None and sys.gettrace() is None:
+            _watch_it_land(frame, exc)
+        raise
+
+
+def _watch_it_land(raised_in: FrameType, exc: BaseException) -> None:
+    interrupted = set()
+    caller: FrameType | None = raised_in
+    while caller is not None:
+        interrupted.add(caller)
+        caller = caller.f_back
+
+    def watch(frame: FrameType, event: str, arg: Any) -> Any:
+        if frame not in interrupted:
+            return watch
+        if event == "exception":
+            if frame is raised_in or not isinstance(arg[1], type(exc)):
+                return watch  # where it was raised: a finalizer's frame may drop it there
+        elif event != "line":
+            return watch
+        interrupted.clear()
+        _trace_stack(frame, None)
+        if event == "line" and not isinstance(sys.exc_info()[1], type(exc)):
+            raise exc  # dropped on the way: here, as if it were raised now
+        return None
+
+    _trace_stack(raised_in, watch)
 
 
 def _deferrable(frame: FrameType | None) -> bool:

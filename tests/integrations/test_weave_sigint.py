@@ -140,6 +140,62 @@ def test_a_ctrl_c_deferred_past_a_finalizer_is_raised_in_the_caller_not_lost_in_
     assert json.loads(result.stdout) == ["finalizer", "end", "KeyboardInterrupt"], result.stderr
 
 
+_DROPPED_PROGRAM = textwrap.dedent(
+    """
+    import json, os, signal, sys, time
+    sys.path.insert(0, sys.argv[1])
+    import guarded
+    from engine.integrations import _weave_sigint
+
+    class Finalized:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGINT)  # handled at the next check: in here
+            self.landed = True
+
+    def caught():
+        try:
+            try:
+                time.sleep(5)  # the signal lands in C: raised in this frame, caught here
+            finally:
+                log.append("finally")
+        except KeyboardInterrupt:
+            log.append("caught")
+        log.append("went on")
+
+    results = {}
+    for name in ("python's own handler", "guarded"):
+        if name == "guarded":
+            _weave_sigint.install(guarded)
+        log = []
+        try:
+            Finalized()  # freed at once, its __del__ run by the interpreter, not by a line
+            log.append("after")
+        except KeyboardInterrupt:
+            log.append("KeyboardInterrupt")
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        signal.signal(signal.SIGALRM, lambda *a: os.kill(os.getpid(), signal.SIGINT))
+        caught()
+        results[name] = log
+    print(json.dumps(results))
+    """
+)
+
+
+def test_a_ctrl_c_raised_where_it_is_dropped_is_raised_again_in_the_interrupted_code(tmp_path):
+    """Python runs a handler wherever it next checks for signals, and some code drops what
+    it raises there: a finalizer's (``__del__``: "Exception ignored in"; C finalizers run as
+    the garbage collector frees objects, with no trace at all). The Ctrl-C was lost: a
+    notebook's interrupt that landed so in weave's serialisation never took (1 in ~15 runs
+    of the interrupted loop beside two CPU-bound processes). With the guard it is raised
+    again at the next line of the code it interrupted; one that arrives (caught by the
+    program) is not raised twice."""
+    result = _run(tmp_path, _DROPPED_PROGRAM)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout)
+    assert out["python's own handler"] == ["after", "finally", "caught", "went on"]  # lost
+    assert out["guarded"] == ["KeyboardInterrupt", "finally", "caught", "went on"], result.stderr
+
+
 _ASYNCIO_PROGRAM = textwrap.dedent(
     """
     import asyncio, os, signal, sys, json
