@@ -134,9 +134,11 @@ def _write_kept_at_exit() -> None:
             continue
         try:
             left, _ = write_deferred(spec, deadline_s)
-            control = _control_of(spec)
-            for slot in left:
-                control.slot_add(slot, "dropped_full")
+            if left:
+                control = _control_of(spec)
+                for slot in left:
+                    control.slot_add(slot, "dropped_full")
+                control.close()
         except (Closed, OSError) as exc:  # the engine closed meanwhile: nothing reads them
             log.warning("engine: the ends of calls kept at this process's exit were not "
                         "written: %s", exc)

@@ -307,7 +307,6 @@ _CHILDS_END_WAITING_OWNER = _SMALL_RING_ENGINE + textwrap.dedent("""
     child.start()
     print("tracing", child.pid, flush=True)
     child.join()
-    print("child", child.exitcode, flush=True)
 """)
 
 
@@ -325,6 +324,39 @@ def test_ctrl_c_in_a_child_while_a_calls_end_waits_for_room_writes_that_end_as_i
     assert "in _write_slow" in err, err[-3000:]  # it landed in an end's wait for room
     open_left = [call["id"] for call in stored.values() if "ended_at" not in call]
     assert len(stored) == 40 and not open_left, (len(stored), open_left, err[-3000:])
+
+
+_CHILDS_END_UNWRITTEN_OWNER = _SMALL_RING_ENGINE + textwrap.dedent("""
+    import json, multiprocessing
+    from engine.producer import _slot
+    _slot.KEPT_ENDS_AT_EXIT_S = 0.2  # the server answers only later: no room by then
+    def work():
+        starts = [tracer.call_start({"project_id": "ops/ctrl-c", "op_name": "op",
+                                     "started_at": "2026-12-07T10:00:00Z", "attributes": {},
+                                     "inputs": {"i": i}}) for i in range(40)]
+        for start in starts:  # the ring holds ~5 ends: the sixth waits for room
+            tracer.call_end({"project_id": "ops/ctrl-c", "id": start.id, "summary": {},
+                             "ended_at": "2026-12-07T10:00:01Z", "output": "o" * 12_000})
+    child = multiprocessing.get_context("fork").Process(target=work)
+    child.start()
+    print("tracing", child.pid, flush=True)
+    child.join()
+    print(json.dumps(eng.close()["producers"]), file=sys.stderr, flush=True)
+""")
+
+
+def test_a_childs_kept_end_with_no_room_by_its_exit_is_counted_dropped(tmp_path):
+    """No room comes within the child's wait at exit: that end is counted ``dropped_full``
+    and said; everything else the child wrote is delivered."""
+    dead = tmp_path / "dead.jsonl"
+    returncode, err, stored = _signalled_as_the_server_thaws(
+        signal.SIGINT, _CHILDS_END_UNWRITTEN_OWNER, [str(dead)],
+        lambda line: line.startswith("tracing "), thaw_after_s=2.0,
+        whom=lambda line: int(line.split()[1]))
+    assert returncode == 0 and "1 not (counted dropped_full)" in err, err[-3000:]
+    assert json.loads(err.splitlines()[-1])["dropped_full"] == 1, err[-3000:]
+    ended = [call for call in stored.values() if "ended_at" in call]
+    assert len(stored) == 40 and 0 < len(ended) < 10, (len(stored), len(ended), err[-3000:])
 
 
 _END_WAITING_FOR_THE_LOCK_OWNER = _SMALL_RING_ENGINE + textwrap.dedent("""
