@@ -52,11 +52,13 @@ registered with ``engine.producer._engine.defer_sigterm_with``).
 
 from __future__ import annotations
 
+import collections
 import functools
 import inspect
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from types import FrameType, ModuleType
 from typing import Any
@@ -74,6 +76,14 @@ _SHUTDOWN = getattr(getattr(threading, "_shutdown", None), "__code__", None)
 _SHUTDOWN_WAITS = ("lock.acquire()", "_thread_shutdown()")
 _RELEASED_AFTER, _RELEASED_BEFORE = "self._release_save()", "self._acquire_restore("
 _guarded_files: frozenset[str] = frozenset()
+# the guard's last decisions, for a Ctrl-C that did not take (read them in the process:
+# ``_weave_sigint.history``): (monotonic, what, where)
+history: collections.deque[tuple[float, str, str]] = collections.deque(maxlen=16)
+
+
+def _note(what: str, frame: FrameType | None) -> None:
+    where = f"{frame.f_code.co_filename}:{frame.f_lineno}" if frame is not None else "-"
+    history.append((time.monotonic(), what, where))
 
 
 def install(*modules: ModuleType) -> bool:
@@ -129,6 +139,7 @@ def defer_if_guarded(frame: FrameType | None, run: Callable[[], None]) -> bool:
     is guarded and ``run`` will run at the first line outside it instead."""
     if not _deferrable(frame):
         return False
+    _note("deferred", frame)
     _defer(frame, lambda where: run())
     return True
 
@@ -189,6 +200,7 @@ def _guarded(handler: Callable[[int, FrameType | None], Any]) -> Callable[..., A
     def guarded(signum: int, frame: FrameType | None) -> Any:
         if not _deferrable(frame):
             return _raise_until_it_lands(handler, signum, frame)
+        _note(f"deferred a handler of signal {signum}", frame)
         _defer(frame, lambda where: handler(signum, where))
         return None
 
@@ -215,6 +227,7 @@ def _raise_until_it_lands(handler: Callable[[int, FrameType | None], Any], signu
     try:
         return handler(signum, frame)
     except BaseException as exc:
+        _note(f"raised {type(exc).__name__} at once", frame)
         if frame is not None and sys.gettrace() is None:
             _watch_it_land(frame, exc)
         raise
@@ -238,7 +251,9 @@ def _watch_it_land(raised_in: FrameType, exc: BaseException) -> None:
         interrupted.clear()
         _trace_stack(frame, None)
         if event == "line" and not isinstance(sys.exc_info()[1], type(exc)):
+            _note("raised again: dropped where it was raised", frame)
             raise exc  # dropped on the way: here, as if it were raised now
+        _note("arrived", frame)
         return None
 
     _trace_stack(raised_in, watch)
@@ -271,6 +286,7 @@ def _defer(frame: FrameType | None, run: Callable[[FrameType], None]) -> None:
             return outside  # code the guarded code called: on to its callers
         interrupted.clear()
         _trace_stack(frame, None)
+        _note("ran deferred", frame)
         run(frame)
         return None
 

@@ -69,6 +69,18 @@ WEAVE_LOOP = textwrap.dedent("""
     """)
 
 
+def why_not_interrupted(kernel: Kernel) -> str:
+    """For an interrupt that did not take: what the SIGINT guard last did in the kernel
+    (``_weave_sigint.history``), its handler and tracer now, and the kernel's own output."""
+    state = kernel.run(textwrap.dedent("""
+        import signal, sys, time
+        from engine.integrations import _weave_sigint as guard
+        print(time.monotonic(), list(guard.history), guard._get_handler(signal.SIGINT),
+              sys.gettrace())
+        """), CELL_TIMEOUT_S)
+    return f"{state.stdout}{state.stderr}\nkernel: {kernel.process_log()[-3000:]}"
+
+
 def ended_inputs(calls: list[dict], op: str) -> list[int]:
     return sorted(c["inputs"]["x"] for c in calls
                   if f"/op/{op}:" in c["op_name"] and c["ended_at"])
@@ -91,7 +103,8 @@ def test_weave_ops_in_cells_interrupted_and_awaited_are_all_stored_at_shutdown(t
         assert looped.status == "error" and (
             looped.ename == "KeyboardInterrupt"
             or ("Unexpected exception formatting exception" in looped.stdout
-                and "KeyboardInterrupt" in looped.stdout + looped.stderr)), looped
+                and "KeyboardInterrupt" in looped.stdout + looped.stderr)), \
+            (looped, why_not_interrupted(kernel))
         done = looped.last()["done"]
         assert done >= 150
         run_ok(kernel, "for i in range(1000, 1100):\n    predict(i)")
