@@ -223,7 +223,8 @@ def _raise_until_it_lands(handler: Callable[[int, FrameType | None], Any], signu
     checks signals). A notebook's interrupt landing so in weave's serialisation was lost
     without a trace (the cell's 30 s loop ran to its end; 1 in ~15 runs of the interrupted
     loop beside two CPU-bound processes). It counts as arrived once it propagates past the
-    frame it was raised in, or a line runs in an ``except`` or ``finally`` block handling it."""
+    frame it was raised in, a line runs in an ``except`` or ``finally`` block handling it,
+    or that frame goes on after it (a ``with contextlib.suppress(KeyboardInterrupt)``)."""
     try:
         return handler(signum, frame)
     except BaseException as exc:
@@ -240,17 +241,26 @@ def _watch_it_land(raised_in: FrameType, exc: BaseException) -> None:
         interrupted.add(caller)
         caller = caller.f_back
 
+    seen_where_raised = False  # the frame it was raised in has it (not C code alone)
+
     def watch(frame: FrameType, event: str, arg: Any) -> Any:
+        nonlocal seen_where_raised
         if frame not in interrupted:
             return watch
         if event == "exception":
-            if frame is raised_in or not isinstance(arg[1], type(exc)):
-                return watch  # where it was raised: a finalizer's frame may drop it there
+            if not isinstance(arg[1], type(exc)):
+                return watch
+            if frame is raised_in:  # a finalizer's frame may still drop it as it returns
+                seen_where_raised = True
+                return watch
         elif event != "line":
             return watch
         interrupted.clear()
         _trace_stack(frame, None)
-        if event == "line" and not isinstance(sys.exc_info()[1], type(exc)):
+        # a line with it handled: in an except or finally block, or after the frame it was
+        # raised in dealt with it (caught, or a with-block's __exit__ suppressed it)
+        if event == "line" and not (seen_where_raised and frame is raised_in
+                                    or isinstance(sys.exc_info()[1], type(exc))):
             _note("raised again: dropped where it was raised", frame)
             raise exc  # dropped on the way: here, as if it were raised now
         _note("arrived", frame)
