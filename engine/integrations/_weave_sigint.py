@@ -235,11 +235,7 @@ def _raise_until_it_lands(handler: Callable[[int, FrameType | None], Any], signu
 
 
 def _watch_it_land(raised_in: FrameType, exc: BaseException) -> None:
-    interrupted = set()
-    caller: FrameType | None = raised_in
-    while caller is not None:
-        interrupted.add(caller)
-        caller = caller.f_back
+    interrupted = _frames_from(raised_in)
 
     seen_where_raised = False  # the frame it was raised in has it (not C code alone)
 
@@ -283,11 +279,7 @@ def _defer(frame: FrameType | None, run: Callable[[FrameType], None]) -> None:
     (a ``__del__``; the ``__repr__`` of a ResourceWarning for an unclosed socket freed as a
     ``Future`` is made) drops what is raised in it, and a notebook's Ctrl-C raised there
     was lost (the interrupted loop ran on to its end)."""
-    interrupted = set()
-    caller = frame
-    while caller is not None:
-        interrupted.add(caller)
-        caller = caller.f_back
+    interrupted = _frames_from(frame)
 
     def outside(frame: FrameType, event: str, arg: Any) -> Any:
         if event != "line" or _in_hand_off(frame):
@@ -301,6 +293,15 @@ def _defer(frame: FrameType | None, run: Callable[[FrameType], None]) -> None:
         return None
 
     _trace_stack(frame, outside)
+
+
+def _frames_from(frame: FrameType | None) -> set[FrameType]:
+    """``frame`` and every frame it was called from: the code a signal interrupted."""
+    frames = set()
+    while frame is not None:
+        frames.add(frame)
+        frame = frame.f_back
+    return frames
 
 
 def _trace_stack(frame: FrameType | None, tracer: Any) -> None:
