@@ -236,7 +236,6 @@ def _raise_until_it_lands(handler: Callable[[int, FrameType | None], Any], signu
 
 def _watch_it_land(raised_in: FrameType, exc: BaseException) -> None:
     interrupted = _frames_from(raised_in)
-
     seen_where_raised = False  # the frame it was raised in has it (not C code alone)
 
     def watch(frame: FrameType, event: str, arg: Any) -> Any:

@@ -175,11 +175,9 @@ class Engine:
         # this process's tracers: the ones it made, and copies; the ends a Ctrl-C or this
         # close stopped as they waited for room are written, the sender making room (a
         # second Ctrl-C meanwhile: persist what is left, now)
-        not_written, interrupted = close_tracers(self._ringset.spec, deadline_s)
+        interrupted = close_tracers(self._ringset.spec, deadline_s)  # (unwritten: counted)
         if interrupted:
             deadline_s = time.monotonic()
-        for slot in not_written:
-            self._control.slot_add(slot, "dropped_full")
         if any(self._senders):
             try:
                 self._stop_senders(deadline_s, restarts)

@@ -69,14 +69,15 @@ class _ProcessSlot:
         self.no_room_said = False  # logged that /dev/shm had no room for the rest of the ring
 
 
-def write_deferred(spec: ring.RingSpec, deadline_s: float) -> tuple[list[int], bool]:
+def write_deferred(spec: ring.RingSpec, deadline_s: float) -> bool:
     """Write the ends a Ctrl-C interrupted in this process (``_write_slow``) into ``spec``'s
     ring set, waiting for room until ``deadline_s`` (the engine closing: its sender still
-    delivers, so room comes). Returns the slots of those not written (the deadline passed, or
-    a second Ctrl-C stopped it) and whether a second Ctrl-C did."""
+    delivers, so room comes); those not written (the deadline passed, or a second Ctrl-C
+    stopped it) are counted ``dropped_full`` on their slots. Returns whether a second
+    Ctrl-C did."""
     mine = [entry for entry in _process.deferred if entry[0] == spec]
     if not mine:
-        return [], False
+        return False
     _process.deferred = [entry for entry in _process.deferred if entry[0] != spec]
     written, interrupted = 0, False
     try:
@@ -93,12 +94,17 @@ def write_deferred(spec: ring.RingSpec, deadline_s: float) -> tuple[list[int], b
     except KeyboardInterrupt:
         interrupted = True
     left = [writer.slot for _, writer, _ in mine[written:]]
+    if left:
+        control = _control_of(spec)
+        for slot in left:
+            control.slot_add(slot, "dropped_full")
+        control.close()
     log.log(logging.ERROR if left else logging.INFO,
             "engine: wrote the ends of %d calls that waited for room in a full ring when "
             "Ctrl-C or the close came%s",
             written, f"; {len(left)} not (counted dropped_full): "
             + ("a second Ctrl-C" if interrupted else "the engine closed first") if left else "")
-    return left, interrupted
+    return interrupted
 
 
 def _keep(spec: ring.RingSpec, writer: ring.SlotWriter, args: tuple) -> None:
@@ -126,19 +132,14 @@ KEPT_ENDS_AT_EXIT_S = 5.0
 def _write_kept_at_exit() -> None:
     """A child's (a Pool worker's) kept ends: its engine's close, in the owner, cannot
     write them, and without them the calls stay open on the server for good. Written as the
-    child exits, for up to ``KEPT_ENDS_AT_EXIT_S``; those that are not are counted
-    ``dropped_full`` on their slots, with the line ``write_deferred`` says."""
+    child exits, for up to ``KEPT_ENDS_AT_EXIT_S`` (those that are not: counted and said by
+    ``write_deferred``)."""
     deadline_s = time.monotonic() + KEPT_ENDS_AT_EXIT_S
     for spec in dict.fromkeys(entry[0] for entry in _process.deferred):
         if spec in _process.owned:
             continue
         try:
-            left, _ = write_deferred(spec, deadline_s)
-            if left:
-                control = _control_of(spec)
-                for slot in left:
-                    control.slot_add(slot, "dropped_full")
-                control.close()
+            write_deferred(spec, deadline_s)
         except (Closed, OSError) as exc:  # the engine closed meanwhile: nothing reads them
             log.warning("engine: the ends of calls kept at this process's exit were not "
                         "written: %s", exc)
@@ -148,20 +149,19 @@ def _control_of(spec: ring.RingSpec) -> Control:
     return Control(control_path(os.path.dirname(spec.lock_path)), spec.max_slots)
 
 
-def close_tracers(spec: ring.RingSpec,
-                  deadline_s: float | None = None) -> tuple[list[int], bool]:
+def close_tracers(spec: ring.RingSpec, deadline_s: float | None = None) -> bool:
     """Close every tracer of this process writing into ``spec``'s ring set, the ones
     unpickled here too (the engine closes: their later writes raise Closed). A write another
     thread has waiting for room in a full ring (holding the lock the closes take) stops
     waiting first, Closed raised to its caller: a start is counted ``dropped_full``; a
     call's end (its start is in the ring: without it the call stays open on the server for
     good) is written here once the tracers are closed, with the ends a Ctrl-C interrupted
-    (``write_deferred``), waiting for room until ``deadline_s``. Returns what was not
-    written (their slots) and whether a second Ctrl-C stopped it."""
+    (``write_deferred``, which counts those it could not), waiting for room until
+    ``deadline_s``. Returns whether a second Ctrl-C stopped it."""
     writers = [slot.writer for key, slot in list(_process.slots.items()) if key[0] == spec]
     for writer in writers:  # no lock: a waiting write holds it
         writer.abandoned = True
-    left, interrupted = [], False
+    interrupted = False
     _process.closing.add(spec)
     try:
         for tracer in list(_live_tracers):
@@ -171,13 +171,13 @@ def close_tracers(spec: ring.RingSpec,
             with _process.lock:
                 for writer in writers:
                     writer.abandoned = False
-                left, interrupted = write_deferred(spec, deadline_s)
+                interrupted = write_deferred(spec, deadline_s)
     finally:
         _process.closing.discard(spec)
     with _process.lock:  # slots of tracers dropped without close(): given back too, or the
         for key in [key for key in _process.slots if key[0] == spec]:  # sender would wait
             _process.slots.pop(key).writer.close()  # for this live process to write more
-    return left, interrupted
+    return interrupted
 
 
 class _Process:
