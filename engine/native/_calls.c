@@ -6,6 +6,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#include <pthread.h>
 
 #include "_call_items.h"
 #include "_calls.h"
@@ -183,6 +184,17 @@ typedef struct {
 
 static PyObject *current_var, *describe_func, *write_safely_func, *start_call_kwnames,
     *end_call_kwnames;
+/* the calls of this process started and not ended yet (handle -> None): engine/producer/
+ * _handle.py's _open, which the engine's close ends with its reason (end_open_calls) */
+static PyObject *open_calls;
+/* starts being written until their call is in open_calls, and ends from taking their call
+ * out of it until written: the engine's close waits for those of other threads before it
+ * ends the calls left open and stops taking ends (writes_cut, writes_before) */
+static long writes_in_flight[2];  /* under the GIL; by the epoch they began in */
+static int writes_epoch;  /* writes_cut() flips it: new writes count apart from older ones */
+static __thread long my_writes_in_flight[2];  /* this thread's (a signal handler's close runs
+                                               * on top of one it interrupted: not waited
+                                               * for) */
 
 #define CH_FIELDS(X) X(id) X(trace_id) X(parent_id) X(op_name) X(started_at) X(output) \
     X(summary) X(inputs) X(attributes) X(display_name) X(token) X(project) X(tracer)
@@ -301,7 +313,7 @@ static PyObject *ch_write(CallHandle *self, PyObject *item, int is_end) {
 }
 
 static PyObject *ch_begin(CallHandle *self, PyObject *unused) {
-    if (current_var == NULL || start_type == NULL) {
+    if (current_var == NULL || start_type == NULL || open_calls == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "engine.native._native.call_handle_setup() was not called");
         return NULL;
     }
@@ -345,11 +357,18 @@ static PyObject *ch_begin(CallHandle *self, PyObject *unused) {
     PyObject *start = PyObject_Vectorcall((PyObject *)start_type, args, 0, start_call_kwnames);
     for (int i = 0; i < 9; i++) Py_DECREF(args[i]);
     if (start == NULL) return NULL;
+    int epoch = writes_epoch;
+    writes_in_flight[epoch]++;
+    my_writes_in_flight[epoch]++;
     PyObject *written = ch_write(self, start, 0);
     Py_DECREF(start);
-    if (written == NULL) return NULL;
-    if (written == Py_False) Py_XSETREF(self->id, Py_NewRef(Py_None));  /* not started */
-    Py_DECREF(written);
+    int started = written != NULL && written != Py_False, bad = written == NULL;
+    Py_XDECREF(written);
+    if (!bad && !started) Py_XSETREF(self->id, Py_NewRef(Py_None));  /* not started */
+    else if (started && PyDict_SetItem(open_calls, (PyObject *)self, Py_None) < 0) bad = 1;
+    writes_in_flight[epoch]--;
+    my_writes_in_flight[epoch]--;
+    if (bad) return NULL;
     PyObject *token = PyContextVar_Set(current_var, (PyObject *)self);
     if (token == NULL) return NULL;
     Py_XSETREF(self->token, token);
@@ -361,7 +380,7 @@ static PyObject *ch_exit(CallHandle *self, PyObject *const *args, Py_ssize_t nar
         PyErr_SetString(PyExc_TypeError, "__exit__ takes 3 arguments");
         return NULL;
     }
-    if (current_var == NULL || end_type == NULL) {
+    if (current_var == NULL || end_type == NULL || open_calls == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "engine.native._native.call_handle_setup() was not called");
         return NULL;
     }
@@ -398,11 +417,45 @@ static PyObject *ch_exit(CallHandle *self, PyObject *const *args, Py_ssize_t nar
     Py_DECREF(ended_at);
     Py_DECREF(exception);
     if (end == NULL) return NULL;
+    /* taken from the open calls and written as one step for the engine's close */
+    int epoch = writes_epoch;
+    writes_in_flight[epoch]++;
+    my_writes_in_flight[epoch]++;
+    if (PyDict_DelItem(open_calls, (PyObject *)self) < 0) {
+        writes_in_flight[epoch]--;
+        my_writes_in_flight[epoch]--;
+        Py_DECREF(end);
+        /* not open: the engine's close ended it (or this is a second __exit__) */
+        if (!PyErr_ExceptionMatches(PyExc_KeyError)) return NULL;
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
     PyObject *written = ch_write(self, end, 1);
+    writes_in_flight[epoch]--;
+    my_writes_in_flight[epoch]--;
     Py_DECREF(end);
     if (written == NULL) return NULL;
     Py_DECREF(written);
     Py_RETURN_NONE;
+}
+
+/* writes_cut() -> the epoch of the writes begun so far; later ones count apart */
+PyObject *native_writes_cut(PyObject *self, PyObject *unused) {
+    int epoch = writes_epoch;
+    writes_epoch ^= 1;
+    return PyLong_FromLong(epoch);
+}
+
+/* writes_before(epoch) -> how many of the starts and ends C handles of other threads began
+ * in that epoch are still being written (those threads hold or wait for the GIL) */
+PyObject *native_writes_before(PyObject *self, PyObject *arg) {
+    long epoch = PyLong_AsLong(arg);
+    if (epoch == -1 && PyErr_Occurred()) return NULL;
+    if (epoch != 0 && epoch != 1) {
+        PyErr_SetString(PyExc_ValueError, "writes_before(epoch): an epoch of writes_cut()");
+        return NULL;
+    }
+    return PyLong_FromLong(writes_in_flight[epoch] - my_writes_in_flight[epoch]);
 }
 
 static PyMethodDef ch_methods[] = {
@@ -472,15 +525,17 @@ PyTypeObject CallHandleType = {
     .tp_getset = ch_getset,
 };
 
-/* call_handle_setup(current_var, describe, write_safely): the context variable of the
- * current call, the function that turns an exception into the end's text, and the one a
- * write that raised goes to (see ch_write). */
+/* call_handle_setup(current_var, describe, write_safely, open_calls): the context variable
+ * of the current call, the function that turns an exception into the end's text, the one a
+ * write that raised goes to (see ch_write), and the dict of the calls started and not ended
+ * (a handle is in it from its start written to its __exit__). */
 PyObject *native_call_handle_setup(PyObject *self, PyObject *args) {
-    PyObject *var, *describe, *write_safely;
-    if (!PyArg_ParseTuple(args, "OOO", &var, &describe, &write_safely)) return NULL;
+    PyObject *var, *describe, *write_safely, *open;
+    if (!PyArg_ParseTuple(args, "OOOO", &var, &describe, &write_safely, &open)) return NULL;
     if (!PyContextVar_CheckExact(var) || !PyCallable_Check(describe) ||
-        !PyCallable_Check(write_safely)) {
-        PyErr_SetString(PyExc_TypeError, "call_handle_setup(ContextVar, callable, callable)");
+        !PyCallable_Check(write_safely) || !PyDict_CheckExact(open)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "call_handle_setup(ContextVar, callable, callable, dict)");
         return NULL;
     }
     PyObject *start_names = Py_BuildValue("(sssssssss)", "project_id", "id", "op_name",
@@ -506,10 +561,20 @@ PyObject *native_call_handle_setup(PyObject *self, PyObject *args) {
     Py_XSETREF(current_var, var);
     Py_XSETREF(describe_func, describe);
     Py_XSETREF(write_safely_func, Py_NewRef(write_safely));
+    Py_XSETREF(open_calls, Py_NewRef(open));
     Py_RETURN_NONE;
 }
 
+static void calls_after_fork_in_child(void) {
+    for (int e = 0; e < 2; e++)  /* the threads writing them are the parent's */
+        writes_in_flight[e] = my_writes_in_flight[e] = 0;
+}
+
 int calls_init(void) {
+    if (pthread_atfork(NULL, NULL, calls_after_fork_in_child) != 0) {
+        PyErr_SetString(PyExc_RuntimeError, "pthread_atfork failed");
+        return -1;
+    }
     str_what_start = PyUnicode_InternFromString("start");
     str_what_end = PyUnicode_InternFromString("end");
     if (str_what_start == NULL || str_what_end == NULL) return -1;

@@ -9,5 +9,7 @@ extern PyTypeObject TracerCallsType, CallHandleType;
 
 int calls_init(void);  /* at import, where the GIL is on: the names called back, both types */
 PyObject *native_call_handle_setup(PyObject *self, PyObject *args);
+PyObject *native_writes_cut(PyObject *self, PyObject *unused);
+PyObject *native_writes_before(PyObject *self, PyObject *arg);
 
 #endif

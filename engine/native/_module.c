@@ -60,10 +60,16 @@ static PyMethodDef native_methods[] = {
     {"call_types", native_call_types, METH_VARARGS,
      "call_types(start_type, end_type, start_res_type): the types RingWriter.call_start / "
      "call_end take and answer."},
+    {"writes_cut", native_writes_cut, METH_NOARGS,
+     "writes_cut() -> the epoch of the call handles' starts and ends begun so far (later "
+     "ones count apart)."},
+    {"writes_before", native_writes_before, METH_O,
+     "writes_before(epoch) -> those of them other threads are still writing (a start whose "
+     "call is not yet in the open calls, an end whose call was taken out of them)."},
     {"call_handle_setup", native_call_handle_setup, METH_VARARGS,
-     "call_handle_setup(current_var, describe, write_safely): what CallHandleBase needs "
-     "(the ContextVar of the current call; exception -> text; what to do when a write "
-     "raised)."},
+     "call_handle_setup(current_var, describe, write_safely, open_calls): what "
+     "CallHandleBase needs (the ContextVar of the current call; exception -> text; what to "
+     "do when a write raised; the dict of this process's calls started and not ended)."},
     {"take_counts", native_take_counts, METH_NOARGS,
      "take_counts() -> (nonfinite, bytes, duplicate_key): values the encoder wrote in "
      "another form, or dropped with a key written twice, since the last call (then zero)."},

@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 import weakref
@@ -50,6 +51,7 @@ from engine.producer._flush import (
     wait_heads_released,
     wait_released,
 )
+from engine.producer._handle import end_open_calls, writes_cut
 from engine.producer._slot import ProducerSettings, close_tracers, own
 from engine.producer._tracer import Tracer
 
@@ -103,6 +105,7 @@ class Engine:
         self._owner_pid = os.getpid()
         self._closed = False
         self._exiting = False  # close() runs from the atexit hook
+        self._close_why = "close"  # what closes it: OPEN_CALL_ENDS' key
         self._lock = threading.RLock()  # a SIGTERM handler's close() may run inside close()
         # one sender process per shard of the slots (RingSpec.senders)
         self._senders: list[subprocess.Popen | None] = [None] * senders
@@ -163,6 +166,11 @@ class Engine:
         exits. Returns the final stats; ``undelivered`` counts items still in shared memory
         (not even persisted: a full disk, a killed sender), which the ring set keeps for
         the next engine or ``engine replay`` to recover.
+
+        A call of this process still open (``tracer.call``, ``@tracer.op``, the weave
+        integration's; a thread's, or the one this close is called inside) is ended first,
+        its exception saying that the engine closed (``OPEN_CALL_ENDS``): its own end
+        would not be written. ``calls_ended_at_close`` counts them.
         """
         with self._lock:
             if self._closed or os.getpid() != self._owner_pid:
@@ -175,7 +183,11 @@ class Engine:
         # this process's tracers: the ones it made, and copies; the ends a Ctrl-C or this
         # close stopped as they waited for room are written, the sender making room (a
         # second Ctrl-C meanwhile: persist what is left, now)
-        interrupted = close_tracers(self._ringset.spec, deadline_s)  # (unwritten: counted)
+        ended: list[int] = []  # the calls left open that this close ended
+        interrupted = close_tracers(  # (the ends not written: counted)
+            self._ringset.spec, deadline_s,
+            lambda: ended.append(_end_open_calls(self._ringset.spec, self._close_why)),
+            _writes_cut)
         if interrupted:
             deadline_s = time.monotonic()
         if any(self._senders):
@@ -188,6 +200,7 @@ class Engine:
                 self._stop_senders(time.monotonic(), restarts)
         stats = collect_stats(self._ringset, self._control)
         stats["undelivered"] = _undelivered(self._ringset)
+        stats["calls_ended_at_close"] = sum(ended)
         self._final_stats = stats
         self._free_rings(stats["undelivered"])
         self._control.close()
@@ -203,7 +216,9 @@ class Engine:
     def __enter__(self) -> Engine:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            self._close_why = "ctrl-c"  # (the calls still open: another thread's)
         self.close()
 
     # -- the sender process -------------------------------------------------------------------
@@ -366,6 +381,10 @@ class Engine:
 
     def _atexit(self) -> None:
         self._exiting = True  # close() leaves the registration be: it is being run
+        if self._close_why == "close":  # (a program's KeyboardInterrupt uncaught: printed,
+            # and kept as sys.last_value, before the exit's hooks run)
+            self._close_why = ("ctrl-c" if isinstance(getattr(sys, "last_value", None),
+                                                      KeyboardInterrupt) else "exit")
         if os.getpid() == self._owner_pid:
             # the program is ending anyway: a Ctrl-C in close() persisted what was left, and
             # the exit line says where (no "Exception ignored in atexit" traceback)
@@ -425,6 +444,58 @@ def collect_stats(ringset: ring.RingSet, control: Control) -> dict[str, Any]:
     stats["producers"] = control.producer_totals()
     stats["native_accelerator"] = _accel.native is not None  # in the process that asks
     return stats
+
+
+# The end an engine's close writes for a call of this process still open then (a thread
+# still in it, the call a SIGTERM interrupted): its ``exception``, by what closes the engine.
+# Without it the call showed as running on the server for good.
+OPEN_CALL_ENDS = {
+    "close": "Unfinished: the engine was closed while this call ran; the call's own end, "
+             "if it comes, is not traced",
+    "exit": "Unfinished: the program exited while this call ran (in a thread or task still "
+            "running); the engine ended it as it closed",
+    "ctrl-c": "Interrupted: the program was stopped by Ctrl-C (KeyboardInterrupt) while this "
+              "call ran (in a thread or task still running); the engine ended it as it "
+              "closed",
+    "sigterm": "Terminated: the process got SIGTERM while this call ran; the engine ended "
+               "it as it closed",
+}
+# who ends open calls at a close: the call handles' (tracer.call, @tracer.op), and the
+# weave integration's (weave's calls): (ender, cut), ender(spec, exception) -> how many it
+# ended; cut() -> a function saying how many of the starts and ends begun so far other
+# threads are still writing (their calls not yet in, or just taken out of, the open calls)
+_open_call_enders: list[tuple[Callable[[ring.RingSpec, str], int],
+                              Callable[[], Callable[[], int]]]] = [(end_open_calls, writes_cut)]
+
+
+def end_open_calls_with(ender: Callable[[ring.RingSpec, str], int],
+                        cut: Callable[[], Callable[[], int]]) -> None:
+    """Have ``ender`` end the calls it knows open when an engine of this process closes;
+    ``cut``: as ``engine.producer._handle.writes_cut`` for its calls (the close waits for
+    the writes it reports first)."""
+    if (ender, cut) not in _open_call_enders:
+        _open_call_enders.append((ender, cut))
+
+
+def _writes_cut() -> Callable[[], int]:
+    lefts = [cut() for _, cut in list(_open_call_enders)]
+    return lambda: sum(left() for left in lefts)
+
+
+def _end_open_calls(spec: ring.RingSpec, why: str) -> int:
+    """Every ender's open calls writing into ``spec``, ended with ``why``'s text; said."""
+    ended = 0
+    for ender, _ in list(_open_call_enders):
+        try:
+            ended += ender(spec, OPEN_CALL_ENDS[why])
+        except Exception:  # noqa: BLE001 - the close goes on: those calls stay open
+            log.exception("engine: could not end the calls still open as it closed")
+    if ended:
+        log.warning("engine: %d call%s still open as it closed (%s): ended, the end saying "
+                    "so", ended, "s were" if ended != 1 else " was",
+                    {"close": "close()", "exit": "the program's exit",
+                     "ctrl-c": "the program's exit on Ctrl-C", "sigterm": "SIGTERM"}[why])
+    return ended
 
 
 _open_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
@@ -507,6 +578,7 @@ def _settle_on_sigterm() -> None:
         except Exception:  # noqa: BLE001 - the engines still close, and SIGTERM still ends us
             log.exception("engine: a SIGTERM hook failed; closing the engines")
     for open_engine in owned:
+        open_engine._close_why = "sigterm"
         open_engine.close(min(open_engine.config.shutdown_timeout_s, sigterm_time_left(0.0)))
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.kill(os.getpid(), signal.SIGTERM)

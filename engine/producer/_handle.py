@@ -7,8 +7,12 @@ time, context variable and both records without a Python frame; ``_PyCallHandle`
 from __future__ import annotations
 
 import contextvars
+import os
+import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from engine.common._errors import Closed
 from engine.native._accel import native as _native
 from engine.producer._calls import ITEMS_PLANNED
 from engine.producer._safe import write_safely
@@ -64,11 +68,14 @@ class _PyCallHandle:
             display_name=self.display_name, trace_id=trace_id, parent_id=parent_id,
             started_at=started_at, attributes=self.attributes, inputs=self.inputs,
         )
-        try:
-            self._tracer.call_start(start)  # one C call where the accelerator is built
-        except Exception as exc:
-            if not write_safely(self._tracer, start, "start", exc):
-                self.id = None  # not started: nothing ends it
+        with _writing:  # written and in the open calls as one step (writes_in_flight)
+            try:
+                self._tracer.call_start(start)  # one C call where the accelerator is built
+            except Exception as exc:
+                if not write_safely(self._tracer, start, "start", exc):
+                    self.id = None  # not started: nothing ends it
+            if self.id is not None:
+                _open[self] = None
         self._token = _current.set(self)
         return self
 
@@ -101,10 +108,13 @@ class _PyCallHandle:
             exception=None if exc is None else _describe(exc),
             output=self.output, summary=self.summary,
         )
-        try:
-            self._tracer.call_end(end)
-        except Exception as error:
-            write_safely(self._tracer, end, "end", error)
+        with _writing:  # taken from the open calls and written as one step
+            if _open.pop(self, _GONE) is _GONE:  # the engine's close ended it (or a 2nd exit)
+                return
+            try:
+                self._tracer.call_end(end)
+            except Exception as error:
+                write_safely(self._tracer, end, "end", error)
 
     async def __aenter__(self) -> CallHandle:
         return self._begin()
@@ -116,6 +126,80 @@ class _PyCallHandle:
 _current: contextvars.ContextVar[CallHandle | None] = contextvars.ContextVar(
     "engine_current_call", default=None
 )
+# The calls of this process a handle started and has not ended (handle -> None, in the order
+# they started; the C handle keeps it too): the engine's close ends those of its tracers
+# with its reason (``end_open_calls``), else a thread still in one as the program exits, or
+# the call a SIGTERM interrupted, stays open on the server for good. Whoever pops a handle
+# writes its end: the close, or the handle's own __exit__, never both. A forked child
+# starts with none: its parent's calls are its parent's to end.
+_open: dict[Any, None] = {}
+_GONE = object()
+
+
+class WritesInFlight:
+    """Counts the starts and ends being written: a start until its call is among the open
+    calls, an end from taking its call out of them until written. A context manager around
+    each; ``cut()`` marks the writes begun so far and returns how many of them other
+    threads are still writing (a function: the engine's close waits for those, not for
+    writes begun after it, which would never end while threads go on tracing). This
+    thread's count goes up first and down last (a signal handler's close in between does
+    not wait for it). A fresh count in a forked child."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.count = [0, 0]  # by the epoch they began in
+        self.epoch = 0
+        self.mine = threading.local()  # this thread's: counts, and its writes' epochs
+        os.register_at_fork(after_in_child=self._after_fork_in_child)
+
+    def _own(self) -> Any:
+        mine = self.mine
+        if not hasattr(mine, "count"):
+            mine.count, mine.epochs = [0, 0], []
+        return mine
+
+    def __enter__(self) -> None:
+        mine, epoch = self._own(), self.epoch
+        mine.count[epoch] += 1
+        mine.epochs.append(epoch)
+        with self.lock:
+            self.count[epoch] += 1
+
+    def __exit__(self, *exc: Any) -> None:
+        mine = self._own()
+        epoch = mine.epochs[-1]
+        with self.lock:
+            self.count[epoch] -= 1
+        mine.epochs.pop()
+        mine.count[epoch] -= 1
+
+    def cut(self) -> Callable[[], int]:
+        with self.lock:
+            epoch, self.epoch = self.epoch, self.epoch ^ 1
+        return lambda: self.count[epoch] - self._own().count[epoch]
+
+    def _after_fork_in_child(self) -> None:
+        self.lock, self.count = threading.Lock(), [0, 0]  # the parent's threads are not here
+        self.mine.count, self.mine.epochs = [0, 0], []
+
+
+_writing = WritesInFlight()  # the pure-Python handles'
+os.register_at_fork(after_in_child=_open.clear)
+
+
+def writes_cut() -> Callable[[], int]:
+    """Marks the starts and ends the handles of this process have begun so far; returns
+    how many of those other threads are still writing (a start whose call is not yet in
+    the open calls, an end whose call was taken out of them). The engine's close waits for
+    none before it ends the calls left open and stops taking ends, else such a call would
+    be missed, or its end refused. Not this thread's: a SIGTERM handler's close runs on top
+    of the write it interrupted."""
+    python_left = _writing.cut()
+    if CallHandle is _PyCallHandle:
+        return python_left
+    epoch = _native.writes_cut()
+    return lambda: python_left() + _native.writes_before(epoch)
+
 
 if _native is not None and hasattr(_native, "CallHandleBase") and ITEMS_PLANNED:
 
@@ -177,5 +261,33 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def end_open_calls(spec: Any, exception: str) -> int:
+    """The engine writing into ``spec`` closes: end each call a handle of this process
+    started through it and has not ended, its ``exception`` saying why (the process got
+    SIGTERM, the program exited, the engine was closed: the call's own end would never be
+    written), its ``output`` what the handle holds. Called by ``close_tracers`` once the
+    tracers are closed (no call starts any more); they still take a call's end then, and
+    one that meets a full ring is kept for the close to write. Returns how many it ended;
+    the handle's own later ``__exit__`` writes nothing."""
+    ended = 0
+    for handle in list(_open):
+        tracer = handle._tracer
+        if getattr(tracer, "_spec", None) != spec or _open.pop(handle, _GONE) is _GONE:
+            continue  # another engine's, or its thread ended it
+        end = EndedCallSchemaForInsert(
+            project_id=handle._project, id=handle.id, trace_id=handle.trace_id,
+            started_at=handle.started_at, ended_at=_codec.utcnow(), exception=exception,
+            output=handle.output, summary=handle.summary)
+        try:
+            tracer.call_end(end)
+        except Closed:  # a full ring: kept, the close writes it once its sender made room
+            pass
+        except Exception as error:
+            if not write_safely(tracer, end, "end", error):
+                continue
+        ended += 1
+    return ended
+
+
 if CallHandle is not _PyCallHandle:
-    _native.call_handle_setup(_current, _describe, write_safely)  # what the C handle calls
+    _native.call_handle_setup(_current, _describe, write_safely, _open)  # the C handle's

@@ -16,6 +16,7 @@ import os
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -149,29 +150,55 @@ def _control_of(spec: ring.RingSpec) -> Control:
     return Control(control_path(os.path.dirname(spec.lock_path)), spec.max_slots)
 
 
-def close_tracers(spec: ring.RingSpec, deadline_s: float | None = None) -> bool:
+def close_tracers(spec: ring.RingSpec, deadline_s: float,
+                  before_close: Callable[[], Any] | None = None,
+                  writes_cut: Callable[[], Callable[[], int]] | None = None) -> bool:
     """Close every tracer of this process writing into ``spec``'s ring set, the ones
-    unpickled here too (the engine closes: their later writes raise Closed). A write another
+    unpickled here too (the engine closes: no call starts any more). A write another
     thread has waiting for room in a full ring (holding the lock the closes take) stops
     waiting first, Closed raised to its caller: a start is counted ``dropped_full``; a
     call's end (its start is in the ring: without it the call stays open on the server for
-    good) is written here once the tracers are closed, with the ends a Ctrl-C interrupted
-    (``write_deferred``, which counts those it could not), waiting for room until
-    ``deadline_s``. Returns whether a second Ctrl-C stopped it."""
+    good) is kept and written here once the tracers are closed, with the ends a Ctrl-C
+    interrupted (``write_deferred``, which counts those it could not), waiting for room
+    until ``deadline_s``. Until then a closed tracer still takes a call's end
+    (``_closing_slot``: a thread ending its call as the close runs).
+
+    ``before_close`` (the engine ends the calls left open: ``end_open_calls``) runs once the
+    tracers are closed and the starts and ends other threads had begun (``writes_cut``: a
+    start written, its call not yet among the open calls; an end whose call was taken out
+    of them) landed, waited for until ``deadline_s``; the close stops taking ends once
+    those begun before its last look landed too, and none is left to write. Returns
+    whether a second Ctrl-C stopped it."""
     writers = [slot.writer for key, slot in list(_process.slots.items()) if key[0] == spec]
-    for writer in writers:  # no lock: a waiting write holds it
-        writer.abandoned = True
+
+    def land_writes_begun() -> None:  # their threads write them once they run again
+        if writes_cut is not None:
+            left = writes_cut()
+            while left() > 0 and time.monotonic() < deadline_s:
+                time.sleep(0.001)
+
     interrupted = False
     _process.closing.add(spec)
     try:
-        for tracer in list(_live_tracers):
-            if tracer._spec == spec:
-                tracer.close()
-        if deadline_s is not None:  # no tracer writes here any more: the ends left, now
+        while True:
+            for writer in writers:  # no lock: a waiting write holds it
+                writer.abandoned = True  # (stops waiting: an end is kept, written below)
+            for tracer in list(_live_tracers):
+                if tracer._spec == spec:
+                    tracer.close()
+            land_writes_begun()
+            if before_close is not None:
+                before_close()
             with _process.lock:
                 for writer in writers:
                     writer.abandoned = False
-                interrupted = write_deferred(spec, deadline_s)
+            interrupted = write_deferred(spec, deadline_s) or interrupted
+            if not interrupted:
+                land_writes_begun()  # (an end kept meanwhile: written in one more round)
+            with _process.lock:
+                if interrupted or not any(entry[0] == spec for entry in _process.deferred):
+                    _process.closing.discard(spec)  # from here, an end is Closed
+                    break
     finally:
         _process.closing.discard(spec)
     with _process.lock:  # slots of tracers dropped without close(): given back too, or the
@@ -404,10 +431,14 @@ class SlotWriting(CallsBase):  # type: ignore[misc,valid-type]
         project_b = self._projects.get(project) or self._project_bytes(project)
         try:
             with self._lock:
-                writer = self._writer or self._claim()
+                writer, max_payload = self._writer, self._max_payload
+                if writer is None:
+                    slot = self._closing_slot(kind)
+                    writer, max_payload = ((slot.writer, slot.max_payload) if slot is not None
+                                           else (self._claim(), self._max_payload))
                 try:
                     code = writer.put(self._encoder, item, kind, flags, call_id, trace_id,
-                                      project_b, self._max_payload, splice)
+                                      project_b, max_payload, splice)
                 except ValueError:
                     if self._closed:  # closed by a value's hook while it was encoded
                         raise Closed("this tracer is closed") from None
@@ -419,6 +450,15 @@ class SlotWriting(CallsBase):  # type: ignore[misc,valid-type]
             _codec.take_counts()  # the item's: it was not written
             raise
         self._add_counts(_codec.take_counts())
+
+    def _closing_slot(self, kind: int) -> _ProcessSlot | None:
+        """A call's end written through this closed tracer while its engine closes (under
+        the lock): the slot still open for the ends left (``close_tracers``). Its start is
+        in the ring: without the end the call stayed open on the server for good (a thread
+        ending its call as the close ran; the close's own ends of the calls left open)."""
+        if kind != ring.KIND_END or self._spec not in _process.closing:
+            return None
+        return _process.slots.get((self._spec, self._settings))
 
     def _put_slow(self, writer: ring.SlotWriter, code: int, kind: int, flags: int,
                   project_b: bytes, call_id: str | bytes, trace_id: str | bytes | None,
