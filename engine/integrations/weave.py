@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime
 import functools
 import importlib
 import logging
@@ -82,7 +83,7 @@ import msgspec
 
 import _engine_weave_hook
 from engine.common import _env
-from engine.common._errors import ConfigError
+from engine.common._errors import Closed, ConfigError
 from engine.common._http import check_outbound
 from engine.common._machine import platform_problem
 from engine.common._redact import redact_url
@@ -91,8 +92,10 @@ from engine.producer._engine import (
     Engine,
     before_sigterm_close,
     defer_sigterm_with,
+    end_open_calls_with,
     sigterm_time_left,
 )
+from engine.producer._handle import WritesInFlight
 from engine.producer._safe import write_safely
 from engine.producer._slot import ProducerSettings, lock_held_here
 from engine.producer._tracer import Tracer
@@ -186,6 +189,7 @@ def install(*, weave_speedups: bool | None = None, **config: Any) -> bool:
         engine_classes = {base: _engine_server_class(base) for _, _, base in present}
         os.register_at_fork(before=_drain_before_fork, after_in_child=_after_fork_in_child)
         before_sigterm_close(_drain_on_sigterm)
+        end_open_calls_with(_end_open_calls, _writing.cut)
         defer_sigterm_with(_weave_sigint.defer_if_guarded)
         from weave.trace import util as weave_util
         from weave.trace.concurrent import futures as weave_futures
@@ -350,11 +354,11 @@ def _engine_server_class(base: type) -> type:
 
         def call_start(self, req: Mapping[str, Any]) -> Any:
             start = _with_ids(req["start"])
-            _write(_tracer_for(self), start, "start")
+            _start(_tracer_for(self), start)
             return CallStartResponse(id=start["id"], trace_id=start["trace_id"])
 
         def call_end(self, req: Mapping[str, Any]) -> Any:
-            _write(_tracer_for(self), dict(req["end"]), "end")
+            _end(_tracer_for(self), dict(req["end"]))
             return {}
 
         def calls_complete(self, req: Mapping[str, Any]) -> Any:
@@ -369,10 +373,10 @@ def _engine_server_class(base: type) -> type:
             for entry in req["batch"]:
                 if entry["mode"] == "start":
                     start = _with_ids(entry["req"]["start"])
-                    _write(tracer, start, "start")
+                    _start(tracer, start)
                     results.append({"id": start["id"], "trace_id": start["trace_id"]})
                 else:
-                    _write(tracer, dict(entry["req"]["end"]), "end")
+                    _end(tracer, dict(entry["req"]["end"]))
                     results.append({})
             return {"res": results}
 
@@ -420,15 +424,89 @@ def _with_ids(start: Mapping[str, Any]) -> dict[str, Any]:
     return start
 
 
-def _write(tracer: Tracer, item: dict[str, Any], what: str) -> None:
+def _write(tracer: Tracer, item: dict[str, Any], what: str) -> bool:
     """Into the ring; tracing never fails weave's call: what the tracer cannot take is
-    sanitised and counted, or dropped and logged (engine/producer/_safe.py)."""
+    sanitised and counted, or dropped and logged (engine/producer/_safe.py). False if
+    dropped."""
     write = {"start": tracer.call_start, "end": tracer.call_end,
              "call": tracer.call_complete}[what]  # fmt: skip
     try:
         write(item)
     except Exception as exc:
-        write_safely(tracer, item, what, exc)
+        return write_safely(tracer, item, what, exc)
+    return True
+
+
+# weave's calls started in this process and not ended yet: call id -> [the tracer, the
+# fields an end repeats, whether its start is written yet]. The engine's close ends those
+# still open then (the evaluation a SIGTERM interrupted, a daemon thread's op as the program
+# exits), saying why; without it they showed as running on the server for good. weave's
+# threads can hand a call's end over while its start is still being written (or before):
+# an end that finds no start keeps its id, so that the start, when it comes, is not taken
+# for an open call. The ids the close ended: weave's own end of one, if it comes after, is
+# not written (the engine is closed) nor said.
+_open_lock = threading.RLock()  # (a SIGTERM handler's close may run inside _start/_end)
+_open_calls: dict[str, list] = {}
+_ended_first: set[str] = set()
+_ENDED_FIRST_MAX = 10_000  # ends whose start never came this way (a start weave dropped)
+_ended_at_close: set[str] = set()
+_writing = WritesInFlight()  # weave's starts and ends being written (see _start, _end)
+
+
+def _start(tracer: Tracer, start: dict[str, Any]) -> None:
+    call_id = start["id"]
+    with _writing:  # written and marked started as one step for the engine's close
+        with _open_lock:
+            ended = call_id in _ended_first
+            if ended:
+                _ended_first.discard(call_id)
+            else:
+                entry = _open_calls[call_id] = [tracer, {
+                    "project_id": start.get("project_id"), "id": call_id,
+                    "trace_id": start.get("trace_id"), "started_at": start.get("started_at")},
+                    False]
+        if not _write(tracer, start, "start"):
+            _open_calls.pop(call_id, None)  # not started: nothing to end
+        elif not ended:
+            entry[2] = True  # the close may end it now (not before: an end with no start)
+
+
+def _end(tracer: Tracer, end: dict[str, Any]) -> None:
+    call_id = end.get("id")
+    with _writing:  # taken from the open calls and written as one step
+        with _open_lock:
+            if _open_calls.pop(call_id, None) is None:
+                if call_id in _ended_at_close:  # the close ended it: its engine is closed
+                    _ended_at_close.discard(call_id)
+                    return
+                if len(_ended_first) >= _ENDED_FIRST_MAX:
+                    _ended_first.clear()
+                _ended_first.add(call_id)
+        _write(tracer, end, "end")
+
+
+def _end_open_calls(spec: RingSpec, exception: str) -> int:
+    """The engine writing into ``spec`` closes: end weave's calls still open through it
+    (engine.producer._engine's ``end_open_calls_with``). Returns how many it ended."""
+    ended = 0
+    for call_id, (tracer, fields, started) in list(_open_calls.items()):
+        if not started or getattr(tracer, "_spec", None) != spec:
+            continue  # another engine's, or its start not written (refused now: closed)
+        with _open_lock:
+            if _open_calls.pop(call_id, None) is None:
+                continue  # weave ended it meanwhile
+            _ended_at_close.add(call_id)
+        end = {**fields, "ended_at": datetime.datetime.now(datetime.timezone.utc),
+               "exception": exception, "summary": {}}
+        try:
+            tracer.call_end(end)
+        except Closed:  # a full ring: kept, the close writes it once its sender made room
+            pass
+        except Exception as exc:
+            if not write_safely(tracer, end, "end", exc):
+                continue
+        ended += 1
+    return ended
 
 
 def _api_key_of(credentials: Any) -> str | None:
@@ -676,6 +754,7 @@ def _after_fork_in_child() -> None:
     """What weave shares with its parent after a fork is unusable in the child: the HTTP
     connections (two processes writing one socket interleave their requests) and the thread
     pools (their threads are gone). Fresh HTTP clients; deferred work runs inline."""
+    global _open_lock
     try:
         for server in list(_servers):
             if hasattr(server, "_rebuild_client"):
@@ -688,6 +767,10 @@ def _after_fork_in_child() -> None:
                     "requests may interleave with the parent's", type(exc).__name__, exc)
     for server in list(_servers):  # the parent's processor thread sends what it queued
         server.feedback_processor = None
+    _open_lock = threading.RLock()  # a thread of the parent's may have held it
+    _open_calls.clear()  # the parent's calls: its own to end
+    _ended_first.clear()
+    _ended_at_close.clear()
     client = _weave_client()
     if client is not None:
         client._server_feedback_processor = None

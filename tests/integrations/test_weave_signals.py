@@ -119,7 +119,8 @@ def _run_stopping_itself(tmp_path, text: str, project: str, minor: str = "0.54",
                          extra_env: dict[str, str] | None = None
                          ) -> tuple[subprocess.CompletedProcess, float, list[int]]:
     """Runs a weave program that sends itself SIGTERM, against a fresh server: its result,
-    how long it took, and the x of every predict call stored ended."""
+    how long it took, and the x of every predict call stored that returned (not the one
+    the signal interrupted, which the engine's close ended, saying so)."""
     program = tmp_path / "program.py"
     program.write_text(text)
     with serve_subprocess(tmp_path / "t.db") as url:
@@ -129,7 +130,11 @@ def _run_stopping_itself(tmp_path, text: str, project: str, minor: str = "0.54",
                                 capture_output=True, text=True, timeout=60)  # fmt: skip
         took_s = time.monotonic() - started
         calls = _stored_calls(url, project, "predict")
-    return result, took_s, sorted(c["inputs"]["x"] for c in calls if c["ended_at"])
+    open_left = [c["inputs"]["x"] for c in calls if not c["ended_at"]]
+    assert not open_left, (open_left, result.stderr[-3000:])
+    return result, took_s, sorted(c["inputs"]["x"] for c in calls
+                                  if c["ended_at"] and not (c["exception"] or "").startswith(
+                                      "Terminated: the process got SIGTERM"))
 
 
 def test_sigterm_while_the_program_holds_weave_s_executor_lock_still_ends(tmp_path):
@@ -219,10 +224,11 @@ _EVALUATION = textwrap.dedent(
 
 
 
-def _stop_evaluation(tmp_path, sig: int) -> tuple[int, str, int, float, list[dict]]:
+def _stop_evaluation(tmp_path, sig: int) -> tuple[int, str, int, float, list[dict],
+                                                   list[dict]]:
     """The Evaluation program through the integration, stopped by ``sig`` once it finished
     AT_LEAST predictions: (exit code, stderr, predictions finished, seconds it ran, the
-    predict calls stored ended)."""
+    predict calls stored ended, every call stored)."""
     program = tmp_path / "evaluation.py"
     program.write_text(_EVALUATION)
     with serve_subprocess(tmp_path / "t.db") as url:
@@ -232,9 +238,9 @@ def _stop_evaluation(tmp_path, sig: int) -> tuple[int, str, int, float, list[dic
             [weave_python("0.54"), str(program), "ent/evaluation", str(tmp_path / "n")],
             env, tmp_path / "n", sig)  # fmt: skip
         took_s = time.monotonic() - started
-        predicts = [c for c in _stored_calls(url, "ent/evaluation", "Model.predict")
-                    if c["ended_at"]]  # fmt: skip
-    return code, err, finished, took_s, predicts
+        calls = _stored_calls(url, "ent/evaluation", "")
+    predicts = [c for c in calls if "Model.predict" in c["op_name"] and c["ended_at"]]
+    return code, err, finished, took_s, predicts, calls
 
 
 def test_a_weave_evaluation_stopped_by_ctrl_c_stops_as_asyncio_does_and_keeps_its_calls(tmp_path):
@@ -242,7 +248,7 @@ def test_a_weave_evaluation_stopped_by_ctrl_c_stops_as_asyncio_does_and_keeps_it
     own SIGINT handler stands beside the integration's guard), the program ends at once,
     and every prediction it finished is stored. (weave alone: such runs hung past 60 s in
     its exit flush, a driver script outside the repo.)"""
-    code, err, finished, took_s, predicts = _stop_evaluation(tmp_path, signal.SIGINT)
+    code, err, finished, took_s, predicts, calls = _stop_evaluation(tmp_path, signal.SIGINT)
     assert code == -signal.SIGINT, err[-3000:]
     if sys.version_info >= (3, 11):  # asyncio.run cancels its main task on Ctrl-C from 3.11
         assert "asyncio/runners.py" in err and "raise KeyboardInterrupt()" in err, err[-3000:]
@@ -250,7 +256,16 @@ def test_a_weave_evaluation_stopped_by_ctrl_c_stops_as_asyncio_does_and_keeps_it
         assert "in _on_sigint" in err and err.rstrip().endswith("KeyboardInterrupt"), err[-3000:]
     assert AT_LEAST <= finished < 5000 and took_s < 60
     assert len(predicts) >= finished and len({c["id"] for c in predicts}) == len(predicts)
-    assert all(isinstance(c["output"]["y"], int) for c in predicts)  # (x: a ref to its row)
+    returned = [c for c in predicts if not c["exception"]]
+    assert len(returned) >= finished - 1  # (one may be stopped after its progress line)
+    assert all(isinstance(c["output"]["y"], int) for c in returned)  # (x: a ref to its row)
+    # what was running as the program ended (the evaluation, the predictions asyncio
+    # cancelled, which weave leaves open) is ended by the engine's close, saying so: before,
+    # those calls showed as running for good
+    assert not [c["op_name"] for c in calls if not c["ended_at"]], err[-3000:]
+    stopped = [c for c in calls if (c["exception"] or "").startswith(
+        "Interrupted: the program was stopped by Ctrl-C")]
+    assert any("Evaluation.evaluate" in c["op_name"] for c in stopped), err[-3000:]
 
 
 def test_a_weave_evaluation_stopped_by_sigterm_keeps_its_calls(tmp_path):
@@ -258,13 +273,22 @@ def test_a_weave_evaluation_stopped_by_sigterm_keeps_its_calls(tmp_path):
     its speedups: asyncio's tasks, weave's pool and the sends made in the op's thread all
     hold calls; the engine's handler lets the pool finish and delivers: every prediction
     that returned is stored, the program ends by SIGTERM. (Found losing the pool's calls when
-    the signal landed in a send holding the ring lock: see the test above.)"""
-    code, err, finished, took_s, predicts = _stop_evaluation(tmp_path, signal.SIGTERM)
+    the signal landed in a send holding the ring lock: see the test above.) The calls the
+    signal interrupted (the evaluation's own, the predictions and scores in flight) are
+    ended by the engine's close, saying so: before, they showed as running for good."""
+    code, err, finished, took_s, predicts, calls = _stop_evaluation(tmp_path, signal.SIGTERM)
     assert code == -signal.SIGTERM, err[-3000:]
     assert "still pending" not in err, err[-3000:]
     assert AT_LEAST <= finished < 5000 and took_s < 60
-    # the one the signal may have stopped between its progress line and its return: not ended
+    # the one the signal may have stopped between its progress line and its return: ended by
+    # the close, with the signal's text
     assert len(predicts) >= finished - 1 and len({c["id"] for c in predicts}) == len(predicts)
+    assert not [c["op_name"] for c in calls if not c["ended_at"]], err[-3000:]
+    terminated = [c for c in calls
+                  if (c["exception"] or "").startswith("Terminated: the process got SIGTERM")]
+    assert any("Evaluation.evaluate" in c["op_name"] for c in terminated), (
+        sorted({c["op_name"] for c in terminated}), err[-3000:])
+    assert f"{len(terminated)} calls were still open as it closed (SIGTERM)" in err, err[-3000:]
 
 
 # a weave program's head: weave.init, the op predict, calls of it whose work is done
