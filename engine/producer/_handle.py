@@ -146,7 +146,8 @@ class WritesInFlight:
     not wait for it). A fresh count in a forked child."""
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
+        # (re-entrant: a signal handler's close may cut() inside this thread's __enter__)
+        self.lock = threading.RLock()
         self.count = [0, 0]  # by the epoch they began in
         self.epoch = 0
         self.mine = threading.local()  # this thread's: counts, and its writes' epochs
@@ -159,10 +160,11 @@ class WritesInFlight:
         return mine
 
     def __enter__(self) -> None:
-        mine, epoch = self._own(), self.epoch
-        mine.count[epoch] += 1
-        mine.epochs.append(epoch)
-        with self.lock:
+        mine = self._own()
+        with self.lock:  # the epoch read and counted in one step: a cut() sees it
+            epoch = self.epoch
+            mine.count[epoch] += 1
+            mine.epochs.append(epoch)
             self.count[epoch] += 1
 
     def __exit__(self, *exc: Any) -> None:
@@ -179,7 +181,7 @@ class WritesInFlight:
         return lambda: self.count[epoch] - self._own().count[epoch]
 
     def _after_fork_in_child(self) -> None:
-        self.lock, self.count = threading.Lock(), [0, 0]  # the parent's threads are not here
+        self.lock, self.count = threading.RLock(), [0, 0]  # the parent's threads are not here
         self.mine.count, self.mine.epochs = [0, 0], []
 
 
