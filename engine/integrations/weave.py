@@ -83,7 +83,7 @@ import msgspec
 
 import _engine_weave_hook
 from engine.common import _env
-from engine.common._errors import Closed, ConfigError
+from engine.common._errors import ConfigError
 from engine.common._http import check_outbound
 from engine.common._machine import platform_problem
 from engine.common._redact import redact_url
@@ -95,7 +95,7 @@ from engine.producer._engine import (
     end_open_calls_with,
     sigterm_time_left,
 )
-from engine.producer._handle import WritesInFlight
+from engine.producer._handle import WritesInFlight, write_end_at_close
 from engine.producer._safe import write_safely
 from engine.producer._slot import ProducerSettings, lock_held_here
 from engine.producer._tracer import Tracer
@@ -496,16 +496,9 @@ def _end_open_calls(spec: RingSpec, exception: str) -> int:
             if _open_calls.pop(call_id, None) is None:
                 continue  # weave ended it meanwhile
             _ended_at_close.add(call_id)
-        end = {**fields, "ended_at": datetime.datetime.now(datetime.timezone.utc),
-               "exception": exception, "summary": {}}
-        try:
-            tracer.call_end(end)
-        except Closed:  # a full ring: kept, the close writes it once its sender made room
-            pass
-        except Exception as exc:
-            if not write_safely(tracer, end, "end", exc):
-                continue
-        ended += 1
+        ended += write_end_at_close(tracer, {
+            **fields, "ended_at": datetime.datetime.now(datetime.timezone.utc),
+            "exception": exception, "summary": {}})
     return ended
 
 

@@ -276,19 +276,24 @@ def end_open_calls(spec: Any, exception: str) -> int:
         tracer = handle._tracer
         if getattr(tracer, "_spec", None) != spec or _open.pop(handle, _GONE) is _GONE:
             continue  # another engine's, or its thread ended it
-        end = EndedCallSchemaForInsert(
+        ended += write_end_at_close(tracer, EndedCallSchemaForInsert(
             project_id=handle._project, id=handle.id, trace_id=handle.trace_id,
             started_at=handle.started_at, ended_at=_codec.utcnow(), exception=exception,
-            output=handle.output, summary=handle.summary)
-        try:
-            tracer.call_end(end)
-        except Closed:  # a full ring: kept, the close writes it once its sender made room
-            pass
-        except Exception as error:
-            if not write_safely(tracer, end, "end", error):
-                continue
-        ended += 1
+            output=handle.output, summary=handle.summary))
     return ended
+
+
+def write_end_at_close(tracer: Any, end: Any) -> bool:
+    """The end the engine's close writes for a call left open (``end_open_calls``, the
+    weave integration's): True if written, or kept for the close to write once its sender
+    made room (a full ring); else dropped, said (``write_safely``)."""
+    try:
+        tracer.call_end(end)
+    except Closed:  # a full ring: kept (the tracers are closed: it waits for no room)
+        return True
+    except Exception as error:
+        return write_safely(tracer, end, "end", error)
+    return True
 
 
 if CallHandle is not _PyCallHandle:
