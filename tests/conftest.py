@@ -26,7 +26,8 @@ are named with what they hold, and removed.
 
 A test that times out (pytest-timeout) gets a section naming the processes this one
 started that were still alive, with their states and signal masks (``tests.stuck``): the
-timeout's own dump shows only this process's threads.
+timeout's own dump shows only this process's threads. Those the test started are then
+killed: they lived on for the rest of the run, and past it.
 """
 
 import contextlib
@@ -39,7 +40,7 @@ import tempfile
 import pytest
 
 from tests.ring_leaks import RingLeakCheck
-from tests.stuck import describe_descendants
+from tests.stuck import describe_descendants, kill_started_since
 
 _STATE_HOME = tempfile.mkdtemp(prefix="engine-tests-state-")
 
@@ -59,8 +60,10 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
     if report.failed and "Timeout" in str(report.longrepr):
+        described = describe_descendants()
+        killed = kill_started_since(call.start)  # not a module's server started before it
         report.sections.append(("processes this test left running at the timeout",
-                                describe_descendants()))
+                                f"{described}\nkilled (started by this test): {killed}"))
 
 
 def pytest_unconfigure(config):

@@ -4,12 +4,16 @@ pytest-timeout prints this process's threads; a test stuck waiting for a child (
 ``Pool.terminate()`` whose worker does not die, a ``wait()`` on a sender) says nothing about
 the child. ``describe_descendants`` reads each live descendant from ``/proc``: its command,
 its state, its signal masks (blocked, ignored, caught: a SIGTERM that cannot land shows
-there) and each thread's state and kernel wait channel."""
+there) and each thread's state and kernel wait channel. ``kill_started_since`` then ends
+those the timed-out test started (a hung program's Pool workers and sender lived on for
+the rest of the run, and past it); those started before it (a module's server) stay."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import time
 
 _STATUS_KEYS = ("State", "SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt")
 
@@ -66,3 +70,23 @@ def describe(pid: int) -> str:
 def describe_descendants(root: int | None = None) -> str:
     pids = descendants(os.getpid() if root is None else root)
     return "\n".join(describe(pid) for pid in pids) or "(none)"
+
+
+def _started_s(pid: int) -> float | None:
+    """When ``pid`` started, in seconds of CLOCK_BOOTTIME (``/proc/PID/stat``'s starttime)."""
+    stat = _read(f"/proc/{pid}/stat")
+    if not stat:
+        return None
+    return int(stat[stat.rindex(")") + 2:].split()[19]) / os.sysconf("SC_CLK_TCK")
+
+
+def kill_started_since(epoch_s: float, root: int | None = None) -> list[int]:
+    """SIGKILL the live descendants of ``root`` (this process) started at or after
+    ``epoch_s`` (``time.time()``, as pytest's ``call.start``); returns their pids."""
+    since_s = time.clock_gettime(time.CLOCK_BOOTTIME) - (time.time() - epoch_s)
+    pids = [pid for pid in descendants(os.getpid() if root is None else root)
+            if (_started_s(pid) or 0.0) >= since_s - 0.02]  # (a clock tick: 10 ms)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return pids
