@@ -64,7 +64,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import datetime
 import functools
 import importlib
 import logging
@@ -101,7 +100,7 @@ from engine.producer._slot import ProducerSettings, lock_held_here
 from engine.producer._tracer import Tracer
 from engine.ring import RingSpec
 from engine.ring import _files as ring_files
-from engine.wire._codec import uuid7
+from engine.wire._codec import utcnow, uuid7
 
 __all__ = ["install", "installed_engine"]
 
@@ -497,7 +496,7 @@ def _end_open_calls(spec: RingSpec, exception: str) -> int:
                 continue  # weave ended it meanwhile
             _ended_at_close.add(call_id)
         ended += write_end_at_close(tracer, {
-            **fields, "ended_at": datetime.datetime.now(datetime.timezone.utc),
+            **fields, "ended_at": utcnow(),
             "exception": exception, "summary": {}})
     return ended
 

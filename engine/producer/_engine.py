@@ -447,18 +447,19 @@ def collect_stats(ringset: ring.RingSet, control: Control) -> dict[str, Any]:
 
 
 # The end an engine's close writes for a call of this process still open then (a thread
-# still in it, the call a SIGTERM interrupted): its ``exception``, by what closes the engine.
-# Without it the call showed as running on the server for good.
+# still in it, the call a SIGTERM interrupted), by what closes the engine: (its
+# ``exception``, what the close's warning line names). Without it the call showed as
+# running on the server for good.
 OPEN_CALL_ENDS = {
-    "close": "Unfinished: the engine was closed while this call ran; the call's own end, "
-             "if it comes, is not traced",
-    "exit": "Unfinished: the program exited while this call ran (in a thread or task still "
-            "running); the engine ended it as it closed",
-    "ctrl-c": "Interrupted: the program was stopped by Ctrl-C (KeyboardInterrupt) while this "
-              "call ran (in a thread or task still running); the engine ended it as it "
-              "closed",
-    "sigterm": "Terminated: the process got SIGTERM while this call ran; the engine ended "
-               "it as it closed",
+    "close": ("Unfinished: the engine was closed while this call ran; the call's own end, "
+              "if it comes, is not traced", "close()"),
+    "exit": ("Unfinished: the program exited while this call ran (in a thread or task still "
+             "running); the engine ended it as it closed", "the program's exit"),
+    "ctrl-c": ("Interrupted: the program was stopped by Ctrl-C (KeyboardInterrupt) while "
+               "this call ran (in a thread or task still running); the engine ended it as "
+               "it closed", "the program's exit on Ctrl-C"),
+    "sigterm": ("Terminated: the process got SIGTERM while this call ran; the engine ended "
+                "it as it closed", "SIGTERM"),
 }
 # who ends open calls at a close: the call handles' (tracer.call, @tracer.op), and the
 # weave integration's (weave's calls): (ender, cut), ender(spec, exception) -> how many it
@@ -484,17 +485,16 @@ def _writes_cut() -> Callable[[], int]:
 
 def _end_open_calls(spec: ring.RingSpec, why: str) -> int:
     """Every ender's open calls writing into ``spec``, ended with ``why``'s text; said."""
+    exception, said = OPEN_CALL_ENDS[why]
     ended = 0
     for ender, _ in list(_open_call_enders):
         try:
-            ended += ender(spec, OPEN_CALL_ENDS[why])
+            ended += ender(spec, exception)
         except Exception:  # noqa: BLE001 - the close goes on: those calls stay open
             log.exception("engine: could not end the calls still open as it closed")
     if ended:
         log.warning("engine: %d call%s still open as it closed (%s): ended, the end saying "
-                    "so", ended, "s were" if ended != 1 else " was",
-                    {"close": "close()", "exit": "the program's exit",
-                     "ctrl-c": "the program's exit on Ctrl-C", "sigterm": "SIGTERM"}[why])
+                    "so", ended, "s were" if ended != 1 else " was", said)
     return ended
 
 
